@@ -1,0 +1,173 @@
+"""Record each site's pre-activations with onnxruntime, in bounded memory.
+
+The normalized DNN is run with every site's pre-activation exposed as an extra output. For
+each site we keep exact running statistics (count, positives, min, max) and a stratified
+uniform sample of at most ``sample_size`` values (each batch contributes in proportion to
+its size), so memory is bounded by ``sites * sample_size`` floats whatever the model and the
+calibration-set size. The (alpha, beta) search then runs on the sorted sample.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .feeds import fixed_batch, input_specs, validate_feeds
+from .errors import DataError, UnsupportedModelError
+from .graph.normalize import NormalizedModel
+from .progress import Progress
+
+DEFAULT_SAMPLE_SIZE = 1_000_000
+
+
+@dataclass
+class SiteStats:
+    """What calibration recorded for one site's pre-activation ``h``."""
+
+    name: str
+    shape: tuple            # per-sample shape (without the batch axis)
+    count: int              # values seen
+    n_positive: int         # values > 0
+    min: float
+    max: float
+    sample: np.ndarray      # sorted float32 sample of h (all values when count <= sample_size)
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def positive_fraction(self) -> float:
+        return self.n_positive / self.count if self.count else 0.0
+
+    def positive_percentile(self, q) -> np.ndarray:
+        """Percentile(s) ``q`` (0-100) of the positive values of the sample."""
+        pos = self.sample[np.searchsorted(self.sample, 0.0, side="right"):]
+        if pos.size == 0:
+            return np.zeros_like(np.asarray(q, dtype=np.float64))
+        return np.percentile(pos, q)
+
+
+@dataclass
+class Calibration:
+    sites: Dict[str, SiteStats]
+    n_samples: int
+    sample_size: int
+    seconds: float
+    batch_size: int
+    extra: dict = field(default_factory=dict)
+
+
+def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
+                 where: str = "model"):
+    """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = msg.replace("[ONNXRuntimeError] : 1 : FAIL : ", "")
+        raise UnsupportedModelError(f"{where}: onnxruntime cannot run this model: {msg[:300]}") from None
+
+
+class _Sampler:
+    """Stratified uniform sample of a stream of values with a known total count."""
+
+    def __init__(self, sample_size: int, total: int, rng: np.random.Generator):
+        self.k = sample_size
+        self.total = total
+        self.rng = rng
+        self.seen = 0
+        self.taken = 0
+        self.parts = []
+
+    def add(self, values: np.ndarray) -> None:
+        n = values.size
+        self.seen += n
+        if self.total <= self.k:
+            self.parts.append(values.copy())
+            self.taken += n
+            return
+        target = int(self.k * self.seen // self.total)
+        m = min(n, target - self.taken)
+        if m > 0:
+            idx = self.rng.choice(n, m, replace=False, shuffle=False)
+            self.parts.append(values[idx])
+            self.taken += m
+
+    def result(self) -> np.ndarray:
+        out = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        out.sort()
+        return out
+
+
+def calibrate(nm: NormalizedModel, x, batch_size: int = 64,
+              sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
+              threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
+    """Run the calibration set through onnxruntime and record every site's pre-activations."""
+    t0 = time.perf_counter()
+    specs = input_specs(nm.model)
+    feeds_all = validate_feeds(specs, x, "calibration data")
+    n_total = next(iter(feeds_all.values())).shape[0]
+    fixed = fixed_batch(specs)
+    if fixed:
+        batch_size = fixed
+        if n_total % fixed:
+            raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give a "
+                            f"multiple of {fixed} samples (got {n_total})")
+    chosen = [s for s in nm.sites if sites is None or s.name in sites]
+    model = onnx.ModelProto()
+    model.CopyFrom(nm.model)
+    existing = {o.name for o in model.graph.output}
+    for s in chosen:
+        if s.input not in existing:
+            model.graph.output.add().name = s.input
+            existing.add(s.input)
+    sess = make_session(model, threads)
+    out_names = [o.name for o in model.graph.output]
+    rng = np.random.default_rng(seed)
+    samplers: Dict[str, _Sampler] = {}
+    stats = {s.name: dict(count=0, pos=0, lo=np.inf, hi=-np.inf, shape=None) for s in chosen}
+    bar = Progress(n_total, desc="calibrating", unit="img", enabled=None if show_progress else False)
+    for start in range(0, n_total, batch_size):
+        feed = {k: v[start:start + batch_size] for k, v in feeds_all.items()}
+        nb = next(iter(feed.values())).shape[0]
+        outs = dict(zip(out_names, sess.run(out_names, feed)))
+        for s in chosen:
+            h = outs[s.input]
+            st = stats[s.name]
+            if st["shape"] is None:
+                if h.ndim == 0 or h.shape[0] != nb:
+                    raise DataError(f"site {s.name} ('{s.input}'): cannot find the batch axis "
+                                    f"(tensor shape {list(h.shape)} for a batch of {nb})")
+                st["shape"] = tuple(h.shape[1:])
+                samplers[s.name] = _Sampler(sample_size, n_total * int(np.prod(h.shape[1:])), rng)
+            flat = h.reshape(-1)
+            if not np.all(np.isfinite(flat)):
+                raise DataError(f"site {s.name} ('{s.input}'): the model produced NaN/Inf on the "
+                                f"calibration batch starting at sample {start}; check the data "
+                                "and its preprocessing")
+            st["count"] += flat.size
+            st["pos"] += int(np.count_nonzero(flat > 0))
+            st["lo"] = min(st["lo"], float(flat.min()))
+            st["hi"] = max(st["hi"], float(flat.max()))
+            samplers[s.name].add(flat)
+        bar.update(nb)
+    bar.close()
+    result = {}
+    for s in chosen:
+        st = stats[s.name]
+        result[s.name] = SiteStats(name=s.name, shape=st["shape"], count=st["count"],
+                                   n_positive=st["pos"], min=st["lo"], max=st["hi"],
+                                   sample=samplers[s.name].result())
+    return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
+                       seconds=time.perf_counter() - t0, batch_size=batch_size)

@@ -1,0 +1,267 @@
+"""The ``onnx-snn`` command line: a thin layer over the Python API.
+
+User errors print one line, ``onnx-snn: error: ...``, and exit with the code of their kind
+(see ``onnx_snn.errors``): 2 usage, 3 unreadable model, 4 unsupported model, 5 data,
+6 output path, 7 diverged training, 8 not a spiking model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import OnnxSnnError
+
+EPILOG_CONVERT = """\
+examples:
+  onnx-snn convert model.onnx -o model.snn.onnx --calib fashion-mnist -T 2 --method datta
+  onnx-snn convert model.onnx --calib calib.npy -T 1 --report report.json
+  onnx-snn convert resnet.onnx --calib cifar10 --data-dir ~/data --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
+
+methods:
+  datta       Datta & Beerel 2022: per-layer threshold scale alpha (searched over the layer's
+              own activation percentiles) and output scale beta (fine grid) that best match
+              the DNN activation at this T (default)
+  max         threshold = mu, alpha = beta = 1 (plain rate conversion)
+  deng        Deng et al. 2021: threshold = mu, initial membrane threshold/2
+  percentile  Rueckauer et al. 2017: threshold = the p-th percentile of activations
+"""
+
+EPILOG_EVAL = """\
+examples:
+  onnx-snn eval model.snn.onnx --data fashion-mnist          # top-1 and spike rates
+  onnx-snn eval model.snn.onnx --data fashion-mnist -T 4     # override the time steps
+  onnx-snn eval model.onnx --data fashion-mnist              # the DNN, to compare
+"""
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="per-channel mean to subtract from [0,1] images (default: the model's "
+                        "recorded preprocessing)")
+    p.add_argument("--std", type=float, nargs="+", metavar="S",
+                   help="per-channel std to divide by (default: the model's recorded preprocessing)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnx-snn",
+        description="Turn a trained clipped-ReLU DNN (ONNX, any framework) into an "
+                    "ultra-low-latency spiking neural network (1-4 time steps), after Datta & "
+                    "Beerel, DATE 2022.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `onnx-snn COMMAND --help` for each command's options.")
+    parser.add_argument("--version", action="version", version=f"onnx-snn {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or notes")
+
+    c = sub.add_parser("convert", parents=[quiet], help="convert a DNN into a spiking ONNX model",
+                       description="Calibrate a DNN with onnxruntime and rewrite it into a "
+                                   "stateful spiking ONNX model.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_CONVERT)
+    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 9-21)")
+    c.add_argument("-o", "--output", help="where to write the spiking model "
+                                          "(default: MODEL with suffix .snn.onnx)")
+    c.add_argument("--calib", metavar="DATA",
+                   help="calibration data: fashion-mnist, cifar10, cifar100 (training split) or "
+                        "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
+    c.add_argument("-T", "--timesteps", type=int, default=2, help="time steps (default: 2)")
+    c.add_argument("--method", choices=("datta", "deng", "max", "percentile"), default="datta",
+                   help="how thresholds are chosen (default: datta; see below)")
+    c.add_argument("--objective", choices=("mse", "mean", "l1"), default="mse",
+                   help="what datta minimizes between DNN and SNN activations (default: mse)")
+    c.add_argument("--calib-samples", type=int, default=512, metavar="N",
+                   help="calibration samples drawn from the data (default: 512; 0 = all)")
+    c.add_argument("--batch-size", type=int, default=64, help="calibration batch (default: 64)")
+    c.add_argument("--sample-size", type=int, default=1_000_000, metavar="N",
+                   help="values kept per layer for the search (default: 1000000)")
+    c.add_argument("--percentile-step", type=float, default=1.0,
+                   help="datta: alpha candidates at every STEP-th percentile (default: 1)")
+    c.add_argument("--beta-step", type=float, default=0.001, help="datta: beta grid step (default: 0.001)")
+    c.add_argument("--beta-max", type=float, default=2.0, help="datta: largest beta (default: 2)")
+    c.add_argument("--percentile", type=float, default=99.9,
+                   help="percentile method: which percentile (default: 99.9)")
+    c.add_argument("--relu-percentile", type=float, default=99.99,
+                   help="plain ReLU layers: mu = this percentile of activations (default: 99.99)")
+    c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
+    c.add_argument("--step-graph", metavar="ONNX",
+                   help="also write the one-time-step graph (states as inputs/outputs)")
+    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+    _add_data_args(c)
+
+    e = sub.add_parser("eval", parents=[quiet], help="top-1 (and spike rates) of a DNN or spiking model",
+                       description="Evaluate a DNN or a spiking model in onnxruntime.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_EVAL)
+    e.add_argument("model", help="an .onnx DNN or .snn.onnx spiking model")
+    e.add_argument("--data", metavar="DATA",
+                   help="fashion-mnist, cifar10, cifar100 (test split; add :train for the "
+                        "training split) or a .npz with x and y (default: the model's dataset)")
+    e.add_argument("-T", "--timesteps", type=int, help="override the model's time steps")
+    e.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    e.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    e.add_argument("--json", metavar="FILE",
+                   help="write the result (top-1, spike rates per layer) as JSON; "
+                        "`onnx-snn analyze` can reuse it")
+    _add_data_args(e)
+
+    i = sub.add_parser("info", parents=[quiet], help="show what a spiking model holds",
+                       description="Print a spiking model's time steps, method and neurons.")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print the metadata as JSON")
+
+    from .demo import add_demo_parser
+    add_demo_parser(sub, quiet)
+    return parser
+
+
+def _default_output(model: str) -> str:
+    p = Path(model)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return str(p.with_name(stem + ".snn.onnx"))
+
+
+def _dataset_from_metadata(model_path: str) -> Optional[str]:
+    import onnx
+    try:
+        m = onnx.load(model_path, load_external_data=False)
+    except Exception:
+        return None
+    meta = {p.key: p.value for p in m.metadata_props}
+    return meta.get("onnx_snn.dataset")
+
+
+def _fmt_table(headers: List[str], rows: List[List]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = args.output or _default_output(args.model)
+    from .model_io import check_output_path
+    check_output_path(out, args.model)  # fail before the work, not after
+    if args.report:
+        check_output_path(args.report, args.model)
+    calib = args.calib or _dataset_from_metadata(args.model)
+    if not calib:
+        from .errors import DataError
+        raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
+    snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method,
+                  objective=args.objective, batch_size=args.batch_size,
+                  sample_size=args.sample_size, calib_samples=args.calib_samples or None,
+                  percentile_step=args.percentile_step, beta_step=args.beta_step,
+                  beta_max=args.beta_max, percentile=args.percentile,
+                  relu_percentile=args.relu_percentile, mean=args.mean, std=args.std,
+                  data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet)
+    if not args.quiet:
+        for note in snn.normalized.notes:
+            print(f"note: {note}", file=sys.stderr)
+    rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
+             f"{r['alpha']:.4f}", f"{r['beta']:.4f}", f"{r['threshold']:.4g}",
+             f"{r['amplitude']:.4g}", f"{r['objective_value']:.4g}"] for r in snn.report["sites"]]
+    print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
+                      snn.report["objective"]], rows))
+    snn.save(out, args.model)
+    if args.step_graph:
+        snn.save(args.step_graph, args.model, step=True)
+    if args.report:
+        snn.save_report(args.report)
+    cal = snn.report["calibration"]
+    print(f"wrote {out} ({args.method}, T={args.timesteps}, {len(rows)} spiking layers; "
+          f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+
+    if args.json:
+        from .model_io import check_output_path
+        check_output_path(args.json, args.model)
+    data = args.data or _dataset_from_metadata(args.model)
+    if not data:
+        from .errors import DataError
+        raise DataError("no evaluation data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
+    r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
+                 limit=args.limit, mean=args.mean, std=args.std, data_dir=args.data_dir,
+                 show_progress=not args.quiet)
+    if r.kind == "snn":
+        rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
+                 f"{s.rate:.4f}"] for s in r.sites.values()]
+        print(_fmt_table(["site", "neurons", "spikes/sample", "spikes/neuron", "rate/step"], rows))
+    what = f"SNN ({r.method}, T={r.timesteps})" if r.kind == "snn" else "DNN"
+    if r.top1 is not None:
+        print(f"{what} top-1: {r.top1:.2f}% ({r.correct}/{r.samples}) in {r.seconds:.1f} s"
+              + (f"; mean spike rate {r.mean_rate:.4f} per neuron per step" if r.kind == "snn" else ""))
+    else:
+        print(f"{what}: ran {r.samples} unlabeled samples in {r.seconds:.1f} s")
+    if args.json:
+        from .model_io import write_text_atomic
+        write_text_atomic(r.to_json() + "\n", args.json, args.model)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .model_io import load_model
+    from .runtimes.ort import require_spiking
+
+    model = load_model(args.model)
+    info = require_spiking(model, args.model)
+    if args.json:
+        from .spiking.format import metadata
+        print(json.dumps({k: (json.loads(v) if v[:1] in "[{" else v)
+                          for k, v in metadata(model).items()}, indent=2))
+        return 0
+    print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
+          f"method={info.method}, graph={info.graph}")
+    rows = [[s.name, "x".join(map(str, s.shape)), s.neurons, f"{s.mu:.4g}", f"{s.threshold:.4g}",
+             f"{s.amplitude:.4g}", f"{s.leak:.4g}", f"{s.v_init:.4g}"] for s in info.sites]
+    print(_fmt_table(["site", "shape", "neurons", "mu", "threshold", "amplitude", "leak", "v_init"], rows))
+    for h in info.history:
+        print("history: " + json.dumps(h))
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if args.quiet:
+        import os
+        os.environ["ONNX_SNN_PROGRESS"] = "0"
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        from .demo import cmd_demo
+        handler = cmd_demo
+    try:
+        return handler(args)
+    except OnnxSnnError as e:
+        print(f"onnx-snn: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onnx-snn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

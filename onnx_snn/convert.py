@@ -1,0 +1,168 @@
+"""The conversion API: DNN ONNX in, calibrated spiking ONNX out.
+
+``convert`` does it in one call; ``prepare`` + ``calibrate`` + ``build`` expose the three
+stages so that one calibration can serve several methods and time-step counts.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .calibrate import DEFAULT_SAMPLE_SIZE, Calibration, calibrate
+from .datasets import Dataset, apply_preprocess, load_dataset
+from .errors import DataError
+from .graph.normalize import NormalizedModel, normalize
+from .model_io import PathLike, save_model, write_text_atomic
+from .scales import METHODS, OBJECTIVES, SearchConfig, choose_params, estimate_mu
+from .spiking import format as F
+from .spiking import rewrite
+
+
+@dataclass
+class SpikingModel:
+    """A converted network: the single-call ONNX model plus what produced it."""
+
+    model: onnx.ModelProto
+    normalized: NormalizedModel
+    records: Dict[str, F.SiteRecord]
+    timesteps: int
+    method: str
+    report: dict = field(default_factory=dict)
+
+    def step_model(self) -> onnx.ModelProto:
+        """The one-time-step graph (states in, next states out)."""
+        meta = F.metadata(self.model)
+        return rewrite.step_model(self.normalized, self.records, meta)
+
+    def save(self, path: PathLike, *inputs: PathLike, step: bool = False) -> Path:
+        """Write the model atomically; refuses to overwrite the source model."""
+        src = [self.normalized.source_path] if self.normalized.source_path else []
+        return save_model(self.step_model() if step else self.model, path, *src, *inputs)
+
+    def save_report(self, path: PathLike) -> Path:
+        src = [self.normalized.source_path] if self.normalized.source_path else []
+        return write_text_atomic(json.dumps(self.report, indent=2) + "\n", path, *src)
+
+    @property
+    def info(self) -> F.SpikingInfo:
+        return F.read_info(self.model)
+
+
+def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
+    """Load and normalize a DNN (raises clear errors for unsupported graphs)."""
+    return normalize(model if isinstance(model, onnx.ModelProto) else str(model))
+
+
+def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
+                 data_dir=None, split: Optional[str] = None) -> Dataset:
+    """Turn an array, Dataset, name or file into preprocessed model inputs.
+
+    Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
+    recorded preprocessing; arrays and .npy/.npz files are taken as already preprocessed
+    unless ``mean``/``std`` are given explicitly.
+    """
+    if isinstance(data, Dataset):
+        ds = data
+    elif isinstance(data, (str, Path)):
+        ds = load_dataset(str(data), data_dir=data_dir, split=split)
+    elif isinstance(data, np.ndarray) or isinstance(data, dict):
+        ds = Dataset("array", data, None, preprocessed=True)  # type: ignore[arg-type]
+    else:
+        raise DataError(f"cannot use {type(data).__name__} as data; pass an array, a dataset "
+                        "name or a .npy/.npz path")
+    if isinstance(ds.x, dict):
+        return ds
+    if mean is not None or std is not None:
+        x = apply_preprocess(ds.x, mean, std)
+    elif not ds.preprocessed and preprocess:
+        x = apply_preprocess(ds.x, preprocess.get("mean"), preprocess.get("std"))
+    else:
+        x = ds.x
+    return Dataset(ds.name, x, ds.y, preprocessed=True)
+
+
+def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: str = "datta",
+          config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None) -> SpikingModel:
+    """Choose (alpha, beta) for every site and rewrite into the spiking format."""
+    cfg = config or SearchConfig()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if int(timesteps) < 1:
+        raise ValueError("timesteps must be at least 1")
+    t0 = time.perf_counter()
+    records: Dict[str, F.SiteRecord] = {}
+    site_rows = []
+    for site in nm.sites:
+        st = calib.sites[site.name]
+        mu = site.mu if site.mu is not None else estimate_mu(st.sample, cfg.relu_percentile)
+        ts = time.perf_counter()
+        p = choose_params(st.sample, mu, int(timesteps), method, cfg)
+        search_s = time.perf_counter() - ts
+        rec = F.SiteRecord(
+            name=site.name, input=site.input, output=site.output, shape=list(st.shape),
+            mu=float(mu), mu_source=site.mu_source, alpha=p.alpha, beta=p.beta,
+            threshold=p.threshold, amplitude=p.amplitude, leak=p.leak, v_init=p.v_init,
+            objective=p.objective, objective_value=p.objective_value, idiom=site.idiom,
+            source_nodes=site.source_nodes, sample_size=int(st.sample.size),
+            values_seen=int(st.count))
+        records[site.name] = rec
+        site_rows.append({**rec.to_dict(), "neurons": rec.neurons,
+                          "positive_fraction": st.positive_fraction, "max": st.max,
+                          "search_seconds": search_s})
+    history = [{
+        "step": "convert", "tool": f"onnx-snn {__version__}",
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": method, "timesteps": int(timesteps), "objective": cfg.objective,
+        "calibration_samples": calib.n_samples, "sample_size": calib.sample_size,
+        **(history_extra or {}),
+    }]
+    meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
+    model = rewrite.loop_model(nm, records, int(timesteps), meta)
+    report = {
+        "tool": f"onnx-snn {__version__}", "source": nm.source_path,
+        "source_sha256": nm.source_sha256, "method": method, "timesteps": int(timesteps),
+        "objective": cfg.objective, "config": cfg.__dict__,
+        "calibration": {"samples": calib.n_samples, "batch_size": calib.batch_size,
+                        "sample_size": calib.sample_size, "seconds": calib.seconds},
+        "search_and_rewrite_seconds": time.perf_counter() - t0,
+        "notes": list(nm.notes), "sites": site_rows,
+    }
+    return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
+                        method=method, report=report)
+
+
+def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
+            method: str = "datta", objective: str = "mse", *, batch_size: int = 64,
+            sample_size: int = DEFAULT_SAMPLE_SIZE, calib_samples: Optional[int] = 512,
+            percentile_step: float = 1.0, beta_step: float = 0.001, beta_max: float = 2.0,
+            percentile: float = 99.9, relu_percentile: float = 99.99, mean=None, std=None,
+            data_dir=None, seed: int = 0, show_progress: bool = True) -> SpikingModel:
+    """Convert a DNN into a spiking model in one call.
+
+    ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
+    dataset name such as ``"fashion-mnist"`` (its training split is used) or a .npy/.npz path.
+    ``calib_samples`` random samples are drawn from it (``None``: all of them).
+    """
+    nm = prepare(model)
+    cfg = SearchConfig(objective=objective, percentile_step=percentile_step, beta_step=beta_step,
+                       beta_max=beta_max, percentile=percentile, relu_percentile=relu_percentile)
+    ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train")
+    if isinstance(ds.x, np.ndarray):
+        ds = ds.take(calib_samples, seed=seed)
+    cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
+                    show_progress=show_progress)
+    return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name})
+
+
+__all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",
+           "SearchConfig"]

@@ -1,0 +1,280 @@
+"""Real datasets for calibration and evaluation, torch-free.
+
+Names a user can pass as ``--data`` / ``--calib``:
+
+* ``fashion-mnist`` (test split) or ``fashion-mnist:train`` — IDX ``.gz`` files looked up in
+  ``--data-dir``, ``$ONNX_SNN_DATA``, then ``/usr/share/datasets/fashion-mnist/`` (the
+  Debian package ``dataset-fashion-mnist``);
+* ``cifar10`` / ``cifar100`` (``:train`` for the training split) — the standard python-pickle
+  folders ``cifar-10-batches-py`` / ``cifar-100-python``;
+* a path to a ``.npy`` (inputs only) or ``.npz`` (``x``/``y`` or ``data``/``labels``) file.
+
+Images come back as float32 NCHW arrays scaled to [0, 1]; :func:`apply_preprocess` applies a
+model's mean/std. Arrays from ``.npy``/``.npz`` files are returned as they are (taken as
+already preprocessed).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_HINT = (
+    "install it with `sudo apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), or put "
+    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist into a "
+    "folder and pass --data-dir or set ONNX_SNN_DATA"
+)
+CIFAR_HINT = (
+    "download and unpack https://www.cs.toronto.edu/~kriz/{archive} into a folder and pass "
+    "--data-dir (or set ONNX_SNN_DATA), or pass --download on a machine with internet"
+)
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (float32, NCHW) and integer labels ``y`` (None for unlabeled arrays)."""
+
+    name: str
+    x: np.ndarray
+    y: Optional[np.ndarray]
+    preprocessed: bool = False  # True when x already carries the model's normalization
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, n: Optional[int], seed: Optional[int] = None) -> "Dataset":
+        """The first ``n`` samples, or ``n`` random ones when ``seed`` is given."""
+        if n is None or n >= len(self):
+            return self
+        if seed is None:
+            idx = np.arange(n)
+        else:
+            idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Dataset(self.name, self.x[idx], None if self.y is None else self.y[idx],
+                       self.preprocessed)
+
+
+def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir))
+    env = os.environ.get("ONNX_SNN_DATA")
+    if env:
+        dirs.append(Path(env))
+    return dirs
+
+
+# ---------------------------------------------------------------- IDX (Fashion-MNIST)
+
+def read_idx(path: os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e}); download it again") from None
+    if len(data) < 4:
+        raise DataError(f"{path}: not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if zero != 0 or dtype_code not in dtypes:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    header = 4 + 4 * ndim
+    shape = struct.unpack(">" + "I" * ndim, data[4:header])
+    dtype = np.dtype(dtypes[dtype_code])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DataError(f"{path}: truncated IDX file ({len(data) - header} of {expected} "
+                        "bytes); download it again")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_fashion_mnist(data_dir) -> Path:
+    candidates = []
+    for d in search_dirs(data_dir):
+        candidates += [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
+    candidates.append(FASHION_MNIST_SYSTEM_DIR)
+    for d in candidates:
+        if (d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file():
+            return d
+    looked = ", ".join(str(c) for c in candidates)
+    raise DataError(f"Fashion-MNIST not found (looked in {looked}); {FASHION_MNIST_HINT}")
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: missing {stem}.gz; {FASHION_MNIST_HINT}")
+
+
+def load_fashion_mnist(split: str = "test", data_dir=None) -> Dataset:
+    folder = _find_fashion_mnist(data_dir)
+    prefix = "t10k" if split == "test" else "train"
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
+    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
+    return Dataset(f"fashion-mnist:{split}", x, labels.astype(np.int64))
+
+
+# ---------------------------------------------------------------- CIFAR python folders
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing CIFAR batch file") from None
+    except Exception as e:  # truncated or not a pickle
+        raise DataError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e})") from None
+
+
+def load_cifar(name: str, split: str = "test", data_dir=None, download: bool = False) -> Dataset:
+    folder_name, archive, train_files, test_files, label_key = _CIFAR[name]
+    candidates = []
+    for d in search_dirs(data_dir):
+        candidates += [d / folder_name, d]
+    folder = next((c for c in candidates if all((c / f).is_file() for f in test_files)), None)
+    if folder is None and download:
+        folder = _download_cifar(name, Path(data_dir or os.environ.get("ONNX_SNN_DATA") or
+                                            Path.home() / ".cache" / "onnx-snn")) / folder_name
+    if folder is None:
+        looked = ", ".join(str(c) for c in candidates) or "no folder given"
+        raise DataError(f"{name} not found (looked in: {looked}); "
+                        + CIFAR_HINT.format(archive=archive))
+    xs, ys = [], []
+    for fname in (train_files if split == "train" else test_files):
+        batch = _unpickle(folder / fname)
+        if b"data" not in batch or label_key not in batch:
+            raise DataError(f"{folder / fname}: not a {name} batch (keys {sorted(batch)[:4]})")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{folder / fname}: expected rows of 3072 bytes, got {data.shape}")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    x = np.concatenate(xs).astype(np.float32) / 255.0
+    y = np.concatenate(ys)
+    if len(x) != len(y):
+        raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
+    return Dataset(f"{name}:{split}", x, y)
+
+
+def _download_cifar(name: str, root: Path) -> Path:  # pragma: no cover - needs internet
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.datasets import CIFAR10, CIFAR100
+    except ImportError:
+        raise DataError("--download needs torchvision: pip install 'onnx-snn[torch]'") from None
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as e:
+        raise DataError(f"downloading {name} into {root} failed: {e}") from None
+    return root
+
+
+# ---------------------------------------------------------------- arrays
+
+def load_array_file(path: os.PathLike) -> Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        keys = list(obj.keys())
+        xk = next((k for k in ("x", "data", "images", "inputs") if k in keys), keys[0] if keys else None)
+        if xk is None:
+            raise DataError(f"{path}: empty .npz file")
+        yk = next((k for k in ("y", "labels", "targets") if k in keys), None)
+        x, y = obj[xk], (obj[yk] if yk else None)
+    else:
+        x, y = obj, None
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"{path}: inputs of dtype {x.dtype} are not numeric")
+    if y is not None:
+        y = np.asarray(y).astype(np.int64).reshape(-1)
+        if len(y) != len(x):
+            raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    return Dataset(str(path), x.astype(np.float32, copy=False), y, preprocessed=True)
+
+
+# ---------------------------------------------------------------- front door
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100")
+
+
+def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
+                 download: bool = False) -> Dataset:
+    """Load ``spec``: a dataset name (optionally ``name:split``) or a .npy/.npz path."""
+    name, _, sp = str(spec).partition(":")
+    key = name.lower().replace("_", "-")
+    aliases = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+               "fmnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10",
+               "cifar100": "cifar100", "cifar-100": "cifar100"}
+    if key in aliases:
+        split = sp or split or "test"
+        if split not in ("train", "test"):
+            raise DataError(f"{spec}: split must be 'train' or 'test', not {split!r}")
+        key = aliases[key]
+        if key == "fashion-mnist":
+            return load_fashion_mnist(split, data_dir)
+        return load_cifar(key, split, data_dir, download)
+    if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
+        return load_array_file(spec)
+    raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
+                    "(optionally with :train or :test) or a .npy/.npz file")
+
+
+def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],
+                     std: Optional[Sequence[float]]) -> np.ndarray:
+    """(x - mean) / std per channel (axis 1); mean/std may be scalars or per-channel lists."""
+    if mean is None and std is None:
+        return x
+    c = x.shape[1] if x.ndim >= 2 else 1
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+
+    def vec(v, default):
+        a = np.asarray(default if v is None else v, dtype=np.float32).reshape(-1)
+        if a.size not in (1, c):
+            raise DataError(f"preprocessing has {a.size} values but the data has {c} channels")
+        return a.reshape(shape) if a.size == c else a.reshape(())
+
+    m, s = vec(mean, 0.0), vec(std, 1.0)
+    if np.any(s == 0):
+        raise DataError("preprocessing std contains 0")
+    return ((x - m) / s).astype(np.float32)
+
+
+def check_finite(x: np.ndarray, where: str) -> None:
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise DataError(f"{where}: {bad} NaN/Inf values in the data; clean it before use")

@@ -1,0 +1,88 @@
+"""``onnx-snn demo``: the shipped Fashion-MNIST model converted at T = 1..4 with three methods
+and evaluated on the real test set, in one table."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+SHIPPED_MODEL = "fmnist_vgg.onnx"
+
+
+def shipped_model_path() -> Path:
+    """Path of the trained Fashion-MNIST clipped-ReLU VGG shipped with the package."""
+    path = Path(str(resources.files("onnx_snn") / "models" / SHIPPED_MODEL))
+    if not path.is_file():
+        from .errors import ModelLoadError
+        raise ModelLoadError(f"{path}: the shipped model is missing; reinstall onnx-snn or "
+                             "train it with `python tools/train_dnn.py --arch fmnist_vgg ...`")
+    return path
+
+
+def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = ("datta", "deng", "max"),
+             limit: Optional[int] = None, calib_samples: int = 512, data_dir=None,
+             show_progress: bool = True, out=sys.stdout) -> dict:
+    """Convert and evaluate; return {"dnn": top1, "rows": [...]} and print the table."""
+    from .convert import build, prepare, resolve_data
+    from .calibrate import calibrate
+    from .evaluate import evaluate
+
+    t0 = time.perf_counter()
+    model = shipped_model_path()
+    nm = prepare(model)
+    train = resolve_data("fashion-mnist", nm.preprocess, data_dir=data_dir, split="train")
+    cal = calibrate(nm, train.take(calib_samples, seed=0).x, show_progress=show_progress)
+    test = resolve_data("fashion-mnist", nm.preprocess, data_dir=data_dir, split="test")
+    if limit:
+        test = test.take(limit)
+    dnn = evaluate(str(model), test, show_progress=show_progress)
+    print(f"shipped model {model.name}: DNN top-1 {dnn.top1:.2f}% on {dnn.samples} Fashion-MNIST "
+          f"test images", file=out)
+    rows = []
+    for method in methods:
+        for T in timesteps:
+            snn = build(nm, cal, T, method)
+            r = evaluate(snn.model, test, show_progress=show_progress)
+            rows.append({"method": method, "timesteps": T, "top1": r.top1,
+                         "mean_rate": r.mean_rate, "seconds": r.seconds})
+    header = ["method"] + [f"T={T}" for T in timesteps] + ["spike rate (T=%d)" % timesteps[-1]]
+    lines = [header]
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        lines.append([method] + [f"{r['top1']:.2f}" for r in mine] + [f"{mine[-1]['mean_rate']:.4f}"])
+    widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
+    print(file=out)
+    print("SNN top-1 (%), conversion only, onnxruntime:", file=out)
+    for k, l in enumerate(lines):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths))), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    seconds = time.perf_counter() - t0
+    print(f"\nDNN top-1 {dnn.top1:.2f}%; spike rate = spikes per neuron per time step; "
+          f"{seconds:.0f} s in all", file=out)
+    return {"dnn": dnn.top1, "samples": dnn.samples, "rows": rows, "seconds": seconds}
+
+
+def add_demo_parser(sub, parent) -> None:
+    d = sub.add_parser("demo", parents=[parent], help="convert the shipped Fashion-MNIST model and show the results",
+                       description="Convert the shipped Fashion-MNIST clipped-ReLU VGG at T = 1, "
+                                   "2, 3, 4 with datta, deng and max, evaluate each on the 10k "
+                                   "test images in onnxruntime and print one table.")
+    d.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3, 4])
+    d.add_argument("--methods", nargs="+", default=["datta", "deng", "max"],
+                   choices=["datta", "deng", "max", "percentile"])
+    d.add_argument("--limit", type=int, help="only the first N test images")
+    d.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST files")
+    d.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+
+
+def cmd_demo(args) -> int:
+    result = run_demo(args.timesteps, args.methods, limit=args.limit, data_dir=args.data_dir,
+                      show_progress=not args.quiet)
+    if args.json:
+        from .model_io import write_text_atomic
+        write_text_atomic(json.dumps(result, indent=2) + "\n", args.json)
+    return 0

@@ -1,0 +1,63 @@
+"""Checking user data against a model's inputs before anything runs."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import onnx
+
+from .datasets import check_finite
+from .errors import DataError
+
+InputSpec = Tuple[str, List[Optional[int]]]
+
+
+def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[InputSpec]:
+    """(name, dims) of the model's real inputs; dynamic dims are None."""
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits or vi.name in skip:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in vi.type.tensor_type.shape.dim]
+        specs.append((vi.name, dims))
+    return specs
+
+
+def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.ndarray]],
+                   what: str = "data") -> Dict[str, np.ndarray]:
+    """Return {input name: float32 array}; raise :class:`DataError` naming what does not fit."""
+    names = [n for n, _ in specs]
+    if isinstance(x, dict):
+        missing = [n for n in names if n not in x]
+        if missing:
+            raise DataError(f"{what}: missing input(s) {missing}; the model takes {names}")
+        feeds = {n: np.asarray(x[n]) for n in names}
+    else:
+        if len(names) != 1:
+            raise DataError(f"{what}: the model has {len(names)} inputs {names}; pass a dict")
+        feeds = {names[0]: np.asarray(x)}
+    n = None
+    for name, dims in specs:
+        arr = feeds[name]
+        if arr.dtype.kind not in "fiu":
+            raise DataError(f"{what}: input '{name}' has non-numeric dtype {arr.dtype}")
+        arr = arr.astype(np.float32, copy=False)
+        if arr.ndim != len(dims) or any(e is not None and e != s for e, s in zip(dims[1:], arr.shape[1:])):
+            shown = ["N" if e is None else e for e in dims]
+            raise DataError(f"{what}: shape {list(arr.shape)} does not fit the model input "
+                            f"'{name}' of shape {shown}")
+        if n is not None and arr.shape[0] != n:
+            raise DataError(f"{what}: inputs have different numbers of samples")
+        n = arr.shape[0]
+        if n == 0:
+            raise DataError(f"{what}: no samples")
+        check_finite(arr, f"{what} (input '{name}')")
+        feeds[name] = arr
+    return feeds
+
+
+def fixed_batch(specs: List[InputSpec]) -> Optional[int]:
+    dims = specs[0][1] if specs else []
+    return dims[0] if dims and dims[0] else None

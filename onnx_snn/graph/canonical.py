@@ -1,0 +1,86 @@
+"""Passes that rewrite equivalent idioms into one form: opset upgrade, Sum, MatMul + Add."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import version_converter
+
+from ..errors import UnsupportedModelError
+from ..model_io import default_opset
+from .ir import const_value, is_graph_output
+
+#: the lowest default-domain opset the spiking format is written at
+BASE_OPSET = 13
+
+
+def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.ModelProto:
+    """Bring models older than opset 13 to 13 (Clip bounds as inputs, axes as inputs...)."""
+    opset = default_opset(model)
+    if opset >= BASE_OPSET:
+        return model
+    try:
+        upgraded = version_converter.convert_version(model, BASE_OPSET)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"{where}: could not upgrade opset {opset} to {BASE_OPSET} ({str(e).strip()[:160]}); "
+            f"re-export the model at opset {BASE_OPSET} or newer") from None
+    notes.append(f"upgraded the model from opset {opset} to {BASE_OPSET}")
+    return upgraded
+
+
+def sum_to_add(graph: gs.Graph) -> gs.Graph:
+    """``Sum`` of two tensors becomes ``Add``; of more, a chain of ``Add``; of one, a bypass."""
+    for node in list(graph.nodes):
+        if node.op != "Sum":
+            continue
+        ins = list(node.inputs)
+        if len(ins) == 1:
+            node.op = "Identity"
+            continue
+        if len(ins) == 2:
+            node.op = "Add"
+            continue
+        acc = ins[0]
+        out = node.outputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        for i, t in enumerate(ins[1:]):
+            last = i == len(ins) - 2
+            nxt = out if last else gs.Variable(f"{out.name}_sum{i}", dtype=out.dtype)
+            graph.nodes.append(gs.Node("Add", f"{node.name or 'sum'}_{i}", inputs=[acc, t],
+                                       outputs=[nxt]))
+            acc = nxt
+    graph.cleanup().toposort()
+    return graph
+
+
+def matmul_add_to_gemm(graph: gs.Graph) -> gs.Graph:
+    """``MatMul(A, W)`` + ``Add(b)`` with constant 2-D W, 1-D b and rank-2 A is a dense layer."""
+    for node in list(graph.nodes):
+        if node.op != "MatMul":
+            continue
+        a, w = node.inputs
+        wv = const_value(w)
+        out = node.outputs[0]
+        if wv is None or wv.ndim != 2 or a.shape is None or len(a.shape) != 2:
+            continue
+        if len(out.outputs) != 1 or is_graph_output(graph, out):
+            continue
+        add = out.outputs[0]
+        if add.op != "Add":
+            continue
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        bv = const_value(other)
+        if bv is None or bv.size != wv.shape[1] or (bv.ndim == 2 and bv.shape[0] != 1) or bv.ndim > 2:
+            continue
+        bias = gs.Constant(other.name + "_gemm", np.asarray(bv, np.float32).reshape(-1))
+        gemm = gs.Node("Gemm", node.name or add.name, inputs=[a, w, bias],
+                       outputs=[add.outputs[0]])
+        node.inputs.clear()
+        node.outputs.clear()
+        add.inputs.clear()
+        add.outputs.clear()
+        graph.nodes.append(gemm)
+    graph.cleanup().toposort()
+    return graph

@@ -1,0 +1,94 @@
+"""Small helpers over onnx-graphsurgeon graphs shared by the passes."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def const_value(t) -> Optional[np.ndarray]:
+    """The numpy value of a constant tensor, else None."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    return None
+
+
+def is_empty(t) -> bool:
+    return isinstance(t, gs.Variable) and t.name == ""
+
+
+def scalar_value(t) -> Optional[float]:
+    """The value of a constant with exactly one element, else None."""
+    v = const_value(t)
+    if v is None or v.size != 1:
+        return None
+    return float(v.reshape(()))
+
+
+def node_label(node: gs.Node) -> str:
+    return f"node '{node.name or '(unnamed)'}' ({node.op})"
+
+
+def consumers(t) -> list:
+    return list(t.outputs)
+
+
+def producer(t) -> Optional[gs.Node]:
+    return t.inputs[0] if t.inputs else None
+
+
+def is_graph_output(graph: gs.Graph, t) -> bool:
+    return any(o is t for o in graph.outputs)
+
+
+def bypass(graph: gs.Graph, node: gs.Node, keep: int = 0) -> None:
+    """Remove a one-output node that passes ``node.inputs[keep]`` through unchanged.
+
+    Consumers are rewired to the kept input. When the output is a graph output, the name
+    of the graph output is preserved by renaming the kept tensor, if that is safe.
+    """
+    src = node.inputs[keep]
+    out = node.outputs[0]
+    if is_graph_output(graph, out):
+        safe = (producer(src) is not None and not is_graph_output(graph, src)
+                and len(src.outputs) == 1 and isinstance(src, gs.Variable))
+        if not safe:
+            # keep the pass-through as a plain Identity so the output keeps its name
+            node.op, node.attrs = "Identity", {}
+            node.inputs = [src]
+            return
+        name, dtype, shape = out.name, out.dtype, out.shape
+        idx = [i for i, o in enumerate(graph.outputs) if o is out][0]
+        node.inputs.clear()
+        node.outputs.clear()
+        src.name = name
+        if src.dtype is None:
+            src.dtype = dtype
+        if src.shape is None:
+            src.shape = shape
+        graph.outputs[idx] = src
+        return
+    for c in list(out.outputs):
+        for i, t in enumerate(c.inputs):
+            if t is out:
+                c.inputs[i] = src
+    for sub in graph.subgraphs(recursive=True) if hasattr(graph, "subgraphs") else []:
+        for n in sub.nodes:
+            for i, t in enumerate(n.inputs):
+                if t is out:
+                    n.inputs[i] = src
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def depends_on_inputs(graph: gs.Graph) -> set:
+    """Names of every tensor whose value depends on a graph input (dynamic data)."""
+    dyn = {t.name for t in graph.inputs}
+    for node in graph.nodes:  # graph is toposorted by the caller
+        if any(t.name in dyn for t in node.inputs if not is_empty(t)):
+            if node.op in ("Shape", "Size"):
+                continue  # shapes are metadata, not data
+            for o in node.outputs:
+                dyn.add(o.name)
+    return dyn

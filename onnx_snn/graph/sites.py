@@ -1,0 +1,157 @@
+"""Find every ReLU-type activation ("site") in every idiom exporters emit.
+
+An elementwise clamp is any of ``Relu`` (0, inf), ``Max(x, c)`` (c, inf), ``Min(x, c)``
+(-inf, c) or ``Clip(x, lo, hi)`` (bounds as attributes before opset 11, as inputs after).
+A chain of clamps, each feeding only the next, is the clamp ``(max lo, min hi)``. A chain
+with lower bound 0 is a site: a clipped ReLU with ``mu = hi`` when ``hi`` is finite, a plain
+ReLU otherwise (its ``mu`` is estimated from calibration data later). Each site is rewritten
+into one canonical node (``Clip(h, 0, mu)`` or ``Relu(h)``) named after the site.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import UnsupportedModelError
+from .ir import const_value, is_empty, is_graph_output, node_label
+
+CLAMP_OPS = ("Relu", "Clip", "Min", "Max")
+
+
+@dataclass
+class Site:
+    """One activation that becomes a layer of integrate-and-fire neurons."""
+
+    name: str                 # e.g. "lif0"; also the prefix of its initializers and states
+    input: str                # pre-activation tensor h
+    output: str               # activation tensor y = clip(h, 0, mu)
+    mu: Optional[float]       # trained clip threshold; None for a plain ReLU until estimated
+    mu_source: str            # "model" (trained clip) or "estimated" (plain ReLU)
+    idiom: str                # how the exporter wrote it, e.g. "Clip", "Relu+Min"
+    source_nodes: List[str] = field(default_factory=list)
+
+
+def clamp_bounds(node: gs.Node):
+    """(lo, hi) of an elementwise clamp node, None when the node is not one.
+
+    Raises for clamp-like nodes whose bounds are not constant scalars.
+    """
+    if node.op == "Relu":
+        return 0.0, math.inf
+    if node.op == "Clip":
+        lo, hi = -math.inf, math.inf
+        if "min" in node.attrs:
+            lo = float(node.attrs["min"])
+        if "max" in node.attrs:
+            hi = float(node.attrs["max"])
+        for idx in (1, 2):
+            if len(node.inputs) > idx and not is_empty(node.inputs[idx]):
+                v = const_value(node.inputs[idx])
+                if v is None:
+                    raise UnsupportedModelError(
+                        f"{node_label(node)}: the clip bound '{node.inputs[idx].name}' is not a "
+                        "constant; export the model with fixed (trained) thresholds")
+                if v.size != 1:
+                    raise UnsupportedModelError(
+                        f"{node_label(node)}: per-element clip bounds are not supported; use one "
+                        "threshold per layer")
+                if idx == 1:
+                    lo = float(v.reshape(()))
+                else:
+                    hi = float(v.reshape(()))
+        return lo, hi
+    if node.op in ("Min", "Max"):
+        if len(node.inputs) != 2:
+            return None
+        vals = [const_value(t) for t in node.inputs]
+        if (vals[0] is None) == (vals[1] is None):
+            return None  # two dynamic (or two constant) operands: not a clamp
+        c = vals[0] if vals[0] is not None else vals[1]
+        if c.size != 1:
+            raise UnsupportedModelError(
+                f"{node_label(node)}: {node.op} with a per-element bound is not supported as an "
+                "activation; use one threshold per layer")
+        c = float(c.reshape(()))
+        return (-math.inf, c) if node.op == "Min" else (c, math.inf)
+    return None
+
+
+def _data_input(node: gs.Node):
+    if node.op in ("Min", "Max"):
+        return node.inputs[0] if const_value(node.inputs[0]) is None else node.inputs[1]
+    return node.inputs[0]
+
+
+def _next_in_chain(graph: gs.Graph, node: gs.Node) -> Optional[gs.Node]:
+    out = node.outputs[0]
+    if len(out.outputs) != 1 or is_graph_output(graph, out):
+        return None
+    nxt = out.outputs[0]
+    if nxt.op in CLAMP_OPS and clamp_bounds(nxt) is not None and _data_input(nxt) is out:
+        return nxt
+    return None
+
+
+def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
+    """Replace each activation chain by one canonical node and return the sites in order."""
+    graph.toposort()
+    in_chain = set()
+    chains = []
+    for node in graph.nodes:
+        if id(node) in in_chain or node.op not in CLAMP_OPS:
+            continue
+        if clamp_bounds(node) is None:
+            continue
+        chain = [node]
+        nxt = _next_in_chain(graph, node)
+        while nxt is not None:
+            chain.append(nxt)
+            nxt = _next_in_chain(graph, nxt)
+        in_chain.update(id(n) for n in chain)
+        chains.append(chain)
+
+    sites: List[Site] = []
+    for chain in chains:
+        bounds = [clamp_bounds(n) for n in chain]
+        lo = max(b[0] for b in bounds)
+        hi = min(b[1] for b in bounds)
+        first, last = chain[0], chain[-1]
+        label = node_label(first) if len(chain) == 1 else \
+            f"nodes {', '.join(repr(n.name) for n in chain)} ({'+'.join(n.op for n in chain)})"
+        if not lo < hi:
+            raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi})")
+        if abs(lo) > 1e-12:
+            raise UnsupportedModelError(
+                f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like; only "
+                "activations with lower bound 0 (Relu, Clip(0, mu), Relu+Min, Max(0)+Min) can "
+                "become integrate-and-fire neurons")
+        h = _data_input(first)
+        y = last.outputs[0]
+        name = f"lif{len(sites)}"
+        idiom = "+".join(n.op for n in chain)
+        mu = None if math.isinf(hi) else float(hi)
+        if mu is not None and mu <= 0:
+            raise UnsupportedModelError(f"{label}: clip threshold {mu} must be positive")
+        site = Site(name=name, input=h.name, output=y.name, mu=mu,
+                    mu_source="model" if mu is not None else "estimated", idiom=idiom,
+                    source_nodes=[n.name for n in chain])
+        for n in chain:
+            n.inputs.clear()
+            n.outputs.clear()
+        if mu is None:
+            new = gs.Node("Relu", name, inputs=[h], outputs=[y])
+        else:
+            new = gs.Node("Clip", name, inputs=[
+                h, gs.Constant(f"{name}.clip_min", np.array(0.0, np.float32)),
+                gs.Constant(f"{name}.mu", np.array(mu, np.float32))], outputs=[y])
+        graph.nodes.append(new)
+        sites.append(site)
+    graph.cleanup().toposort()
+    # order and names follow the topological order of the rewritten graph
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    sites.sort(key=lambda s: order[s.name])
+    return sites

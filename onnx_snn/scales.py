@@ -1,0 +1,222 @@
+"""Choosing each site's threshold scale alpha and output scale beta (pure numpy).
+
+For pre-activations ``h``, trained threshold ``mu`` and ``T`` time steps the DNN gives
+``clip(h, 0, mu)``; an integrate-and-fire neuron with threshold ``alpha*mu``, spike amplitude
+``beta*mu``, soft reset and initial membrane ``v0`` gives under constant input ``h`` on average
+
+    snn(h) = (beta*mu/T) * clip(floor((T*h + v0) / (alpha*mu)), 0, T)
+
+Methods (all on the same code path, for honest comparisons):
+
+* ``datta`` — Datta & Beerel 2022, Algorithm 1: alpha over the layer's own percentiles
+  ``P_i/mu`` (percentiles of the positive pre-activations that are ``<= mu``, plus alpha = 1),
+  beta over a fine grid; keep the pair that minimizes the objective. Objectives: ``mse``
+  (default, mean squared difference), ``mean`` (absolute value of the mean signed difference,
+  ties broken by mse) and ``l1`` (mean absolute difference).
+* ``max`` — threshold = mu, alpha = beta = 1 (plain rate coding).
+* ``deng`` — Deng et al. 2021: threshold = mu, initial membrane threshold/2.
+* ``percentile`` — Rueckauer et al. 2017: threshold = amplitude = the p-th percentile of
+  the positive pre-activations (capped at mu).
+
+The search is exact on the recorded sample and needs no pass over the data per (alpha, beta)
+pair: on the sorted sample, the staircase puts values into T+1 contiguous bins whose counts
+and sums come from prefix sums, so every objective is a closed form in beta per alpha.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+METHODS = ("datta", "deng", "max", "percentile")
+OBJECTIVES = ("mse", "mean", "l1")
+
+
+@dataclass
+class SearchConfig:
+    objective: str = "mse"
+    percentile_step: float = 1.0     # alpha candidates: percentiles step, 2*step, ..., 100
+    beta_step: float = 0.001         # beta grid: beta_step, 2*beta_step, ..., beta_max
+    beta_max: float = 2.0
+    percentile: float = 99.9         # for method "percentile"
+    relu_percentile: float = 99.99   # mu estimate for plain ReLU sites
+
+
+@dataclass
+class NeuronParams:
+    """The integrate-and-fire parameters chosen for one site."""
+
+    mu: float
+    alpha: float
+    beta: float
+    threshold: float
+    amplitude: float
+    leak: float
+    v_init: float
+    method: str
+    objective: str
+    objective_value: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ closed forms
+
+def dnn_activation(h: np.ndarray, mu: float) -> np.ndarray:
+    return np.clip(h, 0.0, mu)
+
+
+def step_edges(threshold, timesteps: int, v_init: float = 0.0) -> np.ndarray:
+    """Inputs at which the spike count steps up: ``(j*threshold - v0)/T`` for j = 1..T.
+
+    ``threshold`` may be an array (one row of edges per threshold)."""
+    j = np.arange(1, timesteps + 1, dtype=np.float64)
+    th = np.asarray(threshold, dtype=np.float64)[..., None]
+    return (j * th - v_init) / timesteps
+
+
+def spike_count(h: np.ndarray, threshold: float, timesteps: int, v_init: float = 0.0) -> np.ndarray:
+    """Spikes of an IF neuron with soft reset after ``timesteps`` steps of constant input h:
+    ``clip(floor((T*h + v0)/threshold), 0, T)``, computed as the number of step edges <= h
+    (the same comparisons the vectorized search makes, so both agree bit for bit)."""
+    edges = step_edges(threshold, timesteps, v_init)
+    return np.searchsorted(edges, np.asarray(h, np.float64), side="right").astype(np.float64)
+
+
+def staircase(h: np.ndarray, mu: float, alpha: float, beta: float, timesteps: int,
+              v_init: float = 0.0) -> np.ndarray:
+    """Time-averaged output of the IF neuron under constant input (see module docstring)."""
+    return beta * mu / timesteps * spike_count(h, alpha * mu, timesteps, v_init)
+
+
+def objective_value(h: np.ndarray, mu: float, alpha: float, beta: float, timesteps: int,
+                    v_init: float = 0.0, objective: str = "mse") -> float:
+    """The objective of one (alpha, beta) pair, computed directly (used for reports/tests)."""
+    diff = staircase(h, mu, alpha, beta, timesteps, v_init) - dnn_activation(np.asarray(h, np.float64), mu)
+    if objective == "mse":
+        return float(np.mean(diff ** 2))
+    if objective == "mean":
+        return float(abs(np.mean(diff)))
+    if objective == "l1":
+        return float(np.mean(np.abs(diff)))
+    raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+
+
+# ------------------------------------------------------------------ the datta search
+
+def alpha_candidates(sorted_h: np.ndarray, mu: float, step: float = 1.0) -> np.ndarray:
+    """alpha = P_i / mu for the percentiles P_i of the positive values with 0 < P_i <= mu,
+    always including alpha = 1."""
+    pos = sorted_h[np.searchsorted(sorted_h, 0.0, side="right"):]
+    qs = np.arange(step, 100.0 + 1e-9, step)
+    cands = [1.0]
+    if pos.size:
+        p = np.percentile(pos, qs)
+        cands += list(p[(p > 0) & (p <= mu)] / mu)
+    return np.unique(np.asarray(cands, dtype=np.float64))
+
+
+def _bins(sorted_h: np.ndarray, mu: float, alphas: np.ndarray, timesteps: int):
+    """Bin boundaries: values with k spikes sit at [b[:, k], b[:, k+1]) of the sorted sample."""
+    n = sorted_h.size
+    edges = step_edges(alphas * mu, timesteps)                         # [A, T]
+    # values >= edge j have at least j spikes (the comparison spike_count makes)
+    b = np.searchsorted(sorted_h, edges.reshape(-1), side="left").reshape(edges.shape)
+    b = b.astype(np.int64)
+    zeros = np.zeros((len(alphas), 1), np.int64)
+    full = np.full((len(alphas), 1), n, np.int64)
+    return np.concatenate([zeros, b, full], axis=1)                   # [A, T+2]
+
+
+def search_datta(sorted_h: np.ndarray, mu: float, timesteps: int,
+                 config: Optional[SearchConfig] = None):
+    """Return (alpha, beta, objective value) minimizing the objective on the sample."""
+    cfg = config or SearchConfig()
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES}")
+    h = np.asarray(sorted_h, dtype=np.float64)
+    n = h.size
+    if n == 0:
+        return 1.0, 1.0, 0.0
+    d = np.clip(h, 0.0, mu)
+    p1 = np.concatenate([[0.0], np.cumsum(d)])
+    p2 = np.concatenate([[0.0], np.cumsum(d * d)])
+    alphas = alpha_candidates(h, mu, cfg.percentile_step)
+    betas = np.arange(1, int(round(cfg.beta_max / cfg.beta_step)) + 1) * cfg.beta_step
+    b = _bins(h, mu, alphas, timesteps)                               # [A, T+2]
+    counts = np.diff(b, axis=1).astype(np.float64)                     # [A, T+1]
+    s1 = np.diff(p1[b], axis=1)                                         # sum of d per bin
+    k = np.arange(timesteps + 1, dtype=np.float64)
+    c = mu / timesteps                                                  # output = beta*c*k
+    q2 = (counts * k ** 2).sum(1)                                       # [A]
+    q1 = (s1 * k).sum(1)
+    q0 = p2[-1]
+    mse = (betas[None, :] ** 2 * c ** 2 * q2[:, None]
+           - 2 * betas[None, :] * c * q1[:, None] + q0) / n             # [A, B]
+    if cfg.objective == "mse":
+        obj = mse
+    elif cfg.objective == "mean":
+        qk = (counts * k).sum(1)
+        obj = np.abs(betas[None, :] * c * qk[:, None] - p1[-1]) / n
+        obj = obj + 1e-12 * mse / max(q0 / n, 1e-30)  # tie-break by mse
+    else:  # l1
+        obj = _l1_table(d, p1, b, betas, c, k)
+    ia, ib = np.unravel_index(np.argmin(obj), obj.shape)
+    alpha, beta = float(alphas[ia]), float(betas[ib])
+    value = float(mse[ia, ib]) if cfg.objective == "mse" else float(
+        objective_value(h, mu, alpha, beta, timesteps, 0.0, cfg.objective))
+    return alpha, beta, value
+
+
+def _l1_table(d, p1, b, betas, c, k):
+    """Mean |beta*c*k - d| over bins, for every alpha (rows of b) and beta."""
+    n = d.size
+    a_n, tp1 = b.shape[0], b.shape[1] - 1
+    lo = b[:, :-1][:, None, :]                                          # [A, 1, T+1]
+    hi = b[:, 1:][:, None, :]
+    o = betas[None, :, None] * c * k[None, None, :]                     # [1, B, T+1]
+    o = np.broadcast_to(o, (a_n, betas.size, tp1))
+    m = np.searchsorted(d, o.reshape(-1), side="left").reshape(o.shape)
+    m = np.clip(m, lo, hi)
+    below = o * (m - lo) - (p1[m] - p1[lo])
+    above = (p1[hi] - p1[m]) - o * (hi - m)
+    return (below + above).sum(-1) / n
+
+
+# ------------------------------------------------------------------ front door
+
+def estimate_mu(sorted_h: np.ndarray, percentile: float) -> float:
+    pos = sorted_h[np.searchsorted(sorted_h, 0.0, side="right"):]
+    if pos.size == 0:
+        return 1.0
+    return float(np.percentile(pos, percentile))
+
+
+def choose_params(sorted_h: np.ndarray, mu: float, timesteps: int, method: str = "datta",
+                  config: Optional[SearchConfig] = None) -> NeuronParams:
+    """(alpha, beta) and the neuron parameters of one site for ``method``."""
+    cfg = config or SearchConfig()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if timesteps < 1:
+        raise ValueError("timesteps must be at least 1")
+    v_frac = 0.0
+    if method == "datta":
+        alpha, beta, _ = search_datta(sorted_h, mu, timesteps, cfg)
+    elif method == "max":
+        alpha, beta = 1.0, 1.0
+    elif method == "deng":
+        alpha, beta, v_frac = 1.0, 1.0, 0.5
+    else:  # percentile
+        p = float(min(estimate_mu(sorted_h, cfg.percentile), mu))
+        alpha = beta = (p / mu) if p > 0 else 1.0
+    threshold = alpha * mu
+    v_init = v_frac * threshold
+    value = objective_value(sorted_h, mu, alpha, beta, timesteps, v_init, cfg.objective) \
+        if np.size(sorted_h) else 0.0
+    return NeuronParams(mu=float(mu), alpha=float(alpha), beta=float(beta),
+                        threshold=float(threshold), amplitude=float(beta * mu), leak=1.0,
+                        v_init=float(v_init), method=method, objective=cfg.objective,
+                        objective_value=value)

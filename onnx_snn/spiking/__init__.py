@@ -1,0 +1,1 @@
+"""The spiking ONNX format (version 1): the neuron function, metadata, and the rewrite."""

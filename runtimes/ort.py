@@ -1,0 +1,113 @@
+"""The onnxruntime runtime: run a DNN or a spiking model and collect spike counts.
+
+A spiking model in the single-call form runs in one ``session.run`` per batch (its Loop
+does the T steps; ``timesteps`` overrides the default). A step-graph model is driven here,
+step by step, with the membrane states fed back. Both return the time-averaged outputs
+and the per-site spike totals over the T steps (shape ``[N]`` each).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import onnx
+
+from onnx_snn.calibrate import make_session
+from onnx_snn.errors import DataError, NotSpikingModelError
+from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
+from onnx_snn.model_io import load_model
+from onnx_snn.spiking import format as F
+
+
+@dataclass
+class StepResult:
+    outputs: List[np.ndarray]          # time-averaged DNN outputs, in graph order
+    spikes: Dict[str, np.ndarray]      # site -> spikes per sample over all T steps, [N]
+
+
+class ModelRunner:
+    """Runs any ONNX model the tool handles: a DNN, a spiking loop model or a step model."""
+
+    def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
+                 providers=None):
+        self.path = model if isinstance(model, str) else None
+        self.model = load_model(model) if isinstance(model, str) else model
+        self.spiking = F.is_spiking(self.model)
+        self.info = F.read_info(self.model) if self.spiking else None
+        self.session = make_session(self.model, threads, providers)
+        skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in self.info.sites) \
+            if self.spiking else ()
+        self.specs = input_specs(self.model, skip=skip)
+        self.fixed_batch = fixed_batch(self.specs)
+        outs = [o.name for o in self.model.graph.output]
+        if self.spiking:
+            self.output_names = self.info.outputs or [o for o in outs if not o.endswith((".spikes", ".v_next"))]
+        else:
+            self.output_names = outs
+
+    @property
+    def is_step_graph(self) -> bool:
+        return self.spiking and self.info.graph == "step"
+
+    def validate(self, x, what="data") -> Dict[str, np.ndarray]:
+        return validate_feeds(self.specs, x, what)
+
+    def run(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
+        """One batch (already validated feeds)."""
+        if not self.spiking:
+            return StepResult(self.session.run(self.output_names, feeds), {})
+        T = int(timesteps or self.info.timesteps)
+        if T < 1:
+            raise DataError(f"timesteps must be at least 1 (got {T})")
+        if self.is_step_graph:
+            return self._run_steps(feeds, T)
+        spike_names = [F.spikes_name(s.name) for s in self.info.sites]
+        outs = self.session.run(self.output_names + spike_names,
+                                {**feeds, F.TIMESTEPS_INPUT: np.array(T, np.int64)})
+        k = len(self.output_names)
+        return StepResult(outs[:k], dict(zip([s.name for s in self.info.sites], outs[k:])))
+
+    def _run_steps(self, feeds, T: int) -> StepResult:
+        n = next(iter(feeds.values())).shape[0]
+        sites = self.info.sites
+        states = {F.state_name(s.name): np.full([n] + list(s.shape), s.v_init, np.float32)
+                  for s in sites}
+        want = self.output_names + [F.next_state_name(s.name) for s in sites] + \
+            [F.spikes_name(s.name) for s in sites]
+        acc = None
+        spikes = {s.name: np.zeros(n, np.float32) for s in sites}
+        k = len(self.output_names)
+        for _ in range(T):
+            outs = self.session.run(want, {**feeds, **states})
+            acc = outs[:k] if acc is None else [a + o for a, o in zip(acc, outs[:k])]
+            for i, s in enumerate(sites):
+                states[F.state_name(s.name)] = outs[k + i]
+                spikes[s.name] += outs[k + len(sites) + i]
+        return StepResult([a / np.float32(T) for a in acc], spikes)
+
+
+def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,
+        batch_size: int = 256) -> StepResult:
+    """Run ``model`` on all of ``x`` in batches; return averaged outputs and spike totals."""
+    runner = ModelRunner(model)
+    feeds = runner.validate(x)
+    n = next(iter(feeds.values())).shape[0]
+    if runner.fixed_batch:
+        batch_size = runner.fixed_batch
+    outs: List[List[np.ndarray]] = []
+    spikes: Dict[str, List[np.ndarray]] = {}
+    for start in range(0, n, batch_size):
+        r = runner.run({k: v[start:start + batch_size] for k, v in feeds.items()}, timesteps)
+        outs.append(r.outputs)
+        for k, v in r.spikes.items():
+            spikes.setdefault(k, []).append(v)
+    return StepResult([np.concatenate(o) for o in zip(*outs)],
+                      {k: np.concatenate(v) for k, v in spikes.items()})
+
+
+def require_spiking(model: onnx.ModelProto, where: str) -> F.SpikingInfo:
+    if not F.is_spiking(model):
+        raise NotSpikingModelError(f"{where}: not a spiking model (no onnx_snn.format_version "
+                                   "metadata); convert it first with `onnx-snn convert`")
+    return F.read_info(model)

@@ -1,0 +1,177 @@
+"""Small ONNX models built with onnx.helper at a chosen opset, in every activation idiom.
+
+Weights are seeded random numbers (He-scaled so activations stay in a useful range); these
+models test graph handling, never accuracy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+IDIOMS = ("clip", "clip_const_nodes", "relu_min", "max_min", "min_max", "relu6", "relu")
+
+
+class GraphBuilder:
+    def __init__(self, opset: int, seed: int = 0):
+        self.opset = opset
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.n = 0
+
+    def name(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def const(self, value, prefix="c") -> str:
+        nm = self.name(prefix)
+        self.inits.append(nh.from_array(np.asarray(value, dtype=np.asarray(value).dtype), nm))
+        return nm
+
+    def node(self, op, inputs, n_out=1, **attrs) -> str:
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(h.make_node(op, inputs, outs, name=self.name(op + "_"), **attrs))
+        return outs[0]
+
+    def conv(self, x, cin, cout, k=3, stride=1, pad=1, bias=True):
+        w = (self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+        ins = [x, self.const(w, "W")]
+        if bias:
+            ins.append(self.const((self.rng.standard_normal(cout) * 0.1).astype(np.float32), "B"))
+        return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[pad] * 4)
+
+    def bn(self, x, c):
+        r = self.rng
+        return self.node("BatchNormalization", [
+            x, self.const((1 + 0.1 * r.standard_normal(c)).astype(np.float32), "bn_g"),
+            self.const((0.1 * r.standard_normal(c)).astype(np.float32), "bn_b"),
+            self.const((0.1 * r.standard_normal(c)).astype(np.float32), "bn_m"),
+            self.const((1 + 0.1 * r.random(c)).astype(np.float32), "bn_v")], epsilon=1e-5)
+
+    def gemm(self, x, cin, cout, matmul=False):
+        w = (self.rng.standard_normal((cin, cout)) * np.sqrt(2.0 / cin)).astype(np.float32)
+        b = (self.rng.standard_normal(cout) * 0.1).astype(np.float32)
+        if matmul:
+            return self.node("Add", [self.node("MatMul", [x, self.const(w, "W")]), self.const(b, "B")])
+        return self.node("Gemm", [x, self.const(w.T.copy(), "W"), self.const(b, "B")], transB=1)
+
+    def scalar_node(self, value) -> str:
+        """A scalar produced by a Constant node (not an initializer)."""
+        return self.node("Constant", [], value=nh.from_array(np.array(value, np.float32)))
+
+    def act(self, x, idiom: str, mu: float = 2.0):
+        if idiom == "clip":
+            if self.opset < 11:
+                return self.node("Clip", [x], min=0.0, max=float(mu))
+            return self.node("Clip", [x, self.const(np.array(0.0, np.float32)),
+                                      self.const(np.array(mu, np.float32))])
+        if idiom == "clip_const_nodes":
+            if self.opset < 11:
+                return self.node("Clip", [x], min=0.0, max=float(mu))
+            zero = self.node("Cast", [self.node("Constant", [], value=nh.from_array(np.array(0, np.int64)))],
+                             to=TP.FLOAT)
+            return self.node("Clip", [x, zero, self.scalar_node(mu)])
+        if idiom == "relu_min":
+            return self.node("Min", [self.node("Relu", [x]), self.const(np.array([mu], np.float32))])
+        if idiom == "max_min":
+            m = self.node("Max", [x, self.const(np.array(0.0, np.float32))])
+            return self.node("Min", [m, self.const(np.array(mu, np.float32))])
+        if idiom == "min_max":
+            m = self.node("Min", [self.const(np.array(mu, np.float32)), x])
+            return self.node("Max", [m, self.const(np.array(0.0, np.float32))])
+        if idiom == "relu6":
+            if self.opset < 11:
+                return self.node("Clip", [x], min=0.0, max=6.0)
+            return self.node("Clip", [x, self.const(np.array(0.0, np.float32)),
+                                      self.const(np.array(6.0, np.float32))])
+        if idiom == "relu":
+            return self.node("Relu", [x])
+        raise ValueError(idiom)
+
+    def dropout(self, x):
+        if self.opset >= 12:
+            return self.node("Dropout", [x, self.const(np.array(0.25, np.float32))])
+        return self.node("Dropout", [x], ratio=0.25)
+
+    def model(self, x_name, out, in_shape, n_out, name="g") -> onnx.ModelProto:
+        g = h.make_graph(self.nodes, name,
+                         [h.make_tensor_value_info(x_name, TP.FLOAT, ["N"] + list(in_shape))],
+                         [h.make_tensor_value_info(out, TP.FLOAT, ["N", n_out])], self.inits)
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", self.opset)],
+                         producer_name="onnx.helper")
+        m.ir_version = min(m.ir_version, 7 if self.opset < 15 else 8)
+        onnx.checker.check_model(m)
+        return m
+
+
+def vgg(opset=13, idiom="clip", bn=True, dropout=True, matmul=False, softmax=True,
+        pool="MaxPool", seed=0, mu=2.0, in_shape=(1, 12, 12)) -> onnx.ModelProto:
+    """conv-act-conv-act-pool-flatten-dense-act-dense(-softmax)."""
+    b = GraphBuilder(opset, seed)
+    c, hh, ww = in_shape
+    x = b.conv("input", c, 4)
+    if bn:
+        x = b.bn(x, 4)
+    x = b.act(x, idiom, mu)
+    x = b.conv(x, 4, 8)
+    x = b.act(x, idiom, mu)
+    x = b.node(pool, [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("Flatten", [x], axis=1)
+    x = b.gemm(x, 8 * (hh // 2) * (ww // 2), 16, matmul=matmul)
+    x = b.act(x, idiom, mu)
+    if dropout:
+        x = b.dropout(x)
+    x = b.gemm(x, 16, 10)
+    if softmax:
+        x = b.node("Softmax", [x], axis=1)
+    return b.model("input", x, in_shape, 10, name=f"vgg_{idiom}_op{opset}")
+
+
+def resnet(opset=13, idiom="clip", seed=0, mu=2.0, sum_op=False, in_shape=(1, 12, 12)) -> onnx.ModelProto:
+    """A stem, one identity block and one block with a strided 1x1 conv shortcut."""
+    b = GraphBuilder(opset, seed)
+    c = in_shape[0]
+    x = b.act(b.conv("input", c, 4), idiom, mu)
+    # identity block
+    y = b.act(b.conv(x, 4, 4), idiom, mu)
+    y = b.conv(y, 4, 4)
+    x = b.act(b.node("Sum" if sum_op else "Add", [y, x]), idiom, mu)
+    # downsampling block with a 1x1 shortcut
+    y = b.act(b.conv(x, 4, 8, stride=2), idiom, mu)
+    y = b.conv(y, 8, 8)
+    s = b.conv(x, 4, 8, k=1, stride=2, pad=0)
+    x = b.act(b.node("Add", [y, s]), idiom, mu)
+    x = b.node("GlobalAveragePool", [x])
+    x = b.node("Flatten", [x], axis=1)
+    x = b.gemm(x, 8, 10)
+    return b.model("input", x, in_shape, 10, name=f"resnet_{idiom}_op{opset}")
+
+
+def single_site(opset=13, mu=1.0) -> onnx.ModelProto:
+    """input -> Clip(0, mu) -> output: one site fed directly by the input (constant current)."""
+    b = GraphBuilder(opset)
+    y = b.act("input", "clip", mu)
+    g = h.make_graph(b.nodes, "single", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 8])],
+                     [h.make_tensor_value_info(y, TP.FLOAT, ["N", 8])], b.inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def with_node(model: onnx.ModelProto, op: str, after_first_act: bool = True, **attrs) -> onnx.ModelProto:
+    """Insert an extra unary node ``op`` right after the first Conv (for error tests)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    old = conv.output[0]
+    new = old + "_pre"
+    conv.output[0] = new
+    node = h.make_node(op, [new], [old], name=f"the_{op.lower()}", **attrs)
+    idx = list(m.graph.node).index(conv)
+    m.graph.node.insert(idx + 1, node)
+    return m
+
+
+def rand_input(n=32, shape=(1, 12, 12), seed=1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n,) + tuple(shape)).astype(np.float32)

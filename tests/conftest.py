@@ -1,0 +1,41 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.txt from the converter's current output")
+
+
+@pytest.fixture
+def update_golden(request):
+    return request.config.getoption("--update-golden") or os.environ.get("ONNX_SNN_UPDATE_GOLDEN") == "1"
+
+
+def _fmnist():
+    from onnx_snn.datasets import FASHION_MNIST_SYSTEM_DIR
+    roots = [os.environ.get("ONNX_SNN_DATA"), str(FASHION_MNIST_SYSTEM_DIR)]
+    return any(r and (Path(r) / "t10k-images-idx3-ubyte.gz").is_file() for r in roots)
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    if not _fmnist():
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    from onnx_snn.datasets import load_dataset
+    return load_dataset("fashion-mnist:test")
+
+
+@pytest.fixture(scope="session")
+def fmnist_train():
+    if not _fmnist():
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    from onnx_snn.datasets import load_dataset
+    return load_dataset("fashion-mnist:train")

@@ -1,0 +1,146 @@
+"""The spiking format: validity, the neuron's staircase, step graph == single-call graph,
+convergence to the DNN at large T, hoisting, metadata."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import builders as B
+import onnx_snn
+from onnx_snn.runtimes.ort import ModelRunner, run
+from onnx_snn.scales import spike_count
+from onnx_snn.spiking import format as F
+
+
+@pytest.fixture(scope="module")
+def x():
+    return B.rand_input(48)
+
+
+def converted(model, x, T=2, method="datta"):
+    nm = onnx_snn.prepare(model)
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    return nm, cal, onnx_snn.build(nm, cal, T, method)
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(17, "relu_min"),
+                                  lambda: B.vgg(21, "max_min"), lambda: B.resnet(9, "clip")])
+def test_outputs_pass_full_check_and_run(make, x):
+    _, _, snn = converted(make(), x)
+    onnx.checker.check_model(snn.model, full_check=True)
+    onnx.checker.check_model(snn.step_model(), full_check=True)
+    r = run(snn.model, x)
+    assert r.outputs[0].shape == (48, 10)
+    assert set(r.spikes) == set(snn.records)
+    for name, counts in r.spikes.items():
+        assert counts.shape == (48,)
+        assert np.all(counts >= 0) and np.all(counts <= 2 * snn.records[name].neurons)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("method", ["max", "deng", "datta"])
+def test_neuron_under_constant_input_reproduces_the_staircase(T, method):
+    """input -> one site -> output: the site sees the same current every step."""
+    m = B.single_site(13, mu=1.0)
+    calib = (np.arange(-16, 48, dtype=np.float32) / 32.0).reshape(-1, 8)
+    _, _, snn = converted(m, calib, T, method)
+    rec = snn.records["lif0"]
+    # exact binary-fraction currents; thresholds made exact too so float32 = float64
+    h = (np.arange(-40, 120, dtype=np.float32) / 64.0).reshape(-1, 8)
+    th, amp = np.float32(0.5), np.float32(0.75)
+    for init, val in ((F.param_name("lif0", "threshold"), th), (F.param_name("lif0", "amplitude"), amp),
+                      (F.param_name("lif0", "v_init"), np.float32(rec.v_init and th / 2))):
+        t = next(i for i in snn.model.graph.initializer if i.name == init)
+        t.CopyFrom(onnx.numpy_helper.from_array(np.array(val, np.float32), init))
+    r = run(snn.model, h)
+    v0 = float(th / 2) if rec.v_init else 0.0
+    counts = spike_count(h, float(th), T, v0)
+    np.testing.assert_array_equal(r.outputs[0], (amp * counts / T).astype(np.float32))
+    np.testing.assert_array_equal(r.spikes["lif0"], counts.sum(1))
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
+                                  lambda: B.vgg(17, "relu")])
+@pytest.mark.parametrize("T", [1, 3])
+def test_step_graph_equals_single_call_graph(make, T, x):
+    _, _, snn = converted(make(), x, T)
+    a = run(snn.model, x)
+    b = run(snn.step_model(), x)
+    np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip", pool="AveragePool", softmax=False),
+                                  lambda: B.resnet(13, "clip"),
+                                  lambda: B.vgg(13, "relu", pool="AveragePool", softmax=False)])
+def test_max_conversion_approaches_the_dnn_as_T_grows(make, x):
+    nm = onnx_snn.prepare(make())
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    dnn = run(nm.model, x).outputs[0]
+    errors = []
+    for T in (16, 64, 256):
+        snn = run(onnx_snn.build(nm, cal, T, "max").model, x).outputs[0]
+        err = float(np.abs(snn - dnn).max())
+        assert err <= 5.0 / T, f"T={T}: max |SNN - DNN| = {err}"
+        errors.append(err)
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_timesteps_input_overrides_T(x):
+    _, _, snn = converted(B.vgg(13, "clip"), x, T=2)
+    r4 = run(snn.model, x, timesteps=4)
+    step = run(snn.step_model(), x, timesteps=4)
+    np.testing.assert_array_equal(r4.outputs[0], step.outputs[0])
+    assert not np.array_equal(r4.outputs[0], run(snn.model, x).outputs[0])
+
+
+def test_first_layer_is_hoisted_out_of_the_loop(x):
+    _, _, snn = converted(B.vgg(13, "clip"), x)
+    outer = [n.op_type for n in snn.model.graph.node]
+    loop = next(n for n in snn.model.graph.node if n.op_type == "Loop")
+    body = [n.op_type for n in loop.attribute[0].g.node]
+    assert outer.count("Conv") == 1 and body.count("Conv") == 1
+    assert body.count(F.NEURON_OP) == 3
+
+
+def test_dynamic_batch(x):
+    _, _, snn = converted(B.vgg(13, "clip"), x)
+    full = run(snn.model, x).outputs[0]
+    for n in (1, 7):
+        np.testing.assert_allclose(run(snn.model, x[:n]).outputs[0], full[:n], atol=1e-6)
+
+
+def test_metadata(x):
+    nm, _, snn = converted(B.vgg(13, "clip"), x, T=3, method="deng")
+    meta = F.metadata(snn.model)
+    assert meta[F.META_FORMAT] == "1" and meta[F.META_TIMESTEPS] == "3"
+    assert meta[F.META_METHOD] == "deng"
+    sites = json.loads(meta[F.META_SITES])
+    assert [s["name"] for s in sites] == ["lif0", "lif1", "lif2"]
+    for s in sites:
+        assert s["threshold"] == pytest.approx(s["mu"]) and s["v_init"] == pytest.approx(s["threshold"] / 2)
+        for key in ("mu", "alpha", "beta", "threshold", "amplitude", "leak", "v_init", "objective_value"):
+            assert key in s
+    history = json.loads(meta[F.META_HISTORY])
+    assert history[0]["step"] == "convert" and history[0]["timesteps"] == 3
+    assert json.loads(meta[F.META_DROPOUT])[0]["ratio"] == pytest.approx(0.25)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in snn.model.graph.initializer}
+    for s in sites:
+        assert float(inits[f"{s['name']}.threshold"]) == pytest.approx(s["threshold"])
+        assert float(inits[f"{s['name']}.leak"]) == 1.0
+    fn = snn.model.functions[0]
+    assert (fn.domain, fn.name) == (F.DOMAIN, F.NEURON_OP)
+
+
+def test_runner_rejects_bad_shapes(x):
+    from onnx_snn.errors import DataError
+    _, _, snn = converted(B.vgg(13, "clip"), x)
+    runner = ModelRunner(snn.model)
+    with pytest.raises(DataError, match="does not fit"):
+        runner.validate(np.zeros((2, 3, 12, 12), np.float32))
+    bad = x[:4].copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        runner.validate(bad)

@@ -1,0 +1,116 @@
+"""The conversion math: closed forms and the exact vectorized (alpha, beta) search."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnx_snn.scales import (SearchConfig, alpha_candidates, choose_params, objective_value,
+                             search_datta, spike_count, staircase)
+
+
+def simulate_if(h, threshold, T, v0=0.0, leak=1.0):
+    """Reference IF neuron with soft reset, step by step, in float64."""
+    h = np.asarray(h, np.float64)
+    v = np.full_like(h, v0)
+    n = np.zeros_like(h)
+    for _ in range(T):
+        u = leak * v + h
+        s = (u >= threshold).astype(np.float64)
+        v = u - s * threshold
+        n += s
+    return n
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("v_frac", [0.0, 0.5])
+def test_spike_count_matches_simulation(T, v_frac):
+    th = 1.0
+    h = np.arange(-32, 96) / 16.0  # exact binary fractions: no rounding anywhere
+    assert np.array_equal(spike_count(h, th, T, v_frac * th), simulate_if(h, th, T, v_frac * th))
+
+
+def test_staircase_shape():
+    h = np.linspace(-1, 5, 601)
+    y = staircase(h, mu=4.0, alpha=0.5, beta=0.8, timesteps=2)
+    assert set(np.round(np.unique(y), 6)) == {0.0, 1.6, 3.2}
+    assert y[h < 1.0].max() == 0 and y[h >= 2.0].min() == pytest.approx(3.2)
+
+
+def brute_force(h, mu, T, cfg):
+    alphas = alpha_candidates(h, mu, cfg.percentile_step)
+    betas = np.arange(1, int(round(cfg.beta_max / cfg.beta_step)) + 1) * cfg.beta_step
+    best = (np.inf, None, None)
+    for a in alphas:
+        k = spike_count(h, a * mu, T)
+        d = np.clip(h, 0, mu)
+        for b in betas:
+            diff = b * mu / T * k - d
+            v = {"mse": np.mean(diff ** 2), "l1": np.mean(np.abs(diff)),
+                 "mean": abs(np.mean(diff))}[cfg.objective]
+            if v < best[0] - 1e-15:
+                best = (v, a, b)
+    return best
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), T=st.integers(1, 4), objective=st.sampled_from(["mse", "l1"]),
+       mu=st.floats(0.5, 6.0))
+def test_search_is_exact_on_the_sample(seed, T, objective, mu):
+    rng = np.random.default_rng(seed)
+    h = np.sort(rng.gamma(1.5, 1.0, 300) - 0.7)
+    cfg = SearchConfig(objective=objective, percentile_step=10.0, beta_step=0.05, beta_max=2.0)
+    alpha, beta, value = search_datta(h, mu, T, cfg)
+    ref_value, _, _ = brute_force(h, mu, T, cfg)
+    assert value == pytest.approx(ref_value, rel=1e-9, abs=1e-12)
+    assert objective_value(h, mu, alpha, beta, T, 0.0, objective) == pytest.approx(ref_value, rel=1e-9, abs=1e-12)
+
+
+def test_datta_beats_max_and_improves_with_T():
+    rng = np.random.default_rng(0)
+    h = np.sort(rng.gamma(1.0, 0.6, 200_000) - 0.3)  # skewed, mostly far below mu
+    mu = 4.0
+    values = []
+    for T in (1, 2, 4):
+        d = choose_params(h, mu, T, "datta")
+        m = choose_params(h, mu, T, "max")
+        assert d.objective_value < 0.5 * m.objective_value
+        assert 0 < d.alpha <= 1 and d.threshold == pytest.approx(d.alpha * mu)
+        assert d.amplitude == pytest.approx(d.beta * mu)
+        values.append(d.objective_value)
+    assert values[0] > values[1] > values[2]
+
+
+def test_baselines():
+    h = np.sort(np.random.default_rng(1).random(10_000) * 3)
+    m = choose_params(h, 4.0, 2, "max")
+    assert (m.alpha, m.beta, m.v_init, m.threshold) == (1.0, 1.0, 0.0, 4.0)
+    d = choose_params(h, 4.0, 2, "deng")
+    assert d.threshold == 4.0 and d.v_init == 2.0
+    p = choose_params(h, 4.0, 2, "percentile", SearchConfig(percentile=99.0))
+    assert p.threshold == pytest.approx(np.percentile(h[h > 0], 99.0))
+    assert p.amplitude == pytest.approx(p.threshold)
+
+
+def test_deng_objective_uses_half_threshold_start():
+    h = np.array([1.0, 2.0, 3.0])
+    d = choose_params(h, 4.0, 1, "deng")
+    # T=1, v0=2: h >= 2 fires (2, 3), h=1 does not -> outputs 0, 4, 4 vs 1, 2, 3
+    assert d.objective_value == pytest.approx(np.mean([1.0, 4.0, 1.0]))
+
+
+def test_search_on_all_values_and_on_a_sample_agree():
+    rng = np.random.default_rng(2)
+    h = rng.gamma(1.2, 0.8, 2_000_000) - 0.4
+    full = np.sort(h)
+    sample = np.sort(rng.choice(h, 200_000, replace=False))
+    a1, b1, _ = search_datta(full, 4.0, 2)
+    a2, b2, _ = search_datta(sample, 4.0, 2)
+    assert abs(a1 - a2) < 0.02 and abs(b1 - b2) < 0.02
+
+
+def test_unknown_method_and_objective():
+    h = np.sort(np.random.default_rng(0).random(100))
+    with pytest.raises(ValueError, match="unknown method"):
+        choose_params(h, 1.0, 2, "nope")
+    with pytest.raises(ValueError, match="unknown objective"):
+        search_datta(h, 1.0, 2, SearchConfig(objective="nope"))
