@@ -39,6 +39,26 @@ examples:
 """
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
@@ -74,23 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="DATA",
                    help="calibration data: fashion-mnist, cifar10, cifar100 (training split) or "
                         "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
-    c.add_argument("-T", "--timesteps", type=int, default=2, help="time steps (default: 2)")
+    c.add_argument("-T", "--timesteps", type=positive_int, default=2, help="time steps (default: 2)")
     c.add_argument("--method", choices=("datta", "deng", "max", "percentile"), default="datta",
                    help="how thresholds are chosen (default: datta; see below)")
     c.add_argument("--objective", choices=("mse", "mean", "l1"), default="mse",
                    help="what datta minimizes between DNN and SNN activations (default: mse)")
     c.add_argument("--calib-samples", type=int, default=512, metavar="N",
                    help="calibration samples drawn from the data (default: 512; 0 = all)")
-    c.add_argument("--batch-size", type=int, default=64, help="calibration batch (default: 64)")
-    c.add_argument("--sample-size", type=int, default=1_000_000, metavar="N",
+    c.add_argument("--batch-size", type=positive_int, default=64, help="calibration batch (default: 64)")
+    c.add_argument("--sample-size", type=positive_int, default=1_000_000, metavar="N",
                    help="values kept per layer for the search (default: 1000000)")
-    c.add_argument("--percentile-step", type=float, default=1.0,
+    c.add_argument("--percentile-step", type=positive_float, default=1.0,
                    help="datta: alpha candidates at every STEP-th percentile (default: 1)")
-    c.add_argument("--beta-step", type=float, default=0.001, help="datta: beta grid step (default: 0.001)")
-    c.add_argument("--beta-max", type=float, default=2.0, help="datta: largest beta (default: 2)")
-    c.add_argument("--percentile", type=float, default=99.9,
+    c.add_argument("--beta-step", type=positive_float, default=0.001, help="datta: beta grid step (default: 0.001)")
+    c.add_argument("--beta-max", type=positive_float, default=2.0, help="datta: largest beta (default: 2)")
+    c.add_argument("--percentile", type=positive_float, default=99.9,
                    help="percentile method: which percentile (default: 99.9)")
-    c.add_argument("--relu-percentile", type=float, default=99.99,
+    c.add_argument("--relu-percentile", type=positive_float, default=99.99,
                    help="plain ReLU layers: mu = this percentile of activations (default: 99.99)")
     c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
     c.add_argument("--step-graph", metavar="ONNX",
@@ -105,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="DATA",
                    help="fashion-mnist, cifar10, cifar100 (test split; add :train for the "
                         "training split) or a .npz with x and y (default: the model's dataset)")
-    e.add_argument("-T", "--timesteps", type=int, help="override the model's time steps")
-    e.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
-    e.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    e.add_argument("-T", "--timesteps", type=positive_int, help="override the model's time steps")
+    e.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default: 256)")
+    e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N samples")
     e.add_argument("--json", metavar="FILE",
                    help="write the result (top-1, spike rates per layer) as JSON; "
                         "`onnx-snn analyze` can reuse it")

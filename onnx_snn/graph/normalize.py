@@ -64,6 +64,18 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give every unnamed node a stable name (op and position) for reports and diffs."""
+    taken = {n.name for n in graph.nodes if n.name}
+    for i, n in enumerate(graph.nodes):
+        if not n.name:
+            name = f"{n.op}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+
+
 def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None) -> NormalizedModel:
     """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`."""
     notes: List[str] = []
@@ -107,6 +119,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
             "estimated from the calibration data (--relu-percentile)")
 
     graph.cleanup().toposort()
+    _name_nodes(graph)
     out = gs.export_onnx(graph)
     out.ir_version = max(model.ir_version, 8)
     del out.metadata_props[:]

@@ -1,0 +1,67 @@
+"""Calibration with onnxruntime: exact statistics, bounded stratified samples, clear errors."""
+import numpy as np
+import pytest
+
+import builders as B
+from onnx_snn.calibrate import _Sampler, calibrate
+from onnx_snn.errors import DataError
+from onnx_snn.graph.normalize import normalize
+
+
+@pytest.fixture(scope="module")
+def nm():
+    return normalize(B.vgg(13, "clip"))
+
+
+def test_statistics_are_exact_when_everything_fits(nm):
+    import onnx
+    from onnx_snn.runtimes.ort import run
+    x = B.rand_input(20)
+    cal = calibrate(nm, x, batch_size=7, show_progress=False)
+    m = onnx.ModelProto()
+    m.CopyFrom(nm.model)
+    m.graph.output.add().name = nm.sites[1].input
+    h = run(m, x).outputs[1].reshape(-1)
+    st = cal.sites["lif1"]
+    assert st.count == h.size and st.sample.size == h.size
+    np.testing.assert_allclose(st.sample, np.sort(h), rtol=1e-6)
+    assert st.n_positive == int((h > 0).sum()) and st.max == pytest.approx(h.max())
+    assert st.shape == (8, 12, 12) and st.neurons == 8 * 144
+
+
+def test_sample_is_bounded_and_stratified(nm):
+    x = B.rand_input(40)
+    cal = calibrate(nm, x, batch_size=8, sample_size=1000, show_progress=False)
+    for st in cal.sites.values():
+        assert st.sample.size == min(1000, st.count)
+        assert np.all(np.diff(st.sample) >= 0)
+
+
+def test_sampler_is_uniform():
+    rng = np.random.default_rng(0)
+    s = _Sampler(10_000, 1_000_000, rng)
+    for start in range(0, 1_000_000, 100_000):
+        s.add(np.arange(start, start + 100_000, dtype=np.float32))
+    out = s.result()
+    assert out.size == 10_000 and np.unique(out).size == 10_000
+    hist = np.histogram(out, bins=10, range=(0, 1_000_000))[0]
+    assert np.all(hist == 1000)  # one stratum per batch
+
+
+def test_wrong_shape(nm):
+    with pytest.raises(DataError, match=r"shape \[4, 1, 28, 28\] does not fit .*'input'"):
+        calibrate(nm, np.zeros((4, 1, 28, 28), np.float32), show_progress=False)
+    with pytest.raises(DataError, match="does not fit"):
+        calibrate(nm, np.zeros((4, 144), np.float32), show_progress=False)
+
+
+def test_nan_and_inf(nm):
+    x = B.rand_input(4)
+    x[1, 0, 3, 3] = np.inf
+    with pytest.raises(DataError, match="NaN/Inf"):
+        calibrate(nm, x, show_progress=False)
+
+
+def test_empty_data(nm):
+    with pytest.raises(DataError, match="no samples"):
+        calibrate(nm, np.zeros((0, 1, 12, 12), np.float32), show_progress=False)

@@ -1,0 +1,156 @@
+"""The command line: convert and eval end to end, and bad input handled cleanly."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import builders as B
+from onnx_snn.cli import main
+
+
+@pytest.fixture
+def files(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(B.vgg(13, "clip").SerializeToString())
+    x = B.rand_input(64)
+    np.save(tmp_path / "calib.npy", x)
+    y = np.random.default_rng(0).integers(0, 10, 64)
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    return tmp_path
+
+
+def test_convert_eval_info(files, capsys):
+    out = files / "model.snn.onnx"
+    rc = main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+               str(files / "calib.npy"), "-T", "3", "--method", "datta",
+               "--report", str(files / "r.json"), "--step-graph", str(files / "step.onnx")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "lif0" in text and "wrote" in text
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    report = json.loads((files / "r.json").read_text())
+    assert report["timesteps"] == 3 and len(report["sites"]) == 3
+    for s in report["sites"]:
+        assert {"mu", "alpha", "beta", "threshold", "amplitude", "objective_value", "sample_size"} <= set(s)
+    assert main(["eval", str(out), "--data", str(files / "test.npz"), "--json", str(files / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "SNN (datta, T=3) top-1" in text and "spikes/neuron" in text
+    ev = json.loads((files / "e.json").read_text())
+    assert ev["kind"] == "snn" and set(ev["sites"]) == {"lif0", "lif1", "lif2"}
+    assert main(["eval", str(files / "model.onnx"), "--data", str(files / "test.npz")]) == 0
+    assert "DNN top-1" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "T=3" in capsys.readouterr().out
+    assert main(["eval", str(files / "step.onnx"), "--data", str(files / "test.npz")]) == 0
+
+
+def test_default_output_name(files):
+    assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(files / "calib.npy")]) == 0
+    assert (files / "model.snn.onnx").exists()
+
+
+def run_cli(*args):
+    env = {**os.environ, "ONNX_SNN_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def assert_clean_error(proc, code, *needles):
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("onnx-snn: error:")]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def no_leftovers(folder, allowed):
+    assert sorted(p.name for p in folder.iterdir()) == sorted(allowed)
+
+
+def test_truncated_model(files):
+    data = (files / "model.onnx").read_bytes()
+    (files / "trunc.onnx").write_bytes(data[: len(data) // 3])
+    p = run_cli("convert", str(files / "trunc.onnx"), "--calib", str(files / "calib.npy"),
+                "-o", str(files / "out.onnx"))
+    assert_clean_error(p, 3, "trunc.onnx")
+    assert not (files / "out.onnx").exists()
+
+
+def test_not_onnx(files):
+    (files / "text.onnx").write_text("hello, I am not a model")
+    assert_clean_error(run_cli("eval", str(files / "text.onnx"), "--data", str(files / "test.npz")),
+                       3, "text.onnx")
+    assert_clean_error(run_cli("eval", str(files / "missing.onnx"), "--data", "x.npz"), 3, "no such file")
+
+
+def test_checker_failure(files):
+    m = B.vgg(13, "clip")
+    m.graph.node[0].input[1] = "does_not_exist"
+    (files / "broken.onnx").write_bytes(m.SerializeToString())
+    assert_clean_error(run_cli("convert", str(files / "broken.onnx"), "--calib",
+                               str(files / "calib.npy")), 3, "checker")
+
+
+def test_unsupported_op_names_the_node(files):
+    (files / "sig.onnx").write_bytes(B.with_node(B.vgg(13, "clip"), "Sigmoid").SerializeToString())
+    p = run_cli("convert", str(files / "sig.onnx"), "--calib", str(files / "calib.npy"))
+    assert_clean_error(p, 4, "the_sigmoid", "Sigmoid")
+    assert not (files / "sig.snn.onnx").exists()
+
+
+def test_bad_calibration_data(files):
+    np.save(files / "wrong.npy", np.zeros((4, 3, 32, 32), np.float32))
+    assert_clean_error(run_cli("convert", str(files / "model.onnx"), "--calib",
+                               str(files / "wrong.npy")), 5, "does not fit")
+    bad = B.rand_input(8)
+    bad[2, 0, 0, 0] = np.nan
+    np.save(files / "nan.npy", bad)
+    assert_clean_error(run_cli("convert", str(files / "model.onnx"), "--calib",
+                               str(files / "nan.npy")), 5, "NaN")
+    no_leftovers(files, ["model.onnx", "calib.npy", "test.npz", "wrong.npy", "nan.npy"])
+
+
+def test_missing_dataset(files, tmp_path):
+    env_dir = tmp_path / "empty"
+    env_dir.mkdir()
+    p = run_cli("convert", str(files / "model.onnx"), "--calib", "cifar10", "--data-dir", str(env_dir))
+    assert_clean_error(p, 5, "cifar10 not found")
+
+
+def test_output_paths(files):
+    m = str(files / "model.onnx")
+    before = (files / "model.onnx").read_bytes()
+    assert_clean_error(run_cli("convert", m, "-o", m, "--calib", str(files / "calib.npy")), 6, "input")
+    assert (files / "model.onnx").read_bytes() == before
+    assert_clean_error(run_cli("convert", m, "-o", str(files / "nope" / "x.onnx"), "--calib",
+                               str(files / "calib.npy")), 6, "does not exist")
+    no_leftovers(files, ["model.onnx", "calib.npy", "test.npz"])
+
+
+def test_eval_dnn_labels_mismatch(files):
+    np.savez(files / "odd.npz", x=B.rand_input(4), y=np.arange(3))
+    assert_clean_error(run_cli("eval", str(files / "model.onnx"), "--data", str(files / "odd.npz")),
+                       5, "labels")
+
+
+def test_info_on_a_dnn(files):
+    assert_clean_error(run_cli("info", str(files / "model.onnx")), 8, "not a spiking model")
+
+
+def test_usage_errors():
+    p = run_cli("convert")
+    assert p.returncode == 2 and "usage" in p.stderr
+    p = run_cli("convert", "m.onnx", "--method", "magic")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_help_teaches():
+    p = run_cli("convert", "--help")
+    assert p.returncode == 0
+    for word in ("datta", "deng", "examples", "--calib", "-T"):
+        assert word in p.stdout

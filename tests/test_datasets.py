@@ -1,0 +1,141 @@
+"""Dataset readers: IDX (Fashion-MNIST), CIFAR python pickles, .npy/.npz, clear errors."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from onnx_snn.datasets import (apply_preprocess, load_array_file, load_cifar, load_dataset,
+                               read_idx)
+from onnx_snn.errors import DataError
+
+
+def write_idx(path, arr, code=0x08):
+    header = struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    data = header + arr.astype(">u1").tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+def make_fmnist(folder, n=20):
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+
+
+def test_idx_roundtrip(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", arr)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), arr)
+
+
+def test_truncated_idx(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", arr)
+    data = (tmp_path / "a").read_bytes()
+    (tmp_path / "a").write_bytes(data[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "a")
+    (tmp_path / "b").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX"):
+        read_idx(tmp_path / "b")
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    make_fmnist(tmp_path)
+    ds = load_dataset("fashion-mnist:train", data_dir=tmp_path)
+    assert ds.x.shape == (20, 1, 28, 28) and ds.x.dtype == np.float32
+    assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0 and ds.y.dtype == np.int64
+
+
+def test_fashion_mnist_env_var(tmp_path, monkeypatch):
+    make_fmnist(tmp_path)
+    monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path))
+    assert len(load_dataset("fashion-mnist")) == 20
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    import onnx_snn.datasets as D
+    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv("ONNX_SNN_DATA", raising=False)
+    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def make_cifar(root, name="cifar10", n=6):
+    rng = np.random.default_rng(1)
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        files, key = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels"
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir()
+        files, key = ["train", "test"], b"fine_labels"
+    images = {}
+    for f in files:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        images[f] = data
+        with open(folder / f, "wb") as fh:
+            pickle.dump({b"data": data, key: list(rng.integers(0, 10, n))}, fh)
+    return images
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_python_folders(tmp_path, name):
+    images = make_cifar(tmp_path, name)
+    test = load_dataset(name, data_dir=tmp_path)
+    train = load_dataset(f"{name}:train", data_dir=tmp_path)
+    assert test.x.shape == (6, 3, 32, 32)
+    assert train.x.shape == ((30 if name == "cifar10" else 6), 3, 32, 32)
+    first = images["test_batch" if name == "cifar10" else "test"][0]
+    # channel-major rows: the first 1024 bytes are the red plane
+    np.testing.assert_allclose(test.x[0, 0].reshape(-1), first[:1024] / 255.0, rtol=1e-6)
+
+
+def test_cifar_corrupt_batch(tmp_path):
+    make_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="not a CIFAR python batch"):
+        load_cifar("cifar10", data_dir=tmp_path)
+
+
+def test_npz_and_npy(tmp_path):
+    x = np.random.default_rng(0).random((5, 1, 4, 4)).astype(np.float32)
+    y = np.arange(5)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    np.save(tmp_path / "d.npy", x)
+    ds = load_array_file(tmp_path / "d.npz")
+    np.testing.assert_array_equal(ds.x, x)
+    np.testing.assert_array_equal(ds.y, y)
+    assert ds.preprocessed
+    assert load_dataset(str(tmp_path / "d.npy")).y is None
+    np.savez(tmp_path / "bad.npz", x=x, y=np.arange(3))
+    with pytest.raises(DataError, match="5 inputs but 3 labels"):
+        load_array_file(tmp_path / "bad.npz")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="cannot read"):
+        load_array_file(tmp_path / "junk.npy")
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+def test_preprocess():
+    x = np.ones((2, 3, 2, 2), np.float32)
+    out = apply_preprocess(x, [1.0, 0.5, 0.0], [1.0, 0.5, 2.0])
+    np.testing.assert_allclose(out[0, :, 0, 0], [0.0, 1.0, 0.5])
+    with pytest.raises(DataError, match="channels"):
+        apply_preprocess(x, [0.1, 0.2], None)
+
+
+def test_real_fashion_mnist(fmnist_test):
+    assert fmnist_test.x.shape == (10000, 1, 28, 28)
+    assert np.bincount(fmnist_test.y).tolist() == [1000] * 10

@@ -1,0 +1,76 @@
+"""Loading (external data included) and atomic, input-preserving writes; no torch import."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import builders as B
+import onnx_snn
+from onnx_snn.errors import ModelLoadError, OutputPathError
+from onnx_snn.model_io import load_model, save_model
+from onnx_snn.runtimes.ort import run
+
+
+def test_external_data(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(B.vgg(13, "clip"), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    assert (tmp_path / "ext.weights").exists() and path.stat().st_size < 5000
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(str(path), x, timesteps=2, show_progress=False)
+    ref = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    np.testing.assert_array_equal(run(snn.model, x).outputs[0], run(ref.model, x).outputs[0])
+    (tmp_path / "ext.weights").unlink()
+    with pytest.raises(ModelLoadError, match="external data"):
+        load_model(path)
+
+
+def test_save_refuses_input_and_missing_folder(tmp_path):
+    m = B.vgg(13, "clip")
+    src = tmp_path / "a.onnx"
+    onnx.save(m, str(src))
+    with pytest.raises(OutputPathError):
+        save_model(m, src, src)
+    with pytest.raises(OutputPathError):
+        save_model(m, tmp_path / "missing" / "b.onnx")
+    with pytest.raises(OutputPathError, match="folder"):
+        save_model(m, tmp_path)
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import onnx_snn.model_io as io
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.os, "fsync", boom)
+    with pytest.raises(OSError):
+        save_model(B.vgg(13, "clip"), tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_replaced_whole(tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_text("old")
+    save_model(B.vgg(13, "clip"), out)
+    assert onnx.load(str(out)).graph.node
+
+
+def test_core_path_never_imports_torch(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(B.vgg(13, "clip").SerializeToString())
+    np.save(tmp_path / "x.npy", B.rand_input(16))
+    code = (
+        "import sys, numpy as np, onnx_snn\n"
+        f"snn = onnx_snn.convert({str(model)!r}, np.load({str(tmp_path / 'x.npy')!r}), show_progress=False)\n"
+        f"snn.save({str(tmp_path / 'm.snn.onnx')!r})\n"
+        f"onnx_snn.evaluate({str(tmp_path / 'm.snn.onnx')!r}, (np.load({str(tmp_path / 'x.npy')!r}), np.zeros(16, int)), show_progress=False)\n"
+        "import onnx_snn.cli\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "ONNX_SNN_PROGRESS": "0"})
+    assert p.returncode == 0, p.stderr
