@@ -48,6 +48,12 @@ class NotSpikingModelError(OnnxSnnError):
     exit_code = 8
 
 
+class MissingDependencyError(OnnxSnnError):
+    """An optional dependency (torch, matplotlib) is needed for this command."""
+
+    exit_code = 9
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -57,5 +63,6 @@ EXIT_CODES = {
         OutputPathError,
         TrainingDivergedError,
         NotSpikingModelError,
+        MissingDependencyError,
     )
 }

@@ -1,0 +1,12 @@
+"""The PyTorch runtime of the spiking ONNX format: build a trainable module from a spiking
+model, fine-tune it with surrogate-gradient learning, and write it back in the same format.
+
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    net = SpikingNetwork.from_onnx("model.snn.onnx")
+    logits, spikes = net(x)                 # time-averaged outputs, per-site spike totals
+    net.to_onnx("tuned.snn.onnx")
+"""
+from .neuron import lif_step, spike_fn
+from .network import SpikingNetwork
+
+__all__ = ["SpikingNetwork", "lif_step", "spike_fn"]

@@ -1,0 +1,291 @@
+"""Surrogate-gradient fine-tuning (SGL) of a spiking ONNX model, the paper's recipe by default.
+
+Adam (amsgrad), lr 1e-4, divided by 5 at 60/80/90 % of the iterations; cross-entropy on the
+time-averaged outputs; backprop through the T steps; one dropout mask per batch reused over
+the steps where the source DNN had dropout; thresholds, leaks (clamped to at most 1) and
+weights trained. The test set is evaluated after every epoch and the best model is written
+to the output file (so a diverging run leaves the last good model there). Checkpoints allow
+``resume``. Under ``torchrun`` the batches are sharded over the processes and gradients
+averaged with DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+from onnx_snn.convert import resolve_data
+from onnx_snn.datasets import Dataset
+from onnx_snn.errors import DataError, TrainingDivergedError
+from onnx_snn.feeds import input_specs, validate_feeds
+from onnx_snn.model_io import check_output_path, load_model
+from onnx_snn.progress import Progress
+from onnx_snn.runtimes.ort import require_spiking
+from onnx_snn.spiking import format as F
+
+from .network import SpikingNetwork
+
+MILESTONES = (0.6, 0.8, 0.9)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 64
+    timesteps: Optional[int] = None          # None: the model's T
+    weight_decay: float = 0.0
+    lr_decay: float = 0.2                    # lr multiplied by this at each milestone
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    eval_batch: int = 256
+    initial_eval: bool = True
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    train_top1: float
+    test_top1: float
+    seconds: float
+    spikes_per_neuron: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneResult:
+    output: str
+    timesteps: int
+    initial_top1: Optional[float]
+    best_top1: float
+    best_epoch: int
+    epochs: List[EpochRecord]
+    seconds_per_epoch: float
+    peak_rss_mb: float
+    peak_cuda_mb: Optional[float]
+    world_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ distributed helpers
+
+def _dist_env():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _init_distributed(device: torch.device):
+    import torch.distributed as dist
+    world, rank, _ = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, rank
+
+
+def _pick_device(name: str) -> torch.device:
+    _, _, local = _dist_env()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------ data
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding (2 px for 28x28, 4 px for 32x32) and, for colour
+    images, a random horizontal flip; on tensors, one draw per image."""
+    n, c, h, w = x.shape
+    pad = 4 if h >= 32 else 2
+    xp = Fn.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])                      # [n, h]
+    cols = (dx[:, None] + torch.arange(w)[None, :])                      # [n, w]
+    out = xp[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+    if c == 3:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+def load_split(model, data, split, limit, data_dir, info) -> Dataset:
+    ds = resolve_data(data, info.preprocess, data_dir=data_dir, split=split)
+    if ds.y is None:
+        raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
+    if limit:
+        ds = ds.take(limit, seed=0 if split == "train" else None)
+    skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in info.sites)
+    validate_feeds(input_specs(model, skip=skip), ds.x[:2], f"{ds.name} data")
+    return ds
+
+
+# ------------------------------------------------------------------ evaluation
+
+@torch.no_grad()
+def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=256,
+                   desc="evaluating", show_progress=True):
+    """Top-1 (%) and spikes per neuron per site of the torch module on a dataset."""
+    was = net.training
+    net.eval()
+    correct, n = 0, len(ds)
+    spikes: Dict[str, float] = {}
+    bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
+    for s in range(0, n, batch):
+        xb = torch.from_numpy(ds.x[s:s + batch]).to(device)
+        out = net(xb, timesteps)
+        correct += int((out.argmax(1).cpu() == torch.from_numpy(ds.y[s:s + batch])).sum())
+        for k, v in net.last_spikes.items():
+            spikes[k] = spikes.get(k, 0.0) + float(v.sum())
+        bar.update(xb.shape[0], top1=100.0 * correct / (s + xb.shape[0]))
+    bar.close()
+    net.train(was)
+    per_neuron = {site.name: spikes.get(site.name, 0.0) / n / max(site.neurons, 1) for site in net.sites}
+    return 100.0 * correct / n, per_neuron
+
+
+# ------------------------------------------------------------------ the loop
+
+def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
+             data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
+             show_progress: bool = True, log=print) -> FinetuneResult:
+    cfg = config or FinetuneConfig()
+    device = _pick_device(cfg.device)
+    world, rank = _init_distributed(device)
+    main_proc = rank == 0
+    _seed_all(cfg.seed + rank)
+    if main_proc:
+        check_output_path(output, model_path)
+    ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
+    model = load_model(model_path)
+    info = require_spiking(model, model_path)
+    T = int(cfg.timesteps or info.timesteps)
+    train = load_split(model, data, "train", cfg.limit_train, data_dir, info)
+    test = load_split(model, data, "test", cfg.limit_test, data_dir, info)
+
+    net = SpikingNetwork(model).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, amsgrad=True, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * world))
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: cfg.lr_decay ** sum(it >= m * total for m in MILESTONES))
+    ddp = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+
+    start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        history = [EpochRecord(**e) for e in state["history"]]
+        initial = state.get("initial")
+        torch.set_rng_state(state["rng"])
+        if main_proc:
+            log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
+    elif main_proc and cfg.initial_eval:
+        initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
+                                    show_progress)
+        best, best_epoch = initial, 0
+        net.to_onnx(output, model_path, history=_hist(cfg, T, 0, initial, initial, world), timesteps=T)
+        log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    epoch_seconds = []
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        perm = np.random.default_rng(cfg.seed + epoch).permutation(len(train))[rank::world]
+        t0 = time.perf_counter()
+        seen, correct, loss_sum = 0, 0, 0.0
+        bar = Progress(len(perm), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                       enabled=(None if show_progress else False) if main_proc else False)
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb = torch.from_numpy(train.x[idx])
+            if cfg.augment:
+                xb = _augment(xb, gen)
+            xb, yb = xb.to(device), torch.from_numpy(train.y[idx]).to(device)
+            out = ddp(xb, T, record_spikes=False)
+            loss = Fn.cross_entropy(out, yb)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} in epoch {epoch + 1}, batch {i // cfg.batch_size}; "
+                    f"the last good model is in {output}; try a smaller --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            net.project()
+            seen += len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            loss_sum += loss.item() * len(idx)
+            bar.update(len(idx), loss=loss_sum / seen, acc=100.0 * correct / seen,
+                       lr=sched.get_last_lr()[0])
+        bar.close()
+        epoch_seconds.append(time.perf_counter() - t0)
+        if main_proc:
+            top1, rates = evaluate_torch(net, test, device, T, cfg.eval_batch,
+                                         f"epoch {epoch + 1} test", show_progress)
+            history.append(EpochRecord(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1),
+                                       top1, epoch_seconds[-1], rates))
+            if top1 > best:
+                best, best_epoch = top1, epoch + 1
+                net.to_onnx(output, model_path, history=_hist(cfg, T, epoch + 1, initial, top1, world),
+                            timesteps=T)
+            log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
+                f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
+            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial)
+        if world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+    peak_cuda = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return FinetuneResult(output=str(output), timesteps=T, initial_top1=initial, best_top1=best,
+                          best_epoch=best_epoch, epochs=history,
+                          seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
+                          peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          peak_cuda_mb=peak_cuda, world_size=world)
+
+
+def _hist(cfg, T, epochs, initial, top1, world):
+    return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
+            "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
+
+
+def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
+                "best_epoch": best_epoch, "history": [asdict(h) for h in history],
+                "initial": initial, "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)

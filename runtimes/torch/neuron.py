@@ -1,0 +1,56 @@
+"""The integrate-and-fire neuron of the spiking format, with the paper's surrogate gradient.
+
+Forward (exactly the ``ai.onnx_snn.LIFNeuron`` function)::
+
+    u = leak * v + x;  s = (u >= threshold);  v_next = u - s * threshold;  y = s * amplitude
+
+Backward: the Heaviside step is replaced by a rectangular surrogate on the normalized
+membrane z = u / threshold: ds/dz = 1 for 0 < z < 2, so ds/du = 1/threshold and
+ds/dthreshold = -u/threshold^2 inside the window, 0 outside (Datta & Beerel 2022, after
+DIET-SNN).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _Spike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, threshold):
+        ctx.save_for_backward(u, threshold)
+        return (u >= threshold).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, threshold = ctx.saved_tensors
+        z = u / threshold
+        window = ((z > 0) & (z < 2)).to(grad.dtype)
+        grad_u = grad * window / threshold
+        grad_th = None
+        if ctx.needs_input_grad[1]:
+            g = -grad * window * u / (threshold * threshold)
+            grad_th = _reduce_to(g, threshold.shape)
+        return grad_u, grad_th
+
+
+def _reduce_to(g: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a broadcast gradient back to a parameter's shape."""
+    while g.dim() > len(shape):
+        g = g.sum(0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(i, keepdim=True)
+    return g.reshape(shape)
+
+
+def spike_fn(u: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """0/1 spikes with the rectangular surrogate gradient."""
+    return _Spike.apply(u, threshold)
+
+
+def lif_step(x, v, threshold, amplitude, leak):
+    """One step: returns (y, v_next, s)."""
+    u = leak * v + x
+    s = spike_fn(u, threshold)
+    v_next = u - s * threshold
+    return s * amplitude, v_next, s

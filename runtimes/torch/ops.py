@@ -1,0 +1,303 @@
+"""ONNX operators the spiking format carries, as torch functions.
+
+Each entry takes the node's parsed attributes and its input tensors (None for an omitted
+optional input) and returns a list of outputs. Only what exporters put into CNNs (and what
+the converter emits) is here; anything else is refused when the network is built, naming
+the node.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+_DTYPES = {
+    TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64,
+    TensorProto.FLOAT16: torch.float16, TensorProto.INT64: torch.int64,
+    TensorProto.INT32: torch.int32, TensorProto.INT8: torch.int8, TensorProto.UINT8: torch.uint8,
+    TensorProto.BOOL: torch.bool,
+}
+
+
+def parse_attrs(node) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if a.type == a.TENSOR:
+            v = torch.from_numpy(numpy_helper.to_array(v).copy())
+        elif isinstance(v, bytes):
+            v = v.decode()
+        out[a.name] = v
+    return out
+
+
+def _ints(t) -> List[int]:
+    return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
+
+
+def _sym_pads(pads, n):
+    """ONNX pads [b1..bn, e1..en] -> (symmetric torch padding or None, F.pad list)."""
+    if not pads:
+        return [0] * n, None
+    begin, end = list(pads[:n]), list(pads[n:])
+    if begin == end:
+        return begin, None
+    fpad = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        fpad += [b, e]
+    return [0] * n, fpad
+
+
+def _auto_pad(a, x, kernel, strides, dilations):
+    mode = a.get("auto_pad", "NOTSET")
+    if mode in ("NOTSET", "VALID"):
+        return a.get("pads")
+    pads_b, pads_e = [], []
+    for i, k in enumerate(kernel):
+        size = x.shape[2 + i]
+        out = -(-size // strides[i])
+        total = max(0, (out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - size)
+        small, big = total // 2, total - total // 2
+        pads_b.append(big if mode == "SAME_LOWER" else small)
+        pads_e.append(small if mode == "SAME_LOWER" else big)
+    return pads_b + pads_e
+
+
+def conv(a, x, w, b=None):
+    n = w.dim() - 2
+    strides = a.get("strides", [1] * n)
+    dil = a.get("dilations", [1] * n)
+    pads = _auto_pad(a, x, list(w.shape[2:]), strides, dil)
+    pad, fpad = _sym_pads(pads, n)
+    if fpad:
+        x = F.pad(x, fpad)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    return [fn(x, w, b, stride=strides, padding=pad, dilation=dil, groups=a.get("group", 1))]
+
+
+def conv_transpose(a, x, w, b=None):
+    n = w.dim() - 2
+    pad, fpad = _sym_pads(a.get("pads"), n)
+    if fpad:
+        raise NotImplementedError("ConvTranspose with asymmetric pads")
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+    return [fn(x, w, b, stride=a.get("strides", [1] * n), padding=pad,
+               output_padding=a.get("output_padding", [0] * n), groups=a.get("group", 1),
+               dilation=a.get("dilations", [1] * n))]
+
+
+def gemm(a, x, w, c=None):
+    if a.get("transA", 0):
+        x = x.t()
+    y = F.linear(x, w) if a.get("transB", 0) else x @ w
+    alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+    if alpha != 1.0:
+        y = y * alpha
+    if c is not None:
+        y = y + (c * beta if beta != 1.0 else c)
+    return [y]
+
+
+def _pool(a, x, kind):
+    kernel = a["kernel_shape"]
+    n = len(kernel)
+    strides = a.get("strides", [1] * n)
+    dil = a.get("dilations", [1] * n)
+    pads = _auto_pad(a, x, kernel, strides, dil)
+    pad, fpad = _sym_pads(pads, n)
+    ceil = bool(a.get("ceil_mode", 0))
+    if kind == "max":
+        if fpad:
+            x = F.pad(x, fpad, value=float("-inf"))
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+        return [fn(x, kernel, strides, pad, dil, ceil_mode=ceil)]
+    include = bool(a.get("count_include_pad", 0))
+    if fpad:
+        if not include:
+            raise NotImplementedError("AveragePool with asymmetric pads and count_include_pad=0")
+        x = F.pad(x, fpad)
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+    return [fn(x, kernel, strides, pad, ceil_mode=ceil, count_include_pad=include)]
+
+
+def _axes(a, axes_input, x):
+    axes = a.get("axes")
+    if axes_input is not None:
+        axes = _ints(axes_input)
+    return axes
+
+
+def _reduce(fn):
+    def op(a, x, axes_input=None):
+        axes = _axes(a, axes_input, x)
+        keep = bool(a.get("keepdims", 1))
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return [x]
+            axes = list(range(x.dim()))
+        return [fn(x, dim=[int(d) for d in axes], keepdim=keep)]
+    return op
+
+
+def reshape(a, x, shape):
+    dims = _ints(shape)
+    if not a.get("allowzero", 0):
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return [x.reshape(dims)]
+
+
+def flatten(a, x):
+    axis = a.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    return [x.reshape(lead, -1)]
+
+
+def squeeze(a, x, axes_input=None):
+    axes = _axes(a, axes_input, x)
+    if axes is None:
+        return [x.squeeze()]
+    for d in sorted((int(d) % x.dim() for d in axes), reverse=True):
+        x = x.squeeze(d)
+    return [x]
+
+
+def unsqueeze(a, x, axes_input=None):
+    axes = _axes(a, axes_input, x)
+    rank = x.dim() + len(axes)
+    for d in sorted(int(d) % rank for d in axes):
+        x = x.unsqueeze(d)
+    return [x]
+
+
+def slice_(a, x, starts=None, ends=None, axes=None, steps=None):
+    if starts is None:  # opset < 10: attributes
+        starts, ends, axes = a["starts"], a["ends"], a.get("axes")
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) if axes is not None else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    idx = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st < 0:
+            raise NotImplementedError("Slice with negative steps")
+        size = x.shape[ax]
+        s = max(0, min(size, s + size if s < 0 else s))
+        e = max(0, min(size, e + size if e < 0 else e))
+        idx[ax] = slice(s, e, st)
+    return [x[tuple(idx)]]
+
+
+def shape(a, x):
+    s = torch.tensor(list(x.shape), dtype=torch.int64)
+    start, end = a.get("start", 0), a.get("end")
+    return [s[start:end]]
+
+
+def gather(a, x, idx):
+    axis = a.get("axis", 0) % x.dim()
+    idx = idx.to(torch.int64)
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    flat = x.index_select(axis, idx.reshape(-1).to(x.device))
+    return [flat.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))]
+
+
+def concat(a, *xs):
+    xs = [x for x in xs if x is not None]
+    return [torch.cat(xs, dim=a.get("axis", 0))]
+
+
+def split(a, x, sizes=None):
+    axis = a.get("axis", 0)
+    if sizes is None and "split" in a:
+        sizes = a["split"]
+    if sizes is None:
+        n = a.get("num_outputs") or a["_n_outputs"]
+        return list(torch.tensor_split(x, n, dim=axis))
+    return list(torch.split(x, _ints(sizes), dim=axis))
+
+
+def pad(a, x, pads=None, value=None, axes=None):
+    pads = _ints(pads) if pads is not None else list(a.get("pads", []))
+    mode = a.get("mode", "constant")
+    n = len(pads) // 2
+    ax = _ints(axes) if axes is not None else list(range(x.dim() - n, x.dim())) if n < x.dim() else list(range(n))
+    full_b, full_e = [0] * x.dim(), [0] * x.dim()
+    for i, d in enumerate(ax):
+        full_b[d % x.dim()], full_e[d % x.dim()] = pads[i], pads[n + i]
+    fpad = []
+    for d in reversed(range(x.dim())):
+        fpad += [full_b[d], full_e[d]]
+    while len(fpad) > 2 and fpad[-2:] == [0, 0]:
+        fpad = fpad[:-2]
+    if mode == "constant":
+        v = float(value.reshape(-1)[0]) if value is not None and value.numel() else float(a.get("value", 0.0))
+        return [F.pad(x, fpad, value=v)]
+    return [F.pad(x, fpad, mode={"reflect": "reflect", "edge": "replicate"}[mode])]
+
+
+def expand(a, x, shape_):
+    target = torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape_)))
+    return [x.expand(target)]
+
+
+def constant_of_shape(a, shape_):
+    v = a.get("value")
+    dims = _ints(shape_)
+    if v is None:
+        return [torch.zeros(dims)]
+    return [torch.full(dims, v.reshape(-1)[0].item(), dtype=v.dtype)]
+
+
+def cast(a, x):
+    return [x.to(_DTYPES[a["to"]])]
+
+
+OPS: Dict[str, Callable] = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Gemm": gemm,
+    "MatMul": lambda a, x, y: [torch.matmul(x, y)],
+    "Add": lambda a, x, y: [x + y],
+    "Sub": lambda a, x, y: [x - y],
+    "Mul": lambda a, x, y: [x * y],
+    "Div": lambda a, x, y: [x / y],
+    "Neg": lambda a, x: [-x],
+    "MaxPool": lambda a, x: _pool(a, x, "max"),
+    "AveragePool": lambda a, x: _pool(a, x, "avg"),
+    "GlobalAveragePool": lambda a, x: [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)],
+    "GlobalMaxPool": lambda a, x: [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)],
+    "ReduceMean": _reduce(torch.mean),
+    "ReduceSum": _reduce(torch.sum),
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Transpose": lambda a, x: [x.permute(*(a.get("perm") or reversed(range(x.dim()))))],
+    "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Shape": shape,
+    "Size": lambda a, x: [torch.tensor(x.numel(), dtype=torch.int64)],
+    "Gather": gather,
+    "Cast": cast,
+    "Constant": lambda a: [a["value"]],
+    "ConstantOfShape": constant_of_shape,
+    "Expand": expand,
+    "Identity": lambda a, x: [x],
+    "Pad": pad,
+    "Greater": lambda a, x, y: [x > y],
+    "GreaterOrEqual": lambda a, x, y: [x >= y],
+    "Tile": lambda a, x, r: [x.repeat(*_ints(r))],
+    "DepthToSpace": lambda a, x: [F.pixel_shuffle(x, a["blocksize"])],
+    "SpaceToDepth": lambda a, x: [F.pixel_unshuffle(x, a["blocksize"])],
+    "Range": lambda a, s, l, d: [torch.arange(s.item(), l.item(), d.item())],
+}
+
+
+def run_op(op: str, attrs: dict, inputs: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    while inputs and inputs[-1] is None:
+        inputs = inputs[:-1]
+    return OPS[op](attrs, *inputs)

@@ -1,0 +1,242 @@
+"""The PyTorch runtime: same numbers as onnxruntime, the paper's surrogate gradient,
+fine-tuning, write-back in the same format, bad input, DDP."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import builders as B  # noqa: E402
+import onnx_snn  # noqa: E402
+from onnx_snn.runtimes.ort import run  # noqa: E402
+from onnx_snn.runtimes.torch import SpikingNetwork, lif_step, spike_fn  # noqa: E402
+from onnx_snn.spiking import format as F  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def dyadic(model: onnx.ModelProto, bits: int = 4) -> onnx.ModelProto:
+    """Round every float weight to a multiple of 2**-bits: sums of products of such numbers
+    with dyadic inputs are exact in float32, so two runtimes must agree bit for bit."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for init in m.graph.initializer:
+        a = onnx.numpy_helper.to_array(init)
+        if a.dtype == np.float32:
+            init.CopyFrom(onnx.numpy_helper.from_array((np.round(a * 2 ** bits) / 2 ** bits).astype(np.float32), init.name))
+    return m
+
+
+MODELS = {
+    "vgg": lambda: B.vgg(13, "clip"),
+    "resnet": lambda: B.resnet(13, "clip"),
+    "plain_relu": lambda: B.vgg(17, "relu"),
+    "torch_legacy_vgg": lambda: os.path.join(DATA, "torch_legacy_vgg_clip_op11.onnx"),
+    "torch_dynamo_resnet": lambda: os.path.join(DATA, "torch_dynamo_resnet_clip_op18.onnx"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("T", [1, 3])
+def test_torch_and_onnxruntime_agree(name, T):
+    x = B.rand_input(32)
+    snn = onnx_snn.convert(MODELS[name](), x, timesteps=T, show_progress=False)
+    for model in (snn.model, snn.step_model()):
+        net = SpikingNetwork(model).eval()
+        with torch.no_grad():
+            y = net(torch.from_numpy(x)).numpy()
+        r = run(model, x)
+        assert np.abs(y - r.outputs[0]).max() <= 1e-5
+        for k in r.spikes:
+            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
+def test_exact_agreement_on_dyadic_arithmetic(make):
+    """With exactly representable weights, inputs and parameters no membrane potential can
+    round differently: every spike must match exactly (outputs up to the final pooling's
+    division, which is not exact in binary)."""
+    x = (np.round(B.rand_input(32) * 16) / 16).astype(np.float32)
+    snn = onnx_snn.convert(make(), x, timesteps=4, method="max", show_progress=False)
+    model = dyadic(snn.model, bits=3)
+    net = SpikingNetwork(model).eval()
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)).numpy()
+    r = run(model, x)
+    np.testing.assert_allclose(y, r.outputs[0], rtol=0, atol=1e-6)
+    for k in r.spikes:
+        np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+        assert r.spikes[k].sum() > 0
+
+
+def test_surrogate_gradient_is_the_papers():
+    th = torch.tensor(2.0, requires_grad=True)
+    u = torch.tensor([-1.0, 0.5, 1.9, 2.0, 3.9, 4.1], requires_grad=True)
+    s = spike_fn(u, th)
+    assert s.tolist() == [0, 0, 0, 1, 1, 1]
+    s.sum().backward()
+    # ds/du = 1/threshold for 0 < u < 2*threshold, else 0
+    assert u.grad.tolist() == pytest.approx([0, 0.5, 0.5, 0.5, 0.5, 0])
+    # ds/dthreshold = -u/threshold^2 inside the window
+    assert th.grad.item() == pytest.approx(-(0.5 + 1.9 + 2.0 + 3.9) / 4)
+
+
+def test_lif_step_soft_reset():
+    y, v, s = lif_step(torch.tensor([0.6, 1.5]), torch.tensor([0.5, 0.0]), torch.tensor(1.0),
+                       torch.tensor(3.0), torch.tensor(0.5))
+    # u = 0.5*v + x = [0.85, 1.5] -> spikes [0, 1]
+    assert s.tolist() == [0, 1] and y.tolist() == [0, 3.0]
+    assert v.tolist() == pytest.approx([0.85, 0.5])
+
+
+def test_gradients_reach_weights_thresholds_and_leaks():
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    net = SpikingNetwork(snn.model).train()
+    out = net(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(out, torch.zeros(16, dtype=torch.long)).backward()
+    for site in ("lif0", "lif1", "lif2"):
+        for p in ("threshold", "leak"):
+            g = net.tensor(f"{site}.{p}").grad
+            assert g is not None and torch.isfinite(g).all()
+        assert net.tensor(f"{site}.threshold").grad.abs().item() > 0
+    weights = net.parameter_groups()["weights"]
+    assert weights and all(w.grad is not None for w in weights)
+    assert not any(isinstance(b, torch.nn.Parameter) for b in net.buffers())
+
+
+def test_leak_is_clamped_to_one():
+    x = B.rand_input(8)
+    net = SpikingNetwork(onnx_snn.convert(B.vgg(13, "clip"), x, show_progress=False).model)
+    with torch.no_grad():
+        net.tensor("lif0.leak").fill_(1.7)
+    net.project()
+    assert net.tensor("lif0.leak").item() == 1.0
+
+
+def test_one_dropout_mask_per_batch(monkeypatch):
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip", dropout=True), x, timesteps=4, show_progress=False)
+    net = SpikingNetwork(snn.model).train()
+    assert len(net.dropout) == 1
+    calls = []
+    real = torch.bernoulli
+    monkeypatch.setattr(torch, "bernoulli", lambda t: calls.append(t.shape) or real(t))
+    net(torch.from_numpy(x))
+    assert len(calls) == 1  # not one per time step
+    net.eval()
+    calls.clear()
+    net(torch.from_numpy(x))
+    assert calls == []
+
+
+def test_write_back_keeps_the_format(tmp_path):
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.resnet(13, "clip"), x, timesteps=2, show_progress=False)
+    net = SpikingNetwork(snn.model)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.1)
+    path = tmp_path / "t.snn.onnx"
+    net.to_onnx(path, history={"note": "test"})
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    info = F.read_info(m)
+    assert info.history[-1]["step"] == "finetune"
+    assert info.site("lif0").threshold == pytest.approx(snn.records["lif0"].threshold * 1.1, rel=1e-5)
+    with torch.no_grad():
+        y = net.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(run(m, x).outputs[0] - y).max() <= 1e-5
+    assert [n.op_type for n in m.graph.node] == [n.op_type for n in snn.model.graph.node]
+
+
+# ------------------------------------------------------------------ fine-tuning end to end
+
+@pytest.fixture
+def fmnist_snn(tmp_path, fmnist_train):
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(m.SerializeToString())
+    snn = onnx_snn.convert(str(src), "fashion-mnist", timesteps=2, calib_samples=128, show_progress=False)
+    out = tmp_path / "m.snn.onnx"
+    snn.save(out)
+    return out
+
+
+def test_finetune_resume_and_output(tmp_path, fmnist_snn):
+    from onnx_snn.cli import main
+    out = tmp_path / "tuned.snn.onnx"
+    args = ["-q", "finetune", str(fmnist_snn), "-o", str(out), "--data", "fashion-mnist",
+            "--limit-train", "256", "--limit-test", "128", "--lr", "1e-3", "--batch-size", "32"]
+    assert main(args + ["--epochs", "1", "--json", str(tmp_path / "r1.json")]) == 0
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert len(r1["epochs"]) == 1 and r1["initial_top1"] is not None
+    assert (tmp_path / "tuned.snn.onnx.ckpt.pt").exists()
+    assert main(args + ["--epochs", "2", "--resume", "--json", str(tmp_path / "r2.json")]) == 0
+    r2 = json.loads((tmp_path / "r2.json").read_text())
+    assert [e["epoch"] for e in r2["epochs"]] == [1, 2]  # epoch 1 came from the checkpoint
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    info = F.read_info(m)
+    assert [h["step"] for h in info.history][0] == "convert" and info.history[-1]["step"] == "finetune"
+    assert run(m, np.zeros((2, 1, 28, 28), np.float32)).outputs[0].shape == (2, 10)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True, text=True,
+                          env={**os.environ, "ONNX_SNN_PROGRESS": "0", **(env or {})})
+
+
+def test_finetune_bad_input(tmp_path, fmnist_snn):
+    dnn = tmp_path / "dnn.onnx"
+    dnn.write_bytes(B.vgg(13, "clip").SerializeToString())
+    p = run_cli("finetune", str(dnn), "-o", str(tmp_path / "o.onnx"), "--data", "fashion-mnist")
+    assert p.returncode == 8 and "not a spiking model" in p.stderr and "Traceback" not in p.stderr
+    np.savez(tmp_path / "c.npz", x=np.zeros((8, 3, 32, 32), np.float32), y=np.zeros(8, int))
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(tmp_path / "o.onnx"), "--data", str(tmp_path / "c.npz"))
+    assert p.returncode == 5 and "does not fit" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_diverging_loss_keeps_the_last_good_model(tmp_path, fmnist_snn, monkeypatch):
+    from onnx_snn.errors import TrainingDivergedError
+    from onnx_snn.runtimes.torch import finetune as ft
+
+    real, calls = ft.Fn.cross_entropy, []
+
+    def flaky(out, y):  # the third batch's loss is NaN, as in a run whose lr is too high
+        calls.append(1)
+        loss = real(out, y)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(ft.Fn, "cross_entropy", flaky)
+    out = tmp_path / "o.snn.onnx"
+    cfg = ft.FinetuneConfig(epochs=1, batch_size=16, limit_train=128, limit_test=64)
+    with pytest.raises(TrainingDivergedError, match="last good model is in"):
+        ft.finetune(str(fmnist_snn), str(out), "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
+    m = onnx.load(str(out))  # the model as it was before fine-tuning, complete and valid
+    onnx.checker.check_model(m, full_check=True)
+    assert F.read_info(m).history[-1]["epochs_done"] == 0
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not found")
+def test_ddp_two_gloo_processes(tmp_path, fmnist_snn):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "ddp.snn.onnx"
+    p = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "onnx_snn", "-q",
+                        "finetune", str(fmnist_snn), "-o", str(out), "--data", "fashion-mnist",
+                        "--epochs", "1", "--limit-train", "256", "--limit-test", "64", "--device", "cpu",
+                        "--json", str(tmp_path / "ddp.json")],
+                       capture_output=True, text=True, env={**os.environ, "ONNX_SNN_PROGRESS": "0",
+                                                            "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((tmp_path / "ddp.json").read_text())
+    assert r["world_size"] == 2
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
