@@ -169,6 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", metavar="FILE", help="write the per-epoch record as JSON")
     f.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
 
+    a = sub.add_parser("analyze", parents=[quiet],
+                       help="FLOPs and compute energy per layer, DNN against SNN",
+                       description="Count per-layer operations (MACs for the DNN and the "
+                                   "direct-encoded first layer, ACs weighted by the recorded "
+                                   "spike rates for spiking layers) and estimate compute energy "
+                                   "(Horowitz 2014, 45 nm).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  onnx-snn analyze model.snn.onnx --data fashion-mnist --dnn model.onnx --json energy.json --plot energy.png\n"
+                              "  onnx-snn eval model.snn.onnx --data fashion-mnist --json eval.json\n"
+                              "  onnx-snn analyze model.snn.onnx --rates eval.json      # reuse recorded rates\n"
+                              "  onnx-snn analyze model.onnx                            # a DNN alone\n"
+                              "\npresets (pJ per MAC / per AC): 45nm-fp32 4.6/0.9 (the paper's), "
+                              "45nm-int32 3.2/0.1")
+    a.add_argument("model", help="a DNN (.onnx) or a spiking model (.snn.onnx)")
+    a.add_argument("--data", metavar="DATA", help="record spike rates on this dataset first "
+                                                  "(default for spiking models: the model's dataset)")
+    a.add_argument("--rates", metavar="JSON", help="spike rates from `onnx-snn eval --json` (or finetune --json)")
+    a.add_argument("--dnn", metavar="ONNX", help="the original DNN, for the DNN totals")
+    a.add_argument("-T", "--timesteps", type=positive_int, help="time steps (default: the model's)")
+    a.add_argument("--limit", type=positive_int, metavar="N", help="record rates on N samples only")
+    a.add_argument("--preset", choices=("45nm-fp32", "45nm-int32"), default="45nm-fp32",
+                   help="energy per operation (default: 45nm-fp32, the paper's)")
+    a.add_argument("--mac-pj", type=positive_float, help="override the energy of one MAC (pJ)")
+    a.add_argument("--ac-pj", type=positive_float, help="override the energy of one AC (pJ)")
+    a.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
+    a.add_argument("--plot", metavar="PNG", help="per-layer spike rates and energy (needs matplotlib)")
+    a.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
+
     from .demo import add_demo_parser
     add_demo_parser(sub, quiet)
     return parser
@@ -318,7 +347,41 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info, "finetune": cmd_finetune}
+def cmd_analyze(args) -> int:
+    from .analyze import ENERGY_PRESETS, analyze, format_table, load_rates, plot
+    from .model_io import check_output_path, load_model, write_text_atomic
+    from .spiking.format import is_spiking
+
+    for out in (args.json, args.plot):
+        if out:
+            check_output_path(out, args.model)
+    model = load_model(args.model)
+    rates, T = (None, None)
+    if args.rates:
+        rates, T = load_rates(args.rates)
+    elif is_spiking(model):
+        data = args.data or _dataset_from_metadata(args.model)
+        if data:
+            from .evaluate import evaluate
+            r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
+                         data_dir=args.data_dir, show_progress=not getattr(args, "quiet", False))
+            rates, T = {k: s.spikes_per_neuron for k, s in r.sites.items()}, r.timesteps
+            print(f"recorded spike rates on {r.samples} samples of {data}"
+                  + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
+    mac, ac = ENERGY_PRESETS[args.preset]
+    result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
+                     dnn_model=args.dnn)
+    print(format_table(result))
+    if args.json:
+        write_text_atomic(result.to_json() + "\n", args.json, args.model)
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info, "finetune": cmd_finetune,
+            "analyze": cmd_analyze}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -63,10 +63,31 @@ def evaluate(model: Union[str, onnx.ModelProto], data, timesteps: Optional[int] 
     For spiking models, also the spikes per neuron of every site (``timesteps`` overrides the
     model's T). Named datasets get the model's recorded preprocessing (or ``mean``/``std``).
     """
+    results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
+                        mean, std, data_dir, show_progress, threads)
+    return next(iter(results.values()))
+
+
+def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Sequence[int],
+                      batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
+                      data_dir=None, show_progress: bool = True,
+                      threads: Optional[int] = None) -> Dict[int, EvalResult]:
+    """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
+    what a run of exactly T steps gives (same parameters; prefixes of the same spike trains)."""
+    return _evaluate(model, data, sorted(set(int(t) for t in timesteps)), batch_size, limit,
+                     mean, std, data_dir, show_progress, threads)
+
+
+def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
+              show_progress, threads) -> Dict[int, EvalResult]:
     from .convert import resolve_data
     from .runtimes.ort import ModelRunner
 
-    runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads)
+    many = t_list is not None and len(t_list) > 1
+    runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads,
+                         per_step=many)
+    if many and not runner.spiking:
+        raise DataError("several time-step counts only make sense for a spiking model")
     name = model if isinstance(model, str) else (runner.model.graph.name or "model")
     preprocess = runner.info.preprocess if runner.spiking else _dnn_preprocess(runner.model)
     if isinstance(data, tuple):
@@ -78,38 +99,50 @@ def evaluate(model: Union[str, onnx.ModelProto], data, timesteps: Optional[int] 
     n = len(ds)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
-    T = int(timesteps or (runner.info.timesteps if runner.spiking else 0)) or None
-    correct = 0
-    spikes: Dict[str, float] = {}
+    if runner.spiking:
+        t_list = t_list or [runner.info.timesteps]
+    else:
+        t_list = [0]
+    T = max(t_list)
+    correct = {t: 0 for t in t_list}
+    spikes = {t: {} for t in t_list}
     t0 = time.perf_counter()
-    bar = Progress(n, desc=f"evaluating {'SNN T=%d' % T if runner.spiking else 'DNN'}",
-                   unit="img", enabled=None if show_progress else False)
+    desc = ("evaluating SNN T=" + ",".join(map(str, t_list))) if runner.spiking else "evaluating DNN"
+    bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
     for start in range(0, n, batch_size):
         feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
-        r = runner.run(feed, T)
-        logits = r.outputs[0]
-        nb = logits.shape[0]
-        if ds.y is not None:
-            if logits.ndim != 2:
-                raise DataError(f"the model's first output has shape {list(logits.shape)}; "
-                                "top-1 needs [N, classes] logits")
-            correct += int(np.count_nonzero(logits.argmax(1) == ds.y[start:start + nb]))
-        for k, v in r.spikes.items():
-            spikes[k] = spikes.get(k, 0.0) + float(v.sum())
-        bar.update(nb, **({"top1": 100.0 * correct / (start + nb)} if ds.y is not None else {}))
+        r = runner.run(feed, T if runner.spiking else None)
+        nb = r.outputs[0].shape[0]
+        for t in t_list:
+            if many:
+                logits = r.step_outputs[0][:t].mean(0)
+                counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
+            else:
+                logits, counts = r.outputs[0], r.spikes
+            if ds.y is not None:
+                if logits.ndim != 2:
+                    raise DataError(f"the model's first output has shape {list(logits.shape)}; "
+                                    "top-1 needs [N, classes] logits")
+                correct[t] += int(np.count_nonzero(logits.argmax(1) == ds.y[start:start + nb]))
+            for k, v in counts.items():
+                spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
+        bar.update(nb, **({"top1": 100.0 * correct[T] / (start + nb)} if ds.y is not None else {}))
     bar.close()
     seconds = time.perf_counter() - t0
-    sites = {}
-    if runner.spiking:
-        for s in runner.info.sites:
-            per_sample = spikes.get(s.name, 0.0) / n
-            per_neuron = per_sample / s.neurons if s.neurons else 0.0
-            sites[s.name] = SiteActivity(s.name, s.neurons, per_sample, per_neuron, per_neuron / T)
-    return EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
-                      correct=correct if ds.y is not None else None,
-                      top1=100.0 * correct / n if ds.y is not None else None, seconds=seconds,
-                      timesteps=T if runner.spiking else None,
-                      method=runner.info.method if runner.spiking else None, sites=sites)
+    out = {}
+    for t in t_list:
+        sites = {}
+        if runner.spiking:
+            for s in runner.info.sites:
+                per_sample = spikes[t].get(s.name, 0.0) / n
+                per_neuron = per_sample / s.neurons if s.neurons else 0.0
+                sites[s.name] = SiteActivity(s.name, s.neurons, per_sample, per_neuron, per_neuron / t)
+        out[t] = EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
+                            correct=correct[t] if ds.y is not None else None,
+                            top1=100.0 * correct[t] / n if ds.y is not None else None,
+                            seconds=seconds, timesteps=t if runner.spiking else None,
+                            method=runner.info.method if runner.spiking else None, sites=sites)
+    return out
 
 
 def _dnn_preprocess(model: onnx.ModelProto) -> Optional[dict]:

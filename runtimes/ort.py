@@ -24,18 +24,32 @@ from onnx_snn.spiking import format as F
 class StepResult:
     outputs: List[np.ndarray]          # time-averaged DNN outputs, in graph order
     spikes: Dict[str, np.ndarray]      # site -> spikes per sample over all T steps, [N]
+    step_outputs: Optional[List[np.ndarray]] = None   # per_step runners: [T, N, ...] each
+    step_spikes: Optional[Dict[str, np.ndarray]] = None  # per_step runners: site -> [T, N]
 
 
 class ModelRunner:
     """Runs any ONNX model the tool handles: a DNN, a spiking loop model or a step model."""
 
     def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
-                 providers=None):
+                 providers=None, per_step: bool = False):
+        """``per_step``: also return every step's outputs and spike counts, so one run at T
+        gives the results of every shorter run (for models whose parameters do not depend
+        on T, and for studying a model beyond its T)."""
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
         self.spiking = F.is_spiking(self.model)
         self.info = F.read_info(self.model) if self.spiking else None
-        self.session = make_session(self.model, threads, providers)
+        self.per_step = per_step and self.spiking
+        run_model = self.model
+        if self.per_step and self.info.graph == "loop":
+            run_model = onnx.ModelProto()
+            run_model.CopyFrom(self.model)
+            names = [f"{o}.steps" for o in (self.info.outputs or [])] + \
+                [f"{s.name}.spikes.steps" for s in self.info.sites]
+            for name in names:
+                run_model.graph.output.add().name = name
+        self.session = make_session(run_model, threads, providers, where=self.path or "model")
         skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in self.info.sites) \
             if self.spiking else ()
         self.specs = input_specs(self.model, skip=skip)
@@ -62,11 +76,19 @@ class ModelRunner:
             raise DataError(f"timesteps must be at least 1 (got {T})")
         if self.is_step_graph:
             return self._run_steps(feeds, T)
-        spike_names = [F.spikes_name(s.name) for s in self.info.sites]
-        outs = self.session.run(self.output_names + spike_names,
+        sites = [s.name for s in self.info.sites]
+        spike_names = [F.spikes_name(s) for s in sites]
+        extra = []
+        if self.per_step:
+            extra = [f"{o}.steps" for o in self.output_names] + [f"{s}.spikes.steps" for s in sites]
+        outs = self.session.run(self.output_names + spike_names + extra,
                                 {**feeds, F.TIMESTEPS_INPUT: np.array(T, np.int64)})
-        k = len(self.output_names)
-        return StepResult(outs[:k], dict(zip([s.name for s in self.info.sites], outs[k:])))
+        k, ns = len(self.output_names), len(sites)
+        result = StepResult(outs[:k], dict(zip(sites, outs[k:k + ns])))
+        if self.per_step:
+            result.step_outputs = outs[k + ns:2 * k + ns]
+            result.step_spikes = dict(zip(sites, outs[2 * k + ns:]))
+        return result
 
     def _run_steps(self, feeds, T: int) -> StepResult:
         n = next(iter(feeds.values())).shape[0]
@@ -78,13 +100,20 @@ class ModelRunner:
         acc = None
         spikes = {s.name: np.zeros(n, np.float32) for s in sites}
         k = len(self.output_names)
+        steps_o, steps_s = [], {s.name: [] for s in sites}
         for _ in range(T):
             outs = self.session.run(want, {**feeds, **states})
             acc = outs[:k] if acc is None else [a + o for a, o in zip(acc, outs[:k])]
+            steps_o.append(outs[:k])
             for i, s in enumerate(sites):
                 states[F.state_name(s.name)] = outs[k + i]
                 spikes[s.name] += outs[k + len(sites) + i]
-        return StepResult([a / np.float32(T) for a in acc], spikes)
+                steps_s[s.name].append(outs[k + len(sites) + i])
+        result = StepResult([a / np.float32(T) for a in acc], spikes)
+        if self.per_step:
+            result.step_outputs = [np.stack(o) for o in zip(*steps_o)]
+            result.step_spikes = {k2: np.stack(v) for k2, v in steps_s.items()}
+        return result
 
 
 def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,

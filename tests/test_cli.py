@@ -154,3 +154,20 @@ def test_help_teaches():
     assert p.returncode == 0
     for word in ("datta", "deng", "examples", "--calib", "-T"):
         assert word in p.stdout
+
+
+def test_analyze_dnn_and_snn(files, capsys):
+    m, out = str(files / "model.onnx"), str(files / "m.snn.onnx")
+    assert main(["-q", "convert", m, "-o", out, "--calib", str(files / "calib.npy")]) == 0
+    assert main(["-q", "analyze", m]) == 0
+    assert "DNN FLOPs" in capsys.readouterr().out
+    assert main(["-q", "eval", out, "--data", str(files / "test.npz"), "--json", str(files / "ev.json")]) == 0
+    capsys.readouterr()
+    assert main(["-q", "analyze", out, "--rates", str(files / "ev.json"), "--dnn", m,
+                 "--json", str(files / "a.json"), "--preset", "45nm-int32"]) == 0
+    text = capsys.readouterr().out
+    assert "SNN FLOPs" in text and "lif0" in text
+    a = json.loads((files / "a.json").read_text())
+    assert a["totals"]["dnn_energy_pj"] > a["totals"]["snn_energy_pj"] > 0
+    p = run_cli("analyze", m, "--rates", str(files / "ev.json"))
+    assert_clean_error(p, 8, "plain DNN")

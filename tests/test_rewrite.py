@@ -144,3 +144,17 @@ def test_runner_rejects_bad_shapes(x):
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         runner.validate(bad)
+
+
+@pytest.mark.parametrize("graph", ["loop", "step"])
+def test_one_long_run_gives_every_shorter_run(graph, x):
+    from onnx_snn.evaluate import evaluate, evaluate_prefixes
+    _, _, snn = converted(B.resnet(13, "clip"), x, T=4, method="max")
+    model = snn.model if graph == "loop" else snn.step_model()
+    y = np.random.default_rng(0).integers(0, 10, len(x))
+    many = evaluate_prefixes(model, (x, y), [1, 2, 4], show_progress=False)
+    for T in (1, 2, 4):
+        one = evaluate(model, (x, y), timesteps=T, show_progress=False)
+        assert many[T].correct == one.correct
+        for k in one.sites:
+            assert many[T].sites[k].spikes_per_sample == pytest.approx(one.sites[k].spikes_per_sample)

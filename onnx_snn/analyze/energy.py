@@ -1,0 +1,380 @@
+"""Compute energy of a DNN and of its spiking form, per layer and in total (pure functions).
+
+Energy model (Datta & Beerel 2022, after Horowitz 2014), per sample. ``F_l`` is layer l's
+MAC count (see :mod:`onnx_snn.analyze.flops`); ``r_{l-1}`` is the average number of spikes
+per neuron, **over all T steps** (0..T), of the site whose spikes reach layer l (its
+``source_site``)::
+
+    E_DNN = sum_l F_l * E_MAC
+    E_SNN = sum_{direct l} F_l * E_MAC                  computed once: the direct-encoded first
+                                                        layer is hoisted out of the time loop
+          + sum_{spiking l} F_l * r_{l-1} * E_AC        one accumulate per input spike and fan-out
+          + sum_{analog l}  F_l * T * E_MAC             a layer inside the loop fed by no site
+                                                        (time-varying analog input): full MACs
+                                                        every step (none in the paper's networks)
+
+SNN FLOPs are ``F_l`` (direct), ``F_l * r_{l-1}`` (spiking, ACs) and ``F_l * T`` (analog), and
+the FLOPs ratio is ``sum F_l / sum SNN FLOPs`` (MACs and ACs added up, as in the paper).
+Only MAC layers (Conv, ConvTranspose, Gemm, MatMul) enter the energy; pooling and residual
+additions are counted and reported but left out of it, like the paper, which counts the
+FLOPs of convolutional and fully connected layers. Biases are not counted.
+
+Neuromorphic estimate (Park et al. 2020), normalized so that the DNN costs 1::
+
+    E_DNN = 1 * E_compute + 1 * E_static            (= 1: the presets' two parts sum to 1)
+    E_SNN = (SNN FLOPs / DNN FLOPs) * E_compute + T * E_static
+
+These are relative units for comparing spiking networks on such hardware (different T,
+methods, fine-tuning), as the paper uses them; the "DNN" value is the same formula at T = 1
+with all FLOPs, a reference point, not a claim about running the DNN there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import onnx
+
+from ..errors import DataError, NotSpikingModelError
+from ..spiking import format as F
+from .flops import LayerCount, count_flat, flatten
+
+#: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
+ENERGY_PRESETS: Dict[str, Tuple[float, float]] = {"45nm-fp32": (4.6, 0.9), "45nm-int32": (3.2, 0.1)}
+DEFAULT_PRESET = "45nm-fp32"
+#: normalized (E_compute, E_static) per platform, Park et al. 2020
+NEUROMORPHIC: Dict[str, Tuple[float, float]] = {"truenorth": (0.4, 0.6), "spinnaker": (0.64, 0.36)}
+
+RATE_TOLERANCE = 1e-6
+
+
+@dataclass
+class LayerRow:
+    """One MAC layer. SNN fields are None when no spike rates were given (DNN analysis).
+
+    ``input_mode``: "direct" (time-invariant input, MACs once), "spikes" (fed by
+    ``source_site``: ACs) or "analog" (time-varying non-spike input: MACs every step).
+    ``spike_rate`` is r_{l-1}: spikes per input neuron over the T steps.
+    """
+
+    name: str
+    op: str
+    neurons: int
+    source_site: Optional[str]
+    input_mode: str
+    dnn_flops: int
+    dnn_energy_pj: float
+    spike_rate: Optional[float] = None
+    snn_flops: Optional[float] = None
+    snn_macs: Optional[float] = None
+    snn_acs: Optional[float] = None
+    snn_energy_pj: Optional[float] = None
+
+
+@dataclass
+class SiteRow:
+    """One spiking site: its activity and the accumulates its spikes cause downstream."""
+
+    name: str
+    neurons: int
+    spikes_per_neuron: Optional[float]     # over the T steps
+    rate: Optional[float]                  # per neuron per step
+    layers: List[str]                      # MAC layers it feeds
+    snn_flops: Optional[float]             # ACs those layers do
+    snn_energy_pj: Optional[float]
+
+
+@dataclass
+class OtherRow:
+    """A counted op outside the energy (pooling, residual Add/Sum)."""
+
+    name: str
+    op: str
+    ops: int
+    neurons: int
+    source_site: Optional[str]
+
+
+@dataclass
+class Totals:
+    dnn_flops: int
+    dnn_energy_pj: float
+    other_ops: int
+    snn_flops: Optional[float] = None
+    snn_macs: Optional[float] = None
+    snn_acs: Optional[float] = None
+    snn_energy_pj: Optional[float] = None
+    flops_ratio: Optional[float] = None     # DNN / SNN (None when the SNN does nothing)
+    energy_ratio: Optional[float] = None    # DNN / SNN
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze`. ``kind`` is "snn" when spike rates were used, else "dnn"."""
+
+    model: str
+    kind: str
+    timesteps: Optional[int]
+    mac_pj: float
+    ac_pj: float
+    layers: List[LayerRow]
+    sites: List[SiteRow]
+    other: List[OtherRow]
+    totals: Totals
+    neuromorphic: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    dnn_source: str = "model"          # where the DNN totals come from: "model" or "dnn model"
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def has_snn(self) -> bool:
+        return self.kind == "snn"
+
+    def to_dict(self) -> dict:
+        """JSON-ready (no infinities: a ratio with a zero denominator is None)."""
+        d = asdict(self)
+        d["conventions"] = {
+            "per": "sample",
+            "dnn_energy": "sum F_l * E_MAC over MAC layers",
+            "snn_energy": "direct F_l * E_MAC (once) + spiking F_l * r * E_AC + analog F_l * T * E_MAC",
+            "spike_rate": "spikes per neuron over the T steps",
+            "neuromorphic": "E = (SNN FLOPs / DNN FLOPs) * E_compute + T * E_static; DNN = 1",
+            "not_in_energy": "pooling, Add/Sum, biases",
+        }
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ------------------------------------------------------------------ rates
+
+def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[int]]:
+    """Spike rates (site -> spikes per neuron over T steps) and T from an already-read JSON value.
+
+    Accepted: the ``onnx-snn eval --json`` result ({"kind": "snn", "timesteps": T, "sites":
+    {name: {"spikes_per_neuron": ...}}}); an ``onnx-snn finetune --json`` result (the rates
+    of its best epoch, else its last); a plain {"site": spikes_per_neuron} mapping (T None).
+    """
+    if not isinstance(obj, dict) or not obj:
+        raise DataError(f"{where}: expected a JSON object of spike rates (the file `onnx-snn eval "
+                        "--json` writes, or {\"site\": spikes_per_neuron}); got "
+                        f"{type(obj).__name__ if obj != {} else 'an empty object'}")
+    T = obj.get("timesteps")
+    if obj.get("kind") == "dnn":
+        raise DataError(f"{where}: is the evaluation of a DNN (no spikes); run `onnx-snn eval "
+                        "--json` on the spiking model")
+    if isinstance(obj.get("sites"), dict):
+        rates = {}
+        for k, v in obj["sites"].items():
+            if not isinstance(v, dict) or "spikes_per_neuron" not in v:
+                raise DataError(f"{where}: site {k!r} has no 'spikes_per_neuron' value")
+            rates[k] = v["spikes_per_neuron"]
+    elif isinstance(obj.get("epochs"), list):
+        epochs = [e for e in obj["epochs"] if isinstance(e, dict) and e.get("spikes_per_neuron")]
+        if not epochs:
+            raise DataError(f"{where}: a fine-tuning result without spike rates per epoch")
+        best = [e for e in epochs if e.get("epoch") == obj.get("best_epoch")]
+        rates = dict((best or epochs)[-1]["spikes_per_neuron"])
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj.values()):
+        rates, T = dict(obj), None
+    else:
+        raise DataError(f"{where}: not a spike-rate file: expected the JSON of `onnx-snn eval "
+                        "--json` or a mapping {\"site\": spikes_per_neuron}")
+    out = {}
+    for k, v in rates.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise DataError(f"{where}: site {k!r} has spike rate {v!r}; expected a finite number >= 0 "
+                            "(spikes per neuron over the T steps)")
+        out[str(k)] = float(v)
+    if T is not None:
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise DataError(f"{where}: 'timesteps' is {T!r}; expected a positive integer")
+    return out, T
+
+
+def load_rates(path: Union[str, Path]) -> Tuple[Dict[str, float], Optional[int]]:
+    """Read spike rates from a JSON file (see :func:`parse_rates`): ``(rates, timesteps)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file; write one with `onnx-snn eval MODEL --json {p}`")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{p}: not valid JSON ({e}); write it with `onnx-snn eval MODEL --json {p}`") from None
+    return parse_rates(obj, str(p))
+
+
+# ------------------------------------------------------------------ the analysis
+
+def _ratio(a: float, b: Optional[float]) -> Optional[float]:
+    return a / b if b else None
+
+
+def _input_mode(layer: LayerCount, spiking: bool) -> str:
+    if layer.direct or not spiking:
+        return "direct"
+    return "spikes" if layer.source_site else "analog"
+
+
+def layer_energy(layer: LayerCount, mode: str, rate: Optional[float], timesteps: int,
+                 mac_pj: float, ac_pj: float) -> Tuple[float, float, float, float]:
+    """(SNN FLOPs, MACs, ACs, energy pJ) of one MAC layer in the SNN (formula: module doc)."""
+    F_l = float(layer.macs)
+    if mode == "direct":
+        return F_l, F_l, 0.0, F_l * mac_pj
+    if mode == "spikes":
+        acs = F_l * float(rate)
+        return acs, 0.0, acs, acs * ac_pj
+    macs = F_l * timesteps
+    return macs, macs, 0.0, macs * mac_pj
+
+
+def neuromorphic_estimate(snn_flops: float, dnn_flops: float, timesteps: int,
+                          platforms: Mapping[str, Tuple[float, float]] = NEUROMORPHIC
+                          ) -> Dict[str, Dict[str, float]]:
+    """Normalized energy per platform: DNN = E_compute + E_static; SNN = (F_SNN/F_DNN) E_c + T E_s."""
+    out = {}
+    for name, (ec, es) in platforms.items():
+        dnn = ec + es
+        snn = (snn_flops / dnn_flops if dnn_flops else 0.0) * ec + timesteps * es
+        out[name] = {"e_compute": ec, "e_static": es, "dnn": dnn, "snn": snn,
+                     "ratio": _ratio(dnn, snn)}
+    return out
+
+
+def _check_rates(rates: Mapping[str, float], needed: Sequence[str], known: Sequence[str],
+                 T: int, model: str, notes: List[str]) -> None:
+    missing = [s for s in needed if s not in rates]
+    if missing:
+        raise DataError(f"the spike rates have no value for site(s) {', '.join(missing)} of {model}; "
+                        "were they measured on another model? Run `onnx-snn eval MODEL --json FILE` "
+                        "on this model")
+    unknown = sorted(set(rates) - set(known))
+    if unknown:
+        notes.append(f"spike rates given for site(s) not in the model, ignored: {', '.join(unknown)}")
+    for s, r in rates.items():
+        if r > T * (1 + RATE_TOLERANCE):
+            raise DataError(f"site {s!r} has {r:.4g} spikes per neuron, more than T={T} steps allow; "
+                            "rates must be spikes per neuron over all T steps (spikes_per_neuron), "
+                            "measured at the T given")
+
+
+def _load(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from ..model_io import load_model
+    return load_model(str(model))
+
+
+def analyze(model: Union[onnx.ModelProto, str, Path],
+            rates: Optional[Mapping[str, float]] = None,
+            timesteps: Optional[int] = None,
+            mac_pj: float = ENERGY_PRESETS[DEFAULT_PRESET][0],
+            ac_pj: float = ENERGY_PRESETS[DEFAULT_PRESET][1],
+            dnn_model: Union[onnx.ModelProto, str, Path, None] = None,
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Analysis:
+    """FLOPs and energy per layer and in total, of a DNN and (with ``rates``) of its SNN.
+
+    ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto or a path.
+    ``rates`` maps site -> spikes per neuron over the T steps (``load_rates``); with a
+    spiking model and no rates, only the DNN columns are filled (a note says so).
+    ``timesteps`` is the T the rates were measured at (default: the model's T); it enters
+    the analog-layer term and the neuromorphic static term. ``dnn_model`` (the original DNN)
+    supplies the DNN totals; its MAC total is checked against the spiking graph's and a
+    warning is issued when they differ.
+    """
+    m = _load(model)
+    name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
+    fg = flatten(m, input_shapes)
+    counts = count_flat(fg)
+    notes = list(fg.notes) + list(fg.warnings)
+    for w in fg.warnings:
+        warnings.warn(w, stacklevel=2)
+    spiking = fg.spiking or bool(fg.sites)
+    if rates is not None and not spiking:
+        raise NotSpikingModelError(f"{name}: spike rates were given but the model is a plain DNN; "
+                                   "analyze the spiking model (.snn.onnx) with its rates")
+    info = F.read_info(m) if F.is_spiking(m) else None
+    T = int(timesteps) if timesteps else (info.timesteps if info else None)
+    if T is not None and T < 1:
+        raise DataError(f"timesteps must be at least 1 (got {T})")
+    use_snn = rates is not None
+    mac_layers = [c for c in counts if c.kind == "mac"]
+    if spiking and not use_snn:
+        notes.append("no spike rates given: only the DNN columns are filled (rates come from "
+                     "`onnx-snn eval MODEL --json FILE`)")
+    if use_snn:
+        site_names = list(dict.fromkeys(fg.sites.values()))
+        needed = list(dict.fromkeys(c.source_site for c in mac_layers
+                                    if _input_mode(c, True) == "spikes"))
+        _check_rates(rates, needed, site_names, T, name, notes)
+        if any(_input_mode(c, True) == "analog" for c in mac_layers):
+            notes.append("some MAC layers are fed by no spiking site (analog input inside the time "
+                         "loop): counted as MACs every time step")
+
+    layers: List[LayerRow] = []
+    for c in mac_layers:
+        mode = _input_mode(c, spiking)
+        row = LayerRow(name=c.name, op=c.op, neurons=c.neurons, source_site=c.source_site,
+                       input_mode=mode, dnn_flops=c.macs, dnn_energy_pj=c.macs * mac_pj)
+        if use_snn:
+            r = rates[c.source_site] if mode == "spikes" else None
+            row.spike_rate = r
+            row.snn_flops, row.snn_macs, row.snn_acs, row.snn_energy_pj = \
+                layer_energy(c, mode, r, T, mac_pj, ac_pj)
+        layers.append(row)
+    other = [OtherRow(c.name, c.op, c.ops, c.neurons, c.source_site) for c in counts
+             if c.kind == "other"]
+
+    dnn_flops = sum(l.dnn_flops for l in layers)
+    dnn_source = "model"
+    if dnn_model is not None:
+        ref = [c for c in count_flat(flatten(_load(dnn_model), input_shapes)) if c.kind == "mac"]
+        ref_flops = sum(c.macs for c in ref)
+        dnn_source = "dnn model"
+        if ref_flops != dnn_flops:
+            msg = (f"the DNN model has {ref_flops} MACs per sample but the analyzed graph has "
+                   f"{dnn_flops}; the DNN totals and ratios use the DNN model's count")
+            warnings.warn(msg, stacklevel=2)
+            notes.append(msg)
+        dnn_flops = ref_flops
+    totals = Totals(dnn_flops=dnn_flops, dnn_energy_pj=dnn_flops * mac_pj,
+                    other_ops=sum(o.ops for o in other))
+    neuromorphic = {}
+    if use_snn:
+        totals.snn_flops = sum(l.snn_flops for l in layers)
+        totals.snn_macs = sum(l.snn_macs for l in layers)
+        totals.snn_acs = sum(l.snn_acs for l in layers)
+        totals.snn_energy_pj = sum(l.snn_energy_pj for l in layers)
+        totals.flops_ratio = _ratio(totals.dnn_flops, totals.snn_flops)
+        totals.energy_ratio = _ratio(totals.dnn_energy_pj, totals.snn_energy_pj)
+        neuromorphic = neuromorphic_estimate(totals.snn_flops, totals.dnn_flops, T)
+
+    sites = _site_rows(fg, info, layers, counts, rates if use_snn else None, T)
+    return Analysis(model=name, kind="snn" if use_snn else "dnn", timesteps=T if spiking else None,
+                    mac_pj=float(mac_pj), ac_pj=float(ac_pj), layers=layers, sites=sites,
+                    other=other, totals=totals, neuromorphic=neuromorphic, dnn_source=dnn_source,
+                    notes=notes)
+
+
+def _site_rows(fg, info, layers: List[LayerRow], counts: List[LayerCount],
+               rates: Optional[Mapping[str, float]], T: Optional[int]) -> List[SiteRow]:
+    recorded = {s.name: s.neurons for s in info.sites} if info else {}
+    by_output = {v: k for k, v in fg.sites.items()}  # site -> y tensor (for the neuron count)
+    rows = []
+    for s in dict.fromkeys(fg.sites.values()):
+        fed = [l for l in layers if l.input_mode == "spikes" and l.source_site == s]
+        neurons = recorded.get(s)
+        if neurons is None:
+            neurons = next((c.neurons for c in counts if c.input == by_output[s]), 0)
+        r = rates.get(s) if rates is not None else None
+        rows.append(SiteRow(
+            name=s, neurons=int(neurons), spikes_per_neuron=r,
+            rate=(r / T if r is not None and T else None), layers=[l.name for l in fed],
+            snn_flops=sum(l.snn_flops for l in fed) if rates is not None else None,
+            snn_energy_pj=sum(l.snn_energy_pj for l in fed) if rates is not None else None))
+    return rows

@@ -1,0 +1,590 @@
+"""Per-layer operation counts of any ONNX graph: a plain DNN or a spiking model (loop or step).
+
+Everything is counted **per sample** (batch 1) and from tensor shapes only, so the count
+needs neither data nor a deep-learning framework: onnx shape inference gives the shapes,
+and where it cannot (a shape computed by an op its data propagation does not follow), one
+onnxruntime run on zeros of batch 1 measures the missing ones.
+
+Counted layers (``kind == "mac"``; multiply-accumulates; biases are not counted, as in the
+published counts this module is checked against)::
+
+    Conv           MACs = output elements x (C_in / groups) x prod(kernel)
+                        = prod(Y.shape[1:]) x prod(W.shape[1:])    (any stride, dilation, pads)
+    ConvTranspose  MACs = input elements x (C_out / groups) x prod(kernel)
+                        = prod(X.shape[1:]) x prod(W.shape[1:])
+    Gemm           MACs = M x K x N      (transA / transB honoured; M is the batch)
+    MatMul         MACs = prod(Y.shape) x K   (K = A.shape[-1]; batch dims and broadcasting)
+
+Reported, never part of the energy (``kind == "other"``)::
+
+    MaxPool, AveragePool, LpPool        output elements x prod(kernel_shape)   (compares / adds)
+    GlobalAveragePool, GlobalMaxPool    output elements x prod(spatial input)  (= input elements)
+    Add                                 output elements          (float tensors only: integer
+    Sum (k inputs)                      (k - 1) x output elements  shape arithmetic is skipped)
+
+All counts are divided by the batch size the graph was measured at (1 unless the data
+input has a fixed batch), so ``Gemm``'s M and MatMul's leading dims need no special case.
+
+**Spiking models.** The spiking graph is flattened back into the DNN it runs: the nodes
+hoisted out of the time loop plus the loop body, each ``LIFNeuron`` read as the identity
+from its input current ``x`` to its output ``y``; spike counters, membrane-state and
+initial-state nodes and the averaging after the loop are dropped because nothing the DNN
+outputs depends on them. The loop form and the step form flatten to the same graph.
+
+**Where a layer's input comes from.** ``source_site`` is found by walking backward from the
+layer's data input through ops that move or select spikes without turning them into
+analog values (``PASS_THROUGH``: pooling, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
+Slice, Split, Identity, Dropout, Cast, Concat, and Mul/Div by a constant) until the
+output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
+first site found is taken. A walk that ends anywhere else gives ``source_site = None``.
+``direct`` is True when the data input does not depend on any neuron at all (it comes from
+the graph input through non-spiking ops only: the direct-encoded first layer, which the
+single-call graph computes once, outside the time loop). In a plain DNN every layer is
+``direct`` (there are no neurons).
+
+Caveat of the pass-through rule: after a max pool the pooled neurons fire at least as
+often as the site's neurons (a pooled output fires when any of its window does); the rate
+of the site is used for the layer after it, as in the paper's per-layer formula.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import UnsupportedModelError
+from ..spiking import format as F
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOL_OPS = ("MaxPool", "AveragePool", "LpPool")
+GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
+ADD_OPS = ("Add", "Sum")
+#: ops with multiply-accumulates this module does not count (reported as warnings)
+UNCOUNTED_MAC_OPS = ("Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+                     "FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention",
+                     "LSTM", "GRU", "RNN")
+#: ops the source-site walk passes through (data input(s) only)
+PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+                "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
+                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div")
+
+SMALL_INITIALIZER = 1024    # elements; larger initializers are weights, kept as shapes only
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+
+Shape = Tuple[Optional[int], ...]
+
+
+@dataclass
+class LayerCount:
+    """One counted node, per sample.
+
+    ``macs`` is set for ``kind == "mac"`` layers (0 otherwise); ``ops`` is set for
+    ``kind == "other"`` ops (compares or adds; 0 otherwise). ``neurons`` is the number of
+    output elements per sample. ``input`` is the data input tensor (the activations, not
+    the weights).
+    """
+
+    name: str
+    op: str
+    kind: str                      # "mac" or "other"
+    macs: int
+    ops: int
+    neurons: int
+    input: str
+    output: str
+    output_shape: List[int]        # per sample (batch axis left out)
+    source_site: Optional[str] = None
+    direct: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FlatGraph:
+    """A graph reduced to the DNN it computes (standard ops only), with shapes at batch 1."""
+
+    model: onnx.ModelProto
+    sites: Dict[str, str]                    # neuron output tensor (y) -> site name
+    site_nodes: Dict[str, str]               # site name -> node name
+    spiking: bool
+    batch: int                               # the batch the shapes are measured at
+    data_inputs: List[str]
+    weights: set                             # initializers turned into static-shape inputs
+    notes: List[str] = field(default_factory=list)       # how the count was made
+    warnings: List[str] = field(default_factory=list)    # what could not be counted
+
+
+# ------------------------------------------------------------------ flattening
+
+def _neuron_nodes(nodes: Iterable[onnx.NodeProto]) -> List[onnx.NodeProto]:
+    return [n for n in nodes if n.op_type == F.NEURON_OP and n.domain == F.DOMAIN]
+
+
+def _time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
+    for n in graph.node:
+        if n.op_type == "Loop":
+            body = next((a.g for a in n.attribute if a.name == "body"), None)
+            if body is not None and _neuron_nodes(body.node):
+                return n
+    return None
+
+
+def _site_name(node: onnx.NodeProto, by_output: Mapping[str, str]) -> str:
+    y = node.output[0]
+    if y in by_output:
+        return by_output[y]
+    if node.name.endswith(".neuron"):
+        return node.name[: -len(".neuron")]
+    return node.name or y
+
+
+def _consumers_closure(nodes: Sequence[onnx.NodeProto], seeds: Iterable[str]) -> set:
+    """Tensor names that depend (transitively, in node order) on ``seeds``."""
+    dep = set(seeds)
+    for n in nodes:
+        if any(i in dep for i in n.input if i):
+            dep.update(o for o in n.output if o)
+    return dep
+
+
+def _prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> List[onnx.NodeProto]:
+    """The nodes needed for ``outputs`` (first producer of a name wins), in original order."""
+    producer: Dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o and o not in producer:
+                producer[o] = i
+    keep, stack = set(), [o for o in outputs]
+    while stack:
+        t = stack.pop()
+        i = producer.get(t)
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        stack.extend(x for x in nodes[i].input if x)
+        for a in nodes[i].attribute:  # outer-scope names used by subgraphs
+            if a.type == onnx.AttributeProto.GRAPH:
+                stack.extend(_subgraph_refs(a.g))
+    return [n for i, n in enumerate(nodes) if i in keep]
+
+
+def _subgraph_refs(g: onnx.GraphProto) -> List[str]:
+    made = {i.name for i in g.input} | {t.name for t in g.initializer}
+    refs = []
+    for n in g.node:
+        refs += [x for x in n.input if x and x not in made]
+        made.update(n.output)
+    refs += [o.name for o in g.output if o.name not in made]
+    return refs
+
+
+def _renamed(node: onnx.NodeProto, rename: Mapping[str, str]) -> onnx.NodeProto:
+    if not any(x in rename for x in list(node.input) + list(node.output)):
+        return node
+    n = copy.deepcopy(node)
+    for i, x in enumerate(n.input):
+        n.input[i] = rename.get(x, x)
+    for i, x in enumerate(n.output):
+        n.output[i] = rename.get(x, x)
+    return n
+
+
+def _dims(vi: onnx.ValueInfoProto) -> Optional[List]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _with_shape(vi: onnx.ValueInfoProto, dims: Sequence) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(dims))
+
+
+def _graph_parts(model: onnx.ModelProto):
+    """(nodes, candidate outputs, initializers, the time loop or None) of the graph to flatten.
+
+    A single-call model contributes its outer nodes that do not consume the loop's results
+    (hoisted layers, state initialisation) followed by the loop body; its candidate outputs
+    are the body's per-step outputs. Any other graph contributes itself.
+    """
+    g = model.graph
+    loop = _time_loop(g)
+    if loop is None:
+        return list(g.node), [o.name for o in g.output], list(g.initializer), None
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    after = _consumers_closure(list(g.node), [o for o in loop.output if o])
+    outer = [n for n in g.node if n is not loop and not any(i in after for i in n.input)]
+    n_carried = len(loop.input) - 2
+    candidates = [o.name for o in body.output[1 + n_carried:]]
+    return outer + list(body.node), candidates, list(g.initializer) + list(body.initializer), loop
+
+
+def _neurons_as_identity(nodes, by_output: Mapping[str, str]):
+    """Each LIFNeuron becomes Identity(x) -> y; returns (nodes, y tensor -> site, site -> node)."""
+    sites: Dict[str, str] = {}
+    site_nodes: Dict[str, str] = {}
+    out: List[onnx.NodeProto] = []
+    for n in nodes:
+        if n.op_type == F.NEURON_OP and n.domain == F.DOMAIN:
+            s = _site_name(n, by_output)
+            sites[n.output[0]] = s
+            site_nodes[s] = n.name
+            out.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+        else:
+            out.append(n)
+    return out, sites, site_nodes
+
+
+def _dnn_outputs(candidates: Sequence[str], site_names: Iterable[str]) -> List[str]:
+    """Candidate outputs less the spike counts and membrane states of the format."""
+    excluded = set()
+    for s in site_names:
+        excluded |= {F.spikes_name(s), F.spikes_name(s) + ".step", F.next_state_name(s),
+                     F.state_name(s)}
+    return [o for o in candidates if o not in excluded]
+
+
+def _split_initializers(inits, used: set):
+    """(small initializers kept as values, large ones as static-shape inputs)."""
+    kept, weights = [], []
+    for t in inits:
+        if t.name not in used:
+            continue
+        if _prod(t.dims) > SMALL_INITIALIZER:
+            weights.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            kept.append(t)
+    return kept, weights
+
+
+def _fixed_inputs(g: onnx.GraphProto, skip: set, used: set,
+                  input_shapes: Mapping[str, Sequence[int]]):
+    """The used data inputs with a symbolic batch set to 1 (or the shape given); and the batch."""
+    unknown = set(input_shapes) - {i.name for i in g.input}
+    if unknown:
+        raise UnsupportedModelError(f"input_shapes names {sorted(unknown)}, which are not inputs of "
+                                    f"the model (inputs: {[i.name for i in g.input]})")
+    inputs, batch = [], None
+    for vi in g.input:
+        if vi.name in skip or vi.name not in used:
+            continue
+        dims = _dims(vi)
+        if vi.name in input_shapes:
+            dims = [int(d) for d in input_shapes[vi.name]]
+        elif dims and (not isinstance(dims[0], int) or dims[0] <= 0):
+            dims = [1] + dims[1:]
+        if batch is None:
+            batch = int(dims[0]) if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
+        inputs.append(_with_shape(vi, dims) if dims is not None else copy.deepcopy(vi))
+    return inputs, batch or 1
+
+
+def flatten(model: onnx.ModelProto,
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> FlatGraph:
+    """Reduce ``model`` to the plain graph it computes, with the batch axis fixed.
+
+    Graph inputs whose first dimension is symbolic get batch 1; ``input_shapes`` (name ->
+    full shape, batch included) overrides an input's shape (for dynamic spatial sizes).
+    Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
+    """
+    g = model.graph
+    info = F.read_info(model) if F.is_spiking(model) else None
+    by_output = {s.output: s.name for s in info.sites} if info else {}
+    nodes, candidates, inits, loop = _graph_parts(model)
+    if info and info.sites and not _neuron_nodes(nodes):
+        raise UnsupportedModelError(
+            f"{g.name or 'model'}: the metadata lists {len(info.sites)} spiking sites but the graph "
+            f"has no {F.DOMAIN}.{F.NEURON_OP} nodes (was the neuron function inlined?); "
+            "analyze the file onnx-snn wrote")
+    flat_nodes, sites, site_nodes = _neurons_as_identity(nodes, by_output)
+    outputs = _dnn_outputs(candidates, set(sites.values()) | set(by_output.values()))
+    if loop is not None:  # the body names each DNN output "<out>.step": give the names back
+        rename = {f"{o}.step": o for o in (info.outputs if info else []) if f"{o}.step" in outputs}
+        flat_nodes = [_renamed(n, rename) for n in flat_nodes]
+        flat_nodes = [n for n in flat_nodes
+                      if not (n.op_type == "Identity" and n.input[0] == n.output[0])]
+        outputs = [rename.get(o, o) for o in outputs]
+    kept = _prune(flat_nodes, outputs)
+    warns = []
+    for n in kept:
+        if n.op_type in ("Loop", "If", "Scan"):
+            warns.append(f"node {n.name or n.op_type} ({n.op_type}): its subgraph is not counted")
+        if n.op_type in UNCOUNTED_MAC_OPS:
+            warns.append(f"node {n.name or n.op_type} ({n.op_type}): op not counted")
+    used = {x for n in kept for x in n.input if x} | set(outputs)
+    for n in kept:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used.update(_subgraph_refs(a.g))
+    kept_inits, weights = _split_initializers(inits, used)
+    inputs, batch = _fixed_inputs(g, {t.name for t in inits}, used, dict(input_shapes or {}))
+    out_vis = [onnx.ValueInfoProto(name=o) for o in outputs]
+    graph = helper.make_graph(kept, g.name or "flat", inputs + weights, out_vis, kept_inits)
+    opsets = [o for o in model.opset_import if o.domain != F.DOMAIN]
+    flat = helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    flat.functions.extend(f for f in model.functions
+                          if not (f.domain == F.DOMAIN and f.name == F.NEURON_OP))
+    return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=info is not None,
+                     batch=batch, data_inputs=[i.name for i in inputs],
+                     weights={w.name for w in weights}, warnings=warns)
+
+
+# ------------------------------------------------------------------ shapes
+
+@dataclass
+class _Tensors:
+    shapes: Dict[str, Shape]
+    types: Dict[str, int]
+
+    def known(self, name: str) -> bool:
+        s = self.shapes.get(name)
+        return s is not None and all(isinstance(d, int) and d >= 0 for d in s)
+
+
+def _collect(model: onnx.ModelProto) -> _Tensors:
+    shapes: Dict[str, Shape] = {}
+    types: Dict[str, int] = {}
+    g = model.graph
+    for t in g.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+        types[t.name] = t.data_type
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type"):
+            if tt.elem_type:
+                types[vi.name] = tt.elem_type
+            d = _dims(vi)
+            if d is not None and vi.name not in shapes:
+                shapes[vi.name] = tuple(x if isinstance(x, int) and x > 0 else None for x in d)
+    for n in g.node:  # Constant nodes: shapes are in the attribute
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    shapes[n.output[0]] = tuple(int(d) for d in a.t.dims)
+                    types[n.output[0]] = a.t.data_type
+    return _Tensors(shapes, types)
+
+
+def _infer(flat: onnx.ModelProto, notes: List[str]) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(flat, check_type=False, strict_mode=False,
+                                                 data_prop=True)
+    except Exception as e:  # a malformed corner the inference rejects: measure instead
+        notes.append(f"onnx shape inference failed ({str(e).strip().splitlines()[0][:120]}); "
+                     "shapes measured with onnxruntime")
+        return flat
+
+
+def _dry_run(fg: FlatGraph, names: Sequence[str], t: _Tensors) -> None:
+    """Measure the shapes of ``names`` with one onnxruntime run on zeros (batch as fixed)."""
+    g = fg.model.graph
+    feeds = {}
+    for vi in g.input:
+        dims = _dims(vi)
+        if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise UnsupportedModelError(
+                f"the shapes of {', '.join(list(names)[:3])} cannot be inferred, and input "
+                f"{vi.name!r} has a dynamic shape {dims}; give its full shape "
+                "(input_shapes={name: [1, C, H, W]}) so that the model can be measured")
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+        feeds[vi.name] = np.zeros(dims, dtype)
+    m = onnx.ModelProto()
+    m.CopyFrom(fg.model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=n))
+    del m.graph.value_info[:]
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        outs = sess.run(list(names), feeds)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UnsupportedModelError(
+            f"the shapes of {', '.join(list(names)[:3])} cannot be inferred by onnx, and measuring "
+            f"them with onnxruntime failed: {msg}") from None
+    for n, v in zip(names, outs):
+        t.shapes[n] = tuple(int(d) for d in np.shape(v))
+
+
+# ------------------------------------------------------------------ counting
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _needed(node: onnx.NodeProto) -> List[str]:
+    op = node.op_type
+    if op in ("Conv",):
+        return [node.input[1], node.output[0]]
+    if op == "ConvTranspose":
+        return [node.input[0], node.input[1], node.output[0]]
+    if op in ("Gemm", "MatMul"):
+        return [node.input[0], node.output[0]]
+    if op in GLOBAL_POOL_OPS:
+        return [node.input[0], node.output[0]]
+    return [node.output[0]]
+
+
+def _counted(node: onnx.NodeProto, t: _Tensors) -> bool:
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in MAC_OPS or node.op_type in POOL_OPS or node.op_type in GLOBAL_POOL_OPS:
+        return True
+    if node.op_type in ADD_OPS:
+        et = t.types.get(node.output[0])
+        return et is None or et in _FLOAT_TYPES
+    return False
+
+
+def _prod(xs) -> int:
+    return int(math.prod(int(x) for x in xs))
+
+
+def _count_node(node: onnx.NodeProto, t: _Tensors) -> Tuple[str, int]:
+    """(kind, total count over the measured batch) for one node."""
+    op = node.op_type
+    out = t.shapes[node.output[0]]
+    if op == "Conv":
+        return "mac", _prod(out) * _prod(t.shapes[node.input[1]][1:])
+    if op == "ConvTranspose":
+        return "mac", _prod(t.shapes[node.input[0]]) * _prod(t.shapes[node.input[1]][1:])
+    if op == "Gemm":
+        a = t.shapes[node.input[0]]
+        k = a[0] if _attr(node, "transA", 0) else a[1]
+        return "mac", _prod(out) * int(k)
+    if op == "MatMul":
+        return "mac", _prod(out) * int(t.shapes[node.input[0]][-1])
+    if op in POOL_OPS:
+        return "other", _prod(out) * _prod(_attr(node, "kernel_shape", []))
+    if op in GLOBAL_POOL_OPS:
+        return "other", _prod(t.shapes[node.input[0]])
+    if op == "Sum":
+        return "other", _prod(out) * max(len([i for i in node.input if i]) - 1, 1)
+    return "other", _prod(out)  # Add
+
+
+def _data_input(node: onnx.NodeProto, constant: set) -> str:
+    if node.op_type == "MatMul" and node.input[0] in constant and node.input[1] not in constant:
+        return node.input[1]
+    return node.input[0]
+
+
+def _constants(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
+    """Tensors that depend on no data input (initializers, Constant nodes and their results)."""
+    const = {t.name for t in g.initializer} | set(weights)
+    inputs = {i.name for i in g.input} - const
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if all(i in const for i in ins) and not any(i in inputs for i in ins):
+            const.update(o for o in n.output if o)
+    return const
+
+
+def source_site(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
+                constant: set) -> Optional[str]:
+    """The site whose spikes reach ``tensor`` through pass-through ops only (else None).
+
+    Depth-first, inputs in order: for a ``Concat`` the first site found is returned.
+    """
+    stack, seen = [tensor], set()
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        if x in sites:
+            return sites[x]
+        node = producers.get(x)
+        if node is None or node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Concat":
+            nxt = [i for i in node.input if i]
+        elif node.op_type in ("Mul", "Div"):
+            if len(node.input) < 2 or not (node.input[1] in constant or
+                                          (node.op_type == "Mul" and node.input[0] in constant)):
+                continue
+            nxt = [i for i in node.input[:2] if i not in constant][:1]
+        else:
+            nxt = [node.input[0]]
+        stack.extend(reversed(nxt))
+    return None
+
+
+def count_flat(fg: FlatGraph) -> List[LayerCount]:
+    """Count the layers of a flattened graph (see :func:`flatten`)."""
+    inferred = _infer(fg.model, fg.notes)
+    t = _collect(inferred)
+    g = fg.model.graph
+    counted = [i for i, n in enumerate(g.node) if _counted(n, t)]
+    missing: List[str] = []
+    for i in counted:
+        missing += [x for x in _needed(g.node[i]) if not t.known(x) and x not in missing]
+    if missing:
+        fg.notes.append(f"shapes of {len(missing)} tensors measured with one onnxruntime run "
+                        "(onnx shape inference could not resolve them)")
+        _dry_run(fg, missing, t)
+    producers = {}
+    for n in g.node:
+        for o in n.output:
+            producers.setdefault(o, n)
+    constant = _constants(g, fg.weights)
+    site_dep = _consumers_closure(list(g.node), fg.sites.keys())
+    names: Dict[str, int] = {}
+    rows = []
+    B = fg.batch
+    for idx in counted:
+        n = g.node[idx]
+        kind, total = _count_node(n, t)
+        out_shape = t.shapes[n.output[0]]
+        name = n.name or f"{n.op_type}_{idx}"
+        if name in names:
+            names[name] += 1
+            name = f"{name}#{names[name]}"
+        else:
+            names[name] = 0
+        x = _data_input(n, constant)
+        per = total // B if total % B == 0 else total / B
+        rows.append(LayerCount(
+            name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
+            ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,
+            input=x, output=n.output[0], output_shape=[int(d) for d in out_shape[1:]],
+            source_site=source_site(x, producers, fg.sites, constant),
+            direct=x not in site_dep))
+    return rows
+
+
+def count_layers(model: onnx.ModelProto,
+                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> List[LayerCount]:
+    """Per-sample MAC and pooling/add counts of every layer of ``model``, in graph order.
+
+    Works on any ONNX graph: a plain DNN from any exporter, or a spiking model in the
+    single-call (loop) or step form (flattened first, see the module docstring). Ops that
+    could not be counted (control flow, Einsum, quantized convolutions...) are reported as
+    warnings.
+    """
+    fg = flatten(model, input_shapes)
+    rows = count_flat(fg)
+    for note in fg.warnings:
+        warnings.warn(note, stacklevel=2)
+    return rows
+
+
+def total_macs(layers: Iterable[LayerCount]) -> int:
+    return sum(l.macs for l in layers)

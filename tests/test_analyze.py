@@ -1,0 +1,486 @@
+"""The analyzer: hand-computed layer counts, published MAC counts of standard networks, the
+energy formula on converted models, loop == step, rate files, the table and the plot."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import builders as B
+import onnx_snn
+from onnx_snn.analyze import (ENERGY_PRESETS, NEUROMORPHIC, analyze, count_layers, format_table,
+                              human, human_energy, load_rates, parse_rates, plot)
+from onnx_snn.errors import DataError, MissingDependencyError, NotSpikingModelError, UnsupportedModelError
+from onnx_snn.spiking import format as F
+
+
+# ------------------------------------------------------------------ small hand-built graphs
+
+def _model(nodes, inputs, outputs, inits=(), opset=13, functions=()):
+    g = h.make_graph(nodes, "t", inputs, outputs, list(inits))
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)] +
+                     ([h.make_opsetid(F.DOMAIN, 1)] if functions else []))
+    m.functions.extend(functions)
+    return m
+
+
+def _vi(name, shape):
+    return h.make_tensor_value_info(name, TP.FLOAT, shape)
+
+
+def _w(name, *shape):
+    return nh.from_array(np.zeros(shape, np.float32), name)
+
+
+def _one(model, **kw):
+    rows = count_layers(model, **kw)
+    assert len(rows) == 1
+    return rows[0]
+
+
+@pytest.mark.parametrize("batch", ["N", 1, 4])
+def test_conv_groups_stride_dilation_asymmetric_pads(batch):
+    # H: (11 + 1 + 2 - (2*(3-1)+1)) // 2 + 1 = 5; W: (11 + 0 + 1 - 5) // 2 + 1 = 4
+    conv = h.make_node("Conv", ["x", "W"], ["y"], name="c", group=2, strides=[2, 2],
+                       dilations=[2, 2], pads=[1, 0, 2, 1])
+    r = _one(_model([conv], [_vi("x", [batch, 4, 11, 11])], [_vi("y", None)], [_w("W", 6, 2, 3, 3)]))
+    assert r.output_shape == [6, 5, 4]
+    assert r.neurons == 120
+    assert r.macs == 120 * 2 * 9       # outputs x C_in/groups x prod(kernel)
+    assert (r.kind, r.ops, r.op, r.input, r.direct, r.source_site) == ("mac", 0, "Conv", "x", True, None)
+
+
+def test_conv1d_depthwise_and_transpose():
+    c1 = h.make_node("Conv", ["x", "W1"], ["a"], name="c1d")                         # [8, 16]
+    dw = h.make_node("Conv", ["a", "W2"], ["b"], name="dw", group=8, pads=[1, 1])   # [8, 16]
+    m = _model([c1, dw], [_vi("x", ["N", 3, 20])], [_vi("b", None)], [_w("W1", 8, 3, 5), _w("W2", 8, 1, 3)])
+    r1, r2 = count_layers(m)
+    assert r1.macs == 8 * 16 * 3 * 5 and r2.macs == 8 * 16 * 1 * 3
+    ct = h.make_node("ConvTranspose", ["x", "W"], ["y"], name="up", strides=[2, 2])
+    m = _model([ct], [_vi("x", ["N", 4, 5, 5])], [_vi("y", None)], [_w("W", 4, 3, 3, 3)])
+    r = _one(m)
+    assert r.output_shape == [3, 11, 11]
+    assert r.macs == 4 * 5 * 5 * 3 * 9   # inputs x C_out/groups x prod(kernel)
+
+
+@pytest.mark.parametrize("batch", ["N", 4])
+def test_gemm_transposes_and_matmul_batch_dims(batch):
+    g1 = h.make_node("Gemm", ["x", "W"], ["y"], name="fc", transB=1)
+    assert _one(_model([g1], [_vi("x", [batch, 7])], [_vi("y", None)], [_w("W", 5, 7)])).macs == 35
+    t = h.make_node("Transpose", ["x"], ["xt"], perm=[1, 0])
+    g2 = h.make_node("Gemm", ["xt", "W"], ["y"], name="fcT", transA=1)
+    r = _one(_model([t, g2], [_vi("x", [batch, 7])], [_vi("y", None)], [_w("W", 7, 5)]))
+    assert (r.macs, r.neurons, r.source_site) == (35, 5, None)
+    mm = h.make_node("MatMul", ["x", "W"], ["y"], name="mm")
+    r = _one(_model([mm], [_vi("x", [batch, 3, 4, 6])], [_vi("y", None)], [_w("W", 6, 5)]))
+    assert (r.macs, r.neurons) == (3 * 4 * 5 * 6, 60)
+    r = _one(_model([mm], [_vi("x", [batch, 2, 4, 6])], [_vi("y", None)], [_w("W", 2, 6, 5)]))
+    assert r.macs == 2 * 4 * 5 * 6     # broadcast batch dims
+    mm2 = h.make_node("MatMul", ["W", "x"], ["y"], name="wx")   # weights on the left
+    r = _one(_model([mm2], [_vi("x", [batch, 6, 2])], [_vi("y", None)], [_w("W", 5, 6)]))
+    assert (r.macs, r.input) == (5 * 2 * 6, "x")
+    r = _one(_model([mm2], [_vi("x", [batch, 60, 2])], [_vi("y", None)], [_w("W", 50, 60)]))
+    assert (r.macs, r.input) == (50 * 2 * 60, "x")
+
+
+def test_pooling_add_and_sum_are_other_ops():
+    nodes = [h.make_node("MaxPool", ["x"], ["p"], name="mp", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+             h.make_node("AveragePool", ["x"], ["q"], name="ap", kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Add", ["p", "q"], ["s"], name="add"),
+             h.make_node("Sum", ["p", "q", "s"], ["t"], name="sum"),
+             h.make_node("GlobalAveragePool", ["t"], ["g"], name="gap")]
+    rows = {r.name: r for r in count_layers(_model(nodes, [_vi("x", ["N", 8, 10, 10])], [_vi("g", None)]))}
+    assert all(r.kind == "other" and r.macs == 0 for r in rows.values())
+    assert rows["mp"].ops == 8 * 5 * 5 * 9 and rows["mp"].neurons == 200
+    assert rows["ap"].ops == 8 * 5 * 5 * 4
+    assert rows["add"].ops == 200
+    assert rows["sum"].ops == 2 * 200
+    assert rows["gap"].ops == 200 and rows["gap"].neurons == 8
+
+
+def _reduceprod_reshape_model(in_shape, features=48):
+    """A Reshape whose target shape onnx's data propagation cannot follow (ReduceProd)."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Slice", ["s", "one", "big"], ["s1"]),
+             h.make_node("ReduceProd", ["s1"], ["p"], keepdims=1),
+             h.make_node("Concat", ["mone", "p"], ["shp"], axis=0),
+             h.make_node("Reshape", ["x", "shp"], ["f"]),
+             h.make_node("Gemm", ["f", "W"], ["y"], name="fc", transB=1)]
+    inits = [nh.from_array(np.array([1], np.int64), "one"), nh.from_array(np.array([99], np.int64), "big"),
+             nh.from_array(np.array([-1], np.int64), "mone"), _w("W", 10, features)]
+    return _model(nodes, [_vi("x", in_shape)], [_vi("y", None)], inits)
+
+
+def test_unknown_shapes_are_measured_with_one_onnxruntime_run():
+    r = _one(_reduceprod_reshape_model(["N", 3, 4, 4]))
+    assert (r.macs, r.neurons) == (480, 10)
+    r = _one(_reduceprod_reshape_model(["N", 3, 8, 8], 192))   # a large weight: fed as zeros
+    assert (r.macs, r.neurons) == (1920, 10)
+
+
+def test_dynamic_spatial_input_needs_input_shapes():
+    m = _reduceprod_reshape_model(["N", 3, "H", "W"])
+    with pytest.raises(UnsupportedModelError, match="input_shapes"):
+        count_layers(m)
+    assert _one(m, input_shapes={"x": [1, 3, 4, 4]}).macs == 480
+
+
+def _lif(site, x, y):
+    return h.make_node(F.NEURON_OP, [x, f"{site}.v", "th", "amp", "leak"], [y, f"{site}.v_next"],
+                       name=f"{site}.neuron", domain=F.DOMAIN)
+
+
+def test_source_site_walk_concat_takes_first_site_and_add_is_analog():
+    """Hand-built step graph: conv -> a, b; Concat(b, a) -> conv; Add(a, b) -> conv."""
+    nodes = [h.make_node("Conv", ["x", "W0"], ["c0"], name="stem"),
+             _lif("a", "c0", "ya"), _lif("b", "c0", "yb"),
+             h.make_node("MaxPool", ["yb"], ["pb"], kernel_shape=[1, 1], name="pool"),
+             h.make_node("Concat", ["pb", "ya"], ["cat"], axis=1, name="cat"),
+             h.make_node("Conv", ["cat", "W1"], ["o1"], name="after_cat"),
+             h.make_node("Add", ["ya", "yb"], ["sum"], name="res"),
+             h.make_node("Conv", ["sum", "W2"], ["o2"], name="after_add"),
+             h.make_node("Mul", ["ya", "half"], ["ya2"], name="scale"),
+             h.make_node("Conv", ["ya2", "W2"], ["o3"], name="after_scale")]
+    inits = [_w("W0", 2, 1, 1, 1), _w("W1", 2, 4, 1, 1), _w("W2", 2, 2, 1, 1),
+             nh.from_array(np.array(0.5, np.float32), "half")] + \
+        [nh.from_array(np.array(v, np.float32), n) for n, v in (("th", 1), ("amp", 1), ("leak", 1))]
+    ins = [_vi("x", ["N", 1, 3, 3]), _vi("a.v", ["N", 2, 3, 3]), _vi("b.v", ["N", 2, 3, 3])]
+    outs = [_vi(o, None) for o in ("o1", "o2", "o3", "a.v_next", "b.v_next")]
+    m = _model(nodes, ins, outs, inits, functions=[F.neuron_function(13)])
+    rows = {r.name: r for r in count_layers(m)}
+    assert rows["stem"].direct and rows["stem"].source_site is None
+    assert rows["after_cat"].source_site == "b" and not rows["after_cat"].direct
+    assert rows["after_add"].source_site is None and not rows["after_add"].direct
+    assert rows["after_scale"].source_site == "a"
+    a = analyze(m, {"a": 0.5, "b": 0.25}, timesteps=2)
+    modes = {l.name: l.input_mode for l in a.layers}
+    assert modes == {"stem": "direct", "after_cat": "spikes", "after_add": "analog",
+                     "after_scale": "spikes"}
+    add = next(l for l in a.layers if l.name == "after_add")
+    assert add.snn_flops == add.dnn_flops * 2 and add.snn_energy_pj == pytest.approx(add.dnn_flops * 2 * 4.6)
+
+
+# ------------------------------------------------------------------ published counts
+
+class Net:
+    """Standard networks in onnx.helper, weights as static-shape graph inputs (no initializers)."""
+
+    def __init__(self, c, hw):
+        self.nodes, self.inputs, self.n = [], [_vi("x", ["N", c, hw, hw])], 0
+
+    def _name(self, p):
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def weight(self, *shape):
+        name = self._name("w")
+        self.inputs.append(_vi(name, list(shape)))
+        return name
+
+    def const(self, values):
+        name = self._name("k")
+        self.nodes.append(h.make_node("Constant", [], [name], value=nh.from_array(np.array(values, np.int64))))
+        return name
+
+    def op(self, op, inputs, **attrs):
+        out = self._name(op.lower())
+        self.nodes.append(h.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(self, x, cin, cout, k=3, stride=1, pad=None):
+        p = k // 2 if pad is None else pad
+        return self.op("Conv", [x, self.weight(cout, cin, k, k)], kernel_shape=[k, k],
+                       strides=[stride, stride], pads=[p] * 4)
+
+    def relu(self, x):
+        return self.op("Relu", [x])
+
+    def pool(self, x, k=2, s=2, p=0):
+        return self.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+
+    def fc(self, x, cin, cout):
+        return self.op("Gemm", [x, self.weight(cout, cin)], transB=1)
+
+    def head(self, x, cin, classes):
+        x = self.op("Flatten", [self.op("GlobalAveragePool", [x])], axis=1)
+        return self.fc(x, cin, classes)
+
+    def model(self, out):
+        g = h.make_graph(self.nodes, "net", self.inputs, [_vi(out, None)])
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def vgg(cfg, c, hw, fcs):
+    n = Net(c, hw)
+    x = "x"
+    for v in cfg:
+        if v == "M":
+            x = n.pool(x)
+        else:
+            x, c = n.relu(n.conv(x, c, v)), v
+    x = n.op("Flatten", [x], axis=1)
+    for i, (a, b) in enumerate(fcs):
+        x = n.fc(x, a, b)
+        if i < len(fcs) - 1:
+            x = n.relu(x)
+    return n.model(x)
+
+
+def cifar_resnet(depth):
+    """He et al. CIFAR ResNet: 16/32/64 channels, (depth-2)/6 basic blocks per stage, option A."""
+    blocks = (depth - 2) // 6
+    n = Net(3, 32)
+    x, c = n.relu(n.conv("x", 3, 16)), 16
+    for stage, width in enumerate((16, 32, 64)):
+        for b in range(blocks):
+            s = 2 if stage > 0 and b == 0 else 1
+            y = n.relu(n.conv(x, c, width, stride=s))
+            y = n.conv(y, width, width)
+            if s == 2:  # option A: subsample, then zero-pad the new channels
+                x = n.op("Slice", [x, n.const([0, 0]), n.const([2 ** 31, 2 ** 31]), n.const([2, 3]),
+                                   n.const([2, 2])])
+                pad = (width - c) // 2
+                x = n.op("Pad", [x, n.const([0, pad, 0, 0, 0, pad, 0, 0])])
+            x, c = n.relu(n.op("Add", [y, x])), width
+    return n.model(n.head(x, 64, 10))
+
+
+def resnet50():
+    """torchvision ResNet-50 (v1.5: stride in the 3x3 conv)."""
+    n = Net(3, 224)
+    x = n.pool(n.relu(n.conv("x", 3, 64, k=7, stride=2)), k=3, s=2, p=1)
+    c = 64
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        for b in range(blocks):
+            s = 2 if stage > 0 and b == 0 else 1
+            y = n.relu(n.conv(x, c, width, k=1))
+            y = n.relu(n.conv(y, width, width, stride=s))
+            y = n.conv(y, width, 4 * width, k=1)
+            sc = n.conv(x, c, 4 * width, k=1, stride=s) if b == 0 else x
+            x, c = n.relu(n.op("Add", [y, sc])), 4 * width
+    return n.model(n.head(x, 2048, 1000))
+
+
+def _macs(model):
+    return sum(r.macs for r in count_layers(model))
+
+
+def test_vgg16_cifar_matches_li_et_al():
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    macs = _macs(vgg(cfg, 3, 32, [(512, 10)]))
+    assert macs == 313_196_544 + 5_120
+    assert abs(macs / 3.13e8 - 1) < 0.01
+
+
+def test_cifar_resnets_match_published_counts():
+    r20 = _macs(cifar_resnet(20))
+    # conv1 + 6 convs at 32x32 + (1 strided + 5) at 16x16 + (1 + 5) at 8x8 + fc
+    assert r20 == 442_368 + 6 * 2_359_296 + 2 * (1_179_648 + 5 * 2_359_296) + 640 == 40_551_040
+    assert f"{r20:.1e}" == "4.1e+07"     # He et al. publish 2 significant digits (1.1 % apart)
+    r56 = _macs(cifar_resnet(56))
+    assert r56 == 125_485_696
+    assert abs(r56 / 1.25e8 - 1) < 0.01
+
+
+def test_imagenet_vgg19_and_resnet50_match_torchvision():
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+           512, 512, 512, 512, "M"]
+    v19 = _macs(vgg(cfg, 3, 224, [(25088, 4096), (4096, 4096), (4096, 1000)]))
+    assert v19 == 19_632_062_464
+    assert abs(v19 / 19.63e9 - 1) < 0.01
+    r50 = _macs(resnet50())
+    assert r50 == 4_089_184_256
+    assert abs(r50 / 4.09e9 - 1) < 0.01
+
+
+# ------------------------------------------------------------------ converted models
+
+@pytest.fixture(scope="module")
+def x():
+    return B.rand_input(24)
+
+
+def _converted(make, x, T=2):
+    dnn = make()
+    snn = onnx_snn.convert(dnn, x, timesteps=T, show_progress=False)
+    result = onnx_snn.evaluate(snn.model, (x, np.zeros(len(x), np.int64)), show_progress=False)
+    return dnn, snn, result
+
+
+@pytest.fixture(scope="module")
+def vgg_snn(x):
+    return _converted(lambda: B.vgg(13, "clip"), x)
+
+
+@pytest.fixture(scope="module")
+def resnet_snn(x):
+    return _converted(lambda: B.resnet(13, "clip"), x)
+
+
+def _rates(result):
+    return {k: s.spikes_per_neuron for k, s in result.sites.items()}
+
+
+@pytest.mark.parametrize("which", ["vgg_snn", "resnet_snn"])
+def test_converted_model_energy_follows_the_formula(which, request):
+    dnn, snn, result = request.getfixturevalue(which)
+    rates = _rates(result)
+    mac, ac = ENERGY_PRESETS["45nm-fp32"]
+    a = analyze(snn.model, rates, result.timesteps, mac, ac, dnn_model=dnn)
+    counts = [c for c in count_layers(snn.model) if c.kind == "mac"]
+    assert [l.name for l in a.layers] == [c.name for c in counts]
+    assert counts[0].direct and counts[0].source_site is None
+    assert all(not c.direct and c.source_site in rates for c in counts[1:])
+    expected = counts[0].macs * mac + sum(c.macs * rates[c.source_site] * ac for c in counts[1:])
+    assert a.totals.snn_energy_pj == pytest.approx(expected, rel=1e-12)
+    dnn_macs = sum(c.macs for c in count_layers(dnn))
+    assert a.totals.dnn_flops == dnn_macs == sum(c.macs for c in counts)
+    assert a.totals.dnn_energy_pj == pytest.approx(dnn_macs * mac)
+    assert a.totals.energy_ratio == pytest.approx(a.totals.dnn_energy_pj / a.totals.snn_energy_pj)
+    assert a.totals.flops_ratio == pytest.approx(dnn_macs / a.totals.snn_flops)
+    for name, (ec, es) in NEUROMORPHIC.items():
+        e = a.neuromorphic[name]
+        assert e["dnn"] == pytest.approx(ec + es)
+        assert e["snn"] == pytest.approx(a.totals.snn_flops / dnn_macs * ec + 2 * es)
+    assert {s.name for s in a.sites} == set(rates)
+    assert sum(s.snn_energy_pj for s in a.sites) == pytest.approx(expected - counts[0].macs * mac)
+    json.loads(a.to_json())
+    assert a.dnn_source == "dnn model" and not any("differ" in n for n in a.notes)
+
+
+def test_zero_spikes_leave_only_the_first_layer(resnet_snn):
+    _, snn, result = resnet_snn
+    a = analyze(snn.model, {k: 0.0 for k in result.sites}, 2)
+    first = a.layers[0]
+    assert first.input_mode == "direct"
+    assert a.totals.snn_energy_pj == first.dnn_energy_pj == first.snn_energy_pj
+    assert a.totals.snn_acs == 0 and a.totals.snn_macs == first.dnn_flops
+    assert all(l.snn_energy_pj == 0 for l in a.layers[1:])
+
+
+def test_loop_and_step_forms_give_the_same_analysis(vgg_snn, resnet_snn):
+    for _, snn, result in (vgg_snn, resnet_snn):
+        loop = analyze(snn.model, _rates(result), 2).to_dict()
+        step = analyze(snn.step_model(), _rates(result), 2).to_dict()
+        assert loop == step
+
+
+def test_dnn_alone_and_spiking_model_without_rates(vgg_snn):
+    dnn, snn, _ = vgg_snn
+    a = analyze(dnn)
+    assert a.kind == "dnn" and a.timesteps is None and not a.neuromorphic
+    assert all(l.snn_flops is None and l.spike_rate is None for l in a.layers)
+    assert a.totals.snn_energy_pj is None
+    b = analyze(snn.model)
+    assert b.kind == "dnn" and b.totals.dnn_flops == a.totals.dnn_flops
+    assert any("no spike rates" in n for n in b.notes)
+    with pytest.raises(NotSpikingModelError):
+        analyze(dnn, {"lif0": 1.0})
+
+
+def test_bad_rates_are_clear_errors(vgg_snn):
+    dnn, snn, result = vgg_snn
+    rates = _rates(result)
+    with pytest.raises(DataError, match="lif1"):
+        analyze(snn.model, {k: v for k, v in rates.items() if k != "lif1"})
+    with pytest.raises(DataError, match="more than T=2"):
+        analyze(snn.model, {**rates, "lif0": 2.5})
+    a = analyze(snn.model, {**rates, "ghost": 0.1})
+    assert any("ghost" in n for n in a.notes)
+
+
+def test_dnn_model_with_other_mac_count_warns(vgg_snn):
+    _, snn, result = vgg_snn
+    other = B.vgg(13, "clip", in_shape=(1, 8, 8))
+    with pytest.warns(UserWarning, match="DNN model has"):
+        a = analyze(snn.model, _rates(result), dnn_model=other)
+    assert a.totals.dnn_flops == sum(c.macs for c in count_layers(other))
+    assert "differ" in format_table(a)
+
+
+# ------------------------------------------------------------------ rates files
+
+def test_load_rates_round_trips_the_eval_json(vgg_snn, tmp_path):
+    _, snn, result = vgg_snn
+    p = tmp_path / "eval.json"
+    p.write_text(result.to_json())
+    rates, T = load_rates(p)
+    assert rates == _rates(result) and T == result.timesteps == 2
+    p.write_text(json.dumps({"lif0": 0.5, "lif1": 1}))
+    assert load_rates(p) == ({"lif0": 0.5, "lif1": 1.0}, None)
+    ft = {"timesteps": 2, "best_epoch": 1, "epochs": [{"epoch": 1, "spikes_per_neuron": {"a": 0.1}},
+                                                      {"epoch": 2, "spikes_per_neuron": {"a": 0.2}}]}
+    assert parse_rates(ft) == ({"a": 0.1}, 2)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json", "not valid JSON"), ("[1, 2]", "expected a JSON object"), ("{}", "empty"),
+    ('{"kind": "dnn", "top1": 90.0, "sites": {}}', "DNN"), ('{"a": -1}', "finite number"),
+    ('{"a": "x"}', "not a spike-rate file"), ('{"sites": {"a": {"rate": 0.1}}}', "spikes_per_neuron"),
+])
+def test_load_rates_rejects_other_files(tmp_path, content, match):
+    p = tmp_path / "r.json"
+    p.write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_rates(p)
+    with pytest.raises(DataError, match="no such file"):
+        load_rates(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ table and plot
+
+def test_table_totals_are_the_sum_of_the_rows(resnet_snn):
+    _, snn, result = resnet_snn
+    a = analyze(snn.model, _rates(result))
+    t = a.totals
+    assert t.dnn_flops == sum(l.dnn_flops for l in a.layers)
+    assert t.snn_flops == pytest.approx(sum(l.snn_flops for l in a.layers))
+    assert t.dnn_energy_pj == pytest.approx(sum(l.dnn_energy_pj for l in a.layers))
+    assert t.snn_energy_pj == pytest.approx(sum(l.snn_energy_pj for l in a.layers))
+    assert t.other_ops == sum(o.ops for o in a.other) > 0
+    text = format_table(a)
+    total = next(line for line in text.splitlines() if line.startswith("total")).split()
+    assert total[2:] == [human(sum(l.dnn_flops for l in a.layers)), human(sum(l.snn_flops for l in a.layers)),
+                         *human_energy(sum(l.dnn_energy_pj for l in a.layers)).split(),
+                         *human_energy(sum(l.snn_energy_pj for l in a.layers)).split()]
+    for l in a.layers:
+        assert any(line.startswith(l.name + " ") for line in text.splitlines())
+    assert "DNN/SNN: FLOPs" in text and "truenorth" in text
+    assert "SNN FLOPs" not in format_table(analyze(snn.model))
+
+
+def test_human_units():
+    assert [human(v) for v in (0, 35, 999.4, 1000, 40_551_040, 3.13e8, 19.63e9)] == \
+        ["0", "35", "999", "1K", "40.6M", "313M", "19.6G"]
+    assert [human_energy(v) for v in (0, 368, 2.38e4, 1.44e9, 2e12)] == \
+        ["0 pJ", "368 pJ", "23.8 nJ", "1.44 mJ", "2 J"]
+
+
+def test_plot_writes_a_png_atomically(resnet_snn, tmp_path):
+    pytest.importorskip("matplotlib")
+    dnn, snn, result = resnet_snn
+    for name, a in (("snn.png", analyze(snn.model, _rates(result))), ("dnn.png", analyze(dnn))):
+        out = plot(a, tmp_path / name)
+        data = out.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    import matplotlib.image
+    assert matplotlib.image.imread(str(tmp_path / "snn.png")).ndim == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dnn.png", "snn.png"]
+
+
+def test_plot_without_matplotlib_says_what_to_install(resnet_snn, tmp_path, monkeypatch):
+    dnn, _, _ = resnet_snn
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match=r"onnx-snn\[plot\]"):
+        plot(analyze(dnn), tmp_path / "x.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_analyzer_never_imports_torch():
+    code = ("import sys, onnx_snn.analyze; "
+            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

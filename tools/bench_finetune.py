@@ -1,0 +1,75 @@
+"""Accuracy of the shipped Fashion-MNIST model: conversion only, then after 1 and 3 epochs
+of surrogate-gradient fine-tuning, at T = 1, 2, 3; prints JSON (full 10k test set).
+
+    python tools/bench_finetune.py [-T 1 2 3] [--epochs 3] [--out finetune.json]
+
+Each T: convert with ``datta`` (512 training images), evaluate in onnxruntime, fine-tune
+with the paper's recipe (``onnx-snn finetune`` defaults: Adam amsgrad, lr 1e-4, decay at
+60/80/90 %, batch 64, crop augmentation), recording the test top-1 after every epoch (the
+model written back is evaluated again in onnxruntime at the end).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--limit-train", type=int, help="fewer training images (quick runs)")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import onnx_snn
+    from onnx_snn.convert import resolve_data
+    from onnx_snn.demo import shipped_model_path
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+
+    model = str(shipped_model_path())
+    nm = onnx_snn.prepare(model)
+    cal = onnx_snn.calibrate(nm, resolve_data("fashion-mnist", nm.preprocess, split="train")
+                             .take(512, seed=0).x, show_progress=False)
+    dnn = onnx_snn.evaluate(model, "fashion-mnist", show_progress=False)
+    result = {"benchmark": "shipped fmnist_vgg: conversion then SGL fine-tuning",
+              "dnn_top1": dnn.top1, "epochs": args.epochs, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for T in args.timesteps:
+            src = os.path.join(tmp, f"T{T}.snn.onnx")
+            onnx_snn.build(nm, cal, T, "datta").save(src)
+            conv = onnx_snn.evaluate(src, "fashion-mnist", show_progress=False)
+            out = os.path.join(tmp, f"T{T}.tuned.snn.onnx")
+            t0 = time.perf_counter()
+            r = finetune(src, out, "fashion-mnist", FinetuneConfig(epochs=args.epochs,
+                         limit_train=args.limit_train), show_progress=False, log=lambda *a: None)
+            tuned = onnx_snn.evaluate(out, "fashion-mnist", show_progress=False)
+            result["runs"][f"T{T}"] = {
+                "conversion_top1": conv.top1,
+                "torch_top1_before": r.initial_top1,
+                "top1_after_epoch": {e.epoch: e.test_top1 for e in r.epochs},
+                "best_top1_onnxruntime": tuned.top1,
+                "gap_to_dnn_after_last_epoch": round(dnn.top1 - r.epochs[-1].test_top1, 2),
+                "seconds_per_epoch": round(r.seconds_per_epoch, 1),
+                "mean_spike_rate_after": tuned.mean_rate,
+                "total_seconds": round(time.perf_counter() - t0, 1),
+            }
+            print(json.dumps({f"T{T}": result["runs"][f"T{T}"]}), file=sys.stderr)
+    import torch
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+                   "date": time.strftime("%Y-%m-%d")})
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Benchmark: the cost of surrogate-gradient fine-tuning (SGL) against the DNN's own
+training, on the shipped Fashion-MNIST network, in one run; prints JSON.
+
+    python tools/bench_sgl.py [--images 6400] [--batch 64] [-T 1 2 3 5] [--no-peer]
+
+Each job runs in a fresh subprocess on the same ``--images`` training images (batch
+``--batch``, no augmentation, 2 warm-up batches not timed):
+
+* ``dnn``: the model-zoo network (tools/zoo.py ``fmnist_vgg``) trained with SGD, the DNN's
+  own recipe;
+* ``snn_T*``: the shipped model converted with ``datta`` at T and trained with onnx-snn's
+  PyTorch runtime (Adam amsgrad, backprop through the T steps);
+* ``spikingjelly_T2``: the same network built from SpikingJelly's multi-step layers and IF
+  neurons (surrogate gradient) and trained at T = 2 (the peer; skipped when SpikingJelly is
+  not installed).
+
+Reported per job: images/s, seconds per 60k-image epoch (extrapolated from the timed
+batches), peak RSS and the RSS growth during training (the training working set), and each
+ratio to the DNN.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _data(n):
+    from onnx_snn.datasets import apply_preprocess, load_dataset
+    ds = load_dataset("fashion-mnist:train").take(n, seed=0)
+    return apply_preprocess(ds.x, [0.2860], [0.3530]), ds.y
+
+
+def _time_loop(step, x, y, batch):
+    import torch
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    nb = len(x) // batch
+    before = None
+    for i in range(nb):
+        if i == 2:
+            before = rss_mb()
+            t0 = time.perf_counter()
+        step(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch])
+    seconds = time.perf_counter() - t0
+    timed = (nb - 2) * batch
+    return {"images_per_second": timed / seconds, "seconds_per_epoch": 60000 * seconds / timed,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}
+
+
+def job_dnn(args):
+    import torch
+    import torch.nn.functional as Fn
+    from tools import zoo
+    torch.manual_seed(0)
+    net = zoo.build("fmnist_vgg", 10, 1).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, weight_decay=5e-4)
+
+    def step(xb, yb):
+        loss = Fn.cross_entropy(net(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    x, y = _data(args.images)
+    return _time_loop(step, x, y, args.batch)
+
+
+def job_snn(args):
+    import torch
+    import torch.nn.functional as Fn
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    torch.manual_seed(0)
+    net = SpikingNetwork.from_onnx(args.model).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
+
+    def step(xb, yb):
+        loss = Fn.cross_entropy(net(xb, args.T, record_spikes=False), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        net.project()
+    x, y = _data(args.images)
+    return _time_loop(step, x, y, args.batch)
+
+
+def job_spikingjelly(args):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as Fn
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    torch.manual_seed(0)
+
+    def lif():
+        return neuron.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(),
+                             step_mode="m")
+
+    net = nn.Sequential(
+        layer.Conv2d(1, 32, 3, padding=1), lif(), layer.Conv2d(32, 32, 3, padding=1), lif(),
+        layer.MaxPool2d(2), layer.Conv2d(32, 64, 3, padding=1), lif(),
+        layer.Conv2d(64, 64, 3, padding=1), lif(), layer.MaxPool2d(2), layer.Flatten(),
+        layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10))
+    functional.set_step_mode(net, "m")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
+
+    def step(xb, yb):
+        functional.reset_net(net)
+        out = net(xb.unsqueeze(0).repeat(args.T, 1, 1, 1, 1)).mean(0)
+        loss = Fn.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    x, y = _data(args.images)
+    return _time_loop(step, x, y, args.batch)
+
+
+JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}
+
+
+def run_job(job, args, **extra):
+    cmd = [sys.executable, __file__, "--_job", job, "--images", str(args.images),
+           "--batch", str(args.batch)]
+    for k, v in extra.items():
+        cmd += [f"--_{k}", str(v)]
+    p = subprocess.run(cmd, capture_output=True, text=True,
+                       env={**os.environ, "ONNX_SNN_PROGRESS": "0", "PYTHONPATH": str(ROOT)})
+    if p.returncode:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=6400, help="training images timed per job")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3, 5])
+    ap.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_T", type=int)
+    args = ap.parse_args(argv)
+    if args._job:
+        args.model, args.T = args._model, args._T
+        print(json.dumps(JOBS[args._job](args)))
+        return 0
+    import onnx_snn
+    from onnx_snn.convert import resolve_data
+    from onnx_snn.demo import shipped_model_path
+    result = {"benchmark": "SGL epoch cost vs DNN training, shipped fmnist_vgg",
+              "images_timed": args.images, "batch": args.batch, "jobs": {}}
+    jobs = result["jobs"]
+    jobs["dnn"] = run_job("dnn", args)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(shipped_model_path())
+        nm = onnx_snn.prepare(model)
+        x = resolve_data("fashion-mnist", nm.preprocess, split="train").take(512, seed=0).x
+        cal = onnx_snn.calibrate(nm, x, show_progress=False)
+        for T in args.timesteps:
+            path = os.path.join(tmp, f"T{T}.snn.onnx")
+            onnx_snn.build(nm, cal, T, "datta").save(path)
+            jobs[f"snn_T{T}"] = run_job("snn", args, model=path, T=T)
+    if not args.no_peer:
+        jobs["spikingjelly_T2"] = run_job("spikingjelly", args, T=2)
+    base = jobs["dnn"]
+    for name, r in jobs.items():
+        if "error" in r or name == "dnn":
+            continue
+        r["epoch_time_vs_dnn"] = round(r["seconds_per_epoch"] / base["seconds_per_epoch"], 2)
+        r["peak_rss_vs_dnn"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
+        r["rss_growth_vs_dnn"] = round(r["rss_growth_mb"] / max(base["rss_growth_mb"], 1e-9), 2)
+    for r in jobs.values():
+        for k, v in list(r.items()):
+            if isinstance(v, float):
+                r[k] = round(v, 2)
+    import torch
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
