@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
     c.add_argument("--step-graph", metavar="ONNX",
                    help="also write the one-time-step graph (states as inputs/outputs)")
+    c.add_argument("--binary-spikes", action="store_true",
+                   help="fold each layer's spike amplitude into the next layer's weights where "
+                        "exact (0/1 spikes, accumulate-only synapses); sites feeding a residual "
+                        "Add keep an explicit multiply and are listed")
     c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     _add_data_args(c)
 
@@ -255,9 +259,12 @@ def cmd_convert(args) -> int:
              f"{r['amplitude']:.4g}", f"{r['objective_value']:.4g}"] for r in snn.report["sites"]]
     print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
                       snn.report["objective"]], rows))
-    snn.save(out, args.model)
+    snn.save(out, args.model, binary_spikes=args.binary_spikes)
     if args.step_graph:
-        snn.save(args.step_graph, args.model, step=True)
+        snn.save(args.step_graph, args.model, step=True, binary_spikes=args.binary_spikes)
+    if args.binary_spikes and not args.quiet:
+        for site, what in snn.report["binary_spikes"].items():
+            print(f"binary spikes: {site} {what}", file=sys.stderr)
     if args.report:
         snn.save_report(args.report)
     cal = snn.report["calibration"]

@@ -42,10 +42,23 @@ class SpikingModel:
         meta = F.metadata(self.model)
         return rewrite.step_model(self.normalized, self.records, meta)
 
-    def save(self, path: PathLike, *inputs: PathLike, step: bool = False) -> Path:
+    def binary_model(self, step: bool = False) -> onnx.ModelProto:
+        """The model with every foldable spike amplitude moved into the next layer's weights
+        (0/1 spikes); ``self.report['binary_spikes']`` says which sites kept theirs and why."""
+        from .spiking.binary import fold_amplitudes
+        model, result = fold_amplitudes(self.step_model() if step else self.model)
+        self.report["binary_spikes"] = result
+        return model
+
+    def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
+             binary_spikes: bool = False) -> Path:
         """Write the model atomically; refuses to overwrite the source model."""
         src = [self.normalized.source_path] if self.normalized.source_path else []
-        return save_model(self.step_model() if step else self.model, path, *src, *inputs)
+        if binary_spikes:
+            model = self.binary_model(step)
+        else:
+            model = self.step_model() if step else self.model
+        return save_model(model, path, *src, *inputs)
 
     def save_report(self, path: PathLike) -> Path:
         src = [self.normalized.source_path] if self.normalized.source_path else []

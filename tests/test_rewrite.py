@@ -158,3 +158,27 @@ def test_one_long_run_gives_every_shorter_run(graph, x):
         assert many[T].correct == one.correct
         for k in one.sites:
             assert many[T].sites[k].spikes_per_sample == pytest.approx(one.sites[k].spikes_per_sample)
+
+
+@pytest.mark.parametrize("make,kept", [(lambda: B.vgg(13, "clip"), set()),
+                                       (lambda: B.resnet(13, "clip"), {"lif0"}),
+                                       (lambda: "tests/data/torch_legacy_vgg_clip_op11.onnx", set())])
+def test_binary_spikes_fold_where_exact(make, kept, x):
+    import os
+    src = make()
+    if isinstance(src, str):
+        src = os.path.join(os.path.dirname(__file__), "..", src)
+    _, _, snn = converted(src, x, T=3)
+    for step in (False, True):
+        binary = snn.binary_model(step=step)
+        onnx.checker.check_model(binary, full_check=True)
+        result = snn.report["binary_spikes"]
+        assert {s for s, what in result.items() if what != "folded"} == kept
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in binary.graph.initializer}
+        for site, what in result.items():
+            assert (float(inits[f"{site}.amplitude"]) == 1.0) == (what == "folded")
+        a = run(snn.step_model() if step else snn.model, x)
+        b = run(binary, x)
+        np.testing.assert_allclose(a.outputs[0], b.outputs[0], rtol=1e-5, atol=1e-5)
+        for k in a.spikes:
+            np.testing.assert_array_equal(a.spikes[k], b.spikes[k])

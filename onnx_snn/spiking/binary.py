@@ -1,0 +1,111 @@
+"""Binary spikes: fold each site's spike amplitude into the weights of the layers it feeds.
+
+Because all spikes of one site share one amplitude ``a``, ``Conv(a*s, W) = Conv(s, a*W)``:
+after folding, neurons emit 0/1 spikes and the next layer only accumulates weights (ACs, no
+multiplies), the paper's point. The fold is applied where it is exact: the site's output may
+pass through pooling and reshaping ops (which commute with a scalar) and must end in
+Conv/ConvTranspose/Gemm/MatMul layers, as their data input, whose weights no other path uses.
+A site that feeds anything else (a residual ``Add`` summing two differently scaled spike
+trains, a graph output, ...) keeps its amplitude, i.e. an explicit multiply, and is reported.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Dict, List, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import format as F
+
+_PASS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
+         "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+_WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def _all_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    nodes = list(model.graph.node)
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                nodes += list(a.g.node)
+    return nodes
+
+
+def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, str]]:
+    """Return a copy of ``model`` with foldable amplitudes moved into weights, and for every
+    site either "folded" or the reason it was kept."""
+    m = copy.deepcopy(model)
+    info = F.read_info(m)
+    nodes = _all_nodes(m)
+    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {t.name: t for t in m.graph.initializer}
+    weight_uses: Dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            weight_uses[i] = weight_uses.get(i, 0) + 1
+    outputs = {o.name for o in m.graph.output}
+    result: Dict[str, str] = {}
+    for site in info.sites:
+        targets, reason = _targets(site.output, consumers, outputs)
+        if reason is None:
+            for node in targets:
+                w = node.input[_WEIGHTED[node.op_type]]
+                if w not in inits:
+                    reason = f"'{node.name}' has a computed weight"
+                elif weight_uses.get(w, 0) > 1:
+                    reason = f"the weight of '{node.name}' is shared"
+                elif node.op_type == "Gemm" and node.attribute and any(
+                        a.name == "transA" and a.i for a in node.attribute):
+                    reason = f"'{node.name}' transposes its data input"
+                if reason:
+                    break
+        if reason is not None:
+            result[site.name] = f"kept: {reason}"
+            continue
+        amp_name = F.param_name(site.name, "amplitude")
+        amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64)
+        for node in targets:
+            w = inits[node.input[_WEIGHTED[node.op_type]]]
+            arr = numpy_helper.to_array(w)
+            w.CopyFrom(numpy_helper.from_array((arr.astype(np.float64) * amp).astype(arr.dtype), w.name))
+        inits[amp_name].CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(inits[amp_name])), amp_name))
+        result[site.name] = "folded"
+    sites = json.loads(F.metadata(m)[F.META_SITES])
+    for s in sites:
+        if result.get(s["name"]) == "folded":
+            s["folded_amplitude"] = s["amplitude"]
+            s["amplitude"] = 1.0
+    F.set_metadata(m, {F.META_SITES: json.dumps(sites), "onnx_snn.binary_spikes": json.dumps(result)})
+    return m, result
+
+
+def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], str]:
+    """Weighted layers reached from ``tensor`` through pass-through ops, or a reason not to fold."""
+    found, frontier, seen = [], [tensor], set()
+    while frontier:
+        t = frontier.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in outputs or t.endswith(".step") and t[:-5] in outputs:
+            return [], "it is a graph output"
+        for n in consumers.get(t, []):
+            if n.op_type in ("Greater",) and n.name.endswith(".fired") or n.op_type in ("Shape", "Size"):
+                continue  # the spike counter reads the sign only, Shape only the shape
+            if n.op_type in _PASS:
+                if n.input[0] != t:
+                    return [], f"'{n.name}' uses it as a shape"
+                frontier.append(n.output[0])
+            elif n.op_type in _WEIGHTED and n.input[0] == t:
+                found.append(n)
+            else:
+                return [], f"it feeds '{n.name}' ({n.op_type}); kept as an explicit multiply"
+    if not found:
+        return [], "no weighted layer follows"
+    return found, None
