@@ -58,6 +58,7 @@ class Calibration:
     sample_size: int
     seconds: float
     batch_size: int
+    input_shapes: Dict[str, tuple] = field(default_factory=dict)   # per-sample, calibrated
     extra: dict = field(default_factory=dict)
 
 
@@ -170,4 +171,5 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = 64,
                                    n_positive=st["pos"], min=st["lo"], max=st["hi"],
                                    sample=samplers[s.name].result())
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
-                       seconds=time.perf_counter() - t0, batch_size=batch_size)
+                       seconds=time.perf_counter() - t0, batch_size=batch_size,
+                       input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()})

@@ -59,9 +59,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def percent(text: str) -> float:
+    value = positive_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"a percentile is at most 100, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR through torchvision when it is not found (needs internet)")
     p.add_argument("--mean", type=float, nargs="+", metavar="M",
                    help="per-channel mean to subtract from [0,1] images (default: the model's "
                         "recorded preprocessing)")
@@ -99,18 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how thresholds are chosen (default: datta; see below)")
     c.add_argument("--objective", choices=("mse", "mean", "l1"), default="mse",
                    help="what datta minimizes between DNN and SNN activations (default: mse)")
-    c.add_argument("--calib-samples", type=int, default=512, metavar="N",
+    c.add_argument("--calib-samples", type=non_negative_int, default=512, metavar="N",
                    help="calibration samples drawn from the data (default: 512; 0 = all)")
     c.add_argument("--batch-size", type=positive_int, default=64, help="calibration batch (default: 64)")
     c.add_argument("--sample-size", type=positive_int, default=1_000_000, metavar="N",
                    help="values kept per layer for the search (default: 1000000)")
-    c.add_argument("--percentile-step", type=positive_float, default=1.0,
+    c.add_argument("--percentile-step", type=percent, default=1.0,
                    help="datta: alpha candidates at every STEP-th percentile (default: 1)")
     c.add_argument("--beta-step", type=positive_float, default=0.001, help="datta: beta grid step (default: 0.001)")
     c.add_argument("--beta-max", type=positive_float, default=2.0, help="datta: largest beta (default: 2)")
-    c.add_argument("--percentile", type=positive_float, default=99.9,
+    c.add_argument("--percentile", type=percent, default=99.9,
                    help="percentile method: which percentile (default: 99.9)")
-    c.add_argument("--relu-percentile", type=positive_float, default=99.99,
+    c.add_argument("--relu-percentile", type=percent, default=99.99,
                    help="plain ReLU layers: mu = this percentile of activations (default: 99.99)")
     c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
     c.add_argument("--step-graph", metavar="ONNX",
@@ -172,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit-test", type=positive_int, metavar="N", help="only N test samples")
     f.add_argument("--json", metavar="FILE", help="write the per-epoch record as JSON")
     f.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
+    f.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
 
     a = sub.add_parser("analyze", parents=[quiet],
                        help="FLOPs and compute energy per layer, DNN against SNN",
@@ -201,10 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     a.add_argument("--plot", metavar="PNG", help="per-layer spike rates and energy (needs matplotlib)")
     a.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
+    a.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
 
     from .demo import add_demo_parser
     add_demo_parser(sub, quiet)
     return parser
+
+
+def _check_outputs(model: str, *outputs) -> None:
+    """Every output path valid, none the input, no two the same: checked before any work."""
+    from .errors import OutputPathError
+    from .model_io import check_output_path
+    seen = {}
+    for out in outputs:
+        if not out:
+            continue
+        check_output_path(out, model)
+        key = str(Path(out).resolve())
+        if key in seen:
+            raise OutputPathError(f"{out}: given twice ({seen[key]} and {out}); choose distinct files")
+        seen[key] = out
 
 
 def _default_output(model: str) -> str:
@@ -236,10 +272,15 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     out = args.output or _default_output(args.model)
-    from .model_io import check_output_path
-    check_output_path(out, args.model)  # fail before the work, not after
-    if args.report:
-        check_output_path(args.report, args.model)
+    _check_outputs(args.model, out, args.step_graph, args.report)  # fail before the work
+    from .errors import UsageError
+    from .scales import SearchConfig
+    try:
+        SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
+                     beta_step=args.beta_step, beta_max=args.beta_max, percentile=args.percentile,
+                     relu_percentile=args.relu_percentile)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
         from .errors import DataError
@@ -250,7 +291,8 @@ def cmd_convert(args) -> int:
                   percentile_step=args.percentile_step, beta_step=args.beta_step,
                   beta_max=args.beta_max, percentile=args.percentile,
                   relu_percentile=args.relu_percentile, mean=args.mean, std=args.std,
-                  data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet)
+                  data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
+                  download=args.download)
     if not args.quiet:
         for note in snn.normalized.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -276,16 +318,16 @@ def cmd_convert(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
 
-    if args.json:
-        from .model_io import check_output_path
-        check_output_path(args.json, args.model)
+    _check_outputs(args.model, args.json)
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
         from .errors import DataError
         raise DataError("no evaluation data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
                  limit=args.limit, mean=args.mean, std=args.std, data_dir=args.data_dir,
-                 show_progress=not args.quiet)
+                 show_progress=not args.quiet, download=args.download)
+    if r.kind == "dnn" and args.timesteps and not args.quiet:
+        print("note: -T is ignored for a DNN", file=sys.stderr)
     if r.kind == "snn":
         rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
                  f"{s.rate:.4f}"] for s in r.sites.values()]
@@ -340,7 +382,9 @@ def cmd_finetune(args) -> int:
                          augment=not args.no_augment, seed=args.seed, device=args.device,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
+    _check_outputs(args.model, args.output, args.json, args.checkpoint)
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
+                 download=args.download,
                  checkpoint=args.checkpoint, show_progress=not quiet,
                  log=(lambda *a: None) if quiet else print)
     import os
@@ -356,12 +400,10 @@ def cmd_finetune(args) -> int:
 
 def cmd_analyze(args) -> int:
     from .analyze import ENERGY_PRESETS, analyze, format_table, load_rates, plot
-    from .model_io import check_output_path, load_model, write_text_atomic
+    from .model_io import load_model, write_text_atomic
     from .spiking.format import is_spiking
 
-    for out in (args.json, args.plot):
-        if out:
-            check_output_path(out, args.model)
+    _check_outputs(args.model, args.json, args.plot)
     model = load_model(args.model)
     rates, T = (None, None)
     if args.rates:
@@ -371,7 +413,8 @@ def cmd_analyze(args) -> int:
         if data:
             from .evaluate import evaluate
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
-                         data_dir=args.data_dir, show_progress=not getattr(args, "quiet", False))
+                         data_dir=args.data_dir, show_progress=not getattr(args, "quiet", False),
+                         download=args.download)
             rates, T = {k: s.spikes_per_neuron for k, s in r.sites.items()}, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .scales import METHODS, OBJECTIVES, SearchConfig, choose_params, estimate_m
 from .spiking import format as F
 from .spiking import rewrite
 
+log = logging.getLogger("onnx_snn")
 
 @dataclass
 class SpikingModel:
@@ -36,11 +38,12 @@ class SpikingModel:
     timesteps: int
     method: str
     report: dict = field(default_factory=dict)
+    input_shapes: dict = field(default_factory=dict)
 
     def step_model(self) -> onnx.ModelProto:
         """The one-time-step graph (states in, next states out)."""
         meta = F.metadata(self.model)
-        return rewrite.step_model(self.normalized, self.records, meta)
+        return rewrite.step_model(self.normalized, self.records, meta, self.input_shapes)
 
     def binary_model(self, step: bool = False) -> onnx.ModelProto:
         """The model with every foldable spike amplitude moved into the next layer's weights
@@ -75,7 +78,7 @@ def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
 
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
-                 data_dir=None, split: Optional[str] = None) -> Dataset:
+                 data_dir=None, split: Optional[str] = None, download: bool = False) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -85,7 +88,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     if isinstance(data, Dataset):
         ds = data
     elif isinstance(data, (str, Path)):
-        ds = load_dataset(str(data), data_dir=data_dir, split=split)
+        ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download)
     elif isinstance(data, np.ndarray) or isinstance(data, dict):
         ds = Dataset("array", data, None, preprocessed=True)  # type: ignore[arg-type]
     else:
@@ -93,6 +96,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                         "name or a .npy/.npz path")
     if isinstance(ds.x, dict):
         return ds
+    if ds.preprocessed and mean is None and std is None and ds.x.dtype.kind in "iu":
+        log.warning("%s: integer data (%s) is taken as already preprocessed; pass --mean/--std "
+                    "(and scale to [0, 1]) if these are raw pixels", ds.name, ds.x.dtype)
     if mean is not None or std is not None:
         x = apply_preprocess(ds.x, mean, std)
     elif not ds.preprocessed and preprocess:
@@ -113,6 +119,11 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
     if int(timesteps) < 1:
         raise ValueError("timesteps must be at least 1")
     t0 = time.perf_counter()
+    missing = [s.name for s in nm.sites if s.name not in calib.sites]
+    if missing:
+        raise ValueError(f"the calibration has no record of site(s) {', '.join(missing)}; "
+                         "calibrate all sites of this model")
+    rewrite.check_reserved_names(nm)
     records: Dict[str, F.SiteRecord] = {}
     site_rows = []
     for site in nm.sites:
@@ -140,7 +151,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
-    model = rewrite.loop_model(nm, records, int(timesteps), meta)
+    model = rewrite.loop_model(nm, records, int(timesteps), meta, calib.input_shapes)
+    _self_check(model)
     report = {
         "tool": f"onnx-snn {__version__}", "source": nm.source_path,
         "source_sha256": nm.source_sha256, "method": method, "timesteps": int(timesteps),
@@ -151,7 +163,18 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         "notes": list(nm.notes), "sites": site_rows,
     }
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
-                        method=method, report=report)
+                        method=method, report=report, input_shapes=dict(calib.input_shapes))
+
+
+def _self_check(model: onnx.ModelProto) -> None:
+    """Never hand out a model that fails the ONNX checker (that would be a bug here)."""
+    if model.ByteSize() >= 2_000_000_000:
+        return
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise RuntimeError(f"onnx-snn produced an invalid spiking model ({str(e).strip()[:300]}); "
+                           "please report this with the source model") from None
 
 
 def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
@@ -159,7 +182,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
             sample_size: int = DEFAULT_SAMPLE_SIZE, calib_samples: Optional[int] = 512,
             percentile_step: float = 1.0, beta_step: float = 0.001, beta_max: float = 2.0,
             percentile: float = 99.9, relu_percentile: float = 99.99, mean=None, std=None,
-            data_dir=None, seed: int = 0, show_progress: bool = True) -> SpikingModel:
+            data_dir=None, seed: int = 0, show_progress: bool = True,
+            download: bool = False) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -169,7 +193,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
     nm = prepare(model)
     cfg = SearchConfig(objective=objective, percentile_step=percentile_step, beta_step=beta_step,
                        beta_max=beta_max, percentile=percentile, relu_percentile=relu_percentile)
-    ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train")
+    ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
+                      download=download)
     if isinstance(ds.x, np.ndarray):
         ds = ds.take(calib_samples, seed=seed)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,

@@ -220,6 +220,11 @@ def load_array_file(path: os.PathLike) -> Dataset:
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
         raise DataError(f"{path}: inputs of dtype {x.dtype} are not numeric")
+    if x.dtype.kind in "iu":
+        import logging
+        logging.getLogger("onnx_snn").warning(
+            "%s: integer inputs (%s) are taken as already preprocessed; if they are raw pixels, "
+            "scale them to [0, 1] and pass --mean/--std", path, x.dtype)
     if y is not None:
         y = np.asarray(y).astype(np.int64).reshape(-1)
         if len(y) != len(x):

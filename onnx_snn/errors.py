@@ -12,6 +12,12 @@ class OnnxSnnError(Exception):
     exit_code = 1
 
 
+class UsageError(OnnxSnnError):
+    """Options that do not fit together (argparse handles the rest, also with code 2)."""
+
+    exit_code = 2
+
+
 class ModelLoadError(OnnxSnnError):
     """The model file is missing, truncated, not ONNX, or fails the ONNX checker."""
 

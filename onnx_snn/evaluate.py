@@ -57,29 +57,30 @@ class EvalResult:
 
 def evaluate(model: Union[str, onnx.ModelProto], data, timesteps: Optional[int] = None,
              batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
-             data_dir=None, show_progress: bool = True, threads: Optional[int] = None) -> EvalResult:
+             data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
+             download: bool = False) -> EvalResult:
     """Top-1 of ``model`` on ``data`` (a dataset name, array file, Dataset, or (x, y) tuple).
 
     For spiking models, also the spikes per neuron of every site (``timesteps`` overrides the
     model's T). Named datasets get the model's recorded preprocessing (or ``mean``/``std``).
     """
     results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
-                        mean, std, data_dir, show_progress, threads)
+                        mean, std, data_dir, show_progress, threads, download)
     return next(iter(results.values()))
 
 
 def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Sequence[int],
                       batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
                       data_dir=None, show_progress: bool = True,
-                      threads: Optional[int] = None) -> Dict[int, EvalResult]:
+                      threads: Optional[int] = None, download: bool = False) -> Dict[int, EvalResult]:
     """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
     what a run of exactly T steps gives (same parameters; prefixes of the same spike trains)."""
     return _evaluate(model, data, sorted(set(int(t) for t in timesteps)), batch_size, limit,
-                     mean, std, data_dir, show_progress, threads)
+                     mean, std, data_dir, show_progress, threads, download)
 
 
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
-              show_progress, threads) -> Dict[int, EvalResult]:
+              show_progress, threads, download=False) -> Dict[int, EvalResult]:
     from .convert import resolve_data
     from .runtimes.ort import ModelRunner
 
@@ -92,7 +93,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     preprocess = runner.info.preprocess if runner.spiking else _dnn_preprocess(runner.model)
     if isinstance(data, tuple):
         data = Dataset("arrays", np.asarray(data[0]), np.asarray(data[1]), preprocessed=True)
-    ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test")
+    ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
+                      download=download)
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, "evaluation data")
@@ -111,7 +113,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
     for start in range(0, n, batch_size):
         feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
-        r = runner.run(feed, T if runner.spiking else None)
+        r = runner.run_padded(feed, T if runner.spiking else None)
         nb = r.outputs[0].shape[0]
         for t in t_list:
             if many:

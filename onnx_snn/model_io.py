@@ -18,7 +18,7 @@ from .errors import ModelLoadError, OutputPathError
 
 PathLike = Union[str, os.PathLike]
 
-MIN_OPSET = 9
+MIN_OPSET = 7
 MAX_OPSET = 21
 
 
@@ -107,6 +107,14 @@ def write_bytes_atomic(data: bytes, path: PathLike) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes 0600 files: give the result the usual mode (or the replaced file's)
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -41,6 +41,21 @@ class SearchConfig:
     beta_max: float = 2.0
     percentile: float = 99.9         # for method "percentile"
     relu_percentile: float = 99.99   # mu estimate for plain ReLU sites
+    mean_tolerance: float = 1e-3     # "mean": pairs within this fraction of E[DNN] of the
+                                     # best |mean difference| count as ties; least mse wins
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not 0 < self.percentile_step <= 100:
+            raise ValueError(f"percentile step must be in (0, 100], not {self.percentile_step}")
+        if not 0 < self.beta_step < self.beta_max:
+            raise ValueError(f"beta step ({self.beta_step}) must be positive and below beta max "
+                             f"({self.beta_max})")
+        for name in ("percentile", "relu_percentile"):
+            v = getattr(self, name)
+            if not 0 < v <= 100:
+                raise ValueError(f"{name.replace('_', ' ')} must be in (0, 100], not {v}")
 
 
 @dataclass
@@ -134,12 +149,11 @@ def search_datta(sorted_h: np.ndarray, mu: float, timesteps: int,
                  config: Optional[SearchConfig] = None):
     """Return (alpha, beta, objective value) minimizing the objective on the sample."""
     cfg = config or SearchConfig()
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES}")
     h = np.asarray(sorted_h, dtype=np.float64)
     n = h.size
-    if n == 0:
-        return 1.0, 1.0, 0.0
+    if n == 0 or h[-1] <= 0:  # nothing ever fires in the DNN: keep the plain conversion
+        return 1.0, 1.0, (float(objective_value(h, mu, 1.0, 1.0, timesteps, 0.0, cfg.objective))
+                          if n else 0.0)
     d = np.clip(h, 0.0, mu)
     p1 = np.concatenate([[0.0], np.cumsum(d)])
     p2 = np.concatenate([[0.0], np.cumsum(d * d)])
@@ -159,8 +173,10 @@ def search_datta(sorted_h: np.ndarray, mu: float, timesteps: int,
         obj = mse
     elif cfg.objective == "mean":
         qk = (counts * k).sum(1)
-        obj = np.abs(betas[None, :] * c * qk[:, None] - p1[-1]) / n
-        obj = obj + 1e-12 * mse / max(q0 / n, 1e-30)  # tie-break by mse
+        mean_abs = np.abs(betas[None, :] * c * qk[:, None] - p1[-1]) / n
+        # many pairs reach a zero mean difference: among the near-ties take the least mse
+        tol = mean_abs.min() + cfg.mean_tolerance * p1[-1] / n
+        obj = np.where(mean_abs <= tol, mse, np.inf)
     else:  # l1
         obj = _l1_table(d, p1, b, betas, c, k)
     ia, ib = np.unravel_index(np.argmin(obj), obj.shape)

@@ -7,6 +7,7 @@ and the per-site spike totals over the T steps (shape ``[N]`` each).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
@@ -36,6 +37,8 @@ class ModelRunner:
         """``per_step``: also return every step's outputs and spike counts, so one run at T
         gives the results of every shorter run (for models whose parameters do not depend
         on T, and for studying a model beyond its T)."""
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
         self.spiking = F.is_spiking(self.model)
@@ -45,7 +48,8 @@ class ModelRunner:
         if self.per_step and self.info.graph == "loop":
             run_model = onnx.ModelProto()
             run_model.CopyFrom(self.model)
-            names = [f"{o}.steps" for o in (self.info.outputs or [])] + \
+            produced = {o for n in run_model.graph.node for o in n.output}
+            names = [f"{o}.steps" for o in (self.info.outputs or []) if f"{o}.steps" in produced] + \
                 [f"{s.name}.spikes.steps" for s in self.info.sites]
             for name in names:
                 run_model.graph.output.add().name = name
@@ -80,15 +84,37 @@ class ModelRunner:
         spike_names = [F.spikes_name(s) for s in sites]
         extra = []
         if self.per_step:
-            extra = [f"{o}.steps" for o in self.output_names] + [f"{s}.spikes.steps" for s in sites]
+            have = {o.name for o in self.session.get_outputs()}
+            timed = [o for o in self.output_names if f"{o}.steps" in have]
+            extra = [f"{o}.steps" for o in timed] + [f"{s}.spikes.steps" for s in sites]
         outs = self.session.run(self.output_names + spike_names + extra,
                                 {**feeds, F.TIMESTEPS_INPUT: np.array(T, np.int64)})
         k, ns = len(self.output_names), len(sites)
         result = StepResult(outs[:k], dict(zip(sites, outs[k:k + ns])))
         if self.per_step:
-            result.step_outputs = outs[k + ns:2 * k + ns]
-            result.step_spikes = dict(zip(sites, outs[2 * k + ns:]))
+            steps = dict(zip(timed, outs[k + ns:k + ns + len(timed)]))
+            # a time-invariant output is the same at every step
+            result.step_outputs = [steps[o] if o in steps else np.repeat(v[None], T, axis=0)
+                                   for o, v in zip(self.output_names, outs[:k])]
+            result.step_spikes = dict(zip(sites, outs[k + ns + len(timed):]))
         return result
+
+    def run_padded(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
+        """``run``, padding a short last batch with zeros for models with a fixed batch size
+        (the padding's results are dropped)."""
+        n = next(iter(feeds.values())).shape[0]
+        fb = self.fixed_batch
+        if not fb or n == fb:
+            return self.run(feeds, timesteps)
+        if n > fb:
+            raise DataError(f"the model takes batches of exactly {fb}; got {n}")
+        padded = {k: np.concatenate([v, np.zeros((fb - n,) + v.shape[1:], v.dtype)]) for k, v in feeds.items()}
+        r = self.run(padded, timesteps)
+        cut = StepResult([o[:n] for o in r.outputs], {k: v[:n] for k, v in r.spikes.items()})
+        if r.step_outputs is not None:
+            cut.step_outputs = [o[:, :n] for o in r.step_outputs]
+            cut.step_spikes = {k: v[:, :n] for k, v in r.step_spikes.items()}
+        return cut
 
     def _run_steps(self, feeds, T: int) -> StepResult:
         n = next(iter(feeds.values())).shape[0]
@@ -127,7 +153,7 @@ def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,
     outs: List[List[np.ndarray]] = []
     spikes: Dict[str, List[np.ndarray]] = {}
     for start in range(0, n, batch_size):
-        r = runner.run({k: v[start:start + batch_size] for k, v in feeds.items()}, timesteps)
+        r = runner.run_padded({k: v[start:start + batch_size] for k, v in feeds.items()}, timesteps)
         outs.append(r.outputs)
         for k, v in r.spikes.items():
             spikes.setdefault(k, []).append(v)

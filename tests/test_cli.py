@@ -171,3 +171,36 @@ def test_analyze_dnn_and_snn(files, capsys):
     assert a["totals"]["dnn_energy_pj"] > a["totals"]["snn_energy_pj"] > 0
     p = run_cli("analyze", m, "--rates", str(files / "ev.json"))
     assert_clean_error(p, 8, "plain DNN")
+
+
+def test_missing_model_and_folder(files):
+    assert_clean_error(run_cli("convert", str(files / "nope.onnx"), "--calib", str(files / "calib.npy")),
+                       3, "no such file")
+    assert_clean_error(run_cli("convert", str(files), "--calib", str(files / "calib.npy")), 3, "folder")
+
+
+def test_all_outputs_checked_before_work(files):
+    m = str(files / "model.onnx")
+    out = str(files / "o.snn.onnx")
+    assert_clean_error(run_cli("convert", m, "-o", out, "--calib", str(files / "calib.npy"),
+                               "--step-graph", str(files / "no" / "s.onnx")), 6, "does not exist")
+    assert_clean_error(run_cli("convert", m, "-o", out, "--calib", str(files / "calib.npy"),
+                               "--step-graph", m), 6, "input")
+    assert_clean_error(run_cli("convert", m, "-o", out, "--calib", str(files / "calib.npy"),
+                               "--report", out), 6, "twice")
+    no_leftovers(files, ["model.onnx", "calib.npy", "test.npz"])
+
+
+@pytest.mark.parametrize("args", [["--calib-samples", "-5"], ["--percentile", "150"],
+                                  ["--beta-step", "5"], ["-T", "0"], ["--relu-percentile", "101"]])
+def test_bad_numbers_are_usage_errors(files, args):
+    p = run_cli("convert", str(files / "model.onnx"), "--calib", str(files / "calib.npy"), *args)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_outputs_are_readable_by_others(files):
+    os.umask(0o022)
+    out = files / "o.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy")]) == 0
+    assert out.stat().st_mode & 0o777 == 0o644

@@ -182,3 +182,80 @@ def test_binary_spikes_fold_where_exact(make, kept, x):
         np.testing.assert_allclose(a.outputs[0], b.outputs[0], rtol=1e-5, atol=1e-5)
         for k in a.spikes:
             np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
+
+
+def _mlp(extra_outputs=(), input_name="x"):
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    r = np.random.default_rng(0)
+    I = lambda n, a: onnx.numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    inits = [I("w1", r.standard_normal((6, 8))), I("b1", np.zeros(8)), I("w2", r.standard_normal((8, 3))),
+             I("b2", np.zeros(3)), I("z", 0.0), I("mu", 2.0)]
+    nodes = [h.make_node("Gemm", [input_name, "w1", "b1"], ["g1"], name="fc1"),
+             h.make_node("Clip", ["g1", "z", "mu"], ["r1"], name="act"),
+             h.make_node("Gemm", ["r1", "w2", "b2"], ["y"], name="fc2")]
+    outs = [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3])]
+    outs += [h.make_tensor_value_info(o, TP.FLOAT, ["N", 8]) for o in extra_outputs]
+    g = h.make_graph(nodes, "mlp", [h.make_tensor_value_info(input_name, TP.FLOAT, ["N", 6])], outs, inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_time_invariant_outputs_pass_through():
+    x = np.random.default_rng(1).random((8, 6)).astype(np.float32)
+    _, _, snn = converted(_mlp(["g1"]), x)
+    r = run(snn.model, x)
+    dnn = run(_mlp(["g1"]), x)
+    np.testing.assert_allclose(r.outputs[1], dnn.outputs[1], rtol=1e-6)  # the analog pre-activation
+    np.testing.assert_allclose(run(snn.step_model(), x).outputs[1], dnn.outputs[1], rtol=1e-6)
+
+
+def test_reserved_names_are_refused():
+    from onnx_snn.errors import UnsupportedModelError
+    x = np.random.default_rng(1).random((8, 6)).astype(np.float32)
+    with pytest.raises(UnsupportedModelError, match="reserves"):
+        converted(_mlp(input_name="timesteps"), x)
+
+
+def test_inputs_are_pinned_to_the_calibrated_size():
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx_snn.errors import DataError
+    b = B.GraphBuilder(13)
+    y = b.act(b.conv("input", 1, 4), "clip")
+    y = b.gemm(b.node("Flatten", [b.node("GlobalAveragePool", [y])]), 4, 10)
+    g = h.make_graph(b.nodes, "dyn", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, "H", "W"])],
+                     [h.make_tensor_value_info(y, TP.FLOAT, ["N", 10])], b.inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    _, _, snn = converted(m, B.rand_input(4, (1, 6, 6)))
+    assert run(snn.model, B.rand_input(2, (1, 6, 6))).outputs[0].shape == (2, 10)
+    with pytest.raises(DataError, match=r"shape \[2, 1, 8, 8\] does not fit"):
+        run(snn.model, B.rand_input(2, (1, 8, 8)))
+
+
+def test_fixed_batch_models_evaluate_any_count():
+    from onnx_snn.evaluate import evaluate
+    m = B.vgg(13, "clip")
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[0].Clear()
+    dims[0].dim_value = 4
+    x = B.rand_input(8)
+    _, _, snn = converted(m, x)
+    y = np.zeros(6, int)
+    r = evaluate(snn.model, (x[:6], y), show_progress=False)
+    assert r.samples == 6 and r.correct is not None
+    assert run(snn.model, x[:6]).outputs[0].shape == (6, 10)
+
+
+def test_dropout_mask_output_is_all_ones():
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    m = _mlp()
+    g = m.graph
+    g.node[2].input[0] = "d1"
+    g.node.insert(2, h.make_node("Dropout", ["r1", "ratio"], ["d1", "mask"], name="drop"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(0.3, np.float32), "ratio"))
+    g.output.append(h.make_tensor_value_info("mask", TP.BOOL, ["N", 8]))
+    x = np.random.default_rng(1).random((8, 6)).astype(np.float32)
+    _, _, snn = converted(m, x)
+    r = run(snn.model, x)
+    assert r.outputs[1].dtype == bool and r.outputs[1].all()

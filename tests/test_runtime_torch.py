@@ -240,3 +240,19 @@ def test_ddp_two_gloo_processes(tmp_path, fmnist_snn):
     r = json.loads((tmp_path / "ddp.json").read_text())
     assert r["world_size"] == 2
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("op,attrs,shape", [("DepthToSpace", {"blocksize": 2, "mode": "DCR"}, (2, 8, 3, 3)),
+                                            ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, (2, 8, 3, 3)),
+                                            ("SpaceToDepth", {"blocksize": 2}, (2, 2, 4, 4))])
+def test_torch_ops_match_the_onnx_reference(op, attrs, shape):
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx.reference import ReferenceEvaluator
+    from onnx_snn.runtimes.torch.ops import run_op
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    m = h.make_model(h.make_graph([h.make_node(op, ["x"], ["y"], **attrs)], "g",
+                                  [h.make_tensor_value_info("x", TP.FLOAT, list(shape))],
+                                  [h.make_tensor_value_info("y", TP.FLOAT, None)]))
+    ref = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(run_op(op, attrs, [torch.from_numpy(x)])[0].numpy(), ref)

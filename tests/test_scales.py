@@ -113,4 +113,27 @@ def test_unknown_method_and_objective():
     with pytest.raises(ValueError, match="unknown method"):
         choose_params(h, 1.0, 2, "nope")
     with pytest.raises(ValueError, match="unknown objective"):
-        search_datta(h, 1.0, 2, SearchConfig(objective="nope"))
+        SearchConfig(objective="nope")
+
+
+def test_mean_objective_prefers_low_mse_among_ties():
+    rng = np.random.default_rng(4)
+    h = np.sort(rng.gamma(1.0, 0.7, 20_000) - 0.2)
+    for T in (2, 4):
+        a, b, v = search_datta(h, 4.0, T, SearchConfig(objective="mean"))
+        am, bm, vm = search_datta(h, 4.0, T, SearchConfig(objective="mse"))
+        assert v <= 1e-3 * np.clip(h, 0, 4).mean() + 1e-9
+        # the chosen pair is far closer to the mse optimum than an arbitrary zero-mean pair
+        assert objective_value(h, 4.0, a, b, T) < 2.0 * vm
+
+
+def test_config_validation():
+    for bad in (dict(beta_step=5.0), dict(percentile=150), dict(relu_percentile=0),
+                dict(percentile_step=150)):
+        with pytest.raises(ValueError):
+            SearchConfig(**bad)
+
+
+def test_site_that_never_fires_keeps_plain_scales():
+    p = choose_params(np.sort(-np.random.default_rng(0).random(100)), 4.0, 2, "datta")
+    assert (p.alpha, p.beta) == (1.0, 1.0) and p.objective_value == 0.0

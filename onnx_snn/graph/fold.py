@@ -64,9 +64,12 @@ def fold_batchnorm(graph: gs.Graph, notes: list) -> gs.Graph:
         x, y = node.inputs[0], node.outputs[0]
         prev = x.inputs[0] if x.inputs else None
         single = prev is not None and len(x.outputs) == 1 and not is_graph_output(graph, x)
-        if single and prev.op == "Conv" and const_value(prev.inputs[1]) is not None:
+        conv_bias_ok = prev is not None and (len(prev.inputs) < 3 or not prev.inputs[2].name
+                                             or const_value(prev.inputs[2]) is not None)
+        if single and prev.op == "Conv" and const_value(prev.inputs[1]) is not None and conv_bias_ok:
             w = const_value(prev.inputs[1]).astype(np.float64)
-            bias0 = const_value(prev.inputs[2]).astype(np.float64) if len(prev.inputs) > 2 else 0.0
+            bias0 = const_value(prev.inputs[2]).astype(np.float64) \
+                if len(prev.inputs) > 2 and prev.inputs[2].name else 0.0
             w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
             bias = bias0 * k + b
             prev.inputs[1] = gs.Constant(prev.inputs[1].name + "_bnfold", w.astype(np.float32))
@@ -79,7 +82,8 @@ def fold_batchnorm(graph: gs.Graph, notes: list) -> gs.Graph:
             node.inputs.clear()
             node.outputs.clear()
             folded += 1
-        elif single and prev.op == "Gemm" and const_value(prev.inputs[1]) is not None:
+        elif (single and prev.op == "Gemm" and const_value(prev.inputs[1]) is not None
+              and (len(prev.inputs) < 3 or const_value(prev.inputs[2]) is not None)):
             beta = float(prev.attrs.get("beta", 1.0))
             w = const_value(prev.inputs[1]).astype(np.float64)
             if int(prev.attrs.get("transB", 0)):
@@ -87,7 +91,7 @@ def fold_batchnorm(graph: gs.Graph, notes: list) -> gs.Graph:
             else:
                 w = w * k[None, :]
             c = const_value(prev.inputs[2]).astype(np.float64) if len(prev.inputs) > 2 else 0.0
-            c = np.broadcast_to(beta * c, k.shape) * k + b  # BN(alpha*AB + beta*C)
+            c = np.broadcast_to(beta * np.asarray(c).reshape(-1) if np.size(c) > 1 else beta * np.asarray(c).reshape(()), k.shape) * k + b  # BN(alpha*AB + beta*C)
             prev.inputs[1] = gs.Constant(prev.inputs[1].name + "_bnfold", w.astype(np.float32))
             cvar = gs.Constant((prev.name or "gemm") + "_bias_bnfold", c.astype(np.float32))
             if len(prev.inputs) > 2:

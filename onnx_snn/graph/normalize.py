@@ -76,6 +76,17 @@ def _name_nodes(graph: gs.Graph) -> None:
             taken.add(name)
 
 
+def _warn_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
+    """Max pooling of pre-activations (conv -> MaxPool -> clip) pools analog currents each
+    step; it is accepted but converts less accurately than pooling spikes."""
+    site_inputs = {s.input for s in sites}
+    for n in graph.nodes:
+        if n.op in ("MaxPool", "GlobalMaxPool") and n.outputs and n.outputs[0].name in site_inputs:
+            notes.append(f"warning: '{n.name}' max-pools pre-activations (pooling before the "
+                         "activation); the SNN pools input currents there, which converts less "
+                         "accurately than pooling after the activation")
+
+
 def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None) -> NormalizedModel:
     """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`."""
     notes: List[str] = []
@@ -84,8 +95,8 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     if isinstance(model, (str, Path)):
         path = str(model)
         where = where or path
-        sha = sha256_file(model)
         model = load_model(model)
+        sha = sha256_file(path)
     else:
         where = where or "model"
         check_model(model, where)
@@ -96,7 +107,15 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         graph = gs.import_onnx(model)
     except Exception as e:
         raise UnsupportedModelError(f"{where}: onnx-graphsurgeon cannot import the graph ({e})") from None
+    try:
+        return _normalize_graph(graph, model, meta, notes, dropouts, where, sha, path)
+    except UnsupportedModelError as e:
+        msg = str(e)
+        raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
 
+
+def _normalize_graph(graph, model, meta, notes, dropouts, where, sha, path) -> NormalizedModel:
+    _name_nodes(graph)
     graph = fold.fold_constants(graph)
     graph = canonical.sum_to_add(graph)
     graph = cleanup.remove_identity_and_dropout(graph, notes, dropouts)
@@ -120,6 +139,13 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
 
     graph.cleanup().toposort()
     _name_nodes(graph)
+    _warn_pooled_currents(graph, sites, notes)
+    tensors = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
+    stale = [d for d in dropouts if d["tensor"] not in tensors]
+    if stale:
+        notes.append(f"warning: {len(stale)} dropout layer(s) sit inside an activation and are not "
+                     "recorded for fine-tuning")
+        dropouts[:] = [d for d in dropouts if d["tensor"] in tensors]
     out = gs.export_onnx(graph)
     out.ir_version = max(model.ir_version, 8)
     del out.metadata_props[:]

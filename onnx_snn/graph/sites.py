@@ -98,13 +98,15 @@ def _next_in_chain(graph: gs.Graph, node: gs.Node) -> Optional[gs.Node]:
 
 def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
     """Replace each activation chain by one canonical node and return the sites in order."""
+    from .ir import depends_on_inputs
     graph.toposort()
+    data = depends_on_inputs(graph)   # clamps of shape arithmetic are not activations
     in_chain = set()
     chains = []
     for node in graph.nodes:
         if id(node) in in_chain or node.op not in CLAMP_OPS:
             continue
-        if clamp_bounds(node) is None:
+        if _data_input(node).name not in data or clamp_bounds(node) is None:
             continue
         chain = [node]
         nxt = _next_in_chain(graph, node)
@@ -123,7 +125,8 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         label = node_label(first) if len(chain) == 1 else \
             f"nodes {', '.join(repr(n.name) for n in chain)} ({'+'.join(n.op for n in chain)})"
         if not lo < hi:
-            raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi})")
+            raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi}); "
+                                        "remove the layer or fix its bounds and export again")
         if abs(lo) > 1e-12:
             raise UnsupportedModelError(
                 f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like; only "
@@ -131,11 +134,12 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
                 "become integrate-and-fire neurons")
         h = _data_input(first)
         y = last.outputs[0]
-        name = f"lif{len(sites)}"
+        name = f"__site{len(sites)}"   # renamed in topological order below
         idiom = "+".join(n.op for n in chain)
         mu = None if math.isinf(hi) else float(hi)
         if mu is not None and mu <= 0:
-            raise UnsupportedModelError(f"{label}: clip threshold {mu} must be positive")
+            raise UnsupportedModelError(f"{label}: clip threshold {mu} must be positive; check "
+                                        "the trained thresholds of the model")
         site = Site(name=name, input=h.name, output=y.name, mu=mu,
                     mu_source="model" if mu is not None else "estimated", idiom=idiom,
                     source_nodes=[n.name for n in chain])
@@ -151,7 +155,17 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         graph.nodes.append(new)
         sites.append(site)
     graph.cleanup().toposort()
-    # order and names follow the topological order of the rewritten graph
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    sites.sort(key=lambda s: order[s.name])
-    return sites
+    # names follow the topological order of the rewritten graph
+    by_name = {s.name: s for s in sites}
+    ordered = []
+    for n in graph.nodes:
+        site = by_name.get(n.name)
+        if site is None:
+            continue
+        new = f"lif{len(ordered)}"
+        n.name = new
+        for t in n.inputs[1:]:
+            t.name = t.name.replace(site.name, new, 1)
+        site.name = new
+        ordered.append(site)
+    return ordered

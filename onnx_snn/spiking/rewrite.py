@@ -105,12 +105,12 @@ def _finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str]) -
 
 
 def step_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord],
-               meta: Dict[str, str]) -> onnx.ModelProto:
+               meta: Dict[str, str], input_shapes=None) -> onnx.ModelProto:
     """One time step as a plain graph: inputs + states in; outputs, next states, spikes out."""
     nodes, inits = _graph_parts(nm, records)
     g = nm.model.graph
     init_names = {i.name for i in g.initializer}
-    inputs = [copy.deepcopy(i) for i in g.input if i.name not in init_names]
+    inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
     inputs += [_float_info(F.state_name(r.name), ["N"] + list(r.shape)) for r in records.values()]
     outputs = [copy.deepcopy(o) for o in g.output]
     outputs += [_float_info(F.next_state_name(r.name), ["N"] + list(r.shape)) for r in records.values()]
@@ -120,8 +120,43 @@ def step_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord],
     return _finish(model, nm, {**meta, F.META_GRAPH: "step"})
 
 
+def _pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
+    """The input with its non-batch dims fixed to the calibrated ones: membrane states have
+    the shapes seen in calibration, so other sizes must be refused up front."""
+    vi = copy.deepcopy(vi)
+    shape = (input_shapes or {}).get(vi.name)
+    if shape is None:
+        return vi
+    dims = vi.type.tensor_type.shape.dim
+    for d, size in zip(list(dims)[1:], shape):
+        if not d.HasField("dim_value"):
+            d.Clear()
+            d.dim_value = int(size)
+    return vi
+
+
+RESERVED_PREFIXES = ("snn.", "lif")
+
+
+def check_reserved_names(nm: NormalizedModel) -> None:
+    """The spiking graph adds tensors named ``timesteps``, ``snn.*`` and ``lif<k>.*``."""
+    from ..errors import UnsupportedModelError
+    g = nm.model.graph
+    site_names = {s.name for s in nm.sites}
+    names = {i.name for i in g.input} | {o for n in g.node for o in n.output} | \
+        {i.name for i in g.initializer}
+    own = {s.output for s in nm.sites} | {s.input for s in nm.sites}
+    for name in sorted(names - own):
+        clash = name == F.TIMESTEPS_INPUT or name.startswith("snn.") or \
+            any(name.startswith(f"{s}.") for s in site_names)
+        if clash and not name.endswith((".clip_min", ".mu")):
+            raise UnsupportedModelError(
+                f"the model has a tensor named '{name}', a name the spiking format reserves "
+                f"('{F.TIMESTEPS_INPUT}', 'snn.*', 'lif<k>.*'); rename it and export again")
+
+
 def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps: int,
-               meta: Dict[str, str]) -> onnx.ModelProto:
+               meta: Dict[str, str], input_shapes=None) -> onnx.ModelProto:
     """The single-call artifact: hoisted time-invariant work, then a Loop over time steps."""
     nodes, inits = _graph_parts(nm, records)
     g = nm.model.graph
@@ -133,11 +168,11 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
     body_made = {o for n in body_nodes for o in n.output}
 
     init_names = {i.name for i in g.initializer}
-    dnn_inputs = [copy.deepcopy(i) for i in g.input if i.name not in init_names]
+    dnn_inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
     dnn_outputs = [o.name for o in g.output]
 
     # the body produces each DNN output as "<out>.step", each spike count as "<site>.spikes.step"
-    rename = {o: f"{o}.step" for o in dnn_outputs}
+    rename = {o: f"{o}.step" for o in dnn_outputs if o in body_made}
     rename.update({F.spikes_name(r.name): F.spikes_name(r.name) + ".step" for r in sites})
     for n in body_nodes:
         for i, o in enumerate(n.output):
@@ -146,25 +181,27 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
         for i, x in enumerate(n.input):
             if x in rename:
                 n.input[i] = rename[x]
-    extra = []
-    for o in dnn_outputs:
-        if o not in body_made:  # output does not depend on time: pass it through
-            extra.append(helper.make_node("Identity", [o], [rename[o]], name=f"{o}.passthrough"))
-    body_nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop.cond")] \
-        + body_nodes + extra
+    # outputs that never depend on a membrane state are the same at every step: they are
+    # produced outside the loop, by the hoisted nodes (or are inputs/initializers)
+    timed = [o for o in dnn_outputs if o in body_made]
+    body_nodes = [helper.make_node("Identity", ["snn.cond_in"], ["snn.cond_out"], name="loop.cond")] \
+        + body_nodes
 
     out_info = {o.name: o for o in g.output}
+
+    def out_type(name):
+        return out_info[name].type.tensor_type.elem_type or TensorProto.FLOAT
 
     def out_shape(name):
         t = out_info[name].type.tensor_type
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
-    body_inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-                   helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])]
+    body_inputs = [helper.make_tensor_value_info("snn.iter", TensorProto.INT64, []),
+                   helper.make_tensor_value_info("snn.cond_in", TensorProto.BOOL, [])]
     body_inputs += [_float_info(F.state_name(r.name), ["N"] + list(r.shape)) for r in sites]
-    body_outputs = [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])]
+    body_outputs = [helper.make_tensor_value_info("snn.cond_out", TensorProto.BOOL, [])]
     body_outputs += [_float_info(F.next_state_name(r.name), ["N"] + list(r.shape)) for r in sites]
-    body_outputs += [_float_info(rename[o], out_shape(o)) for o in dnn_outputs]
+    body_outputs += [helper.make_tensor_value_info(rename[o], out_type(o), out_shape(o)) for o in timed]
     body_outputs += [_float_info(rename[F.spikes_name(r.name)], ["N"]) for r in sites]
     body = helper.make_graph(body_nodes, "snn_timestep", body_inputs, body_outputs)
 
@@ -182,14 +219,22 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
                                       axis=0, name=f"{s}.v_shape"))
         outer.append(helper.make_node("Expand", [F.param_name(s, "v_init"), f"{s}.v_shape"],
                                       [f"{s}.v0"], name=f"{s}.v0"))
-    loop_outs = [f"{r.name}.v_last" for r in sites] + [f"{o}.steps" for o in dnn_outputs] + \
+    loop_outs = [f"{r.name}.v_last" for r in sites] + [f"{o}.steps" for o in timed] + \
         [f"{r.name}.spikes.steps" for r in sites]
     outer.append(helper.make_node("Loop", [F.TIMESTEPS_INPUT, ""] + [f"{r.name}.v0" for r in sites],
                                   loop_outs, body=body, name="snn.time_loop"))
     outer.append(helper.make_node("Cast", [F.TIMESTEPS_INPUT], ["snn.timesteps_f"],
                                   to=TensorProto.FLOAT, name="snn.timesteps_f"))
     inits.append(numpy_helper.from_array(np.array([0], np.int64), "snn.time_axis"))
-    for o in dnn_outputs:
+    for o in timed:
+        if out_type(o) != TensorProto.FLOAT:  # not a quantity to average: the last step's value
+            if "snn.last_step" not in {n.output[0] for n in outer}:
+                inits.append(numpy_helper.from_array(np.array(1, np.int64), "snn.one"))
+                outer.append(helper.make_node("Sub", [F.TIMESTEPS_INPUT, "snn.one"], ["snn.last_step"],
+                                              name="snn.last_step"))
+            outer.append(helper.make_node("Gather", [f"{o}.steps", "snn.last_step"], [o], axis=0,
+                                          name=f"{o}.last"))
+            continue
         outer.append(helper.make_node("ReduceSum", [f"{o}.steps", "snn.time_axis"], [f"{o}.sum"],
                                       keepdims=0, name=f"{o}.sum"))
         outer.append(helper.make_node("Div", [f"{o}.sum", "snn.timesteps_f"], [o], name=f"{o}.mean"))

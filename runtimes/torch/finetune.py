@@ -135,8 +135,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def load_split(model, data, split, limit, data_dir, info) -> Dataset:
-    ds = resolve_data(data, info.preprocess, data_dir=data_dir, split=split)
+def load_split(model, data, split, limit, data_dir, info, download=False) -> Dataset:
+    ds = resolve_data(data, info.preprocess, data_dir=data_dir, split=split, download=download)
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
@@ -160,6 +160,8 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     for s in range(0, n, batch):
         xb = torch.from_numpy(ds.x[s:s + batch]).to(device)
         out = net(xb, timesteps)
+        if isinstance(out, list):
+            out = out[0]
         correct += int((out.argmax(1).cpu() == torch.from_numpy(ds.y[s:s + batch])).sum())
         for k, v in net.last_spikes.items():
             spikes[k] = spikes.get(k, 0.0) + float(v.sum())
@@ -172,9 +174,14 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
 
 # ------------------------------------------------------------------ the loop
 
+def _image_like(x: np.ndarray) -> bool:
+    """NCHW images that crop/flip augmentation applies to."""
+    return x.ndim == 4 and x.shape[1] <= 4 and x.shape[2] >= 8 and x.shape[3] >= 8
+
+
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
-             show_progress: bool = True, log=print) -> FinetuneResult:
+             show_progress: bool = True, log=print, download: bool = False) -> FinetuneResult:
     cfg = config or FinetuneConfig()
     device = _pick_device(cfg.device)
     world, rank = _init_distributed(device)
@@ -186,11 +193,20 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     model = load_model(model_path)
     info = require_spiking(model, model_path)
     T = int(cfg.timesteps or info.timesteps)
-    train = load_split(model, data, "train", cfg.limit_train, data_dir, info)
-    test = load_split(model, data, "test", cfg.limit_test, data_dir, info)
+    skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in info.sites)
+    if len(input_specs(model, skip=skip)) != 1:
+        raise DataError(f"{model_path}: fine-tuning supports models with one input")
+    train = load_split(model, data, "train", cfg.limit_train, data_dir, info, download)
+    test = load_split(model, data, "test", cfg.limit_test, data_dir, info, download)
+    augment = cfg.augment and _image_like(train.x)
+    if cfg.augment and not augment and main_proc:
+        log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
 
     net = SpikingNetwork(model).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, amsgrad=True, weight_decay=cfg.weight_decay)
+    groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
+    opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
+                            {"params": groups["neurons"], "weight_decay": 0.0}],
+                           lr=cfg.lr, amsgrad=True)
     steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * world))
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -202,6 +218,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                       broadcast_buffers=False)
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
+    gen_state, written = None, False
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         net.load_state_dict(state["model"])
@@ -211,6 +228,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         history = [EpochRecord(**e) for e in state["history"]]
         initial = state.get("initial")
         torch.set_rng_state(state["rng"])
+        gen_state = state.get("augment_rng")
         if main_proc:
             log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
     elif main_proc and cfg.initial_eval:
@@ -218,9 +236,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                     show_progress)
         best, best_epoch = initial, 0
         net.to_onnx(output, model_path, history=_hist(cfg, T, 0, initial, initial, world), timesteps=T)
+        written = True
         log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
 
     gen = torch.Generator().manual_seed(cfg.seed)
+    if gen_state is not None:
+        gen.set_state(gen_state)
     epoch_seconds = []
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -232,15 +253,19 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb = torch.from_numpy(train.x[idx])
-            if cfg.augment:
+            if augment:
                 xb = _augment(xb, gen)
             xb, yb = xb.to(device), torch.from_numpy(train.y[idx]).to(device)
             out = ddp(xb, T, record_spikes=False)
+            if isinstance(out, list):  # several outputs: the first one holds the logits
+                out = out[0]
             loss = Fn.cross_entropy(out, yb)
             if not torch.isfinite(loss):
+                kept = (f"the last good model is in {output}" if written or resume else
+                        "no model was written")
                 raise TrainingDivergedError(
                     f"the loss became {loss.item()} in epoch {epoch + 1}, batch {i // cfg.batch_size}; "
-                    f"the last good model is in {output}; try a smaller --lr")
+                    f"{kept}; try a smaller --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -262,9 +287,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 best, best_epoch = top1, epoch + 1
                 net.to_onnx(output, model_path, history=_hist(cfg, T, epoch + 1, initial, top1, world),
                             timesteps=T)
+                written = True
             log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                 f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
-            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial)
+            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen)
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
@@ -282,10 +308,10 @@ def _hist(cfg, T, epochs, initial, top1, world):
             "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
 
 
-def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial):
+def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen):
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
-                "initial": initial, "rng": torch.get_rng_state()}, tmp)
+                "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state()}, tmp)
     os.replace(tmp, path)

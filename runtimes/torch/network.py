@@ -101,7 +101,9 @@ class SpikingNetwork(nn.Module):
             idx = list(g.node).index(loop)
             hoisted_all = list(g.node[:idx])
             body_nodes = [n for n in body.node if n.name != "loop.cond"]
-            outputs = [f"{o}.step" for o in names]
+            made = {o for n in body_nodes for o in n.output}
+            # time-invariant outputs are made outside the loop and keep their names
+            outputs = [f"{o}.step" if f"{o}.step" in made else o for o in names]
         else:
             states = [F.state_name(s.name) for s in self.sites]
             flags = _state_dependent(list(g.node), states)
@@ -164,7 +166,7 @@ class SpikingNetwork(nn.Module):
             if n.op == F.NEURON_OP:
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 th = env[n.inputs[2]].clamp(min=_MIN_THRESHOLD)
-                amp = env[n.inputs[3]]
+                amp = env[n.inputs[3]].clamp(min=_MIN_THRESHOLD)
                 leak = env[n.inputs[4]].clamp(max=1.0)
                 y, v_next, s = lif_step(x, v, th, amp, leak)
                 env[n.outputs[0]], env[n.outputs[1]] = y, v_next
@@ -233,6 +235,7 @@ class SpikingNetwork(nn.Module):
         for s in self.sites:
             self.tensor(F.param_name(s.name, "leak")).clamp_(max=1.0)
             self.tensor(F.param_name(s.name, "threshold")).clamp_(min=_MIN_THRESHOLD)
+            self.tensor(F.param_name(s.name, "amplitude")).clamp_(min=_MIN_THRESHOLD)
 
     def _effective(self, name: str) -> torch.Tensor:
         """A tensor as the forward pass uses it (leak <= 1, threshold > 0)."""
@@ -240,6 +243,8 @@ class SpikingNetwork(nn.Module):
         if name.endswith(".leak") and name[:-5] in {s.name for s in self.sites}:
             return t.clamp(max=1.0)
         if name.endswith(".threshold") and name[:-10] in {s.name for s in self.sites}:
+            return t.clamp(min=_MIN_THRESHOLD)
+        if name.endswith(".amplitude") and name[:-10] in {s.name for s in self.sites}:
             return t.clamp(min=_MIN_THRESHOLD)
         return t
 

@@ -255,6 +255,33 @@ def cast(a, x):
     return [x.to(_DTYPES[a["to"]])]
 
 
+def depth_to_space(a, x):
+    b = a["blocksize"]
+    n, c, h, w = x.shape
+    if a.get("mode", "DCR") == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    else:  # CRD
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def space_to_depth(a, x):
+    b = a["blocksize"]
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+def constant(a):
+    if "value" in a:
+        return a["value"]
+    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
+                       ("value_int", torch.int64), ("value_ints", torch.int64)):
+        if key in a:
+            return torch.tensor(a[key], dtype=dtype)
+    raise NotImplementedError(f"Constant with attributes {sorted(a)}")
+
+
 OPS: Dict[str, Callable] = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
@@ -283,7 +310,7 @@ OPS: Dict[str, Callable] = {
     "Size": lambda a, x: [torch.tensor(x.numel(), dtype=torch.int64)],
     "Gather": gather,
     "Cast": cast,
-    "Constant": lambda a: [a["value"]],
+    "Constant": lambda a: [constant(a)],
     "ConstantOfShape": constant_of_shape,
     "Expand": expand,
     "Identity": lambda a, x: [x],
@@ -291,8 +318,8 @@ OPS: Dict[str, Callable] = {
     "Greater": lambda a, x, y: [x > y],
     "GreaterOrEqual": lambda a, x, y: [x >= y],
     "Tile": lambda a, x, r: [x.repeat(*_ints(r))],
-    "DepthToSpace": lambda a, x: [F.pixel_shuffle(x, a["blocksize"])],
-    "SpaceToDepth": lambda a, x: [F.pixel_unshuffle(x, a["blocksize"])],
+    "DepthToSpace": lambda a, x: [depth_to_space(a, x)],
+    "SpaceToDepth": lambda a, x: [space_to_depth(a, x)],
     "Range": lambda a, s, l, d: [torch.arange(s.item(), l.item(), d.item())],
 }
 
