@@ -96,8 +96,8 @@ def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], str
         if t in outputs or t.endswith(".step") and t[:-5] in outputs:
             return [], "it is a graph output"
         for n in consumers.get(t, []):
-            if n.op_type in ("Greater",) and n.name.endswith(".fired") or n.op_type in ("Shape", "Size"):
-                continue  # the spike counter reads the sign only, Shape only the shape
+            if (n.op_type == "ReduceSum" and n.name.endswith(".count")) or n.op_type in ("Shape", "Size"):
+                continue  # the spike counter divides by the amplitude itself; Shape reads the shape
             if n.op_type in _PASS:
                 if n.input[0] != t:
                     return [], f"'{n.name}' uses it as a shape"

@@ -44,19 +44,19 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, F.SiteRecord]) -> List[on
             F.NEURON_OP, [rec.input, F.state_name(s), F.param_name(s, "threshold"),
                           F.param_name(s, "amplitude"), F.param_name(s, "leak")],
             [rec.output, F.next_state_name(s)], name=f"{s}.neuron", domain=F.DOMAIN))
-        out.append(helper.make_node("Greater", [rec.output, f"{s}.zero"], [f"{s}.fired"],
-                                    name=f"{s}.fired"))
-        out.append(helper.make_node("Cast", [f"{s}.fired"], [f"{s}.fired_f"],
-                                    to=TensorProto.FLOAT, name=f"{s}.cast"))
-        out.append(helper.make_node("ReduceSum", [f"{s}.fired_f", f"{s}.count_axes"],
-                                    [F.spikes_name(s)], keepdims=0, name=f"{s}.count"))
+        # spikes = sum(y) / amplitude, rounded: one pass over y (every spike carries the
+        # site's one amplitude; the rounding removes the float sum's tiny error)
+        out.append(helper.make_node("ReduceSum", [rec.output, f"{s}.count_axes"], [f"{s}.y_sum"],
+                                    keepdims=0, name=f"{s}.count"))
+        out.append(helper.make_node("Div", [f"{s}.y_sum", F.param_name(s, "amplitude")],
+                                    [f"{s}.y_count"], name=f"{s}.per_amplitude"))
+        out.append(helper.make_node("Round", [f"{s}.y_count"], [F.spikes_name(s)], name=f"{s}.round"))
     return out
 
 
 def _counter_initializers(rec: F.SiteRecord) -> List[onnx.TensorProto]:
     axes = np.arange(1, len(rec.shape) + 1, dtype=np.int64)
-    return [numpy_helper.from_array(np.array(0.0, np.float32), f"{rec.name}.zero"),
-            numpy_helper.from_array(axes, f"{rec.name}.count_axes")]
+    return [numpy_helper.from_array(axes, f"{rec.name}.count_axes")]
 
 
 def _used_site_constants(nm: NormalizedModel, records) -> set:
