@@ -26,8 +26,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--limit-train", type=int, help="fewer training images (quick runs)")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--save-dir", help="keep the fine-tuned models here (T<T>.tuned.snn.onnx), e.g. "
+                                       "for tools/bench_energy.py --tuned-dir")
     args = ap.parse_args(argv)
 
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
     import onnx_snn
     from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
             src = os.path.join(tmp, f"T{T}.snn.onnx")
             onnx_snn.build(nm, cal, T, "datta").save(src)
             conv = onnx_snn.evaluate(src, "fashion-mnist", show_progress=False)
-            out = os.path.join(tmp, f"T{T}.tuned.snn.onnx")
+            out = os.path.join(args.save_dir or tmp, f"T{T}.tuned.snn.onnx")
             t0 = time.perf_counter()
             r = finetune(src, out, "fashion-mnist", FinetuneConfig(epochs=args.epochs,
                          limit_train=args.limit_train), show_progress=False, log=lambda *a: None)
@@ -61,13 +65,9 @@ def main(argv=None) -> int:
                 "total_seconds": round(time.perf_counter() - t0, 1),
             }
             print(json.dumps({f"T{T}": result["runs"][f"T{T}"]}), file=sys.stderr)
-    import torch
-    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-                   "date": time.strftime("%Y-%m-%d")})
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tools._bench_common import emit
+    emit(result, args.out)
     return 0
 
 

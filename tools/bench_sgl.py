@@ -190,13 +190,8 @@ def main(argv=None) -> int:
         for k, v in list(r.items()):
             if isinstance(v, float):
                 r[k] = round(v, 2)
-    import torch
-    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    from tools._bench_common import emit
+    emit(result, args.out)
     return 0
 
 

@@ -1,0 +1,48 @@
+"""Small helpers shared by the benchmark scripts: machine info, JSON output, timing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Optional
+
+
+def machine() -> dict:
+    import numpy
+    import onnxruntime
+    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "cpu": _cpu_name(), "python": platform.python_version(), "numpy": numpy.__version__,
+            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d")}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(result: dict, out: Optional[str]) -> None:
+    """Print the JSON result and write it to ``out`` when given."""
+    result.setdefault("environment", machine())
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

@@ -1,0 +1,410 @@
+"""Side-by-side benchmark of onnx-snn and SpikingJelly's ann2snn on the same trained networks,
+the same real data and the same machine, in one run. Prints JSON and a Markdown report.
+
+    python tools/bench.py                 # everything (the tables in README)
+    python tools/bench.py --quick         # a smaller run: shipped model, 2000 test images
+    python tools/bench.py --deep runs/fmnist_vgg11/model.onnx   # the second, deeper network
+
+Sections (``--sections``):
+
+* ``accuracy``: conversion-only top-1 on the Fashion-MNIST test set at T = 1, 2, 3, 4, 8, 16
+  for onnx-snn's ``datta`` (mse, and the ``mean`` objective), ``deng``, ``max`` and
+  ``percentile``, and SpikingJelly's RateCodingRecipe in modes ``max`` and ``99.9%``. The
+  onnx-snn models run in onnxruntime; T-independent methods (and SpikingJelly) are run once
+  for the largest T and read at every shorter T (exactly what shorter runs give).
+  SpikingJelly's ann2snn only recognizes ``nn.ReLU``: it converts the same network and
+  weights with the clipped ReLUs replaced by ReLU (that ANN's own top-1 is reported).
+* ``convert``: conversion time (end to end, the same 512 calibration images) and peak memory
+  (max RSS, each in a fresh process) of onnx-snn against SpikingJelly.
+* ``throughput``: inference images/s at T = 2, batch 256: the DNN in onnxruntime (the
+  floor), the onnx-snn spiking graph in onnxruntime, SpikingJelly's model in PyTorch.
+* ``finetune``: top-1 after one epoch of onnx-snn's surrogate-gradient fine-tuning at
+  T = 1 and 2, and the SGL epoch time against SpikingJelly's multi-step training of the same
+  network at T = 2 (tools/bench_sgl.py's jobs).
+
+The deeper network is trained with
+``python tools/train_dnn.py --arch fmnist_vgg11 --dataset fashion-mnist --epochs 8 --out runs/fmnist_vgg11 --export runs/fmnist_vgg11/model.onnx``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+T_FULL = (1, 2, 3, 4, 8, 16)
+T_QUICK = (1, 2, 4)
+OURS = ("datta", "datta-mean", "deng", "max", "percentile")
+PEERS = ("spikingjelly-max", "spikingjelly-99.9%")
+
+
+# ------------------------------------------------------------------ models and data
+
+def zoo_module(onnx_path: str, relu: bool = False):
+    """The model-zoo PyTorch network with the weights (and mu) of an exported ONNX file."""
+    import onnx
+    import torch
+    from tools import zoo
+    m = onnx.load(onnx_path)
+    meta = {p.key: p.value for p in m.metadata_props}
+    arch = meta["onnx_snn.arch"]
+    in_ch = json.loads(meta.get("onnx_snn.input_shape", "[1, 28, 28]"))[0]
+    net = zoo.build(arch, int(meta.get("onnx_snn.num_classes", 10)), in_ch)
+    state = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+    missing = [k for k in net.state_dict() if not k.endswith(".mu") and k not in state]
+    if missing:
+        raise SystemExit(f"{onnx_path}: weights {missing[:3]} not found by name in the ONNX file")
+    net.load_state_dict({**net.state_dict(), **{k: v for k, v in state.items() if k in net.state_dict()}})
+    for act, mu in zip(zoo.clipped_relus(net), json.loads(meta["onnx_snn.mu"])):
+        act.mu.data.fill_(mu)
+    if relu:
+        _swap_relu(net)
+    return net.eval()
+
+
+def _swap_relu(module):
+    import torch.nn as nn
+    from tools import zoo
+    for name, child in module.named_children():
+        if isinstance(child, zoo.ClippedReLU):
+            setattr(module, name, nn.ReLU())
+        else:
+            _swap_relu(child)
+
+
+def data(model_path, n_test=None, n_calib=512):
+    import onnx_snn
+    from onnx_snn.convert import resolve_data
+    nm = onnx_snn.prepare(model_path)
+    test = resolve_data("fashion-mnist", nm.preprocess, split="test")
+    if n_test:
+        test = test.take(n_test)
+    calib = resolve_data("fashion-mnist", nm.preprocess, split="train").take(n_calib, seed=0)
+    return nm, test, calib
+
+
+# ------------------------------------------------------------------ accuracy
+
+def ours_accuracy(model_path, T_list, test, calib):
+    import onnx_snn
+    from onnx_snn.evaluate import evaluate, evaluate_prefixes
+    from onnx_snn.scales import SearchConfig
+    nm = onnx_snn.prepare(model_path)
+    cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
+    rows = {}
+    for label in OURS:
+        method, _, objective = label.partition("-")
+        cfg = SearchConfig(objective=objective or "mse")
+        t0 = time.perf_counter()
+        if method == "datta":
+            res = {T: evaluate(onnx_snn.build(nm, cal, T, method, cfg).model, test, show_progress=False)
+                   for T in T_list}
+        else:
+            res = evaluate_prefixes(onnx_snn.build(nm, cal, max(T_list), method, cfg).model, test,
+                                    T_list, show_progress=False)
+        rows[label] = {"top1": {T: round(res[T].top1, 2) for T in T_list},
+                       "spike_rate": {T: round(res[T].mean_rate, 4) for T in T_list},
+                       "seconds": round(time.perf_counter() - t0, 1)}
+        _log(f"  onnx-snn {label}: " + ", ".join(f"T={T} {res[T].top1:.2f}" for T in T_list))
+    return rows
+
+
+def sj_convert(net_relu, calib_x, mode, batch=64):
+    import torch
+    from spikingjelly.activation_based.ann2snn import Converter
+    from spikingjelly.activation_based.ann2snn.recipes import RateCodingRecipe
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(calib_x), torch.zeros(len(calib_x), dtype=torch.long)),
+        batch_size=batch)
+    return Converter(RateCodingRecipe(loader, mode=mode)).convert(net_relu).eval()
+
+
+def sj_run(snn, x, T_list, batch=256):
+    """Accumulated outputs of a single-step SpikingJelly model, read at every T in T_list."""
+    import torch
+    from spikingjelly.activation_based import functional
+    outs = {T: [] for T in T_list}
+    with torch.no_grad():
+        for s in range(0, len(x), batch):
+            functional.reset_net(snn)
+            xb = torch.from_numpy(x[s:s + batch])
+            acc = 0
+            for t in range(1, max(T_list) + 1):
+                acc = acc + snn(xb)
+                if t in outs:
+                    outs[t].append((acc / t).numpy())
+    return {T: np.concatenate(v) for T, v in outs.items()}
+
+
+def peer_accuracy(model_path, T_list, test, calib):
+    import torch
+    rows = {}
+    ann = zoo_module(model_path, relu=True)
+    with torch.no_grad():
+        relu_top1 = float((ann(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean() * 100)
+    _log(f"  the same network with ReLU instead of clipped ReLU: {relu_top1:.2f}%")
+    for label in PEERS:
+        mode = label.split("-", 1)[1]
+        t0 = time.perf_counter()
+        snn = sj_convert(zoo_module(model_path, relu=True), calib.x, mode)
+        outs = sj_run(snn, test.x, T_list)
+        rows[label] = {"top1": {T: round(float((outs[T].argmax(1) == test.y).mean() * 100), 2) for T in T_list},
+                       "seconds": round(time.perf_counter() - t0, 1)}
+        _log(f"  {label}: " + ", ".join(f"T={T} {rows[label]['top1'][T]:.2f}" for T in T_list))
+    return rows, relu_top1
+
+
+# ------------------------------------------------------------------ conversion cost (subprocess)
+
+def _child_convert(args):
+    import resource
+    x = np.load(args._calib)
+    t0 = time.perf_counter()
+    if args._job == "ours":
+        import onnx_snn
+        snn = onnx_snn.convert(args._model, x, timesteps=2, method="datta", calib_samples=None,
+                               batch_size=64, show_progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            snn.save(os.path.join(tmp, "m.snn.onnx"))
+    else:
+        import torch
+        mode = args._job.split("-", 1)[1]
+        snn = sj_convert(zoo_module(args._model, relu=True), x, mode)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(snn, os.path.join(tmp, "m.pt"))
+    print(json.dumps({"seconds": time.perf_counter() - t0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _subprocess(job, model, calib_path):
+    p = subprocess.run([sys.executable, __file__, "--_job", job, "--_model", model, "--_calib", calib_path],
+                       capture_output=True, text=True, env={**os.environ, "ONNX_SNN_PROGRESS": "0",
+                                                            "PYTHONPATH": str(ROOT)})
+    if p.returncode:
+        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def conversion_cost(model_path, calib, repeat=2):
+    with tempfile.TemporaryDirectory() as tmp:
+        cpath = os.path.join(tmp, "calib.npy")
+        np.save(cpath, calib.x)
+        out = {}
+        for job in ("ours", "spikingjelly-max"):
+            runs = [_subprocess(job, model_path, cpath) for _ in range(repeat)]
+            good = [r for r in runs if "error" not in r]
+            out[job] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
+    if "error" not in out["ours"] and "error" not in out["spikingjelly-max"]:
+        out["time_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["seconds"] / out["ours"]["seconds"], 2)
+        out["memory_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["peak_rss_mb"] / out["ours"]["peak_rss_mb"], 2)
+    return out
+
+
+# ------------------------------------------------------------------ throughput
+
+def throughput(model_path, test, calib, n=2560, batch=256, T=2):
+    import onnx_snn
+    import torch
+    from onnx_snn.runtimes.ort import ModelRunner
+    x = test.x[:n]
+
+    def timed(fn):
+        fn(x[:batch])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, len(x), batch):
+            fn(x[s:s + batch])
+        return len(x) / (time.perf_counter() - t0)
+
+    dnn = ModelRunner(model_path)
+    nm = onnx_snn.prepare(model_path)
+    cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
+    snn = ModelRunner(onnx_snn.build(nm, cal, T, "datta").model)
+    sj = sj_convert(zoo_module(model_path, relu=True), calib.x, "max")
+    from spikingjelly.activation_based import functional
+
+    def sj_fn(xb):
+        with torch.no_grad():
+            functional.reset_net(sj)
+            t = torch.from_numpy(xb)
+            for _ in range(T):
+                sj(t)
+
+    r = {"dnn_onnxruntime": timed(lambda b: dnn.run({"input": b})),
+         "onnx_snn_onnxruntime": timed(lambda b: snn.run({"input": b})),
+         "spikingjelly_pytorch": timed(sj_fn)}
+    r = {k: round(v, 1) for k, v in r.items()}
+    r["onnx_snn_over_dnn"] = round(r["onnx_snn_onnxruntime"] / r["dnn_onnxruntime"], 3)
+    r["spikingjelly_over_dnn"] = round(r["spikingjelly_pytorch"] / r["dnn_onnxruntime"], 3)
+    r["onnx_snn_over_spikingjelly"] = round(r["onnx_snn_onnxruntime"] / r["spikingjelly_pytorch"], 2)
+    r.update({"timesteps": T, "batch": batch, "images": n})
+    return r
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+def finetune_section(model_path, nm, calib, quick):
+    import onnx_snn
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    from tools import bench_sgl
+    cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
+    out = {"epochs": 1, "limit_train": 2000 if quick else None, "top1": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for T in (1, 2):
+            src = os.path.join(tmp, f"T{T}.snn.onnx")
+            onnx_snn.build(nm, cal, T, "datta").save(src)
+            r = finetune(src, os.path.join(tmp, f"T{T}.tuned.snn.onnx"), "fashion-mnist",
+                         FinetuneConfig(epochs=1, limit_train=out["limit_train"],
+                                        limit_test=2000 if quick else None),
+                         show_progress=False, log=lambda *a: None)
+            out["top1"][T] = {"conversion": r.initial_top1, "after_1_epoch": r.epochs[-1].test_top1,
+                              "epoch_seconds": round(r.seconds_per_epoch, 1)}
+            _log(f"  fine-tuned T={T}: {r.initial_top1:.2f} -> {r.epochs[-1].test_top1:.2f}")
+    args = argparse.Namespace(images=1600 if quick else 3200, batch=64)
+    jobs = {"dnn": bench_sgl.run_job("dnn", args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "T2.snn.onnx")
+        onnx_snn.build(nm, cal, 2, "datta").save(path)
+        jobs["onnx_snn_T2"] = bench_sgl.run_job("snn", args, model=path, T=2)
+    jobs["spikingjelly_T2"] = bench_sgl.run_job("spikingjelly", args, T=2)
+    for k in ("onnx_snn_T2", "spikingjelly_T2"):
+        if "error" not in jobs[k] and "error" not in jobs["dnn"]:
+            jobs[k]["epoch_time_vs_dnn"] = round(jobs[k]["seconds_per_epoch"] / jobs["dnn"]["seconds_per_epoch"], 2)
+    if all("error" not in jobs[k] for k in ("onnx_snn_T2", "spikingjelly_T2")):
+        jobs["spikingjelly_over_onnx_snn_epoch_time"] = round(
+            jobs["spikingjelly_T2"]["seconds_per_epoch"] / jobs["onnx_snn_T2"]["seconds_per_epoch"], 2)
+    out["sgl_epoch_cost"] = jobs
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+def markdown(result) -> str:
+    lines = [f"Benchmark run {result['environment']['date']} on {result['environment']['machine']} "
+             f"({result['environment']['cpu']}); onnxruntime {result['environment']['onnxruntime']}, "
+             f"torch {result['environment'].get('torch', '-')}, SpikingJelly {result.get('spikingjelly', '-')}; "
+             f"{result['seconds']:.0f} s in all.", ""]
+    for name, model in result["models"].items():
+        acc = model.get("accuracy")
+        if acc:
+            T_list = acc["timesteps"]
+            lines += [f"**{name}** ({model['path']}): DNN top-1 {acc['dnn_top1']:.2f}% on "
+                      f"{acc['test_images']} test images; the ReLU version SpikingJelly converts: "
+                      f"{acc.get('relu_top1', float('nan')):.2f}%.", "",
+                      "| method | " + " | ".join(f"T={T}" for T in T_list) + " |",
+                      "|---|" + "---|" * len(T_list)]
+            for label, row in {**acc["onnx_snn"], **acc.get("peers", {})}.items():
+                who = label if label.startswith("spikingjelly") else f"onnx-snn {label}"
+                lines.append(f"| {who} | " + " | ".join(f"{row['top1'][T]:.2f}" for T in T_list) + " |")
+            lines.append("")
+        conv = model.get("convert")
+        if conv and "error" not in conv.get("ours", {}):
+            o, s = conv["ours"], conv.get("spikingjelly-max", {})
+            lines += [f"Conversion ({name}, 512 calibration images): onnx-snn {o['seconds']:.1f} s, "
+                      f"{o['peak_rss_mb']:.0f} MB peak; SpikingJelly {s.get('seconds', float('nan')):.1f} s, "
+                      f"{s.get('peak_rss_mb', float('nan')):.0f} MB peak.", ""]
+        thr = model.get("throughput")
+        if thr:
+            lines += [f"Inference at T={thr['timesteps']}, batch {thr['batch']} ({name}): DNN in onnxruntime "
+                      f"{thr['dnn_onnxruntime']:.0f} img/s; onnx-snn in onnxruntime "
+                      f"{thr['onnx_snn_onnxruntime']:.0f} img/s ({thr['onnx_snn_over_dnn']:.2f}x the DNN); "
+                      f"SpikingJelly in PyTorch {thr['spikingjelly_pytorch']:.0f} img/s "
+                      f"({thr['spikingjelly_over_dnn']:.2f}x).", ""]
+        ft = model.get("finetune")
+        if ft:
+            j = ft["sgl_epoch_cost"]
+            lines += [f"Fine-tuning ({name}, 1 epoch): T=1 {ft['top1'][1]['conversion']:.2f} -> "
+                      f"{ft['top1'][1]['after_1_epoch']:.2f}%, T=2 {ft['top1'][2]['conversion']:.2f} -> "
+                      f"{ft['top1'][2]['after_1_epoch']:.2f}%. Training epoch (60k images, batch 64): DNN "
+                      f"{j['dnn'].get('seconds_per_epoch', float('nan')):.0f} s, onnx-snn T=2 "
+                      f"{j['onnx_snn_T2'].get('seconds_per_epoch', float('nan')):.0f} s, SpikingJelly T=2 "
+                      f"{j['spikingjelly_T2'].get('seconds_per_epoch', float('nan')):.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shipped model only, 2000 test images, T=1,2,4")
+    ap.add_argument("--deep", default=str(ROOT / "runs" / "fmnist_vgg11" / "model.onnx"),
+                    help="the second, deeper network (skipped with a note when missing)")
+    ap.add_argument("--sections", default="accuracy,convert,throughput,finetune")
+    ap.add_argument("--json", help="write the JSON here")
+    ap.add_argument("--markdown", help="write the Markdown report here")
+    ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_calib")
+    args = ap.parse_args(argv)
+    if args._job:
+        _child_convert(args)
+        return 0
+    os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly calibrates with tqdm bars
+    from onnx_snn.demo import shipped_model_path
+    from tools._bench_common import machine
+    try:
+        import spikingjelly
+        sj_version = getattr(spikingjelly, "__version__", None)
+        if sj_version is None:
+            from importlib.metadata import version
+            sj_version = version("spikingjelly")
+    except ImportError:
+        raise SystemExit("SpikingJelly is not installed: pip install spikingjelly")
+    sections = set(args.sections.split(","))
+    models = {"shipped fmnist_vgg": str(shipped_model_path())}
+    notes = []
+    if not args.quick:
+        if Path(args.deep).is_file():
+            models["deeper fmnist_vgg11"] = args.deep
+        else:
+            notes.append(f"{args.deep} not found: train it with tools/train_dnn.py (see --help)")
+            _log("note: " + notes[-1])
+    T_list = T_QUICK if args.quick else T_FULL
+    t_start = time.perf_counter()
+    result = {"benchmark": "onnx-snn vs SpikingJelly ann2snn", "quick": args.quick,
+              "spikingjelly": sj_version, "notes": notes, "models": {}}
+    for name, path in models.items():
+        _log(f"{name}: {path}")
+        nm, test, calib = data(path, 2000 if args.quick else None)
+        entry = {"path": os.path.relpath(path, ROOT)}
+        if "accuracy" in sections:
+            import onnx_snn
+            dnn = onnx_snn.evaluate(path, test, show_progress=False)
+            ours = ours_accuracy(path, T_list, test, calib)
+            peers, relu_top1 = peer_accuracy(path, T_list, test, calib)
+            entry["accuracy"] = {"timesteps": list(T_list), "test_images": len(test),
+                                 "dnn_top1": dnn.top1, "relu_top1": relu_top1,
+                                 "onnx_snn": ours, "peers": peers}
+        if "convert" in sections:
+            entry["convert"] = conversion_cost(path, calib)
+            _log(f"  conversion: {entry['convert']}")
+        if "throughput" in sections:
+            entry["throughput"] = throughput(path, test, calib, n=1024 if args.quick else 2560)
+            _log(f"  throughput: {entry['throughput']}")
+        if "finetune" in sections and name.startswith("shipped"):
+            entry["finetune"] = finetune_section(path, nm, calib, args.quick)
+        result["models"][name] = entry
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    result["environment"] = machine()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    md = markdown(result)
+    _log("\n" + md)
+    if args.markdown:
+        Path(args.markdown).write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
