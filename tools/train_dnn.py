@@ -21,7 +21,6 @@ printed on stdout at the end.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from onnx_snn.datasets import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
+from onnx_snn.model_io import sha256_file  # noqa: E402
 from onnx_snn.errors import (DataError, OnnxSnnError, OutputPathError,  # noqa: E402
                              TrainingDivergedError)
 from onnx_snn.progress import Progress  # noqa: E402
@@ -238,14 +238,6 @@ def _write_json(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -494,7 +486,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             "best_epoch": best["epoch"] + 1, "test_accuracy": round(test_acc, 2),
             "best_test_accuracy": round(best_acc, 2), "test_images": len(x_test),
             "seconds_per_epoch": seconds_per_epoch, "mu": [round(m, 4) for m in mus],
-            "onnx": str(export_path), "onnx_sha256": _sha256(export_path),
+            "onnx": str(export_path), "onnx_sha256": sha256_file(export_path),
             "onnx_bytes": export_path.stat().st_size, "exporter": args.exporter,
             "opset": args.opset, "idiom": args.idiom, "device": str(dev),
             "world_size": dist_.world, "torch": torch.__version__,
