@@ -7,7 +7,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 SHIPPED_MODEL = "fmnist_vgg.onnx"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import List
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
