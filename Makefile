@@ -11,7 +11,6 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 install-core: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
