@@ -26,7 +26,7 @@ def dyadic(model: onnx.ModelProto, bits: int = 4) -> onnx.ModelProto:
     with dyadic inputs are exact in float32, so two runtimes must agree bit for bit."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for init in m.graph.initializer:
+    for init in F.all_initializers(m).values():
         a = onnx.numpy_helper.to_array(init)
         if a.dtype == np.float32:
             init.CopyFrom(onnx.numpy_helper.from_array((np.round(a * 2 ** bits) / 2 ** bits).astype(np.float32), init.name))

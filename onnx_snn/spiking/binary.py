@@ -44,7 +44,7 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     for n in nodes:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    inits = {t.name: t for t in m.graph.initializer}
+    inits = F.all_initializers(m)
     weight_uses: Dict[str, int] = {}
     for n in nodes:
         for i in n.input:

@@ -126,6 +126,22 @@ class SpikingInfo:
         return next(s for s in self.sites if s.name == name)
 
 
+def graphs(model: onnx.ModelProto) -> List[onnx.GraphProto]:
+    """The main graph and every subgraph (the time loop's body) that holds initializers."""
+    out = [model.graph]
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out.append(a.g)
+    return out
+
+
+def all_initializers(model: onnx.ModelProto) -> Dict[str, onnx.TensorProto]:
+    """Every initializer by name, those of the loop body included (layer weights used only
+    inside the time step live there, so that onnxruntime can prepack them)."""
+    return {t.name: t for g in graphs(model) for t in g.initializer}
+
+
 def metadata(model: onnx.ModelProto) -> Dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 

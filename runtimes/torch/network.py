@@ -143,7 +143,7 @@ class SpikingNetwork(nn.Module):
                 used_as_weight.update(n.inputs)
         site_params = {F.param_name(s.name, p) for s in self.sites
                        for p in ("threshold", "amplitude", "leak")}
-        for init in model.graph.initializer:
+        for init in F.all_initializers(model).values():
             arr = numpy_helper.to_array(init).copy()
             t = torch.from_numpy(arr)
             key = _key(init.name)
@@ -216,7 +216,7 @@ class SpikingNetwork(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
     def _input_names(self) -> List[str]:
-        inits = {i.name for i in self.source.graph.initializer}
+        inits = set(F.all_initializers(self.source))
         skip = {F.TIMESTEPS_INPUT} | {F.state_name(s.name) for s in self.sites}
         return [i.name for i in self.source.graph.input if i.name not in inits and i.name not in skip]
 
@@ -254,7 +254,7 @@ class SpikingNetwork(nn.Module):
         """The source model with this module's current values, metadata updated
         (``timesteps`` changes the model's default T)."""
         model = copy.deepcopy(self.source)
-        for init in model.graph.initializer:
+        for init in F.all_initializers(model).values():
             if init.name == F.TIMESTEPS_INPUT and timesteps:
                 init.CopyFrom(numpy_helper.from_array(np.array(int(timesteps), np.int64), init.name))
             elif init.name in self._names:
