@@ -370,6 +370,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            # the lr decay follows this run's --epochs, also when it differs from the first run's
+            from collections import Counter
+            scheduler.milestones = Counter(milestones)
+            done = ckpt["epoch"] + 1
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * 0.2 ** sum(done >= m for m in milestones)
             _set_rng_state(ckpt["rng"], aug_gen)  # rank 0's streams, saved by rank 0
             start_epoch = ckpt["epoch"] + 1
             if dist_.rank:  # keep the other ranks' augmentation streams distinct
