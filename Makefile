@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: demo test test-all dataset install-core install-dev bench clean
+.PHONY: demo test test-all dataset install-core install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ install-core: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[torch,dev]'
+	$(BIN)/python -m pip install -q -e '.[torch,dev,bench]'
 
 # Fashion-MNIST from Debian's package (root), or instructions otherwise
 dataset:
@@ -38,8 +38,14 @@ test: install-dev dataset
 test-all: install-dev dataset
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# the side-by-side tables of README (SpikingJelly included); bench-quick: a few minutes
 bench: install-dev dataset
-	$(BIN)/python tools/bench_convert.py
+	mkdir -p runs/bench
+	$(BIN)/python tools/bench.py --json runs/bench/bench.json --markdown runs/bench/bench.md
+
+bench-quick: install-dev dataset
+	mkdir -p runs/bench
+	$(BIN)/python tools/bench.py --quick --json runs/bench/quick.json --markdown runs/bench/quick.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -101,6 +101,7 @@ def ours_accuracy(model_path, T_list, test, calib):
     nm = onnx_snn.prepare(model_path)
     cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
     rows = {}
+    evaluated = {}  # neuron parameters of a T-independent method -> its label
     for label in OURS:
         method, _, objective = label.partition("-")
         cfg = SearchConfig(objective=objective or "mse")
@@ -109,8 +110,17 @@ def ours_accuracy(model_path, T_list, test, calib):
             res = {T: evaluate(onnx_snn.build(nm, cal, T, method, cfg).model, test, show_progress=False)
                    for T in T_list}
         else:
-            res = evaluate_prefixes(onnx_snn.build(nm, cal, max(T_list), method, cfg).model, test,
-                                    T_list, show_progress=False)
+            snn = onnx_snn.build(nm, cal, max(T_list), method, cfg)
+            key = tuple((r.threshold, r.amplitude, r.leak, r.v_init) for r in snn.records.values())
+            if key in evaluated:
+                # e.g. percentile on a clipped-ReLU network: the 99.9th percentile of every
+                # layer is above its clip bound mu, so the parameters are max's exactly
+                same = evaluated[key]
+                rows[label] = {**rows[same], "same_parameters_as": same, "seconds": 0.0}
+                _log(f"  onnx-snn {label}: the same neuron parameters as {same} at every site")
+                continue
+            evaluated[key] = label
+            res = evaluate_prefixes(snn.model, test, T_list, show_progress=False)
         rows[label] = {"top1": {T: round(res[T].top1, 2) for T in T_list},
                        "spike_rate": {T: round(res[T].mean_rate, 4) for T in T_list},
                        "seconds": round(time.perf_counter() - t0, 1)}
@@ -303,6 +313,8 @@ def markdown(result) -> str:
                       "|---|" + "---|" * len(T_list)]
             for label, row in {**acc["onnx_snn"], **acc.get("peers", {})}.items():
                 who = label if label.startswith("spikingjelly") else f"onnx-snn {label}"
+                if row.get("same_parameters_as"):
+                    who += f" (= {row['same_parameters_as']}'s parameters)"
                 lines.append(f"| {who} | " + " | ".join(f"{row['top1'][T]:.2f}" for T in T_list) + " |")
             lines.append("")
         conv = model.get("convert")
@@ -340,6 +352,11 @@ def main(argv=None) -> int:
     ap.add_argument("--deep", default=str(ROOT / "runs" / "fmnist_vgg11" / "model.onnx"),
                     help="the second, deeper network (skipped with a note when missing)")
     ap.add_argument("--sections", default="accuracy,convert,throughput,finetune")
+    ap.add_argument("--test-images", type=int, help="evaluate on the first N test images only "
+                    "(default: all 10,000; 2,000 with --quick)")
+    ap.add_argument("-T", "--timesteps", type=int, nargs="+",
+                    help=f"time steps for the accuracy tables (default: {' '.join(map(str, T_FULL))}; "
+                         f"{' '.join(map(str, T_QUICK))} with --quick)")
     ap.add_argument("--json", help="write the JSON here")
     ap.add_argument("--markdown", help="write the Markdown report here")
     ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_calib")
@@ -368,13 +385,14 @@ def main(argv=None) -> int:
         else:
             notes.append(f"{args.deep} not found: train it with tools/train_dnn.py (see --help)")
             _log("note: " + notes[-1])
-    T_list = T_QUICK if args.quick else T_FULL
+    T_list = tuple(sorted(set(args.timesteps))) if args.timesteps else (T_QUICK if args.quick else T_FULL)
+    n_test = args.test_images or (2000 if args.quick else None)
     t_start = time.perf_counter()
     result = {"benchmark": "onnx-snn vs SpikingJelly ann2snn", "quick": args.quick,
               "spikingjelly": sj_version, "notes": notes, "models": {}}
     for name, path in models.items():
         _log(f"{name}: {path}")
-        nm, test, calib = data(path, 2000 if args.quick else None)
+        nm, test, calib = data(path, n_test)
         entry = {"path": os.path.relpath(path, ROOT)}
         if "accuracy" in sections:
             import onnx_snn
