@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate a DNN with onnxruntime and rewrite it into a "
                                    "stateful spiking ONNX model.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_CONVERT)
-    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 9-21)")
+    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 7-21)")
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
     c.add_argument("--calib", metavar="DATA",
@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e)
 
     i = sub.add_parser("info", parents=[quiet], help="show what a spiking model holds",
-                       description="Print a spiking model's time steps, method and neurons.")
+                       description="Print a spiking model's time steps, method and neurons.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  onnx-snn info model.snn.onnx          # T, method, a row per neuron site\n"
+                              "  onnx-snn info model.snn.onnx --json   # the metadata (sites, history) as JSON")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 

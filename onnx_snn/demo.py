@@ -2,6 +2,8 @@
 and evaluated on the real test set, in one table."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 import time
@@ -75,7 +77,12 @@ def add_demo_parser(sub, parent) -> None:
     d = sub.add_parser("demo", parents=[parent], help="convert the shipped Fashion-MNIST model and show the results",
                        description="Convert the shipped Fashion-MNIST clipped-ReLU VGG at T = 1, "
                                    "2, 3, 4 with datta, deng and max, evaluate each on the 10k "
-                                   "test images in onnxruntime and print one table.")
+                                   "test images in onnxruntime and print one table.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  onnx-snn demo                          # the full table, ~2 min on 2 cores\n"
+                              "  onnx-snn demo --limit 1000 -T 1 2      # a quick look\n"
+                              "  onnx-snn demo --methods datta percentile --json demo.json")
     d.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3, 4])
     d.add_argument("--methods", nargs="+", default=["datta", "deng", "max"],
                    choices=["datta", "deng", "max", "percentile"])

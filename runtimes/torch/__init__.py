@@ -3,7 +3,8 @@ model, fine-tune it with surrogate-gradient learning, and write it back in the s
 
     from onnx_snn.runtimes.torch import SpikingNetwork
     net = SpikingNetwork.from_onnx("model.snn.onnx")
-    logits, spikes = net(x)                 # time-averaged outputs, per-site spike totals
+    logits = net(x)                         # time-averaged outputs
+    net.last_spikes                         # per-site spike totals of that call
     net.to_onnx("tuned.snn.onnx")
 """
 from .neuron import lif_step, spike_fn
