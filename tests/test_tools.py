@@ -54,3 +54,12 @@ def test_bench_sgl_small(fmnist_test):
     for job in ("dnn", "snn_T1"):
         assert r["jobs"][job]["seconds_per_epoch"] > 0, r["jobs"][job]
     assert r["jobs"]["snn_T1"]["epoch_time_vs_dnn"] > 0
+
+
+def test_profile_ort_small(fmnist_test):
+    r = run_tool("tools/profile_ort.py", "--shipped", "-T", "2", "--images", "64", "--batch", "32")
+    for part in ("dnn", "snn"):
+        shares = r[part]["share_by_group"]
+        assert abs(sum(shares.values()) - 1) < 0.01 and "Loop" not in r[part]["ms_by_op"]
+    assert "neuron" in r["snn"]["share_by_group"] and "conv/gemm" in r["dnn"]["share_by_group"]
+    assert r["snn_over_dnn_kernel_time"] > 1

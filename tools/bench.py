@@ -176,7 +176,7 @@ def peer_accuracy(model_path, T_list, test, calib):
 # ------------------------------------------------------------------ conversion cost (subprocess)
 
 def _child_convert(args):
-    import resource
+    from tools._bench_common import peak_rss_mb
     x = np.load(args._calib)
     t0 = time.perf_counter()
     if args._job == "ours":
@@ -192,7 +192,7 @@ def _child_convert(args):
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(snn, os.path.join(tmp, "m.pt"))
     print(json.dumps({"seconds": time.perf_counter() - t0,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def _subprocess(job, model, calib_path):

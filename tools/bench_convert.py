@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -97,7 +96,9 @@ def _child(args) -> None:
                "search_seconds_max": max(s["search_seconds"] for s in snn.report["sites"]),
                "search_seconds_total": sum(s["search_seconds"] for s in snn.report["sites"]),
                "sites": len(snn.report["sites"])}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tools._bench_common import peak_rss_mb
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

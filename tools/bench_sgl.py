@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tools._bench_common import peak_rss_mb  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -62,8 +63,7 @@ def _time_loop(step, x, y, batch):
     seconds = time.perf_counter() - t0
     timed = (nb - 2) * batch
     return {"images_per_second": timed / seconds, "seconds_per_epoch": 60000 * seconds / timed,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}
+            "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - before}
 
 
 def job_dnn(args):
