@@ -1,10 +1,11 @@
 """Benchmark: the cost of surrogate-gradient fine-tuning (SGL) against the DNN's own
 training, on the shipped Fashion-MNIST network, in one run; prints JSON.
 
-    python tools/bench_sgl.py [--images 6400] [--batch 64] [-T 1 2 3 5] [--no-peer]
+    python tools/bench_sgl.py [--images 3200] [--batch 64] [-T 1 2 3 5] [--repeat 2] [--no-peer]
 
 Each job runs in a fresh subprocess on the same ``--images`` training images (batch
-``--batch``, no augmentation, 2 warm-up batches not timed):
+``--batch``, no augmentation, 2 warm-up batches not timed), in ``--repeat`` rounds of all
+jobs, keeping each job's fastest round:
 
 * ``dnn``: the model-zoo network (tools/zoo.py ``fmnist_vgg``) trained with SGD, the DNN's
   own recipe;
@@ -148,10 +149,12 @@ def run_job(job, args, **extra):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=6400, help="training images timed per job")
+    ap.add_argument("--images", type=int, default=3200, help="training images timed per job")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3, 5])
     ap.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds of all jobs; each job's fastest "
+                                                         "round is kept (default 2)")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_T", type=int)
     args = ap.parse_args(argv)
@@ -164,19 +167,30 @@ def main(argv=None) -> int:
     from onnx_snn.demo import shipped_model_path
     result = {"benchmark": "SGL epoch cost vs DNN training, shipped fmnist_vgg",
               "images_timed": args.images, "batch": args.batch, "jobs": {}}
+    result["repeat"] = args.repeat
     jobs = result["jobs"]
-    jobs["dnn"] = run_job("dnn", args)
+
+    def keep_best(name, r):
+        # the fastest of the rounds: this machine's timing noise only ever slows a job down
+        old = jobs.get(name)
+        if old is None or "error" in old or ("error" not in r and r["seconds_per_epoch"] < old["seconds_per_epoch"]):
+            jobs[name] = r
+
     with tempfile.TemporaryDirectory() as tmp:
         model = str(shipped_model_path())
         nm = onnx_snn.prepare(model)
         x = resolve_data("fashion-mnist", nm.preprocess, split="train").take(512, seed=0).x
         cal = onnx_snn.calibrate(nm, x, show_progress=False)
+        paths = {}
         for T in args.timesteps:
-            path = os.path.join(tmp, f"T{T}.snn.onnx")
-            onnx_snn.build(nm, cal, T, "datta").save(path)
-            jobs[f"snn_T{T}"] = run_job("snn", args, model=path, T=T)
-    if not args.no_peer:
-        jobs["spikingjelly_T2"] = run_job("spikingjelly", args, T=2)
+            paths[T] = os.path.join(tmp, f"T{T}.snn.onnx")
+            onnx_snn.build(nm, cal, T, "datta").save(paths[T])
+        for _ in range(args.repeat):  # rounds of every job, so slow spells hit all of them
+            keep_best("dnn", run_job("dnn", args))
+            for T in args.timesteps:
+                keep_best(f"snn_T{T}", run_job("snn", args, model=paths[T], T=T))
+            if not args.no_peer:
+                keep_best("spikingjelly_T2", run_job("spikingjelly", args, T=2))
     base = jobs["dnn"]
     for name, r in jobs.items():
         if "error" in r or name == "dnn":
