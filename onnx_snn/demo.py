@@ -3,7 +3,6 @@ and evaluated on the real test set, in one table."""
 from __future__ import annotations
 
 import argparse
-
 import json
 import sys
 import time

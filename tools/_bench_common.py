@@ -35,17 +35,45 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB: VmHWM, which starts afresh at exec. (Not
-    ru_maxrss: a child keeps the high-water mark of the parent it was forked from.)"""
+def _status_mb(field: str) -> Optional[float]:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    now = _status_mb("VmRSS")
+    return 0.0 if now is None else now
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, which starts afresh at exec. (Not
+    ru_maxrss: a child keeps the high-water mark of the parent it was forked from.)"""
+    peak = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+CALIBRATION_IMAGES = 512
+
+
+def calibration_set(nm, n: int = CALIBRATION_IMAGES):
+    """The benchmarks' calibration images: the same seeded ``n`` Fashion-MNIST training
+    images, with the model's preprocessing (a Dataset)."""
+    from onnx_snn.convert import resolve_data
+    return resolve_data("fashion-mnist", nm.preprocess, split="train").take(n, seed=0)
+
+
+def bench_calibration(nm, n: int = CALIBRATION_IMAGES):
+    """``onnx_snn.calibrate`` on :func:`calibration_set`, quietly."""
+    import onnx_snn
+    return onnx_snn.calibrate(nm, calibration_set(nm, n).x, show_progress=False)
 
 
 def emit(result: dict, out: Optional[str]) -> None:

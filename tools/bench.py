@@ -41,6 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools._bench_common import calibration_set, emit, peak_rss_mb  # noqa: E402
+
 T_FULL = (1, 2, 3, 4, 8, 16)
 T_QUICK = (1, 2, 4)
 OURS = ("datta", "datta-mean", "deng", "max", "percentile")
@@ -88,7 +90,7 @@ def data(model_path, n_test=None, n_calib=512):
     test = resolve_data("fashion-mnist", nm.preprocess, split="test")
     if n_test:
         test = test.take(n_test)
-    calib = resolve_data("fashion-mnist", nm.preprocess, split="train").take(n_calib, seed=0)
+    calib = calibration_set(nm, n_calib)
     return nm, test, calib
 
 
@@ -176,7 +178,6 @@ def peer_accuracy(model_path, T_list, test, calib):
 # ------------------------------------------------------------------ conversion cost (subprocess)
 
 def _child_convert(args):
-    from tools._bench_common import peak_rss_mb
     x = np.load(args._calib)
     t0 = time.perf_counter()
     if args._job == "ours":
@@ -367,7 +368,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
     os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly calibrates with tqdm bars
     from onnx_snn.demo import shipped_model_path
-    from tools._bench_common import machine
     try:
         import spikingjelly
         sj_version = getattr(spikingjelly, "__version__", None)
@@ -412,11 +412,7 @@ def main(argv=None) -> int:
             entry["finetune"] = finetune_section(path, nm, calib, args.quick)
         result["models"][name] = entry
     result["seconds"] = round(time.perf_counter() - t_start, 1)
-    result["environment"] = machine()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
     md = markdown(result)
     _log("\n" + md)
     if args.markdown:

@@ -33,14 +33,12 @@ def main(argv=None) -> int:
 
     import onnx_snn
     from onnx_snn.analyze import ENERGY_PRESETS, analyze
-    from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
-    from tools._bench_common import emit
+    from tools._bench_common import bench_calibration, emit
 
     model = str(shipped_model_path())
     nm = onnx_snn.prepare(model)
-    cal = onnx_snn.calibrate(nm, resolve_data("fashion-mnist", nm.preprocess, split="train")
-                             .take(512, seed=0).x, show_progress=False)
+    cal = bench_calibration(nm)
     mac, ac = ENERGY_PRESETS[args.preset]
     candidates = []
     for method in args.methods:

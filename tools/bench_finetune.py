@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,14 +35,13 @@ def main(argv=None) -> int:
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)
     import onnx_snn
-    from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    from tools._bench_common import bench_calibration, emit
 
     model = str(shipped_model_path())
     nm = onnx_snn.prepare(model)
-    cal = onnx_snn.calibrate(nm, resolve_data("fashion-mnist", nm.preprocess, split="train")
-                             .take(512, seed=0).x, show_progress=False)
+    cal = bench_calibration(nm)
     dnn = onnx_snn.evaluate(model, "fashion-mnist", show_progress=False)
     result = {"benchmark": "shipped fmnist_vgg: conversion then SGL fine-tuning",
               "dnn_top1": dnn.top1, "epochs": args.epochs, "runs": {}}
@@ -64,8 +66,6 @@ def main(argv=None) -> int:
                 "total_seconds": round(time.perf_counter() - t0, 1),
             }
             print(json.dumps({f"T{T}": result["runs"][f"T{T}"]}), file=sys.stderr)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tools._bench_common import emit
     emit(result, args.out)
     return 0
 

@@ -34,15 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools._bench_common import peak_rss_mb  # noqa: E402
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from tools._bench_common import bench_calibration, emit, peak_rss_mb, rss_mb  # noqa: E402
 
 
 def _data(n):
@@ -163,11 +155,9 @@ def main(argv=None) -> int:
         print(json.dumps(JOBS[args._job](args)))
         return 0
     import onnx_snn
-    from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
     result = {"benchmark": "SGL epoch cost vs DNN training, shipped fmnist_vgg",
-              "images_timed": args.images, "batch": args.batch, "jobs": {}}
-    result["repeat"] = args.repeat
+              "images_timed": args.images, "batch": args.batch, "repeat": args.repeat, "jobs": {}}
     jobs = result["jobs"]
 
     def keep_best(name, r):
@@ -179,8 +169,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = str(shipped_model_path())
         nm = onnx_snn.prepare(model)
-        x = resolve_data("fashion-mnist", nm.preprocess, split="train").take(512, seed=0).x
-        cal = onnx_snn.calibrate(nm, x, show_progress=False)
+        cal = bench_calibration(nm)
         paths = {}
         for T in args.timesteps:
             paths[T] = os.path.join(tmp, f"T{T}.snn.onnx")
@@ -202,7 +191,6 @@ def main(argv=None) -> int:
         for k, v in list(r.items()):
             if isinstance(v, float):
                 r[k] = round(v, 2)
-    from tools._bench_common import emit
     emit(result, args.out)
     return 0
 

@@ -85,14 +85,13 @@ def main(argv=None) -> int:
     import onnx_snn
     from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
-    from tools._bench_common import emit
+    from tools._bench_common import bench_calibration, emit
     path = args.model or str(shipped_model_path())
     nm = onnx_snn.prepare(path)
     x = resolve_data("fashion-mnist", nm.preprocess, split="test").take(args.images).x
     result = {"benchmark": "onnxruntime kernel time by op type"}
     if args.shipped:
-        cal = onnx_snn.calibrate(nm, resolve_data("fashion-mnist", nm.preprocess, split="train")
-                                 .take(512, seed=0).x, show_progress=False)
+        cal = bench_calibration(nm)
         with tempfile.TemporaryDirectory() as tmp:
             snn_path = os.path.join(tmp, f"T{args.timesteps}.snn.onnx")
             onnx_snn.build(nm, cal, args.timesteps, "datta").save(snn_path)
