@@ -20,12 +20,15 @@ EPILOG_CONVERT = """\
 examples:
   onnx-snn convert model.onnx -o model.snn.onnx --calib fashion-mnist -T 2 --method datta
   onnx-snn convert model.onnx --calib calib.npy -T 1 --report report.json
+  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --sequential   # best at T=1-4
   onnx-snn convert resnet.onnx --calib cifar10 --data-dir ~/data --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
 
 methods:
   datta       Datta & Beerel 2022: per-layer threshold scale alpha (searched over the layer's
               own activation percentiles) and output scale beta (fine grid) that best match
-              the DNN activation at this T (default)
+              the DNN activation at this T (default). --sequential then refines each
+              layer on the spiking network's own inputs (earlier layers converted), with
+              the initial membrane searched too: slower, more accurate at low T
   max         threshold = mu, alpha = beta = 1 (plain rate conversion)
   deng        Deng et al. 2021: threshold = mu, initial membrane threshold/2
   percentile  Rueckauer et al. 2017: threshold = the p-th percentile of activations
@@ -118,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how thresholds are chosen (default: datta; see below)")
     c.add_argument("--objective", choices=("mse", "mean", "l1"), default="mse",
                    help="what datta minimizes between DNN and SNN activations (default: mse)")
+    c.add_argument("--sequential", action="store_true",
+                   help="datta: then refine each layer, in order, on the spiking network's own "
+                        "input currents (its earlier layers already converted), choosing alpha, "
+                        "beta and the initial membrane by simulating the neurons; better at "
+                        "T=1-4, costs one T-step pass over the calibration set per layer")
     c.add_argument("--calib-samples", type=non_negative_int, default=512, metavar="N",
                    help="calibration samples drawn from the data (default: 512; 0 = all)")
     c.add_argument("--batch-size", type=positive_int, default=64, help="calibration batch (default: 64)")
@@ -282,9 +290,12 @@ def cmd_convert(args) -> int:
     try:
         SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
                      beta_step=args.beta_step, beta_max=args.beta_max, percentile=args.percentile,
-                     relu_percentile=args.relu_percentile)
+                     relu_percentile=args.relu_percentile, sequential=args.sequential)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.sequential and args.method != "datta":
+        raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
+                         f"(not {args.method})")
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
         from .errors import DataError
@@ -296,15 +307,16 @@ def cmd_convert(args) -> int:
                   beta_max=args.beta_max, percentile=args.percentile,
                   relu_percentile=args.relu_percentile, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
-                  download=args.download)
+                  download=args.download, sequential=args.sequential)
     if not args.quiet:
         for note in snn.normalized.notes:
             print(f"note: {note}", file=sys.stderr)
     rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
              f"{r['alpha']:.4f}", f"{r['beta']:.4f}", f"{r['threshold']:.4g}",
-             f"{r['amplitude']:.4g}", f"{r['objective_value']:.4g}"] for r in snn.report["sites"]]
+             f"{r['amplitude']:.4g}", f"{r['v_init']:.4g}", f"{r['objective_value']:.4g}"]
+            for r in snn.report["sites"]]
     print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
-                      snn.report["objective"]], rows))
+                      "v_init", snn.report["objective"]], rows))
     snn.save(out, args.model, binary_spikes=args.binary_spikes)
     if args.step_graph:
         snn.save(args.step_graph, args.model, step=True, binary_spikes=args.binary_spikes)

@@ -109,9 +109,20 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
 
 
 def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: str = "datta",
-          config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None) -> SpikingModel:
-    """Choose (alpha, beta) for every site and rewrite into the spiking format."""
+          config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None,
+          calib_data=None, show_progress: bool = False,
+          threads: Optional[int] = None) -> SpikingModel:
+    """Choose (alpha, beta) for every site and rewrite into the spiking format.
+
+    With ``config.sequential`` (datta only) the parameters are then refined site by site on
+    the spiking network itself (:mod:`onnx_snn.sequential`), which needs the calibration
+    inputs ``calib_data`` (the array or feeds given to :func:`calibrate`)."""
     cfg = config or SearchConfig()
+    if cfg.sequential and method != "datta":
+        raise ValueError(f"the sequential refinement is part of the datta method, not {method!r}")
+    if cfg.sequential and calib_data is None:
+        raise ValueError("the sequential refinement runs the spiking network on the calibration "
+                         "inputs: pass them as calib_data")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if cfg.objective not in OBJECTIVES:
@@ -143,11 +154,24 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         site_rows.append({**rec.to_dict(), "neurons": rec.neurons,
                           "positive_fraction": st.positive_fraction, "max": st.max,
                           "search_seconds": search_s})
+    refinement = None
+    if cfg.sequential:
+        from .sequential import refine
+        records, refinement = refine(nm, records, calib_data, int(timesteps), cfg,
+                                     calib.input_shapes, calib.batch_size,
+                                     show_progress=show_progress, threads=threads)
+        for row in site_rows:
+            rec = records[row["name"]]
+            row.update(alpha=rec.alpha, beta=rec.beta, threshold=rec.threshold,
+                       amplitude=rec.amplitude, v_init=rec.v_init,
+                       objective_value=rec.objective_value)
     history = [{
         "step": "convert", "tool": f"onnx-snn {__version__}",
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "method": method, "timesteps": int(timesteps), "objective": cfg.objective,
         "calibration_samples": calib.n_samples, "sample_size": calib.sample_size,
+        **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
+            "sequential_sample": cfg.sequential_sample} if cfg.sequential else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
@@ -162,6 +186,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         "search_and_rewrite_seconds": time.perf_counter() - t0,
         "notes": list(nm.notes), "sites": site_rows,
     }
+    if refinement is not None:
+        report["sequential"] = refinement
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
                         method=method, report=report, input_shapes=dict(calib.input_shapes))
 
@@ -183,23 +209,26 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
             percentile_step: float = 1.0, beta_step: float = 0.001, beta_max: float = 2.0,
             percentile: float = 99.9, relu_percentile: float = 99.99, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True,
-            download: bool = False) -> SpikingModel:
+            download: bool = False, sequential: bool = False) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
     dataset name such as ``"fashion-mnist"`` (its training split is used) or a .npy/.npz path.
     ``calib_samples`` random samples are drawn from it (``None``: all of them).
+    ``sequential`` (datta): refine every site on the spiking network's own input currents.
     """
     nm = prepare(model)
     cfg = SearchConfig(objective=objective, percentile_step=percentile_step, beta_step=beta_step,
-                       beta_max=beta_max, percentile=percentile, relu_percentile=relu_percentile)
+                       beta_max=beta_max, percentile=percentile, relu_percentile=relu_percentile,
+                       sequential=sequential)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download)
     if isinstance(ds.x, np.ndarray):
         ds = ds.take(calib_samples, seed=seed)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
-    return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name})
+    return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
+                 calib_data=ds.x if sequential else None, show_progress=show_progress)
 
 
 __all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",

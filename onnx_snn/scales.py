@@ -43,6 +43,9 @@ class SearchConfig:
     relu_percentile: float = 99.99   # mu estimate for plain ReLU sites
     mean_tolerance: float = 1e-3     # "mean": pairs within this fraction of E[DNN] of the
                                      # best |mean difference| count as ties; least mse wins
+    sequential: bool = False         # datta only: refine site by site on the spiking network
+    v_init_fractions: tuple = (0.0, 0.25, 0.5, 0.75)  # sequential: initial membrane / threshold
+    sequential_sample: int = 200_000  # sequential: (input, target) pairs per site
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -52,6 +55,15 @@ class SearchConfig:
         if not 0 < self.beta_step < self.beta_max:
             raise ValueError(f"beta step ({self.beta_step}) must be positive and below beta max "
                              f"({self.beta_max})")
+        if self.sequential and self.objective not in ("mse", "mean"):
+            raise ValueError(f"the sequential refinement supports the objectives mse and mean, "
+                             f"not {self.objective!r}")
+        fr = tuple(float(f) for f in self.v_init_fractions)
+        if not fr or any(not 0 <= f < 1 for f in fr):
+            raise ValueError(f"initial membrane fractions must be in [0, 1), not {list(fr)}")
+        self.v_init_fractions = fr
+        if self.sequential_sample < 1:
+            raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):
             v = getattr(self, name)
             if not 0 < v <= 100:
@@ -199,6 +211,68 @@ def _l1_table(d, p1, b, betas, c, k):
     below = o * (m - lo) - (p1[m] - p1[lo])
     above = (p1[hi] - p1[m]) - o * (hi - m)
     return (below + above).sum(-1) / n
+
+
+# ------------------------------------------------------------------ the spiking-aware search
+
+def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndarray) -> np.ndarray:
+    """Spike counts of IF neurons with soft reset over ``T`` steps of the given input currents.
+
+    ``currents``: [T, n]; ``threshold`` and ``v_init``: [C] (one candidate each). Returns
+    [C, n]: the same float32 arithmetic as ``LIFNeuron`` with leak 1."""
+    th = np.asarray(threshold, np.float32)[:, None]
+    v = np.broadcast_to(np.asarray(v_init, np.float32)[:, None], (th.shape[0], currents.shape[1])).copy()
+    k = np.zeros_like(v)
+    for x in np.asarray(currents, np.float32):
+        v += x
+        s = v >= th
+        v -= s * th
+        k += s
+    return k
+
+
+def search_dynamic(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
+                   config: Optional[SearchConfig] = None, chunk: int = 16):
+    """(alpha, beta, v_init fraction, objective value) for one site from its per-step input
+    currents ``currents`` [T, n] in the spiking network and the DNN's activations ``target``
+    [n] of the same neurons. alpha runs over the percentiles of the time-averaged current (as
+    in Algorithm 1), the initial membrane over ``v_init_fractions`` of the threshold, beta
+    over the grid; the objective (mse or mean) compares ``beta*mu/T * count`` to the target."""
+    cfg = config or SearchConfig()
+    x = np.asarray(currents, np.float32)
+    d = np.asarray(target, np.float64)
+    if x.ndim != 2 or x.shape[0] != timesteps or x.shape[1] != d.size:
+        raise ValueError(f"currents must be [T={timesteps}, n={d.size}], not {list(x.shape)}")
+    n = d.size
+    if n == 0:
+        return 1.0, 1.0, 0.0, 0.0
+    alphas = alpha_candidates(np.sort(x.mean(0, dtype=np.float64)), mu, cfg.percentile_step)
+    fracs = np.asarray(cfg.v_init_fractions, np.float64)
+    cand_a = np.repeat(alphas, fracs.size)
+    cand_f = np.tile(fracs, alphas.size)
+    betas = np.arange(1, int(round(cfg.beta_max / cfg.beta_step)) + 1) * cfg.beta_step
+    c = mu / timesteps
+    q2 = np.empty(cand_a.size)
+    q1 = np.empty(cand_a.size)
+    qk = np.empty(cand_a.size)
+    for s in range(0, cand_a.size, chunk):   # only three sums per candidate are kept
+        a, f = cand_a[s:s + chunk], cand_f[s:s + chunk]
+        k = simulate_counts(x, a * mu, f * a * mu)                       # [C, n]
+        q2[s:s + chunk] = np.einsum("cn,cn->c", k, k, dtype=np.float64)
+        q1[s:s + chunk] = k.astype(np.float64) @ d
+        qk[s:s + chunk] = k.sum(1, dtype=np.float64)
+    mse = (betas[None, :] ** 2 * c ** 2 * q2[:, None] - 2 * betas[None, :] * c * q1[:, None]
+           + float(d @ d)) / n                                           # [C, B]
+    if cfg.objective == "mean":
+        mean_abs = np.abs(betas[None, :] * c * qk[:, None] - d.sum()) / n
+        tol = mean_abs.min() + cfg.mean_tolerance * d.sum() / n
+        ic, ib = np.unravel_index(np.argmin(np.where(mean_abs <= tol, mse, np.inf)), mse.shape)
+        value = float(mean_abs[ic, ib])
+    else:
+        ic, ib = np.unravel_index(np.argmin(mse), mse.shape)
+        value = float(mse[ic, ib])
+    alpha, beta, frac = float(cand_a[ic]), float(betas[ib]), float(cand_f[ic])
+    return alpha, beta, frac, value
 
 
 # ------------------------------------------------------------------ front door

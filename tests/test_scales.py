@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnx_snn.scales import (SearchConfig, alpha_candidates, choose_params, objective_value,
-                             search_datta, spike_count, staircase)
+                             search_datta, search_dynamic, simulate_counts, spike_count,
+                             staircase)
 
 
 def simulate_if(h, threshold, T, v0=0.0, leak=1.0):
@@ -137,3 +138,72 @@ def test_config_validation():
 def test_site_that_never_fires_keeps_plain_scales():
     p = choose_params(np.sort(-np.random.default_rng(0).random(100)), 4.0, 2, "datta")
     assert (p.alpha, p.beta) == (1.0, 1.0) and p.objective_value == 0.0
+
+
+# ------------------------------------------------------------------ the spiking-aware search
+
+@pytest.mark.parametrize("T", [1, 2, 4])
+@pytest.mark.parametrize("v_frac", [0.0, 0.5])
+def test_simulated_counts_match_the_reference_neuron(T, v_frac):
+    rng = np.random.default_rng(T)
+    x = (rng.integers(-16, 48, size=(T, 500)) / 16.0).astype(np.float32)  # exact binary fractions
+    th = np.array([1.0, 0.75])
+    k = simulate_counts(x, th, v_frac * th)
+    for c, t in enumerate(th):
+        v = np.full(500, v_frac * t)
+        ref = np.zeros(500)
+        for step in x.astype(np.float64):
+            v = v + step
+            s = v >= t
+            v = v - s * t
+            ref += s
+        assert np.array_equal(k[c], ref)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), T=st.integers(1, 4), mu=st.floats(0.5, 6.0))
+def test_dynamic_search_on_constant_currents_is_algorithm_1(seed, T, mu):
+    """A constant input every step with a zero initial membrane is the staircase's case: the
+    simulated search must then find exactly Algorithm 1's optimum."""
+    rng = np.random.default_rng(seed)
+    h = np.sort(rng.gamma(1.5, 1.0, 400) - 0.7).astype(np.float32).astype(np.float64)
+    cfg = SearchConfig(percentile_step=10.0, beta_step=0.05, v_init_fractions=(0.0,))
+    a0, b0, v0 = search_datta(h, mu, T, cfg)
+    a1, b1, f1, v1 = search_dynamic(np.tile(h, (T, 1)), np.clip(h, 0, mu), mu, T, cfg)
+    assert f1 == 0.0
+    assert v1 == pytest.approx(v0, rel=1e-6, abs=1e-12)
+
+
+def test_dynamic_search_finds_the_initial_membrane_that_rounds():
+    """Targets that a rounding quantizer matches exactly: the search must pick v0 = threshold/2."""
+    rng = np.random.default_rng(0)
+    T, mu = 2, 1.0
+    h = rng.uniform(0, 1, 20_000)
+    target = np.clip(np.floor(h * T + 0.5), 0, T) * mu / T      # round(h*T)/T
+    cfg = SearchConfig(v_init_fractions=(0.0, 0.25, 0.5, 0.75))
+    alpha, beta, frac, value = search_dynamic(np.tile(h, (T, 1)), target, mu, T, cfg)
+    assert frac == 0.5 and beta == pytest.approx(1.0) and value < 1e-4
+    assert 0.98 < alpha <= 1.0
+
+
+def test_dynamic_search_sees_spikes_that_arrive_late():
+    """Input that all comes at the last step can give at most one spike: the constant-input
+    staircase would promise two; the simulated search must account for it."""
+    T, mu = 2, 1.0
+    h = np.linspace(0.01, 1.0, 2000)
+    late = np.stack([np.zeros_like(h), T * h])                  # same mean, all at step 2
+    target = np.clip(h, 0, mu)
+    cfg = SearchConfig(v_init_fractions=(0.0,))
+    alpha, beta, _, _ = search_dynamic(late, target, mu, T, cfg)
+    counts = simulate_counts(late, np.array([alpha * mu]), np.array([0.0]))[0]
+    assert counts.max() == 1                                     # one spike at most
+    assert beta * mu / T > 0.6                                   # so one spike must carry more
+
+
+def test_dynamic_search_checks_shapes_and_config():
+    with pytest.raises(ValueError, match=r"\[T=2"):
+        search_dynamic(np.zeros((3, 10)), np.zeros(10), 1.0, 2)
+    with pytest.raises(ValueError, match="initial membrane"):
+        SearchConfig(v_init_fractions=(0.0, 1.0))
+    with pytest.raises(ValueError, match="sequential"):
+        SearchConfig(sequential=True, objective="l1")

@@ -45,8 +45,6 @@ from tools._bench_common import calibration_set, emit, peak_rss_mb  # noqa: E402
 
 T_FULL = (1, 2, 3, 4, 8, 16)
 T_QUICK = (1, 2, 4)
-OURS = ("datta", "datta-mean", "deng", "max", "percentile")
-PEERS = ("spikingjelly-max", "spikingjelly-99.9%")
 
 
 # ------------------------------------------------------------------ models and data
@@ -96,38 +94,127 @@ def data(model_path, n_test=None, n_calib=512):
 
 # ------------------------------------------------------------------ accuracy
 
-def ours_accuracy(model_path, T_list, test, calib):
+# label -> (method, SearchConfig options); the T-independent ones share one job ("fixed")
+OURS = {"datta": ("datta", {}), "datta-seq": ("datta", {"sequential": True}),
+        "datta-mean": ("datta", {"objective": "mean"}), "deng": ("deng", {}),
+        "max": ("max", {}), "percentile": ("percentile", {})}
+FIXED = ("deng", "max", "percentile")
+PEER_JOBS = ("spikingjelly-max", "spikingjelly-99.9%")
+DEFAULT_JOBS = ("datta", "datta-seq", "fixed") + PEER_JOBS
+EVAL_BATCH = 32   # onnxruntime runs the spiking graph faster on small batches (cache)
+
+
+def ours_accuracy(job, model_path, T_list, test, calib, threads=None):
+    """Rows of one onnx-snn job: a datta variant at every T, or the fixed baselines."""
     import onnx_snn
     from onnx_snn.evaluate import evaluate, evaluate_prefixes
     from onnx_snn.scales import SearchConfig
     nm = onnx_snn.prepare(model_path)
-    cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
+    cal = onnx_snn.calibrate(nm, calib.x, show_progress=False, threads=threads)
     rows = {}
-    evaluated = {}  # neuron parameters of a T-independent method -> its label
-    for label in OURS:
-        method, _, objective = label.partition("-")
-        cfg = SearchConfig(objective=objective or "mse")
+    if job != "fixed":
+        method, opts = OURS[job]
+        cfg = SearchConfig(**opts)
         t0 = time.perf_counter()
-        if method == "datta":
-            res = {T: evaluate(onnx_snn.build(nm, cal, T, method, cfg).model, test, show_progress=False)
-                   for T in T_list}
-        else:
-            snn = onnx_snn.build(nm, cal, max(T_list), method, cfg)
-            key = tuple((r.threshold, r.amplitude, r.leak, r.v_init) for r in snn.records.values())
-            if key in evaluated:
-                # e.g. percentile on a clipped-ReLU network: the 99.9th percentile of every
-                # layer is above its clip bound mu, so the parameters are max's exactly
-                same = evaluated[key]
-                rows[label] = {**rows[same], "same_parameters_as": same, "seconds": 0.0}
-                _log(f"  onnx-snn {label}: the same neuron parameters as {same} at every site")
-                continue
-            evaluated[key] = label
-            res = evaluate_prefixes(snn.model, test, T_list, show_progress=False)
+        res, build_s = {}, {}
+        for T in T_list:
+            tb = time.perf_counter()
+            snn = onnx_snn.build(nm, cal, T, method, cfg, calib_data=calib.x, threads=threads)
+            build_s[T] = round(time.perf_counter() - tb, 1)
+            res[T] = evaluate(snn.model, test, batch_size=EVAL_BATCH, threads=threads,
+                              show_progress=False)
+        rows[job] = {"top1": {T: round(res[T].top1, 2) for T in T_list},
+                     "spike_rate": {T: round(res[T].mean_rate, 4) for T in T_list},
+                     "build_seconds": build_s, "seconds": round(time.perf_counter() - t0, 1)}
+        return rows
+    evaluated = {}  # neuron parameters of a T-independent method -> its label
+    for label in FIXED:
+        method, opts = OURS[label]
+        t0 = time.perf_counter()
+        snn = onnx_snn.build(nm, cal, max(T_list), method, SearchConfig(**opts))
+        key = tuple((r.threshold, r.amplitude, r.leak, r.v_init) for r in snn.records.values())
+        if key in evaluated:
+            # e.g. percentile on a clipped-ReLU network: the 99.9th percentile of every
+            # layer is above its clip bound mu, so the parameters are max's exactly
+            same = evaluated[key]
+            rows[label] = {**rows[same], "same_parameters_as": same, "seconds": 0.0}
+            continue
+        evaluated[key] = label
+        res = evaluate_prefixes(snn.model, test, T_list, batch_size=EVAL_BATCH, threads=threads,
+                                show_progress=False)
         rows[label] = {"top1": {T: round(res[T].top1, 2) for T in T_list},
                        "spike_rate": {T: round(res[T].mean_rate, 4) for T in T_list},
                        "seconds": round(time.perf_counter() - t0, 1)}
-        _log(f"  onnx-snn {label}: " + ", ".join(f"T={T} {res[T].top1:.2f}" for T in T_list))
     return rows
+
+
+def peer_accuracy(job, model_path, T_list, test, calib, threads=None):
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    mode = job.split("-", 1)[1]
+    t0 = time.perf_counter()
+    snn = sj_convert(zoo_module(model_path, relu=True), calib.x, mode)
+    outs = sj_run(snn, test.x, T_list)
+    return {job: {"top1": {T: round(float((outs[T].argmax(1) == test.y).mean() * 100), 2) for T in T_list},
+                  "seconds": round(time.perf_counter() - t0, 1)}}
+
+
+def relu_top1(model_path, test):
+    """Top-1 of the network SpikingJelly converts (clipped ReLUs replaced by ReLU)."""
+    import torch
+    ann = zoo_module(model_path, relu=True)
+    with torch.no_grad():
+        pred = np.concatenate([ann(torch.from_numpy(test.x[s:s + 1000])).argmax(1).numpy()
+                               for s in range(0, len(test), 1000)])
+    return float((pred == test.y).mean() * 100)
+
+
+def _child_accuracy(args):
+    job = args._job.split(":", 1)[1]
+    _, test, calib = data(args._model, args._test or None)
+    T_list = tuple(int(t) for t in args._T.split(","))
+    fn = peer_accuracy if job.startswith("spikingjelly") else ours_accuracy
+    print(json.dumps(fn(job, args._model, T_list, test, calib, threads=args._threads)))
+
+
+def accuracy_jobs(models, jobs, T_list, n_test, workers):
+    """Run every (model, job) in its own process, ``workers`` at a time with
+    ``2 // workers`` threads each (two one-thread processes get more out of two cores than
+    one two-thread process: 1.3x here). The longest jobs start first."""
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    order = {"datta-seq": 0, "datta": 1, "datta-mean": 2, "fixed": 3}
+    todo = sorted(((name, path, job) for name, path in models.items() for job in jobs),
+                  key=lambda t: (order.get(t[2], 4), not t[0].startswith("deep")))
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        name, path, job = item
+        t0 = time.perf_counter()
+        r = _subprocess(f"acc:{job}", path, None, ["--_T", ",".join(map(str, T_list)),
+                                                   "--_test", str(n_test or 0),
+                                                   "--_threads", str(threads)])
+        _log(f"  {name} {job}: {time.perf_counter() - t0:.0f} s " +
+             (r["error"] if "error" in r else
+              "; ".join(f"{k} " + ", ".join(f"T={T} {v:.2f}" for T, v in row["top1"].items())
+                        for k, row in r.items())))
+        return name, job, r
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(one, todo))
+    out = {name: {"onnx_snn": {}, "peers": {}} for name in models}
+    for name, job, r in done:
+        part = "peers" if job.startswith("spikingjelly") else "onnx_snn"
+        if "error" in r:
+            out[name][part][job] = r
+            continue
+        for label, row in r.items():
+            row["top1"] = {int(T): v for T, v in row["top1"].items()}
+            out[name][part][label] = row
+    for name in models:  # table order
+        out[name]["onnx_snn"] = {k: out[name]["onnx_snn"][k] for k in
+                                 [*OURS, "fixed"] if k in out[name]["onnx_snn"]}
+    return out, threads
 
 
 def sj_convert(net_relu, calib_x, mode, batch=64):
@@ -157,33 +244,16 @@ def sj_run(snn, x, T_list, batch=256):
     return {T: np.concatenate(v) for T, v in outs.items()}
 
 
-def peer_accuracy(model_path, T_list, test, calib):
-    import torch
-    rows = {}
-    ann = zoo_module(model_path, relu=True)
-    with torch.no_grad():
-        relu_top1 = float((ann(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean() * 100)
-    _log(f"  the same network with ReLU instead of clipped ReLU: {relu_top1:.2f}%")
-    for label in PEERS:
-        mode = label.split("-", 1)[1]
-        t0 = time.perf_counter()
-        snn = sj_convert(zoo_module(model_path, relu=True), calib.x, mode)
-        outs = sj_run(snn, test.x, T_list)
-        rows[label] = {"top1": {T: round(float((outs[T].argmax(1) == test.y).mean() * 100), 2) for T in T_list},
-                       "seconds": round(time.perf_counter() - t0, 1)}
-        _log(f"  {label}: " + ", ".join(f"T={T} {rows[label]['top1'][T]:.2f}" for T in T_list))
-    return rows, relu_top1
-
-
 # ------------------------------------------------------------------ conversion cost (subprocess)
 
 def _child_convert(args):
     x = np.load(args._calib)
     t0 = time.perf_counter()
-    if args._job == "ours":
+    if args._job in ("ours", "ours-seq"):
         import onnx_snn
         snn = onnx_snn.convert(args._model, x, timesteps=2, method="datta", calib_samples=None,
-                               batch_size=64, show_progress=False)
+                               batch_size=64, show_progress=False,
+                               sequential=args._job == "ours-seq")
         with tempfile.TemporaryDirectory() as tmp:
             snn.save(os.path.join(tmp, "m.snn.onnx"))
     else:
@@ -196,10 +266,15 @@ def _child_convert(args):
                       "peak_rss_mb": peak_rss_mb()}))
 
 
-def _subprocess(job, model, calib_path):
-    p = subprocess.run([sys.executable, __file__, "--_job", job, "--_model", model, "--_calib", calib_path],
-                       capture_output=True, text=True, env={**os.environ, "ONNX_SNN_PROGRESS": "0",
-                                                            "PYTHONPATH": str(ROOT)})
+def _subprocess(job, model, calib_path, extra=()):
+    cmd = [sys.executable, __file__, "--_job", job, "--_model", model, *extra]
+    if calib_path:
+        cmd += ["--_calib", calib_path]
+    env = {**os.environ, "ONNX_SNN_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    if "--_threads" in extra:
+        n = extra[list(extra).index("--_threads") + 1]
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
         return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -210,13 +285,15 @@ def conversion_cost(model_path, calib, repeat=2):
         cpath = os.path.join(tmp, "calib.npy")
         np.save(cpath, calib.x)
         out = {}
-        for job in ("ours", "spikingjelly-max"):
+        for job in ("ours", "ours-seq", "spikingjelly-max"):
             runs = [_subprocess(job, model_path, cpath) for _ in range(repeat)]
             good = [r for r in runs if "error" not in r]
             out[job] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
     if "error" not in out["ours"] and "error" not in out["spikingjelly-max"]:
         out["time_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["seconds"] / out["ours"]["seconds"], 2)
         out["memory_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["peak_rss_mb"] / out["ours"]["peak_rss_mb"], 2)
+    if "error" not in out["ours-seq"] and "error" not in out["spikingjelly-max"]:
+        out["time_ratio_spikingjelly_over_ours_seq"] = round(out["spikingjelly-max"]["seconds"] / out["ours-seq"]["seconds"], 2)
     return out
 
 
@@ -262,12 +339,12 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
 
 # ------------------------------------------------------------------ fine-tuning
 
-def finetune_section(model_path, nm, calib, quick):
+def finetune_section(model_path, nm, calib, quick, train_images):
     import onnx_snn
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
     from tools import bench_sgl
     cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
-    out = {"epochs": 1, "limit_train": 2000 if quick else None, "top1": {}}
+    out = {"epochs": 1, "limit_train": train_images, "top1": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for T in (1, 2):
             src = os.path.join(tmp, f"T{T}.snn.onnx")
@@ -314,6 +391,9 @@ def markdown(result) -> str:
                       "|---|" + "---|" * len(T_list)]
             for label, row in {**acc["onnx_snn"], **acc.get("peers", {})}.items():
                 who = label if label.startswith("spikingjelly") else f"onnx-snn {label}"
+                if "error" in row:
+                    lines.append(f"| {who} | failed: {row['error'][:120]} |")
+                    continue
                 if row.get("same_parameters_as"):
                     who += f" (= {row['same_parameters_as']}'s parameters)"
                 lines.append(f"| {who} | " + " | ".join(f"{row['top1'][T]:.2f}" for T in T_list) + " |")
@@ -321,8 +401,10 @@ def markdown(result) -> str:
         conv = model.get("convert")
         if conv and "error" not in conv.get("ours", {}):
             o, s = conv["ours"], conv.get("spikingjelly-max", {})
-            lines += [f"Conversion ({name}, 512 calibration images): onnx-snn {o['seconds']:.1f} s, "
-                      f"{o['peak_rss_mb']:.0f} MB peak; SpikingJelly {s.get('seconds', float('nan')):.1f} s, "
+            q = conv.get("ours-seq", {})
+            lines += [f"Conversion ({name}, 512 calibration images, T=2): onnx-snn {o['seconds']:.1f} s, "
+                      f"{o['peak_rss_mb']:.0f} MB peak; with --sequential {q.get('seconds', float('nan')):.1f} s, "
+                      f"{q.get('peak_rss_mb', float('nan')):.0f} MB; SpikingJelly {s.get('seconds', float('nan')):.1f} s, "
                       f"{s.get('peak_rss_mb', float('nan')):.0f} MB peak.", ""]
         thr = model.get("throughput")
         if thr:
@@ -334,7 +416,8 @@ def markdown(result) -> str:
         ft = model.get("finetune")
         if ft:
             j = ft["sgl_epoch_cost"]
-            lines += [f"Fine-tuning ({name}, 1 epoch): T=1 {ft['top1'][1]['conversion']:.2f} -> "
+            images = f"{ft['limit_train']} training images" if ft.get("limit_train") else "60k images"
+            lines += [f"Fine-tuning ({name}, 1 epoch on {images}): T=1 {ft['top1'][1]['conversion']:.2f} -> "
                       f"{ft['top1'][1]['after_1_epoch']:.2f}%, T=2 {ft['top1'][2]['conversion']:.2f} -> "
                       f"{ft['top1'][2]['after_1_epoch']:.2f}%. Training epoch (60k images, batch 64): DNN "
                       f"{j['dnn'].get('seconds_per_epoch', float('nan')):.0f} s, onnx-snn T=2 "
@@ -358,13 +441,29 @@ def main(argv=None) -> int:
     ap.add_argument("-T", "--timesteps", type=int, nargs="+",
                     help=f"time steps for the accuracy tables (default: {' '.join(map(str, T_FULL))}; "
                          f"{' '.join(map(str, T_QUICK))} with --quick)")
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_JOBS), metavar="JOB",
+                    help="accuracy jobs: datta, datta-seq, datta-mean, fixed (deng, max, "
+                         "percentile), spikingjelly-max, spikingjelly-99.9%% (default: all but "
+                         "datta-mean)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="accuracy jobs run in parallel processes (default: 2, one thread each)")
+    ap.add_argument("--finetune-images", type=int, default=10000,
+                    help="training images for the fine-tuning epoch (default: 10000; 2000 "
+                         "with --quick)")
     ap.add_argument("--json", help="write the JSON here")
     ap.add_argument("--markdown", help="write the Markdown report here")
-    ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_calib")
+    for hidden in ("--_job", "--_model", "--_calib", "--_T"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.add_argument("--_test", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--_threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._job:
-        _child_convert(args)
+        os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
+        (_child_accuracy if args._job.startswith("acc:") else _child_convert)(args)
         return 0
+    unknown = [j for j in args.methods if j not in (*OURS, "fixed", *PEER_JOBS) or j in FIXED]
+    if unknown:
+        ap.error(f"unknown accuracy job(s) {', '.join(unknown)}")
     os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
     os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly calibrates with tqdm bars
     from onnx_snn.demo import shipped_model_path
@@ -390,6 +489,11 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     result = {"benchmark": "onnx-snn vs SpikingJelly ann2snn", "quick": args.quick,
               "spikingjelly": sj_version, "notes": notes, "models": {}}
+    if "accuracy" in sections:
+        _log(f"accuracy: {len(models) * len(args.methods)} jobs, {args.workers} at a time")
+        t_acc = time.perf_counter()
+        tables, threads = accuracy_jobs(models, args.methods, T_list, n_test, args.workers)
+        acc_seconds = round(time.perf_counter() - t_acc, 1)
     for name, path in models.items():
         _log(f"{name}: {path}")
         nm, test, calib = data(path, n_test)
@@ -397,11 +501,11 @@ def main(argv=None) -> int:
         if "accuracy" in sections:
             import onnx_snn
             dnn = onnx_snn.evaluate(path, test, show_progress=False)
-            ours = ours_accuracy(path, T_list, test, calib)
-            peers, relu_top1 = peer_accuracy(path, T_list, test, calib)
             entry["accuracy"] = {"timesteps": list(T_list), "test_images": len(test),
-                                 "dnn_top1": dnn.top1, "relu_top1": relu_top1,
-                                 "onnx_snn": ours, "peers": peers}
+                                 "dnn_top1": dnn.top1, "relu_top1": relu_top1(path, test),
+                                 **tables[name], "workers": args.workers,
+                                 "threads_per_worker": threads,
+                                 "seconds_all_models": acc_seconds}
         if "convert" in sections:
             entry["convert"] = conversion_cost(path, calib)
             _log(f"  conversion: {entry['convert']}")
@@ -409,7 +513,8 @@ def main(argv=None) -> int:
             entry["throughput"] = throughput(path, test, calib, n=1024 if args.quick else 2560)
             _log(f"  throughput: {entry['throughput']}")
         if "finetune" in sections and name.startswith("shipped"):
-            entry["finetune"] = finetune_section(path, nm, calib, args.quick)
+            entry["finetune"] = finetune_section(path, nm, calib, args.quick,
+                                                 2000 if args.quick else args.finetune_images)
         result["models"][name] = entry
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     emit(result, args.json)
