@@ -111,7 +111,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
 def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: str = "datta",
           config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None,
           calib_data=None, show_progress: bool = False,
-          threads: Optional[int] = None) -> SpikingModel:
+          threads: Optional[int] = None, seed: int = 0) -> SpikingModel:
     """Choose (alpha, beta) for every site and rewrite into the spiking format.
 
     With ``config.sequential`` (datta only) the parameters are then refined site by site on
@@ -158,7 +158,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
     if cfg.sequential:
         from .sequential import refine
         records, refinement = refine(nm, records, calib_data, int(timesteps), cfg,
-                                     calib.input_shapes, calib.batch_size,
+                                     calib.input_shapes, calib.batch_size, seed=seed,
                                      show_progress=show_progress, threads=threads)
         for row in site_rows:
             rec = records[row["name"]]
@@ -228,7 +228,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
-                 calib_data=ds.x if sequential else None, show_progress=show_progress)
+                 calib_data=ds.x if sequential else None, show_progress=show_progress,
+                 seed=seed)
 
 
 __all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",

@@ -223,33 +223,42 @@ def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndar
     th = np.asarray(threshold, np.float32)[:, None]
     v = np.broadcast_to(np.asarray(v_init, np.float32)[:, None], (th.shape[0], currents.shape[1])).copy()
     k = np.zeros_like(v)
-    for x in np.asarray(currents, np.float32):
+    steps = np.asarray(currents, np.float32)
+    for t, x in enumerate(steps):
         v += x
         s = v >= th
-        v -= s * th
+        if t + 1 < len(steps):   # the membrane after the last step is not needed
+            v -= s * th
         k += s
     return k
 
 
 def search_dynamic(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
-                   config: Optional[SearchConfig] = None, chunk: int = 16):
+                   config: Optional[SearchConfig] = None, chunk: int = 16,
+                   start: Optional[tuple] = None):
     """(alpha, beta, v_init fraction, objective value) for one site from its per-step input
     currents ``currents`` [T, n] in the spiking network and the DNN's activations ``target``
     [n] of the same neurons. alpha runs over the percentiles of the time-averaged current (as
     in Algorithm 1), the initial membrane over ``v_init_fractions`` of the threshold, beta
-    over the grid; the objective (mse or mean) compares ``beta*mu/T * count`` to the target."""
+    over the grid; the objective (mse or mean) compares ``beta*mu/T * count`` to the target.
+    ``start``: the (alpha, beta) to refine (Algorithm 1's); its alpha is a candidate with
+    v0 = 0, so the result is never worse than it on these currents. A site whose target is
+    never positive keeps the plain scales (1, 1), as in ``search_datta``."""
     cfg = config or SearchConfig()
     x = np.asarray(currents, np.float32)
     d = np.asarray(target, np.float64)
     if x.ndim != 2 or x.shape[0] != timesteps or x.shape[1] != d.size:
         raise ValueError(f"currents must be [T={timesteps}, n={d.size}], not {list(x.shape)}")
     n = d.size
-    if n == 0:
+    if n == 0 or d.max() <= 0:
         return 1.0, 1.0, 0.0, 0.0
     alphas = alpha_candidates(np.sort(x.mean(0, dtype=np.float64)), mu, cfg.percentile_step)
     fracs = np.asarray(cfg.v_init_fractions, np.float64)
     cand_a = np.repeat(alphas, fracs.size)
     cand_f = np.tile(fracs, alphas.size)
+    if start is not None:
+        cand_a = np.append(cand_a, float(start[0]))
+        cand_f = np.append(cand_f, 0.0)
     betas = np.arange(1, int(round(cfg.beta_max / cfg.beta_step)) + 1) * cfg.beta_step
     c = mu / timesteps
     q2 = np.empty(cand_a.size)

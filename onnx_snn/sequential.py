@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from .calibrate import make_session
-from .feeds import input_specs, validate_feeds
+from .errors import DataError
+from .feeds import fixed_batch, input_specs, validate_feeds
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 from .scales import SearchConfig, search_dynamic
@@ -66,8 +67,8 @@ def _upstream(step: onnx.ModelProto, target: str, sites: List[str]) -> onnx.Mode
     return m
 
 
-def _positions(rng: np.random.Generator, per_sample: int, n_total: int, starts: List[int],
-               sizes: List[int], sample: int) -> List[np.ndarray]:
+def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: List[int],
+               sample: int) -> List[np.ndarray]:
     """For every batch, the flat positions sampled from it (in proportion to its size)."""
     total = per_sample * n_total
     out, taken, seen = [], 0, 0
@@ -87,14 +88,27 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
     ``x`` the calibration inputs (an array or {input name: array})."""
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
-    feeds = validate_feeds(input_specs(nm.model), x, "calibration data")
+    specs = input_specs(nm.model)
+    feeds = validate_feeds(specs, x, "calibration data")
     n_total = next(iter(feeds.values())).shape[0]
+    fixed = fixed_batch(specs)
+    if fixed:
+        batch_size = fixed
+        if n_total % fixed:
+            raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give a "
+                            f"multiple of {fixed} samples (got {n_total})")
+    for name, arr in feeds.items():
+        want = (input_shapes or {}).get(name)
+        if want is not None and tuple(arr.shape[1:]) != tuple(want):
+            raise DataError(f"calibration data: input '{name}' has per-sample shape "
+                            f"{list(arr.shape[1:])}, but the model was calibrated with {list(want)}; "
+                            "refine on the data it was calibrated with")
     starts = list(range(0, n_total, batch_size))
     sizes = [min(batch_size, n_total - s) for s in starts]
     recs = copy.deepcopy(records)
     names = [s.name for s in nm.sites if s.name in recs]
     rng = np.random.default_rng(seed)
-    positions = {s: _positions(rng, recs[s].neurons, n_total, starts, sizes, cfg.sequential_sample)
+    positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
     bar = Progress(n_total * (1 + timesteps * len(names)), desc="sequential refinement",
                    unit="img-step", enabled=None if show_progress else False)
@@ -135,7 +149,8 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
                 bar.update(nb)
             currents.append(np.stack(steps))
         cur = np.concatenate(currents, axis=1)
-        alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg)
+        alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg,
+                                                  start=(rec.alpha, rec.beta))
         rows.append({"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                      "alpha": alpha, "beta": beta, "v_init_fraction": frac,
                      "objective_value": value, "pairs": int(cur.shape[1])})

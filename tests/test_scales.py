@@ -186,18 +186,43 @@ def test_dynamic_search_finds_the_initial_membrane_that_rounds():
     assert 0.98 < alpha <= 1.0
 
 
+def _simulated_mse(currents, target, mu, T, alpha, beta, frac=0.0):
+    k = simulate_counts(currents, np.array([alpha * mu]), np.array([frac * alpha * mu]))[0]
+    return float(np.mean((beta * mu / T * k - target) ** 2))
+
+
 def test_dynamic_search_sees_spikes_that_arrive_late():
-    """Input that all comes at the last step can give at most one spike: the constant-input
-    staircase would promise two; the simulated search must account for it."""
+    """Input that all comes at the last step gives at most one spike at T=2, where the
+    constant-input staircase of Algorithm 1 promises two: the simulated search must do
+    clearly better than Algorithm 1's parameters on such currents."""
     T, mu = 2, 1.0
     h = np.linspace(0.01, 1.0, 2000)
     late = np.stack([np.zeros_like(h), T * h])                  # same mean, all at step 2
     target = np.clip(h, 0, mu)
     cfg = SearchConfig(v_init_fractions=(0.0,))
-    alpha, beta, _, _ = search_dynamic(late, target, mu, T, cfg)
-    counts = simulate_counts(late, np.array([alpha * mu]), np.array([0.0]))[0]
-    assert counts.max() == 1                                     # one spike at most
-    assert beta * mu / T > 0.6                                   # so one spike must carry more
+    a0, b0, _ = search_datta(h, mu, T, cfg)
+    alpha, beta, _, value = search_dynamic(late, target, mu, T, cfg)
+    assert value == pytest.approx(_simulated_mse(late, target, mu, T, alpha, beta))
+    assert value < 0.8 * _simulated_mse(late, target, mu, T, a0, b0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), T=st.integers(1, 4))
+def test_dynamic_search_is_never_worse_than_its_start(seed, T):
+    rng = np.random.default_rng(seed)
+    mu = 2.0
+    h = rng.gamma(1.5, 0.8, 3000) - 0.5
+    noisy = h[None, :] + rng.normal(0, 0.4, (T, h.size))         # what a spiking input looks like
+    target = np.clip(h, 0, mu)
+    cfg = SearchConfig(percentile_step=5.0, beta_step=0.01)
+    a0, b0, _ = search_datta(np.sort(h), mu, T, cfg)
+    _, _, _, value = search_dynamic(noisy, target, mu, T, cfg, start=(a0, b0))
+    assert value <= _simulated_mse(noisy, target, mu, T, a0, b0) + 1e-12
+
+
+def test_dynamic_search_keeps_plain_scales_where_the_dnn_never_fires():
+    x = np.random.default_rng(0).normal(0, 1, (2, 500))
+    assert search_dynamic(x, np.zeros(500), 1.0, 2) == (1.0, 1.0, 0.0, 0.0)
 
 
 def test_dynamic_search_checks_shapes_and_config():

@@ -12,7 +12,7 @@ from onnx_snn.cli import main
 from onnx_snn.convert import resolve_data
 from onnx_snn.evaluate import evaluate
 from onnx_snn.runtimes.ort import run
-from onnx_snn.scales import SearchConfig
+from onnx_snn.scales import SearchConfig, simulate_counts
 from onnx_snn.spiking import format as F
 
 SHIPPED = os.path.join(os.path.dirname(onnx_snn.__file__), "models", "fmnist_vgg.onnx")
@@ -43,15 +43,52 @@ def test_refined_model_is_valid_and_records_what_it_chose(make):
 def test_first_site_refinement_is_the_exact_search():
     """The first site sees the analog input: constant over time, so with v0 = 0 as the only
     choice the refinement must keep Algorithm 1's parameters there."""
-    x = B.rand_input(48)
+    x = B.rand_input(40)
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
-    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    cal = onnx_snn.calibrate(nm, x, batch_size=16, show_progress=False)  # 16 + 16 + 8
     cfg = SearchConfig(sequential=True, v_init_fractions=(0.0,), sequential_sample=10**9)
     seq = onnx_snn.build(nm, cal, 3, "datta", cfg, calib_data=x)
     first = seq.report["sequential"]["sites"][0]
     assert first["pairs"] == cal.sites[first["site"]].count   # every value, like the calibration
     assert first["alpha"] == pytest.approx(first["alpha_datta"], rel=1e-6)
     assert first["beta"] == pytest.approx(first["beta_datta"], rel=1e-6)
+
+
+def test_refined_site_is_never_worse_than_datta_on_its_currents():
+    """Each site's refined objective (mse on the spiking currents) is at most what the datta
+    parameters it starts from give on the same currents (they are a candidate)."""
+    from onnx_snn import sequential
+    x = B.rand_input(48)
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    plain = onnx_snn.build(nm, cal, 2, "datta")
+    seen = []
+    real = sequential.search_dynamic
+
+    def spy(cur, target, mu, T, cfg, start=None):
+        out = real(cur, target, mu, T, cfg, start=start)
+        k = simulate_counts(cur, np.array([start[0] * mu]), np.array([0.0]))[0]
+        seen.append((out[3], float(np.mean((start[1] * mu / T * k - target) ** 2))))
+        return out
+
+    sequential.search_dynamic = spy
+    try:
+        onnx_snn.build(nm, cal, 2, "datta", SearchConfig(sequential=True), calib_data=x)
+    finally:
+        sequential.search_dynamic = real
+    assert len(seen) == len(plain.records)
+    for refined, start in seen:
+        assert refined <= start + 1e-9
+
+
+def test_refinement_checks_its_data():
+    from onnx_snn.errors import DataError
+    x = B.rand_input(16)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    with pytest.raises(DataError, match="calibration data"):
+        onnx_snn.build(nm, cal, 2, "datta", SearchConfig(sequential=True),
+                       calib_data=B.rand_input(16, shape=(1, 10, 10)))
 
 
 def test_refinement_needs_data_and_datta():
