@@ -298,7 +298,7 @@ def conversion_cost(model_path, calib, repeat=2):
         np.save(cpath, calib.x)
         out = {}
         for job in ("ours", "ours-seq", "spikingjelly-max"):
-            runs = [_subprocess(job, model_path, cpath) for _ in range(repeat)]
+            runs = [_subprocess(job, model_path, cpath) for _ in range(1 if job == "ours-seq" else repeat)]
             good = [r for r in runs if "error" not in r]
             out[job] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
     if "error" not in out["ours"] and "error" not in out["spikingjelly-max"]:
@@ -353,21 +353,27 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
 
 def finetune_section(model_path, nm, calib, quick, train_images):
     import onnx_snn
+    from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
     from tools import bench_sgl
     cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
     out = {"epochs": 1, "limit_train": train_images, "top1": {}}
+    limit_test = 2000 if quick else None
     with tempfile.TemporaryDirectory() as tmp:
         for T in (1, 2):
             src = os.path.join(tmp, f"T{T}.snn.onnx")
-            onnx_snn.build(nm, cal, T, "datta").save(src)
+            snn = onnx_snn.build(nm, cal, T, "datta")
+            snn.save(src)
+            # the starting point in onnxruntime (the accuracy table's datta row)
+            start = evaluate(snn.model, "fashion-mnist", batch_size=EVAL_BATCH, limit=limit_test,
+                             show_progress=False).top1
             r = finetune(src, os.path.join(tmp, f"T{T}.tuned.snn.onnx"), "fashion-mnist",
                          FinetuneConfig(epochs=1, limit_train=out["limit_train"],
-                                        limit_test=2000 if quick else None),
+                                        limit_test=limit_test, initial_eval=False, eval_batch=64),
                          show_progress=False, log=lambda *a: None)
-            out["top1"][T] = {"conversion": r.initial_top1, "after_1_epoch": r.epochs[-1].test_top1,
+            out["top1"][T] = {"conversion": round(start, 2), "after_1_epoch": r.epochs[-1].test_top1,
                               "epoch_seconds": round(r.seconds_per_epoch, 1)}
-            _log(f"  fine-tuned T={T}: {r.initial_top1:.2f} -> {r.epochs[-1].test_top1:.2f}")
+            _log(f"  fine-tuned T={T}: {start:.2f} -> {r.epochs[-1].test_top1:.2f}")
     args = argparse.Namespace(images=1600 if quick else 3200, batch=64)
     jobs = {"dnn": bench_sgl.run_job("dnn", args)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -382,6 +388,7 @@ def finetune_section(model_path, nm, calib, quick, train_images):
         jobs["spikingjelly_over_onnx_snn_epoch_time"] = round(
             jobs["spikingjelly_T2"]["seconds_per_epoch"] / jobs["onnx_snn_T2"]["seconds_per_epoch"], 2)
     out["sgl_epoch_cost"] = jobs
+    out["sgl_images"] = args.images
     return out
 
 
@@ -392,6 +399,11 @@ def markdown(result) -> str:
              f"({result['environment']['cpu']}); onnxruntime {result['environment']['onnxruntime']}, "
              f"torch {result['environment'].get('torch', '-')}, SpikingJelly {result.get('spikingjelly', '-')}; "
              f"{result['seconds']:.0f} s in all.", ""]
+    first = next(iter(result["models"].values()), {}).get("accuracy")
+    if first:
+        lines += [f"Accuracy jobs: one process per (network, method), {first['workers']} at a time with "
+                  f"{first['threads_per_worker']} thread(s) each; {first['seconds_all_models']:.0f} s "
+                  "for all accuracy tables.", ""]
     for name, model in result["models"].items():
         acc = model.get("accuracy")
         if acc:
@@ -424,7 +436,8 @@ def markdown(result) -> str:
                       f"{thr['dnn_onnxruntime']:.0f} img/s; onnx-snn in onnxruntime "
                       f"{thr['onnx_snn_onnxruntime']:.0f} img/s ({thr['onnx_snn_over_dnn']:.2f}x the DNN); "
                       f"SpikingJelly in PyTorch {thr['spikingjelly_pytorch']:.0f} img/s "
-                      f"({thr['spikingjelly_over_dnn']:.2f}x).", ""]
+                      f"({thr['spikingjelly_over_dnn']:.2f}x; onnx-snn {thr['onnx_snn_over_spikingjelly']:.2f}x "
+                      "SpikingJelly).", ""]
         ft = model.get("finetune")
         if ft:
             j = ft["sgl_epoch_cost"]
@@ -434,7 +447,8 @@ def markdown(result) -> str:
                       f"{ft['top1'][2]['after_1_epoch']:.2f}%. Training epoch (60k images, batch 64): DNN "
                       f"{j['dnn'].get('seconds_per_epoch', float('nan')):.0f} s, onnx-snn T=2 "
                       f"{j['onnx_snn_T2'].get('seconds_per_epoch', float('nan')):.0f} s, SpikingJelly T=2 "
-                      f"{j['spikingjelly_T2'].get('seconds_per_epoch', float('nan')):.0f} s.", ""]
+                      f"{j['spikingjelly_T2'].get('seconds_per_epoch', float('nan')):.0f} s "
+                      f"(extrapolated from {ft.get('sgl_images', 3200)} images).", ""]
     return "\n".join(lines)
 
 
