@@ -111,28 +111,41 @@ class _Sampler:
         return out
 
 
-def calibrate(nm: NormalizedModel, x, batch_size: int = 64,
-              sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
-              threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
-    """Run the calibration set through onnxruntime and record every site's pre-activations."""
-    t0 = time.perf_counter()
+def calibration_feeds(nm: NormalizedModel, x, batch_size: int):
+    """(feeds, number of samples, batch size) for running the calibration data through the
+    DNN: the data checked against the model's inputs, and a fixed batch honoured."""
     specs = input_specs(nm.model)
-    feeds_all = validate_feeds(specs, x, "calibration data")
-    n_total = next(iter(feeds_all.values())).shape[0]
+    feeds = validate_feeds(specs, x, "calibration data")
+    n_total = next(iter(feeds.values())).shape[0]
     fixed = fixed_batch(specs)
     if fixed:
         batch_size = fixed
         if n_total % fixed:
             raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give a "
                             f"multiple of {fixed} samples (got {n_total})")
+    return feeds, n_total, batch_size
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (each once)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.add().name = name
+            have.add(name)
+    return m
+
+
+def calibrate(nm: NormalizedModel, x, batch_size: int = 64,
+              sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
+              threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
+    """Run the calibration set through onnxruntime and record every site's pre-activations."""
+    t0 = time.perf_counter()
+    feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
-    model = onnx.ModelProto()
-    model.CopyFrom(nm.model)
-    existing = {o.name for o in model.graph.output}
-    for s in chosen:
-        if s.input not in existing:
-            model.graph.output.add().name = s.input
-            existing.add(s.input)
+    model = with_outputs(nm.model, [s.input for s in chosen])
     sess = make_session(model, threads)
     out_names = [o.name for o in model.graph.output]
     rng = np.random.default_rng(seed)

@@ -22,25 +22,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import onnx
 
-from .calibrate import make_session
+from .calibrate import calibration_feeds, make_session, with_outputs
 from .errors import DataError
-from .feeds import fixed_batch, input_specs, validate_feeds
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 from .scales import SearchConfig, search_dynamic
 from .spiking import format as F
 from .spiking import rewrite
-
-
-def _with_outputs(model: onnx.ModelProto, names: List[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.add().name = name
-            have.add(name)
-    return m
 
 
 def _upstream(step: onnx.ModelProto, target: str, sites: List[str]) -> onnx.ModelProto:
@@ -88,15 +76,7 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
     ``x`` the calibration inputs (an array or {input name: array})."""
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
-    specs = input_specs(nm.model)
-    feeds = validate_feeds(specs, x, "calibration data")
-    n_total = next(iter(feeds.values())).shape[0]
-    fixed = fixed_batch(specs)
-    if fixed:
-        batch_size = fixed
-        if n_total % fixed:
-            raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give a "
-                            f"multiple of {fixed} samples (got {n_total})")
+    feeds, n_total, batch_size = calibration_feeds(nm, x, batch_size)
     for name, arr in feeds.items():
         want = (input_shapes or {}).get(name)
         if want is not None and tuple(arr.shape[1:]) != tuple(want):
@@ -114,7 +94,7 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
                    unit="img-step", enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions
-    dnn = _with_outputs(nm.model, [recs[s].input for s in names])
+    dnn = with_outputs(nm.model, [recs[s].input for s in names])
     sess = make_session(dnn, threads, where="the DNN")
     targets = {s: [] for s in names}
     for b, start in enumerate(starts):

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import onnx
 
-from onnx_snn.calibrate import make_session
+from onnx_snn.calibrate import make_session, with_outputs
 from onnx_snn.errors import DataError, NotSpikingModelError
 from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
 from onnx_snn.model_io import load_model
@@ -46,13 +46,10 @@ class ModelRunner:
         self.per_step = per_step and self.spiking
         run_model = self.model
         if self.per_step and self.info.graph == "loop":
-            run_model = onnx.ModelProto()
-            run_model.CopyFrom(self.model)
-            produced = {o for n in run_model.graph.node for o in n.output}
+            produced = {o for n in self.model.graph.node for o in n.output}
             names = [f"{o}.steps" for o in (self.info.outputs or []) if f"{o}.steps" in produced] + \
                 [f"{s.name}.spikes.steps" for s in self.info.sites]
-            for name in names:
-                run_model.graph.output.add().name = name
+            run_model = with_outputs(self.model, names)
         self.session = make_session(run_model, threads, providers, where=self.path or "model")
         skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in self.info.sites) \
             if self.spiking else ()

@@ -351,7 +351,7 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
 
 # ------------------------------------------------------------------ fine-tuning
 
-def finetune_section(model_path, nm, calib, quick, train_images):
+def finetune_section(model_path, nm, test, calib, quick, train_images):
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -365,7 +365,7 @@ def finetune_section(model_path, nm, calib, quick, train_images):
             snn = onnx_snn.build(nm, cal, T, "datta")
             snn.save(src)
             # the starting point in onnxruntime (the accuracy table's datta row)
-            start = evaluate(snn.model, "fashion-mnist", batch_size=EVAL_BATCH, limit=limit_test,
+            start = evaluate(snn.model, test, batch_size=EVAL_BATCH, limit=limit_test,
                              show_progress=False).top1
             r = finetune(src, os.path.join(tmp, f"T{T}.tuned.snn.onnx"), "fashion-mnist",
                          FinetuneConfig(epochs=1, limit_train=out["limit_train"],
@@ -541,7 +541,7 @@ def main(argv=None) -> int:
             entry["throughput"] = throughput(path, test, calib, n=1024 if args.quick else 2560)
             _log(f"  throughput: {entry['throughput']}")
         if "finetune" in sections and name.startswith("shipped"):
-            entry["finetune"] = finetune_section(path, nm, calib, args.quick,
+            entry["finetune"] = finetune_section(path, nm, test, calib, args.quick,
                                                  2000 if args.quick else args.finetune_images)
         result["models"][name] = entry
     result["seconds"] = round(time.perf_counter() - t_start, 1)
