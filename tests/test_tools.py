@@ -1,11 +1,16 @@
 """Smoke tests of the benchmark scripts under tools/ (small sizes; the numbers in README
-come from their full runs)."""
+come from their full runs), their child-process job runner and the table printer."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
+from onnx_snn.table import format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +37,7 @@ def test_bench_energy_small(fmnist_test):
 
 def test_bench_peer_small(fmnist_test):
     """The side-by-side benchmark end to end on a few images (SpikingJelly from the bench extra)."""
-    import pytest
+    pytest.importorskip("torch")
     pytest.importorskip("spikingjelly")
     r = run_tool("tools/bench.py", "--quick", "--test-images", "128", "-T", "1", "2",
                  "--sections", "accuracy,convert,throughput")
@@ -52,6 +57,7 @@ def test_bench_peer_small(fmnist_test):
 
 
 def test_bench_sgl_small(fmnist_test):
+    pytest.importorskip("torch")  # every job trains in PyTorch
     r = run_tool("tools/bench_sgl.py", "--images", "256", "--batch", "32", "-T", "1", "--no-peer")
     for job in ("dnn", "snn_T1"):
         assert r["jobs"][job]["seconds_per_epoch"] > 0, r["jobs"][job]
@@ -65,3 +71,82 @@ def test_profile_ort_small(fmnist_test):
         assert abs(sum(shares.values()) - 1) < 0.01 and "Loop" not in r[part]["ms_by_op"]
     assert "neuron" in r["snn"]["share_by_group"] and "conv/gemm" in r["dnn"]["share_by_group"]
     assert r["snn_over_dnn_kernel_time"] > 1
+
+
+# ------------------------------------------------------------------ tools/_jobs.py
+
+def _jobs_module():
+    """tools/_jobs.py, loaded from its file (the tools are scripts, tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("_jobs", ROOT / "tools" / "_jobs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def job_script(tmp_path):
+    """A script whose --_job says what to do: print a result, fail, hang or print no JSON."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""\
+        import argparse, os, sys, time
+        sys.path.insert(0, {str(ROOT / "tools")!r})
+        from _jobs import add_job_options, print_result
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--images", type=int)
+        add_job_options(ap, n=int, name=str)
+        a = ap.parse_args()
+        if a._job == "ok":
+            print("some library chatter")
+            print_result({{"n": a._n, "name": a._name, "images": a.images, "threads": a._threads,
+                           "omp": os.environ.get("OMP_NUM_THREADS"),
+                           "progress": os.environ.get("ONNX_SNN_PROGRESS")}})
+        elif a._job == "fail":
+            print("line one of the traceback", file=sys.stderr)
+            raise ValueError("the job's own error")
+        elif a._job == "hang":
+            print("started", file=sys.stderr, flush=True)
+            time.sleep(60)
+        else:
+            print("no json here")
+        """))
+    return str(script)
+
+
+def test_run_job_returns_the_last_json_line(job_script):
+    jobs = _jobs_module()
+    r = jobs.run_job(job_script, "ok", {"n": 3, "name": "a b", "unused": None},
+                     argv=["--images", "5"], threads=2)
+    assert r == {"n": 3, "name": "a b", "images": 5, "threads": 2, "omp": "2", "progress": "0"}
+
+
+def test_run_job_reports_failures_without_raising(job_script):
+    jobs = _jobs_module()
+    r = jobs.run_job(job_script, "fail")
+    assert r["error"] == "ValueError: the job's own error"
+    assert "line one of the traceback" in r["stderr_tail"] and "Traceback" in r["stderr_tail"]
+    r = jobs.run_job(job_script, "silent")
+    assert r["error"] == "no JSON from the silent job: no json here"
+    r = jobs.run_job(job_script, "hang", timeout=3)
+    assert r["error"] == "the hang job timed out after 3 s"
+    assert "started" in r["stderr_tail"]
+
+
+# ------------------------------------------------------------------ onnx_snn/table.py
+
+def test_format_table_plain_and_markdown():
+    rows = [["datta", 88.28, "91.41"], ["max", 7.81, 7.8]]
+    assert format_table(["method", "T=1", "T=2"], rows) == "\n".join([
+        "method    T=1    T=2",
+        "------  -----  -----",
+        "datta   88.28  91.41",
+        "max      7.81    7.8"])
+    assert format_table(["method", "T=1", "T=2"], rows, markdown=True) == "\n".join([
+        "| method | T=1 | T=2 |",
+        "|---|---|---|",
+        "| datta | 88.28 | 91.41 |",
+        "| max | 7.81 | 7.8 |"])
+    assert format_table(["a", "b"], [["x|y", "1\n2"]], markdown=True).splitlines()[2] == \
+        "| x\\|y | 1 2 |"
+    assert format_table(["a", "b"], []) == "a  b\n-  -"
+    with pytest.raises(ValueError, match="row 0 has 1 cells for 2 headers"):
+        format_table(["a", "b"], [["only one"]])

@@ -1,6 +1,8 @@
-"""Model zoo (tools/zoo.py) and the DNN training script (tools/train_dnn.py)."""
+"""Model zoo (onnx_snn/zoo.py) and the DNN training script (tools/train_dnn.py)."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import pickle
@@ -15,11 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from onnx_snn import zoo  # noqa: E402  (after the torch skip: the zoo imports torch)
 
-from tools import zoo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 nn = torch.nn
 
@@ -30,6 +30,8 @@ ARCH_CASES = [
     ("resnet20", 3, 32, 19),
     ("fmnist_vgg", 1, 28, 5),
     ("fmnist_vgg11", 1, 28, 9),
+    ("fmnist_vgg16", 1, 28, 15),
+    ("fmnist_resnet20", 1, 28, 19),
 ]
 
 
@@ -83,7 +85,8 @@ def test_arch_shapes_and_structure(arch, cin, size, n_act):
 
 
 def test_arch_registry_and_build_options():
-    assert set(zoo.ARCHS) == {"vgg16", "vgg11", "resnet20", "fmnist_vgg", "fmnist_vgg11"}
+    assert set(zoo.ARCHS) == {"vgg16", "vgg11", "resnet20", "fmnist_vgg", "fmnist_vgg11",
+                              "fmnist_vgg16", "fmnist_resnet20"}
     m = zoo.build("fmnist_vgg", 10, 1, idiom="relu_min", dropout=0.0)
     assert not any(isinstance(x, nn.Dropout) for x in m.modules())
     assert {a.idiom for a in zoo.clipped_relus(m)} == {"relu_min"}
@@ -324,9 +327,17 @@ def _fashion_mnist_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _train_dnn():
+    """tools/train_dnn.py, a script, loaded from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("train_dnn", ROOT / "tools" / "train_dnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _train_main(argv):
-    from tools import train_dnn
-    return train_dnn.main([str(a) for a in argv])
+    return _train_dnn().main([str(a) for a in argv])
 
 
 def test_train_resume_and_export(tmp_path, capsys):

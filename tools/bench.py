@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from onnx_snn.table import format_table
 
-from tools._bench_common import calibration_set, emit, peak_rss_mb  # noqa: E402
+# siblings in tools/, which `python tools/bench.py` puts first on sys.path
+from _bench_common import calibration_set, emit, peak_rss_mb
+from _jobs import add_job_options, print_result, run_job
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T_FULL = (1, 2, 3, 4, 8, 16)
 T_QUICK = (1, 2, 4)
@@ -57,7 +59,7 @@ def zoo_module(onnx_path: str, relu: bool = False):
     """The model-zoo PyTorch network with the weights (and mu) of an exported ONNX file."""
     import onnx
     import torch
-    from tools import zoo
+    from onnx_snn import zoo
     m = onnx.load(onnx_path)
     meta = {p.key: p.value for p in m.metadata_props}
     arch = meta["onnx_snn.arch"]
@@ -77,7 +79,7 @@ def zoo_module(onnx_path: str, relu: bool = False):
 
 def _swap_relu(module):
     import torch.nn as nn
-    from tools import zoo
+    from onnx_snn import zoo
     for name, child in module.named_children():
         if isinstance(child, zoo.ClippedReLU):
             setattr(module, name, nn.ReLU())
@@ -180,10 +182,10 @@ def _child_accuracy(args):
     _, test, calib = data(args._model, args._test or None)
     T_list = tuple(int(t) for t in args._T.split(","))
     fn = peer_accuracy if job.startswith("spikingjelly") else ours_accuracy
-    print(json.dumps(fn(job, args._model, T_list, test, calib, threads=args._threads)))
+    print_result(fn(job, args._model, T_list, test, calib, threads=args._threads))
 
 
-def accuracy_jobs(models, jobs, T_list, n_test, workers):
+def accuracy_jobs(models, jobs, T_list, n_test, workers, timeout=None):
     """Run every (model, job) in its own process, ``workers`` at a time with
     ``cores // workers`` threads each (two one-thread processes get more out of two cores than
     one two-thread process: 1.3x here). The longest jobs start first."""
@@ -196,12 +198,10 @@ def accuracy_jobs(models, jobs, T_list, n_test, workers):
     def one(item):
         name, path, job = item
         t0 = time.perf_counter()
-        try:
-            r = _subprocess(f"acc:{job}", path, None, ["--_T", ",".join(map(str, T_list)),
-                                                       "--_test", str(n_test or 0),
-                                                       "--_threads", str(threads)])
-        except Exception as e:  # one broken job must not lose the others' results
-            r = {"error": f"{type(e).__name__}: {e}"}
+        # a failed job gives {"error": ...}: the others' results are kept
+        r = run_job(__file__, f"acc:{job}", {"model": path, "T": ",".join(map(str, T_list)),
+                                             "test": n_test or 0},
+                    threads=threads, timeout=timeout)
         _log(f"  {name} {job}: {time.perf_counter() - t0:.0f} s " +
              (r["error"] if "error" in r else
               "; ".join(f"{k} " + ", ".join(f"T={T} {v:.2f}" for T, v in row["top1"].items())
@@ -270,35 +270,17 @@ def _child_convert(args):
         snn = sj_convert(zoo_module(args._model, relu=True), x, mode)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(snn, os.path.join(tmp, "m.pt"))
-    print(json.dumps({"seconds": time.perf_counter() - t0,
-                      "peak_rss_mb": peak_rss_mb()}))
+    print_result({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()})
 
 
-def _subprocess(job, model, calib_path, extra=()):
-    cmd = [sys.executable, __file__, "--_job", job, "--_model", model, *extra]
-    if calib_path:
-        cmd += ["--_calib", calib_path]
-    env = {**os.environ, "ONNX_SNN_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
-    if "--_threads" in extra:
-        n = extra[list(extra).index("--_threads") + 1]
-        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode:
-        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
-    lines = p.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        return {"error": f"no JSON from the {job} job: {(lines or ['(no output)'])[-1][:200]}"}
-
-
-def conversion_cost(model_path, calib, repeat=2):
+def conversion_cost(model_path, calib, repeat=2, timeout=None):
     with tempfile.TemporaryDirectory() as tmp:
         cpath = os.path.join(tmp, "calib.npy")
         np.save(cpath, calib.x)
         out = {}
         for job in ("ours", "ours-seq", "spikingjelly-max"):
-            runs = [_subprocess(job, model_path, cpath) for _ in range(1 if job == "ours-seq" else repeat)]
+            runs = [run_job(__file__, job, {"model": model_path, "calib": cpath}, timeout=timeout)
+                    for _ in range(1 if job == "ours-seq" else repeat)]
             good = [r for r in runs if "error" not in r]
             out[job] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
     if "error" not in out["ours"] and "error" not in out["spikingjelly-max"]:
@@ -351,11 +333,11 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
 
 # ------------------------------------------------------------------ fine-tuning
 
-def finetune_section(model_path, nm, test, calib, quick, train_images):
+def finetune_section(model_path, nm, test, calib, quick, train_images, timeout=None):
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
-    from tools import bench_sgl
+    import bench_sgl
     cal = onnx_snn.calibrate(nm, calib.x, show_progress=False)
     out = {"epochs": 1, "limit_train": train_images, "top1": {}}
     limit_test = 2000 if quick else None
@@ -375,12 +357,12 @@ def finetune_section(model_path, nm, test, calib, quick, train_images):
                               "epoch_seconds": round(r.seconds_per_epoch, 1)}
             _log(f"  fine-tuned T={T}: {start:.2f} -> {r.epochs[-1].test_top1:.2f}")
     args = argparse.Namespace(images=1600 if quick else 3200, batch=64)
-    jobs = {"dnn": bench_sgl.run_job("dnn", args)}
+    jobs = {"dnn": bench_sgl.sgl_job("dnn", args, timeout=timeout)}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "T2.snn.onnx")
         onnx_snn.build(nm, cal, 2, "datta").save(path)
-        jobs["onnx_snn_T2"] = bench_sgl.run_job("snn", args, model=path, T=2)
-    jobs["spikingjelly_T2"] = bench_sgl.run_job("spikingjelly", args, T=2)
+        jobs["onnx_snn_T2"] = bench_sgl.sgl_job("snn", args, model=path, T=2, timeout=timeout)
+    jobs["spikingjelly_T2"] = bench_sgl.sgl_job("spikingjelly", args, T=2, timeout=timeout)
     for k in ("onnx_snn_T2", "spikingjelly_T2"):
         if "error" not in jobs[k] and "error" not in jobs["dnn"]:
             jobs[k]["epoch_time_vs_dnn"] = round(jobs[k]["seconds_per_epoch"] / jobs["dnn"]["seconds_per_epoch"], 2)
@@ -410,18 +392,17 @@ def markdown(result) -> str:
             T_list = acc["timesteps"]
             lines += [f"**{name}** ({model['path']}): DNN top-1 {acc['dnn_top1']:.2f}% on "
                       f"{acc['test_images']} test images; the ReLU version SpikingJelly converts: "
-                      f"{acc.get('relu_top1', float('nan')):.2f}%.", "",
-                      "| method | " + " | ".join(f"T={T}" for T in T_list) + " |",
-                      "|---|" + "---|" * len(T_list)]
+                      f"{acc.get('relu_top1', float('nan')):.2f}%.", ""]
+            rows = []
             for label, row in {**acc["onnx_snn"], **acc.get("peers", {})}.items():
                 who = label if label.startswith("spikingjelly") else f"onnx-snn {label}"
                 if "error" in row:
-                    lines.append(f"| {who} | failed: {row['error'][:120]} |")
+                    rows.append([who, f"failed: {row['error'][:120]}"] + [""] * (len(T_list) - 1))
                     continue
                 if row.get("same_parameters_as"):
                     who += f" (= {row['same_parameters_as']}'s parameters)"
-                lines.append(f"| {who} | " + " | ".join(f"{row['top1'][T]:.2f}" for T in T_list) + " |")
-            lines.append("")
+                rows.append([who] + [f"{row['top1'][T]:.2f}" for T in T_list])
+            lines += [format_table(["method"] + [f"T={T}" for T in T_list], rows, markdown=True), ""]
         conv = model.get("convert")
         if conv and "error" not in conv.get("ours", {}):
             o, s = conv["ours"], conv.get("spikingjelly-max", {})
@@ -476,12 +457,12 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-images", type=int, default=8000,
                     help="training images for the fine-tuning epoch (default: 8000; 2000 "
                          "with --quick)")
+    ap.add_argument("--job-timeout", type=float, metavar="SECONDS",
+                    help="stop any one child-process job after this long; it is reported "
+                         "as failed and the others are kept (default: no limit)")
     ap.add_argument("--json", help="write the JSON here")
     ap.add_argument("--markdown", help="write the Markdown report here")
-    for hidden in ("--_job", "--_model", "--_calib", "--_T"):
-        ap.add_argument(hidden, help=argparse.SUPPRESS)
-    ap.add_argument("--_test", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--_threads", type=int, help=argparse.SUPPRESS)
+    add_job_options(ap, model=str, calib=str, T=str, test=int)
     args = ap.parse_args(argv)
     if args._job:
         os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
@@ -520,7 +501,8 @@ def main(argv=None) -> int:
     if "accuracy" in sections:
         _log(f"accuracy: {len(models) * len(args.methods)} jobs, {args.workers} at a time")
         t_acc = time.perf_counter()
-        tables, threads = accuracy_jobs(models, args.methods, T_list, n_test, args.workers)
+        tables, threads = accuracy_jobs(models, args.methods, T_list, n_test, args.workers,
+                                        args.job_timeout)
         acc_seconds = round(time.perf_counter() - t_acc, 1)
     for name, path in models.items():
         _log(f"{name}: {path}")
@@ -535,14 +517,15 @@ def main(argv=None) -> int:
                                  "threads_per_worker": threads,
                                  "seconds_all_models": acc_seconds}
         if "convert" in sections:
-            entry["convert"] = conversion_cost(path, calib)
+            entry["convert"] = conversion_cost(path, calib, timeout=args.job_timeout)
             _log(f"  conversion: {entry['convert']}")
         if "throughput" in sections:
             entry["throughput"] = throughput(path, test, calib, n=1024 if args.quick else 2560)
             _log(f"  throughput: {entry['throughput']}")
         if "finetune" in sections and name.startswith("shipped"):
             entry["finetune"] = finetune_section(path, nm, test, calib, args.quick,
-                                                 2000 if args.quick else args.finetune_images)
+                                                 2000 if args.quick else args.finetune_images,
+                                                 args.job_timeout)
         result["models"][name] = entry
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     emit(result, args.json)

@@ -11,7 +11,9 @@ Measured, each in a fresh subprocess so peak memory (max RSS) is the conversion'
 * ``peak_rss_mb`` of each.
 
 The weights are random (He-scaled), the images are real Fashion-MNIST test images padded to
-32x32 and repeated over 3 channels: this measures speed and memory, not accuracy.
+32x32 and repeated over 3 channels: this measures speed and memory, not accuracy. Every job
+runs (``--repeat`` times, the fastest kept); if all runs of a job fail, the tool exits with
+their errors (and the last lines of their stderr).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +31,10 @@ import onnx
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
+
+# siblings in tools/, which `python tools/bench_convert.py` puts first on sys.path
+from _bench_common import peak_rss_mb
+from _jobs import add_job_options, print_result, run_job
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
@@ -75,12 +80,12 @@ def images(n: int) -> np.ndarray:
 
 def _child(args) -> None:
     """Runs inside the subprocess: one measured job, result JSON on stdout."""
-    x = np.load(args.calib)
-    if args.job == "floor":
+    x = np.load(args._calib)
+    if args._job == "floor":
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(args._model, so, providers=["CPUExecutionProvider"])
         t = time.perf_counter()
         for s in range(0, len(x), 64):
             sess.run(None, {"input": x[s:s + 64]})
@@ -88,28 +93,25 @@ def _child(args) -> None:
     else:
         import onnx_snn
         t = time.perf_counter()
-        snn = onnx_snn.convert(args.model, x, timesteps=2, method="datta", calib_samples=None,
+        snn = onnx_snn.convert(args._model, x, timesteps=2, method="datta", calib_samples=None,
                                batch_size=64, show_progress=False)
-        snn.save(args.output)
+        snn.save(args._output)
         out = {"seconds": time.perf_counter() - t,
                "calibration_seconds": snn.report["calibration"]["seconds"],
                "search_seconds_max": max(s["search_seconds"] for s in snn.report["sites"]),
                "search_seconds_total": sum(s["search_seconds"] for s in snn.report["sites"]),
                "sites": len(snn.report["sites"])}
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tools._bench_common import peak_rss_mb
     out["peak_rss_mb"] = peak_rss_mb()
-    print(json.dumps(out))
+    print_result(out)
 
 
-def run_job(job, model, calib, output=None):
-    cmd = [sys.executable, __file__, "--_child", job, "--_model", model, "--_calib", calib]
-    if output:
-        cmd += ["--_output", output]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "ONNX_SNN_PROGRESS": "0"})
-    if p.returncode:
-        raise SystemExit(p.stderr)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+def best_run(job: str, runs: list, failures: list):
+    """The fastest of a job's runs; None (its failures noted) when every run failed."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        failures.append(f"the {job} job failed: {runs[0]['error']}\n{runs[0].get('stderr_tail', '')}")
+        return None
+    return min(good, key=lambda r: r["seconds"])
 
 
 def main(argv=None) -> int:
@@ -117,11 +119,12 @@ def main(argv=None) -> int:
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--head", type=int, default=512, help="width of the hidden FC layer (default 512)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each job; the best is kept")
+    p.add_argument("--job-timeout", type=float, metavar="SECONDS",
+                   help="stop any one job after this long; it counts as failed (default: no limit)")
     p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--_child"), p.add_argument("--_model"), p.add_argument("--_calib"), p.add_argument("--_output")
+    add_job_options(p, model=str, calib=str, output=str)
     args = p.parse_args(argv)
-    if args._child:
-        args.job, args.model, args.calib, args.output = args._child, args._model, args._calib, args._output
+    if args._job:
         _child(args)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,10 +134,19 @@ def main(argv=None) -> int:
         onnx.save(model, mpath)
         cpath = os.path.join(tmp, "calib.npy")
         np.save(cpath, images(args.calib_samples))
-        floors = [run_job("floor", mpath, cpath) for _ in range(args.repeat)]
-        convs = [run_job("convert", mpath, cpath, os.path.join(tmp, "vgg16.snn.onnx")) for _ in range(args.repeat)]
-    floor = min(floors, key=lambda r: r["seconds"])
-    conv = min(convs, key=lambda r: r["seconds"])
+        opts = {"model": mpath, "calib": cpath}
+        floors = [run_job(__file__, "floor", opts, timeout=args.job_timeout)
+                  for _ in range(args.repeat)]
+        convs = [run_job(__file__, "convert", {**opts, "output": os.path.join(tmp, "vgg16.snn.onnx")},
+                         timeout=args.job_timeout) for _ in range(args.repeat)]
+    failures = []
+    floor, conv = best_run("floor", floors, failures), best_run("convert", convs, failures)
+    if failures:
+        raise SystemExit("bench_convert: " + "\n".join(failures))
+    failed = [f"{job}: {r['error']}" for job, runs in (("floor", floors), ("convert", convs))
+              for r in runs if "error" in r]
+    floors = [r for r in floors if "error" not in r]
+    convs = [r for r in convs if "error" not in r]
     import onnxruntime
     result = {
         "benchmark": "convert VGG-16 (CIFAR shape), datta, T=2",
@@ -152,6 +164,8 @@ def main(argv=None) -> int:
         "onnxruntime": onnxruntime.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if failed:  # some of the --repeat runs (not all: those stop above)
+        result["failed_runs"] = failed
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

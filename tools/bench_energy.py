@@ -15,8 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from onnx_snn.table import format_table
+
+# a sibling in tools/, which `python tools/bench_energy.py` puts first on sys.path
+from _bench_common import bench_calibration, emit
 
 
 def main(argv=None) -> int:
@@ -34,7 +36,6 @@ def main(argv=None) -> int:
     import onnx_snn
     from onnx_snn.analyze import ENERGY_PRESETS, analyze
     from onnx_snn.demo import shipped_model_path
-    from tools._bench_common import bench_calibration, emit
 
     model = str(shipped_model_path())
     nm = onnx_snn.prepare(model)
@@ -65,14 +66,13 @@ def main(argv=None) -> int:
                      "flops_ratio": t["dnn_flops"] / t["snn_flops"]})
         print(f"{label}: top-1 {r.top1:.2f}%, DNN/SNN energy {rows[-1]['energy_ratio']:.2f}x", file=sys.stderr)
     sites = list(rows[0]["spikes_per_image"])
-    md = ["| SNN | top-1 % | " + " | ".join(f"spikes/img {s}" for s in sites) +
-          " | MFLOPs (DNN / SNN) | energy uJ (DNN / SNN) | DNN/SNN energy |",
-          "|---|---|" + "---|" * len(sites) + "---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['model']} | {r['top1']:.2f} | " + " | ".join(f"{r['spikes_per_image'][s]:.0f}" for s in sites)
-                  + f" | {r['dnn_flops'] / 1e6:.2f} / {r['snn_flops'] / 1e6:.2f} | "
-                    f"{r['dnn_energy_uj']:.1f} / {r['snn_energy_uj']:.1f} | {r['energy_ratio']:.2f}x |")
-    text = "\n".join(md)
+    headers = (["SNN", "top-1 %"] + [f"spikes/img {s}" for s in sites] +
+               ["MFLOPs (DNN / SNN)", "energy uJ (DNN / SNN)", "DNN/SNN energy"])
+    table = [[r["model"], f"{r['top1']:.2f}"] + [f"{r['spikes_per_image'][s]:.0f}" for s in sites] +
+             [f"{r['dnn_flops'] / 1e6:.2f} / {r['snn_flops'] / 1e6:.2f}",
+              f"{r['dnn_energy_uj']:.1f} / {r['snn_energy_uj']:.1f}", f"{r['energy_ratio']:.2f}x"]
+             for r in rows]
+    text = format_table(headers, table, markdown=True)
     print(text, file=sys.stderr)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

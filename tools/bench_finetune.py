@@ -16,10 +16,9 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# a sibling in tools/, which `python tools/bench_finetune.py` puts first on sys.path
+from _bench_common import bench_calibration, emit
 
 
 def main(argv=None) -> int:
@@ -37,7 +36,6 @@ def main(argv=None) -> int:
     import onnx_snn
     from onnx_snn.demo import shipped_model_path
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
-    from tools._bench_common import bench_calibration, emit
 
     model = str(shipped_model_path())
     nm = onnx_snn.prepare(model)

@@ -7,7 +7,7 @@ Each job runs in a fresh subprocess on the same ``--images`` training images (ba
 ``--batch``, no augmentation, 2 warm-up batches not timed), in ``--repeat`` rounds of all
 jobs, keeping each job's fastest round:
 
-* ``dnn``: the model-zoo network (tools/zoo.py ``fmnist_vgg``) trained with SGD, the DNN's
+* ``dnn``: the model-zoo network (onnx_snn/zoo.py ``fmnist_vgg``) trained with SGD, the DNN's
   own recipe;
 * ``snn_T*``: the shipped model converted with ``datta`` at T and trained with onnx-snn's
   PyTorch runtime (Adam amsgrad, backprop through the T steps);
@@ -17,24 +17,20 @@ jobs, keeping each job's fastest round:
 
 Reported per job: images/s, seconds per 60k-image epoch (extrapolated from the timed
 batches), peak RSS and the RSS growth during training (the training working set), and each
-ratio to the DNN.
+ratio to the DNN. A job that fails is reported with its error (and its stderr's last lines);
+the others are kept.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tools._bench_common import bench_calibration, emit, peak_rss_mb, rss_mb  # noqa: E402
+# siblings in tools/, which `python tools/bench_sgl.py` puts first on sys.path
+from _bench_common import bench_calibration, emit, peak_rss_mb, rss_mb
+from _jobs import add_job_options, print_result, run_job
 
 
 def _data(n):
@@ -62,7 +58,7 @@ def _time_loop(step, x, y, batch):
 def job_dnn(args):
     import torch
     import torch.nn.functional as Fn
-    from tools import zoo
+    from onnx_snn import zoo
     torch.manual_seed(0)
     net = zoo.build("fmnist_vgg", 10, 1).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, weight_decay=5e-4)
@@ -127,16 +123,11 @@ def job_spikingjelly(args):
 JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}
 
 
-def run_job(job, args, **extra):
-    cmd = [sys.executable, __file__, "--_job", job, "--images", str(args.images),
-           "--batch", str(args.batch)]
-    for k, v in extra.items():
-        cmd += [f"--_{k}", str(v)]
-    p = subprocess.run(cmd, capture_output=True, text=True,
-                       env={**os.environ, "ONNX_SNN_PROGRESS": "0", "PYTHONPATH": str(ROOT)})
-    if p.returncode:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+def sgl_job(job, args, model=None, T=None, timeout=None):
+    """One job of :data:`JOBS` in a fresh process on ``args.images`` images of batch
+    ``args.batch``: its result, or ``{"error": ..., "stderr_tail": ...}``."""
+    return run_job(__file__, job, {"model": model, "T": T}, timeout=timeout,
+                   argv=["--images", str(args.images), "--batch", str(args.batch)])
 
 
 def main(argv=None) -> int:
@@ -147,12 +138,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of all jobs; each job's fastest "
                                                          "round is kept (default 2)")
+    ap.add_argument("--job-timeout", type=float, metavar="SECONDS",
+                    help="stop any one job after this long; it is reported as failed "
+                         "(default: no limit)")
     ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--_job"), ap.add_argument("--_model"), ap.add_argument("--_T", type=int)
+    add_job_options(ap, model=str, T=int)
     args = ap.parse_args(argv)
     if args._job:
         args.model, args.T = args._model, args._T
-        print(json.dumps(JOBS[args._job](args)))
+        print_result(JOBS[args._job](args))
         return 0
     import onnx_snn
     from onnx_snn.demo import shipped_model_path
@@ -175,14 +169,16 @@ def main(argv=None) -> int:
             paths[T] = os.path.join(tmp, f"T{T}.snn.onnx")
             onnx_snn.build(nm, cal, T, "datta").save(paths[T])
         for _ in range(args.repeat):  # rounds of every job, so slow spells hit all of them
-            keep_best("dnn", run_job("dnn", args))
+            keep_best("dnn", sgl_job("dnn", args, timeout=args.job_timeout))
             for T in args.timesteps:
-                keep_best(f"snn_T{T}", run_job("snn", args, model=paths[T], T=T))
+                keep_best(f"snn_T{T}", sgl_job("snn", args, model=paths[T], T=T,
+                                               timeout=args.job_timeout))
             if not args.no_peer:
-                keep_best("spikingjelly_T2", run_job("spikingjelly", args, T=2))
+                keep_best("spikingjelly_T2", sgl_job("spikingjelly", args, T=2,
+                                                     timeout=args.job_timeout))
     base = jobs["dnn"]
     for name, r in jobs.items():
-        if "error" in r or name == "dnn":
+        if "error" in r or "error" in base or name == "dnn":  # no ratio without both
             continue
         r["epoch_time_vs_dnn"] = round(r["seconds_per_epoch"] / base["seconds_per_epoch"], 2)
         r["peak_rss_vs_dnn"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)

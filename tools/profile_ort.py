@@ -17,10 +17,9 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# a sibling in tools/, which `python tools/profile_ort.py` puts first on sys.path
+from _bench_common import bench_calibration, emit
 
 GROUPS = {
     "conv/gemm": ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "ConvTranspose"),
@@ -85,7 +84,6 @@ def main(argv=None) -> int:
     import onnx_snn
     from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
-    from tools._bench_common import bench_calibration, emit
     path = args.model or str(shipped_model_path())
     nm = onnx_snn.prepare(path)
     x = resolve_data("fashion-mnist", nm.preprocess, split="test").take(args.images).x

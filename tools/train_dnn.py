@@ -31,21 +31,16 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python tools/train_dnn.py`
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from onnx_snn.datasets import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
-from onnx_snn.model_io import sha256_file  # noqa: E402
-from onnx_snn.errors import (DataError, OnnxSnnError, OutputPathError,  # noqa: E402
-                             TrainingDivergedError)
-from onnx_snn.progress import Progress  # noqa: E402
-from tools import zoo  # noqa: E402
+from onnx_snn import zoo
+from onnx_snn.datasets import FASHION_MNIST_CLASSES, load_dataset
+from onnx_snn.errors import DataError, OnnxSnnError, OutputPathError, TrainingDivergedError
+from onnx_snn.model_io import sha256_file
+from onnx_snn.progress import Progress
 
 PROG = "train_dnn"
 DATASET_ALIASES = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
@@ -91,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                "batch, split evenly across processes, and only rank 0 writes files.",
         formatter_class=_HelpFormatter)
     p.add_argument("--arch", required=True, choices=sorted(zoo.ARCHS),
-                   help="network from tools/zoo.py")
+                   help="network from onnx_snn/zoo.py")
     p.add_argument("--dataset", required=True, type=_dataset,
                    metavar="{fashion-mnist,cifar10,cifar100}",
                    help="training data (train split) and test data (test split)")

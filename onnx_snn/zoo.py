@@ -1,6 +1,8 @@
 """Model zoo: the paper's clipped-ReLU networks and small Fashion-MNIST nets, plus ONNX export.
 
-Torch + torchvision only (nothing from ``onnx_snn`` is needed to build or export a model).
+Needs the ``torch`` extra (``pip install 'onnx-snn[torch]'``): this module imports torch, and
+``import onnx_snn`` never imports it (nor this module).  Nothing else from ``onnx_snn`` is
+needed to build or export a model.  ``tools/train_dnn.py`` trains these networks.
 
 Every network here follows Datta & Beerel (DATE 2022) and DIET-SNN:
 
