@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 _DTYPES = {
     TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64,
     TensorProto.FLOAT16: torch.float16, TensorProto.INT64: torch.int64,
-    TensorProto.INT32: torch.int32, TensorProto.INT8: torch.int8, TensorProto.UINT8: torch.uint8,
-    TensorProto.BOOL: torch.bool,
+    TensorProto.INT32: torch.int32, TensorProto.INT16: torch.int16, TensorProto.INT8: torch.int8,
+    TensorProto.UINT8: torch.uint8, TensorProto.BOOL: torch.bool,
 }
 
 
@@ -80,13 +80,39 @@ def conv(a, x, w, b=None):
 
 def conv_transpose(a, x, w, b=None):
     n = w.dim() - 2
-    pad, fpad = _sym_pads(a.get("pads"), n)
-    if fpad:
-        raise NotImplementedError("ConvTranspose with asymmetric pads")
+    strides = list(a.get("strides") or [1] * n)
+    dil = list(a.get("dilations") or [1] * n)
+    out_pad = list(a.get("output_padding") or [0] * n)
+    group = a.get("group", 1)
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
-    return [fn(x, w, b, stride=a.get("strides", [1] * n), padding=pad,
-               output_padding=a.get("output_padding", [0] * n), groups=a.get("group", 1),
-               dilation=a.get("dilations", [1] * n))]
+    mode = a.get("auto_pad", "NOTSET")
+    pads = list(a.get("pads") or [0] * 2 * n)
+    out_shape = list(a.get("output_shape") or [])[-n:]
+    if out_shape or mode in ("SAME_UPPER", "SAME_LOWER"):
+        if not out_shape:
+            out_shape = [x.shape[2 + i] * strides[i] for i in range(n)]
+        pads = [0] * 2 * n
+        for i in range(n):
+            total = (strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + (w.shape[2 + i] - 1) * dil[i] + 1
+                     - out_shape[i])
+            small, big = total // 2, total - total // 2
+            pads[i], pads[n + i] = (small, big) if mode == "SAME_UPPER" else (big, small)
+    elif mode == "VALID":
+        pads = [0] * 2 * n
+    begin, end = pads[:n], pads[n:]
+    if begin == end and min(begin) >= 0 and all(p < max(s, d) for p, s, d in zip(out_pad, strides, dil)):
+        return [fn(x, w, b, stride=strides, padding=begin, output_padding=out_pad, groups=group,
+                   dilation=dil)]
+    # the full transposed convolution, then crop the pads (negative crops and output_padding
+    # are positions no input reaches: zeros, plus the bias)
+    y = fn(x, w, None, stride=strides, groups=group, dilation=dil)
+    fpad = []
+    for i in reversed(range(n)):
+        fpad += [-begin[i], out_pad[i] - end[i]]
+    y = F.pad(y, fpad)
+    if b is not None:
+        y = y + b.reshape([-1] + [1] * n)
+    return [y]
 
 
 def gemm(a, x, w, c=None):
@@ -102,25 +128,52 @@ def gemm(a, x, w, c=None):
 
 
 def _pool(a, x, kind):
-    kernel = a["kernel_shape"]
+    kernel = list(a["kernel_shape"])
     n = len(kernel)
-    strides = a.get("strides", [1] * n)
-    dil = a.get("dilations", [1] * n)
-    pads = _auto_pad(a, x, kernel, strides, dil)
-    pad, fpad = _sym_pads(pads, n)
+    strides = list(a.get("strides") or [1] * n)
+    dil = list(a.get("dilations") or [1] * n)
+    pads = list(_auto_pad(a, x, kernel, strides, dil) or [0] * 2 * n)
     ceil = bool(a.get("ceil_mode", 0))
-    if kind == "max":
-        if fpad:
-            x = F.pad(x, fpad, value=float("-inf"))
-        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
-        return [fn(x, kernel, strides, pad, dil, ceil_mode=ceil)]
     include = bool(a.get("count_include_pad", 0))
-    if fpad:
-        if not include:
-            raise NotImplementedError("AveragePool with asymmetric pads and count_include_pad=0")
-        x = F.pad(x, fpad)
-    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    return [fn(x, kernel, strides, pad, ceil_mode=ceil, count_include_pad=include)]
+    begin, end = pads[:n], pads[n:]
+    # torch's own padding: symmetric, at most half the kernel, no dilated averages
+    if begin == end and all(p <= k // 2 for p, k in zip(begin, kernel)):
+        if kind == "max":
+            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+            return [fn(x, kernel, strides, begin, dil, ceil_mode=ceil)]
+        if dil == [1] * n:
+            fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+            return [fn(x, kernel, strides, begin, ceil_mode=ceil, count_include_pad=include)]
+    # otherwise pad explicitly, so that the windows tile the padded input exactly; in ceil
+    # mode the last window may stick out past the end padding (into `extra`), but is dropped
+    # when it would start there (torch's and onnxruntime's rule)
+    extra = []
+    for i in range(n):
+        size = x.shape[2 + i] + begin[i] + end[i]
+        eff = (kernel[i] - 1) * dil[i] + 1
+        span = size - eff
+        out = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+        if ceil and (out - 1) * strides[i] >= x.shape[2 + i] + begin[i]:
+            out -= 1
+        extra.append(max(0, (out - 1) * strides[i] + eff - size))
+    fpad = []
+    for i in reversed(range(n)):
+        fpad += [begin[i], end[i] + extra[i]]
+    if kind == "max":
+        low = float("-inf") if x.is_floating_point() else torch.iinfo(x.dtype).min
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+        return [fn(F.pad(x, fpad, value=low), kernel, strides, 0, dil)]
+    # average = window sum / number of counted positions, both as a depthwise convolution
+    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    c = x.shape[1]
+    ones = torch.ones([c, 1] + kernel, dtype=x.dtype, device=x.device)
+    total = conv_fn(F.pad(x, fpad), ones, stride=strides, dilation=dil, groups=c)
+    mask = torch.ones([1, 1] + list(x.shape[2:]), dtype=x.dtype, device=x.device)
+    if include:  # the explicit pads count, what ceil mode adds past them does not
+        mask = F.pad(mask, [p for i in reversed(range(n)) for p in (begin[i], end[i])], value=1.0)
+        fpad = [p for i in reversed(range(n)) for p in (0, extra[i])]
+    count = conv_fn(F.pad(mask, fpad), ones[:1], stride=strides, dilation=dil)
+    return [total / count]
 
 
 def _axes(a, axes_input, x):
@@ -180,14 +233,21 @@ def slice_(a, x, starts=None, ends=None, axes=None, steps=None):
     axes = _ints(axes) if axes is not None else list(range(len(starts)))
     steps = _ints(steps) if steps is not None else [1] * len(starts)
     idx = [slice(None)] * x.dim()
+    backward = []
     for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st < 0:
-            raise NotImplementedError("Slice with negative steps")
+        ax %= x.dim()
         size = x.shape[ax]
-        s = max(0, min(size, s + size if s < 0 else s))
-        e = max(0, min(size, e + size if e < 0 else e))
-        idx[ax] = slice(s, e, st)
-    return [x[tuple(idx)]]
+        s, e = (s + size if s < 0 else s), (e + size if e < 0 else e)
+        if st > 0:
+            idx[ax] = slice(max(0, min(size, s)), max(0, min(size, e)), st)
+        else:
+            s, e = max(0, min(size - 1, s)), max(-1, min(size - 1, e))
+            backward.append((ax, torch.arange(s, e, st, device=x.device) if s > e else
+                             torch.zeros(0, dtype=torch.int64, device=x.device)))
+    x = x[tuple(idx)]
+    for ax, i in backward:
+        x = x.index_select(ax, i)
+    return [x]
 
 
 def shape(a, x):
@@ -213,29 +273,48 @@ def split(a, x, sizes=None):
     axis = a.get("axis", 0)
     if sizes is None and "split" in a:
         sizes = a["split"]
-    if sizes is None:
+    if sizes is None:  # equal parts, the last one smaller when they do not divide evenly
         n = a.get("num_outputs") or a["_n_outputs"]
-        return list(torch.tensor_split(x, n, dim=axis))
+        part = -(-x.shape[axis] // n)
+        sizes = [part] * (n - 1) + [x.shape[axis] - part * (n - 1)]
     return list(torch.split(x, _ints(sizes), dim=axis))
+
+
+def _pad_index(i: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Source positions along one axis for the positions `i` (which may lie outside it)."""
+    if mode == "edge":
+        return i.clamp(0, size - 1)
+    if mode == "wrap":
+        return i % size
+    period = 2 * (size - 1)  # reflect, mirrored about the first and the last element
+    if period == 0:
+        return torch.zeros_like(i)
+    i = i % period
+    return torch.where(i >= size, period - i, i)
 
 
 def pad(a, x, pads=None, value=None, axes=None):
     pads = _ints(pads) if pads is not None else list(a.get("pads", []))
     mode = a.get("mode", "constant")
     n = len(pads) // 2
-    ax = _ints(axes) if axes is not None else list(range(x.dim() - n, x.dim())) if n < x.dim() else list(range(n))
+    ax = _ints(axes) if axes is not None else list(range(x.dim() - n, x.dim()))
     full_b, full_e = [0] * x.dim(), [0] * x.dim()
     for i, d in enumerate(ax):
         full_b[d % x.dim()], full_e[d % x.dim()] = pads[i], pads[n + i]
-    fpad = []
-    for d in reversed(range(x.dim())):
-        fpad += [full_b[d], full_e[d]]
-    while len(fpad) > 2 and fpad[-2:] == [0, 0]:
-        fpad = fpad[:-2]
     if mode == "constant":
-        v = float(value.reshape(-1)[0]) if value is not None and value.numel() else float(a.get("value", 0.0))
+        fpad = []
+        for d in reversed(range(x.dim())):
+            fpad += [full_b[d], full_e[d]]
+        v = value.reshape(-1)[0].item() if value is not None and value.numel() else a.get("value", 0.0)
         return [F.pad(x, fpad, value=v)]
-    return [F.pad(x, fpad, mode={"reflect": "reflect", "edge": "replicate"}[mode])]
+    if mode not in ("reflect", "edge", "wrap"):
+        raise NotImplementedError(f"Pad mode {mode!r}")
+    for d in range(x.dim()):
+        if full_b[d] or full_e[d]:
+            size = x.shape[d]
+            i = torch.arange(-full_b[d], size + full_e[d], device=x.device)
+            x = x.index_select(d, _pad_index(i, size, mode))
+    return [x]
 
 
 def expand(a, x, shape_):
@@ -272,6 +351,17 @@ def space_to_depth(a, x):
     return y.reshape(n, c * b * b, h // b, w // b)
 
 
+def div(a, x, y):
+    if x.is_floating_point() or y.is_floating_point():
+        return [x / y]
+    return [torch.div(x, y, rounding_mode="trunc")]  # integer division truncates in ONNX
+
+
+def range_(start, limit, delta):
+    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
+    return start + torch.arange(n, dtype=start.dtype, device=start.device) * delta
+
+
 def constant(a):
     if "value" in a:
         return a["value"]
@@ -290,7 +380,7 @@ OPS: Dict[str, Callable] = {
     "Add": lambda a, x, y: [x + y],
     "Sub": lambda a, x, y: [x - y],
     "Mul": lambda a, x, y: [x * y],
-    "Div": lambda a, x, y: [x / y],
+    "Div": div,
     "Neg": lambda a, x: [-x],
     "MaxPool": lambda a, x: _pool(a, x, "max"),
     "AveragePool": lambda a, x: _pool(a, x, "avg"),
@@ -320,7 +410,7 @@ OPS: Dict[str, Callable] = {
     "Tile": lambda a, x, r: [x.repeat(*_ints(r))],
     "DepthToSpace": lambda a, x: [depth_to_space(a, x)],
     "SpaceToDepth": lambda a, x: [space_to_depth(a, x)],
-    "Range": lambda a, s, l, d: [torch.arange(s.item(), l.item(), d.item())],
+    "Range": lambda a, s, l, d: [range_(s, l, d)],
 }
 
 
