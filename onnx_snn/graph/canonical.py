@@ -9,6 +9,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from .ir import const_value, is_graph_output
+from .passes import PassResult, graph_pass
 
 #: the lowest default-domain opset the spiking format is written at
 BASE_OPSET = 13
@@ -29,11 +30,14 @@ def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.Model
     return upgraded
 
 
-def sum_to_add(graph: gs.Graph) -> gs.Graph:
-    """``Sum`` of two tensors becomes ``Add``; of more, a chain of ``Add``; of one, a bypass."""
+@graph_pass("sum-to-add")
+def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
+    """``Sum`` of two tensors becomes ``Add``; of more, a chain of ``Add``; of one, a bypass
+    (an ``Identity``, removed by the next pass). Every Sum can be rewritten."""
     for node in list(graph.nodes):
         if node.op != "Sum":
             continue
+        result.changed += 1
         ins = list(node.inputs)
         if len(ins) == 1:
             node.op = "Identity"
@@ -52,29 +56,51 @@ def sum_to_add(graph: gs.Graph) -> gs.Graph:
                                        outputs=[nxt]))
             acc = nxt
     graph.cleanup().toposort()
-    return graph
 
 
-def matmul_add_to_gemm(graph: gs.Graph) -> gs.Graph:
+def _why_not_gemm(graph: gs.Graph, node: gs.Node):
+    """(Add node, bias tensor, None) when MatMul ``node`` + its Add is a dense layer, else
+    (None, None, why not)."""
+    a, w = node.inputs
+    wv = const_value(w)
+    out = node.outputs[0]
+    if wv is None:
+        return None, None, f"its weight '{w.name}' is not constant"
+    if wv.ndim != 2:
+        return None, None, f"its weight is {wv.ndim}-D, not 2-D"
+    if a.shape is None:
+        return None, None, f"the rank of its input '{a.name}' is unknown"
+    if len(a.shape) != 2:
+        return None, None, f"its input '{a.name}' is {len(a.shape)}-D, not 2-D"
+    if is_graph_output(graph, out):
+        return None, None, f"its output '{out.name}' is a graph output"
+    if len(out.outputs) != 1:
+        return None, None, f"its output '{out.name}' feeds {len(out.outputs)} nodes, not one Add"
+    add = out.outputs[0]
+    if add.op != "Add":
+        return None, None, f"it is followed by {add.op} '{add.name}', not by Add"
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    bv = const_value(other)
+    if bv is None:
+        return None, None, f"the Add after it ('{add.name}') has a non-constant bias"
+    if bv.size != wv.shape[1] or (bv.ndim == 2 and bv.shape[0] != 1) or bv.ndim > 2:
+        return None, None, (f"the bias of the Add after it has shape {list(bv.shape)}, not one "
+                            f"value per output ({wv.shape[1]})")
+    return add, other, None
+
+
+@graph_pass("matmul-add-to-gemm")
+def matmul_add_to_gemm(graph: gs.Graph, result: PassResult) -> None:
     """``MatMul(A, W)`` + ``Add(b)`` with constant 2-D W, 1-D b and rank-2 A is a dense layer."""
     for node in list(graph.nodes):
         if node.op != "MatMul":
             continue
+        add, other, why = _why_not_gemm(graph, node)
+        if why is not None:
+            result.skip(node, why)
+            continue
         a, w = node.inputs
-        wv = const_value(w)
-        out = node.outputs[0]
-        if wv is None or wv.ndim != 2 or a.shape is None or len(a.shape) != 2:
-            continue
-        if len(out.outputs) != 1 or is_graph_output(graph, out):
-            continue
-        add = out.outputs[0]
-        if add.op != "Add":
-            continue
-        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-        bv = const_value(other)
-        if bv is None or bv.size != wv.shape[1] or (bv.ndim == 2 and bv.shape[0] != 1) or bv.ndim > 2:
-            continue
-        bias = gs.Constant(other.name + "_gemm", np.asarray(bv, np.float32).reshape(-1))
+        bias = gs.Constant(other.name + "_gemm", np.asarray(const_value(other), np.float32).reshape(-1))
         gemm = gs.Node("Gemm", node.name or add.name, inputs=[a, w, bias],
                        outputs=[add.outputs[0]])
         node.inputs.clear()
@@ -82,5 +108,5 @@ def matmul_add_to_gemm(graph: gs.Graph) -> gs.Graph:
         add.inputs.clear()
         add.outputs.clear()
         graph.nodes.append(gemm)
+        result.changed += 1
     graph.cleanup().toposort()
-    return graph

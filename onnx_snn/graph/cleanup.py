@@ -1,52 +1,139 @@
-"""Passes that drop what has no place in a spiking graph: final softmax, Identity, Dropout."""
+"""Passes that drop what has no place in a spiking graph: final softmax, Identity, Dropout,
+unused extra outputs."""
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ir import bypass, const_value, is_graph_output, producer, scalar_value
+from .ir import bypass, is_graph_output, producer, scalar_value
+from .passes import PassResult, graph_pass
+
+SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+#: ops that may sit between the final softmax and the graph output (they only move values)
+RESHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Identity")
 
 
-def _unwrap_coerced_softmax(graph: gs.Graph, out) -> None:
-    """Old-opset Softmax upgraded to 13 is written Reshape(Softmax(Flatten(t)), Shape(t)):
-    make it a plain Softmax(t) over the last axis so that it can be dropped like one."""
-    node = producer(out)
-    if node is None or node.op != "Reshape":
-        return
-    sm = producer(node.inputs[0])
-    if sm is None or sm.op not in ("Softmax", "LogSoftmax") or len(sm.outputs[0].outputs) != 1:
-        return
+def _coerced_form(sm: gs.Node):
+    """Softmax of opset < 13 upgraded to 13 is written Reshape(Softmax(Flatten(t, a)), Shape(t)):
+    a softmax over the axes a.. of t. (t, a, flatten, shape, reshape), or None for another form."""
     fl = producer(sm.inputs[0])
-    shp = producer(node.inputs[1])
-    if fl is None or fl.op != "Flatten" or shp is None or shp.op != "Shape":
-        return
+    y = sm.outputs[0]
+    if fl is None or fl.op != "Flatten" or len(sm.inputs[0].outputs) != 1:
+        return None
+    if int(sm.attrs.get("axis", -1)) not in (-1, 1) or len(y.outputs) != 1:
+        return None
+    rs = y.outputs[0]
+    if rs.op != "Reshape" or rs.inputs[0] is not y or len(rs.inputs) < 2:
+        return None
+    shp = producer(rs.inputs[1])
     t = fl.inputs[0]
-    if shp.inputs[0] is not t or (t.shape is not None and len(t.shape) != 2):
-        return
-    sm.inputs[0] = t
-    sm.outputs[0] = out
-    node.outputs.clear()
-    node.inputs.clear()
-    graph.cleanup()  # drops the now unused Flatten and Shape
+    if shp is None or shp.op != "Shape" or shp.inputs[0] is not t or len(rs.inputs[1].outputs) != 1:
+        return None
+    if shp.attrs.get("start", 0) != 0 or shp.attrs.get("end", None) is not None:
+        return None
+    return t, int(fl.attrs.get("axis", 1)), fl, shp, rs
 
 
-def strip_final_softmax(graph: gs.Graph, notes: list) -> gs.Graph:
-    """A Softmax/LogSoftmax feeding a graph output is dropped: argmax is unchanged."""
-    for out in list(graph.outputs):
-        _unwrap_coerced_softmax(graph, out)
-        node = producer(out)
-        if node is not None and node.op in ("Softmax", "LogSoftmax") and len(out.outputs) == 0:
-            notes.append(f"dropped the final {node.op} '{node.name}': the spiking model outputs "
-                         "time-averaged logits (argmax, hence top-1, is unchanged)")
-            bypass(graph, node)
+def _path_to_output(graph: gs.Graph, t) -> Tuple[List[gs.Node], Optional[str]]:
+    """The reshaping nodes from ``t`` to a graph output that is used by nothing else, or why
+    there is no such path."""
+    chain: List[gs.Node] = []
+    while True:
+        if is_graph_output(graph, t):
+            if t.outputs:
+                return chain, f"its output '{t.name}' is a graph output that also feeds other nodes"
+            return chain, None
+        if len(t.outputs) != 1:
+            return chain, (f"its output '{t.name}' feeds {len(t.outputs)} nodes"
+                           if t.outputs else f"its output '{t.name}' is unused")
+        c = t.outputs[0]
+        if c.op not in RESHAPE_OPS or c.inputs[0] is not t:
+            return chain, f"its output feeds {c.op} '{c.name}', not a graph output"
+        chain.append(c)
+        t = c.outputs[0]
+
+
+def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node]) -> Optional[str]:
+    """Why dropping softmax ``sm`` over ``x`` would change the predicted class, or None.
+
+    The softmax normalizes over axis ``group_from`` of ``x`` (``single``) or over the axes
+    ``group_from``.. (the coerced form). Without reshaping after it, argmax along those axes is
+    unchanged; when reshaped (e.g. Flatten of [N, C, 1, 1]) the other non-batch axes must be 1.
+    """
+    rank = len(x.shape) if x.shape is not None else None
+    axis = group_from
+    if rank is not None and axis < 0:
+        axis += rank
+    if axis == 0 and (rank is None or rank >= 2):
+        return f"{sm.op} over axis 0 (the batch axis): dropping it would change the argmax"
+    if not chain:
+        return None
+    if not single and axis == 1:
+        return None  # over every value of a sample
+    if rank is None or axis < 0:
+        return (f"{sm.op} over axis {group_from} of a tensor of unknown rank is reshaped by "
+                f"{chain[0].op} '{chain[0].name}'; cannot tell whether it is over the class axis")
+    group = {axis} if single else set(range(axis, rank))
+    others = [d for i, d in enumerate(x.shape) if i >= 1 and i not in group]
+    if any(d != 1 for d in others):
+        return (f"{sm.op} over axis {axis} of {list(x.shape)} is reshaped by {chain[0].op} "
+                f"'{chain[0].name}': it is not over the class axis, so dropping it would change "
+                "the argmax")
+    return None
+
+
+@graph_pass("strip-final-softmax")
+def strip_final_softmax(graph: gs.Graph, result: PassResult) -> None:
+    """A Softmax/LogSoftmax over the class axis that feeds a graph output (directly or through
+    Flatten/Reshape/Squeeze) is dropped: argmax is unchanged."""
+    for sm in list(graph.nodes):
+        if sm.op not in SOFTMAX_OPS or not sm.outputs:
+            continue
+        coerced = _coerced_form(sm)
+        if coerced is not None:
+            x, group_from, fl, shp, rs = coerced
+            end, single = rs.outputs[0], False
+        else:
+            x, group_from, end, single = sm.inputs[0], int(sm.attrs.get("axis", -1)), sm.outputs[0], True
+        chain, why = _path_to_output(graph, end)
+        if why is None:
+            why = _why_kept(sm, x, group_from, single, chain)
+        if why is not None:
+            result.skip(sm, why)
+            continue
+        result.notes.append(f"dropped the final {sm.op} '{sm.name}': the spiking model outputs "
+                            "time-averaged logits (argmax, hence top-1, is unchanged)")
+        result.changed += 1
+        if coerced is None:
+            bypass(graph, sm)
+            continue
+        for n in (fl, shp, sm):
+            n.inputs.clear()
+            n.outputs.clear()
+        rs.inputs = [x]
+        bypass(graph, rs)
     graph.cleanup()
-    return graph
 
 
-def remove_identity_and_dropout(graph: gs.Graph, notes: list, dropouts: list) -> gs.Graph:
-    """Bypass Identity and Dropout nodes; Dropout sites are recorded for fine-tuning."""
+def _bypass(graph: gs.Graph, node: gs.Node, result: PassResult) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    bypass(graph, node)
+    if node.outputs:
+        result.skip(node, f"its output '{out.name}' is a graph output that cannot take over the "
+                          f"name of '{src.name}'; kept as an Identity")
+    else:
+        result.changed += 1
+
+
+@graph_pass("remove-identity-dropout")
+def remove_identity_and_dropout(graph: gs.Graph, result: PassResult) -> None:
+    """Bypass Identity and Dropout nodes; Dropout sites are recorded (``result.records``,
+    dicts of tensor, ratio and node) for fine-tuning."""
     for node in list(graph.nodes):
         if node.op == "Identity" and node.inputs:
-            bypass(graph, node)
+            _bypass(graph, node, result)
         elif node.op == "Dropout":
             if len(node.outputs) > 1 and (node.outputs[1].outputs or is_graph_output(graph, node.outputs[1])):
                 _all_ones_mask(graph, node)
@@ -55,16 +142,14 @@ def remove_identity_and_dropout(graph: gs.Graph, notes: list, dropouts: list) ->
                 ratio = scalar_value(node.inputs[1])
             ratio = 0.5 if ratio is None else float(ratio)
             src = node.inputs[0]
-            dropouts.append({"tensor": src.name, "ratio": round(ratio, 6),
-                             "node": node.name})
-            bypass(graph, node)
+            result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
+                                   "node": node.name})
+            _bypass(graph, node, result)
     graph.cleanup()
-    return graph
 
 
 def _all_ones_mask(graph: gs.Graph, node: gs.Node) -> None:
     """At inference Dropout's mask output is all ones: compute it as such."""
-    import numpy as np
     mask = node.outputs[1]
     shape = gs.Variable(mask.name + "_shape", dtype=np.int64)
     graph.nodes.append(gs.Node("Shape", f"{node.name}_mask_shape", inputs=[node.inputs[0]], outputs=[shape]))
@@ -73,13 +158,18 @@ def _all_ones_mask(graph: gs.Graph, node: gs.Node) -> None:
     node.outputs = node.outputs[:1]
 
 
-def drop_unused_outputs_of(graph: gs.Graph) -> gs.Graph:
-    """Dropout's optional mask output and similar dangling outputs are removed."""
+@graph_pass("drop-unused-outputs")
+def drop_unused_outputs(graph: gs.Graph, result: PassResult) -> None:
+    """Optional outputs nobody reads (BatchNormalization's running statistics, MaxPool's
+    indices...) are removed; the first output always stays."""
     for node in graph.nodes:
-        node.outputs = [o for i, o in enumerate(node.outputs)
-                        if i == 0 or o.outputs or is_graph_output(graph, o)]
-    return graph
+        keep = [o for i, o in enumerate(node.outputs)
+                if i == 0 or o.outputs or is_graph_output(graph, o)]
+        result.changed += len(node.outputs) - len(keep)
+        used = keep[1:]
+        if used:
+            result.skip(node, f"its extra output '{used[0].name}' is used")
+        node.outputs = keep
 
 
-__all__ = ["strip_final_softmax", "remove_identity_and_dropout", "drop_unused_outputs_of",
-           "const_value"]
+__all__ = ["strip_final_softmax", "remove_identity_and_dropout", "drop_unused_outputs"]

@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from .ir import const_value, is_graph_output, node_label
+from .ir import const_value, depends_on_inputs, is_empty, is_graph_output, node_label
+from .passes import PassResult, graph_pass
 
 log = logging.getLogger(__name__)
 
 
-def fold_constants(graph: gs.Graph) -> gs.Graph:
+@graph_pass("fold-constants")
+def fold_constants(graph: gs.Graph, result: PassResult) -> None:
     """Evaluate every subgraph that depends only on constants (Constant, ConstantOfShape,
     Cast, Shape of static dims, ...) so weights and clip bounds become initializers."""
+    before = len(graph.nodes)
     graph.cleanup().toposort()
     # gs logs every partial failure at WARNING; they are harmless here
     gs_logger = logging.getLogger("onnx_graphsurgeon")
@@ -39,7 +43,31 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
             if not is_graph_output(graph, out):
                 node.outputs.clear()
     graph.cleanup().toposort()
-    return graph
+    result.changed = max(0, before - len(graph.nodes))
+    _explain_unfolded(graph, result)
+
+
+def _explain_unfolded(graph: gs.Graph, result: PassResult) -> None:
+    """Say why each node left that does not depend on input data was not folded."""
+    data = depends_on_inputs(graph)
+    pending = set()  # outputs of nodes that stayed although they are not data
+    for node in graph.nodes:
+        outs = [o for o in node.outputs if not is_empty(o)]
+        if not outs or any(o.name in data for o in outs):
+            continue
+        ins = [t for t in node.inputs if not is_empty(t)]
+        waiting = [t.name for t in ins if t.name in pending]
+        if node.op in ("Shape", "Size") and ins and ins[0].name in data:
+            dims = ins[0].shape
+            result.skip(node, f"the shape of '{ins[0].name}' is not static "
+                              f"({'unknown' if dims is None else list(dims)})")
+        elif waiting:
+            result.skip(node, f"depends on '{waiting[0]}', which is not constant")
+        elif node.op == "Constant":
+            result.skip(node, "a Constant that is a graph output stays a node")
+        else:
+            result.skip(node, "its inputs are constant but it could not be evaluated")
+        pending.update(o.name for o in outs)
 
 
 def _bn_params(node: gs.Node):
@@ -54,7 +82,72 @@ def _bn_params(node: gs.Node):
     return k, bias - mean * k
 
 
-def fold_batchnorm(graph: gs.Graph, notes: list) -> gs.Graph:
+def _bias(layer: gs.Node):
+    """The layer's bias input (Conv B, Gemm C), None when it has none."""
+    if len(layer.inputs) < 3 or not layer.inputs[2].name:
+        return None
+    return layer.inputs[2]
+
+
+def _out_axis(layer: gs.Node) -> int:
+    """The axis of the layer's weight that runs over its output channels."""
+    if layer.op == "Gemm" and not int(layer.attrs.get("transB", 0)):
+        return 1
+    return 0
+
+
+def _why_not_foldable(graph: gs.Graph, bn: gs.Node, k: np.ndarray) -> Optional[str]:
+    """Why BN cannot be folded into the layer before it, None when it can."""
+    x = bn.inputs[0]
+    prev = x.inputs[0] if x.inputs else None
+    if prev is None:
+        return f"its input '{x.name}' is not computed by a layer"
+    if prev.op not in ("Conv", "Gemm"):
+        return f"its input comes from {prev.op} '{prev.name}', not from a Conv or Gemm"
+    if is_graph_output(graph, x):
+        return f"the {prev.op} output '{x.name}' is also a graph output"
+    if len(x.outputs) != 1:
+        return f"the {prev.op} output '{x.name}' also feeds other nodes"
+    w = const_value(prev.inputs[1])
+    if w is None:
+        return f"the {prev.op}'s weight is not constant"
+    bias = _bias(prev)
+    if bias is not None and const_value(bias) is None:
+        return f"the {prev.op}'s bias is not constant"
+    if w.ndim <= _out_axis(prev) or w.shape[_out_axis(prev)] != k.size:
+        return f"the {prev.op}'s weight {list(w.shape)} does not have {k.size} output channels"
+    if bias is not None:
+        c = const_value(bias)
+        if c.size != 1 and not (c.size == k.size and c.reshape(-1).size == c.shape[-1]):
+            return f"the {prev.op}'s bias of shape {list(c.shape)} is not one value per channel"
+    return None
+
+
+def scale_layer(layer: gs.Node, k: np.ndarray, b: np.ndarray) -> None:
+    """Make the Conv or Gemm ``layer`` compute ``k * layer(x) + b`` (per output channel):
+    the weight is scaled along its output-channel axis and the bias becomes
+    ``k * beta * bias + b`` (Gemm's beta is then 1)."""
+    w = const_value(layer.inputs[1]).astype(np.float64)
+    shape = [1] * w.ndim
+    shape[_out_axis(layer)] = -1
+    w = w * k.reshape(shape)
+    beta = float(layer.attrs.get("beta", 1.0)) if layer.op == "Gemm" else 1.0
+    bias = _bias(layer)
+    c = np.asarray(const_value(bias), np.float64) if bias is not None else np.asarray(0.0)
+    c = beta * (c.reshape(-1) if c.size > 1 else c.reshape(()))
+    c = np.broadcast_to(c, k.shape) * k + b
+    layer.inputs[1] = gs.Constant(layer.inputs[1].name + "_bnfold", w.astype(np.float32))
+    cvar = gs.Constant((layer.name or layer.op.lower()) + "_bias_bnfold", c.astype(np.float32))
+    if len(layer.inputs) > 2:
+        layer.inputs[2] = cvar
+    else:
+        layer.inputs.append(cvar)
+    if layer.op == "Gemm":
+        layer.attrs["beta"] = 1.0
+
+
+@graph_pass("fold-batchnorm")
+def fold_batchnorm(graph: gs.Graph, result: PassResult) -> None:
     """Fold BatchNormalization into the preceding Conv/Gemm; a lone BN becomes Mul + Add."""
     folded, affine = 0, 0
     for node in list(graph.nodes):
@@ -62,70 +155,38 @@ def fold_batchnorm(graph: gs.Graph, notes: list) -> gs.Graph:
             continue
         k, b = _bn_params(node)
         x, y = node.inputs[0], node.outputs[0]
-        prev = x.inputs[0] if x.inputs else None
-        single = prev is not None and len(x.outputs) == 1 and not is_graph_output(graph, x)
-        conv_bias_ok = prev is not None and (len(prev.inputs) < 3 or not prev.inputs[2].name
-                                             or const_value(prev.inputs[2]) is not None)
-        if single and prev.op == "Conv" and const_value(prev.inputs[1]) is not None and conv_bias_ok:
-            w = const_value(prev.inputs[1]).astype(np.float64)
-            bias0 = const_value(prev.inputs[2]).astype(np.float64) \
-                if len(prev.inputs) > 2 and prev.inputs[2].name else 0.0
-            w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
-            bias = bias0 * k + b
-            prev.inputs[1] = gs.Constant(prev.inputs[1].name + "_bnfold", w.astype(np.float32))
-            bvar = gs.Constant((prev.name or "conv") + "_bias_bnfold", bias.astype(np.float32))
-            if len(prev.inputs) > 2:
-                prev.inputs[2] = bvar
-            else:
-                prev.inputs.append(bvar)
+        why = _why_not_foldable(graph, node, k)
+        if why is None:
+            prev = x.inputs[0]
+            scale_layer(prev, k, b)
             prev.outputs[0] = y
             node.inputs.clear()
             node.outputs.clear()
             folded += 1
-        elif (single and prev.op == "Gemm" and const_value(prev.inputs[1]) is not None
-              and (len(prev.inputs) < 3 or const_value(prev.inputs[2]) is not None)):
-            beta = float(prev.attrs.get("beta", 1.0))
-            w = const_value(prev.inputs[1]).astype(np.float64)
-            if int(prev.attrs.get("transB", 0)):
-                w = w * k[:, None]
-            else:
-                w = w * k[None, :]
-            c = const_value(prev.inputs[2]).astype(np.float64) if len(prev.inputs) > 2 else 0.0
-            c = np.broadcast_to(beta * np.asarray(c).reshape(-1) if np.size(c) > 1 else beta * np.asarray(c).reshape(()), k.shape) * k + b  # BN(alpha*AB + beta*C)
-            prev.inputs[1] = gs.Constant(prev.inputs[1].name + "_bnfold", w.astype(np.float32))
-            cvar = gs.Constant((prev.name or "gemm") + "_bias_bnfold", c.astype(np.float32))
-            if len(prev.inputs) > 2:
-                prev.inputs[2] = cvar
-            else:
-                prev.inputs.append(cvar)
-            prev.attrs["beta"] = 1.0
-            prev.outputs[0] = y
-            node.inputs.clear()
-            node.outputs.clear()
-            folded += 1
-        else:
-            rank = len(x.shape) if x.shape is not None else None
-            if rank is None:
-                raise UnsupportedModelError(
-                    f"{node_label(node)}: BatchNormalization whose input rank is unknown cannot "
-                    "be turned into an affine layer; export with static shapes")
-            shape = (-1,) + (1,) * (rank - 2)
-            mid = gs.Variable(y.name + "_scaled", dtype=np.float32)
-            mul = gs.Node("Mul", (node.name or "bn") + "_scale",
-                          inputs=[x, gs.Constant((node.name or "bn") + "_k",
-                                                 k.reshape(shape).astype(np.float32))],
-                          outputs=[mid])
-            add = gs.Node("Add", (node.name or "bn") + "_shift",
-                          inputs=[mid, gs.Constant((node.name or "bn") + "_b",
-                                                   b.reshape(shape).astype(np.float32))],
-                          outputs=[y])
-            node.inputs.clear()
-            node.outputs.clear()
-            graph.nodes.extend([mul, add])
-            affine += 1
+            continue
+        rank = len(x.shape) if x.shape is not None else None
+        if rank is None:
+            raise UnsupportedModelError(
+                f"{node_label(node)}: BatchNormalization whose input rank is unknown cannot "
+                "be turned into an affine layer; export with static shapes")
+        shape = (-1,) + (1,) * (rank - 2)
+        mid = gs.Variable(y.name + "_scaled", dtype=np.float32)
+        mul = gs.Node("Mul", (node.name or "bn") + "_scale",
+                      inputs=[x, gs.Constant((node.name or "bn") + "_k",
+                                             k.reshape(shape).astype(np.float32))],
+                      outputs=[mid])
+        add = gs.Node("Add", (node.name or "bn") + "_shift",
+                      inputs=[mid, gs.Constant((node.name or "bn") + "_b",
+                                               b.reshape(shape).astype(np.float32))],
+                      outputs=[y])
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.extend([mul, add])
+        result.skip(node, f"not folded: {why}; it became Mul + Add")
+        affine += 1
     if folded:
-        notes.append(f"folded {folded} BatchNormalization layer(s) into the preceding Conv/Gemm")
+        result.notes.append(f"folded {folded} BatchNormalization layer(s) into the preceding Conv/Gemm")
     if affine:
-        notes.append(f"turned {affine} standalone BatchNormalization layer(s) into Mul + Add")
+        result.notes.append(f"turned {affine} standalone BatchNormalization layer(s) into Mul + Add")
+    result.changed = folded + affine
     graph.cleanup().toposort()
-    return graph

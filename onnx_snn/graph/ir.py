@@ -30,10 +30,6 @@ def node_label(node: gs.Node) -> str:
     return f"node '{node.name or '(unnamed)'}' ({node.op})"
 
 
-def consumers(t) -> list:
-    return list(t.outputs)
-
-
 def producer(t) -> Optional[gs.Node]:
     return t.inputs[0] if t.inputs else None
 

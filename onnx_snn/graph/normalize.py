@@ -13,8 +13,10 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_model, default_opset, load_model, sha256_file
 from . import canonical, cleanup, fold
-from .sites import Site, find_and_canonicalize_sites
-from .support import check_supported
+from .ir import const_value, depends_on_inputs, node_label
+from .passes import PassResult, graph_pass, run_passes
+from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
+from .support import check_supported, first_nonlinearity
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class NormalizedModel:
     source_path: Optional[str] = None
     preprocess: Optional[dict] = None
     source_metadata: dict = field(default_factory=dict)
+    #: what each normalization pass changed and why it left candidates alone (not printed)
+    pass_log: List[PassResult] = field(default_factory=list)
 
     @property
     def opset(self) -> int:
@@ -87,10 +91,52 @@ def _warn_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
                          "accurately than pooling after the activation")
 
 
+@graph_pass("canonicalize-sites")
+def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
+    """Every Relu/Clip/Min/Max chain with lower bound 0 becomes one canonical ``Clip(h, 0, mu)``
+    or ``Relu(h)`` node named after its site (see :mod:`.sites`); ``result.records`` are the
+    :class:`Site` objects in topological order."""
+    sites = find_and_canonicalize_sites(graph)
+    result.records = sites
+    result.changed = len(sites)
+    names = {s.name for s in sites}
+    data = depends_on_inputs(graph)
+    for node in graph.nodes:
+        if node.op not in CLAMP_OPS or node.name in names:
+            continue
+        x = node.inputs[0]
+        if node.op in ("Min", "Max"):
+            x = next((t for t in node.inputs if const_value(t) is None), x)
+        if x.name not in data:
+            result.skip(node, "it clamps shape arithmetic, not data")
+        elif clamp_bounds(node) is None:
+            result.skip(node, f"{node.op} of {len(node.inputs)} data tensors is not a clamp by a "
+                              "constant")
+    plain = [s for s in sites if s.mu is None]
+    if plain:
+        result.notes.append(
+            f"warning: {len(plain)} plain ReLU layer(s) without a trained threshold "
+            f"({', '.join(s.name + '=' + (s.source_nodes[0] or '?') for s in plain)}): mu is "
+            "estimated from the calibration data (--relu-percentile)")
+
+
+#: the normalization passes in the order they run; each can be applied on its own
+PIPELINE: tuple = (
+    fold.fold_constants,                 # weights and clip bounds become initializers
+    canonical.sum_to_add,
+    cleanup.remove_identity_and_dropout,
+    cleanup.strip_final_softmax,
+    cleanup.drop_unused_outputs,
+    fold.fold_batchnorm,
+    canonical.matmul_add_to_gemm,
+    fold.fold_constants,                 # what the rewrites above made constant
+    canonicalize_sites,
+)
+
+
 def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None) -> NormalizedModel:
     """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`."""
     notes: List[str] = []
-    dropouts: List[dict] = []
     sha = path = None
     if isinstance(model, (str, Path)):
         path = str(model)
@@ -108,34 +154,33 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     except Exception as e:
         raise UnsupportedModelError(f"{where}: onnx-graphsurgeon cannot import the graph ({e})") from None
     try:
-        return _normalize_graph(graph, model, meta, notes, dropouts, where, sha, path)
+        return _normalize_graph(graph, model, meta, notes, where, sha, path)
     except UnsupportedModelError as e:
         msg = str(e)
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
 
 
-def _normalize_graph(graph, model, meta, notes, dropouts, where, sha, path) -> NormalizedModel:
+def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
+    expects = ("no ReLU-type activation found, so there is nothing to turn into spiking "
+               "neurons; the converter expects Relu or clipped-ReLU (Clip(0, mu)) layers")
+    first = first_nonlinearity(graph)
+    if first is None:
+        return UnsupportedModelError(f"{where}: {expects}")
+    node, what = first
+    return UnsupportedModelError(f"{where}: {node_label(node)} is {what}; {expects}")
+
+
+def _normalize_graph(graph, model, meta, notes, where, sha, path) -> NormalizedModel:
     _name_nodes(graph)
-    graph = fold.fold_constants(graph)
-    graph = canonical.sum_to_add(graph)
-    graph = cleanup.remove_identity_and_dropout(graph, notes, dropouts)
-    graph = cleanup.strip_final_softmax(graph, notes)
-    graph = cleanup.drop_unused_outputs_of(graph)
-    graph = fold.fold_batchnorm(graph, notes)
-    graph = canonical.matmul_add_to_gemm(graph)
-    graph = fold.fold_constants(graph)
-    sites = find_and_canonicalize_sites(graph)
+    pass_log = run_passes(graph, PIPELINE)
+    for r in pass_log:
+        notes.extend(r.notes)
+    records = {r.name: r.records for r in pass_log}
+    dropouts: List[dict] = list(records[cleanup.remove_identity_and_dropout.name])
+    sites: List[Site] = records[canonicalize_sites.name]
     if not sites:
-        raise UnsupportedModelError(
-            f"{where}: no ReLU-type activation found, so there is nothing to turn into spiking "
-            "neurons; the converter expects Relu or clipped-ReLU (Clip(0, mu)) layers")
+        raise _no_sites_error(graph, where)
     check_supported(graph, {s.name for s in sites})
-    plain = [s for s in sites if s.mu is None]
-    if plain:
-        notes.append(
-            f"warning: {len(plain)} plain ReLU layer(s) without a trained threshold "
-            f"({', '.join(s.name + '=' + (s.source_nodes[0] or '?') for s in plain)}): mu is "
-            "estimated from the calibration data (--relu-percentile)")
 
     graph.cleanup().toposort()
     _name_nodes(graph)
@@ -165,4 +210,4 @@ def _normalize_graph(graph, model, meta, notes, dropouts, where, sha, path) -> N
             notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,
                            source_sha256=sha, source_path=path, preprocess=preprocess,
-                           source_metadata=meta)
+                           source_metadata=meta, pass_log=pass_log)

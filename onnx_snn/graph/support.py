@@ -1,6 +1,8 @@
 """What the spiking rewrite can carry, and a check that names the first node it cannot."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -48,13 +50,8 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             kind = ("a nonlinearity the spiking rewrite cannot express"
                     if node.op in _NONLINEAR else "not supported")
             raise UnsupportedModelError(f"{node_label(node)} is {kind}; {SUPPORTED_HELP}")
-        if node.op in _BILINEAR:
-            ins = [t for t in node.inputs if not is_empty(t)]
-            if sum(t.name in dynamic for t in ins) > 1 or (
-                    node.op == "Div" and len(ins) > 1 and ins[1].name in dynamic):
-                raise UnsupportedModelError(
-                    f"{node_label(node)} multiplies or divides two data tensors, which is not "
-                    f"linear in the spikes; {SUPPORTED_HELP}")
+        if _multiplies_data(node, dynamic):
+            raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
     for t in graph.inputs:
         try:
             dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
@@ -63,6 +60,35 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
         if dtype != np.float32:
             raise UnsupportedModelError(
                 f"graph input '{t.name}' is {t.dtype}; only float32 inputs are supported")
+
+
+_BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+
+
+def _multiplies_data(node: gs.Node, dynamic: set) -> bool:
+    """Mul/MatMul of two data tensors, or Div by one."""
+    if node.op not in _BILINEAR:
+        return False
+    ins = [t for t in node.inputs if not is_empty(t)]
+    return sum(t.name in dynamic for t in ins) > 1 or (
+        node.op == "Div" and len(ins) > 1 and ins[1].name in dynamic)
+
+
+def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Optional[Tuple[gs.Node, str]]:
+    """The first node, in topological order, that computes a nonlinear function of the input
+    data and is not one of the sites, with a phrase saying what it is; None when none does."""
+    graph.toposort()
+    dynamic = depends_on_inputs(graph)
+    for node in graph.nodes:
+        if node.name in site_names and node.op in SITE_OPS:
+            continue
+        if not any(t.name in dynamic for t in node.inputs if not is_empty(t)):
+            continue  # shape arithmetic
+        if node.op in _NONLINEAR:
+            return node, "a nonlinearity the spiking rewrite cannot express"
+        if _multiplies_data(node, dynamic):
+            return node, _BILINEAR_WHY
+    return None
 
 
 _NONLINEAR = {

@@ -1,0 +1,604 @@
+"""Each normalization pass on its own: a tiny onnx.helper model where it applies (run with
+onnxruntime before and after the pass, outputs compared) and cases where it does not (the
+reason it gives is checked). Then two classes of real-model failures: a final softmax on a
+4-D tensor (ONNX test-suite SqueezeNet) and models whose only nonlinearities are unsupported."""
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import builders as B
+import onnx_snn
+from onnx_snn.cli import main
+from onnx_snn.errors import UnsupportedModelError
+from onnx_snn.graph import canonical, cleanup, fold
+from onnx_snn.graph.normalize import PIPELINE, canonicalize_sites, normalize
+from onnx_snn.graph.passes import GraphPass, PassResult
+
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- helpers
+
+def vi(name, shape, dtype=TP.FLOAT):
+    return h.make_tensor_value_info(name, dtype, shape)
+
+
+def init(name, value):
+    return nh.from_array(np.asarray(value), name)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def make(nodes, inputs, outputs, inits=(), opset=13):
+    g = h.make_graph(nodes, "t", inputs, outputs, list(inits))
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)], producer_name="test")
+    m.ir_version = 7 if opset < 15 else 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def apply(pass_, model, upgrade=False, first=()):
+    """Run one pass on ``model`` the way the pipeline sees it (after the opset upgrade and
+    the passes ``first`` when given): (result, exported model)."""
+    if upgrade:
+        model = canonical.upgrade_opset(model, [], "test")
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
+    for p in first:
+        p(graph)
+    result = pass_(graph)
+    out = gs.export_onnx(graph)
+    out.ir_version = max(model.ir_version, 8)
+    onnx.checker.check_model(out)
+    return result, out
+
+
+def ort_run(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_same(before, after, feeds):
+    a, b = ort_run(before, feeds), ort_run(after, feeds)
+    assert [o.name for o in before.graph.output] == [o.name for o in after.graph.output]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+def ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_pipeline_is_a_list_of_named_passes():
+    assert all(isinstance(p, GraphPass) for p in PIPELINE)
+    assert [p.name for p in PIPELINE] == [
+        "fold-constants", "sum-to-add", "remove-identity-dropout", "strip-final-softmax",
+        "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
+        "canonicalize-sites"]
+
+
+def test_pass_log_is_kept_but_notes_unchanged():
+    m = B.vgg(9, "clip")
+    sm = next(n.name for n in m.graph.node if n.op_type == "Softmax")
+    nm = normalize(m)
+    assert [r.name for r in nm.pass_log] == [p.name for p in PIPELINE]
+    assert all(isinstance(r, PassResult) for r in nm.pass_log)
+    log = {r.name: r for r in nm.pass_log}
+    assert log["fold-batchnorm"].changed == 1 and log["strip-final-softmax"].changed == 1
+    assert nm.notes == [
+        "upgraded the model from opset 9 to 13",
+        f"dropped the final Softmax '{sm}': the spiking "
+        "model outputs time-averaged logits (argmax, hence top-1, is unchanged)",
+        "folded 1 BatchNormalization layer(s) into the preceding Conv/Gemm"]
+
+
+# ---------------------------------------------------------------- constant folding
+
+def test_fold_constants_makes_weights_initializers():
+    w = rand(3, 4)
+    nodes = [h.make_node("Constant", [], ["w16"], name="wc",
+                         value=nh.from_array(w.astype(np.float16))),
+             h.make_node("Cast", ["w16"], ["w"], name="cast", to=TP.FLOAT),
+             h.make_node("Constant", [], ["s"], name="sc", value=nh.from_array(np.array(2.0, np.float32))),
+             h.make_node("Mul", ["w", "s"], ["w2"], name="scale"),
+             h.make_node("MatMul", ["x", "w2"], ["y"], name="mm")]
+    m = make(nodes, [vi("x", ["N", 3])], [vi("y", ["N", 4])])
+    r, out = apply(fold.fold_constants, m)
+    assert ops(out) == ["MatMul"] and r.changed == 4 and r.skipped == []
+    assert_same(m, out, {"x": rand(5, 3)})
+
+
+def test_fold_constants_leaves_dynamic_shapes_and_says_why():
+    nodes = [h.make_node("Shape", ["x"], ["shp"], name="shape"),
+             h.make_node("Reshape", ["x", "shp"], ["y"], name="reshape")]
+    m = make(nodes, [vi("x", ["N", 3])], [vi("y", ["N", 3])])
+    r, out = apply(fold.fold_constants, m)
+    assert r.changed == 0 and ops(out) == ["Shape", "Reshape"]
+    assert r.reason("shape") == "the shape of 'x' is not static (['N', 3])"
+    assert_same(m, out, {"x": rand(2, 3)})
+
+
+# ---------------------------------------------------------------- Sum -> Add
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_sum_becomes_add(n):
+    names = [f"x{i}" for i in range(n)]
+    m = make([h.make_node("Sum", names, ["y"], name="sum")],
+             [vi(x, ["N", 4]) for x in names], [vi("y", ["N", 4])])
+    r, out = apply(canonical.sum_to_add, m)
+    assert r.changed == 1 and r.skipped == []
+    assert ops(out) == {1: ["Identity"], 2: ["Add"], 3: ["Add", "Add"]}[n]
+    assert_same(m, out, {x: rand(2, 4) for x in names})
+
+
+def test_sum_pass_without_sum_changes_nothing():
+    m = make([h.make_node("Add", ["a", "b"], ["y"], name="add")],
+             [vi("a", ["N", 4]), vi("b", ["N", 4])], [vi("y", ["N", 4])])
+    r, out = apply(canonical.sum_to_add, m)
+    assert (r.changed, r.skipped) == (0, []) and ops(out) == ["Add"]
+
+
+# ---------------------------------------------------------------- Identity / Dropout
+
+def _dropout_model(mask_used: bool, opset=13):
+    ins = ["h"] if opset < 12 else ["h", "ratio"]
+    attrs = {"ratio": 0.3} if opset < 12 else {}
+    outs = ["d", "mask"] if mask_used else ["d"]
+    nodes = [h.make_node("Relu", ["x"], ["h"], name="relu"),
+             h.make_node("Dropout", ins, outs, name="drop", **attrs),
+             h.make_node("Identity", ["d"], ["i"], name="ident"),
+             h.make_node("Neg", ["i"], ["y"], name="neg")]
+    outputs = [vi("y", ["N", 4])] + ([vi("mask", ["N", 4], TP.BOOL)] if mask_used else [])
+    inits = [] if opset < 12 else [init("ratio", np.array(0.3, np.float32))]
+    return make(nodes, [vi("x", ["N", 4])], outputs, inits, opset=opset)
+
+
+@pytest.mark.parametrize("mask_used", [False, True])
+def test_identity_and_dropout_removed(mask_used):
+    m = _dropout_model(mask_used)
+    r, out = apply(cleanup.remove_identity_and_dropout, m)
+    assert "Dropout" not in ops(out) and "Identity" not in ops(out)
+    assert r.changed == 2 and r.skipped == []
+    assert r.records == [{"tensor": "h", "ratio": 0.3, "node": "drop"}]
+    if mask_used:
+        assert ops(out).count("ConstantOfShape") == 1
+    assert_same(m, out, {"x": rand(3, 4)})
+
+
+def test_dropout_ratio_attribute_of_old_opsets():
+    r, _ = apply(cleanup.remove_identity_and_dropout, _dropout_model(False, opset=9))
+    assert r.records[0]["ratio"] == pytest.approx(0.3)
+
+
+def test_identity_from_input_to_output_is_kept():
+    m = make([h.make_node("Identity", ["x"], ["y"], name="ident")],
+             [vi("x", ["N", 4])], [vi("y", ["N", 4])])
+    r, out = apply(cleanup.remove_identity_and_dropout, m)
+    assert r.changed == 0 and ops(out) == ["Identity"]
+    assert r.reason("ident") == ("its output 'y' is a graph output that cannot take over the "
+                                 "name of 'x'; kept as an Identity")
+    assert_same(m, out, {"x": rand(2, 4)})
+
+
+# ---------------------------------------------------------------- final softmax
+
+def _logits_then(op_nodes, out_shape, opset=13, extra=()):
+    """x -> Gemm (logits, 4 classes) -> op_nodes -> y; ``extra`` initializers."""
+    w, b = rand(4, 6), rand(4)
+    nodes = [h.make_node("Gemm", ["x", "W", "B"], ["logits"], name="fc", transB=1)] + op_nodes
+    return make(nodes, [vi("x", ["N", 6])], [vi("y", out_shape)],
+                [init("W", w), init("B", b)] + list(extra), opset=opset)
+
+
+def _check_stripped(m, r, out, feeds, axis=-1):
+    """The pass dropped the softmax: the old output is softmax of the new one."""
+    assert r.changed == 1 and not {"Softmax", "LogSoftmax"} & set(ops(out))
+    assert [o.name for o in out.graph.output] == [o.name for o in m.graph.output]
+    a, b = ort_run(m, feeds)[0], ort_run(out, feeds)[0]
+    logsm = any(n.op_type == "LogSoftmax" for n in m.graph.node)
+    flat_a, flat_b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    expect = softmax(flat_b, axis=-1)
+    np.testing.assert_allclose(flat_a, np.log(expect) if logsm else expect, rtol=1e-5, atol=1e-6)
+    assert (flat_a.argmax(1) == flat_b.argmax(1)).all()
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_final_softmax_dropped(op):
+    m = _logits_then([h.make_node(op, ["logits"], ["y"], name="sm", axis=1)], ["N", 4])
+    r, out = apply(cleanup.strip_final_softmax, m)
+    assert r.notes == [f"dropped the final {op} 'sm': the spiking model outputs time-averaged "
+                       "logits (argmax, hence top-1, is unchanged)"]
+    _check_stripped(m, r, out, {"x": rand(5, 6)})
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset", [9, 11])
+@pytest.mark.parametrize("rank", [2, 4])
+def test_old_opset_softmax_upgraded_form_dropped(op, opset, rank):
+    """Below opset 13 the upgrade writes Reshape(Softmax(Flatten(t)), Shape(t))."""
+    nodes = []
+    src = "logits"
+    if rank == 4:
+        nodes.append(h.make_node("Reshape", ["logits", "s4"], ["l4"], name="to4d"))
+        src = "l4"
+    nodes.append(h.make_node(op, [src], ["y"], name="sm", axis=1))
+    shape = ["N", 4] if rank == 2 else ["N", 4, 1, 1]
+    m = _logits_then(nodes, shape, opset=opset,
+                     extra=[init("s4", np.array([-1, 4, 1, 1], np.int64))] if rank == 4 else [])
+    upgraded = canonical.upgrade_opset(m, [], "test")
+    if rank == 4:
+        assert {"Flatten", "Reshape", "Shape"} <= set(ops(upgraded))
+    r, out = apply(cleanup.strip_final_softmax, upgraded)
+    assert r.notes and f"'sm'" in r.notes[0]
+    _check_stripped(m, r, out, {"x": rand(3, 6)})
+
+
+@pytest.mark.parametrize("after", ["Flatten", "Squeeze", "Reshape"])
+def test_softmax_on_nc11_then_reshaped_dropped(after):
+    extra = {"Flatten": h.make_node("Flatten", ["p"], ["y"], name="after", axis=1),
+             "Squeeze": h.make_node("Squeeze", ["p", "axes"], ["y"], name="after"),
+             "Reshape": h.make_node("Reshape", ["p", "s2"], ["y"], name="after")}[after]
+    nodes = [h.make_node("Reshape", ["logits", "s4"], ["l4"], name="to4d"),
+             h.make_node("Softmax", ["l4"], ["p"], name="sm", axis=1), extra]
+    m = _logits_then(nodes, ["N", 4], extra=[init("s4", np.array([-1, 4, 1, 1], np.int64)),
+                                             init("axes", np.array([2, 3], np.int64)),
+                                             init("s2", np.array([-1, 4], np.int64))])
+    r, out = apply(cleanup.strip_final_softmax, m)
+    _check_stripped(m, r, out, {"x": rand(3, 6)})
+    assert after in ops(out)
+
+
+def test_softmax_not_over_class_axis_is_kept():
+    """Softmax over C of [N, C, 2, 1] then Flatten: dropping it would change the argmax."""
+    nodes = [h.make_node("Reshape", ["logits", "s4"], ["l4"], name="to4d"),
+             h.make_node("Softmax", ["l4"], ["p"], name="sm", axis=1),
+             h.make_node("Flatten", ["p"], ["y"], name="flat")]
+    m = _logits_then(nodes, ["N", 4], extra=[init("s4", np.array([-1, 2, 2, 1], np.int64))])
+    r, out = apply(cleanup.strip_final_softmax, m)
+    assert r.changed == 0 and "Softmax" in ops(out)
+    assert "not over the class axis" in r.reason("sm")
+
+
+def test_softmax_over_batch_axis_is_kept():
+    m = _logits_then([h.make_node("Softmax", ["logits"], ["y"], name="sm", axis=0)], ["N", 4])
+    r, _ = apply(cleanup.strip_final_softmax, m)
+    assert r.changed == 0 and "batch axis" in r.reason("sm")
+
+
+def test_hidden_softmax_is_kept():
+    nodes = [h.make_node("Softmax", ["logits"], ["p"], name="sm", axis=1),
+             h.make_node("Add", ["p", "logits"], ["y"], name="add")]
+    r, _ = apply(cleanup.strip_final_softmax, _logits_then(nodes, ["N", 4]))
+    assert r.changed == 0 and r.reason("sm") == "its output feeds Add 'add', not a graph output"
+
+
+# ---------------------------------------------------------------- unused outputs
+
+@pytest.mark.parametrize("indices_used", [False, True])
+def test_unused_outputs_dropped(indices_used):
+    outs = [vi("y", ["N", 1, 2, 2])] + ([vi("idx", ["N", 1, 2, 2], TP.INT64)] if indices_used else [])
+    m = make([h.make_node("MaxPool", ["x"], ["y", "idx"], name="pool", kernel_shape=[2, 2],
+                          strides=[2, 2])], [vi("x", ["N", 1, 4, 4])], outs)
+    r, out = apply(cleanup.drop_unused_outputs, m)
+    assert len(out.graph.node[0].output) == (2 if indices_used else 1)
+    if indices_used:
+        assert r.changed == 0 and r.reason("pool") == "its extra output 'idx' is used"
+    else:
+        assert r.changed == 1 and r.skipped == []
+    assert_same(m, out, {"x": rand(2, 1, 4, 4)})
+
+
+# ---------------------------------------------------------------- BatchNorm folding
+
+def _bn_inits(c, prefix="bn"):
+    r = RNG
+    return [init(f"{prefix}_g", (1 + 0.2 * r.standard_normal(c)).astype(np.float32)),
+            init(f"{prefix}_b", (0.3 * r.standard_normal(c)).astype(np.float32)),
+            init(f"{prefix}_m", (0.3 * r.standard_normal(c)).astype(np.float32)),
+            init(f"{prefix}_v", (0.5 + r.random(c)).astype(np.float32))]
+
+
+def _bn(x, y, name="bn"):
+    return h.make_node("BatchNormalization", [x, "bn_g", "bn_b", "bn_m", "bn_v"], [y], name=name,
+                       epsilon=1e-3)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_bn_folded(bias):
+    ins = ["x", "W", "B"] if bias else ["x", "W"]
+    nodes = [h.make_node("Conv", ins, ["c"], name="conv", pads=[1, 1, 1, 1]), _bn("c", "y")]
+    inits = [init("W", rand(3, 2, 3, 3)), init("B", rand(3))] + _bn_inits(3)
+    m = make(nodes, [vi("x", ["N", 2, 5, 5])], [vi("y", ["N", 3, 5, 5])], inits)
+    r, out = apply(fold.fold_batchnorm, m)
+    assert ops(out) == ["Conv"] and r.changed == 1 and r.skipped == []
+    assert r.notes == ["folded 1 BatchNormalization layer(s) into the preceding Conv/Gemm"]
+    assert_same(m, out, {"x": rand(2, 2, 5, 5)})
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [None, (3,), (1, 3), ()])
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_gemm_bn_folded(trans_b, c_shape, beta):
+    ins = ["x", "W"] + ([] if c_shape is None else ["C"])
+    nodes = [h.make_node("Gemm", ins, ["g"], name="gemm", transB=trans_b, alpha=1.5, beta=beta),
+             _bn("g", "y")]
+    inits = [init("W", rand(3, 5) if trans_b else rand(5, 3))] + _bn_inits(3)
+    if c_shape is not None:
+        inits.append(init("C", rand(*c_shape)))
+    m = make(nodes, [vi("x", ["N", 5])], [vi("y", ["N", 3])], inits)
+    r, out = apply(fold.fold_batchnorm, m)
+    assert ops(out) == ["Gemm"] and r.changed == 1 and r.skipped == []
+    assert out.graph.node[0].attribute  # transB and alpha kept
+    assert_same(m, out, {"x": rand(4, 5)})
+
+
+def test_lone_bn_becomes_mul_add():
+    m = make([_bn("x", "y")], [vi("x", ["N", 3, 4, 4])], [vi("y", ["N", 3, 4, 4])], _bn_inits(3))
+    r, out = apply(fold.fold_batchnorm, m)
+    assert ops(out) == ["Mul", "Add"] and r.changed == 1
+    assert r.notes == ["turned 1 standalone BatchNormalization layer(s) into Mul + Add"]
+    assert r.reason("bn") == "not folded: its input 'x' is not computed by a layer; it became Mul + Add"
+    assert_same(m, out, {"x": rand(2, 3, 4, 4)})
+
+
+def test_bn_after_conv_with_weight_input_is_not_folded():
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], name="conv"), _bn("c", "y")]
+    m = make(nodes, [vi("x", ["N", 2, 4, 4]), vi("W", [3, 2, 1, 1])], [vi("y", ["N", 3, 4, 4])],
+             _bn_inits(3))
+    r, out = apply(fold.fold_batchnorm, m)
+    assert r.reason("bn") == ("not folded: the Conv's weight is not constant; it became Mul + Add")
+    assert_same(m, out, {"x": rand(2, 2, 4, 4), "W": rand(3, 2, 1, 1)})
+
+
+def test_bn_after_shared_conv_output_is_not_folded():
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], name="conv"), _bn("c", "b"),
+             h.make_node("Add", ["b", "c"], ["y"], name="add")]
+    m = make(nodes, [vi("x", ["N", 2, 4, 4])], [vi("y", ["N", 3, 4, 4])],
+             [init("W", rand(3, 2, 1, 1))] + _bn_inits(3))
+    r, out = apply(fold.fold_batchnorm, m)
+    assert r.reason("bn") == ("not folded: the Conv output 'c' also feeds other nodes; it became "
+                              "Mul + Add")
+    assert_same(m, out, {"x": rand(2, 2, 4, 4)})
+
+
+def test_bn_after_relu_is_not_folded():
+    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"), _bn("r", "y")]
+    m = make(nodes, [vi("x", ["N", 3])], [vi("y", ["N", 3])], _bn_inits(3))
+    r, out = apply(fold.fold_batchnorm, m)
+    assert r.reason("bn") == ("not folded: its input comes from Relu 'relu', not from a Conv or "
+                              "Gemm; it became Mul + Add")
+    assert_same(m, out, {"x": rand(2, 3)})
+
+
+def test_bn_with_non_constant_parameters_is_refused():
+    m = make([h.make_node("BatchNormalization", ["x", "g", "bn_b", "bn_m", "bn_v"], ["y"], name="bn")],
+             [vi("x", ["N", 3]), vi("g", [3])], [vi("y", ["N", 3])], _bn_inits(3)[1:])
+    with pytest.raises(UnsupportedModelError, match="eval mode"):
+        apply(fold.fold_batchnorm, m)
+
+
+def test_conv_and_gemm_share_one_scaling_function(monkeypatch):
+    calls = []
+    real = fold.scale_layer
+    monkeypatch.setattr(fold, "scale_layer", lambda layer, k, b: (calls.append(layer.op), real(layer, k, b)))
+    conv = make([h.make_node("Conv", ["x", "W"], ["c"], name="conv"), _bn("c", "y")],
+                [vi("x", ["N", 2, 4, 4])], [vi("y", ["N", 3, 4, 4])],
+                [init("W", rand(3, 2, 1, 1))] + _bn_inits(3))
+    gemm = make([h.make_node("Gemm", ["x", "W"], ["g"], name="gemm"), _bn("g", "y")],
+                [vi("x", ["N", 5])], [vi("y", ["N", 3])], [init("W", rand(5, 3))] + _bn_inits(3))
+    apply(fold.fold_batchnorm, conv)
+    apply(fold.fold_batchnorm, gemm)
+    assert calls == ["Conv", "Gemm"]
+
+
+# ---------------------------------------------------------------- MatMul + Add -> Gemm
+
+@pytest.mark.parametrize("bias_first", [False, True])
+@pytest.mark.parametrize("bias_shape", [(3,), (1, 3)])
+def test_matmul_add_becomes_gemm(bias_first, bias_shape):
+    add_in = ["B", "mm"] if bias_first else ["mm", "B"]
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="mm1"),
+             h.make_node("Add", add_in, ["y"], name="add")]
+    m = make(nodes, [vi("x", ["N", 5])], [vi("y", ["N", 3])],
+             [init("W", rand(5, 3)), init("B", rand(*bias_shape))])
+    r, out = apply(canonical.matmul_add_to_gemm, m)
+    assert ops(out) == ["Gemm"] and r.changed == 1 and r.skipped == []
+    assert out.graph.node[0].name == "mm1"
+    assert_same(m, out, {"x": rand(4, 5)})
+
+
+def test_matmul_with_3d_weight_is_left():
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="mm1"),
+             h.make_node("Add", ["mm", "B"], ["y"], name="add")]
+    m = make(nodes, [vi("x", [2, 5])], [vi("y", [4, 2, 3])],
+             [init("W", rand(4, 5, 3)), init("B", rand(3))])
+    r, out = apply(canonical.matmul_add_to_gemm, m)
+    assert r.changed == 0 and r.reason("mm1") == "its weight is 3-D, not 2-D"
+    assert_same(m, out, {"x": rand(2, 5)})
+
+
+def test_matmul_on_3d_input_is_left():
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="mm1"),
+             h.make_node("Add", ["mm", "B"], ["y"], name="add")]
+    m = make(nodes, [vi("x", ["N", 7, 5])], [vi("y", ["N", 7, 3])],
+             [init("W", rand(5, 3)), init("B", rand(3))])
+    r, _ = apply(canonical.matmul_add_to_gemm, m)
+    assert r.reason("mm1") == "its input 'x' is 3-D, not 2-D"
+
+
+def test_matmul_with_non_constant_bias_is_left():
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="mm1"),
+             h.make_node("Add", ["mm", "b"], ["y"], name="add")]
+    m = make(nodes, [vi("x", ["N", 5]), vi("b", ["N", 3])], [vi("y", ["N", 3])],
+             [init("W", rand(5, 3))])
+    r, out = apply(canonical.matmul_add_to_gemm, m)
+    assert r.changed == 0 and ops(out) == ["MatMul", "Add"]
+    assert r.reason("mm1") == "the Add after it ('add') has a non-constant bias"
+
+
+def test_matmul_without_add_is_left():
+    m = make([h.make_node("MatMul", ["x", "W"], ["y"], name="mm1")], [vi("x", ["N", 5])],
+             [vi("y", ["N", 3])], [init("W", rand(5, 3))])
+    r, _ = apply(canonical.matmul_add_to_gemm, m)
+    assert r.reason("mm1") == "its output 'y' is a graph output"
+
+
+# ---------------------------------------------------------------- activation sites
+
+def _clamp_nodes(idiom, x="x", y="y", opset=13):
+    z, mu = "zero", "mu"
+    if idiom == "clip_attrs":
+        return [h.make_node("Clip", [x], [y], name="clip", min=0.0, max=2.0)]
+    if idiom == "clip":
+        return [h.make_node("Clip", [x, z, mu], [y], name="clip")]
+    if idiom == "relu6":
+        return [h.make_node("Clip", [x, z, "six"], [y], name="clip")]
+    if idiom == "relu_min":
+        return [h.make_node("Relu", [x], ["r"], name="relu"), h.make_node("Min", ["r", mu], [y], name="min")]
+    if idiom == "max_min":
+        return [h.make_node("Max", [x, z], ["r"], name="max"), h.make_node("Min", ["r", mu], [y], name="min")]
+    if idiom == "min_max":
+        return [h.make_node("Min", [mu, x], ["r"], name="min"), h.make_node("Max", ["r", z], [y], name="max")]
+    if idiom == "relu":
+        return [h.make_node("Relu", [x], [y], name="relu")]
+    raise ValueError(idiom)
+
+
+@pytest.mark.parametrize("idiom", ["clip_attrs", "clip", "relu6", "relu_min", "max_min",
+                                   "min_max", "relu"])
+def test_clamp_idioms_become_one_site(idiom):
+    opset = 9 if idiom == "clip_attrs" else 13
+    nodes = [h.make_node("Neg", ["x"], ["h"], name="neg")] + _clamp_nodes(idiom, "h")
+    inits = [init("zero", np.array(0.0, np.float32)), init("mu", np.array(2.0, np.float32)),
+             init("six", np.array(6.0, np.float32))] if opset >= 11 else []
+    m = make(nodes, [vi("x", ["N", 8])], [vi("y", ["N", 8])], inits, opset=opset)
+    # the upgrade writes Clip's bounds as Constant nodes, which constant folding turns into
+    # initializers before sites are looked for
+    r, out = apply(canonicalize_sites, m, upgrade=opset < 13, first=[fold.fold_constants])
+    (site,) = r.records
+    assert r.changed == 1 and r.skipped == [] and site.name == "lif0"
+    assert site.mu == {"relu": None, "relu6": 6.0}.get(idiom, 2.0)
+    assert ops(out) == ["Neg", "Relu" if idiom == "relu" else "Clip"]
+    assert bool(r.notes) == (idiom == "relu")
+    assert_same(m if opset >= 13 else canonical.upgrade_opset(m, [], "t"), out,
+                {"x": 3 * rand(4, 8)})
+
+
+def test_max_of_two_data_tensors_is_not_a_site():
+    nodes = [h.make_node("Max", ["x", "z"], ["m"], name="max2"),
+             h.make_node("Relu", ["m"], ["y"], name="relu")]
+    m = make(nodes, [vi("x", ["N", 4]), vi("z", ["N", 4])], [vi("y", ["N", 4])])
+    r, out = apply(canonicalize_sites, m)
+    assert r.changed == 1
+    assert r.reason("max2") == "Max of 2 data tensors is not a clamp by a constant"
+    assert_same(m, out, {"x": rand(2, 4), "z": rand(2, 4)})
+
+
+def test_clip_of_shape_arithmetic_is_not_a_site():
+    nodes = [h.make_node("Shape", ["x"], ["s"], name="shape"),
+             h.make_node("Clip", ["s", "lo", "hi"], ["cs"], name="clip_shape"),
+             h.make_node("Reshape", ["x", "cs"], ["r"], name="reshape"),
+             h.make_node("Relu", ["r"], ["y"], name="relu")]
+    m = make(nodes, [vi("x", ["N", 4])], [vi("y", ["N", 4])],
+             [init("lo", np.array(-1, np.int64)), init("hi", np.array(100, np.int64))])
+    r, _ = apply(canonicalize_sites, m)
+    assert r.changed == 1 and r.reason("clip_shape") == "it clamps shape arithmetic, not data"
+
+
+# ---------------------------------------------------------------- real-model bugs
+
+def squeezenet_like(flatten: bool, opset=9):
+    """The tail of the ONNX test-suite SqueezeNet: Conv -> Relu -> GlobalAveragePool ->
+    Softmax(axis=1) on [N, C, 1, 1] (-> Flatten)."""
+    nodes = [h.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             h.make_node("Conv", ["r1", "W2", "B2"], ["c2"], name="conv10"),
+             h.make_node("Relu", ["c2"], ["r2"], name="relu10"),
+             h.make_node("GlobalAveragePool", ["r2"], ["gap"], name="pool10"),
+             h.make_node("Softmax", ["gap"], ["p" if flatten else "softmaxout_1"], name="softmax", axis=1)]
+    out = [vi("softmaxout_1", ["N", 10, 1, 1])]
+    if flatten:
+        nodes.append(h.make_node("Flatten", ["p"], ["softmaxout_1"], name="flat", axis=1))
+        out = [vi("softmaxout_1", ["N", 10])]
+    inits = [init("W1", 0.5 * rand(4, 1, 3, 3)), init("B1", 0.1 * rand(4)),
+             init("W2", 0.5 * rand(10, 4, 1, 1)), init("B2", 0.1 * rand(10))]
+    return make(nodes, [vi("x", ["N", 1, 12, 12])], out, inits, opset=opset)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("opset", [9, 13])
+def test_softmax_on_4d_tensor_at_the_output_converts(flatten, opset):
+    m = squeezenet_like(flatten, opset)
+    nm = normalize(m)
+    assert "Softmax" not in ops(nm.model)
+    assert nm.output_names == ["softmaxout_1"] and len(nm.sites) == 2
+    assert any("dropped the final Softmax 'softmax'" in n for n in nm.notes)
+    x = np.random.default_rng(3).random((16, 1, 12, 12)).astype(np.float32)
+    a = ort_run(m, {"x": x})[0].reshape(16, -1)
+    b = ort_run(nm.model, {"x": x})[0].reshape(16, -1)
+    np.testing.assert_allclose(a, softmax(b), rtol=1e-5, atol=1e-6)
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)
+    assert len(snn.normalized.sites) == 2
+
+
+def _silu():
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             h.make_node("Sigmoid", ["c"], ["s"], name="silu_sigmoid"),
+             h.make_node("Mul", ["c", "s"], ["a"], name="silu_mul")]
+    return nodes, 13, []
+
+
+def _gelu():
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             h.make_node("Div", ["c", "sqrt2"], ["d"], name="gelu_div"),
+             h.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+             h.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+             h.make_node("Mul", ["c", "e1"], ["m"], name="gelu_mul"),
+             h.make_node("Mul", ["m", "half"], ["a"], name="gelu_half")]
+    return nodes, 13, [init("sqrt2", np.array(np.sqrt(2), np.float32)),
+                       init("one", np.array(1.0, np.float32)), init("half", np.array(0.5, np.float32))]
+
+
+def _layernorm():
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             h.make_node("LayerNormalization", ["c", "ln_g", "ln_b"], ["a"], name="ln", axis=1)]
+    return nodes, 17, [init("ln_g", np.ones((3, 12, 12), np.float32)),
+                       init("ln_b", np.zeros((3, 12, 12), np.float32))]
+
+
+def _hardswish():
+    return [h.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+            h.make_node("HardSwish", ["c"], ["a"], name="hswish")], 14, []
+
+
+@pytest.mark.parametrize("build,node,op", [(_silu, "silu_sigmoid", "Sigmoid"),
+                                           (_gelu, "gelu_erf", "Erf"),
+                                           (_layernorm, "ln", "LayerNormalization"),
+                                           (_hardswish, "hswish", "HardSwish")])
+def test_model_without_relu_names_its_first_nonlinearity(build, node, op, tmp_path, capsys):
+    nodes, opset, inits = build()
+    nodes = nodes + [h.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+                     h.make_node("Flatten", ["g"], ["f"], name="flat"),
+                     h.make_node("Gemm", ["f", "FW", "FB"], ["y"], name="fc", transB=1)]
+    inits = inits + [init("W", rand(3, 1, 1, 1)), init("FW", rand(10, 3)), init("FB", rand(10))]
+    m = make(nodes, [vi("x", ["N", 1, 12, 12])], [vi("y", ["N", 10])], inits, opset=opset)
+    with pytest.raises(UnsupportedModelError) as e:
+        normalize(m)
+    msg = str(e.value)
+    assert f"node '{node}' ({op})" in msg and "no ReLU-type activation" in msg
+    assert e.value.exit_code == 4
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    np.save(tmp_path / "calib.npy", rand(4, 1, 12, 12))
+    rc = main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy")])
+    assert rc == 4 and f"node '{node}' ({op})" in capsys.readouterr().err
