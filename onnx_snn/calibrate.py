@@ -20,7 +20,9 @@ from .errors import DataError, UnsupportedModelError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
-DEFAULT_SAMPLE_SIZE = 1_000_000
+DEFAULT_SAMPLE_SIZE = 1_000_000   # values kept per site for the search
+DEFAULT_BATCH_SIZE = 64           # calibration batch
+DEFAULT_CALIB_SAMPLES = 512       # samples drawn from the calibration data
 
 
 @dataclass
@@ -43,13 +45,6 @@ class SiteStats:
     def positive_fraction(self) -> float:
         return self.n_positive / self.count if self.count else 0.0
 
-    def positive_percentile(self, q) -> np.ndarray:
-        """Percentile(s) ``q`` (0-100) of the positive values of the sample."""
-        pos = self.sample[np.searchsorted(self.sample, 0.0, side="right"):]
-        if pos.size == 0:
-            return np.zeros_like(np.asarray(q, dtype=np.float64))
-        return np.percentile(pos, q)
-
 
 @dataclass
 class Calibration:
@@ -59,7 +54,6 @@ class Calibration:
     seconds: float
     batch_size: int
     input_shapes: Dict[str, tuple] = field(default_factory=dict)   # per-sample, calibrated
-    extra: dict = field(default_factory=dict)
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
@@ -138,7 +132,22 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return m
 
 
-def calibrate(nm: NormalizedModel, x, batch_size: int = 64,
+def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
+                  input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
+    """Per-sample shapes of tensors of the normalized DNN, measured by one onnxruntime run
+    on a zero sample of the calibrated input shapes."""
+    if not names:
+        return {}
+    model = with_outputs(nm.model, names)
+    feeds = {}
+    for name, dims in input_specs(nm.model):
+        shape = (dims[0] or 1,) + tuple(input_shapes.get(name, dims[1:]))
+        feeds[name] = np.zeros(shape, np.float32)
+    outs = make_session(model, 1).run(list(names), feeds)
+    return {n: tuple(o.shape[1:]) for n, o in zip(names, outs)}
+
+
+def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
     """Run the calibration set through onnxruntime and record every site's pre-activations."""

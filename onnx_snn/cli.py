@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .errors import OnnxSnnError
+from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
+from .errors import EXIT_CODES, OnnxSnnError
+from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
+
+SEARCH = SearchConfig()   # the search's defaults, shown in --help
 
 EPILOG_CONVERT = """\
 examples:
@@ -116,29 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="DATA",
                    help="calibration data: fashion-mnist, cifar10, cifar100 (training split) or "
                         "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
-    c.add_argument("-T", "--timesteps", type=positive_int, default=2, help="time steps (default: 2)")
-    c.add_argument("--method", choices=("datta", "deng", "max", "percentile"), default="datta",
-                   help="how thresholds are chosen (default: datta; see below)")
-    c.add_argument("--objective", choices=("mse", "mean", "l1"), default="mse",
-                   help="what datta minimizes between DNN and SNN activations (default: mse)")
+    c.add_argument("-T", "--timesteps", type=positive_int, default=DEFAULT_TIMESTEPS,
+                   help=f"time steps (default: {DEFAULT_TIMESTEPS})")
+    c.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"how thresholds are chosen (default: {DEFAULT_METHOD}; see below)")
+    c.add_argument("--objective", choices=OBJECTIVES, default=SEARCH.objective,
+                   help=f"what datta minimizes between DNN and SNN activations (default: "
+                        f"{SEARCH.objective})")
     c.add_argument("--sequential", action="store_true",
                    help="datta: then refine each layer, in order, on the spiking network's own "
                         "input currents (its earlier layers already converted), choosing alpha, "
                         "beta and the initial membrane by simulating the neurons; better at "
                         "T=1-4, costs one T-step pass over the calibration set per layer")
-    c.add_argument("--calib-samples", type=non_negative_int, default=512, metavar="N",
-                   help="calibration samples drawn from the data (default: 512; 0 = all)")
-    c.add_argument("--batch-size", type=positive_int, default=64, help="calibration batch (default: 64)")
-    c.add_argument("--sample-size", type=positive_int, default=1_000_000, metavar="N",
-                   help="values kept per layer for the search (default: 1000000)")
-    c.add_argument("--percentile-step", type=percent, default=1.0,
-                   help="datta: alpha candidates at every STEP-th percentile (default: 1)")
-    c.add_argument("--beta-step", type=positive_float, default=0.001, help="datta: beta grid step (default: 0.001)")
-    c.add_argument("--beta-max", type=positive_float, default=2.0, help="datta: largest beta (default: 2)")
-    c.add_argument("--percentile", type=percent, default=99.9,
-                   help="percentile method: which percentile (default: 99.9)")
-    c.add_argument("--relu-percentile", type=percent, default=99.99,
-                   help="plain ReLU layers: mu = this percentile of activations (default: 99.99)")
+    c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
+                   help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
+                        "0 = all)")
+    c.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"calibration batch (default: {DEFAULT_BATCH_SIZE})")
+    c.add_argument("--sample-size", type=positive_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
+                   help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE})")
+    c.add_argument("--percentile-step", type=percent, default=SEARCH.percentile_step,
+                   help=f"datta: alpha candidates at every STEP-th percentile (default: "
+                        f"{SEARCH.percentile_step:g})")
+    c.add_argument("--beta-step", type=positive_float, default=SEARCH.beta_step,
+                   help=f"datta: beta grid step (default: {SEARCH.beta_step:g})")
+    c.add_argument("--beta-max", type=positive_float, default=SEARCH.beta_max,
+                   help=f"datta: largest beta (default: {SEARCH.beta_max:g})")
+    c.add_argument("--percentile", type=percent, default=SEARCH.percentile,
+                   help=f"percentile method: which percentile (default: {SEARCH.percentile:g})")
+    c.add_argument("--relu-percentile", type=percent, default=SEARCH.relu_percentile,
+                   help=f"plain ReLU layers: mu = this percentile of activations (default: "
+                        f"{SEARCH.relu_percentile:g})")
     c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
     c.add_argument("--step-graph", metavar="ONNX",
                    help="also write the one-time-step graph (states as inputs/outputs)")
@@ -288,9 +300,10 @@ def cmd_convert(args) -> int:
     from .errors import UsageError
     from .scales import SearchConfig
     try:
-        SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
-                     beta_step=args.beta_step, beta_max=args.beta_max, percentile=args.percentile,
-                     relu_percentile=args.relu_percentile, sequential=args.sequential)
+        config = SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
+                              beta_step=args.beta_step, beta_max=args.beta_max,
+                              percentile=args.percentile, relu_percentile=args.relu_percentile,
+                              sequential=args.sequential)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.sequential and args.method != "datta":
@@ -300,14 +313,11 @@ def cmd_convert(args) -> int:
     if not calib:
         from .errors import DataError
         raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
-    snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method,
-                  objective=args.objective, batch_size=args.batch_size,
-                  sample_size=args.sample_size, calib_samples=args.calib_samples or None,
-                  percentile_step=args.percentile_step, beta_step=args.beta_step,
-                  beta_max=args.beta_max, percentile=args.percentile,
-                  relu_percentile=args.relu_percentile, mean=args.mean, std=args.std,
+    snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method, config=config,
+                  batch_size=args.batch_size, sample_size=args.sample_size,
+                  calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
-                  download=args.download, sequential=args.sequential)
+                  download=args.download)
     if not args.quiet:
         for note in snn.normalized.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -362,7 +372,7 @@ def cmd_eval(args) -> int:
 
 def cmd_info(args) -> int:
     from .model_io import load_model
-    from .runtimes.ort import require_spiking
+    from .spiking.format import require_spiking
 
     model = load_model(args.model)
     info = require_spiking(model, args.model)

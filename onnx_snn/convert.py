@@ -5,6 +5,7 @@ stages so that one calibration can serve several methods and time-step counts.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -17,13 +18,15 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .calibrate import DEFAULT_SAMPLE_SIZE, Calibration, calibrate
+from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
+                        Calibration, calibrate, tensor_shapes)
 from .datasets import Dataset, apply_preprocess, load_dataset
 from .errors import DataError
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, save_model, write_text_atomic
-from .scales import METHODS, OBJECTIVES, SearchConfig, choose_params, estimate_mu
-from .spiking import format as F
+from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig,
+                     choose_params, estimate_mu)
+from .spiking import format as fmt
 from .spiking import rewrite
 
 log = logging.getLogger("onnx_snn")
@@ -34,16 +37,18 @@ class SpikingModel:
 
     model: onnx.ModelProto
     normalized: NormalizedModel
-    records: Dict[str, F.SiteRecord]
+    records: Dict[str, fmt.SiteRecord]
     timesteps: int
     method: str
     report: dict = field(default_factory=dict)
     input_shapes: dict = field(default_factory=dict)
+    pools: Dict[str, fmt.PoolRecord] = field(default_factory=dict)
 
     def step_model(self) -> onnx.ModelProto:
         """The one-time-step graph (states in, next states out)."""
-        meta = F.metadata(self.model)
-        return rewrite.step_model(self.normalized, self.records, meta, self.input_shapes)
+        meta = fmt.metadata(self.model)
+        return rewrite.step_model(self.normalized, self.records, meta, self.input_shapes,
+                                  self.pools)
 
     def binary_model(self, step: bool = False) -> onnx.ModelProto:
         """The model with every foldable spike amplitude moved into the next layer's weights
@@ -68,8 +73,8 @@ class SpikingModel:
         return write_text_atomic(json.dumps(self.report, indent=2) + "\n", path, *src)
 
     @property
-    def info(self) -> F.SpikingInfo:
-        return F.read_info(self.model)
+    def info(self) -> fmt.SpikingInfo:
+        return fmt.read_info(self.model)
 
 
 def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
@@ -108,7 +113,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     return Dataset(ds.name, x, ds.y, preprocessed=True)
 
 
-def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: str = "datta",
+def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIMESTEPS,
+          method: str = DEFAULT_METHOD,
           config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None,
           calib_data=None, show_progress: bool = False,
           threads: Optional[int] = None, seed: int = 0) -> SpikingModel:
@@ -134,8 +140,11 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
     if missing:
         raise ValueError(f"the calibration has no record of site(s) {', '.join(missing)}; "
                          "calibrate all sites of this model")
-    rewrite.check_reserved_names(nm)
-    records: Dict[str, F.SiteRecord] = {}
+    pool_nodes = rewrite.spiking_pools(nm, {s.name: s for s in nm.sites})
+    rewrite.check_reserved_names(nm, len(pool_nodes))
+    pools = rewrite.pool_records(pool_nodes, tensor_shapes(
+        nm, [t for n in pool_nodes for t in (n.input[0], n.output[0])], calib.input_shapes))
+    records: Dict[str, fmt.SiteRecord] = {}
     site_rows = []
     for site in nm.sites:
         st = calib.sites[site.name]
@@ -143,13 +152,13 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         ts = time.perf_counter()
         p = choose_params(st.sample, mu, int(timesteps), method, cfg)
         search_s = time.perf_counter() - ts
-        rec = F.SiteRecord(
+        rec = fmt.SiteRecord(
             name=site.name, input=site.input, output=site.output, shape=list(st.shape),
             mu=float(mu), mu_source=site.mu_source, alpha=p.alpha, beta=p.beta,
-            threshold=p.threshold, amplitude=p.amplitude, leak=p.leak, v_init=p.v_init,
-            objective=p.objective, objective_value=p.objective_value, idiom=site.idiom,
+            objective=cfg.objective, objective_value=p.objective_value, idiom=site.idiom,
             source_nodes=site.source_nodes, sample_size=int(st.sample.size),
             values_seen=int(st.count))
+        rec.v_init = p.v_init_fraction * rec.threshold
         records[site.name] = rec
         site_rows.append({**rec.to_dict(), "neurons": rec.neurons,
                           "positive_fraction": st.positive_fraction, "max": st.max,
@@ -159,7 +168,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         from .sequential import refine
         records, refinement = refine(nm, records, calib_data, int(timesteps), cfg,
                                      calib.input_shapes, calib.batch_size, seed=seed,
-                                     show_progress=show_progress, threads=threads)
+                                     show_progress=show_progress, threads=threads, pools=pools)
         for row in site_rows:
             rec = records[row["name"]]
             row.update(alpha=rec.alpha, beta=rec.beta, threshold=rec.threshold,
@@ -175,7 +184,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
-    model = rewrite.loop_model(nm, records, int(timesteps), meta, calib.input_shapes)
+    model = rewrite.loop_model(nm, records, int(timesteps), meta, calib.input_shapes, pools)
     _self_check(model)
     report = {
         "tool": f"onnx-snn {__version__}", "source": nm.source_path,
@@ -189,7 +198,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = 2, method: s
     if refinement is not None:
         report["sequential"] = refinement
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
-                        method=method, report=report, input_shapes=dict(calib.input_shapes))
+                        method=method, report=report, input_shapes=dict(calib.input_shapes),
+                        pools=pools)
 
 
 def _self_check(model: onnx.ModelProto) -> None:
@@ -203,24 +213,22 @@ def _self_check(model: onnx.ModelProto) -> None:
                            "please report this with the source model") from None
 
 
-def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
-            method: str = "datta", objective: str = "mse", *, batch_size: int = 64,
-            sample_size: int = DEFAULT_SAMPLE_SIZE, calib_samples: Optional[int] = 512,
-            percentile_step: float = 1.0, beta_step: float = 0.001, beta_max: float = 2.0,
-            percentile: float = 99.9, relu_percentile: float = 99.99, mean=None, std=None,
-            data_dir=None, seed: int = 0, show_progress: bool = True,
-            download: bool = False, sequential: bool = False) -> SpikingModel:
+def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEFAULT_TIMESTEPS,
+            method: str = DEFAULT_METHOD, config: Optional[SearchConfig] = None, *,
+            batch_size: int = DEFAULT_BATCH_SIZE, sample_size: int = DEFAULT_SAMPLE_SIZE,
+            calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
+            data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
+            **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
     dataset name such as ``"fashion-mnist"`` (its training split is used) or a .npy/.npz path.
     ``calib_samples`` random samples are drawn from it (``None``: all of them).
-    ``sequential`` (datta): refine every site on the spiking network's own input currents.
+    ``config`` (a :class:`SearchConfig`) sets the search; keyword ``options`` override its
+    fields (``objective="mean"``, ``sequential=True``, ``beta_step=0.01``, ...).
     """
+    cfg = search_config(config, **options)
     nm = prepare(model)
-    cfg = SearchConfig(objective=objective, percentile_step=percentile_step, beta_step=beta_step,
-                       beta_max=beta_max, percentile=percentile, relu_percentile=relu_percentile,
-                       sequential=sequential)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download)
     if isinstance(ds.x, np.ndarray):
@@ -228,9 +236,20 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = 2,
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
-                 calib_data=ds.x if sequential else None, show_progress=show_progress,
+                 calib_data=ds.x if cfg.sequential else None, show_progress=show_progress,
                  seed=seed)
 
 
+def search_config(config: Optional[SearchConfig] = None, **options) -> SearchConfig:
+    """``config`` (default: ``SearchConfig()``) with the fields in ``options`` replaced."""
+    cfg = config or SearchConfig()
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown conversion option(s) {', '.join(unknown)}; the options are "
+                        f"the fields of SearchConfig: {', '.join(sorted(known))}")
+    return dataclasses.replace(cfg, **options) if options else cfg
+
+
 __all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",
-           "SearchConfig"]
+           "SearchConfig", "search_config"]

@@ -24,13 +24,15 @@ and sums come from prefix sums, so every objective is a closed form in beta per 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 METHODS = ("datta", "deng", "max", "percentile")
 OBJECTIVES = ("mse", "mean", "l1")
+DEFAULT_METHOD = "datta"
+DEFAULT_TIMESTEPS = 2
 
 
 @dataclass
@@ -70,23 +72,16 @@ class SearchConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be in (0, 100], not {v}")
 
 
-@dataclass
-class NeuronParams:
-    """The integrate-and-fire parameters chosen for one site."""
+@dataclass(frozen=True)
+class Scales:
+    """What a search chose for one site: threshold scale ``alpha``, output scale ``beta``
+    and the initial membrane as a fraction of the threshold (the site record derives
+    ``threshold = alpha*mu`` and ``amplitude = beta*mu``)."""
 
-    mu: float
     alpha: float
     beta: float
-    threshold: float
-    amplitude: float
-    leak: float
-    v_init: float
-    method: str
-    objective: str
-    objective_value: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    v_init_fraction: float = 0.0
+    objective_value: float = 0.0
 
 
 # ------------------------------------------------------------------ closed forms
@@ -294,8 +289,8 @@ def estimate_mu(sorted_h: np.ndarray, percentile: float) -> float:
 
 
 def choose_params(sorted_h: np.ndarray, mu: float, timesteps: int, method: str = "datta",
-                  config: Optional[SearchConfig] = None) -> NeuronParams:
-    """(alpha, beta) and the neuron parameters of one site for ``method``."""
+                  config: Optional[SearchConfig] = None) -> Scales:
+    """(alpha, beta, initial membrane fraction) of one site for ``method``."""
     cfg = config or SearchConfig()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -311,11 +306,8 @@ def choose_params(sorted_h: np.ndarray, mu: float, timesteps: int, method: str =
     else:  # percentile
         p = float(min(estimate_mu(sorted_h, cfg.percentile), mu))
         alpha = beta = (p / mu) if p > 0 else 1.0
-    threshold = alpha * mu
-    v_init = v_frac * threshold
+    v_init = v_frac * (alpha * mu)
     value = objective_value(sorted_h, mu, alpha, beta, timesteps, v_init, cfg.objective) \
         if np.size(sorted_h) else 0.0
-    return NeuronParams(mu=float(mu), alpha=float(alpha), beta=float(beta),
-                        threshold=float(threshold), amplitude=float(beta * mu), leak=1.0,
-                        v_init=float(v_init), method=method, objective=cfg.objective,
-                        objective_value=value)
+    return Scales(alpha=float(alpha), beta=float(beta), v_init_fraction=float(v_frac),
+                  objective_value=value)

@@ -27,26 +27,23 @@ from .errors import DataError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 from .scales import SearchConfig, search_dynamic
-from .spiking import format as F
+from .graph import walk
+from .spiking import format as fmt
 from .spiking import rewrite
 
 
-def _upstream(step: onnx.ModelProto, target: str, sites: List[str]) -> onnx.ModelProto:
+def _upstream(view: fmt.SpikingView, target: str) -> onnx.ModelProto:
     """The part of the step graph that computes ``target``: its nodes, the states they read,
     and those states' next values as outputs (later layers are not run)."""
+    step = view.model
     g = step.graph
-    needed = {target}
-    keep = []
-    for node in reversed(list(g.node)):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    keep.reverse()
+    keep = walk.prune(list(g.node), [target])
+    needed = walk.needed_tensors(keep, [target])
     made = {o for n in keep for o in n.output}
-    inputs = [i for i in g.input if i.name in needed]
-    outputs = [target] + [F.next_state_name(q) for q in sites
-                          if F.state_name(q) in needed and F.next_state_name(q) in made]
-    graph = onnx.helper.make_graph(keep, g.name, inputs, [], [t for t in g.initializer if t.name in needed])
+    outputs = [target] + [st.names.next for st in view.states
+                          if st.names.input in needed and st.names.next in made]
+    graph = onnx.helper.make_graph(keep, g.name, [i for i in g.input if i.name in needed], [],
+                                   [t for t in g.initializer if t.name in needed])
     for name in outputs:
         graph.output.add().name = name
     m = onnx.helper.make_model(graph, opset_imports=list(step.opset_import))
@@ -69,9 +66,10 @@ def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: L
     return out
 
 
-def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: int,
+def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
            config: Optional[SearchConfig] = None, input_shapes=None, batch_size: int = 64,
-           seed: int = 0, show_progress: bool = True, threads: Optional[int] = None) -> tuple:
+           seed: int = 0, show_progress: bool = True, threads: Optional[int] = None,
+           pools=None) -> tuple:
     """Return (refined records, report rows). ``records`` are the datta ones to start from;
     ``x`` the calibration inputs (an array or {input name: array})."""
     cfg = config or SearchConfig()
@@ -110,22 +108,23 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
     for s in names:
         rec = recs[s]
         meta = rewrite.base_metadata(nm, recs, timesteps, "datta", [])
-        step = _upstream(rewrite.step_model(nm, recs, meta, input_shapes), rec.input, names)
+        view = fmt.read_spiking(rewrite.step_model(nm, recs, meta, input_shapes, pools),
+                                "the step graph")
+        step = _upstream(view, rec.input)
         sess = make_session(step, threads, where=f"the step graph (site {s})")
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
-        upstream = [q for q in names if F.state_name(q) in fed]
+        upstream = [st for st in view.states if st.names.input in fed]
         currents = []
         for b, start in enumerate(starts):
             nb = sizes[b]
             feed = {k: v[start:start + nb] for k, v in feeds.items() if k in fed}
-            state = {F.state_name(q): np.full((nb, *recs[q].shape), recs[q].v_init, np.float32)
-                     for q in upstream}
+            state = {st.names.input: fmt.initial_state(view, st, nb) for st in upstream}
             steps = []
             for _ in range(timesteps):
                 res = dict(zip(out_names, sess.run(out_names, {**feed, **state})))
                 steps.append(res[rec.input].reshape(-1)[positions[s][b]])
-                state = {F.state_name(q): res[F.next_state_name(q)] for q in upstream}
+                state = {st.names.input: res[st.names.next] for st in upstream}
                 bar.update(nb)
             currents.append(np.stack(steps))
         cur = np.concatenate(currents, axis=1)
@@ -134,7 +133,7 @@ def refine(nm: NormalizedModel, records: Dict[str, F.SiteRecord], x, timesteps: 
         rows.append({"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                      "alpha": alpha, "beta": beta, "v_init_fraction": frac,
                      "objective_value": value, "pairs": int(cur.shape[1])})
-        rec.alpha, rec.beta, rec.threshold, rec.amplitude = alpha, beta, alpha * rec.mu, beta * rec.mu
+        rec.alpha, rec.beta = alpha, beta
         rec.v_init, rec.objective_value = frac * rec.threshold, value
     bar.close()
     return recs, {"seconds": time.perf_counter() - t0, "sites": rows}

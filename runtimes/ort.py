@@ -15,10 +15,11 @@ import numpy as np
 import onnx
 
 from onnx_snn.calibrate import make_session, with_outputs
-from onnx_snn.errors import DataError, NotSpikingModelError
+
+from onnx_snn.errors import DataError
 from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
 from onnx_snn.model_io import load_model
-from onnx_snn.spiking import format as F
+from onnx_snn.spiking import format as fmt
 
 
 @dataclass
@@ -41,29 +42,23 @@ class ModelRunner:
             model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
-        self.spiking = F.is_spiking(self.model)
-        self.info = F.read_info(self.model) if self.spiking else None
+        self.spiking = fmt.is_spiking(self.model)
+        self.view = fmt.read_spiking(self.model, self.path or "model") if self.spiking else None
+        self.info = self.view.info if self.spiking else None
         self.per_step = per_step and self.spiking
         run_model = self.model
-        if self.per_step and self.info.graph == "loop":
-            produced = {o for n in self.model.graph.node for o in n.output}
-            names = [f"{o}.steps" for o in (self.info.outputs or []) if f"{o}.steps" in produced] + \
-                [f"{s.name}.spikes.steps" for s in self.info.sites]
-            run_model = with_outputs(self.model, names)
+        if self.per_step and self.info.graph == fmt.GRAPH_LOOP:
+            run_model = with_outputs(self.model, self.view.per_step_names())
         self.session = make_session(run_model, threads, providers, where=self.path or "model")
-        skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in self.info.sites) \
-            if self.spiking else ()
+        skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.spiking else ()
         self.specs = input_specs(self.model, skip=skip)
         self.fixed_batch = fixed_batch(self.specs)
-        outs = [o.name for o in self.model.graph.output]
-        if self.spiking:
-            self.output_names = self.info.outputs or [o for o in outs if not o.endswith((".spikes", ".v_next"))]
-        else:
-            self.output_names = outs
+        self.output_names = self.view.outputs if self.spiking else \
+            [o.name for o in self.model.graph.output]
 
     @property
     def is_step_graph(self) -> bool:
-        return self.spiking and self.info.graph == "step"
+        return self.spiking and self.info.graph == fmt.GRAPH_STEP
 
     def validate(self, x, what="data") -> Dict[str, np.ndarray]:
         return validate_feeds(self.specs, x, what)
@@ -78,14 +73,14 @@ class ModelRunner:
         if self.is_step_graph:
             return self._run_steps(feeds, T)
         sites = [s.name for s in self.info.sites]
-        spike_names = [F.spikes_name(s) for s in sites]
-        extra = []
+        spike_names = [fmt.spikes_name(s) for s in sites]
+        extra, timed = [], []
         if self.per_step:
-            have = {o.name for o in self.session.get_outputs()}
-            timed = [o for o in self.output_names if f"{o}.steps" in have]
-            extra = [f"{o}.steps" for o in timed] + [f"{s}.spikes.steps" for s in sites]
+            timed = self.view.timed_outputs
+            extra = [fmt.steps_output_name(o) for o in timed] + \
+                [fmt.steps_spikes_name(s) for s in sites]
         outs = self.session.run(self.output_names + spike_names + extra,
-                                {**feeds, F.TIMESTEPS_INPUT: np.array(T, np.int64)})
+                                {**feeds, fmt.TIMESTEPS_INPUT: np.array(T, np.int64)})
         k, ns = len(self.output_names), len(sites)
         result = StepResult(outs[:k], dict(zip(sites, outs[k:k + ns])))
         if self.per_step:
@@ -115,23 +110,23 @@ class ModelRunner:
 
     def _run_steps(self, feeds, T: int) -> StepResult:
         n = next(iter(feeds.values())).shape[0]
-        sites = self.info.sites
-        states = {F.state_name(s.name): np.full([n] + list(s.shape), s.v_init, np.float32)
-                  for s in sites}
-        want = self.output_names + [F.next_state_name(s.name) for s in sites] + \
-            [F.spikes_name(s.name) for s in sites]
+        sites = [s.name for s in self.info.sites]
+        states = {st.names.input: fmt.initial_state(self.view, st, n) for st in self.view.states}
+        want = self.output_names + [st.names.next for st in self.view.states] + \
+            [self.view.step_spikes[s] for s in sites]
         acc = None
-        spikes = {s.name: np.zeros(n, np.float32) for s in sites}
-        k = len(self.output_names)
-        steps_o, steps_s = [], {s.name: [] for s in sites}
+        spikes = {s: np.zeros(n, np.float32) for s in sites}
+        k, ns = len(self.output_names), len(self.view.states)
+        steps_o, steps_s = [], {s: [] for s in sites}
         for _ in range(T):
             outs = self.session.run(want, {**feeds, **states})
             acc = outs[:k] if acc is None else [a + o for a, o in zip(acc, outs[:k])]
             steps_o.append(outs[:k])
+            for i, st in enumerate(self.view.states):
+                states[st.names.input] = outs[k + i]
             for i, s in enumerate(sites):
-                states[F.state_name(s.name)] = outs[k + i]
-                spikes[s.name] += outs[k + len(sites) + i]
-                steps_s[s.name].append(outs[k + len(sites) + i])
+                spikes[s] += outs[k + ns + i]
+                steps_s[s].append(outs[k + ns + i])
         result = StepResult([a / np.float32(T) for a in acc], spikes)
         if self.per_step:
             result.step_outputs = [np.stack(o) for o in zip(*steps_o)]
@@ -156,10 +151,3 @@ def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,
             spikes.setdefault(k, []).append(v)
     return StepResult([np.concatenate(o) for o in zip(*outs)],
                       {k: np.concatenate(v) for k, v in spikes.items()})
-
-
-def require_spiking(model: onnx.ModelProto, where: str) -> F.SpikingInfo:
-    if not F.is_spiking(model):
-        raise NotSpikingModelError(f"{where}: not a spiking model (no onnx_snn.format_version "
-                                   "metadata); convert it first with `onnx-snn convert`")
-    return F.read_info(model)

@@ -1,8 +1,16 @@
 """Golden-graph regression tests: the converter's output for small models of several
 producers is stored as readable text in tests/golden/. A change that alters it fails with a
-diff; regenerate on purpose with ``pytest tests/test_golden.py --update-golden``."""
+diff; regenerate on purpose with ``pytest tests/test_golden.py --update-golden``.
+
+The graphs are rendered from a ``max`` conversion, whose neuron parameters the model fixes
+(threshold = amplitude = mu), so that they show structure; what the datta search chooses for
+the same models is kept separately, per site, in golden/searched_params.json and compared
+with a tolerance, so that a change to the search rewrites one file, not every graph."""
 import difflib
+import json
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
@@ -34,22 +42,54 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_graph(name, update_golden):
+def _model(name):
     src = CASES[name]
-    model = str(src) if isinstance(src, Path) else src()
-    snn = onnx_snn.convert(model, B.rand_input(64, seed=7), timesteps=2, method="datta",
-                           show_progress=False)
-    text = describe(snn.model)
-    path = GOLDEN / f"{name}.txt"
-    if update_golden or not path.exists():
-        if not update_golden:
+    return str(src) if isinstance(src, Path) else src()
+
+
+def _diff_or_update(path: Path, text: str, update: bool, label: str) -> None:
+    if update or not path.exists():
+        if not update:
             pytest.fail(f"{path} does not exist; create it with --update-golden")
         path.write_text(text)
         return
     expected = path.read_text()
     if text != expected:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            f"golden/{name}.txt", "converter output", n=2))
-        pytest.fail(f"converted graph differs from the golden file (rerun with --update-golden "
+                                            f"golden/{path.name}", label, n=2))
+        pytest.fail(f"{label} differs from the golden file (rerun with --update-golden "
                     f"if the change is intended):\n{diff[:6000]}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_graph(name, update_golden):
+    snn = onnx_snn.convert(_model(name), B.rand_input(64, seed=7), timesteps=2, method="max",
+                           show_progress=False)
+    _diff_or_update(GOLDEN / f"{name}.txt", describe(snn.model), update_golden,
+                    "converted graph")
+
+
+SEARCHED = GOLDEN / "searched_params.json"
+
+
+def test_searched_parameters(update_golden):
+    """datta at T=2 on the same models: alpha, beta and v_init of every site."""
+    got = {}
+    for name in sorted(CASES):
+        snn = onnx_snn.convert(_model(name), B.rand_input(64, seed=7), timesteps=2,
+                               method="datta", show_progress=False)
+        got[name] = {s: [round(float(r.alpha), 4), round(float(r.beta), 4), round(float(r.v_init), 4)]
+                     for s, r in snn.records.items()}
+    if update_golden or not SEARCHED.exists():
+        if not update_golden:
+            pytest.fail(f"{SEARCHED} does not exist; create it with --update-golden")
+        lines = [f" {json.dumps(n)}: {json.dumps(got[n], sort_keys=True)}" for n in sorted(got)]
+        SEARCHED.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+        return
+    want = json.loads(SEARCHED.read_text())
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert sorted(got[name]) == sorted(want[name]), name
+        for site, vals in want[name].items():
+            np.testing.assert_allclose(got[name][site], vals, atol=2e-3,
+                                       err_msg=f"{name} {site} (alpha, beta, v_init)")

@@ -39,24 +39,21 @@ def test_outputs_pass_full_check_and_run(make, x):
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("method", ["max", "deng", "datta"])
-def test_neuron_under_constant_input_reproduces_the_staircase(T, method):
-    """input -> one site -> output: the site sees the same current every step."""
+@pytest.mark.parametrize("th,amp,frac", [(0.5, 0.75, 0.0), (0.5, 0.75, 0.5), (0.375, 1.25, 0.25)])
+def test_neuron_under_constant_input_reproduces_the_staircase(T, th, amp, frac):
+    """input -> one site -> output: the site sees the same current every step. The converted
+    model's parameters are set to exact binary fractions so that float32 = float64."""
     m = B.single_site(13, mu=1.0)
     calib = (np.arange(-16, 48, dtype=np.float32) / 32.0).reshape(-1, 8)
-    _, _, snn = converted(m, calib, T, method)
-    rec = snn.records["lif0"]
-    # exact binary-fraction currents; thresholds made exact too so float32 = float64
+    _, _, snn = converted(m, calib, T, "datta")
     h = (np.arange(-40, 120, dtype=np.float32) / 64.0).reshape(-1, 8)
-    th, amp = np.float32(0.5), np.float32(0.75)
-    for init, val in ((F.param_name("lif0", "threshold"), th), (F.param_name("lif0", "amplitude"), amp),
-                      (F.param_name("lif0", "v_init"), np.float32(rec.v_init and th / 2))):
-        t = next(i for i in snn.model.graph.initializer if i.name == init)
-        t.CopyFrom(onnx.numpy_helper.from_array(np.array(val, np.float32), init))
+    v0 = frac * th
+    for p, val in (("threshold", th), ("amplitude", amp), ("v_init", v0)):
+        t = next(i for i in snn.model.graph.initializer if i.name == F.param_name("lif0", p))
+        t.CopyFrom(onnx.numpy_helper.from_array(np.array(val, np.float32), t.name))
     r = run(snn.model, h)
-    v0 = float(th / 2) if rec.v_init else 0.0
-    counts = spike_count(h, float(th), T, v0)
-    np.testing.assert_array_equal(r.outputs[0], (amp * counts / T).astype(np.float32))
+    counts = spike_count(h, th, T, v0)
+    np.testing.assert_array_equal(r.outputs[0], (np.float32(amp) * counts / T).astype(np.float32))
     np.testing.assert_array_equal(r.spikes["lif0"], counts.sum(1))
 
 
@@ -115,7 +112,7 @@ def test_dynamic_batch(x):
 def test_metadata(x):
     nm, _, snn = converted(B.vgg(13, "clip"), x, T=3, method="deng")
     meta = F.metadata(snn.model)
-    assert meta[F.META_FORMAT] == "1" and meta[F.META_TIMESTEPS] == "3"
+    assert meta[F.META_FORMAT] == str(F.FORMAT_VERSION) == "2" and meta[F.META_TIMESTEPS] == "3"
     assert meta[F.META_METHOD] == "deng"
     sites = json.loads(meta[F.META_SITES])
     assert [s["name"] for s in sites] == ["lif0", "lif1", "lif2"]

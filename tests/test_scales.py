@@ -75,8 +75,7 @@ def test_datta_beats_max_and_improves_with_T():
         d = choose_params(h, mu, T, "datta")
         m = choose_params(h, mu, T, "max")
         assert d.objective_value < 0.5 * m.objective_value
-        assert 0 < d.alpha <= 1 and d.threshold == pytest.approx(d.alpha * mu)
-        assert d.amplitude == pytest.approx(d.beta * mu)
+        assert 0 < d.alpha <= 1 and d.v_init_fraction == 0.0
         values.append(d.objective_value)
     assert values[0] > values[1] > values[2]
 
@@ -84,12 +83,12 @@ def test_datta_beats_max_and_improves_with_T():
 def test_baselines():
     h = np.sort(np.random.default_rng(1).random(10_000) * 3)
     m = choose_params(h, 4.0, 2, "max")
-    assert (m.alpha, m.beta, m.v_init, m.threshold) == (1.0, 1.0, 0.0, 4.0)
+    assert (m.alpha, m.beta, m.v_init_fraction) == (1.0, 1.0, 0.0)
     d = choose_params(h, 4.0, 2, "deng")
-    assert d.threshold == 4.0 and d.v_init == 2.0
+    assert (d.alpha, d.beta, d.v_init_fraction) == (1.0, 1.0, 0.5)
     p = choose_params(h, 4.0, 2, "percentile", SearchConfig(percentile=99.0))
-    assert p.threshold == pytest.approx(np.percentile(h[h > 0], 99.0))
-    assert p.amplitude == pytest.approx(p.threshold)
+    assert p.alpha * 4.0 == pytest.approx(np.percentile(h[h > 0], 99.0))
+    assert p.beta == p.alpha
 
 
 def test_deng_objective_uses_half_threshold_start():
@@ -164,14 +163,17 @@ def test_simulated_counts_match_the_reference_neuron(T, v_frac):
 @given(seed=st.integers(0, 10_000), T=st.integers(1, 4), mu=st.floats(0.5, 6.0))
 def test_dynamic_search_on_constant_currents_is_algorithm_1(seed, T, mu):
     """A constant input every step with a zero initial membrane is the staircase's case: the
-    simulated search must then find exactly Algorithm 1's optimum."""
+    simulated search must then find Algorithm 1's optimum. The simulation runs in float32
+    (like the ONNX neuron) and the staircase in float64, so a value within rounding of a step
+    edge may land on the other side: at most a couple of neurons' worth of objective."""
     rng = np.random.default_rng(seed)
     h = np.sort(rng.gamma(1.5, 1.0, 400) - 0.7).astype(np.float32).astype(np.float64)
     cfg = SearchConfig(percentile_step=10.0, beta_step=0.05, v_init_fractions=(0.0,))
     a0, b0, v0 = search_datta(h, mu, T, cfg)
     a1, b1, f1, v1 = search_dynamic(np.tile(h, (T, 1)), np.clip(h, 0, mu), mu, T, cfg)
     assert f1 == 0.0
-    assert v1 == pytest.approx(v0, rel=1e-6, abs=1e-12)
+    one_flip = (cfg.beta_max * mu) ** 2 / h.size      # one neuron moved by a whole step
+    assert abs(v1 - v0) <= 2 * one_flip
 
 
 def test_dynamic_search_finds_the_initial_membrane_that_rounds():

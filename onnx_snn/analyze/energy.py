@@ -40,7 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import onnx
 
 from ..errors import DataError, NotSpikingModelError
-from ..spiking import format as F
+from ..spiking import format as fmt
 from .flops import LayerCount, count_flat, flatten
 
 #: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
@@ -298,7 +298,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if rates is not None and not spiking:
         raise NotSpikingModelError(f"{name}: spike rates were given but the model is a plain DNN; "
                                    "analyze the spiking model (.snn.onnx) with its rates")
-    info = F.read_info(m) if F.is_spiking(m) else None
+    info = fmt.read_info(m, name) if fmt.is_spiking(m) else None
     T = int(timesteps) if timesteps else (info.timesteps if info else None)
     if T is not None and T < 1:
         raise DataError(f"timesteps must be at least 1 (got {T})")

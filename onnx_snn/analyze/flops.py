@@ -59,7 +59,8 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedModelError
-from ..spiking import format as F
+from ..graph import walk
+from ..spiking import format as fmt
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOL_OPS = ("MaxPool", "AveragePool", "LpPool")
@@ -125,68 +126,6 @@ class FlatGraph:
 
 # ------------------------------------------------------------------ flattening
 
-def _neuron_nodes(nodes: Iterable[onnx.NodeProto]) -> List[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type == F.NEURON_OP and n.domain == F.DOMAIN]
-
-
-def _time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
-    for n in graph.node:
-        if n.op_type == "Loop":
-            body = next((a.g for a in n.attribute if a.name == "body"), None)
-            if body is not None and _neuron_nodes(body.node):
-                return n
-    return None
-
-
-def _site_name(node: onnx.NodeProto, by_output: Mapping[str, str]) -> str:
-    y = node.output[0]
-    if y in by_output:
-        return by_output[y]
-    if node.name.endswith(".neuron"):
-        return node.name[: -len(".neuron")]
-    return node.name or y
-
-
-def _consumers_closure(nodes: Sequence[onnx.NodeProto], seeds: Iterable[str]) -> set:
-    """Tensor names that depend (transitively, in node order) on ``seeds``."""
-    dep = set(seeds)
-    for n in nodes:
-        if any(i in dep for i in n.input if i):
-            dep.update(o for o in n.output if o)
-    return dep
-
-
-def _prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> List[onnx.NodeProto]:
-    """The nodes needed for ``outputs`` (first producer of a name wins), in original order."""
-    producer: Dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for o in n.output:
-            if o and o not in producer:
-                producer[o] = i
-    keep, stack = set(), [o for o in outputs]
-    while stack:
-        t = stack.pop()
-        i = producer.get(t)
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        stack.extend(x for x in nodes[i].input if x)
-        for a in nodes[i].attribute:  # outer-scope names used by subgraphs
-            if a.type == onnx.AttributeProto.GRAPH:
-                stack.extend(_subgraph_refs(a.g))
-    return [n for i, n in enumerate(nodes) if i in keep]
-
-
-def _subgraph_refs(g: onnx.GraphProto) -> List[str]:
-    made = {i.name for i in g.input} | {t.name for t in g.initializer}
-    refs = []
-    for n in g.node:
-        refs += [x for x in n.input if x and x not in made]
-        made.update(n.output)
-    refs += [o.name for o in g.output if o.name not in made]
-    return refs
-
-
 def _renamed(node: onnx.NodeProto, rename: Mapping[str, str]) -> onnx.NodeProto:
     if not any(x in rename for x in list(node.input) + list(node.output)):
         return node
@@ -209,48 +148,31 @@ def _with_shape(vi: onnx.ValueInfoProto, dims: Sequence) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(dims))
 
 
-def _graph_parts(model: onnx.ModelProto):
-    """(nodes, candidate outputs, initializers, the time loop or None) of the graph to flatten.
-
-    A single-call model contributes its outer nodes that do not consume the loop's results
-    (hoisted layers, state initialisation) followed by the loop body; its candidate outputs
-    are the body's per-step outputs. Any other graph contributes itself.
-    """
-    g = model.graph
-    loop = _time_loop(g)
-    if loop is None:
-        return list(g.node), [o.name for o in g.output], list(g.initializer), None
-    body = next(a.g for a in loop.attribute if a.name == "body")
-    after = _consumers_closure(list(g.node), [o for o in loop.output if o])
-    outer = [n for n in g.node if n is not loop and not any(i in after for i in n.input)]
-    n_carried = len(loop.input) - 2
-    candidates = [o.name for o in body.output[1 + n_carried:]]
-    return outer + list(body.node), candidates, list(g.initializer) + list(body.initializer), loop
-
-
-def _neurons_as_identity(nodes, by_output: Mapping[str, str]):
-    """Each LIFNeuron becomes Identity(x) -> y; returns (nodes, y tensor -> site, site -> node)."""
+def _spiking_parts(view: fmt.SpikingView):
+    """(nodes, outputs, initializers, y tensor -> site, site -> node) of a spiking model read
+    as the DNN it runs: the hoisted nodes and one time step, each neuron the identity from
+    its input current to its output, the per-step outputs under the DNN's names."""
     sites: Dict[str, str] = {}
     site_nodes: Dict[str, str] = {}
-    out: List[onnx.NodeProto] = []
-    for n in nodes:
-        if n.op_type == F.NEURON_OP and n.domain == F.DOMAIN:
-            s = _site_name(n, by_output)
-            sites[n.output[0]] = s
-            site_nodes[s] = n.name
-            out.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
-        else:
-            out.append(n)
-    return out, sites, site_nodes
-
-
-def _dnn_outputs(candidates: Sequence[str], site_names: Iterable[str]) -> List[str]:
-    """Candidate outputs less the spike counts and membrane states of the format."""
-    excluded = set()
-    for s in site_names:
-        excluded |= {F.spikes_name(s), F.spikes_name(s) + ".step", F.next_state_name(s),
-                     F.state_name(s)}
-    return [o for o in candidates if o not in excluded]
+    nodes: List[onnx.NodeProto] = list(view.hoisted)
+    pool_ops = {fn: op for op, fn in fmt.POOL_OPS.items()}
+    for n in view.body:
+        if n.domain == fmt.DOMAIN and n.op_type in pool_ops:
+            # a spiking max pool is counted as the pool it applies to the running sums
+            nodes.append(helper.make_node(pool_ops[n.op_type], [n.input[0]], [n.output[0]],
+                                          name=n.name))
+            nodes[-1].attribute.extend(n.attribute)
+            continue
+        site = next((s for s, m in view.neurons.items() if m is n), None)
+        if site is None:
+            nodes.append(n)
+            continue
+        sites[n.output[0]] = site
+        site_nodes[site] = n.name
+        nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+    rename = {t: o for o, t in view.step_outputs.items() if t != o}
+    nodes = [_renamed(n, rename) for n in nodes]
+    return nodes, view.outputs, list(view.initializers.values()), sites, site_nodes
 
 
 def _split_initializers(inits, used: set):
@@ -297,43 +219,36 @@ def flatten(model: onnx.ModelProto,
     Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
     """
     g = model.graph
-    info = F.read_info(model) if F.is_spiking(model) else None
-    by_output = {s.output: s.name for s in info.sites} if info else {}
-    nodes, candidates, inits, loop = _graph_parts(model)
-    if info and info.sites and not _neuron_nodes(nodes):
-        raise UnsupportedModelError(
-            f"{g.name or 'model'}: the metadata lists {len(info.sites)} spiking sites but the graph "
-            f"has no {F.DOMAIN}.{F.NEURON_OP} nodes (was the neuron function inlined?); "
-            "analyze the file onnx-snn wrote")
-    flat_nodes, sites, site_nodes = _neurons_as_identity(nodes, by_output)
-    outputs = _dnn_outputs(candidates, set(sites.values()) | set(by_output.values()))
-    if loop is not None:  # the body names each DNN output "<out>.step": give the names back
-        rename = {f"{o}.step": o for o in (info.outputs if info else []) if f"{o}.step" in outputs}
-        flat_nodes = [_renamed(n, rename) for n in flat_nodes]
-        flat_nodes = [n for n in flat_nodes
-                      if not (n.op_type == "Identity" and n.input[0] == n.output[0])]
-        outputs = [rename.get(o, o) for o in outputs]
-    kept = _prune(flat_nodes, outputs)
+    spiking = fmt.is_spiking(model)
+    if spiking:
+        nodes, outputs, inits, sites, site_nodes = _spiking_parts(
+            fmt.read_spiking(model, g.name or "model"))
+    else:  # a plain DNN, or a hand-built graph of neurons without the format's metadata
+        nodes, outputs, inits = list(g.node), [o.name for o in g.output], list(g.initializer)
+        sites, site_nodes = {}, {}
+        for i, n in enumerate(nodes):
+            if n.op_type == fmt.NEURON_OP and n.domain == fmt.DOMAIN:
+                site = fmt.site_of_neuron_node(n.name) or n.output[0]
+                sites[n.output[0]], site_nodes[site] = site, n.name
+                nodes[i] = helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
+        states = [x for n in g.node if n.op_type == fmt.NEURON_OP for x in n.output[1:]]
+        outputs = [o for o in outputs if o not in states]
+    kept = walk.prune(nodes, outputs)
     warns = []
     for n in kept:
         if n.op_type in ("Loop", "If", "Scan"):
             warns.append(f"node {n.name or n.op_type} ({n.op_type}): its subgraph is not counted")
         if n.op_type in UNCOUNTED_MAC_OPS:
             warns.append(f"node {n.name or n.op_type} ({n.op_type}): op not counted")
-    used = {x for n in kept for x in n.input if x} | set(outputs)
-    for n in kept:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used.update(_subgraph_refs(a.g))
+    used = {x for n in kept for x in walk.node_inputs(n)} | set(outputs)
     kept_inits, weights = _split_initializers(inits, used)
     inputs, batch = _fixed_inputs(g, {t.name for t in inits}, used, dict(input_shapes or {}))
     out_vis = [onnx.ValueInfoProto(name=o) for o in outputs]
     graph = helper.make_graph(kept, g.name or "flat", inputs + weights, out_vis, kept_inits)
-    opsets = [o for o in model.opset_import if o.domain != F.DOMAIN]
+    opsets = [o for o in model.opset_import if o.domain != fmt.DOMAIN]
     flat = helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
-    flat.functions.extend(f for f in model.functions
-                          if not (f.domain == F.DOMAIN and f.name == F.NEURON_OP))
-    return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=info is not None,
+    flat.functions.extend(f for f in model.functions if f.domain != fmt.DOMAIN)
+    return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=spiking,
                      batch=batch, data_inputs=[i.name for i in inputs],
                      weights={w.name for w in weights}, warnings=warns)
 
@@ -545,7 +460,7 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
         for o in n.output:
             producers.setdefault(o, n)
     constant = _constants(g, fg.weights)
-    site_dep = _consumers_closure(list(g.node), fg.sites.keys())
+    site_dep = walk.dependents(list(g.node), fg.sites.keys())
     names: Dict[str, int] = {}
     rows = []
     B = fg.batch

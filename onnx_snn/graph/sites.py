@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
+from ..spiking.format import SITE_PREFIX
 from .ir import const_value, is_empty, is_graph_output, node_label
 
 CLAMP_OPS = ("Relu", "Clip", "Min", "Max")
@@ -33,6 +34,11 @@ class Site:
     mu_source: str            # "model" (trained clip) or "estimated" (plain ReLU)
     idiom: str                # how the exporter wrote it, e.g. "Clip", "Relu+Min"
     source_nodes: List[str] = field(default_factory=list)
+
+
+def site_constants(site: str) -> tuple:
+    """The constants of a canonical site node ``Clip(h, <site>.clip_min, <site>.mu)``."""
+    return (f"{site}.clip_min", f"{site}.mu")
 
 
 def clamp_bounds(node: gs.Node):
@@ -149,9 +155,10 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         if mu is None:
             new = gs.Node("Relu", name, inputs=[h], outputs=[y])
         else:
+            lo_name, mu_name = site_constants(name)
             new = gs.Node("Clip", name, inputs=[
-                h, gs.Constant(f"{name}.clip_min", np.array(0.0, np.float32)),
-                gs.Constant(f"{name}.mu", np.array(mu, np.float32))], outputs=[y])
+                h, gs.Constant(lo_name, np.array(0.0, np.float32)),
+                gs.Constant(mu_name, np.array(mu, np.float32))], outputs=[y])
         graph.nodes.append(new)
         sites.append(site)
     graph.cleanup().toposort()
@@ -162,7 +169,7 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         site = by_name.get(n.name)
         if site is None:
             continue
-        new = f"lif{len(ordered)}"
+        new = f"{SITE_PREFIX}{len(ordered)}"
         n.name = new
         for t in n.inputs[1:]:
             t.name = t.name.replace(site.name, new, 1)

@@ -18,41 +18,38 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import format as F
+from ..graph import walk
+from . import format as fmt
 
 _PASS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
-         "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+         "Transpose", "Squeeze", "Unsqueeze", "Identity"} | set(fmt.POOL_OPS.values())
 _WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-
-
-def _all_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
-    nodes = list(model.graph.node)
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                nodes += list(a.g.node)
-    return nodes
 
 
 def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, str]]:
     """Return a copy of ``model`` with foldable amplitudes moved into weights, and for every
     site either "folded" or the reason it was kept."""
     m = copy.deepcopy(model)
-    info = F.read_info(m)
-    nodes = _all_nodes(m)
+    view = fmt.read_spiking(m)
+    nodes = walk.all_nodes(m.graph)
+    counters = {id(n) for n in view.counters}
     consumers: Dict[str, List[onnx.NodeProto]] = {}
     for n in nodes:
+        if id(n) in counters:
+            continue  # the spike counter divides by the amplitude itself
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    inits = F.all_initializers(m)
+    inits = view.initializers
     weight_uses: Dict[str, int] = {}
     for n in nodes:
         for i in n.input:
             weight_uses[i] = weight_uses.get(i, 0) + 1
-    outputs = {o.name for o in m.graph.output}
+    outputs = set(view.step_outputs) | set(view.step_outputs.values())
     result: Dict[str, str] = {}
-    for site in info.sites:
+    for site in view.info.sites:
         targets, reason = _targets(site.output, consumers, outputs)
+        if reason is None and site.per_channel:
+            reason = "per-channel amplitudes are not folded"
         if reason is None:
             for node in targets:
                 w = node.input[_WEIGHTED[node.op_type]]
@@ -68,7 +65,7 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
         if reason is not None:
             result[site.name] = f"kept: {reason}"
             continue
-        amp_name = F.param_name(site.name, "amplitude")
+        amp_name = fmt.param_name(site.name, "amplitude")
         amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64)
         for node in targets:
             w = inits[node.input[_WEIGHTED[node.op_type]]]
@@ -76,12 +73,12 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
             w.CopyFrom(numpy_helper.from_array((arr.astype(np.float64) * amp).astype(arr.dtype), w.name))
         inits[amp_name].CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(inits[amp_name])), amp_name))
         result[site.name] = "folded"
-    sites = json.loads(F.metadata(m)[F.META_SITES])
+    sites = json.loads(fmt.metadata(m)[fmt.META_SITES])
     for s in sites:
         if result.get(s["name"]) == "folded":
             s["folded_amplitude"] = s["amplitude"]
             s["amplitude"] = 1.0
-    F.set_metadata(m, {F.META_SITES: json.dumps(sites), "onnx_snn.binary_spikes": json.dumps(result)})
+    fmt.set_metadata(m, {fmt.META_SITES: json.dumps(sites), fmt.META_BINARY: json.dumps(result)})
     return m, result
 
 
@@ -93,11 +90,11 @@ def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], str
         if t in seen:
             continue
         seen.add(t)
-        if t in outputs or t.endswith(".step") and t[:-5] in outputs:
+        if t in outputs:
             return [], "it is a graph output"
         for n in consumers.get(t, []):
-            if (n.op_type == "ReduceSum" and n.name.endswith(".count")) or n.op_type in ("Shape", "Size"):
-                continue  # the spike counter divides by the amplitude itself; Shape reads the shape
+            if n.op_type in ("Shape", "Size"):
+                continue  # Shape reads the shape, not the values
             if n.op_type in _PASS:
                 if n.input[0] != t:
                     return [], f"'{n.name}' uses it as a shape"

@@ -1,27 +1,36 @@
-"""Constants and small builders of the spiking ONNX format, version 1.
+"""The spiking ONNX format as one API: every name, the site record, the metadata, validation,
+and a parsed view of a spiking model that every reader goes through.
 
-See DESIGN (docs/FORMAT.md in this repository) for the contract. In short: every site is a
-call of the model-local function ``ai.onnx_snn.LIFNeuron(x, v, threshold, amplitude, leak)
--> (y, v_next)``::
+docs/FORMAT.md is the contract in prose. In short: every site is a call of the model-local
+function ``ai.onnx_snn.LIFNeuron(x, v, threshold, amplitude, leak) -> (y, v_next)`` (see
+:mod:`onnx_snn.spiking.neuron`); the single-call graph runs the time step in a ``Loop``.
 
-    u      = leak * v + x
-    s      = (u >= threshold)        # 0/1
-    v_next = u - s * threshold       # soft reset
-    y      = s * amplitude
+No other module spells a name of the format: the rewrite builds graphs with the functions
+here, and the readers (onnxruntime and torch runtimes, analyzer, binary-spike folding, the
+sequential refinement) parse models with :func:`read_spiking`.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+import math
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import numpy_helper
 
-FORMAT_VERSION = 1
-DOMAIN = "ai.onnx_snn"
-NEURON_OP = "LIFNeuron"
+from ..errors import ModelLoadError, NotSpikingModelError
+from ..graph import walk
+from .neuron import (DOMAIN, NEURON_OP, POOL_OPS, lif_step,  # noqa: F401  (re-exported)
+                     neuron_function, pool_functions)
 
+#: 2: rate-exact spiking max pooling (``SpikeMaxPool``/``SpikeGlobalMaxPool`` with carried
+#: states, ``onnx_snn.pools``); 1: max pooling of each step's spikes (an OR). Both are read.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+
+# ------------------------------------------------------------------ metadata keys
 META_PREFIX = "onnx_snn."
 META_FORMAT = "onnx_snn.format_version"
 META_TIMESTEPS = "onnx_snn.timesteps"
@@ -33,9 +42,37 @@ META_HISTORY = "onnx_snn.history"
 META_DROPOUT = "onnx_snn.dropout"
 META_GRAPH = "onnx_snn.graph"          # "loop" (single call) or "step"
 META_OUTPUTS = "onnx_snn.outputs"      # the DNN's output names (JSON list)
+META_BINARY = "onnx_snn.binary_spikes"
+META_POOLS = "onnx_snn.pools"          # the spiking max pools (JSON list), version 2
+#: keys of a DNN's own metadata that a conversion carries over
+META_CARRIED = ("onnx_snn.arch", "onnx_snn.dataset", "onnx_snn.test_accuracy")
 
+GRAPH_LOOP = "loop"
+GRAPH_STEP = "step"
+
+# ------------------------------------------------------------------ names
 TIMESTEPS_INPUT = "timesteps"
 PARAMS = ("threshold", "amplitude", "leak", "v_init")
+NEURON_PARAMS = ("threshold", "amplitude", "leak")     # the function's parameter inputs
+SITE_PREFIX = "lif"
+POOL_PREFIX = "pool"
+POOL_STATES = ("c", "m")     # running sum of the input, pooled running sum
+RESERVED_PREFIX = "snn."
+
+LOOP_NODE = "snn.time_loop"
+LOOP_BODY = "snn_timestep"
+LOOP_COND_NODE = "loop.cond"
+LOOP_ITER = "snn.iter"
+LOOP_COND_IN = "snn.cond_in"
+LOOP_COND_OUT = "snn.cond_out"
+INPUT_SHAPE = "snn.input_shape"
+BATCH = "snn.batch"
+BATCH_AXIS = "snn.batch_axis"
+TIME_AXIS = "snn.time_axis"
+TIMESTEPS_FLOAT = "snn.timesteps_f"
+ONE = "snn.one"
+ZERO = "snn.zero"
+LAST_STEP = "snn.last_step"
 
 
 def param_name(site: str, param: str) -> str:
@@ -51,61 +88,271 @@ def next_state_name(site: str) -> str:
 
 
 def spikes_name(site: str) -> str:
+    """The site's spike count: per step in the step graph, over all T in the loop graph."""
     return f"{site}.spikes"
 
 
-def neuron_function(opset: int) -> onnx.FunctionProto:
-    """The model-local function that defines one integrate-and-fire step."""
-    nodes = [
-        helper.make_node("Mul", ["leak", "v"], ["leaked"]),
-        helper.make_node("Add", ["leaked", "x"], ["u"]),
-        helper.make_node("GreaterOrEqual", ["u", "threshold"], ["fired"]),
-        helper.make_node("CastLike", ["fired", "x"], ["s"]) if opset >= 15 else
-        helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["s", "threshold"], ["reset"]),
-        helper.make_node("Sub", ["u", "reset"], ["v_next"]),
-        helper.make_node("Mul", ["s", "amplitude"], ["y"]),
-    ]
-    return helper.make_function(
-        DOMAIN, NEURON_OP, ["x", "v", "threshold", "amplitude", "leak"], ["y", "v_next"], nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        doc_string=("Integrate-and-fire step with leak and soft reset: u = leak*v + x; "
-                    "s = u >= threshold; v_next = u - s*threshold; y = s*amplitude"))
+def step_spikes_name(site: str) -> str:
+    """This step's spike count inside the loop body."""
+    return f"{site}.spikes.step"
+
+
+def steps_spikes_name(site: str) -> str:
+    """Every step's spike count, stacked by the loop: [T, N]."""
+    return f"{site}.spikes.steps"
+
+
+def step_output_name(output: str) -> str:
+    """A DNN output's value in one step, inside the loop body."""
+    return f"{output}.step"
+
+
+def steps_output_name(output: str) -> str:
+    """A DNN output's per-step values stacked by the loop: [T, ...]."""
+    return f"{output}.steps"
+
+
+def neuron_node_name(site: str) -> str:
+    return f"{site}.neuron"
+
+
+def pool_node_name(pool: str) -> str:
+    return f"{pool}.pool"
+
+
+def site_of_neuron_node(node_name: str) -> Optional[str]:
+    """The site a neuron node is named after (None for a node not named by the format)."""
+    suffix = neuron_node_name("")
+    return node_name[:-len(suffix)] if node_name.endswith(suffix) and node_name != suffix else None
+
+
+@dataclass(frozen=True)
+class CounterNames:
+    """Tensors and nodes of one site's spike counter: spikes = round(sum(y) / amplitude)."""
+
+    site: str
+
+    @property
+    def axes(self) -> str:
+        return f"{self.site}.count_axes"
+
+    @property
+    def y_sum(self) -> str:
+        return f"{self.site}.y_sum"
+
+    @property
+    def y_count(self) -> str:
+        return f"{self.site}.y_count"
+
+    @property
+    def nodes(self) -> tuple:
+        return (f"{self.site}.count", f"{self.site}.per_amplitude", f"{self.site}.round")
+
+
+@dataclass(frozen=True)
+class StateNames:
+    """Names of one carried state (``key`` of ``owner``: a site's membrane is key ``v``) in
+    the step graph (input/next) and in the loop's bookkeeping (initial value, last value)."""
+
+    owner: str
+    key: str = "v"
+
+    @property
+    def input(self) -> str:
+        return f"{self.owner}.{self.key}"
+
+    @property
+    def next(self) -> str:
+        return f"{self.owner}.{self.key}_next"
+
+    @property
+    def dims(self) -> str:
+        return f"{self.owner}.shape" if self.key == "v" else f"{self.owner}.{self.key}_dims"
+
+    @property
+    def full_shape(self) -> str:
+        return f"{self.owner}.{self.key}_shape"
+
+    @property
+    def initial(self) -> str:
+        return f"{self.owner}.{self.key}0"
+
+    @property
+    def last(self) -> str:
+        return f"{self.owner}.{self.key}_last"
+
+
+@dataclass(frozen=True)
+class OutputNames:
+    """Nodes that turn a DNN output's per-step values into the loop graph's output."""
+
+    output: str
+
+    @property
+    def sum(self) -> str:
+        return f"{self.output}.sum"
+
+    @property
+    def mean(self) -> str:
+        return f"{self.output}.mean"
+
+    @property
+    def last(self) -> str:
+        return f"{self.output}.last"
+
+
+def site_total_node(site: str) -> str:
+    return f"{site}.total"
+
+
+def is_reserved(name: str, owners: Sequence[str]) -> bool:
+    """Names the spiking graph creates: ``timesteps``, ``snn.*`` and ``<site or pool>.*``."""
+    return name == TIMESTEPS_INPUT or name.startswith(RESERVED_PREFIX) or \
+        any(name.startswith(f"{s}.") for s in owners)
+
+
+# ------------------------------------------------------------------ the site record
+
+Value = Union[float, List[float]]
+
+
+def _mul(a: Value, b: float) -> Value:
+    if isinstance(a, (list, tuple, np.ndarray)):
+        return [float(x) * float(b) for x in np.asarray(a, np.float64).reshape(-1)]
+    return float(a) * float(b)
 
 
 @dataclass
 class SiteRecord:
-    """One site as recorded in ``onnx_snn.sites``."""
+    """One site (a clipped ReLU of the DNN that became integrate-and-fire neurons), as
+    recorded in ``onnx_snn.sites``. ``threshold = alpha * mu`` and ``amplitude = beta * mu``
+    are derived; ``alpha``, ``beta`` and ``v_init`` are floats, or lists with one value per
+    channel (the first axis of ``shape``)."""
 
     name: str
     input: str
     output: str
     shape: List[int]
     mu: float
-    mu_source: str
-    alpha: float
-    beta: float
-    threshold: float
-    amplitude: float
-    leak: float
-    v_init: float
-    objective: str
-    objective_value: float
+    mu_source: str = "model"
+    alpha: Value = 1.0
+    beta: Value = 1.0
+    leak: float = 1.0
+    v_init: Value = 0.0
+    objective: str = "mse"
+    objective_value: float = 0.0
     idiom: str = ""
     source_nodes: List[str] = field(default_factory=list)
     sample_size: int = 0
     values_seen: int = 0
 
     @property
+    def threshold(self) -> Value:
+        return _mul(self.alpha, self.mu)
+
+    @property
+    def amplitude(self) -> Value:
+        return _mul(self.beta, self.mu)
+
+    @property
     def neurons(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n
+        return int(math.prod(int(d) for d in self.shape))
+
+    @property
+    def per_channel(self) -> bool:
+        return any(isinstance(v, (list, tuple)) for v in (self.alpha, self.beta, self.v_init))
+
+    def param_shape(self) -> List[int]:
+        """Shape of the per-channel parameter tensors: [C, 1, ...] (broadcasts to the site)."""
+        return [int(self.shape[0])] + [1] * (len(self.shape) - 1) if self.shape else []
+
+    def param_values(self) -> Dict[str, np.ndarray]:
+        """The initializer values of ``threshold, amplitude, leak, v_init`` (float32)."""
+        vals = {"threshold": self.threshold, "amplitude": self.amplitude, "leak": self.leak,
+                "v_init": self.v_init}
+        out = {}
+        for p in PARAMS:
+            v = vals[p]
+            if isinstance(v, (list, tuple)):
+                out[p] = np.asarray(v, np.float32).reshape(self.param_shape())
+            else:
+                out[p] = np.array(v, dtype=np.float32)
+        return out
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["threshold"] = self.threshold
+        d["amplitude"] = self.amplitude
+        # the JSON keeps its historical key order
+        order = ["name", "input", "output", "shape", "mu", "mu_source", "alpha", "beta",
+                 "threshold", "amplitude", "leak", "v_init", "objective", "objective_value",
+                 "idiom", "source_nodes", "sample_size", "values_seen"]
+        return {k: d[k] for k in order}
 
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "model") -> "SiteRecord":
+        if not isinstance(d, dict):
+            raise ModelLoadError(f"{where}: a site in {META_SITES} is not a JSON object")
+        missing = [k for k in ("name", "input", "output", "shape", "mu") if k not in d]
+        if missing:
+            raise ModelLoadError(f"{where}: site {d.get('name', '?')!r} in {META_SITES} lacks "
+                                 f"{', '.join(missing)}; the file is damaged, convert it again")
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        try:
+            rec = cls(**kw)
+            rec.shape = [int(x) for x in rec.shape]
+            rec.mu = float(rec.mu)
+            for k in ("alpha", "beta", "v_init"):
+                v = getattr(rec, k)
+                setattr(rec, k, [float(x) for x in v] if isinstance(v, list) else float(v))
+            rec.leak = float(rec.leak)
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{where}: site {d.get('name')!r} in {META_SITES} is damaged "
+                                 f"({e}); convert the model again") from None
+        if not (math.isfinite(rec.mu) and rec.mu > 0):
+            raise ModelLoadError(f"{where}: site {rec.name!r} has mu {rec.mu}; it must be a "
+                                 "positive number")
+        return rec
+
+
+@dataclass
+class PoolRecord:
+    """One rate-exact spiking max pool (format version 2), as recorded in ``onnx_snn.pools``:
+    the DNN's ``MaxPool``/``GlobalMaxPool`` node ``node`` became the function call ``name``
+    with two carried states, the running sum of its input (``in_shape``) and the pooled
+    running sum (``out_shape``)."""
+
+    name: str
+    node: str
+    op: str
+    input: str
+    output: str
+    in_shape: List[int]
+    out_shape: List[int]
+
+    def states(self) -> List["StateSpec"]:
+        c, m = POOL_STATES
+        return [StateSpec(StateNames(self.name, c), list(self.in_shape)),
+                StateSpec(StateNames(self.name, m), list(self.out_shape))]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "model") -> "PoolRecord":
+        try:
+            rec = cls(**{f.name: d[f.name] for f in fields(cls)})
+            rec.in_shape = [int(x) for x in rec.in_shape]
+            rec.out_shape = [int(x) for x in rec.out_shape]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{where}: a pool in {META_POOLS} is damaged ({e}); convert the "
+                                 "model again") from None
+        if rec.op not in POOL_OPS.values():
+            raise ModelLoadError(f"{where}: pool {rec.name!r} has op {rec.op!r}; the file is damaged")
+        return rec
+
+
+# ------------------------------------------------------------------ metadata
 
 @dataclass
 class SpikingInfo:
@@ -121,25 +368,16 @@ class SpikingInfo:
     dropout: list
     graph: str
     outputs: List[str]
+    pools: List[PoolRecord] = field(default_factory=list)
 
     def site(self, name: str) -> SiteRecord:
         return next(s for s in self.sites if s.name == name)
 
 
-def graphs(model: onnx.ModelProto) -> List[onnx.GraphProto]:
-    """The main graph and every subgraph (the time loop's body) that holds initializers."""
-    out = [model.graph]
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out.append(a.g)
-    return out
-
-
 def all_initializers(model: onnx.ModelProto) -> Dict[str, onnx.TensorProto]:
     """Every initializer by name, those of the loop body included (layer weights used only
     inside the time step live there, so that onnxruntime can prepack them)."""
-    return {t.name: t for g in graphs(model) for t in g.initializer}
+    return {t.name: t for g in walk.subgraphs(model.graph) for t in g.initializer}
 
 
 def metadata(model: onnx.ModelProto) -> Dict[str, str]:
@@ -150,22 +388,59 @@ def is_spiking(model: onnx.ModelProto) -> bool:
     return META_FORMAT in metadata(model)
 
 
-def read_info(model: onnx.ModelProto) -> SpikingInfo:
+def _json(meta: Dict[str, str], key: str, default, kind, where: str):
+    text = meta.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{where}: the metadata {key} is not valid JSON ({e.msg} at "
+                             f"character {e.pos}); the file is damaged, convert it again") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ModelLoadError(f"{where}: the metadata {key} should be a JSON "
+                             f"{'list' if kind is list else 'object'}; the file is damaged")
+    return value
+
+
+def _int(meta: Dict[str, str], key: str, default: Optional[int], where: str) -> int:
+    text = meta.get(key)
+    if text is None:
+        if default is None:
+            raise ModelLoadError(f"{where}: the metadata {key} is missing")
+        return default
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ModelLoadError(f"{where}: the metadata {key} is {text!r}, not a whole number; "
+                             "the file is damaged, convert it again") from None
+
+
+def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
+    """The metadata, checked: a damaged or unknown one raises :class:`ModelLoadError`."""
     meta = metadata(model)
-    sites = [SiteRecord(**{k: v for k, v in s.items() if k in SiteRecord.__dataclass_fields__})
-             for s in json.loads(meta.get(META_SITES, "[]"))]
+    version = _int(meta, META_FORMAT, None, where)
+    if version not in SUPPORTED_VERSIONS:
+        raise ModelLoadError(f"{where}: spiking format version {version} is not supported by "
+                             f"this onnx-snn (it reads {', '.join(map(str, SUPPORTED_VERSIONS))}); "
+                             "upgrade onnx-snn or convert the model again")
+    timesteps = _int(meta, META_TIMESTEPS, 1, where)
+    if timesteps < 1:
+        raise ModelLoadError(f"{where}: the metadata {META_TIMESTEPS} is {timesteps}; it must be "
+                             "at least 1 (the file is damaged)")
+    sites = [SiteRecord.from_dict(s, where) for s in _json(meta, META_SITES, [], list, where)]
+    preprocess = _json(meta, META_PREPROCESS, None, dict, where)
+    graph = meta.get(META_GRAPH, GRAPH_LOOP)
+    if graph not in (GRAPH_LOOP, GRAPH_STEP):
+        raise ModelLoadError(f"{where}: the metadata {META_GRAPH} is {graph!r}, not "
+                             f"{GRAPH_LOOP!r} or {GRAPH_STEP!r}")
     return SpikingInfo(
-        format_version=int(meta[META_FORMAT]),
-        timesteps=int(meta.get(META_TIMESTEPS, 1)),
-        method=meta.get(META_METHOD, ""),
-        sites=sites,
-        preprocess=json.loads(meta[META_PREPROCESS]) if meta.get(META_PREPROCESS) else None,
-        source=meta.get(META_SOURCE),
-        history=json.loads(meta.get(META_HISTORY, "[]")),
-        dropout=json.loads(meta.get(META_DROPOUT, "[]")),
-        graph=meta.get(META_GRAPH, "loop"),
-        outputs=json.loads(meta.get(META_OUTPUTS, "[]")),
-    )
+        format_version=version, timesteps=timesteps, method=meta.get(META_METHOD, ""),
+        sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
+        history=_json(meta, META_HISTORY, [], list, where),
+        dropout=_json(meta, META_DROPOUT, [], list, where),
+        graph=graph, outputs=_json(meta, META_OUTPUTS, [], list, where),
+        pools=[PoolRecord.from_dict(p, where) for p in _json(meta, META_POOLS, [], list, where)])
 
 
 def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
@@ -174,3 +449,184 @@ def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
     del model.metadata_props[:]
     for k in sorted(current):
         model.metadata_props.add(key=k, value=current[k])
+
+
+# ------------------------------------------------------------------ the parsed view
+
+@dataclass
+class StateSpec:
+    """One carried state: its names in the step, its per-sample shape and initial value
+    (the initializer ``init`` when set, else zeros)."""
+
+    names: StateNames
+    shape: List[int]
+    init: Optional[str] = None
+
+
+@dataclass
+class SpikingView:
+    """A spiking model parsed once: where each part of the format is.
+
+    ``hoisted``: the time-invariant DNN work (outside the loop; bookkeeping excluded);
+    ``body``: one time step's DNN work with its neuron calls (spike counters and the loop's
+    condition excluded); ``counters``: the spike-counting nodes; ``step_outputs``: for every
+    DNN output, the tensor holding its value in one step (itself when time-invariant);
+    ``step_spikes``: for every site, this step's spike count.
+    """
+
+    model: onnx.ModelProto
+    info: SpikingInfo
+    hoisted: List[onnx.NodeProto]
+    body: List[onnx.NodeProto]
+    counters: List[onnx.NodeProto]
+    neurons: Dict[str, onnx.NodeProto]
+    pools: Dict[str, onnx.NodeProto]
+    states: List[StateSpec]
+    step_outputs: Dict[str, str]
+    step_spikes: Dict[str, str]
+    initializers: Dict[str, onnx.TensorProto]
+    loop: Optional[onnx.NodeProto] = None
+
+    @property
+    def graph_kind(self) -> str:
+        return self.info.graph
+
+    @property
+    def outputs(self) -> List[str]:
+        return list(self.step_outputs)
+
+    @property
+    def timed_outputs(self) -> List[str]:
+        """DNN outputs that change from step to step (the loop stacks them)."""
+        return [o for o, t in self.step_outputs.items() if t != o]
+
+    @property
+    def state_inputs(self) -> List[str]:
+        return [s.names.input for s in self.states]
+
+    @property
+    def data_inputs(self) -> List[str]:
+        """The DNN's inputs (not ``timesteps``, not states, not initializers)."""
+        skip = {TIMESTEPS_INPUT} | set(self.state_inputs) | set(self.initializers)
+        return [i.name for i in self.model.graph.input if i.name not in skip]
+
+    def per_step_names(self) -> List[str]:
+        """Loop graph: the stacked per-step outputs and spike counts it can expose."""
+        return [steps_output_name(o) for o in self.timed_outputs] + \
+            [steps_spikes_name(s.name) for s in self.info.sites]
+
+    def param(self, site: str, p: str) -> np.ndarray:
+        return numpy_helper.to_array(self.initializers[param_name(site, p)])
+
+
+def initial_state(view: SpikingView, state: StateSpec, n: int) -> np.ndarray:
+    """A state's initial value (its initializer, else zeros) for a batch of ``n``."""
+    v0 = numpy_helper.to_array(view.initializers[state.init]) if state.init else np.float32(0)
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(v0, np.float32), [n] + list(state.shape)))
+
+
+def _neuron_nodes(nodes) -> List[onnx.NodeProto]:
+    return [n for n in nodes if n.op_type == NEURON_OP and n.domain == DOMAIN]
+
+
+def time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
+    """The loop node whose body holds the neurons, if any."""
+    for n in graph.node:
+        if n.op_type == "Loop":
+            body = next((a.g for a in n.attribute if a.name == "body"), None)
+            if body is not None and _neuron_nodes(body.node):
+                return n
+    return None
+
+
+def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
+    """Parse and validate a spiking model; raise :class:`NotSpikingModelError` for a plain
+    DNN and :class:`ModelLoadError` for a damaged file."""
+    if not is_spiking(model):
+        raise NotSpikingModelError(f"{where}: not a spiking model (no {META_FORMAT} metadata); "
+                                   "convert it first with `onnx-snn convert`")
+    info = read_info(model, where)
+    inits = all_initializers(model)
+    _check_params(info, inits, where)
+    g = model.graph
+    names = info.outputs or [o.name for o in g.output
+                             if o.name not in {spikes_name(s.name) for s in info.sites}
+                             and o.name not in {next_state_name(s.name) for s in info.sites}]
+    states = [StateSpec(StateNames(s.name), list(s.shape), param_name(s.name, "v_init"))
+              for s in info.sites] + [st for p in info.pools for st in p.states()]
+    counter_names = {c for s in info.sites for c in CounterNames(s.name).nodes}
+    loop = time_loop(g) if info.graph == GRAPH_LOOP else None
+    if info.graph == GRAPH_LOOP:
+        if loop is None:
+            raise ModelLoadError(f"{where}: a single-call spiking model without its time loop "
+                                 f"(no Loop node with {DOMAIN}.{NEURON_OP} calls); the file is "
+                                 "damaged or was edited, convert it again")
+        body_graph = next(a.g for a in loop.attribute if a.name == "body")
+        body_all = [n for n in body_graph.node if n.name != LOOP_COND_NODE]
+        made = {o for n in body_all for o in n.output}
+        step_outputs = {o: step_output_name(o) if step_output_name(o) in made else o for o in names}
+        step_spikes = {s.name: step_spikes_name(s.name) for s in info.sites}
+        before = list(g.node)[:list(g.node).index(loop)]
+        hoisted = walk.prune(before, walk.outer_refs(body_graph) +
+                             [o for o, t in step_outputs.items() if t == o])
+    else:
+        nodes = list(g.node)
+        flags = walk.depends(nodes, [s.names.input for s in states])
+        body_all = [n for n, f in zip(nodes, flags) if f]
+        step_outputs = {o: o for o in names}
+        step_spikes = {s.name: spikes_name(s.name) for s in info.sites}
+        body_refs = [x for n in body_all for x in walk.node_inputs(n)]
+        hoisted = walk.prune([n for n, f in zip(nodes, flags) if not f], body_refs + names)
+    counters = [n for n in body_all if n.name in counter_names]
+    body = [n for n in body_all if n.name not in counter_names]
+    by_output = {s.output: s.name for s in info.sites}
+    by_output.update({step_output_name(s.output): s.name for s in info.sites})
+    site_names = {s.name for s in info.sites}
+    neurons = {}
+    for n in _neuron_nodes(body):
+        site = site_of_neuron_node(n.name)
+        site = site if site in site_names else by_output.get(n.output[0])
+        if site is None:
+            raise ModelLoadError(f"{where}: neuron node '{n.name}' writes '{n.output[0]}', which "
+                                 f"no site of {META_SITES} names; the file is damaged")
+        neurons[site] = n
+    pool_nodes = {pool_node_name(p.name): p.name for p in info.pools}
+    pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}
+    lost = [p.name for p in info.pools if p.name not in pools]
+    if lost:
+        raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
+                             "the time step has no call for them; the file is damaged")
+    missing = [s.name for s in info.sites if s.name not in neurons]
+    if missing:
+        raise ModelLoadError(f"{where}: the metadata lists site(s) {', '.join(missing)} but the "
+                             f"graph has no {DOMAIN}.{NEURON_OP} call for them (was the neuron "
+                             "function inlined?); use the file onnx-snn wrote")
+    return SpikingView(model=model, info=info, hoisted=hoisted, body=body, counters=counters,
+                       neurons=neurons, pools=pools, states=states, step_outputs=step_outputs,
+                       step_spikes=step_spikes, initializers=inits, loop=loop)
+
+
+def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
+    """Every site's parameters present and finite, thresholds positive."""
+    for s in info.sites:
+        for p in PARAMS:
+            name = param_name(s.name, p)
+            if name not in inits:
+                raise ModelLoadError(f"{where}: the parameter '{name}' of site {s.name} is "
+                                     "missing; the file is damaged, convert it again")
+            try:
+                v = numpy_helper.to_array(inits[name])
+            except Exception as e:  # truncated raw data and the like
+                raise ModelLoadError(f"{where}: the parameter '{name}' cannot be read ({e})") from None
+            if v.dtype.kind != "f" or not np.all(np.isfinite(v)):
+                raise ModelLoadError(f"{where}: the parameter '{name}' is not finite; the file "
+                                     "is damaged (or fine-tuning diverged): use another file")
+            if p == "threshold" and not np.all(v > 0):
+                raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
+                                     f"({float(v.min()):g}); a neuron would fire on every step. "
+                                     "The file is damaged or was edited; convert it again")
+
+
+def require_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
+    """The checked metadata of a spiking model (see :func:`read_spiking`)."""
+    return read_spiking(model, where).info

@@ -14,110 +14,155 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import UnsupportedModelError
+from ..graph import walk
 from ..graph.normalize import NormalizedModel
-from . import format as F
+from . import format as fmt
+from .neuron import POOL_ATTRIBUTES, POOL_OPS, neuron_function, pool_functions
 
 
-def _site_param_initializers(site: str, rec: F.SiteRecord) -> List[onnx.TensorProto]:
-    vals = {"threshold": rec.threshold, "amplitude": rec.amplitude, "leak": rec.leak,
-            "v_init": rec.v_init}
-    return [numpy_helper.from_array(np.array(vals[p], dtype=np.float32), F.param_name(site, p))
-            for p in F.PARAMS]
+def _site_param_initializers(rec: fmt.SiteRecord) -> List[onnx.TensorProto]:
+    return [numpy_helper.from_array(v, fmt.param_name(rec.name, p))
+            for p, v in rec.param_values().items()]
 
 
-def step_nodes(nm: NormalizedModel, records: Dict[str, F.SiteRecord]) -> List[onnx.NodeProto]:
-    """Nodes of one time step: sites replaced by neuron calls and spike counters."""
+def spiking_pools(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord]) -> List[onnx.NodeProto]:
+    """The max pools that act on spikes (or currents built from spikes) and so become
+    rate-exact spiking pools: those whose input depends on a site's output. A pool of the
+    analog input (before any neuron) runs once, outside the time loop, and stays a MaxPool."""
+    nodes = list(nm.model.graph.node)
+    dep = walk.dependents(nodes, [r.output for r in records.values()])
+    return [n for n in nodes if n.op_type in POOL_OPS and n.input[0] in dep
+            and len([o for o in n.output if o]) == 1]
+
+
+def pool_records(pools: Sequence[onnx.NodeProto], shapes: Dict[str, Sequence[int]]) -> Dict[str, fmt.PoolRecord]:
+    """A record per spiking pool (keyed by the DNN node's name), with its per-sample input
+    and output shapes from ``shapes``."""
+    return {n.name: fmt.PoolRecord(name=f"{fmt.POOL_PREFIX}{i}", node=n.name,
+                                   op=POOL_OPS[n.op_type], input=n.input[0], output=n.output[0],
+                                   in_shape=[int(d) for d in shapes[n.input[0]]],
+                                   out_shape=[int(d) for d in shapes[n.output[0]]])
+            for i, n in enumerate(pools)}
+
+
+def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
+               pools: Optional[Dict[str, fmt.PoolRecord]] = None) -> List[onnx.NodeProto]:
+    """Nodes of one time step: sites replaced by neuron calls and spike counters, spiking
+    pools by their function calls; everything else is kept as it is."""
+    pools = pools or {}
     out = []
     for node in nm.model.graph.node:
+        pool = pools.get(node.name)
+        if pool is not None:
+            c, m = (fmt.StateNames(pool.name, k) for k in fmt.POOL_STATES)
+            call = helper.make_node(pool.op, [pool.input, c.input, m.input],
+                                    [pool.output, c.next, m.next],
+                                    name=fmt.pool_node_name(pool.name), domain=fmt.DOMAIN)
+            call.attribute.extend(copy.deepcopy(a) for a in node.attribute
+                                  if a.name in POOL_ATTRIBUTES)
+            out.append(call)
+            continue
         rec = records.get(node.name)
         if rec is None or node.op_type not in ("Clip", "Relu"):
             out.append(copy.deepcopy(node))
             continue
         s = rec.name
+        st = fmt.StateNames(s)
         out.append(helper.make_node(
-            F.NEURON_OP, [rec.input, F.state_name(s), F.param_name(s, "threshold"),
-                          F.param_name(s, "amplitude"), F.param_name(s, "leak")],
-            [rec.output, F.next_state_name(s)], name=f"{s}.neuron", domain=F.DOMAIN))
-        # spikes = sum(y) / amplitude, rounded: one pass over y (every spike carries the
-        # site's one amplitude; the rounding removes the float sum's tiny error)
-        out.append(helper.make_node("ReduceSum", [rec.output, f"{s}.count_axes"], [f"{s}.y_sum"],
-                                    keepdims=0, name=f"{s}.count"))
-        out.append(helper.make_node("Div", [f"{s}.y_sum", F.param_name(s, "amplitude")],
-                                    [f"{s}.y_count"], name=f"{s}.per_amplitude"))
-        out.append(helper.make_node("Round", [f"{s}.y_count"], [F.spikes_name(s)], name=f"{s}.round"))
+            fmt.NEURON_OP, [rec.input, st.input] + [fmt.param_name(s, p) for p in fmt.NEURON_PARAMS],
+            [rec.output, st.next], name=fmt.neuron_node_name(s), domain=fmt.DOMAIN))
+        out += _counter_nodes(rec)
     return out
 
 
-def _counter_initializers(rec: F.SiteRecord) -> List[onnx.TensorProto]:
+def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
+    """spikes = sum(y) / amplitude, rounded: one pass over y (every spike carries the site's
+    one amplitude; the rounding removes the float sum's tiny error). Per-channel amplitudes
+    divide before the sum."""
+    c = fmt.CounterNames(rec.name)
+    count, per_amp, rnd = c.nodes
+    amp = fmt.param_name(rec.name, "amplitude")
+    if rec.per_channel:
+        return [helper.make_node("Div", [rec.output, amp], [c.y_count], name=per_amp),
+                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
+                                 name=count),
+                helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
+    return [helper.make_node("ReduceSum", [rec.output, c.axes], [c.y_sum], keepdims=0, name=count),
+            helper.make_node("Div", [c.y_sum, amp], [c.y_count], name=per_amp),
+            helper.make_node("Round", [c.y_count], [fmt.spikes_name(rec.name)], name=rnd)]
+
+
+def _counter_initializers(rec: fmt.SiteRecord) -> List[onnx.TensorProto]:
     axes = np.arange(1, len(rec.shape) + 1, dtype=np.int64)
-    return [numpy_helper.from_array(axes, f"{rec.name}.count_axes")]
+    return [numpy_helper.from_array(axes, fmt.CounterNames(rec.name).axes)]
 
 
 def _used_site_constants(nm: NormalizedModel, records) -> set:
     """Initializers only the canonical clip nodes used (clip bounds), now unneeded."""
-    return {f"{r.name}.clip_min" for r in records.values()} | \
-        {f"{r.name}.mu" for r in records.values()}
-
-
-def _state_dependent(nodes: Sequence[onnx.NodeProto], states: Sequence[str]) -> List[bool]:
-    dep = set(states)
-    flags = []
-    for n in nodes:
-        d = any(i in dep for i in n.input if i)
-        if d:
-            dep.update(o for o in n.output if o)
-        flags.append(d)
-    return flags
+    from ..graph.sites import site_constants
+    return {name for r in records.values() for name in site_constants(r.name)}
 
 
 def _float_info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _graph_parts(nm: NormalizedModel, records: Dict[str, F.SiteRecord]):
-    nodes = step_nodes(nm, records)
+def _graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
+    nodes = step_nodes(nm, records, pools)
     drop = _used_site_constants(nm, records)
     inits = [copy.deepcopy(i) for i in nm.model.graph.initializer if i.name not in drop]
     for rec in records.values():
-        inits += _site_param_initializers(rec.name, rec)
+        inits += _site_param_initializers(rec)
         inits += _counter_initializers(rec)
     return nodes, inits
 
 
+def _states(records: Dict[str, fmt.SiteRecord], pools) -> List[fmt.StateSpec]:
+    return [fmt.StateSpec(fmt.StateNames(r.name), list(r.shape), fmt.param_name(r.name, "v_init"))
+            for r in records.values()] + [st for p in (pools or {}).values() for st in p.states()]
+
+
 def _opsets(nm: NormalizedModel):
-    return [helper.make_opsetid("", nm.opset), helper.make_opsetid(F.DOMAIN, 1)]
+    return [helper.make_opsetid("", nm.opset), helper.make_opsetid(fmt.DOMAIN, 1)]
 
 
-def _finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str]) -> onnx.ModelProto:
+def _finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
+            pools) -> onnx.ModelProto:
     model.ir_version = max(nm.model.ir_version, 8)
     model.producer_name = "onnx-snn"
     from .. import __version__
     model.producer_version = __version__
-    model.functions.append(F.neuron_function(nm.opset))
-    F.set_metadata(model, meta)
+    model.functions.append(neuron_function(nm.opset))
+    used = {p.op for p in (pools or {}).values()}
+    model.functions.extend(f for f in pool_functions(nm.opset) if f.name in used)
+    if pools:
+        meta = {**meta, fmt.META_POOLS: json.dumps([p.to_dict() for p in pools.values()])}
+    fmt.set_metadata(model, meta)
     return model
 
 
-def step_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord],
-               meta: Dict[str, str], input_shapes=None) -> onnx.ModelProto:
+def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
+               meta: Dict[str, str], input_shapes=None, pools=None) -> onnx.ModelProto:
     """One time step as a plain graph: inputs + states in; outputs, next states, spikes out."""
-    nodes, inits = _graph_parts(nm, records)
+    nodes, inits = _graph_parts(nm, records, pools)
     g = nm.model.graph
+    states = _states(records, pools)
     init_names = {i.name for i in g.initializer}
     inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
-    inputs += [_float_info(F.state_name(r.name), ["N"] + list(r.shape)) for r in records.values()]
+    inputs += [_float_info(st.names.input, ["N"] + st.shape) for st in states]
     outputs = [copy.deepcopy(o) for o in g.output]
-    outputs += [_float_info(F.next_state_name(r.name), ["N"] + list(r.shape)) for r in records.values()]
-    outputs += [_float_info(F.spikes_name(r.name), ["N"]) for r in records.values()]
+    outputs += [_float_info(st.names.next, ["N"] + st.shape) for st in states]
+    outputs += [_float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
     graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=_opsets(nm))
-    return _finish(model, nm, {**meta, F.META_GRAPH: "step"})
+    return _finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools)
 
 
 def _pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
@@ -135,34 +180,32 @@ def _pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
     return vi
 
 
-RESERVED_PREFIXES = ("snn.", "lif")
-
-
-def check_reserved_names(nm: NormalizedModel) -> None:
-    """The spiking graph adds tensors named ``timesteps``, ``snn.*`` and ``lif<k>.*``."""
-    from ..errors import UnsupportedModelError
+def check_reserved_names(nm: NormalizedModel, n_pools: int = 0) -> None:
+    """The spiking graph adds tensors named ``timesteps``, ``snn.*``, ``<site>.*`` and
+    ``<pool>.*``."""
+    from ..graph.sites import site_constants
     g = nm.model.graph
-    site_names = {s.name for s in nm.sites}
+    site_names = [s.name for s in nm.sites] + [f"{fmt.POOL_PREFIX}{i}" for i in range(n_pools)]
     names = {i.name for i in g.input} | {o for n in g.node for o in n.output} | \
         {i.name for i in g.initializer}
-    own = {s.output for s in nm.sites} | {s.input for s in nm.sites}
+    own = {s.output for s in nm.sites} | {s.input for s in nm.sites} | \
+        {c for s in site_names for c in site_constants(s)}
     for name in sorted(names - own):
-        clash = name == F.TIMESTEPS_INPUT or name.startswith("snn.") or \
-            any(name.startswith(f"{s}.") for s in site_names)
-        if clash and not name.endswith((".clip_min", ".mu")):
+        if fmt.is_reserved(name, site_names):
             raise UnsupportedModelError(
                 f"the model has a tensor named '{name}', a name the spiking format reserves "
-                f"('{F.TIMESTEPS_INPUT}', 'snn.*', 'lif<k>.*'); rename it and export again")
+                f"('{fmt.TIMESTEPS_INPUT}', '{fmt.RESERVED_PREFIX}*', '{fmt.SITE_PREFIX}<k>.*'); "
+                "rename it and export again")
 
 
-def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps: int,
-               meta: Dict[str, str], input_shapes=None) -> onnx.ModelProto:
+def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timesteps: int,
+               meta: Dict[str, str], input_shapes=None, pools=None) -> onnx.ModelProto:
     """The single-call artifact: hoisted time-invariant work, then a Loop over time steps."""
-    nodes, inits = _graph_parts(nm, records)
+    nodes, inits = _graph_parts(nm, records, pools)
     g = nm.model.graph
     sites = list(records.values())
-    states = [F.state_name(r.name) for r in sites]
-    flags = _state_dependent(nodes, states)
+    states = _states(records, pools)
+    flags = walk.depends(nodes, [st.names.input for st in states])
     hoisted = [n for n, f in zip(nodes, flags) if not f]
     body_nodes = [n for n, f in zip(nodes, flags) if f]
     body_made = {o for n in body_nodes for o in n.output}
@@ -171,9 +214,9 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
     dnn_inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
     dnn_outputs = [o.name for o in g.output]
 
-    # the body produces each DNN output as "<out>.step", each spike count as "<site>.spikes.step"
-    rename = {o: f"{o}.step" for o in dnn_outputs if o in body_made}
-    rename.update({F.spikes_name(r.name): F.spikes_name(r.name) + ".step" for r in sites})
+    # the body produces each DNN output and each spike count under its per-step name
+    rename = {o: fmt.step_output_name(o) for o in dnn_outputs if o in body_made}
+    rename.update({fmt.spikes_name(r.name): fmt.step_spikes_name(r.name) for r in sites})
     for n in body_nodes:
         for i, o in enumerate(n.output):
             if o in rename:
@@ -184,8 +227,8 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
     # outputs that never depend on a membrane state are the same at every step: they are
     # produced outside the loop, by the hoisted nodes (or are inputs/initializers)
     timed = [o for o in dnn_outputs if o in body_made]
-    body_nodes = [helper.make_node("Identity", ["snn.cond_in"], ["snn.cond_out"], name="loop.cond")] \
-        + body_nodes
+    body_nodes = [helper.make_node("Identity", [fmt.LOOP_COND_IN], [fmt.LOOP_COND_OUT],
+                                   name=fmt.LOOP_COND_NODE)] + body_nodes
 
     out_info = {o.name: o for o in g.output}
 
@@ -196,94 +239,98 @@ def loop_model(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps:
         t = out_info[name].type.tensor_type
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
-    body_inputs = [helper.make_tensor_value_info("snn.iter", TensorProto.INT64, []),
-                   helper.make_tensor_value_info("snn.cond_in", TensorProto.BOOL, [])]
-    body_inputs += [_float_info(F.state_name(r.name), ["N"] + list(r.shape)) for r in sites]
-    body_outputs = [helper.make_tensor_value_info("snn.cond_out", TensorProto.BOOL, [])]
-    body_outputs += [_float_info(F.next_state_name(r.name), ["N"] + list(r.shape)) for r in sites]
+    body_inputs = [helper.make_tensor_value_info(fmt.LOOP_ITER, TensorProto.INT64, []),
+                   helper.make_tensor_value_info(fmt.LOOP_COND_IN, TensorProto.BOOL, [])]
+    body_inputs += [_float_info(st.names.input, ["N"] + st.shape) for st in states]
+    body_outputs = [helper.make_tensor_value_info(fmt.LOOP_COND_OUT, TensorProto.BOOL, [])]
+    body_outputs += [_float_info(st.names.next, ["N"] + st.shape) for st in states]
     body_outputs += [helper.make_tensor_value_info(rename[o], out_type(o), out_shape(o)) for o in timed]
-    body_outputs += [_float_info(rename[F.spikes_name(r.name)], ["N"]) for r in sites]
-    body = helper.make_graph(body_nodes, "snn_timestep", body_inputs, body_outputs)
+    body_outputs += [_float_info(fmt.step_spikes_name(r.name), ["N"]) for r in sites]
+    body = helper.make_graph(body_nodes, fmt.LOOP_BODY, body_inputs, body_outputs)
 
-    # initial membranes: v_init broadcast to [batch, *site shape]
+    # initial states: each state's initial value broadcast to [batch, *state shape]
     first = dnn_inputs[0].name
     outer = list(hoisted)
-    outer.append(helper.make_node("Shape", [first], ["snn.input_shape"], name="snn.input_shape"))
-    outer.append(helper.make_node("Gather", ["snn.input_shape", "snn.batch_axis"], ["snn.batch"],
-                                  axis=0, name="snn.batch"))
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "snn.batch_axis"))
-    for r in sites:
-        s = r.name
-        inits.append(numpy_helper.from_array(np.array(r.shape, np.int64), f"{s}.shape"))
-        outer.append(helper.make_node("Concat", ["snn.batch", f"{s}.shape"], [f"{s}.v_shape"],
-                                      axis=0, name=f"{s}.v_shape"))
-        outer.append(helper.make_node("Expand", [F.param_name(s, "v_init"), f"{s}.v_shape"],
-                                      [f"{s}.v0"], name=f"{s}.v0"))
-    loop_outs = [f"{r.name}.v_last" for r in sites] + [f"{o}.steps" for o in timed] + \
-        [f"{r.name}.spikes.steps" for r in sites]
-    outer.append(helper.make_node("Loop", [F.TIMESTEPS_INPUT, ""] + [f"{r.name}.v0" for r in sites],
-                                  loop_outs, body=body, name="snn.time_loop"))
-    outer.append(helper.make_node("Cast", [F.TIMESTEPS_INPUT], ["snn.timesteps_f"],
-                                  to=TensorProto.FLOAT, name="snn.timesteps_f"))
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "snn.time_axis"))
+    outer.append(helper.make_node("Shape", [first], [fmt.INPUT_SHAPE], name=fmt.INPUT_SHAPE))
+    outer.append(helper.make_node("Gather", [fmt.INPUT_SHAPE, fmt.BATCH_AXIS], [fmt.BATCH],
+                                  axis=0, name=fmt.BATCH))
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), fmt.BATCH_AXIS))
+    if any(st.init is None for st in states):
+        inits.append(numpy_helper.from_array(np.array(0.0, np.float32), fmt.ZERO))
+    for st in states:
+        n = st.names
+        inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), n.dims))
+        outer.append(helper.make_node("Concat", [fmt.BATCH, n.dims], [n.full_shape],
+                                      axis=0, name=n.full_shape))
+        outer.append(helper.make_node("Expand", [st.init or fmt.ZERO, n.full_shape], [n.initial],
+                                      name=n.initial))
+    loop_outs = [st.names.last for st in states] + [fmt.steps_output_name(o) for o in timed] + \
+        [fmt.steps_spikes_name(r.name) for r in sites]
+    outer.append(helper.make_node("Loop", [fmt.TIMESTEPS_INPUT, ""] + [st.names.initial for st in states],
+                                  loop_outs, body=body, name=fmt.LOOP_NODE))
+    outer.append(helper.make_node("Cast", [fmt.TIMESTEPS_INPUT], [fmt.TIMESTEPS_FLOAT],
+                                  to=TensorProto.FLOAT, name=fmt.TIMESTEPS_FLOAT))
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), fmt.TIME_AXIS))
     for o in timed:
+        on = fmt.OutputNames(o)
         if out_type(o) != TensorProto.FLOAT:  # not a quantity to average: the last step's value
-            if "snn.last_step" not in {n.output[0] for n in outer}:
-                inits.append(numpy_helper.from_array(np.array(1, np.int64), "snn.one"))
-                outer.append(helper.make_node("Sub", [F.TIMESTEPS_INPUT, "snn.one"], ["snn.last_step"],
-                                              name="snn.last_step"))
-            outer.append(helper.make_node("Gather", [f"{o}.steps", "snn.last_step"], [o], axis=0,
-                                          name=f"{o}.last"))
+            if fmt.LAST_STEP not in {n.output[0] for n in outer}:
+                inits.append(numpy_helper.from_array(np.array(1, np.int64), fmt.ONE))
+                outer.append(helper.make_node("Sub", [fmt.TIMESTEPS_INPUT, fmt.ONE], [fmt.LAST_STEP],
+                                              name=fmt.LAST_STEP))
+            outer.append(helper.make_node("Gather", [fmt.steps_output_name(o), fmt.LAST_STEP], [o],
+                                          axis=0, name=on.last))
             continue
-        outer.append(helper.make_node("ReduceSum", [f"{o}.steps", "snn.time_axis"], [f"{o}.sum"],
-                                      keepdims=0, name=f"{o}.sum"))
-        outer.append(helper.make_node("Div", [f"{o}.sum", "snn.timesteps_f"], [o], name=f"{o}.mean"))
+        outer.append(helper.make_node("ReduceSum", [fmt.steps_output_name(o), fmt.TIME_AXIS],
+                                      [on.sum], keepdims=0, name=on.sum))
+        outer.append(helper.make_node("Div", [on.sum, fmt.TIMESTEPS_FLOAT], [o], name=on.mean))
     for r in sites:
-        outer.append(helper.make_node("ReduceSum", [f"{r.name}.spikes.steps", "snn.time_axis"],
-                                      [F.spikes_name(r.name)], keepdims=0, name=f"{r.name}.total"))
+        outer.append(helper.make_node("ReduceSum", [fmt.steps_spikes_name(r.name), fmt.TIME_AXIS],
+                                      [fmt.spikes_name(r.name)], keepdims=0,
+                                      name=fmt.site_total_node(r.name)))
 
-    inits.append(numpy_helper.from_array(np.array(timesteps, np.int64), F.TIMESTEPS_INPUT))
+    inits.append(numpy_helper.from_array(np.array(timesteps, np.int64), fmt.TIMESTEPS_INPUT))
     loop_node = next(n for n in outer if n.op_type == "Loop")
-    inits = _move_body_weights(inits, outer, loop_node.attribute[0].g)
-    inputs = dnn_inputs + [helper.make_tensor_value_info(F.TIMESTEPS_INPUT, TensorProto.INT64, [])]
+    inits = _move_body_weights(inits, outer, loop_node.attribute[0].g, records)
+    inputs = dnn_inputs + [helper.make_tensor_value_info(fmt.TIMESTEPS_INPUT, TensorProto.INT64, [])]
     outputs = [copy.deepcopy(o) for o in g.output]
-    outputs += [_float_info(F.spikes_name(r.name), ["N"]) for r in sites]
+    outputs += [_float_info(fmt.spikes_name(r.name), ["N"]) for r in sites]
     graph = helper.make_graph(outer, g.name or "snn", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=_opsets(nm))
-    return _finish(model, nm, {**meta, F.META_GRAPH: "loop"})
+    return _finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
 
 
-def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto):
+def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto, records):
     """Initializers only the time step uses (layer weights) become initializers of the Loop
     body: onnxruntime then prepacks them for its blocked convolutions, which it does not do for
     outer-scope values (about 30 % faster, same results). Neuron parameters stay outside."""
     outer_uses = {i for n in outer_nodes for i in n.input}
     body_uses = {i for n in body.node for i in n.input}
+    params = {fmt.param_name(r, p) for r in records for p in fmt.PARAMS}
     keep = []
     for t in inits:
-        site_param = any(t.name.endswith("." + p) for p in F.PARAMS)
-        if t.name in body_uses and t.name not in outer_uses and not site_param:
+        if t.name in body_uses and t.name not in outer_uses and t.name not in params:
             body.initializer.append(t)
         else:
             keep.append(t)
     return keep
 
 
-def base_metadata(nm: NormalizedModel, records: Dict[str, F.SiteRecord], timesteps: int,
+def base_metadata(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timesteps: int,
                   method: str, history: list) -> Dict[str, str]:
-    meta = {k: v for k, v in nm.source_metadata.items() if not k.startswith(F.META_PREFIX)
-            or k in ("onnx_snn.arch", "onnx_snn.dataset", "onnx_snn.test_accuracy")}
+    meta = {k: v for k, v in nm.source_metadata.items() if not k.startswith(fmt.META_PREFIX)
+            or k in fmt.META_CARRIED}
     meta.update({
-        F.META_FORMAT: str(F.FORMAT_VERSION),
-        F.META_TIMESTEPS: str(int(timesteps)),
-        F.META_METHOD: method,
-        F.META_SITES: json.dumps([r.to_dict() for r in records.values()]),
-        F.META_HISTORY: json.dumps(history),
-        F.META_DROPOUT: json.dumps(nm.dropouts),
-        F.META_OUTPUTS: json.dumps([o.name for o in nm.model.graph.output]),
+        fmt.META_FORMAT: str(fmt.FORMAT_VERSION),
+        fmt.META_TIMESTEPS: str(int(timesteps)),
+        fmt.META_METHOD: method,
+        fmt.META_SITES: json.dumps([r.to_dict() for r in records.values()]),
+        fmt.META_HISTORY: json.dumps(history),
+        fmt.META_DROPOUT: json.dumps(nm.dropouts),
+        fmt.META_OUTPUTS: json.dumps([o.name for o in nm.model.graph.output]),
     })
     if nm.preprocess is not None:
-        meta[F.META_PREPROCESS] = json.dumps(nm.preprocess)
+        meta[fmt.META_PREPROCESS] = json.dumps(nm.preprocess)
     if nm.source_sha256:
-        meta[F.META_SOURCE] = nm.source_sha256
+        meta[fmt.META_SOURCE] = nm.source_sha256
     return meta

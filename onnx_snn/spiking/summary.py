@@ -9,9 +9,9 @@ from typing import List
 import onnx
 from onnx import helper, numpy_helper
 
-from . import format as F
+from . import format as fmt
 
-_VOLATILE_META = {F.META_SOURCE, F.META_HISTORY}
+_VOLATILE_META = {fmt.META_SOURCE, fmt.META_HISTORY}
 
 
 def _fmt_value(v) -> str:
@@ -28,6 +28,9 @@ def _attrs(node: onnx.NodeProto) -> str:
     parts = []
     for a in sorted(node.attribute, key=lambda a: a.name):
         if a.type == onnx.AttributeProto.GRAPH:
+            continue
+        if a.ref_attr_name:  # a function body's reference to the caller's attribute
+            parts.append(f"{a.name}=@{a.ref_attr_name}")
             continue
         if a.type == onnx.AttributeProto.TENSOR:
             t = numpy_helper.to_array(a.t)
@@ -84,7 +87,7 @@ def describe(model: onnx.ModelProto) -> str:
     for p in sorted(model.metadata_props, key=lambda p: p.key):
         if p.key in _VOLATILE_META:
             continue
-        if p.key == F.META_SITES:
+        if p.key == fmt.META_SITES:
             for s in json.loads(p.value):
                 keep = {k: s[k] for k in ("name", "input", "output", "shape", "mu", "mu_source",
                                           "alpha", "beta", "threshold", "amplitude", "leak",

@@ -29,8 +29,7 @@ from onnx_snn.errors import DataError, TrainingDivergedError
 from onnx_snn.feeds import input_specs, validate_feeds
 from onnx_snn.model_io import check_output_path, load_model
 from onnx_snn.progress import Progress
-from onnx_snn.runtimes.ort import require_spiking
-from onnx_snn.spiking import format as F
+from onnx_snn.spiking import format as fmt
 
 from .network import SpikingNetwork
 
@@ -117,6 +116,11 @@ def _seed_all(seed: int) -> None:
 
 # ------------------------------------------------------------------ data
 
+def _specs(view: fmt.SpikingView):
+    """The spiking model's data inputs (not ``timesteps``, not the states)."""
+    return input_specs(view.model, skip=(fmt.TIMESTEPS_INPUT, *view.state_inputs))
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding (2 px for 28x28, 4 px for 32x32) and, for colour
     images, a random horizontal flip; on tensors, one draw per image."""
@@ -135,14 +139,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def load_split(model, data, split, limit, data_dir, info, download=False) -> Dataset:
-    ds = resolve_data(data, info.preprocess, data_dir=data_dir, split=split, download=download)
+def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False) -> Dataset:
+    ds = resolve_data(data, view.info.preprocess, data_dir=data_dir, split=split, download=download)
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
-    skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in info.sites)
-    validate_feeds(input_specs(model, skip=skip), ds.x[:2], f"{ds.name} data")
+    validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data")
     return ds
 
 
@@ -191,13 +194,13 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         check_output_path(output, model_path)
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     model = load_model(model_path)
-    info = require_spiking(model, model_path)
+    view = fmt.read_spiking(model, model_path)
+    info = view.info
     T = int(cfg.timesteps or info.timesteps)
-    skip = (F.TIMESTEPS_INPUT,) + tuple(F.state_name(s.name) for s in info.sites)
-    if len(input_specs(model, skip=skip)) != 1:
+    if len(_specs(view)) != 1:
         raise DataError(f"{model_path}: fine-tuning supports models with one input")
-    train = load_split(model, data, "train", cfg.limit_train, data_dir, info, download)
-    test = load_split(model, data, "test", cfg.limit_test, data_dir, info, download)
+    train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download)
+    test = load_split(model, data, "test", cfg.limit_test, data_dir, view, download)
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
         log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")

@@ -1,0 +1,107 @@
+"""Walks over ONNX node lists, shared by the rewrite, the runtimes and the analyzer.
+
+* :func:`prune` — backward: the nodes needed to compute some tensors (a graph cut down to
+  what one site's input, or the outputs, depend on);
+* :func:`dependents` / :func:`depends` — forward: the tensors (or per-node flags) that depend
+  on some seed tensors (what depends on a membrane state must run every time step);
+* :func:`subgraphs`, :func:`all_nodes`, :func:`outer_refs` — the graphs nested in control-flow
+  nodes (the time loop's body) and the outer-scope names they read.
+
+All functions take and return plain ``onnx.NodeProto`` sequences in their original order.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Sequence, Set
+
+import onnx
+
+
+def subgraphs(graph: onnx.GraphProto) -> List[onnx.GraphProto]:
+    """``graph`` and every graph nested in its nodes' attributes, depth first."""
+    out = [graph]
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += subgraphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    out += subgraphs(g)
+    return out
+
+
+def all_nodes(graph: onnx.GraphProto) -> List[onnx.NodeProto]:
+    """Every node of ``graph`` and of its nested graphs."""
+    return [n for g in subgraphs(graph) for n in g.node]
+
+
+def outer_refs(graph: onnx.GraphProto) -> List[str]:
+    """Names a (sub)graph reads from its enclosing scope, in first-use order."""
+    made = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    refs: List[str] = []
+    for n in graph.node:
+        for x in n.input:
+            if x and x not in made and x not in refs:
+                refs.append(x)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                refs += [r for r in outer_refs(a.g) if r not in made and r not in refs]
+        made.update(n.output)
+    refs += [o.name for o in graph.output if o.name not in made and o.name not in refs]
+    return refs
+
+
+def node_inputs(node: onnx.NodeProto) -> List[str]:
+    """The tensors a node reads: its inputs and the outer names its subgraphs use."""
+    names = [x for x in node.input if x]
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            names += outer_refs(a.g)
+    return names
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> List[onnx.NodeProto]:
+    """The nodes needed to compute ``outputs`` (the first producer of a name wins), in their
+    original order."""
+    producer: Dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o and o not in producer:
+                producer[o] = i
+    keep: Set[int] = set()
+    stack = list(outputs)
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        stack.extend(node_inputs(nodes[i]))
+    return [n for i, n in enumerate(nodes) if i in keep]
+
+
+def needed_tensors(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> Set[str]:
+    """Every tensor read by the nodes that ``prune`` keeps, plus ``outputs``."""
+    names = set(outputs)
+    for n in prune(nodes, names):
+        names.update(node_inputs(n))
+    return names
+
+
+def dependents(nodes: Sequence[onnx.NodeProto], seeds: Iterable[str]) -> Set[str]:
+    """The tensors that depend (transitively, in node order) on ``seeds``, seeds included."""
+    dep = set(seeds)
+    for n in nodes:
+        if any(i in dep for i in node_inputs(n)):
+            dep.update(o for o in n.output if o)
+    return dep
+
+
+def depends(nodes: Sequence[onnx.NodeProto], seeds: Iterable[str]) -> List[bool]:
+    """For each node, whether any of its inputs depends on ``seeds``."""
+    dep = set(seeds)
+    flags = []
+    for n in nodes:
+        d = any(i in dep for i in node_inputs(n))
+        if d:
+            dep.update(o for o in n.output if o)
+        flags.append(d)
+    return flags
