@@ -54,6 +54,7 @@ class Calibration:
     seconds: float
     batch_size: int
     input_shapes: Dict[str, tuple] = field(default_factory=dict)   # per-sample, calibrated
+    inputs: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the data itself
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
@@ -194,4 +195,5 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                                    sample=samplers[s.name].result())
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
                        seconds=time.perf_counter() - t0, batch_size=batch_size,
-                       input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()})
+                       input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()},
+                       inputs=feeds_all)

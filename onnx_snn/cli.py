@@ -22,17 +22,20 @@ SEARCH = SearchConfig()   # the search's defaults, shown in --help
 
 EPILOG_CONVERT = """\
 examples:
-  onnx-snn convert model.onnx -o model.snn.onnx --calib fashion-mnist -T 2 --method datta
+  onnx-snn convert model.onnx --calib fashion-mnist -T 2          # the default: refined
   onnx-snn convert model.onnx --calib calib.npy -T 1 --report report.json
-  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --sequential   # best at T=1-4
+  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --method datta   # the paper's alone
   onnx-snn convert resnet.onnx --calib cifar10 --data-dir ~/data --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
 
 methods:
-  datta       Datta & Beerel 2022: per-layer threshold scale alpha (searched over the layer's
-              own activation percentiles) and output scale beta (fine grid) that best match
-              the DNN activation at this T (default). --sequential then refines each
-              layer on the spiking network's own inputs (earlier layers converted), with
-              the initial membrane searched too: slower, more accurate at low T
+  refined     (default) the paper's Algorithm 1, then every layer, in order, refined on the
+              spiking network's own input currents (its earlier layers already converted):
+              thresholds, amplitudes and initial membranes per channel, chosen by
+              simulating the neurons. The most accurate at T=1-4, on deep networks above
+              all; costs one T-step pass over the calibration set per layer
+  datta       Datta & Beerel 2022, Algorithm 1 alone: per-layer threshold scale alpha
+              (searched over the layer's own activation percentiles) and output scale beta
+              (fine grid) that best match the DNN activation at this T
   max         threshold = mu, alpha = beta = 1 (plain rate conversion)
   deng        Deng et al. 2021: threshold = mu, initial membrane threshold/2
   percentile  Rueckauer et al. 2017: threshold = the p-th percentile of activations
@@ -128,10 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"what datta minimizes between DNN and SNN activations (default: "
                         f"{SEARCH.objective})")
     c.add_argument("--sequential", action="store_true",
-                   help="datta: then refine each layer, in order, on the spiking network's own "
-                        "input currents (its earlier layers already converted), choosing alpha, "
-                        "beta and the initial membrane by simulating the neurons; better at "
-                        "T=1-4, costs one T-step pass over the calibration set per layer")
+                   help="with --method datta: refine it as the refined method does (the same "
+                        "as --method refined)")
+    c.add_argument("--per-channel", action=argparse.BooleanOptionalAction,
+                   default=SEARCH.per_channel,
+                   help="refined: thresholds, amplitudes and initial membranes per channel "
+                        f"(default: {'on' if SEARCH.per_channel else 'off'}; --no-per-channel: "
+                        "one value per layer)")
+    c.add_argument("--bias-correction", action="store_true",
+                   help="refined: also add, per channel, the mean input current the spiking "
+                        "layer lacks (Li et al. 2021; off by default: it did not help here)")
+    c.add_argument("--weight-calibration", action="store_true",
+                   help="refined: also refit every layer that reads spikes to its DNN outputs "
+                        "by ridge regression on the calibration set (off by default)")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
@@ -283,13 +295,16 @@ def _dataset_from_metadata(model_path: str) -> Optional[str]:
     return meta.get("onnx_snn.dataset")
 
 
+def _param(value, spec: str) -> str:
+    """One neuron parameter: its value, or the range of its per-channel values."""
+    if isinstance(value, (list, tuple)):
+        return f"{min(value):{spec}}..{max(value):{spec}}" if value else "-"
+    return f"{value:{spec}}"
+
+
 def _fmt_table(headers: List[str], rows: List[List]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
-             for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .table import format_table
+    return format_table(headers, rows)
 
 
 def cmd_convert(args) -> int:
@@ -303,12 +318,20 @@ def cmd_convert(args) -> int:
         config = SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
                               beta_step=args.beta_step, beta_max=args.beta_max,
                               percentile=args.percentile, relu_percentile=args.relu_percentile,
-                              sequential=args.sequential)
+                              sequential=args.sequential, per_channel=args.per_channel,
+                              bias_correction=args.bias_correction,
+                              weight_calibration=args.weight_calibration)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.sequential and args.method != "datta":
+    if args.sequential and args.method not in ("datta", "refined"):
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
+    refining = args.method == "refined" or args.sequential
+    extra = [f for f, on in (("--bias-correction", args.bias_correction),
+                             ("--weight-calibration", args.weight_calibration)) if on]
+    if extra and not refining:
+        raise UsageError(f"{', '.join(extra)} belong(s) to the refined method, not "
+                         f"--method {args.method}")
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
         from .errors import DataError
@@ -322,8 +345,9 @@ def cmd_convert(args) -> int:
         for note in snn.normalized.notes:
             print(f"note: {note}", file=sys.stderr)
     rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
-             f"{r['alpha']:.4f}", f"{r['beta']:.4f}", f"{r['threshold']:.4g}",
-             f"{r['amplitude']:.4g}", f"{r['v_init']:.4g}", f"{r['objective_value']:.4g}"]
+             _param(r["alpha"], ".4f"), _param(r["beta"], ".4f"), _param(r["threshold"], ".4g"),
+             _param(r["amplitude"], ".4g"), _param(r["v_init"], ".4g"),
+             f"{r['objective_value']:.4g}"]
             for r in snn.report["sites"]]
     print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
                       "v_init", snn.report["objective"]], rows))
@@ -383,8 +407,9 @@ def cmd_info(args) -> int:
         return 0
     print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
           f"method={info.method}, graph={info.graph}")
-    rows = [[s.name, "x".join(map(str, s.shape)), s.neurons, f"{s.mu:.4g}", f"{s.threshold:.4g}",
-             f"{s.amplitude:.4g}", f"{s.leak:.4g}", f"{s.v_init:.4g}"] for s in info.sites]
+    rows = [[s.name, "x".join(map(str, s.shape)), s.neurons, f"{s.mu:.4g}",
+             _param(s.threshold, ".4g"), _param(s.amplitude, ".4g"), _param(s.leak, ".4g"),
+             _param(s.v_init, ".4g")] for s in info.sites]
     print(_fmt_table(["site", "shape", "neurons", "mu", "threshold", "amplitude", "leak", "v_init"], rows))
     for h in info.history:
         print("history: " + json.dumps(h))

@@ -24,7 +24,7 @@ from .datasets import Dataset, apply_preprocess, load_dataset
 from .errors import DataError
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, save_model, write_text_atomic
-from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig,
+from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
                      choose_params, estimate_mu)
 from .spiking import format as fmt
 from .spiking import rewrite
@@ -120,15 +120,19 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
           threads: Optional[int] = None, seed: int = 0) -> SpikingModel:
     """Choose (alpha, beta) for every site and rewrite into the spiking format.
 
-    With ``config.sequential`` (datta only) the parameters are then refined site by site on
-    the spiking network itself (:mod:`onnx_snn.sequential`), which needs the calibration
-    inputs ``calib_data`` (the array or feeds given to :func:`calibrate`)."""
+    ``refined`` (the default; also ``datta`` with ``config.sequential``) then refines the
+    parameters site by site on the spiking network itself (:mod:`onnx_snn.sequential`), on
+    the calibration inputs (``calib_data``; by default those :func:`calibrate` recorded)."""
     cfg = config or SearchConfig()
-    if cfg.sequential and method != "datta":
+    if method == REFINED and not cfg.sequential:
+        cfg = dataclasses.replace(cfg, sequential=True)
+    if cfg.sequential and method not in ("datta", REFINED):
         raise ValueError(f"the sequential refinement is part of the datta method, not {method!r}")
-    if cfg.sequential and calib_data is None:
-        raise ValueError("the sequential refinement runs the spiking network on the calibration "
-                         "inputs: pass them as calib_data")
+    if cfg.sequential:
+        calib_data = calib.inputs if calib_data is None else calib_data
+        if calib_data is None:
+            raise ValueError("the sequential refinement runs the spiking network on the "
+                             "calibration inputs: pass them as calib_data")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if cfg.objective not in OBJECTIVES:
@@ -166,7 +170,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     refinement = None
     if cfg.sequential:
         from .sequential import refine
-        records, refinement = refine(nm, records, calib_data, int(timesteps), cfg,
+        records, refinement, nm = refine(nm, records, calib_data, int(timesteps), cfg,
                                      calib.input_shapes, calib.batch_size, seed=seed,
                                      show_progress=show_progress, threads=threads, pools=pools)
         for row in site_rows:
@@ -180,7 +184,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         "method": method, "timesteps": int(timesteps), "objective": cfg.objective,
         "calibration_samples": calib.n_samples, "sample_size": calib.sample_size,
         **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
-            "sequential_sample": cfg.sequential_sample} if cfg.sequential else {}),
+            "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
+            "bias_correction": cfg.bias_correction,
+            "weight_calibration": cfg.weight_calibration} if cfg.sequential else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
@@ -236,8 +242,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
-                 calib_data=ds.x if cfg.sequential else None, show_progress=show_progress,
-                 seed=seed)
+                 show_progress=show_progress, seed=seed)
 
 
 def search_config(config: Optional[SearchConfig] = None, **options) -> SearchConfig:

@@ -29,9 +29,12 @@ from typing import Optional
 
 import numpy as np
 
-METHODS = ("datta", "deng", "max", "percentile")
+#: ``refined``: Algorithm 1 (``datta``), then every site refined on the spiking network's own
+#: input currents (see onnx_snn.sequential); the others are single-pass searches.
+METHODS = ("refined", "datta", "deng", "max", "percentile")
 OBJECTIVES = ("mse", "mean", "l1")
-DEFAULT_METHOD = "datta"
+DEFAULT_METHOD = "refined"
+REFINED = "refined"
 DEFAULT_TIMESTEPS = 2
 
 
@@ -45,9 +48,14 @@ class SearchConfig:
     relu_percentile: float = 99.99   # mu estimate for plain ReLU sites
     mean_tolerance: float = 1e-3     # "mean": pairs within this fraction of E[DNN] of the
                                      # best |mean difference| count as ties; least mse wins
-    sequential: bool = False         # datta only: refine site by site on the spiking network
+    sequential: bool = False         # datta: refine site by site on the spiking network
+                                     # (always on for the "refined" method)
     v_init_fractions: tuple = (0.0, 0.25, 0.5, 0.75)  # sequential: initial membrane / threshold
     sequential_sample: int = 200_000  # sequential: (input, target) pairs per site
+    per_channel: bool = True         # sequential: alpha, beta, initial membrane per channel
+    bias_correction: bool = False    # sequential: per-channel current offset (Li et al. 2021)
+    weight_calibration: bool = False  # sequential: refit the layers that read spikes
+    weight_ridge: float = 0.1        # weight calibration: ridge / mean diagonal of R^T R
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -213,10 +221,14 @@ def _l1_table(d, p1, b, betas, c, k):
 def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndarray) -> np.ndarray:
     """Spike counts of IF neurons with soft reset over ``T`` steps of the given input currents.
 
-    ``currents``: [T, n]; ``threshold`` and ``v_init``: [C] (one candidate each). Returns
-    [C, n]: the same float32 arithmetic as ``LIFNeuron`` with leak 1."""
-    th = np.asarray(threshold, np.float32)[:, None]
-    v = np.broadcast_to(np.asarray(v_init, np.float32)[:, None], (th.shape[0], currents.shape[1])).copy()
+    ``currents``: [T, n]; ``threshold`` and ``v_init``: [C] (one candidate each) or [C, n]
+    (one value per candidate and neuron). Returns [C, n]: the same float32 arithmetic as
+    ``LIFNeuron`` with leak 1."""
+    th = np.asarray(threshold, np.float32)
+    th = th[:, None] if th.ndim == 1 else th
+    v0 = np.asarray(v_init, np.float32)
+    v0 = v0[:, None] if v0.ndim == 1 else v0
+    v = np.broadcast_to(v0, (th.shape[0], currents.shape[1])).copy()
     k = np.zeros_like(v)
     steps = np.asarray(currents, np.float32)
     for t, x in enumerate(steps):
@@ -279,6 +291,128 @@ def search_dynamic(currents: np.ndarray, target: np.ndarray, mu: float, timestep
     return alpha, beta, frac, value
 
 
+@dataclass(frozen=True)
+class ChannelChoice:
+    """What :func:`search_channels` chose: one value per group of neurons (channel), or one
+    group for the whole site."""
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    v_init_fraction: np.ndarray
+    objective_value: float
+
+
+def channel_offsets(currents: np.ndarray, preact: np.ndarray, groups: np.ndarray,
+                    n_groups: int) -> np.ndarray:
+    """Bias correction (Li et al., ICML 2021): per group (channel), the current to add every
+    step so that the spiking neurons' mean input equals the DNN's mean pre-activation,
+    ``mean(h) - mean(mean_t x_t)``. Groups with no sampled neuron get 0."""
+    xm = np.asarray(currents, np.float64).mean(0)
+    g = np.asarray(groups, np.int64)
+    diff = np.bincount(g, weights=np.asarray(preact, np.float64) - xm, minlength=n_groups)
+    count = np.bincount(g, minlength=n_groups)
+    return np.where(count > 0, diff / np.maximum(count, 1), 0.0)
+
+
+def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row-wise sums of ``values`` [C, n] over contiguous groups starting at ``starts``."""
+    return np.add.reduceat(values, starts, axis=1)
+
+
+def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
+                    config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
+                    n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
+                    min_group: int = 64) -> ChannelChoice:
+    """The spiking-aware search of one site, per group of neurons (``groups``: the channel of
+    every sampled neuron, ``0..n_groups-1``; None: one group).
+
+    ``currents`` [T, n] are the neurons' input currents in the spiking network, ``target`` [n]
+    the DNN's activations ``clip(h, 0, mu)`` of the same neurons. Per group:
+
+    1. alpha runs over the group's own percentiles of the time-averaged current (Algorithm 1's
+       candidates, plus ``start``'s alpha and 1), the initial membrane over
+       ``config.v_init_fractions`` of the threshold; the neurons are simulated exactly;
+    2. beta is the closed-form least-squares scale snapped to the grid (the objective is
+       quadratic in beta, so the nearest grid point is the grid's best); ``mean`` picks beta
+       that zeroes the mean difference and ranks candidates by mse.
+
+    A group with fewer than ``min_group`` neurons or that the DNN never activates takes the
+    whole site's choice."""
+    cfg = config or SearchConfig()
+    x = np.asarray(currents, np.float32)
+    d = np.asarray(target, np.float64)
+    n = d.size
+    if x.ndim != 2 or x.shape[0] != timesteps or x.shape[1] != n:
+        raise ValueError(f"currents must be [T={timesteps}, n={n}], not {list(x.shape)}")
+    g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+    G = int(n_groups) if groups is not None else 1
+    order = np.argsort(g, kind="stable")
+    x, d, g = x[:, order], d[order], g[order]
+    present, starts, sizes = np.unique(g, return_index=True, return_counts=True)
+    P = present.size
+    xm = x.mean(0, dtype=np.float64)
+
+    # candidates: per group, the percentiles of its positive mean currents <= mu (as alpha)
+    qs = np.arange(cfg.percentile_step, 100.0 + 1e-9, cfg.percentile_step)
+    layer = alpha_candidates(np.sort(xm), mu, cfg.percentile_step)
+    extra = [1.0] + ([float(start[0])] if start is not None else [])
+    A = np.empty((qs.size + len(extra), P))
+    for j, (s0, m) in enumerate(zip(starts, sizes)):
+        pos = np.sort(xm[s0:s0 + m])
+        pos = pos[pos > 0]
+        if pos.size >= 2 and m >= min_group:
+            # midpoints between neighbouring sample values: a threshold that sits exactly on a
+            # calibration current would make the spike depend on the last bit of the sum
+            # (the widest gap among the nearest few)
+            idx = np.minimum((qs / 100.0 * (pos.size - 1)).astype(np.int64), pos.size - 2)
+            near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, pos.size - 2)
+            gap = pos[near + 1] - pos[near]
+            idx = near[np.arange(idx.size), np.argmax(gap, axis=1)]
+            p = 0.5 * (pos[idx] + pos[idx + 1]) / mu
+            p = np.where((p > 0) & (p <= 1.0), p, 1.0)
+        else:  # too few: the layer's candidates, padded
+            p = np.resize(layer, qs.size)
+        A[:, j] = np.concatenate([p, extra])
+    fracs = np.asarray(cfg.v_init_fractions, np.float64)
+    cand_a = np.repeat(A, fracs.size, axis=0)                          # [C, P]
+    cand_f = np.tile(fracs, A.shape[0])                                # [C]
+    C = cand_a.shape[0]
+    c = mu / timesteps
+    q2, q1, qk = (np.empty((C, P)) for _ in range(3))
+    for s0 in range(0, C, chunk):
+        a = cand_a[s0:s0 + chunk]                                       # [c, P]
+        th = np.repeat(a * mu, sizes, axis=1)                           # [c, n]
+        k = simulate_counts(x, th, cand_f[s0:s0 + chunk, None] * th).astype(np.float64)
+        q2[s0:s0 + chunk] = _group_sums(k * k, starts)
+        q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
+        qk[s0:s0 + chunk] = _group_sums(k, starts)
+    dd = np.add.reduceat(d * d, starts)
+    sd = np.add.reduceat(d, starts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
+    raw = np.where(np.isfinite(raw), raw, 1.0)
+    beta = np.clip(np.round(raw / cfg.beta_step) * cfg.beta_step, cfg.beta_step, cfg.beta_max)
+    sse = beta ** 2 * c ** 2 * q2 - 2 * beta * c * q1 + dd[None, :]        # [C, P]
+    best = np.argmin(sse, axis=0)
+    cols = np.arange(P)
+    out_a, out_b, out_f = cand_a[best, cols], beta[best, cols], cand_f[best]
+    value = float(sse[best, cols].sum()) / n
+    if G == 1:
+        if sd[0] <= 0:  # the DNN never activates the site: keep the plain scales
+            return ChannelChoice(np.ones(1), np.ones(1), np.zeros(1), value)
+        return ChannelChoice(out_a, out_b, out_f, value)
+    # groups that are sparse, silent or absent from the sample take the whole site's choice
+    whole = search_channels(currents, target, mu, timesteps, cfg, None, 1, start, chunk)
+    weak = (sizes < min_group) | (np.add.reduceat((d > 0).astype(np.int64), starts) == 0)
+    res = []
+    for got, fallback in ((out_a, whole.alpha[0]), (out_b, whole.beta[0]),
+                          (out_f, whole.v_init_fraction[0])):
+        arr = np.full(G, fallback)
+        arr[present] = np.where(weak, fallback, got)
+        res.append(arr)
+    return ChannelChoice(*res, objective_value=value)
+
+
 # ------------------------------------------------------------------ front door
 
 def estimate_mu(sorted_h: np.ndarray, percentile: float) -> float:
@@ -297,7 +431,7 @@ def choose_params(sorted_h: np.ndarray, mu: float, timesteps: int, method: str =
     if timesteps < 1:
         raise ValueError("timesteps must be at least 1")
     v_frac = 0.0
-    if method == "datta":
+    if method in ("datta", REFINED):  # refined starts from Algorithm 1
         alpha, beta, _ = search_datta(sorted_h, mu, timesteps, cfg)
     elif method == "max":
         alpha, beta = 1.0, 1.0

@@ -16,32 +16,35 @@ set per site.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .calibrate import calibration_feeds, make_session, with_outputs
 from .errors import DataError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
-from .scales import SearchConfig, search_dynamic
+from .scales import SearchConfig, channel_offsets, search_channels, search_dynamic
 from .graph import walk
 from .spiking import format as fmt
 from .spiking import rewrite
+from .weight_calibration import layer_fit
 
 
-def _upstream(view: fmt.SpikingView, target: str) -> onnx.ModelProto:
-    """The part of the step graph that computes ``target``: its nodes, the states they read,
+def _upstream(view: fmt.SpikingView, targets: List[str]) -> onnx.ModelProto:
+    """The part of the step graph that computes ``targets``: its nodes, the states they read,
     and those states' next values as outputs (later layers are not run)."""
     step = view.model
     g = step.graph
-    keep = walk.prune(list(g.node), [target])
-    needed = walk.needed_tensors(keep, [target])
+    keep = walk.prune(list(g.node), targets)
+    needed = walk.needed_tensors(keep, targets)
     made = {o for n in keep for o in n.output}
-    outputs = [target] + [st.names.next for st in view.states
-                          if st.names.input in needed and st.names.next in made]
+    outputs = list(targets) + [st.names.next for st in view.states
+                               if st.names.input in needed and st.names.next in made]
     graph = onnx.helper.make_graph(keep, g.name, [i for i in g.input if i.name in needed], [],
                                    [t for t in g.initializer if t.name in needed])
     for name in outputs:
@@ -66,12 +69,87 @@ def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: L
     return out
 
 
+def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.ndarray]:
+    """The channel (first per-sample axis) of every sampled neuron of a site."""
+    per_sample = rec.neurons
+    spatial = per_sample // int(rec.shape[0]) if rec.shape else 1
+    return np.concatenate([(p % per_sample) // spatial for p in positions]).astype(np.int64)
+
+
+def _value(v) -> fmt.Value:
+    """A float for one value, a list for one per channel."""
+    v = np.asarray(v, np.float64).reshape(-1)
+    return float(v[0]) if v.size == 1 else [float(a) for a in v]
+
+
+def _working_copy(nm: NormalizedModel) -> NormalizedModel:
+    """The normalized model with its own copy of the graph, whose weights calibration changes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(nm.model)
+    return dataclasses.replace(nm, model=m)
+
+
+def _calibrated_layers(nm: NormalizedModel, recs) -> list:
+    """The Conv/Gemm layers that read spikes (their input depends on a site's output) and own
+    their weights: each gets a fit."""
+    g = nm.model.graph
+    nodes = list(g.node)
+    inits = {t.name: t for t in g.initializer}
+    uses: Dict[str, int] = {}
+    for n in nodes:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    dep = walk.dependents(nodes, [r.output for r in recs.values()])
+    fits = []
+    for n in nodes:
+        if not n.input or n.input[0] not in dep:
+            continue
+        f = layer_fit(n, inits)
+        if f is not None and all(uses.get(x, 0) == 1 for x in n.input[1:] if x):
+            fits.append(f)
+    return fits
+
+
+def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray) -> dict:
+    """Write a refitted layer's weight and bias into the working model's initializers."""
+    g = nm.model.graph
+    node = next(n for n in g.node if n.name == fit.node.name)
+    inits = {t.name: t for t in g.initializer}
+    old = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
+    if len(node.input) > 2 and node.input[2]:
+        b0 = numpy_helper.to_array(inits[node.input[2]])
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(
+            np.broadcast_to(bias, b0.shape if b0.size == bias.size else bias.shape)
+            .astype(np.float32), node.input[2]))
+    else:
+        name = _fresh_name(g, f"{node.input[1]}_bias")
+        g.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+    change = float(np.linalg.norm(weight - old) / max(np.linalg.norm(old), 1e-12))
+    return {"layer": node.name, "op": node.op_type, "rows": int(fit.rows),
+            "relative_weight_change": change}
+
+
+def _fresh_name(g, base: str) -> str:
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | \
+        {i.name for i in g.input}
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}{k}", k + 1
+    return name
+
+
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
            config: Optional[SearchConfig] = None, input_shapes=None, batch_size: int = 64,
            seed: int = 0, show_progress: bool = True, threads: Optional[int] = None,
            pools=None) -> tuple:
-    """Return (refined records, report rows). ``records`` are the datta ones to start from;
-    ``x`` the calibration inputs (an array or {input name: array})."""
+    """Return (refined records, report, normalized model). ``records`` are the datta ones to
+    start from; ``x`` the calibration inputs (an array or {input name: array}). With
+    ``config.weight_calibration`` the layers that read spikes are refitted on the way
+    (:mod:`onnx_snn.weight_calibration`), in a copy of ``nm`` that is returned; else ``nm``."""
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
     feeds, n_total, batch_size = calibration_feeds(nm, x, batch_size)
@@ -88,52 +166,125 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     rng = np.random.default_rng(seed)
     positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
-    bar = Progress(n_total * (1 + timesteps * len(names)), desc="sequential refinement",
-                   unit="img-step", enabled=None if show_progress else False)
+    passes = 1 + timesteps * len(names) * (2 if cfg.weight_calibration else 1)
+    bar = Progress(n_total * passes, desc="sequential refinement", unit="img-step",
+                   enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions
     dnn = with_outputs(nm.model, [recs[s].input for s in names])
     sess = make_session(dnn, threads, where="the DNN")
-    targets = {s: [] for s in names}
+    preacts = {s: [] for s in names}
     for b, start in enumerate(starts):
         feed = {k: v[start:start + sizes[b]] for k, v in feeds.items()}
         outs = dict(zip([o.name for o in dnn.graph.output], sess.run(None, feed)))
         for s in names:
-            h = outs[recs[s].input].reshape(-1)[positions[s][b]]
-            targets[s].append(np.clip(h.astype(np.float64), 0.0, recs[s].mu))
+            preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]].astype(np.float64))
         bar.update(sizes[b])
-    targets = {s: np.concatenate(v) for s, v in targets.items()}
+    preacts = {s: np.concatenate(v) for s, v in preacts.items()}
+    targets = {s: np.clip(h, 0.0, recs[s].mu) for s, h in preacts.items()}
+    grouped = cfg.per_channel or cfg.bias_correction
 
-    rows = []
-    for s in names:
-        rec = recs[s]
-        meta = rewrite.base_metadata(nm, recs, timesteps, "datta", [])
-        view = fmt.read_spiking(rewrite.step_model(nm, recs, meta, input_shapes, pools),
+    work = _working_copy(nm) if cfg.weight_calibration else nm
+    pending = _calibrated_layers(work, recs) if cfg.weight_calibration else []
+    layer_rows: List[dict] = []
+    dnn_model = nm.model
+
+    def step_view():
+        meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
+        return fmt.read_spiking(rewrite.step_model(work, recs, meta, input_shapes, pools),
                                 "the step graph")
-        step = _upstream(view, rec.input)
-        sess = make_session(step, threads, where=f"the step graph (site {s})")
+
+    def run_spiking(view, wanted: List[str], per_batch):
+        """Run the step graph, cut to ``wanted``, T steps over every calibration batch;
+        ``per_batch(b, steps)`` gets each batch's per-step values {name: [T, ...]}."""
+        step = _upstream(view, wanted)
+        sess = make_session(step, threads, where="the step graph")
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
         upstream = [st for st in view.states if st.names.input in fed]
-        currents = []
         for b, start in enumerate(starts):
             nb = sizes[b]
             feed = {k: v[start:start + nb] for k, v in feeds.items() if k in fed}
             state = {st.names.input: fmt.initial_state(view, st, nb) for st in upstream}
-            steps = []
+            steps = {w: [] for w in wanted}
             for _ in range(timesteps):
                 res = dict(zip(out_names, sess.run(out_names, {**feed, **state})))
-                steps.append(res[rec.input].reshape(-1)[positions[s][b]])
+                for w in wanted:
+                    steps[w].append(res[w])
                 state = {st.names.input: res[st.names.next] for st in upstream}
                 bar.update(nb)
-            currents.append(np.stack(steps))
-        cur = np.concatenate(currents, axis=1)
-        alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg,
-                                                  start=(rec.alpha, rec.beta))
-        rows.append({"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
-                     "alpha": alpha, "beta": beta, "v_init_fraction": frac,
-                     "objective_value": value, "pairs": int(cur.shape[1])})
-        rec.alpha, rec.beta = alpha, beta
-        rec.v_init, rec.objective_value = frac * rec.threshold, value
+            per_batch(b, steps)
+
+    def calibrate_layers(before: Optional[str]):
+        """Refit, in graph order, the pending layers that compute ``before`` (every pending
+        layer when None), each on the spiking network's input to it."""
+        nonlocal pending
+        while True:
+            nodes = list(work.model.graph.node)
+            scope = walk.prune(nodes, [before]) if before else nodes
+            names_in = {n.name for n in scope}
+            todo = [f for f in pending if f.node.name in names_in]
+            if not todo:
+                return
+            made = {o for f in todo for o in f.node.output}
+            dep = walk.dependents(nodes, made) - made
+            ready = [f for f in todo if f.node.input[0] not in dep]
+            dnn = make_session(with_outputs(dnn_model, [f.node.output[0] for f in ready]),
+                               threads, where="the DNN")
+            dnn_names = [o.name for o in dnn.get_outputs()]
+            view = step_view()
+
+            def add(b, steps):
+                feed = {k: v[starts[b]:starts[b] + sizes[b]] for k, v in feeds.items()}
+                outs = dict(zip(dnn_names, dnn.run(None, feed)))
+                for f in ready:
+                    f.add(np.mean(steps[f.node.input[0]], axis=0), outs[f.node.output[0]])
+
+            run_spiking(view, sorted({f.node.input[0] for f in ready}), add)
+            for f in ready:
+                w, bias = f.solve(cfg.weight_ridge)
+                layer_rows.append(_apply_fit(work, f, w, bias))
+            pending = [f for f in pending if f not in ready]
+
+    rows = []
+    for s in names:
+        rec = recs[s]
+        calibrate_layers(rec.input)
+        collected = []
+        run_spiking(step_view(), [rec.input], lambda b, steps: collected.append(
+            np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]])))
+        cur = np.concatenate(collected, axis=1)
+        row = {"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
+               "pairs": int(cur.shape[1])}
+        if not grouped:
+            alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg,
+                                                      start=(rec.alpha, rec.beta))
+            rec.alpha, rec.beta = alpha, beta
+            rec.v_init, rec.objective_value = frac * rec.threshold, value
+        else:
+            channels = _channels(rec, positions[s])
+            n_ch = int(rec.shape[0]) if rec.shape else 1
+            if cfg.bias_correction:  # the mean current each channel lacks, added every step
+                offset = channel_offsets(cur, preacts[s], channels, n_ch)
+                cur = cur + offset[channels].astype(np.float32)[None, :]
+                rec.offset = _value(offset) if n_ch > 1 else float(offset[0])
+                row["offset"] = rec.offset
+            if cfg.per_channel:
+                ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, channels, n_ch,
+                                     start=(rec.alpha, rec.beta))
+            else:
+                ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg,
+                                     start=(rec.alpha, rec.beta))
+            value = ch.objective_value
+            rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
+            rec.v_init = _value(np.asarray(ch.v_init_fraction) * np.asarray(rec.threshold))
+            rec.objective_value = value
+            alpha, beta = rec.alpha, rec.beta
+        row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
+        rows.append(row)
+    calibrate_layers(None)   # the layers after the last site (the classifier)
     bar.close()
-    return recs, {"seconds": time.perf_counter() - t0, "sites": rows}
+    report = {"seconds": time.perf_counter() - t0, "sites": rows}
+    if cfg.weight_calibration:
+        report["layers"] = layer_rows
+    return recs, report, work

@@ -175,3 +175,21 @@ def with_node(model: onnx.ModelProto, op: str, after_first_act: bool = True, **a
 
 def rand_input(n=32, shape=(1, 12, 12), seed=1) -> np.ndarray:
     return np.random.default_rng(seed).random((n,) + tuple(shape)).astype(np.float32)
+
+
+def pooled_twin(pool: str, seed=0, opset=13, in_shape=(1, 12, 12), global_pool=False) -> onnx.ModelProto:
+    """conv - clip - AveragePool - conv - BN - clip - ``pool`` - FC: the max-pooled net and its
+    average-pooled twin (``pool`` = MaxPool / AveragePool; ``global_pool``: the global form)."""
+    b = GraphBuilder(opset, seed)
+    c, hh, ww = in_shape
+    x = b.act(b.conv("input", c, 4), "clip", 2.0)
+    x = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.act(b.bn(b.conv(x, 4, 8), 8), "clip", 2.0)
+    if global_pool:
+        x = b.node("Global" + pool, [x])
+        n = 8
+    else:
+        x = b.node(pool, [x], kernel_shape=[2, 2], strides=[2, 2])
+        n = 8 * (hh // 4) * (ww // 4)
+    x = b.gemm(b.node("Flatten", [x], axis=1), n, 10)
+    return b.model("input", x, in_shape, 10, name=f"twin_{pool}")

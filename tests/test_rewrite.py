@@ -5,6 +5,8 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import builders as B
 import onnx_snn
@@ -70,9 +72,14 @@ def test_step_graph_equals_single_call_graph(make, T, x):
 
 
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip", pool="AveragePool", softmax=False),
+                                  lambda: B.vgg(13, "clip", pool="MaxPool", softmax=False),
                                   lambda: B.resnet(13, "clip"),
-                                  lambda: B.vgg(13, "relu", pool="AveragePool", softmax=False)])
+                                  lambda: B.vgg(13, "relu", pool="AveragePool", softmax=False),
+                                  lambda: B.pooled_twin("MaxPool"),
+                                  lambda: B.pooled_twin("MaxPool", global_pool=True)])
 def test_max_conversion_approaches_the_dnn_as_T_grows(make, x):
+    """Rate coding converges to the DNN as T grows, max pooling included (format v2 pools the
+    running spike counts; an OR of each step's spikes kept an error that does not shrink)."""
     nm = onnx_snn.prepare(make())
     cal = onnx_snn.calibrate(nm, x, show_progress=False)
     dnn = run(nm.model, x).outputs[0]
@@ -80,7 +87,7 @@ def test_max_conversion_approaches_the_dnn_as_T_grows(make, x):
     for T in (16, 64, 256):
         snn = run(onnx_snn.build(nm, cal, T, "max").model, x).outputs[0]
         err = float(np.abs(snn - dnn).max())
-        assert err <= 5.0 / T, f"T={T}: max |SNN - DNN| = {err}"
+        assert err <= 8.0 / T, f"T={T}: max |SNN - DNN| = {err}"
         errors.append(err)
     assert errors[0] > errors[1] > errors[2]
 
@@ -256,3 +263,20 @@ def test_dropout_mask_output_is_all_ones():
     _, _, snn = converted(m, x)
     r = run(snn.model, x)
     assert r.outputs[1].dtype == bool and r.outputs[1].all()
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 1000), global_pool=st.booleans())
+def test_max_pooled_net_converges_like_its_average_pooled_twin(seed, global_pool):
+    """At T=512 a max-pooled net agrees with its DNN as closely as its average-pooled twin."""
+    x = B.rand_input(64, seed=seed + 1)
+    agree, err = {}, {}
+    for pool in ("MaxPool", "AveragePool"):
+        nm = onnx_snn.prepare(B.pooled_twin(pool, seed=seed, global_pool=global_pool))
+        cal = onnx_snn.calibrate(nm, x, show_progress=False)
+        dnn = run(nm.model, x).outputs[0]
+        snn = run(onnx_snn.build(nm, cal, 512, "max").model, x).outputs[0]
+        agree[pool] = float(np.mean(snn.argmax(1) == dnn.argmax(1)))
+        err[pool] = float(np.abs(snn - dnn).max() / (np.abs(dnn).max() + 1e-9))
+    assert agree["MaxPool"] >= agree["AveragePool"] - 2 / 64, agree
+    assert err["MaxPool"] <= max(2 * err["AveragePool"], 0.02), err

@@ -17,6 +17,7 @@ import onnx_snn  # noqa: E402
 from onnx_snn.runtimes.ort import run  # noqa: E402
 from onnx_snn.runtimes.torch import SpikingNetwork, lif_step, spike_fn  # noqa: E402
 from onnx_snn.spiking import format as F  # noqa: E402
+from onnx_snn.spiking import format as fmt  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -37,6 +38,7 @@ MODELS = {
     "vgg": lambda: B.vgg(13, "clip"),
     "resnet": lambda: B.resnet(13, "clip"),
     "plain_relu": lambda: B.vgg(17, "relu"),
+    "global_maxpool": lambda: B.pooled_twin("MaxPool", global_pool=True),
     "torch_legacy_vgg": lambda: os.path.join(DATA, "torch_legacy_vgg_clip_op11.onnx"),
     "torch_dynamo_resnet": lambda: os.path.join(DATA, "torch_dynamo_resnet_clip_op18.onnx"),
 }
@@ -57,6 +59,33 @@ def test_torch_and_onnxruntime_agree(name, T):
             np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
 
 
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
+                                  lambda: B.vgg(17, "relu", bn=False)])
+@pytest.mark.parametrize("options", [dict(per_channel=True), dict(bias_correction=True),
+                                     dict(per_channel=True, bias_correction=True)])
+def test_torch_and_onnxruntime_agree_on_per_channel_parameters_and_offsets(make, options):
+    x = B.rand_input(48, seed=5)
+    snn = onnx_snn.convert(make(), x, timesteps=2, sequential=True, show_progress=False,
+                           **options)
+    recs = list(snn.records.values())
+    if options.get("per_channel"):
+        assert any(isinstance(r.alpha, list) for r in recs)
+    if options.get("bias_correction"):
+        assert any(r.has_offset for r in recs)
+    for model in (snn.model, snn.step_model()):
+        net = SpikingNetwork(model).eval()
+        with torch.no_grad():
+            y = net(torch.from_numpy(x)).numpy()
+        r = run(model, x)
+        assert np.abs(y - r.outputs[0]).max() <= 1e-5
+        for k in r.spikes:
+            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+    back = fmt.read_spiking(SpikingNetwork(snn.model).to_model())  # written back: same records
+    for rec in back.info.sites:
+        np.testing.assert_allclose(np.asarray(rec.threshold, np.float32),
+                                   np.asarray(snn.records[rec.name].threshold, np.float32), rtol=1e-6)
+
+
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
 def test_exact_agreement_on_dyadic_arithmetic(make):
     """With exactly representable weights, inputs and parameters no membrane potential can
@@ -73,6 +102,30 @@ def test_exact_agreement_on_dyadic_arithmetic(make):
     for k in r.spikes:
         np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
         assert r.spikes[k].sum() > 0
+
+
+def test_spiking_max_pool_step_and_its_gradient():
+    """Summed over T the pool's output is the max pool of the spike counts, and its gradient
+    reaches the most active input of each window (as a DNN max pool's does)."""
+    from onnx_snn.runtimes.torch.neuron import max_pool_step
+    from onnx_snn.spiking.neuron import max_pool_step as np_step
+    pool = lambda t: torch.nn.functional.max_pool2d(t, 2)  # noqa: E731
+    spikes = torch.tensor([[1., 0., 1., 1.], [1., 0., 0., 1.], [0., 1., 1., 0.]])  # [T, 4 inputs]
+    x = spikes.reshape(3, 1, 1, 2, 2).clone().requires_grad_(True)
+    c, m, total = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 1, 1), 0
+    for t in range(3):
+        y, c, m_next = max_pool_step(x[t], c, m, pool)
+        ref = np_step(x[t].detach().numpy(), c.detach().numpy() - x[t].detach().numpy(),
+                      m.detach().numpy(), lambda a: pool(torch.from_numpy(a)).numpy())[0]
+        np.testing.assert_array_equal(y.detach().numpy(), ref)
+        assert float(y.detach()) in (0.0, 1.0)               # still one spike or none per step
+        m, total = m_next, total + y
+    assert float(total) == 2.0                      # counts 2, 1, 2, 2: max 2
+    total.backward()
+    # d total / d x_t: 1 for every step of the input that leads at the end (the first one of
+    # the tied counts, as max_pool2d picks), 0 elsewhere
+    g = x.grad.reshape(3, 4)
+    assert torch.equal(g, torch.tensor([[1., 0., 0., 0.]] * 3))
 
 
 def test_surrogate_gradient_is_the_papers():
@@ -105,7 +158,7 @@ def test_gradients_reach_weights_thresholds_and_leaks():
         for p in ("threshold", "leak"):
             g = net.tensor(f"{site}.{p}").grad
             assert g is not None and torch.isfinite(g).all()
-        assert net.tensor(f"{site}.threshold").grad.abs().item() > 0
+        assert net.tensor(f"{site}.threshold").grad.abs().sum().item() > 0
     weights = net.parameter_groups()["weights"]
     assert weights and all(w.grad is not None for w in weights)
     assert not any(isinstance(b, torch.nn.Parameter) for b in net.buffers())
@@ -149,7 +202,8 @@ def test_write_back_keeps_the_format(tmp_path):
     onnx.checker.check_model(m, full_check=True)
     info = F.read_info(m)
     assert info.history[-1]["step"] == "finetune"
-    assert info.site("lif0").threshold == pytest.approx(snn.records["lif0"].threshold * 1.1, rel=1e-5)
+    np.testing.assert_allclose(info.site("lif0").threshold,
+                               np.asarray(snn.records["lif0"].threshold) * 1.1, rtol=1e-5)
     with torch.no_grad():
         y = net.eval()(torch.from_numpy(x)).numpy()
     assert np.abs(run(m, x).outputs[0] - y).max() <= 1e-5

@@ -150,6 +150,31 @@ class CounterNames:
 
 
 @dataclass(frozen=True)
+class OffsetNames:
+    """A site's current offset (bias correction): folded into the bias of the layer that
+    computes the site's input (``bias``), or, where that layer has none it alone uses, added
+    by its own node (``node``: ``current = input + offset``)."""
+
+    site: str
+
+    @property
+    def bias(self) -> str:
+        return f"{self.site}.bias"
+
+    @property
+    def offset(self) -> str:
+        return f"{self.site}.offset"
+
+    @property
+    def node(self) -> str:
+        return f"{self.site}.add_offset"
+
+    @property
+    def current(self) -> str:
+        return f"{self.site}.current"
+
+
+@dataclass(frozen=True)
 class StateNames:
     """Names of one carried state (``key`` of ``owner``: a site's membrane is key ``v``) in
     the step graph (input/next) and in the loop's bookkeeping (initial value, last value)."""
@@ -239,6 +264,7 @@ class SiteRecord:
     beta: Value = 1.0
     leak: float = 1.0
     v_init: Value = 0.0
+    offset: Value = 0.0
     objective: str = "mse"
     objective_value: float = 0.0
     idiom: str = ""
@@ -262,6 +288,16 @@ class SiteRecord:
     def per_channel(self) -> bool:
         return any(isinstance(v, (list, tuple)) for v in (self.alpha, self.beta, self.v_init))
 
+    @property
+    def has_offset(self) -> bool:
+        return bool(np.any(np.asarray(self.offset, np.float64) != 0))
+
+    def channel_values(self, value: Value) -> np.ndarray:
+        """A float or per-channel list as a float32 tensor that broadcasts to the site."""
+        if isinstance(value, (list, tuple)):
+            return np.asarray(value, np.float32).reshape(self.param_shape())
+        return np.array(value, dtype=np.float32)
+
     def param_shape(self) -> List[int]:
         """Shape of the per-channel parameter tensors: [C, 1, ...] (broadcasts to the site)."""
         return [int(self.shape[0])] + [1] * (len(self.shape) - 1) if self.shape else []
@@ -270,14 +306,7 @@ class SiteRecord:
         """The initializer values of ``threshold, amplitude, leak, v_init`` (float32)."""
         vals = {"threshold": self.threshold, "amplitude": self.amplitude, "leak": self.leak,
                 "v_init": self.v_init}
-        out = {}
-        for p in PARAMS:
-            v = vals[p]
-            if isinstance(v, (list, tuple)):
-                out[p] = np.asarray(v, np.float32).reshape(self.param_shape())
-            else:
-                out[p] = np.array(v, dtype=np.float32)
-        return out
+        return {p: self.channel_values(vals[p]) for p in PARAMS}
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -287,7 +316,10 @@ class SiteRecord:
         order = ["name", "input", "output", "shape", "mu", "mu_source", "alpha", "beta",
                  "threshold", "amplitude", "leak", "v_init", "objective", "objective_value",
                  "idiom", "source_nodes", "sample_size", "values_seen"]
-        return {k: d[k] for k in order}
+        out = {k: d[k] for k in order}
+        if self.has_offset:
+            out["offset"] = self.offset
+        return out
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "SiteRecord":
@@ -302,7 +334,7 @@ class SiteRecord:
             rec = cls(**kw)
             rec.shape = [int(x) for x in rec.shape]
             rec.mu = float(rec.mu)
-            for k in ("alpha", "beta", "v_init"):
+            for k in ("alpha", "beta", "v_init", "offset"):
                 v = getattr(rec, k)
                 setattr(rec, k, [float(x) for x in v] if isinstance(v, list) else float(v))
             rec.leak = float(rec.leak)

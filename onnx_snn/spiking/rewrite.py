@@ -121,6 +121,51 @@ def _graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools)
     for rec in records.values():
         inits += _site_param_initializers(rec)
         inits += _counter_initializers(rec)
+    for rec in records.values():
+        if rec.has_offset:
+            nodes, inits = _apply_offset(rec, nodes, inits)
+    return nodes, inits
+
+
+def _apply_offset(rec: fmt.SiteRecord, nodes, inits):
+    """Add the site's per-channel current offset to its input every step: folded into the
+    bias of the Conv or Gemm that computes the input when that bias (and the input) serve
+    this site alone, else by an Add node before the neuron."""
+    names = fmt.OffsetNames(rec.name)
+    offset = np.asarray(rec.offset, np.float64).reshape(-1)
+    by_name = {t.name: t for t in inits}
+    users: Dict[str, int] = {}
+    for n in nodes:
+        for x in n.input:
+            users[x] = users.get(x, 0) + 1
+    producer = next((n for n in nodes if rec.input in n.output), None)
+    c = int(rec.shape[0]) if rec.shape else 1
+    if producer is not None and users.get(rec.input, 0) == 1 and producer.op_type in ("Conv", "Gemm"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in producer.attribute}
+        has_bias = len(producer.input) > 2 and producer.input[2]
+        bias = by_name.get(producer.input[2]) if has_bias else None
+        scale = float(attrs.get("beta", 1.0)) if producer.op_type == "Gemm" else 1.0
+        ok = (not has_bias or (bias is not None and users.get(bias.name, 0) == 1)) and scale != 0 \
+            and not (producer.op_type == "Gemm" and attrs.get("transA", 0)) \
+            and (producer.op_type == "Conv" or len(rec.shape) == 1)
+        if ok:
+            old = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else np.zeros(1)
+            if old.size in (1, c) and old.ndim <= 1:
+                new = (np.broadcast_to(old.reshape(-1), (c,)) + offset / scale).astype(np.float32)
+                inits.append(numpy_helper.from_array(new, names.bias))
+                while len(producer.input) < 3:
+                    producer.input.append("")
+                producer.input[2] = names.bias
+                if bias is not None and users.get(bias.name, 0) == 1:
+                    inits = [t for t in inits if t.name != bias.name]
+                return nodes, inits
+    # an Add node in front of the neuron
+    inits.append(numpy_helper.from_array(rec.channel_values(rec.offset), names.offset))
+    neuron = next(n for n in nodes if n.name == fmt.neuron_node_name(rec.name))
+    neuron.input[0] = names.current
+    i = nodes.index(neuron)
+    nodes = nodes[:i] + [helper.make_node("Add", [rec.input, names.offset], [names.current],
+                                          name=names.node)] + nodes[i:]
     return nodes, inits
 
 

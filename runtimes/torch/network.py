@@ -27,7 +27,7 @@ from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
 
-from .neuron import lif_step
+from .neuron import lif_step, max_pool_step
 from .ops import OPS, parse_attrs, run_op
 
 #: the format's spiking pool functions -> the ONNX pool they apply to running sums
@@ -151,12 +151,9 @@ class SpikingNetwork(nn.Module):
                 env[n.outputs[0]], env[n.outputs[1]] = y, v_next
                 spikes[n.site] = s
             elif n.op in _POOLS:
-                # rate-exact spiking max pool: pool the running sums, emit their increase
-                # (autograd routes each step's gradient to the window's most active input)
                 x, c, m = (env[i] for i in n.inputs)
-                c_next = c + x
-                m_next = run_op(_POOLS[n.op], n.attrs, [c_next])[0]
-                env[n.outputs[0]], env[n.outputs[1]], env[n.outputs[2]] = m_next - m, c_next, m_next
+                y, c_next, m_next = max_pool_step(x, c, m, lambda t: run_op(_POOLS[n.op], n.attrs, [t])[0])
+                env[n.outputs[0]], env[n.outputs[1]], env[n.outputs[2]] = y, c_next, m_next
             else:
                 outs = run_op(n.op, n.attrs, [env.get(i) if i else None for i in n.inputs])
                 for name, val in zip(n.outputs, outs):

@@ -54,3 +54,18 @@ def lif_step(x, v, threshold, amplitude, leak):
     s = spike_fn(u, threshold)
     v_next = u - s * threshold
     return s * amplitude, v_next, s
+
+
+def max_pool_step(x, c, m, pool):
+    """One rate-exact spiking max-pool step (``ai.onnx_snn.SpikeMaxPool``): returns
+    ``(y, c_next, m_next)`` with ``c_next = c + x``, ``m_next = pool(c_next)``,
+    ``y = m_next - m``.
+
+    Gradient: plain autograd. Summed over the T steps, ``y`` telescopes to
+    ``pool(sum_t x_t)``, so the gradient of the time-averaged output reaches, in every window,
+    the input with the largest spike count (the rate-domain twin of a DNN max pool's
+    gradient); each step's own gradient goes to that step's leader and the previous one.
+    """
+    c_next = c + x
+    m_next = pool(c_next)
+    return m_next - m, c_next, m_next

@@ -1,0 +1,148 @@
+"""Layer-wise weight calibration (pure numpy): refit a layer that reads spikes so that, on
+the calibration set, its time-averaged output best matches the DNN's output of the same layer.
+
+After the sites before a layer are converted, the layer's input in the spiking network is no
+longer the DNN's activation ``a`` but the time-averaged spike train ``r`` (quantized, with
+the earlier layers' errors in it). The layer is linear, so its time-averaged output is
+``W r + b``; the calibration replaces ``(W, b)`` by the ridge-regression solution of
+
+    min_{W', b'}  sum over calibration samples  ||W' r + b' - (W a + b)||^2  +  lam ||W'||^2
+
+(one regression per convolution group; a Conv's rows are its im2col patches). It is the
+"weight calibration" step of Li et al. (ICML 2021), solved in closed form rather than by
+gradient descent, and it keeps the layer's shape: the spiking graph is unchanged, only the
+values of its weights and bias differ. ``lam = ridge * mean(diag(R^T R))`` keeps the fit from
+chasing the noise of a small calibration set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+CALIBRATED_OPS = ("Conv", "Gemm")
+
+
+@dataclass
+class LayerFit:
+    """Accumulates R^T R, R^T Y of one layer over batches, then solves."""
+
+    node: onnx.NodeProto
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    attrs: dict
+    groups: int = 1
+    grams: List[np.ndarray] = field(default_factory=list)
+    cross: List[np.ndarray] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, r: np.ndarray, y: np.ndarray) -> None:
+        """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``."""
+        for g, (rg, yg) in enumerate(_design(self, r, y)):
+            x = np.concatenate([rg, np.ones((rg.shape[0], 1), rg.dtype)], axis=1).astype(np.float64)
+            if len(self.grams) <= g:
+                self.grams.append(np.zeros((x.shape[1], x.shape[1])))
+                self.cross.append(np.zeros((x.shape[1], yg.shape[1])))
+            self.grams[g] += x.T @ x
+            self.cross[g] += x.T @ yg.astype(np.float64)
+        self.rows += r.shape[0]
+
+    def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
+        """The refitted (weight, bias), in the layer's own layout."""
+        ws, bs = [], []
+        for gram, cross in zip(self.grams, self.cross):
+            d = gram.shape[0] - 1
+            lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
+            reg = np.eye(d + 1) * lam
+            reg[d, d] = 0.0                            # the bias is not shrunk
+            sol = np.linalg.solve(gram + reg + 1e-9 * np.eye(d + 1), cross)   # [d+1, out]
+            ws.append(sol[:d].T)
+            bs.append(sol[d])
+        w = np.concatenate(ws, axis=0)                                         # [out, d]
+        b = np.concatenate(bs)
+        if self.node.op_type == "Conv":
+            w = w.reshape(self.weight.shape)
+        elif int(self.attrs.get("transB", 0)):
+            w = w.reshape(self.weight.shape)
+        else:
+            w = w.T.reshape(self.weight.shape)
+        b = b / float(self.attrs.get("beta", 1.0)) if self.node.op_type == "Gemm" else b
+        return w.astype(self.weight.dtype), b.astype(np.float32)
+
+
+def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray):
+    """Per group: (rows of inputs, rows of targets)."""
+    if fit.node.op_type == "Gemm":
+        yield r.reshape(r.shape[0], -1), y.reshape(y.shape[0], -1)
+        return
+    cols = im2col(r, fit.weight.shape, fit.attrs)                   # [N, OH, OW, C, kh, kw]
+    n, oh, ow = cols.shape[:3]
+    g = fit.groups
+    cin = fit.weight.shape[1]
+    cout = fit.weight.shape[0] // g
+    yt = np.moveaxis(y, 1, -1).reshape(n * oh * ow, -1)               # [P, M]
+    for i in range(g):
+        part = cols[:, :, :, i * cin:(i + 1) * cin].reshape(n * oh * ow, -1)
+        yield part, yt[:, i * cout:(i + 1) * cout]
+
+
+def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, dilations):
+    mode = attrs.get("auto_pad", "NOTSET")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if mode in ("NOTSET",):
+        p = list(attrs.get("pads", [0, 0, 0, 0]))
+        return p[0], p[1], p[2], p[3]
+    if mode == "VALID":
+        return 0, 0, 0, 0
+    out = []
+    for i in range(2):
+        o = -(-size[i] // strides[i])
+        total = max(0, (o - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size[i])
+        small, big = total // 2, total - total // 2
+        out.append((big, small) if mode == "SAME_LOWER" else (small, big))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+def im2col(x: np.ndarray, w_shape, attrs: dict) -> np.ndarray:
+    """2-D convolution patches of ``x`` [N, C, H, W]: [N, OH, OW, C, kh, kw], so that
+    ``patches.reshape(-1, C*kh*kw) @ W.reshape(M, -1).T`` is the convolution (one group)."""
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    strides = list(attrs.get("strides", [1, 1]))
+    dil = list(attrs.get("dilations", [1, 1]))
+    t, l, b, r = _pads(attrs, x.shape[2:], (kh, kw), strides, dil)
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    eh, ew = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]      # [N, C, OH, OW, kh, kw]
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5))
+
+
+def layer_fit(node: onnx.NodeProto, inits: Dict[str, onnx.TensorProto]) -> Optional[LayerFit]:
+    """A fit for ``node`` when it is a layer this module can refit (a 2-D Conv or a Gemm
+    with constant weight and bias and an untransposed data input), else None."""
+    if node.op_type not in CALIBRATED_OPS or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    w = numpy_helper.to_array(inits[node.input[1]])
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in inits:
+            return None
+        bias = numpy_helper.to_array(inits[node.input[2]])
+    if node.op_type == "Conv":
+        if w.ndim != 4:
+            return None
+        if bias is not None and bias.size != w.shape[0]:
+            return None
+        return LayerFit(node, w, bias, attrs, groups=int(attrs.get("group", 1)))
+    if int(attrs.get("transA", 0)) or w.ndim != 2 or float(attrs.get("alpha", 1.0)) != 1.0 \
+            or float(attrs.get("beta", 1.0)) == 0.0:
+        return None
+    out = w.shape[0] if int(attrs.get("transB", 0)) else w.shape[1]
+    if bias is not None and bias.size not in (1, out):
+        return None
+    return LayerFit(node, w, bias, attrs)

@@ -1,0 +1,153 @@
+"""The spiking format as an API: the parsed view of loop and step graphs, validation of damaged
+files, and files of format version 1 (max pooling as an OR) still loading and running."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import builders as B
+import onnx_snn
+from onnx_snn.errors import ModelLoadError, NotSpikingModelError
+from onnx_snn.runtimes.ort import ModelRunner, run
+from onnx_snn.spiking import format as fmt
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+V1_LOOP = os.path.join(DATA, "format_v1_vgg_maxpool.snn.onnx")
+V1_STEP = os.path.join(DATA, "format_v1_vgg_maxpool.step.onnx")
+
+
+@pytest.fixture(scope="module")
+def x():
+    return B.rand_input(24, seed=3)
+
+
+@pytest.fixture(scope="module")
+def snn(x):
+    return onnx_snn.convert(B.resnet(13, "clip"), x, timesteps=2, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def pooled(x):
+    return onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=3, show_progress=False)
+
+
+def test_view_of_loop_and_step_graphs_agree(pooled):
+    a = fmt.read_spiking(pooled.model)
+    b = fmt.read_spiking(pooled.step_model())
+    assert a.info.format_version == b.info.format_version == fmt.FORMAT_VERSION
+    assert a.graph_kind == fmt.GRAPH_LOOP and b.graph_kind == fmt.GRAPH_STEP
+    assert set(a.neurons) == set(b.neurons) == {s.name for s in a.info.sites}
+    assert set(a.pools) == set(b.pools) == {"pool0"}
+    assert [s.names.input for s in a.states] == [s.names.input for s in b.states]
+    assert a.states[-2].shape == [8, 12, 12] and a.states[-1].shape == [8, 6, 6]
+    # one step's DNN work is the same in both (counters and loop bookkeeping left out)
+    assert [n.op_type for n in a.body] == [n.op_type for n in b.body]
+    assert [n.op_type for n in a.hoisted] == [n.op_type for n in b.hoisted] == ["Conv"]
+    assert len(a.counters) == len(b.counters) == 3 * len(a.info.sites)
+    assert a.timed_outputs == list(a.step_outputs) and b.data_inputs == ["input"]
+
+
+def test_site_record_round_trip_and_derived_parameters(snn):
+    for rec in snn.records.values():
+        d = rec.to_dict()
+        back = fmt.SiteRecord.from_dict(json.loads(json.dumps(d)))
+        assert back == rec
+        np.testing.assert_array_equal(d["threshold"], np.asarray(rec.alpha) * rec.mu)
+        np.testing.assert_array_equal(d["amplitude"], np.asarray(rec.beta) * rec.mu)
+    per_channel = fmt.SiteRecord("s", "h", "y", [3, 2, 2], mu=2.0, alpha=[0.5, 0.25, 1.0])
+    vals = per_channel.param_values()
+    assert vals["threshold"].shape == (3, 1, 1) and vals["amplitude"].shape == ()
+    np.testing.assert_array_equal(vals["threshold"].reshape(-1), [1.0, 0.5, 2.0])
+
+
+def _damaged(model, key=None, value=None, init=None, init_value=None):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if key is not None:
+        fmt.set_metadata(m, {key: value})
+    if init is not None:
+        t = fmt.all_initializers(m)[init]
+        t.CopyFrom(numpy_helper.from_array(init_value, init))
+    return m
+
+
+@pytest.mark.parametrize("key,value,what", [
+    (fmt.META_SITES, "[{oops", "not valid JSON"),
+    (fmt.META_SITES, '{"a": 1}', "JSON list"),
+    (fmt.META_SITES, '[{"name": "lif0"}]', "lacks"),
+    (fmt.META_SITES, '[{"name": "lif0", "input": "a", "output": "b", "shape": "x", "mu": 1}]', "damaged"),
+    (fmt.META_HISTORY, "{{", "not valid JSON"),
+    (fmt.META_FORMAT, "two", "not a whole number"),
+    (fmt.META_FORMAT, "99", "not supported"),
+    (fmt.META_TIMESTEPS, "-3", "at least 1"),
+    (fmt.META_TIMESTEPS, "2.5", "not a whole number"),
+    (fmt.META_GRAPH, "scan", "not 'loop'"),
+    (fmt.META_POOLS, '[{"name": "pool0"}]', "damaged"),
+])
+def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what):
+    with pytest.raises(ModelLoadError, match=what):
+        fmt.read_spiking(_damaged(pooled.model, key, value), "m.snn.onnx")
+
+
+@pytest.mark.parametrize("value,what", [(-1.0, "threshold <= 0"), (0.0, "threshold <= 0"),
+                                        (np.nan, "not finite"), (np.inf, "not finite")])
+def test_damaged_parameters_are_refused(snn, value, what):
+    m = _damaged(snn.model, init="lif1.threshold", init_value=np.array(value, np.float32))
+    with pytest.raises(ModelLoadError, match=what):
+        ModelRunner(m)
+
+
+def test_a_dnn_is_not_a_spiking_model():
+    with pytest.raises(NotSpikingModelError):
+        fmt.read_spiking(B.vgg(13, "clip"))
+
+
+def test_an_inlined_neuron_is_refused(snn):
+    m = onnx.ModelProto()
+    m.CopyFrom(snn.model)
+    loop = fmt.time_loop(m.graph)
+    for n in loop.attribute[0].g.node:
+        if n.op_type == fmt.NEURON_OP:
+            n.op_type, n.domain = "Identity", ""
+            del n.input[1:]
+            del n.output[1:]
+    with pytest.raises(ModelLoadError):
+        fmt.read_spiking(m)
+
+
+# ------------------------------------------------------------------ version 1 files
+
+def test_version_1_files_still_load_and_run(x):
+    loop, step = onnx.load(V1_LOOP), onnx.load(V1_STEP)
+    for m in (loop, step):
+        view = fmt.read_spiking(m)
+        assert view.info.format_version == 1 and not view.pools
+        assert "MaxPool" in [n.op_type for n in view.body]    # the OR of each step's spikes
+    a, b = run(loop, x), run(step, x)
+    np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
+    from onnx_snn.analyze import analyze
+    info = fmt.read_info(loop)
+    rates = {s.name: float(a.spikes[s.name].mean()) / s.neurons for s in info.sites}
+    result = analyze(loop, rates)
+    assert result.layers and result.totals.snn_energy_pj < result.totals.dnn_energy_pj
+
+
+def test_version_1_files_in_the_torch_runtime(x):
+    torch = pytest.importorskip("torch")
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    for path in (V1_LOOP, V1_STEP):
+        m = onnx.load(path)
+        net = SpikingNetwork(m).eval()
+        with torch.no_grad():
+            y = net(torch.from_numpy(x)).numpy()
+        r = run(m, x)
+        assert np.abs(y - r.outputs[0]).max() <= 1e-5
+        for k in r.spikes:
+            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+        back = net.to_model()
+        assert fmt.read_spiking(back).info.format_version == 1
