@@ -54,8 +54,8 @@ class SearchConfig:
     sequential_sample: int = 200_000  # sequential: (input, target) pairs per site
     per_channel: bool = True         # sequential: alpha, beta, initial membrane per channel
     bias_correction: bool = False    # sequential: per-channel current offset (Li et al. 2021)
-    weight_calibration: bool = False  # sequential: refit the layers that read spikes
-    weight_ridge: float = 0.1        # weight calibration: ridge / mean diagonal of R^T R
+    weight_calibration: bool = True   # sequential: refit the layers that read spikes
+    weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -336,8 +336,8 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
        quadratic in beta, so the nearest grid point is the grid's best); ``mean`` picks beta
        that zeroes the mean difference and ranks candidates by mse.
 
-    A group with fewer than ``min_group`` neurons or that the DNN never activates takes the
-    whole site's choice."""
+    A group with fewer than ``min_group`` neurons or that the DNN never activates keeps the
+    ``start`` scales (with a zero initial membrane)."""
     cfg = config or SearchConfig()
     x = np.asarray(currents, np.float32)
     d = np.asarray(target, np.float64)
@@ -401,12 +401,12 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         if sd[0] <= 0:  # the DNN never activates the site: keep the plain scales
             return ChannelChoice(np.ones(1), np.ones(1), np.zeros(1), value)
         return ChannelChoice(out_a, out_b, out_f, value)
-    # groups that are sparse, silent or absent from the sample take the whole site's choice
-    whole = search_channels(currents, target, mu, timesteps, cfg, None, 1, start, chunk)
+    # groups that are sparse, silent or absent from the sample take the starting (Algorithm
+    # 1's) scales, or the plain ones without a start
     weak = (sizes < min_group) | (np.add.reduceat((d > 0).astype(np.int64), starts) == 0)
+    fa, fb = (float(start[0]), float(start[1])) if start is not None else (1.0, 1.0)
     res = []
-    for got, fallback in ((out_a, whole.alpha[0]), (out_b, whole.beta[0]),
-                          (out_f, whole.v_init_fraction[0])):
+    for got, fallback in ((out_a, fa), (out_b, fb), (out_f, 0.0)):
         arr = np.full(G, fallback)
         arr[present] = np.where(weak, fallback, got)
         res.append(arr)

@@ -35,17 +35,21 @@ from .spiking import rewrite
 from .weight_calibration import layer_fit
 
 
-def _upstream(view: fmt.SpikingView, targets: List[str]) -> onnx.ModelProto:
+def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.ModelProto:
     """The part of the step graph that computes ``targets``: its nodes, the states they read,
-    and those states' next values as outputs (later layers are not run)."""
+    and those states' next values as outputs (later layers are not run). Tensors in
+    ``given`` (earlier sites' spikes, recorded) become inputs: the graph starts there."""
     step = view.model
     g = step.graph
-    keep = walk.prune(list(g.node), targets)
-    needed = walk.needed_tensors(keep, targets)
+    keep = walk.prune(list(g.node), targets, stop=given)
+    needed = walk.needed_tensors(keep, targets, stop=given)
     made = {o for n in keep for o in n.output}
     outputs = list(targets) + [st.names.next for st in view.states
                                if st.names.input in needed and st.names.next in made]
-    graph = onnx.helper.make_graph(keep, g.name, [i for i in g.input if i.name in needed], [],
+    inputs = [i for i in g.input if i.name in needed]
+    inputs += [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+               for t in given if t in needed and t not in made]
+    graph = onnx.helper.make_graph(keep, g.name, inputs, [],
                                    [t for t in g.initializer if t.name in needed])
     for name in outputs:
         graph.output.add().name = name
@@ -129,8 +133,7 @@ def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray) -
             node.input.append("")
         node.input[2] = name
     change = float(np.linalg.norm(weight - old) / max(np.linalg.norm(old), 1e-12))
-    return {"layer": node.name, "op": node.op_type, "rows": int(fit.rows),
-            "relative_weight_change": change}
+    return {"relative_weight_change": change}
 
 
 def _fresh_name(g, base: str) -> str:
@@ -166,8 +169,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     rng = np.random.default_rng(seed)
     positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
-    passes = 1 + timesteps * len(names) * (2 if cfg.weight_calibration else 1)
-    bar = Progress(n_total * passes, desc="sequential refinement", unit="img-step",
+    passes = 1 + len(names) * (3 if cfg.weight_calibration else 2)
+    bar = Progress(n_total * passes, desc="refining", unit="img",
                    enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions
@@ -194,26 +197,44 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         return fmt.read_spiking(rewrite.step_model(work, recs, meta, input_shapes, pools),
                                 "the step graph")
 
+    # every refined site's spikes, per step, for all calibration images: later sites are run
+    # from them (one layer at a time) rather than from the input. uint8 0/1 spikes and the
+    # site's amplitude: y = s * amplitude is exactly what the neuron computed.
+    spikes: Dict[str, tuple] = {}
+
     def run_spiking(view, wanted: List[str], per_batch):
-        """Run the step graph, cut to ``wanted``, T steps over every calibration batch;
-        ``per_batch(b, steps)`` gets each batch's per-step values {name: [T, ...]}."""
-        step = _upstream(view, wanted)
+        """Run the step graph, cut to ``wanted`` and started at the recorded spikes, T steps
+        over every calibration batch; ``per_batch(b, steps)`` gets each batch's per-step values
+        {name: [T, ...]}."""
+        step = _upstream(view, wanted, given=list(spikes))
         sess = make_session(step, threads, where="the step graph")
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
         upstream = [st for st in view.states if st.names.input in fed]
+        recorded = [t for t in spikes if t in fed]
         for b, start in enumerate(starts):
             nb = sizes[b]
             feed = {k: v[start:start + nb] for k, v in feeds.items() if k in fed}
             state = {st.names.input: fmt.initial_state(view, st, nb) for st in upstream}
             steps = {w: [] for w in wanted}
-            for _ in range(timesteps):
-                res = dict(zip(out_names, sess.run(out_names, {**feed, **state})))
+            for t in range(timesteps):
+                given = {r: spikes[r][0][t, start:start + nb].astype(np.float32) * spikes[r][1]
+                         for r in recorded}
+                res = dict(zip(out_names, sess.run(out_names, {**feed, **state, **given})))
                 for w in wanted:
                     steps[w].append(res[w])
                 state = {st.names.input: res[st.names.next] for st in upstream}
-                bar.update(nb)
+            bar.update(nb)
             per_batch(b, steps)
+
+    def record_spikes(rec: fmt.SiteRecord):
+        amp = rec.param_values()["amplitude"]
+        out = np.zeros((timesteps, n_total, *rec.shape), np.uint8)
+
+        def keep(b, steps):
+            out[:, starts[b]:starts[b] + sizes[b]] = np.stack(steps[rec.output]) != 0
+        run_spiking(step_view(), [rec.output], keep)
+        spikes[rec.output] = (out, amp)
 
     def calibrate_layers(before: Optional[str]):
         """Refit, in graph order, the pending layers that compute ``before`` (every pending
@@ -242,8 +263,13 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
             run_spiking(view, sorted({f.node.input[0] for f in ready}), add)
             for f in ready:
-                w, bias = f.solve(cfg.weight_ridge)
-                layer_rows.append(_apply_fit(work, f, w, bias))
+                better, new, old = f.improves(cfg.weight_ridge)
+                row = {"layer": f.node.name, "op": f.node.op_type, "rows": int(f.rows),
+                       "heldout_sse_refit": new, "heldout_sse_original": old, "refitted": better}
+                if better:
+                    w, bias = f.solve(cfg.weight_ridge)
+                    row.update(_apply_fit(work, f, w, bias))
+                layer_rows.append(row)
             pending = [f for f in pending if f not in ready]
 
     rows = []
@@ -282,6 +308,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             alpha, beta = rec.alpha, rec.beta
         row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
         rows.append(row)
+        record_spikes(rec)
     calibrate_layers(None)   # the layers after the last site (the classifier)
     bar.close()
     report = {"seconds": time.perf_counter() - t0, "sites": rows}

@@ -12,7 +12,8 @@ the earlier layers' errors in it). The layer is linear, so its time-averaged out
 "weight calibration" step of Li et al. (ICML 2021), solved in closed form rather than by
 gradient descent, and it keeps the layer's shape: the spiking graph is unchanged, only the
 values of its weights and bias differ. ``lam = ridge * mean(diag(R^T R))`` keeps the fit from
-chasing the noise of a small calibration set.
+chasing the noise of a small calibration set, and every fifth calibration batch is held out:
+a layer keeps its own weights unless the refit predicts the held-out DNN outputs better.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 CALIBRATED_OPS = ("Conv", "Gemm")
+MAX_ROWS = 8192          # rows (patches) per batch that enter the normal equations
 
 
 @dataclass
@@ -35,30 +37,68 @@ class LayerFit:
     bias: Optional[np.ndarray]
     attrs: dict
     groups: int = 1
-    grams: List[np.ndarray] = field(default_factory=list)
-    cross: List[np.ndarray] = field(default_factory=list)
+    #: per group: [R^T R, R^T Y, Y^T Y] of the fitting rows and of the held-out rows
+    fit: List[list] = field(default_factory=list)
+    held: List[list] = field(default_factory=list)
     rows: int = 0
+    batches: int = 0
 
     def add(self, r: np.ndarray, y: np.ndarray) -> None:
-        """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``."""
+        """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``.
+        Every fifth batch is held out to check the refit. A convolution's rows (patches) are
+        subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed."""
+        sums = self.held if self.batches % 5 == 4 else self.fit
+        rng = np.random.default_rng(self.batches)
         for g, (rg, yg) in enumerate(_design(self, r, y)):
-            x = np.concatenate([rg, np.ones((rg.shape[0], 1), rg.dtype)], axis=1).astype(np.float64)
-            if len(self.grams) <= g:
-                self.grams.append(np.zeros((x.shape[1], x.shape[1])))
-                self.cross.append(np.zeros((x.shape[1], yg.shape[1])))
-            self.grams[g] += x.T @ x
-            self.cross[g] += x.T @ yg.astype(np.float64)
+            cap = max(MAX_ROWS, 20 * rg.shape[1])
+            if rg.shape[0] > cap:
+                pick = np.sort(rng.choice(rg.shape[0], cap, replace=False))
+                rg, yg = rg[pick], yg[pick]
+            x = np.concatenate([rg, np.ones((rg.shape[0], 1), rg.dtype)], axis=1).astype(np.float32)
+            yg = yg.astype(np.float32)
+            for acc in (self.fit, self.held):
+                if len(acc) <= g:
+                    acc.append([np.zeros((x.shape[1], x.shape[1])),
+                                np.zeros((x.shape[1], yg.shape[1])), 0.0])
+            sums[g][0] += (x.T @ x).astype(np.float64)     # float32 products, float64 sums
+            sums[g][1] += (x.T @ yg).astype(np.float64)
+            sums[g][2] += float(np.sum(yg.astype(np.float64) ** 2))
         self.rows += r.shape[0]
+        self.batches += 1
+
+    def _original(self) -> List[np.ndarray]:
+        """The layer's own weights per group as [d+1, out] (bias last)."""
+        if self.node.op_type == "Conv":
+            w = self.weight.reshape(self.weight.shape[0], -1).astype(np.float64)   # [M, d]
+        elif int(self.attrs.get("transB", 0)):
+            w = self.weight.astype(np.float64)
+        else:
+            w = self.weight.T.astype(np.float64)
+        m = w.shape[0]
+        b = np.zeros(m) if self.bias is None else np.broadcast_to(
+            np.asarray(self.bias, np.float64).reshape(-1), (m,)) * float(self.attrs.get("beta", 1.0))
+        per = m // self.groups
+        return [np.concatenate([w[i * per:(i + 1) * per].T, b[None, i * per:(i + 1) * per]])
+                for i in range(self.groups)]
+
+    def improves(self, ridge: float) -> Tuple[bool, float, float]:
+        """Whether the refit on the fitting rows beats the layer's own weights on the held-out
+        rows; (verdict, held-out SSE of the refit, of the original)."""
+        if not any(h[2] for h in self.held):
+            return True, float("nan"), float("nan")
+        new = old = 0.0
+        for (g, c, _), (hg, hc, hy), w0 in zip(self.fit, self.held, self._original()):
+            w = _ridge(g, c, ridge)
+            new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
+            old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
+        return new < old, new, old
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
-        """The refitted (weight, bias), in the layer's own layout."""
+        """The refitted (weight, bias) on all rows, in the layer's own layout."""
         ws, bs = [], []
-        for gram, cross in zip(self.grams, self.cross):
-            d = gram.shape[0] - 1
-            lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
-            reg = np.eye(d + 1) * lam
-            reg[d, d] = 0.0                            # the bias is not shrunk
-            sol = np.linalg.solve(gram + reg + 1e-9 * np.eye(d + 1), cross)   # [d+1, out]
+        for (g, c, _), (hg, hc, _) in zip(self.fit, self.held):
+            sol = _ridge(g + hg, c + hc, ridge)                                 # [d+1, out]
+            d = sol.shape[0] - 1
             ws.append(sol[:d].T)
             bs.append(sol[d])
         w = np.concatenate(ws, axis=0)                                         # [out, d]
@@ -71,6 +111,15 @@ class LayerFit:
             w = w.T.reshape(self.weight.shape)
         b = b / float(self.attrs.get("beta", 1.0)) if self.node.op_type == "Gemm" else b
         return w.astype(self.weight.dtype), b.astype(np.float32)
+
+
+def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
+    """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y."""
+    d = gram.shape[0] - 1
+    lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
+    reg = np.eye(d + 1) * lam
+    reg[d, d] = 0.0                            # the bias is not shrunk
+    return np.linalg.solve(gram + reg + 1e-9 * np.eye(d + 1), cross)
 
 
 def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray):

@@ -51,7 +51,7 @@ def test_first_site_refinement_is_the_exact_search():
     x = B.rand_input(40)
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     cal = onnx_snn.calibrate(nm, x, batch_size=16, show_progress=False)  # 16 + 16 + 8
-    cfg = SearchConfig(sequential=True, v_init_fractions=(0.0,), sequential_sample=10**9,
+    cfg = SearchConfig(sequential=True, v_init_fractions=(0.0,), sequential_sample=10**6,
                        per_channel=False)
     seq = onnx_snn.build(nm, cal, 3, "datta", cfg, calib_data=x)
     first = seq.report["sequential"]["sites"][0]

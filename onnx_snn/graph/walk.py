@@ -59,9 +59,10 @@ def node_inputs(node: onnx.NodeProto) -> List[str]:
     return names
 
 
-def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> List[onnx.NodeProto]:
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],
+          stop: Iterable[str] = ()) -> List[onnx.NodeProto]:
     """The nodes needed to compute ``outputs`` (the first producer of a name wins), in their
-    original order."""
+    original order; tensors in ``stop`` are taken as given (their producers are not needed)."""
     producer: Dict[str, int] = {}
     for i, n in enumerate(nodes):
         for o in n.output:
@@ -69,8 +70,12 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> List[onnx.
                 producer[o] = i
     keep: Set[int] = set()
     stack = list(outputs)
+    given = set(stop)
     while stack:
-        i = producer.get(stack.pop())
+        t = stack.pop()
+        if t in given:
+            continue
+        i = producer.get(t)
         if i is None or i in keep:
             continue
         keep.add(i)
@@ -78,10 +83,11 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> List[onnx.
     return [n for i, n in enumerate(nodes) if i in keep]
 
 
-def needed_tensors(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> Set[str]:
+def needed_tensors(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],
+                   stop: Iterable[str] = ()) -> Set[str]:
     """Every tensor read by the nodes that ``prune`` keeps, plus ``outputs``."""
     names = set(outputs)
-    for n in prune(nodes, names):
+    for n in prune(nodes, names, stop):
         names.update(node_inputs(n))
     return names
 

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Benchmark: deep networks at 1-4 time steps, on real Fashion-MNIST; prints JSON (and a
+Markdown table with ``--markdown``).
+
+    python tools/bench_deep.py                       # about 25 min on 2 cores
+    python tools/bench_deep.py --quick               # 2 000 test images, 4 000 for SGL
+    python tools/bench_deep.py --no-finetune --methods refined,refined-per-layer,refined+bias,refined+weights
+                                                     # the ablation of docs/FORMAT.md
+
+For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
+their widths, trained with tools/train_dnn.py, shipped in tools/models/):
+
+* the DNN's top-1 on the test images;
+* conversion-only top-1 at T = 1, 2, 4 for the default (``refined``), ``datta`` (the paper's
+  Algorithm 1 alone), ``deng`` and ``max``, 512 calibration training images, in onnxruntime;
+* one epoch of SGL fine-tuning at T=2 (the default recipe) from the default conversion;
+* the default conversion's seconds and peak memory (end to end, 512 images, T=2).
+
+Every job runs in a fresh process (``tools/_jobs.py``), two at a time with one thread each;
+a failing job keeps the others. The figures in README come from this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# siblings in tools/, which `python tools/bench_deep.py` puts first on sys.path
+from _bench_common import calibration_set, emit, peak_rss_mb
+from _jobs import add_job_options, print_result, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+NETS = {
+    "shipped": ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx",
+    "vgg16": ROOT / "tools" / "models" / "fmnist_vgg16.onnx",
+    "resnet20": ROOT / "tools" / "models" / "fmnist_resnet20.onnx",
+}
+DESCRIPTION = {
+    "shipped": "shipped fmnist_vgg (4 conv + 2 FC)",
+    "vgg16": "VGG-16, 13 conv + 3 FC, quarter width (16-128 channels)",
+    "resnet20": "ResNet-20 (the paper's: 3-conv stem, 8 basic blocks), quarter width (16-128)",
+}
+METHODS = ("refined", "datta", "deng", "max")
+#: the ablation of the refined method (``--methods ...``): name -> (method, SearchConfig fields)
+VARIANTS = {
+    "refined": ("refined", {}),
+    "refined-per-layer": ("refined", {"per_channel": False}),
+    "refined+bias": ("refined", {"bias_correction": True}),
+    "refined-per-layer+bias": ("refined", {"per_channel": False, "bias_correction": True}),
+    "refined+weights": ("refined", {"weight_calibration": True}),
+    "refined-per-layer+weights": ("refined", {"per_channel": False, "weight_calibration": True}),
+    "datta": ("datta", {}), "deng": ("deng", {}), "max": ("max", {}),
+    "percentile": ("percentile", {}),
+}
+#: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
+T_FREE = ("deng", "max")
+
+
+def _test_set(nm, n):
+    from onnx_snn.convert import resolve_data
+    return resolve_data("fashion-mnist", nm.preprocess, split="test").take(n)
+
+
+# ------------------------------------------------------------------ the jobs (child side)
+
+def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
+    import onnx_snn
+    from onnx_snn.evaluate import evaluate, evaluate_prefixes
+    nm = onnx_snn.prepare(str(NETS[net]))
+    test = _test_set(nm, test_images)
+    cal = onnx_snn.calibrate(nm, calibration_set(nm).x, show_progress=False)
+    out = {"net": net, "method": method, "top1": {}, "convert_seconds": {}}
+    if method == "dnn":
+        out["top1"] = evaluate(str(NETS[net]), test, show_progress=False).top1
+        return out
+    from onnx_snn.scales import SearchConfig
+    base, options = VARIANTS[method]
+    cfg = SearchConfig(**options)
+    if base in T_FREE:
+        snn = onnx_snn.build(nm, cal, max(Ts), base, cfg)
+        res = evaluate_prefixes(snn.model, test, Ts, show_progress=False)
+        out["top1"] = {str(t): r.top1 for t, r in res.items()}
+        return out
+    for T in Ts:
+        t0 = time.perf_counter()
+        snn = onnx_snn.build(nm, cal, T, base, cfg)
+        out["convert_seconds"][str(T)] = time.perf_counter() - t0
+        out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
+    return out
+
+
+def job_cost(net: str) -> dict:
+    """The default conversion end to end, as `onnx-snn convert` runs it."""
+    import onnx_snn
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False)
+        snn.save(os.path.join(tmp, "m.snn.onnx"))
+    return {"net": net, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+            "calibration_seconds": snn.report["calibration"]["seconds"],
+            "refinement_seconds": snn.report.get("sequential", {}).get("seconds")}
+
+
+def job_finetune(net: str, images: int, test_images: int, epochs: int) -> dict:
+    import onnx_snn
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    nm = onnx_snn.prepare(str(NETS[net]))
+    test = _test_set(nm, test_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "m.snn.onnx"), os.path.join(tmp, "m.tuned.snn.onnx")
+        snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False)
+        snn.save(src)
+        before = evaluate(src, test, show_progress=False).top1
+        cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
+                             initial_eval=False)
+        t0 = time.perf_counter()
+        r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
+        seconds = time.perf_counter() - t0
+        after = evaluate(out, test, show_progress=False).top1
+    return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images,
+            "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
+            "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
+
+
+# ------------------------------------------------------------------ the parent
+
+def _table(result: dict) -> str:
+    from onnx_snn.table import format_table
+    Ts = result["timesteps"]
+    lines = []
+    for net, r in result["nets"].items():
+        dnn = r.get("dnn")
+        lines.append(f"**{DESCRIPTION[net]}**: DNN top-1 "
+                     + (f"{dnn:.2f} %" if isinstance(dnn, float) else "?")
+                     + f" ({result['test_images']} test images)\n")
+        rows = []
+        for m in result["methods"]:
+            acc = r["accuracy"].get(m, {})
+            label = {"refined": "refined (default)", "datta": "datta (Algorithm 1)"}.get(m, m)
+            rows.append([label] + [f"{acc[str(t)]:.2f}" if str(t) in acc else "failed" for t in Ts])
+        lines.append(format_table(["method"] + [f"T={t}" for t in Ts], rows, markdown=True))
+        ft, cost = r.get("finetune", {}), r.get("cost", {})
+        if "top1_after" in ft:
+            lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
+                         f"images: {ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
+                         f"({ft['seconds']:.0f} s)")
+        if "seconds" in cost:
+            lines.append(f"\nDefault conversion, 512 images, T=2: {cost['seconds']:.1f} s end to "
+                         f"end, {cost['peak_rss_mb']:.0f} MB peak")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nets", default=",".join(NETS), help="comma-separated: " + ", ".join(NETS))
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("-T", "--timesteps", default="1,2,4", help="comma-separated T (default 1,2,4)")
+    p.add_argument("--test-images", type=int, default=10000)
+    p.add_argument("--finetune-images", type=int, default=60000,
+                   help="training images for the SGL epoch (default: all 60 000)")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--no-finetune", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="2 000 test images, SGL on 4 000 training images")
+    p.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
+    p.add_argument("--job-timeout", type=float, default=3600)
+    p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--markdown", help="also write the Markdown tables here")
+    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int)
+    args = p.parse_args(argv)
+    if args._job:
+        if args._threads:
+            import onnxruntime  # noqa: F401
+            os.environ["OMP_NUM_THREADS"] = str(args._threads)
+            try:
+                import torch
+                torch.set_num_threads(args._threads)
+            except ImportError:
+                pass
+        Ts = [int(t) for t in (args._ts or "2").split(",")]
+        if args._job == "accuracy":
+            print_result(job_accuracy(args._net, args._method, Ts, args._n))
+        elif args._job == "cost":
+            print_result(job_cost(args._net))
+        elif args._job == "finetune":
+            print_result(job_finetune(args._net, args._images, args._n, args._epochs))
+        return 0
+
+    if args.quick:
+        args.test_images, args.finetune_images = 2000, 4000
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    unknown = [n for n in nets if n not in NETS]
+    if unknown:
+        p.error(f"unknown net(s) {unknown}; choose from {list(NETS)}")
+    missing = [str(NETS[n]) for n in nets if not NETS[n].is_file()]
+    if missing:
+        p.error(f"missing model file(s) {missing}; train them with tools/train_dnn.py (README)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m not in VARIANTS for m in methods):
+        p.error(f"unknown method(s) {[m for m in methods if m not in VARIANTS]}; "
+                f"choose from {list(VARIANTS)}")
+    Ts = sorted({int(t) for t in args.timesteps.split(",")})
+    t0 = time.perf_counter()
+    jobs = []
+    for net in nets:
+        jobs.append((net, "dnn", "accuracy", {"net": net, "method": "dnn", "ts": "1",
+                                              "n": args.test_images}))
+        for m in methods:
+            jobs.append((net, m, "accuracy", {"net": net, "method": m,
+                                              "ts": ",".join(map(str, Ts)), "n": args.test_images}))
+    # the long fine-tuning jobs first, so that the pool stays busy
+    tune = [] if args.no_finetune else [
+        (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
+                                       "n": args.test_images, "epochs": args.finetune_epochs})
+        for net in nets]
+    results = {net: {"accuracy": {}} for net in nets}
+
+    def run(job):
+        net, what, kind, opts = job
+        started = time.perf_counter()
+        r = run_job(__file__, kind, opts, threads=1, timeout=args.job_timeout)
+        r["job_seconds"] = time.perf_counter() - started
+        print(f"bench_deep: {net} {what}: " + (r.get("error") or "done")
+              + f" ({r['job_seconds']:.0f} s)", file=sys.stderr, flush=True)
+        return job, r
+
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        for (net, what, kind, _), r in pool.map(run, tune + jobs):
+            if kind == "finetune":
+                results[net]["finetune"] = r
+            elif what == "dnn":
+                results[net]["dnn"] = r.get("top1", r.get("error"))
+            else:
+                results[net]["accuracy"][what] = r.get("top1", {}) if "error" not in r else {}
+                if "error" in r:
+                    results[net].setdefault("errors", {})[what] = r["error"]
+                elif r.get("convert_seconds"):
+                    results[net].setdefault("build_seconds", {})[what] = r["convert_seconds"]
+    for net in nets:  # alone, so that time and memory are the conversion's own
+        results[net]["cost"] = run((net, "cost", "cost", {"net": net}))[1]
+    result = {"benchmark": "bench_deep", "command": "python tools/bench_deep.py "
+              + " ".join(sys.argv[1:] if argv is None else argv),
+              "seconds": time.perf_counter() - t0, "test_images": args.test_images,
+              "timesteps": Ts, "methods": methods, "nets": results}
+    table = _table(result)
+    print(table, file=sys.stderr)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
