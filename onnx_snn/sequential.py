@@ -1,17 +1,26 @@
-"""Sequential, spiking-aware refinement of the datta parameters (opt-in: ``--sequential``).
+"""The refinement behind the default ``refined`` method: Algorithm 1's parameters refined
+site by site on the spiking network itself.
 
 Algorithm 1 chooses each site's (alpha, beta) on the DNN's own pre-activations, as if every
 neuron received a constant input. In the spiking network it does not: the site's input is
 built from the spikes of the sites before it, which arrive at different steps and carry those
-sites' quantization error. At T = 1-4 the two differ enough to matter.
+sites' quantization error. At T = 1-4 the two differ enough to matter, and on deep networks
+the error compounds until Algorithm 1 alone collapses.
 
-This pass goes through the sites in graph order. For site ``l`` it runs the step graph (sites
-before ``l`` already refined) over the calibration images for T steps and records, on a fixed
-random sample of neurons, the input current of every step; the target is the DNN's activation
-``clip(h, 0, mu)`` of the same neuron on the same image. ``scales.search_dynamic`` then picks
-alpha, beta and the initial membrane (a fraction of the threshold) by simulating the neuron
-exactly on those currents. Cost: one T-step pass of the spiking network over the calibration
-set per site.
+The sites are refined in graph order. For site ``l``:
+
+1. with weight calibration (default), every layer that computes the site's input from spikes
+   is refitted (:mod:`onnx_snn.weight_calibration`) on its time-averaged spiking input;
+2. the step graph runs, T steps over the calibration images, from the recorded spikes of the
+   sites before ``l`` (kept as uint8 for all images: one layer is run, not the network from
+   its input), and records on a fixed random sample of neurons the input current of every
+   step; the target is the DNN's activation ``clip(h, 0, mu)`` of the same neuron and image;
+3. ``scales.search_channels`` picks per channel alpha, beta and the initial membrane by
+   simulating the neurons exactly on those currents (``scales.search_dynamic`` per layer with
+   ``per_channel=False``);
+4. the site's spikes with its new parameters are recorded for the sites after it.
+
+The layers after the last site (the classifier) are refitted at the end.
 """
 from __future__ import annotations
 

@@ -3,12 +3,12 @@ the same real data and the same machine, in one run. Prints JSON and a Markdown 
 
     python tools/bench.py                 # everything (the tables in README)
     python tools/bench.py --quick         # a smaller run: shipped model, 2000 test images
-    python tools/bench.py --deep runs/fmnist_vgg11/model.onnx   # the second, deeper network
+    python tools/bench.py --deep tools/models/fmnist_resnet20.onnx   # another deep network
 
 Sections (``--sections``):
 
 * ``accuracy``: conversion-only top-1 on the Fashion-MNIST test set at T = 1, 2, 3, 4, 8, 16
-  for onnx-snn's ``datta`` (the paper's Algorithm 1), ``datta-seq`` (with ``--sequential``),
+  for onnx-snn's ``refined`` (the default), ``datta`` (the paper's Algorithm 1 alone),
   ``deng``, ``max`` and ``percentile`` (``--methods`` adds ``datta-mean``), and
   SpikingJelly's RateCodingRecipe in modes ``max`` and ``99.9%``. The onnx-snn models run in
   onnxruntime; T-independent methods (and SpikingJelly) are run once for the largest T and
@@ -18,16 +18,16 @@ Sections (``--sections``):
   SpikingJelly's ann2snn only recognizes ``nn.ReLU``: it converts the same network and
   weights with the clipped ReLUs replaced by ReLU (that ANN's own top-1 is reported).
 * ``convert``: conversion time (end to end, the same 512 calibration images, T = 2) and peak
-  memory (each in a fresh process, run alone) of onnx-snn (with and without
-  ``--sequential``) against SpikingJelly.
+  memory (each in a fresh process, run alone) of onnx-snn (``datta`` and the default
+  ``refined``) against SpikingJelly.
 * ``throughput``: inference images/s at T = 2, batch 256: the DNN in onnxruntime (the
   floor), the onnx-snn spiking graph in onnxruntime, SpikingJelly's model in PyTorch.
 * ``finetune``: top-1 after one epoch (``--finetune-images``, default 8 000 training
   images) of onnx-snn's surrogate-gradient fine-tuning at T = 1 and 2, and the SGL epoch time against SpikingJelly's multi-step training of the same
   network at T = 2 (tools/bench_sgl.py's jobs).
 
-The deeper network is trained with
-``python tools/train_dnn.py --arch fmnist_vgg11 --dataset fashion-mnist --epochs 8 --out runs/fmnist_vgg11 --export runs/fmnist_vgg11/model.onnx``.
+The deeper network (default: the paper's VGG-16 at a quarter width, tools/models/) is trained
+with ``python tools/train_dnn.py --arch fmnist_vgg16 --dataset fashion-mnist --epochs 30 --out runs/fmnist_vgg16 --export tools/models/fmnist_vgg16.onnx``.
 """
 from __future__ import annotations
 
@@ -101,12 +101,12 @@ def data(model_path, n_test=None, n_calib=512):
 # ------------------------------------------------------------------ accuracy
 
 # label -> (method, SearchConfig options); the T-independent ones share one job ("fixed")
-OURS = {"datta": ("datta", {}), "datta-seq": ("datta", {"sequential": True}),
+OURS = {"refined": ("refined", {}), "datta": ("datta", {}),
         "datta-mean": ("datta", {"objective": "mean"}), "deng": ("deng", {}),
         "max": ("max", {}), "percentile": ("percentile", {})}
 FIXED = ("deng", "max", "percentile")
 PEER_JOBS = ("spikingjelly-max", "spikingjelly-99.9%")
-DEFAULT_JOBS = ("datta", "datta-seq", "fixed") + PEER_JOBS
+DEFAULT_JOBS = ("refined", "datta", "fixed") + PEER_JOBS
 EVAL_BATCH = 16     # onnxruntime runs the spiking graph faster on small batches (cache):
 PEER_BATCH = 32     # 1.12x batch 32 (1.25x batch 256); SpikingJelly's model 1.27x at 32 vs 256
 
@@ -190,7 +190,7 @@ def accuracy_jobs(models, jobs, T_list, n_test, workers, timeout=None):
     ``cores // workers`` threads each (two one-thread processes get more out of two cores than
     one two-thread process: 1.3x here). The longest jobs start first."""
     threads = max(1, (os.cpu_count() or 2) // workers)
-    order = {"datta-seq": 0, "datta": 1, "datta-mean": 2, "fixed": 3}
+    order = {"refined": 0, "datta": 1, "datta-mean": 2, "fixed": 3}
     todo = sorted(((name, path, job) for name, path in models.items() for job in jobs),
                   key=lambda t: (order.get(t[2], 4), not t[0].startswith("deep")))
     from concurrent.futures import ThreadPoolExecutor
@@ -257,11 +257,11 @@ def sj_run(snn, x, T_list, batch=256):
 def _child_convert(args):
     x = np.load(args._calib)
     t0 = time.perf_counter()
-    if args._job in ("ours", "ours-seq"):
+    if args._job in ("ours", "ours-refined"):
         import onnx_snn
-        snn = onnx_snn.convert(args._model, x, timesteps=2, method="datta", calib_samples=None,
-                               batch_size=64, show_progress=False,
-                               sequential=args._job == "ours-seq")
+        snn = onnx_snn.convert(args._model, x, timesteps=2,
+                               method="refined" if args._job == "ours-refined" else "datta",
+                               calib_samples=None, batch_size=64, show_progress=False)
         with tempfile.TemporaryDirectory() as tmp:
             snn.save(os.path.join(tmp, "m.snn.onnx"))
     else:
@@ -278,16 +278,16 @@ def conversion_cost(model_path, calib, repeat=2, timeout=None):
         cpath = os.path.join(tmp, "calib.npy")
         np.save(cpath, calib.x)
         out = {}
-        for job in ("ours", "ours-seq", "spikingjelly-max"):
+        for job in ("ours", "ours-refined", "spikingjelly-max"):
             runs = [run_job(__file__, job, {"model": model_path, "calib": cpath}, timeout=timeout)
-                    for _ in range(1 if job == "ours-seq" else repeat)]
+                    for _ in range(1 if job == "ours-refined" else repeat)]
             good = [r for r in runs if "error" not in r]
             out[job] = min(good, key=lambda r: r["seconds"]) if good else runs[0]
     if "error" not in out["ours"] and "error" not in out["spikingjelly-max"]:
         out["time_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["seconds"] / out["ours"]["seconds"], 2)
         out["memory_ratio_spikingjelly_over_ours"] = round(out["spikingjelly-max"]["peak_rss_mb"] / out["ours"]["peak_rss_mb"], 2)
-    if "error" not in out["ours-seq"] and "error" not in out["spikingjelly-max"]:
-        out["time_ratio_spikingjelly_over_ours_seq"] = round(out["spikingjelly-max"]["seconds"] / out["ours-seq"]["seconds"], 2)
+    if "error" not in out["ours-refined"] and "error" not in out["spikingjelly-max"]:
+        out["time_ratio_spikingjelly_over_ours_refined"] = round(out["spikingjelly-max"]["seconds"] / out["ours-refined"]["seconds"], 2)
     return out
 
 
@@ -406,9 +406,9 @@ def markdown(result) -> str:
         conv = model.get("convert")
         if conv and "error" not in conv.get("ours", {}):
             o, s = conv["ours"], conv.get("spikingjelly-max", {})
-            q = conv.get("ours-seq", {})
-            lines += [f"Conversion ({name}, 512 calibration images, T=2): onnx-snn {o['seconds']:.1f} s, "
-                      f"{o['peak_rss_mb']:.0f} MB peak; with --sequential {q.get('seconds', float('nan')):.1f} s, "
+            q = conv.get("ours-refined", {})
+            lines += [f"Conversion ({name}, 512 calibration images, T=2): onnx-snn datta {o['seconds']:.1f} s, "
+                      f"{o['peak_rss_mb']:.0f} MB peak; refined (the default) {q.get('seconds', float('nan')):.1f} s, "
                       f"{q.get('peak_rss_mb', float('nan')):.0f} MB; SpikingJelly {s.get('seconds', float('nan')):.1f} s, "
                       f"{s.get('peak_rss_mb', float('nan')):.0f} MB peak.", ""]
         thr = model.get("throughput")
@@ -440,7 +440,7 @@ def _log(msg):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shipped model only, 2000 test images, T=1,2,4")
-    ap.add_argument("--deep", default=str(ROOT / "runs" / "fmnist_vgg11" / "model.onnx"),
+    ap.add_argument("--deep", default=str(ROOT / "tools" / "models" / "fmnist_vgg16.onnx"),
                     help="the second, deeper network (skipped with a note when missing)")
     ap.add_argument("--sections", default="accuracy,convert,throughput,finetune")
     ap.add_argument("--test-images", type=int, help="evaluate on the first N test images only "
@@ -449,7 +449,7 @@ def main(argv=None) -> int:
                     help=f"time steps for the accuracy tables (default: {' '.join(map(str, T_FULL))}; "
                          f"{' '.join(map(str, T_QUICK))} with --quick)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_JOBS), metavar="JOB",
-                    help="accuracy jobs: datta, datta-seq, datta-mean, fixed (deng, max, "
+                    help="accuracy jobs: refined, datta, datta-mean, fixed (deng, max, "
                          "percentile), spikingjelly-max, spikingjelly-99.9%% (default: all but "
                          "datta-mean)")
     ap.add_argument("--workers", type=int, default=2,
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
     notes = []
     if not args.quick:
         if Path(args.deep).is_file():
-            models["deeper fmnist_vgg11"] = args.deep
+            models["deeper " + Path(args.deep).stem] = args.deep
         else:
             notes.append(f"{args.deep} not found: train it with tools/train_dnn.py (see --help)")
             _log("note: " + notes[-1])

@@ -23,23 +23,23 @@ class _Spike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, threshold = ctx.saved_tensors
-        z = u / threshold
-        window = ((z > 0) & (z < 2)).to(grad.dtype)
-        grad_u = grad * window / threshold
+        inv = 1.0 / threshold                     # a scalar or per-channel: cheap
+        z = u * inv
+        window = (z > 0) & (z < 2)
+        grad_u = torch.where(window, grad * inv, 0.0)
         grad_th = None
         if ctx.needs_input_grad[1]:
-            g = -grad * window * u / (threshold * threshold)
-            grad_th = _reduce_to(g, threshold.shape)
+            # d s / d threshold = -u / threshold^2 = -(d s / d u) * z inside the window
+            grad_th = -_reduce_to(grad_u * z, threshold.shape)
         return grad_u, grad_th
 
 
 def _reduce_to(g: torch.Tensor, shape) -> torch.Tensor:
-    """Sum a broadcast gradient back to a parameter's shape."""
-    while g.dim() > len(shape):
-        g = g.sum(0)
-    for i, n in enumerate(shape):
-        if n == 1 and g.shape[i] != 1:
-            g = g.sum(i, keepdim=True)
+    """Sum a broadcast gradient back to a parameter's shape (one reduction)."""
+    lead = g.dim() - len(shape)
+    dims = list(range(lead)) + [lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1]
+    if dims:
+        g = g.sum(dim=dims, keepdim=True)
     return g.reshape(shape)
 
 
