@@ -57,11 +57,24 @@ class Calibration:
     inputs: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the data itself
 
 
+def quiet_onnxruntime() -> None:
+    """Silence onnxruntime's process-wide default logger below errors: sessions this project
+    creates, and those onnx-graphsurgeon creates for constant folding, print no warnings."""
+    import onnxruntime as ort
+    ort.set_default_logger_severity(3)
+
+
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
                  where: str = "model"):
-    """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError."""
+    """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError.
+
+    onnxruntime's warnings are silenced: the session's own (``log_severity_level``) and those
+    its graph loading and optimizers log through the process-wide default logger (a spiking
+    model's overridable ``timesteps`` input is also an initializer, which onnxruntime warns
+    about on every session; exporters' Unsqueeze nodes it cannot fold, ...)."""
     import onnxruntime as ort
 
+    quiet_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:

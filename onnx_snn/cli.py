@@ -2,20 +2,30 @@
 
 User errors print one line, ``onnx-snn: error: ...``, and exit with the code of their kind
 (see ``onnx_snn.errors``): 2 usage, 3 unreadable model, 4 unsupported model, 5 data,
-6 output path, 7 diverged training, 8 not a spiking model.
+6 output path, 7 diverged training, 8 not a spiking model, 9 missing dependency; 130 on
+SIGINT, 143 on SIGTERM (temporary files removed). Every output path is checked before the
+work and the outputs are written together at the end; a closed stdout is not an error.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import math
+import os
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
-from .errors import EXIT_CODES, OnnxSnnError
+from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS
+from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
 
 SEARCH = SearchConfig()   # the search's defaults, shown in --help
@@ -31,8 +41,9 @@ methods:
   refined     (default) the paper's Algorithm 1, then every layer, in order, refined on the
               spiking network's own input currents (its earlier layers already converted):
               thresholds, amplitudes and initial membranes per channel, chosen by
-              simulating the neurons. The most accurate at T=1-4, on deep networks above
-              all; costs one T-step pass over the calibration set per layer
+              simulating the neurons, and the layers that read spikes refitted to the
+              DNN's outputs. The most accurate at T=1-4, on deep networks above all; costs
+              a few T-step passes of each layer over the calibration set
   datta       Datta & Beerel 2022, Algorithm 1 alone: per-layer threshold scale alpha
               (searched over the layer's own activation percentiles) and output scale beta
               (fine grid) that best match the DNN activation at this T
@@ -59,14 +70,54 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _bounded_int(maximum: int, why: str):
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum} ({why}), not {value}")
+        return value
+    parse.__name__ = "bounded_int"
+    return parse
+
+
+timesteps_int = _bounded_int(MAX_TIMESTEPS, "MAX_TIMESTEPS: time and memory grow linearly with "
+                                            "T; the method targets 1-4")
+batch_int = _bounded_int(MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
+sample_int = _bounded_int(MAX_SAMPLE_SIZE, "MAX_SAMPLE_SIZE: values kept per layer, memory")
+
+
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def device_name(text: str) -> str:
+    if not DEVICE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N "
+                                         "or mps")
+    return text
 
 
 def percent(text: str) -> float:
@@ -86,16 +137,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, record: bool = False) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
     p.add_argument("--download", action="store_true",
                    help="download CIFAR through torchvision when it is not found (needs internet)")
-    p.add_argument("--mean", type=float, nargs="+", metavar="M",
-                   help="per-channel mean to subtract from [0,1] images (default: the model's "
+    p.add_argument("--mean", type=finite_float, nargs="+", metavar="M",
+                   help="named datasets: per-channel mean to subtract from [0,1] images (default: "
+                        "the model's recorded preprocessing; with none, raw pixels and a warning)"
+                        + ("; recorded in the spiking model" if record else "")
+                        + ". Not with .npy/.npz data, which is taken as already preprocessed")
+    p.add_argument("--std", type=positive_float, nargs="+", metavar="S",
+                   help="named datasets: per-channel std to divide by (default: the model's "
                         "recorded preprocessing)")
-    p.add_argument("--std", type=float, nargs="+", metavar="S",
-                   help="per-channel std to divide by (default: the model's recorded preprocessing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", metavar="DATA",
                    help="calibration data: fashion-mnist, cifar10, cifar100 (training split) or "
                         "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
-    c.add_argument("-T", "--timesteps", type=positive_int, default=DEFAULT_TIMESTEPS,
-                   help=f"time steps (default: {DEFAULT_TIMESTEPS})")
+    c.add_argument("-T", "--timesteps", type=timesteps_int, default=DEFAULT_TIMESTEPS,
+                   help=f"time steps, 1-{MAX_TIMESTEPS} (default: {DEFAULT_TIMESTEPS})")
     c.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help=f"how thresholds are chosen (default: {DEFAULT_METHOD}; see below)")
     c.add_argument("--objective", choices=OBJECTIVES, default=SEARCH.objective,
@@ -141,16 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bias-correction", action="store_true",
                    help="refined: also add, per channel, the mean input current the spiking "
                         "layer lacks (Li et al. 2021; off by default: it did not help here)")
-    c.add_argument("--weight-calibration", action="store_true",
-                   help="refined: also refit every layer that reads spikes to its DNN outputs "
-                        "by ridge regression on the calibration set (off by default)")
+    c.add_argument("--weight-calibration", action=argparse.BooleanOptionalAction,
+                   default=SEARCH.weight_calibration,
+                   help="refined: refit every layer that reads spikes so that its output on "
+                        "the spiking input best matches the DNN's (ridge regression on the "
+                        "calibration set, kept where it predicts held-out images better; "
+                        f"default: {'on' if SEARCH.weight_calibration else 'off'})")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
-    c.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+    c.add_argument("--batch-size", type=batch_int, default=DEFAULT_BATCH_SIZE,
                    help=f"calibration batch (default: {DEFAULT_BATCH_SIZE})")
-    c.add_argument("--sample-size", type=positive_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
-                   help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE})")
+    c.add_argument("--sample-size", type=sample_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
+                   help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE}; "
+                        f"at most {MAX_SAMPLE_SIZE})")
     c.add_argument("--percentile-step", type=percent, default=SEARCH.percentile_step,
                    help=f"datta: alpha candidates at every STEP-th percentile (default: "
                         f"{SEARCH.percentile_step:g})")
@@ -171,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "exact (0/1 spikes, accumulate-only synapses); sites feeding a residual "
                         "Add keep an explicit multiply and are listed")
     c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
-    _add_data_args(c)
+    _add_data_args(c, record=True)
 
     e = sub.add_parser("eval", parents=[quiet], help="top-1 (and spike rates) of a DNN or spiking model",
                        description="Evaluate a DNN or a spiking model in onnxruntime.",
@@ -180,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="DATA",
                    help="fashion-mnist, cifar10, cifar100 (test split; add :train for the "
                         "training split) or a .npz with x and y (default: the model's dataset)")
-    e.add_argument("-T", "--timesteps", type=positive_int, help="override the model's time steps")
-    e.add_argument("--batch-size", type=positive_int, default=256, help="batch size (default: 256)")
+    e.add_argument("-T", "--timesteps", type=timesteps_int,
+                   help=f"override the model's time steps (1-{MAX_TIMESTEPS})")
+    e.add_argument("--batch-size", type=batch_int, default=256, help="batch size (default: 256)")
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N samples")
     e.add_argument("--json", metavar="FILE",
                    help="write the result (top-1, spike rates per layer) as JSON; "
@@ -203,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the T steps), the paper's recipe by default: Adam (amsgrad), "
                                    "lr 1e-4 divided by 5 at 60/80/90%% of training. Writes the "
                                    "same spiking format back; the best epoch on the test set is "
-                                   "kept.",
+                                   "kept: OUTPUT gets the starting model only when it does not "
+                                   "exist yet, and an existing OUTPUT is replaced only by an "
+                                   "epoch that beats the starting top-1.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx\n"
@@ -215,19 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the model's dataset)")
     f.add_argument("--epochs", type=positive_int, default=3, help="epochs (default: 3)")
     f.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate (default: 1e-4)")
-    f.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default: 64)")
-    f.add_argument("-T", "--timesteps", type=positive_int, help="time steps (default: the model's)")
-    f.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
+    f.add_argument("--batch-size", type=batch_int, default=64, help="batch size (default: 64)")
+    f.add_argument("-T", "--timesteps", type=timesteps_int,
+                   help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
+    f.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                   help="L2 weight decay (default: 0)")
     f.add_argument("--no-augment", action="store_true", help="no random crop/flip")
-    f.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    f.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     f.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (default: OUTPUT.ckpt.pt)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     f.add_argument("--limit-train", type=positive_int, metavar="N", help="only N training samples")
     f.add_argument("--limit-test", type=positive_int, metavar="N", help="only N test samples")
     f.add_argument("--json", metavar="FILE", help="write the per-epoch record as JSON")
-    f.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
-    f.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
+    _add_data_args(f)
 
     a = sub.add_parser("analyze", parents=[quiet],
                        help="FLOPs and compute energy per layer, DNN against SNN",
@@ -248,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default for spiking models: the model's dataset)")
     a.add_argument("--rates", metavar="JSON", help="spike rates from `onnx-snn eval --json` (or finetune --json)")
     a.add_argument("--dnn", metavar="ONNX", help="the original DNN, for the DNN totals")
-    a.add_argument("-T", "--timesteps", type=positive_int, help="time steps (default: the model's)")
+    a.add_argument("-T", "--timesteps", type=timesteps_int,
+                   help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
     a.add_argument("--limit", type=positive_int, metavar="N", help="record rates on N samples only")
     a.add_argument("--preset", choices=("45nm-fp32", "45nm-int32"), default="45nm-fp32",
                    help="energy per operation (default: 45nm-fp32, the paper's)")
@@ -256,27 +320,45 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ac-pj", type=positive_float, help="override the energy of one AC (pJ)")
     a.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     a.add_argument("--plot", metavar="PNG", help="per-layer spike rates and energy (needs matplotlib)")
-    a.add_argument("--data-dir", metavar="DIR", help="folder with datasets")
-    a.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
+    _add_data_args(a)
 
     from .demo import add_demo_parser
     add_demo_parser(sub, quiet)
     return parser
 
 
-def _check_outputs(model: str, *outputs) -> None:
-    """Every output path valid, none the input, no two the same: checked before any work."""
-    from .errors import OutputPathError
-    from .model_io import check_output_path
-    seen = {}
-    for out in outputs:
-        if not out:
-            continue
-        check_output_path(out, model)
-        key = str(Path(out).resolve())
-        if key in seen:
-            raise OutputPathError(f"{out}: given twice ({seen[key]} and {out}); choose distinct files")
-        seen[key] = out
+def _inputs(model=None, data=None, data_dir=None, extra=()) -> list:
+    """Every file a command reads (outputs may be none of them): the model and its external
+    data, an array file or a named dataset's files, and ``extra`` files (rates, --dnn)."""
+    from .datasets import dataset_files
+    from .model_io import model_files
+    files = []
+    if model:
+        files += model_files(model)
+    if data:
+        files += dataset_files(data, data_dir)
+    for f in extra:
+        if f:
+            files += model_files(f) if str(f).endswith(".onnx") else [Path(f)]
+    return files
+
+
+def _check_outputs(inputs, *outputs) -> dict:
+    """Every output path valid, none an input, no two the same: checked before any work.
+    ``outputs``: (path or None, option) pairs. Returns {given path: path to write}."""
+    from .model_io import check_outputs
+    return check_outputs(outputs, inputs)
+
+
+def _check_mean_std(args, data) -> None:
+    """--mean/--std belong to named datasets; array files are taken as preprocessed."""
+    from .datasets import named_dataset
+    from .errors import UsageError
+    if (getattr(args, "mean", None) or getattr(args, "std", None)) and data and \
+            named_dataset(data) is None:
+        raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, cifar10, "
+                         "cifar100: images in [0, 1]); .npy/.npz data is taken as already "
+                         "preprocessed, so normalize the arrays yourself and drop --mean/--std")
 
 
 def _default_output(model: str) -> str:
@@ -286,10 +368,13 @@ def _default_output(model: str) -> str:
 
 
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
+    """The dataset a model records; an unreadable model raises its load error here."""
     import onnx
+    from .model_io import load_model
     try:
         m = onnx.load(model_path, load_external_data=False)
     except Exception:
+        load_model(model_path)   # raises the clear error (missing, truncated, not ONNX)
         return None
     meta = {p.key: p.value for p in m.metadata_props}
     return meta.get("onnx_snn.dataset")
@@ -308,17 +393,16 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert
+    from .convert import check_search_limits, convert
+    from .errors import DataError, UsageError
+    from .model_io import write_all_atomic
 
-    out = args.output or _default_output(args.model)
-    _check_outputs(args.model, out, args.step_graph, args.report)  # fail before the work
-    from .errors import UsageError
-    from .scales import SearchConfig
     try:
         config = SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
                               beta_step=args.beta_step, beta_max=args.beta_max,
                               percentile=args.percentile, relu_percentile=args.relu_percentile,
-                              sequential=args.sequential, per_channel=args.per_channel,
+                              sequential=args.sequential or args.method == "refined",
+                              per_channel=args.per_channel,
                               bias_correction=args.bias_correction,
                               weight_calibration=args.weight_calibration)
     except ValueError as e:
@@ -327,15 +411,18 @@ def cmd_convert(args) -> int:
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
     refining = args.method == "refined" or args.sequential
-    extra = [f for f, on in (("--bias-correction", args.bias_correction),
-                             ("--weight-calibration", args.weight_calibration)) if on]
+    extra = [f for f, on in (("--bias-correction", args.bias_correction),) if on]
     if extra and not refining:
         raise UsageError(f"{', '.join(extra)} belong(s) to the refined method, not "
                          f"--method {args.method}")
+    check_search_limits(config, args.timesteps, args.method)
+    out = args.output if args.output is not None else _default_output(args.model)
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
-        from .errors import DataError
         raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
+    _check_mean_std(args, calib)
+    targets = _check_outputs(_inputs(args.model, calib, args.data_dir),  # fail before the work
+                             (out, "-o"), (args.step_graph, "--step-graph"), (args.report, "--report"))
     snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method, config=config,
                   batch_size=args.batch_size, sample_size=args.sample_size,
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
@@ -351,14 +438,17 @@ def cmd_convert(args) -> int:
             for r in snn.report["sites"]]
     print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
                       "v_init", snn.report["objective"]], rows))
-    snn.save(out, args.model, binary_spikes=args.binary_spikes)
-    if args.step_graph:
-        snn.save(args.step_graph, args.model, step=True, binary_spikes=args.binary_spikes)
+    # every output in memory first, then all written together (all or none)
+    items = [(targets[str(out)], snn.to_bytes(binary_spikes=args.binary_spikes))]
+    if args.step_graph is not None:
+        items.append((targets[str(args.step_graph)],
+                      snn.to_bytes(step=True, binary_spikes=args.binary_spikes)))
+    if args.report is not None:
+        items.append((targets[str(args.report)], snn.report_bytes()))
+    write_all_atomic(items)
     if args.binary_spikes and not args.quiet:
         for site, what in snn.report["binary_spikes"].items():
             print(f"binary spikes: {site} {what}", file=sys.stderr)
-    if args.report:
-        snn.save_report(args.report)
     cal = snn.report["calibration"]
     print(f"wrote {out} ({args.method}, T={args.timesteps}, {len(rows)} spiking layers; "
           f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f} s)")
@@ -366,13 +456,15 @@ def cmd_convert(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .errors import DataError
     from .evaluate import evaluate
+    from .model_io import write_all_atomic
 
-    _check_outputs(args.model, args.json)
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        from .errors import DataError
         raise DataError("no evaluation data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
+    _check_mean_std(args, data)
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.json, "--json"))
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
                  limit=args.limit, mean=args.mean, std=args.std, data_dir=args.data_dir,
                  show_progress=not args.quiet, download=args.download)
@@ -388,22 +480,32 @@ def cmd_eval(args) -> int:
               + (f"; mean spike rate {r.mean_rate:.4f} per neuron per step" if r.kind == "snn" else ""))
     else:
         print(f"{what}: ran {r.samples} unlabeled samples in {r.seconds:.1f} s")
-    if args.json:
-        from .model_io import write_text_atomic
-        write_text_atomic(r.to_json() + "\n", args.json, args.model)
+    if args.json is not None:
+        write_all_atomic([(targets[str(args.json)], (r.to_json() + "\n").encode("utf-8"))])
     return 0
 
 
+def _metadata_value(text: str):
+    """A metadata value as JSON when it is a JSON list or object, else the text itself."""
+    if text[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
 def cmd_info(args) -> int:
+    from .datasets import check_preprocess
     from .model_io import load_model
     from .spiking.format import require_spiking
 
     model = load_model(args.model)
-    info = require_spiking(model, args.model)
+    info = require_spiking(model, args.model)   # validates the metadata (exit 3 if damaged)
+    check_preprocess(info.preprocess, args.model)
     if args.json:
         from .spiking.format import metadata
-        print(json.dumps({k: (json.loads(v) if v[:1] in "[{" else v)
-                          for k, v in metadata(model).items()}, indent=2))
+        print(json.dumps({k: _metadata_value(v) for k, v in metadata(model).items()}, indent=2))
         return 0
     print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
           f"method={info.method}, graph={info.graph}")
@@ -417,55 +519,72 @@ def cmd_info(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    from .errors import DataError, MissingDependencyError
     try:
         import torch  # noqa: F401
     except ImportError:
-        from .errors import MissingDependencyError
         raise MissingDependencyError("fine-tuning needs PyTorch: pip install 'onnx-snn[torch]'") from None
+    from .model_io import write_all_atomic
     from .runtimes.torch.finetune import FinetuneConfig, finetune
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        from .errors import DataError
         raise DataError("no training data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
+    _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,
                          augment=not args.no_augment, seed=args.seed, device=args.device,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
-    _check_outputs(args.model, args.output, args.json, args.checkpoint)
+    checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.output, "-o"),
+                             (args.json, "--json"), (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
-                 download=args.download,
-                 checkpoint=args.checkpoint, show_progress=not quiet,
-                 log=(lambda *a: None) if quiet else print)
-    import os
+                 download=args.download, checkpoint=checkpoint, show_progress=not quiet,
+                 log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
+        wrote = (f"wrote {r.output}" if r.written else
+                 f"no epoch beat the starting top-1, {r.output} was left as it was")
         print(f"fine-tuned T={r.timesteps}: top-1 {before}{r.best_top1:.2f}% (best epoch "
-              f"{r.best_epoch}); {r.seconds_per_epoch:.1f} s per epoch; wrote {r.output}")
-        if args.json:
-            from .model_io import write_text_atomic
-            write_text_atomic(json.dumps(r.to_dict(), indent=2) + "\n", args.json, args.model)
+              f"{r.best_epoch}); {r.seconds_per_epoch:.1f} s per epoch; {wrote}")
+        if args.json is not None:
+            write_all_atomic([(targets[str(args.json)],
+                               (json.dumps(r.to_dict(), indent=2) + "\n").encode("utf-8"))])
     return 0
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import ENERGY_PRESETS, analyze, format_table, load_rates, plot
-    from .model_io import load_model, write_text_atomic
-    from .spiking.format import is_spiking
+    from .analyze import ENERGY_PRESETS, analyze, format_table, load_rates
+    from .analyze.report import plot_png
+    from .datasets import check_preprocess
+    from .errors import MissingDependencyError
+    from .model_io import load_model, write_all_atomic
+    from .spiking.format import is_spiking, read_info
 
-    _check_outputs(args.model, args.json, args.plot)
+    data = args.data
+    if data is None and not args.rates:
+        data = _dataset_from_metadata(args.model)
+    _check_mean_std(args, data)
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
+                             (args.json, "--json"), (args.plot, "--plot"))
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--plot needs matplotlib: pip install 'onnx-snn[plot]'") from None
     model = load_model(args.model)
     rates, T = (None, None)
+    if is_spiking(model):
+        check_preprocess(read_info(model, args.model).preprocess, args.model)
     if args.rates:
         rates, T = load_rates(args.rates)
     elif is_spiking(model):
-        data = args.data or _dataset_from_metadata(args.model)
         if data:
             from .evaluate import evaluate
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
-                         data_dir=args.data_dir, show_progress=not getattr(args, "quiet", False),
-                         download=args.download)
+                         mean=args.mean, std=args.std, data_dir=args.data_dir,
+                         show_progress=not getattr(args, "quiet", False), download=args.download)
             rates, T = {k: s.spikes_per_neuron for k, s in r.sites.items()}, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
@@ -473,10 +592,13 @@ def cmd_analyze(args) -> int:
     result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn)
     print(format_table(result))
-    if args.json:
-        write_text_atomic(result.to_json() + "\n", args.json, args.model)
-    if args.plot:
-        plot(result, args.plot)
+    items = []
+    if args.json is not None:
+        items.append((targets[str(args.json)], (result.to_json() + "\n").encode("utf-8")))
+    if args.plot is not None:
+        items.append((targets[str(args.plot)], plot_png(result)))
+    write_all_atomic(items)
+    if args.plot is not None:
         print(f"wrote {args.plot}")
     return 0
 
@@ -485,14 +607,97 @@ COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info, "finetun
             "analyze": cmd_analyze}
 
 
+class _PipeSafeStdout:
+    """stdout that goes quiet when its reader has gone (``onnx-snn info m | head -c1``): the
+    command still finishes, and no BrokenPipeError is shown."""
+
+    def __init__(self, stream):
+        self._s = stream
+        self._broken = False
+
+    def write(self, text):
+        if not self._broken:
+            try:
+                return self._s.write(text)
+            except BrokenPipeError:
+                self._went_away()
+        return len(text)
+
+    def flush(self):
+        if not self._broken:
+            try:
+                self._s.flush()
+            except BrokenPipeError:
+                self._went_away()
+
+    def _went_away(self):
+        self._broken = True
+        try:   # later flushes of the real stdout (at exit too) go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._s.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def isatty(self):
+        return False if self._broken else self._s.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+@contextlib.contextmanager
+def _guarded_stdout():
+    real = sys.stdout
+    guard = _PipeSafeStdout(real) if real is not None else None
+    if guard is not None:
+        sys.stdout = guard
+    try:
+        yield
+    finally:
+        if guard is not None:
+            guard.flush()
+            if sys.stdout is guard:
+                sys.stdout = real
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so that the clean-up SIGINT
+    gets (temporary files removed) runs for it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    with _guarded_stdout(), _sigterm_raises():
+        try:
+            return _main(argv)
+        except Terminated:
+            print("onnx-snn: terminated", file=sys.stderr)
+            return Terminated.exit_code
+        except KeyboardInterrupt:
+            print("onnx-snn: interrupted", file=sys.stderr)
+            return 130
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
-        parser.print_help()
-        return 2
+        parser.error("a command is required: convert, eval, info, finetune, analyze or demo "
+                     "(onnx-snn COMMAND --help)")
     if args.quiet:
-        import os
         os.environ["ONNX_SNN_PROGRESS"] = "0"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handler = COMMANDS.get(args.command)
@@ -504,9 +709,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OnnxSnnError as e:
         print(f"onnx-snn: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("onnx-snn: interrupted", file=sys.stderr)
-        return 130
+    except MemoryError:
+        print("onnx-snn: error: out of memory; lower -T, --batch-size or the sample sizes",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,16 +20,144 @@ import onnx
 from . import __version__
 from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
-from .datasets import Dataset, apply_preprocess, load_dataset
-from .errors import DataError
+from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess, load_dataset,
+                       RAW_PIXELS)
+from .errors import DataError, UnsupportedModelError, UsageError
 from .graph.normalize import NormalizedModel, normalize
-from .model_io import PathLike, save_model, write_text_atomic
+from .model_io import PathLike, load_model, sha256_file, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
                      choose_params, estimate_mu)
 from .spiking import format as fmt
 from .spiking import rewrite
 
 log = logging.getLogger("onnx_snn")
+
+# ------------------------------------------------------------------ limits
+# What one command may ask for. Each bounds the time or memory of a step that grows with the
+# value (checked before any work; a UsageError, exit code 2, names the limit and why). The
+# defaults they bound: DEFAULT_TIMESTEPS and SearchConfig (scales.py), DEFAULT_BATCH_SIZE and
+# DEFAULT_SAMPLE_SIZE (calibrate.py).
+
+#: time steps: the Loop, the evaluation and fine-tuning's backprop grow linearly with T (the
+#: method targets T = 1-4; rate-coded conversions rarely go past a few thousand)
+MAX_TIMESTEPS = 4096
+#: samples per onnxruntime / torch batch
+MAX_BATCH_SIZE = 65536
+#: values kept per site for the search (--sample-size) and the refinement's pairs
+#: (SearchConfig.sequential_sample): float32 each, sorted, then searched in float64
+MAX_SAMPLE_SIZE = 10_000_000
+#: beta grid points (beta_max / beta_step; default 2000)
+MAX_BETA_GRID = 100_000
+#: finest alpha grid: candidates at every STEP-th percentile (default 1: 101 candidates)
+MIN_PERCENTILE_STEP = 0.01
+#: cells of the (alpha x beta [x (T+1) for l1]) table the datta search builds per site, several
+#: float64 arrays of this size (default: 101 x 2000 = 202 000)
+MAX_SEARCH_CELLS = 2 ** 24
+#: memory the refined method may hold: every time step's spikes of every calibration sample at
+#: every site (uint8), plus one batch's per-step input currents of the site being refined and
+#: its sampled pairs (float32); see check_refine_memory
+MAX_REFINE_BYTES = 4 * 2 ** 30
+
+
+def check_timesteps(value, name: str = "timesteps") -> int:
+    """``value`` as an int in 1..MAX_TIMESTEPS; anything else (2.7, True, "2") is refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise UsageError(f"{name} must be a whole number of time steps (an int), not "
+                         f"{value!r} ({type(value).__name__})")
+    value = int(value)
+    if not 1 <= value <= MAX_TIMESTEPS:
+        raise UsageError(f"{name} must be between 1 and {MAX_TIMESTEPS} (MAX_TIMESTEPS: time and "
+                         f"memory grow linearly with T; the method targets 1-4), not {value}")
+    return value
+
+
+def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,
+                why: str = "") -> Optional[int]:
+    """A positive int (at most ``maximum``), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive whole number, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{name} must be at most {maximum}{why}, not {value}")
+    return int(value)
+
+
+def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:
+    """Cells of the largest table the (alpha, beta) search of one site builds."""
+    betas = int(round(cfg.beta_max / cfg.beta_step))
+    alphas = int(100.0 / cfg.percentile_step) + 1
+    if method not in ("datta", REFINED) and not cfg.sequential:
+        return 0
+    cells = alphas * betas * ((timesteps + 1) if cfg.objective == "l1" else 1)
+    if method == REFINED or cfg.sequential:
+        cells = max(cells, (alphas * len(cfg.v_init_fractions) + 1) * betas)
+    return cells
+
+
+def check_search_limits(cfg: SearchConfig, timesteps: int, method: str) -> None:
+    """The search grids of ``cfg`` within MAX_BETA_GRID, MIN_PERCENTILE_STEP, MAX_SEARCH_CELLS
+    and MAX_SAMPLE_SIZE (UsageError naming the limit otherwise)."""
+    betas = int(round(cfg.beta_max / cfg.beta_step))
+    if betas > MAX_BETA_GRID:
+        raise UsageError(f"the beta grid would have {betas:,} points (beta max {cfg.beta_max:g} / "
+                         f"beta step {cfg.beta_step:g}); the limit is {MAX_BETA_GRID:,} "
+                         "(MAX_BETA_GRID: every point is tried for every alpha): raise --beta-step "
+                         "or lower --beta-max")
+    if cfg.percentile_step < MIN_PERCENTILE_STEP:
+        raise UsageError(f"the percentile step {cfg.percentile_step:g} is below the limit "
+                         f"{MIN_PERCENTILE_STEP:g} (MIN_PERCENTILE_STEP: {int(100 / MIN_PERCENTILE_STEP):,} "
+                         "alpha candidates at most, each tried with every beta)")
+    cells = search_cells(cfg, timesteps, method)
+    if cells > MAX_SEARCH_CELLS:
+        l1 = cfg.objective == "l1"
+        raise UsageError(
+            f"the {method} search would build a table of {cells:,} (alpha, beta"
+            f"{', step' if l1 else ''}) cells per layer; the limit is {MAX_SEARCH_CELLS:,} "
+            "(MAX_SEARCH_CELLS, memory): raise --percentile-step or --beta-step, lower --beta-max"
+            + (", or use a smaller -T or another --objective (l1 grows with T)" if l1 else ""))
+    check_count(cfg.sequential_sample, "the refinement's sample (sequential_sample)",
+                MAX_SAMPLE_SIZE, why=" (MAX_SAMPLE_SIZE, memory)")
+
+
+def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
+    """An estimate of the memory the refined method holds (see onnx_snn.sequential): the
+    recorded spikes, ``T * samples * neurons`` bytes over all sites, plus, for the site being
+    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents."""
+    batch = min(cal.batch_size, cal.n_samples) or 1
+    cache, work = 0, 0
+    for st in cal.sites.values():
+        neurons = int(np.prod(st.shape)) if st.shape else 1
+        pairs = min(cfg.sequential_sample, cal.n_samples * neurons)
+        cache += timesteps * cal.n_samples * neurons
+        work = max(work, 4 * timesteps * (batch * neurons + 2 * pairs))
+    return cache + work
+
+
+def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig) -> None:
+    """Refuse a refined conversion that would hold more than MAX_REFINE_BYTES."""
+    if not cfg.sequential:
+        return
+    need = refine_bytes(cal, timesteps, cfg)
+    if need > MAX_REFINE_BYTES:
+        raise UsageError(
+            f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
+            f"one of T={timesteps} steps for {cal.n_samples} calibration samples at every layer, "
+            f"and one batch's input currents); the limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
+            "(MAX_REFINE_BYTES): lower -T, --calib-samples or --batch-size, or use --method datta")
+
+
+def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
+    """A spiking model (or one holding the format's neuron calls) is not a DNN to convert."""
+    from .graph import walk
+    calls = any(f.domain == fmt.DOMAIN for f in model.functions) or any(
+        n.domain == fmt.DOMAIN for g in walk.subgraphs(model.graph) for n in g.node)
+    if fmt.is_spiking(model) or calls:
+        why = (f"it has {fmt.META_FORMAT} metadata" if fmt.is_spiking(model) else
+               f"it calls {fmt.DOMAIN}.{fmt.NEURON_OP}")
+        raise UnsupportedModelError(
+            f"{where}: already a spiking model ({why}); convert the original DNN instead, or "
+            "use `onnx-snn eval`, `finetune` or `info` on this file")
 
 @dataclass
 class SpikingModel:
@@ -58,19 +186,30 @@ class SpikingModel:
         self.report["binary_spikes"] = result
         return model
 
-    def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
-             binary_spikes: bool = False) -> Path:
-        """Write the model atomically; refuses to overwrite the source model."""
-        src = [self.normalized.source_path] if self.normalized.source_path else []
+    def to_bytes(self, step: bool = False, binary_spikes: bool = False) -> bytes:
+        """The serialized model (or step graph, or binary-spike form) as :meth:`save` writes it."""
         if binary_spikes:
             model = self.binary_model(step)
         else:
             model = self.step_model() if step else self.model
-        return save_model(model, path, *src, *inputs)
+        return model.SerializeToString()
 
-    def save_report(self, path: PathLike) -> Path:
+    def report_bytes(self) -> bytes:
+        return (json.dumps(self.report, indent=2) + "\n").encode("utf-8")
+
+    def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
+             binary_spikes: bool = False) -> Path:
+        """Write the model atomically; refuses to overwrite the source model (or ``inputs``),
+        a folder, a device or pipe, or to write into a missing folder."""
+        from .model_io import check_output_path, write_bytes_atomic
         src = [self.normalized.source_path] if self.normalized.source_path else []
-        return write_text_atomic(json.dumps(self.report, indent=2) + "\n", path, *src)
+        target = check_output_path(path, *src, *inputs)
+        write_bytes_atomic(self.to_bytes(step, binary_spikes), target)
+        return target
+
+    def save_report(self, path: PathLike, *inputs: PathLike) -> Path:
+        src = [self.normalized.source_path] if self.normalized.source_path else []
+        return write_text_atomic(self.report_bytes().decode("utf-8"), path, *src, *inputs)
 
     @property
     def info(self) -> fmt.SpikingInfo:
@@ -78,8 +217,24 @@ class SpikingModel:
 
 
 def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
-    """Load and normalize a DNN (raises clear errors for unsupported graphs)."""
-    return normalize(model if isinstance(model, onnx.ModelProto) else str(model))
+    """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
+    that is already spiking)."""
+    from .calibrate import quiet_onnxruntime
+    quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
+    if isinstance(model, onnx.ModelProto):
+        _refuse_spiking(model, model.graph.name or "model")
+        return normalize(model)
+    path = str(model)
+    proto = load_model(path, check=False)
+    _refuse_spiking(proto, path)
+    nm = normalize(proto, where=path)
+    nm.source_path = path
+    nm.source_sha256 = sha256_file(path)
+    return nm
+
+
+def _as_list(v) -> list:
+    return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
@@ -87,9 +242,13 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
-    recorded preprocessing; arrays and .npy/.npz files are taken as already preprocessed
-    unless ``mean``/``std`` are given explicitly.
+    recorded preprocessing ``preprocess``; a model that records none gets the raw [0, 1]
+    pixels, with a warning. Arrays, .npy/.npz files and :class:`Dataset` objects marked
+    ``preprocessed`` are taken as already preprocessed: ``mean``/``std`` with them is a
+    :class:`UsageError` (normalize the arrays yourself). The result's ``preprocess`` says
+    what was applied to a named dataset (None for arrays).
     """
+    given = mean is not None or std is not None
     if isinstance(data, Dataset):
         ds = data
     elif isinstance(data, (str, Path)):
@@ -99,18 +258,41 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     else:
         raise DataError(f"cannot use {type(data).__name__} as data; pass an array, a dataset "
                         "name or a .npy/.npz path")
+    if ds.preprocessed and given:
+        raise UsageError(f"{ds.name}: --mean/--std apply to named datasets (fashion-mnist, "
+                         "cifar10, cifar100: images in [0, 1]); arrays (.npy/.npz files, numpy "
+                         "arrays) are taken as already preprocessed, so normalize them yourself "
+                         "and drop --mean/--std")
     if isinstance(ds.x, dict):
+        for k, v in ds.x.items():
+            check_inputs(v, f"{ds.name} (input {k!r})")
         return ds
-    if ds.preprocessed and mean is None and std is None and ds.x.dtype.kind in "iu":
-        log.warning("%s: integer data (%s) is taken as already preprocessed; pass --mean/--std "
-                    "(and scale to [0, 1]) if these are raw pixels", ds.name, ds.x.dtype)
-    if mean is not None or std is not None:
-        x = apply_preprocess(ds.x, mean, std)
-    elif not ds.preprocessed and preprocess:
-        x = apply_preprocess(ds.x, preprocess.get("mean"), preprocess.get("std"))
+    check_inputs(ds.x, ds.name)
+    if ds.preprocessed and ds.x.dtype.kind in "iu":
+        log.warning("%s: integer data (%s) is taken as already preprocessed; if these are raw "
+                    "pixels, scale them to [0, 1] and normalize them first", ds.name, ds.x.dtype)
+    applied = None
+    if given:
+        applied = {"mean": _as_list(0.0 if mean is None else mean),
+                   "std": _as_list(1.0 if std is None else std)}
+        x = apply_preprocess(ds.x, applied["mean"], applied["std"])
+    elif not ds.preprocessed:
+        if preprocess:
+            pp = check_preprocess(preprocess)
+            applied = {"mean": pp["mean"], "std": pp["std"]}
+            x = apply_preprocess(ds.x, applied["mean"], applied["std"])
+        else:
+            log.warning("%s: the model records no preprocessing (no onnx_snn.preprocess "
+                        "metadata) and no --mean/--std was given, so the images are fed as %s. "
+                        "If the model was trained on normalized inputs, the results are wrong: "
+                        "pass --mean/--std (e.g. --mean 0.2860 --std 0.3530 for Fashion-MNIST)",
+                        ds.name, RAW_PIXELS)
+            applied = {"mean": [0.0], "std": [1.0]}
+            x = ds.x
     else:
         x = ds.x
-    return Dataset(ds.name, x, ds.y, preprocessed=True)
+    return Dataset(ds.name, x, ds.y, preprocessed=True,
+                   preprocess=applied if applied is not None else ds.preprocess)
 
 
 def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIMESTEPS,
@@ -127,18 +309,19 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     if method == REFINED and not cfg.sequential:
         cfg = dataclasses.replace(cfg, sequential=True)
     if cfg.sequential and method not in ("datta", REFINED):
-        raise ValueError(f"the sequential refinement is part of the datta method, not {method!r}")
+        raise UsageError(f"the sequential refinement is part of the datta method, not {method!r}")
     if cfg.sequential:
         calib_data = calib.inputs if calib_data is None else calib_data
         if calib_data is None:
-            raise ValueError("the sequential refinement runs the spiking network on the "
+            raise UsageError("the sequential refinement runs the spiking network on the "
                              "calibration inputs: pass them as calib_data")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if int(timesteps) < 1:
-        raise ValueError("timesteps must be at least 1")
+        raise UsageError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    timesteps = check_timesteps(timesteps)
+    check_search_limits(cfg, timesteps, method)
+    check_refine_memory(calib, timesteps, cfg)
     t0 = time.perf_counter()
     missing = [s.name for s in nm.sites if s.name not in calib.sites]
     if missing:
@@ -232,15 +415,39 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     ``calib_samples`` random samples are drawn from it (``None``: all of them).
     ``config`` (a :class:`SearchConfig`) sets the search; keyword ``options`` override its
     fields (``objective="mean"``, ``sequential=True``, ``beta_step=0.01``, ...).
+
+    ``mean``/``std`` normalize a named dataset (its images are in [0, 1]) and are recorded in
+    the spiking model's ``onnx_snn.preprocess`` metadata, so that ``evaluate`` and
+    ``finetune`` feed it the same way; without them the DNN's recorded preprocessing is used
+    (and carried over), else raw [0, 1] pixels with a warning (and recorded as such). Arrays
+    are taken as already preprocessed: ``mean``/``std`` with them is a UsageError.
+    Bad values (``timesteps=2.7``, a search grid past the limits above) raise UsageError
+    before any work.
     """
-    cfg = search_config(config, **options)
+    timesteps = check_timesteps(timesteps)
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        cfg = search_config(config, **options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if method == REFINED and not cfg.sequential:
+        cfg = dataclasses.replace(cfg, sequential=True)
+    check_search_limits(cfg, timesteps, method)
+    batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
+    sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE,
+                              why=" (MAX_SAMPLE_SIZE: values kept per layer, memory)")
+    calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
     nm = prepare(model)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download)
+    if ds.preprocess is not None:   # a named dataset: record how it was fed
+        nm.preprocess = ds.preprocess
     if isinstance(ds.x, np.ndarray):
         ds = ds.take(calib_samples, seed=seed)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
+    check_refine_memory(cal, timesteps, cfg)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
                  show_progress=show_progress, seed=seed)
 
@@ -257,4 +464,4 @@ def search_config(config: Optional[SearchConfig] = None, **options) -> SearchCon
 
 
 __all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",
-           "SearchConfig", "search_config"]
+           "SearchConfig", "search_config", "MAX_TIMESTEPS", "check_timesteps"]

@@ -11,7 +11,9 @@ Names a user can pass as ``--data`` / ``--calib``:
 
 Images come back as float32 NCHW arrays scaled to [0, 1]; :func:`apply_preprocess` applies a
 model's mean/std. Arrays from ``.npy``/``.npz`` files are returned as they are (taken as
-already preprocessed).
+already preprocessed). Inputs, labels and recorded preprocessing are checked here
+(:func:`check_inputs`, :func:`check_labels`, :func:`check_preprocess`): a bad one raises
+:class:`DataError` (or :class:`ModelLoadError` for a model's damaged metadata).
 """
 from __future__ import annotations
 
@@ -19,13 +21,17 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, ModelLoadError
+
+#: what a named dataset is fed as when the model records no preprocessing
+RAW_PIXELS = "raw [0, 1] pixels"
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = (
@@ -51,8 +57,11 @@ class Dataset:
     x: np.ndarray
     y: Optional[np.ndarray]
     preprocessed: bool = False  # True when x already carries the model's normalization
+    preprocess: Optional[dict] = None  # {"mean", "std"} applied to a named dataset's images
 
     def __len__(self) -> int:
+        if isinstance(self.x, dict):
+            return int(next(iter(self.x.values())).shape[0]) if self.x else 0
         return int(self.x.shape[0])
 
     def take(self, n: Optional[int], seed: Optional[int] = None) -> "Dataset":
@@ -64,7 +73,7 @@ class Dataset:
         else:
             idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
         return Dataset(self.name, self.x[idx], None if self.y is None else self.y[idx],
-                       self.preprocessed)
+                       self.preprocessed, self.preprocess)
 
 
 def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
@@ -86,7 +95,7 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e}); download it again") from None
     if len(data) < 4:
         raise DataError(f"{path}: not an IDX file (too short)")
@@ -209,47 +218,147 @@ def load_array_file(path: os.PathLike) -> Dataset:
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
-        keys = list(obj.keys())
-        xk = next((k for k in ("x", "data", "images", "inputs") if k in keys), keys[0] if keys else None)
-        if xk is None:
-            raise DataError(f"{path}: empty .npz file")
-        yk = next((k for k in ("y", "labels", "targets") if k in keys), None)
-        x, y = obj[xk], (obj[yk] if yk else None)
+        try:
+            keys = list(obj.keys())
+            xk = next((k for k in ("x", "data", "images", "inputs") if k in keys), None)
+            if xk is None:
+                raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
+                                f"(or data, images, inputs), and 'y' for labels; it has "
+                                f"{keys if keys else 'no arrays'}")
+            yk = next((k for k in ("y", "labels", "targets") if k in keys), None)
+            x, y = obj[xk], (obj[yk] if yk else None)
+        except DataError:
+            raise
+        except Exception as e:  # object arrays, truncated members
+            raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
     else:
         x, y = obj, None
     x = np.asarray(x)
-    if x.dtype.kind not in "fiu":
-        raise DataError(f"{path}: inputs of dtype {x.dtype} are not numeric")
+    check_inputs(x, str(path))
     if x.dtype.kind in "iu":
         import logging
         logging.getLogger("onnx_snn").warning(
             "%s: integer inputs (%s) are taken as already preprocessed; if they are raw pixels, "
-            "scale them to [0, 1] and pass --mean/--std", path, x.dtype)
+            "scale them to [0, 1] and normalize them first", path, x.dtype)
     if y is not None:
-        y = np.asarray(y).astype(np.int64).reshape(-1)
-        if len(y) != len(x):
-            raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
+        y = check_labels(y, len(x), str(path))
     return Dataset(str(path), x.astype(np.float32, copy=False), y, preprocessed=True)
+
+
+def check_inputs(x, where: str) -> None:
+    """Model inputs: a numeric array with a sample axis (not a single number)."""
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{where}: inputs must be a numpy array, not {type(x).__name__}")
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"{where}: inputs of dtype {x.dtype} are not numeric (expected floats)")
+    if x.ndim == 0:
+        raise DataError(f"{where}: a single number, not an array of samples (shape [N, ...])")
+
+
+def check_labels(y, n: int, where: str) -> np.ndarray:
+    """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
+        raise DataError(f"{where}: labels of dtype {y.dtype} are not class indices")
+    if y.ndim != 1:
+        if y.size == n and y.ndim >= 1:
+            y = y.reshape(-1)
+        else:
+            raise DataError(f"{where}: labels of shape {list(y.shape)}; expected one class index "
+                            f"per sample ([{n}])")
+    if len(y) != n:
+        raise DataError(f"{where}: {n} inputs but {len(y)} labels")
+    if y.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(y)))
+        if bad:
+            raise DataError(f"{where}: {bad} label(s) are NaN/Inf; labels are class indices")
+        if np.any(y != np.round(y)):
+            raise DataError(f"{where}: labels such as {y[y != np.round(y)][0]!r} are not whole "
+                            "numbers; labels are class indices")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise DataError(f"{where}: label {int(y.min())} is negative; labels are class indices "
+                        "0..classes-1")
+    return y
+
+
+def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None:
+    """Every label below the model's number of outputs."""
+    if y is not None and y.size and int(y.max()) >= classes:
+        raise DataError(f"{where}: label {int(y.max())} is out of range: the model outputs "
+                        f"{classes} classes (labels 0..{classes - 1})")
+
+
+def check_preprocess(pp, where: str = "the model") -> Optional[dict]:
+    """A model's recorded ``onnx_snn.preprocess`` ({"mean": [...], "std": [...]}), checked:
+    finite numbers, std > 0; a damaged one raises :class:`ModelLoadError`."""
+    if pp is None:
+        return None
+    if not isinstance(pp, dict):
+        raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not a JSON object; "
+                             "the file is damaged")
+    out = dict(pp)
+    for key, default in (("mean", 0.0), ("std", 1.0)):
+        v = pp.get(key, default)
+        try:
+            a = np.asarray(v, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.size == 0 or not np.all(np.isfinite(a)) or (key == "std" and np.any(a <= 0)):
+            raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has {key} {v!r}; "
+                                 "expected finite numbers (std > 0); the file is damaged")
+        out[key] = [float(t) for t in a]
+    return out
 
 
 # ---------------------------------------------------------------- front door
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100")
+_ALIASES = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "fmnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10",
+            "cifar100": "cifar100", "cifar-100": "cifar100"}
+
+
+def named_dataset(spec) -> Optional[str]:
+    """The dataset a spec names (``fashion-mnist``, ``cifar10``, ``cifar100``), else None."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    name = str(spec).partition(":")[0]
+    return _ALIASES.get(name.lower().replace("_", "-"))
+
+
+def dataset_files(spec, data_dir=None) -> list:
+    """The files loading ``spec`` reads (to protect them from being overwritten): an array
+    file itself, or a named dataset's files where it would be found (best effort)."""
+    key = named_dataset(spec)
+    if key is None:
+        return [Path(spec)] if isinstance(spec, (str, os.PathLike)) and str(spec) else []
+    files = []
+    try:
+        if key == "fashion-mnist":
+            folder = _find_fashion_mnist(data_dir)
+            for prefix in ("train", "t10k"):
+                for kind in ("images-idx3", "labels-idx1"):
+                    files += [folder / f"{prefix}-{kind}-ubyte.gz", folder / f"{prefix}-{kind}-ubyte"]
+        else:
+            folder_name, _, train_files, test_files, _ = _CIFAR[key]
+            for d in search_dirs(data_dir):
+                for c in (d / folder_name, d):
+                    files += [c / f for f in train_files + test_files]
+    except DataError:
+        pass
+    return files
 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
                  download: bool = False) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``) or a .npy/.npz path."""
     name, _, sp = str(spec).partition(":")
-    key = name.lower().replace("_", "-")
-    aliases = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-               "fmnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10",
-               "cifar100": "cifar100", "cifar-100": "cifar100"}
-    if key in aliases:
+    key = named_dataset(spec)
+    if key is not None:
         split = sp or split or "test"
         if split not in ("train", "test"):
             raise DataError(f"{spec}: split must be 'train' or 'test', not {split!r}")
-        key = aliases[key]
         if key == "fashion-mnist":
             return load_fashion_mnist(split, data_dir)
         return load_cifar(key, split, data_dir, download)
@@ -274,8 +383,10 @@ def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],
         return a.reshape(shape) if a.size == c else a.reshape(())
 
     m, s = vec(mean, 0.0), vec(std, 1.0)
-    if np.any(s == 0):
-        raise DataError("preprocessing std contains 0")
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(s))):
+        raise DataError("preprocessing mean/std must be finite numbers")
+    if np.any(s <= 0):
+        raise DataError("preprocessing std must be positive")
     return ((x - m) / s).astype(np.float32)
 
 

@@ -31,6 +31,12 @@ def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = (
     from .calibrate import calibrate
     from .evaluate import evaluate, evaluate_prefixes
 
+    from .convert import check_count, check_timesteps
+    timesteps = list(dict.fromkeys(check_timesteps(t) for t in timesteps))
+    if not timesteps:
+        from .errors import UsageError
+        raise UsageError("give at least one time-step count")
+    limit = check_count(limit, "limit", allow_none=True)
     t0 = time.perf_counter()
     model = shipped_model_path()
     nm = prepare(model)
@@ -82,18 +88,25 @@ def add_demo_parser(sub, parent) -> None:
                               "  onnx-snn demo                          # the full table, ~2 min on 2 cores\n"
                               "  onnx-snn demo --limit 1000 -T 1 2      # a quick look\n"
                               "  onnx-snn demo --methods datta percentile --json demo.json")
-    d.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3, 4])
+    from .cli import positive_int, timesteps_int
+    d.add_argument("-T", "--timesteps", type=timesteps_int, nargs="+", default=[1, 2, 3, 4],
+                   help="time steps (default: 1 2 3 4)")
     d.add_argument("--methods", nargs="+", default=["datta", "deng", "max"],
                    choices=["datta", "deng", "max", "percentile"])
-    d.add_argument("--limit", type=int, help="only the first N test images")
+    d.add_argument("--limit", type=positive_int, help="only the first N test images")
     d.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST files")
     d.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
 
 
 def cmd_demo(args) -> int:
+    from .datasets import dataset_files
+    from .model_io import check_outputs, model_files, write_all_atomic
+    # the output is checked before the run (minutes), against the files the demo reads
+    inputs = model_files(shipped_model_path()) + dataset_files("fashion-mnist", args.data_dir)
+    targets = check_outputs([(args.json, "--json")], inputs)
     result = run_demo(args.timesteps, args.methods, limit=args.limit, data_dir=args.data_dir,
                       show_progress=not args.quiet)
-    if args.json:
-        from .model_io import write_text_atomic
-        write_text_atomic(json.dumps(result, indent=2) + "\n", args.json)
+    if args.json is not None:
+        write_all_atomic([(targets[str(args.json)],
+                           (json.dumps(result, indent=2) + "\n").encode("utf-8"))])
     return 0

@@ -2,6 +2,8 @@
 
 The CLI prints ``onnx-snn: error: <message>`` for these and exits with ``exit_code``;
 no traceback is shown, because the message already says what is wrong and what to do.
+SIGINT exits with 130 and SIGTERM with 143 (:class:`Terminated`), after removing every
+temporary file.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ class OnnxSnnError(Exception):
     exit_code = 1
 
 
-class UsageError(OnnxSnnError):
-    """Options that do not fit together (argparse handles the rest, also with code 2)."""
+class UsageError(OnnxSnnError, ValueError):
+    """Options that do not fit together or ask for unbounded work (argparse handles the rest,
+    also with code 2). A ``ValueError`` too, for API callers that catch those."""
 
     exit_code = 2
 
@@ -37,13 +40,16 @@ class DataError(OnnxSnnError):
 
 
 class OutputPathError(OnnxSnnError):
-    """The output path would overwrite the input, or its folder does not exist."""
+    """An output path that cannot be written safely: it names an input of the command or
+    another output, is not a regular file (a folder, device, pipe), or its folder is missing,
+    not a folder or not writable."""
 
     exit_code = 6
 
 
 class TrainingDivergedError(OnnxSnnError):
-    """Fine-tuning produced a non-finite loss; the last good model was kept."""
+    """Fine-tuning produced a non-finite loss, parameter or output; the last good model was
+    kept."""
 
     exit_code = 7
 
@@ -60,9 +66,16 @@ class MissingDependencyError(OnnxSnnError):
     exit_code = 9
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like SIGINT's KeyboardInterrupt so that the same clean-up runs."""
+
+    exit_code = 143
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
+        UsageError,
         ModelLoadError,
         UnsupportedModelError,
         DataError,

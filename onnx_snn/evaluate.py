@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
@@ -9,9 +10,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .datasets import Dataset
-from .errors import DataError
+from .datasets import Dataset, check_inputs, check_label_range, check_labels, check_preprocess
+from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
+
+log = logging.getLogger("onnx_snn")
 
 
 @dataclass
@@ -62,8 +65,14 @@ def evaluate(model: Union[str, onnx.ModelProto], data, timesteps: Optional[int] 
     """Top-1 of ``model`` on ``data`` (a dataset name, array file, Dataset, or (x, y) tuple).
 
     For spiking models, also the spikes per neuron of every site (``timesteps`` overrides the
-    model's T). Named datasets get the model's recorded preprocessing (or ``mean``/``std``).
+    model's T; a whole number in 1..MAX_TIMESTEPS). Named datasets get the model's recorded
+    preprocessing (or ``mean``/``std``; with none, raw [0, 1] pixels and a warning); arrays
+    are taken as already preprocessed. Labels must be class indices below the model's
+    number of outputs.
     """
+    from .convert import check_timesteps
+    if timesteps is not None:
+        timesteps = check_timesteps(timesteps)
     results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
                         mean, std, data_dir, show_progress, threads, download)
     return next(iter(results.values()))
@@ -75,24 +84,46 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                       threads: Optional[int] = None, download: bool = False) -> Dict[int, EvalResult]:
     """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
     what a run of exactly T steps gives (same parameters; prefixes of the same spike trains)."""
-    return _evaluate(model, data, sorted(set(int(t) for t in timesteps)), batch_size, limit,
+    from .convert import check_timesteps
+    t_list = sorted(set(check_timesteps(t) for t in timesteps))
+    if not t_list:
+        raise UsageError("evaluate_prefixes needs at least one time-step count")
+    return _evaluate(model, data, t_list, batch_size, limit,
                      mean, std, data_dir, show_progress, threads, download)
 
 
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False) -> Dict[int, EvalResult]:
-    from .convert import resolve_data
+    from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
     from .runtimes.ort import ModelRunner
 
+    batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
+    limit = check_count(limit, "limit", allow_none=True)
     many = t_list is not None and len(t_list) > 1
     runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads,
                          per_step=many)
     if many and not runner.spiking:
         raise DataError("several time-step counts only make sense for a spiking model")
     name = model if isinstance(model, str) else (runner.model.graph.name or "model")
-    preprocess = runner.info.preprocess if runner.spiking else _dnn_preprocess(runner.model)
+    where = str(name)
+    if runner.spiking:
+        preprocess = check_preprocess(runner.info.preprocess, where)
+        if t_list is None and runner.info.timesteps > MAX_TIMESTEPS:
+            raise ModelLoadError(f"{where}: the model records T={runner.info.timesteps}, above the "
+                                 f"limit of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file "
+                                 "is damaged, or pass -T")
+    else:
+        preprocess = _dnn_preprocess(runner.model, where)
     if isinstance(data, tuple):
-        data = Dataset("arrays", np.asarray(data[0]), np.asarray(data[1]), preprocessed=True)
+        if len(data) != 2:
+            raise DataError(f"data: a tuple must be (inputs, labels), not {len(data)} items")
+        x = np.asarray(data[0])
+        check_inputs(x, "data")
+        data = Dataset("arrays", x, check_labels(data[1], len(x), "data"), preprocessed=True)
+    elif isinstance(data, Dataset) and data.y is not None and not isinstance(data.x, dict):
+        check_inputs(data.x, data.name)
+        data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
+                       data.preprocessed, data.preprocess)
     ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
                       download=download)
     if limit:
@@ -125,6 +156,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                 if logits.ndim != 2:
                     raise DataError(f"the model's first output has shape {list(logits.shape)}; "
                                     "top-1 needs [N, classes] logits")
+                if start == 0:
+                    check_label_range(ds.y, logits.shape[1], ds.name)
                 correct[t] += int(np.count_nonzero(logits.argmax(1) == ds.y[start:start + nb]))
             for k, v in counts.items():
                 spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
@@ -147,9 +180,14 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     return out
 
 
-def _dnn_preprocess(model: onnx.ModelProto) -> Optional[dict]:
+def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[dict]:
+    """A DNN's recorded preprocessing; an unreadable one is ignored with a warning (as the
+    conversion does)."""
     meta = {p.key: p.value for p in model.metadata_props}
+    if "onnx_snn.preprocess" not in meta:
+        return None
     try:
-        return json.loads(meta["onnx_snn.preprocess"]) if "onnx_snn.preprocess" in meta else None
-    except json.JSONDecodeError:
+        return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where)
+    except (json.JSONDecodeError, ModelLoadError):
+        log.warning("%s: ignoring unreadable onnx_snn.preprocess metadata", where)
         return None

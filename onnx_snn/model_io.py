@@ -1,14 +1,20 @@
 """Reading ONNX files with clear errors, and writing them atomically.
 
-Every model the tool writes goes to a temporary file in the target folder first and is
-renamed into place only when complete, so a failure never leaves a half-written file, and
-an output path that names the input is refused.
+Every file the tool writes goes to a temporary file in the target folder first and is
+renamed into place only when complete, so a failure or a signal never leaves a half-written
+file; a command that writes several files renames them together at the end (all or none).
+Output paths are checked before any work: an input of the command, a folder, device or pipe,
+a missing or unwritable folder, or the same file given twice is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Union
 
@@ -84,48 +90,209 @@ def _short(e: Exception) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
-def check_output_path(out: PathLike, *inputs: PathLike) -> Path:
-    """Refuse to overwrite an input, or to write into a folder that does not exist."""
-    out = Path(out)
-    if out.is_dir():
-        raise OutputPathError(f"{out}: is a folder; give a file name such as {out / 'model.snn.onnx'}")
-    if not out.parent.exists() if str(out.parent) else False:
-        raise OutputPathError(f"{out}: folder {out.parent} does not exist; create it first")
+def model_files(path: PathLike) -> list:
+    """The files a model load reads: the model and its external-data files (best effort: a
+    model that cannot be parsed lists itself only; loading it reports the error)."""
+    path = Path(path)
+    files = [path]
+    try:
+        if not path.is_file():
+            return files
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return files
+    seen = set()
+    for t in _tensors(m.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and loc not in seen:
+                seen.add(loc)
+                files.append(path.parent / loc)
+    return files
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _temp_prefix(name: str) -> str:
+    """The prefix of a temporary file beside ``name`` (short enough for any file name)."""
+    return "." + (name if len(name.encode()) <= 120 else name[:60]) + "."
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(str(folder), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> Path:
+    """Check one output path before any work; return the path to write (a symbolic link's
+    target, so that the link stays a link).
+
+    Refused (:class:`OutputPathError`): an empty path; an existing folder, device, pipe or
+    socket (only regular files are replaced); a folder that is missing, not a folder, or
+    where a file cannot be created (``probe``: a temporary file is created and removed, which
+    catches read-only and virtual file systems such as /proc); a name too long for the file
+    system; a path that is one of ``inputs`` (by name, through links, or as a hard link).
+    """
+    if out is None or str(out) == "":
+        raise OutputPathError("an output path is empty; give a file name")
+    try:
+        return _check_output_path(Path(out), inputs, probe)
+    except OSError as e:   # a name too long, a loop of links, ...
+        raise OutputPathError(f"{out}: cannot be used as an output ({e.strerror or e})") from None
+
+
+def _check_output_path(given: Path, inputs, probe: bool) -> Path:
+    if len(os.fsencode(given.name)) > 255:
+        raise OutputPathError(f"{given}: the file name is longer than file systems allow "
+                              "(255 bytes)")
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    shown = str(given) if target == given else f"{given} (a link to {target})"
+    if target.exists() or target.is_symlink():
+        try:
+            st = os.stat(target)
+        except OSError as e:
+            raise OutputPathError(f"{shown}: cannot be checked ({e.strerror})") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputPathError(f"{shown}: is a folder; give a file name such as "
+                                  f"{given / 'model.snn.onnx'}")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputPathError(f"{shown}: is not a regular file (a device, pipe or socket); "
+                                  "outputs are regular files: choose a file path")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.exists():
+        # a path under a regular file reports "not a folder", else "does not exist"
+        up = folder
+        while not up.exists() and up != up.parent:
+            up = up.parent
+        if up.exists() and not up.is_dir():
+            raise OutputPathError(f"{shown}: {up} is a file, not a folder")
+        raise OutputPathError(f"{shown}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise OutputPathError(f"{shown}: {folder} is a file, not a folder")
+    if len(os.fsencode(target.name)) > _name_max(folder):
+        raise OutputPathError(f"{shown}: the file name is longer than this file system allows "
+                              f"({_name_max(folder)} bytes)")
     for inp in inputs:
-        if inp is None:
+        if inp is None or str(inp) == "":
             continue
-        inp = Path(inp)
-        if inp.exists() and out.exists() and os.path.samefile(inp, out):
-            raise OutputPathError(f"{out}: is the input file; choose another output path")
-        if out.resolve() == inp.resolve():
-            raise OutputPathError(f"{out}: is the input file; choose another output path")
-    return out
+        if _same_file(Path(inp), target) or _same_file(Path(inp), given):
+            raise OutputPathError(f"{shown}: is an input of this command ({inp}); choose "
+                                  "another output path")
+    if probe:
+        try:
+            with _signals_deferred():
+                fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp",
+                                           dir=folder)
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise OutputPathError(f"{shown}: cannot write in folder {folder} "
+                                  f"({e.strerror or e}); choose another folder") from None
+    return target
+
+
+def check_outputs(outputs, inputs=()) -> dict:
+    """Check every output of a command before the work (see :func:`check_output_path`):
+    ``outputs`` are (path or None, what) pairs, ``inputs`` every file the command reads.
+    Also refuses two outputs that are the same file. Returns {given path: path to write}."""
+    seen = {}
+    checked = {}
+    for out, what in outputs:
+        if out is None:
+            continue
+        target = check_output_path(out, *inputs)
+        key = os.path.realpath(target)
+        if key in seen:
+            raise OutputPathError(f"{out}: given twice ({seen[key]} and {what}); choose distinct "
+                                  "files")
+        seen[key] = what
+        checked[str(out)] = target
+    return checked
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM until the block ends (creating a temporary file and noting
+    it, or renaming all outputs, is never cut in the middle)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
+def _new_file_mode(path: Path) -> int:
+    """mkstemp makes 0600 files: give the result the usual mode (or the replaced file's)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_all_atomic(items) -> None:
+    """Write several files all or none: each to a temporary file beside it, then rename them
+    all at the end (signals held during the renames). On any failure or signal every
+    temporary file is removed and no target is touched. ``items``: (path, bytes) pairs."""
+    temps = []   # (temporary path, target)
+    try:
+        for path, data in items:
+            path = Path(path)
+            folder = path.parent if str(path.parent) else Path(".")
+            mode = _new_file_mode(path)
+            with _signals_deferred():
+                fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp",
+                                           dir=folder)
+                temps.append((tmp, path))
+                f = os.fdopen(fd, "wb")
+            with f:
+                os.chmod(tmp, mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        with _signals_deferred():
+            while temps:
+                tmp, path = temps[0]
+                os.replace(tmp, path)
+                temps.pop(0)
+    except BaseException:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
 
 
 def write_bytes_atomic(data: bytes, path: PathLike) -> None:
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        # mkstemp makes 0600 files: give the result the usual mode (or the replaced file's)
-        if path.exists():
-            mode = path.stat().st_mode & 0o777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_all_atomic([(path, data)])
 
 
 def save_model(model: onnx.ModelProto, path: PathLike, *inputs: PathLike) -> Path:

@@ -68,8 +68,9 @@ class ModelRunner:
         if not self.spiking:
             return StepResult(self.session.run(self.output_names, feeds), {})
         T = int(timesteps or self.info.timesteps)
-        if T < 1:
-            raise DataError(f"timesteps must be at least 1 (got {T})")
+        from onnx_snn.convert import MAX_TIMESTEPS
+        if not 1 <= T <= MAX_TIMESTEPS:
+            raise DataError(f"timesteps must be between 1 and {MAX_TIMESTEPS} (got {T})")
         if self.is_step_graph:
             return self._run_steps(feeds, T)
         sites = [s.name for s in self.info.sites]

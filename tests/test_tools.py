@@ -150,3 +150,20 @@ def test_format_table_plain_and_markdown():
     assert format_table(["a", "b"], []) == "a  b\n-  -"
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 headers"):
         format_table(["a", "b"], [["only one"]])
+
+
+
+def test_bench_layouts_small(fmnist_test):
+    """The loop graph against its unrolled and time-folded layouts: identical numbers."""
+    r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta")
+    assert r["identical_to_loop"] == {"unrolled": True, "folded": True}
+    assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded"}
+
+
+def test_bench_deep_small(fmnist_test):
+    """The deep-network benchmark end to end on a few images (no fine-tuning)."""
+    r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--methods", "datta,max", "-T", "1,2",
+                 "--test-images", "200", "--no-finetune", "--parallel", "2")
+    net = r["nets"]["shipped"]
+    assert set(net["accuracy"]) == {"datta", "max"} and set(net["accuracy"]["max"]) == {"1", "2"}
+    assert isinstance(net["dnn"], float) and net["cost"]["seconds"] > 0

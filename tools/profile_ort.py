@@ -37,7 +37,7 @@ def profile(model_path: str, x, batch: int, timesteps=None) -> dict:
     import numpy as np
     import onnxruntime as ort
     from onnx_snn.model_io import load_model
-    from onnx_snn.spiking import format as F
+    from onnx_snn.spiking import format as F  # noqa: N812
     model = load_model(model_path)
     spiking = F.is_spiking(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +48,7 @@ def profile(model_path: str, x, batch: int, timesteps=None) -> dict:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         feeds = {}
-        if spiking and timesteps:
+        if spiking and timesteps and F.TIMESTEPS_INPUT in {i.name for i in sess.get_inputs()}:
             feeds[F.TIMESTEPS_INPUT] = np.array(int(timesteps), np.int64)
         for s in range(0, len(x), batch):
             sess.run(None, {name: x[s:s + batch], **feeds})
@@ -85,9 +85,18 @@ def main(argv=None) -> int:
     from onnx_snn.convert import resolve_data
     from onnx_snn.demo import shipped_model_path
     path = args.model or str(shipped_model_path())
-    nm = onnx_snn.prepare(path)
-    x = resolve_data("fashion-mnist", nm.preprocess, split="test").take(args.images).x
+    import onnx
+    from onnx_snn.spiking import format as fmt
+    proto = onnx.load(path, load_external_data=False)
+    if fmt.is_spiking(proto):   # a spiking model: its recorded preprocessing
+        nm, preprocess = None, fmt.read_info(proto, path).preprocess
+    else:
+        nm = onnx_snn.prepare(path)
+        preprocess = nm.preprocess
+    x = resolve_data("fashion-mnist", preprocess, split="test").take(args.images).x
     result = {"benchmark": "onnxruntime kernel time by op type"}
+    if args.shipped and nm is None:
+        ap.error("--shipped profiles a DNN and its conversion; give a DNN")
     if args.shipped:
         cal = bench_calibration(nm)
         with tempfile.TemporaryDirectory() as tmp:

@@ -132,8 +132,17 @@ def to_json(analysis: Analysis) -> str:
 def plot(analysis: Analysis, path: Union[str, Path], title: Optional[str] = None) -> Path:
     """Write a PNG: per-layer input spike rate (bars) and compute energy, DNN beside SNN (log).
 
-    A DNN analysis gets the energy panel only. The file is written atomically.
+    A DNN analysis gets the energy panel only. The path is checked before the figure is drawn
+    (a folder, device or missing folder raises OutputPathError) and the file is written
+    atomically.
     """
+    path = check_output_path(path)
+    write_bytes_atomic(plot_png(analysis, title), path)
+    return path
+
+
+def plot_png(analysis: Analysis, title: Optional[str] = None) -> bytes:
+    """The figure of :func:`plot` as PNG bytes (the CLI writes it with its other outputs)."""
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,7 +152,6 @@ def plot(analysis: Analysis, path: Union[str, Path], title: Optional[str] = None
     del matplotlib
     import numpy as np
 
-    path = check_output_path(path)
     a = analysis
     if not a.layers:
         raise DataError(f"{a.model}: nothing to plot, the model has no MAC layers")
@@ -180,5 +188,4 @@ def plot(analysis: Analysis, path: Union[str, Path], title: Optional[str] = None
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    write_bytes_atomic(buf.getvalue(), path)
-    return path
+    return buf.getvalue()

@@ -110,11 +110,11 @@ def _used_site_constants(nm: NormalizedModel, records) -> set:
     return {name for r in records.values() for name in site_constants(r.name)}
 
 
-def _float_info(name: str, shape) -> onnx.ValueInfoProto:
+def float_info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
+def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
     nodes = step_nodes(nm, records, pools)
     drop = _used_site_constants(nm, records)
     inits = [copy.deepcopy(i) for i in nm.model.graph.initializer if i.name not in drop]
@@ -169,16 +169,16 @@ def _apply_offset(rec: fmt.SiteRecord, nodes, inits):
     return nodes, inits
 
 
-def _states(records: Dict[str, fmt.SiteRecord], pools) -> List[fmt.StateSpec]:
+def carried_states(records: Dict[str, fmt.SiteRecord], pools) -> List[fmt.StateSpec]:
     return [fmt.StateSpec(fmt.StateNames(r.name), list(r.shape), fmt.param_name(r.name, "v_init"))
             for r in records.values()] + [st for p in (pools or {}).values() for st in p.states()]
 
 
-def _opsets(nm: NormalizedModel):
+def opsets(nm: NormalizedModel):
     return [helper.make_opsetid("", nm.opset), helper.make_opsetid(fmt.DOMAIN, 1)]
 
 
-def _finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
+def finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
             pools) -> onnx.ModelProto:
     model.ir_version = max(nm.model.ir_version, 8)
     model.producer_name = "onnx-snn"
@@ -196,21 +196,21 @@ def _finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
 def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
                meta: Dict[str, str], input_shapes=None, pools=None) -> onnx.ModelProto:
     """One time step as a plain graph: inputs + states in; outputs, next states, spikes out."""
-    nodes, inits = _graph_parts(nm, records, pools)
+    nodes, inits = graph_parts(nm, records, pools)
     g = nm.model.graph
-    states = _states(records, pools)
+    states = carried_states(records, pools)
     init_names = {i.name for i in g.initializer}
-    inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
-    inputs += [_float_info(st.names.input, ["N"] + st.shape) for st in states]
+    inputs = [pinned(i, input_shapes) for i in g.input if i.name not in init_names]
+    inputs += [float_info(st.names.input, ["N"] + st.shape) for st in states]
     outputs = [copy.deepcopy(o) for o in g.output]
-    outputs += [_float_info(st.names.next, ["N"] + st.shape) for st in states]
-    outputs += [_float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
+    outputs += [float_info(st.names.next, ["N"] + st.shape) for st in states]
+    outputs += [float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
     graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=_opsets(nm))
-    return _finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools)
+    model = helper.make_model(graph, opset_imports=opsets(nm))
+    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools)
 
 
-def _pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
+def pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
     """The input with its non-batch dims fixed to the calibrated ones: membrane states have
     the shapes seen in calibration, so other sizes must be refused up front."""
     vi = copy.deepcopy(vi)
@@ -246,17 +246,17 @@ def check_reserved_names(nm: NormalizedModel, n_pools: int = 0) -> None:
 def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timesteps: int,
                meta: Dict[str, str], input_shapes=None, pools=None) -> onnx.ModelProto:
     """The single-call artifact: hoisted time-invariant work, then a Loop over time steps."""
-    nodes, inits = _graph_parts(nm, records, pools)
+    nodes, inits = graph_parts(nm, records, pools)
     g = nm.model.graph
     sites = list(records.values())
-    states = _states(records, pools)
+    states = carried_states(records, pools)
     flags = walk.depends(nodes, [st.names.input for st in states])
     hoisted = [n for n, f in zip(nodes, flags) if not f]
     body_nodes = [n for n, f in zip(nodes, flags) if f]
     body_made = {o for n in body_nodes for o in n.output}
 
     init_names = {i.name for i in g.initializer}
-    dnn_inputs = [_pinned(i, input_shapes) for i in g.input if i.name not in init_names]
+    dnn_inputs = [pinned(i, input_shapes) for i in g.input if i.name not in init_names]
     dnn_outputs = [o.name for o in g.output]
 
     # the body produces each DNN output and each spike count under its per-step name
@@ -286,11 +286,11 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
 
     body_inputs = [helper.make_tensor_value_info(fmt.LOOP_ITER, TensorProto.INT64, []),
                    helper.make_tensor_value_info(fmt.LOOP_COND_IN, TensorProto.BOOL, [])]
-    body_inputs += [_float_info(st.names.input, ["N"] + st.shape) for st in states]
+    body_inputs += [float_info(st.names.input, ["N"] + st.shape) for st in states]
     body_outputs = [helper.make_tensor_value_info(fmt.LOOP_COND_OUT, TensorProto.BOOL, [])]
-    body_outputs += [_float_info(st.names.next, ["N"] + st.shape) for st in states]
+    body_outputs += [float_info(st.names.next, ["N"] + st.shape) for st in states]
     body_outputs += [helper.make_tensor_value_info(rename[o], out_type(o), out_shape(o)) for o in timed]
-    body_outputs += [_float_info(fmt.step_spikes_name(r.name), ["N"]) for r in sites]
+    body_outputs += [float_info(fmt.step_spikes_name(r.name), ["N"]) for r in sites]
     body = helper.make_graph(body_nodes, fmt.LOOP_BODY, body_inputs, body_outputs)
 
     # initial states: each state's initial value broadcast to [batch, *state shape]
@@ -339,10 +339,10 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     inits = _move_body_weights(inits, outer, loop_node.attribute[0].g, records)
     inputs = dnn_inputs + [helper.make_tensor_value_info(fmt.TIMESTEPS_INPUT, TensorProto.INT64, [])]
     outputs = [copy.deepcopy(o) for o in g.output]
-    outputs += [_float_info(fmt.spikes_name(r.name), ["N"]) for r in sites]
+    outputs += [float_info(fmt.spikes_name(r.name), ["N"]) for r in sites]
     graph = helper.make_graph(outer, g.name or "snn", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=_opsets(nm))
-    return _finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
+    model = helper.make_model(graph, opset_imports=opsets(nm))
+    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
 
 
 def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto, records):

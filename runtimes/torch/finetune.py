@@ -4,15 +4,21 @@ Adam (amsgrad), lr 1e-4, divided by 5 at 60/80/90 % of the iterations; cross-ent
 time-averaged outputs; backprop through the T steps; one dropout mask per batch reused over
 the steps where the source DNN had dropout; thresholds, leaks (clamped to at most 1) and
 weights trained. The test set is evaluated after every epoch and the best model is written
-to the output file (so a diverging run leaves the last good model there). Checkpoints allow
-``resume``. Under ``torchrun`` the batches are sharded over the processes and gradients
-averaged with DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
+to the output file, atomically. The starting model is written there before training only
+when the output does not exist yet; an existing output is replaced only by an epoch that
+beats the starting top-1. A non-finite loss, parameter or test output stops the run as
+diverged (:class:`TrainingDivergedError`) and leaves the last good model there.
+Hyperparameters are checked up front (:class:`UsageError`). Checkpoints allow ``resume``.
+Under ``torchrun`` the batches are sharded over the processes and gradients averaged with
+DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
+import re
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,11 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from onnx_snn.convert import resolve_data
-from onnx_snn.datasets import Dataset
-from onnx_snn.errors import DataError, TrainingDivergedError
+from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
+                              resolve_data)
+from onnx_snn.datasets import Dataset, check_label_range, check_preprocess, dataset_files
+from onnx_snn.errors import DataError, ModelLoadError, TrainingDivergedError, UsageError
 from onnx_snn.feeds import input_specs, validate_feeds
-from onnx_snn.model_io import check_output_path, load_model
+from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
 
@@ -52,6 +59,34 @@ class FinetuneConfig:
     eval_batch: int = 256
     initial_eval: bool = True
 
+    def __post_init__(self):
+        """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
+        an unknown device, T or sizes that are not whole numbers in range."""
+        self.epochs = check_count(self.epochs, "epochs")
+        self.batch_size = check_count(self.batch_size, "batch_size", MAX_BATCH_SIZE,
+                                      why=" (MAX_BATCH_SIZE)")
+        self.eval_batch = check_count(self.eval_batch, "eval_batch", MAX_BATCH_SIZE,
+                                      why=" (MAX_BATCH_SIZE)")
+        if self.timesteps is not None:
+            self.timesteps = check_timesteps(self.timesteps)
+        for name, lo, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False),
+                                 ("lr_decay", 0.0, True)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v <= lo if strict else v < lo):
+                raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, "
+                                 f"not {v!r}")
+        if self.lr_decay > 1:
+            raise UsageError(f"lr_decay multiplies the learning rate at each milestone: at most 1, "
+                             f"not {self.lr_decay}")
+        if not isinstance(self.device, str) or not DEVICE_RE.match(self.device):
+            raise UsageError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
+        self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
 
 @dataclass
 class EpochRecord:
@@ -75,6 +110,7 @@ class FinetuneResult:
     peak_rss_mb: float
     peak_cuda_mb: Optional[float]
     world_size: int
+    written: bool = True        # False: no epoch beat the start and the output existed already
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,10 +137,18 @@ def _pick_device(name: str) -> torch.device:
     _, _, local = _dist_env()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    if not DEVICE_RE.match(str(name)):
+        raise UsageError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DataError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local % torch.cuda.device_count())
+            raise UsageError(f"--device {name}: no CUDA device is available; use --device cpu")
+        if name == "cuda":
+            return torch.device("cuda", local % torch.cuda.device_count())
+        if int(name[5:]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+        return torch.device(name)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: no MPS device is available; use --device cpu")
     return torch.device(name)
 
 
@@ -139,8 +183,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False) -> Dataset:
-    ds = resolve_data(data, view.info.preprocess, data_dir=data_dir, split=split, download=download)
+def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False,
+               mean=None, std=None) -> Dataset:
+    ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
+                      split=split, download=download)
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
@@ -151,10 +197,15 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
 
 # ------------------------------------------------------------------ evaluation
 
+class _NonFinite(Exception):
+    """The network produced NaN/Inf outputs on the test set."""
+
+
 @torch.no_grad()
 def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=256,
-                   desc="evaluating", show_progress=True):
-    """Top-1 (%) and spikes per neuron per site of the torch module on a dataset."""
+                   desc="evaluating", show_progress=True, finite_check: bool = False):
+    """Top-1 (%) and spikes per neuron per site of the torch module on a dataset
+    (``finite_check``: raise _NonFinite on NaN/Inf outputs)."""
     was = net.training
     net.eval()
     correct, n = 0, len(ds)
@@ -165,6 +216,10 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
         out = net(xb, timesteps)
         if isinstance(out, list):
             out = out[0]
+        if finite_check and not bool(torch.isfinite(out).all()):
+            bar.close()
+            net.train(was)
+            raise _NonFinite()
         correct += int((out.argmax(1).cpu() == torch.from_numpy(ds.y[s:s + batch])).sum())
         for k, v in net.last_spikes.items():
             spikes[k] = spikes.get(k, 0.0) + float(v.sum())
@@ -182,30 +237,56 @@ def _image_like(x: np.ndarray) -> bool:
     return x.ndim == 4 and x.shape[1] <= 4 and x.shape[2] >= 8 and x.shape[3] >= 8
 
 
+def _finite_parameters(net) -> bool:
+    flags = [torch.isfinite(p).all() for p in net.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
-             show_progress: bool = True, log=print, download: bool = False) -> FinetuneResult:
+             show_progress: bool = True, log=print, download: bool = False,
+             mean=None, std=None) -> FinetuneResult:
+    """Fine-tune ``model_path`` on ``data`` and write the best model to ``output``.
+
+    ``output`` gets the starting model before training only when it does not exist yet; an
+    existing ``output`` is replaced (atomically) only by an epoch that beats the starting
+    top-1 (``FinetuneResult.written`` says whether anything was written). ``mean``/``std``
+    normalize a named dataset (default: the model's recorded preprocessing)."""
     cfg = config or FinetuneConfig()
+    ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
+    inputs = model_files(model_path) + dataset_files(data, data_dir) \
+        if isinstance(data, (str, os.PathLike)) else model_files(model_path)
+    targets = check_outputs([(output, "output"), (ckpt_path, "checkpoint")], inputs)
+    out_path, ckpt_path = targets[str(output)], targets[str(ckpt_path)]
     device = _pick_device(cfg.device)
     world, rank = _init_distributed(device)
     main_proc = rank == 0
     _seed_all(cfg.seed + rank)
-    if main_proc:
-        check_output_path(output, model_path)
-    ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     model = load_model(model_path)
     view = fmt.read_spiking(model, model_path)
     info = view.info
+    if cfg.timesteps is None and info.timesteps > MAX_TIMESTEPS:
+        raise ModelLoadError(f"{model_path}: the model records T={info.timesteps}, above the limit "
+                             f"of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is damaged, "
+                             "or pass -T")
     T = int(cfg.timesteps or info.timesteps)
     if len(_specs(view)) != 1:
         raise DataError(f"{model_path}: fine-tuning supports models with one input")
-    train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download)
-    test = load_split(model, data, "test", cfg.limit_test, data_dir, view, download)
+    train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
+    test = load_split(model, data, "test", cfg.limit_test, data_dir, view, download, mean, std)
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
         log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
 
     net = SpikingNetwork(model).to(device)
+    net.eval()
+    with torch.no_grad():   # labels must be classes the model outputs
+        probe = net(torch.from_numpy(test.x[:1]).to(device), 1)
+        probe = probe[0] if isinstance(probe, list) else probe
+    net.train()
+    if probe.ndim == 2:
+        check_label_range(train.y, int(probe.shape[1]), train.name)
+        check_label_range(test.y, int(probe.shape[1]), test.name)
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
@@ -222,25 +303,48 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
     gen_state, written = None, False
+    existed = out_path.exists()
+
+    def write_model(epochs_done, top1):
+        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world), T).SerializeToString()
+        write_bytes_atomic(data_, out_path)
+
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
-        history = [EpochRecord(**e) for e in state["history"]]
-        initial = state.get("initial")
-        torch.set_rng_state(state["rng"])
-        gen_state = state.get("augment_rng")
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, best, best_epoch = int(state["epoch"]), float(state["best"]), int(state["best_epoch"])
+            history = [EpochRecord(**e) for e in state["history"]]
+            initial = state.get("initial")
+            torch.set_rng_state(state["rng"])
+            gen_state = state.get("augment_rng")
+        except Exception as e:  # not a checkpoint, or one of another model / run
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
+                                 "delete it, or run without --resume") from None
         if main_proc:
             log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
-    elif main_proc and cfg.initial_eval:
-        initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
-                                    show_progress)
-        best, best_epoch = initial, 0
-        net.to_onnx(output, model_path, history=_hist(cfg, T, 0, initial, initial, world), timesteps=T)
-        written = True
-        log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
+    else:
+        if resume and main_proc:
+            log(f"note: no checkpoint at {ckpt_path}; starting from the model")
+        if main_proc and cfg.initial_eval:
+            initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
+                                        show_progress)
+            best, best_epoch = initial, 0
+            if not existed:
+                write_model(0, initial)
+                written = True
+                log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
+            else:
+                log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists and is "
+                    "replaced only by an epoch that beats this")
+
+    def diverged(what):
+        kept = (f"the last good model is in {output}" if written or (resume and out_path.exists())
+                else f"{output} was left as it was" if existed else "no model was written")
+        return TrainingDivergedError(f"{what}; {kept}; try a smaller --lr")
 
     gen = torch.Generator().manual_seed(cfg.seed)
     if gen_state is not None:
@@ -264,16 +368,25 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 out = out[0]
             loss = Fn.cross_entropy(out, yb)
             if not torch.isfinite(loss):
-                kept = (f"the last good model is in {output}" if written or resume else
-                        "no model was written")
-                raise TrainingDivergedError(
-                    f"the loss became {loss.item()} in epoch {epoch + 1}, batch {i // cfg.batch_size}; "
-                    f"{kept}; try a smaller --lr")
+                bar.close()
+                raise diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
+                               f"{i // cfg.batch_size}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            try:
+                opt.step()
+            except RuntimeError as e:   # the update itself overflowed (a huge lr)
+                if "overflow" not in str(e):
+                    raise
+                bar.close()
+                raise diverged(f"the parameter update overflowed in epoch {epoch + 1}, batch "
+                               f"{i // cfg.batch_size}") from None
             sched.step()
             net.project()
+            if not _finite_parameters(net):
+                bar.close()
+                raise diverged(f"the parameters became NaN/Inf in epoch {epoch + 1}, batch "
+                               f"{i // cfg.batch_size}")
             seen += len(idx)
             correct += int((out.argmax(1) == yb).sum())
             loss_sum += loss.item() * len(idx)
@@ -282,14 +395,17 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         bar.close()
         epoch_seconds.append(time.perf_counter() - t0)
         if main_proc:
-            top1, rates = evaluate_torch(net, test, device, T, cfg.eval_batch,
-                                         f"epoch {epoch + 1} test", show_progress)
+            try:
+                top1, rates = evaluate_torch(net, test, device, T, cfg.eval_batch,
+                                             f"epoch {epoch + 1} test", show_progress,
+                                             finite_check=True)
+            except _NonFinite:
+                raise diverged(f"the network's test outputs became NaN/Inf after epoch {epoch + 1}") from None
             history.append(EpochRecord(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1),
                                        top1, epoch_seconds[-1], rates))
             if top1 > best:
                 best, best_epoch = top1, epoch + 1
-                net.to_onnx(output, model_path, history=_hist(cfg, T, epoch + 1, initial, top1, world),
-                            timesteps=T)
+                write_model(epoch + 1, top1)
                 written = True
             log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                 f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
@@ -302,7 +418,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           best_epoch=best_epoch, epochs=history,
                           seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          peak_cuda_mb=peak_cuda, world_size=world)
+                          peak_cuda_mb=peak_cuda, world_size=world,
+                          written=written or (resume and out_path.exists()))
 
 
 def _hist(cfg, T, epochs, initial, top1, world):
@@ -312,9 +429,10 @@ def _hist(cfg, T, epochs, initial, top1, world):
 
 
 def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen):
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomically (a temporary file renamed; removed on any failure or signal)."""
+    buf = io.BytesIO()
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
-                "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state()}, tmp)
-    os.replace(tmp, path)
+                "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state()}, buf)
+    write_bytes_atomic(buf.getvalue(), path)

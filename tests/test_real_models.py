@@ -1,0 +1,167 @@
+"""Real architectures from real producers: torchvision models exported by both PyTorch
+exporters, and the ONNX package's light model-zoo files.
+
+Every supported model converts (small random calibration arrays, T = 1, ``datta`` for
+speed), passes ``onnx.checker.check_model(full_check=True)`` and runs in onnxruntime; every
+unsupported one is refused by the CLI with exit code 4 and an error naming the node.
+
+Supported here: mobilenet_v2, resnet18, squeezenet1_1, shufflenet_v2_x0_5, densenet121 and
+googlenet from both exporters; the light zoo's densenet121, inception_v2, resnet50,
+shufflenet, squeezenet and vgg19. Refused: the light zoo's bvlc_alexnet, inception_v1 and
+zfnet512 (an LRN layer), torchvision's efficientnet_b0 (SiLU: a Sigmoid) and convnext_tiny
+(GELU / LayerNorm).
+"""
+from __future__ import annotations
+
+import glob
+import io
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from onnx_snn.cli import main  # noqa: E402
+
+INPUT = (3, 64, 64)
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+# (torchvision name, exporter): a few quick ones run by default, the rest are marked slow
+SUPPORTED = ["mobilenet_v2", "resnet18", "squeezenet1_1", "shufflenet_v2_x0_5", "densenet121",
+             "googlenet"]
+FAST = {("resnet18", "legacy"), ("mobilenet_v2", "legacy"), ("squeezenet1_1", "legacy"),
+        ("squeezenet1_1", "dynamo")}
+LIGHT_SUPPORTED = {"light_densenet121": True, "light_inception_v2": True, "light_resnet50": True,
+                   "light_shufflenet": False, "light_squeezenet": False, "light_vgg19": True}
+LIGHT_REFUSED = {"light_bvlc_alexnet": "LRN", "light_inception_v1": "LRN", "light_zfnet512": "LRN"}
+TORCH_REFUSED = {"efficientnet_b0": ("Sigmoid", False), "convnext_tiny": ("", True)}
+
+
+def export(name: str, exporter: str, folder: Path) -> Path:
+    """A torchvision model with random weights, in eval mode, exported at 1x3x64x64."""
+    torch.manual_seed(0)
+    kw = {"weights": None}
+    if name == "googlenet":
+        kw.update(aux_logits=False, init_weights=True)
+    model = getattr(torchvision.models, name)(**kw).eval()
+    x = torch.randn(1, *INPUT)
+    path = folder / f"{name}_{exporter}.onnx"
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=17,
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        else:
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
+                              output_names=["logits"])
+    return path
+
+
+def calib_for(model_path: Path, n: int = 2) -> np.ndarray:
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    vi = next(i for i in m.graph.input if i.name not in inits)
+    dims = [d.dim_value for d in vi.type.tensor_type.shape.dim][1:]
+    return np.random.default_rng(0).standard_normal((n, *dims)).astype(np.float32)
+
+
+def convert_and_run(path: Path) -> int:
+    """Convert with the API, check the result fully, run it in onnxruntime; the sites."""
+    import onnxruntime as ort
+
+    import onnx_snn
+    x = calib_for(path)
+    snn = onnx_snn.convert(str(path), x, timesteps=1, method="datta", calib_samples=None,
+                           show_progress=False)
+    onnx.checker.check_model(snn.model, full_check=True)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(snn.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 2
+    out = sess.run(None, {inp.name: x[:batch]})
+    assert out[0].shape[0] == batch and np.all(np.isfinite(out[0]))
+    assert snn.records, "no spiking sites"
+    return len(snn.records)
+
+
+def refused(path: Path, tmp_path: Path, needle: str) -> str:
+    """The CLI refuses ``path`` with exit code 4 and one error line naming the node."""
+    np.save(tmp_path / "calib.npy", calib_for(path))
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = main(["-q", "convert", str(path), "--calib", str(tmp_path / "calib.npy"),
+                     "--method", "datta", "-T", "1", "-o", str(tmp_path / "out.snn.onnx")])
+    lines = [l for l in err.getvalue().splitlines() if l.startswith("onnx-snn: error:")]
+    assert code == 4, err.getvalue()
+    assert len(lines) == 1, err.getvalue()
+    assert "node '" in lines[0] and needle in lines[0], lines[0]
+    assert not (tmp_path / "out.snn.onnx").exists()
+    return lines[0]
+
+
+def _torch_params():
+    out = []
+    for name in SUPPORTED:
+        for exporter in ("legacy", "dynamo"):
+            marks = [] if (name, exporter) in FAST else [pytest.mark.slow]
+            out.append(pytest.param(name, exporter, id=f"{name}-{exporter}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("name,exporter", _torch_params())
+def test_torchvision_model_converts(name, exporter, tmp_path):
+    path = export(name, exporter, tmp_path)
+    assert convert_and_run(path) > 0
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if slow else [])
+                                  for n, (_, slow) in TORCH_REFUSED.items()])
+def test_torchvision_model_refused(name, tmp_path):
+    path = export(name, "legacy", tmp_path)
+    refused(path, tmp_path, TORCH_REFUSED[name][0])
+
+
+def _light(names):
+    files = {Path(f).stem: Path(f) for f in glob.glob(str(LIGHT_DIR / "*.onnx"))}
+    if not files:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="no onnx light model-zoo files"))]
+    return [pytest.param(files[n], id=n, marks=[pytest.mark.slow] if slow else [])
+            for n, slow in names.items() if n in files]
+
+
+@pytest.mark.parametrize("path", _light(LIGHT_SUPPORTED))
+def test_light_zoo_model_converts(path):
+    assert convert_and_run(path) > 0
+
+
+@pytest.mark.parametrize("path", _light({n: False for n in LIGHT_REFUSED}))
+def test_light_zoo_model_refused(path, tmp_path):
+    refused(path, tmp_path, LIGHT_REFUSED[path.stem])
+
+
+def test_no_onnxruntime_noise(tmp_path, capfd):
+    """onnxruntime logs nothing while onnx-snn converts and evaluates (torchvision's
+    ShuffleNet makes its optimizer warn about Unsqueeze nodes; a spiking model's overridable
+    ``timesteps`` input makes every session warn) -- at the file-descriptor level."""
+    import onnx_snn
+    path = export("shufflenet_v2_x0_5", "legacy", tmp_path)
+    capfd.readouterr()
+    x = calib_for(path)
+    snn = onnx_snn.convert(str(path), x, timesteps=1, method="datta", show_progress=False)
+    onnx_snn.evaluate(snn.model, (x, np.zeros(len(x), np.int64)), show_progress=False)
+    err = capfd.readouterr().err
+    assert "onnxruntime" not in err, err[:2000]
+
+
+def test_every_light_zoo_file_is_classified():
+    """A new light model in the onnx package gets a verdict here (supported or refused)."""
+    stems = {Path(f).stem for f in glob.glob(str(LIGHT_DIR / "*.onnx"))}
+    assert stems <= set(LIGHT_SUPPORTED) | set(LIGHT_REFUSED), stems - set(LIGHT_SUPPORTED) - set(LIGHT_REFUSED)

@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Benchmark: other layouts of the single-call spiking graph, measured against the default
+``Loop`` graph in onnxruntime; prints JSON.
+
+    python tools/bench_layouts.py [--model onnx_snn/models/fmnist_vgg.onnx] [-T 2] [--threads 1]
+
+* ``loop`` (the format's artifact): the time step as the body of an ONNX ``Loop``;
+* ``unrolled``: the step graph copied T times into one graph (no ``Loop``; T fixed);
+* ``folded``: every layer that reads spikes runs once on all T steps as one batch of T x N
+  (layout ``t * N + n``); only the neurons and spiking pools step through time, unrolled;
+  the T per-step outputs are concatenated back into the batch for the next layer.
+
+All three give the same outputs and spike counts (checked here, bit for bit). The layouts
+are built by this tool only: the measured gains (README) did not justify a second artifact
+that loses the overridable ``timesteps`` input.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# siblings in tools/, which `python tools/bench_layouts.py` puts first on sys.path
+from _bench_common import emit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(tensor: str, what: str) -> str:
+    return f"{tensor}.{what}"
+
+
+def _slice(tensor: str, t: int) -> str:
+    return f"{tensor}.t{t}"
+
+
+def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
+    """The time-folded graph (see the module docstring)."""
+    from onnx_snn.graph import walk
+    from onnx_snn.spiking import format as fmt
+    from onnx_snn.spiking import rewrite
+    T = int(timesteps)
+    opset = nm.opset
+    nodes, inits = rewrite.graph_parts(nm, records, pools)
+    states = rewrite.carried_states(records, pools)
+    flags = walk.depends(nodes, [st.names.input for st in states])
+    counter = {c for r in records.values() for c in fmt.CounterNames(r.name).nodes}
+    hoisted = [n for n, f in zip(nodes, flags) if not f]
+    body = [n for n, f in zip(nodes, flags) if f and n.name not in counter]
+    g = nm.model.graph
+    init_names = {t.name for t in g.initializer}
+    data_inputs = [i for i in g.input if i.name not in init_names]
+    # tensors that carry the batch axis: computed from the data inputs, not through Shape/Size
+    batch_data = {i.name for i in data_inputs}
+    for n in hoisted:
+        if n.op_type not in ("Shape", "Size") and any(i in batch_data for i in n.input):
+            batch_data.update(n.output)
+
+    out: List[onnx.NodeProto] = list(hoisted)
+    extra: List[onnx.TensorProto] = [_int64(fmt.BATCH_AXIS, [0]), _int64(fmt.TIME_AXIS, [0]),
+                                     _int64(fmt.ONE, [1]),
+                                     _int64(_name(fmt.TIMESTEPS_INPUT, "lead"), [T, -1])]
+    lead = _name(fmt.TIMESTEPS_INPUT, "lead")
+    out.append(helper.make_node("Shape", [data_inputs[0].name], [fmt.INPUT_SHAPE], name=fmt.INPUT_SHAPE))
+    out.append(helper.make_node("Gather", [fmt.INPUT_SHAPE, fmt.BATCH_AXIS], [fmt.BATCH], axis=0,
+                                name=fmt.BATCH))
+    if any(st.init is None for st in states):
+        extra.append(numpy_helper.from_array(np.array(0.0, np.float32), fmt.ZERO))
+    stateful = {n.name for n in body if n.domain == fmt.DOMAIN}
+    state_of = {st.names.input: st for st in states}
+    folded: set = set()
+    per_step: Dict[str, List[str]] = {}   # folded tensors whose T slices exist already
+
+    def unfold(x: str) -> List[str]:
+        """The T per-step slices of a folded tensor."""
+        if x in per_step:
+            return per_step[x]
+        shape = _name(x, "shape")
+        rest = _name(x, "rest")
+        split_shape = _name(x, "split_shape")
+        steps3 = _name(x, "by_step")
+        out.append(helper.make_node("Shape", [x], [shape], name=shape))
+        out.append(helper.make_node("Slice", [shape, fmt.ONE, _name(x, "end")], [rest],
+                                    name=rest))
+        extra.append(_int64(_name(x, "end"), [np.iinfo(np.int64).max]))
+        out.append(helper.make_node("Concat", [lead, rest], [split_shape], axis=0, name=split_shape))
+        out.append(helper.make_node("Reshape", [x, split_shape], [steps3], name=steps3))
+        parts = [_name(x, f"part{t}") for t in range(T)]
+        if T == 1:
+            out.append(helper.make_node("Identity", [steps3], parts, name=_name(x, "split")))
+        elif opset >= 18:
+            out.append(helper.make_node("Split", [steps3], parts, axis=0, num_outputs=T,
+                                        name=_name(x, "split")))
+        else:
+            out.append(helper.make_node("Split", [steps3], parts, axis=0,
+                                        name=_name(x, "split")))
+        slices = [_slice(x, t) for t in range(T)]
+        for p, s in zip(parts, slices):
+            out.append(helper.make_node("Squeeze", [p, fmt.TIME_AXIS], [s], name=s))
+        per_step[x] = slices
+        return slices
+
+    def tile(x: str) -> str:
+        """A per-sample tensor repeated for the T steps: [T*N, ...]."""
+        name = _name(x, "tiled")
+        if name not in {o for n in out for o in n.output}:
+            out.append(helper.make_node("Concat", [x] * T, [name], axis=0, name=name))
+        return name
+
+    for n in body:
+        if n.name in stateful:
+            x = n.input[0]
+            xs = unfold(x) if x in folded else [x] * T
+            cur = {}
+            for s_in in n.input[1:]:
+                st = state_of.get(s_in)
+                if st is None:
+                    continue
+                nm_ = st.names
+                extra.append(_int64(nm_.dims, st.shape))
+                out.append(helper.make_node("Concat", [fmt.BATCH, nm_.dims], [nm_.full_shape], axis=0,
+                                            name=nm_.full_shape))
+                out.append(helper.make_node("Expand", [st.init or fmt.ZERO, nm_.full_shape],
+                                            [nm_.initial], name=nm_.initial))
+                cur[s_in] = nm_.initial
+            ys = []
+            for t in range(T):
+                call = copy.deepcopy(n)
+                call.name = _slice(n.name, t)
+                call.input[0] = xs[t]
+                for i, s_in in enumerate(n.input):
+                    if i and s_in in cur:
+                        call.input[i] = cur[s_in]
+                y = _slice(n.output[0], t)
+                call.output[0] = y
+                for i, s_in in enumerate([s for s in n.input[1:] if s in state_of], start=1):
+                    nxt = _slice(state_of[s_in].names.next, t)
+                    call.output[i] = nxt
+                    cur[s_in] = nxt
+                out.append(call)
+                ys.append(y)
+            out.append(helper.make_node("Concat", ys, [n.output[0]], axis=0,
+                                        name=_name(n.output[0], "steps")))
+            folded.add(n.output[0])
+            per_step[n.output[0]] = ys
+            continue
+        node = copy.deepcopy(n)
+        if any(i in folded for i in node.input):
+            for i, x in enumerate(node.input):
+                if x and x not in folded and x in batch_data:
+                    node.input[i] = tile(x)
+            folded.update(o for o in node.output if o)
+        out.append(node)
+
+    # outputs: the mean over the T steps (a non-float output: the last step's)
+    outputs = [o.name for o in g.output]
+    rename = {o: _name(o, "folded") for o in outputs if o in folded}
+    for node in out:
+        for i, o in enumerate(node.output):
+            if o in rename:
+                node.output[i] = rename[o]
+        for i, x in enumerate(node.input):
+            if x in rename:
+                node.input[i] = rename[x]
+    types = {o.name: o.type.tensor_type.elem_type or TensorProto.FLOAT for o in g.output}
+    for o, f in rename.items():
+        by_step = _name(o, "by_step_out")
+        shape, rest, split_shape = (_name(o, k) for k in ("shape_out", "rest_out", "split_out"))
+        extra.append(_int64(_name(o, "end_out"), [np.iinfo(np.int64).max]))
+        out += [helper.make_node("Shape", [f], [shape], name=shape),
+                helper.make_node("Slice", [shape, fmt.ONE, _name(o, "end_out")], [rest], name=rest),
+                helper.make_node("Concat", [lead, rest], [split_shape], axis=0, name=split_shape),
+                helper.make_node("Reshape", [f, split_shape], [by_step], name=by_step)]
+        if types[o] != TensorProto.FLOAT:
+            extra.append(_int64(fmt.LAST_STEP, T - 1))
+            out.append(helper.make_node("Gather", [by_step, fmt.LAST_STEP], [o], axis=0,
+                                        name=fmt.OutputNames(o).last))
+        else:
+            out.append(_reduce("ReduceMean", by_step, o, fmt.OutputNames(o).mean, opset))
+    # spike counts: one count over the folded outputs, then the sum over T
+    for r in records.values():
+        c = fmt.CounterNames(r.name)
+        amp = fmt.param_name(r.name, "amplitude")
+        count, per_amp, rnd = c.nodes
+        y_step = _name(r.output, "count_steps")
+        if r.per_channel:
+            out += [helper.make_node("Div", [r.output, amp], [c.y_count], name=per_amp),
+                    helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0, name=count)]
+            summed = c.y_sum
+        else:
+            out += [helper.make_node("ReduceSum", [r.output, c.axes], [c.y_sum], keepdims=0, name=count),
+                    helper.make_node("Div", [c.y_sum, amp], [c.y_count], name=per_amp)]
+            summed = c.y_count
+        out += [helper.make_node("Reshape", [summed, lead], [y_step], name=y_step),
+                helper.make_node("ReduceSum", [y_step, fmt.TIME_AXIS], [_name(r.name, "total")],
+                                 keepdims=0, name=fmt.site_total_node(r.name)),
+                helper.make_node("Round", [_name(r.name, "total")], [fmt.spikes_name(r.name)],
+                                 name=rnd)]
+    inputs = [rewrite.pinned(i, input_shapes) for i in data_inputs]
+    outs = [copy.deepcopy(o) for o in g.output]
+    outs += [rewrite.float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
+    used = {x for n in out for x in walk.node_inputs(n)}
+    all_inits = [t for t in inits + extra if t.name in used]
+    seen, unique = set(), []
+    for t in all_inits:
+        if t.name not in seen:
+            seen.add(t.name)
+            unique.append(t)
+    graph = helper.make_graph(out, g.name or "snn", inputs, outs, unique)
+    model = helper.make_model(graph, opset_imports=rewrite.opsets(nm))
+    return rewrite.finish(model, nm, {**meta, fmt.META_GRAPH: "folded"}, pools)
+
+
+def _int64(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _reduce(op: str, x: str, y: str, name: str, opset: int) -> onnx.NodeProto:
+    from onnx_snn.spiking import format as fmt
+    if op == "ReduceMean" and opset < 18:
+        return helper.make_node(op, [x], [y], axes=[0], keepdims=0, name=name)
+    return helper.make_node(op, [x, fmt.TIME_AXIS], [y], keepdims=0, name=name)
+
+
+def unrolled_model(snn):
+    """The step graph copied T times into one graph."""
+    from onnx_snn.graph import walk
+    from onnx_snn.spiking import format as fmt
+    step = snn.step_model()
+    view = fmt.read_spiking(step)
+    g = step.graph; T = snn.timesteps
+    states = view.states
+    flags = walk.depends(list(g.node), [s.names.input for s in states])
+    hoisted = [n for n, f in zip(g.node, flags) if not f]
+    body = [n for n, f in zip(g.node, flags) if f]
+    made = {o for n in body for o in n.output}
+    out = [copy.deepcopy(n) for n in hoisted]
+    inits = list(g.initializer)
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "snn.batch_axis"))
+    x0 = [i for i in g.input if i.name not in {s.names.input for s in states}][0].name
+    out.append(helper.make_node("Shape", [x0], ["snn.input_shape"]))
+    out.append(helper.make_node("Gather", ["snn.input_shape", "snn.batch_axis"], ["snn.batch"], axis=0))
+    inits.append(numpy_helper.from_array(np.array(0, np.float32), "snn.zero"))
+    cur = {}
+    for st in states:
+        inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), st.names.dims))
+        out.append(helper.make_node("Concat", ["snn.batch", st.names.dims], [st.names.full_shape], axis=0))
+        out.append(helper.make_node("Expand", [st.init or "snn.zero", st.names.full_shape], [st.names.initial]))
+        cur[st.names.input] = st.names.initial
+    outs = [o.name for o in g.output]
+    per = {o: [] for o in outs}
+    for t in range(T):
+        ren = dict(cur)
+        for n in body:
+            m = copy.deepcopy(n); m.name = f"{n.name}.t{t}"
+            for i, x in enumerate(m.input):
+                if x in ren: m.input[i] = ren[x]
+            for i, o in enumerate(m.output):
+                if o in made:
+                    ren[o] = f"{o}.t{t}"; m.output[i] = ren[o]
+            out.append(m)
+        cur = {st.names.input: ren[st.names.next] for st in states}
+        for o in outs:
+            per[o].append(ren.get(o, o))
+    final = []
+    dnn = view.info.outputs
+    inits.append(numpy_helper.from_array(np.array(T, np.float32), "snn.T"))
+    for o in dnn:
+        out.append(helper.make_node("Sum", per[o], [o + ".sum"])); out.append(helper.make_node("Div", [o + ".sum", "snn.T"], [o]))
+    for s in view.info.sites:
+        o = fmt.spikes_name(s.name); out.append(helper.make_node("Sum", per[o], [o]))
+    gi = [i for i in g.input if i.name not in {s.names.input for s in states}]
+    go = [o for o in g.output if o.name in dnn or o.name in {fmt.spikes_name(s.name) for s in view.info.sites}]
+    graph = helper.make_graph(out, "unrolled", gi, go, inits)
+    m = helper.make_model(graph, opset_imports=list(step.opset_import)); m.ir_version = step.ir_version
+    m.functions.extend(step.functions)
+    return m
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx"))
+    ap.add_argument("-T", "--timesteps", type=int, default=2)
+    ap.add_argument("--method", default="refined")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--images", type=int, default=2560)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    import onnx_snn
+    from onnx_snn.calibrate import make_session
+    from onnx_snn.convert import resolve_data
+    from onnx_snn.spiking import format as fmt
+    snn = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
+                           method=args.method, show_progress=False)
+    x = resolve_data("fashion-mnist", snn.normalized.preprocess, split="test").take(args.images).x
+    models = {"dnn": snn.normalized.model, "loop": snn.model, "unrolled": unrolled_model(snn),
+              "folded": folded_model(snn.normalized, snn.records, args.timesteps,
+                                     fmt.metadata(snn.model), snn.input_shapes, snn.pools)}
+    sess = {k: make_session(m, args.threads) for k, m in models.items()}
+    feed = {"input": x[:args.batch]}
+    ref = sess["loop"].run(None, feed)
+    same = {}
+    for k in ("unrolled", "folded"):
+        got = dict(zip([o.name for o in sess[k].get_outputs()], sess[k].run(None, feed)))
+        same[k] = all(np.array_equal(r, got[o.name]) for r, o in zip(ref, sess["loop"].get_outputs()))
+
+    def once(k):
+        t0 = time.perf_counter()
+        for i in range(0, len(x), args.batch):
+            sess[k].run(None, {"input": x[i:i + args.batch]})
+        return len(x) / (time.perf_counter() - t0)
+
+    for k in sess:
+        once(k)
+    best = {k: 0.0 for k in sess}
+    for _ in range(args.rounds):
+        for k in sess:
+            best[k] = max(best[k], once(k))
+    emit({"benchmark": "bench_layouts", "model": args.model, "method": args.method,
+          "timesteps": args.timesteps, "threads": args.threads, "batch": args.batch,
+          "images_per_second": {k: round(v, 1) for k, v in best.items()},
+          "over_dnn": {k: round(v / best["dnn"], 3) for k, v in best.items()},
+          "over_loop": {k: round(v / best["loop"], 3) for k, v in best.items()},
+          "identical_to_loop": same}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
