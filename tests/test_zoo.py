@@ -375,6 +375,19 @@ def test_train_resume_and_export(tmp_path, capsys):
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and {"optimizer", "scheduler", "rng"} <= set(ckpt)
 
+    # across sessions only the exported model (and its train.json) are kept: --init-from
+    shipped = tmp_path / "kept"
+    shipped.mkdir()
+    (shipped / "net.onnx").write_bytes((out / "model.onnx").read_bytes())
+    (shipped / "net.train.json").write_text((out / "train.json").read_text())
+    fresh = tmp_path / "next-session"
+    assert _train_main(common[:4] + ["--out", fresh, "--limit-train", 512, "--limit-test", 500,
+                                     "--epochs", 3, "--init-from", shipped / "net.onnx"]) == 0
+    err = capsys.readouterr().err
+    assert "2 epochs done" in err and "epochs 3..3" in err
+    record3 = json.loads((fresh / "train.json").read_text())
+    assert [h["epoch"] for h in record3["history"]] == [1, 2, 3]
+
 
 def test_train_user_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ONNX_SNN_DATA", raising=False)

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random-crop padding in pixels (default: 4 for CIFAR, 2 for "
                         "Fashion-MNIST; 0 turns cropping off)")
     p.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL.onnx",
+                   help="continue from an exported model instead of a checkpoint (across "
+                        "sessions, where only the committed .onnx and its train.json are kept): "
+                        "its weights and mu, the epochs it records, the history of a train.json "
+                        "beside it; the optimizer's momentum starts afresh")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/last.pt (starts afresh, with a note, when "
                         "there is none)")
@@ -190,6 +195,40 @@ class Dist:
 
 
 # ------------------------------------------------------------------------- data
+
+def _init_from_onnx(net, args, optimizer, milestones, log, command):
+    """Weights and mu from an exported model (by parameter name), the epochs it records and
+    the history of the train.json beside it; the lr follows the schedule at that epoch."""
+    import onnx
+    from onnx import numpy_helper
+    path = args.init_from
+    try:
+        m = onnx.load(str(path))
+    except Exception as e:
+        raise OnnxSnnError(f"--init-from {path}: not a readable ONNX model ({e})") from None
+    meta = {p.key: p.value for p in m.metadata_props}
+    if meta.get("onnx_snn.arch") != args.arch:
+        raise OnnxSnnError(f"--init-from {path}: a {meta.get('onnx_snn.arch')!r} model, not "
+                           f"{args.arch!r}")
+    state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+    own = net.state_dict()
+    missing = [k for k in own if not k.endswith(".mu") and k not in state]
+    if missing:
+        raise OnnxSnnError(f"--init-from {path}: weights {missing[:3]} not found by name")
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items() if k in own}})
+    for act, mu in zip(zoo.clipped_relus(net), json.loads(meta.get("onnx_snn.mu", "[]"))):
+        act.mu.data.fill_(float(mu))
+    done = int(meta.get("onnx_snn.epochs", 0))
+    history, commands = [], [command]
+    record = path.with_name(path.name[:-len(".onnx")] + ".train.json") if path.name.endswith(".onnx") else None
+    if record is not None and record.is_file():
+        rec = json.loads(record.read_text())
+        history, commands = rec.get("history", []), rec.get("commands", []) + [command]
+    for group in optimizer.param_groups:
+        group["lr"] = args.lr * 0.2 ** sum(done >= ms for ms in milestones)
+    log(f"--init-from {path}: {done} epochs done; continuing (optimizer state starts afresh)")
+    return done, history, commands
+
 
 def augment(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip, on a batch (NCHW)."""
@@ -382,6 +421,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
                 f"epoch {best_epoch + 1})")
         else:
             log(f"--resume: no {last_path} yet; starting from scratch")
+    if args.init_from and start_epoch == 0:
+        start_epoch, history, commands = _init_from_onnx(net, args, optimizer, milestones, log,
+                                                         command)
+        scheduler.last_epoch = start_epoch
 
     per_rank_batch = max(1, args.batch // dist_.world)
     log(f"{args.arch} on {args.dataset}: {len(x_train)} training / {len(x_test)} test images, "
