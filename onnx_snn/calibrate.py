@@ -148,17 +148,31 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 
 def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
                   input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
-    """Per-sample shapes of tensors of the normalized DNN, measured by one onnxruntime run
-    on a zero sample of the calibrated input shapes."""
+    """Per-sample shapes of tensors of the normalized DNN: from its shape inference where that
+    is static and agrees with the calibrated input, else measured by one onnxruntime run on a
+    zero sample of the calibrated input shapes."""
     if not names:
         return {}
+    g = nm.model.graph
+    known = {}
+    pinned = all(tuple(int(d) if d else -1 for d in dims[1:]) == tuple(input_shapes.get(n, ()))
+                 for n, dims in input_specs(nm.model) if n in input_shapes)
+    if pinned:  # the model's own static shapes are the calibrated ones
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name in names and len(dims) > 1 and all(d.HasField("dim_value") and d.dim_value > 0
+                                                          for d in list(dims)[1:]):
+                known[vi.name] = tuple(int(d.dim_value) for d in list(dims)[1:])
+    names = [n for n in names if n not in known]
+    if not names:
+        return known
     model = with_outputs(nm.model, names)
     feeds = {}
     for name, dims in input_specs(nm.model):
         shape = (dims[0] or 1,) + tuple(input_shapes.get(name, dims[1:]))
         feeds[name] = np.zeros(shape, np.float32)
     outs = make_session(model, 1).run(list(names), feeds)
-    return {n: tuple(o.shape[1:]) for n, o in zip(names, outs)}
+    return {**known, **{n: tuple(o.shape[1:]) for n, o in zip(names, outs)}}
 
 
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
