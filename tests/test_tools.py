@@ -44,14 +44,14 @@ def test_bench_peer_small(fmnist_test):
     m = r["models"]["shipped fmnist_vgg"]
     acc = m["accuracy"]
     assert acc["test_images"] == 128 and acc["timesteps"] == [1, 2]
-    assert set(acc["onnx_snn"]) == {"datta", "datta-seq", "deng", "max", "percentile"}
+    assert set(acc["onnx_snn"]) == {"refined", "datta", "deng", "max", "percentile"}
     assert acc["workers"] == 2
     assert set(acc["peers"]) == {"spikingjelly-max", "spikingjelly-99.9%"}
     for row in list(acc["onnx_snn"].values()) + list(acc["peers"].values()):
         assert all(0 <= row["top1"][str(T)] <= 100 for T in (1, 2))
     # datta at T=2 is far above chance even on 128 images
     assert acc["onnx_snn"]["datta"]["top1"]["2"] > 60
-    assert acc["onnx_snn"]["datta-seq"]["top1"]["2"] > 60
+    assert acc["onnx_snn"]["refined"]["top1"]["2"] > 60
     assert m["convert"]["ours"]["seconds"] > 0 and m["convert"]["spikingjelly-max"]["seconds"] > 0
     assert m["throughput"]["dnn_onnxruntime"] > 0 and m["throughput"]["onnx_snn_onnxruntime"] > 0
 
