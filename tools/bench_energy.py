@@ -1,5 +1,6 @@
 """Spikes per layer, FLOPs and compute energy of the shipped model's SNN against its DNN, at
-T = 1, 2, 3 for ``datta`` and ``deng`` (conversion only, and fine-tuned models when given);
+T = 1, 2, 3 for ``refined`` (the default), ``datta`` and ``deng`` (conversion only, and fine-tuned
+models when given);
 prints JSON and a Markdown table.
 
     python tools/bench_energy.py [--tuned-dir runs/finetune] [--preset 45nm-fp32]
@@ -24,7 +25,7 @@ from _bench_common import bench_calibration, emit
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--methods", nargs="+", default=["datta", "deng"])
+    ap.add_argument("--methods", nargs="+", default=["refined", "datta", "deng"])
     ap.add_argument("--tuned-dir", help="folder with T<T>.tuned.snn.onnx from tools/bench_finetune.py")
     ap.add_argument("--preset", default="45nm-fp32", choices=["45nm-fp32", "45nm-int32"])
     ap.add_argument("--limit", type=int, help="fewer test images")

@@ -3,7 +3,9 @@ of surrogate-gradient fine-tuning, at T = 1, 2, 3; prints JSON (full 10k test se
 
     python tools/bench_finetune.py [-T 1 2 3] [--epochs 3] [--out finetune.json]
 
-Each T: convert with ``datta`` (512 training images), evaluate in onnxruntime, fine-tune
+Each T: convert (``--method``, default ``datta``, the paper's Algorithm 1, as the fine-tuning
+table of README was measured; ``refined`` is the converter's default) with 512 training
+images, evaluate in onnxruntime, fine-tune
 with the paper's recipe (``onnx-snn finetune`` defaults: Adam amsgrad, lr 1e-4, decay at
 60/80/90 %, batch 64, crop augmentation), recording the test top-1 after every epoch (the
 model written back is evaluated again in onnxruntime at the end).
@@ -25,6 +27,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--method", default="datta", help="conversion before fine-tuning (default datta)")
     ap.add_argument("--limit-train", type=int, help="fewer training images (quick runs)")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--save-dir", help="keep the fine-tuned models here (T<T>.tuned.snn.onnx), e.g. "
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for T in args.timesteps:
             src = os.path.join(tmp, f"T{T}.snn.onnx")
-            onnx_snn.build(nm, cal, T, "datta").save(src)
+            onnx_snn.build(nm, cal, T, args.method).save(src)
             conv = onnx_snn.evaluate(src, "fashion-mnist", show_progress=False)
             out = os.path.join(args.save_dir or tmp, f"T{T}.tuned.snn.onnx")
             t0 = time.perf_counter()
