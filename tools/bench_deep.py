@@ -4,7 +4,7 @@ Markdown table with ``--markdown``).
 
     python tools/bench_deep.py                       # about 25 min on 2 cores
     python tools/bench_deep.py --quick               # 2 000 test images, 4 000 for SGL
-    python tools/bench_deep.py --no-finetune --methods refined,refined-per-layer,refined+bias,refined+weights
+    python tools/bench_deep.py --no-finetune --parallel 1 --methods refined,refined-no-weights,refined-per-layer,refined-per-layer-no-weights,refined+bias
                                                      # the ablation of docs/FORMAT.md
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
@@ -49,11 +49,11 @@ METHODS = ("refined", "datta", "deng", "max")
 #: the ablation of the refined method (``--methods ...``): name -> (method, SearchConfig fields)
 VARIANTS = {
     "refined": ("refined", {}),
+    "refined-no-weights": ("refined", {"weight_calibration": False}),
     "refined-per-layer": ("refined", {"per_channel": False}),
+    "refined-per-layer-no-weights": ("refined", {"per_channel": False, "weight_calibration": False}),
     "refined+bias": ("refined", {"bias_correction": True}),
     "refined-per-layer+bias": ("refined", {"per_channel": False, "bias_correction": True}),
-    "refined+weights": ("refined", {"weight_calibration": True}),
-    "refined-per-layer+weights": ("refined", {"per_channel": False, "weight_calibration": True}),
     "datta": ("datta", {}), "deng": ("deng", {}), "max": ("max", {}),
     "percentile": ("percentile", {}),
 }
