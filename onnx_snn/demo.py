@@ -69,13 +69,10 @@ def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = D
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         lines.append([method] + [f"{r['top1']:.2f}" for r in mine] + [f"{mine[-1]['mean_rate']:.4f}"])
-    widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
+    from .table import format_table
     print(file=out)
     print("SNN top-1 (%), conversion only, onnxruntime:", file=out)
-    for k, l in enumerate(lines):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths))), file=out)
-        if k == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    print(format_table(lines[0], lines[1:]), file=out)
     seconds = time.perf_counter() - t0
     print(f"\nDNN top-1 {dnn.top1:.2f}%; spike rate = spikes per neuron per time step; "
           f"{seconds:.0f} s in all", file=out)

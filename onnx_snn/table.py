@@ -1,10 +1,11 @@
 """One table printer for the command line and the tools: plain aligned text or Markdown."""
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 
-def format_table(headers: Sequence, rows: Iterable[Sequence], markdown: bool = False) -> str:
+def format_table(headers: Sequence, rows: Iterable[Sequence], markdown: bool = False,
+                 right: Optional[Sequence[bool]] = None, total_row: bool = False) -> str:
     """``headers`` and ``rows`` (cells of any type, shown with ``str``) as one string, no
     trailing newline.
 
@@ -19,7 +20,9 @@ def format_table(headers: Sequence, rows: Iterable[Sequence], markdown: bool = F
     ``markdown=True``: a GitHub table, ``| method | T=1 |`` rows under a ``|---|---|`` line
     (``|`` inside a cell is escaped, a line break becomes a space).
 
-    Every row must have as many cells as there are headers (ValueError otherwise).
+    ``right``: which columns are right-aligned (default: all but the first); ``total_row``:
+    a dashed line before the last row too (a totals row). Every row must have as many cells
+    as there are headers (ValueError otherwise).
     """
     head = [str(h) for h in headers]
     body: List[List[str]] = [[str(c) for c in r] for r in rows]
@@ -32,7 +35,11 @@ def format_table(headers: Sequence, rows: Iterable[Sequence], markdown: bool = F
         return "\n".join([line(head), "|" + "---|" * len(head)] + [line(r) for r in body])
     cells = [head] + body
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
+    right = list(right) if right is not None else [j > 0 for j in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right)).rstrip()
              for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    rule = "  ".join("-" * w for w in widths)
+    lines.insert(1, rule)
+    if total_row and len(body) > 1:
+        lines.insert(len(lines) - 1, rule)
     return "\n".join(lines)

@@ -44,17 +44,8 @@ def human_energy(pj: Optional[float]) -> str:
 
 def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool],
           rule_before_last: bool = False) -> List[str]:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(r):
-        return "  ".join(str(c).rjust(w) if rj else str(c).ljust(w)
-                         for c, w, rj in zip(r, widths, right)).rstrip()
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    for i, r in enumerate(rows):
-        if rule_before_last and i == len(rows) - 1:
-            out.append("  ".join("-" * w for w in widths))
-        out.append(line(r))
-    return out
+    from ..table import format_table
+    return format_table(headers, rows, right=right, total_row=rule_before_last).split("\n")
 
 
 def _fmt_rate(r: Optional[float]) -> str:
