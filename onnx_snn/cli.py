@@ -25,7 +25,7 @@ from typing import List, Optional
 from . import __version__
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS
-from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401
+from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401  (Terminated: signals)
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
 
 SEARCH = SearchConfig()   # the search's defaults, shown in --help
@@ -152,6 +152,21 @@ def _add_data_args(p: argparse.ArgumentParser, record: bool = False) -> None:
                         "recorded preprocessing)")
 
 
+def _exit_codes_help() -> str:
+    """The exit codes, from the error classes themselves."""
+    from . import errors
+    def first_sentence(cls) -> str:
+        text = " ".join(cls.__doc__.split("\n\n")[0].split())
+        for stop in (": ", "; ", ". "):
+            text = text.split(stop)[0]
+        return text.rstrip(".")
+
+    rows = [f"  {code:>3}  {first_sentence(getattr(errors, name))}"
+            for name, code in sorted(EXIT_CODES.items(), key=lambda kv: kv[1])]
+    return "exit codes (errors are one line: onnx-snn: error: ...):\n" + "\n".join(rows) + \
+        "\n  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): temporary files removed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnx-snn",
@@ -159,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ultra-low-latency spiking neural network (1-4 time steps), after Datta & "
                     "Beerel, DATE 2022.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `onnx-snn COMMAND --help` for each command's options.")
+        epilog="Run `onnx-snn COMMAND --help` for each command's options.\n\n" + _exit_codes_help())
     parser.add_argument("--version", action="version", version=f"onnx-snn {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
