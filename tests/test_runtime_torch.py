@@ -120,7 +120,7 @@ def test_spiking_max_pool_step_and_its_gradient():
         np.testing.assert_array_equal(y.detach().numpy(), ref)
         assert float(y.detach()) in (0.0, 1.0)               # still one spike or none per step
         m, total = m_next, total + y
-    assert float(total) == 2.0                      # counts 2, 1, 2, 2: max 2
+    assert float(total.detach()) == 2.0             # counts 2, 1, 2, 2: max 2
     total.backward()
     # d total / d x_t: 1 for every step of the input that leads at the end (the first one of
     # the tied counts, as max_pool2d picks), 0 elsewhere
