@@ -193,3 +193,19 @@ def pooled_twin(pool: str, seed=0, opset=13, in_shape=(1, 12, 12), global_pool=F
         n = 8 * (hh // 4) * (ww // 4)
     x = b.gemm(b.node("Flatten", [x], axis=1), n, 10)
     return b.model("input", x, in_shape, 10, name=f"twin_{pool}")
+
+
+def assert_runtimes_agree(model: onnx.ModelProto, x: np.ndarray, atol: float = 1e-5):
+    """The torch runtime and onnxruntime give the same outputs (within ``atol``) and exactly
+    the same spike counts on ``x``; returns the torch module."""
+    import torch
+    from onnx_snn.runtimes.ort import run
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    net = SpikingNetwork(model).eval()
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)).numpy()
+    r = run(model, x)
+    assert np.abs(y - r.outputs[0]).max() <= atol
+    for k in r.spikes:
+        np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+    return net

@@ -138,16 +138,8 @@ def test_version_1_files_still_load_and_run(x):
 
 
 def test_version_1_files_in_the_torch_runtime(x):
-    torch = pytest.importorskip("torch")
-    from onnx_snn.runtimes.torch import SpikingNetwork
+    pytest.importorskip("torch")
     for path in (V1_LOOP, V1_STEP):
-        m = onnx.load(path)
-        net = SpikingNetwork(m).eval()
-        with torch.no_grad():
-            y = net(torch.from_numpy(x)).numpy()
-        r = run(m, x)
-        assert np.abs(y - r.outputs[0]).max() <= 1e-5
-        for k in r.spikes:
-            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+        net = B.assert_runtimes_agree(onnx.load(path), x)
         back = net.to_model()
         assert fmt.read_spiking(back).info.format_version == 1

@@ -50,13 +50,7 @@ def test_torch_and_onnxruntime_agree(name, T):
     x = B.rand_input(32)
     snn = onnx_snn.convert(MODELS[name](), x, timesteps=T, show_progress=False)
     for model in (snn.model, snn.step_model()):
-        net = SpikingNetwork(model).eval()
-        with torch.no_grad():
-            y = net(torch.from_numpy(x)).numpy()
-        r = run(model, x)
-        assert np.abs(y - r.outputs[0]).max() <= 1e-5
-        for k in r.spikes:
-            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+        B.assert_runtimes_agree(model, x)
 
 
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
@@ -73,13 +67,7 @@ def test_torch_and_onnxruntime_agree_on_per_channel_parameters_and_offsets(make,
     if options.get("bias_correction"):
         assert any(r.has_offset for r in recs)
     for model in (snn.model, snn.step_model()):
-        net = SpikingNetwork(model).eval()
-        with torch.no_grad():
-            y = net(torch.from_numpy(x)).numpy()
-        r = run(model, x)
-        assert np.abs(y - r.outputs[0]).max() <= 1e-5
-        for k in r.spikes:
-            np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+        B.assert_runtimes_agree(model, x)
     back = fmt.read_spiking(SpikingNetwork(snn.model).to_model())  # written back: same records
     for rec in back.info.sites:
         np.testing.assert_allclose(np.asarray(rec.threshold, np.float32),
