@@ -41,9 +41,10 @@ methods:
   refined     (default) the paper's Algorithm 1, then every layer, in order, refined on the
               spiking network's own input currents (its earlier layers already converted):
               thresholds, amplitudes and initial membranes per channel, chosen by
-              simulating the neurons, and the layers that read spikes refitted to the
-              DNN's outputs. The most accurate at T=1-4, on deep networks above all; costs
-              a few T-step passes of each layer over the calibration set
+              simulating the neurons, the layers that read spikes refitted to the DNN's
+              outputs and each channel's mean input current corrected. The most accurate
+              at T=1-4, on deep networks above all; costs a few T-step passes of each layer
+              over the calibration set
   datta       Datta & Beerel 2022, Algorithm 1 alone: per-layer threshold scale alpha
               (searched over the layer's own activation percentiles) and output scale beta
               (fine grid) that best match the DNN activation at this T
@@ -207,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refined: thresholds, amplitudes and initial membranes per channel "
                         f"(default: {'on' if SEARCH.per_channel else 'off'}; --no-per-channel: "
                         "one value per layer)")
-    c.add_argument("--bias-correction", action="store_true",
-                   help="refined: also add, per channel, the mean input current the spiking "
-                        "layer lacks (Li et al. 2021; off by default: it did not help here)")
+    c.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
+                   default=SEARCH.bias_correction,
+                   help="refined: add, per channel, the mean input current the spiking layer "
+                        "lacks (Li et al. 2021; default: "
+                        f"{'on' if SEARCH.bias_correction else 'off'})")
     c.add_argument("--weight-calibration", action=argparse.BooleanOptionalAction,
                    default=SEARCH.weight_calibration,
                    help="refined: refit every layer that reads spikes so that its output on "
@@ -425,11 +428,6 @@ def cmd_convert(args) -> int:
     if args.sequential and args.method not in ("datta", "refined"):
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
-    refining = args.method == "refined" or args.sequential
-    extra = [f for f, on in (("--bias-correction", args.bias_correction),) if on]
-    if extra and not refining:
-        raise UsageError(f"{', '.join(extra)} belong(s) to the refined method, not "
-                         f"--method {args.method}")
     check_search_limits(config, args.timesteps, args.method)
     out = args.output if args.output is not None else _default_output(args.model)
     calib = args.calib or _dataset_from_metadata(args.model)

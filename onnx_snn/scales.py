@@ -53,7 +53,7 @@ class SearchConfig:
     v_init_fractions: tuple = (0.0, 0.25, 0.5, 0.75)  # sequential: initial membrane / threshold
     sequential_sample: int = 200_000  # sequential: (input, target) pairs per site
     per_channel: bool = True         # sequential: alpha, beta, initial membrane per channel
-    bias_correction: bool = False    # sequential: per-channel current offset (Li et al. 2021)
+    bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
 

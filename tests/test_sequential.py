@@ -52,7 +52,7 @@ def test_first_site_refinement_is_the_exact_search():
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     cal = onnx_snn.calibrate(nm, x, batch_size=16, show_progress=False)  # 16 + 16 + 8
     cfg = SearchConfig(sequential=True, v_init_fractions=(0.0,), sequential_sample=10**6,
-                       per_channel=False)
+                       per_channel=False, bias_correction=False)
     seq = onnx_snn.build(nm, cal, 3, "datta", cfg, calib_data=x)
     first = seq.report["sequential"]["sites"][0]
     assert first["pairs"] == cal.sites[first["site"]].count   # every value, like the calibration
@@ -79,8 +79,8 @@ def test_refined_site_is_never_worse_than_datta_on_its_currents():
 
     sequential.search_dynamic = spy
     try:
-        onnx_snn.build(nm, cal, 2, "datta", SearchConfig(sequential=True, per_channel=False),
-                       calib_data=x)
+        onnx_snn.build(nm, cal, 2, "datta", SearchConfig(sequential=True, per_channel=False,
+                                                          bias_correction=False), calib_data=x)
     finally:
         sequential.search_dynamic = real
     assert len(seen) == len(plain.records)
