@@ -302,7 +302,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
                 offset = channel_offsets(cur, preacts[s], channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
-                rec.offset = _value(offset) if n_ch > 1 else float(offset[0])
+                if not np.any(offset):
+                    rec.offset = 0.0  # one spelling of "no offset" (the record round-trips)
+                else:
+                    rec.offset = _value(offset) if n_ch > 1 else float(offset[0])
                 row["offset"] = rec.offset
             if cfg.per_channel:
                 ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, channels, n_ch,

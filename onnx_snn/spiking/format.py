@@ -272,6 +272,11 @@ class SiteRecord:
     sample_size: int = 0
     values_seen: int = 0
 
+    def __post_init__(self):
+        # an all-zero offset is no offset: one spelling, so the record survives to_dict/from_dict
+        if isinstance(self.offset, (list, tuple)) and not self.has_offset:
+            self.offset = 0.0
+
     @property
     def threshold(self) -> Value:
         return _mul(self.alpha, self.mu)
