@@ -41,7 +41,7 @@ from .scales import SearchConfig, channel_offsets, search_channels, search_dynam
 from .graph import walk
 from .spiking import format as fmt
 from .spiking import rewrite
-from .weight_calibration import layer_fit
+from .weight_calibration import MAX_INPUTS, layer_fit
 
 
 def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.ModelProto:
@@ -102,9 +102,10 @@ def _working_copy(nm: NormalizedModel) -> NormalizedModel:
     return dataclasses.replace(nm, model=m)
 
 
-def _calibrated_layers(nm: NormalizedModel, recs) -> list:
+def _calibrated_layers(nm: NormalizedModel, recs, skipped: List[dict]) -> list:
     """The Conv/Gemm layers that read spikes (their input depends on a site's output) and own
-    their weights: each gets a fit."""
+    their weights: each gets a fit, except those with more than MAX_INPUTS inputs per output
+    (each appended to ``skipped`` as a report row)."""
     g = nm.model.graph
     nodes = list(g.node)
     inits = {t.name: t for t in g.initializer}
@@ -118,8 +119,13 @@ def _calibrated_layers(nm: NormalizedModel, recs) -> list:
         if not n.input or n.input[0] not in dep:
             continue
         f = layer_fit(n, inits)
-        if f is not None and all(uses.get(x, 0) == 1 for x in n.input[1:] if x):
-            fits.append(f)
+        if f is None or not all(uses.get(x, 0) == 1 for x in n.input[1:] if x):
+            continue
+        if f.inputs > MAX_INPUTS:
+            skipped.append({"layer": n.name, "op": n.op_type, "inputs": f.inputs, "refitted": False,
+                            "why": f"{f.inputs} inputs per output > MAX_INPUTS ({MAX_INPUTS})"})
+            continue
+        fits.append(f)
     return fits
 
 
@@ -197,8 +203,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     grouped = cfg.per_channel or cfg.bias_correction
 
     work = _working_copy(nm) if cfg.weight_calibration else nm
-    pending = _calibrated_layers(work, recs) if cfg.weight_calibration else []
     layer_rows: List[dict] = []
+    pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     dnn_model = nm.model
 
     def step_view():

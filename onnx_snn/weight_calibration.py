@@ -26,6 +26,11 @@ from onnx import helper, numpy_helper
 
 CALIBRATED_OPS = ("Conv", "Gemm")
 MAX_ROWS = 8192          # rows (patches) per batch that enter the normal equations
+#: a layer with more inputs per output (per group) is not refitted: its normal equations are
+#: two (d+1)^2 float64 matrices (1 GiB at this limit, 10 GiB for the 25 088 inputs of an
+#: ImageNet VGG's first FC layer), and a calibration set of hundreds of images cannot
+#: determine so many weights per output anyway
+MAX_INPUTS = 8192
 
 
 @dataclass
@@ -65,6 +70,13 @@ class LayerFit:
             sums[g][2] += float(np.sum(yg.astype(np.float64) ** 2))
         self.rows += r.shape[0]
         self.batches += 1
+
+    @property
+    def inputs(self) -> int:
+        """Inputs per output of one group (the size d of the normal equations, less the bias)."""
+        if self.node.op_type == "Conv":
+            return int(np.prod(self.weight.shape[1:]))
+        return int(self.weight.shape[0 if int(self.attrs.get("transB", 0)) == 0 else 1])
 
     def _original(self) -> List[np.ndarray]:
         """The layer's own weights per group as [d+1, out] (bias last)."""

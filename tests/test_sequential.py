@@ -150,3 +150,26 @@ def test_refined_keeps_a_deep_vgg16_from_collapsing(fmnist_train, fmnist_test):
     1 alone collapses at T=2 (10 % on the full test set), the refined default stays far above."""
     plain, refined = _refined_vs_datta(DEEP_VGG16, fmnist_train, fmnist_test, 256, 1000)
     assert plain <= 30 and refined >= 80, (plain, refined)
+
+
+def test_weight_calibration_leaves_layers_with_too_many_inputs(monkeypatch):
+    """A layer whose normal equations would be too large (MAX_INPUTS inputs per output) keeps
+    its weights and is reported as left alone; the others are still fitted."""
+    import onnx_snn.sequential as S
+    from onnx.numpy_helper import to_array
+    x = B.rand_input(40)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    full = onnx_snn.build(nm, cal, 2, "refined").report["sequential"]["layers"]
+    assert full and all("why" not in r for r in full)
+    monkeypatch.setattr(S, "MAX_INPUTS", 0)
+    snn = onnx_snn.build(nm, cal, 2, "refined")
+    rows = snn.report["sequential"]["layers"]
+    assert [r["layer"] for r in rows] == [r["layer"] for r in full]
+    assert all(r["refitted"] is False and "MAX_INPUTS" in r["why"] for r in rows)
+    inits = {t.name: to_array(t) for t in nm.model.graph.initializer}
+    from onnx_snn.graph import walk
+    out = {t.name: to_array(t) for g in walk.subgraphs(snn.model.graph) for t in g.initializer}
+    for n in nm.model.graph.node:   # every weight as in the DNN
+        if n.op_type in ("Conv", "Gemm"):
+            np.testing.assert_array_equal(out[n.input[1]], inits[n.input[1]])
