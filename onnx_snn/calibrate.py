@@ -65,8 +65,17 @@ def quiet_onnxruntime() -> None:
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
-                 where: str = "model"):
+                 where: str = "model", outputs: Sequence[str] = ()):
     """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError.
+
+    ``outputs``: tensors to expose besides the graph's outputs (each once, after them), as
+    :func:`with_outputs` would, without copying the model.
+
+    The weights are not serialized: onnxruntime gets the model's skeleton, whose large
+    initializers refer to external data, and their data as arrays
+    (``SessionOptions.add_external_initializers``, see :mod:`onnx_snn.graph.skeleton`),
+    which it takes in before any graph optimization: the same session as from the whole
+    serialized model, without two copies of the weights.
 
     onnxruntime's warnings are silenced: the session's own (``log_severity_level``) and those
     its graph loading and optimizers log through the process-wide default logger (a spiking
@@ -74,18 +83,27 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
     about on every session; exporters' Unsqueeze nodes it cannot fold, ...)."""
     import onnxruntime as ort
 
+    from .graph import skeleton
+
     quiet_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=providers or ["CPUExecutionProvider"])
+        data, names, arrays = skeleton.session_parts(model, outputs)
+        if names:
+            so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+        sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = msg.replace("[ONNXRuntimeError] : 1 : FAIL : ", "")
         raise UnsupportedModelError(f"{where}: onnxruntime cannot run this model: {msg[:300]}") from None
+    if names:
+        # onnxruntime copied the arrays while loading (they may go now); a session re-created
+        # from the same options (its fallback after a provider failure) would read them again
+        sess.disable_fallback()
+    return sess
 
 
 class _Sampler:
@@ -166,12 +184,11 @@ def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
     names = [n for n in names if n not in known]
     if not names:
         return known
-    model = with_outputs(nm.model, names)
     feeds = {}
     for name, dims in input_specs(nm.model):
         shape = (dims[0] or 1,) + tuple(input_shapes.get(name, dims[1:]))
         feeds[name] = np.zeros(shape, np.float32)
-    outs = make_session(model, 1).run(list(names), feeds)
+    outs = make_session(nm.model, 1, outputs=names).run(list(names), feeds)
     return {**known, **{n: tuple(o.shape[1:]) for n, o in zip(names, outs)}}
 
 
@@ -182,9 +199,8 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
-    model = with_outputs(nm.model, [s.input for s in chosen])
-    sess = make_session(model, threads)
-    out_names = [o.name for o in model.graph.output]
+    sess = make_session(nm.model, threads, outputs=[s.input for s in chosen])
+    out_names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     samplers: Dict[str, _Sampler] = {}
     stats = {s.name: dict(count=0, pos=0, lo=np.inf, hi=-np.inf, shape=None) for s in chosen}
@@ -203,14 +219,17 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                 st["shape"] = tuple(h.shape[1:])
                 samplers[s.name] = _Sampler(sample_size, n_total * int(np.prod(h.shape[1:])), rng)
             flat = h.reshape(-1)
-            if not np.all(np.isfinite(flat)):
+            # min and max propagate NaN and show an infinity: all values are finite exactly
+            # when both are (one pass less than np.isfinite over the batch)
+            lo, hi = float(flat.min()), float(flat.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
                 raise DataError(f"site {s.name} ('{s.input}'): the model produced NaN/Inf on the "
                                 f"calibration batch starting at sample {start}; check the data "
                                 "and its preprocessing")
             st["count"] += flat.size
             st["pos"] += int(np.count_nonzero(flat > 0))
-            st["lo"] = min(st["lo"], float(flat.min()))
-            st["hi"] = max(st["hi"], float(flat.max()))
+            st["lo"] = min(st["lo"], lo)
+            st["hi"] = max(st["hi"], hi)
             samplers[s.name].add(flat)
         bar.update(nb)
     bar.close()

@@ -24,7 +24,7 @@ from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess
                        RAW_PIXELS)
 from .errors import DataError, UnsupportedModelError, UsageError
 from .graph.normalize import NormalizedModel, normalize
-from .model_io import PathLike, load_model, sha256_file, write_text_atomic
+from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
                      choose_params, estimate_mu)
 from .spiking import format as fmt
@@ -197,14 +197,41 @@ class SpikingModel:
     def report_bytes(self) -> bytes:
         return (json.dumps(self.report, indent=2) + "\n").encode("utf-8")
 
+    def external_data(self) -> bool:
+        """Whether :meth:`save` writes the weights to an external-data file: when the source
+        model kept them in one (loaded from a file with external data), or when the model is
+        2 GB or more (one protobuf message cannot hold it)."""
+        from .graph import skeleton
+        return self.normalized.external_data or \
+            skeleton.byte_size(self.model) >= skeleton.MAX_PROTOBUF
+
+    def files(self, path: PathLike, step: bool = False, binary_spikes: bool = False,
+              external: Optional[bool] = None) -> list:
+        """The (path, data) items :meth:`save` writes (for ``model_io.write_all_atomic``, with
+        other outputs): the model file, and with external data (``external``, by default
+        :meth:`external_data`) ``<name>.data`` beside it, streamed tensor by tensor."""
+        from .model_io import model_items
+        if binary_spikes:
+            model = self.binary_model(step)
+        else:
+            model = self.step_model() if step else self.model
+        return model_items(model, path, self.external_data() if external is None else external)
+
     def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
-             binary_spikes: bool = False) -> Path:
+             binary_spikes: bool = False, external: Optional[bool] = None) -> Path:
         """Write the model atomically; refuses to overwrite the source model (or ``inputs``),
-        a folder, a device or pipe, or to write into a missing folder."""
-        from .model_io import check_output_path, write_bytes_atomic
-        src = [self.normalized.source_path] if self.normalized.source_path else []
+        a folder, a device or pipe, or to write into a missing folder. With external data
+        (see :meth:`external_data`) the weights go to ``<name>.data`` beside the model, both
+        files written together (all or none)."""
+        from .model_io import check_output_path, model_files, write_all_atomic
+        nm = self.normalized
+        src = [] if not nm.source_path else \
+            model_files(nm.source_path) if nm.external_data else [nm.source_path]
         target = check_output_path(path, *src, *inputs)
-        write_bytes_atomic(self.to_bytes(step, binary_spikes), target)
+        items = self.files(target, step, binary_spikes, external)
+        if len(items) > 1:
+            items[1] = (check_output_path(items[1][0], *src, *inputs, target), items[1][1])
+        write_all_atomic(items)
         return target
 
     def save_report(self, path: PathLike, *inputs: PathLike) -> Path:
@@ -225,11 +252,12 @@ def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
         _refuse_spiking(model, model.graph.name or "model")
         return normalize(model)
     path = str(model)
-    proto = load_model(path, check=False)
-    _refuse_spiking(proto, path)
-    nm = normalize(proto, where=path)
+    loaded = load(path, check=False, sha256=True)   # the file read once, hashed meanwhile
+    _refuse_spiking(loaded.model, path)
+    nm = normalize(loaded.model, where=path)
     nm.source_path = path
-    nm.source_sha256 = sha256_file(path)
+    nm.source_sha256 = loaded.sha256
+    nm.external_data = loaded.external_data
     return nm
 
 
@@ -392,11 +420,20 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
 
 
 def _self_check(model: onnx.ModelProto) -> None:
-    """Never hand out a model that fails the ONNX checker (that would be a bug here)."""
-    if model.ByteSize() >= 2_000_000_000:
+    """Never hand out a model that fails the ONNX checker (that would be a bug here).
+
+    The full check (checker and strict shape inference) runs on the model's skeleton, its
+    weights (the Loop body's included, as outer-scope values) left out (see
+    :mod:`onnx_snn.graph.skeleton`): the same verdict as on the whole model, without
+    serializing it. The weights left out are copies of the normalized model's, which passed
+    the checker, or made from arrays, so their data needs no second look. Models of 2 GB or
+    more are not checked (as before: onnx cannot serialize them)."""
+    from .graph import skeleton
+    sk = skeleton.split(model, subgraphs=True)
+    if sk.byte_size() >= skeleton.MAX_PROTOBUF:
         return
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(sk.model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise RuntimeError(f"onnx-snn produced an invalid spiking model ({str(e).strip()[:300]}); "
                            "please report this with the source model") from None

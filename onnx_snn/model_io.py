@@ -9,6 +9,7 @@ a missing or unwritable folder, or the same file given twice is refused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -16,7 +17,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Optional, Union
 
 import onnx
 
@@ -45,6 +46,33 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def load_model(path: PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX model (external data included) or raise :class:`ModelLoadError`."""
+    return load(path, check).model
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A loaded model, the SHA-256 of its file (when asked for) and whether its weights
+    were in external-data files."""
+
+    model: onnx.ModelProto
+    sha256: Optional[str] = None
+    external_data: bool = False
+
+
+class _ReadBytes:
+    """The file's bytes, read once, handed to ``onnx.load`` (which picks the format by the
+    name's extension, as for the path itself)."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self._data = name, data
+
+    def read(self) -> bytes:
+        return self._data
+
+
+def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
+    """:func:`load_model`, reading the file once: with ``sha256`` its hash is computed from
+    the same bytes, in a thread, while they are parsed (what :func:`sha256_file` gives)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -52,14 +80,27 @@ def load_model(path: PathLike, check: bool = True) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: empty file; export the model again")
+    digest, hasher = None, None
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        with open(path, "rb") as f:
+            data = f.read()
+        if sha256:
+            digest = hashlib.sha256()
+            hasher = threading.Thread(target=digest.update, args=(data,), daemon=True)
+            hasher.start()   # hashlib releases the GIL: it runs beside the parse
+        try:
+            model = onnx.load(_ReadBytes(str(path), data), load_external_data=False)
+        finally:
+            if hasher is not None:
+                hasher.join()
     except Exception as e:  # DecodeError, truncated protobuf, wrong format
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_short(e)}); "
                              "is the file truncated or of another format?") from None
+    del data
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found); "
                              "is the file truncated or of another format?")
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
@@ -67,17 +108,24 @@ def load_model(path: PathLike, check: bool = True) -> onnx.ModelProto:
                              "weight files next to the model") from None
     if check:
         check_model(model, str(path))
-    return model
+    return Loaded(model, digest.hexdigest() if digest is not None else None, external)
 
 
-def check_model(model: onnx.ModelProto, where: str) -> None:
+def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
+    """The supported opsets, the ONNX checker (run on the model's skeleton, see
+    :mod:`onnx_snn.graph.skeleton`: the same verdict without serializing the weights; models
+    of 2 GB or more are not checked, as onnx cannot serialize them) and at least one input.
+    ``skeleton``: the model's skeleton made with ``verify=True`` and ``subgraphs=True``, when
+    the caller has one."""
+    from .graph import skeleton as skel
     opset = default_opset(model)
     if opset < MIN_OPSET or opset > MAX_OPSET:
         raise ModelLoadError(f"{where}: opset {opset} is outside the supported range "
                              f"{MIN_OPSET}-{MAX_OPSET}; re-export the model at a supported opset")
     try:
-        if model.ByteSize() < 2_000_000_000:
-            onnx.checker.check_model(model)
+        sk = skeleton or skel.split(model, subgraphs=True, verify=True)
+        if sk.byte_size() < skel.MAX_PROTOBUF:
+            onnx.checker.check_model(sk.model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
         raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {first}") from None
@@ -260,7 +308,8 @@ def _new_file_mode(path: Path) -> int:
 def write_all_atomic(items) -> None:
     """Write several files all or none: each to a temporary file beside it, then rename them
     all at the end (signals held during the renames). On any failure or signal every
-    temporary file is removed and no target is touched. ``items``: (path, bytes) pairs."""
+    temporary file is removed and no target is touched. ``items``: (path, data) pairs, the
+    data bytes or an iterable of bytes (written in turn, never held whole)."""
     temps = []   # (temporary path, target)
     try:
         for path, data in items:
@@ -274,7 +323,11 @@ def write_all_atomic(items) -> None:
                 f = os.fdopen(fd, "wb")
             with f:
                 os.chmod(tmp, mode)
-                f.write(data)
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    f.write(data)
+                else:   # an iterable of chunks (a model's external-data file)
+                    for chunk in data:
+                        f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
         with _signals_deferred():
@@ -295,10 +348,41 @@ def write_bytes_atomic(data: bytes, path: PathLike) -> None:
     write_all_atomic([(path, data)])
 
 
-def save_model(model: onnx.ModelProto, path: PathLike, *inputs: PathLike) -> Path:
-    """Write ``model`` to ``path`` atomically after checking the path against ``inputs``."""
+def external_data_path(path: PathLike) -> Path:
+    """Where a model saved at ``path`` with external data keeps its weights: ``<name>.data``
+    beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool] = None) -> list:
+    """The (path, data) items that hold ``model`` saved at ``path``, for
+    :func:`write_all_atomic`: the model file alone, or with ``external`` (default: when the
+    model is 2 GB or more, which one protobuf message cannot hold) the model file and its
+    external-data file ``<name>.data`` (see :func:`external_data_path`), whose references
+    are relative to the model's folder. ``model`` is not changed."""
+    from .graph import skeleton
+    if external is None:
+        external = skeleton.byte_size(model) >= skeleton.MAX_PROTOBUF
+    if not external:
+        return [(path, model.SerializeToString())]
+    data_path = external_data_path(path)
+    head, tensors = skeleton.external_data(model, data_path.name)
+    return [(path, head), (data_path, skeleton.external_chunks(tensors))]
+
+
+def save_model(model: onnx.ModelProto, path: PathLike, *inputs: PathLike,
+               external: Optional[bool] = None) -> Path:
+    """Write ``model`` to ``path`` atomically after checking the path against ``inputs``.
+
+    ``external``: the weights go to ``<name>.data`` beside the model (see
+    :func:`model_items`; by default when the model is 2 GB or more); both files are written
+    together, all or none."""
     path = check_output_path(path, *inputs)
-    write_bytes_atomic(model.SerializeToString(), path)
+    items = model_items(model, path, external)
+    if len(items) > 1:
+        items[1] = (check_output_path(items[1][0], *inputs, path), items[1][1])
+    write_all_atomic(items)
     return path
 
 

@@ -141,3 +141,157 @@ def test_weights_as_constant_nodes_and_identity_chains():
     onnx.checker.check_model(m)
     nm = normalize(m)
     assert set(ops(nm.model)) <= {"Conv", "Clip", "MaxPool", "Flatten", "Gemm"}
+
+
+# ------------------------------------------------------------------ skeletons (issue 14)
+# The checker, shape inference, the opset converter, the import and onnxruntime sessions run
+# on a skeleton: the model with its large initializers left out. The builders' weights are
+# below the production threshold, so these tests lower it (to 64 bytes: every weight and
+# bias is left out, shape tensors stay) and compare with the whole-model path (a threshold
+# no tensor reaches).
+
+from pathlib import Path
+
+import onnx_snn
+from onnx import numpy_helper as nh
+from onnx_snn.graph import skeleton
+
+DATA = Path(__file__).parent / "data"
+SKELETON_CASES = {
+    "vgg_clipattr_bn_op9": lambda: B.vgg(9, "clip"),             # opset upgrade, BN folding
+    "vgg_clipinput_op11": lambda: B.vgg(11, "clip_const_nodes"),
+    "vgg_relumin_matmul_op13": lambda: B.vgg(13, "relu_min", matmul=True),
+    "resnet_sum_op13": lambda: B.resnet(13, "clip", sum_op=True),
+    "pooled_max_op13": lambda: B.pooled_twin("MaxPool"),
+    "torch_legacy_vgg_op11": lambda: str(DATA / "torch_legacy_vgg_clip_op11.onnx"),
+    "torch_dynamo_resnet_op18": lambda: str(DATA / "torch_dynamo_resnet_clip_op18.onnx"),
+}
+
+
+def _with_threshold(monkeypatch, nbytes, fn):
+    monkeypatch.setattr(skeleton, "MIN_BYTES", nbytes)
+    return fn()
+
+
+@pytest.mark.parametrize("case", sorted(SKELETON_CASES))
+def test_skeleton_normalization_is_byte_identical(case, monkeypatch):
+    src = SKELETON_CASES[case]
+    whole = _with_threshold(monkeypatch, 1 << 62, lambda: normalize(src()))
+    split = _with_threshold(monkeypatch, 64, lambda: normalize(src()))
+    assert skeleton.split(split.model, 64).stubs        # the path under test left weights out
+    assert split.model.SerializeToString() == whole.model.SerializeToString()
+    assert split.notes == whole.notes and split.sites == whole.sites
+    assert split.dropouts == whole.dropouts
+
+
+@pytest.mark.parametrize("case", ["vgg_clipattr_bn_op9", "resnet_sum_op13", "pooled_max_op13"])
+def test_skeleton_conversion_is_byte_identical(case, monkeypatch):
+    """prepare + calibrate + build (the refined default: many sessions) and the step graph."""
+    src = SKELETON_CASES[case]
+    x = B.rand_input(24, seed=5)
+
+    def convert():
+        snn = onnx_snn.convert(src(), x, timesteps=2, show_progress=False, batch_size=8)
+        return snn, snn.to_bytes(), snn.to_bytes(step=True)
+
+    a, a_bytes, a_step = _with_threshold(monkeypatch, 1 << 62, convert)
+    b, b_bytes, b_step = _with_threshold(monkeypatch, 64, convert)
+
+    def same(m):  # the history records the time of conversion
+        meta = {p.key: p.value for p in m.metadata_props}
+        return {k: v for k, v in meta.items() if k != "onnx_snn.history"}, \
+            [n.SerializeToString() for n in m.graph.node], \
+            [t.SerializeToString() for t in m.graph.initializer]
+    assert same(onnx.load_from_string(a_bytes)) == same(onnx.load_from_string(b_bytes))
+    assert same(onnx.load_from_string(a_step)) == same(onnx.load_from_string(b_step))
+    assert [r.to_dict() for r in a.records.values()] == [r.to_dict() for r in b.records.values()]
+
+
+def test_skeleton_shape_inference_equals_whole_model(monkeypatch):
+    m = B.resnet(13, "clip")
+    whole = onnx.shape_inference.infer_shapes(m)
+    sk = skeleton.split(m, 64)
+    assert sk.stubs and len(sk.model.graph.initializer) < len(m.graph.initializer)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(m)
+    skeleton.restore(skeleton.infer_shapes(copy, sk), copy, sk)
+    assert copy.SerializeToString() == whole.SerializeToString()
+
+
+def _broken(how):
+    """A model whose first conv weight the checker rejects (or, for "long", accepts)."""
+    m = B.vgg(13, "clip")
+    w = next(t for t in m.graph.initializer if len(t.dims) == 4)
+    if how == "short":
+        w.raw_data = w.raw_data[:-4]
+    elif how == "long":
+        w.raw_data = w.raw_data + b"\0" * 8
+    elif how == "typed_and_raw":
+        w.float_data.append(1.0)
+    elif how == "external_flag":
+        w.data_location = onnx.TensorProto.EXTERNAL
+    elif how == "undefined_type":
+        w.data_type = onnx.TensorProto.UNDEFINED
+    elif how == "duplicate_name":
+        dup = onnx.TensorProto()
+        dup.CopyFrom(w)
+        m.graph.initializer.append(dup)
+    elif how == "input_too":
+        m.graph.input.append(h.make_tensor_value_info(w.name, onnx.TensorProto.FLOAT, list(w.dims)))
+    return m
+
+
+@pytest.mark.parametrize("how", ["short", "long", "typed_and_raw", "external_flag",
+                                 "undefined_type", "duplicate_name", "input_too"])
+def test_skeleton_checker_gives_the_whole_models_verdict(how, monkeypatch):
+    from onnx_snn.model_io import check_model
+    m = _broken(how)
+    try:
+        onnx.checker.check_model(m)
+        expected = None
+    except onnx.checker.ValidationError as e:
+        expected = str(e).strip().splitlines()[0]
+    monkeypatch.setattr(skeleton, "MIN_BYTES", 64)
+    if expected is None:
+        check_model(m, "m")
+        skeleton.check_model(m)
+    else:
+        with pytest.raises(ModelLoadError) as info:
+            check_model(m, "m")
+        assert str(info.value) == f"m: the ONNX checker rejects this model: {expected}"
+
+
+def test_skeleton_session_equals_whole_model_session(monkeypatch):
+    import onnxruntime as ort
+    from onnx_snn.calibrate import make_session, with_outputs
+    monkeypatch.setattr(skeleton, "MIN_BYTES", 64)
+    nm = normalize(B.resnet(13, "clip"))
+    names = [s.input for s in nm.sites]
+    data, stubbed, arrays = skeleton.session_parts(nm.model, names)
+    assert stubbed and len(data) < nm.model.ByteSize()
+    x = B.rand_input(8)
+    full = ort.InferenceSession(with_outputs(nm.model, names).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    sess = make_session(nm.model, outputs=names)
+    assert [o.name for o in sess.get_outputs()] == [o.name for o in full.get_outputs()]
+    for a, b in zip(sess.run(None, {"input": x}), full.run(None, {"input": x})):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_spiking_self_check_still_catches_bugs(monkeypatch):
+    """The spiking model's full check on its skeleton (the Loop body's weights as outer
+    values) still refuses a broken graph."""
+    from onnx_snn.convert import _self_check, prepare
+    monkeypatch.setattr(skeleton, "MIN_BYTES", 64)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), B.rand_input(16), timesteps=2, method="max",
+                           show_progress=False)
+    sk = skeleton.split(snn.model, subgraphs=True)
+    assert any(n not in {t.name for t in snn.model.graph.initializer} for n in sk.stubs)
+    _self_check(snn.model)
+    bad = onnx.ModelProto()
+    bad.CopyFrom(snn.model)
+    body = next(n for n in bad.graph.node if n.op_type == "Loop").attribute[0].g
+    conv = next(n for n in body.node if n.op_type == "Conv")
+    conv.input[1] = "no_such_weight"
+    with pytest.raises(RuntimeError, match="invalid spiking model"):
+        _self_check(bad)

@@ -23,9 +23,18 @@ def run_tool(*args):
 
 
 def test_bench_convert_small(fmnist_test):
-    r = run_tool("tools/bench_convert.py", "--calib-samples", "64", "--repeat", "1")
+    r = run_tool("tools/bench_convert.py", "--quick", "--calib-samples", "64")
     assert r["sites"] == 14 and r["parameters"] > 15_000_000
     assert r["convert_seconds"] > 0 and r["floor_seconds"] > 0 and r["convert_peak_rss_mb"] > 0
+    m = r["models"]["vgg16_cifar"]
+    assert set(m) >= {"floor", "datta", "targets"} and "refined" not in m
+    parts = m["datta"]["parts"]
+    assert set(parts) == {"load", "normalize", "calibrate", "search_rewrite", "check", "save"}
+    assert all(v >= 0 for v in parts.values())
+    assert abs(sum(parts.values()) - m["datta"]["seconds"]) < 0.05
+    assert m["floor"]["load_seconds"] > 0 and m["floor"]["pass_seconds"] > 0
+    t = m["targets"]["datta"]
+    assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
 
 
 def test_bench_energy_small(fmnist_test):

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from ..model_io import check_model, default_opset, load_model, sha256_file
-from . import canonical, cleanup, fold
+from ..model_io import check_model, default_opset, load
+from . import canonical, cleanup, fold, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -35,6 +36,9 @@ class NormalizedModel:
     source_metadata: dict = field(default_factory=dict)
     #: what each normalization pass changed and why it left candidates alone (not printed)
     pass_log: List[PassResult] = field(default_factory=list)
+    #: the source file kept its weights in external-data files (the spiking model is saved
+    #: the same way)
+    external_data: bool = False
 
     @property
     def opset(self) -> int:
@@ -66,6 +70,71 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as e:  # shape inference is a help, not a requirement
         log.debug("shape inference failed: %s", e)
         return model
+
+
+def _import(sk: skeleton.Skeleton) -> gs.Graph:
+    """The onnx-graphsurgeon graph of a (shape-inferred) skeleton's model with the left-out
+    initializers back as constants: what importing the whole model gives, the constants
+    reading the full model's own tensors (lazily, as for any initializer)."""
+    graph = gs.import_onnx(sk.model)
+    if sk.stubs:
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+        for t in graph.inputs:
+            tp = sk.stubs.get(t.name)
+            if tp is None:
+                continue
+            t.to_constant(LazyValues(tp))
+            t.data_location = int(tp.data_location) if tp.HasField("data_location") else None
+            t.__dict__.pop("type", None)   # a Variable's attribute; constants have none
+        graph.inputs = [t for t in graph.inputs if t.name not in sk.stubs]
+    return graph
+
+
+_PLAIN_DTYPES = (np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16,
+                 np.int32, np.uint32, np.int64, np.uint64, np.bool_)
+
+
+def _export(graph: gs.Graph) -> onnx.ModelProto:
+    """``gs.export_onnx(graph)`` with each large constant's data copied once, into the
+    model (the exporter copies every initializer twice: into the graph, then the graph
+    into the model)."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import constant_to_onnx_tensor
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+    big = {}
+    nested = any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
+                 for n in graph.nodes for v in n.attrs.values())
+    for t in ([] if nested else graph.tensors().values()):
+        if not isinstance(t, gs.Constant) or t._values.nbytes < skeleton.MIN_BYTES:
+            continue
+        if isinstance(t._values, LazyValues) or (
+                isinstance(t._values, np.ndarray) and t.export_dtype == t._values.dtype
+                and t._values.dtype.type in _PLAIN_DTYPES):
+            big[t.name] = (t, t._values)
+    try:
+        for name, (t, values) in big.items():   # exported as their shape and type alone
+            stub = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(
+                np.dtype(values.dtype)) if isinstance(values, np.ndarray) else values.tensor.data_type)
+            stub.dims.extend(values.shape)
+            t._values = LazyValues(stub)
+        out = gs.export_onnx(graph)
+    finally:
+        for t, values in big.values():
+            t._values = values
+    if big:
+        for tp in out.graph.initializer:
+            entry = big.get(tp.name)
+            if entry is None:
+                continue
+            t, values = entry
+            if isinstance(values, LazyValues):
+                tp.CopyFrom(values.tensor)
+                tp.name = t.name
+            else:
+                full = constant_to_onnx_tensor(t)
+                if t.data_location is not None:
+                    full.data_location = t.data_location
+                tp.CopyFrom(full)
+    return out
 
 
 def _name_nodes(graph: gs.Graph) -> None:
@@ -138,26 +207,31 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`."""
     notes: List[str] = []
     sha = path = None
+    external = False
     if isinstance(model, (str, Path)):
         path = str(model)
         where = where or path
-        model = load_model(model)
-        sha = sha256_file(path)
+        loaded = load(model, check=False, sha256=True)
+        model, sha, external = loaded.model, loaded.sha256, loaded.external_data
     else:
         where = where or "model"
-        check_model(model, where)
+    # the checker, the opset converter, shape inference and the import all run on the
+    # skeleton: the weights are read once (here) and copied once (into the result)
+    sk = skeleton.split(model, verify=True)
+    check_model(model, where, sk)
     meta = {p.key: p.value for p in model.metadata_props}
-    model = canonical.upgrade_opset(model, notes, where)
-    model = _infer_shapes(model)
+    sk.model = _infer_shapes(canonical.upgrade_opset(sk.model, notes, where))
     try:
-        graph = gs.import_onnx(model)
+        graph = _import(sk)
     except Exception as e:
         raise UnsupportedModelError(f"{where}: onnx-graphsurgeon cannot import the graph ({e})") from None
     try:
-        return _normalize_graph(graph, model, meta, notes, where, sha, path)
+        nm = _normalize_graph(graph, sk.model, meta, notes, where, sha, path)
     except UnsupportedModelError as e:
         msg = str(e)
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
+    nm.external_data = external
+    return nm
 
 
 def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
@@ -191,14 +265,19 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path) -> NormalizedM
         notes.append(f"warning: {len(stale)} dropout layer(s) sit inside an activation and are not "
                      "recorded for fine-tuning")
         dropouts[:] = [d for d in dropouts if d["tensor"] in tensors]
-    out = gs.export_onnx(graph)
+    out = _export(graph)
     out.ir_version = max(model.ir_version, 8)
     del out.metadata_props[:]
     for k, v in meta.items():
         out.metadata_props.add(key=k, value=v)
-    out = _infer_shapes(out)
+    # the left-out weights need no second look: each is a copy of a tensor of the source,
+    # which passed the checker above, or was made from an array (its size is its shape's)
+    sk = skeleton.split(out)
+    inferred = _infer_shapes(sk.model)
+    if inferred is not sk.model:
+        skeleton.restore(inferred, out, sk)
     try:
-        onnx.checker.check_model(out)
+        onnx.checker.check_model(inferred)   # = checking ``out`` (see graph.skeleton)
     except onnx.checker.ValidationError as e:  # a bug here, not the user's
         raise RuntimeError(f"normalized model fails the ONNX checker: {e}") from None
 

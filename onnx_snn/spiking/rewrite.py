@@ -115,9 +115,12 @@ def float_info(name: str, shape) -> onnx.ValueInfoProto:
 
 
 def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
+    """The step's nodes (new messages) and initializers. The initializers kept from the DNN
+    are the normalized model's own messages, not copies (a model built from them copies
+    each once, see :func:`_add_initializers`): read them, never change them."""
     nodes = step_nodes(nm, records, pools)
     drop = _used_site_constants(nm, records)
-    inits = [copy.deepcopy(i) for i in nm.model.graph.initializer if i.name not in drop]
+    inits = [i for i in nm.model.graph.initializer if i.name not in drop]
     for rec in records.values():
         inits += _site_param_initializers(rec)
         inits += _counter_initializers(rec)
@@ -205,9 +208,18 @@ def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
     outputs = [copy.deepcopy(o) for o in g.output]
     outputs += [float_info(st.names.next, ["N"] + st.shape) for st in states]
     outputs += [float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
-    graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs)
     model = helper.make_model(graph, opset_imports=opsets(nm))
+    _add_initializers(model.graph, inits)
     return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools)
+
+
+def _add_initializers(graph: onnx.GraphProto, inits: Sequence[onnx.TensorProto]) -> None:
+    """Copy ``inits`` into ``graph``: once, into the model being built (``make_graph`` then
+    ``make_model`` would copy each twice, the graph into the model included), each with
+    ``CopyFrom`` (see ``graph.skeleton.copy_messages``)."""
+    from ..graph.skeleton import copy_messages
+    copy_messages(graph.initializer, inits)
 
 
 def pinned(vi: onnx.ValueInfoProto, input_shapes) -> onnx.ValueInfoProto:
@@ -335,30 +347,33 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
                                       name=fmt.site_total_node(r.name)))
 
     inits.append(numpy_helper.from_array(np.array(timesteps, np.int64), fmt.TIMESTEPS_INPUT))
-    loop_node = next(n for n in outer if n.op_type == "Loop")
-    inits = _move_body_weights(inits, outer, loop_node.attribute[0].g, records)
+    loop_at = next(i for i, n in enumerate(outer) if n.op_type == "Loop")
+    inits, body_inits = _move_body_weights(inits, outer, outer[loop_at].attribute[0].g, records)
     inputs = dnn_inputs + [helper.make_tensor_value_info(fmt.TIMESTEPS_INPUT, TensorProto.INT64, [])]
     outputs = [copy.deepcopy(o) for o in g.output]
     outputs += [float_info(fmt.spikes_name(r.name), ["N"]) for r in sites]
-    graph = helper.make_graph(outer, g.name or "snn", inputs, outputs, inits)
+    graph = helper.make_graph(outer, g.name or "snn", inputs, outputs)
     model = helper.make_model(graph, opset_imports=opsets(nm))
+    _add_initializers(model.graph.node[loop_at].attribute[0].g, body_inits)
+    _add_initializers(model.graph, inits)
     return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
 
 
 def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto, records):
     """Initializers only the time step uses (layer weights) become initializers of the Loop
     body: onnxruntime then prepacks them for its blocked convolutions, which it does not do for
-    outer-scope values (about 30 % faster, same results). Neuron parameters stay outside."""
+    outer-scope values (about 30 % faster, same results). Neuron parameters stay outside.
+    Returns (the outer graph's initializers, the body's), in their order."""
     outer_uses = {i for n in outer_nodes for i in n.input}
     body_uses = {i for n in body.node for i in n.input}
     params = {fmt.param_name(r, p) for r in records for p in fmt.PARAMS}
-    keep = []
+    keep, moved = [], []
     for t in inits:
         if t.name in body_uses and t.name not in outer_uses and t.name not in params:
-            body.initializer.append(t)
+            moved.append(t)
         else:
             keep.append(t)
-    return keep
+    return keep, moved
 
 
 def base_metadata(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timesteps: int,
