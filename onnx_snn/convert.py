@@ -123,14 +123,17 @@ def check_search_limits(cfg: SearchConfig, timesteps: int, method: str) -> None:
 def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
     """An estimate of the memory the refined method holds (see onnx_snn.sequential): the
     recorded spikes, ``T * samples * neurons`` bytes over all sites, plus, for the site being
-    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents."""
-    batch = min(cal.batch_size, cal.n_samples) or 1
+    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
+    batch, which :func:`onnx_snn.sequential.refine_batch_size` bounds)."""
+    from .sequential import refine_batch_size
+    neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
+    batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
+                              max(neurons.values(), default=1))
     cache, work = 0, 0
-    for st in cal.sites.values():
-        neurons = int(np.prod(st.shape)) if st.shape else 1
-        pairs = min(cfg.sequential_sample, cal.n_samples * neurons)
-        cache += timesteps * cal.n_samples * neurons
-        work = max(work, 4 * timesteps * (batch * neurons + 2 * pairs))
+    for k in cal.sites:
+        pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
+        cache += timesteps * cal.n_samples * neurons[k]
+        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
     return cache + work
 
 

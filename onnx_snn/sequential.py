@@ -160,6 +160,18 @@ def _fresh_name(g, base: str) -> str:
     return name
 
 
+#: the refinement's batches hold at most this many bytes of one site's per-step values
+#: (float32, all T steps): 224 x 224 ImageNet layers run in batches of a few images
+REFINE_BATCH_BYTES = 2 ** 30
+
+
+def refine_batch_size(batch_size: int, timesteps: int, neurons: int) -> int:
+    """The refinement's batch: ``batch_size``, or fewer images when one batch's T steps of
+    the largest site (``neurons`` per image) would exceed REFINE_BATCH_BYTES."""
+    per_image = 4 * max(1, int(timesteps)) * max(1, int(neurons))
+    return max(1, min(int(batch_size), REFINE_BATCH_BYTES // per_image))
+
+
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
            config: Optional[SearchConfig] = None, input_shapes=None, batch_size: int = 64,
            seed: int = 0, show_progress: bool = True, threads: Optional[int] = None,
@@ -171,6 +183,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
     feeds, n_total, batch_size = calibration_feeds(nm, x, batch_size)
+    batch_size = refine_batch_size(batch_size, timesteps,
+                                   max((r.neurons for r in records.values()), default=1))
     for name, arr in feeds.items():
         want = (input_shapes or {}).get(name)
         if want is not None and tuple(arr.shape[1:]) != tuple(want):

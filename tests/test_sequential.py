@@ -173,3 +173,14 @@ def test_weight_calibration_leaves_layers_with_too_many_inputs(monkeypatch):
     for n in nm.model.graph.node:   # every weight as in the DNN
         if n.op_type in ("Conv", "Gemm"):
             np.testing.assert_array_equal(out[n.input[1]], inits[n.input[1]])
+
+
+def test_refinement_batch_shrinks_for_big_layers():
+    """One batch's T steps of the largest site stay within REFINE_BATCH_BYTES: a 224x224
+    ImageNet layer (64 x 224 x 224 neurons) runs a few images at a time; small nets keep the
+    calibration batch."""
+    from onnx_snn.sequential import REFINE_BATCH_BYTES, refine_batch_size
+    assert refine_batch_size(256, 2, 32 * 28 * 28) == 256
+    big = refine_batch_size(64, 2, 64 * 224 * 224)
+    assert 1 <= big < 64 and big * 4 * 2 * 64 * 224 * 224 <= REFINE_BATCH_BYTES
+    assert refine_batch_size(64, 4096, 10 ** 9) == 1
