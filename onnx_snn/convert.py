@@ -27,6 +27,7 @@ from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
                      choose_params, estimate_mu)
+from .sequential import check_refine_memory
 from .spiking import format as fmt
 from .spiking import rewrite
 
@@ -53,10 +54,6 @@ MIN_PERCENTILE_STEP = 0.01
 #: cells of the (alpha x beta [x (T+1) for l1]) table the datta search builds per site, several
 #: float64 arrays of this size (default: 101 x 2000 = 202 000)
 MAX_SEARCH_CELLS = 2 ** 24
-#: memory the refined method may hold: every time step's spikes of every calibration sample at
-#: every site (uint8), plus one batch's per-step input currents of the site being refined and
-#: its sampled pairs (float32); see check_refine_memory
-MAX_REFINE_BYTES = 4 * 2 ** 30
 
 
 def check_timesteps(value, name: str = "timesteps") -> int:
@@ -118,36 +115,6 @@ def check_search_limits(cfg: SearchConfig, timesteps: int, method: str) -> None:
             + (", or use a smaller -T or another --objective (l1 grows with T)" if l1 else ""))
     check_count(cfg.sequential_sample, "the refinement's sample (sequential_sample)",
                 MAX_SAMPLE_SIZE, why=" (MAX_SAMPLE_SIZE, memory)")
-
-
-def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
-    """An estimate of the memory the refined method holds (see onnx_snn.sequential): the
-    recorded spikes, ``T * samples * neurons`` bytes over all sites, plus, for the site being
-    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
-    batch, which :func:`onnx_snn.sequential.refine_batch_size` bounds)."""
-    from .sequential import refine_batch_size
-    neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
-    batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
-                              max(neurons.values(), default=1))
-    cache, work = 0, 0
-    for k in cal.sites:
-        pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
-        cache += timesteps * cal.n_samples * neurons[k]
-        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
-    return cache + work
-
-
-def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig) -> None:
-    """Refuse a refined conversion that would hold more than MAX_REFINE_BYTES."""
-    if not cfg.sequential:
-        return
-    need = refine_bytes(cal, timesteps, cfg)
-    if need > MAX_REFINE_BYTES:
-        raise UsageError(
-            f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
-            f"one of T={timesteps} steps for {cal.n_samples} calibration samples at every layer, "
-            f"and one batch's input currents); the limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
-            "(MAX_REFINE_BYTES): lower -T, --calib-samples or --batch-size, or use --method datta")
 
 
 def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import calibration_feeds, make_session, with_outputs
-from .errors import DataError
+from .calibrate import Calibration, calibration_feeds, make_session, with_outputs
+from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 from .scales import SearchConfig, channel_offsets, search_channels, search_dynamic
@@ -170,6 +170,41 @@ def refine_batch_size(batch_size: int, timesteps: int, neurons: int) -> int:
     the largest site (``neurons`` per image) would exceed REFINE_BATCH_BYTES."""
     per_image = 4 * max(1, int(timesteps)) * max(1, int(neurons))
     return max(1, min(int(batch_size), REFINE_BATCH_BYTES // per_image))
+
+
+#: memory the refined method may hold: every time step's spikes of every calibration sample at
+#: every site (uint8), plus one batch's per-step input currents of the site being refined and
+#: its sampled pairs (float32); see check_refine_memory
+MAX_REFINE_BYTES = 4 * 2 ** 30
+
+
+def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
+    """An estimate of the memory the refined method holds (see :func:`refine`): the
+    recorded spikes, ``T * samples * neurons`` bytes over all sites, plus, for the site being
+    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
+    batch, which :func:`refine_batch_size` bounds)."""
+    neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
+    batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
+                              max(neurons.values(), default=1))
+    cache, work = 0, 0
+    for k in cal.sites:
+        pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
+        cache += timesteps * cal.n_samples * neurons[k]
+        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
+    return cache + work
+
+
+def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig) -> None:
+    """Refuse a refined conversion that would hold more than MAX_REFINE_BYTES."""
+    if not cfg.sequential:
+        return
+    need = refine_bytes(cal, timesteps, cfg)
+    if need > MAX_REFINE_BYTES:
+        raise UsageError(
+            f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
+            f"one of T={timesteps} steps for {cal.n_samples} calibration samples at every layer, "
+            f"and one batch's input currents); the limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
+            "(MAX_REFINE_BYTES): lower -T, --calib-samples or --batch-size, or use --method datta")
 
 
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,

@@ -37,9 +37,9 @@ def profile(model_path: str, x, batch: int, timesteps=None) -> dict:
     import numpy as np
     import onnxruntime as ort
     from onnx_snn.model_io import load_model
-    from onnx_snn.spiking import format as F  # noqa: N812
+    from onnx_snn.spiking import format as fmt
     model = load_model(model_path)
-    spiking = F.is_spiking(model)
+    spiking = fmt.is_spiking(model)
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -48,8 +48,8 @@ def profile(model_path: str, x, batch: int, timesteps=None) -> dict:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         feeds = {}
-        if spiking and timesteps and F.TIMESTEPS_INPUT in {i.name for i in sess.get_inputs()}:
-            feeds[F.TIMESTEPS_INPUT] = np.array(int(timesteps), np.int64)
+        if spiking and timesteps and fmt.TIMESTEPS_INPUT in {i.name for i in sess.get_inputs()}:
+            feeds[fmt.TIMESTEPS_INPUT] = np.array(int(timesteps), np.int64)
         for s in range(0, len(x), batch):
             sess.run(None, {name: x[s:s + batch], **feeds})
         with open(sess.end_profiling()) as f:

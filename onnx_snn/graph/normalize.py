@@ -53,16 +53,6 @@ class NormalizedModel:
     def output_names(self) -> List[str]:
         return [o.name for o in self.model.graph.output]
 
-    def input_shape(self, name: Optional[str] = None) -> list:
-        """Static dims as ints, dynamic ones as None."""
-        name = name or self.input_names[0]
-        vi = next(i for i in self.model.graph.input if i.name == name)
-        return [d.dim_value if d.HasField("dim_value") else None
-                for d in vi.type.tensor_type.shape.dim]
-
-    def site(self, name: str) -> Site:
-        return next(s for s in self.sites if s.name == name)
-
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
