@@ -413,7 +413,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 def cmd_convert(args) -> int:
     from .convert import check_search_limits, convert
     from .errors import DataError, UsageError
-    from .model_io import write_all_atomic
+    from .model_io import check_output_path, external_data_path, model_files, write_all_atomic
 
     try:
         config = SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
@@ -434,8 +434,12 @@ def cmd_convert(args) -> int:
     if not calib:
         raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
     _check_mean_std(args, calib)
-    targets = _check_outputs(_inputs(args.model, calib, args.data_dir),  # fail before the work
-                             (out, "-o"), (args.step_graph, "--step-graph"), (args.report, "--report"))
+    inputs = _inputs(args.model, calib, args.data_dir)
+    outputs = [(out, "-o"), (args.step_graph, "--step-graph"), (args.report, "--report")]
+    if len(model_files(args.model)) > 1:   # weights in external data: the outputs keep theirs so
+        outputs += [(external_data_path(p), f"{opt}'s external data") for p, opt in outputs[:2]
+                    if p is not None]
+    targets = _check_outputs(inputs, *outputs)   # fail before the work
     snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method, config=config,
                   batch_size=args.batch_size, sample_size=args.sample_size,
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
@@ -452,10 +456,15 @@ def cmd_convert(args) -> int:
     print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
                       "v_init", snn.report["objective"]], rows))
     # every output in memory first, then all written together (all or none)
-    items = [(targets[str(out)], snn.to_bytes(binary_spikes=args.binary_spikes))]
+    # (a model whose source kept its weights in external data, or of 2 GB or more, is two
+    # files: the model and <name>.data)
+    items = snn.files(targets[str(out)], binary_spikes=args.binary_spikes)
     if args.step_graph is not None:
-        items.append((targets[str(args.step_graph)],
-                      snn.to_bytes(step=True, binary_spikes=args.binary_spikes)))
+        items += snn.files(targets[str(args.step_graph)], step=True,
+                           binary_spikes=args.binary_spikes)
+    written = set(targets.values())
+    items = [(p if p in written else check_output_path(p, *inputs, *written), data)
+             for p, data in items]
     if args.report is not None:
         items.append((targets[str(args.report)], snn.report_bytes()))
     write_all_atomic(items)

@@ -157,7 +157,9 @@ class SpikingModel:
         return model
 
     def to_bytes(self, step: bool = False, binary_spikes: bool = False) -> bytes:
-        """The serialized model (or step graph, or binary-spike form) as :meth:`save` writes it."""
+        """The serialized model (or step graph, or binary-spike form) in one message, weights
+        included (what :meth:`save` writes unless the weights go to external data, see
+        :meth:`files`)."""
         if binary_spikes:
             model = self.binary_model(step)
         else:

@@ -204,3 +204,39 @@ def test_outputs_are_readable_by_others(files):
     assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
                  str(files / "calib.npy")]) == 0
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def onnx_snn_convert(path, x):
+    import onnx_snn
+    return onnx_snn.convert(str(path), x, timesteps=2, method="datta", show_progress=False).model
+
+
+def test_convert_keeps_external_data_external(tmp_path, monkeypatch):
+    """A source whose weights are in an external-data file gives outputs that are so too
+    (each its own <name>.data), the source's data file untouched, and a model that runs from
+    another folder."""
+    import hashlib
+    from onnx_snn.runtimes.ort import run
+    src = tmp_path / "src.onnx"
+    onnx.save_model(B.vgg(13, "clip"), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="src.onnx.data", size_threshold=1024)
+    before = hashlib.sha256((tmp_path / "src.onnx.data").read_bytes()).hexdigest()
+    x = B.rand_input(24)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "out").mkdir()
+    out, step = tmp_path / "out" / "snn.onnx", tmp_path / "out" / "step.onnx"
+    assert main(["convert", str(src), "--calib", str(tmp_path / "x.npy"), "-T", "2", "--method",
+                 "datta", "-q", "-o", str(out), "--step-graph", str(step)]) == 0
+    assert (tmp_path / "out" / "snn.onnx.data").stat().st_size > 0
+    assert (tmp_path / "out" / "step.onnx.data").stat().st_size > 0
+    assert hashlib.sha256((tmp_path / "src.onnx.data").read_bytes()).hexdigest() == before
+    from onnx_snn.graph import walk
+    head = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL
+               for g in walk.subgraphs(head.graph) for t in g.initializer)
+    ref = run(onnx_snn_convert(src, x), x).outputs[0]
+    monkeypatch.chdir("/")
+    np.testing.assert_array_equal(run(str(out), x).outputs[0], ref)
+    # an output whose data file would be the source's is refused before the work
+    assert main(["convert", str(src), "--calib", str(tmp_path / "x.npy"), "-q", "-o",
+                 str(tmp_path / "src.onnx.data")]) != 0
