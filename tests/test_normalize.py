@@ -295,3 +295,32 @@ def test_spiking_self_check_still_catches_bugs(monkeypatch):
     conv.input[1] = "no_such_weight"
     with pytest.raises(RuntimeError, match="invalid spiking model"):
         _self_check(bad)
+
+
+def test_skeleton_check_still_sees_a_nested_weight_used_out_of_scope():
+    """A branch's large initializer used by the other branch (or the main graph) is out of
+    scope: the skeleton leaves such a tensor in place, so the checker rejects the model as it
+    does the whole one; a spiking model's Loop-body weights (used only there) still go."""
+    import onnx_snn
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.graph import skeleton
+    w = nh.from_array(np.ones((64, 64), np.float32), "W")
+    out = lambda n: h.make_tensor_value_info(n, TP.FLOAT, [64, 64])  # noqa: E731
+    then_g = h.make_graph([h.make_node("Add", ["x", "W"], ["t"])], "then", [], [out("t")], [w])
+    else_g = h.make_graph([h.make_node("Mul", ["x", "W"], ["e"])], "else", [], [out("e")])
+    g = h.make_graph([h.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+                     "m", [h.make_tensor_value_info("c", TP.BOOL, []), out("x")], [out("y")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(m)
+    with pytest.raises(onnx.checker.ValidationError):
+        skeleton.check_model(m)
+    assert "W" not in skeleton.split(m, subgraphs=True).stubs
+    snn = onnx_snn.convert(B.vgg(13, "clip"), B.rand_input(16), timesteps=2, method="datta",
+                           show_progress=False)
+    body = {t.name for sub in skeleton._subgraphs(snn.model.graph) for t in sub.initializer
+            if (skeleton.declared_nbytes(t) or 0) >= 64}
+    sk = skeleton.split(snn.model, min_bytes=64, subgraphs=True)
+    assert body and body <= set(sk.stubs)

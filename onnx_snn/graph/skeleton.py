@@ -7,7 +7,9 @@ every large initializer left out (referenced, never copied):
 
 * :func:`split` turns each one into a graph input of the same name, type and shape — what
   the checker and shape inference need (a Loop body's initializers become values of the
-  outer scope, which its nodes read just the same). Small initializers stay: shape
+  outer scope, which its nodes read just the same; only those whose every use lies inside
+  the graph that defines them, so that a use out of scope still meets the checker). Small
+  initializers stay: shape
   inference reads the values of shape-like inputs (a Reshape's shape, a Slice's starts).
 * :func:`session_parts` keeps them as initializers with an external-data reference and
   hands their data to onnxruntime as arrays (``SessionOptions.add_external_initializers``),
@@ -151,6 +153,39 @@ def _defined_names(graph: onnx.GraphProto, counts: Counter) -> None:
                 _defined_names(g, counts)
 
 
+def _subgraphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    for n in graph.node:
+        for a in n.attribute:
+            if a.HasField("g"):
+                yield a.g
+            yield from a.graphs
+
+
+def _confined(graph: onnx.GraphProto) -> set:
+    """Names of the initializers of nested graphs whose every use (node input or graph
+    output) lies inside the graph that defines them or its own nested graphs: those may move
+    to the main graph without hiding a use out of scope from the checker."""
+    confined: set = set()
+
+    def refs(g: onnx.GraphProto) -> Counter:
+        """Uses of each name in ``g`` and below; fills ``confined`` on the way."""
+        here: Counter = Counter(x for n in g.node for x in n.input if x)
+        here.update(o.name for o in g.output)
+        for sub in _subgraphs(g):
+            below = refs(sub)
+            here.update(below)
+        return here
+
+    def walk(g: onnx.GraphProto, total: Counter) -> None:
+        for sub in _subgraphs(g):
+            inside = refs(sub)
+            confined.update(t.name for t in sub.initializer if inside[t.name] == total[t.name])
+            walk(sub, total)
+
+    walk(graph, refs(graph))
+    return confined
+
+
 @dataclass
 class Skeleton:
     """A model whose large initializers are graph inputs of the main graph."""
@@ -188,9 +223,10 @@ def split(model: onnx.ModelProto, min_bytes: Optional[int] = None, subgraphs: bo
         return sk
     counts: Counter = Counter()
     _defined_names(g, counts)
+    confined = _confined(g) if subgraphs else set()
 
     def leave(t: TensorProto, depth: int) -> bool:
-        if depth and not subgraphs:
+        if depth and t.name not in confined:   # (never without ``subgraphs``)
             return False
         n = declared_nbytes(t)
         if n is None or n < min_bytes or counts[t.name] != 1:
