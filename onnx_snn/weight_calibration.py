@@ -129,9 +129,11 @@ def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
     """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y."""
     d = gram.shape[0] - 1
     lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
-    reg = np.eye(d + 1) * lam
-    reg[d, d] = 0.0                            # the bias is not shrunk
-    return np.linalg.solve(gram + reg + 1e-9 * np.eye(d + 1), cross)
+    a = gram.copy()                            # gram + lam I (the bias not shrunk) + 1e-9 I,
+    i = np.arange(d)                           # on the diagonal alone (no (d+1)^2 identities)
+    a[i, i] = (a[i, i] + lam) + 1e-9
+    a[d, d] = a[d, d] + 1e-9
+    return np.linalg.solve(a, cross)
 
 
 def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray):
