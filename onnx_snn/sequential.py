@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import Calibration, calibration_feeds, make_session, with_outputs
+from .calibrate import Calibration, calibration_feeds, make_session
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -161,8 +161,9 @@ def _fresh_name(g, base: str) -> str:
 
 
 #: the refinement's batches hold at most this many bytes of one site's per-step values
-#: (float32, all T steps): 224 x 224 ImageNet layers run in batches of a few images
-REFINE_BATCH_BYTES = 2 ** 30
+#: (float32, all T steps): 224 x 224 ImageNet layers run in batches of a few images (which
+#: also bounds onnxruntime's activations for a batch)
+REFINE_BATCH_BYTES = 2 ** 28
 
 
 def refine_batch_size(batch_size: int, timesteps: int, neurons: int) -> int:
@@ -238,15 +239,16 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                    enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions
-    dnn = with_outputs(nm.model, [recs[s].input for s in names])
-    sess = make_session(dnn, threads, where="the DNN")
+    sess = make_session(nm.model, threads, where="the DNN", outputs=[recs[s].input for s in names])
+    sess_names = [o.name for o in sess.get_outputs()]
     preacts = {s: [] for s in names}
     for b, start in enumerate(starts):
         feed = {k: v[start:start + sizes[b]] for k, v in feeds.items()}
-        outs = dict(zip([o.name for o in dnn.graph.output], sess.run(None, feed)))
+        outs = dict(zip(sess_names, sess.run(None, feed)))
         for s in names:
             preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]].astype(np.float64))
         bar.update(sizes[b])
+    del sess, outs   # the session's activations (GBs for 224 x 224 layers) go now
     preacts = {s: np.concatenate(v) for s, v in preacts.items()}
     targets = {s: np.clip(h, 0.0, recs[s].mu) for s, h in preacts.items()}
     grouped = cfg.per_channel or cfg.bias_correction
@@ -314,8 +316,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
-            dnn = make_session(with_outputs(dnn_model, [f.node.output[0] for f in ready]),
-                               threads, where="the DNN")
+            dnn = make_session(dnn_model, threads, where="the DNN",
+                               outputs=[f.node.output[0] for f in ready])
             dnn_names = [o.name for o in dnn.get_outputs()]
             view = step_view()
 
