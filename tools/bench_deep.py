@@ -6,6 +6,8 @@ Markdown table with ``--markdown``).
     python tools/bench_deep.py --quick               # 2 000 test images, 4 000 for SGL
     python tools/bench_deep.py --no-finetune --parallel 1 --methods refined,refined-no-weights,refined-per-layer,refined-per-layer-no-weights,refined+bias
                                                      # the ablation of docs/FORMAT.md
+    python tools/bench_deep.py --no-finetune --methods refined-2048
+                                                     # the default on 2 048 calibration images
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -31,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # siblings in tools/, which `python tools/bench_deep.py` puts first on sys.path
-from _bench_common import calibration_set, emit, peak_rss_mb
+from _bench_common import CALIBRATION_IMAGES, calibration_set, emit, peak_rss_mb
 from _jobs import add_job_options, print_result, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,9 @@ VARIANTS = {
     "datta": ("datta", {}), "deng": ("deng", {}), "max": ("max", {}),
     "percentile": ("percentile", {}),
 }
+#: variants calibrated on more than the benchmarks' 512 training images (--calib-samples N)
+CALIB_IMAGES = {"refined-2048": 2048}
+VARIANTS["refined-2048"] = ("refined", {})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -73,8 +78,10 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     from onnx_snn.evaluate import evaluate, evaluate_prefixes
     nm = onnx_snn.prepare(str(NETS[net]))
     test = _test_set(nm, test_images)
-    cal = onnx_snn.calibrate(nm, calibration_set(nm).x, show_progress=False)
-    out = {"net": net, "method": method, "top1": {}, "convert_seconds": {}}
+    n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
+    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal).x, show_progress=False)
+    out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
+           "calibration_images": n_cal}
     if method == "dnn":
         out["top1"] = evaluate(str(NETS[net]), test, show_progress=False).top1
         return out
