@@ -162,13 +162,7 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
     # outputs: the mean over the T steps (a non-float output: the last step's)
     outputs = [o.name for o in g.output]
     rename = {o: _name(o, "folded") for o in outputs if o in folded}
-    for node in out:
-        for i, o in enumerate(node.output):
-            if o in rename:
-                node.output[i] = rename[o]
-        for i, x in enumerate(node.input):
-            if x in rename:
-                node.input[i] = rename[x]
+    walk.rename_tensors(out, rename)
     types = {o.name: o.type.tensor_type.elem_type or TensorProto.FLOAT for o in g.output}
     for o, f in rename.items():
         by_step = _name(o, "by_step_out")

@@ -111,3 +111,15 @@ def depends(nodes: Sequence[onnx.NodeProto], seeds: Iterable[str]) -> List[bool]
             dep.update(o for o in n.output if o)
         flags.append(d)
     return flags
+
+
+def rename_tensors(nodes: Iterable[onnx.NodeProto], mapping: Dict[str, str]) -> None:
+    """Rename, in place, every input and output of ``nodes`` that ``mapping`` names (the
+    nodes' own graph only, not their subgraphs)."""
+    for n in nodes:
+        for i, o in enumerate(n.output):
+            if o in mapping:
+                n.output[i] = mapping[o]
+        for i, x in enumerate(n.input):
+            if x in mapping:
+                n.input[i] = mapping[x]

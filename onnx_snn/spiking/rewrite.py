@@ -274,13 +274,7 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     # the body produces each DNN output and each spike count under its per-step name
     rename = {o: fmt.step_output_name(o) for o in dnn_outputs if o in body_made}
     rename.update({fmt.spikes_name(r.name): fmt.step_spikes_name(r.name) for r in sites})
-    for n in body_nodes:
-        for i, o in enumerate(n.output):
-            if o in rename:
-                n.output[i] = rename[o]
-        for i, x in enumerate(n.input):
-            if x in rename:
-                n.input[i] = rename[x]
+    walk.rename_tensors(body_nodes, rename)
     # outputs that never depend on a membrane state are the same at every step: they are
     # produced outside the loop, by the hoisted nodes (or are inputs/initializers)
     timed = [o for o in dnn_outputs if o in body_made]
