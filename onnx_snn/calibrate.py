@@ -55,6 +55,8 @@ class Calibration:
     batch_size: int
     input_shapes: Dict[str, tuple] = field(default_factory=dict)   # per-sample, calibrated
     inputs: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the data itself
+    #: the model's batch axis is fixed (``batch_size`` is that size, never another)
+    fixed_batch: bool = False
 
 
 def quiet_onnxruntime() -> None:
@@ -242,4 +244,4 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
                        seconds=time.perf_counter() - t0, batch_size=batch_size,
                        input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()},
-                       inputs=feeds_all)
+                       inputs=feeds_all, fixed_batch=bool(fixed_batch(input_specs(nm.model))))

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import Calibration, calibration_feeds, make_session
+from .calibrate import Calibration, calibration_feeds, fixed_batch, input_specs, make_session
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -185,8 +185,9 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
     refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
     batch, which :func:`refine_batch_size` bounds)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
-    batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
-                              max(neurons.values(), default=1))
+    batch = min(cal.batch_size, cal.n_samples) or 1
+    if not cal.fixed_batch:
+        batch = refine_batch_size(batch, timesteps, max(neurons.values(), default=1))
     cache, work = 0, 0
     for k in cal.sites:
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
@@ -205,7 +206,7 @@ def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig) -> 
             f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
             f"one of T={timesteps} steps for {cal.n_samples} calibration samples at every layer, "
             f"and one batch's input currents); the limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
-            "(MAX_REFINE_BYTES): lower -T, --calib-samples or --batch-size, or use --method datta")
+            "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta")
 
 
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
@@ -219,8 +220,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
     feeds, n_total, batch_size = calibration_feeds(nm, x, batch_size)
-    batch_size = refine_batch_size(batch_size, timesteps,
-                                   max((r.neurons for r in records.values()), default=1))
+    if not fixed_batch(input_specs(nm.model)):   # a model's fixed batch stays as it is
+        batch_size = refine_batch_size(batch_size, timesteps,
+                                       max((r.neurons for r in records.values()), default=1))
     for name, arr in feeds.items():
         want = (input_shapes or {}).get(name)
         if want is not None and tuple(arr.shape[1:]) != tuple(want):
@@ -379,6 +381,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         rows.append(row)
         record_spikes(rec)
     calibrate_layers(None)   # the layers after the last site (the classifier)
+    order = {n.name: i for i, n in enumerate(nm.model.graph.node)}
+    layer_rows.sort(key=lambda r: order.get(r["layer"], len(order)))   # graph order
     bar.close()
     report = {"seconds": time.perf_counter() - t0, "sites": rows}
     if cfg.weight_calibration:

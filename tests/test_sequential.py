@@ -167,6 +167,10 @@ def test_weight_calibration_leaves_layers_with_too_many_inputs(monkeypatch):
     rows = snn.report["sequential"]["layers"]
     assert [r["layer"] for r in rows] == [r["layer"] for r in full]
     assert all(r["refitted"] is False and "MAX_INPUTS" in r["why"] for r in rows)
+    monkeypatch.setattr(S, "MAX_INPUTS", 100)   # some layers left alone, the others fitted
+    rows = onnx_snn.build(nm, cal, 2, "refined").report["sequential"]["layers"]
+    assert [r["layer"] for r in rows] == [r["layer"] for r in full]   # still in graph order
+    assert {"why" in r for r in rows} == {True, False}
     inits = {t.name: to_array(t) for t in nm.model.graph.initializer}
     from onnx_snn.graph import walk
     out = {t.name: to_array(t) for g in walk.subgraphs(snn.model.graph) for t in g.initializer}
@@ -184,3 +188,18 @@ def test_refinement_batch_shrinks_for_big_layers():
     big = refine_batch_size(64, 2, 64 * 224 * 224)
     assert 1 <= big < 64 and big * 4 * 2 * 64 * 224 * 224 <= REFINE_BATCH_BYTES
     assert refine_batch_size(64, 4096, 10 ** 9) == 1
+
+
+def test_refinement_keeps_a_models_fixed_batch(monkeypatch):
+    """A model with a fixed batch axis is refined in batches of exactly that size, even when
+    the memory bound would make them smaller (onnxruntime refuses any other size)."""
+    import onnx_snn.sequential as S
+    monkeypatch.setattr(S, "REFINE_BATCH_BYTES", 1)   # would shrink any batch to one image
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    x = B.rand_input(16)
+    nm = onnx_snn.prepare(m)
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    assert cal.fixed_batch and cal.batch_size == 8
+    snn = onnx_snn.build(nm, cal, 2, "refined")
+    assert np.all(np.isfinite(run(snn.model, x[:8]).outputs[0]))
