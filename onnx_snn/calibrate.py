@@ -166,6 +166,24 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return m
 
 
+def static_shapes(nm: NormalizedModel, names: Sequence[str],
+                  input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
+    """Per-sample shapes of those of ``names`` that the normalized DNN's shape inference knows
+    statically, when its static input shapes are ``input_shapes`` (else none)."""
+    g = nm.model.graph
+    known = {}
+    pinned = all(tuple(int(d) if d else -1 for d in dims[1:]) == tuple(input_shapes.get(n, ()))
+                 for n, dims in input_specs(nm.model) if n in input_shapes)
+    if pinned:  # the model's own static shapes are the calibrated ones
+        wanted = set(names)
+        for vi in list(g.value_info) + list(g.output) + list(g.input):
+            dims = vi.type.tensor_type.shape.dim
+            if vi.name in wanted and len(dims) > 1 and all(d.HasField("dim_value") and d.dim_value > 0
+                                                           for d in list(dims)[1:]):
+                known[vi.name] = tuple(int(d.dim_value) for d in list(dims)[1:])
+    return known
+
+
 def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
                   input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
     """Per-sample shapes of tensors of the normalized DNN: from its shape inference where that
@@ -173,16 +191,7 @@ def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
     zero sample of the calibrated input shapes."""
     if not names:
         return {}
-    g = nm.model.graph
-    known = {}
-    pinned = all(tuple(int(d) if d else -1 for d in dims[1:]) == tuple(input_shapes.get(n, ()))
-                 for n, dims in input_specs(nm.model) if n in input_shapes)
-    if pinned:  # the model's own static shapes are the calibrated ones
-        for vi in list(g.value_info) + list(g.output) + list(g.input):
-            dims = vi.type.tensor_type.shape.dim
-            if vi.name in names and len(dims) > 1 and all(d.HasField("dim_value") and d.dim_value > 0
-                                                          for d in list(dims)[1:]):
-                known[vi.name] = tuple(int(d.dim_value) for d in list(dims)[1:])
+    known = static_shapes(nm, names, input_shapes)
     names = [n for n in names if n not in known]
     if not names:
         return known
@@ -194,6 +203,24 @@ def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
     return {**known, **{n: tuple(o.shape[1:]) for n, o in zip(names, outs)}}
 
 
+#: one calibration batch's site outputs (float32, every site exposed) hold at most this many
+#: bytes: a model with large activations (224 x 224 ImageNet layers) is calibrated a few
+#: images at a time (the statistics are the same; the sampled values differ)
+CALIB_BATCH_BYTES = 512 * 2 ** 20
+
+
+def _bounded_batch(nm: NormalizedModel, chosen, feeds: Dict[str, np.ndarray], batch_size: int) -> int:
+    """``batch_size``, or fewer samples when one batch's site outputs would exceed
+    CALIB_BATCH_BYTES (known from the model's static shapes; unknown shapes bound nothing)."""
+    shapes = static_shapes(nm, [s.input for s in chosen],
+                           {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+    per_sample = 4 * sum(int(np.prod(shapes.get(s.input, ()))) for s in chosen
+                         if s.input in shapes)
+    if not per_sample:
+        return batch_size
+    return max(1, min(batch_size, CALIB_BATCH_BYTES // per_sample))
+
+
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
@@ -201,6 +228,8 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
+    if not fixed_batch(input_specs(nm.model)):
+        batch_size = _bounded_batch(nm, chosen, feeds_all, batch_size)
     sess = make_session(nm.model, threads, outputs=[s.input for s in chosen])
     out_names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)

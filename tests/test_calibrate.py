@@ -65,3 +65,26 @@ def test_nan_and_inf(nm):
 def test_empty_data(nm):
     with pytest.raises(DataError, match="no samples"):
         calibrate(nm, np.zeros((0, 1, 12, 12), np.float32), show_progress=False)
+
+
+def test_calibration_batch_bounded_by_site_output_bytes(monkeypatch):
+    """One batch's site outputs stay within CALIB_BATCH_BYTES (ImageNet-size activations are
+    calibrated a few images at a time); the counts, minima and maxima do not change, and a
+    model's fixed batch is kept."""
+    import onnx_snn
+    import importlib
+    C = importlib.import_module("onnx_snn.calibrate")   # (the package exports a function of that name)
+    x = B.rand_input(24)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    whole = onnx_snn.calibrate(nm, x, batch_size=24, show_progress=False)
+    monkeypatch.setattr(C, "CALIB_BATCH_BYTES", 1)
+    small = onnx_snn.calibrate(nm, x, batch_size=24, show_progress=False)
+    assert whole.batch_size == 24 and small.batch_size == 1
+    for k, st in whole.sites.items():
+        other = small.sites[k]
+        assert (st.count, st.n_positive, st.min, st.max) == \
+            (other.count, other.n_positive, other.min, other.max)
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    fixed = onnx_snn.calibrate(onnx_snn.prepare(m), x[:16], show_progress=False)
+    assert fixed.batch_size == 8
