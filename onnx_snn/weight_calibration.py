@@ -65,8 +65,9 @@ class LayerFit:
                 if len(acc) <= g:
                     acc.append([np.zeros((x.shape[1], x.shape[1])),
                                 np.zeros((x.shape[1], yg.shape[1])), 0.0])
-            sums[g][0] += (x.T @ x).astype(np.float64)     # float32 products, float64 sums
-            sums[g][1] += (x.T @ yg).astype(np.float64)
+            # float32 products, float64 sums (added in place: no float64 copy of each product)
+            np.add(sums[g][0], x.T @ x, out=sums[g][0])
+            np.add(sums[g][1], x.T @ yg, out=sums[g][1])
             sums[g][2] += float(np.sum(yg.astype(np.float64) ** 2))
         self.rows += r.shape[0]
         self.batches += 1
