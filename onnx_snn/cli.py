@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
     c.add_argument("--batch-size", type=batch_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"calibration batch (default: {DEFAULT_BATCH_SIZE})")
+                   help=f"calibration batch (default: {DEFAULT_BATCH_SIZE}; fewer images when "
+                        "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs)")
     c.add_argument("--sample-size", type=sample_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
                    help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE}; "
                         f"at most {MAX_SAMPLE_SIZE})")
