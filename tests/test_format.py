@@ -143,3 +143,15 @@ def test_version_1_files_in_the_torch_runtime(x):
         net = B.assert_runtimes_agree(onnx.load(path), x)
         back = net.to_model()
         assert fmt.read_spiking(back).info.format_version == 1
+
+
+def test_site_record_spells_no_offset_one_way():
+    """An all-zero per-channel offset is 0.0, given to the constructor or set later (the
+    refinement sets it), so the record round-trips."""
+    rec = fmt.SiteRecord(name="s", input="i", output="o", shape=[2, 3], mu=1.0, offset=[0.0, -0.0])
+    assert rec.offset == 0.0
+    rec.offset = [0.0, 0.0]
+    assert rec.offset == 0.0 and not rec.has_offset
+    rec.offset = [0.0, 0.25]
+    assert rec.offset == [0.0, 0.25]
+    assert fmt.SiteRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec

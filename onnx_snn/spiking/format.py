@@ -272,10 +272,12 @@ class SiteRecord:
     sample_size: int = 0
     values_seen: int = 0
 
-    def __post_init__(self):
-        # an all-zero offset is no offset: one spelling, so the record survives to_dict/from_dict
-        if isinstance(self.offset, (list, tuple)) and not self.has_offset:
-            self.offset = 0.0
+    def __setattr__(self, name, value):
+        # an all-zero offset is no offset: one spelling (0.0), however it is set, so that the
+        # record survives to_dict/from_dict
+        if name == "offset" and isinstance(value, (list, tuple)) and not np.any(value):
+            value = 0.0
+        super().__setattr__(name, value)
 
     @property
     def threshold(self) -> Value:
