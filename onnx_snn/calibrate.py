@@ -70,8 +70,8 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
                  where: str = "model", outputs: Sequence[str] = ()):
     """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError.
 
-    ``outputs``: tensors to expose besides the graph's outputs (each once, after them), as
-    :func:`with_outputs` would, without copying the model.
+    ``outputs``: tensors to expose besides the graph's outputs (each once, after them),
+    without copying the model.
 
     The weights are not serialized: onnxruntime gets the model's skeleton, whose large
     initializers refer to external data, and their data as arrays
@@ -154,18 +154,6 @@ def calibration_feeds(nm: NormalizedModel, x, batch_size: int):
     return feeds, n_total, batch_size
 
 
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the tensors ``names`` (each once)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.add().name = name
-            have.add(name)
-    return m
-
-
 def static_shapes(nm: NormalizedModel, names: Sequence[str],
                   input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
     """Per-sample shapes of those of ``names`` that the normalized DNN's shape inference knows
@@ -209,16 +197,21 @@ def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
 CALIB_BATCH_BYTES = 512 * 2 ** 20
 
 
-def _bounded_batch(nm: NormalizedModel, chosen, feeds: Dict[str, np.ndarray], batch_size: int) -> int:
-    """``batch_size``, or fewer samples when one batch's site outputs would exceed
-    CALIB_BATCH_BYTES (known from the model's static shapes; unknown shapes bound nothing)."""
+def batch_within(batch_size: int, sample_bytes: int, limit: int, fixed: bool = False) -> int:
+    """``batch_size``, or fewer samples (at least one) so that a batch of ``sample_bytes``
+    per sample stays within ``limit`` bytes. A model's fixed batch (``fixed``) is kept, and
+    an unknown size (``sample_bytes`` 0) bounds nothing."""
+    if fixed or sample_bytes <= 0:
+        return batch_size
+    return max(1, min(int(batch_size), limit // sample_bytes))
+
+
+def _site_bytes(nm: NormalizedModel, chosen, feeds: Dict[str, np.ndarray]) -> int:
+    """Bytes per sample of the chosen sites' outputs (float32), from the model's static
+    shapes; 0 when none is known."""
     shapes = static_shapes(nm, [s.input for s in chosen],
                            {k: tuple(v.shape[1:]) for k, v in feeds.items()})
-    per_sample = 4 * sum(int(np.prod(shapes.get(s.input, ()))) for s in chosen
-                         if s.input in shapes)
-    if not per_sample:
-        return batch_size
-    return max(1, min(batch_size, CALIB_BATCH_BYTES // per_sample))
+    return 4 * sum(int(np.prod(shapes[s.input])) for s in chosen if s.input in shapes)
 
 
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -228,8 +221,9 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
-    if not fixed_batch(input_specs(nm.model)):
-        batch_size = _bounded_batch(nm, chosen, feeds_all, batch_size)
+    fixed = bool(fixed_batch(input_specs(nm.model)))
+    batch_size = batch_within(batch_size, _site_bytes(nm, chosen, feeds_all), CALIB_BATCH_BYTES,
+                              fixed)
     sess = make_session(nm.model, threads, outputs=[s.input for s in chosen])
     out_names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
@@ -273,4 +267,4 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
                        seconds=time.perf_counter() - t0, batch_size=batch_size,
                        input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()},
-                       inputs=feeds_all, fixed_batch=bool(fixed_batch(input_specs(nm.model))))
+                       inputs=feeds_all, fixed_batch=fixed)

@@ -33,7 +33,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import Calibration, calibration_feeds, fixed_batch, input_specs, make_session
+from .calibrate import (Calibration, batch_within, calibration_feeds, fixed_batch, input_specs,
+                        make_session)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -166,11 +167,12 @@ def _fresh_name(g, base: str) -> str:
 REFINE_BATCH_BYTES = 2 ** 28
 
 
-def refine_batch_size(batch_size: int, timesteps: int, neurons: int) -> int:
+def refine_batch_size(batch_size: int, timesteps: int, neurons: int, fixed: bool = False) -> int:
     """The refinement's batch: ``batch_size``, or fewer images when one batch's T steps of
-    the largest site (``neurons`` per image) would exceed REFINE_BATCH_BYTES."""
+    the largest site (``neurons`` per image) would exceed REFINE_BATCH_BYTES (a model's
+    fixed batch, ``fixed``, is kept)."""
     per_image = 4 * max(1, int(timesteps)) * max(1, int(neurons))
-    return max(1, min(int(batch_size), REFINE_BATCH_BYTES // per_image))
+    return batch_within(batch_size, per_image, REFINE_BATCH_BYTES, fixed)
 
 
 #: memory the refined method may hold: every time step's spikes of every calibration sample at
@@ -185,9 +187,8 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
     refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
     batch, which :func:`refine_batch_size` bounds)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
-    batch = min(cal.batch_size, cal.n_samples) or 1
-    if not cal.fixed_batch:
-        batch = refine_batch_size(batch, timesteps, max(neurons.values(), default=1))
+    batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
+                              max(neurons.values(), default=1), cal.fixed_batch)
     cache, work = 0, 0
     for k in cal.sites:
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
@@ -220,9 +221,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
     feeds, n_total, batch_size = calibration_feeds(nm, x, batch_size)
-    if not fixed_batch(input_specs(nm.model)):   # a model's fixed batch stays as it is
-        batch_size = refine_batch_size(batch_size, timesteps,
-                                       max((r.neurons for r in records.values()), default=1))
+    batch_size = refine_batch_size(batch_size, timesteps,
+                                   max((r.neurons for r in records.values()), default=1),
+                                   bool(fixed_batch(input_specs(nm.model))))
     for name, arr in feeds.items():
         want = (input_shapes or {}).get(name)
         if want is not None and tuple(arr.shape[1:]) != tuple(want):
@@ -361,17 +362,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
                 offset = channel_offsets(cur, preacts[s], channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
-                if not np.any(offset):
-                    rec.offset = 0.0  # one spelling of "no offset" (the record round-trips)
-                else:
-                    rec.offset = _value(offset) if n_ch > 1 else float(offset[0])
+                rec.offset = _value(offset)
                 row["offset"] = rec.offset
-            if cfg.per_channel:
-                ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, channels, n_ch,
-                                     start=(rec.alpha, rec.beta))
-            else:
-                ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg,
-                                     start=(rec.alpha, rec.beta))
+            groups = (channels, n_ch) if cfg.per_channel else (None, 1)   # None: one group
+            ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, *groups,
+                                 start=(rec.alpha, rec.beta))
             value = ch.objective_value
             rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
             rec.v_init = _value(np.asarray(ch.v_init_fraction) * np.asarray(rec.threshold))

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import onnx
 
-from onnx_snn.calibrate import make_session, with_outputs
+from onnx_snn.calibrate import make_session
 
 from onnx_snn.errors import DataError
 from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
@@ -46,10 +46,10 @@ class ModelRunner:
         self.view = fmt.read_spiking(self.model, self.path or "model") if self.spiking else None
         self.info = self.view.info if self.spiking else None
         self.per_step = per_step and self.spiking
-        run_model = self.model
-        if self.per_step and self.info.graph == fmt.GRAPH_LOOP:
-            run_model = with_outputs(self.model, self.view.per_step_names())
-        self.session = make_session(run_model, threads, providers, where=self.path or "model")
+        per_step_outputs = self.view.per_step_names() \
+            if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
+        self.session = make_session(self.model, threads, providers, where=self.path or "model",
+                                    outputs=per_step_outputs)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.spiking else ()
         self.specs = input_specs(self.model, skip=skip)
         self.fixed_batch = fixed_batch(self.specs)
