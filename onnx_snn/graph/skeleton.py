@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from . import walk
+
 #: initializers of at least this many bytes are left out of skeletons (those below are kept:
 #: shape inference reads the values of shape-like inputs, which are a few dozen bytes)
 MIN_BYTES = 16 * 1024
@@ -138,51 +140,37 @@ def _copy_graph(src: onnx.GraphProto, dst: onnx.GraphProto, leave: Callable, dep
                 _copy_graph(g, b.graphs.add(), leave, depth + 1, left, stub)
 
 
-def _defined_names(graph: onnx.GraphProto, counts: Counter) -> None:
-    """Count every name a graph or a nested graph defines (inputs, initializers, outputs
-    of nodes)."""
-    counts.update(i.name for i in graph.input)
-    counts.update(t.name for t in graph.initializer)
-    counts.update(t.values.name for t in graph.sparse_initializer)
-    for n in graph.node:
-        counts.update(o for o in n.output if o)
-        for a in n.attribute:
-            if a.HasField("g"):
-                _defined_names(a.g, counts)
-            for g in a.graphs:
-                _defined_names(g, counts)
+def _defined_names(graph: onnx.GraphProto) -> Counter:
+    """How often each name is defined in a graph and its nested graphs (inputs,
+    initializers, outputs of nodes)."""
+    counts: Counter = Counter()
+    for g in walk.subgraphs(graph):
+        counts.update(i.name for i in g.input)
+        counts.update(t.name for t in g.initializer)
+        counts.update(t.values.name for t in g.sparse_initializer)
+        counts.update(o for n in g.node for o in n.output if o)
+    return counts
 
 
-def _subgraphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
-    for n in graph.node:
-        for a in n.attribute:
-            if a.HasField("g"):
-                yield a.g
-            yield from a.graphs
+def _uses(graph: onnx.GraphProto) -> Counter:
+    """How often each name is used (node inputs, graph outputs) in a graph and its nested
+    graphs."""
+    uses: Counter = Counter()
+    for g in walk.subgraphs(graph):
+        uses.update(x for n in g.node for x in n.input if x)
+        uses.update(o.name for o in g.output)
+    return uses
 
 
 def _confined(graph: onnx.GraphProto) -> set:
-    """Names of the initializers of nested graphs whose every use (node input or graph
-    output) lies inside the graph that defines them or its own nested graphs: those may move
-    to the main graph without hiding a use out of scope from the checker."""
+    """Names of the initializers of nested graphs whose every use lies inside the graph that
+    defines them or its own nested graphs: those may move to the main graph without hiding a
+    use out of scope from the checker."""
+    total = _uses(graph)
     confined: set = set()
-
-    def refs(g: onnx.GraphProto) -> Counter:
-        """Uses of each name in ``g`` and below; fills ``confined`` on the way."""
-        here: Counter = Counter(x for n in g.node for x in n.input if x)
-        here.update(o.name for o in g.output)
-        for sub in _subgraphs(g):
-            below = refs(sub)
-            here.update(below)
-        return here
-
-    def walk(g: onnx.GraphProto, total: Counter) -> None:
-        for sub in _subgraphs(g):
-            inside = refs(sub)
-            confined.update(t.name for t in sub.initializer if inside[t.name] == total[t.name])
-            walk(sub, total)
-
-    walk(graph, refs(graph))
+    for sub in walk.subgraphs(graph)[1:]:
+        inside = _uses(sub)
+        confined.update(t.name for t in sub.initializer if inside[t.name] == total[t.name])
     return confined
 
 
@@ -221,8 +209,7 @@ def split(model: onnx.ModelProto, min_bytes: Optional[int] = None, subgraphs: bo
         sk.model.CopyFrom(model)
         sk.n_inputs = len(g.input)
         return sk
-    counts: Counter = Counter()
-    _defined_names(g, counts)
+    counts = _defined_names(g)
     confined = _confined(g) if subgraphs else set()
 
     def leave(t: TensorProto, depth: int) -> bool:
@@ -286,6 +273,14 @@ def strip_stub_inputs(model: onnx.ModelProto, sk: Skeleton) -> None:
         model.graph.input.extend(keep)
 
 
+def _external_ref(t: TensorProto, stub: TensorProto, location: str, offset: int, length: int) -> None:
+    copy_fields(t, stub, skip=("raw_data", "data_location", "external_data"))
+    stub.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = stub.external_data.add()
+        e.key, e.value = k, v
+
+
 # ------------------------------------------------------------------ onnxruntime sessions
 
 def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
@@ -316,12 +311,7 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
             continue
         arrays.append(np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims)))
         names.append(t.name)
-        stub = sk.graph.initializer.add()
-        copy_fields(t, stub, skip=("raw_data", "data_location", "external_data"))
-        stub.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", IN_MEMORY), ("offset", "0"), ("length", str(n))):
-            e = stub.external_data.add()
-            e.key, e.value = k, v
+        _external_ref(t, sk.graph.initializer.add(), IN_MEMORY, 0, n)
     sk.graph.output.extend(g.output)
     have = {o.name for o in g.output}
     for name in outputs:
@@ -339,14 +329,6 @@ EXTERNAL_MIN_BYTES = 1024
 #: offsets in the external-data file are multiples of this (a page: onnxruntime can map the
 #: weights rather than read them)
 EXTERNAL_ALIGN = 4096
-
-
-def _external_ref(t: TensorProto, stub: TensorProto, location: str, offset: int, length: int) -> None:
-    copy_fields(t, stub, skip=("raw_data", "data_location", "external_data"))
-    stub.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        e = stub.external_data.add()
-        e.key, e.value = k, v
 
 
 def external_data(model: onnx.ModelProto, location: str,
