@@ -156,15 +156,18 @@ class SpikingModel:
         self.report["binary_spikes"] = result
         return model
 
+    def form(self, step: bool = False, binary_spikes: bool = False) -> onnx.ModelProto:
+        """The model written out: the single-call model or the step graph, each in the
+        binary-spike form when asked."""
+        if binary_spikes:
+            return self.binary_model(step)
+        return self.step_model() if step else self.model
+
     def to_bytes(self, step: bool = False, binary_spikes: bool = False) -> bytes:
         """The serialized model (or step graph, or binary-spike form) in one message, weights
         included (what :meth:`save` writes unless the weights go to external data, see
         :meth:`files`)."""
-        if binary_spikes:
-            model = self.binary_model(step)
-        else:
-            model = self.step_model() if step else self.model
-        return model.SerializeToString()
+        return self.form(step, binary_spikes).SerializeToString()
 
     def report_bytes(self) -> bytes:
         return (json.dumps(self.report, indent=2) + "\n").encode("utf-8")
@@ -178,16 +181,14 @@ class SpikingModel:
             skeleton.byte_size(self.model) >= skeleton.MAX_PROTOBUF
 
     def files(self, path: PathLike, step: bool = False, binary_spikes: bool = False,
-              external: Optional[bool] = None) -> list:
+              external: Optional[bool] = None, avoid=()) -> list:
         """The (path, data) items :meth:`save` writes (for ``model_io.write_all_atomic``, with
         other outputs): the model file, and with external data (``external``, by default
-        :meth:`external_data`) ``<name>.data`` beside it, streamed tensor by tensor."""
+        :meth:`external_data`) ``<name>.data`` beside it, streamed tensor by tensor, its path
+        checked against ``avoid`` (see ``model_io.model_items``)."""
         from .model_io import model_items
-        if binary_spikes:
-            model = self.binary_model(step)
-        else:
-            model = self.step_model() if step else self.model
-        return model_items(model, path, self.external_data() if external is None else external)
+        return model_items(self.form(step, binary_spikes), path,
+                           self.external_data() if external is None else external, avoid)
 
     def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
              binary_spikes: bool = False, external: Optional[bool] = None) -> Path:
@@ -200,10 +201,7 @@ class SpikingModel:
         src = [] if not nm.source_path else \
             model_files(nm.source_path) if nm.external_data else [nm.source_path]
         target = check_output_path(path, *src, *inputs)
-        items = self.files(target, step, binary_spikes, external)
-        if len(items) > 1:
-            items[1] = (check_output_path(items[1][0], *src, *inputs, target), items[1][1])
-        write_all_atomic(items)
+        write_all_atomic(self.files(target, step, binary_spikes, external, avoid=[*src, *inputs]))
         return target
 
     def save_report(self, path: PathLike, *inputs: PathLike) -> Path:

@@ -355,18 +355,21 @@ def external_data_path(path: PathLike) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool] = None) -> list:
+def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool] = None,
+                avoid=()) -> list:
     """The (path, data) items that hold ``model`` saved at ``path``, for
     :func:`write_all_atomic`: the model file alone, or with ``external`` (default: when the
     model is 2 GB or more, which one protobuf message cannot hold) the model file and its
     external-data file ``<name>.data`` (see :func:`external_data_path`), whose references
-    are relative to the model's folder. ``model`` is not changed."""
+    are relative to the model's folder; that file's path is checked like the model's
+    (:func:`check_output_path`) against ``avoid`` (the inputs) and the model file.
+    ``model`` is not changed."""
     from .graph import skeleton
     if external is None:
         external = skeleton.byte_size(model) >= skeleton.MAX_PROTOBUF
     if not external:
         return [(path, model.SerializeToString())]
-    data_path = external_data_path(path)
+    data_path = check_output_path(external_data_path(path), *avoid, path)
     head, tensors = skeleton.external_data(model, data_path.name)
     return [(path, head), (data_path, skeleton.external_chunks(tensors))]
 
@@ -379,10 +382,7 @@ def save_model(model: onnx.ModelProto, path: PathLike, *inputs: PathLike,
     :func:`model_items`; by default when the model is 2 GB or more); both files are written
     together, all or none."""
     path = check_output_path(path, *inputs)
-    items = model_items(model, path, external)
-    if len(items) > 1:
-        items[1] = (check_output_path(items[1][0], *inputs, path), items[1][1])
-    write_all_atomic(items)
+    write_all_atomic(model_items(model, path, external, avoid=inputs))
     return path
 
 
