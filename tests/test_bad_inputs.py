@@ -319,6 +319,13 @@ cli("conv_o_hardlink_of_calib", "inputs", CONV + " -o {ws}/hl.npy", 6, setup=har
 cli("conv_o_dotdot_model", "inputs", CONV + " -o {ws}/fmdata/../model.onnx", 6)
 cli("conv_o_is_external_data", "inputs",
     "convert {ws}/ext.onnx --calib {ws}/calib.npy --method datta -T 1 -o {ws}/ext.weights", 6)
+cli("conv_step_graph_is_outputs_external_data", "inputs",
+    "convert {ws}/ext.onnx --calib {ws}/calib.npy --method datta -T 1 -o {ws}/a.onnx "
+    "--step-graph {ws}/a.onnx.data", 6,
+    check=lambda ws, o, e: not (ws / "a.onnx").exists() and not (ws / "a.onnx.data").exists())
+cli("conv_external_source_keeps_external_data", "inputs",
+    "convert {ws}/ext.onnx --calib {ws}/calib.npy --method datta -T 1 -o {ws}/a.onnx", 0,
+    outputs=("a.onnx", "a.onnx.data"), check=lambda ws, o, e: (ws / "a.onnx.data").stat().st_size > 0)
 cli("conv_o_is_fmnist_file", "inputs",
     "convert {ws}/fm.onnx --calib fashion-mnist " + FM + " --method datta -T 1 "
     "-o {ws}/fmdata/train-images-idx3-ubyte.gz", 6)
