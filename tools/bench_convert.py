@@ -32,9 +32,7 @@ torchvision's ``vgg11_bn``, ``vgg16`` and ``resnet50`` (random weights, seed 0, 
 the legacy TorchScript exporter at opset 13, batch axis dynamic). Images: real Fashion-MNIST
 test images, normalized with its mean and std, repeated over 3 channels and padded to 32x32
 (CIFAR shape) or upsampled 8x (nearest) to 224x224 (ImageNet shape): this measures speed and
-memory, not accuracy. (Before weight calibration left layers of more than 8192 inputs per
-output alone, ``refined`` peaked at 23.6 GB on the ImageNet VGG-16: the Gram matrix of its
-first FC layer's 25 089 inputs.)
+memory, not accuracy.
 If all runs of a job fail, the tool exits with their errors (and the last lines of stderr).
 """
 from __future__ import annotations
