@@ -319,7 +319,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         raise UsageError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     timesteps = check_timesteps(timesteps)
     check_search_limits(cfg, timesteps, method)
-    check_refine_memory(calib, timesteps, cfg)
+    check_refine_memory(calib, timesteps, cfg, nm)
     t0 = time.perf_counter()
     missing = [s.name for s in nm.sites if s.name not in calib.sites]
     if missing:
@@ -454,7 +454,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         ds = ds.take(calib_samples, seed=seed)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
-    check_refine_memory(cal, timesteps, cfg)
+    check_refine_memory(cal, timesteps, cfg, nm)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
                  show_progress=show_progress, seed=seed)
 

@@ -45,17 +45,15 @@ from .spiking import rewrite
 from .weight_calibration import MAX_INPUTS, layer_fit
 
 
-def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.ModelProto:
-    """The part of the step graph that computes ``targets``: its nodes, the states they read,
-    and those states' next values as outputs (later layers are not run). Tensors in
-    ``given`` (earlier sites' spikes, recorded) become inputs: the graph starts there."""
-    step = view.model
-    g = step.graph
+def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``targets`` (its outputs), started at the tensors
+    in ``given`` (earlier sites' recorded values), which become inputs; ``extra(made,
+    needed)`` names more outputs."""
+    g = model.graph
     keep = walk.prune(list(g.node), targets, stop=given)
     needed = walk.needed_tensors(keep, targets, stop=given)
     made = {o for n in keep for o in n.output}
-    outputs = list(targets) + [st.names.next for st in view.states
-                               if st.names.input in needed and st.names.next in made]
+    outputs = list(targets) + (extra(made, needed) if extra else [])
     inputs = [i for i in g.input if i.name in needed]
     inputs += [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                for t in given if t in needed and t not in made]
@@ -63,10 +61,23 @@ def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.Model
                                    [t for t in g.initializer if t.name in needed])
     for name in outputs:
         graph.output.add().name = name
-    m = onnx.helper.make_model(graph, opset_imports=list(step.opset_import))
-    m.ir_version = step.ir_version
-    m.functions.extend(step.functions)
+    m = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    m.functions.extend(model.functions)
     return m
+
+
+def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.ModelProto:
+    """The part of the step graph that computes ``targets``: its nodes, the states they read,
+    and those states' next values as outputs (later layers are not run). Tensors in
+    ``given`` (earlier sites' spikes, recorded) become inputs: the graph starts there."""
+    return _cut(view.model, targets, given, lambda made, needed: [
+        st.names.next for st in view.states if st.names.input in needed and st.names.next in made])
+
+
+def _live(model: onnx.ModelProto, targets: List[str], given) -> set:
+    """The tensors of ``given`` that computing ``targets`` from ``given`` reads."""
+    return walk.needed_tensors(list(model.graph.node), targets, stop=given) & set(given)
 
 
 def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: List[int],
@@ -175,38 +186,64 @@ def refine_batch_size(batch_size: int, timesteps: int, neurons: int, fixed: bool
     return batch_within(batch_size, per_image, REFINE_BATCH_BYTES, fixed)
 
 
-#: memory the refined method may hold: every time step's spikes of every calibration sample at
-#: every site (uint8), plus one batch's per-step input currents of the site being refined and
-#: its sampled pairs (float32); see check_refine_memory
+#: memory the refined method may hold: the spikes (uint8, every time step) and the DNN's
+#: activations (float32) of every calibration sample at the sites still read, plus one batch's
+#: per-step input currents of the site being refined and its sampled pairs (float32); see
+#: check_refine_memory
 MAX_REFINE_BYTES = 4 * 2 ** 30
 
 
-def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig) -> int:
-    """An estimate of the memory the refined method holds (see :func:`refine`): the
-    recorded spikes, ``T * samples * neurons`` bytes over all sites, plus, for the site being
-    refined, ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's
-    batch, which :func:`refine_batch_size` bounds)."""
+def live_sites(nm: NormalizedModel, names: List[str]) -> List[List[str]]:
+    """For each site of ``names`` (in graph order), the sites up to it whose outputs the
+    sites after it still read (the refinement keeps their recorded values, drops the rest)."""
+    recs = {s.name: s for s in nm.sites}
+    out = []
+    for i, s in enumerate(names):
+        done = [recs[k].output for k in names[:i + 1]]
+        targets = [t for k in names[i + 1:] for t in (recs[k].input, recs[k].output)]
+        targets += [o.name for o in nm.model.graph.output]
+        live = _live(nm.model, targets, done)
+        out.append([k for k in names[:i + 1] if recs[k].output in live])
+    return out
+
+
+def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
+                 nm: Optional[NormalizedModel] = None) -> int:
+    """An estimate of the memory the refined method holds (see :func:`refine`): while a site
+    is refined, ``(T + 4) * samples * neurons`` bytes for it and for every earlier site still
+    read (spikes as uint8 per step, the DNN's activation as float32; all sites when ``nm`` is
+    not given), plus ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the
+    refinement's batch, which :func:`refine_batch_size` bounds)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
+    per = (timesteps + 4) * cal.n_samples
+    if nm is not None:
+        names = [s.name for s in nm.sites if s.name in neurons]
+        held = [[]] + live_sites(nm, names)[:-1]        # what is kept while each site is refined
+    else:
+        names = list(neurons)
+        held = [names[:i] for i in range(len(names))]
     cache, work = 0, 0
-    for k in cal.sites:
+    for k, before in zip(names, held):
+        cache = max(cache, per * (neurons[k] + sum(neurons[j] for j in before)))
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
-        cache += timesteps * cal.n_samples * neurons[k]
         work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
     return cache + work
 
 
-def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig) -> None:
+def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig,
+                        nm: Optional[NormalizedModel] = None) -> None:
     """Refuse a refined conversion that would hold more than MAX_REFINE_BYTES."""
     if not cfg.sequential:
         return
-    need = refine_bytes(cal, timesteps, cfg)
+    need = refine_bytes(cal, timesteps, cfg, nm)
     if need > MAX_REFINE_BYTES:
         raise UsageError(
             f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
-            f"one of T={timesteps} steps for {cal.n_samples} calibration samples at every layer, "
-            f"and one batch's input currents); the limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
+            f"one of T={timesteps} steps and the DNN's activations for {cal.n_samples} "
+            "calibration samples at the layers still read, and one batch's input currents); the "
+            f"limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
             "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta")
 
 
@@ -305,6 +342,44 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         run_spiking(step_view(), [rec.output], keep)
         spikes[rec.output] = (out, amp)
 
+    # the DNN's activations at the refined sites' outputs, for all calibration images: the
+    # DNN's outputs of a layer being refitted are computed from them (one layer is run, not
+    # the DNN from its input for every layer)
+    dnn_acts: Dict[str, np.ndarray] = {}
+
+    def dnn_runner(wanted: List[str]):
+        """``run(b)``: the DNN's values of ``wanted`` on batch ``b``, {name: array}, computed
+        from the recorded DNN activations."""
+        cut = _cut(dnn_model, wanted, given=list(dnn_acts))
+        sess = make_session(cut, threads, where="the DNN")
+        names = [o.name for o in sess.get_outputs()]
+        fed = {i.name for i in cut.graph.input}
+
+        def run(b):
+            sl = slice(starts[b], starts[b] + sizes[b])
+            feed = {k: v[sl] for k, v in feeds.items() if k in fed}
+            feed.update({k: v[sl] for k, v in dnn_acts.items() if k in fed})
+            return dict(zip(names, sess.run(None, feed)))
+        return run
+
+    def record_dnn(rec: fmt.SiteRecord):
+        run = dnn_runner([rec.output])
+        out = np.zeros((n_total, *rec.shape), np.float32)
+        for b, start in enumerate(starts):
+            out[start:start + sizes[b]] = run(b)[rec.output]
+        dnn_acts[rec.output] = out
+
+    def forget(later: List[str]):
+        """Drop the recorded spikes and DNN activations that computing the sites in ``later``
+        and the layers still to refit no longer reads."""
+        targets = [t for s in later for t in (recs[s].input, recs[s].output)]
+        targets += [t for f in pending for t in (f.node.input[0], f.node.output[0])]
+        targets += [o.name for o in dnn_model.graph.output]
+        for cache, model in ((dnn_acts, dnn_model), (spikes, step_view().model)):
+            live = _live(model, targets, list(cache))
+            for name in [k for k in cache if k not in live]:
+                del cache[name]
+
     def calibrate_layers(before: Optional[str]):
         """Refit, in graph order, the pending layers that compute ``before`` (every pending
         layer when None), each on the spiking network's input to it."""
@@ -319,14 +394,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
-            dnn = make_session(dnn_model, threads, where="the DNN",
-                               outputs=[f.node.output[0] for f in ready])
-            dnn_names = [o.name for o in dnn.get_outputs()]
+            dnn = dnn_runner([f.node.output[0] for f in ready])
             view = step_view()
 
             def add(b, steps):
-                feed = {k: v[starts[b]:starts[b] + sizes[b]] for k, v in feeds.items()}
-                outs = dict(zip(dnn_names, dnn.run(None, feed)))
+                outs = dnn(b)
                 for f in ready:
                     f.add(np.mean(steps[f.node.input[0]], axis=0), outs[f.node.output[0]])
 
@@ -375,6 +447,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
         rows.append(row)
         record_spikes(rec)
+        record_dnn(rec)
+        forget(names[names.index(s) + 1:])
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}
     layer_rows.sort(key=lambda r: order.get(r["layer"], len(order)))   # graph order

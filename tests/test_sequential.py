@@ -203,3 +203,66 @@ def test_refinement_keeps_a_models_fixed_batch(monkeypatch):
     assert cal.fixed_batch and cal.batch_size == 8
     snn = onnx_snn.build(nm, cal, 2, "refined")
     assert np.all(np.isfinite(run(snn.model, x[:8]).outputs[0]))
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
+def test_refinement_runs_the_dnn_layer_by_layer(make, monkeypatch):
+    """After one pass for the targets, the DNN is run from the recorded activations of the
+    sites before each layer (the layer alone), never again from the input: the refinement's
+    DNN work grows with the depth, not with its square."""
+    import onnx_snn.sequential as S
+    seen = []
+    real = S.make_session
+
+    def spy(model, *args, **kwargs):
+        if kwargs.get("where") == "the DNN":
+            seen.append(({i.name for i in model.graph.input}, len(model.graph.node)))
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(S, "make_session", spy)
+    nm = onnx_snn.prepare(make())
+    x = B.rand_input(24)
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    onnx_snn.build(nm, cal, 2, "refined")
+    nodes = len(nm.model.graph.node)
+    assert len(seen) > len(nm.sites) and seen[0][1] == nodes    # the targets: one whole pass
+    # then every node about twice (a refitted layer's output, a site's activation), where
+    # runs from the input would add up to about nodes * sites / 2
+    assert sum(n for _, n in seen[1:]) <= 2 * nodes
+    starts = sum(nm.model.graph.input[0].name in inputs for inputs, _ in seen[1:])
+    assert starts <= 2                          # only the first site's layers read the input
+
+
+def test_live_sites_keep_a_residual_branch_and_drop_the_rest():
+    """The refinement keeps a site's recorded values only while a later site reads them: one
+    site at a time on a chain, the skip connection's site too across a residual block; the
+    memory estimate follows (never above the estimate that keeps every site)."""
+    from onnx_snn.sequential import live_sites, refine_bytes
+    for make, most in ((lambda: B.vgg(13, "clip"), 1), (lambda: B.resnet(13, "clip"), 2)):
+        nm = onnx_snn.prepare(make())
+        names = [s.name for s in nm.sites]
+        live = live_sites(nm, names)
+        assert max(len(v) for v in live) == most and all(v == [] or v[-1] == k or len(v) < 3
+                                                       for v, k in zip(live, names))
+        cal = onnx_snn.calibrate(nm, B.rand_input(16), show_progress=False)
+        assert refine_bytes(cal, 2, SearchConfig(), nm) <= refine_bytes(cal, 2, SearchConfig())
+
+
+def test_the_dnn_cut_at_recorded_activations_computes_the_same_values():
+    """A layer's DNN output computed from the recorded activation of the site before it
+    equals the full DNN's (float32 rounding)."""
+    from onnx_snn.calibrate import make_session
+    from onnx_snn.sequential import _cut
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    x = B.rand_input(8)
+    from onnx_snn.sequential import live_sites
+    recs = nm.sites
+    live = live_sites(nm, [r.name for r in recs])
+    k = next(i for i in range(1, len(recs) - 1) if live[i] == [recs[i].name])
+    a, later = recs[k].output, recs[k + 1].input
+    full = make_session(nm.model, outputs=[a, later])
+    names = [o.name for o in full.get_outputs()]
+    got = dict(zip(names, full.run(None, {nm.model.graph.input[0].name: x})))
+    cut = _cut(nm.model, [later], given=[a])
+    assert {i.name for i in cut.graph.input} == {a}
+    part = make_session(cut).run(None, {a: got[a]})[0]
+    np.testing.assert_allclose(part, got[later], rtol=1e-5, atol=1e-5)
