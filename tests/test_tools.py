@@ -82,6 +82,32 @@ def test_profile_ort_small(fmnist_test):
     assert r["snn_over_dnn_kernel_time"] > 1
 
 
+def test_profile_convert_small(fmnist_test):
+    """The refinement's parts nest inside it and the conversion's seconds."""
+    r = run_tool("tools/profile_convert.py", "--images", "32")
+    p = r["parts_seconds"]
+    assert r["sites"] == 14 and r["seconds"] > 0
+    assert 0 < p["refinement"] <= r["seconds"] and 0 < p["calibration"] < r["seconds"]
+    inner = ("weight_calibration_accumulate", "weight_calibration_solve", "channel_search")
+    assert all(0 < p[k] for k in inner) and sum(p[k] for k in inner) <= p["refinement"]
+    assert 0 < p["onnxruntime_runs"] <= r["seconds"]
+
+
+def test_bench_gpu_smoke_on_cpu(fmnist_test):
+    """The prepared GPU check runs end to end on the CPU: onnxruntime's CUDA part says why it
+    is skipped when the provider is missing, the torch part times both networks."""
+    r = run_tool("tools/bench_gpu.py", "--device", "cpu", "--nets", "shipped", "--test-images",
+                 "600", "--no-sgl")
+    inf = r["inference"]["shipped"]
+    ort_part = inf["onnxruntime"]
+    assert ort_part["available"] is ("CUDAExecutionProvider" in ort_part["providers"])
+    if not ort_part["available"]:
+        assert "onnxruntime-gpu" in ort_part["why"]
+    t = inf["torch"]
+    assert t["dnn_images_per_second"] > 0 and t["snn_images_per_second"] > 0
+    assert abs(t["snn_over_dnn"] - t["snn_images_per_second"] / t["dnn_images_per_second"]) < 1e-9
+
+
 # ------------------------------------------------------------------ tools/_jobs.py
 
 def _jobs_module():

@@ -2,6 +2,7 @@
 training, on the shipped Fashion-MNIST network, in one run; prints JSON.
 
     python tools/bench_sgl.py [--images 3200] [--batch 64] [-T 1 2 3 5] [--repeat 2] [--no-peer]
+    python tools/bench_sgl.py --device cuda       # on a GPU (tools/gpu_check.sh runs this)
 
 Each job runs in a fresh subprocess on the same ``--images`` training images (batch
 ``--batch``, no augmentation, 2 warm-up batches not timed), in ``--repeat`` rounds of all
@@ -17,7 +18,9 @@ jobs, keeping each job's fastest round:
 
 Reported per job: images/s, seconds per 60k-image epoch (extrapolated from the timed
 batches), peak RSS and the RSS growth during training (the training working set), and each
-ratio to the DNN. A job that fails is reported with its error (and its stderr's last lines);
+ratio to the DNN. With ``--device cuda`` the data is on the GPU before the clock starts, each
+timed span ends with ``torch.cuda.synchronize()``, and the peak of CUDA memory is reported too
+(SpikingJelly 2 chooses its own multi-step neuron kernel). A job that fails is reported with its error (and its stderr's last lines);
 the others are kept.
 """
 from __future__ import annotations
@@ -39,20 +42,43 @@ def _data(n):
     return apply_preprocess(ds.x, [0.2860], [0.3530]), ds.y
 
 
-def _time_loop(step, x, y, batch):
+def _device(args):
     import torch
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device")
+    return dev
+
+
+def _sync(dev):
+    import torch
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time_loop(step, x, y, batch, dev):
+    import torch
+    xs, ys = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     nb = len(x) // batch
     before = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     for i in range(nb):
         if i == 2:
+            _sync(dev)
             before = rss_mb()
             t0 = time.perf_counter()
         step(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch])
+    _sync(dev)
     seconds = time.perf_counter() - t0
     timed = (nb - 2) * batch
-    return {"images_per_second": timed / seconds, "seconds_per_epoch": 60000 * seconds / timed,
-            "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - before}
+    out = {"images_per_second": timed / seconds, "seconds_per_epoch": 60000 * seconds / timed,
+           "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - before,
+           "device": str(dev)}
+    if dev.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+        out["device_name"] = torch.cuda.get_device_name(dev)
+    return out
 
 
 def job_dnn(args):
@@ -60,7 +86,8 @@ def job_dnn(args):
     import torch.nn.functional as Fn
     from onnx_snn import zoo
     torch.manual_seed(0)
-    net = zoo.build("fmnist_vgg", 10, 1).train()
+    dev = _device(args)
+    net = zoo.build("fmnist_vgg", 10, 1).to(dev).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.95, weight_decay=5e-4)
 
     def step(xb, yb):
@@ -69,7 +96,7 @@ def job_dnn(args):
         loss.backward()
         opt.step()
     x, y = _data(args.images)
-    return _time_loop(step, x, y, args.batch)
+    return _time_loop(step, x, y, args.batch, dev)
 
 
 def job_snn(args):
@@ -77,7 +104,8 @@ def job_snn(args):
     import torch.nn.functional as Fn
     from onnx_snn.runtimes.torch import SpikingNetwork
     torch.manual_seed(0)
-    net = SpikingNetwork.from_onnx(args.model).train()
+    dev = _device(args)
+    net = SpikingNetwork.from_onnx(args.model).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     def step(xb, yb):
@@ -87,7 +115,7 @@ def job_snn(args):
         opt.step()
         net.project()
     x, y = _data(args.images)
-    return _time_loop(step, x, y, args.batch)
+    return _time_loop(step, x, y, args.batch, dev)
 
 
 def job_spikingjelly(args):
@@ -96,8 +124,9 @@ def job_spikingjelly(args):
     import torch.nn.functional as Fn
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
     torch.manual_seed(0)
+    dev = _device(args)
 
-    def lif():
+    def lif():   # SpikingJelly 2 picks its own multi-step kernel for the device
         return neuron.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(),
                              step_mode="m")
 
@@ -105,7 +134,7 @@ def job_spikingjelly(args):
         layer.Conv2d(1, 32, 3, padding=1), lif(), layer.Conv2d(32, 32, 3, padding=1), lif(),
         layer.MaxPool2d(2), layer.Conv2d(32, 64, 3, padding=1), lif(),
         layer.Conv2d(64, 64, 3, padding=1), lif(), layer.MaxPool2d(2), layer.Flatten(),
-        layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10))
+        layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10)).to(dev)
     functional.set_step_mode(net, "m")
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
@@ -117,7 +146,9 @@ def job_spikingjelly(args):
         loss.backward()
         opt.step()
     x, y = _data(args.images)
-    return _time_loop(step, x, y, args.batch)
+    import spikingjelly
+    return {**_time_loop(step, x, y, args.batch, dev),
+            "spikingjelly": getattr(spikingjelly, "__version__", "?")}
 
 
 JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}
@@ -127,7 +158,8 @@ def sgl_job(job, args, model=None, T=None, timeout=None):
     """One job of :data:`JOBS` in a fresh process on ``args.images`` images of batch
     ``args.batch``: its result, or ``{"error": ..., "stderr_tail": ...}``."""
     return run_job(__file__, job, {"model": model, "T": T}, timeout=timeout,
-                   argv=["--images", str(args.images), "--batch", str(args.batch)])
+                   argv=["--images", str(args.images), "--batch", str(args.batch),
+                         "--device", args.device])
 
 
 def main(argv=None) -> int:
@@ -141,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--job-timeout", type=float, metavar="SECONDS",
                     help="stop any one job after this long; it is reported as failed "
                          "(default: no limit)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--out", help="also write the JSON here")
     add_job_options(ap, model=str, T=int)
     args = ap.parse_args(argv)
@@ -151,7 +184,8 @@ def main(argv=None) -> int:
     import onnx_snn
     from onnx_snn.demo import shipped_model_path
     result = {"benchmark": "SGL epoch cost vs DNN training, shipped fmnist_vgg",
-              "images_timed": args.images, "batch": args.batch, "repeat": args.repeat, "jobs": {}}
+              "images_timed": args.images, "batch": args.batch, "repeat": args.repeat,
+              "device": args.device, "jobs": {}}
     jobs = result["jobs"]
 
     def keep_best(name, r):

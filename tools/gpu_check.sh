@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The prepared device check of issue 14, for a session that is lent a GPU machine.
+#
+# Here, once (needs pip's registry; writes the ignored folders .whl/ and .data/):
+#     bash tools/gpu_check.sh --prepare
+# then, through the device tool, from the repository root:
+#     run(command="bash tools/gpu_check.sh", carry=[".whl", ".data"], timeout_s=540)
+# It installs the carried wheels (what the machine's image lacks: onnx-graphsurgeon,
+# SpikingJelly), points ONNX_SNN_DATA at the carried Fashion-MNIST files and runs
+# tools/bench_gpu.py; the JSON and the log land in $OUT (runs/gpu/ when run here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+    rm -rf .whl && mkdir -p .whl .data/fashion-mnist
+    py=${PYTHON:-python3}
+    # the GPU machine's python is 3.12; both packages are pure Python
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl \
+        onnx-graphsurgeon spikingjelly
+    cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
+    du -sh .whl .data
+    exit 0
+fi
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+export ONNX_SNN_DATA=${ONNX_SNN_DATA:-$PWD/.data/fashion-mnist}
+export ONNX_SNN_PROGRESS=0 PYTHONUNBUFFERED=1
+out=${OUT:-runs/gpu}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu_device.txt" 2>&1 || true
+python3 tools/bench_gpu.py --out "$out/gpu.json" "${@}" 2>&1 | tee "$out/gpu.log"
