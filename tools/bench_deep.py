@@ -7,6 +7,7 @@ Markdown table with ``--markdown``).
     python tools/bench_deep.py --no-finetune --parallel 1 --methods refined,refined-no-weights,refined-per-layer,refined-per-layer-no-weights,refined+bias
                                                      # the ablation of docs/FORMAT.md
     python tools/bench_deep.py --no-finetune --methods refined-2048
+    python tools/bench_deep.py --no-finetune -T 2 --methods refined-seed1,refined-seed2,refined-seed3
                                                      # the default on 2 048 calibration images
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
@@ -62,6 +63,10 @@ VARIANTS = {
 #: variants calibrated on more than the benchmarks' 512 training images (--calib-samples N)
 CALIB_IMAGES = {"refined-2048": 2048}
 VARIANTS["refined-2048"] = ("refined", {})
+#: the default with another seed for the refinement's sampled neurons (the same calibration
+#: images): the spread over seeds is the noise in every figure of the default
+SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
+VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -95,7 +100,7 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         return out
     for T in Ts:
         t0 = time.perf_counter()
-        snn = onnx_snn.build(nm, cal, T, base, cfg)
+        snn = onnx_snn.build(nm, cal, T, base, cfg, seed=SEEDS.get(method, 0))
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out
