@@ -371,12 +371,13 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
     def forget(later: List[str]):
         """Drop the recorded spikes and DNN activations that computing the sites in ``later``
-        and the layers still to refit no longer reads."""
+        and the layers still to refit no longer reads (found on the DNN: the step graph reads
+        the same site outputs, its neurons and pools stand where the DNN's clips and pools do)."""
         targets = [t for s in later for t in (recs[s].input, recs[s].output)]
         targets += [t for f in pending for t in (f.node.input[0], f.node.output[0])]
         targets += [o.name for o in dnn_model.graph.output]
-        for cache, model in ((dnn_acts, dnn_model), (spikes, step_view().model)):
-            live = _live(model, targets, list(cache))
+        live = _live(dnn_model, targets, list(dnn_acts))
+        for cache in (dnn_acts, spikes):
             for name in [k for k in cache if k not in live]:
                 del cache[name]
 
