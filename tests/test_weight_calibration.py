@@ -68,3 +68,53 @@ def test_ridge_fit_recovers_a_layer_from_exact_data_and_caps_its_rows():
     x = rng.random((60, 3, 12, 12)).astype(np.float32)          # 8640 patches > MAX_ROWS
     big.add(x, _reference_conv(x, w, b, pads=[1, 1, 1, 1]))
     assert 60 * 144 > MAX_ROWS and big.fit[0][0][-1, -1] == MAX_ROWS   # the bias column's count
+
+
+def test_dual_form_gives_the_normal_equations_solution(monkeypatch):
+    """A wide layer with fewer patches than inputs keeps its rows and solves the n x n dual
+    system: the same weights (and the same held-out verdict) as the (d+1)^2 normal equations,
+    which it switches to once it has seen as many rows as inputs."""
+    import onnx_snn.weight_calibration as W
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(6, 8, 3, 3)).astype(np.float32)          # 72 inputs per output
+    b = rng.normal(size=6).astype(np.float32)
+    node, inits = _conv(w, b, strides=[2, 2])                      # 2 x 2 outputs of 5 x 5
+    batches = []
+    for _ in range(6):
+        x = rng.random((2, 8, 5, 5)).astype(np.float32)
+        batches.append((x, _reference_conv(x, w, b, strides=[2, 2])
+                        + rng.normal(scale=0.1, size=(2, 6, 2, 2)).astype(np.float32)))
+    monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10)
+    dual = layer_fit(node, inits)
+    monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10 ** 9)
+    primal = layer_fit(node, inits)
+    assert dual.kept == [] and primal.kept is None
+    for x, y in batches:                                           # 6 x 8 = 48 rows < 72
+        dual.add(x, y)
+        primal.add(x, y)
+    assert dual.kept is not None and sum(len(k[1]) for k in dual.kept[0]) == 48
+    from onnx_snn.weight_calibration import _design as design
+    rows = [next(design(primal, x, y)) for x, y in batches]
+    xs = np.concatenate([r for r, _ in rows]).astype(np.float64)
+    ys = np.concatenate([t for _, t in rows]).astype(np.float64)
+    for ridge in (1e-3, 0.1):
+        vd, vp = dual.improves(ridge), primal.improves(ridge)
+        assert vd[0] == vp[0] and np.allclose(vd[1:], vp[1:], rtol=1e-3)   # the SSE from sums
+        # the exact float64 minimizer (bias unpenalized) on all rows
+        lam = ridge * np.mean(np.sum(xs ** 2, axis=0))
+        a = np.concatenate([xs, np.ones((len(xs), 1))], axis=1)
+        reg = np.diag(np.r_[np.full(xs.shape[1], lam), 0.0])
+        exact = np.linalg.solve(a.T @ a + reg, a.T @ ys)
+        (wd, bd), (wp, bp) = dual.solve(ridge), primal.solve(ridge)
+        got_d = np.concatenate([wd.reshape(6, -1).T, bd[None]])
+        got_p = np.concatenate([wp.reshape(6, -1).T, bp[None]])
+        np.testing.assert_allclose(got_d, exact, rtol=1e-5, atol=1e-5)      # float64 throughout
+        assert np.abs(got_d - exact).max() <= np.abs(got_p - exact).max() + 1e-6
+    for _ in range(4):                                             # past 72 rows: folded
+        x = rng.random((2, 8, 5, 5)).astype(np.float32)
+        y = _reference_conv(x, w, b, strides=[2, 2])
+        dual.add(x, y)
+        primal.add(x, y)
+    assert dual.kept is None
+    for a, c in zip(dual.solve(0.01), primal.solve(0.01)):
+        np.testing.assert_array_equal(a, c)
