@@ -11,7 +11,8 @@ functions that make up its cost (they nest: onnxruntime's runs are part of the r
 * ``calibration``: the onnxruntime pass with the sites exposed and its statistics;
 * ``refinement``: all of :func:`onnx_snn.sequential.refine`, of which
   ``weight_calibration_accumulate`` (the ridge regressions' normal equations),
-  ``weight_calibration_solve`` (their solves, the held-out check included),
+  ``weight_calibration_solve`` (their solves, normal equations or dual form, the held-out
+  check included),
   ``channel_search`` (the per-channel search, neurons simulated), ``onnxruntime_runs`` (every
   session run of the conversion), ``onnxruntime_sessions`` (their creation);
 * ``rewrite_and_check``: the rest of ``build``.
@@ -34,18 +35,18 @@ import numpy as np
 from _bench_common import emit
 
 PARTS = {
-    "calibration": ("calibrate.py", "calibrate"),
-    "refinement": ("sequential.py", "refine"),
-    "weight_calibration_accumulate": ("weight_calibration.py", "add"),
-    "weight_calibration_solve": ("weight_calibration.py", "_ridge"),
-    "channel_search": ("scales.py", "search_channels"),
-    "onnxruntime_sessions": ("calibrate.py", "make_session"),
+    "calibration": ("calibrate.py", ("calibrate",)),
+    "refinement": ("sequential.py", ("refine",)),
+    "weight_calibration_accumulate": ("weight_calibration.py", ("add",)),
+    "weight_calibration_solve": ("weight_calibration.py", ("_ridge", "_dual_ridge")),
+    "channel_search": ("scales.py", ("search_channels",)),
+    "onnxruntime_sessions": ("calibrate.py", ("make_session",)),
 }
 
 
-def _cumulative(stats: pstats.Stats, file: str, func: str) -> float:
+def _cumulative(stats: pstats.Stats, file: str, funcs) -> float:
     return sum(v[3] for (f, _, name), v in stats.stats.items()
-               if name == func and os.path.basename(f) == file)
+               if name in funcs and os.path.basename(f) == file)
 
 
 def _ort_runs(stats: pstats.Stats) -> float:
