@@ -211,13 +211,13 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
                  nm: Optional[NormalizedModel] = None) -> int:
     """An estimate of the memory the refined method holds (see :func:`refine`): while a site
     is refined, ``(T + 4) * samples * neurons`` bytes for it and for every earlier site still
-    read (spikes as uint8 per step, the DNN's activation as float32; all sites when ``nm`` is
-    not given), plus ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the
+    read (spikes as uint8 per step, the DNN's activation as float32, kept only for weight
+    calibration; all sites when ``nm`` is not given), plus ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the
     refinement's batch, which :func:`refine_batch_size` bounds)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
-    per = (timesteps + 4) * cal.n_samples
+    per = (timesteps + (4 if cfg.weight_calibration else 0)) * cal.n_samples
     if nm is not None:
         names = [s.name for s in nm.sites if s.name in neurons]
         held = [[]] + live_sites(nm, names)[:-1]        # what is kept while each site is refined
@@ -448,7 +448,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
         rows.append(row)
         record_spikes(rec)
-        record_dnn(rec)
+        if pending:   # only a layer still to refit reads the DNN's activations
+            record_dnn(rec)
         forget(names[names.index(s) + 1:])
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}

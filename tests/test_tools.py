@@ -96,7 +96,7 @@ def test_profile_convert_small(fmnist_test):
 def test_bench_gpu_smoke_on_cpu(fmnist_test):
     """The prepared GPU check runs end to end on the CPU: onnxruntime's CUDA part says why it
     is skipped when the provider is missing, the torch part times both networks."""
-    r = run_tool("tools/bench_gpu.py", "--device", "cpu", "--nets", "shipped", "--test-images",
+    r = run_tool("tools/bench_gpu.py", "--device", "cpu", "--nets", "shipped", "--batch", "128", "--test-images",
                  "600", "--no-sgl")
     inf = r["inference"]["shipped"]
     ort_part = inf["onnxruntime"]

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
 
     import onnx_snn
     from onnx_snn.convert import resolve_data
+    if args.test_images < args.batch:
+        ap.error(f"--test-images ({args.test_images}) must be at least one --batch ({args.batch})")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: torch sees no CUDA device (use --device cpu for a smoke test)")
     result = {"benchmark": "GPU: spiking inference and SGL against the DNN", "device": args.device,

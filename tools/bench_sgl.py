@@ -146,9 +146,8 @@ def job_spikingjelly(args):
         loss.backward()
         opt.step()
     x, y = _data(args.images)
-    import spikingjelly
-    return {**_time_loop(step, x, y, args.batch, dev),
-            "spikingjelly": getattr(spikingjelly, "__version__", "?")}
+    from importlib.metadata import version
+    return {**_time_loop(step, x, y, args.batch, dev), "spikingjelly": version("spikingjelly")}
 
 
 JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}

@@ -14,10 +14,11 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--prepare" ]]; then
     rm -rf .whl && mkdir -p .whl .data/fashion-mnist
     py=${PYTHON:-python3}
-    # the GPU machine's python is 3.12; both packages are pure Python
+    # the GPU machine's python is 3.12; these are pure Python. SpikingJelly 2.0.0 imports
+    # loguru (its other needs are in the image, or imported only to plot)
     "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl \
-        onnx-graphsurgeon spikingjelly
+        onnx-graphsurgeon spikingjelly==2.0.0 "loguru>=0.7,<1"
     cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
     du -sh .whl .data
     exit 0
@@ -26,9 +27,12 @@ fi
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+# the project itself: installed, since pyproject.toml maps runtimes/ to onnx_snn.runtimes
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
+    --target /tmp/site .
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+python3 -c "import onnx_snn.runtimes.torch, onnx_graphsurgeon, spikingjelly.activation_based.neuron"
 export ONNX_SNN_DATA=${ONNX_SNN_DATA:-$PWD/.data/fashion-mnist}
 export ONNX_SNN_PROGRESS=0 PYTHONUNBUFFERED=1
 out=${OUT:-runs/gpu}
