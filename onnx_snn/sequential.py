@@ -10,7 +10,9 @@ the error compounds until Algorithm 1 alone collapses.
 The sites are refined in graph order. For site ``l``:
 
 1. with weight calibration (default), every layer that computes the site's input from spikes
-   is refitted (:mod:`onnx_snn.weight_calibration`) on its time-averaged spiking input;
+   is refitted (:mod:`onnx_snn.weight_calibration`) on its time-averaged spiking input, to
+   the DNN's output of the same layer (the DNN run from its recorded activations at the sites
+   before ``l``: one layer, not the DNN from its input);
 2. the step graph runs, T steps over the calibration images, from the recorded spikes of the
    sites before ``l`` (kept as uint8 for all images: one layer is run, not the network from
    its input), and records on a fixed random sample of neurons the input current of every
@@ -18,7 +20,9 @@ The sites are refined in graph order. For site ``l``:
 3. ``scales.search_channels`` picks per channel alpha, beta and the initial membrane by
    simulating the neurons exactly on those currents (``scales.search_dynamic`` per layer with
    ``per_channel=False``);
-4. the site's spikes with its new parameters are recorded for the sites after it.
+4. the site's spikes with its new parameters (and, while a layer is left to refit, the DNN's
+   activation there) are recorded for the sites after it; records that no later site reads
+   are dropped (:func:`live_sites`).
 
 The layers after the last site (the classifier) are refitted at the end.
 """
