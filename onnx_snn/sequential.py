@@ -79,11 +79,6 @@ def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.Model
         st.names.next for st in view.states if st.names.input in needed and st.names.next in made])
 
 
-def _live(model: onnx.ModelProto, targets: List[str], given) -> set:
-    """The tensors of ``given`` that computing ``targets`` from ``given`` reads."""
-    return walk.needed_tensors(list(model.graph.node), targets, stop=given) & set(given)
-
-
 def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: List[int],
                sample: int) -> List[np.ndarray]:
     """For every batch, the flat positions sampled from it (in proportion to its size)."""
@@ -206,7 +201,7 @@ def live_sites(nm: NormalizedModel, names: List[str]) -> List[List[str]]:
         done = [recs[k].output for k in names[:i + 1]]
         targets = [t for k in names[i + 1:] for t in (recs[k].input, recs[k].output)]
         targets += [o.name for o in nm.model.graph.output]
-        live = _live(nm.model, targets, done)
+        live = walk.needed_tensors(list(nm.model.graph.node), targets, stop=done)
         out.append([k for k in names[:i + 1] if recs[k].output in live])
     return out
 
@@ -216,8 +211,9 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     """An estimate of the memory the refined method holds (see :func:`refine`): while a site
     is refined, ``(T + 4) * samples * neurons`` bytes for it and for every earlier site still
     read (spikes as uint8 per step, the DNN's activation as float32, kept only for weight
-    calibration; all sites when ``nm`` is not given), plus ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the
-    refinement's batch, which :func:`refine_batch_size` bounds)."""
+    calibration; all sites when ``nm`` is not given), plus
+    ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
+    :func:`refine_batch_size` bounds)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
@@ -373,14 +369,14 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             out[start:start + sizes[b]] = run(b)[rec.output]
         dnn_acts[rec.output] = out
 
-    def forget(later: List[str]):
-        """Drop the recorded spikes and DNN activations that computing the sites in ``later``
-        and the layers still to refit no longer reads (found on the DNN: the step graph reads
-        the same site outputs, its neurons and pools stand where the DNN's clips and pools do)."""
-        targets = [t for s in later for t in (recs[s].input, recs[s].output)]
-        targets += [t for f in pending for t in (f.node.input[0], f.node.output[0])]
-        targets += [o.name for o in dnn_model.graph.output]
-        live = _live(dnn_model, targets, list(dnn_acts))
+    # after each site, the sites whose records the later ones still read (found on the DNN:
+    # the step graph reads the same site outputs, its neurons and pools stand where the DNN's
+    # clips and pools do; the memory check counts the same sets)
+    kept_after = live_sites(nm, names)
+
+    def forget(i: int):
+        """Drop the recorded spikes and DNN activations no site after the i-th reads."""
+        live = {recs[k].output for k in kept_after[i]}
         for cache in (dnn_acts, spikes):
             for name in [k for k in cache if k not in live]:
                 del cache[name]
@@ -419,7 +415,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             pending = [f for f in pending if f not in ready]
 
     rows = []
-    for s in names:
+    for i, s in enumerate(names):
         rec = recs[s]
         calibrate_layers(rec.input)
         collected = []
@@ -454,7 +450,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         record_spikes(rec)
         if pending:   # only a layer still to refit reads the DNN's activations
             record_dnn(rec)
-        forget(names[names.index(s) + 1:])
+        forget(i)
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}
     layer_rows.sort(key=lambda r: order.get(r["layer"], len(order)))   # graph order
