@@ -8,6 +8,7 @@ Python API::
     snn.save("model.snn.onnx")
     result = onnx_snn.evaluate("model.snn.onnx", "fashion-mnist")
     print(result.top1)
+    onnx_snn.deploy("model.snn.onnx", "model.deploy.onnx")   # inference only, unrolled
 
 This package never imports torch; the torch runtime lives in ``onnx_snn.runtimes.torch``.
 """
@@ -17,6 +18,7 @@ from .errors import OnnxSnnError  # noqa: E402
 from .convert import SpikingModel, build, calibrate, convert, prepare  # noqa: E402
 from .scales import SearchConfig  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
+from .spiking.deploy import deploy  # noqa: E402
 
 __all__ = ["__version__", "OnnxSnnError", "SpikingModel", "SearchConfig", "EvalResult",
-           "build", "calibrate", "convert", "prepare", "evaluate"]
+           "build", "calibrate", "convert", "prepare", "evaluate", "deploy"]

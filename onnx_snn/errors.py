@@ -60,6 +60,11 @@ class NotSpikingModelError(OnnxSnnError):
     exit_code = 8
 
 
+class DeployGraphError(NotSpikingModelError):
+    """A spiking model's deploy graph (inference only) was given where the spiking model it
+    was made from is needed."""
+
+
 class MissingDependencyError(OnnxSnnError):
     """An optional dependency (torch, matplotlib) is needed for this command."""
 

@@ -169,6 +169,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         sites = {}
         if runner.spiking:
             for s in runner.info.sites:
+                if runner.deploy and s.name not in runner.deploy_spikes:
+                    continue   # a deploy graph without its spike counters
                 per_sample = spikes[t].get(s.name, 0.0) / n
                 per_neuron = per_sample / s.neurons if s.neurons else 0.0
                 sites[s.name] = SiteActivity(s.name, s.neurons, per_sample, per_neuron, per_neuron / t)

@@ -31,7 +31,8 @@ class StepResult:
 
 
 class ModelRunner:
-    """Runs any ONNX model the tool handles: a DNN, a spiking loop model or a step model."""
+    """Runs any ONNX model the tool handles: a DNN, a spiking loop model, a step model or a
+    deploy graph (its fixed T only; spike totals where it kept them)."""
 
     def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
                  providers=None, per_step: bool = False):
@@ -42,19 +43,30 @@ class ModelRunner:
             model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
+        where = self.path or "model"
         self.spiking = fmt.is_spiking(self.model)
-        self.view = fmt.read_spiking(self.model, self.path or "model") if self.spiking else None
-        self.info = self.view.info if self.spiking else None
+        info = fmt.read_info(self.model, where) if self.spiking else None
+        self.deploy = self.spiking and info.graph == fmt.GRAPH_DEPLOY
+        if self.deploy and per_step:
+            raise DataError(f"{where}: a deploy graph runs its fixed T={info.timesteps} only; "
+                            "to study other T, evaluate the spiking model it was made from")
+        self.view = fmt.read_spiking(self.model, where) if self.spiking and not self.deploy else None
+        self.info = info
         self.per_step = per_step and self.spiking
         per_step_outputs = self.view.per_step_names() \
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
         self.session = make_session(self.model, threads, providers, where=self.path or "model",
                                     outputs=per_step_outputs)
-        skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.spiking else ()
+        skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         self.specs = input_specs(self.model, skip=skip)
         self.fixed_batch = fixed_batch(self.specs)
-        self.output_names = self.view.outputs if self.spiking else \
-            [o.name for o in self.model.graph.output]
+        graph_outputs = [o.name for o in self.model.graph.output]
+        if self.deploy:   # spike totals only where the deploy graph kept its counters
+            spikes = {fmt.spikes_name(s.name): s.name for s in info.sites}
+            self.deploy_spikes = {spikes[o]: o for o in graph_outputs if o in spikes}
+            self.output_names = [o for o in graph_outputs if o not in spikes]
+        else:
+            self.output_names = self.view.outputs if self.spiking else graph_outputs
 
     @property
     def is_step_graph(self) -> bool:
@@ -73,6 +85,15 @@ class ModelRunner:
             raise DataError(f"timesteps must be between 1 and {MAX_TIMESTEPS} (got {T})")
         if self.is_step_graph:
             return self._run_steps(feeds, T)
+        if self.deploy:
+            if T != self.info.timesteps:
+                raise DataError(f"{self.path or 'model'}: a deploy graph runs T={self.info.timesteps} "
+                                f"only (asked for T={T}); make one for T={T} with "
+                                f"`onnx-snn deploy -T {T}` from the spiking model")
+            names = list(self.deploy_spikes.values())
+            outs = self.session.run(self.output_names + names, feeds)
+            k = len(self.output_names)
+            return StepResult(outs[:k], dict(zip(self.deploy_spikes, outs[k:])))
         sites = [s.name for s in self.info.sites]
         spike_names = [fmt.spikes_name(s) for s in sites]
         extra, timed = [], []

@@ -84,7 +84,7 @@ def _damaged(model, key=None, value=None, init=None, init_value=None):
     (fmt.META_FORMAT, "99", "not supported"),
     (fmt.META_TIMESTEPS, "-3", "at least 1"),
     (fmt.META_TIMESTEPS, "2.5", "not a whole number"),
-    (fmt.META_GRAPH, "scan", "not 'loop'"),
+    (fmt.META_GRAPH, "scan", "not one of 'loop', 'step', 'deploy'"),
     (fmt.META_POOLS, '[{"name": "pool0"}]', "damaged"),
 ])
 def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what):

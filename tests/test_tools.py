@@ -63,6 +63,7 @@ def test_bench_peer_small(fmnist_test):
     assert acc["onnx_snn"]["refined"]["top1"]["2"] > 60
     assert m["convert"]["ours"]["seconds"] > 0 and m["convert"]["spikingjelly-max"]["seconds"] > 0
     assert m["throughput"]["dnn_onnxruntime"] > 0 and m["throughput"]["onnx_snn_onnxruntime"] > 0
+    assert m["throughput"]["onnx_snn_deploy_onnxruntime"] > 0
 
 
 def test_bench_sgl_small(fmnist_test):
@@ -189,10 +190,10 @@ def test_format_table_plain_and_markdown():
 
 
 def test_bench_layouts_small(fmnist_test):
-    """The loop graph against its unrolled and time-folded layouts: identical numbers."""
+    """The loop graph against its unrolled, time-folded and deploy layouts: identical numbers."""
     r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta")
-    assert r["identical_to_loop"] == {"unrolled": True, "folded": True}
-    assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded"}
+    assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
+    assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy"}
 
 
 def test_bench_deep_small(fmnist_test):

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ModelLoadError, NotSpikingModelError
+from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError
 from ..graph import walk
 from .neuron import (DOMAIN, NEURON_OP, POOL_OPS, lif_step,  # noqa: F401  (re-exported)
                      neuron_function, pool_functions)
@@ -40,15 +40,19 @@ META_PREPROCESS = "onnx_snn.preprocess"
 META_SOURCE = "onnx_snn.source"
 META_HISTORY = "onnx_snn.history"
 META_DROPOUT = "onnx_snn.dropout"
-META_GRAPH = "onnx_snn.graph"          # "loop" (single call) or "step"
+META_GRAPH = "onnx_snn.graph"          # "loop" (single call), "step" or "deploy"
 META_OUTPUTS = "onnx_snn.outputs"      # the DNN's output names (JSON list)
 META_BINARY = "onnx_snn.binary_spikes"
 META_POOLS = "onnx_snn.pools"          # the spiking max pools (JSON list), version 2
+META_SPIKE_COUNTS = "onnx_snn.spike_counts"   # deploy graph: "1" when it outputs spike totals
 #: keys of a DNN's own metadata that a conversion carries over
 META_CARRIED = ("onnx_snn.arch", "onnx_snn.dataset", "onnx_snn.test_accuracy")
 
 GRAPH_LOOP = "loop"
 GRAPH_STEP = "step"
+#: inference only: unrolled over a fixed T, neurons inlined (see :mod:`onnx_snn.spiking.deploy`)
+GRAPH_DEPLOY = "deploy"
+GRAPHS = (GRAPH_LOOP, GRAPH_STEP, GRAPH_DEPLOY)
 
 # ------------------------------------------------------------------ names
 TIMESTEPS_INPUT = "timesteps"
@@ -470,9 +474,9 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     sites = [SiteRecord.from_dict(s, where) for s in _json(meta, META_SITES, [], list, where)]
     preprocess = _json(meta, META_PREPROCESS, None, dict, where)
     graph = meta.get(META_GRAPH, GRAPH_LOOP)
-    if graph not in (GRAPH_LOOP, GRAPH_STEP):
-        raise ModelLoadError(f"{where}: the metadata {META_GRAPH} is {graph!r}, not "
-                             f"{GRAPH_LOOP!r} or {GRAPH_STEP!r}")
+    if graph not in GRAPHS:
+        raise ModelLoadError(f"{where}: the metadata {META_GRAPH} is {graph!r}, not one of "
+                             f"{', '.join(map(repr, GRAPHS))}")
     return SpikingInfo(
         format_version=version, timesteps=timesteps, method=meta.get(META_METHOD, ""),
         sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
@@ -585,6 +589,11 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
         raise NotSpikingModelError(f"{where}: not a spiking model (no {META_FORMAT} metadata); "
                                    "convert it first with `onnx-snn convert`")
     info = read_info(model, where)
+    if info.graph == GRAPH_DEPLOY:
+        raise DeployGraphError(
+            f"{where}: a deploy graph (T={info.timesteps} fixed, neurons inlined, for inference "
+            "only): onnxruntime runs it (`onnx-snn eval`), but fine-tuning, analysis and the "
+            "other spiking tools need the spiking model it was made from")
     inits = all_initializers(model)
     _check_params(info, inits, where)
     g = model.graph

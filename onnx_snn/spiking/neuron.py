@@ -18,7 +18,7 @@ Parameters are scalars or tensors that broadcast to the site's shape (per channe
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -54,18 +54,47 @@ def lif_run(currents, v0, threshold, amplitude, leak=1.0):
     return np.stack(ys), np.stack(vs), np.stack(ss)
 
 
+def neuron_nodes(x: str, v: Optional[str], threshold: str, amplitude: Optional[str],
+                 leak: Optional[str], y: str, v_next: Optional[str], opset: int,
+                 prefix: str = "") -> Tuple[List[onnx.NodeProto], Dict[str, str]]:
+    """The rule's ONNX nodes on the named tensors: the function's body, and its inline
+    expansion in the deploy graph, where some terms are known to vanish exactly:
+
+    * ``v=None``: the membrane is zero (``u = x``); ``leak=None``: the leak is one
+      (``u = v + x``), or ``v`` already holds ``leak * v``;
+    * ``amplitude=None``: the amplitude is one (``y = s``);
+    * ``v_next=None``: the next membrane is not needed (the last step: no reset).
+
+    Internal tensors are named ``prefix + 'u'`` etc. Returns the nodes and the tensor that
+    holds each output (``y`` may be ``s``'s tensor, ``u`` may be ``x``)."""
+    H, n = helper.make_node, (lambda t: prefix + t)
+    nodes, names = [], {}
+    if v is None:
+        u = x
+    else:
+        if leak is not None:
+            nodes.append(H("Mul", [leak, v], [n("leaked")]))
+            v = n("leaked")
+        u = n("u")
+        nodes.append(H("Add", [v, x], [u]))
+    nodes.append(H("GreaterOrEqual", [u, threshold], [n("fired")]))
+    nodes.append(H("CastLike", [n("fired"), x], [n("s")]) if opset >= 15 else
+                 H("Cast", [n("fired")], [n("s")], to=TensorProto.FLOAT))
+    if v_next is not None:
+        nodes.append(H("Mul", [n("s"), threshold], [n("reset")]))
+        nodes.append(H("Sub", [u, n("reset")], [v_next]))
+        names["v_next"] = v_next
+    if amplitude is None:
+        names["y"] = n("s")
+    else:
+        nodes.append(H("Mul", [n("s"), amplitude], [y]))
+        names["y"] = y
+    return nodes, names
+
+
 def neuron_function(opset: int) -> onnx.FunctionProto:
     """The model-local function that defines one integrate-and-fire step."""
-    nodes = [
-        helper.make_node("Mul", ["leak", "v"], ["leaked"]),
-        helper.make_node("Add", ["leaked", "x"], ["u"]),
-        helper.make_node("GreaterOrEqual", ["u", "threshold"], ["fired"]),
-        helper.make_node("CastLike", ["fired", "x"], ["s"]) if opset >= 15 else
-        helper.make_node("Cast", ["fired"], ["s"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["s", "threshold"], ["reset"]),
-        helper.make_node("Sub", ["u", "reset"], ["v_next"]),
-        helper.make_node("Mul", ["s", "amplitude"], ["y"]),
-    ]
+    nodes, _ = neuron_nodes("x", "v", "threshold", "amplitude", "leak", "y", "v_next", opset)
     return helper.make_function(
         DOMAIN, NEURON_OP, list(NEURON_INPUTS), list(NEURON_OUTPUTS), nodes,
         opset_imports=[helper.make_opsetid("", opset)],
@@ -93,21 +122,54 @@ POOL_INPUTS = ("x", "c", "m")
 POOL_OUTPUTS = ("y", "c_next", "m_next")
 
 
+def pool_nodes(op: str, x: str, c: Optional[str], m: Optional[str], y: str,
+               c_next: Optional[str], m_next: str, attributes: Sequence[onnx.AttributeProto] = (),
+               prefix: str = "") -> Tuple[List[onnx.NodeProto], Dict[str, str]]:
+    """The spiking pool's ONNX nodes on the named tensors (``op``: MaxPool or GlobalMaxPool),
+    for the function's body and the deploy graph's inline expansion: ``c=None`` and
+    ``m=None`` mean zero states (the first step: the pool reads ``x`` and ``y`` is the pooled
+    value itself), ``c_next=None`` that the running sum is not needed (the last step).
+    ``attributes`` are the pool's (references to the function's attributes in its body).
+    Returns the nodes and the tensor that holds each output."""
+    H = helper.make_node
+    nodes, names = [], {}
+    if c is None:
+        c_sum = x
+    else:
+        c_sum = c_next if c_next is not None else prefix + "c_next"
+        nodes.append(H("Add", [c, x], [c_sum]))
+    if c_next is not None:
+        names["c_next"] = c_sum
+    pool = H(op, [c_sum], [m_next])
+    pool.attribute.extend(attributes)
+    nodes.append(pool)
+    names["m_next"] = m_next
+    if m is None:
+        names["y"] = m_next
+    else:
+        nodes.append(H("Sub", [m_next, m], [y]))
+        names["y"] = y
+    return nodes, names
+
+
+def _attribute_refs(op: str) -> List[onnx.AttributeProto]:
+    refs = []
+    for name in (POOL_ATTRIBUTES if op == "MaxPool" else ()):
+        a = onnx.AttributeProto()
+        a.name = a.ref_attr_name = name
+        a.type = (onnx.AttributeProto.STRING if name == "auto_pad" else
+                  onnx.AttributeProto.INT if name == "ceil_mode" else onnx.AttributeProto.INTS)
+        refs.append(a)
+    return refs
+
+
 def pool_functions(opset: int) -> list:
     """The model-local functions ``SpikeMaxPool`` (MaxPool's attributes) and
     ``SpikeGlobalMaxPool``."""
     out = []
     for op, fn in POOL_OPS.items():
-        pool = helper.make_node(op, ["c_next"], ["m_next"])
+        nodes, _ = pool_nodes(op, "x", "c", "m", "y", "c_next", "m_next", _attribute_refs(op))
         attrs = POOL_ATTRIBUTES if op == "MaxPool" else ()
-        for name in attrs:
-            a = onnx.AttributeProto()
-            a.name = a.ref_attr_name = name
-            a.type = (onnx.AttributeProto.STRING if name == "auto_pad" else
-                      onnx.AttributeProto.INT if name == "ceil_mode" else onnx.AttributeProto.INTS)
-            pool.attribute.append(a)
-        nodes = [helper.make_node("Add", ["c", "x"], ["c_next"]), pool,
-                 helper.make_node("Sub", ["m_next", "m"], ["y"])]
         out.append(helper.make_function(
             DOMAIN, fn, list(POOL_INPUTS), list(POOL_OUTPUTS), nodes,
             opset_imports=[helper.make_opsetid("", opset)], attributes=list(attrs),

@@ -1,0 +1,257 @@
+"""The deploy graph: a spiking model unrolled over a fixed T, for inference only.
+
+The loop graph (the format's artifact) runs the time step in an ONNX ``Loop``, calls the
+neuron as a model-local function, carries every state through the last step and counts
+spikes at every site. Inference needs none of that: the deploy graph is built from a parsed
+spiking model (:class:`~onnx_snn.spiking.format.SpikingView`, a loop or step graph) by one
+pass that
+
+* copies the time step T times (no ``Loop``; T is fixed by the file);
+* expands each ``LIFNeuron`` and spiking-pool call into plain ONNX ops (the rule's own node
+  generators, :func:`~onnx_snn.spiking.neuron.neuron_nodes` and ``pool_nodes``), dropping
+  the terms that vanish exactly: the initial membrane is a constant (its leak folded in
+  numerically, no ``Expand``; a zero one is no ``Add``), a leak or amplitude of one is no
+  ``Mul``, zero pool states are no ``Add``/``Sub``, and the last step computes no next
+  state;
+* keeps the spike counters only on request, and prunes everything the outputs do not read.
+
+Outputs are the DNN's, averaged over T exactly as the loop graph averages them (stacked,
+``ReduceSum`` over time, divided by T): the same values, bit for bit (tests/test_deploy.py
+checks the outputs and spike counts against the loop graph). The file keeps the spiking
+metadata with ``onnx_snn.graph = "deploy"``; onnxruntime (``onnx-snn eval``) runs it, while
+fine-tuning, analysis and binary-spike folding need the spiking model it was made from
+(:func:`~onnx_snn.spiking.format.read_spiking` refuses it and says so). It uses no custom
+domain, so any ONNX runtime runs it.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+from typing import Dict, List, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import UsageError
+from ..graph import walk
+from . import format as fmt
+from .neuron import POOL_OPS, neuron_nodes, pool_nodes
+
+_POOL_OP = {fn: op for op, fn in POOL_OPS.items()}    # SpikeMaxPool -> MaxPool
+#: the graph holds T copies of the time step
+DEPLOY_MAX_TIMESTEPS = 64
+
+
+def _is(value: Optional[np.ndarray], x: float) -> bool:
+    return value is not None and bool(np.all(value == x))
+
+
+class _Unroller:
+    """Copies the time step T times; ``cur`` maps each state to its current tensor (None
+    while it is the zero initial value, a constant's name while it is a nonzero one)."""
+
+    def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool):
+        self.view, self.T = view, int(timesteps)
+        self.opset = next((o.version for o in view.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.inits = view.initializers
+        self.body = list(view.body) + (list(view.counters) if spike_counts else [])
+        self.made = {o for n in self.body for o in n.output if o}
+        self.nodes: List[onnx.NodeProto] = [copy.deepcopy(n) for n in view.hoisted]
+        self.new_inits: List[onnx.TensorProto] = []
+        self.states = {st.names.input: st for st in view.states}
+        self.cur: Dict[str, Optional[str]] = {}
+        for st in view.states:
+            v0 = self.value(st.init) if st.init else None
+            self.cur[st.names.input] = None if v0 is None or _is(v0, 0) else st.init
+        self.materialized: Dict[str, str] = {}
+
+    def value(self, name: Optional[str]) -> Optional[np.ndarray]:
+        t = self.inits.get(name) if name else None
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.new_inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def full(self, state: str) -> str:
+        """A state's initial value broadcast to [batch, *shape], for a node other than a
+        neuron or pool that reads it (none in the format today)."""
+        if state not in self.materialized:
+            st = self.states[state]
+            n = st.names
+            first = self.view.data_inputs[0]
+            init = self.cur[state] or self.constant(f"{n.owner}.{n.key}_zero", np.float32(0))
+            self.new_inits.append(numpy_helper.from_array(np.array([0], np.int64), f"{n.dims}.batch_axis"))
+            self.new_inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), n.dims))
+            self.nodes += [
+                helper.make_node("Shape", [first], [f"{n.dims}.input_shape"]),
+                helper.make_node("Gather", [f"{n.dims}.input_shape", f"{n.dims}.batch_axis"],
+                                 [f"{n.dims}.batch"], axis=0),
+                helper.make_node("Concat", [f"{n.dims}.batch", n.dims], [n.full_shape], axis=0),
+                helper.make_node("Expand", [init, n.full_shape], [n.initial])]
+            self.materialized[state] = n.initial
+        return self.materialized[state]
+
+    def step(self, t: int) -> Dict[str, str]:
+        """Append step ``t``'s nodes; returns the tensor of every name the step made."""
+        last = t == self.T - 1
+        ren: Dict[str, str] = {}
+        first = t == 0
+
+        def arg(name: str) -> str:
+            if name in ren:
+                return ren[name]
+            if name in self.states:
+                return self.cur[name] if not first else self.full(name)
+            return name
+
+        for node in self.body:
+            pre = f"{node.name or node.output[0]}.t{t}."
+            if node.domain == fmt.DOMAIN and node.op_type == fmt.NEURON_OP:
+                x, v, th, amp, leak = node.input
+                y, v_next = node.output
+                leak_value = self.value(leak)
+                if first:   # the initial membrane is a constant: leak * v0 computed here
+                    v0 = self.value(self.cur[v]) if self.cur[v] else None
+                    leaked = None if v0 is None else np.multiply(
+                        self.value(leak), v0, dtype=np.float32)
+                    v_arg = None if leaked is None or _is(leaked, 0) else \
+                        self.constant(pre + "leaked0", leaked)
+                    leak_arg = None
+                else:
+                    v_arg, leak_arg = arg(v), (None if _is(leak_value, 1) else leak)
+                nodes, out = neuron_nodes(
+                    arg(x), v_arg, th, None if _is(self.value(amp), 1) else amp, leak_arg,
+                    pre + "y", None if last else pre + "v_next", self.opset, prefix=pre)
+                ren[y] = out["y"]
+                if not last:
+                    ren[v_next] = out["v_next"]
+            elif node.domain == fmt.DOMAIN and node.op_type in _POOL_OP:
+                x, c, m = node.input
+                y, c_next, m_next = node.output
+                nodes, out = pool_nodes(
+                    _POOL_OP[node.op_type], arg(x),
+                    self.cur[c] if first else arg(c), self.cur[m] if first else arg(m),
+                    pre + "y", None if last else pre + "c_next", pre + "m_next",
+                    [copy.deepcopy(a) for a in node.attribute], prefix=pre)
+                ren[y], ren[m_next] = out["y"], out["m_next"]
+                if not last:
+                    ren[c_next] = out["c_next"]
+            else:
+                m = copy.deepcopy(node)
+                m.name = pre[:-1]
+                for i, name in enumerate(m.input):
+                    if name:
+                        m.input[i] = arg(name)
+                for i, name in enumerate(m.output):
+                    if name in self.made:
+                        ren[name] = m.output[i] = f"{name}.t{t}"
+                nodes = [m]
+            for n in nodes:
+                if not n.name:
+                    n.name = n.output[0]
+            self.nodes += nodes
+        if not last:
+            self.cur = {s: ren[st.names.next] for s, st in self.states.items()}
+        return ren
+
+
+def _stack_sum(nodes, inits, steps: List[str], out: str, opset: int) -> None:
+    """``out`` = the per-step tensors stacked on a new time axis and summed over it (the loop
+    graph's ReduceSum of its scan output, so the same float sums)."""
+    axis = f"{out}.time_axis"
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), axis))
+    stacked = []
+    for i, s in enumerate(steps):
+        u = f"{out}.step{i}"
+        nodes.append(helper.make_node("Unsqueeze", [s, axis], [u], name=u) if opset >= 13 else
+                     helper.make_node("Unsqueeze", [s], [u], axes=[0], name=u))
+        stacked.append(u)
+    nodes.append(helper.make_node("Concat", stacked, [f"{out}.steps"], axis=0, name=f"{out}.steps"))
+    nodes.append(helper.make_node("ReduceSum", [f"{out}.steps", axis], [out], keepdims=0, name=out)
+                 if opset >= 13 else
+                 helper.make_node("ReduceSum", [f"{out}.steps"], [out], axes=[0], keepdims=0, name=out))
+
+
+def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
+                 spike_counts: bool = False) -> onnx.ModelProto:
+    """The deploy graph of a parsed spiking model (see the module docstring), at ``timesteps``
+    (default: the model's T). ``spike_counts`` keeps the per-site spike totals as outputs."""
+    T = int(timesteps or view.info.timesteps)
+    if T > DEPLOY_MAX_TIMESTEPS:
+        raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
+                         f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
+                         "smaller T, or run the spiking model's loop graph")
+    un = _Unroller(view, T, spike_counts)
+    per_step = [un.step(t) for t in range(T)]
+    g = view.model.graph
+    out_info = {o.name: o for o in g.output}
+    nodes, inits = un.nodes, un.new_inits
+    outputs = []
+    t_float = "snn.deploy.timesteps"
+    for o in view.outputs:
+        outputs.append(copy.deepcopy(out_info[o]) if o in out_info else
+                       helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+        step_name = view.step_outputs[o]
+        if step_name not in un.made:      # time-invariant: the hoisted tensor itself
+            continue
+        steps = [r[step_name] for r in per_step]
+        if outputs[-1].type.tensor_type.elem_type not in (0, TensorProto.FLOAT):
+            nodes.append(helper.make_node("Identity", [steps[-1]], [o], name=o))   # last step
+            continue
+        if t_float not in {i.name for i in inits}:
+            inits.append(numpy_helper.from_array(np.array(T, np.float32), t_float))
+        _stack_sum(nodes, inits, steps, o + ".sum", un.opset)
+        nodes.append(helper.make_node("Div", [o + ".sum", t_float], [o], name=o + ".mean"))
+    if spike_counts:
+        for s in view.info.sites:
+            name = fmt.spikes_name(s.name)
+            _stack_sum(nodes, inits, [r[view.step_spikes[s.name]] for r in per_step], name, un.opset)
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]))
+    nodes = walk.prune(nodes, [o.name for o in outputs])
+    used = {i for n in nodes for i in n.input}
+    all_inits = {**un.inits, **{t.name: t for t in inits}}
+    data_inputs = set(view.data_inputs)
+    inputs = [copy.deepcopy(i) for i in g.input if i.name in data_inputs]
+    graph = helper.make_graph(nodes, g.name or "snn_deploy", inputs, outputs)
+    from ..graph.skeleton import copy_messages
+    copy_messages(graph.initializer, [all_inits[n] for n in sorted(used) if n in all_inits])
+    model = helper.make_model(graph, opset_imports=[o for o in view.model.opset_import
+                                                    if o.domain != fmt.DOMAIN])
+    model.ir_version = view.model.ir_version
+    model.producer_name = view.model.producer_name
+    model.producer_version = view.model.producer_version
+    meta = fmt.metadata(view.model)
+    history = json.loads(meta.get(fmt.META_HISTORY, "[]") or "[]")
+    from .. import __version__
+    history.append({"step": "deploy", "tool": f"onnx-snn {__version__}",
+                    "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "timesteps": T, "spike_counts": bool(spike_counts),
+                    "from_graph": view.info.graph})
+    meta.update({fmt.META_GRAPH: fmt.GRAPH_DEPLOY, fmt.META_TIMESTEPS: str(T),
+                 fmt.META_HISTORY: json.dumps(history),
+                 fmt.META_SPIKE_COUNTS: "1" if spike_counts else "0"})
+    fmt.set_metadata(model, meta)
+    return model
+
+
+def deploy(model, output=None, timesteps: Optional[int] = None,
+           spike_counts: bool = False) -> onnx.ModelProto:
+    """The deploy graph of the spiking model ``model`` (a path or a ModelProto; a loop or
+    step graph), written atomically to ``output`` when given (never over an input; with
+    external data beside it when the source kept its weights that way). Returns it."""
+    from ..convert import check_timesteps
+    from ..model_io import check_output_path, load_model, model_files, save_model
+    where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+    if timesteps is not None:
+        timesteps = check_timesteps(timesteps)
+    inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
+    if output is not None:
+        check_output_path(output, *inputs)              # before the work
+    m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    out = deploy_model(fmt.read_spiking(m, where), timesteps, spike_counts)
+    if output is not None:
+        save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)
+    return out

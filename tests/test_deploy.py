@@ -1,0 +1,233 @@
+"""The deploy graph (onnx_snn.spiking.deploy): the spiking model unrolled over a fixed T with
+the neurons inlined gives the loop graph's outputs and spike counts bit for bit, holds none of
+the work inference does not need, and is refused where the spiking model is needed."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import numpy_helper
+
+import builders as B
+import onnx_snn
+from onnx_snn.evaluate import evaluate_prefixes
+from onnx_snn.errors import DataError, DeployGraphError, OutputPathError, UsageError
+from onnx_snn.runtimes.ort import ModelRunner, run
+from onnx_snn.spiking import format as F
+from onnx_snn.spiking.deploy import DEPLOY_MAX_TIMESTEPS, deploy, deploy_model
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+MODELS = {
+    "vgg_maxpool_op13": lambda: B.vgg(13, "clip"),
+    "vgg_relu_op17_avgpool": lambda: B.vgg(17, "relu", pool="AveragePool"),
+    "vgg_op9_matmul": lambda: B.vgg(9, "clip", matmul=True),        # Unsqueeze/ReduceSum attrs
+    "resnet_op13": lambda: B.resnet(13, "clip"),
+    "resnet_sum_op11": lambda: B.resnet(11, "relu_min", sum_op=True),
+    "twin_maxpool": lambda: B.pooled_twin("MaxPool"),
+    "twin_global_maxpool_op21": lambda: B.pooled_twin("MaxPool", opset=21, global_pool=True),
+}
+
+
+@pytest.fixture(scope="module")
+def x():
+    return B.rand_input(40)
+
+
+def converted(model, x, T=2, method="datta"):
+    nm = onnx_snn.prepare(model)
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    return onnx_snn.build(nm, cal, T, method)
+
+
+def assert_same(ref, got, counts=True):
+    assert len(ref.outputs) == len(got.outputs)
+    for a, b in zip(ref.outputs, got.outputs):
+        np.testing.assert_array_equal(a, b)
+    if counts:
+        assert set(got.spikes) == set(ref.spikes)
+        for k, v in ref.spikes.items():
+            np.testing.assert_array_equal(v, got.spikes[k])
+    else:
+        assert got.spikes == {}
+
+
+def set_param(model, site, param, value):
+    for g in (model.graph,) + tuple(a.g for n in model.graph.node for a in n.attribute if a.g.node):
+        for t in g.initializer:
+            if t.name == F.param_name(site, param):
+                t.CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), t.name))
+                return
+    raise KeyError(param)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_deploy_graph_equals_the_loop_graph(name, T, x):
+    snn = converted(MODELS[name](), x, T)
+    ref = run(snn.model, x)
+    view = F.read_spiking(snn.model)
+    for counts in (False, True):
+        dep = deploy_model(view, spike_counts=counts)
+        onnx.checker.check_model(dep, full_check=True)
+        assert_same(ref, run(dep, x), counts)
+    # from the step graph too
+    assert_same(ref, run(deploy_model(F.read_spiking(snn.step_model()), spike_counts=True), x))
+
+
+@pytest.mark.parametrize("method", ["refined", "max"])
+def test_deploy_graph_equals_the_loop_graph_per_channel_and_offsets(method, x):
+    """The default (per-channel thresholds, amplitudes and initial membranes, current offsets)
+    and the max method (zero initial membranes: no Add at the first step)."""
+    snn = converted(B.resnet(13, "clip"), x, 2, method)
+    ref = run(snn.model, x)
+    assert_same(ref, run(deploy_model(F.read_spiking(snn.model), spike_counts=True), x))
+
+
+@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 5), leak=st.sampled_from([1.0, 0.875, 0.5]),
+       v0=st.floats(-0.5, 0.9), amp=st.sampled_from([None, 1.0, 0.75]),
+       per_channel=st.booleans())
+def test_deploy_graph_equals_the_loop_graph_for_any_neuron_parameters(T, leak, v0, amp,
+                                                                      per_channel, x):
+    """Leaks below one (the Mul kept), initial membranes of any sign (folded numerically at
+    the first step), amplitudes of one (the Mul dropped): the same outputs and counts."""
+    snn = converted(B.pooled_twin("MaxPool"), x, T)
+    m = snn.model
+    for s in F.read_info(m).sites:
+        shape = [s.shape[0]] + [1] * (len(s.shape) - 1) if per_channel else []
+        ramp = np.linspace(0.5, 1.0, s.shape[0]).reshape(shape) if per_channel else 1.0
+        th = F.read_spiking(m).param(s.name, "threshold")
+        set_param(m, s.name, "leak", np.float32(leak) * np.ones(shape, np.float32))
+        set_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
+        if amp is not None:
+            set_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
+    assert_same(run(m, x), run(deploy_model(F.read_spiking(m), spike_counts=True), x))
+
+
+def test_format_version_1_files_deploy(x):
+    """Max pooling as an OR (version 1): the pool is an ordinary op of the step."""
+    for path in ("format_v1_vgg_maxpool.snn.onnx", "format_v1_vgg_maxpool.step.onnx"):
+        m = onnx.load(os.path.join(DATA, path))
+        xin = B.rand_input(16, tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]))
+        assert_same(run(m, xin), run(deploy_model(F.read_spiking(m), spike_counts=True), xin))
+
+
+def test_deploy_graph_holds_only_what_inference_needs(x):
+    """No Loop, no function call, no Expand of initial states, no counters, and the last step
+    updates no membrane: one reset (Sub) per site and step but the last, one per spiking pool
+    and step but the first (the first pools zero states)."""
+    T = 3
+    snn = converted(B.pooled_twin("MaxPool"), x, T)
+    info = F.read_info(snn.model)
+    dep = deploy_model(F.read_spiking(snn.model))
+    ops = [n.op_type for n in dep.graph.node]
+    assert "Loop" not in ops and "Expand" not in ops and "Round" not in ops
+    assert all(n.domain in ("", "ai.onnx") for n in dep.graph.node)
+    assert all(o.domain != F.DOMAIN for o in dep.opset_import) and not dep.functions
+    assert ops.count("Sub") == len(info.sites) * (T - 1) + len(info.pools) * (T - 1)
+    # threshold crossings: one per site and step (the first layer's current is hoisted: once)
+    assert ops.count("GreaterOrEqual") == len(info.sites) * T
+    assert ops.count("Conv") == 1 + (T * (sum(n.op_type == "Conv" for n in snn.normalized.model.graph.node) - 1))
+    assert [o.name for o in dep.graph.output] == info.outputs
+    assert [i.name for i in dep.graph.input] == ["input"]
+
+
+def test_deploy_metadata_and_runner(x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    dep = deploy_model(F.read_spiking(snn.model), timesteps=3)
+    info = F.read_info(dep)
+    assert info.graph == F.GRAPH_DEPLOY and info.timesteps == 3
+    assert info.sites == F.read_info(snn.model).sites
+    hist = info.history[-1]
+    assert hist["step"] == "deploy" and hist["timesteps"] == 3 and hist["from_graph"] == "loop"
+    assert F.metadata(dep)[F.META_SPIKE_COUNTS] == "0"
+    assert_same(run(snn.model, x, timesteps=3), run(dep, x), counts=False)
+    r = ModelRunner(dep)
+    with pytest.raises(DataError, match="runs T=3 only"):
+        r.run(r.validate(x), timesteps=2)
+    with pytest.raises(DataError, match="fixed T=3"):
+        ModelRunner(dep, per_step=True)
+    with pytest.raises(DataError, match="fixed T=3"):
+        evaluate_prefixes(dep, (x, np.zeros(len(x), np.int64)), [1, 3])
+    res = onnx_snn.evaluate(dep, (x, np.zeros(len(x), np.int64)))
+    assert res.timesteps == 3 and res.sites == {} and res.mean_rate is None
+
+
+def test_spiking_tools_refuse_a_deploy_graph(x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    dep = deploy_model(F.read_spiking(snn.model))
+    with pytest.raises(DeployGraphError, match="deploy graph"):
+        F.read_spiking(dep)
+    with pytest.raises(DeployGraphError):
+        onnx_snn.deploy(dep)
+    from onnx_snn.analyze import analyze
+    with pytest.raises(DeployGraphError):
+        analyze(dep, None, 2)
+
+
+def test_deploy_api_writes_atomically_and_refuses_bad_paths(tmp_path, x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    src = tmp_path / "m.snn.onnx"
+    snn.save(str(src))
+    out = tmp_path / "m.deploy.onnx"
+    dep = deploy(str(src), str(out))
+    assert out.is_file() and F.read_info(onnx.load(str(out))).graph == F.GRAPH_DEPLOY
+    assert onnx.load(str(out)).SerializeToString() == dep.SerializeToString()
+    with pytest.raises(OutputPathError):
+        deploy(str(src), str(src))
+    with pytest.raises(UsageError, match="DEPLOY_MAX_TIMESTEPS"):
+        deploy(str(src), timesteps=DEPLOY_MAX_TIMESTEPS + 1)
+    with pytest.raises(UsageError):
+        deploy(str(src), timesteps=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.deploy.onnx", "m.snn.onnx"]
+
+
+def test_deploy_keeps_external_weights_external(tmp_path, x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    src = tmp_path / "m.snn.onnx"
+    onnx.save(copy.deepcopy(snn.model), str(src), save_as_external_data=True, location="m.snn.onnx.data",
+              size_threshold=0)
+    out = tmp_path / "d.onnx"
+    deploy(str(src), str(out))
+    assert (tmp_path / "d.onnx.data").is_file()
+    assert_same(run(snn.model, x), run(str(out), x), counts=False)
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, ONNX_SNN_PROGRESS="0")
+    return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+
+
+def test_cli_deploy_then_eval(tmp_path, x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    src = tmp_path / "m.snn.onnx"
+    snn.save(str(src))
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), np.int64))
+    p = _cli("deploy", str(src))
+    assert p.returncode == 0, p.stderr
+    assert "deploy graph: T=2" in p.stdout and (tmp_path / "m.deploy.onnx").is_file()
+    p = _cli("eval", str(tmp_path / "m.deploy.onnx"), "--data", str(tmp_path / "d.npz"))
+    assert p.returncode == 0 and "top-1" in p.stdout and "spike rate" not in p.stdout, p.stderr
+    p = _cli("deploy", str(src), "-o", str(tmp_path / "c.onnx"), "--spike-counts", "-T", "3")
+    assert p.returncode == 0, p.stderr
+    p = _cli("eval", str(tmp_path / "c.onnx"), "--data", str(tmp_path / "d.npz"), "--json",
+             str(tmp_path / "r.json"))
+    assert p.returncode == 0 and "spike rate" in p.stdout, p.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["timesteps"] == 3 and set(r["sites"]) == {s.name for s in F.read_info(snn.model).sites}
+    for cmd in (["analyze", str(tmp_path / "c.onnx"), "--data", str(tmp_path / "d.npz")],
+                ["deploy", str(tmp_path / "c.onnx"), "-o", str(tmp_path / "e.onnx")]):
+        p = _cli(*cmd)
+        assert p.returncode == 8 and "deploy graph" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "e.onnx").exists()
+    p = _cli("info", str(tmp_path / "c.onnx"))
+    assert p.returncode == 0 and "graph=deploy" in p.stdout
+    p = _cli("deploy", str(src), "-o", str(src))
+    assert p.returncode == 6
