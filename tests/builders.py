@@ -209,3 +209,11 @@ def assert_runtimes_agree(model: onnx.ModelProto, x: np.ndarray, atol: float = 1
     for k in r.spikes:
         np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
     return net
+
+
+def converted(model: onnx.ModelProto, x: np.ndarray, T: int = 2, method: str = "datta"):
+    """(normalized model, calibration, SpikingModel) of ``model`` calibrated on ``x``."""
+    import onnx_snn
+    nm = onnx_snn.prepare(model)
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    return nm, cal, onnx_snn.build(nm, cal, T, method)

@@ -40,9 +40,7 @@ def x():
 
 
 def converted(model, x, T=2, method="datta"):
-    nm = onnx_snn.prepare(model)
-    cal = onnx_snn.calibrate(nm, x, show_progress=False)
-    return onnx_snn.build(nm, cal, T, method)
+    return B.converted(model, x, T, method)[2]
 
 
 def assert_same(ref, got, counts=True):

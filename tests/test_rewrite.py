@@ -20,10 +20,7 @@ def x():
     return B.rand_input(48)
 
 
-def converted(model, x, T=2, method="datta"):
-    nm = onnx_snn.prepare(model)
-    cal = onnx_snn.calibrate(nm, x, show_progress=False)
-    return nm, cal, onnx_snn.build(nm, cal, T, method)
+converted = B.converted
 
 
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(17, "relu_min"),
