@@ -64,8 +64,9 @@ examples:
 EPILOG_DEPLOY = """\
 The deploy graph runs the spiking model's T steps unrolled, with the neurons written out as
 plain ONNX ops and without what inference does not need: the time loop, the last step's
-membrane update, and (unless --spike-counts) the per-layer spike counters. Its outputs are
-the spiking model's, bit for bit, about 1.4x faster in onnxruntime (README). It runs in any
+membrane update, and (unless --spike-counts) the per-layer spike counters. Its spikes are
+the spiking model's, bit for bit, and so are its outputs (up to float rounding on some
+architectures), about 1.4x faster in onnxruntime (README). It runs in any
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 

@@ -2,7 +2,9 @@
 exporters, and the ONNX package's light model-zoo files.
 
 Every supported model converts (small random calibration arrays, T = 1, ``datta`` for
-speed), passes ``onnx.checker.check_model(full_check=True)`` and runs in onnxruntime; every
+speed), passes ``onnx.checker.check_model(full_check=True)`` and runs in onnxruntime, and its
+deploy graph at T = 2 gives the loop graph's spike counts bit for bit and its outputs within
+float rounding; every
 unsupported one is refused by the CLI with exit code 4 and an error naming the node.
 
 Supported here: mobilenet_v2, resnet18, squeezenet1_1, shufflenet_v2_x0_5, densenet121 and
@@ -89,6 +91,20 @@ def convert_and_run(path: Path) -> int:
     out = sess.run(None, {inp.name: x[:batch]})
     assert out[0].shape[0] == batch and np.all(np.isfinite(out[0]))
     assert snn.records, "no spiking sites"
+    # its deploy graph (at T=2: two copies of the step) gives the same spike counts, and the
+    # same outputs up to float rounding: onnxruntime may fuse the last (non-spiking) layers
+    # of the unrolled graph differently from the loop body's (light_shufflenet: 7e-7)
+    from onnx_snn.runtimes.ort import ModelRunner
+    dep = onnx_snn.deploy(snn.model, timesteps=2, spike_counts=True)
+    onnx.checker.check_model(dep, full_check=True)
+    loop, unrolled = ModelRunner(snn.model), ModelRunner(dep)
+    feeds = loop.validate(x[:batch])
+    a, b = loop.run_padded(feeds, 2), unrolled.run_padded(feeds, 2)
+    for u, v in zip(a.outputs, b.outputs):
+        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-5)
+    assert a.spikes.keys() == b.spikes.keys()
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
     return len(snn.records)
 
 

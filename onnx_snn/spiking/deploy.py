@@ -16,8 +16,10 @@ pass that
 * keeps the spike counters only on request, and prunes everything the outputs do not read.
 
 Outputs are the DNN's, averaged over T exactly as the loop graph averages them (stacked,
-``ReduceSum`` over time, divided by T): the same values, bit for bit (tests/test_deploy.py
-checks the outputs and spike counts against the loop graph). The file keeps the spiking
+``ReduceSum`` over time, divided by T): the same spike counts, bit for bit, and the same
+outputs, up to float rounding where onnxruntime fuses the last, non-spiking layers of the
+unrolled graph differently from the loop body's (tests/test_deploy.py and
+tests/test_real_models.py check both against the loop graph). The file keeps the spiking
 metadata with ``onnx_snn.graph = "deploy"``; onnxruntime (``onnx-snn eval``) runs it, while
 fine-tuning, analysis and binary-spike folding need the spiking model it was made from
 (:func:`~onnx_snn.spiking.format.read_spiking` refuses it and says so). It uses no custom
