@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", metavar="JSON", help="write per-layer parameters and statistics")
     c.add_argument("--step-graph", metavar="ONNX",
                    help="also write the one-time-step graph (states as inputs/outputs)")
+    c.add_argument("--deploy", metavar="ONNX",
+                   help="also write the inference-only deploy graph (see `onnx-snn deploy`)")
     c.add_argument("--binary-spikes", action="store_true",
                    help="fold each layer's spike amplitude into the next layer's weights where "
                         "exact (0/1 spikes, accumulate-only synapses); sites feeding a residual "
@@ -467,9 +469,10 @@ def cmd_convert(args) -> int:
         raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
     _check_mean_std(args, calib)
     inputs = _inputs(args.model, calib, args.data_dir)
-    outputs = [(out, "-o"), (args.step_graph, "--step-graph"), (args.report, "--report")]
+    outputs = [(out, "-o"), (args.step_graph, "--step-graph"), (args.deploy, "--deploy"),
+               (args.report, "--report")]
     if len(model_files(args.model)) > 1:   # weights in external data: the outputs keep theirs so
-        outputs += [(external_data_path(p), f"{opt}'s external data") for p, opt in outputs[:2]
+        outputs += [(external_data_path(p), f"{opt}'s external data") for p, opt in outputs[:3]
                     if p is not None]
     targets = _check_outputs(inputs, *outputs)   # fail before the work
     snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method, config=config,
@@ -494,6 +497,9 @@ def cmd_convert(args) -> int:
     if args.step_graph is not None:
         items += snn.files(targets[str(args.step_graph)], step=True,
                            binary_spikes=args.binary_spikes)
+    if args.deploy is not None:
+        items += snn.files(targets[str(args.deploy)], binary_spikes=args.binary_spikes,
+                           deploy=True)
     written = set(targets.values())
     items = [(p if p in written else check_output_path(p, *inputs, *written), data)
              for p, data in items]

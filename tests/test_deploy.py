@@ -229,3 +229,23 @@ def test_cli_deploy_then_eval(tmp_path, x):
     assert p.returncode == 0 and "graph=deploy" in p.stdout
     p = _cli("deploy", str(src), "-o", str(src))
     assert p.returncode == 6
+
+
+def test_cli_convert_writes_the_deploy_graph_beside_the_model(tmp_path, x):
+    """`convert --deploy` (with --binary-spikes: the amplitudes folded, so no amplitude Mul
+    is left in the deploy graph) equals deploying the written model."""
+    src = tmp_path / "dnn.onnx"
+    onnx.save(B.vgg(13, "clip", softmax=False), str(src))
+    np.save(tmp_path / "c.npy", x)
+    out, dep = tmp_path / "m.snn.onnx", tmp_path / "m.deploy.onnx"
+    p = _cli("convert", str(src), "--calib", str(tmp_path / "c.npy"), "-o", str(out), "--deploy",
+             str(dep), "--binary-spikes", "--method", "datta", "-q")
+    assert p.returncode == 0, p.stderr
+    m, d = onnx.load(str(out)), onnx.load(str(dep))
+    assert F.read_info(d).graph == F.GRAPH_DEPLOY and F.metadata(m)[F.META_BINARY]
+    assert_same(run(m, x), run(d, x), counts=False)
+    amplitudes = {F.param_name(s.name, "amplitude") for s in F.read_info(m).sites}
+    assert not any(i in amplitudes for n in d.graph.node for i in n.input)
+    p = _cli("convert", str(src), "--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "n.onnx"),
+             "--deploy", str(tmp_path / "n.onnx"), "-q")
+    assert p.returncode == 6 and not (tmp_path / "n.onnx").exists()
