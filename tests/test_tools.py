@@ -76,11 +76,12 @@ def test_bench_sgl_small(fmnist_test):
 
 def test_profile_ort_small(fmnist_test):
     r = run_tool("tools/profile_ort.py", "--shipped", "-T", "2", "--images", "64", "--batch", "32")
-    for part in ("dnn", "snn"):
+    for part in ("dnn", "snn", "deploy"):
         shares = r[part]["share_by_group"]
         assert abs(sum(shares.values()) - 1) < 0.01 and "Loop" not in r[part]["ms_by_op"]
     assert "neuron" in r["snn"]["share_by_group"] and "conv/gemm" in r["dnn"]["share_by_group"]
-    assert r["snn_over_dnn_kernel_time"] > 1
+    assert "neuron" in r["deploy"]["share_by_group"] and "Expand" not in r["deploy"]["ms_by_op"]
+    assert r["snn_over_dnn_kernel_time"] > 1 and r["deploy_over_dnn_kernel_time"] > 1
 
 
 def test_profile_convert_small(fmnist_test):

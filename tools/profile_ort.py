@@ -2,7 +2,8 @@
 Loop body included), from onnxruntime's own profiler; prints JSON.
 
     python tools/profile_ort.py MODEL.onnx [--images 1024] [--batch 256] [-T 2]
-    python tools/profile_ort.py --shipped -T 2      # the shipped model, converted with datta
+    python tools/profile_ort.py --shipped -T 2      # the shipped model, converted with datta,
+                                                    # and its deploy graph
 
 For a spiking model the op types are grouped as well: ``conv/gemm`` (the synaptic layers),
 ``neuron`` (the elementwise ops of ai.onnx_snn.LIFNeuron and the spike counters), ``layout``
@@ -101,11 +102,16 @@ def main(argv=None) -> int:
         cal = bench_calibration(nm)
         with tempfile.TemporaryDirectory() as tmp:
             snn_path = os.path.join(tmp, f"T{args.timesteps}.snn.onnx")
+            deploy_path = os.path.join(tmp, f"T{args.timesteps}.deploy.onnx")
             onnx_snn.build(nm, cal, args.timesteps, "datta").save(snn_path)
+            onnx_snn.deploy(snn_path, deploy_path)
             result["dnn"] = profile(path, x, args.batch)
             result["snn"] = profile(snn_path, x, args.batch, args.timesteps)
             result["snn"]["model"] = f"{os.path.basename(path)} -> datta T={args.timesteps}"
-        result["snn_over_dnn_kernel_time"] = round(result["snn"]["kernel_ms"] / result["dnn"]["kernel_ms"], 2)
+            result["deploy"] = profile(deploy_path, x, args.batch, args.timesteps)
+            result["deploy"]["model"] = f"{os.path.basename(path)} -> datta T={args.timesteps} -> deploy graph"
+        for k in ("snn", "deploy"):
+            result[f"{k}_over_dnn_kernel_time"] = round(result[k]["kernel_ms"] / result["dnn"]["kernel_ms"], 2)
     else:
         result["profile"] = profile(path, x, args.batch, args.timesteps)
     emit(result, args.out)
