@@ -77,6 +77,11 @@ examples:
 """
 
 
+#: the torch runtime's surrogates (onnx_snn.runtimes.torch.neuron.SURROGATES, the default
+#: first), spelled here so that `--help` needs no torch
+FINETUNE_SURROGATES = ("sigmoid", "rectangle")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -334,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                    help="L2 weight decay (default: 0)")
     f.add_argument("--no-augment", action="store_true", help="no random crop/flip")
+    f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
+                   help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
+                        "threshold) or the paper's rectangle (1 for 0 < u/threshold < 2)")
     f.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -597,6 +605,7 @@ def cmd_finetune(args) -> int:
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,
                          augment=not args.no_augment, seed=args.seed, device=args.device,
+                         surrogate=args.surrogate,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"

@@ -119,13 +119,55 @@ def test_spiking_max_pool_step_and_its_gradient():
 def test_surrogate_gradient_is_the_papers():
     th = torch.tensor(2.0, requires_grad=True)
     u = torch.tensor([-1.0, 0.5, 1.9, 2.0, 3.9, 4.1], requires_grad=True)
-    s = spike_fn(u, th)
+    s = spike_fn(u, th, "rectangle")
     assert s.tolist() == [0, 0, 0, 1, 1, 1]
     s.sum().backward()
     # ds/du = 1/threshold for 0 < u < 2*threshold, else 0
     assert u.grad.tolist() == pytest.approx([0, 0.5, 0.5, 0.5, 0.5, 0])
     # ds/dthreshold = -u/threshold^2 inside the window
     assert th.grad.item() == pytest.approx(-(0.5 + 1.9 + 2.0 + 3.9) / 4)
+
+
+def test_sigmoid_surrogate_gradient():
+    """The default: g(z) = k s(1-s), s = sigmoid(k(z-1)), k = 4, on z = u/threshold; the same
+    forward spikes as the rectangle."""
+    th = torch.tensor(2.0, requires_grad=True)
+    u = torch.tensor([-1.0, 0.5, 1.9, 2.0, 3.9, 4.1], requires_grad=True)
+    s = spike_fn(u, th)
+    assert s.tolist() == [0, 0, 0, 1, 1, 1]
+    s.sum().backward()
+    z = u.detach() / 2.0
+    sig = torch.sigmoid(4 * (z - 1))
+    g = 4 * sig * (1 - sig)
+    assert torch.allclose(u.grad, g / 2.0)
+    assert u.grad[3].item() == pytest.approx(0.5)        # peak 1/threshold at the threshold
+    assert th.grad.item() == pytest.approx(float(-(g * z).sum() / 2.0))
+    with pytest.raises(ValueError, match="surrogate"):
+        spike_fn(u, th, "triangle")
+
+
+def test_cli_surrogate_choices_are_the_runtimes():
+    from onnx_snn.cli import FINETUNE_SURROGATES
+    from onnx_snn.runtimes.torch.neuron import DEFAULT_SURROGATE, SURROGATES
+    assert FINETUNE_SURROGATES == SURROGATES and SURROGATES[0] == DEFAULT_SURROGATE
+
+
+def test_network_takes_the_surrogate(tmp_path):
+    """The rectangle and the sigmoid give the same forward pass and different gradients; an
+    unknown one is refused."""
+    from onnx_snn.errors import UsageError
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    grads = {}
+    for sur in ("rectangle", "sigmoid"):
+        net = SpikingNetwork(snn.model, surrogate=sur).eval()   # no dropout: same forward
+        out = net(torch.from_numpy(x))
+        out.sum().backward()
+        grads[sur] = (out.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None])
+    assert torch.equal(grads["rectangle"][0], grads["sigmoid"][0])
+    assert any(not torch.allclose(a, b) for a, b in zip(grads["rectangle"][1], grads["sigmoid"][1]))
+    with pytest.raises(UsageError, match="surrogate"):
+        SpikingNetwork(snn.model, surrogate="atan")
 
 
 def test_lif_step_soft_reset():

@@ -39,6 +39,7 @@ from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
 
 from .network import SpikingNetwork
+from .neuron import DEFAULT_SURROGATE, SURROGATES
 
 MILESTONES = (0.6, 0.8, 0.9)
 
@@ -58,6 +59,7 @@ class FinetuneConfig:
     limit_test: Optional[int] = None
     eval_batch: int = 256
     initial_eval: bool = True
+    surrogate: str = DEFAULT_SURROGATE       # or "rectangle", the paper's (neuron.py)
 
     def __post_init__(self):
         """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
@@ -81,6 +83,8 @@ class FinetuneConfig:
                              f"not {self.lr_decay}")
         if not isinstance(self.device, str) or not DEVICE_RE.match(self.device):
             raise UsageError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.surrogate not in SURROGATES:
+            raise UsageError(f"surrogate must be one of {', '.join(SURROGATES)}, not {self.surrogate!r}")
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
 
@@ -278,7 +282,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if cfg.augment and not augment and main_proc:
         log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
 
-    net = SpikingNetwork(model).to(device)
+    net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
         probe = net(torch.from_numpy(test.x[:1]).to(device), 1)
@@ -425,6 +429,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 def _hist(cfg, T, epochs, initial, top1, world):
     return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
+            "surrogate": cfg.surrogate, "augment": cfg.augment,
             "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
 
 

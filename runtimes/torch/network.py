@@ -22,12 +22,12 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from onnx_snn.errors import UnsupportedModelError
+from onnx_snn.errors import UnsupportedModelError, UsageError
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
 
-from .neuron import lif_step, max_pool_step
+from .neuron import DEFAULT_SURROGATE, SURROGATES, lif_step, max_pool_step
 from .ops import OPS, parse_attrs, run_op
 
 #: the format's spiking pool functions -> the ONNX pool they apply to running sums
@@ -56,8 +56,14 @@ class SpikingNetwork(nn.Module):
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``)."""
 
     def __init__(self, model: onnx.ModelProto, train_thresholds: bool = True,
-                 train_leaks: bool = True, train_amplitudes: bool = True):
+                 train_leaks: bool = True, train_amplitudes: bool = True,
+                 surrogate: str = DEFAULT_SURROGATE):
+        """``surrogate``: the spike's surrogate gradient, ``sigmoid`` or the paper's
+        ``rectangle`` (see :mod:`onnx_snn.runtimes.torch.neuron`)."""
         super().__init__()
+        if surrogate not in SURROGATES:
+            raise UsageError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+        self.surrogate = surrogate
         self.source = model
         self.view = fmt.read_spiking(model, model.graph.name or "model")
         self.info = self.view.info
@@ -147,7 +153,7 @@ class SpikingNetwork(nn.Module):
                 th = env[n.inputs[2]].clamp(min=_MIN_THRESHOLD)
                 amp = env[n.inputs[3]].clamp(min=_MIN_THRESHOLD)
                 leak = env[n.inputs[4]].clamp(max=1.0)
-                y, v_next, s = lif_step(x, v, th, amp, leak)
+                y, v_next, s = lif_step(x, v, th, amp, leak, self.surrogate)
                 env[n.outputs[0]], env[n.outputs[1]] = y, v_next
                 spikes[n.site] = s
             elif n.op in _POOLS:

@@ -1,23 +1,42 @@
-"""The integrate-and-fire neuron of the spiking format, with the paper's surrogate gradient.
+"""The integrate-and-fire neuron of the spiking format, with a choice of surrogate gradient.
 
 Forward (exactly the ``ai.onnx_snn.LIFNeuron`` function)::
 
     u = leak * v + x;  s = (u >= threshold);  v_next = u - s * threshold;  y = s * amplitude
 
-Backward: the Heaviside step is replaced by a rectangular surrogate on the normalized
-membrane z = u / threshold: ds/dz = 1 for 0 < z < 2, so ds/du = 1/threshold and
-ds/dthreshold = -u/threshold^2 inside the window, 0 outside (Datta & Beerel 2022, after
-DIET-SNN).
+Backward: the Heaviside step is replaced by a surrogate derivative ``g(z)`` of the normalized
+membrane z = u / threshold, so ds/du = g(z)/threshold and ds/dthreshold = -g(z) z/threshold:
+
+* ``rectangle`` (Datta & Beerel 2022, after DIET-SNN): g = 1 for 0 < z < 2, else 0;
+* ``sigmoid`` (the default): g = k s (1 - s) with s = sigmoid(k (z - 1)), k = 4: the same
+  peak (1 at the threshold) with half the area, smooth, and never exactly zero. One epoch of
+  fine-tuning at T=2 reaches 0.5-0.65 points more top-1 with it on the trained VGG-16 and
+  ResNet-20 (README, fine-tuning).
 """
 from __future__ import annotations
 
 import torch
 
+SURROGATES = ("sigmoid", "rectangle")
+DEFAULT_SURROGATE = "sigmoid"
+SIGMOID_K = 4.0
+
+
+def surrogate_derivative(z: torch.Tensor, surrogate: str = DEFAULT_SURROGATE) -> torch.Tensor:
+    """``g(z)``: the surrogate of d(spike)/dz at the normalized membrane ``z``."""
+    if surrogate == "sigmoid":
+        s = torch.sigmoid(SIGMOID_K * (z - 1.0))
+        return SIGMOID_K * s * (1.0 - s)
+    if surrogate == "rectangle":
+        return ((z > 0) & (z < 2)).to(z.dtype)
+    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+
 
 class _Spike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, threshold):
+    def forward(ctx, u, threshold, surrogate):
         ctx.save_for_backward(u, threshold)
+        ctx.surrogate = surrogate
         return (u >= threshold).to(u.dtype)
 
     @staticmethod
@@ -25,13 +44,15 @@ class _Spike(torch.autograd.Function):
         u, threshold = ctx.saved_tensors
         inv = 1.0 / threshold                     # a scalar or per-channel: cheap
         z = u * inv
-        window = (z > 0) & (z < 2)
-        grad_u = torch.where(window, grad * inv, 0.0)
+        if ctx.surrogate == "rectangle":          # a mask: no multiply by g
+            grad_u = torch.where((z > 0) & (z < 2), grad * inv, 0.0)
+        else:
+            grad_u = grad * surrogate_derivative(z, ctx.surrogate) * inv
         grad_th = None
         if ctx.needs_input_grad[1]:
-            # d s / d threshold = -u / threshold^2 = -(d s / d u) * z inside the window
+            # d s / d threshold = -u / threshold^2 g(z) = -(d s / d u) * z
             grad_th = -_reduce_to(grad_u * z, threshold.shape)
-        return grad_u, grad_th
+        return grad_u, grad_th, None
 
 
 def _reduce_to(g: torch.Tensor, shape) -> torch.Tensor:
@@ -43,15 +64,18 @@ def _reduce_to(g: torch.Tensor, shape) -> torch.Tensor:
     return g.reshape(shape)
 
 
-def spike_fn(u: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """0/1 spikes with the rectangular surrogate gradient."""
-    return _Spike.apply(u, threshold)
+def spike_fn(u: torch.Tensor, threshold: torch.Tensor,
+             surrogate: str = DEFAULT_SURROGATE) -> torch.Tensor:
+    """0/1 spikes with the ``surrogate`` gradient."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    return _Spike.apply(u, threshold, surrogate)
 
 
-def lif_step(x, v, threshold, amplitude, leak):
+def lif_step(x, v, threshold, amplitude, leak, surrogate: str = DEFAULT_SURROGATE):
     """One step: returns (y, v_next, s)."""
     u = leak * v + x
-    s = spike_fn(u, threshold)
+    s = spike_fn(u, threshold, surrogate)
     v_next = u - s * threshold
     return s * amplitude, v_next, s
 
