@@ -338,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
     f.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                    help="L2 weight decay (default: 0)")
-    f.add_argument("--no-augment", action="store_true", help="no random crop/flip")
+    f.add_argument("--augment", action="store_true",
+                   help="random crop/flip of image batches (off by default: a few epochs from a "
+                        "converted network did better without; README, fine-tuning)")
+    f.add_argument("--no-augment", action="store_true", help=argparse.SUPPRESS)   # the default now
     f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
                    help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
                         "threshold) or the paper's rectangle (1 for 0 < u/threshold < 2)")
@@ -604,7 +607,8 @@ def cmd_finetune(args) -> int:
     _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,
-                         augment=not args.no_augment, seed=args.seed, device=args.device,
+                         augment=args.augment and not args.no_augment, seed=args.seed,
+                         device=args.device,
                          surrogate=args.surrogate,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)

@@ -269,7 +269,16 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     onnx.checker.check_model(m, full_check=True)
     info = F.read_info(m)
     assert [h["step"] for h in info.history][0] == "convert" and info.history[-1]["step"] == "finetune"
+    # the defaults, recorded: the sigmoid surrogate, no augmentation
+    assert info.history[-1]["surrogate"] == "sigmoid" and info.history[-1]["augment"] is False
     assert run(m, np.zeros((2, 1, 28, 28), np.float32)).outputs[0].shape == (2, 10)
+    out2 = tmp_path / "paper.snn.onnx"
+    assert main(["-q", "finetune", str(fmnist_snn), "-o", str(out2), "--data", "fashion-mnist",
+                 "--limit-train", "64", "--limit-test", "64", "--epochs", "1", "--augment",
+                 "--surrogate", "rectangle", "--lr", "1e-3"]) == 0
+    if out2.exists():   # written when the epoch beat the start
+        h = F.read_info(onnx.load(str(out2))).history[-1]
+        assert h["surrogate"] == "rectangle" and h["augment"] is True
 
 
 def run_cli(*args, env=None):
