@@ -43,15 +43,17 @@ class _Spike(torch.autograd.Function):
     def backward(ctx, grad):
         u, threshold = ctx.saved_tensors
         inv = 1.0 / threshold                     # a scalar or per-channel: cheap
-        z = u * inv
         if ctx.surrogate == "rectangle":          # a mask: no multiply by g
+            z = u * inv
             grad_u = torch.where((z > 0) & (z < 2), grad * inv, 0.0)
-        else:
-            grad_u = grad * surrogate_derivative(z, ctx.surrogate) * inv
+        else:   # surrogate_derivative's sigmoid in four passes over the neurons:
+            # s = sigmoid(k u/threshold - k); grad_u = grad s (1 - s) k/threshold
+            s = torch.addcmul(u.new_tensor(-SIGMOID_K), u, SIGMOID_K * inv).sigmoid_()
+            grad_u = torch.ops.aten.sigmoid_backward(grad, s).mul_(SIGMOID_K * inv)
         grad_th = None
         if ctx.needs_input_grad[1]:
-            # d s / d threshold = -u / threshold^2 g(z) = -(d s / d u) * z
-            grad_th = -_reduce_to(grad_u * z, threshold.shape)
+            # d s / d threshold = -u / threshold^2 g(z) = -(d s / d u) * u / threshold
+            grad_th = -_reduce_to(grad_u * u, threshold.shape) * inv
         return grad_u, grad_th, None
 
 
