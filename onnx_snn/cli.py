@@ -316,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", parents=[quiet],
                        help="fine-tune a spiking model with surrogate gradients (needs torch)",
                        description="Surrogate-gradient fine-tuning in PyTorch (backprop through "
-                                   "the T steps), the paper's recipe by default: Adam (amsgrad), "
-                                   "lr 1e-4 divided by 5 at 60/80/90%% of training. Writes the "
+                                   "the T steps): Adam (amsgrad), lr 1e-4 divided by 5 at "
+                                   "60/80/90% of training, as the paper; a sigmoid surrogate "
+                                   "and no augmentation, which did better than the paper's "
+                                   "rectangle and random crops in a few epochs. Writes the "
                                    "same spiking format back; the best epoch on the test set is "
                                    "kept: OUTPUT gets the starting model only when it does not "
                                    "exist yet, and an existing OUTPUT is replaced only by an "
