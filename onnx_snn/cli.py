@@ -476,6 +476,10 @@ def cmd_convert(args) -> int:
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
     check_search_limits(config, args.timesteps, args.method)
+    if args.deploy is not None and args.timesteps > DEPLOY_MAX_TIMESTEPS:
+        raise UsageError(f"--deploy: a deploy graph holds one copy of the time step per step, at "
+                         f"most {DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not -T "
+                         f"{args.timesteps}; drop --deploy (the spiking model runs any T)")
     out = args.output if args.output is not None else _default_output(args.model)
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:

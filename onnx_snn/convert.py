@@ -125,9 +125,12 @@ def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
     if fmt.is_spiking(model) or calls:
         why = (f"it has {fmt.META_FORMAT} metadata" if fmt.is_spiking(model) else
                f"it calls {fmt.DOMAIN}.{fmt.NEURON_OP}")
+        deployed = fmt.is_spiking(model) and \
+            fmt.metadata(model).get(fmt.META_GRAPH) == fmt.GRAPH_DEPLOY
         raise UnsupportedModelError(
             f"{where}: already a spiking model ({why}); convert the original DNN instead, or "
-            "use `onnx-snn eval`, `finetune` or `info` on this file")
+            + ("use `onnx-snn eval` or `info` on this deploy graph" if deployed else
+               "use `onnx-snn eval`, `finetune` or `info` on this file"))
 
 @dataclass
 class SpikingModel:

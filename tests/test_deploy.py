@@ -279,3 +279,65 @@ def test_deploy_graph_keeps_every_kind_of_output(T):
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True)
     assert [o.name for o in dep.graph.output][:3] == ["y", "g1", "r1"]
     assert_same(run(snn.model, x), run(dep, x))
+
+
+def test_deploy_names_cannot_collide_with_the_models(x):
+    """The copies of the step and the averaging nodes are named under the format's reserved
+    prefix: a DNN tensor named like a copy (``h.t0``, ``y.sum.steps``) keeps its meaning."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in (
+        ("w1", r.standard_normal((6, 8))), ("b1", np.zeros(8)), ("w2", r.standard_normal((8, 3))),
+        ("b2", np.zeros(3)), ("z", 0.0), ("mu", 2.0), ("one", 1.0))]
+    nodes = [h.make_node("Gemm", ["x", "w1", "b1"], ["g1"], name="fc1"),
+             h.make_node("Clip", ["g1", "z", "mu"], ["r1"], name="act"),
+             h.make_node("Gemm", ["r1", "w2", "b2"], ["h"], name="fc2"),
+             h.make_node("Add", ["x", "one"], ["h.t0"], name="side"),            # hoisted
+             h.make_node("ReduceSum", ["h.t0"], ["y.sum.steps"], keepdims=1, name="side_sum"),
+             h.make_node("Add", ["h", "y.sum.steps"], ["y"], name="out")]
+    g = h.make_graph(nodes, "collide", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    xx = np.random.default_rng(1).random((16, 6)).astype(np.float32)
+    snn = converted(m, xx, 2)
+    assert_same(run(snn.model, xx), run(deploy(snn.model), xx), counts=False)
+
+
+def test_a_next_state_read_by_another_node_is_kept_at_the_last_step(x):
+    """The last step drops the membrane update only where nothing else reads it."""
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    step = snn.step_model()
+    g = step.graph
+    nxt = F.next_state_name("lif0")
+    probe = "probe.v_next_mean"
+    g.node.append(onnx.helper.make_node("ReduceMean", [nxt], [probe], keepdims=0, name="probe"))
+    g.output.append(onnx.helper.make_tensor_value_info(probe, onnx.TensorProto.FLOAT, ["N"]))
+    meta = F.metadata(step)
+    F.set_metadata(step, {**meta, F.META_OUTPUTS: json.dumps(json.loads(meta[F.META_OUTPUTS]) + [probe])})
+    view = F.read_spiking(step)
+    dep = deploy(step)                    # checked by onnx before it is returned
+    assert probe in [o.name for o in dep.graph.output]
+    ref = ModelRunner(step).run({"input": x})
+    got = ModelRunner(dep).run({"input": x})
+    np.testing.assert_array_equal(ref.outputs[0], got.outputs[0])
+    np.testing.assert_allclose(got.outputs[1], ref.outputs[1], rtol=1e-6)
+    assert view.outputs[-1] == probe
+
+
+def test_deploy_model_checks_its_timesteps(x):
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    view = F.read_spiking(snn.model)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(UsageError):
+            deploy_model(view, timesteps=bad)
+
+
+def test_cli_convert_refuses_a_deploy_T_beyond_the_limit_before_the_work(tmp_path, x):
+    src = tmp_path / "dnn.onnx"
+    onnx.save(B.vgg(13, "clip"), str(src))
+    np.save(tmp_path / "c.npy", x)
+    p = _cli("convert", str(src), "--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "m.onnx"),
+             "--deploy", str(tmp_path / "d.onnx"), "-T", str(DEPLOY_MAX_TIMESTEPS + 1), "--method", "datta")
+    assert p.returncode == 2 and "DEPLOY_MAX_TIMESTEPS" in p.stderr and "site" not in p.stdout
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c.npy", "dnn.onnx"]

@@ -46,6 +46,12 @@ _POOL_OP = {fn: op for op, fn in POOL_OPS.items()}    # SpikeMaxPool -> MaxPool
 DEPLOY_MAX_TIMESTEPS = 64
 
 
+def _step_name(t: int, name: str) -> str:
+    """A tensor or node of step ``t``: under the format's reserved prefix, which no DNN name
+    uses (the conversion refuses those), so no copy can take a name the graph already has."""
+    return f"{fmt.RESERVED_PREFIX}t{t}/{name}"
+
+
 def _is(value: Optional[np.ndarray], x: float) -> bool:
     return value is not None and bool(np.all(value == x))
 
@@ -68,6 +74,9 @@ class _Unroller:
             v0 = self.value(st.init) if st.init else None
             self.cur[st.names.input] = None if v0 is None or _is(v0, 0) else st.init
         self.materialized: Dict[str, str] = {}
+        # next states some other node of the step reads: computed at the last step too
+        self.read_next = {x for n in self.body for x in n.input} & \
+            {st.names.next for st in view.states}
 
     def value(self, name: Optional[str]) -> Optional[np.ndarray]:
         t = self.inits.get(name) if name else None
@@ -110,7 +119,7 @@ class _Unroller:
             return name
 
         for node in self.body:
-            pre = f"{node.name or node.output[0]}.t{t}."
+            pre = _step_name(t, f"{node.name or node.output[0]}.")
             if node.domain == fmt.DOMAIN and node.op_type == fmt.NEURON_OP:
                 x, v, th, amp, leak = node.input
                 y, v_next = node.output
@@ -126,9 +135,10 @@ class _Unroller:
                     v_arg, leak_arg = arg(v), (None if _is(leak_value, 1) else leak)
                 nodes, out = neuron_nodes(
                     arg(x), v_arg, th, None if _is(self.value(amp), 1) else amp, leak_arg,
-                    pre + "y", None if last else pre + "v_next", self.opset, prefix=pre)
+                    pre + "y", None if last and v_next not in self.read_next else pre + "v_next",
+                    self.opset, prefix=pre)
                 ren[y] = out["y"]
-                if not last:
+                if "v_next" in out:
                     ren[v_next] = out["v_next"]
             elif node.domain == fmt.DOMAIN and node.op_type in _POOL_OP:
                 x, c, m = node.input
@@ -136,10 +146,11 @@ class _Unroller:
                 nodes, out = pool_nodes(
                     _POOL_OP[node.op_type], arg(x),
                     self.cur[c] if first else arg(c), self.cur[m] if first else arg(m),
-                    pre + "y", None if last else pre + "c_next", pre + "m_next",
+                    pre + "y", None if last and c_next not in self.read_next else pre + "c_next",
+                    pre + "m_next",
                     [copy.deepcopy(a) for a in node.attribute], prefix=pre)
                 ren[y], ren[m_next] = out["y"], out["m_next"]
-                if not last:
+                if "c_next" in out:
                     ren[c_next] = out["c_next"]
             else:
                 m = copy.deepcopy(node)
@@ -149,7 +160,7 @@ class _Unroller:
                         m.input[i] = arg(name)
                 for i, name in enumerate(m.output):
                     if name in self.made:
-                        ren[name] = m.output[i] = f"{name}.t{t}"
+                        ren[name] = m.output[i] = _step_name(t, name)
                 nodes = [m]
             for n in nodes:
                 if not n.name:
@@ -163,25 +174,27 @@ class _Unroller:
 def _stack_sum(nodes, inits, steps: List[str], out: str, opset: int) -> None:
     """``out`` = the per-step tensors stacked on a new time axis and summed over it (the loop
     graph's ReduceSum of its scan output, so the same float sums)."""
-    axis = f"{out}.time_axis"
+    axis = f"{fmt.RESERVED_PREFIX}deploy/{out}.time_axis"
     inits.append(numpy_helper.from_array(np.array([0], np.int64), axis))
     stacked = []
     for i, s in enumerate(steps):
-        u = f"{out}.step{i}"
+        u = f"{fmt.RESERVED_PREFIX}deploy/{out}.step{i}"
         nodes.append(helper.make_node("Unsqueeze", [s, axis], [u], name=u) if opset >= 13 else
                      helper.make_node("Unsqueeze", [s], [u], axes=[0], name=u))
         stacked.append(u)
-    nodes.append(helper.make_node("Concat", stacked, [f"{out}.steps"], axis=0, name=f"{out}.steps"))
-    nodes.append(helper.make_node("ReduceSum", [f"{out}.steps", axis], [out], keepdims=0, name=out)
+    steps_name = f"{fmt.RESERVED_PREFIX}deploy/{out}.steps"
+    nodes.append(helper.make_node("Concat", stacked, [steps_name], axis=0, name=steps_name))
+    nodes.append(helper.make_node("ReduceSum", [steps_name, axis], [out], keepdims=0, name=out)
                  if opset >= 13 else
-                 helper.make_node("ReduceSum", [f"{out}.steps"], [out], axes=[0], keepdims=0, name=out))
+                 helper.make_node("ReduceSum", [steps_name], [out], axes=[0], keepdims=0, name=out))
 
 
 def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
                  spike_counts: bool = False) -> onnx.ModelProto:
     """The deploy graph of a parsed spiking model (see the module docstring), at ``timesteps``
     (default: the model's T). ``spike_counts`` keeps the per-site spike totals as outputs."""
-    T = int(timesteps or view.info.timesteps)
+    from ..convert import check_timesteps
+    T = check_timesteps(view.info.timesteps if timesteps is None else timesteps)
     if T > DEPLOY_MAX_TIMESTEPS:
         raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
                          f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
@@ -205,8 +218,9 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
             continue
         if t_float not in {i.name for i in inits}:
             inits.append(numpy_helper.from_array(np.array(T, np.float32), t_float))
-        _stack_sum(nodes, inits, steps, o + ".sum", un.opset)
-        nodes.append(helper.make_node("Div", [o + ".sum", t_float], [o], name=o + ".mean"))
+        total = f"{fmt.RESERVED_PREFIX}deploy/{o}.sum"
+        _stack_sum(nodes, inits, steps, total, un.opset)
+        nodes.append(helper.make_node("Div", [total, t_float], [o], name=f"{fmt.RESERVED_PREFIX}deploy/{o}.mean"))
     if spike_counts:
         for s in view.info.sites:
             name = fmt.spikes_name(s.name)
@@ -244,16 +258,14 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     """The deploy graph of the spiking model ``model`` (a path or a ModelProto; a loop or
     step graph), written atomically to ``output`` when given (never over an input; with
     external data beside it when the source kept its weights that way). Returns it."""
-    from ..convert import check_timesteps
-    from ..model_io import check_output_path, load_model, model_files, save_model
+    from ..model_io import check_model, check_output_path, load_model, model_files, save_model
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
-    if timesteps is not None:
-        timesteps = check_timesteps(timesteps)
     inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
         check_output_path(output, *inputs)              # before the work
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     out = deploy_model(fmt.read_spiking(m, where), timesteps, spike_counts)
+    check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:
         save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)
     return out
