@@ -1,7 +1,9 @@
-"""Surrogate-gradient fine-tuning (SGL) of a spiking ONNX model, the paper's recipe by default.
+"""Surrogate-gradient fine-tuning (SGL) of a spiking ONNX model.
 
-Adam (amsgrad), lr 1e-4, divided by 5 at 60/80/90 % of the iterations; cross-entropy on the
-time-averaged outputs; backprop through the T steps; one dropout mask per batch reused over
+Adam (amsgrad), lr 1e-4, divided by 5 at 60/80/90 % of the iterations (the paper's); a
+sigmoid surrogate gradient (``surrogate="rectangle"``: the paper's) and no augmentation
+(``augment=True``: random crop/flip), which did better in a few epochs (README);
+cross-entropy on the time-averaged outputs; backprop through the T steps; one dropout mask per batch reused over
 the steps where the source DNN had dropout; thresholds, leaks (clamped to at most 1) and
 weights trained. The test set is evaluated after every epoch and the best model is written
 to the output file, atomically. The starting model is written there before training only
@@ -313,7 +315,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     existed = out_path.exists()
 
     def write_model(epochs_done, top1):
-        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world), T).SerializeToString()
+        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment), T).SerializeToString()
         write_bytes_atomic(data_, out_path)
 
     if resume and ckpt_path.exists():
@@ -429,10 +431,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           written=written or (resume and out_path.exists()))
 
 
-def _hist(cfg, T, epochs, initial, top1, world):
+def _hist(cfg, T, epochs, initial, top1, world, augment):
     return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
-            "surrogate": cfg.surrogate, "augment": cfg.augment,
+            "surrogate": cfg.surrogate, "augment": bool(augment),
             "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
 
 

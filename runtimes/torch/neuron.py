@@ -48,7 +48,8 @@ class _Spike(torch.autograd.Function):
             grad_u = torch.where((z > 0) & (z < 2), grad * inv, 0.0)
         else:   # surrogate_derivative's sigmoid in four passes over the neurons:
             # s = sigmoid(k u/threshold - k); grad_u = grad s (1 - s) k/threshold
-            s = torch.addcmul(u.new_tensor(-SIGMOID_K), u, SIGMOID_K * inv).sigmoid_()
+            s = torch.addcmul(torch.full((), -SIGMOID_K, dtype=u.dtype, device=u.device),
+                              u, SIGMOID_K * inv).sigmoid_()     # (a fill, no host copy)
             grad_u = torch.ops.aten.sigmoid_backward(grad, s).mul_(SIGMOID_K * inv)
         grad_th = None
         if ctx.needs_input_grad[1]:
