@@ -9,7 +9,8 @@ converted here with the default method at T, 512 calibration images), on the Fas
 test images at batch ``--batch``, after two warm-up batches, every timed span closed by a
 device synchronization:
 
-* ``onnxruntime``: the DNN file and the spiking Loop graph with the CUDA execution provider,
+* ``onnxruntime``: the DNN file, the spiking Loop graph and its deploy graph
+  (``onnx-snn deploy``) with the CUDA execution provider,
   when this onnxruntime has it (``providers`` lists what it has; without CUDA the section says
   so and nothing is timed: it needs the onnxruntime-gpu package);
 * ``torch``: the spiking graph in the PyTorch runtime (``SpikingNetwork``, eval, no grad)
@@ -57,7 +58,8 @@ def _timed(fn, x, batch, sync, warmup=2) -> float:
     return nb * batch / (time.perf_counter() - t0)
 
 
-def ort_section(dnn_path: str, snn_path: str, x, batch: int, timesteps: int) -> dict:
+def ort_section(dnn_path: str, snn_path: str, x, batch: int, timesteps: int,
+                deploy_path: str = None) -> dict:
     import numpy as np
     import onnxruntime as ort
     providers = ort.get_available_providers()
@@ -65,7 +67,8 @@ def ort_section(dnn_path: str, snn_path: str, x, batch: int, timesteps: int) -> 
         return {"available": False, "providers": providers,
                 "why": "this onnxruntime has no CUDAExecutionProvider (it needs onnxruntime-gpu)"}
     out = {"available": True, "providers": providers}
-    for name, path in (("dnn", dnn_path), ("snn", snn_path)):
+    graphs = [("dnn", dnn_path), ("snn", snn_path)] + ([("deploy", deploy_path)] if deploy_path else [])
+    for name, path in graphs:
         sess = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
         inp = sess.get_inputs()[0].name
         extra = {}
@@ -75,6 +78,8 @@ def ort_section(dnn_path: str, snn_path: str, x, batch: int, timesteps: int) -> 
             lambda xb: sess.run(None, {inp: xb, **extra}), x, batch, lambda: None)
         out[f"{name}_providers"] = sess.get_providers()
     out["snn_over_dnn"] = out["snn_images_per_second"] / out["dnn_images_per_second"]
+    if deploy_path:
+        out["deploy_over_dnn"] = out["deploy_images_per_second"] / out["dnn_images_per_second"]
     return out
 
 
@@ -129,9 +134,11 @@ def main(argv=None) -> int:
             x = resolve_data("fashion-mnist", nm.preprocess, split="test").take(args.test_images).x
             snn_path = os.path.join(tmp, f"{net}.snn.onnx")
             onnx_snn.build(nm, bench_calibration(nm), args.timesteps, "refined").save(snn_path)
+            deploy_path = os.path.join(tmp, f"{net}.deploy.onnx")
+            onnx_snn.deploy(snn_path, deploy_path)
             r = {}
             for name, fn in (("onnxruntime", lambda: ort_section(str(path), snn_path, x, args.batch,
-                                                                  args.timesteps)),
+                                                                  args.timesteps, deploy_path)),
                              ("torch", lambda: torch_section(arch, snn_path, x, args.batch,
                                                              args.timesteps, args.device))):
                 try:
