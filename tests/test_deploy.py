@@ -252,8 +252,8 @@ def test_cli_convert_writes_the_deploy_graph_beside_the_model(tmp_path, x):
 
 
 def _mlp_outputs():
-    """y = fc2(clip(fc1(x))) with more outputs: the time-invariant pre-activation g1 and the
-    spiking layer's own output r1."""
+    """y = fc2(clip(fc1(x))) with more outputs: the time-invariant pre-activation g1, the
+    spiking layer's own output r1 and an int64 Cast of y (the loop graph gives its last step)."""
     from onnx import TensorProto as TP
     from onnx import helper as h
     r = np.random.default_rng(0)
@@ -262,23 +262,27 @@ def _mlp_outputs():
         ("b2", np.zeros(3)), ("z", 0.0), ("mu", 2.0))]
     nodes = [h.make_node("Gemm", ["x", "w1", "b1"], ["g1"], name="fc1"),
              h.make_node("Clip", ["g1", "z", "mu"], ["r1"], name="act"),
-             h.make_node("Gemm", ["r1", "w2", "b2"], ["y"], name="fc2")]
+             h.make_node("Gemm", ["r1", "w2", "b2"], ["y"], name="fc2"),
+             h.make_node("Cast", ["y"], ["yi"], to=TP.INT64, name="cast")]
     outs = [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3]),
             h.make_tensor_value_info("g1", TP.FLOAT, ["N", 8]),
-            h.make_tensor_value_info("r1", TP.FLOAT, ["N", 8])]
+            h.make_tensor_value_info("r1", TP.FLOAT, ["N", 8]),
+            h.make_tensor_value_info("yi", TP.INT64, ["N", 3])]
     g = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 6])], outs, inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
 
 
 @pytest.mark.parametrize("T", [1, 3])
 def test_deploy_graph_keeps_every_kind_of_output(T):
-    """A time-invariant output (the same tensor) and a site's own spikes as an output
-    (averaged)."""
-    x = np.random.default_rng(1).random((16, 6)).astype(np.float32)
+    """A time-invariant output (the same tensor), a site's own spikes as an output (averaged)
+    and an int64 output (the last step's value)."""
+    x = np.random.default_rng(1).random((16, 6)).astype(np.float32) * 3
     snn = converted(_mlp_outputs(), x, T)
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True)
-    assert [o.name for o in dep.graph.output][:3] == ["y", "g1", "r1"]
-    assert_same(run(snn.model, x), run(dep, x))
+    assert [o.name for o in dep.graph.output][:4] == ["y", "g1", "r1", "yi"]
+    ref, got = run(snn.model, x), run(dep, x)
+    assert_same(ref, got)
+    assert got.outputs[3].dtype == np.int64 and np.any(got.outputs[3] != 0)
 
 
 def test_deploy_names_cannot_collide_with_the_models(x):
