@@ -345,3 +345,22 @@ def test_cli_convert_refuses_a_deploy_T_beyond_the_limit_before_the_work(tmp_pat
              "--deploy", str(tmp_path / "d.onnx"), "-T", str(DEPLOY_MAX_TIMESTEPS + 1), "--method", "datta")
     assert p.returncode == 2 and "DEPLOY_MAX_TIMESTEPS" in p.stderr and "site" not in p.stdout
     assert sorted(q.name for q in tmp_path.iterdir()) == ["c.npy", "dnn.onnx"]
+
+
+def test_a_state_read_by_another_node_gets_its_initial_value_broadcast(x):
+    """A node other than a neuron reading a membrane at the first step reads the initial
+    value broadcast to the batch, as the loop graph's Expand makes it."""
+    snn = converted(B.vgg(13, "clip"), x, 2, "refined")    # per-channel, nonzero v_init
+    step = snn.step_model()
+    g = step.graph
+    probe = "probe.v_mean"
+    g.node.append(onnx.helper.make_node("ReduceMean", [F.StateNames("lif1").input], [probe],
+                                        axes=[1, 2, 3], keepdims=0, name="probe"))   # per sample
+    g.output.append(onnx.helper.make_tensor_value_info(probe, onnx.TensorProto.FLOAT, ["N"]))
+    meta = F.metadata(step)
+    F.set_metadata(step, {**meta, F.META_OUTPUTS: json.dumps(json.loads(meta[F.META_OUTPUTS]) + [probe])})
+    dep = deploy(step)
+    assert "Expand" in [n.op_type for n in dep.graph.node]
+    ref, got = ModelRunner(step).run({"input": x}), ModelRunner(dep).run({"input": x})
+    np.testing.assert_array_equal(ref.outputs[0], got.outputs[0])
+    np.testing.assert_allclose(got.outputs[1], ref.outputs[1], rtol=1e-6)

@@ -67,16 +67,13 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
         if n.op_type not in ("Shape", "Size") and any(i in batch_data for i in n.input):
             batch_data.update(n.output)
 
-    out: List[onnx.NodeProto] = list(hoisted)
-    extra: List[onnx.TensorProto] = [_int64(fmt.BATCH_AXIS, [0]), _int64(fmt.TIME_AXIS, [0]),
-                                     _int64(fmt.ONE, [1]),
-                                     _int64(_name(fmt.TIMESTEPS_INPUT, "lead"), [T, -1])]
+    batch_nodes, batch_inits = rewrite.batch_size_nodes(data_inputs[0].name)
+    out: List[onnx.NodeProto] = list(hoisted) + batch_nodes
+    extra: List[onnx.TensorProto] = batch_inits + [_int64(fmt.TIME_AXIS, [0]), _int64(fmt.ONE, [1]),
+                                                   _int64(_name(fmt.TIMESTEPS_INPUT, "lead"), [T, -1])]
     lead = _name(fmt.TIMESTEPS_INPUT, "lead")
-    out.append(helper.make_node("Shape", [data_inputs[0].name], [fmt.INPUT_SHAPE], name=fmt.INPUT_SHAPE))
-    out.append(helper.make_node("Gather", [fmt.INPUT_SHAPE, fmt.BATCH_AXIS], [fmt.BATCH], axis=0,
-                                name=fmt.BATCH))
     if any(st.init is None for st in states):
-        extra.append(numpy_helper.from_array(np.array(0.0, np.float32), fmt.ZERO))
+        extra.append(rewrite.zero_initializer())
     stateful = {n.name for n in body if n.domain == fmt.DOMAIN}
     state_of = {st.names.input: st for st in states}
     folded: set = set()
@@ -127,13 +124,10 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
                 st = state_of.get(s_in)
                 if st is None:
                     continue
-                nm_ = st.names
-                extra.append(_int64(nm_.dims, st.shape))
-                out.append(helper.make_node("Concat", [fmt.BATCH, nm_.dims], [nm_.full_shape], axis=0,
-                                            name=nm_.full_shape))
-                out.append(helper.make_node("Expand", [st.init or fmt.ZERO, nm_.full_shape],
-                                            [nm_.initial], name=nm_.initial))
-                cur[s_in] = nm_.initial
+                nodes, dims = rewrite.initial_state_nodes(st, st.init or fmt.ZERO)
+                extra += dims
+                out += nodes
+                cur[s_in] = st.names.initial
             ys = []
             for t in range(T):
                 call = copy.deepcopy(n)
@@ -231,6 +225,7 @@ def unrolled_model(snn):
     """The step graph copied T times into one graph."""
     from onnx_snn.graph import walk
     from onnx_snn.spiking import format as fmt
+    from onnx_snn.spiking import rewrite
     step = snn.step_model()
     view = fmt.read_spiking(step)
     g = step.graph; T = snn.timesteps
@@ -241,16 +236,15 @@ def unrolled_model(snn):
     made = {o for n in body for o in n.output}
     out = [copy.deepcopy(n) for n in hoisted]
     inits = list(g.initializer)
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "snn.batch_axis"))
     x0 = [i for i in g.input if i.name not in {s.names.input for s in states}][0].name
-    out.append(helper.make_node("Shape", [x0], ["snn.input_shape"]))
-    out.append(helper.make_node("Gather", ["snn.input_shape", "snn.batch_axis"], ["snn.batch"], axis=0))
-    inits.append(numpy_helper.from_array(np.array(0, np.float32), "snn.zero"))
+    batch_nodes, batch_inits = rewrite.batch_size_nodes(x0)
+    out += batch_nodes
+    inits += batch_inits + [rewrite.zero_initializer()]
     cur = {}
     for st in states:
-        inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), st.names.dims))
-        out.append(helper.make_node("Concat", ["snn.batch", st.names.dims], [st.names.full_shape], axis=0))
-        out.append(helper.make_node("Expand", [st.init or "snn.zero", st.names.full_shape], [st.names.initial]))
+        nodes, dims = rewrite.initial_state_nodes(st, st.init or fmt.ZERO)
+        inits += dims
+        out += nodes
         cur[st.names.input] = st.names.initial
     outs = [o.name for o in g.output]
     per = {o: [] for o in outs}

@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import UsageError
 from ..graph import walk
 from . import format as fmt
+from . import rewrite
 from .neuron import POOL_OPS, neuron_nodes, pool_nodes
 
 _POOL_OP = {fn: op for op, fn in POOL_OPS.items()}    # SpikeMaxPool -> MaxPool
@@ -87,22 +88,18 @@ class _Unroller:
         return name
 
     def full(self, state: str) -> str:
-        """A state's initial value broadcast to [batch, *shape], for a node other than a
-        neuron or pool that reads it (none in the format today)."""
+        """A state's initial value broadcast to [batch, *shape], as the loop graph makes it,
+        for a node other than a neuron or pool that reads it (none in the format today)."""
         if state not in self.materialized:
-            st = self.states[state]
-            n = st.names
-            first = self.view.data_inputs[0]
-            init = self.cur[state] or self.constant(f"{n.owner}.{n.key}_zero", np.float32(0))
-            self.new_inits.append(numpy_helper.from_array(np.array([0], np.int64), f"{n.dims}.batch_axis"))
-            self.new_inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), n.dims))
-            self.nodes += [
-                helper.make_node("Shape", [first], [f"{n.dims}.input_shape"]),
-                helper.make_node("Gather", [f"{n.dims}.input_shape", f"{n.dims}.batch_axis"],
-                                 [f"{n.dims}.batch"], axis=0),
-                helper.make_node("Concat", [f"{n.dims}.batch", n.dims], [n.full_shape], axis=0),
-                helper.make_node("Expand", [init, n.full_shape], [n.initial])]
-            self.materialized[state] = n.initial
+            if not self.materialized:      # the batch size and the zero, once
+                nodes, inits = rewrite.batch_size_nodes(self.view.data_inputs[0])
+                self.nodes += nodes
+                self.new_inits += inits + [rewrite.zero_initializer()]
+            nodes, inits = rewrite.initial_state_nodes(self.states[state],
+                                                       self.cur[state] or fmt.ZERO)
+            self.nodes += nodes
+            self.new_inits += inits
+            self.materialized[state] = self.states[state].names.initial
         return self.materialized[state]
 
     def step(self, t: int) -> Dict[str, str]:
@@ -126,8 +123,7 @@ class _Unroller:
                 leak_value = self.value(leak)
                 if first:   # the initial membrane is a constant: leak * v0 computed here
                     v0 = self.value(self.cur[v]) if self.cur[v] else None
-                    leaked = None if v0 is None else np.multiply(
-                        self.value(leak), v0, dtype=np.float32)
+                    leaked = None if v0 is None else np.multiply(leak_value, v0, dtype=np.float32)
                     v_arg = None if leaked is None or _is(leaked, 0) else \
                         self.constant(pre + "leaked0", leaked)
                     leak_arg = None

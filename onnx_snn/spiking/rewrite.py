@@ -300,21 +300,16 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     body = helper.make_graph(body_nodes, fmt.LOOP_BODY, body_inputs, body_outputs)
 
     # initial states: each state's initial value broadcast to [batch, *state shape]
-    first = dnn_inputs[0].name
     outer = list(hoisted)
-    outer.append(helper.make_node("Shape", [first], [fmt.INPUT_SHAPE], name=fmt.INPUT_SHAPE))
-    outer.append(helper.make_node("Gather", [fmt.INPUT_SHAPE, fmt.BATCH_AXIS], [fmt.BATCH],
-                                  axis=0, name=fmt.BATCH))
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), fmt.BATCH_AXIS))
+    nodes, batch_inits = batch_size_nodes(dnn_inputs[0].name)
+    outer += nodes
+    inits += batch_inits
     if any(st.init is None for st in states):
-        inits.append(numpy_helper.from_array(np.array(0.0, np.float32), fmt.ZERO))
+        inits.append(zero_initializer())
     for st in states:
-        n = st.names
-        inits.append(numpy_helper.from_array(np.array(st.shape, np.int64), n.dims))
-        outer.append(helper.make_node("Concat", [fmt.BATCH, n.dims], [n.full_shape],
-                                      axis=0, name=n.full_shape))
-        outer.append(helper.make_node("Expand", [st.init or fmt.ZERO, n.full_shape], [n.initial],
-                                      name=n.initial))
+        nodes, dims = initial_state_nodes(st, st.init or fmt.ZERO)
+        inits += dims
+        outer += nodes
     loop_outs = [st.names.last for st in states] + [fmt.steps_output_name(o) for o in timed] + \
         [fmt.steps_spikes_name(r.name) for r in sites]
     outer.append(helper.make_node("Loop", [fmt.TIMESTEPS_INPUT, ""] + [st.names.initial for st in states],
@@ -351,6 +346,30 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     _add_initializers(model.graph.node[loop_at].attribute[0].g, body_inits)
     _add_initializers(model.graph, inits)
     return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
+
+
+def batch_size_nodes(first: str):
+    """``snn.batch``, the batch size of the data input ``first`` (a 1-element int64 tensor):
+    (nodes, initializers)."""
+    return ([helper.make_node("Shape", [first], [fmt.INPUT_SHAPE], name=fmt.INPUT_SHAPE),
+             helper.make_node("Gather", [fmt.INPUT_SHAPE, fmt.BATCH_AXIS], [fmt.BATCH],
+                              axis=0, name=fmt.BATCH)],
+            [numpy_helper.from_array(np.array([0], np.int64), fmt.BATCH_AXIS)])
+
+
+def zero_initializer() -> onnx.TensorProto:
+    """``snn.zero``: the initial value of a state without its own (a float32 scalar 0)."""
+    return numpy_helper.from_array(np.array(0.0, np.float32), fmt.ZERO)
+
+
+def initial_state_nodes(st: fmt.StateSpec, init: str):
+    """``st.names.initial``: the tensor ``init`` broadcast to [batch, *st.shape] (reads
+    ``snn.batch``, see :func:`batch_size_nodes`): (nodes, initializers)."""
+    n = st.names
+    return ([helper.make_node("Concat", [fmt.BATCH, n.dims], [n.full_shape], axis=0,
+                              name=n.full_shape),
+             helper.make_node("Expand", [init, n.full_shape], [n.initial], name=n.initial)],
+            [numpy_helper.from_array(np.array(st.shape, np.int64), n.dims)])
 
 
 def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto, records):
