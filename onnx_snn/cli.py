@@ -426,10 +426,11 @@ def _check_mean_std(args, data) -> None:
                          "preprocessed, so normalize the arrays yourself and drop --mean/--std")
 
 
-def _default_output(model: str) -> str:
+def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> str:
+    """``model`` with the first of ``strip`` that ends its name replaced by ``suffix``."""
     p = Path(model)
-    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
-    return str(p.with_name(stem + ".snn.onnx"))
+    ext = next((e for e in strip if p.name.endswith(e)), "")
+    return str(p.with_name(p.name[:len(p.name) - len(ext)] + suffix))
 
 
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
@@ -687,7 +688,8 @@ def cmd_analyze(args) -> int:
 
 def cmd_deploy(args) -> int:
     from .spiking.deploy import deploy
-    out = args.output if args.output is not None else _deploy_output(args.model)
+    out = args.output if args.output is not None else \
+        _default_output(args.model, ".deploy.onnx", strip=(".snn.onnx", ".onnx"))
     targets = _check_outputs(_inputs(args.model), (out, "-o"))   # fail before the work
     m = deploy(args.model, targets[str(out)], timesteps=args.timesteps,
                spike_counts=args.spike_counts)
@@ -697,13 +699,6 @@ def cmd_deploy(args) -> int:
           f"{len(m.graph.node)} nodes{', spike counts' if args.spike_counts else ''})")
     return 0
 
-
-def _deploy_output(model: str) -> str:
-    p = Path(model)
-    for ext in (".snn.onnx", ".onnx"):
-        if p.name.endswith(ext):
-            return str(p.with_name(p.name[:-len(ext)] + ".deploy.onnx"))
-    return str(p.with_name(p.name + ".deploy.onnx"))
 
 
 COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info, "finetune": cmd_finetune,
