@@ -22,16 +22,6 @@ DEFAULT_SURROGATE = "sigmoid"
 SIGMOID_K = 4.0
 
 
-def surrogate_derivative(z: torch.Tensor, surrogate: str = DEFAULT_SURROGATE) -> torch.Tensor:
-    """``g(z)``: the surrogate of d(spike)/dz at the normalized membrane ``z``."""
-    if surrogate == "sigmoid":
-        s = torch.sigmoid(SIGMOID_K * (z - 1.0))
-        return SIGMOID_K * s * (1.0 - s)
-    if surrogate == "rectangle":
-        return ((z > 0) & (z < 2)).to(z.dtype)
-    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
-
-
 class _Spike(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, threshold, surrogate):
@@ -46,7 +36,7 @@ class _Spike(torch.autograd.Function):
         if ctx.surrogate == "rectangle":          # a mask: no multiply by g
             z = u * inv
             grad_u = torch.where((z > 0) & (z < 2), grad * inv, 0.0)
-        else:   # surrogate_derivative's sigmoid in four passes over the neurons:
+        else:   # the sigmoid's g (module docstring) in four passes over the neurons:
             # s = sigmoid(k u/threshold - k); grad_u = grad s (1 - s) k/threshold
             s = torch.addcmul(torch.full((), -SIGMOID_K, dtype=u.dtype, device=u.device),
                               u, SIGMOID_K * inv).sigmoid_()     # (a fill, no host copy)
