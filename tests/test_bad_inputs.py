@@ -453,6 +453,9 @@ cli("ft_T_huge", "unbounded", FT.replace("-T 1", "-T 10000000") + " -o {ws}/t.on
 cli("demo_T_huge", "unbounded", "demo -T 100000 --methods max --limit 4 " + FM, 2)
 cli("eval_model_T_huge", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz", 3)
 cli("eval_model_T_huge_override", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz -T 1", 0)
+cli("deploy_T_huge", "unbounded", "deploy {ws}/snn.onnx -o {ws}/d.onnx -T 100", 2)
+cli("deploy_model_T_huge", "unbounded", "deploy {ws}/bad/huge_T.snn.onnx -o {ws}/d.onnx", 2,
+    needle="MAX_TIMESTEPS")
 cli("ft_model_T_huge", "unbounded", "finetune {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz -o {ws}/t.onnx", 3)
 
 # ================================================================== 6. damaged spiking files
@@ -464,6 +467,7 @@ DAMAGE_CMDS = {
     "analyze": "analyze {f} --data {ws}/test.npz",
     "analyze_rates": "analyze {f} --rates {ws}/ev.json",
     "finetune": "finetune {f} --data {ws}/test.npz -o {ws}/t.onnx --epochs 1",
+    "deploy": "deploy {f} -o {ws}/d.onnx",
 }
 for _name in DAMAGE:
     for _cmd, _argv in DAMAGE_CMDS.items():
@@ -481,6 +485,7 @@ cli("conv_spiking", "spiking", "convert {ws}/snn.onnx --calib {ws}/calib.npy -o 
     needle="already a spiking model")
 cli("conv_step_graph", "spiking", "convert {ws}/step.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4,
     needle="already a spiking model")
+cli("deploy_dnn", "spiking", "deploy {ws}/model.onnx -o {ws}/d.onnx", 8, needle="not a spiking model")
 cli("conv_damaged_spiking", "spiking", "convert {ws}/bad/version_word.snn.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4)
 cli("conv_stripped_spiking", "spiking", "convert {ws}/stripped.snn.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4)
 

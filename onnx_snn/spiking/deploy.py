@@ -254,13 +254,16 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     """The deploy graph of the spiking model ``model`` (a path or a ModelProto; a loop or
     step graph), written atomically to ``output`` when given (never over an input; with
     external data beside it when the source kept its weights that way). Returns it."""
+    from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
         check_output_path(output, *inputs)              # before the work
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    out = deploy_model(fmt.read_spiking(m, where), timesteps, spike_counts)
+    view = fmt.read_spiking(m, where)
+    check_preprocess(view.info.preprocess, where)   # carried into the deploy graph: checked
+    out = deploy_model(view, timesteps, spike_counts)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:
         save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)
