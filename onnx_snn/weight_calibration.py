@@ -58,6 +58,8 @@ class LayerFit:
     #: dual form is possible (fewer rows than inputs, more than DUAL_MIN_INPUTS inputs);
     #: None once they are folded into the normal equations
     kept: Optional[List[list]] = None
+    #: rows of the batch being added, with the bias column (see :meth:`_buffer`)
+    scratch: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -69,23 +71,25 @@ class LayerFit:
         subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed."""
         held = self.batches % 5 == 4
         rng = np.random.default_rng(self.batches)
-        for g, (rg, yg) in enumerate(_design(self, r, y)):
-            cap = max(MAX_ROWS, 20 * rg.shape[1])
-            if rg.shape[0] > cap:
-                pick = np.sort(rng.choice(rg.shape[0], cap, replace=False))
-                rg, yg = rg[pick], yg[pick]
-            x = np.concatenate([rg, np.ones((rg.shape[0], 1), rg.dtype)], axis=1).astype(np.float32)
+        for g, (x, yg) in enumerate(_design(self, r, y, rng, self._buffer)):
             yg = yg.astype(np.float32)
             if self.kept is not None:
                 while len(self.kept) <= g:
                     self.kept.append([])
                 if sum(len(k[1]) for k in self.kept[g]) + len(x) < self.inputs:
-                    self.kept[g].append((held, x, yg))
+                    self.kept[g].append((held, x.copy(), yg))
                     continue
                 self._fold()          # as many rows as inputs: the normal equations from now on
             self._accumulate(g, held, x, yg)
         self.rows += r.shape[0]
         self.batches += 1
+
+    def _buffer(self, rows: int, cols: int) -> np.ndarray:
+        """A float32 [rows, cols] scratch array, reused from batch to batch (a fresh array of
+        tens of MB per batch costs more in page faults than the copy into it)."""
+        if self.scratch is None or self.scratch.size < rows * cols:
+            self.scratch = np.empty(rows * cols, np.float32)
+        return self.scratch[:rows * cols].reshape(rows, cols)
 
     def _accumulate(self, g: int, held: bool, x: np.ndarray, y: np.ndarray) -> None:
         sums = self.held if held else self.fit
@@ -221,20 +225,58 @@ def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     return np.concatenate([w, (ym - xm @ w)[None]])
 
 
-def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray):
-    """Per group: (rows of inputs, rows of targets)."""
+def _row_cap(inputs: int) -> int:
+    """The most rows (patches) of one batch that enter the normal equations."""
+    return max(MAX_ROWS, 20 * inputs)
+
+
+def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, rng: Optional[np.random.Generator] = None,
+            buffer=None):
+    """Per group: (rows of inputs with a last column of ones for the bias, float32; rows of
+    targets). With ``rng``, a group with more rows than :func:`_row_cap` keeps that many,
+    drawn without replacement (in row order); a convolution's patches are then built at the
+    drawn positions only (a 32 x 32 layer's batch has 65 536 patches, of which ~10 000 are
+    kept). ``buffer(rows, cols)`` gives the array the rows are written to (default: a new
+    one); each group's rows are used before the next group's are written."""
+    buffer = buffer or (lambda rows, cols: np.empty((rows, cols), np.float32))
+
+    def with_bias(rows: int, d: int):
+        x = buffer(rows, d + 1)
+        x[:, d] = 1.0
+        return x
+
     if fit.node.op_type == "Gemm":
-        yield r.reshape(r.shape[0], -1), y.reshape(y.shape[0], -1)
+        rows, target = r.reshape(r.shape[0], -1), y.reshape(y.shape[0], -1)
+        if rng is not None and len(rows) > _row_cap(rows.shape[1]):
+            pick = np.sort(rng.choice(len(rows), _row_cap(rows.shape[1]), replace=False))
+            rows, target = rows[pick], target[pick]
+        x = with_bias(*rows.shape)
+        x[:, :-1] = rows
+        yield x, target
         return
-    cols = im2col(r, fit.weight.shape, fit.attrs)                   # [N, OH, OW, C, kh, kw]
-    n, oh, ow = cols.shape[:3]
     g = fit.groups
-    cin = fit.weight.shape[1]
+    cin, kh, kw = (int(v) for v in fit.weight.shape[1:])
     cout = fit.weight.shape[0] // g
-    yt = np.moveaxis(y, 1, -1).reshape(n * oh * ow, -1)               # [P, M]
+    n, m, oh, ow = y.shape
+    p, d = n * oh * ow, cin * kh * kw
+    if rng is None or p <= _row_cap(d):
+        win = _windows(r, fit.weight.shape, fit.attrs)                  # [N, C, OH, OW, kh, kw]
+        yt = np.moveaxis(y, 1, -1).reshape(p, -1)                        # [P, M]
+        for i in range(g):
+            x = with_bias(p, d)
+            np.copyto(x[:, :d].reshape(n, oh, ow, cin, kh, kw),
+                      win[:, i * cin:(i + 1) * cin].transpose(0, 2, 3, 1, 4, 5))
+            yield x, yt[:, i * cout:(i + 1) * cout]
+        return
+    padded = _padded_nhwc(r, fit.weight.shape, fit.attrs)
     for i in range(g):
-        part = cols[:, :, :, i * cin:(i + 1) * cin].reshape(n * oh * ow, -1)
-        yield part, yt[:, i * cout:(i + 1) * cout]
+        pick = np.sort(rng.choice(p, _row_cap(d), replace=False))
+        b, rest = np.divmod(pick, oh * ow)
+        yo, xo = np.divmod(rest, ow)
+        x = with_bias(len(pick), d)
+        patches_at(padded, fit.weight.shape, fit.attrs, b, yo, xo, slice(i * cin, (i + 1) * cin),
+                   out=x[:, :d].reshape(len(pick), cin, kh, kw))
+        yield x, y[b, i * cout:(i + 1) * cout, yo, xo]
 
 
 def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, dilations):
@@ -255,18 +297,52 @@ def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, 
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
-def im2col(x: np.ndarray, w_shape, attrs: dict) -> np.ndarray:
-    """2-D convolution patches of ``x`` [N, C, H, W]: [N, OH, OW, C, kh, kw], so that
-    ``patches.reshape(-1, C*kh*kw) @ W.reshape(M, -1).T`` is the convolution (one group)."""
+def _geometry(attrs: dict, size, w_shape):
+    """(pads t, l, b, r; strides; dilations) of a 2-D convolution on ``size`` (H, W)."""
     kh, kw = int(w_shape[2]), int(w_shape[3])
     strides = list(attrs.get("strides", [1, 1]))
     dil = list(attrs.get("dilations", [1, 1]))
-    t, l, b, r = _pads(attrs, x.shape[2:], (kh, kw), strides, dil)
+    return _pads(attrs, size, (kh, kw), strides, dil), strides, dil
+
+
+def _windows(x: np.ndarray, w_shape, attrs: dict) -> np.ndarray:
+    """A view of the 2-D convolution's windows of ``x`` [N, C, H, W] (padded):
+    [N, C, OH, OW, kh, kw]."""
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    (t, l, b, r), strides, dil = _geometry(attrs, x.shape[2:], w_shape)
     xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
     eh, ew = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
     win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
-    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]      # [N, C, OH, OW, kh, kw]
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5))
+    return win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]
+
+
+def im2col(x: np.ndarray, w_shape, attrs: dict) -> np.ndarray:
+    """2-D convolution patches of ``x`` [N, C, H, W]: [N, OH, OW, C, kh, kw], so that
+    ``patches.reshape(-1, C*kh*kw) @ W.reshape(M, -1).T`` is the convolution (one group)."""
+    return np.ascontiguousarray(_windows(x, w_shape, attrs).transpose(0, 2, 3, 1, 4, 5))
+
+
+def _padded_nhwc(x: np.ndarray, w_shape, attrs: dict) -> np.ndarray:
+    """``x`` [N, C, H, W] zero-padded for the convolution, as [N, H', W', C]."""
+    (t, l, b, r), _, _ = _geometry(attrs, x.shape[2:], w_shape)
+    return np.pad(np.moveaxis(x, 1, -1), ((0, 0), (t, b), (l, r), (0, 0)))
+
+
+def patches_at(padded: np.ndarray, w_shape, attrs: dict, b, yo, xo, channels=slice(None),
+               out: Optional[np.ndarray] = None):
+    """The patches of output positions (``b``, ``yo``, ``xo``) (equal-length index arrays),
+    from :func:`_padded_nhwc`'s array: [P, C, kh, kw] for the ``channels`` given, the same
+    values as :func:`im2col`'s rows at those positions (written to ``out`` when given)."""
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    strides = list(attrs.get("strides", [1, 1]))
+    dil = list(attrs.get("dilations", [1, 1]))
+    if out is None:
+        c = np.arange(padded.shape[-1])[channels].size
+        out = np.empty((len(b), c, kh, kw), padded.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i, j] = padded[b, yo * strides[0] + i * dil[0], xo * strides[1] + j * dil[1], channels]
+    return out
 
 
 def layer_fit(node: onnx.NodeProto, inits: Dict[str, onnx.TensorProto]) -> Optional[LayerFit]:

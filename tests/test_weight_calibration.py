@@ -43,11 +43,25 @@ def test_patches_times_weights_are_the_convolution(attrs):
     assert len(parts) == g
     per = 6 // g
     for i, (rows, target) in enumerate(parts):
+        assert np.all(rows[:, -1] == 1)                             # the bias column
         wi = w[i * per:(i + 1) * per].reshape(per, -1)
-        np.testing.assert_allclose(rows @ wi.T + b[i * per:(i + 1) * per], target, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(rows[:, :-1] @ wi.T + b[i * per:(i + 1) * per], target,
+                                   rtol=1e-4, atol=1e-4)
     if g == 1:
         cols = im2col(x, w.shape, fit.attrs)
-        np.testing.assert_array_equal(cols.reshape(len(parts[0][0]), -1), parts[0][0])
+        np.testing.assert_array_equal(cols.reshape(len(parts[0][0]), -1), parts[0][0][:, :-1])
+    # drawn rows: built at the drawn positions only, the same values as the full patches'
+    rng = np.random.default_rng(7)
+    many = rng.normal(size=(1000, 4, 9, 8)).astype(np.float32)     # > MAX_ROWS patches
+    ym = _reference_conv(many, w, b, **attrs)
+    full = [(r.copy(), t.copy()) for r, t in _design(fit, many, ym)]
+    drawn = list(_design(fit, many, ym, np.random.default_rng(5)))
+    check = np.random.default_rng(5)
+    for (rows, target), (fr, ft) in zip(drawn, full):
+        assert len(fr) > MAX_ROWS and len(rows) == MAX_ROWS
+        pick = np.sort(check.choice(len(fr), MAX_ROWS, replace=False))
+        np.testing.assert_array_equal(rows, fr[pick])
+        np.testing.assert_array_equal(target, ft[pick])
 
 
 def test_ridge_fit_recovers_a_layer_from_exact_data_and_caps_its_rows():
@@ -95,7 +109,7 @@ def test_dual_form_gives_the_normal_equations_solution(monkeypatch):
     assert dual.kept is not None and sum(len(k[1]) for k in dual.kept[0]) == 48
     from onnx_snn.weight_calibration import _design as design
     rows = [next(design(primal, x, y)) for x, y in batches]
-    xs = np.concatenate([r for r, _ in rows]).astype(np.float64)
+    xs = np.concatenate([r[:, :-1] for r, _ in rows]).astype(np.float64)
     ys = np.concatenate([t for _, t in rows]).astype(np.float64)
     for ridge in (1e-3, 0.1):
         vd, vp = dual.improves(ridge), primal.improves(ridge)
