@@ -192,9 +192,12 @@ def test_format_table_plain_and_markdown():
 
 def test_bench_layouts_small(fmnist_test):
     """The loop graph against its unrolled, time-folded and deploy layouts: identical numbers."""
-    r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta")
+    r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta",
+                 "--optimization", "all,extended")
     assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
-    assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy"}
+    assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy",
+                                           "dnn@extended", "loop@extended", "deploy@extended"}
+    assert r["optimization"] == ["all", "extended"]
 
 
 def test_bench_deep_small(fmnist_test):

@@ -3,6 +3,7 @@
 ``Loop`` graph in onnxruntime; prints JSON.
 
     python tools/bench_layouts.py [--model onnx_snn/models/fmnist_vgg.onnx] [-T 2] [--threads 1]
+    python tools/bench_layouts.py --optimization all,extended,basic   # onnxruntime's levels
 
 * ``loop`` (the format's artifact): the time step as the body of an ONNX ``Loop``;
 * ``unrolled``: the step graph copied T times into one graph (no ``Loop``; T fixed);
@@ -16,7 +17,10 @@
 
 All give the same outputs (checked here, bit for bit) and, but the deploy graph, the same
 spike counts. ``unrolled`` and ``folded`` are built by this tool only: their measured gains
-(README) did not justify a second artifact; the deploy graph's did.
+(README) did not justify a second artifact; the deploy graph's did. ``--optimization`` also
+times the DNN, loop and deploy graphs at onnxruntime's lower graph optimization levels
+(``extended``: no NCHWc layout, so no reorders; ``basic``: no fusions either), ratios against
+the DNN at ``all``.
 """
 from __future__ import annotations
 
@@ -276,6 +280,21 @@ def unrolled_model(snn):
     return m
 
 
+#: onnxruntime's graph optimization levels by name (``all``: what onnx-snn's sessions use)
+LEVELS = ("all", "extended", "basic")
+
+
+def _session(model: onnx.ModelProto, threads: int, level: str):
+    """An onnxruntime CPU session at another graph optimization level."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx"))
@@ -285,8 +304,15 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2560)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--optimization", default="all",
+                    help="onnxruntime graph optimization levels to measure, comma-separated, of "
+                         "all (the default, onnx-snn's), extended, basic; the others time the DNN, "
+                         "loop and deploy graphs as '<graph>@<level>'")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args(argv)
+    levels = [v.strip() for v in args.optimization.split(",") if v.strip()]
+    if not levels or any(v not in LEVELS for v in levels):
+        ap.error(f"--optimization takes levels of {', '.join(LEVELS)}, not {args.optimization!r}")
     import onnx_snn
     from onnx_snn.calibrate import make_session
     from onnx_snn.convert import resolve_data
@@ -299,6 +325,10 @@ def main(argv=None) -> int:
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
               "deploy": onnx_snn.deploy(snn.model)}
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
+    for level in levels:
+        if level != "all":
+            for k in ("dnn", "loop", "deploy"):
+                sess[f"{k}@{level}"] = _session(models[k], args.threads, level)
     feed = {"input": x[:args.batch]}
     ref = sess["loop"].run(None, feed)
     same = {}
@@ -324,6 +354,7 @@ def main(argv=None) -> int:
             best[k] = max(best[k], once(k))
     emit({"benchmark": "bench_layouts", "model": args.model, "method": args.method,
           "timesteps": args.timesteps, "threads": args.threads, "batch": args.batch,
+          "optimization": levels,
           "images_per_second": {k: round(v, 1) for k, v in best.items()},
           "over_dnn": {k: round(v / best["dnn"], 3) for k, v in best.items()},
           "over_loop": {k: round(v / best["loop"], 3) for k, v in best.items()},
