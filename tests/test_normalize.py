@@ -328,3 +328,25 @@ def test_skeleton_check_still_sees_a_nested_weight_used_out_of_scope():
             if (skeleton.declared_nbytes(t) or 0) >= 64}
     sk = skeleton.split(snn.model, min_bytes=64, subgraphs=True)
     assert body and body <= set(sk.stubs)
+
+
+@pytest.mark.parametrize("opset", [9, 15])
+def test_batchnorm_in_training_mode_is_refused_naming_it(opset):
+    """A BN that normalizes with the batch's own statistics (training_mode=1 from opset 14,
+    its statistics as outputs before) is not folded: the DNN's output depends on the batch."""
+    from onnx import helper
+    from onnx_snn.errors import UnsupportedModelError
+    m = B.vgg(opset, "clip", bn=True, softmax=False, dropout=False)
+    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
+    if opset >= 14:
+        bn.attribute.append(helper.make_attribute("training_mode", 1))
+        bn.output.extend([bn.output[0] + "_rm", bn.output[0] + "_rv"])
+    else:
+        bn.output.extend([bn.output[0] + s for s in ("_m", "_v", "_sm", "_sv")])
+    with pytest.raises(UnsupportedModelError, match=f"{bn.name}.*training mode.*inference mode"):
+        normalize(m)
+    # training_mode=0 written out (one output) is inference mode: folded
+    if opset >= 14:
+        del bn.output[1:]
+        bn.attribute[-1].CopyFrom(helper.make_attribute("training_mode", 0))
+        assert "BatchNormalization" not in ops(normalize(m).model)

@@ -146,6 +146,25 @@ def scale_layer(layer: gs.Node, k: np.ndarray, b: np.ndarray) -> None:
         layer.attrs["beta"] = 1.0
 
 
+@graph_pass("refuse-training-batchnorm")
+def refuse_training_batchnorm(graph: gs.Graph, result: PassResult) -> None:
+    """A BatchNormalization in training mode (``training_mode=1``, or, before opset 14, its
+    running statistics as outputs) normalizes with each batch's own statistics: its output
+    depends on the batch, and folding its running statistics would silently change the
+    network. Refused, before the unused statistics outputs are dropped."""
+    for node in graph.nodes:
+        if node.op != "BatchNormalization":
+            continue
+        stats = [o.name for o in node.outputs[1:] if not is_empty(o)]
+        if int(node.attrs.get("training_mode", 0)) == 1 or stats:
+            how = "training_mode=1" if not stats else f"its batch statistics {stats} as outputs"
+            raise UnsupportedModelError(
+                f"{node_label(node)}: BatchNormalization in training mode ({how}) normalizes "
+                "with each batch's own statistics, so the network's output depends on the batch; "
+                "export the model in inference mode (PyTorch: model.eval() before "
+                "torch.onnx.export, training=torch.onnx.TrainingMode.EVAL)")
+
+
 @graph_pass("fold-batchnorm")
 def fold_batchnorm(graph: gs.Graph, result: PassResult) -> None:
     """Fold BatchNormalization into the preceding Conv/Gemm; a lone BN becomes Mul + Add."""

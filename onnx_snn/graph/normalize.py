@@ -182,6 +182,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
 #: the normalization passes in the order they run; each can be applied on its own
 PIPELINE: tuple = (
     fold.fold_constants,                 # weights and clip bounds become initializers
+    fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     canonical.sum_to_add,
     cleanup.remove_identity_and_dropout,
     cleanup.strip_final_softmax,
