@@ -499,7 +499,7 @@ def cmd_convert(args) -> int:
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
                   download=args.download)
     if not args.quiet:
-        for note in snn.normalized.notes:
+        for note in snn.report.get("notes", snn.normalized.notes):
             print(f"note: {note}", file=sys.stderr)
     rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
              _param(r["alpha"], ".4f"), _param(r["beta"], ".4f"), _param(r["threshold"], ".4g"),

@@ -54,6 +54,10 @@ MIN_PERCENTILE_STEP = 0.01
 #: cells of the (alpha x beta [x (T+1) for l1]) table the datta search builds per site, several
 #: float64 arrays of this size (default: 101 x 2000 = 202 000)
 MAX_SEARCH_CELLS = 2 ** 24
+#: a model's clip bound more than this many times the largest calibration value at its site
+#: is not a trained threshold (Clip(0, FLT_MAX) and Clip(0, 1e6) are how some exporters write
+#: a ReLU): the site is converted as a plain ReLU, with a warning
+UNUSED_CLIP_FACTOR = 100.0
 
 
 def check_timesteps(value, name: str = "timesteps") -> int:
@@ -339,15 +343,28 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         nm, [t for n in pool_nodes for t in (n.input[0], n.output[0])], calib.input_shapes))
     records: Dict[str, fmt.SiteRecord] = {}
     site_rows = []
+    notes = list(nm.notes)
     for site in nm.sites:
         st = calib.sites[site.name]
-        mu = site.mu if site.mu is not None else estimate_mu(st.sample, cfg.relu_percentile)
+        mu, mu_source = site.mu, site.mu_source
+        if mu is not None and not mu <= UNUSED_CLIP_FACTOR * max(st.max, 0.0):
+            # a clip no calibration value comes near (Clip(0, FLT_MAX) as an exporter's ReLU):
+            # as a threshold scale it would leave every neuron silent
+            est = estimate_mu(st.sample, cfg.relu_percentile)
+            notes.append(
+                f"warning: site {site.name} ({site.idiom}, {', '.join(site.source_nodes) or '?'}): "
+                f"its clip bound {mu:.4g} is more than {UNUSED_CLIP_FACTOR:g}x the largest "
+                f"calibration value ({st.max:.4g}); treated as a plain ReLU, mu estimated from the "
+                f"calibration data: {est:.4g} (--relu-percentile)")
+            mu, mu_source = est, "estimated"
+        elif mu is None:
+            mu = estimate_mu(st.sample, cfg.relu_percentile)
         ts = time.perf_counter()
         p = choose_params(st.sample, mu, int(timesteps), method, cfg)
         search_s = time.perf_counter() - ts
         rec = fmt.SiteRecord(
             name=site.name, input=site.input, output=site.output, shape=list(st.shape),
-            mu=float(mu), mu_source=site.mu_source, alpha=p.alpha, beta=p.beta,
+            mu=float(mu), mu_source=mu_source, alpha=p.alpha, beta=p.beta,
             objective=cfg.objective, objective_value=p.objective_value, idiom=site.idiom,
             source_nodes=site.source_nodes, sample_size=int(st.sample.size),
             values_seen=int(st.count))
@@ -388,7 +405,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         "calibration": {"samples": calib.n_samples, "batch_size": calib.batch_size,
                         "sample_size": calib.sample_size, "seconds": calib.seconds},
         "search_and_rewrite_seconds": time.perf_counter() - t0,
-        "notes": list(nm.notes), "sites": site_rows,
+        "notes": notes, "sites": site_rows,
     }
     if refinement is not None:
         report["sequential"] = refinement

@@ -88,3 +88,22 @@ def test_calibration_batch_bounded_by_site_output_bytes(monkeypatch):
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
     fixed = onnx_snn.calibrate(onnx_snn.prepare(m), x[:16], show_progress=False)
     assert fixed.batch_size == 8
+
+
+@pytest.mark.parametrize("bound", [float(np.finfo(np.float32).max), 1e6])
+def test_a_clip_bound_far_above_the_data_converts_as_a_plain_relu(bound):
+    """Clip(0, FLT_MAX) / Clip(0, 1e6) is how some exporters write a ReLU: taken as a trained
+    mu it left every neuron silent; it is converted as a plain ReLU, with a warning, and the
+    spiking network then follows its DNN like the Relu twin does."""
+    from onnx_snn.runtimes.ort import run
+    m, twin = B.vgg(13, "clip", mu=bound, softmax=False), B.vgg(13, "relu", softmax=False)
+    x = B.rand_input(64)
+    _, _, snn = B.converted(m, x, T=64, method="max")
+    _, _, ref = B.converted(twin, x, T=64, method="max")
+    assert all(r.mu_source == "estimated" and r.mu < 1e3 for r in snn.records.values())
+    assert [r.mu for r in snn.records.values()] == [r.mu for r in ref.records.values()]
+    assert sum("clip bound" in n and "plain ReLU" in n for n in snn.report["notes"]) == 3
+    got = run(snn.model, x)
+    assert all(np.sum(v) > 0 for v in got.spikes.values())
+    dnn = run(m, x).outputs[0]
+    assert np.corrcoef(got.outputs[0].ravel(), dnn.ravel())[0, 1] > 0.9
