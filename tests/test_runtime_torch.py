@@ -349,3 +349,44 @@ def test_torch_ops_match_the_onnx_reference(op, attrs, shape):
                                   [h.make_tensor_value_info("y", TP.FLOAT, None)]))
     ref = ReferenceEvaluator(m).run(None, {"x": x})[0]
     np.testing.assert_array_equal(run_op(op, attrs, [torch.from_numpy(x)])[0].numpy(), ref)
+
+
+@pytest.mark.parametrize("fixed", [1, 4])
+def test_finetune_a_model_with_a_fixed_batch(tmp_path, fixed):
+    """A model whose batch is baked into its shapes (input [b, ...], Reshape to [b, -1], as
+    onnx-simplifier or tf2onnx write it) trains and evaluates in batches of exactly b: the
+    last test batch padded (its padding's results dropped: the top-1 equals onnxruntime's on
+    the written model), a last incomplete training batch left out."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32), "w"),
+             nh.from_array(np.zeros(4, np.float32), "b"),
+             nh.from_array(np.array(0.0, np.float32), "lo"), nh.from_array(np.array(2.0, np.float32), "hi"),
+             nh.from_array(np.array([fixed, -1], np.int64), "shape"),
+             nh.from_array((rng.standard_normal((10, 4 * 144)) * 0.05).astype(np.float32), "w2"),
+             nh.from_array(np.zeros(10, np.float32), "b2")]
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4),
+             h.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             h.make_node("Reshape", ["r", "shape"], ["f"]),
+             h.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "fixed", [h.make_tensor_value_info("x", TP.FLOAT, [fixed, 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [fixed, 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    x = rng.random((30, 1, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 10, 30)
+    snn = onnx_snn.convert(m, x[:28], timesteps=2, method="datta", show_progress=False)
+    src, out = tmp_path / "m.snn.onnx", tmp_path / "t.snn.onnx"
+    snn.save(str(src))
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    logged = []
+    r = finetune(str(src), str(out), str(tmp_path / "d.npz"),
+                 FinetuneConfig(epochs=1, batch_size=8, lr=1e-3), show_progress=False,
+                 log=logged.append)
+    assert any(f"fixed batch size of {fixed}" in s for s in logged)
+    assert len(r.epochs) == 1 and np.isfinite(r.epochs[0].loss)
+    ort = evaluate(str(out) if r.best_epoch else str(src), (x, y), show_progress=False).top1
+    assert r.best_top1 == pytest.approx(ort, abs=1e-9)

@@ -35,7 +35,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_
                               resolve_data)
 from onnx_snn.datasets import Dataset, check_label_range, check_preprocess, dataset_files
 from onnx_snn.errors import DataError, ModelLoadError, TrainingDivergedError, UsageError
-from onnx_snn.feeds import input_specs, validate_feeds
+from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
@@ -212,31 +212,44 @@ class _NonFinite(Exception):
 
 @torch.no_grad()
 def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=256,
-                   desc="evaluating", show_progress=True, finite_check: bool = False):
+                   desc="evaluating", show_progress=True, finite_check: bool = False,
+                   fixed: Optional[int] = None):
     """Top-1 (%) and spikes per neuron per site of the torch module on a dataset
-    (``finite_check``: raise _NonFinite on NaN/Inf outputs)."""
+    (``finite_check``: raise _NonFinite on NaN/Inf outputs). ``fixed``: the model's fixed
+    batch size: batches of exactly that many, the last one padded with zeros (whose results
+    are dropped)."""
     was = net.training
     net.eval()
     correct, n = 0, len(ds)
+    batch = fixed or batch
     spikes: Dict[str, float] = {}
     bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
     for s in range(0, n, batch):
-        xb = torch.from_numpy(ds.x[s:s + batch]).to(device)
+        nb = min(batch, n - s)
+        xb = torch.from_numpy(_pad_batch(ds.x[s:s + batch], fixed)).to(device)
         out = net(xb, timesteps)
         if isinstance(out, list):
             out = out[0]
+        out = out[:nb]
         if finite_check and not bool(torch.isfinite(out).all()):
             bar.close()
             net.train(was)
             raise _NonFinite()
         correct += int((out.argmax(1).cpu() == torch.from_numpy(ds.y[s:s + batch])).sum())
         for k, v in net.last_spikes.items():
-            spikes[k] = spikes.get(k, 0.0) + float(v.sum())
-        bar.update(xb.shape[0], top1=100.0 * correct / (s + xb.shape[0]))
+            spikes[k] = spikes.get(k, 0.0) + float(v[:nb].sum())
+        bar.update(nb, top1=100.0 * correct / (s + nb))
     bar.close()
     net.train(was)
     per_neuron = {site.name: spikes.get(site.name, 0.0) / n / max(site.neurons, 1) for site in net.sites}
     return 100.0 * correct / n, per_neuron
+
+
+def _pad_batch(x: np.ndarray, fixed: Optional[int]) -> np.ndarray:
+    """``x`` padded with zero samples to ``fixed`` samples (a model's fixed batch size)."""
+    if not fixed or len(x) >= fixed:
+        return x
+    return np.concatenate([x, np.zeros((fixed - len(x),) + x.shape[1:], x.dtype)])
 
 
 # ------------------------------------------------------------------ the loop
@@ -287,10 +300,19 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if cfg.augment and not augment and main_proc:
         log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
 
+    fixed = fixed_batch(_specs(view))
+    batch_size = fixed or cfg.batch_size
+    if fixed and main_proc and (cfg.batch_size != fixed or cfg.eval_batch != fixed):
+        log(f"note: the model's input has a fixed batch size of {fixed}: training and evaluating "
+            f"in batches of {fixed} (not --batch-size {cfg.batch_size}); a last incomplete "
+            "training batch is left out")
+    if fixed and len(train) < fixed * world:
+        raise DataError(f"{train.name}: {len(train)} training samples, fewer than one batch of "
+                        f"the model's fixed batch size ({fixed}){' per process' if world > 1 else ''}")
     net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
-        probe = net(torch.from_numpy(test.x[:1]).to(device), 1)
+        probe = net(torch.from_numpy(_pad_batch(test.x[:1], fixed)).to(device), 1)
         probe = probe[0] if isinstance(probe, list) else probe
     net.train()
     if probe.ndim == 2:
@@ -300,7 +322,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
                            lr=cfg.lr, amsgrad=True)
-    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * world))
+    steps_per_epoch = (len(train) // (batch_size * world) if fixed else
+                       math.ceil(len(train) / (batch_size * world)))
     total = max(1, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: cfg.lr_decay ** sum(it >= m * total for m in MILESTONES))
@@ -315,7 +338,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     existed = out_path.exists()
 
     def write_model(epochs_done, top1):
-        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment), T).SerializeToString()
+        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size), T).SerializeToString()
         write_bytes_atomic(data_, out_path)
 
     if resume and ckpt_path.exists():
@@ -340,7 +363,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             log(f"note: no checkpoint at {ckpt_path}; starting from the model")
         if main_proc and cfg.initial_eval:
             initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
-                                        show_progress)
+                                        show_progress, fixed=fixed)
             best, best_epoch = initial, 0
             if not existed:
                 write_model(0, initial)
@@ -366,8 +389,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         seen, correct, loss_sum = 0, 0, 0.0
         bar = Progress(len(perm), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                        enabled=(None if show_progress else False) if main_proc else False)
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+        if fixed:   # whole batches of the model's size only
+            perm = perm[:len(perm) - len(perm) % fixed]
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
             xb = torch.from_numpy(train.x[idx])
             if augment:
                 xb = _augment(xb, gen)
@@ -379,7 +404,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             if not torch.isfinite(loss):
                 bar.close()
                 raise diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
-                               f"{i // cfg.batch_size}")
+                               f"{i // batch_size}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             try:
@@ -389,13 +414,13 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     raise
                 bar.close()
                 raise diverged(f"the parameter update overflowed in epoch {epoch + 1}, batch "
-                               f"{i // cfg.batch_size}") from None
+                               f"{i // batch_size}") from None
             sched.step()
             net.project()
             if not _finite_parameters(net):
                 bar.close()
                 raise diverged(f"the parameters became NaN/Inf in epoch {epoch + 1}, batch "
-                               f"{i // cfg.batch_size}")
+                               f"{i // batch_size}")
             seen += len(idx)
             correct += int((out.argmax(1) == yb).sum())
             loss_sum += loss.item() * len(idx)
@@ -407,7 +432,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             try:
                 top1, rates = evaluate_torch(net, test, device, T, cfg.eval_batch,
                                              f"epoch {epoch + 1} test", show_progress,
-                                             finite_check=True)
+                                             finite_check=True, fixed=fixed)
             except _NonFinite:
                 raise diverged(f"the network's test outputs became NaN/Inf after epoch {epoch + 1}") from None
             history.append(EpochRecord(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1),
@@ -431,8 +456,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           written=written or (resume and out_path.exists()))
 
 
-def _hist(cfg, T, epochs, initial, top1, world, augment):
-    return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr, "batch_size": cfg.batch_size,
+def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None):
+    return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr,
+            "batch_size": batch_size or cfg.batch_size,
             "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
             "surrogate": cfg.surrogate, "augment": bool(augment),
             "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
