@@ -107,3 +107,25 @@ def test_a_clip_bound_far_above_the_data_converts_as_a_plain_relu(bound):
     assert all(np.sum(v) > 0 for v in got.spikes.values())
     dnn = run(m, x).outputs[0]
     assert np.corrcoef(got.outputs[0].ravel(), dnn.ravel())[0, 1] > 0.9
+
+
+def test_a_site_whose_batch_axis_was_merged_is_an_unsupported_model():
+    """Flatten(axis=2) folds the batch into the rows of a dense layer: not a data problem
+    (exit 5) but a model the rewrite cannot carry (exit 4), named."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.errors import UnsupportedModelError
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
+             h.make_node("Relu", ["c"], ["r"], name="relu0"),
+             h.make_node("Flatten", ["r"], ["f"], axis=2, name="merge"),
+             h.make_node("MatMul", ["f", "w2"], ["g"], name="dense"),
+             h.make_node("Relu", ["g"], ["y"], name="relu1")]
+    g = h.make_graph(nodes, "merged", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 2, 4, 4])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["M", 4])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedModelError, match="relu1.*merges the batch axis"):
+        calibrate(normalize(m), rng.random((8, 2, 4, 4)).astype(np.float32), show_progress=False)
