@@ -350,3 +350,25 @@ def test_batchnorm_in_training_mode_is_refused_naming_it(opset):
         del bn.output[1:]
         bn.attribute[-1].CopyFrom(helper.make_attribute("training_mode", 0))
         assert "BatchNormalization" not in ops(normalize(m).model)
+
+
+def test_a_float16_body_behind_float32_inputs_is_refused_naming_the_node():
+    """onnxconverter-common's keep_io_types layout: Cast to float16, float16 layers, Cast back.
+    Refused up front (exit 4) naming the first node that computes in float16, not by
+    onnxruntime on the converter's own Clip later."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float16), "w"),
+             nh.from_array(np.array(0, np.float16), "lo"), nh.from_array(np.array(6, np.float16), "hi"),
+             nh.from_array(rng.standard_normal((10, 4)).astype(np.float16), "w2")]
+    nodes = [h.make_node("Cast", ["x"], ["x16"], to=TP.FLOAT16, name="to16"),
+             h.make_node("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
+             h.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
+             h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "w2"], ["g"], transB=1),
+             h.make_node("Cast", ["g"], ["y"], to=TP.FLOAT)]
+    g = h.make_graph(nodes, "fp16", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 8, 8])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    with pytest.raises(UnsupportedModelError, match="'to16'.*float16.*only float32 layers"):
+        normalize(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]))

@@ -83,7 +83,8 @@ def softmax(x, axis=-1):
 def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
-        "fold-constants", "sum-to-add", "remove-identity-dropout", "strip-final-softmax",
+        "fold-constants", "refuse-training-batchnorm", "sum-to-add", "remove-identity-dropout",
+        "strip-final-softmax",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
         "canonicalize-sites"]
 

@@ -52,6 +52,14 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             raise UnsupportedModelError(f"{node_label(node)} is {kind}; {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
+        for o in node.outputs:
+            kind = _other_float(o.dtype) if o.name in dynamic else None
+            if kind:
+                raise UnsupportedModelError(
+                    f"{node_label(node)} computes '{o.name}' in {kind}; only float32 layers are "
+                    "supported: convert the model to float32 (a float16 model with float32 "
+                    "inputs and outputs, as onnxconverter-common's keep_io_types writes it, "
+                    "computes its layers in float16)")
     for t in graph.inputs:
         try:
             dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
@@ -63,6 +71,21 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
 
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+
+
+def _other_float(dtype) -> Optional[str]:
+    """The name of a floating-point type other than float32 (float16, bfloat16, float64, the
+    float8 types), else None."""
+    if dtype is None:
+        return None
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        return None
+    name = str(d)
+    if d == np.float32 or not (d.kind == "f" or "float" in name):
+        return None
+    return name
 
 
 def _multiplies_data(node: gs.Node, dynamic: set) -> bool:
