@@ -484,3 +484,24 @@ def test_analyzer_never_imports_torch():
     code = ("import sys, onnx_snn.analyze; "
             "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_dnn_with_symbolic_height_and_width_is_counted_at_the_calibrated_size():
+    """--dnn with inputs [N, C, 'H', 'W'] (dynamic_axes on H and W): the DNN is counted at
+    the input size its spiking model was calibrated with, not refused for a dynamic shape."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.analyze import analyze
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal((10, 4)).astype(np.float32), "w2")]
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "hw", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 3, "H", "W"])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    dnn = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    _, _, snn = B.converted(dnn, rng.random((16, 3, 10, 12)).astype(np.float32), T=2)
+    res = analyze(snn.model, None, dnn_model=dnn)
+    assert res.totals.dnn_flops == 4 * 27 * 10 * 12 + 10 * 4   # conv + dense MACs at 10 x 12

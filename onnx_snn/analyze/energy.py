@@ -270,6 +270,20 @@ def _load(model) -> onnx.ModelProto:
     return load_model(str(model))
 
 
+def _shapes_for(dnn: onnx.ModelProto, measured: onnx.ModelProto) -> Dict[str, List[int]]:
+    """The input shapes (batch fixed) of the analyzed graph ``measured`` for the DNN's inputs
+    of the same names: a DNN with symbolic H and W is counted at the sizes its spiking model
+    was calibrated with (pinned in its inputs)."""
+    names = {vi.name for vi in dnn.graph.input}
+    out = {}
+    for vi in measured.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in vi.type.tensor_type.shape.dim]
+        if vi.name in names and dims and all(d for d in dims):
+            out[vi.name] = dims
+    return out
+
+
 def analyze(model: Union[onnx.ModelProto, str, Path],
             rates: Optional[Mapping[str, float]] = None,
             timesteps: Optional[int] = None,
@@ -333,7 +347,9 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     dnn_flops = sum(l.dnn_flops for l in layers)
     dnn_source = "model"
     if dnn_model is not None:
-        ref = [c for c in count_flat(flatten(_load(dnn_model), input_shapes)) if c.kind == "mac"]
+        dnn = _load(dnn_model)
+        ref = [c for c in count_flat(flatten(dnn, input_shapes or _shapes_for(dnn, fg.model)))
+               if c.kind == "mac"]
         ref_flops = sum(c.macs for c in ref)
         dnn_source = "dnn model"
         if ref_flops != dnn_flops:
