@@ -272,9 +272,10 @@ def _load(model) -> onnx.ModelProto:
 
 def _shapes_for(dnn: onnx.ModelProto, measured: onnx.ModelProto) -> Dict[str, List[int]]:
     """The input shapes (batch fixed) of the analyzed graph ``measured`` for the DNN's inputs
-    of the same names: a DNN with symbolic H and W is counted at the sizes its spiking model
-    was calibrated with (pinned in its inputs)."""
-    names = {vi.name for vi in dnn.graph.input}
+    of the same names whose sizes are symbolic: a DNN with symbolic H and W is counted at the
+    sizes its spiking model was calibrated with (pinned in its inputs)."""
+    names = {vi.name for vi in dnn.graph.input   # inputs with a symbolic dim past the batch
+             if not all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim[1:])}
     out = {}
     for vi in measured.graph.input:
         dims = [d.dim_value if d.HasField("dim_value") else None
