@@ -475,8 +475,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       download=download)
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
-    if isinstance(ds.x, np.ndarray):
-        ds = ds.take(calib_samples, seed=seed)
+    ds = ds.take(calib_samples, seed=seed)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)

@@ -49,6 +49,11 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+#: .npz array names taken as the inputs (of a one-input model) and as the labels
+INPUT_KEYS = ("x", "data", "images", "inputs")
+LABEL_KEYS = ("y", "labels", "targets")
+
+
 @dataclass
 class Dataset:
     """Inputs ``x`` (float32, NCHW) and integer labels ``y`` (None for unlabeled arrays)."""
@@ -72,7 +77,8 @@ class Dataset:
             idx = np.arange(n)
         else:
             idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
-        return Dataset(self.name, self.x[idx], None if self.y is None else self.y[idx],
+        x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+        return Dataset(self.name, x, None if self.y is None else self.y[idx],
                        self.preprocessed, self.preprocess)
 
 
@@ -220,19 +226,35 @@ def load_array_file(path: os.PathLike) -> Dataset:
     if isinstance(obj, np.lib.npyio.NpzFile):
         try:
             keys = list(obj.keys())
-            xk = next((k for k in ("x", "data", "images", "inputs") if k in keys), None)
-            if xk is None:
+            yk = next((k for k in LABEL_KEYS if k in keys), None)
+            rest = [k for k in keys if k != yk]
+            xk = next((k for k in INPUT_KEYS if k in keys), None)
+            if not rest:
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
-                                f"(or data, images, inputs), and 'y' for labels; it has "
-                                f"{keys if keys else 'no arrays'}")
-            yk = next((k for k in ("y", "labels", "targets") if k in keys), None)
-            x, y = obj[xk], (obj[yk] if yk else None)
+                                f"(or data, images, inputs), or one per model input named after "
+                                f"it, and 'y' for labels; it has {keys if keys else 'no arrays'}")
+            y = obj[yk] if yk else None
+            if xk is not None and rest == [xk]:
+                x = obj[xk]
+            else:   # one array per model input, named after it (validate_feeds picks them)
+                x = {k: np.asarray(obj[k]) for k in rest}
         except DataError:
             raise
         except Exception as e:  # object arrays, truncated members
             raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
     else:
         x, y = obj, None
+    if isinstance(x, dict):
+        for k, v in x.items():
+            check_inputs(v, f"{path} (array {k!r})")
+        n = {len(v) for v in x.values()}
+        if len(n) > 1:
+            raise DataError(f"{path}: its input arrays have different numbers of samples "
+                            f"({ {k: len(v) for k, v in x.items()} })")
+        if y is not None:
+            y = check_labels(y, n.pop(), str(path))
+        return Dataset(str(path), {k: v.astype(np.float32, copy=False) for k, v in x.items()}, y,
+                       preprocessed=True)
     x = np.asarray(x)
     check_inputs(x, str(path))
     if x.dtype.kind in "iu":

@@ -31,12 +31,19 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
     names = [n for n, _ in specs]
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
+        generic = [k for k in ("x", "data", "images", "inputs") if k in x]
+        if len(names) == 1 and missing and generic:   # a one-input model's 'x' of a .npz
+            x, missing = {names[0]: x[generic[0]]}, []
         if missing:
-            raise DataError(f"{what}: missing input(s) {missing}; the model takes {names}")
+            raise DataError(f"{what}: missing input(s) {missing}; the model takes {names} "
+                            f"(a .npz needs one array per input, named after it; it has "
+                            f"{sorted(x)})")
         feeds = {n: np.asarray(x[n]) for n in names}
     else:
         if len(names) != 1:
-            raise DataError(f"{what}: the model has {len(names)} inputs {names}; pass a dict")
+            raise DataError(f"{what}: the model has {len(names)} inputs {names}; give one array "
+                            "per input, named after it (a .npz: np.savez(path, "
+                            + ", ".join(f"{n}=..." for n in names) + ", y=labels); in Python: a dict)")
         feeds = {names[0]: np.asarray(x)}
     n = None
     for name, dims in specs:

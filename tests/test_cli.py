@@ -240,3 +240,35 @@ def test_convert_keeps_external_data_external(tmp_path, monkeypatch):
     # an output whose data file would be the source's is refused before the work
     assert main(["convert", str(src), "--calib", str(tmp_path / "x.npy"), "-q", "-o",
                  str(tmp_path / "src.onnx.data")]) != 0
+
+
+def test_convert_and_eval_a_two_input_model_from_a_npz(tmp_path):
+    """A model with inputs x and z: a .npz with arrays x, z (and y) feeds both, on the
+    command line too; a one-input model still takes the 'x' of a .npz with other arrays."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    import onnx_snn
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w2")]
+    nodes = [h.make_node("Concat", ["x", "z"], ["c0"], axis=1),
+             h.make_node("Conv", ["c0", "w"], ["c"], pads=[1] * 4), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    vi = [h.make_tensor_value_info(n, TP.FLOAT, ["N", 1, 6, 6]) for n in ("x", "z")]
+    g = h.make_graph(nodes, "two", vi, [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3])], inits)
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), str(tmp_path / "two.onnx"))
+    x, z = (rng.random((32, 1, 6, 6)).astype(np.float32) for _ in range(2))
+    np.savez(tmp_path / "d.npz", x=x, z=z, y=rng.integers(0, 3, 32))
+    out = tmp_path / "two.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "two.onnx"), "--calib", str(tmp_path / "d.npz"),
+                 "-T", "2", "-o", str(out)]) == 0
+    assert main(["-q", "eval", str(out), "--data", str(tmp_path / "d.npz")]) == 0
+    one = tmp_path / "one.onnx"
+    one.write_bytes(B.vgg(13, "clip").SerializeToString())
+    np.savez(tmp_path / "extra.npz", x=B.rand_input(16), mask=np.ones(16), y=np.zeros(16, int))
+    assert main(["-q", "convert", str(one), "--calib", str(tmp_path / "extra.npz"), "-T", "2",
+                 "--method", "datta", "-o", str(tmp_path / "one.snn.onnx")]) == 0
+    with pytest.raises(Exception, match=r"inputs \['x', 'z'\].*np.savez"):
+        onnx_snn.convert(str(tmp_path / "two.onnx"), x, show_progress=False)

@@ -123,6 +123,24 @@ def test_npz_and_npy(tmp_path):
         load_array_file(tmp_path / "junk.npy")
 
 
+def test_npz_with_one_array_per_input(tmp_path):
+    """A .npz of several input arrays (named after a model's inputs) gives a dict of them;
+    take() draws the same samples from each; arrays of unequal length are refused."""
+    rng = np.random.default_rng(0)
+    x, z = rng.random((6, 1, 4, 4)).astype(np.float32), rng.random((6, 3)).astype(np.float32)
+    np.savez(tmp_path / "m.npz", x=x, z=z, y=np.arange(6))
+    ds = load_array_file(tmp_path / "m.npz")
+    assert sorted(ds.x) == ["x", "z"] and len(ds) == 6 and ds.preprocessed
+    part = ds.take(3, seed=1)
+    i = np.sort(np.random.default_rng(1).choice(6, 3, replace=False))
+    np.testing.assert_array_equal(part.x["z"], z[i])
+    np.testing.assert_array_equal(part.x["x"], x[i])
+    np.testing.assert_array_equal(part.y, i)
+    np.savez(tmp_path / "uneven.npz", a=x, b=z[:4])
+    with pytest.raises(DataError, match="different numbers of samples"):
+        load_array_file(tmp_path / "uneven.npz")
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet")
