@@ -372,3 +372,28 @@ def test_a_float16_body_behind_float32_inputs_is_refused_naming_the_node():
                      [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
     with pytest.raises(UnsupportedModelError, match="'to16'.*float16.*only float32 layers"):
         normalize(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]))
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_weight_only_dequantize_is_folded_to_float_weights(per_axis):
+    """DequantizeLinear of a constant int8 weight (weight-only quantization; onnx-graphsurgeon
+    does not fold Q/DQ): folded to its float value, per tensor or per output channel; the
+    normalized model computes what onnxruntime computes on the original."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    wq = rng.integers(-127, 128, (4, 1, 3, 3)).astype(np.int8)
+    scale = (rng.random(4) * 0.02 + 0.001).astype(np.float32) if per_axis else np.array(0.01, np.float32)
+    zp = rng.integers(-3, 4, 4).astype(np.int8) if per_axis else np.array(2, np.int8)
+    inits = [nh.from_array(wq, "wq"), nh.from_array(scale, "s"), nh.from_array(zp, "zp"),
+             nh.from_array(rng.standard_normal((10, 4 * 144)).astype(np.float32), "w2")]
+    nodes = [h.make_node("DequantizeLinear", ["wq", "s", "zp"], ["w"], axis=0),
+             h.make_node("Conv", ["input", "w"], ["c"], pads=[1] * 4), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Flatten", ["r"], ["f"]), h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "dq", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    nm = normalize(m)
+    assert "DequantizeLinear" not in ops(nm.model)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)

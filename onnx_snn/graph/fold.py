@@ -20,6 +20,7 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
     Cast, Shape of static dims, ...) so weights and clip bounds become initializers."""
     before = len(graph.nodes)
     graph.cleanup().toposort()
+    _dequantize_constants(graph)
     # gs logs every partial failure at WARNING; they are harmless here
     gs_logger = logging.getLogger("onnx_graphsurgeon")
     level = gs_logger.level
@@ -45,6 +46,39 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup().toposort()
     result.changed = max(0, before - len(graph.nodes))
     _explain_unfolded(graph, result)
+
+
+def _dequantize_constants(graph: gs.Graph) -> None:
+    """A DequantizeLinear of constant inputs (weight-only int8/uint8 quantization) becomes its
+    float value, ``(x - zero_point) * scale`` per tensor or per ``axis``: onnx-graphsurgeon
+    leaves Q/DQ nodes out of constant folding. Blocked quantization (opset 21 ``block_size``)
+    and an ``output_dtype`` attribute are left alone (and refused later, named)."""
+    for node in list(graph.nodes):
+        if node.op != "DequantizeLinear" or node.attrs.get("block_size") \
+                or node.attrs.get("output_dtype"):
+            continue
+        ins = [const_value(t) for t in node.inputs if not is_empty(t)]
+        if len(ins) < 2 or any(v is None for v in ins) or ins[0].dtype.kind not in "iu":
+            continue
+        x, scale = ins[0], ins[1]
+        zp = ins[2] if len(ins) > 2 else np.zeros((), x.dtype)
+        if scale.dtype.kind != "f":
+            continue
+        if scale.ndim == 1 and x.ndim > 0:   # per axis
+            axis = int(node.attrs.get("axis", 1)) % x.ndim
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
+        y = (x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale
+        out = node.outputs[0]
+        const = gs.Constant((node.name or out.name) + "_dequantized", np.asarray(y, scale.dtype))
+        for consumer in list(out.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[i] = const
+        if not is_graph_output(graph, out):
+            node.outputs.clear()
+    graph.cleanup()
 
 
 def _explain_unfolded(graph: gs.Graph, result: PassResult) -> None:
