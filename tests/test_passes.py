@@ -83,7 +83,8 @@ def softmax(x, axis=-1):
 def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
-        "fold-constants", "refuse-training-batchnorm", "sum-to-add", "remove-identity-dropout",
+        "fold-constants", "refuse-training-batchnorm", "sum-to-add", "reduce-max-to-global-pool",
+        "remove-identity-dropout",
         "strip-final-softmax",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
         "canonicalize-sites"]
@@ -603,3 +604,38 @@ def test_model_without_relu_names_its_first_nonlinearity(build, node, op, tmp_pa
     np.save(tmp_path / "calib.npy", rand(4, 1, 12, 12))
     rc = main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy")])
     assert rc == 4 and f"node '{node}' ({op})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opset,keepdims", [(13, 0), (13, 1), (18, 0)])
+def test_reduce_max_over_the_spatial_axes_is_a_global_max_pool(opset, keepdims):
+    """Keras's GlobalMaxPooling2D through tf2onnx (ReduceMax over H, W; axes an attribute
+    before opset 18, an input from it): the same function as GlobalMaxPool, whose spiking
+    form is rate-exact, so at large T the spiking network follows its DNN."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    from onnx_snn.runtimes.ort import run
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array((rng.standard_normal((6, 1, 3, 3)) * 0.5).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal((10, 6)).astype(np.float32), "w2")]
+    if opset >= 18:
+        inits.append(nh.from_array(np.array([2, 3], np.int64), "axes"))
+        red = h.make_node("ReduceMax", ["r", "axes"], ["p"], keepdims=keepdims, name="gmp")
+    else:
+        red = h.make_node("ReduceMax", ["r"], ["p"], axes=[-2, -1], keepdims=keepdims, name="gmp")
+    nodes = [h.make_node("Conv", ["input", "w"], ["c"], pads=[1] * 4),
+             h.make_node("Clip", ["c", "lo", "hi"], ["r"]), red]
+    inits += [nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(2, np.float32), "hi")]
+    if keepdims:
+        nodes.append(h.make_node("Flatten", ["p"], ["f"]))
+    nodes.append(h.make_node("Gemm", ["f" if keepdims else "p", "w2"], ["y"], transB=1))
+    g = h.make_graph(nodes, "gmp", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    nm = normalize(m)
+    kinds = [n.op_type for n in nm.model.graph.node]
+    assert "ReduceMax" not in kinds and "GlobalMaxPool" in kinds
+    x = B.rand_input(32)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    got, want = run(snn.model, x).outputs[0], run(m, x).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99

@@ -1,4 +1,5 @@
-"""Passes that rewrite equivalent idioms into one form: opset upgrade, Sum, MatMul + Add."""
+"""Passes that rewrite equivalent idioms into one form: opset upgrade, Sum, ReduceMax over the
+spatial axes, MatMul + Add."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,6 +56,40 @@ def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
             graph.nodes.append(gs.Node("Add", f"{node.name or 'sum'}_{i}", inputs=[acc, t],
                                        outputs=[nxt]))
             acc = nxt
+    graph.cleanup().toposort()
+
+
+@graph_pass("reduce-max-to-global-pool")
+def reduce_max_to_global_pool(graph: gs.Graph, result: PassResult) -> None:
+    """``ReduceMax`` over exactly the spatial axes of an N x C x spatial tensor is
+    ``GlobalMaxPool`` (Keras's GlobalMaxPooling2D through tf2onnx), which has a rate-exact
+    spiking form; with ``keepdims=0`` a ``Flatten`` follows (N x C). Other ReduceMax nodes
+    are left (and refused, named)."""
+    for node in list(graph.nodes):
+        if node.op != "ReduceMax" or not node.inputs:
+            continue
+        x = node.inputs[0]
+        rank = len(x.shape) if x.shape is not None else None
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1:
+            axes = const_value(node.inputs[1])
+            axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+        if rank is None or rank < 3 or axes is None or \
+                sorted(int(a) % rank for a in axes) != list(range(2, rank)):
+            result.skip(node, "not a reduction over exactly the spatial axes of a known rank")
+            continue
+        result.changed += 1
+        out = node.outputs[0]
+        keep = int(node.attrs.get("keepdims", 1))
+        node.op, node.attrs = "GlobalMaxPool", {}
+        node.inputs.clear()
+        node.inputs.append(x)
+        if not keep:
+            pooled = gs.Variable(out.name + "_pooled", dtype=out.dtype)
+            node.outputs.clear()
+            node.outputs.append(pooled)
+            graph.nodes.append(gs.Node("Flatten", f"{node.name or 'reducemax'}_flatten",
+                                       attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
     graph.cleanup().toposort()
 
 

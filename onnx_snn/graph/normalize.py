@@ -184,6 +184,7 @@ PIPELINE: tuple = (
     fold.fold_constants,                 # weights and clip bounds become initializers
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     canonical.sum_to_add,
+    canonical.reduce_max_to_global_pool,
     cleanup.remove_identity_and_dropout,
     cleanup.strip_final_softmax,
     cleanup.drop_unused_outputs,
