@@ -397,3 +397,33 @@ def test_weight_only_dequantize_is_folded_to_float_weights(per_axis):
     assert "DequantizeLinear" not in ops(nm.model)
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_model_local_functions_are_inlined():
+    """A layer written as a model-local function (a custom domain made of standard ops, as
+    onnxscript or the dynamo exporter's modules write it), called twice: inlined, converted
+    like the flat model, and the note names it."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    fn = h.make_function("my.layers", "ConvClip", ["x", "w"], ["y"], [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("Constant", [], ["lo"], value=nh.from_array(np.array(0, np.float32))),
+        h.make_node("Constant", [], ["hi"], value=nh.from_array(np.array(2, np.float32))),
+        h.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+        opset_imports=[h.make_opsetid("", 13)])
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32), "w1"),
+             nh.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w2"),
+             nh.from_array(rng.standard_normal((10, 4 * 144)).astype(np.float32), "w3")]
+    nodes = [h.make_node("ConvClip", ["input", "w1"], ["a"], domain="my.layers"),
+             h.make_node("ConvClip", ["a", "w2"], ["b"], domain="my.layers"),
+             h.make_node("Flatten", ["b"], ["f"]), h.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "fn", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("my.layers", 1)],
+                     functions=[fn])
+    nm = normalize(m)
+    assert len(nm.sites) == 2 and all(s.mu == 2.0 for s in nm.sites)
+    assert any("inlined 1 model-local function" in n and "my.layers.ConvClip" in n for n in nm.notes)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)

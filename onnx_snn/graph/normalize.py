@@ -207,6 +207,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         model, sha, external = loaded.model, loaded.sha256, loaded.external_data
     else:
         where = where or "model"
+    model = _inline_functions(model, notes, where)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
@@ -224,6 +225,25 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
     nm.external_data = external
     return nm
+
+
+def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
+    """A model calling model-local functions (onnxscript, the dynamo exporter's modules,
+    custom-domain layers made of standard ops) with every call replaced by the function's
+    body, recursively; the spiking format's own functions are left (such a model is refused
+    as already spiking)."""
+    if not model.functions or any(f.domain == "ai.onnx_snn" for f in model.functions):
+        return model
+    from onnx import inliner
+    try:
+        inlined = inliner.inline_local_functions(model, convert_version=True)
+    except Exception as e:
+        raise UnsupportedModelError(f"{where}: its model-local functions could not be inlined "
+                                    f"({str(e).strip()[:200]})") from None
+    notes.append(f"inlined {len(model.functions)} model-local function(s): "
+                 + ", ".join(sorted({f"{f.domain}.{f.name}" for f in model.functions})))
+    del inlined.functions[:]
+    return inlined
 
 
 def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
