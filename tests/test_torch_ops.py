@@ -341,6 +341,20 @@ case("default-mode", "DepthToSpace", [f32(1, 9, 2, 2)], {"blocksize": 3})
 case("CRD-b3", "DepthToSpace", [f32(1, 18, 2, 3)], {"blocksize": 3, "mode": "CRD"})
 case("b2", "SpaceToDepth", [f32(2, 3, 4, 6)], {"blocksize": 2})
 case("b3", "SpaceToDepth", [f32(1, 2, 6, 3)], {"blocksize": 3})
+# Resize, nearest: every coordinate and rounding mode, integer, fractional and down scales,
+# sizes (checked against onnxruntime, whose arithmetic the runtime follows)
+x = f32(2, 3, 5, 7)
+for ctm in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"):
+    for nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        for sc in ((1, 1, 2, 2), (1, 1, 1.5, 3), (1, 1, 0.6, 0.5)):
+            case(f"{ctm}-{nm}-{sc[2]}x{sc[3]}", "Resize",
+                 [x, None, np.array(sc, np.float32)],
+                 {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nm},
+                 ref="ort")
+case("sizes", "Resize", [x, None, None, np.array([2, 3, 9, 4], np.int64)],
+     {"mode": "nearest", "coordinate_transformation_mode": "half_pixel"}, ref="ort")
+case("default-modes-op11", "Resize", [x, np.zeros(0, np.float32), np.array([1, 1, 2, 3], np.float32)],
+     {"mode": "nearest"}, opset=11, ref="ort")
 
 # ---------------------------------------------------------------------------- Cast
 x = (f32(3, 4) * 5).astype(np.float32)
@@ -464,3 +478,64 @@ def test_every_op_has_a_case():
     covered = {p.values[0].op for p in CASES}
     assert not set(OPS) - covered, f"ops without a case in {__file__}: {sorted(set(OPS) - covered)}"
     assert not covered - set(OPS), f"cases for ops the runtime lacks: {sorted(covered - set(OPS))}"
+
+
+def _unet(ctm="half_pixel", nearest="round_prefer_floor", sizes=False, mode="nearest", opset=13):
+    """conv-clip, max pool, conv-clip, Resize x2 (nearest), concat with the skip, conv-clip,
+    global pool, dense: a U-Net-like decoder step."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+    inits = [nh.from_array(w(4, 1, 3, 3), "w1"), nh.from_array(w(4, 4, 3, 3), "w2"),
+             nh.from_array(w(4, 8, 3, 3), "w3"), nh.from_array(w(10, 4), "w4"),
+             nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(2, np.float32), "hi")]
+    if sizes:
+        inits.append(nh.from_array(np.array([2, 4, 12, 12], np.int64), "sz"))
+        rs = h.make_node("Resize", ["b", "", "", "sz"], ["u"], mode=mode, name="up",
+                         coordinate_transformation_mode=ctm, nearest_mode=nearest)
+    else:
+        inits.append(nh.from_array(np.array([1, 1, 2, 2], np.float32), "sc"))
+        rs = h.make_node("Resize", ["b", "", "sc"], ["u"], mode=mode, name="up",
+                         coordinate_transformation_mode=ctm, nearest_mode=nearest)
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Clip", ["c1", "lo", "hi"], ["a"]),
+             h.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Conv", ["p", "w2"], ["c2"], pads=[1] * 4),
+             h.make_node("Clip", ["c2", "lo", "hi"], ["b"]), rs,
+             h.make_node("Concat", ["u", "a"], ["cat"], axis=1),
+             h.make_node("Conv", ["cat", "w3"], ["c3"], pads=[1] * 4),
+             h.make_node("Clip", ["c3", "lo", "hi"], ["d"]),
+             h.make_node("GlobalAveragePool", ["d"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "w4"], ["y"], transB=1)]
+    n = 2 if sizes else "N"
+    g = h.make_graph(nodes, "unet", [h.make_tensor_value_info("input", TP.FLOAT, [n, 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [n, 10])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("ctm,nearest,sizes", [
+    ("half_pixel", "round_prefer_floor", False), ("asymmetric", "floor", False),
+    ("pytorch_half_pixel", "round_prefer_ceil", False), ("align_corners", "ceil", False),
+    ("tf_half_pixel_for_nn", "floor", False), ("half_pixel", "floor", True)])
+def test_nearest_resize_copies_spikes_in_both_runtimes(ctm, nearest, sizes):
+    """A nearest-neighbour Resize (every coordinate and rounding mode) carries spikes: the
+    torch runtime equals onnxruntime on the spiking graph (same spike counts), and at large T
+    the spiking network follows its DNN (the upsampled rates are the DNN's)."""
+    import builders as B
+    from onnx_snn.runtimes.ort import run
+    m = _unet(ctm, nearest, sizes)
+    x = B.rand_input(16 if not sizes else 2)
+    _, _, snn = B.converted(m, x, T=4)
+    B.assert_runtimes_agree(snn.model, x)
+    _, _, big = B.converted(m, x, T=512, method="max")
+    got, want = run(big.model, x).outputs[0], run(m, x).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_a_linear_resize_is_refused_naming_it():
+    from onnx_snn.errors import UnsupportedModelError
+    from onnx_snn.graph.normalize import normalize
+    with pytest.raises(UnsupportedModelError, match="'up'.*mode 'linear'"):
+        normalize(_unet(mode="linear"))

@@ -73,7 +73,7 @@ UNCOUNTED_MAC_OPS = ("Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "Q
 #: ops the source-site walk passes through (data input(s) only)
 PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
-                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div")
+                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize")
 
 SMALL_INITIALIZER = 1024    # elements; larger initializers are weights, kept as shapes only
 

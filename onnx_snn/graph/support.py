@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from .ir import depends_on_inputs, is_empty, node_label
+from .ir import const_value, depends_on_inputs, is_empty, node_label
 
 #: layers whose output is a linear function of their (spiking) input
 LINEAR_OPS = {
@@ -19,6 +19,7 @@ STRUCTURAL_OPS = {
     "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
     "Shape", "Size", "Gather", "Cast", "Constant", "ConstantOfShape", "Expand", "Identity",
     "Range", "Tile", "DepthToSpace", "SpaceToDepth",
+    "Resize",   # nearest only (see _resize_unsupported): each output copies one input
 }
 #: exact on spike trains of one amplitude per layer (max of spikes is a spike)
 SPIKE_OPS = {"MaxPool", "GlobalMaxPool"}
@@ -31,7 +32,8 @@ SUPPORTED_OPS = LINEAR_OPS | STRUCTURAL_OPS | SPIKE_OPS
 _BILINEAR = {"Mul", "Div", "MatMul"}
 
 SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePool, "
-                  "GlobalAveragePool, Flatten, Reshape, Concat, Pad and shape ops; activations: "
+                  "GlobalAveragePool, Flatten, Reshape, Concat, Pad, nearest Resize and shape ops; "
+                  "activations: "
                   "Relu, Clip(0, mu), Relu+Min(mu), Max(0)+Min(mu)")
 
 
@@ -52,6 +54,11 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             raise UnsupportedModelError(f"{node_label(node)} is {kind}; {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
+        why = _resize_unsupported(node) if node.op == "Resize" else None
+        if why:
+            raise UnsupportedModelError(f"{node_label(node)}: Resize {why}; only a nearest-neighbour "
+                                        "Resize of the spatial axes by constant scales or sizes "
+                                        "is supported (it copies spikes)")
         for o in node.outputs:
             kind = _other_float(o.dtype) if o.name in dynamic else None
             if kind:
@@ -71,6 +78,39 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
 
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+
+
+#: Resize coordinate modes whose nearest-neighbour form the torch runtime computes
+RESIZE_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
+                      "tf_half_pixel_for_nn")
+
+
+def _resize_unsupported(node: gs.Node) -> Optional[str]:
+    """Why a Resize cannot be carried (None when it can): a nearest-neighbour resize of the
+    spatial axes by constant scales or sizes, in a coordinate mode of RESIZE_COORDINATES."""
+    a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in node.attrs.items()}
+    if a.get("mode", "nearest") != "nearest":
+        return f"in mode '{a['mode']}' mixes neighbouring spikes"
+    if a.get("coordinate_transformation_mode", "half_pixel") not in RESIZE_COORDINATES:
+        return f"with coordinate_transformation_mode '{a['coordinate_transformation_mode']}'"
+    if a.get("axes") is not None or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return "with axes or keep_aspect_ratio_policy"
+    ins = list(node.inputs)
+    scales = const_value(ins[2]) if len(ins) > 2 and not is_empty(ins[2]) else None
+    sizes = const_value(ins[3]) if len(ins) > 3 and not is_empty(ins[3]) else None
+    given = [v for v in (scales, sizes) if v is not None and v.size]
+    if not given:
+        return "by scales or sizes that are not constant"
+    x = ins[0]
+    if scales is not None and scales.size:
+        if scales.size < 2 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
+            return "of the batch or channel axis"
+    else:
+        dims = list(x.shape) if x.shape is not None else None
+        if dims is None or len(dims) != sizes.size or not isinstance(dims[1], int) \
+                or int(sizes[1]) != dims[1]:
+            return "to sizes whose channel count is not the input's"
+    return None
 
 
 def _other_float(dtype) -> Optional[str]:

@@ -7,6 +7,7 @@ the node.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -372,6 +373,53 @@ def constant(a):
     raise NotImplementedError(f"Constant with attributes {sorted(a)}")
 
 
+def _nearest_source(out_size: int, in_size: int, scale: float, ctm: str, mode: str) -> torch.Tensor:
+    """ONNX Resize (mode nearest): the input position each output position copies, along one
+    axis, in float32 as onnxruntime computes it."""
+    f = torch.float32
+    xo = torch.arange(out_size, dtype=f)
+    s = torch.tensor(scale, dtype=f)
+    if ctm == "asymmetric":
+        orig = xo / s
+    elif ctm == "tf_half_pixel_for_nn":
+        orig = (xo + 0.5) / s
+    elif ctm == "align_corners":
+        orig = xo * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(xo)
+    elif ctm == "pytorch_half_pixel" and out_size <= 1:
+        orig = torch.zeros_like(xo)
+    else:   # half_pixel, pytorch_half_pixel
+        orig = (xo + 0.5) / s - 0.5
+    if mode == "floor":
+        idx = torch.floor(orig)
+    elif mode == "ceil":
+        idx = torch.ceil(orig)
+    elif mode == "round_prefer_ceil":
+        idx = torch.floor(orig + 0.5)
+    else:   # round_prefer_floor: a tie goes down
+        idx = torch.ceil(orig - 0.5)
+    return idx.clamp(0, in_size - 1).long()
+
+
+def resize(a, x, roi=None, scales=None, sizes=None):
+    """ONNX Resize in mode nearest (the only one the converter accepts): every output
+    position copies one input position, so spikes stay spikes."""
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    mode = a.get("nearest_mode", "round_prefer_floor")
+    dims = list(x.shape)
+    if sizes is not None and sizes.numel():
+        out = _ints(sizes)
+        scale = [float(np.float32(o) / np.float32(i)) for o, i in zip(out, dims)]
+    else:
+        scale = [float(v) for v in scales.tolist()]
+        out = [int(math.floor(i * s)) for i, s in zip(dims, scale)]
+    for axis in range(x.dim()):
+        if out[axis] == dims[axis] and scale[axis] == 1.0:
+            continue
+        idx = _nearest_source(out[axis], dims[axis], scale[axis], ctm, mode)
+        x = x.index_select(axis, idx.to(x.device))
+    return [x]
+
+
 OPS: Dict[str, Callable] = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
@@ -411,6 +459,7 @@ OPS: Dict[str, Callable] = {
     "DepthToSpace": lambda a, x: [depth_to_space(a, x)],
     "SpaceToDepth": lambda a, x: [space_to_depth(a, x)],
     "Range": lambda a, s, l, d: [range_(s, l, d)],
+    "Resize": resize,
 }
 
 
