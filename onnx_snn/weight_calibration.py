@@ -198,11 +198,14 @@ def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
     """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y."""
     d = gram.shape[0] - 1
     lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
-    a = gram.copy()                            # gram + lam I (the bias not shrunk) + 1e-9 I,
-    i = np.arange(d)                           # on the diagonal alone (no (d+1)^2 identities)
-    a[i, i] = (a[i, i] + lam) + 1e-9
-    a[d, d] = a[d, d] + 1e-9
-    return np.linalg.solve(a, cross)
+    diag = gram.diagonal().copy()              # gram + lam I (the bias not shrunk) + 1e-9 I,
+    i = np.arange(d)                           # on the diagonal alone, in place (solve makes
+    gram[i, i] = (gram[i, i] + lam) + 1e-9     # its own copy), then the diagonal is put back
+    gram[d, d] = gram[d, d] + 1e-9
+    try:
+        return np.linalg.solve(gram, cross)
+    finally:
+        gram[np.arange(d + 1), np.arange(d + 1)] = diag
 
 
 def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
