@@ -93,6 +93,9 @@ def test_profile_convert_small(fmnist_test):
     inner = ("weight_calibration_accumulate", "weight_calibration_solve", "channel_search")
     assert all(0 < p[k] for k in inner) and sum(p[k] for k in inner) <= p["refinement"]
     assert 0 < p["onnxruntime_runs"] <= r["seconds"]
+    q = subprocess.run([sys.executable, "tools/profile_convert.py", "--imagenet", "vgg16",
+                        "--model", "m.onnx"], capture_output=True, text=True, cwd=ROOT)
+    assert q.returncode == 2 and "drop --model/--data" in q.stderr
 
 
 def test_bench_gpu_smoke_on_cpu(fmnist_test):

@@ -2,6 +2,7 @@
 
     python tools/profile_convert.py                       # CIFAR-shape VGG-16, 512 images, T=2
     python tools/profile_convert.py --images 256 --method datta
+    python tools/profile_convert.py --imagenet vgg11_bn --images 64   # torchvision's, 3x224x224
     python tools/profile_convert.py --model MODEL.onnx --data fashion-mnist --images 512
 
 Runs ``onnx_snn.convert`` once under cProfile and reports the cumulative seconds of the
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="an ONNX model (default: the CIFAR-shape VGG-16 of bench_convert)")
     p.add_argument("--data", default=None, help="calibration data for --model (default: "
                    "Fashion-MNIST test images, as bench_convert feeds its CIFAR model)")
+    p.add_argument("--imagenet", metavar="NAME", help="profile torchvision's NAME (vgg11_bn, vgg16, "
+                   "resnet50) at 3x224x224 with random weights, as bench_convert --imagenet builds "
+                   "it (Fashion-MNIST images upsampled; use --images 64)")
     p.add_argument("--images", type=int, default=512, help="calibration images (default 512)")
     p.add_argument("-T", "--timesteps", type=int, default=2)
     p.add_argument("--method", default="refined")
@@ -67,13 +71,18 @@ def main(argv=None) -> int:
     import onnx
 
     import onnx_snn
-    from bench_convert import images, vgg16_onnx
+    from bench_convert import images, torchvision_onnx, vgg16_onnx
+    if args.imagenet and (args.model or args.data):
+        p.error("--imagenet builds its own model and images: drop --model/--data")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
-        if path is None:
+        if args.imagenet:
+            path = os.path.join(tmp, f"{args.imagenet}.onnx")
+            torchvision_onnx(args.imagenet, path)
+        elif path is None:
             path = os.path.join(tmp, "vgg16_cifar.onnx")
             onnx.save(vgg16_onnx(), path)
-        data = args.data if args.data else images(args.images)
+        data = args.data if args.data else images(args.images, 224 if args.imagenet else 32)
         kw = {"calib_samples": args.images} if isinstance(data, str) else {}
         prof = cProfile.Profile()
         t0 = time.perf_counter()
@@ -86,7 +95,9 @@ def main(argv=None) -> int:
     parts = {k: _cumulative(stats, *where) for k, where in PARTS.items()}
     parts["onnxruntime_runs"] = _ort_runs(stats)
     parts["rewrite_and_check"] = max(0.0, total - parts["calibration"] - parts["refinement"])
-    emit({"benchmark": "profile_convert", "model": args.model or "vgg16_cifar (random weights)",
+    name = (f"{args.imagenet} 224 (random weights)" if args.imagenet else
+            args.model or "vgg16_cifar (random weights)")
+    emit({"benchmark": "profile_convert", "model": name,
           "images": args.images, "timesteps": args.timesteps, "method": args.method,
           "seconds": round(total, 2), "sites": len(snn.records),
           "parts_seconds": {k: round(v, 2) for k, v in parts.items()},
