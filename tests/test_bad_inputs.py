@@ -785,7 +785,11 @@ def _env():
 
 
 DRIVER = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # a suite started in the background (`cmd &` without job control) hands its children
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: restore it, the
+    # case is about what the command does on Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     moment, argv = sys.argv[1], sys.argv[2:]
     import onnx_snn.cli as cli
     C = sys.modules["onnx_snn.convert"]   # (onnx_snn.convert is also the function)
