@@ -36,13 +36,7 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
             out = node.outputs[0]
             val = node.attrs["value"]
             values = val.values if isinstance(val, gs.Constant) else np.asarray(val)
-            const = gs.Constant(out.name + "_const", np.asarray(values))
-            for c in list(out.outputs):
-                for i, t in enumerate(c.inputs):
-                    if t is out:
-                        c.inputs[i] = const
-            if not is_graph_output(graph, out):
-                node.outputs.clear()
+            _replace_by_constant(graph, node, gs.Constant(out.name + "_const", np.asarray(values)))
     graph.cleanup().toposort()
     result.changed = max(0, before - len(graph.nodes))
     _explain_unfolded(graph, result)
@@ -70,15 +64,21 @@ def _dequantize_constants(graph: gs.Graph) -> None:
             shape[axis] = -1
             scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
         y = (x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale
-        out = node.outputs[0]
-        const = gs.Constant((node.name or out.name) + "_dequantized", np.asarray(y, scale.dtype))
-        for consumer in list(out.outputs):
-            for i, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[i] = const
-        if not is_graph_output(graph, out):
-            node.outputs.clear()
+        name = (node.name or node.outputs[0].name) + "_dequantized"
+        _replace_by_constant(graph, node, gs.Constant(name, np.asarray(y, scale.dtype)))
     graph.cleanup()
+
+
+def _replace_by_constant(graph: gs.Graph, node: gs.Node, const: gs.Constant) -> None:
+    """Every reader of ``node``'s first output reads ``const`` instead; the node goes (at the
+    next cleanup) unless that output is a graph output."""
+    out = node.outputs[0]
+    for consumer in list(out.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is out:
+                consumer.inputs[i] = const
+    if not is_graph_output(graph, out):
+        node.outputs.clear()
 
 
 def _explain_unfolded(graph: gs.Graph, result: PassResult) -> None:
