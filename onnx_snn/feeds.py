@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import onnx
 
-from .datasets import check_finite
+from .datasets import INPUT_KEYS, check_finite
 from .errors import DataError
 
 InputSpec = Tuple[str, List[Optional[int]]]
@@ -31,7 +31,7 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
     names = [n for n, _ in specs]
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
-        generic = [k for k in ("x", "data", "images", "inputs") if k in x]
+        generic = [k for k in INPUT_KEYS if k in x]
         if len(names) == 1 and missing and generic:   # a one-input model's 'x' of a .npz
             x, missing = {names[0]: x[generic[0]]}, []
         if missing:
@@ -63,6 +63,14 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
         check_finite(arr, f"{what} (input '{name}')")
         feeds[name] = arr
     return feeds
+
+
+def pad_batch(x: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """``x`` with zero samples appended up to ``size`` samples (a model's fixed batch size;
+    the padding's results are to be dropped); ``x`` itself when it has as many or no size."""
+    if not size or len(x) >= size:
+        return x
+    return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
 
 
 def fixed_batch(specs: List[InputSpec]) -> Optional[int]:

@@ -260,7 +260,7 @@ def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, rng: Optional[np.random
     g = fit.groups
     cin, kh, kw = (int(v) for v in fit.weight.shape[1:])
     cout = fit.weight.shape[0] // g
-    n, m, oh, ow = y.shape
+    n, _, oh, ow = y.shape
     p, d = n * oh * ow, cin * kh * kw
     if rng is None or p <= _row_cap(d):
         win = _windows(r, fit.weight.shape, fit.attrs)                  # [N, C, OH, OW, kh, kw]
@@ -300,11 +300,14 @@ def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, 
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+def _strides_dilations(attrs: dict):
+    return list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+
+
 def _geometry(attrs: dict, size, w_shape):
     """(pads t, l, b, r; strides; dilations) of a 2-D convolution on ``size`` (H, W)."""
     kh, kw = int(w_shape[2]), int(w_shape[3])
-    strides = list(attrs.get("strides", [1, 1]))
-    dil = list(attrs.get("dilations", [1, 1]))
+    strides, dil = _strides_dilations(attrs)
     return _pads(attrs, size, (kh, kw), strides, dil), strides, dil
 
 
@@ -337,8 +340,7 @@ def patches_at(padded: np.ndarray, w_shape, attrs: dict, b, yo, xo, channels=sli
     from :func:`_padded_nhwc`'s array: [P, C, kh, kw] for the ``channels`` given, the same
     values as :func:`im2col`'s rows at those positions (written to ``out`` when given)."""
     kh, kw = int(w_shape[2]), int(w_shape[3])
-    strides = list(attrs.get("strides", [1, 1]))
-    dil = list(attrs.get("dilations", [1, 1]))
+    strides, dil = _strides_dilations(attrs)
     if out is None:
         c = np.arange(padded.shape[-1])[channels].size
         out = np.empty((len(b), c, kh, kw), padded.dtype)

@@ -17,7 +17,7 @@ import onnx
 from onnx_snn.calibrate import make_session
 
 from onnx_snn.errors import DataError
-from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
+from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import load_model
 from onnx_snn.spiking import format as fmt
 
@@ -122,7 +122,7 @@ class ModelRunner:
             return self.run(feeds, timesteps)
         if n > fb:
             raise DataError(f"the model takes batches of exactly {fb}; got {n}")
-        padded = {k: np.concatenate([v, np.zeros((fb - n,) + v.shape[1:], v.dtype)]) for k, v in feeds.items()}
+        padded = {k: pad_batch(v, fb) for k, v in feeds.items()}
         r = self.run(padded, timesteps)
         cut = StepResult([o[:n] for o in r.outputs], {k: v[:n] for k, v in r.spikes.items()})
         if r.step_outputs is not None:

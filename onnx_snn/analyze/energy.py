@@ -41,7 +41,7 @@ import onnx
 
 from ..errors import DataError, NotSpikingModelError
 from ..spiking import format as fmt
-from .flops import LayerCount, count_flat, flatten
+from .flops import LayerCount, _dims, count_flat, flatten
 
 #: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
 ENERGY_PRESETS: Dict[str, Tuple[float, float]] = {"45nm-fp32": (4.6, 0.9), "45nm-int32": (3.2, 0.1)}
@@ -274,15 +274,11 @@ def _shapes_for(dnn: onnx.ModelProto, measured: onnx.ModelProto) -> Dict[str, Li
     """The input shapes (batch fixed) of the analyzed graph ``measured`` for the DNN's inputs
     of the same names whose sizes are symbolic: a DNN with symbolic H and W is counted at the
     sizes its spiking model was calibrated with (pinned in its inputs)."""
+    fixed = lambda dims: all(isinstance(d, int) and d > 0 for d in dims)  # noqa: E731
     names = {vi.name for vi in dnn.graph.input   # inputs with a symbolic dim past the batch
-             if not all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim[1:])}
-    out = {}
-    for vi in measured.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else None
-                for d in vi.type.tensor_type.shape.dim]
-        if vi.name in names and dims and all(d for d in dims):
-            out[vi.name] = dims
-    return out
+             if not fixed((_dims(vi) or [])[1:])}
+    return {vi.name: _dims(vi) for vi in measured.graph.input
+            if vi.name in names and _dims(vi) and fixed(_dims(vi))}
 
 
 def analyze(model: Union[onnx.ModelProto, str, Path],

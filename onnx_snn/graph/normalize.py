@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
 from ..model_io import check_model, default_opset, load
+from ..spiking.neuron import DOMAIN
 from . import canonical, cleanup, fold, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
@@ -232,7 +233,7 @@ def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> o
     custom-domain layers made of standard ops) with every call replaced by the function's
     body, recursively; the spiking format's own functions are left (such a model is refused
     as already spiking)."""
-    if not model.functions or any(f.domain == "ai.onnx_snn" for f in model.functions):
+    if not model.functions or any(f.domain == DOMAIN for f in model.functions):
         return model
     from onnx import inliner
     try:

@@ -35,7 +35,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_
                               resolve_data)
 from onnx_snn.datasets import Dataset, check_label_range, check_preprocess, dataset_files
 from onnx_snn.errors import DataError, ModelLoadError, TrainingDivergedError, UsageError
-from onnx_snn.feeds import fixed_batch, input_specs, validate_feeds
+from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
@@ -226,7 +226,7 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
     for s in range(0, n, batch):
         nb = min(batch, n - s)
-        xb = torch.from_numpy(_pad_batch(ds.x[s:s + batch], fixed)).to(device)
+        xb = torch.from_numpy(pad_batch(ds.x[s:s + batch], fixed)).to(device)
         out = net(xb, timesteps)
         if isinstance(out, list):
             out = out[0]
@@ -243,13 +243,6 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     net.train(was)
     per_neuron = {site.name: spikes.get(site.name, 0.0) / n / max(site.neurons, 1) for site in net.sites}
     return 100.0 * correct / n, per_neuron
-
-
-def _pad_batch(x: np.ndarray, fixed: Optional[int]) -> np.ndarray:
-    """``x`` padded with zero samples to ``fixed`` samples (a model's fixed batch size)."""
-    if not fixed or len(x) >= fixed:
-        return x
-    return np.concatenate([x, np.zeros((fixed - len(x),) + x.shape[1:], x.dtype)])
 
 
 # ------------------------------------------------------------------ the loop
@@ -312,7 +305,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
-        probe = net(torch.from_numpy(_pad_batch(test.x[:1], fixed)).to(device), 1)
+        probe = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
         probe = probe[0] if isinstance(probe, list) else probe
     net.train()
     if probe.ndim == 2:
