@@ -529,6 +529,13 @@ cli("eval_npz_no_x", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
 cli("ft_npz_no_x", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", a=B.rand_input(4), b=np.arange(4)))
 cli("eval_npz_empty", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5, setup=npzsave("z.npz"))
+# one array per model input (a .npz without 'x'): unequal lengths, NaN in one of them
+cli("calib_npz_inputs_uneven", "data", "convert {ws}/model.onnx --calib {ws}/z.npz -o {ws}/o.onnx", 5,
+    setup=npzsave("z.npz", input=B.rand_input(4), extra=B.rand_input(3)),
+    needle="different numbers of samples")
+cli("eval_npz_input_nan", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
+    setup=npzsave("z.npz", input=np.full((4, 1, 12, 12), np.nan, np.float32), y=np.arange(4)),
+    needle="'input'")
 cli("eval_labels_nan", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
     setup=npzsave("z.npz", x=B.rand_input(4), y=np.array([0, 1, np.nan, 3])), needle="label")
 cli("eval_labels_fraction", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
