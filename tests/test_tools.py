@@ -210,3 +210,14 @@ def test_bench_deep_small(fmnist_test):
     net = r["nets"]["shipped"]
     assert set(net["accuracy"]) == {"datta", "max"} and set(net["accuracy"]["max"]) == {"1", "2"}
     assert isinstance(net["dnn"], float) and net["cost"]["seconds"] > 0
+
+
+def test_bench_deep_finetune_only(fmnist_test):
+    """--finetune-only runs the SGL job alone, at the learning rate asked for, and records it."""
+    r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--finetune-only", "--finetune-lr",
+                 "1e-4", "--finetune-images", "128", "--test-images", "200")
+    net = r["nets"]["shipped"]
+    assert r["methods"] == [] and net["accuracy"] == {} and "cost" not in net
+    ft = net["finetune"]
+    assert ft["lr"] == 1e-4 and ft["train_images"] == 128 and ft["epochs"] == 1
+    assert 0 <= ft["top1_before"] <= 100 and 0 <= ft["top1_after"] <= 100

@@ -9,6 +9,8 @@ Markdown table with ``--markdown``).
     python tools/bench_deep.py --no-finetune --methods refined-2048
     python tools/bench_deep.py --no-finetune -T 2 --methods refined-seed1,refined-seed2,refined-seed3
                                                      # the default on 2 048 calibration images
+    python tools/bench_deep.py --finetune-only --finetune-lr 1e-4
+                                                     # the SGL epoch at another learning rate
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -32,6 +34,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 # siblings in tools/, which `python tools/bench_deep.py` puts first on sys.path
 from _bench_common import CALIBRATION_IMAGES, calibration_set, emit, peak_rss_mb
@@ -118,7 +121,8 @@ def job_cost(net: str) -> dict:
             "refinement_seconds": snn.report.get("sequential", {}).get("seconds")}
 
 
-def job_finetune(net: str, images: int, test_images: int, epochs: int) -> dict:
+def job_finetune(net: str, images: int, test_images: int, epochs: int,
+                 lr: Optional[float] = None) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -130,12 +134,13 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int) -> dict:
         snn.save(src)
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
+                             **({} if lr is None else {"lr": lr}),
                              initial_eval=False)
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
-    return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images,
+    return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
 
@@ -160,7 +165,8 @@ def _table(result: dict) -> str:
         ft, cost = r.get("finetune", {}), r.get("cost", {})
         if "top1_after" in ft:
             lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
-                         f"images: {ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
+                         + (f"images, lr {ft['lr']:g}" if "lr" in ft else "images") + ": "
+                         f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
             lines.append(f"\nDefault conversion, 512 images, T=2: {cost['seconds']:.1f} s end to "
@@ -180,14 +186,18 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-images", type=int, default=60000,
                    help="training images for the SGL epoch (default: all 60 000)")
     p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-lr", type=float,
+                   help="the SGL epoch's learning rate (default: onnx-snn finetune's)")
     p.add_argument("--no-finetune", action="store_true")
+    p.add_argument("--finetune-only", action="store_true",
+                   help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
     p.add_argument("--quick", action="store_true",
                    help="2 000 test images, SGL on 4 000 training images")
     p.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
     p.add_argument("--job-timeout", type=float, default=3600)
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
-    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int)
+    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -204,7 +214,7 @@ def main(argv=None) -> int:
         elif args._job == "cost":
             print_result(job_cost(args._net))
         elif args._job == "finetune":
-            print_result(job_finetune(args._net, args._images, args._n, args._epochs))
+            print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr))
         return 0
 
     if args.quick:
@@ -226,13 +236,18 @@ def main(argv=None) -> int:
     for net in nets:
         jobs.append((net, "dnn", "accuracy", {"net": net, "method": "dnn", "ts": "1",
                                               "n": args.test_images}))
-        for m in methods:
+        for m in [] if args.finetune_only else methods:
             jobs.append((net, m, "accuracy", {"net": net, "method": m,
                                               "ts": ",".join(map(str, Ts)), "n": args.test_images}))
     # the long fine-tuning jobs first, so that the pool stays busy
+    if args.no_finetune and args.finetune_only:
+        p.error("--no-finetune and --finetune-only exclude each other")
+    if args.finetune_only:
+        methods = []
     tune = [] if args.no_finetune else [
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
-                                       "n": args.test_images, "epochs": args.finetune_epochs})
+                                       "n": args.test_images, "epochs": args.finetune_epochs,
+                                       **({} if args.finetune_lr is None else {"lr": args.finetune_lr})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 
@@ -257,7 +272,7 @@ def main(argv=None) -> int:
                     results[net].setdefault("errors", {})[what] = r["error"]
                 elif r.get("convert_seconds"):
                     results[net].setdefault("build_seconds", {})[what] = r["convert_seconds"]
-    for net in nets:  # alone, so that time and memory are the conversion's own
+    for net in [] if args.finetune_only else nets:   # alone: the conversion's own time and memory
         results[net]["cost"] = run((net, "cost", "cost", {"net": net}))[1]
     result = {"benchmark": "bench_deep", "command": "python tools/bench_deep.py "
               + " ".join(sys.argv[1:] if argv is None else argv),
