@@ -185,6 +185,11 @@ def refine_batch_size(batch_size: int, timesteps: int, neurons: int, fixed: bool
     return batch_within(batch_size, per_image, REFINE_BATCH_BYTES, fixed)
 
 
+#: build the step graph again only after a refit or a site's new parameters (False: for every
+#: run, as before; the results are the same, tests/test_sequential.py)
+REUSE_STEP_GRAPH = True
+
+
 #: memory the refined method may hold: the spikes (uint8, every time step) and the DNN's
 #: activations (float32) of every calibration sample at the sites still read, plus one batch's
 #: per-step input currents of the site being refined and its sampled pairs (float32); see
@@ -298,10 +303,22 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     dnn_model = nm.model
 
+    # the step graph changes only when a layer is refitted or a site gets its parameters:
+    # it is rebuilt then (changed() bumps the version), not for every run (on an ImageNet VGG
+    # each build copies every weight)
+    built = {"version": -1, "view": None}
+    version = [0]
+
+    def changed():
+        version[0] += 1
+
     def step_view():
-        meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
-        return fmt.read_spiking(rewrite.step_model(work, recs, meta, input_shapes, pools),
-                                "the step graph")
+        if built["version"] != version[0] or not REUSE_STEP_GRAPH:
+            meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
+            built["view"] = fmt.read_spiking(
+                rewrite.step_model(work, recs, meta, input_shapes, pools), "the step graph")
+            built["version"] = version[0]
+        return built["view"]
 
     # every refined site's spikes, per step, for all calibration images: later sites are run
     # from them (one layer at a time) rather than from the input. uint8 0/1 spikes and the
@@ -411,6 +428,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 if better:
                     w, bias = f.solve(cfg.weight_ridge)
                     row.update(_apply_fit(work, f, w, bias))
+                    changed()
                 layer_rows.append(row)
             pending = [f for f in pending if f not in ready]
 
@@ -447,6 +465,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             alpha, beta = rec.alpha, rec.beta
         row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
         rows.append(row)
+        changed()   # the site's new parameters
         record_spikes(rec)
         if pending:   # only a layer still to refit reads the DNN's activations
             record_dnn(rec)

@@ -266,3 +266,40 @@ def test_the_dnn_cut_at_recorded_activations_computes_the_same_values():
     assert {i.name for i in cut.graph.input} == {a}
     part = make_session(cut).run(None, {a: got[a]})[0]
     np.testing.assert_allclose(part, got[later], rtol=1e-5, atol=1e-5)
+
+
+def test_step_graph_is_rebuilt_only_after_a_change(monkeypatch):
+    """The refinement builds the step graph again only after a layer is refitted or a site
+    gets its parameters (each build copies every weight), with the same result as building
+    it for every run."""
+    import onnx_snn.sequential as S
+    builds, runs = [], []
+    real_model, real_session = S.rewrite.step_model, S.make_session
+
+    def count_builds(*a, **k):
+        builds.append(1)
+        return real_model(*a, **k)
+
+    def count_runs(model, *a, **k):
+        if k.get("where") == "the step graph":
+            runs.append(1)
+        return real_session(model, *a, **k)
+    monkeypatch.setattr(S.rewrite, "step_model", count_builds)
+    monkeypatch.setattr(S, "make_session", count_runs)
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
+    models = {}
+    for reuse in (True, False):
+        monkeypatch.setattr(S, "REUSE_STEP_GRAPH", reuse)
+        builds.clear(), runs.clear()
+        snn = onnx_snn.build(nm, cal, 2, "refined")
+        models[reuse] = (len(builds), len(runs), snn)
+    (cached, n_runs, a), (fresh, n_runs2, b) = models[True], models[False]
+    assert n_runs == n_runs2 and fresh == n_runs     # without reuse: one build per run
+    # a site's recorded spikes and the next site's refits run on one build
+    assert cached <= n_runs - len(nm.sites) + 1
+    for k in a.records:
+        assert a.records[k].to_dict() == b.records[k].to_dict()
+    for m in (a.model, b.model):
+        del m.metadata_props[:]        # the history's time stamps
+    assert a.model.SerializeToString() == b.model.SerializeToString()
