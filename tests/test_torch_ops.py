@@ -58,13 +58,14 @@ class Case:
     opset: int = 13
     outputs: int = 1
     ref: str = "onnx"  # or "ort": onnxruntime, where onnx.reference is wrong or lacks it
+    exact: bool = False  # bit-identical to the reference, not only within 1e-5
 
 
 CASES = []
 
 
-def case(name, op, inputs, attrs=None, opset=13, outputs=1, ref="onnx"):
-    CASES.append(pytest.param(Case(op, list(inputs), dict(attrs or {}), opset, outputs, ref),
+def case(name, op, inputs, attrs=None, opset=13, outputs=1, ref="onnx", exact=False):
+    CASES.append(pytest.param(Case(op, list(inputs), dict(attrs or {}), opset, outputs, ref, exact),
                               id=f"{op}-{name}-op{opset}"))
 
 
@@ -355,6 +356,22 @@ case("sizes", "Resize", [x, None, None, np.array([2, 3, 9, 4], np.int64)],
      {"mode": "nearest", "coordinate_transformation_mode": "half_pixel"}, ref="ort")
 case("default-modes-op11", "Resize", [x, np.zeros(0, np.float32), np.array([1, 1, 2, 3], np.float32)],
      {"mode": "nearest"}, opset=11, ref="ort")
+# Resize, linear (bilinear on NCHW): every coordinate mode, up, fractional and down scales, sizes;
+# spikes of one amplitude and real values, bit-identical to onnxruntime
+for ctm in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+    for sc in ((1, 1, 2, 2), (1, 1, 1.5, 3), (1, 1, 0.6, 0.5), (1, 1, 2.3, 1.7), (1, 1, 1, 4)):
+        for kind, data in (("spikes", (f32(2, 3, 5, 7) > 0.4).astype(np.float32) * 1.37),
+                           ("real", f32(2, 3, 5, 7))):
+            case(f"linear-{ctm}-{sc[2]}x{sc[3]}-{kind}", "Resize",
+                 [data, None, np.array(sc, np.float32)],
+                 {"mode": "linear", "coordinate_transformation_mode": ctm}, ref="ort", exact=True)
+case("linear-sizes", "Resize", [f32(2, 3, 5, 7), None, None, np.array([2, 3, 9, 4], np.int64)],
+     {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}, ref="ort", exact=True)
+case("linear-1x1", "Resize", [f32(1, 2, 1, 1), None, None, np.array([1, 2, 3, 2], np.int64)],
+     {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, ref="ort", exact=True)
+case("linear-default-op11", "Resize", [f32(2, 3, 4, 4), np.zeros(0, np.float32),
+                                       np.array([1, 1, 2, 2], np.float32)],
+     {"mode": "linear"}, opset=11, ref="ort", exact=True)
 
 # ---------------------------------------------------------------------------- Cast
 x = (f32(3, 4) * 5).astype(np.float32)
@@ -468,7 +485,7 @@ def test_op_matches_reference(c: Case):
     for g, e in zip(got, expected):
         assert g.shape == e.shape, (g.shape, e.shape)
         assert g.dtype == e.dtype, (g.dtype, e.dtype)
-        if np.issubdtype(e.dtype, np.floating):
+        if np.issubdtype(e.dtype, np.floating) and not c.exact:
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_array_equal(g, e)
@@ -481,7 +498,7 @@ def test_every_op_has_a_case():
 
 
 def _unet(ctm="half_pixel", nearest="round_prefer_floor", sizes=False, mode="nearest", opset=13):
-    """conv-clip, max pool, conv-clip, Resize x2 (nearest), concat with the skip, conv-clip,
+    """conv-clip, max pool, conv-clip, Resize x2 (``mode``), concat with the skip, conv-clip,
     global pool, dense: a U-Net-like decoder step."""
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -515,17 +532,20 @@ def _unet(ctm="half_pixel", nearest="round_prefer_floor", sizes=False, mode="nea
     return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
 
 
-@pytest.mark.parametrize("ctm,nearest,sizes", [
-    ("half_pixel", "round_prefer_floor", False), ("asymmetric", "floor", False),
-    ("pytorch_half_pixel", "round_prefer_ceil", False), ("align_corners", "ceil", False),
-    ("tf_half_pixel_for_nn", "floor", False), ("half_pixel", "floor", True)])
-def test_nearest_resize_copies_spikes_in_both_runtimes(ctm, nearest, sizes):
-    """A nearest-neighbour Resize (every coordinate and rounding mode) carries spikes: the
+@pytest.mark.parametrize("mode,ctm,nearest,sizes", [
+    ("nearest", "half_pixel", "round_prefer_floor", False), ("nearest", "asymmetric", "floor", False),
+    ("nearest", "pytorch_half_pixel", "round_prefer_ceil", False),
+    ("nearest", "align_corners", "ceil", False), ("nearest", "tf_half_pixel_for_nn", "floor", False),
+    ("nearest", "half_pixel", "floor", True), ("linear", "half_pixel", None, False),
+    ("linear", "align_corners", None, False), ("linear", "asymmetric", None, True)])
+def test_resize_in_both_runtimes(mode, ctm, nearest, sizes):
+    """A nearest-neighbour Resize (every coordinate and rounding mode) carries spikes; a
+    bilinear one sums neighbours with fixed weights, like an average pool. Either way the
     torch runtime equals onnxruntime on the spiking graph (same spike counts), and at large T
     the spiking network follows its DNN (the upsampled rates are the DNN's)."""
     import builders as B
     from onnx_snn.runtimes.ort import run
-    m = _unet(ctm, nearest, sizes)
+    m = _unet(ctm, nearest or "round_prefer_floor", sizes, mode=mode)
     x = B.rand_input(16 if not sizes else 2)
     _, _, snn = B.converted(m, x, T=4)
     B.assert_runtimes_agree(snn.model, x)
@@ -534,8 +554,34 @@ def test_nearest_resize_copies_spikes_in_both_runtimes(ctm, nearest, sizes):
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
 
 
-def test_a_linear_resize_is_refused_naming_it():
+@pytest.mark.parametrize("mode,attrs,needle", [
+    ("cubic", {}, "mode 'cubic'"),
+    ("linear", {"coordinate_transformation_mode": "tf_half_pixel_for_nn"}, "tf_half_pixel_for_nn"),
+    ("linear", {"antialias": 1}, "antialias")])
+def test_other_resizes_are_refused_naming_them(mode, attrs, needle):
     from onnx_snn.errors import UnsupportedModelError
     from onnx_snn.graph.normalize import normalize
-    with pytest.raises(UnsupportedModelError, match="'up'.*mode 'linear'"):
-        normalize(_unet(mode="linear"))
+    m = _unet(mode=mode, opset=18)
+    up = next(n for n in m.graph.node if n.name == "up")
+    for k, v in attrs.items():
+        for at in up.attribute:
+            if at.name == k:
+                up.attribute.remove(at)
+                break
+        up.attribute.append(onnx.helper.make_attribute(k, v))
+    with pytest.raises(UnsupportedModelError, match=f"'up'.*{needle}"):
+        normalize(m)
+
+
+@pytest.mark.parametrize("ctm,scale", [("half_pixel", 2.0), ("align_corners", 1.5),
+                                       ("asymmetric", 0.6)])
+def test_bilinear_resize_gradient(ctm, scale):
+    """Fine-tuning trains through a bilinear Resize: its gradient is the exact adjoint of the
+    fixed weights (finite differences, float64)."""
+    import torch
+    from onnx_snn.runtimes.torch.ops import resize
+    x = torch.rand(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor([1.0, 1.0, scale, scale])
+    f = lambda t: resize({"mode": "linear", "coordinate_transformation_mode": ctm}, t,
+                         None, scales)[0]
+    assert torch.autograd.gradcheck(f, (x,))

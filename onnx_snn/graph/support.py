@@ -19,7 +19,9 @@ STRUCTURAL_OPS = {
     "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
     "Shape", "Size", "Gather", "Cast", "Constant", "ConstantOfShape", "Expand", "Identity",
     "Range", "Tile", "DepthToSpace", "SpaceToDepth",
-    "Resize",   # nearest only (see _resize_unsupported): each output copies one input
+    # nearest (each output copies one input) or linear (a fixed weighted sum of neighbours,
+    # like an average pool); see _resize_unsupported
+    "Resize",
 }
 #: exact on spike trains of one amplitude per layer (max of spikes is a spike)
 SPIKE_OPS = {"MaxPool", "GlobalMaxPool"}
@@ -32,7 +34,8 @@ SUPPORTED_OPS = LINEAR_OPS | STRUCTURAL_OPS | SPIKE_OPS
 _BILINEAR = {"Mul", "Div", "MatMul"}
 
 SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePool, "
-                  "GlobalAveragePool, Flatten, Reshape, Concat, Pad, nearest Resize and shape ops; "
+                  "GlobalAveragePool, Flatten, Reshape, Concat, Pad, nearest and linear Resize and "
+                  "shape ops; "
                   "activations: "
                   "Relu, Clip(0, mu), Relu+Min(mu), Max(0)+Min(mu)")
 
@@ -56,9 +59,9 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
         if why:
-            raise UnsupportedModelError(f"{node_label(node)}: Resize {why}; only a nearest-neighbour "
-                                        "Resize of the spatial axes by constant scales or sizes "
-                                        "is supported (it copies spikes)")
+            raise UnsupportedModelError(f"{node_label(node)}: Resize {why}; only a nearest or "
+                                        "linear Resize of the spatial axes by constant scales or "
+                                        "sizes is supported")
         for o in node.outputs:
             kind = _other_float(o.dtype) if o.name in dynamic else None
             if kind:
@@ -83,16 +86,24 @@ _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in 
 #: Resize coordinate modes whose nearest-neighbour form the torch runtime computes
 RESIZE_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
                       "tf_half_pixel_for_nn")
+#: ... and whose linear form it computes (tf_half_pixel_for_nn is for nearest only)
+LINEAR_RESIZE_COORDINATES = RESIZE_COORDINATES[:4]
 
 
 def _resize_unsupported(node: gs.Node) -> Optional[str]:
     """Why a Resize cannot be carried (None when it can): a nearest-neighbour resize of the
-    spatial axes by constant scales or sizes, in a coordinate mode of RESIZE_COORDINATES."""
+    spatial axes by constant scales or sizes, in a coordinate mode of RESIZE_COORDINATES, or
+    a bilinear one of an NCHW tensor (no antialiasing) in a mode of LINEAR_RESIZE_COORDINATES.
+    Both are linear in the spikes; a nearest one also keeps them spikes."""
     a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in node.attrs.items()}
-    if a.get("mode", "nearest") != "nearest":
-        return f"in mode '{a['mode']}' mixes neighbouring spikes"
-    if a.get("coordinate_transformation_mode", "half_pixel") not in RESIZE_COORDINATES:
-        return f"with coordinate_transformation_mode '{a['coordinate_transformation_mode']}'"
+    mode = a.get("mode", "nearest")
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear"):
+        return f"in mode '{mode}'"
+    if ctm not in (RESIZE_COORDINATES if mode == "nearest" else LINEAR_RESIZE_COORDINATES):
+        return f"in mode '{mode}' with coordinate_transformation_mode '{ctm}'"
+    if mode == "linear" and int(a.get("antialias", 0)):
+        return "with antialias"
     if a.get("axes") is not None or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         return "with axes or keep_aspect_ratio_policy"
     ins = list(node.inputs)
@@ -102,6 +113,9 @@ def _resize_unsupported(node: gs.Node) -> Optional[str]:
     if not given:
         return "by scales or sizes that are not constant"
     x = ins[0]
+    rank = (scales if scales is not None and scales.size else sizes).size
+    if mode == "linear" and rank != 4:
+        return f"in mode 'linear' of a {rank}-D tensor (only NCHW: bilinear)"
     if scales is not None and scales.size:
         if scales.size < 2 or float(scales[0]) != 1.0 or float(scales[1]) != 1.0:
             return "of the batch or channel axis"

@@ -400,9 +400,50 @@ def _nearest_source(out_size: int, in_size: int, scale: float, ctm: str, mode: s
     return idx.clamp(0, in_size - 1).long()
 
 
+def _source_coordinate(out_size: int, in_size: int, scale: float, ctm: str) -> torch.Tensor:
+    """ONNX Resize, mode linear: the input coordinate of every output position along one
+    axis, in float32 as onnxruntime computes it."""
+    f = torch.float32
+    xo = torch.arange(out_size, dtype=f)
+    if ctm == "asymmetric":
+        return xo / torch.tensor(scale, dtype=f)
+    if ctm == "align_corners":
+        return xo * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(xo)
+    if ctm == "pytorch_half_pixel" and out_size <= 1:
+        return torch.zeros_like(xo)
+    return (xo + 0.5) / torch.tensor(scale, dtype=f) - 0.5      # half_pixel, pytorch_half_pixel
+
+
+def _linear_weights(out_size: int, in_size: int, scale: float, ctm: str):
+    """Along one axis: the two input positions each output reads and their weights (the
+    distance to the other one; 1/2 each where both are the edge), as onnxruntime has them."""
+    src = _source_coordinate(out_size, in_size, scale, ctm).clamp(0, in_size - 1)
+    i1 = torch.floor(src).long().clamp(max=in_size - 1)
+    i2 = (i1 + 1).clamp(max=in_size - 1)
+    d1, d2 = (src - i1.float()).abs(), (src - i2.float()).abs()
+    half = torch.tensor(0.5)
+    same = i1 == i2
+    return i1, i2, torch.where(same, half, d2), torch.where(same, half, d1)   # i1's, i2's weight
+
+
+def _bilinear(x: torch.Tensor, out: List[int], scale: List[float], ctm: str) -> torch.Tensor:
+    """ONNX Resize, mode linear, of an NCHW tensor's H and W: each output is the weighted sum
+    of its four neighbours, summed in onnxruntime's order (bit-identical results; tested)."""
+    y1, y2, wy1, wy2 = _linear_weights(out[2], x.shape[2], scale[2], ctm)
+    x1, x2, wx1, wx2 = _linear_weights(out[3], x.shape[3], scale[3], ctm)
+    dev = x.device
+    rows1, rows2 = x.index_select(2, y1.to(dev)), x.index_select(2, y2.to(dev))
+    wy1, wy2 = wy1.to(dev, x.dtype)[:, None], wy2.to(dev, x.dtype)[:, None]
+    wx1, wx2 = wx1.to(dev, x.dtype), wx2.to(dev, x.dtype)
+    i1, i2 = x1.to(dev), x2.to(dev)
+    return (wx1 * wy1 * rows1.index_select(3, i1) + wx2 * wy1 * rows1.index_select(3, i2)
+            + wx1 * wy2 * rows2.index_select(3, i1) + wx2 * wy2 * rows2.index_select(3, i2))
+
+
 def resize(a, x, roi=None, scales=None, sizes=None):
-    """ONNX Resize in mode nearest (the only one the converter accepts): every output
-    position copies one input position, so spikes stay spikes."""
+    """ONNX Resize in the modes the converter accepts: nearest (every output position copies
+    one input position, so spikes stay spikes) or linear on NCHW (each output a fixed
+    weighted sum of four neighbours; the gradient flows to all four)."""
     ctm = a.get("coordinate_transformation_mode", "half_pixel")
     mode = a.get("nearest_mode", "round_prefer_floor")
     dims = list(x.shape)
@@ -412,6 +453,8 @@ def resize(a, x, roi=None, scales=None, sizes=None):
     else:
         scale = [float(v) for v in scales.tolist()]
         out = [int(math.floor(i * s)) for i, s in zip(dims, scale)]
+    if a.get("mode", "nearest") == "linear":    # the converter accepts NCHW, N and C kept
+        return [_bilinear(x, out, scale, ctm)]
     for axis in range(x.dim()):
         if out[axis] == dims[axis] and scale[axis] == 1.0:
             continue
