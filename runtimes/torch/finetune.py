@@ -1,6 +1,6 @@
 """Surrogate-gradient fine-tuning (SGL) of a spiking ONNX model.
 
-Adam (amsgrad), lr 1e-3 (the paper's 1e-4 gained 0.3-1.8 points less in one epoch: README),
+Adam (amsgrad), lr 1e-3 (the paper's 1e-4 gained 0.7-1.8 points less in one epoch: README),
 divided by 5 at 60/80/90 % of the iterations (the paper's schedule); a
 sigmoid surrogate gradient (``surrogate="rectangle"``: the paper's) and no augmentation
 (``augment=True``: random crop/flip), which did better in a few epochs (README);
