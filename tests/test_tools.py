@@ -93,6 +93,10 @@ def test_profile_convert_small(fmnist_test):
     inner = ("weight_calibration_accumulate", "weight_calibration_solve", "channel_search")
     assert all(0 < p[k] for k in inner) and sum(p[k] for k in inner) <= p["refinement"]
     assert 0 < p["onnxruntime_runs"] <= r["seconds"]
+    # the step graph: one build for a site's currents (after its layers' refits), one for its
+    # spikes (after its new parameters); the runs between changes share one
+    assert 0 < p["step_graph_builds"] <= p["refinement"]
+    assert r["sites"] < r["calls"]["step_graph_builds"] <= 2 * r["sites"]
     q = subprocess.run([sys.executable, "tools/profile_convert.py", "--imagenet", "vgg16",
                         "--model", "m.onnx"], capture_output=True, text=True, cwd=ROOT)
     assert q.returncode == 2 and "drop --model/--data" in q.stderr

@@ -15,7 +15,8 @@ functions that make up its cost (they nest: onnxruntime's runs are part of the r
   ``weight_calibration_solve`` (their solves, normal equations or dual form, the held-out
   check included),
   ``channel_search`` (the per-channel search, neurons simulated), ``onnxruntime_runs`` (every
-  session run of the conversion), ``onnxruntime_sessions`` (their creation);
+  session run of the conversion), ``onnxruntime_sessions`` (their creation),
+  ``step_graph_builds`` (building the refinement's step graph; ``calls`` says how often);
 * ``rewrite_and_check``: the rest of ``build``.
 
 The shares are of the conversion's own seconds (cProfile's overhead included, about 5 %).
@@ -42,11 +43,17 @@ PARTS = {
     "weight_calibration_solve": ("weight_calibration.py", ("_ridge", "_dual_ridge")),
     "channel_search": ("scales.py", ("search_channels",)),
     "onnxruntime_sessions": ("calibrate.py", ("make_session",)),
+    "step_graph_builds": ("rewrite.py", ("step_model",)),
 }
 
 
 def _cumulative(stats: pstats.Stats, file: str, funcs) -> float:
     return sum(v[3] for (f, _, name), v in stats.stats.items()
+               if name in funcs and os.path.basename(f) == file)
+
+
+def _calls(stats: pstats.Stats, file: str, funcs) -> int:
+    return sum(v[1] for (f, _, name), v in stats.stats.items()
                if name in funcs and os.path.basename(f) == file)
 
 
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
           "images": args.images, "timesteps": args.timesteps, "method": args.method,
           "seconds": round(total, 2), "sites": len(snn.records),
           "parts_seconds": {k: round(v, 2) for k, v in parts.items()},
-          "parts_share": {k: round(v / total, 3) for k, v in parts.items()}}, args.out)
+          "parts_share": {k: round(v / total, 3) for k, v in parts.items()},
+          "calls": {k: _calls(stats, *where) for k, where in PARTS.items()}}, args.out)
     return 0
 
 
