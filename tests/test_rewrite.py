@@ -161,15 +161,52 @@ def test_one_long_run_gives_every_shorter_run(graph, x):
             assert many[T].sites[k].spikes_per_sample == pytest.approx(one.sites[k].spikes_per_sample)
 
 
+def _grouped(transpose: bool = False):
+    """conv-clip, grouped conv (2 groups) - clip, depthwise conv - clip, max pool, Flatten
+    (after an NHWC Transpose with ``transpose``), dense: every channel mapping a per-channel
+    amplitude folds through."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    r = np.random.default_rng(1)
+    W = lambda n, *sh: onnx.numpy_helper.from_array(  # noqa: E731
+        (r.standard_normal(sh) * np.sqrt(2.0 / np.prod(sh[1:]))).astype(np.float32), n)
+    inits = [W("w1", 8, 1, 3, 3), W("w2", 8, 4, 3, 3), W("w3", 8, 1, 3, 3), W("w4", 8 * 6 * 6, 10),
+             onnx.numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             onnx.numpy_helper.from_array(np.array(2, np.float32), "hi")]
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+             h.make_node("Conv", ["a1", "w2"], ["c2"], pads=[1] * 4, group=2),
+             h.make_node("Clip", ["c2", "lo", "hi"], ["a2"]),
+             h.make_node("Conv", ["a2", "w3"], ["c3"], pads=[1] * 4, group=8),
+             h.make_node("Clip", ["c3", "lo", "hi"], ["a3"]),
+             h.make_node("MaxPool", ["a3"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
+    last = "p"
+    if transpose:
+        nodes.append(h.make_node("Transpose", ["p"], ["pt"], perm=[0, 2, 3, 1], name="nhwc"))
+        last = "pt"
+    nodes += [h.make_node("Flatten", [last], ["f"]), h.make_node("MatMul", ["f", "w4"], ["y"])]
+    g = h.make_graph(nodes, "grouped", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("method", ["datta", "refined"])   # refined: per-channel amplitudes
 @pytest.mark.parametrize("make,kept", [(lambda: B.vgg(13, "clip"), set()),
                                        (lambda: B.resnet(13, "clip"), {"lif0"}),
-                                       (lambda: "tests/data/torch_legacy_vgg_clip_op11.onnx", set())])
-def test_binary_spikes_fold_where_exact(make, kept, x):
+                                       (lambda: "tests/data/torch_legacy_vgg_clip_op11.onnx", set()),
+                                       (_grouped, set()),
+                                       # a Transpose reorders channels: one amplitude passes it,
+                                       # one per channel does not
+                                       (lambda: _grouped(transpose=True), {"refined": {"lif2"}})])
+def test_binary_spikes_fold_where_exact(make, kept, method, x):
+    kept = kept.get(method, set()) if isinstance(kept, dict) else kept
     import os
     src = make()
     if isinstance(src, str):
         src = os.path.join(os.path.dirname(__file__), "..", src)
-    _, _, snn = converted(src, x, T=3)
+    _, _, snn = converted(src, x, T=3, method=method)
+    if method == "refined":
+        assert all(r.per_channel for r in snn.records.values())
     for step in (False, True):
         binary = snn.binary_model(step=step)
         onnx.checker.check_model(binary, full_check=True)
@@ -177,7 +214,7 @@ def test_binary_spikes_fold_where_exact(make, kept, x):
         assert {s for s, what in result.items() if what != "folded"} == kept
         inits = {i.name: onnx.numpy_helper.to_array(i) for i in binary.graph.initializer}
         for site, what in result.items():
-            assert (float(inits[f"{site}.amplitude"]) == 1.0) == (what == "folded")
+            assert bool(np.all(inits[f"{site}.amplitude"] == 1.0)) == (what == "folded")
         a = run(snn.step_model() if step else snn.model, x)
         b = run(binary, x)
         np.testing.assert_allclose(a.outputs[0], b.outputs[0], rtol=1e-5, atol=1e-5)

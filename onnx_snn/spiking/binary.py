@@ -7,12 +7,18 @@ pass through pooling and reshaping ops (which commute with a scalar) and must en
 Conv/ConvTranspose/Gemm/MatMul layers, as their data input, whose weights no other path uses.
 A site that feeds anything else (a residual ``Add`` summing two differently scaled spike
 trains, a graph output, ...) keeps its amplitude, i.e. an explicit multiply, and is reported.
+
+Per-channel amplitudes (the default ``refined`` conversion) fold the same way, each into the
+weights that read its channel: a Conv's (or ConvTranspose's) input channel ``c``, and for a
+Gemm/MatMul behind a Flatten the ``F / C`` consecutive features of channel ``c`` (pooling and
+reshaping keep NCHW's channel-major order; a Transpose on the way would not, and keeps the
+amplitudes).
 """
 from __future__ import annotations
 
 import copy
 import json
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -48,8 +54,11 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     result: Dict[str, str] = {}
     for site in view.info.sites:
         targets, reason = _targets(site.output, consumers, outputs)
-        if reason is None and site.per_channel:
-            reason = "per-channel amplitudes are not folded"
+        amp_name = fmt.param_name(site.name, "amplitude")
+        amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64).reshape(-1)
+        if reason is None and amp.size > 1:
+            reason = _per_channel_reason(site.output, consumers)
+        scales = {}
         if reason is None:
             for node in targets:
                 w = node.input[_WEIGHTED[node.op_type]]
@@ -60,17 +69,24 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
                 elif node.op_type == "Gemm" and node.attribute and any(
                         a.name == "transA" and a.i for a in node.attribute):
                     reason = f"'{node.name}' transposes its data input"
+                elif node.op_type == "MatMul" and amp.size > 1 and not _flattened(node.input[0], nodes):
+                    reason = (f"'{node.name}' (MatMul) may contract an axis other than the "
+                              "channels; per-channel amplitudes fold into it behind a Flatten")
+                else:
+                    scale = _weight_scale(node, numpy_helper.to_array(inits[w]).shape, amp)
+                    if isinstance(scale, str):
+                        reason = scale
+                    scales[node.name] = scale
                 if reason:
                     break
         if reason is not None:
             result[site.name] = f"kept: {reason}"
             continue
-        amp_name = fmt.param_name(site.name, "amplitude")
-        amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64)
         for node in targets:
             w = inits[node.input[_WEIGHTED[node.op_type]]]
             arr = numpy_helper.to_array(w)
-            w.CopyFrom(numpy_helper.from_array((arr.astype(np.float64) * amp).astype(arr.dtype), w.name))
+            w.CopyFrom(numpy_helper.from_array(
+                (arr.astype(np.float64) * scales[node.name]).astype(arr.dtype), w.name))
         inits[amp_name].CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(inits[amp_name])), amp_name))
         result[site.name] = "folded"
     sites = json.loads(fmt.metadata(m)[fmt.META_SITES])
@@ -80,6 +96,65 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
             s["amplitude"] = 1.0
     fmt.set_metadata(m, {fmt.META_SITES: json.dumps(sites), fmt.META_BINARY: json.dumps(result)})
     return m, result
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _weight_scale(node: onnx.NodeProto, shape, amp: np.ndarray):
+    """The array that multiplies ``node``'s weight (of ``shape``) so that it absorbs the
+    amplitudes ``amp`` (one, or one per channel) of its data input; a reason when it cannot."""
+    if amp.size == 1:
+        return float(amp[0])
+    c = amp.size
+    if node.op_type in ("Conv", "ConvTranspose"):
+        group = _attr(node, "group", 1)
+        if node.op_type == "Conv":       # W [M, C/group, k...]: input channel c of group g
+            m, per = shape[0], shape[1]
+            if per * group != c:
+                return f"'{node.name}' reads {per * group} channels, not the site's {c}"
+            out = np.empty((m, per), np.float64)
+            for g in range(group):
+                rows = slice(g * m // group, (g + 1) * m // group)
+                out[rows] = amp[g * per:(g + 1) * per]
+            return out.reshape(m, per, *[1] * (len(shape) - 2))
+        if shape[0] != c:                # ConvTranspose: W [C, M/group, k...]
+            return f"'{node.name}' reads {shape[0]} channels, not the site's {c}"
+        return amp.reshape(c, *[1] * (len(shape) - 1))
+    trans_b = node.op_type == "Gemm" and _attr(node, "transB", 0)
+    if len(shape) != 2:
+        return f"'{node.name}' has a {len(shape)}-D weight"
+    features = shape[1] if trans_b else shape[0]
+    if features % c:
+        return f"'{node.name}' reads {features} features, not a multiple of the site's {c} channels"
+    per_feature = np.repeat(amp, features // c)       # channel-major, as NCHW flattens
+    return per_feature[None, :] if trans_b else per_feature[:, None]
+
+
+def _flattened(tensor: str, nodes) -> bool:
+    """Whether ``tensor`` is a Flatten's output at axis 1 (2-D: one feature axis)."""
+    return any(n.op_type == "Flatten" and n.output[0] == tensor and _attr(n, "axis", 1) == 1
+               for n in nodes)
+
+
+def _per_channel_reason(tensor: str, consumers) -> Optional[str]:
+    """Why per-channel amplitudes cannot follow ``tensor`` to its weighted layers (None when
+    they can): only ops that keep the channel-major order lie on the way."""
+    frontier, seen = [tensor], set()
+    while frontier:
+        t = frontier.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n in consumers.get(t, []):
+            if n.op_type == "Transpose":
+                return f"per-channel amplitudes pass '{n.name}' (Transpose), which reorders channels"
+            if n.op_type in _PASS and n.input and n.input[0] == t:
+                if n.op_type == "Flatten" and _attr(n, "axis", 1) != 1:
+                    return f"'{n.name}' flattens at axis {_attr(n, 'axis', 1)}, not 1"
+                frontier.append(n.output[0])
+    return None
 
 
 def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], str]:
