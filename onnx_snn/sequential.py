@@ -314,6 +314,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
     def step_view():
         if built["version"] != version[0] or not REUSE_STEP_GRAPH:
+            built["view"] = None     # the old graph goes before the new one is built
             meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
             built["view"] = fmt.read_spiking(
                 rewrite.step_model(work, recs, meta, input_shapes, pools), "the step graph")

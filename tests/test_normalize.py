@@ -427,3 +427,41 @@ def test_model_local_functions_are_inlined():
     assert any("inlined 1 model-local function" in n and "my.layers.ConvClip" in n for n in nm.notes)
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def _old_resize(opset: int, mode: str, scale):
+    """conv - relu - Upsample (opset 7-9) or Resize-10 by ``scale`` - conv."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    r = np.random.default_rng(3)
+    inits = [nh.from_array(r.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(r.standard_normal((2, 4, 3, 3)).astype(np.float32), "w2"),
+             nh.from_array(np.array([1, 1, *scale], np.float32), "sc")]
+    op = "Upsample" if opset < 10 else "Resize"
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c"], pads=[1] * 4), h.make_node("Relu", ["c"], ["a"]),
+             h.make_node(op, ["a", "sc"], ["u"], mode=mode, name="up"),
+             h.make_node("Conv", ["u", "w2"], ["y"], pads=[1] * 4)]
+    out = [int(np.float32(s) * np.float32(9)) for s in scale]
+    g = h.make_graph(nodes, "old", [h.make_tensor_value_info("x", TP.FLOAT, [2, 1, 9, 9])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [2, 2, *out])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 5
+    return m
+
+
+@pytest.mark.parametrize("opset,mode,scale", [
+    (9, "linear", (2, 2)), (10, "linear", (2, 3)), (10, "linear", (0.5, 0.7)),
+    (9, "nearest", (1.5, 3)), (10, "nearest", (2.5, 2)), (10, "nearest", (0.5, 0.7))])
+def test_old_resize_keeps_its_coordinates(opset, mode, scale):
+    """Upsample and Resize-10 map x to x / scale (and truncate, or round up when downsampling,
+    in nearest mode): the opset upgrade spells that out, so the normalized model computes
+    what the original did (it defaulted to half_pixel before)."""
+    m = _old_resize(opset, mode, scale)
+    x = np.random.default_rng(0).random((2, 1, 9, 9)).astype(np.float32)
+    nm = normalize(m)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_old_nearest_resize_mixing_up_and_down_is_refused():
+    with pytest.raises(UnsupportedModelError, match="'up'.*opset 11"):
+        normalize(_old_resize(10, "nearest", (2, 0.5)))

@@ -221,7 +221,7 @@ def test_bench_deep_finetune_only(fmnist_test):
     r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--finetune-only", "--finetune-lr",
                  "1e-4", "--finetune-images", "128", "--test-images", "200")
     net = r["nets"]["shipped"]
-    assert r["methods"] == [] and net["accuracy"] == {} and "cost" not in net
+    assert r["methods"] == [] and r["timesteps"] == [] and net["accuracy"] == {} and "cost" not in net
     ft = net["finetune"]
     assert ft["lr"] == 1e-4 and ft["train_images"] == 128 and ft["epochs"] == 1
     assert 0 <= ft["top1_before"] <= 100 and 0 <= ft["top1_after"] <= 100

@@ -365,6 +365,9 @@ for ctm in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
             case(f"linear-{ctm}-{sc[2]}x{sc[3]}-{kind}", "Resize",
                  [data, None, np.array(sc, np.float32)],
                  {"mode": "linear", "coordinate_transformation_mode": ctm}, ref="ort", exact=True)
+for mode in ("nearest", "linear"):     # onnxruntime's output size: float32 product, truncated
+    case(f"{mode}-10x0.7", "Resize", [f32(1, 2, 10, 10), None, np.array([1, 1, 0.7, 1.3], np.float32)],
+         {"mode": mode}, ref="ort", exact=True)
 case("linear-sizes", "Resize", [f32(2, 3, 5, 7), None, None, np.array([2, 3, 9, 4], np.int64)],
      {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}, ref="ort", exact=True)
 case("linear-1x1", "Resize", [f32(1, 2, 1, 1), None, None, np.array([1, 2, 3, 2], np.int64)],
@@ -557,7 +560,7 @@ def test_resize_in_both_runtimes(mode, ctm, nearest, sizes):
 @pytest.mark.parametrize("mode,attrs,needle", [
     ("cubic", {}, "mode 'cubic'"),
     ("linear", {"coordinate_transformation_mode": "tf_half_pixel_for_nn"}, "tf_half_pixel_for_nn"),
-    ("linear", {"antialias": 1}, "antialias")])
+    ("linear", {"antialias": 1}, "antialias"), ("linear", {"exclude_outside": 1}, "exclude_outside")])
 def test_other_resizes_are_refused_naming_them(mode, attrs, needle):
     from onnx_snn.errors import UnsupportedModelError
     from onnx_snn.graph.normalize import normalize
@@ -585,3 +588,16 @@ def test_bilinear_resize_gradient(ctm, scale):
     f = lambda t: resize({"mode": "linear", "coordinate_transformation_mode": ctm}, t,
                          None, scales)[0]
     assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_linear_resize_to_sizes_needs_the_batch_it_fixes():
+    """onnxruntime's linear Resize keeps the batch: constant sizes with a batch of 2 work on a
+    model whose batch is 2 and are refused, named, where the batch is dynamic."""
+    from onnx_snn.errors import UnsupportedModelError
+    from onnx_snn.graph.normalize import normalize
+    m = _unet(sizes=True, mode="linear")
+    normalize(m)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    with pytest.raises(UnsupportedModelError, match="'up'.*fixes the batch"):
+        normalize(m)

@@ -161,7 +161,8 @@ def _table(result: dict) -> str:
             acc = r["accuracy"].get(m, {})
             label = {"refined": "refined (default)", "datta": "datta (Algorithm 1)"}.get(m, m)
             rows.append([label] + [f"{acc[str(t)]:.2f}" if str(t) in acc else "failed" for t in Ts])
-        lines.append(format_table(["method"] + [f"T={t}" for t in Ts], rows, markdown=True))
+        if rows:
+            lines.append(format_table(["method"] + [f"T={t}" for t in Ts], rows, markdown=True))
         ft, cost = r.get("finetune", {}), r.get("cost", {})
         if "top1_after" in ft:
             lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
@@ -179,8 +180,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", default=",".join(NETS), help="comma-separated: " + ", ".join(NETS))
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated, from: " + ", ".join(VARIANTS))
+    p.add_argument("--methods", help="comma-separated, from: " + ", ".join(VARIANTS)
+                   + f" (default: {','.join(METHODS)})")
     p.add_argument("-T", "--timesteps", default="1,2,4", help="comma-separated T (default 1,2,4)")
     p.add_argument("--test-images", type=int, default=10000)
     p.add_argument("--finetune-images", type=int, default=60000,
@@ -217,6 +218,14 @@ def main(argv=None) -> int:
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr))
         return 0
 
+    if args.no_finetune and args.finetune_only:
+        p.error("--no-finetune and --finetune-only exclude each other")
+    if args.finetune_only and args.methods:
+        p.error("--finetune-only runs no conversion table: drop --methods")
+    if args.finetune_lr is not None and not args.finetune_lr > 0:
+        p.error(f"--finetune-lr must be positive, not {args.finetune_lr}")
+    if args.methods is None:
+        args.methods = "" if args.finetune_only else ",".join(METHODS)
     if args.quick:
         args.test_images, args.finetune_images = 2000, 4000
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
@@ -236,14 +245,10 @@ def main(argv=None) -> int:
     for net in nets:
         jobs.append((net, "dnn", "accuracy", {"net": net, "method": "dnn", "ts": "1",
                                               "n": args.test_images}))
-        for m in [] if args.finetune_only else methods:
+        for m in methods:
             jobs.append((net, m, "accuracy", {"net": net, "method": m,
                                               "ts": ",".join(map(str, Ts)), "n": args.test_images}))
     # the long fine-tuning jobs first, so that the pool stays busy
-    if args.no_finetune and args.finetune_only:
-        p.error("--no-finetune and --finetune-only exclude each other")
-    if args.finetune_only:
-        methods = []
     tune = [] if args.no_finetune else [
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
                                        "n": args.test_images, "epochs": args.finetune_epochs,
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "bench_deep", "command": "python tools/bench_deep.py "
               + " ".join(sys.argv[1:] if argv is None else argv),
               "seconds": time.perf_counter() - t0, "test_images": args.test_images,
-              "timesteps": Ts, "methods": methods, "nets": results}
+              "timesteps": Ts if methods else [], "methods": methods, "nets": results}
     table = _table(result)
     print(table, file=sys.stderr)
     if args.markdown:

@@ -34,7 +34,7 @@ outputs depends on them. The loop form and the step form flatten to the same gra
 **Where a layer's input comes from.** ``source_site`` is found by walking backward from the
 layer's data input through ops that move or select spikes without turning them into
 analog values (``PASS_THROUGH``: pooling, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
-Slice, Split, Identity, Dropout, Cast, Concat, and Mul/Div by a constant) until the
+Slice, Split, Identity, Dropout, Cast, Concat, Resize, and Mul/Div by a constant) until the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
 first site found is taken. A walk that ends anywhere else gives ``source_site = None``.
 ``direct`` is True when the data input does not depend on any neuron at all (it comes from
@@ -44,7 +44,10 @@ single-call graph computes once, outside the time loop). In a plain DNN every la
 
 Caveat of the pass-through rule: after a max pool the pooled neurons fire at least as
 often as the site's neurons (a pooled output fires when any of its window does); the rate
-of the site is used for the layer after it, as in the paper's per-layer formula.
+of the site is used for the layer after it, as in the paper's per-layer formula. An
+average pool or a bilinear Resize does turn spikes into fractions (weighted sums of a
+window's spikes); the layer after it is still counted as accumulating at the site's rate,
+the usual approximation for average-pooled SNNs.
 """
 from __future__ import annotations
 

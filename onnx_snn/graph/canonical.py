@@ -28,7 +28,44 @@ def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.Model
             f"{where}: could not upgrade opset {opset} to {BASE_OPSET} ({str(e).strip()[:160]}); "
             f"re-export the model at opset {BASE_OPSET} or newer") from None
     notes.append(f"upgraded the model from opset {opset} to {BASE_OPSET}")
+    if opset < 11:
+        _keep_old_resize_coordinates(upgraded, where)
     return upgraded
+
+
+def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
+    """Upsample (opset 7-9) and Resize-10 map output x to input x / scale ("asymmetric") and,
+    in nearest mode, truncate it when upsampling and round it up when downsampling (what
+    onnxruntime does for them). The upgraded Resize would default to half_pixel and
+    round_prefer_floor, and compute something else: spell the old rule out."""
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    for n in model.graph.node:
+        if n.op_type != "Resize":
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        mode = attrs["mode"].s.decode() if "mode" in attrs else "nearest"
+        keep = {k: v for k, v in attrs.items()
+                if k not in ("coordinate_transformation_mode", "nearest_mode")}
+        new = [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric")]
+        if mode == "nearest":
+            scales = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            spatial = None if scales is None else np.asarray(scales, np.float64).reshape(-1)[2:]
+            if spatial is None or spatial.size == 0:
+                continue     # not constant: refused later, by the support check
+            if np.all(spatial >= 1):
+                new.append(onnx.helper.make_attribute("nearest_mode", "floor"))
+            elif np.all(spatial <= 1):
+                new.append(onnx.helper.make_attribute("nearest_mode", "ceil"))
+            else:
+                raise UnsupportedModelError(
+                    f"{where}: node '{n.name or '(unnamed)'}' (Resize/Upsample at opset < 11) "
+                    "upsamples one axis and downsamples another in nearest mode, which this "
+                    "opset rounds differently per axis; re-export the model at opset 11 or newer")
+        del n.attribute[:]
+        n.attribute.extend(list(keep.values()) + new)
 
 
 @graph_pass("sum-to-add")

@@ -104,6 +104,8 @@ def _resize_unsupported(node: gs.Node) -> Optional[str]:
         return f"in mode '{mode}' with coordinate_transformation_mode '{ctm}'"
     if mode == "linear" and int(a.get("antialias", 0)):
         return "with antialias"
+    if mode == "linear" and int(a.get("exclude_outside", 0)):
+        return "in mode 'linear' with exclude_outside (onnxruntime allows it only antialiased)"
     if a.get("axes") is not None or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         return "with axes or keep_aspect_ratio_policy"
     ins = list(node.inputs)
@@ -124,6 +126,9 @@ def _resize_unsupported(node: gs.Node) -> Optional[str]:
         if dims is None or len(dims) != sizes.size or not isinstance(dims[1], int) \
                 or int(sizes[1]) != dims[1]:
             return "to sizes whose channel count is not the input's"
+        if mode == "linear" and not (isinstance(dims[0], int) and int(sizes[0]) == dims[0]):
+            return (f"in mode 'linear' to sizes with batch {int(sizes[0])}, which fixes the "
+                    f"batch (the input's is {dims[0]}); resize by scales instead")
     return None
 
 

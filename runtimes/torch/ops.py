@@ -7,7 +7,6 @@ the node.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -452,7 +451,8 @@ def resize(a, x, roi=None, scales=None, sizes=None):
         scale = [float(np.float32(o) / np.float32(i)) for o, i in zip(out, dims)]
     else:
         scale = [float(v) for v in scales.tolist()]
-        out = [int(math.floor(i * s)) for i, s in zip(dims, scale)]
+        # onnxruntime multiplies in float32 and truncates (10 x 0.7 is 7, not floor(6.99...))
+        out = [int(np.float32(s) * np.float32(i)) for i, s in zip(dims, scale)]
     if a.get("mode", "nearest") == "linear":    # the converter accepts NCHW, N and C kept
         return [_bilinear(x, out, scale, ctm)]
     for axis in range(x.dim()):
