@@ -53,11 +53,11 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     outputs = set(view.step_outputs) | set(view.step_outputs.values())
     result: Dict[str, str] = {}
     for site in view.info.sites:
-        targets, reason = _targets(site.output, consumers, outputs)
+        targets, reason, passed = _targets(site.output, consumers, outputs)
         amp_name = fmt.param_name(site.name, "amplitude")
         amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64).reshape(-1)
         if reason is None and amp.size > 1:
-            reason = _per_channel_reason(site.output, consumers)
+            reason = _per_channel_reason(passed)
         scales = {}
         if reason is None:
             for node in targets:
@@ -138,46 +138,41 @@ def _flattened(tensor: str, nodes) -> bool:
                for n in nodes)
 
 
-def _per_channel_reason(tensor: str, consumers) -> Optional[str]:
-    """Why per-channel amplitudes cannot follow ``tensor`` to its weighted layers (None when
-    they can): only ops that keep the channel-major order lie on the way."""
-    frontier, seen = [tensor], set()
-    while frontier:
-        t = frontier.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for n in consumers.get(t, []):
-            if n.op_type == "Transpose":
-                return f"per-channel amplitudes pass '{n.name}' (Transpose), which reorders channels"
-            if n.op_type in _PASS and n.input and n.input[0] == t:
-                if n.op_type == "Flatten" and _attr(n, "axis", 1) != 1:
-                    return f"'{n.name}' flattens at axis {_attr(n, 'axis', 1)}, not 1"
-                frontier.append(n.output[0])
+def _per_channel_reason(passed: List[onnx.NodeProto]) -> Optional[str]:
+    """Why per-channel amplitudes cannot pass the ops ``passed`` on the way to the weighted
+    layers (None when they can): only ops that keep the channel-major order may lie there."""
+    for n in passed:
+        if n.op_type == "Transpose":
+            return f"per-channel amplitudes pass '{n.name}' (Transpose), which reorders channels"
+        if n.op_type == "Flatten" and _attr(n, "axis", 1) != 1:
+            return f"'{n.name}' flattens at axis {_attr(n, 'axis', 1)}, not 1"
     return None
 
 
-def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], str]:
-    """Weighted layers reached from ``tensor`` through pass-through ops, or a reason not to fold."""
-    found, frontier, seen = [], [tensor], set()
+def _targets(tensor: str, consumers, outputs) -> Tuple[List[onnx.NodeProto], Optional[str],
+                                                        List[onnx.NodeProto]]:
+    """Weighted layers reached from ``tensor`` through pass-through ops (and the ops passed),
+    or a reason not to fold."""
+    found, passed, frontier, seen = [], [], [tensor], set()
     while frontier:
         t = frontier.pop()
         if t in seen:
             continue
         seen.add(t)
         if t in outputs:
-            return [], "it is a graph output"
+            return [], "it is a graph output", passed
         for n in consumers.get(t, []):
             if n.op_type in ("Shape", "Size"):
                 continue  # Shape reads the shape, not the values
             if n.op_type in _PASS:
                 if n.input[0] != t:
-                    return [], f"'{n.name}' uses it as a shape"
+                    return [], f"'{n.name}' uses it as a shape", passed
+                passed.append(n)
                 frontier.append(n.output[0])
             elif n.op_type in _WEIGHTED and n.input[0] == t:
                 found.append(n)
             else:
-                return [], f"it feeds '{n.name}' ({n.op_type}); kept as an explicit multiply"
+                return [], f"it feeds '{n.name}' ({n.op_type}); kept as an explicit multiply", passed
     if not found:
-        return [], "no weighted layer follows"
-    return found, None
+        return [], "no weighted layer follows", passed
+    return found, None, passed
