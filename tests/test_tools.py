@@ -203,7 +203,10 @@ def test_bench_layouts_small(fmnist_test):
                  "--optimization", "all,extended")
     assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
     assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy",
-                                           "dnn@extended", "loop@extended", "deploy@extended"}
+                                           "deploy-binary", "dnn@extended", "loop@extended",
+                                           "deploy@extended"}
+    b = r["deploy_binary"]      # amplitudes folded: the same function up to float rounding
+    assert set(b["sites"].values()) == {"folded"} and b["max_difference"] < 1e-4 and b["same_top_class"]
     assert r["optimization"] == ["all", "extended"]
 
 

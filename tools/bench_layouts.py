@@ -15,7 +15,12 @@
   neurons inlined and the spike counters, the last step's membrane update and the initial
   states' ``Expand`` left out; see onnx_snn/spiking/deploy.py).
 
-All give the same outputs (checked here, bit for bit) and, but the deploy graph, the same
+* ``deploy-binary``: the deploy graph of the binary-spike model (``convert --binary-spikes``:
+  each site's amplitudes folded into the next layer's weights, so no amplitude ``Mul``). Its
+  outputs equal the loop graph's up to float rounding (the weights were rescaled): the JSON
+  gives the largest difference and whether every image's top class is the same.
+
+All others give the same outputs (checked here, bit for bit) and, but the deploy graph, the same
 spike counts. ``unrolled`` and ``folded`` are built by this tool only: their measured gains
 (README) did not justify a second artifact; the deploy graph's did. ``--optimization`` also
 times the DNN, loop and deploy graphs at onnxruntime's lower graph optimization levels
@@ -323,7 +328,8 @@ def main(argv=None) -> int:
     models = {"dnn": snn.normalized.model, "loop": snn.model, "unrolled": unrolled_model(snn),
               "folded": folded_model(snn.normalized, snn.records, args.timesteps,
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
-              "deploy": onnx_snn.deploy(snn.model)}
+              "deploy": onnx_snn.deploy(snn.model),
+              "deploy-binary": onnx_snn.deploy(snn.binary_model())}
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":
@@ -339,6 +345,12 @@ def main(argv=None) -> int:
         want = [(r, o.name) for r, o in zip(ref, sess["loop"].get_outputs())
                 if not (k == "deploy" and o.name.endswith(".spikes"))]
         same[k] = all(o in got and np.array_equal(r, got[o]) for r, o in want)
+    out = sess["loop"].get_outputs()[0].name
+    binary = dict(zip([o.name for o in sess["deploy-binary"].get_outputs()],
+                      sess["deploy-binary"].run(None, feed)))[out]
+    binary_check = {"sites": snn.report["binary_spikes"],
+                    "max_difference": float(np.abs(binary - ref[0]).max()),
+                    "same_top_class": bool(np.array_equal(binary.argmax(-1), ref[0].argmax(-1)))}
 
     def once(k):
         t0 = time.perf_counter()
@@ -358,7 +370,7 @@ def main(argv=None) -> int:
           "images_per_second": {k: round(v, 1) for k, v in best.items()},
           "over_dnn": {k: round(v / best["dnn"], 3) for k, v in best.items()},
           "over_loop": {k: round(v / best["loop"], 3) for k, v in best.items()},
-          "identical_to_loop": same}, args.json)
+          "identical_to_loop": same, "deploy_binary": binary_check}, args.json)
     return 0
 
 
