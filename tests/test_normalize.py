@@ -465,3 +465,18 @@ def test_old_resize_keeps_its_coordinates(opset, mode, scale):
 def test_old_nearest_resize_mixing_up_and_down_is_refused():
     with pytest.raises(UnsupportedModelError, match="'up'.*opset 11"):
         normalize(_old_resize(10, "nearest", (2, 0.5)))
+
+
+def test_old_nearest_resize_with_computed_scales_is_refused():
+    """Scales computed in the graph (a Concat of constants here) are folded only after the
+    opset upgrade, too late to spell out the old rounding: refused, named."""
+    m = _old_resize(10, "nearest", (0.5, 0.7))
+    sc = next(t for t in m.graph.initializer if t.name == "sc")
+    m.graph.initializer.remove(sc)
+    m.graph.node.insert(0, h.make_node("Constant", [], ["lead"], value=onnx.numpy_helper.from_array(
+        np.array([1, 1], np.float32))))
+    m.graph.node.insert(1, h.make_node("Constant", [], ["tail"], value=onnx.numpy_helper.from_array(
+        np.array([0.5, 0.7], np.float32))))
+    m.graph.node.insert(2, h.make_node("Concat", ["lead", "tail"], ["sc"], axis=0))
+    with pytest.raises(UnsupportedModelError, match="'up'.*computed scales"):
+        normalize(m)

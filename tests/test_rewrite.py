@@ -190,6 +190,28 @@ def _grouped(transpose: bool = False):
     return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
 
 
+def _reshaped(shape):
+    """conv-clip, max pool, Reshape to the constant ``shape``, dense: [0, -1] keeps one row
+    per sample; [-1, 36] makes one row per channel (the channel becomes the batch)."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    r = np.random.default_rng(2)
+    F = 144 if shape[0] == 0 else shape[1]
+    inits = [onnx.numpy_helper.from_array(r.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(r.standard_normal((F, 5)).astype(np.float32) * 0.1, "w2"),
+             onnx.numpy_helper.from_array(np.array(shape, np.int64), "shape"),
+             onnx.numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             onnx.numpy_helper.from_array(np.array(2, np.float32), "hi")]
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+             h.make_node("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Reshape", ["p", "shape"], ["f"], name="rows"),
+             h.make_node("Gemm", ["f", "w2"], ["y"])]
+    g = h.make_graph(nodes, "reshaped", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["M", 5])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
 @pytest.mark.parametrize("method", ["datta", "refined"])   # refined: per-channel amplitudes
 @pytest.mark.parametrize("make,kept", [(lambda: B.vgg(13, "clip"), set()),
                                        (lambda: B.resnet(13, "clip"), {"lif0"}),
@@ -197,7 +219,10 @@ def _grouped(transpose: bool = False):
                                        (_grouped, set()),
                                        # a Transpose reorders channels: one amplitude passes it,
                                        # one per channel does not
-                                       (lambda: _grouped(transpose=True), {"refined": {"lif2"}})])
+                                       (lambda: _grouped(transpose=True), {"refined": {"lif2"}}),
+                                       # per channel only through a Reshape that keeps the batch
+                                       (lambda: _reshaped([0, -1]), set()),
+                                       (lambda: _reshaped([-1, 36]), {"refined": {"lif0"}})])
 def test_binary_spikes_fold_where_exact(make, kept, method, x):
     kept = kept.get(method, set()) if isinstance(kept, dict) else kept
     import os

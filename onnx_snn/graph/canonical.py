@@ -54,7 +54,12 @@ def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
             scales = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
             spatial = None if scales is None else np.asarray(scales, np.float64).reshape(-1)[2:]
             if spatial is None or spatial.size == 0:
-                continue     # not constant: refused later, by the support check
+                # computed scales (folded to constants only later): which rounding the old
+                # opset used is not known here, and the upgraded node's default differs
+                raise UnsupportedModelError(
+                    f"{where}: node '{n.name or '(unnamed)'}' (Resize/Upsample at opset < 11, "
+                    "nearest) has computed scales, whose rounding this opset fixes per axis; "
+                    "re-export the model at opset 11 or newer")
             if np.all(spatial >= 1):
                 new.append(onnx.helper.make_attribute("nearest_mode", "floor"))
             elif np.all(spatial <= 1):

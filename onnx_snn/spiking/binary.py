@@ -57,7 +57,8 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
         amp_name = fmt.param_name(site.name, "amplitude")
         amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64).reshape(-1)
         if reason is None and amp.size > 1:
-            reason = _per_channel_reason(passed)
+            reason = _per_channel_reason(passed, _constants(nodes, inits),
+                                         {o: n for n in nodes for o in n.output})
         scales = {}
         if reason is None:
             for node in targets:
@@ -138,14 +139,79 @@ def _flattened(tensor: str, nodes) -> bool:
                for n in nodes)
 
 
-def _per_channel_reason(passed: List[onnx.NodeProto]) -> Optional[str]:
+def _constants(nodes, inits) -> Dict[str, np.ndarray]:
+    """Initializers and Constant nodes' values, by tensor name (read lazily: names only)."""
+    out = {k: t for k, t in inits.items()}
+    for n in nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = n.attribute[0].t
+    return out
+
+
+def _value(name: str, consts) -> Optional[np.ndarray]:
+    t = consts.get(name) if name else None
+    return None if t is None else numpy_helper.to_array(t).reshape(-1)
+
+
+def _is_batch_of(t: str, data: str, producers, consts) -> bool:
+    """Whether the 1-element tensor ``t`` is ``data``'s dim 0, as exporters compute it:
+    Shape(data)[0] through Gather / Slice / Shape(start=0, end=1), Unsqueeze, Cast."""
+    n = producers.get(t)
+    if n is None:
+        return False
+    if n.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return _is_batch_of(n.input[0], data, producers, consts)
+    if n.op_type == "Shape":
+        return n.input[0] == data and _attr(n, "start", 0) == 0 and _attr(n, "end", 0) == 1
+    src = producers.get(n.input[0]) if n.input else None
+    from_shape = src is not None and src.op_type == "Shape" and src.input[0] == data and \
+        _attr(src, "start", 0) == 0
+    if n.op_type == "Gather" and from_shape:
+        idx = _value(n.input[1], consts)
+        return idx is not None and idx.size == 1 and int(idx[0]) == 0 and _attr(n, "axis", 0) == 0
+    if n.op_type == "Slice" and from_shape:
+        starts, ends = _value(n.input[1], consts), _value(n.input[2], consts)
+        return starts is not None and ends is not None and starts.size == 1 and \
+            int(starts[0]) == 0 and int(ends[0]) == 1
+    return False
+
+
+def _keeps_batch(n: onnx.NodeProto, consts, producers) -> bool:
+    """Whether ``n`` (Reshape, Squeeze, Unsqueeze) keeps axis 0 as the batch: a Reshape to a
+    shape whose first entry copies it (a constant ``0``, allowzero off, or the data's own
+    dim 0 as exporters compute it), a (Un)Squeeze of other axes."""
+    def value(i):
+        return _value(n.input[i], consts) if len(n.input) > i else None
+    if n.op_type == "Reshape":
+        if _attr(n, "allowzero", 0):
+            return False
+        shape = value(1)
+        if shape is not None:
+            return shape.size > 0 and int(shape[0]) == 0
+        cat = producers.get(n.input[1])
+        return cat is not None and cat.op_type == "Concat" and \
+            _is_batch_of(cat.input[0], n.input[0], producers, consts)
+    axes = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+    if axes is None:
+        v = value(1)
+        axes = None if v is None else [int(a) for a in v]
+    return axes is not None and all(a > 0 for a in axes)
+
+
+def _per_channel_reason(passed: List[onnx.NodeProto], consts, producers) -> Optional[str]:
     """Why per-channel amplitudes cannot pass the ops ``passed`` on the way to the weighted
-    layers (None when they can): only ops that keep the channel-major order may lie there."""
+    layers (None when they can): only ops that keep the batch axis and the channel-major
+    order may lie there (then a Conv's input channel, or a Gemm's block of F / C features, is
+    the site's channel)."""
     for n in passed:
         if n.op_type == "Transpose":
             return f"per-channel amplitudes pass '{n.name}' (Transpose), which reorders channels"
         if n.op_type == "Flatten" and _attr(n, "axis", 1) != 1:
             return f"'{n.name}' flattens at axis {_attr(n, 'axis', 1)}, not 1"
+        if n.op_type in ("Reshape", "Squeeze", "Unsqueeze") and not _keeps_batch(n, consts, producers):
+            return (f"per-channel amplitudes pass '{n.name}' ({n.op_type}), which may move the "
+                    "batch axis (only a Reshape whose shape starts with 0 or the batch, or a "
+                    "(Un)Squeeze of other axes, is followed)")
     return None
 
 
