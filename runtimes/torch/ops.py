@@ -372,22 +372,26 @@ def constant(a):
     raise NotImplementedError(f"Constant with attributes {sorted(a)}")
 
 
-def _nearest_source(out_size: int, in_size: int, scale: float, ctm: str, mode: str) -> torch.Tensor:
-    """ONNX Resize (mode nearest): the input position each output position copies, along one
-    axis, in float32 as onnxruntime computes it."""
+def _source_coordinate(out_size: int, in_size: int, scale: float, ctm: str) -> torch.Tensor:
+    """ONNX Resize: the input coordinate of every output position along one axis, in float32
+    as onnxruntime computes it (the nearest modes round it, the linear one interpolates)."""
     f = torch.float32
     xo = torch.arange(out_size, dtype=f)
-    s = torch.tensor(scale, dtype=f)
     if ctm == "asymmetric":
-        orig = xo / s
-    elif ctm == "tf_half_pixel_for_nn":
-        orig = (xo + 0.5) / s
-    elif ctm == "align_corners":
-        orig = xo * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(xo)
-    elif ctm == "pytorch_half_pixel" and out_size <= 1:
-        orig = torch.zeros_like(xo)
-    else:   # half_pixel, pytorch_half_pixel
-        orig = (xo + 0.5) / s - 0.5
+        return xo / torch.tensor(scale, dtype=f)
+    if ctm == "tf_half_pixel_for_nn":
+        return (xo + 0.5) / torch.tensor(scale, dtype=f)
+    if ctm == "align_corners":
+        return xo * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(xo)
+    if ctm == "pytorch_half_pixel" and out_size <= 1:
+        return torch.zeros_like(xo)
+    return (xo + 0.5) / torch.tensor(scale, dtype=f) - 0.5      # half_pixel, pytorch_half_pixel
+
+
+def _nearest_source(out_size: int, in_size: int, scale: float, ctm: str, mode: str) -> torch.Tensor:
+    """ONNX Resize (mode nearest): the input position each output position copies, along one
+    axis, as onnxruntime rounds it."""
+    orig = _source_coordinate(out_size, in_size, scale, ctm)
     if mode == "floor":
         idx = torch.floor(orig)
     elif mode == "ceil":
@@ -397,20 +401,6 @@ def _nearest_source(out_size: int, in_size: int, scale: float, ctm: str, mode: s
     else:   # round_prefer_floor: a tie goes down
         idx = torch.ceil(orig - 0.5)
     return idx.clamp(0, in_size - 1).long()
-
-
-def _source_coordinate(out_size: int, in_size: int, scale: float, ctm: str) -> torch.Tensor:
-    """ONNX Resize, mode linear: the input coordinate of every output position along one
-    axis, in float32 as onnxruntime computes it."""
-    f = torch.float32
-    xo = torch.arange(out_size, dtype=f)
-    if ctm == "asymmetric":
-        return xo / torch.tensor(scale, dtype=f)
-    if ctm == "align_corners":
-        return xo * (in_size - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(xo)
-    if ctm == "pytorch_half_pixel" and out_size <= 1:
-        return torch.zeros_like(xo)
-    return (xo + 0.5) / torch.tensor(scale, dtype=f) - 0.5      # half_pixel, pytorch_half_pixel
 
 
 def _linear_weights(out_size: int, in_size: int, scale: float, ctm: str):
@@ -444,7 +434,7 @@ def resize(a, x, roi=None, scales=None, sizes=None):
     one input position, so spikes stay spikes) or linear on NCHW (each output a fixed
     weighted sum of four neighbours; the gradient flows to all four)."""
     ctm = a.get("coordinate_transformation_mode", "half_pixel")
-    mode = a.get("nearest_mode", "round_prefer_floor")
+    rounding = a.get("nearest_mode", "round_prefer_floor")
     dims = list(x.shape)
     if sizes is not None and sizes.numel():
         out = _ints(sizes)
@@ -458,7 +448,7 @@ def resize(a, x, roi=None, scales=None, sizes=None):
     for axis in range(x.dim()):
         if out[axis] == dims[axis] and scale[axis] == 1.0:
             continue
-        idx = _nearest_source(out[axis], dims[axis], scale[axis], ctm, mode)
+        idx = _nearest_source(out[axis], dims[axis], scale[axis], ctm, rounding)
         x = x.index_select(axis, idx.to(x.device))
     return [x]
 
