@@ -304,21 +304,19 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:
-    # it is rebuilt then (changed() bumps the version), not for every run (on an ImageNet VGG
-    # each build copies every weight)
-    built = {"version": -1, "view": None}
-    version = [0]
+    # changed() drops it then, and the next run builds it again (not every run: on an
+    # ImageNet VGG each build copies every weight)
+    built: Dict[str, fmt.SpikingView] = {}
 
     def changed():
-        version[0] += 1
+        built.clear()
 
     def step_view():
-        if built["version"] != version[0] or not REUSE_STEP_GRAPH:
-            built["view"] = None     # the old graph goes before the new one is built
+        if "view" not in built or not REUSE_STEP_GRAPH:
+            built.clear()     # the old graph goes before the new one is built
             meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
             built["view"] = fmt.read_spiking(
                 rewrite.step_model(work, recs, meta, input_shapes, pools), "the step graph")
-            built["version"] = version[0]
         return built["view"]
 
     # every refined site's spikes, per step, for all calibration images: later sites are run
