@@ -340,13 +340,6 @@ def _dry_run(fg: FlatGraph, names: Sequence[str], t: _Tensors) -> None:
 
 # ------------------------------------------------------------------ counting
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _needed(node: onnx.NodeProto) -> List[str]:
     op = node.op_type
     if op in ("Conv",):
@@ -385,12 +378,12 @@ def _count_node(node: onnx.NodeProto, t: _Tensors) -> Tuple[str, int]:
         return "mac", _prod(t.shapes[node.input[0]]) * _prod(t.shapes[node.input[1]][1:])
     if op == "Gemm":
         a = t.shapes[node.input[0]]
-        k = a[0] if _attr(node, "transA", 0) else a[1]
+        k = a[0] if walk.attr(node, "transA", 0) else a[1]
         return "mac", _prod(out) * int(k)
     if op == "MatMul":
         return "mac", _prod(out) * int(t.shapes[node.input[0]][-1])
     if op in POOL_OPS:
-        return "other", _prod(out) * _prod(_attr(node, "kernel_shape", []))
+        return "other", _prod(out) * _prod(walk.attr(node, "kernel_shape", []))
     if op in GLOBAL_POOL_OPS:
         return "other", _prod(t.shapes[node.input[0]])
     if op == "Sum":

@@ -9,6 +9,7 @@ from onnx import version_converter
 
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
+from . import walk
 from .ir import const_value, is_graph_output
 from .passes import PassResult, graph_pass
 
@@ -38,10 +39,7 @@ def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
     in nearest mode, truncate it when upsampling and round it up when downsampling (what
     onnxruntime does for them). The upgraded Resize would default to half_pixel and
     round_prefer_floor, and compute something else: spell the old rule out."""
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    consts = walk.constant_tensors([model.graph])
     for n in model.graph.node:
         if n.op_type != "Resize":
             continue
@@ -52,7 +50,8 @@ def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
         new = [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric")]
         if mode == "nearest":
             scales = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-            spatial = None if scales is None else np.asarray(scales, np.float64).reshape(-1)[2:]
+            spatial = None if scales is None else \
+                onnx.numpy_helper.to_array(scales).astype(np.float64).reshape(-1)[2:]
             if spatial is None or spatial.size == 0:
                 # computed scales (folded to constants only later): which rounding the old
                 # opset used is not known here, and the upgraded node's default differs

@@ -5,7 +5,8 @@
 * :func:`dependents` / :func:`depends` — forward: the tensors (or per-node flags) that depend
   on some seed tensors (what depends on a membrane state must run every time step);
 * :func:`subgraphs`, :func:`all_nodes`, :func:`outer_refs` — the graphs nested in control-flow
-  nodes (the time loop's body) and the outer-scope names they read.
+  nodes (the time loop's body) and the outer-scope names they read;
+* :func:`attr`, :func:`constant_tensors` — a node's attribute, the graphs' constants by name.
 
 All functions take and return plain ``onnx.NodeProto`` sequences in their original order.
 """
@@ -32,6 +33,26 @@ def subgraphs(graph: onnx.GraphProto) -> List[onnx.GraphProto]:
 def all_nodes(graph: onnx.GraphProto) -> List[onnx.NodeProto]:
     """Every node of ``graph`` and of its nested graphs."""
     return [n for g in subgraphs(graph) for n in g.node]
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name``, else ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def constant_tensors(graphs: Iterable[onnx.GraphProto]) -> Dict[str, onnx.TensorProto]:
+    """The initializers and Constant nodes' values (``value`` attribute) of ``graphs``, by
+    tensor name, as TensorProtos (nothing is converted: read the few needed)."""
+    out = {}
+    for g in graphs:
+        out.update((t.name, t) for t in g.initializer)
+        for n in g.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                out[n.output[0]] = n.attribute[0].t
+    return out
 
 
 def outer_refs(graph: onnx.GraphProto) -> List[str]:

@@ -51,14 +51,15 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
         for i in n.input:
             weight_uses[i] = weight_uses.get(i, 0) + 1
     outputs = set(view.step_outputs) | set(view.step_outputs.values())
+    consts = walk.constant_tensors(walk.subgraphs(m.graph))
+    producers = {o: n for n in nodes for o in n.output}
     result: Dict[str, str] = {}
     for site in view.info.sites:
         targets, reason, passed = _targets(site.output, consumers, outputs)
         amp_name = fmt.param_name(site.name, "amplitude")
         amp = numpy_helper.to_array(inits[amp_name]).astype(np.float64).reshape(-1)
         if reason is None and amp.size > 1:
-            reason = _per_channel_reason(passed, _constants(nodes, inits),
-                                         {o: n for n in nodes for o in n.output})
+            reason = _per_channel_reason(passed, consts, producers)
         scales = {}
         if reason is None:
             for node in targets:
@@ -67,14 +68,14 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
                     reason = f"'{node.name}' has a computed weight"
                 elif weight_uses.get(w, 0) > 1:
                     reason = f"the weight of '{node.name}' is shared"
-                elif node.op_type == "Gemm" and node.attribute and any(
-                        a.name == "transA" and a.i for a in node.attribute):
+                elif node.op_type == "Gemm" and walk.attr(node, "transA", 0):
                     reason = f"'{node.name}' transposes its data input"
-                elif node.op_type == "MatMul" and amp.size > 1 and not _flattened(node.input[0], nodes):
+                elif node.op_type == "MatMul" and amp.size > 1 and \
+                        not _flattened(producers.get(node.input[0])):
                     reason = (f"'{node.name}' (MatMul) may contract an axis other than the "
                               "channels; per-channel amplitudes fold into it behind a Flatten")
                 else:
-                    scale = _weight_scale(node, numpy_helper.to_array(inits[w]).shape, amp)
+                    scale = _weight_scale(node, tuple(inits[w].dims), amp)
                     if isinstance(scale, str):
                         reason = scale
                     scales[node.name] = scale
@@ -99,10 +100,6 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     return m, result
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
 def _weight_scale(node: onnx.NodeProto, shape, amp: np.ndarray):
     """The array that multiplies ``node``'s weight (of ``shape``) so that it absorbs the
     amplitudes ``amp`` (one, or one per channel) of its data input; a reason when it cannot."""
@@ -110,7 +107,7 @@ def _weight_scale(node: onnx.NodeProto, shape, amp: np.ndarray):
         return float(amp[0])
     c = amp.size
     if node.op_type in ("Conv", "ConvTranspose"):
-        group = _attr(node, "group", 1)
+        group = walk.attr(node, "group", 1)
         if node.op_type == "Conv":       # W [M, C/group, k...]: input channel c of group g
             m, per = shape[0], shape[1]
             if per * group != c:
@@ -123,7 +120,7 @@ def _weight_scale(node: onnx.NodeProto, shape, amp: np.ndarray):
         if shape[0] != c:                # ConvTranspose: W [C, M/group, k...]
             return f"'{node.name}' reads {shape[0]} channels, not the site's {c}"
         return amp.reshape(c, *[1] * (len(shape) - 1))
-    trans_b = node.op_type == "Gemm" and _attr(node, "transB", 0)
+    trans_b = node.op_type == "Gemm" and walk.attr(node, "transB", 0)
     if len(shape) != 2:
         return f"'{node.name}' has a {len(shape)}-D weight"
     features = shape[1] if trans_b else shape[0]
@@ -133,19 +130,10 @@ def _weight_scale(node: onnx.NodeProto, shape, amp: np.ndarray):
     return per_feature[None, :] if trans_b else per_feature[:, None]
 
 
-def _flattened(tensor: str, nodes) -> bool:
-    """Whether ``tensor`` is a Flatten's output at axis 1 (2-D: one feature axis)."""
-    return any(n.op_type == "Flatten" and n.output[0] == tensor and _attr(n, "axis", 1) == 1
-               for n in nodes)
-
-
-def _constants(nodes, inits) -> Dict[str, np.ndarray]:
-    """Initializers and Constant nodes' values, by tensor name (read lazily: names only)."""
-    out = {k: t for k, t in inits.items()}
-    for n in nodes:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = n.attribute[0].t
-    return out
+def _flattened(producer: Optional[onnx.NodeProto]) -> bool:
+    """Whether ``producer`` is a Flatten at axis 1 (its output 2-D: one feature axis)."""
+    return producer is not None and producer.op_type == "Flatten" and \
+        walk.attr(producer, "axis", 1) == 1
 
 
 def _value(name: str, consts) -> Optional[np.ndarray]:
@@ -162,13 +150,13 @@ def _is_batch_of(t: str, data: str, producers, consts) -> bool:
     if n.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return _is_batch_of(n.input[0], data, producers, consts)
     if n.op_type == "Shape":
-        return n.input[0] == data and _attr(n, "start", 0) == 0 and _attr(n, "end", 0) == 1
+        return n.input[0] == data and walk.attr(n, "start", 0) == 0 and walk.attr(n, "end", 0) == 1
     src = producers.get(n.input[0]) if n.input else None
     from_shape = src is not None and src.op_type == "Shape" and src.input[0] == data and \
-        _attr(src, "start", 0) == 0
+        walk.attr(src, "start", 0) == 0
     if n.op_type == "Gather" and from_shape:
         idx = _value(n.input[1], consts)
-        return idx is not None and idx.size == 1 and int(idx[0]) == 0 and _attr(n, "axis", 0) == 0
+        return idx is not None and idx.size == 1 and int(idx[0]) == 0 and walk.attr(n, "axis", 0) == 0
     if n.op_type == "Slice" and from_shape:
         starts, ends = _value(n.input[1], consts), _value(n.input[2], consts)
         return starts is not None and ends is not None and starts.size == 1 and \
@@ -183,7 +171,7 @@ def _keeps_batch(n: onnx.NodeProto, consts, producers) -> bool:
     def value(i):
         return _value(n.input[i], consts) if len(n.input) > i else None
     if n.op_type == "Reshape":
-        if _attr(n, "allowzero", 0):
+        if walk.attr(n, "allowzero", 0):
             return False
         shape = value(1)
         if shape is not None:
@@ -191,7 +179,7 @@ def _keeps_batch(n: onnx.NodeProto, consts, producers) -> bool:
         cat = producers.get(n.input[1])
         return cat is not None and cat.op_type == "Concat" and \
             _is_batch_of(cat.input[0], n.input[0], producers, consts)
-    axes = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+    axes = walk.attr(n, "axes")
     if axes is None:
         v = value(1)
         axes = None if v is None else [int(a) for a in v]
@@ -206,8 +194,8 @@ def _per_channel_reason(passed: List[onnx.NodeProto], consts, producers) -> Opti
     for n in passed:
         if n.op_type == "Transpose":
             return f"per-channel amplitudes pass '{n.name}' (Transpose), which reorders channels"
-        if n.op_type == "Flatten" and _attr(n, "axis", 1) != 1:
-            return f"'{n.name}' flattens at axis {_attr(n, 'axis', 1)}, not 1"
+        if n.op_type == "Flatten" and walk.attr(n, "axis", 1) != 1:
+            return f"'{n.name}' flattens at axis {walk.attr(n, 'axis', 1)}, not 1"
         if n.op_type in ("Reshape", "Squeeze", "Unsqueeze") and not _keeps_batch(n, consts, producers):
             return (f"per-channel amplitudes pass '{n.name}' ({n.op_type}), which may move the "
                     "batch axis (only a Reshape whose shape starts with 0 or the batch, or a "
