@@ -132,6 +132,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -319,7 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the T steps): Adam (amsgrad), lr 1e-3 divided by 5 at "
                                    "60/80/90% of training (the paper's schedule); that lr, a "
                                    "sigmoid surrogate and no augmentation did better than the "
-                                   "paper's 1e-4, rectangle and random crops in a few epochs. Writes the "
+                                   "paper's 1e-4, rectangle and random crops in a few epochs. "
+                                   "The model learns the outputs of the DNN it was converted "
+                                   "from (distillation: KL to the DNN's softmax), when that file "
+                                   "is still where the conversion read it, else the labels "
+                                   "(cross-entropy). Writes the "
                                    "same spiking format back; the best epoch on the test set is "
                                    "kept: OUTPUT gets the starting model only when it does not "
                                    "exist yet, and an existing OUTPUT is replaced only by an "
@@ -328,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n"
                               "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx\n"
                               "  torchrun --nproc_per_node 2 -m onnx_snn finetune model.snn.onnx -o tuned.snn.onnx\n"
-                              "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --resume   # after an interruption\n")
+                              "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --resume   # after an interruption\n"
+                              "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher model.onnx --distill 0.5\n")
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
     f.add_argument("--data", metavar="DATA", help="fashion-mnist, cifar10, cifar100 (default: "
@@ -349,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
                    help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
                         "threshold) or the paper's rectangle (1 for 0 < u/threshold < 2)")
+    t = f.add_mutually_exclusive_group()
+    t.add_argument("--teacher", metavar="DNN.onnx",
+                   help="distill from this DNN: the spiking model learns its outputs (default: "
+                        "the DNN the model was converted from, when its conversion recorded the "
+                        "path and the file is unchanged)")
+    t.add_argument("--no-teacher", action="store_true",
+                   help="train on the labels alone (cross-entropy), no distillation")
+    f.add_argument("--distill", type=unit_float, default=1.0, metavar="W",
+                   help="with a teacher, the loss is W x KL(teacher || model) + (1 - W) x "
+                        "cross-entropy (default: 1)")
+    f.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="softmax temperature of the distillation (default: 1)")
     f.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -619,11 +643,15 @@ def cmd_finetune(args) -> int:
                          augment=args.augment and not args.no_augment, seed=args.seed,
                          device=args.device,
                          surrogate=args.surrogate,
+                         teacher=None if args.no_teacher else (args.teacher or "auto"),
+                         distill=args.distill, temperature=args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
-    targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.output, "-o"),
-                             (args.json, "--json"), (checkpoint, "--checkpoint"))
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir,
+                                     [args.teacher] if args.teacher else ()),
+                             (args.output, "-o"), (args.json, "--json"),
+                             (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
                  log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std)

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,6 +394,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
             "weight_calibration": cfg.weight_calibration} if cfg.sequential else {}),
+        # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
+        **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)

@@ -108,7 +108,7 @@ class GraphBuilder:
 
 
 def vgg(opset=13, idiom="clip", bn=True, dropout=True, matmul=False, softmax=True,
-        pool="MaxPool", seed=0, mu=2.0, in_shape=(1, 12, 12)) -> onnx.ModelProto:
+        pool="MaxPool", seed=0, mu=2.0, in_shape=(1, 12, 12), classes=10) -> onnx.ModelProto:
     """conv-act-conv-act-pool-flatten-dense-act-dense(-softmax)."""
     b = GraphBuilder(opset, seed)
     c, hh, ww = in_shape
@@ -124,10 +124,10 @@ def vgg(opset=13, idiom="clip", bn=True, dropout=True, matmul=False, softmax=Tru
     x = b.act(x, idiom, mu)
     if dropout:
         x = b.dropout(x)
-    x = b.gemm(x, 16, 10)
+    x = b.gemm(x, 16, classes)
     if softmax:
         x = b.node("Softmax", [x], axis=1)
-    return b.model("input", x, in_shape, 10, name=f"vgg_{idiom}_op{opset}")
+    return b.model("input", x, in_shape, classes, name=f"vgg_{idiom}_op{opset}")
 
 
 def resnet(opset=13, idiom="clip", seed=0, mu=2.0, sum_op=False, in_shape=(1, 12, 12)) -> onnx.ModelProto:

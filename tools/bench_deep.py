@@ -18,7 +18,8 @@ their widths, trained with tools/train_dnn.py, shipped in tools/models/):
 * the DNN's top-1 on the test images;
 * conversion-only top-1 at T = 1, 2, 4 for the default (``refined``), ``datta`` (the paper's
   Algorithm 1 alone), ``deng`` and ``max``, 512 calibration training images, in onnxruntime;
-* one epoch of SGL fine-tuning at T=2 (the default recipe) from the default conversion;
+* one epoch of SGL fine-tuning at T=2 (the default recipe: distillation from the DNN) from the
+  default conversion (``--finetune-no-teacher``: on the labels alone);
 * the default conversion's seconds and peak memory (end to end, 512 images, T=2).
 
 Every job runs in a fresh process (``tools/_jobs.py``), two at a time with one thread each;
@@ -122,10 +123,12 @@ def job_cost(net: str) -> dict:
 
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
-                 lr: Optional[float] = None) -> dict:
+                 lr: Optional[float] = None, no_teacher: bool = False) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
+    from onnx_snn.model_io import load_model
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    from onnx_snn.spiking import format as fmt
     nm = onnx_snn.prepare(str(NETS[net]))
     test = _test_set(nm, test_images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,12 +138,15 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
                              **({} if lr is None else {"lr": lr}),
+                             **({"teacher": None} if no_teacher else {}),
                              initial_eval=False)
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
+        teacher = fmt.read_info(load_model(out)).history[-1].get("teacher")   # None: labels
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
+            "teacher": teacher,
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
 
@@ -166,7 +172,9 @@ def _table(result: dict) -> str:
         ft, cost = r.get("finetune", {}), r.get("cost", {})
         if "top1_after" in ft:
             lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
-                         + (f"images, lr {ft['lr']:g}" if "lr" in ft else "images") + ": "
+                         + (f"images, lr {ft['lr']:g}" if "lr" in ft else "images")
+                         + (f", distilled from {ft['teacher']}" if ft.get("teacher") else
+                            ", labels only" if "teacher" in ft else "") + ": "
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
@@ -189,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-lr", type=float,
                    help="the SGL epoch's learning rate (default: onnx-snn finetune's)")
+    p.add_argument("--finetune-no-teacher", action="store_true",
+                   help="the SGL epoch on the labels alone (default: distillation from the DNN, "
+                        "fine-tuning's default)")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -198,7 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--job-timeout", type=float, default=3600)
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
-    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float)
+    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float,
+                    no_teacher=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -215,9 +227,12 @@ def main(argv=None) -> int:
         elif args._job == "cost":
             print_result(job_cost(args._net))
         elif args._job == "finetune":
-            print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr))
+            print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
+                                      bool(args._no_teacher)))
         return 0
 
+    if args.no_finetune and (args.finetune_only or args.finetune_no_teacher):
+        p.error("--no-finetune excludes --finetune-only and --finetune-no-teacher")
     if args.no_finetune and args.finetune_only:
         p.error("--no-finetune and --finetune-only exclude each other")
     if args.finetune_only and args.methods:
@@ -252,7 +267,8 @@ def main(argv=None) -> int:
     tune = [] if args.no_finetune else [
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
                                        "n": args.test_images, "epochs": args.finetune_epochs,
-                                       **({} if args.finetune_lr is None else {"lr": args.finetune_lr})})
+                                       **({} if args.finetune_lr is None else {"lr": args.finetune_lr}),
+                                       **({"no_teacher": 1} if args.finetune_no_teacher else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

@@ -12,6 +12,8 @@ jobs, keeping each job's fastest round:
   own recipe;
 * ``snn_T*``: the shipped model converted with ``datta`` at T and trained with onnx-snn's
   PyTorch runtime (Adam amsgrad, backprop through the T steps);
+* ``snn_T2_teacher``: the same at T = 2 with fine-tuning's default loss, distillation from
+  the DNN (its outputs computed in onnxruntime on every batch: the teacher's cost included);
 * ``spikingjelly_T2``: the same network built from SpikingJelly's multi-step layers and IF
   neurons (surrogate gradient) and trained at T = 2 (the peer; skipped when SpikingJelly is
   not installed).
@@ -108,8 +110,18 @@ def job_snn(args):
     net = SpikingNetwork.from_onnx(args.model).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
+    teacher = None
+    if args.teacher:   # fine-tuning's default: distill from the DNN, run in onnxruntime
+        from onnx_snn.runtimes.ort import ModelRunner
+        from onnx_snn.runtimes.torch.teacher import Teacher, distillation_loss
+        teacher = Teacher(args.teacher, ModelRunner(args.teacher), is_source=True)
+
     def step(xb, yb):
-        loss = Fn.cross_entropy(net(xb, args.T, record_spikes=False), yb)
+        out = net(xb, args.T, record_spikes=False)
+        if teacher is None:
+            loss = Fn.cross_entropy(out, yb)
+        else:
+            loss = distillation_loss(out, teacher(xb.cpu().numpy()).to(xb.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -153,10 +165,10 @@ def job_spikingjelly(args):
 JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}
 
 
-def sgl_job(job, args, model=None, T=None, timeout=None):
+def sgl_job(job, args, model=None, T=None, timeout=None, teacher=None):
     """One job of :data:`JOBS` in a fresh process on ``args.images`` images of batch
     ``args.batch``: its result, or ``{"error": ..., "stderr_tail": ...}``."""
-    return run_job(__file__, job, {"model": model, "T": T}, timeout=timeout,
+    return run_job(__file__, job, {"model": model, "T": T, "teacher": teacher}, timeout=timeout,
                    argv=["--images", str(args.images), "--batch", str(args.batch),
                          "--device", args.device])
 
@@ -174,10 +186,10 @@ def main(argv=None) -> int:
                          "(default: no limit)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--out", help="also write the JSON here")
-    add_job_options(ap, model=str, T=int)
+    add_job_options(ap, model=str, T=int, teacher=str)
     args = ap.parse_args(argv)
     if args._job:
-        args.model, args.T = args._model, args._T
+        args.model, args.T, args.teacher = args._model, args._T, args._teacher
         print_result(JOBS[args._job](args))
         return 0
     import onnx_snn
@@ -206,6 +218,9 @@ def main(argv=None) -> int:
             for T in args.timesteps:
                 keep_best(f"snn_T{T}", sgl_job("snn", args, model=paths[T], T=T,
                                                timeout=args.job_timeout))
+                if T == 2:   # the default recipe: distillation from the DNN (runtimes/torch/teacher.py)
+                    keep_best("snn_T2_teacher", sgl_job("snn", args, model=paths[T], T=T,
+                                                        timeout=args.job_timeout, teacher=model))
             if not args.no_peer:
                 keep_best("spikingjelly_T2", sgl_job("spikingjelly", args, T=2,
                                                      timeout=args.job_timeout))

@@ -4,7 +4,10 @@ Adam (amsgrad), lr 1e-3 (the paper's 1e-4 gained 0.7-1.8 points less in one epoc
 divided by 5 at 60/80/90 % of the iterations (the paper's schedule); a
 sigmoid surrogate gradient (``surrogate="rectangle"``: the paper's) and no augmentation
 (``augment=True``: random crop/flip), which did better in a few epochs (README);
-cross-entropy on the time-averaged outputs; backprop through the T steps; one dropout mask per batch reused over
+the loss on the time-averaged outputs: by default distillation from the DNN the model was
+converted from (KL to its outputs, computed in onnxruntime on each batch; teacher.py), when
+the conversion recorded its path and the file is unchanged, else cross-entropy on the
+labels (``teacher=None``: always); backprop through the T steps; one dropout mask per batch reused over
 the steps where the source DNN had dropout; thresholds, leaks (clamped to at most 1) and
 weights trained. The test set is evaluated after every epoch and the best model is written
 to the output file, atomically. The starting model is written there before training only
@@ -43,6 +46,7 @@ from onnx_snn.spiking import format as fmt
 
 from .network import SpikingNetwork
 from .neuron import DEFAULT_SURROGATE, SURROGATES
+from .teacher import AUTO, Teacher, distillation_loss, load_teacher, source_dnn
 
 MILESTONES = (0.6, 0.8, 0.9)
 
@@ -69,6 +73,13 @@ class FinetuneConfig:
     eval_batch: int = 256
     initial_eval: bool = True
     surrogate: str = DEFAULT_SURROGATE       # or "rectangle", the paper's (neuron.py)
+    #: a DNN whose outputs the spiking network learns (teacher.py): "auto" (the DNN it was
+    #: converted from, when the conversion recorded its path and that file is unchanged),
+    #: a path, or None (the labels alone)
+    teacher: Optional[str] = AUTO
+    #: with a teacher, the loss is distill * KL(teacher || student) + (1 - distill) * CE
+    distill: float = 1.0
+    temperature: float = 1.0                 # of the softmaxes the KL compares
 
     def __post_init__(self):
         """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
@@ -87,6 +98,18 @@ class FinetuneConfig:
                     or (v <= lo if strict else v < lo):
                 raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, "
                                  f"not {v!r}")
+        for name in ("distill", "temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise UsageError(f"{name} must be a finite number, not {v!r}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise UsageError(f"distill is the distillation term's share of the loss: between 0 "
+                             f"and 1, not {self.distill}")
+        if self.temperature <= 0:
+            raise UsageError(f"temperature must be > 0, not {self.temperature}")
+        if self.teacher is not None and (not isinstance(self.teacher, (str, os.PathLike))
+                                         or not str(self.teacher)):
+            raise UsageError(f"teacher is 'auto', a DNN's .onnx path or None, not {self.teacher!r}")
         if self.lr_decay > 1:
             raise UsageError(f"lr_decay multiplies the learning rate at each milestone: at most 1, "
                              f"not {self.lr_decay}")
@@ -275,6 +298,11 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     inputs = model_files(model_path) + dataset_files(data, data_dir) \
         if isinstance(data, (str, os.PathLike)) else model_files(model_path)
+    if cfg.teacher not in (None, AUTO):   # named: checked before any work
+        if not Path(cfg.teacher).is_file():
+            raise ModelLoadError(f"{cfg.teacher}: no such teacher model (the teacher is the DNN's "
+                                 ".onnx file; without one the labels alone train the model)")
+        inputs = inputs + model_files(cfg.teacher)
     targets = check_outputs([(output, "output"), (ckpt_path, "checkpoint")], inputs)
     out_path, ckpt_path = targets[str(output)], targets[str(ckpt_path)]
     device = _pick_device(cfg.device)
@@ -315,6 +343,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if probe.ndim == 2:
         check_label_range(train.y, int(probe.shape[1]), train.name)
         check_label_range(test.y, int(probe.shape[1]), test.name)
+    teacher = _teacher(cfg, view, model_path, pad_batch(test.x[:1], fixed), probe.cpu(), out_path,
+                       log if main_proc else (lambda *a: None))
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
@@ -335,7 +365,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     existed = out_path.exists()
 
     def write_model(epochs_done, top1):
-        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size), T).SerializeToString()
+        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size,
+                                   teacher), T).SerializeToString()
         write_bytes_atomic(data_, out_path)
 
     if resume and ckpt_path.exists():
@@ -393,11 +424,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             xb = torch.from_numpy(train.x[idx])
             if augment:
                 xb = _augment(xb, gen)
+            soft = teacher(xb.numpy()).to(device) if teacher is not None else None
             xb, yb = xb.to(device), torch.from_numpy(train.y[idx]).to(device)
             out = ddp(xb, T, record_spikes=False)
             if isinstance(out, list):  # several outputs: the first one holds the logits
                 out = out[0]
-            loss = Fn.cross_entropy(out, yb)
+            loss = _loss(out, yb, soft, cfg)
             if not torch.isfinite(loss):
                 bar.close()
                 raise diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
@@ -453,12 +485,52 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           written=written or (resume and out_path.exists()))
 
 
-def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None):
-    return {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr,
-            "batch_size": batch_size or cfg.batch_size,
-            "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
-            "surrogate": cfg.surrogate, "augment": bool(augment),
-            "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
+def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
+          teacher: Optional[Teacher] = None):
+    h = {"epochs_done": epochs, "timesteps": T, "lr": cfg.lr,
+         "batch_size": batch_size or cfg.batch_size,
+         "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
+         "surrogate": cfg.surrogate, "augment": bool(augment),
+         "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
+    if teacher is not None:
+        h.update(teacher=os.path.basename(teacher.path), teacher_is_source=teacher.is_source,
+                 distill=cfg.distill, temperature=cfg.temperature)
+    return h
+
+
+def _loss(out: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor],
+          cfg: FinetuneConfig) -> torch.Tensor:
+    """Cross-entropy on the labels, or with a teacher's outputs ``soft`` the mix of
+    distillation and cross-entropy that ``cfg.distill`` sets."""
+    if soft is None:
+        return Fn.cross_entropy(out, labels)
+    kd = distillation_loss(out, soft, cfg.temperature)
+    if cfg.distill >= 1.0:
+        return kd
+    return cfg.distill * kd + (1.0 - cfg.distill) * Fn.cross_entropy(out, labels)
+
+
+def _teacher(cfg: FinetuneConfig, view: fmt.SpikingView, model_path, probe_x: np.ndarray,
+             probe_out: torch.Tensor, out_path: Path, log) -> Optional[Teacher]:
+    """The teacher ``cfg.teacher`` names, checked against the student (None: no teacher, or
+    ``auto`` and the source DNN was not found, which is said)."""
+    if cfg.teacher is None or probe_out.ndim != 2:
+        if cfg.teacher not in (None, AUTO):
+            raise UsageError(f"distillation needs a model whose first output is [batch, classes]; "
+                             f"{model_path} answers with shape {list(probe_out.shape)}")
+        return None
+    path = source_dnn(view) if cfg.teacher == AUTO else os.fspath(cfg.teacher)
+    if path is None:
+        log("note: the DNN this model was converted from was not found (its conversion did not "
+            "record the path, or the file changed): training on the labels alone; pass "
+            "--teacher DNN.onnx to distill from it")
+        return None
+    check_outputs([(out_path, "output")], model_files(path))
+    teacher = load_teacher(path, view, probe_x, probe_out)
+    what = "the DNN it was converted from" if teacher.is_source else "not the DNN it was converted from"
+    log(f"distilling from {path} ({what}; loss {cfg.distill:g} x KL at temperature "
+        f"{cfg.temperature:g}{f' + {1 - cfg.distill:g} x cross-entropy' if cfg.distill < 1 else ''})")
+    return teacher
 
 
 def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen):
