@@ -329,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "paper's 1e-4, rectangle and random crops in a few epochs. "
                                    "The model learns the outputs of the DNN it was converted "
                                    "from (distillation: KL to the DNN's softmax), when that file "
-                                   "is still where the conversion read it, else the labels "
-                                   "(cross-entropy). Writes the "
+                                   "is still where the conversion read it, unchanged (its "
+                                   "sha256), else the labels (cross-entropy). Writes the "
                                    "same spiking format back; the best epoch on the test set is "
                                    "kept: OUTPUT gets the starting model only when it does not "
                                    "exist yet, and an existing OUTPUT is replaced only by an "
@@ -364,14 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = f.add_mutually_exclusive_group()
     t.add_argument("--teacher", metavar="DNN.onnx",
                    help="distill from this DNN: the spiking model learns its outputs (default: "
-                        "the DNN the model was converted from, when its conversion recorded the "
-                        "path and the file is unchanged)")
+                        "the DNN the model was converted from, when the file is still where the "
+                        "conversion read it, with the same sha256)")
     t.add_argument("--no-teacher", action="store_true",
                    help="train on the labels alone (cross-entropy), no distillation")
-    f.add_argument("--distill", type=unit_float, default=1.0, metavar="W",
+    f.add_argument("--distill", type=unit_float, metavar="W",
                    help="with a teacher, the loss is W x KL(teacher || model) + (1 - W) x "
                         "cross-entropy (default: 1)")
-    f.add_argument("--temperature", type=positive_float, default=1.0,
+    f.add_argument("--temperature", type=positive_float,
                    help="softmax temperature of the distillation (default: 1)")
     f.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
@@ -626,13 +626,17 @@ def cmd_info(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .errors import DataError, MissingDependencyError
+    from .errors import DataError, MissingDependencyError, UsageError
     try:
         import torch  # noqa: F401
     except ImportError:
         raise MissingDependencyError("fine-tuning needs PyTorch: pip install 'onnx-snn[torch]'") from None
     from .model_io import write_all_atomic
     from .runtimes.torch.finetune import FinetuneConfig, finetune
+    from .runtimes.torch.teacher import source_dnn_of
+
+    if args.no_teacher and (args.distill is not None or args.temperature is not None):
+        raise UsageError("--distill and --temperature set the distillation; --no-teacher has none")
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
@@ -644,12 +648,14 @@ def cmd_finetune(args) -> int:
                          device=args.device,
                          surrogate=args.surrogate,
                          teacher=None if args.no_teacher else (args.teacher or "auto"),
-                         distill=args.distill, temperature=args.temperature,
+                         distill=1.0 if args.distill is None else args.distill,
+                         temperature=1.0 if args.temperature is None else args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
-    targets = _check_outputs(_inputs(args.model, data, args.data_dir,
-                                     [args.teacher] if args.teacher else ()),
+    teacher = None if args.no_teacher else (args.teacher or source_dnn_of(args.model))
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir,   # never overwrite the teacher
+                                     [teacher] if teacher else ()),
                              (args.output, "-o"), (args.json, "--json"),
                              (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,

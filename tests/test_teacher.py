@@ -15,7 +15,7 @@ import onnx_snn  # noqa: E402
 from onnx_snn.errors import DataError, ModelLoadError  # noqa: E402
 from onnx_snn.spiking import format as F  # noqa: E402
 from onnx_snn.runtimes.torch.teacher import (distillation_loss, load_teacher,  # noqa: E402
-                                             source_dnn)
+                                             source_dnn_of)
 
 import builders as B  # noqa: E402
 
@@ -48,50 +48,49 @@ def converted(tmp_path):
     return src, out, x
 
 
-def _view(path):
-    m = onnx.load(str(path))
-    return F.read_spiking(m, str(path))
+def _source(path):
+    return F.read_info(onnx.load(str(path))).source
 
 
 def test_the_source_dnn_is_found_only_while_it_is_unchanged(converted, tmp_path):
     src, out, _ = converted
     convert_step = F.read_info(onnx.load(str(out))).history[0]
     assert convert_step["source_path"] == os.path.abspath(src)
-    assert source_dnn(_view(out)) == os.path.abspath(src)
+    assert source_dnn_of(out) == os.path.abspath(src)
     moved = tmp_path / "moved.onnx"
     shutil.move(src, moved)
-    assert source_dnn(_view(out)) is None              # not where the conversion read it
+    assert source_dnn_of(out) is None              # not where the conversion read it
     m = onnx.load(str(moved))
     m.graph.initializer[0].raw_data = bytes(len(m.graph.initializer[0].raw_data))
     src.write_bytes(m.SerializeToString())
-    assert source_dnn(_view(out)) is None              # there, but another file
+    assert source_dnn_of(out) is None              # there, but another file
     shutil.copy(moved, src)
-    assert source_dnn(_view(out)) == os.path.abspath(src)
+    assert source_dnn_of(out) == os.path.abspath(src)
 
 
 def test_a_teacher_must_be_a_dnn_with_the_students_inputs_and_classes(converted, tmp_path):
     src, out, x = converted
-    view = _view(out)
+    source = _source(out)
     student = torch.zeros(1, 10)
-    t = load_teacher(str(src), view, x[:1], student)
-    assert t.is_source and t(x[:3]).shape == (3, 10)
+    t = load_teacher(str(src), x[:1], student, source)
+    assert t.is_source and not t.probabilities and t(x[:3]).shape == (3, 10)
     with pytest.raises(ModelLoadError, match="a spiking model"):
-        load_teacher(str(out), view, x[:1], student)
+        load_teacher(str(out), x[:1], student, source)
     with pytest.raises(ModelLoadError, match="no such teacher"):
-        load_teacher(str(tmp_path / "none.onnx"), view, x[:1], student)
+        load_teacher(str(tmp_path / "none.onnx"), x[:1], student, source)
     five = tmp_path / "five.onnx"
     five.write_bytes(B.vgg(13, "clip", in_shape=(1, 12, 12), classes=5, softmax=False).SerializeToString())
     with pytest.raises(DataError, match=r"\[1, 5\].*\[1, 10\]"):
-        load_teacher(str(five), view, x[:1], student)
+        load_teacher(str(five), x[:1], student, source)
     other = tmp_path / "other.onnx"
     other.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False).SerializeToString())
     with pytest.raises(DataError, match="does not fit"):
-        load_teacher(str(other), view, x[:1], student)
+        load_teacher(str(other), x[:1], student, source)
     copy = tmp_path / "copy.onnx"
     m = onnx.load(str(src))
     m.graph.initializer[0].raw_data = bytes(len(m.graph.initializer[0].raw_data))
     copy.write_bytes(m.SerializeToString())
-    assert not load_teacher(str(copy), view, x[:1], student).is_source
+    assert not load_teacher(str(copy), x[:1], student, source).is_source
 
 
 def _finetune(out, data, tmp_path, **kw):
@@ -111,6 +110,7 @@ def test_finetune_distills_from_the_source_by_default(converted, tmp_path):
     r, logged, h = _finetune(out, data, tmp_path)
     assert any("distilling from" in s and "the DNN it was converted from" in s for s in logged)
     assert h["teacher"] == "dnn.onnx" and h["teacher_is_source"] and h["distill"] == 1.0
+    assert r.teacher == os.path.abspath(src)
     assert np.isfinite(r.epochs[0].loss)
     os.remove(tmp_path / "t.snn.onnx")
     r, logged, h = _finetune(out, data, tmp_path, teacher=None)
@@ -159,3 +159,84 @@ def test_cli_teacher_errors(converted, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "distilling from" in p.stdout
     assert json.loads((tmp_path / "r.json").read_text())["epochs"]
+
+
+def test_a_softmax_teacher_is_read_as_probabilities(converted, tmp_path):
+    """The conversion drops a DNN's final Softmax from the student, so a teacher that ends in
+    one outputs probabilities: their log is the logits the KL compares (a KL of the softmax of
+    probabilities would pull the student towards uniform outputs)."""
+    src, out, x = converted
+    sm = tmp_path / "softmax.onnx"   # the same weights (seed 0), with the final Softmax
+    sm.write_bytes(B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=True).SerializeToString())
+    student = torch.zeros(1, 10)
+    plain = load_teacher(str(src), x[:1], student)
+    probs = load_teacher(str(sm), x[:1], student)
+    assert probs.probabilities and not plain.probabilities
+    logits = plain(x)
+    assert float(distillation_loss(logits, probs(x))) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(torch.softmax(probs(x), 1), torch.softmax(logits, 1), atol=1e-6)
+
+
+def _fixed(model: onnx.ModelProto, b: int) -> onnx.ModelProto:
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = b
+    return model
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_a_teacher_with_a_fixed_batch_runs_any_batch(converted, tmp_path, b):
+    src, out, x = converted
+    fixed = tmp_path / "fixed.onnx"
+    fixed.write_bytes(_fixed(onnx.load(str(src)), b).SerializeToString())
+    t = load_teacher(str(fixed), x[:1], torch.zeros(1, 10))
+    want = load_teacher(str(src), x[:1], torch.zeros(1, 10))(x[:8])
+    assert torch.allclose(t(x[:8]), want, atol=1e-6)
+
+
+def test_no_output_may_overwrite_the_found_teacher(converted, tmp_path):
+    src, out, x = converted
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
+    before = src.read_bytes()
+    base = ["finetune", str(out), "--data", str(tmp_path / "d.npz"), "--epochs", "1",
+            "-o", str(tmp_path / "o.onnx")]
+    for flag in ("--checkpoint", "--json"):
+        p = run_cli(*base, flag, str(src))
+        assert p.returncode == 6 and "Traceback" not in p.stderr, (flag, p.stderr)
+    assert src.read_bytes() == before and not (tmp_path / "o.onnx").exists()
+    p = run_cli(*base, "--no-teacher", "--distill", "0.5")
+    assert p.returncode == 2 and "--no-teacher has none" in p.stderr
+
+
+def test_a_resumed_run_keeps_its_loss(converted, tmp_path):
+    from onnx_snn.errors import UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    src, out, x = converted
+    np.savez(tmp_path / "d.npz", x=x, y=np.random.default_rng(1).integers(0, 10, len(x)))
+    data, tuned = str(tmp_path / "d.npz"), str(tmp_path / "t.snn.onnx")
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    finetune(str(out), tuned, data, FinetuneConfig(epochs=1, batch_size=8), **quiet)
+    for changed in ({"teacher": None}, {"distill": 0.5}, {"temperature": 2.0}):
+        with pytest.raises(UsageError, match="this run started distilling from dnn.onnx"):
+            finetune(str(out), tuned, data, FinetuneConfig(epochs=2, batch_size=8, **changed),
+                     resume=True, **quiet)
+    r = finetune(str(out), tuned, data, FinetuneConfig(epochs=2, batch_size=8), resume=True, **quiet)
+    assert [e.epoch for e in r.epochs] == [1, 2] and r.teacher == os.path.abspath(src)
+
+
+def test_distill_zero_is_no_teacher(converted, tmp_path):
+    src, out, x = converted
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, distill=0.0)
+    assert r.teacher is None and "teacher" not in h
+    assert not any("distilling" in s or "not found" in s for s in logged)
+
+
+def test_a_fixed_batch_model_distills_from_its_fixed_batch_source(tmp_path):
+    src = tmp_path / "dnn.onnx"
+    src.write_bytes(_fixed(B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=False), 4).SerializeToString())
+    x = np.random.default_rng(0).random((16, 1, 12, 12)).astype(np.float32)
+    out = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(str(src), x, timesteps=2, method="datta", show_progress=False).save(str(out))
+    np.savez(tmp_path / "d.npz", x=x[:14], y=np.random.default_rng(1).integers(0, 10, 14))
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path)
+    assert h["teacher"] == "dnn.onnx" and np.isfinite(r.epochs[0].loss)

@@ -360,6 +360,7 @@ def finetune_section(model_path, nm, test, calib, quick, train_images, timeout=N
                                         limit_test=limit_test, initial_eval=False, eval_batch=64),
                          show_progress=False, log=lambda *a: None)
             out["top1"][T] = {"conversion": round(start, 2), "after_1_epoch": r.epochs[-1].test_top1,
+                              "teacher": os.path.basename(r.teacher) if r.teacher else None,
                               "epoch_seconds": round(r.seconds_per_epoch, 1)}
             _log(f"  fine-tuned T={T}: {start:.2f} -> {r.epochs[-1].test_top1:.2f}")
     args = argparse.Namespace(images=1600 if quick else 3200, batch=64)

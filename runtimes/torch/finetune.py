@@ -46,7 +46,7 @@ from onnx_snn.spiking import format as fmt
 
 from .network import SpikingNetwork
 from .neuron import DEFAULT_SURROGATE, SURROGATES
-from .teacher import AUTO, Teacher, distillation_loss, load_teacher, source_dnn
+from .teacher import AUTO, Teacher, distillation_loss, load_teacher, source_dnn_of
 
 MILESTONES = (0.6, 0.8, 0.9)
 
@@ -147,6 +147,7 @@ class FinetuneResult:
     peak_cuda_mb: Optional[float]
     world_size: int
     written: bool = True        # False: no epoch beat the start and the output existed already
+    teacher: Optional[str] = None   # the DNN it distilled from (None: the labels alone)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -298,11 +299,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     inputs = model_files(model_path) + dataset_files(data, data_dir) \
         if isinstance(data, (str, os.PathLike)) else model_files(model_path)
-    if cfg.teacher not in (None, AUTO):   # named: checked before any work
-        if not Path(cfg.teacher).is_file():
-            raise ModelLoadError(f"{cfg.teacher}: no such teacher model (the teacher is the DNN's "
-                                 ".onnx file; without one the labels alone train the model)")
-        inputs = inputs + model_files(cfg.teacher)
+    teacher_path = _teacher_path(cfg, model_path)   # before any work: no output may be it
+    if teacher_path is not None:
+        inputs = inputs + model_files(teacher_path)
     targets = check_outputs([(output, "output"), (ckpt_path, "checkpoint")], inputs)
     out_path, ckpt_path = targets[str(output)], targets[str(ckpt_path)]
     device = _pick_device(cfg.device)
@@ -343,8 +342,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if probe.ndim == 2:
         check_label_range(train.y, int(probe.shape[1]), train.name)
         check_label_range(test.y, int(probe.shape[1]), test.name)
-    teacher = _teacher(cfg, view, model_path, pad_batch(test.x[:1], fixed), probe.cpu(), out_path,
+    teacher = _teacher(cfg, teacher_path, view, model_path, pad_batch(test.x[:1], fixed),
+                       probe.cpu(), world,
                        log if main_proc else (lambda *a: None))
+    teacher_settings = _teacher_settings(teacher, cfg)
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
@@ -384,6 +385,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
                                  "delete it, or run without --resume") from None
+        _check_resumed_teacher(state, teacher_settings, ckpt_path)
         if main_proc:
             log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
     else:
@@ -472,7 +474,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 written = True
             log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                 f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
-            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen)
+            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
+                       teacher_settings)
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
@@ -482,7 +485,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           peak_cuda_mb=peak_cuda, world_size=world,
-                          written=written or (resume and out_path.exists()))
+                          written=written or (resume and out_path.exists()),
+                          teacher=teacher.path if teacher is not None else None)
 
 
 def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
@@ -510,34 +514,80 @@ def _loss(out: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor],
     return cfg.distill * kd + (1.0 - cfg.distill) * Fn.cross_entropy(out, labels)
 
 
-def _teacher(cfg: FinetuneConfig, view: fmt.SpikingView, model_path, probe_x: np.ndarray,
-             probe_out: torch.Tensor, out_path: Path, log) -> Optional[Teacher]:
-    """The teacher ``cfg.teacher`` names, checked against the student (None: no teacher, or
-    ``auto`` and the source DNN was not found, which is said)."""
-    if cfg.teacher is None or probe_out.ndim != 2:
-        if cfg.teacher not in (None, AUTO):
+def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
+    """The teacher's file, found before any work (None: none; with ``auto``, the source DNN
+    was not found). A named one must exist."""
+    if cfg.teacher is None or cfg.distill == 0:
+        return None
+    if cfg.teacher == AUTO:
+        return source_dnn_of(model_path)
+    if not Path(cfg.teacher).is_file():
+        raise ModelLoadError(f"{cfg.teacher}: no such teacher model (the teacher is the DNN's "
+                             ".onnx file; without one the labels alone train the model)")
+    return os.fspath(cfg.teacher)
+
+
+def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, model_path,
+             probe_x: np.ndarray, probe_out: torch.Tensor, world: int, log) -> Optional[Teacher]:
+    """The teacher at ``path``, checked against the student (None: no teacher, or ``auto``
+    and the source DNN was not found, which is said)."""
+    if probe_out.ndim != 2:
+        if path is not None and cfg.teacher != AUTO:
             raise UsageError(f"distillation needs a model whose first output is [batch, classes]; "
                              f"{model_path} answers with shape {list(probe_out.shape)}")
         return None
-    path = source_dnn(view) if cfg.teacher == AUTO else os.fspath(cfg.teacher)
     if path is None:
-        log("note: the DNN this model was converted from was not found (its conversion did not "
-            "record the path, or the file changed): training on the labels alone; pass "
-            "--teacher DNN.onnx to distill from it")
+        if cfg.teacher == AUTO and cfg.distill > 0:
+            log("note: the DNN this model was converted from was not found (its conversion did "
+                "not record the path, or the file there changed): training on the labels alone; "
+                "pass --teacher DNN.onnx to distill from it")
         return None
-    check_outputs([(out_path, "output")], model_files(path))
-    teacher = load_teacher(path, view, probe_x, probe_out)
+    # the processes of a distributed run share the cores
+    threads = max(1, (os.cpu_count() or 1) // max(world, 1))
+    teacher = load_teacher(path, probe_x, probe_out, source=view.info.source, threads=threads)
     what = "the DNN it was converted from" if teacher.is_source else "not the DNN it was converted from"
-    log(f"distilling from {path} ({what}; loss {cfg.distill:g} x KL at temperature "
+    kind = ", its softmax read as probabilities" if teacher.probabilities else ""
+    log(f"distilling from {path} ({what}{kind}; loss {cfg.distill:g} x KL at temperature "
         f"{cfg.temperature:g}{f' + {1 - cfg.distill:g} x cross-entropy' if cfg.distill < 1 else ''})")
     return teacher
 
 
-def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen):
+def _teacher_settings(teacher: Optional[Teacher], cfg: FinetuneConfig) -> Optional[dict]:
+    """What a checkpoint records of the loss, so that a resumed run keeps it."""
+    if teacher is None:
+        return None
+    return {"sha256": teacher.sha256, "name": os.path.basename(teacher.path),
+            "distill": cfg.distill, "temperature": cfg.temperature}
+
+
+def _describe(settings: Optional[dict]) -> str:
+    if not settings:
+        return "on the labels alone (no teacher)"
+    return (f"distilling from {settings['name']} (sha256 {settings['sha256'][:12]}), distill "
+            f"{settings['distill']:g}, temperature {settings['temperature']:g}")
+
+
+def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) -> None:
+    """A resumed run trains with the loss it started with (checkpoints from before
+    distillation record none and are taken as they are)."""
+    if "teacher" not in state:
+        return
+    was = state["teacher"]
+    if (was is None) != (now is None) or (was and now and (
+            was["sha256"] != now["sha256"] or was["distill"] != now["distill"]
+            or was["temperature"] != now["temperature"])):
+        raise UsageError(f"{ckpt_path}: this run started {_describe(was)}, and would resume "
+                         f"{_describe(now)}; pass the same --teacher/--no-teacher, --distill and "
+                         "--temperature, or start over without --resume")
+
+
+def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen,
+               teacher: Optional[dict] = None):
     """Atomically (a temporary file renamed; removed on any failure or signal)."""
     buf = io.BytesIO()
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
-                "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state()}, buf)
+                "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state(),
+                "teacher": teacher}, buf)
     write_bytes_atomic(buf.getvalue(), path)

@@ -4,6 +4,8 @@ The teacher is a DNN (by default the one the spiking model was converted from, w
 conversion recorded its path and the file there is unchanged) run in onnxruntime on each
 training batch; the student, the spiking network, learns its outputs
 (:func:`distillation_loss`, Hinton et al. 2015) mixed with the labels' cross-entropy.
+A teacher that ends in a Softmax (the conversion drops it from the student) is read as
+probabilities: its log-probabilities are the logits the KL compares.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as Fn
 
@@ -22,6 +25,8 @@ from onnx_snn.spiking import format as fmt
 
 #: FinetuneConfig.teacher: the source DNN when it can be found (see :func:`source_dnn`)
 AUTO = "auto"
+#: probabilities below this are taken as this before their log (a Softmax teacher's zeros)
+_MIN_PROBABILITY = 1e-30
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
@@ -33,23 +38,33 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
                      log_target=True, reduction="batchmean") * (t * t)
 
 
-def source_dnn(view: fmt.SpikingView) -> Optional[str]:
+def source_dnn(info: fmt.SpikingInfo) -> Optional[str]:
     """The DNN the spiking model was converted from, when its conversion recorded the path
     (``source_path`` in the history's convert step) and the file there still has the sha256
     the model records (``onnx_snn.source``); else None."""
-    if not view.info.source:
+    if not info.source:
         return None
-    for step in reversed(view.info.history or []):
+    for step in reversed(info.history or []):
         if isinstance(step, dict) and step.get("step") == "convert":
             path = step.get("source_path")
             if isinstance(path, str) and os.path.isfile(path):
                 try:
-                    if sha256_file(path) == view.info.source:
+                    if sha256_file(path) == info.source:
                         return path
                 except OSError:
                     return None
             return None
     return None
+
+
+def source_dnn_of(model_path) -> Optional[str]:
+    """:func:`source_dnn` of a spiking model file, read without its weights' external data
+    (None when the file cannot be read: loading it later says why)."""
+    try:
+        m = onnx.load(os.fspath(model_path), load_external_data=False)
+        return source_dnn(fmt.read_info(m, str(model_path))) if fmt.is_spiking(m) else None
+    except Exception:
+        return None
 
 
 @dataclass
@@ -59,34 +74,53 @@ class Teacher:
     path: str
     runner: object          # onnx_snn.runtimes.ort.ModelRunner
     is_source: bool         # the DNN the spiking model was converted from
+    sha256: str
+    probabilities: bool = False   # its output is a softmax: its log is compared
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
-        feeds = {self.runner.specs[0][0]: x}
-        return torch.from_numpy(np.ascontiguousarray(self.runner.run(feeds).outputs[0]))
+        """The teacher's logits for a batch (in batches of its fixed size, if it has one)."""
+        name, fb = self.runner.specs[0][0], self.runner.fixed_batch
+        step = fb or len(x)
+        outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
+                for i in range(0, len(x), max(step, 1))]
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        if self.probabilities:
+            out = np.log(np.maximum(out, _MIN_PROBABILITY))
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def load_teacher(path: str, view: fmt.SpikingView, probe: np.ndarray,
-                 student_out: torch.Tensor) -> Teacher:
-    """Load ``path`` as a teacher for the spiking model of ``view``: a DNN with one input that
-    takes the student's inputs (``probe``, a batch of them) and whose first output has the
-    shape of the student's (``student_out``, its output on ``probe``); else ModelLoadError /
-    DataError naming the file."""
+def _is_softmax(out: np.ndarray) -> bool:
+    return bool(out.ndim == 2 and np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-4))
+
+
+def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
+                 source: Optional[str] = None, threads: Optional[int] = None) -> Teacher:
+    """Load ``path`` as a teacher for a spiking model: a DNN with one input that takes the
+    student's inputs (``probe``, a batch of them) and whose first output has the shape of the
+    student's (``student_out``, its output on ``probe``); else ModelLoadError / DataError
+    naming the file. ``source``: the sha256 of the DNN the student was converted from."""
     from onnx_snn.runtimes.ort import ModelRunner
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
                              "file; --no-teacher trains on the labels alone)")
-    runner = ModelRunner(path)
+    runner = ModelRunner(path, threads=threads)
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
     if len(runner.specs) != 1:
         raise ModelLoadError(f"{path}: the teacher has {len(runner.specs)} inputs; "
                              "distillation needs a DNN with one input, like the student's")
-    feeds = runner.validate(probe, f"{path}: the student's inputs")
-    out = runner.run(feeds).outputs[0]
+    runner.validate(probe, f"{path}: the student's inputs")
+    sha = sha256_file(path)
+    teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
+                      sha256=sha)
+    try:
+        out = runner.run_padded({runner.specs[0][0]: probe}).outputs[0]
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
     if tuple(out.shape) != tuple(student_out.shape):
         raise DataError(f"{path}: the teacher's first output has shape {list(out.shape)} on a "
                         f"batch the spiking model answers with {list(student_out.shape)}; the "
                         "teacher must output the same classes")
-    is_source = bool(view.info.source) and sha256_file(path) == view.info.source
-    return Teacher(path=str(path), runner=runner, is_source=is_source)
+    teacher.probabilities = _is_softmax(out)
+    return teacher
