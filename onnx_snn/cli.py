@@ -327,10 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "60/80/90% of training (the paper's schedule); that lr, a "
                                    "sigmoid surrogate and no augmentation did better than the "
                                    "paper's 1e-4, rectangle and random crops in a few epochs. "
-                                   "The model learns the outputs of the DNN it was converted "
-                                   "from (distillation: KL to the DNN's softmax), when that file "
-                                   "is still where the conversion read it, unchanged (its "
-                                   "sha256), else the labels (cross-entropy). Writes the "
+                                   "The loss is the labels' cross-entropy, or with --teacher "
+                                   "distillation from a DNN. Writes the "
                                    "same spiking format back; the best epoch on the test set is "
                                    "kept: OUTPUT gets the starting model only when it does not "
                                    "exist yet, and an existing OUTPUT is replaced only by an "
@@ -340,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx\n"
                               "  torchrun --nproc_per_node 2 -m onnx_snn finetune model.snn.onnx -o tuned.snn.onnx\n"
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --resume   # after an interruption\n"
-                              "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher model.onnx --distill 0.5\n")
+                              "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher auto --distill 0.5\n")
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
     f.add_argument("--data", metavar="DATA", help="fashion-mnist, cifar10, cifar100 (default: "
@@ -361,15 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
                    help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
                         "threshold) or the paper's rectangle (1 for 0 < u/threshold < 2)")
-    t = f.add_mutually_exclusive_group()
-    t.add_argument("--teacher", metavar="DNN.onnx",
-                   help="distill from this DNN: the spiking model learns its outputs (default: "
-                        "the DNN the model was converted from, when the file is still where the "
-                        "conversion read it, with the same sha256)")
-    t.add_argument("--no-teacher", action="store_true",
-                   help="train on the labels alone (cross-entropy), no distillation")
+    f.add_argument("--teacher", metavar="DNN.onnx|auto",
+                   help="distill from this DNN: the spiking model learns its outputs (KL to its "
+                        "softmax); auto: the DNN the model was converted from, when the file is "
+                        "still where the conversion read it, with the same sha256 (default: no "
+                        "teacher; in one epoch at T=2 distillation did not beat the labels: README)")
     f.add_argument("--distill", type=unit_float, metavar="W",
-                   help="with a teacher, the loss is W x KL(teacher || model) + (1 - W) x "
+                   help="with --teacher, the loss is W x KL(teacher || model) + (1 - W) x "
                         "cross-entropy (default: 1)")
     f.add_argument("--temperature", type=positive_float,
                    help="softmax temperature of the distillation (default: 1)")
@@ -635,8 +631,8 @@ def cmd_finetune(args) -> int:
     from .runtimes.torch.finetune import FinetuneConfig, finetune
     from .runtimes.torch.teacher import source_dnn_of
 
-    if args.no_teacher and (args.distill is not None or args.temperature is not None):
-        raise UsageError("--distill and --temperature set the distillation; --no-teacher has none")
+    if not args.teacher and (args.distill is not None or args.temperature is not None):
+        raise UsageError("--distill and --temperature set the distillation: they need --teacher")
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
@@ -647,13 +643,13 @@ def cmd_finetune(args) -> int:
                          augment=args.augment and not args.no_augment, seed=args.seed,
                          device=args.device,
                          surrogate=args.surrogate,
-                         teacher=None if args.no_teacher else (args.teacher or "auto"),
+                         teacher=args.teacher or None,
                          distill=1.0 if args.distill is None else args.distill,
                          temperature=1.0 if args.temperature is None else args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
-    teacher = None if args.no_teacher else (args.teacher or source_dnn_of(args.model))
+    teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher
     targets = _check_outputs(_inputs(args.model, data, args.data_dir,   # never overwrite the teacher
                                      [teacher] if teacher else ()),
                              (args.output, "-o"), (args.json, "--json"),

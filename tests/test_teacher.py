@@ -102,22 +102,22 @@ def _finetune(out, data, tmp_path, **kw):
     return r, logged, F.read_info(onnx.load(str(tmp_path / "t.snn.onnx"))).history[-1]
 
 
-def test_finetune_distills_from_the_source_by_default(converted, tmp_path):
+def test_finetune_distills_from_the_source_with_teacher_auto(converted, tmp_path):
     src, out, x = converted
     y = np.random.default_rng(1).integers(0, 10, len(x))
     np.savez(tmp_path / "d.npz", x=x, y=y)
     data = str(tmp_path / "d.npz")
-    r, logged, h = _finetune(out, data, tmp_path)
+    r, logged, h = _finetune(out, data, tmp_path, teacher="auto")
     assert any("distilling from" in s and "the DNN it was converted from" in s for s in logged)
     assert h["teacher"] == "dnn.onnx" and h["teacher_is_source"] and h["distill"] == 1.0
     assert r.teacher == os.path.abspath(src)
     assert np.isfinite(r.epochs[0].loss)
     os.remove(tmp_path / "t.snn.onnx")
-    r, logged, h = _finetune(out, data, tmp_path, teacher=None)
-    assert "teacher" not in h and not any("distilling" in s for s in logged)
+    r, logged, h = _finetune(out, data, tmp_path)     # the default: the labels alone
+    assert "teacher" not in h and r.teacher is None and not any("distilling" in s for s in logged)
     os.remove(tmp_path / "t.snn.onnx")
     os.remove(src)    # auto, and the source is gone: the labels alone, said
-    r, logged, h = _finetune(out, data, tmp_path)
+    r, logged, h = _finetune(out, data, tmp_path, teacher="auto")
     assert "teacher" not in h and any("was not found" in s for s in logged)
 
 
@@ -150,12 +150,11 @@ def test_cli_teacher_errors(converted, tmp_path):
     assert onnx.load(str(src)).graph.node           # still the DNN
     p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--distill", "1.5")
     assert p.returncode == 2 and "between 0 and 1" in p.stderr
-    p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--teacher", str(src), "--no-teacher")
-    assert p.returncode == 2 and "not allowed with" in p.stderr
     assert not (tmp_path / "o.onnx").exists()
     p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--teacher", str(out))
     assert p.returncode == 3 and "a spiking model" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--json", str(tmp_path / "r.json"))
+    p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--json", str(tmp_path / "r.json"),
+                "--teacher", "auto")
     assert p.returncode == 0, p.stderr
     assert "distilling from" in p.stdout
     assert json.loads((tmp_path / "r.json").read_text())["epochs"]
@@ -198,13 +197,13 @@ def test_no_output_may_overwrite_the_found_teacher(converted, tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
     before = src.read_bytes()
     base = ["finetune", str(out), "--data", str(tmp_path / "d.npz"), "--epochs", "1",
-            "-o", str(tmp_path / "o.onnx")]
+            "-o", str(tmp_path / "o.onnx"), "--teacher", "auto"]
     for flag in ("--checkpoint", "--json"):
         p = run_cli(*base, flag, str(src))
         assert p.returncode == 6 and "Traceback" not in p.stderr, (flag, p.stderr)
     assert src.read_bytes() == before and not (tmp_path / "o.onnx").exists()
-    p = run_cli(*base, "--no-teacher", "--distill", "0.5")
-    assert p.returncode == 2 and "--no-teacher has none" in p.stderr
+    p = run_cli(*base[:-2], "--distill", "0.5")
+    assert p.returncode == 2 and "they need --teacher" in p.stderr
 
 
 def test_a_resumed_run_keeps_its_loss(converted, tmp_path):
@@ -214,19 +213,21 @@ def test_a_resumed_run_keeps_its_loss(converted, tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=np.random.default_rng(1).integers(0, 10, len(x)))
     data, tuned = str(tmp_path / "d.npz"), str(tmp_path / "t.snn.onnx")
     quiet = dict(show_progress=False, log=lambda *a: None)
-    finetune(str(out), tuned, data, FinetuneConfig(epochs=1, batch_size=8), **quiet)
-    for changed in ({"teacher": None}, {"distill": 0.5}, {"temperature": 2.0}):
+    auto = {"teacher": "auto"}
+    finetune(str(out), tuned, data, FinetuneConfig(epochs=1, batch_size=8, **auto), **quiet)
+    for changed in ({"teacher": None}, {**auto, "distill": 0.5}, {**auto, "temperature": 2.0}):
         with pytest.raises(UsageError, match="this run started distilling from dnn.onnx"):
             finetune(str(out), tuned, data, FinetuneConfig(epochs=2, batch_size=8, **changed),
                      resume=True, **quiet)
-    r = finetune(str(out), tuned, data, FinetuneConfig(epochs=2, batch_size=8), resume=True, **quiet)
+    r = finetune(str(out), tuned, data, FinetuneConfig(epochs=2, batch_size=8, **auto),
+                 resume=True, **quiet)
     assert [e.epoch for e in r.epochs] == [1, 2] and r.teacher == os.path.abspath(src)
 
 
 def test_distill_zero_is_no_teacher(converted, tmp_path):
     src, out, x = converted
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
-    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, distill=0.0)
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher="auto", distill=0.0)
     assert r.teacher is None and "teacher" not in h
     assert not any("distilling" in s or "not found" in s for s in logged)
 
@@ -238,5 +239,5 @@ def test_a_fixed_batch_model_distills_from_its_fixed_batch_source(tmp_path):
     out = tmp_path / "m.snn.onnx"
     onnx_snn.convert(str(src), x, timesteps=2, method="datta", show_progress=False).save(str(out))
     np.savez(tmp_path / "d.npz", x=x[:14], y=np.random.default_rng(1).integers(0, 10, 14))
-    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path)
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher="auto")
     assert h["teacher"] == "dnn.onnx" and np.isfinite(r.epochs[0].loss)

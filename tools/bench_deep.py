@@ -18,8 +18,8 @@ their widths, trained with tools/train_dnn.py, shipped in tools/models/):
 * the DNN's top-1 on the test images;
 * conversion-only top-1 at T = 1, 2, 4 for the default (``refined``), ``datta`` (the paper's
   Algorithm 1 alone), ``deng`` and ``max``, 512 calibration training images, in onnxruntime;
-* one epoch of SGL fine-tuning at T=2 (the default recipe: distillation from the DNN) from the
-  default conversion (``--finetune-no-teacher``: on the labels alone);
+* one epoch of SGL fine-tuning at T=2 (the default recipe) from the default conversion
+  (``--finetune-teacher``: distilled from the DNN, ``onnx-snn finetune --teacher auto``);
 * the default conversion's seconds and peak memory (end to end, 512 images, T=2).
 
 Every job runs in a fresh process (``tools/_jobs.py``), two at a time with one thread each;
@@ -123,7 +123,7 @@ def job_cost(net: str) -> dict:
 
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
-                 lr: Optional[float] = None, no_teacher: bool = False) -> dict:
+                 lr: Optional[float] = None, teacher: bool = False) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.model_io import load_model
@@ -138,7 +138,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
                              **({} if lr is None else {"lr": lr}),
-                             **({"teacher": None} if no_teacher else {}),
+                             **({"teacher": "auto"} if teacher else {}),
                              initial_eval=False)
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
@@ -197,9 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-lr", type=float,
                    help="the SGL epoch's learning rate (default: onnx-snn finetune's)")
-    p.add_argument("--finetune-no-teacher", action="store_true",
-                   help="the SGL epoch on the labels alone (default: distillation from the DNN, "
-                        "fine-tuning's default)")
+    p.add_argument("--finetune-teacher", action="store_true",
+                   help="the SGL epoch distilled from the DNN (finetune --teacher auto), not on "
+                        "the labels")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float,
-                    no_teacher=int)
+                    teacher=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -228,11 +228,11 @@ def main(argv=None) -> int:
             print_result(job_cost(args._net))
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
-                                      bool(args._no_teacher)))
+                                      bool(args._teacher)))
         return 0
 
-    if args.no_finetune and (args.finetune_only or args.finetune_no_teacher):
-        p.error("--no-finetune excludes --finetune-only and --finetune-no-teacher")
+    if args.no_finetune and (args.finetune_only or args.finetune_teacher):
+        p.error("--no-finetune excludes --finetune-only and --finetune-teacher")
     if args.no_finetune and args.finetune_only:
         p.error("--no-finetune and --finetune-only exclude each other")
     if args.finetune_only and args.methods:
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
                                        "n": args.test_images, "epochs": args.finetune_epochs,
                                        **({} if args.finetune_lr is None else {"lr": args.finetune_lr}),
-                                       **({"no_teacher": 1} if args.finetune_no_teacher else {})})
+                                       **({"teacher": 1} if args.finetune_teacher else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

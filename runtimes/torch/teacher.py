@@ -1,6 +1,6 @@
 """Distillation from a DNN teacher during fine-tuning.
 
-The teacher is a DNN (by default the one the spiking model was converted from, when the
+The teacher is a DNN (``auto``: the one the spiking model was converted from, when the
 conversion recorded its path and the file there is unchanged) run in onnxruntime on each
 training batch; the student, the spiking network, learns its outputs
 (:func:`distillation_loss`, Hinton et al. 2015) mixed with the labels' cross-entropy.
@@ -102,7 +102,7 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     from onnx_snn.runtimes.ort import ModelRunner
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
-                             "file; --no-teacher trains on the labels alone)")
+                             "file, or auto for the DNN the model was converted from)")
     runner = ModelRunner(path, threads=threads)
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
