@@ -48,6 +48,12 @@ from .spiking import format as fmt
 from .spiking import rewrite
 from .weight_calibration import MAX_INPUTS, layer_fit
 
+#: the refinement's onnxruntime runs alternate with numpy work (regressions, the search), so
+#: its sessions do not spin between runs (spinning threads took the cores numpy needed: the
+#: default conversion of tools/models' VGG-16 took 16.5-18.8 s spinning, 15.1-15.2 s not;
+#: ResNet-20 22.2-24.2 s against 19.9-20.6 s; same results)
+SPIN = False
+
 
 def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None) -> onnx.ModelProto:
     """The part of ``model`` that computes ``targets`` (its outputs), started at the tensors
@@ -284,7 +290,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                    enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions
-    sess = make_session(nm.model, threads, where="the DNN", outputs=[recs[s].input for s in names])
+    sess = make_session(nm.model, threads, where="the DNN", outputs=[recs[s].input for s in names],
+                        spin=SPIN)
     sess_names = [o.name for o in sess.get_outputs()]
     preacts = {s: [] for s in names}
     for b, start in enumerate(starts):
@@ -329,7 +336,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         over every calibration batch; ``per_batch(b, steps)`` gets each batch's per-step values
         {name: [T, ...]}."""
         step = _upstream(view, wanted, given=list(spikes))
-        sess = make_session(step, threads, where="the step graph")
+        sess = make_session(step, threads, where="the step graph", spin=SPIN)
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
         upstream = [st for st in view.states if st.names.input in fed]
@@ -367,7 +374,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         """``run(b)``: the DNN's values of ``wanted`` on batch ``b``, {name: array}, computed
         from the recorded DNN activations."""
         cut = _cut(dnn_model, wanted, given=list(dnn_acts))
-        sess = make_session(cut, threads, where="the DNN")
+        sess = make_session(cut, threads, where="the DNN", spin=SPIN)
         names = [o.name for o in sess.get_outputs()]
         fed = {i.name for i in cut.graph.input}
 

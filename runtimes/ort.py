@@ -35,10 +35,11 @@ class ModelRunner:
     deploy graph (its fixed T only; spike totals where it kept them)."""
 
     def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
-                 providers=None, per_step: bool = False):
+                 providers=None, per_step: bool = False, spin: bool = True):
         """``per_step``: also return every step's outputs and spike counts, so one run at T
         gives the results of every shorter run (for models whose parameters do not depend
-        on T, and for studying a model beyond its T)."""
+        on T, and for studying a model beyond its T). ``spin``: see
+        :func:`onnx_snn.calibrate.make_session`."""
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
@@ -56,7 +57,7 @@ class ModelRunner:
         per_step_outputs = self.view.per_step_names() \
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
         self.session = make_session(self.model, threads, providers, where=self.path or "model",
-                                    outputs=per_step_outputs)
+                                    outputs=per_step_outputs, spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         self.specs = input_specs(self.model, skip=skip)
         self.fixed_batch = fixed_batch(self.specs)

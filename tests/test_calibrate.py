@@ -129,3 +129,14 @@ def test_a_site_whose_batch_axis_was_merged_is_an_unsupported_model():
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
     with pytest.raises(UnsupportedModelError, match="relu1.*merges the batch axis"):
         calibrate(normalize(m), rng.random((8, 2, 4, 4)).astype(np.float32), show_progress=False)
+
+
+def test_sessions_that_share_the_cores_do_not_spin():
+    """make_session(spin=False): onnxruntime's threads sleep between runs (the refinement's
+    and a distillation teacher's sessions, whose runs alternate with numpy or torch work)."""
+    from onnx_snn.calibrate import make_session
+    m = B.vgg(13, "clip")
+    key = "session.intra_op.allow_spinning"
+    assert make_session(m, 1, spin=False).get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):   # the default: spin
+        make_session(m, 1).get_session_options().get_session_config_entry(key)

@@ -114,7 +114,8 @@ def job_snn(args):
     if args.teacher:   # fine-tuning's default: distill from the DNN, run in onnxruntime
         from onnx_snn.runtimes.ort import ModelRunner
         from onnx_snn.runtimes.torch.teacher import Teacher, distillation_loss
-        teacher = Teacher(args.teacher, ModelRunner(args.teacher), is_source=True)
+        teacher = Teacher(args.teacher, ModelRunner(args.teacher, spin=False), is_source=True,
+                          sha256="")
 
     def step(xb, yb):
         out = net(xb, args.T, record_spikes=False)

@@ -103,7 +103,7 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
                              "file, or auto for the DNN the model was converted from)")
-    runner = ModelRunner(path, threads=threads)
+    runner = ModelRunner(path, threads=threads, spin=False)   # its runs alternate with torch's
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
