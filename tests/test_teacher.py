@@ -116,9 +116,10 @@ def test_finetune_distills_from_the_source_with_teacher_auto(converted, tmp_path
     r, logged, h = _finetune(out, data, tmp_path)     # the default: the labels alone
     assert "teacher" not in h and r.teacher is None and not any("distilling" in s for s in logged)
     os.remove(tmp_path / "t.snn.onnx")
-    os.remove(src)    # auto, and the source is gone: the labels alone, said
-    r, logged, h = _finetune(out, data, tmp_path, teacher="auto")
-    assert "teacher" not in h and any("was not found" in s for s in logged)
+    os.remove(src)    # auto, and the source is gone: refused, before any work
+    with pytest.raises(ModelLoadError, match="--teacher auto: the DNN this model was converted from was not found"):
+        _finetune(out, data, tmp_path, teacher="auto")
+    assert not (tmp_path / "t.snn.onnx").exists()
 
 
 def test_the_mixed_loss_is_what_distill_says(converted, tmp_path):

@@ -516,12 +516,17 @@ def _loss(out: torch.Tensor, labels: torch.Tensor, soft: Optional[torch.Tensor],
 
 
 def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
-    """The teacher's file, found before any work (None: none; with ``auto``, the source DNN
-    was not found). A named one must exist."""
+    """The teacher's file, found before any work (None: none). A named one must exist, and
+    ``auto`` must find the DNN the model was converted from."""
     if cfg.teacher is None or cfg.distill == 0:
         return None
     if cfg.teacher == AUTO:
-        return source_dnn_of(model_path)
+        path = source_dnn_of(model_path)
+        if path is None:
+            raise ModelLoadError(f"{model_path}: --teacher auto: the DNN this model was converted "
+                                 "from was not found (its conversion did not record the path, or "
+                                 "the file there is gone or changed); pass --teacher DNN.onnx")
+        return path
     if not Path(cfg.teacher).is_file():
         raise ModelLoadError(f"{cfg.teacher}: no such teacher model (the teacher is the DNN's "
                              ".onnx file; without one the labels alone train the model)")
@@ -530,18 +535,13 @@ def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
 
 def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, model_path,
              probe_x: np.ndarray, probe_out: torch.Tensor, world: int, log) -> Optional[Teacher]:
-    """The teacher at ``path``, checked against the student (None: no teacher, or ``auto``
-    and the source DNN was not found, which is said)."""
+    """The teacher at ``path``, checked against the student (None: no teacher)."""
     if probe_out.ndim != 2:
         if path is not None and cfg.teacher != AUTO:
             raise UsageError(f"distillation needs a model whose first output is [batch, classes]; "
                              f"{model_path} answers with shape {list(probe_out.shape)}")
         return None
     if path is None:
-        if cfg.teacher == AUTO and cfg.distill > 0:
-            log("note: the DNN this model was converted from was not found (its conversion did "
-                "not record the path, or the file there changed): training on the labels alone; "
-                "pass --teacher DNN.onnx to name it")
         return None
     # the processes of a distributed run share the cores
     threads = max(1, (os.cpu_count() or 1) // max(world, 1))
