@@ -627,7 +627,7 @@ def cmd_finetune(args) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise MissingDependencyError("fine-tuning needs PyTorch: pip install 'onnx-snn[torch]'") from None
-    from .model_io import write_all_atomic
+    from .model_io import model_files, write_all_atomic
     from .runtimes.torch.finetune import FinetuneConfig, finetune
     from .runtimes.torch.teacher import source_dnn_of
 
@@ -650,8 +650,8 @@ def cmd_finetune(args) -> int:
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher
-    targets = _check_outputs(_inputs(args.model, data, args.data_dir,   # never overwrite the teacher
-                                     [teacher] if teacher else ()),
+    targets = _check_outputs(_inputs(args.model, data, args.data_dir)   # never overwrite the teacher
+                             + (model_files(teacher) if teacher else []),
                              (args.output, "-o"), (args.json, "--json"),
                              (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,

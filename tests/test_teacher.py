@@ -242,3 +242,50 @@ def test_a_fixed_batch_model_distills_from_its_fixed_batch_source(tmp_path):
     np.savez(tmp_path / "d.npz", x=x[:14], y=np.random.default_rng(1).integers(0, 10, 14))
     r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher="auto")
     assert h["teacher"] == "dnn.onnx" and np.isfinite(r.epochs[0].loss)
+
+
+def test_the_teachers_outputs_are_what_the_loss_gets(converted, tmp_path, monkeypatch):
+    """Each training batch's soft targets are the teacher's outputs on that very batch."""
+    from onnx_snn.runtimes.torch import finetune as ft
+    src, out, x = converted
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
+    seen, real = [], ft._loss
+
+    def spy(out_, labels, soft, cfg):
+        seen.append(soft)
+        return real(out_, labels, soft, cfg)
+
+    monkeypatch.setattr(ft, "_loss", spy)
+    _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher="auto")
+    dnn = load_teacher(str(src), x[:1], torch.zeros(1, 10))
+    batches = [b for b in seen if b is not None]
+    assert len(batches) == len(seen) == 2             # 16 images, batch 8
+    want = dnn(x).numpy()
+    for b in batches:                                 # a shuffled batch: rows of the teacher's
+        d = np.abs(b.numpy()[:, None, :] - want[None]).max(-1)
+        assert (d.min(1) < 1e-5).all()
+
+
+def test_a_teacher_with_a_smaller_fixed_batch_than_the_student(tmp_path):
+    src = tmp_path / "dnn.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=False)
+    src.write_bytes(_fixed(onnx.load_from_string(m.SerializeToString()), 4).SerializeToString())
+    one = tmp_path / "one.onnx"
+    one.write_bytes(_fixed(m, 1).SerializeToString())
+    x = np.random.default_rng(0).random((16, 1, 12, 12)).astype(np.float32)
+    out = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(str(src), x, timesteps=2, method="datta", show_progress=False).save(str(out))
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher=str(one))
+    assert h["teacher"] == "one.onnx" and not h["teacher_is_source"]
+    t = load_teacher(str(one), x[:4], torch.zeros(4, 10))
+    assert t.runner.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"     # its runs alternate with torch's
+
+
+def test_teacher_auto_on_a_model_that_is_not_spiking_says_so(converted, tmp_path):
+    src, out, x = converted
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))
+    p = run_cli("finetune", str(src), "-o", str(tmp_path / "o.onnx"), "--data",
+                str(tmp_path / "d.npz"), "--teacher", "auto")
+    assert p.returncode == 8 and "not a spiking model" in p.stderr and "Traceback" not in p.stderr

@@ -111,7 +111,7 @@ def job_snn(args):
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     teacher = None
-    if args.teacher:   # fine-tuning's default: distill from the DNN, run in onnxruntime
+    if args.teacher:   # finetune --teacher: distill from the DNN, run in onnxruntime
         from onnx_snn.runtimes.ort import ModelRunner
         from onnx_snn.runtimes.torch.teacher import Teacher, distillation_loss
         teacher = Teacher(args.teacher, ModelRunner(args.teacher, spin=False), is_source=True,

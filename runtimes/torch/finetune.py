@@ -523,6 +523,7 @@ def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
     if cfg.teacher == AUTO:
         path = source_dnn_of(model_path)
         if path is None:
+            fmt.read_spiking(load_model(model_path), str(model_path))  # its own error first
             raise ModelLoadError(f"{model_path}: --teacher auto: the DNN this model was converted "
                                  "from was not found (its conversion did not record the path, or "
                                  "the file there is gone or changed); pass --teacher DNN.onnx")
@@ -537,15 +538,18 @@ def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, mo
              probe_x: np.ndarray, probe_out: torch.Tensor, world: int, log) -> Optional[Teacher]:
     """The teacher at ``path``, checked against the student (None: no teacher)."""
     if probe_out.ndim != 2:
-        if path is not None and cfg.teacher != AUTO:
+        if path is not None:
             raise UsageError(f"distillation needs a model whose first output is [batch, classes]; "
                              f"{model_path} answers with shape {list(probe_out.shape)}")
         return None
     if path is None:
         return None
-    # the processes of a distributed run share the cores
-    threads = max(1, (os.cpu_count() or 1) // max(world, 1))
-    teacher = load_teacher(path, probe_x, probe_out, source=view.info.source, threads=threads)
+    # the processes of a distributed run on this machine share the cores it lets us use
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)
+    threads = max(1, cores // max(local, 1))
+    teacher = load_teacher(path, probe_x, probe_out, source=view.info.source, threads=threads,
+                           sha256=view.info.source if cfg.teacher == AUTO else None)
     what = "the DNN it was converted from" if teacher.is_source else "not the DNN it was converted from"
     kind = ", its softmax read as probabilities" if teacher.probabilities else ""
     log(f"distilling from {path} ({what}{kind}; loss {cfg.distill:g} x KL at temperature "

@@ -94,11 +94,13 @@ def _is_softmax(out: np.ndarray) -> bool:
 
 
 def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
-                 source: Optional[str] = None, threads: Optional[int] = None) -> Teacher:
+                 source: Optional[str] = None, threads: Optional[int] = None,
+                 sha256: Optional[str] = None) -> Teacher:
     """Load ``path`` as a teacher for a spiking model: a DNN with one input that takes the
     student's inputs (``probe``, a batch of them) and whose first output has the shape of the
     student's (``student_out``, its output on ``probe``); else ModelLoadError / DataError
-    naming the file. ``source``: the sha256 of the DNN the student was converted from."""
+    naming the file. ``source``: the sha256 of the DNN the student was converted from;
+    ``sha256``: the teacher file's, when already known."""
     from onnx_snn.runtimes.ort import ModelRunner
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
@@ -111,11 +113,11 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
         raise ModelLoadError(f"{path}: the teacher has {len(runner.specs)} inputs; "
                              "distillation needs a DNN with one input, like the student's")
     runner.validate(probe, f"{path}: the student's inputs")
-    sha = sha256_file(path)
+    sha = sha256 or sha256_file(path)
     teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
                       sha256=sha)
     try:
-        out = runner.run_padded({runner.specs[0][0]: probe}).outputs[0]
+        out = teacher(probe).numpy()    # in the teacher's batches (its raw output: no log yet)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     if tuple(out.shape) != tuple(student_out.shape):
