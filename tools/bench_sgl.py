@@ -12,8 +12,8 @@ jobs, keeping each job's fastest round:
   own recipe;
 * ``snn_T*``: the shipped model converted with ``datta`` at T and trained with onnx-snn's
   PyTorch runtime (Adam amsgrad, backprop through the T steps);
-* ``snn_T2_teacher``: the same at T = 2 with fine-tuning's default loss, distillation from
-  the DNN (its outputs computed in onnxruntime on every batch: the teacher's cost included);
+* ``snn_T2_teacher``: the same at T = 2 distilled from the DNN (``finetune --teacher``: its
+  outputs computed in onnxruntime on every batch, the teacher's cost included);
 * ``spikingjelly_T2``: the same network built from SpikingJelly's multi-step layers and IF
   neurons (surrogate gradient) and trained at T = 2 (the peer; skipped when SpikingJelly is
   not installed).
@@ -112,10 +112,8 @@ def job_snn(args):
 
     teacher = None
     if args.teacher:   # finetune --teacher: distill from the DNN, run in onnxruntime
-        from onnx_snn.runtimes.ort import ModelRunner
-        from onnx_snn.runtimes.torch.teacher import Teacher, distillation_loss
-        teacher = Teacher(args.teacher, ModelRunner(args.teacher, spin=False), is_source=True,
-                          sha256="")
+        from onnx_snn.runtimes.torch.teacher import Teacher, distillation_loss, open_runner
+        teacher = Teacher(args.teacher, open_runner(args.teacher), is_source=True, sha256="")
 
     def step(xb, yb):
         out = net(xb, args.T, record_spikes=False)
@@ -219,7 +217,7 @@ def main(argv=None) -> int:
             for T in args.timesteps:
                 keep_best(f"snn_T{T}", sgl_job("snn", args, model=paths[T], T=T,
                                                timeout=args.job_timeout))
-                if T == 2:   # the default recipe: distillation from the DNN (runtimes/torch/teacher.py)
+                if T == 2:   # finetune --teacher: distillation from the DNN (runtimes/torch/teacher.py)
                     keep_best("snn_T2_teacher", sgl_job("snn", args, model=paths[T], T=T,
                                                         timeout=args.job_timeout, teacher=model))
             if not args.no_peer:

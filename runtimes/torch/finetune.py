@@ -46,7 +46,8 @@ from onnx_snn.spiking import format as fmt
 
 from .network import SpikingNetwork
 from .neuron import DEFAULT_SURROGATE, SURROGATES
-from .teacher import AUTO, Teacher, distillation_loss, load_teacher, source_dnn_of
+from .teacher import (AUTO, Teacher, distillation_loss, load_teacher, require_file,
+                      source_dnn_of)
 
 MILESTONES = (0.6, 0.8, 0.9)
 
@@ -528,9 +529,7 @@ def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
                                  "from was not found (its conversion did not record the path, or "
                                  "the file there is gone or changed); pass --teacher DNN.onnx")
         return path
-    if not Path(cfg.teacher).is_file():
-        raise ModelLoadError(f"{cfg.teacher}: no such teacher model (the teacher is the DNN's "
-                             ".onnx file; without one the labels alone train the model)")
+    require_file(cfg.teacher)
     return os.fspath(cfg.teacher)
 
 
@@ -577,10 +576,10 @@ def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) ->
     distillation record none and are taken as they are)."""
     if "teacher" not in state:
         return
+    def loss(settings):   # what the loss depends on (not the file's name)
+        return settings and (settings["sha256"], settings["distill"], settings["temperature"])
     was = state["teacher"]
-    if (was is None) != (now is None) or (was and now and (
-            was["sha256"] != now["sha256"] or was["distill"] != now["distill"]
-            or was["temperature"] != now["temperature"])):
+    if loss(was) != loss(now):
         raise UsageError(f"{ckpt_path}: this run started {_describe(was)}, and would resume "
                          f"{_describe(now)}; pass the same --teacher (or none), --distill and "
                          "--temperature, or start over without --resume")

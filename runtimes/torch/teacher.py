@@ -89,6 +89,20 @@ class Teacher:
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
+def require_file(path) -> None:
+    """A teacher named by path must be a file (ModelLoadError naming it otherwise)."""
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
+                             "file, or auto for the DNN the model was converted from)")
+
+
+def open_runner(path: str, threads: Optional[int] = None):
+    """The teacher's onnxruntime runner: its threads sleep between runs, which alternate with
+    PyTorch's training step (spinning, they made the distilled epoch 1.58x the plain one)."""
+    from onnx_snn.runtimes.ort import ModelRunner
+    return ModelRunner(path, threads=threads, spin=False)
+
+
 def _is_softmax(out: np.ndarray) -> bool:
     return bool(out.ndim == 2 and np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
@@ -101,11 +115,8 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     student's (``student_out``, its output on ``probe``); else ModelLoadError / DataError
     naming the file. ``source``: the sha256 of the DNN the student was converted from;
     ``sha256``: the teacher file's, when already known."""
-    from onnx_snn.runtimes.ort import ModelRunner
-    if not Path(path).is_file():
-        raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
-                             "file, or auto for the DNN the model was converted from)")
-    runner = ModelRunner(path, threads=threads, spin=False)   # its runs alternate with torch's
+    require_file(path)
+    runner = open_runner(path, threads)
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
