@@ -8,6 +8,17 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
 
+# Property tests draw the same examples on every run (the suite is CI's gate: a rare
+# counterexample must not pass one run and fail the next). HYPOTHESIS_PROFILE=explore draws
+# new ones, to look for counterexamples on purpose.
+try:
+    from hypothesis import settings as _hyp_settings
+    _hyp_settings.register_profile("ci", derandomize=True)
+    _hyp_settings.register_profile("explore", derandomize=False)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:   # hypothesis is a dev extra; the tests that use it import it themselves
+    pass
+
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
