@@ -53,6 +53,7 @@ import tempfile
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,6 +118,9 @@ class ClippedReLU(nn.Module):
             raise ValueError(f"idiom must be one of {IDIOMS}, not {idiom!r}")
         self.idiom = idiom
         self.fused = fused
+        #: ``None``: the clip; an int L: the clip quantized to L + 1 levels (see
+        #: :func:`quantized_clip`; set by :func:`set_levels`, never exported)
+        self.levels: Optional[int] = None
         self.mu = nn.Parameter(torch.tensor(float(mu)))
         # Set by export_mode(): while exporting, run the idiom's own torch ops (the
         # "clip" idiom with mu as a Python float, so that both exporters write
@@ -132,10 +136,78 @@ class ClippedReLU(nn.Module):
             if self.idiom == "clip" and self._export_mu is not None:
                 return torch.clamp(x, 0.0, self._export_mu)
             return torch.clamp(x, torch.zeros_like(mu), mu)
+        if self.levels:
+            return quantized_clip(x, mu, self.levels)
         return _ClipFunction.apply(x, mu)
 
     def extra_repr(self) -> str:
-        return f"mu={float(self.mu.detach()):.4f}, idiom={self.idiom!r}"
+        q = f", levels={self.levels}" if self.levels else ""
+        return f"mu={float(self.mu.detach()):.4f}, idiom={self.idiom!r}{q}"
+
+
+def quantized_clip(x: torch.Tensor, mu: torch.Tensor, levels: int) -> torch.Tensor:
+    """``clip(x, 0, mu)`` rounded to the ``levels + 1`` values ``mu k / levels``
+    (k = 0..levels): ``mu / L * clamp(floor(x L / mu + 1/2), 0, L)``, the clip-floor-shift
+    activation of Bu et al. (ICLR 2022, QCFS). It is what an integrate-and-fire neuron with
+    threshold and amplitude ``mu`` and initial membrane ``mu / 2`` emits over T = L steps
+    for a constant input ``x`` (time-averaged), so a DNN trained with it converts at T = L
+    with no quantization error left for the conversion to absorb. The rounding passes the
+    gradient straight through (``dy/dx = 1`` inside the clip, 0 outside, also where the
+    input rounds to 0); mu gets the gradient of the formula (``y/mu - x/mu`` inside, 1
+    above)."""
+    s = torch.clamp(x * (levels / mu), 0.0, float(levels))
+    # rounded after the clamp, so the gradient follows the unrounded value: an input that
+    # rounds to 0 (or to the top) still learns
+    return (s + (torch.floor(s + 0.5) - s).detach()) * (mu / levels)
+
+
+@torch.no_grad()
+def fit_levels(model: nn.Module, x: torch.Tensor, levels: int, grid: int = 40,
+               batch: int = 256) -> List[float]:
+    """Set every clipped ReLU's ``mu`` to the value, on a grid of ``grid`` fractions of its
+    current mu, whose ``levels``-rounded output (:func:`quantized_clip`) is closest (mean
+    squared error) to the clip at the current mu, layer after layer on the inputs ``x``
+    with the layers before already rounded. Training with rounded activations starts from
+    here: a trained network's mu clips its rare largest activations, and rounding to
+    ``levels + 1`` values at that scale zeroes most of the others (the trained
+    Fashion-MNIST VGG-16 at 3 levels: 58 % top-1 at its own mu, 88 % after this fit, and its
+    plain clip at the new mu 91.7 % against 92.2 %). Returns the new mu values."""
+    acts = clipped_relus(model)
+    was_training, before = model.training, [a.levels for a in acts]
+    model.eval()
+    fractions = torch.linspace(1.0 / grid, 1.0, grid)
+    try:
+        for k, act in enumerate(acts):
+            for j, a in enumerate(acts):
+                a.levels = levels if j < k else None
+            seen: List[torch.Tensor] = []
+            hook = act.register_forward_hook(lambda mod, i, o: seen.append(i[0].detach()))
+            try:
+                for i in range(0, len(x), batch):
+                    model(x[i:i + batch])
+            finally:
+                hook.remove()
+            h = torch.cat([t.flatten() for t in seen])
+            mu0 = act.mu.detach().clone()
+            target = torch.clamp(h, torch.zeros_like(mu0), mu0)
+            errors = [float(((quantized_clip(h, mu0 * f, levels) - target) ** 2).mean())
+                      for f in fractions]
+            act.mu.data.copy_(mu0 * fractions[int(np.argmin(errors))])
+    finally:
+        for a, lv in zip(acts, before):
+            a.levels = lv
+        model.train(was_training)
+    return mu_values(model)
+
+
+def set_levels(model: nn.Module, levels: Optional[int]) -> Optional[int]:
+    """Quantize every clipped ReLU of ``model`` to ``levels + 1`` levels (``None``: the plain
+    clip). Returns the previous setting of the first one."""
+    acts = clipped_relus(model)
+    before = acts[0].levels if acts else None
+    for m in acts:
+        m.levels = levels
+    return before
 
 
 def clipped_relus(model: nn.Module) -> List[ClippedReLU]:

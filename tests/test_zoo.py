@@ -188,6 +188,88 @@ def test_mu_trains_and_weight_decay_applies():
     assert float(act.mu.detach()) > 1.0
 
 
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_quantized_clip_is_the_neurons_average_at_T_levels(levels):
+    """Rounded to levels + 1 values, the clip is what an integrate-and-fire neuron (threshold
+    = amplitude = mu, initial membrane mu / 2) emits on average over T = levels steps of a
+    constant input: the DNN a --levels training shapes is the spiking layer's rate."""
+    from onnx_snn.spiking.neuron import lif_run
+    mu = 1.75
+    x = torch.linspace(-1.0, 2.5 * mu, 997)
+    y = zoo.quantized_clip(x, torch.tensor(mu), levels)
+    ys, _, _ = lif_run(np.broadcast_to(x.numpy(), (levels, len(x))), np.full(len(x), mu / 2),
+                       mu, mu)
+    np.testing.assert_allclose(y.numpy(), ys.mean(0), rtol=0, atol=1e-6)
+    assert len(torch.unique(y)) == levels + 1
+
+
+def test_quantized_clip_gradients():
+    """Straight through inside the clip, zero outside; mu: y/mu - x/mu inside, 1 above."""
+    x = torch.tensor([-0.5, 0.2, 0.6, 1.1, 1.9, 2.5, 4.0], requires_grad=True)
+    mu = torch.tensor(2.0, requires_grad=True)
+    y = zoo.quantized_clip(x, mu, 2)
+    assert y.tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    y.sum().backward()
+    inside = (x.detach() > 0) & (x.detach() < 2.0)
+    assert torch.equal(x.grad, inside.float())
+    expected = torch.where(inside, (y.detach() - x.detach()) / 2.0, (x.detach() >= 2.0).float())
+    assert float(mu.grad) == pytest.approx(float(expected.sum()), abs=1e-6)
+
+
+def test_levels_switch_rounding_on_and_off_and_never_reach_the_export(tmp_path):
+    net = _trained_like(zoo.build("fmnist_vgg", 10, 1))
+    x = torch.randn(8, 1, 28, 28)
+    plain = net(x)
+    assert zoo.set_levels(net, 2) is None
+    assert all(a.levels == 2 for a in zoo.clipped_relus(net))
+    rounded = net(x)
+    assert not torch.allclose(rounded, plain)
+    proto = zoo.export_onnx(net, tmp_path / "q.onnx", (1, 28, 28))  # verified against clip
+    assert "Floor" not in zoo.onnx_op_types(tmp_path / "q.onnx")
+    np.testing.assert_allclose(_ort_run(tmp_path / "q.onnx", x.numpy()), plain.detach().numpy(),
+                               atol=1e-4)
+    assert proto is not None and zoo.set_levels(net, None) == 2
+    assert torch.equal(net(x), plain)
+
+
+def test_fit_levels_lowers_the_rounding_error_of_every_layer():
+    torch.manual_seed(0)
+    net = _trained_like(zoo.build("fmnist_vgg", 10, 1))
+    x = torch.randn(64, 1, 28, 28)
+    acts = zoo.clipped_relus(net)
+    before = zoo.mu_values(net)
+
+    def errors(mus_for_target):
+        """Per layer, the rounding error against the clip at the given mu, with the layers
+        before rounded (as fit_levels measures it)."""
+        out = []
+        for k, act in enumerate(acts):
+            for j, a in enumerate(acts):
+                a.levels = 2 if j < k else None
+            seen = []
+            h = act.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+            with torch.no_grad():
+                net(x)
+            h.remove()
+            target = torch.clamp(seen[0], 0, mus_for_target[k])
+            out.append(float(((zoo.quantized_clip(seen[0], act.mu.detach(), 2) - target) ** 2).mean()))
+        for a in acts:
+            a.levels = None
+        return out
+
+    mus = zoo.fit_levels(net, x, 2, grid=20)
+    assert mus == zoo.mu_values(net) and all(0 < m <= b for m, b in zip(mus, before))
+    assert mus != before
+    fitted = errors(before)
+    with torch.no_grad():
+        for a, b in zip(acts, before):
+            a.mu.fill_(b)
+    unfitted = errors(before)
+    assert fitted[0] < unfitted[0]
+    assert all(f <= u * (1 + 1e-6) or k > 0 for k, (f, u) in enumerate(zip(fitted, unfitted)))
+    assert all(a.levels is None for a in acts) and not net.training
+
+
 # ------------------------------------------------------------------------- ONNX export
 
 CLIP_OPS = {"clip": {"Clip"}, "relu_min": {"Relu", "Min"}}
@@ -387,6 +469,55 @@ def test_train_resume_and_export(tmp_path, capsys):
     assert "2 epochs done" in err and "epochs 3..3" in err
     record3 = json.loads((fresh / "train.json").read_text())
     assert [h["epoch"] for h in record3["history"]] == [1, 2, 3]
+
+
+def test_train_with_levels_records_both_accuracies(tmp_path, capsys):
+    if not _fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed")
+    out = tmp_path / "q"
+    assert _train_main(["--arch", "fmnist_vgg", "--dataset", "fashion-mnist", "--out", out,
+                        "--limit-train", 256, "--limit-test", 200, "--epochs", 1,
+                        "--levels", 2]) == 0
+    err = capsys.readouterr().err
+    assert "--levels 2: mu fitted" in err and "rounded to 3 levels" in err
+    record = json.loads((out / "train.json").read_text())
+    assert record["levels"] == 2 and record["history"][0]["levels"] == 2
+    assert 0 <= record["quantized_test_accuracy"] <= 100
+    assert record["history"][0]["quantized_test_accuracy"] == record["quantized_test_accuracy"]
+    meta = _meta(onnx.load(str(out / "model.onnx")))
+    assert float(meta["onnx_snn.quantized_test_accuracy"]) == record["quantized_test_accuracy"]
+    assert json.loads(meta["onnx_snn.recipe"])["levels"] == 2
+    ops = zoo.onnx_op_types(out / "model.onnx")
+    assert ops.count("Clip") == 5 and "Floor" not in ops   # the plain clipped ReLU
+
+
+def test_init_from_reads_parameters_the_exporter_aliased(tmp_path, capsys):
+    """Equal parameters (a residual block's two biases train identically) are exported as
+    an Identity of one initializer; --init-from must still find both."""
+    if not _fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed")
+    net = _trained_like(zoo.build("fmnist_resnet20", 10, 1, input_size=28))
+    blocks = [b for b in net.modules() if getattr(b, "shortcut", None) is not None
+              and isinstance(b.shortcut, nn.Conv2d)]
+    assert blocks
+    with torch.no_grad():
+        for b in blocks:
+            b.shortcut.bias.copy_(b.conv2.bias)
+    path = tmp_path / "r.onnx"
+    zoo.export_onnx(net, path, (1, 28, 28), metadata={"arch": "fmnist_resnet20", "epochs": 1})
+    model = onnx.load(str(path))
+    names = {i.name for i in model.graph.initializer}
+    aliased = [b for b in blocks if f"{_param_name(net, b.shortcut.bias)}" not in names]
+    assert aliased, "the exporter no longer aliases equal parameters: the test checks nothing"
+    out = tmp_path / "run"
+    assert _train_main(["--arch", "fmnist_resnet20", "--dataset", "fashion-mnist", "--out", out,
+                        "--limit-train", 128, "--limit-test", 100, "--epochs", 2,
+                        "--init-from", path, "--lr", 1e-9]) == 0
+    assert "1 epochs done" in capsys.readouterr().err
+
+
+def _param_name(model, param) -> str:
+    return next(n for n, p in model.named_parameters() if p is param)
 
 
 def test_train_user_errors(tmp_path, capsys, monkeypatch):

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-padding", type=int, default=None,
                    help="random-crop padding in pixels (default: 4 for CIFAR, 2 for "
                         "Fashion-MNIST; 0 turns cropping off)")
+    p.add_argument("--levels", type=_positive_int, default=None, metavar="L",
+                   help="train with every clipped ReLU rounded to L + 1 levels (clip-floor-"
+                        "shift, QCFS): what a spiking layer emits over T = L steps, so the "
+                        "converted network at T = L loses little to the DNN; the exported "
+                        "model is still the plain clipped ReLU (default: no rounding). Best "
+                        "as a few epochs on a trained model (--init-from)")
     p.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random")
     p.add_argument("--init-from", type=Path, default=None, metavar="MODEL.onnx",
                    help="continue from an exported model instead of a checkpoint (across "
@@ -211,6 +217,18 @@ def _init_from_onnx(net, args, optimizer, milestones, log, command):
         raise OnnxSnnError(f"--init-from {path}: a {meta.get('onnx_snn.arch')!r} model, not "
                            f"{args.arch!r}")
     state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
+    # the legacy exporter writes a parameter equal to another one as an Identity of it
+    # (ResNet-20's shortcut biases: the same gradient as the residual conv's bias, so the
+    # same values) and some as Constant nodes; either output keeps the parameter's name
+    for node in m.graph.node:
+        if len(node.output) != 1 or node.output[0] in state:
+            continue
+        if node.op_type == "Identity" and node.input[0] in state:
+            state[node.output[0]] = state[node.input[0]].clone()
+        elif node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                state[node.output[0]] = torch.from_numpy(numpy_helper.to_array(value).copy())
     own = net.state_dict()
     missing = [k for k in own if not k.endswith(".mu") and k not in state]
     if missing:
@@ -308,6 +326,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
     return 100.0 * c / max(n, 1)
 
 
+def _evaluate_both(net, x, y, mean, std, dist_, levels):
+    """(top-1 of the plain clipped-ReLU network, which is what is exported; top-1 with the
+    activations rounded to ``levels + 1`` levels, or None without ``levels``)."""
+    zoo.set_levels(net, None)
+    plain = evaluate(net, x, y, mean, std, dist_)
+    if not levels:
+        return plain, None
+    zoo.set_levels(net, levels)
+    return plain, evaluate(net, x, y, mean, std, dist_)
+
+
 # ------------------------------------------------------------------------- main
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -378,6 +407,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
     # model and the paper's optimizer / schedule
     net = zoo.build(args.arch, classes, channels, idiom=args.idiom, dropout=args.dropout,
                     input_size=size).to(dev)
+    zoo.set_levels(net, args.levels)
     model: nn.Module = net
     if dist_.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -394,8 +424,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
     dropout = next((m.p for m in net.modules() if isinstance(m, nn.Dropout)), 0.0)
     start_epoch, best_acc, best_epoch, history, commands = 0, -1.0, -1, [], [command]
     last_path, best_path = out / "last.pt", out / "best.pt"
+    resumed = False
     if args.resume:
         if last_path.is_file():
+            resumed = True
             ckpt = torch.load(last_path, map_location=dev, weights_only=False)
             for key in ("arch", "dataset"):
                 if ckpt.get(key) != getattr(args, key):
@@ -426,6 +458,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
                                                          command)
         scheduler.last_epoch = start_epoch
 
+    if args.levels and not resumed:
+        fit_x = (train.take(min(512, len(train)), seed=args.seed).x)
+        mus = zoo.fit_levels(net, (torch.from_numpy(fit_x).to(dev) - mean) / std, args.levels)
+        log(f"--levels {args.levels}: mu fitted to the rounding on {len(fit_x)} training "
+            f"images: {', '.join(f'{m:.3g}' for m in mus)}")
     per_rank_batch = max(1, args.batch // dist_.world)
     log(f"{args.arch} on {args.dataset}: {len(x_train)} training / {len(x_test)} test images, "
         f"{sum(p.numel() for p in net.parameters())} parameters, device {dev}, "
@@ -467,11 +504,13 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
         scheduler.step()
         train_seconds = time.perf_counter() - t0
         loss_tot, correct_tot, seen_tot = dist_.all_sum([loss_sum, correct, seen])
-        test_acc = evaluate(net, x_test, y_test, mean, std, dist_)
+        test_acc, quant_acc = _evaluate_both(net, x_test, y_test, mean, std, dist_, args.levels)
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_tot / seen_tot,
                   "train_accuracy": 100.0 * correct_tot / seen_tot, "test_accuracy": test_acc,
                   "train_seconds": round(train_seconds, 2),
                   "seconds": round(time.perf_counter() - t0, 2), "mu": zoo.mu_values(net)}
+        if args.levels:
+            record.update(levels=args.levels, quantized_test_accuracy=quant_acc)
         history.append(record)
         improved = test_acc > best_acc
         if improved:
@@ -487,8 +526,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
                    "best_epoch": best_epoch, "history": history, "rng": _rng_state(aug_gen),
                    "arch": args.arch, "dataset": args.dataset, "args": vars(args),
                    "commands": commands}, last_path)
+        quant = f" (rounded to {args.levels + 1} levels: {quant_acc:.2f}%)" if args.levels else ""
         log(f"epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.4f}, train "
-            f"{record['train_accuracy']:.2f}%, test {test_acc:.2f}% (best {best_acc:.2f}%), "
+            f"{record['train_accuracy']:.2f}%, test {test_acc:.2f}%{quant} (best {best_acc:.2f}%), "
             f"lr {lr:g}, {train_seconds:.1f} s")
         dist_.barrier()
 
@@ -497,7 +537,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
         raise OnnxSnnError(f"{best_path}: no checkpoint to export (did training run?)")
     best = torch.load(best_path, map_location=dev, weights_only=False)
     net.load_state_dict(best["model"])
-    test_acc = evaluate(net, x_test, y_test, mean, std, dist_)
+    test_acc, quant_acc = _evaluate_both(net, x_test, y_test, mean, std, dist_, args.levels)
     summary = {}
     if dist_.main:
         mus = zoo.mu_values(net)
@@ -517,9 +557,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
                                 "weight_decay": args.weight_decay, "batch": args.batch,
                                 "milestones": milestones, "gamma": 0.2,
                                 "dropout": dropout, "crop_padding": padding,
-                                "flip": args.flip, "seed": args.seed},
+                                "flip": args.flip, "seed": args.seed, "levels": args.levels},
             "onnx_snn.producer": "tools/train_dnn.py",
         }
+        if args.levels:
+            metadata["onnx_snn.quantized_test_accuracy"] = round(quant_acc, 2)
         if args.dataset == "fashion-mnist":
             metadata["onnx_snn.classes"] = list(FASHION_MNIST_CLASSES)
         export_path.parent.mkdir(parents=True, exist_ok=True)
@@ -529,6 +571,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             "arch": args.arch, "dataset": args.dataset, "epochs": len(history),
             "best_epoch": best["epoch"] + 1, "test_accuracy": round(test_acc, 2),
             "best_test_accuracy": round(best_acc, 2), "test_images": len(x_test),
+            "levels": args.levels,
+            "quantized_test_accuracy": round(quant_acc, 2) if args.levels else None,
             "seconds_per_epoch": seconds_per_epoch, "mu": [round(m, 4) for m in mus],
             "onnx": str(export_path), "onnx_sha256": sha256_file(export_path),
             "onnx_bytes": export_path.stat().st_size, "exporter": args.exporter,
