@@ -11,6 +11,8 @@ Markdown table with ``--markdown``).
                                                      # the default on 2 048 calibration images
     python tools/bench_deep.py --finetune-only --finetune-lr 1e-4
                                                      # the SGL epoch at another learning rate
+    python tools/bench_deep.py --nets vgg16-l2,resnet20-l2 --methods refined,datta,deng
+                                                     # the two nets trained on with --levels 2
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -46,11 +48,19 @@ NETS = {
     "shipped": ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx",
     "vgg16": ROOT / "tools" / "models" / "fmnist_vgg16.onnx",
     "resnet20": ROOT / "tools" / "models" / "fmnist_resnet20.onnx",
+    # the same two after 10 more epochs with activations rounded to 3 levels
+    # (train_dnn.py --levels 2 --init-from ...): opt-in, --nets vgg16-l2,resnet20-l2
+    "vgg16-l2": ROOT / "tools" / "models" / "fmnist_vgg16_l2.onnx",
+    "resnet20-l2": ROOT / "tools" / "models" / "fmnist_resnet20_l2.onnx",
 }
+#: what a plain run benchmarks
+DEFAULT_NETS = ("shipped", "vgg16", "resnet20")
 DESCRIPTION = {
     "shipped": "shipped fmnist_vgg (4 conv + 2 FC)",
     "vgg16": "VGG-16, 13 conv + 3 FC, quarter width (16-128 channels)",
     "resnet20": "ResNet-20 (the paper's: 3-conv stem, 8 basic blocks), quarter width (16-128)",
+    "vgg16-l2": "VGG-16, trained 10 more epochs with activations rounded to 3 levels",
+    "resnet20-l2": "ResNet-20, trained 10 more epochs with activations rounded to 3 levels",
 }
 METHODS = ("refined", "datta", "deng", "max")
 #: the ablation of the refined method (``--methods ...``): name -> (method, SearchConfig fields)
@@ -184,7 +194,8 @@ def _table(result: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nets", default=",".join(NETS), help="comma-separated: " + ", ".join(NETS))
+    p.add_argument("--nets", default=",".join(DEFAULT_NETS),
+                   help="comma-separated, from: " + ", ".join(NETS))
     p.add_argument("--methods", help="comma-separated, from: " + ", ".join(VARIANTS)
                    + f" (default: {','.join(METHODS)})")
     p.add_argument("-T", "--timesteps", default="1,2,4", help="comma-separated T (default 1,2,4)")
