@@ -53,7 +53,6 @@ import tempfile
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -192,7 +191,7 @@ def fit_levels(model: nn.Module, x: torch.Tensor, levels: int, grid: int = 40,
             target = torch.clamp(h, torch.zeros_like(mu0), mu0)
             errors = [float(((quantized_clip(h, mu0 * f, levels) - target) ** 2).mean())
                       for f in fractions]
-            act.mu.data.copy_(mu0 * fractions[int(np.argmin(errors))])
+            act.mu.data.copy_(mu0 * fractions[int(torch.tensor(errors).argmin())])
     finally:
         for a, lv in zip(acts, before):
             a.levels = lv
@@ -570,6 +569,26 @@ def _verify_with_onnxruntime(proto, x, expected, atol: float = 1e-4) -> None:
     err = float(np.max(np.abs(got - expected)))
     if not np.allclose(got, expected, atol=atol, rtol=1e-4):
         raise RuntimeError(f"exported ONNX model differs from torch by {err:.3g} (atol {atol})")
+
+
+def onnx_parameters(proto) -> Dict[str, torch.Tensor]:
+    """The parameters of an exported model, by name: its initializers, plus the tensors the
+    legacy exporter writes otherwise under a parameter's name: an ``Identity`` of another
+    parameter with the same values (ResNet-20's shortcut biases get the same gradient as the
+    residual conv's bias, so they stay equal) and ``Constant`` nodes."""
+    from onnx import numpy_helper
+    state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+             for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if len(node.output) != 1 or node.output[0] in state:
+            continue
+        if node.op_type == "Identity" and node.input[0] in state:
+            state[node.output[0]] = state[node.input[0]].clone()
+        elif node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                state[node.output[0]] = torch.from_numpy(numpy_helper.to_array(value).copy())
+    return state
 
 
 def onnx_op_types(model_or_path) -> List[str]:

@@ -206,7 +206,6 @@ def _init_from_onnx(net, args, optimizer, milestones, log, command):
     """Weights and mu from an exported model (by parameter name), the epochs it records and
     the history of the train.json beside it; the lr follows the schedule at that epoch."""
     import onnx
-    from onnx import numpy_helper
     path = args.init_from
     try:
         m = onnx.load(str(path))
@@ -216,19 +215,7 @@ def _init_from_onnx(net, args, optimizer, milestones, log, command):
     if meta.get("onnx_snn.arch") != args.arch:
         raise OnnxSnnError(f"--init-from {path}: a {meta.get('onnx_snn.arch')!r} model, not "
                            f"{args.arch!r}")
-    state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in m.graph.initializer}
-    # the legacy exporter writes a parameter equal to another one as an Identity of it
-    # (ResNet-20's shortcut biases: the same gradient as the residual conv's bias, so the
-    # same values) and some as Constant nodes; either output keeps the parameter's name
-    for node in m.graph.node:
-        if len(node.output) != 1 or node.output[0] in state:
-            continue
-        if node.op_type == "Identity" and node.input[0] in state:
-            state[node.output[0]] = state[node.input[0]].clone()
-        elif node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                state[node.output[0]] = torch.from_numpy(numpy_helper.to_array(value).copy())
+    state = zoo.onnx_parameters(m)
     own = net.state_dict()
     missing = [k for k in own if not k.endswith(".mu") and k not in state]
     if missing:
