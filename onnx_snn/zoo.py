@@ -169,8 +169,8 @@ def fit_levels(model: nn.Module, x: torch.Tensor, levels: int, grid: int = 40,
     with the layers before already rounded. Training with rounded activations starts from
     here: a trained network's mu clips its rare largest activations, and rounding to
     ``levels + 1`` values at that scale zeroes most of the others (the trained
-    Fashion-MNIST VGG-16 at 3 levels: 58 % top-1 at its own mu, 88 % after this fit, and its
-    plain clip at the new mu 91.7 % against 92.2 %). Returns the new mu values."""
+    Fashion-MNIST VGG-16 rounded to 3 levels: 58.35 % top-1 at its own mu, 89.67 % after
+    this fit, as ``train_dnn.py --levels 2 --init-from`` logs it). Returns the new mu values."""
     acts = clipped_relus(model)
     was_training, before = model.training, [a.levels for a in acts]
     model.eval()

@@ -482,6 +482,19 @@ def test_train_with_levels_records_both_accuracies(tmp_path, capsys):
     assert json.loads(meta["onnx_snn.recipe"])["levels"] == 2
     ops = zoo.onnx_op_types(out / "model.onnx")
     assert ops.count("Clip") == 5 and "Floor" not in ops   # the plain clipped ReLU
+    # continuing a run trained with the same --levels keeps its trained mu (no second fit),
+    # from its checkpoint and from its exported model; another --levels fits again
+    common = ["--arch", "fmnist_vgg", "--dataset", "fashion-mnist", "--limit-train", 256,
+              "--limit-test", 200, "--epochs", 2]
+    assert _train_main(common + ["--out", out, "--levels", 2, "--resume"]) == 0
+    assert "mu fitted" not in capsys.readouterr().err
+    common[-1] = 3   # the model now records 2 epochs
+    assert _train_main(common + ["--out", tmp_path / "next", "--levels", 2,
+                                 "--init-from", out / "model.onnx"]) == 0
+    assert "mu fitted" not in capsys.readouterr().err
+    assert _train_main(common + ["--out", tmp_path / "four", "--levels", 4,
+                                 "--init-from", out / "model.onnx"]) == 0
+    assert "--levels 4: mu fitted" in capsys.readouterr().err
 
 
 def test_init_from_reads_parameters_the_exporter_aliased(tmp_path, capsys):
@@ -597,7 +610,7 @@ def _zoo_net_from_onnx(path: Path, arch: str) -> nn.Module:
 def test_shipped_level_trained_nets_keep_their_accuracy_when_rounded(arch):
     """tools/models/*_l2.onnx were trained on with --levels 2: rounded to 3 levels they lose
     little (their records: VGG-16 91.58 -> 90.84, ResNet-20 90.55 -> 89.87 on 10 000 images),
-    where the nets they started from collapse at their own mu (VGG-16: 58 %)."""
+    where the nets they started from collapse at their own mu (VGG-16: 58.35 %)."""
     if not _fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed")
     from onnx_snn.datasets import load_fashion_mnist
