@@ -247,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the spiking input best matches the DNN's (ridge regression on the "
                         "calibration set, kept where it predicts held-out images better; "
                         f"default: {'on' if SEARCH.weight_calibration else 'off'})")
+    c.add_argument("--pool-first", action="store_true",
+                   help="move each max pool that reads an activation ahead of it (the same DNN: "
+                        "a clipped ReLU commutes with a maximum), so the spiking layer fires on "
+                        "the pooled map, once per window: 4x fewer neurons behind a 2x2 pool, a "
+                        "1.2x faster loop graph; top-1 at T=2 measured +0.5 (shipped model), +0.4 "
+                        "(VGG-16), -0.7 (ResNet-20); README")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
@@ -519,7 +525,7 @@ def cmd_convert(args) -> int:
                   batch_size=args.batch_size, sample_size=args.sample_size,
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
-                  download=args.download)
+                  download=args.download, pool_first=args.pool_first)
     if not args.quiet:
         for note in snn.report.get("notes", snn.normalized.notes):
             print(f"note: {note}", file=sys.stderr)

@@ -226,18 +226,20 @@ class SpikingModel:
         return fmt.read_info(self.model)
 
 
-def prepare(model: Union[PathLike, onnx.ModelProto]) -> NormalizedModel:
+def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False) -> NormalizedModel:
     """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
-    that is already spiking)."""
+    that is already spiking). ``pool_first``: move each max pool that reads an activation
+    ahead of it (the same DNN; the spiking layer then fires on the pooled map; see
+    docs/FORMAT.md)."""
     from .calibrate import quiet_onnxruntime
     quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
     if isinstance(model, onnx.ModelProto):
         _refuse_spiking(model, model.graph.name or "model")
-        return normalize(model)
+        return normalize(model, pool_first=pool_first)
     path = str(model)
     loaded = load(path, check=False, sha256=True)   # the file read once, hashed meanwhile
     _refuse_spiking(loaded.model, path)
-    nm = normalize(loaded.model, where=path)
+    nm = normalize(loaded.model, where=path, pool_first=pool_first)
     nm.source_path = path
     nm.source_sha256 = loaded.sha256
     nm.external_data = loaded.external_data
@@ -394,6 +396,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
             "weight_calibration": cfg.weight_calibration} if cfg.sequential else {}),
+        **({"pool_first": True} if nm.pools_moved else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
         **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
         **(history_extra or {}),
@@ -442,7 +445,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             batch_size: int = DEFAULT_BATCH_SIZE, sample_size: int = DEFAULT_SAMPLE_SIZE,
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
-            **options) -> SpikingModel:
+            pool_first: bool = False, **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -457,7 +460,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     (and carried over), else raw [0, 1] pixels with a warning (and recorded as such). Arrays
     are taken as already preprocessed: ``mean``/``std`` with them is a UsageError.
     Bad values (``timesteps=2.7``, a search grid past the limits above) raise UsageError
-    before any work.
+    before any work. ``pool_first``: see :func:`prepare`.
     """
     timesteps = check_timesteps(timesteps)
     if method not in METHODS:
@@ -473,7 +476,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE,
                               why=" (MAX_SAMPLE_SIZE: values kept per layer, memory)")
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
-    nm = prepare(model)
+    nm = prepare(model, pool_first=pool_first)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download)
     if ds.preprocess is not None:   # a named dataset: record how it was fed

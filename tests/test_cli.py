@@ -272,3 +272,13 @@ def test_convert_and_eval_a_two_input_model_from_a_npz(tmp_path):
                  "--method", "datta", "-o", str(tmp_path / "one.snn.onnx")]) == 0
     with pytest.raises(Exception, match=r"inputs \['x', 'z'\].*np.savez"):
         onnx_snn.convert(str(tmp_path / "two.onnx"), x, show_progress=False)
+
+
+def test_convert_pool_first(files, capsys):
+    out = files / "pf.snn.onnx"
+    assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "--pool-first"]) == 0
+    cap = capsys.readouterr()
+    assert "--pool-first: moved 1 max pool(s) ahead of their activation" in cap.err
+    assert "8x6x6" in cap.out      # the second site sits on the pooled map (8 x 12/2 x 12/2)
+    assert main(["eval", str(out), "--data", str(files / "test.npz")]) == 0

@@ -78,6 +78,15 @@ def test_deploy_graph_equals_the_loop_graph(name, T, x):
     assert_same(ref, run(deploy_model(F.read_spiking(snn.step_model()), spike_counts=True), x))
 
 
+@pytest.mark.parametrize("name", ["vgg_maxpool_op13", "twin_global_maxpool_op21"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_deploy_graph_equals_the_loop_graph_with_pools_moved_first(name, T, x):
+    snn = onnx_snn.convert(MODELS[name](), x, T, "datta", pool_first=True, show_progress=False)
+    assert snn.normalized.pools_moved == 1
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True)
+    assert_same(run(snn.model, x), run(dep, x))
+
+
 @pytest.mark.parametrize("method", ["refined", "max"])
 def test_deploy_graph_equals_the_loop_graph_per_channel_and_offsets(method, x):
     """The default (per-channel thresholds, amplitudes and initial membranes, current offsets)

@@ -480,3 +480,46 @@ def test_old_nearest_resize_with_computed_scales_is_refused():
     m.graph.node.insert(2, h.make_node("Concat", ["lead", "tail"], ["sc"], axis=0))
     with pytest.raises(UnsupportedModelError, match="'up'.*computed scales"):
         normalize(m)
+
+
+# ------------------------------------------------------------------ --pool-first
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+@pytest.mark.parametrize("idiom", ["clip", "relu", "relu_min", "max_min", "clip-global-pool"])
+def test_pool_first_moves_max_pools_ahead_of_activations_exactly(opset, idiom):
+    m = B.pooled_twin("MaxPool", opset=opset, global_pool=True) if idiom == "clip-global-pool" \
+        else B.vgg(opset, idiom, softmax=False)
+    x = B.rand_input(16)
+    plain, moved = normalize(m), normalize(m, pool_first=True)
+    assert plain.pools_moved == 0 and moved.pools_moved == 1
+    # the same DNN, bit for bit (max and a monotone clamp commute)
+    np.testing.assert_array_equal(run(plain.model, x).outputs[0], run(moved.model, x).outputs[0])
+    pool = next(n for n in moved.model.graph.node if n.op_type.endswith("MaxPool"))
+    site = next(s for s in moved.sites if s.input == pool.output[0])   # the pool feeds a site
+    act = next(n for n in moved.model.graph.node if n.name == site.name)
+    assert act.output[0] == site.output and act.input[0] == pool.output[0]
+    before = next(s for s in plain.sites if s.name == site.name)
+    assert site.mu == before.mu and site.output != before.output
+
+
+def test_pool_first_leaves_pools_whose_input_is_read_elsewhere():
+    m = B.vgg(13, "clip", softmax=False)
+    g = m.graph
+    pool = next(n for n in g.node if n.op_type == "MaxPool")
+    g.output.append(h.make_tensor_value_info(pool.input[0], onnx.TensorProto.FLOAT, ["N", 8, 12, 12]))
+    nm = normalize(m, pool_first=True)
+    assert nm.pools_moved == 0
+    assert any("also a graph output" in n for n in nm.notes)
+
+
+def test_pool_first_keeps_a_dropout_after_the_moved_activation():
+    m = B.vgg(13, "clip", softmax=False, dropout=False)
+    g = m.graph
+    pool = next(n for n in g.node if n.op_type == "MaxPool")
+    g.node.insert(list(g.node).index(pool), h.make_node("Dropout", [pool.input[0]], ["dropped"],
+                                                        name="drop"))
+    pool.input[0] = "dropped"
+    nm = normalize(m, pool_first=True)
+    assert nm.pools_moved == 1
+    moved = next(s for s in nm.sites if s.output == nm.dropouts[0]["tensor"])
+    assert any(n.name == moved.name for n in nm.model.graph.node)

@@ -390,3 +390,18 @@ def test_finetune_a_model_with_a_fixed_batch(tmp_path, fixed):
     assert len(r.epochs) == 1 and np.isfinite(r.epochs[0].loss)
     ort = evaluate(str(out) if r.best_epoch else str(src), (x, y), show_progress=False).top1
     assert r.best_top1 == pytest.approx(ort, abs=1e-9)
+
+
+@pytest.mark.parametrize("global_pool", [False, True])
+def test_torch_and_onnxruntime_agree_with_pools_moved_first(global_pool):
+    """convert --pool-first: the neurons fire on the pooled map, after a pool of currents."""
+    x = B.rand_input(32, seed=3)
+    m = B.pooled_twin("MaxPool", global_pool=True) if global_pool else B.vgg(13, "clip")
+    snn = onnx_snn.convert(m, x, timesteps=3, pool_first=True, show_progress=False)
+    assert snn.normalized.pools_moved == 1
+    history = json.loads(fmt.metadata(snn.model)[fmt.META_HISTORY])
+    assert history[0]["pool_first"] is True
+    pooled = next(p for p in snn.pools.values())
+    assert any(r.input == pooled.output for r in snn.records.values())
+    for model in (snn.model, snn.step_model()):
+        B.assert_runtimes_agree(model, x)

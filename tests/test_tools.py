@@ -200,11 +200,12 @@ def test_format_table_plain_and_markdown():
 def test_bench_layouts_small(fmnist_test):
     """The loop graph against its unrolled, time-folded and deploy layouts: identical numbers."""
     r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta",
-                 "--optimization", "all,extended")
+                 "--optimization", "all,extended", "--pool-first")
     assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
     assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy",
                                            "deploy-binary", "dnn@extended", "loop@extended",
-                                           "deploy@extended"}
+                                           "deploy@extended", "loop-pool-first",
+                                           "deploy-pool-first", "deploy-binary-pool-first"}
     b = r["deploy_binary"]      # amplitudes folded: the same function up to float rounding
     assert set(b["sites"].values()) == {"folded"} and b["max_difference"] < 1e-4 and b["same_top_class"]
     assert r["optimization"] == ["all", "extended"]

@@ -13,6 +13,8 @@ Markdown table with ``--markdown``).
                                                      # the SGL epoch at another learning rate
     python tools/bench_deep.py --nets vgg16-l2,resnet20-l2 --methods refined,datta,deng
                                                      # the two nets trained on with --levels 2
+    python tools/bench_deep.py --no-finetune --methods refined,refined-pool-first
+                                                     # convert --pool-first against the default
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -81,6 +83,10 @@ VARIANTS["refined-2048"] = ("refined", {})
 #: images): the spread over seeds is the noise in every figure of the default
 SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
 VARIANTS.update({name: ("refined", {}) for name in SEEDS})
+#: the default with every max pool that reads an activation moved ahead of it (``convert
+#: --pool-first``), at seed 0 and seeds 1-3
+POOL_FIRST = {"refined-pool-first": 0, **{f"refined-pool-first-seed{k}": k for k in (1, 2, 3)}}
+VARIANTS.update({name: ("refined", {}) for name in POOL_FIRST})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -95,7 +101,7 @@ def _test_set(nm, n):
 def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate, evaluate_prefixes
-    nm = onnx_snn.prepare(str(NETS[net]))
+    nm = onnx_snn.prepare(str(NETS[net]), pool_first=method in POOL_FIRST)
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
     cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal).x, show_progress=False)
@@ -114,7 +120,7 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         return out
     for T in Ts:
         t0 = time.perf_counter()
-        snn = onnx_snn.build(nm, cal, T, base, cfg, seed=SEEDS.get(method, 0))
+        snn = onnx_snn.build(nm, cal, T, base, cfg, seed=SEEDS.get(method, POOL_FIRST.get(method, 0)))
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out

@@ -15,6 +15,10 @@
   neurons inlined and the spike counters, the last step's membrane update and the initial
   states' ``Expand`` left out; see onnx_snn/spiking/deploy.py).
 
+* ``--pool-first``: the loop, deploy and binary deploy graphs of the DNN converted with
+  ``convert --pool-first`` (each max pool that reads an activation moved ahead of it), timed
+  against the same DNN; their outputs are those of another conversion, not compared.
+
 * ``deploy-binary``: the deploy graph of the binary-spike model (``convert --binary-spikes``:
   each site's amplitudes folded into the next layer's weights, so no amplitude ``Mul``). Its
   outputs equal the loop graph's up to float rounding (the weights were rescaled): the JSON
@@ -313,6 +317,9 @@ def main(argv=None) -> int:
                     help="onnxruntime graph optimization levels to measure, comma-separated, of "
                          "all (the default, onnx-snn's), extended, basic; the others time the DNN, "
                          "loop and deploy graphs as '<graph>@<level>'")
+    ap.add_argument("--pool-first", action="store_true",
+                    help="also time the loop, deploy and binary deploy graphs of the same DNN "
+                         "converted with --pool-first (other outputs: a different conversion)")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args(argv)
     levels = [v.strip() for v in args.optimization.split(",") if v.strip()]
@@ -330,6 +337,11 @@ def main(argv=None) -> int:
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
               "deploy": onnx_snn.deploy(snn.model),
               "deploy-binary": onnx_snn.deploy(snn.binary_model())}
+    if args.pool_first:    # against the same DNN (the pools moved make it a little faster too)
+        pf = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
+                              method=args.method, show_progress=False, pool_first=True)
+        models.update({"loop-pool-first": pf.model, "deploy-pool-first": onnx_snn.deploy(pf.model),
+                       "deploy-binary-pool-first": onnx_snn.deploy(pf.binary_model())})
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":

@@ -186,3 +186,45 @@ def matmul_add_to_gemm(graph: gs.Graph, result: PassResult) -> None:
         graph.nodes.append(gemm)
         result.changed += 1
     graph.cleanup().toposort()
+
+
+#: the max pools that commute with a monotone activation (max(clip(x)) = clip(max(x)))
+_MAX_POOLS = ("MaxPool", "GlobalMaxPool")
+
+
+def pool_before_sites(graph: gs.Graph, sites: list) -> PassResult:
+    """Move every max pool that reads a site's activation alone ahead of the activation:
+    ``Clip(h) -> MaxPool`` becomes ``MaxPool(h) -> Clip``, the same DNN (a clipped ReLU is
+    monotone, so it commutes with a maximum; padded cells are -inf to both). The spiking layer
+    then sits on the pooled map: it pools the running input currents and fires once per
+    window, instead of each cell firing and the pool taking the largest spike count. ``sites``
+    (canonical :class:`~onnx_snn.graph.sites.Site` records) are updated in place. Opt-in
+    (``convert --pool-first``): its measured effect is in docs/FORMAT.md."""
+    result = PassResult("pool-before-sites")
+    by_node = {s.name: s for s in sites}
+    for act in list(graph.nodes):
+        site = by_node.get(act.name)
+        if site is None or not act.outputs:
+            continue
+        y = act.outputs[0]
+        pool = y.outputs[0] if len(y.outputs) == 1 else None
+        if pool is None or pool.op not in _MAX_POOLS:
+            continue
+        if is_graph_output(graph, y):
+            result.skip(pool, f"its input '{y.name}' is also a graph output")
+            continue
+        if len(pool.outputs) > 1 and pool.outputs[1].outputs:
+            result.skip(pool, "its Indices output is read")
+            continue
+        h, z = act.inputs[0], pool.outputs[0]
+        pool.inputs[0] = h              # the pool reads the pre-activation: h -> y
+        act.inputs[0] = y               # the activation reads the pooled one: y -> z
+        act.outputs[0] = z
+        pool.outputs[0] = y
+        y.shape = z.shape
+        result.records.append((site.output, z.name))    # the activation's old and new tensor
+        site.input, site.output = y.name, z.name
+        result.changed += 1
+    if result.changed:
+        graph.cleanup().toposort()
+    return result

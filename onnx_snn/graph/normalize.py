@@ -40,6 +40,8 @@ class NormalizedModel:
     #: the source file kept its weights in external-data files (the spiking model is saved
     #: the same way)
     external_data: bool = False
+    #: max pools moved ahead of the activations they read (``normalize(pool_first=True)``)
+    pools_moved: int = 0
 
     @property
     def opset(self) -> int:
@@ -140,15 +142,16 @@ def _name_nodes(graph: gs.Graph) -> None:
             taken.add(name)
 
 
-def _warn_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
-    """Max pooling of pre-activations (conv -> MaxPool -> clip) pools analog currents each
-    step; it is accepted but converts less accurately than pooling spikes."""
+def _note_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
+    """Max pooling of pre-activations (conv -> MaxPool -> clip) pools the running input
+    currents each step (rate-exact: the time average is the max of the time averages)."""
     site_inputs = {s.input for s in sites}
-    for n in graph.nodes:
-        if n.op in ("MaxPool", "GlobalMaxPool") and n.outputs and n.outputs[0].name in site_inputs:
-            notes.append(f"warning: '{n.name}' max-pools pre-activations (pooling before the "
-                         "activation); the SNN pools input currents there, which converts less "
-                         "accurately than pooling after the activation")
+    pooled = [n.name for n in graph.nodes if n.op in ("MaxPool", "GlobalMaxPool")
+              and n.outputs and n.outputs[0].name in site_inputs]
+    if pooled:
+        notes.append(f"{len(pooled)} max pool(s) read pre-activations ({', '.join(pooled[:4])}"
+                     f"{', ...' if len(pooled) > 4 else ''}): the SNN pools the running input "
+                     "currents there and the neurons fire on the pooled map")
 
 
 @graph_pass("canonicalize-sites")
@@ -196,8 +199,11 @@ PIPELINE: tuple = (
 )
 
 
-def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None) -> NormalizedModel:
-    """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`."""
+def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None,
+              pool_first: bool = False) -> NormalizedModel:
+    """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`.
+    ``pool_first``: move each max pool that reads an activation ahead of it
+    (:func:`.canonical.pool_before_sites`; the same DNN)."""
     notes: List[str] = []
     sha = path = None
     external = False
@@ -220,7 +226,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     except Exception as e:
         raise UnsupportedModelError(f"{where}: onnx-graphsurgeon cannot import the graph ({e})") from None
     try:
-        nm = _normalize_graph(graph, sk.model, meta, notes, where, sha, path)
+        nm = _normalize_graph(graph, sk.model, meta, notes, where, sha, path, pool_first)
     except UnsupportedModelError as e:
         msg = str(e)
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
@@ -257,7 +263,7 @@ def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
     return UnsupportedModelError(f"{where}: {node_label(node)} is {what}; {expects}")
 
 
-def _normalize_graph(graph, model, meta, notes, where, sha, path) -> NormalizedModel:
+def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=False) -> NormalizedModel:
     _name_nodes(graph)
     pass_log = run_passes(graph, PIPELINE)
     for r in pass_log:
@@ -268,10 +274,22 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path) -> NormalizedM
     if not sites:
         raise _no_sites_error(graph, where)
     check_supported(graph, {s.name for s in sites})
+    moved = 0
+    if pool_first:
+        r = canonical.pool_before_sites(graph, sites)
+        pass_log.append(r)
+        moved = r.changed
+        renamed = dict(r.records)      # a dropout on a moved activation stays after it
+        for d in dropouts:
+            d["tensor"] = renamed.get(d["tensor"], d["tensor"])
+        notes.append(f"--pool-first: moved {moved} max pool(s) ahead of their activation"
+                     + (f"; left {len(r.skipped)}: " + "; ".join(f"'{n}': {w}" for n, w in r.skipped)
+                        if r.skipped else ""))
 
     graph.cleanup().toposort()
     _name_nodes(graph)
-    _warn_pooled_currents(graph, sites, notes)
+    if not pool_first:
+        _note_pooled_currents(graph, sites, notes)
     tensors = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
     stale = [d for d in dropouts if d["tensor"] not in tensors]
     if stale:
@@ -302,4 +320,4 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path) -> NormalizedM
             notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,
                            source_sha256=sha, source_path=path, preprocess=preprocess,
-                           source_metadata=meta, pass_log=pass_log)
+                           source_metadata=meta, pass_log=pass_log, pools_moved=moved)
