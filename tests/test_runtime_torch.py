@@ -297,6 +297,25 @@ def test_finetune_bad_input(tmp_path, fmnist_snn):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_finetune_refuses_a_first_output_that_is_not_logits(tmp_path):
+    """A DNN that also outputs an inner activation, first: a clear error, no traceback."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    m = B.vgg(13, "clip", softmax=False)
+    inner = next(n for n in m.graph.node if n.op_type == "Clip").output[0]
+    m.graph.output.insert(0, h.make_tensor_value_info(inner, TP.FLOAT, ["N", 4, 12, 12]))
+    x = B.rand_input(32)
+    snn = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False)
+    src = tmp_path / "m.snn.onnx"
+    snn.save(str(src))
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
+    p = run_cli("finetune", str(src), "-o", str(tmp_path / "o.onnx"), "--data",
+                str(tmp_path / "d.npz"), "--epochs", "1")
+    assert p.returncode == 5 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"first output '{inner}' has shape ['N', 4, 12, 12]" in p.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_diverging_loss_keeps_the_last_good_model(tmp_path, fmnist_snn, monkeypatch):
     from onnx_snn.errors import TrainingDivergedError
     from onnx_snn.runtimes.torch import finetune as ft

@@ -341,9 +341,13 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         probe = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
         probe = probe[0] if isinstance(probe, list) else probe
     net.train()
-    if probe.ndim == 2:
-        check_label_range(train.y, int(probe.shape[1]), train.name)
-        check_label_range(test.y, int(probe.shape[1]), test.name)
+    if probe.ndim != 2:     # the loss and top-1 read the first output as [batch, classes]
+        first = view.outputs[0] if view.outputs else "?"
+        raise DataError(f"{model_path}: its first output '{first}' has shape "
+                        f"{['N'] + list(probe.shape[1:])}; fine-tuning needs [N, classes] logits "
+                        "as the first output (re-export the DNN with the logits first)")
+    check_label_range(train.y, int(probe.shape[1]), train.name)
+    check_label_range(test.y, int(probe.shape[1]), test.name)
     teacher = _teacher(cfg, teacher_path, view, model_path, pad_batch(test.x[:1], fixed),
                        probe.cpu(), world,
                        log if main_proc else (lambda *a: None))
