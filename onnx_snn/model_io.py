@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+import numpy as np
 import onnx
 
 from .errors import ModelLoadError, OutputPathError
@@ -131,6 +132,66 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
         raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {first}") from None
     if not model.graph.input:
         raise ModelLoadError(f"{where}: the model has no inputs")
+    check_finite_weights(model, where)
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                onnx.TensorProto.FLOAT16: np.float16}
+#: layers whose constant inputs are weights, where an infinity is damage, not a bound
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}
+
+
+def _float_values(t: onnx.TensorProto) -> Optional[np.ndarray]:
+    dtype = _FLOAT_TYPES.get(t.data_type)
+    if dtype is None or t.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    if t.raw_data:
+        return np.frombuffer(t.raw_data, dtype, count=len(t.raw_data) // np.dtype(dtype).itemsize)
+    if t.data_type == onnx.TensorProto.FLOAT16:      # stored as bits in int32_data
+        return np.asarray(t.int32_data, np.uint16).view(np.float16)
+    return np.asarray(t.double_data if t.data_type == onnx.TensorProto.DOUBLE else t.float_data, dtype)
+
+
+def _graphs(g: onnx.GraphProto):
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _graphs(sub)
+
+
+def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
+    """A weight that holds NaN, or an infinity read by a Conv/Gemm/MatMul/BatchNormalization,
+    is damage (a diverged training, a broken export): refused naming the tensor and its layer,
+    before any work computes NaN from it (and blames the data, or reports a top-1 of NaN
+    logits). Each weight is read in place, once; an infinity elsewhere (a clip bound) is kept."""
+    graphs = list(_graphs(model.graph))     # a spiking model's weights sit in its Loop body
+    tensors = [(t.name, t) for g in graphs for t in g.initializer] + [
+        (n.output[0], a.t) for g in graphs for n in g.node if n.op_type == "Constant" and n.output
+        for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    readers = {}
+    for g in graphs:
+        for n in g.node:
+            for i in n.input:
+                readers.setdefault(i, n)
+    for name, t in tensors:
+        v = _float_values(t)
+        if v is None or v.size == 0:
+            continue
+        reader = readers.get(name)
+        layer = f" (read by {reader.op_type} '{reader.name or reader.output[0]}')" if reader is not None else ""
+        bad = None
+        if np.isnan(v).any():
+            bad = f"{int(np.isnan(v).sum())} NaN value(s)"
+        elif reader is not None and reader.op_type in _WEIGHT_OPS and not np.isfinite(v).all():
+            bad = f"{int((~np.isfinite(v)).sum())} infinite value(s)"
+        if bad:
+            raise ModelLoadError(f"{where}: weight '{name}'{layer} holds {bad}: the model is "
+                                 "damaged (a diverged training or a broken export); re-export it "
+                                 "from a checkpoint with finite weights")
 
 
 def _short(e: Exception) -> str:

@@ -286,6 +286,20 @@ def npzsave(rel, **arrays):
     return setup
 
 
+def damaged_weight(rel, which, value):
+    """model.onnx with one value of the ``which``-th weight initializer set to ``value``."""
+    def setup(ws):
+        from onnx import numpy_helper as nh
+        m = onnx.load(str(ws / "model.onnx"))
+        weights = [t for t in m.graph.initializer if len(t.dims) >= 1 and np.prod(t.dims) > 1]
+        t = weights[which]
+        a = nh.to_array(t).copy()
+        a.reshape(-1)[a.size // 2] = value
+        t.CopyFrom(nh.from_array(a, t.name))
+        onnx.save(m, str(ws / rel))
+    return setup
+
+
 def mkdir(rel):
     def setup(ws):
         (ws / rel).mkdir(parents=True, exist_ok=True)
@@ -307,6 +321,18 @@ def meta_of(rel):
 
 # ================================================================== 1. inputs overwritten
 
+# damaged weights: refused naming the tensor and its layer (not blamed on the data, not a
+# silent top-1 of NaN logits)
+cli("conv_nan_first_weight", "model", "convert {ws}/nan.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=damaged_weight("nan.onnx", 0, np.nan), needle="NaN value")
+cli("conv_nan_last_weight", "model", "convert {ws}/nan.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=damaged_weight("nan.onnx", -1, np.nan), needle="NaN value")
+cli("conv_inf_last_bias", "model", "convert {ws}/inf.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=damaged_weight("inf.onnx", -1, np.inf), needle="infinite")
+cli("eval_nan_weight_dnn", "model", "eval {ws}/nan.onnx --data {ws}/test.npz", 3,
+    setup=damaged_weight("nan.onnx", 1, np.nan), needle="NaN value")
+cli("an_nan_weight_dnn", "model", "analyze {ws}/nan.onnx --data {ws}/calib.npy", 3,
+    setup=damaged_weight("nan.onnx", 1, -np.inf), needle="infinite")
 cli("conv_o_is_calib", "inputs", CONV + " -o {ws}/calib.npy", 6, needle="input")
 cli("conv_o_is_calib_npz", "inputs", "convert {ws}/model.onnx --calib {ws}/test.npz --method datta -T 1 -o {ws}/test.npz", 6)
 cli("conv_report_is_calib", "inputs", CONV + " -o {ws}/o.onnx --report {ws}/calib.npy", 6)

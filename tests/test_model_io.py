@@ -74,3 +74,27 @@ def test_core_path_never_imports_torch(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "ONNX_SNN_PROGRESS": "0"})
     assert p.returncode == 0, p.stderr
+
+
+def test_check_finite_weights_refuses_damage_and_keeps_bounds():
+    """NaN anywhere and an infinity in a layer's weights are damage; an infinite clip bound
+    (Clip(x, 0, inf), a ReLU) is not."""
+    from onnx import numpy_helper as nh
+    from onnx_snn.model_io import check_finite_weights
+    m = B.vgg(13, "clip", softmax=False)
+    clip = next(n for n in m.graph.node if n.op_type == "Clip")
+    bound = next(t for t in m.graph.initializer if t.name == clip.input[2])
+    bound.CopyFrom(nh.from_array(np.array(np.inf, np.float32), bound.name))
+    check_finite_weights(m, "m.onnx")                       # an unbounded clip: fine
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    w = next(t for t in m.graph.initializer if t.name == conv.input[1])
+    a = nh.to_array(w).copy()
+    a.flat[3] = -np.inf
+    w.CopyFrom(nh.from_array(a, w.name))
+    with pytest.raises(ModelLoadError, match=f"m.onnx: weight '{w.name}' \\(read by Conv"):
+        check_finite_weights(m, "m.onnx")
+    a.flat[3] = np.nan                                      # NaN: in any tensor
+    bound.CopyFrom(nh.from_array(np.array(np.nan, np.float32), bound.name))
+    w.CopyFrom(nh.from_array(np.ones_like(a), w.name))
+    with pytest.raises(ModelLoadError, match="1 NaN value"):
+        check_finite_weights(m, "m.onnx")
