@@ -164,6 +164,37 @@ def test_source_site_walk_concat_takes_first_site_and_add_is_analog():
     assert add.snn_flops == add.dnn_flops * 2 and add.snn_energy_pj == pytest.approx(add.dnn_flops * 2 * 4.6)
 
 
+@pytest.mark.parametrize("opset", [13, 18])
+def test_global_average_pool_as_reduce_mean_carries_spikes(opset):
+    """The dynamo exporter writes a global average pool as ReduceMean over H, W: the layer after
+    it accumulates the site's spikes (as after GlobalAveragePool), and the mean is an op
+    outside the energy."""
+    def net(reduce):
+        pool = ((h.make_node("ReduceMean", ["r", "axes"], ["g"], keepdims=1) if opset >= 18 else
+                 h.make_node("ReduceMean", ["r"], ["g"], axes=[2, 3], keepdims=1))
+                if reduce else h.make_node("GlobalAveragePool", ["r"], ["g"]))
+        nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+                 h.make_node("Relu", ["c"], ["r"]), pool, h.make_node("Flatten", ["g"], ["f"], axis=1),
+                 h.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1, name="fc")]
+        rng = np.random.default_rng(0)
+        inits = [nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+                 for n, s in (("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (10, 8)), ("b2", (10,)))]
+        if reduce and opset >= 18:
+            inits.append(nh.from_array(np.array([2, 3], np.int64), "axes"))
+        g = h.make_graph(nodes, "g", [_vi("x", ["N", 1, 8, 8])], [_vi("y", ["N", 10])], inits)
+        return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    x = B.rand_input(16, (1, 8, 8))
+    got = {}
+    for reduce in (False, True):
+        snn = onnx_snn.convert(net(reduce), x, timesteps=2, method="datta", show_progress=False)
+        a = analyze(snn.model, {"lif0": 0.3}, timesteps=2)
+        fc = next(l for l in a.layers if l.name.startswith("fc") or l.op == "Gemm")
+        got[reduce] = (fc.input_mode, fc.snn_flops)
+        assert [o.op for o in a.other] == (["ReduceMean"] if reduce else ["GlobalAveragePool"])
+        assert a.other[0].ops == 8 * 8 * 8
+    assert got[True] == got[False] and got[True][0] == "spikes"
+
+
 # ------------------------------------------------------------------ published counts
 
 class Net:

@@ -90,7 +90,7 @@ class SiteRow:
 
 @dataclass
 class OtherRow:
-    """A counted op outside the energy (pooling, residual Add/Sum)."""
+    """A counted op outside the energy (pooling, ReduceMean/ReduceSum, residual Add/Sum)."""
 
     name: str
     op: str
@@ -142,7 +142,7 @@ class Analysis:
             "snn_energy": "direct F_l * E_MAC (once) + spiking F_l * r * E_AC + analog F_l * T * E_MAC",
             "spike_rate": "spikes per neuron over the T steps",
             "neuromorphic": "E = (SNN FLOPs / DNN FLOPs) * E_compute + T * E_static; DNN = 1",
-            "not_in_energy": "pooling, Add/Sum, biases",
+            "not_in_energy": "pooling, ReduceMean/ReduceSum, Add/Sum, biases",
         }
         return d
 

@@ -19,6 +19,8 @@ Reported, never part of the energy (``kind == "other"``)::
 
     MaxPool, AveragePool, LpPool        output elements x prod(kernel_shape)   (compares / adds)
     GlobalAveragePool, GlobalMaxPool    output elements x prod(spatial input)  (= input elements)
+    ReduceMean, ReduceSum               input elements (float tensors only; the dynamo
+                                        exporter's global average pool is a ReduceMean)
     Add                                 output elements          (float tensors only: integer
     Sum (k inputs)                      (k - 1) x output elements  shape arithmetic is skipped)
 
@@ -33,7 +35,7 @@ outputs depends on them. The loop form and the step form flatten to the same gra
 
 **Where a layer's input comes from.** ``source_site`` is found by walking backward from the
 layer's data input through ops that move or select spikes without turning them into
-analog values (``PASS_THROUGH``: pooling, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
+analog values (``PASS_THROUGH``: pooling, ReduceMean/ReduceSum, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
 Slice, Split, Identity, Dropout, Cast, Concat, Resize, and Mul/Div by a constant) until the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
 first site found is taken. A walk that ends anywhere else gives ``source_site = None``.
@@ -69,12 +71,15 @@ MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOL_OPS = ("MaxPool", "AveragePool", "LpPool")
 GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool")
 ADD_OPS = ("Add", "Sum")
+#: a mean or sum over axes: what the dynamo exporter writes for a global average pool
+REDUCE_OPS = ("ReduceMean", "ReduceSum")
 #: ops with multiply-accumulates this module does not count (reported as warnings)
 UNCOUNTED_MAC_OPS = ("Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                      "FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention",
                      "LSTM", "GRU", "RNN")
 #: ops the source-site walk passes through (data input(s) only)
 PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+                "ReduceMean", "ReduceSum",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
                 "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize")
 
@@ -348,7 +353,7 @@ def _needed(node: onnx.NodeProto) -> List[str]:
         return [node.input[0], node.input[1], node.output[0]]
     if op in ("Gemm", "MatMul"):
         return [node.input[0], node.output[0]]
-    if op in GLOBAL_POOL_OPS:
+    if op in GLOBAL_POOL_OPS or op in REDUCE_OPS:
         return [node.input[0], node.output[0]]
     return [node.output[0]]
 
@@ -358,7 +363,7 @@ def _counted(node: onnx.NodeProto, t: _Tensors) -> bool:
         return False
     if node.op_type in MAC_OPS or node.op_type in POOL_OPS or node.op_type in GLOBAL_POOL_OPS:
         return True
-    if node.op_type in ADD_OPS:
+    if node.op_type in ADD_OPS or node.op_type in REDUCE_OPS:
         et = t.types.get(node.output[0])
         return et is None or et in _FLOAT_TYPES
     return False
@@ -384,7 +389,7 @@ def _count_node(node: onnx.NodeProto, t: _Tensors) -> Tuple[str, int]:
         return "mac", _prod(out) * int(t.shapes[node.input[0]][-1])
     if op in POOL_OPS:
         return "other", _prod(out) * _prod(walk.attr(node, "kernel_shape", []))
-    if op in GLOBAL_POOL_OPS:
+    if op in GLOBAL_POOL_OPS or op in REDUCE_OPS:
         return "other", _prod(t.shapes[node.input[0]])
     if op == "Sum":
         return "other", _prod(out) * max(len([i for i in node.input if i]) - 1, 1)
