@@ -555,9 +555,10 @@ def cmd_convert(args) -> int:
     if args.binary_spikes and not args.quiet:
         for site, what in snn.report["binary_spikes"].items():
             print(f"binary spikes: {site} {what}", file=sys.stderr)
-    cal = snn.report["calibration"]
+    cal, refined = snn.report["calibration"], snn.report.get("sequential", {}).get("seconds")
     print(f"wrote {out} ({args.method}, T={args.timesteps}, {len(rows)} spiking layers; "
-          f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f} s)")
+          f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f} s"
+          + (f", refined in {refined:.1f} s" if refined is not None else "") + ")")
     return 0
 
 

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import onnx
@@ -346,7 +346,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         nm, [t for n in pool_nodes for t in (n.input[0], n.output[0])], calib.input_shapes))
     records: Dict[str, fmt.SiteRecord] = {}
     site_rows = []
-    notes = list(nm.notes)
+    notes = list(nm.notes) + _pinned_input_notes(nm, calib.input_shapes)
     for site in nm.sites:
         st = calib.sites[site.name]
         mu, mu_source = site.mu, site.mu_source
@@ -418,6 +418,21 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
                         method=method, report=report, input_shapes=dict(calib.input_shapes),
                         pools=pools)
+
+
+def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:
+    """A note per input whose non-batch dimensions were free in the DNN: the spiking model's
+    membranes have the calibration data's shape, so it takes inputs of that shape only."""
+    from .feeds import input_specs
+    out = []
+    for name, dims in input_specs(nm.model):
+        shape = input_shapes.get(name)
+        if shape is not None and any(d is None for d in dims[1:]):
+            out.append(f"input '{name}' has free dimensions {['N'] + ['?' if d is None else d for d in dims[1:]]}: "
+                       f"the spiking model takes {['N'] + list(shape)} only, the calibration "
+                       "data's shape (its neurons' states have that shape); convert again with "
+                       "data of another size for another input size")
+    return out
 
 
 def _self_check(model: onnx.ModelProto) -> None:

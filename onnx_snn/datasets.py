@@ -220,7 +220,21 @@ def load_array_file(path: os.PathLike) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if head != b"\x93NUMPY" and not head.startswith(b"PK"):   # neither .npy nor .npz (a zip)
+        raise DataError(f"{path}: not a NumPy .npy or .npz file (it does not start with the "
+                        "NumPy or zip signature); save the inputs with numpy.save (x) or "
+                        "numpy.savez (x=..., y=...)")
+    try:
         obj = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):     # a real .npy/.npz of Python objects
+            raise DataError(f"{path}: holds Python objects (an object array), not numbers; save "
+                            "a numeric array (e.g. float32) with numpy.save / numpy.savez") from None
+        raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):

@@ -26,8 +26,10 @@ def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[Inpu
 
 
 def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.ndarray]],
-                   what: str = "data") -> Dict[str, np.ndarray]:
-    """Return {input name: float32 array}; raise :class:`DataError` naming what does not fit."""
+                   what: str = "data", samples: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Return {input name: float32 array}; raise :class:`DataError` naming what does not fit.
+    ``samples``: how many samples the whole data holds, when ``x`` is the first few of it (the
+    shapes in messages are the data's, not the slice's)."""
     names = [n for n, _ in specs]
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
@@ -53,7 +55,10 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
         arr = arr.astype(np.float32, copy=False)
         if arr.ndim != len(dims) or any(e is not None and e != s for e, s in zip(dims[1:], arr.shape[1:])):
             shown = ["N" if e is None else e for e in dims]
-            raise DataError(f"{what}: shape {list(arr.shape)} does not fit the model input "
+            shape = list(arr.shape)
+            if shape and samples is not None:
+                shape[0] = samples
+            raise DataError(f"{what}: shape {shape} does not fit the model input "
                             f"'{name}' of shape {shown}")
         if n is not None and arr.shape[0] != n:
             raise DataError(f"{what}: inputs have different numbers of samples")

@@ -333,6 +333,13 @@ cli("eval_nan_weight_dnn", "model", "eval {ws}/nan.onnx --data {ws}/test.npz", 3
     setup=damaged_weight("nan.onnx", 1, np.nan), needle="NaN value")
 cli("an_nan_weight_dnn", "model", "analyze {ws}/nan.onnx --data {ws}/calib.npy", 3,
     setup=damaged_weight("nan.onnx", 1, -np.inf), needle="infinite")
+# data files that are not NumPy arrays: told what the file is not and how to write one
+cli("conv_calib_text_as_npy", "data", "convert {ws}/model.onnx --calib {ws}/t.npy -o {ws}/o.onnx", 5,
+    setup=write("t.npy", b"x,y\n1,2\n"), needle="not a NumPy .npy or .npz file")
+cli("eval_data_onnx_as_npz", "data", "eval {ws}/snn.onnx --data {ws}/model.onnx", 5,
+    needle="not a NumPy .npy or .npz file")
+cli("conv_calib_object_npy", "data", "convert {ws}/model.onnx --calib {ws}/o.npy -o {ws}/o.onnx", 5,
+    setup=npsave("o.npy", np.array([{"a": 1}, None], dtype=object)), needle="Python objects")
 cli("conv_o_is_calib", "inputs", CONV + " -o {ws}/calib.npy", 6, needle="input")
 cli("conv_o_is_calib_npz", "inputs", "convert {ws}/model.onnx --calib {ws}/test.npz --method datta -T 1 -o {ws}/test.npz", 6)
 cli("conv_report_is_calib", "inputs", CONV + " -o {ws}/o.onnx --report {ws}/calib.npy", 6)

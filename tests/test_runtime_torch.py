@@ -294,6 +294,7 @@ def test_finetune_bad_input(tmp_path, fmnist_snn):
     np.savez(tmp_path / "c.npz", x=np.zeros((8, 3, 32, 32), np.float32), y=np.zeros(8, int))
     p = run_cli("finetune", str(fmnist_snn), "-o", str(tmp_path / "o.onnx"), "--data", str(tmp_path / "c.npz"))
     assert p.returncode == 5 and "does not fit" in p.stderr and "Traceback" not in p.stderr
+    assert "shape [8, 3, 32, 32]" in p.stderr      # the data's shape, not the first samples'
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -230,7 +230,7 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
-    validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data")
+    validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data", samples=len(ds.x))
     return ds
 
 
