@@ -119,8 +119,11 @@ def test_npz_and_npy(tmp_path):
     with pytest.raises(DataError, match="5 inputs but 3 labels"):
         load_array_file(tmp_path / "bad.npz")
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="junk.npy: not a NumPy .npy or .npz file"):
         load_array_file(tmp_path / "junk.npy")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "d.npy").read_bytes()[:40])   # truncated
+    with pytest.raises(DataError, match="cut.npy: cannot read as .npy/.npz"):
+        load_array_file(tmp_path / "cut.npy")
 
 
 def test_npz_with_one_array_per_input(tmp_path):
