@@ -479,6 +479,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}
     layer_rows.sort(key=lambda r: order.get(r["layer"], len(order)))   # graph order
+    if not bar.disable and bar.total and bar.n < bar.total:   # a site with no layer to refit: one pass fewer
+        bar.total = bar.n
+        bar.refresh()
     bar.close()
     report = {"seconds": time.perf_counter() - t0, "sites": rows}
     if cfg.weight_calibration:
