@@ -124,24 +124,38 @@ def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
     for rec in records.values():
         inits += _site_param_initializers(rec)
         inits += _counter_initializers(rec)
-    for rec in records.values():
-        if rec.has_offset:
-            nodes, inits = _apply_offset(rec, nodes, inits)
+    offsets = [rec for rec in records.values() if rec.has_offset]
+    if offsets:     # the graph's indexes, built once (a site's offset changes none of them
+        by_name = {t.name: t for t in inits}      # that another site's offset reads)
+        users: Dict[str, int] = {}
+        producers: Dict[str, onnx.NodeProto] = {}
+        for n in nodes:
+            for x in n.input:
+                users[x] = users.get(x, 0) + 1
+            for o in n.output:
+                producers.setdefault(o, n)
+        named = {n.name: n for n in nodes}
+        dropped: set = set()
+        added: Dict[str, onnx.NodeProto] = {}      # neuron node name -> the Add before it
+        for rec in offsets:
+            _apply_offset(rec, by_name, users, producers, named, inits, dropped, added)
+        if dropped:
+            inits = [t for t in inits if t.name not in dropped]
+        if added:
+            nodes = [m for n in nodes for m in ((added[n.name], n) if n.name in added else (n,))]
     return nodes, inits
 
 
-def _apply_offset(rec: fmt.SiteRecord, nodes, inits):
+def _apply_offset(rec: fmt.SiteRecord, by_name, users, producers, named, inits, dropped,
+                  added) -> None:
     """Add the site's per-channel current offset to its input every step: folded into the
     bias of the Conv or Gemm that computes the input when that bias (and the input) serve
-    this site alone, else by an Add node before the neuron."""
+    this site alone, else by an Add node before the neuron (``added[neuron node name]``; the
+    neuron's input renamed here). ``by_name``, ``users``, ``producers`` and ``named`` index
+    the step's initializers and nodes; a replaced bias goes into ``dropped``."""
     names = fmt.OffsetNames(rec.name)
     offset = np.asarray(rec.offset, np.float64).reshape(-1)
-    by_name = {t.name: t for t in inits}
-    users: Dict[str, int] = {}
-    for n in nodes:
-        for x in n.input:
-            users[x] = users.get(x, 0) + 1
-    producer = next((n for n in nodes if rec.input in n.output), None)
+    producer = producers.get(rec.input)
     c = int(rec.shape[0]) if rec.shape else 1
     if producer is not None and users.get(rec.input, 0) == 1 and producer.op_type in ("Conv", "Gemm"):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in producer.attribute}
@@ -155,21 +169,24 @@ def _apply_offset(rec: fmt.SiteRecord, nodes, inits):
             old = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else np.zeros(1)
             if old.size in (1, c) and old.ndim <= 1:
                 new = (np.broadcast_to(old.reshape(-1), (c,)) + offset / scale).astype(np.float32)
-                inits.append(numpy_helper.from_array(new, names.bias))
+                t = numpy_helper.from_array(new, names.bias)
+                inits.append(t)
+                by_name[t.name] = t
                 while len(producer.input) < 3:
                     producer.input.append("")
                 producer.input[2] = names.bias
-                if bias is not None and users.get(bias.name, 0) == 1:
-                    inits = [t for t in inits if t.name != bias.name]
-                return nodes, inits
+                users[names.bias] = 1
+                if bias is not None:
+                    users[bias.name] -= 1         # as recounting the nodes would find
+                    if users[bias.name] == 0:
+                        dropped.add(bias.name)
+                return
     # an Add node in front of the neuron
     inits.append(numpy_helper.from_array(rec.channel_values(rec.offset), names.offset))
-    neuron = next(n for n in nodes if n.name == fmt.neuron_node_name(rec.name))
+    neuron = named[fmt.neuron_node_name(rec.name)]
     neuron.input[0] = names.current
-    i = nodes.index(neuron)
-    nodes = nodes[:i] + [helper.make_node("Add", [rec.input, names.offset], [names.current],
-                                          name=names.node)] + nodes[i:]
-    return nodes, inits
+    added[neuron.name] = helper.make_node("Add", [rec.input, names.offset], [names.current],
+                                          name=names.node)
 
 
 def carried_states(records: Dict[str, fmt.SiteRecord], pools) -> List[fmt.StateSpec]:
