@@ -238,6 +238,11 @@ def load_array_file(path: os.PathLike) -> Dataset:
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
+        other = [m for m in obj.zip.namelist() if not m.endswith(".npy")]
+        if other:      # a zip (a .pt, a .docx...) that is not numpy.savez's
+            obj.close()
+            raise DataError(f"{path}: a zip file that is not a NumPy .npz (it holds "
+                            f"{other[0]!r}); save the inputs with numpy.savez (x=..., y=...)")
         try:
             keys = list(obj.keys())
             yk = next((k for k in LABEL_KEYS if k in keys), None)

@@ -136,17 +136,26 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-                onnx.TensorProto.FLOAT16: np.float16}
+                onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.BFLOAT16: "bfloat16"}
 #: layers whose constant inputs are weights, where an infinity is damage, not a bound
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}
+#: ops a weight may pass through on its way to its layer (a float16 weight Cast to float)
+_WEIGHT_PATH_OPS = {"Cast", "CastLike", "Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze",
+                    "Flatten"}
 
 
 def _float_values(t: onnx.TensorProto) -> Optional[np.ndarray]:
+    """A float tensor's values as an array over its bytes (no copy of the data beyond the
+    one protobuf makes reading ``raw_data``); None for other types and unloaded external data."""
     dtype = _FLOAT_TYPES.get(t.data_type)
     if dtype is None or t.data_location == onnx.TensorProto.EXTERNAL:
         return None
-    if t.raw_data:
-        return np.frombuffer(t.raw_data, dtype, count=len(t.raw_data) // np.dtype(dtype).itemsize)
+    raw = t.raw_data                      # read once: each access copies the bytes
+    if dtype == "bfloat16":               # the upper half of a float32
+        bits = np.frombuffer(raw, np.uint16) if raw else np.asarray(t.int32_data, np.uint16)
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if raw:
+        return np.frombuffer(raw, dtype, count=len(raw) // np.dtype(dtype).itemsize)
     if t.data_type == onnx.TensorProto.FLOAT16:      # stored as bits in int32_data
         return np.asarray(t.int32_data, np.uint16).view(np.float16)
     return np.asarray(t.double_data if t.data_type == onnx.TensorProto.DOUBLE else t.float_data, dtype)
@@ -164,31 +173,50 @@ def _graphs(g: onnx.GraphProto):
 
 
 def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
-    """A weight that holds NaN, or an infinity read by a Conv/Gemm/MatMul/BatchNormalization,
+    """A float weight (float32/64/16, bfloat16) that holds NaN, or an infinity read by a
+    Conv/Gemm/MatMul/BatchNormalization (directly or through a Cast, Transpose, Reshape...),
     is damage (a diverged training, a broken export): refused naming the tensor and its layer,
     before any work computes NaN from it (and blames the data, or reports a top-1 of NaN
-    logits). Each weight is read in place, once; an infinity elsewhere (a clip bound) is kept."""
+    logits). An infinity elsewhere (a clip bound) is kept. External data not loaded into the
+    model (an API caller's ``load_external_data=False``) is not read."""
     graphs = list(_graphs(model.graph))     # a spiking model's weights sit in its Loop body
     tensors = [(t.name, t) for g in graphs for t in g.initializer] + [
         (n.output[0], a.t) for g in graphs for n in g.node if n.op_type == "Constant" and n.output
         for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
-    readers = {}
+    readers: dict = {}
     for g in graphs:
         for n in g.node:
             for i in n.input:
-                readers.setdefault(i, n)
+                readers.setdefault(i, []).append(n)
+
+    def weight_layer(name: str):
+        """The weight layer reading ``name``, through pass-through ops (else None)."""
+        todo, seen = [name], set()
+        while todo:
+            x = todo.pop()
+            for n in readers.get(x, []):
+                if n.op_type in _WEIGHT_OPS:
+                    return n
+                if n.op_type in _WEIGHT_PATH_OPS and n.output and n.output[0] not in seen:
+                    seen.add(n.output[0])
+                    todo.append(n.output[0])
+        return None
+
     for name, t in tensors:
         v = _float_values(t)
         if v is None or v.size == 0:
             continue
-        reader = readers.get(name)
-        layer = f" (read by {reader.op_type} '{reader.name or reader.output[0]}')" if reader is not None else ""
-        bad = None
+        bad, reader = None, None
         if np.isnan(v).any():
             bad = f"{int(np.isnan(v).sum())} NaN value(s)"
-        elif reader is not None and reader.op_type in _WEIGHT_OPS and not np.isfinite(v).all():
-            bad = f"{int((~np.isfinite(v)).sum())} infinite value(s)"
+            reader = weight_layer(name) or next(iter(readers.get(name, [])), None)
+        elif not np.isfinite(v).all():
+            reader = weight_layer(name)
+            if reader is not None:
+                bad = f"{int((~np.isfinite(v)).sum())} infinite value(s)"
         if bad:
+            layer = f" (read by {reader.op_type} '{reader.name or reader.output[0]}')" \
+                if reader is not None else ""
             raise ModelLoadError(f"{where}: weight '{name}'{layer} holds {bad}: the model is "
                                  "damaged (a diverged training or a broken export); re-export it "
                                  "from a checkpoint with finite weights")

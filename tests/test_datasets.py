@@ -121,6 +121,11 @@ def test_npz_and_npy(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="junk.npy: not a NumPy .npy or .npz file"):
         load_array_file(tmp_path / "junk.npy")
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "doc.npz", "w") as z:     # a zip, but not numpy.savez's
+        z.writestr("word/document.xml", "<xml/>")
+    with pytest.raises(DataError, match="doc.npz: a zip file that is not a NumPy .npz"):
+        load_array_file(tmp_path / "doc.npz")
     (tmp_path / "cut.npy").write_bytes((tmp_path / "d.npy").read_bytes()[:40])   # truncated
     with pytest.raises(DataError, match="cut.npy: cannot read as .npy/.npz"):
         load_array_file(tmp_path / "cut.npy")

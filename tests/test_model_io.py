@@ -98,3 +98,26 @@ def test_check_finite_weights_refuses_damage_and_keeps_bounds():
     w.CopyFrom(nh.from_array(np.ones_like(a), w.name))
     with pytest.raises(ModelLoadError, match="1 NaN value"):
         check_finite_weights(m, "m.onnx")
+
+
+def test_check_finite_weights_follows_casts_and_reads_bfloat16():
+    """A float16 weight Cast to float32 on its way to a Conv (an fp16 overflow is an inf), and a
+    bfloat16 weight: each checked."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.model_io import check_finite_weights
+    w = np.ones((2, 1, 1, 1), np.float16)
+    w[1] = np.inf
+    nodes = [h.make_node("Cast", ["w16"], ["w"], to=TP.FLOAT, name="cast"),
+             h.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, [1, 1, 2, 2])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [1, 2, 2, 2])], [nh.from_array(w, "w16")])
+    m = h.make_model(g)
+    with pytest.raises(ModelLoadError, match="weight 'w16' \\(read by Conv 'conv'\\) holds 1 infinite"):
+        check_finite_weights(m, "m")
+    bf = h.make_tensor("wb", TP.BFLOAT16, [2], [1.0, float("nan")])
+    m.graph.initializer[0].CopyFrom(bf)
+    m.graph.node[0].input[0] = "wb"
+    with pytest.raises(ModelLoadError, match="weight 'wb' .* holds 1 NaN"):
+        check_finite_weights(m, "m")

@@ -523,3 +523,28 @@ def test_pool_first_keeps_a_dropout_after_the_moved_activation():
     assert nm.pools_moved == 1
     moved = next(s for s in nm.sites if s.output == nm.dropouts[0]["tensor"])
     assert any(n.name == moved.name for n in nm.model.graph.node)
+
+
+@pytest.mark.parametrize("how", ["read", "graph_output", "second_reader"])
+def test_pool_first_leaves_pools_whose_indices_or_input_are_used(how):
+    """MaxPool's Indices can differ once the clip moves (ties where it saturates): a pool whose
+    indices are read or output stays; so does one whose activation another node reads."""
+    from onnx import TensorProto as TP
+    m = B.vgg(13, "clip", softmax=False)
+    g = m.graph
+    pool = next(n for n in g.node if n.op_type == "MaxPool")
+    if how == "second_reader":
+        g.node.append(h.make_node("Shape", [pool.input[0]], ["act_shape"], name="shape_reader"))
+        g.output.append(h.make_tensor_value_info("act_shape", TP.INT64, [4]))
+    else:
+        pool.output.append("idx")
+        if how == "read":
+            g.node.append(h.make_node("Cast", ["idx"], ["idx_f"], to=TP.FLOAT, name="idx_cast"))
+            g.output.append(h.make_tensor_value_info("idx_f", TP.FLOAT, ["N", 8, 6, 6]))
+        else:
+            g.output.append(h.make_tensor_value_info("idx", TP.INT64, ["N", 8, 6, 6]))
+    nm = normalize(m, pool_first=True)
+    assert nm.pools_moved == 0
+    why = {"read": "Indices output is used", "graph_output": "Indices output is used",
+           "second_reader": "also read by 1 other node"}[how]
+    assert any(why in n for n in nm.notes), nm.notes

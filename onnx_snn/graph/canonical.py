@@ -207,14 +207,21 @@ def pool_before_sites(graph: gs.Graph, sites: list) -> PassResult:
         if site is None or not act.outputs:
             continue
         y = act.outputs[0]
-        pool = y.outputs[0] if len(y.outputs) == 1 else None
-        if pool is None or pool.op not in _MAX_POOLS:
+        pools = [n for n in y.outputs if n.op in _MAX_POOLS]
+        if not pools:
+            continue
+        pool = pools[0]
+        if len(y.outputs) > 1:
+            result.skip(pool, f"its input '{y.name}' is also read by {len(y.outputs) - 1} other "
+                              "node(s)")
             continue
         if is_graph_output(graph, y):
             result.skip(pool, f"its input '{y.name}' is also a graph output")
             continue
-        if len(pool.outputs) > 1 and pool.outputs[1].outputs:
-            result.skip(pool, "its Indices output is read")
+        if len(pool.outputs) > 1 and (pool.outputs[1].outputs or
+                                      is_graph_output(graph, pool.outputs[1])):
+            result.skip(pool, "its Indices output is used (the cells it picks can differ where "
+                              "the clip saturates)")
             continue
         h, z = act.inputs[0], pool.outputs[0]
         pool.inputs[0] = h              # the pool reads the pre-activation: h -> y
