@@ -259,7 +259,12 @@ def load_array_file(path: os.PathLike) -> Dataset:
                 x = {k: np.asarray(obj[k]) for k in rest}
         except DataError:
             raise
-        except Exception as e:  # object arrays, truncated members
+        except ValueError as e:
+            if "pickle" in str(e):     # an object array among them
+                raise DataError(f"{path}: holds Python objects (an object array), not numbers; "
+                                "save numeric arrays (e.g. float32) with numpy.savez") from None
+            raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
+        except Exception as e:  # truncated members
             raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
     else:
         x, y = obj, None

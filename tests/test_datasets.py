@@ -126,6 +126,9 @@ def test_npz_and_npy(tmp_path):
         z.writestr("word/document.xml", "<xml/>")
     with pytest.raises(DataError, match="doc.npz: a zip file that is not a NumPy .npz"):
         load_array_file(tmp_path / "doc.npz")
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="obj.npz: holds Python objects"):
+        load_array_file(tmp_path / "obj.npz")
     (tmp_path / "cut.npy").write_bytes((tmp_path / "d.npy").read_bytes()[:40])   # truncated
     with pytest.raises(DataError, match="cut.npy: cannot read as .npy/.npz"):
         load_array_file(tmp_path / "cut.npy")
