@@ -215,6 +215,15 @@ def _download_cifar(name: str, root: Path) -> Path:  # pragma: no cover - needs 
 
 # ---------------------------------------------------------------- arrays
 
+def _unreadable(path: Path, e: Exception, what: str) -> DataError:
+    """The error for arrays numpy would not read: an object array (numpy asks for
+    ``allow_pickle``, which data never needs) is named as such."""
+    if isinstance(e, ValueError) and "pickle" in str(e):
+        return DataError(f"{path}: holds Python objects (an object array), not numbers; save "
+                         "numeric arrays (e.g. float32) with numpy.save / numpy.savez")
+    return DataError(f"{path}: {what} ({e})")
+
+
 def load_array_file(path: os.PathLike) -> Dataset:
     path = Path(path)
     if not path.is_file():
@@ -230,13 +239,8 @@ def load_array_file(path: os.PathLike) -> Dataset:
                         "numpy.savez (x=..., y=...)")
     try:
         obj = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e):     # a real .npy/.npz of Python objects
-            raise DataError(f"{path}: holds Python objects (an object array), not numbers; save "
-                            "a numeric array (e.g. float32) with numpy.save / numpy.savez") from None
-        raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
     except Exception as e:
-        raise DataError(f"{path}: cannot read as .npy/.npz ({e})") from None
+        raise _unreadable(path, e, "cannot read as .npy/.npz") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
         other = [m for m in obj.zip.namelist() if not m.endswith(".npy")]
         if other:      # a zip (a .pt, a .docx...) that is not numpy.savez's
@@ -259,13 +263,8 @@ def load_array_file(path: os.PathLike) -> Dataset:
                 x = {k: np.asarray(obj[k]) for k in rest}
         except DataError:
             raise
-        except ValueError as e:
-            if "pickle" in str(e):     # an object array among them
-                raise DataError(f"{path}: holds Python objects (an object array), not numbers; "
-                                "save numeric arrays (e.g. float32) with numpy.savez") from None
-            raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
-        except Exception as e:  # truncated members
-            raise DataError(f"{path}: cannot read the arrays of this .npz ({e})") from None
+        except Exception as e:  # object arrays, truncated members
+            raise _unreadable(path, e, "cannot read the arrays of this .npz") from None
     else:
         x, y = obj, None
     if isinstance(x, dict):

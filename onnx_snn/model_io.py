@@ -109,6 +109,7 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
                              "weight files next to the model") from None
     if check:
         check_model(model, str(path))
+        check_finite_weights(model, str(path))
     return Loaded(model, digest.hexdigest() if digest is not None else None, external)
 
 
@@ -132,7 +133,6 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
         raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {first}") from None
     if not model.graph.input:
         raise ModelLoadError(f"{where}: the model has no inputs")
-    check_finite_weights(model, where)
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -161,17 +161,6 @@ def _float_values(t: onnx.TensorProto) -> Optional[np.ndarray]:
     return np.asarray(t.double_data if t.data_type == onnx.TensorProto.DOUBLE else t.float_data, dtype)
 
 
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _graphs(sub)
-
-
 def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
     """A float weight (float32/64/16, bfloat16) that holds NaN, or an infinity read by a
     Conv/Gemm/MatMul/BatchNormalization (directly or through a Cast, Transpose, Reshape...),
@@ -179,7 +168,8 @@ def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
     before any work computes NaN from it (and blames the data, or reports a top-1 of NaN
     logits). An infinity elsewhere (a clip bound) is kept. External data not loaded into the
     model (an API caller's ``load_external_data=False``) is not read."""
-    graphs = list(_graphs(model.graph))     # a spiking model's weights sit in its Loop body
+    from .graph.walk import subgraphs
+    graphs = subgraphs(model.graph)         # a spiking model's weights sit in its Loop body
     tensors = [(t.name, t) for g in graphs for t in g.initializer] + [
         (n.output[0], a.t) for g in graphs for n in g.node if n.op_type == "Constant" and n.output
         for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]

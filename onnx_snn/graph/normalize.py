@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from ..model_io import check_model, default_opset, load
+from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
 from . import canonical, cleanup, fold, skeleton
 from .ir import const_value, depends_on_inputs, node_label
@@ -219,6 +219,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
     check_model(model, where, sk)
+    check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
     meta = {p.key: p.value for p in model.metadata_props}
     sk.model = _infer_shapes(canonical.upgrade_opset(sk.model, notes, where))
     try:
