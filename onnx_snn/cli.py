@@ -253,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the pooled map, once per window: 4x fewer neurons behind a 2x2 pool, a "
                         "1.2x faster loop graph; top-1 at T=2, mean of 4 seeds: +0.93 (shipped model), "
                         "+0.22 (VGG-16), -0.08 (ResNet-20); README")
+    c.add_argument("--signed-spikes", action="store_true",
+                   help="signed neurons: a neuron that has fired may take a spike back with a "
+                        "negative one when its membrane drops below zero (Wang et al. 2022), so "
+                        "a neuron driven up on one step and down on the next ends where its "
+                        "summed input puts it; spikes are -1/0/+1 times the amplitude (each "
+                        "one an accumulate, counted in the spike rates and energy). Format "
+                        "version 3. Best on networks trained for the T+1 levels (train_dnn.py "
+                        "--levels T); measured in README")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
@@ -498,7 +506,8 @@ def cmd_convert(args) -> int:
                               sequential=args.sequential or args.method == "refined",
                               per_channel=args.per_channel,
                               bias_correction=args.bias_correction,
-                              weight_calibration=args.weight_calibration)
+                              weight_calibration=args.weight_calibration,
+                              signed_spikes=args.signed_spikes)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.sequential and args.method not in ("datta", "refined"):

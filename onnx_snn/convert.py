@@ -372,6 +372,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             source_nodes=site.source_nodes, sample_size=int(st.sample.size),
             values_seen=int(st.count))
         rec.v_init = p.v_init_fraction * rec.threshold
+        if cfg.signed_spikes:
+            rec.neuron = fmt.NEURON_SIGNED
         records[site.name] = rec
         site_rows.append({**rec.to_dict(), "neurons": rec.neurons,
                           "positive_fraction": st.positive_fraction, "max": st.max,
@@ -397,6 +399,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             "bias_correction": cfg.bias_correction,
             "weight_calibration": cfg.weight_calibration} if cfg.sequential else {}),
         **({"pool_first": True} if nm.pools_moved else {}),
+        **({"signed_spikes": True} if cfg.signed_spikes else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
         **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
         **(history_extra or {}),

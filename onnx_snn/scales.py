@@ -56,6 +56,7 @@ class SearchConfig:
     bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
+    signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -218,12 +219,13 @@ def _l1_table(d, p1, b, betas, c, k):
 
 # ------------------------------------------------------------------ the spiking-aware search
 
-def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndarray) -> np.ndarray:
+def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndarray,
+                    signed: bool = False) -> np.ndarray:
     """Spike counts of IF neurons with soft reset over ``T`` steps of the given input currents.
 
     ``currents``: [T, n]; ``threshold`` and ``v_init``: [C] (one candidate each) or [C, n]
     (one value per candidate and neuron). Returns [C, n]: the same float32 arithmetic as
-    ``LIFNeuron`` with leak 1."""
+    ``LIFNeuron`` with leak 1 (``signed``: as ``SignedIFNeuron``; the net counts)."""
     th = np.asarray(threshold, np.float32)
     th = th[:, None] if th.ndim == 1 else th
     v0 = np.asarray(v_init, np.float32)
@@ -233,7 +235,10 @@ def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndar
     steps = np.asarray(currents, np.float32)
     for t, x in enumerate(steps):
         v += x
-        s = v >= th
+        if signed:   # +1, or -1 below zero with a spike to take back
+            s = (v >= th).astype(np.float32) - ((v < 0) & (k > 0))
+        else:
+            s = v >= th
         if t + 1 < len(steps):   # the membrane after the last step is not needed
             v -= s * th
         k += s
@@ -242,7 +247,7 @@ def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndar
 
 def search_dynamic(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                    config: Optional[SearchConfig] = None, chunk: int = 16,
-                   start: Optional[tuple] = None):
+                   start: Optional[tuple] = None, signed: bool = False):
     """(alpha, beta, v_init fraction, objective value) for one site from its per-step input
     currents ``currents`` [T, n] in the spiking network and the DNN's activations ``target``
     [n] of the same neurons. alpha runs over the percentiles of the time-averaged current (as
@@ -273,7 +278,7 @@ def search_dynamic(currents: np.ndarray, target: np.ndarray, mu: float, timestep
     qk = np.empty(cand_a.size)
     for s in range(0, cand_a.size, chunk):   # only three sums per candidate are kept
         a, f = cand_a[s:s + chunk], cand_f[s:s + chunk]
-        k = simulate_counts(x, a * mu, f * a * mu)                       # [C, n]
+        k = simulate_counts(x, a * mu, f * a * mu, signed)               # [C, n]
         q2[s:s + chunk] = np.einsum("cn,cn->c", k, k, dtype=np.float64)
         q1[s:s + chunk] = k.astype(np.float64) @ d
         qk[s:s + chunk] = k.sum(1, dtype=np.float64)
@@ -322,7 +327,7 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                     config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
                     n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
-                    min_group: int = 64) -> ChannelChoice:
+                    min_group: int = 64, signed: bool = False) -> ChannelChoice:
     """The spiking-aware search of one site, per group of neurons (``groups``: the channel of
     every sampled neuron, ``0..n_groups-1``; None: one group).
 
@@ -337,7 +342,8 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
        that zeroes the mean difference and ranks candidates by mse.
 
     A group with fewer than ``min_group`` neurons or that the DNN never activates keeps the
-    ``start`` scales (with a zero initial membrane)."""
+    ``start`` scales (with a zero initial membrane). ``signed``: the neurons are signed
+    (``SignedIFNeuron``)."""
     cfg = config or SearchConfig()
     x = np.asarray(currents, np.float32)
     d = np.asarray(target, np.float64)
@@ -382,7 +388,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
     for s0 in range(0, C, chunk):
         a = cand_a[s0:s0 + chunk]                                       # [c, P]
         th = np.repeat(a * mu, sizes, axis=1)                           # [c, n]
-        k = simulate_counts(x, th, cand_f[s0:s0 + chunk, None] * th).astype(np.float64)
+        k = simulate_counts(x, th, cand_f[s0:s0 + chunk, None] * th, signed).astype(np.float64)
         q2[s0:s0 + chunk] = _group_sums(k * k, starts)
         q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
         qk[s0:s0 + chunk] = _group_sums(k, starts)

@@ -358,10 +358,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
     def record_spikes(rec: fmt.SiteRecord):
         amp = rec.param_values()["amplitude"]
-        out = np.zeros((timesteps, n_total, *rec.shape), np.uint8)
+        out = np.zeros((timesteps, n_total, *rec.shape), np.int8 if rec.signed else np.uint8)
 
         def keep(b, steps):
-            out[:, starts[b]:starts[b] + sizes[b]] = np.stack(steps[rec.output]) != 0
+            y = np.stack(steps[rec.output])
+            out[:, starts[b]:starts[b] + sizes[b]] = np.sign(y) if rec.signed else y != 0
         run_spiking(step_view(), [rec.output], keep)
         spikes[rec.output] = (out, amp)
 
@@ -450,7 +451,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                "pairs": int(cur.shape[1])}
         if not grouped:
             alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg,
-                                                      start=(rec.alpha, rec.beta))
+                                                      start=(rec.alpha, rec.beta),
+                                                      signed=rec.signed)
             rec.alpha, rec.beta = alpha, beta
             rec.v_init, rec.objective_value = frac * rec.threshold, value
         else:
@@ -463,7 +465,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 row["offset"] = rec.offset
             groups = (channels, n_ch) if cfg.per_channel else (None, 1)   # None: one group
             ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, *groups,
-                                 start=(rec.alpha, rec.beta))
+                                 start=(rec.alpha, rec.beta), signed=rec.signed)
             value = ch.objective_value
             rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
             rec.v_init = _value(np.asarray(ch.v_init_fraction) * np.asarray(rec.threshold))

@@ -10,6 +10,7 @@ import pytest
 
 import builders as B
 from onnx_snn.cli import main
+from onnx_snn.spiking import format as F
 
 
 @pytest.fixture
@@ -282,3 +283,21 @@ def test_convert_pool_first(files, capsys):
     assert "--pool-first: moved 1 max pool(s) ahead of their activation" in cap.err
     assert "8x6x6" in cap.out      # the second site sits on the pooled map (8 x 12/2 x 12/2)
     assert main(["eval", str(out), "--data", str(files / "test.npz")]) == 0
+
+
+def test_convert_signed_spikes(files, capsys):
+    """--signed-spikes: version 3, recorded in the history; eval, analyze and deploy read it."""
+    out, dep = files / "signed.snn.onnx", files / "signed.deploy.onnx"
+    assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "-T", "3", "--signed-spikes", "--deploy", str(dep)]) == 0
+    info = F.read_info(onnx.load(str(out)))
+    assert info.format_version == 3 and all(s.signed for s in info.sites)
+    assert info.history[0]["signed_spikes"] is True
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(files / "test.npz")]) == 0
+    loop = capsys.readouterr().out
+    assert main(["eval", str(dep), "--data", str(files / "test.npz")]) == 0
+    top1 = [line.split("top-1:")[1].split("%")[0] for line in (loop, capsys.readouterr().out)
+            if "top-1:" in line]
+    assert len(top1) == 2 and top1[0] == top1[1]
+    assert main(["analyze", str(out), "--data", str(files / "test.npz")]) == 0

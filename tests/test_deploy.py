@@ -373,3 +373,21 @@ def test_a_state_read_by_another_node_gets_its_initial_value_broadcast(x):
     ref, got = ModelRunner(step).run({"input": x}), ModelRunner(dep).run({"input": x})
     np.testing.assert_array_equal(ref.outputs[0], got.outputs[0])
     np.testing.assert_allclose(got.outputs[1], ref.outputs[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vgg_maxpool_op13", "resnet_op13", "twin_global_maxpool_op21"])
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_deploy_graph_of_signed_neurons_equals_the_loop_graph(name, T, x):
+    """Signed neurons: the count state is dropped where it is zero (the first step, no
+    negative spike can fire) and after the last step; the same outputs and counts."""
+    nm, cal, _ = B.converted(MODELS[name](), x, T)
+    snn = onnx_snn.build(nm, cal, T, "datta", onnx_snn.SearchConfig(signed_spikes=True))
+    view = F.read_spiking(snn.model)
+    assert view.info.format_version == F.SIGNED_FORMAT_VERSION
+    ref = run(snn.model, x)
+    for counts in (False, True):
+        dep = deploy_model(view, spike_counts=counts)
+        onnx.checker.check_model(dep, full_check=True)
+        assert_same(ref, run(dep, x), counts)
+    ops = [n.op_type for n in deploy_model(view).graph.node]
+    assert ops.count("Less") == (T - 1) * len(view.info.sites)   # none on the first step

@@ -155,3 +155,47 @@ def test_site_record_spells_no_offset_one_way():
     rec.offset = [0.0, 0.25]
     assert rec.offset == [0.0, 0.25]
     assert fmt.SiteRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+
+
+# ------------------------------------------------------------------ signed neurons (version 3)
+
+@pytest.fixture(scope="module")
+def signed(x):
+    return onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, signed_spikes=True,
+                            show_progress=False)
+
+
+def test_signed_neurons_are_version_3_with_a_count_state(signed, pooled):
+    for m in (signed.model, signed.step_model()):
+        v = fmt.read_spiking(m)
+        assert v.info.format_version == fmt.SIGNED_FORMAT_VERSION == 3
+        assert all(s.signed and s.neuron == "signed" for s in v.info.sites)
+        assert {n.op_type for n in v.neurons.values()} == {fmt.SIGNED_NEURON_OP}
+        names = [st.names.input for st in v.states]
+        for s in v.info.sites:   # membrane, then the net count (zero at the start)
+            i = names.index(f"{s.name}.v")
+            assert names[i + 1] == f"{s.name}.c" and v.states[i + 1].init is None
+        assert len(v.counters) == 4 * len(v.info.sites)      # |y| counted
+        assert {f.name for f in m.functions} >= {fmt.SIGNED_NEURON_OP}
+        assert fmt.NEURON_OP not in {f.name for f in m.functions}
+    # a model without signed neurons is still written as version 2, its JSON unchanged
+    assert fmt.read_info(pooled.model).format_version == 2
+    assert "neuron" not in json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])[0]
+    rec = signed.records["lif0"]
+    assert fmt.SiteRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    assert fmt.read_info(signed.model).history[0]["signed_spikes"] is True
+
+
+def test_damaged_signed_files_are_refused(signed, pooled):
+    sites = json.loads(fmt.metadata(signed.model)[fmt.META_SITES])
+    with pytest.raises(ModelLoadError, match="format version 2 does not have"):
+        fmt.read_spiking(_damaged(signed.model, fmt.META_FORMAT, "2"))
+    odd = json.dumps([{**s, "neuron": "bursting"} for s in sites])
+    with pytest.raises(ModelLoadError, match="neuron 'bursting'"):
+        fmt.read_spiking(_damaged(signed.model, fmt.META_SITES, odd))
+    # the metadata says signed, the graph calls the plain neuron
+    plain_sites = json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])
+    lying = json.dumps([{**s, "neuron": "signed"} for s in plain_sites])
+    m = _damaged(_damaged(pooled.model, fmt.META_SITES, lying), fmt.META_FORMAT, "3")
+    with pytest.raises(ModelLoadError, match="calls LIFNeuron, not SignedIFNeuron"):
+        fmt.read_spiking(m)

@@ -69,6 +69,19 @@ def test_golden_graph(name, update_golden):
                     "converted graph")
 
 
+#: signed neurons (``--signed-spikes``, format version 3): the second state, the signed
+#: function and the counter of spikes of either sign
+SIGNED = ("helper_vgg_maxmin_op17", "helper_resnet_clip_sum_op13")
+
+
+@pytest.mark.parametrize("name", SIGNED)
+def test_golden_graph_signed(name, update_golden):
+    snn = onnx_snn.convert(_model(name), B.rand_input(64, seed=7), timesteps=2, method="max",
+                           show_progress=False, signed_spikes=True)
+    _diff_or_update(GOLDEN / f"{name}_signed.txt", describe(snn.model), update_golden,
+                    "converted graph (signed neurons)")
+
+
 SEARCHED = GOLDEN / "searched_params.json"
 
 

@@ -99,3 +99,101 @@ def test_reference_step_is_the_documented_rule():
     np.testing.assert_array_equal(s, [0, 1, 1])        # u = 0.45, 1.0, 3.0
     np.testing.assert_array_equal(y, [0, 2, 2])
     np.testing.assert_allclose(v, [0.45, 0.0, 2.0])     # soft reset keeps the excess
+
+
+# ------------------------------------------------------------------ the signed neuron
+
+def _onnx_signed_step(opset: int):
+    """A model that is one call of the format's SignedIFNeuron function."""
+    from onnx_snn.spiking.neuron import SIGNED_NEURON_OP, signed_neuron_function
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    node = helper.make_node(SIGNED_NEURON_OP, ["x", "v", "c", "th", "amp", "leak"],
+                            ["y", "v_next", "c_next"], domain=DOMAIN)
+    g = helper.make_graph([node], "signed", [vi("x", [N]), vi("v", [N]), vi("c", [N]), vi("th", []),
+                                             vi("amp", []), vi("leak", [])],
+                          [vi("y", [N]), vi("v_next", [N]), vi("c_next", [N])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset),
+                                            helper.make_opsetid(DOMAIN, 1)],
+                          functions=[signed_neuron_function(opset)])
+    onnx.checker.check_model(m, full_check=True)
+    return make_session(m)
+
+
+@pytest.fixture(scope="module", params=[13, 17, 21])
+def signed_session(request):
+    return _onnx_signed_step(request.param)
+
+
+@pytest.mark.parametrize("T,leak,frac,seed", CASES)
+def test_signed_backends_agree_on_time_varying_currents(signed_session, T, leak, frac, seed):
+    from onnx_snn.spiking.neuron import signed_step
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.3, 0.8, (T, N)).astype(np.float32)
+    th = np.float32(rng.uniform(0.4, 1.6))
+    amp = np.float32(rng.uniform(0.5, 2.0))
+    v0 = np.full(N, frac * th, np.float32)
+
+    ref_y, ref_v, ref_s = lif_run(x, v0, th, amp, leak, signed=True)
+    if T > 1:
+        assert (ref_s < 0).any() and (ref_s > 0).any()      # both signs are exercised
+    assert (np.cumsum(ref_s, 0) >= 0).all()                 # the net count never drops below 0
+
+    v, c = v0, np.zeros(N, np.float32)
+    for t in range(T):
+        y, v, c = signed_session.run(None, {"x": x[t], "v": v, "c": c, "th": np.array(th),
+                                            "amp": np.array(amp), "leak": np.array(leak, np.float32)})
+        np.testing.assert_array_equal(y, ref_y[t])
+        np.testing.assert_array_equal(v, ref_v[t])
+        np.testing.assert_array_equal(c, ref_s[:t + 1].sum(0))
+
+    torch = pytest.importorskip("torch")
+    from onnx_snn.runtimes.torch.neuron import signed_step as torch_step
+    v, c = torch.from_numpy(v0), torch.zeros(N)
+    for t in range(T):
+        y, v, c, s = torch_step(torch.from_numpy(x[t]), v, c, torch.tensor(th), torch.tensor(amp),
+                                torch.tensor(np.float32(leak)))
+        np.testing.assert_array_equal(y.numpy(), ref_y[t])
+        np.testing.assert_array_equal(v.numpy(), ref_v[t])
+        np.testing.assert_array_equal(s.numpy(), ref_s[t])
+
+    if leak == 1.0:      # the search's simulation: the same net counts
+        counts = simulate_counts(x, [th], [frac * th], signed=True)[0]
+        np.testing.assert_array_equal(counts, ref_s.sum(0))
+    # numpy's one step is the documented rule
+    y1, v1, c1, s1 = signed_step(x[0], v0, np.zeros(N), th, amp, leak)
+    np.testing.assert_array_equal(s1, ref_s[0])
+
+
+def test_signed_reference_step_is_the_documented_rule():
+    from onnx_snn.spiking.neuron import signed_step
+    # u = -0.5 with a spike to take back, -0.5 without, 0.0 (not below zero), 1.5 (fires)
+    y, v, c, s = signed_step([-0.5, -0.5, -0.2, 1.5], [0.0, 0.0, 0.2, 0.0], [1, 0, 1, 1], 1.0, 2.0)
+    np.testing.assert_array_equal(s, [-1, 0, 0, 1])
+    np.testing.assert_array_equal(y, [-2, 0, 0, 2])
+    np.testing.assert_array_equal(c, [0, 0, 1, 2])
+    np.testing.assert_allclose(v, [0.5, -0.5, 0.0, 0.5])
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.given(T=st.integers(1, 6), v0=st.integers(0, 3),
+                  steps=st.lists(st.integers(-12, 12), min_size=6, max_size=6))
+@hypothesis.settings(max_examples=200, deadline=None)
+def test_signed_count_moves_one_step_toward_the_summed_input(T, v0, steps):
+    """In exact arithmetic (quarter units, threshold 1) the signed neuron's net count moves
+    each step one spike toward q_t = max(floor(sum of its input so far / threshold), 0): it
+    rises when q_t is above it, falls when below, so it depends on the input's sum, not its
+    timing, wherever q_t moves by at most one per step. A plain neuron's count never falls."""
+    x = np.asarray(steps[:T], np.float32)[:, None] / 4
+    _, _, s = lif_run(x, np.float32(v0 / 4), 1.0, 1.0, signed=True)
+    _, _, plain = lif_run(x, np.float32(v0 / 4), 1.0, 1.0)
+    c = 0
+    acc = v0 / 4
+    for t in range(T):
+        acc += float(x[t, 0])
+        q = max(int(np.floor(acc)), 0)
+        c += int(np.sign(q - c))
+        assert int(s[:t + 1].sum()) == c
+    assert (plain >= 0).all()

@@ -247,6 +247,23 @@ def test_binary_spikes_fold_where_exact(make, kept, method, x):
             np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
 
 
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
+def test_binary_spikes_fold_signed_neurons(make, x):
+    """Spikes of -1/0/+1: the next layer takes the amplitude as it does for 0/1 spikes."""
+    nm = onnx_snn.prepare(make())
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    snn = onnx_snn.build(nm, cal, 3, "refined", onnx_snn.SearchConfig(signed_spikes=True))
+    binary = snn.binary_model()
+    onnx.checker.check_model(binary, full_check=True)
+    assert "folded" in snn.report["binary_spikes"].values()
+    from onnx_snn.spiking import format as F
+    assert F.read_info(binary).format_version == 3
+    a, b = run(snn.model, x), run(binary, x)
+    np.testing.assert_allclose(a.outputs[0], b.outputs[0], rtol=1e-5, atol=1e-5)
+    for k in a.spikes:
+        np.testing.assert_array_equal(a.spikes[k], b.spikes[k])
+
+
 def _mlp(extra_outputs=(), input_name="x"):
     from onnx import TensorProto as TP
     from onnx import helper as h

@@ -74,6 +74,67 @@ def test_torch_and_onnxruntime_agree_on_per_channel_parameters_and_offsets(make,
                                    np.asarray(snn.records[rec.name].threshold, np.float32), rtol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
+                                  lambda: B.pooled_twin("MaxPool", global_pool=True)])
+@pytest.mark.parametrize("T", [2, 4])
+def test_torch_and_onnxruntime_agree_on_signed_neurons(make, T):
+    """Signed neurons (refined, per channel, with offsets): the same outputs and the same
+    spike counts (spikes of either sign) in both runtimes, and negative spikes do fire."""
+    x = B.rand_input(48, seed=3)
+    snn = onnx_snn.convert(make(), x, timesteps=T, signed_spikes=True, show_progress=False)
+    assert all(r.signed for r in snn.records.values())
+    for model in (snn.model, snn.step_model()):
+        B.assert_runtimes_agree(model, x)
+    net = SpikingNetwork(snn.model).eval()
+    negative = []
+    orig = net._run
+
+    def spy(nodes, env, masks, spikes):
+        orig(nodes, env, masks, spikes)
+        negative.extend(float((env[n.outputs[0]] < 0).sum()) for n in nodes if n.op == fmt.SIGNED_NEURON_OP)
+    net._run = spy
+    with torch.no_grad():
+        net(torch.from_numpy(x))
+    assert sum(negative) > 0
+
+
+def test_signed_neurons_train_and_write_back(tmp_path):
+    """The negative spike's surrogate reaches the weights and thresholds; the written-back
+    file keeps the signed neurons (format version 3) and onnxruntime agrees with it."""
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=3, signed_spikes=True,
+                           show_progress=False)
+    net = SpikingNetwork(snn.model).train()
+    out = net(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(out, torch.zeros(16, dtype=torch.long)).backward()
+    for site in ("lif0", "lif1", "lif2"):
+        g = net.tensor(f"{site}.threshold").grad
+        assert g is not None and torch.isfinite(g).all()
+    assert all(w.grad is not None for w in net.parameter_groups()["weights"])
+    path = tmp_path / "signed.snn.onnx"
+    net.to_onnx(path, history={"note": "test"})
+    m = onnx.load(str(path))
+    info = F.read_info(m)
+    assert info.format_version == F.SIGNED_FORMAT_VERSION and all(s.signed for s in info.sites)
+    with torch.no_grad():
+        y = net.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(run(m, x).outputs[0] - y).max() <= 1e-5
+
+
+def test_retract_surrogate_is_the_mirrored_spike_surrogate():
+    """d(negative spike)/du: minus the positive spike's surrogate moved to u = 0, zero where
+    the neuron has no spike to take back."""
+    from onnx_snn.runtimes.torch.neuron import _Retract, spike_fn
+    th = torch.tensor(0.8)
+    u = torch.linspace(-1.5, 1.5, 31, requires_grad=True)
+    had = torch.arange(31) % 2 == 0
+    for sur in ("sigmoid", "rectangle"):
+        (gu,) = torch.autograd.grad(_Retract.apply(u, th, had, sur).sum(), u)
+        w = (u.detach() + th).requires_grad_()
+        (gs,) = torch.autograd.grad(spike_fn(w, th, sur).sum(), w)
+        np.testing.assert_allclose(gu.numpy(), np.where(had.numpy(), -gs.numpy(), 0.0), atol=1e-6)
+
+
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
 def test_exact_agreement_on_dyadic_arithmetic(make):
     """With exactly representable weights, inputs and parameters no membrane potential can

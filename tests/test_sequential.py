@@ -71,8 +71,8 @@ def test_refined_site_is_never_worse_than_datta_on_its_currents():
     seen = []
     real = sequential.search_dynamic
 
-    def spy(cur, target, mu, T, cfg, start=None):
-        out = real(cur, target, mu, T, cfg, start=start)
+    def spy(cur, target, mu, T, cfg, start=None, signed=False):
+        out = real(cur, target, mu, T, cfg, start=start, signed=signed)
         k = simulate_counts(cur, np.array([start[0] * mu]), np.array([0.0]))[0]
         seen.append((out[3], float(np.mean((start[1] * mu / T * k - target) ** 2))))
         return out

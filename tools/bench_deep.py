@@ -15,6 +15,8 @@ Markdown table with ``--markdown``).
                                                      # the two nets trained on with --levels 2
     python tools/bench_deep.py --no-finetune --methods refined,refined-pool-first
                                                      # convert --pool-first against the default
+    python tools/bench_deep.py --no-finetune --methods refined-signed,deng-signed
+                                                     # convert --signed-spikes
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -87,6 +89,11 @@ VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 #: --pool-first``), at seed 0 and seeds 1-3
 POOL_FIRST = {"refined-pool-first": 0, **{f"refined-pool-first-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {}) for name in POOL_FIRST})
+#: signed neurons (``convert --signed-spikes``): the default at seeds 0-3, and deng's
+#: parameters (threshold mu, membrane mu/2: the rounding a net trained with --levels T learnt)
+SIGNED = {"refined-signed": 0, **{f"refined-signed-seed{k}": k for k in (1, 2, 3)}}
+VARIANTS.update({name: ("refined", {"signed_spikes": True}) for name in SIGNED})
+VARIANTS["deng-signed"] = ("deng", {"signed_spikes": True})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -120,7 +127,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         return out
     for T in Ts:
         t0 = time.perf_counter()
-        snn = onnx_snn.build(nm, cal, T, base, cfg, seed=SEEDS.get(method, POOL_FIRST.get(method, 0)))
+        seed = {**SEEDS, **POOL_FIRST, **SIGNED}.get(method, 0)
+        snn = onnx_snn.build(nm, cal, T, base, cfg, seed=seed)
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out
@@ -139,7 +147,7 @@ def job_cost(net: str) -> dict:
 
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
-                 lr: Optional[float] = None, teacher: bool = False) -> dict:
+                 lr: Optional[float] = None, teacher: bool = False, signed: bool = False) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -147,7 +155,8 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
     test = _test_set(nm, test_images)
     with tempfile.TemporaryDirectory() as tmp:
         src, out = os.path.join(tmp, "m.snn.onnx"), os.path.join(tmp, "m.tuned.snn.onnx")
-        snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False)
+        snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False,
+                               signed_spikes=signed)
         snn.save(src)
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
@@ -159,6 +168,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
+            "signed_spikes": signed,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
@@ -187,7 +197,8 @@ def _table(result: dict) -> str:
             lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
                          + (f"images, lr {ft['lr']:g}" if "lr" in ft else "images")
                          + (f", distilled from {ft['teacher']}" if ft.get("teacher") else
-                            ", labels only" if "teacher" in ft else "") + ": "
+                            ", labels only" if "teacher" in ft else "")
+                         + (", signed neurons" if ft.get("signed_spikes") else "") + ": "
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
@@ -214,6 +225,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-teacher", action="store_true",
                    help="the SGL epoch distilled from the DNN (finetune --teacher auto), not on "
                         "the labels")
+    p.add_argument("--finetune-signed", action="store_true",
+                   help="the SGL epoch from the conversion with signed neurons "
+                        "(convert --signed-spikes), not the default's")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -224,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float,
-                    teacher=int)
+                    teacher=int, signed=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -242,11 +256,11 @@ def main(argv=None) -> int:
             print_result(job_cost(args._net))
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
-                                      bool(args._teacher)))
+                                      bool(args._teacher), bool(args._signed)))
         return 0
 
-    if args.no_finetune and (args.finetune_only or args.finetune_teacher):
-        p.error("--no-finetune excludes --finetune-only and --finetune-teacher")
+    if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed):
+        p.error("--no-finetune excludes --finetune-only, --finetune-teacher and --finetune-signed")
     if args.finetune_only and args.methods:
         p.error("--finetune-only runs no conversion table: drop --methods")
     if args.finetune_lr is not None and not args.finetune_lr > 0:
@@ -280,7 +294,8 @@ def main(argv=None) -> int:
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
                                        "n": args.test_images, "epochs": args.finetune_epochs,
                                        **({} if args.finetune_lr is None else {"lr": args.finetune_lr}),
-                                       **({"teacher": 1} if args.finetune_teacher else {})})
+                                       **({"teacher": 1} if args.finetune_teacher else {}),
+                                       **({"signed": 1} if args.finetune_signed else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

@@ -193,7 +193,7 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
     for r in records.values():
         c = fmt.CounterNames(r.name)
         amp = fmt.param_name(r.name, "amplitude")
-        count, per_amp, rnd = c.nodes
+        count, per_amp, rnd = c.count_node, c.per_amplitude_node, c.round_node
         y_step = _name(r.output, "count_steps")
         if r.per_channel:
             out += [helper.make_node("Div", [r.output, amp], [c.y_count], name=per_amp),

@@ -235,11 +235,11 @@ def flatten(model: onnx.ModelProto,
         nodes, outputs, inits = list(g.node), [o.name for o in g.output], list(g.initializer)
         sites, site_nodes = {}, {}
         for i, n in enumerate(nodes):
-            if n.op_type == fmt.NEURON_OP and n.domain == fmt.DOMAIN:
+            if fmt.is_neuron_node(n):
                 site = fmt.site_of_neuron_node(n.name) or n.output[0]
                 sites[n.output[0]], site_nodes[site] = site, n.name
                 nodes[i] = helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
-        states = [x for n in g.node if n.op_type == fmt.NEURON_OP for x in n.output[1:]]
+        states = [x for n in g.node if n.op_type in fmt.NEURON_OPS for x in n.output[1:]]
         outputs = [o for o in outputs if o not in states]
     kept = walk.prune(nodes, outputs)
     warns = []

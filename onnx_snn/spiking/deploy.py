@@ -7,7 +7,7 @@ spiking model (:class:`~onnx_snn.spiking.format.SpikingView`, a loop or step gra
 pass that
 
 * copies the time step T times (no ``Loop``; T is fixed by the file);
-* expands each ``LIFNeuron`` and spiking-pool call into plain ONNX ops (the rule's own node
+* expands each ``LIFNeuron`` (and ``SignedIFNeuron``) and spiking-pool call into plain ONNX ops (the rule's own node
   generators, :func:`~onnx_snn.spiking.neuron.neuron_nodes` and ``pool_nodes``), dropping
   the terms that vanish exactly: the initial membrane is a constant (its leak folded in
   numerically, no ``Expand``; a zero one is no ``Add``), a leak or amplitude of one is no
@@ -117,9 +117,14 @@ class _Unroller:
 
         for node in self.body:
             pre = _step_name(t, f"{node.name or node.output[0]}.")
-            if node.domain == fmt.DOMAIN and node.op_type == fmt.NEURON_OP:
-                x, v, th, amp, leak = node.input
-                y, v_next = node.output
+            if fmt.is_neuron_node(node):
+                signed = node.op_type == fmt.SIGNED_NEURON_OP
+                if signed:
+                    x, v, c, th, amp, leak = node.input
+                    y, v_next, c_next = node.output
+                else:
+                    x, v, th, amp, leak = node.input
+                    (y, v_next), c, c_next = node.output, None, None
                 leak_value = self.value(leak)
                 if first:   # the initial membrane is a constant: leak * v0 computed here
                     v0 = self.value(self.cur[v]) if self.cur[v] else None
@@ -129,13 +134,20 @@ class _Unroller:
                     leak_arg = None
                 else:
                     v_arg, leak_arg = arg(v), (None if _is(leak_value, 1) else leak)
+                c_arg = None
+                if signed:   # the count starts at zero: no negative spike on the first step
+                    c_arg = None if first else arg(c)
                 nodes, out = neuron_nodes(
                     arg(x), v_arg, th, None if _is(self.value(amp), 1) else amp, leak_arg,
                     pre + "y", None if last and v_next not in self.read_next else pre + "v_next",
-                    self.opset, prefix=pre)
+                    self.opset, prefix=pre, signed=signed, c=c_arg,
+                    c_next=None if not signed or (last and c_next not in self.read_next)
+                    else pre + "c_next")
                 ren[y] = out["y"]
                 if "v_next" in out:
                     ren[v_next] = out["v_next"]
+                if "c_next" in out:
+                    ren[c_next] = out["c_next"]
             elif node.domain == fmt.DOMAIN and node.op_type in _POOL_OP:
                 x, c, m = node.input
                 y, c_next, m_next = node.output

@@ -22,13 +22,24 @@ from onnx import numpy_helper
 
 from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError
 from ..graph import walk
-from .neuron import (DOMAIN, NEURON_OP, POOL_OPS, lif_step,  # noqa: F401  (re-exported)
-                     neuron_function, pool_functions)
+from .neuron import (DOMAIN, NEURON_OP, NEURON_OPS, POOL_OPS,  # noqa: F401  (re-exported)
+                     SIGNED_NEURON_OP, lif_step, neuron_function, pool_functions,
+                     signed_neuron_function)
 
-#: 2: rate-exact spiking max pooling (``SpikeMaxPool``/``SpikeGlobalMaxPool`` with carried
-#: states, ``onnx_snn.pools``); 1: max pooling of each step's spikes (an OR). Both are read.
+#: 3: signed neurons (``SignedIFNeuron``, a site's ``"neuron": "signed"``, a second carried
+#: state per such site); written only by a model that has one, every other model is written
+#: as version 2. 2: rate-exact spiking max pooling (``SpikeMaxPool``/``SpikeGlobalMaxPool``
+#: with carried states, ``onnx_snn.pools``); 1: max pooling of each step's spikes (an OR).
+#: All are read.
 FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+SIGNED_FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+#: a site's neuron kinds (``SiteRecord.neuron``)
+NEURON_IF = "if"
+NEURON_SIGNED = "signed"
+NEURON_KINDS = (NEURON_IF, NEURON_SIGNED)
+#: a signed site's second carried state: its net spike count
+COUNT_STATE = "c"
 
 # ------------------------------------------------------------------ metadata keys
 META_PREFIX = "onnx_snn."
@@ -149,8 +160,30 @@ class CounterNames:
         return f"{self.site}.y_count"
 
     @property
+    def y_abs(self) -> str:
+        return f"{self.site}.y_abs"
+
+    @property
+    def count_node(self) -> str:
+        return f"{self.site}.count"
+
+    @property
+    def per_amplitude_node(self) -> str:
+        return f"{self.site}.per_amplitude"
+
+    @property
+    def round_node(self) -> str:
+        return f"{self.site}.round"
+
+    @property
+    def abs_node(self) -> str:
+        """A signed site's: spikes of either sign count."""
+        return f"{self.site}.abs"
+
+    @property
     def nodes(self) -> tuple:
-        return (f"{self.site}.count", f"{self.site}.per_amplitude", f"{self.site}.round")
+        """Every counter node name (a site has three of them, a signed site four)."""
+        return (self.count_node, self.per_amplitude_node, self.round_node, self.abs_node)
 
 
 @dataclass(frozen=True)
@@ -275,6 +308,7 @@ class SiteRecord:
     source_nodes: List[str] = field(default_factory=list)
     sample_size: int = 0
     values_seen: int = 0
+    neuron: str = NEURON_IF
 
     def __setattr__(self, name, value):
         # an all-zero offset is no offset: one spelling (0.0), however it is set, so that the
@@ -294,6 +328,22 @@ class SiteRecord:
     @property
     def neurons(self) -> int:
         return int(math.prod(int(d) for d in self.shape))
+
+    @property
+    def signed(self) -> bool:
+        return self.neuron == NEURON_SIGNED
+
+    @property
+    def neuron_op(self) -> str:
+        return SIGNED_NEURON_OP if self.signed else NEURON_OP
+
+    def states(self) -> List["StateSpec"]:
+        """The carried states: the membrane (from ``v_init``) and, for a signed neuron, the
+        net spike count (from zero)."""
+        out = [StateSpec(StateNames(self.name), list(self.shape), param_name(self.name, "v_init"))]
+        if self.signed:
+            out.append(StateSpec(StateNames(self.name, COUNT_STATE), list(self.shape)))
+        return out
 
     @property
     def per_channel(self) -> bool:
@@ -330,6 +380,8 @@ class SiteRecord:
         out = {k: d[k] for k in order}
         if self.has_offset:
             out["offset"] = self.offset
+        if self.neuron != NEURON_IF:
+            out["neuron"] = self.neuron
         return out
 
     @classmethod
@@ -355,6 +407,10 @@ class SiteRecord:
         if not (math.isfinite(rec.mu) and rec.mu > 0):
             raise ModelLoadError(f"{where}: site {rec.name!r} has mu {rec.mu}; it must be a "
                                  "positive number")
+        if rec.neuron not in NEURON_KINDS:
+            raise ModelLoadError(f"{where}: site {rec.name!r} has neuron {rec.neuron!r}, not one "
+                                 f"of {', '.join(map(repr, NEURON_KINDS))}; upgrade onnx-snn or "
+                                 "convert the model again")
         return rec
 
 
@@ -472,6 +528,10 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
         raise ModelLoadError(f"{where}: the metadata {META_TIMESTEPS} is {timesteps}; it must be "
                              "at least 1 (the file is damaged)")
     sites = [SiteRecord.from_dict(s, where) for s in _json(meta, META_SITES, [], list, where)]
+    signed = [s.name for s in sites if s.signed]
+    if signed and version < SIGNED_FORMAT_VERSION:
+        raise ModelLoadError(f"{where}: site(s) {', '.join(signed)} have signed neurons, which "
+                             f"format version {version} does not have; the file is damaged")
     preprocess = _json(meta, META_PREPROCESS, None, dict, where)
     graph = meta.get(META_GRAPH, GRAPH_LOOP)
     if graph not in GRAPHS:
@@ -568,8 +628,17 @@ def initial_state(view: SpikingView, state: StateSpec, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(np.asarray(v0, np.float32), [n] + list(state.shape)))
 
 
+def format_version(sites: Sequence[SiteRecord]) -> int:
+    """The version a model with these sites is written as (the oldest that holds them)."""
+    return SIGNED_FORMAT_VERSION if any(s.signed for s in sites) else FORMAT_VERSION
+
+
+def is_neuron_node(n: onnx.NodeProto) -> bool:
+    return n.op_type in NEURON_OPS and n.domain == DOMAIN
+
+
 def _neuron_nodes(nodes) -> List[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type == NEURON_OP and n.domain == DOMAIN]
+    return [n for n in nodes if is_neuron_node(n)]
 
 
 def time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
@@ -600,8 +669,8 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     names = info.outputs or [o.name for o in g.output
                              if o.name not in {spikes_name(s.name) for s in info.sites}
                              and o.name not in {next_state_name(s.name) for s in info.sites}]
-    states = [StateSpec(StateNames(s.name), list(s.shape), param_name(s.name, "v_init"))
-              for s in info.sites] + [st for p in info.pools for st in p.states()]
+    states = [st for s in info.sites for st in s.states()] + \
+        [st for p in info.pools for st in p.states()]
     counter_names = {c for s in info.sites for c in CounterNames(s.name).nodes}
     loop = time_loop(g) if info.graph == GRAPH_LOOP else None
     if info.graph == GRAPH_LOOP:
@@ -637,6 +706,11 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
         if site is None:
             raise ModelLoadError(f"{where}: neuron node '{n.name}' writes '{n.output[0]}', which "
                                  f"no site of {META_SITES} names; the file is damaged")
+        want = info.site(site).neuron_op
+        if n.op_type != want:
+            raise ModelLoadError(f"{where}: site {site} is a {info.site(site).neuron} neuron in "
+                                 f"{META_SITES}, but its node '{n.name}' calls {n.op_type}, not "
+                                 f"{want}; the file is damaged or was edited")
         neurons[site] = n
     pool_nodes = {pool_node_name(p.name): p.name for p in info.pools}
     pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}

@@ -15,6 +15,19 @@ time-varying currents to each and asserts identical spikes and membranes)::
 * the search behind the sequential refinement: ``onnx_snn.scales.simulate_counts``.
 
 Parameters are scalars or tensors that broadcast to the site's shape (per channel).
+
+**Signed neurons** (``ai.onnx_snn.SignedIFNeuron``, ``convert --signed-spikes``): the same
+neuron with a memory of its net spike count ``c`` (a second carried state, zero at the start).
+A neuron that has fired may take a spike back with a negative one when its membrane drops
+below zero (Wang et al., IJCAI 2022, "signed neuron with memory")::
+
+    u      = leak * v + x
+    s      = (u >= threshold) - ((u < 0) and (c > 0))     # +1, 0 or -1
+    v_next = u - s * threshold;   c_next = c + s;   y = s * amplitude
+
+The net count never goes below zero, so the output summed over T is still ``amplitude`` times
+a count in 0..T; what changes is that a neuron driven up on the first step and down on the
+second ends where its summed input puts it (a plain neuron keeps the first spike).
 """
 from __future__ import annotations
 
@@ -28,6 +41,10 @@ DOMAIN = "ai.onnx_snn"
 NEURON_OP = "LIFNeuron"
 NEURON_INPUTS = ("x", "v", "threshold", "amplitude", "leak")
 NEURON_OUTPUTS = ("y", "v_next")
+SIGNED_NEURON_OP = "SignedIFNeuron"
+SIGNED_NEURON_INPUTS = ("x", "v", "c", "threshold", "amplitude", "leak")
+SIGNED_NEURON_OUTPUTS = ("y", "v_next", "c_next")
+NEURON_OPS = (NEURON_OP, SIGNED_NEURON_OP)
 
 
 def lif_step(x, v, threshold, amplitude, leak=1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,13 +58,27 @@ def lif_step(x, v, threshold, amplitude, leak=1.0) -> Tuple[np.ndarray, np.ndarr
     return s * amplitude, v_next, s
 
 
-def lif_run(currents, v0, threshold, amplitude, leak=1.0):
-    """Run the rule over ``currents`` [T, ...]: returns (y [T, ...], v after each step
-    [T, ...], spikes [T, ...])."""
+def signed_step(x, v, c, threshold, amplitude, leak=1.0):
+    """One step of the signed rule in float32: returns ``(y, v_next, c_next, s)``."""
+    f = np.float32
+    x, v, c = np.asarray(x, f), np.asarray(v, f), np.asarray(c, f)
+    threshold, amplitude, leak = (np.asarray(p, f) for p in (threshold, amplitude, leak))
+    u = leak * v + x
+    s = (u >= threshold).astype(f) - ((u < 0) & (c > 0)).astype(f)
+    return s * amplitude, u - s * threshold, c + s, s
+
+
+def lif_run(currents, v0, threshold, amplitude, leak=1.0, signed: bool = False):
+    """Run the rule (``signed``: the signed rule) over ``currents`` [T, ...]: returns
+    (y [T, ...], v after each step [T, ...], spikes [T, ...])."""
     v = np.asarray(v0, np.float32)
+    c = np.zeros_like(v)
     ys, vs, ss = [], [], []
     for x in np.asarray(currents, np.float32):
-        y, v, s = lif_step(x, v, threshold, amplitude, leak)
+        if signed:
+            y, v, c, s = signed_step(x, v, c, threshold, amplitude, leak)
+        else:
+            y, v, s = lif_step(x, v, threshold, amplitude, leak)
         ys.append(y)
         vs.append(v)
         ss.append(s)
@@ -56,7 +87,8 @@ def lif_run(currents, v0, threshold, amplitude, leak=1.0):
 
 def neuron_nodes(x: str, v: Optional[str], threshold: str, amplitude: Optional[str],
                  leak: Optional[str], y: str, v_next: Optional[str], opset: int,
-                 prefix: str = "") -> Tuple[List[onnx.NodeProto], Dict[str, str]]:
+                 prefix: str = "", signed: bool = False, c: Optional[str] = None,
+                 c_next: Optional[str] = None) -> Tuple[List[onnx.NodeProto], Dict[str, str]]:
     """The rule's ONNX nodes on the named tensors: the function's body, and its inline
     expansion in the deploy graph, where some terms are known to vanish exactly:
 
@@ -64,6 +96,9 @@ def neuron_nodes(x: str, v: Optional[str], threshold: str, amplitude: Optional[s
       (``u = v + x``), or ``v`` already holds ``leak * v``;
     * ``amplitude=None``: the amplitude is one (``y = s``);
     * ``v_next=None``: the next membrane is not needed (the last step: no reset).
+
+    ``signed``: the signed rule, with the net count ``c`` (None: zero, the first step: no
+    negative spike can fire) and ``c_next`` (None: not needed).
 
     Internal tensors are named ``prefix + 'u'`` etc. Returns the nodes and the tensor that
     holds each output (``y`` may be ``s``'s tensor, ``u`` may be ``x``)."""
@@ -78,8 +113,27 @@ def neuron_nodes(x: str, v: Optional[str], threshold: str, amplitude: Optional[s
         u = n("u")
         nodes.append(H("Add", [v, x], [u]))
     nodes.append(H("GreaterOrEqual", [u, threshold], [n("fired")]))
-    nodes.append(H("CastLike", [n("fired"), x], [n("s")]) if opset >= 15 else
-                 H("Cast", [n("fired")], [n("s")], to=TensorProto.FLOAT))
+
+    def to_float(b, out):
+        return H("CastLike", [b, x], [out]) if opset >= 15 else \
+            H("Cast", [b], [out], to=TensorProto.FLOAT)
+    if signed and c is not None:   # s = fired - (u < 0 and c > 0)
+        nodes.append(H("Constant", [], [n("zero")],
+                       value=helper.make_tensor(n("zero"), TensorProto.FLOAT, [], [0.0])))
+        nodes.append(H("Less", [u, n("zero")], [n("below")]))
+        nodes.append(H("Greater", [c, n("zero")], [n("had")]))
+        nodes.append(H("And", [n("below"), n("had")], [n("retract")]))
+        nodes.append(to_float(n("fired"), n("pos")))
+        nodes.append(to_float(n("retract"), n("neg")))
+        nodes.append(H("Sub", [n("pos"), n("neg")], [n("s")]))
+    else:
+        nodes.append(to_float(n("fired"), n("s")))
+    if signed and c_next is not None:
+        if c is None:
+            names["c_next"] = n("s")
+        else:
+            nodes.append(H("Add", [c, n("s")], [c_next]))
+            names["c_next"] = c_next
     if v_next is not None:
         nodes.append(H("Mul", [n("s"), threshold], [n("reset")]))
         nodes.append(H("Sub", [u, n("reset")], [v_next]))
@@ -100,6 +154,18 @@ def neuron_function(opset: int) -> onnx.FunctionProto:
         opset_imports=[helper.make_opsetid("", opset)],
         doc_string=("Integrate-and-fire step with leak and soft reset: u = leak*v + x; "
                     "s = u >= threshold; v_next = u - s*threshold; y = s*amplitude"))
+
+
+def signed_neuron_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function of one signed integrate-and-fire step (module docstring)."""
+    nodes, _ = neuron_nodes("x", "v", "threshold", "amplitude", "leak", "y", "v_next", opset,
+                            signed=True, c="c", c_next="c_next")
+    return helper.make_function(
+        DOMAIN, SIGNED_NEURON_OP, list(SIGNED_NEURON_INPUTS), list(SIGNED_NEURON_OUTPUTS), nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        doc_string=("Signed integrate-and-fire step with memory: u = leak*v + x; "
+                    "s = (u >= threshold) - (u < 0 and c > 0); v_next = u - s*threshold; "
+                    "c_next = c + s; y = s*amplitude"))
 
 
 # ------------------------------------------------------------------ rate-exact max pooling

@@ -24,7 +24,8 @@ from ..errors import UnsupportedModelError
 from ..graph import walk
 from ..graph.normalize import NormalizedModel
 from . import format as fmt
-from .neuron import POOL_ATTRIBUTES, POOL_OPS, neuron_function, pool_functions
+from .neuron import (POOL_ATTRIBUTES, POOL_OPS, neuron_function, pool_functions,
+                     signed_neuron_function)
 
 
 def _site_param_initializers(rec: fmt.SiteRecord) -> List[onnx.TensorProto]:
@@ -74,10 +75,11 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
             out.append(copy.deepcopy(node))
             continue
         s = rec.name
-        st = fmt.StateNames(s)
+        st = [spec.names for spec in rec.states()]      # membrane (and a signed one's count)
         out.append(helper.make_node(
-            fmt.NEURON_OP, [rec.input, st.input] + [fmt.param_name(s, p) for p in fmt.NEURON_PARAMS],
-            [rec.output, st.next], name=fmt.neuron_node_name(s), domain=fmt.DOMAIN))
+            rec.neuron_op, [rec.input] + [n.input for n in st] +
+            [fmt.param_name(s, p) for p in fmt.NEURON_PARAMS],
+            [rec.output] + [n.next for n in st], name=fmt.neuron_node_name(s), domain=fmt.DOMAIN))
         out += _counter_nodes(rec)
     return out
 
@@ -85,10 +87,16 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
 def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
     """spikes = sum(y) / amplitude, rounded: one pass over y (every spike carries the site's
     one amplitude; the rounding removes the float sum's tiny error). Per-channel amplitudes
-    divide before the sum."""
+    divide before the sum. A signed site counts its negative spikes too: sum(|y|)."""
     c = fmt.CounterNames(rec.name)
-    count, per_amp, rnd = c.nodes
+    count, per_amp, rnd = c.count_node, c.per_amplitude_node, c.round_node
     amp = fmt.param_name(rec.name, "amplitude")
+    if rec.signed:   # |y| / amplitude summed: every spike, of either sign
+        return [helper.make_node("Abs", [rec.output], [c.y_abs], name=c.abs_node),
+                helper.make_node("Div", [c.y_abs, amp], [c.y_count], name=per_amp),
+                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
+                                 name=count),
+                helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
     if rec.per_channel:
         return [helper.make_node("Div", [rec.output, amp], [c.y_count], name=per_amp),
                 helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
@@ -190,8 +198,8 @@ def _apply_offset(rec: fmt.SiteRecord, by_name, users, producers, named, inits, 
 
 
 def carried_states(records: Dict[str, fmt.SiteRecord], pools) -> List[fmt.StateSpec]:
-    return [fmt.StateSpec(fmt.StateNames(r.name), list(r.shape), fmt.param_name(r.name, "v_init"))
-            for r in records.values()] + [st for p in (pools or {}).values() for st in p.states()]
+    return [st for r in records.values() for st in r.states()] + \
+        [st for p in (pools or {}).values() for st in p.states()]
 
 
 def opsets(nm: NormalizedModel):
@@ -199,12 +207,16 @@ def opsets(nm: NormalizedModel):
 
 
 def finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
-            pools) -> onnx.ModelProto:
+            pools, records: Optional[Dict[str, fmt.SiteRecord]] = None) -> onnx.ModelProto:
     model.ir_version = max(nm.model.ir_version, 8)
     model.producer_name = "onnx-snn"
     from .. import __version__
     model.producer_version = __version__
-    model.functions.append(neuron_function(nm.opset))
+    recs = list((records or {}).values())
+    if not recs or not all(r.signed for r in recs):
+        model.functions.append(neuron_function(nm.opset))
+    if any(r.signed for r in recs):
+        model.functions.append(signed_neuron_function(nm.opset))
     used = {p.op for p in (pools or {}).values()}
     model.functions.extend(f for f in pool_functions(nm.opset) if f.name in used)
     if pools:
@@ -228,7 +240,7 @@ def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
     graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs)
     model = helper.make_model(graph, opset_imports=opsets(nm))
     _add_initializers(model.graph, inits)
-    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools)
+    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_STEP}, pools, records)
 
 
 def _add_initializers(graph: onnx.GraphProto, inits: Sequence[onnx.TensorProto]) -> None:
@@ -362,7 +374,7 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     model = helper.make_model(graph, opset_imports=opsets(nm))
     _add_initializers(model.graph.node[loop_at].attribute[0].g, body_inits)
     _add_initializers(model.graph, inits)
-    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools)
+    return finish(model, nm, {**meta, fmt.META_GRAPH: fmt.GRAPH_LOOP}, pools, records)
 
 
 def batch_size_nodes(first: str):
@@ -411,7 +423,7 @@ def base_metadata(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], times
     meta = {k: v for k, v in nm.source_metadata.items() if not k.startswith(fmt.META_PREFIX)
             or k in fmt.META_CARRIED}
     meta.update({
-        fmt.META_FORMAT: str(fmt.FORMAT_VERSION),
+        fmt.META_FORMAT: str(fmt.format_version(list(records.values()))),
         fmt.META_TIMESTEPS: str(int(timesteps)),
         fmt.META_METHOD: method,
         fmt.META_SITES: json.dumps([r.to_dict() for r in records.values()]),

@@ -7,7 +7,7 @@ model, fine-tune it with surrogate-gradient learning, and write it back in the s
     net.last_spikes                         # per-site spike totals of that call
     net.to_onnx("tuned.snn.onnx")
 """
-from .neuron import lif_step, spike_fn
+from .neuron import lif_step, signed_step, spike_fn
 from .network import SpikingNetwork
 
-__all__ = ["SpikingNetwork", "lif_step", "spike_fn"]
+__all__ = ["SpikingNetwork", "lif_step", "signed_step", "spike_fn"]

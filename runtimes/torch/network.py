@@ -27,7 +27,7 @@ from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
 
-from .neuron import DEFAULT_SURROGATE, SURROGATES, lif_step, max_pool_step
+from .neuron import DEFAULT_SURROGATE, SURROGATES, lif_step, max_pool_step, signed_step
 from .ops import OPS, parse_attrs, run_op
 
 #: the format's spiking pool functions -> the ONNX pool they apply to running sums
@@ -99,7 +99,7 @@ class SpikingNetwork(nn.Module):
 
         def conv(nodes):
             return [_Node(n.op_type, n.name, list(n.input), list(n.output), parse_attrs(n),
-                          site_of.get(n.name) if n.op_type == fmt.NEURON_OP else None)
+                          site_of.get(n.name) if n.op_type in fmt.NEURON_OPS else None)
                     for n in nodes]
 
         outputs = [view.step_outputs[o] for o in view.outputs]
@@ -110,7 +110,7 @@ class SpikingNetwork(nn.Module):
 
     def _check_ops(self):
         for n in self.hoisted + self.body:
-            if n.op == fmt.NEURON_OP or n.op in _POOLS:
+            if n.op in fmt.NEURON_OPS or n.op in _POOLS:
                 continue
             if n.op not in OPS:
                 raise UnsupportedModelError(f"node '{n.name}' ({n.op}) has no torch implementation "
@@ -148,12 +148,20 @@ class SpikingNetwork(nn.Module):
 
     def _run(self, nodes, env, masks, spikes):
         for n in nodes:
-            if n.op == fmt.NEURON_OP:
+            if n.op in fmt.NEURON_OPS:
+                signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
-                th = env[n.inputs[2]].clamp(min=_MIN_THRESHOLD)
-                amp = env[n.inputs[3]].clamp(min=_MIN_THRESHOLD)
-                leak = env[n.inputs[4]].clamp(max=1.0)
-                y, v_next, s = lif_step(x, v, th, amp, leak, self.surrogate)
+                p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
+                th = env[p[0]].clamp(min=_MIN_THRESHOLD)
+                amp = env[p[1]].clamp(min=_MIN_THRESHOLD)
+                leak = env[p[2]].clamp(max=1.0)
+                if signed:
+                    y, v_next, c_next, s = signed_step(x, v, env[n.inputs[2]], th, amp, leak,
+                                                       self.surrogate)
+                    env[n.outputs[2]] = c_next
+                    s = s.abs()          # spikes of either sign are counted
+                else:
+                    y, v_next, s = lif_step(x, v, th, amp, leak, self.surrogate)
                 env[n.outputs[0]], env[n.outputs[1]] = y, v_next
                 spikes[n.site] = s
             elif n.op in _POOLS:

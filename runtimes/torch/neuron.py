@@ -65,6 +65,42 @@ def spike_fn(u: torch.Tensor, threshold: torch.Tensor,
     return _Spike.apply(u, threshold, surrogate)
 
 
+class _Retract(torch.autograd.Function):
+    """A signed neuron's negative spike, (u < 0) and (count > 0): the Heaviside step of -u,
+    with the surrogate of the positive spike moved from the threshold to zero (the same
+    shape, mirrored: g(z + 1) with z = u / threshold), zero where the neuron has no spike to
+    take back. The threshold gets no gradient from it (the step does not depend on it)."""
+
+    @staticmethod
+    def forward(ctx, u, threshold, had, surrogate):
+        ctx.save_for_backward(u, threshold, had)
+        ctx.surrogate = surrogate
+        return ((u < 0) & had).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, threshold, had = ctx.saved_tensors
+        inv = 1.0 / threshold
+        z = u * inv + 1.0                 # 1 at u = 0, where the negative spike switches
+        if ctx.surrogate == "rectangle":
+            g = ((z > 0) & (z < 2)).to(u.dtype)
+        else:
+            sg = torch.sigmoid(SIGMOID_K * (z - 1.0))
+            g = SIGMOID_K * sg * (1.0 - sg)
+        return -grad * g * inv * had.to(u.dtype), None, None, None
+
+
+def signed_step(x, v, c, threshold, amplitude, leak, surrogate: str = DEFAULT_SURROGATE):
+    """One signed step (``ai.onnx_snn.SignedIFNeuron``): returns (y, v_next, c_next, s) with
+    s in {-1, 0, 1}."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    u = leak * v + x
+    s = spike_fn(u, threshold, surrogate) - _Retract.apply(u, threshold, c > 0, surrogate)
+    v_next = u - s * threshold
+    return s * amplitude, v_next, c + s.detach(), s
+
+
 def lif_step(x, v, threshold, amplitude, leak, surrogate: str = DEFAULT_SURROGATE):
     """One step: returns (y, v_next, s)."""
     u = leak * v + x
