@@ -230,18 +230,23 @@ def simulate_counts(currents: np.ndarray, threshold: np.ndarray, v_init: np.ndar
     th = th[:, None] if th.ndim == 1 else th
     v0 = np.asarray(v_init, np.float32)
     v0 = v0[:, None] if v0.ndim == 1 else v0
-    v = np.broadcast_to(v0, (th.shape[0], currents.shape[1])).copy()
-    k = np.zeros_like(v)
     steps = np.asarray(currents, np.float32)
+    shape = (th.shape[0], steps.shape[1])
+    v = np.empty(shape, np.float32)
+    k = np.zeros(shape, np.float32)
+    fired = np.empty(shape, bool)
+    reset = np.empty(shape, np.float32) if len(steps) > 1 else None
     for t, x in enumerate(steps):
-        v += x
+        np.add(v0 if t == 0 else v, x, out=v)
+        np.greater_equal(v, th, out=fired)
         if signed:   # +1, or -1 below zero with a spike to take back
-            s = (v >= th).astype(np.float32) - ((v < 0) & (k > 0))
+            s = fired.astype(np.float32) - ((v < 0) & (k > 0))
         else:
-            s = v >= th
+            s = fired
         if t + 1 < len(steps):   # the membrane after the last step is not needed
-            v -= s * th
-        k += s
+            np.multiply(s, th, out=reset)
+            np.subtract(v, reset, out=v)
+        np.add(k, s, out=k)
     return k
 
 
@@ -386,12 +391,15 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
     c = mu / timesteps
     q2, q1, qk = (np.empty((C, P)) for _ in range(3))
     for s0 in range(0, C, chunk):
-        a = cand_a[s0:s0 + chunk]                                       # [c, P]
-        th = np.repeat(a * mu, sizes, axis=1)                           # [c, n]
-        k = simulate_counts(x, th, cand_f[s0:s0 + chunk, None] * th, signed).astype(np.float64)
-        q2[s0:s0 + chunk] = _group_sums(k * k, starts)
+        th = cand_a[s0:s0 + chunk] * mu                                 # [c, P]
+        v0 = cand_f[s0:s0 + chunk, None] * th
+        # per neuron, in float32 (one value per group, repeated over its neurons)
+        k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
+                            np.repeat(v0.astype(np.float32), sizes, axis=1), signed)   # [c, n]
+        # counts are small whole numbers: their sums are exact in float64 in any order
+        q2[s0:s0 + chunk] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
         q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
-        qk[s0:s0 + chunk] = _group_sums(k, starts)
+        qk[s0:s0 + chunk] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
     dd = np.add.reduceat(d * d, starts)
     sd = np.add.reduceat(d, starts)
     with np.errstate(divide="ignore", invalid="ignore"):
