@@ -200,12 +200,13 @@ def test_format_table_plain_and_markdown():
 def test_bench_layouts_small(fmnist_test):
     """The loop graph against its unrolled, time-folded and deploy layouts: identical numbers."""
     r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta",
-                 "--optimization", "all,extended", "--pool-first")
+                 "--optimization", "all,extended", "--pool-first", "--signed-spikes")
     assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
     assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy",
                                            "deploy-binary", "dnn@extended", "loop@extended",
                                            "deploy@extended", "loop-pool-first",
-                                           "deploy-pool-first", "deploy-binary-pool-first"}
+                                           "deploy-pool-first", "deploy-binary-pool-first",
+                                           "loop-signed", "deploy-signed", "deploy-binary-signed"}
     b = r["deploy_binary"]      # amplitudes folded: the same function up to float rounding
     assert set(b["sites"].values()) == {"folded"} and b["max_difference"] < 1e-4 and b["same_top_class"]
     assert r["optimization"] == ["all", "extended"]
@@ -213,19 +214,21 @@ def test_bench_layouts_small(fmnist_test):
 
 def test_bench_deep_small(fmnist_test):
     """The deep-network benchmark end to end on a few images (no fine-tuning)."""
-    r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--methods", "datta,max", "-T", "1,2",
-                 "--test-images", "200", "--no-finetune", "--parallel", "2")
+    r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--methods", "datta,max,deng-signed",
+                 "-T", "1,2", "--test-images", "200", "--no-finetune", "--parallel", "2")
     net = r["nets"]["shipped"]
-    assert set(net["accuracy"]) == {"datta", "max"} and set(net["accuracy"]["max"]) == {"1", "2"}
+    assert set(net["accuracy"]) == {"datta", "max", "deng-signed"}
+    assert set(net["accuracy"]["max"]) == set(net["accuracy"]["deng-signed"]) == {"1", "2"}
     assert isinstance(net["dnn"], float) and net["cost"]["seconds"] > 0
 
 
 def test_bench_deep_finetune_only(fmnist_test):
     """--finetune-only runs the SGL job alone, at the learning rate asked for, and records it."""
     r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--finetune-only", "--finetune-lr",
-                 "1e-4", "--finetune-images", "128", "--test-images", "200")
+                 "1e-4", "--finetune-images", "128", "--test-images", "200", "--finetune-signed")
     net = r["nets"]["shipped"]
     assert r["methods"] == [] and r["timesteps"] == [] and net["accuracy"] == {} and "cost" not in net
     ft = net["finetune"]
     assert ft["lr"] == 1e-4 and ft["train_images"] == 128 and ft["epochs"] == 1
+    assert ft["signed_spikes"] is True
     assert 0 <= ft["top1_before"] <= 100 and 0 <= ft["top1_after"] <= 100

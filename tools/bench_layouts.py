@@ -320,6 +320,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pool-first", action="store_true",
                     help="also time the loop, deploy and binary deploy graphs of the same DNN "
                          "converted with --pool-first (other outputs: a different conversion)")
+    ap.add_argument("--signed-spikes", action="store_true",
+                    help="also time the loop, deploy and binary deploy graphs of the same DNN "
+                         "converted with --signed-spikes (other outputs: a different conversion)")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args(argv)
     levels = [v.strip() for v in args.optimization.split(",") if v.strip()]
@@ -342,6 +345,11 @@ def main(argv=None) -> int:
                               method=args.method, show_progress=False, pool_first=True)
         models.update({"loop-pool-first": pf.model, "deploy-pool-first": onnx_snn.deploy(pf.model),
                        "deploy-binary-pool-first": onnx_snn.deploy(pf.binary_model())})
+    if args.signed_spikes:
+        sg = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
+                              method=args.method, show_progress=False, signed_spikes=True)
+        models.update({"loop-signed": sg.model, "deploy-signed": onnx_snn.deploy(sg.model),
+                       "deploy-binary-signed": onnx_snn.deploy(sg.binary_model())})
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":
