@@ -129,7 +129,7 @@ def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
         n.domain == fmt.DOMAIN for g in walk.subgraphs(model.graph) for n in g.node)
     if fmt.is_spiking(model) or calls:
         why = (f"it has {fmt.META_FORMAT} metadata" if fmt.is_spiking(model) else
-               f"it calls {fmt.DOMAIN}.{fmt.NEURON_OP}")
+               f"it calls {fmt.DOMAIN} functions")
         deployed = fmt.is_spiking(model) and \
             fmt.metadata(model).get(fmt.META_GRAPH) == fmt.GRAPH_DEPLOY
         raise UnsupportedModelError(
@@ -397,7 +397,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
-            "weight_calibration": cfg.weight_calibration} if cfg.sequential else {}),
+            "weight_calibration": cfg.weight_calibration,
+            **({"search_stride": cfg.search_stride} if cfg.search_stride != 1 else {})}
+           if cfg.sequential else {}),
         **({"pool_first": True} if nm.pools_moved else {}),
         **({"signed_spikes": True} if cfg.signed_spikes else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged

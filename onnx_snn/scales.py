@@ -56,6 +56,8 @@ class SearchConfig:
     bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
+    search_stride: int = 1           # per-channel search: every stride-th percentile, then
+                                     # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
 
     def __post_init__(self):
@@ -73,6 +75,9 @@ class SearchConfig:
         if not fr or any(not 0 <= f < 1 for f in fr):
             raise ValueError(f"initial membrane fractions must be in [0, 1), not {list(fr)}")
         self.v_init_fractions = fr
+        if int(self.search_stride) != self.search_stride or self.search_stride < 1:
+            raise ValueError(f"search stride must be a whole number >= 1, not {self.search_stride}")
+        self.search_stride = int(self.search_stride)
         if self.sequential_sample < 1:
             raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):
@@ -385,28 +390,48 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             p = np.resize(layer, qs.size)
         A[:, j] = np.concatenate([p, extra])
     fracs = np.asarray(cfg.v_init_fractions, np.float64)
-    cand_a = np.repeat(A, fracs.size, axis=0)                          # [C, P]
-    cand_f = np.tile(fracs, A.shape[0])                                # [C]
-    C = cand_a.shape[0]
     c = mu / timesteps
-    q2, q1, qk = (np.empty((C, P)) for _ in range(3))
-    for s0 in range(0, C, chunk):
-        th = cand_a[s0:s0 + chunk] * mu                                 # [c, P]
-        v0 = cand_f[s0:s0 + chunk, None] * th
-        # per neuron, in float32 (one value per group, repeated over its neurons)
-        k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
-                            np.repeat(v0.astype(np.float32), sizes, axis=1), signed)   # [c, n]
-        # counts are small whole numbers: their sums are exact in float64 in any order
-        q2[s0:s0 + chunk] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
-        q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
-        qk[s0:s0 + chunk] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
     dd = np.add.reduceat(d * d, starts)
     sd = np.add.reduceat(d, starts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
-    raw = np.where(np.isfinite(raw), raw, 1.0)
-    beta = np.clip(np.round(raw / cfg.beta_step) * cfg.beta_step, cfg.beta_step, cfg.beta_max)
-    sse = beta ** 2 * c ** 2 * q2 - 2 * beta * c * q1 + dd[None, :]        # [C, P]
+
+    def score(alphas: np.ndarray):
+        """(candidates' alpha [C, P], v_init fraction [C], beta [C, P], sse [C, P]) of every
+        row of ``alphas`` [R, P] with every initial-membrane fraction."""
+        cand_a = np.repeat(alphas, fracs.size, axis=0)                  # [C, P]
+        cand_f = np.tile(fracs, alphas.shape[0])                        # [C]
+        C = cand_a.shape[0]
+        q2, q1, qk = (np.empty((C, P)) for _ in range(3))
+        for s0 in range(0, C, chunk):
+            th = cand_a[s0:s0 + chunk] * mu                             # [c, P]
+            v0 = cand_f[s0:s0 + chunk, None] * th
+            # per neuron, in float32 (one value per group, repeated over its neurons)
+            k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
+                                np.repeat(v0.astype(np.float32), sizes, axis=1), signed)  # [c, n]
+            # counts are small whole numbers: their sums are exact in float64 in any order
+            q2[s0:s0 + chunk] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
+            q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
+            qk[s0:s0 + chunk] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
+        raw = np.where(np.isfinite(raw), raw, 1.0)
+        beta = np.clip(np.round(raw / cfg.beta_step) * cfg.beta_step, cfg.beta_step, cfg.beta_max)
+        return cand_a, cand_f, beta, beta ** 2 * c ** 2 * q2 - 2 * beta * c * q1 + dd[None, :]
+
+    Q, stride = qs.size, int(cfg.search_stride)
+    if stride <= 1 or Q <= 2 * stride:   # every candidate
+        cand_a, cand_f, beta, sse = score(A)
+    else:
+        # coarse to fine: every stride-th percentile (and the extra alphas) first, then, per
+        # group, the percentiles between the best coarse one and its coarse neighbours
+        coarse = np.unique(np.r_[np.arange(stride - 1, Q, stride), Q - 1])
+        a1, f1, b1, e1 = score(A[np.r_[coarse, np.arange(Q, A.shape[0])]])
+        pct = e1[:coarse.size * fracs.size].reshape(coarse.size, fracs.size, P).min(1)  # [K, P]
+        centre = coarse[np.argmin(pct, axis=0)]                                        # [P]
+        near = np.r_[np.arange(-(stride - 1), 0), np.arange(1, stride)]
+        rows = np.clip(centre[None, :] + near[:, None], 0, Q - 1)                       # [J, P]
+        a2, f2, b2, e2 = score(A[rows, np.arange(P)[None, :]])
+        cand_a, cand_f = np.concatenate([a1, a2]), np.concatenate([f1, f2])
+        beta, sse = np.concatenate([b1, b2]), np.concatenate([e1, e2])
     best = np.argmin(sse, axis=0)
     cols = np.arange(P)
     out_a, out_b, out_f = cand_a[best, cols], beta[best, cols], cand_f[best]

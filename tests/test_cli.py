@@ -301,3 +301,13 @@ def test_convert_signed_spikes(files, capsys):
             if "top-1:" in line]
     assert len(top1) == 2 and top1[0] == top1[1]
     assert main(["analyze", str(out), "--data", str(files / "test.npz")]) == 0
+
+
+def test_convert_search_stride(files):
+    out = files / "stride.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "--search-stride", "4"]) == 0
+    assert F.read_info(onnx.load(str(out))).history[0]["search_stride"] == 4
+    with pytest.raises(SystemExit):
+        main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+              str(files / "calib.npy"), "--search-stride", "0"])

@@ -199,3 +199,28 @@ def test_damaged_signed_files_are_refused(signed, pooled):
     m = _damaged(_damaged(pooled.model, fmt.META_SITES, lying), fmt.META_FORMAT, "3")
     with pytest.raises(ModelLoadError, match="calls LIFNeuron, not SignedIFNeuron"):
         fmt.read_spiking(m)
+
+
+def test_a_neuron_or_pool_call_with_the_wrong_arity_is_refused(signed, pooled):
+    """A call with an input or output dropped is a damaged file (exit 3), not a crash later
+    in deploy or the torch runtime."""
+    for model, op in ((signed.model, fmt.SIGNED_NEURON_OP), (pooled.model, fmt.NEURON_OP),
+                      (pooled.model, "SpikeMaxPool")):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        node = next(n for n in fmt.time_loop(m.graph).attribute[0].g.node if n.op_type == op)
+        del node.input[-1]
+        with pytest.raises(ModelLoadError, match="inputs and"):
+            fmt.read_spiking(m)
+
+
+def test_states_are_not_outputs_when_the_output_list_is_missing(signed):
+    """Without onnx_snn.outputs the DNN outputs are what the step graph outputs besides spike
+    counts and next states: a signed site's count state too."""
+    m = signed.step_model()
+    del_key = [p for p in m.metadata_props if p.key == fmt.META_OUTPUTS]
+    for p in del_key:
+        m.metadata_props.remove(p)
+    v = fmt.read_spiking(m)
+    assert v.outputs == fmt.read_spiking(signed.step_model()).outputs
+    assert not any(o.endswith(("_next", ".spikes")) for o in v.outputs)

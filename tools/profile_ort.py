@@ -25,7 +25,7 @@ from _bench_common import bench_calibration, emit
 GROUPS = {
     "conv/gemm": ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "ConvTranspose"),
     "neuron": ("Mul", "Add", "Sub", "GreaterOrEqual", "Cast", "CastLike", "ReduceSum", "Div", "Round",
-               "Where", "Greater"),
+               "Where", "Greater", "Less", "And", "Abs"),
     "layout": ("ReorderInput", "ReorderOutput"),
 }
 

@@ -1,8 +1,8 @@
 """Binary spikes: fold each site's spike amplitude into the weights of the layers it feeds.
 
 Because all spikes of one site share one amplitude ``a``, ``Conv(a*s, W) = Conv(s, a*W)``:
-after folding, neurons emit 0/1 spikes and the next layer only accumulates weights (ACs, no
-multiplies), the paper's point. The fold is applied where it is exact: the site's output may
+after folding, neurons emit 0/1 spikes (-1/0/+1 from signed neurons) and the next layer only
+accumulates (or subtracts) weights (ACs, no multiplies), the paper's point. The fold is applied where it is exact: the site's output may
 pass through pooling and reshaping ops (which commute with a scalar) and must end in
 Conv/ConvTranspose/Gemm/MatMul layers, as their data input, whose weights no other path uses.
 A site that feeds anything else (a residual ``Add`` summing two differently scaled spike

@@ -22,9 +22,10 @@ from onnx import numpy_helper
 
 from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError
 from ..graph import walk
-from .neuron import (DOMAIN, NEURON_OP, NEURON_OPS, POOL_OPS,  # noqa: F401  (re-exported)
-                     SIGNED_NEURON_OP, lif_step, neuron_function, pool_functions,
-                     signed_neuron_function)
+from .neuron import (DOMAIN, NEURON_INPUTS, NEURON_OP, NEURON_OPS,  # noqa: F401 (re-exported)
+                     NEURON_OUTPUTS, POOL_INPUTS, POOL_OPS, POOL_OUTPUTS, SIGNED_NEURON_INPUTS,
+                     SIGNED_NEURON_OP, SIGNED_NEURON_OUTPUTS, lif_step, neuron_function,
+                     pool_functions, signed_neuron_function)
 
 #: 3: signed neurons (``SignedIFNeuron``, a site's ``"neuron": "signed"``, a second carried
 #: state per such site); written only by a model that has one, every other model is written
@@ -666,17 +667,17 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     inits = all_initializers(model)
     _check_params(info, inits, where)
     g = model.graph
-    names = info.outputs or [o.name for o in g.output
-                             if o.name not in {spikes_name(s.name) for s in info.sites}
-                             and o.name not in {next_state_name(s.name) for s in info.sites}]
     states = [st for s in info.sites for st in s.states()] + \
         [st for p in info.pools for st in p.states()]
+    names = info.outputs or [o.name for o in g.output
+                             if o.name not in {spikes_name(s.name) for s in info.sites}
+                             and o.name not in {st.names.next for st in states}]
     counter_names = {c for s in info.sites for c in CounterNames(s.name).nodes}
     loop = time_loop(g) if info.graph == GRAPH_LOOP else None
     if info.graph == GRAPH_LOOP:
         if loop is None:
             raise ModelLoadError(f"{where}: a single-call spiking model without its time loop "
-                                 f"(no Loop node with {DOMAIN}.{NEURON_OP} calls); the file is "
+                                 f"(no Loop node with {DOMAIN} neuron calls); the file is "
                                  "damaged or was edited, convert it again")
         body_graph = next(a.g for a in loop.attribute if a.name == "body")
         body_all = [n for n in body_graph.node if n.name != LOOP_COND_NODE]
@@ -706,14 +707,27 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
         if site is None:
             raise ModelLoadError(f"{where}: neuron node '{n.name}' writes '{n.output[0]}', which "
                                  f"no site of {META_SITES} names; the file is damaged")
-        want = info.site(site).neuron_op
+        rec = info.site(site)
+        want = rec.neuron_op
         if n.op_type != want:
-            raise ModelLoadError(f"{where}: site {site} is a {info.site(site).neuron} neuron in "
+            raise ModelLoadError(f"{where}: site {site} is a {rec.neuron} neuron in "
                                  f"{META_SITES}, but its node '{n.name}' calls {n.op_type}, not "
                                  f"{want}; the file is damaged or was edited")
+        arity = (len(SIGNED_NEURON_INPUTS), len(SIGNED_NEURON_OUTPUTS)) if rec.signed else \
+            (len(NEURON_INPUTS), len(NEURON_OUTPUTS))
+        if (len(n.input), len(n.output)) != arity or not all(n.input) or not all(n.output):
+            raise ModelLoadError(f"{where}: neuron node '{n.name}' ({n.op_type}) has "
+                                 f"{len(n.input)} inputs and {len(n.output)} outputs, not "
+                                 f"{arity[0]} and {arity[1]}; the file is damaged or was edited")
         neurons[site] = n
     pool_nodes = {pool_node_name(p.name): p.name for p in info.pools}
     pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}
+    for name, n in pools.items():
+        if (len(n.input), len(n.output)) != (len(POOL_INPUTS), len(POOL_OUTPUTS)) \
+                or not all(n.input) or not all(n.output):
+            raise ModelLoadError(f"{where}: spiking pool node '{n.name}' has {len(n.input)} inputs "
+                                 f"and {len(n.output)} outputs, not {len(POOL_INPUTS)} and "
+                                 f"{len(POOL_OUTPUTS)}; the file is damaged or was edited")
     lost = [p.name for p in info.pools if p.name not in pools]
     if lost:
         raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
@@ -721,8 +735,9 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     missing = [s.name for s in info.sites if s.name not in neurons]
     if missing:
         raise ModelLoadError(f"{where}: the metadata lists site(s) {', '.join(missing)} but the "
-                             f"graph has no {DOMAIN}.{NEURON_OP} call for them (was the neuron "
-                             "function inlined?); use the file onnx-snn wrote")
+                             f"graph has no {DOMAIN} neuron call for them ({NEURON_OP} or "
+                             f"{SIGNED_NEURON_OP}; was the neuron function inlined?); use the file "
+                             "onnx-snn wrote")
     return SpikingView(model=model, info=info, hoisted=hoisted, body=body, counters=counters,
                        neurons=neurons, pools=pools, states=states, step_outputs=step_outputs,
                        step_spikes=step_spikes, initializers=inits, loop=loop)

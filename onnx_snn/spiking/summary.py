@@ -92,6 +92,8 @@ def describe(model: onnx.ModelProto) -> str:
                 keep = {k: s[k] for k in ("name", "input", "output", "shape", "mu", "mu_source",
                                           "alpha", "beta", "threshold", "amplitude", "leak",
                                           "v_init", "idiom")}
+                if "neuron" in s:    # a signed neuron (plain ones have no key)
+                    keep["neuron"] = s["neuron"]
                 lines.append("  site " + " ".join(f"{k}={_fmt_value(v)}" for k, v in keep.items()))
             continue
         lines.append(f"  {p.key} = {p.value}")
