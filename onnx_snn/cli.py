@@ -256,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--search-stride", type=positive_int, default=SEARCH.search_stride,
                    metavar="K",
                    help="refined: score every K-th alpha percentile per channel, then the ones "
-                        "around each channel's best (default: 1, every percentile); 4 converts "
-                        "the deep networks 1.4-1.6x faster with top-1 within the seeds' spread "
-                        "(README)")
+                        "around each channel's best (default: 1, every percentile); 4 refines "
+                        "VGG-16 and ResNet-20 1.9-2.0x faster, top-1 at T=2 within the seeds' "
+                        "spread (README)")
     c.add_argument("--signed-spikes", action="store_true",
                    help="signed neurons: a neuron that has fired may take a spike back with a "
                         "negative one when its membrane drops below zero (Wang et al. 2022), so "
