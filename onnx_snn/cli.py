@@ -636,12 +636,12 @@ def cmd_info(args) -> int:
         return 0
     print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
           f"method={info.method}, graph={info.graph}")
+    signed = any(s.signed for s in info.sites)     # a neuron column only where it says something
     rows = [[s.name, "x".join(map(str, s.shape)), s.neurons, f"{s.mu:.4g}",
              _param(s.threshold, ".4g"), _param(s.amplitude, ".4g"), _param(s.leak, ".4g"),
-             _param(s.v_init, ".4g")] + ([s.neuron] if any(t.signed for t in info.sites) else [])
-            for s in info.sites]
+             _param(s.v_init, ".4g")] + ([s.neuron] if signed else []) for s in info.sites]
     print(_fmt_table(["site", "shape", "neurons", "mu", "threshold", "amplitude", "leak", "v_init"]
-                     + (["neuron"] if any(t.signed for t in info.sites) else []), rows))
+                     + (["neuron"] if signed else []), rows))
     for h in info.history:
         print("history: " + json.dumps(h))
     return 0

@@ -340,16 +340,15 @@ def main(argv=None) -> int:
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
               "deploy": onnx_snn.deploy(snn.model),
               "deploy-binary": onnx_snn.deploy(snn.binary_model())}
-    if args.pool_first:    # against the same DNN (the pools moved make it a little faster too)
-        pf = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
-                              method=args.method, show_progress=False, pool_first=True)
-        models.update({"loop-pool-first": pf.model, "deploy-pool-first": onnx_snn.deploy(pf.model),
-                       "deploy-binary-pool-first": onnx_snn.deploy(pf.binary_model())})
-    if args.signed_spikes:
-        sg = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
-                              method=args.method, show_progress=False, signed_spikes=True)
-        models.update({"loop-signed": sg.model, "deploy-signed": onnx_snn.deploy(sg.model),
-                       "deploy-binary-signed": onnx_snn.deploy(sg.binary_model())})
+    # other conversions of the same DNN (pools moved first also make it a little faster)
+    extra = {"pool-first": {"pool_first": True} if args.pool_first else None,
+             "signed": {"signed_spikes": True} if args.signed_spikes else None}
+    for tag, option in extra.items():
+        if option:
+            other = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
+                                     method=args.method, show_progress=False, **option)
+            models.update({f"loop-{tag}": other.model, f"deploy-{tag}": onnx_snn.deploy(other.model),
+                           f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model())})
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":

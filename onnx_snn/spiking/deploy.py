@@ -134,9 +134,8 @@ class _Unroller:
                     leak_arg = None
                 else:
                     v_arg, leak_arg = arg(v), (None if _is(leak_value, 1) else leak)
-                c_arg = None
-                if signed:   # the count starts at zero: no negative spike on the first step
-                    c_arg = None if first else arg(c)
+                # the count starts at zero: no negative spike on the first step
+                c_arg = arg(c) if signed and not first else None
                 nodes, out = neuron_nodes(
                     arg(x), v_arg, th, None if _is(self.value(amp), 1) else amp, leak_arg,
                     pre + "y", None if last and v_next not in self.read_next else pre + "v_next",

@@ -713,21 +713,14 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
             raise ModelLoadError(f"{where}: site {site} is a {rec.neuron} neuron in "
                                  f"{META_SITES}, but its node '{n.name}' calls {n.op_type}, not "
                                  f"{want}; the file is damaged or was edited")
-        arity = (len(SIGNED_NEURON_INPUTS), len(SIGNED_NEURON_OUTPUTS)) if rec.signed else \
-            (len(NEURON_INPUTS), len(NEURON_OUTPUTS))
-        if (len(n.input), len(n.output)) != arity or not all(n.input) or not all(n.output):
-            raise ModelLoadError(f"{where}: neuron node '{n.name}' ({n.op_type}) has "
-                                 f"{len(n.input)} inputs and {len(n.output)} outputs, not "
-                                 f"{arity[0]} and {arity[1]}; the file is damaged or was edited")
+        _check_call(n, *((SIGNED_NEURON_INPUTS, SIGNED_NEURON_OUTPUTS) if rec.signed else
+                         (NEURON_INPUTS, NEURON_OUTPUTS)), f"neuron node '{n.name}' ({n.op_type})",
+                    where)
         neurons[site] = n
     pool_nodes = {pool_node_name(p.name): p.name for p in info.pools}
     pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}
-    for name, n in pools.items():
-        if (len(n.input), len(n.output)) != (len(POOL_INPUTS), len(POOL_OUTPUTS)) \
-                or not all(n.input) or not all(n.output):
-            raise ModelLoadError(f"{where}: spiking pool node '{n.name}' has {len(n.input)} inputs "
-                                 f"and {len(n.output)} outputs, not {len(POOL_INPUTS)} and "
-                                 f"{len(POOL_OUTPUTS)}; the file is damaged or was edited")
+    for n in pools.values():
+        _check_call(n, POOL_INPUTS, POOL_OUTPUTS, f"spiking pool node '{n.name}'", where)
     lost = [p.name for p in info.pools if p.name not in pools]
     if lost:
         raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
@@ -741,6 +734,16 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     return SpikingView(model=model, info=info, hoisted=hoisted, body=body, counters=counters,
                        neurons=neurons, pools=pools, states=states, step_outputs=step_outputs,
                        step_spikes=step_spikes, initializers=inits, loop=loop)
+
+
+def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str], what: str,
+                where: str) -> None:
+    """A format function call with every input and output of its signature, none empty."""
+    if (len(n.input), len(n.output)) != (len(inputs), len(outputs)) \
+            or not all(n.input) or not all(n.output):
+        raise ModelLoadError(f"{where}: {what} has {len(n.input)} inputs and {len(n.output)} "
+                             f"outputs, not {len(inputs)} and {len(outputs)}; the file is "
+                             "damaged or was edited")
 
 
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
