@@ -214,6 +214,29 @@ def test_a_neuron_or_pool_call_with_the_wrong_arity_is_refused(signed, pooled):
             fmt.read_spiking(m)
 
 
+def test_a_missing_or_emptied_format_function_is_refused(signed, pooled):
+    """A graph that calls a neuron or pool function the model no longer defines (or defines
+    with no body) is a damaged file for every reader (exit 3), in the loop and the step graph,
+    not an onnxruntime failure at session creation in one command and a pass in another."""
+    for snn, op in ((signed, fmt.SIGNED_NEURON_OP), (pooled, fmt.NEURON_OP),
+                    (pooled, "SpikeMaxPool")):
+        for model in (snn.model, snn.step_model()):
+            for damage, what in (("delete", "is not defined"), ("empty", "has no body"),
+                                 ("arity", "has .* inputs and .* outputs")):
+                m = onnx.ModelProto()
+                m.CopyFrom(model)
+                fn = next(f for f in m.functions if f.name == op)
+                if damage == "delete":
+                    m.functions.remove(fn)
+                elif damage == "empty":
+                    del fn.node[:]
+                else:
+                    del fn.output[-1]
+                fmt.read_spiking(model)     # the undamaged file reads
+                with pytest.raises(ModelLoadError, match=f"{op}, which the graph calls, {what}"):
+                    fmt.read_spiking(m)
+
+
 def test_states_are_not_outputs_when_the_output_list_is_missing(signed):
     """Without onnx_snn.outputs the DNN outputs are what the step graph outputs besides spike
     counts and next states: a signed site's count state too."""

@@ -725,6 +725,7 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     if lost:
         raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
                              "the time step has no call for them; the file is damaged")
+    _check_functions(model, list(neurons.values()) + list(pools.values()), where)
     missing = [s.name for s in info.sites if s.name not in neurons]
     if missing:
         raise ModelLoadError(f"{where}: the metadata lists site(s) {', '.join(missing)} but the "
@@ -734,6 +735,29 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     return SpikingView(model=model, info=info, hoisted=hoisted, body=body, counters=counters,
                        neurons=neurons, pools=pools, states=states, step_outputs=step_outputs,
                        step_spikes=step_spikes, initializers=inits, loop=loop)
+
+
+def _check_functions(model: onnx.ModelProto, calls: Sequence[onnx.NodeProto], where: str) -> None:
+    """Every format function the graph calls is defined in the model, with a body and its
+    signature (onnxruntime would otherwise fail at session creation, far from the cause)."""
+    defined = {(f.domain, f.name): f for f in model.functions}
+    for op in sorted({n.op_type for n in calls}):
+        f = defined.get((DOMAIN, op))
+        if f is None or not f.node or len(f.input) != len(_signature(op)[0]) \
+                or len(f.output) != len(_signature(op)[1]):
+            what = "is not defined" if f is None else "has no body" if not f.node else \
+                f"has {len(f.input)} inputs and {len(f.output)} outputs"
+            raise ModelLoadError(f"{where}: the model-local function {DOMAIN}.{op}, which the "
+                                 f"graph calls, {what}; the file is damaged or was edited, "
+                                 "convert it again")
+
+
+def _signature(op: str):
+    if op == SIGNED_NEURON_OP:
+        return SIGNED_NEURON_INPUTS, SIGNED_NEURON_OUTPUTS
+    if op in NEURON_OPS:
+        return NEURON_INPUTS, NEURON_OUTPUTS
+    return POOL_INPUTS, POOL_OUTPUTS
 
 
 def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str], what: str,
