@@ -29,6 +29,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import count_sums
+
 #: ``refined``: Algorithm 1 (``datta``), then every site refined on the spiking network's own
 #: input currents (see onnx_snn.sequential); the others are single-pass searches.
 METHODS = ("refined", "datta", "deng", "max", "percentile")
@@ -394,6 +396,8 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
     dd = np.add.reduceat(d * d, starts)
     sd = np.add.reduceat(d, starts)
 
+    merged = []   # the site's distinct neurons, once (count_sums)
+
     def score(alphas: np.ndarray):
         """(candidates' alpha [C, P], v_init fraction [C], beta [C, P], sse [C, P]) of every
         row of ``alphas`` [R, P] with every initial-membrane fraction."""
@@ -401,16 +405,31 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         cand_f = np.tile(fracs, alphas.shape[0])                        # [C]
         C = cand_a.shape[0]
         q2, q1, qk = (np.empty((C, P)) for _ in range(3))
+        rows = np.zeros(C, bool)     # candidates not scored by breakpoints: simulated
+        for f in (() if signed else np.unique(cand_f)):
+            sel = cand_f == f
+            th = cand_a[sel] * mu
+            if count_sums.applies(timesteps, f, th):
+                if not merged:
+                    merged.append(count_sums.distinct(x, d, g))
+                q2[sel], q1[sel], qk[sel] = count_sums.count_sums(merged[0], th, f)
+                rows |= sel
         for s0 in range(0, C, chunk):
+            if rows[s0:s0 + chunk].all():
+                continue
             th = cand_a[s0:s0 + chunk] * mu                             # [c, P]
             v0 = cand_f[s0:s0 + chunk, None] * th
             # per neuron, in float32 (one value per group, repeated over its neurons)
             k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
                                 np.repeat(v0.astype(np.float32), sizes, axis=1), signed)  # [c, n]
             # counts are small whole numbers: their sums are exact in float64 in any order
-            q2[s0:s0 + chunk] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
-            q1[s0:s0 + chunk] = _group_sums(k * d[None, :], starts)
-            qk[s0:s0 + chunk] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
+            done = rows[s0:s0 + chunk]
+            q2[s0:s0 + chunk] = np.where(done[:, None], q2[s0:s0 + chunk],
+                                         np.add.reduceat(k * k, starts, axis=1, dtype=np.float64))
+            q1[s0:s0 + chunk] = np.where(done[:, None], q1[s0:s0 + chunk],
+                                         _group_sums(k * d[None, :], starts))
+            qk[s0:s0 + chunk] = np.where(done[:, None], qk[s0:s0 + chunk],
+                                         np.add.reduceat(k, starts, axis=1, dtype=np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
             raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
         raw = np.where(np.isfinite(raw), raw, 1.0)
