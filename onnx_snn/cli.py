@@ -80,6 +80,8 @@ examples:
 #: the torch runtime's surrogates (onnx_snn.runtimes.torch.neuron.SURROGATES, the default
 #: first), spelled here so that `--help` needs no torch
 FINETUNE_SURROGATES = ("sigmoid", "rectangle")
+QUIET_HELP = ("no progress bars or notes; convert and eval leave out their per-layer tables "
+              "and print the result line only")
 
 
 def positive_int(text: str) -> int:
@@ -205,11 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `onnx-snn COMMAND --help` for each command's options.\n\n" + _exit_codes_help())
     parser.add_argument("--version", action="version", version=f"onnx-snn {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="no progress bars or notes")
+                       help=QUIET_HELP)
 
     c = sub.add_parser("convert", parents=[quiet], help="convert a DNN into a spiking ONNX model",
                        description="Calibrate a DNN with onnxruntime and rewrite it into a "
@@ -551,8 +553,9 @@ def cmd_convert(args) -> int:
              _param(r["amplitude"], ".4g"), _param(r["v_init"], ".4g"),
              f"{r['objective_value']:.4g}"]
             for r in snn.report["sites"]]
-    print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold", "amplitude",
-                      "v_init", snn.report["objective"]], rows))
+    if not args.quiet:
+        print(_fmt_table(["site", "idiom", "shape", "mu", "alpha", "beta", "threshold",
+                          "amplitude", "v_init", snn.report["objective"]], rows))
     # every output in memory first, then all written together (all or none)
     # (a model whose source kept its weights in external data, or of 2 GB or more, is two
     # files: the model and <name>.data)
@@ -594,7 +597,7 @@ def cmd_eval(args) -> int:
                  show_progress=not args.quiet, download=args.download)
     if r.kind == "dnn" and args.timesteps and not args.quiet:
         print("note: -T is ignored for a DNN", file=sys.stderr)
-    if r.sites:
+    if r.sites and not args.quiet:
         rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
                  f"{s.rate:.4f}"] for s in r.sites.values()]
         print(_fmt_table(["site", "neurons", "spikes/sample", "spikes/neuron", "rate/step"], rows))

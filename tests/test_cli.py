@@ -54,6 +54,19 @@ def test_default_output_name(files):
     assert (files / "model.snn.onnx").exists()
 
 
+def test_quiet_convert_and_eval_print_the_result_line_only(files, capsys):
+    out = files / "quiet.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out),
+                 "--calib", str(files / "calib.npy"), "-T", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {out}"), lines
+    assert main(["eval", str(out), "--data", str(files / "test.npz"), "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "top-1" in lines[0], lines
+    assert main(["eval", str(out), "--data", str(files / "test.npz")]) == 0   # not quiet: the table
+    assert "spikes/neuron" in capsys.readouterr().out
+
+
 def run_cli(*args):
     env = {**os.environ, "ONNX_SNN_PROGRESS": "0"}
     return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True,
