@@ -342,6 +342,39 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert h["surrogate"] == "rectangle" and h["augment"] is True
 
 
+def test_finetune_remembers_the_preprocessing_it_trained_with(tmp_path, fmnist_snn):
+    """--mean/--std other than the recorded ones: the output records them (and its history
+    says so), so a later eval feeds the data as the model was trained; the same ones change
+    nothing."""
+    from onnx_snn.cli import main
+    recorded = F.read_info(onnx.load(str(fmnist_snn))).preprocess
+    out = tmp_path / "tuned.snn.onnx"
+    base = ["-q", "finetune", str(fmnist_snn), "--data", "fashion-mnist", "--limit-train", "64",
+            "--limit-test", "64", "--epochs", "1"]
+    assert main(base + ["-o", str(out), "--mean", "0.25", "--std", "0.5"]) == 0
+    info = F.read_info(onnx.load(str(out)))
+    assert info.preprocess == {"mean": [0.25], "std": [0.5]} != recorded
+    assert info.history[-1]["preprocess"] == {"mean": [0.25], "std": [0.5]}
+    same = tmp_path / "same.snn.onnx"
+    assert main(base + ["-o", str(same)]) == 0
+    info = F.read_info(onnx.load(str(same)))
+    assert info.preprocess == recorded and "preprocess" not in info.history[-1]
+
+
+def test_finetune_reads_a_npz_named_after_the_model_input(tmp_path, fmnist_snn):
+    """The documented .npz form with one array per model input, named after it."""
+    from onnx_snn.cli import main
+    name = F.read_spiking(onnx.load(str(fmnist_snn))).data_inputs[0]
+    x = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", **{name: x}, y=np.arange(32) % 10)
+    assert main(["-q", "finetune", str(fmnist_snn), "-o", str(tmp_path / "o.snn.onnx"), "--data",
+                 str(tmp_path / "d.npz"), "--epochs", "1", "--batch-size", "16"]) == 0
+    np.savez(tmp_path / "bad.npz", other=x, y=np.arange(32) % 10)
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(tmp_path / "p.snn.onnx"), "--data",
+                str(tmp_path / "bad.npz"), "--epochs", "1")
+    assert p.returncode == 5 and "Traceback" not in p.stderr, p.stderr
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True, text=True,
                           env={**os.environ, "ONNX_SNN_PROGRESS": "0", **(env or {})})

@@ -230,6 +230,10 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
+    if isinstance(ds.x, dict):   # a .npz with one array per model input, named after it
+        validate_feeds(_specs(view), {k: v[:2] for k, v in ds.x.items()}, f"{ds.name} data",
+                       samples=len(ds))
+        ds = Dataset(ds.name, next(iter(ds.x.values())), ds.y, ds.preprocessed, ds.preprocess)
     validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data", samples=len(ds.x))
     return ds
 
@@ -371,9 +375,18 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     gen_state, written = None, False
     existed = out_path.exists()
 
+    # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
+    # (arrays carry their own: preprocess None)
+    trained_on = train.preprocess if train.preprocess not in (None, info.preprocess) else None
+    if trained_on is not None and main_proc:
+        log(f"note: training on inputs normalized with mean {trained_on['mean']} and std "
+            f"{trained_on['std']}; {output} records them for the commands that read it")
+
     def write_model(epochs_done, top1):
-        data_ = net.to_model(_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size,
-                                   teacher), T).SerializeToString()
+        hist = _hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size, teacher)
+        if trained_on is not None:
+            hist["preprocess"] = trained_on
+        data_ = net.to_model(hist, T, trained_on).SerializeToString()
         write_bytes_atomic(data_, out_path)
 
     if resume and ckpt_path.exists():

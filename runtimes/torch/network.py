@@ -245,9 +245,11 @@ class SpikingNetwork(nn.Module):
 
     # ------------------------------------------------------------------ export
     def to_model(self, history: Optional[dict] = None,
-                 timesteps: Optional[int] = None) -> onnx.ModelProto:
+                 timesteps: Optional[int] = None,
+                 preprocess: Optional[dict] = None) -> onnx.ModelProto:
         """The source model with this module's current values, metadata updated
-        (``timesteps`` changes the model's default T)."""
+        (``timesteps`` changes the model's default T, ``preprocess`` the recorded input
+        normalization: the one the module was trained with)."""
         model = copy.deepcopy(self.source)
         for init in fmt.all_initializers(model).values():
             if init.name == fmt.TIMESTEPS_INPUT and timesteps:
@@ -278,8 +280,11 @@ class SpikingNetwork(nn.Module):
         meta_new = {fmt.META_SITES: json.dumps(sites), fmt.META_HISTORY: json.dumps(hist)}
         if timesteps:
             meta_new[fmt.META_TIMESTEPS] = str(int(timesteps))
+        if preprocess is not None:
+            meta_new[fmt.META_PREPROCESS] = json.dumps(preprocess)
         fmt.set_metadata(model, meta_new)
         return model
 
-    def to_onnx(self, path, *inputs, history: Optional[dict] = None, timesteps: Optional[int] = None):
-        return save_model(self.to_model(history, timesteps), path, *inputs)
+    def to_onnx(self, path, *inputs, history: Optional[dict] = None, timesteps: Optional[int] = None,
+                preprocess: Optional[dict] = None):
+        return save_model(self.to_model(history, timesteps, preprocess), path, *inputs)
