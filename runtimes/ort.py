@@ -16,7 +16,7 @@ import onnx
 
 from onnx_snn.calibrate import make_session
 
-from onnx_snn.errors import DataError
+from onnx_snn.errors import DataError, UnsupportedModelError
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import load_model
 from onnx_snn.spiking import format as fmt
@@ -60,6 +60,7 @@ class ModelRunner:
                                     outputs=per_step_outputs, spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         self.specs = input_specs(self.model, skip=skip)
+        self.feed_types = _feed_types(self.session, [n for n, _ in self.specs], where)
         self.fixed_batch = fixed_batch(self.specs)
         graph_outputs = [o.name for o in self.model.graph.output]
         if self.deploy:   # spike totals only where the deploy graph kept its counters
@@ -78,6 +79,7 @@ class ModelRunner:
 
     def run(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
         """One batch (already validated feeds)."""
+        feeds = {k: v.astype(self.feed_types.get(k, v.dtype), copy=False) for k, v in feeds.items()}
         if not self.spiking:
             return StepResult(self.session.run(self.output_names, feeds), {})
         T = int(timesteps or self.info.timesteps)
@@ -155,6 +157,27 @@ class ModelRunner:
             result.step_outputs = [np.stack(o) for o in zip(*steps_o)]
             result.step_spikes = {k2: np.stack(v) for k2, v in steps_s.items()}
         return result
+
+
+#: the input element types data is fed as (validated as float32 first)
+_FLOAT_FEEDS = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                "tensor(double)": np.float64}
+
+
+def _feed_types(session, names, where: str) -> dict:
+    """Each data input's numpy type: a float16 or float64 input gets its data in that type;
+    any other type is refused before a batch runs."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    out = {}
+    for name in names:
+        t = types.get(name, "tensor(float)")
+        if t not in _FLOAT_FEEDS:
+            raise UnsupportedModelError(
+                f"{where}: input '{name}' takes {t}; onnx-snn feeds data as floats (float32, "
+                "float16 or float64 inputs). Re-export the model with a float input (a Cast "
+                "inside the graph can convert it)")
+        out[name] = _FLOAT_FEEDS[t]
+    return out
 
 
 def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,

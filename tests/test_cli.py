@@ -324,3 +324,30 @@ def test_convert_search_stride(files):
     with pytest.raises(SystemExit):
         main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
               str(files / "calib.npy"), "--search-stride", "0"])
+
+
+@pytest.mark.parametrize("elem", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                                  onnx.TensorProto.INT64])
+def test_eval_feeds_a_dnn_input_in_its_declared_type(tmp_path, elem):
+    """A DNN whose input is float16 or float64 (cast to float inside) is evaluated with its
+    data in that type; an integer input is refused cleanly (exit 4), not an onnxruntime
+    traceback."""
+    from onnx import helper as oh
+    rng = np.random.default_rng(0)
+    w = oh.make_tensor("w", onnx.TensorProto.FLOAT, [3, 16], rng.normal(size=48).tolist())
+    g = oh.make_graph([oh.make_node("Cast", ["x"], ["xf"], to=onnx.TensorProto.FLOAT),
+                       oh.make_node("Flatten", ["xf"], ["f"]),
+                       oh.make_node("Transpose", ["w"], ["wt"]),
+                       oh.make_node("MatMul", ["f", "wt"], ["y"])], "g",
+                      [oh.make_tensor_value_info("x", elem, ["N", 1, 4, 4])],
+                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], [w])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)])
+    onnx.save(m, tmp_path / "m.onnx")
+    x = rng.random((8, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(8) % 3)
+    p = run_cli("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"))
+    if elem == onnx.TensorProto.INT64:
+        assert_clean_error(p, 4, "input 'x' takes tensor(int64)")
+    else:
+        assert p.returncode == 0, p.stderr
+        assert "DNN top-1" in p.stdout
