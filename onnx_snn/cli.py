@@ -722,7 +722,11 @@ def cmd_analyze(args) -> int:
     if is_spiking(model):   # the whole model checked before any work (a deploy graph refused)
         check_preprocess(require_spiking(model, args.model).preprocess, args.model)
     if args.rates:
+        from .analyze.energy import check_rate_file
+        from .spiking.format import read_info
         rates, T = load_rates(args.rates)
+        check_rate_file(args.rates, T, read_info(model, args.model) if is_spiking(model) else None,
+                        args.timesteps, args.model)
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate

@@ -37,6 +37,7 @@ def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = D
 
     from .convert import check_count, check_timesteps
     timesteps = list(dict.fromkeys(check_timesteps(t) for t in timesteps))
+    methods = list(dict.fromkeys(methods))      # a method named twice is run once
     if not timesteps:
         from .errors import UsageError
         raise UsageError("give at least one time-step count")

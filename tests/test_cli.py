@@ -351,3 +351,23 @@ def test_eval_feeds_a_dnn_input_in_its_declared_type(tmp_path, elem):
     else:
         assert p.returncode == 0, p.stderr
         assert "DNN top-1" in p.stdout
+
+
+def test_analyze_refuses_rates_of_another_model_or_another_T(files, tmp_path):
+    """Rates measured on a model whose site has another neuron count, or at a T other than
+    the -T asked for, would give a wrong table under the right header: refused."""
+    snn = tmp_path / "a.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(snn), "--calib",
+                 str(files / "calib.npy"), "-T", "2"]) == 0
+    rates = tmp_path / "r.json"
+    assert main(["-q", "eval", str(snn), "--data", str(files / "test.npz"), "--json", str(rates)]) == 0
+    assert main(["-q", "analyze", str(snn), "--rates", str(rates)]) == 0
+    assert main(["-q", "analyze", str(snn), "--rates", str(rates), "-T", "2"]) == 0
+    p = run_cli("analyze", str(snn), "--rates", str(rates), "-T", "4")
+    assert_clean_error(p, 2, "measured at T=2, not the -T 4")
+    other = json.loads(rates.read_text())
+    other["sites"]["lif0"]["neurons"] += 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    p = run_cli("analyze", str(snn), "--rates", str(tmp_path / "other.json"))
+    assert_clean_error(p, 5, "site lif0 has", "measured on another model")
+

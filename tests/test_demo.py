@@ -36,3 +36,11 @@ def test_demo_cli(tmp_path, fmnist_test):
                  "--json", str(tmp_path / "d.json")]) == 0
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["samples"] == 256 and d["rows"][0]["method"] == "deng"
+
+
+def test_demo_runs_a_method_or_T_named_twice_once(tmp_path, fmnist_test):
+    from onnx_snn.cli import main
+    assert main(["-q", "demo", "-T", "1", "1", "--methods", "max", "max", "--limit", "32",
+                 "--json", str(tmp_path / "d.json")]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert [(r["method"], r["timesteps"]) for r in d["rows"]] == [("max", 1)]

@@ -208,6 +208,40 @@ def load_rates(path: Union[str, Path]) -> Tuple[Dict[str, float], Optional[int]]
     return parse_rates(obj, str(p))
 
 
+def rate_neurons(path: Union[str, Path]) -> Dict[str, int]:
+    """The neurons per site an ``onnx-snn eval --json`` rate file records (empty for the
+    other forms): the spiking model the rates were measured on, to check against."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    sites = obj.get("sites") if isinstance(obj, dict) else None
+    if not isinstance(sites, dict):
+        return {}
+    return {str(k): v["neurons"] for k, v in sites.items()
+            if isinstance(v, dict) and isinstance(v.get("neurons"), int)
+            and not isinstance(v.get("neurons"), bool)}
+
+
+def check_rate_file(path: Union[str, Path], rates_T: Optional[int], info,
+                    timesteps: Optional[int], model: str) -> None:
+    """Refuse rates that were measured on another model (a site of the same name with
+    another neuron count) or at another T than the one asked for."""
+    if timesteps and rates_T and int(timesteps) != int(rates_T):
+        from ..errors import UsageError
+        raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the -T "
+                         f"{timesteps} asked for; drop -T, or measure them at T={timesteps} with "
+                         f"`onnx-snn eval {model} -T {timesteps} --json {path}`")
+    if info is None:
+        return
+    have = {s.name: s.neurons for s in info.sites}
+    for site, n in rate_neurons(path).items():
+        if site in have and have[site] and n != have[site]:
+            raise DataError(f"{path}: site {site} has {n} neurons there but {have[site]} in "
+                            f"{model}: the rates were measured on another model; run `onnx-snn "
+                            f"eval {model} --json FILE` on this one")
+
+
 # ------------------------------------------------------------------ the analysis
 
 def _ratio(a: float, b: Optional[float]) -> Optional[float]:
