@@ -104,6 +104,35 @@ def test_hardtanh_like_clip_is_rejected():
         normalize(b.model("input", x, (1, 12, 12), 10))
 
 
+@pytest.mark.parametrize("shape, ok", [((1, 4, 1, 1), True), ((4, 1, 1), True),
+                                       ((1, 1, 12, 12), True), ((2, 4, 1, 1), False)])
+def test_a_repeated_bound_is_a_scalar_bound(shape, ok):
+    """Max(x, zeros[1, C, 1, 1]) and Min(x, full([1, C, 1, 1], mu)), as some exporters write
+    ReLU and ReLU6, are ReLU-like sites when the bound leaves the data's shape as it is; a
+    bound that would broadcast the data up (or that varies) is still refused."""
+    b = B.GraphBuilder(13)
+    x = b.conv("input", 1, 4)
+    x = b.node("Max", [x, b.const(np.zeros(shape, np.float32))])
+    x = b.node("Min", [x, b.const(np.full(shape, 6.0, np.float32))])
+    x = b.gemm(b.node("Flatten", [x]), 4 * 144, 10)
+    model = b.model("input", x, (1, 12, 12), 10)
+    if not ok:
+        with pytest.raises(UnsupportedModelError, match="per-element bound"):
+            normalize(model)
+        return
+    nm = normalize(model)
+    assert [o for o in ops(nm.model) if o in ("Clip", "Max", "Min")] == ["Clip"]
+    xin = np.random.default_rng(0).normal(size=(3, 1, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(run(nm.model, xin).outputs[0], run(model, xin).outputs[0],
+                               rtol=1e-5, atol=1e-5)
+    varying = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    b2 = B.GraphBuilder(13)
+    y = b2.node("Max", [b2.conv("input", 1, 4), b2.const(varying)])
+    y = b2.gemm(b2.node("Flatten", [y]), 4 * 144, 10)
+    with pytest.raises(UnsupportedModelError, match="per-element bound"):
+        normalize(b2.model("input", y, (1, 12, 12), 10))
+
+
 def test_product_of_two_tensors_is_rejected():
     b = B.GraphBuilder(13)
     x = b.act(b.conv("input", 1, 4), "clip")

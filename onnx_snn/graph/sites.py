@@ -77,13 +77,23 @@ def clamp_bounds(node: gs.Node):
         if (vals[0] is None) == (vals[1] is None):
             return None  # two dynamic (or two constant) operands: not a clamp
         c = vals[0] if vals[0] is not None else vals[1]
-        if c.size != 1:
+        data = node.inputs[1] if vals[0] is not None else node.inputs[0]
+        if c.size != 1 and not _uniform_within(c, getattr(data, "shape", None)):
             raise UnsupportedModelError(
                 f"{node_label(node)}: {node.op} with a per-element bound is not supported as an "
                 "activation; use one threshold per layer")
-        c = float(c.reshape(()))
+        c = float(c.reshape(-1)[0])
         return (-math.inf, c) if node.op == "Min" else (c, math.inf)
     return None
+
+
+def _uniform_within(c: np.ndarray, shape) -> bool:
+    """A bound tensor that is one value repeated (e.g. ``Max(x, zeros[1, C, 1, 1])``, a ReLU)
+    and broadcasts onto the data without changing its shape: the same as a scalar bound."""
+    if c.size == 0 or not np.all(c == c.reshape(-1)[0]) or shape is None or c.ndim > len(shape):
+        return False
+    tail = list(shape)[len(shape) - c.ndim:]
+    return all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c.shape, tail))
 
 
 def _data_input(node: gs.Node):
