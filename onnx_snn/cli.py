@@ -576,7 +576,7 @@ def cmd_convert(args) -> int:
         for site, what in snn.report["binary_spikes"].items():
             print(f"binary spikes: {site} {what}", file=sys.stderr)
     cal, refined = snn.report["calibration"], snn.report.get("sequential", {}).get("seconds")
-    print(f"wrote {out} ({args.method}, T={args.timesteps}, {len(rows)} spiking layers; "
+    print(f"wrote {out} ({snn.method}, T={args.timesteps}, {len(rows)} spiking layers; "
           f"calibrated on {cal['samples']} samples in {cal['seconds']:.1f} s"
           + (f", refined in {refined:.1f} s" if refined is not None else "") + ")")
     return 0

@@ -324,6 +324,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     if cfg.sequential and method not in ("datta", REFINED):
         raise UsageError(f"the sequential refinement is part of the datta method, not {method!r}")
     if cfg.sequential:
+        method = REFINED     # datta refined is the refined method: the file says so
         calib_data = calib.inputs if calib_data is None else calib_data
         if calib_data is None:
             raise UsageError("the sequential refinement runs the spiking network on the "

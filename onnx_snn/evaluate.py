@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -13,6 +13,9 @@ import onnx
 from .datasets import Dataset, check_inputs, check_label_range, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
+
+if TYPE_CHECKING:   # the annotation only (convert imports evaluate's siblings)
+    from .convert import SpikingModel
 
 log = logging.getLogger("onnx_snn")
 
@@ -58,11 +61,12 @@ class EvalResult:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def evaluate(model: Union[str, onnx.ModelProto], data, timesteps: Optional[int] = None,
+def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: Optional[int] = None,
              batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
              data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
              download: bool = False) -> EvalResult:
-    """Top-1 of ``model`` on ``data`` (a dataset name, array file, Dataset, or (x, y) tuple).
+    """Top-1 of ``model`` (a path, a ModelProto, or the SpikingModel ``convert`` returns) on
+    ``data`` (a dataset name, array file, Dataset, or (x, y) tuple).
 
     For spiking models, also the spikes per neuron of every site (``timesteps`` overrides the
     model's T; a whole number in 1..MAX_TIMESTEPS). Named datasets get the model's recorded
@@ -100,6 +104,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
     limit = check_count(limit, "limit", allow_none=True)
     many = t_list is not None and len(t_list) > 1
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
+        model = model.model          # a SpikingModel that convert() returned, not yet saved
     runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads,
                          per_step=many)
     if many and not runner.spiking:

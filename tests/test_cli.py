@@ -371,3 +371,18 @@ def test_analyze_refuses_rates_of_another_model_or_another_T(files, tmp_path):
     p = run_cli("analyze", str(snn), "--rates", str(tmp_path / "other.json"))
     assert_clean_error(p, 5, "site lif0 has", "measured on another model")
 
+
+
+def test_evaluate_takes_the_object_convert_returns_and_analyze_refuses_a_spiking_dnn(files, tmp_path):
+    """The Python API: evaluate(convert(...)) before saving; analyze --dnn given a spiking
+    model is a usage error (exit 2), not a silent comparison with the wrong graph."""
+    import onnx_snn
+    snn = onnx_snn.convert(str(files / "model.onnx"), str(files / "calib.npy"), timesteps=2,
+                           show_progress=False)
+    direct = onnx_snn.evaluate(snn, str(files / "test.npz"), show_progress=False)
+    snn.save(tmp_path / "s.snn.onnx")
+    saved = onnx_snn.evaluate(str(tmp_path / "s.snn.onnx"), str(files / "test.npz"),
+                              show_progress=False)
+    assert direct.kind == "snn" and direct.top1 == saved.top1
+    p = run_cli("analyze", str(tmp_path / "s.snn.onnx"), "--dnn", str(tmp_path / "s.snn.onnx"))
+    assert_clean_error(p, 2, "a spiking model, not the DNN")

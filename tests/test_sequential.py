@@ -119,6 +119,12 @@ def test_cli_sequential(tmp_path, capsys):
                  "--sequential", "--report", str(tmp_path / "r.json")]) == 0
     assert "v_init" in capsys.readouterr().out      # the per-layer table (not with -q)
     assert "sequential" in json.loads((tmp_path / "r.json").read_text())
+    # datta refined is the refined method, and the file and the result line say so
+    dr = tmp_path / "dr.snn.onnx"
+    assert main(["-q", "convert", str(model), "--calib", str(tmp_path / "c.npy"), "-o", str(dr),
+                 "--method", "datta", "--sequential"]) == 0
+    assert "(refined, T=2" in capsys.readouterr().out
+    assert F.read_info(onnx.load(str(dr))).method == "refined"
     assert main(["convert", str(model), "--calib", str(tmp_path / "c.npy"), "-o",
                  str(tmp_path / "x.onnx"), "--sequential", "--method", "deng"]) == 2
     assert "--sequential refines the datta method" in capsys.readouterr().err

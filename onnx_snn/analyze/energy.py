@@ -379,6 +379,11 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     dnn_source = "model"
     if dnn_model is not None:
         dnn = _load(dnn_model)
+        if fmt.is_spiking(dnn):
+            from ..errors import UsageError
+            raise UsageError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
+                             ": a spiking model, not the DNN it was converted from; pass the "
+                             "original DNN (.onnx) as the DNN to compare with")
         ref = [c for c in count_flat(flatten(dnn, input_shapes or _shapes_for(dnn, fg.model)))
                if c.kind == "mac"]
         ref_flops = sum(c.macs for c in ref)
