@@ -736,9 +736,12 @@ def cmd_analyze(args) -> int:
             rates, T = {k: s.spikes_per_neuron for k, s in r.sites.items()}, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
+    shapes = None
+    if data and not is_spiking(model):   # a DNN: its data fixes the input sizes it leaves free
+        shapes = _data_input_shapes(model, data, args)
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
-                     dnn_model=args.dnn)
+                     dnn_model=args.dnn, input_shapes=shapes)
     print(format_table(result))
     items = []
     if args.json is not None:
@@ -749,6 +752,17 @@ def cmd_analyze(args) -> int:
     if args.plot is not None:
         print(f"wrote {args.plot}")
     return 0
+
+
+def _data_input_shapes(model, data, args) -> dict:
+    """{input: [1, ...]} from one sample of ``data`` (analyze of a DNN with free sizes)."""
+    from .convert import resolve_data
+    from .feeds import input_specs, validate_feeds
+    ds = resolve_data(data, None, args.mean, args.std, data_dir=args.data_dir, split="test",
+                      download=args.download).take(1)
+    specs = input_specs(model)
+    feeds = validate_feeds(specs, ds.x, f"{ds.name} data")
+    return {k: [1] + list(v.shape[1:]) for k, v in feeds.items()}
 
 
 def cmd_deploy(args) -> int:

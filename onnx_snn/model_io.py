@@ -22,12 +22,12 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import onnx
 
-from .errors import ModelLoadError, OutputPathError
+from .errors import ModelLoadError, OutputPathError, UnsupportedModelError
 
 PathLike = Union[str, os.PathLike]
 
 MIN_OPSET = 7
-MAX_OPSET = 21
+MAX_OPSET = 23
 
 
 def sha256_file(path: PathLike) -> str:
@@ -122,8 +122,9 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
     from .graph import skeleton as skel
     opset = default_opset(model)
     if opset < MIN_OPSET or opset > MAX_OPSET:
-        raise ModelLoadError(f"{where}: opset {opset} is outside the supported range "
-                             f"{MIN_OPSET}-{MAX_OPSET}; re-export the model at a supported opset")
+        raise UnsupportedModelError(f"{where}: opset {opset} is outside the supported range "
+                                    f"{MIN_OPSET}-{MAX_OPSET}; re-export the model at a supported "
+                                    "opset")
     try:
         sk = skeleton or skel.split(model, subgraphs=True, verify=True)
         if sk.byte_size() < skel.MAX_PROTOBUF:

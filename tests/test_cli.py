@@ -386,3 +386,26 @@ def test_evaluate_takes_the_object_convert_returns_and_analyze_refuses_a_spiking
     assert direct.kind == "snn" and direct.top1 == saved.top1
     p = run_cli("analyze", str(tmp_path / "s.snn.onnx"), "--dnn", str(tmp_path / "s.snn.onnx"))
     assert_clean_error(p, 2, "a spiking model, not the DNN")
+
+
+def test_analyze_of_a_dnn_with_free_sizes_takes_them_from_its_data(tmp_path):
+    from onnx import helper as oh
+    rng = np.random.default_rng(0)
+    inits = [oh.make_tensor("w", onnx.TensorProto.FLOAT, [4, 1, 3, 3], rng.normal(size=36).tolist()),
+             oh.make_tensor("wh", onnx.TensorProto.FLOAT, [10, 4], rng.normal(size=40).tolist())]
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                       oh.make_node("Relu", ["c"], ["a"]),
+                       oh.make_node("GlobalAveragePool", ["a"], ["p"]),
+                       oh.make_node("Flatten", ["p"], ["f"]),
+                       oh.make_node("Gemm", ["f", "wh"], ["y"], transB=1)], "g",
+                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.random((4, 1, 8, 8)).astype(np.float32), y=np.arange(4))
+    p = run_cli("analyze", str(tmp_path / "m.onnx"))
+    assert_clean_error(p, 4, "--data")
+    p = run_cli("analyze", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                "--json", str(tmp_path / "a.json"))
+    assert p.returncode == 0, p.stderr
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["totals"]["dnn_flops"] == 4 * 9 * 64 + 40      # the 8 x 8 samples' MACs

@@ -31,6 +31,8 @@ MODELS = {
     "resnet_sum_op11": lambda: B.resnet(11, "relu_min", sum_op=True),
     "twin_maxpool": lambda: B.pooled_twin("MaxPool"),
     "twin_global_maxpool_op21": lambda: B.pooled_twin("MaxPool", opset=21, global_pool=True),
+    "vgg_maxpool_op23": lambda: B.vgg(23, "clip"),                  # the newest opset read
+    "resnet_op22": lambda: B.resnet(22, "relu"),
 }
 
 

@@ -119,7 +119,7 @@ def _onnx_signed_step(opset: int):
     return make_session(m)
 
 
-@pytest.fixture(scope="module", params=[13, 17, 21])
+@pytest.fixture(scope="module", params=[13, 17, 21, 23])
 def signed_session(request):
     return _onnx_signed_step(request.param)
 

@@ -14,7 +14,7 @@ def ops(model):
     return [n.op_type for n in model.graph.node]
 
 
-@pytest.mark.parametrize("opset", [7, 8, 9, 11, 13, 17, 21])
+@pytest.mark.parametrize("opset", [7, 8, 9, 11, 13, 17, 21, 22, 23])
 @pytest.mark.parametrize("idiom", B.IDIOMS)
 def test_every_idiom_is_found_at_every_opset(opset, idiom):
     nm = normalize(B.vgg(opset, idiom))
@@ -152,7 +152,10 @@ def test_no_activation_at_all():
 def test_opset_out_of_range(tmp_path):
     m = B.vgg(9, "clip")
     m.opset_import[0].version = 6
-    with pytest.raises(ModelLoadError, match="opset 6 is outside"):
+    with pytest.raises(UnsupportedModelError, match="opset 6 is outside"):   # exit 4
+        normalize(m)
+    m.opset_import[0].version = 24
+    with pytest.raises(UnsupportedModelError, match="opset 24 is outside the supported range 7-23"):
         normalize(m)
 
 

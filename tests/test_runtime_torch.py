@@ -39,6 +39,7 @@ MODELS = {
     "resnet": lambda: B.resnet(13, "clip"),
     "plain_relu": lambda: B.vgg(17, "relu"),
     "global_maxpool": lambda: B.pooled_twin("MaxPool", global_pool=True),
+    "vgg_op23": lambda: B.vgg(23, "clip"),                # the newest opset read
     "torch_legacy_vgg": lambda: os.path.join(DATA, "torch_legacy_vgg_clip_op11.onnx"),
     "torch_dynamo_resnet": lambda: os.path.join(DATA, "torch_dynamo_resnet_clip_op18.onnx"),
 }

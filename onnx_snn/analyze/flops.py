@@ -316,8 +316,9 @@ def _dry_run(fg: FlatGraph, names: Sequence[str], t: _Tensors) -> None:
         if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
             raise UnsupportedModelError(
                 f"the shapes of {', '.join(list(names)[:3])} cannot be inferred, and input "
-                f"{vi.name!r} has a dynamic shape {dims}; give its full shape "
-                "(input_shapes={name: [1, C, H, W]}) so that the model can be measured")
+                f"{vi.name!r} has a dynamic shape {dims}; give its full shape so that the "
+                "model can be measured (`onnx-snn analyze --data DATA`: the data's samples fix "
+                "it; the Python API: input_shapes={name: [1, C, H, W]})")
         dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
         feeds[vi.name] = np.zeros(dims, dtype)
     m = onnx.ModelProto()
