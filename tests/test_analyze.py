@@ -536,3 +536,44 @@ def test_a_dnn_with_symbolic_height_and_width_is_counted_at_the_calibrated_size(
     _, _, snn = B.converted(dnn, rng.random((16, 3, 10, 12)).astype(np.float32), T=2)
     res = analyze(snn.model, None, dnn_model=dnn)
     assert res.totals.dnn_flops == 4 * 27 * 10 * 12 + 10 * 4   # conv + dense MACs at 10 x 12
+
+
+def test_a_concatenated_input_is_charged_at_each_sources_rate():
+    """DenseNet/Inception style: a layer reading the Concat of two sites (4 and 2 channels)
+    does ACs at each site's own rate, weighted by its share of the input; each site is
+    credited with its own part."""
+    rng = np.random.default_rng(0)
+
+    def w(name, shape):
+        return nh.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+    inits = [w("wa", (4, 1, 3, 3)), w("wb", (2, 1, 3, 3)), w("wc", (3, 6, 1, 1)), w("wd", (10, 108)),
+             nh.from_array(np.float32(0), "lo"), nh.from_array(np.float32(1), "hi")]
+    nodes = [h.make_node("Conv", ["x", "wa"], ["ca"], pads=[1, 1, 1, 1]),
+             h.make_node("Clip", ["ca", "lo", "hi"], ["a"], name="clip_a"),
+             h.make_node("Conv", ["x", "wb"], ["cb"], pads=[1, 1, 1, 1]),
+             h.make_node("Clip", ["cb", "lo", "hi"], ["b"], name="clip_b"),
+             h.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             h.make_node("Conv", ["cat", "wc"], ["cc"]),
+             h.make_node("Clip", ["cc", "lo", "hi"], ["c"]),
+             h.make_node("Flatten", ["c"], ["f"]),
+             h.make_node("Gemm", ["f", "wd"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "dense", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    dnn = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    snn = onnx_snn.convert(dnn, rng.random((16, 1, 6, 6)).astype(np.float32), timesteps=2,
+                           method="max", show_progress=False).model
+    site = {s.source_nodes[0]: s.name for s in F.read_info(snn).sites if s.source_nodes}
+    rates = {name: r for name, r in zip(sorted(s.name for s in F.read_info(snn).sites),
+                                        (0.5, 1.5, 0.25))}
+    res = analyze(snn, rates, 2)
+    layer = next(l for l in res.layers if l.source_mix)
+    assert layer.source_mix == pytest.approx({site["clip_a"]: 4 / 6, site["clip_b"]: 2 / 6})
+    expect = sum(layer.dnn_flops * share * rates[s] for s, share in layer.source_mix.items())
+    assert layer.snn_acs == pytest.approx(expect) and layer.snn_macs == 0
+    for s, share in layer.source_mix.items():   # each site credited with its own ACs
+        row = next(r for r in res.sites if r.name == s)
+        own = [l for l in res.layers if l.input_mode == "spikes" and not l.source_mix
+               and l.source_site == s]
+        assert row.snn_flops == pytest.approx(layer.dnn_flops * share * rates[s] +
+                                              sum(l.snn_flops for l in own))
+    assert res.totals.snn_acs == pytest.approx(sum(l.snn_acs for l in res.layers))

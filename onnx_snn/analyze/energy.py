@@ -73,6 +73,9 @@ class LayerRow:
     snn_macs: Optional[float] = None
     snn_acs: Optional[float] = None
     snn_energy_pj: Optional[float] = None
+    #: a concatenated input: each source's share of its elements (site, or "" for an input
+    #: that is not spikes), charged at that source's rate; empty for a single source
+    source_mix: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,11 +258,19 @@ def _input_mode(layer: LayerCount, spiking: bool) -> str:
 
 
 def layer_energy(layer: LayerCount, mode: str, rate: Optional[float], timesteps: int,
-                 mac_pj: float, ac_pj: float) -> Tuple[float, float, float, float]:
-    """(SNN FLOPs, MACs, ACs, energy pJ) of one MAC layer in the SNN (formula: module doc)."""
+                 mac_pj: float, ac_pj: float,
+                 rates: Optional[Mapping[str, float]] = None) -> Tuple[float, float, float, float]:
+    """(SNN FLOPs, MACs, ACs, energy pJ) of one MAC layer in the SNN (formula: module doc).
+    A layer with a ``source_mix`` (a concatenated input) is charged per source: each site's
+    share of its MACs as ACs at that site's rate (from ``rates``), the share that is not
+    spikes as MACs every step."""
     F_l = float(layer.macs)
     if mode == "direct":
         return F_l, F_l, 0.0, F_l * mac_pj
+    if mode == "spikes" and layer.source_mix and rates is not None:
+        acs = sum(F_l * w * float(rates[s]) for s, w in layer.source_mix.items() if s)
+        macs = F_l * layer.source_mix.get("", 0.0) * timesteps
+        return acs + macs, macs, acs, acs * ac_pj + macs * mac_pj
     if mode == "spikes":
         acs = F_l * float(rate)
         return acs, 0.0, acs, acs * ac_pj
@@ -354,8 +365,9 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                      "`onnx-snn eval MODEL --json FILE`)")
     if use_snn:
         site_names = list(dict.fromkeys(fg.sites.values()))
-        needed = list(dict.fromkeys(c.source_site for c in mac_layers
-                                    if _input_mode(c, True) == "spikes"))
+        needed = list(dict.fromkeys(
+            s for c in mac_layers if _input_mode(c, True) == "spikes"
+            for s in ([c.source_site] + [k for k in c.source_mix if k])))
         _check_rates(rates, needed, site_names, T, name, notes)
         if any(_input_mode(c, True) == "analog" for c in mac_layers):
             notes.append("some MAC layers are fed by no spiking site (analog input inside the time "
@@ -365,12 +377,16 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     for c in mac_layers:
         mode = _input_mode(c, spiking)
         row = LayerRow(name=c.name, op=c.op, neurons=c.neurons, source_site=c.source_site,
-                       input_mode=mode, dnn_flops=c.macs, dnn_energy_pj=c.macs * mac_pj)
+                       input_mode=mode, dnn_flops=c.macs, dnn_energy_pj=c.macs * mac_pj,
+                       source_mix=dict(c.source_mix) if mode == "spikes" else {})
         if use_snn:
             r = rates[c.source_site] if mode == "spikes" else None
+            if r is not None and row.source_mix:   # spikes per input neuron, over all sources
+                spiking = {k: w for k, w in row.source_mix.items() if k}
+                r = sum(w * rates[k] for k, w in spiking.items()) / sum(spiking.values())
             row.spike_rate = r
             row.snn_flops, row.snn_macs, row.snn_acs, row.snn_energy_pj = \
-                layer_energy(c, mode, r, T, mac_pj, ac_pj)
+                layer_energy(c, mode, r, T, mac_pj, ac_pj, rates)
         layers.append(row)
     other = [OtherRow(c.name, c.op, c.ops, c.neurons, c.source_site) for c in counts
              if c.kind == "other"]
@@ -406,7 +422,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         totals.energy_ratio = _ratio(totals.dnn_energy_pj, totals.snn_energy_pj)
         neuromorphic = neuromorphic_estimate(totals.snn_flops, totals.dnn_flops, T)
 
-    sites = _site_rows(fg, info, layers, counts, rates if use_snn else None, T)
+    sites = _site_rows(fg, info, layers, counts, rates if use_snn else None, T, float(ac_pj))
     return Analysis(model=name, kind="snn" if use_snn else "dnn", timesteps=T if spiking else None,
                     mac_pj=float(mac_pj), ac_pj=float(ac_pj), layers=layers, sites=sites,
                     other=other, totals=totals, neuromorphic=neuromorphic, dnn_source=dnn_source,
@@ -414,19 +430,28 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
 
 
 def _site_rows(fg, info, layers: List[LayerRow], counts: List[LayerCount],
-               rates: Optional[Mapping[str, float]], T: Optional[int]) -> List[SiteRow]:
+               rates: Optional[Mapping[str, float]], T: Optional[int],
+               ac_pj: float) -> List[SiteRow]:
     recorded = {s.name: s.neurons for s in info.sites} if info else {}
     by_output = {v: k for k, v in fg.sites.items()}  # site -> y tensor (for the neuron count)
     rows = []
     for s in dict.fromkeys(fg.sites.values()):
-        fed = [l for l in layers if l.input_mode == "spikes" and l.source_site == s]
+        fed = [l for l in layers if l.input_mode == "spikes" and
+               (s in l.source_mix if l.source_mix else l.source_site == s)]
         neurons = recorded.get(s)
         if neurons is None:
             neurons = next((c.neurons for c in counts if c.input == by_output[s]), 0)
         r = rates.get(s) if rates is not None else None
+
+        def share(l: LayerRow, what: str) -> float:
+            """The part of a layer's SNN cost this site's spikes cause (its ACs)."""
+            if not l.source_mix:
+                return getattr(l, what)
+            acs = l.dnn_flops * l.source_mix[s] * r
+            return acs if what == "snn_flops" else acs * ac_pj
         rows.append(SiteRow(
             name=s, neurons=int(neurons), spikes_per_neuron=r,
             rate=(r / T if r is not None and T else None), layers=[l.name for l in fed],
-            snn_flops=sum(l.snn_flops for l in fed) if rates is not None else None,
-            snn_energy_pj=sum(l.snn_energy_pj for l in fed) if rates is not None else None))
+            snn_flops=sum(share(l, "snn_flops") for l in fed) if rates is not None else None,
+            snn_energy_pj=sum(share(l, "snn_energy_pj") for l in fed) if rates is not None else None))
     return rows

@@ -38,7 +38,10 @@ layer's data input through ops that move or select spikes without turning them i
 analog values (``PASS_THROUGH``: pooling, ReduceMean/ReduceSum, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
 Slice, Split, Identity, Dropout, Cast, Concat, Resize, and Mul/Div by a constant) until the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
-first site found is taken. A walk that ends anywhere else gives ``source_site = None``.
+first site found is taken; ``source_mix`` then gives each source's share of the
+concatenated elements (a DenseNet or Inception layer reads several sites, or spikes and an
+analog branch), which the energy model charges at each source's own rate. A walk that ends
+anywhere else gives ``source_site = None``.
 ``direct`` is True when the data input does not depend on any neuron at all (it comes from
 the graph input through non-spiking ops only: the direct-encoded first layer, which the
 single-call graph computes once, outside the time loop). In a plain DNN every layer is
@@ -112,6 +115,9 @@ class LayerCount:
     output_shape: List[int]        # per sample (batch axis left out)
     source_site: Optional[str] = None
     direct: bool = False
+    #: when the input concatenates several sources: each one's share of the input elements
+    #: (site name, or "" for a branch that is not spikes); empty for a single source
+    source_mix: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -444,6 +450,44 @@ def source_site(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Map
     return None
 
 
+def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
+               constant: set, shapes: Mapping[str, Sequence[int]]) -> Dict[str, float]:
+    """Where the elements of ``tensor`` come from, through pass-through ops: {site: share},
+    "" for what is not a site's spikes; a ``Concat`` splits its output by its inputs' sizes
+    (equally when a size is unknown). The shares sum to 1."""
+    out: Dict[str, float] = {}
+
+    def visit(x: str, w: float, depth: int) -> None:
+        if x in sites:
+            out[sites[x]] = out.get(sites[x], 0.0) + w
+            return
+        node = producers.get(x)
+        if depth > 10000 or node is None or node.op_type not in PASS_THROUGH \
+                or node.domain not in ("", "ai.onnx"):
+            out[""] = out.get("", 0.0) + w
+            return
+        if node.op_type == "Concat":
+            ins = [i for i in node.input if i]
+            sizes = [_prod(shapes[i]) if shapes.get(i) is not None and
+                     all(isinstance(d, int) and d >= 0 for d in shapes[i]) else None for i in ins]
+            if any(z is None for z in sizes) or not sum(sizes):
+                sizes = [1] * len(ins)
+            for i, z in zip(ins, sizes):
+                visit(i, w * z / sum(sizes), depth + 1)
+            return
+        if node.op_type in ("Mul", "Div"):
+            if len(node.input) < 2 or not (node.input[1] in constant or
+                                          (node.op_type == "Mul" and node.input[0] in constant)):
+                out[""] = out.get("", 0.0) + w
+                return
+            visit([i for i in node.input[:2] if i not in constant][0], w, depth + 1)
+            return
+        visit(node.input[0], w, depth + 1)
+
+    visit(tensor, 1.0, 0)
+    return out
+
+
 def count_flat(fg: FlatGraph) -> List[LayerCount]:
     """Count the layers of a flattened graph (see :func:`flatten`)."""
     inferred = _infer(fg.model, fg.notes)
@@ -478,12 +522,13 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
             names[name] = 0
         x = _data_input(n, constant)
         per = total // B if total % B == 0 else total / B
+        mix = source_mix(x, producers, fg.sites, constant, t.shapes) if x in site_dep else {}
         rows.append(LayerCount(
             name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
             ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,
             input=x, output=n.output[0], output_shape=[int(d) for d in out_shape[1:]],
             source_site=source_site(x, producers, fg.sites, constant),
-            direct=x not in site_dep))
+            direct=x not in site_dep, source_mix=mix if len(mix) > 1 else {}))
     return rows
 
 

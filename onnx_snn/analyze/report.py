@@ -69,7 +69,8 @@ def format_table(analysis: Analysis, other_ops: bool = False) -> str:
     snn = a.has_snn
     rows = []
     for l in a.layers:
-        src = l.source_site if l.input_mode == "spikes" else l.input_mode
+        src = (("+".join(k or "analog" for k in l.source_mix) if l.source_mix else l.source_site)
+               if l.input_mode == "spikes" else l.input_mode)
         r = [l.name, l.op, human(l.neurons)]
         if snn:
             r += [src, _fmt_rate(l.spike_rate), human(l.dnn_flops), human(l.snn_flops),
