@@ -62,10 +62,11 @@ def _interval_counts(b: np.ndarray, index: np.ndarray, bounds: np.ndarray) -> np
     breakpoint there is at least ``bounds[j]``. Returns [J, n] (int64)."""
     T = index.shape[0]
     J, n = bounds.shape
-    cols = np.arange(n)
+    flat = b.ravel()
+    cols = np.arange(n)[None, :]
     counts = np.zeros((J, n), np.int64)
     for t in range(T):
-        at = b[index[t, 0] + counts, np.broadcast_to(cols, (J, n))]   # breakpoint at (t, N)
+        at = np.take(flat, (index[t, 0] + counts) * n + cols)    # breakpoint at (t, N)
         counts += at >= bounds
     return counts
 
@@ -159,9 +160,10 @@ def count_sums(neurons: Neurons, thresholds: np.ndarray, fraction: float
     col_d = cumulative(base * ds, delta * ds[None, :])
     # pairs where float32 rounding could decide: simulate those exactly
     tol = slack * (np.abs(x32.astype(np.float64)).sum(0)[None, :] + (T + 2) * np.abs(bs)) + 1e-300
-    gb = np.broadcast_to(group, bs.shape)
-    gap = np.minimum(np.abs(cand[gb, np.maximum(pos - 1, 0)] - bs),
-                     np.abs(cand[gb, np.minimum(pos, C - 1)] - bs))   # to the nearest candidate
+    row = (group * C)[None, :]                                        # [1, n]
+    cf = cand.ravel()
+    gap = np.minimum(np.abs(np.take(cf, row + np.maximum(pos - 1, 0)) - bs),
+                     np.abs(np.take(cf, row + np.minimum(pos, C - 1)) - bs))   # nearest candidate
     j, i = np.nonzero(gap <= tol)
     if i.size:
         gi, lo_b, hi_b = group[i], bs[j, i] - tol[j, i], bs[j, i] + tol[j, i]
