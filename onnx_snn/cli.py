@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate a DNN with onnxruntime and rewrite it into a "
                                    "stateful spiking ONNX model.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_CONVERT)
-    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 7-21)")
+    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 7-23)")
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
     c.add_argument("--calib", metavar="DATA",
