@@ -26,6 +26,7 @@ from . import __version__
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS
 from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401  (Terminated: signals)
+from .model_io import MAX_OPSET, MIN_OPSET
 from .spiking.deploy import DEPLOY_MAX_TIMESTEPS
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
 
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrate a DNN with onnxruntime and rewrite it into a "
                                    "stateful spiking ONNX model.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_CONVERT)
-    c.add_argument("model", help="the DNN, an .onnx file (any exporter, opset 7-23)")
+    c.add_argument("model", help=f"the DNN, an .onnx file (any exporter, opset {MIN_OPSET}-{MAX_OPSET})")
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
     c.add_argument("--calib", metavar="DATA",
