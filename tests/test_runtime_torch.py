@@ -54,6 +54,52 @@ def test_torch_and_onnxruntime_agree(name, T):
         B.assert_runtimes_agree(model, x)
 
 
+@pytest.mark.parametrize("method", ["max", "refined"])
+def test_torch_and_onnxruntime_agree_on_tiny_thresholds(method):
+    """A network whose activations are small gets thresholds and amplitudes far below 1e-4
+    (the audit's mnasnet: 1e-8): the torch runtime runs them as written (it used to raise
+    them to 1e-4: other spikes, other outputs), and writes them back unchanged."""
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(3)
+    inits = [nh.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
+             for n, s in (("w1", (6, 1, 3, 3)), ("w2", (6, 6, 3, 3)), ("w3", (10, 6)))]
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+                       oh.make_node("Relu", ["c1"], ["a1"]),
+                       oh.make_node("Conv", ["a1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+                       oh.make_node("Relu", ["c2"], ["a2"]),
+                       oh.make_node("GlobalAveragePool", ["a2"], ["p"]),
+                       oh.make_node("Flatten", ["p"], ["f"]),
+                       oh.make_node("Gemm", ["f", "w3"], ["y"], transB=1)], "tiny",
+                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    dnn = oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)])
+    x = (rng.standard_normal((32, 1, 8, 8)) * 1e-6).astype(np.float32)
+    snn = onnx_snn.convert(dnn, x, timesteps=2, method=method, show_progress=False).model
+    info = F.read_info(snn)
+    assert max(float(np.max(s.threshold)) for s in info.sites) < 1e-4
+    net = B.assert_runtimes_agree(snn, x, atol=1e-12)
+    back = net.to_model()
+    for s in info.sites:
+        for p in ("threshold", "amplitude"):
+            np.testing.assert_array_equal(
+                nh.to_array(F.all_initializers(back)[F.param_name(s.name, p)]),
+                nh.to_array(F.all_initializers(snn)[F.param_name(s.name, p)]))
+
+
+def test_a_two_input_model_needs_a_dict_naming_every_input():
+    import torch
+    from onnx_snn.errors import DataError
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    x = B.rand_input(8)
+    net = SpikingNetwork(onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=1,
+                                          show_progress=False).model)
+    name = net.view.data_inputs[0]
+    with pytest.raises(DataError, match="missing input"):
+        net({"other": torch.from_numpy(x)})
+    assert net({name: torch.from_numpy(x)}).shape == (8, 10)
+
+
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
                                   lambda: B.vgg(17, "relu", bn=False)])
 @pytest.mark.parametrize("options", [dict(per_channel=True), dict(bias_correction=True),

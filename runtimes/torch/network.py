@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from onnx_snn.errors import UnsupportedModelError, UsageError
+from onnx_snn.errors import DataError, UnsupportedModelError, UsageError
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
@@ -34,7 +34,11 @@ from .ops import OPS, parse_attrs, run_op
 _POOLS = {fn: op for op, fn in fmt.POOL_OPS.items()}
 #: inputs of these ops that, when initializers, are trainable weights
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div"}
-_MIN_THRESHOLD = 1e-4
+#: training keeps a threshold or amplitude at least this fraction of its value in the file:
+#: positive, and never below the file's own values (an absolute floor would change small
+#: thresholds, which networks with small activations have, and break the match with
+#: onnxruntime before any training)
+_MIN_FRACTION = 1e-3
 
 
 @dataclass
@@ -70,6 +74,7 @@ class SpikingNetwork(nn.Module):
         self.timesteps = self.info.timesteps
         self.sites = self.info.sites
         self._names: Dict[str, str] = {}          # onnx initializer name -> attribute key
+        self._floors: Dict[str, str] = {}         # threshold/amplitude name -> its floor's key
         self._trainable: List[str] = []
         self.hoisted, self.body, self.outputs = self._split_graph(self.view)
         self._check_ops()
@@ -141,6 +146,11 @@ class SpikingNetwork(nn.Module):
                 self._trainable.append(init.name)
             else:
                 self.register_buffer(key, t)
+            if site_params.get(init.name) in ("threshold", "amplitude") and arr.dtype.kind == "f":
+                floor = key + "__floor"   # not in state_dict: checkpoints stay as they were
+                self.register_buffer(floor, torch.from_numpy(np.asarray(np.abs(arr) * _MIN_FRACTION)),
+                                     persistent=False)
+                self._floors[init.name] = floor
 
     # ------------------------------------------------------------------ running
     def tensor(self, name: str) -> torch.Tensor:
@@ -152,8 +162,8 @@ class SpikingNetwork(nn.Module):
                 signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
-                th = env[p[0]].clamp(min=_MIN_THRESHOLD)
-                amp = env[p[1]].clamp(min=_MIN_THRESHOLD)
+                th = self._floored(p[0], env[p[0]])
+                amp = self._floored(p[1], env[p[1]])
                 leak = env[p[2]].clamp(max=1.0)
                 if signed:
                     y, v_next, c_next, s = signed_step(x, v, env[n.inputs[2]], th, amp, leak,
@@ -190,7 +200,14 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True):
         T = int(timesteps or self.timesteps)
-        inputs = x if isinstance(x, dict) else {self._input_names()[0]: x}
+        names = self._input_names()
+        if not isinstance(x, dict) and len(names) != 1:
+            raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
+                            "{name: tensor} with one tensor per input")
+        inputs = x if isinstance(x, dict) else {names[0]: x}
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise DataError(f"missing input(s) {missing}; the model takes {names}")
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
         first = next(iter(inputs.values()))
@@ -240,8 +257,14 @@ class SpikingNetwork(nn.Module):
         if kind == "leak":
             return t.clamp(max=1.0)
         if kind in ("threshold", "amplitude"):
-            return t.clamp(min=_MIN_THRESHOLD)
+            return self._floored(name, t)
         return t
+
+    def _floored(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A threshold or amplitude kept at or above its floor (_MIN_FRACTION of the file's
+        value): the identity on the file's own values."""
+        key = self._floors.get(name)
+        return t if key is None else torch.maximum(t, getattr(self, key))
 
     # ------------------------------------------------------------------ export
     def to_model(self, history: Optional[dict] = None,
