@@ -598,6 +598,9 @@ def cmd_eval(args) -> int:
                  show_progress=not args.quiet, download=args.download)
     if r.kind == "dnn" and args.timesteps and not args.quiet:
         print("note: -T is ignored for a DNN", file=sys.stderr)
+    if r.outputs > 1 and r.top1 is not None and not args.quiet:
+        print(f"note: top-1 of the first output '{r.scored_output}' (the model has {r.outputs} "
+              "outputs; re-export with the one to score first)", file=sys.stderr)
     if r.sites and not args.quiet:
         rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
                  f"{s.rate:.4f}"] for s in r.sites.values()]

@@ -42,6 +42,9 @@ class EvalResult:
     timesteps: Optional[int] = None
     method: Optional[str] = None
     sites: Dict[str, SiteActivity] = field(default_factory=dict)
+    #: the output top-1 reads (the first), and how many the model has
+    scored_output: Optional[str] = None
+    outputs: int = 1
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -184,7 +187,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             correct=correct[t] if ds.y is not None else None,
                             top1=100.0 * correct[t] / n if ds.y is not None else None,
                             seconds=seconds, timesteps=t if runner.spiking else None,
-                            method=runner.info.method if runner.spiking else None, sites=sites)
+                            method=runner.info.method if runner.spiking else None, sites=sites,
+                            scored_output=runner.output_names[0] if runner.output_names else None,
+                            outputs=len(runner.output_names))
     return out
 
 

@@ -409,3 +409,23 @@ def test_analyze_of_a_dnn_with_free_sizes_takes_them_from_its_data(tmp_path):
     assert p.returncode == 0, p.stderr
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["totals"]["dnn_flops"] == 4 * 9 * 64 + 40      # the 8 x 8 samples' MACs
+
+
+def test_eval_says_which_output_it_scores(tmp_path):
+    from onnx import helper as oh
+    rng = np.random.default_rng(0)
+    w = oh.make_tensor("w", onnx.TensorProto.FLOAT, [16, 3], rng.normal(size=48).tolist())
+    g = oh.make_graph([oh.make_node("Flatten", ["x"], ["f"]),
+                       oh.make_node("MatMul", ["f", "w"], ["logits"]),
+                       oh.make_node("Relu", ["logits"], ["aux"])], "g",
+                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 4, 4])],
+                      [oh.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3]),
+                       oh.make_tensor_value_info("aux", onnx.TensorProto.FLOAT, ["N", 3])], [w])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.random((6, 1, 4, 4)).astype(np.float32), y=np.arange(6) % 3)
+    p = run_cli("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                "--json", str(tmp_path / "e.json"))
+    assert p.returncode == 0, p.stderr
+    assert "top-1 of the first output 'logits' (the model has 2 outputs" in p.stderr
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["scored_output"] == "logits" and e["outputs"] == 2

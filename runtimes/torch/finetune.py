@@ -350,6 +350,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         raise DataError(f"{model_path}: its first output '{first}' has shape "
                         f"{['N'] + list(probe.shape[1:])}; fine-tuning needs [N, classes] logits "
                         "as the first output (re-export the DNN with the logits first)")
+    if len(view.outputs) > 1 and main_proc:
+        log(f"note: the model has {len(view.outputs)} outputs; the loss and top-1 read the first, "
+            f"'{view.outputs[0]}'")
     check_label_range(train.y, int(probe.shape[1]), train.name)
     check_label_range(test.y, int(probe.shape[1]), test.name)
     teacher = _teacher(cfg, teacher_path, view, model_path, pad_batch(test.x[:1], fixed),
