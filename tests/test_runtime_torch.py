@@ -566,3 +566,42 @@ def test_torch_and_onnxruntime_agree_with_pools_moved_first(global_pool):
     assert any(r.input == pooled.output for r in snn.records.values())
     for model in (snn.model, snn.step_model()):
         B.assert_runtimes_agree(model, x)
+
+
+def test_finetune_refuses_a_two_input_model_as_unsupported(tmp_path):
+    """Two data inputs: the torch runtime runs them (a dict), fine-tuning does not: exit 4
+    (an unsupported model), naming the inputs."""
+    import torch
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+    from onnx_snn.errors import DataError
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.normal(0, .5, (4, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.normal(0, .5, (5, 8)).astype(np.float32), "w2"),
+             nh.from_array(rng.normal(0, .2, (264, 10)).astype(np.float32), "wh")]
+    g = oh.make_graph([oh.make_node("Conv", ["x1", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+                       oh.make_node("Relu", ["c1"], ["a1"]),
+                       oh.make_node("Flatten", ["a1"], ["f1"]),
+                       oh.make_node("MatMul", ["x2", "w2"], ["m2"]),
+                       oh.make_node("Relu", ["m2"], ["a2"]),
+                       oh.make_node("Concat", ["f1", "a2"], ["cat"], axis=1),
+                       oh.make_node("MatMul", ["cat", "wh"], ["y"])], "two",
+                      [oh.make_tensor_value_info("x1", onnx.TensorProto.FLOAT, ["N", 1, 8, 8]),
+                       oh.make_tensor_value_info("x2", onnx.TensorProto.FLOAT, ["N", 5])],
+                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]), tmp_path / "two.onnx")
+    data = {"x1": rng.random((16, 1, 8, 8)).astype(np.float32),
+            "x2": rng.standard_normal((16, 5)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **data, y=np.arange(16) % 10)
+    snn = onnx_snn.convert(str(tmp_path / "two.onnx"), data, timesteps=2, show_progress=False)
+    snn.save(tmp_path / "two.snn.onnx")
+    net = SpikingNetwork(snn.model).eval()
+    with pytest.raises(DataError, match="pass a dict"):
+        net(torch.from_numpy(data["x1"]))
+    with torch.no_grad():
+        y = net({k: torch.from_numpy(v) for k, v in data.items()}).numpy()
+    np.testing.assert_allclose(y, run(snn.model, data).outputs[0], atol=1e-5)
+    p = run_cli("finetune", str(tmp_path / "two.snn.onnx"), "-o", str(tmp_path / "t.snn.onnx"),
+                "--data", str(tmp_path / "d.npz"), "--epochs", "1")
+    assert p.returncode == 4 and "one input (this one takes 2: x1, x2)" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

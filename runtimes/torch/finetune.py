@@ -38,7 +38,8 @@ import torch.nn.functional as Fn
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
 from onnx_snn.datasets import Dataset, check_label_range, check_preprocess, dataset_files
-from onnx_snn.errors import DataError, ModelLoadError, TrainingDivergedError, UsageError
+from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
+                             UnsupportedModelError, UsageError)
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
@@ -323,7 +324,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                              "or pass -T")
     T = int(cfg.timesteps or info.timesteps)
     if len(_specs(view)) != 1:
-        raise DataError(f"{model_path}: fine-tuning supports models with one input")
+        raise UnsupportedModelError(f"{model_path}: fine-tuning supports models with one input "
+                                    f"(this one takes {len(_specs(view))}: "
+                                    f"{', '.join(n for n, _ in _specs(view))})")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
     test = load_split(model, data, "test", cfg.limit_test, data_dir, view, download, mean, std)
     augment = cfg.augment and _image_like(train.x)
