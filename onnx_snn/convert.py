@@ -266,11 +266,15 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         ds = data
     elif isinstance(data, (str, Path)):
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download)
-    elif isinstance(data, np.ndarray) or isinstance(data, dict):
-        ds = Dataset("array", data, None, preprocessed=True)  # type: ignore[arg-type]
+    elif isinstance(data, dict):
+        ds = Dataset("array", {k: _array_like(v, f"input {k!r}") for k, v in data.items()}, None,
+                     preprocessed=True)
+    elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
+        ds = Dataset("array", _array_like(data, "data"), None, preprocessed=True)
     else:
-        raise DataError(f"cannot use {type(data).__name__} as data; pass an array, a dataset "
-                        "name or a .npy/.npz path")
+        raise DataError(f"cannot use {type(data).__name__} as data; pass an array (numpy, or "
+                        "anything numpy converts: a list, a CPU torch tensor), a dataset name or "
+                        "a .npy/.npz path")
     if ds.preprocessed and given:
         raise UsageError(f"{ds.name}: --mean/--std apply to named datasets (fashion-mnist, "
                          "cifar10, cifar100: images in [0, 1]); arrays (.npy/.npz files, numpy "
@@ -306,6 +310,19 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         x = ds.x
     return Dataset(ds.name, x, ds.y, preprocessed=True,
                    preprocess=applied if applied is not None else ds.preprocess)
+
+
+def _array_like(x, what: str) -> np.ndarray:
+    """A numpy array from an array or anything numpy converts (a list, a CPU tensor)."""
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        if hasattr(x, "detach"):          # a torch tensor that requires grad
+            x = x.detach()
+        return np.asarray(x)
+    except Exception as e:               # a GPU tensor, ragged lists
+        raise DataError(f"{what}: cannot turn {type(x).__name__} into an array ({e}); pass a "
+                        "numpy array (for a GPU tensor: .cpu().numpy())") from None
 
 
 def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIMESTEPS,

@@ -140,3 +140,27 @@ def test_sessions_that_share_the_cores_do_not_spin():
     assert make_session(m, 1, spin=False).get_session_options().get_session_config_entry(key) == "0"
     with pytest.raises(RuntimeError, match="does not have configuration"):   # the default: spin
         make_session(m, 1).get_session_options().get_session_config_entry(key)
+
+
+def test_calibration_data_may_be_any_array_like():
+    """A list, or any object numpy converts (a CPU torch or JAX array has __array__), calibrates
+    like the numpy array; a ragged list is a DataError naming the data."""
+    import onnx_snn
+    from onnx_snn.errors import DataError
+
+    class Tensorish:          # the array protocol alone, as other frameworks' arrays have
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    x = B.rand_input(16)
+    ref = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    for data in (x.tolist(), Tensorish(x), {"input": Tensorish(x)}):
+        got = onnx_snn.convert(B.vgg(13, "clip"), data, timesteps=2, method="datta",
+                               show_progress=False)
+        assert [r.threshold for r in got.records.values()] == \
+            [r.threshold for r in ref.records.values()]
+    with pytest.raises(DataError, match="cannot turn list into an array"):
+        onnx_snn.convert(B.vgg(13, "clip"), [[1.0, 2.0], [3.0]], timesteps=2, show_progress=False)
