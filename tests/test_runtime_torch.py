@@ -605,3 +605,30 @@ def test_finetune_refuses_a_two_input_model_as_unsupported(tmp_path):
                 "--data", str(tmp_path / "d.npz"), "--epochs", "1")
     assert p.returncode == 4 and "one input (this one takes 2: x1, x2)" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_folded_binary_amplitudes_stay_one_through_training(tmp_path):
+    """convert --binary-spikes folds each site's amplitude into the next layer (amplitude 1,
+    0/1 spikes, recorded as "folded"): training must not move it off 1 while the file still
+    says folded."""
+    import torch
+    from onnx_snn.cli import main
+    x = B.rand_input(32)
+    np.save(tmp_path / "c.npy", x)
+    onnx.save(B.vgg(13, "clip"), tmp_path / "m.onnx")
+    out = tmp_path / "b.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "-o", str(out), "--calib",
+                 str(tmp_path / "c.npy"), "--binary-spikes", "--method", "datta"]) == 0
+    model = onnx.load(str(out))
+    folded = [k for k, v in json.loads(F.metadata(model)[F.META_BINARY]).items() if v == "folded"]
+    assert folded
+    net = SpikingNetwork(model)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net(torch.from_numpy(x)).square().mean().backward()
+    opt.step()
+    inits = F.all_initializers(net.to_model())
+    for site in folded:
+        assert F.param_name(site, "amplitude") not in net._trainable
+        np.testing.assert_array_equal(
+            onnx.numpy_helper.to_array(inits[F.param_name(site, "amplitude")]), 1.0)
+    assert any(F.param_name(s.name, "threshold") in net._trainable for s in net.sites)

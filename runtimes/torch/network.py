@@ -55,6 +55,15 @@ def _key(name: str) -> str:
     return "t_" + re.sub(r"[^0-9a-zA-Z_]", "_", name)
 
 
+def _folded_sites(model: onnx.ModelProto) -> set:
+    """Sites whose amplitudes ``convert --binary-spikes`` folded into the next layer."""
+    try:
+        rec = json.loads(fmt.metadata(model).get(fmt.META_BINARY, "{}"))
+    except json.JSONDecodeError:
+        return set()
+    return {k for k, v in rec.items() if v == "folded"} if isinstance(rec, dict) else set()
+
+
 class SpikingNetwork(nn.Module):
     """A spiking ONNX model as a module: ``forward(x, timesteps=None)`` returns the
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``)."""
@@ -79,7 +88,10 @@ class SpikingNetwork(nn.Module):
         self.hoisted, self.body, self.outputs = self._split_graph(self.view)
         self._check_ops()
         frozen = set()
+        folded = _folded_sites(model)    # --binary-spikes: amplitude 1 in the next layer's weights
         for s in self.sites:
+            if s.name in folded:         # stays 1, so the spikes stay 0/1 after training
+                frozen.add(fmt.param_name(s.name, "amplitude"))
             if not train_thresholds:
                 frozen.add(fmt.param_name(s.name, "threshold"))
             if not train_leaks:
