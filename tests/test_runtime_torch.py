@@ -632,3 +632,17 @@ def test_folded_binary_amplitudes_stay_one_through_training(tmp_path):
         np.testing.assert_array_equal(
             onnx.numpy_helper.to_array(inits[F.param_name(site, "amplitude")]), 1.0)
     assert any(F.param_name(s.name, "threshold") in net._trainable for s in net.sites)
+
+
+def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
+    """The checkpoint's best top-1 was measured at its T: resuming at another one would
+    compare epochs across T, so it is refused (exit 2) and nothing is written."""
+    from onnx_snn.cli import main
+    out = tmp_path / "t.snn.onnx"
+    args = ["finetune", str(fmnist_snn), "-o", str(out), "--data", "fashion-mnist",
+            "--limit-train", "64", "--limit-test", "64"]
+    assert main(["-q"] + args + ["--epochs", "1"]) == 0
+    before = out.read_bytes()
+    p = run_cli(*args, "--epochs", "2", "--resume", "-T", "3")
+    assert p.returncode == 2 and "trained at T=2, and would resume at T=3" in p.stderr, p.stderr
+    assert out.read_bytes() == before

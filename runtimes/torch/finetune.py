@@ -411,6 +411,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
                                  "delete it, or run without --resume") from None
         _check_resumed_teacher(state, teacher_settings, ckpt_path)
+        if state.get("timesteps") not in (None, T):   # its best top-1 was measured at that T
+            raise UsageError(f"{ckpt_path}: this run trained at T={state['timesteps']}, and would "
+                             f"resume at T={T}; pass -T {state['timesteps']}, or start over "
+                             "without --resume")
         if main_proc:
             log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
     else:
@@ -500,7 +504,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                 f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
             _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
-                       teacher_settings)
+                       teacher_settings, T)
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
@@ -609,12 +613,12 @@ def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) ->
 
 
 def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen,
-               teacher: Optional[dict] = None):
+               teacher: Optional[dict] = None, timesteps: Optional[int] = None):
     """Atomically (a temporary file renamed; removed on any failure or signal)."""
     buf = io.BytesIO()
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
                 "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state(),
-                "teacher": teacher}, buf)
+                "teacher": teacher, "timesteps": timesteps}, buf)
     write_bytes_atomic(buf.getvalue(), path)
