@@ -524,6 +524,16 @@ def cmd_convert(args) -> int:
     if args.sequential and args.method not in ("datta", "refined"):
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
+    if not (args.method == "refined" or args.sequential):   # options of the refinement alone
+        unused = [flag for flag, given in (
+            ("--no-per-channel", not args.per_channel),
+            ("--no-weight-calibration", not args.weight_calibration),
+            ("--no-bias-correction", not args.bias_correction),
+            (f"--search-stride {args.search_stride}", args.search_stride != 1)) if given]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
+                             f"refinement of --method refined, which --method {args.method} "
+                             "does not run; drop it or use --method refined")
     check_search_limits(config, args.timesteps, args.method)
     if args.deploy is not None and args.timesteps > DEPLOY_MAX_TIMESTEPS:
         raise UsageError(f"--deploy: a deploy graph holds one copy of the time step per step, at "

@@ -326,6 +326,18 @@ def test_convert_search_stride(files):
               str(files / "calib.npy"), "--search-stride", "0"])
 
 
+@pytest.mark.parametrize("flags", [["--no-per-channel"], ["--search-stride", "4"],
+                                   ["--no-weight-calibration", "--no-bias-correction"]])
+def test_refinement_options_with_another_method_are_refused(files, flags):
+    """Options of the refinement alone do nothing under datta/deng/max: refused (exit 2),
+    not silently dropped; with --method refined they apply."""
+    out = files / "opt.snn.onnx"
+    p = run_cli("convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                str(files / "calib.npy"), "--method", "max", *flags)
+    assert_clean_error(p, 2, "which --method max does not run")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("elem", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                                   onnx.TensorProto.INT64])
 def test_eval_feeds_a_dnn_input_in_its_declared_type(tmp_path, elem):
