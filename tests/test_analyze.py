@@ -577,3 +577,9 @@ def test_a_concatenated_input_is_charged_at_each_sources_rate():
         assert row.snn_flops == pytest.approx(layer.dnn_flops * share * rates[s] +
                                               sum(l.snn_flops for l in own))
     assert res.totals.snn_acs == pytest.approx(sum(l.snn_acs for l in res.layers))
+
+
+def test_rates_of_an_evaluation_without_spike_counts_are_refused_with_the_reason():
+    from onnx_snn.analyze import parse_rates
+    with pytest.raises(DataError, match="recorded no spike rates .*--spike-counts"):
+        parse_rates({"kind": "snn", "timesteps": 2, "sites": {}}, "deploy.json")

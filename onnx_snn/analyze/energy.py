@@ -170,6 +170,10 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
     if obj.get("kind") == "dnn":
         raise DataError(f"{where}: is the evaluation of a DNN (no spikes); run `onnx-snn eval "
                         "--json` on the spiking model")
+    if isinstance(obj.get("sites"), dict) and not obj["sites"] and obj.get("kind") == "snn":
+        raise DataError(f"{where}: an evaluation that recorded no spike rates (a deploy graph "
+                        "made without --spike-counts?); evaluate the spiking model, or a deploy "
+                        "graph made with `onnx-snn deploy --spike-counts`, with --json")
     if isinstance(obj.get("sites"), dict):
         rates = {}
         for k, v in obj["sites"].items():
