@@ -639,7 +639,8 @@ def _metadata_value(text: str):
 def cmd_info(args) -> int:
     from .datasets import check_preprocess
     from .model_io import load_model
-    from .spiking.format import GRAPH_DEPLOY, is_spiking, read_info, require_spiking
+    from .spiking.format import (GRAPH_DEPLOY, META_BINARY, is_spiking, metadata, read_info,
+                                 require_spiking)
 
     model = load_model(args.model)
     # the metadata and the graph checked (exit 3 if damaged; a deploy graph: the metadata only,
@@ -648,7 +649,6 @@ def cmd_info(args) -> int:
     info = read_info(model, args.model) if deployed else require_spiking(model, args.model)
     check_preprocess(info.preprocess, args.model)
     if args.json:
-        from .spiking.format import metadata
         print(json.dumps({k: _metadata_value(v) for k, v in metadata(model).items()}, indent=2))
         return 0
     print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
@@ -659,6 +659,12 @@ def cmd_info(args) -> int:
              _param(s.v_init, ".4g")] + ([s.neuron] if signed else []) for s in info.sites]
     print(_fmt_table(["site", "shape", "neurons", "mu", "threshold", "amplitude", "leak", "v_init"]
                      + (["neuron"] if signed else []), rows))
+    binary = _metadata_value(metadata(model).get(META_BINARY, "{}"))
+    if isinstance(binary, dict) and binary:
+        folded = [k for k, v in binary.items() if v == "folded"]
+        print(f"binary spikes (--binary-spikes): amplitudes folded into the next layer at "
+              f"{', '.join(folded) or 'no site'}"
+              + "".join(f"; {k} kept: {v}" for k, v in binary.items() if v != "folded"))
     for h in info.history:
         print("history: " + json.dumps(h))
     return 0

@@ -622,6 +622,8 @@ def test_folded_binary_amplitudes_stay_one_through_training(tmp_path):
     model = onnx.load(str(out))
     folded = [k for k, v in json.loads(F.metadata(model)[F.META_BINARY]).items() if v == "folded"]
     assert folded
+    p = run_cli("info", str(out))                # info says so in its text too
+    assert p.returncode == 0 and f"amplitudes folded into the next layer at {folded[0]}" in p.stdout
     net = SpikingNetwork(model)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     net(torch.from_numpy(x)).square().mean().backward()
