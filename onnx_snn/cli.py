@@ -719,7 +719,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import ENERGY_PRESETS, analyze, format_table, load_rates
+    from .analyze import ENERGY_PRESETS, analyze, format_table
     from .analyze.report import plot_png
     from .datasets import check_preprocess
     from .errors import MissingDependencyError
@@ -739,14 +739,15 @@ def cmd_analyze(args) -> int:
             raise MissingDependencyError("--plot needs matplotlib: pip install 'onnx-snn[plot]'") from None
     model = load_model(args.model)
     rates, T = (None, None)
+    info = None
     if is_spiking(model):   # the whole model checked before any work (a deploy graph refused)
-        check_preprocess(require_spiking(model, args.model).preprocess, args.model)
+        info = require_spiking(model, args.model)
+        check_preprocess(info.preprocess, args.model)
     if args.rates:
-        from .analyze.energy import check_rate_file
-        from .spiking.format import read_info
-        rates, T = load_rates(args.rates)
-        check_rate_file(args.rates, T, read_info(model, args.model) if is_spiking(model) else None,
-                        args.timesteps, args.model)
+        from .analyze.energy import check_rate_file, parse_rates, rate_neurons, read_rate_json
+        obj = read_rate_json(args.rates)
+        rates, T = parse_rates(obj, str(args.rates))
+        check_rate_file(args.rates, T, rate_neurons(obj), info, args.timesteps, args.model)
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate

@@ -405,7 +405,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         cand_f = np.tile(fracs, alphas.shape[0])                        # [C]
         C = cand_a.shape[0]
         q2, q1, qk = (np.empty((C, P)) for _ in range(3))
-        rows = np.zeros(C, bool)     # candidates not scored by breakpoints: simulated
+        scored = np.zeros(C, bool)   # candidates scored from breakpoints; the others simulated
         for f in (() if signed else np.unique(cand_f)):
             sel = cand_f == f
             th = cand_a[sel] * mu
@@ -413,23 +413,19 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
                 if not merged:
                     merged.append(count_sums.distinct(x, d, g))
                 q2[sel], q1[sel], qk[sel] = count_sums.count_sums(merged[0], th, f)
-                rows |= sel
-        for s0 in range(0, C, chunk):
-            if rows[s0:s0 + chunk].all():
-                continue
-            th = cand_a[s0:s0 + chunk] * mu                             # [c, P]
-            v0 = cand_f[s0:s0 + chunk, None] * th
+                scored |= sel
+        todo = np.flatnonzero(~scored)
+        for s0 in range(0, todo.size, chunk):
+            idx = todo[s0:s0 + chunk]
+            th = cand_a[idx] * mu                                       # [c, P]
+            v0 = cand_f[idx, None] * th
             # per neuron, in float32 (one value per group, repeated over its neurons)
             k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
                                 np.repeat(v0.astype(np.float32), sizes, axis=1), signed)  # [c, n]
             # counts are small whole numbers: their sums are exact in float64 in any order
-            done = rows[s0:s0 + chunk]
-            q2[s0:s0 + chunk] = np.where(done[:, None], q2[s0:s0 + chunk],
-                                         np.add.reduceat(k * k, starts, axis=1, dtype=np.float64))
-            q1[s0:s0 + chunk] = np.where(done[:, None], q1[s0:s0 + chunk],
-                                         _group_sums(k * d[None, :], starts))
-            qk[s0:s0 + chunk] = np.where(done[:, None], qk[s0:s0 + chunk],
-                                         np.add.reduceat(k, starts, axis=1, dtype=np.float64))
+            q2[idx] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
+            q1[idx] = _group_sums(k * d[None, :], starts)
+            qk[idx] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
         raw = np.where(np.isfinite(raw), raw, 1.0)

@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import onnx
 
-from ..errors import DataError, NotSpikingModelError
+from ..errors import DataError, NotSpikingModelError, UsageError
 from ..spiking import format as fmt
 from .flops import LayerCount, _dims, count_flat, flatten
 
@@ -205,23 +205,23 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
 
 def load_rates(path: Union[str, Path]) -> Tuple[Dict[str, float], Optional[int]]:
     """Read spike rates from a JSON file (see :func:`parse_rates`): ``(rates, timesteps)``."""
+    return parse_rates(read_rate_json(path), str(path))
+
+
+def read_rate_json(path: Union[str, Path]):
+    """The JSON value of a spike-rate file (``onnx-snn eval --json``), read once."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; write one with `onnx-snn eval MODEL --json {p}`")
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{p}: not valid JSON ({e}); write it with `onnx-snn eval MODEL --json {p}`") from None
-    return parse_rates(obj, str(p))
 
 
-def rate_neurons(path: Union[str, Path]) -> Dict[str, int]:
-    """The neurons per site an ``onnx-snn eval --json`` rate file records (empty for the
-    other forms): the spiking model the rates were measured on, to check against."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
+def rate_neurons(obj) -> Dict[str, int]:
+    """The neurons per site an ``onnx-snn eval --json`` value records (empty for the other
+    forms): the spiking model the rates were measured on, to check against."""
     sites = obj.get("sites") if isinstance(obj, dict) else None
     if not isinstance(sites, dict):
         return {}
@@ -230,19 +230,19 @@ def rate_neurons(path: Union[str, Path]) -> Dict[str, int]:
             and not isinstance(v.get("neurons"), bool)}
 
 
-def check_rate_file(path: Union[str, Path], rates_T: Optional[int], info,
-                    timesteps: Optional[int], model: str) -> None:
+def check_rate_file(path: Union[str, Path], rates_T: Optional[int], neurons: Mapping[str, int],
+                    info, timesteps: Optional[int], model: str) -> None:
     """Refuse rates that were measured on another model (a site of the same name with
-    another neuron count) or at another T than the one asked for."""
+    another neuron count, ``neurons`` as :func:`rate_neurons` reads them) or at another T
+    than the one asked for."""
     if timesteps and rates_T and int(timesteps) != int(rates_T):
-        from ..errors import UsageError
         raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the -T "
                          f"{timesteps} asked for; drop -T, or measure them at T={timesteps} with "
                          f"`onnx-snn eval {model} -T {timesteps} --json {path}`")
     if info is None:
         return
     have = {s.name: s.neurons for s in info.sites}
-    for site, n in rate_neurons(path).items():
+    for site, n in neurons.items():
         if site in have and have[site] and n != have[site]:
             raise DataError(f"{path}: site {site} has {n} neurons there but {have[site]} in "
                             f"{model}: the rates were measured on another model; run `onnx-snn "
@@ -400,7 +400,6 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if dnn_model is not None:
         dnn = _load(dnn_model)
         if fmt.is_spiking(dnn):
-            from ..errors import UsageError
             raise UsageError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
                              ": a spiking model, not the DNN it was converted from; pass the "
                              "original DNN (.onnx) as the DNN to compare with")

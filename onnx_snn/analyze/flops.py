@@ -426,65 +426,44 @@ def source_site(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Map
 
     Depth-first, inputs in order: for a ``Concat`` the first site found is returned.
     """
-    stack, seen = [tensor], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        if x in sites:
-            return sites[x]
-        node = producers.get(x)
-        if node is None or node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Concat":
-            nxt = [i for i in node.input if i]
-        elif node.op_type in ("Mul", "Div"):
-            if len(node.input) < 2 or not (node.input[1] in constant or
-                                          (node.op_type == "Mul" and node.input[0] in constant)):
-                continue
-            nxt = [i for i in node.input[:2] if i not in constant][:1]
-        else:
-            nxt = [node.input[0]]
-        stack.extend(reversed(nxt))
-    return None
+    return next((k for k in source_mix(tensor, producers, sites, constant) if k), None)
 
 
 def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
-               constant: set, shapes: Mapping[str, Sequence[int]]) -> Dict[str, float]:
+               constant: set, shapes: Optional[Mapping[str, Sequence[int]]] = None
+               ) -> Dict[str, float]:
     """Where the elements of ``tensor`` come from, through pass-through ops: {site: share},
-    "" for what is not a site's spikes; a ``Concat`` splits its output by its inputs' sizes
-    (equally when a size is unknown). The shares sum to 1."""
+    "" for what is not a site's spikes, in the order a depth-first walk (inputs in order)
+    reaches them; a ``Concat`` splits its output by its inputs' sizes in ``shapes`` (equally
+    when a size is unknown). The shares sum to 1."""
+    shapes = shapes or {}
     out: Dict[str, float] = {}
-
-    def visit(x: str, w: float, depth: int) -> None:
-        if x in sites:
-            out[sites[x]] = out.get(sites[x], 0.0) + w
-            return
-        node = producers.get(x)
-        if depth > 10000 or node is None or node.op_type not in PASS_THROUGH \
-                or node.domain not in ("", "ai.onnx"):
-            out[""] = out.get("", 0.0) + w
-            return
-        if node.op_type == "Concat":
-            ins = [i for i in node.input if i]
-            sizes = [_prod(shapes[i]) if shapes.get(i) is not None and
-                     all(isinstance(d, int) and d >= 0 for d in shapes[i]) else None for i in ins]
-            if any(z is None for z in sizes) or not sum(sizes):
-                sizes = [1] * len(ins)
-            for i, z in zip(ins, sizes):
-                visit(i, w * z / sum(sizes), depth + 1)
-            return
-        if node.op_type in ("Mul", "Div"):
-            if len(node.input) < 2 or not (node.input[1] in constant or
-                                          (node.op_type == "Mul" and node.input[0] in constant)):
-                out[""] = out.get("", 0.0) + w
-                return
-            visit([i for i in node.input[:2] if i not in constant][0], w, depth + 1)
-            return
-        visit(node.input[0], w, depth + 1)
-
-    visit(tensor, 1.0, 0)
+    stack = [(tensor, 1.0)]
+    while stack:
+        x, w = stack.pop()
+        key = sites.get(x)
+        node = None if key is not None else producers.get(x)
+        nxt: List[Tuple[str, float]] = []
+        if node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
+            if node.op_type == "Concat":
+                ins = [i for i in node.input if i]
+                sizes = [_prod(shapes[i]) if shapes.get(i) is not None and
+                         all(isinstance(d, int) and d >= 0 for d in shapes[i]) else None
+                         for i in ins]
+                if any(z is None for z in sizes) or not sum(sizes):
+                    sizes = [1] * len(ins)
+                nxt = [(i, w * z / sum(sizes)) for i, z in zip(ins, sizes)]
+            elif node.op_type in ("Mul", "Div"):
+                if len(node.input) >= 2 and (node.input[1] in constant or
+                                             (node.op_type == "Mul" and node.input[0] in constant)):
+                    nxt = [([i for i in node.input[:2] if i not in constant][0], w)]
+            else:
+                nxt = [(node.input[0], w)]
+        if nxt:
+            stack.extend(reversed(nxt))
+        else:                       # a site, or where the spikes end (not pass-through)
+            k = key if key is not None else ""
+            out[k] = out.get(k, 0.0) + w
     return out
 
 
@@ -523,11 +502,12 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
         x = _data_input(n, constant)
         per = total // B if total % B == 0 else total / B
         mix = source_mix(x, producers, fg.sites, constant, t.shapes) if x in site_dep else {}
+        site = next((k for k in mix if k), None)
         rows.append(LayerCount(
             name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
             ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,
             input=x, output=n.output[0], output_shape=[int(d) for d in out_shape[1:]],
-            source_site=source_site(x, producers, fg.sites, constant),
+            source_site=site,
             direct=x not in site_dep, source_mix=mix if len(mix) > 1 else {}))
     return rows
 

@@ -713,14 +713,12 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
             raise ModelLoadError(f"{where}: site {site} is a {rec.neuron} neuron in "
                                  f"{META_SITES}, but its node '{n.name}' calls {n.op_type}, not "
                                  f"{want}; the file is damaged or was edited")
-        _check_call(n, *((SIGNED_NEURON_INPUTS, SIGNED_NEURON_OUTPUTS) if rec.signed else
-                         (NEURON_INPUTS, NEURON_OUTPUTS)), f"neuron node '{n.name}' ({n.op_type})",
-                    where)
+        _check_call(n, *_signature(n.op_type), f"neuron node '{n.name}' ({n.op_type})", where)
         neurons[site] = n
     pool_nodes = {pool_node_name(p.name): p.name for p in info.pools}
     pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}
     for n in pools.values():
-        _check_call(n, POOL_INPUTS, POOL_OUTPUTS, f"spiking pool node '{n.name}'", where)
+        _check_call(n, *_signature(n.op_type), f"spiking pool node '{n.name}'", where)
     lost = [p.name for p in info.pools if p.name not in pools]
     if lost:
         raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
@@ -743,8 +741,8 @@ def _check_functions(model: onnx.ModelProto, calls: Sequence[onnx.NodeProto], wh
     defined = {(f.domain, f.name): f for f in model.functions}
     for op in sorted({n.op_type for n in calls}):
         f = defined.get((DOMAIN, op))
-        if f is None or not f.node or len(f.input) != len(_signature(op)[0]) \
-                or len(f.output) != len(_signature(op)[1]):
+        inputs, outputs = _signature(op)
+        if f is None or not f.node or len(f.input) != len(inputs) or len(f.output) != len(outputs):
             what = "is not defined" if f is None else "has no body" if not f.node else \
                 f"has {len(f.input)} inputs and {len(f.output)} outputs"
             raise ModelLoadError(f"{where}: the model-local function {DOMAIN}.{op}, which the "
@@ -753,6 +751,7 @@ def _check_functions(model: onnx.ModelProto, calls: Sequence[onnx.NodeProto], wh
 
 
 def _signature(op: str):
+    """(inputs, outputs) of a format function, by its name."""
     if op == SIGNED_NEURON_OP:
         return SIGNED_NEURON_INPUTS, SIGNED_NEURON_OUTPUTS
     if op in NEURON_OPS:
