@@ -670,6 +670,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def finetune_outcome(r) -> str:
+    """What happened to the output file, for finetune's result line."""
+    if r.written:
+        return f"wrote {r.output}"
+    if r.resumed_after is not None:
+        ran = len(r.epochs) > r.resumed_after      # the history holds every epoch of the run
+        done = "" if ran else f"the checkpoint had run all {r.resumed_after} epochs: "
+        if r.best_epoch == 0:
+            return f"{done}no epoch has beaten the starting top-1; {r.output} is as the first call left it"
+        return (f"{done}{r.output} holds the run's best model (epoch {r.best_epoch}), "
+                "written before this resumed call; nothing was written")
+    return f"no epoch beat the starting top-1, {r.output} was left as it was"
+
+
 def cmd_finetune(args) -> int:
     from .errors import DataError, MissingDependencyError, UsageError
     try:
@@ -708,8 +722,7 @@ def cmd_finetune(args) -> int:
                  log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
-        wrote = (f"wrote {r.output}" if r.written else
-                 f"no epoch beat the starting top-1, {r.output} was left as it was")
+        wrote = finetune_outcome(r)
         print(f"fine-tuned T={r.timesteps}: top-1 {before}{r.best_top1:.2f}% (best epoch "
               f"{r.best_epoch}); {r.seconds_per_epoch:.1f} s per epoch; {wrote}")
         if args.json is not None:

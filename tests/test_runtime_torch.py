@@ -373,6 +373,13 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert main(args + ["--epochs", "2", "--resume", "--json", str(tmp_path / "r2.json")]) == 0
     r2 = json.loads((tmp_path / "r2.json").read_text())
     assert [e["epoch"] for e in r2["epochs"]] == [1, 2]  # epoch 1 came from the checkpoint
+    assert r2["resumed_after"] == 1 and r1["resumed_after"] is None
+    # resumed again with no epoch left: nothing is written, and the result line says so
+    before = out.read_bytes()
+    p = run_cli(*args[1:], "--epochs", "2", "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "had run all 2 epochs" in p.stdout and "nothing was written" in p.stdout, p.stdout
+    assert "wrote" not in p.stdout and out.read_bytes() == before
     m = onnx.load(str(out))
     onnx.checker.check_model(m, full_check=True)
     info = F.read_info(m)

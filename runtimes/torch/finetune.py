@@ -149,8 +149,10 @@ class FinetuneResult:
     peak_rss_mb: float
     peak_cuda_mb: Optional[float]
     world_size: int
-    written: bool = True        # False: no epoch beat the start and the output existed already
+    written: bool = True        # this call wrote the output (False: no epoch beat the best so far)
     teacher: Optional[str] = None   # the DNN it distilled from (None: the labels alone)
+    #: resumed from a checkpoint: the epochs it had run before this call (None: not resumed)
+    resumed_after: Optional[int] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -378,7 +380,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                       broadcast_buffers=False)
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
-    gen_state, written = None, False
+    gen_state, written, resumed_after = None, False, None
     existed = out_path.exists()
 
     # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
@@ -406,6 +408,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             initial = state.get("initial")
             torch.set_rng_state(state["rng"])
             gen_state = state.get("augment_rng")
+            resumed_after = start_epoch
         except Exception as e:  # not a checkpoint, or one of another model / run
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
@@ -514,7 +517,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           peak_cuda_mb=peak_cuda, world_size=world,
-                          written=written or (resume and out_path.exists()),
+                          written=written, resumed_after=resumed_after,
                           teacher=teacher.path if teacher is not None else None)
 
 
