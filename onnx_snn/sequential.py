@@ -331,6 +331,12 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # site's amplitude: y = s * amplitude is exactly what the neuron computed.
     spikes: Dict[str, tuple] = {}
 
+    def spike_values(name: str, t: int, start: int, nb: int) -> np.ndarray:
+        """A recorded site's output at step ``t`` for a batch: its spikes times its amplitude,
+        in float32, as the neuron computed it (one pass, no float32 copy of the spikes)."""
+        s, amp = spikes[name]
+        return np.multiply(s[t, start:start + nb], amp, dtype=np.float32)
+
     def run_spiking(view, wanted: List[str], per_batch):
         """Run the step graph, cut to ``wanted`` and started at the recorded spikes, T steps
         over every calibration batch; ``per_batch(b, steps)`` gets each batch's per-step values
@@ -347,8 +353,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             state = {st.names.input: fmt.initial_state(view, st, nb) for st in upstream}
             steps = {w: [] for w in wanted}
             for t in range(timesteps):
-                given = {r: spikes[r][0][t, start:start + nb].astype(np.float32) * spikes[r][1]
-                         for r in recorded}
+                given = {r: spike_values(r, t, start, nb) for r in recorded}
                 res = dict(zip(out_names, sess.run(out_names, {**feed, **state, **given})))
                 for w in wanted:
                     steps[w].append(res[w])
@@ -420,14 +425,22 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
             dnn = dnn_runner([f.node.output[0] for f in ready])
-            view = step_view()
 
             def add(b, steps):
                 outs = dnn(b)
                 for f in ready:
-                    f.add(np.mean(steps[f.node.input[0]], axis=0), outs[f.node.output[0]])
+                    x = f.node.input[0]
+                    if x in spikes:      # a recorded site's output, fed as recorded
+                        steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
+                    f.add(np.mean(steps[x], axis=0), outs[f.node.output[0]])
 
-            run_spiking(view, sorted({f.node.input[0] for f in ready}), add)
+            computed = sorted({f.node.input[0] for f in ready} - set(spikes))
+            if computed:
+                run_spiking(step_view(), computed, add)
+            else:   # every layer reads a recorded site's spikes: no step graph to run
+                for b in range(len(starts)):
+                    add(b, {})
+                    bar.update(sizes[b])
             for f in ready:
                 better, new, old = f.improves(cfg.weight_ridge)
                 row = {"layer": f.node.name, "op": f.node.op_type, "rows": int(f.rows),
