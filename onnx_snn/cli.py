@@ -792,9 +792,9 @@ def _data_input_shapes(model, data, args) -> dict:
     """{input: [1, ...]} from one sample of ``data`` (analyze of a DNN with free sizes)."""
     from .convert import resolve_data
     from .feeds import input_specs, validate_feeds
-    ds = resolve_data(data, None, args.mean, args.std, data_dir=args.data_dir, split="test",
-                      download=args.download).take(1)
     specs = input_specs(model)
+    ds = resolve_data(data, None, args.mean, args.std, data_dir=args.data_dir, split="test",
+                      download=args.download, specs=specs).take(1)
     feeds = validate_feeds(specs, ds.x, f"{ds.name} data")
     return {k: [1] + list(v.shape[1:]) for k, v in feeds.items()}
 

@@ -22,8 +22,9 @@ from . import __version__
 from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
 from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess, load_dataset,
-                       RAW_PIXELS)
+                       RAW_PIXELS, to_input_layout)
 from .errors import DataError, UnsupportedModelError, UsageError
+from .feeds import input_specs
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
@@ -251,7 +252,8 @@ def _as_list(v) -> list:
 
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
-                 data_dir=None, split: Optional[str] = None, download: bool = False) -> Dataset:
+                 data_dir=None, split: Optional[str] = None, download: bool = False,
+                 specs=None) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -259,7 +261,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     pixels, with a warning. Arrays, .npy/.npz files and :class:`Dataset` objects marked
     ``preprocessed`` are taken as already preprocessed: ``mean``/``std`` with them is a
     :class:`UsageError` (normalize the arrays yourself). The result's ``preprocess`` says
-    what was applied to a named dataset (None for arrays).
+    what was applied to a named dataset (None for arrays). ``specs`` (the model's inputs,
+    :func:`~onnx_snn.feeds.input_specs`): a named dataset's images are put in the layout of
+    its image input (NHWC for a channels-last model; arrays are taken as given).
     """
     given = mean is not None or std is not None
     if isinstance(data, Dataset):
@@ -308,6 +312,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
             x = ds.x
     else:
         x = ds.x
+    if not ds.preprocessed and specs is not None:
+        x = to_input_layout(x, specs, ds.name)
     return Dataset(ds.name, x, ds.y, preprocessed=True,
                    preprocess=applied if applied is not None else ds.preprocess)
 
@@ -446,7 +452,6 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
 def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:
     """A note per input whose non-batch dimensions were free in the DNN: the spiking model's
     membranes have the calibration data's shape, so it takes inputs of that shape only."""
-    from .feeds import input_specs
     out = []
     for name, dims in input_specs(nm.model):
         shape = input_shapes.get(name)
@@ -516,7 +521,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
     nm = prepare(model, pool_first=pool_first)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
-                      download=download)
+                      download=download, specs=input_specs(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
     ds = ds.take(calib_samples, seed=seed)

@@ -18,6 +18,7 @@ already preprocessed). Inputs, labels and recorded preprocessing are checked her
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pickle
 import struct
@@ -433,6 +434,24 @@ def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],
     if np.any(s <= 0):
         raise DataError("preprocessing std must be positive")
     return ((x - m) / s).astype(np.float32)
+
+
+def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
+    """A named dataset's NCHW images in the layout of the model's one image input: transposed
+    to NHWC when the input's dims are [N, H, W, C] (tf2onnx, Keras and JAX exports put the
+    channels last) and not [N, C, H, W]; ``x`` itself otherwise (the shape check that follows
+    names any other mismatch). ``specs``: the model's (input name, dims) list."""
+    if x.ndim != 4 or not specs or len(specs) != 1 or len(specs[0][1]) != 4:
+        return x
+
+    def fits(dims, shape):
+        return all(d is None or d == s for d, s in zip(dims, shape))
+    dims, (c, h, w) = specs[0][1][1:], x.shape[1:]
+    if fits(dims, (c, h, w)) or not fits(dims, (h, w, c)):
+        return x
+    logging.getLogger("onnx_snn").info("%s: fed channels-last [N, %d, %d, %d], as the model's input '%s' takes it",
+             where, h, w, c, specs[0][0])
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def check_finite(x: np.ndarray, where: str) -> None:

@@ -134,7 +134,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess)
     ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
-                      download=download)
+                      download=download, specs=runner.specs)
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, "evaluation data")

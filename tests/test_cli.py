@@ -441,3 +441,44 @@ def test_eval_says_which_output_it_scores(tmp_path):
     assert "top-1 of the first output 'logits' (the model has 2 outputs" in p.stderr
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["scored_output"] == "logits" and e["outputs"] == 2
+
+
+def _nhwc_model(seed=0) -> onnx.ModelProto:
+    """A channels-last image model as tf2onnx, Keras and JAX export them: [N, 28, 28, 1] in,
+    a Transpose to NCHW before the first convolution."""
+    g = B.GraphBuilder(13, seed)
+    x = g.node("Transpose", ["image"], perm=[0, 3, 1, 2])
+    x = g.act(g.conv(x, 1, 8, stride=2), "clip")
+    x = g.act(g.conv(x, 8, 8, stride=2), "clip")
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    return g.model("image", g.gemm(x, 8, 10), [28, 28, 1], 10)
+
+
+def test_named_datasets_feed_a_channels_last_model(tmp_path):
+    """A named dataset's images are fed to a channels-last model in its layout (they were
+    refused as [N, 1, 28, 28]): convert, eval and analyze give what the same images
+    transposed by hand give."""
+    from onnx_snn.datasets import load_fashion_mnist, to_input_layout
+    dnn = tmp_path / "nhwc.onnx"
+    onnx.save(_nhwc_model(), str(dnn))
+    snn = tmp_path / "nhwc.snn.onnx"
+    assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "64",
+                 "-o", str(snn)]) == 0
+    test = load_fashion_mnist("test")
+    npz = tmp_path / "test_nhwc.npz"
+    np.savez(npz, x=test.x[:200].transpose(0, 2, 3, 1), y=test.y[:200])
+    for model in (dnn, snn):
+        a, b = tmp_path / "a.json", tmp_path / "b.json"
+        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200",
+                     "--mean", "0", "--std", "1", "--json", str(a)]) == 0
+        assert main(["-q", "eval", str(model), "--data", str(npz), "--json", str(b)]) == 0
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+        assert ra["top1"] == rb["top1"], (model, ra["top1"], rb["top1"])
+    assert main(["-q", "analyze", str(snn), "--data", "fashion-mnist", "--limit", "64"]) == 0
+    # the layout is changed only where the input's dims say channels-last
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    for dims, want in [([None, 32, 32, 3], (2, 32, 32, 3)), ([None, 3, 32, 32], (2, 3, 32, 32)),
+                       ([None, None, None, None], (2, 3, 32, 32)), ([None, 32, 32, 1], (2, 3, 32, 32)),
+                       ([None, 3072], (2, 3, 32, 32))]:
+        assert to_input_layout(x, [("x", dims)], "t").shape == want, dims
+    assert to_input_layout(x, [("a", [None, 32, 32, 3]), ("b", [None, 1])], "t").shape == x.shape
