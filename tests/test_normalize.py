@@ -104,6 +104,84 @@ def test_hardtanh_like_clip_is_rejected():
         normalize(b.model("input", x, (1, 12, 12), 10))
 
 
+def _upper_clip_of(kind: str, opset: int = 13):
+    """A model with a one-sided upper clamp (``Min(., 1)``, or ``Clip`` with a max only) whose
+    input is non-negative by what computes it (``kind``), or a convolution's output ('conv')."""
+    b = B.GraphBuilder(opset)
+    a = b.conv("input", 1, 4)
+    r = b.node("Relu", [a])
+    if kind == "shared_relu":        # the Relu also feeds a residual Add: no Relu+Min chain
+        x, rest = r, r
+    elif kind == "sum_of_activations":
+        x = b.node("Add", [r, b.act(b.conv("input", 1, 4), "clip", 2.0)])
+        rest = None
+    elif kind == "pooled":
+        x = b.node("Mul", [b.node("AveragePool", [r], kernel_shape=[3, 3], strides=[1, 1],
+                                   pads=[1, 1, 1, 1]), b.const(np.array(0.5, np.float32))])
+        rest = None
+    else:
+        x, rest = a, None
+    if opset >= 11:
+        y = b.node("Clip", [x, "", b.const(np.array(1.0, np.float32))])
+    else:
+        y = b.node("Min", [x, b.const(np.array(1.0, np.float32))])
+    y = b.conv(y, 4, 4)
+    if rest is not None:
+        y = b.node("Add", [y, rest])
+    y = b.gemm(b.node("Flatten", [b.act(y, "clip")]), 4 * 144, 10)
+    return b.model("input", y, (1, 12, 12), 10)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+@pytest.mark.parametrize("kind", ["shared_relu", "sum_of_activations", "pooled"])
+def test_an_upper_clamp_of_a_non_negative_tensor_is_a_clipped_relu(kind, opset):
+    """Min(x, mu) / Clip(x, max=mu) where x cannot be negative (a Relu whose output is read
+    twice, a sum or pool of activations: what dynamo and Keras exports write) is clip(x, 0, mu):
+    a site with mu = 1, and at large T the spiking network approaches the DNN."""
+    model = _upper_clip_of(kind, opset)
+    x = B.rand_input(64)
+    nm, cal, snn = B.converted(model, x, T=256, method="max")
+    assert any(s.mu == 1.0 and s.mu_source == "model" for s in nm.sites)
+    dnn, spiking = run(model, x).outputs[0], run(snn.model, x).outputs[0]
+    assert np.corrcoef(dnn.ravel(), spiking.ravel())[0, 1] > 0.99
+
+
+def test_an_upper_clamp_of_a_signed_tensor_is_refused_saying_why():
+    with pytest.raises(UnsupportedModelError, match="not ReLU-like .its input '.*' can be negative"):
+        normalize(_upper_clip_of("conv"))
+
+
+def test_non_negative_tensors():
+    """What keeps a tensor non-negative, and what does not."""
+    import onnx_graphsurgeon as gs
+    from onnx_snn.graph.sites import nonnegative_tensors
+    b = B.GraphBuilder(13)
+    r = b.node("Relu", [b.conv("input", 1, 4)])
+    keep = {
+        "pool": b.node("MaxPool", [r], kernel_shape=[2, 2]),
+        "div": b.node("Div", [r, b.const(np.array(2.0, np.float32))]),
+        "pad0": b.node("Pad", [r, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))]),
+        "cat": b.node("Concat", [r, r], axis=1),
+        "max_any": b.node("Max", [b.conv("input", 1, 4), b.const(np.array(0.0, np.float32))]),
+    }
+    lose = {
+        "neg_div": b.node("Div", [r, b.const(np.array(-2.0, np.float32))]),
+        "pad_neg": b.node("Pad", [r, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+                                  b.const(np.array(-1.0, np.float32))]),
+        "sub": b.node("Sub", [r, b.const(np.array(1.0, np.float32))]),
+        "cat_signed": b.node("Concat", [r, b.conv("input", 1, 4)], axis=1),
+        "conv": b.conv(r, 4, 4),
+    }
+    g = b.model("input", b.gemm(b.node("Flatten", [keep["pool"]]), 4 * 121, 10), (1, 12, 12), 10)
+    g.graph.output.extend(h.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                          for t in list(keep.values()) + list(lose.values()))
+    graph = gs.import_onnx(g)
+    graph.toposort()
+    found = nonnegative_tensors(graph)
+    assert all(t in found for t in keep.values()), [k for k, t in keep.items() if t not in found]
+    assert not any(t in found for t in lose.values()), [k for k, t in lose.items() if t in found]
+
+
 @pytest.mark.parametrize("shape, ok", [((1, 4, 1, 1), True), ((4, 1, 1), True),
                                        ((1, 1, 12, 12), True), ((2, 4, 1, 1), False)])
 def test_a_repeated_bound_is_a_scalar_bound(shape, ok):

@@ -96,6 +96,68 @@ def _uniform_within(c: np.ndarray, shape) -> bool:
     return all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c.shape, tail))
 
 
+#: ops whose output is non-negative when their data input is (the rest of their inputs are
+#: shapes, indices or attributes): layout, selection and pooling
+_KEEPS_SIGN = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
+               "Slice", "Gather", "Split", "Expand", "Tile", "MaxPool", "GlobalMaxPool",
+               "AveragePool", "GlobalAveragePool", "ReduceMax", "ReduceMin", "ReduceMean",
+               "ReduceSum", "SpaceToDepth", "DepthToSpace"}
+#: ops whose output is non-negative when every float input is: sums, products, maxima,
+#: concatenation, bilinear/nearest resizing (weights in [0, 1])
+_ALL_NONNEG = {"Add", "Sum", "Mul", "Max", "Concat", "Mean"}
+
+
+def nonnegative_tensors(graph: gs.Graph) -> set:
+    """Names of the tensors that cannot be negative, by what computes them (graph toposorted):
+    non-negative constants; Relu; a clamp with a lower bound >= 0, or with an upper bound
+    >= 0 on a non-negative input; and what keeps the sign of non-negative inputs (layout,
+    pooling, sums, products, maxima, concatenation, division by a positive constant,
+    nearest/linear resizing, zero padding). A one-sided ``Min``/``Clip(max)`` of such a
+    tensor is a clipped ReLU."""
+    def nonneg(t) -> bool:
+        v = const_value(t)
+        if v is not None:
+            return v.size > 0 and bool(np.all(np.asarray(v, np.float64) >= 0))
+        return t.name in out
+
+    out: set = set()
+    for node in graph.nodes:
+        if not node.outputs or not node.inputs:
+            continue
+        x = node.inputs[0]
+        op = node.op
+        ok = False
+        if op == "Relu":
+            ok = True
+        elif op in ("Clip", "Min") and clamp_bounds(node) is not None:
+            lo, hi = clamp_bounds(node)
+            ok = lo >= 0 or (hi >= 0 and nonneg(_data_input(node)))
+        elif op == "Max" and len(node.inputs) == 2:
+            ok = any(nonneg(t) for t in node.inputs)
+        elif op in _KEEPS_SIGN:
+            ok = nonneg(x)
+        elif op in _ALL_NONNEG:
+            ok = all(nonneg(t) for t in node.inputs if not is_empty(t))
+        elif op == "Div" and len(node.inputs) == 2:
+            d = const_value(node.inputs[1])
+            ok = nonneg(x) and d is not None and d.size > 0 and bool(np.all(d > 0))
+        elif op == "Pad":
+            mode = node.attrs.get("mode", "constant")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            value = node.attrs.get("value", 0.0)
+            if len(node.inputs) > 2 and not is_empty(node.inputs[2]):
+                c = const_value(node.inputs[2])
+                value = None if c is None or c.size != 1 else float(c.reshape(()))
+            ok = nonneg(x) and (mode != "constant" or (value is not None and value >= 0))
+        elif op in ("Resize", "Upsample"):
+            mode = node.attrs.get("mode", "nearest")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            ok = nonneg(x) and mode in ("nearest", "linear", "bilinear")
+        if ok:
+            out.update(o.name for o in node.outputs)
+    return out
+
+
 def _data_input(node: gs.Node):
     if node.op in ("Min", "Max"):
         return node.inputs[0] if const_value(node.inputs[0]) is None else node.inputs[1]
@@ -132,6 +194,7 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         in_chain.update(id(n) for n in chain)
         chains.append(chain)
 
+    positive = nonnegative_tensors(graph)
     sites: List[Site] = []
     for chain in chains:
         bounds = [clamp_bounds(n) for n in chain]
@@ -140,14 +203,19 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         first, last = chain[0], chain[-1]
         label = node_label(first) if len(chain) == 1 else \
             f"nodes {', '.join(repr(n.name) for n in chain)} ({'+'.join(n.op for n in chain)})"
+        if lo < 0 and hi > 0 and _data_input(first).name in positive:
+            lo = 0.0     # a clamp of a non-negative tensor: its lower bound is 0
         if not lo < hi:
             raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi}); "
                                         "remove the layer or fix its bounds and export again")
         if abs(lo) > 1e-12:
+            why = ("its lower bound is not 0" if lo > 0 else
+                   f"its input '{_data_input(first).name}' can be negative")
             raise UnsupportedModelError(
-                f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like; only "
-                "activations with lower bound 0 (Relu, Clip(0, mu), Relu+Min, Max(0)+Min) can "
-                "become integrate-and-fire neurons")
+                f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like ({why}); "
+                "only activations with lower bound 0 (Relu, Clip(0, mu), Relu+Min, Max(0)+Min, "
+                "or a Min/Clip(max) of a non-negative tensor: a Relu's or clipped activation's "
+                "output, their sums and pools) can become integrate-and-fire neurons")
         h = _data_input(first)
         y = last.outputs[0]
         name = f"__site{len(sites)}"   # renamed in topological order below
