@@ -146,6 +146,31 @@ def test_an_upper_clamp_of_a_non_negative_tensor_is_a_clipped_relu(kind, opset):
     assert np.corrcoef(dnn.ravel(), spiking.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("head", ["argmax", "softmax_and_argmax", "logsoftmax_twice"])
+def test_output_post_processing_is_refused_saying_what_to_do(head):
+    """A serving signature's head (class ids from an ArgMax, a final Softmax also read by
+    another node) is not a hidden nonlinearity: the message says to export without it."""
+    b = B.GraphBuilder(13)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    extra = []
+    if head == "argmax":
+        out = b.node("ArgMax", [logits], axis=1, keepdims=0)
+    elif head == "softmax_and_argmax":
+        out = b.node("Softmax", [logits], axis=1)
+        extra.append(h.make_tensor_value_info(b.node("ArgMax", [out], axis=1, keepdims=0),
+                                              onnx.TensorProto.INT64, ["N"]))
+    else:
+        out = b.node("LogSoftmax", [logits], axis=1)
+        extra.append(h.make_tensor_value_info(b.node("Identity", [out]), onnx.TensorProto.FLOAT, ["N", 10]))
+    m = b.model("input", out, (1, 12, 12), 10)
+    if head == "argmax":
+        m.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    m.graph.output.extend(extra)
+    with pytest.raises(UnsupportedModelError, match="export the model without its post-processing"):
+        from onnx_snn.convert import prepare
+        prepare(m)
+
+
 def test_an_upper_clamp_of_a_signed_tensor_is_refused_saying_why():
     with pytest.raises(UnsupportedModelError, match="not ReLU-like .its input '.*' can be negative"):
         normalize(_upper_clip_of("conv"))

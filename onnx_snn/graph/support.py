@@ -52,6 +52,9 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
         if node.name in site_names and node.op in SITE_OPS:
             continue
         if node.op not in SUPPORTED_OPS:
+            head = _output_head_why(graph, node)
+            if head:
+                raise UnsupportedModelError(f"{node_label(node)} {head}")
             kind = ("a nonlinearity the spiking rewrite cannot express"
                     if node.op in _NONLINEAR else "not supported")
             raise UnsupportedModelError(f"{node_label(node)} is {kind}; {SUPPORTED_HELP}")
@@ -171,6 +174,38 @@ def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Option
         if _multiplies_data(node, dynamic):
             return node, _BILINEAR_WHY
     return None
+
+
+#: post-processing of a classifier's outputs (a serving signature's class ids)
+_POSTPROCESS = {"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"}
+
+
+def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
+    """Why ``node`` is refused when it post-processes the outputs (an ArgMax/TopK, or a final
+    Softmax read by more than the outputs): what to do instead; None for any other node."""
+    if node.op not in _POSTPROCESS:
+        return None
+    seen, todo, readers = set(), [o for o in node.outputs], []
+    while todo:                 # everything downstream must be post-processing or layout
+        t = todo.pop()
+        for c in t.outputs:
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            if c.op not in _POSTPROCESS | {"Identity", "Reshape", "Flatten", "Squeeze",
+                                           "Unsqueeze", "Cast", "Gather"}:
+                return None
+            readers.append(c)
+            todo.extend(c.outputs)
+    after = ", ".join(f"'{c.name}' ({c.op})" for c in readers)
+    if node.op in ("Softmax", "LogSoftmax"):
+        what = (f"is the output head's {node.op}, and its output is also read by {after}: a "
+                f"final {node.op} is dropped (the spiking model outputs time-averaged logits) "
+                "only when its output goes to the model's outputs alone")
+    else:
+        what = f"post-processes the outputs ({node.op}{', then ' + after if after else ''})"
+    return (f"{what}; a spiking model outputs the time-averaged logits: export the model "
+            "without its post-processing and apply it to the spiking model's outputs")
 
 
 _NONLINEAR = {
