@@ -380,6 +380,12 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert p.returncode == 0, p.stderr
     assert "had run all 2 epochs" in p.stdout and "nothing was written" in p.stdout, p.stdout
     assert "wrote" not in p.stdout and out.read_bytes() == before
+    # without the run's output (it holds the best model) there is nothing to resume: refused
+    os.replace(out, tmp_path / "moved.snn.onnx")
+    p = run_cli(*args[1:], "--epochs", "3", "--resume")
+    assert p.returncode == 2 and "--resume continues the run" in p.stderr, p.stderr
+    assert not out.exists()
+    os.replace(tmp_path / "moved.snn.onnx", out)
     m = onnx.load(str(out))
     onnx.checker.check_model(m, full_check=True)
     info = F.read_info(m)
