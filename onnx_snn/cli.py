@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
+from . import __version__, json_text
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS
 from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401  (Terminated: signals)
@@ -727,7 +727,7 @@ def cmd_finetune(args) -> int:
               f"{r.best_epoch}); {r.seconds_per_epoch:.1f} s per epoch; {wrote}")
         if args.json is not None:
             write_all_atomic([(targets[str(args.json)],
-                               (json.dumps(r.to_dict(), indent=2) + "\n").encode("utf-8"))])
+                               (json_text.dumps(r.to_dict()) + "\n").encode("utf-8"))])
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import onnx
 
-from . import __version__
+from . import __version__, json_text
 from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
 from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess, load_dataset,
@@ -184,7 +183,7 @@ class SpikingModel:
         return self.form(step, binary_spikes).SerializeToString()
 
     def report_bytes(self) -> bytes:
-        return (json.dumps(self.report, indent=2) + "\n").encode("utf-8")
+        return (json_text.dumps(self.report) + "\n").encode("utf-8")
 
     def external_data(self) -> bool:
         """Whether :meth:`save` writes the weights to an external-data file: when the source

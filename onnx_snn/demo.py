@@ -4,7 +4,6 @@ real test set, in one table."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from importlib import resources
@@ -102,6 +101,7 @@ def add_demo_parser(sub, parent) -> None:
 
 
 def cmd_demo(args) -> int:
+    from . import json_text
     from .datasets import dataset_files
     from .model_io import check_outputs, model_files, write_all_atomic
     # the output is checked before the run (minutes), against the files the demo reads
@@ -111,5 +111,5 @@ def cmd_demo(args) -> int:
                       show_progress=not args.quiet)
     if args.json is not None:
         write_all_atomic([(targets[str(args.json)],
-                           (json.dumps(result, indent=2) + "\n").encode("utf-8"))])
+                           (json_text.dumps(result) + "\n").encode("utf-8"))])
     return 0

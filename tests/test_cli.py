@@ -482,3 +482,19 @@ def test_named_datasets_feed_a_channels_last_model(tmp_path):
                        ([None, 3072], (2, 3, 32, 32))]:
         assert to_input_layout(x, [("x", dims)], "t").shape == want, dims
     assert to_input_layout(x, [("a", [None, 32, 32, 3]), ("b", [None, 1])], "t").shape == x.shape
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    """A NaN in a report (a weight calibration with no held-out batch has no held-out error)
+    is written as null: every parser reads the file (bare NaN tokens are not JSON)."""
+    from onnx_snn.json_text import dumps
+    assert json.loads(dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}),
+                      parse_constant=lambda c: pytest.fail(f"non-JSON token {c}")) == \
+        {"a": None, "b": [1.0, None], "c": 2.0}
+    dnn = tmp_path / "m.onnx"
+    onnx.save(B.vgg(), str(dnn))
+    np.save(tmp_path / "x.npy", B.rand_input(64))
+    report = tmp_path / "r.json"
+    assert main(["-q", "convert", str(dnn), "--calib", str(tmp_path / "x.npy"),
+                 "--report", str(report), "-o", str(tmp_path / "m.snn.onnx")]) == 0
+    json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))

@@ -39,6 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import onnx
 
+from .. import json_text
 from ..errors import DataError, NotSpikingModelError, UsageError
 from ..spiking import format as fmt
 from .flops import LayerCount, _dims, count_flat, flatten
@@ -150,7 +151,7 @@ class Analysis:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json_text.dumps(self.to_dict())
 
 
 # ------------------------------------------------------------------ rates
