@@ -664,7 +664,8 @@ def cmd_info(args) -> int:
         folded = [k for k, v in binary.items() if v == "folded"]
         print(f"binary spikes (--binary-spikes): amplitudes folded into the next layer at "
               f"{', '.join(folded) or 'no site'}"
-              + "".join(f"; {k} kept: {v}" for k, v in binary.items() if v != "folded"))
+              + "".join(f"; {k} kept: {v.removeprefix('kept: ')}" for k, v in binary.items()
+                      if v != "folded"))
     for h in info.history:
         print("history: " + json.dumps(h))
     return 0
@@ -792,9 +793,10 @@ def _data_input_shapes(model, data, args) -> dict:
     """{input: [1, ...]} from one sample of ``data`` (analyze of a DNN with free sizes)."""
     from .convert import resolve_data
     from .feeds import input_specs, validate_feeds
+    from .evaluate import _dnn_preprocess
     specs = input_specs(model)
-    ds = resolve_data(data, None, args.mean, args.std, data_dir=args.data_dir, split="test",
-                      download=args.download, specs=specs).take(1)
+    ds = resolve_data(data, _dnn_preprocess(model), args.mean, args.std, data_dir=args.data_dir,
+                      split="test", download=args.download, specs=specs).take(1)
     feeds = validate_feeds(specs, ds.x, f"{ds.name} data")
     return {k: [1] + list(v.shape[1:]) for k, v in feeds.items()}
 

@@ -498,3 +498,12 @@ def test_json_outputs_are_strict_json(tmp_path):
     assert main(["-q", "convert", str(dnn), "--calib", str(tmp_path / "x.npy"),
                  "--report", str(report), "-o", str(tmp_path / "m.snn.onnx")]) == 0
     json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))
+
+
+def test_analyze_of_a_dnn_uses_its_recorded_preprocessing():
+    """The shipped DNN records its preprocessing: analyze feeds its sample with it, without
+    the 'records no preprocessing' warning (it warned, under -q too)."""
+    from onnx_snn.demo import shipped_model_path
+    p = run_cli("analyze", str(shipped_model_path()), "-q")
+    assert p.returncode == 0, p.stderr
+    assert "records no preprocessing" not in p.stderr, p.stderr
