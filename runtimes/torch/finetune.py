@@ -313,12 +313,6 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         inputs = inputs + model_files(teacher_path)
     targets = check_outputs([(output, "output"), (ckpt_path, "checkpoint")], inputs)
     out_path, ckpt_path = targets[str(output)], targets[str(ckpt_path)]
-    if resume and ckpt_path.exists() and not out_path.exists():
-        # the run's best model so far is in its output: without it a resumed run could end
-        # with nothing written (no later epoch beats the checkpoint's best)
-        raise UsageError(f"{output}: --resume continues the run whose best model is in this "
-                         f"file, and it does not exist (the checkpoint {ckpt_path} is that "
-                         "run's); give -o that run's output, or run without --resume")
     device = _pick_device(cfg.device)
     world, rank = _init_distributed(device)
     main_proc = rank == 0
@@ -424,6 +418,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             raise UsageError(f"{ckpt_path}: this run trained at T={state['timesteps']}, and would "
                              f"resume at T={T}; pass -T {state['timesteps']}, or start over "
                              "without --resume")
+        if not existed:
+            # the run's best model so far is in its output: without it a resumed run could
+            # end with nothing written (no later epoch beats the checkpoint's best)
+            raise UsageError(f"{output}: --resume continues the run whose best model is in "
+                             f"this file, and it does not exist (the checkpoint {ckpt_path} is "
+                             "that run's); give -o that run's output, or run without --resume")
         if main_proc:
             log(f"resumed from {ckpt_path} after epoch {start_epoch} (best top-1 {best:.2f}%)")
     else:
