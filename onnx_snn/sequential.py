@@ -308,6 +308,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     work = _working_copy(nm) if cfg.weight_calibration else nm
     layer_rows: List[dict] = []
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
+    for f in pending:
+        f.n_batches = len(starts)
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:
@@ -445,6 +447,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 better, new, old = f.improves(cfg.weight_ridge)
                 row = {"layer": f.node.name, "op": f.node.op_type, "rows": int(f.rows),
                        "heldout_sse_refit": new, "heldout_sse_original": old, "refitted": better}
+                if len(starts) < 2:
+                    row["why"] = ("one calibration batch: no held-out batch to check a refit "
+                                  "on (give more calibration images than the batch size)")
                 if better:
                     w, bias = f.solve(cfg.weight_ridge)
                     row.update(_apply_fit(work, f, w, bias))

@@ -12,8 +12,10 @@ the earlier layers' errors in it). The layer is linear, so its time-averaged out
 "weight calibration" step of Li et al. (ICML 2021), solved in closed form rather than by
 gradient descent, and it keeps the layer's shape: the spiking graph is unchanged, only the
 values of its weights and bias differ. ``lam = ridge * mean(diag(R^T R))`` keeps the fit from
-chasing the noise of a small calibration set, and every fifth calibration batch is held out:
-a layer keeps its own weights unless the refit predicts the held-out DNN outputs better.
+chasing the noise of a small calibration set, and every fifth calibration batch is held out
+(the last one of a set of two to four batches): a layer keeps its own weights unless the
+refit predicts the held-out DNN outputs better, and keeps them when the calibration set is a
+single batch, with nothing to check the refit on.
 """
 from __future__ import annotations
 
@@ -60,6 +62,9 @@ class LayerFit:
     kept: Optional[List[list]] = None
     #: rows of the batch being added, with the bias column (see :meth:`_buffer`)
     scratch: Optional[np.ndarray] = field(default=None, repr=False)
+    #: how many batches the calibration set has, when known: with fewer than five the last
+    #: one is held out (none with a single batch: the layer then keeps its weights)
+    n_batches: Optional[int] = None
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -69,7 +74,7 @@ class LayerFit:
         """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``.
         Every fifth batch is held out to check the refit. A convolution's rows (patches) are
         subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed."""
-        held = self.batches % 5 == 4
+        held = self.held_out(self.batches)
         rng = np.random.default_rng(self.batches)
         for g, (x, yg) in enumerate(_design(self, r, y, rng, self._buffer)):
             yg = yg.astype(np.float32)
@@ -83,6 +88,14 @@ class LayerFit:
             self._accumulate(g, held, x, yg)
         self.rows += r.shape[0]
         self.batches += 1
+
+    def held_out(self, b: int) -> bool:
+        """Whether batch ``b`` is held out: every fifth; with fewer than five batches (a
+        calibration set of at most 4 x 64 images) the last one, so that the refit is still
+        checked (none when there is only one)."""
+        if self.n_batches is not None and self.n_batches < 5:
+            return self.n_batches >= 2 and b == self.n_batches - 1
+        return b % 5 == 4
 
     def _buffer(self, rows: int, cols: int) -> np.ndarray:
         """A float32 [rows, cols] scratch array, reused from batch to batch (a fresh array of
@@ -142,6 +155,8 @@ class LayerFit:
     def improves(self, ridge: float) -> Tuple[bool, float, float]:
         """Whether the refit on the fitting rows beats the layer's own weights on the held-out
         rows; (verdict, held-out SSE of the refit, of the original)."""
+        if self.n_batches is not None and self.n_batches < 2:
+            return False, float("nan"), float("nan")   # nothing to check the refit on: kept
         if self.kept is not None:
             return self._dual_improves(ridge)
         if not any(h[2] for h in self.held):
