@@ -446,6 +446,10 @@ def test_load_rates_round_trips_the_eval_json(vgg_snn, tmp_path):
     ft = {"timesteps": 2, "best_epoch": 1, "epochs": [{"epoch": 1, "spikes_per_neuron": {"a": 0.1}},
                                                       {"epoch": 2, "spikes_per_neuron": {"a": 0.2}}]}
     assert parse_rates(ft) == ({"a": 0.1}, 2)
+    # no epoch beat the start: the written model is the starting one, whose rates the file
+    # does not hold (the last epoch's were used, of weights that were thrown away)
+    with pytest.raises(DataError, match="no spike rates of it"):
+        parse_rates({**ft, "best_epoch": 0})
 
 
 @pytest.mark.parametrize("content, match", [

@@ -161,7 +161,7 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
 
     Accepted: the ``onnx-snn eval --json`` result ({"kind": "snn", "timesteps": T, "sites":
     {name: {"spikes_per_neuron": ...}}}); an ``onnx-snn finetune --json`` result (the rates
-    of its best epoch, else its last); a plain {"site": spikes_per_neuron} mapping (T None).
+    of its best epoch: the model it wrote); a plain {"site": spikes_per_neuron} mapping (T None).
     """
     if not isinstance(obj, dict) or not obj:
         raise DataError(f"{where}: expected a JSON object of spike rates (the file `onnx-snn eval "
@@ -186,7 +186,13 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
         if not epochs:
             raise DataError(f"{where}: a fine-tuning result without spike rates per epoch")
         best = [e for e in epochs if e.get("epoch") == obj.get("best_epoch")]
-        rates = dict((best or epochs)[-1]["spikes_per_neuron"])
+        if not best:     # the written model is not an epoch of this file (epoch 0: the start)
+            raise DataError(
+                f"{where}: the fine-tuned model written is its best epoch "
+                f"({obj.get('best_epoch')!r}: 0 is the starting model, which no epoch beat), "
+                "and this file has no spike rates of it; measure them with `onnx-snn eval "
+                "MODEL --json FILE` and pass that file")
+        rates = dict(best[-1]["spikes_per_neuron"])
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj.values()):
         rates, T = dict(obj), None
     else:
