@@ -365,8 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher auto --distill 0.5\n")
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
-    f.add_argument("--data", metavar="DATA", help="fashion-mnist, cifar10, cifar100 (default: "
+    f.add_argument("--data", metavar="DATA", help="fashion-mnist, cifar10, cifar100 (trains on "
+                                                  "the training split, tests on the test split) or "
+                                                  "a .npy/.npz file of inputs and labels (default: "
                                                   "the model's dataset)")
+    f.add_argument("--test-data", metavar="DATA", help="where the test accuracy that picks the "
+                   "best epoch is measured (default: the named dataset's test split; for a file "
+                   "--data, that file itself, with a warning)")
     f.add_argument("--epochs", type=positive_int, default=3, help="epochs (default: 3)")
     f.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate (default: 1e-3; the paper's 1e-4 gained 0.7-1.8 points less "
@@ -715,12 +720,15 @@ def cmd_finetune(args) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher
     targets = _check_outputs(_inputs(args.model, data, args.data_dir)   # never overwrite the teacher
+                             + (_inputs(args.model, args.test_data, args.data_dir)
+                                if args.test_data else [])
                              + (model_files(teacher) if teacher else []),
                              (args.output, "-o"), (args.json, "--json"),
                              (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
-                 log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std)
+                 log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std,
+                 test_data=args.test_data)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
         wrote = finetune_outcome(r)

@@ -661,3 +661,30 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     p = run_cli(*args, "--epochs", "2", "--resume", "-T", "3")
     assert p.returncode == 2 and "trained at T=2, and would resume at T=3" in p.stderr, p.stderr
     assert out.read_bytes() == before
+
+
+def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
+    """A named dataset with a split would train and test on the same images: refused. An
+    array file has no test split: its samples are the test set too, with a warning, unless
+    --test-data gives one; the history records both."""
+    from onnx_snn.datasets import load_fashion_mnist
+    out = tmp_path / "t.snn.onnx"
+    base = ["finetune", str(fmnist_snn), "-o", str(out), "--epochs", "1", "--limit-train", "64",
+            "--limit-test", "64"]
+    p = run_cli(*base, "--data", "fashion-mnist:test")
+    assert p.returncode == 2 and "drop the ':split'" in p.stderr, p.stderr
+    assert not out.exists()
+    test = load_fashion_mnist("test")
+    pp = F.read_info(onnx.load(str(fmnist_snn))).preprocess
+    x = ((test.x[:128] - np.float32(pp["mean"][0])) / np.float32(pp["std"][0])).astype(np.float32)
+    np.savez(tmp_path / "a.npz", x=x[:64], y=test.y[:64])
+    np.savez(tmp_path / "b.npz", x=x[64:], y=test.y[64:128])
+    p = run_cli(*base, "--data", str(tmp_path / "a.npz"))
+    assert p.returncode == 0 and "measured on training samples" in p.stdout, (p.stdout, p.stderr)
+    h = F.read_info(onnx.load(str(out))).history[-1]
+    assert h["test_is_train"] is True and h["train_data"] == h["test_data"]
+    out.unlink()
+    p = run_cli(*base, "--data", str(tmp_path / "a.npz"), "--test-data", str(tmp_path / "b.npz"))
+    assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
+    h = F.read_info(onnx.load(str(out))).history[-1]
+    assert h["test_is_train"] is False and h["test_data"].endswith("b.npz")

@@ -37,7 +37,8 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
-from onnx_snn.datasets import Dataset, check_label_range, check_preprocess, dataset_files
+from onnx_snn.datasets import (Dataset, check_label_range, check_preprocess, dataset_files,
+                               named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
@@ -297,17 +298,29 @@ def _finite_parameters(net) -> bool:
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
              show_progress: bool = True, log=print, download: bool = False,
-             mean=None, std=None) -> FinetuneResult:
+             mean=None, std=None, test_data=None) -> FinetuneResult:
     """Fine-tune ``model_path`` on ``data`` and write the best model to ``output``.
 
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
     top-1 (``FinetuneResult.written`` says whether anything was written). ``mean``/``std``
-    normalize a named dataset (default: the model's recorded preprocessing)."""
+    normalize a named dataset (default: the model's recorded preprocessing).
+
+    The test accuracy, which picks the best epoch, is measured on ``test_data``: by default a
+    named dataset's test split, and for arrays (.npy/.npz) the training samples themselves,
+    with a warning (the history records which). A named dataset with a split (``NAME:test``)
+    is refused: fine-tuning reads both of its splits."""
     cfg = config or FinetuneConfig()
+    for d, what in ((data, "data"), (test_data, "test data")):
+        if named_dataset(d) is not None and ":" in str(d):
+            raise UsageError(f"{d}: fine-tuning trains on {str(d).partition(':')[0]}'s training "
+                             "split and measures the test split; drop the ':split' (other test "
+                             f"data goes to --test-data)" if what == "data" else
+                             f"{d}: --test-data takes a named dataset's test split; drop the ':split'")
+    test_same = test_data is None and named_dataset(data) is None   # arrays: the same samples
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
-    inputs = model_files(model_path) + dataset_files(data, data_dir) \
-        if isinstance(data, (str, os.PathLike)) else model_files(model_path)
+    inputs = model_files(model_path) + [f for d in (data, test_data) if isinstance(d, (str, os.PathLike))
+                                        for f in dataset_files(d, data_dir)]
     teacher_path = _teacher_path(cfg, model_path)   # before any work: no output may be it
     if teacher_path is not None:
         inputs = inputs + model_files(teacher_path)
@@ -330,7 +343,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                     f"(this one takes {len(_specs(view))}: "
                                     f"{', '.join(n for n, _ in _specs(view))})")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
-    test = load_split(model, data, "test", cfg.limit_test, data_dir, view, download, mean, std)
+    test = load_split(model, data if test_data is None else test_data, "test", cfg.limit_test,
+                      data_dir, view, download, mean, std)
+    if test_same and main_proc:
+        log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
+            "best epoch is measured on training samples; pass held-out data with --test-data")
+    data_record = {"train_data": train.name, "test_data": test.name, "test_is_train": test_same}
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
         log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
@@ -391,7 +409,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             f"{trained_on['std']}; {output} records them for the commands that read it")
 
     def write_model(epochs_done, top1):
-        hist = _hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size, teacher)
+        hist = {**_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size, teacher),
+                **data_record}
         if trained_on is not None:
             hist["preprocess"] = trained_on
         data_ = net.to_model(hist, T, trained_on).SerializeToString()
