@@ -661,6 +661,18 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     p = run_cli(*args, "--epochs", "2", "--resume", "-T", "3")
     assert p.returncode == 2 and "trained at T=2, and would resume at T=3" in p.stderr, p.stderr
     assert out.read_bytes() == before
+    # the same for the run's other settings, and for another model (the same network
+    # converted with another seed: the state dict loads, its best top-1 is not this model's)
+    p = run_cli(*args, "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
+    assert p.returncode == 2 and "--lr 0.001 -> 0.02" in p.stderr and "--limit-test 64 -> 32" \
+        in p.stderr, p.stderr
+    other = tmp_path / "other.snn.onnx"
+    m = onnx.load(str(fmnist_snn))
+    m.producer_version = "other"
+    onnx.save(m, str(other))
+    p = run_cli("finetune", str(other), *args[2:], "--epochs", "2", "--resume")
+    assert p.returncode == 2 and "the model (sha256)" in p.stderr, p.stderr
+    assert out.read_bytes() == before
 
 
 def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):

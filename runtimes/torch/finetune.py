@@ -20,6 +20,7 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -382,6 +383,13 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                        probe.cpu(), world,
                        log if main_proc else (lambda *a: None))
     teacher_settings = _teacher_settings(teacher, cfg)
+    # what a resumed run must share with the run it continues (its best top-1 and optimizer
+    # state were measured and built with them); the epochs may grow
+    run_settings = {"model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
+                    "lr": cfg.lr, "batch_size": batch_size, "weight_decay": cfg.weight_decay,
+                    "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
+                    "train_data": train.name, "test_data": test.name,
+                    "limit_train": cfg.limit_train, "limit_test": cfg.limit_test}
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
@@ -433,6 +441,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
                                  "delete it, or run without --resume") from None
         _check_resumed_teacher(state, teacher_settings, ckpt_path)
+        _check_resumed_run(state.get("run"), run_settings, ckpt_path)
         if state.get("timesteps") not in (None, T):   # its best top-1 was measured at that T
             raise UsageError(f"{ckpt_path}: this run trained at T={state['timesteps']}, and would "
                              f"resume at T={T}; pass -T {state['timesteps']}, or start over "
@@ -532,7 +541,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                 f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
             _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
-                       teacher_settings, T)
+                       teacher_settings, T, run_settings)
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
@@ -626,6 +635,23 @@ def _describe(settings: Optional[dict]) -> str:
             f"{settings['distill']:g}, temperature {settings['temperature']:g}")
 
 
+def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
+    """A resumed run continues with the model, data and hyperparameters it started with
+    (checkpoints from before this check record none: not checked)."""
+    if not was:
+        return
+    names = {"model_sha256": "the model (sha256)", "lr": "--lr", "batch_size": "--batch-size",
+             "weight_decay": "--weight-decay", "surrogate": "--surrogate", "augment": "--augment",
+             "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
+             "limit_train": "--limit-train", "limit_test": "--limit-test"}
+    diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
+            if k in names and was[k] != now.get(k)]
+    if diff:
+        raise UsageError(f"{ckpt_path}: this run started with other settings than this call's "
+                         f"({'; '.join(diff)}); resume with the run's own, or start over "
+                         "without --resume")
+
+
 def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) -> None:
     """A resumed run trains with the loss it started with (checkpoints from before
     distillation record none and are taken as they are)."""
@@ -641,12 +667,13 @@ def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) ->
 
 
 def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen,
-               teacher: Optional[dict] = None, timesteps: Optional[int] = None):
+               teacher: Optional[dict] = None, timesteps: Optional[int] = None,
+               run: Optional[dict] = None):
     """Atomically (a temporary file renamed; removed on any failure or signal)."""
     buf = io.BytesIO()
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
                 "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state(),
-                "teacher": teacher, "timesteps": timesteps}, buf)
+                "teacher": teacher, "timesteps": timesteps, "run": run}, buf)
     write_bytes_atomic(buf.getvalue(), path)
