@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 import threading
 from pathlib import Path
 from typing import List, Optional
@@ -925,6 +926,9 @@ def _main(argv: Optional[List[str]]) -> int:
     if handler is None:
         from .demo import cmd_demo
         handler = cmd_demo
+    shown = warnings.showwarning
+    # a Python warning reads like the logged ones (no file, line and category of the code)
+    warnings.showwarning = lambda message, *a, **k: print(f"WARNING: {message}", file=sys.stderr)
     try:
         return handler(args)
     except OnnxSnnError as e:
@@ -934,6 +938,8 @@ def _main(argv: Optional[List[str]]) -> int:
         print("onnx-snn: error: out of memory; lower -T, --batch-size or the sample sizes",
               file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -507,3 +507,18 @@ def test_analyze_of_a_dnn_uses_its_recorded_preprocessing():
     p = run_cli("analyze", str(shipped_model_path()), "-q")
     assert p.returncode == 0, p.stderr
     assert "records no preprocessing" not in p.stderr, p.stderr
+
+
+def test_analyze_refuses_a_dnn_it_was_not_converted_from(tmp_path):
+    """--dnn with another network (another sha256 than the recorded source and another MAC
+    count) gave meaningless ratios: refused; the source DNN itself is accepted."""
+    dnn, other = tmp_path / "m.onnx", tmp_path / "other.onnx"
+    onnx.save(B.vgg(), str(dnn))
+    onnx.save(B.vgg(13, "clip", in_shape=(1, 8, 8)), str(other))
+    np.save(tmp_path / "x.npy", B.rand_input(64))
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["-q", "convert", str(dnn), "--calib", str(tmp_path / "x.npy"), "-o", str(snn)]) == 0
+    p = run_cli("analyze", str(snn), "--dnn", str(other))
+    assert_clean_error(p, 2, "not the DNN", "sha256")
+    p = run_cli("analyze", str(snn), "--dnn", str(dnn))
+    assert p.returncode == 0 and "UserWarning" not in p.stderr, p.stderr

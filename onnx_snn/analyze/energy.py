@@ -414,6 +414,14 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                if c.kind == "mac"]
         ref_flops = sum(c.macs for c in ref)
         dnn_source = "dnn model"
+        source = fmt.metadata(m).get(fmt.META_SOURCE) if spiking else None
+        if ref_flops != dnn_flops and source and not isinstance(dnn_model, onnx.ModelProto):
+            from ..model_io import sha256_file
+            if sha256_file(dnn_model) != source:   # another network: its ratios mean nothing
+                raise UsageError(
+                    f"{dnn_model}: not the DNN {name} was converted from (its sha256 is not the "
+                    f"recorded source's, and it has {ref_flops} MACs per sample where the "
+                    f"spiking model's layers have {dnn_flops}); pass that DNN, or leave --dnn out")
         if ref_flops != dnn_flops:
             msg = (f"the DNN model has {ref_flops} MACs per sample but the analyzed graph has "
                    f"{dnn_flops}; the DNN totals and ratios use the DNN model's count")
