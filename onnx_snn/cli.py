@@ -745,7 +745,7 @@ def cmd_analyze(args) -> int:
     from .analyze import ENERGY_PRESETS, analyze, format_table
     from .analyze.report import plot_png
     from .datasets import check_preprocess
-    from .errors import MissingDependencyError
+    from .errors import MissingDependencyError, UsageError
     from .model_io import load_model, write_all_atomic
     from .spiking.format import is_spiking, require_spiking
 
@@ -767,10 +767,16 @@ def cmd_analyze(args) -> int:
         info = require_spiking(model, args.model)
         check_preprocess(info.preprocess, args.model)
     if args.rates:
+        given = [o for o, v in (("--data", args.data), ("--limit", args.limit),
+                                ("--mean", args.mean), ("--std", args.std)) if v is not None]
+        if given and info is not None:   # a DNN's --data fixes its free sizes: used
+            raise UsageError(f"--rates gives the spike rates, and {'/'.join(given)} would "
+                             "record new ones on data: pass one or the other")
         from .analyze.energy import check_rate_file, parse_rates, rate_neurons, read_rate_json
         obj = read_rate_json(args.rates)
         rates, T = parse_rates(obj, str(args.rates))
-        check_rate_file(args.rates, T, rate_neurons(obj), info, args.timesteps, args.model)
+        check_rate_file(args.rates, T, rate_neurons(obj), info, args.timesteps, args.model,
+                        obj.get("model_fingerprint"))
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate

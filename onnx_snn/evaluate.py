@@ -14,6 +14,7 @@ from . import json_text
 from .datasets import Dataset, check_inputs, check_label_range, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
+from .spiking import format as fmt
 
 if TYPE_CHECKING:   # the annotation only (convert imports evaluate's siblings)
     from .convert import SpikingModel
@@ -46,6 +47,8 @@ class EvalResult:
     #: the output top-1 reads (the first), and how many the model has
     scored_output: Optional[str] = None
     outputs: int = 1
+    #: :func:`~onnx_snn.spiking.format.spiking_fingerprint` of the spiking model evaluated
+    model_fingerprint: Optional[str] = None
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -190,7 +193,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             seconds=seconds, timesteps=t if runner.spiking else None,
                             method=runner.info.method if runner.spiking else None, sites=sites,
                             scored_output=runner.output_names[0] if runner.output_names else None,
-                            outputs=len(runner.output_names))
+                            outputs=len(runner.output_names),
+                            model_fingerprint=(fmt.spiking_fingerprint(runner.info)
+                                               if runner.spiking else None))
     return out
 
 

@@ -522,3 +522,27 @@ def test_analyze_refuses_a_dnn_it_was_not_converted_from(tmp_path):
     assert_clean_error(p, 2, "not the DNN", "sha256")
     p = run_cli("analyze", str(snn), "--dnn", str(dnn))
     assert p.returncode == 0 and "UserWarning" not in p.stderr, p.stderr
+
+
+def test_analyze_rates_of_another_conversion_or_with_data_are_refused(tmp_path):
+    """Rates carry the evaluated model's fingerprint (thresholds, initial membranes): those of
+    another conversion of the same network (the same neuron counts) are refused; the deploy
+    graph's and the binary model's are the same model's. --data beside --rates is refused
+    (it was ignored)."""
+    dnn = tmp_path / "m.onnx"
+    onnx.save(B.vgg(), str(dnn))
+    np.save(tmp_path / "x.npy", B.rand_input(128))
+    conv = ["-q", "convert", str(dnn), "--calib", str(tmp_path / "x.npy")]
+    a, b, dep = tmp_path / "a.snn.onnx", tmp_path / "b.snn.onnx", tmp_path / "a.deploy.onnx"
+    assert main(conv + ["-o", str(a)]) == 0
+    assert main(conv + ["-o", str(b), "--method", "deng"]) == 0
+    assert main(["-q", "deploy", str(a), "-o", str(dep), "--spike-counts"]) == 0
+    for model, name in ((a, "ra.json"), (b, "rb.json"), (dep, "rd.json")):
+        assert main(["-q", "eval", str(model), "--data", str(tmp_path / "x.npy"),
+                     "--json", str(tmp_path / name)]) == 0
+    for name in ("ra.json", "rd.json"):      # the model's own rates, from either graph
+        assert main(["-q", "analyze", str(a), "--rates", str(tmp_path / name)]) == 0
+    p = run_cli("analyze", str(a), "--rates", str(tmp_path / "rb.json"))
+    assert_clean_error(p, 5, "another spiking model")
+    p = run_cli("analyze", str(a), "--rates", str(tmp_path / "ra.json"), "--data", str(tmp_path / "x.npy"))
+    assert_clean_error(p, 2, "pass one or the other")

@@ -238,16 +238,22 @@ def rate_neurons(obj) -> Dict[str, int]:
 
 
 def check_rate_file(path: Union[str, Path], rates_T: Optional[int], neurons: Mapping[str, int],
-                    info, timesteps: Optional[int], model: str) -> None:
+                    info, timesteps: Optional[int], model: str,
+                    fingerprint: Optional[str] = None) -> None:
     """Refuse rates that were measured on another model (a site of the same name with
-    another neuron count, ``neurons`` as :func:`rate_neurons` reads them) or at another T
-    than the one asked for."""
+    another neuron count, ``neurons`` as :func:`rate_neurons` reads them, or another
+    ``fingerprint``: :func:`~onnx_snn.spiking.format.spiking_fingerprint`, which ``eval
+    --json`` records) or at another T than the one asked for."""
     if timesteps and rates_T and int(timesteps) != int(rates_T):
         raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the -T "
                          f"{timesteps} asked for; drop -T, or measure them at T={timesteps} with "
                          f"`onnx-snn eval {model} -T {timesteps} --json {path}`")
     if info is None:
         return
+    if fingerprint and isinstance(fingerprint, str) and fingerprint != fmt.spiking_fingerprint(info):
+        raise DataError(f"{path}: these spike rates were measured on another spiking model than "
+                        f"{model} (another conversion or fine-tuning: its neurons' thresholds "
+                        f"differ); run `onnx-snn eval {model} --json FILE` on this one")
     have = {s.name: s.neurons for s in info.sites}
     for site, n in neurons.items():
         if site in have and have[site] and n != have[site]:

@@ -516,6 +516,17 @@ def _int(meta: Dict[str, str], key: str, default: Optional[int], where: str) -> 
                              "the file is damaged, convert it again") from None
 
 
+def spiking_fingerprint(info) -> str:
+    """A short hash of what makes a spiking model's spikes: each site's name, shape, neuron
+    kind, threshold, initial membrane and leak. The same for a model's loop, step and deploy
+    graphs and its binary-spike variant (amplitudes do not change the spikes); another for a
+    model converted otherwise or fine-tuned. Spike rates carry it (``eval --json``), so
+    ``analyze --rates`` can tell rates of another model."""
+    import hashlib
+    parts = [[s.name, list(s.shape), s.neuron, s.threshold, s.v_init, s.leak] for s in info.sites]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     """The metadata, checked: a damaged or unknown one raises :class:`ModelLoadError`."""
     meta = metadata(model)
