@@ -84,9 +84,14 @@ class Dataset:
 
 
 def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
+    """Where datasets are looked for: a given ``data_dir`` alone (it must exist: a folder
+    named by the user is not silently passed over for another copy), else
+    ``$ONNX_SNN_DATA``."""
     dirs = []
     if data_dir:
-        dirs.append(Path(data_dir))
+        if not Path(data_dir).is_dir():
+            raise DataError(f"--data-dir {data_dir}: no such folder")
+        return [Path(data_dir)]
     env = os.environ.get("ONNX_SNN_DATA")
     if env:
         dirs.append(Path(env))
@@ -124,7 +129,8 @@ def _find_fashion_mnist(data_dir) -> Path:
     candidates = []
     for d in search_dirs(data_dir):
         candidates += [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
-    candidates.append(FASHION_MNIST_SYSTEM_DIR)
+    if not data_dir:     # a folder the user named is the only place looked
+        candidates.append(FASHION_MNIST_SYSTEM_DIR)
     for d in candidates:
         if (d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file():
             return d

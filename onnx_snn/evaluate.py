@@ -117,7 +117,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                          per_step=many)
     if many and not runner.spiking:
         raise DataError("several time-step counts only make sense for a spiking model")
-    name = model if isinstance(model, str) else (runner.model.graph.name or "model")
+    name = str(model) if not isinstance(model, onnx.ModelProto) else (runner.model.graph.name or "model")
     where = str(name)
     if runner.spiking:
         preprocess = check_preprocess(runner.info.preprocess, where)
@@ -130,9 +130,16 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     if isinstance(data, tuple):
         if len(data) != 2:
             raise DataError(f"data: a tuple must be (inputs, labels), not {len(data)} items")
-        x = np.asarray(data[0])
-        check_inputs(x, "data")
-        data = Dataset("arrays", x, check_labels(data[1], len(x), "data"), preprocessed=True)
+        if isinstance(data[0], dict):      # one array per input of a multi-input model
+            x = {k: np.asarray(v) for k, v in data[0].items()}
+            for k, v in x.items():
+                check_inputs(v, f"data (input {k!r})")
+            n = len(next(iter(x.values()))) if x else 0
+        else:
+            x = np.asarray(data[0])
+            check_inputs(x, "data")
+            n = len(x)
+        data = Dataset("arrays", x, check_labels(data[1], n, "data"), preprocessed=True)
     elif isinstance(data, Dataset) and data.y is not None and not isinstance(data.x, dict):
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),

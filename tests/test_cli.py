@@ -546,3 +546,15 @@ def test_analyze_rates_of_another_conversion_or_with_data_are_refused(tmp_path):
     assert_clean_error(p, 5, "another spiking model")
     p = run_cli("analyze", str(a), "--rates", str(tmp_path / "ra.json"), "--data", str(tmp_path / "x.npy"))
     assert_clean_error(p, 2, "pass one or the other")
+
+
+def test_a_named_data_dir_is_the_only_place_looked(files, tmp_path):
+    """--data-dir that does not exist, or holds no Fashion-MNIST, is an error: it silently fell
+    back to the system copy."""
+    p = run_cli("eval", str(files / "model.onnx"), "--data", "fashion-mnist", "--data-dir",
+                str(tmp_path / "nowhere"))
+    assert_clean_error(p, 5, "no such folder")
+    (tmp_path / "empty").mkdir()
+    p = run_cli("eval", str(files / "model.onnx"), "--data", "fashion-mnist", "--data-dir",
+                str(tmp_path / "empty"))
+    assert_clean_error(p, 5, "Fashion-MNIST not found")

@@ -700,3 +700,28 @@ def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
     assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
     h = F.read_info(onnx.load(str(out))).history[-1]
     assert h["test_is_train"] is False and h["test_data"].endswith("b.npz")
+
+
+def test_api_takes_what_convert_returns_and_paths(tmp_path):
+    """deploy() takes the SpikingModel convert() returns; evaluate() takes (dict, labels) for
+    a model's inputs and reports a pathlib path as the model; SpikingNetwork.to_onnx never
+    writes over the file from_onnx read."""
+    import pathlib
+    from onnx_snn.errors import OnnxSnnError
+    x = B.rand_input(64)
+    snn = onnx_snn.convert(B.vgg(), x, 2, show_progress=False)
+    dep = onnx_snn.deploy(snn, tmp_path / "d.onnx")
+    assert (tmp_path / "d.onnx").exists() and F.read_info(dep).graph == F.GRAPH_DEPLOY
+    path = pathlib.Path(tmp_path / "m.snn.onnx")
+    snn.save(path)
+    y = np.arange(len(x)) % 10
+    name = F.read_spiking(snn.model).data_inputs[0]
+    a = onnx_snn.evaluate(path, ({name: x}, y), show_progress=False)
+    b = onnx_snn.evaluate(path, (x, y), show_progress=False)
+    assert a.top1 == b.top1 and a.model == str(path)
+    net = SpikingNetwork.from_onnx(path)
+    before = path.read_bytes()
+    with pytest.raises(OnnxSnnError):
+        net.to_onnx(path)
+    assert path.read_bytes() == before
+    net.to_onnx(tmp_path / "back.snn.onnx")

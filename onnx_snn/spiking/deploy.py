@@ -262,11 +262,14 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
 
 def deploy(model, output=None, timesteps: Optional[int] = None,
            spike_counts: bool = False) -> onnx.ModelProto:
-    """The deploy graph of the spiking model ``model`` (a path or a ModelProto; a loop or
-    step graph), written atomically to ``output`` when given (never over an input; with
-    external data beside it when the source kept its weights that way). Returns it."""
+    """The deploy graph of the spiking model ``model`` (a path, a ModelProto or the
+    SpikingModel ``convert`` returns; a loop or step graph), written atomically to ``output``
+    when given (never over an input; with external data beside it when the source kept its
+    weights that way). Returns it."""
     from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
+        model = model.model          # a SpikingModel that convert() returned, not yet saved
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
     if output is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
@@ -104,9 +105,15 @@ class SpikingNetwork(nn.Module):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_onnx(cls, path: Union[str, onnx.ModelProto], **kw) -> "SpikingNetwork":
-        model = load_model(path) if isinstance(path, str) else path
-        return cls(model, **kw)
+    def from_onnx(cls, path: Union[str, os.PathLike, onnx.ModelProto], **kw) -> "SpikingNetwork":
+        """The network of a spiking model file (or ModelProto); :meth:`to_onnx` never writes
+        over the file it came from."""
+        if isinstance(path, onnx.ModelProto):
+            return cls(path, **kw)
+        from onnx_snn.model_io import model_files
+        net = cls(load_model(str(path)), **kw)
+        net.source_files = model_files(str(path))
+        return net
 
     @staticmethod
     def _split_graph(view: fmt.SpikingView):
@@ -322,4 +329,7 @@ class SpikingNetwork(nn.Module):
 
     def to_onnx(self, path, *inputs, history: Optional[dict] = None, timesteps: Optional[int] = None,
                 preprocess: Optional[dict] = None):
-        return save_model(self.to_model(history, timesteps, preprocess), path, *inputs)
+        """Write the network back in the spiking format to ``path`` (never over ``inputs``,
+        nor over the file :meth:`from_onnx` read)."""
+        return save_model(self.to_model(history, timesteps, preprocess), path, *inputs,
+                          *getattr(self, "source_files", []))
