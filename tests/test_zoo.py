@@ -532,6 +532,12 @@ def test_train_user_errors(tmp_path, capsys, monkeypatch):
                       "--out", tmp_path / "r", "--data-dir", tmp_path / "nothing-here"])
     err = capsys.readouterr().err
     assert rc == 5
+    assert "train_dnn: error: --data-dir" in err and "no such folder" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    rc = _train_main(["--arch", "vgg11", "--dataset", "cifar10", "--epochs", 1,
+                      "--out", tmp_path / "r", "--data-dir", tmp_path / "empty"])
+    err = capsys.readouterr().err
+    assert rc == 5
     assert "train_dnn: error: cifar10 not found" in err and "Traceback" not in err
     rc = _train_main(["--arch", "fmnist_vgg", "--dataset", "fashion-mnist", "--epochs", 1,
                       "--out", tmp_path / "r", "--export", tmp_path / "no" / "such" / "m.onnx"])
