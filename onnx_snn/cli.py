@@ -620,6 +620,8 @@ def cmd_eval(args) -> int:
     if r.sites and not args.quiet:
         rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
                  f"{s.rate:.4f}"] for s in r.sites.values()]
+        rows += [[f"{p.name} (max pool output)", p.neurons, f"{p.spikes_per_sample:.1f}",
+                  f"{p.spikes_per_neuron:.4f}", f"{p.rate:.4f}"] for p in r.pools.values()]
         print(_fmt_table(["site", "neurons", "spikes/sample", "spikes/neuron", "rate/step"], rows))
     what = f"SNN ({r.method}, T={r.timesteps})" if r.kind == "snn" else "DNN"
     if r.top1 is not None:
@@ -783,7 +785,7 @@ def cmd_analyze(args) -> int:
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download)
-            rates, T = {k: s.spikes_per_neuron for k, s in r.sites.items()}, r.timesteps
+            rates, T = r.rates, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
     shapes = None

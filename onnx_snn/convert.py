@@ -366,7 +366,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     pool_nodes = rewrite.spiking_pools(nm, {s.name: s for s in nm.sites})
     rewrite.check_reserved_names(nm, len(pool_nodes))
     pools = rewrite.pool_records(pool_nodes, tensor_shapes(
-        nm, [t for n in pool_nodes for t in (n.input[0], n.output[0])], calib.input_shapes))
+        nm, [t for n in pool_nodes for t in (n.input[0], n.output[0])], calib.input_shapes), nm)
     records: Dict[str, fmt.SiteRecord] = {}
     site_rows = []
     notes = list(nm.notes) + _pinned_input_notes(nm, calib.input_shapes)

@@ -49,6 +49,9 @@ class EvalResult:
     outputs: int = 1
     #: :func:`~onnx_snn.spiking.format.spiking_fingerprint` of the spiking model evaluated
     model_fingerprint: Optional[str] = None
+    #: the output spikes of every spiking max pool the model counts (``neurons``: pooled
+    #: outputs per sample): the rate of the layer after the pool, which ``analyze`` charges
+    pools: Dict[str, SiteActivity] = field(default_factory=dict)
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -58,6 +61,12 @@ class EvalResult:
         total = sum(s.spikes_per_sample for s in self.sites.values())
         neurons = sum(s.neurons for s in self.sites.values())
         return total / (neurons * self.timesteps) if neurons and self.timesteps else 0.0
+
+    @property
+    def rates(self) -> Dict[str, float]:
+        """Spikes per neuron over the T steps of every site and counted max pool: what
+        :func:`onnx_snn.analyze.analyze` takes as ``rates``."""
+        return {k: s.spikes_per_neuron for k, s in {**self.sites, **self.pools}.items()}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -186,14 +195,17 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     seconds = time.perf_counter() - t0
     out = {}
     for t in t_list:
-        sites = {}
+        sites, pools = {}, {}
         if runner.spiking:
+            counted = runner.deploy_spikes if runner.deploy else runner.view.counted
             for s in runner.info.sites:
-                if runner.deploy and s.name not in runner.deploy_spikes:
+                if runner.deploy and s.name not in counted:
                     continue   # a deploy graph without its spike counters
-                per_sample = spikes[t].get(s.name, 0.0) / n
-                per_neuron = per_sample / s.neurons if s.neurons else 0.0
-                sites[s.name] = SiteActivity(s.name, s.neurons, per_sample, per_neuron, per_neuron / t)
+                sites[s.name] = _activity(s.name, s.neurons, spikes[t].get(s.name, 0.0) / n, t)
+            for p in runner.info.pools:
+                if p.name in counted:
+                    pools[p.name] = _activity(p.name, int(np.prod(p.out_shape)),
+                                              spikes[t].get(p.name, 0.0) / n, t)
         out[t] = EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
                             correct=correct[t] if ds.y is not None else None,
                             top1=100.0 * correct[t] / n if ds.y is not None else None,
@@ -202,8 +214,13 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             scored_output=runner.output_names[0] if runner.output_names else None,
                             outputs=len(runner.output_names),
                             model_fingerprint=(fmt.spiking_fingerprint(runner.info)
-                                               if runner.spiking else None))
+                                               if runner.spiking else None), pools=pools)
     return out
+
+
+def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivity:
+    per_neuron = per_sample / neurons if neurons else 0.0
+    return SiteActivity(name, neurons, per_sample, per_neuron, per_neuron / t)
 
 
 def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[dict]:

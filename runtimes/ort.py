@@ -25,7 +25,8 @@ from onnx_snn.spiking import format as fmt
 @dataclass
 class StepResult:
     outputs: List[np.ndarray]          # time-averaged DNN outputs, in graph order
-    spikes: Dict[str, np.ndarray]      # site -> spikes per sample over all T steps, [N]
+    #: site (or counted spiking pool) -> spikes per sample over all T steps, [N]
+    spikes: Dict[str, np.ndarray]
     step_outputs: Optional[List[np.ndarray]] = None   # per_step runners: [T, N, ...] each
     step_spikes: Optional[Dict[str, np.ndarray]] = None  # per_step runners: site -> [T, N]
 
@@ -64,7 +65,8 @@ class ModelRunner:
         self.fixed_batch = fixed_batch(self.specs)
         graph_outputs = [o.name for o in self.model.graph.output]
         if self.deploy:   # spike totals only where the deploy graph kept its counters
-            spikes = {fmt.spikes_name(s.name): s.name for s in info.sites}
+            spikes = {fmt.spikes_name(s): s for s in
+                      [s.name for s in info.sites] + [p.name for p in info.pools]}
             self.deploy_spikes = {spikes[o]: o for o in graph_outputs if o in spikes}
             self.output_names = [o for o in graph_outputs if o not in spikes]
         else:
@@ -97,7 +99,7 @@ class ModelRunner:
             outs = self.session.run(self.output_names + names, feeds)
             k = len(self.output_names)
             return StepResult(outs[:k], dict(zip(self.deploy_spikes, outs[k:])))
-        sites = [s.name for s in self.info.sites]
+        sites = self.view.counted          # sites, then the counted spiking pools
         spike_names = [fmt.spikes_name(s) for s in sites]
         extra, timed = [], []
         if self.per_step:
@@ -135,7 +137,7 @@ class ModelRunner:
 
     def _run_steps(self, feeds, T: int) -> StepResult:
         n = next(iter(feeds.values())).shape[0]
-        sites = [s.name for s in self.info.sites]
+        sites = self.view.counted
         states = {st.names.input: fmt.initial_state(self.view, st, n) for st in self.view.states}
         want = self.output_names + [st.names.next for st in self.view.states] + \
             [self.view.step_spikes[s] for s in sites]

@@ -353,7 +353,8 @@ def resnet_snn(x):
 
 
 def _rates(result):
-    return {k: s.spikes_per_neuron for k, s in result.sites.items()}
+    """Every site's and counted max pool's spikes per neuron."""
+    return result.rates
 
 
 @pytest.mark.parametrize("which", ["vgg_snn", "resnet_snn"])
@@ -366,7 +367,9 @@ def test_converted_model_energy_follows_the_formula(which, request):
     assert [l.name for l in a.layers] == [c.name for c in counts]
     assert counts[0].direct and counts[0].source_site is None
     assert all(not c.direct and c.source_site in rates for c in counts[1:])
-    expected = counts[0].macs * mac + sum(c.macs * rates[c.source_site] * ac for c in counts[1:])
+    # a layer after a spiking max pool accumulates the pool's output spikes
+    rate = {c.name: rates[c.source_pools.get(c.source_site, c.source_site)] for c in counts[1:]}
+    expected = counts[0].macs * mac + sum(c.macs * rate[c.name] * ac for c in counts[1:])
     assert a.totals.snn_energy_pj == pytest.approx(expected, rel=1e-12)
     dnn_macs = sum(c.macs for c in count_layers(dnn))
     assert a.totals.dnn_flops == dnn_macs == sum(c.macs for c in counts)
@@ -377,10 +380,34 @@ def test_converted_model_energy_follows_the_formula(which, request):
         e = a.neuromorphic[name]
         assert e["dnn"] == pytest.approx(ec + es)
         assert e["snn"] == pytest.approx(a.totals.snn_flops / dnn_macs * ec + 2 * es)
-    assert {s.name for s in a.sites} == set(rates)
+    assert {s.name for s in a.sites} == set(result.sites)
     assert sum(s.snn_energy_pj for s in a.sites) == pytest.approx(expected - counts[0].macs * mac)
     json.loads(a.to_json())
     assert a.dnn_source == "dnn model" and not any("differ" in n for n in a.notes)
+
+
+def test_layers_after_max_pools_are_charged_at_the_pools_rate(vgg_snn):
+    """The pooled outputs fire as often as their window's busiest input: more than the site
+    on average. The layer after the pool is charged at the pool's counted rate; rates without
+    it (measured on a file from before the pools were counted) fall back to the site's rate,
+    with a note that this undercounts."""
+    _, snn, result = vgg_snn
+    assert result.pools and set(result.rates) == set(result.sites) | set(result.pools)
+    pooled = [l for l in analyze(snn.model, result.rates, 2).layers if l.source_pools]
+    assert pooled
+    for l in pooled:
+        pool = l.source_pools[l.source_site]
+        assert l.source_site == "lif1" and pool == "pool0"
+        assert result.pools[pool].spikes_per_neuron >= result.sites["lif1"].spikes_per_neuron
+        assert l.spike_rate == result.pools[pool].spikes_per_neuron
+        assert l.snn_acs == pytest.approx(l.dnn_flops * l.spike_rate)
+    sites_only = {k: s.spikes_per_neuron for k, s in result.sites.items()}
+    old = analyze(snn.model, sites_only, 2)
+    assert any("undercounts" in n and "pool0" in n for n in old.notes)
+    assert [l.spike_rate for l in old.layers if l.source_pools] == \
+        [result.sites["lif1"].spikes_per_neuron] * len(pooled)
+    assert old.totals.snn_energy_pj <= analyze(snn.model, result.rates, 2).totals.snn_energy_pj
+    assert "lif1>pool0" in format_table(analyze(snn.model, result.rates, 2))
 
 
 def test_zero_spikes_leave_only_the_first_layer(resnet_snn):
@@ -446,6 +473,10 @@ def test_load_rates_round_trips_the_eval_json(vgg_snn, tmp_path):
     ft = {"timesteps": 2, "best_epoch": 1, "epochs": [{"epoch": 1, "spikes_per_neuron": {"a": 0.1}},
                                                       {"epoch": 2, "spikes_per_neuron": {"a": 0.2}}]}
     assert parse_rates(ft) == ({"a": 0.1}, 2)
+    ft["epochs"][0]["pool_spikes_per_neuron"] = {"pool0": 0.3}     # the pools' output rates
+    assert parse_rates(ft) == ({"a": 0.1, "pool0": 0.3}, 2)
+    with pytest.raises(DataError, match="pool 'pool0' has no 'spikes_per_neuron'"):
+        parse_rates({**json.loads(result.to_json()), "pools": {"pool0": {"rate": 1}}})
     # no epoch beat the start: the written model is the starting one, whose rates the file
     # does not hold (the last epoch's were used, of weights that were thrown away)
     with pytest.raises(DataError, match="no spike rates of it"):

@@ -1,5 +1,6 @@
 """The spiking format as an API: the parsed view of loop and step graphs, validation of damaged
 files, and files of format version 1 (max pooling as an OR) still loading and running."""
+import importlib.util
 import json
 import os
 
@@ -46,7 +47,10 @@ def test_view_of_loop_and_step_graphs_agree(pooled):
     # one step's DNN work is the same in both (counters and loop bookkeeping left out)
     assert [n.op_type for n in a.body] == [n.op_type for n in b.body]
     assert [n.op_type for n in a.hoisted] == [n.op_type for n in b.hoisted] == ["Conv"]
-    assert len(a.counters) == len(b.counters) == 3 * len(a.info.sites)
+    # three counter nodes per site, and three per pool of spikes (abs, sign, sum)
+    assert len(a.counters) == len(b.counters) == 3 * len(a.info.sites) + 3
+    assert a.counted == b.counted == [s.name for s in a.info.sites] + ["pool0"]
+    assert a.counted_pools == ["pool0"] and a.info.pools[0].counted
     assert a.timed_outputs == list(a.step_outputs) and b.data_inputs == ["input"]
 
 
@@ -145,6 +149,39 @@ def test_version_1_files_in_the_torch_runtime(x):
         assert fmt.read_spiking(back).info.format_version == 1
 
 
+# ------------------------------------------------------------------ version 2 without pool counters
+
+V2_LOOP = os.path.join(DATA, "format_v2_uncounted_pools.snn.onnx")
+V2_STEP = os.path.join(DATA, "format_v2_uncounted_pools.step.onnx")
+
+
+def test_files_from_before_the_pools_were_counted_still_load_and_run(x):
+    """Version 2 files written before 2026-12-03 have rate-exact pools but no counter of
+    their output spikes: they run in both runtimes and make deploy graphs as before, the
+    evaluation reports no pool rates, and the analyzer charges the layers after the pools
+    at their sites' rates with a note."""
+    from onnx_snn.analyze import analyze
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.spiking.deploy import deploy_model
+    loop, step = onnx.load(V2_LOOP), onnx.load(V2_STEP)
+    for m in (loop, step):
+        view = fmt.read_spiking(m)
+        assert view.info.format_version == 2 and view.pools and not view.counted_pools
+        assert not view.info.pools[0].counted and view.counted == [s.name for s in view.info.sites]
+    a, b = run(loop, x), run(step, x)
+    np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    assert set(a.spikes) == set(b.spikes) == {s.name for s in fmt.read_info(loop).sites}
+    dep = run(deploy_model(fmt.read_spiking(loop), spike_counts=True), x)
+    assert set(dep.spikes) == set(a.spikes)
+    r = evaluate(loop, (x, np.zeros(len(x), np.int64)), show_progress=False)
+    assert r.sites and not r.pools and set(r.rates) == set(r.sites)
+    result = analyze(loop, r.rates)
+    assert any("undercounts" in n for n in result.notes)
+    if importlib.util.find_spec("torch"):      # the torch runtime counts the same spikes
+        for m in (loop, step):
+            B.assert_runtimes_agree(m, x)
+
+
 def test_site_record_spells_no_offset_one_way():
     """An all-zero per-channel offset is 0.0, given to the constructor or set later (the
     refinement sets it), so the record round-trips."""
@@ -175,7 +212,7 @@ def test_signed_neurons_are_version_3_with_a_count_state(signed, pooled):
         for s in v.info.sites:   # membrane, then the net count (zero at the start)
             i = names.index(f"{s.name}.v")
             assert names[i + 1] == f"{s.name}.c" and v.states[i + 1].init is None
-        assert len(v.counters) == 4 * len(v.info.sites)      # |y| counted
+        assert len(v.counters) == 4 * len(v.info.sites) + 3 * len(v.counted_pools)  # |y| counted
         assert {f.name for f in m.functions} >= {fmt.SIGNED_NEURON_OP}
         assert fmt.NEURON_OP not in {f.name for f in m.functions}
     # a model without signed neurons is still written as version 2, its JSON unchanged

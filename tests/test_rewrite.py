@@ -31,10 +31,13 @@ def test_outputs_pass_full_check_and_run(make, x):
     onnx.checker.check_model(snn.step_model(), full_check=True)
     r = run(snn.model, x)
     assert r.outputs[0].shape == (48, 10)
-    assert set(r.spikes) == set(snn.records)
+    pools = {p.name: p for p in snn.pools.values()}
+    assert set(r.spikes) == set(snn.records) | set(pools)     # the pools' output spikes too
     for name, counts in r.spikes.items():
+        neurons = snn.records[name].neurons if name in snn.records else \
+            int(np.prod(pools[name].out_shape))
         assert counts.shape == (48,)
-        assert np.all(counts >= 0) and np.all(counts <= 2 * snn.records[name].neurons)
+        assert np.all(counts >= 0) and np.all(counts <= 2 * neurons)
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 4, 7])
@@ -371,3 +374,61 @@ def test_free_spatial_input_dims_are_pinned_with_a_note():
     assert "['N', 1, '?', '?']" in note and "['N', 1, 12, 12] only" in note
     dims = snn.model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [1, 12, 12]
+
+
+def _max_pool(counts: np.ndarray, attrs: dict, global_pool: bool) -> np.ndarray:
+    """numpy max pool of [N, C, H, W] (no padding, the builders' pools)."""
+    if global_pool:
+        return counts.max(axis=(2, 3))
+    (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs.get("strides", attrs["kernel_shape"])
+    n, c, h, w = counts.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.full((n, c, oh, ow), -np.inf)
+    for i in range(kh):
+        for j in range(kw):
+            out = np.maximum(out, counts[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw])
+    return out
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+@pytest.mark.parametrize("global_pool", [False, True])
+def test_pool_spike_counts_are_the_max_of_the_window_counts(T, global_pool):
+    """A spiking max pool's counted output spikes equal, per pooled output, the largest spike
+    count of its window's inputs (the pool is rate-exact), summed per sample; in the loop
+    graph, the step graph and both runtimes alike."""
+    x = B.rand_input(32, seed=3)
+    snn = onnx_snn.convert(B.pooled_twin("MaxPool", global_pool=global_pool), x, timesteps=T,
+                           method="deng", show_progress=False)
+    (pool,) = snn.pools.values()
+    assert pool.counted
+    site = next(r for r in snn.records.values() if r.output == pool.input)
+    step = snn.step_model()
+    step.graph.output.append(onnx.helper.make_tensor_value_info(pool.input, onnx.TensorProto.FLOAT, None))
+    import onnxruntime as ort
+    sess = ort.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"])
+    view = F.read_spiking(step)
+    states = {st.names.input: F.initial_state(view, st, len(x)) for st in view.states}
+    names = [pool.input] + [st.names.next for st in view.states]
+    fired = 0
+    for _ in range(T):
+        out = sess.run(names, {"input": x, **states})
+        fired = fired + (out[0] != 0)          # each input neuron's spikes so far
+        states = {st.names.input: v for st, v in zip(view.states, out[1:])}
+    node = next(n for n in B.pooled_twin("MaxPool", global_pool=global_pool).graph.node
+                if n.op_type.endswith("MaxPool"))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    want = _max_pool(fired.astype(np.float64), attrs, global_pool).reshape(len(x), -1).sum(1)
+    assert want.sum() > 0 and site.name in run(snn.model, x).spikes
+    for model in (snn.model, snn.step_model()):
+        np.testing.assert_array_equal(run(model, x).spikes[pool.name], want)
+    B.assert_runtimes_agree(snn.model, x)
+
+
+def test_a_pool_of_currents_is_not_counted():
+    """--pool-first puts the max pool before the activation: it pools currents, whose
+    output is no spike train, and gets no counter."""
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.pooled_twin("MaxPool"), x, timesteps=2, method="max",
+                           pool_first=True, show_progress=False)
+    assert snn.pools and not any(p.counted for p in snn.pools.values())
+    assert set(run(snn.model, x).spikes) == set(snn.records)

@@ -369,6 +369,11 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert main(args + ["--epochs", "1", "--json", str(tmp_path / "r1.json")]) == 0
     r1 = json.loads((tmp_path / "r1.json").read_text())
     assert len(r1["epochs"]) == 1 and r1["initial_top1"] is not None
+    # the max pool's output rate is recorded beside the sites' (analyze charges the layer
+    # after the pool at it), and is at least its input site's
+    e = r1["epochs"][0]
+    assert set(e["pool_spikes_per_neuron"]) == {"pool0"} and "pool0" not in e["spikes_per_neuron"]
+    assert e["pool_spikes_per_neuron"]["pool0"] >= e["spikes_per_neuron"]["lif1"] > 0
     assert (tmp_path / "tuned.snn.onnx.ckpt.pt").exists()
     assert main(args + ["--epochs", "2", "--resume", "--json", str(tmp_path / "r2.json")]) == 0
     r2 = json.loads((tmp_path / "r2.json").read_text())

@@ -54,13 +54,14 @@ def main(argv=None) -> int:
     rows = []
     for label, m in candidates:
         r = onnx_snn.evaluate(m, "fashion-mnist", limit=args.limit, show_progress=False)
-        rates = {k: s.spikes_per_neuron for k, s in r.sites.items()}
+        counted = {**r.sites, **r.pools}     # the max pools' output spikes too
+        rates = r.rates
         a = analyze(m, rates, r.timesteps, mac, ac, dnn_model=model)
         d = a.to_dict()
         t = d["totals"]
         rows.append({"model": label, "top1": r.top1,
-                     "spikes_per_image": {k: round(s.spikes_per_sample, 1) for k, s in r.sites.items()},
-                     "spikes_per_neuron": {k: round(s.spikes_per_neuron, 4) for k, s in r.sites.items()},
+                     "spikes_per_image": {k: round(s.spikes_per_sample, 1) for k, s in counted.items()},
+                     "spikes_per_neuron": {k: round(s.spikes_per_neuron, 4) for k, s in counted.items()},
                      "dnn_flops": t["dnn_flops"], "snn_flops": t["snn_flops"],
                      "dnn_energy_uj": t["dnn_energy_pj"] / 1e6, "snn_energy_uj": t["snn_energy_pj"] / 1e6,
                      "energy_ratio": t["dnn_energy_pj"] / t["snn_energy_pj"],

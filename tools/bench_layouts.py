@@ -68,7 +68,9 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
     nodes, inits = rewrite.graph_parts(nm, records, pools)
     states = rewrite.carried_states(records, pools)
     flags = walk.depends(nodes, [st.names.input for st in states])
-    counter = {c for r in records.values() for c in fmt.CounterNames(r.name).nodes}
+    counted_pools = rewrite.counted_pools(pools)
+    counter = {c for r in list(records.values()) + counted_pools
+               for c in fmt.CounterNames(r.name).nodes}
     hoisted = [n for n, f in zip(nodes, flags) if not f]
     body = [n for n, f in zip(nodes, flags) if f and n.name not in counter]
     g = nm.model.graph
@@ -208,9 +210,20 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
                                  keepdims=0, name=fmt.site_total_node(r.name)),
                 helper.make_node("Round", [_name(r.name, "total")], [fmt.spikes_name(r.name)],
                                  name=rnd)]
+    for p in counted_pools:    # each nonzero pooled output is a spike (see rewrite)
+        c = fmt.CounterNames(p.name)
+        y_step = _name(p.output, "count_steps")
+        out += [helper.make_node("Abs", [p.output], [c.y_abs], name=c.abs_node),
+                helper.make_node("Sign", [c.y_abs], [c.y_count], name=c.sign_node),
+                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
+                                 name=c.count_node),
+                helper.make_node("Reshape", [c.y_sum, lead], [y_step], name=y_step),
+                helper.make_node("ReduceSum", [y_step, fmt.TIME_AXIS], [fmt.spikes_name(p.name)],
+                                 keepdims=0, name=fmt.site_total_node(p.name))]
     inputs = [rewrite.pinned(i, input_shapes) for i in data_inputs]
     outs = [copy.deepcopy(o) for o in g.output]
-    outs += [rewrite.float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
+    outs += [rewrite.float_info(fmt.spikes_name(r.name), ["N"])
+             for r in list(records.values()) + counted_pools]
     used = {x for n in out for x in walk.node_inputs(n)}
     all_inits = [t for t in inits + extra if t.name in used]
     seen, unique = set(), []
@@ -279,10 +292,10 @@ def unrolled_model(snn):
     inits.append(numpy_helper.from_array(np.array(T, np.float32), "snn.T"))
     for o in dnn:
         out.append(helper.make_node("Sum", per[o], [o + ".sum"])); out.append(helper.make_node("Div", [o + ".sum", "snn.T"], [o]))
-    for s in view.info.sites:
-        o = fmt.spikes_name(s.name); out.append(helper.make_node("Sum", per[o], [o]))
+    for s in view.counted:          # the sites, then the counted spiking pools
+        o = fmt.spikes_name(s); out.append(helper.make_node("Sum", per[o], [o]))
     gi = [i for i in g.input if i.name not in {s.names.input for s in states}]
-    go = [o for o in g.output if o.name in dnn or o.name in {fmt.spikes_name(s.name) for s in view.info.sites}]
+    go = [o for o in g.output if o.name in dnn or o.name in {fmt.spikes_name(s) for s in view.counted}]
     graph = helper.make_graph(out, "unrolled", gi, go, inits)
     m = helper.make_model(graph, opset_imports=list(step.opset_import)); m.ir_version = step.ir_version
     m.functions.extend(step.functions)

@@ -77,6 +77,9 @@ class LayerRow:
     #: a concatenated input: each source's share of its elements (site, or "" for an input
     #: that is not spikes), charged at that source's rate; empty for a single source
     source_mix: Dict[str, float] = field(default_factory=dict)
+    #: sources whose spikes reach the layer through a spiking max pool: site -> pool; the
+    #: layer is charged at the pool's output rate (when the rates have it)
+    source_pools: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +165,8 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
     Accepted: the ``onnx-snn eval --json`` result ({"kind": "snn", "timesteps": T, "sites":
     {name: {"spikes_per_neuron": ...}}}); an ``onnx-snn finetune --json`` result (the rates
     of its best epoch: the model it wrote); a plain {"site": spikes_per_neuron} mapping (T None).
+    The spiking max pools' output rates (eval's ``"pools"``, fine-tuning's
+    ``pool_spikes_per_neuron``) are returned under the pools' names beside the sites'.
     """
     if not isinstance(obj, dict) or not obj:
         raise DataError(f"{where}: expected a JSON object of spike rates (the file `onnx-snn eval "
@@ -181,6 +186,11 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
             if not isinstance(v, dict) or "spikes_per_neuron" not in v:
                 raise DataError(f"{where}: site {k!r} has no 'spikes_per_neuron' value")
             rates[k] = v["spikes_per_neuron"]
+        pools = obj.get("pools")
+        for k, v in (pools.items() if isinstance(pools, dict) else ()):
+            if not isinstance(v, dict) or "spikes_per_neuron" not in v:
+                raise DataError(f"{where}: pool {k!r} has no 'spikes_per_neuron' value")
+            rates[k] = v["spikes_per_neuron"]
     elif isinstance(obj.get("epochs"), list):
         epochs = [e for e in obj["epochs"] if isinstance(e, dict) and e.get("spikes_per_neuron")]
         if not epochs:
@@ -193,6 +203,8 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
                 "and this file has no spike rates of it; measure them with `onnx-snn eval "
                 "MODEL --json FILE` and pass that file")
         rates = dict(best[-1]["spikes_per_neuron"])
+        pools = best[-1].get("pool_spikes_per_neuron")
+        rates.update(pools if isinstance(pools, dict) else {})
     elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj.values()):
         rates, T = dict(obj), None
     else:
@@ -385,7 +397,17 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         needed = list(dict.fromkeys(
             s for c in mac_layers if _input_mode(c, True) == "spikes"
             for s in ([c.source_site] + [k for k in c.source_mix if k])))
-        _check_rates(rates, needed, site_names, T, name, notes)
+        _check_rates(rates, needed, site_names + list(fg.pools.values()), T, name, notes)
+        unpooled = sorted({p for c in mac_layers if _input_mode(c, True) == "spikes"
+                           for p in c.source_pools.values() if p not in rates})
+        if unpooled:
+            notes.append(
+                f"the rates have no output rate of the spiking max pool(s) {', '.join(unpooled)} "
+                "(measured on a model converted before onnx-snn counted them, or by a deploy "
+                "graph without --spike-counts): the layers after them are charged at the rate "
+                "of the site before the pool, which undercounts them (a pooled output fires as "
+                "often as the busiest input of its window); convert the model again and measure "
+                "its rates with `onnx-snn eval MODEL --json FILE`")
         if any(_input_mode(c, True) == "analog" for c in mac_layers):
             notes.append("some MAC layers are fed by no spiking site (analog input inside the time "
                          "loop): counted as MACs every time step")
@@ -395,15 +417,17 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         mode = _input_mode(c, spiking)
         row = LayerRow(name=c.name, op=c.op, neurons=c.neurons, source_site=c.source_site,
                        input_mode=mode, dnn_flops=c.macs, dnn_energy_pj=c.macs * mac_pj,
-                       source_mix=dict(c.source_mix) if mode == "spikes" else {})
+                       source_mix=dict(c.source_mix) if mode == "spikes" else {},
+                       source_pools=dict(c.source_pools) if mode == "spikes" else {})
         if use_snn:
-            r = rates[c.source_site] if mode == "spikes" else None
+            own = layer_rates(row, rates)
+            r = own[c.source_site] if mode == "spikes" else None
             if r is not None and row.source_mix:   # spikes per input neuron, over all sources
                 spiking = {k: w for k, w in row.source_mix.items() if k}
-                r = sum(w * rates[k] for k, w in spiking.items()) / sum(spiking.values())
+                r = sum(w * own[k] for k, w in spiking.items()) / sum(spiking.values())
             row.spike_rate = r
             row.snn_flops, row.snn_macs, row.snn_acs, row.snn_energy_pj = \
-                layer_energy(c, mode, r, T, mac_pj, ac_pj, rates)
+                layer_energy(c, mode, r, T, mac_pj, ac_pj, own)
         layers.append(row)
     other = [OtherRow(c.name, c.op, c.ops, c.neurons, c.source_site) for c in counts
              if c.kind == "other"]
@@ -453,6 +477,15 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                     notes=notes)
 
 
+def layer_rates(row, rates: Mapping[str, float]) -> Dict[str, float]:
+    """The rate each source of a layer (a :class:`LayerRow` or LayerCount) arrives at:
+    the site's own, or, for a site whose spikes pass a spiking max pool on the way, the
+    pool's output rate when ``rates`` has it."""
+    out = dict(rates)
+    out.update({s: rates[p] for s, p in row.source_pools.items() if p in rates})
+    return out
+
+
 def _site_rows(fg, info, layers: List[LayerRow], counts: List[LayerCount],
                rates: Optional[Mapping[str, float]], T: Optional[int],
                ac_pj: float) -> List[SiteRow]:
@@ -471,7 +504,7 @@ def _site_rows(fg, info, layers: List[LayerRow], counts: List[LayerCount],
             """The part of a layer's SNN cost this site's spikes cause (its ACs)."""
             if not l.source_mix:
                 return getattr(l, what)
-            acs = l.dnn_flops * l.source_mix[s] * r
+            acs = l.dnn_flops * l.source_mix[s] * layer_rates(l, rates)[s]
             return acs if what == "snn_flops" else acs * ac_pj
         rows.append(SiteRow(
             name=s, neurons=int(neurons), spikes_per_neuron=r,

@@ -47,15 +47,15 @@ the graph input through non-spiking ops only: the direct-encoded first layer, wh
 single-call graph computes once, outside the time loop). In a plain DNN every layer is
 ``direct`` (there are no neurons).
 
-Caveat of the pass-through rule: after a spiking max pool (rate-exact: its count is the
-largest count of its window) the pooled outputs fire at least as often as the site's neurons
-on average; the rate of the site is used for the layer after it, as in the paper's per-layer
-formula, which undercounts that layer's operations (an outside audit measured pooled rates
-1.7x and 2.4x the sites' on the shipped model's default conversion: about 6.7 uJ per image
-where this count gives 6.07). Counting the pools' output spikes would make it exact. An
-average pool or a bilinear Resize does turn spikes into fractions (weighted sums of a
-window's spikes); the layer after it is still counted as accumulating at the site's rate,
-the usual approximation for average-pooled SNNs.
+After a spiking max pool (rate-exact: its count is the largest count of its window) the
+pooled outputs fire at least as often as the site's neurons on average (1.7x and 2.4x on the
+shipped model at T = 2): ``source_pools`` names, per source site, the spiking pool its spikes
+pass on the way (the one nearest the layer), and the energy model charges the layer at that
+pool's counted output rate (``eval``'s ``pools``); rates without it (files from before the
+pools were counted) fall back to the site's rate, which undercounts. An average pool or a
+bilinear Resize does turn spikes into fractions (weighted sums of a window's spikes); the
+layer after it is still counted as accumulating at the site's rate, the usual approximation
+for average-pooled SNNs.
 """
 from __future__ import annotations
 
@@ -121,6 +121,9 @@ class LayerCount:
     #: when the input concatenates several sources: each one's share of the input elements
     #: (site name, or "" for a branch that is not spikes); empty for a single source
     source_mix: Dict[str, float] = field(default_factory=dict)
+    #: sources whose spikes reach the layer through a spiking max pool: site -> that pool
+    #: (the one nearest the layer), whose output rate the layer accumulates at
+    source_pools: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +141,8 @@ class FlatGraph:
     data_inputs: List[str]
     weights: set                             # initializers turned into static-shape inputs
     notes: List[str] = field(default_factory=list)       # how the count was made
+    #: a spiking max pool's output tensor -> the pool's name
+    pools: Dict[str, str] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)    # what could not be counted
 
 
@@ -166,11 +171,14 @@ def _with_shape(vi: onnx.ValueInfoProto, dims: Sequence) -> onnx.ValueInfoProto:
 
 
 def _spiking_parts(view: fmt.SpikingView):
-    """(nodes, outputs, initializers, y tensor -> site, site -> node) of a spiking model read
-    as the DNN it runs: the hoisted nodes and one time step, each neuron the identity from
-    its input current to its output, the per-step outputs under the DNN's names."""
+    """(nodes, outputs, initializers, y tensor -> site, site -> node, pool output -> pool)
+    of a spiking model read as the DNN it runs: the hoisted nodes and one time step, each
+    neuron the identity from its input current to its output, the per-step outputs under the
+    DNN's names."""
     sites: Dict[str, str] = {}
     site_nodes: Dict[str, str] = {}
+    pools: Dict[str, str] = {}
+    pool_names = {id(n): p for p, n in view.pools.items()}
     nodes: List[onnx.NodeProto] = list(view.hoisted)
     pool_ops = {fn: op for op, fn in fmt.POOL_OPS.items()}
     for n in view.body:
@@ -179,6 +187,8 @@ def _spiking_parts(view: fmt.SpikingView):
             nodes.append(helper.make_node(pool_ops[n.op_type], [n.input[0]], [n.output[0]],
                                           name=n.name))
             nodes[-1].attribute.extend(n.attribute)
+            if id(n) in pool_names:
+                pools[n.output[0]] = pool_names[id(n)]
             continue
         site = next((s for s, m in view.neurons.items() if m is n), None)
         if site is None:
@@ -189,7 +199,8 @@ def _spiking_parts(view: fmt.SpikingView):
         nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
     rename = {t: o for o, t in view.step_outputs.items() if t != o}
     nodes = [_renamed(n, rename) for n in nodes]
-    return nodes, view.outputs, list(view.initializers.values()), sites, site_nodes
+    pools = {rename.get(t, t): p for t, p in pools.items()}
+    return nodes, view.outputs, list(view.initializers.values()), sites, site_nodes, pools
 
 
 def _split_initializers(inits, used: set):
@@ -238,11 +249,11 @@ def flatten(model: onnx.ModelProto,
     g = model.graph
     spiking = fmt.is_spiking(model)
     if spiking:
-        nodes, outputs, inits, sites, site_nodes = _spiking_parts(
+        nodes, outputs, inits, sites, site_nodes, pools = _spiking_parts(
             fmt.read_spiking(model, g.name or "model"))
     else:  # a plain DNN, or a hand-built graph of neurons without the format's metadata
         nodes, outputs, inits = list(g.node), [o.name for o in g.output], list(g.initializer)
-        sites, site_nodes = {}, {}
+        sites, site_nodes, pools = {}, {}, {}
         for i, n in enumerate(nodes):
             if fmt.is_neuron_node(n):
                 site = fmt.site_of_neuron_node(n.name) or n.output[0]
@@ -267,7 +278,7 @@ def flatten(model: onnx.ModelProto,
     flat.functions.extend(f for f in model.functions if f.domain != fmt.DOMAIN)
     return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=spiking,
                      batch=batch, data_inputs=[i.name for i in inputs],
-                     weights={w.name for w in weights}, warnings=warns)
+                     weights={w.name for w in weights}, warnings=warns, pools=pools)
 
 
 # ------------------------------------------------------------------ shapes
@@ -412,7 +423,7 @@ def _data_input(node: onnx.NodeProto, constant: set) -> str:
     return node.input[0]
 
 
-def _constants(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
+def constant_tensors(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
     """Tensors that depend on no data input (initializers, Constant nodes and their results)."""
     const = {t.name for t in g.initializer} | set(weights)
     inputs = {i.name for i in g.input} - const
@@ -439,11 +450,31 @@ def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapp
     "" for what is not a site's spikes, in the order a depth-first walk (inputs in order)
     reaches them; a ``Concat`` splits its output by its inputs' sizes in ``shapes`` (equally
     when a size is unknown). The shares sum to 1."""
-    shapes = shapes or {}
     out: Dict[str, float] = {}
-    stack = [(tensor, 1.0)]
+    for key, w, _ in _sources(tensor, producers, sites, constant, shapes or {}, {}):
+        out[key] = out.get(key, 0.0) + w
+    return out
+
+
+def source_pools(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
+                 constant: set, pools: Mapping[str, str]) -> Dict[str, str]:
+    """The sources of ``tensor`` (as :func:`source_mix` names them) whose spikes reach it
+    through a spiking max pool: {site: the pool nearest ``tensor`` on the way} (``pools``: a
+    pool's output tensor -> its name). A site reached both ways keeps the pooled path."""
+    out: Dict[str, str] = {}
+    for key, _, pool in _sources(tensor, producers, sites, constant, {}, pools):
+        if key and pool:
+            out.setdefault(key, pool)
+    return out
+
+
+def _sources(tensor, producers, sites, constant, shapes, pools):
+    """The leaves of the pass-through walk from ``tensor``: (site or "", share, the nearest
+    spiking pool passed on the way or None), depth-first, inputs in order."""
+    stack = [(tensor, 1.0, None)]
     while stack:
-        x, w = stack.pop()
+        x, w, via = stack.pop()
+        via = via or pools.get(x)
         key = sites.get(x)
         node = None if key is not None else producers.get(x)
         nxt: List[Tuple[str, float]] = []
@@ -463,11 +494,9 @@ def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapp
             else:
                 nxt = [(node.input[0], w)]
         if nxt:
-            stack.extend(reversed(nxt))
+            stack.extend((t, v, via) for t, v in reversed(nxt))
         else:                       # a site, or where the spikes end (not pass-through)
-            k = key if key is not None else ""
-            out[k] = out.get(k, 0.0) + w
-    return out
+            yield (key if key is not None else ""), w, via
 
 
 def count_flat(fg: FlatGraph) -> List[LayerCount]:
@@ -487,7 +516,7 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
     for n in g.node:
         for o in n.output:
             producers.setdefault(o, n)
-    constant = _constants(g, fg.weights)
+    constant = constant_tensors(g, fg.weights)
     site_dep = walk.dependents(list(g.node), fg.sites.keys())
     names: Dict[str, int] = {}
     rows = []
@@ -506,12 +535,15 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
         per = total // B if total % B == 0 else total / B
         mix = source_mix(x, producers, fg.sites, constant, t.shapes) if x in site_dep else {}
         site = next((k for k in mix if k), None)
+        pooled = source_pools(x, producers, fg.sites, constant, fg.pools) \
+            if x in site_dep and fg.pools else {}
         rows.append(LayerCount(
             name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
             ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,
             input=x, output=n.output[0], output_shape=[int(d) for d in out_shape[1:]],
             source_site=site,
-            direct=x not in site_dep, source_mix=mix if len(mix) > 1 else {}))
+            direct=x not in site_dep, source_mix=mix if len(mix) > 1 else {},
+            source_pools=pooled))
     return rows
 
 

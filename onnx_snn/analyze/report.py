@@ -59,8 +59,8 @@ def _ratio(x: Optional[float]) -> str:
 def format_table(analysis: Analysis, other_ops: bool = False) -> str:
     """The per-layer table with a totals row, then the DNN/SNN ratios and notes.
 
-    Columns: layer, op, neurons (outputs per sample), input (source site, "direct" or
-    "analog"), spikes/neuron (r_{l-1}, over the T steps), DNN FLOPs (MACs), SNN FLOPs (MACs
+    Columns: layer, op, neurons (outputs per sample), input (source site, "site>pool" for
+    spikes that pass a spiking max pool, "direct" or "analog"), spikes/neuron (r_{l-1}, over the T steps), DNN FLOPs (MACs), SNN FLOPs (MACs
     + ACs), DNN and SNN energy. A DNN analysis has only the DNN columns. ``other_ops`` lists
     pooling and additions one by one (they are otherwise summed on one line).
     """
@@ -69,7 +69,9 @@ def format_table(analysis: Analysis, other_ops: bool = False) -> str:
     snn = a.has_snn
     rows = []
     for l in a.layers:
-        src = (("+".join(k or "analog" for k in l.source_mix) if l.source_mix else l.source_site)
+        def named(k):     # a site's spikes after a spiking max pool: "lif1>pool0"
+            return f"{k}>{l.source_pools[k]}" if k in l.source_pools else (k or "analog")
+        src = (("+".join(named(k) for k in l.source_mix) if l.source_mix else named(l.source_site))
                if l.input_mode == "spikes" else l.input_mode)
         r = [l.name, l.op, human(l.neurons)]
         if snn:

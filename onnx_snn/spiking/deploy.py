@@ -229,9 +229,9 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
         _stack_sum(nodes, inits, steps, total, un.opset)
         nodes.append(helper.make_node("Div", [total, t_float], [o], name=f"{fmt.RESERVED_PREFIX}deploy/{o}.mean"))
     if spike_counts:
-        for s in view.info.sites:
-            name = fmt.spikes_name(s.name)
-            _stack_sum(nodes, inits, [r[view.step_spikes[s.name]] for r in per_step], name, un.opset)
+        for s in view.counted:          # the sites, then the counted spiking pools
+            name = fmt.spikes_name(s)
+            _stack_sum(nodes, inits, [r[view.step_spikes[s]] for r in per_step], name, un.opset)
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]))
     nodes = walk.prune(nodes, [o.name for o in outputs])
     used = {i for n in nodes for i in n.input}

@@ -182,9 +182,16 @@ class CounterNames:
         return f"{self.site}.abs"
 
     @property
+    def sign_node(self) -> str:
+        """A spiking pool's: each nonzero output (one spike) counts 1."""
+        return f"{self.site}.sign"
+
+    @property
     def nodes(self) -> tuple:
-        """Every counter node name (a site has three of them, a signed site four)."""
-        return (self.count_node, self.per_amplitude_node, self.round_node, self.abs_node)
+        """Every counter node name (a site has three of them, a signed site four, a pool
+        three: abs, sign, count)."""
+        return (self.count_node, self.per_amplitude_node, self.round_node, self.abs_node,
+                self.sign_node)
 
 
 @dataclass(frozen=True)
@@ -429,6 +436,9 @@ class PoolRecord:
     output: str
     in_shape: List[int]
     out_shape: List[int]
+    #: whether the graph counts the pool's output spikes (``{name}.spikes``, beside the
+    #: sites'): a pool of spikes, in files written since 2026-12-03; absent in older records
+    counted: bool = False
 
     def states(self) -> List["StateSpec"]:
         c, m = POOL_STATES
@@ -441,7 +451,8 @@ class PoolRecord:
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "PoolRecord":
         try:
-            rec = cls(**{f.name: d[f.name] for f in fields(cls)})
+            rec = cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "counted"},
+                      counted=bool(d.get("counted", False)))
             rec.in_shape = [int(x) for x in rec.in_shape]
             rec.out_shape = [int(x) for x in rec.out_shape]
         except (KeyError, TypeError, ValueError) as e:
@@ -586,7 +597,9 @@ class SpikingView:
     ``body``: one time step's DNN work with its neuron calls (spike counters and the loop's
     condition excluded); ``counters``: the spike-counting nodes; ``step_outputs``: for every
     DNN output, the tensor holding its value in one step (itself when time-invariant);
-    ``step_spikes``: for every site, this step's spike count.
+    ``step_spikes``: for every site, and every spiking pool that has a counter (files
+    written since 2026-12-03), this step's spike count; ``counted`` lists them in that
+    order (sites first).
     """
 
     model: onnx.ModelProto
@@ -625,10 +638,21 @@ class SpikingView:
         skip = {TIMESTEPS_INPUT} | set(self.state_inputs) | set(self.initializers)
         return [i.name for i in self.model.graph.input if i.name not in skip]
 
+    @property
+    def counted(self) -> List[str]:
+        """The sites, then the spiking pools whose output spikes the graph counts."""
+        return list(self.step_spikes)
+
+    @property
+    def counted_pools(self) -> List[str]:
+        """The spiking pools whose output spikes the graph counts (``{pool}.spikes``)."""
+        sites = {s.name for s in self.info.sites}
+        return [k for k in self.step_spikes if k not in sites]
+
     def per_step_names(self) -> List[str]:
         """Loop graph: the stacked per-step outputs and spike counts it can expose."""
         return [steps_output_name(o) for o in self.timed_outputs] + \
-            [steps_spikes_name(s.name) for s in self.info.sites]
+            [steps_spikes_name(s) for s in self.counted]
 
     def param(self, site: str, p: str) -> np.ndarray:
         return numpy_helper.to_array(self.initializers[param_name(site, p)])
@@ -680,10 +704,11 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     g = model.graph
     states = [st for s in info.sites for st in s.states()] + \
         [st for p in info.pools for st in p.states()]
+    counted = [s.name for s in info.sites] + [p.name for p in info.pools]
     names = info.outputs or [o.name for o in g.output
-                             if o.name not in {spikes_name(s.name) for s in info.sites}
+                             if o.name not in {spikes_name(s) for s in counted}
                              and o.name not in {st.names.next for st in states}]
-    counter_names = {c for s in info.sites for c in CounterNames(s.name).nodes}
+    counter_names = {c for s in counted for c in CounterNames(s).nodes}
     loop = time_loop(g) if info.graph == GRAPH_LOOP else None
     if info.graph == GRAPH_LOOP:
         if loop is None:
@@ -695,6 +720,8 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
         made = {o for n in body_all for o in n.output}
         step_outputs = {o: step_output_name(o) if step_output_name(o) in made else o for o in names}
         step_spikes = {s.name: step_spikes_name(s.name) for s in info.sites}
+        step_spikes.update({p.name: step_spikes_name(p.name) for p in info.pools
+                            if step_spikes_name(p.name) in made})
         before = list(g.node)[:list(g.node).index(loop)]
         hoisted = walk.prune(before, walk.outer_refs(body_graph) +
                              [o for o, t in step_outputs.items() if t == o])
@@ -703,7 +730,10 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
         flags = walk.depends(nodes, [s.names.input for s in states])
         body_all = [n for n, f in zip(nodes, flags) if f]
         step_outputs = {o: o for o in names}
+        made = {o for n in body_all for o in n.output}
         step_spikes = {s.name: spikes_name(s.name) for s in info.sites}
+        step_spikes.update({p.name: spikes_name(p.name) for p in info.pools
+                            if spikes_name(p.name) in made})
         body_refs = [x for n in body_all for x in walk.node_inputs(n)]
         hoisted = walk.prune([n for n, f in zip(nodes, flags) if not f], body_refs + names)
     counters = [n for n in body_all if n.name in counter_names]

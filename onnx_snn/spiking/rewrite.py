@@ -43,14 +43,34 @@ def spiking_pools(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord]) -> Li
             and len([o for o in n.output if o]) == 1]
 
 
-def pool_records(pools: Sequence[onnx.NodeProto], shapes: Dict[str, Sequence[int]]) -> Dict[str, fmt.PoolRecord]:
+def pool_records(pools: Sequence[onnx.NodeProto], shapes: Dict[str, Sequence[int]],
+                 nm: Optional[NormalizedModel] = None) -> Dict[str, fmt.PoolRecord]:
     """A record per spiking pool (keyed by the DNN node's name), with its per-sample input
-    and output shapes from ``shapes``."""
+    and output shapes from ``shapes``. With ``nm``, a pool whose input is spikes (a site's
+    output, through ops that only move spikes) is ``counted``: the graph counts its output
+    spikes, which the layer after it accumulates (the analyzer's rate for that layer)."""
+    spikes = _spike_tensors(nm) if nm is not None else None
     return {n.name: fmt.PoolRecord(name=f"{fmt.POOL_PREFIX}{i}", node=n.name,
                                    op=POOL_OPS[n.op_type], input=n.input[0], output=n.output[0],
                                    in_shape=[int(d) for d in shapes[n.input[0]]],
-                                   out_shape=[int(d) for d in shapes[n.output[0]]])
+                                   out_shape=[int(d) for d in shapes[n.output[0]]],
+                                   counted=spikes is not None and spikes(n.input[0]))
             for i, n in enumerate(pools)}
+
+
+def _spike_tensors(nm: NormalizedModel):
+    """A test of whether a tensor holds only spikes of the sites: every element reaches a
+    site's output through ops that move spikes (the analyzer's pass-through walk)."""
+    from ..analyze.flops import constant_tensors, source_mix
+    g = nm.model.graph
+    producers = {o: n for n in g.node for o in n.output if o}
+    sites = {s.output: s.name for s in nm.sites}
+    constant = constant_tensors(g)
+
+    def test(tensor: str) -> bool:
+        mix = source_mix(tensor, producers, sites, constant)
+        return bool(mix) and "" not in mix
+    return test
 
 
 def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
@@ -69,6 +89,8 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
             call.attribute.extend(copy.deepcopy(a) for a in node.attribute
                                   if a.name in POOL_ATTRIBUTES)
             out.append(call)
+            if pool.counted:
+                out += _pool_counter_nodes(pool)
             continue
         rec = records.get(node.name)
         if rec is None or node.op_type not in ("Clip", "Relu"):
@@ -107,9 +129,27 @@ def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
             helper.make_node("Round", [c.y_count], [fmt.spikes_name(rec.name)], name=rnd)]
 
 
-def _counter_initializers(rec: fmt.SiteRecord) -> List[onnx.TensorProto]:
-    axes = np.arange(1, len(rec.shape) + 1, dtype=np.int64)
+def _pool_counter_nodes(pool: fmt.PoolRecord) -> List[onnx.NodeProto]:
+    """A spiking max pool's output spikes: each nonzero output is one spike (the pooled
+    running count rose by one; the output is exactly 0 otherwise), so spikes =
+    sum(sign(|y|)), exact, with no amplitude to divide by."""
+    c = fmt.CounterNames(pool.name)
+    return [helper.make_node("Abs", [pool.output], [c.y_abs], name=c.abs_node),
+            helper.make_node("Sign", [c.y_abs], [c.y_count], name=c.sign_node),
+            helper.make_node("ReduceSum", [c.y_count, c.axes], [fmt.spikes_name(pool.name)],
+                             keepdims=0, name=c.count_node)]
+
+
+def _counter_initializers(rec) -> List[onnx.TensorProto]:
+    """The counter's axes (every axis but the batch), for a site or a counted pool."""
+    shape = rec.shape if isinstance(rec, fmt.SiteRecord) else rec.out_shape
+    axes = np.arange(1, len(shape) + 1, dtype=np.int64)
     return [numpy_helper.from_array(axes, fmt.CounterNames(rec.name).axes)]
+
+
+def counted_pools(pools) -> List[fmt.PoolRecord]:
+    """The spiking pools whose output spikes the graph counts."""
+    return [p for p in (pools or {}).values() if p.counted]
 
 
 def _used_site_constants(nm: NormalizedModel, records) -> set:
@@ -132,6 +172,8 @@ def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
     for rec in records.values():
         inits += _site_param_initializers(rec)
         inits += _counter_initializers(rec)
+    for pool in counted_pools(pools):
+        inits += _counter_initializers(pool)
     offsets = [rec for rec in records.values() if rec.has_offset]
     if offsets:     # the graph's indexes, built once (a site's offset changes none of them
         by_name = {t.name: t for t in inits}      # that another site's offset reads)
@@ -236,7 +278,8 @@ def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
     inputs += [float_info(st.names.input, ["N"] + st.shape) for st in states]
     outputs = [copy.deepcopy(o) for o in g.output]
     outputs += [float_info(st.names.next, ["N"] + st.shape) for st in states]
-    outputs += [float_info(fmt.spikes_name(r.name), ["N"]) for r in records.values()]
+    outputs += [float_info(fmt.spikes_name(r.name), ["N"])
+                for r in list(records.values()) + counted_pools(pools)]
     graph = helper.make_graph(nodes, g.name or "snn_step", inputs, outputs)
     model = helper.make_model(graph, opset_imports=opsets(nm))
     _add_initializers(model.graph, inits)
@@ -289,7 +332,7 @@ def loop_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timestep
     """The single-call artifact: hoisted time-invariant work, then a Loop over time steps."""
     nodes, inits = graph_parts(nm, records, pools)
     g = nm.model.graph
-    sites = list(records.values())
+    sites = list(records.values()) + counted_pools(pools)     # everything whose spikes are counted
     states = carried_states(records, pools)
     flags = walk.depends(nodes, [st.names.input for st in states])
     hoisted = [n for n, f in zip(nodes, flags) if not f]

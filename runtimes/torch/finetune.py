@@ -137,6 +137,8 @@ class EpochRecord:
     test_top1: float
     seconds: float
     spikes_per_neuron: Dict[str, float] = field(default_factory=dict)
+    #: per counted spiking max pool: output spikes per pooled neuron over the T steps
+    pool_spikes_per_neuron: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,7 +255,8 @@ class _NonFinite(Exception):
 def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=256,
                    desc="evaluating", show_progress=True, finite_check: bool = False,
                    fixed: Optional[int] = None):
-    """Top-1 (%) and spikes per neuron per site of the torch module on a dataset
+    """Top-1 (%) and spikes per neuron per site (and per counted spiking pool, per pooled
+    output) of the torch module on a dataset
     (``finite_check``: raise _NonFinite on NaN/Inf outputs). ``fixed``: the model's fixed
     batch size: batches of exactly that many, the last one padded with zeros (whose results
     are dropped)."""
@@ -281,6 +284,9 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     bar.close()
     net.train(was)
     per_neuron = {site.name: spikes.get(site.name, 0.0) / n / max(site.neurons, 1) for site in net.sites}
+    counted = set(net.view.counted_pools)    # and each counted pool's, per pooled output
+    per_neuron.update({p.name: spikes.get(p.name, 0.0) / n / max(int(np.prod(p.out_shape)), 1)
+                       for p in net.info.pools if p.name in counted})
     return 100.0 * correct / n, per_neuron
 
 
@@ -532,8 +538,11 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                              finite_check=True, fixed=fixed)
             except _NonFinite:
                 raise diverged(f"the network's test outputs became NaN/Inf after epoch {epoch + 1}") from None
+            pools = {p.name for p in net.info.pools}
             history.append(EpochRecord(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1),
-                                       top1, epoch_seconds[-1], rates))
+                                       top1, epoch_seconds[-1],
+                                       {k: v for k, v in rates.items() if k not in pools},
+                                       {k: v for k, v in rates.items() if k in pools}))
             if top1 > best:
                 best, best_epoch = top1, epoch + 1
                 write_model(epoch + 1, top1)

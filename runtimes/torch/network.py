@@ -67,7 +67,8 @@ def _folded_sites(model: onnx.ModelProto) -> set:
 
 class SpikingNetwork(nn.Module):
     """A spiking ONNX model as a module: ``forward(x, timesteps=None)`` returns the
-    time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``)."""
+    time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``, and
+    the same for every spiking max pool whose output spikes the file counts)."""
 
     def __init__(self, model: onnx.ModelProto, train_thresholds: bool = True,
                  train_leaks: bool = True, train_amplitudes: bool = True,
@@ -120,10 +121,13 @@ class SpikingNetwork(nn.Module):
         """(time-invariant nodes, one time step's nodes, per-step output names), each cut
         down to what the outputs and the next states need (spikes are counted natively)."""
         site_of = {n.name: s for s, n in view.neurons.items()}
+        counted = set(view.counted_pools)     # pools whose output spikes the file counts
+        site_of.update({n.name: p for p, n in view.pools.items() if p in counted})
 
         def conv(nodes):
             return [_Node(n.op_type, n.name, list(n.input), list(n.output), parse_attrs(n),
-                          site_of.get(n.name) if n.op_type in fmt.NEURON_OPS else None)
+                          site_of.get(n.name) if n.op_type in fmt.NEURON_OPS or
+                          n.op_type in _POOLS else None)
                     for n in nodes]
 
         outputs = [view.step_outputs[o] for o in view.outputs]
@@ -197,6 +201,8 @@ class SpikingNetwork(nn.Module):
                 x, c, m = (env[i] for i in n.inputs)
                 y, c_next, m_next = max_pool_step(x, c, m, lambda t: run_op(_POOLS[n.op], n.attrs, [t])[0])
                 env[n.outputs[0]], env[n.outputs[1]], env[n.outputs[2]] = y, c_next, m_next
+                if n.site is not None:      # a counted pool: each nonzero output is a spike
+                    spikes[n.site] = (y.detach() != 0).to(y.dtype)
             else:
                 outs = run_op(n.op, n.attrs, [env.get(i) if i else None for i in n.inputs])
                 for name, val in zip(n.outputs, outs):
@@ -235,7 +241,8 @@ class SpikingNetwork(nn.Module):
         self._run(self.hoisted, env, masks, {})
         states = {st.names.input: self._initial_state(st, n, first) for st in self.view.states}
         acc = [None] * len(self.outputs)
-        totals = {s.name: torch.zeros(n, device=first.device) for s in self.sites} if record_spikes else {}
+        counted = self.view.counted       # the sites, then the counted spiking pools
+        totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         for _ in range(T):
             step = dict(env)
             step.update(states)
@@ -245,8 +252,8 @@ class SpikingNetwork(nn.Module):
                 acc[i] = step[o] if acc[i] is None else acc[i] + step[o]
             states = {st.names.input: step[st.names.next] for st in self.view.states}
             if record_spikes:
-                for s in self.sites:
-                    totals[s.name] += fired[s.name].detach().reshape(n, -1).sum(1)
+                for s in counted:
+                    totals[s] += fired[s].detach().reshape(n, -1).sum(1)
         self.last_spikes = totals
         outs = [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
