@@ -45,6 +45,7 @@ def test_bench_energy_small(fmnist_test):
     assert set(row["spikes_per_image"]) == {"lif0", "lif1", "lif2", "lif3", "lif4", "pool0", "pool1"}
 
 
+@pytest.mark.slow   # 61 s: SpikingJelly's conversion beside onnx-snn's (make bench runs it in full)
 def test_bench_peer_small(fmnist_test):
     """The side-by-side benchmark end to end on a few images (SpikingJelly from the bench extra)."""
     pytest.importorskip("torch")
@@ -67,6 +68,7 @@ def test_bench_peer_small(fmnist_test):
     assert m["throughput"]["onnx_snn_deploy_onnxruntime"] > 0
 
 
+@pytest.mark.slow   # 35 s: SGL epochs of the DNN, onnx-snn and SpikingJelly
 def test_bench_sgl_small(fmnist_test):
     pytest.importorskip("torch")  # every job trains in PyTorch
     r = run_tool("tools/bench_sgl.py", "--images", "256", "--batch", "32", "-T", "1", "--no-peer")
@@ -103,6 +105,7 @@ def test_profile_convert_small(fmnist_test):
     assert q.returncode == 2 and "drop --model/--data" in q.stderr
 
 
+@pytest.mark.slow   # 16 s: the GPU script's CPU smoke run
 def test_bench_gpu_smoke_on_cpu(fmnist_test):
     """The prepared GPU check runs end to end on the CPU: onnxruntime's CUDA part says why it
     is skipped when the provider is missing, the torch part times both networks."""
@@ -223,6 +226,7 @@ def test_bench_deep_small(fmnist_test):
     assert isinstance(net["dnn"], float) and net["cost"]["seconds"] > 0
 
 
+@pytest.mark.slow   # 22 s: fine-tuning; the benchmark's conversion part stays in the default run
 def test_bench_deep_finetune_only(fmnist_test):
     """--finetune-only runs the SGL job alone, at the learning rate asked for, and records it."""
     r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--finetune-only", "--finetune-lr",

@@ -464,6 +464,7 @@ def test_train_resume_and_export(tmp_path, capsys):
     assert [h["epoch"] for h in record3["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow   # 30 s: two trainings
 def test_train_with_levels_records_both_accuracies(tmp_path, capsys):
     if not _fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed")
