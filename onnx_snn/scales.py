@@ -58,6 +58,7 @@ class SearchConfig:
     bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
+    weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
     search_stride: int = 1           # per-channel search: every stride-th percentile, then
                                      # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
@@ -80,6 +81,11 @@ class SearchConfig:
         if int(self.search_stride) != self.search_stride or self.search_stride < 1:
             raise ValueError(f"search stride must be a whole number >= 1, not {self.search_stride}")
         self.search_stride = int(self.search_stride)
+        if isinstance(self.weight_holdout, bool) or int(self.weight_holdout) != self.weight_holdout \
+                or self.weight_holdout < 2:
+            raise ValueError(f"weight_holdout (every k-th calibration batch held out) must be a "
+                             f"whole number >= 2, not {self.weight_holdout}")
+        self.weight_holdout = int(self.weight_holdout)
         if self.sequential_sample < 1:
             raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):

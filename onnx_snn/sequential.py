@@ -309,7 +309,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     layer_rows: List[dict] = []
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     for f in pending:
-        f.n_batches = len(starts)
+        f.n_batches, f.holdout = len(starts), cfg.weight_holdout
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:

@@ -97,6 +97,10 @@ VARIANTS["deng-signed"] = ("deng", {"signed_spikes": True})
 #: the per-channel search coarse to fine (``convert --search-stride 4``), seeds 0-3
 STRIDE4 = {"refined-stride4": 0, **{f"refined-stride4-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"search_stride": 4}) for name in STRIDE4})
+#: the weight calibration's verdict from every fifth calibration batch (the default until
+#: 2026-12-03; now every second), seeds 0-3
+HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
+VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -130,7 +134,7 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         return out
     for T in Ts:
         t0 = time.perf_counter()
-        seed = {**SEEDS, **POOL_FIRST, **SIGNED, **STRIDE4}.get(method, 0)
+        seed = {**SEEDS, **POOL_FIRST, **SIGNED, **STRIDE4, **HOLDOUT5}.get(method, 0)
         snn = onnx_snn.build(nm, cal, T, base, cfg, seed=seed)
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
