@@ -423,7 +423,7 @@ def _data_input(node: onnx.NodeProto, constant: set) -> str:
     return node.input[0]
 
 
-def constant_tensors(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
+def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
     """Tensors that depend on no data input (initializers, Constant nodes and their results)."""
     const = {t.name for t in g.initializer} | set(weights)
     inputs = {i.name for i in g.input} - const
@@ -516,7 +516,7 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
     for n in g.node:
         for o in n.output:
             producers.setdefault(o, n)
-    constant = constant_tensors(g, fg.weights)
+    constant = constant_names(g, fg.weights)
     site_dep = walk.dependents(list(g.node), fg.sites.keys())
     names: Dict[str, int] = {}
     rows = []

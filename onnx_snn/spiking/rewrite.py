@@ -61,11 +61,11 @@ def pool_records(pools: Sequence[onnx.NodeProto], shapes: Dict[str, Sequence[int
 def _spike_tensors(nm: NormalizedModel):
     """A test of whether a tensor holds only spikes of the sites: every element reaches a
     site's output through ops that move spikes (the analyzer's pass-through walk)."""
-    from ..analyze.flops import constant_tensors, source_mix
+    from ..analyze.flops import constant_names, source_mix
     g = nm.model.graph
     producers = {o: n for n in g.node for o in n.output if o}
     sites = {s.output: s.name for s in nm.sites}
-    constant = constant_tensors(g)
+    constant = constant_names(g)
 
     def test(tensor: str) -> bool:
         mix = source_mix(tensor, producers, sites, constant)
