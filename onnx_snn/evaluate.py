@@ -198,14 +198,10 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         sites, pools = {}, {}
         if runner.spiking:
             counted = runner.deploy_spikes if runner.deploy else runner.view.counted
-            for s in runner.info.sites:
-                if runner.deploy and s.name not in counted:
-                    continue   # a deploy graph without its spike counters
-                sites[s.name] = _activity(s.name, s.neurons, spikes[t].get(s.name, 0.0) / n, t)
-            for p in runner.info.pools:
-                if p.name in counted:
-                    pools[p.name] = _activity(p.name, int(np.prod(p.out_shape)),
-                                              spikes[t].get(p.name, 0.0) / n, t)
+            for recs, into in ((runner.info.sites, sites), (runner.info.pools, pools)):
+                for s in recs:   # not in a deploy graph without its counters, nor an uncounted pool
+                    if s.name in counted:
+                        into[s.name] = _activity(s.name, s.neurons, spikes[t].get(s.name, 0.0) / n, t)
         out[t] = EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
                             correct=correct[t] if ds.y is not None else None,
                             top1=100.0 * correct[t] / n if ds.y is not None else None,

@@ -213,11 +213,8 @@ def folded_model(nm, records, timesteps, meta, input_shapes=None, pools=None):
     for p in counted_pools:    # each nonzero pooled output is a spike (see rewrite)
         c = fmt.CounterNames(p.name)
         y_step = _name(p.output, "count_steps")
-        out += [helper.make_node("Abs", [p.output], [c.y_abs], name=c.abs_node),
-                helper.make_node("Sign", [c.y_abs], [c.y_count], name=c.sign_node),
-                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
-                                 name=c.count_node),
-                helper.make_node("Reshape", [c.y_sum, lead], [y_step], name=y_step),
+        out += rewrite.pool_counter_nodes(p, c.y_sum)     # per row of the T x N batch
+        out += [helper.make_node("Reshape", [c.y_sum, lead], [y_step], name=y_step),
                 helper.make_node("ReduceSum", [y_step, fmt.TIME_AXIS], [fmt.spikes_name(p.name)],
                                  keepdims=0, name=fmt.site_total_node(p.name))]
     inputs = [rewrite.pinned(i, input_shapes) for i in data_inputs]

@@ -450,22 +450,24 @@ def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapp
     "" for what is not a site's spikes, in the order a depth-first walk (inputs in order)
     reaches them; a ``Concat`` splits its output by its inputs' sizes in ``shapes`` (equally
     when a size is unknown). The shares sum to 1."""
-    out: Dict[str, float] = {}
-    for key, w, _ in _sources(tensor, producers, sites, constant, shapes or {}, {}):
-        out[key] = out.get(key, 0.0) + w
-    return out
+    return source_mix_and_pools(tensor, producers, sites, constant, shapes)[0]
 
 
-def source_pools(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
-                 constant: set, pools: Mapping[str, str]) -> Dict[str, str]:
-    """The sources of ``tensor`` (as :func:`source_mix` names them) whose spikes reach it
+def source_mix_and_pools(tensor: str, producers: Mapping[str, onnx.NodeProto],
+                         sites: Mapping[str, str], constant: set,
+                         shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                         pools: Optional[Mapping[str, str]] = None
+                         ) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """:func:`source_mix`, and from the same walk the sources whose spikes reach ``tensor``
     through a spiking max pool: {site: the pool nearest ``tensor`` on the way} (``pools``: a
     pool's output tensor -> its name). A site reached both ways keeps the pooled path."""
-    out: Dict[str, str] = {}
-    for key, _, pool in _sources(tensor, producers, sites, constant, {}, pools):
+    mix: Dict[str, float] = {}
+    pooled: Dict[str, str] = {}
+    for key, w, pool in _sources(tensor, producers, sites, constant, shapes or {}, pools or {}):
+        mix[key] = mix.get(key, 0.0) + w
         if key and pool:
-            out.setdefault(key, pool)
-    return out
+            pooled.setdefault(key, pool)
+    return mix, pooled
 
 
 def _sources(tensor, producers, sites, constant, shapes, pools):
@@ -533,10 +535,9 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
             names[name] = 0
         x = _data_input(n, constant)
         per = total // B if total % B == 0 else total / B
-        mix = source_mix(x, producers, fg.sites, constant, t.shapes) if x in site_dep else {}
+        mix, pooled = source_mix_and_pools(x, producers, fg.sites, constant, t.shapes, fg.pools) \
+            if x in site_dep else ({}, {})
         site = next((k for k in mix if k), None)
-        pooled = source_pools(x, producers, fg.sites, constant, fg.pools) \
-            if x in site_dep and fg.pools else {}
         rows.append(LayerCount(
             name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
             ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,

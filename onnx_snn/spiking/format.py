@@ -440,6 +440,11 @@ class PoolRecord:
     #: sites'): a pool of spikes, in files written since 2026-12-03; absent in older records
     counted: bool = False
 
+    @property
+    def neurons(self) -> int:
+        """Pooled outputs per sample."""
+        return int(math.prod(int(d) for d in self.out_shape))
+
     def states(self) -> List["StateSpec"]:
         c, m = POOL_STATES
         return [StateSpec(StateNames(self.name, c), list(self.in_shape)),

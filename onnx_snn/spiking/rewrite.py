@@ -90,7 +90,7 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
                                   if a.name in POOL_ATTRIBUTES)
             out.append(call)
             if pool.counted:
-                out += _pool_counter_nodes(pool)
+                out += pool_counter_nodes(pool)
             continue
         rec = records.get(node.name)
         if rec is None or node.op_type not in ("Clip", "Relu"):
@@ -129,14 +129,15 @@ def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
             helper.make_node("Round", [c.y_count], [fmt.spikes_name(rec.name)], name=rnd)]
 
 
-def _pool_counter_nodes(pool: fmt.PoolRecord) -> List[onnx.NodeProto]:
-    """A spiking max pool's output spikes: each nonzero output is one spike (the pooled
-    running count rose by one; the output is exactly 0 otherwise), so spikes =
-    sum(sign(|y|)), exact, with no amplitude to divide by."""
+def pool_counter_nodes(pool: fmt.PoolRecord, total: Optional[str] = None) -> List[onnx.NodeProto]:
+    """A spiking max pool's output spikes, per sample, into ``total`` (default
+    ``<pool>.spikes``): each nonzero output is one spike (the pooled running count rose by
+    one; the output is exactly 0 otherwise), so spikes = sum(sign(|y|)), exact, with no
+    amplitude to divide by."""
     c = fmt.CounterNames(pool.name)
     return [helper.make_node("Abs", [pool.output], [c.y_abs], name=c.abs_node),
             helper.make_node("Sign", [c.y_abs], [c.y_count], name=c.sign_node),
-            helper.make_node("ReduceSum", [c.y_count, c.axes], [fmt.spikes_name(pool.name)],
+            helper.make_node("ReduceSum", [c.y_count, c.axes], [total or fmt.spikes_name(pool.name)],
                              keepdims=0, name=c.count_node)]
 
 

@@ -285,7 +285,7 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     net.train(was)
     per_neuron = {site.name: spikes.get(site.name, 0.0) / n / max(site.neurons, 1) for site in net.sites}
     counted = set(net.view.counted_pools)    # and each counted pool's, per pooled output
-    per_neuron.update({p.name: spikes.get(p.name, 0.0) / n / max(int(np.prod(p.out_shape)), 1)
+    per_neuron.update({p.name: spikes.get(p.name, 0.0) / n / max(p.neurons, 1)
                        for p in net.info.pools if p.name in counted})
     return 100.0 * correct / n, per_neuron
 
