@@ -71,6 +71,8 @@ from onnx import helper
 
 from ..errors import UnsupportedModelError
 from ..graph import walk
+from ..graph.sources import (PASS_THROUGH, constant_names, source_mix,  # noqa: F401 (re-exported)
+                             source_mix_and_pools, source_site)
 from ..spiking import format as fmt
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -83,12 +85,6 @@ REDUCE_OPS = ("ReduceMean", "ReduceSum")
 UNCOUNTED_MAC_OPS = ("Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                      "FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention",
                      "LSTM", "GRU", "RNN")
-#: ops the source-site walk passes through (data input(s) only)
-PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
-                "ReduceMean", "ReduceSum",
-                "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
-                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize")
-
 SMALL_INITIALIZER = 1024    # elements; larger initializers are weights, kept as shapes only
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -421,84 +417,6 @@ def _data_input(node: onnx.NodeProto, constant: set) -> str:
     if node.op_type == "MatMul" and node.input[0] in constant and node.input[1] not in constant:
         return node.input[1]
     return node.input[0]
-
-
-def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
-    """Tensors that depend on no data input (initializers, Constant nodes and their results)."""
-    const = {t.name for t in g.initializer} | set(weights)
-    inputs = {i.name for i in g.input} - const
-    for n in g.node:
-        ins = [i for i in n.input if i]
-        if all(i in const for i in ins) and not any(i in inputs for i in ins):
-            const.update(o for o in n.output if o)
-    return const
-
-
-def source_site(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
-                constant: set) -> Optional[str]:
-    """The site whose spikes reach ``tensor`` through pass-through ops only (else None).
-
-    Depth-first, inputs in order: for a ``Concat`` the first site found is returned.
-    """
-    return next((k for k in source_mix(tensor, producers, sites, constant) if k), None)
-
-
-def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
-               constant: set, shapes: Optional[Mapping[str, Sequence[int]]] = None
-               ) -> Dict[str, float]:
-    """Where the elements of ``tensor`` come from, through pass-through ops: {site: share},
-    "" for what is not a site's spikes, in the order a depth-first walk (inputs in order)
-    reaches them; a ``Concat`` splits its output by its inputs' sizes in ``shapes`` (equally
-    when a size is unknown). The shares sum to 1."""
-    return source_mix_and_pools(tensor, producers, sites, constant, shapes)[0]
-
-
-def source_mix_and_pools(tensor: str, producers: Mapping[str, onnx.NodeProto],
-                         sites: Mapping[str, str], constant: set,
-                         shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                         pools: Optional[Mapping[str, str]] = None
-                         ) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """:func:`source_mix`, and from the same walk the sources whose spikes reach ``tensor``
-    through a spiking max pool: {site: the pool nearest ``tensor`` on the way} (``pools``: a
-    pool's output tensor -> its name). A site reached both ways keeps the pooled path."""
-    mix: Dict[str, float] = {}
-    pooled: Dict[str, str] = {}
-    for key, w, pool in _sources(tensor, producers, sites, constant, shapes or {}, pools or {}):
-        mix[key] = mix.get(key, 0.0) + w
-        if key and pool:
-            pooled.setdefault(key, pool)
-    return mix, pooled
-
-
-def _sources(tensor, producers, sites, constant, shapes, pools):
-    """The leaves of the pass-through walk from ``tensor``: (site or "", share, the nearest
-    spiking pool passed on the way or None), depth-first, inputs in order."""
-    stack = [(tensor, 1.0, None)]
-    while stack:
-        x, w, via = stack.pop()
-        via = via or pools.get(x)
-        key = sites.get(x)
-        node = None if key is not None else producers.get(x)
-        nxt: List[Tuple[str, float]] = []
-        if node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
-            if node.op_type == "Concat":
-                ins = [i for i in node.input if i]
-                sizes = [_prod(shapes[i]) if shapes.get(i) is not None and
-                         all(isinstance(d, int) and d >= 0 for d in shapes[i]) else None
-                         for i in ins]
-                if any(z is None for z in sizes) or not sum(sizes):
-                    sizes = [1] * len(ins)
-                nxt = [(i, w * z / sum(sizes)) for i, z in zip(ins, sizes)]
-            elif node.op_type in ("Mul", "Div"):
-                if len(node.input) >= 2 and (node.input[1] in constant or
-                                             (node.op_type == "Mul" and node.input[0] in constant)):
-                    nxt = [([i for i in node.input[:2] if i not in constant][0], w)]
-            else:
-                nxt = [(node.input[0], w)]
-        if nxt:
-            stack.extend((t, v, via) for t, v in reversed(nxt))
-        else:                       # a site, or where the spikes end (not pass-through)
-            yield (key if key is not None else ""), w, via
 
 
 def count_flat(fg: FlatGraph) -> List[LayerCount]:

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import UnsupportedModelError
 from ..graph import walk
 from ..graph.normalize import NormalizedModel
+from ..graph.sources import constant_names, source_mix
 from . import format as fmt
 from .neuron import (POOL_ATTRIBUTES, POOL_OPS, neuron_function, pool_functions,
                      signed_neuron_function)
@@ -60,8 +61,8 @@ def pool_records(pools: Sequence[onnx.NodeProto], shapes: Dict[str, Sequence[int
 
 def _spike_tensors(nm: NormalizedModel):
     """A test of whether a tensor holds only spikes of the sites: every element reaches a
-    site's output through ops that move spikes (the analyzer's pass-through walk)."""
-    from ..analyze.flops import constant_names, source_mix
+    site's output through ops that move spikes (the pass-through walk of graph.sources, the
+    analyzer's too)."""
     g = nm.model.graph
     producers = {o: n for n in g.node for o in n.output if o}
     sites = {s.output: s.name for s in nm.sites}
