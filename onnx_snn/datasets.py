@@ -443,21 +443,38 @@ def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],
 
 
 def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
-    """A named dataset's NCHW images in the layout of the model's one image input: transposed
-    to NHWC when the input's dims are [N, H, W, C] (tf2onnx, Keras and JAX exports put the
-    channels last) and not [N, C, H, W]; ``x`` itself otherwise (the shape check that follows
-    names any other mismatch). ``specs``: the model's (input name, dims) list."""
-    if x.ndim != 4 or not specs or len(specs) != 1 or len(specs[0][1]) != 4:
+    """A named dataset's NCHW images in the layout of the model's one image input:
+
+    * transposed to NHWC when the input's dims are [N, H, W, C] (tf2onnx, Keras and JAX
+      exports put the channels last) and not [N, C, H, W];
+    * for one-channel images, [N, H, W] without the channel axis, or [N, H * W] flattened,
+      when the input takes that (an MLP for MNIST-like data, a Keras model whose first layer
+      is Flatten): with one channel both memory orders flatten alike. A flat input of
+      several channels is ambiguous (NCHW or NHWC order?) and left to the shape check;
+
+    ``x`` itself otherwise (the shape check that follows names any other mismatch).
+    ``specs``: the model's (input name, dims) list."""
+    if x.ndim != 4 or not specs or len(specs) != 1:
         return x
 
     def fits(dims, shape):
-        return all(d is None or d == s for d, s in zip(dims, shape))
-    dims, (c, h, w) = specs[0][1][1:], x.shape[1:]
-    if fits(dims, (c, h, w)) or not fits(dims, (h, w, c)):
+        return len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape))
+    name, dims = specs[0][0], list(specs[0][1][1:])
+    (c, h, w), log = x.shape[1:], logging.getLogger("onnx_snn")
+    if fits(dims, (c, h, w)):
         return x
-    logging.getLogger("onnx_snn").info("%s: fed channels-last [N, %d, %d, %d], as the model's input '%s' takes it",
-             where, h, w, c, specs[0][0])
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if fits(dims, (h, w, c)):
+        log.info("%s: fed channels-last [N, %d, %d, %d], as the model's input '%s' takes it",
+                 where, h, w, c, name)
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if c == 1 and fits(dims, (h, w)):
+        log.info("%s: fed as [N, %d, %d] (no channel axis), as the model's input '%s' takes it",
+                 where, h, w, name)
+        return x.reshape(len(x), h, w)
+    if c == 1 and fits(dims, (h * w,)) and dims[0] is not None:
+        log.info("%s: fed flattened [N, %d], as the model's input '%s' takes it", where, h * w, name)
+        return x.reshape(len(x), h * w)
+    return x
 
 
 def check_finite(x: np.ndarray, where: str) -> None:

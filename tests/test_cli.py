@@ -484,6 +484,50 @@ def test_named_datasets_feed_a_channels_last_model(tmp_path):
     assert to_input_layout(x, [("a", [None, 32, 32, 3]), ("b", [None, 1])], "t").shape == x.shape
 
 
+def _mlp_model(in_shape, seed=0) -> onnx.ModelProto:
+    """An MLP for one-channel 28 x 28 images that takes them without a channel axis:
+    [N, 28, 28] (a Keras model whose first layer is Flatten) or already flat, [N, 784]."""
+    g = B.GraphBuilder(13, seed)
+    x = g.node("Flatten", ["image"]) if len(in_shape) > 1 else "image"
+    x = g.act(g.gemm(x, 784, 32, matmul=True), "relu")
+    return g.model("image", g.gemm(x, 32, 10, matmul=True), list(in_shape), 10)
+
+
+@pytest.mark.parametrize("in_shape", [(28, 28), (784,)], ids=["no-channel-axis", "flat"])
+def test_named_datasets_feed_a_model_without_a_channel_axis(in_shape, tmp_path):
+    """A one-channel dataset's [N, 1, 28, 28] images are fed to a model that takes [N, 28, 28]
+    or [N, 784] (they were refused as a shape mismatch): convert, eval and finetune's loader
+    give what the same images reshaped by hand give. A flat input of several channels stays
+    refused (NCHW or NHWC order is ambiguous)."""
+    from onnx_snn.datasets import load_fashion_mnist, to_input_layout
+    dnn = tmp_path / "mlp.onnx"
+    onnx.save(_mlp_model(in_shape), str(dnn))
+    snn = tmp_path / "mlp.snn.onnx"
+    assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "64",
+                 "--mean", "0.286", "--std", "0.353", "-o", str(snn)]) == 0
+    test = load_fashion_mnist("test")
+    npz = tmp_path / "test_mlp.npz"
+    np.savez(npz, x=((test.x[:200] - 0.286) / 0.353).reshape(200, *in_shape), y=test.y[:200])
+    for model in (dnn, snn):
+        a, b = tmp_path / "a.json", tmp_path / "b.json"
+        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200",
+                     "--mean", "0.286", "--std", "0.353", "--json", str(a)]) == 0
+        assert main(["-q", "eval", str(model), "--data", str(npz), "--json", str(b)]) == 0
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+        assert ra["top1"] == rb["top1"], (model, ra["top1"], rb["top1"])
+    pytest.importorskip("torch")
+    from onnx_snn.runtimes.torch.finetune import load_split
+    from onnx_snn.spiking import format as fmt
+    view = fmt.read_spiking(onnx.load(str(snn)), str(snn))
+    train = load_split(view.model, "fashion-mnist", "train", 8, None, view)
+    assert train.x.shape == (8, *in_shape)
+    x1, x3 = np.zeros((2, 1, 28, 28), np.float32), np.zeros((2, 3, 32, 32), np.float32)
+    assert to_input_layout(x1, [("x", [None, *in_shape])], "t").shape == (2, *in_shape)
+    assert to_input_layout(x1, [("x", [None, None])], "t").shape == x1.shape   # unknown: kept
+    assert to_input_layout(x3, [("x", [None, 32, 96])], "t").shape == x3.shape
+    assert to_input_layout(x3, [("x", [None, 3072])], "t").shape == x3.shape
+
+
 def test_json_outputs_are_strict_json(tmp_path):
     """A NaN in a report (a weight calibration with no held-out batch has no held-out error)
     is written as null: every parser reads the file (bare NaN tokens are not JSON)."""
