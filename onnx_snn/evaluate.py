@@ -112,6 +112,20 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
+def _predicted(out: np.ndarray, ds: Dataset, first: bool) -> np.ndarray:
+    """The predicted classes from a model's first output: the argmax of [N, classes] scores,
+    or the output itself when it is integer class ids, [N] or [N, 1] (a DNN exported with its
+    ArgMax head; its spiking model outputs the scores)."""
+    if out.dtype.kind in "iu" and (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+        return out.reshape(-1)
+    if out.ndim != 2:
+        raise DataError(f"the model's first output has shape {list(out.shape)}; top-1 needs "
+                        "[N, classes] scores or [N] integer class ids")
+    if first:
+        check_label_range(ds.y, out.shape[1], ds.name)
+    return out.argmax(1)
+
+
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False) -> Dict[int, EvalResult]:
     from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
@@ -182,12 +196,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             else:
                 logits, counts = r.outputs[0], r.spikes
             if ds.y is not None:
-                if logits.ndim != 2:
-                    raise DataError(f"the model's first output has shape {list(logits.shape)}; "
-                                    "top-1 needs [N, classes] logits")
-                if start == 0:
-                    check_label_range(ds.y, logits.shape[1], ds.name)
-                correct[t] += int(np.count_nonzero(logits.argmax(1) == ds.y[start:start + nb]))
+                correct[t] += int(np.count_nonzero(_predicted(logits, ds, start == 0) ==
+                                                   ds.y[start:start + nb]))
             for k, v in counts.items():
                 spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
         bar.update(nb, **({"top1": 100.0 * correct[T] / (start + nb)} if ds.y is not None else {}))

@@ -146,27 +146,76 @@ def test_an_upper_clamp_of_a_non_negative_tensor_is_a_clipped_relu(kind, opset):
     assert np.corrcoef(dnn.ravel(), spiking.ravel())[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("head", ["argmax", "softmax_and_argmax", "logsoftmax_twice"])
-def test_output_post_processing_is_refused_saying_what_to_do(head):
-    """A serving signature's head (class ids from an ArgMax, a final Softmax also read by
-    another node) is not a hidden nonlinearity: the message says to export without it."""
+def _with_head(head: str) -> onnx.ModelProto:
+    """A small classifier exported with a serving head after its logits."""
+    b = B.GraphBuilder(13)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    ids = lambda t, **kw: h.make_tensor_value_info(t, onnx.TensorProto.INT64, kw.get("shape", ["N"]))
+    outs = []
+    if head == "argmax":
+        outs.append(ids(b.node("ArgMax", [logits], axis=1, keepdims=0)))
+    elif head == "argmax_cast":                  # class ids as int32, [N, 1]
+        a = b.node("ArgMax", [logits], axis=1, keepdims=1)
+        outs.append(h.make_tensor_value_info(b.node("Cast", [a], to=onnx.TensorProto.INT32),
+                                             onnx.TensorProto.INT32, ["N", 1]))
+    elif head == "logits_and_ids":
+        outs += [h.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, ["N", 10]),
+                 ids(b.node("ArgMax", [logits], axis=1, keepdims=0))]
+    elif head == "softmax_and_argmax":
+        p = b.node("Softmax", [logits], axis=1)
+        outs += [h.make_tensor_value_info(p, onnx.TensorProto.FLOAT, ["N", 10]),
+                 ids(b.node("ArgMax", [p], axis=1, keepdims=0))]
+    elif head == "topk":
+        v = b.node("TopK", [logits, b.const(np.array([3], np.int64))], n_out=2, axis=1)
+        i = b.nodes[-1].output[1]
+        outs += [h.make_tensor_value_info(v, onnx.TensorProto.FLOAT, ["N", 3]), ids(i, shape=["N", 3])]
+    m = b.model("input", logits, (1, 12, 12), 10)
+    del m.graph.output[:]
+    m.graph.output.extend(outs)
+    return m
+
+
+@pytest.mark.parametrize("head", ["argmax", "argmax_cast", "logits_and_ids", "softmax_and_argmax",
+                                  "topk"])
+def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
+    """A serving signature's head (class ids from an ArgMax or TopK, cast or not, beside the
+    scores or instead of them) is dropped with a note: the spiking model's first output is
+    the scores the head read, and at large T its argmax is the DNN's class ids."""
+    from onnx_snn.convert import prepare
+    from onnx_snn.evaluate import _predicted
+    m = _with_head(head)
+    nm = prepare(m)
+    notes = " ".join(nm.notes)
+    assert "dropped the output head" in notes and ("ArgMax" in notes or "TopK" in notes), notes
+    x = B.rand_input(64)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    outs = run(m, x).outputs
+    spiking = run(snn.model, x).outputs[0]
+    assert spiking.ndim == 2 and spiking.shape[1] == 10
+    want = outs[-1] if head == "topk" else next(o for o in outs if o.dtype.kind == "i")
+    want = want[:, 0] if head == "topk" else want.reshape(-1)
+    assert np.mean(spiking.argmax(1) == want) >= 0.95
+    if head != "topk":      # eval scores a DNN whose first output is class ids
+        ds = type("D", (), {"y": want, "name": "t"})()
+        assert np.array_equal(_predicted(outs[0], ds, True), want)
+
+
+@pytest.mark.parametrize("head", ["logsoftmax_twice", "argmax_feeds_the_network"])
+def test_output_post_processing_that_cannot_be_dropped_is_refused_saying_what_to_do(head):
+    """A final Softmax also read by another output, or class ids the network goes on to use,
+    is not a head that can be dropped: the message says to export without it."""
     b = B.GraphBuilder(13)
     logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
     extra = []
-    if head == "argmax":
-        out = b.node("ArgMax", [logits], axis=1, keepdims=0)
-    elif head == "softmax_and_argmax":
-        out = b.node("Softmax", [logits], axis=1)
-        extra.append(h.make_tensor_value_info(b.node("ArgMax", [out], axis=1, keepdims=0),
-                                              onnx.TensorProto.INT64, ["N"]))
-    else:
+    if head == "logsoftmax_twice":
         out = b.node("LogSoftmax", [logits], axis=1)
         extra.append(h.make_tensor_value_info(b.node("Identity", [out]), onnx.TensorProto.FLOAT, ["N", 10]))
+    else:
+        ids = b.node("ArgMax", [logits], axis=1, keepdims=1)
+        out = b.node("Add", [logits, b.node("Cast", [ids], to=onnx.TensorProto.FLOAT)])
     m = b.model("input", out, (1, 12, 12), 10)
-    if head == "argmax":
-        m.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
     m.graph.output.extend(extra)
-    with pytest.raises(UnsupportedModelError, match="export the model without its post-processing"):
+    with pytest.raises(UnsupportedModelError, match="ArgMax|export the model without its post-processing"):
         from onnx_snn.convert import prepare
         prepare(m)
 

@@ -1,5 +1,5 @@
-"""Passes that drop what has no place in a spiking graph: final softmax, Identity, Dropout,
-unused extra outputs."""
+"""Passes that drop what has no place in a spiking graph: an output head (ArgMax/TopK class
+ids), final softmax, Identity, Dropout, unused extra outputs."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -82,6 +82,66 @@ def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node
                 f"'{chain[0].name}': it is not over the class axis, so dropping it would change "
                 "the argmax")
     return None
+
+
+#: ops that turn a classifier's outputs into class ids (a serving signature's head)
+HEAD_OPS = ("ArgMax", "TopK")
+#: what may follow them on the way to the outputs (ids are cast, reshaped, looked up)
+_HEAD_TAIL = HEAD_OPS + ("ArgMin", "Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
+                         "Squeeze", "Unsqueeze", "Cast", "Gather")
+
+
+def _head(graph: gs.Graph, node: gs.Node) -> Optional[List[gs.Node]]:
+    """``node`` and everything downstream of it when all of that post-processes the outputs
+    (HEAD_TAIL ops, ending in graph outputs read by nothing else), else None."""
+    nodes, seen, todo = [node], {id(node)}, list(node.outputs)
+    while todo:
+        t = todo.pop()
+        if is_graph_output(graph, t) and t.outputs:
+            return None
+        for c in t.outputs:
+            if id(c) in seen:
+                continue
+            if c.op not in _HEAD_TAIL:
+                return None
+            seen.add(id(c))
+            nodes.append(c)
+            todo.extend(c.outputs)
+    return nodes
+
+
+@graph_pass("strip-output-head")
+def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
+    """An ArgMax/TopK that turns the outputs into class ids (with whatever casts, reshapes or
+    lookups follow it to the graph outputs) is dropped, and its input, the scores, becomes an
+    output in the place of the first output it made, unless it is one already: a spiking model
+    outputs time-averaged scores, and argmax of the average is what its top-1 is (a per-step
+    argmax is not). The note names what to apply to the spiking model's outputs."""
+    for node in list(graph.nodes):
+        if node.op not in HEAD_OPS or not node.outputs or not node.inputs:
+            continue
+        head = _head(graph, node)
+        if head is None:
+            continue         # its ids feed the network: support refuses it, naming the node
+        made = {id(o) for n in head for o in n.outputs}
+        dropped = [o for o in graph.outputs if id(o) in made]
+        if not dropped:
+            continue
+        scores = node.inputs[0]
+        at = next(i for i, o in enumerate(graph.outputs) if id(o) in made)
+        outs = [o for o in graph.outputs if id(o) not in made]
+        if not any(o is scores for o in outs):
+            outs.insert(min(at, len(outs)), scores)
+        graph.outputs = outs
+        for n in head:
+            n.inputs.clear()
+            n.outputs.clear()
+        result.changed += 1
+        result.notes.append(
+            f"dropped the output head {node.op} '{node.name}' (output(s) "
+            f"{', '.join(repr(o.name) for o in dropped)}): the spiking model outputs the "
+            f"time-averaged scores '{scores.name}'; apply {node.op} to them for class ids")
+    graph.cleanup()
 
 
 @graph_pass("strip-final-softmax")
@@ -172,4 +232,4 @@ def drop_unused_outputs(graph: gs.Graph, result: PassResult) -> None:
         node.outputs = keep
 
 
-__all__ = ["strip_final_softmax", "remove_identity_and_dropout", "drop_unused_outputs"]
+__all__ = ["strip_output_head", "strip_final_softmax", "remove_identity_and_dropout", "drop_unused_outputs"]

@@ -190,6 +190,7 @@ PIPELINE: tuple = (
     canonical.sum_to_add,
     canonical.reduce_max_to_global_pool,
     cleanup.remove_identity_and_dropout,
+    cleanup.strip_output_head,           # before the softmax an ArgMax may read
     cleanup.strip_final_softmax,
     cleanup.drop_unused_outputs,
     fold.fold_batchnorm,
