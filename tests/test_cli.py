@@ -443,6 +443,18 @@ def test_eval_says_which_output_it_scores(tmp_path):
     assert e["scored_output"] == "logits" and e["outputs"] == 2
 
 
+def _named_eval_matches(tmp_path, models, npz, mean: str, std: str) -> None:
+    """eval of the first 200 Fashion-MNIST test images by name (with ``mean``/``std``) gives
+    each model the top-1 of the same images laid out by hand in ``npz``."""
+    for model in models:
+        a, b = tmp_path / "a.json", tmp_path / "b.json"
+        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200",
+                     "--mean", mean, "--std", std, "--json", str(a)]) == 0
+        assert main(["-q", "eval", str(model), "--data", str(npz), "--json", str(b)]) == 0
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+        assert ra["top1"] == rb["top1"], (model, ra["top1"], rb["top1"])
+
+
 def _nhwc_model(seed=0) -> onnx.ModelProto:
     """A channels-last image model as tf2onnx, Keras and JAX export them: [N, 28, 28, 1] in,
     a Transpose to NCHW before the first convolution."""
@@ -467,13 +479,7 @@ def test_named_datasets_feed_a_channels_last_model(tmp_path):
     test = load_fashion_mnist("test")
     npz = tmp_path / "test_nhwc.npz"
     np.savez(npz, x=test.x[:200].transpose(0, 2, 3, 1), y=test.y[:200])
-    for model in (dnn, snn):
-        a, b = tmp_path / "a.json", tmp_path / "b.json"
-        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200",
-                     "--mean", "0", "--std", "1", "--json", str(a)]) == 0
-        assert main(["-q", "eval", str(model), "--data", str(npz), "--json", str(b)]) == 0
-        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
-        assert ra["top1"] == rb["top1"], (model, ra["top1"], rb["top1"])
+    _named_eval_matches(tmp_path, (dnn, snn), npz, "0", "1")
     assert main(["-q", "analyze", str(snn), "--data", "fashion-mnist", "--limit", "64"]) == 0
     # the layout is changed only where the input's dims say channels-last
     x = np.zeros((2, 3, 32, 32), np.float32)
@@ -508,13 +514,7 @@ def test_named_datasets_feed_a_model_without_a_channel_axis(in_shape, tmp_path):
     test = load_fashion_mnist("test")
     npz = tmp_path / "test_mlp.npz"
     np.savez(npz, x=((test.x[:200] - 0.286) / 0.353).reshape(200, *in_shape), y=test.y[:200])
-    for model in (dnn, snn):
-        a, b = tmp_path / "a.json", tmp_path / "b.json"
-        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200",
-                     "--mean", "0.286", "--std", "0.353", "--json", str(a)]) == 0
-        assert main(["-q", "eval", str(model), "--data", str(npz), "--json", str(b)]) == 0
-        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
-        assert ra["top1"] == rb["top1"], (model, ra["top1"], rb["top1"])
+    _named_eval_matches(tmp_path, (dnn, snn), npz, "0.286", "0.353")
     pytest.importorskip("torch")
     from onnx_snn.runtimes.torch.finetune import load_split
     from onnx_snn.spiking import format as fmt
