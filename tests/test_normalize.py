@@ -165,10 +165,18 @@ def _with_head(head: str) -> onnx.ModelProto:
         p = b.node("Softmax", [logits], axis=1)
         outs += [h.make_tensor_value_info(p, onnx.TensorProto.FLOAT, ["N", 10]),
                  ids(b.node("ArgMax", [p], axis=1, keepdims=0))]
-    elif head == "topk":
-        v = b.node("TopK", [logits, b.const(np.array([3], np.int64))], n_out=2, axis=1)
+    elif head == "ids_and_cast_ids":            # a head output also read by the head
+        a = b.node("ArgMax", [logits], axis=1, keepdims=0)
+        outs += [ids(a), h.make_tensor_value_info(b.node("Cast", [a], to=onnx.TensorProto.INT32),
+                                                  onnx.TensorProto.INT32, ["N"])]
+    elif head in ("topk", "topk_smallest", "topk_values_softmaxed"):
+        v = b.node("TopK", [logits, b.const(np.array([3], np.int64))], n_out=2, axis=1,
+                   largest=0 if head == "topk_smallest" else 1)
         i = b.nodes[-1].output[1]
         outs += [h.make_tensor_value_info(v, onnx.TensorProto.FLOAT, ["N", 3]), ids(i, shape=["N", 3])]
+        if head == "topk_values_softmaxed":
+            outs.append(h.make_tensor_value_info(b.node("Softmax", [v], axis=1),
+                                                 onnx.TensorProto.FLOAT, ["N", 3]))
     m = b.model("input", logits, (1, 12, 12), 10)
     del m.graph.output[:]
     m.graph.output.extend(outs)
@@ -176,7 +184,7 @@ def _with_head(head: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("head", ["argmax", "argmax_cast", "logits_and_ids", "softmax_and_argmax",
-                                  "topk"])
+                                  "ids_and_cast_ids", "topk", "topk_values_softmaxed"])
 def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     """A serving signature's head (class ids from an ArgMax or TopK, cast or not, beside the
     scores or instead of them) is dropped with a note: the spiking model's first output is
@@ -192,18 +200,25 @@ def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     outs = run(m, x).outputs
     spiking = run(snn.model, x).outputs[0]
     assert spiking.ndim == 2 and spiking.shape[1] == 10
-    want = outs[-1] if head == "topk" else next(o for o in outs if o.dtype.kind == "i")
-    want = want[:, 0] if head == "topk" else want.reshape(-1)
+    want = next(o for o in outs if o.dtype.kind == "i")
+    want = want.reshape(len(want), -1)[:, 0]            # a TopK's indices: the best first
     assert np.mean(spiking.argmax(1) == want) >= 0.95
-    if head != "topk":      # eval scores a DNN whose first output is class ids
-        ds = type("D", (), {"y": want, "name": "t"})()
+    ds = type("D", (), {"y": want, "name": "t"})()      # eval scores the DNN's class ids
+    assert np.array_equal(_predicted(next(o for o in outs if o.dtype.kind == "i"), ds, True), want)
+    if not head.startswith("topk"):
         assert np.array_equal(_predicted(outs[0], ds, True), want)
 
 
-@pytest.mark.parametrize("head", ["logsoftmax_twice", "argmax_feeds_the_network"])
+@pytest.mark.parametrize("head", ["logsoftmax_twice", "argmax_feeds_the_network", "topk_smallest"])
 def test_output_post_processing_that_cannot_be_dropped_is_refused_saying_what_to_do(head):
-    """A final Softmax also read by another output, or class ids the network goes on to use,
-    is not a head that can be dropped: the message says to export without it."""
+    """A final Softmax also read by another output, class ids the network goes on to use, or
+    a top-k of the smallest scores (a distance classifier's) is not a head that can be
+    dropped: the message names the node, and says to export without it where it is one."""
+    from onnx_snn.convert import prepare
+    if head == "topk_smallest":
+        with pytest.raises(UnsupportedModelError, match=r"\(TopK\).*export the model without"):
+            prepare(_with_head(head))
+        return
     b = B.GraphBuilder(13)
     logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
     extra = []
@@ -215,8 +230,8 @@ def test_output_post_processing_that_cannot_be_dropped_is_refused_saying_what_to
         out = b.node("Add", [logits, b.node("Cast", [ids], to=onnx.TensorProto.FLOAT)])
     m = b.model("input", out, (1, 12, 12), 10)
     m.graph.output.extend(extra)
-    with pytest.raises(UnsupportedModelError, match="ArgMax|export the model without its post-processing"):
-        from onnx_snn.convert import prepare
+    want = r"\(ArgMax\)" if head == "argmax_feeds_the_network" else "export the model without its post-processing"
+    with pytest.raises(UnsupportedModelError, match=want):
         prepare(m)
 
 

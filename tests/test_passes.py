@@ -85,7 +85,7 @@ def test_pipeline_is_a_list_of_named_passes():
     assert [p.name for p in PIPELINE] == [
         "fold-constants", "refuse-training-batchnorm", "sum-to-add", "reduce-max-to-global-pool",
         "remove-identity-dropout",
-        "strip-final-softmax",
+        "strip-output-head", "strip-final-softmax",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
         "canonicalize-sites"]
 

@@ -87,22 +87,20 @@ def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node
 #: ops that turn a classifier's outputs into class ids (a serving signature's head)
 HEAD_OPS = ("ArgMax", "TopK")
 #: what may follow them on the way to the outputs (ids are cast, reshaped, looked up)
-_HEAD_TAIL = HEAD_OPS + ("ArgMin", "Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
-                         "Squeeze", "Unsqueeze", "Cast", "Gather")
+HEAD_TAIL = HEAD_OPS + ("ArgMin", "Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
+                        "Squeeze", "Unsqueeze", "Cast", "Gather")
 
 
-def _head(graph: gs.Graph, node: gs.Node) -> Optional[List[gs.Node]]:
+def head_nodes(node: gs.Node) -> Optional[List[gs.Node]]:
     """``node`` and everything downstream of it when all of that post-processes the outputs
-    (HEAD_TAIL ops, ending in graph outputs read by nothing else), else None."""
+    (HEAD_TAIL ops: what it makes ends in graph outputs or nowhere), else None."""
     nodes, seen, todo = [node], {id(node)}, list(node.outputs)
     while todo:
         t = todo.pop()
-        if is_graph_output(graph, t) and t.outputs:
-            return None
         for c in t.outputs:
             if id(c) in seen:
                 continue
-            if c.op not in _HEAD_TAIL:
+            if c.op not in HEAD_TAIL:
                 return None
             seen.add(id(c))
             nodes.append(c)
@@ -110,24 +108,40 @@ def _head(graph: gs.Graph, node: gs.Node) -> Optional[List[gs.Node]]:
     return nodes
 
 
+def _over_the_classes(node: gs.Node) -> bool:
+    """Whether ``node`` picks classes of [N, classes] scores: an ArgMax, or a TopK of the
+    largest, over axis 1 of a rank-2 input (or of one of unknown rank); a top-k of the
+    smallest (a distance classifier) or over another axis is not dropped."""
+    axis = int(node.attrs.get("axis", 0 if node.op == "ArgMax" else -1))
+    x = node.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if node.op == "TopK" and int(node.attrs.get("largest", 1)) != 1:
+        return False
+    return (rank in (None, 2)) and axis in (1, -1)
+
+
 @graph_pass("strip-output-head")
 def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
-    """An ArgMax/TopK that turns the outputs into class ids (with whatever casts, reshapes or
-    lookups follow it to the graph outputs) is dropped, and its input, the scores, becomes an
-    output in the place of the first output it made, unless it is one already: a spiking model
-    outputs time-averaged scores, and argmax of the average is what its top-1 is (a per-step
-    argmax is not). The note names what to apply to the spiking model's outputs."""
+    """An ArgMax/TopK over the classes that turns the outputs into class ids (with whatever
+    casts, reshapes or lookups follow it to the graph outputs) is dropped, and its input, the
+    scores, becomes an output in the place of the first output it made, unless it is one
+    already: a spiking model outputs time-averaged scores, and argmax of the average is what
+    its top-1 is (a per-step argmax is not). The note names what to apply to the spiking
+    model's outputs. A head whose ids the network goes on to use is left (support refuses it,
+    naming the node)."""
     for node in list(graph.nodes):
         if node.op not in HEAD_OPS or not node.outputs or not node.inputs:
             continue
-        head = _head(graph, node)
-        if head is None:
-            continue         # its ids feed the network: support refuses it, naming the node
+        head = head_nodes(node)
+        if head is None or not _over_the_classes(node):
+            continue
         made = {id(o) for n in head for o in n.outputs}
         dropped = [o for o in graph.outputs if id(o) in made]
         if not dropped:
             continue
         scores = node.inputs[0]
+        if scores.dtype is None:
+            scores.dtype = np.float32
         at = next(i for i, o in enumerate(graph.outputs) if id(o) in made)
         outs = [o for o in graph.outputs if id(o) not in made]
         if not any(o is scores for o in outs):

@@ -7,6 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
+from .cleanup import head_nodes
 from .ir import const_value, depends_on_inputs, is_empty, node_label
 
 #: layers whose output is a linear function of their (spiking) input
@@ -181,29 +182,24 @@ _POSTPROCESS = {"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"}
 
 
 def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
-    """Why ``node`` is refused when it post-processes the outputs (an ArgMax/TopK, or a final
-    Softmax read by more than the outputs): what to do instead; None for any other node."""
+    """Why ``node`` is refused when it post-processes the outputs and the normalization left
+    it (``cleanup.strip_output_head`` drops an ArgMax, or a TopK of the largest, over the
+    classes of [N, classes] scores; ``strip_final_softmax`` a Softmax whose output goes to the
+    outputs alone): what to do instead; None for any other node."""
     if node.op not in _POSTPROCESS:
         return None
-    seen, todo, readers = set(), [o for o in node.outputs], []
-    while todo:                 # everything downstream must be post-processing or layout
-        t = todo.pop()
-        for c in t.outputs:
-            if id(c) in seen:
-                continue
-            seen.add(id(c))
-            if c.op not in _POSTPROCESS | {"Identity", "Reshape", "Flatten", "Squeeze",
-                                           "Unsqueeze", "Cast", "Gather"}:
-                return None
-            readers.append(c)
-            todo.extend(c.outputs)
-    after = ", ".join(f"'{c.name}' ({c.op})" for c in readers)
+    head = head_nodes(node)        # everything downstream must be post-processing or layout
+    if head is None:
+        return None
+    after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])
     if node.op in ("Softmax", "LogSoftmax"):
         what = (f"is the output head's {node.op}, and its output is also read by {after}: a "
                 f"final {node.op} is dropped (the spiking model outputs time-averaged logits) "
                 "only when its output goes to the model's outputs alone")
     else:
-        what = f"post-processes the outputs ({node.op}{', then ' + after if after else ''})"
+        what = (f"post-processes the outputs ({node.op}{', then ' + after if after else ''}) in "
+                "a way the conversion does not drop (it drops an ArgMax, or a TopK of the "
+                "largest, over axis 1 of [N, classes] scores)")
     return (f"{what}; a spiking model outputs the time-averaged logits: export the model "
             "without its post-processing and apply it to the spiking model's outputs")
 
