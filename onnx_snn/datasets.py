@@ -450,7 +450,8 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
     * for one-channel images, [N, H, W] without the channel axis, or [N, H * W] flattened,
       when the input takes that (an MLP for MNIST-like data, a Keras model whose first layer
       is Flatten): with one channel both memory orders flatten alike. A flat input of
-      several channels is ambiguous (NCHW or NHWC order?) and left to the shape check;
+      several channels is ambiguous (NCHW or NHWC order?), and one with a free size may not
+      be an image at all: both are left to the shape check;
 
     ``x`` itself otherwise (the shape check that follows names any other mismatch).
     ``specs``: the model's (input name, dims) list."""
@@ -467,11 +468,13 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
         log.info("%s: fed channels-last [N, %d, %d, %d], as the model's input '%s' takes it",
                  where, h, w, c, name)
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if c == 1 and None in dims:
+        return x          # a free size: a sequence model's input, perhaps; not guessed
     if c == 1 and fits(dims, (h, w)):
         log.info("%s: fed as [N, %d, %d] (no channel axis), as the model's input '%s' takes it",
                  where, h, w, name)
         return x.reshape(len(x), h, w)
-    if c == 1 and fits(dims, (h * w,)) and dims[0] is not None:
+    if c == 1 and fits(dims, (h * w,)):
         log.info("%s: fed flattened [N, %d], as the model's input '%s' takes it", where, h * w, name)
         return x.reshape(len(x), h * w)
     return x

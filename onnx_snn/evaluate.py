@@ -112,12 +112,30 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
+def _check_scorable(runner) -> None:
+    """Refuse a first output that is a TopK's values: sorted scores, whose argmax is always
+    the first column, not a class (DataError naming the node)."""
+    if not runner.output_names:
+        return
+    first = runner.output_names[0]
+    node = next((n for n in runner.model.graph.node if first in n.output), None)
+    if node is not None and node.op_type == "TopK" and list(node.output).index(first) == 0:
+        raise DataError(f"the model's first output '{first}' is the values of TopK "
+                        f"'{node.name}': sorted scores, not classes; top-1 reads class ids or "
+                        "scores from the first output: export the TopK's indices first (or no "
+                        "TopK: convert drops it)")
+
+
 def _predicted(out: np.ndarray, ds: Dataset, first: bool) -> np.ndarray:
-    """The predicted classes from a model's first output: the argmax of [N, classes] scores,
-    or the output itself when it is integer class ids, [N] or [N, 1] (a DNN exported with its
-    ArgMax head; its spiking model outputs the scores)."""
-    if out.dtype.kind in "iu" and (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
-        return out.reshape(-1)
+    """The predicted classes from a model's first output: the argmax of [N, classes] scores
+    (or [N, classes, 1, 1]: a fully convolutional classifier, as the ONNX model zoo's
+    SqueezeNet and DenseNet end), or the output itself when it is integer class ids, [N] or
+    [N, k] (a DNN exported with its ArgMax or TopK head, best first; its spiking model outputs
+    the scores)."""
+    if out.dtype.kind in "iu" and out.ndim in (1, 2):     # class ids; a TopK's best first
+        return out.reshape(len(out), -1)[:, 0]
+    if out.ndim > 2 and int(np.prod(out.shape[2:])) == 1:
+        out = out.reshape(out.shape[0], out.shape[1])
     if out.ndim != 2:
         raise DataError(f"the model's first output has shape {list(out.shape)}; top-1 needs "
                         "[N, classes] scores or [N] integer class ids")
@@ -172,6 +190,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, "evaluation data")
+    if ds.y is not None:
+        _check_scorable(runner)
     n = len(ds)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch

@@ -1,12 +1,15 @@
 """The command line: convert and eval end to end, and bad input handled cleanly."""
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 
 import numpy as np
 import onnx
 import pytest
+from onnx import helper as h
 
 import builders as B
 from onnx_snn.cli import main
@@ -523,9 +526,86 @@ def test_named_datasets_feed_a_model_without_a_channel_axis(in_shape, tmp_path):
     assert train.x.shape == (8, *in_shape)
     x1, x3 = np.zeros((2, 1, 28, 28), np.float32), np.zeros((2, 3, 32, 32), np.float32)
     assert to_input_layout(x1, [("x", [None, *in_shape])], "t").shape == (2, *in_shape)
-    assert to_input_layout(x1, [("x", [None, None])], "t").shape == x1.shape   # unknown: kept
+    for free in ([None, None], [None, None, None], [None, 28, None]):          # unknown: kept
+        assert to_input_layout(x1, [("x", free)], "t").shape == x1.shape, free
     assert to_input_layout(x3, [("x", [None, 32, 96])], "t").shape == x3.shape
     assert to_input_layout(x3, [("x", [None, 3072])], "t").shape == x3.shape
+
+
+def test_a_fully_convolutional_classifier_is_scored(tmp_path):
+    """A classifier whose scores come out as [N, classes, 1, 1] (a 1x1 convolution and a global
+    pool, as the ONNX model zoo's SqueezeNet and DenseNet end; eval and finetune refused it):
+    eval gives the top-1 of the argmax over the classes for the DNN and the spiking model, and
+    fine-tuning trains it."""
+    from onnx_snn.runtimes.ort import ModelRunner
+    g = B.GraphBuilder(13, 0)
+    x = g.act(g.conv("image", 1, 8, stride=2), "clip")
+    x = g.node("GlobalAveragePool", [g.conv(x, 8, 10, k=1, pad=0)])
+    m = g.model("image", x, [1, 28, 28], 10)
+    m.graph.output[0].type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension(dim_value=1)] * 2)
+    dnn, snn = tmp_path / "fc.onnx", tmp_path / "fc.snn.onnx"
+    onnx.save(m, str(dnn))
+    pre = ["--mean", "0.286", "--std", "0.353"]
+    assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "64",
+                 *pre, "-o", str(snn)]) == 0
+    from onnx_snn.datasets import load_fashion_mnist
+    test = load_fashion_mnist("test")
+    xs, ys = (test.x[:200] - 0.286) / 0.353, test.y[:200]
+    for model, T in ((dnn, None), (snn, 2)):
+        e = tmp_path / "e.json"
+        assert main(["-q", "eval", str(model), "--data", "fashion-mnist", "--limit", "200", *pre,
+                     "--json", str(e)]) == 0
+        r = ModelRunner(str(model))
+        out = r.run_padded(r.validate(xs.astype(np.float32)), T).outputs[0]
+        assert out.shape == (200, 10, 1, 1)
+        assert json.loads(e.read_text())["top1"] == pytest.approx(100.0 * np.mean(out[:, :, 0, 0].argmax(1) == ys))
+    pytest.importorskip("torch")
+    assert main(["-q", "finetune", str(snn), "--data", "fashion-mnist", "--epochs", "1",
+                 "--limit-train", "128", "--limit-test", "64", "-o", str(tmp_path / "ft.onnx")]) == 0
+
+
+def test_eval_scores_a_dnns_class_ids_and_refuses_topk_values(tmp_path):
+    """A DNN exported with its head: eval scores its first output's class ids (an ArgMax's, a
+    TopK's best first) as the argmax of the scores would be, and refuses a TopK's sorted values
+    first (their argmax is always column 0), exit 5, naming the node; the spiking model
+    converted from it scores the same images."""
+    g = B.GraphBuilder(13, 0)
+    logits = g.gemm(g.node("Flatten", [g.act(g.conv("image", 1, 4, stride=2), "clip")]), 4 * 196, 10)
+    ids = g.node("ArgMax", [logits], axis=1, keepdims=0)
+    vals = g.node("TopK", [logits, g.const(np.array([3], np.int64))], n_out=2, axis=1)
+    top = g.nodes[-1].output[1]
+    x = B.rand_input(64, (1, 28, 28))
+    npz = tmp_path / "d.npz"
+    ref = tmp_path / "ref.onnx"
+    onnx.save(g.model("image", logits, [1, 28, 28], 10), str(ref))
+    from onnx_snn.runtimes.ort import ModelRunner
+    r = ModelRunner(str(ref))
+    y = r.run_padded(r.validate(x)).outputs[0].argmax(1)
+    y[::3] = (y[::3] + 1) % 10                  # two thirds right: top-1 66.67 %
+    np.savez(npz, x=x, y=y)
+    want = 100.0 * np.mean(r.run_padded(r.validate(x)).outputs[0].argmax(1) == y)
+    for name, outputs, code in (("ids", [(ids, onnx.TensorProto.INT64, ["N"])], 0),
+                                ("topi", [(top, onnx.TensorProto.INT64, ["N", 3])], 0),
+                                ("topv", [(vals, onnx.TensorProto.FLOAT, ["N", 3]),
+                                          (top, onnx.TensorProto.INT64, ["N", 3])], 5)):
+        m = g.model("image", logits, [1, 28, 28], 10)
+        del m.graph.output[:]
+        m.graph.output.extend([h.make_tensor_value_info(t, e, d) for t, e, d in outputs])
+        path, e = tmp_path / f"{name}.onnx", tmp_path / f"{name}.json"
+        onnx.save(m, str(path))
+        err = io.StringIO()
+        with redirect_stderr(err):
+            got = main(["-q", "eval", str(path), "--data", str(npz), "--json", str(e)])
+        assert got == code, err.getvalue()
+        if code:
+            assert "TopK" in err.getvalue() and "Traceback" not in err.getvalue()
+            continue
+        assert json.loads(e.read_text())["top1"] == pytest.approx(want)
+    snn = tmp_path / "ids.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "ids.onnx"), "--calib", str(npz), "--method",
+                 "max", "-T", "64", "-o", str(snn)]) == 0
+    assert main(["-q", "eval", str(snn), "--data", str(npz), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["top1"] == pytest.approx(want, abs=6)
 
 
 def test_json_outputs_are_strict_json(tmp_path):

@@ -245,6 +245,16 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
     return ds
 
 
+def first_scores(out):
+    """The first output of a forward pass (several outputs: the first holds the scores) as
+    [N, classes]: a fully convolutional classifier's [N, classes, 1, 1] is flattened (the ONNX
+    model zoo's SqueezeNet and DenseNet end that way); other shapes are returned as they are."""
+    out = out[0] if isinstance(out, list) else out
+    if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
+        out = out.reshape(out.shape[0], out.shape[1])
+    return out
+
+
 # ------------------------------------------------------------------ evaluation
 
 class _NonFinite(Exception):
@@ -269,10 +279,7 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     for s in range(0, n, batch):
         nb = min(batch, n - s)
         xb = torch.from_numpy(pad_batch(ds.x[s:s + batch], fixed)).to(device)
-        out = net(xb, timesteps)
-        if isinstance(out, list):
-            out = out[0]
-        out = out[:nb]
+        out = first_scores(net(xb, timesteps))[:nb]
         if finite_check and not bool(torch.isfinite(out).all()):
             bar.close()
             net.train(was)
@@ -372,8 +379,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
-        probe = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
-        probe = probe[0] if isinstance(probe, list) else probe
+        probe = first_scores(net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1))
     net.train()
     if probe.ndim != 2:     # the loss and top-1 read the first output as [batch, classes]
         first = view.outputs[0] if view.outputs else "?"
@@ -500,9 +506,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 xb = _augment(xb, gen)
             soft = teacher(xb.numpy()).to(device) if teacher is not None else None
             xb, yb = xb.to(device), torch.from_numpy(train.y[idx]).to(device)
-            out = ddp(xb, T, record_spikes=False)
-            if isinstance(out, list):  # several outputs: the first one holds the logits
-                out = out[0]
+            out = first_scores(ddp(xb, T, record_spikes=False))
             loss = _loss(out, yb, soft, cfg)
             if not torch.isfinite(loss):
                 bar.close()

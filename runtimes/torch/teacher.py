@@ -84,6 +84,8 @@ class Teacher:
         outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
                 for i in range(0, len(x), max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        if out.ndim > 2 and int(np.prod(out.shape[2:])) == 1:    # [N, classes, 1, 1]
+            out = out.reshape(out.shape[0], out.shape[1])
         if self.probabilities:
             out = np.log(np.maximum(out, _MIN_PROBABILITY))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
