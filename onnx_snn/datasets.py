@@ -308,10 +308,17 @@ def check_inputs(x, where: str) -> None:
 
 
 def check_labels(y, n: int, where: str) -> np.ndarray:
-    """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole)."""
+    """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole), or
+    one-hot rows [N, classes] (Keras's ``to_categorical``), read as the index of their one."""
     y = np.asarray(y)
     if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
         raise DataError(f"{where}: labels of dtype {y.dtype} are not class indices")
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1:
+        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(1) == 1)):
+            raise DataError(f"{where}: labels of shape {list(y.shape)} that are not one-hot rows "
+                            "(one 1 per row, zeros elsewhere: soft or multi-label targets); "
+                            f"expected one class index per sample ([{n}]) or one-hot rows")
+        return y.argmax(1).astype(np.int64)
     if y.ndim != 1:
         if y.size == n and y.ndim >= 1:
             y = y.reshape(-1)

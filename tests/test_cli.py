@@ -155,6 +155,23 @@ def test_eval_dnn_labels_mismatch(files):
                        5, "labels")
 
 
+def test_eval_reads_one_hot_labels_and_refuses_soft_ones(files):
+    """Labels as one-hot rows (Keras's to_categorical) score as their class indices do;
+    soft or multi-label rows are refused (exit 5), saying what labels are taken."""
+    x, y = B.rand_input(64), np.random.default_rng(0).integers(0, 10, 64)
+    np.savez(files / "hot.npz", x=x, y=np.eye(10, dtype=np.float32)[y])
+    a, b = files / "a.json", files / "b.json"
+    assert main(["-q", "eval", str(files / "model.onnx"), "--data", str(files / "test.npz"),
+                 "--json", str(a)]) == 0
+    assert main(["-q", "eval", str(files / "model.onnx"), "--data", str(files / "hot.npz"),
+                 "--json", str(b)]) == 0
+    assert json.loads(a.read_text())["top1"] == json.loads(b.read_text())["top1"]
+    soft = np.full((64, 10), 0.1, np.float32)
+    np.savez(files / "soft.npz", x=x, y=soft)
+    assert_clean_error(run_cli("eval", str(files / "model.onnx"), "--data", str(files / "soft.npz")),
+                       5, "one-hot")
+
+
 def test_info_on_a_dnn(files):
     assert_clean_error(run_cli("info", str(files / "model.onnx")), 8, "not a spiking model")
 
