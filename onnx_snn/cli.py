@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
     c.add_argument("--calib", metavar="DATA",
-                   help="calibration data: fashion-mnist, cifar10, cifar100 (training split) or "
+                   help="calibration data: fashion-mnist, mnist, cifar10, cifar100 (training split) or "
                         "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
     c.add_argument("-T", "--timesteps", type=timesteps_int, default=DEFAULT_TIMESTEPS,
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: {DEFAULT_TIMESTEPS})")
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_EVAL)
     e.add_argument("model", help="an .onnx DNN or .snn.onnx spiking model")
     e.add_argument("--data", metavar="DATA",
-                   help="fashion-mnist, cifar10, cifar100 (test split; add :train for the "
+                   help="fashion-mnist, mnist, cifar10, cifar100 (test split; add :train for the "
                         "training split) or a .npz with x and y (default: the model's dataset)")
     e.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"override the model's time steps (1-{MAX_TIMESTEPS})")
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher auto --distill 0.5\n")
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
-    f.add_argument("--data", metavar="DATA", help="fashion-mnist, cifar10, cifar100 (trains on "
+    f.add_argument("--data", metavar="DATA", help="fashion-mnist, mnist, cifar10, cifar100 (trains on "
                                                   "the training split, tests on the test split) or "
                                                   "a .npy/.npz file of inputs and labels (default: "
                                                   "the model's dataset)")
@@ -473,8 +473,8 @@ def _check_mean_std(args, data) -> None:
     from .errors import UsageError
     if (getattr(args, "mean", None) or getattr(args, "std", None)) and data and \
             named_dataset(data) is None:
-        raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, cifar10, "
-                         "cifar100: images in [0, 1]); .npy/.npz data is taken as already "
+        raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, mnist, "
+                         "cifar10, cifar100: images in [0, 1]); .npy/.npz data is taken as already "
                          "preprocessed, so normalize the arrays yourself and drop --mean/--std")
 
 
@@ -548,7 +548,7 @@ def cmd_convert(args) -> int:
     out = args.output if args.output is not None else _default_output(args.model)
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
-        raise DataError("no calibration data: pass --calib fashion-mnist|cifar10|cifar100|FILE.npy")
+        raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy")
     _check_mean_std(args, calib)
     inputs = _inputs(args.model, calib, args.data_dir)
     outputs = [(out, "-o"), (args.step_graph, "--step-graph"), (args.deploy, "--deploy"),
@@ -606,7 +606,7 @@ def cmd_eval(args) -> int:
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        raise DataError("no evaluation data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
+        raise DataError("no evaluation data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz")
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.json, "--json"))
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
@@ -708,7 +708,7 @@ def cmd_finetune(args) -> int:
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        raise DataError("no training data: pass --data fashion-mnist|cifar10|cifar100|FILE.npz")
+        raise DataError("no training data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz")
     _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,

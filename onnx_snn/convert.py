@@ -279,7 +279,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                         "anything numpy converts: a list, a CPU torch tensor), a dataset name or "
                         "a .npy/.npz path")
     if ds.preprocessed and given:
-        raise UsageError(f"{ds.name}: --mean/--std apply to named datasets (fashion-mnist, "
+        raise UsageError(f"{ds.name}: --mean/--std apply to named datasets (fashion-mnist, mnist, "
                          "cifar10, cifar100: images in [0, 1]); arrays (.npy/.npz files, numpy "
                          "arrays) are taken as already preprocessed, so normalize them yourself "
                          "and drop --mean/--std")

@@ -5,6 +5,8 @@ Names a user can pass as ``--data`` / ``--calib``:
 * ``fashion-mnist`` (test split) or ``fashion-mnist:train`` — IDX ``.gz`` files looked up in
   ``--data-dir``, ``$ONNX_SNN_DATA``, then ``/usr/share/datasets/fashion-mnist/`` (the
   Debian package ``dataset-fashion-mnist``);
+* ``mnist`` (``:train`` for the training split) — the same four IDX files, in ``--data-dir``
+  or ``$ONNX_SNN_DATA`` (also in an ``mnist/`` or torchvision's ``MNIST/raw/`` folder there);
 * ``cifar10`` / ``cifar100`` (``:train`` for the training split) — the standard python-pickle
   folders ``cifar-10-batches-py`` / ``cifar-100-python``;
 * a path to a ``.npy`` (inputs only) or ``.npz`` (``x``/``y`` or ``data``/``labels``) file.
@@ -40,6 +42,12 @@ FASHION_MNIST_HINT = (
     "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
     "t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist into a "
     "folder and pass --data-dir or set ONNX_SNN_DATA"
+)
+MNIST_HINT = (
+    "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz (from https://ossci-datasets.s3.amazonaws.com/mnist/, a mirror "
+    "of Yann LeCun's MNIST page) into a folder and pass --data-dir or set ONNX_SNN_DATA, or "
+    "pass --download on a machine with internet"
 )
 CIFAR_HINT = (
     "download and unpack https://www.cs.toronto.edu/~kriz/{archive} into a folder and pass "
@@ -125,35 +133,75 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _find_fashion_mnist(data_dir) -> Path:
+#: the IDX datasets: name -> (title, sub-folders of a data folder, hint)
+_IDX = {
+    "fashion-mnist": ("Fashion-MNIST", ("fashion-mnist", "FashionMNIST/raw"), FASHION_MNIST_HINT),
+    "mnist": ("MNIST", ("mnist", "MNIST/raw"), MNIST_HINT),
+}
+
+
+def _find_idx(name: str, data_dir, download: bool = False) -> Path:
+    title, subs, hint = _IDX[name]
+    system = FASHION_MNIST_SYSTEM_DIR if name == "fashion-mnist" else None   # Debian's package
     candidates = []
     for d in search_dirs(data_dir):
-        candidates += [d, d / "fashion-mnist", d / "FashionMNIST" / "raw"]
-    if not data_dir:     # a folder the user named is the only place looked
-        candidates.append(FASHION_MNIST_SYSTEM_DIR)
+        candidates += [d] + [d / sub for sub in subs]
+    if not data_dir and system is not None:     # a folder the user named is the only place looked
+        candidates.append(system)
     for d in candidates:
         if (d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file():
             return d
-    looked = ", ".join(str(c) for c in candidates)
-    raise DataError(f"Fashion-MNIST not found (looked in {looked}); {FASHION_MNIST_HINT}")
+    if download:
+        return _download_idx(name, Path(data_dir or os.environ.get("ONNX_SNN_DATA") or
+                                        Path.home() / ".cache" / "onnx-snn"))
+    looked = ", ".join(str(c) for c in candidates) or "no folder given"
+    raise DataError(f"{title} not found (looked in {looked}); {hint}")
 
 
-def _idx_file(folder: Path, stem: str) -> Path:
+def _find_fashion_mnist(data_dir) -> Path:
+    return _find_idx("fashion-mnist", data_dir)
+
+
+def _idx_file(folder: Path, stem: str, hint: str = FASHION_MNIST_HINT) -> Path:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
-    raise DataError(f"{folder}: missing {stem}.gz; {FASHION_MNIST_HINT}")
+    raise DataError(f"{folder}: missing {stem}.gz; {hint}")
+
+
+def load_idx_dataset(name: str, split: str = "test", data_dir=None, download: bool = False) -> Dataset:
+    """An IDX dataset (``fashion-mnist``, ``mnist``): [N, 1, 28, 28] images in [0, 1]."""
+    folder = _find_idx(name, data_dir, download)
+    prefix = "t10k" if split == "test" else "train"
+    hint = _IDX[name][2]
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte", hint))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte", hint))
+    if images.ndim != 3 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
+    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
+    return Dataset(f"{name}:{split}", x, labels.astype(np.int64))
 
 
 def load_fashion_mnist(split: str = "test", data_dir=None) -> Dataset:
-    folder = _find_fashion_mnist(data_dir)
-    prefix = "t10k" if split == "test" else "train"
-    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
-    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
-    return Dataset(f"fashion-mnist:{split}", x, labels.astype(np.int64))
+    return load_idx_dataset("fashion-mnist", split, data_dir)
+
+
+def load_mnist(split: str = "test", data_dir=None, download: bool = False) -> Dataset:
+    return load_idx_dataset("mnist", split, data_dir, download)
+
+
+def _download_idx(name: str, root: Path) -> Path:  # pragma: no cover - needs internet
+    try:
+        from torchvision.datasets import MNIST, FashionMNIST
+    except ImportError:
+        raise DataError("--download needs torchvision: pip install 'onnx-snn[torch]'") from None
+    cls = MNIST if name == "mnist" else FashionMNIST
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as e:
+        raise DataError(f"downloading {name} into {root} failed: {e}") from None
+    return root / cls.__name__ / "raw"
 
 
 # ---------------------------------------------------------------- CIFAR python folders
@@ -372,14 +420,15 @@ def check_preprocess(pp, where: str = "the model") -> Optional[dict]:
 
 # ---------------------------------------------------------------- front door
 
-DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100")
-_ALIASES = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100")
+_ALIASES = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "mnist": "mnist",
             "fmnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10",
             "cifar100": "cifar100", "cifar-100": "cifar100"}
 
 
 def named_dataset(spec) -> Optional[str]:
-    """The dataset a spec names (``fashion-mnist``, ``cifar10``, ``cifar100``), else None."""
+    """The dataset a spec names (``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``), else
+    None."""
     if not isinstance(spec, (str, os.PathLike)):
         return None
     name = str(spec).partition(":")[0]
@@ -394,8 +443,8 @@ def dataset_files(spec, data_dir=None) -> list:
         return [Path(spec)] if isinstance(spec, (str, os.PathLike)) and str(spec) else []
     files = []
     try:
-        if key == "fashion-mnist":
-            folder = _find_fashion_mnist(data_dir)
+        if key in _IDX:
+            folder = _find_idx(key, data_dir)
             for prefix in ("train", "t10k"):
                 for kind in ("images-idx3", "labels-idx1"):
                     files += [folder / f"{prefix}-{kind}-ubyte.gz", folder / f"{prefix}-{kind}-ubyte"]
@@ -418,8 +467,8 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         split = sp or split or "test"
         if split not in ("train", "test"):
             raise DataError(f"{spec}: split must be 'train' or 'test', not {split!r}")
-        if key == "fashion-mnist":
-            return load_fashion_mnist(split, data_dir)
+        if key in _IDX:
+            return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
     if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
         return load_array_file(spec)

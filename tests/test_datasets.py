@@ -1,4 +1,4 @@
-"""Dataset readers: IDX (Fashion-MNIST), CIFAR python pickles, .npy/.npz, clear errors."""
+"""Dataset readers: IDX (Fashion-MNIST, MNIST), CIFAR python pickles, .npy/.npz, clear errors."""
 import gzip
 import pickle
 import struct
@@ -55,6 +55,26 @@ def test_fashion_mnist_env_var(tmp_path, monkeypatch):
     make_fmnist(tmp_path)
     monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path))
     assert len(load_dataset("fashion-mnist")) == 20
+
+
+@pytest.mark.parametrize("sub", ["", "mnist", "MNIST/raw"])
+def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
+    """MNIST is read like Fashion-MNIST from its four IDX files: in the data folder itself, an
+    mnist/ folder or torchvision's MNIST/raw/; missing, the error says where it looked and
+    where to get it."""
+    folder = tmp_path / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    make_fmnist(folder, n=12)
+    for spec, n in (("mnist", 12), ("MNIST:train", 12)):
+        ds = load_dataset(spec, data_dir=tmp_path)
+        assert len(ds) == n and ds.x.shape[1:] == (1, 28, 28) and ds.name.startswith("mnist:")
+        assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path))
+    assert len(load_dataset("mnist")) == 12
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="MNIST not found.*ossci-datasets"):
+        load_dataset("mnist", data_dir=empty)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
