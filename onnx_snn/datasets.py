@@ -27,7 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,6 +61,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 #: .npz array names taken as the inputs (of a one-input model) and as the labels
 INPUT_KEYS = ("x", "data", "images", "inputs")
 LABEL_KEYS = ("y", "labels", "targets")
+#: a .npz that holds both splits, as Keras's datasets save them (mnist.npz): split -> (x, y)
+SPLIT_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 
 
 @dataclass
@@ -279,7 +281,36 @@ def _unreadable(path: Path, e: Exception, what: str) -> DataError:
     return DataError(f"{path}: {what} ({e})")
 
 
-def load_array_file(path: os.PathLike) -> Dataset:
+def npz_splits(path) -> set:
+    """The splits a .npz holds as x_train/y_train and x_test/y_test (Keras's datasets); empty
+    for any other file (or one that cannot be read: loading it says why)."""
+    try:
+        import zipfile
+        with zipfile.ZipFile(path) as z:
+            names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+    except Exception:
+        return set()
+    return {sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in names}
+
+
+def _split_keys(keys: list, split: Optional[str], path: Path) -> Optional[Tuple[str, Optional[str]]]:
+    """(input key, label key) of ``split`` (default test) in a .npz with SPLIT_KEYS, else None."""
+    have = [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
+    if not have:
+        return None
+    sp = split or "test"
+    if sp not in have:
+        raise DataError(f"{path}: holds the {have[0]} split ({SPLIT_KEYS[have[0]][0]}) but not the "
+                        f"{sp} split ({SPLIT_KEYS[sp][0]}) this command reads")
+    xk, yk = SPLIT_KEYS[sp]
+    return xk, yk if yk in keys else None
+
+
+def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
+    """A .npy (inputs) or .npz file: ``x`` (or data, images, inputs) and ``y`` (or labels,
+    targets); one array per model input named after it; ``x_train``/``y_train`` and
+    ``x_test``/``y_test`` (Keras's datasets: ``split`` picks, test by default); or the
+    positional ``arr_0``, ``arr_1`` of ``numpy.savez(f, x, y)`` when ``arr_1`` is labels."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -296,6 +327,7 @@ def load_array_file(path: os.PathLike) -> Dataset:
         obj = np.load(path, allow_pickle=False)
     except Exception as e:
         raise _unreadable(path, e, "cannot read as .npy/.npz") from None
+    name = str(path)
     if isinstance(obj, np.lib.npyio.NpzFile):
         other = [m for m in obj.zip.namelist() if not m.endswith(".npy")]
         if other:      # a zip (a .pt, a .docx...) that is not numpy.savez's
@@ -307,6 +339,14 @@ def load_array_file(path: os.PathLike) -> Dataset:
             yk = next((k for k in LABEL_KEYS if k in keys), None)
             rest = [k for k in keys if k != yk]
             xk = next((k for k in INPUT_KEYS if k in keys), None)
+            picked = _split_keys(keys, split, path)
+            if picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
+                    _labels_like(obj["arr_1"], len(obj["arr_0"])):
+                picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y)
+            if picked is not None:
+                (xk, yk), rest = picked, [picked[0]]
+                if xk in ("x_train", "x_test"):
+                    name = f"{path}:{xk[2:]}"
             if not rest:
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
                                 f"(or data, images, inputs), or one per model input named after "
@@ -331,7 +371,7 @@ def load_array_file(path: os.PathLike) -> Dataset:
                             f"({ {k: len(v) for k, v in x.items()} })")
         if y is not None:
             y = check_labels(y, n.pop(), str(path))
-        return Dataset(str(path), {k: v.astype(np.float32, copy=False) for k, v in x.items()}, y,
+        return Dataset(name, {k: v.astype(np.float32, copy=False) for k, v in x.items()}, y,
                        preprocessed=True)
     x = np.asarray(x)
     check_inputs(x, str(path))
@@ -342,7 +382,17 @@ def load_array_file(path: os.PathLike) -> Dataset:
             "scale them to [0, 1] and normalize them first", path, x.dtype)
     if y is not None:
         y = check_labels(y, len(x), str(path))
-    return Dataset(str(path), x.astype(np.float32, copy=False), y, preprocessed=True)
+    return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True)
+
+
+def _labels_like(y: np.ndarray, n: int) -> bool:
+    """Whether ``y`` reads as labels of ``n`` samples: whole numbers, one per sample (or
+    one-hot rows)."""
+    try:
+        check_labels(y, n, "")
+        return True
+    except DataError:
+        return False
 
 
 def check_inputs(x, where: str) -> None:
@@ -471,7 +521,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
     if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
-        return load_array_file(spec)
+        return load_array_file(spec, split)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
                     "(optionally with :train or :test) or a .npy/.npz file")
 

@@ -77,6 +77,35 @@ def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
         load_dataset("mnist", data_dir=empty)
 
 
+def test_keras_and_positional_npz_files(tmp_path):
+    """A .npz as Keras's datasets save it (x_train, y_train, x_test, y_test: the split picks,
+    test by default, named in the dataset's name) and numpy.savez(f, x, y)'s positional
+    arr_0/arr_1 are read as inputs and labels; a split the file lacks is refused, named."""
+    rng = np.random.default_rng(0)
+    xs = {sp: rng.integers(0, 256, (n, 28, 28)).astype(np.uint8) for sp, n in (("train", 12), ("test", 5))}
+    ys = {sp: rng.integers(0, 10, len(x)) for sp, x in xs.items()}
+    np.savez(tmp_path / "keras.npz", x_train=xs["train"], y_train=ys["train"],
+             x_test=xs["test"], y_test=ys["test"])
+    for split in (None, "train", "test"):
+        ds = load_dataset(str(tmp_path / "keras.npz"), split=split)
+        sp = split or "test"
+        np.testing.assert_array_equal(ds.x, xs[sp].astype(np.float32))
+        np.testing.assert_array_equal(ds.y, ys[sp])
+        assert ds.name.endswith(f"keras.npz:{sp}")
+    np.savez(tmp_path / "train_only.npz", x_train=xs["train"], y_train=ys["train"])
+    with pytest.raises(DataError, match="not the test split .x_test"):
+        load_dataset(str(tmp_path / "train_only.npz"), split="test")
+    np.savez(tmp_path / "pos.npz", xs["test"], ys["test"])
+    ds = load_dataset(str(tmp_path / "pos.npz"))
+    np.testing.assert_array_equal(ds.y, ys["test"])
+    assert not isinstance(ds.x, dict) and ds.x.shape == (5, 28, 28)
+    np.savez(tmp_path / "two_inputs.npz", xs["test"], xs["test"])   # no labels: two inputs
+    assert isinstance(load_dataset(str(tmp_path / "two_inputs.npz")).x, dict)
+    from onnx_snn.datasets import npz_splits
+    assert npz_splits(tmp_path / "keras.npz") == {"train", "test"}
+    assert npz_splits(tmp_path / "pos.npz") == set() == npz_splits(tmp_path / "nowhere.npz")
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     import onnx_snn.datasets as D
     monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")

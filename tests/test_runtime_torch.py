@@ -705,6 +705,13 @@ def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
     assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
     h = F.read_info(onnx.load(str(out))).history[-1]
     assert h["test_is_train"] is False and h["test_data"].endswith("b.npz")
+    out.unlink()      # a .npz with both splits, as Keras's datasets save them: each where it belongs
+    np.savez(tmp_path / "k.npz", x_train=x[:64], y_train=test.y[:64], x_test=x[64:], y_test=test.y[64:128])
+    p = run_cli(*base, "--data", str(tmp_path / "k.npz"))
+    assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
+    h = F.read_info(onnx.load(str(out))).history[-1]
+    assert h["test_is_train"] is False and (h["train_data"], h["test_data"]) == \
+        (f"{tmp_path / 'k.npz'}:train", f"{tmp_path / 'k.npz'}:test")
 
 
 def test_api_takes_what_convert_returns_and_paths(tmp_path):

@@ -39,7 +39,7 @@ import torch.nn.functional as Fn
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
 from onnx_snn.datasets import (Dataset, check_label_range, check_preprocess, dataset_files,
-                               named_dataset)
+                               named_dataset, npz_splits)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
@@ -331,7 +331,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                              "split and measures the test split; drop the ':split' (other test "
                              f"data goes to --test-data)" if what == "data" else
                              f"{d}: --test-data takes a named dataset's test split; drop the ':split'")
-    test_same = test_data is None and named_dataset(data) is None   # arrays: the same samples
+    test_same = (test_data is None and named_dataset(data) is None   # arrays: the same samples,
+                 and not {"train", "test"} <= npz_splits(data))      # unless a .npz holds both
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     inputs = model_files(model_path) + [f for d in (data, test_data) if isinstance(d, (str, os.PathLike))
                                         for f in dataset_files(d, data_dir)]
@@ -357,7 +358,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                     f"(this one takes {len(_specs(view))}: "
                                     f"{', '.join(n for n, _ in _specs(view))})")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
-    test = load_split(model, data if test_data is None else test_data, "test", cfg.limit_test,
+    test_split = "train" if test_same and npz_splits(data) == {"train"} else "test"
+    test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
                       data_dir, view, download, mean, std)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
