@@ -5,8 +5,9 @@ Names a user can pass as ``--data`` / ``--calib``:
 * ``fashion-mnist`` (test split) or ``fashion-mnist:train`` — IDX ``.gz`` files looked up in
   ``--data-dir``, ``$ONNX_SNN_DATA``, then ``/usr/share/datasets/fashion-mnist/`` (the
   Debian package ``dataset-fashion-mnist``);
-* ``mnist`` (``:train`` for the training split) — the same four IDX files, in ``--data-dir``
-  or ``$ONNX_SNN_DATA`` (also in an ``mnist/`` or torchvision's ``MNIST/raw/`` folder there);
+* ``mnist`` (``:train`` for the training split) — the same four IDX files (the same names),
+  in an ``mnist/`` or torchvision's ``MNIST/raw/`` folder of ``--data-dir`` or
+  ``$ONNX_SNN_DATA``, or in the ``--data-dir`` folder itself;
 * ``cifar10`` / ``cifar100`` (``:train`` for the training split) — the standard python-pickle
   folders ``cifar-10-batches-py`` / ``cifar-100-python``;
 * a path to a ``.npy`` (inputs only) or ``.npz`` (``x``/``y`` or ``data``/``labels``) file.
@@ -145,9 +146,12 @@ _IDX = {
 def _find_idx(name: str, data_dir, download: bool = False) -> Path:
     title, subs, hint = _IDX[name]
     system = FASHION_MNIST_SYSTEM_DIR if name == "fashion-mnist" else None   # Debian's package
-    candidates = []
-    for d in search_dirs(data_dir):
-        candidates += [d] + [d / sub for sub in subs]
+    dirs = search_dirs(data_dir)
+    # the dataset's own folders first: both datasets' files have the same names, so a bare
+    # folder is taken for MNIST only when the user named it (--data-dir), and for
+    # Fashion-MNIST (where it always was) after them
+    candidates = [d / sub for d in dirs for sub in subs]
+    candidates += dirs if (data_dir or name == "fashion-mnist") else []
     if not data_dir and system is not None:     # a folder the user named is the only place looked
         candidates.append(system)
     for d in candidates:
@@ -340,9 +344,11 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
             rest = [k for k in keys if k != yk]
             xk = next((k for k in INPUT_KEYS if k in keys), None)
             picked = _split_keys(keys, split, path)
-            if picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
-                    _labels_like(obj["arr_1"], len(obj["arr_0"])):
-                picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y)
+            if picked is None and sorted(keys) == ["arr_0"]:
+                picked = ("arr_0", None)            # numpy.savez(f, x)
+            elif picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
+                    _labels_shape(_npz_shape(obj, "arr_1"), _npz_shape(obj, "arr_0")):
+                picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y): checked as labels
             if picked is not None:
                 (xk, yk), rest = picked, [picked[0]]
                 if xk in ("x_train", "x_test"):
@@ -385,14 +391,20 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
     return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True)
 
 
-def _labels_like(y: np.ndarray, n: int) -> bool:
-    """Whether ``y`` reads as labels of ``n`` samples: whole numbers, one per sample (or
-    one-hot rows)."""
-    try:
-        check_labels(y, n, "")
-        return True
-    except DataError:
-        return False
+def _npz_shape(npz, key: str) -> tuple:
+    """An array's shape from its .npy header in a .npz, without reading its data."""
+    fmt = np.lib.format
+    with npz.zip.open(key + ".npy") as f:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        return read(f)[0]
+
+
+def _labels_shape(y_shape: tuple, x_shape: tuple) -> bool:
+    """Whether an array of ``y_shape`` beside inputs of ``x_shape`` is labels: one value per
+    sample ([N]), or one row per sample of lower rank than the inputs (one-hot [N, classes])."""
+    return bool(y_shape) and bool(x_shape) and y_shape[0] == x_shape[0] and \
+        (len(y_shape) == 1 or len(y_shape) < len(x_shape))
 
 
 def check_inputs(x, where: str) -> None:

@@ -112,27 +112,39 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
-def _check_scorable(runner) -> None:
-    """Refuse a first output that is a TopK's values: sorted scores, whose argmax is always
-    the first column, not a class (DataError naming the node)."""
+#: ops that carry class ids or scores to an output unchanged (but for their layout or type)
+_CARRY = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _first_output_ids(runner) -> bool:
+    """Whether the model's first output is class ids: an ArgMax's, or a TopK's indices (best
+    first), through casts and reshapes. A TopK's values (sorted scores: their argmax is always
+    the first column) are refused (DataError naming the node)."""
     if not runner.output_names:
-        return
-    first = runner.output_names[0]
-    node = next((n for n in runner.model.graph.node if first in n.output), None)
-    if node is not None and node.op_type == "TopK" and list(node.output).index(first) == 0:
-        raise DataError(f"the model's first output '{first}' is the values of TopK "
-                        f"'{node.name}': sorted scores, not classes; top-1 reads class ids or "
-                        "scores from the first output: export the TopK's indices first (or no "
-                        "TopK: convert drops it)")
+        return False
+    producers = {o: n for n in runner.model.graph.node for o in n.output if o}
+    t = runner.output_names[0]
+    node = producers.get(t)
+    while node is not None and node.op_type in _CARRY and node.input:
+        t = node.input[0]
+        node = producers.get(t)
+    if node is None:
+        return False
+    if node.op_type == "TopK" and list(node.output).index(t) == 0:
+        raise DataError(f"the model's first output '{runner.output_names[0]}' is the values of "
+                        f"TopK '{node.name}': sorted scores, not classes; top-1 reads class ids "
+                        "or scores from the first output: export the TopK's indices first (or "
+                        "no TopK: convert drops it)")
+    return node.op_type in ("ArgMax", "TopK")
 
 
-def _predicted(out: np.ndarray, ds: Dataset, first: bool) -> np.ndarray:
+def _predicted(out: np.ndarray, ds: Dataset, first: bool, ids: bool = False) -> np.ndarray:
     """The predicted classes from a model's first output: the argmax of [N, classes] scores
     (or [N, classes, 1, 1]: a fully convolutional classifier, as the ONNX model zoo's
-    SqueezeNet and DenseNet end), or the output itself when it is integer class ids, [N] or
-    [N, k] (a DNN exported with its ArgMax or TopK head, best first; its spiking model outputs
-    the scores)."""
-    if out.dtype.kind in "iu" and out.ndim in (1, 2):     # class ids; a TopK's best first
+    SqueezeNet and DenseNet end), or, for class ids (``ids``: a DNN exported with its ArgMax
+    or TopK head; its spiking model outputs the scores; or an integer [N] output), their first
+    per sample (a TopK's best)."""
+    if ids or (out.dtype.kind in "iu" and out.ndim == 1):
         return out.reshape(len(out), -1)[:, 0]
     if out.ndim > 2 and int(np.prod(out.shape[2:])) == 1:
         out = out.reshape(out.shape[0], out.shape[1])
@@ -190,8 +202,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, "evaluation data")
-    if ds.y is not None:
-        _check_scorable(runner)
+    ids = ds.y is not None and not runner.spiking and _first_output_ids(runner)
     n = len(ds)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
@@ -216,7 +227,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             else:
                 logits, counts = r.outputs[0], r.spikes
             if ds.y is not None:
-                correct[t] += int(np.count_nonzero(_predicted(logits, ds, start == 0) ==
+                correct[t] += int(np.count_nonzero(_predicted(logits, ds, start == 0, ids) ==
                                                    ds.y[start:start + nb]))
             for k, v in counts.items():
                 spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())

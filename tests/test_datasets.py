@@ -70,7 +70,14 @@ def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
         assert len(ds) == n and ds.x.shape[1:] == (1, 28, 28) and ds.name.startswith("mnist:")
         assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
     monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path))
-    assert len(load_dataset("mnist")) == 12
+    if sub:
+        assert len(load_dataset("mnist")) == 12
+    else:     # a shared data folder's bare IDX files may be Fashion-MNIST's (the same names)
+        with pytest.raises(DataError, match="MNIST not found"):
+            load_dataset("mnist")
+        (tmp_path / "mnist").mkdir()
+        make_fmnist(tmp_path / "mnist", n=7)        # beside Fashion-MNIST's: its own folder wins
+        assert len(load_dataset("mnist")) == 7 and len(load_dataset("fashion-mnist")) == 12
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="MNIST not found.*ossci-datasets"):
@@ -101,6 +108,11 @@ def test_keras_and_positional_npz_files(tmp_path):
     assert not isinstance(ds.x, dict) and ds.x.shape == (5, 28, 28)
     np.savez(tmp_path / "two_inputs.npz", xs["test"], xs["test"])   # no labels: two inputs
     assert isinstance(load_dataset(str(tmp_path / "two_inputs.npz")).x, dict)
+    np.savez(tmp_path / "x_only.npz", xs["test"])
+    assert load_dataset(str(tmp_path / "x_only.npz")).x.shape == (5, 28, 28)
+    np.savez(tmp_path / "bad_labels.npz", xs["test"], ys["test"] - 20)  # said, not taken as inputs
+    with pytest.raises(DataError, match="negative"):
+        load_dataset(str(tmp_path / "bad_labels.npz"))
     from onnx_snn.datasets import npz_splits
     assert npz_splits(tmp_path / "keras.npz") == {"train", "test"}
     assert npz_splits(tmp_path / "pos.npz") == set() == npz_splits(tmp_path / "nowhere.npz")
