@@ -497,12 +497,22 @@ def named_dataset(spec) -> Optional[str]:
     return _ALIASES.get(name.lower().replace("_", "-"))
 
 
+def array_file_spec(spec) -> Tuple[str, Optional[str]]:
+    """(path, split) of ``FILE.npz:train`` / ``FILE.npz:test`` (a Keras-style .npz's split,
+    chosen by the user) when that file exists; (spec, None) otherwise."""
+    path, sep, split = str(spec).rpartition(":")
+    if sep and split in ("train", "test") and path.endswith(".npz") and Path(path).is_file():
+        return path, split
+    return str(spec), None
+
+
 def dataset_files(spec, data_dir=None) -> list:
     """The files loading ``spec`` reads (to protect them from being overwritten): an array
     file itself, or a named dataset's files where it would be found (best effort)."""
     key = named_dataset(spec)
     if key is None:
-        return [Path(spec)] if isinstance(spec, (str, os.PathLike)) and str(spec) else []
+        return [Path(array_file_spec(spec)[0])] if isinstance(spec, (str, os.PathLike)) and \
+            str(spec) else []
     files = []
     try:
         if key in _IDX:
@@ -532,6 +542,9 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         if key in _IDX:
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
+    path, file_split = array_file_spec(spec)
+    if file_split is not None:
+        return load_array_file(path, file_split)
     if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
         return load_array_file(spec, split)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "

@@ -102,6 +102,11 @@ def test_keras_and_positional_npz_files(tmp_path):
     np.savez(tmp_path / "train_only.npz", x_train=xs["train"], y_train=ys["train"])
     with pytest.raises(DataError, match="not the test split .x_test"):
         load_dataset(str(tmp_path / "train_only.npz"), split="test")
+    # FILE.npz:SPLIT picks a split whatever the command reads; the file is what is protected
+    from onnx_snn.datasets import dataset_files
+    spec = f"{tmp_path / 'train_only.npz'}:train"
+    assert len(load_dataset(spec, split="test")) == 12
+    assert dataset_files(spec) == [tmp_path / "train_only.npz"]
     np.savez(tmp_path / "pos.npz", xs["test"], ys["test"])
     ds = load_dataset(str(tmp_path / "pos.npz"))
     np.testing.assert_array_equal(ds.y, ys["test"])
