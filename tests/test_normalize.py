@@ -551,26 +551,47 @@ def test_batchnorm_in_training_mode_is_refused_naming_it(opset):
         assert "BatchNormalization" not in ops(normalize(m).model)
 
 
-def test_a_float16_body_behind_float32_inputs_is_refused_naming_the_node():
-    """onnxconverter-common's keep_io_types layout: Cast to float16, float16 layers, Cast back.
-    Refused up front (exit 4) naming the first node that computes in float16, not by
-    onnxruntime on the converter's own Clip later."""
+@pytest.mark.parametrize("layout", ["keep_io_types", "half", "float64"])
+def test_a_float16_or_float64_model_is_converted_in_float32(layout):
+    """onnxconverter-common's keep_io_types layout (Cast to float16, float16 layers, Cast
+    back), a half-precision export (float16 inputs, weights and outputs) and a float64 graph
+    (they were refused) are converted in float32, with a note: the spiking model takes float32,
+    and at large T it approaches the original model's outputs."""
     from onnx import TensorProto as TP
     from onnx import numpy_helper as nh
     rng = np.random.default_rng(0)
-    inits = [nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float16), "w"),
-             nh.from_array(np.array(0, np.float16), "lo"), nh.from_array(np.array(6, np.float16), "hi"),
-             nh.from_array(rng.standard_normal((10, 4)).astype(np.float16), "w2")]
-    nodes = [h.make_node("Cast", ["x"], ["x16"], to=TP.FLOAT16, name="to16"),
-             h.make_node("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
-             h.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
-             h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"]),
-             h.make_node("Gemm", ["f", "w2"], ["g"], transB=1),
-             h.make_node("Cast", ["g"], ["y"], to=TP.FLOAT)]
-    g = h.make_graph(nodes, "fp16", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 8, 8])],
-                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
-    with pytest.raises(UnsupportedModelError, match="'to16'.*float16.*only float32 layers"):
-        normalize(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]))
+    ft = {"keep_io_types": np.float16, "half": np.float16, "float64": np.float64}[layout]
+    et = TP.FLOAT16 if ft is np.float16 else TP.DOUBLE
+    io = TP.FLOAT if layout == "keep_io_types" else et
+    inits = [nh.from_array(np.array(0, ft), "lo"), nh.from_array(np.array(1, ft), "hi"),
+             nh.from_array(rng.standard_normal((10, 4)).astype(ft), "w2")]
+    if ft is np.float16:
+        inits.append(nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(ft), "w"))
+        layer = [h.make_node("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
+                 h.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
+                 h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"])]
+    else:     # onnxruntime has no float64 Conv on the CPU: a dense layer
+        inits.append(nh.from_array((rng.standard_normal((4, 64)) * 0.3).astype(ft), "w"))
+        layer = [h.make_node("Flatten", ["x16"], ["x64"]),
+                 h.make_node("Gemm", ["x64", "w"], ["c"], transB=1, name="dense"),
+                 h.make_node("Clip", ["c", "lo", "hi"], ["f"], name="clip")]
+    body = layer + [h.make_node("Gemm", ["f", "w2"], ["g"], transB=1, name="fc")]
+    if layout == "keep_io_types":
+        nodes = [h.make_node("Cast", ["x"], ["x16"], to=TP.FLOAT16, name="to16")] + body + \
+            [h.make_node("Cast", ["g"], ["y"], to=TP.FLOAT, name="to32")]
+    else:
+        nodes = [h.make_node("Identity", ["x"], ["x16"])] + body + [h.make_node("Identity", ["g"], ["y"])]
+    g = h.make_graph(nodes, "fp16", [h.make_tensor_value_info("x", io, ["N", 1, 8, 8])],
+                     [h.make_tensor_value_info("y", io, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    nm = normalize(m)
+    assert any("converted in float32" in n for n in nm.notes), nm.notes
+    assert nm.model.graph.input[0].type.tensor_type.elem_type == TP.FLOAT
+    x = B.rand_input(64, (1, 8, 8))
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    dnn = run(m, x.astype(ft) if io != TP.FLOAT else x).outputs[0].astype(np.float32)
+    spiking = run(snn.model, x).outputs[0]
+    assert np.corrcoef(dnn.ravel(), spiking.ravel())[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("per_axis", [False, True])

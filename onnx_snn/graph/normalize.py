@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, fold, skeleton
+from . import canonical, cleanup, fold, precision, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -185,6 +185,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
 
 #: the normalization passes in the order they run; each can be applied on its own
 PIPELINE: tuple = (
+    precision.compute_in_float32,        # float16/float64 models: float32 throughout
     fold.fold_constants,                 # weights and clip bounds become initializers
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     canonical.sum_to_add,
