@@ -594,6 +594,63 @@ def test_a_float16_or_float64_model_is_converted_in_float32(layout):
     assert np.corrcoef(dnn.ravel(), spiking.ravel())[0, 1] > 0.99
 
 
+def test_float32_conversion_reaches_nested_graphs_and_type_attributes_only_when_layers_need_it():
+    """A float16 model's If body (its constant and outputs) and an EyeLike's dtype are made
+    float32 too, so onnxruntime runs the result; a float32 model whose shape arithmetic steps
+    through float64 is left as it is (no note; the same output sizes); a float64 weight past
+    float32's range is refused, named."""
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float16), "w")
+    then = h.make_graph([h.make_node("Add", ["conv", "c"], ["t_out"])], "then", [],
+                        [h.make_tensor_value_info("t_out", TP.FLOAT16, ["N", 4, 4, 4])],
+                        [nh.from_array(np.array(0.5, np.float16), "c")])
+    other = h.make_graph([h.make_node("Identity", ["conv"], ["e_out"])], "else", [],
+                         [h.make_tensor_value_info("e_out", TP.FLOAT16, ["N", 4, 4, 4])])
+    eye = nh.from_array(rng.standard_normal((64, 64)).astype(np.float16), "sq")
+    nodes = [h.make_node("Conv", ["x", "w"], ["conv"], pads=[1] * 4),
+             h.make_node("Constant", [], ["cond"], value=nh.from_array(np.array(True))),
+             h.make_node("If", ["cond"], ["ifo"], then_branch=then, else_branch=other),
+             h.make_node("Relu", ["ifo"], ["r"]), h.make_node("Flatten", ["r"], ["f"]),
+             h.make_node("EyeLike", ["sq"], ["e"], dtype=TP.FLOAT16),
+             h.make_node("Gemm", ["f", "e"], ["y"])]
+    m = h.make_model(h.make_graph(nodes, "nested", [h.make_tensor_value_info("x", TP.FLOAT16, ["N", 1, 4, 4])],
+                                  [h.make_tensor_value_info("y", TP.FLOAT16, ["N", 64])], [w, eye]),
+                     opset_imports=[h.make_opsetid("", 13)])
+    nm = normalize(m)
+    assert any("converted in float32" in n for n in nm.notes)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    out = ort.InferenceSession(nm.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float16)})[0]
+    np.testing.assert_allclose(out, ref.astype(np.float32), rtol=1e-2, atol=1e-2)
+    # float32 layers, float64 shape arithmetic: ceil(50 * 0.3) is 15 in float64, 16 in float32
+    inits = [nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(np.array([2], np.int64), "s0"), nh.from_array(np.array([4], np.int64), "s1"),
+             nh.from_array(np.array([0.3], np.float64), "k"), nh.from_array(np.array([1, 4], np.int64), "nc")]
+    nodes = [h.make_node("Conv", ["x", "w"], ["conv"], pads=[1] * 4), h.make_node("Relu", ["conv"], ["r"]),
+             h.make_node("Shape", ["r"], ["sh"]), h.make_node("Slice", ["sh", "s0", "s1"], ["hw"]),
+             h.make_node("Cast", ["hw"], ["hwd"], to=TP.DOUBLE), h.make_node("Mul", ["hwd", "k"], ["hwk"]),
+             h.make_node("Ceil", ["hwk"], ["hwf"]), h.make_node("Cast", ["hwf"], ["hwi"], to=TP.INT64),
+             h.make_node("Concat", ["nc", "hwi"], ["sizes"], axis=0),
+             h.make_node("Resize", ["r", "", "", "sizes"], ["y"], mode="nearest")]
+    m = h.make_model(h.make_graph(nodes, "sizes", [h.make_tensor_value_info("x", TP.FLOAT, [1, 1, 50, 50])],
+                                  [h.make_tensor_value_info("y", TP.FLOAT, [1, 4, 15, 15])], inits),
+                     opset_imports=[h.make_opsetid("", 13)])
+    nm = normalize(m)
+    assert not any("float32" in n for n in nm.notes)
+    x = np.random.default_rng(1).random((1, 1, 50, 50)).astype(np.float32)
+    assert run(nm.model, x).outputs[0].shape == (1, 4, 15, 15)
+    big = h.make_model(h.make_graph(
+        [h.make_node("Gemm", ["x", "wb"], ["g"], transB=1, name="fc"), h.make_node("Relu", ["g"], ["y"])], "big",
+        [h.make_tensor_value_info("x", TP.DOUBLE, ["N", 2])], [h.make_tensor_value_info("y", TP.DOUBLE, ["N", 2])],
+        [nh.from_array(np.array([[1e300, 0], [0, 1]], np.float64), "wb")]), opset_imports=[h.make_opsetid("", 13)])
+    with pytest.raises(UnsupportedModelError, match="'wb'.*beyond float32's range"):
+        normalize(big)
+
+
 @pytest.mark.parametrize("per_axis", [False, True])
 def test_weight_only_dequantize_is_folded_to_float_weights(per_axis):
     """DequantizeLinear of a constant int8 weight (weight-only quantization; onnx-graphsurgeon

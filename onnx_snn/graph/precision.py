@@ -5,67 +5,110 @@ and the converter's calibration compares float32 activations. A half-precision e
 (``model.half()`` before ``torch.onnx.export``), onnxconverter-common's float16 conversion
 (with or without ``keep_io_types``: Cast to float16 after the inputs, back after the outputs)
 or a float64 graph is therefore converted in float32: every float16/float64 constant (weights,
-clip bounds, Constant and ConstantOfShape values) is cast, a Cast to float16/float64 becomes a
-Cast to float32, and every tensor, the inputs and outputs too, is declared float32. A note says
-so: the spiking model takes and gives float32. bfloat16 and the float8 types (no numpy type
-for the first) stay refused, named (``support.check_supported``).
+clip bounds, Constant and ConstantOfShape values) is cast, a Cast to float16/float64 (and an
+op's ``dtype``/``output_datatype`` of those types) becomes float32, and every tensor, the
+inputs and outputs too, is declared float32, in the graphs nested in If/Loop/Scan as well.
+A note says so.
+
+The pass runs only when the model's layers compute in those types: a float16/float64 graph
+input, or a Conv/ConvTranspose/Gemm/MatMul/BatchNormalization weight of those types. A float32
+model with a float64 step in its shape arithmetic (sizes scaled in double, as exporters write
+them) is left as it is: in float32 the same sizes could round differently. A float64 constant
+beyond float32's range is refused, named (it would become an infinity). bfloat16 and the float8
+types stay refused (named by ``support.check_supported`` or by onnxruntime's message).
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
+from ..errors import UnsupportedModelError
 from .passes import PassResult, graph_pass
 
 #: floating-point types computed in float32 instead
-WIDER_OR_NARROWER = (np.dtype(np.float16), np.dtype(np.float64))
-_CAST_TARGETS = (TensorProto.FLOAT16, TensorProto.DOUBLE)
+OTHER_FLOATS = (np.dtype(np.float16), np.dtype(np.float64))
+_OTHER_CODES = (TensorProto.FLOAT16, TensorProto.DOUBLE)
+#: attributes that name an output type (Cast's ``to``; EyeLike, Random*, Bernoulli's ``dtype``;
+#: the window functions' and MelWeightMatrix's ``output_datatype``)
+_TYPE_ATTRS = ("to", "dtype", "output_datatype")
+#: layers whose weight type says what the model computes in
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
 
 
 def _is_other(dtype) -> bool:
     try:
-        return dtype is not None and np.dtype(dtype) in WIDER_OR_NARROWER
+        return dtype is not None and np.dtype(dtype) in OTHER_FLOATS
     except TypeError:
         return False
 
 
-def _as_float32(value):
-    """A constant or ndarray attribute's value in float32 (None: not a float16/float64 one;
-    a constant's values are not read otherwise: gs would cast a bfloat16 one on reading)."""
-    if not isinstance(value, (gs.Constant, np.ndarray)) or not _is_other(value.dtype):
-        return None
-    return np.asarray(value.values if isinstance(value, gs.Constant) else value).astype(np.float32)
+def _graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """``graph`` and the graphs nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(sub, gs.Graph):
+                    yield from _graphs(sub)
+
+
+def computes_in_other_floats(graph: gs.Graph) -> bool:
+    """Whether the model's layers compute in float16/float64 (module docstring)."""
+    if any(_is_other(t.dtype) for t in graph.inputs):
+        return True
+    return any(n.op in _WEIGHTED and any(isinstance(t, gs.Constant) and _is_other(t.dtype)
+                                         for t in n.inputs[1:2])
+               for g in _graphs(graph) for n in g.nodes)
+
+
+def _float32(name: str, values) -> np.ndarray:
+    with np.errstate(over="ignore"):       # an overflow is refused below, by name
+        out = np.asarray(values).astype(np.float32)
+    if not np.all(np.isfinite(out)) and np.all(np.isfinite(np.asarray(values))):
+        raise UnsupportedModelError(f"constant '{name}' holds values beyond float32's range "
+                                    f"(up to {np.max(np.abs(np.asarray(values))):.3g}); the model "
+                                    "is converted in float32: bring them into range (or clip "
+                                    "them) first")
+    return out
 
 
 @graph_pass("compute-in-float32")
 def compute_in_float32(graph: gs.Graph, result: PassResult) -> None:
     """See the module docstring."""
-    kinds = set()
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Constant):
-            v = _as_float32(t)
-            if v is not None:
-                kinds.add(str(np.dtype(t.dtype)))
-                t.values = v
-                result.changed += 1
-        elif _is_other(t.dtype):
+    if not computes_in_other_floats(graph):
+        return
+    kinds, casts = set(), 0
+    io = {id(t) for t in list(graph.inputs) + list(graph.outputs) if _is_other(t.dtype)}
+    for g in _graphs(graph):
+        for t in g.tensors().values():
+            if not _is_other(t.dtype):
+                continue        # (a constant's values are not read: gs casts bfloat16 on reading)
             kinds.add(str(np.dtype(t.dtype)))
-            t.dtype = np.float32
+            if isinstance(t, gs.Constant):
+                t.values = _float32(t.name, t.values)
+            else:
+                t.dtype = np.float32
             result.changed += 1
-    for node in graph.nodes:
-        if node.op == "Cast" and node.attrs.get("to") in _CAST_TARGETS:
-            kinds.add("float16" if node.attrs["to"] == TensorProto.FLOAT16 else "float64")
-            node.attrs["to"] = TensorProto.FLOAT
-            result.changed += 1
-        for key, value in list(node.attrs.items()):
-            v = _as_float32(value)
-            if v is not None:
-                kinds.add(str(np.dtype(value.dtype)))
-                node.attrs[key] = gs.Constant(value.name, v) if isinstance(value, gs.Constant) else v
-                result.changed += 1
-    if result.changed:
-        result.notes.append(f"the model computes in {' and '.join(sorted(kinds))}: converted in "
-                            "float32 (its weights and constants cast, its Casts to "
-                            f"{' or '.join(sorted(kinds))} made Casts to float32); the spiking "
-                            "model takes and gives float32")
+        for node in g.nodes:
+            for key, value in list(node.attrs.items()):
+                if key in _TYPE_ATTRS and value in _OTHER_CODES:
+                    kinds.add("float16" if value == TensorProto.FLOAT16 else "float64")
+                    node.attrs[key] = TensorProto.FLOAT
+                    casts += node.op == "Cast"
+                    result.changed += 1
+                elif isinstance(value, (gs.Constant, np.ndarray)) and _is_other(value.dtype):
+                    kinds.add(str(np.dtype(value.dtype)))
+                    v = _float32(f"{node.name}.{key}",
+                                 value.values if isinstance(value, gs.Constant) else value)
+                    node.attrs[key] = gs.Constant(value.name, v) if isinstance(value, gs.Constant) else v
+                    result.changed += 1
+    what = " and ".join(sorted(kinds))
+    parts = ["its weights and constants cast"]
+    if casts:
+        parts.append(f"its Casts to {what} made Casts to float32")
+    if io:
+        parts.append("the spiking model's inputs and outputs are float32")
+    result.notes.append(f"the model computes in {what}: converted in float32 ({'; '.join(parts)})")

@@ -70,10 +70,10 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             kind = _other_float(o.dtype) if o.name in dynamic else None
             if kind:
                 raise UnsupportedModelError(
-                    f"{node_label(node)} computes '{o.name}' in {kind}; only float32 layers are "
-                    "supported: convert the model to float32 (a float16 model with float32 "
-                    "inputs and outputs, as onnxconverter-common's keep_io_types writes it, "
-                    "computes its layers in float16)")
+                    f"{node_label(node)} computes '{o.name}' in {kind}; only float32 layers "
+                    "are supported (float16 and float64 models are converted in float32; "
+                    "bfloat16, float8 and a float16/float64 step inside a float32 model are "
+                    "not): convert the model to float32")
     for t in graph.inputs:
         try:
             dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
