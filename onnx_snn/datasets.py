@@ -197,17 +197,24 @@ def load_mnist(split: str = "test", data_dir=None, download: bool = False) -> Da
 
 
 def _download_idx(name: str, root: Path) -> Path:  # pragma: no cover - needs internet
+    cls = "MNIST" if name == "mnist" else "FashionMNIST"
+    return _torchvision_download(name, cls, root) / cls / "raw"
+
+
+def _torchvision_download(name: str, cls_name: str, root: Path) -> Path:  # pragma: no cover
+    """Both splits of ``name`` downloaded by torchvision's dataset class ``cls_name`` into
+    ``root`` (it needs internet and torchvision); ``root``."""
     try:
-        from torchvision.datasets import MNIST, FashionMNIST
+        import torchvision.datasets as tvd
     except ImportError:
         raise DataError("--download needs torchvision: pip install 'onnx-snn[torch]'") from None
-    cls = MNIST if name == "mnist" else FashionMNIST
+    cls = getattr(tvd, cls_name)
     try:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as e:
         raise DataError(f"downloading {name} into {root} failed: {e}") from None
-    return root / cls.__name__ / "raw"
+    return root
 
 
 # ---------------------------------------------------------------- CIFAR python folders
@@ -260,18 +267,7 @@ def load_cifar(name: str, split: str = "test", data_dir=None, download: bool = F
 
 
 def _download_cifar(name: str, root: Path) -> Path:  # pragma: no cover - needs internet
-    try:
-        import torchvision  # noqa: F401
-        from torchvision.datasets import CIFAR10, CIFAR100
-    except ImportError:
-        raise DataError("--download needs torchvision: pip install 'onnx-snn[torch]'") from None
-    cls = CIFAR10 if name == "cifar10" else CIFAR100
-    try:
-        cls(str(root), train=True, download=True)
-        cls(str(root), train=False, download=True)
-    except Exception as e:
-        raise DataError(f"downloading {name} into {root} failed: {e}") from None
-    return root
+    return _torchvision_download(name, "CIFAR10" if name == "cifar10" else "CIFAR100", root)
 
 
 # ---------------------------------------------------------------- arrays
