@@ -28,7 +28,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -290,12 +290,17 @@ def npz_splits(path) -> set:
             names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
     except Exception:
         return set()
-    return {sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in names}
+    return set(_splits_in(names))
+
+
+def _splits_in(keys) -> List[str]:
+    """The splits (SPLIT_KEYS) whose input array is among a .npz's ``keys``, in order."""
+    return [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
 
 
 def _split_keys(keys: list, split: Optional[str], path: Path) -> Optional[Tuple[str, Optional[str]]]:
     """(input key, label key) of ``split`` (default test) in a .npz with SPLIT_KEYS, else None."""
-    have = [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
+    have = _splits_in(keys)
     if not have:
         return None
     sp = split or "test"

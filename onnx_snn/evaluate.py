@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
@@ -138,6 +139,15 @@ def _first_output_ids(runner) -> bool:
     return node.op_type in ("ArgMax", "TopK")
 
 
+def class_scores(out):
+    """A classifier's scores as [N, classes]: a fully convolutional classifier's
+    [N, classes, 1, 1] is flattened (the ONNX model zoo's SqueezeNet and DenseNet end that
+    way); any other shape is returned as it is. Takes numpy arrays and torch tensors alike."""
+    if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
+        return out.reshape(out.shape[0], out.shape[1])
+    return out
+
+
 def _predicted(out: np.ndarray, ds: Dataset, first: bool, ids: bool = False) -> np.ndarray:
     """The predicted classes from a model's first output: the argmax of [N, classes] scores
     (or [N, classes, 1, 1]: a fully convolutional classifier, as the ONNX model zoo's
@@ -146,8 +156,7 @@ def _predicted(out: np.ndarray, ds: Dataset, first: bool, ids: bool = False) -> 
     per sample (a TopK's best)."""
     if ids or (out.dtype.kind in "iu" and out.ndim == 1):
         return out.reshape(len(out), -1)[:, 0]
-    if out.ndim > 2 and int(np.prod(out.shape[2:])) == 1:
-        out = out.reshape(out.shape[0], out.shape[1])
+    out = class_scores(out)
     if out.ndim != 2:
         raise DataError(f"the model's first output has shape {list(out.shape)}; top-1 needs "
                         "[N, classes] scores or [N] integer class ids")

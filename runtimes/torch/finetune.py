@@ -42,6 +42,7 @@ from onnx_snn.datasets import (Dataset, check_label_range, check_preprocess, dat
                                named_dataset, npz_splits)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
+from onnx_snn.evaluate import class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
@@ -247,12 +248,8 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
 
 def first_scores(out):
     """The first output of a forward pass (several outputs: the first holds the scores) as
-    [N, classes]: a fully convolutional classifier's [N, classes, 1, 1] is flattened (the ONNX
-    model zoo's SqueezeNet and DenseNet end that way); other shapes are returned as they are."""
-    out = out[0] if isinstance(out, list) else out
-    if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
-        out = out.reshape(out.shape[0], out.shape[1])
-    return out
+    [N, classes] (:func:`onnx_snn.evaluate.class_scores`)."""
+    return class_scores(out[0] if isinstance(out, list) else out)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -331,8 +328,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                              "split and measures the test split; drop the ':split' (other test "
                              f"data goes to --test-data)" if what == "data" else
                              f"{d}: --test-data takes a named dataset's test split; drop the ':split'")
+    splits = npz_splits(data)      # a Keras-style .npz's x_train / x_test
     test_same = (test_data is None and named_dataset(data) is None   # arrays: the same samples,
-                 and not {"train", "test"} <= npz_splits(data))      # unless a .npz holds both
+                 and not {"train", "test"} <= splits)                # unless a .npz holds both
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
     inputs = model_files(model_path) + [f for d in (data, test_data) if isinstance(d, (str, os.PathLike))
                                         for f in dataset_files(d, data_dir)]
@@ -358,7 +356,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                     f"(this one takes {len(_specs(view))}: "
                                     f"{', '.join(n for n, _ in _specs(view))})")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
-    test_split = "train" if test_same and npz_splits(data) == {"train"} else "test"
+    test_split = "train" if test_same and splits == {"train"} else "test"
     test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
                       data_dir, view, download, mean, std)
     if test_same and main_proc:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.errors import DataError, ModelLoadError
+from onnx_snn.evaluate import class_scores
 from onnx_snn.model_io import sha256_file
 from onnx_snn.spiking import format as fmt
 
@@ -84,8 +85,7 @@ class Teacher:
         outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
                 for i in range(0, len(x), max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        if out.ndim > 2 and int(np.prod(out.shape[2:])) == 1:    # [N, classes, 1, 1]
-            out = out.reshape(out.shape[0], out.shape[1])
+        out = class_scores(out)                                  # [N, classes, 1, 1] too
         if self.probabilities:
             out = np.log(np.maximum(out, _MIN_PROBABILITY))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
