@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
@@ -12,9 +11,10 @@ import numpy as np
 import onnx
 
 from . import json_text
-from .datasets import Dataset, check_inputs, check_label_range, check_labels, check_preprocess
+from .datasets import Dataset, check_inputs, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
+from .scores import IDS, SCORES, check_labels_for, first_output_kind, predicted
 from .spiking import format as fmt
 
 if TYPE_CHECKING:   # the annotation only (convert imports evaluate's siblings)
@@ -113,58 +113,6 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
-#: ops that carry class ids or scores to an output unchanged (but for their layout or type)
-_CARRY = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
-
-
-def _first_output_ids(runner) -> bool:
-    """Whether the model's first output is class ids: an ArgMax's, or a TopK's indices (best
-    first), through casts and reshapes. A TopK's values (sorted scores: their argmax is always
-    the first column) are refused (DataError naming the node)."""
-    if not runner.output_names:
-        return False
-    producers = {o: n for n in runner.model.graph.node for o in n.output if o}
-    t = runner.output_names[0]
-    node = producers.get(t)
-    while node is not None and node.op_type in _CARRY and node.input:
-        t = node.input[0]
-        node = producers.get(t)
-    if node is None:
-        return False
-    if node.op_type == "TopK" and list(node.output).index(t) == 0:
-        raise DataError(f"the model's first output '{runner.output_names[0]}' is the values of "
-                        f"TopK '{node.name}': sorted scores, not classes; top-1 reads class ids "
-                        "or scores from the first output: export the TopK's indices first (or "
-                        "no TopK: convert drops it)")
-    return node.op_type in ("ArgMax", "TopK")
-
-
-def class_scores(out):
-    """A classifier's scores as [N, classes]: a fully convolutional classifier's
-    [N, classes, 1, 1] is flattened (the ONNX model zoo's SqueezeNet and DenseNet end that
-    way); any other shape is returned as it is. Takes numpy arrays and torch tensors alike."""
-    if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
-        return out.reshape(out.shape[0], out.shape[1])
-    return out
-
-
-def _predicted(out: np.ndarray, ds: Dataset, first: bool, ids: bool = False) -> np.ndarray:
-    """The predicted classes from a model's first output: the argmax of [N, classes] scores
-    (or [N, classes, 1, 1]: a fully convolutional classifier, as the ONNX model zoo's
-    SqueezeNet and DenseNet end), or, for class ids (``ids``: a DNN exported with its ArgMax
-    or TopK head; its spiking model outputs the scores; or an integer [N] output), their first
-    per sample (a TopK's best)."""
-    if ids or (out.dtype.kind in "iu" and out.ndim == 1):
-        return out.reshape(len(out), -1)[:, 0]
-    out = class_scores(out)
-    if out.ndim != 2:
-        raise DataError(f"the model's first output has shape {list(out.shape)}; top-1 needs "
-                        "[N, classes] scores or [N] integer class ids")
-    if first:
-        check_label_range(ds.y, out.shape[1], ds.name)
-    return out.argmax(1)
-
-
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False) -> Dict[int, EvalResult]:
     from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
@@ -211,7 +159,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, "evaluation data")
-    ids = ds.y is not None and not runner.spiking and _first_output_ids(runner)
+    kind = (first_output_kind(runner.model, runner.output_names[0])
+            if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
     n = len(ds)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
@@ -236,7 +185,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             else:
                 logits, counts = r.outputs[0], r.spikes
             if ds.y is not None:
-                correct[t] += int(np.count_nonzero(_predicted(logits, ds, start == 0, ids) ==
+                if start == 0 and kind != IDS:
+                    check_labels_for(ds.y, logits, ds.name)
+                correct[t] += int(np.count_nonzero(predicted(logits, kind) ==
                                                    ds.y[start:start + nb]))
             for k, v in counts.items():
                 spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())

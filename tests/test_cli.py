@@ -581,21 +581,6 @@ def test_a_fully_convolutional_classifier_is_scored(tmp_path):
                  "--limit-train", "128", "--limit-test", "64", "-o", str(tmp_path / "ft.onnx")]) == 0
 
 
-def test_predicted_classes_from_scores_and_ids():
-    """Integer scores (a quantized model's uint8/int8 logits) are scores: their argmax; class
-    ids are read as ids whatever their trailing unit axes; [N, classes, 1, 1] scores are
-    flattened; an integer [N] is ids."""
-    from onnx_snn.datasets import Dataset
-    from onnx_snn.evaluate import _predicted
-    ds = Dataset("t", np.zeros((2, 1)), np.array([1, 2]))
-    q = np.array([[0, 9, 1], [0, 1, 9]], np.int8)
-    assert _predicted(q, ds, True).tolist() == [1, 2]
-    assert _predicted(np.array([[[1]], [[2]]], np.int64), ds, True, ids=True).tolist() == [1, 2]
-    assert _predicted(np.array([[2, 0], [1, 0]]), ds, True, ids=True).tolist() == [2, 1]
-    assert _predicted(q.astype(np.float32)[:, :, None, None], ds, True).tolist() == [1, 2]
-    assert _predicted(np.array([1, 2]), ds, True).tolist() == [1, 2]
-
-
 def test_eval_scores_a_dnns_class_ids_and_refuses_topk_values(tmp_path):
     """A DNN exported with its head: eval scores its first output's class ids (an ArgMax's, a
     TopK's best first) as the argmax of the scores would be, and refuses a TopK's sorted values

@@ -190,7 +190,7 @@ def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     scores or instead of them) is dropped with a note: the spiking model's first output is
     the scores the head read, and at large T its argmax is the DNN's class ids."""
     from onnx_snn.convert import prepare
-    from onnx_snn.evaluate import _predicted
+    from onnx_snn.scores import IDS, predicted
     m = _with_head(head)
     nm = prepare(m)
     notes = " ".join(nm.notes)
@@ -203,10 +203,9 @@ def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     want = next(o for o in outs if o.dtype.kind == "i")
     want = want.reshape(len(want), -1)[:, 0]            # a TopK's indices: the best first
     assert np.mean(spiking.argmax(1) == want) >= 0.95
-    ds = type("D", (), {"y": want, "name": "t"})()      # eval scores the DNN's class ids
-    assert np.array_equal(_predicted(next(o for o in outs if o.dtype.kind == "i"), ds, True, ids=True), want)
-    if not head.startswith("topk"):
-        assert np.array_equal(_predicted(outs[0], ds, True, ids=outs[0].dtype.kind == "i"), want)
+    assert np.array_equal(predicted(next(o for o in outs if o.dtype.kind == "i"), IDS), want)
+    if not head.startswith("topk"):     # eval scores the DNN's class ids
+        assert np.array_equal(predicted(outs[0], IDS if outs[0].dtype.kind == "i" else "scores"), want)
 
 
 @pytest.mark.parametrize("head", ["logsoftmax_twice", "argmax_feeds_the_network", "topk_smallest"])

@@ -86,7 +86,7 @@ def test_pipeline_is_a_list_of_named_passes():
         "compute-in-float32",
         "fold-constants", "refuse-training-batchnorm", "sum-to-add", "reduce-max-to-global-pool",
         "remove-identity-dropout",
-        "strip-output-head", "strip-final-softmax",
+        "strip-output-head", "strip-final-softmax", "strip-final-sigmoid",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
         "canonicalize-sites"]
 

@@ -1,5 +1,5 @@
 """Passes that drop what has no place in a spiking graph: an output head (ArgMax/TopK class
-ids), final softmax, Identity, Dropout, unused extra outputs."""
+ids), final softmax or sigmoid, Identity, Dropout, unused extra outputs."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -191,6 +191,27 @@ def strip_final_softmax(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
+@graph_pass("strip-final-sigmoid")
+def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
+    """A Sigmoid that feeds a graph output (directly or through Flatten/Reshape/Squeeze):
+    a binary classifier's probability, or a multi-label model's. It is dropped: the spiking
+    model outputs the time-averaged logits, of the same order (argmax, and a logit above 0
+    for a probability above 0.5, are unchanged)."""
+    for sg in list(graph.nodes):
+        if sg.op != "Sigmoid" or not sg.outputs or not sg.inputs:
+            continue
+        _, why = _path_to_output(graph, sg.outputs[0])
+        if why is not None:
+            result.skip(sg, why)
+            continue
+        result.notes.append(f"dropped the final Sigmoid '{sg.name}': the spiking model outputs "
+                            "time-averaged logits (a logit above 0 is a probability above 0.5; "
+                            "apply a sigmoid for probabilities)")
+        result.changed += 1
+        bypass(graph, sg)
+    graph.cleanup()
+
+
 def _bypass(graph: gs.Graph, node: gs.Node, result: PassResult) -> None:
     src, out = node.inputs[0], node.outputs[0]
     bypass(graph, node)
@@ -246,4 +267,4 @@ def drop_unused_outputs(graph: gs.Graph, result: PassResult) -> None:
         node.outputs = keep
 
 
-__all__ = ["strip_output_head", "strip_final_softmax", "remove_identity_and_dropout", "drop_unused_outputs"]
+__all__ = ["strip_output_head", "strip_final_softmax", "strip_final_sigmoid", "remove_identity_and_dropout", "drop_unused_outputs"]

@@ -193,6 +193,7 @@ PIPELINE: tuple = (
     cleanup.remove_identity_and_dropout,
     cleanup.strip_output_head,           # before the softmax an ArgMax may read
     cleanup.strip_final_softmax,
+    cleanup.strip_final_sigmoid,
     cleanup.drop_unused_outputs,
     fold.fold_batchnorm,
     canonical.matmul_add_to_gemm,

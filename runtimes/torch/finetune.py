@@ -38,11 +38,11 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
-from onnx_snn.datasets import (Dataset, check_label_range, check_preprocess, dataset_files,
+from onnx_snn.datasets import (Dataset, check_preprocess, dataset_files,
                                named_dataset, npz_splits)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
-from onnx_snn.evaluate import class_scores
+from onnx_snn.scores import check_labels_for, class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
 from onnx_snn.progress import Progress
@@ -248,7 +248,7 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
 
 def first_scores(out):
     """The first output of a forward pass (several outputs: the first holds the scores) as
-    [N, classes] (:func:`onnx_snn.evaluate.class_scores`)."""
+    [N, classes] (:func:`onnx_snn.scores.class_scores`)."""
     return class_scores(out[0] if isinstance(out, list) else out)
 
 
@@ -379,7 +379,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
-        probe = first_scores(net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1))
+        raw = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
+        raw = raw[0] if isinstance(raw, list) else raw
+    probe = first_scores(raw)
     net.train()
     if probe.ndim != 2:     # the loss and top-1 read the first output as [batch, classes]
         first = view.outputs[0] if view.outputs else "?"
@@ -389,8 +391,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if len(view.outputs) > 1 and main_proc:
         log(f"note: the model has {len(view.outputs)} outputs; the loss and top-1 read the first, "
             f"'{view.outputs[0]}'")
-    check_label_range(train.y, int(probe.shape[1]), train.name)
-    check_label_range(test.y, int(probe.shape[1]), test.name)
+    check_labels_for(train.y, raw, train.name)
+    check_labels_for(test.y, raw, test.name)
     teacher = _teacher(cfg, teacher_path, view, model_path, pad_batch(test.x[:1], fixed),
                        probe.cpu(), world,
                        log if main_proc else (lambda *a: None))

@@ -5,7 +5,9 @@ conversion recorded its path and the file there is unchanged) run in onnxruntime
 training batch; the student, the spiking network, learns its outputs
 (:func:`distillation_loss`, Hinton et al. 2015) mixed with the labels' cross-entropy.
 A teacher that ends in a Softmax (the conversion drops it from the student) is read as
-probabilities: its log-probabilities are the logits the KL compares.
+probabilities: its log-probabilities are the logits the KL compares. A binary classifier's
+one score (a final Sigmoid's probability p, or a logit) is read as two classes
+(:func:`onnx_snn.scores.class_scores`), as the student's is.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.errors import DataError, ModelLoadError
-from onnx_snn.evaluate import class_scores
+from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind
 from onnx_snn.model_io import sha256_file
 from onnx_snn.spiking import format as fmt
 
@@ -77,6 +79,7 @@ class Teacher:
     is_source: bool         # the DNN the spiking model was converted from
     sha256: str
     probabilities: bool = False   # its output is a softmax: its log is compared
+    sigmoid: bool = False         # its output is a final Sigmoid's (a binary classifier's p)
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
         """The teacher's logits for a batch (in batches of its fixed size, if it has one)."""
@@ -85,7 +88,7 @@ class Teacher:
         outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
                 for i in range(0, len(x), max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        out = class_scores(out)                                  # [N, classes, 1, 1] too
+        out = class_scores(out, self.sigmoid)     # [N, classes, 1, 1]; one score: two classes
         if self.probabilities:
             out = np.log(np.maximum(out, _MIN_PROBABILITY))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
@@ -130,6 +133,7 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
                       sha256=sha)
     try:
+        teacher.sigmoid = first_output_kind(runner.model) == PROBABILITIES
         out = teacher(probe).numpy()    # in the teacher's batches (its raw output: no log yet)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None

@@ -1,0 +1,115 @@
+"""What a classifier's first output holds, and the classes top-1 reads from it.
+
+Three kinds of first output (:func:`first_output_kind`, read from the graph):
+
+- ``ids``: class ids, an ArgMax's or a TopK's indices (best first), through casts and
+  reshapes; a DNN exported with its serving head (its spiking model outputs the scores);
+- ``probabilities``: a final Sigmoid's, a binary classifier's probability (or a
+  multi-label model's); the spiking model, whose conversion drops the Sigmoid, outputs its
+  logit;
+- ``scores``: logits, a Softmax's probabilities, a quantized model's integer scores.
+
+:func:`class_scores` gives every scored output as [N, classes]; a binary classifier's one
+score per sample (logit z, or probability p) becomes the two classes [0, z] (or [1 - p, p]),
+so that argmax, cross-entropy and distillation read it as they read any classifier: class 1
+when z > 0 (p > 0.5), and the cross-entropy of [0, z] is the binary cross-entropy of z.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from .datasets import check_label_range
+from .errors import DataError
+
+IDS, PROBABILITIES, SCORES = "ids", "probabilities", "scores"
+
+#: ops that carry class ids or scores to an output unchanged (but for their layout or type)
+CARRY_OPS = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> str:
+    """What the model's first output (or ``output``) holds: IDS, PROBABILITIES or SCORES
+    (see the module's doc). A TopK's values (sorted scores: their argmax is always the first
+    column) are refused (DataError naming the node)."""
+    g = model.graph
+    name = output or (g.output[0].name if g.output else None)
+    if name is None:
+        return SCORES
+    producers = {o: n for n in g.node for o in n.output if o}
+    t, node = name, producers.get(name)
+    while node is not None and node.op_type in CARRY_OPS and node.input:
+        t = node.input[0]
+        node = producers.get(t)
+    if node is None:
+        return SCORES
+    if node.op_type == "TopK" and list(node.output).index(t) == 0:
+        raise DataError(f"the model's first output '{name}' is the values of TopK "
+                        f"'{node.name}': sorted scores, not classes; top-1 reads class ids or "
+                        "scores from the first output: export the TopK's indices first (or no "
+                        "TopK: convert drops it)")
+    if node.op_type in ("ArgMax", "TopK"):
+        return IDS
+    return PROBABILITIES if node.op_type == "Sigmoid" else SCORES
+
+
+def _binary(out, probabilities: bool):
+    """A binary classifier's [N, 1] scores as the two classes [0, z] (logits) or [1 - p, p]
+    (probabilities); numpy arrays and torch tensors alike."""
+    if isinstance(out, np.ndarray):
+        other = 1.0 - out if probabilities else np.zeros_like(out)
+        return np.concatenate([other, out], axis=1)
+    import torch
+    other = 1.0 - out if probabilities else torch.zeros_like(out)
+    return torch.cat([other, out], dim=1)
+
+
+def class_scores(out, probabilities: bool = False):
+    """A classifier's scores as [N, classes]: a fully convolutional classifier's
+    [N, classes, 1, 1] is flattened (the ONNX model zoo's SqueezeNet and DenseNet end that
+    way); a binary classifier's one float score per sample ([N], [N, 1] or [N, 1, 1, 1])
+    becomes two classes ([0, z], or [1 - p, p] for ``probabilities``); any other shape is
+    returned as it is. Takes numpy arrays and torch tensors alike."""
+    if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
+        out = out.reshape(out.shape[0], out.shape[1])
+    floating = out.dtype.is_floating_point if not isinstance(out, np.ndarray) else out.dtype.kind == "f"
+    if floating and out.ndim == 1:
+        out = out.reshape(out.shape[0], 1)
+    if floating and out.ndim == 2 and out.shape[1] == 1:
+        return _binary(out, probabilities)
+    return out
+
+
+def check_labels_for(y: Optional[np.ndarray], out, where: str) -> None:
+    """Every label a class the model's first output ``out`` (as it came) scores: 0..C-1, or
+    0 and 1 for a binary classifier's one score."""
+    if y is None or not y.size:
+        return
+    single = out.ndim >= 1 and (out.ndim == 1 or math.prod(out.shape[1:]) == 1)
+    if single and int(y.max()) > 1:
+        raise DataError(f"{where}: label {int(y.max())} is out of range: the model outputs one "
+                        "score per sample, a binary classifier's (labels 0 and 1)")
+    if not single:
+        check_label_range(y, int(class_scores(out).shape[1]), where)
+
+
+def predicted(out: np.ndarray, kind: str = SCORES) -> np.ndarray:
+    """The predicted classes from a model's first output of ``kind``: class ids (their first
+    per sample: a TopK's best; an integer [N] output is ids too) or the argmax of
+    :func:`class_scores` (a binary classifier: class 1 when its logit is above 0, its
+    probability above 0.5)."""
+    if kind == IDS or (out.dtype.kind in "iu" and out.ndim == 1):
+        return out.reshape(len(out), -1)[:, 0]
+    scores = class_scores(out, probabilities=kind == PROBABILITIES)
+    if scores.ndim != 2:
+        raise DataError(f"the model's first output has shape {list(out.shape)}; top-1 needs "
+                        "[N, classes] scores, one score per sample (a binary classifier) or "
+                        "[N] integer class ids")
+    return scores.argmax(1)
+
+
+__all__ = ["IDS", "PROBABILITIES", "SCORES", "CARRY_OPS", "first_output_kind", "class_scores",
+           "check_labels_for", "predicted"]
