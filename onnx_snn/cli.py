@@ -492,7 +492,9 @@ def _dataset_from_metadata(model_path: str) -> Optional[str]:
     try:
         m = onnx.load(model_path, load_external_data=False)
     except Exception:
-        load_model(model_path)   # raises the clear error (missing, truncated, not ONNX)
+        m = None
+    if m is None or not m.HasField("graph"):   # an empty file parses as an empty model
+        load_model(model_path)   # raises the clear error (missing, empty, truncated, not ONNX)
         return None
     meta = {p.key: p.value for p in m.metadata_props}
     return meta.get("onnx_snn.dataset")

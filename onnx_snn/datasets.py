@@ -443,7 +443,7 @@ def check_labels(y, n: int, where: str) -> np.ndarray:
         if bad:
             raise DataError(f"{where}: {bad} label(s) are NaN/Inf; labels are class indices")
         if np.any(y != np.round(y)):
-            raise DataError(f"{where}: labels such as {y[y != np.round(y)][0]!r} are not whole "
+            raise DataError(f"{where}: labels such as {float(y[y != np.round(y)][0]):g} are not whole "
                             "numbers; labels are class indices")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:

@@ -794,6 +794,8 @@ cli("conv_percentile_150", "misc", CONV + " --percentile 150", 2)
 cli("conv_missing_model", "misc", "convert {ws}/nope.onnx --calib {ws}/calib.npy", 3)
 cli("conv_model_folder", "misc", "convert {ws}/fmdata --calib {ws}/calib.npy", 3)
 cli("conv_model_empty", "misc", "convert {ws}/e.onnx --calib {ws}/calib.npy", 3, setup=write("e.onnx", b""))
+cli("conv_model_empty_no_calib", "misc", "convert {ws}/e.onnx", 3, setup=write("e.onnx", b""),
+    needle="empty file")
 cli("conv_model_text", "misc", "convert {ws}/e.onnx --calib {ws}/calib.npy", 3, setup=write("e.onnx", b"hello"))
 cli("conv_sigmoid", "misc", "convert {ws}/sig.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4, needle="the_sigmoid")
 cli("conv_ext_missing_weights", "misc", "convert {ws}/ext.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
