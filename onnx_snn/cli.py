@@ -658,6 +658,7 @@ def cmd_info(args) -> int:
     deployed = is_spiking(model) and read_info(model, args.model).graph == GRAPH_DEPLOY
     info = read_info(model, args.model) if deployed else require_spiking(model, args.model)
     check_preprocess(info.preprocess, args.model)
+    binary = _metadata_value(metadata(model).get(META_BINARY, "{}"))   # checked by read_info
     if args.json:
         print(json.dumps({k: _metadata_value(v) for k, v in metadata(model).items()}, indent=2))
         return 0
@@ -669,7 +670,6 @@ def cmd_info(args) -> int:
              _param(s.v_init, ".4g")] + ([s.neuron] if signed else []) for s in info.sites]
     print(_fmt_table(["site", "shape", "neurons", "mu", "threshold", "amplitude", "leak", "v_init"]
                      + (["neuron"] if signed else []), rows))
-    binary = _metadata_value(metadata(model).get(META_BINARY, "{}"))
     if isinstance(binary, dict) and binary:
         folded = [k for k, v in binary.items() if v == "folded"]
         print(f"binary spikes (--binary-spikes): amplitudes folded into the next layer at "

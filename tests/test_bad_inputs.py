@@ -102,6 +102,8 @@ DAMAGE = {
     "pools_json": ("onnx_snn.pools", "{}"),
     "graph_kind": ("onnx_snn.graph", "mesh"),
     "outputs_json": ("onnx_snn.outputs", "[1,"),
+    "outputs_unknown": ("onnx_snn.outputs", '["not_an_output"]'),
+    "binary_values": ("onnx_snn.binary_spikes", '{"lif0": 5}'),
     "dropout_json": ("onnx_snn.dropout", "{"),
     "threshold_zero": ("param:lif0.threshold", 0.0),
     "param_nan": ("param:lif1.amplitude", float("nan")),

@@ -565,12 +565,23 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     if graph not in GRAPHS:
         raise ModelLoadError(f"{where}: the metadata {META_GRAPH} is {graph!r}, not one of "
                              f"{', '.join(map(repr, GRAPHS))}")
+    outputs = _json(meta, META_OUTPUTS, [], list, where)
+    graph_outputs = {o.name for o in model.graph.output}
+    bad = [o for o in outputs if not isinstance(o, str) or o not in graph_outputs]
+    if bad:
+        raise ModelLoadError(f"{where}: the metadata {META_OUTPUTS} names {bad[0]!r}, which is "
+                             "not an output of the graph; the file is damaged or was edited, "
+                             "convert it again")
+    binary = _json(meta, META_BINARY, {}, dict, where)
+    if not all(isinstance(v, str) for v in binary.values()):
+        raise ModelLoadError(f"{where}: the metadata {META_BINARY} should map sites to 'folded' "
+                             "or why a site kept its amplitude; the file is damaged")
     return SpikingInfo(
         format_version=version, timesteps=timesteps, method=meta.get(META_METHOD, ""),
         sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
         history=_json(meta, META_HISTORY, [], list, where),
         dropout=_json(meta, META_DROPOUT, [], list, where),
-        graph=graph, outputs=_json(meta, META_OUTPUTS, [], list, where),
+        graph=graph, outputs=outputs,
         pools=[PoolRecord.from_dict(p, where) for p in _json(meta, META_POOLS, [], list, where)])
 
 
