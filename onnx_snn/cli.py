@@ -786,7 +786,8 @@ def cmd_analyze(args) -> int:
             from .evaluate import evaluate
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
-                         show_progress=not getattr(args, "quiet", False), download=args.download)
+                         show_progress=not getattr(args, "quiet", False), download=args.download,
+                         where=str(args.model))
             rates, T = r.rates, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))

@@ -81,9 +81,10 @@ class EvalResult:
 def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: Optional[int] = None,
              batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
              data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
-             download: bool = False) -> EvalResult:
+             download: bool = False, where: Optional[str] = None) -> EvalResult:
     """Top-1 of ``model`` (a path, a ModelProto, or the SpikingModel ``convert`` returns) on
-    ``data`` (a dataset name, array file, Dataset, or (x, y) tuple).
+    ``data`` (a dataset name, array file, Dataset, or (x, y) tuple); ``where``: the model's
+    name in messages and the result (default: its path, or the graph's name).
 
     For spiking models, also the spikes per neuron of every site (``timesteps`` overrides the
     model's T; a whole number in 1..MAX_TIMESTEPS). Named datasets get the model's recorded
@@ -95,7 +96,7 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
     if timesteps is not None:
         timesteps = check_timesteps(timesteps)
     results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
-                        mean, std, data_dir, show_progress, threads, download)
+                        mean, std, data_dir, show_progress, threads, download, where)
     return next(iter(results.values()))
 
 
@@ -114,7 +115,7 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
 
 
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
-              show_progress, threads, download=False) -> Dict[int, EvalResult]:
+              show_progress, threads, download=False, where=None) -> Dict[int, EvalResult]:
     from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
     from .runtimes.ort import ModelRunner
 
@@ -124,10 +125,11 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
     runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads,
-                         per_step=many)
+                         per_step=many, where=where)
     if many and not runner.spiking:
         raise DataError("several time-step counts only make sense for a spiking model")
-    name = str(model) if not isinstance(model, onnx.ModelProto) else (runner.model.graph.name or "model")
+    name = where or (str(model) if not isinstance(model, onnx.ModelProto)
+                     else (runner.model.graph.name or "model"))
     where = str(name)
     if runner.spiking:
         preprocess = check_preprocess(runner.info.preprocess, where)

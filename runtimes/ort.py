@@ -36,8 +36,10 @@ class ModelRunner:
     deploy graph (its fixed T only; spike totals where it kept them)."""
 
     def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
-                 providers=None, per_step: bool = False, spin: bool = True):
-        """``per_step``: also return every step's outputs and spike counts, so one run at T
+                 providers=None, per_step: bool = False, spin: bool = True,
+                 where: Optional[str] = None):
+        """``where``: the model's name in messages (default: its path, else "model").
+        ``per_step``: also return every step's outputs and spike counts, so one run at T
         gives the results of every shorter run (for models whose parameters do not depend
         on T, and for studying a model beyond its T). ``spin``: see
         :func:`onnx_snn.calibrate.make_session`."""
@@ -45,7 +47,7 @@ class ModelRunner:
             model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
-        where = self.path or "model"
+        where = where or self.path or "model"
         self.spiking = fmt.is_spiking(self.model)
         info = fmt.read_info(self.model, where) if self.spiking else None
         self.deploy = self.spiking and info.graph == fmt.GRAPH_DEPLOY
@@ -57,7 +59,7 @@ class ModelRunner:
         self.per_step = per_step and self.spiking
         per_step_outputs = self.view.per_step_names() \
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
-        self.session = make_session(self.model, threads, providers, where=self.path or "model",
+        self.session = make_session(self.model, threads, providers, where=where,
                                     outputs=per_step_outputs, spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         self.specs = input_specs(self.model, skip=skip)

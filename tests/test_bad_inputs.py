@@ -106,6 +106,8 @@ DAMAGE = {
     "binary_values": ("onnx_snn.binary_spikes", '{"lif0": 5}'),
     "dropout_json": ("onnx_snn.dropout", "{"),
     "threshold_zero": ("param:lif0.threshold", 0.0),
+    "threshold_shape": ("shape:lif0.threshold", (5, 1, 1)),   # the site has 8 channels
+    "neuron_body": ("function:LIFNeuron", ("GreaterOrEqual", "Greater")),
     "param_nan": ("param:lif1.amplitude", float("nan")),
     "truncated": ("truncate", None),
 }
@@ -155,6 +157,17 @@ def build_template(root: Path) -> Path:
             path.write_bytes(data[: len(data) // 2])
         elif what.startswith("param:"):
             onnx.save(_set_param(good, what[6:], value), str(path))
+        elif what.startswith("shape:"):
+            m = _set_param(good, what[6:], None)
+            m.graph.initializer.append(onnx.numpy_helper.from_array(
+                np.ones(value, np.float32), what[6:]))
+            onnx.save(m, str(path))
+        elif what.startswith("function:"):
+            m = onnx.ModelProto()
+            m.CopyFrom(good)
+            f = next(f for f in m.functions if f.name == what[9:])
+            next(n for n in f.node if n.op_type == value[0]).op_type = value[1]
+            onnx.save(m, str(path))
         else:
             onnx.save(_set_meta(good, what, value), str(path))
     onnx.save(_set_meta(good, "onnx_snn.timesteps", "1000000000"), str(root / "bad" / "huge_T.snn.onnx"))
@@ -507,7 +520,8 @@ DAMAGE_CMDS = {
 for _name in DAMAGE:
     for _cmd, _argv in DAMAGE_CMDS.items():
         if _cmd == "finetune" and _name not in ("sites_json", "version_word", "timesteps_0",
-                                                "threshold_zero", "preprocess_values", "truncated"):
+                                                "threshold_zero", "preprocess_values", "truncated",
+                                                "threshold_shape", "neuron_body"):
             continue
         cli(f"damaged_{_name}_{_cmd}", "damaged",
             _argv.replace("{f}", "{ws}/bad/" + _name + ".snn.onnx"), 3)

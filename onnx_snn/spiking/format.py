@@ -805,6 +805,31 @@ def _check_functions(model: onnx.ModelProto, calls: Sequence[onnx.NodeProto], wh
             raise ModelLoadError(f"{where}: the model-local function {DOMAIN}.{op}, which the "
                                  f"graph calls, {what}; the file is damaged or was edited, "
                                  "convert it again")
+        if _body(f) != _body(_canonical_function(op, _onnx_opset(f.opset_import))):
+            # every runtime but onnxruntime runs the format's rule, not the file's body
+            raise ModelLoadError(f"{where}: the body of the model-local function {DOMAIN}.{op} "
+                                 "is not the spiking format's (docs/FORMAT.md): the file was "
+                                 "edited; convert the model again")
+
+
+def _onnx_opset(imports) -> int:
+    return next((o.version for o in imports if o.domain in ("", "ai.onnx")), 0)
+
+
+def _canonical_function(op: str, opset: int) -> onnx.FunctionProto:
+    """The format's definition of function ``op`` at ``opset``, as the converter writes it."""
+    if op == NEURON_OP:
+        return neuron_function(opset)
+    if op == SIGNED_NEURON_OP:
+        return signed_neuron_function(opset)
+    return next(f for f in pool_functions(opset) if f.name == op)
+
+
+def _body(f: onnx.FunctionProto) -> list:
+    """A function's nodes as comparable values (op, inputs, outputs, attributes)."""
+    return [(n.domain, n.op_type, list(n.input), list(n.output),
+             sorted(a.SerializeToString() for a in n.attribute)) for n in f.node] + \
+        [list(f.input), list(f.output), sorted(f.attribute)]
 
 
 def _signature(op: str):
@@ -841,6 +866,12 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
             if v.dtype.kind != "f" or not np.all(np.isfinite(v)):
                 raise ModelLoadError(f"{where}: the parameter '{name}' is not finite; the file "
                                      "is damaged (or fine-tuning diverged): use another file")
+            full = (1,) + tuple(s.shape)    # a batch axis, then the site's per-sample shape
+            if v.ndim > len(full) or any(a not in (1, b) for a, b in zip(v.shape[::-1], full[::-1])):
+                raise ModelLoadError(f"{where}: the parameter '{name}' has shape {list(v.shape)}, "
+                                     f"which does not broadcast to site {s.name}'s shape "
+                                     f"{list(s.shape)}; the file is damaged or was edited, "
+                                     "convert it again")
             if p == "threshold" and not np.all(v > 0):
                 raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
                                      f"({float(v.min()):g}); a neuron would fire on every step. "
