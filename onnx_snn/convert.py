@@ -23,7 +23,7 @@ from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPL
 from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess, load_dataset,
                        RAW_PIXELS, to_input_layout)
 from .errors import DataError, UnsupportedModelError, UsageError
-from .feeds import input_specs
+from .feeds import input_specs, validate_feeds
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
@@ -525,6 +525,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
     ds = ds.take(calib_samples, seed=seed)
+    probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
+    validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)

@@ -160,7 +160,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                       download=download, specs=runner.specs)
     if limit:
         ds = ds.take(limit)
-    feeds = runner.validate(ds.x, "evaluation data")
+    feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[0])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
     n = len(ds)

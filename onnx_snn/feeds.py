@@ -59,7 +59,7 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
             if shape and samples is not None:
                 shape[0] = samples
             raise DataError(f"{what}: shape {shape} does not fit the model input "
-                            f"'{name}' of shape {shown}")
+                            f"'{name}' of shape {shown}{_layout_hint(arr.shape, dims)}")
         if n is not None and arr.shape[0] != n:
             raise DataError(f"{what}: inputs have different numbers of samples")
         n = arr.shape[0]
@@ -68,6 +68,29 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
         check_finite(arr, f"{what} (input '{name}')")
         feeds[name] = arr
     return feeds
+
+
+def _layout_hint(shape: tuple, dims: List[Optional[int]]) -> str:
+    """What would make per-sample data of ``shape`` fit ``dims`` when only its layout is off:
+    a missing or extra unit axis, channels last instead of first (or the reverse), or the
+    same values flattened; else ''."""
+    want, have = dims[1:], list(shape[1:])
+    fits = (lambda got: len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got)))
+    for i in range(len(have) + 1):
+        if fits(have[:i] + [1] + have[i:]):
+            return f"; insert the missing axis of size 1 (numpy: np.expand_dims(x, {i + 1}))"
+    for i, n in enumerate(have):
+        if n == 1 and fits(have[:i] + have[i + 1:]):
+            return f"; drop its axis {i + 1} of size 1 (numpy: x.squeeze({i + 1}))"
+    if len(have) == 3 and fits([have[2], have[0], have[1]]):
+        return ("; the data is channels-last (NHWC) and the model takes channels-first (NCHW): "
+                "x.transpose(0, 3, 1, 2)")
+    if len(have) == 3 and fits([have[1], have[2], have[0]]):
+        return ("; the data is channels-first (NCHW) and the model takes channels-last (NHWC): "
+                "x.transpose(0, 2, 3, 1)")
+    if all(w is not None for w in want) and int(np.prod(have)) == int(np.prod(want)) and have:
+        return f"; it has as many values per sample: reshape it to {['N'] + list(want)}"
+    return ""
 
 
 def pad_batch(x: np.ndarray, size: Optional[int]) -> np.ndarray:
