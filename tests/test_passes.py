@@ -84,7 +84,8 @@ def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
         "compute-in-float32",
-        "fold-constants", "refuse-training-batchnorm", "sum-to-add", "reduce-max-to-global-pool",
+        "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
+        "fake-quantization", "sum-to-add", "reduce-max-to-global-pool",
         "remove-identity-dropout",
         "strip-output-head", "strip-final-softmax", "strip-final-sigmoid",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",

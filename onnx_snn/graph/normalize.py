@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, fold, precision, skeleton
+from . import canonical, cleanup, fold, precision, quantization, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -188,6 +188,8 @@ PIPELINE: tuple = (
     precision.compute_in_float32,        # float16/float64 models: float32 throughout
     fold.fold_constants,                 # weights and clip bounds become initializers
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
+    quantization.refuse_integer_operators,
+    quantization.fake_quantization,      # QDQ activations: clipped ReLUs (weights: folded above)
     canonical.sum_to_add,
     canonical.reduce_max_to_global_pool,
     cleanup.remove_identity_and_dropout,

@@ -1,0 +1,174 @@
+"""Passes for quantized models: fake-quantized activations become clipped ReLUs; integer
+operators are refused with what to do.
+
+A model quantized in the QDQ format (onnxruntime's ``quantize_static`` with
+``QuantFormat.QDQ``, PyTorch's or TensorFlow's quantization-aware training exports) computes
+in float between pairs ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)``: x rounded to the
+integer grid and clamped to ``[(qmin - z) s, (qmax - z) s]``. Weight-only quantization (a
+DequantizeLinear of a constant) is folded by ``fold.fold_constants``; this module handles the
+pairs on activations:
+
+* a pair whose clamp starts at 0 (an unsigned type with zero point 0, the quantizer's form of
+  a ReLU: onnxruntime drops the Relu/Clip and lets the quantization clamp) is the clipped ReLU
+  ``Clip(x, 0, (qmax - z) s)``: a site whose ``mu`` is the top of the 8-bit range. So is a
+  pair of a signed type on a tensor that cannot be negative (a Relu's output): its clamp from
+  below never acts;
+* a pair on the input data (up to layout and in-graph normalization), on a tensor already
+  clamped within its range (the re-quantization after a max pool of a quantized activation),
+  or of a signed range on a signed tensor (a residual sum, the logits) is dropped: it only
+  rounds (the input's analog values drive the first layer's currents);
+* the rounding itself is dropped everywhere: the spiking network's own levels (T + 1 of them
+  per layer) replace the integer grid.
+
+A note says how many pairs became activations and how many were dropped. Per-axis activation
+scales, a QuantizeLinear whose integers feed an integer operator, and blocked quantization are
+left alone (and refused, named, by the support check).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import UnsupportedModelError
+from .ir import const_value, is_empty, node_label
+from .passes import PassResult, graph_pass
+from .sites import clamp_bounds, nonnegative_tensors
+
+#: integer operators of the QOperator format and integer matrix products
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+               "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid",
+               "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+#: ops that keep a clamp of their (first) input: max(0..hi) in, within 0..hi out
+_KEEPS_RANGE = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+                "Dropout", "MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool",
+                "ReduceMax", "ReduceMean", "Slice", "Expand", "Tile", "SpaceToDepth",
+                "DepthToSpace"}
+
+
+@graph_pass("refuse-integer-operators")
+def refuse_integer_operators(graph: gs.Graph, result: PassResult) -> None:
+    """A model of integer operators (onnxruntime's QOperator format: QLinearConv, QGemm...)
+    computes in integers, which spiking neurons do not take: refused, naming the first one,
+    before the search for activations (it finds none: the operators fuse them)."""
+    for node in graph.nodes:
+        if node.op in INTEGER_OPS:
+            raise UnsupportedModelError(
+                f"{node_label(node)} is an integer-quantized operator (the QOperator format); "
+                "convert the float model, or quantize it in the QDQ format "
+                "(onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QDQ)), "
+                "whose fake-quantized activations onnx-snn reads as clipped ReLUs")
+
+
+def _range(q: gs.Node) -> Optional[Tuple[float, float]]:
+    """(lo, hi) of the values a per-tensor QuantizeLinear's pair can give, or None."""
+    scale = const_value(q.inputs[1]) if len(q.inputs) > 1 else None
+    zp_t = q.inputs[2] if len(q.inputs) > 2 and not is_empty(q.inputs[2]) else None
+    zp = const_value(zp_t) if zp_t is not None else np.zeros((), np.uint8)
+    if scale is None or zp is None or scale.size != 1 or zp.size != 1 or q.attrs.get("block_size"):
+        return None
+    if zp_t is None and q.attrs.get("output_dtype"):
+        return None                                   # a type named by attribute: left alone
+    try:
+        info = np.iinfo(zp.dtype)
+    except ValueError:                                # float8 and 4-bit types
+        return None
+    s, z = float(scale.reshape(())), int(zp.reshape(()))
+    if not (s > 0 and math.isfinite(s)):
+        return None
+    return (info.min - z) * s, (info.max - z) * s
+
+
+def _same_parameters(q: gs.Node, dq: gs.Node) -> bool:
+    for i in (1, 2):
+        a = const_value(q.inputs[i]) if len(q.inputs) > i and not is_empty(q.inputs[i]) else None
+        b = const_value(dq.inputs[i]) if len(dq.inputs) > i and not is_empty(dq.inputs[i]) else None
+        if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+            return False
+    return int(dq.attrs.get("axis", 1)) == int(q.attrs.get("axis", 1)) or \
+        (const_value(q.inputs[1]) is not None and const_value(q.inputs[1]).size == 1)
+
+
+def _clamped_within(t, hi: float, depth: int = 0) -> bool:
+    """Whether ``t`` is already within [0, hi]: a clamp with bounds inside it, through ops
+    that keep a range (layout, pooling, concatenation of such tensors)."""
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None or depth > 64:
+        return False
+    try:
+        bounds = clamp_bounds(node) if node.op in ("Clip", "Min") else None
+    except UnsupportedModelError:                     # bounds that are not constants
+        return False
+    if bounds is not None:
+        lo, top = bounds
+        return lo >= 0 and top <= hi * (1 + 1e-6)
+    if node.op in _KEEPS_RANGE and node.inputs:
+        return _clamped_within(node.inputs[0], hi, depth + 1)
+    if node.op == "Concat":
+        return all(_clamped_within(x, hi, depth + 1) for x in node.inputs)
+    return False
+
+
+def _is_data(t, graph: gs.Graph, depth: int = 0) -> bool:
+    """Whether ``t`` is the model's input data, up to layout, pooling and scaling by
+    constants (in-graph normalization): no layer has computed it, so it is no activation."""
+    if any(t is i for i in graph.inputs):
+        return True
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None or depth > 64 or not node.inputs:
+        return False
+    data = [x for x in node.inputs if not is_empty(x) and const_value(x) is None]
+    if node.op in _KEEPS_RANGE or node.op in ("Cast", "Sub", "Div", "Mul", "Add", "Pad", "Resize"):
+        return len(data) == 1 and _is_data(data[0], graph, depth + 1)
+    return False
+
+
+@graph_pass("fake-quantization")
+def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
+    """QuantizeLinear/DequantizeLinear pairs on activations become clipped ReLUs or are
+    dropped (the module's doc says which)."""
+    graph.toposort()
+    nonneg = nonnegative_tensors(graph)
+    activations = dropped = 0
+    for q in list(graph.nodes):
+        if q.op != "QuantizeLinear" or not q.outputs or not q.inputs:
+            continue
+        x, qy = q.inputs[0], q.outputs[0]
+        if const_value(x) is not None:
+            continue                                  # a constant: folded elsewhere
+        bounds = _range(q)
+        readers = list(qy.outputs)
+        if bounds is None or not readers or any(
+                r.op != "DequantizeLinear" or r.inputs[0] is not qy or not _same_parameters(q, r)
+                for r in readers):
+            result.skip(q, "not a per-tensor QuantizeLinear read only by DequantizeLinear(s) "
+                           "of the same scale and zero point")
+            continue
+        lo, hi = bounds
+        activation = (hi > 0 and (lo >= 0 or x.name in nonneg) and not _clamped_within(x, hi)
+                      and not _is_data(x, graph))
+        for dq in readers:
+            dq.attrs = {}
+            if activation:
+                dq.op = "Clip"
+                dq.inputs = [x, gs.Constant(f"{dq.name or qy.name}_min", np.array(0.0, np.float32)),
+                             gs.Constant(f"{dq.name or qy.name}_max", np.array(hi, np.float32))]
+            else:
+                dq.op, dq.inputs = "Identity", [x]   # remove-identity-dropout takes it out
+        activations += activation
+        dropped += not activation
+        q.inputs.clear()
+        q.outputs.clear()
+        result.changed += 1
+    if activations or dropped:
+        result.notes.append(
+            f"fake quantization (QuantizeLinear/DequantizeLinear pairs): {activations} read as "
+            f"clipped ReLUs (the quantizer's clamp at 0, mu the top of its range), {dropped} "
+            "dropped (signed ranges, or tensors already within them); the spiking network's "
+            "levels replace the integer rounding")
+    graph.cleanup()
+
+
+__all__ = ["refuse_integer_operators", "fake_quantization", "INTEGER_OPS"]

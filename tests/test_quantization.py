@@ -1,0 +1,121 @@
+"""Quantized models (onnx_snn/graph/quantization.py): QDQ activations read as clipped ReLUs,
+integer operators refused by name."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper as nh
+
+import builders as B
+from onnx_snn.convert import prepare
+from onnx_snn.errors import UnsupportedModelError
+from onnx_snn.runtimes.ort import run
+
+
+def _quantize(model: onnx.ModelProto, x: np.ndarray, tmp_path, fmt: str) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's static quantizer (uint8 activations, int8 weights)
+    in the QDQ or QOperator format, calibrated on ``x``."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    name = model.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: x[i:i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = tmp_path / "f.onnx", tmp_path / f"q_{fmt}.onnx"
+    onnx.save(model, str(src))
+    quantize_static(str(src), str(dst), Reader(),
+                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return onnx.load(str(dst))
+
+
+@pytest.mark.parametrize("idiom", ["clip", "relu6"])
+def test_onnxruntime_qdq_model_converts_with_the_quantizers_clamps_as_mu(idiom, tmp_path):
+    """onnxruntime's quantizer drops each clipped ReLU into the quantization's clamp (uint8,
+    zero point 0): each pair becomes a site whose mu is the top of its range, as many sites as
+    the float model has, and at T=256 the spiking model approaches the quantized DNN."""
+    fm = B.vgg(13, idiom, in_shape=(1, 12, 12), softmax=False, dropout=False)
+    x = B.rand_input(96)
+    qm = _quantize(fm, x, tmp_path, "qdq")
+    assert not any(n.op_type in ("Clip", "Relu") for n in qm.graph.node)   # fused into Q/DQ
+    nm = prepare(qm)
+    assert any("fake quantization" in n for n in nm.notes), nm.notes
+    assert len(nm.sites) == len(prepare(fm).sites)
+    scales = {n.input[0]: nh.to_array(next(i for i in qm.graph.initializer if i.name == n.input[1]))
+              for n in qm.graph.node if n.op_type == "QuantizeLinear"}
+    tops = sorted(float(s) * 255 for s in scales.values())
+    for site in nm.sites:
+        assert any(abs(site.mu - t) <= 1e-5 * t for t in tops), (site.mu, tops)
+    _, _, snn = B.converted(qm, x, T=256, method="max")
+    want, got = run(qm, x).outputs[0], run(snn.model, x).outputs[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98
+    assert np.mean(want.argmax(1) == got.argmax(1)) >= 0.9
+
+
+def test_the_qoperator_format_is_refused_naming_the_operator(tmp_path):
+    qm = _quantize(B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=False, dropout=False),
+                   B.rand_input(32), tmp_path, "qop")
+    with pytest.raises(UnsupportedModelError, match=r"\(QLinearConv\) is an integer-quantized "
+                                                    r"operator.*QuantFormat.QDQ"):
+        prepare(qm)
+
+
+def _qdq(b: B.GraphBuilder, t: str, scale: float, zp, dtype) -> str:
+    s, z = b.const(np.array(scale, np.float32)), b.const(np.array(zp, dtype))
+    return b.node("DequantizeLinear", [b.node("QuantizeLinear", [t, s, z]), s, z])
+
+
+def test_signed_pairs_are_dropped_and_a_relus_pair_gives_its_mu():
+    """int8 pairs with zero point 0 (symmetric): on the input and the logits (signed) they only
+    round and are dropped; after a Relu the clamp from below never acts, so the pair is
+    Clip(0, 127 s); its re-quantization after a max pool is already within range and dropped;
+    a uint8 pair on a signed sum (its clamp at 0 acts) is a ReLU of its own."""
+    b = B.GraphBuilder(13, seed=2)
+    t = _qdq(b, "x", 0.02, 0, np.int8)                      # the input: dropped
+    t = _qdq(b, b.node("Relu", [b.conv(t, 1, 8)]), 0.01, 0, np.int8)        # mu = 1.27
+    t = b.node("MaxPool", [t], kernel_shape=[2, 2], strides=[2, 2])
+    t = _qdq(b, t, 0.01, 0, np.int8)                        # within range already: dropped
+    t = _qdq(b, b.conv(t, 8, 8), 0.004, 0, np.uint8)        # uint8 on a signed conv: mu 1.02
+    t = b.gemm(b.node("Flatten", [t], axis=1), 8 * 6 * 6, 10)
+    t = _qdq(b, t, 0.05, 0, np.int8)                        # the logits: dropped
+    m = b.model("x", t, (1, 12, 12), 10)
+    nm = prepare(m)
+    assert "2 read as clipped ReLUs" in " ".join(nm.notes) and "3 dropped" in " ".join(nm.notes)
+    assert sorted(round(s.mu, 6) for s in nm.sites) == [1.02, 1.27]
+    ops = {n.op_type for n in nm.model.graph.node}
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    x = B.rand_input(64)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    want, got = run(m, x).outputs[0], run(snn.model, x).outputs[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98
+
+
+def test_a_per_axis_activation_pair_is_refused_by_name():
+    b = B.GraphBuilder(13, seed=2)
+    t = b.node("Relu", [b.conv("x", 1, 4)])
+    s = b.const(np.full(4, 0.01, np.float32))
+    z = b.const(np.zeros(4, np.uint8))
+    q = b.node("QuantizeLinear", [t, s, z], axis=1)
+    t = b.node("DequantizeLinear", [q, s, z], axis=1)
+    t = b.gemm(b.node("Flatten", [t], axis=1), 4 * 12 * 12, 10)
+    with pytest.raises(UnsupportedModelError, match="QuantizeLinear"):
+        prepare(b.model("x", t, (1, 12, 12), 10))
+
+
+def test_cli_converts_a_qdq_model_and_refuses_a_qoperator_one(tmp_path):
+    from onnx_snn.cli import main
+    fm = B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=False, dropout=False)
+    x = B.rand_input(64)
+    np.save(tmp_path / "x.npy", x)
+    onnx.save(_quantize(fm, x, tmp_path, "qdq"), str(tmp_path / "qdq.onnx"))
+    onnx.save(_quantize(fm, x, tmp_path, "qop"), str(tmp_path / "qop.onnx"))
+    assert main(["-q", "convert", str(tmp_path / "qdq.onnx"), "--calib", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "s.onnx")]) == 0
+    assert main(["-q", "convert", str(tmp_path / "qop.onnx"), "--calib", str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "o.onnx")]) == 4
+    assert not (tmp_path / "o.onnx").exists()
