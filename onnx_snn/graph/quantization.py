@@ -13,10 +13,11 @@ pairs on activations:
   ``Clip(x, 0, (qmax - z) s)``: a site whose ``mu`` is the top of the 8-bit range. So is a
   pair of a signed type on a tensor that cannot be negative (a Relu's output): its clamp from
   below never acts;
-* a pair on the input data (up to layout and in-graph normalization), on a tensor already
-  clamped within its range (the re-quantization after a max pool of a quantized activation),
-  or of a signed range on a signed tensor (a residual sum, the logits) is dropped: it only
-  rounds (the input's analog values drive the first layer's currents);
+* a pair on the input data (up to layout and in-graph normalization), on an activation that
+  a clamp from 0 already made (the re-quantization after a max or average pool, at the pooled
+  values' own calibrated range, which they reach only at the calibration set's maximum), or of
+  a signed range on a signed tensor (a residual sum, the logits) is dropped: it only rounds
+  (the input's analog values drive the first layer's currents);
 * the rounding itself is dropped everywhere: the spiking network's own levels (T + 1 of them
   per layer) replace the integer grid.
 
@@ -91,23 +92,24 @@ def _same_parameters(q: gs.Node, dq: gs.Node) -> bool:
         (const_value(q.inputs[1]) is not None and const_value(q.inputs[1]).size == 1)
 
 
-def _clamped_within(t, hi: float, depth: int = 0) -> bool:
-    """Whether ``t`` is already within [0, hi]: a clamp with bounds inside it, through ops
-    that keep a range (layout, pooling, concatenation of such tensors)."""
+def _requantized(t, depth: int = 0) -> bool:
+    """Whether ``t`` is an activation already: a clamp from 0 (a clipped ReLU, or a pair read
+    as one), through ops that keep its range (layout, pooling, concatenation of such tensors).
+    A pair on it re-quantizes (onnxruntime writes one after every pool, with the pooled
+    values' own calibrated range) and is dropped, not made a second spiking layer."""
     node = t.inputs[0] if len(t.inputs) == 1 else None
     if node is None or depth > 64:
         return False
     try:
-        bounds = clamp_bounds(node) if node.op in ("Clip", "Min") else None
+        bounds = clamp_bounds(node) if node.op in ("Clip", "Min", "Relu") else None
     except UnsupportedModelError:                     # bounds that are not constants
         return False
     if bounds is not None:
-        lo, top = bounds
-        return lo >= 0 and top <= hi * (1 + 1e-6)
+        return bounds[0] >= 0 and math.isfinite(bounds[1])
     if node.op in _KEEPS_RANGE and node.inputs:
-        return _clamped_within(node.inputs[0], hi, depth + 1)
+        return _requantized(node.inputs[0], depth + 1)
     if node.op == "Concat":
-        return all(_clamped_within(x, hi, depth + 1) for x in node.inputs)
+        return all(_requantized(x, depth + 1) for x in node.inputs)
     return False
 
 
@@ -147,7 +149,7 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
                            "of the same scale and zero point")
             continue
         lo, hi = bounds
-        activation = (hi > 0 and (lo >= 0 or x.name in nonneg) and not _clamped_within(x, hi)
+        activation = (hi > 0 and (lo >= 0 or x.name in nonneg) and not _requantized(x)
                       and not _is_data(x, graph))
         for dq in readers:
             dq.attrs = {}
@@ -166,8 +168,8 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
         result.notes.append(
             f"fake quantization (QuantizeLinear/DequantizeLinear pairs): {activations} read as "
             f"clipped ReLUs (the quantizer's clamp at 0, mu the top of its range), {dropped} "
-            "dropped (signed ranges, or tensors already within them); the spiking network's "
-            "levels replace the integer rounding")
+            "dropped (on the input, signed tensors and re-quantized activations); the spiking "
+            "network's levels replace the integer rounding")
     graph.cleanup()
 
 
