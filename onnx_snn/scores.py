@@ -29,6 +29,8 @@ IDS, PROBABILITIES, SCORES = "ids", "probabilities", "scores"
 
 #: ops that carry class ids or scores to an output unchanged (but for their layout or type)
 CARRY_OPS = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+#: lookups of ids in a constant table (skl2onnx maps ArgMax's indices to class labels)
+LOOKUP_OPS = ("Gather", "ArrayFeatureExtractor")
 
 
 def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> str:
@@ -40,9 +42,16 @@ def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> s
     if name is None:
         return SCORES
     producers = {o: n for n in g.node for o in n.output if o}
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant"
+                                                 for o in n.output}
     t, node = name, producers.get(name)
-    while node is not None and node.op_type in CARRY_OPS and node.input:
-        t = node.input[0]
+    while node is not None and node.input:
+        if node.op_type in CARRY_OPS:
+            t = node.input[0]
+        elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and node.input[0] in consts:
+            t = node.input[1]          # ids looked up in a table of class labels
+        else:
+            break
         node = producers.get(t)
     if node is None:
         return SCORES
@@ -86,7 +95,8 @@ def class_scores(out, probabilities: bool = False):
 def check_labels_for(y: Optional[np.ndarray], out, where: str) -> None:
     """Every label a class the model's first output ``out`` (as it came) scores: 0..C-1, or
     0 and 1 for a binary classifier's one score."""
-    if y is None or not y.size:
+    floating = out.dtype.is_floating_point if not isinstance(out, np.ndarray) else out.dtype.kind == "f"
+    if y is None or not y.size or (not floating and out.ndim == 1):   # class ids: any labels
         return
     single = out.ndim >= 1 and (out.ndim == 1 or math.prod(out.shape[1:]) == 1)
     if single and int(y.max()) > 1:

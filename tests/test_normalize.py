@@ -177,6 +177,30 @@ def _with_head(head: str) -> onnx.ModelProto:
         if head == "topk_values_softmaxed":
             outs.append(h.make_tensor_value_info(b.node("Softmax", [v], axis=1),
                                                  onnx.TensorProto.FLOAT, ["N", 3]))
+    elif head in ("skl2onnx", "skl2onnx_zipmap"):  # skl2onnx's classifier: ids looked up
+        p = b.node("Softmax", [logits], axis=1)   # in the classes, probabilities (as maps)
+        probs = b.node("Identity", [p])
+        a = b.node("ArgMax", [probs], axis=1, keepdims=0)
+        classes = b.const(np.arange(10, dtype=np.int64) * 10)
+        looked = b.node("ArrayFeatureExtractor", [classes, a])
+        b.nodes[-1].domain = "ai.onnx.ml"
+        label = b.node("Cast", [b.node("Reshape", [looked, b.const(np.array([-1], np.int64))])],
+                       to=onnx.TensorProto.INT64)
+        outs.append(ids(label))
+        if head == "skl2onnx":
+            outs.append(h.make_tensor_value_info(probs, onnx.TensorProto.FLOAT, ["N", 10]))
+        else:
+            z = b.node("ZipMap", [probs], classlabels_int64s=list(range(0, 100, 10)))
+            b.nodes[-1].domain = "ai.onnx.ml"
+            outs.append(h.make_value_info(z, h.make_sequence_type_proto(h.make_map_type_proto(
+                onnx.TensorProto.INT64, h.make_tensor_type_proto(onnx.TensorProto.FLOAT, [])))))
+    if head.startswith("skl2onnx"):
+        g = h.make_graph(b.nodes, "skl", [h.make_tensor_value_info(
+            "input", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])], outs, b.inits)
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
     m = b.model("input", logits, (1, 12, 12), 10)
     del m.graph.output[:]
     m.graph.output.extend(outs)
@@ -184,13 +208,14 @@ def _with_head(head: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("head", ["argmax", "argmax_cast", "logits_and_ids", "softmax_and_argmax",
-                                  "ids_and_cast_ids", "topk", "topk_values_softmaxed"])
+                                  "ids_and_cast_ids", "topk", "topk_values_softmaxed",
+                                  "skl2onnx", "skl2onnx_zipmap"])
 def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     """A serving signature's head (class ids from an ArgMax or TopK, cast or not, beside the
     scores or instead of them) is dropped with a note: the spiking model's first output is
     the scores the head read, and at large T its argmax is the DNN's class ids."""
     from onnx_snn.convert import prepare
-    from onnx_snn.scores import IDS, predicted
+    from onnx_snn.scores import IDS, first_output_kind, predicted
     m = _with_head(head)
     nm = prepare(m)
     notes = " ".join(nm.notes)
@@ -200,9 +225,14 @@ def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     outs = run(m, x).outputs
     spiking = run(snn.model, x).outputs[0]
     assert spiking.ndim == 2 and spiking.shape[1] == 10
-    want = next(o for o in outs if o.dtype.kind == "i")
+    want = next(o for o in outs if getattr(o, "dtype", None) is not None and o.dtype.kind == "i")
     want = want.reshape(len(want), -1)[:, 0]            # a TopK's indices: the best first
+    if head.startswith("skl2onnx"):                      # class labels 0, 10, .., 90
+        want = want // 10
     assert np.mean(spiking.argmax(1) == want) >= 0.95
+    if head.startswith("skl2onnx"):                      # eval reads the looked-up labels as ids
+        assert first_output_kind(m) == IDS
+        return
     assert np.array_equal(predicted(next(o for o in outs if o.dtype.kind == "i"), IDS), want)
     if not head.startswith("topk"):     # eval scores the DNN's class ids
         assert np.array_equal(predicted(outs[0], IDS if outs[0].dtype.kind == "i" else "scores"), want)

@@ -59,6 +59,7 @@ def test_the_two_classes_cross_entropy_is_the_binary_cross_entropy():
 
 
 def test_labels_must_be_classes_the_output_scores():
+    check_labels_for(np.array([0, 25]), np.array([3, 25], np.int64), "d")   # ids: any labels
     y = np.array([0, 1, 1])
     check_labels_for(y, np.zeros((3, 1), np.float32), "d")
     check_labels_for(y, np.zeros(3, np.float32), "d")

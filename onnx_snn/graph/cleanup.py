@@ -84,11 +84,13 @@ def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node
     return None
 
 
-#: ops that turn a classifier's outputs into class ids (a serving signature's head)
-HEAD_OPS = ("ArgMax", "TopK")
-#: what may follow them on the way to the outputs (ids are cast, reshaped, looked up)
+#: ops that turn a classifier's outputs into class ids (a serving signature's head), or
+#: into {class: probability} maps (skl2onnx's ZipMap)
+HEAD_OPS = ("ArgMax", "TopK", "ZipMap")
+#: what may follow them on the way to the outputs (ids are cast, reshaped, looked up: Gather,
+#: or ai.onnx.ml's ArrayFeatureExtractor in skl2onnx's classifiers)
 HEAD_TAIL = HEAD_OPS + ("ArgMin", "Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
-                        "Squeeze", "Unsqueeze", "Cast", "Gather")
+                        "Squeeze", "Unsqueeze", "Cast", "Gather", "ArrayFeatureExtractor")
 
 
 def head_nodes(node: gs.Node) -> Optional[List[gs.Node]]:
@@ -112,6 +114,8 @@ def _over_the_classes(node: gs.Node) -> bool:
     """Whether ``node`` picks classes of [N, classes] scores: an ArgMax, or a TopK of the
     largest, over axis 1 of a rank-2 input (or of one of unknown rank); a top-k of the
     smallest (a distance classifier) or over another axis is not dropped."""
+    if node.op == "ZipMap":          # always over the classes of [N, classes]
+        return True
     axis = int(node.attrs.get("axis", 0 if node.op == "ArgMax" else -1))
     x = node.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
@@ -154,7 +158,8 @@ def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
         result.notes.append(
             f"dropped the output head {node.op} '{node.name}' (output(s) "
             f"{', '.join(repr(o.name) for o in dropped)}): the spiking model outputs the "
-            f"time-averaged scores '{scores.name}'; apply {node.op} to them for class ids")
+            f"time-averaged scores '{scores.name}'; apply {node.op} to them for "
+            + ("{class: score} maps" if node.op == "ZipMap" else "class ids"))
     graph.cleanup()
 
 

@@ -56,6 +56,7 @@ def bypass(graph: gs.Graph, node: gs.Node, keep: int = 0) -> None:
             return
         name, dtype, shape = out.name, out.dtype, out.shape
         idx = [i for i, o in enumerate(graph.outputs) if o is out][0]
+        _rewire(graph, out, src)        # the output's other readers (an ArgMax head's, say)
         node.inputs.clear()
         node.outputs.clear()
         src.name = name
@@ -65,17 +66,22 @@ def bypass(graph: gs.Graph, node: gs.Node, keep: int = 0) -> None:
             src.shape = shape
         graph.outputs[idx] = src
         return
-    for c in list(out.outputs):
+    _rewire(graph, out, src)
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def _rewire(graph: gs.Graph, old, new) -> None:
+    """Every node that reads ``old`` (in nested graphs too) reads ``new`` instead."""
+    for c in list(old.outputs):
         for i, t in enumerate(c.inputs):
-            if t is out:
-                c.inputs[i] = src
+            if t is old:
+                c.inputs[i] = new
     for sub in graph.subgraphs(recursive=True) if hasattr(graph, "subgraphs") else []:
         for n in sub.nodes:
             for i, t in enumerate(n.inputs):
-                if t is out:
-                    n.inputs[i] = src
-    node.inputs.clear()
-    node.outputs.clear()
+                if t is old:
+                    n.inputs[i] = new
 
 
 def depends_on_inputs(graph: gs.Graph) -> set:
