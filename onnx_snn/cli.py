@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
     c.add_argument("--calib", metavar="DATA",
-                   help="calibration data: fashion-mnist, mnist, cifar10, cifar100 (training split) or "
-                        "a .npy/.npz file of preprocessed inputs (default: the model's dataset)")
+                   help="calibration data: fashion-mnist, mnist, cifar10, cifar100 (training split), "
+                        "a .npy/.npz file of preprocessed inputs, or a folder of images (one "
+                        "subfolder per class, or the images alone; its train/ split when it has "
+                        "one) (default: the model's dataset)")
     c.add_argument("-T", "--timesteps", type=timesteps_int, default=DEFAULT_TIMESTEPS,
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: {DEFAULT_TIMESTEPS})")
     c.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
@@ -311,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="an .onnx DNN or .snn.onnx spiking model")
     e.add_argument("--data", metavar="DATA",
                    help="fashion-mnist, mnist, cifar10, cifar100 (test split; add :train for the "
-                        "training split) or a .npz with x and y (default: the model's dataset)")
+                        "training split), a .npz with x and y, or a folder with one subfolder of "
+                        "images per class (its test/ or val/ split when it has one) (default: the "
+                        "model's dataset)")
     e.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"override the model's time steps (1-{MAX_TIMESTEPS})")
     e.add_argument("--batch-size", type=batch_int, default=256, help="batch size (default: 256)")
@@ -367,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
     f.add_argument("--data", metavar="DATA", help="fashion-mnist, mnist, cifar10, cifar100 (trains on "
-                                                  "the training split, tests on the test split) or "
-                                                  "a .npy/.npz file of inputs and labels (default: "
-                                                  "the model's dataset)")
+                                                  "the training split, tests on the test split), "
+                                                  "a .npy/.npz file of inputs and labels, or a "
+                                                  "folder of class subfolders of images (train/ and "
+                                                  "val/ splits when it has them) (default: the "
+                                                  "model's dataset)")
     f.add_argument("--test-data", metavar="DATA", help="where the test accuracy that picks the "
                    "best epoch is measured (default: the named dataset's test split; for a file "
                    "--data, that file itself, with a warning)")

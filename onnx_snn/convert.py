@@ -268,7 +268,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     if isinstance(data, Dataset):
         ds = data
     elif isinstance(data, (str, Path)):
-        ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download)
+        from .image_folder import image_shape
+        ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
+                          image_shape=image_shape(specs))
     elif isinstance(data, dict):
         ds = Dataset("array", {k: _array_like(v, f"input {k!r}") for k, v in data.items()}, None,
                      preprocessed=True)

@@ -512,6 +512,9 @@ def dataset_files(spec, data_dir=None) -> list:
     file itself, or a named dataset's files where it would be found (best effort)."""
     key = named_dataset(spec)
     if key is None:
+        from .image_folder import image_files, is_image_folder
+        if isinstance(spec, (str, os.PathLike)) and is_image_folder(spec):
+            return image_files(spec)
         return [Path(array_file_spec(spec)[0])] if isinstance(spec, (str, os.PathLike)) and \
             str(spec) else []
     files = []
@@ -532,8 +535,10 @@ def dataset_files(spec, data_dir=None) -> list:
 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
-                 download: bool = False) -> Dataset:
-    """Load ``spec``: a dataset name (optionally ``name:split``) or a .npy/.npz path."""
+                 download: bool = False, image_shape=None) -> Dataset:
+    """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
+    folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
+    the (channels, height, width) its images are brought to)."""
     name, _, sp = str(spec).partition(":")
     key = named_dataset(spec)
     if key is not None:
@@ -543,13 +548,17 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         if key in _IDX:
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
+    from .image_folder import is_image_folder, load_image_folder
+    if is_image_folder(spec):
+        return load_image_folder(spec, split, image_shape)
     path, file_split = array_file_spec(spec)
     if file_split is not None:
         return load_array_file(path, file_split)
     if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
         return load_array_file(spec, split)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
-                    "(optionally with :train or :test) or a .npy/.npz file")
+                    "(optionally with :train or :test), a .npy/.npz file, or a folder with one "
+                    "subfolder of images per class")
 
 
 def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],

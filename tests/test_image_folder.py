@@ -1,0 +1,126 @@
+"""Folders of images as datasets (onnx_snn/image_folder.py)."""
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+import builders as B  # noqa: E402
+from onnx_snn.datasets import load_dataset  # noqa: E402
+from onnx_snn.errors import DataError, MissingDependencyError  # noqa: E402
+from onnx_snn.image_folder import image_shape, is_image_folder, load_image_folder  # noqa: E402
+
+
+def _save(path, a: np.ndarray) -> None:
+    """``a`` (H, W) or (H, W, 3) in [0, 1] as an 8-bit image file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((a * 255).round().astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """root/{train,val}/{a,b,c}/N.png: 12x12 grayscale images, 4 per class and split."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for split in ("train", "val"):
+        for c in "abc":
+            for i in range(4):
+                a = rng.random((12, 12))
+                _save(tmp_path / "root" / split / c / f"{i}.png", a)
+                images[(split, c, i)] = a
+    return tmp_path / "root", images
+
+
+def test_class_subfolders_give_sorted_labels_and_each_command_its_split(folder):
+    root, images = folder
+    assert is_image_folder(root) and is_image_folder(root / "val") and is_image_folder(root / "val" / "a")
+    train = load_dataset(str(root), split="train", image_shape=(1, 12, 12))
+    test = load_image_folder(root, "test", (1, 12, 12))     # 'test' reads val/
+    assert train.name.endswith(":train") and test.name.endswith(":test")
+    assert train.x.shape == (12, 1, 12, 12) and train.x.dtype == np.float32
+    assert train.y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    want = np.round(images[("val", "b", 2)] * 255) / 255
+    np.testing.assert_allclose(test.x[4 + 2, 0], want, atol=1e-6)
+    assert not train.preprocessed      # --mean/--std or the model's preprocessing apply
+
+
+def test_images_are_brought_to_the_models_size_and_channels(folder):
+    """Gray to RGB, 12x12 scaled to cover 16x20 then center-cropped; a channels-last or
+    channel-less input gives the same (channels, height, width)."""
+    root, _ = folder
+    ds = load_image_folder(root / "train", None, (3, 16, 20))
+    assert ds.x.shape == (12, 3, 16, 20)
+    np.testing.assert_array_equal(ds.x[:, 0], ds.x[:, 2])
+    assert image_shape([("x", [None, 3, 16, 20])]) == (3, 16, 20)
+    assert image_shape([("x", [None, 16, 20, 3])]) == (3, 16, 20)
+    assert image_shape([("x", [None, 16, 20])]) == (1, 16, 20)
+    assert image_shape([("x", [None, 784])]) is None
+
+
+def test_a_folder_of_images_alone_is_unlabeled(folder):
+    root, _ = folder
+    ds = load_image_folder(root / "train" / "a")
+    assert ds.y is None and ds.x.shape == (4, 1, 12, 12)
+
+
+def test_what_a_folder_lacks_is_said(folder, tmp_path):
+    root, _ = folder
+    (root / "train").rename(root / "other")
+    with pytest.raises(DataError, match=r"no train split folder \(train/ or training/\).*test \(val/\)"):
+        load_image_folder(root, "train")
+    (root / "val" / "a" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"0\.png: not a readable image"):
+        load_image_folder(root, "test")
+    (tmp_path / "empty").mkdir()
+    assert not is_image_folder(tmp_path / "empty")
+
+
+def test_without_pillow_a_folder_needs_it(folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(MissingDependencyError, match="Pillow"):
+        load_image_folder(folder[0] / "train")
+
+
+def test_a_folder_of_real_images_scores_as_the_arrays_do(tmp_path):
+    """200 Fashion-MNIST test images written as PNG files (lossless) in class folders: eval
+    of the shipped model on the folder gives the top-1 of the same images as arrays (with
+    the model's recorded preprocessing), and convert calibrates on a folder."""
+    from onnx_snn.cli import main
+    from onnx_snn.datasets import FASHION_MNIST_CLASSES
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.demo import shipped_model_path
+    SHIPPED_MODEL = shipped_model_path()
+    try:
+        ds = load_dataset("fashion-mnist:test").take(200)
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    for k in range(len(ds)):
+        cls = f"{ds.y[k]}_{FASHION_MNIST_CLASSES[ds.y[k]].replace('/', '-')}"
+        _save(tmp_path / "fm" / cls / f"{k:03d}.png", ds.x[k, 0])
+    from_folder = evaluate(str(SHIPPED_MODEL), str(tmp_path / "fm"), show_progress=False)
+    from_arrays = evaluate(str(SHIPPED_MODEL), ds, show_progress=False)
+    assert from_folder.samples == 200 and from_folder.correct == from_arrays.correct
+    out = tmp_path / "s.onnx"
+    assert main(["-q", "convert", str(SHIPPED_MODEL), "--calib", str(tmp_path / "fm"),
+                 "--calib-samples", "64", "--method", "datta", "-o", str(out)]) == 0
+    assert main(["-q", "eval", str(out), "--data", str(tmp_path / "fm")]) == 0
+    an_image = next((tmp_path / "fm").rglob("*.png"))
+    assert main(["-q", "convert", str(SHIPPED_MODEL), "--calib", str(tmp_path / "fm"),
+                 "-o", str(an_image)]) == 6          # an input image is never overwritten
+    assert an_image.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_channels_last_model_reads_a_folder(folder):
+    from onnx_snn.evaluate import evaluate
+    m = B.vgg(13, "clip", in_shape=(1, 12, 12))
+    g = m.graph                               # an NHWC input transposed inside the graph
+    old = g.input[0].name
+    g.node.insert(0, onnx.helper.make_node("Transpose", ["x_nhwc"], [old], perm=[0, 3, 1, 2]))
+    del g.input[0]
+    g.input.insert(0, onnx.helper.make_tensor_value_info("x_nhwc", onnx.TensorProto.FLOAT,
+                                                         ["N", 12, 12, 1]))
+    r = evaluate(m, str(folder[0]), show_progress=False)
+    assert r.samples == 12 and r.top1 is not None
