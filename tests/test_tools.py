@@ -37,6 +37,14 @@ def test_bench_convert_small(fmnist_test):
     assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
 
 
+def test_bench_quantized_small(fmnist_test):
+    r = run_tool("tools/bench_quantized.py", "--method", "datta", "--test-images", "300")
+    assert r["qdq"]["sites"] == r["float"]["sites"] == 5
+    assert abs(r["qdq"]["dnn_top1"] - r["float"]["dnn_top1"]) < 3
+    assert r["qdq"]["notes"] and not r["float"]["notes"]
+    assert r["qdq"]["snn_top1"] > 50
+
+
 def test_bench_energy_small(fmnist_test):
     r = run_tool("tools/bench_energy.py", "-T", "1", "--methods", "deng", "--limit", "200")
     row = r["rows"][0]
