@@ -14,7 +14,8 @@ from . import json_text
 from .datasets import Dataset, check_inputs, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
-from .scores import IDS, SCORES, check_labels_for, first_output_kind, predicted
+from .scores import (IDS, SCORES, check_labels_for, class_table, first_output_kind,
+                     ids_to_indices, predicted)
 from .spiking import format as fmt
 
 if TYPE_CHECKING:   # the annotation only (convert imports evaluate's siblings)
@@ -163,6 +164,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[0])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
+    table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
     n = len(ds)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
@@ -179,7 +181,12 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     for start in range(0, n, batch_size):
         feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
         r = runner.run_padded(feed, T if runner.spiking else None)
-        nb = r.outputs[0].shape[0]
+        nb = r.outputs[0].shape[0] if r.outputs[0].ndim else 0
+        if nb != len(next(iter(feed.values()))):
+            raise DataError(f"{where}: the model's first output has shape "
+                            f"{list(r.outputs[0].shape)} on a batch of "
+                            f"{len(next(iter(feed.values())))}; top-1 needs one row per sample "
+                            "(the batch axis first)")
         for t in t_list:
             if many:
                 logits = r.step_outputs[0][:t].mean(0)
@@ -189,8 +196,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             if ds.y is not None:
                 if start == 0 and kind != IDS:
                     check_labels_for(ds.y, logits, ds.name)
-                correct[t] += int(np.count_nonzero(predicted(logits, kind) ==
-                                                   ds.y[start:start + nb]))
+                guess = ids_to_indices(logits, table, where) if table is not None else \
+                    predicted(logits, kind)
+                correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))
             for k, v in counts.items():
                 spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
         bar.update(nb, **({"top1": 100.0 * correct[T] / (start + nb)} if ds.y is not None else {}))

@@ -33,6 +33,33 @@ CARRY_OPS = ("Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 LOOKUP_OPS = ("Gather", "ArrayFeatureExtractor")
 
 
+def _first_output_source(model: onnx.ModelProto, name: str):
+    """(the node that computes output ``name`` up to carry ops, lookups and
+    Quantize/DequantizeLinear pairs, the tensor of it that is read, the last lookup's table of
+    class labels or None)."""
+    from onnx import numpy_helper
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output if o}
+    consts = {i.name: i for i in g.initializer}
+    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+                   for n in g.node if n.op_type == "Constant" and n.output})
+    t, node, table = name, producers.get(name), None
+    while node is not None and node.input:
+        if node.op_type in CARRY_OPS:
+            t = node.input[0]
+        elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and node.input[0] in consts:
+            if table is None and consts[node.input[0]] is not None:
+                table = numpy_helper.to_array(consts[node.input[0]]).reshape(-1)
+            t = node.input[1]          # ids looked up in a table of class labels
+        elif node.op_type == "DequantizeLinear" and producers.get(node.input[0]) is not None \
+                and producers[node.input[0]].op_type == "QuantizeLinear":
+            t = producers[node.input[0]].input[0]    # a quantized model's fake quantization
+        else:
+            break
+        node = producers.get(t)
+    return node, t, table
+
+
 def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> str:
     """What the model's first output (or ``output``) holds: IDS, PROBABILITIES or SCORES
     (see the module's doc). A TopK's values (sorted scores: their argmax is always the first
@@ -41,18 +68,7 @@ def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> s
     name = output or (g.output[0].name if g.output else None)
     if name is None:
         return SCORES
-    producers = {o: n for n in g.node for o in n.output if o}
-    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant"
-                                                 for o in n.output}
-    t, node = name, producers.get(name)
-    while node is not None and node.input:
-        if node.op_type in CARRY_OPS:
-            t = node.input[0]
-        elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and node.input[0] in consts:
-            t = node.input[1]          # ids looked up in a table of class labels
-        else:
-            break
-        node = producers.get(t)
+    node, t, _ = _first_output_source(model, name)
     if node is None:
         return SCORES
     if node.op_type == "TopK" and list(node.output).index(t) == 0:
@@ -63,6 +79,33 @@ def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> s
     if node.op_type in ("ArgMax", "TopK"):
         return IDS
     return PROBABILITIES if node.op_type == "Sigmoid" else SCORES
+
+
+def class_table(model: onnx.ModelProto, output: Optional[str] = None) -> Optional[np.ndarray]:
+    """The labels a classifier's class ids are looked up in on the way to its first output
+    (skl2onnx's ``classes``: ArgMax's index i becomes ``table[i]``), when that is not simply
+    0..C-1; None otherwise."""
+    g = model.graph
+    name = output or (g.output[0].name if g.output else None)
+    if name is None:
+        return None
+    table = _first_output_source(model, name)[2]
+    if table is None or (table.dtype.kind in "iu" and np.array_equal(table, np.arange(table.size))):
+        return None
+    return table
+
+
+def ids_to_indices(ids: np.ndarray, table: np.ndarray, where: str) -> np.ndarray:
+    """Class labels looked up in ``table`` back to the class indices the data's labels are
+    (the position of each label in the table)."""
+    flat = np.asarray(ids).reshape(len(ids), -1)[:, 0]
+    pos = {(v.decode() if isinstance(v, bytes) else v): i for i, v in enumerate(table.tolist())}
+    try:
+        return np.array([pos[v.decode() if isinstance(v, bytes) else v] for v in flat.tolist()],
+                        np.int64)
+    except KeyError as e:
+        raise DataError(f"{where}: the model outputs the class label {e.args[0]!r}, which its "
+                        "table of classes does not hold") from None
 
 
 def _binary(out, probabilities: bool):
@@ -121,5 +164,5 @@ def predicted(out: np.ndarray, kind: str = SCORES) -> np.ndarray:
     return scores.argmax(1)
 
 
-__all__ = ["IDS", "PROBABILITIES", "SCORES", "CARRY_OPS", "first_output_kind", "class_scores",
-           "check_labels_for", "predicted"]
+__all__ = ["IDS", "PROBABILITIES", "SCORES", "CARRY_OPS", "first_output_kind", "class_table",
+           "ids_to_indices", "class_scores", "check_labels_for", "predicted"]

@@ -173,10 +173,12 @@ def test_eval_and_finetune_a_binary_classifier(binary_files, tmp_path):
     src, snn, data = binary_files
     assert evaluate(str(src), str(data), show_progress=False).top1 == 100.0
     before = evaluate(str(snn), str(data), show_progress=False).top1
-    assert 50.0 <= before <= 100.0
+    assert before >= 75.0       # the labels are the DNN's own classes; T=2 keeps most of them
     assert main(["-q", "finetune", str(snn), "--data", str(data), "--epochs", "1",
                  "--teacher", "auto", "-o", str(tmp_path / "ft.onnx")]) == 0
-    assert evaluate(str(tmp_path / "ft.onnx"), str(data), show_progress=False).top1 >= 50.0
+    majority = 100.0 * max(np.mean(np.load(data)["y"]), 1 - np.mean(np.load(data)["y"]))
+    after = evaluate(str(tmp_path / "ft.onnx"), str(data), show_progress=False).top1
+    assert after >= max(before - 5.0, majority + 10.0)      # no collapse to one class
     d = np.load(data)
     np.savez(tmp_path / "bad.npz", x=d["x"], y=np.where(d["y"] == 1, 2, 0))
     assert main(["-q", "eval", str(snn), "--data", str(tmp_path / "bad.npz")]) == 5
@@ -199,3 +201,54 @@ def test_a_sigmoid_teachers_distillation_loss_is_zero_on_its_own_logit(binary_fi
     p = run(onnx.load(str(src)), x).outputs[0].astype(np.float64)
     own = class_scores(torch.from_numpy((np.log(p) - np.log1p(-p)).astype(np.float32)))
     assert float(distillation_loss(own, t(x))) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_quantized_sigmoids_probability_is_still_a_probability():
+    """A Sigmoid whose probability is fake-quantized on its way out (QuantizeLinear /
+    DequantizeLinear) is still read as a probability: class 1 above 0.5."""
+    m = _binary(True)
+    g = m.graph
+    out = g.output[0].name
+    g.initializer.extend([onnx.numpy_helper.from_array(np.array(1 / 255, np.float32), "qs"),
+                          onnx.numpy_helper.from_array(np.array(0, np.uint8), "qz")])
+    g.node.extend([h.make_node("QuantizeLinear", [out, "qs", "qz"], ["q"]),
+                   h.make_node("DequantizeLinear", ["q", "qs", "qz"], ["p"])])
+    g.output[0].name = "p"
+    assert first_output_kind(m) == PROBABILITIES
+
+
+def test_looked_up_class_labels_are_scored_by_their_index():
+    """skl2onnx maps ArgMax's index through its classes (ints like 10, 20, 30, or strings):
+    eval scores the index of each label in that table, as the data's labels are indices."""
+    from onnx_snn.scores import class_table, ids_to_indices
+    for table in (np.array([10, 20, 30], np.int64), np.array(["a", "b", "c"])):
+        b = B.GraphBuilder(13)
+        a = b.node("ArgMax", [b.gemm("x", 4, 3)], axis=1, keepdims=0)
+        t = h.make_tensor("classes", TP.STRING if table.dtype.kind == "U" else TP.INT64, [3],
+                          [s.encode() for s in table] if table.dtype.kind == "U" else table.tolist())
+        b.inits.append(t)
+        node = h.make_node("ArrayFeatureExtractor", ["classes", a], ["label"], domain="ai.onnx.ml")
+        b.nodes.append(node)
+        g = h.make_graph(b.nodes, "skl", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
+                         [h.make_tensor_value_info("label", t.data_type, ["N"])], b.inits)
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+        assert first_output_kind(m) == IDS
+        got = class_table(m)
+        assert got is not None and len(got) == 3
+        assert ids_to_indices(np.array(table[[2, 0, 1]]), got, "m").tolist() == [2, 0, 1]
+        with pytest.raises(DataError, match="does not hold"):
+            ids_to_indices(np.array(["zz"] if table.dtype.kind == "U" else [99]), got, "m")
+
+
+def test_an_output_without_a_batch_axis_is_refused(tmp_path):
+    """A model that squeezes its one sample's scores to [classes] cannot be scored per sample
+    (it was read as that many binary scores, and top-1 passed 100 %)."""
+    from onnx_snn.evaluate import evaluate
+    b = B.GraphBuilder(13)
+    t = b.node("Squeeze", [b.gemm("x", 4, 3), b.const(np.array([0], np.int64))])
+    g = h.make_graph(b.nodes, "sq", [h.make_tensor_value_info("x", TP.FLOAT, [1, 4])],
+                     [h.make_tensor_value_info(t, TP.FLOAT, [3])], b.inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    with pytest.raises(DataError, match="one row per sample"):
+        evaluate(m, (np.zeros((5, 4), np.float32), np.array([0, 1, 2, 0, 1])), show_progress=False)

@@ -88,7 +88,11 @@ class Teacher:
         outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
                 for i in range(0, len(x), max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        out = class_scores(out, self.sigmoid)     # [N, classes, 1, 1]; one score: two classes
+        if self.sigmoid and out.ndim >= 2 and out[0].size > 1:
+            p = np.clip(class_scores(out).astype(np.float64), _MIN_PROBABILITY, 1 - 1e-7)
+            out = np.log(p) - np.log1p(-p)        # a multi-label Sigmoid's logits
+        else:
+            out = class_scores(out, self.sigmoid)  # [N, classes, 1, 1]; one score: two classes
         if self.probabilities:
             out = np.log(np.maximum(out, _MIN_PROBABILITY))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
