@@ -128,3 +128,40 @@ def test_cli_converts_a_qdq_model_and_refuses_a_qoperator_one(tmp_path):
     assert main(["-q", "convert", str(tmp_path / "qop.onnx"), "--calib", str(tmp_path / "x.npy"),
                  "-o", str(tmp_path / "o.onnx")]) == 4
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("head", ["Softmax", "Sigmoid"])
+def test_a_quantized_final_softmax_or_sigmoid_is_still_dropped(head, tmp_path):
+    """onnxruntime quantizes the probabilities too (a uint8 pair at 0): that pair is no
+    activation, so the final Softmax/Sigmoid is still dropped and the model converts."""
+    b = B.GraphBuilder(13, seed=4)
+    t = b.node("Relu", [b.gemm("x", 16, 12)])
+    t = b.node(head, [b.gemm(t, 12, 5)], **({"axis": 1} if head == "Softmax" else {}))
+    fm = b.model("x", t, (16,), 5)
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    qm = _quantize(fm, x, tmp_path, "qdq")
+    nm = prepare(qm)
+    assert len(nm.sites) == 1 and any(f"dropped the final {head}" in n for n in nm.notes)
+
+
+def test_fake_quantized_float_weights_are_folded():
+    """Quantization-aware training exports a weight as QuantizeLinear(float W) ->
+    DequantizeLinear (per channel here): it becomes W rounded to the integer grid, and the
+    converted model computes with that rounded weight."""
+    b = B.GraphBuilder(13, seed=5)
+    w = (np.random.default_rng(1).standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32)
+    s = np.abs(w).reshape(8, -1).max(1) / 127
+    ws, ss, zs = b.const(w), b.const(s.astype(np.float32)), b.const(np.zeros(8, np.int8))
+    wq = b.node("DequantizeLinear", [b.node("QuantizeLinear", [ws, ss, zs], axis=0), ss, zs], axis=0)
+    t = b.node("Relu", [b.node("Conv", ["x", wq], kernel_shape=[3, 3], pads=[1] * 4)])
+    t = b.gemm(b.node("Flatten", [t], axis=1), 8 * 12 * 12, 10)
+    m = b.model("x", t, (1, 12, 12), 10)
+    nm = prepare(m)
+    ops = {n.op_type for n in nm.model.graph.node}
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    conv = next(n for n in nm.model.graph.node if n.op_type == "Conv")
+    got = nh.to_array(next(i for i in nm.model.graph.initializer if i.name == conv.input[1]))
+    want = np.clip(np.rint(w / s[:, None, None, None]), -128, 127) * s[:, None, None, None]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], atol=1e-5)

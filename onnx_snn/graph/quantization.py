@@ -5,15 +5,17 @@ A model quantized in the QDQ format (onnxruntime's ``quantize_static`` with
 ``QuantFormat.QDQ``, PyTorch's or TensorFlow's quantization-aware training exports) computes
 in float between pairs ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)``: x rounded to the
 integer grid and clamped to ``[(qmin - z) s, (qmax - z) s]``. Weight-only quantization (a
-DequantizeLinear of a constant) is folded by ``fold.fold_constants``; this module handles the
-pairs on activations:
+DequantizeLinear of a constant) is folded by ``fold.fold_constants``, and so is a pair on a
+constant float weight (quantization-aware training's export: the weight's rounding kept);
+this module handles the pairs on activations:
 
 * a pair whose clamp starts at 0 (an unsigned type with zero point 0, the quantizer's form of
   a ReLU: onnxruntime drops the Relu/Clip and lets the quantization clamp) is the clipped ReLU
   ``Clip(x, 0, (qmax - z) s)``: a site whose ``mu`` is the top of the 8-bit range. So is a
   pair of a signed type on a tensor that cannot be negative (a Relu's output): its clamp from
   below never acts;
-* a pair on the input data (up to layout and in-graph normalization), on an activation that
+* a pair on a Softmax's, LogSoftmax's or Sigmoid's probabilities (the output), on the
+  input data (up to layout and in-graph normalization), on an activation that
   a clamp from 0 already made (the re-quantization after a max or average pool, at the pooled
   values' own calibrated range, which they reach only at the calibration set's maximum), or of
   a signed range on a signed tensor (a residual sum, the logits) is dropped: it only rounds
@@ -113,6 +115,56 @@ def _requantized(t, depth: int = 0) -> bool:
     return False
 
 
+def _squashed(t) -> bool:
+    """Whether ``t`` is a Softmax's, LogSoftmax's or Sigmoid's output (through layout ops):
+    probabilities, which a pair quantizes at the output; no activation."""
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    while node is not None and node.op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                                           "Identity", "Transpose") and node.inputs:
+        t = node.inputs[0]
+        node = t.inputs[0] if len(t.inputs) == 1 else None
+    return node is not None and node.op in ("Softmax", "LogSoftmax", "Sigmoid")
+
+
+def _fold_weight(graph: gs.Graph, q: gs.Node) -> bool:
+    """A QuantizeLinear of a constant float weight read by DequantizeLinear(s) of the same
+    parameters (quantization-aware training's export of fake-quantized weights) becomes the
+    dequantized constant: (clip(round_half_even(w / s) + z, qmin, qmax) - z) * s, per tensor
+    or per axis. False when it is not that form (left to the support check)."""
+    ins = [const_value(t) if not is_empty(t) else None for t in q.inputs]
+    w, scale = ins[0], ins[1] if len(ins) > 1 else None
+    zp = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros((), np.uint8)
+    readers = list(q.outputs[0].outputs) if q.outputs else []
+    if w is None or scale is None or w.dtype.kind != "f" or q.attrs.get("block_size") or \
+            not readers or any(r.op != "DequantizeLinear" or not _same_parameters(q, r)
+                               for r in readers):
+        return False
+    try:
+        info = np.iinfo(zp.dtype)
+    except ValueError:
+        return False
+    s, z = scale.astype(np.float64), zp.astype(np.float64)
+    if scale.size > 1:                                # per axis
+        shape = [1] * w.ndim
+        shape[int(q.attrs.get("axis", 1)) % w.ndim] = -1
+        s, z = s.reshape(shape), (z.reshape(shape) if z.size > 1 else z)
+    qv = np.clip(np.rint(w.astype(np.float64) / s) + z, info.min, info.max)
+    value = ((qv - z) * s).astype(w.dtype)
+    for dq in readers:
+        const = gs.Constant(f"{dq.name or dq.outputs[0].name}_fake_quantized", value)
+        out = dq.outputs[0]
+        for c in list(out.outputs):
+            c.inputs = [const if t is out else t for t in c.inputs]
+        if any(out is o for o in graph.outputs):
+            dq.op, dq.attrs, dq.inputs = "Identity", {}, [const]
+        else:
+            dq.outputs.clear()
+        dq.inputs = [const] if dq.outputs else []
+    q.inputs.clear()
+    q.outputs.clear()
+    return True
+
+
 def _is_data(t, graph: gs.Graph, depth: int = 0) -> bool:
     """Whether ``t`` is the model's input data, up to layout, pooling and scaling by
     constants (in-graph normalization): no layer has computed it, so it is no activation."""
@@ -139,7 +191,9 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
             continue
         x, qy = q.inputs[0], q.outputs[0]
         if const_value(x) is not None:
-            continue                                  # a constant: folded elsewhere
+            if _fold_weight(graph, q):                # QAT's fake-quantized float weights
+                result.changed += 1
+            continue
         bounds = _range(q)
         readers = list(qy.outputs)
         if bounds is None or not readers or any(
@@ -150,7 +204,7 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
             continue
         lo, hi = bounds
         activation = (hi > 0 and (lo >= 0 or x.name in nonneg) and not _requantized(x)
-                      and not _is_data(x, graph))
+                      and not _is_data(x, graph) and not _squashed(x))
         for dq in readers:
             dq.attrs = {}
             if activation:
