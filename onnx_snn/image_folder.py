@@ -14,6 +14,7 @@ preprocessing apply to them.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -29,18 +30,34 @@ SPLIT_FOLDERS = {"train": ("train", "training"), "test": ("test", "val", "valid"
 MAX_BYTES = 8 << 30
 
 
-def _images(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")          # macOS' ._* files, .DS_Store, .git/
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p) and p.is_file()
+
+
+def _images(folder: Path, recursive: bool = False) -> List[Path]:
+    """The images in ``folder`` (``recursive``: in its subfolders too, as a class folder's
+    images may be), sorted; hidden files and folders left out."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if _is_image(p))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in filenames if _is_image(Path(dirpath) / f)]
+    return sorted(out)
 
 
 def class_folders(folder: Path) -> List[Path]:
-    """The subfolders of ``folder`` that hold images, sorted by name (one per class)."""
+    """The subfolders of ``folder`` that hold images (in them or below), sorted by name (one
+    per class); hidden ones left out."""
     try:
-        subs = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+        subs = sorted(p for p in Path(folder).iterdir() if p.is_dir() and _visible(p))
+        return [s for s in subs if _images(s, recursive=True)]
     except OSError:
         return []
-    return [s for s in subs if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in s.iterdir())]
 
 
 def _split_folders(root: Path) -> dict:
@@ -77,8 +94,8 @@ def image_shape(specs) -> Optional[Tuple[int, Optional[int], Optional[int]]]:
         if dims[3] in (1, 3):
             return dims[3], dims[1], dims[2]
         return None
-    if len(dims) == 3:
-        return 1, dims[1], dims[2]
+    if len(dims) == 3 and all(isinstance(d, int) and d >= 4 for d in dims[1:]):
+        return 1, dims[1], dims[2]            # [N, H, W]: one channel, no channel axis
     return None
 
 
@@ -120,8 +137,11 @@ def load_image_folder(path, split: Optional[str] = None,
                             f"with class folders; it has {have}: pass the folder to read, e.g. "
                             f"{next(iter(splits.values()))}")
         folder, name = splits[want], f"{path}:{want}"
-    classes = class_folders(folder)
-    files = [(f, i) for i, c in enumerate(classes) for f in _images(c)] if classes else \
+    # the classes of every split, so that a class missing from one split shifts no label
+    names = sorted({c.name for d in (list(splits.values()) or [folder]) for c in class_folders(d)})
+    classes = [folder / c for c in names]
+    files = [(f, i) for i, c in enumerate(classes) if c.is_dir()
+             for f in _images(c, recursive=True)] if classes else \
         [(f, -1) for f in _images(folder)]        # images without classes: no labels
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}); an image folder "
@@ -140,13 +160,31 @@ def load_image_folder(path, split: Optional[str] = None,
     bar = Progress(len(files), desc=f"reading {folder.name}/", unit="img",
                    enabled=None if show_progress else False)
     for k, (f, _) in enumerate(files):
-        img = _fit(_open(f, Image, UnidentifiedImageError).convert(mode), width, height)
-        a = np.asarray(img, np.float32).reshape(height, width, channels)
-        x[k] = a / 255.0
+        x[k] = _pixels(_open(f, Image, UnidentifiedImageError), mode, width, height, f)
         bar.update(1)
     bar.close()
     y = np.array([i for _, i in files], np.int64) if classes else None
     return Dataset(name, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, preprocessed=False)
+
+
+def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
+    """An image's pixels in [0, 1] as [height, width, channels]: 8-bit images (and palette,
+    alpha, CMYK ones, converted) by 255, 16-bit grayscale by 65535."""
+    from PIL import Image
+    channels = 1 if mode == "L" else 3
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, np.float64)
+        if a.min() < 0 or a.max() > 65535:
+            raise DataError(f"{f}: a 32-bit integer image ({img.mode}) with values outside "
+                            "0..65535; save it as an 8- or 16-bit image")
+        g = Image.fromarray((a / 65535.0).astype(np.float32), mode="F")
+        g = np.asarray(_fit(g, width, height), np.float32)
+        return np.repeat(g[:, :, None], channels, axis=2)
+    if img.mode == "F":
+        raise DataError(f"{f}: a floating-point image (mode F) has no known range; save it "
+                        "as an 8- or 16-bit image")
+    a = np.asarray(_fit(img.convert(mode), width, height), np.float32)
+    return a.reshape(height, width, channels) / 255.0
 
 
 def _open(f: Path, Image, error):
@@ -154,7 +192,7 @@ def _open(f: Path, Image, error):
         img = Image.open(f)
         img.load()
         return img
-    except (OSError, error) as e:
+    except (OSError, error, Image.DecompressionBombError) as e:
         raise DataError(f"{f}: not a readable image ({e}); remove it or replace it") from None
 
 
@@ -162,8 +200,14 @@ def image_files(path) -> List[Path]:
     """Every image an image folder holds (the inputs output paths must not overwrite)."""
     root = Path(path)
     folders = [root] + list(_split_folders(root).values())
-    return [f for d in folders for c in class_folders(d) for f in _images(c)]
+    return [f for d in folders for f in _images(d)] + \
+        [f for d in folders for c in class_folders(d) for f in _images(c, recursive=True)]
+
+
+def split_names(path) -> set:
+    """The splits (train, test) an image folder has split folders for."""
+    return set(_split_folders(Path(path))) if Path(path).is_dir() else set()
 
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_folder", "image_shape", "load_image_folder",
-           "image_files", "class_folders"]
+           "image_files", "class_folders", "split_names"]

@@ -123,4 +123,33 @@ def test_a_channels_last_model_reads_a_folder(folder):
     g.input.insert(0, onnx.helper.make_tensor_value_info("x_nhwc", onnx.TensorProto.FLOAT,
                                                          ["N", 12, 12, 1]))
     r = evaluate(m, str(folder[0]), show_progress=False)
-    assert r.samples == 12 and r.top1 is not None
+    want = evaluate(B.vgg(13, "clip", in_shape=(1, 12, 12)), str(folder[0]), show_progress=False)
+    assert r.samples == 12 and r.correct == want.correct    # the same images, channels last
+
+
+def test_hidden_files_nested_images_and_classes_missing_from_a_split(tmp_path):
+    """Hidden files (macOS' ._*) and folders are skipped; a class folder's images in
+    subfolders are its images; a class missing from one split keeps every other label
+    where the other split has it; 16-bit grayscale is scaled by 65535."""
+    root = tmp_path / "r"
+    rng = np.random.default_rng(1)
+    for split, classes in (("train", "abc"), ("val", "bc")):
+        for c in classes:
+            _save(root / split / c / "0.png", rng.random((8, 8)))
+    _save(root / "val" / "c" / "deeper" / "1.png", rng.random((8, 8)))
+    (root / "val" / "b" / "._0.png").write_bytes(b"AppleDouble")
+    (root / "val" / ".cache").mkdir()
+    _save(root / "val" / ".cache" / "z.png", rng.random((8, 8)))
+    assert load_image_folder(root, "train").y.tolist() == [0, 1, 2]
+    assert load_image_folder(root, "test").y.tolist() == [1, 2, 2]
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(root / "val" / "b" / "wide.png")
+    ds = load_image_folder(root / "val" / "b", None, (1, 8, 8))
+    assert len(ds) == 2 and np.abs(ds.x[:, 0, 0, 0] - 30000 / 65535).min() < 1e-6
+
+
+def test_unlabeled_images_are_protected_and_odd_inputs_are_no_images(tmp_path):
+    from onnx_snn.datasets import dataset_files
+    _save(tmp_path / "u" / "0.png", np.zeros((8, 8)))
+    assert tmp_path / "u" / "0.png" in dataset_files(str(tmp_path / "u"))
+    assert image_shape([("x", [None, 1, 784])]) is None
+    assert image_shape([("x", [None, None, None])]) is None
