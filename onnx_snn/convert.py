@@ -252,7 +252,7 @@ def _as_list(v) -> list:
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
-                 specs=None) -> Dataset:
+                 specs=None, take=None) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -262,7 +262,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     :class:`UsageError` (normalize the arrays yourself). The result's ``preprocess`` says
     what was applied to a named dataset (None for arrays). ``specs`` (the model's inputs,
     :func:`~onnx_snn.feeds.input_specs`): a named dataset's images are put in the layout of
-    its image input (NHWC for a channels-last model; arrays are taken as given).
+    its image input (NHWC for a channels-last model; arrays are taken as given). ``take`` =
+    (n, seed): the caller keeps only ``Dataset.take(n, seed)`` of the result, so a folder of
+    images reads only those.
     """
     given = mean is not None or std is not None
     if isinstance(data, Dataset):
@@ -270,7 +272,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     elif isinstance(data, (str, Path)):
         from .image_folder import image_shape
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
-                          image_shape=image_shape(specs))
+                          image_shape=image_shape(specs), take=take)
     elif isinstance(data, dict):
         ds = Dataset("array", {k: _array_like(v, f"input {k!r}") for k, v in data.items()}, None,
                      preprocessed=True)
@@ -523,7 +525,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
     nm = prepare(model, pool_first=pool_first)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
-                      download=download, specs=input_specs(nm.model))
+                      download=download, specs=input_specs(nm.model), take=(calib_samples, seed))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
     ds = ds.take(calib_samples, seed=seed)

@@ -535,10 +535,11 @@ def dataset_files(spec, data_dir=None) -> list:
 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
-                 download: bool = False, image_shape=None) -> Dataset:
+                 download: bool = False, image_shape=None, take=None) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
-    the (channels, height, width) its images are brought to)."""
+    the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
+    images ``Dataset.take(n, seed)`` keeps are read)."""
     name, _, sp = str(spec).partition(":")
     key = named_dataset(spec)
     if key is not None:
@@ -550,7 +551,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         return load_cifar(key, split, data_dir, download)
     from .image_folder import is_image_folder, load_image_folder
     if is_image_folder(spec):
-        return load_image_folder(spec, split, image_shape)
+        return load_image_folder(spec, split, image_shape, take=take)
     path, file_split = array_file_spec(spec)
     if file_split is not None:
         return load_array_file(path, file_split)

@@ -158,7 +158,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess)
     ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
-                      download=download, specs=runner.specs)
+                      download=download, specs=runner.specs, take=(limit, None))
     if limit:
         ds = ds.take(limit)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")

@@ -114,11 +114,12 @@ def _fit(img, width: int, height: int):
 
 def load_image_folder(path, split: Optional[str] = None,
                       shape: Optional[Sequence[Optional[int]]] = None,
-                      show_progress: bool = True):
+                      show_progress: bool = True, take=None):
     """The images under ``path`` as a :class:`~onnx_snn.datasets.Dataset` of NCHW float32
     images in [0, 1] and their class indices. ``split`` picks a split folder when ``path`` has
     them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
-    brought to (None, or free sizes: the first image's)."""
+    brought to (None, or free sizes: the first image's). ``take`` = (n, seed): read only the
+    images ``Dataset.take(n, seed)`` would keep (a calibration sample of a big folder)."""
     from .datasets import Dataset
     from .progress import Progress
     try:
@@ -146,6 +147,11 @@ def load_image_folder(path, split: Optional[str] = None,
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}); an image folder "
                         "holds one subfolder of images per class, or the images themselves")
+    if take is not None and take[0] is not None and take[0] < len(files):
+        n, seed = take               # the same samples as Dataset.take picks from them all
+        idx = np.arange(n) if seed is None else \
+            np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
+        files = [files[i] for i in idx]
     channels, height, width = (list(shape) + [None] * 3)[:3] if shape else (None, None, None)
     first = _open(files[0][0], Image, UnidentifiedImageError)
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
@@ -154,7 +160,7 @@ def load_image_folder(path, split: Optional[str] = None,
     if need > MAX_BYTES:
         raise DataError(f"{folder}: {len(files)} images of {channels}x{height}x{width} would take "
                         f"{need / 2**30:.1f} GiB as float32, above {MAX_BYTES >> 30} GiB; pass a "
-                        "folder with fewer images")
+                        "folder with fewer images (or --limit / --calib-samples)")
     x = np.empty((len(files), height, width, channels), np.float32)
     mode = "L" if channels == 1 else "RGB"
     bar = Progress(len(files), desc=f"reading {folder.name}/", unit="img",

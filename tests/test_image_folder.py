@@ -153,3 +153,21 @@ def test_unlabeled_images_are_protected_and_odd_inputs_are_no_images(tmp_path):
     assert tmp_path / "u" / "0.png" in dataset_files(str(tmp_path / "u"))
     assert image_shape([("x", [None, 1, 784])]) is None
     assert image_shape([("x", [None, None, None])]) is None
+
+
+def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
+    """take=(n, seed) reads n images, the ones Dataset.take(n, seed) keeps of them all (a
+    calibration sample of a big folder need not load it whole)."""
+    import onnx_snn.image_folder as F
+    root, _ = folder
+    whole = load_image_folder(root, "train", (1, 12, 12))
+    opened = []
+    real = F._open
+    monkeypatch.setattr(F, "_open", lambda f, *a: opened.append(f) or real(f, *a))
+    for n, seed in ((5, 0), (3, None)):
+        opened.clear()
+        part = load_image_folder(root, "train", (1, 12, 12), take=(n, seed))
+        want = whole.take(n, seed)
+        assert len(opened) == n + 1          # the first image's size, then each taken one
+        np.testing.assert_array_equal(part.x, want.x)
+        np.testing.assert_array_equal(part.y, want.y)

@@ -234,7 +234,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False,
                mean=None, std=None) -> Dataset:
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
-                      split=split, download=download, specs=_specs(view))
+                      split=split, download=download, specs=_specs(view),
+                      take=(limit or None, 0 if split == "train" else None))
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
