@@ -14,8 +14,8 @@ from . import json_text
 from .datasets import Dataset, check_inputs, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
 from .progress import Progress
-from .scores import (IDS, SCORES, check_labels_for, class_table, first_output_kind,
-                     ids_to_indices, predicted)
+from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
+                     first_output_kind, ids_to_indices, predicted)
 from .spiking import format as fmt
 
 if TYPE_CHECKING:   # the annotation only (convert imports evaluate's siblings)
@@ -196,6 +196,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             if ds.y is not None:
                 if start == 0 and kind != IDS:
                     check_labels_for(ds.y, logits, ds.name)
+                if start == 0 and table is not None:
+                    check_labels_for_table(ds.y, table, ds.name)
                 guess = ids_to_indices(logits, table, where) if table is not None else \
                     predicted(logits, kind)
                 correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))

@@ -43,8 +43,13 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
     images may be), sorted; hidden files and folders left out."""
     if not recursive:
         return sorted(p for p in folder.iterdir() if _is_image(p))
-    out = []
+    out, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:                     # a link back up: each folder once
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in filenames if _is_image(Path(dirpath) / f)]
     return sorted(out)
@@ -147,13 +152,13 @@ def load_image_folder(path, split: Optional[str] = None,
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}); an image folder "
                         "holds one subfolder of images per class, or the images themselves")
-    if take is not None and take[0] is not None and take[0] < len(files):
+    channels, height, width = (list(shape) + [None] * 3)[:3] if shape else (None, None, None)
+    first = _open(files[0][0], Image, UnidentifiedImageError)   # free sizes: the first image's
+    if take is not None and take[0] is not None and 0 < take[0] < len(files):
         n, seed = take               # the same samples as Dataset.take picks from them all
         idx = np.arange(n) if seed is None else \
             np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
         files = [files[i] for i in idx]
-    channels, height, width = (list(shape) + [None] * 3)[:3] if shape else (None, None, None)
-    first = _open(files[0][0], Image, UnidentifiedImageError)
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
     width, height = width or first.size[0], height or first.size[1]
     need = len(files) * channels * height * width * 4

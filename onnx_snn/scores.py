@@ -40,16 +40,16 @@ def _first_output_source(model: onnx.ModelProto, name: str):
     from onnx import numpy_helper
     g = model.graph
     producers = {o: n for n in g.node for o in n.output if o}
-    consts = {i.name: i for i in g.initializer}
-    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
-                   for n in g.node if n.op_type == "Constant" and n.output})
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts.update({n.output[0]: _constant_value(n) for n in g.node
+                   if n.op_type == "Constant" and n.output})
     t, node, table = name, producers.get(name), None
     while node is not None and node.input:
         if node.op_type in CARRY_OPS:
             t = node.input[0]
         elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and node.input[0] in consts:
             if table is None and consts[node.input[0]] is not None:
-                table = numpy_helper.to_array(consts[node.input[0]]).reshape(-1)
+                table = np.asarray(consts[node.input[0]]).reshape(-1)
             t = node.input[1]          # ids looked up in a table of class labels
         elif node.op_type == "DequantizeLinear" and producers.get(node.input[0]) is not None \
                 and producers[node.input[0]].op_type == "QuantizeLinear":
@@ -58,6 +58,19 @@ def _first_output_source(model: onnx.ModelProto, name: str):
             break
         node = producers.get(t)
     return node, t, table
+
+
+def _constant_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
+    """A Constant node's value, whichever attribute holds it."""
+    from onnx import numpy_helper
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_ints", "value_floats", "value_strings"):
+            return np.array(list(onnx.helper.get_attribute_value(a)))
+        if a.name in ("value_int", "value_float", "value_string"):
+            return np.array(onnx.helper.get_attribute_value(a))
+    return None
 
 
 def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> str:
@@ -93,6 +106,19 @@ def class_table(model: onnx.ModelProto, output: Optional[str] = None) -> Optiona
     if table is None or (table.dtype.kind in "iu" and np.array_equal(table, np.arange(table.size))):
         return None
     return table
+
+
+def check_labels_for_table(y: Optional[np.ndarray], table: np.ndarray, where: str) -> None:
+    """The data's labels are class indices, 0..len(table)-1: a model that looks its ids up
+    in ``table`` is scored by their index. Labels that are the table's own values (sklearn's
+    ``classes_`` kept as labels) are refused, saying how to map them."""
+    if y is None or not y.size or (int(y.min()) >= 0 and int(y.max()) < len(table)):
+        return
+    shown = ", ".join(map(str, table.tolist()[:6])) + (", ..." if len(table) > 6 else "")
+    raise DataError(f"{where}: label {int(y.max())} is out of range: the model's {len(table)} "
+                    f"classes ({shown}) are scored by their index, 0..{len(table) - 1}; labels "
+                    "that are the classes' own values: map them first (numpy: "
+                    "np.searchsorted(classes, y) for sorted classes)")
 
 
 def ids_to_indices(ids: np.ndarray, table: np.ndarray, where: str) -> np.ndarray:
@@ -165,4 +191,4 @@ def predicted(out: np.ndarray, kind: str = SCORES) -> np.ndarray:
 
 
 __all__ = ["IDS", "PROBABILITIES", "SCORES", "CARRY_OPS", "first_output_kind", "class_table",
-           "ids_to_indices", "class_scores", "check_labels_for", "predicted"]
+           "ids_to_indices", "check_labels_for_table", "class_scores", "check_labels_for", "predicted"]

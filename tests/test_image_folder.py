@@ -171,3 +171,9 @@ def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
         assert len(opened) == n + 1          # the first image's size, then each taken one
         np.testing.assert_array_equal(part.x, want.x)
         np.testing.assert_array_equal(part.y, want.y)
+    monkeypatch.undo()
+    _save(root / "train" / "0" / "x.png", np.zeros((8, 10)))    # the first file: another size
+    whole = load_image_folder(root, "train", (1, None, None))    # free sizes: the first image's
+    part = load_image_folder(root, "train", (1, None, None), take=(4, 0))
+    assert whole.x.shape[2:] == part.x.shape[2:] == (8, 10)
+    np.testing.assert_array_equal(part.x, whole.take(4, 0).x)

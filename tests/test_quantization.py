@@ -3,6 +3,7 @@ integer operators refused by name."""
 import numpy as np
 import onnx
 import pytest
+from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import builders as B
@@ -144,15 +145,24 @@ def test_a_quantized_final_softmax_or_sigmoid_is_still_dropped(head, tmp_path):
     assert len(nm.sites) == 1 and any(f"dropped the final {head}" in n for n in nm.notes)
 
 
-def test_fake_quantized_float_weights_are_folded():
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fake_quantized_float_weights_are_folded(per_channel):
     """Quantization-aware training exports a weight as QuantizeLinear(float W) ->
-    DequantizeLinear (per channel here): it becomes W rounded to the integer grid, and the
-    converted model computes with that rounded weight."""
+    DequantizeLinear (per channel, int8; or per tensor, uint8 with zero point 128 and a scale
+    that saturates the largest weights): it becomes W on the integer grid, as onnxruntime
+    computes it, and the converted model computes with that weight."""
     b = B.GraphBuilder(13, seed=5)
     w = (np.random.default_rng(1).standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32)
-    s = np.abs(w).reshape(8, -1).max(1) / 127
-    ws, ss, zs = b.const(w), b.const(s.astype(np.float32)), b.const(np.zeros(8, np.int8))
-    wq = b.node("DequantizeLinear", [b.node("QuantizeLinear", [ws, ss, zs], axis=0), ss, zs], axis=0)
+    if per_channel:
+        s = (np.abs(w).reshape(8, -1).max(1) / 127).astype(np.float32)
+        ws, ss, zs = b.const(w), b.const(s), b.const(np.zeros(8, np.int8))
+        attrs = {"axis": 0}
+    else:
+        s = np.float32(np.abs(w).max() / 200)          # the largest weights saturate
+        ws, ss, zs = b.const(w), b.const(np.array(s)), b.const(np.array(128, np.uint8))
+        attrs = {}
+    wq = b.node("DequantizeLinear", [b.node("QuantizeLinear", [ws, ss, zs], **attrs), ss, zs],
+                **attrs)
     t = b.node("Relu", [b.node("Conv", ["x", wq], kernel_shape=[3, 3], pads=[1] * 4)])
     t = b.gemm(b.node("Flatten", [t], axis=1), 8 * 12 * 12, 10)
     m = b.model("x", t, (1, 12, 12), 10)
@@ -161,7 +171,16 @@ def test_fake_quantized_float_weights_are_folded():
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
     conv = next(n for n in nm.model.graph.node if n.op_type == "Conv")
     got = nh.to_array(next(i for i in nm.model.graph.initializer if i.name == conv.input[1]))
-    want = np.clip(np.rint(w / s[:, None, None, None]), -128, 127) * s[:, None, None, None]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    g = h.make_graph([h.make_node("QuantizeLinear", ["w", "s", "z"], ["q"], **attrs),
+                      h.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], **attrs)], "q",
+                     [], [h.make_tensor_value_info("d", onnx.TensorProto.FLOAT, list(w.shape))],
+                     [nh.from_array(w, "w"), nh.from_array(np.asarray(s, np.float32), "s"),
+                      nh.from_array(np.zeros(8, np.int8) if per_channel else np.array(128, np.uint8), "z")])
+    ref = onnx.helper.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    ref.ir_version = 8
+    import onnxruntime as ort
+    sess = ort.InferenceSession(ref.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got, sess.run(None, {})[0])       # onnxruntime's own
+    assert per_channel or np.any(got == (255 - 128) * s)             # saturated
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], atol=1e-5)

@@ -218,26 +218,43 @@ def test_a_quantized_sigmoids_probability_is_still_a_probability():
 
 
 def test_looked_up_class_labels_are_scored_by_their_index():
-    """skl2onnx maps ArgMax's index through its classes (ints like 10, 20, 30, or strings):
-    eval scores the index of each label in that table, as the data's labels are indices."""
+    """skl2onnx maps ArgMax's index through its classes (ints like 10, 20, 30, or strings; an
+    initializer or a Constant node) and reshapes the [1, N] lookup to [N]: eval scores the
+    index of each label in that table, as the data's labels are indices; labels that are the
+    classes' own values are refused, saying how to map them."""
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.runtimes.ort import run
     from onnx_snn.scores import class_table, ids_to_indices
-    for table in (np.array([10, 20, 30], np.int64), np.array(["a", "b", "c"])):
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    for table, as_node in ((np.array([10, 20, 30], np.int64), False),
+                           (np.array([10, 20, 30], np.int64), True), (np.array(["a", "b", "c"]), False)):
         b = B.GraphBuilder(13)
-        a = b.node("ArgMax", [b.gemm("x", 4, 3)], axis=1, keepdims=0)
-        t = h.make_tensor("classes", TP.STRING if table.dtype.kind == "U" else TP.INT64, [3],
-                          [s.encode() for s in table] if table.dtype.kind == "U" else table.tolist())
-        b.inits.append(t)
-        node = h.make_node("ArrayFeatureExtractor", ["classes", a], ["label"], domain="ai.onnx.ml")
-        b.nodes.append(node)
+        scores = b.gemm("x", 4, 3)
+        a = b.node("ArgMax", [scores], axis=1, keepdims=0)
+        strings = table.dtype.kind == "U"
+        if as_node:
+            b.nodes.append(h.make_node("Constant", [], ["classes"], value_ints=table.tolist()))
+        else:
+            b.inits.append(h.make_tensor("classes", TP.STRING if strings else TP.INT64, [3],
+                                         [s.encode() for s in table] if strings else table.tolist()))
+        b.nodes.append(h.make_node("ArrayFeatureExtractor", ["classes", a], ["looked"],
+                                   domain="ai.onnx.ml"))
+        b.nodes.append(h.make_node("Reshape", ["looked", b.const(np.array([-1], np.int64))], ["label"]))
         g = h.make_graph(b.nodes, "skl", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
-                         [h.make_tensor_value_info("label", t.data_type, ["N"])], b.inits)
+                         [h.make_tensor_value_info("label", TP.STRING if strings else TP.INT64, ["N"])],
+                         b.inits)
         m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
-        assert first_output_kind(m) == IDS
-        got = class_table(m)
-        assert got is not None and len(got) == 3
-        assert ids_to_indices(np.array(table[[2, 0, 1]]), got, "m").tolist() == [2, 0, 1]
-        with pytest.raises(DataError, match="does not hold"):
-            ids_to_indices(np.array(["zz"] if table.dtype.kind == "U" else [99]), got, "m")
+        m.ir_version = 8
+        assert first_output_kind(m) == IDS and len(class_table(m)) == 3
+        want = run(m, x).outputs[0]
+        y = ids_to_indices(want, class_table(m), "m")
+        assert set(y.tolist()) <= {0, 1, 2}
+        r = evaluate(m, (x, y), show_progress=False)
+        assert r.top1 == 100.0
+        assert evaluate(m, (x, (y + 1) % 3), show_progress=False).top1 == 0.0
+        if not strings:
+            with pytest.raises(DataError, match="classes' own values"):
+                evaluate(m, (x, table[y]), show_progress=False)
 
 
 def test_an_output_without_a_batch_axis_is_refused(tmp_path):

@@ -134,6 +134,8 @@ def _fold_weight(graph: gs.Graph, q: gs.Node) -> bool:
     ins = [const_value(t) if not is_empty(t) else None for t in q.inputs]
     w, scale = ins[0], ins[1] if len(ins) > 1 else None
     zp = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros((), np.uint8)
+    if (len(ins) < 3 or ins[2] is None) and q.attrs.get("output_dtype"):
+        return False                                  # a type named by attribute: left alone
     readers = list(q.outputs[0].outputs) if q.outputs else []
     if w is None or scale is None or w.dtype.kind != "f" or q.attrs.get("block_size") or \
             not readers or any(r.op != "DequantizeLinear" or not _same_parameters(q, r)
@@ -143,13 +145,14 @@ def _fold_weight(graph: gs.Graph, q: gs.Node) -> bool:
         info = np.iinfo(zp.dtype)
     except ValueError:
         return False
-    s, z = scale.astype(np.float64), zp.astype(np.float64)
+    s, z = scale.astype(np.float32), zp.astype(np.float64)
     if scale.size > 1:                                # per axis
         shape = [1] * w.ndim
         shape[int(q.attrs.get("axis", 1)) % w.ndim] = -1
         s, z = s.reshape(shape), (z.reshape(shape) if z.size > 1 else z)
-    qv = np.clip(np.rint(w.astype(np.float64) / s) + z, info.min, info.max)
-    value = ((qv - z) * s).astype(w.dtype)
+    # as onnxruntime computes it: w / s in float32, rounded half to even, then saturated
+    qv = np.clip(np.rint(w.astype(np.float32) / s).astype(np.float64) + z, info.min, info.max)
+    value = ((qv - z).astype(np.float32) * s).astype(w.dtype)
     for dq in readers:
         const = gs.Constant(f"{dq.name or dq.outputs[0].name}_fake_quantized", value)
         out = dq.outputs[0]
