@@ -513,8 +513,11 @@ def dataset_files(spec, data_dir=None) -> list:
     key = named_dataset(spec)
     if key is None:
         from .image_folder import image_files, is_image_folder
-        if isinstance(spec, (str, os.PathLike)) and is_image_folder(spec):
-            return image_files(spec)
+        if isinstance(spec, (str, os.PathLike)):
+            folder, sep, split = str(spec).rpartition(":")
+            for f in ([folder] if sep and split in ("train", "test") else []) + [str(spec)]:
+                if is_image_folder(f):
+                    return image_files(f)
         return [Path(array_file_spec(spec)[0])] if isinstance(spec, (str, os.PathLike)) and \
             str(spec) else []
     files = []
@@ -550,6 +553,9 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
     from .image_folder import is_image_folder, load_image_folder
+    folder, sep, folder_split = str(spec).rpartition(":")
+    if sep and folder_split in ("train", "test") and is_image_folder(folder):
+        return load_image_folder(folder, folder_split, image_shape, take=take)   # FOLDER:train
     if is_image_folder(spec):
         return load_image_folder(spec, split, image_shape, take=take)
     path, file_split = array_file_spec(spec)

@@ -45,6 +45,10 @@ def test_class_subfolders_give_sorted_labels_and_each_command_its_split(folder):
     want = np.round(images[("val", "b", 2)] * 255) / 255
     np.testing.assert_allclose(test.x[4 + 2, 0], want, atol=1e-6)
     assert not train.preprocessed      # --mean/--std or the model's preprocessing apply
+    chosen = load_dataset(f"{root}:train", split="test", image_shape=(1, 12, 12))   # FOLDER:split
+    np.testing.assert_array_equal(chosen.x, train.x)
+    from onnx_snn.datasets import dataset_files
+    assert root / "val" / "b" / "2.png" in dataset_files(f"{root}:train")
 
 
 def test_images_are_brought_to_the_models_size_and_channels(folder):
