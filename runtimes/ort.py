@@ -31,6 +31,22 @@ class StepResult:
     step_spikes: Optional[Dict[str, np.ndarray]] = None  # per_step runners: site -> [T, N]
 
 
+def run_failure(e: Exception, where: str, feeds: Dict[str, np.ndarray]) -> Exception:
+    """onnxruntime's failure while running a model, as a one-line UnsupportedModelError (the
+    exception itself when it is not onnxruntime's). A failure on a batch of several samples
+    says what it usually is: a graph that runs one sample at a time."""
+    if type(e).__module__.split(".")[0] != "onnxruntime":
+        return e
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = msg.split(" : ", 2)[-1] if msg.startswith("[ONNXRuntimeError]") else msg
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    hint = (" The model may run only one sample at a time (a Reshape to a batch of 1, as "
+            "x.view(1, -1) exports): pass --batch-size 1, or re-export it with x.flatten(1)"
+            if n > 1 else "")
+    return UnsupportedModelError(f"{where}: onnxruntime failed running the model on a batch of "
+                                 f"{n}: {msg[:300]}.{hint}")
+
+
 class ModelRunner:
     """Runs any ONNX model the tool handles: a DNN, a spiking loop model, a step model or a
     deploy graph (its fixed T only; spike totals where it kept them)."""
@@ -85,7 +101,10 @@ class ModelRunner:
         """One batch (already validated feeds)."""
         feeds = {k: v.astype(self.feed_types.get(k, v.dtype), copy=False) for k, v in feeds.items()}
         if not self.spiking:
-            return StepResult(self.session.run(self.output_names, feeds), {})
+            try:
+                return StepResult(self.session.run(self.output_names, feeds), {})
+            except Exception as e:
+                raise run_failure(e, self.path or "model", feeds) from None
         T = int(timesteps or self.info.timesteps)
         from onnx_snn.convert import MAX_TIMESTEPS
         if not 1 <= T <= MAX_TIMESTEPS:

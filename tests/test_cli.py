@@ -699,3 +699,18 @@ def test_a_named_data_dir_is_the_only_place_looked(files, tmp_path):
     p = run_cli("eval", str(files / "model.onnx"), "--data", "fashion-mnist", "--data-dir",
                 str(tmp_path / "empty"))
     assert_clean_error(p, 5, "Fashion-MNIST not found")
+
+
+def test_an_onnxruntime_failure_inside_a_run_is_one_line(monkeypatch, capsys):
+    """Whatever onnxruntime raises while a command runs (a failure no check foresaw) is one
+    error line naming the model, exit 4, not a traceback."""
+    import onnxruntime.capi.onnxruntime_pybind11_state as state
+    import onnx_snn.cli as cli
+
+    def boom(args):
+        raise state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid "
+                                    "dimensions for input: x")
+    monkeypatch.setitem(cli.COMMANDS, "info", boom)
+    assert cli.main(["info", "m.onnx"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("onnx-snn: error: m.onnx: onnxruntime failed") and "Traceback" not in err

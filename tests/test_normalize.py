@@ -854,3 +854,27 @@ def test_pool_first_leaves_pools_whose_indices_or_input_are_used(how):
     why = {"read": "Indices output is used", "graph_output": "Indices output is used",
            "second_reader": "also read by 1 other node"}[how]
     assert any(why in n for n in nm.notes), nm.notes
+
+
+def test_a_reshape_to_a_batch_of_one_keeps_the_batch():
+    """x.view(1, -1) (a model written for one sample at a time) merged a batch into one row,
+    and onnxruntime failed on batches; the converter keeps the batch axis (0), the same at
+    batch 1, with a note; eval of such a DNN says what to do."""
+    from onnx_snn.convert import prepare
+    from onnx_snn.errors import UnsupportedModelError
+    from onnx_snn.evaluate import evaluate
+    b = B.GraphBuilder(13)
+    t = b.act(b.conv("input", 1, 4), "clip")
+    t = b.node("Reshape", [t, b.const(np.array([1, -1], np.int64))])
+    m = b.model("input", b.gemm(t, 4 * 144, 10), (1, 12, 12), 10)
+    nm = prepare(m)
+    assert any("keeps the batch axis" in n for n in nm.notes)
+    x = B.rand_input(6)
+    one_by_one = np.concatenate([run(m, x[i:i + 1]).outputs[0] for i in range(6)])
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], one_by_one, atol=1e-6)
+    _, _, snn = B.converted(m, x, T=4)                  # and the spiking model runs batches
+    assert run(snn.model, x).outputs[0].shape == (6, 10)
+    y = one_by_one.argmax(1)
+    with pytest.raises(UnsupportedModelError, match=r"batch of 6.*--batch-size 1"):
+        evaluate(m, (x, y), show_progress=False)
+    assert evaluate(m, (x, y), batch_size=1, show_progress=False).top1 == 100.0

@@ -100,6 +100,32 @@ def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup().toposort()
 
 
+@graph_pass("reshape-keeps-batch")
+def reshape_keeps_batch(graph: gs.Graph, result: PassResult) -> None:
+    """A Reshape to a constant shape that starts with 1 (``x.view(1, -1)``, as a model written
+    for one sample at a time exports it) of a tensor whose first axis is the input's free
+    batch axis keeps that axis instead (0: copy it). The same at batch 1; and the model runs
+    batches (onnxruntime failed on them: the Reshape merged the samples into one row)."""
+    batch = {t.shape[0] for t in graph.inputs
+             if t.shape and isinstance(t.shape[0], str) and t.shape[0]}
+    if not batch:
+        return
+    for node in graph.nodes:
+        if node.op != "Reshape" or len(node.inputs) < 2 or int(node.attrs.get("allowzero", 0)):
+            continue
+        shape, data = const_value(node.inputs[1]), node.inputs[0]
+        if shape is None or shape.ndim != 1 or shape.size < 2 or int(shape[0]) != 1 \
+                or not data.shape or data.shape[0] not in batch:
+            continue
+        kept = shape.copy()
+        kept[0] = 0
+        node.inputs[1] = gs.Constant(f"{node.name or node.outputs[0].name}_keeps_batch", kept)
+        result.changed += 1
+        result.notes.append(f"Reshape '{node.name}' to {shape.tolist()} merged the batch into one "
+                            f"sample; it keeps the batch axis ({kept.tolist()}): the same at "
+                            "batch 1, and batches run")
+
+
 @graph_pass("reduce-max-to-global-pool")
 def reduce_max_to_global_pool(graph: gs.Graph, result: PassResult) -> None:
     """``ReduceMax`` over exactly the spatial axes of an N x C x spatial tensor is

@@ -191,6 +191,7 @@ PIPELINE: tuple = (
     quantization.refuse_integer_operators,
     quantization.fake_quantization,      # QDQ activations: clipped ReLUs (weights: folded above)
     canonical.sum_to_add,
+    canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
     cleanup.remove_identity_and_dropout,
     cleanup.strip_output_head,           # before the softmax an ArgMax may read
