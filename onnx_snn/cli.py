@@ -485,9 +485,10 @@ def _check_mean_std(args, data) -> None:
 
 
 def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> str:
-    """``model`` with the first of ``strip`` that ends its name replaced by ``suffix``."""
+    """``model`` with the first of ``strip`` that ends its name (in any case: ``.ONNX``)
+    replaced by ``suffix``."""
     p = Path(model)
-    ext = next((e for e in strip if p.name.endswith(e)), "")
+    ext = next((e for e in strip if p.name.lower().endswith(e)), "")
     return str(p.with_name(p.name[:len(p.name) - len(ext)] + suffix))
 
 

@@ -57,6 +57,13 @@ def test_default_output_name(files):
     assert (files / "model.snn.onnx").exists()
 
 
+def test_default_output_names_ignore_the_extensions_case():
+    from onnx_snn.cli import _default_output
+    assert _default_output("d/Net.ONNX") == "d/Net.snn.onnx"
+    assert _default_output("d/net") == "d/net.snn.onnx"
+    assert _default_output("d/net.SNN.onnx", ".deploy.onnx", (".snn.onnx", ".onnx")) == "d/net.deploy.onnx"
+
+
 def test_quiet_convert_and_eval_print_the_result_line_only(files, capsys):
     out = files / "quiet.snn.onnx"
     assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out),
