@@ -292,7 +292,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
             check_inputs(v, f"{ds.name} (input {k!r})")
         return ds
     check_inputs(ds.x, ds.name)
-    if ds.preprocessed and ds.x.dtype.kind in "iu":
+    from .graph.inputs import is_pixels_255
+    if ds.preprocessed and ds.x.dtype.kind in "iu" and not is_pixels_255(preprocess):
         log.warning("%s: integer data (%s) is taken as already preprocessed; if these are raw "
                     "pixels, scale them to [0, 1] and normalize them first", ds.name, ds.x.dtype)
     applied = None

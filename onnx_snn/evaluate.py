@@ -13,6 +13,7 @@ import onnx
 from . import json_text
 from .datasets import Dataset, check_inputs, check_labels, check_preprocess
 from .errors import DataError, ModelLoadError, UsageError
+from .graph.inputs import PIXELS_255
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
                      first_output_kind, ids_to_indices, predicted)
@@ -237,6 +238,10 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
     conversion does)."""
     meta = {p.key: p.value for p in model.metadata_props}
     if "onnx_snn.preprocess" not in meta:
+        inits = {i.name for i in model.graph.initializer}
+        data = [i for i in model.graph.input if i.name not in inits]
+        if data and all(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in data):
+            return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
         return None
     try:
         return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where)

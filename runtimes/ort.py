@@ -31,6 +31,19 @@ class StepResult:
     step_spikes: Optional[Dict[str, np.ndarray]] = None  # per_step runners: site -> [T, N]
 
 
+def _as_feed(v: np.ndarray, dtype, name: str) -> np.ndarray:
+    """A batch in its input's type; for a uint8 input, raw pixel values 0-255 (rounded: a
+    named dataset's [0, 1] images times 255 are whole up to float rounding)."""
+    if np.dtype(dtype) != np.uint8 or v.dtype == np.uint8:
+        return v.astype(dtype, copy=False)
+    r = np.rint(v)
+    if r.size and (r.min() < 0 or r.max() > 255 or np.abs(v - r).max() > 1e-3):
+        raise DataError(f"input '{name}' takes raw uint8 pixels (whole numbers 0-255); the data "
+                        f"holds values in [{float(v.min()):g}, {float(v.max()):g}]: feed raw "
+                        "pixels (a named dataset is fed so)")
+    return r.astype(np.uint8)
+
+
 def run_failure(e: Exception, where: str, feeds: Dict[str, np.ndarray]) -> Exception:
     """onnxruntime's failure while running a model, as a one-line UnsupportedModelError (the
     exception itself when it is not onnxruntime's). A failure on a batch of several samples
@@ -99,7 +112,7 @@ class ModelRunner:
 
     def run(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
         """One batch (already validated feeds)."""
-        feeds = {k: v.astype(self.feed_types.get(k, v.dtype), copy=False) for k, v in feeds.items()}
+        feeds = {k: _as_feed(v, self.feed_types.get(k, v.dtype), k) for k, v in feeds.items()}
         if not self.spiking:
             try:
                 return StepResult(self.session.run(self.output_names, feeds), {})
@@ -184,7 +197,7 @@ class ModelRunner:
 
 #: the input element types data is fed as (validated as float32 first)
 _FLOAT_FEEDS = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                "tensor(double)": np.float64}
+                "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
 def _feed_types(session, names, where: str) -> dict:
@@ -197,8 +210,8 @@ def _feed_types(session, names, where: str) -> dict:
         if t not in _FLOAT_FEEDS:
             raise UnsupportedModelError(
                 f"{where}: input '{name}' takes {t}; onnx-snn feeds data as floats (float32, "
-                "float16 or float64 inputs). Re-export the model with a float input (a Cast "
-                "inside the graph can convert it)")
+                "float16 or float64 inputs) or raw uint8 pixels. Re-export the model with a "
+                "float input (a Cast inside the graph can convert it)")
         out[name] = _FLOAT_FEEDS[t]
     return out
 

@@ -83,7 +83,7 @@ def softmax(x, axis=-1):
 def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
-        "compute-in-float32",
+        "compute-in-float32", "uint8-input-to-float",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
         "fake-quantization", "sum-to-add", "reshape-keeps-batch", "reduce-max-to-global-pool",
         "remove-identity-dropout",

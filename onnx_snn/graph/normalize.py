@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, fold, precision, quantization, skeleton
+from . import canonical, cleanup, fold, inputs, precision, quantization, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -186,6 +186,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
 #: the normalization passes in the order they run; each can be applied on its own
 PIPELINE: tuple = (
     precision.compute_in_float32,        # float16/float64 models: float32 throughout
+    inputs.uint8_input_to_float,         # raw uint8 pixels in: float32 of the same values
     fold.fold_constants,                 # weights and clip bounds become initializers
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     quantization.refuse_integer_operators,
@@ -325,6 +326,8 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
             preprocess = json.loads(meta["onnx_snn.preprocess"])
         except json.JSONDecodeError:
             notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
+    if preprocess is None and records.get(inputs.uint8_input_to_float.name):
+        preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,
                            source_sha256=sha, source_path=path, preprocess=preprocess,
                            source_metadata=meta, pass_log=pass_log, pools_moved=moved)

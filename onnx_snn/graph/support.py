@@ -81,7 +81,8 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             dtype = None
         if dtype != np.float32:
             raise UnsupportedModelError(
-                f"graph input '{t.name}' is {t.dtype}; only float32 inputs are supported")
+                f"graph input '{t.name}' is {t.dtype}; only float32 inputs are supported, and "
+                "raw uint8 pixels that the graph casts to float32 first")
 
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"

@@ -1,0 +1,85 @@
+"""Models that take raw uint8 pixels (onnx_snn/graph/inputs.py)."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import builders as B
+from onnx_snn.errors import DataError, UnsupportedModelError
+from onnx_snn.graph.inputs import PIXELS_255, is_pixels_255
+
+
+def _end_to_end(model: onnx.ModelProto, mean: float, std: float) -> onnx.ModelProto:
+    """``model`` behind its own preprocessing: a uint8 [N, 1, H, W] input, Cast, / 255,
+    - mean, / std (an export with the transforms in the graph)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    x = g.input[0]
+    name, dims = x.name, [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim]
+    g.node.insert(0, h.make_node("Div", ["centred", "std_c"], [name], name="normalize_std"))
+    g.node.insert(0, h.make_node("Sub", ["scaled", "mean_c"], ["centred"], name="normalize_mean"))
+    g.node.insert(0, h.make_node("Div", ["as_float", "c255"], ["scaled"], name="to_unit"))
+    g.node.insert(0, h.make_node("Cast", ["pixels"], ["as_float"], to=TP.FLOAT, name="to_float"))
+    g.initializer.extend([nh.from_array(np.array(v, np.float32), n) for n, v in
+                          (("c255", 255.0), ("mean_c", mean), ("std_c", std))])
+    del g.input[0]
+    g.input.insert(0, h.make_tensor_value_info("pixels", TP.UINT8, dims))
+    del m.metadata_props[:]                   # it records no preprocessing: it needs none
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_a_uint8_input_is_fed_raw_pixels_and_converts(tmp_path):
+    """The shipped model behind its own preprocessing with a uint8 input: eval feeds the
+    named dataset's raw pixels (it was refused), scoring as the shipped model does; the
+    conversion takes float32 pixel values and records that named data is fed so."""
+    import onnx_snn
+    from onnx_snn.demo import shipped_model_path
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.datasets import load_dataset
+    try:
+        load_dataset("fashion-mnist:test")
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    shipped = onnx.load(str(shipped_model_path()))
+    m = _end_to_end(shipped, 0.2860, 0.3530)
+    path = tmp_path / "u8.onnx"
+    onnx.save(m, str(path))
+    dnn = evaluate(str(path), "fashion-mnist", limit=2000, show_progress=False)
+    ref = evaluate(str(shipped_model_path()), "fashion-mnist", limit=2000, show_progress=False)
+    assert abs(dnn.correct - ref.correct) <= 2          # float rounding of the scaling alone
+    snn = onnx_snn.convert(str(path), "fashion-mnist", timesteps=2, method="datta",
+                           calib_samples=128, show_progress=False)
+    assert any("takes uint8 pixels" in n for n in snn.normalized.notes)
+    assert snn.model.graph.input[0].type.tensor_type.elem_type == TP.FLOAT
+    assert is_pixels_255(snn.normalized.preprocess)
+    out = tmp_path / "u8.snn.onnx"
+    snn.save(out)
+    r = evaluate(str(out), "fashion-mnist", limit=2000, show_progress=False)
+    want = evaluate(onnx_snn.convert(str(shipped_model_path()), "fashion-mnist", timesteps=2,
+                                     method="datta", calib_samples=128, show_progress=False),
+                    "fashion-mnist", limit=2000, show_progress=False)
+    assert abs(r.top1 - want.top1) <= 1.0
+
+
+def test_raw_pixel_arrays_and_what_is_not_pixels():
+    """uint8 arrays go in as they are; floats that are not whole pixel values are refused,
+    naming the input; a uint8 input the graph reads as integers stays refused."""
+    from onnx_snn.convert import prepare
+    from onnx_snn.evaluate import evaluate
+    m = _end_to_end(B.vgg(13, "clip", in_shape=(1, 12, 12)), 0.5, 0.25)
+    x = np.random.default_rng(0).integers(0, 256, (16, 1, 12, 12)).astype(np.uint8)
+    y = np.zeros(16, np.int64)
+    assert evaluate(m, (x, y), show_progress=False).samples == 16
+    assert evaluate(m, (x.astype(np.float32), y), show_progress=False).samples == 16
+    with pytest.raises(DataError, match="raw uint8 pixels"):
+        evaluate(m, (x / 255.0, y), show_progress=False)
+    g = m.graph                                   # the pixels also read as integers
+    g.node.append(h.make_node("Cast", ["pixels"], ["as_int"], to=TP.INT32))
+    g.output.append(h.make_tensor_value_info("as_int", TP.INT32, ["N", 1, 12, 12]))
+    with pytest.raises(UnsupportedModelError, match="'pixels' is uint8"):
+        prepare(m)
+    assert PIXELS_255["std"][0] * 255 == pytest.approx(1.0)
