@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .feeds import fixed_batch, input_specs, validate_feeds
-from .errors import DataError, UnsupportedModelError
+from .errors import DataError, UnsupportedModelError, first_line
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
@@ -103,9 +103,8 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = msg.replace("[ONNXRuntimeError] : 1 : FAIL : ", "")
-        raise UnsupportedModelError(f"{where}: onnxruntime cannot run this model: {msg[:300]}") from None
+        raise UnsupportedModelError(f"{where}: onnxruntime cannot run this model: "
+                                    f"{first_line(e)[:300]}") from None
     if names:
         # onnxruntime copied the arrays while loading (they may go now); a session re-created
         # from the same options (its fallback after a provider failure) would read them again

@@ -957,12 +957,11 @@ def _main(argv: Optional[List[str]]) -> int:
               file=sys.stderr)
         return 1
     except Exception as e:      # onnxruntime failing inside a run: one line, not a traceback
-        if type(e).__module__.split(".")[0] != "onnxruntime":
+        from .errors import UnsupportedModelError, first_line, is_onnxruntime_error
+        if not is_onnxruntime_error(e):
             raise
-        from .errors import UnsupportedModelError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"onnx-snn: error: {getattr(args, 'model', 'the model')}: onnxruntime failed "
-              f"running the model: {msg[:400]}", file=sys.stderr)
+              f"running the model: {first_line(e)[:400]}", file=sys.stderr)
         return UnsupportedModelError.exit_code
     finally:
         warnings.showwarning = shown

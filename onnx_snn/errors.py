@@ -7,6 +7,8 @@ temporary file.
 """
 from __future__ import annotations
 
+import re
+
 
 class OnnxSnnError(Exception):
     """Base class of every error that is the user's to fix."""
@@ -75,6 +77,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like SIGINT's KeyboardInterrupt so that the same clean-up runs."""
 
     exit_code = 143
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line for an error message: its first line (its type's
+    name when it has none), without onnxruntime's ``[ONNXRuntimeError] : <n> : `` prefix (and
+    its generic ``FAIL : ``; other status names, INVALID_GRAPH and the like, are kept)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (FAIL : )?", "", line)
+
+
+def is_onnxruntime_error(e: BaseException) -> bool:
+    """Whether onnxruntime raised ``e`` (its pybind exceptions, not a Python error of ours)."""
+    return type(e).__module__.split(".")[0] == "onnxruntime"
 
 
 EXIT_CODES = {

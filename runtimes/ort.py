@@ -16,7 +16,7 @@ import onnx
 
 from onnx_snn.calibrate import make_session
 
-from onnx_snn.errors import DataError, UnsupportedModelError
+from onnx_snn.errors import DataError, UnsupportedModelError, first_line, is_onnxruntime_error
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import load_model
 from onnx_snn.spiking import format as fmt
@@ -48,10 +48,9 @@ def run_failure(e: Exception, where: str, feeds: Dict[str, np.ndarray]) -> Excep
     """onnxruntime's failure while running a model, as a one-line UnsupportedModelError (the
     exception itself when it is not onnxruntime's). A failure on a batch of several samples
     says what it usually is: a graph that runs one sample at a time."""
-    if type(e).__module__.split(".")[0] != "onnxruntime":
+    if not is_onnxruntime_error(e):
         return e
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    msg = msg.split(" : ", 2)[-1] if msg.startswith("[ONNXRuntimeError]") else msg
+    msg = first_line(e)
     n = len(next(iter(feeds.values()))) if feeds else 0
     hint = (" The model may run only one sample at a time (a Reshape to a batch of 1, as "
             "x.view(1, -1) exports): pass --batch-size 1, or re-export it with x.flatten(1)"
