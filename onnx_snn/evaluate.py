@@ -182,12 +182,11 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     for start in range(0, n, batch_size):
         feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
         r = runner.run_padded(feed, T if runner.spiking else None)
-        nb = r.outputs[0].shape[0] if r.outputs[0].ndim else 0
-        if nb != len(next(iter(feed.values()))):
+        nb, fed = (r.outputs[0].shape[0] if r.outputs[0].ndim else 0), len(next(iter(feed.values())))
+        if nb != fed:
             raise DataError(f"{where}: the model's first output has shape "
-                            f"{list(r.outputs[0].shape)} on a batch of "
-                            f"{len(next(iter(feed.values())))}; top-1 needs one row per sample "
-                            "(the batch axis first)")
+                            f"{list(r.outputs[0].shape)} on a batch of {fed}; top-1 needs one "
+                            "row per sample (the batch axis first)")
         for t in t_list:
             if many:
                 logits = r.step_outputs[0][:t].mean(0)

@@ -37,19 +37,17 @@ def _first_output_source(model: onnx.ModelProto, name: str):
     """(the node that computes output ``name`` up to carry ops, lookups and
     Quantize/DequantizeLinear pairs, the tensor of it that is read, the last lookup's table of
     class labels or None)."""
-    from onnx import numpy_helper
     g = model.graph
     producers = {o: n for n in g.node for o in n.output if o}
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    consts.update({n.output[0]: _constant_value(n) for n in g.node
-                   if n.op_type == "Constant" and n.output})
+    inits = {i.name: i for i in g.initializer}    # read only when a lookup's table is one
     t, node, table = name, producers.get(name), None
     while node is not None and node.input:
         if node.op_type in CARRY_OPS:
             t = node.input[0]
-        elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and node.input[0] in consts:
-            if table is None and consts[node.input[0]] is not None:
-                table = np.asarray(consts[node.input[0]]).reshape(-1)
+        elif node.op_type in LOOKUP_OPS and len(node.input) > 1 and _is_constant(
+                node.input[0], inits, producers):
+            if table is None:
+                table = _constant(node.input[0], inits, producers)
             t = node.input[1]          # ids looked up in a table of class labels
         elif node.op_type == "DequantizeLinear" and producers.get(node.input[0]) is not None \
                 and producers[node.input[0]].op_type == "QuantizeLinear":
@@ -58,6 +56,19 @@ def _first_output_source(model: onnx.ModelProto, name: str):
             break
         node = producers.get(t)
     return node, t, table
+
+
+def _is_constant(name: str, inits: dict, producers: dict) -> bool:
+    return name in inits or (name in producers and producers[name].op_type == "Constant")
+
+
+def _constant(name: str, inits: dict, producers: dict) -> Optional[np.ndarray]:
+    """The value of an initializer or a Constant node's output, flattened."""
+    from onnx import numpy_helper
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).reshape(-1)
+    value = _constant_value(producers[name])
+    return None if value is None else np.asarray(value).reshape(-1)
 
 
 def _constant_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
@@ -134,6 +145,11 @@ def ids_to_indices(ids: np.ndarray, table: np.ndarray, where: str) -> np.ndarray
                         "table of classes does not hold") from None
 
 
+def _floating(out) -> bool:
+    """Whether a numpy array or a torch tensor holds floats."""
+    return out.dtype.kind == "f" if isinstance(out, np.ndarray) else out.dtype.is_floating_point
+
+
 def _binary(out, probabilities: bool):
     """A binary classifier's [N, 1] scores as the two classes [0, z] (logits) or [1 - p, p]
     (probabilities); numpy arrays and torch tensors alike."""
@@ -153,7 +169,7 @@ def class_scores(out, probabilities: bool = False):
     returned as it is. Takes numpy arrays and torch tensors alike."""
     if out.ndim > 2 and math.prod(out.shape[2:]) == 1:
         out = out.reshape(out.shape[0], out.shape[1])
-    floating = out.dtype.is_floating_point if not isinstance(out, np.ndarray) else out.dtype.kind == "f"
+    floating = _floating(out)
     if floating and out.ndim == 1:
         out = out.reshape(out.shape[0], 1)
     if floating and out.ndim == 2 and out.shape[1] == 1:
@@ -164,8 +180,7 @@ def class_scores(out, probabilities: bool = False):
 def check_labels_for(y: Optional[np.ndarray], out, where: str) -> None:
     """Every label a class the model's first output ``out`` (as it came) scores: 0..C-1, or
     0 and 1 for a binary classifier's one score."""
-    floating = out.dtype.is_floating_point if not isinstance(out, np.ndarray) else out.dtype.kind == "f"
-    if y is None or not y.size or (not floating and out.ndim == 1):   # class ids: any labels
+    if y is None or not y.size or (not _floating(out) and out.ndim == 1):   # ids: any labels
         return
     single = out.ndim >= 1 and (out.ndim == 1 or math.prod(out.shape[1:]) == 1)
     if single and int(y.max()) > 1:
