@@ -36,7 +36,7 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
             out = node.outputs[0]
             val = node.attrs["value"]
             values = val.values if isinstance(val, gs.Constant) else np.asarray(val)
-            _replace_by_constant(graph, node, gs.Constant(out.name + "_const", np.asarray(values)))
+            replace_by_constant(graph, node, gs.Constant(out.name + "_const", np.asarray(values)))
     graph.cleanup().toposort()
     result.changed = max(0, before - len(graph.nodes))
     _explain_unfolded(graph, result)
@@ -58,18 +58,30 @@ def _dequantize_constants(graph: gs.Graph) -> None:
         zp = ins[2] if len(ins) > 2 else np.zeros((), x.dtype)
         if scale.dtype.kind != "f":
             continue
-        if scale.ndim == 1 and x.ndim > 0:   # per axis
-            axis = int(node.attrs.get("axis", 1)) % x.ndim
-            shape = [1] * x.ndim
-            shape[axis] = -1
-            scale, zp = scale.reshape(shape), zp.reshape(shape) if zp.ndim == 1 else zp
-        y = (x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale
+        y = dequantize(x, scale, zp, int(node.attrs.get("axis", 1)))
         name = (node.name or node.outputs[0].name) + "_dequantized"
-        _replace_by_constant(graph, node, gs.Constant(name, np.asarray(y, scale.dtype)))
+        replace_by_constant(graph, node, gs.Constant(name, y))
     graph.cleanup()
 
 
-def _replace_by_constant(graph: gs.Graph, node: gs.Node, const: gs.Constant) -> None:
+def per_axis(scale: np.ndarray, zp: np.ndarray, ndim: int, axis: int):
+    """A 1-D scale and zero point reshaped to broadcast along ``axis`` of an ``ndim``-D tensor
+    (Quantize/DequantizeLinear's per-axis form); per-tensor ones as they are."""
+    if scale.ndim != 1 or ndim == 0:
+        return scale, zp
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return scale.reshape(shape), (zp.reshape(shape) if zp.ndim == 1 else zp)
+
+
+def dequantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int = 1) -> np.ndarray:
+    """``(x - zero_point) * scale`` as DequantizeLinear computes it, per tensor or per axis."""
+    scale, zp = per_axis(scale, zp, x.ndim, axis)
+    return np.asarray((x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale,
+                      scale.dtype)
+
+
+def replace_by_constant(graph: gs.Graph, node: gs.Node, const: gs.Constant) -> None:
     """Every reader of ``node``'s first output reads ``const`` instead; the node goes (at the
     next cleanup) unless that output is a graph output."""
     out = node.outputs[0]

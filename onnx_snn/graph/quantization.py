@@ -36,6 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
+from .fold import dequantize, per_axis, replace_by_constant
 from .ir import const_value, is_empty, node_label
 from .passes import PassResult, graph_pass
 from .sites import clamp_bounds, nonnegative_tensors
@@ -65,19 +66,29 @@ def refuse_integer_operators(graph: gs.Graph, result: PassResult) -> None:
                 "whose fake-quantized activations onnx-snn reads as clipped ReLUs")
 
 
-def _range(q: gs.Node) -> Optional[Tuple[float, float]]:
-    """(lo, hi) of the values a per-tensor QuantizeLinear's pair can give, or None."""
-    scale = const_value(q.inputs[1]) if len(q.inputs) > 1 else None
+def _parameters(q: gs.Node):
+    """(scale, zero point, the integer type's range) of a QuantizeLinear with constant
+    parameters, per tensor or per axis; None for another form (a type named by the opset-21
+    ``output_dtype`` attribute without a zero point, blocked quantization, float8 and 4-bit
+    types, parameters that are not constants)."""
+    scale = const_value(q.inputs[1]) if len(q.inputs) > 1 and not is_empty(q.inputs[1]) else None
     zp_t = q.inputs[2] if len(q.inputs) > 2 and not is_empty(q.inputs[2]) else None
     zp = const_value(zp_t) if zp_t is not None else np.zeros((), np.uint8)
-    if scale is None or zp is None or scale.size != 1 or zp.size != 1 or q.attrs.get("block_size"):
+    if scale is None or zp is None or q.attrs.get("block_size") or \
+            (zp_t is None and q.attrs.get("output_dtype")):
         return None
-    if zp_t is None and q.attrs.get("output_dtype"):
-        return None                                   # a type named by attribute: left alone
     try:
-        info = np.iinfo(zp.dtype)
+        return scale, zp, np.iinfo(zp.dtype)
     except ValueError:                                # float8 and 4-bit types
         return None
+
+
+def _range(q: gs.Node) -> Optional[Tuple[float, float]]:
+    """(lo, hi) of the values a per-tensor QuantizeLinear's pair can give, or None."""
+    params = _parameters(q)
+    if params is None or params[0].size != 1 or params[1].size != 1:
+        return None
+    scale, zp, info = params
     s, z = float(scale.reshape(())), int(zp.reshape(()))
     if not (s > 0 and math.isfinite(s)):
         return None
@@ -131,38 +142,23 @@ def _fold_weight(graph: gs.Graph, q: gs.Node) -> bool:
     parameters (quantization-aware training's export of fake-quantized weights) becomes the
     dequantized constant: (clip(round_half_even(w / s) + z, qmin, qmax) - z) * s, per tensor
     or per axis. False when it is not that form (left to the support check)."""
-    ins = [const_value(t) if not is_empty(t) else None for t in q.inputs]
-    w, scale = ins[0], ins[1] if len(ins) > 1 else None
-    zp = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros((), np.uint8)
-    if (len(ins) < 3 or ins[2] is None) and q.attrs.get("output_dtype"):
-        return False                                  # a type named by attribute: left alone
+    w, params = const_value(q.inputs[0]), _parameters(q)
     readers = list(q.outputs[0].outputs) if q.outputs else []
-    if w is None or scale is None or w.dtype.kind != "f" or q.attrs.get("block_size") or \
-            not readers or any(r.op != "DequantizeLinear" or not _same_parameters(q, r)
-                               for r in readers):
+    if w is None or params is None or w.dtype.kind != "f" or not readers or any(
+            r.op != "DequantizeLinear" or not _same_parameters(q, r) for r in readers):
         return False
-    try:
-        info = np.iinfo(zp.dtype)
-    except ValueError:
-        return False
-    s, z = scale.astype(np.float32), zp.astype(np.float64)
-    if scale.size > 1:                                # per axis
-        shape = [1] * w.ndim
-        shape[int(q.attrs.get("axis", 1)) % w.ndim] = -1
-        s, z = s.reshape(shape), (z.reshape(shape) if z.size > 1 else z)
+    scale, zp, info = params
+    axis = int(q.attrs.get("axis", 1))
+    s, z = per_axis(scale.astype(np.float32), zp, w.ndim, axis)
     # as onnxruntime computes it: w / s in float32, rounded half to even, then saturated
-    qv = np.clip(np.rint(w.astype(np.float32) / s).astype(np.float64) + z, info.min, info.max)
-    value = ((qv - z).astype(np.float32) * s).astype(w.dtype)
+    qv = np.clip(np.rint(w.astype(np.float32) / s) + z.astype(np.float64), info.min, info.max)
+    value = dequantize(qv.astype(zp.dtype), scale.astype(np.float32), zp, axis).astype(w.dtype)
     for dq in readers:
         const = gs.Constant(f"{dq.name or dq.outputs[0].name}_fake_quantized", value)
-        out = dq.outputs[0]
-        for c in list(out.outputs):
-            c.inputs = [const if t is out else t for t in c.inputs]
-        if any(out is o for o in graph.outputs):
+        replace_by_constant(graph, dq, const)
+        dq.inputs = []
+        if dq.outputs:                                # a graph output keeps its name
             dq.op, dq.attrs, dq.inputs = "Identity", {}, [const]
-        else:
-            dq.outputs.clear()
-        dq.inputs = [const] if dq.outputs else []
     q.inputs.clear()
     q.outputs.clear()
     return True
