@@ -498,28 +498,40 @@ def named_dataset(spec) -> Optional[str]:
     return _ALIASES.get(name.lower().replace("_", "-"))
 
 
-def array_file_spec(spec) -> Tuple[str, Optional[str]]:
-    """(path, split) of ``FILE.npz:train`` / ``FILE.npz:test`` (a Keras-style .npz's split,
-    chosen by the user) when that file exists; (spec, None) otherwise."""
+def split_spec(spec) -> Tuple[str, Optional[str]]:
+    """(path, split) of ``PATH:train`` / ``PATH:test``, the split a user chose of a
+    Keras-style .npz or of a folder of images with split folders, when that file or folder
+    exists; (spec, None) otherwise."""
+    from .image_folder import is_image_folder
     path, sep, split = str(spec).rpartition(":")
-    if sep and split in ("train", "test") and path.endswith(".npz") and Path(path).is_file():
+    if sep and split in ("train", "test") and (
+            (path.endswith(".npz") and Path(path).is_file()) or is_image_folder(path)):
         return path, split
     return str(spec), None
 
 
+def data_splits(spec) -> set:
+    """The splits (train, test) a data file or folder holds apart: a .npz's x_train /
+    x_test, a folder's train/ and test/ (or val/) folders, or only the one ``PATH:split``
+    chose; empty for anything else."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return set()
+    from .image_folder import split_names
+    path, chosen = split_spec(spec)
+    return {chosen} if chosen else npz_splits(path) | split_names(path)
+
+
 def dataset_files(spec, data_dir=None) -> list:
     """The files loading ``spec`` reads (to protect them from being overwritten): an array
-    file itself, or a named dataset's files where it would be found (best effort)."""
+    file itself, every image of a folder, or a named dataset's files where it would be found
+    (best effort)."""
     key = named_dataset(spec)
     if key is None:
+        if not isinstance(spec, (str, os.PathLike)) or not str(spec):
+            return []
         from .image_folder import image_files, is_image_folder
-        if isinstance(spec, (str, os.PathLike)):
-            folder, sep, split = str(spec).rpartition(":")
-            for f in ([folder] if sep and split in ("train", "test") else []) + [str(spec)]:
-                if is_image_folder(f):
-                    return image_files(f)
-        return [Path(array_file_spec(spec)[0])] if isinstance(spec, (str, os.PathLike)) and \
-            str(spec) else []
+        path = split_spec(spec)[0]
+        return image_files(path) if is_image_folder(path) else [Path(path)]
     files = []
     try:
         if key in _IDX:
@@ -553,16 +565,11 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
     from .image_folder import is_image_folder, load_image_folder
-    folder, sep, folder_split = str(spec).rpartition(":")
-    if sep and folder_split in ("train", "test") and is_image_folder(folder):
-        return load_image_folder(folder, folder_split, image_shape, take=take)   # FOLDER:train
-    if is_image_folder(spec):
-        return load_image_folder(spec, split, image_shape, take=take)
-    path, file_split = array_file_spec(spec)
-    if file_split is not None:
-        return load_array_file(path, file_split)
-    if str(spec).endswith((".npy", ".npz")) or Path(spec).is_file():
-        return load_array_file(spec, split)
+    path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
+    if is_image_folder(path):
+        return load_image_folder(path, chosen or split, image_shape, take=take)
+    if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
+        return load_array_file(path, chosen or split)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
                     "(optionally with :train or :test), a .npy/.npz file, or a folder with one "
                     "subfolder of images per class")

@@ -121,6 +121,10 @@ def test_keras_and_positional_npz_files(tmp_path):
     from onnx_snn.datasets import npz_splits
     assert npz_splits(tmp_path / "keras.npz") == {"train", "test"}
     assert npz_splits(tmp_path / "pos.npz") == set() == npz_splits(tmp_path / "nowhere.npz")
+    from onnx_snn.datasets import data_splits     # what finetune holds apart: a chosen split alone
+    assert data_splits(str(tmp_path / "keras.npz")) == {"train", "test"}
+    assert data_splits(f"{tmp_path / 'keras.npz'}:train") == {"train"}
+    assert data_splits(str(tmp_path / "pos.npz")) == set() == data_splits(None)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):

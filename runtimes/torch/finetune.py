@@ -38,9 +38,8 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
-from onnx_snn.image_folder import split_names as image_split_names
-from onnx_snn.datasets import (Dataset, check_preprocess, dataset_files,
-                               named_dataset, npz_splits)
+from onnx_snn.datasets import (Dataset, check_preprocess, data_splits, dataset_files,
+                               named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
 from onnx_snn.scores import check_labels_for, class_scores
@@ -330,9 +329,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                              "split and measures the test split; drop the ':split' (other test "
                              f"data goes to --test-data)" if what == "data" else
                              f"{d}: --test-data takes a named dataset's test split; drop the ':split'")
-    splits = npz_splits(data) | image_split_names(data) \
-        if isinstance(data, (str, os.PathLike)) else set()   # a .npz's x_train / x_test, a
-    #                                                        # folder's train/ and val/
+    splits = data_splits(data)     # a .npz's x_train / x_test, a folder's train/ and val/
     test_same = (test_data is None and named_dataset(data) is None   # arrays: the same samples,
                  and not {"train", "test"} <= splits)                # unless a .npz holds both
     ckpt_path = Path(checkpoint or (str(output) + ".ckpt.pt"))
