@@ -85,13 +85,18 @@ class Dataset:
         """The first ``n`` samples, or ``n`` random ones when ``seed`` is given."""
         if n is None or n >= len(self):
             return self
-        if seed is None:
-            idx = np.arange(n)
-        else:
-            idx = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        idx = take_indices(len(self), n, seed)
         x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
         return Dataset(self.name, x, None if self.y is None else self.y[idx],
                        self.preprocessed, self.preprocess)
+
+
+def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:
+    """Which ``n`` of ``total`` samples :meth:`Dataset.take` keeps: the first ``n``, or ``n``
+    random ones (sorted) when ``seed`` is given."""
+    if seed is None:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
 def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:

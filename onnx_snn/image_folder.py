@@ -125,7 +125,7 @@ def load_image_folder(path, split: Optional[str] = None,
     them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
     brought to (None, or free sizes: the first image's). ``take`` = (n, seed): read only the
     images ``Dataset.take(n, seed)`` would keep (a calibration sample of a big folder)."""
-    from .datasets import Dataset
+    from .datasets import Dataset, take_indices
     from .progress import Progress
     try:
         from PIL import Image, UnidentifiedImageError
@@ -155,10 +155,7 @@ def load_image_folder(path, split: Optional[str] = None,
     channels, height, width = (list(shape) + [None] * 3)[:3] if shape else (None, None, None)
     first = _open(files[0][0], Image, UnidentifiedImageError)   # free sizes: the first image's
     if take is not None and take[0] is not None and 0 < take[0] < len(files):
-        n, seed = take               # the same samples as Dataset.take picks from them all
-        idx = np.arange(n) if seed is None else \
-            np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
-        files = [files[i] for i in idx]
+        files = [files[i] for i in take_indices(len(files), *take)]   # as Dataset.take picks
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
     width, height = width or first.size[0], height or first.size[1]
     need = len(files) * channels * height * width * 4
