@@ -194,24 +194,25 @@ class ModelRunner:
         return result
 
 
-#: the input element types data is fed as (validated as float32 first)
-_FLOAT_FEEDS = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+#: the input element types data is fed as (validated as float32 first; uint8: raw pixels)
+_FEED_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                 "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
 def _feed_types(session, names, where: str) -> dict:
-    """Each data input's numpy type: a float16 or float64 input gets its data in that type;
-    any other type is refused before a batch runs."""
+    """Each data input's numpy type: a float16, float64 or uint8 (raw pixels, see
+    :func:`_as_feed`) input gets its data in that type; any other type is refused before a
+    batch runs."""
     types = {i.name: i.type for i in session.get_inputs()}
     out = {}
     for name in names:
         t = types.get(name, "tensor(float)")
-        if t not in _FLOAT_FEEDS:
+        if t not in _FEED_TYPES:
             raise UnsupportedModelError(
                 f"{where}: input '{name}' takes {t}; onnx-snn feeds data as floats (float32, "
                 "float16 or float64 inputs) or raw uint8 pixels. Re-export the model with a "
                 "float input (a Cast inside the graph can convert it)")
-        out[name] = _FLOAT_FEEDS[t]
+        out[name] = _FEED_TYPES[t]
     return out
 
 
