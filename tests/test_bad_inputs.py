@@ -295,6 +295,22 @@ def npsave(rel, arr):
     return setup
 
 
+def image_folder(rel, splits=("train", "val"), broken=False):
+    """A folder of 12x12 PNG images, one subfolder per class, under split folders ``splits``
+    (none: the class folders directly); ``broken``: one file that is no image."""
+    def setup(ws):
+        from PIL import Image
+        rng = np.random.default_rng(0)
+        for sp in splits or ("",):
+            for c in "ab":
+                d = ws / rel / sp / c
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(d / "0.png")
+        if broken:
+            (ws / rel / (splits[-1] if splits else "") / "a" / "x.png").write_bytes(b"no image")
+    return setup
+
+
 def npzsave(rel, **arrays):
     def setup(ws):
         np.savez(ws / rel, **arrays)
@@ -578,6 +594,16 @@ cli("eval_npz_no_x", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
 cli("ft_npz_no_x", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", a=B.rand_input(4), b=np.arange(4)))
 cli("eval_npz_empty", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5, setup=npzsave("z.npz"))
+# folders of images: an unreadable image, a missing split, an empty folder, an image as output
+cli("eval_folder_broken_image", "data", "eval {ws}/snn.onnx --data {ws}/imgs", 5,
+    setup=image_folder("imgs", broken=True), needle="not a readable image")
+cli("conv_folder_no_train_split", "data", "convert {ws}/model.onnx --calib {ws}/imgs -o {ws}/o.onnx",
+    5, setup=image_folder("imgs", splits=("val",)), needle="no train split folder")
+cli("eval_folder_empty", "data", "eval {ws}/snn.onnx --data {ws}/imgs", 5,
+    setup=lambda ws: (ws / "imgs" / "a").mkdir(parents=True), needle="unknown dataset")
+cli("conv_output_is_an_input_image", "late",
+    "convert {ws}/model.onnx --calib {ws}/imgs:train -o {ws}/imgs/train/a/0.png", 6,
+    setup=image_folder("imgs"))
 # one array per model input (a .npz without 'x'): unequal lengths, NaN in one of them
 cli("calib_npz_inputs_uneven", "data", "convert {ws}/model.onnx --calib {ws}/z.npz -o {ws}/o.onnx", 5,
     setup=npzsave("z.npz", input=B.rand_input(4), extra=B.rand_input(3)),
