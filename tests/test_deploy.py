@@ -147,6 +147,24 @@ def test_deploy_graph_holds_only_what_inference_needs(x):
     assert [i.name for i in dep.graph.input] == ["input"]
 
 
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_deploy_graph_states_the_shapes_of_the_synaptic_layers_only(pool_first, x):
+    """onnxruntime's blocked layout needs the convolution outputs' shapes (it infers none
+    through GreaterOrEqual); the neurons' tensors stay unstated, so that a pool of spike
+    counts is not moved into the blocked layout (see deploy._annotate_shapes)."""
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, "datta", pool_first=pool_first,
+                           show_progress=False)
+    dep = deploy_model(F.read_spiking(snn.model))
+    synaptic = {o for n in dep.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") for o in n.output}
+    stated = {v.name: v for v in dep.graph.value_info}
+    assert set(stated) == synaptic
+    batch = dep.graph.input[0].type.tensor_type.shape.dim[0]
+    for v in stated.values():
+        dims = v.type.tensor_type.shape.dim
+        assert dims[0] == batch and all(d.dim_value > 0 for d in dims[1:])
+    onnx.checker.check_model(dep, full_check=True)
+
+
 def test_deploy_metadata_and_runner(x):
     snn = converted(B.vgg(13, "clip"), x, 2)
     dep = deploy_model(F.read_spiking(snn.model), timesteps=3)

@@ -196,6 +196,32 @@ def _stack_sum(nodes, inits, steps: List[str], out: str, opset: int) -> None:
                  helper.make_node("ReduceSum", [steps_name], [out], axes=[0], keepdims=0, name=out))
 
 
+#: the ops whose output shapes the deploy graph states (see :func:`_annotate_shapes`)
+_SHAPED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def _annotate_shapes(model: onnx.ModelProto) -> None:
+    """State the shapes of the synaptic layers' outputs in the graph (``value_info``; in
+    place). onnxruntime infers no shape through ``GreaterOrEqual`` (a function in the ONNX
+    schema), so without them it knows no shape after the first neuron. Its NCHWc layout
+    needs them to prove that two steps' convolution outputs have one shape: then a pool of
+    convolution outputs (``--pool-first``) updates its counts and pools in blocked form,
+    where it otherwise reorders to NCHW and back. The neurons' own tensors are left
+    unstated: a pool of spike counts that onnxruntime knew the shape of would be moved into
+    the blocked layout, at the cost of a reorder each way, which is slower. Measured with
+    ``python tools/bench_layouts.py --pool-first``; the outputs are the same, bit for bit.
+    Shape inference runs on the skeleton (no weight copied); a graph it cannot infer is
+    left as it is."""
+    from ..graph import skeleton
+    sk = skeleton.split(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sk.model)
+    except Exception:       # noqa: BLE001 -- shapes are a help here, not a requirement
+        return
+    shaped = {o for n in model.graph.node if n.op_type in _SHAPED_OPS for o in n.output}
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in shaped)
+
+
 def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
                  spike_counts: bool = False) -> onnx.ModelProto:
     """The deploy graph of a parsed spiking model (see the module docstring), at ``timesteps``
@@ -246,6 +272,7 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     model.ir_version = view.model.ir_version
     model.producer_name = view.model.producer_name
     model.producer_version = view.model.producer_version
+    _annotate_shapes(model)
     meta = fmt.metadata(view.model)
     history = json.loads(meta.get(fmt.META_HISTORY, "[]") or "[]")
     from .. import __version__
