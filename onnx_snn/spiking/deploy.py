@@ -218,7 +218,8 @@ def _annotate_shapes(model: onnx.ModelProto) -> None:
         inferred = onnx.shape_inference.infer_shapes(sk.model)
     except Exception:       # noqa: BLE001 -- shapes are a help here, not a requirement
         return
-    shaped = {o for n in model.graph.node if n.op_type in _SHAPED_OPS for o in n.output}
+    shaped = {o for n in model.graph.node if n.op_type in _SHAPED_OPS for o in n.output} - \
+        {o.name for o in model.graph.output}        # (a graph output has its own type)
     model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in shaped)
 
 
