@@ -236,12 +236,15 @@ def test_bench_deep_small(fmnist_test):
 
 @pytest.mark.slow   # 22 s: fine-tuning; the benchmark's conversion part stays in the default run
 def test_bench_deep_finetune_only(fmnist_test):
-    """--finetune-only runs the SGL job alone, at the learning rate asked for, and records it."""
+    """--finetune-only runs the SGL job alone, at the learning rate and batch size asked for,
+    and records them."""
     r = run_tool("tools/bench_deep.py", "--nets", "shipped", "--finetune-only", "--finetune-lr",
-                 "1e-4", "--finetune-images", "128", "--test-images", "200", "--finetune-signed")
+                 "1e-4", "--finetune-images", "128", "--test-images", "200", "--finetune-signed",
+                 "--finetune-batch", "32")
     net = r["nets"]["shipped"]
     assert r["methods"] == [] and r["timesteps"] == [] and net["accuracy"] == {} and "cost" not in net
     ft = net["finetune"]
     assert ft["lr"] == 1e-4 and ft["train_images"] == 128 and ft["epochs"] == 1
+    assert ft["batch_size"] == 32
     assert ft["signed_spikes"] is True
     assert 0 <= ft["top1_before"] <= 100 and 0 <= ft["top1_after"] <= 100

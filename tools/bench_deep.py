@@ -10,6 +10,7 @@ Markdown table with ``--markdown``).
     python tools/bench_deep.py --no-finetune -T 2 --methods refined-seed1,refined-seed2,refined-seed3
                                                      # the default on 2 048 calibration images
     python tools/bench_deep.py --finetune-only --finetune-lr 1e-4
+    python tools/bench_deep.py --finetune-only --finetune-batch 128
                                                      # the SGL epoch at another learning rate
     python tools/bench_deep.py --nets vgg16-l2,resnet20-l2 --methods refined,datta,deng
                                                      # the two nets trained on with --levels 2
@@ -154,7 +155,8 @@ def job_cost(net: str) -> dict:
 
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
-                 lr: Optional[float] = None, teacher: bool = False, signed: bool = False) -> dict:
+                 lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
+                 batch: Optional[int] = None) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -168,6 +170,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
                              **({} if lr is None else {"lr": lr}),
+                             **({} if batch is None else {"batch_size": batch}),
                              **({"teacher": "auto"} if teacher else {}),
                              initial_eval=False)
         t0 = time.perf_counter()
@@ -175,6 +178,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
             "signed_spikes": signed,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
@@ -203,6 +207,7 @@ def _table(result: dict) -> str:
         if "top1_after" in ft:
             lines.append(f"\nSGL at T=2, {ft['epochs']} epoch on {ft['train_images']} training "
                          + (f"images, lr {ft['lr']:g}" if "lr" in ft else "images")
+                         + (f", batch {ft['batch_size']}" if "batch_size" in ft else "")
                          + (f", distilled from {ft['teacher']}" if ft.get("teacher") else
                             ", labels only" if "teacher" in ft else "")
                          + (", signed neurons" if ft.get("signed_spikes") else "") + ": "
@@ -229,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-lr", type=float,
                    help="the SGL epoch's learning rate (default: onnx-snn finetune's)")
+    p.add_argument("--finetune-batch", type=int,
+                   help="the SGL epoch's batch size (default: onnx-snn finetune's)")
     p.add_argument("--finetune-teacher", action="store_true",
                    help="the SGL epoch distilled from the DNN (finetune --teacher auto), not on "
                         "the labels")
@@ -244,7 +251,7 @@ def main(argv=None) -> int:
     p.add_argument("--job-timeout", type=float, default=3600)
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
-    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float,
+    add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
                     teacher=int, signed=int)
     args = p.parse_args(argv)
     if args._job:
@@ -263,7 +270,7 @@ def main(argv=None) -> int:
             print_result(job_cost(args._net))
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
-                                      bool(args._teacher), bool(args._signed)))
+                                      bool(args._teacher), bool(args._signed), args._batch))
         return 0
 
     if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed):
@@ -272,6 +279,8 @@ def main(argv=None) -> int:
         p.error("--finetune-only runs no conversion table: drop --methods")
     if args.finetune_lr is not None and not args.finetune_lr > 0:
         p.error(f"--finetune-lr must be positive, not {args.finetune_lr}")
+    if args.finetune_batch is not None and not args.finetune_batch > 0:
+        p.error(f"--finetune-batch must be positive, not {args.finetune_batch}")
     if args.methods is None:
         args.methods = "" if args.finetune_only else ",".join(METHODS)
     if args.quick:
@@ -301,6 +310,8 @@ def main(argv=None) -> int:
         (net, "finetune", "finetune", {"net": net, "images": args.finetune_images,
                                        "n": args.test_images, "epochs": args.finetune_epochs,
                                        **({} if args.finetune_lr is None else {"lr": args.finetune_lr}),
+                                       **({} if args.finetune_batch is None else
+                                          {"batch": args.finetune_batch}),
                                        **({"teacher": 1} if args.finetune_teacher else {}),
                                        **({"signed": 1} if args.finetune_signed else {})})
         for net in nets]
