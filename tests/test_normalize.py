@@ -878,3 +878,57 @@ def test_a_reshape_to_a_batch_of_one_keeps_the_batch():
     with pytest.raises(UnsupportedModelError, match=r"batch of 6.*--batch-size 1"):
         evaluate(m, (x, y), show_progress=False)
     assert evaluate(m, (x, y), batch_size=1, show_progress=False).top1 == 100.0
+
+
+def _with_activation(op: str, opset: int, slope=None, **attrs):
+    """conv -> ``op`` (with ``slope`` as PRelu's second input) -> flatten -> dense."""
+    b = B.GraphBuilder(opset)
+    x = b.conv("input", 1, 4)
+    ins = [x] + ([b.const(np.asarray(slope, np.float32))] if slope is not None else [])
+    x = b.node(op, ins, **attrs)
+    x = b.gemm(b.node("Flatten", [x]), 4 * 144, 10)
+    return b.model("input", x, (1, 12, 12), 10)
+
+
+@pytest.mark.parametrize("opset", [9, 13, 17])
+@pytest.mark.parametrize("op,slope,attrs", [
+    ("LeakyRelu", None, {"alpha": 0.0}), ("ThresholdedRelu", None, {"alpha": 0.0}),
+    ("PRelu", np.zeros((4, 1, 1)), {}), ("PRelu", np.zeros(1), {})])
+def test_a_relu_written_with_a_zero_slope_is_a_site(op, slope, attrs, opset):
+    """LeakyRelu(alpha=0), PRelu with zero slopes and ThresholdedRelu(alpha=0) are max(x, 0):
+    each becomes a Relu site (said in a note) and the converted network is the Relu one's."""
+    if op == "ThresholdedRelu" and opset < 10:
+        pytest.skip("ThresholdedRelu is an ONNX op from opset 10")
+    nm = normalize(_with_activation(op, opset, slope, **attrs))
+    assert [s.idiom for s in nm.sites] == ["Relu"]
+    assert any(op in n and "is read as a Relu" in n for n in nm.notes)
+    x = B.rand_input(16)
+    ref = normalize(_with_activation("Relu", opset))
+    a = B.converted(nm.model, x, 2, "datta")[2]
+    b = B.converted(ref.model, x, 2, "datta")[2]
+    from onnx_snn.runtimes.ort import run
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
+
+
+@pytest.mark.parametrize("op,slope,attrs", [
+    ("LeakyRelu", None, {"alpha": 0.1}), ("LeakyRelu", None, {}),
+    ("ThresholdedRelu", None, {"alpha": 0.5}), ("PRelu", np.array([0.0, 0.0, 0.25, 0.0]).reshape(4, 1, 1), {})])
+def test_a_nonzero_slope_stays_a_refused_nonlinearity(op, slope, attrs):
+    with pytest.raises(UnsupportedModelError, match=op):
+        normalize(_with_activation(op, 13, slope, **attrs))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_matmul_after_a_computed_flatten_is_a_dense_layer(opset):
+    """Keras/tf2onnx flatten: Reshape to [Shape(x)[0], -1], computed. ONNX's Reshape-13
+    shape inference gives it no rank, its shape input's length does (2): MatMul + Add is a
+    Gemm at every opset (it was left MatMul + Add at opset 13, the bias out of the energy)."""
+    b = B.GraphBuilder(opset)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    n = b.node("Gather", [b.node("Shape", [a]), b.const(np.array(0, np.int64))], axis=0)
+    shape = b.node("Concat", [b.node("Unsqueeze", [n, b.const(np.array([0], np.int64))]),
+                              b.const(np.array([-1], np.int64))], axis=0)
+    y = b.gemm(b.node("Reshape", [a, shape]), 4 * 144, 10, matmul=True)
+    nm = normalize(b.model("input", y, (1, 12, 12), 10))
+    ops = [n.op_type for n in nm.model.graph.node]
+    assert "Gemm" in ops and "MatMul" not in ops

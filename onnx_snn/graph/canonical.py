@@ -2,6 +2,8 @@
 spatial axes, MatMul + Add."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -10,7 +12,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
-from .ir import const_value, is_graph_output
+from .ir import const_value, is_graph_output, rank
 from .passes import PassResult, graph_pass
 
 #: the lowest default-domain opset the spiking format is written at
@@ -100,6 +102,38 @@ def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup().toposort()
 
 
+def _zero_slope(node: gs.Node) -> Optional[str]:
+    """How ``node`` is a ReLU written another way (None when it is not): a ``LeakyRelu`` or
+    ``PRelu`` whose negative slope is zero, a ``ThresholdedRelu`` at threshold zero."""
+    if node.op == "LeakyRelu" and float(node.attrs.get("alpha", 0.01)) == 0.0:
+        return "LeakyRelu with alpha 0"
+    if node.op == "ThresholdedRelu" and float(node.attrs.get("alpha", 1.0)) == 0.0:
+        return "ThresholdedRelu with alpha 0"
+    if node.op == "PRelu" and len(node.inputs) == 2:
+        slope = const_value(node.inputs[1])
+        if slope is not None and slope.size and not np.any(slope):
+            return "PRelu with zero slopes"
+    return None
+
+
+@graph_pass("zero-slope-to-relu")
+def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
+    """``LeakyRelu(alpha=0)``, ``PRelu`` with all-zero (constant) slopes and
+    ``ThresholdedRelu(alpha=0)`` compute exactly ``max(x, 0)`` (Keras's ReLU layer with
+    ``negative_slope=0``, a PReLU trained to zero): each becomes a ``Relu``, a site like any
+    other. A nonzero slope stays, and is refused as the nonlinearity it is."""
+    for node in graph.nodes:
+        how = _zero_slope(node)
+        if how is None:
+            continue
+        result.notes.append(f"{node.op} '{node.name}': {how}, is read as a Relu")
+        node.op, node.attrs = "Relu", {}
+        while len(node.inputs) > 1:
+            node.inputs.pop()
+        result.changed += 1
+    graph.cleanup()
+
+
 @graph_pass("reshape-keeps-batch")
 def reshape_keeps_batch(graph: gs.Graph, result: PassResult) -> None:
     """A Reshape to a constant shape that starts with 1 (``x.view(1, -1)``, as a model written
@@ -136,13 +170,13 @@ def reduce_max_to_global_pool(graph: gs.Graph, result: PassResult) -> None:
         if node.op != "ReduceMax" or not node.inputs:
             continue
         x = node.inputs[0]
-        rank = len(x.shape) if x.shape is not None else None
+        r = rank(x)
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 1:
             axes = const_value(node.inputs[1])
             axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-        if rank is None or rank < 3 or axes is None or \
-                sorted(int(a) % rank for a in axes) != list(range(2, rank)):
+        if r is None or r < 3 or axes is None or \
+                sorted(int(a) % r for a in axes) != list(range(2, r)):
             result.skip(node, "not a reduction over exactly the spatial axes of a known rank")
             continue
         result.changed += 1
@@ -170,10 +204,11 @@ def _why_not_gemm(graph: gs.Graph, node: gs.Node):
         return None, None, f"its weight '{w.name}' is not constant"
     if wv.ndim != 2:
         return None, None, f"its weight is {wv.ndim}-D, not 2-D"
-    if a.shape is None:
+    r = rank(a)
+    if r is None:
         return None, None, f"the rank of its input '{a.name}' is unknown"
-    if len(a.shape) != 2:
-        return None, None, f"its input '{a.name}' is {len(a.shape)}-D, not 2-D"
+    if r != 2:
+        return None, None, f"its input '{a.name}' is {r}-D, not 2-D"
     if is_graph_output(graph, out):
         return None, None, f"its output '{out.name}' is a graph output"
     if len(out.outputs) != 1:

@@ -34,6 +34,30 @@ def producer(t) -> Optional[gs.Node]:
     return t.inputs[0] if t.inputs else None
 
 
+def rank(t) -> Optional[int]:
+    """The number of axes of tensor ``t``: its inferred shape's, else what the op that makes
+    it fixes: a ``Flatten`` gives 2 axes, a ``Reshape`` as many as its shape input has
+    values (known from that input's own shape when the values are computed, as in
+    ``Shape -> Gather -> Concat`` flattening, which ONNX's Reshape-13 inference leaves
+    shapeless). None when neither says."""
+    if t.shape is not None:
+        return len(t.shape)
+    node = producer(t)
+    if node is None:
+        return None
+    if node.op == "Flatten":
+        return 2
+    if node.op == "Reshape" and len(node.inputs) > 1:
+        shape = node.inputs[1]
+        v = const_value(shape)
+        if v is not None:
+            return int(v.size)
+        if shape.shape is not None and len(shape.shape) == 1 and isinstance(shape.shape[0], int) \
+                and shape.shape[0] >= 0:
+            return shape.shape[0]
+    return None
+
+
 def is_graph_output(graph: gs.Graph, t) -> bool:
     return any(o is t for o in graph.outputs)
 

@@ -192,6 +192,7 @@ PIPELINE: tuple = (
     quantization.refuse_integer_operators,
     quantization.fake_quantization,      # QDQ activations: clipped ReLUs (weights: folded above)
     canonical.sum_to_add,
+    canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
     cleanup.remove_identity_and_dropout,
