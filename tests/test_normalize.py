@@ -932,3 +932,21 @@ def test_matmul_after_a_computed_flatten_is_a_dense_layer(opset):
     nm = normalize(b.model("input", y, (1, 12, 12), 10))
     ops = [n.op_type for n in nm.model.graph.node]
     assert "Gemm" in ops and "MatMul" not in ops
+
+
+def test_a_lone_batchnorm_behind_a_computed_flatten_is_folded_at_opset_13():
+    """BatchNorm1d after a Keras-style computed flatten: its input's rank (2) comes from the
+    Reshape's shape input, so it becomes Mul + Add (it was refused: 'input rank is unknown')."""
+    b = B.GraphBuilder(13)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    n = b.node("Gather", [b.node("Shape", [a]), b.const(np.array(0, np.int64))], axis=0)
+    shape = b.node("Concat", [b.node("Unsqueeze", [n, b.const(np.array([0], np.int64))]),
+                              b.const(np.array([-1], np.int64))], axis=0)
+    y = b.bn(b.node("Reshape", [a, shape]), 4 * 144)
+    y = b.gemm(b.node("Relu", [y]), 4 * 144, 10)
+    model = b.model("input", y, (1, 12, 12), 10)
+    nm = normalize(model)
+    assert "BatchNormalization" not in [n.op_type for n in nm.model.graph.node]
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(model, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)

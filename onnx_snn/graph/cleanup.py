@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from . import ir
 from .ir import bypass, is_graph_output, producer, scalar_value
 from .passes import PassResult, graph_pass
 
@@ -62,7 +63,7 @@ def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node
     ``group_from``.. (the coerced form). Without reshaping after it, argmax along those axes is
     unchanged; when reshaped (e.g. Flatten of [N, C, 1, 1]) the other non-batch axes must be 1.
     """
-    rank = len(x.shape) if x.shape is not None else None
+    rank = ir.rank(x)
     axis = group_from
     if rank is not None and axis < 0:
         axis += rank
@@ -118,7 +119,7 @@ def _over_the_classes(node: gs.Node) -> bool:
         return True
     axis = int(node.attrs.get("axis", 0 if node.op == "ArgMax" else -1))
     x = node.inputs[0]
-    rank = len(x.shape) if x.shape is not None else None
+    rank = ir.rank(x)
     if node.op == "TopK" and int(node.attrs.get("largest", 1)) != 1:
         return False
     return (rank in (None, 2)) and axis in (1, -1)

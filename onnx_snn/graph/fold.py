@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
+from . import ir
 from .ir import const_value, depends_on_inputs, is_empty, is_graph_output, node_label
 from .passes import PassResult, graph_pass
 
@@ -229,7 +230,7 @@ def fold_batchnorm(graph: gs.Graph, result: PassResult) -> None:
             node.outputs.clear()
             folded += 1
             continue
-        rank = len(x.shape) if x.shape is not None else None
+        rank = ir.rank(x)
         if rank is None:
             raise UnsupportedModelError(
                 f"{node_label(node)}: BatchNormalization whose input rank is unknown cannot "
