@@ -737,3 +737,38 @@ def test_api_takes_what_convert_returns_and_paths(tmp_path):
         net.to_onnx(path)
     assert path.read_bytes() == before
     net.to_onnx(tmp_path / "back.snn.onnx")
+
+
+def _adaptive_pool_by_gather_nd(opset=18):
+    """conv -> relu -> 2x2 max pool -> AdaptiveAvgPool2d((3, 3)) of a 4x4 map as the dynamo
+    exporter writes it when 3 does not divide 4: Transpose to [H, W, N, C], GatherND of each
+    window's 2x2 cells (constant indices), Transpose back, ReduceMean over the window."""
+    from onnx import helper as h
+    b = B.GraphBuilder(opset)
+    x = b.node("MaxPool", [b.node("Relu", [b.conv("input", 1, 4)])], kernel_shape=[2, 2],
+               strides=[2, 2])
+    idx = np.array([[[[(r, c) for c in range(j, j + 2)] for r in range(i, i + 2)]
+                     for j in range(3)] for i in range(3)], np.int64)        # [3, 3, 2, 2, 2]
+    t = b.node("Transpose", [x], perm=[2, 3, 0, 1])
+    g = b.node("GatherND", [t, b.const(idx)], batch_dims=0)
+    t = b.node("Transpose", [g], perm=[4, 5, 0, 1, 2, 3])
+    m = b.node("ReduceMean", [t, b.const(np.array([4, 5], np.int64))], keepdims=0)
+    y = b.gemm(b.node("Flatten", [m]), 4 * 9, 10)
+    model = b.model("input", y, (1, 8, 8), 10)
+    del model.opset_import[:]
+    model.opset_import.append(h.make_opsetid("", opset))
+    return model
+
+
+@pytest.mark.parametrize("T", [2, 64])
+def test_adaptive_average_pool_written_with_gather_nd_converts(T):
+    """GatherND with constant indices only moves values: the spiking model runs it every
+    step, the torch runtime and onnxruntime agree, and at large T it approaches the DNN."""
+    model = _adaptive_pool_by_gather_nd()
+    x = B.rand_input(32, (1, 8, 8))
+    snn = B.converted(model, x, T, "deng")[2]
+    B.assert_runtimes_agree(snn.model, x)
+    if T == 64:
+        dnn = run(model, x).outputs[0]
+        got = run(snn.model, x).outputs[0]
+        assert np.corrcoef(dnn.ravel(), got.ravel())[0, 1] > 0.98

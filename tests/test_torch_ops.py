@@ -325,6 +325,13 @@ case("axis1-neg-indices", "Gather", [x, i64(-1, 2, -5)], {"axis": 1})
 case("neg-axis", "Gather", [x, i64(2, 0)], {"axis": -1})
 case("scalar-index", "Gather", [x, np.array(-2, np.int64)], {"axis": 1})
 case("2d-indices", "Gather", [x, np.array([[0, 1], [3, -1]], np.int64)], {"axis": 0})
+# GatherND: dynamo's adaptive average pool (windows of a [H, W, N, C] map), slices, batch_dims
+hwnc = f32(4, 4, 2, 3)
+case("windows", "GatherND", [hwnc, ints(-4, 4, 3, 3, 2, 2, 2)], {"batch_dims": 0}, ref="ort")
+case("full-index", "GatherND", [f32(2, 3, 4), ints(0, 2, 5, 3)], {}, ref="ort")
+case("batch-dims-1", "GatherND", [f32(2, 3, 4, 5), ints(0, 3, 2, 6, 2)], {"batch_dims": 1}, ref="ort")
+case("batch-dims-2", "GatherND", [f32(2, 3, 4, 5), ints(-4, 4, 2, 3, 1)], {"batch_dims": 2},
+     ref="ort")
 case("int32-indices", "Gather", [x, np.array([1, -1], np.int32)], {"axis": 2})
 case("shape-vector", "Gather", [i64(8, 3, 32, 32), np.array(0, np.int64)], {"axis": 0})
 case("same-rank", "Expand", [f32(3, 1), i64(3, 4)])

@@ -99,7 +99,7 @@ def _uniform_within(c: np.ndarray, shape) -> bool:
 #: ops whose output is non-negative when their data input is (the rest of their inputs are
 #: shapes, indices or attributes): layout, selection and pooling
 _KEEPS_SIGN = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout",
-               "Slice", "Gather", "Split", "Expand", "Tile", "MaxPool", "GlobalMaxPool",
+               "Slice", "Gather", "GatherND", "Split", "Expand", "Tile", "MaxPool", "GlobalMaxPool",
                "AveragePool", "GlobalAveragePool", "ReduceMax", "ReduceMin", "ReduceMean",
                "ReduceSum", "SpaceToDepth", "DepthToSpace"}
 #: ops whose output is non-negative when every float input is: sums, products, maxima,

@@ -18,7 +18,8 @@ import onnx
 PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
                 "ReduceMean", "ReduceSum",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
-                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize")
+                "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize", "Gather",
+                "GatherND")
 
 
 def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:

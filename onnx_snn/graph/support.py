@@ -18,7 +18,7 @@ LINEAR_OPS = {
 #: data movement and shape computation
 STRUCTURAL_OPS = {
     "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
-    "Shape", "Size", "Gather", "Cast", "Constant", "ConstantOfShape", "Expand", "Identity",
+    "Shape", "Size", "Gather", "GatherND", "Cast", "Constant", "ConstantOfShape", "Expand", "Identity",
     "Range", "Tile", "DepthToSpace", "SpaceToDepth",
     # nearest (each output copies one input) or linear (a fixed weighted sum of neighbours,
     # like an average pool); see _resize_unsupported

@@ -264,6 +264,23 @@ def gather(a, x, idx):
     return [flat.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))]
 
 
+def gather_nd(a, x, idx):
+    """ONNX GatherND: the slices of ``x`` that the last axis of ``idx`` addresses, after
+    ``batch_dims`` leading axes shared by both (dynamo's export of an adaptive average pool
+    at a size that is not a multiple of its output's)."""
+    b = int(a.get("batch_dims", 0))
+    idx = idx.to(torch.int64).to(x.device)
+    k = idx.shape[-1]
+    sizes = torch.tensor(x.shape[b:b + k], dtype=torch.int64, device=x.device)
+    idx = torch.where(idx < 0, idx + sizes, idx)
+    lead = int(np.prod(x.shape[:b])) if b else 1
+    xf = x.reshape((lead,) + tuple(x.shape[b:]))
+    idf = idx.reshape(lead, -1, k)
+    rows = torch.arange(lead, device=x.device).view(lead, 1).expand(lead, idf.shape[1])
+    out = xf[(rows,) + tuple(idf[..., j] for j in range(k))]
+    return [out.reshape(tuple(idx.shape[:-1]) + tuple(x.shape[b + k:]))]
+
+
 def concat(a, *xs):
     xs = [x for x in xs if x is not None]
     return [torch.cat(xs, dim=a.get("axis", 0))]
@@ -480,6 +497,7 @@ OPS: Dict[str, Callable] = {
     "Shape": shape,
     "Size": lambda a, x: [torch.tensor(x.numel(), dtype=torch.int64)],
     "Gather": gather,
+    "GatherND": gather_nd,
     "Cast": cast,
     "Constant": lambda a: [constant(a)],
     "ConstantOfShape": constant_of_shape,
