@@ -248,3 +248,14 @@ def test_bench_deep_finetune_only(fmnist_test):
     assert ft["batch_size"] == 32
     assert ft["signed_spikes"] is True
     assert 0 <= ft["top1_before"] <= 100 and 0 <= ft["top1_after"] <= 100
+
+
+@pytest.mark.parametrize("flag,value", [("--finetune-batch", "0"), ("--finetune-batch", "-3"),
+                                        ("--finetune-lr", "0")])
+def test_bench_deep_refuses_a_non_positive_finetune_setting(flag, value):
+    """Before any job runs: argparse's exit 2, the option named, no traceback."""
+    q = subprocess.run([sys.executable, "tools/bench_deep.py", "--finetune-only", "--nets",
+                        "shipped", flag, value], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert q.returncode == 2 and f"{flag} must be positive" in q.stderr
+    assert "Traceback" not in q.stderr
