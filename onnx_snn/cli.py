@@ -318,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's dataset)")
     e.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"override the model's time steps (1-{MAX_TIMESTEPS})")
-    e.add_argument("--batch-size", type=batch_int, default=256, help="batch size (default: 256)")
+    e.add_argument("--batch-size", type=batch_int,
+                   help="samples run at once (default: 256; for a spiking model, fewer when a "
+                        "batch would hold more than 2 GiB in onnxruntime: about 48 bytes per "
+                        "neuron and sample, e.g. 17 for a 224x224 ResNet-18)")
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N samples")
     e.add_argument("--json", metavar="FILE",
                    help="write the result (top-1, spike rates per layer) as JSON; "
@@ -623,6 +626,8 @@ def cmd_eval(args) -> int:
                  show_progress=not args.quiet, download=args.download)
     if r.kind == "dnn" and args.timesteps and not args.quiet:
         print("note: -T is ignored for a DNN", file=sys.stderr)
+    for note in ([] if args.quiet else r.notes):
+        print(f"note: {note}", file=sys.stderr)
     if r.outputs > 1 and r.top1 is not None and not args.quiet:
         print(f"note: top-1 of the first output '{r.scored_output}' (the model has {r.outputs} "
               "outputs; re-export with the one to score first)", file=sys.stderr)

@@ -55,6 +55,11 @@ class EvalResult:
     #: the output spikes of every spiking max pool the model counts (``neurons``: pooled
     #: outputs per sample): the rate of the layer after the pool, which ``analyze`` charges
     pools: Dict[str, SiteActivity] = field(default_factory=dict)
+    #: the samples run at once (the default batch lowered for a large spiking model: see
+    #: :func:`eval_batch`)
+    batch_size: Optional[int] = None
+    #: what the user should know about how it ran
+    notes: List[str] = field(default_factory=list)
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -80,8 +85,54 @@ class EvalResult:
         return json_text.dumps(self.to_dict())
 
 
+#: samples per batch when none is asked for
+DEFAULT_EVAL_BATCH = 256
+#: what one default batch of a spiking model may hold in onnxruntime (see :func:`eval_batch`)
+EVAL_BATCH_BYTES = 2 * 2 ** 30
+#: bytes onnxruntime holds per neuron (the sites' and counted pools') and sample while it
+#: runs a spiking model: the slope of peak memory over the batch size, measured on
+#: torchvision resnet18 and densenet121 at 3x64x64 (T=2, batches 32-256): 45-46 for the
+#: Loop graph (each step's currents, membranes, spikes and counters of every neuron live
+#: at once inside the loop body), 33 for the step graph, 11 for the deploy graph
+LOOP_BYTES_PER_NEURON = 48
+DEPLOY_BYTES_PER_NEURON = 12
+
+
+def sample_bytes(info: fmt.SpikingInfo) -> int:
+    """Estimated bytes onnxruntime holds per sample while running a spiking model."""
+    neurons = sum(s.neurons for s in info.sites) + sum(p.neurons for p in info.pools)
+    per = DEPLOY_BYTES_PER_NEURON if info.graph == fmt.GRAPH_DEPLOY else LOOP_BYTES_PER_NEURON
+    return int(neurons) * per
+
+
+def eval_batch(requested: Optional[int], info: Optional[fmt.SpikingInfo],
+               limit: Optional[int] = None) -> int:
+    """The batch to evaluate with: ``requested`` when given, else DEFAULT_EVAL_BATCH, lowered
+    (at least one sample) for a spiking model whose batch would hold more than ``limit``
+    bytes (default EVAL_BATCH_BYTES; a 224x224 ResNet-50's Loop graph holds about 0.5 GB per
+    image). A DNN keeps it: onnxruntime reuses its activations' memory."""
+    if requested is not None:
+        return int(requested)
+    if info is None:
+        return DEFAULT_EVAL_BATCH
+    limit = EVAL_BATCH_BYTES if limit is None else limit
+    return max(1, min(DEFAULT_EVAL_BATCH, limit // max(1, sample_bytes(info))))
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the system can still give (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: Optional[int] = None,
-             batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
+             batch_size: Optional[int] = None, limit: Optional[int] = None, mean=None, std=None,
              data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
              download: bool = False, where: Optional[str] = None) -> EvalResult:
     """Top-1 of ``model`` (a path, a ModelProto, or the SpikingModel ``convert`` returns) on
@@ -92,7 +143,7 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
     model's T; a whole number in 1..MAX_TIMESTEPS). Named datasets get the model's recorded
     preprocessing (or ``mean``/``std``; with none, raw [0, 1] pixels and a warning); arrays
     are taken as already preprocessed. Labels must be class indices below the model's
-    number of outputs.
+    number of outputs. ``batch_size``: samples run at once (default: :func:`eval_batch`).
     """
     from .convert import check_timesteps
     if timesteps is not None:
@@ -103,7 +154,7 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
 
 
 def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Sequence[int],
-                      batch_size: int = 256, limit: Optional[int] = None, mean=None, std=None,
+                      batch_size: Optional[int] = None, limit: Optional[int] = None, mean=None, std=None,
                       data_dir=None, show_progress: bool = True,
                       threads: Optional[int] = None, download: bool = False) -> Dict[int, EvalResult]:
     """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
@@ -121,7 +172,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
     from .runtimes.ort import ModelRunner
 
-    batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
+    if batch_size is not None:
+        batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
     limit = check_count(limit, "limit", allow_none=True)
     many = t_list is not None and len(t_list) > 1
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
@@ -167,8 +219,16 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
     table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
     n = len(ds)
+    asked, notes = batch_size, []
+    batch_size = eval_batch(batch_size, runner.info)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
+    elif runner.spiking:
+        _warn_memory(asked, min(batch_size, n), runner.info, where)
+        if asked is None and batch_size < min(DEFAULT_EVAL_BATCH, n):
+            notes.append(f"evaluated in batches of {batch_size} samples (not "
+                         f"{DEFAULT_EVAL_BATCH}), so that a batch of this model holds at most "
+                         f"about {_size(EVAL_BATCH_BYTES)} in onnxruntime; --batch-size sets it")
     if runner.spiking:
         t_list = t_list or [runner.info.timesteps]
     else:
@@ -223,8 +283,24 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             scored_output=runner.output_names[0] if runner.output_names else None,
                             outputs=len(runner.output_names),
                             model_fingerprint=(fmt.spiking_fingerprint(runner.info)
-                                               if runner.spiking else None), pools=pools)
+                                               if runner.spiking else None), pools=pools,
+                            batch_size=int(batch_size), notes=list(notes))
     return out
+
+
+def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where: str) -> None:
+    """Warn when an asked-for batch is estimated to need more memory than the system has."""
+    if asked is None:
+        return
+    need, free = batch * sample_bytes(info), available_memory()
+    if free is not None and need > 0.8 * free:
+        log.warning("%s: a batch of %d samples needs about %s in onnxruntime and %s are "
+                    "available; pass a smaller --batch-size (without one, eval picks a batch "
+                    "within %s)", where, batch, _size(need), _size(free), _size(EVAL_BATCH_BYTES))
+
+
+def _size(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
 def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivity:

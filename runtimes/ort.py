@@ -217,13 +217,14 @@ def _feed_types(session, names, where: str) -> dict:
 
 
 def run(model: Union[str, onnx.ModelProto], x, timesteps: Optional[int] = None,
-        batch_size: int = 256) -> StepResult:
-    """Run ``model`` on all of ``x`` in batches; return averaged outputs and spike totals."""
+        batch_size: Optional[int] = None) -> StepResult:
+    """Run ``model`` on all of ``x`` in batches (default: as ``evaluate`` picks them, sized
+    by the model's memory); return averaged outputs and spike totals."""
+    from onnx_snn.evaluate import eval_batch
     runner = ModelRunner(model)
     feeds = runner.validate(x)
     n = next(iter(feeds.values())).shape[0]
-    if runner.fixed_batch:
-        batch_size = runner.fixed_batch
+    batch_size = runner.fixed_batch or eval_batch(batch_size, runner.info)
     outs: List[List[np.ndarray]] = []
     spikes: Dict[str, List[np.ndarray]] = {}
     for start in range(0, n, batch_size):

@@ -52,6 +52,26 @@ def test_convert_eval_info(files, capsys):
     assert main(["eval", str(files / "step.onnx"), "--data", str(files / "test.npz")]) == 0
 
 
+def test_eval_notes_a_batch_lowered_to_fit_memory(files, capsys, monkeypatch):
+    """Without --batch-size, a spiking model whose batch would hold more than EVAL_BATCH_BYTES
+    runs in smaller batches, with a note naming the option; -q drops the note."""
+    import importlib
+    ev = importlib.import_module("onnx_snn.evaluate")
+    out = files / "m.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "--method", "datta"]) == 0
+    info = F.read_info(onnx.load(str(out)), "m")
+    monkeypatch.setattr(ev, "EVAL_BATCH_BYTES", 10 * ev.sample_bytes(info))
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(files / "test.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "note: evaluated in batches of 10 samples" in err and "--batch-size" in err
+    assert main(["eval", str(out), "--data", str(files / "test.npz"), "--batch-size", "10"]) == 0
+    assert "note: evaluated" not in capsys.readouterr().err
+    assert main(["-q", "eval", str(out), "--data", str(files / "test.npz")]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
 def test_default_output_name(files):
     assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(files / "calib.npy")]) == 0
     assert (files / "model.snn.onnx").exists()

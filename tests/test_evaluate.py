@@ -1,0 +1,76 @@
+"""evaluate: the batch it runs a spiking model in, sized by the model's memory."""
+import importlib
+import logging
+
+import numpy as np
+import pytest
+
+import builders as B
+import onnx_snn
+from onnx_snn.spiking import format as F
+
+E = importlib.import_module("onnx_snn.evaluate")   # the module (the package exports the function)
+
+
+@pytest.fixture(scope="module")
+def snn(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ev")
+    x = B.rand_input(64)
+    model = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
+                             show_progress=False)
+    path = d / "m.snn.onnx"
+    model.save(path)
+    y = np.random.default_rng(0).integers(0, 10, 64)
+    return path, (x, y)
+
+
+def test_sample_bytes_counts_every_site_and_pool_neuron(snn):
+    info = F.read_info(onnx_snn.model_io.load_model(str(snn[0])), "m")
+    neurons = sum(s.neurons for s in info.sites) + sum(p.neurons for p in info.pools)
+    assert neurons > 0
+    assert E.sample_bytes(info) == neurons * E.LOOP_BYTES_PER_NEURON
+
+
+def test_eval_batch_keeps_an_asked_batch_and_lowers_only_the_default(snn):
+    info = F.read_info(onnx_snn.model_io.load_model(str(snn[0])), "m")
+    per = E.sample_bytes(info)
+    assert E.eval_batch(7, info, limit=1) == 7              # asked: kept
+    assert E.eval_batch(None, None) == E.DEFAULT_EVAL_BATCH   # a DNN
+    assert E.eval_batch(None, info, limit=10 ** 12) == E.DEFAULT_EVAL_BATCH
+    assert E.eval_batch(None, info, limit=5 * per + per // 2) == 5
+    assert E.eval_batch(None, info, limit=1) == 1           # never below one sample
+
+
+def test_a_lowered_batch_gives_the_same_result_and_says_so(snn, monkeypatch):
+    path, data = snn
+    full = onnx_snn.evaluate(str(path), data, show_progress=False)
+    assert full.batch_size == E.DEFAULT_EVAL_BATCH and not full.notes
+    info = F.read_info(onnx_snn.model_io.load_model(str(path)), "m")
+    monkeypatch.setattr(E, "EVAL_BATCH_BYTES", 9 * E.sample_bytes(info))
+    low = onnx_snn.evaluate(str(path), data, show_progress=False)
+    assert low.batch_size == 9
+    assert low.correct == full.correct
+    for k, s in full.sites.items():
+        assert low.sites[k].spikes_per_sample == pytest.approx(s.spikes_per_sample, rel=1e-6)
+    assert any("batches of 9" in n and "--batch-size" in n for n in low.notes)
+    asked = onnx_snn.evaluate(str(path), data, batch_size=32, show_progress=False)
+    assert asked.batch_size == 32 and not asked.notes
+
+
+def test_an_asked_batch_beyond_the_free_memory_is_warned_about(snn, monkeypatch, caplog):
+    path, data = snn
+    monkeypatch.setattr(E, "available_memory", lambda: 1000)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        r = onnx_snn.evaluate(str(path), data, batch_size=16, show_progress=False)
+    assert r.batch_size == 16
+    assert any("smaller --batch-size" in m and "GiB" in m for m in caplog.messages)
+    caplog.clear()
+    monkeypatch.setattr(E, "available_memory", lambda: None)   # unknown: no warning
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        onnx_snn.evaluate(str(path), data, batch_size=16, show_progress=False)
+    assert not caplog.messages
+
+
+def test_available_memory_reads_the_system():
+    m = E.available_memory()
+    assert m is None or m > 0
