@@ -618,3 +618,34 @@ def test_rates_of_an_evaluation_without_spike_counts_are_refused_with_the_reason
     from onnx_snn.analyze import parse_rates
     with pytest.raises(DataError, match="recorded no spike rates .*--spike-counts"):
         parse_rates({"kind": "snn", "timesteps": 2, "sites": {}}, "deploy.json")
+
+
+@pytest.mark.parametrize("op", ["DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Gather"])
+def test_layers_behind_ops_that_only_move_spikes_accumulate_them(op):
+    """Spikes moved (DepthToSpace, SpaceToDepth, Tile, Expand, Gather) are still spikes: the
+    layer after accumulates them at its source's rate, not as analog multiply-accumulates."""
+    rng = np.random.default_rng(0)
+    extra, move = [], {
+        "DepthToSpace": (lambda: h.make_node("DepthToSpace", ["r"], ["m"], blocksize=2), 2),
+        "SpaceToDepth": (lambda: h.make_node("SpaceToDepth", ["r"], ["m"], blocksize=2), 32),
+        "Tile": (lambda: h.make_node("Tile", ["r", "reps"], ["m"]), 8),
+        "Expand": (lambda: h.make_node("Expand", ["r", "shape"], ["m"]), 8),
+        "Gather": (lambda: h.make_node("Gather", ["r", "idx"], ["m"], axis=1), 3)}[op]
+    extra = [nh.from_array(np.array([1, 1, 2, 2], np.int64), "reps"),
+             nh.from_array(np.array([1, 8, 8, 8], np.int64), "shape"),
+             nh.from_array(np.array([5, 0, 2], np.int64), "idx")]
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             h.make_node("Relu", ["c"], ["r"]), move[0](),
+             h.make_node("Conv", ["m", "w2"], ["c2"], kernel_shape=[1, 1], name="after"),
+             h.make_node("GlobalAveragePool", ["c2"], ["g"]),
+             h.make_node("Flatten", ["g"], ["y"], axis=1)]
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+             for n, s in (("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (4, move[1], 1, 1)))]
+    g = h.make_graph(nodes, "g", [_vi("x", ["N", 1, 8, 8])], [_vi("y", ["N", 4])], inits + extra)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    snn = onnx_snn.convert(m, B.rand_input(16, (1, 8, 8)), timesteps=2, method="datta",
+                           show_progress=False)
+    a = analyze(snn.model, {"lif0": 0.3}, timesteps=2)
+    after = next(l for l in a.layers if l.name.startswith("after"))
+    assert after.input_mode == "spikes", (op, after.input_mode)
+    assert after.snn_flops == pytest.approx(after.dnn_flops * 0.3)

@@ -184,3 +184,23 @@ def test_fake_quantized_float_weights_are_folded(per_channel):
     assert per_channel or np.any(got == (255 - 128) * s)             # saturated
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("move", ["Gather", "GatherND", "Split"])
+def test_a_pair_behind_ops_that_select_values_is_a_requantization(move):
+    """Gather, GatherND and Split only select values: a uint8 pair behind them re-quantizes
+    a clamped activation and is dropped, not made a second spiking layer."""
+    b = B.GraphBuilder(13, seed=2)
+    t = _qdq(b, b.node("Relu", [b.conv("x", 1, 8)]), 0.01, 0, np.uint8)       # the site
+    if move == "Gather":
+        t = b.node("Gather", [t, b.const(np.array([7, 0, 3, 1], np.int64))], axis=1)
+    elif move == "GatherND":
+        t = b.node("GatherND", [t, b.const(np.array([[0], [0]], np.int64))], batch_dims=1)
+    else:
+        t = b.node("Split", [t, b.const(np.array([4, 4], np.int64))], n_out=2, axis=1)
+    t = _qdq(b, t, 0.008, 0, np.uint8)                      # re-quantized: dropped
+    t = b.gemm(b.node("Flatten", [b.node("GlobalAveragePool", [t])], axis=1),
+               8 if move == "GatherND" else 4, 10)
+    nm = prepare(b.model("x", t, (1, 12, 12), 10))
+    assert len(nm.sites) == 1, [s.name for s in nm.sites]
+    assert "1 dropped" in " ".join(nm.notes)

@@ -36,7 +36,8 @@ outputs depends on them. The loop form and the step form flatten to the same gra
 **Where a layer's input comes from.** ``source_site`` is found by walking backward from the
 layer's data input through ops that move or select spikes without turning them into
 analog values (``PASS_THROUGH``: pooling, ReduceMean/ReduceSum, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
-Slice, Split, Identity, Dropout, Cast, Concat, Resize, and Mul/Div by a constant) until the
+Slice, Split, Gather, GatherND, DepthToSpace, SpaceToDepth, Tile, Expand, Identity, Dropout,
+Cast, Concat, Resize, and Mul/Div by a constant) until the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
 first site found is taken; ``source_mix`` then gives each source's share of the
 concatenated elements (a DenseNet or Inception layer reads several sites, or spikes and an

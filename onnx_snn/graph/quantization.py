@@ -49,7 +49,7 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLin
 _KEEPS_RANGE = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
                 "Dropout", "MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool",
                 "ReduceMax", "ReduceMean", "Slice", "Expand", "Tile", "SpaceToDepth",
-                "DepthToSpace"}
+                "DepthToSpace", "Gather", "GatherND", "Split"}
 
 
 @graph_pass("refuse-integer-operators")

@@ -19,7 +19,7 @@ PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", 
                 "ReduceMean", "ReduceSum",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
                 "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize", "Gather",
-                "GatherND")
+                "GatherND", "DepthToSpace", "SpaceToDepth", "Tile", "Expand")
 
 
 def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
