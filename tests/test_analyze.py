@@ -134,8 +134,10 @@ def _lif(site, x, y):
                        name=f"{site}.neuron", domain=F.DOMAIN)
 
 
-def test_source_site_walk_concat_takes_first_site_and_add_is_analog():
-    """Hand-built step graph: conv -> a, b; Concat(b, a) -> conv; Add(a, b) -> conv."""
+def test_source_site_walk_concat_takes_first_site_and_a_sum_of_spikes_accumulates_both():
+    """Hand-built step graph: conv -> a, b; Concat(b, a) -> conv; Add(a, b) -> conv: a sum of
+    spike trains brings each element both sites' spikes, so the layer after it accumulates
+    both (W(a + b) = Wa + Wb), each at its own rate."""
     nodes = [h.make_node("Conv", ["x", "W0"], ["c0"], name="stem"),
              _lif("a", "c0", "ya"), _lif("b", "c0", "yb"),
              h.make_node("MaxPool", ["yb"], ["pb"], kernel_shape=[1, 1], name="pool"),
@@ -154,14 +156,19 @@ def test_source_site_walk_concat_takes_first_site_and_add_is_analog():
     rows = {r.name: r for r in count_layers(m)}
     assert rows["stem"].direct and rows["stem"].source_site is None
     assert rows["after_cat"].source_site == "b" and not rows["after_cat"].direct
-    assert rows["after_add"].source_site is None and not rows["after_add"].direct
+    assert rows["after_add"].source_site == "a" and not rows["after_add"].direct
+    assert rows["after_add"].source_mix == {"a": 1.0, "b": 1.0}
     assert rows["after_scale"].source_site == "a"
     a = analyze(m, {"a": 0.5, "b": 0.25}, timesteps=2)
     modes = {l.name: l.input_mode for l in a.layers}
-    assert modes == {"stem": "direct", "after_cat": "spikes", "after_add": "analog",
+    assert modes == {"stem": "direct", "after_cat": "spikes", "after_add": "spikes",
                      "after_scale": "spikes"}
     add = next(l for l in a.layers if l.name == "after_add")
-    assert add.snn_flops == add.dnn_flops * 2 and add.snn_energy_pj == pytest.approx(add.dnn_flops * 2 * 4.6)
+    assert add.snn_flops == pytest.approx(add.dnn_flops * (0.5 + 0.25))
+    assert add.snn_macs == 0 and add.snn_energy_pj == pytest.approx(add.dnn_flops * 0.75 * 0.9)
+    assert add.spike_rate == pytest.approx(0.75)     # input spikes per element, both sites'
+    sites = {r.name: r for r in a.sites}
+    assert "after_add" in sites["a"].layers and "after_add" in sites["b"].layers
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -649,3 +656,52 @@ def test_layers_behind_ops_that_only_move_spikes_accumulate_them(op):
     after = next(l for l in a.layers if l.name.startswith("after"))
     assert after.input_mode == "spikes", (op, after.input_mode)
     assert after.snn_flops == pytest.approx(after.dnn_flops * 0.3)
+
+
+@pytest.mark.parametrize("combine,mode,sources", [
+    ("Neg", "spikes", {"lif0"}),                   # a spike negated is one spike
+    ("Add", "spikes", {"lif0", "lif1"}),           # a sum of two sites' spikes: both
+    ("Sub", "spikes", {"lif0", "lif1"}),
+    ("Sum3", "spikes", {"lif0", "lif1"}),
+    ("AddConst", "analog", set()),                 # a shift is not a spike
+    ("AddInput", "analog", set()),                 # spikes plus the analog image
+])
+def test_layers_behind_negated_or_summed_spikes(combine, mode, sources):
+    """A converted model whose second layer reads -a, a + b, a - b or a + b + a of two
+    sites' spikes accumulates them (each source at its own rate, the sum's shares 1 each);
+    a spike train shifted by a constant or added to the analog input is analog."""
+    rng = np.random.default_rng(0)
+    w = lambda n, *s: nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)  # noqa: E731
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4),
+             h.make_node("Relu", ["c1"], ["a"]),
+             h.make_node("Conv", ["x", "w1b", "b1"], ["c1b"], kernel_shape=[3, 3], pads=[1] * 4),
+             h.make_node("Relu", ["c1b"], ["b"])]
+    nodes.append({"Neg": h.make_node("Neg", ["a"], ["m"]),
+                  "Add": h.make_node("Add", ["a", "b"], ["m"]),
+                  "Sub": h.make_node("Sub", ["a", "b"], ["m"]),
+                  "Sum3": h.make_node("Sum", ["a", "b", "a"], ["m"]),
+                  "AddConst": h.make_node("Add", ["a", "shift"], ["m"]),
+                  "AddInput": h.make_node("Add", ["a", "x"], ["m"])}[combine])
+    nodes += [h.make_node("Conv", ["m", "w2"], ["c2"], kernel_shape=[1, 1], name="after"),
+              h.make_node("GlobalAveragePool", ["c2"], ["g"]),
+              h.make_node("Flatten", ["g"], ["y"], axis=1)]
+    inits = [w("w1", 8, 8, 3, 3), w("w1b", 8, 8, 3, 3), w("b1", 8), w("w2", 4, 8, 1, 1),
+             nh.from_array(np.full((8, 1, 1), 0.25, np.float32), "shift")]
+    g = h.make_graph(nodes, "g", [_vi("x", ["N", 8, 6, 6])], [_vi("y", ["N", 4])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    snn = onnx_snn.convert(m, B.rand_input(16, (8, 6, 6)), timesteps=2, method="datta",
+                           show_progress=False)
+    rates = {"lif0": 0.3, "lif1": 0.1}
+    a = analyze(snn.model, rates, timesteps=2)
+    after = next(l for l in a.layers if l.name.startswith("after"))
+    assert after.input_mode == mode
+    if mode == "analog":
+        assert after.snn_macs == after.dnn_flops * 2 and after.snn_acs == 0
+        return
+    mix = after.source_mix or {after.source_site: 1.0}
+    assert set(mix) == sources
+    shares = {"Neg": {"lif0": 1}, "Add": {"lif0": 1, "lif1": 1}, "Sub": {"lif0": 1, "lif1": 1},
+              "Sum3": {"lif0": 2, "lif1": 1}}[combine]
+    assert mix == pytest.approx(shares)
+    want = after.dnn_flops * sum(k * rates[s] for s, k in shares.items())
+    assert after.snn_macs == 0 and after.snn_acs == pytest.approx(want)

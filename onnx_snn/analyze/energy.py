@@ -424,7 +424,9 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             r = own[c.source_site] if mode == "spikes" else None
             if r is not None and row.source_mix:   # spikes per input neuron, over all sources
                 spiking = {k: w for k, w in row.source_mix.items() if k}
-                r = sum(w * own[k] for k, w in spiking.items()) / sum(spiking.values())
+                # over the spiking elements (a concatenation's shares sum to 1 or less); a sum
+                # of spike trains brings every element each source's spikes (shares above 1)
+                r = sum(w * own[k] for k, w in spiking.items()) / min(1.0, sum(spiking.values()))
             row.spike_rate = r
             row.snn_flops, row.snn_macs, row.snn_acs, row.snn_energy_pj = \
                 layer_energy(c, mode, r, T, mac_pj, ac_pj, own)

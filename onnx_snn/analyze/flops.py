@@ -37,7 +37,8 @@ outputs depends on them. The loop form and the step form flatten to the same gra
 layer's data input through ops that move or select spikes without turning them into
 analog values (``PASS_THROUGH``: pooling, ReduceMean/ReduceSum, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
 Slice, Split, Gather, GatherND, DepthToSpace, SpaceToDepth, Tile, Expand, Identity, Dropout,
-Cast, Concat, Resize, and Mul/Div by a constant) until the
+Cast, Concat, Resize, Neg, Mul/Div by a constant, and sums of spike trains alone: Add, Sub,
+Sum, each source charged at its own rate) until the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
 first site found is taken; ``source_mix`` then gives each source's share of the
 concatenated elements (a DenseNet or Inception layer reads several sites, or spikes and an
@@ -454,15 +455,16 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
             names[name] = 0
         x = _data_input(n, constant)
         per = total // B if total % B == 0 else total / B
-        mix, pooled = source_mix_and_pools(x, producers, fg.sites, constant, t.shapes, fg.pools) \
-            if x in site_dep else ({}, {})
+        mix, pooled = source_mix_and_pools(x, producers, fg.sites, constant, t.shapes, fg.pools,
+                                           sums=True) if x in site_dep else ({}, {})
         site = next((k for k in mix if k), None)
         rows.append(LayerCount(
             name=name, op=n.op_type, kind=kind, macs=int(per) if kind == "mac" else 0,
             ops=int(per) if kind == "other" else 0, neurons=_prod(out_shape) // B if out_shape else 1,
             input=x, output=n.output[0], output_shape=[int(d) for d in out_shape[1:]],
             source_site=site,
-            direct=x not in site_dep, source_mix=mix if len(mix) > 1 else {},
+            direct=x not in site_dep,
+            source_mix=mix if len(mix) > 1 or any(abs(v - 1.0) > 1e-9 for v in mix.values()) else {},
             source_pools=pooled))
     return rows
 

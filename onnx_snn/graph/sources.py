@@ -19,7 +19,11 @@ PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", 
                 "ReduceMean", "ReduceSum",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
                 "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize", "Gather",
-                "GatherND", "DepthToSpace", "SpaceToDepth", "Tile", "Expand")
+                "GatherND", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Neg")
+#: sums: a sum of spike trains only (no constant, no analog term) still arrives as spikes,
+#: each source at its own rate (a layer after it accumulates every source's spikes: it is
+#: linear, W(a + b) = Wa + Wb); with an analog term it is analog
+SUMS = ("Add", "Sub", "Sum")
 
 
 def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
@@ -43,33 +47,37 @@ def source_site(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Map
 
 
 def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapping[str, str],
-               constant: set, shapes: Optional[Mapping[str, Sequence[int]]] = None
-               ) -> Dict[str, float]:
+               constant: set, shapes: Optional[Mapping[str, Sequence[int]]] = None,
+               sums: bool = False) -> Dict[str, float]:
     """Where the elements of ``tensor`` come from, through pass-through ops: {site: share},
     "" for what is not a site's spikes, in the order a depth-first walk (inputs in order)
     reaches them; a ``Concat`` splits its output by its inputs' sizes in ``shapes`` (equally
-    when a size is unknown). The shares sum to 1."""
-    return source_mix_and_pools(tensor, producers, sites, constant, shapes)[0]
+    when a size is unknown). The shares sum to 1. With ``sums`` (the analyzer's walk: which
+    spikes does a layer accumulate?) the walk also passes a sum of spike trains (``SUMS``),
+    whose every element receives each source's spikes: share 1 each, so they may sum to more;
+    without it (the rewrite's: is a tensor single spikes?) a sum ends the walk."""
+    return source_mix_and_pools(tensor, producers, sites, constant, shapes, sums=sums)[0]
 
 
 def source_mix_and_pools(tensor: str, producers: Mapping[str, onnx.NodeProto],
                          sites: Mapping[str, str], constant: set,
                          shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                         pools: Optional[Mapping[str, str]] = None
+                         pools: Optional[Mapping[str, str]] = None, sums: bool = False
                          ) -> Tuple[Dict[str, float], Dict[str, str]]:
     """:func:`source_mix`, and from the same walk the sources whose spikes reach ``tensor``
     through a spiking max pool: {site: the pool nearest ``tensor`` on the way} (``pools``: a
     pool's output tensor -> its name). A site reached both ways keeps the pooled path."""
     mix: Dict[str, float] = {}
     pooled: Dict[str, str] = {}
-    for key, w, pool in _sources(tensor, producers, sites, constant, shapes or {}, pools or {}):
+    for key, w, pool in _sources(tensor, producers, sites, constant, shapes or {}, pools or {},
+                                 sums):
         mix[key] = mix.get(key, 0.0) + w
         if key and pool:
             pooled.setdefault(key, pool)
     return mix, pooled
 
 
-def _sources(tensor, producers, sites, constant, shapes, pools):
+def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
     """The leaves of the pass-through walk from ``tensor``: (site or "", share, the nearest
     spiking pool passed on the way or None), depth-first, inputs in order."""
     stack = [(tensor, 1.0, None)]
@@ -79,7 +87,8 @@ def _sources(tensor, producers, sites, constant, shapes, pools):
         key = sites.get(x)
         node = None if key is not None else producers.get(x)
         nxt: List[Tuple[str, float]] = []
-        if node is not None and node.op_type in PASS_THROUGH and node.domain in ("", "ai.onnx"):
+        if node is not None and node.domain in ("", "ai.onnx") and (
+                node.op_type in PASS_THROUGH or (sums and node.op_type in SUMS)):
             if node.op_type == "Concat":
                 ins = [i for i in node.input if i]
                 sizes = [math.prod(int(d) for d in shapes[i]) if shapes.get(i) is not None and
@@ -88,6 +97,15 @@ def _sources(tensor, producers, sites, constant, shapes, pools):
                 if any(z is None for z in sizes) or not sum(sizes):
                     sizes = [1] * len(ins)
                 nxt = [(i, w * z / sum(sizes)) for i, z in zip(ins, sizes)]
+            elif node.op_type in SUMS:
+                ins = [i for i in node.input if i]
+                leaves = [] if any(i in constant for i in ins) else \
+                    [leaf for i in ins for leaf in _sources(i, producers, sites, constant, shapes,
+                                                            pools, sums)]
+                if leaves and all(k for k, _, _ in leaves):     # spikes only
+                    for k, v, p in leaves:
+                        yield k, w * v, p or via
+                    continue
             elif node.op_type in ("Mul", "Div"):
                 if len(node.input) >= 2 and (node.input[1] in constant or
                                              (node.op_type == "Mul" and node.input[0] in constant)):
