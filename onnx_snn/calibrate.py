@@ -103,8 +103,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        raise UnsupportedModelError(f"{where}: onnxruntime cannot run this model: "
-                                    f"{first_line(e)[:300]}") from None
+        raise _session_failure(model, e, where) from None
     if names:
         # onnxruntime copied the arrays while loading (they may go now); a session re-created
         # from the same options (its fallback after a provider failure) would read them again
@@ -191,8 +190,33 @@ def tensor_shapes(nm: NormalizedModel, names: Sequence[str],
     for name, dims in input_specs(nm.model):
         shape = (dims[0] or 1,) + tuple(input_shapes.get(name, dims[1:]))
         feeds[name] = np.zeros(shape, np.float32)
-    outs = make_session(nm.model, 1, outputs=names).run(list(names), feeds)
+    outs = make_session(nm.model, 1, outputs=names, where=_where(nm)).run(list(names), feeds)
     return {**known, **{n: tuple(o.shape[1:]) for n, o in zip(names, outs)}}
+
+
+def _where(nm: NormalizedModel) -> str:
+    """The model's name in messages: its file, when it came from one."""
+    return nm.source_path or "the model"
+
+
+def _session_failure(model: onnx.ModelProto, e: Exception, where: str) -> Exception:
+    """Why onnxruntime refused ``model``: shapes that do not fit together (a weight of the
+    wrong size for its input: strict shape inference names the node) make it a damaged model
+    (ModelLoadError, exit 3); anything else an unsupported one (exit 4). Strict inference
+    runs only here, on a refused model: a model onnxruntime runs is never held to it."""
+    from .errors import ModelLoadError
+    from .graph import skeleton
+    try:
+        sk = skeleton.split(model, subgraphs=True)
+        onnx.shape_inference.infer_shapes(sk.model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as err:
+        return ModelLoadError(f"{where}: the model's shapes do not fit together "
+                              f"({first_line(err)[:300]}); fix the layer's weights or re-export "
+                              "the model")
+    except Exception:      # no verdict: say what onnxruntime said
+        pass
+    return UnsupportedModelError(f"{where}: onnxruntime cannot run this model: "
+                                 f"{first_line(e)[:300]}")
 
 
 #: one calibration batch's site outputs (float32, every site exposed) hold at most this many
@@ -228,7 +252,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     fixed = bool(fixed_batch(input_specs(nm.model)))
     batch_size = batch_within(batch_size, _site_bytes(nm, chosen, feeds_all), CALIB_BATCH_BYTES,
                               fixed)
-    sess = make_session(nm.model, threads, outputs=[s.input for s in chosen])
+    sess = make_session(nm.model, threads, outputs=[s.input for s in chosen], where=_where(nm))
     out_names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     samplers: Dict[str, _Sampler] = {}

@@ -331,6 +331,21 @@ def damaged_weight(rel, which, value):
     return setup
 
 
+def misfit_weight(rel):
+    """model.onnx with its last Gemm's weight one input column short: the checker passes it,
+    onnxruntime refuses it (shapes that do not fit)."""
+    def setup(ws):
+        from onnx import numpy_helper as nh
+        m = onnx.load(str(ws / "model.onnx"))
+        gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
+        t = next(t for t in m.graph.initializer if t.name == gemm.input[1])
+        a = nh.to_array(t)
+        t.CopyFrom(nh.from_array(np.ascontiguousarray(a[:, :-1] if a.shape[1] > 1 else a[:-1]),
+                                 t.name))
+        onnx.save(m, str(ws / rel))
+    return setup
+
+
 def mkdir(rel):
     def setup(ws):
         (ws / rel).mkdir(parents=True, exist_ok=True)
@@ -365,6 +380,10 @@ cli("eval_nan_weight_dnn", "model", "eval {ws}/nan.onnx --data {ws}/test.npz", 3
 cli("an_nan_weight_dnn", "model", "analyze {ws}/nan.onnx --data {ws}/calib.npy", 3,
     setup=damaged_weight("nan.onnx", 1, -np.inf), needle="infinite")
 # data files that are not NumPy arrays: told what the file is not and how to write one
+cli("conv_misfit_weight", "model", "convert {ws}/misfit.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=misfit_weight("misfit.onnx"), needle="misfit.onnx: the model's shapes do not fit")
+cli("eval_misfit_weight", "model", "eval {ws}/misfit.onnx --data {ws}/test.npz", 3,
+    setup=misfit_weight("misfit.onnx"), needle="misfit.onnx: the model's shapes do not fit")
 cli("conv_calib_text_as_npy", "data", "convert {ws}/model.onnx --calib {ws}/t.npy -o {ws}/o.onnx", 5,
     setup=write("t.npy", b"x,y\n1,2\n"), needle="not a NumPy .npy or .npz file")
 cli("eval_data_onnx_as_npz", "data", "eval {ws}/snn.onnx --data {ws}/model.onnx", 5,
