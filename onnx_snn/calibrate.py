@@ -219,6 +219,12 @@ def _session_failure(model: onnx.ModelProto, e: Exception, where: str) -> Except
                                  f"{first_line(e)[:300]}")
 
 
+#: the largest activation the conversion takes: its searches and regressions sum squares
+#: of activations in float32 (max 3.4e38), which overflow from about 1e19; no trained
+#: network on sensibly scaled data comes near
+MAX_ACTIVATION = 1e15
+
+
 #: one calibration batch's site outputs (float32, every site exposed) hold at most this many
 #: bytes: a model with large activations (224 x 224 ImageNet layers) is calibrated a few
 #: images at a time (the statistics are the same; the sampled values differ)
@@ -283,6 +289,12 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                 raise DataError(f"site {s.name} ('{s.input}'): the model produced NaN/Inf on the "
                                 f"calibration batch starting at sample {start}; check the data "
                                 "and its preprocessing")
+            if max(-lo, hi) > MAX_ACTIVATION:
+                raise DataError(f"site {s.name} ('{s.input}'): the model's activations reach "
+                                f"{max(-lo, hi):.3g} on the calibration batch starting at sample "
+                                f"{start}, beyond what the conversion's float32 sums of squares "
+                                f"hold (MAX_ACTIVATION = {MAX_ACTIVATION:g}); check the data's "
+                                "scale and its preprocessing")
             st["count"] += flat.size
             st["pos"] += int(np.count_nonzero(flat > 0))
             st["lo"] = min(st["lo"], lo)

@@ -380,6 +380,9 @@ cli("eval_nan_weight_dnn", "model", "eval {ws}/nan.onnx --data {ws}/test.npz", 3
 cli("an_nan_weight_dnn", "model", "analyze {ws}/nan.onnx --data {ws}/calib.npy", 3,
     setup=damaged_weight("nan.onnx", 1, -np.inf), needle="infinite")
 # data files that are not NumPy arrays: told what the file is not and how to write one
+cli("conv_calib_huge_values", "data", "convert {ws}/model.onnx --calib {ws}/huge.npy -o {ws}/o.onnx", 5,
+    setup=lambda ws: np.save(ws / "huge.npy", np.full((8, 1, 12, 12), 1e30, np.float32)),
+    needle="MAX_ACTIVATION")
 cli("conv_misfit_weight", "model", "convert {ws}/misfit.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
     setup=misfit_weight("misfit.onnx"), needle="misfit.onnx: the model's shapes do not fit")
 cli("eval_misfit_weight", "model", "eval {ws}/misfit.onnx --data {ws}/test.npz", 3,
