@@ -445,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mac-pj", type=positive_float, help="override the energy of one MAC (pJ)")
     a.add_argument("--ac-pj", type=positive_float, help="override the energy of one AC (pJ)")
     a.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
-    a.add_argument("--plot", metavar="PNG", help="per-layer spike rates and energy (needs matplotlib)")
+    a.add_argument("--plot", metavar="FILE", help="per-layer spike rates and energy as a figure, "
+                   ".png, .svg or .pdf by its suffix (needs matplotlib)")
     _add_data_args(a)
 
     from .demo import add_demo_parser
@@ -759,7 +760,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_analyze(args) -> int:
     from .analyze import ENERGY_PRESETS, analyze, format_table
-    from .analyze.report import plot_png
+    from .analyze.report import plot_format, plot_png
     from .datasets import check_preprocess
     from .errors import MissingDependencyError, UsageError
     from .model_io import load_model, write_all_atomic
@@ -772,6 +773,7 @@ def cmd_analyze(args) -> int:
     targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
                              (args.json, "--json"), (args.plot, "--plot"))
     if args.plot is not None:
+        plot_format(args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -814,7 +816,7 @@ def cmd_analyze(args) -> int:
     if args.json is not None:
         items.append((targets[str(args.json)], (result.to_json() + "\n").encode("utf-8")))
     if args.plot is not None:
-        items.append((targets[str(args.plot)], plot_png(result)))
+        items.append((targets[str(args.plot)], plot_png(result, fmt=plot_format(args.plot))))
     write_all_atomic(items)
     if args.plot is not None:
         print(f"wrote {args.plot}")

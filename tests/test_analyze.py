@@ -545,6 +545,19 @@ def test_plot_writes_a_png_atomically(resnet_snn, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dnn.png", "snn.png"]
 
 
+def test_plot_format_follows_the_suffix_and_refuses_others(resnet_snn, tmp_path):
+    pytest.importorskip("matplotlib")
+    from onnx_snn.errors import UsageError
+    dnn, _, _ = resnet_snn
+    a = analyze(dnn)
+    assert plot(a, tmp_path / "e.svg").read_bytes().lstrip()[:5] in (b"<?xml", b"<svg ")
+    assert plot(a, tmp_path / "e.PDF").read_bytes()[:5] == b"%PDF-"
+    assert plot(a, tmp_path / "e").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError, match=r"\.png, \.svg or|\.png, \.svg, \.pdf"):
+        plot(a, tmp_path / "e.jpgx")
+    assert not (tmp_path / "e.jpgx").exists()
+
+
 def test_plot_without_matplotlib_says_what_to_install(resnet_snn, tmp_path, monkeypatch):
     dnn, _, _ = resnet_snn
     monkeypatch.setitem(sys.modules, "matplotlib", None)

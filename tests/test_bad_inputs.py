@@ -441,6 +441,8 @@ cli("ft_resume_json_is_ckpt", "inputs", FT + " -o {ws}/t.onnx --resume --json {w
 cli("an_json_is_rates", "inputs", "analyze {ws}/snn.onnx --rates {ws}/ev.json --json {ws}/ev.json", 6)
 cli("an_json_is_dnn", "inputs", "analyze {ws}/snn.onnx --rates {ws}/ev.json --dnn {ws}/model.onnx --json {ws}/model.onnx", 6)
 cli("an_plot_is_data", "inputs", "analyze {ws}/snn.onnx --data {ws}/test.npz --plot {ws}/test.npz", 6)
+cli("an_plot_unknown_format", "misc", "analyze {ws}/snn.onnx --rates {ws}/ev.json --plot {ws}/e.jpgx", 2,
+    needle="a plot is written as")
 cli("an_plot_is_rates", "inputs", "analyze {ws}/snn.onnx --rates {ws}/ev.json --plot {ws}/ev.json", 6)
 cli("an_json_is_model", "inputs", "analyze {ws}/model.onnx --json {ws}/model.onnx", 6)
 cli("an_json_plot_twice", "inputs", "analyze {ws}/model.onnx --json {ws}/a.out --plot {ws}/a.out", 6)

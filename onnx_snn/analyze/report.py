@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from ..errors import DataError, MissingDependencyError
+from ..errors import DataError, MissingDependencyError, UsageError
 from ..model_io import check_output_path, write_bytes_atomic
 from .energy import Analysis
 
@@ -123,20 +123,39 @@ def to_json(analysis: Analysis) -> str:
     return analysis.to_json()
 
 
+#: the figure formats a plot's file name may ask for (by its suffix; none: PNG)
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path: Union[str, Path]) -> str:
+    """The format a plot's path asks for: its suffix, one of PLOT_FORMATS (no suffix: png);
+    another suffix is a UsageError, raised before any work."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in PLOT_FORMATS:
+        raise UsageError(f"{path}: a plot is written as {', '.join('.' + f for f in PLOT_FORMATS)}; "
+                         f"not .{suffix}")
+    return suffix
+
+
 def plot(analysis: Analysis, path: Union[str, Path], title: Optional[str] = None) -> Path:
-    """Write a PNG: per-layer input spike rate (bars) and compute energy, DNN beside SNN (log).
+    """Write the figure: per-layer input spike rate (bars) and compute energy, DNN beside SNN
+    (log), as PNG, SVG or PDF by the path's suffix (:func:`plot_format`).
 
     A DNN analysis gets the energy panel only. The path is checked before the figure is drawn
     (a folder, device or missing folder raises OutputPathError) and the file is written
     atomically.
     """
+    fmt = plot_format(path)
     path = check_output_path(path)
-    write_bytes_atomic(plot_png(analysis, title), path)
+    write_bytes_atomic(plot_png(analysis, title, fmt), path)
     return path
 
 
-def plot_png(analysis: Analysis, title: Optional[str] = None) -> bytes:
-    """The figure of :func:`plot` as PNG bytes (the CLI writes it with its other outputs)."""
+def plot_png(analysis: Analysis, title: Optional[str] = None, fmt: str = "png") -> bytes:
+    """The figure of :func:`plot` as PNG bytes (or ``fmt``: svg, pdf; the CLI writes it with
+    its other outputs)."""
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -181,5 +200,5 @@ def plot_png(analysis: Analysis, title: Optional[str] = None) -> bytes:
         fig.suptitle(title or a.model, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format=fmt, dpi=120)
     return buf.getvalue()
