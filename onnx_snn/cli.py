@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cross-entropy (default: 1)")
     f.add_argument("--temperature", type=positive_float,
                    help="softmax temperature of the distillation (default: 1)")
+    f.add_argument("--train-initial", action="store_true",
+                   help="also train the neurons' initial membranes (default: they keep the "
+                        "conversion's)")
     f.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -733,7 +736,8 @@ def cmd_finetune(args) -> int:
                          teacher=args.teacher or None,
                          distill=1.0 if args.distill is None else args.distill,
                          temperature=1.0 if args.temperature is None else args.temperature,
-                         limit_train=args.limit_train, limit_test=args.limit_test)
+                         limit_train=args.limit_train, limit_test=args.limit_test,
+                         train_initial=args.train_initial)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher

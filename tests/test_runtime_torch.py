@@ -302,6 +302,35 @@ def test_gradients_reach_weights_thresholds_and_leaks():
     assert not any(isinstance(b, torch.nn.Parameter) for b in net.buffers())
 
 
+def test_initial_membranes_train_only_when_asked_and_are_written_back(tmp_path):
+    """train_initial: every site's v_init is a parameter that gets a gradient, and the file
+    written back holds the trained values (initializer and metadata), which onnxruntime runs
+    as torch does; without it v_init is a buffer, as the file has it."""
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    plain = SpikingNetwork(snn.model)
+    assert not any(n.endswith(".v_init") for n in plain._trainable)
+    net = SpikingNetwork(snn.model, train_initial=True).train()
+    names = [f"lif{i}.v_init" for i in range(3)]
+    assert all(n in net._trainable for n in names)
+    assert all(any(p is net.tensor(n) for p in net.parameter_groups()["neurons"]) for n in names)
+    out = net(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(out, torch.zeros(16, dtype=torch.long)).backward()
+    assert all(net.tensor(n).grad is not None and net.tensor(n).grad.abs().sum() > 0
+               for n in names)
+    with torch.no_grad():
+        net.tensor("lif1.v_init").add_(0.125)
+    path = tmp_path / "t.snn.onnx"
+    net.to_onnx(path, history={"note": "test"})
+    m = onnx.load(str(path))
+    want = np.asarray(snn.records["lif1"].v_init, np.float32) + 0.125
+    np.testing.assert_allclose(F.read_spiking(m).param("lif1", "v_init").reshape(-1), want, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(F.read_info(m).site("lif1").v_init).reshape(-1), want, rtol=1e-6)
+    with torch.no_grad():
+        y = net.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(run(m, x).outputs[0] - y).max() <= 1e-5
+
+
 def test_leak_is_clamped_to_one():
     x = B.rand_input(8)
     net = SpikingNetwork(onnx_snn.convert(B.vgg(13, "clip"), x, show_progress=False).model)

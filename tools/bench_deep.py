@@ -156,7 +156,7 @@ def job_cost(net: str) -> dict:
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
                  lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
-                 batch: Optional[int] = None) -> dict:
+                 batch: Optional[int] = None, initial: bool = False) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -172,14 +172,14 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
                              **({} if lr is None else {"lr": lr}),
                              **({} if batch is None else {"batch_size": batch}),
                              **({"teacher": "auto"} if teacher else {}),
-                             initial_eval=False)
+                             train_initial=initial, initial_eval=False)
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "batch_size": cfg.batch_size,
-            "signed_spikes": signed,
+            "signed_spikes": signed, "train_initial": initial,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
@@ -210,7 +210,8 @@ def _table(result: dict) -> str:
                          + (f", batch {ft['batch_size']}" if "batch_size" in ft else "")
                          + (f", distilled from {ft['teacher']}" if ft.get("teacher") else
                             ", labels only" if "teacher" in ft else "")
-                         + (", signed neurons" if ft.get("signed_spikes") else "") + ": "
+                         + (", signed neurons" if ft.get("signed_spikes") else "")
+                         + (", initial membranes trained" if ft.get("train_initial") else "") + ": "
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
@@ -242,6 +243,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-signed", action="store_true",
                    help="the SGL epoch from the conversion with signed neurons "
                         "(convert --signed-spikes), not the default's")
+    p.add_argument("--finetune-initial", action="store_true",
+                   help="the SGL epoch trains the neurons' initial membranes too "
+                        "(finetune --train-initial)")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
-                    teacher=int, signed=int)
+                    teacher=int, signed=int, initial=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -270,11 +274,14 @@ def main(argv=None) -> int:
             print_result(job_cost(args._net))
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
-                                      bool(args._teacher), bool(args._signed), args._batch))
+                                      bool(args._teacher), bool(args._signed), args._batch,
+                                      bool(args._initial)))
         return 0
 
-    if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed):
-        p.error("--no-finetune excludes --finetune-only, --finetune-teacher and --finetune-signed")
+    if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed
+                             or args.finetune_initial):
+        p.error("--no-finetune excludes --finetune-only, --finetune-teacher, --finetune-signed "
+                "and --finetune-initial")
     if args.finetune_only and args.methods:
         p.error("--finetune-only runs no conversion table: drop --methods")
     if args.finetune_lr is not None and not args.finetune_lr > 0:
@@ -313,7 +320,8 @@ def main(argv=None) -> int:
                                        **({} if args.finetune_batch is None else
                                           {"batch": args.finetune_batch}),
                                        **({"teacher": 1} if args.finetune_teacher else {}),
-                                       **({"signed": 1} if args.finetune_signed else {})})
+                                       **({"signed": 1} if args.finetune_signed else {}),
+                                       **({"initial": 1} if args.finetune_initial else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

@@ -86,6 +86,8 @@ class FinetuneConfig:
     #: with a teacher, the loss is distill * KL(teacher || student) + (1 - distill) * CE
     distill: float = 1.0
     temperature: float = 1.0                 # of the softmaxes the KL compares
+    #: train the neurons' initial membranes (v_init) too; off: they keep the conversion's
+    train_initial: bool = False
 
     def __post_init__(self):
         """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
@@ -377,7 +379,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if fixed and len(train) < fixed * world:
         raise DataError(f"{train.name}: {len(train)} training samples, fewer than one batch of "
                         f"the model's fixed batch size ({fixed}){' per process' if world > 1 else ''}")
-    net = SpikingNetwork(model, surrogate=cfg.surrogate).to(device)
+    net = SpikingNetwork(model, surrogate=cfg.surrogate,
+                         train_initial=cfg.train_initial).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
         raw = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
@@ -403,6 +406,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     run_settings = {"model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
                     "lr": cfg.lr, "batch_size": batch_size, "weight_decay": cfg.weight_decay,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
+                    "train_initial": bool(cfg.train_initial),
                     "train_data": train.name, "test_data": test.name,
                     "limit_train": cfg.limit_train, "limit_test": cfg.limit_test}
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
@@ -578,6 +582,8 @@ def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
          "optimizer": "adam-amsgrad", "weight_decay": cfg.weight_decay,
          "surrogate": cfg.surrogate, "augment": bool(augment),
          "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
+    if cfg.train_initial:
+        h["train_initial"] = True
     if teacher is not None:
         h.update(teacher=os.path.basename(teacher.path), teacher_is_source=teacher.is_source,
                  distill=cfg.distill, temperature=cfg.temperature)
@@ -659,7 +665,8 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
     names = {"model_sha256": "the model (sha256)", "lr": "--lr", "batch_size": "--batch-size",
              "weight_decay": "--weight-decay", "surrogate": "--surrogate", "augment": "--augment",
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
-             "limit_train": "--limit-train", "limit_test": "--limit-test"}
+             "limit_train": "--limit-train", "limit_test": "--limit-test",
+             "train_initial": "--train-initial"}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
             if k in names and was[k] != now.get(k)]
     if diff:

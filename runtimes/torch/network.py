@@ -72,9 +72,11 @@ class SpikingNetwork(nn.Module):
 
     def __init__(self, model: onnx.ModelProto, train_thresholds: bool = True,
                  train_leaks: bool = True, train_amplitudes: bool = True,
-                 surrogate: str = DEFAULT_SURROGATE):
+                 surrogate: str = DEFAULT_SURROGATE, train_initial: bool = False):
         """``surrogate``: the spike's surrogate gradient, ``sigmoid`` or the paper's
-        ``rectangle`` (see :mod:`onnx_snn.runtimes.torch.neuron`)."""
+        ``rectangle`` (see :mod:`onnx_snn.runtimes.torch.neuron`). ``train_initial``: the
+        neurons' initial membranes (``v_init``) are trained too (else they keep the
+        conversion's)."""
         super().__init__()
         if surrogate not in SURROGATES:
             raise UsageError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
@@ -100,6 +102,8 @@ class SpikingNetwork(nn.Module):
                 frozen.add(fmt.param_name(s.name, "leak"))
             if not train_amplitudes:
                 frozen.add(fmt.param_name(s.name, "amplitude"))
+            if not train_initial:
+                frozen.add(fmt.param_name(s.name, "v_init"))
         self._register_initializers(model, frozen)
         self.dropout = {d["tensor"]: float(d["ratio"]) for d in self.info.dropout}
         self.last_spikes: Dict[str, torch.Tensor] = {}
@@ -147,8 +151,9 @@ class SpikingNetwork(nn.Module):
                 n.attrs["_n_outputs"] = len(n.outputs)
 
     def _neuron_params(self) -> Dict[str, str]:
-        """Trainable neuron parameter name -> its kind (threshold, amplitude, leak)."""
-        return {fmt.param_name(s.name, p): p for s in self.sites for p in fmt.NEURON_PARAMS}
+        """Trainable neuron parameter name -> its kind (threshold, amplitude, leak, v_init)."""
+        return {fmt.param_name(s.name, p): p for s in self.sites
+                for p in fmt.NEURON_PARAMS + ("v_init",)}
 
     def _register_initializers(self, model, frozen):
         used_as_weight = set()
@@ -321,6 +326,8 @@ class SpikingNetwork(nn.Module):
             th, amp, leak = (value(s["name"], p) for p in fmt.NEURON_PARAMS)
             s.update(threshold=th, amplitude=amp, leak=leak, alpha=ratio(th, s["mu"]),
                      beta=ratio(amp, s["mu"]))
+            if fmt.param_name(s["name"], "v_init") in self._trainable:
+                s["v_init"] = value(s["name"], "v_init")
         hist = json.loads(meta.get(fmt.META_HISTORY, "[]"))
         if history is not None:
             hist.append({"step": "finetune",
