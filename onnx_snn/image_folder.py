@@ -55,14 +55,17 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
     return sorted(out)
 
 
-def class_folders(folder: Path) -> List[Path]:
+def class_folders(folder: Path, with_empty: bool = False) -> List[Path]:
     """The subfolders of ``folder`` that hold images (in them or below), sorted by name (one
-    per class); hidden ones left out."""
+    per class); hidden ones left out. ``with_empty``: when any does, every visible subfolder,
+    empty ones too: a class's label is its place among all of them (a class with no images in
+    this split must not shift the labels of the classes after it)."""
     try:
         subs = sorted(p for p in Path(folder).iterdir() if p.is_dir() and _visible(p))
-        return [s for s in subs if _images(s, recursive=True)]
+        full = [s for s in subs if _images(s, recursive=True)]
     except OSError:
         return []
+    return subs if with_empty and full else full
 
 
 def _split_folders(root: Path) -> dict:
@@ -112,8 +115,13 @@ def _fit(img, width: int, height: int):
         return img
     s = max(width / w, height / h)
     nw, nh = max(width, round(w * s)), max(height, round(h * s))
-    img = img.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - width) // 2, (nh - height) // 2
+    if nw * nh > 4 * width * height:
+        # a very elongated image: resize only the part the crop keeps (the whole of a
+        # 1 x 1 000 000 image brought to 16 rows would be 16 000 000 wide: 1.7 GB)
+        return img.resize((width, height), Image.BILINEAR,
+                          box=(left / s, top / s, (left + width) / s, (top + height) / s))
+    img = img.resize((nw, nh), Image.BILINEAR)
     return img.crop((left, top, left + width, top + height))
 
 
@@ -144,7 +152,8 @@ def load_image_folder(path, split: Optional[str] = None,
                             f"{next(iter(splits.values()))}")
         folder, name = splits[want], f"{path}:{want}"
     # the classes of every split, so that a class missing from one split shifts no label
-    names = sorted({c.name for d in (list(splits.values()) or [folder]) for c in class_folders(d)})
+    names = sorted({c.name for d in (list(splits.values()) or [folder])
+                    for c in class_folders(d, with_empty=True)})
     classes = [folder / c for c in names]
     files = [(f, i) for i, c in enumerate(classes) if c.is_dir()
              for f in _images(c, recursive=True)] if classes else \

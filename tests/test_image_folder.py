@@ -181,3 +181,35 @@ def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
     part = load_image_folder(root, "train", (1, None, None), take=(4, 0))
     assert whole.x.shape[2:] == part.x.shape[2:] == (8, 10)
     np.testing.assert_array_equal(part.x, whole.take(4, 0).x)
+
+
+def test_an_empty_class_folder_keeps_the_labels_of_the_classes_after_it(tmp_path):
+    """Labels are the places of the class folders in sorted order, empty ones included: a
+    class with no images (in this split, or at all) shifts no other class's label."""
+    rng = np.random.default_rng(2)
+    for c in ("c0", "c2", "c3"):
+        _save(tmp_path / "flat" / c / "0.png", rng.random((8, 8)))
+    (tmp_path / "flat" / "c1").mkdir()
+    (tmp_path / "flat" / "c1" / "notes.txt").write_text("no images")   # not an image either
+    assert load_image_folder(tmp_path / "flat", None, (1, 8, 8)).y.tolist() == [0, 2, 3]
+    for split, classes in (("train", ("c0", "c1", "c2")), ("val", ("c2",))):
+        for c in classes:
+            _save(tmp_path / "split" / split / c / "0.png", rng.random((8, 8)))
+    (tmp_path / "split" / "val" / "c0").mkdir()
+    assert load_image_folder(tmp_path / "split", "test", (1, 8, 8)).y.tolist() == [2]
+    assert load_image_folder(tmp_path / "split" / "val", None, (1, 8, 8)).y.tolist() == [1]
+
+
+def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):
+    """A 1 x 100 000 image for a 16 x 16 input: only the kept middle is resized (the whole
+    image scaled to cover 16 rows would be 1.6 M pixels wide); it reads as that middle."""
+    a = np.linspace(0, 255, 100_000).round().astype(np.uint8)[None]   # a ramp: 0.5 mid-way
+    (tmp_path / "u").mkdir()
+    Image.fromarray(a).save(tmp_path / "u" / "long.png")
+    sizes = []
+    real = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda self, size, *a, **k: sizes.append(size) or real(self, size, *a, **k))
+    ds = load_image_folder(tmp_path / "u", None, (1, 16, 16))
+    assert ds.x.shape == (1, 1, 16, 16) and max(w * h for w, h in sizes) <= 16 * 16
+    assert np.abs(ds.x - 0.5).max() < 0.01                    # the middle, not the start
