@@ -655,6 +655,16 @@ cli("ft_labels_out_of_range", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") 
     setup=npzsave("z.npz", x=B.rand_input(4), y=np.array([0, 1, 42, 3])))
 cli("ft_labels_nan", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", x=B.rand_input(4), y=np.array([0, 1, np.nan, 3])))
+def _nan_at(n, i):
+    x = B.rand_input(n)
+    x[i, 0, 3, 3] = np.nan
+    return x
+
+
+cli("ft_nan_in_a_late_sample", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
+    setup=npzsave("z.npz", x=_nan_at(8, 6), y=np.arange(8)), needle="first is sample 6")
+cli("ft_nan_in_test_data", "data", FT + " --test-data {ws}/z.npz -o {ws}/t.onnx", 5,
+    setup=npzsave("z.npz", x=_nan_at(8, 5), y=np.arange(8)), needle="NaN/Inf")
 cli("ft_unlabeled", "data", FT.replace("{ws}/test.npz", "{ws}/calib.npy") + " -o {ws}/t.onnx", 5)
 cli("calib_text_file", "data", "convert {ws}/model.onnx --calib {ws}/t.npy -o {ws}/o.onnx", 5,
     setup=write("t.npy", b"just some text"))

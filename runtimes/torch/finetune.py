@@ -244,9 +244,24 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
     if isinstance(ds.x, dict):   # a .npz with one array per model input, named after it
         validate_feeds(_specs(view), {k: v[:2] for k, v in ds.x.items()}, f"{ds.name} data",
                        samples=len(ds))
+        _all_finite(ds.x, ds.name)
         ds = Dataset(ds.name, next(iter(ds.x.values())), ds.y, ds.preprocessed, ds.preprocess)
+    # the shapes and types from two samples (no converted copy of the whole set); NaN/Inf
+    # anywhere (a NaN in sample 100 made training diverge, blamed on the lr, exit 7)
     validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data", samples=len(ds.x))
+    _all_finite({"x": ds.x}, ds.name)
     return ds
+
+
+def _all_finite(arrays: dict, name: str) -> None:
+    """Every float sample finite, else a DataError naming the data and the first bad sample."""
+    for k, v in arrays.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            bad = ~np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+            if bad.any():
+                what = "" if len(arrays) == 1 else f" (input {k!r})"
+                raise DataError(f"{name}{what}: {int(bad.sum())} samples hold NaN/Inf values, the "
+                                f"first is sample {int(np.argmax(bad))}; clean the data before use")
 
 
 def first_scores(out):
