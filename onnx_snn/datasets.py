@@ -132,12 +132,16 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     if zero != 0 or dtype_code not in dtypes:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX file (its header names {ndim} dimensions, "
+                        f"{header} bytes, but the file has {len(data)}); download it again")
     shape = struct.unpack(">" + "I" * ndim, data[4:header])
     dtype = np.dtype(dtypes[dtype_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DataError(f"{path}: truncated IDX file ({len(data) - header} of {expected} "
-                        "bytes); download it again")
+        what = "truncated" if len(data) - header < expected else "damaged"
+        raise DataError(f"{path}: {what} IDX file ({len(data) - header} bytes of data for "
+                        f"shape {list(shape)}: {expected}); download it again")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -189,8 +193,11 @@ def load_idx_dataset(name: str, split: str = "test", data_dir=None, download: bo
     labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte", hint))
     if images.ndim != 3 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
+    if images.dtype != np.uint8:
+        raise DataError(f"{folder}: {prefix} images of type {images.dtype}; {name}'s IDX files "
+                        "hold bytes (0-255)")
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
-    return Dataset(f"{name}:{split}", x, labels.astype(np.int64))
+    return Dataset(f"{name}:{split}", x, check_labels(labels, len(labels), f"{folder}: {prefix} labels"))
 
 
 def load_fashion_mnist(split: str = "test", data_dir=None) -> Dataset:
@@ -256,19 +263,37 @@ def load_cifar(name: str, split: str = "test", data_dir=None, download: bool = F
                         + CIFAR_HINT.format(archive=archive))
     xs, ys = [], []
     for fname in (train_files if split == "train" else test_files):
-        batch = _unpickle(folder / fname)
-        if b"data" not in batch or label_key not in batch:
-            raise DataError(f"{folder / fname}: not a {name} batch (keys {sorted(batch)[:4]})")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072:
-            raise DataError(f"{folder / fname}: expected rows of 3072 bytes, got {data.shape}")
+        data, labels = _cifar_batch(folder / fname, name, label_key)
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        ys.append(labels)
     x = np.concatenate(xs).astype(np.float32) / 255.0
     y = np.concatenate(ys)
     if len(x) != len(y):
         raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
     return Dataset(f"{name}:{split}", x, y)
+
+
+def _cifar_batch(path: Path, name: str, label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
+    """One CIFAR batch file's (data [N, 3072] uint8, labels [N] int64), checked: a dict with
+    the data (bytes 0-255) and one class index per row, else a DataError naming the file."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a {name} batch (a pickled {type(batch).__name__}, not a dict)")
+    if b"data" not in batch or label_key not in batch:
+        keys = sorted(repr(k) for k in batch)[:4]
+        raise DataError(f"{path}: not a {name} batch (keys {', '.join(keys)}; expected "
+                        f"b'data' and {label_key!r})")
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[label_key])
+    except Exception as e:
+        raise DataError(f"{path}: unreadable {name} batch ({e})") from None
+    if data.dtype.kind not in "iu" or data.ndim != 2 or data.shape[1] != 3072 \
+            or (data.size and (data.min() < 0 or data.max() > 255)):
+        raise DataError(f"{path}: expected rows of 3072 bytes (uint8), got "
+                        f"{data.dtype} of shape {list(data.shape)}")
+    labels = check_labels(labels, len(data), str(path))
+    return data.astype(np.uint8), labels
 
 
 def _download_cifar(name: str, root: Path) -> Path:  # pragma: no cover - needs internet

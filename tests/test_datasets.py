@@ -238,3 +238,58 @@ def test_preprocess():
 def test_real_fashion_mnist(fmnist_test):
     assert fmnist_test.x.shape == (10000, 1, 28, 28)
     assert np.bincount(fmnist_test.y).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("content,match", [
+    (7, "a pickled int, not a dict"),
+    (np.zeros(3), "a pickled ndarray, not a dict"),
+    ({"data": 1, b"labels": 2}, "keys"),                                     # str and bytes keys
+    ({b"data": None, b"labels": [0]}, "rows of 3072 bytes"),
+    ({b"data": "text", b"labels": [0]}, "rows of 3072 bytes"),
+    ({b"data": np.full((2, 3072), 300.0), b"labels": [0, 1]}, "rows of 3072 bytes"),  # not bytes
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]}, "not class indices"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": None}, "not class indices"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -3]}, "negative|-3"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 2.7]}, "whole"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "2 inputs but 3 labels"),
+])
+def test_a_damaged_cifar_batch_is_named(tmp_path, content, match):
+    """Every way a CIFAR batch file can hold the wrong thing is a DataError naming it."""
+    make_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(path, "wb") as fh:
+        pickle.dump(content, fh)
+    with pytest.raises(DataError, match=match) as e:
+        load_cifar("cifar10", data_dir=tmp_path)
+    assert "test_batch" in str(e.value)
+
+
+def test_damaged_idx_files_are_named(tmp_path):
+    """A header longer than the file, bytes beyond the data, labels that are not class
+    indices and images that are not bytes: each a DataError naming the file or folder."""
+    import gzip
+    import struct
+    (tmp_path / "h").write_bytes(struct.pack(">HBB", 0, 0x08, 200) + b"\0" * 12)
+    with pytest.raises(DataError, match="header names 200 dimensions"):
+        read_idx(tmp_path / "h")
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", arr)
+    (tmp_path / "b").write_bytes((tmp_path / "a").read_bytes() + b"\0\0")     # plain files
+    with pytest.raises(DataError, match="damaged IDX file"):
+        read_idx(tmp_path / "b")
+
+    def idx(path, a, code):
+        with gzip.open(path, "wb") as f:
+            f.write(struct.pack(">HBB", 0, code, a.ndim) + struct.pack(">" + "I" * a.ndim, *a.shape)
+                    + a.tobytes())
+    for labels, code, match in ((np.array([0, -1] * 10, ">i1"), 0x09, "negative|-1"),
+                                (np.array([0, 2.7] * 10, ">f4"), 0x0D, "whole")):
+        (tmp_path / "fm").mkdir(exist_ok=True)
+        make_fmnist(tmp_path / "fm")
+        idx(tmp_path / "fm" / "t10k-labels-idx1-ubyte.gz", labels, code)
+        with pytest.raises(DataError, match=match):
+            load_dataset("fashion-mnist", data_dir=tmp_path / "fm")
+    make_fmnist(tmp_path / "fm")
+    idx(tmp_path / "fm" / "t10k-images-idx3-ubyte.gz", np.full((20, 28, 28), 900.0, ">f4"), 0x0D)
+    with pytest.raises(DataError, match="hold bytes"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "fm")
