@@ -264,7 +264,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _temp_prefix(name: str) -> str:
     """The prefix of a temporary file beside ``name`` (short enough for any file name)."""
-    return "." + (name if len(name.encode()) <= 120 else name[:60]) + "."
+    # os.fsencode: a name with bytes that are not UTF-8 (kept as surrogates) has its own
+    return "." + (name if len(os.fsencode(name)) <= 120 else name[:60]) + "."
 
 
 def _name_max(folder: Path) -> int:

@@ -121,3 +121,19 @@ def test_check_finite_weights_follows_casts_and_reads_bfloat16():
     m.graph.node[0].input[0] = "wb"
     with pytest.raises(ModelLoadError, match="weight 'wb' .* holds 1 NaN"):
         check_finite_weights(m, "m")
+
+
+def test_an_output_name_that_is_not_utf8_is_written(tmp_path):
+    """A file name with bytes that are not UTF-8 (Python holds them as surrogates) is written
+    under that very name, atomically (the temporary file's prefix measured it with
+    str.encode(), which raised UnicodeEncodeError: a traceback, exit 1)."""
+    from onnx_snn.cli import main
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname.snn.onnx")
+    x = B.rand_input(16)
+    np.save(tmp_path / "c.npy", x)
+    onnx.save(B.vgg(13, "clip"), str(tmp_path / "m.onnx"))
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                 "--method", "datta", "-o", out]) == 0
+    assert sorted(os.listdir(os.fsencode(str(tmp_path)))) == [b"bad\xffname.snn.onnx", b"c.npy",
+                                                              b"m.onnx"]
+    assert load_model(out).graph.node
