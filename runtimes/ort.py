@@ -16,7 +16,8 @@ import onnx
 
 from onnx_snn.calibrate import make_session
 
-from onnx_snn.errors import DataError, UnsupportedModelError, first_line, is_onnxruntime_error
+from onnx_snn.errors import (DataError, UnsupportedModelError, UsageError, first_line,
+                             is_onnxruntime_error)
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import load_model
 from onnx_snn.spiking import format as fmt
@@ -80,7 +81,7 @@ class ModelRunner:
         info = fmt.read_info(self.model, where) if self.spiking else None
         self.deploy = self.spiking and info.graph == fmt.GRAPH_DEPLOY
         if self.deploy and per_step:
-            raise DataError(f"{where}: a deploy graph runs its fixed T={info.timesteps} only; "
+            raise UsageError(f"{where}: a deploy graph runs its fixed T={info.timesteps} only; "
                             "to study other T, evaluate the spiking model it was made from")
         self.view = fmt.read_spiking(self.model, where) if self.spiking and not self.deploy else None
         self.info = info
@@ -125,7 +126,7 @@ class ModelRunner:
             return self._run_steps(feeds, T)
         if self.deploy:
             if T != self.info.timesteps:
-                raise DataError(f"{self.path or 'model'}: a deploy graph runs T={self.info.timesteps} "
+                raise UsageError(f"{self.path or 'model'}: a deploy graph runs T={self.info.timesteps} "
                                 f"only (asked for T={T}); make one for T={T} with "
                                 f"`onnx-snn deploy -T {T}` from the spiking model")
             names = list(self.deploy_spikes.values())

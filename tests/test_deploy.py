@@ -17,7 +17,7 @@ from onnx import numpy_helper
 import builders as B
 import onnx_snn
 from onnx_snn.evaluate import evaluate_prefixes
-from onnx_snn.errors import DataError, DeployGraphError, OutputPathError, UsageError
+from onnx_snn.errors import DeployGraphError, OutputPathError, UsageError
 from onnx_snn.runtimes.ort import ModelRunner, run
 from onnx_snn.spiking import format as F
 from onnx_snn.spiking.deploy import DEPLOY_MAX_TIMESTEPS, deploy, deploy_model
@@ -178,11 +178,11 @@ def test_deploy_metadata_and_runner(x):
     assert F.metadata(dep)[F.META_SPIKE_COUNTS] == "0"
     assert_same(run(snn.model, x, timesteps=3), run(dep, x), counts=False)
     r = ModelRunner(dep)
-    with pytest.raises(DataError, match="runs T=3 only"):
+    with pytest.raises(UsageError, match="runs T=3 only"):
         r.run(r.validate(x), timesteps=2)
-    with pytest.raises(DataError, match="fixed T=3"):
+    with pytest.raises(UsageError, match="fixed T=3"):
         ModelRunner(dep, per_step=True)
-    with pytest.raises(DataError, match="fixed T=3"):
+    with pytest.raises(UsageError, match="fixed T=3"):
         evaluate_prefixes(dep, (x, np.zeros(len(x), np.int64)), [1, 3])
     res = onnx_snn.evaluate(dep, (x, np.zeros(len(x), np.int64)))
     assert res.timesteps == 3 and res.sites == {} and res.mean_rate is None
