@@ -529,11 +529,12 @@ def named_dataset(spec) -> Optional[str]:
 
 
 def split_spec(spec) -> Tuple[str, Optional[str]]:
-    """(path, split) of ``PATH:train`` / ``PATH:test``, the split a user chose of a
+    """(path, split) of ``PATH:train`` / ``PATH:test`` (``:val``: test), the split a user chose of a
     Keras-style .npz or of a folder of images with split folders, when that file or folder
     exists; (spec, None) otherwise."""
     from .image_folder import is_image_folder
     path, sep, split = str(spec).rpartition(":")
+    split = "test" if split == "val" else split     # a folder's val/ is its test split
     if sep and split in ("train", "test") and (
             (path.endswith(".npz") and Path(path).is_file()) or is_image_folder(path)):
         return path, split
@@ -594,9 +595,13 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         if key in _IDX:
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
-    from .image_folder import is_image_folder, load_image_folder
+    from .image_folder import is_image_folder, load_image_folder, split_names
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
     if is_image_folder(path):
+        if chosen and not split_names(path):
+            raise DataError(f"{spec}: {path} has no split folders (train/, test/ or val/ with "
+                            f"class folders) to take :{chosen} from; pass the folder without "
+                            "it to read all its images")
         return load_image_folder(path, chosen or split, image_shape, take=take)
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
         return load_array_file(path, chosen or split)

@@ -213,3 +213,12 @@ def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeyp
     ds = load_image_folder(tmp_path / "u", None, (1, 16, 16))
     assert ds.x.shape == (1, 1, 16, 16) and max(w * h for w, h in sizes) <= 16 * 16
     assert np.abs(ds.x - 0.5).max() < 0.01                    # the middle, not the start
+
+
+def test_a_folders_val_split_is_its_test_split_and_a_split_needs_split_folders(folder, tmp_path):
+    root, _ = folder
+    val = load_dataset(f"{root}:val", image_shape=(1, 12, 12))
+    np.testing.assert_array_equal(val.x, load_dataset(f"{root}:test", image_shape=(1, 12, 12)).x)
+    with pytest.raises(DataError, match="no split folders"):
+        load_dataset(f"{root / 'train'}:train", image_shape=(1, 12, 12))
+    assert len(load_dataset(str(root / "train"), split="train", image_shape=(1, 12, 12))) == 12

@@ -700,6 +700,8 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     p = run_cli(*args, "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
     assert p.returncode == 2 and "--lr 0.001 -> 0.02" in p.stderr and "--limit-test 64 -> 32" \
         in p.stderr, p.stderr
+    p = run_cli(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
+    assert p.returncode == 2 and "--train-initial False -> True" in p.stderr, p.stderr
     other = tmp_path / "other.snn.onnx"
     m = onnx.load(str(fmnist_snn))
     m.producer_version = "other"

@@ -461,6 +461,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as e:  # not a checkpoint
+            raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
+                                 f"({_first_lines(e)}); delete it, or run without --resume") from None
+        if isinstance(state, dict):    # a run's own settings first: the clearest reason
+            _check_resumed_run(state.get("run"), run_settings, ckpt_path)
+        try:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -470,12 +476,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             torch.set_rng_state(state["rng"])
             gen_state = state.get("augment_rng")
             resumed_after = start_epoch
-        except Exception as e:  # not a checkpoint, or one of another model / run
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model ({msg}); "
-                                 "delete it, or run without --resume") from None
+        except Exception as e:  # one of another model / run
+            raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
+                                 f"({_first_lines(e)}); delete it, or run without --resume") from None
         _check_resumed_teacher(state, teacher_settings, ckpt_path)
-        _check_resumed_run(state.get("run"), run_settings, ckpt_path)
         if state.get("timesteps") not in (None, T):   # its best top-1 was measured at that T
             raise UsageError(f"{ckpt_path}: this run trained at T={state['timesteps']}, and would "
                              f"resume at T={T}; pass -T {state['timesteps']}, or start over "
@@ -670,6 +674,14 @@ def _describe(settings: Optional[dict]) -> str:
         return "on the labels alone (no teacher)"
     return (f"distilling from {settings['name']} (sha256 {settings['sha256'][:12]}), distill "
             f"{settings['distill']:g}, temperature {settings['temperature']:g}")
+
+
+def _first_lines(e: Exception, limit: int = 300) -> str:
+    """An exception's message on one line: its first lines joined (torch's state-dict errors
+    say what is wrong on the lines after 'Error(s) in loading state_dict')."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
+    text = " ".join(lines[:4])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
