@@ -676,13 +676,15 @@ def test_layers_behind_ops_that_only_move_spikes_accumulate_them(op):
     ("Add", "spikes", {"lif0", "lif1"}),           # a sum of two sites' spikes: both
     ("Sub", "spikes", {"lif0", "lif1"}),
     ("Sum3", "spikes", {"lif0", "lif1"}),
-    ("AddConst", "analog", set()),                 # a shift is not a spike
+    ("AddConst", "spikes", {"lif0"}),              # a shift: W c joins the next bias, once
+    ("SubFromConst", "spikes", {"lif0"}),
     ("AddInput", "analog", set()),                 # spikes plus the analog image
 ])
 def test_layers_behind_negated_or_summed_spikes(combine, mode, sources):
-    """A converted model whose second layer reads -a, a + b, a - b or a + b + a of two
-    sites' spikes accumulates them (each source at its own rate, the sum's shares 1 each);
-    a spike train shifted by a constant or added to the analog input is analog."""
+    """A converted model whose second layer reads -a, a + b, a - b, a + b + a of two sites'
+    spikes, or a + c, c - a with a constant c, accumulates them (each source at its own rate,
+    the sum's shares 1 each; W c is a constant of its bias); spikes added to the analog input
+    are analog."""
     rng = np.random.default_rng(0)
     w = lambda n, *s: nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)  # noqa: E731
     nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4),
@@ -694,6 +696,7 @@ def test_layers_behind_negated_or_summed_spikes(combine, mode, sources):
                   "Sub": h.make_node("Sub", ["a", "b"], ["m"]),
                   "Sum3": h.make_node("Sum", ["a", "b", "a"], ["m"]),
                   "AddConst": h.make_node("Add", ["a", "shift"], ["m"]),
+                  "SubFromConst": h.make_node("Sub", ["shift", "a"], ["m"]),
                   "AddInput": h.make_node("Add", ["a", "x"], ["m"])}[combine])
     nodes += [h.make_node("Conv", ["m", "w2"], ["c2"], kernel_shape=[1, 1], name="after"),
               h.make_node("GlobalAveragePool", ["c2"], ["g"]),
@@ -714,7 +717,8 @@ def test_layers_behind_negated_or_summed_spikes(combine, mode, sources):
     mix = after.source_mix or {after.source_site: 1.0}
     assert set(mix) == sources
     shares = {"Neg": {"lif0": 1}, "Add": {"lif0": 1, "lif1": 1}, "Sub": {"lif0": 1, "lif1": 1},
-              "Sum3": {"lif0": 2, "lif1": 1}}[combine]
+              "Sum3": {"lif0": 2, "lif1": 1}, "AddConst": {"lif0": 1},
+              "SubFromConst": {"lif0": 1}}[combine]
     assert mix == pytest.approx(shares)
     want = after.dnn_flops * sum(k * rates[s] for s, k in shares.items())
     assert after.snn_macs == 0 and after.snn_acs == pytest.approx(want)

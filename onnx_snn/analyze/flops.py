@@ -37,8 +37,9 @@ outputs depends on them. The loop form and the step form flatten to the same gra
 layer's data input through ops that move or select spikes without turning them into
 analog values (``PASS_THROUGH``: pooling, ReduceMean/ReduceSum, Flatten, Reshape, Transpose, (Un)Squeeze, Pad,
 Slice, Split, Gather, GatherND, DepthToSpace, SpaceToDepth, Tile, Expand, Identity, Dropout,
-Cast, Concat, Resize, Neg, Mul/Div by a constant, and sums of spike trains alone: Add, Sub,
-Sum, each source charged at its own rate) until the
+Cast, Concat, Resize, Neg, Mul/Div by a constant, and sums of spike trains and constants:
+Add, Sub, Sum, each source charged at its own rate, a constant term a part of the bias) until
+the
 output of a neuron is reached. For ``Concat`` the inputs are searched in order and the
 first site found is taken; ``source_mix`` then gives each source's share of the
 concatenated elements (a DenseNet or Inception layer reads several sites, or spikes and an

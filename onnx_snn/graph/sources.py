@@ -20,9 +20,9 @@ PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", 
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
                 "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize", "Gather",
                 "GatherND", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Neg")
-#: sums: a sum of spike trains only (no constant, no analog term) still arrives as spikes,
-#: each source at its own rate (a layer after it accumulates every source's spikes: it is
-#: linear, W(a + b) = Wa + Wb); with an analog term it is analog
+#: sums: a sum of spike trains (and constants) still arrives as spikes, each source at its
+#: own rate (a layer after it accumulates every source's spikes: it is linear, W(a + b + c) =
+#: Wa + Wb + Wc, and Wc a constant it adds to its bias once); with an analog term it is analog
 SUMS = ("Add", "Sub", "Sum")
 
 
@@ -98,10 +98,11 @@ def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
                     sizes = [1] * len(ins)
                 nxt = [(i, w * z / sum(sizes)) for i, z in zip(ins, sizes)]
             elif node.op_type in SUMS:
-                ins = [i for i in node.input if i]
-                leaves = [] if any(i in constant for i in ins) else \
-                    [leaf for i in ins for leaf in _sources(i, producers, sites, constant, shapes,
-                                                            pools, sums)]
+                # a constant term adds the same to every step: the layer after folds W c into
+                # its bias, once; the data terms must all be spikes
+                ins = [i for i in node.input if i and i not in constant]
+                leaves = [leaf for i in ins for leaf in _sources(i, producers, sites, constant,
+                                                                 shapes, pools, sums)]
                 if leaves and all(k for k, _, _ in leaves):     # spikes only
                     for k, v, p in leaves:
                         yield k, w * v, p or via
