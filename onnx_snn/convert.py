@@ -139,7 +139,11 @@ def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
 
 @dataclass
 class SpikingModel:
-    """A converted network: the single-call ONNX model plus what produced it."""
+    """A converted network: the single-call ONNX model plus what produced it.
+
+    ``normalized`` is the DNN the spiking model was built from: after the ``refined``
+    method's weight calibration its layers hold the refitted weights (fitted to spiking
+    inputs), so it is not the source DNN; take that from :func:`prepare` (or the file)."""
 
     model: onnx.ModelProto
     normalized: NormalizedModel
