@@ -776,8 +776,8 @@ def cmd_analyze(args) -> int:
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
                              (args.json, "--json"), (args.plot, "--plot"))
+    plot_fmt = plot_format(args.plot) if args.plot is not None else None
     if args.plot is not None:
-        plot_format(args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -820,7 +820,7 @@ def cmd_analyze(args) -> int:
     if args.json is not None:
         items.append((targets[str(args.json)], (result.to_json() + "\n").encode("utf-8")))
     if args.plot is not None:
-        items.append((targets[str(args.plot)], plot_png(result, fmt=plot_format(args.plot))))
+        items.append((targets[str(args.plot)], plot_png(result, fmt=plot_fmt)))
     write_all_atomic(items)
     if args.plot is not None:
         print(f"wrote {args.plot}")

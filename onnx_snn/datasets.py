@@ -671,6 +671,10 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
 
 
 def check_finite(x: np.ndarray, where: str) -> None:
+    """Every value finite, else a DataError with the count and the first sample that holds one."""
     if not np.all(np.isfinite(x)):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise DataError(f"{where}: {bad} NaN/Inf values in the data; clean it before use")
+        ok = np.isfinite(x)
+        bad = int(np.size(x) - np.count_nonzero(ok))
+        first = "" if x.ndim == 0 else \
+            f", the first is sample {int(np.argmin(ok.reshape(len(x), -1).all(axis=1)))}"
+        raise DataError(f"{where}: {bad} NaN/Inf values in the data{first}; clean it before use")

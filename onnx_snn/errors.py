@@ -79,12 +79,14 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, lines: int = 1) -> str:
     """An exception's message as one line for an error message: its first line (its type's
-    name when it has none), without onnxruntime's ``[ONNXRuntimeError] : <n> : `` prefix (and
-    its generic ``FAIL : ``; other status names, INVALID_GRAPH and the like, are kept)."""
+    name when it has none; ``lines``: its first lines joined, for messages that say what is
+    wrong after a heading, as torch's state-dict errors do), without onnxruntime's
+    ``[ONNXRuntimeError] : <n> : `` prefix (and its generic ``FAIL : ``; other status names,
+    INVALID_GRAPH and the like, are kept)."""
     text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
+    line = " ".join(x.strip() for x in text.splitlines()[:lines]) if text else type(e).__name__
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (FAIL : )?", "", line)
 
 

@@ -115,8 +115,9 @@ def eval_batch(requested: Optional[int], info: Optional[fmt.SpikingInfo],
         return int(requested)
     if info is None:
         return DEFAULT_EVAL_BATCH
-    limit = EVAL_BATCH_BYTES if limit is None else limit
-    return max(1, min(DEFAULT_EVAL_BATCH, limit // max(1, sample_bytes(info))))
+    from .calibrate import batch_within
+    return batch_within(DEFAULT_EVAL_BATCH, sample_bytes(info),
+                        EVAL_BATCH_BYTES if limit is None else limit)
 
 
 def available_memory() -> Optional[int]:

@@ -38,10 +38,10 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
                               resolve_data)
-from onnx_snn.datasets import (Dataset, check_preprocess, data_splits, dataset_files,
-                               named_dataset)
+from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
+                               dataset_files, named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
-                             UnsupportedModelError, UsageError)
+                             UnsupportedModelError, UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
@@ -244,24 +244,14 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
     if isinstance(ds.x, dict):   # a .npz with one array per model input, named after it
         validate_feeds(_specs(view), {k: v[:2] for k, v in ds.x.items()}, f"{ds.name} data",
                        samples=len(ds))
-        _all_finite(ds.x, ds.name)
+        for k, v in ds.x.items():
+            check_finite(v, f"{ds.name} data (input {k!r})")
         ds = Dataset(ds.name, next(iter(ds.x.values())), ds.y, ds.preprocessed, ds.preprocess)
     # the shapes and types from two samples (no converted copy of the whole set); NaN/Inf
     # anywhere (a NaN in sample 100 made training diverge, blamed on the lr, exit 7)
     validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data", samples=len(ds.x))
-    _all_finite({"x": ds.x}, ds.name)
+    check_finite(ds.x, f"{ds.name} data")
     return ds
-
-
-def _all_finite(arrays: dict, name: str) -> None:
-    """Every float sample finite, else a DataError naming the data and the first bad sample."""
-    for k, v in arrays.items():
-        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-            bad = ~np.isfinite(v.reshape(len(v), -1)).all(axis=1)
-            if bad.any():
-                what = "" if len(arrays) == 1 else f" (input {k!r})"
-                raise DataError(f"{name}{what}: {int(bad.sum())} samples hold NaN/Inf values, the "
-                                f"first is sample {int(np.argmax(bad))}; clean the data before use")
 
 
 def first_scores(out):
@@ -463,7 +453,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
         except Exception as e:  # not a checkpoint
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
-                                 f"({_first_lines(e)}); delete it, or run without --resume") from None
+                                 f"({first_line(e, 4)[:300]}); delete it, or run without "
+                                 "--resume") from None
         if isinstance(state, dict):    # a run's own settings first: the clearest reason
             _check_resumed_run(state.get("run"), run_settings, ckpt_path)
         try:
@@ -478,7 +469,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             resumed_after = start_epoch
         except Exception as e:  # one of another model / run
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
-                                 f"({_first_lines(e)}); delete it, or run without --resume") from None
+                                 f"({first_line(e, 4)[:300]}); delete it, or run without "
+                                 "--resume") from None
         _check_resumed_teacher(state, teacher_settings, ckpt_path)
         if state.get("timesteps") not in (None, T):   # its best top-1 was measured at that T
             raise UsageError(f"{ckpt_path}: this run trained at T={state['timesteps']}, and would "
@@ -674,14 +666,6 @@ def _describe(settings: Optional[dict]) -> str:
         return "on the labels alone (no teacher)"
     return (f"distilling from {settings['name']} (sha256 {settings['sha256'][:12]}), distill "
             f"{settings['distill']:g}, temperature {settings['temperature']:g}")
-
-
-def _first_lines(e: Exception, limit: int = 300) -> str:
-    """An exception's message on one line: its first lines joined (torch's state-dict errors
-    say what is wrong on the lines after 'Error(s) in loading state_dict')."""
-    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
-    text = " ".join(lines[:4])
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
