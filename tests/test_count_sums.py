@@ -55,15 +55,18 @@ st = hypothesis.strategies
                   seed=st.integers(0, 2 ** 31), scale=st.sampled_from([1e-3, 1.0, 1e3]))
 @hypothesis.settings(max_examples=60, deadline=None)
 def test_sums_equal_the_simulation_property(T, f, seed, scale):
-    """Any currents, any scale; thresholds drawn from the neurons' own breakpoints (and next
-    to them by one float32 step), where float32 rounding decides the spike."""
+    """Any currents, any scale; thresholds drawn from the neurons' own breakpoints
+    ``S_t / (k + 1 - f)``, any ``k < t`` (and next to them by one float32 step), where float32
+    rounding decides the spike."""
     rng = np.random.default_rng(seed)
     n, P = 400, 3
     x = (rng.normal(0.2, 0.7, (T, n)) * scale).astype(np.float32)
     g = rng.integers(0, P, n)
     d = rng.random(n)
     cum = np.cumsum(x.astype(np.float64), axis=0)
-    b = np.abs(cum[rng.integers(0, T, 30), rng.integers(0, n, 30)]) / (1.0 - f) + 1e-9 * scale
+    t = rng.integers(0, T, 30)
+    k = rng.integers(0, t + 1)
+    b = np.abs(cum[t, rng.integers(0, n, 30)]) / (k + 1.0 - f) + 1e-9 * scale
     th = np.concatenate([b, np.nextafter(b.astype(np.float32), np.float32(np.inf)).astype(np.float64),
                          rng.uniform(0.01, 2.0, 10) * scale])[:, None].repeat(P, 1)
     (q2, q1, qk), (xs, ds, gs) = _simulated(x, d, g, th, f)
