@@ -580,6 +580,22 @@ def dataset_files(spec, data_dir=None) -> list:
     return files
 
 
+def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, Optional[str]]]:
+    """(folder, split) when ``spec`` is a folder of images (``FOLDER`` or ``FOLDER:split``;
+    ``split``: the command's own, when the spec names none), else None."""
+    if not isinstance(spec, (str, os.PathLike)) or named_dataset(spec) is not None:
+        return None
+    from .image_folder import is_image_folder, split_names
+    path, chosen = split_spec(spec)
+    if not is_image_folder(path):
+        return None
+    if chosen and not split_names(path):
+        raise DataError(f"{spec}: {path} has no split folders (train/, test/ or val/ with "
+                        f"class folders) to take :{chosen} from; pass the folder without "
+                        "it to read all its images")
+    return path, chosen or split
+
+
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
                  download: bool = False, image_shape=None, take=None) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
@@ -595,14 +611,11 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         if key in _IDX:
             return load_idx_dataset(key, split, data_dir, download)
         return load_cifar(key, split, data_dir, download)
-    from .image_folder import is_image_folder, load_image_folder, split_names
+    from .image_folder import load_image_folder
+    folder = image_folder_spec(spec, split)
+    if folder is not None:
+        return load_image_folder(*folder, image_shape, take=take)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
-    if is_image_folder(path):
-        if chosen and not split_names(path):
-            raise DataError(f"{spec}: {path} has no split folders (train/, test/ or val/ with "
-                            f"class folders) to take :{chosen} from; pass the folder without "
-                            "it to read all its images")
-        return load_image_folder(path, chosen or split, image_shape, take=take)
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
         return load_array_file(path, chosen or split)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "

@@ -5,15 +5,16 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
 from . import json_text
-from .datasets import Dataset, check_inputs, check_labels, check_preprocess
+from .datasets import Dataset, check_inputs, check_labels, check_preprocess, image_folder_spec
 from .errors import DataError, ModelLoadError, UsageError
 from .graph.inputs import PIXELS_255
+from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
                      first_output_kind, ids_to_indices, predicted)
@@ -96,6 +97,9 @@ EVAL_BATCH_BYTES = 2 * 2 ** 30
 #: at once inside the loop body), 33 for the step graph, 11 for the deploy graph
 LOOP_BYTES_PER_NEURON = 48
 DEPLOY_BYTES_PER_NEURON = 12
+#: an image folder is read and evaluated in parts of at most this many bytes of float32
+#: images (ImageNet's 50 000 validation images at 224 x 224 are 28 GiB)
+EVAL_PART_BYTES = 2 ** 29
 
 
 def sample_bytes(info: fmt.SpikingInfo) -> int:
@@ -211,15 +215,17 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess)
-    ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
-                      download=download, specs=runner.specs, take=(limit, None))
-    if limit:
-        ds = ds.take(limit)
-    feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
-    kind = (first_output_kind(runner.model, runner.output_names[0])
-            if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
-    table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
-    n = len(ds)
+    folder = image_folder_spec(data, "test")
+    plan = None
+    if folder is not None:        # read in parts: a folder may hold more than memory does
+        plan = plan_image_folder(*folder, image_shape(runner.specs), take=(limit, None))
+        n = len(plan.files)
+    else:
+        ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
+                          download=download, specs=runner.specs, take=(limit, None))
+        if limit:
+            ds = ds.take(limit)
+        n = len(ds)
     asked, notes = batch_size, []
     batch_size = eval_batch(batch_size, runner.info)
     if runner.fixed_batch:
@@ -230,6 +236,14 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             notes.append(f"evaluated in batches of {batch_size} samples (not "
                          f"{DEFAULT_EVAL_BATCH}), so that a batch of this model holds at most "
                          f"about {_size(EVAL_BATCH_BYTES)} in onnxruntime; --batch-size sets it")
+    parts = iter([ds]) if plan is None else \
+        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress)
+    ds = next(parts)
+    feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
+    kind = (first_output_kind(runner.model, runner.output_names[0])
+            if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
+    table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
+    labeled = ds.y is not None
     if runner.spiking:
         t_list = t_list or [runner.info.timesteps]
     else:
@@ -240,31 +254,37 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     t0 = time.perf_counter()
     desc = ("evaluating SNN T=" + ",".join(map(str, t_list))) if runner.spiking else "evaluating DNN"
     bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
-    for start in range(0, n, batch_size):
-        feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
-        r = runner.run_padded(feed, T if runner.spiking else None)
-        nb, fed = (r.outputs[0].shape[0] if r.outputs[0].ndim else 0), len(next(iter(feed.values())))
-        if nb != fed:
-            raise DataError(f"{where}: the model's first output has shape "
-                            f"{list(r.outputs[0].shape)} on a batch of {fed}; top-1 needs one "
-                            "row per sample (the batch axis first)")
-        for t in t_list:
-            if many:
-                logits = r.step_outputs[0][:t].mean(0)
-                counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
-            else:
-                logits, counts = r.outputs[0], r.spikes
-            if ds.y is not None:
-                if start == 0 and kind != IDS:
-                    check_labels_for(ds.y, logits, ds.name)
-                if start == 0 and table is not None:
-                    check_labels_for_table(ds.y, table, ds.name)
-                guess = ids_to_indices(logits, table, where) if table is not None else \
-                    predicted(logits, kind)
-                correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))
-            for k, v in counts.items():
-                spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
-        bar.update(nb, **({"top1": 100.0 * correct[T] / (start + nb)} if ds.y is not None else {}))
+    done = 0                      # samples of the parts before this one
+    while ds is not None:
+        for start in range(0, len(ds), batch_size):
+            feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
+            r = runner.run_padded(feed, T if runner.spiking else None)
+            nb, fed = (r.outputs[0].shape[0] if r.outputs[0].ndim else 0), len(next(iter(feed.values())))
+            if nb != fed:
+                raise DataError(f"{where}: the model's first output has shape "
+                                f"{list(r.outputs[0].shape)} on a batch of {fed}; top-1 needs one "
+                                "row per sample (the batch axis first)")
+            for t in t_list:
+                if many:
+                    logits = r.step_outputs[0][:t].mean(0)
+                    counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
+                else:
+                    logits, counts = r.outputs[0], r.spikes
+                if ds.y is not None:
+                    if start == 0 and kind != IDS:
+                        check_labels_for(ds.y, logits, ds.name)
+                    if start == 0 and table is not None:
+                        check_labels_for_table(ds.y, table, ds.name)
+                    guess = ids_to_indices(logits, table, where) if table is not None else \
+                        predicted(logits, kind)
+                    correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))
+                for k, v in counts.items():
+                    spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
+            bar.update(nb, **({"top1": 100.0 * correct[T] / (done + start + nb)} if labeled else {}))
+        done += len(ds)
+        ds = next(parts, None)
+        if ds is not None:
+            feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     bar.close()
     seconds = time.perf_counter() - t0
     out = {}
@@ -277,8 +297,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                     if s.name in counted:
                         into[s.name] = _activity(s.name, s.neurons, spikes[t].get(s.name, 0.0) / n, t)
         out[t] = EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
-                            correct=correct[t] if ds.y is not None else None,
-                            top1=100.0 * correct[t] / n if ds.y is not None else None,
+                            correct=correct[t] if labeled else None,
+                            top1=100.0 * correct[t] / n if labeled else None,
                             seconds=seconds, timesteps=t if runner.spiking else None,
                             method=runner.info.method if runner.spiking else None, sites=sites,
                             scored_output=runner.output_names[0] if runner.output_names else None,
@@ -287,6 +307,23 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                                                if runner.spiking else None), pools=pools,
                             batch_size=int(batch_size), notes=list(notes))
     return out
+
+
+def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, specs,
+                  show_progress: bool) -> Iterator[Dataset]:
+    """An image folder's images, preprocessed, in parts of at most :data:`EVAL_PART_BYTES` (a
+    whole number of batches each): evaluation holds one part at a time, not the folder."""
+    from .convert import resolve_data
+    n = len(plan.files)
+    per = max(1, EVAL_PART_BYTES // plan.image_bytes)
+    per = max(batch_size, per // batch_size * batch_size)
+    for a in range(0, n, per):
+        raw = load_image_folder(plan.folder, show_progress=show_progress and per >= n,
+                                part=(a, min(n, a + per)), plan=plan)
+        ds = resolve_data(raw, preprocess, mean, std, specs=specs)
+        if ds.preprocess is not None:   # the next parts as this one (and no second warning)
+            mean, std = ds.preprocess["mean"], ds.preprocess["std"]
+        yield ds
 
 
 def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where: str) -> None:

@@ -15,6 +15,7 @@ preprocessing apply to them.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -125,21 +126,32 @@ def _fit(img, width: int, height: int):
     return img.crop((left, top, left + width, top + height))
 
 
-def load_image_folder(path, split: Optional[str] = None,
-                      shape: Optional[Sequence[Optional[int]]] = None,
-                      show_progress: bool = True, take=None):
-    """The images under ``path`` as a :class:`~onnx_snn.datasets.Dataset` of NCHW float32
-    images in [0, 1] and their class indices. ``split`` picks a split folder when ``path`` has
-    them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
-    brought to (None, or free sizes: the first image's). ``take`` = (n, seed): read only the
-    images ``Dataset.take(n, seed)`` would keep (a calibration sample of a big folder)."""
-    from .datasets import Dataset, take_indices
-    from .progress import Progress
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise MissingDependencyError("reading a folder of images needs Pillow: pip install "
-                                     "pillow (it comes with onnx-snn[torch])") from None
+@dataclass(frozen=True)
+class FolderPlan:
+    """What reading an image folder's split will give, before any image but the first is
+    read: its images (after ``take``) with their class indices (-1: no classes), and the
+    size every image is brought to."""
+
+    folder: Path
+    name: str
+    files: List[Tuple[Path, int]]
+    labeled: bool
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def image_bytes(self) -> int:
+        """One image's float32 bytes."""
+        return self.channels * self.height * self.width * 4
+
+
+def plan_image_folder(path, split: Optional[str] = None,
+                      shape: Optional[Sequence[Optional[int]]] = None, take=None) -> FolderPlan:
+    """The images :func:`load_image_folder` reads (same arguments), listed, and the size they
+    are brought to (free sizes: the first image's, of the whole split)."""
+    from .datasets import take_indices
+    Image, UnidentifiedImageError = _pillow()
     root = Path(path)
     splits = _split_folders(root)
     folder, name = root, str(path)
@@ -167,21 +179,50 @@ def load_image_folder(path, split: Optional[str] = None,
         files = [files[i] for i in take_indices(len(files), *take)]   # as Dataset.take picks
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
     width, height = width or first.size[0], height or first.size[1]
-    need = len(files) * channels * height * width * 4
+    return FolderPlan(folder, name, files, bool(classes), channels, height, width)
+
+
+def load_image_folder(path, split: Optional[str] = None,
+                      shape: Optional[Sequence[Optional[int]]] = None,
+                      show_progress: bool = True, take=None, part=None, plan=None):
+    """The images under ``path`` as a :class:`~onnx_snn.datasets.Dataset` of NCHW float32
+    images in [0, 1] and their class indices. ``split`` picks a split folder when ``path`` has
+    them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
+    brought to (None, or free sizes: the first image's). ``take`` = (n, seed): read only the
+    images ``Dataset.take(n, seed)`` would keep (a calibration sample of a big folder).
+    ``part`` = (start, stop): only those of them (a folder read in parts); ``plan``: the
+    :func:`plan_image_folder` of these arguments, when the caller has it."""
+    from .datasets import Dataset
+    from .progress import Progress
+    Image, UnidentifiedImageError = _pillow()
+    plan = plan or plan_image_folder(path, split, shape, take)
+    files = plan.files if part is None else plan.files[part[0]:part[1]]
+    need = len(files) * plan.image_bytes
     if need > MAX_BYTES:
-        raise DataError(f"{folder}: {len(files)} images of {channels}x{height}x{width} would take "
-                        f"{need / 2**30:.1f} GiB as float32, above {MAX_BYTES >> 30} GiB; pass a "
-                        "folder with fewer images (or --limit / --calib-samples)")
-    x = np.empty((len(files), height, width, channels), np.float32)
-    mode = "L" if channels == 1 else "RGB"
-    bar = Progress(len(files), desc=f"reading {folder.name}/", unit="img",
+        raise DataError(f"{plan.folder}: {len(files)} images of {plan.channels}x{plan.height}x"
+                        f"{plan.width} would take {need / 2**30:.1f} GiB as float32, above "
+                        f"{MAX_BYTES >> 30} GiB; pass a folder with fewer images (or --limit / "
+                        "--calib-samples)")
+    x = np.empty((len(files), plan.height, plan.width, plan.channels), np.float32)
+    mode = "L" if plan.channels == 1 else "RGB"
+    bar = Progress(len(files), desc=f"reading {plan.folder.name}/", unit="img",
                    enabled=None if show_progress else False)
     for k, (f, _) in enumerate(files):
-        x[k] = _pixels(_open(f, Image, UnidentifiedImageError), mode, width, height, f)
+        x[k] = _pixels(_open(f, Image, UnidentifiedImageError), mode, plan.width, plan.height, f)
         bar.update(1)
     bar.close()
-    y = np.array([i for _, i in files], np.int64) if classes else None
-    return Dataset(name, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, preprocessed=False)
+    y = np.array([i for _, i in files], np.int64) if plan.labeled else None
+    return Dataset(plan.name, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, preprocessed=False)
+
+
+def _pillow():
+    """Pillow's Image module and its error for unreadable files."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise MissingDependencyError("reading a folder of images needs Pillow: pip install "
+                                     "pillow (it comes with onnx-snn[torch])") from None
+    return Image, UnidentifiedImageError
 
 
 def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
@@ -227,4 +268,5 @@ def split_names(path) -> set:
 
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_folder", "image_shape", "load_image_folder",
+           "plan_image_folder", "FolderPlan",
            "image_files", "class_folders", "split_names"]

@@ -74,3 +74,31 @@ def test_an_asked_batch_beyond_the_free_memory_is_warned_about(snn, monkeypatch,
 def test_available_memory_reads_the_system():
     m = E.available_memory()
     assert m is None or m > 0
+
+
+def test_an_image_folder_is_evaluated_in_parts_as_in_one(snn, tmp_path, monkeypatch, caplog):
+    """A folder bigger than a part (and than what a folder may load at once) is read and run
+    part by part: the same top-1 and spike counts as in one go, every image counted once, and
+    the missing-preprocessing warning said once."""
+    Image = pytest.importorskip("PIL.Image")
+    from onnx_snn import image_folder
+    x, _ = snn[1]
+    for k, img in enumerate(x[:45]):
+        path = tmp_path / "f" / f"c{k % 3}" / f"{k:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0] * 255).round().astype(np.uint8)).save(path)
+    for model in (str(snn[0]), B.vgg(13, "clip")):           # a spiking model and a DNN
+        one = onnx_snn.evaluate(model, str(tmp_path / "f"), show_progress=False, batch_size=8)
+        monkeypatch.setattr(E, "EVAL_PART_BYTES", 16 * 12 * 12 * 4)       # 16 images a part
+        monkeypatch.setattr(image_folder, "MAX_BYTES", 20 * 12 * 12 * 4)  # 45 would be refused
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            parts = onnx_snn.evaluate(model, str(tmp_path / "f"), show_progress=False, batch_size=8)
+        monkeypatch.undo()
+        assert parts.samples == one.samples == 45
+        assert parts.correct == one.correct
+        assert {k: s.spikes_per_sample for k, s in parts.sites.items()} == \
+            {k: s.spikes_per_sample for k, s in one.sites.items()}
+        assert sum("records no preprocessing" in r.getMessage() for r in caplog.records) == 1
+    limited = onnx_snn.evaluate(str(snn[0]), str(tmp_path / "f"), show_progress=False, limit=20)
+    assert limited.samples == 20
