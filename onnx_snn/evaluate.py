@@ -99,7 +99,7 @@ LOOP_BYTES_PER_NEURON = 48
 DEPLOY_BYTES_PER_NEURON = 12
 #: an image folder is read and evaluated in parts of at most this many bytes of float32
 #: images (ImageNet's 50 000 validation images at 224 x 224 are 28 GiB)
-EVAL_PART_BYTES = 2 ** 29
+EVAL_PART_BYTES = 2 ** 28
 
 
 def sample_bytes(info: fmt.SpikingInfo) -> int:
@@ -282,6 +282,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                     spikes[t][k] = spikes[t].get(k, 0.0) + float(v.sum())
             bar.update(nb, **({"top1": 100.0 * correct[T] / (done + start + nb)} if labeled else {}))
         done += len(ds)
+        feeds = feed = ds = r = None    # the part's arrays, before the next part is read
         ds = next(parts, None)
         if ds is not None:
             feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
@@ -321,9 +322,11 @@ def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, spec
         raw = load_image_folder(plan.folder, show_progress=show_progress and per >= n,
                                 part=(a, min(n, a + per)), plan=plan)
         ds = resolve_data(raw, preprocess, mean, std, specs=specs)
+        del raw                         # (a part is held once while the next one is read)
         if ds.preprocess is not None:   # the next parts as this one (and no second warning)
             mean, std = ds.preprocess["mean"], ds.preprocess["std"]
         yield ds
+        del ds
 
 
 def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where: str) -> None:

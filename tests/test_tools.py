@@ -259,3 +259,14 @@ def test_bench_deep_refuses_a_non_positive_finetune_setting(flag, value):
                        timeout=120)
     assert q.returncode == 2 and f"{flag} must be positive" in q.stderr
     assert "Traceback" not in q.stderr
+
+
+def test_bench_eval_memory_small(fmnist_test):
+    """The folder part on a few images: read in parts and whole, the same samples and top-1."""
+    pytest.importorskip("PIL")
+    r = run_tool("tools/bench_eval_memory.py", "--parts", "folder", "--images", "120", "--size", "40")
+    f = r["folder"]
+    assert f["images"] == 120 and f["float32_mb"] > 0 and f["jpeg_mb"] > 0
+    for mode in ("parts", "whole"):
+        assert f[mode]["samples"] == 120 and f[mode]["peak_rss_mb"] > 0
+    assert f["parts"]["top1"] == f["whole"]["top1"]
