@@ -20,8 +20,8 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
-from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess, load_dataset,
-                       RAW_PIXELS, to_input_layout)
+from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess,
+                       check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
 from .errors import DataError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
 from .graph.normalize import NormalizedModel, normalize
@@ -297,9 +297,12 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         return ds
     check_inputs(ds.x, ds.name)
     from .graph.inputs import is_pixels_255
-    if ds.preprocessed and ds.x.dtype.kind in "iu" and not is_pixels_255(preprocess):
+    dtype = np.dtype(ds.source_dtype or ds.x.dtype)
+    if ds.preprocessed and is_pixels_255(preprocess) and not given:
+        check_raw_pixels(ds.x, ds.name)
+    elif ds.preprocessed and dtype.kind in "iu":
         log.warning("%s: integer data (%s) is taken as already preprocessed; if these are raw "
-                    "pixels, scale them to [0, 1] and normalize them first", ds.name, ds.x.dtype)
+                    "pixels, scale them to [0, 1] and normalize them first", ds.name, dtype)
     applied = None
     if given:
         applied = {"mean": _as_list(0.0 if mean is None else mean),

@@ -75,6 +75,7 @@ class Dataset:
     y: Optional[np.ndarray]
     preprocessed: bool = False  # True when x already carries the model's normalization
     preprocess: Optional[dict] = None  # {"mean", "std"} applied to a named dataset's images
+    source_dtype: Optional[str] = None  # the file's array type, when x was converted from it
 
     def __len__(self) -> int:
         if isinstance(self.x, dict):
@@ -88,7 +89,7 @@ class Dataset:
         idx = take_indices(len(self), n, seed)
         x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
         return Dataset(self.name, x, None if self.y is None else self.y[idx],
-                       self.preprocessed, self.preprocess)
+                       self.preprocessed, self.preprocess, self.source_dtype)
 
 
 def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:
@@ -412,14 +413,12 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
                        preprocessed=True)
     x = np.asarray(x)
     check_inputs(x, str(path))
-    if x.dtype.kind in "iu":
-        import logging
-        logging.getLogger("onnx_snn").warning(
-            "%s: integer inputs (%s) are taken as already preprocessed; if they are raw pixels, "
-            "scale them to [0, 1] and normalize them first", path, x.dtype)
     if y is not None:
         y = check_labels(y, len(x), str(path))
-    return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True)
+    # integer arrays are said so where the model is known (convert.resolve_data: raw pixels
+    # are right for a model that takes them, and likely a mistake for any other)
+    return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True,
+                   source_dtype=str(x.dtype))
 
 
 def _npz_shape(npz, key: str) -> tuple:
@@ -681,6 +680,19 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
         log.info("%s: fed flattened [N, %d], as the model's input '%s' takes it", where, h * w, name)
         return x.reshape(len(x), h * w)
     return x
+
+
+def check_raw_pixels(x: np.ndarray, where: str) -> None:
+    """Arrays for a model that takes raw 0-255 pixels (a uint8 image input) must hold them:
+    whole numbers 0-255 (up to float rounding), as onnxruntime feeds the DNN."""
+    if not x.size:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo >= 0 and hi <= 255 and float(np.max(np.abs(x - np.rint(x)))) <= 1e-3:
+        return
+    raise DataError(f"{where}: the model takes raw uint8 pixels (whole numbers 0-255); the data "
+                    f"holds values in [{lo:g}, {hi:g}]: feed raw pixels (a named dataset or a "
+                    "folder of images is fed so)")
 
 
 def check_finite(x: np.ndarray, where: str) -> None:

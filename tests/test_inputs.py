@@ -83,3 +83,64 @@ def test_raw_pixel_arrays_and_what_is_not_pixels():
     with pytest.raises(UnsupportedModelError, match="'pixels' is uint8"):
         prepare(m)
     assert PIXELS_255["std"][0] * 255 == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("layout", ["transpose", "unsqueeze", "reshape"])
+def test_layout_ops_before_the_cast_and_the_spiking_model_takes_raw_pixels(layout, tmp_path):
+    """``x.permute(0, 3, 1, 2).float() / 255`` on a uint8 NHWC input exports Transpose, then
+    Cast: layout ops between the uint8 input and its Cast are accepted (they were refused as
+    'uint8 input'), the spiking model tracks its DNN at large T, and it refuses [0, 1] data as
+    the DNN does (it scored it)."""
+    import onnx_snn
+    from onnx_snn.convert import prepare
+    from onnx_snn.evaluate import evaluate
+    m = _end_to_end(B.vgg(13, "clip", in_shape=(1, 12, 12)), 0.5, 0.25)
+    g = m.graph
+    cast = next(n for n in g.node if n.op_type == "Cast")
+    shape = {"transpose": ["N", 12, 12, 1], "unsqueeze": ["N", 12, 12], "reshape": ["N", 144]}[layout]
+    del g.input[0]
+    g.input.insert(0, h.make_tensor_value_info("raw", TP.UINT8, shape))
+    if layout == "transpose":
+        g.node.insert(0, h.make_node("Transpose", ["raw"], ["pixels"], perm=[0, 3, 1, 2]))
+    elif layout == "unsqueeze":
+        g.initializer.append(nh.from_array(np.array([1], np.int64), "axis1"))
+        g.node.insert(0, h.make_node("Unsqueeze", ["raw", "axis1"], ["pixels"]))
+    else:
+        g.initializer.append(nh.from_array(np.array([-1, 1, 12, 12], np.int64), "nchw"))
+        g.node.insert(0, h.make_node("Reshape", ["raw", "nchw"], ["pixels"]))
+    assert cast.input[0] == "pixels"
+    onnx.checker.check_model(m, full_check=True)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, [64] + shape[1:]).astype(np.uint8)
+    nm = prepare(m)
+    assert is_pixels_255(nm.preprocess)
+    snn = onnx_snn.convert(m, x, timesteps=256, method="max", show_progress=False)
+    import onnxruntime as ort
+    want = ort.InferenceSession(m.SerializeToString()).run(None, {"raw": x})[0]
+    from onnx_snn.runtimes.ort import run
+    got = run(snn.model, x.astype(np.float32)).outputs[0]     # logits: the softmax head dropped
+    probs = np.exp(got - got.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert np.corrcoef(want.ravel(), probs.ravel())[0, 1] > 0.99
+    path = tmp_path / "s.onnx"
+    snn.save(path)
+    y = want.argmax(1)
+    assert evaluate(str(path), (x, y), show_progress=False).samples == 64
+    for model in (m, str(path)):          # the DNN and its spiking model alike
+        with pytest.raises(DataError, match="raw uint8 pixels"):
+            evaluate(model, (x / 255.0, y), show_progress=False)
+
+
+def test_integer_arrays_warn_only_for_a_model_that_takes_no_raw_pixels(tmp_path, caplog):
+    """A .npz of uint8 images: fine for a uint8-input model (no warning; it said to scale them
+    to [0, 1], which that model refuses), a warning for a float model."""
+    import logging
+    from onnx_snn.evaluate import evaluate
+    m = _end_to_end(B.vgg(13, "clip", in_shape=(1, 12, 12)), 0.5, 0.25)
+    x = np.random.default_rng(0).integers(0, 256, (16, 1, 12, 12)).astype(np.uint8)
+    np.savez(tmp_path / "u8.npz", x=x, y=np.zeros(16, np.int64))
+    for model, warned in ((m, 0), (B.vgg(13, "clip", in_shape=(1, 12, 12)), 1)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            evaluate(model, str(tmp_path / "u8.npz"), show_progress=False)
+        assert sum("as already preprocessed" in r.getMessage() for r in caplog.records) == warned

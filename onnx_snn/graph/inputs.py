@@ -25,21 +25,53 @@ def is_pixels_255(preprocess) -> bool:
         len(preprocess.get("std", [])) == 1 and abs(preprocess["std"][0] * 255.0 - 1.0) < 1e-9
 
 
+#: ops that move or pick values without computing on them: a uint8 input may pass through
+#: them (``x.permute(0, 3, 1, 2).float()`` exports Transpose, then Cast) before its Cast
+_LAYOUT_OPS = {"Transpose", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity",
+               "Slice", "Split", "Gather", "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
+
+
+def _to_float_readers(t: gs.Variable):
+    """(the layout tensors between ``t`` and its Casts to float32, the Casts), or (None, the
+    first node that reads the values as integers)."""
+    layout, casts, todo = [], [], [t]
+    while todo:
+        v = todo.pop()
+        for r in v.outputs:
+            if r.op == "Cast" and int(r.attrs.get("to", 0)) == TensorProto.FLOAT:
+                casts.append(r)
+            elif r.op in _LAYOUT_OPS and r.inputs[0] is v and \
+                    not any(x is v for x in r.inputs[1:]):     # the data, not a shape or index
+                outs = [o for o in r.outputs if o.name]
+                layout += outs
+                todo += outs
+            else:
+                return None, r
+    return (layout, casts) if casts else (None, next(iter(t.outputs)))
+
+
 @graph_pass("uint8-input-to-float")
 def uint8_input_to_float(graph: gs.Graph, result: PassResult) -> None:
-    """A uint8 graph input read only by Casts to float32 becomes a float32 input of the same
-    values (the Casts become Identity, which the next pass removes); ``result.records`` names
-    each such input. A uint8 input read otherwise is left (and refused, named)."""
+    """A uint8 graph input read only by Casts to float32 (directly or through layout ops,
+    :data:`_LAYOUT_OPS`) becomes a float32 input of the same values (the Casts become
+    Identity, which the next pass removes; the layout ops then move float32 values);
+    ``result.records`` names each such input. A uint8 input read otherwise is left (and
+    refused, named)."""
+    outputs = {o.name for o in graph.outputs}
     for t in graph.inputs:
         if t.dtype is None or np.dtype(t.dtype) != np.uint8 or not t.outputs:
             continue
-        readers = list(t.outputs)
-        if not all(r.op == "Cast" and int(r.attrs.get("to", 0)) == TensorProto.FLOAT
-                   for r in readers):
-            result.skip(readers[0], f"it reads the uint8 input '{t.name}' as integers")
+        layout, casts = _to_float_readers(t)
+        if layout is None:
+            result.skip(casts, f"it reads the uint8 input '{t.name}' as integers")
+            continue
+        if any(v.name in outputs for v in layout):   # an output of uint8 values stays so
+            result.skip(casts[0], f"the uint8 input '{t.name}' is also an output")
             continue
         t.dtype = np.float32
-        for r in readers:
+        for v in layout:
+            v.dtype = np.float32
+        for r in casts:
             r.op, r.attrs = "Identity", {}
         result.changed += 1
         result.records.append(t.name)
