@@ -165,6 +165,10 @@ def _with_head(head: str) -> onnx.ModelProto:
         p = b.node("Softmax", [logits], axis=1)
         outs += [h.make_tensor_value_info(p, onnx.TensorProto.FLOAT, ["N", 10]),
                  ids(b.node("ArgMax", [p], axis=1, keepdims=0))]
+    elif head == "ids_and_softmax_identity":    # the probabilities reach their output
+        p = b.node("Softmax", [logits], axis=1)     # through an Identity, the ids read them
+        outs += [ids(b.node("ArgMax", [p], axis=1, keepdims=0)),
+                 h.make_tensor_value_info(b.node("Identity", [p]), onnx.TensorProto.FLOAT, ["N", 10])]
     elif head == "ids_and_cast_ids":            # a head output also read by the head
         a = b.node("ArgMax", [logits], axis=1, keepdims=0)
         outs += [ids(a), h.make_tensor_value_info(b.node("Cast", [a], to=onnx.TensorProto.INT32),
@@ -208,7 +212,7 @@ def _with_head(head: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("head", ["argmax", "argmax_cast", "logits_and_ids", "softmax_and_argmax",
-                                  "ids_and_cast_ids", "topk", "topk_values_softmaxed",
+                                  "ids_and_softmax_identity", "ids_and_cast_ids", "topk", "topk_values_softmaxed",
                                   "skl2onnx", "skl2onnx_zipmap"])
 def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     """A serving signature's head (class ids from an ArgMax or TopK, cast or not, beside the

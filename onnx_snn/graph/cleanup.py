@@ -149,8 +149,11 @@ def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
             scores.dtype = np.float32
         at = next(i for i, o in enumerate(graph.outputs) if id(o) in made)
         outs = [o for o in graph.outputs if id(o) not in made]
-        if not any(o is scores for o in outs):
+        same = _passed_to(scores, outs)
+        if same is None:
             outs.insert(min(at, len(outs)), scores)
+        else:                   # an output already holds the scores (through Identity nodes)
+            scores = same
         graph.outputs = outs
         for n in head:
             n.inputs.clear()
@@ -162,6 +165,22 @@ def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
             f"time-averaged scores '{scores.name}'; apply {node.op} to them for "
             + ("{class: score} maps" if node.op == "ZipMap" else "class ids"))
     graph.cleanup()
+
+
+def _passed_to(t, outputs):
+    """The output of ``outputs`` that is ``t`` or ``t`` passed through Identity nodes (the
+    same values), or None."""
+    todo, seen = [t], set()
+    while todo:
+        v = todo.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        hit = next((o for o in outputs if o is v), None)
+        if hit is not None:
+            return hit
+        todo += [c.outputs[0] for c in v.outputs if c.op == "Identity" and c.outputs]
+    return None
 
 
 @graph_pass("strip-final-softmax")
