@@ -741,3 +741,17 @@ def test_an_onnxruntime_failure_inside_a_run_is_one_line(monkeypatch, capsys):
     assert cli.main(["info", "m.onnx"]) == 4
     err = capsys.readouterr().err
     assert err.startswith("onnx-snn: error: m.onnx: onnxruntime failed") and "Traceback" not in err
+
+
+def test_quiet_convert_prints_its_result_line_alone(tmp_path):
+    """A classifier with an ai.onnx.ml ZipMap head (skl2onnx): onnx-graphsurgeon's warnings
+    ('colored module is not installed', 'Could not convert: UNDEFINED') went to stdout."""
+    import test_normalize
+    m = test_normalize._with_head("skl2onnx_zipmap")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "c.npz", x=B.rand_input(64))
+    p = run_cli("-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
+                "--method", "datta", "-o", str(tmp_path / "s.onnx"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [l for l in p.stdout.splitlines() if l.startswith("wrote ")]
+    assert len(p.stdout.splitlines()) == 1 and "[W]" not in p.stdout + p.stderr
