@@ -954,3 +954,37 @@ def test_a_lone_batchnorm_behind_a_computed_flatten_is_folded_at_opset_13():
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(model, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_two_class_sigmoid_head_becomes_logits_of_the_same_order():
+    """skl2onnx's binary MLPClassifier: p = Sigmoid(z), probabilities = Concat(1 - p, p),
+    label = ArgMax of them looked up in the classes. The label head is dropped and [1 - p, p]
+    becomes [-z, z] (the Sigmoid was refused as a hidden nonlinearity): at large T the spiking
+    model's argmax is the DNN's label."""
+    from onnx_snn.convert import prepare
+    b = B.GraphBuilder(13)
+    z = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 1)
+    p = b.node("Sigmoid", [z])
+    probs = b.node("Concat", [b.node("Sub", [b.const(np.array([1.0], np.float32)), p]), p], axis=1)
+    a = b.node("ArgMax", [probs], axis=1, keepdims=0)
+    looked = b.node("ArrayFeatureExtractor", [b.const(np.array([3, 7], np.int64)), a])
+    b.nodes[-1].domain = "ai.onnx.ml"
+    label = b.node("Cast", [b.node("Reshape", [looked, b.const(np.array([-1], np.int64))])],
+                   to=onnx.TensorProto.INT64)
+    g = h.make_graph(b.nodes, "skl", [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info(label, onnx.TensorProto.INT64, ["N"]),
+                      h.make_tensor_value_info(probs, onnx.TensorProto.FLOAT, ["N", 2])], b.inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    nm = prepare(m)
+    assert any("two-class probabilities" in n for n in nm.notes)
+    assert "Sigmoid" not in {n.op_type for n in nm.model.graph.node}
+    x = B.rand_input(128)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    want = run(m, x).outputs
+    spiking = run(snn.model, x).outputs[0]
+    assert spiking.shape == (128, 2) and np.allclose(spiking[:, 0], -spiking[:, 1])
+    labels = want[0] if want[0].dtype.kind == "i" else want[1]
+    assert set(labels.tolist()) == {3, 7}                  # both classes occur
+    assert np.mean(np.array([3, 7])[spiking.argmax(1)] == labels) >= 0.95

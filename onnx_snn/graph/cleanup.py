@@ -225,6 +225,16 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
     for sg in list(graph.nodes):
         if sg.op != "Sigmoid" or not sg.outputs or not sg.inputs:
             continue
+        pair = _two_class_pair(graph, sg)
+        if pair is not None:
+            _to_logit_pair(graph, sg, *pair)
+            result.notes.append(
+                f"dropped the final Sigmoid '{sg.name}' of the two-class probabilities "
+                f"[1 - p, p] ('{pair[1].outputs[0].name}'): the spiking model outputs the "
+                "time-averaged [-logit, logit], of the same order (apply a sigmoid to the "
+                "second for p)")
+            result.changed += 1
+            continue
         _, why = _path_to_output(graph, sg.outputs[0])
         if why is not None:
             result.skip(sg, why)
@@ -235,6 +245,41 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
         result.changed += 1
         bypass(graph, sg)
     graph.cleanup()
+
+
+def _two_class_pair(graph: gs.Graph, sg: gs.Node):
+    """(Sub, Concat) when Sigmoid ``sg``'s output ``p`` [N, 1] is read only by ``1 - p`` and
+    a Concat of the two along axis 1 that goes to a graph output (a binary classifier's
+    [P(class 0), P(class 1)], as skl2onnx writes one); else None."""
+    p = sg.outputs[0]
+    if is_graph_output(graph, p) or len(p.outputs) != 2 or ir.rank(p) not in (None, 2):
+        return None
+    sub = next((c for c in p.outputs if c.op == "Sub"), None)
+    cat = next((c for c in p.outputs if c.op == "Concat"), None)
+    if sub is None or cat is None or len(sub.inputs) != 2 or sub.inputs[1] is not p:
+        return None
+    one = scalar_value(sub.inputs[0])
+    q = sub.outputs[0]
+    if one != 1.0 or is_graph_output(graph, q) or len(q.outputs) != 1 or q.outputs[0] is not cat:
+        return None
+    if len(cat.inputs) != 2 or {id(t) for t in cat.inputs} != {id(p), id(q)} or \
+            int(cat.attrs.get("axis", 0)) not in (1, -1):
+        return None
+    if p.shape is not None and len(p.shape) == 2 and p.shape[1] not in (1, None) and \
+            isinstance(p.shape[1], int):
+        return None
+    _, why = _path_to_output(graph, cat.outputs[0])
+    return None if why is not None else (sub, cat)
+
+
+def _to_logit_pair(graph: gs.Graph, sg: gs.Node, sub: gs.Node, cat: gs.Node) -> None:
+    """[1 - sigmoid(z), sigmoid(z)] becomes [-z, z]: 1 - sigmoid(z) = sigmoid(-z), and the
+    sigmoid is increasing, so every comparison (argmax) is kept."""
+    z, p = sg.inputs[0], sg.outputs[0]
+    sub.op, sub.attrs, sub.inputs = "Neg", {}, [z]
+    cat.inputs = [z if t is p else t for t in cat.inputs]
+    sg.inputs.clear()
+    sg.outputs.clear()
 
 
 def _bypass(graph: gs.Graph, node: gs.Node, result: PassResult) -> None:
