@@ -8,6 +8,7 @@ calibration-set size. The (alpha, beta) search then runs on the sorted sample.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -19,6 +20,8 @@ from .feeds import fixed_batch, input_specs, validate_feeds
 from .errors import DataError, UnsupportedModelError, first_line
 from .graph.normalize import NormalizedModel
 from .progress import Progress
+
+log = logging.getLogger("onnx_snn")
 
 DEFAULT_SAMPLE_SIZE = 1_000_000   # values kept per site for the search
 DEFAULT_BATCH_SIZE = 64           # calibration batch
@@ -142,18 +145,27 @@ class _Sampler:
         return out
 
 
-def calibration_feeds(nm: NormalizedModel, x, batch_size: int):
+def calibration_feeds(nm: NormalizedModel, x, batch_size: int, say: bool = False):
     """(feeds, number of samples, batch size) for running the calibration data through the
-    DNN: the data checked against the model's inputs, and a fixed batch honoured."""
+    DNN: the data checked against the model's inputs, and a fixed batch honoured (the samples
+    past the last whole batch are left out; ``say``: with a warning)."""
     specs = input_specs(nm.model)
     feeds = validate_feeds(specs, x, "calibration data")
     n_total = next(iter(feeds.values())).shape[0]
     fixed = fixed_batch(specs)
     if fixed:
         batch_size = fixed
+        if n_total < fixed:
+            raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give at "
+                            f"least {fixed} samples (got {n_total})")
         if n_total % fixed:
-            raise DataError(f"calibration data: the model has a fixed batch of {fixed}; give a "
-                            f"multiple of {fixed} samples (got {n_total})")
+            kept = n_total - n_total % fixed
+            if say:
+                log.warning("calibration data: the model has a fixed batch of %d: calibrating on "
+                            "the first %d of the %d samples (re-export it with a dynamic batch "
+                            "axis to use them all)", fixed, kept, n_total)
+            feeds = {k: v[:kept] for k, v in feeds.items()}
+            n_total = kept
     return feeds, n_total, batch_size
 
 
@@ -253,7 +265,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
     """Run the calibration set through onnxruntime and record every site's pre-activations."""
     t0 = time.perf_counter()
-    feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size)
+    feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size, say=True)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
     fixed = bool(fixed_batch(input_specs(nm.model)))
     batch_size = batch_within(batch_size, _site_bytes(nm, chosen, feeds_all), CALIB_BATCH_BYTES,

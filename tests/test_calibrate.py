@@ -164,3 +164,26 @@ def test_calibration_data_may_be_any_array_like():
             [r.threshold for r in ref.records.values()]
     with pytest.raises(DataError, match="cannot turn list into an array"):
         onnx_snn.convert(B.vgg(13, "clip"), [[1.0, 2.0], [3.0]], timesteps=2, show_progress=False)
+
+
+def test_a_fixed_batch_calibrates_on_its_whole_batches(caplog):
+    """A model exported with a batch of 8 and 20 calibration samples: the first 16 are used,
+    with a warning that says so (it was refused, while eval pads such a model's last batch);
+    fewer samples than one batch are refused, naming the batch."""
+    import logging
+    import onnx_snn
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    nm = onnx_snn.prepare(m)
+    x = B.rand_input(20)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    first16 = onnx_snn.calibrate(nm, x[:16], show_progress=False)
+    assert cal.n_samples == 16 and cal.batch_size == 8
+    assert {k: (s.count, s.max) for k, s in cal.sites.items()} == \
+        {k: (s.count, s.max) for k, s in first16.sites.items()}
+    assert sum("first 16 of the 20" in r.getMessage() for r in caplog.records) == 1
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)       # refined: the same 16
+    assert snn.model is not None
+    with pytest.raises(DataError, match="fixed batch of 8; give at least 8"):
+        onnx_snn.calibrate(nm, x[:5], show_progress=False)
