@@ -465,10 +465,13 @@ def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:
     """A note per input whose non-batch dimensions were free in the DNN: the spiking model's
     membranes have the calibration data's shape, so it takes inputs of that shape only."""
     out = []
+    params = {vi.name: [d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
+              for vi in nm.model.graph.input}
     for name, dims in input_specs(nm.model):
         shape = input_shapes.get(name)
         if shape is not None and any(d is None for d in dims[1:]):
-            out.append(f"input '{name}' has free dimensions {['N'] + ['?' if d is None else d for d in dims[1:]]}: "
+            free = ['N'] + [params[name][i + 1] if d is None else d for i, d in enumerate(dims[1:])]
+            out.append(f"input '{name}' has free dimensions {free}: "
                        f"the spiking model takes {['N'] + list(shape)} only, the calibration "
                        "data's shape (its neurons' states have that shape); convert again with "
                        "data of another size for another input size")

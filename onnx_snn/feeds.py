@@ -25,6 +25,15 @@ def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[Inpu
     return specs
 
 
+def _savez_call(names: List[str]) -> str:
+    """How to save one array per input: keyword arguments, or a dict where a name is not a
+    Python identifier (tf2onnx's 'input_1:0')."""
+    import keyword
+    if all(n.isidentifier() and not keyword.iskeyword(n) and n != "y" for n in names):
+        return "np.savez(path, " + ", ".join(f"{n}=..." for n in names) + ", y=labels)"
+    return "np.savez(path, **{" + ", ".join(f"{n!r}: ..." for n in names) + "}, y=labels)"
+
+
 def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.ndarray]],
                    what: str = "data", samples: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Return {input name: float32 array}; raise :class:`DataError` naming what does not fit.
@@ -44,8 +53,8 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
     else:
         if len(names) != 1:
             raise DataError(f"{what}: the model has {len(names)} inputs {names}; give one array "
-                            "per input, named after it (a .npz: np.savez(path, "
-                            + ", ".join(f"{n}=..." for n in names) + ", y=labels); in Python: a dict)")
+                            f"per input, named after it (a .npz: {_savez_call(names)}; in Python: "
+                            "a dict)")
         feeds = {names[0]: np.asarray(x)}
     n = None
     for name, dims in specs:

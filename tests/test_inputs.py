@@ -144,3 +144,17 @@ def test_integer_arrays_warn_only_for_a_model_that_takes_no_raw_pixels(tmp_path,
         with caplog.at_level(logging.WARNING, logger="onnx_snn"):
             evaluate(model, str(tmp_path / "u8.npz"), show_progress=False)
         assert sum("as already preprocessed" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_the_several_inputs_hint_is_python_for_any_input_names():
+    """tf2onnx names its inputs 'input_1:0': the hint to save one array per input must be
+    code that runs (np.savez(path, input_1:0=...) is a syntax error)."""
+    from onnx_snn.feeds import validate_feeds
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(DataError) as e:
+        validate_feeds([("input_1:0", [None, 3]), ("input_2:0", [None, 3])], x)
+    call = str(e.value).split("a .npz: ")[1].split("; in Python")[0]
+    compile(call.replace("...", "0"), "hint", "eval")
+    assert "'input_1:0'" in call
+    with pytest.raises(DataError, match=r"np.savez\(path, a=..., b=..., y=labels\)"):
+        validate_feeds([("a", [None, 3]), ("b", [None, 3])], x)

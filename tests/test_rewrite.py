@@ -365,13 +365,14 @@ def test_free_spatial_input_dims_are_pinned_with_a_note():
     """A DNN input [N, 1, H, W]: the spiking model takes the calibration data's size, and says so."""
     m = B.resnet(13, "clip")         # global average pooling: any H, W
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    for d in dims[2:]:
+    for d, name in zip(dims[2:], ("H", "")):       # a named and an unnamed free dimension
         d.Clear()
-        d.dim_param = "H"
+        if name:
+            d.dim_param = name
     x = B.rand_input(8)
     snn = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False)
     note = next(n for n in snn.report["notes"] if "free dimensions" in n)
-    assert "['N', 1, '?', '?']" in note and "['N', 1, 12, 12] only" in note
+    assert "['N', 1, 'H', '?']" in note and "['N', 1, 12, 12] only" in note
     dims = snn.model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [1, 12, 12]
 
