@@ -24,6 +24,7 @@ from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess
                        check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
 from .errors import DataError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
+from .graph.inputs import input_scaling
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
@@ -256,7 +257,7 @@ def _as_list(v) -> list:
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
-                 specs=None, take=None) -> Dataset:
+                 specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -268,7 +269,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     :func:`~onnx_snn.feeds.input_specs`): a named dataset's images are put in the layout of
     its image input (NHWC for a channels-last model; arrays are taken as given). ``take`` =
     (n, seed): the caller keeps only ``Dataset.take(n, seed)`` of the result, so a folder of
-    images reads only those.
+    images reads only those. ``scaling``: how the model scales its input itself
+    (:func:`~onnx_snn.graph.inputs.input_scaling`), for the warning about raw pixels.
     """
     given = mean is not None or std is not None
     if isinstance(data, Dataset):
@@ -314,11 +316,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
             applied = {"mean": pp["mean"], "std": pp["std"]}
             x = apply_preprocess(ds.x, applied["mean"], applied["std"])
         else:
-            log.warning("%s: the model records no preprocessing (no onnx_snn.preprocess "
-                        "metadata) and no --mean/--std was given, so the images are fed as %s. "
-                        "If the model was trained on normalized inputs, the results are wrong: "
-                        "pass --mean/--std (e.g. --mean 0.2860 --std 0.3530 for Fashion-MNIST)",
-                        ds.name, RAW_PIXELS)
+            _warn_raw_pixels(ds.name, scaling)
             applied = {"mean": [0.0], "std": [1.0]}
             x = ds.x
     else:
@@ -327,6 +325,21 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         x = to_input_layout(x, specs, ds.name)
     return Dataset(ds.name, x, ds.y, preprocessed=True,
                    preprocess=applied if applied is not None else ds.preprocess)
+
+
+def _warn_raw_pixels(where: str, scaling: Optional[str]) -> None:
+    """Images fed as raw [0, 1] pixels to a model that records no preprocessing."""
+    if scaling:
+        log.warning("%s: the model records no preprocessing and no --mean/--std was given, "
+                    "so the images are fed as %s; the model scales its input itself (%s), "
+                    "which fits [0, 1] images if it was trained on them (if on 0-255 pixels: "
+                    "--mean 0 --std 0.00392156862745098)", where, RAW_PIXELS, scaling)
+    else:
+        log.warning("%s: the model records no preprocessing (no onnx_snn.preprocess "
+                    "metadata) and no --mean/--std was given, so the images are fed as %s. "
+                    "If the model was trained on normalized inputs, the results are wrong: "
+                    "pass --mean/--std (e.g. --mean 0.2860 --std 0.3530 for Fashion-MNIST)",
+                    where, RAW_PIXELS)
 
 
 def _array_like(x, what: str) -> np.ndarray:
@@ -536,7 +549,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
     nm = prepare(model, pool_first=pool_first)
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
-                      download=download, specs=input_specs(nm.model), take=(calib_samples, seed))
+                      download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
+                      scaling=input_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
     ds = ds.take(calib_samples, seed=seed)

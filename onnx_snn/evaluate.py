@@ -13,7 +13,7 @@ import onnx
 from . import json_text
 from .datasets import Dataset, check_inputs, check_labels, check_preprocess, image_folder_spec
 from .errors import DataError, ModelLoadError, UsageError
-from .graph.inputs import PIXELS_255
+from .graph.inputs import PIXELS_255, input_scaling
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
@@ -215,6 +215,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess)
+    scaling = None if runner.spiking else input_scaling(runner.model)
     folder = image_folder_spec(data, "test")
     plan = None
     if folder is not None:        # read in parts: a folder may hold more than memory does
@@ -222,7 +223,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         n = len(plan.files)
     else:
         ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
-                          download=download, specs=runner.specs, take=(limit, None))
+                          download=download, specs=runner.specs, take=(limit, None),
+                          scaling=scaling)
         if limit:
             ds = ds.take(limit)
         n = len(ds)
@@ -237,7 +239,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                          f"{DEFAULT_EVAL_BATCH}), so that a batch of this model holds at most "
                          f"about {_size(EVAL_BATCH_BYTES)} in onnxruntime; --batch-size sets it")
     parts = iter([ds]) if plan is None else \
-        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress)
+        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, scaling)
     ds = next(parts)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[0])
@@ -311,7 +313,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
 
 
 def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, specs,
-                  show_progress: bool) -> Iterator[Dataset]:
+                  show_progress: bool, scaling: Optional[str] = None) -> Iterator[Dataset]:
     """An image folder's images, preprocessed, in parts of at most :data:`EVAL_PART_BYTES` (a
     whole number of batches each): evaluation holds one part at a time, not the folder."""
     from .convert import resolve_data
@@ -321,7 +323,7 @@ def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, spec
     for a in range(0, n, per):
         raw = load_image_folder(plan.folder, show_progress=show_progress and per >= n,
                                 part=(a, min(n, a + per)), plan=plan)
-        ds = resolve_data(raw, preprocess, mean, std, specs=specs)
+        ds = resolve_data(raw, preprocess, mean, std, specs=specs, scaling=scaling)
         del raw                         # (a part is held once while the next one is read)
         if ds.preprocess is not None:   # the next parts as this one (and no second warning)
             mean, std = ds.preprocess["mean"], ds.preprocess["std"]

@@ -158,3 +158,37 @@ def test_the_several_inputs_hint_is_python_for_any_input_names():
     assert "'input_1:0'" in call
     with pytest.raises(DataError, match=r"np.savez\(path, a=..., b=..., y=labels\)"):
         validate_feeds([("a", [None, 3]), ("b", [None, 3])], x)
+
+
+def test_a_model_that_normalizes_its_input_itself_is_not_told_to_normalize_again(caplog):
+    """A model with (x - mean) / std in its graph and no recorded preprocessing: the raw-pixels
+    warning says the model scales its input itself (it said to pass --mean/--std, which
+    normalizes twice); a model without it keeps the old advice."""
+    import logging
+    import onnx_snn
+    from onnx_snn.datasets import load_dataset
+    from onnx_snn.graph.inputs import input_scaling
+    try:
+        load_dataset("fashion-mnist:test")
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    plain = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m = onnx.ModelProto()
+    m.CopyFrom(plain)
+    g = m.graph
+    old = g.input[0].name
+    g.node.insert(0, h.make_node("Div", ["centred", "std_c"], [old]))
+    g.node.insert(0, h.make_node("Sub", ["raw", "mean_c"], ["centred"]))
+    g.initializer.extend([nh.from_array(np.array(0.286, np.float32), "mean_c"),
+                          nh.from_array(np.array(0.353, np.float32), "std_c")])
+    g.input[0].name = "raw"
+    assert input_scaling(m) == "Sub, Div after input 'raw'" and input_scaling(plain) is None
+    for model, says in ((m, "scales its input itself (Sub, Div after input 'raw')"),
+                        (plain, "pass --mean/--std")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            onnx_snn.evaluate(model, "fashion-mnist", limit=16, show_progress=False)
+            onnx_snn.convert(model, "fashion-mnist", calib_samples=16, method="datta",
+                             show_progress=False)
+        said = [r.getMessage() for r in caplog.records if "records no preprocessing" in r.getMessage()]
+        assert len(said) == 2 and all(says in t for t in said), said

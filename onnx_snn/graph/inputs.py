@@ -10,6 +10,8 @@ spiking model records), arrays as they are.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
@@ -80,4 +82,33 @@ def uint8_input_to_float(graph: gs.Graph, result: PassResult) -> None:
                             "raw pixels")
 
 
-__all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255"]
+#: elementwise ops by a constant that normalize an input (x / 255, (x - mean) / std)
+_SCALING_OPS = ("Sub", "Add", "Mul", "Div")
+
+
+def input_scaling(model) -> Optional[str]:
+    """How the model scales its (one, float) data input itself right away: the chain of
+    constant Sub/Add/Mul/Div it applies first (``x / 255``, ``(x - mean) / std``), as
+    'Sub, Div after input 'x''; None when it applies none."""
+    g = model.graph
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant"
+                                                 for o in n.output}
+    data = [i for i in g.input if i.name not in consts]
+    if len(data) != 1 or data[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        return None
+    readers = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    ops, t = [], data[0].name
+    while len(readers.get(t, [])) == 1:
+        n = readers[t][0]
+        other = [x for x in n.input if x != t]
+        if n.op_type not in _SCALING_OPS or len(other) != 1 or other[0] not in consts:
+            break
+        ops.append(n.op_type)
+        t = n.output[0]
+    return f"{', '.join(ops)} after input '{data[0].name}'" if ops else None
+
+
+__all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255", "input_scaling"]
