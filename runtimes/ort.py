@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -66,8 +66,10 @@ class ModelRunner:
 
     def __init__(self, model: Union[str, onnx.ModelProto], threads: Optional[int] = None,
                  providers=None, per_step: bool = False, spin: bool = True,
-                 where: Optional[str] = None):
+                 where: Optional[str] = None, expose: Sequence[str] = ()):
         """``where``: the model's name in messages (default: its path, else "model").
+        ``expose``: tensors inside a DNN to return after its outputs (a teacher's scores
+        before an output head).
         ``per_step``: also return every step's outputs and spike counts, so one run at T
         gives the results of every shorter run (for models whose parameters do not depend
         on T, and for studying a model beyond its T). ``spin``: see
@@ -88,8 +90,10 @@ class ModelRunner:
         self.per_step = per_step and self.spiking
         per_step_outputs = self.view.per_step_names() \
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
+        expose = [] if self.spiking else [e for e in expose
+                                          if e not in {o.name for o in self.model.graph.output}]
         self.session = make_session(self.model, threads, providers, where=where,
-                                    outputs=per_step_outputs, spin=spin)
+                                    outputs=tuple(per_step_outputs) + tuple(expose), spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         self.specs = input_specs(self.model, skip=skip)
         self.feed_types = _feed_types(self.session, [n for n, _ in self.specs], where)
@@ -101,7 +105,7 @@ class ModelRunner:
             self.deploy_spikes = {spikes[o]: o for o in graph_outputs if o in spikes}
             self.output_names = [o for o in graph_outputs if o not in spikes]
         else:
-            self.output_names = self.view.outputs if self.spiking else graph_outputs
+            self.output_names = self.view.outputs if self.spiking else graph_outputs + expose
 
     @property
     def is_step_graph(self) -> bool:

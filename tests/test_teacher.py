@@ -289,3 +289,33 @@ def test_teacher_auto_on_a_model_that_is_not_spiking_says_so(converted, tmp_path
     p = run_cli("finetune", str(src), "-o", str(tmp_path / "o.onnx"), "--data",
                 str(tmp_path / "d.npz"), "--teacher", "auto")
     assert p.returncode == 8 and "not a spiking model" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("head", ["argmax", "skl2onnx"])
+def test_a_teacher_whose_output_head_was_dropped_gives_the_scores(head, tmp_path):
+    """A DNN whose first output is class ids (an ArgMax head; skl2onnx's label and its
+    probabilities): the student outputs the scores the head read, and the teacher gives the
+    same ones (its output of that name, or the tensor inside its graph), not its class ids
+    (it was refused: 'the teacher's first output has shape [N]')."""
+    import test_normalize
+    m = test_normalize._with_head(head)
+    src = tmp_path / "dnn.onnx"
+    onnx.save(m, str(src))
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(str(src), x, timesteps=2, method="datta", show_progress=False)
+    out = tmp_path / "m.snn.onnx"
+    snn.save(str(out))
+    student = onnx_snn.runtimes.ort.run(snn.model, x).outputs[0]
+    t = load_teacher(str(src), x, torch.from_numpy(student),
+                     student_name=F.read_spiking(snn.model).outputs[0])
+    got = t(x).numpy()
+    assert got.shape == student.shape == (16, 10)
+    dnn = onnx_snn.runtimes.ort.run(m, x).outputs
+    ids = next(o for o in dnn if o.dtype.kind == "i").reshape(16)
+    if head == "skl2onnx":                     # the probabilities output: read as such
+        assert t.probabilities and np.array_equal(got.argmax(1) * 10, ids)
+    else:                                      # the logits inside the graph
+        assert not t.probabilities and np.array_equal(got.argmax(1), ids)
+    np.savez(tmp_path / "d.npz", x=x, y=np.random.default_rng(1).integers(0, 10, 16))
+    r, logged, h = _finetune(out, str(tmp_path / "d.npz"), tmp_path, teacher="auto")
+    assert h["teacher_is_source"] and np.isfinite(r.epochs[0].loss)

@@ -645,7 +645,8 @@ def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, mo
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)
     threads = max(1, cores // max(local, 1))
     teacher = load_teacher(path, probe_x, probe_out, source=view.info.source, threads=threads,
-                           sha256=view.info.source if cfg.teacher == AUTO else None)
+                           sha256=view.info.source if cfg.teacher == AUTO else None,
+                           student_name=view.outputs[0] if view.outputs else None)
     what = "the DNN it was converted from" if teacher.is_source else "not the DNN it was converted from"
     kind = ", its softmax read as probabilities" if teacher.probabilities else ""
     log(f"distilling from {path} ({what}{kind}; loss {cfg.distill:g} x KL at temperature "

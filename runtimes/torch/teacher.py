@@ -80,12 +80,13 @@ class Teacher:
     sha256: str
     probabilities: bool = False   # its output is a softmax: its log is compared
     sigmoid: bool = False         # its output is a final Sigmoid's (a binary classifier's p)
+    output: int = 0               # which of its outputs: the one the student's first one is
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
         """The teacher's logits for a batch (in batches of its fixed size, if it has one)."""
         name, fb = self.runner.specs[0][0], self.runner.fixed_batch
         step = fb or len(x)
-        outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[0]
+        outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[self.output]
                 for i in range(0, len(x), max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         if self.sigmoid and out.ndim >= 2 and out[0].size > 1:
@@ -105,11 +106,26 @@ def require_file(path) -> None:
                              "file, or auto for the DNN the model was converted from)")
 
 
-def open_runner(path: str, threads: Optional[int] = None):
+def open_runner(path: str, threads: Optional[int] = None, expose: Optional[str] = None):
     """The teacher's onnxruntime runner: its threads sleep between runs, which alternate with
-    PyTorch's training step (spinning, they made the distilled epoch 1.58x the plain one)."""
+    PyTorch's training step (spinning, they made the distilled epoch 1.58x the plain one).
+    ``expose``: a tensor of the graph to add as its last output."""
     from onnx_snn.runtimes.ort import ModelRunner
-    return ModelRunner(path, threads=threads, spin=False)
+    return ModelRunner(path, threads=threads, spin=False, expose=(expose,) if expose else ())
+
+
+def _student_output(runner, name: Optional[str]):
+    """(index of the teacher's output that the student's first output ``name`` is, the tensor
+    to expose for it or None): the output of that name, or the tensor of that name inside
+    the graph (the scores a dropped output head read: the student outputs them in its place);
+    (0, None) when the teacher has no such tensor."""
+    if not name:
+        return 0, None
+    if name in runner.output_names:
+        return runner.output_names.index(name), None
+    if any(name in n.output for n in runner.model.graph.node):
+        return len(runner.output_names), name
+    return 0, None
 
 
 def _is_softmax(out: np.ndarray) -> bool:
@@ -118,14 +134,19 @@ def _is_softmax(out: np.ndarray) -> bool:
 
 def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
                  source: Optional[str] = None, threads: Optional[int] = None,
-                 sha256: Optional[str] = None) -> Teacher:
+                 sha256: Optional[str] = None, student_name: Optional[str] = None) -> Teacher:
     """Load ``path`` as a teacher for a spiking model: a DNN with one input that takes the
-    student's inputs (``probe``, a batch of them) and whose first output has the shape of the
-    student's (``student_out``, its output on ``probe``); else ModelLoadError / DataError
-    naming the file. ``source``: the sha256 of the DNN the student was converted from;
-    ``sha256``: the teacher file's, when already known."""
+    student's inputs (``probe``, a batch of them) and whose output of the student's first
+    output's name ``student_name`` (else its first) has the shape of the student's
+    (``student_out``, its output on ``probe``); else ModelLoadError / DataError naming the
+    file. A student whose conversion dropped an output head (class ids) outputs the scores the
+    head read: the teacher gives those. ``source``: the sha256 of the DNN the student was
+    converted from; ``sha256``: the teacher file's, when already known."""
     require_file(path)
     runner = open_runner(path, threads)
+    index, expose = _student_output(runner, student_name)
+    if expose is not None and not runner.spiking:
+        runner = open_runner(path, threads, expose=expose)
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
@@ -135,14 +156,15 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     runner.validate(probe, f"{path}: the student's inputs")
     sha = sha256 or sha256_file(path)
     teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
-                      sha256=sha)
+                      sha256=sha, output=index)
     try:
-        teacher.sigmoid = first_output_kind(runner.model) == PROBABILITIES
+        teacher.sigmoid = first_output_kind(runner.model, runner.output_names[index]) == PROBABILITIES
         out = teacher(probe).numpy()    # in the teacher's batches (its raw output: no log yet)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     if tuple(out.shape) != tuple(student_out.shape):
-        raise DataError(f"{path}: the teacher's first output has shape {list(out.shape)} on a "
+        which = f"output '{runner.output_names[index]}'" if index else "first output"
+        raise DataError(f"{path}: the teacher's {which} has shape {list(out.shape)} on a "
                         f"batch the spiking model answers with {list(student_out.shape)}; the "
                         "teacher must output the same classes")
     teacher.probabilities = _is_softmax(out)
