@@ -803,3 +803,26 @@ def test_adaptive_average_pool_written_with_gather_nd_converts(T):
         dnn = run(model, x).outputs[0]
         got = run(snn.model, x).outputs[0]
         assert np.corrcoef(dnn.ravel(), got.ravel())[0, 1] > 0.98
+
+
+def test_a_model_with_external_data_is_tuned_into_external_data(tmp_path):
+    """A spiking model whose weights are in <name>.data is written so after fine-tuning too
+    (it was written inline, unlike convert's and deploy's outputs); the tuned file runs."""
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    src = tmp_path / "src.onnx"
+    onnx.save_model(B.vgg(13, "clip"), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="src.onnx.data", size_threshold=1024)
+    x = B.rand_input(32)
+    snn = onnx_snn.convert(str(src), x, timesteps=2, method="datta", show_progress=False)
+    snn.save(tmp_path / "m.snn.onnx")
+    assert (tmp_path / "m.snn.onnx.data").exists()
+    np.savez(tmp_path / "d.npz", x=x, y=np.random.default_rng(0).integers(0, 10, 32))
+    out = tmp_path / "t.snn.onnx"
+    finetune(str(tmp_path / "m.snn.onnx"), str(out), str(tmp_path / "d.npz"),
+             FinetuneConfig(epochs=1, batch_size=8), show_progress=False, log=lambda *a: None)
+    assert (tmp_path / "t.snn.onnx.data").stat().st_size > 0
+    head = onnx.load(str(out), load_external_data=False)
+    from onnx_snn.graph import walk
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL
+               for g in walk.subgraphs(head.graph) for t in g.initializer)
+    assert run(str(out), x).outputs[0].shape == (32, 10)

@@ -44,7 +44,8 @@ from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
-from onnx_snn.model_io import check_outputs, load_model, model_files, write_bytes_atomic
+from onnx_snn.model_io import (check_outputs, external_data_path, load_model, model_files,
+                               model_items, write_all_atomic, write_bytes_atomic)
 from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
 
@@ -345,7 +346,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     teacher_path = _teacher_path(cfg, model_path)   # before any work: no output may be it
     if teacher_path is not None:
         inputs = inputs + model_files(teacher_path)
-    targets = check_outputs([(output, "output"), (ckpt_path, "checkpoint")], inputs)
+    # a model whose weights are in external data is written so too (<output>.data beside it)
+    external = len(model_files(model_path)) > 1
+    wanted = [(output, "output"), (ckpt_path, "checkpoint")]
+    if external:
+        wanted.append((external_data_path(output), "output's external data"))
+    targets = check_outputs(wanted, inputs)
     out_path, ckpt_path = targets[str(output)], targets[str(ckpt_path)]
     device = _pick_device(cfg.device)
     world, rank = _init_distributed(device)
@@ -445,8 +451,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 **data_record}
         if trained_on is not None:
             hist["preprocess"] = trained_on
-        data_ = net.to_model(hist, T, trained_on).SerializeToString()
-        write_bytes_atomic(data_, out_path)
+        write_all_atomic(model_items(net.to_model(hist, T, trained_on), out_path,
+                                     True if external else None, avoid=inputs))
 
     if resume and ckpt_path.exists():
         try:
