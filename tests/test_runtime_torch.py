@@ -675,12 +675,19 @@ def test_folded_binary_amplitudes_stay_one_through_training(tmp_path):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     net(torch.from_numpy(x)).square().mean().backward()
     opt.step()
-    inits = F.all_initializers(net.to_model())
+    tuned = net.to_model()
+    inits = F.all_initializers(tuned)
     for site in folded:
         assert F.param_name(site, "amplitude") not in net._trainable
         np.testing.assert_array_equal(
             onnx.numpy_helper.to_array(inits[F.param_name(site, "amplitude")]), 1.0)
     assert any(F.param_name(s.name, "threshold") in net._trainable for s in net.sites)
+    # the folded sites' records are kept as converted (beta was rewritten as 1 / mu)
+    before = {s["name"]: s for s in json.loads(F.metadata(model)[F.META_SITES])}
+    after = {s["name"]: s for s in json.loads(F.metadata(tuned)[F.META_SITES])}
+    for site in folded:
+        for key in ("amplitude", "beta", "folded_amplitude"):
+            assert after[site][key] == before[site][key], key
 
 
 def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):

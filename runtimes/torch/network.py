@@ -324,8 +324,9 @@ class SpikingNetwork(nn.Module):
 
         for s in sites:
             th, amp, leak = (value(s["name"], p) for p in fmt.NEURON_PARAMS)
-            s.update(threshold=th, amplitude=amp, leak=leak, alpha=ratio(th, s["mu"]),
-                     beta=ratio(amp, s["mu"]))
+            s.update(threshold=th, leak=leak, alpha=ratio(th, s["mu"]))
+            if "folded_amplitude" not in s:   # a folded one stays 1, its record as converted
+                s.update(amplitude=amp, beta=ratio(amp, s["mu"]))
             if fmt.param_name(s["name"], "v_init") in self._trainable:
                 s["v_init"] = value(s["name"], "v_init")
         hist = json.loads(meta.get(fmt.META_HISTORY, "[]"))
