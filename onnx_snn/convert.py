@@ -300,7 +300,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     check_inputs(ds.x, ds.name)
     from .graph.inputs import is_pixels_255
     dtype = np.dtype(ds.source_dtype or ds.x.dtype)
-    if ds.preprocessed and is_pixels_255(preprocess) and not given:
+    if ds.preprocessed and is_pixels_255(preprocess):
         check_raw_pixels(ds.x, ds.name)
     elif ds.preprocessed and dtype.kind in "iu":
         log.warning("%s: integer data (%s) is taken as already preprocessed; if these are raw "

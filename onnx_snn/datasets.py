@@ -683,16 +683,18 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
 
 
 def check_raw_pixels(x: np.ndarray, where: str) -> None:
-    """Arrays for a model that takes raw 0-255 pixels (a uint8 image input) must hold them:
-    whole numbers 0-255 (up to float rounding), as onnxruntime feeds the DNN."""
+    """Arrays for a model that takes raw 0-255 pixels (a uint8 image input, or recorded
+    preprocessing ``--mean 0 --std 1/255``) must be on that scale: data that lies within
+    [0, 1], or holds negative values, is [0, 1] images or normalized ones (the DNN's
+    onnxruntime feed refuses them for a uint8 input; its spiking model scored them)."""
     if not x.size:
         return
     lo, hi = float(np.min(x)), float(np.max(x))
-    if lo >= 0 and hi <= 255 and float(np.max(np.abs(x - np.rint(x)))) <= 1e-3:
+    if lo >= 0 and (hi > 1.0 or hi == 0.0):
         return
-    raise DataError(f"{where}: the model takes raw uint8 pixels (whole numbers 0-255); the data "
-                    f"holds values in [{lo:g}, {hi:g}]: feed raw pixels (a named dataset or a "
-                    "folder of images is fed so)")
+    raise DataError(f"{where}: the model takes raw 0-255 pixels; the data holds values in "
+                    f"[{lo:g}, {hi:g}]: feed raw pixels (a named dataset or a folder of images "
+                    "is fed so)")
 
 
 def check_finite(x: np.ndarray, where: str) -> None:

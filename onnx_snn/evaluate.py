@@ -214,7 +214,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     elif isinstance(data, Dataset) and data.y is not None and not isinstance(data.x, dict):
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
-                       data.preprocessed, data.preprocess)
+                       data.preprocessed, data.preprocess, data.source_dtype)
     scaling = None if runner.spiking else input_scaling(runner.model)
     folder = image_folder_spec(data, "test")
     plan = None
@@ -324,11 +324,11 @@ def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, spec
         raw = load_image_folder(plan.folder, show_progress=show_progress and per >= n,
                                 part=(a, min(n, a + per)), plan=plan)
         ds = resolve_data(raw, preprocess, mean, std, specs=specs, scaling=scaling)
-        del raw                         # (a part is held once while the next one is read)
+        del raw
         if ds.preprocess is not None:   # the next parts as this one (and no second warning)
             mean, std = ds.preprocess["mean"], ds.preprocess["std"]
         yield ds
-        del ds
+        del ds                          # the part is gone before the next one is read
 
 
 def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where: str) -> None:

@@ -27,11 +27,15 @@ def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[Inpu
 
 def _savez_call(names: List[str]) -> str:
     """How to save one array per input: keyword arguments, or a dict where a name is not a
-    Python identifier (tf2onnx's 'input_1:0')."""
+    Python identifier (tf2onnx's 'input_1:0'); the labels as ``labels`` where an input is
+    called ``y``, and a Python dict where one is called as np.savez's own parameters."""
     import keyword
-    if all(n.isidentifier() and not keyword.iskeyword(n) and n != "y" for n in names):
-        return "np.savez(path, " + ", ".join(f"{n}=..." for n in names) + ", y=labels)"
-    return "np.savez(path, **{" + ", ".join(f"{n!r}: ..." for n in names) + "}, y=labels)"
+    if {"file", "allow_pickle"} & set(names):
+        return "not np.savez (an input is named as its parameters); pass a dict from Python"
+    labels = "labels=labels" if "y" in names else "y=labels"
+    if all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        return "np.savez(path, " + ", ".join(f"{n}=..." for n in names) + f", {labels})"
+    return "np.savez(path, **{" + ", ".join(f"{n!r}: ..." for n in names) + f"}}, {labels})"
 
 
 def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.ndarray]],

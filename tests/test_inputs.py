@@ -75,7 +75,7 @@ def test_raw_pixel_arrays_and_what_is_not_pixels():
     y = np.zeros(16, np.int64)
     assert evaluate(m, (x, y), show_progress=False).samples == 16
     assert evaluate(m, (x.astype(np.float32), y), show_progress=False).samples == 16
-    with pytest.raises(DataError, match="raw uint8 pixels"):
+    with pytest.raises(DataError, match="takes raw"):
         evaluate(m, (x / 255.0, y), show_progress=False)
     g = m.graph                                   # the pixels also read as integers
     g.node.append(h.make_node("Cast", ["pixels"], ["as_int"], to=TP.INT32))
@@ -127,7 +127,7 @@ def test_layout_ops_before_the_cast_and_the_spiking_model_takes_raw_pixels(layou
     y = want.argmax(1)
     assert evaluate(str(path), (x, y), show_progress=False).samples == 64
     for model in (m, str(path)):          # the DNN and its spiking model alike
-        with pytest.raises(DataError, match="raw uint8 pixels"):
+        with pytest.raises(DataError, match="takes raw"):
             evaluate(model, (x / 255.0, y), show_progress=False)
 
 
@@ -158,6 +158,10 @@ def test_the_several_inputs_hint_is_python_for_any_input_names():
     assert "'input_1:0'" in call
     with pytest.raises(DataError, match=r"np.savez\(path, a=..., b=..., y=labels\)"):
         validate_feeds([("a", [None, 3]), ("b", [None, 3])], x)
+    with pytest.raises(DataError, match=r"np.savez\(path, y=..., b=..., labels=labels\)"):
+        validate_feeds([("y", [None, 3]), ("b", [None, 3])], x)     # the labels elsewhere
+    with pytest.raises(DataError, match="pass a dict from Python"):
+        validate_feeds([("file", [None, 3]), ("b", [None, 3])], x)  # np.savez's own parameter
 
 
 def test_a_model_that_normalizes_its_input_itself_is_not_told_to_normalize_again(caplog):
@@ -192,3 +196,26 @@ def test_a_model_that_normalizes_its_input_itself_is_not_told_to_normalize_again
                              show_progress=False)
         said = [r.getMessage() for r in caplog.records if "records no preprocessing" in r.getMessage()]
         assert len(said) == 2 and all(says in t for t in said), said
+
+
+def test_a_float_model_recording_0_255_pixels_takes_any_0_255_floats(tmp_path):
+    """A float model converted with --mean 0 --std 1/255 records raw 0-255 pixels; its arrays
+    need not be whole numbers (resized images), only on that scale: [0, 1] data is refused."""
+    import onnx_snn
+    from onnx_snn.datasets import load_dataset
+    from onnx_snn.evaluate import evaluate
+    try:
+        load_dataset("fashion-mnist:test")
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    snn = onnx_snn.convert(m, "fashion-mnist", calib_samples=16, method="datta",
+                           mean=[0.0], std=[1 / 255], show_progress=False)
+    assert is_pixels_255(snn.normalized.preprocess)
+    path = tmp_path / "s.onnx"
+    snn.save(path)
+    x = (np.random.default_rng(0).random((16, 1, 28, 28)) * 255).astype(np.float32)   # 12.7...
+    y = np.zeros(16, np.int64)
+    assert evaluate(str(path), (x, y), show_progress=False).samples == 16
+    with pytest.raises(DataError, match="takes raw 0-255 pixels"):
+        evaluate(str(path), (x / 255.0, y), show_progress=False)

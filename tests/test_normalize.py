@@ -169,6 +169,11 @@ def _with_head(head: str) -> onnx.ModelProto:
         p = b.node("Softmax", [logits], axis=1)     # through an Identity, the ids read them
         outs += [ids(b.node("ArgMax", [p], axis=1, keepdims=0)),
                  h.make_tensor_value_info(b.node("Identity", [p]), onnx.TensorProto.FLOAT, ["N", 10])]
+    elif head == "ids_features_and_identity_logits":   # the scores' output is the last
+        outs += [ids(b.node("ArgMax", [logits], axis=1, keepdims=0)),
+                 h.make_tensor_value_info(b.node("Mul", [logits, b.const(np.float32(2.0))]),
+                                          onnx.TensorProto.FLOAT, ["N", 10]),
+                 h.make_tensor_value_info(b.node("Identity", [logits]), onnx.TensorProto.FLOAT, ["N", 10])]
     elif head == "ids_and_cast_ids":            # a head output also read by the head
         a = b.node("ArgMax", [logits], axis=1, keepdims=0)
         outs += [ids(a), h.make_tensor_value_info(b.node("Cast", [a], to=onnx.TensorProto.INT32),
@@ -212,7 +217,8 @@ def _with_head(head: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("head", ["argmax", "argmax_cast", "logits_and_ids", "softmax_and_argmax",
-                                  "ids_and_softmax_identity", "ids_and_cast_ids", "topk", "topk_values_softmaxed",
+                                  "ids_and_softmax_identity", "ids_features_and_identity_logits",
+                                  "ids_and_cast_ids", "topk", "topk_values_softmaxed",
                                   "skl2onnx", "skl2onnx_zipmap"])
 def test_an_output_head_is_dropped_and_its_scores_become_the_output(head):
     """A serving signature's head (class ids from an ArgMax or TopK, cast or not, beside the
@@ -984,7 +990,7 @@ def test_a_two_class_sigmoid_head_becomes_logits_of_the_same_order():
     _, _, snn = B.converted(m, x, T=256, method="max")
     want = run(m, x).outputs
     spiking = run(snn.model, x).outputs[0]
-    assert spiking.shape == (128, 2) and np.allclose(spiking[:, 0], -spiking[:, 1])
+    assert spiking.shape == (128, 2) and np.all(spiking[:, 0] == 0)     # [0, z]: softmax is [1-p, p]
     labels = want[0] if want[0].dtype.kind == "i" else want[1]
     assert set(labels.tolist()) == {3, 7}                  # both classes occur
     assert np.mean(np.array([3, 7])[spiking.argmax(1)] == labels) >= 0.95

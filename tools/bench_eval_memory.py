@@ -39,9 +39,9 @@ from _bench_common import emit, peak_rss_mb  # noqa: E402
 from _jobs import add_job_options, print_result, run_job  # noqa: E402
 
 
-def images(n: int, size: int) -> np.ndarray:
+def images(n: int, size: int):
     """``n`` real Fashion-MNIST test images (repeated from the start past 10 000) as [n, size,
-    size, 3] uint8, upsampled (nearest) to ``size``."""
+    size, 3] uint8, upsampled (nearest) to ``size``, and their labels."""
     from onnx_snn.datasets import load_dataset
     ds = load_dataset("fashion-mnist:test")
     idx = np.arange(n) % len(ds)

@@ -150,10 +150,10 @@ def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
         at = next(i for i, o in enumerate(graph.outputs) if id(o) in made)
         outs = [o for o in graph.outputs if id(o) not in made]
         same = _passed_to(scores, outs)
-        if same is None:
-            outs.insert(min(at, len(outs)), scores)
-        else:                   # an output already holds the scores (through Identity nodes)
+        if same is not None:    # an output already holds the scores (through Identity nodes):
+            outs.remove(same)   # it moves to the head's place, as the scores would
             scores = same
+        outs.insert(min(at, len(outs)), scores)
         graph.outputs = outs
         for n in head:
             n.inputs.clear()
@@ -230,9 +230,9 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
             _to_logit_pair(graph, sg, *pair)
             result.notes.append(
                 f"dropped the final Sigmoid '{sg.name}' of the two-class probabilities "
-                f"[1 - p, p] ('{pair[1].outputs[0].name}'): the spiking model outputs the "
-                "time-averaged [-logit, logit], of the same order (apply a sigmoid to the "
-                "second for p)")
+                f"('{pair[1].outputs[0].name}'): the spiking model outputs the time-averaged "
+                "logit beside a 0 in place of 1 - p (a softmax of the two gives the "
+                "probabilities)")
             result.changed += 1
             continue
         _, why = _path_to_output(graph, sg.outputs[0])
@@ -248,9 +248,9 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
 
 
 def _two_class_pair(graph: gs.Graph, sg: gs.Node):
-    """(Sub, Concat) when Sigmoid ``sg``'s output ``p`` [N, 1] is read only by ``1 - p`` and
-    a Concat of the two along axis 1 that goes to a graph output (a binary classifier's
-    [P(class 0), P(class 1)], as skl2onnx writes one); else None."""
+    """(Sub, Concat) when Sigmoid ``sg``'s output ``p`` ([N, 1], or of an unknown width) is
+    read only by ``1 - p`` and a Concat of the two along axis 1 that goes to a graph output
+    (a binary classifier's [P(class 0), P(class 1)], as skl2onnx writes one); else None."""
     p = sg.outputs[0]
     if is_graph_output(graph, p) or len(p.outputs) != 2 or ir.rank(p) not in (None, 2):
         return None
@@ -273,10 +273,11 @@ def _two_class_pair(graph: gs.Graph, sg: gs.Node):
 
 
 def _to_logit_pair(graph: gs.Graph, sg: gs.Node, sub: gs.Node, cat: gs.Node) -> None:
-    """[1 - sigmoid(z), sigmoid(z)] becomes [-z, z]: 1 - sigmoid(z) = sigmoid(-z), and the
-    sigmoid is increasing, so every comparison (argmax) is kept."""
+    """[1 - sigmoid(z), sigmoid(z)] becomes [0, z] (in the Concat's order): softmax([0, z]) is
+    [1 - sigmoid(z), sigmoid(z)], so the argmax, and a teacher's probabilities, are kept."""
     z, p = sg.inputs[0], sg.outputs[0]
-    sub.op, sub.attrs, sub.inputs = "Neg", {}, [z]
+    zero = gs.Constant(f"{sub.name or sg.name}_zero", np.zeros((), np.float32))
+    sub.op, sub.attrs, sub.inputs = "Mul", {}, [z, zero]
     cat.inputs = [z if t is p else t for t in cat.inputs]
     sg.inputs.clear()
     sg.outputs.clear()

@@ -114,16 +114,17 @@ def open_runner(path: str, threads: Optional[int] = None, expose: Optional[str] 
     return ModelRunner(path, threads=threads, spin=False, expose=(expose,) if expose else ())
 
 
-def _student_output(runner, name: Optional[str]):
+def _student_output(runner, name: Optional[str], is_source: bool):
     """(index of the teacher's output that the student's first output ``name`` is, the tensor
-    to expose for it or None): the output of that name, or the tensor of that name inside
-    the graph (the scores a dropped output head read: the student outputs them in its place);
-    (0, None) when the teacher has no such tensor."""
+    to expose for it or None): the output of that name, or, in the DNN the student was
+    converted from, the tensor of that name inside the graph (the scores a dropped output
+    head read: the student outputs them in its place; in another DNN a tensor of that name
+    is another one); (0, None) otherwise."""
     if not name:
         return 0, None
     if name in runner.output_names:
         return runner.output_names.index(name), None
-    if any(name in n.output for n in runner.model.graph.node):
+    if is_source and any(name in n.output for n in runner.model.graph.node):
         return len(runner.output_names), name
     return 0, None
 
@@ -144,7 +145,8 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     converted from; ``sha256``: the teacher file's, when already known."""
     require_file(path)
     runner = open_runner(path, threads)
-    index, expose = _student_output(runner, student_name)
+    sha = sha256 or sha256_file(path)
+    index, expose = _student_output(runner, student_name, bool(source) and sha == source)
     if expose is not None and not runner.spiking:
         runner = open_runner(path, threads, expose=expose)
     if runner.spiking:
@@ -154,7 +156,6 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
         raise ModelLoadError(f"{path}: the teacher has {len(runner.specs)} inputs; "
                              "distillation needs a DNN with one input, like the student's")
     runner.validate(probe, f"{path}: the student's inputs")
-    sha = sha256 or sha256_file(path)
     teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
                       sha256=sha, output=index)
     try:
