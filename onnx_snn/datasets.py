@@ -699,8 +699,8 @@ def check_raw_pixels(x: np.ndarray, where: str) -> None:
 
 def check_finite(x: np.ndarray, where: str) -> None:
     """Every value finite, else a DataError with the count and the first sample that holds one."""
-    if not np.all(np.isfinite(x)):
-        ok = np.isfinite(x)
+    ok = np.isfinite(x)
+    if not ok.all():
         bad = int(np.size(x) - np.count_nonzero(ok))
         first = "" if x.ndim == 0 else \
             f", the first is sample {int(np.argmin(ok.reshape(len(x), -1).all(axis=1)))}"

@@ -272,7 +272,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                     counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
                 else:
                     logits, counts = r.outputs[0], r.spikes
-                if ds.y is not None:
+                if labeled:
                     if start == 0 and kind != IDS:
                         check_labels_for(ds.y, logits, ds.name)
                     if start == 0 and table is not None:

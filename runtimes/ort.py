@@ -78,7 +78,7 @@ class ModelRunner:
             model = os.fspath(model)
         self.path = model if isinstance(model, str) else None
         self.model = load_model(model) if isinstance(model, str) else model
-        where = where or self.path or "model"
+        where = self.where = where or self.path or "model"
         self.spiking = fmt.is_spiking(self.model)
         info = fmt.read_info(self.model, where) if self.spiking else None
         self.deploy = self.spiking and info.graph == fmt.GRAPH_DEPLOY
@@ -121,7 +121,7 @@ class ModelRunner:
             try:
                 return StepResult(self.session.run(self.output_names, feeds), {})
             except Exception as e:
-                raise run_failure(e, self.path or "model", feeds) from None
+                raise run_failure(e, self.where, feeds) from None
         T = int(timesteps or self.info.timesteps)
         from onnx_snn.convert import MAX_TIMESTEPS
         if not 1 <= T <= MAX_TIMESTEPS:
@@ -130,7 +130,7 @@ class ModelRunner:
             return self._run_steps(feeds, T)
         if self.deploy:
             if T != self.info.timesteps:
-                raise UsageError(f"{self.path or 'model'}: a deploy graph runs T={self.info.timesteps} "
+                raise UsageError(f"{self.where}: a deploy graph runs T={self.info.timesteps} "
                                 f"only (asked for T={T}); make one for T={T} with "
                                 f"`onnx-snn deploy -T {T}` from the spiking model")
             names = list(self.deploy_spikes.values())

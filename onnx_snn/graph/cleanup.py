@@ -265,8 +265,7 @@ def _two_class_pair(graph: gs.Graph, sg: gs.Node):
     if len(cat.inputs) != 2 or {id(t) for t in cat.inputs} != {id(p), id(q)} or \
             int(cat.attrs.get("axis", 0)) not in (1, -1):
         return None
-    if p.shape is not None and len(p.shape) == 2 and p.shape[1] not in (1, None) and \
-            isinstance(p.shape[1], int):
+    if p.shape is not None and len(p.shape) == 2 and isinstance(p.shape[1], int) and p.shape[1] != 1:
         return None
     _, why = _path_to_output(graph, cat.outputs[0])
     return None if why is not None else (sub, cat)

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from .passes import PassResult, graph_pass
+from .sources import constant_names
 
 #: the preprocessing that feeds [0, 1] images as raw 0-255 pixels: (x - 0) / (1 / 255)
 PIXELS_255 = {"mean": [0.0], "std": [1.0 / 255.0]}
@@ -91,8 +92,7 @@ def input_scaling(model) -> Optional[str]:
     constant Sub/Add/Mul/Div it applies first (``x / 255``, ``(x - mean) / std``), as
     'Sub, Div after input 'x''; None when it applies none."""
     g = model.graph
-    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant"
-                                                 for o in n.output}
+    consts = constant_names(g)
     data = [i for i in g.input if i.name not in consts]
     if len(data) != 1 or data[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         return None

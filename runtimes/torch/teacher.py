@@ -23,7 +23,7 @@ import torch.nn.functional as Fn
 
 from onnx_snn.errors import DataError, ModelLoadError
 from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind
-from onnx_snn.model_io import sha256_file
+from onnx_snn.model_io import load_model, sha256_file
 from onnx_snn.spiking import format as fmt
 
 #: FinetuneConfig.teacher: the source DNN when it can be found (see :func:`source_dnn`)
@@ -106,26 +106,30 @@ def require_file(path) -> None:
                              "file, or auto for the DNN the model was converted from)")
 
 
-def open_runner(path: str, threads: Optional[int] = None, expose: Optional[str] = None):
-    """The teacher's onnxruntime runner: its threads sleep between runs, which alternate with
-    PyTorch's training step (spinning, they made the distilled epoch 1.58x the plain one).
-    ``expose``: a tensor of the graph to add as its last output."""
+def open_runner(model, threads: Optional[int] = None, expose: Optional[str] = None,
+                where: Optional[str] = None):
+    """The teacher's onnxruntime runner (``model``: a path or a loaded model): its threads
+    sleep between runs, which alternate with PyTorch's training step (spinning, they made
+    the distilled epoch 1.58x the plain one). ``expose``: a tensor of the graph to add as
+    its last output."""
     from onnx_snn.runtimes.ort import ModelRunner
-    return ModelRunner(path, threads=threads, spin=False, expose=(expose,) if expose else ())
+    return ModelRunner(model, threads=threads, spin=False, where=where,
+                       expose=(expose,) if expose else ())
 
 
-def _student_output(runner, name: Optional[str], is_source: bool):
+def _student_output(model: onnx.ModelProto, name: Optional[str], is_source: bool):
     """(index of the teacher's output that the student's first output ``name`` is, the tensor
     to expose for it or None): the output of that name, or, in the DNN the student was
     converted from, the tensor of that name inside the graph (the scores a dropped output
     head read: the student outputs them in its place; in another DNN a tensor of that name
     is another one); (0, None) otherwise."""
+    outputs = [o.name for o in model.graph.output]
     if not name:
         return 0, None
-    if name in runner.output_names:
-        return runner.output_names.index(name), None
-    if is_source and any(name in n.output for n in runner.model.graph.node):
-        return len(runner.output_names), name
+    if name in outputs:
+        return outputs.index(name), None
+    if is_source and any(name in n.output for n in model.graph.node):
+        return len(outputs), name
     return 0, None
 
 
@@ -144,11 +148,11 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     head read: the teacher gives those. ``source``: the sha256 of the DNN the student was
     converted from; ``sha256``: the teacher file's, when already known."""
     require_file(path)
-    runner = open_runner(path, threads)
+    model = load_model(path)
     sha = sha256 or sha256_file(path)
-    index, expose = _student_output(runner, student_name, bool(source) and sha == source)
-    if expose is not None and not runner.spiking:
-        runner = open_runner(path, threads, expose=expose)
+    is_source = bool(source) and sha == source
+    index, expose = _student_output(model, student_name, is_source)
+    runner = open_runner(model, threads, expose, where=str(path))   # one session
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
@@ -156,8 +160,8 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
         raise ModelLoadError(f"{path}: the teacher has {len(runner.specs)} inputs; "
                              "distillation needs a DNN with one input, like the student's")
     runner.validate(probe, f"{path}: the student's inputs")
-    teacher = Teacher(path=str(path), runner=runner, is_source=bool(source) and sha == source,
-                      sha256=sha, output=index)
+    teacher = Teacher(path=str(path), runner=runner, is_source=is_source, sha256=sha,
+                      output=index)
     try:
         teacher.sigmoid = first_output_kind(runner.model, runner.output_names[index]) == PROBABILITIES
         out = teacher(probe).numpy()    # in the teacher's batches (its raw output: no log yet)
