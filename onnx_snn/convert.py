@@ -170,13 +170,14 @@ class SpikingModel:
         return model
 
     def form(self, step: bool = False, binary_spikes: bool = False,
-             deploy: bool = False) -> onnx.ModelProto:
+             deploy: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
         """The model written out: the single-call model, the step graph or the deploy graph
-        (inference only, see :mod:`onnx_snn.spiking.deploy`), each in the binary-spike form
-        when asked."""
+        (inference only, see :mod:`onnx_snn.spiking.deploy`; ``unit_thresholds``: its faster
+        form), each in the binary-spike form when asked."""
         if deploy:
             from .spiking.deploy import deploy_model
-            return deploy_model(fmt.read_spiking(self.form(False, binary_spikes)))
+            return deploy_model(fmt.read_spiking(self.form(False, binary_spikes)),
+                                unit_thresholds=unit_thresholds)
         if binary_spikes:
             return self.binary_model(step)
         return self.step_model() if step else self.model
@@ -199,13 +200,14 @@ class SpikingModel:
             skeleton.byte_size(self.model) >= skeleton.MAX_PROTOBUF
 
     def files(self, path: PathLike, step: bool = False, binary_spikes: bool = False,
-              external: Optional[bool] = None, avoid=(), deploy: bool = False) -> list:
+              external: Optional[bool] = None, avoid=(), deploy: bool = False,
+              unit_thresholds: bool = False) -> list:
         """The (path, data) items :meth:`save` writes (for ``model_io.write_all_atomic``, with
         other outputs): the model file, and with external data (``external``, by default
         :meth:`external_data`) ``<name>.data`` beside it, streamed tensor by tensor, its path
         checked against ``avoid`` (see ``model_io.model_items``)."""
         from .model_io import model_items
-        return model_items(self.form(step, binary_spikes, deploy), path,
+        return model_items(self.form(step, binary_spikes, deploy, unit_thresholds), path,
                            self.external_data() if external is None else external, avoid)
 
     def save(self, path: PathLike, *inputs: PathLike, step: bool = False,

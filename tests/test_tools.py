@@ -215,12 +215,16 @@ def test_bench_layouts_small(fmnist_test):
                  "--optimization", "all,extended", "--pool-first", "--signed-spikes")
     assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
     assert set(r["images_per_second"]) == {"dnn", "loop", "unrolled", "folded", "deploy",
-                                           "deploy-binary", "dnn@extended", "loop@extended",
-                                           "deploy@extended", "loop-pool-first",
+                                           "deploy-binary", "deploy-unit", "dnn@extended",
+                                           "loop@extended", "deploy@extended", "loop-pool-first",
                                            "deploy-pool-first", "deploy-binary-pool-first",
-                                           "loop-signed", "deploy-signed", "deploy-binary-signed"}
+                                           "deploy-unit-pool-first", "loop-signed",
+                                           "deploy-signed", "deploy-binary-signed",
+                                           "deploy-unit-signed"}
     b = r["deploy_binary"]      # amplitudes folded: the same function up to float rounding
     assert set(b["sites"].values()) == {"folded"} and b["max_difference"] < 1e-4 and b["same_top_class"]
+    u = r["deploy_unit"]        # thresholds rescaled to 1 as well: the same, up to rounding
+    assert u["top_class_agreement"] >= 0.99 and u["max_difference"] < 0.5
     assert r["optimization"] == ["all", "extended"]
 
 

@@ -24,6 +24,13 @@
   outputs equal the loop graph's up to float rounding (the weights were rescaled): the JSON
   gives the largest difference and whether every image's top class is the same.
 
+* ``deploy-unit``: ``onnx-snn deploy --unit-thresholds``: the amplitudes folded as in
+  ``deploy-binary``, every site rescaled to thresholds of 1, and each neuron written as Add
+  and HardSigmoid ops that onnxruntime keeps in its blocked (NCHWc) convolution layout (with
+  ``--pool-first`` / ``--signed-spikes`` also of those conversions). Outputs equal the loop
+  graph's up to float rounding: the JSON gives the largest difference and the share of images
+  whose top class is the same.
+
 All others give the same outputs (checked here, bit for bit) and, but the deploy graph, the same
 spike counts. ``unrolled`` and ``folded`` are built by this tool only: their measured gains
 (README) did not justify a second artifact; the deploy graph's did. ``--optimization`` also
@@ -349,7 +356,8 @@ def main(argv=None) -> int:
               "folded": folded_model(snn.normalized, snn.records, args.timesteps,
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
               "deploy": onnx_snn.deploy(snn.model),
-              "deploy-binary": onnx_snn.deploy(snn.binary_model())}
+              "deploy-binary": onnx_snn.deploy(snn.binary_model()),
+              "deploy-unit": onnx_snn.deploy(snn.model, unit_thresholds=True)}
     # other conversions of the same DNN (pools moved first also make it a little faster)
     extra = {"pool-first": {"pool_first": True} if args.pool_first else None,
              "signed": {"signed_spikes": True} if args.signed_spikes else None}
@@ -358,7 +366,8 @@ def main(argv=None) -> int:
             other = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
                                      method=args.method, show_progress=False, **option)
             models.update({f"loop-{tag}": other.model, f"deploy-{tag}": onnx_snn.deploy(other.model),
-                           f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model())})
+                           f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model()),
+                           f"deploy-unit-{tag}": onnx_snn.deploy(other.model, unit_thresholds=True)})
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":
@@ -375,11 +384,14 @@ def main(argv=None) -> int:
                 if not (k == "deploy" and o.name.endswith(".spikes"))]
         same[k] = all(o in got and np.array_equal(r, got[o]) for r, o in want)
     out = sess["loop"].get_outputs()[0].name
-    binary = dict(zip([o.name for o in sess["deploy-binary"].get_outputs()],
-                      sess["deploy-binary"].run(None, feed)))[out]
-    binary_check = {"sites": snn.report["binary_spikes"],
-                    "max_difference": float(np.abs(binary - ref[0]).max()),
-                    "same_top_class": bool(np.array_equal(binary.argmax(-1), ref[0].argmax(-1)))}
+
+    def against_loop(k):
+        got = dict(zip([o.name for o in sess[k].get_outputs()], sess[k].run(None, feed)))[out]
+        return {"max_difference": float(np.abs(got - ref[0]).max()),
+                "same_top_class": bool(np.array_equal(got.argmax(-1), ref[0].argmax(-1))),
+                "top_class_agreement": float(np.mean(got.argmax(-1) == ref[0].argmax(-1)))}
+    binary_check = {"sites": snn.report["binary_spikes"], **against_loop("deploy-binary")}
+    unit_check = against_loop("deploy-unit")
 
     def once(k):
         t0 = time.perf_counter()
@@ -399,7 +411,8 @@ def main(argv=None) -> int:
           "images_per_second": {k: round(v, 1) for k, v in best.items()},
           "over_dnn": {k: round(v / best["dnn"], 3) for k, v in best.items()},
           "over_loop": {k: round(v / best["loop"], 3) for k, v in best.items()},
-          "identical_to_loop": same, "deploy_binary": binary_check}, args.json)
+          "identical_to_loop": same, "deploy_binary": binary_check,
+          "deploy_unit": unit_check}, args.json)
     return 0
 
 

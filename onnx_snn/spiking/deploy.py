@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -61,8 +61,10 @@ class _Unroller:
     """Copies the time step T times; ``cur`` maps each state to its current tensor (None
     while it is the zero initial value, a constant's name while it is a nonzero one)."""
 
-    def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool):
-        self.view, self.T = view, int(timesteps)
+    def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool,
+                 unit: bool = False):
+        self.view, self.T, self.unit = view, int(timesteps), unit
+        self.q: Dict[str, str] = {}      # unit-form neurons: the state's 1 - s of the last step
         self.opset = next((o.version for o in view.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.inits = view.initializers
         self.body = list(view.body) + (list(view.counters) if spike_counts else [])
@@ -78,6 +80,55 @@ class _Unroller:
         # next states some other node of the step reads: computed at the last step too
         self.read_next = {x for n in self.body for x in n.input} & \
             {st.names.next for st in view.states}
+
+    def unit_form(self, node: onnx.NodeProto) -> bool:
+        """Whether the neuron is written in the blocked-layout form (:meth:`unit_neuron`):
+        on request, for a plain integrate-and-fire neuron whose thresholds are 1 and leak 1,
+        whose next membrane no other node reads."""
+        if not self.unit or node.op_type == fmt.SIGNED_NEURON_OP:
+            return False
+        x, v, th, amp, leak = node.input
+        return _is(self.value(th), 1) and _is(self.value(leak), 1) and \
+            node.output[1] not in self.read_next
+
+    def unit_neuron(self, node: onnx.NodeProto, t: int, arg, pre: str, ren) -> List[onnx.NodeProto]:
+        """A neuron of threshold 1 and leak 1 in ops that onnxruntime keeps in its blocked
+        (NCHWc) convolution layout: ``Add`` and ``HardSigmoid``, never a compare, a cast or a
+        subtraction (each of which makes it reorder the tensor to NCHW and back).
+
+        Its state is ``z_t = u_t + t`` (the membrane plus the spikes it would have lost had
+        every step fired) and ``q_t = 1 - s_t``: ``z_t = z_{t-1} + q_{t-1} + x_t`` equals
+        ``u_{t-1} - s_{t-1} + x_t + t``, the reset by subtraction, so the neuron fires at step
+        t (0-based) iff ``z_t >= t + 1``. :func:`step_functions` gives the two HardSigmoids
+        that compute ``s_t`` and ``q_t`` exactly from ``z_t``."""
+        x, v, th, amp, leak = node.input
+        y, v_next = node.output
+        H = helper.make_node
+        out: List[onnx.NodeProto] = []
+        if t == 0:
+            z = arg(x)
+            v0 = self.value(self.cur[v]) if self.cur[v] else None
+            if v0 is not None and not _is(v0, 0):
+                z = pre + "z"
+                out.append(H("Add", [arg(x), self.cur[v]], [z], name=pre + "z"))
+        else:
+            w, z = pre + "zq", pre + "z"
+            out.append(H("Add", [self.cur[v], self.q[v]], [w], name=w))
+            out.append(H("Add", [w, arg(x)], [z], name=z))
+        (a, b), (qa, qb) = step_functions(t + 1)
+        s = pre + "s"
+        out.append(H("HardSigmoid", [z], [s], alpha=a, beta=b, name=s))
+        if _is(self.value(amp), 1):
+            ren[y] = s
+        else:
+            out.append(H("Mul", [s, amp], [pre + "y"], name=pre + "y"))
+            ren[y] = pre + "y"
+        if t < self.T - 1:
+            q = pre + "q"
+            out.append(H("HardSigmoid", [z], [q], alpha=qa, beta=qb, name=q))
+            ren[v_next] = z
+            self.q[v] = q
+        return out
 
     def value(self, name: Optional[str]) -> Optional[np.ndarray]:
         t = self.inits.get(name) if name else None
@@ -117,7 +168,9 @@ class _Unroller:
 
         for node in self.body:
             pre = _step_name(t, f"{node.name or node.output[0]}.")
-            if fmt.is_neuron_node(node):
+            if fmt.is_neuron_node(node) and self.unit_form(node):
+                nodes = self.unit_neuron(node, t, arg, pre, ren)
+            elif fmt.is_neuron_node(node):
                 signed = node.op_type == fmt.SIGNED_NEURON_OP
                 if signed:
                     x, v, c, th, amp, leak = node.input
@@ -178,6 +231,28 @@ class _Unroller:
         return ren
 
 
+def step_functions(level: int) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """``(alpha, beta)`` of two HardSigmoids (``clip(alpha * z + beta, 0, 1)``) that give
+    exactly ``1 if z >= level else 0`` and ``1 if z < level else 0`` for every float32 ``z``
+    and a whole ``level`` of 1 to 2**23.
+
+    ``alpha`` is a power of two with ``alpha * level`` a whole number in [2**23, 2**24] (2**24
+    when ``level`` is a power of two), so ``beta = 1 - alpha * level`` is exact in float32
+    and ``alpha * z`` is exact. For ``z >= level`` the exact ``alpha * (z - level) + 1`` is at
+    least 1; for ``z < level``, ``level - z`` is at least one unit in the last place of a
+    float32 just below ``level`` (or at least 1, when ``z`` lies below the highest power of two
+    under a ``level`` that is not one), and ``alpha`` times that is at least 1, so the value
+    is at most 0. Rounding is monotone and keeps 0 and 1, so the clipped result is exact
+    with or without a fused multiply-add (tests/test_deploy.py checks every float32 near
+    each level)."""
+    level = int(level)
+    if not 1 <= level <= 1 << 23:
+        raise ValueError(f"level {level} outside 1..2**23")
+    e = level.bit_length() - 1                  # 2**e <= level < 2**(e+1)
+    alpha = float(2 ** (24 - e)) if level == 1 << e else float(2 ** (23 - e))
+    return (alpha, 1.0 - alpha * level), (-alpha, alpha * level)
+
+
 def _stack_sum(nodes, inits, steps: List[str], out: str, opset: int) -> None:
     """``out`` = the per-step tensors stacked on a new time axis and summed over it (the loop
     graph's ReduceSum of its scan output, so the same float sums)."""
@@ -224,16 +299,28 @@ def _annotate_shapes(model: onnx.ModelProto) -> None:
 
 
 def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
-                 spike_counts: bool = False) -> onnx.ModelProto:
+                 spike_counts: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
     """The deploy graph of a parsed spiking model (see the module docstring), at ``timesteps``
-    (default: the model's T). ``spike_counts`` keeps the per-site spike totals as outputs."""
+    (default: the model's T). ``spike_counts`` keeps the per-site spike totals as outputs.
+    ``unit_thresholds``: rescale every site that can take it to thresholds of 1
+    (:mod:`.unit_thresholds`) and write its neurons in onnxruntime's blocked layout
+    (:meth:`_Unroller.unit_neuron`): faster, and the same spikes in real arithmetic (float
+    rounding of the rescaled weights can flip a neuron on its threshold)."""
     from ..convert import check_timesteps
     T = check_timesteps(view.info.timesteps if timesteps is None else timesteps)
     if T > DEPLOY_MAX_TIMESTEPS:
         raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
                          f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
                          "smaller T, or run the spiking model's loop graph")
-    un = _Unroller(view, T, spike_counts)
+    units = None
+    if unit_thresholds:
+        from .binary import fold_amplitudes
+        from .unit_thresholds import identity_convolutions, unit_thresholds as _unit
+        with_convs, _ = identity_convolutions(view.model)
+        folded, _ = fold_amplitudes(with_convs)
+        rescaled, units = _unit(folded)
+        view = fmt.read_spiking(rescaled)
+    un = _Unroller(view, T, spike_counts, unit=unit_thresholds)
     per_step = [un.step(t) for t in range(T)]
     g = view.model.graph
     out_info = {o.name: o for o in g.output}
@@ -280,6 +367,7 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     history.append({"step": "deploy", "tool": f"onnx-snn {__version__}",
                     "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "timesteps": T, "spike_counts": bool(spike_counts),
+                    **({"unit_thresholds": units} if units is not None else {}),
                     "from_graph": view.info.graph})
     meta.update({fmt.META_GRAPH: fmt.GRAPH_DEPLOY, fmt.META_TIMESTEPS: str(T),
                  fmt.META_HISTORY: json.dumps(history),
@@ -289,7 +377,7 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
 
 
 def deploy(model, output=None, timesteps: Optional[int] = None,
-           spike_counts: bool = False) -> onnx.ModelProto:
+           spike_counts: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
     """The deploy graph of the spiking model ``model`` (a path, a ModelProto or the
     SpikingModel ``convert`` returns; a loop or step graph), written atomically to ``output``
     when given (never over an input; with external data beside it when the source kept its
@@ -305,7 +393,7 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     view = fmt.read_spiking(m, where)
     check_preprocess(view.info.preprocess, where)   # carried into the deploy graph: checked
-    out = deploy_model(view, timesteps, spike_counts)
+    out = deploy_model(view, timesteps, spike_counts, unit_thresholds)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:
         save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)

@@ -1,0 +1,225 @@
+"""Unit thresholds (onnx_snn.spiking.unit_thresholds) and the deploy graph's faster form built
+on them (deploy --unit-thresholds): the HardSigmoid step functions are exact for every float32,
+the rescaled model fires as the model does, and the faster deploy graph matches the loop graph."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+import builders as B
+import onnx_snn
+from onnx_snn.graph import walk
+from onnx_snn.runtimes.ort import run
+from onnx_snn.spiking import format as F
+from onnx_snn.spiking.deploy import deploy_model, step_functions
+from onnx_snn.spiking.unit_thresholds import identity_convolutions, unit_thresholds
+
+from test_deploy import MODELS, set_param
+
+
+@pytest.fixture(scope="module")
+def x():
+    return B.rand_input(40)
+
+
+def _near(level: int) -> np.ndarray:
+    """float32 values at and around ``level``: a few units in the last place either side, the
+    top of the binade below, and values far away."""
+    lv = np.float32(level)
+    vals = [lv]
+    up = down = lv
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        vals += [up, down]
+    p = np.float32(2.0 ** np.floor(np.log2(level)))
+    vals += [p, np.nextafter(p, np.float32(-1)), np.nextafter(p, np.float32(np.inf)),
+             np.float32(0), np.float32(-level), np.float32(level * 3.7), np.float32(1e-30),
+             np.float32(level - 0.5), np.float32(1e6), np.float32(-1e6)]
+    return np.array(vals, np.float32)
+
+
+def _hard_sigmoid_ort(z: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    g = helper.make_graph([helper.make_node("HardSigmoid", ["z"], ["y"], alpha=alpha, beta=beta)],
+                          "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z})[0]
+
+
+@pytest.mark.parametrize("level", list(range(1, 70)) + [127, 128, 129, 1000, 4096, 65535, 1 << 23])
+def test_step_functions_are_exact_for_every_float_near_the_level(level):
+    (a, b), (qa, qb) = step_functions(level)
+    z = _near(level)
+    want_s = (z >= np.float32(level)).astype(np.float32)
+    for alpha, beta, want in ((a, b, want_s), (qa, qb, 1 - want_s)):
+        # the product is exact (alpha a power of two); with or without a fused multiply-add
+        plain = np.float32(z * np.float32(alpha)) + np.float32(beta)
+        fused = (z.astype(np.float64) * alpha + beta).astype(np.float32)
+        for v in (plain, fused):
+            np.testing.assert_array_equal(np.clip(v, 0, 1), want)
+        big = np.tile(z, 64)        # onnxruntime's vectorized kernel, not only its tail loop
+        np.testing.assert_array_equal(_hard_sigmoid_ort(big, alpha, beta), np.tile(want, 64))
+
+
+@settings(deadline=None, max_examples=300)
+@given(level=st.integers(1, 64), z=st.floats(-1e4, 1e4, width=32))
+def test_step_functions_agree_with_a_compare_anywhere(level, z):
+    (a, b), (qa, qb) = step_functions(level)
+    z = np.float32(z)
+    s = np.clip(np.float32(z * np.float32(a)) + np.float32(b), 0, 1)
+    q = np.clip(np.float32(z * np.float32(qa)) + np.float32(qb), 0, 1)
+    assert s == float(z >= level) and q == 1 - s
+
+
+def test_step_functions_refuse_levels_they_cannot_make_exact():
+    for bad in (0, -1, (1 << 23) + 1):
+        with pytest.raises(ValueError):
+            step_functions(bad)
+
+
+@pytest.fixture(scope="module")
+def x2():
+    """Inputs the models were not calibrated on: a threshold chosen from the calibration
+    currents (a percentile) can equal one of them exactly, and that neuron's tie is decided
+    by float rounding, which the rescaling changes."""
+    return B.rand_input(40, seed=7)
+
+
+def _close(ref, got, tol=1e-4, counts=True):
+    """The same spikes up to float rounding: the spike totals within 0.2 % (and one spike)
+    per site, and the outputs within ``tol`` for at least 95 % of the samples (a neuron
+    that sits within rounding of its threshold may flip, and move its sample's outputs)."""
+    for a, b in zip(ref.outputs, got.outputs):
+        rows = np.all(np.isclose(b, a, rtol=tol, atol=tol).reshape(len(a), -1), axis=1)
+        assert rows.mean() >= 0.95, f"{(~rows).sum()} of {len(rows)} samples differ"
+    for k, v in (ref.spikes if counts else {}).items():
+        assert abs(float(v.sum()) - float(got.spikes[k].sum())) <= max(1.0, 2e-3 * float(v.sum())), k
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_rescaled_model_fires_as_the_model_does(name, x, x2):
+    """Every site that takes the scale gets thresholds of 1 and the loop graph gives the
+    same spike counts and outputs; residual sites whose current adds another site's spikes
+    directly keep theirs (and say why) until identity convolutions are put in."""
+    snn = B.converted(MODELS[name](), x, 2, "refined")[2]
+    ref = run(snn.model, x2)
+    m, report = unit_thresholds(snn.model)
+    view = F.read_spiking(m)
+    for site, what in report.items():
+        th = view.param(site, "threshold")
+        assert (what == "unit") == bool(np.all(th == 1)), (site, what)
+    _close(ref, run(m, x2))
+    with_convs, sites = identity_convolutions(snn.model)
+    m2, report2 = unit_thresholds(with_convs)
+    kept = {s: w for s, w in report.items() if w != "unit"}
+    if name.startswith("resnet"):
+        assert kept and all("spikes of" in w for w in kept.values()) and sites
+    assert all(w == "unit" for w in report2.values()), report2
+    _close(ref, run(m2, x2))
+
+
+def test_a_shared_weight_or_a_leak_keeps_the_threshold(x, x2):
+    """A site whose current comes from a weight another layer uses too is kept, with the
+    reason; a leak below one is rescaled (it multiplies either form alike) but the deploy
+    graph keeps such a neuron in its plain form."""
+    snn = B.converted(B.vgg(13, "clip"), x, 2, "refined")[2]
+    m = snn.model
+    view = F.read_spiking(m)
+    first = view.info.sites[1]
+    producer = next(n for n in walk.all_nodes(m.graph) if first.input in n.output)
+    reader = helper.make_node("Identity", [producer.input[1]], ["shared.copy"], name="share")
+    m.graph.node.insert(0, reader)
+    _, report = unit_thresholds(m)
+    assert report[first.name].startswith("kept: the weight of") and "shared" in report[first.name]
+    # a leak
+    snn = B.converted(B.pooled_twin("MaxPool"), x, 3, "refined")[2]
+    for s in F.read_info(snn.model).sites:
+        set_param(snn.model, s.name, "leak", np.float32(0.875))
+    ref = run(snn.model, x2)
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+    assert "GreaterOrEqual" in {n.op_type for n in dep.graph.node}
+    _close(ref, run(dep, x2))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
+    """deploy --unit-thresholds: every neuron as Add and HardSigmoid (no compare, cast or
+    subtraction), the same spike counts and the outputs within float rounding."""
+    snn = B.converted(MODELS[name](), x, T, "refined")[2]
+    ref = run(snn.model, x2)
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+    onnx.checker.check_model(dep, full_check=True)
+    _close(ref, run(dep, x2))
+    ops = [n.op_type for n in dep.graph.node]
+    assert "GreaterOrEqual" not in ops and "Cast" not in ops and "CastLike" not in ops
+    assert ops.count("HardSigmoid") == len(F.read_info(snn.model).sites) * (2 * T - 1)
+    history = json.loads(F.metadata(dep)[F.META_HISTORY])[-1]
+    assert set(history["unit_thresholds"].values()) == {"unit"}
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_faster_deploy_graph_of_pools_moved_first_and_signed_neurons(T, x, x2):
+    """Pools of currents (--pool-first) take the scale; signed neurons keep their own form."""
+    snn = onnx_snn.convert(MODELS["vgg_maxpool_op13"](), x, T, "refined", pool_first=True,
+                           show_progress=False)
+    _close(run(snn.model, x2), run(deploy_model(F.read_spiking(snn.model), spike_counts=True,
+                                                unit_thresholds=True), x2))
+    nm, cal, _ = B.converted(MODELS["resnet_op13"](), x, T)
+    signed = onnx_snn.build(nm, cal, T, "datta", onnx_snn.SearchConfig(signed_spikes=True))
+    dep = deploy_model(F.read_spiking(signed.model), spike_counts=True, unit_thresholds=True)
+    assert "HardSigmoid" not in {n.op_type for n in dep.graph.node}
+    _close(run(signed.model, x2), run(dep, x2))
+
+
+@settings(deadline=None, max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 5), v0=st.floats(-0.5, 0.9), amp=st.sampled_from([1.0, 0.75]),
+       per_channel=st.booleans())
+def test_faster_deploy_graph_for_any_neuron_parameters(T, v0, amp, per_channel, x, x2):
+    snn = B.converted(B.pooled_twin("MaxPool"), x, T, "datta")[2]
+    m = snn.model
+    for s in F.read_info(m).sites:
+        shape = [s.shape[0]] + [1] * (len(s.shape) - 1) if per_channel else []
+        ramp = np.linspace(0.5, 1.0, s.shape[0]).reshape(shape) if per_channel else 1.0
+        th = F.read_spiking(m).param(s.name, "threshold")
+        set_param(m, s.name, "threshold", th * ramp)
+        set_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
+        set_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
+    _close(run(m, x2), run(deploy_model(F.read_spiking(m), spike_counts=True,
+                                        unit_thresholds=True), x2))
+
+
+def test_cli_deploy_unit_thresholds_then_eval(tmp_path, x, x2):
+    from test_deploy import _cli
+    snn = B.converted(B.resnet(13, "clip"), x, 2, "refined")[2]
+    src = tmp_path / "m.snn.onnx"
+    snn.save(str(src))
+    np.savez(tmp_path / "d.npz", x=x2, y=np.zeros(len(x2), np.int64))
+    p = _cli("deploy", str(src), "--unit-thresholds", "-o", str(tmp_path / "u.onnx"))
+    assert p.returncode == 0, p.stderr
+    d = onnx.load(str(tmp_path / "u.onnx"))
+    assert "HardSigmoid" in {n.op_type for n in d.graph.node}
+    _close(run(snn.model, x2), run(d, x2), counts=False)
+    p = _cli("eval", str(tmp_path / "u.onnx"), "--data", str(tmp_path / "d.npz"))
+    assert p.returncode == 0 and "top-1" in p.stdout, p.stderr
+    # convert: the option shapes the deploy graph, so it needs --deploy (refused before the work)
+    dnn = tmp_path / "dnn.onnx"
+    onnx.save(B.vgg(13, "clip", softmax=False), str(dnn))
+    np.save(tmp_path / "c.npy", x)
+    p = _cli("convert", str(dnn), "--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "n.onnx"),
+             "--unit-thresholds", "-q")
+    assert p.returncode != 0 and "--deploy" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "n.onnx").exists()
+    p = _cli("convert", str(dnn), "--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "n.onnx"),
+             "--deploy", str(tmp_path / "n.deploy.onnx"), "--unit-thresholds", "-q")
+    assert p.returncode == 0, p.stderr
+    d = onnx.load(str(tmp_path / "n.deploy.onnx"))
+    assert "HardSigmoid" in {n.op_type for n in d.graph.node}
+    assert json.loads(F.metadata(d)[F.META_HISTORY])[-1]["unit_thresholds"]
