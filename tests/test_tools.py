@@ -74,6 +74,7 @@ def test_bench_peer_small(fmnist_test):
     assert m["convert"]["ours"]["seconds"] > 0 and m["convert"]["spikingjelly-max"]["seconds"] > 0
     assert m["throughput"]["dnn_onnxruntime"] > 0 and m["throughput"]["onnx_snn_onnxruntime"] > 0
     assert m["throughput"]["onnx_snn_deploy_onnxruntime"] > 0
+    assert m["throughput"]["onnx_snn_deploy_unit_onnxruntime"] > 0
 
 
 @pytest.mark.slow   # 35 s: SGL epochs of the DNN, onnx-snn and SpikingJelly

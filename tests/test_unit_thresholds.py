@@ -223,3 +223,78 @@ def test_cli_deploy_unit_thresholds_then_eval(tmp_path, x, x2):
     d = onnx.load(str(tmp_path / "n.deploy.onnx"))
     assert "HardSigmoid" in {n.op_type for n in d.graph.node}
     assert json.loads(F.metadata(d)[F.META_HISTORY])[-1]["unit_thresholds"]
+
+
+def _graph(nodes, inits, in_shape, out_shape):
+    from onnx import numpy_helper as nh
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+                          [nh.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_a_constant_two_sites_share_or_a_site_of_two_axes_behind_a_matmul_is_kept():
+    """Rescaling a constant that two sites add would rescale it for both; a MatMul's output
+    features are the last axis, not a 2-D site's channels (its first): both are kept, and
+    the faster deploy graph still gives the model's spikes."""
+    r = np.random.default_rng(0)
+    H = helper.make_node
+    shared = _graph(
+        [H("Conv", ["input", "W1"], ["m1"], name="conv1", pads=[1, 1, 1, 1]),
+         H("Add", ["m1", "c"], ["a1"], name="add1"), H("Clip", ["a1", "lo", "hi"], ["r1"], name="clip1"),
+         H("Conv", ["r1", "W2"], ["m2"], name="conv2", pads=[1, 1, 1, 1]),
+         H("Add", ["c", "m2"], ["a2"], name="add2"), H("Clip", ["a2", "lo", "hi"], ["r2"], name="clip2"),
+         H("Flatten", ["r2"], ["f"], name="fl"), H("MatMul", ["f", "W3"], ["out"], name="mm3")],
+        {"W1": r.standard_normal((4, 1, 3, 3)) * 0.5, "W2": r.standard_normal((4, 4, 3, 3)) * 0.3,
+         "W3": r.standard_normal((144, 4)) * 0.2, "c": r.random((1, 4, 6, 6)) * 0.3, "lo": 0.0, "hi": 2.0},
+        ["N", 1, 6, 6], ["N", 4])
+    matmul = _graph(
+        [H("MatMul", ["input", "W1"], ["m1"], name="mm1"), H("Clip", ["m1", "lo", "hi"], ["r1"], name="clip1"),
+         H("MatMul", ["r1", "W2"], ["out"], name="mm2")],
+        {"W1": r.standard_normal((4, 4)) * 0.8, "W2": r.standard_normal((4, 4)) * 0.5, "lo": 0.0, "hi": 2.0},
+        ["N", 4, 4], ["N", 4, 4])
+    for model, shape, why in ((shared, (1, 6, 6), "is shared"), (matmul, (4, 4), "more than one axis")):
+        x = (r.random((64,) + shape) * np.arange(1, shape[0] + 1).reshape(-1, *[1] * (len(shape) - 1))).astype(np.float32)
+        x2 = (r.random((64,) + shape) * np.arange(1, shape[0] + 1).reshape(-1, *[1] * (len(shape) - 1))).astype(np.float32)
+        snn = B.converted(model, x, 4, "refined")[2]
+        _, report = unit_thresholds(snn.model)
+        assert report and all(w.startswith("kept") and why in w for w in report.values()), report
+        dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+        ref, got = run(snn.model, x2), run(dep, x2)
+        np.testing.assert_allclose(got.outputs[0], ref.outputs[0], rtol=1e-5, atol=1e-5)
+        for k, v in ref.spikes.items():
+            np.testing.assert_array_equal(v, got.spikes[k])
+
+
+@pytest.mark.parametrize("T", [16, 64])
+def test_faster_deploy_graph_keeps_its_precision_at_many_steps(T, x, x2):
+    """The neuron carries the membrane itself (the reset's -1 taken from a bias), so its
+    rounding does not grow with the step: at T = 64 the faster deploy graph and the plain
+    one differ in as few samples as rounding of the rescaled weights explains."""
+    snn = B.converted(B.vgg(13, "clip"), x, T, "refined")[2]
+    ref = run(deploy_model(F.read_spiking(snn.model), spike_counts=True), x2)
+    got = run(deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True), x2)
+    _close(ref, got)
+    same = np.all([ref.spikes[k] == got.spikes[k] for k in ref.spikes], axis=0)
+    assert same.mean() >= 0.95, f"{(~same).sum()} of {len(same)} samples fire differently"
+
+
+def test_a_neuron_just_below_its_threshold_at_the_last_of_64_steps():
+    """One neuron with threshold 1 that reaches it only through 64 small currents: the
+    faster form fires when the model does (a state of u + t lost the small currents)."""
+    H = helper.make_node
+    model = _graph([H("Gemm", ["input", "W"], ["g"], name="fc"), H("Clip", ["g", "lo", "hi"], ["r"], name="act"),
+                    H("Gemm", ["r", "V"], ["out"], name="fc2")],
+                   {"W": np.eye(1), "V": np.ones((1, 1)), "lo": 0.0, "hi": 1.0}, ["N", 1], ["N", 1])
+    xin = np.linspace(0, 1, 64, dtype=np.float32).reshape(-1, 1)
+    snn = B.converted(model, xin, 64, "max")[2]
+    m = snn.model
+    set_param(m, "lif0", "threshold", np.float32(1))
+    set_param(m, "lif0", "v_init", np.float32(1 - 49.5e-6))
+    probe = np.full((4, 1), 1e-6, np.float32)
+    ref = run(m, probe)
+    got = run(deploy_model(F.read_spiking(m), spike_counts=True, unit_thresholds=True), probe)
+    np.testing.assert_array_equal(got.spikes["lif0"], ref.spikes["lif0"])
+    assert ref.spikes["lif0"].sum() > 0

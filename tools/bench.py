@@ -21,8 +21,8 @@ Sections (``--sections``):
   memory (each in a fresh process, run alone) of onnx-snn (``datta`` and the default
   ``refined``) against SpikingJelly.
 * ``throughput``: inference images/s at T = 2, batch 256: the DNN in onnxruntime (the
-  floor), the onnx-snn spiking graph and its deploy graph (``onnx-snn deploy``) in
-  onnxruntime, SpikingJelly's model in PyTorch.
+  floor), the onnx-snn spiking graph and its deploy graph (``onnx-snn deploy``, and its
+  faster ``--unit-thresholds`` form) in onnxruntime, SpikingJelly's model in PyTorch.
 * ``finetune``: top-1 after one epoch (``--finetune-images``, default 8 000 training
   images) of onnx-snn's surrogate-gradient fine-tuning at T = 1 and 2, and the SGL epoch time against SpikingJelly's multi-step training of the same
   network at T = 2 (tools/bench_sgl.py's jobs).
@@ -313,6 +313,7 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
     built = onnx_snn.build(nm, cal, T, "datta").model
     snn = ModelRunner(built)
     deployed = ModelRunner(onnx_snn.deploy(built))    # the inference-only graph of the same model
+    unit = ModelRunner(onnx_snn.deploy(built, unit_thresholds=True))     # and its faster form
     sj = sj_convert(zoo_module(model_path, relu=True), calib.x, "max")
     from spikingjelly.activation_based import functional
 
@@ -326,6 +327,7 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
     r = {"dnn_onnxruntime": timed(lambda b: dnn.run({"input": b})),
          "onnx_snn_onnxruntime": timed(lambda b: snn.run({"input": b})),
          "onnx_snn_deploy_onnxruntime": timed(lambda b: deployed.run({"input": b})),
+         "onnx_snn_deploy_unit_onnxruntime": timed(lambda b: unit.run({"input": b})),
          "spikingjelly_pytorch": timed(sj_fn)}
     r = {k: round(v, 1) for k, v in r.items()}
     r["onnx_snn_over_dnn"] = round(r["onnx_snn_onnxruntime"] / r["dnn_onnxruntime"], 3)
@@ -333,6 +335,8 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
     r["spikingjelly_over_dnn"] = round(r["spikingjelly_pytorch"] / r["dnn_onnxruntime"], 3)
     r["onnx_snn_over_spikingjelly"] = round(r["onnx_snn_onnxruntime"] / r["spikingjelly_pytorch"], 2)
     r["deploy_over_spikingjelly"] = round(r["onnx_snn_deploy_onnxruntime"] / r["spikingjelly_pytorch"], 2)
+    r["deploy_unit_over_dnn"] = round(r["onnx_snn_deploy_unit_onnxruntime"] / r["dnn_onnxruntime"], 3)
+    r["deploy_unit_over_spikingjelly"] = round(r["onnx_snn_deploy_unit_onnxruntime"] / r["spikingjelly_pytorch"], 2)
     r.update({"timesteps": T, "batch": batch, "images": n})
     return r
 
@@ -425,10 +429,15 @@ def markdown(result) -> str:
                       f"{thr['onnx_snn_onnxruntime']:.0f} img/s ({thr['onnx_snn_over_dnn']:.2f}x the DNN)"
                       + (f", its deploy graph {thr['onnx_snn_deploy_onnxruntime']:.0f} img/s "
                          f"({thr['deploy_over_dnn']:.2f}x)" if "deploy_over_dnn" in thr else "")
+                      + (f", its `--unit-thresholds` deploy graph "
+                         f"{thr['onnx_snn_deploy_unit_onnxruntime']:.0f} img/s ({thr['deploy_unit_over_dnn']:.2f}x)"
+                         if "deploy_unit_over_dnn" in thr else "")
                       + f"; SpikingJelly in PyTorch {thr['spikingjelly_pytorch']:.0f} img/s "
                       f"({thr['spikingjelly_over_dnn']:.2f}x; onnx-snn {thr['onnx_snn_over_spikingjelly']:.2f}x "
                       + (f"and its deploy graph {thr['deploy_over_spikingjelly']:.2f}x "
                          if "deploy_over_spikingjelly" in thr else "")
+                      + (f"(`--unit-thresholds` {thr['deploy_unit_over_spikingjelly']:.2f}x) "
+                         if "deploy_unit_over_spikingjelly" in thr else "")
                       + "SpikingJelly).", ""]
         ft = model.get("finetune")
         if ft:

@@ -94,7 +94,8 @@ def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     sites = json.loads(fmt.metadata(m)[fmt.META_SITES])
     for s in sites:
         if result.get(s["name"]) == "folded":
-            s["folded_amplitude"] = s["amplitude"]
+            if "folded_amplitude" not in s:      # folded before: its record stays
+                s["folded_amplitude"] = s["amplitude"]
             s["amplitude"] = 1.0
     fmt.set_metadata(m, {fmt.META_SITES: json.dumps(sites), fmt.META_BINARY: json.dumps(result)})
     return m, result

@@ -61,10 +61,10 @@ class _Unroller:
     """Copies the time step T times; ``cur`` maps each state to its current tensor (None
     while it is the zero initial value, a constant's name while it is a nonzero one)."""
 
-    def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool,
-                 unit: bool = False):
-        self.view, self.T, self.unit = view, int(timesteps), unit
+    def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool):
+        self.view, self.T = view, int(timesteps)
         self.q: Dict[str, str] = {}      # unit-form neurons: the state's 1 - s of the last step
+        self.unit_sites: set = set()     # sites written by unit_neuron
         self.opset = next((o.version for o in view.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.inits = view.initializers
         self.body = list(view.body) + (list(view.counters) if spike_counts else [])
@@ -83,39 +83,35 @@ class _Unroller:
 
     def unit_form(self, node: onnx.NodeProto) -> bool:
         """Whether the neuron is written in the blocked-layout form (:meth:`unit_neuron`):
-        on request, for a plain integrate-and-fire neuron whose thresholds are 1 and leak 1,
-        whose next membrane no other node reads."""
-        if not self.unit or node.op_type == fmt.SIGNED_NEURON_OP:
-            return False
-        x, v, th, amp, leak = node.input
-        return _is(self.value(th), 1) and _is(self.value(leak), 1) and \
-            node.output[1] not in self.read_next
+        the sites :func:`~.unit_thresholds.unit_thresholds` rescaled and shifted (plain
+        integrate-and-fire neurons of leak 1, thresholds now 1)."""
+        return fmt.site_of_neuron_node(node.name) in self.unit_sites
 
     def unit_neuron(self, node: onnx.NodeProto, t: int, arg, pre: str, ren) -> List[onnx.NodeProto]:
         """A neuron of threshold 1 and leak 1 in ops that onnxruntime keeps in its blocked
         (NCHWc) convolution layout: ``Add`` and ``HardSigmoid``, never a compare, a cast or a
         subtraction (each of which makes it reorder the tensor to NCHW and back).
 
-        Its state is ``z_t = u_t + t`` (the membrane plus the spikes it would have lost had
-        every step fired) and ``q_t = 1 - s_t``: ``z_t = z_{t-1} + q_{t-1} + x_t`` equals
-        ``u_{t-1} - s_{t-1} + x_t + t``, the reset by subtraction, so the neuron fires at step
-        t (0-based) iff ``z_t >= t + 1``. :func:`step_functions` gives the two HardSigmoids
-        that compute ``s_t`` and ``q_t`` exactly from ``z_t``."""
+        The site's current arrives as ``x_t - 1`` (``unit_thresholds(shift_reset=True)``
+        took 1 from a bias on the way), and the neuron carries ``q_t = 1 - s_t``: the membrane
+        ``u_t = u_{t-1} + q_{t-1} + (x_t - 1)`` is ``u_{t-1} - s_{t-1} + x_t``, the reset by
+        subtraction, with no subtraction in the graph; the first step adds ``v_init + 1``.
+        The neuron fires iff ``u_t >= 1``; :func:`step_functions` gives the two HardSigmoids
+        that compute ``s_t`` and ``q_t`` exactly from ``u_t``."""
         x, v, th, amp, leak = node.input
         y, v_next = node.output
         H = helper.make_node
         out: List[onnx.NodeProto] = []
         if t == 0:
-            z = arg(x)
             v0 = self.value(self.cur[v]) if self.cur[v] else None
-            if v0 is not None and not _is(v0, 0):
-                z = pre + "z"
-                out.append(H("Add", [arg(x), self.cur[v]], [z], name=pre + "z"))
+            start = np.float32(1) + (np.float32(0) if v0 is None else v0.astype(np.float32))
+            z = pre + "z"
+            out.append(H("Add", [arg(x), self.constant(pre + "start", start)], [z], name=z))
         else:
             w, z = pre + "zq", pre + "z"
             out.append(H("Add", [self.cur[v], self.q[v]], [w], name=w))
             out.append(H("Add", [w, arg(x)], [z], name=z))
-        (a, b), (qa, qb) = step_functions(t + 1)
+        (a, b), (qa, qb) = step_functions(1)
         s = pre + "s"
         out.append(H("HardSigmoid", [z], [s], alpha=a, beta=b, name=s))
         if _is(self.value(amp), 1):
@@ -243,8 +239,8 @@ def step_functions(level: int) -> Tuple[Tuple[float, float], Tuple[float, float]
     float32 just below ``level`` (or at least 1, when ``z`` lies below the highest power of two
     under a ``level`` that is not one), and ``alpha`` times that is at least 1, so the value
     is at most 0. Rounding is monotone and keeps 0 and 1, so the clipped result is exact
-    with or without a fused multiply-add (tests/test_deploy.py checks every float32 near
-    each level)."""
+    with or without a fused multiply-add (tests/test_unit_thresholds.py checks every float32
+    near each level). The deploy graph uses level 1."""
     level = int(level)
     if not 1 <= level <= 1 << 23:
         raise ValueError(f"level {level} outside 1..2**23")
@@ -312,15 +308,17 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
         raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
                          f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
                          "smaller T, or run the spiking model's loop graph")
-    units = None
+    units, source = None, view.model
     if unit_thresholds:
         from .binary import fold_amplitudes
         from .unit_thresholds import identity_convolutions, unit_thresholds as _unit
         with_convs, _ = identity_convolutions(view.model)
         folded, _ = fold_amplitudes(with_convs)
-        rescaled, units = _unit(folded)
+        rescaled, units = _unit(folded, shift_reset=True)
         view = fmt.read_spiking(rescaled)
-    un = _Unroller(view, T, spike_counts, unit=unit_thresholds)
+    un = _Unroller(view, T, spike_counts)
+    if units:
+        un.unit_sites = {s for s, what in units.items() if what == "unit"}
     per_step = [un.step(t) for t in range(T)]
     g = view.model.graph
     out_info = {o.name: o for o in g.output}
@@ -361,7 +359,7 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     model.producer_name = view.model.producer_name
     model.producer_version = view.model.producer_version
     _annotate_shapes(model)
-    meta = fmt.metadata(view.model)
+    meta = fmt.metadata(source)       # the spiking model's records, not the rescaled copy's
     history = json.loads(meta.get(fmt.META_HISTORY, "[]") or "[]")
     from .. import __version__
     history.append({"step": "deploy", "tool": f"onnx-snn {__version__}",

@@ -20,6 +20,7 @@ and the report says why.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,9 +34,6 @@ from . import format as fmt
 _HOMOGENEOUS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "Identity"} | \
     set(fmt.POOL_OPS.values())
 
-# a plan: (initializer name, kind, axis) -- kind "axis" scales the initializer along ``axis``
-# by the channel scale; kind "broadcast" multiplies it by the scale shaped like the threshold
-_Plan = List[Tuple[str, str, int]]
 
 
 def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List[str]]:
@@ -90,9 +88,16 @@ def _copy_weight(g: onnx.GraphProto, w: str, k: int) -> str:
     return name
 
 
-def unit_thresholds(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, str]]:
+def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
+                    ) -> Tuple[onnx.ModelProto, Dict[str, str]]:
     """A copy of the spiking ``model`` in which every site that can take it has thresholds of
-    1 (see the module docstring), and for every site "unit" or the reason it was kept."""
+    1 (see the module docstring), and for every site "unit" or the reason it was kept.
+
+    ``shift_reset`` (for the deploy graph's unit neurons only): also subtract 1 from one
+    constant term of every unit site's current (a bias, or a constant added on the way; a
+    Conv or Gemm without one gets one), which moves each step's reset by subtraction into
+    the current. The result is not the model any more on its own: the deploy graph adds the
+    1 back through its neuron's ``1 - s`` (:meth:`deploy._Unroller.unit_neuron`)."""
     m = copy.deepcopy(model)
     view = fmt.read_spiking(m)
     nodes = walk.all_nodes(m.graph)
@@ -111,27 +116,44 @@ def unit_thresholds(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     for site in view.info.sites:
         th_name = fmt.param_name(site.name, "threshold")
         th = numpy_helper.to_array(inits[th_name]).astype(np.float64)
-        if np.all(th == 1):
-            result[site.name] = "unit"
-            continue
-        if not np.all(th > 0) or not np.all(np.isfinite(th)):
-            result[site.name] = "kept: a threshold is not a positive number"
-            continue
         node = neurons.get(site.name)
         if node is None:
             result[site.name] = "kept: its neuron node was not found"
             continue
+        if not np.all(th > 0) or not np.all(np.isfinite(th)):
+            result[site.name] = "kept: a threshold is not a positive number"
+            continue
+        if shift_reset:
+            leak = numpy_helper.to_array(inits[node.input[4]]) if node.input[4] in inits else None
+            if node.op_type == fmt.SIGNED_NEURON_OP:
+                result[site.name] = "kept: a signed neuron keeps its own form"
+                continue
+            if leak is None or not np.all(leak == 1):
+                result[site.name] = "kept: a leak below one keeps the plain form"
+                continue
+            if any(node.output[1] in n.input for n in view.body):
+                result[site.name] = "kept: another node reads its next membrane"
+                continue
         scale = 1.0 / th
-        plan: _Plan = []
-        reason = _walk(node.input[0], scale, plan, producers, consumers, uses, inits, outputs,
-                       channels=scale.size)
+        plan: List[_Step] = []
+        ctx = _Context(producers, consumers, uses, inits, outputs, scale)
+        reason = _walk(node.input[0], plan, ctx)
         if reason is None:
             reason = _check_plan(plan, inits, scale)
+        shift = None
+        if reason is None and shift_reset:
+            shift = next((p for p in plan if p.kind in ("bias", "offset", "no-bias")
+                          and p.shiftable), None)
+            if shift is None:
+                reason = "no bias or constant on the way to take the reset"
         if reason is not None:
             result[site.name] = f"kept: {reason}"
             continue
-        for name, kind, axis in plan:
-            _apply(inits[name], kind, axis, scale)
+        for p in plan:
+            if p.kind != "no-bias":
+                _apply(inits[p.name], p, scale)
+        if shift is not None:
+            _shift(m, shift, inits, scale)
         inits[th_name].CopyFrom(numpy_helper.from_array(
             np.ones_like(numpy_helper.to_array(inits[th_name])), th_name))
         v0_name = fmt.param_name(site.name, "v_init")
@@ -143,98 +165,170 @@ def unit_thresholds(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, 
     return m, result
 
 
-def _walk(t: str, scale: np.ndarray, plan: _Plan, producers, consumers, uses, inits,
-          outputs, channels: int) -> Optional[str]:
+@dataclass
+class _Step:
+    """One rescaling: initializer ``name`` of ``node``; ``kind``: "weight" (along ``axis``),
+    "bias" (a Conv's or Gemm's bias, along the output channels), "offset" (a constant added,
+    ``sign`` -1 when subtracted from), "factor" (a constant multiplying), "no-bias" (a Conv
+    or Gemm without one: only a place for the reset's shift)."""
+    name: str
+    kind: str
+    node: onnx.NodeProto
+    axis: int = 0
+    sign: int = 1
+    shiftable: bool = True      # a constant added here adds to the site's current (no
+    #                             average pool with padding on the way)
+
+
+@dataclass
+class _Context:
+    producers: Dict[str, onnx.NodeProto]
+    consumers: Dict[str, List[onnx.NodeProto]]
+    uses: Dict[str, int]
+    inits: Dict[str, onnx.TensorProto]
+    outputs: set
+    scale: np.ndarray
+    shiftable: bool = True
+
+    @property
+    def per_channel(self) -> bool:
+        """The scale is one number, or one per channel (all other axes of size 1)."""
+        return self.scale.size == 1 or self.scale.size == self.scale.shape[0]
+
+
+def _walk(t: str, plan: List[_Step], ctx: _Context) -> Optional[str]:
     """Plan the rescaling of every layer that computes the tensor ``t`` (read only by the
     path to the site); a reason when one cannot take it."""
-    n = producers.get(t)
+    n = ctx.producers.get(t)
     if n is not None and fmt.is_neuron_node(n):
         return f"it adds the spikes of '{fmt.site_of_neuron_node(n.name) or n.name}' directly"
-    if t in outputs:
+    if t in ctx.outputs:
         return f"'{t}' is a graph output"
-    if len(consumers.get(t, [])) != 1:
-        return f"'{t}' is read by {len(consumers.get(t, []))} nodes"
+    if len(ctx.consumers.get(t, [])) != 1:
+        return f"'{t}' is read by {len(ctx.consumers.get(t, []))} nodes"
     if n is None:
         return f"'{t}' is not computed by a layer that can be rescaled"
     op = n.op_type
     if op in _HOMOGENEOUS:
-        return _walk(n.input[0], scale, plan, producers, consumers, uses, inits, outputs, channels)
+        if op != "Identity" and not ctx.per_channel:
+            return f"'{n.name}' ({op}) mixes positions with thresholds per neuron"
+        padded = any(walk.attr(n, "pads", []) or []) or \
+            walk.attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+        if op == "AveragePool" and padded:
+            ctx.shiftable = False       # a padded average of x - 1 is not the average minus 1
+        return _walk(n.input[0], plan, ctx)
     if op in ("Add", "Sub"):
-        for i in n.input:
-            if i in inits:
-                plan.append((i, "broadcast", 0))
+        for k, i in enumerate(n.input):
+            if i in ctx.inits:
+                if ctx.uses.get(i, 0) != 1:
+                    return f"the constant '{i}' of '{n.name}' is shared"
+                plan.append(_Step(i, "offset", n, sign=-1 if op == "Sub" and k == 1 else 1,
+                                  shiftable=ctx.shiftable))
                 continue
-            reason = _walk(i, scale, plan, producers, consumers, uses, inits, outputs, channels)
+            reason = _walk(i, plan, ctx)
             if reason:
                 return reason
         return None
     if op in ("Mul", "Div"):
-        const = [i for i in n.input if i in inits]
-        other = [i for i in n.input if i not in inits]
-        if len(const) != 1 or len(other) != 1 or (op == "Div" and n.input[1] not in inits):
+        const = [i for i in n.input if i in ctx.inits]
+        other = [i for i in n.input if i not in ctx.inits]
+        if len(const) != 1 or len(other) != 1 or (op == "Div" and n.input[1] not in ctx.inits):
             return f"'{n.name}' ({op}) is not a product with one constant"
         if op == "Mul":
-            plan.append((const[0], "broadcast", 0))
-            return None if uses.get(const[0], 0) == 1 else f"the constant of '{n.name}' is shared"
-        return _walk(other[0], scale, plan, producers, consumers, uses, inits, outputs, channels)
+            if ctx.uses.get(const[0], 0) != 1:
+                return f"the constant of '{n.name}' is shared"
+            plan.append(_Step(const[0], "factor", n))
+            return None
+        return _walk(other[0], plan, ctx)
     if op == "Conv":
-        return _weighted(n, 0, plan, uses, inits, channels)
-    if op == "Gemm":
-        return _weighted(n, 0 if walk.attr(n, "transB", 0) else 1, plan, uses, inits, channels)
-    if op == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
-        return _weighted(n, 1, plan, uses, inits, channels)
+        return _weighted(n, 0, plan, ctx)
+    if op in ("Gemm", "MatMul"):
+        # the output features are the last axis: the site's channels only for a 1-D site
+        if ctx.scale.size > 1 and ctx.scale.ndim != 1:
+            return f"'{n.name}' ({op}) computes a site of more than one axis"
+        if op == "Gemm":
+            return _weighted(n, 0 if walk.attr(n, "transB", 0) else 1, plan, ctx)
+        if n.input[1] in ctx.inits and len(ctx.inits[n.input[1]].dims) == 2:
+            return _weighted(n, 1, plan, ctx)
     return f"'{n.name}' ({op}) is not a layer that can be rescaled"
 
 
-def _weighted(n: onnx.NodeProto, axis: int, plan: _Plan, uses, inits, channels: int) -> Optional[str]:
+def _weighted(n: onnx.NodeProto, axis: int, plan: List[_Step], ctx: _Context) -> Optional[str]:
     """Plan the rescaling of a Conv's or Gemm's output channels (weight along ``axis``,
-    bias or ``C`` broadcast)."""
+    its bias)."""
     w = n.input[1]
-    if w not in inits:
+    if w not in ctx.inits:
         return f"'{n.name}' has a computed weight"
-    if uses.get(w, 0) != 1:
+    if ctx.uses.get(w, 0) != 1:
         return f"the weight of '{n.name}' is shared"
-    if channels > 1 and inits[w].dims[axis] != channels:
-        return f"'{n.name}' has {inits[w].dims[axis]} output channels, not the site's {channels}"
-    plan.append((w, "axis", axis))
+    channels = ctx.scale.size
+    if channels > 1 and ctx.inits[w].dims[axis] != channels:
+        return f"'{n.name}' has {ctx.inits[w].dims[axis]} output channels, not the site's {channels}"
+    plan.append(_Step(w, "weight", n, axis=axis))
     if len(n.input) > 2 and n.input[2]:
         b = n.input[2]
-        if b not in inits:
+        if b not in ctx.inits:
             return f"'{n.name}' has a computed bias"
-        if uses.get(b, 0) != 1:
+        if ctx.uses.get(b, 0) != 1:
             return f"the bias of '{n.name}' is shared"
-        plan.append((b, "axis" if n.op_type == "Conv" else "bias", 0))
+        plan.append(_Step(b, "bias", n, shiftable=ctx.shiftable))
+    elif n.op_type in ("Conv", "Gemm"):
+        plan.append(_Step("", "no-bias", n, shiftable=ctx.shiftable))
     return None
 
 
-def _check_plan(plan: _Plan, inits, scale: np.ndarray) -> Optional[str]:
-    """Every broadcast constant must keep a shape that broadcasts as before."""
-    names = [p[0] for p in plan]
+def _check_plan(plan: List[_Step], inits, scale: np.ndarray) -> Optional[str]:
+    """Every constant once, and each broadcast one keeps a shape that broadcasts as before."""
+    names = [p.name for p in plan if p.name]
     if len(set(names)) != len(names):
         return "a constant is used twice on the way"
-    for name, kind, _ in plan:
-        if kind == "broadcast":
-            shape = tuple(inits[name].dims)
+    for p in plan:
+        if p.kind in ("offset", "factor"):
+            shape = tuple(inits[p.name].dims)
             try:
                 new = np.broadcast_shapes(shape, scale.shape)
             except ValueError:
-                return f"the constant '{name}' does not broadcast with the site's channels"
+                return f"the constant '{p.name}' does not broadcast with the site's channels"
             if len(new) > len(shape) and len(shape) > 0:
-                return f"the constant '{name}' ({list(shape)}) would change rank"
+                return f"the constant '{p.name}' ({list(shape)}) would change rank"
     return None
 
 
-def _apply(t: onnx.TensorProto, kind: str, axis: int, scale: np.ndarray) -> None:
+def _apply(t: onnx.TensorProto, p: _Step, scale: np.ndarray) -> None:
     arr = numpy_helper.to_array(t)
     a = arr.astype(np.float64)
-    if kind == "broadcast":
+    s = scale.reshape(-1)
+    if p.kind in ("offset", "factor"):
         out = a * scale
-    elif kind == "bias":                # a Gemm's C: broadcast against [M, N]
-        s = scale.reshape(-1)
-        out = a * s if a.ndim else a * s          # a scalar C becomes one value per output
+    elif p.kind == "bias":              # [M] for a Conv; a Gemm's C broadcasts against [N, M]
+        out = a * s
     else:
-        s = scale.reshape(-1)
         shape = [1] * a.ndim
-        shape[axis] = s.size
+        shape[p.axis] = s.size
         out = a * s.reshape(shape)
+    t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
+
+
+def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
+    """Subtract 1 from the current through ``p`` (after the rescaling)."""
+    if p.kind == "no-bias":             # a Conv or Gemm without a bias gets one of -1
+        w = inits[p.node.input[1]]
+        channels = w.dims[0] if p.node.op_type == "Conv" or walk.attr(p.node, "transB", 0) \
+            else w.dims[1]
+        name = f"{fmt.RESERVED_PREFIX}unit/{p.node.name or p.node.output[0]}.bias"
+        t = numpy_helper.from_array(-np.ones(channels, np.float32), name)
+        m.graph.initializer.append(t)
+        inits[name] = m.graph.initializer[-1]
+        while len(p.node.input) < 2:
+            p.node.input.append("")
+        if len(p.node.input) == 2:
+            p.node.input.append(name)
+        else:
+            p.node.input[2] = name
+        return
+    t = inits[p.name]
+    arr = numpy_helper.to_array(t)
+    out = arr.astype(np.float64) - p.sign
+    if p.kind == "offset" and out.shape != np.broadcast_shapes(out.shape, scale.shape):
+        out = out * np.ones(scale.shape)        # a scalar offset: one value per channel now
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
