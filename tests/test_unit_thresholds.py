@@ -298,3 +298,23 @@ def test_a_neuron_just_below_its_threshold_at_the_last_of_64_steps():
     got = run(deploy_model(F.read_spiking(m), spike_counts=True, unit_thresholds=True), probe)
     np.testing.assert_array_equal(got.spikes["lif0"], ref.spikes["lif0"])
     assert ref.spikes["lif0"].sum() > 0
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_gemm_site_with_or_without_c_and_any_beta(beta, bias):
+    """The reset's 1 is taken from a Gemm's C (beta * C is added, so C moves by 1 / beta), or
+    from a C made for a Gemm without one."""
+    r = np.random.default_rng(3)
+    H = helper.make_node
+    inputs = ["input", "W"] + (["C"] if bias else [])
+    inits = {"W": r.standard_normal((6, 8)), "V": r.standard_normal((8, 3)), "lo": 0.0, "hi": 2.0}
+    if bias:
+        inits["C"] = r.standard_normal(8) * 0.3
+    model = _graph([H("Gemm", inputs, ["g"], name="fc", beta=beta), H("Clip", ["g", "lo", "hi"], ["h"], name="act"),
+                    H("Gemm", ["h", "V"], ["out"], name="fc2")], inits, ["N", 6], ["N", 3])
+    x, x2 = r.random((64, 6)).astype(np.float32), r.random((64, 6)).astype(np.float32)
+    snn = B.converted(model, x, 3, "refined")[2]
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+    assert "HardSigmoid" in {n.op_type for n in dep.graph.node}
+    _close(run(snn.model, x2), run(dep, x2))

@@ -265,15 +265,17 @@ def _weighted(n: onnx.NodeProto, axis: int, plan: List[_Step], ctx: _Context) ->
     if channels > 1 and ctx.inits[w].dims[axis] != channels:
         return f"'{n.name}' has {ctx.inits[w].dims[axis]} output channels, not the site's {channels}"
     plan.append(_Step(w, "weight", n, axis=axis))
+    # a Gemm whose beta is 0 ignores its C: no place for the reset's shift there
+    shiftable = ctx.shiftable and not (n.op_type == "Gemm" and float(walk.attr(n, "beta", 1.0)) == 0)
     if len(n.input) > 2 and n.input[2]:
         b = n.input[2]
         if b not in ctx.inits:
             return f"'{n.name}' has a computed bias"
         if ctx.uses.get(b, 0) != 1:
             return f"the bias of '{n.name}' is shared"
-        plan.append(_Step(b, "bias", n, shiftable=ctx.shiftable))
+        plan.append(_Step(b, "bias", n, shiftable=shiftable))
     elif n.op_type in ("Conv", "Gemm"):
-        plan.append(_Step("", "no-bias", n, shiftable=ctx.shiftable))
+        plan.append(_Step("", "no-bias", n, shiftable=shiftable))
     return None
 
 
@@ -311,12 +313,14 @@ def _apply(t: onnx.TensorProto, p: _Step, scale: np.ndarray) -> None:
 
 def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
     """Subtract 1 from the current through ``p`` (after the rescaling)."""
+    # a Gemm adds beta * C: its C moves by 1 / beta
+    step = 1.0 / float(walk.attr(p.node, "beta", 1.0)) if p.node.op_type == "Gemm" else 1.0
     if p.kind == "no-bias":             # a Conv or Gemm without a bias gets one of -1
         w = inits[p.node.input[1]]
         channels = w.dims[0] if p.node.op_type == "Conv" or walk.attr(p.node, "transB", 0) \
             else w.dims[1]
         name = f"{fmt.RESERVED_PREFIX}unit/{p.node.name or p.node.output[0]}.bias"
-        t = numpy_helper.from_array(-np.ones(channels, np.float32), name)
+        t = numpy_helper.from_array(np.full(channels, -step, np.float32), name)
         m.graph.initializer.append(t)
         inits[name] = m.graph.initializer[-1]
         while len(p.node.input) < 2:
@@ -328,7 +332,7 @@ def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
         return
     t = inits[p.name]
     arr = numpy_helper.to_array(t)
-    out = arr.astype(np.float64) - p.sign
+    out = arr.astype(np.float64) - p.sign * (step if p.kind == "bias" else 1.0)
     if p.kind == "offset" and out.shape != np.broadcast_shapes(out.shape, scale.shape):
         out = out * np.ones(scale.shape)        # a scalar offset: one value per channel now
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
