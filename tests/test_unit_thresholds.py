@@ -16,7 +16,7 @@ import onnx_snn
 from onnx_snn.graph import walk
 from onnx_snn.runtimes.ort import run
 from onnx_snn.spiking import format as F
-from onnx_snn.spiking.deploy import deploy_model, step_functions
+from onnx_snn.spiking.deploy import UNIT_THRESHOLD, deploy_model, step_functions
 from onnx_snn.spiking.unit_thresholds import identity_convolutions, unit_thresholds
 
 from test_deploy import MODELS, set_param
@@ -31,12 +31,13 @@ def _near(level: int) -> np.ndarray:
     """float32 values at and around ``level``: a few units in the last place either side, the
     top of the binade below, and values far away."""
     lv = np.float32(level)
+    level = float(lv)
     vals = [lv]
     up = down = lv
     for _ in range(4):
         up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
         vals += [up, down]
-    p = np.float32(2.0 ** np.floor(np.log2(level)))
+    p = np.float32(2.0 ** np.floor(np.log2(level)))          # the binade's power of two
     vals += [p, np.nextafter(p, np.float32(-1)), np.nextafter(p, np.float32(np.inf)),
              np.float32(0), np.float32(-level), np.float32(level * 3.7), np.float32(1e-30),
              np.float32(level - 0.5), np.float32(1e6), np.float32(-1e6)]
@@ -53,7 +54,8 @@ def _hard_sigmoid_ort(z: np.ndarray, alpha: float, beta: float) -> np.ndarray:
         None, {"z": z})[0]
 
 
-@pytest.mark.parametrize("level", list(range(1, 70)) + [127, 128, 129, 1000, 4096, 65535, 1 << 23])
+@pytest.mark.parametrize("level", list(range(1, 70)) + [127, 128, 129, 1000, 4096, 65535, 1 << 23,
+                                   UNIT_THRESHOLD, 0.75, 1e-3, 0.1, 3.3e-5, 1234.567])
 def test_step_functions_are_exact_for_every_float_near_the_level(level):
     (a, b), (qa, qb) = step_functions(level)
     z = _near(level)
@@ -69,8 +71,10 @@ def test_step_functions_are_exact_for_every_float_near_the_level(level):
 
 
 @settings(deadline=None, max_examples=300)
-@given(level=st.integers(1, 64), z=st.floats(-1e4, 1e4, width=32))
+@given(level=st.one_of(st.integers(1, 64), st.floats(2.0 ** -20, 2.0 ** 20, width=32)),
+       z=st.floats(-1e4, 1e4, width=32))
 def test_step_functions_agree_with_a_compare_anywhere(level, z):
+    level = float(np.float32(level))
     (a, b), (qa, qb) = step_functions(level)
     z = np.float32(z)
     s = np.clip(np.float32(z * np.float32(a)) + np.float32(b), 0, 1)
@@ -78,8 +82,8 @@ def test_step_functions_agree_with_a_compare_anywhere(level, z):
     assert s == float(z >= level) and q == 1 - s
 
 
-def test_step_functions_refuse_levels_they_cannot_make_exact():
-    for bad in (0, -1, (1 << 23) + 1):
+def test_step_functions_refuse_thresholds_they_cannot_make_exact():
+    for bad in (0, -1, float("nan"), float("inf"), 1e-40):
         with pytest.raises(ValueError):
             step_functions(bad)
 
@@ -318,3 +322,69 @@ def test_a_gemm_site_with_or_without_c_and_any_beta(beta, bias):
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
     assert "HardSigmoid" in {n.op_type for n in dep.graph.node}
     _close(run(snn.model, x2), run(dep, x2))
+
+
+def _same_spikes(model, x2):
+    dep = deploy_model(F.read_spiking(model), spike_counts=True, unit_thresholds=True)
+    ref, got = run(model, x2), run(dep, x2)
+    np.testing.assert_allclose(got.outputs[0], ref.outputs[0], rtol=1e-5, atol=1e-5)
+    for k, v in ref.spikes.items():
+        np.testing.assert_array_equal(v, got.spikes[k], err_msg=k)
+
+
+def test_the_reset_shift_is_not_divided_nor_subtracted_the_wrong_way():
+    """The 1 the reset takes from the current: not from a bias under a Div (it would be
+    divided), and from a bias under a subtrahend with its sign (it would be added)."""
+    r = np.random.default_rng(0)
+    H = helper.make_node
+    div = _graph([H("Conv", ["input", "W1", "b1"], ["m1"], name="conv1", pads=[1, 1, 1, 1]),
+                  H("Div", ["m1", "d"], ["a1"], name="div1"), H("Clip", ["a1", "lo", "hi"], ["r1"], name="clip1"),
+                  H("Flatten", ["r1"], ["f"], name="fl"), H("Gemm", ["f", "W3"], ["out"], name="fc")],
+                 {"W1": r.standard_normal((4, 1, 3, 3)) * 0.5, "b1": r.standard_normal(4) * 0.1, "d": 4.0,
+                  "W3": r.standard_normal((144, 3)) * 0.2, "lo": 0.0, "hi": 2.0}, ["N", 1, 6, 6], ["N", 3])
+    sub = _graph([H("Conv", ["input", "W1", "b1"], ["m1"], name="conv1", pads=[1, 1, 1, 1]),
+                  H("Clip", ["m1", "lo", "hi"], ["r1"], name="clip1"),
+                  H("Conv", ["r1", "W2a"], ["p"], name="conv2a", pads=[1, 1, 1, 1]),
+                  H("Conv", ["r1", "W2b", "b2b"], ["q"], name="conv2b", pads=[1, 1, 1, 1]),
+                  H("Mul", ["p", "k"], ["pk"], name="mul"), H("Sub", ["pk", "q"], ["a2"], name="sub"),
+                  H("Clip", ["a2", "lo", "hi"], ["r2"], name="clip2"),
+                  H("Flatten", ["r2"], ["f"], name="fl"), H("Gemm", ["f", "W3"], ["out"], name="fc")],
+                 {"W1": r.standard_normal((4, 1, 3, 3)) * 0.5, "b1": r.standard_normal(4) * 0.1,
+                  "W2a": r.standard_normal((4, 4, 3, 3)) * 0.3, "W2b": r.standard_normal((4, 4, 3, 3)) * 0.3,
+                  "b2b": r.standard_normal(4) * 0.1, "k": 1.5, "W3": r.standard_normal((144, 3)) * 0.2,
+                  "lo": 0.0, "hi": 2.0}, ["N", 1, 6, 6], ["N", 3])
+    x = r.random((64, 1, 6, 6)).astype(np.float32) * 4
+    x2 = r.random((64, 1, 6, 6)).astype(np.float32) * 4
+    for model in (div, sub):
+        snn = B.converted(model, x, 8, "refined")[2]
+        _same_spikes(snn.model, x2)
+    _, report = unit_thresholds(B.converted(div, x, 8, "refined")[2].model, shift_reset=True)
+    assert report["lif0"] == "kept: no bias or constant on the way to take the reset"
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_exact_ties_of_two_summed_sites_still_fire(T):
+    """A refined site that sums two sites' spikes can have its threshold exactly equal to one
+    spike's amplitude plus its offset; rescaled, that tie comes out a float32 step below 1,
+    and the faster form fires on it as the model does (UNIT_THRESHOLD)."""
+    r = np.random.default_rng(2)
+    H = helper.make_node
+    model = _graph(
+        [H("Conv", ["input", "W1", "b1"], ["m1"], name="conv1", pads=[1, 1, 1, 1]),
+         H("Clip", ["m1", "lo", "hi"], ["r1"], name="clip1"),
+         H("Conv", ["r1", "W2", "b2"], ["p"], name="conv2", pads=[1, 1, 1, 1]),
+         H("Add", ["p", "r1"], ["a2"], name="add2"), H("Clip", ["a2", "lo", "hi"], ["r2"], name="clip2"),
+         H("Conv", ["r1", "W3", "b3"], ["q"], name="conv3", pads=[1, 1, 1, 1]),
+         H("Add", ["r1", "q"], ["a3"], name="add3"), H("Clip", ["a3", "lo", "hi"], ["r3"], name="clip3"),
+         H("Add", ["r2", "r3"], ["a4"], name="add4"), H("Clip", ["a4", "lo", "hi"], ["r4"], name="clip4"),
+         H("Flatten", ["r4"], ["f"], name="fl"), H("Gemm", ["f", "W4"], ["out"], name="fc")],
+        {"W1": r.standard_normal((4, 1, 3, 3)) * 0.5, "b1": r.standard_normal(4) * 0.1,
+         "W2": r.standard_normal((4, 4, 3, 3)) * 0.3, "b2": r.standard_normal(4) * 0.1,
+         "W3": r.standard_normal((4, 4, 3, 3)) * 0.3, "b3": r.standard_normal(4) * 0.1,
+         "W4": r.standard_normal((144, 3)) * 0.2, "lo": 0.0, "hi": 2.0}, ["N", 1, 6, 6], ["N", 3])
+    x = r.random((64, 1, 6, 6)).astype(np.float32) * 4
+    x2 = r.random((64, 1, 6, 6)).astype(np.float32) * 4
+    for method in ("refined", "max"):
+        snn = B.converted(model, x, T, method)[2]
+        _same_spikes(snn.model, x2)
+        _same_spikes(snn.step_model(), x2)

@@ -96,8 +96,9 @@ class _Unroller:
         took 1 from a bias on the way), and the neuron carries ``q_t = 1 - s_t``: the membrane
         ``u_t = u_{t-1} + q_{t-1} + (x_t - 1)`` is ``u_{t-1} - s_{t-1} + x_t``, the reset by
         subtraction, with no subtraction in the graph; the first step adds ``v_init + 1``.
-        The neuron fires iff ``u_t >= 1``; :func:`step_functions` gives the two HardSigmoids
-        that compute ``s_t`` and ``q_t`` exactly from ``u_t``."""
+        The neuron fires iff ``u_t >= 1`` (``UNIT_THRESHOLD``: 2**-21 below, so that the
+        model's exact ties, rescaled, still fire); :func:`step_functions` gives the two
+        HardSigmoids that compute ``s_t`` and ``q_t`` exactly from ``u_t``."""
         x, v, th, amp, leak = node.input
         y, v_next = node.output
         H = helper.make_node
@@ -111,7 +112,7 @@ class _Unroller:
             w, z = pre + "zq", pre + "z"
             out.append(H("Add", [self.cur[v], self.q[v]], [w], name=w))
             out.append(H("Add", [w, arg(x)], [z], name=z))
-        (a, b), (qa, qb) = step_functions(1)
+        (a, b), (qa, qb) = step_functions(UNIT_THRESHOLD)
         s = pre + "s"
         out.append(H("HardSigmoid", [z], [s], alpha=a, beta=b, name=s))
         if _is(self.value(amp), 1):
@@ -227,26 +228,38 @@ class _Unroller:
         return ren
 
 
-def step_functions(level: int) -> Tuple[Tuple[float, float], Tuple[float, float]]:
-    """``(alpha, beta)`` of two HardSigmoids (``clip(alpha * z + beta, 0, 1)``) that give
-    exactly ``1 if z >= level else 0`` and ``1 if z < level else 0`` for every float32 ``z``
-    and a whole ``level`` of 1 to 2**23.
+#: where a unit-form neuron fires: 8 float32 steps below 1. The model's neuron fires at
+#: ``u >= threshold``, and refined conversions make exact ties (a threshold equal to one
+#: input spike's amplitude plus the site's offset, in every channel); rescaled, such a tie
+#: comes out a float32 step or two below 1 and would stop firing. 2**-21 of slack keeps the
+#: ties and fires early only a neuron within 5e-7 of its threshold.
+UNIT_THRESHOLD = 1.0 - 2.0 ** -21
 
-    ``alpha`` is a power of two with ``alpha * level`` a whole number in [2**23, 2**24] (2**24
-    when ``level`` is a power of two), so ``beta = 1 - alpha * level`` is exact in float32
-    and ``alpha * z`` is exact. For ``z >= level`` the exact ``alpha * (z - level) + 1`` is at
-    least 1; for ``z < level``, ``level - z`` is at least one unit in the last place of a
-    float32 just below ``level`` (or at least 1, when ``z`` lies below the highest power of two
-    under a ``level`` that is not one), and ``alpha`` times that is at least 1, so the value
-    is at most 0. Rounding is monotone and keeps 0 and 1, so the clipped result is exact
-    with or without a fused multiply-add (tests/test_unit_thresholds.py checks every float32
-    near each level). The deploy graph uses level 1."""
-    level = int(level)
-    if not 1 <= level <= 1 << 23:
-        raise ValueError(f"level {level} outside 1..2**23")
-    e = level.bit_length() - 1                  # 2**e <= level < 2**(e+1)
-    alpha = float(2 ** (24 - e)) if level == 1 << e else float(2 ** (23 - e))
-    return (alpha, 1.0 - alpha * level), (-alpha, alpha * level)
+
+def step_functions(threshold: float) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """``(alpha, beta)`` of two HardSigmoids (``clip(alpha * z + beta, 0, 1)``) that give
+    exactly ``1 if z >= threshold else 0`` and ``1 if z < threshold else 0`` for every
+    float32 ``z``; ``threshold`` a positive float32 (a whole level, or :data:`UNIT_THRESHOLD`).
+
+    ``alpha`` is a power of two with ``alpha * threshold`` a whole number in [2**23, 2**24]
+    (the threshold's 24-bit significand; 2**24 when the threshold is a power of two), so
+    ``beta = 1 - alpha * threshold`` is exact in float32 and ``alpha * z`` is exact. For
+    ``z >= threshold`` the exact ``alpha * (z - threshold) + 1`` is at least 1; for
+    ``z < threshold``, ``threshold - z`` is at least one unit in the last place of the
+    threshold's binade (a ``z`` of a lower binade lies below the binade's power of two, which
+    is itself one unit or more under a threshold that is not a power of two, and a power of
+    two gets the doubled ``alpha``), and ``alpha`` times that is at least 1, so the value is
+    at most 0. Rounding is monotone and keeps 0 and 1, so the clipped result is exact with or
+    without a fused multiply-add (tests/test_unit_thresholds.py checks every float32 near
+    many thresholds, and onnxruntime's kernel)."""
+    t = np.float32(threshold)
+    if not (np.isfinite(t) and t >= np.float32(2.0 ** -100)) or float(t) > 2.0 ** 100:
+        raise ValueError(f"threshold {threshold} is not a positive float32 step functions can make exact")
+    mantissa, exp = np.frexp(np.float64(t))          # t = mantissa * 2**exp, mantissa in [0.5, 1)
+    e = int(exp) - 1                                  # 2**e <= t < 2**(e+1)
+    alpha = 2.0 ** (24 - e) if mantissa == 0.5 else 2.0 ** (23 - e)
+    at = alpha * float(t)                             # a whole number below 2**24 + 1
+    return (alpha, 1.0 - at), (-alpha, at)
 
 
 def _stack_sum(nodes, inits, steps: List[str], out: str, opset: int) -> None:

@@ -137,7 +137,7 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
         scale = 1.0 / th
         plan: List[_Step] = []
         ctx = _Context(producers, consumers, uses, inits, outputs, scale)
-        reason = _walk(node.input[0], plan, ctx)
+        reason = _walk(node.input[0], plan, ctx, 1, True)
         if reason is None:
             reason = _check_plan(plan, inits, scale)
         shift = None
@@ -168,16 +168,16 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
 @dataclass
 class _Step:
     """One rescaling: initializer ``name`` of ``node``; ``kind``: "weight" (along ``axis``),
-    "bias" (a Conv's or Gemm's bias, along the output channels), "offset" (a constant added,
-    ``sign`` -1 when subtracted from), "factor" (a constant multiplying), "no-bias" (a Conv
-    or Gemm without one: only a place for the reset's shift)."""
+    "bias" (a Conv's or Gemm's bias, along the output channels), "offset" (a constant added),
+    "factor" (a constant multiplying), "no-bias" (a Conv or Gemm without one: only a place
+    for the reset's shift); ``sign``: -1 when the term enters the current subtracted."""
     name: str
     kind: str
     node: onnx.NodeProto
     axis: int = 0
     sign: int = 1
-    shiftable: bool = True      # a constant added here adds to the site's current (no
-    #                             average pool with padding on the way)
+    shiftable: bool = True      # a constant added here adds sign times itself to the
+    #                             site's current (no division or padded average pool on the way)
 
 
 @dataclass
@@ -188,7 +188,6 @@ class _Context:
     inits: Dict[str, onnx.TensorProto]
     outputs: set
     scale: np.ndarray
-    shiftable: bool = True
 
     @property
     def per_channel(self) -> bool:
@@ -196,9 +195,11 @@ class _Context:
         return self.scale.size == 1 or self.scale.size == self.scale.shape[0]
 
 
-def _walk(t: str, plan: List[_Step], ctx: _Context) -> Optional[str]:
+def _walk(t: str, plan: List[_Step], ctx: _Context, sign: int, shift_ok: bool) -> Optional[str]:
     """Plan the rescaling of every layer that computes the tensor ``t`` (read only by the
-    path to the site); a reason when one cannot take it."""
+    path to the site); a reason when one cannot take it. ``sign``: how ``t`` enters the
+    current (-1 under a subtrahend); ``shift_ok``: whether a constant added to ``t`` adds
+    itself, times ``sign``, to the current (not under a division or a padded average pool)."""
     n = ctx.producers.get(t)
     if n is not None and fmt.is_neuron_node(n):
         return f"it adds the spikes of '{fmt.site_of_neuron_node(n.name) or n.name}' directly"
@@ -214,18 +215,17 @@ def _walk(t: str, plan: List[_Step], ctx: _Context) -> Optional[str]:
             return f"'{n.name}' ({op}) mixes positions with thresholds per neuron"
         padded = any(walk.attr(n, "pads", []) or []) or \
             walk.attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
-        if op == "AveragePool" and padded:
-            ctx.shiftable = False       # a padded average of x - 1 is not the average minus 1
-        return _walk(n.input[0], plan, ctx)
+        # a padded average of x - 1 is not the average minus 1
+        return _walk(n.input[0], plan, ctx, sign, shift_ok and not (op == "AveragePool" and padded))
     if op in ("Add", "Sub"):
         for k, i in enumerate(n.input):
+            term = -sign if op == "Sub" and k == 1 else sign
             if i in ctx.inits:
                 if ctx.uses.get(i, 0) != 1:
                     return f"the constant '{i}' of '{n.name}' is shared"
-                plan.append(_Step(i, "offset", n, sign=-1 if op == "Sub" and k == 1 else 1,
-                                  shiftable=ctx.shiftable))
+                plan.append(_Step(i, "offset", n, sign=term, shiftable=shift_ok))
                 continue
-            reason = _walk(i, plan, ctx)
+            reason = _walk(i, plan, ctx, term, shift_ok)
             if reason:
                 return reason
         return None
@@ -239,21 +239,22 @@ def _walk(t: str, plan: List[_Step], ctx: _Context) -> Optional[str]:
                 return f"the constant of '{n.name}' is shared"
             plan.append(_Step(const[0], "factor", n))
             return None
-        return _walk(other[0], plan, ctx)
+        return _walk(other[0], plan, ctx, sign, False)      # a constant added there is divided
     if op == "Conv":
-        return _weighted(n, 0, plan, ctx)
+        return _weighted(n, 0, plan, ctx, sign, shift_ok)
     if op in ("Gemm", "MatMul"):
         # the output features are the last axis: the site's channels only for a 1-D site
         if ctx.scale.size > 1 and ctx.scale.ndim != 1:
             return f"'{n.name}' ({op}) computes a site of more than one axis"
         if op == "Gemm":
-            return _weighted(n, 0 if walk.attr(n, "transB", 0) else 1, plan, ctx)
+            return _weighted(n, 0 if walk.attr(n, "transB", 0) else 1, plan, ctx, sign, shift_ok)
         if n.input[1] in ctx.inits and len(ctx.inits[n.input[1]].dims) == 2:
-            return _weighted(n, 1, plan, ctx)
+            return _weighted(n, 1, plan, ctx, sign, shift_ok)
     return f"'{n.name}' ({op}) is not a layer that can be rescaled"
 
 
-def _weighted(n: onnx.NodeProto, axis: int, plan: List[_Step], ctx: _Context) -> Optional[str]:
+def _weighted(n: onnx.NodeProto, axis: int, plan: List[_Step], ctx: _Context, sign: int,
+              shift_ok: bool) -> Optional[str]:
     """Plan the rescaling of a Conv's or Gemm's output channels (weight along ``axis``,
     its bias)."""
     w = n.input[1]
@@ -266,16 +267,16 @@ def _weighted(n: onnx.NodeProto, axis: int, plan: List[_Step], ctx: _Context) ->
         return f"'{n.name}' has {ctx.inits[w].dims[axis]} output channels, not the site's {channels}"
     plan.append(_Step(w, "weight", n, axis=axis))
     # a Gemm whose beta is 0 ignores its C: no place for the reset's shift there
-    shiftable = ctx.shiftable and not (n.op_type == "Gemm" and float(walk.attr(n, "beta", 1.0)) == 0)
+    shiftable = shift_ok and not (n.op_type == "Gemm" and float(walk.attr(n, "beta", 1.0)) == 0)
     if len(n.input) > 2 and n.input[2]:
         b = n.input[2]
         if b not in ctx.inits:
             return f"'{n.name}' has a computed bias"
         if ctx.uses.get(b, 0) != 1:
             return f"the bias of '{n.name}' is shared"
-        plan.append(_Step(b, "bias", n, shiftable=shiftable))
+        plan.append(_Step(b, "bias", n, sign=sign, shiftable=shiftable))
     elif n.op_type in ("Conv", "Gemm"):
-        plan.append(_Step("", "no-bias", n, shiftable=shiftable))
+        plan.append(_Step("", "no-bias", n, sign=sign, shiftable=shiftable))
     return None
 
 
@@ -320,7 +321,7 @@ def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
         channels = w.dims[0] if p.node.op_type == "Conv" or walk.attr(p.node, "transB", 0) \
             else w.dims[1]
         name = f"{fmt.RESERVED_PREFIX}unit/{p.node.name or p.node.output[0]}.bias"
-        t = numpy_helper.from_array(np.full(channels, -step, np.float32), name)
+        t = numpy_helper.from_array(np.full(channels, -step * p.sign, np.float32), name)
         m.graph.initializer.append(t)
         inits[name] = m.graph.initializer[-1]
         while len(p.node.input) < 2:
