@@ -228,12 +228,13 @@ class _Unroller:
         return ren
 
 
-#: where a unit-form neuron fires: 8 float32 steps below 1. The model's neuron fires at
-#: ``u >= threshold``, and refined conversions make exact ties (a threshold equal to one
+#: where a unit-form neuron fires: 4 float32 steps below 1. The model's neuron fires at
+#: ``u >= threshold``, and refined conversions can make exact ties (a threshold equal to one
 #: input spike's amplitude plus the site's offset, in every channel); rescaled, such a tie
-#: comes out a float32 step or two below 1 and would stop firing. 2**-21 of slack keeps the
-#: ties and fires early only a neuron within 5e-7 of its threshold.
-UNIT_THRESHOLD = 1.0 - 2.0 ** -21
+#: comes out up to 3 float32 steps below 1 and would stop firing (every sample of such a net
+#: differed). The slack keeps them, and fires early a neuron within 2.4e-7 of its threshold
+#: (docs/FORMAT.md has what that costs on the trained networks).
+UNIT_THRESHOLD = 1.0 - 2.0 ** -22
 
 
 def step_functions(threshold: float) -> Tuple[Tuple[float, float], Tuple[float, float]]:
