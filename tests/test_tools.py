@@ -75,6 +75,7 @@ def test_bench_peer_small(fmnist_test):
     assert m["throughput"]["dnn_onnxruntime"] > 0 and m["throughput"]["onnx_snn_onnxruntime"] > 0
     assert m["throughput"]["onnx_snn_deploy_onnxruntime"] > 0
     assert m["throughput"]["onnx_snn_deploy_unit_onnxruntime"] > 0
+    assert m["throughput"]["onnx_snn_deploy_unit_pool_first_onnxruntime"] > 0
 
 
 @pytest.mark.slow   # 35 s: SGL epochs of the DNN, onnx-snn and SpikingJelly
