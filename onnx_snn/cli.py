@@ -72,11 +72,11 @@ architectures), about 1.4x faster in onnxruntime (README). It runs in any
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 
---unit-thresholds writes a faster form (about 0.40-0.45x the DNN's images/s in onnxruntime
-at T=2 on the README's networks, against 0.33-0.35x): each layer rescaled to thresholds of 1,
+--unit-thresholds writes a faster form (0.38-0.44x the DNN's images/s in onnxruntime at
+T=2 on the README's networks, one thread, against 0.32-0.36x; 0.40-0.45x after --pool-first): each layer rescaled to thresholds of 1,
 the spike amplitudes folded into the weights, and each neuron written as ops that onnxruntime
 keeps in its blocked convolution layout. Its spikes are the model's in real arithmetic; float
-rounding of the rescaled weights can flip a neuron that sits exactly on its threshold.
+rounding of the rescaled weights can flip a neuron within about 2e-7 of its threshold.
 
 examples:
   onnx-snn deploy model.snn.onnx -o model.deploy.onnx
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the faster form: rescale each layer so that its thresholds are 1, "
                         "fold the spike amplitudes into the weights, and write the neurons as "
                         "Add and HardSigmoid ops, which onnxruntime keeps in its blocked "
-                        "convolution layout (1.1-1.2x faster, README); the same spikes in real "
+                        "convolution layout (1.1-1.3x faster, README); the same spikes in real "
                         "arithmetic, but float rounding of the rescaled weights can flip a "
                         "neuron that sits on its threshold, so outputs may differ slightly")
 

@@ -32,10 +32,11 @@ _PASS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatte
 _WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
-def fold_amplitudes(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, str]]:
-    """Return a copy of ``model`` with foldable amplitudes moved into weights, and for every
-    site either "folded" or the reason it was kept."""
-    m = copy.deepcopy(model)
+def fold_amplitudes(model: onnx.ModelProto, inplace: bool = False
+                    ) -> Tuple[onnx.ModelProto, Dict[str, str]]:
+    """Return a copy of ``model`` (``inplace``: the model itself) with foldable amplitudes
+    moved into weights, and for every site either "folded" or the reason it was kept."""
+    m = model if inplace else copy.deepcopy(model)
     view = fmt.read_spiking(m)
     nodes = walk.all_nodes(m.graph)
     counters = {id(n) for n in view.counters}

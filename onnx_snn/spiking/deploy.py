@@ -96,7 +96,7 @@ class _Unroller:
         took 1 from a bias on the way), and the neuron carries ``q_t = 1 - s_t``: the membrane
         ``u_t = u_{t-1} + q_{t-1} + (x_t - 1)`` is ``u_{t-1} - s_{t-1} + x_t``, the reset by
         subtraction, with no subtraction in the graph; the first step adds ``v_init + 1``.
-        The neuron fires iff ``u_t >= 1`` (``UNIT_THRESHOLD``: 2**-21 below, so that the
+        The neuron fires iff ``u_t >= 1`` (``UNIT_THRESHOLD``: 2**-22 below, so that the
         model's exact ties, rescaled, still fire); :func:`step_functions` gives the two
         HardSigmoids that compute ``s_t`` and ``q_t`` exactly from ``u_t``."""
         x, v, th, amp, leak = node.input
@@ -326,9 +326,9 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     if unit_thresholds:
         from .binary import fold_amplitudes
         from .unit_thresholds import identity_convolutions, unit_thresholds as _unit
-        with_convs, _ = identity_convolutions(view.model)
-        folded, _ = fold_amplitudes(with_convs)
-        rescaled, units = _unit(folded, shift_reset=True)
+        rescaled, _ = identity_convolutions(view.model)        # the one copy of the model
+        fold_amplitudes(rescaled, inplace=True)
+        _, units = _unit(rescaled, shift_reset=True, inplace=True)
         view = fmt.read_spiking(rescaled)
     un = _Unroller(view, T, spike_counts)
     if units:

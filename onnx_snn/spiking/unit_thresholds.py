@@ -35,7 +35,6 @@ _HOMOGENEOUS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", 
     set(fmt.POOL_OPS.values())
 
 
-
 def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List[str]]:
     """A copy of ``model`` in which every site's spikes that an ``Add``, ``Sub`` or ``Sum``
     reads directly (a residual block's identity shortcut) pass a 1x1 convolution with the
@@ -62,13 +61,11 @@ def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List
             if not readers:
                 continue
             c = int(shape[0])
-            w = f"{fmt.RESERVED_PREFIX}unit/{site}.identity.weight"
             eye = np.eye(c, dtype=np.float32).reshape(c, c, *[1] * (len(shape) - 1))
-            m.graph.initializer.append(numpy_helper.from_array(eye, w))
-            for k, r in enumerate(readers):
+            for k, r in enumerate(readers):     # each its own weight: each is rescaled on its own
                 out = f"{fmt.RESERVED_PREFIX}unit/{site}.identity{k}"
-                conv = onnx.helper.make_node("Conv", [y, w if k == 0 else _copy_weight(m.graph, w, k)],
-                                             [out], name=out)
+                m.graph.initializer.append(numpy_helper.from_array(eye, out + ".weight"))
+                conv = onnx.helper.make_node("Conv", [y, out + ".weight"], [out], name=out)
                 graph = next(gg for gg in graphs if any(x is r for x in gg.node))
                 graph.node.insert(list(graph.node).index(r), conv)
                 for i, name in enumerate(r.input):
@@ -78,27 +75,18 @@ def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List
     return m, done
 
 
-def _copy_weight(g: onnx.GraphProto, w: str, k: int) -> str:
-    """A second reader gets its own identity weight (each is rescaled on its own)."""
-    src = next(t for t in g.initializer if t.name == w)
-    name = f"{w}{k}"
-    t = copy.deepcopy(src)
-    t.name = name
-    g.initializer.append(t)
-    return name
-
-
-def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
+def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False, inplace: bool = False
                     ) -> Tuple[onnx.ModelProto, Dict[str, str]]:
-    """A copy of the spiking ``model`` in which every site that can take it has thresholds of
-    1 (see the module docstring), and for every site "unit" or the reason it was kept.
+    """A copy of the spiking ``model`` (``inplace``: the model itself) in which every site
+    that can take it has thresholds of 1 (see the module docstring), and for every site
+    "unit" or the reason it was kept.
 
     ``shift_reset`` (for the deploy graph's unit neurons only): also subtract 1 from one
     constant term of every unit site's current (a bias, or a constant added on the way; a
     Conv or Gemm without one gets one), which moves each step's reset by subtraction into
     the current. The result is not the model any more on its own: the deploy graph adds the
     1 back through its neuron's ``1 - s`` (:meth:`deploy._Unroller.unit_neuron`)."""
-    m = copy.deepcopy(model)
+    m = model if inplace else copy.deepcopy(model)
     view = fmt.read_spiking(m)
     nodes = walk.all_nodes(m.graph)
     consumers: Dict[str, List[onnx.NodeProto]] = {}
@@ -124,10 +112,10 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
             result[site.name] = "kept: a threshold is not a positive number"
             continue
         if shift_reset:
-            leak = numpy_helper.to_array(inits[node.input[4]]) if node.input[4] in inits else None
             if node.op_type == fmt.SIGNED_NEURON_OP:
                 result[site.name] = "kept: a signed neuron keeps its own form"
                 continue
+            leak = numpy_helper.to_array(inits[node.input[4]]) if node.input[4] in inits else None
             if leak is None or not np.all(leak == 1):
                 result[site.name] = "kept: a leak below one keeps the plain form"
                 continue
@@ -153,7 +141,7 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False
             if p.kind != "no-bias":
                 _apply(inits[p.name], p, scale)
         if shift is not None:
-            _shift(m, shift, inits, scale)
+            _shift(m, shift, inits)
         inits[th_name].CopyFrom(numpy_helper.from_array(
             np.ones_like(numpy_helper.to_array(inits[th_name])), th_name))
         v0_name = fmt.param_name(site.name, "v_init")
@@ -312,7 +300,7 @@ def _apply(t: onnx.TensorProto, p: _Step, scale: np.ndarray) -> None:
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
 
 
-def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
+def _shift(m: onnx.ModelProto, p: _Step, inits) -> None:
     """Subtract 1 from the current through ``p`` (after the rescaling)."""
     # a Gemm adds beta * C: its C moves by 1 / beta
     step = 1.0 / float(walk.attr(p.node, "beta", 1.0)) if p.node.op_type == "Gemm" else 1.0
@@ -333,7 +321,6 @@ def _shift(m: onnx.ModelProto, p: _Step, inits, scale: np.ndarray) -> None:
         return
     t = inits[p.name]
     arr = numpy_helper.to_array(t)
+    # (a scalar offset took the channels' shape when it was rescaled)
     out = arr.astype(np.float64) - p.sign * (step if p.kind == "bias" else 1.0)
-    if p.kind == "offset" and out.shape != np.broadcast_shapes(out.shape, scale.shape):
-        out = out * np.ones(scale.shape)        # a scalar offset: one value per channel now
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
