@@ -615,13 +615,12 @@ def test_torch_and_onnxruntime_agree_with_pools_moved_first(global_pool):
         B.assert_runtimes_agree(model, x)
 
 
-def test_finetune_refuses_a_two_input_model_as_unsupported(tmp_path):
-    """Two data inputs: the torch runtime runs them (a dict), fine-tuning does not: exit 4
-    (an unsupported model), naming the inputs."""
-    import torch
+def _two_input_model(tmp_path, n=256):
+    """A DNN of two data inputs (an image through a Conv, a vector through a MatMul,
+    concatenated), saved with a .npz of one array per input, labelled by the DNN's own top
+    class: (model path, data, data path)."""
     from onnx import helper as oh
     from onnx import numpy_helper as nh
-    from onnx_snn.errors import DataError
     rng = np.random.default_rng(0)
     inits = [nh.from_array(rng.normal(0, .5, (4, 1, 3, 3)).astype(np.float32), "w1"),
              nh.from_array(rng.normal(0, .5, (5, 8)).astype(np.float32), "w2"),
@@ -637,10 +636,22 @@ def test_finetune_refuses_a_two_input_model_as_unsupported(tmp_path):
                        oh.make_tensor_value_info("x2", onnx.TensorProto.FLOAT, ["N", 5])],
                       [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
     onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]), tmp_path / "two.onnx")
-    data = {"x1": rng.random((16, 1, 8, 8)).astype(np.float32),
-            "x2": rng.standard_normal((16, 5)).astype(np.float32)}
-    np.savez(tmp_path / "d.npz", **data, y=np.arange(16) % 10)
-    snn = onnx_snn.convert(str(tmp_path / "two.onnx"), data, timesteps=2, show_progress=False)
+    data = {"x1": rng.random((n, 1, 8, 8)).astype(np.float32),
+            "x2": rng.standard_normal((n, 5)).astype(np.float32)}
+    labels = run(str(tmp_path / "two.onnx"), data).outputs[0].argmax(1)
+    np.savez(tmp_path / "d.npz", **data, y=labels)
+    return tmp_path / "two.onnx", data, tmp_path / "d.npz"
+
+
+def test_a_two_input_model_runs_and_fine_tunes(tmp_path):
+    """Two data inputs: the torch runtime runs them (a dict, as onnxruntime does), and
+    fine-tuning trains on a .npz of one array per input: the training loss falls, the written
+    model runs in onnxruntime, and distillation from the DNN takes both inputs."""
+    import torch
+    from onnx_snn.errors import DataError
+    from runtimes.torch.finetune import FinetuneConfig, finetune
+    dnn, data, npz = _two_input_model(tmp_path)
+    snn = onnx_snn.convert(str(dnn), data, timesteps=2, show_progress=False)
     snn.save(tmp_path / "two.snn.onnx")
     net = SpikingNetwork(snn.model).eval()
     with pytest.raises(DataError, match="pass a dict"):
@@ -648,10 +659,43 @@ def test_finetune_refuses_a_two_input_model_as_unsupported(tmp_path):
     with torch.no_grad():
         y = net({k: torch.from_numpy(v) for k, v in data.items()}).numpy()
     np.testing.assert_allclose(y, run(snn.model, data).outputs[0], atol=1e-5)
+    for teacher in (None, str(dnn)):
+        out = tmp_path / f"t{teacher is None}.snn.onnx"
+        res = finetune(str(tmp_path / "two.snn.onnx"), str(out), str(npz),
+                       FinetuneConfig(epochs=3, lr=1e-2, batch_size=32, teacher=teacher),
+                       show_progress=False, log=lambda *a: None)
+        losses = [e.loss for e in res.epochs]
+        assert losses[-1] < losses[0], losses
+        assert res.written and res.best_top1 >= res.initial_top1
+        tuned = run(str(out), data)
+        assert 100.0 * np.mean(tuned.outputs[0].argmax(1) == np.load(npz)["y"]) == \
+            pytest.approx(res.best_top1, abs=1e-6)
+
+
+def test_fine_tuning_a_two_input_model_checks_its_data_and_teacher(tmp_path):
+    """The CLI: data without one of the inputs, or a teacher that takes other inputs, is a
+    clear error naming them (no traceback); the full pair fine-tunes (exit 0)."""
+    dnn, data, npz = _two_input_model(tmp_path, n=64)
+    snn = onnx_snn.convert(str(dnn), data, timesteps=2, show_progress=False)
+    snn.save(tmp_path / "two.snn.onnx")
+    np.savez(tmp_path / "one.npz", x1=data["x1"], y=np.zeros(64, np.int64))
     p = run_cli("finetune", str(tmp_path / "two.snn.onnx"), "-o", str(tmp_path / "t.snn.onnx"),
-                "--data", str(tmp_path / "d.npz"), "--epochs", "1")
-    assert p.returncode == 4 and "one input (this one takes 2: x1, x2)" in p.stderr, p.stderr
-    assert "Traceback" not in p.stderr
+                "--data", str(tmp_path / "one.npz"), "--epochs", "1")
+    assert p.returncode != 0 and "x2" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    other = tmp_path / "other.onnx"
+    m = onnx.load(dnn)
+    for n in m.graph.node:
+        n.input[:] = ["z2" if i == "x2" else i for i in n.input]
+    m.graph.input[1].name = "z2"
+    onnx.save(m, other)
+    p = run_cli("finetune", str(tmp_path / "two.snn.onnx"), "-o", str(tmp_path / "t.snn.onnx"),
+                "--data", str(npz), "--epochs", "1", "--teacher", str(other))
+    assert p.returncode == 3 and "takes the student's inputs" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "t.snn.onnx").exists()
+    p = run_cli("finetune", str(tmp_path / "two.snn.onnx"), "-o", str(tmp_path / "t.snn.onnx"),
+                "--data", str(npz), "--epochs", "1")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "t.snn.onnx").exists()
 
 
 def test_folded_binary_amplitudes_stay_one_through_training(tmp_path):

@@ -41,7 +41,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
-                             UnsupportedModelError, UsageError, first_line)
+                             UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import (check_outputs, external_data_path, load_model, model_files,
@@ -215,6 +215,24 @@ def _specs(view: fmt.SpikingView):
     return input_specs(view.model, skip=(fmt.TIMESTEPS_INPUT, *view.state_inputs))
 
 
+def _rows(x, sel):
+    """Samples ``sel`` of a set's inputs: an array, or {input name: array} for a model of
+    several inputs."""
+    return {k: v[sel] for k, v in x.items()} if isinstance(x, dict) else x[sel]
+
+
+def _padded(x, fixed: Optional[int]):
+    """:func:`~onnx_snn.feeds.pad_batch` of an array, or of every array of a dict."""
+    return {k: pad_batch(v, fixed) for k, v in x.items()} if isinstance(x, dict) else pad_batch(x, fixed)
+
+
+def _tensors(x, device):
+    """A batch of inputs as tensors on ``device`` (a dict of them for several inputs)."""
+    if isinstance(x, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in x.items()}
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding (2 px for 28x28, 4 px for 32x32) and, for colour
     images, a random horizontal flip; on tensors, one draw per image."""
@@ -242,16 +260,16 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
-    if isinstance(ds.x, dict):   # a .npz with one array per model input, named after it
-        validate_feeds(_specs(view), {k: v[:2] for k, v in ds.x.items()}, f"{ds.name} data",
-                       samples=len(ds))
-        for k, v in ds.x.items():
-            check_finite(v, f"{ds.name} data (input {k!r})")
-        ds = Dataset(ds.name, next(iter(ds.x.values())), ds.y, ds.preprocessed, ds.preprocess)
     # the shapes and types from two samples (no converted copy of the whole set); NaN/Inf
     # anywhere (a NaN in sample 100 made training diverge, blamed on the lr, exit 7)
-    validate_feeds(_specs(view), ds.x[:2], f"{ds.name} data", samples=len(ds.x))
-    check_finite(ds.x, f"{ds.name} data")
+    validate_feeds(_specs(view), _rows(ds.x, slice(0, 2)), f"{ds.name} data", samples=len(ds))
+    if isinstance(ds.x, dict):   # a .npz with one array per model input, named after it
+        for k, v in ds.x.items():
+            check_finite(v, f"{ds.name} data (input {k!r})")
+        if len(ds.x) == 1:       # one input: its array (augmentation works on arrays)
+            ds = Dataset(ds.name, next(iter(ds.x.values())), ds.y, ds.preprocessed, ds.preprocess)
+    else:
+        check_finite(ds.x, f"{ds.name} data")
     return ds
 
 
@@ -284,7 +302,7 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
     for s in range(0, n, batch):
         nb = min(batch, n - s)
-        xb = torch.from_numpy(pad_batch(ds.x[s:s + batch], fixed)).to(device)
+        xb = _tensors(_padded(_rows(ds.x, slice(s, s + batch)), fixed), device)
         out = first_scores(net(xb, timesteps))[:nb]
         if finite_check and not bool(torch.isfinite(out).all()):
             bar.close()
@@ -305,9 +323,9 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
 
 # ------------------------------------------------------------------ the loop
 
-def _image_like(x: np.ndarray) -> bool:
-    """NCHW images that crop/flip augmentation applies to."""
-    return x.ndim == 4 and x.shape[1] <= 4 and x.shape[2] >= 8 and x.shape[3] >= 8
+def _image_like(x) -> bool:
+    """NCHW images that crop/flip augmentation applies to (one input's)."""
+    return not isinstance(x, dict) and x.ndim == 4 and x.shape[1] <= 4 and x.shape[2] >= 8 and x.shape[3] >= 8
 
 
 def _finite_parameters(net) -> bool:
@@ -365,10 +383,6 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                              f"of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is damaged, "
                              "or pass -T")
     T = int(cfg.timesteps or info.timesteps)
-    if len(_specs(view)) != 1:
-        raise UnsupportedModelError(f"{model_path}: fine-tuning supports models with one input "
-                                    f"(this one takes {len(_specs(view))}: "
-                                    f"{', '.join(n for n, _ in _specs(view))})")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
     test_split = "train" if test_same and splits == {"train"} else "test"
     test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
@@ -379,7 +393,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     data_record = {"train_data": train.name, "test_data": test.name, "test_is_train": test_same}
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
-        log(f"note: inputs of shape {list(train.x.shape[1:])} are not NCHW images; no augmentation")
+        what = (f"a model of {len(train.x)} inputs" if isinstance(train.x, dict) else
+                f"inputs of shape {list(train.x.shape[1:])}")
+        log(f"note: {what}: not one input of NCHW images; no augmentation")
 
     fixed = fixed_batch(_specs(view))
     batch_size = fixed or cfg.batch_size
@@ -394,7 +410,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                          train_initial=cfg.train_initial).to(device)
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
-        raw = net(torch.from_numpy(pad_batch(test.x[:1], fixed)).to(device), 1)
+        raw = net(_tensors(_padded(_rows(test.x, slice(0, 1)), fixed), device), 1)
         raw = raw[0] if isinstance(raw, list) else raw
     probe = first_scores(raw)
     net.train()
@@ -408,7 +424,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             f"'{view.outputs[0]}'")
     check_labels_for(train.y, raw, train.name)
     check_labels_for(test.y, raw, test.name)
-    teacher = _teacher(cfg, teacher_path, view, model_path, pad_batch(test.x[:1], fixed),
+    teacher = _teacher(cfg, teacher_path, view, model_path, _padded(_rows(test.x, slice(0, 1)), fixed),
                        probe.cpu(), world,
                        log if main_proc else (lambda *a: None))
     teacher_settings = _teacher_settings(teacher, cfg)
@@ -525,11 +541,11 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             perm = perm[:len(perm) - len(perm) % fixed]
         for i in range(0, len(perm), batch_size):
             idx = perm[i:i + batch_size]
-            xb = torch.from_numpy(train.x[idx])
+            xn = _rows(train.x, idx)
             if augment:
-                xb = _augment(xb, gen)
-            soft = teacher(xb.numpy()).to(device) if teacher is not None else None
-            xb, yb = xb.to(device), torch.from_numpy(train.y[idx]).to(device)
+                xn = _augment(torch.from_numpy(xn), gen).numpy()
+            soft = teacher(xn).to(device) if teacher is not None else None
+            xb, yb = _tensors(xn, device), torch.from_numpy(train.y[idx]).to(device)
             out = first_scores(ddp(xb, T, record_spikes=False))
             loss = _loss(out, yb, soft, cfg)
             if not torch.isfinite(loss):

@@ -82,12 +82,14 @@ class Teacher:
     sigmoid: bool = False         # its output is a final Sigmoid's (a binary classifier's p)
     output: int = 0               # which of its outputs: the one the student's first one is
 
-    def __call__(self, x: np.ndarray) -> torch.Tensor:
-        """The teacher's logits for a batch (in batches of its fixed size, if it has one)."""
-        name, fb = self.runner.specs[0][0], self.runner.fixed_batch
-        step = fb or len(x)
-        outs = [self.runner.run_padded({name: x[i:i + step]}).outputs[self.output]
-                for i in range(0, len(x), max(step, 1))]
+    def __call__(self, x) -> torch.Tensor:
+        """The teacher's logits for a batch (in batches of its fixed size, if it has one);
+        ``x`` an array, or {input name: array} for a model of several inputs."""
+        feeds = x if isinstance(x, dict) else {self.runner.specs[0][0]: x}
+        n = len(next(iter(feeds.values())))
+        step = self.runner.fixed_batch or n
+        outs = [self.runner.run_padded({k: v[i:i + step] for k, v in feeds.items()}).outputs[self.output]
+                for i in range(0, n, max(step, 1))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         if self.sigmoid and out.ndim >= 2 and out[0].size > 1:
             p = np.clip(class_scores(out).astype(np.float64), _MIN_PROBABILITY, 1 - 1e-7)
@@ -137,12 +139,13 @@ def _is_softmax(out: np.ndarray) -> bool:
     return bool(out.ndim == 2 and np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
 
-def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
+def load_teacher(path: str, probe, student_out: torch.Tensor,
                  source: Optional[str] = None, threads: Optional[int] = None,
                  sha256: Optional[str] = None, student_name: Optional[str] = None) -> Teacher:
-    """Load ``path`` as a teacher for a spiking model: a DNN with one input that takes the
-    student's inputs (``probe``, a batch of them) and whose output of the student's first
-    output's name ``student_name`` (else its first) has the shape of the student's
+    """Load ``path`` as a teacher for a spiking model: a DNN that takes the student's inputs
+    (``probe``, a batch of them: an array, or {input name: array} for several inputs) and
+    whose output of the student's first output's name ``student_name`` (else its first) has
+    the shape of the student's
     (``student_out``, its output on ``probe``); else ModelLoadError / DataError naming the
     file. A student whose conversion dropped an output head (class ids) outputs the scores the
     head read: the teacher gives those. ``source``: the sha256 of the DNN the student was
@@ -156,9 +159,13 @@ def load_teacher(path: str, probe: np.ndarray, student_out: torch.Tensor,
     if runner.spiking:
         raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
                              "the spiking model was converted from)")
-    if len(runner.specs) != 1:
-        raise ModelLoadError(f"{path}: the teacher has {len(runner.specs)} inputs; "
-                             "distillation needs a DNN with one input, like the student's")
+    want = sorted(probe) if isinstance(probe, dict) else None
+    if (want is None and len(runner.specs) != 1) or \
+            (want is not None and sorted(n for n, _ in runner.specs) != want):
+        raise ModelLoadError(
+            f"{path}: the teacher's inputs are {[n for n, _ in runner.specs]}; distillation needs "
+            f"a DNN that takes the student's inputs ({want or 'one input'}), like the DNN it was "
+            "converted from")
     runner.validate(probe, f"{path}: the student's inputs")
     teacher = Teacher(path=str(path), runner=runner, is_source=is_source, sha256=sha,
                       output=index)
