@@ -100,6 +100,10 @@ STRIDE4 = {"refined-stride4": 0, **{f"refined-stride4-seed{k}": k for k in (1, 2
 VARIANTS.update({name: ("refined", {"search_stride": 4}) for name in STRIDE4})
 #: the weight calibration's verdict from every fifth calibration batch (the default until
 #: 2026-12-03; now every second), seeds 0-3
+#: the weight calibration's ridge other than the default 0.01 (docs/FORMAT.md, tried and dropped)
+RIDGES = {f"refined-ridge{r:g}": r for r in (0.001, 0.003, 0.03)}
+VARIANTS.update({name: ("refined", {"weight_ridge": r}) for name, r in RIDGES.items()})
+
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
