@@ -994,3 +994,61 @@ def test_a_two_class_sigmoid_head_becomes_logits_of_the_same_order():
     labels = want[0] if want[0].dtype.kind == "i" else want[1]
     assert set(labels.tolist()) == {3, 7}                  # both classes occur
     assert np.mean(np.array([3, 7])[spiking.argmax(1)] == labels) >= 0.95
+
+
+def _masked(branches: str, opset: int = 13) -> onnx.ModelProto:
+    """conv-relu, a Where of its output by a constant mask (``branches``: 'fill0' =
+    masked_fill with 0, 'fill' = with 1.5, 'two' = two data branches, 'computed' = a mask
+    compared from the data), conv-relu, pool, dense."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(3)
+    mask = rng.random((1, 4, 6, 6)) < 0.3
+    inits = [nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * .3, "w2"),
+             nh.from_array(rng.standard_normal((10, 4)).astype(np.float32), "w3"),
+             nh.from_array(mask, "m"), nh.from_array(np.array(0, np.float32), "zero"),
+             nh.from_array(np.array(1.5, np.float32), "fill"),
+             nh.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Relu", ["c1"], ["a"])]
+    if branches == "fill0":
+        nodes.append(h.make_node("Where", ["m", "zero", "a"], ["b"], name="sel"))
+    elif branches == "fill":
+        nodes.append(h.make_node("Where", ["m", "a", "fill"], ["b"], name="sel"))
+    elif branches == "two":
+        nodes += [h.make_node("AveragePool", ["a"], ["p"], kernel_shape=[3, 3], pads=[1] * 4),
+                  h.make_node("Where", ["m", "a", "p"], ["b"], name="sel")]
+    else:
+        nodes += [h.make_node("Greater", ["a", "half"], ["gt"], name="cmp"),
+                  h.make_node("Where", ["gt", "a", "zero"], ["b"], name="sel")]
+    nodes += [h.make_node("Conv", ["b", "w2"], ["c2"], pads=[1] * 4),
+              h.make_node("Relu", ["c2"], ["r"]), h.make_node("GlobalAveragePool", ["r"], ["g"]),
+              h.make_node("Flatten", ["g"], ["f"]), h.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "masked", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("branches", ["fill0", "fill", "two"])
+def test_a_where_of_a_constant_mask_becomes_a_masked_multiplication(branches):
+    """Where(constant mask, a, b) is linear in a and b: the normalized model has no Where,
+    computes the source's outputs, and its spiking network runs alike in both runtimes."""
+    from onnx_snn.runtimes.ort import run
+    m = _masked(branches)
+    nm = normalize(m)
+    assert "Where" not in {n.op_type for n in nm.model.graph.node}
+    assert "Mul" in {n.op_type for n in nm.model.graph.node}
+    x = B.rand_input(5, (1, 6, 6))
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-6, atol=1e-6)
+    _, _, snn = B.converted(m, x, T=3)
+    B.assert_runtimes_agree(snn.model, x)
+
+
+def test_a_where_of_a_computed_mask_is_refused_naming_it():
+    """A mask compared from the data makes the Where nonlinear: refused, the first node of
+    it named."""
+    with pytest.raises(UnsupportedModelError, match="node '(cmp|sel)'"):
+        normalize(_masked("computed"))

@@ -86,6 +86,7 @@ def test_pipeline_is_a_list_of_named_passes():
         "compute-in-float32", "uint8-input-to-float",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
         "fake-quantization", "sum-to-add", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool",
+        "constant-where-to-mask", "resize-constant-form",
         "remove-identity-dropout",
         "strip-output-head", "strip-final-softmax", "strip-final-sigmoid",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",

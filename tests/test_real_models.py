@@ -181,3 +181,54 @@ def test_every_light_zoo_file_is_classified():
     """A new light model in the onnx package gets a verdict here (supported or refused)."""
     stems = {Path(f).stem for f in glob.glob(str(LIGHT_DIR / "*.onnx"))}
     assert stems <= set(LIGHT_SUPPORTED) | set(LIGHT_REFUSED), stems - set(LIGHT_SUPPORTED) - set(LIGHT_REFUSED)
+
+
+class _Idiom(torch.nn.Module):
+    """conv-relu, then one exporter idiom, conv-relu, dense: 'interp-nearest' and
+    'interp-bilinear' are ``F.interpolate(size=(11, 11))`` (sizes computed from the shape with
+    a free batch), 'adaptive' is ``adaptive_avg_pool2d`` 8 -> 3 (unequal windows: the dynamo
+    exporter masks them with a Where)."""
+
+    def __init__(self, idiom: str):
+        super().__init__()
+        self.idiom = idiom
+        self.c1 = torch.nn.Conv2d(1, 4, 3, 2, 1)
+        self.c2 = torch.nn.Conv2d(4, 6, 3, 1, 1)
+        self.fc = torch.nn.Linear(6 * (3 * 3 if idiom == "adaptive" else 1), 10)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+        a = torch.relu(self.c1(x))
+        if self.idiom == "adaptive":
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.c2(a)), 3), 1))
+        mode = self.idiom.split("-")[1]
+        u = F.interpolate(a, size=(11, 11), mode=mode,
+                          **({} if mode == "nearest" else {"align_corners": False}))
+        return self.fc(torch.relu(self.c2(u)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("idiom,exporter", [
+    ("interp-nearest", "legacy"), ("interp-nearest", "dynamo"), ("interp-bilinear", "legacy"),
+    ("interp-bilinear", "dynamo"), ("adaptive", "dynamo")])
+def test_exporter_idioms_with_a_free_batch_convert(idiom, exporter, tmp_path):
+    """Idioms that compute shapes or masks at run time convert, run any batch, and the two
+    runtimes agree on the spiking network."""
+    import builders as B
+    torch.manual_seed(0)
+    model = _Idiom(idiom).eval()
+    x = torch.rand(2, 1, 16, 16)
+    path = tmp_path / f"{idiom}.onnx"
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
+                              opset_version=13, dynamic_axes={"input": {0: "N"}})
+        else:
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18,
+                              dynamic_shapes={"x": {0: torch.export.Dim("N")}})
+    assert convert_and_run(path) == 2
+    import onnx_snn
+    data = np.random.default_rng(0).random((5, 1, 16, 16)).astype(np.float32)
+    snn = onnx_snn.convert(str(path), data, timesteps=2, show_progress=False)
+    B.assert_runtimes_agree(snn.model, data)

@@ -12,7 +12,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
-from .ir import const_value, is_graph_output, rank
+from .ir import const_value, depends_on_inputs, is_graph_output, rank
 from .passes import PassResult, graph_pass
 
 #: the lowest default-domain opset the spiking format is written at
@@ -192,6 +192,51 @@ def reduce_max_to_global_pool(graph: gs.Graph, result: PassResult) -> None:
             graph.nodes.append(gs.Node("Flatten", f"{node.name or 'reducemax'}_flatten",
                                        attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
     graph.cleanup().toposort()
+
+
+@graph_pass("constant-where-to-mask")
+def constant_where_to_mask(graph: gs.Graph, result: PassResult) -> None:
+    """``Where(mask, a, b)`` with a constant mask is linear in its data branches:
+    ``a * mask + b * (1 - mask)``, written as a Mul by a constant 0/1 mask (and an Add where
+    both branches are data, or the constant branch is not zero). The dynamo exporter writes
+    adaptive average pooling with unequal windows so (``masked_fill`` of the padded cells).
+    A Where with a computed mask (a comparison of the data) is nonlinear and left."""
+    dynamic = depends_on_inputs(graph)
+    for node in list(graph.nodes):
+        if node.op != "Where" or len(node.inputs) != 3:
+            continue
+        cond, a, b = node.inputs
+        mask = const_value(cond)
+        out = node.outputs[0]
+        if mask is None or out.name not in dynamic:
+            continue
+        dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.float32)
+        if dtype.kind != "f":
+            result.skip(node, f"selects {dtype} values")
+            continue
+        label = node.name or out.name
+        terms = []
+        for branch, keep in ((a, mask.astype(bool)), (b, ~mask.astype(bool))):
+            value = const_value(branch)
+            if value is None:
+                m = gs.Constant(f"{label}_mask{len(terms)}", keep.astype(dtype))
+                t = gs.Variable(f"{label}_masked{len(terms)}", dtype=dtype)
+                graph.nodes.append(gs.Node("Mul", f"{label}_mul{len(terms)}",
+                                           inputs=[branch, m], outputs=[t]))
+                terms.append(t)
+            elif np.any(value * keep):
+                terms.append(gs.Constant(f"{label}_fill", (value * keep).astype(dtype)))
+        if len(terms) == 1 and isinstance(terms[0], gs.Constant):
+            result.skip(node, "selects only constants")
+            continue
+        node.op, node.attrs = "Add" if len(terms) == 2 else "Identity", {}
+        node.inputs.clear()
+        node.inputs.extend(terms)
+        result.changed += 1
+    if result.changed:
+        result.notes.append(f"{result.changed} Where node(s) with a constant mask written as a "
+                            "multiplication by the mask")
+        graph.cleanup().toposort()
 
 
 def _why_not_gemm(graph: gs.Graph, node: gs.Node):

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, fold, inputs, precision, quantization, skeleton
+from . import canonical, cleanup, fold, inputs, precision, quantization, resize, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -195,6 +195,8 @@ PIPELINE: tuple = (
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
+    canonical.constant_where_to_mask,   # dynamo's masked_fill of adaptive pooling windows
+    resize.resize_constant_form,         # F.interpolate(size=...) with a free batch; axes
     cleanup.remove_identity_and_dropout,
     cleanup.strip_output_head,           # before the softmax an ArgMax may read
     cleanup.strip_final_softmax,

@@ -1,0 +1,170 @@
+"""The resize-constant-form pass: Resize to a size computed from the input's shape (both
+PyTorch exporters' ``F.interpolate(size=...)`` with a free batch) and opset 18's ``axes``
+become constant scales or sizes, and the DNN computes what it did, in any batch."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import builders as B
+from onnx_snn.errors import UnsupportedModelError
+from onnx_snn.graph.normalize import normalize
+from onnx_snn.runtimes.ort import run
+
+RESIZE_ATTRS = {"nearest": dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                                nearest_mode="floor"),          # F.interpolate's nearest
+                "linear": dict(mode="linear", coordinate_transformation_mode="half_pixel")}
+
+
+def _sizes_nodes(form: str, hw, inits: list) -> list:
+    """Nodes that compute the Resize's sizes 'sz' (or scales 'sc') of tensor 'a' in ``form``."""
+    inits.append(nh.from_array(np.array(hw, np.int64), "hw"))
+    if form == "slice":             # torch.onnx's TorchScript exporter
+        inits += [nh.from_array(np.array([0], np.int64), "s0"),
+                  nh.from_array(np.array([2], np.int64), "s2"),
+                  nh.from_array(np.array([0], np.int64), "ax0")]
+        return [h.make_node("Shape", ["a"], ["shp"]),
+                h.make_node("Slice", ["shp", "s0", "s2", "ax0"], ["nc"]),
+                h.make_node("Cast", ["nc"], ["nc64"], to=TP.INT64),
+                h.make_node("Concat", ["nc64", "hw"], ["sz"], axis=0)]
+    if form == "shape-range":       # the dynamo exporter: Shape with start and end
+        return [h.make_node("Shape", ["a"], ["nc"], start=0, end=2),
+                h.make_node("Concat", ["nc", "hw"], ["sz"], axis=0)]
+    if form == "gather":            # hand-written: each dimension gathered and unsqueezed
+        inits += [nh.from_array(np.array(0, np.int64), "i0"),
+                  nh.from_array(np.array(1, np.int64), "i1"),
+                  nh.from_array(np.array([0], np.int64), "u0")]
+        return [h.make_node("Shape", ["a"], ["shp"]),
+                h.make_node("Gather", ["shp", "i0"], ["n0"]),
+                h.make_node("Gather", ["shp", "i1"], ["c0"]),
+                h.make_node("Unsqueeze", ["n0", "u0"], ["n"]),
+                h.make_node("Unsqueeze", ["c0", "u0"], ["c"]),
+                h.make_node("Concat", ["n", "c", "hw"], ["sz"], axis=0)]
+    raise ValueError(form)
+
+
+def _net(form: str, mode: str, hw=(16, 16), side: int = 8, opset: int = 18,
+         policy: str = "stretch") -> onnx.ModelProto:
+    """conv-relu, a Resize of its output to ``hw`` (sizes or scales in ``form``), conv-relu,
+    global pool, dense; input N x 1 x side x side with a free batch."""
+    rng = np.random.default_rng(0)
+    w = lambda *s: (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+    inits = [nh.from_array(w(4, 1, 3, 3), "w1"), nh.from_array(w(6, 4, 3, 3), "w2"),
+             nh.from_array(w(10, 6), "w3")]
+    attrs = dict(RESIZE_ATTRS[mode])
+    if form.startswith("axes"):
+        attrs["axes"] = [2, 3] if form != "axes-last" else [-1]
+        if policy != "stretch":
+            attrs["keep_aspect_ratio_policy"] = policy
+        if form == "axes-scales":
+            inits.append(nh.from_array(np.array(hw, np.float32), "sc"))
+            ins = ["a", "", "sc"]
+        elif form == "axes-last":
+            inits.append(nh.from_array(np.array(hw[-1:], np.float32), "sc"))
+            ins = ["a", "", "sc"]
+        else:
+            inits.append(nh.from_array(np.array(hw, np.int64), "sz"))
+            ins = ["a", "", "", "sz"]
+        size_nodes = []
+    elif form == "times-two":      # sizes computed by arithmetic on the shape: not read
+        inits.append(nh.from_array(np.array([1, 1, 2, 2], np.int64), "k"))
+        size_nodes = [h.make_node("Shape", ["a"], ["shp"]), h.make_node("Mul", ["shp", "k"], ["sz"])]
+        ins = ["a", "", "", "sz"]
+    elif form == "other-tensor":   # N and C read from the 1-channel input: not the Resize's
+        size_nodes = _sizes_nodes("shape-range", hw, inits)
+        size_nodes[0] = h.make_node("Shape", ["input"], ["nc"], start=0, end=2)
+        ins = ["a", "", "", "sz"]
+    else:
+        size_nodes = _sizes_nodes(form, hw, inits)
+        ins = ["a", "", "", "sz"]
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Relu", ["c1"], ["a"]), *size_nodes,
+             h.make_node("Resize", ins, ["u"], name="up", **attrs),
+             h.make_node("Conv", ["u", "w2"], ["c2"], pads=[1] * 4),
+             h.make_node("Relu", ["c2"], ["r"]),
+             h.make_node("GlobalAveragePool", ["r"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "resized", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, side, side])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _resize_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == "Resize")
+
+
+CASES = [("slice", "nearest", (16, 16), 8, 13), ("slice", "linear", (11, 11), 8, 13),
+         ("shape-range", "nearest", (3, 3), 8, 18), ("shape-range", "linear", (13, 7), 8, 18),
+         ("gather", "nearest", (13, 5), 11, 13),     # 13 of 11: float32(13/11) * 11 < 13
+         ("axes-sizes", "nearest", (16, 12), 8, 18), ("axes-sizes", "linear", (5, 16), 8, 18),
+         ("axes-scales", "nearest", (2.0, 1.5), 8, 18), ("axes-last", "linear", (0.5,), 8, 18)]
+
+
+@pytest.mark.parametrize("form,mode,hw,side,opset", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}" for c in CASES])
+def test_resize_becomes_constant_and_computes_the_same(form, mode, hw, side, opset):
+    """The normalized Resize has constant scales or sizes of every axis and no ``axes``; the
+    normalized DNN gives the source's outputs at batches 1 and 5."""
+    m = _net(form, mode, hw, side, opset)
+    nm = normalize(m)
+    node = _resize_node(nm.model)
+    assert not [a for a in node.attribute if a.name == "axes"]
+    consts = {i.name for i in nm.model.graph.initializer}
+    given = [i for i in node.input[2:] if i]
+    assert len(given) == 1 and given[0] in consts, list(node.input)
+    value = nh.to_array(next(i for i in nm.model.graph.initializer if i.name == given[0]))
+    assert value.size == 4
+    for n in (1, 5):
+        x = B.rand_input(n, (1, side, side))
+        want, got = run(m, x).outputs[0], run(nm.model, x).outputs[0]
+        if mode == "nearest":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form,mode,hw,side", [("shape-range", "nearest", (11, 11), 8),
+                                               ("slice", "linear", (13, 7), 8),
+                                               ("axes-sizes", "nearest", (13, 13), 11)])
+def test_resized_spiking_network_runs_alike_in_both_runtimes(form, mode, hw, side):
+    """Converted, the spiking network runs any batch; the torch runtime equals onnxruntime
+    (same spike counts), and at large T it follows its DNN."""
+    m = _net(form, mode, hw, side, opset=18 if form != "slice" else 13)
+    x = B.rand_input(6, (1, side, side))
+    _, _, snn = B.converted(m, x, T=3)
+    B.assert_runtimes_agree(snn.model, x)
+    B.assert_runtimes_agree(snn.model, x[:1])
+    _, _, big = B.converted(m, x, T=256, method="max")
+    got, want = run(big.model, x).outputs[0], run(m, x).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("form,policy,needle", [
+    ("times-two", "stretch", "not constant"),
+    ("other-tensor", "stretch", "'up'"),
+    ("axes-sizes", "not_larger", "axes or keep_aspect_ratio_policy")])
+def test_sizes_it_cannot_read_are_refused_naming_the_node(form, policy, needle):
+    m = _net(form, "nearest", (16, 16), opset=18, policy=policy)
+    with pytest.raises(UnsupportedModelError, match=f"'up'.*{needle}" if needle != "'up'" else "'up'"):
+        normalize(m)
+
+
+def test_shape_entries_reads_shape_idioms():
+    """Each entry of a computed shape vector: a constant, or a tensor's axis."""
+    import onnx_graphsurgeon as gs
+    from onnx_snn.graph.resize import shape_entries
+    for form in ("slice", "shape-range", "gather"):
+        g = gs.import_onnx(onnx.shape_inference.infer_shapes(_net(form, "nearest", (9, 7))))
+        sz = g.tensors()["sz"]
+        got = shape_entries(sz)
+        assert [e if isinstance(e, int) else (e[0].name, e[1]) for e in got] == \
+            [("a", 0), ("a", 1), 9, 7], form
+    g = gs.import_onnx(onnx.shape_inference.infer_shapes(_net("times-two", "nearest")))
+    assert shape_entries(g.tensors()["sz"]) is None
