@@ -497,6 +497,17 @@ def _check_outputs(inputs, *outputs) -> dict:
     return check_outputs(outputs, inputs)
 
 
+def _with_external_data(model: str, outputs: list) -> list:
+    """``outputs`` ((path or None, option) pairs of the models a command writes) and, when
+    ``model`` keeps its weights in external data (so the written models do too), each one's
+    ``<path>.data`` beside it: no output, input or other output may be one of them."""
+    from .model_io import external_data_path, model_files
+    if len(model_files(model)) <= 1:
+        return list(outputs)
+    return list(outputs) + [(external_data_path(p), f"{opt}'s external data")
+                            for p, opt in outputs if p is not None]
+
+
 def _check_mean_std(args, data) -> None:
     """--mean/--std belong to named datasets; array files are taken as preprocessed."""
     from .datasets import named_dataset
@@ -546,7 +557,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 def cmd_convert(args) -> int:
     from .convert import check_search_limits, convert
     from .errors import DataError, UsageError
-    from .model_io import check_output_path, external_data_path, model_files, write_all_atomic
+    from .model_io import check_output_path, write_all_atomic
 
     try:
         config = SearchConfig(objective=args.objective, percentile_step=args.percentile_step,
@@ -586,11 +597,8 @@ def cmd_convert(args) -> int:
         raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy")
     _check_mean_std(args, calib)
     inputs = _inputs(args.model, calib, args.data_dir)
-    outputs = [(out, "-o"), (args.step_graph, "--step-graph"), (args.deploy, "--deploy"),
-               (args.report, "--report")]
-    if len(model_files(args.model)) > 1:   # weights in external data: the outputs keep theirs so
-        outputs += [(external_data_path(p), f"{opt}'s external data") for p, opt in outputs[:3]
-                    if p is not None]
+    outputs = _with_external_data(args.model, [(out, "-o"), (args.step_graph, "--step-graph"),
+                                               (args.deploy, "--deploy")]) + [(args.report, "--report")]
     targets = _check_outputs(inputs, *outputs)   # fail before the work
     snn = convert(args.model, calib, timesteps=args.timesteps, method=args.method, config=config,
                   batch_size=args.batch_size, sample_size=args.sample_size,
@@ -764,8 +772,8 @@ def cmd_finetune(args) -> int:
                              + (_inputs(args.model, args.test_data, args.data_dir)
                                 if args.test_data else [])
                              + (model_files(teacher) if teacher else []),
-                             (args.output, "-o"), (args.json, "--json"),
-                             (checkpoint, "--checkpoint"))
+                             *_with_external_data(args.model, [(args.output, "-o")]),
+                             (args.json, "--json"), (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
                  log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std,
@@ -862,7 +870,8 @@ def cmd_deploy(args) -> int:
     from .spiking.deploy import deploy
     out = args.output if args.output is not None else \
         _default_output(args.model, ".deploy.onnx", strip=(".snn.onnx", ".onnx"))
-    targets = _check_outputs(_inputs(args.model), (out, "-o"))   # fail before the work
+    targets = _check_outputs(_inputs(args.model),                 # fail before the work
+                             *_with_external_data(args.model, [(out, "-o")]))
     m = deploy(args.model, targets[str(out)], timesteps=args.timesteps,
                spike_counts=args.spike_counts, unit_thresholds=args.unit_thresholds)
     from .spiking.format import read_info

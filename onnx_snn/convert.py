@@ -20,7 +20,7 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
-from .datasets import (Dataset, apply_preprocess, check_inputs, check_preprocess,
+from .datasets import (Dataset, apply_preprocess, check_finite, check_inputs, check_preprocess,
                        check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
 from .errors import DataError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
@@ -257,6 +257,17 @@ def _as_list(v) -> list:
     return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
+def _check_channels(pp: dict, ds: Dataset, what: str, fix: str = "") -> None:
+    """Mean and std of one value, or one per channel of the images in ``ds``."""
+    c = ds.x.shape[1] if ds.x.ndim >= 2 else 1
+    for key in ("mean", "std"):
+        n = len(pp[key])
+        if n not in (1, c):
+            give = "one value" if c == 1 else f"1 or {c} values"
+            raise DataError(f"{ds.name}: {what} {n} {key} values, and the images have {c} "
+                            f"channel(s): {give} each{fix}")
+
+
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
@@ -311,11 +322,14 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     if given:
         applied = {"mean": _as_list(0.0 if mean is None else mean),
                    "std": _as_list(1.0 if std is None else std)}
+        _check_channels(applied, ds, "--mean/--std have")
         x = apply_preprocess(ds.x, applied["mean"], applied["std"])
     elif not ds.preprocessed:
         if preprocess:
             pp = check_preprocess(preprocess)
             applied = {"mean": pp["mean"], "std": pp["std"]}
+            _check_channels(applied, ds, "the preprocessing the model records "
+                                         "(onnx_snn.preprocess) has", " (pass --mean/--std for this data)")
             x = apply_preprocess(ds.x, applied["mean"], applied["std"])
         else:
             _warn_raw_pixels(ds.name, scaling)
@@ -555,6 +569,10 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       scaling=input_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
+    for name, arr in (ds.x.items() if isinstance(ds.x, dict) else [(None, ds.x)]):
+        # before the random subset is drawn: the sample numbers are the file's
+        check_finite(np.asarray(arr), f"{ds.name} (calibration data"
+                     + (f", input '{name}')" if name else ")"))
     ds = ds.take(calib_samples, seed=seed)
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))

@@ -147,6 +147,9 @@ def build_template(root: Path) -> Path:
     fsnn = onnx_snn.convert(str(root / "fm.onnx"), B.rand_input(16, (1, 28, 28)), timesteps=1,
                             method="datta", show_progress=False)
     fsnn.save(root / "fm.snn.onnx")
+    onnx.save(onnx.load(str(root / "snn.onnx")), str(root / "extsnn.onnx"),
+              save_as_external_data=True, all_tensors_to_one_file=True, location="w.onnx.data",
+              size_threshold=0)
     # damaged spiking files
     good = onnx.load(str(root / "snn.onnx"))
     (root / "bad").mkdir()
@@ -409,6 +412,16 @@ cli("conv_step_graph_is_outputs_external_data", "inputs",
     "convert {ws}/ext.onnx --calib {ws}/calib.npy --method datta -T 1 -o {ws}/a.onnx "
     "--step-graph {ws}/a.onnx.data", 6,
     check=lambda ws, o, e: not (ws / "a.onnx").exists() and not (ws / "a.onnx.data").exists())
+# a spiking model whose weights are in w.onnx.data: every model written from it keeps its
+# weights beside it (<output>.data), so an output named w.onnx would overwrite them
+cli("deploy_o_data_is_inputs_weights", "inputs", "deploy {ws}/extsnn.onnx -o {ws}/w.onnx", 6)
+cli("ft_o_data_is_inputs_weights", "inputs",
+    FT.replace("{ws}/snn.onnx", "{ws}/extsnn.onnx") + " -o {ws}/w.onnx", 6)
+cli("ft_json_is_outputs_external_data", "inputs",
+    FT.replace("{ws}/snn.onnx", "{ws}/extsnn.onnx") + " -o {ws}/t.onnx --json {ws}/t.onnx.data", 6)
+cli("deploy_external_source_keeps_external_data", "inputs",
+    "deploy {ws}/extsnn.onnx -o {ws}/d.onnx", 0, outputs=("d.onnx", "d.onnx.data"),
+    check=lambda ws, o, e: (ws / "d.onnx.data").stat().st_size > 0)
 cli("conv_external_source_keeps_external_data", "inputs",
     "convert {ws}/ext.onnx --calib {ws}/calib.npy --method datta -T 1 -o {ws}/a.onnx", 0,
     outputs=("a.onnx", "a.onnx.data"), check=lambda ws, o, e: (ws / "a.onnx.data").stat().st_size > 0)
@@ -542,8 +555,8 @@ cli("demo_T_huge", "unbounded", "demo -T 100000 --methods max --limit 4 " + FM, 
 cli("eval_model_T_huge", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz", 3)
 cli("eval_model_T_huge_override", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz -T 1", 0)
 cli("deploy_T_huge", "unbounded", "deploy {ws}/snn.onnx -o {ws}/d.onnx -T 100", 2)
-cli("deploy_model_T_huge", "unbounded", "deploy {ws}/bad/huge_T.snn.onnx -o {ws}/d.onnx", 2,
-    needle="MAX_TIMESTEPS")
+cli("deploy_model_T_huge", "unbounded", "deploy {ws}/bad/huge_T.snn.onnx -o {ws}/d.onnx", 3,
+    needle="huge_T.snn.onnx: the model records T=1000000000")
 cli("ft_model_T_huge", "unbounded", "finetune {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz -o {ws}/t.onnx", 3)
 
 # ================================================================== 6. damaged spiking files
@@ -668,6 +681,16 @@ cli("ft_nan_in_a_late_sample", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz")
     setup=npzsave("z.npz", x=_nan_at(8, 6), y=np.arange(8)), needle="first is sample 6")
 cli("ft_nan_in_test_data", "data", FT + " --test-data {ws}/z.npz -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", x=_nan_at(8, 5), y=np.arange(8)), needle="NaN/Inf")
+cli("calib_nan_in_a_late_sample", "data",
+    "convert {ws}/model.onnx --calib {ws}/n.npy --calib-samples 4 -o {ws}/o.onnx", 5,
+    setup=npsave("n.npy", _nan_at(40, 37)), needle="n.npy (calibration data): 1 NaN/Inf "
+    "values in the data, the first is sample 37")
+cli("eval_recorded_preprocess_of_other_channels", "preprocess",
+    "eval {ws}/pp3.snn.onnx --data fashion-mnist " + FM, 5,
+    setup=lambda ws: onnx.save(_set_meta(onnx.load(str(ws / "fm.snn.onnx")), "onnx_snn.preprocess",
+                                         '{"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}'),
+                               str(ws / "pp3.snn.onnx")),
+    needle="the preprocessing the model records (onnx_snn.preprocess) has 3 mean values")
 cli("ft_unlabeled", "data", FT.replace("{ws}/test.npz", "{ws}/calib.npy") + " -o {ws}/t.onnx", 5)
 cli("calib_text_file", "data", "convert {ws}/model.onnx --calib {ws}/t.npy -o {ws}/o.onnx", 5,
     setup=write("t.npy", b"just some text"))

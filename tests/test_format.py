@@ -96,10 +96,12 @@ def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what
         fmt.read_spiking(_damaged(pooled.model, key, value), "m.snn.onnx")
 
 
-@pytest.mark.parametrize("value,what", [(-1.0, "threshold <= 0"), (0.0, "threshold <= 0"),
-                                        (np.nan, "not finite"), (np.inf, "not finite")])
-def test_damaged_parameters_are_refused(snn, value, what):
-    m = _damaged(snn.model, init="lif1.threshold", init_value=np.array(value, np.float32))
+@pytest.mark.parametrize("param,value,what", [
+    ("threshold", -1.0, "threshold <= 0"), ("threshold", 0.0, "threshold <= 0"),
+    ("threshold", np.nan, "not finite"), ("threshold", np.inf, "not finite"),
+    ("amplitude", -0.5, "lif1 has a negative spike amplitude")])
+def test_damaged_parameters_are_refused(snn, param, value, what):
+    m = _damaged(snn.model, init=f"lif1.{param}", init_value=np.array(value, np.float32))
     with pytest.raises(ModelLoadError, match=what):
         ModelRunner(m)
 

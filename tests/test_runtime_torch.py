@@ -760,6 +760,31 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     p = run_cli("finetune", str(other), *args[2:], "--epochs", "2", "--resume")
     assert p.returncode == 2 and "the model (sha256)" in p.stderr, p.stderr
     assert out.read_bytes() == before
+    # the inputs' normalization is a setting of the run too
+    p = run_cli(*args, "--epochs", "2", "--resume", "--mean", "0.5", "--std", "0.5")
+    assert p.returncode == 2 and "--mean/--std" in p.stderr, p.stderr
+    assert out.read_bytes() == before
+
+
+def test_finetune_never_overwrites_another_runs_checkpoint(tmp_path, fmnist_snn):
+    """Started without --resume, a run writes its checkpoint over its own earlier one only:
+    another run's checkpoint (another model or output) and a file that is no checkpoint are
+    refused before any work (exit 2), left byte for byte."""
+    from onnx_snn.cli import main
+    ckpt = tmp_path / "run.ckpt.pt"
+    base = ["finetune", str(fmnist_snn), "--data", "fashion-mnist", "--limit-train", "64",
+            "--limit-test", "64", "--epochs", "1", "--checkpoint", str(ckpt)]
+    assert main(["-q"] + base + ["-o", str(tmp_path / "a.snn.onnx")]) == 0
+    saved = ckpt.read_bytes()
+    p = run_cli(*base, "-o", str(tmp_path / "b.snn.onnx"))         # another run's output
+    assert p.returncode == 2 and "the checkpoint of another run" in p.stderr, p.stderr
+    assert ckpt.read_bytes() == saved and not (tmp_path / "b.snn.onnx").exists()
+    assert main(["-q"] + base + ["-o", str(tmp_path / "a.snn.onnx")]) == 0   # its own: again
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    p = run_cli(*base[:-1], str(notes), "-o", str(tmp_path / "c.snn.onnx"))
+    assert p.returncode == 2 and "not a fine-tuning checkpoint" in p.stderr, p.stderr
+    assert notes.read_text() == "my notes"
 
 
 def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):

@@ -852,7 +852,8 @@ def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]
 
 
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
-    """Every site's parameters present and finite, thresholds positive."""
+    """Every site's parameters present and finite, thresholds positive, amplitudes not
+    negative."""
     for s in info.sites:
         for p in PARAMS:
             name = param_name(s.name, p)
@@ -876,6 +877,11 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                 raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
                                      f"({float(v.min()):g}); a neuron would fire on every step. "
                                      "The file is damaged or was edited; convert it again")
+            if p == "amplitude" and np.any(v < 0):
+                raise ModelLoadError(f"{where}: site {s.name} has a negative spike amplitude "
+                                     f"({float(v.min()):g}); spikes carry the layer's positive "
+                                     "output scale. The file is damaged or was edited; convert "
+                                     "it again")
 
 
 def require_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:

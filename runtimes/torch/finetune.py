@@ -435,7 +435,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial),
                     "train_data": train.name, "test_data": test.name,
-                    "limit_train": cfg.limit_train, "limit_test": cfg.limit_test}
+                    "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
+                    "preprocess": train.preprocess, "output": os.path.abspath(output)}
+    if ckpt_path.exists() and not resume:   # starting over replaces only this run's own
+        _refuse_other_checkpoint(ckpt_path, run_settings)
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
     opt = torch.optim.Adam([{"params": groups["weights"], "weight_decay": cfg.weight_decay},
                             {"params": groups["neurons"], "weight_decay": 0.0}],
@@ -700,13 +703,35 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "weight_decay": "--weight-decay", "surrogate": "--surrogate", "augment": "--augment",
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
              "limit_train": "--limit-train", "limit_test": "--limit-test",
-             "train_initial": "--train-initial"}
+             "train_initial": "--train-initial", "preprocess": "--mean/--std"}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
             if k in names and was[k] != now.get(k)]
     if diff:
         raise UsageError(f"{ckpt_path}: this run started with other settings than this call's "
                          f"({'; '.join(diff)}); resume with the run's own, or start over "
                          "without --resume")
+
+
+def _refuse_other_checkpoint(ckpt_path: Path, now: dict) -> None:
+    """A run started without --resume writes its checkpoint over what is there; that may be
+    its own earlier try (the same model and output), never another run's checkpoint or a
+    file that is no checkpoint at all."""
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
+        state = None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
+        raise UsageError(f"{ckpt_path}: exists and is not a fine-tuning checkpoint, and this run "
+                         "would write its checkpoint there; pass another --checkpoint, or move "
+                         "the file")
+    was = state.get("run") or {}
+    other = [f"{what} {was[k]}" for k, what in (("model_sha256", "of the model with sha256"),
+                                                 ("output", "writing"))
+             if k in was and was[k] != now.get(k)]
+    if other:
+        raise UsageError(f"{ckpt_path}: the checkpoint of another run ({', '.join(other)}); "
+                         "starting over would overwrite it: pass another --checkpoint, delete "
+                         "it, or continue that run with --resume")
 
 
 def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) -> None:
