@@ -119,9 +119,15 @@ class LayerFit:
             if len(acc) <= g:
                 acc.append([np.zeros((x.shape[1], x.shape[1])),
                             np.zeros((x.shape[1], y.shape[1])), 0.0])
-        # float32 products, float64 sums (added in place: no float64 copy of each product)
-        np.add(sums[g][0], x.T @ x, out=sums[g][0])
-        np.add(sums[g][1], x.T @ y, out=sums[g][1])
+        # float64 products and sums: float32 products are summed in an order that depends on
+        # the BLAS thread count, and the last bits they moved changed later sites' choices
+        # (the same conversion on 1 and 2 cores gave different files); in float64 it does not.
+        # In chunks of at most 32 MB, so that a wide layer's rows are not all copied at once
+        step = max(256, (1 << 22) // max(1, x.shape[1]))
+        for i in range(0, len(x), step):
+            c = x[i:i + step].astype(np.float64)
+            sums[g][0] += c.T @ c
+            sums[g][1] += c.T @ y[i:i + step].astype(np.float64)
         sums[g][2] += float(np.sum(y.astype(np.float64) ** 2))
 
     def _fold(self) -> None:

@@ -161,3 +161,43 @@ def test_refits_are_checked_on_held_out_images(batches):
         assert all(not r["refitted"] and "one calibration batch" in r["why"] for r in rows)
     else:
         assert all(np.isfinite(r["heldout_sse_original"]) for r in rows)
+
+
+def test_normal_equations_are_float64_products():
+    """R^T R and R^T Y are summed from float64 products: float32 ones are added up in an
+    order that depends on the BLAS thread count, and their last bits changed later sites'
+    choices (the same conversion on 1 and 2 cores gave different files)."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    node, inits = _conv(w, b, pads=[1, 1, 1, 1])
+    fit = layer_fit(node, inits)
+    x = rng.random((8, 3, 10, 10)).astype(np.float32)
+    y = _reference_conv(x, w, b, pads=[1, 1, 1, 1])
+    fit.add(x, y)
+    rows, target = next(iter(_design(fit, x, y, np.random.default_rng(0), None)))
+    r64 = rows.astype(np.float64)
+    np.testing.assert_allclose(fit.fit[0][0], r64.T @ r64, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(fit.fit[0][1], r64.T @ target.astype(np.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_conversion_is_the_same_on_one_and_two_blas_threads(tmp_path):
+    """The shipped model converted in processes with 1 and 2 BLAS threads: the same
+    parameters bit for bit (with float32 products, lif1's threshold moved by 2e-6 and the
+    later sites' choices changed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[1] / "onnx_snn" / "models" / "fmnist_vgg.onnx"
+    files = []
+    for t in ("1", "2"):
+        out = tmp_path / f"t{t}.snn.onnx"
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t}
+        subprocess.run([sys.executable, "-m", "onnx_snn", "-q", "convert", str(src), "--calib",
+                        "fashion-mnist", "-T", "2", "-o", str(out)], check=True, env=env,
+                       capture_output=True)
+        files.append({i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer})
+    assert files[0].keys() == files[1].keys()
+    for k in files[0]:
+        np.testing.assert_array_equal(files[0][k], files[1][k], err_msg=k)
