@@ -1052,3 +1052,117 @@ def test_a_where_of_a_computed_mask_is_refused_naming_it():
     it named."""
     with pytest.raises(UnsupportedModelError, match="node '(cmp|sel)'"):
         normalize(_masked("computed"))
+
+
+def _split_net(form: str, opset: int) -> onnx.ModelProto:
+    """conv-clip (12 channels), a Split along the channels of which only some parts are
+    read, global pool, dense. ``form``: 'equal' (no sizes, 2 parts, the last unused),
+    'sizes' (3 parts, the middle one unused), 'num_outputs' (opset 18, 2 parts, the last
+    unused)."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(4)
+    inits = [nh.from_array(rng.standard_normal((12, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(2, np.float32), "hi")]
+    attrs = {"axis": 1}
+    if form == "sizes":
+        outs, read = ["p", "q", "r"], ["p", "r"]
+        if opset >= 13:
+            inits.append(nh.from_array(np.array([4, 2, 6], np.int64), "parts"))
+            ins = ["a", "parts"]
+        else:
+            ins, attrs["split"] = ["a"], [4, 2, 6]
+    else:
+        outs, read, ins = ["p", "q"], ["p"], ["a"]
+        if form == "num_outputs":
+            attrs["num_outputs"] = 2
+    width = 10 if form == "sizes" else 6
+    inits.append(nh.from_array(rng.standard_normal((10, width)).astype(np.float32), "w2"))
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c"], pads=[1] * 4),
+             h.make_node("Clip", ["c", "lo", "hi"], ["a"]),
+             h.make_node("Split", ins, outs, name="cut", **attrs)]
+    if len(read) > 1:
+        nodes.append(h.make_node("Concat", read, ["kept"], axis=1))
+    nodes += [h.make_node("GlobalAveragePool", ["kept" if len(read) > 1 else read[0]], ["g"]),
+              h.make_node("Flatten", ["g"], ["f"]), h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "split", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("form,opset", [("equal", 13), ("sizes", 11), ("sizes", 13),
+                                        ("num_outputs", 18)])
+def test_a_split_keeps_its_unread_parts(form, opset):
+    """A Split's outputs are its parts by position: one nobody reads stays (dropping it cut
+    the tensor in fewer parts, or moved the next part into its place), so the normalized DNN
+    computes the source's outputs, and the spiking network runs alike in both runtimes."""
+    from onnx_snn.runtimes.ort import run
+    m = _split_net(form, opset)
+    nm = normalize(m)
+    cut = next(n for n in nm.model.graph.node if n.op_type == "Split")
+    assert len(cut.output) == (3 if form == "sizes" else 2)
+    x = B.rand_input(4, (1, 6, 6))
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-6, atol=1e-6)
+    _, _, snn = B.converted(m, x, T=2)
+    B.assert_runtimes_agree(snn.model, x)
+
+
+def test_mean_of_activations_is_a_scaled_sum():
+    """Mean(a, b) is (a + b) / 2: written as a Sum (then Adds) and a Mul by 1/2."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    from onnx_snn.runtimes.ort import run
+    rng = np.random.default_rng(6)
+    inits = [nh.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * .3, "w2"),
+             nh.from_array(rng.standard_normal((10, 4)).astype(np.float32), "w3")]
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c1"], pads=[1] * 4), h.make_node("Relu", ["c1"], ["a"]),
+             h.make_node("Conv", ["a", "w2"], ["c2"], pads=[1] * 4), h.make_node("Relu", ["c2"], ["b"]),
+             h.make_node("Mean", ["a", "b"], ["m"], name="avg"),
+             h.make_node("GlobalAveragePool", ["m"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "mean", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    nm = normalize(m)
+    assert "Mean" not in ops(nm.model)
+    x = B.rand_input(4, (1, 6, 6))
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
+    _, _, snn = B.converted(m, x, T=2)
+    B.assert_runtimes_agree(snn.model, x)
+
+
+@pytest.mark.parametrize("case", ["neg-inf-fill", "wider-zero-fill"])
+def test_where_fills_that_are_no_mask_product(case):
+    """A fill of -inf (masked_fill before a max) is no product with a mask: refused, named.
+    A zero constant branch wider than the mask and the data widens the output: kept."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    from onnx_snn.runtimes.ort import run
+    rng = np.random.default_rng(8)
+    mask = rng.random((1, 1, 6, 6)) < 0.3
+    fill = np.array(-np.inf, np.float32) if case == "neg-inf-fill" else np.zeros((1, 3, 6, 6), np.float32)
+    inits = [nh.from_array(rng.standard_normal((1, 1, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(mask, "m"), nh.from_array(fill, "fill"),
+             nh.from_array(rng.standard_normal((10, 3)).astype(np.float32), "w3")]
+    nodes = [h.make_node("Conv", ["input", "w1"], ["c1"], pads=[1] * 4), h.make_node("Relu", ["c1"], ["a"]),
+             h.make_node("Where", ["m", "fill", "a"], ["b"], name="sel"),
+             h.make_node("MaxPool", ["b"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("GlobalAveragePool", ["p"], ["g"]), h.make_node("Flatten", ["g"], ["f"])]
+    if case == "wider-zero-fill":
+        nodes.append(h.make_node("Gemm", ["f", "w3"], ["y"], transB=1))
+    else:
+        inits[-1] = nh.from_array(rng.standard_normal((10, 1)).astype(np.float32), "w3")
+        nodes.append(h.make_node("Gemm", ["f", "w3"], ["y"], transB=1))
+    g = h.make_graph(nodes, "fills", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    if case == "neg-inf-fill":
+        with pytest.raises(UnsupportedModelError, match="'sel'"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    x = B.rand_input(4, (1, 6, 6))
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-6, atol=1e-6)

@@ -74,6 +74,18 @@ def _net(form: str, mode: str, hw=(16, 16), side: int = 8, opset: int = 18,
         inits.append(nh.from_array(np.array([1, 1, 2, 2], np.int64), "k"))
         size_nodes = [h.make_node("Shape", ["a"], ["shp"]), h.make_node("Mul", ["shp", "k"], ["sz"])]
         ins = ["a", "", "", "sz"]
+    elif form == "skip-size":      # F.interpolate(p, size=skip.shape[2:]) (U-Net, FPN):
+        # the pooled map back to the size of the map it was pooled from, read from its shape
+        size_nodes = [h.make_node("MaxPool", ["a"], ["pa"], kernel_shape=[2, 2], strides=[2, 2]),
+                      h.make_node("Shape", ["pa"], ["nc"], start=0, end=2),
+                      h.make_node("Shape", ["a"], ["hw_of_skip"], start=2),
+                      h.make_node("Concat", ["nc", "hw_of_skip"], ["sz"], axis=0)]
+        ins = ["pa", "", "", "sz"]
+    elif form == "axes-roi":       # opset 18 axes with a roi of those axes (unread here)
+        attrs["axes"] = [2, 3]
+        inits += [nh.from_array(np.array(hw, np.float32), "sc"),
+                  nh.from_array(np.array([0, 0, 1, 1], np.float32), "roi")]
+        ins, size_nodes = ["a", "roi", "sc"], []
     elif form == "other-tensor":   # N and C read from the 1-channel input: not the Resize's
         size_nodes = _sizes_nodes("shape-range", hw, inits)
         size_nodes[0] = h.make_node("Shape", ["input"], ["nc"], start=0, end=2)
@@ -104,7 +116,9 @@ CASES = [("slice", "nearest", (16, 16), 8, 13), ("slice", "linear", (11, 11), 8,
          ("shape-range", "nearest", (3, 3), 8, 18), ("shape-range", "linear", (13, 7), 8, 18),
          ("gather", "nearest", (13, 5), 11, 13),     # 13 of 11: float32(13/11) * 11 < 13
          ("axes-sizes", "nearest", (16, 12), 8, 18), ("axes-sizes", "linear", (5, 16), 8, 18),
-         ("axes-scales", "nearest", (2.0, 1.5), 8, 18), ("axes-last", "linear", (0.5,), 8, 18)]
+         ("axes-scales", "nearest", (2.0, 1.5), 8, 18), ("axes-last", "linear", (0.5,), 8, 18),
+         ("skip-size", "nearest", (8, 8), 8, 18), ("skip-size", "linear", (9, 9), 9, 18),
+         ("axes-roi", "linear", (2.0, 2.0), 8, 18)]
 
 
 @pytest.mark.parametrize("form,mode,hw,side,opset", CASES,
@@ -147,7 +161,8 @@ def test_resized_spiking_network_runs_alike_in_both_runtimes(form, mode, hw, sid
 
 
 @pytest.mark.parametrize("form,policy,needle", [
-    ("times-two", "stretch", "not constant"),
+    ("times-two", "stretch", "not constant .its scales or sizes are computed from more than "
+                             "shapes and constants"),
     ("other-tensor", "stretch", "'up'"),
     ("axes-sizes", "not_larger", "axes or keep_aspect_ratio_policy")])
 def test_sizes_it_cannot_read_are_refused_naming_the_node(form, policy, needle):
@@ -168,3 +183,22 @@ def test_shape_entries_reads_shape_idioms():
             [("a", 0), ("a", 1), 9, 7], form
     g = gs.import_onnx(onnx.shape_inference.infer_shapes(_net("times-two", "nearest")))
     assert shape_entries(g.tensors()["sz"]) is None
+
+
+def test_shape_entries_follow_onnx_slicing():
+    """Negative steps and out-of-range bounds clamp as ONNX's Slice does (a reversed shape
+    read with starts INT64_MAX, ends INT64_MIN, step -1 is all four axes, last first)."""
+    import onnx_graphsurgeon as gs
+    from onnx_snn.graph.resize import shape_entries
+    big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for starts, ends, steps, want in (([big], [small], [-1], [3, 2, 1, 0]),
+                                      ([-1], [0], [-1], [3, 2, 1]), ([1], [big], [2], [1, 3]),
+                                      ([-3], [-1], [1], [1, 2]), ([5], [7], [1], [])):
+        x = gs.Variable("x", np.float32, ["N", 3, 8, 8])
+        shp, out = gs.Variable("shp", np.int64, [4]), gs.Variable("out", np.int64, None)
+        consts = [gs.Constant(n, np.array(v, np.int64)) for n, v in
+                  (("s", starts), ("e", ends), ("a", [0]), ("t", steps))]
+        gs.Graph(nodes=[gs.Node("Shape", inputs=[x], outputs=[shp]),
+                        gs.Node("Slice", inputs=[shp, *consts], outputs=[out])])
+        got = shape_entries(out)
+        assert [e[1] for e in got] == want, (starts, ends, steps)

@@ -77,8 +77,22 @@ def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
 @graph_pass("sum-to-add")
 def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
     """``Sum`` of two tensors becomes ``Add``; of more, a chain of ``Add``; of one, a bypass
-    (an ``Identity``, removed by the next pass). Every Sum can be rewritten."""
+    (an ``Identity``, removed by the next pass). Every Sum can be rewritten. ``Mean`` of n
+    tensors is their Sum times 1/n (a Mul by a constant after it)."""
     for node in list(graph.nodes):
+        if node.op == "Mean" and len(node.inputs) > 1:
+            out = node.outputs[0]
+            total = gs.Variable(f"{out.name}_sum", dtype=out.dtype)
+            scale = np.array(1.0 / len(node.inputs),
+                             np.dtype(out.dtype) if out.dtype is not None else np.float32)
+            node.outputs.clear()
+            node.outputs.append(total)
+            node.op = "Sum"
+            graph.nodes.append(gs.Node("Mul", f"{node.name or 'mean'}_scale",
+                                       inputs=[total, gs.Constant(f"{out.name}_1_over_n", scale)],
+                                       outputs=[out]))
+        elif node.op == "Mean":
+            node.op = "Sum"
         if node.op != "Sum":
             continue
         result.changed += 1
@@ -215,8 +229,21 @@ def constant_where_to_mask(graph: gs.Graph, result: PassResult) -> None:
             result.skip(node, f"selects {dtype} values")
             continue
         label = node.name or out.name
+        consts = [v for v in (const_value(a), const_value(b)) if v is not None]
+        if any(not np.all(np.isfinite(v)) for v in consts):
+            result.skip(node, "fills with an infinity or NaN, which no multiplication by a mask "
+                              "gives")
+            continue
+        # the mask at the broadcast shape of the mask and the constants: a constant branch
+        # wider than the data widens the output even where it is not selected
+        try:
+            shape = np.broadcast_shapes(mask.shape, *(v.shape for v in consts))
+        except ValueError:
+            result.skip(node, "its mask and constants do not broadcast")
+            continue
+        keep_a = np.broadcast_to(mask.astype(bool), shape)
         terms = []
-        for branch, keep in ((a, mask.astype(bool)), (b, ~mask.astype(bool))):
+        for branch, keep in ((a, keep_a), (b, ~keep_a)):
             value = const_value(branch)
             if value is None:
                 m = gs.Constant(f"{label}_mask{len(terms)}", keep.astype(dtype))
@@ -224,8 +251,10 @@ def constant_where_to_mask(graph: gs.Graph, result: PassResult) -> None:
                 graph.nodes.append(gs.Node("Mul", f"{label}_mul{len(terms)}",
                                            inputs=[branch, m], outputs=[t]))
                 terms.append(t)
-            elif np.any(value * keep):
-                terms.append(gs.Constant(f"{label}_fill", (value * keep).astype(dtype)))
+            else:
+                fill = np.where(keep, value, 0).astype(dtype)
+                if np.any(fill):
+                    terms.append(gs.Constant(f"{label}_fill", fill))
         if len(terms) == 1 and isinstance(terms[0], gs.Constant):
             result.skip(node, "selects only constants")
             continue

@@ -323,17 +323,24 @@ def _all_ones_mask(graph: gs.Graph, node: gs.Node) -> None:
     node.outputs = node.outputs[:1]
 
 
+#: ops whose outputs after the first are optional (ONNX lets them be left off at the end)
+_OPTIONAL_OUTPUTS = {"BatchNormalization", "MaxPool", "Dropout"}
+
+
 @graph_pass("drop-unused-outputs")
 def drop_unused_outputs(graph: gs.Graph, result: PassResult) -> None:
     """Optional outputs nobody reads (BatchNormalization's running statistics, MaxPool's
-    indices...) are removed; the first output always stays."""
+    indices, Dropout's mask) are removed from the end; the first output always stays, and
+    so does every output before one that is read (an output is known by its position). Other
+    ops keep all their outputs: a Split's number of outputs is how many parts it cuts."""
     for node in graph.nodes:
-        keep = [o for i, o in enumerate(node.outputs)
-                if i == 0 or o.outputs or is_graph_output(graph, o)]
+        if node.op not in _OPTIONAL_OUTPUTS:
+            continue
+        read = [i for i, o in enumerate(node.outputs) if o.outputs or is_graph_output(graph, o)]
+        keep = node.outputs[:max([0] + read) + 1]
         result.changed += len(node.outputs) - len(keep)
-        used = keep[1:]
-        if used:
-            result.skip(node, f"its extra output '{used[0].name}' is used")
+        if len(keep) > 1:
+            result.skip(node, f"its extra output '{keep[-1].name}' is used")
         node.outputs = keep
 
 

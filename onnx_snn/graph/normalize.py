@@ -284,7 +284,8 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     sites: List[Site] = records[canonicalize_sites.name]
     if not sites:
         raise _no_sites_error(graph, where)
-    check_supported(graph, {s.name for s in sites})
+    check_supported(graph, {s.name for s in sites},
+                    dict(records.get(resize.resize_constant_form.name, [])))
     moved = 0
     if pool_first:
         r = canonical.pool_before_sites(graph, sites)

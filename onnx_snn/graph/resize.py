@@ -30,19 +30,17 @@ from .passes import PassResult, graph_pass
 #: one entry of a shape vector: a constant, or (tensor, axis): that tensor's size on that axis
 Entry = Union[int, Tuple[gs.Tensor, int]]
 
-_INT64_MAX = np.iinfo(np.int64).max
-
-
 def _ints(t) -> Optional[List[int]]:
     v = const_value(t)
     return None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
 
 
 def _slice_bounds(n: int, start: int, end: int, step: int = 1) -> range:
-    """Python's slice of ``range(n)`` with ONNX's clamping of out-of-range bounds."""
-    start = min(max(start + n if start < 0 else start, 0), n)
-    end = min(max(end + n if end < 0 else end, -1 if step < 0 else 0), n)
-    return range(n)[slice(start, end, step)] if step > 0 else range(start, end, step)
+    """The indices ONNX's Slice takes from ``n`` values: negative bounds count from the end,
+    then they are clamped to [0, n] (to [-1, n - 1] for a negative step)."""
+    start, end = (start + n if start < 0 else start), (end + n if end < 0 else end)
+    lo, hi = (0, n) if step > 0 else (-1, n - 1)
+    return range(min(max(start, lo), hi), min(max(end, lo), hi), step)
 
 
 def shape_entries(t, depth: int = 0) -> Optional[List[Entry]]:
@@ -81,8 +79,7 @@ def shape_entries(t, depth: int = 0) -> Optional[List[Entry]]:
         if data is None or None in (starts, ends, axes, steps) or len(starts) != 1 \
                 or axes not in ([0], [-1]) or steps[0] == 0:
             return None
-        end = min(ends[0], _INT64_MAX)
-        return [data[i] for i in _slice_bounds(len(data), starts[0], end, steps[0])]
+        return [data[i] for i in _slice_bounds(len(data), starts[0], ends[0], steps[0])]
     return None
 
 
@@ -203,6 +200,10 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
         if policy != "stretch":
             result.skip(node, f"keep_aspect_ratio_policy '{policy}'")
             continue
+        ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
+        if (ctm.decode() if isinstance(ctm, bytes) else ctm) == "tf_crop_and_resize":
+            result.skip(node, "in mode tf_crop_and_resize")
+            continue
         x = ins[0]
         r = rank(x)
         if r is None:
@@ -231,15 +232,17 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
         node.inputs.extend(new)
         node.attrs.pop("axes", None)
         result.changed += 1
-        result.notes.append(f"Resize '{node.name}': {'axes and ' if has_axes else ''}"
-                            f"{'computed sizes' if not const_sizes and not const_scales else 'sizes'}"
+        given = "scales" if const_scales else "sizes" if const_sizes else "computed sizes"
+        result.notes.append(f"Resize '{node.name}': {given}{' of some axes' if has_axes else ''}"
                             f" written as {what}")
+    result.records.extend(result.skipped)
     graph.cleanup()
 
 
 def _roi(node: gs.Node):
-    ins = list(node.inputs)
-    return ins[1] if len(ins) > 1 else gs.Variable.empty()
+    """No roi: only tf_crop_and_resize reads it (left alone above), and one given for some
+    axes would not fit the full-rank form."""
+    return gs.Variable.empty()
 
 
 def _scales_from_sizes(node, entries, x, dims, opset):
@@ -247,6 +250,9 @@ def _scales_from_sizes(node, entries, x, dims, opset):
     onnxruntime does, else (None, why not)."""
     scales, test_dims, test_sizes = [], [], []
     for a, e in enumerate(entries):
+        if not isinstance(e, int) and e[0].shape is not None and e[1] < len(e[0].shape) \
+                and isinstance(e[0].shape[e[1]], int):
+            e = int(e[0].shape[e[1]])        # a known size of another tensor: a constant
         if _same_size(e, x, a):
             scales.append(1.0)
             test_dims.append(1)

@@ -41,8 +41,10 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "Relu, Clip(0, mu), Relu+Min(mu), Max(0)+Min(mu)")
 
 
-def check_supported(graph: gs.Graph, site_names: set) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first node that cannot be converted."""
+def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = None) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first node that cannot be converted.
+    ``detail``: node name -> why a pass left it (added to a refused Resize's message)."""
+    detail = detail or {}
     graph.toposort()
     dynamic = depends_on_inputs(graph)
     for node in graph.nodes:
@@ -63,9 +65,10 @@ def check_supported(graph: gs.Graph, site_names: set) -> None:
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
         if why:
-            raise UnsupportedModelError(f"{node_label(node)}: Resize {why}; only a nearest or "
-                                        "linear Resize of the spatial axes by constant scales or "
-                                        "sizes is supported")
+            more = f" ({detail[node.name]})" if node.name in detail else ""
+            raise UnsupportedModelError(f"{node_label(node)}: Resize {why}{more}; only a nearest "
+                                        "or linear Resize of the spatial axes by constant scales "
+                                        "or sizes is supported")
         for o in node.outputs:
             kind = _other_float(o.dtype) if o.name in dynamic else None
             if kind:
