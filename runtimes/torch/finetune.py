@@ -436,7 +436,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     "train_initial": bool(cfg.train_initial),
                     "train_data": train.name, "test_data": test.name,
                     "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
-                    "preprocess": train.preprocess, "output": os.path.abspath(output)}
+                    "preprocess": train.preprocess, "output": os.path.realpath(output)}
     if ckpt_path.exists() and not resume:   # starting over replaces only this run's own
         _refuse_other_checkpoint(ckpt_path, run_settings)
     groups = net.parameter_groups()   # weight decay on weights only, not on neuron parameters
@@ -714,8 +714,8 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
 
 def _refuse_other_checkpoint(ckpt_path: Path, now: dict) -> None:
     """A run started without --resume writes its checkpoint over what is there; that may be
-    its own earlier try (the same model and output), never another run's checkpoint or a
-    file that is no checkpoint at all."""
+    an earlier run of the same output (the same -o, through any path; whatever its model),
+    never the checkpoint of a run that wrote another file, nor a file that is no checkpoint."""
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
@@ -725,13 +725,10 @@ def _refuse_other_checkpoint(ckpt_path: Path, now: dict) -> None:
                          "would write its checkpoint there; pass another --checkpoint, or move "
                          "the file")
     was = state.get("run") or {}
-    other = [f"{what} {was[k]}" for k, what in (("model_sha256", "of the model with sha256"),
-                                                 ("output", "writing"))
-             if k in was and was[k] != now.get(k)]
-    if other:
-        raise UsageError(f"{ckpt_path}: the checkpoint of another run ({', '.join(other)}); "
+    if "output" in was and os.path.realpath(was["output"]) != now.get("output"):
+        raise UsageError(f"{ckpt_path}: the checkpoint of another run (writing {was['output']}); "
                          "starting over would overwrite it: pass another --checkpoint, delete "
-                         "it, or continue that run with --resume")
+                         "it, or continue that run with --resume and its -o")
 
 
 def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) -> None:
