@@ -22,7 +22,7 @@ from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPL
                         Calibration, calibrate, tensor_shapes)
 from .datasets import (Dataset, apply_preprocess, check_finite, check_inputs, check_preprocess,
                        check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
-from .errors import DataError, UnsupportedModelError, UsageError
+from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
 from .graph.inputs import input_scaling
 from .graph.normalize import NormalizedModel, normalize
@@ -72,6 +72,15 @@ def check_timesteps(value, name: str = "timesteps") -> int:
         raise UsageError(f"{name} must be between 1 and {MAX_TIMESTEPS} (MAX_TIMESTEPS: time and "
                          f"memory grow linearly with T; the method targets 1-4), not {value}")
     return value
+
+
+def check_recorded_timesteps(recorded: int, where: str) -> None:
+    """A spiking file's recorded T, run when no T is given: above MAX_TIMESTEPS the file is
+    damaged (no conversion writes it), a :class:`ModelLoadError` naming it."""
+    if recorded > MAX_TIMESTEPS:
+        raise ModelLoadError(f"{where}: the model records T={recorded}, above the limit of "
+                             f"{MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is damaged, "
+                             "or pass -T")
 
 
 def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,
@@ -257,17 +266,6 @@ def _as_list(v) -> list:
     return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
-def _check_channels(pp: dict, ds: Dataset, what: str, fix: str = "") -> None:
-    """Mean and std of one value, or one per channel of the images in ``ds``."""
-    c = ds.x.shape[1] if ds.x.ndim >= 2 else 1
-    for key in ("mean", "std"):
-        n = len(pp[key])
-        if n not in (1, c):
-            give = "one value" if c == 1 else f"1 or {c} values"
-            raise DataError(f"{ds.name}: {what} {n} {key} values, and the images have {c} "
-                            f"channel(s): {give} each{fix}")
-
-
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
@@ -322,15 +320,14 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     if given:
         applied = {"mean": _as_list(0.0 if mean is None else mean),
                    "std": _as_list(1.0 if std is None else std)}
-        _check_channels(applied, ds, "--mean/--std have")
-        x = apply_preprocess(ds.x, applied["mean"], applied["std"])
+        x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name, "--mean/--std have")
     elif not ds.preprocessed:
         if preprocess:
             pp = check_preprocess(preprocess)
             applied = {"mean": pp["mean"], "std": pp["std"]}
-            _check_channels(applied, ds, "the preprocessing the model records "
-                                         "(onnx_snn.preprocess) has", " (pass --mean/--std for this data)")
-            x = apply_preprocess(ds.x, applied["mean"], applied["std"])
+            x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name,
+                                 "the preprocessing the model records (onnx_snn.preprocess) has",
+                                 " (pass --mean/--std for this data)")
         else:
             _warn_raw_pixels(ds.name, scaling)
             applied = {"mean": [0.0], "std": [1.0]}

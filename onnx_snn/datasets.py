@@ -623,20 +623,24 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
 
 
 def apply_preprocess(x: np.ndarray, mean: Optional[Sequence[float]],
-                     std: Optional[Sequence[float]]) -> np.ndarray:
-    """(x - mean) / std per channel (axis 1); mean/std may be scalars or per-channel lists."""
+                     std: Optional[Sequence[float]], where: str = "data",
+                     source: str = "the preprocessing has", fix: str = "") -> np.ndarray:
+    """(x - mean) / std per channel (axis 1); mean/std may be scalars or per-channel lists.
+    Another count is a DataError: "``where``: ``source`` n mean values, ...``fix``"."""
     if mean is None and std is None:
         return x
     c = x.shape[1] if x.ndim >= 2 else 1
     shape = (1, -1) + (1,) * (x.ndim - 2)
 
-    def vec(v, default):
+    def vec(v, default, key):
         a = np.asarray(default if v is None else v, dtype=np.float32).reshape(-1)
         if a.size not in (1, c):
-            raise DataError(f"preprocessing has {a.size} values but the data has {c} channels")
+            give = "one value" if c == 1 else f"1 or {c} values"
+            raise DataError(f"{where}: {source} {a.size} {key} values, and the images have {c} "
+                            f"{'channel' if c == 1 else 'channels'}: {give} each{fix}")
         return a.reshape(shape) if a.size == c else a.reshape(())
 
-    m, s = vec(mean, 0.0), vec(std, 1.0)
+    m, s = vec(mean, 0.0, "mean"), vec(std, 1.0, "std")
     if not (np.all(np.isfinite(m)) and np.all(np.isfinite(s))):
         raise DataError("preprocessing mean/std must be finite numbers")
     if np.any(s <= 0):

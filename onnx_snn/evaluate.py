@@ -174,7 +174,7 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
 
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False, where=None) -> Dict[int, EvalResult]:
-    from .convert import MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, resolve_data
+    from .convert import MAX_BATCH_SIZE, check_count, check_recorded_timesteps, resolve_data
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
@@ -192,10 +192,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     where = str(name)
     if runner.spiking:
         preprocess = check_preprocess(runner.info.preprocess, where)
-        if t_list is None and runner.info.timesteps > MAX_TIMESTEPS:
-            raise ModelLoadError(f"{where}: the model records T={runner.info.timesteps}, above the "
-                                 f"limit of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file "
-                                 "is damaged, or pass -T")
+        if t_list is None:
+            check_recorded_timesteps(runner.info.timesteps, where)
     else:
         preprocess = _dnn_preprocess(runner.model, where)
     if isinstance(data, tuple):

@@ -30,6 +30,7 @@ from .passes import PassResult, graph_pass
 #: one entry of a shape vector: a constant, or (tensor, axis): that tensor's size on that axis
 Entry = Union[int, Tuple[gs.Tensor, int]]
 
+
 def _ints(t) -> Optional[List[int]]:
     v = const_value(t)
     return None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
@@ -53,7 +54,7 @@ def shape_entries(t, depth: int = 0) -> Optional[List[Entry]]:
     if depth > 16 or not t.inputs:
         return None
     node = t.inputs[0]
-    ins = [i for i in node.inputs]
+    ins = list(node.inputs)
     if node.op == "Shape":
         r = rank(ins[0])
         if r is None:
@@ -191,8 +192,8 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
         ins = list(node.inputs)
         has_axes = node.attrs.get("axes") is not None
         const_sizes = len(ins) > 3 and const_value(ins[3]) is not None
-        const_scales = len(ins) > 2 and not is_empty(ins[2]) and const_value(ins[2]) is not None \
-            and const_value(ins[2]).size > 0
+        scales_value = const_value(ins[2]) if len(ins) > 2 else None
+        const_scales = scales_value is not None and scales_value.size > 0
         if not has_axes and (const_sizes or const_scales):
             continue                                   # the form the converter reads
         policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
@@ -214,10 +215,12 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
             result.skip(node, why)
             continue
         label = node.name or node.outputs[0].name
+        # no roi in the new form: only tf_crop_and_resize reads it (left alone above), and one
+        # given for some axes would not fit the full-rank form
         if scales is None:
             dims = list(x.shape) if x.shape is not None else [None] * r
             if all(isinstance(e, int) for e in entries):
-                new = [x, _roi(node), gs.Variable.empty(),
+                new = [x, gs.Variable.empty(), gs.Variable.empty(),
                        gs.Constant(f"{label}_sizes", np.array(entries, np.int64))]
                 what = f"constant sizes {entries}"
             else:
@@ -226,7 +229,7 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
                     result.skip(node, why)
                     continue
         if scales is not None:
-            new = [x, _roi(node), gs.Constant(f"{label}_scales", np.array(scales, np.float32))]
+            new = [x, gs.Variable.empty(), gs.Constant(f"{label}_scales", np.array(scales, np.float32))]
             what = f"constant scales {[float(np.float32(s)) for s in scales]}"
         node.inputs.clear()
         node.inputs.extend(new)
@@ -237,12 +240,6 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
                             f" written as {what}")
     result.records.extend(result.skipped)
     graph.cleanup()
-
-
-def _roi(node: gs.Node):
-    """No roi: only tf_crop_and_resize reads it (left alone above), and one given for some
-    axes would not fit the full-rank form."""
-    return gs.Variable.empty()
 
 
 def _scales_from_sizes(node, entries, x, dims, opset):

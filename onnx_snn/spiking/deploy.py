@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelLoadError, UsageError
+from ..errors import UsageError
 from ..graph import walk
 from . import format as fmt
 from . import rewrite
@@ -405,11 +405,9 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     view = fmt.read_spiking(m, where)
     check_preprocess(view.info.preprocess, where)   # carried into the deploy graph: checked
-    from ..convert import MAX_TIMESTEPS
-    if timesteps is None and view.info.timesteps > MAX_TIMESTEPS:
-        raise ModelLoadError(f"{where}: the model records T={view.info.timesteps}, above the "
-                             f"limit of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is "
-                             "damaged, or pass -T")
+    if timesteps is None:
+        from ..convert import check_recorded_timesteps
+        check_recorded_timesteps(view.info.timesteps, where)
     out = deploy_model(view, timesteps, spike_counts, unit_thresholds)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from onnx_snn.convert import (MAX_BATCH_SIZE, MAX_TIMESTEPS, check_count, check_timesteps,
-                              resolve_data)
+from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
+                              check_timesteps, resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
@@ -378,10 +378,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     model = load_model(model_path)
     view = fmt.read_spiking(model, model_path)
     info = view.info
-    if cfg.timesteps is None and info.timesteps > MAX_TIMESTEPS:
-        raise ModelLoadError(f"{model_path}: the model records T={info.timesteps}, above the limit "
-                             f"of {MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is damaged, "
-                             "or pass -T")
+    if cfg.timesteps is None:
+        check_recorded_timesteps(info.timesteps, model_path)
     T = int(cfg.timesteps or info.timesteps)
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
     test_split = "train" if test_same and splits == {"train"} else "test"
