@@ -131,6 +131,33 @@ def test_bench_gpu_smoke_on_cpu(fmnist_test):
     assert abs(t["snn_over_dnn"] - t["snn_images_per_second"] / t["dnn_images_per_second"]) < 1e-9
 
 
+def test_bench_paper_gpu_skips_what_the_budget_leaves_out(tmp_path):
+    """A stage that would start after the budget is recorded as skipped, not run."""
+    out = tmp_path / "paper.json"
+    r = run_tool("tools/bench_paper_gpu.py", "--device", "cpu", "--archs", "resnet20",
+                 "--budget", "1", "--out", str(out))
+    assert "budget" in r["nets"]["resnet20"]["train"]["skipped"]
+    assert json.loads(out.read_text())["nets"] == r["nets"]
+
+
+@pytest.mark.slow   # about 90 s: the paper-scale GPU script's CPU smoke run
+def test_bench_paper_gpu_smoke_on_cpu(fmnist_test, tmp_path):
+    """Train (one epoch, then resumed), calibrate, convert and evaluate at T=2 in the torch
+    runtime, one SGL epoch: each stage lands in the JSON."""
+    r = run_tool("tools/bench_paper_gpu.py", "--device", "cpu", "--archs", "resnet20",
+                 "--limit-train", "256", "--limit-test", "128", "--max-epochs", "2",
+                 "--budget", "600", "-T", "2", "--methods", "refined",
+                 "--work", str(tmp_path), "--out", str(tmp_path / "paper.json"))
+    net = r["nets"]["resnet20"]
+    assert 1 <= net["train"]["epochs"] <= 2 and net["train"]["test_images"] == 128
+    assert net["calibration"]["test_images"] == 128
+    conv = net["convert_T2"]
+    assert set(conv["top1"]) == {"refined"} and 0 <= conv["top1"]["refined"] <= 100
+    sgl = net["sgl_T2"]
+    assert sgl["epochs"] == 1 and 0 <= sgl["top1_after"] <= 100 and sgl["seconds"] > 0
+    assert all("error" not in v for v in net.values())
+
+
 # ------------------------------------------------------------------ tools/_jobs.py
 
 def _jobs_module():
