@@ -136,8 +136,8 @@ def test_torch_and_onnxruntime_agree_on_signed_neurons(make, T):
     negative = []
     orig = net._run
 
-    def spy(nodes, env, masks, spikes):
-        orig(nodes, env, masks, spikes)
+    def spy(nodes, env, masks, spikes, *rest):
+        orig(nodes, env, masks, spikes, *rest)
         negative.extend(float((env[n.outputs[0]] < 0).sum()) for n in nodes if n.op == fmt.SIGNED_NEURON_OP)
     net._run = spy
     with torch.no_grad():
@@ -276,6 +276,26 @@ def test_network_takes_the_surrogate(tmp_path):
     assert any(not torch.allclose(a, b) for a, b in zip(grads["rectangle"][1], grads["sigmoid"][1]))
     with pytest.raises(UsageError, match="surrogate"):
         SpikingNetwork(snn.model, surrogate="atan")
+
+
+def test_neuron_parameters_are_prepared_once_per_forward_pass():
+    """Each threshold and amplitude is floored (and each leak clamped) once per forward pass,
+    not at every step: fewer kernels and gradient nodes (the outputs are the other tests':
+    the same as onnxruntime's)."""
+    x = B.rand_input(16, seed=2)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=4, show_progress=False)
+    net = SpikingNetwork(snn.model).train()
+    calls = []
+    orig = net._floored
+
+    def counted(name, t):
+        calls.append(name)
+        return orig(name, t)
+    net._floored = counted
+    out = net(torch.from_numpy(x), 4)
+    assert len(calls) == 2 * len(net.sites) and len(set(calls)) == len(calls)
+    out.sum().backward()
+    assert all(net.tensor(fmt.param_name(s.name, "threshold")).grad is not None for s in net.sites)
 
 
 def test_lif_step_soft_reset():

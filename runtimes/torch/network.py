@@ -90,6 +90,7 @@ class SpikingNetwork(nn.Module):
         self._floors: Dict[str, str] = {}         # threshold/amplitude name -> its floor's key
         self._trainable: List[str] = []
         self.hoisted, self.body, self.outputs = self._split_graph(self.view)
+        self._body_outputs = {o for n in self.body for o in n.outputs}
         self._check_ops()
         frozen = set()
         folded = _folded_sites(model)    # --binary-spikes: amplitude 1 in the next layer's weights
@@ -184,15 +185,27 @@ class SpikingNetwork(nn.Module):
     def tensor(self, name: str) -> torch.Tensor:
         return getattr(self, self._names[name])
 
-    def _run(self, nodes, env, masks, spikes):
+    def _neuron_inputs(self, p, env, params):
+        """A neuron's (threshold, amplitude, leak) as the step uses them: floored, leak <= 1.
+        ``params`` keeps them for the rest of the forward pass when they do not change over
+        the steps (computed once, not every step: fewer kernels, and one gradient node each)."""
+        key = tuple(p)
+        if key in params:
+            return params[key]
+        out = (self._floored(p[0], env[p[0]]), self._floored(p[1], env[p[1]]),
+               env[p[2]].clamp(max=1.0))
+        if not self._body_outputs.intersection(p):
+            params[key] = out
+        return out
+
+    def _run(self, nodes, env, masks, spikes, params=None):
+        params = {} if params is None else params
         for n in nodes:
             if n.op in fmt.NEURON_OPS:
                 signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
-                th = self._floored(p[0], env[p[0]])
-                amp = self._floored(p[1], env[p[1]])
-                leak = env[p[2]].clamp(max=1.0)
+                th, amp, leak = self._neuron_inputs(p, env, params)
                 if signed:
                     y, v_next, c_next, s = signed_step(x, v, env[n.inputs[2]], th, amp, leak,
                                                        self.surrogate)
@@ -248,11 +261,12 @@ class SpikingNetwork(nn.Module):
         acc = [None] * len(self.outputs)
         counted = self.view.counted       # the sites, then the counted spiking pools
         totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
+        params: Dict[str, tuple] = {}     # the neurons' parameters, prepared once for the T steps
         for _ in range(T):
             step = dict(env)
             step.update(states)
             fired: Dict[str, torch.Tensor] = {}
-            self._run(self.body, step, masks, fired)
+            self._run(self.body, step, masks, fired, params)
             for i, o in enumerate(self.outputs):
                 acc[i] = step[o] if acc[i] is None else acc[i] + step[o]
             states = {st.names.input: step[st.names.next] for st in self.view.states}
