@@ -10,7 +10,8 @@
 # tools/bench_gpu.py, then tools/bench_paper_gpu.py (the paper's full-width VGG-16 and
 # ResNet-20 trained, converted, evaluated and fine-tuned) in what is left of
 # GPU_CHECK_SECONDS (default 470: the device tool's 540 s call limit less the start); the
-# JSON and the logs land in $OUT (runs/gpu/ when run here).
+# JSON and the logs land in $OUT (runs/gpu/ when run here). `bash tools/gpu_check.sh --paper
+# ARGS...` runs bench_paper_gpu.py alone with ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +36,18 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
     --target /tmp/site .
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-python3 -c "import onnx_snn.runtimes.torch, onnx_graphsurgeon, spikingjelly.activation_based.neuron"
+# from /tmp: in the repository root the source folder onnx_snn/ (without runtimes/) would shadow it
+(cd /tmp && python3 -c "import onnx_snn.runtimes.torch, onnx_graphsurgeon, spikingjelly.activation_based.neuron")
 export ONNX_SNN_DATA=${ONNX_SNN_DATA:-$PWD/.data/fashion-mnist}
 export ONNX_SNN_PROGRESS=0 PYTHONUNBUFFERED=1
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu_device.txt" 2>&1 || true
+if [[ "${1:-}" == "--paper" ]]; then    # bench_paper_gpu.py alone, with the arguments after --paper
+    shift
+    python3 tools/bench_paper_gpu.py --out "$out/paper.json" "${@}" 2>&1 | tee "$out/paper.log" | tail -n 40
+    exit 0
+fi
 total=${GPU_CHECK_SECONDS:-470}
 python3 tools/bench_gpu.py --out "$out/gpu.json" --sgl-timesteps 2 "${@}" 2>&1 | tee "$out/gpu.log" || true
 left=$(( total - SECONDS - 15 ))
