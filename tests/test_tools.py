@@ -158,6 +158,15 @@ def test_bench_paper_gpu_smoke_on_cpu(fmnist_test, tmp_path):
     assert all("error" not in v for v in net.values())
 
 
+@pytest.mark.slow   # 15 s: converts the shipped model
+def test_count_ops_counts_a_training_step(fmnist_test):
+    r = run_tool("tools/count_ops.py", "--batch", "4")
+    assert 0 < r["dnn"] < r["onnx_snn"]
+    assert r["onnx_snn_over_dnn"] == round(r["onnx_snn"] / r["dnn"], 2)
+    sj = r["spikingjelly"]
+    assert (isinstance(sj, int) and sj > r["dnn"]) or "not installed" in sj["error"]
+
+
 # ------------------------------------------------------------------ tools/_jobs.py
 
 def _jobs_module():
