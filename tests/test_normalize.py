@@ -5,6 +5,8 @@ import pytest
 from onnx import helper as h
 
 import builders as B
+import onnx_snn
+import onnxruntime as ort
 from onnx_snn.errors import ModelLoadError, UnsupportedModelError
 from onnx_snn.graph.normalize import normalize
 from onnx_snn.runtimes.ort import run
@@ -94,14 +96,34 @@ def test_hidden_nonlinearity_is_named(op):
     assert "supported" in str(e.value)
 
 
-def test_hardtanh_like_clip_is_rejected():
+@pytest.mark.parametrize("lo, hi, pool", [(-1.0, 1.0, "MaxPool"), (-1.0, 1.0, "AveragePool"),
+                                          (0.2, 3.0, "MaxPool"), (0.5, None, "AveragePool")])
+def test_shifted_clamps_are_sites_between_two_shifts(lo, hi, pool):
+    """Hardtanh (Clip(-1, 1)), a clipped ReLU with a positive floor (Clip(0.2, 3)) and a
+    shifted ReLU (Max(x, 0.5)) are lo + clip(h - lo, 0, hi - lo): a site between a Sub and an
+    Add of lo. At large T the plain rate conversion approaches the DNN as closely as for a
+    ReLU (argmax agreement and logit correlation), in onnxruntime and the torch runtime."""
     b = B.GraphBuilder(13)
-    x = b.conv("input", 1, 4)
-    x = b.node("Clip", [x, b.const(np.array(-1.0, np.float32)), b.const(np.array(1.0, np.float32))])
+    x = b.conv("input", 1, 6)
+    if hi is None:
+        x = b.node("Max", [x, b.const(np.array(lo, np.float32))])
+    else:
+        x = b.node("Clip", [x, b.const(np.array(lo, np.float32)), b.const(np.array(hi, np.float32))])
+    x = b.node(pool, [x], kernel_shape=[2, 2], strides=[2, 2])
     x = b.node("Flatten", [x])
-    x = b.gemm(x, 4 * 144, 10)
-    with pytest.raises(UnsupportedModelError, match="not ReLU-like"):
-        normalize(b.model("input", x, (1, 12, 12), 10))
+    x = b.gemm(x, 6 * 36, 10)
+    m = b.model("input", x, (1, 12, 12), 10)
+    nm = normalize(m)
+    assert len(nm.sites) == 1 and "shifted" in nm.sites[0].idiom
+    if hi is not None:
+        assert nm.sites[0].mu == pytest.approx(hi - lo)
+    data = B.rand_input(64, seed=4)
+    dnn = ort.InferenceSession(m.SerializeToString()).run(None, {"input": data})[0]
+    snn = onnx_snn.convert(m, data, timesteps=512, method="max", show_progress=False)
+    out = run(snn.model, data).outputs[0]
+    assert (out.argmax(1) == dnn.argmax(1)).mean() >= 0.95
+    assert np.corrcoef(out.ravel(), dnn.ravel())[0, 1] > 0.999
+    B.assert_runtimes_agree(onnx_snn.convert(m, data, timesteps=2, show_progress=False).model, data)
 
 
 def _upper_clip_of(kind: str, opset: int = 13):
@@ -390,7 +412,6 @@ def test_weights_as_constant_nodes_and_identity_chains():
 
 from pathlib import Path
 
-import onnx_snn
 from onnx import numpy_helper as nh
 from onnx_snn.graph import skeleton
 

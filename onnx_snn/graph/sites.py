@@ -4,7 +4,9 @@ An elementwise clamp is any of ``Relu`` (0, inf), ``Max(x, c)`` (c, inf), ``Min(
 (-inf, c) or ``Clip(x, lo, hi)`` (bounds as attributes before opset 11, as inputs after).
 A chain of clamps, each feeding only the next, is the clamp ``(max lo, min hi)``. A chain
 with lower bound 0 is a site: a clipped ReLU with ``mu = hi`` when ``hi`` is finite, a plain
-ReLU otherwise (its ``mu`` is estimated from calibration data later). Each site is rewritten
+ReLU otherwise (its ``mu`` is estimated from calibration data later). A chain with another
+finite lower bound (Hardtanh, ``Clip(0.2, 3)``, ``Max(x, c)``) is ``lo + clip(h - lo, 0,
+hi - lo)``: the same site between ``Sub(h, lo)`` and ``Add(., lo)``. Each site is rewritten
 into one canonical node (``Clip(h, 0, mu)`` or ``Relu(h)``) named after the site.
 """
 from __future__ import annotations
@@ -174,6 +176,18 @@ def _next_in_chain(graph: gs.Graph, node: gs.Node) -> Optional[gs.Node]:
     return None
 
 
+def _shifted(graph: gs.Graph, name: str, h: gs.Variable, y: gs.Variable, shift: float):
+    """``Sub(h, shift) -> [site] -> Add(., shift) -> y``: the site's own input and output."""
+    c = np.array(shift, np.float32)
+    h_in = gs.Variable(f"{name}.shifted_input", dtype=np.float32)
+    y_site = gs.Variable(f"{name}.unshifted_output", dtype=np.float32)
+    graph.nodes.append(gs.Node("Sub", f"{name}.shift", inputs=[h, gs.Constant(f"{name}.lo", c)],
+                               outputs=[h_in]))
+    graph.nodes.append(gs.Node("Add", f"{name}.unshift",
+                               inputs=[y_site, gs.Constant(f"{name}.lo_back", c)], outputs=[y]))
+    return h_in, y_site
+
+
 def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
     """Replace each activation chain by one canonical node and return the sites in order."""
     from .ir import depends_on_inputs
@@ -208,9 +222,8 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         if not lo < hi:
             raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi}); "
                                         "remove the layer or fix its bounds and export again")
-        if abs(lo) > 1e-12:
-            why = ("its lower bound is not 0" if lo > 0 else
-                   f"its input '{_data_input(first).name}' can be negative")
+        if abs(lo) > 1e-12 and math.isinf(lo):
+            why = f"its input '{_data_input(first).name}' can be negative"
             raise UnsupportedModelError(
                 f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like ({why}); "
                 "only activations with lower bound 0 (Relu, Clip(0, mu), Relu+Min, Max(0)+Min, "
@@ -220,6 +233,14 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         y = last.outputs[0]
         name = f"__site{len(sites)}"   # renamed in topological order below
         idiom = "+".join(n.op for n in chain)
+        shift = float(lo) if abs(lo) > 1e-12 else 0.0
+        if shift:
+            # a clamp to [lo, hi] with lo != 0 (Hardtanh, a shifted clipped ReLU) is
+            # lo + clip(h - lo, 0, hi - lo): a site between two constant shifts, which the
+            # rate code carries exactly (each step's output plus lo averages to rate + lo)
+            h, y = _shifted(graph, name, h, y, shift)
+            idiom += f" (shifted by {shift:g})"
+            hi = hi - shift
         mu = None if math.isinf(hi) else float(hi)
         if mu is not None and mu <= 0:
             raise UnsupportedModelError(f"{label}: clip threshold {mu} must be positive; check "
