@@ -18,7 +18,8 @@ paper's ResNet-20: 64-512 channels), on Fashion-MNIST (1x28x28):
    on all 10 000 test images in the PyTorch runtime on the device, TF32 off (float32 convs, so
    that a threshold tie is what it is in onnxruntime).
 3. One SGL epoch at T=2 from the default conversion (``onnx-snn finetune``'s defaults, the
-   device), with its top-1 before and after in the PyTorch runtime.
+   device; TF32 off here too, so its time is not bench_sgl.py's), with its top-1 before and
+   after in the PyTorch runtime and the epoch's own.
 
 Every stage is timed and written to ``--out`` as it ends (a stage that fails records its error
 and the others go on); a stage that would start after the budget is recorded as skipped.
@@ -237,12 +238,14 @@ def main(argv=None) -> int:
                 continue
             # T=2 and its SGL epoch first: the targets are at T=2
             for T in sorted(Ts, key=lambda t: (t != 2, t)):
+                # a conversion of the full-width nets took 28-64 s, an SGL epoch 51-62 s
+                # (2026-12-04, H200 and 16 cores): a stage starts only where such a one fits
                 conv = run.stage(rec, f"convert_T{T}", lambda: convert_and_evaluate(
-                    ctx, arch, work, args.device, T, methods), need=15)
+                    ctx, arch, work, args.device, T, methods), need=45 * T / 2 + 20)
                 src = conv.get("files", {}).get("refined")
                 if T == 2 and src:
                     run.stage(rec, "sgl_T2", lambda: sgl_epoch(src, work, args.device, limits),
-                              need=20)
+                              need=65)
             ctx.clear()
     emit(run.doc, None)
     return 0

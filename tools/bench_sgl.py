@@ -129,13 +129,11 @@ def job_snn(args):
     return _time_loop(step, x, y, args.batch, dev)
 
 
-def job_spikingjelly(args):
-    import torch
+def spikingjelly_net():
+    """The shipped model's architecture in SpikingJelly: multi-step IF layers (soft reset,
+    ATan surrogate), each convolution run once on all T steps."""
     import torch.nn as nn
-    import torch.nn.functional as Fn
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
-    torch.manual_seed(0)
-    dev = _device(args)
 
     def lif():   # SpikingJelly 2 picks its own multi-step kernel for the device
         return neuron.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(),
@@ -145,8 +143,19 @@ def job_spikingjelly(args):
         layer.Conv2d(1, 32, 3, padding=1), lif(), layer.Conv2d(32, 32, 3, padding=1), lif(),
         layer.MaxPool2d(2), layer.Conv2d(32, 64, 3, padding=1), lif(),
         layer.Conv2d(64, 64, 3, padding=1), lif(), layer.MaxPool2d(2), layer.Flatten(),
-        layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10)).to(dev)
+        layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10))
     functional.set_step_mode(net, "m")
+    return net
+
+
+def job_spikingjelly(args):
+    import torch
+    import torch.nn.functional as Fn
+    from spikingjelly.activation_based import functional
+    torch.manual_seed(0)
+    dev = _device(args)
+
+    net = spikingjelly_net().to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     def step(xb, yb):

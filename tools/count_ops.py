@@ -60,18 +60,10 @@ def main(argv=None) -> int:
         result["onnx_snn"] = count(lambda: Fn.cross_entropy(
             snn(x, args.timesteps, record_spikes=False), y).backward())
     try:
-        import torch.nn as nn
-        from spikingjelly.activation_based import functional, layer, neuron, surrogate
+        from spikingjelly.activation_based import functional
 
-        def lif():
-            return neuron.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.ATan(),
-                                 step_mode="m")
-        sj = nn.Sequential(
-            layer.Conv2d(1, 32, 3, padding=1), lif(), layer.Conv2d(32, 32, 3, padding=1), lif(),
-            layer.MaxPool2d(2), layer.Conv2d(32, 64, 3, padding=1), lif(),
-            layer.Conv2d(64, 64, 3, padding=1), lif(), layer.MaxPool2d(2), layer.Flatten(),
-            layer.Linear(64 * 7 * 7, 256), lif(), layer.Linear(256, 10))
-        functional.set_step_mode(sj, "m")
+        from bench_sgl import spikingjelly_net
+        sj = spikingjelly_net()
 
         def sj_step():
             functional.reset_net(sj)

@@ -49,10 +49,12 @@ if [[ "${1:-}" == "--paper" ]]; then    # bench_paper_gpu.py alone, with the arg
     exit 0
 fi
 total=${GPU_CHECK_SECONDS:-470}
-python3 tools/bench_gpu.py --out "$out/gpu.json" --sgl-timesteps 2 "${@}" 2>&1 | tee "$out/gpu.log" || true
+rc=0
+python3 tools/bench_gpu.py --out "$out/gpu.json" --sgl-timesteps 2 "${@}" 2>&1 | tee "$out/gpu.log" || rc=$?
 left=$(( total - SECONDS - 15 ))
 echo "bench_gpu done at ${SECONDS} s; ${left} s for bench_paper_gpu" | tee -a "$out/gpu.log"
 if (( left > 60 )); then
     python3 tools/bench_paper_gpu.py --budget "$left" --out "$out/paper.json" 2>&1 \
-        | tee "$out/paper.log" | tail -n 40
+        | tee "$out/paper.log" | tail -n 40 || rc=$?
 fi
+exit $rc

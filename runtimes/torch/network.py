@@ -90,7 +90,8 @@ class SpikingNetwork(nn.Module):
         self._floors: Dict[str, str] = {}         # threshold/amplitude name -> its floor's key
         self._trainable: List[str] = []
         self.hoisted, self.body, self.outputs = self._split_graph(self.view)
-        self._body_outputs = {o for n in self.body for o in n.outputs}
+        # what changes from step to step: a neuron parameter read from these is not prepared once
+        self._per_step = {o for n in self.body for o in n.outputs} | set(self.view.state_inputs)
         self._check_ops()
         frozen = set()
         folded = _folded_sites(model)    # --binary-spikes: amplitude 1 in the next layer's weights
@@ -194,7 +195,7 @@ class SpikingNetwork(nn.Module):
             return params[key]
         out = (self._floored(p[0], env[p[0]]), self._floored(p[1], env[p[1]]),
                env[p[2]].clamp(max=1.0))
-        if not self._body_outputs.intersection(p):
+        if not self._per_step.intersection(p):
             params[key] = out
         return out
 
@@ -261,7 +262,7 @@ class SpikingNetwork(nn.Module):
         acc = [None] * len(self.outputs)
         counted = self.view.counted       # the sites, then the counted spiking pools
         totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
-        params: Dict[str, tuple] = {}     # the neurons' parameters, prepared once for the T steps
+        params: Dict[tuple, tuple] = {}   # the neurons' parameters, prepared once for the T steps
         for _ in range(T):
             step = dict(env)
             step.update(states)
