@@ -177,14 +177,13 @@ def _next_in_chain(graph: gs.Graph, node: gs.Node) -> Optional[gs.Node]:
 
 
 def _shifted(graph: gs.Graph, name: str, h: gs.Variable, y: gs.Variable, shift: float):
-    """``Sub(h, shift) -> [site] -> Add(., shift) -> y``: the site's own input and output."""
-    c = np.array(shift, np.float32)
+    """``Sub(h, lo) -> [site] -> Add(., lo) -> y``: the site's own input and output."""
+    lo = gs.Constant(f"{name}.lo", np.array(shift, np.float32))
     h_in = gs.Variable(f"{name}.shifted_input", dtype=np.float32)
     y_site = gs.Variable(f"{name}.unshifted_output", dtype=np.float32)
-    graph.nodes.append(gs.Node("Sub", f"{name}.shift", inputs=[h, gs.Constant(f"{name}.lo", c)],
-                               outputs=[h_in]))
-    graph.nodes.append(gs.Node("Add", f"{name}.unshift",
-                               inputs=[y_site, gs.Constant(f"{name}.lo_back", c)], outputs=[y]))
+    nodes = [gs.Node("Sub", f"{name}.shift", inputs=[h, lo], outputs=[h_in]),
+             gs.Node("Add", f"{name}.unshift", inputs=[y_site, lo], outputs=[y])]
+    graph.nodes.extend(nodes)
     return h_in, y_site
 
 
@@ -222,13 +221,14 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
         if not lo < hi:
             raise UnsupportedModelError(f"{label}: clamps everything to a constant ({lo}, {hi}); "
                                         "remove the layer or fix its bounds and export again")
-        if abs(lo) > 1e-12 and math.isinf(lo):
+        if math.isinf(lo):
             why = f"its input '{_data_input(first).name}' can be negative"
             raise UnsupportedModelError(
                 f"{label}: an activation clamped to [{lo:g}, {hi:g}] is not ReLU-like ({why}); "
-                "only activations with lower bound 0 (Relu, Clip(0, mu), Relu+Min, Max(0)+Min, "
-                "or a Min/Clip(max) of a non-negative tensor: a Relu's or clipped activation's "
-                "output, their sums and pools) can become integrate-and-fire neurons")
+                "only activations with a finite lower bound (Relu, Clip(lo, hi), Relu+Min, "
+                "Max(lo)+Min, Hardtanh, or a Min/Clip(max) of a non-negative tensor: a Relu's or "
+                "clipped activation's output, their sums and pools) can become "
+                "integrate-and-fire neurons")
         h = _data_input(first)
         y = last.outputs[0]
         name = f"__site{len(sites)}"   # renamed in topological order below
@@ -238,7 +238,8 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
             # a clamp to [lo, hi] with lo != 0 (Hardtanh, a shifted clipped ReLU) is
             # lo + clip(h - lo, 0, hi - lo): a site between two constant shifts, which the
             # rate code carries exactly (each step's output plus lo averages to rate + lo)
-            h, y = _shifted(graph, name, h, y, shift)
+            # named after the clamp they replace: 'lif<k>.*' names are the format's own
+            h, y = _shifted(graph, first.name or name, h, y, shift)
             idiom += f" (shifted by {shift:g})"
             hi = hi - shift
         mu = None if math.isinf(hi) else float(hi)
