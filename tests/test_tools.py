@@ -137,7 +137,7 @@ def test_bench_paper_gpu_skips_what_the_budget_leaves_out(tmp_path):
     r = run_tool("tools/bench_paper_gpu.py", "--device", "cpu", "--archs", "resnet20",
                  "--budget", "1", "--out", str(out))
     assert "budget" in r["nets"]["resnet20"]["train"]["skipped"]
-    assert json.loads(out.read_text())["nets"] == r["nets"]
+    assert json.loads(out.read_text()) == r     # the file holds what was printed
 
 
 @pytest.mark.slow   # about 90 s: the paper-scale GPU script's CPU smoke run

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import traceback
 from pathlib import Path
 
 # siblings in tools/, which `python tools/bench_paper_gpu.py` puts first on sys.path
-from _bench_common import calibration_set, emit, peak_rss_mb
+from _bench_common import calibration_set, emit, machine, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("vgg16", "resnet20")
@@ -51,7 +50,7 @@ class Run:
         self.path, self.t0, self.budget = path, time.perf_counter(), budget
         self.doc = {"benchmark": "the paper's full-width networks on Fashion-MNIST: train, "
                                  "convert, evaluate, SGL", "device": device, "budget_seconds": budget,
-                    "nets": {}}
+                    "nets": {}, "environment": machine()}   # in the file as in the printout
 
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.t0)
@@ -59,9 +58,8 @@ class Run:
     def save(self) -> None:
         self.doc["elapsed_seconds"] = round(time.perf_counter() - self.t0, 1)
         if self.path:
-            tmp = f"{self.path}.tmp"
-            Path(tmp).write_text(json.dumps(self.doc, indent=1))
-            os.replace(tmp, self.path)
+            from onnx_snn.model_io import write_text_atomic
+            write_text_atomic(json.dumps(self.doc, indent=1), self.path)
 
     def stage(self, rec: dict, key: str, fn, need: float = 0.0):
         """``rec[key] = fn()``, or its error, or 'skipped' when under ``need`` seconds are left."""
