@@ -118,14 +118,16 @@ def test_a_site_whose_batch_axis_was_merged_is_an_unsupported_model():
     from onnx_snn.errors import UnsupportedModelError
     rng = np.random.default_rng(0)
     inits = [nh.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "w"),
-             nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+             nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2"),
+             nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w3")]
     nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
              h.make_node("Relu", ["c"], ["r"], name="relu0"),
              h.make_node("Flatten", ["r"], ["f"], axis=2, name="merge"),
              h.make_node("MatMul", ["f", "w2"], ["g"], name="dense"),
-             h.make_node("Relu", ["g"], ["y"], name="relu1")]
+             h.make_node("Relu", ["g"], ["a"], name="relu1"),
+             h.make_node("MatMul", ["a", "w3"], ["y"], name="head")]  # relu1 is not the output's
     g = h.make_graph(nodes, "merged", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 2, 4, 4])],
-                     [h.make_tensor_value_info("y", TP.FLOAT, ["M", 4])], inits)
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["M", 3])], inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
     with pytest.raises(UnsupportedModelError, match="relu1.*merges the batch axis"):
         calibrate(normalize(m), rng.random((8, 2, 4, 4)).astype(np.float32), show_progress=False)

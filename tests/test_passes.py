@@ -88,7 +88,7 @@ def test_pipeline_is_a_list_of_named_passes():
         "fake-quantization", "sum-to-add", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool",
         "constant-where-to-mask", "resize-constant-form",
         "remove-identity-dropout",
-        "strip-output-head", "strip-final-softmax", "strip-final-sigmoid",
+        "strip-output-head", "strip-final-softmax", "strip-final-sigmoid", "strip-final-activation",
         "drop-unused-outputs", "fold-batchnorm", "matmul-add-to-gemm", "fold-constants",
         "canonicalize-sites"]
 
@@ -245,7 +245,7 @@ def test_old_opset_softmax_upgraded_form_dropped(op, opset, rank):
     if rank == 4:
         assert {"Flatten", "Reshape", "Shape"} <= set(ops(upgraded))
     r, out = apply(cleanup.strip_final_softmax, upgraded)
-    assert r.notes and f"'sm'" in r.notes[0]
+    assert r.notes and "'sm'" in r.notes[0]
     _check_stripped(m, r, out, {"x": rand(3, 6)})
 
 
@@ -286,6 +286,98 @@ def test_hidden_softmax_is_kept():
              h.make_node("Add", ["p", "logits"], ["y"], name="add")]
     r, _ = apply(cleanup.strip_final_softmax, _logits_then(nodes, ["N", 4]))
     assert r.changed == 0 and r.reason("sm") == "its output feeds Add 'add', not a graph output"
+
+
+# ---------------------------------------------------------------- final clamp (ReLU on the outputs)
+
+_FINAL_CLAMPS = {
+    "Relu": lambda: [h.make_node("Relu", ["logits"], ["y"], name="act")],
+    "Clip6": lambda: [h.make_node("Clip", ["logits", "zero", "six"], ["y"], name="act")],
+    "Relu+Min": lambda: [h.make_node("Relu", ["logits"], ["r"], name="act"),
+                         h.make_node("Min", ["r", "six"], ["y"], name="act_min")],
+    "Max0": lambda: [h.make_node("Max", ["logits", "zero"], ["y"], name="act")],
+    "Hardtanh": lambda: [h.make_node("Clip", ["logits", "minus1", "one"], ["y"], name="act")],
+    "Relu+Flatten": lambda: [h.make_node("Relu", ["logits"], ["r"], name="act"),
+                             h.make_node("Flatten", ["r"], ["y"], name="flat", axis=1)],
+}
+_CLAMP_CONSTS = [init("zero", np.float32(0)), init("six", np.float32(6)),
+                 init("one", np.float32(1)), init("minus1", np.float32(-1))]
+
+
+def _hidden_then(op_nodes, hidden_act=True):
+    """x -> Gemm -> Relu (a hidden activation) -> Gemm (logits) -> op_nodes -> y."""
+    nodes = [h.make_node("Gemm", ["x", "W1", "B1"], ["z"], name="fc1", transB=1),
+             h.make_node("Relu", ["z"], ["a"], name="hidden") if hidden_act else
+             h.make_node("Identity", ["z"], ["a"], name="linear"),
+             h.make_node("Gemm", ["a", "W2", "B2"], ["logits"], name="fc2", transB=1)] + op_nodes
+    r = np.random.default_rng(5)    # the same weights every call
+    w1, b1, w2, b2 = (r.standard_normal(s).astype(np.float32) for s in ((8, 6), 8, (4, 8), 4))
+    inits = [init("W1", w1), init("B1", b1), init("W2", w2), init("B2", b2)] + _CLAMP_CONSTS
+    return make(nodes, [vi("x", ["N", 6])], [vi("y", ["N", 4])], inits)
+
+
+@pytest.mark.parametrize("kind", sorted(_FINAL_CLAMPS))
+def test_final_clamp_is_dropped(kind):
+    """A ReLU-type clamp on the outputs would be a spiking layer rounding each output to
+    T + 1 levels: it is dropped, and the model outputs the values before it."""
+    m = _hidden_then(_FINAL_CLAMPS[kind]())
+    r, out = apply(cleanup.strip_final_activation, m)
+    assert r.changed == len([n for n in m.graph.node if n.name.startswith("act")])
+    assert ops(out)[-1] in ("Gemm", "Flatten") and ops(out).count("Relu") == 1   # the hidden one
+    assert all("dropped the final" in n and "time-averaged values before it" in n for n in r.notes)
+    assert [o.name for o in out.graph.output] == ["y"]
+    feeds = {"x": rand(7, 6) * 3}
+    before = _hidden_then([h.make_node("Identity", ["logits"], ["y"], name="plain")])
+    np.testing.assert_allclose(ort_run(out, feeds)[0], ort_run(before, feeds)[0], rtol=1e-6)
+
+
+def test_final_clamp_is_kept_where_it_is_not_the_readout():
+    # its value also feeds another node
+    m = _hidden_then([h.make_node("Relu", ["logits"], ["r"], name="act"),
+                      h.make_node("Add", ["r", "logits"], ["y"], name="add")])
+    r, out = apply(cleanup.strip_final_activation, m)
+    assert r.changed == 0 and ops(out).count("Relu") == 2
+    # a pool between it and the output: a pool of rates is not the rate of a pool
+    g = [h.make_node("Reshape", ["logits", "s4"], ["l4"], name="to4d"),
+         h.make_node("Relu", ["l4"], ["r"], name="act"),
+         h.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+         h.make_node("Flatten", ["p"], ["y"], name="flat", axis=1)]
+    base = _hidden_then([h.make_node("Identity", ["logits"], ["y"], name="plain")])
+    m = make(list(base.graph.node)[:-1] + g, [vi("x", ["N", 6])], [vi("y", ["N", 1])],
+             list(base.graph.initializer) + [init("s4", np.array([-1, 1, 2, 2], np.int64))])
+    r, out = apply(cleanup.strip_final_activation, m)
+    assert r.changed == 0 and ops(out).count("Relu") == 2
+    # the model's only activation (a one-layer model), chained or not: it stays the site
+    for nodes in (_FINAL_CLAMPS["Relu"](), _FINAL_CLAMPS["Relu+Min"]()):
+        m = _hidden_then(nodes, hidden_act=False)
+        r, out = apply(cleanup.strip_final_activation, m)
+        assert r.changed == 0 and "no other activation" in r.reason(nodes[-1].name)
+    # input -> clamp -> output: the clamp is the whole model
+    m = make([h.make_node("Relu", ["x"], ["y"], name="act")], [vi("x", ["N", 4])], [vi("y", ["N", 4])])
+    r, _ = apply(cleanup.strip_final_activation, m)
+    assert r.changed == 0
+
+
+def test_a_final_relu_converts_as_the_model_without_it():
+    """End to end: the spiking model of a net ending in ReLU is the one of the same net
+    without it (same outputs, same spikes), and it is not a spiking layer."""
+    plain = B.vgg(13, "clip", softmax=False, dropout=False)
+    ended = onnx.ModelProto()
+    ended.CopyFrom(plain)
+    out = ended.graph.output[0]
+    ended.graph.node.append(h.make_node("Relu", [out.name], ["relu_out"], name="final_relu"))
+    out.name = "relu_out"
+    x = B.rand_input(32)
+    runs = []
+    for m in (plain, ended):
+        _, _, snn = B.converted(m, x, 2, "datta")
+        sess = ort.InferenceSession(snn.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        runs.append((sess.run(None, {sess.get_inputs()[0].name: x}),
+                     [o.name for o in snn.model.graph.output]))
+    (a, na), (b, nb) = runs
+    assert na[1:] == nb[1:] and na[0] != "relu_out" and nb[0] == "relu_out"
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
 
 
 # ---------------------------------------------------------------- unused outputs

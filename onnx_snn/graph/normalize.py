@@ -201,6 +201,7 @@ PIPELINE: tuple = (
     cleanup.strip_output_head,           # before the softmax an ArgMax may read
     cleanup.strip_final_softmax,
     cleanup.strip_final_sigmoid,
+    cleanup.strip_final_activation,      # a ReLU on the outputs: not a spiking layer
     cleanup.drop_unused_outputs,
     fold.fold_batchnorm,
     canonical.matmul_add_to_gemm,
