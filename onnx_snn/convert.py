@@ -242,20 +242,63 @@ class SpikingModel:
         return fmt.read_info(self.model)
 
 
-def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False) -> NormalizedModel:
+def free_input_dims(model: onnx.ModelProto) -> Dict[str, List[int]]:
+    """{input: the positions of its free non-batch dimensions}, for the inputs that have any."""
+    return {name: [i for i, d in enumerate(dims) if i > 0 and d is None]
+            for name, dims in input_specs(model) if any(d is None for d in dims[1:])}
+
+
+def pin_inputs(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> List[str]:
+    """Give ``model``'s free non-batch input dimensions (in place) the sizes of
+    ``input_shapes`` ({input: per-sample shape}, the calibration data's); the batch stays free.
+    Returns a note per input pinned."""
+    notes = []
+    free = free_input_dims(model)
+    for vi in model.graph.input:
+        shape = input_shapes.get(vi.name)
+        if vi.name not in free or shape is None:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(shape) + 1:
+            continue      # the feed check names the mismatch later
+        before = ["N"] + [d.dim_param or "?" if not d.HasField("dim_value") else d.dim_value
+                          for d in list(dims)[1:]]
+        for i in free[vi.name]:
+            dims[i].Clear()
+            dims[i].dim_value = int(shape[i - 1])
+        notes.append(f"input '{vi.name}' {before} was pinned to the calibration data's "
+                     f"{['N'] + [int(a) for a in shape]} before the conversion: the model cannot "
+                     "be converted with those dimensions free, and its spiking model takes the "
+                     "calibration data's shape only")
+    return notes
+
+
+def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
+            input_shapes: Optional[Dict[str, tuple]] = None) -> NormalizedModel:
     """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
     that is already spiking). ``pool_first``: move each max pool that reads an activation
     ahead of it (the same DNN; the spiking layer then fires on the pooled map; see
-    docs/FORMAT.md)."""
+    docs/FORMAT.md). ``input_shapes`` ({input: per-sample shape}): the inputs' free non-batch
+    dimensions get those sizes first (:func:`pin_inputs`; a model given as a ModelProto is
+    copied, not changed)."""
     from .calibrate import quiet_onnxruntime
     quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
     if isinstance(model, onnx.ModelProto):
         _refuse_spiking(model, model.graph.name or "model")
-        return normalize(model, pool_first=pool_first)
+        pins: List[str] = []
+        if input_shapes and free_input_dims(model):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            model, pins = copy, pin_inputs(copy, input_shapes)
+        nm = normalize(model, pool_first=pool_first)
+        nm.notes[:0] = pins
+        return nm
     path = str(model)
     loaded = load(path, check=False, sha256=True)   # the file read once, hashed meanwhile
     _refuse_spiking(loaded.model, path)
+    pins = pin_inputs(loaded.model, input_shapes) if input_shapes else []
     nm = normalize(loaded.model, where=path, pool_first=pool_first)
+    nm.notes[:0] = pins
     nm.source_path = path
     nm.source_sha256 = loaded.sha256
     nm.external_data = loaded.external_data
@@ -560,7 +603,21 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE,
                               why=" (MAX_SAMPLE_SIZE: values kept per layer, memory)")
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
-    nm = prepare(model, pool_first=pool_first)
+    try:
+        nm = prepare(model, pool_first=pool_first)
+    except UnsupportedModelError as refused:
+        # a model refused with free spatial dimensions (a resize to another tensor's
+        # dynamic size, say) may convert at the calibration data's shape, which its spiking
+        # model takes anyway: pin them and try again
+        shapes = _calibration_shapes(model, calib, mean, std, data_dir, download,
+                                     (calib_samples, seed))
+        if not shapes:
+            raise
+        try:
+            nm = prepare(model, pool_first=pool_first, input_shapes=shapes)
+        except UnsupportedModelError as pinned:
+            raise UnsupportedModelError(f"{pinned} (with its free input dimensions pinned to "
+                                        f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
                       scaling=input_scaling(nm.model))
@@ -580,6 +637,30 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                  show_progress=show_progress, seed=seed)
 
 
+def _calibration_shapes(model, calib, mean, std, data_dir, download, take) -> Dict[str, tuple]:
+    """{input: per-sample shape} of the calibration data for a model whose inputs have free
+    non-batch dimensions; {} for a model without any (or one that cannot be read here)."""
+    try:
+        raw = model if isinstance(model, onnx.ModelProto) else \
+            onnx.load(str(model), load_external_data=False)
+    except Exception:
+        return {}
+    free = free_input_dims(raw)
+    if not free:
+        return {}
+    specs = input_specs(raw)
+    level = log.level
+    log.setLevel(logging.ERROR)      # resolve_data warns again when the data is read for real
+    try:
+        ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",
+                          download=download, specs=specs, take=take)
+    finally:
+        log.setLevel(level)
+    if isinstance(ds.x, dict):
+        return {k: tuple(np.asarray(v).shape[1:]) for k, v in ds.x.items() if k in free}
+    return {specs[0][0]: tuple(np.asarray(ds.x).shape[1:])} if len(specs) == 1 else {}
+
+
 def search_config(config: Optional[SearchConfig] = None, **options) -> SearchConfig:
     """``config`` (default: ``SearchConfig()``) with the fields in ``options`` replaced."""
     cfg = config or SearchConfig()
@@ -591,5 +672,5 @@ def search_config(config: Optional[SearchConfig] = None, **options) -> SearchCon
     return dataclasses.replace(cfg, **options) if options else cfg
 
 
-__all__ = ["SpikingModel", "prepare", "calibrate", "build", "convert", "resolve_data",
+__all__ = ["SpikingModel", "prepare", "pin_inputs", "free_input_dims", "calibrate", "build", "convert", "resolve_data",
            "SearchConfig", "search_config", "MAX_TIMESTEPS", "check_timesteps"]

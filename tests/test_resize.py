@@ -202,3 +202,71 @@ def test_shape_entries_follow_onnx_slicing():
                         gs.Node("Slice", inputs=[shp, *consts], outputs=[out])])
         got = shape_entries(out)
         assert [e[1] for e in got] == want, (starts, ends, steps)
+
+
+def _unet_free_hw(opset=13) -> onnx.ModelProto:
+    """A U-Net step with free H and W: the decoder's Resize takes its size from the skip
+    tensor's shape (``F.interpolate(b, size=a.shape[-2:])``), so nothing about it is constant
+    until the input's H and W are."""
+    rng = np.random.default_rng(3)
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.5, n) for n, s in (
+        ("w1", (4, 1, 3, 3)), ("w2", (4, 4, 3, 3)), ("w3", (4, 8, 3, 3)), ("fc", (10, 4)))]
+    inits += [nh.from_array(np.array([0], np.int64), "s0"), nh.from_array(np.array([2], np.int64), "s2"),
+              nh.from_array(np.array([4], np.int64), "s4")]
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4),
+             h.make_node("Relu", ["c1"], ["a"]),
+             h.make_node("Conv", ["a", "w2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
+             h.make_node("Relu", ["c2"], ["b"]),
+             h.make_node("Shape", ["b"], ["sb"]),
+             h.make_node("Slice", ["sb", "s0", "s2"], ["nc"]),
+             h.make_node("Shape", ["a"], ["sa"]),
+             h.make_node("Slice", ["sa", "s2", "s4"], ["hw"]),
+             h.make_node("Concat", ["nc", "hw"], ["sz"], axis=0),
+             h.make_node("Resize", ["b", "", "", "sz"], ["u"], **RESIZE_ATTRS["nearest"]),
+             h.make_node("Concat", ["a", "u"], ["cat"], axis=1),
+             h.make_node("Conv", ["cat", "w3"], ["c3"], pads=[1] * 4),
+             h.make_node("Relu", ["c3"], ["d"]),
+             h.make_node("GlobalAveragePool", ["d"], ["g"]),
+             h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "unet_free_hw", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, "H", "W"])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_a_resize_to_a_free_size_converts_at_the_calibration_shape(opset):
+    """Free H and W leave the decoder's size unknown, so the model alone is refused; convert
+    pins them to the calibration data's (the spiking model takes that shape only anyway), says
+    so, and the result runs alike in both runtimes. The user's model is not changed."""
+    import onnx_snn
+    m = _unet_free_hw(opset)
+    before = m.SerializeToString()
+    with pytest.raises(UnsupportedModelError, match="Resize"):
+        onnx_snn.prepare(m)
+    x = B.rand_input(24, (1, 12, 12))
+    snn = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False)
+    assert any("pinned to the calibration data's ['N', 1, 12, 12]" in n
+               for n in snn.report["notes"])
+    dims = [d.dim_value or d.dim_param for d in snn.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 12, 12]
+    assert m.SerializeToString() == before
+    B.assert_runtimes_agree(snn.model, x)
+    # a rate code of the pinned model approaches its DNN as T grows
+    dnn = run(m, x).outputs[0]
+    y = run(onnx_snn.convert(m, x, timesteps=256, method="max", show_progress=False).model, x).outputs[0]
+    assert np.corrcoef(dnn.ravel(), y.ravel())[0, 1] > 0.99
+
+
+def test_a_model_refused_for_another_reason_is_still_refused_with_free_dims():
+    """Pinning is tried only to get past free sizes: a model that is refused at the pinned
+    shape too says why, naming both tries."""
+    import onnx_snn
+    m = _unet_free_hw()
+    n = next(n for n in m.graph.node if n.op_type == "Relu" and n.output[0] == "d")
+    n.op_type = "Tanh"
+    with pytest.raises(UnsupportedModelError, match="Tanh.*pinned.*free: "):
+        onnx_snn.convert(m, B.rand_input(8, (1, 12, 12)), timesteps=2, method="datta",
+                         show_progress=False)
