@@ -360,6 +360,113 @@ def test_leak_is_clamped_to_one():
     assert net.tensor("lif0.leak").item() == 1.0
 
 
+@pytest.mark.parametrize("surrogate", ["sigmoid", "rectangle"])
+@pytest.mark.parametrize("T", [1, 2, 4])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lif_scan_is_lif_step_T_times(surrogate, T, per_channel):
+    """The whole-layer scan (one autograd node): the same outputs and spikes as lif_step run
+    T times, and the same gradient for the inputs, the initial membrane, the threshold, the
+    amplitude and the leak (float64: equal to 1e-10)."""
+    from onnx_snn.runtimes.torch.neuron import lif_scan
+    g = torch.Generator().manual_seed(T)
+    shape = (3, 4, 5, 5)
+    pshape = (4, 1, 1) if per_channel else ()
+
+    def leaves():
+        return [torch.randn(T, *shape, generator=g, dtype=torch.float64),
+                torch.rand(*shape, generator=g, dtype=torch.float64) * 0.5,
+                torch.rand(pshape, generator=g, dtype=torch.float64) * 0.5 + 0.5,
+                torch.rand(pshape, generator=g, dtype=torch.float64) + 0.5,
+                torch.rand(pshape, generator=g, dtype=torch.float64) * 0.2 + 0.8]
+    values = leaves()
+    w = torch.randn(T, *shape, generator=g, dtype=torch.float64)    # a loss weighting each step
+    results = []
+    for scan in (True, False):
+        X, v0, th, amp, leak = (t.clone().requires_grad_(True) for t in values)
+        if scan:
+            Y, S = lif_scan(X, v0, th, amp, leak, surrogate)
+        else:
+            v, ys, ss = v0, [], []
+            for t in range(T):
+                y, v, s = lif_step(X[t], v, th, amp, leak, surrogate)
+                ys.append(y)
+                ss.append(s)
+            Y, S = torch.stack(ys), torch.stack(ss)
+        (Y * w).sum().backward()
+        results.append((Y.detach(), S.to(torch.float64), [t.grad for t in (X, v0, th, amp, leak)]))
+    (ya, sa, ga), (yb, sb, gb) = results
+    assert torch.equal(ya, yb) and torch.equal(sa, sb) and 0 < sa.sum() < sa.numel()
+    for a, b in zip(ga, gb):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+FOLD_CASES = {
+    "vgg_maxpool": (lambda: B.vgg(13, "clip", dropout=True), {}),
+    "resnet": (lambda: B.resnet(13, "clip"), {}),
+    "signed": (lambda: B.vgg(13, "clip"), {"signed_spikes": True}),
+    "pool_first": (lambda: B.vgg(13, "relu"), {"pool_first": True}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLD_CASES))
+@pytest.mark.parametrize("T", [1, 3])
+def test_time_folded_run_is_the_step_by_step_run(case, T):
+    """Each layer once on a batch of T x N, neurons and spiking pools scanned over the steps
+    (the default where the graph allows): on dyadic weights, whose sums are exact, the same
+    outputs and spike counts bit for bit as running the steps one by one, in training (one
+    dropout mask per sample, the same generator state) and in evaluation; the gradients of
+    every parameter equal within float rounding (a T x N convolution's weight gradient sums
+    in another order)."""
+    make, opts = FOLD_CASES[case]
+    x = B.rand_input(12, seed=3)
+    snn = onnx_snn.convert(make(), x, timesteps=T, method="refined", show_progress=False,
+                           **opts)
+    m = dyadic(snn.model, bits=6)
+    for init in F.all_initializers(m).values():   # thresholds and amplitudes stay positive
+        if init.name.endswith((".threshold", ".amplitude")):
+            a = np.maximum(onnx.numpy_helper.to_array(init), np.float32(2 ** -6))
+            init.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), init.name))
+    net = SpikingNetwork(m).train()
+    assert net._foldable is None
+    folded = []
+    real = net._forward_folded
+    net._forward_folded = lambda *a: folded.append(real(*a)) or folded[-1]
+    runs = []
+    for fold in (True, False):
+        net.fold_time = fold
+        net.zero_grad()
+        torch.manual_seed(0)
+        out = net(torch.from_numpy(x))
+        (out ** 2).sum().backward()
+        grads = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            ev = net.eval()(torch.from_numpy(x)).numpy()
+        net.train()
+        runs.append((out.detach().numpy(), {k: v.numpy() for k, v in net.last_spikes.items()},
+                     grads, ev))
+    (a, sa, ga, ea), (b, sb, gb, eb) = runs
+    assert len(folded) == 2 and all(f is not None for f in folded)   # the folded run, twice
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ea, eb)
+    assert sa.keys() == sb.keys() and all((sa[k] == sb[k]).all() for k in sa)
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    for k in ga:
+        np.testing.assert_allclose(ga[k].numpy(), gb[k].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_fixed_batch_runs_step_by_step(tmp_path):
+    """A constant Reshape that sets the batch, or a fixed batch, would mix the steps in a
+    T x N batch: such a graph runs its steps one by one, and still as onnxruntime does."""
+    x = B.rand_input(4)
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)
+    net = B.assert_runtimes_agree(snn.model, x)
+    assert "fixed batch" in net._foldable
+
+
 def test_one_dropout_mask_per_batch(monkeypatch):
     x = B.rand_input(8)
     snn = onnx_snn.convert(B.vgg(13, "clip", dropout=True), x, timesteps=4, show_progress=False)

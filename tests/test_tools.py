@@ -81,10 +81,11 @@ def test_bench_peer_small(fmnist_test):
 @pytest.mark.slow   # 35 s: SGL epochs of the DNN, onnx-snn and SpikingJelly
 def test_bench_sgl_small(fmnist_test):
     pytest.importorskip("torch")  # every job trains in PyTorch
-    r = run_tool("tools/bench_sgl.py", "--images", "256", "--batch", "32", "-T", "1", "--no-peer")
-    for job in ("dnn", "snn_T1"):
+    r = run_tool("tools/bench_sgl.py", "--images", "256", "--batch", "32", "-T", "2", "--no-peer",
+                 "--compare-fold", "--repeat", "1")
+    for job in ("dnn", "snn_T2", "snn_T2_folded"):
         assert r["jobs"][job]["seconds_per_epoch"] > 0, r["jobs"][job]
-    assert r["jobs"]["snn_T1"]["epoch_time_vs_dnn"] > 0
+        assert job == "dnn" or r["jobs"][job]["epoch_time_vs_dnn"] > 0
 
 
 def test_profile_ort_small(fmnist_test):
@@ -163,6 +164,9 @@ def test_bench_paper_gpu_smoke_on_cpu(fmnist_test, tmp_path):
 def test_count_ops_counts_a_training_step(fmnist_test):
     r = run_tool("tools/count_ops.py", "--batch", "4")
     assert 0 < r["dnn"] < r["onnx_snn"]
+    # the folded step launches fewer kernels than the steps one by one (views launch none)
+    views = r["views_among_them"]
+    assert r["onnx_snn"] - views["onnx_snn"] < r["onnx_snn_step_by_step"] - views["onnx_snn_step_by_step"]
     assert r["onnx_snn_over_dnn"] == round(r["onnx_snn"] / r["dnn"], 2)
     sj = r["spikingjelly"]
     assert (isinstance(sj, int) and sj > r["dnn"]) or "not installed" in sj["error"]

@@ -17,8 +17,9 @@ device synchronization:
   against the same architecture as a plain PyTorch DNN (``onnx_snn.zoo``, the weights do not
   change the speed), both on the device.
 
-SGL: ``tools/bench_sgl.py --device DEVICE`` (the DNN's training step, onnx-snn's at
-``--sgl-timesteps``, SpikingJelly's at T=2 when it is installed), on ``--sgl-images`` images.
+SGL: ``tools/bench_sgl.py --device DEVICE --compare-fold`` (the DNN's training step,
+onnx-snn's at ``--sgl-timesteps``, time-folded (the default on CUDA) and step by step,
+SpikingJelly's at T=2 when it is installed), on ``--sgl-images`` images.
 
 ``--device cpu`` runs everything on the CPU (a smoke test; the CPU figures in README come from
 bench.py and bench_sgl.py).
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
             with contextlib.redirect_stdout(sys.stderr):   # one JSON document on stdout
                 bench_sgl.main(["--device", args.device, "--images", str(args.sgl_images),
                                 "--repeat", "1", "-T", *map(str, args.sgl_timesteps),
-                                "--out", sgl_out])
+                                "--compare-fold", "--out", sgl_out])
             result["sgl"] = json.loads(Path(sgl_out).read_text())["jobs"]
     emit(result, args.out)
     return 0

@@ -3,6 +3,7 @@ training, on the shipped Fashion-MNIST network, in one run; prints JSON.
 
     python tools/bench_sgl.py [--images 3200] [--batch 64] [-T 1 2 3 5] [--repeat 2] [--no-peer]
     python tools/bench_sgl.py --device cuda       # on a GPU (tools/gpu_check.sh runs this)
+    python tools/bench_sgl.py -T 2 4 --compare-fold --no-peer   # folded vs step by step
 
 Each job runs in a fresh subprocess on the same ``--images`` training images (batch
 ``--batch``, no augmentation, 2 warm-up batches not timed), in ``--repeat`` rounds of all
@@ -11,7 +12,10 @@ jobs, keeping each job's fastest round:
 * ``dnn``: the model-zoo network (onnx_snn/zoo.py ``fmnist_vgg``) trained with SGD, the DNN's
   own recipe;
 * ``snn_T*``: the shipped model converted with ``datta`` at T and trained with onnx-snn's
-  PyTorch runtime (Adam amsgrad, backprop through the T steps);
+  PyTorch runtime (Adam amsgrad, backprop through the T steps; the runtime's default for
+  the device: each layer once on all T steps on CUDA, the steps one by one on the CPU);
+* ``snn_T*_folded`` or ``snn_T*_step_by_step`` (``--compare-fold``): the same the other way
+  (``SpikingNetwork.fold_time`` True on the CPU, False on CUDA);
 * ``snn_T2_teacher``: the same at T = 2 distilled from the DNN (``finetune --teacher``: its
   outputs computed in onnxruntime on every batch, the teacher's cost included);
 * ``spikingjelly_T2``: the same network built from SpikingJelly's multi-step layers and IF
@@ -108,6 +112,7 @@ def job_snn(args):
     torch.manual_seed(0)
     dev = _device(args)
     net = SpikingNetwork.from_onnx(args.model).to(dev).train()
+    net.fold_time = None if args.fold is None else bool(args.fold)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, amsgrad=True)
 
     teacher = None
@@ -173,10 +178,11 @@ def job_spikingjelly(args):
 JOBS = {"dnn": job_dnn, "snn": job_snn, "spikingjelly": job_spikingjelly}
 
 
-def sgl_job(job, args, model=None, T=None, timeout=None, teacher=None):
+def sgl_job(job, args, model=None, T=None, timeout=None, teacher=None, fold=None):
     """One job of :data:`JOBS` in a fresh process on ``args.images`` images of batch
     ``args.batch``: its result, or ``{"error": ..., "stderr_tail": ...}``."""
-    return run_job(__file__, job, {"model": model, "T": T, "teacher": teacher}, timeout=timeout,
+    return run_job(__file__, job, {"model": model, "T": T, "teacher": teacher,
+                                   "fold": fold}, timeout=timeout,
                    argv=["--images", str(args.images), "--batch", str(args.batch),
                          "--device", args.device])
 
@@ -193,11 +199,16 @@ def main(argv=None) -> int:
                     help="stop any one job after this long; it is reported as failed "
                          "(default: no limit)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    ap.add_argument("--compare-fold", action="store_true",
+                    help="also time onnx-snn the other way: its layers run once on all T "
+                         "steps on the CPU (SpikingNetwork.fold_time = True), step by step on "
+                         "CUDA, beside the default")
     ap.add_argument("--out", help="also write the JSON here")
-    add_job_options(ap, model=str, T=int, teacher=str)
+    add_job_options(ap, model=str, T=int, teacher=str, fold=int)
     args = ap.parse_args(argv)
     if args._job:
         args.model, args.T, args.teacher = args._model, args._T, args._teacher
+        args.fold = args._fold
         print_result(JOBS[args._job](args))
         return 0
     import onnx_snn
@@ -226,6 +237,10 @@ def main(argv=None) -> int:
             for T in args.timesteps:
                 keep_best(f"snn_T{T}", sgl_job("snn", args, model=paths[T], T=T,
                                                timeout=args.job_timeout))
+                if args.compare_fold:
+                    other = 0 if args.device.startswith("cuda") else 1
+                    keep_best(f"snn_T{T}_{'folded' if other else 'step_by_step'}", sgl_job(
+                        "snn", args, model=paths[T], T=T, timeout=args.job_timeout, fold=other))
                 if T == 2:   # finetune --teacher: distillation from the DNN (runtimes/torch/teacher.py)
                     keep_best("snn_T2_teacher", sgl_job("snn", args, model=paths[T], T=T,
                                                         timeout=args.job_timeout, teacher=model))

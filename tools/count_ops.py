@@ -6,7 +6,11 @@ each) one SGL step issues, against the DNN's training step and SpikingJelly's; p
 The network of ``tools/bench_sgl.py`` (the shipped model's architecture; onnx-snn's from the
 shipped model converted at T), one forward pass with the loss and one backward pass, on the
 CPU, counted with ``torch.profiler``: each aten operation called from Python or from autograd,
-not the ones it calls itself. Reshapes and views are counted too (they launch nothing).
+not the ones it calls itself. Reshapes and views are counted too (they launch nothing);
+``views_among_them`` says how many of each count they are. ``onnx_snn`` is the runtime's
+default on a GPU (each layer once on all T steps, the neurons in one autograd node per
+layer); ``onnx_snn_step_by_step`` the steps run one by one (``fold_time = False``, the
+default on the CPU).
 The optimizer step is left out (Adam's foreach form is a handful of operations on any
 network). On a GPU at small sizes a training step is launch-bound, so this count, not the
 FLOPs, sets its time (README, on a GPU).
@@ -23,14 +27,25 @@ from _bench_common import emit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def count(step) -> int:
-    """Top-level aten operations of one call of ``step`` (after one call to warm up)."""
+#: aten operations that only make a view (no kernel launch on a GPU)
+VIEWS = {"aten::" + v for v in ("select", "slice", "reshape", "view", "t", "unbind", "flatten",
+                                "detach", "alias", "as_strided", "expand", "squeeze",
+                                "unsqueeze", "transpose", "permute", "narrow", "split")}
+#: last: how many of each count are views
+COUNTED: dict = {}
+
+
+def count(step, name: str = "") -> int:
+    """Top-level aten operations of one call of ``step`` (after one call to warm up); the
+    views among them are kept in COUNTED[name]."""
     from torch.profiler import ProfilerActivity, profile
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::")
-               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    ops = [e.name for e in prof.events() if e.name.startswith("aten::")
+           and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    COUNTED[name] = sum(1 for o in ops if o in VIEWS)
+    return len(ops)
 
 
 def main(argv=None) -> int:
@@ -51,14 +66,18 @@ def main(argv=None) -> int:
     dnn = zoo.build("fmnist_vgg", 10, 1).train()
     result = {"benchmark": "aten operations per training step (forward + backward)",
               "timesteps": args.timesteps, "batch": args.batch,
-              "dnn": count(lambda: Fn.cross_entropy(dnn(x), y).backward())}
+              "dnn": count(lambda: Fn.cross_entropy(dnn(x), y).backward(), "dnn")}
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "m.snn.onnx")
         onnx_snn.convert(str(ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx"), "fashion-mnist",
                          timesteps=args.timesteps, show_progress=False).save(path)
         snn = SpikingNetwork.from_onnx(path).train()
+        snn.fold_time = True       # the runtime's default on a GPU, which this count is for
         result["onnx_snn"] = count(lambda: Fn.cross_entropy(
-            snn(x, args.timesteps, record_spikes=False), y).backward())
+            snn(x, args.timesteps, record_spikes=False), y).backward(), "onnx_snn")
+        snn.fold_time = False      # the steps one by one (the runtime before 2026-12-04)
+        result["onnx_snn_step_by_step"] = count(lambda: Fn.cross_entropy(
+            snn(x, args.timesteps, record_spikes=False), y).backward(), "onnx_snn_step_by_step")
     try:
         from spikingjelly.activation_based import functional
 
@@ -69,10 +88,11 @@ def main(argv=None) -> int:
             functional.reset_net(sj)
             out = sj(x.unsqueeze(0).repeat(args.timesteps, 1, 1, 1, 1)).mean(0)
             Fn.cross_entropy(out, y).backward()
-        result["spikingjelly"] = count(sj_step)
+        result["spikingjelly"] = count(sj_step, "spikingjelly")
     except ImportError as e:
         result["spikingjelly"] = {"error": f"not installed: {e}"}
     result["onnx_snn_over_dnn"] = round(result["onnx_snn"] / result["dnn"], 2)
+    result["views_among_them"] = dict(COUNTED)   # launch no kernel on a GPU
     emit(result, args.out)
     return 0
 

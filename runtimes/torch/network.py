@@ -28,7 +28,8 @@ from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
 
-from .neuron import DEFAULT_SURROGATE, SURROGATES, lif_step, max_pool_step, signed_step
+from .neuron import (DEFAULT_SURROGATE, SURROGATES, lif_scan, lif_step, max_pool_step,
+                     signed_step)
 from .ops import OPS, parse_attrs, run_op
 
 #: the format's spiking pool functions -> the ONNX pool they apply to running sums
@@ -109,6 +110,22 @@ class SpikingNetwork(nn.Module):
         self._register_initializers(model, frozen)
         self.dropout = {d["tensor"]: float(d["ratio"]) for d in self.info.dropout}
         self.last_spikes: Dict[str, torch.Tensor] = {}
+        #: run each layer once on all T steps (a batch of T x N), the neurons and spiking pools
+        #: scanned over the steps (each layer's neurons one autograd node), where the graph
+        #: allows (:meth:`time_foldable`): the same values as the step-by-step run
+        #: (tests/test_runtime_torch.py) in fewer, larger operations (`python
+        #: tools/count_ops.py`: a training step at T = 2 launches 416 kernels, not 508; at T = 4
+        #: 536, not 960). None (the default): on CUDA tensors, where a training step is
+        #: launch-bound, not on the CPU, where it measured slower at T = 2 and the same at T = 4
+        #: (`python tools/bench_sgl.py -T 2 4 --compare-fold --no-peer`, README). True or
+        #: False: always or never.
+        self.fold_time: Optional[bool] = None
+        self._foldable = self.time_foldable()
+        made = set(self.view.data_inputs)
+        for node in self.hoisted:          # time-invariant values computed from the inputs
+            if made.intersection(node.inputs):
+                made.update(node.outputs)
+        self._hoisted_data = made
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -235,6 +252,47 @@ class SpikingNetwork(nn.Module):
                             masks[o] = torch.bernoulli(keep) / (1.0 - p)
                         env[o] = env[o] * masks[o]
 
+    def time_foldable(self) -> Optional[str]:
+        """None when the T steps can run folded (each layer once on a batch of T x N), else
+        why not: every state is carried by the one neuron or spiking pool that reads it (no
+        other node reads a state or a next state), the neurons' parameters do not change over
+        the steps, the outputs are computed in the step, the batch is free and every constant
+        Reshape in the step keeps axis 0 (``0`` or ``-1``)."""
+        states = {st.names.input: st.names.next for st in self.view.states}
+        nexts = set(states.values())
+        carried = set()
+        made = {o for n in self.body for o in n.outputs}
+        for n in self.body:
+            if nexts.intersection(n.inputs):
+                return f"node '{n.name}' reads a next state"
+            slots = ()
+            if n.op in fmt.NEURON_OPS:
+                signed = n.op == fmt.SIGNED_NEURON_OP
+                slots = (1, 2) if signed else (1,)
+                if self._per_step.intersection(n.inputs[3:] if signed else n.inputs[2:]):
+                    return f"neuron '{n.name}' has parameters that change over the steps"
+            elif n.op in _POOLS:
+                slots = (1, 2)
+            for k in slots:
+                if states.get(n.inputs[k]) != n.outputs[k]:
+                    return f"node '{n.name}' does not carry its own state"
+                carried.add(n.inputs[k])
+            if set(states).intersection(n.inputs) - carried:
+                return f"node '{n.name}' reads a state it does not carry"
+            if n.op == "Reshape" and len(n.inputs) > 1:
+                shape = self._names.get(n.inputs[1])
+                if shape is not None and int(getattr(self, shape).reshape(-1)[0]) not in (0, -1):
+                    return f"Reshape '{n.name}' sets axis 0 to a constant"
+        if carried != set(states):
+            return "a state is not carried by a neuron or pool"
+        if not set(self.outputs) <= made:
+            return "an output is time-invariant"
+        for vi in self.source.graph.input:
+            d = vi.type.tensor_type.shape.dim
+            if vi.name in self.view.data_inputs and d and d[0].HasField("dim_value"):
+                return f"input '{vi.name}' has a fixed batch"
+        return None
+
     def _initial_state(self, st: fmt.StateSpec, n: int, like: torch.Tensor) -> torch.Tensor:
         shape = [n] + list(st.shape)
         if st.init is None:
@@ -263,6 +321,11 @@ class SpikingNetwork(nn.Module):
         counted = self.view.counted       # the sites, then the counted spiking pools
         totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         params: Dict[tuple, tuple] = {}   # the neurons' parameters, prepared once for the T steps
+        fold = first.is_cuda if self.fold_time is None else self.fold_time
+        if fold and self._foldable is None:
+            outs = self._forward_folded(env, states, T, n, masks, params, record_spikes, first)
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else outs
         for _ in range(T):
             step = dict(env)
             step.update(states)
@@ -277,6 +340,84 @@ class SpikingNetwork(nn.Module):
         self.last_spikes = totals
         outs = [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
+
+    def _forward_folded(self, env, states, T, n, masks, params, record_spikes, first):
+        """The T steps at once: every step node runs once on ``[T * N, ...]`` (step t's
+        samples at rows t*N..), neurons and spiking pools scan over the steps; the outputs
+        and spike totals as the step-by-step loop sums them. None (nothing run) when a
+        time-invariant value the step reads is not a float tensor with a batch axis."""
+        reads = {i for node in self.body for i in node.inputs}
+        tiled = {}
+        for name in self._hoisted_data & reads:
+            t = env[name]
+            if not torch.is_floating_point(t) or t.dim() == 0 or t.shape[0] != n:
+                return None
+            tiled[name] = t.repeat(T, *([1] * (t.dim() - 1)))
+        env.update(tiled)
+        fired: Dict[str, torch.Tensor] = {}
+
+        def steps(t):      # one unbind (its gradient one stack), not T selects
+            return t.reshape(T, n, *t.shape[1:]).unbind(0)
+
+        def folded(ys):    # one stack (its gradient one unbind), not a cat's T slices
+            return torch.stack(ys).flatten(0, 1)
+
+        for node in self.body:
+            if node.op in fmt.NEURON_OPS:
+                signed = node.op == fmt.SIGNED_NEURON_OP
+                x = env[node.inputs[0]]
+                v = states[node.inputs[1]]
+                th, amp, leak = self._neuron_inputs(node.inputs[3:] if signed else node.inputs[2:],
+                                                    env, params)
+                if not signed:    # one autograd node for the T steps
+                    y, s = lif_scan(x.reshape(T, n, *x.shape[1:]), v, th, amp, leak, self.surrogate)
+                    env[node.outputs[0]] = y.flatten(0, 1)
+                    fired[node.site] = s
+                else:
+                    xs, c, ys, ss = steps(x), states[node.inputs[2]], [], []
+                    for t in range(T):
+                        y, v, c, s = signed_step(xs[t], v, c, th, amp, leak, self.surrogate)
+                        ys.append(y)
+                        ss.append(s.abs())       # spikes of either sign are counted
+                    env[node.outputs[0]] = folded(ys)
+                    fired[node.site] = torch.stack(ss)
+            elif node.op in _POOLS:
+                xs = steps(env[node.inputs[0]])
+                c, m = states[node.inputs[1]], states[node.inputs[2]]
+                ys = []
+                for t in range(T):
+                    y, c, m = max_pool_step(xs[t], c, m, lambda u, a=node.attrs, op=_POOLS[node.op]:
+                                            run_op(op, a, [u])[0])
+                    ys.append(y)
+                env[node.outputs[0]] = folded(ys)
+                if node.site is not None:
+                    fired[node.site] = (torch.stack(ys).detach() != 0).to(ys[0].dtype)
+            else:
+                outs = run_op(node.op, node.attrs, [env.get(i) if i else None for i in node.inputs])
+                for name, val in zip(node.outputs, outs):
+                    env[name] = val
+            if self.training and self.dropout:
+                for o in node.outputs:
+                    p = self.dropout.get(o)
+                    if p:      # one mask per sample, the same at every step
+                        if o not in masks:
+                            keep = torch.full((n, *env[o].shape[1:]), 1.0 - p,
+                                              dtype=env[o].dtype, device=env[o].device)
+                            masks[o] = torch.bernoulli(keep) / (1.0 - p)
+                        env[o] = env[o] * masks[o].repeat(T, *([1] * (env[o].dim() - 1)))
+        outs = []
+        for o in self.outputs:
+            ys = steps(env[o])
+            acc = ys[0]
+            for t in range(1, T):        # summed in step order, as the loop does
+                acc = acc + ys[t]
+            outs.append(acc / T)
+        totals = {}
+        if record_spikes:
+            for s in self.view.counted:
+                totals[s] = fired[s].detach().reshape(T, n, -1).sum(2).sum(0).to(torch.get_default_dtype())
+        self.last_spikes = totals
+        return outs
 
     def _input_names(self) -> List[str]:
         return self.view.data_inputs

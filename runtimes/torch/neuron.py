@@ -109,6 +109,91 @@ def lif_step(x, v, threshold, amplitude, leak, surrogate: str = DEFAULT_SURROGAT
     return s * amplitude, v_next, s
 
 
+class _LIFScan(torch.autograd.Function):
+    """All T steps of a layer of neurons in one autograd node: the forward runs
+    :func:`lif_step`'s operations step by step (the same float32 results) into preallocated
+    buffers, the backward runs the recurrence in reverse, about four elementwise passes per
+    step, and reduces each parameter's gradient once over all the steps (not once per step).
+    The gradient is autograd's through :func:`lif_step` T times
+    (tests/test_runtime_torch.py)."""
+
+    @staticmethod
+    def forward(ctx, X, v0, threshold, amplitude, leak, surrogate):
+        T = X.shape[0]
+        U = torch.empty_like(X)
+        S = torch.empty_like(X)                             # 0/1 in X's dtype: no casts
+        vs = [v0]                                           # each step's starting membrane
+        for t in range(T):
+            torch.add(leak * vs[-1], X[t], out=U[t])        # u = leak v + x
+            torch.ge(U[t], threshold, out=S[t])             # s = u >= threshold, as 0/1
+            if t < T - 1:                                   # v_next = u - s threshold
+                vs.append(U[t] - S[t] * threshold)
+        ctx.save_for_backward(U, S, threshold, amplitude, leak,
+                              *(vs if ctx.needs_input_grad[4] else ()))
+        ctx.surrogate = surrogate
+        ctx.v0_shape = v0.shape
+        ctx.mark_non_differentiable(S)
+        ctx.set_materialize_grads(False)
+        return S * amplitude, S                             # y = s amplitude
+
+    @staticmethod
+    def backward(ctx, gY, _gS):
+        U, S, th, amp, leak, *vs = ctx.saved_tensors
+        if gY is None:
+            return (None,) * 6
+        T = U.shape[0]
+        inv = 1.0 / th
+        rect = ctx.surrogate == "rectangle"
+        if rect:     # ds/du = [0 < u/th < 2] / th
+            Z = U * inv
+            D = ((Z > 0) & (Z < 2)).to(U.dtype).mul_(inv)
+            del Z
+        else:        # ds/du = k sg (1 - sg) / th, sg = sigmoid(k u/th - k): sg kept
+            D = torch.addcmul(torch.full((), -SIGMOID_K, dtype=U.dtype, device=U.device),
+                              U, SIGMOID_K * inv).sigmoid_()
+        GS = gY * amp                     # dL/ds, then the spikes' share of dL/du in place
+        GU = torch.empty_like(U)          # dL/du = dL/dx
+        GV = torch.empty_like(U)          # dL/dv of each step's starting membrane
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                GS[t].addcmul_(GV[t + 1], th, value=-1.0)   # v_next = u - s th
+            if rect:
+                GS[t].mul_(D[t])
+            else:
+                torch.ops.aten.sigmoid_backward(GS[t], D[t], grad_input=GS[t]).mul_(SIGMOID_K * inv)
+            if t < T - 1:
+                torch.add(GV[t + 1], GS[t], out=GU[t])
+            else:
+                GU[t].copy_(GS[t])
+            torch.mul(GU[t], leak, out=GV[t])               # u = leak v + x
+        grads = [GU, None, None, None, None, None]
+        if ctx.needs_input_grad[1]:
+            grads[1] = _reduce_to(GV[0], ctx.v0_shape)
+        if ctx.needs_input_grad[2]:
+            # through the spikes' surrogate (-ds/du u / th) and the reset (-s dL/dv_next)
+            g = -_reduce_to(GS.mul_(U), th.shape) * inv
+            if T > 1:
+                g = g - _reduce_to(S[:-1] * GV[1:], th.shape)
+            grads[2] = g
+        if ctx.needs_input_grad[3]:
+            grads[3] = _reduce_to(gY * S, amp.shape)
+        if ctx.needs_input_grad[4]:
+            g = GU[0] * vs[0]
+            for t in range(1, T):
+                g = torch.addcmul(g, GU[t], vs[t])
+            grads[4] = _reduce_to(g, leak.shape)
+        return tuple(grads)
+
+
+def lif_scan(X, v0, threshold, amplitude, leak, surrogate: str = DEFAULT_SURROGATE):
+    """All steps at once: ``X`` is ``[T, N, ...]`` (each step's input), ``v0`` the initial
+    membrane; returns (Y, S): each step's output ``[T, N, ...]`` and its 0/1 spikes (no
+    gradient). The same values as :func:`lif_step` T times."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    return _LIFScan.apply(X, v0, threshold, amplitude, leak, surrogate)
+
+
 def max_pool_step(x, c, m, pool):
     """One rate-exact spiking max-pool step (``ai.onnx_snn.SpikeMaxPool``): returns
     ``(y, c_next, m_next)`` with ``c_next = c + x``, ``m_next = pool(c_next)``,
