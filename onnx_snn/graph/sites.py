@@ -6,7 +6,8 @@ A chain of clamps, each feeding only the next, is the clamp ``(max lo, min hi)``
 with lower bound 0 is a site: a clipped ReLU with ``mu = hi`` when ``hi`` is finite, a plain
 ReLU otherwise (its ``mu`` is estimated from calibration data later). A chain with another
 finite lower bound (Hardtanh, ``Clip(0.2, 3)``, ``Max(x, c)``) is ``lo + clip(h - lo, 0,
-hi - lo)``: the same site between ``Sub(h, lo)`` and ``Add(., lo)``. Each site is rewritten
+hi - lo)``: the same site between ``Sub(h, lo)`` and ``Add(., lo)`` (the Add moved past
+the max pools that alone read it, so that they pool spikes). Each site is rewritten
 into one canonical node (``Clip(h, 0, mu)`` or ``Relu(h)``) named after the site.
 """
 from __future__ import annotations
@@ -187,6 +188,28 @@ def _shifted(graph: gs.Graph, name: str, h: gs.Variable, y: gs.Variable, shift: 
     return h_in, y_site
 
 
+#: max pools a shifted site's constant shift moves past: max(y + lo) = max(y) + lo exactly
+#: (adding lo rounds monotonically, and a max pool pads with -inf), so the pool reads the
+#: site's spikes and becomes a spiking pool whose output spikes are counted
+_SHIFT_PAST = ("MaxPool", "GlobalMaxPool")
+
+
+def _unshift_after_pools(graph: gs.Graph, y: gs.Variable) -> None:
+    """Move the ``Add(., lo)`` that computes ``y`` past the max pools that alone read it
+    (each one's pooled output becomes the Add's): the pool then reads the site's own output."""
+    add = y.inputs[0]
+    while len(y.outputs) == 1 and not is_graph_output(graph, y):
+        pool = y.outputs[0]
+        if pool.op not in _SHIFT_PAST or pool.inputs[0] is not y or len(pool.outputs) != 1:
+            return
+        src, out = add.inputs[0], pool.outputs[0]
+        moved = gs.Variable(f"{out.name}.unshifted", dtype=np.float32)
+        pool.inputs[0], pool.outputs[0] = src, moved
+        add.inputs[0], add.outputs[0] = moved, out
+        y.inputs.clear()
+        y = out
+
+
 def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
     """Replace each activation chain by one canonical node and return the sites in order."""
     from .ir import depends_on_inputs
@@ -239,6 +262,7 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
             # lo + clip(h - lo, 0, hi - lo): a site between two constant shifts, which the
             # rate code carries exactly (each step's output plus lo averages to rate + lo)
             # named after the clamp they replace: 'lif<k>.*' names are the format's own
+            y_shifted = y
             h, y = _shifted(graph, first.name or name, h, y, shift)
             idiom += f" (shifted by {shift:g})"
             hi = hi - shift
@@ -261,6 +285,8 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
                 gs.Constant(mu_name, np.array(mu, np.float32))], outputs=[y])
         graph.nodes.append(new)
         sites.append(site)
+        if shift:
+            _unshift_after_pools(graph, y_shifted)
     graph.cleanup().toposort()
     # names follow the topological order of the rewritten graph
     by_name = {s.name: s for s in sites}
