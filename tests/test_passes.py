@@ -16,6 +16,7 @@ import onnx_snn
 from onnx_snn.cli import main
 from onnx_snn.errors import UnsupportedModelError
 from onnx_snn.graph import canonical, cleanup, fold
+from onnx_snn.graph.einsum import einsum_to_matmul
 from onnx_snn.graph.normalize import PIPELINE, canonicalize_sites, normalize
 from onnx_snn.graph.passes import GraphPass, PassResult
 
@@ -85,7 +86,7 @@ def test_pipeline_is_a_list_of_named_passes():
     assert [p.name for p in PIPELINE] == [
         "compute-in-float32", "uint8-input-to-float",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
-        "fake-quantization", "sum-to-add", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool",
+        "fake-quantization", "sum-to-add", "einsum-to-matmul", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool",
         "constant-where-to-mask", "resize-constant-form",
         "remove-identity-dropout",
         "strip-output-head", "strip-final-softmax", "strip-final-sigmoid", "strip-final-activation",
@@ -286,6 +287,71 @@ def test_hidden_softmax_is_kept():
              h.make_node("Add", ["p", "logits"], ["y"], name="add")]
     r, _ = apply(cleanup.strip_final_softmax, _logits_then(nodes, ["N", 4]))
     assert r.changed == 0 and r.reason("sm") == "its output feeds Add 'add', not a graph output"
+
+
+# ---------------------------------------------------------------- einsum with a constant
+
+_EINSUMS = [   # (equation, data shape, weight shape, weight first)
+    ("nchw,oc->nohw", ["N", 4, 5, 5], (6, 4), False),    # a 1x1 convolution
+    ("oc,nchw->nohw", ["N", 4, 5, 5], (6, 4), True),     # the same, operands swapped
+    ("bi,oi->bo", ["N", 8], (3, 8), False),              # a dense layer
+    ("bi,oi", ["N", 8], (3, 8), False),                  # implicit output: 'bo'
+    ("abc,cd->abd", ["N", 5, 8], (8, 3), False),         # Keras EinsumDense
+    ("bnd,nm->bmd", ["N", 5, 4], (5, 7), False),         # a token mixer
+    ("nchw,hwk->nck", ["N", 4, 5, 5], (5, 5, 3), False),  # two axes contracted
+    ("nchw,ck->nk", ["N", 4, 5, 5], (4, 6), False),      # h, w summed first
+    ("nc,ckj->nj", ["N", 4], (4, 2, 3), False),         # k of W alone: summed into W
+]
+
+
+@pytest.mark.parametrize("eq,xshape,wshape,w_first", _EINSUMS)
+def test_einsum_with_a_constant_is_a_matmul(eq, xshape, wshape, w_first):
+    w = init("W", rand(*wshape))
+    ins = ["W", "x"] if w_first else ["x", "W"]
+    dummy = {"x": np.zeros([3] + xshape[1:], np.float32), "W": np.zeros(wshape, np.float32)}
+    yshape = ["N"] + list(np.einsum(eq, *(dummy[i] for i in ins)).shape[1:])
+    m = make([h.make_node("Einsum", ins, ["y"], name="ein", equation=eq)], [vi("x", xshape)],
+             [vi("y", yshape)], [w], opset=13)
+    r, out = apply(einsum_to_matmul, m)
+    assert r.changed == 1 and "Einsum" not in ops(out) and "MatMul" in ops(out)
+    assert r.notes == [f"Einsum 'ein' ('{eq}') written as a MatMul with its constant operand"]
+    x = rand(3, *xshape[1:])
+    a, b = ort_run(m, {"x": x})[0], ort_run(out, {"x": x})[0]
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eq,ins,why", [
+    ("bi,bj->bij", ["x", "x"], "both operands are computed"),
+    ("bii,ij->bj", ["x3", "W"], "repeats within"),
+    ("...i,oi->...o", ["x", "W"], "without '...'"),
+    ("bi,bi->bi", ["x", "Wb"], "in both operands and the output"),
+])
+def test_einsum_that_is_not_one_matmul_is_left_named(eq, ins, why):
+    inits = [init("W", rand(4, 4)), init("Wb", rand(2, 4))]
+    g = h.make_graph([h.make_node("Einsum", ins, ["y"], name="ein", equation=eq)], "t",
+                     [vi("x", ["N", 4]), vi("x3", ["N", 4, 4])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    r, out = apply(einsum_to_matmul, m)
+    assert r.changed == 0 and "Einsum" in ops(out) and why in r.reason("ein")
+
+
+def test_a_model_with_an_einsum_layer_converts():
+    """End to end: conv -> relu -> Einsum 1x1 'conv' -> relu -> dense converts; at T = 256 the
+    plain rate conversion approaches the DNN; the runtimes agree at T = 2."""
+    b = B.GraphBuilder(13)
+    x = b.act(b.conv("input", 1, 4), "relu", None)
+    x = b.node("Einsum", [x, b.const(rand(6, 4) * 0.5)], equation="nchw,oc->nohw")
+    x = b.act(x, "relu", None)
+    x = b.gemm(b.node("Flatten", [x]), 6 * 144, 10)
+    m = b.model("input", x, (1, 12, 12), 10)
+    data = B.rand_input(48, seed=5)
+    dnn = ort_run(m, {"input": data})[0]
+    y = ort_run(onnx_snn.convert(m, data, timesteps=256, method="max", show_progress=False).model,
+                {"input": data})[0]
+    assert np.corrcoef(y.ravel(), dnn.ravel())[0, 1] > 0.999
+    B.assert_runtimes_agree(onnx_snn.convert(m, data, timesteps=2, show_progress=False).model, data)
 
 
 # ---------------------------------------------------------------- final clamp (ReLU on the outputs)

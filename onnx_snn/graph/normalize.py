@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, fold, inputs, precision, quantization, resize, skeleton
+from . import canonical, cleanup, einsum, fold, inputs, precision, quantization, resize, skeleton
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -192,6 +192,7 @@ PIPELINE: tuple = (
     quantization.refuse_integer_operators,
     quantization.fake_quantization,      # QDQ activations: clipped ReLUs (weights: folded above)
     canonical.sum_to_add,
+    einsum.einsum_to_matmul,             # Einsum with a constant operand: a MatMul
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
