@@ -86,7 +86,7 @@ def test_pipeline_is_a_list_of_named_passes():
     assert [p.name for p in PIPELINE] == [
         "compute-in-float32", "uint8-input-to-float",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
-        "fake-quantization", "sum-to-add", "einsum-to-matmul", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool",
+        "fake-quantization", "sum-to-add", "einsum-to-matmul", "zero-slope-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool", "nonnegative-identities",
         "constant-where-to-mask", "resize-constant-form",
         "remove-identity-dropout",
         "strip-output-head", "strip-final-softmax", "strip-final-sigmoid", "strip-final-activation",
@@ -352,6 +352,33 @@ def test_a_model_with_an_einsum_layer_converts():
                 {"input": data})[0]
     assert np.corrcoef(y.ravel(), dnn.ravel())[0, 1] > 0.999
     B.assert_runtimes_agree(onnx_snn.convert(m, data, timesteps=2, show_progress=False).model, data)
+
+
+# ---------------------------------------------------------------- Abs / ReduceL1 of activations
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_abs_and_reduce_l1_of_an_activation_are_linear(opset):
+    """conv -> relu -> Abs -> ReduceL1 over H, W: on a tensor that cannot be negative they
+    are the identity and a ReduceSum (the same values); on a conv's output they stay, named."""
+    b = B.GraphBuilder(opset)
+    x = b.node("Abs", [b.node("Relu", [b.conv("input", 1, 4)])])
+    axes = {"axes": [2, 3]} if opset < 18 else {}
+    ins = [x] if opset < 18 else [x, b.const(np.array([2, 3], np.int64))]
+    x = b.node("ReduceL1", ins, keepdims=0, **axes)
+    m = b.model("input", b.gemm(x, 4, 10), (1, 12, 12), 10)
+    r, out = apply(canonical.nonnegative_identities, m)
+    assert r.changed == 2 and "Abs" not in ops(out) and "ReduceL1" not in ops(out)
+    assert_same(m, out, {"input": B.rand_input(5)})
+    nm = normalize(m)
+    assert len(nm.sites) == 1
+    # on a convolution's output (negative values) both are left for the support check
+    b = B.GraphBuilder(opset)
+    x = b.node("Abs", [b.conv("input", 1, 4)])
+    m = b.model("input", b.gemm(b.node("Flatten", [b.act(x, "relu", None)]), 4 * 144, 10),
+                (1, 12, 12), 10)
+    r, out = apply(canonical.nonnegative_identities, m)
+    name = next(n.name for n in m.graph.node if n.op_type == "Abs")
+    assert r.changed == 0 and "can be negative" in r.reason(name)
 
 
 # ---------------------------------------------------------------- final clamp (ReLU on the outputs)

@@ -1,5 +1,5 @@
 """Passes that rewrite equivalent idioms into one form: opset upgrade, Sum, ReduceMax over the
-spatial axes, MatMul + Add."""
+spatial axes, MatMul + Add, Abs and ReduceL1 of non-negative tensors."""
 from __future__ import annotations
 
 from typing import Optional
@@ -146,6 +146,32 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
             node.inputs.pop()
         result.changed += 1
     graph.cleanup()
+
+
+@graph_pass("nonnegative-identities")
+def nonnegative_identities(graph: gs.Graph, result: PassResult) -> None:
+    """Ops that are linear on a tensor that cannot be negative (an activation's output, a sum
+    or pool of them: :func:`.sites.nonnegative_tensors`): ``Abs`` of it is the tensor (an
+    Identity, removed later) and ``ReduceL1`` of it is its ``ReduceSum``. On a tensor that can
+    be negative both stay and the support check names them."""
+    from .sites import nonnegative_tensors
+    graph.toposort()
+    positive = nonnegative_tensors(graph)
+    for node in list(graph.nodes):
+        if node.op not in ("Abs", "ReduceL1") or not node.inputs or not node.outputs:
+            continue
+        if node.inputs[0].name not in positive:
+            result.skip(node, f"its input '{node.inputs[0].name}' can be negative")
+            continue
+        result.changed += 1
+        if node.op == "Abs":
+            node.op = "Identity"
+            continue
+        node.op = "ReduceSum"        # opset >= 13 here: its axes are an input
+        if "axes" in node.attrs:
+            axes = np.array(node.attrs.pop("axes"), np.int64)
+            node.inputs.append(gs.Constant(f"{node.name or node.outputs[0].name}_axes", axes))
+        result.notes.append(f"ReduceL1 '{node.name}' of a non-negative tensor written as ReduceSum")
 
 
 @graph_pass("reshape-keeps-batch")

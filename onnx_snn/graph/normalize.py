@@ -196,6 +196,7 @@ PIPELINE: tuple = (
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
+    canonical.nonnegative_identities,    # Abs / ReduceL1 of an activation: Identity / ReduceSum
     canonical.constant_where_to_mask,   # dynamo's masked_fill of adaptive pooling windows
     resize.resize_constant_form,         # F.interpolate(size=...) with a free batch; axes
     cleanup.remove_identity_and_dropout,

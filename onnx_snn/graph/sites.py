@@ -112,7 +112,7 @@ _ALL_NONNEG = {"Add", "Sum", "Mul", "Max", "Concat", "Mean"}
 
 def nonnegative_tensors(graph: gs.Graph) -> set:
     """Names of the tensors that cannot be negative, by what computes them (graph toposorted):
-    non-negative constants; Relu; a clamp with a lower bound >= 0, or with an upper bound
+    non-negative constants; Relu, Abs; a clamp with a lower bound >= 0, or with an upper bound
     >= 0 on a non-negative input; and what keeps the sign of non-negative inputs (layout,
     pooling, sums, products, maxima, concatenation, division by a positive constant,
     nearest/linear resizing, zero padding). A one-sided ``Min``/``Clip(max)`` of such a
@@ -130,7 +130,7 @@ def nonnegative_tensors(graph: gs.Graph) -> set:
         x = node.inputs[0]
         op = node.op
         ok = False
-        if op == "Relu":
+        if op in ("Relu", "Abs"):
             ok = True
         elif op in ("Clip", "Min") and clamp_bounds(node) is not None:
             lo, hi = clamp_bounds(node)
