@@ -609,13 +609,14 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         # a model refused with free spatial dimensions (a resize to another tensor's
         # dynamic size, say) may convert at the calibration data's shape, which its spiking
         # model takes anyway: pin them and try again
-        shapes = _calibration_shapes(model, calib, mean, std, data_dir, download,
-                                     (calib_samples, seed))
+        shapes = _calibration_shapes(model, calib, mean, std, data_dir, (calib_samples, seed))
         if not shapes:
             raise
         try:
             nm = prepare(model, pool_first=pool_first, input_shapes=shapes)
         except UnsupportedModelError as pinned:
+            if str(pinned) == str(refused):
+                raise refused from None
             raise UnsupportedModelError(f"{pinned} (with its free input dimensions pinned to "
                                         f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
@@ -637,9 +638,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                  show_progress=show_progress, seed=seed)
 
 
-def _calibration_shapes(model, calib, mean, std, data_dir, download, take) -> Dict[str, tuple]:
-    """{input: per-sample shape} of the calibration data for a model whose inputs have free
-    non-batch dimensions; {} for a model without any (or one that cannot be read here)."""
+def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tuple]:
+    """{input: per-sample shape} of the calibration data, for the inputs with free non-batch
+    dimensions that the data can pin (its rank, and the sizes the input fixes, agree); {} when
+    there are none, or the data cannot be read here without downloading (the caller then
+    reports why the model was refused, not the data)."""
     try:
         raw = model if isinstance(model, onnx.ModelProto) else \
             onnx.load(str(model), load_external_data=False)
@@ -653,12 +656,21 @@ def _calibration_shapes(model, calib, mean, std, data_dir, download, take) -> Di
     log.setLevel(logging.ERROR)      # resolve_data warns again when the data is read for real
     try:
         ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",
-                          download=download, specs=specs, take=take)
+                          download=False, specs=specs, take=take)
+    except (DataError, UsageError, OSError, ValueError):
+        return {}
     finally:
         log.setLevel(level)
-    if isinstance(ds.x, dict):
-        return {k: tuple(np.asarray(v).shape[1:]) for k, v in ds.x.items() if k in free}
-    return {specs[0][0]: tuple(np.asarray(ds.x).shape[1:])} if len(specs) == 1 else {}
+    data = ds.x if isinstance(ds.x, dict) else ({specs[0][0]: ds.x} if len(specs) == 1 else {})
+    shapes = {}
+    for name, dims in specs:
+        arr = data.get(name)
+        if name not in free or arr is None:
+            continue
+        shape = tuple(int(a) for a in np.asarray(arr).shape[1:])
+        if len(shape) + 1 == len(dims) and all(d is None or d == s for d, s in zip(dims[1:], shape)):
+            shapes[name] = shape
+    return shapes
 
 
 def search_config(config: Optional[SearchConfig] = None, **options) -> SearchConfig:

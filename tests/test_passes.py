@@ -392,6 +392,10 @@ _FINAL_CLAMPS = {
     "Hardtanh": lambda: [h.make_node("Clip", ["logits", "minus1", "one"], ["y"], name="act")],
     "Relu+Flatten": lambda: [h.make_node("Relu", ["logits"], ["r"], name="act"),
                              h.make_node("Flatten", ["r"], ["y"], name="flat", axis=1)],
+    "0Max": lambda: [h.make_node("Max", ["zero", "logits"], ["y"], name="act")],   # constant first
+    "Relu+Flatten+Relu": lambda: [h.make_node("Relu", ["logits"], ["r"], name="act"),
+                                  h.make_node("Flatten", ["r"], ["f"], name="flat", axis=1),
+                                  h.make_node("Relu", ["f"], ["y"], name="act2")],
 }
 _CLAMP_CONSTS = [init("zero", np.float32(0)), init("six", np.float32(6)),
                  init("one", np.float32(1)), init("minus1", np.float32(-1))]
@@ -440,11 +444,14 @@ def test_final_clamp_is_kept_where_it_is_not_the_readout():
              list(base.graph.initializer) + [init("s4", np.array([-1, 1, 2, 2], np.int64))])
     r, out = apply(cleanup.strip_final_activation, m)
     assert r.changed == 0 and ops(out).count("Relu") == 2
-    # the model's only activation (a one-layer model), chained or not: it stays the site
-    for nodes in (_FINAL_CLAMPS["Relu"](), _FINAL_CLAMPS["Relu+Min"]()):
+    # the model's only activation (a one-layer model), chained or not, through a reshape
+    # too: it stays the site
+    for kind in ("Relu", "Relu+Min", "Relu+Flatten+Relu", "0Max"):
+        nodes = _FINAL_CLAMPS[kind]()
         m = _hidden_then(nodes, hidden_act=False)
         r, out = apply(cleanup.strip_final_activation, m)
-        assert r.changed == 0 and "no other activation" in r.reason(nodes[-1].name)
+        assert r.changed == 0 and "no other activation" in r.reason(nodes[-1].name), kind
+        assert len(r.skipped) == 1
     # input -> clamp -> output: the clamp is the whole model
     m = make([h.make_node("Relu", ["x"], ["y"], name="act")], [vi("x", ["N", 4])], [vi("y", ["N", 4])])
     r, _ = apply(cleanup.strip_final_activation, m)

@@ -270,3 +270,9 @@ def test_a_model_refused_for_another_reason_is_still_refused_with_free_dims():
     with pytest.raises(UnsupportedModelError, match="Tanh.*pinned.*free: "):
         onnx_snn.convert(m, B.rand_input(8, (1, 12, 12)), timesteps=2, method="datta",
                          show_progress=False)
+    # data that cannot be read (or would need a download), or that cannot pin the input (its
+    # rank differs): the model's own refusal, not a data error
+    for data in ("/nonexistent/calib.npy", B.rand_input(8, (12, 12))):
+        with pytest.raises(UnsupportedModelError, match="Resize") as e:
+            onnx_snn.convert(m, data, timesteps=2, method="datta", show_progress=False)
+        assert "pinned" not in str(e.value)

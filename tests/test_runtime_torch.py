@@ -401,6 +401,27 @@ def test_lif_scan_is_lif_step_T_times(surrogate, T, per_channel):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_lif_scan_computes_in_the_membranes_precision():
+    """Under autocast a convolution hands the neurons a half-precision current while the
+    membranes and parameters are float32: the scan computes in float32 as lif_step does (the
+    same spikes), and the current's gradient comes back in the current's dtype."""
+    from onnx_snn.runtimes.torch.neuron import lif_scan
+    g = torch.Generator().manual_seed(0)
+    X = (torch.randn(8, 4, 250, generator=g) * 0.7).to(torch.bfloat16).requires_grad_(True)
+    v0 = torch.rand(4, 250, generator=g) * 0.5
+    th, amp, leak = torch.tensor(0.61), torch.tensor(0.83), torch.tensor(1.0)
+    Y, S = lif_scan(X, v0, th, amp, leak)
+    v, ys, ss = v0, [], []
+    for t in range(8):
+        y, v, s = lif_step(X[t], v, th, amp, leak)
+        ys.append(y)
+        ss.append(s)
+    assert Y.dtype == torch.float32 and torch.equal(Y.detach(), torch.stack(ys).detach())
+    assert torch.equal(S, torch.stack(ss).detach())
+    Y.sum().backward()
+    assert X.grad.dtype == torch.bfloat16
+
+
 FOLD_CASES = {
     "vgg_maxpool": (lambda: B.vgg(13, "clip", dropout=True), {}),
     "resnet": (lambda: B.resnet(13, "clip"), {}),

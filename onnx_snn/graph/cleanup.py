@@ -251,30 +251,53 @@ def _final_clamp(graph: gs.Graph, node: gs.Node):
     """(lo, hi) when ``node`` is an elementwise clamp (Relu, Clip, Max/Min with a constant)
     whose output goes to a graph output alone (directly or through Flatten/Reshape/Squeeze),
     else None."""
-    from .sites import CLAMP_OPS, clamp_bounds, _data_input
+    from .sites import CLAMP_OPS, clamp_bounds
     if node.op not in CLAMP_OPS or not node.outputs or not node.inputs:
         return None
     try:
         bounds = clamp_bounds(node)
     except Exception:        # a clamp with dynamic or per-element bounds: the sites pass says why
         return None
-    if bounds is None or _data_input(node) is not node.inputs[0]:
-        return None
-    if producer(node.inputs[0]) is None:    # input -> clamp -> output: the clamp is the model
+    if bounds is None or producer(_data(node)) is None:   # input -> clamp -> output: the model
         return None
     _, why = _path_to_output(graph, node.outputs[0])
     return None if why is not None else bounds
 
 
+def _data(node: gs.Node):
+    """A clamp's data input (a Max/Min may have its constant first)."""
+    from .sites import _data_input
+    return _data_input(node)
+
+
 def _in_final_chain(graph: gs.Graph, node: gs.Node) -> bool:
-    """Whether clamp ``node`` is a final clamp or feeds one through a chain of clamps."""
+    """Whether clamp ``node`` is a final clamp or feeds one through clamps and reshapes."""
     from .sites import CLAMP_OPS
     while _final_clamp(graph, node) is None:
         out = node.outputs[0]
-        if len(out.outputs) != 1 or is_graph_output(graph, out) or out.outputs[0].op not in CLAMP_OPS:
+        if len(out.outputs) != 1 or is_graph_output(graph, out):
             return False
         node = out.outputs[0]
+        if node.op not in CLAMP_OPS + RESHAPE_OPS or not node.outputs:
+            return False
     return True
+
+
+def _activations(graph: gs.Graph, data: set) -> List[gs.Node]:
+    """The clamps of computed tensors (the sites to be)."""
+    from .sites import CLAMP_OPS, clamp_bounds
+    out = []
+    for n in graph.nodes:
+        if n.op not in CLAMP_OPS or not n.inputs or not n.outputs:
+            continue
+        try:
+            if clamp_bounds(n) is None:
+                continue
+        except Exception:
+            continue
+        if _data(n).name in data:
+            out.append(n)
+    return out
 
 
 @graph_pass("strip-final-activation")
@@ -285,22 +308,22 @@ def strip_final_activation(graph: gs.Graph, result: PassResult) -> None:
     T + 1 levels (at T = 2 most classes tie; on the shipped model with a final Relu it cost
     4.9 points of top-1), while the time-averaged values it reads are the outputs' best
     estimate; the argmax is the DNN's wherever the DNN's largest output is above the clamp's
-    lower bound (and below its upper)."""
+    lower bound (and below its upper). A model whose only activations are on its outputs
+    (through clamps and reshapes) keeps them."""
     from .ir import depends_on_inputs
-    from .sites import CLAMP_OPS
+    graph.toposort()
     data = depends_on_inputs(graph)
-    others = [n for n in graph.nodes if n.op in CLAMP_OPS and n.inputs and n.outputs
-              and n.inputs[0].name in data and not _in_final_chain(graph, n)]
-    changed = True
+    changed, kept = True, set()
     while changed:
         changed = False
         for node in list(graph.nodes):
             bounds = _final_clamp(graph, node)
-            if bounds is None:
+            if bounds is None or id(node) in kept:
                 continue
-            if not others:
+            if not any(not _in_final_chain(graph, n) for n in _activations(graph, data)):
                 result.skip(node, "the model has no other activation: it stays its spiking "
                                   "layer")
+                kept.add(id(node))
                 continue
             lo, hi = bounds
             what = f"clamp to [{lo:g}, {hi:g}]" if node.op != "Relu" else "ReLU"
@@ -310,7 +333,7 @@ def strip_final_activation(graph: gs.Graph, result: PassResult) -> None:
                 "there would round each output to T + 1 levels); apply it to the spiking "
                 "model's outputs if you need its values")
             result.changed += 1
-            bypass(graph, node)
+            bypass(graph, node, keep=list(node.inputs).index(_data(node)))
             changed = True
             break
     graph.cleanup()

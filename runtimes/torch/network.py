@@ -115,10 +115,12 @@ class SpikingNetwork(nn.Module):
         #: allows (:meth:`time_foldable`): the same values as the step-by-step run
         #: (tests/test_runtime_torch.py) in fewer, larger operations (`python
         #: tools/count_ops.py`: a training step at T = 2 launches 416 kernels, not 508; at T = 4
-        #: 536, not 960). None (the default): on CUDA tensors, where a training step is
-        #: launch-bound, not on the CPU, where it measured slower at T = 2 and the same at T = 4
-        #: (`python tools/bench_sgl.py -T 2 4 --compare-fold --no-peer`, README). True or
-        #: False: always or never.
+        #: 536, not 960; signed neurons still step one by one inside it). None (the default):
+        #: when training on CUDA tensors, where a step is launch-bound and backprop keeps every
+        #: step's activations anyway; not under no_grad (it holds all T steps' activations at
+        #: once, the step-by-step run one step's), nor on the CPU, where it measured no faster
+        #: (`python tools/bench_sgl.py -T 2 4 --compare-fold --no-peer`, README). True: fold
+        #: wherever the graph allows (else step by step); False: never.
         self.fold_time: Optional[bool] = None
         self._foldable = self.time_foldable()
         made = set(self.view.data_inputs)
@@ -261,7 +263,6 @@ class SpikingNetwork(nn.Module):
         states = {st.names.input: st.names.next for st in self.view.states}
         nexts = set(states.values())
         carried = set()
-        made = {o for n in self.body for o in n.outputs}
         for n in self.body:
             if nexts.intersection(n.inputs):
                 return f"node '{n.name}' reads a next state"
@@ -273,19 +274,21 @@ class SpikingNetwork(nn.Module):
                     return f"neuron '{n.name}' has parameters that change over the steps"
             elif n.op in _POOLS:
                 slots = (1, 2)
+            own = set()
             for k in slots:
                 if states.get(n.inputs[k]) != n.outputs[k]:
                     return f"node '{n.name}' does not carry its own state"
-                carried.add(n.inputs[k])
-            if set(states).intersection(n.inputs) - carried:
+                own.add(n.inputs[k])
+            if set(states).intersection(n.inputs) - own:
                 return f"node '{n.name}' reads a state it does not carry"
+            carried |= own
             if n.op == "Reshape" and len(n.inputs) > 1:
                 shape = self._names.get(n.inputs[1])
                 if shape is not None and int(getattr(self, shape).reshape(-1)[0]) not in (0, -1):
                     return f"Reshape '{n.name}' sets axis 0 to a constant"
         if carried != set(states):
             return "a state is not carried by a neuron or pool"
-        if not set(self.outputs) <= made:
+        if not set(self.outputs) <= {o for n in self.body for o in n.outputs}:
             return "an output is time-invariant"
         for vi in self.source.graph.input:
             d = vi.type.tensor_type.shape.dim
@@ -321,7 +324,8 @@ class SpikingNetwork(nn.Module):
         counted = self.view.counted       # the sites, then the counted spiking pools
         totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         params: Dict[tuple, tuple] = {}   # the neurons' parameters, prepared once for the T steps
-        fold = first.is_cuda if self.fold_time is None else self.fold_time
+        fold = (first.is_cuda and torch.is_grad_enabled()) if self.fold_time is None \
+            else self.fold_time
         if fold and self._foldable is None:
             outs = self._forward_folded(env, states, T, n, masks, params, record_spikes, first)
             if outs is not None:

@@ -16,6 +16,7 @@ membrane z = u / threshold, so ds/du = g(z)/threshold and ds/dthreshold = -g(z) 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 SURROGATES = ("sigmoid", "rectangle")
 DEFAULT_SURROGATE = "sigmoid"
@@ -120,8 +121,12 @@ class _LIFScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, v0, threshold, amplitude, leak, surrogate):
         T = X.shape[0]
-        U = torch.empty_like(X)
-        S = torch.empty_like(X)                             # 0/1 in X's dtype: no casts
+        # the dtype lif_step computes in: under autocast a half-precision input current meets
+        # float32 membranes and parameters, and u = leak v + x is float32
+        dtype = torch.promote_types(torch.promote_types(X.dtype, v0.dtype),
+                                    torch.promote_types(leak.dtype, threshold.dtype))
+        U = torch.empty(X.shape, dtype=dtype, device=X.device)
+        S = torch.empty_like(U)                             # 0/1 in u's dtype: no casts
         vs = [v0]                                           # each step's starting membrane
         for t in range(T):
             torch.add(leak * vs[-1], X[t], out=U[t])        # u = leak v + x
@@ -132,11 +137,13 @@ class _LIFScan(torch.autograd.Function):
                               *(vs if ctx.needs_input_grad[4] else ()))
         ctx.surrogate = surrogate
         ctx.v0_shape = v0.shape
+        ctx.x_dtype = X.dtype
         ctx.mark_non_differentiable(S)
         ctx.set_materialize_grads(False)
         return S * amplitude, S                             # y = s amplitude
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gY, _gS):
         U, S, th, amp, leak, *vs = ctx.saved_tensors
         if gY is None:
@@ -166,7 +173,7 @@ class _LIFScan(torch.autograd.Function):
             else:
                 GU[t].copy_(GS[t])
             torch.mul(GU[t], leak, out=GV[t])               # u = leak v + x
-        grads = [GU, None, None, None, None, None]
+        grads = [GU.to(ctx.x_dtype), None, None, None, None, None]
         if ctx.needs_input_grad[1]:
             grads[1] = _reduce_to(GV[0], ctx.v0_shape)
         if ctx.needs_input_grad[2]:
