@@ -59,6 +59,9 @@ class SearchConfig:
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
     weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
+    weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
+                                     # site alone is fitted to max(h, -floor * mu), not h
+                                     # (None: h; an experiment, tools/bench_deep.py)
     search_stride: int = 1           # per-channel search: every stride-th percentile, then
                                      # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site

@@ -434,7 +434,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     x = f.node.input[0]
                     if x in spikes:      # a recorded site's output, fed as recorded
                         steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
-                    f.add(np.mean(steps[x], axis=0), outs[f.node.output[0]])
+                    y = outs[f.node.output[0]]
+                    floor = floors.get(f.node.output[0])
+                    if floor is not None:    # below it the site is silent either way
+                        y = np.maximum(y, np.float32(floor))
+                    f.add(np.mean(steps[x], axis=0), y)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:
@@ -456,6 +460,18 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     changed()
                 layer_rows.append(row)
             pending = [f for f in pending if f not in ready]
+
+    # --weight_target_floor: a layer whose output is a site's input (read by nothing else) is
+    # fitted to max(h, -floor * mu)
+    floors: Dict[str, float] = {}
+    if cfg.weight_target_floor is not None:
+        readers: Dict[str, int] = {}
+        for n in nm.model.graph.node:
+            for t in n.input:
+                readers[t] = readers.get(t, 0) + 1
+        for k in names:
+            if readers.get(recs[k].input) == 1:
+                floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
 
     rows = []
     for i, s in enumerate(names):

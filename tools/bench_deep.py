@@ -104,6 +104,10 @@ VARIANTS.update({name: ("refined", {"search_stride": 4}) for name in STRIDE4})
 RIDGES = {f"refined-ridge{r:g}": r for r in (0.001, 0.003, 0.03)}
 VARIANTS.update({name: ("refined", {"weight_ridge": r}) for name, r in RIDGES.items()})
 
+#: the weight calibration fitted to max(h, -floor * mu) where a layer feeds a site alone
+FLOORS = {f"refined-floor{f:g}": f for f in (0.0, 0.25, 1.0)}
+VARIANTS.update({name: ("refined", {"weight_target_floor": f}) for name, f in FLOORS.items()})
+
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
