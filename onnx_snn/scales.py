@@ -89,6 +89,9 @@ class SearchConfig:
             raise ValueError(f"weight_holdout (every k-th calibration batch held out) must be a "
                              f"whole number >= 2, not {self.weight_holdout}")
         self.weight_holdout = int(self.weight_holdout)
+        if self.weight_target_floor is not None and not float(self.weight_target_floor) >= 0:
+            raise ValueError(f"weight_target_floor must be >= 0 (a fraction of mu), not "
+                             f"{self.weight_target_floor}")
         if self.sequential_sample < 1:
             raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):
