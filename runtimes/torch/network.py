@@ -246,13 +246,23 @@ class SpikingNetwork(nn.Module):
                 for name, val in zip(n.outputs, outs):
                     env[name] = val
             if self.training and self.dropout:
-                for o in n.outputs:
-                    p = self.dropout.get(o)
-                    if p:
-                        if o not in masks:  # one mask per batch, reused over the T steps
-                            keep = torch.full_like(env[o], 1.0 - p)
-                            masks[o] = torch.bernoulli(keep) / (1.0 - p)
-                        env[o] = env[o] * masks[o]
+                self._dropout(n.outputs, env, masks)
+
+    def _dropout(self, outputs, env, masks, T: int = 1):
+        """Dropout on the ``outputs`` that have it: one mask per sample, drawn on the first
+        use in a forward pass and reused at every step (``T`` > 1: the values of T steps,
+        stacked along axis 0, take it T times)."""
+        for o in outputs:
+            p = self.dropout.get(o)
+            if not p:
+                continue
+            x = env[o]
+            if o not in masks:
+                keep = torch.full((x.shape[0] // T, *x.shape[1:]), 1.0 - p, dtype=x.dtype,
+                                  device=x.device)
+                masks[o] = torch.bernoulli(keep) / (1.0 - p)
+            m = masks[o]
+            env[o] = x * (m if T == 1 else m.repeat(T, *([1] * (x.dim() - 1))))
 
     def time_foldable(self) -> Optional[str]:
         """None when the T steps can run folded (each layer once on a batch of T x N), else
@@ -401,14 +411,7 @@ class SpikingNetwork(nn.Module):
                 for name, val in zip(node.outputs, outs):
                     env[name] = val
             if self.training and self.dropout:
-                for o in node.outputs:
-                    p = self.dropout.get(o)
-                    if p:      # one mask per sample, the same at every step
-                        if o not in masks:
-                            keep = torch.full((n, *env[o].shape[1:]), 1.0 - p,
-                                              dtype=env[o].dtype, device=env[o].device)
-                            masks[o] = torch.bernoulli(keep) / (1.0 - p)
-                        env[o] = env[o] * masks[o].repeat(T, *([1] * (env[o].dim() - 1)))
+                self._dropout(node.outputs, env, masks, T)
         outs = []
         for o in self.outputs:
             ys = steps(env[o])
