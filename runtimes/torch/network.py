@@ -115,7 +115,7 @@ class SpikingNetwork(nn.Module):
         #: allows (:meth:`time_foldable`): the same values as the step-by-step run
         #: (tests/test_runtime_torch.py) in fewer, larger operations (`python
         #: tools/count_ops.py`: a training step at T = 2 launches 416 kernels, not 508; at T = 4
-        #: 536, not 960; signed neurons still step one by one inside it). None (the default):
+        #: 566, not 960; signed neurons still step one by one inside it). None (the default):
         #: when training on CUDA tensors, where a step is launch-bound and backprop keeps every
         #: step's activations anyway; not under no_grad (it holds all T steps' activations at
         #: once, the step-by-step run one step's), nor on the CPU, where it measured no faster
