@@ -280,17 +280,24 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
     ahead of it (the same DNN; the spiking layer then fires on the pooled map; see
     docs/FORMAT.md). ``input_shapes`` ({input: per-sample shape}): the inputs' free non-batch
     dimensions get those sizes first (:func:`pin_inputs`; a model given as a ModelProto is
-    copied, not changed)."""
+    pinned while it is read and then put back as it was)."""
     from .calibrate import quiet_onnxruntime
     quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
     if isinstance(model, onnx.ModelProto):
         _refuse_spiking(model, model.graph.name or "model")
-        pins: List[str] = []
-        if input_shapes and free_input_dims(model):
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            model, pins = copy, pin_inputs(copy, input_shapes)
-        nm = normalize(model, pool_first=pool_first)
+        if not (input_shapes and free_input_dims(model)):
+            return normalize(model, pool_first=pool_first)
+        # pinned in place for the normalization (which copies what it keeps) and put back:
+        # a copy of the whole ModelProto would hold its weights twice
+        saved = [onnx.ValueInfoProto() for _ in model.graph.input]
+        for keep, vi in zip(saved, model.graph.input):
+            keep.CopyFrom(vi)
+        try:
+            pins = pin_inputs(model, input_shapes)
+            nm = normalize(model, pool_first=pool_first)
+        finally:
+            for keep, vi in zip(saved, model.graph.input):
+                vi.CopyFrom(keep)
         nm.notes[:0] = pins
         return nm
     path = str(model)

@@ -253,6 +253,9 @@ def test_a_resize_to_a_free_size_converts_at_the_calibration_shape(opset):
     dims = [d.dim_value or d.dim_param for d in snn.model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [1, 12, 12]
     assert m.SerializeToString() == before
+    nm = onnx_snn.prepare(m, input_shapes={"x": (1, 12, 12)})     # the API's way: the same
+    assert [d.dim_value for d in nm.model.graph.input[0].type.tensor_type.shape.dim][1:] == [1, 12, 12]
+    assert m.SerializeToString() == before
     B.assert_runtimes_agree(snn.model, x)
     # a rate code of the pinned model approaches its DNN as T grows
     dnn = run(m, x).outputs[0]
