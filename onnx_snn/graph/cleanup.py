@@ -7,9 +7,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..errors import UnsupportedModelError
 from . import ir
 from .ir import bypass, is_graph_output, producer, scalar_value
 from .passes import PassResult, graph_pass
+from .sites import CLAMP_OPS, _data_input, clamp_bounds
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 #: ops that may sit between the final softmax and the graph output (they only move values)
@@ -247,32 +249,30 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
+def _bounds(node: gs.Node):
+    """(lo, hi) of a clamp node, None for any other node and for a clamp whose bounds are
+    dynamic or per element (the sites pass says why)."""
+    if node.op not in CLAMP_OPS or not node.outputs or not node.inputs:
+        return None
+    try:
+        return clamp_bounds(node)
+    except UnsupportedModelError:
+        return None
+
+
 def _final_clamp(graph: gs.Graph, node: gs.Node):
     """(lo, hi) when ``node`` is an elementwise clamp (Relu, Clip, Max/Min with a constant)
     whose output goes to a graph output alone (directly or through Flatten/Reshape/Squeeze),
     else None."""
-    from .sites import CLAMP_OPS, clamp_bounds
-    if node.op not in CLAMP_OPS or not node.outputs or not node.inputs:
-        return None
-    try:
-        bounds = clamp_bounds(node)
-    except Exception:        # a clamp with dynamic or per-element bounds: the sites pass says why
-        return None
-    if bounds is None or producer(_data(node)) is None:   # input -> clamp -> output: the model
+    bounds = _bounds(node)
+    if bounds is None or producer(_data_input(node)) is None:   # input -> clamp -> output
         return None
     _, why = _path_to_output(graph, node.outputs[0])
     return None if why is not None else bounds
 
 
-def _data(node: gs.Node):
-    """A clamp's data input (a Max/Min may have its constant first)."""
-    from .sites import _data_input
-    return _data_input(node)
-
-
 def _in_final_chain(graph: gs.Graph, node: gs.Node) -> bool:
     """Whether clamp ``node`` is a final clamp or feeds one through clamps and reshapes."""
-    from .sites import CLAMP_OPS
     while _final_clamp(graph, node) is None:
         out = node.outputs[0]
         if len(out.outputs) != 1 or is_graph_output(graph, out):
@@ -285,19 +285,7 @@ def _in_final_chain(graph: gs.Graph, node: gs.Node) -> bool:
 
 def _activations(graph: gs.Graph, data: set) -> List[gs.Node]:
     """The clamps of computed tensors (the sites to be)."""
-    from .sites import CLAMP_OPS, clamp_bounds
-    out = []
-    for n in graph.nodes:
-        if n.op not in CLAMP_OPS or not n.inputs or not n.outputs:
-            continue
-        try:
-            if clamp_bounds(n) is None:
-                continue
-        except Exception:
-            continue
-        if _data(n).name in data:
-            out.append(n)
-    return out
+    return [n for n in graph.nodes if _bounds(n) is not None and _data_input(n).name in data]
 
 
 @graph_pass("strip-final-activation")
@@ -333,7 +321,7 @@ def strip_final_activation(graph: gs.Graph, result: PassResult) -> None:
                 "there would round each output to T + 1 levels); apply it to the spiking "
                 "model's outputs if you need its values")
             result.changed += 1
-            bypass(graph, node, keep=list(node.inputs).index(_data(node)))
+            bypass(graph, node, keep=list(node.inputs).index(_data_input(node)))
             changed = True
             break
     graph.cleanup()

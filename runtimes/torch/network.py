@@ -57,6 +57,18 @@ def _key(name: str) -> str:
     return "t_" + re.sub(r"[^0-9a-zA-Z_]", "_", name)
 
 
+def _run_plain(node: _Node, env: Dict[str, torch.Tensor]) -> None:
+    """A stateless node: its outputs from its inputs in ``env``."""
+    outs = run_op(node.op, node.attrs, [env.get(i) if i else None for i in node.inputs])
+    for name, val in zip(node.outputs, outs):
+        env[name] = val
+
+
+def _pool_of(node: _Node):
+    """The ONNX pool a spiking pool node applies to its running sums, as a function."""
+    return lambda t: run_op(_POOLS[node.op], node.attrs, [t])[0]
+
+
 def _folded_sites(model: onnx.ModelProto) -> set:
     """Sites whose amplitudes ``convert --binary-spikes`` folded into the next layer."""
     try:
@@ -237,14 +249,12 @@ class SpikingNetwork(nn.Module):
                 spikes[n.site] = s
             elif n.op in _POOLS:
                 x, c, m = (env[i] for i in n.inputs)
-                y, c_next, m_next = max_pool_step(x, c, m, lambda t: run_op(_POOLS[n.op], n.attrs, [t])[0])
+                y, c_next, m_next = max_pool_step(x, c, m, _pool_of(n))
                 env[n.outputs[0]], env[n.outputs[1]], env[n.outputs[2]] = y, c_next, m_next
                 if n.site is not None:      # a counted pool: each nonzero output is a spike
                     spikes[n.site] = (y.detach() != 0).to(y.dtype)
             else:
-                outs = run_op(n.op, n.attrs, [env.get(i) if i else None for i in n.inputs])
-                for name, val in zip(n.outputs, outs):
-                    env[name] = val
+                _run_plain(n, env)
             if self.training and self.dropout:
                 self._dropout(n.outputs, env, masks)
 
@@ -330,16 +340,16 @@ class SpikingNetwork(nn.Module):
         masks: Dict[str, torch.Tensor] = {}
         self._run(self.hoisted, env, masks, {})
         states = {st.names.input: self._initial_state(st, n, first) for st in self.view.states}
-        acc = [None] * len(self.outputs)
-        counted = self.view.counted       # the sites, then the counted spiking pools
-        totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         params: Dict[tuple, tuple] = {}   # the neurons' parameters, prepared once for the T steps
         fold = (first.is_cuda and torch.is_grad_enabled()) if self.fold_time is None \
             else self.fold_time
         if fold and self._foldable is None:
-            outs = self._forward_folded(env, states, T, n, masks, params, record_spikes, first)
+            outs = self._forward_folded(env, states, T, n, masks, params, record_spikes)
             if outs is not None:
                 return outs[0] if len(outs) == 1 else outs
+        acc = [None] * len(self.outputs)
+        counted = self.view.counted       # the sites, then the counted spiking pools
+        totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         for _ in range(T):
             step = dict(env)
             step.update(states)
@@ -355,7 +365,7 @@ class SpikingNetwork(nn.Module):
         outs = [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
 
-    def _forward_folded(self, env, states, T, n, masks, params, record_spikes, first):
+    def _forward_folded(self, env, states, T, n, masks, params, record_spikes):
         """The T steps at once: every step node runs once on ``[T * N, ...]`` (step t's
         samples at rows t*N..), neurons and spiking pools scan over the steps; the outputs
         and spike totals as the step-by-step loop sums them. None (nothing run) when a
@@ -399,17 +409,15 @@ class SpikingNetwork(nn.Module):
                 xs = steps(env[node.inputs[0]])
                 c, m = states[node.inputs[1]], states[node.inputs[2]]
                 ys = []
+                pool = _pool_of(node)
                 for t in range(T):
-                    y, c, m = max_pool_step(xs[t], c, m, lambda u, a=node.attrs, op=_POOLS[node.op]:
-                                            run_op(op, a, [u])[0])
+                    y, c, m = max_pool_step(xs[t], c, m, pool)
                     ys.append(y)
                 env[node.outputs[0]] = folded(ys)
                 if node.site is not None:
                     fired[node.site] = (torch.stack(ys).detach() != 0).to(ys[0].dtype)
             else:
-                outs = run_op(node.op, node.attrs, [env.get(i) if i else None for i in node.inputs])
-                for name, val in zip(node.outputs, outs):
-                    env[name] = val
+                _run_plain(node, env)
             if self.training and self.dropout:
                 self._dropout(node.outputs, env, masks, T)
         outs = []

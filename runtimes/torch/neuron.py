@@ -38,15 +38,21 @@ class _Spike(torch.autograd.Function):
             z = u * inv
             grad_u = torch.where((z > 0) & (z < 2), grad * inv, 0.0)
         else:   # the sigmoid's g (module docstring) in four passes over the neurons:
-            # s = sigmoid(k u/threshold - k); grad_u = grad s (1 - s) k/threshold
-            s = torch.addcmul(torch.full((), -SIGMOID_K, dtype=u.dtype, device=u.device),
-                              u, SIGMOID_K * inv).sigmoid_()     # (a fill, no host copy)
-            grad_u = torch.ops.aten.sigmoid_backward(grad, s).mul_(SIGMOID_K * inv)
+            # grad_u = grad s (1 - s) k/threshold
+            grad_u = torch.ops.aten.sigmoid_backward(grad, _surrogate_sigmoid(u, inv)).mul_(
+                SIGMOID_K * inv)
         grad_th = None
         if ctx.needs_input_grad[1]:
             # d s / d threshold = -u / threshold^2 g(z) = -(d s / d u) * u / threshold
             grad_th = -_reduce_to(grad_u * u, threshold.shape) * inv
         return grad_u, grad_th, None
+
+
+def _surrogate_sigmoid(u: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """s = sigmoid(k u / threshold - k) (``inv`` = 1 / threshold), whose k s (1 - s) / threshold
+    is the sigmoid surrogate's ds/du; two passes (a fill, no host copy)."""
+    return torch.addcmul(torch.full((), -SIGMOID_K, dtype=u.dtype, device=u.device),
+                         u, SIGMOID_K * inv).sigmoid_()
 
 
 def _reduce_to(g: torch.Tensor, shape) -> torch.Tensor:
@@ -155,9 +161,8 @@ class _LIFScan(torch.autograd.Function):
             Z = U * inv
             D = ((Z > 0) & (Z < 2)).to(U.dtype).mul_(inv)
             del Z
-        else:        # ds/du = k sg (1 - sg) / th, sg = sigmoid(k u/th - k): sg kept
-            D = torch.addcmul(torch.full((), -SIGMOID_K, dtype=U.dtype, device=U.device),
-                              U, SIGMOID_K * inv).sigmoid_()
+        else:        # ds/du = k sg (1 - sg) / th: sg kept
+            D = _surrogate_sigmoid(U, inv)
         GS = gY * amp                     # dL/ds, then the spikes' share of dL/du in place
         GU = torch.empty_like(U)          # dL/du = dL/dx
         GV = torch.empty_like(U)          # dL/dv of each step's starting membrane
