@@ -273,6 +273,23 @@ def pin_inputs(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> List[s
     return notes
 
 
+def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> None:
+    """UsageError unless ``input_shapes`` names the model's inputs with per-sample shapes of
+    positive whole numbers."""
+    names = [name for name, _ in input_specs(model)]
+    for name, shape in input_shapes.items():
+        if name not in names:
+            raise UsageError(f"input_shapes names '{name}', which is not an input of the model "
+                             f"(its inputs: {names})")
+        try:
+            ok = all(int(d) == d and int(d) > 0 for d in shape)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f"input_shapes['{name}'] must be the per-sample shape (without the "
+                             f"batch) as positive whole numbers, not {shape!r}")
+
+
 def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
             input_shapes: Optional[Dict[str, tuple]] = None) -> NormalizedModel:
     """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
@@ -285,6 +302,8 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
     quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
     if isinstance(model, onnx.ModelProto):
         _refuse_spiking(model, model.graph.name or "model")
+        if input_shapes:
+            _check_input_shapes(model, input_shapes)
         if not (input_shapes and free_input_dims(model)):
             return normalize(model, pool_first=pool_first)
         # pinned in place for the normalization (which copies what it keeps) and put back:
@@ -303,6 +322,8 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
     path = str(model)
     loaded = load(path, check=False, sha256=True)   # the file read once, hashed meanwhile
     _refuse_spiking(loaded.model, path)
+    if input_shapes:
+        _check_input_shapes(loaded.model, input_shapes)
     pins = pin_inputs(loaded.model, input_shapes) if input_shapes else []
     nm = normalize(loaded.model, where=path, pool_first=pool_first)
     nm.notes[:0] = pins

@@ -263,6 +263,25 @@ def test_a_resize_to_a_free_size_converts_at_the_calibration_shape(opset):
     assert np.corrcoef(dnn.ravel(), y.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("shapes,match", [
+    ({"x": (1, 0, 12)}, "positive whole numbers"),
+    ({"x": (1, -3, 12)}, "positive whole numbers"),
+    ({"x": ("a", 2, 2)}, "positive whole numbers"),
+    ({"x": 12}, "positive whole numbers"),
+    ({"image": (1, 12, 12)}, "not an input of the model"),
+])
+def test_prepare_refuses_input_shapes_that_are_not_shapes(shapes, match):
+    """prepare(input_shapes=...) names a bad shape or an unknown input (a UsageError: exit 2
+    in the CLI), before any work; the model is untouched."""
+    import onnx_snn
+    from onnx_snn.errors import UsageError
+    m = _unet_free_hw()
+    before = m.SerializeToString()
+    with pytest.raises(UsageError, match=match):
+        onnx_snn.prepare(m, input_shapes=shapes)
+    assert m.SerializeToString() == before
+
+
 def test_a_model_refused_for_another_reason_is_still_refused_with_free_dims():
     """Pinning is tried only to get past free sizes: a model that is refused at the pinned
     shape too says why, naming both tries."""
