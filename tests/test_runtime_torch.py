@@ -488,6 +488,80 @@ def test_a_fixed_batch_runs_step_by_step(tmp_path):
     assert "fixed batch" in net._foldable
 
 
+@pytest.mark.parametrize("op,attrs,consts,mixes", [
+    ("Size", {}, {}, True),
+    ("Reshape", {}, {"s": [8, -1]}, True),
+    ("Reshape", {}, {"s": [0, -1]}, False),
+    ("Reshape", {}, {"s": [-1, 16]}, False),
+    ("Transpose", {"perm": [0, 2, 3, 1]}, {}, False),
+    ("Transpose", {"perm": [1, 0, 2, 3]}, {}, True),
+    ("Transpose", {}, {}, True),                        # no perm: every axis reversed
+    ("Flatten", {"axis": 0}, {}, True),
+    ("Flatten", {}, {}, False),
+    ("Concat", {"axis": 0}, {}, True),
+    ("Concat", {"axis": 1}, {}, False),
+    ("Softmax", {"axis": 0}, {}, True),
+    ("Softmax", {"axis": -1}, {}, False),
+    ("Gather", {"axis": 0}, {}, True),
+    ("Gather", {"axis": 0}, {"x": [1.0, 2.0]}, False),  # a lookup in a constant table
+    ("Gather", {"axis": 1}, {}, False),
+    ("ReduceMean", {"axes": [0]}, {}, True),
+    ("ReduceMean", {}, {}, True),                       # every axis
+    ("ReduceMean", {"axes": [2, 3]}, {}, False),
+    ("ReduceSum", {}, {"s": [0]}, True),                # axes as an input (opset 13)
+    ("ReduceSum", {}, {"s": [1]}, False),
+    ("Slice", {}, {"s": [0]}, True),
+    ("Squeeze", {"axes": [0]}, {}, True),
+    ("Unsqueeze", {"axes": [1]}, {}, False),
+    ("Tile", {}, {"s": [2, 1]}, True),
+    ("Tile", {}, {"s": [1, 2]}, False),
+    ("Relu", {}, {}, False),
+])
+def test_ops_that_read_axis_zero_do_not_fold(op, attrs, consts, mixes):
+    """Each layer of a folded run sees T x N samples on axis 0: a node that counts, moves,
+    reduces, slices or sets that axis would compute another function there, so its graph runs
+    step by step (onnx_snn's converted graphs have none of these; a user's step may)."""
+    from runtimes.torch.network import _Node, _mixes_batch
+    inputs = ["x"] + (["s"] if "s" in consts else [])
+    if op == "Slice":
+        inputs = ["x", "b", "e", "s"]
+    node = _Node(op, "n", inputs, ["y"], attrs)
+    why = _mixes_batch(node, lambda name: (np.asarray(consts[name]) if name in consts else None))
+    assert (why is not None) == mixes, why
+
+
+def test_a_reshape_target_built_from_the_shape_still_folds():
+    """Shape -> Gather(0) -> Concat(axis 0) -> Reshape (the dynamo exporter's flatten) works
+    on 1-D shape vectors, not on the batch: the graph still folds, and equals the steps."""
+    from onnx import TensorProto, helper
+    m = B.vgg(13, "clip")
+    g = m.graph
+    flat = next(n for n in g.node if n.op_type == "Flatten")
+    x, y = flat.input[0], flat.output[0]
+    idx = list(g.node).index(flat)
+    g.node.remove(flat)
+    g.initializer.extend([helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+                          helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+                          helper.make_tensor("axes0", TensorProto.INT64, [1], [0])])
+    new = [helper.make_node("Shape", [x], ["shp"], name="shape"),
+           helper.make_node("Gather", ["shp", "zero"], ["n"], name="gather", axis=0),
+           helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq"),
+           helper.make_node("Concat", ["n1", "minus1"], ["target"], name="cat", axis=0),
+           helper.make_node("Reshape", [x, "target"], [y], name="flatten")]
+    for k, n in enumerate(new):
+        g.node.insert(idx + k, n)
+    xs = B.rand_input(6)
+    snn = onnx_snn.convert(m, xs, timesteps=2, show_progress=False)
+    net = SpikingNetwork(snn.model).train()
+    assert net._foldable is None, net._foldable
+    outs = []
+    for fold in (True, False):
+        net.fold_time = fold
+        torch.manual_seed(0)
+        outs.append(net(torch.from_numpy(xs)).detach().numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
 def test_one_dropout_mask_per_batch(monkeypatch):
     x = B.rand_input(8)
     snn = onnx_snn.convert(B.vgg(13, "clip", dropout=True), x, timesteps=4, show_progress=False)

@@ -53,6 +53,60 @@ class _Node:
     site: Optional[str] = None
 
 
+def _axis_zero(v) -> bool:
+    """Whether an ONNX axis (or list of them) names axis 0 (a negative axis, counted from
+    the end, is taken to be some other axis)."""
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    return any(int(a) == 0 for a in vals)
+
+
+def _mixes_batch(node: _Node, const) -> Optional[str]:
+    """Why ``node`` would compute something else on a batch of T x N than on T batches of
+    N (it reads, moves or sizes axis 0), or None. ``const(name)`` is the constant value of an
+    input, or None. Used by :meth:`SpikingNetwork.time_foldable`."""
+    a, op = node.attrs, node.op
+
+    def const_input(k):
+        return const(node.inputs[k]) if len(node.inputs) > k and node.inputs[k] else None
+
+    if op == "Size":
+        return "counts the batch"
+    if op == "Reshape" and len(node.inputs) > 1:
+        shape = const_input(1)
+        if shape is not None and int(np.asarray(shape).reshape(-1)[0]) not in (0, -1):
+            return "sets axis 0 to a constant"
+    if op == "Transpose" and (not a.get("perm") or int(a["perm"][0]) != 0):
+        return "moves axis 0"
+    if op == "Flatten" and int(a.get("axis", 1)) == 0:
+        return "flattens axis 0"
+    if op in ("Concat", "Split", "Softmax", "LogSoftmax") and "axis" in a and _axis_zero(a["axis"]):
+        return "works along axis 0"
+    if op == "Gather" and _axis_zero(a.get("axis", 0)) and const(node.inputs[0]) is None:
+        return "gathers along axis 0"
+    if op.startswith("Reduce"):
+        axes = a.get("axes", const_input(1))
+        if axes is None or np.asarray(axes).size == 0:
+            if not int(a.get("noop_with_empty_axes", 0)):
+                return "reduces over every axis"
+        elif _axis_zero(list(np.asarray(axes).reshape(-1))):
+            return "reduces over axis 0"
+    if op == "Slice":
+        axes = const_input(3)
+        if axes is None and len(node.inputs) < 4 and "axes" not in a and "starts" not in a:
+            return "slices every axis"
+        if _axis_zero(list(np.asarray(a.get("axes", axes if axes is not None else [])).reshape(-1))):
+            return "slices axis 0"
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = a.get("axes", const_input(1))
+        if axes is not None and _axis_zero(list(np.asarray(axes).reshape(-1))):
+            return "squeezes or inserts axis 0"
+    if op == "Tile":
+        reps = const_input(1)
+        if reps is None or int(np.asarray(reps).reshape(-1)[0]) != 1:
+            return "may repeat axis 0"
+    return None
+
+
 def _key(name: str) -> str:
     return "t_" + re.sub(r"[^0-9a-zA-Z_]", "_", name)
 
@@ -278,10 +332,22 @@ class SpikingNetwork(nn.Module):
         """None when the T steps can run folded (each layer once on a batch of T x N), else
         why not: every state is carried by the one neuron or spiking pool that reads it (no
         other node reads a state or a next state), the neurons' parameters do not change over
-        the steps, the outputs are computed in the step, the batch is free and every constant
-        Reshape in the step keeps axis 0 (``0`` or ``-1``)."""
+        the steps, the outputs are computed in the step, the batch is free and no node in the
+        step reads, moves or sizes axis 0 (:func:`_mixes_batch`: a constant Reshape that sets it,
+        Size, reductions, slices, concatenations, gathers, transposes along it)."""
         states = {st.names.input: st.names.next for st in self.view.states}
         nexts = set(states.values())
+
+        def const(name):
+            key = self._names.get(name)
+            return None if key is None else getattr(self, key).detach().cpu().numpy()
+        # values computed from constants and Shape outputs alone (a Reshape's target built
+        # from Shape -> Gather -> Concat): their axis 0 is not the batch, and the batch they
+        # read from a Shape is T x N for a folded run, consistent with its data
+        static = set(self._names)
+        for n in self.hoisted + self.body:
+            if n.op == "Shape" or all(i in static for i in n.inputs if i):
+                static.update(n.outputs)
         carried = set()
         for n in self.body:
             if nexts.intersection(n.inputs):
@@ -302,10 +368,9 @@ class SpikingNetwork(nn.Module):
             if set(states).intersection(n.inputs) - own:
                 return f"node '{n.name}' reads a state it does not carry"
             carried |= own
-            if n.op == "Reshape" and len(n.inputs) > 1:
-                shape = self._names.get(n.inputs[1])
-                if shape is not None and int(getattr(self, shape).reshape(-1)[0]) not in (0, -1):
-                    return f"Reshape '{n.name}' sets axis 0 to a constant"
+            why = None if all(i in static for i in n.inputs if i) else _mixes_batch(n, const)
+            if why:
+                return f"{n.op} '{n.name}' {why}"
         if carried != set(states):
             return "a state is not carried by a neuron or pool"
         if not set(self.outputs) <= {o for n in self.body for o in n.outputs}:
