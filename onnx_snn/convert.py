@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import threading
 import os
 import time
 from dataclasses import dataclass, field
@@ -666,6 +667,17 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                  show_progress=show_progress, seed=seed)
 
 
+class _ThreadFilter(logging.Filter):
+    """Drops the records of below-error level logged by one thread."""
+
+    def __init__(self, thread: int):
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.ERROR
+
+
 def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tuple]:
     """{input: per-sample shape} of the calibration data, for the inputs with free non-batch
     dimensions that the data can pin (its rank, and the sizes the input fixes, agree); {} when
@@ -680,15 +692,19 @@ def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tu
     if not free:
         return {}
     specs = input_specs(raw)
-    level = log.level
-    log.setLevel(logging.ERROR)      # resolve_data warns again when the data is read for real
+    # resolve_data warns again when the data is read for real: this thread's warnings are
+    # dropped meanwhile (a filter on this thread's records, not the logger's level, which
+    # other threads' conversions share)
+    me = threading.get_ident()
+    mute = _ThreadFilter(me)
+    log.addFilter(mute)
     try:
         ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",
                           download=False, specs=specs, take=take)
     except (DataError, UsageError, OSError, ValueError):
         return {}
     finally:
-        log.setLevel(level)
+        log.removeFilter(mute)
     data = ds.x if isinstance(ds.x, dict) else ({specs[0][0]: ds.x} if len(specs) == 1 else {})
     shapes = {}
     for name, dims in specs:

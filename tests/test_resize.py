@@ -298,3 +298,39 @@ def test_a_model_refused_for_another_reason_is_still_refused_with_free_dims():
         with pytest.raises(UnsupportedModelError, match="Resize") as e:
             onnx_snn.convert(m, data, timesteps=2, method="datta", show_progress=False)
         assert "pinned" not in str(e.value)
+
+
+def test_the_retry_mutes_only_its_own_threads_warnings(monkeypatch):
+    """While the retry reads the calibration data to pin the inputs, the warnings that read
+    would give are dropped (the real read gives them again), for its own thread only: another
+    thread's conversion, logging at the same moment, keeps its warnings."""
+    import logging
+    import threading
+    import importlib
+    C = importlib.import_module("onnx_snn.convert")
+    real = C.resolve_data
+    log = logging.getLogger("onnx_snn")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    def noisy(*a, **k):
+        log.warning("from the retry's thread")
+        t = threading.Thread(target=lambda: log.warning("from another thread"))
+        t.start()
+        t.join()
+        return real(*a, **k)
+
+    handler = Keep(level=logging.WARNING)
+    log.addHandler(handler)
+    monkeypatch.setattr(C, "resolve_data", noisy)
+    try:
+        shapes = C._calibration_shapes(_unet_free_hw(), B.rand_input(4, (1, 12, 12)), None,
+                                       None, None, (None, 0))
+    finally:
+        log.removeHandler(handler)
+    assert shapes == {"x": (1, 12, 12)}
+    assert seen == ["from another thread"]
+    assert not log.filters
