@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .feeds import fixed_batch, input_specs, validate_feeds
-from .errors import DataError, UnsupportedModelError, first_line
+from .errors import DataError, UnsupportedModelError, UsageError, first_line
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
@@ -260,10 +260,25 @@ def _site_bytes(nm: NormalizedModel, chosen, feeds: Dict[str, np.ndarray]) -> in
     return 4 * sum(int(np.prod(shapes[s.input])) for s in chosen if s.input in shapes)
 
 
+#: the largest random seed: numpy's legacy seed takes 32 bits, and fine-tuning adds the
+#: epoch and the rank to it
+MAX_SEED = 2 ** 31 - 1
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """A whole number in 0..MAX_SEED (numpy's generators refuse a negative seed with a bare
+    ValueError, deep in the sampling)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{name} must be a whole number from 0 to 2**31 - 1, not {value!r}")
+    return int(value)
+
+
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
     """Run the calibration set through onnxruntime and record every site's pre-activations."""
+    seed = check_seed(seed)
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size, say=True)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]

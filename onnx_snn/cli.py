@@ -25,8 +25,8 @@ from typing import List, Optional
 
 from . import __version__, json_text
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
-from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS
-from .errors import EXIT_CODES, OnnxSnnError, Terminated  # noqa: F401  (Terminated: signals)
+from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS, check_seed
+from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError  # noqa: F401  (Terminated: signals)
 from .model_io import MAX_OPSET, MIN_OPSET
 from .spiking.deploy import DEPLOY_MAX_TIMESTEPS
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
@@ -115,6 +115,15 @@ def _bounded_int(maximum: int, why: str):
 
 timesteps_int = _bounded_int(MAX_TIMESTEPS, "MAX_TIMESTEPS: time and memory grow linearly with "
                                             "T; the method targets 1-4")
+def seed_int(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**31 - 1."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, UsageError):
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**31 - 1, "
+                                         f"not {text!r}") from None
+
+
 batch_int = _bounded_int(MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
 sample_int = _bounded_int(MAX_SAMPLE_SIZE, "MAX_SAMPLE_SIZE: values kept per layer, memory")
 
@@ -314,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "exact (0/1 spikes, -1/0/+1 with --signed-spikes; accumulate-only "
                         "synapses); sites feeding a residual "
                         "Add keep an explicit multiply and are listed")
-    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+    c.add_argument("--seed", type=seed_int, default=0, help="random seed for sampling (default: 0)")
     _add_data_args(c, record=True)
 
     e = sub.add_parser("eval", parents=[quiet], help="top-1 (and spike rates) of a DNN or spiking model",
@@ -432,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     f.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (default: OUTPUT.ckpt.pt)")
-    f.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    f.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     f.add_argument("--limit-train", type=positive_int, metavar="N", help="only N training samples")
     f.add_argument("--limit-test", type=positive_int, metavar="N", help="only N test samples")
     f.add_argument("--json", metavar="FILE", help="write the per-epoch record as JSON")
@@ -832,7 +841,7 @@ def cmd_analyze(args) -> int:
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download,
-                         where=str(args.model))
+                         where=str(args.model), top1=None)
             rates, T = r.rates, r.timesteps
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))

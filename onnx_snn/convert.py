@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from . import __version__, json_text
-from .calibrate import (DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
+from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
 from .datasets import (Dataset, apply_preprocess, check_finite, check_inputs, check_preprocess,
                        check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
@@ -466,6 +466,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     if cfg.objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     timesteps = check_timesteps(timesteps)
+    seed = check_seed(seed)
     check_search_limits(cfg, timesteps, method)
     check_refine_memory(calib, timesteps, cfg, nm)
     t0 = time.perf_counter()
@@ -632,6 +633,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE,
                               why=" (MAX_SAMPLE_SIZE: values kept per layer, memory)")
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
+    seed = check_seed(seed)
     try:
         nm = prepare(model, pool_first=pool_first)
     except UnsupportedModelError as refused:

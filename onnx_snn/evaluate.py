@@ -139,7 +139,8 @@ def available_memory() -> Optional[int]:
 def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: Optional[int] = None,
              batch_size: Optional[int] = None, limit: Optional[int] = None, mean=None, std=None,
              data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
-             download: bool = False, where: Optional[str] = None) -> EvalResult:
+             download: bool = False, where: Optional[str] = None,
+             top1: Optional[bool] = True) -> EvalResult:
     """Top-1 of ``model`` (a path, a ModelProto, or the SpikingModel ``convert`` returns) on
     ``data`` (a dataset name, array file, Dataset, or (x, y) tuple); ``where``: the model's
     name in messages and the result (default: its path, or the graph's name).
@@ -149,12 +150,14 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
     preprocessing (or ``mean``/``std``; with none, raw [0, 1] pixels and a warning); arrays
     are taken as already preprocessed. Labels must be class indices below the model's
     number of outputs. ``batch_size``: samples run at once (default: :func:`eval_batch`).
+    ``top1``: score the labels (True), not (False), or only when the model's first output
+    gives classes (None: ``analyze``, which wants the spike rates of any model).
     """
     from .convert import check_timesteps
     if timesteps is not None:
         timesteps = check_timesteps(timesteps)
     results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
-                        mean, std, data_dir, show_progress, threads, download, where)
+                        mean, std, data_dir, show_progress, threads, download, where, top1)
     return next(iter(results.values()))
 
 
@@ -172,8 +175,18 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
+def _scores_classes(out: np.ndarray, kind: str) -> bool:
+    """Whether a model's first output ``out`` gives each sample's class (scores or ids)."""
+    try:
+        predicted(out, kind)
+    except DataError:
+        return False
+    return True
+
+
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
-              show_progress, threads, download=False, where=None) -> Dict[int, EvalResult]:
+              show_progress, threads, download=False, where=None,
+              top1: Optional[bool] = True) -> Dict[int, EvalResult]:
     from .convert import MAX_BATCH_SIZE, check_count, check_recorded_timesteps, resolve_data
     from .runtimes.ort import ModelRunner
 
@@ -243,7 +256,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     kind = (first_output_kind(runner.model, runner.output_names[0])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
     table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
-    labeled = ds.y is not None
+    labeled = ds.y is not None and top1 is not False
     if runner.spiking:
         t_list = t_list or [runner.info.timesteps]
     else:
@@ -270,7 +283,15 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                     counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
                 else:
                     logits, counts = r.outputs[0], r.spikes
+                if labeled and top1 is None and done == 0 and start == 0:
+                    labeled = _scores_classes(logits, kind)   # else: spikes alone
                 if labeled:
+                    if start == 0 and not _scores_classes(logits, kind):
+                        raise DataError(
+                            f"{where}: its first output has shape {list(logits.shape)}; top-1 "
+                            "needs [N, classes] scores, one score per sample (a binary "
+                            "classifier) or [N] integer class ids. The data has labels: for a "
+                            "model that does not classify, give data without them ('y')")
                     if start == 0 and kind != IDS:
                         check_labels_for(ds.y, logits, ds.name)
                     if start == 0 and table is not None:

@@ -130,8 +130,10 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
         if sk.byte_size() < skel.MAX_PROTOBUF:
             onnx.checker.check_model(sk.model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
-        raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {first}") from None
+        text = " ".join(str(e).split()) or "validation failed"   # onnx's lines, as one
+        if len(text) > 600:
+            text = text[:600] + " ..."
+        raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {text}") from None
     if not model.graph.input:
         raise ModelLoadError(f"{where}: the model has no inputs")
 

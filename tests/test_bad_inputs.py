@@ -383,6 +383,64 @@ cli("eval_nan_weight_dnn", "model", "eval {ws}/nan.onnx --data {ws}/test.npz", 3
 cli("an_nan_weight_dnn", "model", "analyze {ws}/nan.onnx --data {ws}/calib.npy", 3,
     setup=damaged_weight("nan.onnx", 1, -np.inf), needle="infinite")
 # data files that are not NumPy arrays: told what the file is not and how to write one
+# graphs that cannot run, and ops of other domains: refused naming the node, before any work
+def edited_model(rel, edit):
+    """model.onnx after ``edit(model)``."""
+    def setup(ws):
+        m = onnx.load(str(ws / "model.onnx"))
+        edit(m)
+        onnx.save(m, str(ws / rel))
+    return setup
+
+
+def _cycle(m):
+    m.graph.node[0].input[0] = m.graph.node[2].output[0]     # the Conv reads a later Clip
+
+
+def _dangling(m):
+    m.graph.node[2].input[0] = "nowhere"
+
+
+def _domain(domain, op=None):
+    def edit(m):
+        n = next(n for n in m.graph.node if n.op_type == "Conv")
+        n.domain = domain
+        n.op_type = op or n.op_type
+        m.opset_import.add(domain=domain, version=1)
+    return edit
+
+
+cli("conv_graph_cycle", "model", "convert {ws}/cyc.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=edited_model("cyc.onnx", _cycle), needle="in a cycle: ")
+cli("conv_graph_dangling", "model", "convert {ws}/dang.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=edited_model("dang.onnx", _dangling), needle="reads 'nowhere', which no node")
+cli("conv_custom_domain_conv", "model", "convert {ws}/dom.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4,
+    setup=edited_model("dom.onnx", _domain("com.acme")), needle="(com.acme::Conv) is not a standard ONNX op")
+cli("conv_ort_fused_conv", "model", "convert {ws}/fused.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4,
+    setup=edited_model("fused.onnx", _domain("com.microsoft", "FusedConv")),
+    needle="convert the model as it was exported")
+def _unbatched(m):
+    """The model's input without its batch axis, unsqueezed by the model (an export of one
+    unbatched sample)."""
+    from onnx import helper
+    x = m.graph.input[0]
+    dims = x.type.tensor_type.shape.dim
+    del dims[0]
+    for n in m.graph.node:
+        n.input[:] = ["x_batched" if i == x.name else i for i in n.input]
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    m.graph.node.insert(0, helper.make_node("Unsqueeze", [x.name, "axis0"], ["x_batched"],
+                                            name="add_batch"))
+
+
+cli("conv_unbatched_input", "model", "convert {ws}/unb.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 4,
+    setup=edited_model("unb.onnx", _unbatched), needle="has no batch axis")
+cli("conv_seed_negative", "usage", CONV + " -o {ws}/o.onnx --seed -5", 2, needle="--seed")
+cli("ft_seed_too_big", "usage", "finetune {ws}/snn.onnx --data {ws}/test.npz -o {ws}/f.onnx --seed 99999999999", 2,
+    needle="--seed")
+api("api_convert_seed_negative", "usage",
+    lambda ws: __import__("onnx_snn").convert(str(ws / "model.onnx"), str(ws / "calib.npy"), seed=-1,
+                                              show_progress=False), E("UsageError"))
 cli("conv_calib_huge_values", "data", "convert {ws}/model.onnx --calib {ws}/huge.npy -o {ws}/o.onnx", 5,
     setup=lambda ws: np.save(ws / "huge.npy", np.full((8, 1, 12, 12), 1e30, np.float32)),
     needle="MAX_ACTIVATION")

@@ -7,6 +7,7 @@ import pytest
 
 import builders as B
 import onnx_snn
+from onnx_snn.evaluate import evaluate
 from onnx_snn.spiking import format as F
 
 E = importlib.import_module("onnx_snn.evaluate")   # the module (the package exports the function)
@@ -102,3 +103,35 @@ def test_an_image_folder_is_evaluated_in_parts_as_in_one(snn, tmp_path, monkeypa
         assert sum("records no preprocessing" in r.getMessage() for r in caplog.records) == 1
     limited = onnx_snn.evaluate(str(snn[0]), str(tmp_path / "f"), show_progress=False, limit=20)
     assert limited.samples == 20
+
+
+def _decoder():
+    """x [N, 1, 12, 12] -> Conv -> Relu -> 1x1 Conv -> y [N, 2, 12, 12]: no classes."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+             for n, s in (("w1", (4, 1, 3, 3)), ("w2", (2, 4, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "dec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_labels_on_a_model_that_does_not_classify():
+    """analyze wants spike rates of any model: with top1=None a labelled data set gives the
+    rates and no top-1 when the first output holds no classes; eval (top1=True) refuses,
+    naming the model and saying to drop the labels."""
+    import onnx_snn
+    from onnx_snn.errors import DataError
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(_decoder(), x, timesteps=2, method="datta", show_progress=False)
+    data = (x, np.arange(16) % 2)
+    r = evaluate(snn.model, data, top1=None, show_progress=False, where="dec.snn.onnx")
+    assert r.top1 is None and r.rates and all(v >= 0 for v in r.rates.values())
+    with pytest.raises(DataError, match="dec.snn.onnx: its first output has shape .*give data without them"):
+        evaluate(snn.model, data, show_progress=False, where="dec.snn.onnx")
+    # a classifier still gets its top-1 with top1=None
+    clf = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    assert evaluate(clf.model, (x, np.arange(16) % 10), top1=None, show_progress=False).top1 is not None

@@ -1193,3 +1193,27 @@ def test_where_fills_that_are_no_mask_product(case):
     nm = normalize(m)
     x = B.rand_input(4, (1, 6, 6))
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_nodes_listed_out_of_order_are_sorted_and_convert_alike():
+    """onnxruntime runs a graph whose nodes are listed out of order (a hand-built or edited
+    file); the converter sorts them (a note says so) and converts it as the sorted file,
+    without changing the caller's model."""
+    import onnx_snn
+    m = B.vgg(13, "clip")
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(m)
+    nodes = list(shuffled.graph.node)
+    rev = [onnx.NodeProto() for _ in nodes]
+    for r, n in zip(rev, reversed(nodes)):
+        r.CopyFrom(n)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(rev)
+    before = shuffled.SerializeToString()
+    x = B.rand_input(8)
+    a = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False)
+    b = onnx_snn.convert(shuffled, x, timesteps=2, method="datta", show_progress=False)
+    assert shuffled.SerializeToString() == before
+    assert any("sorted the graph's nodes topologically" in n for n in b.report["notes"])
+    assert not any("topologically" in n for n in a.report["notes"])
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])

@@ -834,3 +834,23 @@ def test_reduce_max_over_the_spatial_axes_is_a_global_max_pool(opset, keepdims):
     _, _, snn = B.converted(m, x, T=256, method="max")
     got, want = run(snn.model, x).outputs[0], run(m, x).outputs[0]
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_a_training_mode_dropout_is_removed_with_a_note():
+    """A Dropout exported in training mode (training_mode=True: random in onnxruntime) is
+    removed like any Dropout, and the notes say the DNN was exported in training mode; an
+    inference-mode one gets no such note."""
+    import onnx_snn
+    from onnx import TensorProto, helper
+    notes = {}
+    for training in (True, False):
+        m = B.vgg(13, "clip", dropout=True)
+        d = next(n for n in m.graph.node if n.op_type == "Dropout")
+        m.graph.initializer.extend([helper.make_tensor("ratio", TensorProto.FLOAT, [], [0.3]),
+                                    helper.make_tensor("train", TensorProto.BOOL, [], [training])])
+        d.input[:] = [d.input[0], "ratio", "train"]
+        nm = onnx_snn.prepare(m)
+        assert not any(n.op_type == "Dropout" for n in nm.model.graph.node)
+        notes[training] = [n for n in nm.notes if "training mode" in n]
+    assert len(notes[True]) == 1 and "30%" in notes[True][0] and d.name in notes[True][0]
+    assert notes[False] == []

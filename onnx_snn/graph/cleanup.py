@@ -386,6 +386,13 @@ def remove_identity_and_dropout(graph: gs.Graph, result: PassResult) -> None:
             if ratio is None and len(node.inputs) > 1:
                 ratio = scalar_value(node.inputs[1])
             ratio = 0.5 if ratio is None else float(ratio)
+            training = scalar_value(node.inputs[2]) if len(node.inputs) > 2 else None
+            if training is not None and bool(training) and ratio > 0:
+                result.notes.append(
+                    f"Dropout '{node.name}' was exported in training mode (training_mode=True: "
+                    "onnxruntime drops a random {:.0%} of its inputs on every run, so the DNN's "
+                    "outputs are random); converted as the inference-time network, without it. "
+                    "Export the model in eval mode (model.eval()) to compare the two".format(ratio))
             src = node.inputs[0]
             result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
                                    "node": node.name})

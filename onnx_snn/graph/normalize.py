@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import UnsupportedModelError
+from ..errors import ModelLoadError, UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
 from ..spiking.neuron import DOMAIN
-from . import canonical, cleanup, einsum, fold, inputs, precision, quantization, resize, skeleton
+from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
+               skeleton, walk)
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -228,6 +229,9 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     else:
         where = where or "model"
     model = _inline_functions(model, notes, where)
+    _check_domains(model, where)
+    model = _sorted_nodes(model, notes, where)
+    _check_batch_axes(model, where)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
@@ -265,6 +269,91 @@ def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> o
                  + ", ".join(sorted({f"{f.domain}.{f.name}" for f in model.functions})))
     del inlined.functions[:]
     return inlined
+
+
+#: what a node of another domain usually is, and what to do
+_DOMAIN_HELP = {
+    "com.microsoft": ("onnxruntime's contrib ops (FusedConv, FusedGemm, QLinear... ops from its "
+                      "offline graph optimizer or quantizer): convert the model as it was "
+                      "exported, not the optimized file onnxruntime wrote "
+                      "(SessionOptions.optimized_model_filepath)"),
+}
+
+
+def _check_domains(model: onnx.ModelProto, where: str) -> None:
+    """Refuse, before any pass reads the graph by op names, a node of another domain (after
+    the model-local functions are inlined) that the passes could take for a standard op: one
+    named like a standard op (a custom ``Relu`` may compute anything; only onnxruntime with
+    its custom-op library knows it), or one of onnxruntime's contrib ops (FusedConv is a
+    convolution and its activation in one node). Other custom ops (a classifier head's
+    ai.onnx.ml ZipMap, which a pass drops) are left to the support check. The spiking
+    format's own domain is left to the already-spiking check."""
+    for g in walk.subgraphs(model.graph):
+        for n in g.node:
+            if n.domain in ("", "ai.onnx", DOMAIN) or (
+                    n.domain != "com.microsoft" and not onnx.defs.has(n.op_type)):
+                continue
+            what = _DOMAIN_HELP.get(n.domain, "no model-local function defines it, so its "
+                                    "meaning is unknown; export it with standard ONNX ops, or "
+                                    "define it as a model-local function of standard ops")
+            raise UnsupportedModelError(
+                f"{where}: node '{n.name or n.op_type}' ({n.domain}::{n.op_type}) is not a "
+                f"standard ONNX op: {what}")
+
+
+def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
+    """Refuse an input without a batch axis: one that the model itself unsqueezes at axis 0
+    (an export of one unbatched sample). Its first axis would be read as the batch, and the
+    data's samples as something else."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: walk.attr(n, "value") for n in model.graph.node
+              if n.op_type == "Constant" and n.output}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        readers = [n for n in model.graph.node if vi.name in n.input]
+        if not readers or any(n.op_type != "Unsqueeze" or n.input[0] != vi.name for n in readers):
+            continue
+        axes = []
+        for n in readers:
+            a = walk.attr(n, "axes")
+            if a is None and len(n.input) > 1:
+                t = inits.get(n.input[1]) or consts.get(n.input[1])
+                a = None if t is None else onnx.numpy_helper.to_array(t).reshape(-1).tolist()
+            axes.append(a)
+        if all(a is not None and 0 in [int(v) for v in a] for a in axes):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                    for d in vi.type.tensor_type.shape.dim]
+            raise UnsupportedModelError(
+                f"{where}: input '{vi.name}' of shape {dims} has no batch axis: the model adds "
+                f"one itself (node '{readers[0].name or 'Unsqueeze'}' unsqueezes axis 0), so it "
+                "runs one sample at a time; re-export it with a batch axis (e.g. "
+                f"torch.onnx.export with an input of shape {[1] + dims} and "
+                f"dynamic_axes={{'{vi.name}': {{0: 'N'}}}}, without the unsqueeze)")
+
+
+def _sorted_nodes(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
+    """``model`` with its nodes in a topological order (onnxruntime runs a graph whose nodes
+    are listed out of order; the ONNX checker and the passes need them sorted): the model
+    itself when they are, else a copy with them sorted (the caller's model is not changed).
+    A tensor that nothing makes, or a cycle, is refused naming the node."""
+    order, why = walk.topological_order(model.graph)
+    if order is None:
+        raise ModelLoadError(f"{where}: the graph cannot run: {why}. The file is damaged or "
+                             "was built wrong; re-export the model")
+    if order == sorted(order):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = [onnx.NodeProto() for _ in order]
+    for new, k in zip(nodes, order):
+        new.CopyFrom(model.graph.node[k])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    late = sum(1 for pos, k in enumerate(order) if k != pos)
+    notes.append(f"sorted the graph's nodes topologically ({late} of {len(order)} were listed "
+                 "out of order)")
+    return out
 
 
 def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:

@@ -6,13 +6,16 @@
   on some seed tensors (what depends on a membrane state must run every time step);
 * :func:`subgraphs`, :func:`all_nodes`, :func:`outer_refs` — the graphs nested in control-flow
   nodes (the time loop's body) and the outer-scope names they read;
+* :func:`topological_order` — an order in which every node comes after what it reads (or
+  why there is none: a tensor nothing makes, a cycle);
 * :func:`attr`, :func:`constant_tensors` — a node's attribute, the graphs' constants by name.
 
 All functions take and return plain ``onnx.NodeProto`` sequences in their original order.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Set
+import heapq
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import onnx
 
@@ -78,6 +81,54 @@ def node_inputs(node: onnx.NodeProto) -> List[str]:
         if a.type == onnx.AttributeProto.GRAPH:
             names += outer_refs(a.g)
     return names
+
+
+def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]:
+    """(indices of ``graph.node`` in an order where every node follows the nodes whose outputs
+    it reads, closest to the file's order; why not, as a sentence naming the node) — the
+    order is None when a node reads a tensor that no node, graph input or initializer makes,
+    or when nodes read each other's outputs in a cycle."""
+    nodes = list(graph.node)
+    given = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    maker: Dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                maker.setdefault(o, k)
+    waits = [0] * len(nodes)
+    readers: Dict[int, List[int]] = {}
+    for k, n in enumerate(nodes):
+        for x in set(node_inputs(n)):
+            if x in given:
+                continue
+            if x not in maker:
+                return None, (f"node '{n.name or n.op_type}' ({n.op_type}) reads '{x}', which no "
+                              "node, graph input or initializer makes")
+            readers.setdefault(maker[x], []).append(k)
+            waits[k] += 1
+    ready = [k for k, w in enumerate(waits) if w == 0]
+    heapq.heapify(ready)
+    order: List[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for r in readers.get(k, ()):
+            waits[r] -= 1
+            if waits[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) < len(nodes):
+        # walk from a waiting node to a waiting node it reads until one repeats: a cycle
+        makers = {k: [maker[x] for x in set(node_inputs(n)) if x not in given
+                      and waits[maker[x]] > 0] for k, n in enumerate(nodes) if waits[k] > 0}
+        path, k = [], next(iter(makers))
+        while k not in path:
+            path.append(k)
+            k = makers[k][0]
+        loop = path[path.index(k):][::-1]
+        names = [f"'{nodes[i].name or nodes[i].op_type}' ({nodes[i].op_type})" for i in loop]
+        return None, ("nodes read each other's outputs in a cycle: "
+                      + " -> ".join(names + names[:1]))
+    return order, ""
 
 
 def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],

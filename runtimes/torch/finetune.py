@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
-                              check_timesteps, resolve_data)
+                              check_seed, check_timesteps, resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
@@ -126,6 +126,7 @@ class FinetuneConfig:
             raise UsageError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         if self.surrogate not in SURROGATES:
             raise UsageError(f"surrogate must be one of {', '.join(SURROGATES)}, not {self.surrogate!r}")
+        self.seed = check_seed(self.seed)
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
 
