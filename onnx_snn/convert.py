@@ -532,7 +532,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
             "weight_calibration": cfg.weight_calibration,
-            **({"weight_holdout": cfg.weight_holdout} if cfg.weight_calibration else {}),
+            **({"weight_holdout": cfg.weight_holdout, "weight_ridge": cfg.weight_ridge,
+                **({"weight_ridge_grid": list(cfg.weight_ridge_grid)} if cfg.weight_ridge_grid
+                   else {})} if cfg.weight_calibration else {}),
             **({"search_stride": cfg.search_stride} if cfg.search_stride != 1 else {})}
            if cfg.sequential else {}),
         **({"pool_first": True} if nm.pools_moved else {}),

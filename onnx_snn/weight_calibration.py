@@ -72,6 +72,10 @@ class LayerFit:
     #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
     #: 2026-12-03, then a set of two to four batches held out its last one)
     holdout: int = 2
+    #: weight of the steps' spread in the fit (``SearchConfig.weight_temporal``): with
+    #: ``temporal`` = 1 the refit minimizes the mean over the steps of ||W x_t + b - y||^2
+    #: rather than ||W mean_t(x_t) + b - y||^2 (0: the time-averaged fit alone)
+    temporal: float = 0.0
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -95,6 +99,31 @@ class LayerFit:
             self._accumulate(g, held, x, yg)
         self.rows += r.shape[0]
         self.batches += 1
+
+    def add_steps(self, steps: List[np.ndarray], y: np.ndarray) -> None:
+        """:meth:`add` from the layer's spiking input at each step. With :attr:`temporal`, the
+        normal equations also get ``temporal / T * sum_t (x_t - mean)^T (x_t - mean)``, the same
+        rows' spread over the steps (a current that moves less from step to step drives an
+        integrate-and-fire neuron more like the constant current its staircase assumes).
+        The cross terms are unchanged: the spread sums to zero over the steps."""
+        r = np.mean(steps, axis=0)
+        b = self.batches
+        self.add(r, y)
+        T = len(steps)
+        if not self.temporal or T < 2 or self.kept is not None:
+            return
+        held = self.held_out(b)
+        # at T = 2 the two deviations are each other's negatives: one of them, counted twice
+        ts, scale = ((0,), 2.0 * self.temporal / T) if T == 2 else (range(T), self.temporal / T)
+        for t in ts:
+            rng = np.random.default_rng(b)       # the same rows as add() drew
+            for g, (x, _) in enumerate(_design(self, steps[t] - r, y, rng, self._buffer)):
+                x[:, -1] = 0.0
+                sums = self.held if held else self.fit
+                step = max(256, (1 << 22) // max(1, x.shape[1]))
+                for i in range(0, len(x), step):
+                    c = x[i:i + step].astype(np.float64)
+                    sums[g][0] += scale * (c.T @ c)
 
     def held_out(self, b: int) -> bool:
         """Whether batch ``b`` is held out: every ``holdout``-th (the default 2: batches 1, 3,
@@ -182,6 +211,33 @@ class LayerFit:
             new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
             old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
         return new < old, new, old
+
+    def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
+        """The ridge of ``grid`` whose refit on the fitting rows predicts the held-out rows
+        best, found by walking the sorted grid from ``start`` (its nearest value) toward the
+        lower held-out SSE until it rises (each step is one solve; the SSE is unimodal in the
+        ridge in practice); (that ridge, whether it beats the layer's own weights, its held-out
+        SSE, the original's)."""
+        grid = sorted(float(g) for g in grid)
+        at = int(np.argmin([abs(np.log(g / start)) for g in grid]))
+        seen = {}
+
+        def score(i):
+            if i not in seen:
+                seen[i] = self.improves(grid[i])
+            new = seen[i][1]
+            return new if np.isfinite(new) else np.inf
+
+        best = at
+        for step in (-1, 1):
+            i = at
+            while 0 <= i + step < len(grid) and score(i + step) < score(best):
+                i += step
+                best = i
+            if best != at:
+                break
+        better, new, old = seen.get(best) or self.improves(grid[best])
+        return grid[best], better, new, old
 
     def _dual_improves(self, ridge: float) -> Tuple[bool, float, float]:
         """:meth:`improves` from the kept rows."""

@@ -201,3 +201,36 @@ def test_conversion_is_the_same_on_one_and_two_blas_threads(tmp_path):
     assert files[0].keys() == files[1].keys()
     for k in files[0]:
         np.testing.assert_array_equal(files[0][k], files[1][k], err_msg=k)
+
+
+def _chosen_ridge(rows, noise):
+    """choose_ridge walks the grid from the start value toward a lower held-out SSE: it lands
+    where the exhaustive scan of the grid does (the SSE is unimodal in the ridge here), its
+    verdict is improves() at that ridge, and a layer with few noisy rows per input gets a
+    larger ridge than one with many clean ones."""
+    from onnx_snn.weight_calibration import LayerFit
+    grid = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    rng = np.random.default_rng(rows)
+    d, m = 40, 5
+    w_true = rng.normal(size=(d, m)).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
+    fit = LayerFit(node, (w_true + rng.normal(0, 0.5, w_true.shape)).astype(np.float32),
+                   np.zeros(m, np.float32), {})
+    fit.n_batches = 4
+    for _ in range(4):
+        x = (rng.random((rows, d)) < 0.4).astype(np.float32)
+        fit.add(x, x @ w_true + rng.normal(0, noise, (rows, m)).astype(np.float32))
+    scan = [fit.improves(r)[1] for r in grid]
+    ridge, better, new, old = fit.choose_ridge(grid, 0.01)
+    assert ridge == grid[int(np.argmin(scan))]
+    assert (better, new, old) == fit.improves(ridge)
+    return ridge
+
+
+@pytest.mark.parametrize("rows,noise", [(60, 1.0), (400, 0.3), (4000, 0.05)])
+def test_each_layers_ridge_is_the_grids_best_on_held_out_batches(rows, noise):
+    _chosen_ridge(rows, noise)
+
+
+def test_fewer_noisier_rows_get_a_larger_ridge():
+    assert _chosen_ridge(60, 1.0) > _chosen_ridge(4000, 0.05)

@@ -108,6 +108,18 @@ VARIANTS.update({name: ("refined", {"weight_ridge": r}) for name, r in RIDGES.it
 FLOORS = {f"refined-floor{f:g}": f for f in (0.0, 0.25, 1.0)}
 VARIANTS.update({name: ("refined", {"weight_target_floor": f}) for name, f in FLOORS.items()})
 
+#: the weight calibration's fit with the input's spread over the steps (weight_temporal)
+TEMPORAL = {f"refined-temporal{w:g}": w for w in (0.25, 1.0, 4.0)}
+VARIANTS.update({name: ("refined", {"weight_temporal": w}) for name, w in TEMPORAL.items()})
+#: a residual branch's last layer fitted to make up for its identity shortcut's rounding
+VARIANTS["refined-residual"] = ("refined", {"weight_residual": True})
+VARIANTS["refined-residual-seed1"] = ("refined", {"weight_residual": True})
+SEEDS["refined-residual-seed1"] = 1
+#: each layer's ridge chosen by the held-out batches
+GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+VARIANTS["refined-ridgegrid"] = ("refined", {"weight_ridge_grid": GRID})
+VARIANTS["refined-ridgegrid-seed1"] = ("refined", {"weight_ridge_grid": GRID})
+SEEDS["refined-ridgegrid-seed1"] = 1
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
