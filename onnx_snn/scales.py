@@ -62,15 +62,10 @@ class SearchConfig:
     weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
                                      # site alone is fitted to max(h, -floor * mu), not h
                                      # (None: h; an experiment, tools/bench_deep.py)
-    weight_temporal: float = 0.0     # weight calibration: weight of the input's spread over
-                                     # the steps in the fit (0: the time average alone; an
-                                     # experiment, tools/bench_deep.py)
     #: weight calibration: each layer's ridge is chosen from these by its held-out batches,
     #: walking from weight_ridge (None: weight_ridge for every layer, the default until
     #: 2026-12-04; docs/FORMAT.md)
     weight_ridge_grid: Optional[tuple] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    weight_residual: bool = False    # weight calibration: a residual branch's last layer is
-                                     # fitted to the sum's DNN value less the shortcut's spikes
     search_stride: int = 1           # per-channel search: every stride-th percentile, then
                                      # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
@@ -107,8 +102,6 @@ class SearchConfig:
                 raise ValueError(f"weight_ridge_grid must be positive finite ridges, not "
                                  f"{list(self.weight_ridge_grid)}")
             self.weight_ridge_grid = grid
-        if not float(self.weight_temporal) >= 0:
-            raise ValueError(f"weight_temporal must be >= 0, not {self.weight_temporal}")
         if self.sequential_sample < 1:
             raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):

@@ -309,7 +309,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     layer_rows: List[dict] = []
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     for f in pending:
-        f.n_batches, f.holdout, f.temporal = len(starts), cfg.weight_holdout, cfg.weight_temporal
+        f.n_batches, f.holdout = len(starts), cfg.weight_holdout
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:
@@ -438,16 +438,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     floor = floors.get(f.node.output[0])
                     if floor is not None:    # below it the site is silent either way
                         y = np.maximum(y, np.float32(floor))
-                    other = shortcuts.get(f.node.output[0])
-                    if other in spikes and other in dnn_acts:
-                        # the sum's DNN value less the shortcut's spiking one: the layer
-                        # makes up for the shortcut's rounding where its input can
-                        sl = slice(starts[b], starts[b] + sizes[b])
-                        got = np.mean([spike_values(other, t, starts[b], sizes[b])
-                                       for t in range(timesteps)], axis=0)
-                        if got.shape == y.shape:
-                            y = y + (dnn_acts[other][sl] - got)
-                    f.add_steps(steps[x], y)
+                    f.add(np.mean(steps[x], axis=0), y)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:
@@ -488,24 +479,6 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         for k in names:
             if readers.get(recs[k].input) == 1:
                 floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
-
-    # --weight_residual: a layer read only by an Add whose other input is a site's output
-    # (a residual block's identity shortcut) is fitted to the Add's DNN value less that
-    # site's spiking output
-    shortcuts: Dict[str, str] = {}
-    if cfg.weight_residual:
-        readers_of: Dict[str, list] = {}
-        for n in nm.model.graph.node:
-            for t in n.input:
-                readers_of.setdefault(t, []).append(n)
-        site_outputs = {recs[k].output for k in names}
-        for f in pending:
-            out = f.node.output[0]
-            rd = readers_of.get(out, [])
-            if len(rd) == 1 and rd[0].op_type == "Add" and len(rd[0].input) == 2:
-                other = rd[0].input[1] if rd[0].input[0] == out else rd[0].input[0]
-                if other in site_outputs and other != out:
-                    shortcuts[out] = other
 
     rows = []
     for i, s in enumerate(names):

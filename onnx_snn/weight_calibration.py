@@ -72,11 +72,6 @@ class LayerFit:
     #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
     #: 2026-12-03, then a set of two to four batches held out its last one)
     holdout: int = 2
-    #: weight of the steps' spread in the fit (``SearchConfig.weight_temporal``): with
-    #: ``temporal`` = 1 the refit minimizes the mean over the steps of ||W x_t + b - y||^2
-    #: rather than ||W mean_t(x_t) + b - y||^2 (0: the time-averaged fit alone)
-    temporal: float = 0.0
-
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
             self.kept = []
@@ -99,31 +94,6 @@ class LayerFit:
             self._accumulate(g, held, x, yg)
         self.rows += r.shape[0]
         self.batches += 1
-
-    def add_steps(self, steps: List[np.ndarray], y: np.ndarray) -> None:
-        """:meth:`add` from the layer's spiking input at each step. With :attr:`temporal`, the
-        normal equations also get ``temporal / T * sum_t (x_t - mean)^T (x_t - mean)``, the same
-        rows' spread over the steps (a current that moves less from step to step drives an
-        integrate-and-fire neuron more like the constant current its staircase assumes).
-        The cross terms are unchanged: the spread sums to zero over the steps."""
-        r = np.mean(steps, axis=0)
-        b = self.batches
-        self.add(r, y)
-        T = len(steps)
-        if not self.temporal or T < 2 or self.kept is not None:
-            return
-        held = self.held_out(b)
-        # at T = 2 the two deviations are each other's negatives: one of them, counted twice
-        ts, scale = ((0,), 2.0 * self.temporal / T) if T == 2 else (range(T), self.temporal / T)
-        for t in ts:
-            rng = np.random.default_rng(b)       # the same rows as add() drew
-            for g, (x, _) in enumerate(_design(self, steps[t] - r, y, rng, self._buffer)):
-                x[:, -1] = 0.0
-                sums = self.held if held else self.fit
-                step = max(256, (1 << 22) // max(1, x.shape[1]))
-                for i in range(0, len(x), step):
-                    c = x[i:i + step].astype(np.float64)
-                    sums[g][0] += scale * (c.T @ c)
 
     def held_out(self, b: int) -> bool:
         """Whether batch ``b`` is held out: every ``holdout``-th (the default 2: batches 1, 3,

@@ -18,6 +18,8 @@ Markdown table with ``--markdown``).
                                                      # convert --pool-first against the default
     python tools/bench_deep.py --no-finetune --methods refined-signed,deng-signed
                                                      # convert --signed-spikes
+    python tools/bench_deep.py --no-finetune -T 1,2,4 --methods refined-fixed-ridge,refined-fixed-ridge-seed1,refined-seed1
+                                                     # one ridge for every layer (before 2026-12-04)
 
 For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a quarter of
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
@@ -98,28 +100,22 @@ VARIANTS["deng-signed"] = ("deng", {"signed_spikes": True})
 #: the per-channel search coarse to fine (``convert --search-stride 4``), seeds 0-3
 STRIDE4 = {"refined-stride4": 0, **{f"refined-stride4-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"search_stride": 4}) for name in STRIDE4})
-#: the weight calibration's verdict from every fifth calibration batch (the default until
-#: 2026-12-03; now every second), seeds 0-3
-#: the weight calibration's ridge other than the default 0.01 (docs/FORMAT.md, tried and dropped)
+#: one ridge other than 0.01 for every layer (docs/FORMAT.md, tried and dropped before the
+#: ridge was chosen per layer)
 RIDGES = {f"refined-ridge{r:g}": r for r in (0.001, 0.003, 0.03)}
-VARIANTS.update({name: ("refined", {"weight_ridge": r}) for name, r in RIDGES.items()})
+VARIANTS.update({name: ("refined", {"weight_ridge": r, "weight_ridge_grid": None})
+                 for name, r in RIDGES.items()})
 
 #: the weight calibration fitted to max(h, -floor * mu) where a layer feeds a site alone
 FLOORS = {f"refined-floor{f:g}": f for f in (0.0, 0.25, 1.0)}
 VARIANTS.update({name: ("refined", {"weight_target_floor": f}) for name, f in FLOORS.items()})
 
-#: the weight calibration's fit with the input's spread over the steps (weight_temporal)
-TEMPORAL = {f"refined-temporal{w:g}": w for w in (0.25, 1.0, 4.0)}
-VARIANTS.update({name: ("refined", {"weight_temporal": w}) for name, w in TEMPORAL.items()})
-#: a residual branch's last layer fitted to make up for its identity shortcut's rounding
-VARIANTS["refined-residual"] = ("refined", {"weight_residual": True})
-VARIANTS["refined-residual-seed1"] = ("refined", {"weight_residual": True})
-SEEDS["refined-residual-seed1"] = 1
-#: each layer's ridge chosen by the held-out batches
-GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-VARIANTS["refined-ridgegrid"] = ("refined", {"weight_ridge_grid": GRID})
-VARIANTS["refined-ridgegrid-seed1"] = ("refined", {"weight_ridge_grid": GRID})
-SEEDS["refined-ridgegrid-seed1"] = 1
+#: one ridge for every layer (weight_ridge 0.01), the default until 2026-12-04
+VARIANTS["refined-fixed-ridge"] = ("refined", {"weight_ridge_grid": None})
+VARIANTS["refined-fixed-ridge-seed1"] = ("refined", {"weight_ridge_grid": None})
+SEEDS["refined-fixed-ridge-seed1"] = 1
+#: the weight calibration's verdict from every fifth calibration batch (the default until
+#: 2026-12-03; now every second), seeds 0-3
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one

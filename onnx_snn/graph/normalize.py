@@ -288,10 +288,16 @@ def _check_domains(model: onnx.ModelProto, where: str) -> None:
     convolution and its activation in one node). Other custom ops (a classifier head's
     ai.onnx.ml ZipMap, which a pass drops) are left to the support check. The spiking
     format's own domain is left to the already-spiking check."""
-    for g in walk.subgraphs(model.graph):
+    graphs = walk.subgraphs(model.graph)
+    # a QOperator model (QLinearConv and onnxruntime's QGemm beside it) is refused by the
+    # quantization pass, with what to do about quantized models
+    qoperator = any(n.op_type in quantization.INTEGER_OPS and n.domain in ("", "ai.onnx")
+                    for g in graphs for n in g.node)
+    for g in graphs:
         for n in g.node:
             if n.domain in ("", "ai.onnx", DOMAIN) or (
-                    n.domain != "com.microsoft" and not onnx.defs.has(n.op_type)):
+                    n.domain != "com.microsoft" and not onnx.defs.has(n.op_type)) or (
+                    n.domain == "com.microsoft" and qoperator):
                 continue
             what = _DOMAIN_HELP.get(n.domain, "no model-local function defines it, so its "
                                     "meaning is unknown; export it with standard ONNX ops, or "
