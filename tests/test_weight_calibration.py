@@ -234,3 +234,23 @@ def test_each_layers_ridge_is_the_grids_best_on_held_out_batches(rows, noise):
 
 def test_fewer_noisier_rows_get_a_larger_ridge():
     assert _chosen_ridge(60, 1.0) > _chosen_ridge(4000, 0.05)
+
+
+def test_a_wide_layer_keeps_the_start_ridge_in_one_solve(monkeypatch):
+    """Above RIDGE_WALK_MAX_INPUTS inputs a step of the walk is a solve of seconds: the layer
+    is checked at the start ridge alone, once."""
+    import onnx_snn.weight_calibration as W
+    monkeypatch.setattr(W, "RIDGE_WALK_MAX_INPUTS", 10)
+    calls = []
+    real = W.LayerFit.improves
+    monkeypatch.setattr(W.LayerFit, "improves", lambda self, r: calls.append(r) or real(self, r))
+    from onnx_snn.weight_calibration import LayerFit
+    rng = np.random.default_rng(0)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
+    fit = LayerFit(node, rng.normal(size=(40, 5)).astype(np.float32), np.zeros(5, np.float32), {})
+    fit.n_batches = 2
+    for _ in range(2):
+        x = rng.random((30, 40)).astype(np.float32)
+        fit.add(x, x @ rng.normal(size=(40, 5)).astype(np.float32))
+    ridge, *_ = fit.choose_ridge((0.001, 0.01, 0.1, 1.0), 0.01)
+    assert ridge == 0.01 and calls == [0.01]
