@@ -184,6 +184,18 @@ def _scores_classes(out: np.ndarray, kind: str) -> bool:
     return True
 
 
+def _labels_fit(y, out, kind: str, table, name: str) -> bool:
+    """Whether every label is a class the first output ``out`` scores (see check_labels_for)."""
+    try:
+        if kind != IDS:
+            check_labels_for(y, out, name)
+        if table is not None:
+            check_labels_for_table(y, table, name)
+    except DataError:
+        return False
+    return True
+
+
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False, where=None,
               top1: Optional[bool] = True) -> Dict[int, EvalResult]:
@@ -284,7 +296,10 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                 else:
                     logits, counts = r.outputs[0], r.spikes
                 if labeled and top1 is None and done == 0 and start == 0:
-                    labeled = _scores_classes(logits, kind)   # else: spikes alone
+                    # spikes alone unless the output scores the labels' classes (a
+                    # regression's [N, 1] or an embedding's [N, D] fed labelled images)
+                    labeled = _scores_classes(logits, kind) and _labels_fit(
+                        ds.y, logits, kind, table, ds.name)
                 if labeled:
                     if start == 0 and not _scores_classes(logits, kind):
                         raise DataError(

@@ -96,6 +96,10 @@ class SearchConfig:
         if self.weight_target_floor is not None and not float(self.weight_target_floor) >= 0:
             raise ValueError(f"weight_target_floor must be >= 0 (a fraction of mu), not "
                              f"{self.weight_target_floor}")
+        if not (isinstance(self.weight_ridge, (int, float)) and np.isfinite(self.weight_ridge)
+                and self.weight_ridge > 0):
+            raise ValueError(f"weight_ridge must be a positive finite number, not "
+                             f"{self.weight_ridge!r}")
         if self.weight_ridge_grid is not None:
             grid = tuple(float(g) for g in self.weight_ridge_grid)
             if not grid or not all(np.isfinite(g) and g > 0 for g in grid):

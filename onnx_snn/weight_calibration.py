@@ -44,7 +44,8 @@ MAX_INPUTS = 8192
 #: Below it both forms are cheap (a (d+1)^2 solve takes under half a second on 2 cores), and
 #: the normal equations are kept from the first batch.
 DUAL_MIN_INPUTS = 4096
-#: a layer with more inputs per output keeps the start ridge (0.01) instead of walking the
+#: a layer with more inputs per output keeps the start ridge (SearchConfig.weight_ridge,
+#: 0.01) instead of walking the
 #: grid: each step is a (d+1)^2 solve of seconds (the CIFAR VGG-16's 4608-input layers took
 #: its refined conversion from 55.8 to 81.6 s when they walked); the trained networks'
 #: layers, of at most 1152 inputs, all walk

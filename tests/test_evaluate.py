@@ -132,6 +132,15 @@ def test_labels_on_a_model_that_does_not_classify():
     assert r.top1 is None and r.rates and all(v >= 0 for v in r.rates.values())
     with pytest.raises(DataError, match="dec.snn.onnx: its first output has shape .*give data without them"):
         evaluate(snn.model, data, show_progress=False, where="dec.snn.onnx")
+    # an [N, 2] embedding fed images labelled 0..9: its output is no score of those classes
+    from onnx import helper
+    emb = _decoder()
+    emb.graph.node.extend([helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+                           helper.make_node("Flatten", ["p"], ["e"])])
+    emb.graph.output[0].CopyFrom(helper.make_tensor_value_info("e", 1, ["N", 2]))
+    esnn = onnx_snn.convert(emb, x, timesteps=2, method="datta", show_progress=False)
+    r = evaluate(esnn.model, (x, np.arange(16) % 10), top1=None, show_progress=False)
+    assert r.top1 is None and r.rates
     # a classifier still gets its top-1 with top1=None
     clf = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
     assert evaluate(clf.model, (x, np.arange(16) % 10), top1=None, show_progress=False).top1 is not None

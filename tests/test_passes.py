@@ -849,6 +849,7 @@ def test_a_training_mode_dropout_is_removed_with_a_note():
         m.graph.initializer.extend([helper.make_tensor("ratio", TensorProto.FLOAT, [], [0.3]),
                                     helper.make_tensor("train", TensorProto.BOOL, [], [training])])
         d.input[:] = [d.input[0], "ratio", "train"]
+        d.name = "drop{0}"                 # braces in a name are no format fields
         nm = onnx_snn.prepare(m)
         assert not any(n.op_type == "Dropout" for n in nm.model.graph.node)
         notes[training] = [n for n in nm.notes if "training mode" in n]

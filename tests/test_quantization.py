@@ -97,6 +97,14 @@ def test_signed_pairs_are_dropped_and_a_relus_pair_gives_its_mu():
     nm = prepare(m)
     assert "2 read as clipped ReLUs" in " ".join(nm.notes) and "3 dropped" in " ".join(nm.notes)
     assert sorted(round(s.mu, 6) for s in nm.sites) == [1.02, 1.27]
+    # onnxruntime's contrib Q/DQ (com.microsoft, its quantizer's UseQDQContribOps) read alike
+    contrib = onnx.ModelProto()
+    contrib.CopyFrom(m)
+    for n in contrib.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            n.domain = "com.microsoft"
+    contrib.opset_import.add(domain="com.microsoft", version=1)
+    assert sorted(round(s.mu, 6) for s in prepare(contrib).sites) == [1.02, 1.27]
     ops = {n.op_type for n in nm.model.graph.node}
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
     x = B.rand_input(64)

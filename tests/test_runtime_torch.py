@@ -511,6 +511,15 @@ def test_a_fixed_batch_runs_step_by_step(tmp_path):
     ("ReduceSum", {}, {"s": [0]}, True),                # axes as an input (opset 13)
     ("ReduceSum", {}, {"s": [1]}, False),
     ("Slice", {}, {"s": [0]}, True),
+    ("Slice", {}, {"s": [2]}, False),
+    ("Slice", {"starts": [0], "ends": [2]}, {}, True),          # opset 9: every axis
+    ("Slice", {"starts": [0], "ends": [2], "axes": [1]}, {}, False),
+    ("Split", {}, {}, True),                                       # the default axis is 0
+    ("Split", {"axis": 1}, {}, False),
+    ("GatherND", {}, {}, True),
+    ("Squeeze", {}, {}, True),                                     # every size-1 axis
+    ("Pad", {}, {"s": [0, 0, 1, 1, 0, 0, 1, 1]}, False),
+    ("Pad", {}, {"s": [1, 0, 0, 0, 0, 0, 0, 0]}, True),
     ("Squeeze", {"axes": [0]}, {}, True),
     ("Unsqueeze", {"axes": [1]}, {}, False),
     ("Tile", {}, {"s": [2, 1]}, True),
@@ -523,7 +532,7 @@ def test_ops_that_read_axis_zero_do_not_fold(op, attrs, consts, mixes):
     step by step (onnx_snn's converted graphs have none of these; a user's step may)."""
     from runtimes.torch.network import _Node, _mixes_batch
     inputs = ["x"] + (["s"] if "s" in consts else [])
-    if op == "Slice":
+    if op == "Slice" and "starts" not in attrs:
         inputs = ["x", "b", "e", "s"]
     node = _Node(op, "n", inputs, ["y"], attrs)
     why = _mixes_batch(node, lambda name: (np.asarray(consts[name]) if name in consts else None))

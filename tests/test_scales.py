@@ -280,3 +280,14 @@ def test_search_stride_is_checked():
         SearchConfig(search_stride=0)
     with pytest.raises(ValueError, match="search stride"):
         SearchConfig(search_stride=2.5)
+
+
+@pytest.mark.parametrize("field,value", [("weight_ridge", 0), ("weight_ridge", -0.01),
+                                         ("weight_ridge", float("nan")),
+                                         ("weight_ridge_grid", ()), ("weight_ridge_grid", (0.01, 0.0))])
+def test_weight_calibration_ridges_must_be_positive(field, value):
+    """A ridge of 0 or less (or an empty grid) is refused up front: the walk starts from
+    weight_ridge on a log scale, and a zero ridge leaves a singular fit."""
+    from onnx_snn.scales import SearchConfig
+    with pytest.raises(ValueError, match=field):
+        SearchConfig(**{field: value})

@@ -390,9 +390,9 @@ def remove_identity_and_dropout(graph: gs.Graph, result: PassResult) -> None:
             if training is not None and bool(training) and ratio > 0:
                 result.notes.append(
                     f"Dropout '{node.name}' was exported in training mode (training_mode=True: "
-                    "onnxruntime drops a random {:.0%} of its inputs on every run, so the DNN's "
-                    "outputs are random); converted as the inference-time network, without it. "
-                    "Export the model in eval mode (model.eval()) to compare the two".format(ratio))
+                    f"onnxruntime drops a random {ratio:.0%} of its inputs on every run, so the "
+                    "DNN's outputs are random); converted as the inference-time network, without "
+                    "it. Export the model in eval mode (model.eval()) to compare the two")
             src = node.inputs[0]
             result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
                                    "node": node.name})

@@ -280,6 +280,11 @@ _DOMAIN_HELP = {
 }
 
 
+#: onnxruntime's contrib Q/DQ (its quantizer's UseQDQContribOps, int16 and int4): the
+#: standard ops' meaning, read by the quantization pass like them
+_CONTRIB_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
 def _check_domains(model: onnx.ModelProto, where: str) -> None:
     """Refuse, before any pass reads the graph by op names, a node of another domain (after
     the model-local functions are inlined) that the passes could take for a standard op: one
@@ -297,7 +302,7 @@ def _check_domains(model: onnx.ModelProto, where: str) -> None:
         for n in g.node:
             if n.domain in ("", "ai.onnx", DOMAIN) or (
                     n.domain != "com.microsoft" and not onnx.defs.has(n.op_type)) or (
-                    n.domain == "com.microsoft" and qoperator):
+                    n.domain == "com.microsoft" and (qoperator or n.op_type in _CONTRIB_QDQ)):
                 continue
             what = _DOMAIN_HELP.get(n.domain, "no model-local function defines it, so its "
                                     "meaning is unknown; export it with standard ONNX ops, or "
@@ -327,6 +332,9 @@ def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
                 t = inits.get(n.input[1]) or consts.get(n.input[1])
                 a = None if t is None else onnx.numpy_helper.to_array(t).reshape(-1).tolist()
             axes.append(a)
+        first = vi.type.tensor_type.shape.dim[:1]
+        if first and not first[0].HasField("dim_value"):
+            continue       # a free first axis is a batch-like axis the model moves (seq-first)
         if all(a is not None and 0 in [int(v) for v in a] for a in axes):
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                     for d in vi.type.tensor_type.shape.dim]

@@ -89,7 +89,8 @@ def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]
     order is None when a node reads a tensor that no node, graph input or initializer makes,
     or when nodes read each other's outputs in a cycle."""
     nodes = list(graph.node)
-    given = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    given = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+             | {t.values.name for t in graph.sparse_initializer} | {""})
     maker: Dict[str, int] = {}
     for k, n in enumerate(nodes):
         for o in n.output:

@@ -79,8 +79,22 @@ def _mixes_batch(node: _Node, const) -> Optional[str]:
         return "moves axis 0"
     if op == "Flatten" and int(a.get("axis", 1)) == 0:
         return "flattens axis 0"
-    if op in ("Concat", "Split", "Softmax", "LogSoftmax") and "axis" in a and _axis_zero(a["axis"]):
+    if op in ("Concat", "Softmax", "LogSoftmax") and "axis" in a and _axis_zero(a["axis"]):
         return "works along axis 0"
+    if op == "Split" and _axis_zero(a.get("axis", 0)):        # ONNX's default axis is 0
+        return "splits axis 0"
+    if op == "GatherND" and const(node.inputs[0]) is None:
+        return "indexes axis 0"
+    if op == "Squeeze" and a.get("axes") is None and len(node.inputs) < 2:
+        return "squeezes every axis of size 1 (axis 0 too, at a batch of 1)"
+    if op == "Pad":
+        pads = a.get("pads", const_input(1))
+        if pads is None:
+            return "may pad axis 0"
+        pads = np.asarray(pads).reshape(-1)
+        if len(node.inputs) < 4 and "axes" not in a and pads.size and (
+                pads[0] != 0 or pads[pads.size // 2] != 0):
+            return "pads axis 0"
     if op == "Gather" and _axis_zero(a.get("axis", 0)) and const(node.inputs[0]) is None:
         return "gathers along axis 0"
     if op.startswith("Reduce"):
@@ -91,11 +105,16 @@ def _mixes_batch(node: _Node, const) -> Optional[str]:
         elif _axis_zero(list(np.asarray(axes).reshape(-1))):
             return "reduces over axis 0"
     if op == "Slice":
-        axes = const_input(3)
-        if axes is None and len(node.inputs) < 4 and "axes" not in a and "starts" not in a:
+        if "starts" in a:                                    # opset < 10: attributes
+            axes = a.get("axes")
+            if axes is None or _axis_zero(list(axes)):
+                return "slices axis 0"
+        elif len(node.inputs) < 4 or not node.inputs[3]:     # no axes: every axis
             return "slices every axis"
-        if _axis_zero(list(np.asarray(a.get("axes", axes if axes is not None else [])).reshape(-1))):
-            return "slices axis 0"
+        else:
+            axes = const_input(3)
+            if axes is None or _axis_zero(list(np.asarray(axes).reshape(-1))):
+                return "slices axis 0"
     if op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes", const_input(1))
         if axes is not None and _axis_zero(list(np.asarray(axes).reshape(-1))):
