@@ -228,9 +228,10 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         model, sha, external = loaded.model, loaded.sha256, loaded.external_data
     else:
         where = where or "model"
+    given = model
     model = _inline_functions(model, notes, where)
     _check_domains(model, where)
-    model = _sorted_nodes(model, notes, where)
+    model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
     _check_batch_axes(model, where)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
@@ -346,19 +347,24 @@ def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
                 f"dynamic_axes={{'{vi.name}': {{0: 'N'}}}}, without the unsqueeze)")
 
 
-def _sorted_nodes(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
+def _sorted_nodes(model: onnx.ModelProto, notes: List[str], where: str,
+                  owned: bool = False) -> onnx.ModelProto:
     """``model`` with its nodes in a topological order (onnxruntime runs a graph whose nodes
     are listed out of order; the ONNX checker and the passes need them sorted): the model
-    itself when they are, else a copy with them sorted (the caller's model is not changed).
-    A tensor that nothing makes, or a cycle, is refused naming the node."""
+    itself when they are, or when it is ``owned`` (read from a file here: sorted in place),
+    else a copy with them sorted (the caller's model is not changed). A tensor that nothing
+    makes, or a cycle, is refused naming the node."""
     order, why = walk.topological_order(model.graph)
     if order is None:
         raise ModelLoadError(f"{where}: the graph cannot run: {why}. The file is damaged or "
                              "was built wrong; re-export the model")
     if order == sorted(order):
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if owned:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     nodes = [onnx.NodeProto() for _ in order]
     for new, k in zip(nodes, order):
         new.CopyFrom(model.graph.node[k])
