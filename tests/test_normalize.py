@@ -945,13 +945,6 @@ def test_a_relu_written_with_a_zero_slope_is_a_site(op, slope, attrs, opset):
     b = B.converted(ref.model, x, 2, "datta")[2]
     from onnx_snn.runtimes.ort import run
     np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
-    # from a file (sorted in place, no copy): the same, and the file is not changed
-    path = tmp_path / "shuffled.onnx"
-    onnx.save(shuffled, str(path))
-    data = path.read_bytes()
-    c = onnx_snn.convert(str(path), x, timesteps=2, method="datta", show_progress=False)
-    assert path.read_bytes() == data
-    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(c.model, x).outputs[0])
 
 
 @pytest.mark.parametrize("op,slope,attrs", [
@@ -1224,3 +1217,10 @@ def test_nodes_listed_out_of_order_are_sorted_and_convert_alike(tmp_path):
     assert any("sorted the graph's nodes topologically" in n for n in b.report["notes"])
     assert not any("topologically" in n for n in a.report["notes"])
     np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
+    # from a file (sorted in place, no copy): the same, and the file is not changed
+    path = tmp_path / "shuffled.onnx"
+    onnx.save(shuffled, str(path))
+    data = path.read_bytes()
+    c = onnx_snn.convert(str(path), x, timesteps=2, method="datta", show_progress=False)
+    assert path.read_bytes() == data
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(c.model, x).outputs[0])
