@@ -699,8 +699,7 @@ def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tu
     # resolve_data warns again when the data is read for real: this thread's warnings are
     # dropped meanwhile (a filter on this thread's records, not the logger's level, which
     # other threads' conversions share)
-    me = threading.get_ident()
-    mute = _ThreadFilter(me)
+    mute = _ThreadFilter(threading.get_ident())
     log.addFilter(mute)
     try:
         ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",

@@ -45,10 +45,9 @@ MAX_INPUTS = 8192
 #: the normal equations are kept from the first batch.
 DUAL_MIN_INPUTS = 4096
 #: a layer with more inputs per output keeps the start ridge (SearchConfig.weight_ridge,
-#: 0.01) instead of walking the
-#: grid: each step is a (d+1)^2 solve of seconds (the CIFAR VGG-16's 4608-input layers took
-#: its refined conversion from 55.8 to 81.6 s when they walked); the trained networks'
-#: layers, of at most 1152 inputs, all walk
+#: 0.01) instead of walking the grid: each step is a (d+1)^2 solve of seconds (the CIFAR
+#: VGG-16's 4608-input layers took its refined conversion from 55.8 to 81.6 s when they
+#: walked); the trained networks' layers, of at most 1152 inputs, all walk
 RIDGE_WALK_MAX_INPUTS = 4096
 
 
@@ -78,6 +77,7 @@ class LayerFit:
     #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
     #: 2026-12-03, then a set of two to four batches held out its last one)
     holdout: int = 2
+
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
             self.kept = []

@@ -317,11 +317,9 @@ def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
     """Refuse an input without a batch axis: one that the model itself unsqueezes at axis 0
     (an export of one unbatched sample). Its first axis would be read as the batch, and the
     data's samples as something else."""
-    inits = {t.name: t for t in model.graph.initializer}
-    consts = {n.output[0]: walk.attr(n, "value") for n in model.graph.node
-              if n.op_type == "Constant" and n.output}
+    consts = walk.constant_tensors([model.graph])      # initializers and Constant nodes
     for vi in model.graph.input:
-        if vi.name in inits:
+        if vi.name in consts:
             continue
         readers = [n for n in model.graph.node if vi.name in n.input]
         if not readers or any(n.op_type != "Unsqueeze" or n.input[0] != vi.name for n in readers):
@@ -330,7 +328,7 @@ def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
         for n in readers:
             a = walk.attr(n, "axes")
             if a is None and len(n.input) > 1:
-                t = inits.get(n.input[1]) or consts.get(n.input[1])
+                t = consts.get(n.input[1])
                 a = None if t is None else onnx.numpy_helper.to_array(t).reshape(-1).tolist()
             axes.append(a)
         first = vi.type.tensor_type.shape.dim[:1]
