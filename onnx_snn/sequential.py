@@ -438,7 +438,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     floor = floors.get(f.node.output[0])
                     if floor is not None:    # below it the site is silent either way
                         y = np.maximum(y, np.float32(floor))
-                    f.add(np.mean(steps[x], axis=0), y)
+                    f.add_steps(steps[x], y)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:

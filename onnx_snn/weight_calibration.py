@@ -82,24 +82,50 @@ class LayerFit:
         if self.inputs > DUAL_MIN_INPUTS:
             self.kept = []
 
-    def add(self, r: np.ndarray, y: np.ndarray) -> None:
+    def add(self, r: np.ndarray, y: np.ndarray, counts: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
         """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``.
         Every ``holdout``-th batch is held out to check the refit. A convolution's rows (patches) are
-        subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed."""
+        subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed.
+        ``counts``: ``r`` as (whole-number array K, per-channel quantum q) with
+        ``r = K * q`` along axis 1 (:func:`integer_form`); its normal equations are then
+        summed exactly (see :meth:`_accumulate`)."""
         held = self.held_out(self.batches)
         rng = np.random.default_rng(self.batches)
-        for g, (x, yg) in enumerate(_design(self, r, y, rng, self._buffer)):
+        k, q = counts if counts is not None else (r, None)
+        for g, (x, yg) in enumerate(_design(self, k, y, rng, self._buffer)):
             yg = yg.astype(np.float32)
+            scale = None if q is None else self._column_scale(q, g)
             if self.kept is not None:
                 while len(self.kept) <= g:
                     self.kept.append([])
                 if sum(len(k[1]) for k in self.kept[g]) + len(x) < self.inputs:
-                    self.kept[g].append((held, x.copy(), yg))
+                    self.kept[g].append((held, x.copy() if scale is None
+                                         else (x * scale).astype(np.float32), yg))
                     continue
                 self._fold()          # as many rows as inputs: the normal equations from now on
-            self._accumulate(g, held, x, yg)
+            self._accumulate(g, held, x, yg, scale)
         self.rows += r.shape[0]
         self.batches += 1
+
+    def add_steps(self, steps: List[np.ndarray], y: np.ndarray) -> None:
+        """:meth:`add` from the input's values at each step (spikes times amplitudes, as the
+        step graph computed them): their mean is ``r``; when every step's values are 0 or
+        plus or minus one value per channel (spikes, max-pooled spikes), the normal
+        equations are summed from the spike counts exactly."""
+        counts = integer_form(steps)
+        r = np.mean(steps, axis=0) if counts is None else steps[0]
+        self.add(r, y, counts)
+
+    def _column_scale(self, q: np.ndarray, g: int) -> np.ndarray:
+        """The quantum of each column of group ``g``'s rows (its input channel's; 1 for the
+        bias column), float64."""
+        if self.node.op_type == "Conv":
+            cin = int(self.weight.shape[1])
+            per = int(np.prod(self.weight.shape[2:]))
+            cols = np.repeat(q[g * cin:(g + 1) * cin], per)
+        else:
+            cols = q
+        return np.concatenate([np.asarray(cols, np.float64).reshape(-1), [1.0]])
 
     def held_out(self, b: int) -> bool:
         """Whether batch ``b`` is held out: every ``holdout``-th (the default 2: batches 1, 3,
@@ -118,7 +144,10 @@ class LayerFit:
             self.scratch = np.empty(rows * cols, np.float32)
         return self.scratch[:rows * cols].reshape(rows, cols)
 
-    def _accumulate(self, g: int, held: bool, x: np.ndarray, y: np.ndarray) -> None:
+    def _accumulate(self, g: int, held: bool, x: np.ndarray, y: np.ndarray,
+                    scale: Optional[np.ndarray] = None) -> None:
+        """Add rows ``x`` (with the bias column) and targets ``y`` to group ``g``'s sums;
+        with ``scale``, ``x`` holds whole numbers and the rows are ``x * scale``."""
         sums = self.held if held else self.fit
         for acc in (self.fit, self.held):
             if len(acc) <= g:
@@ -129,10 +158,29 @@ class LayerFit:
         # (the same conversion on 1 and 2 cores gave different files); in float64 it does not.
         # In chunks of at most 32 MB, so that a wide layer's rows are not all copied at once
         step = max(256, (1 << 22) // max(1, x.shape[1]))
-        for i in range(0, len(x), step):
-            c = x[i:i + step].astype(np.float64)
-            sums[g][0] += c.T @ c
-            sums[g][1] += c.T @ y[i:i + step].astype(np.float64)
+        if scale is not None:
+            # whole numbers: their float32 products and sums are exact while every sum stays
+            # below 2**24, so X^T X of a chunk of at most 2**24 / max(x)**2 rows is the
+            # same whatever order BLAS adds it in (and twice as fast as in float64); it is
+            # summed in float64 (exact) and scaled per column after
+            top = float(np.max(np.abs(x))) if x.size else 1.0
+            exact = max(1, int((1 << 24) // max(1.0, top * top)))
+            gram = np.zeros((x.shape[1], x.shape[1]))
+            for i in range(0, len(x), exact):
+                c = x[i:i + exact]
+                gram += c.T @ c
+            gram *= scale
+            gram *= scale[:, None]
+            sums[g][0] += gram
+            cross = np.zeros((x.shape[1], y.shape[1]))
+            for i in range(0, len(x), step):
+                cross += x[i:i + step].astype(np.float64).T @ y[i:i + step].astype(np.float64)
+            sums[g][1] += cross * scale[:, None]
+        else:
+            for i in range(0, len(x), step):
+                c = x[i:i + step].astype(np.float64)
+                sums[g][0] += c.T @ c
+                sums[g][1] += c.T @ y[i:i + step].astype(np.float64)
         sums[g][2] += float(np.sum(y.astype(np.float64) ** 2))
 
     def _fold(self) -> None:
@@ -257,6 +305,29 @@ class LayerFit:
             w = w.T.reshape(self.weight.shape)
         b = b / float(self.attrs.get("beta", 1.0)) if self.node.op_type == "Gemm" else b
         return w.astype(self.weight.dtype), b.astype(np.float32)
+
+
+def integer_form(steps: List[np.ndarray]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """A layer input's per-step values [N, C, ...] (one array per step) as (K, q): the whole
+    numbers K (float32, the input's shape) and the per-channel quantum q (float64, [C]) with
+    ``mean(steps) = K * q`` along axis 1, when every value of channel c at every step is 0 or
+    plus or minus the channel's largest magnitude (spikes of one amplitude per channel, and
+    their max pools): K is then the signed spike count and q = amplitude / T. None otherwise
+    (an average pool or a sum of spikes), and for inputs of fewer than two axes."""
+    if not steps or steps[0].ndim < 2:
+        return None
+    axes = tuple(i for i in range(steps[0].ndim) if i != 1)
+    top = np.max([np.max(np.abs(v), axis=axes) for v in steps], axis=0)      # [C]
+    shape = [1] * steps[0].ndim
+    shape[1] = -1
+    m = top.reshape(shape)
+    for v in steps:
+        if not np.all((v == 0) | (np.abs(v) == m)):
+            return None
+    k = np.zeros(steps[0].shape, np.float32)
+    for v in steps:
+        k += np.sign(v)
+    return k, top.astype(np.float64) / len(steps)
 
 
 def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:

@@ -181,6 +181,84 @@ def test_normal_equations_are_float64_products():
     np.testing.assert_allclose(fit.fit[0][1], r64.T @ target.astype(np.float64), rtol=1e-12, atol=1e-12)
 
 
+def _spike_steps(rng, shape, timesteps, amps, signed=False):
+    """Per-step spikes times a per-channel amplitude (axis 1), as the step graph feeds a layer."""
+    lo = -1 if signed else 0
+    amp = np.asarray(amps, np.float32).reshape(1, -1, *([1] * (len(shape) - 2)))
+    return [(rng.integers(lo, 2, size=shape) * amp).astype(np.float32) for _ in range(timesteps)]
+
+
+def test_spike_inputs_are_read_as_counts_times_a_quantum():
+    """integer_form: spikes of one amplitude per channel (signed too, a silent channel too)
+    are whole counts K times amplitude / T, and mean(steps) == K * q; values that are not
+    (an average pool's fractions, a sum of two sites, a flat vector) are not."""
+    from onnx_snn.weight_calibration import integer_form
+    rng = np.random.default_rng(0)
+    for signed in (False, True):
+        steps = _spike_steps(rng, (3, 4, 5, 5), 3, [0.7, 1.3, 0.0, 2.5], signed)
+        k, q = integer_form(steps)
+        assert k.dtype == np.float32 and np.all(k == np.rint(k)) and np.abs(k).max() <= 3
+        np.testing.assert_allclose(k * q.reshape(1, -1, 1, 1), np.mean(steps, axis=0), rtol=1e-6)
+        np.testing.assert_allclose(q, [0.7 / 3, 1.3 / 3, 0.0, 2.5 / 3], rtol=1e-6)
+    steps = _spike_steps(rng, (3, 4, 6, 6), 2, [1.0] * 4)
+    pooled = [s.reshape(3, 4, 3, 2, 3, 2).mean(axis=(3, 5)) for s in steps]     # 2 x 2 average
+    assert integer_form(pooled) is None
+    assert integer_form([a + 2 * b for a, b in zip(steps, steps[::-1])]) is None
+    assert integer_form([np.ones(4, np.float32)]) is None
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_spike_counts_give_the_same_fit_as_their_mean(op):
+    """A layer fed its input's per-step spikes (add_steps: exact sums of counts, scaled per
+    column) gets the same normal equations, verdict and refit as one fed their float mean."""
+    rng = np.random.default_rng(1)
+    if op == "Conv":
+        w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
+        node, inits = _conv(w, rng.normal(size=5).astype(np.float32), pads=[1, 1, 1, 1])
+        shape, amps = (4, 3, 8, 8), [0.5, 1.7, 0.9]
+    else:
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)
+        w = rng.normal(size=(5, 12)).astype(np.float32)
+        inits = {"w": numpy_helper.from_array(w, "w"),
+                 "b": numpy_helper.from_array(np.zeros(5, np.float32), "b")}
+        shape, amps = (40, 12), rng.uniform(0.2, 2.0, 12)
+    counted, averaged = layer_fit(node, inits), layer_fit(node, inits)
+    for f in (counted, averaged):
+        f.n_batches = 4
+    for _ in range(4):
+        steps = _spike_steps(rng, shape, 2, amps)
+        r = np.mean(steps, axis=0)
+        y = (_reference_conv(r, w, numpy_helper.to_array(inits["b"]), pads=[1, 1, 1, 1])
+             if op == "Conv" else r @ w.T) + rng.normal(0, 0.1, (shape[0], 5, *shape[2:])
+                                                         if op == "Conv" else (shape[0], 5))
+        counted.add_steps(steps, y.astype(np.float32))
+        averaged.add(r, y.astype(np.float32))
+    for a, b in zip(counted.fit + counted.held, averaged.fit + averaged.held):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-12, atol=1e-12)
+    assert counted.improves(0.01)[0] == averaged.improves(0.01)[0]
+    for a, b in zip(counted.solve(0.01), averaged.solve(0.01)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_spike_count_sums_are_exact_past_float32s_whole_numbers():
+    """Counts up to T = 64 on 8191 rows: the sums of products (up to 8191 x 64^2) are past
+    float32's whole numbers (2^24), so only chunks of at most 2^24 / 64^2 rows keep every
+    float32 sum exact; with amplitude T the quantum is 1 and R^T R must equal the int64
+    product exactly, whatever the BLAS thread count."""
+    from onnx_snn.weight_calibration import LayerFit
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
+    fit = LayerFit(node, np.ones((6, 2), np.float32), np.zeros(2, np.float32), {})
+    rng = np.random.default_rng(2)
+    k = rng.choice([59, 61, 63], size=(8191, 6))   # odd products: sums past 2^24 round
+    k[:, 0] = 64                                    # a column of the largest count
+    spikes = [(np.arange(64)[None, None, :] < k[..., None])[..., t].astype(np.float32) * 64
+              for t in range(64)]                   # k spikes of amplitude 64 in 64 steps
+    fit.add_steps(spikes, np.zeros((8191, 2), np.float32))
+    x = np.concatenate([k, np.ones((8191, 1), np.int64)], axis=1)
+    assert np.array_equal(fit.fit[0][0], (x.T @ x).astype(np.float64))
+
+
 @pytest.mark.slow
 def test_conversion_is_the_same_on_one_and_two_blas_threads(tmp_path):
     """The shipped model converted in processes with 1 and 2 BLAS threads: the same
