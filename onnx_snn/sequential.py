@@ -196,6 +196,22 @@ def refine_batch_size(batch_size: int, timesteps: int, neurons: int, fixed: bool
 REUSE_STEP_GRAPH = True
 
 
+#: a site's input currents of every step and calibration image are kept, when they take at
+#: most this many bytes (float32), from the run that samples them for the search: the site's
+#: spikes are then computed from them by its neuron alone, not by running the layer again
+#: (one convolution pass of T steps fewer per site; the same spikes bit for bit)
+KEEP_CURRENTS_BYTES = 2 ** 29
+#: False: every site's spikes are recorded by running the layer again (as before; the same
+#: spikes, tests/test_sequential.py)
+KEEP_CURRENTS = True
+
+
+def kept_currents_bytes(timesteps: int, n_samples: int, neurons: int) -> int:
+    """The bytes a site's kept currents take (0 when over KEEP_CURRENTS_BYTES: not kept)."""
+    need = 4 * max(1, int(timesteps)) * int(n_samples) * int(neurons)
+    return need if KEEP_CURRENTS and need <= KEEP_CURRENTS_BYTES else 0
+
+
 #: memory the refined method may hold: the spikes (uint8, every time step) and the DNN's
 #: activations (float32) of every calibration sample at the sites still read, plus one batch's
 #: per-step input currents of the site being refined and its sampled pairs (float32); see
@@ -224,7 +240,7 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     read (spikes as uint8 per step, the DNN's activation as float32, kept only for weight
     calibration; all sites when ``nm`` is not given), plus
     ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
-    :func:`refine_batch_size` bounds)."""
+    :func:`refine_batch_size` bounds) and the site's kept currents (:func:`kept_currents_bytes`)."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
@@ -239,7 +255,8 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     for k, before in zip(names, held):
         cache = max(cache, per * (neurons[k] + sum(neurons[j] for j in before)))
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
-        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
+        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs)
+                   + kept_currents_bytes(timesteps, cal.n_samples, neurons[k]))
     return cache + work
 
 
@@ -339,11 +356,12 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         s, amp = spikes[name]
         return np.multiply(s[t, start:start + nb], amp, dtype=np.float32)
 
-    def run_spiking(view, wanted: List[str], per_batch):
+    def run_spiking(view, wanted: List[str], per_batch, given: Optional[Dict[str, list]] = None):
         """Run the step graph, cut to ``wanted`` and started at the recorded spikes, T steps
         over every calibration batch; ``per_batch(b, steps)`` gets each batch's per-step values
-        {name: [T, ...]}."""
-        step = _upstream(view, wanted, given=list(spikes))
+        {name: [T, ...]}. ``given``: more tensors it starts at, {name: per batch [T, ...]}."""
+        given = given or {}
+        step = _upstream(view, wanted, given=list(spikes) + list(given))
         sess = make_session(step, threads, where="the step graph", spin=SPIN)
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
@@ -355,22 +373,35 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             state = {st.names.input: fmt.initial_state(view, st, nb) for st in upstream}
             steps = {w: [] for w in wanted}
             for t in range(timesteps):
-                given = {r: spike_values(r, t, start, nb) for r in recorded}
-                res = dict(zip(out_names, sess.run(out_names, {**feed, **state, **given})))
+                fed_t = {r: spike_values(r, t, start, nb) for r in recorded}
+                fed_t.update({k: v[b][t] for k, v in given.items() if k in fed})
+                res = dict(zip(out_names, sess.run(out_names, {**feed, **state, **fed_t})))
                 for w in wanted:
                     steps[w].append(res[w])
                 state = {st.names.input: res[st.names.next] for st in upstream}
             bar.update(nb)
             per_batch(b, steps)
 
-    def record_spikes(rec: fmt.SiteRecord):
+    def record_spikes(rec: fmt.SiteRecord, currents: Optional[list] = None):
+        """Record the site's spikes: from its kept input ``currents`` (per batch [T, ...]) by
+        its neuron alone, or by running the step graph up to it."""
         amp = rec.param_values()["amplitude"]
         out = np.zeros((timesteps, n_total, *rec.shape), np.int8 if rec.signed else np.uint8)
 
         def keep(b, steps):
             y = np.stack(steps[rec.output])
             out[:, starts[b]:starts[b] + sizes[b]] = np.sign(y) if rec.signed else y != 0
-        run_spiking(step_view(), [rec.output], keep)
+        view = step_view()
+        if currents is not None and rec.has_offset and not any(
+                n.name == fmt.OffsetNames(rec.name).node for n in view.model.graph.node):
+            # the offset is folded into the bias of the layer before: the kept currents,
+            # recorded before the site had it, lack it
+            off = rec.channel_values(rec.offset)
+            for steps_b in currents:
+                for c in steps_b:
+                    np.add(c, off, out=c)
+        run_spiking(view, [rec.output], keep,
+                    given={rec.input: currents} if currents is not None else None)
         spikes[rec.output] = (out, amp)
 
     # the DNN's activations at the refined sites' outputs, for all calibration images: the
@@ -485,8 +516,13 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         rec = recs[s]
         calibrate_layers(rec.input)
         collected = []
-        run_spiking(step_view(), [rec.input], lambda b, steps: collected.append(
-            np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]])))
+        kept = [] if kept_currents_bytes(timesteps, n_total, rec.neurons) else None
+
+        def sample(b, steps):
+            collected.append(np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]]))
+            if kept is not None:
+                kept.append(steps[rec.input])
+        run_spiking(step_view(), [rec.input], sample)
         cur = np.concatenate(collected, axis=1)
         row = {"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                "pairs": int(cur.shape[1])}
@@ -515,7 +551,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         row.update(alpha=alpha, beta=beta, v_init_fraction=frac, objective_value=value)
         rows.append(row)
         changed()   # the site's new parameters
-        record_spikes(rec)
+        record_spikes(rec, kept)
+        kept = None
         if pending:   # only a layer still to refit reads the DNN's activations
             record_dnn(rec)
         forget(i)

@@ -60,13 +60,18 @@ class LayerFit:
     bias: Optional[np.ndarray]
     attrs: dict
     groups: int = 1
-    #: per group: [R^T R, R^T Y, Y^T Y] of the fitting rows and of the held-out rows
-    fit: List[list] = field(default_factory=list)
-    held: List[list] = field(default_factory=list)
+    #: per group: [R^T R, R^T Y, Y^T Y] of the fitting rows and of the held-out rows (read
+    #: through :attr:`fit` and :attr:`held`, which add the pending counts' sums first)
+    fit_sums: List[list] = field(default_factory=list)
+    held_sums: List[list] = field(default_factory=list)
+    #: {(group, held out?): [K^T K, K^T Y, quantum per column]}: whole-number rows' sums not
+    #: yet scaled (:meth:`_accumulate`)
+    pending: Dict[tuple, list] = field(default_factory=dict, repr=False)
     rows: int = 0
     batches: int = 0
-    #: per group, the batches' (held out?, rows with the bias column, targets) while the
-    #: dual form is possible (fewer rows than inputs, more than DUAL_MIN_INPUTS inputs);
+    #: per group, the batches' (held out?, rows with the bias column, targets, the columns'
+    #: quantum or None: see :meth:`add`) while the dual form is possible (fewer rows than
+    #: inputs, more than DUAL_MIN_INPUTS inputs);
     #: None once they are folded into the normal equations
     kept: Optional[List[list]] = None
     #: rows of the batch being added, with the bias column (see :meth:`_buffer`)
@@ -99,8 +104,7 @@ class LayerFit:
                 while len(self.kept) <= g:
                     self.kept.append([])
                 if sum(len(k[1]) for k in self.kept[g]) + len(x) < self.inputs:
-                    self.kept[g].append((held, x.copy() if scale is None
-                                         else (x * scale).astype(np.float32), yg))
+                    self.kept[g].append((held, x.copy(), yg, scale))
                     continue
                 self._fold()          # as many rows as inputs: the normal equations from now on
             self._accumulate(g, held, x, yg, scale)
@@ -144,12 +148,32 @@ class LayerFit:
             self.scratch = np.empty(rows * cols, np.float32)
         return self.scratch[:rows * cols].reshape(rows, cols)
 
+    @property
+    def fit(self) -> List[list]:
+        self._flush()
+        return self.fit_sums
+
+    @property
+    def held(self) -> List[list]:
+        self._flush()
+        return self.held_sums
+
+    def _flush(self) -> None:
+        """Scale the pending whole-number sums by their columns' quanta into the sums."""
+        for (g, held), (kk, ky, q) in sorted(self.pending.items()):
+            sums = (self.held_sums if held else self.fit_sums)[g]
+            kk *= q
+            kk *= q[:, None]
+            sums[0] += kk
+            sums[1] += ky * q[:, None]
+        self.pending.clear()
+
     def _accumulate(self, g: int, held: bool, x: np.ndarray, y: np.ndarray,
                     scale: Optional[np.ndarray] = None) -> None:
         """Add rows ``x`` (with the bias column) and targets ``y`` to group ``g``'s sums;
         with ``scale``, ``x`` holds whole numbers and the rows are ``x * scale``."""
-        sums = self.held if held else self.fit
-        for acc in (self.fit, self.held):
+        sums = self.held_sums if held else self.fit_sums
+        for acc in (self.fit_sums, self.held_sums):
             if len(acc) <= g:
                 acc.append([np.zeros((x.shape[1], x.shape[1])),
                             np.zeros((x.shape[1], y.shape[1])), 0.0])
@@ -162,20 +186,24 @@ class LayerFit:
             # whole numbers: their float32 products and sums are exact while every sum stays
             # below 2**24, so X^T X of a chunk of at most 2**24 / max(x)**2 rows is the
             # same whatever order BLAS adds it in (and twice as fast as in float64); it is
-            # summed in float64 (exact) and scaled per column after
+            # summed in float64 (exact) over the batches whose columns have the same
+            # quanta (a column that is all zeros takes any), and scaled per column once
+            pend = self.pending.get((g, held))
+            if pend is not None and np.any((pend[2] != scale) & (pend[2] != 0) & (scale != 0)):
+                self._flush()                        # another quantum: the sums so far first
+                pend = None
+            if pend is None:
+                pend = self.pending[(g, held)] = [np.zeros((x.shape[1], x.shape[1])),
+                                                  np.zeros((x.shape[1], y.shape[1])),
+                                                  np.zeros(x.shape[1])]
+            np.copyto(pend[2], scale, where=pend[2] == 0)
             top = float(np.max(np.abs(x))) if x.size else 1.0
             exact = max(1, int((1 << 24) // max(1.0, top * top)))
-            gram = np.zeros((x.shape[1], x.shape[1]))
             for i in range(0, len(x), exact):
                 c = x[i:i + exact]
-                gram += c.T @ c
-            gram *= scale
-            gram *= scale[:, None]
-            sums[g][0] += gram
-            cross = np.zeros((x.shape[1], y.shape[1]))
+                pend[0] += c.T @ c
             for i in range(0, len(x), step):
-                cross += x[i:i + step].astype(np.float64).T @ y[i:i + step].astype(np.float64)
-            sums[g][1] += cross * scale[:, None]
+                pend[1] += x[i:i + step].astype(np.float64).T @ y[i:i + step].astype(np.float64)
         else:
             for i in range(0, len(x), step):
                 c = x[i:i + step].astype(np.float64)
@@ -187,12 +215,13 @@ class LayerFit:
         """Add the kept rows to the normal equations, in the order they came, and keep no more."""
         kept, self.kept = self.kept, None
         for g, batches in enumerate(kept):
-            for held, x, y in batches:
-                self._accumulate(g, held, x, y)
+            for held, x, y, scale in batches:
+                self._accumulate(g, held, x, y, scale)
 
     def _rows(self, g: int, held: bool) -> Tuple[np.ndarray, np.ndarray]:
         """The kept rows of group ``g`` (held out or fitting) and their targets."""
-        parts = [(x, y) for h, x, y in self.kept[g] if h == held]
+        parts = [(x if scale is None else (x * scale).astype(np.float32), y)
+                 for h, x, y, scale in self.kept[g] if h == held]
         if not parts:
             out = self._original()[g].shape[1]
             return np.zeros((0, self.inputs + 1), np.float32), np.zeros((0, out), np.float32)

@@ -314,3 +314,35 @@ def test_step_graph_is_rebuilt_only_after_a_change(monkeypatch):
     for m in (a.model, b.model):
         del m.metadata_props[:]        # the history's time stamps
     assert a.model.SerializeToString() == b.model.SerializeToString()
+
+
+@pytest.mark.parametrize("model", ["vgg", "resnet", "vgg-signed"])
+def test_spikes_from_kept_currents_are_the_layers_own(monkeypatch, model):
+    """A site's spikes recorded by its neuron alone from the currents kept from its search
+    run (KEEP_CURRENTS; the bias correction's offset, folded into the layer's bias in the
+    step graph, added to them) equal those of running the layer again: the same records and
+    the same model, bit for bit; over KEEP_CURRENTS_BYTES the layer runs again."""
+    import onnx_snn.sequential as S
+    from onnx_snn.scales import SearchConfig
+    net = B.resnet(13, "clip") if model == "resnet" else B.vgg(13, "clip")
+    nm = onnx_snn.prepare(net)
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), batch_size=12, show_progress=False)
+    cfg = SearchConfig(signed_spikes=model == "vgg-signed")
+    kept = []
+    real = S.kept_currents_bytes
+    monkeypatch.setattr(S, "kept_currents_bytes", lambda *a: kept.append(real(*a)) or kept[-1])
+    out = {}
+    for keep, limit in ((True, 2 ** 29), (False, 2 ** 29), (True, 1)):
+        monkeypatch.setattr(S, "KEEP_CURRENTS", keep)
+        monkeypatch.setattr(S, "KEEP_CURRENTS_BYTES", limit)
+        kept.clear()
+        out[keep, limit] = onnx_snn.build(nm, cal, 2, "refined", cfg)
+        assert all(kept) == (keep and limit > 1) and any(kept) == all(kept)
+    a = out[True, 2 ** 29]
+    assert any(r.has_offset for r in a.records.values())
+    for b in (out[False, 2 ** 29], out[True, 1]):
+        for k in a.records:
+            assert a.records[k].to_dict() == b.records[k].to_dict()
+        for m in (a.model, b.model):
+            del m.metadata_props[:]
+        assert a.model.SerializeToString() == b.model.SerializeToString()

@@ -207,10 +207,12 @@ def test_spike_inputs_are_read_as_counts_times_a_quantum():
     assert integer_form([np.ones(4, np.float32)]) is None
 
 
-@pytest.mark.parametrize("op", ["Conv", "Gemm"])
-def test_spike_counts_give_the_same_fit_as_their_mean(op):
+@pytest.mark.parametrize("op", ["Conv", "Gemm", "dual"])
+def test_spike_counts_give_the_same_fit_as_their_mean(op, monkeypatch):
     """A layer fed its input's per-step spikes (add_steps: exact sums of counts, scaled per
-    column) gets the same normal equations, verdict and refit as one fed their float mean."""
+    column) gets the same normal equations, verdict and refit as one fed their float mean;
+    so does a wide layer that keeps its rows (the dual form, ``dual``: 40 rows, 64 inputs)."""
+    import onnx_snn.weight_calibration as W
     rng = np.random.default_rng(1)
     if op == "Conv":
         w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
@@ -222,6 +224,11 @@ def test_spike_counts_give_the_same_fit_as_their_mean(op):
         inits = {"w": numpy_helper.from_array(w, "w"),
                  "b": numpy_helper.from_array(np.zeros(5, np.float32), "b")}
         shape, amps = (40, 12), rng.uniform(0.2, 2.0, 12)
+        if op == "dual":
+            w = rng.normal(size=(5, 64)).astype(np.float32)
+            inits["w"] = numpy_helper.from_array(w, "w")
+            shape, amps = (10, 64), rng.uniform(0.2, 2.0, 64)
+            monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10)
     counted, averaged = layer_fit(node, inits), layer_fit(node, inits)
     for f in (counted, averaged):
         f.n_batches = 4
@@ -233,12 +240,23 @@ def test_spike_counts_give_the_same_fit_as_their_mean(op):
                                                          if op == "Conv" else (shape[0], 5))
         counted.add_steps(steps, y.astype(np.float32))
         averaged.add(r, y.astype(np.float32))
+    assert (counted.kept is not None) == (op == "dual") == (averaged.kept is not None)
     for a, b in zip(counted.fit + counted.held, averaged.fit + averaged.held):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(a[1], b[1], rtol=1e-12, atol=1e-12)
     assert counted.improves(0.01)[0] == averaged.improves(0.01)[0]
+    np.testing.assert_allclose(counted.improves(0.01)[1:], averaged.improves(0.01)[1:], rtol=1e-9)
     for a, b in zip(counted.solve(0.01), averaged.solve(0.01)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    if op == "dual":               # folded once it has as many rows as inputs: the same sums
+        for _ in range(3):
+            steps = _spike_steps(rng, shape, 2, amps)
+            y = (np.mean(steps, axis=0) @ w.T).astype(np.float32)
+            counted.add_steps(steps, y)
+            averaged.add(np.mean(steps, axis=0), y)
+        assert counted.kept is None and averaged.kept is None
+        for a, b in zip(counted.fit + counted.held, averaged.fit + averaged.held):
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
 
 
 def test_spike_count_sums_are_exact_past_float32s_whole_numbers():
