@@ -409,10 +409,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # the DNN from its input for every layer)
     dnn_acts: Dict[str, np.ndarray] = {}
 
-    def dnn_runner(wanted: List[str]):
+    def dnn_runner(wanted: List[str], also=()):
         """``run(b)``: the DNN's values of ``wanted`` on batch ``b``, {name: array}, computed
-        from the recorded DNN activations."""
+        from the recorded DNN activations; and of ``also`` where that reads no other input
+        (a site's activation after the layers computing its input)."""
         cut = _cut(dnn_model, wanted, given=list(dnn_acts))
+        if also:
+            wider = _cut(dnn_model, list(wanted) + list(also), given=list(dnn_acts))
+            if {i.name for i in wider.graph.input} == {i.name for i in cut.graph.input}:
+                cut = wider
         sess = make_session(cut, threads, where="the DNN", spin=SPIN)
         names = [o.name for o in sess.get_outputs()]
         fed = {i.name for i in cut.graph.input}
@@ -424,7 +429,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             return dict(zip(names, sess.run(None, feed)))
         return run
 
+    # the DNN's activation at the site being refined, from the runs that refit the layers
+    # computing its input ({site output: (values, batches filled)}): not run again after
+    site_dnn: Dict[str, tuple] = {}
+
     def record_dnn(rec: fmt.SiteRecord):
+        got = site_dnn.pop(rec.output, None)
+        if got is not None and len(got[1]) == len(starts):
+            dnn_acts[rec.output] = got[0]
+            return
         run = dnn_runner([rec.output])
         out = np.zeros((n_total, *rec.shape), np.float32)
         for b, start in enumerate(starts):
@@ -443,9 +456,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             for name in [k for k in cache if k not in live]:
                 del cache[name]
 
-    def calibrate_layers(before: Optional[str]):
+    def calibrate_layers(before: Optional[str], site: Optional[fmt.SiteRecord] = None):
         """Refit, in graph order, the pending layers that compute ``before`` (every pending
-        layer when None), each on the spiking network's input to it."""
+        layer when None), each on the spiking network's input to it; the DNN's activation
+        at ``site`` is kept from the same runs where they can compute it."""
         nonlocal pending
         while True:
             nodes = list(work.model.graph.node)
@@ -457,10 +471,16 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
-            dnn = dnn_runner([f.node.output[0] for f in ready])
+            dnn = dnn_runner([f.node.output[0] for f in ready],
+                             also=[site.output] if site is not None else ())
 
             def add(b, steps):
                 outs = dnn(b)
+                if site is not None and site.output in outs:
+                    vals, filled = site_dnn.setdefault(
+                        site.output, (np.zeros((n_total, *site.shape), np.float32), set()))
+                    vals[starts[b]:starts[b] + sizes[b]] = outs[site.output]
+                    filled.add(b)
                 for f in ready:
                     x = f.node.input[0]
                     if x in spikes:      # a recorded site's output, fed as recorded
@@ -514,7 +534,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     rows = []
     for i, s in enumerate(names):
         rec = recs[s]
-        calibrate_layers(rec.input)
+        calibrate_layers(rec.input, rec)
         collected = []
         kept = [] if kept_currents_bytes(timesteps, n_total, rec.neurons) else None
 
@@ -555,6 +575,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         kept = None
         if pending:   # only a layer still to refit reads the DNN's activations
             record_dnn(rec)
+        site_dnn.clear()
         forget(i)
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}

@@ -230,10 +230,11 @@ def test_refinement_runs_the_dnn_layer_by_layer(make, monkeypatch):
     cal = onnx_snn.calibrate(nm, x, show_progress=False)
     onnx_snn.build(nm, cal, 2, "refined")
     nodes = len(nm.model.graph.node)
-    assert len(seen) > len(nm.sites) and seen[0][1] == nodes    # the targets: one whole pass
-    # then every node about twice (a refitted layer's output, a site's activation), where
-    # runs from the input would add up to about nodes * sites / 2
-    assert sum(n for _, n in seen[1:]) <= 2 * nodes
+    assert len(seen) > 2 and seen[0][1] == nodes    # the targets: one whole pass
+    # then about every node once: a refitted layer's output and the site's activation after
+    # it come from one run (twice before: VGG 13 nodes of 9, ResNet 21 of 16; now 9 and 17),
+    # where runs from the input would add up to about nodes * sites / 2
+    assert sum(n for _, n in seen[1:]) <= nodes + len(nm.sites) // 2
     starts = sum(nm.model.graph.input[0].name in inputs for inputs, _ in seen[1:])
     assert starts <= 2                          # only the first site's layers read the input
 
