@@ -501,7 +501,7 @@ def test_a_fixed_batch_runs_step_by_step(tmp_path):
     ("Concat", {"axis": 0}, {}, True),
     ("Concat", {"axis": 1}, {}, False),
     ("Softmax", {"axis": 0}, {}, True),
-    ("Softmax", {"axis": -1}, {}, False),
+    ("Softmax", {"axis": 1}, {}, False),
     ("Gather", {"axis": 0}, {}, True),
     ("Gather", {"axis": 0}, {"x": [1.0, 2.0]}, False),  # a lookup in a constant table
     ("Gather", {"axis": 1}, {}, False),
@@ -537,6 +537,76 @@ def test_ops_that_read_axis_zero_do_not_fold(op, attrs, consts, mixes):
     node = _Node(op, "n", inputs, ["y"], attrs)
     why = _mixes_batch(node, lambda name: (np.asarray(consts[name]) if name in consts else None))
     assert (why is not None) == mixes, why
+
+
+@pytest.mark.parametrize("op,attrs,consts,rank,mixes", [
+    ("Concat", {"axis": -4}, {}, 4, True),              # -rank is axis 0
+    ("Concat", {"axis": -3}, {}, 4, False),
+    ("Concat", {"axis": -1}, {}, None, True),           # rank unknown: may be axis 0
+    ("Softmax", {"axis": -2}, {}, 2, True),
+    ("Softmax", {}, {}, 1, True),                       # opset 13's default -1 on a vector
+    ("Softmax", {}, {}, 2, False),
+    ("Flatten", {"axis": -4}, {}, 4, True),
+    ("Flatten", {"axis": -3}, {}, 4, False),
+    ("Gather", {"axis": -2}, {}, 2, True),
+    ("ReduceMean", {"axes": [-4, -1]}, {}, 4, True),
+    ("ReduceMean", {"axes": [-2, -1]}, {}, 4, False),
+    ("Slice", {}, {"s": [-2]}, 2, True),
+    ("Squeeze", {"axes": [-3]}, {}, 3, True),
+    ("Unsqueeze", {"axes": [-3]}, {}, 2, True),         # counts the output's 3 axes
+    ("Unsqueeze", {"axes": [-1]}, {}, 2, False),
+    ("Split", {"axis": -2}, {}, 2, True),
+    ("ArgMax", {}, {}, 2, True),                        # ArgMax's default axis is 0
+    ("ArgMax", {"axis": 1}, {}, 2, False),
+    ("TopK", {}, {}, 1, True),
+    ("TopK", {}, {}, 2, False),
+    ("LayerNormalization", {"axis": 0}, {}, 3, True),
+    ("LayerNormalization", {}, {}, 3, False),
+    ("LpNormalization", {"axis": -2}, {}, 2, True),
+    ("CumSum", {}, {"s": [-2]}, 2, True),
+    ("CumSum", {}, {"s": [1]}, 2, False),
+    ("Compress", {}, {}, 2, True),                      # no axis: flattens
+    ("MeanVarianceNormalization", {}, {}, 4, True),     # default axes 0, 2, 3
+    ("MeanVarianceNormalization", {"axes": [2, 3]}, {}, 4, False),
+    ("GatherElements", {"axis": -2}, {}, 2, True),
+    ("OneHot", {"axis": 0}, {}, 1, True),
+    ("OneHot", {}, {}, 1, False),
+])
+def test_negative_axes_that_mean_axis_zero_do_not_fold(op, attrs, consts, rank, mixes):
+    """An axis counted from the end names axis 0 when it is minus the input's rank (the
+    output's for Unsqueeze and OneHot); where the rank is unknown, a negative axis may, and
+    the graph runs step by step. Ops with an axis that defaults to 0 (ArgMax) or to -1 on a
+    vector (Softmax, TopK) count too."""
+    from runtimes.torch.network import _Node, _mixes_batch
+    inputs = ["x"] + (["s"] if "s" in consts else [])
+    if op == "Slice":
+        inputs = ["x", "b", "e", "s"]
+    node = _Node(op, "n", inputs, ["y"], attrs)
+    why = _mixes_batch(node, lambda name: (np.asarray(consts[name]) if name in consts else None),
+                       lambda name: rank if name == "x" else None)
+    assert (why is not None) == mixes, why
+
+
+def test_a_negative_axis_still_folds_with_the_ranks_inferred():
+    """time_foldable reads every tensor's rank from shape inference: a network that flattens
+    with axis=-3 (axis 1 of its 4-D features) still folds, and equals the step-by-step run."""
+    import torch
+    from onnx_snn.runtimes.torch.network import SpikingNetwork
+    model = B.vgg(13, "clip")
+    flat = next(n for n in model.graph.node if n.op_type == "Flatten")
+    del flat.attribute[:]
+    flat.attribute.append(onnx.helper.make_attribute("axis", -3))
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(model, x, timesteps=2, method="max", show_progress=False)
+    net = SpikingNetwork(snn.model)
+    assert any(n.op == "Flatten" and n.attrs.get("axis") == -3 for n in net.body)
+    assert net._foldable is None, net._foldable
+    outs = []
+    for fold in (True, False):
+        net.fold_time = fold
+        outs.append(net(torch.from_numpy(x[:4])).detach())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
 
 
 def test_a_reshape_target_built_from_the_shape_still_folds():

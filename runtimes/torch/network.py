@@ -53,18 +53,57 @@ class _Node:
     site: Optional[str] = None
 
 
-def _axis_zero(v) -> bool:
-    """Whether an ONNX axis (or list of them) names axis 0 (a negative axis, counted from
-    the end, is taken to be some other axis)."""
+def _axis_zero(v, rank: Optional[int] = None) -> bool:
+    """Whether an ONNX axis (or list of them) names axis 0 of a tensor of ``rank`` axes: 0,
+    or -rank counted from the end; a negative axis of a tensor whose rank is unknown may."""
     vals = v if isinstance(v, (list, tuple)) else [v]
-    return any(int(a) == 0 for a in vals)
+    return any(int(a) == 0 or (int(a) < 0 and (rank is None or int(a) + int(rank) == 0))
+               for a in vals)
 
 
-def _mixes_batch(node: _Node, const) -> Optional[str]:
+#: ops that work along one axis (their ``axis`` attribute; the default where it has one that
+#: can be 0 or count from the end), and so along the batch when that axis is 0
+_AXIS_OPS = {"Concat": None, "Softmax": -1, "LogSoftmax": -1, "Hardmax": -1,
+             "ArgMax": 0, "ArgMin": 0, "TopK": -1, "LpNormalization": -1,
+             "LayerNormalization": -1, "GatherElements": 0, "ScatterElements": 0,
+             "Flatten": 1, "OneHot": -1}
+
+
+def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
+    """Every tensor's number of axes where shape inference knows it (in the graph and in its
+    subgraphs, a Loop's body), or {} where inference fails."""
+    from onnx_snn.graph import skeleton
+    try:
+        inferred = skeleton.infer_shapes(model)
+    except Exception:        # noqa: BLE001 (without ranks, a negative axis refuses folding)
+        return {}
+    out: Dict[str, int] = {}
+
+    def visit(g):
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                out[vi.name] = len(t.shape.dim)
+        for n in g.node:
+            for at in n.attribute:
+                if at.type == onnx.AttributeProto.GRAPH:
+                    visit(at.g)
+    visit(inferred.graph)
+    return out
+
+
+def _mixes_batch(node: _Node, const, rank=lambda name: None) -> Optional[str]:
     """Why ``node`` would compute something else on a batch of T x N than on T batches of
     N (it reads, moves or sizes axis 0), or None. ``const(name)`` is the constant value of an
-    input, or None. Used by :meth:`SpikingNetwork.time_foldable`."""
+    input, or None; ``rank(name)`` its number of axes, or None (a negative axis of an input of
+    unknown rank may then be axis 0). Used by :meth:`SpikingNetwork.time_foldable`."""
     a, op = node.attrs, node.op
+    r = rank(node.inputs[0]) if node.inputs and node.inputs[0] else None
+    if op == "Unsqueeze" and r is not None:          # its axes count the output's axes
+        axes = a.get("axes", const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None)
+        r = None if axes is None else r + np.asarray(axes).size
+    if op == "OneHot":                               # a new axis: the output has one more
+        r = None if r is None else r + 1
 
     def const_input(k):
         return const(node.inputs[k]) if len(node.inputs) > k and node.inputs[k] else None
@@ -77,11 +116,23 @@ def _mixes_batch(node: _Node, const) -> Optional[str]:
             return "sets axis 0 to a constant"
     if op == "Transpose" and (not a.get("perm") or int(a["perm"][0]) != 0):
         return "moves axis 0"
-    if op == "Flatten" and int(a.get("axis", 1)) == 0:
+    if op == "Flatten" and _axis_zero(a.get("axis", 1), r):
         return "flattens axis 0"
-    if op in ("Concat", "Softmax", "LogSoftmax") and "axis" in a and _axis_zero(a["axis"]):
+    if op in _AXIS_OPS and op not in ("Flatten", "GatherElements") and (
+            "axis" in a or _AXIS_OPS[op] is not None) \
+            and _axis_zero(a.get("axis", _AXIS_OPS[op]), r):
         return "works along axis 0"
-    if op == "Split" and _axis_zero(a.get("axis", 0)):        # ONNX's default axis is 0
+    if op == "GatherElements" and const(node.inputs[0]) is None and _axis_zero(a.get("axis", 0), r):
+        return "gathers along axis 0"
+    if op == "CumSum":
+        axis = const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if axis is None or _axis_zero(list(np.asarray(axis).reshape(-1)), r):
+            return "sums along axis 0"
+    if op == "Compress" and ("axis" not in a or _axis_zero(a["axis"], r)):
+        return "selects along axis 0 (or flattens)"
+    if op == "MeanVarianceNormalization" and _axis_zero(list(a.get("axes", [0, 2, 3])), r):
+        return "normalizes over axis 0"
+    if op == "Split" and _axis_zero(a.get("axis", 0), r):        # ONNX's default axis is 0
         return "splits axis 0"
     if op == "GatherND" and const(node.inputs[0]) is None:
         return "indexes axis 0"
@@ -95,29 +146,29 @@ def _mixes_batch(node: _Node, const) -> Optional[str]:
         if len(node.inputs) < 4 and "axes" not in a and pads.size and (
                 pads[0] != 0 or pads[pads.size // 2] != 0):
             return "pads axis 0"
-    if op == "Gather" and _axis_zero(a.get("axis", 0)) and const(node.inputs[0]) is None:
+    if op == "Gather" and _axis_zero(a.get("axis", 0), r) and const(node.inputs[0]) is None:
         return "gathers along axis 0"
     if op.startswith("Reduce"):
         axes = a.get("axes", const_input(1))
         if axes is None or np.asarray(axes).size == 0:
             if not int(a.get("noop_with_empty_axes", 0)):
                 return "reduces over every axis"
-        elif _axis_zero(list(np.asarray(axes).reshape(-1))):
+        elif _axis_zero(list(np.asarray(axes).reshape(-1)), r):
             return "reduces over axis 0"
     if op == "Slice":
         if "starts" in a:                                    # opset < 10: attributes
             axes = a.get("axes")
-            if axes is None or _axis_zero(list(axes)):
+            if axes is None or _axis_zero(list(axes), r):
                 return "slices axis 0"
         elif len(node.inputs) < 4 or not node.inputs[3]:     # no axes: every axis
             return "slices every axis"
         else:
             axes = const_input(3)
-            if axes is None or _axis_zero(list(np.asarray(axes).reshape(-1))):
+            if axes is None or _axis_zero(list(np.asarray(axes).reshape(-1)), r):
                 return "slices axis 0"
     if op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes", const_input(1))
-        if axes is not None and _axis_zero(list(np.asarray(axes).reshape(-1))):
+        if axes is not None and _axis_zero(list(np.asarray(axes).reshape(-1)), r):
             return "squeezes or inserts axis 0"
     if op == "Tile":
         reps = const_input(1)
@@ -367,6 +418,12 @@ class SpikingNetwork(nn.Module):
         for n in self.hoisted + self.body:
             if n.op == "Shape" or all(i in static for i in n.inputs if i):
                 static.update(n.outputs)
+        ranks: Dict[str, int] = {}
+
+        def rank(name):           # shape inference only for a graph that asks (once)
+            if not ranks:
+                ranks.update(_ranks(self.view.model) or {"": 0})
+            return ranks.get(name)
         carried = set()
         for n in self.body:
             if nexts.intersection(n.inputs):
@@ -387,7 +444,7 @@ class SpikingNetwork(nn.Module):
             if set(states).intersection(n.inputs) - own:
                 return f"node '{n.name}' reads a state it does not carry"
             carried |= own
-            why = None if all(i in static for i in n.inputs if i) else _mixes_batch(n, const)
+            why = None if all(i in static for i in n.inputs if i) else _mixes_batch(n, const, rank)
             if why:
                 return f"{n.op} '{n.name}' {why}"
         if carried != set(states):
