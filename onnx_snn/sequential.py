@@ -471,12 +471,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
+            # (a site of more than KEEP_CURRENTS_BYTES / T gets its own run after its search,
+            # as the kept currents: its activations are not held through the search)
+            keep_site = site is not None and kept_currents_bytes(1, n_total, site.neurons * timesteps)
             dnn = dnn_runner([f.node.output[0] for f in ready],
-                             also=[site.output] if site is not None else ())
+                             also=[site.output] if keep_site else ())
 
             def add(b, steps):
                 outs = dnn(b)
-                if site is not None and site.output in outs:
+                if keep_site and site.output in outs:
                     vals, filled = site_dnn.setdefault(
                         site.output, (np.zeros((n_total, *site.shape), np.float32), set()))
                     vals[starts[b]:starts[b] + sizes[b]] = outs[site.output]
