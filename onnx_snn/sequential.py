@@ -199,7 +199,12 @@ REUSE_STEP_GRAPH = True
 #: a site's input currents of every step and calibration image are kept, when they take at
 #: most this many bytes (float32), from the run that samples them for the search: the site's
 #: spikes are then computed from them by its neuron alone, not by running the layer again
-#: (one convolution pass of T steps fewer per site; the same spikes bit for bit)
+#: (one convolution pass of T steps fewer per site), when they also fit under
+#: MAX_REFINE_BYTES beside what the refinement holds then. The same spikes but where the
+#: bias correction's offset is folded into the bias of the layer before: the step graph then
+#: rounds acc + (bias + offset), the kept path (acc + bias) + offset, and a neuron whose
+#: membrane lies within float32 rounding of its threshold may differ (none of the 100 M+
+#: spikes of the shipped model and ResNet-20 did; tests/test_sequential.py)
 KEEP_CURRENTS_BYTES = 2 ** 29
 #: False: every site's spikes are recorded by running the layer again (as before; the same
 #: spikes, tests/test_sequential.py)
@@ -240,7 +245,8 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     read (spikes as uint8 per step, the DNN's activation as float32, kept only for weight
     calibration; all sites when ``nm`` is not given), plus
     ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
-    :func:`refine_batch_size` bounds) and the site's kept currents (:func:`kept_currents_bytes`)."""
+    :func:`refine_batch_size` bounds). A site's currents are kept (:func:`kept_currents_bytes`)
+    only where they fit under MAX_REFINE_BYTES beside what is held then: not counted here."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
@@ -255,8 +261,7 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     for k, before in zip(names, held):
         cache = max(cache, per * (neurons[k] + sum(neurons[j] for j in before)))
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
-        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs)
-                   + kept_currents_bytes(timesteps, cal.n_samples, neurons[k]))
+        work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
     return cache + work
 
 
@@ -539,7 +544,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         rec = recs[s]
         calibrate_layers(rec.input, rec)
         collected = []
-        kept = [] if kept_currents_bytes(timesteps, n_total, rec.neurons) else None
+        need = kept_currents_bytes(timesteps, n_total, rec.neurons)
+        held = sum(v[0].nbytes for v in spikes.values()) + sum(v.nbytes for v in dnn_acts.values())
+        work_now = 4 * timesteps * (batch_size * rec.neurons + 2 * sum(len(p) for p in positions[s]))
+        kept = [] if need and held + work_now + need <= MAX_REFINE_BYTES else None
 
         def sample(b, steps):
             collected.append(np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]]))

@@ -33,7 +33,8 @@ from onnx import helper, numpy_helper
 CALIBRATED_OPS = ("Conv", "Gemm")
 MAX_ROWS = 8192          # rows (patches) per batch that enter the normal equations
 #: a layer with more inputs per output (per group) is not refitted: its normal equations are
-#: two (d+1)^2 float64 matrices (1 GiB at this limit, 10 GiB for the 25 088 inputs of an
+#: two (d+1)^2 float64 matrices (1 GiB at this limit, and a float32 one for a chunk's
+#: product of spike counts, 0.25 GiB; 10 GiB for the 25 088 inputs of an
 #: ImageNet VGG's first FC layer), and a calibration set of hundreds of images cannot
 #: determine so many weights per output anyway
 MAX_INPUTS = 8192
@@ -49,6 +50,9 @@ DUAL_MIN_INPUTS = 4096
 #: VGG-16's 4608-input layers took its refined conversion from 55.8 to 81.6 s when they
 #: walked); the trained networks' layers, of at most 1152 inputs, all walk
 RIDGE_WALK_MAX_INPUTS = 4096
+#: spike counts are summed exactly in float32 in chunks of 2^24 / max(count)^2 rows; counts
+#: so large that a chunk would hold fewer rows than this (T > 64) take the float64 path
+MIN_EXACT_ROWS = 4096
 
 
 @dataclass
@@ -159,24 +163,41 @@ class LayerFit:
         return self.held_sums
 
     def _flush(self) -> None:
-        """Scale the pending whole-number sums by their columns' quanta into the sums."""
-        for (g, held), (kk, ky, q) in sorted(self.pending.items()):
+        """Scale the pending whole-number sums by their columns' quanta into the sums (a
+        group's first become its sums, no copy), and give the sums nothing was added to
+        their zeros."""
+        for key in sorted(self.pending):
+            g, held = key
+            kk, ky, q = self.pending.pop(key)
             sums = (self.held_sums if held else self.fit_sums)[g]
             kk *= q
             kk *= q[:, None]
-            sums[0] += kk
-            sums[1] += ky * q[:, None]
-        self.pending.clear()
+            ky *= q[:, None]
+            for i, v in ((0, kk), (1, ky)):
+                if sums[i] is None:
+                    sums[i] = v
+                else:
+                    sums[i] += v
+        for sums in self.fit_sums + self.held_sums:
+            if sums[0] is None:
+                sums[0], sums[1] = np.zeros(sums[3]), np.zeros(sums[4])
+
+    def _sums(self, g: int, held: bool, x: np.ndarray, y: np.ndarray) -> list:
+        """Group ``g``'s [R^T R, R^T Y, Y^T Y, their shapes] (the matrices None until first
+        added to: a pending sum may become them)."""
+        for acc in (self.fit_sums, self.held_sums):
+            while len(acc) <= g:
+                acc.append([None, None, 0.0, (x.shape[1], x.shape[1]), (x.shape[1], y.shape[1])])
+        return (self.held_sums if held else self.fit_sums)[g]
 
     def _accumulate(self, g: int, held: bool, x: np.ndarray, y: np.ndarray,
                     scale: Optional[np.ndarray] = None) -> None:
         """Add rows ``x`` (with the bias column) and targets ``y`` to group ``g``'s sums;
         with ``scale``, ``x`` holds whole numbers and the rows are ``x * scale``."""
-        sums = self.held_sums if held else self.fit_sums
-        for acc in (self.fit_sums, self.held_sums):
-            if len(acc) <= g:
-                acc.append([np.zeros((x.shape[1], x.shape[1])),
-                            np.zeros((x.shape[1], y.shape[1])), 0.0])
+        sums = self._sums(g, held, x, y)
+        top = float(np.max(np.abs(x))) if x.size and scale is not None else 1.0
+        if scale is not None and top * top * MIN_EXACT_ROWS > (1 << 24):
+            x, scale = (x * scale).astype(np.float32), None     # large counts: the float path
         # float64 products and sums: float32 products are summed in an order that depends on
         # the BLAS thread count, and the last bits they moved changed later sites' choices
         # (the same conversion on 1 and 2 cores gave different files); in float64 it does not.
@@ -193,11 +214,9 @@ class LayerFit:
                 self._flush()                        # another quantum: the sums so far first
                 pend = None
             if pend is None:
-                pend = self.pending[(g, held)] = [np.zeros((x.shape[1], x.shape[1])),
-                                                  np.zeros((x.shape[1], y.shape[1])),
+                pend = self.pending[(g, held)] = [np.zeros(sums[3]), np.zeros(sums[4]),
                                                   np.zeros(x.shape[1])]
             np.copyto(pend[2], scale, where=pend[2] == 0)
-            top = float(np.max(np.abs(x))) if x.size else 1.0
             exact = max(1, int((1 << 24) // max(1.0, top * top)))
             for i in range(0, len(x), exact):
                 c = x[i:i + exact]
@@ -205,11 +224,13 @@ class LayerFit:
             for i in range(0, len(x), step):
                 pend[1] += x[i:i + step].astype(np.float64).T @ y[i:i + step].astype(np.float64)
         else:
+            if sums[0] is None:
+                sums[0], sums[1] = np.zeros(sums[3]), np.zeros(sums[4])
             for i in range(0, len(x), step):
                 c = x[i:i + step].astype(np.float64)
-                sums[g][0] += c.T @ c
-                sums[g][1] += c.T @ y[i:i + step].astype(np.float64)
-        sums[g][2] += float(np.sum(y.astype(np.float64) ** 2))
+                sums[0] += c.T @ c
+                sums[1] += c.T @ y[i:i + step].astype(np.float64)
+        sums[2] += float(np.sum(y.astype(np.float64) ** 2))
 
     def _fold(self) -> None:
         """Add the kept rows to the normal equations, in the order they came, and keep no more."""
@@ -259,7 +280,7 @@ class LayerFit:
         if not any(h[2] for h in self.held):
             return True, float("nan"), float("nan")
         new = old = 0.0
-        for (g, c, _), (hg, hc, hy), w0 in zip(self.fit, self.held, self._original()):
+        for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
             w = _ridge(g, c, ridge)
             new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
             old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
@@ -315,7 +336,7 @@ class LayerFit:
                 (xf, yf), (xh, yh) = self._rows(g, False), self._rows(g, True)
                 out.append(_dual_ridge(np.concatenate([xf, xh]), np.concatenate([yf, yh]), ridge))
             return out
-        return [_ridge(g + hg, c + hc, ridge) for (g, c, _), (hg, hc, _) in zip(self.fit, self.held)]
+        return [_ridge(g + hg, c + hc, ridge) for (g, c, *_), (hg, hc, *_) in zip(self.fit, self.held)]
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
         """The refitted (weight, bias) on all rows, in the layer's own layout."""

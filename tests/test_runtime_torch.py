@@ -571,6 +571,9 @@ def test_ops_that_read_axis_zero_do_not_fold(op, attrs, consts, mixes):
     ("GatherElements", {"axis": -2}, {}, 2, True),
     ("OneHot", {"axis": 0}, {}, 1, True),
     ("OneHot", {}, {}, 1, False),
+    ("Pad", {}, {"p": [1, 0, 1, 0], "a": [-2, -1]}, 2, True),   # opset 18's axes input
+    ("Pad", {}, {"p": [0, 1, 0, 1], "a": [-2, -1]}, 2, False),
+    ("Pad", {}, {"p": [1, 1]}, 2, True),                        # axes input not constant
 ])
 def test_negative_axes_that_mean_axis_zero_do_not_fold(op, attrs, consts, rank, mixes):
     """An axis counted from the end names axis 0 when it is minus the input's rank (the
@@ -581,6 +584,8 @@ def test_negative_axes_that_mean_axis_zero_do_not_fold(op, attrs, consts, rank, 
     inputs = ["x"] + (["s"] if "s" in consts else [])
     if op == "Slice":
         inputs = ["x", "b", "e", "s"]
+    if op == "Pad":
+        inputs = ["x", "p", "", "a"]
     node = _Node(op, "n", inputs, ["y"], attrs)
     why = _mixes_batch(node, lambda name: (np.asarray(consts[name]) if name in consts else None),
                        lambda name: rank if name == "x" else None)
@@ -1203,3 +1208,17 @@ def test_a_model_with_external_data_is_tuned_into_external_data(tmp_path):
     assert any(t.data_location == onnx.TensorProto.EXTERNAL
                for g in walk.subgraphs(head.graph) for t in g.initializer)
     assert run(str(out), x).outputs[0].shape == (32, 10)
+
+
+def test_ranks_come_from_shape_inference_and_initializers():
+    """_ranks: every tensor's number of axes, the initializers' too (a small constant stays an
+    initializer in the skeleton, and a Concat([c, x], axis=-1) reads it first)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from runtimes.torch.network import _ranks
+    c = numpy_helper.from_array(np.ones((1, 4), np.float32), "c")
+    g = helper.make_graph([helper.make_node("Concat", ["c", "x"], ["y"], axis=-1),
+                           helper.make_node("Relu", ["y"], ["z"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [c])
+    ranks = _ranks(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert ranks["c"] == 2 and ranks["x"] == 2 and ranks["y"] == 2

@@ -321,8 +321,10 @@ def test_step_graph_is_rebuilt_only_after_a_change(monkeypatch):
 def test_spikes_from_kept_currents_are_the_layers_own(monkeypatch, model):
     """A site's spikes recorded by its neuron alone from the currents kept from its search
     run (KEEP_CURRENTS; the bias correction's offset, folded into the layer's bias in the
-    step graph, added to them) equal those of running the layer again: the same records and
-    the same model, bit for bit; over KEEP_CURRENTS_BYTES the layer runs again."""
+    step graph, added to them) equal those of running the layer again on these networks: the
+    same records and the same model, bit for bit (a spike may differ only where a membrane
+    lies within float32 rounding of its threshold); over KEEP_CURRENTS_BYTES the layer runs
+    again."""
     import onnx_snn.sequential as S
     from onnx_snn.scales import SearchConfig
     net = B.resnet(13, "clip") if model == "resnet" else B.vgg(13, "clip")

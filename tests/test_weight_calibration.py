@@ -277,6 +277,22 @@ def test_spike_count_sums_are_exact_past_float32s_whole_numbers():
     assert np.array_equal(fit.fit[0][0], (x.T @ x).astype(np.float64))
 
 
+def test_large_spike_counts_take_the_float_path():
+    """Counts above 64 (T > 64) would need chunks of fewer than MIN_EXACT_ROWS rows to stay
+    exact in float32: they are summed as float64 products of count x quantum instead."""
+    from onnx_snn.weight_calibration import LayerFit
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
+    fit = LayerFit(node, np.ones((3, 2), np.float32), np.zeros(2, np.float32), {})
+    rng = np.random.default_rng(4)
+    k = rng.integers(0, 129, size=(500, 3))
+    steps = [(np.arange(128)[None, None, :] < k[..., None])[..., t].astype(np.float32) * 0.5
+             for t in range(128)]                   # k spikes of amplitude 0.5 in 128 steps
+    fit.add_steps(steps, np.zeros((500, 2), np.float32))
+    assert not fit.pending
+    x = np.concatenate([k * (0.5 / 128), np.ones((500, 1))], axis=1)
+    np.testing.assert_allclose(fit.fit[0][0], x.T @ x, rtol=1e-12)
+
+
 @pytest.mark.slow
 def test_conversion_is_the_same_on_one_and_two_blas_threads(tmp_path):
     """The shipped model converted in processes with 1 and 2 BLAS threads: the same

@@ -80,6 +80,8 @@ def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
     out: Dict[str, int] = {}
 
     def visit(g):
+        for t in g.initializer:
+            out[t.name] = len(t.dims)
         for vi in list(g.input) + list(g.output) + list(g.value_info):
             t = vi.type.tensor_type
             if t.HasField("shape"):
@@ -143,8 +145,15 @@ def _mixes_batch(node: _Node, const, rank=lambda name: None) -> Optional[str]:
         if pads is None:
             return "may pad axis 0"
         pads = np.asarray(pads).reshape(-1)
-        if len(node.inputs) < 4 and "axes" not in a and pads.size and (
-                pads[0] != 0 or pads[pads.size // 2] != 0):
+        if len(node.inputs) > 3 and node.inputs[3]:         # opset 18: the axes padded
+            axes = const_input(3)
+            if axes is None:
+                return "may pad axis 0"
+            axes = [int(v) for v in np.asarray(axes).reshape(-1)]
+            if any(_axis_zero(ax, r) and (pads[i] != 0 or pads[i + len(axes)] != 0)
+                   for i, ax in enumerate(axes)):
+                return "pads axis 0"
+        elif "axes" not in a and pads.size and (pads[0] != 0 or pads[pads.size // 2] != 0):
             return "pads axis 0"
     if op == "Gather" and _axis_zero(a.get("axis", 0), r) and const(node.inputs[0]) is None:
         return "gathers along axis 0"
