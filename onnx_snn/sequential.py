@@ -466,6 +466,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         layer when None), each on the spiking network's input to it; the DNN's activation
         at ``site`` is kept from the same runs where they can compute it."""
         nonlocal pending
+        # (a site whose currents are too large to keep gets its own DNN run after its search,
+        # so that its activations are not held through it)
+        keep_site = site is not None and kept_currents_bytes(timesteps, n_total, site.neurons)
         while True:
             nodes = list(work.model.graph.node)
             scope = walk.prune(nodes, [before]) if before else nodes
@@ -476,9 +479,6 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(nodes, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
-            # (a site of more than KEEP_CURRENTS_BYTES / T gets its own run after its search,
-            # as the kept currents: its activations are not held through the search)
-            keep_site = site is not None and kept_currents_bytes(1, n_total, site.neurons * timesteps)
             dnn = dnn_runner([f.node.output[0] for f in ready],
                              also=[site.output] if keep_site else ())
 

@@ -91,17 +91,18 @@ class LayerFit:
         if self.inputs > DUAL_MIN_INPUTS:
             self.kept = []
 
-    def add(self, r: np.ndarray, y: np.ndarray, counts: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
+    def add(self, r: Optional[np.ndarray], y: np.ndarray,
+            counts: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
         """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``.
         Every ``holdout``-th batch is held out to check the refit. A convolution's rows (patches) are
         subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed.
-        ``counts``: ``r`` as (whole-number array K, per-channel quantum q) with
-        ``r = K * q`` along axis 1 (:func:`integer_form`); its normal equations are then
-        summed exactly (see :meth:`_accumulate`)."""
+        ``counts``: the input as (whole-number array K, per-channel quantum q) instead, with
+        ``r = K * q`` along axis 1 (:func:`integer_form`; ``r`` is then not needed); its
+        normal equations are then summed exactly (see :meth:`_accumulate`)."""
         held = self.held_out(self.batches)
         rng = np.random.default_rng(self.batches)
-        k, q = counts if counts is not None else (r, None)
-        for g, (x, yg) in enumerate(_design(self, k, y, rng, self._buffer)):
+        values, q = counts if counts is not None else (r, None)
+        for g, (x, yg) in enumerate(_design(self, values, y, rng, self._buffer)):
             yg = yg.astype(np.float32)
             scale = None if q is None else self._column_scale(q, g)
             if self.kept is not None:
@@ -112,7 +113,7 @@ class LayerFit:
                     continue
                 self._fold()          # as many rows as inputs: the normal equations from now on
             self._accumulate(g, held, x, yg, scale)
-        self.rows += r.shape[0]
+        self.rows += values.shape[0]
         self.batches += 1
 
     def add_steps(self, steps: List[np.ndarray], y: np.ndarray) -> None:
@@ -121,8 +122,7 @@ class LayerFit:
         plus or minus one value per channel (spikes, max-pooled spikes), the normal
         equations are summed from the spike counts exactly."""
         counts = integer_form(steps)
-        r = np.mean(steps, axis=0) if counts is None else steps[0]
-        self.add(r, y, counts)
+        self.add(np.mean(steps, axis=0) if counts is None else None, y, counts)
 
     def _column_scale(self, q: np.ndarray, g: int) -> np.ndarray:
         """The quantum of each column of group ``g``'s rows (its input channel's; 1 for the

@@ -65,8 +65,7 @@ def _axis_zero(v, rank: Optional[int] = None) -> bool:
 #: can be 0 or count from the end), and so along the batch when that axis is 0
 _AXIS_OPS = {"Concat": None, "Softmax": -1, "LogSoftmax": -1, "Hardmax": -1,
              "ArgMax": 0, "ArgMin": 0, "TopK": -1, "LpNormalization": -1,
-             "LayerNormalization": -1, "GatherElements": 0, "ScatterElements": 0,
-             "Flatten": 1, "OneHot": -1}
+             "LayerNormalization": -1, "ScatterElements": 0, "OneHot": -1}
 
 
 def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
@@ -98,17 +97,28 @@ def _mixes_batch(node: _Node, const, rank=lambda name: None) -> Optional[str]:
     """Why ``node`` would compute something else on a batch of T x N than on T batches of
     N (it reads, moves or sizes axis 0), or None. ``const(name)`` is the constant value of an
     input, or None; ``rank(name)`` its number of axes, or None (a negative axis of an input of
-    unknown rank may then be axis 0). Used by :meth:`SpikingNetwork.time_foldable`."""
+    unknown rank may then be axis 0), asked only for a negative axis. Used by
+    :meth:`SpikingNetwork.time_foldable`."""
     a, op = node.attrs, node.op
-    r = rank(node.inputs[0]) if node.inputs and node.inputs[0] else None
-    if op == "Unsqueeze" and r is not None:          # its axes count the output's axes
-        axes = a.get("axes", const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None)
-        r = None if axes is None else r + np.asarray(axes).size
-    if op == "OneHot":                               # a new axis: the output has one more
-        r = None if r is None else r + 1
 
     def const_input(k):
         return const(node.inputs[k]) if len(node.inputs) > k and node.inputs[k] else None
+
+    def out_rank():
+        """The rank a negative axis counts from: the input's (the output's for Unsqueeze and
+        OneHot, which add axes)."""
+        r = rank(node.inputs[0]) if node.inputs and node.inputs[0] else None
+        if r is None:
+            return None
+        if op == "Unsqueeze":
+            axes = a.get("axes", const_input(1))
+            return None if axes is None else r + np.asarray(axes).size
+        return r + 1 if op == "OneHot" else r
+
+    def at0(v) -> bool:
+        """Whether the axis (or axes) ``v`` of this node names axis 0."""
+        vals = list(np.asarray(v).reshape(-1))
+        return _axis_zero(vals, out_rank() if any(int(x) < 0 for x in vals) else None)
 
     if op == "Size":
         return "counts the batch"
@@ -118,23 +128,22 @@ def _mixes_batch(node: _Node, const, rank=lambda name: None) -> Optional[str]:
             return "sets axis 0 to a constant"
     if op == "Transpose" and (not a.get("perm") or int(a["perm"][0]) != 0):
         return "moves axis 0"
-    if op == "Flatten" and _axis_zero(a.get("axis", 1), r):
+    if op == "Flatten" and at0(a.get("axis", 1)):
         return "flattens axis 0"
-    if op in _AXIS_OPS and op not in ("Flatten", "GatherElements") and (
-            "axis" in a or _AXIS_OPS[op] is not None) \
-            and _axis_zero(a.get("axis", _AXIS_OPS[op]), r):
+    if op in _AXIS_OPS and ("axis" in a or _AXIS_OPS[op] is not None) \
+            and at0(a.get("axis", _AXIS_OPS[op])):
         return "works along axis 0"
-    if op == "GatherElements" and const(node.inputs[0]) is None and _axis_zero(a.get("axis", 0), r):
+    if op == "GatherElements" and const(node.inputs[0]) is None and at0(a.get("axis", 0)):
         return "gathers along axis 0"
     if op == "CumSum":
         axis = const(node.inputs[1]) if len(node.inputs) > 1 else None
-        if axis is None or _axis_zero(list(np.asarray(axis).reshape(-1)), r):
+        if axis is None or at0(axis):
             return "sums along axis 0"
-    if op == "Compress" and ("axis" not in a or _axis_zero(a["axis"], r)):
+    if op == "Compress" and ("axis" not in a or at0(a["axis"])):
         return "selects along axis 0 (or flattens)"
-    if op == "MeanVarianceNormalization" and _axis_zero(list(a.get("axes", [0, 2, 3])), r):
+    if op == "MeanVarianceNormalization" and at0(a.get("axes", [0, 2, 3])):
         return "normalizes over axis 0"
-    if op == "Split" and _axis_zero(a.get("axis", 0), r):        # ONNX's default axis is 0
+    if op == "Split" and at0(a.get("axis", 0)):        # ONNX's default axis is 0
         return "splits axis 0"
     if op == "GatherND" and const(node.inputs[0]) is None:
         return "indexes axis 0"
@@ -150,34 +159,34 @@ def _mixes_batch(node: _Node, const, rank=lambda name: None) -> Optional[str]:
             if axes is None:
                 return "may pad axis 0"
             axes = [int(v) for v in np.asarray(axes).reshape(-1)]
-            if any(_axis_zero(ax, r) and (pads[i] != 0 or pads[i + len(axes)] != 0)
+            if any(at0(ax) and (pads[i] != 0 or pads[i + len(axes)] != 0)
                    for i, ax in enumerate(axes)):
                 return "pads axis 0"
         elif "axes" not in a and pads.size and (pads[0] != 0 or pads[pads.size // 2] != 0):
             return "pads axis 0"
-    if op == "Gather" and _axis_zero(a.get("axis", 0), r) and const(node.inputs[0]) is None:
+    if op == "Gather" and at0(a.get("axis", 0)) and const(node.inputs[0]) is None:
         return "gathers along axis 0"
     if op.startswith("Reduce"):
         axes = a.get("axes", const_input(1))
         if axes is None or np.asarray(axes).size == 0:
             if not int(a.get("noop_with_empty_axes", 0)):
                 return "reduces over every axis"
-        elif _axis_zero(list(np.asarray(axes).reshape(-1)), r):
+        elif at0(axes):
             return "reduces over axis 0"
     if op == "Slice":
         if "starts" in a:                                    # opset < 10: attributes
             axes = a.get("axes")
-            if axes is None or _axis_zero(list(axes), r):
+            if axes is None or at0(axes):
                 return "slices axis 0"
         elif len(node.inputs) < 4 or not node.inputs[3]:     # no axes: every axis
             return "slices every axis"
         else:
             axes = const_input(3)
-            if axes is None or _axis_zero(list(np.asarray(axes).reshape(-1)), r):
+            if axes is None or at0(axes):
                 return "slices axis 0"
     if op in ("Squeeze", "Unsqueeze"):
         axes = a.get("axes", const_input(1))
-        if axes is not None and _axis_zero(list(np.asarray(axes).reshape(-1)), r):
+        if axes is not None and at0(axes):
             return "squeezes or inserts axis 0"
     if op == "Tile":
         reps = const_input(1)
@@ -427,12 +436,12 @@ class SpikingNetwork(nn.Module):
         for n in self.hoisted + self.body:
             if n.op == "Shape" or all(i in static for i in n.inputs if i):
                 static.update(n.outputs)
-        ranks: Dict[str, int] = {}
+        inferred: List[Dict[str, int]] = []
 
-        def rank(name):           # shape inference only for a graph that asks (once)
-            if not ranks:
-                ranks.update(_ranks(self.view.model) or {"": 0})
-            return ranks.get(name)
+        def rank(name):           # shape inference once, only if a negative axis asks
+            if not inferred:
+                inferred.append(_ranks(self.view.model))
+            return inferred[0].get(name)
         carried = set()
         for n in self.body:
             if nexts.intersection(n.inputs):
