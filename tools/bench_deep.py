@@ -82,11 +82,15 @@ VARIANTS = {
     "percentile": ("percentile", {}),
 }
 #: variants calibrated on more than the benchmarks' 512 training images (--calib-samples N)
+#: the per-channel search scored with a free per-channel constant (SearchConfig.search_intercept)
+VARIANTS["refined-intercept"] = ("refined", {"search_intercept": True})
+VARIANTS["refined-intercept-seed1"] = ("refined", {"search_intercept": True})
 CALIB_IMAGES = {"refined-2048": 2048}
 VARIANTS["refined-2048"] = ("refined", {})
 #: the default with another seed for the refinement's sampled neurons (the same calibration
 #: images): the spread over seeds is the noise in every figure of the default
 SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
+SEEDS["refined-intercept-seed1"] = 1
 VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 #: the default with every max pool that reads an activation moved ahead of it (``convert
 #: --pool-first``), at seed 0 and seeds 1-3
