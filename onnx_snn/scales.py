@@ -69,10 +69,9 @@ class SearchConfig:
     search_stride: int = 1           # per-channel search: every stride-th percentile, then
                                      # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
-    search_intercept: bool = False   # per-channel search: score each candidate by the
-                                     # least-squares fit of the target by beta * count plus a
-                                     # free per-channel constant (absorbed downstream by the
-                                     # next layer's refit and bias correction); an experiment
+    weight_ridge_to_original: bool = False   # weight calibration: the ridge pulls toward
+                                     # the layer's own weights, not zero (an experiment)
+    weight_two_fold: bool = False    # weight calibration: verdict and ridge from both halves
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -456,18 +455,11 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             q2[idx] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
             q1[idx] = _group_sums(k * d[None, :], starts)
             qk[idx] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
-        intercept = cfg.search_intercept and cfg.objective == "mse"
         with np.errstate(divide="ignore", invalid="ignore"):
-            if intercept:   # the slope of the least-squares line through (count, target)
-                raw = (q1 - qk * (sd / sizes)[None, :]) / (c * (q2 - qk * qk / sizes[None, :]))
-            else:
-                raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
+            raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
         raw = np.where(np.isfinite(raw), raw, 1.0)
         beta = np.clip(np.round(raw / cfg.beta_step) * cfg.beta_step, cfg.beta_step, cfg.beta_max)
-        sse = beta ** 2 * c ** 2 * q2 - 2 * beta * c * q1 + dd[None, :]
-        if intercept:   # less what the best constant takes off
-            sse = sse - (sd[None, :] - beta * c * qk) ** 2 / sizes[None, :]
-        return cand_a, cand_f, beta, sse
+        return cand_a, cand_f, beta, beta ** 2 * c ** 2 * q2 - 2 * beta * c * q1 + dd[None, :]
 
     Q, stride = qs.size, int(cfg.search_stride)
     if stride <= 1 or Q <= 2 * stride:   # every candidate

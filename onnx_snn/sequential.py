@@ -332,6 +332,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     for f in pending:
         f.n_batches, f.holdout = len(starts), cfg.weight_holdout
+        f.to_original = cfg.weight_ridge_to_original
+        f.two_fold = cfg.weight_two_fold
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:

@@ -86,6 +86,11 @@ class LayerFit:
     #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
     #: 2026-12-03, then a set of two to four batches held out its last one)
     holdout: int = 2
+    #: the ridge pulls the refit toward the layer's own weights, not toward zero
+    #: (SearchConfig.weight_ridge_to_original; an experiment)
+    to_original: bool = False
+    #: the verdict and the ridge from both halves in turn (two-fold), not the held-out half alone
+    two_fold: bool = False
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -280,10 +285,11 @@ class LayerFit:
         if not any(h[2] for h in self.held):
             return True, float("nan"), float("nan")
         new = old = 0.0
-        for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
-            w = _ridge(g, c, ridge)
-            new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
-            old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
+        for fit, held, w0 in zip(self.fit, self.held, self._original()):
+            for (g, c, *_), (hg, hc, hy, *_) in ((fit, held), (held, fit))[:2 if self.two_fold else 1]:
+                w = self._primal(g, c, ridge, w0)
+                new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
+                old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
         return new < old, new, old
 
     def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
@@ -323,7 +329,8 @@ class LayerFit:
             return True, float("nan"), float("nan")
         new = old = 0.0
         for g, ((xh, yh), w0) in enumerate(zip(held, self._original())):
-            w = _dual_ridge(*self._rows(g, False), ridge)
+            xf, yf = self._rows(g, False)
+            w = self._dual(xf, yf, ridge, w0)
             new += float(np.sum((xh @ w - yh) ** 2))
             old += float(np.sum((xh @ w0 - yh) ** 2))
         return new < old, new, old
@@ -332,11 +339,25 @@ class LayerFit:
         """Per group, the ridge solution on all rows, [d+1, out] (bias last)."""
         if self.kept is not None:
             out = []
-            for g in range(len(self.kept)):
+            for g, w0 in enumerate(self._original()):
                 (xf, yf), (xh, yh) = self._rows(g, False), self._rows(g, True)
-                out.append(_dual_ridge(np.concatenate([xf, xh]), np.concatenate([yf, yh]), ridge))
+                out.append(self._dual(np.concatenate([xf, xh]), np.concatenate([yf, yh]), ridge, w0))
             return out
-        return [_ridge(g + hg, c + hc, ridge) for (g, c, *_), (hg, hc, *_) in zip(self.fit, self.held)]
+        return [self._primal(g + hg, c + hc, ridge, w0)
+                for (g, c, *_), (hg, hc, *_), w0 in zip(self.fit, self.held, self._original())]
+
+    def _primal(self, gram, cross, ridge, w0):
+        """The ridge solution from the normal equations; with :attr:`to_original`, the
+        original weights plus the ridge solution of what they leave."""
+        if not self.to_original:
+            return _ridge(gram, cross, ridge)
+        return w0 + _ridge(gram, cross - gram @ w0, ridge)
+
+    def _dual(self, x, y, ridge, w0):
+        """:meth:`_primal` from the rows."""
+        if not self.to_original:
+            return _dual_ridge(x, y, ridge)
+        return w0 + _dual_ridge(x, y - (x @ w0).astype(np.float32), ridge)
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
         """The refitted (weight, bias) on all rows, in the layer's own layout."""

@@ -366,3 +366,42 @@ def test_a_wide_layer_keeps_the_start_ridge_in_one_solve(monkeypatch):
         fit.add(x, x @ rng.normal(size=(40, 5)).astype(np.float32))
     ridge, *_ = fit.choose_ridge((0.001, 0.01, 0.1, 1.0), 0.01)
     assert ridge == 0.01 and calls == [0.01]
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_the_ridge_can_pull_toward_the_layers_own_weights(form, monkeypatch):
+    """With ``to_original`` the refit minimizes ||X W - Y||^2 + lam ||W - W0||^2 (W0 the
+    layer's own weights, the bias free), in the normal equations and in the dual form alike:
+    a large ridge gives back the layer's weights, where the plain ridge shrinks them to zero."""
+    import onnx_snn.weight_calibration as W
+    rng = np.random.default_rng(5)
+    w0 = rng.normal(size=(6, 8, 3, 3)).astype(np.float32)          # 72 inputs per output
+    b0 = rng.normal(size=6).astype(np.float32)
+    node, inits = _conv(w0, b0, strides=[2, 2])
+    truth = w0 + rng.normal(scale=0.5, size=w0.shape).astype(np.float32)
+    monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10 if form == "dual" else 10 ** 9)
+    fits = {to: layer_fit(node, inits) for to in (False, True)}
+    for to, f in fits.items():
+        f.to_original = to
+    batches = []
+    for _ in range(4):                                              # 4 x 8 = 32 rows < 72
+        x = rng.random((2, 8, 5, 5)).astype(np.float32)
+        batches.append((x, _reference_conv(x, truth, b0, strides=[2, 2])))
+        for f in fits.values():
+            f.add(*batches[-1])
+    assert (fits[True].kept is not None) == (form == "dual")
+    rows = [next(_design(fits[True], x, y)) for x, y in batches]
+    xs = np.concatenate([r[:, :-1] for r, _ in rows]).astype(np.float64)
+    ys = np.concatenate([t for _, t in rows]).astype(np.float64)
+    prior = np.concatenate([w0.reshape(6, -1).T, b0[None]]).astype(np.float64)
+    a = np.concatenate([xs, np.ones((len(xs), 1))], axis=1)
+    for ridge in (0.01, 1.0):
+        lam = ridge * np.mean(np.sum(xs ** 2, axis=0))
+        reg = np.diag(np.r_[np.full(xs.shape[1], lam), 0.0])
+        exact = np.linalg.solve(a.T @ a + reg, a.T @ ys + reg @ prior)
+        wt, bt = fits[True].solve(ridge)
+        got = np.concatenate([wt.reshape(6, -1).T, bt[None]])
+        np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4)
+    far = {to: f.solve(1e6)[0] for to, f in fits.items()}
+    np.testing.assert_allclose(far[True], w0, atol=1e-3)          # the layer's own weights
+    assert np.abs(far[False]).max() < 1e-3                          # shrunk to zero
