@@ -69,9 +69,9 @@ class SearchConfig:
     search_stride: int = 1           # per-channel search: every stride-th percentile, then
                                      # the ones around each channel's best (1: all of them)
     signed_spikes: bool = False      # signed neurons (SignedIFNeuron) at every site
-    weight_ridge_to_original: bool = False   # weight calibration: the ridge pulls toward
-                                     # the layer's own weights, not zero (an experiment)
-    weight_two_fold: bool = False    # weight calibration: verdict and ridge from both halves
+    #: weight calibration: the ridge pulls the refit toward the layer's own weights, not
+    #: toward zero (False: the default until 2026-12-04; docs/FORMAT.md)
+    weight_ridge_to_original: bool = True
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:

@@ -12,7 +12,11 @@ the earlier layers' errors in it). The layer is linear, so its time-averaged out
 "weight calibration" step of Li et al. (ICML 2021), solved in closed form rather than by
 gradient descent, and it keeps the layer's shape: the spiking graph is unchanged, only the
 values of its weights and bias differ. ``lam = ridge * mean(diag(R^T R))`` keeps the fit from
-chasing the noise of a small calibration set, and every second calibration batch is held out
+chasing the noise of a small calibration set; in the refinement the penalty is
+``lam ||W' - W||^2`` (:attr:`LayerFit.to_original`): where the calibration set says little,
+the refit stays near the trained weights instead of shrinking toward zero (top-1 at T = 1
+and 2 higher in all 12 cells measured, three networks and two seeds: docs/FORMAT.md).
+Every second calibration batch is held out
 (batches 1, 3, 5, ...): a layer keeps its own weights unless the refit on the other half
 predicts the held-out DNN outputs better, and keeps them when the calibration set is a single
 batch, with nothing to check the refit on. A layer that passes is refitted on all batches.
@@ -86,11 +90,10 @@ class LayerFit:
     #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
     #: 2026-12-03, then a set of two to four batches held out its last one)
     holdout: int = 2
-    #: the ridge pulls the refit toward the layer's own weights, not toward zero
-    #: (SearchConfig.weight_ridge_to_original; an experiment)
+    #: the ridge pulls the refit toward the layer's own weights W0 (lam ||W - W0||^2), not
+    #: toward zero (SearchConfig.weight_ridge_to_original, on in the refinement since
+    #: 2026-12-04; False here gives the plain ridge regression)
     to_original: bool = False
-    #: the verdict and the ridge from both halves in turn (two-fold), not the held-out half alone
-    two_fold: bool = False
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -285,11 +288,10 @@ class LayerFit:
         if not any(h[2] for h in self.held):
             return True, float("nan"), float("nan")
         new = old = 0.0
-        for fit, held, w0 in zip(self.fit, self.held, self._original()):
-            for (g, c, *_), (hg, hc, hy, *_) in ((fit, held), (held, fit))[:2 if self.two_fold else 1]:
-                w = self._primal(g, c, ridge, w0)
-                new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
-                old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
+        for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
+            w = self._primal(g, c, ridge, w0)
+            new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
+            old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
         return new < old, new, old
 
     def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
@@ -348,7 +350,8 @@ class LayerFit:
 
     def _primal(self, gram, cross, ridge, w0):
         """The ridge solution from the normal equations; with :attr:`to_original`, the
-        original weights plus the ridge solution of what they leave."""
+        original weights plus the ridge solution of what they leave (the minimizer of
+        ``||X W - Y||^2 + lam ||W - W0||^2``, the bias free)."""
         if not self.to_original:
             return _ridge(gram, cross, ridge)
         return w0 + _ridge(gram, cross - gram @ w0, ridge)

@@ -88,15 +88,11 @@ VARIANTS["refined-2048"] = ("refined", {})
 #: images): the spread over seeds is the noise in every figure of the default
 SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
 VARIANTS.update({name: ("refined", {}) for name in SEEDS})
-#: the weight calibration's ridge toward the layer's own weights (an experiment)
-VARIANTS["refined-to-original"] = ("refined", {"weight_ridge_to_original": True})
-VARIANTS["refined-to-original-seed1"] = ("refined", {"weight_ridge_to_original": True})
-SEEDS["refined-to-original-seed1"] = 1
-VARIANTS["refined-to-original-2fold"] = ("refined", {"weight_ridge_to_original": True,
-                                                     "weight_two_fold": True})
-VARIANTS["refined-to-original-wide"] = ("refined", {
-    "weight_ridge_to_original": True,
-    "weight_ridge_grid": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)})
+#: the weight calibration's ridge toward zero, the default until 2026-12-04 (now toward the
+#: layer's own weights), seeds 0 and 1
+VARIANTS["refined-ridge-to-zero"] = ("refined", {"weight_ridge_to_original": False})
+VARIANTS["refined-ridge-to-zero-seed1"] = ("refined", {"weight_ridge_to_original": False})
+SEEDS["refined-ridge-to-zero-seed1"] = 1
 #: the default with every max pool that reads an activation moved ahead of it (``convert
 #: --pool-first``), at seed 0 and seeds 1-3
 POOL_FIRST = {"refined-pool-first": 0, **{f"refined-pool-first-seed{k}": k for k in (1, 2, 3)}}
