@@ -93,8 +93,6 @@ VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 VARIANTS["refined-ridge-to-zero"] = ("refined", {"weight_ridge_to_original": False})
 VARIANTS["refined-ridge-to-zero-seed1"] = ("refined", {"weight_ridge_to_original": False})
 SEEDS["refined-ridge-to-zero-seed1"] = 1
-VARIANTS.update({f"refined-ceil{c:g}": ("refined", {"weight_target_ceiling": c})
-                 for c in (1.0, 1.5, 3.0)})
 #: the default with every max pool that reads an activation moved ahead of it (``convert
 #: --pool-first``), at seed 0 and seeds 1-3
 POOL_FIRST = {"refined-pool-first": 0, **{f"refined-pool-first-seed{k}": k for k in (1, 2, 3)}}
