@@ -349,3 +349,22 @@ def test_spikes_from_kept_currents_are_the_layers_own(monkeypatch, model):
         for m in (a.model, b.model):
             del m.metadata_props[:]
         assert a.model.SerializeToString() == b.model.SerializeToString()
+
+
+@pytest.mark.parametrize("toward_own", [True, False])
+def test_refits_pull_toward_the_trained_weights_unless_told_otherwise(monkeypatch, toward_own):
+    """Every layer the refinement refits uses the configured prior (the layer's own weights by
+    default, zero with ``weight_ridge_to_original=False``), and the file's history says which."""
+    import onnx_snn.weight_calibration as W
+    seen = []
+    real = W.LayerFit.choose_ridge
+    monkeypatch.setattr(W.LayerFit, "choose_ridge",
+                        lambda self, *a: seen.append(self.to_original) or real(self, *a))
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), batch_size=12, show_progress=False)
+    cfg = SearchConfig() if toward_own else SearchConfig(weight_ridge_to_original=False)
+    snn = onnx_snn.build(nm, cal, 2, "refined", cfg)
+    assert seen and set(seen) == {toward_own}
+    assert len(seen) == len(snn.report["sequential"]["layers"])
+    history = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
+    assert history["weight_ridge_toward"] == ("own weights" if toward_own else "zero")
