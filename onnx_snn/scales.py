@@ -59,6 +59,8 @@ class SearchConfig:
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
     weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
+    weight_target_ceiling: Optional[float] = None  # an experiment: fitted to min(h, c * mu)
+    ceiling_in_bias: bool = False
     weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
                                      # site alone is fitted to max(h, -floor * mu), not h
                                      # (None: h; an experiment, tools/bench_deep.py)

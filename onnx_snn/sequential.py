@@ -498,6 +498,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     floor = floors.get(f.node.output[0])
                     if floor is not None:    # below it the site is silent either way
                         y = np.maximum(y, np.float32(floor))
+                    top = ceilings.get(f.node.output[0])
+                    if top is not None:
+                        y = np.minimum(y, np.float32(top))
                     f.add_steps(steps[x], y)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
@@ -531,14 +534,17 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # --weight_target_floor: a layer whose output is a site's input (read by nothing else) is
     # fitted to max(h, -floor * mu)
     floors: Dict[str, float] = {}
-    if cfg.weight_target_floor is not None:
+    ceilings: Dict[str, float] = {}
+    if cfg.weight_target_floor is not None or cfg.weight_target_ceiling is not None:
         readers: Dict[str, int] = {}
         for n in nm.model.graph.node:
             for t in n.input:
                 readers[t] = readers.get(t, 0) + 1
         for k in names:
-            if readers.get(recs[k].input) == 1:
+            if readers.get(recs[k].input) == 1 and cfg.weight_target_floor is not None:
                 floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
+            if readers.get(recs[k].input) == 1 and cfg.weight_target_ceiling is not None:
+                ceilings[recs[k].input] = float(cfg.weight_target_ceiling) * float(recs[k].mu)
 
     rows = []
     for i, s in enumerate(names):
@@ -568,7 +574,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             channels = _channels(rec, positions[s])
             n_ch = int(rec.shape[0]) if rec.shape else 1
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
-                offset = channel_offsets(cur, preacts[s], channels, n_ch)
+                top = ceilings.get(rec.input) if cfg.ceiling_in_bias else None
+                offset = channel_offsets(cur, preacts[s] if top is None else
+                                         np.minimum(preacts[s], top), channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
                 rec.offset = _value(offset)
                 row["offset"] = rec.offset
