@@ -59,8 +59,9 @@ class SearchConfig:
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
     weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
-    weight_target_ceiling: Optional[float] = None  # an experiment: fitted to min(h, c * mu)
-    ceiling_in_bias: bool = False
+    #: weight calibration at T = 1: a layer that feeds a site alone is fitted to min(h, mu)
+    #: (a neuron fires once at most, and every h >= mu fires it; docs/FORMAT.md)
+    one_step_ceiling: bool = True
     weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
                                      # site alone is fitted to max(h, -floor * mu), not h
                                      # (None: h; an experiment, tools/bench_deep.py)

@@ -499,7 +499,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     if floor is not None:    # below it the site is silent either way
                         y = np.maximum(y, np.float32(floor))
                     top = ceilings.get(f.node.output[0])
-                    if top is not None:
+                    if top is not None:      # above it the site fires its one spike either way
                         y = np.minimum(y, np.float32(top))
                     f.add_steps(steps[x], y)
 
@@ -531,20 +531,24 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 layer_rows.append(row)
             pending = [f for f in pending if f not in ready]
 
-    # --weight_target_floor: a layer whose output is a site's input (read by nothing else) is
-    # fitted to max(h, -floor * mu)
+    # a layer whose output is a site's input (read by nothing else) is fitted to
+    # max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
+    # (one_step_ceiling: one step, one spike at most, which every h >= mu fires)
     floors: Dict[str, float] = {}
     ceilings: Dict[str, float] = {}
-    if cfg.weight_target_floor is not None or cfg.weight_target_ceiling is not None:
+    capped = cfg.one_step_ceiling and timesteps == 1
+    if cfg.weight_target_floor is not None or capped:
         readers: Dict[str, int] = {}
         for n in nm.model.graph.node:
             for t in n.input:
                 readers[t] = readers.get(t, 0) + 1
         for k in names:
-            if readers.get(recs[k].input) == 1 and cfg.weight_target_floor is not None:
+            if readers.get(recs[k].input) != 1:
+                continue
+            if cfg.weight_target_floor is not None:
                 floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
-            if readers.get(recs[k].input) == 1 and cfg.weight_target_ceiling is not None:
-                ceilings[recs[k].input] = float(cfg.weight_target_ceiling) * float(recs[k].mu)
+            if capped:
+                ceilings[recs[k].input] = float(recs[k].mu)
 
     rows = []
     for i, s in enumerate(names):
@@ -574,9 +578,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             channels = _channels(rec, positions[s])
             n_ch = int(rec.shape[0]) if rec.shape else 1
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
-                top = ceilings.get(rec.input) if cfg.ceiling_in_bias else None
-                offset = channel_offsets(cur, preacts[s] if top is None else
-                                         np.minimum(preacts[s], top), channels, n_ch)
+                offset = channel_offsets(cur, preacts[s], channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
                 rec.offset = _value(offset)
                 row["offset"] = rec.offset

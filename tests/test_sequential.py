@@ -368,3 +368,31 @@ def test_refits_pull_toward_the_trained_weights_unless_told_otherwise(monkeypatc
     assert len(seen) == len(snn.report["sequential"]["layers"])
     history = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
     assert history["weight_ridge_toward"] == ("own weights" if toward_own else "zero")
+
+
+@pytest.mark.parametrize("timesteps,ceiling", [(1, True), (1, False), (2, True)])
+def test_one_step_fits_are_capped_at_mu(monkeypatch, timesteps, ceiling):
+    """At T = 1 (one spike at most, fired by every h >= mu) a layer that feeds a site alone
+    is fitted to min(h, mu), unless ``one_step_ceiling=False``; at T = 2 to h itself."""
+    import onnx_snn.weight_calibration as W
+    tops = {}
+    real = W.LayerFit.add_steps
+
+    def record(self, steps, y):
+        tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
+        return real(self, steps, y)
+    monkeypatch.setattr(W.LayerFit, "add_steps", record)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    x = B.rand_input(24) * 4          # pre-activations past the clip's mu = 2
+    cal = onnx_snn.calibrate(nm, x, batch_size=12, show_progress=False)
+    snn = onnx_snn.build(nm, cal, timesteps, "refined", SearchConfig(one_step_ceiling=ceiling))
+    mus = {rec.input: rec.mu for rec in snn.records.values()}
+    fed = {t: top for t, top in tops.items() if t in mus}
+    assert fed                                    # some refitted layer feeds a site
+    capped = timesteps == 1 and ceiling
+    if capped:
+        assert all(top <= mus[t] for t, top in fed.items())
+    else:
+        assert any(top > mus[t] for t, top in fed.items())
+    history = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
+    assert ("weight_target" in history) == capped

@@ -93,18 +93,11 @@ VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 VARIANTS["refined-ridge-to-zero"] = ("refined", {"weight_ridge_to_original": False})
 VARIANTS["refined-ridge-to-zero-seed1"] = ("refined", {"weight_ridge_to_original": False})
 SEEDS["refined-ridge-to-zero-seed1"] = 1
-VARIANTS.update({f"refined-ceil{c:g}": ("refined", {"weight_target_ceiling": c})
-                 for c in (1.0, 1.5, 3.0)})
-VARIANTS["refined-ceilb"] = ("refined", {"weight_target_ceiling": 1.0, "ceiling_in_bias": True})
-VARIANTS["refined-ceilb-seed1"] = ("refined", {"weight_target_ceiling": 1.0, "ceiling_in_bias": True})
-SEEDS["refined-ceilb-seed1"] = 1
-VARIANTS["refined-ceil1-seed1"] = ("refined", {"weight_target_ceiling": 1.0})
-SEEDS["refined-ceil1-seed1"] = 1
-VARIANTS["refined-ceil1-seed2"] = ("refined", {"weight_target_ceiling": 1.0})
-SEEDS["refined-ceil1-seed2"] = 2
-VARIANTS.update({f"refined-clamp{f:g}": ("refined", {"weight_target_ceiling": 1.0,
-                                                      "weight_target_floor": f})
-                 for f in (0.0, 0.25, 0.5, 1.0)})
+#: the weight calibration at T = 1 fitted to h, not min(h, mu), where a layer feeds a site
+#: alone (the default until 2026-12-04), seeds 0-2
+NO_CEILING = {"refined-no-ceiling": 0, "refined-no-ceiling-seed1": 1, "refined-no-ceiling-seed2": 2}
+VARIANTS.update({name: ("refined", {"one_step_ceiling": False}) for name in NO_CEILING})
+SEEDS.update({name: k for name, k in NO_CEILING.items() if k})
 #: the default with every max pool that reads an activation moved ahead of it (``convert
 #: --pool-first``), at seed 0 and seeds 1-3
 POOL_FIRST = {"refined-pool-first": 0, **{f"refined-pool-first-seed{k}": k for k in (1, 2, 3)}}
