@@ -267,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=SEARCH.weight_calibration,
                    help="refined: refit every layer that reads spikes so that its output on "
                         "the spiking input best matches the DNN's (ridge regression on the "
-                        "calibration set, its ridge chosen per layer from 0.001-1 and the refit "
-                        "kept where it predicts held-out images better; "
+                        "calibration set toward the layer's own weights, its ridge chosen per "
+                        "layer from 0.001-1 and the refit kept where it predicts held-out "
+                        "images better; at T=1 fitted to min(h, mu), which one spike covers; "
                         f"default: {'on' if SEARCH.weight_calibration else 'off'})")
     c.add_argument("--pool-first", action="store_true",
                    help="move each max pool that reads an activation ahead of it (the same DNN: "

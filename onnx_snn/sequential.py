@@ -12,7 +12,8 @@ The sites are refined in graph order. For site ``l``:
 1. with weight calibration (default), every layer that computes the site's input from spikes
    is refitted (:mod:`onnx_snn.weight_calibration`) on its time-averaged spiking input, to
    the DNN's output of the same layer (the DNN run from its recorded activations at the sites
-   before ``l``: one layer, not the DNN from its input);
+   before ``l``: one layer, not the DNN from its input), its ridge pulling toward the layer's
+   own weights; at T = 1 a layer that feeds a site alone is fitted to ``min(h, mu)``;
 2. the step graph runs, T steps over the calibration images, from the recorded spikes of the
    sites before ``l`` (kept as uint8 for all images: one layer is run, not the network from
    its input), and records on a fixed random sample of neurons the input current of every
