@@ -60,7 +60,8 @@ class SearchConfig:
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
     weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
     #: weight calibration at T = 1: a layer that feeds a site alone is fitted to min(h, mu)
-    #: (a neuron fires once at most, and every h >= mu fires it; docs/FORMAT.md)
+    #: (the DNN's activation saturates at mu, and one step fires one spike at most;
+    #: docs/FORMAT.md)
     one_step_ceiling: bool = True
     weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
                                      # site alone is fitted to max(h, -floor * mu), not h

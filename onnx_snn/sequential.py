@@ -500,7 +500,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     if floor is not None:    # below it the site is silent either way
                         y = np.maximum(y, np.float32(floor))
                     top = ceilings.get(f.node.output[0])
-                    if top is not None:      # above it the site fires its one spike either way
+                    if top is not None:      # the DNN's activation is mu above it
                         y = np.minimum(y, np.float32(top))
                     f.add_steps(steps[x], y)
 
@@ -534,7 +534,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
     # a layer whose output is a site's input (read by nothing else) is fitted to
     # max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
-    # (one_step_ceiling: one step, one spike at most, which every h >= mu fires)
+    # (one_step_ceiling: the DNN's activation saturates at mu, and one step fires one spike
+    # at most). The bias correction still takes the mean of h itself: against min(h, mu) it
+    # did worse on both deep networks (docs/FORMAT.md)
     floors: Dict[str, float] = {}
     ceilings: Dict[str, float] = {}
     capped = cfg.one_step_ceiling and timesteps == 1

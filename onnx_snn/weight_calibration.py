@@ -360,7 +360,7 @@ class LayerFit:
         """:meth:`_primal` from the rows."""
         if not self.to_original:
             return _dual_ridge(x, y, ridge)
-        return w0 + _dual_ridge(x, y - (x @ w0).astype(np.float32), ridge)
+        return w0 + _dual_ridge(x, y - x @ w0, ridge)      # the residual in float64
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
         """The refitted (weight, bias) on all rows, in the layer's own layout."""

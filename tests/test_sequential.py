@@ -396,3 +396,30 @@ def test_one_step_fits_are_capped_at_mu(monkeypatch, timesteps, ceiling):
         assert any(top > mus[t] for t, top in fed.items())
     history = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
     assert ("weight_target" in history) == capped
+
+
+def test_the_one_step_ceiling_spares_an_output_that_others_read(monkeypatch):
+    """A layer whose output also feeds something besides its site (here a residual Add) keeps
+    h as its target at T = 1: the other reader sees h above mu; one that feeds its site alone
+    is capped."""
+    import onnx_snn.weight_calibration as W
+    b = B.GraphBuilder(13, seed=3)
+    a1 = b.act(b.conv("input", 1, 4), "clip")
+    c2 = b.conv(a1, 4, 4)
+    a2 = b.act(c2, "clip")
+    a3 = b.act(b.node("Add", [c2, a1]), "clip")
+    c4 = b.conv(a2, 4, 4)
+    a4 = b.act(c4, "clip")
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Add", [a4, a3])])], axis=1)
+    model = b.model("input", b.gemm(y, 4, 10), (1, 12, 12), 10)
+    tops = {}
+    real = W.LayerFit.add_steps
+
+    def record(self, steps, y):
+        tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
+        return real(self, steps, y)
+    monkeypatch.setattr(W.LayerFit, "add_steps", record)
+    nm = onnx_snn.prepare(model)
+    cal = onnx_snn.calibrate(nm, B.rand_input(24) * 4, batch_size=12, show_progress=False)
+    onnx_snn.build(nm, cal, 1, "refined")
+    assert tops[c2] > 2.0 and tops[c4] <= 2.0          # mu = 2: c2 is read by the Add too

@@ -88,10 +88,12 @@ VARIANTS["refined-2048"] = ("refined", {})
 #: images): the spread over seeds is the noise in every figure of the default
 SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
 VARIANTS.update({name: ("refined", {}) for name in SEEDS})
-#: the weight calibration's ridge toward zero, the default until 2026-12-04 (now toward the
-#: layer's own weights), seeds 0 and 1
-VARIANTS["refined-ridge-to-zero"] = ("refined", {"weight_ridge_to_original": False})
-VARIANTS["refined-ridge-to-zero-seed1"] = ("refined", {"weight_ridge_to_original": False})
+#: the default until 2026-12-04: the weight calibration's ridge toward zero (now toward the
+#: layer's own weights), and at T = 1 fitted to h (now min(h, mu)), seeds 0 and 1
+VARIANTS["refined-ridge-to-zero"] = ("refined", {"weight_ridge_to_original": False,
+                                                 "one_step_ceiling": False})
+VARIANTS["refined-ridge-to-zero-seed1"] = ("refined", {"weight_ridge_to_original": False,
+                                                       "one_step_ceiling": False})
 SEEDS["refined-ridge-to-zero-seed1"] = 1
 #: the weight calibration at T = 1 fitted to h, not min(h, mu), where a layer feeds a site
 #: alone (the default until 2026-12-04), seeds 0-2
