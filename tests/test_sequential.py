@@ -370,10 +370,8 @@ def test_refits_pull_toward_the_trained_weights_unless_told_otherwise(monkeypatc
     assert history["weight_ridge_toward"] == ("own weights" if toward_own else "zero")
 
 
-@pytest.mark.parametrize("timesteps,ceiling", [(1, True), (1, False), (2, True)])
-def test_one_step_fits_are_capped_at_mu(monkeypatch, timesteps, ceiling):
-    """At T = 1 (one spike at most, fired by every h >= mu) a layer that feeds a site alone
-    is fitted to min(h, mu), unless ``one_step_ceiling=False``; at T = 2 to h itself."""
+def _record_fit_targets(monkeypatch) -> dict:
+    """{layer output: the largest target the weight calibration was given for it}."""
     import onnx_snn.weight_calibration as W
     tops = {}
     real = W.LayerFit.add_steps
@@ -382,6 +380,14 @@ def test_one_step_fits_are_capped_at_mu(monkeypatch, timesteps, ceiling):
         tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
         return real(self, steps, y)
     monkeypatch.setattr(W.LayerFit, "add_steps", record)
+    return tops
+
+
+@pytest.mark.parametrize("timesteps,ceiling", [(1, True), (1, False), (2, True)])
+def test_one_step_fits_are_capped_at_mu(monkeypatch, timesteps, ceiling):
+    """At T = 1 (one spike at most, fired by every h >= mu) a layer that feeds a site alone
+    is fitted to min(h, mu), unless ``one_step_ceiling=False``; at T = 2 to h itself."""
+    tops = _record_fit_targets(monkeypatch)
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     x = B.rand_input(24) * 4          # pre-activations past the clip's mu = 2
     cal = onnx_snn.calibrate(nm, x, batch_size=12, show_progress=False)
@@ -402,7 +408,6 @@ def test_the_one_step_ceiling_spares_an_output_that_others_read(monkeypatch):
     """A layer whose output also feeds something besides its site (here a residual Add) keeps
     h as its target at T = 1: the other reader sees h above mu; one that feeds its site alone
     is capped."""
-    import onnx_snn.weight_calibration as W
     b = B.GraphBuilder(13, seed=3)
     a1 = b.act(b.conv("input", 1, 4), "clip")
     c2 = b.conv(a1, 4, 4)
@@ -412,13 +417,7 @@ def test_the_one_step_ceiling_spares_an_output_that_others_read(monkeypatch):
     a4 = b.act(c4, "clip")
     y = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Add", [a4, a3])])], axis=1)
     model = b.model("input", b.gemm(y, 4, 10), (1, 12, 12), 10)
-    tops = {}
-    real = W.LayerFit.add_steps
-
-    def record(self, steps, y):
-        tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
-        return real(self, steps, y)
-    monkeypatch.setattr(W.LayerFit, "add_steps", record)
+    tops = _record_fit_targets(monkeypatch)
     nm = onnx_snn.prepare(model)
     cal = onnx_snn.calibrate(nm, B.rand_input(24) * 4, batch_size=12, show_progress=False)
     onnx_snn.build(nm, cal, 1, "refined")
