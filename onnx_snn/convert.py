@@ -535,7 +535,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             **({"weight_holdout": cfg.weight_holdout, "weight_ridge": cfg.weight_ridge,
                 "weight_ridge_toward": "own weights" if cfg.weight_ridge_to_original else "zero",
                 **({"weight_target": "min(h, mu) where a layer feeds a site alone"}
-                   if int(timesteps) == 1 and cfg.one_step_ceiling else {}),
+                   if cfg.caps_fit_targets(timesteps) else {}),
                 **({"weight_ridge_grid": list(cfg.weight_ridge_grid)} if cfg.weight_ridge_grid
                    else {})} if cfg.weight_calibration else {}),
             **({"search_stride": cfg.search_stride} if cfg.search_stride != 1 else {})}

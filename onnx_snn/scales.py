@@ -77,6 +77,11 @@ class SearchConfig:
     #: toward zero (False: the default until 2026-12-04; docs/FORMAT.md)
     weight_ridge_to_original: bool = True
 
+    def caps_fit_targets(self, timesteps: int) -> bool:
+        """Whether the weight calibration fits a layer that feeds a site alone to min(h, mu)
+        (``one_step_ceiling`` at T = 1)."""
+        return bool(self.one_step_ceiling) and int(timesteps) == 1
+
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")

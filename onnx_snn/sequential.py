@@ -539,11 +539,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # did worse on both deep networks (docs/FORMAT.md)
     floors: Dict[str, float] = {}
     ceilings: Dict[str, float] = {}
-    capped = cfg.one_step_ceiling and timesteps == 1
+    capped = cfg.caps_fit_targets(timesteps)
     if cfg.weight_target_floor is not None or capped:
         readers: Dict[str, int] = {}
         for n in nm.model.graph.node:
-            for t in n.input:
+            for t in walk.node_inputs(n):      # a subgraph's read counts too
                 readers[t] = readers.get(t, 0) + 1
         for k in names:
             if readers.get(recs[k].input) != 1:
