@@ -334,6 +334,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     for f in pending:
         f.n_batches, f.holdout = len(starts), cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
+        f.scaled = cfg.weight_ridge_scaled
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:

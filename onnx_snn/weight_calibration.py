@@ -94,6 +94,10 @@ class LayerFit:
     #: toward zero (SearchConfig.weight_ridge_to_original, on in the refinement since
     #: 2026-12-04; False here gives the plain ridge regression)
     to_original: bool = False
+    #: the ridge on each input is ``ridge`` times that input's variance over the fitting rows
+    #: (the regression on standardized inputs), not ``ridge`` times the mean second moment for
+    #: all (SearchConfig.weight_ridge_scaled; an experiment)
+    scaled: bool = False
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -353,14 +357,14 @@ class LayerFit:
         original weights plus the ridge solution of what they leave (the minimizer of
         ``||X W - Y||^2 + lam ||W - W0||^2``, the bias free)."""
         if not self.to_original:
-            return _ridge(gram, cross, ridge)
-        return w0 + _ridge(gram, cross - gram @ w0, ridge)
+            return _ridge(gram, cross, ridge, self.scaled)
+        return w0 + _ridge(gram, cross - gram @ w0, ridge, self.scaled)
 
     def _dual(self, x, y, ridge, w0):
         """:meth:`_primal` from the rows."""
         if not self.to_original:
-            return _dual_ridge(x, y, ridge)
-        return w0 + _dual_ridge(x, y - x @ w0, ridge)      # the residual in float64
+            return _dual_ridge(x, y, ridge, self.scaled)
+        return w0 + _dual_ridge(x, y - x @ w0, ridge, self.scaled)   # the residual in float64
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
         """The refitted (weight, bias) on all rows, in the layer's own layout."""
@@ -404,10 +408,15 @@ def integer_form(steps: List[np.ndarray]) -> Optional[Tuple[np.ndarray, np.ndarr
     return k, top.astype(np.float64) / len(steps)
 
 
-def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
-    """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y."""
+def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float, scaled: bool = False) -> np.ndarray:
+    """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y (the
+    bias column last); ``scaled``: lam per input, ``ridge`` times its sum of squared
+    deviations from its mean (:func:`_scaled_lams`)."""
     d = gram.shape[0] - 1
-    lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
+    if scaled:
+        lam = ridge * _scaled_lams(np.diag(gram)[:d] - gram[:d, d] ** 2 / max(gram[d, d], 1.0))
+    else:
+        lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
     diag = gram.diagonal().copy()              # gram + lam I (the bias not shrunk) + 1e-9 I,
     i = np.arange(d)                           # on the diagonal alone, in place (solve makes
     gram[i, i] = (gram[i, i] + lam) + 1e-9     # its own copy), then the diagonal is put back
@@ -418,7 +427,14 @@ def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
         gram[np.arange(d + 1), np.arange(d + 1)] = diag
 
 
-def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+def _scaled_lams(spread: np.ndarray) -> np.ndarray:
+    """Per input, its sum of squared deviations (floored at 1e-3 of their mean, so that an
+    input that hardly varies is still held)."""
+    spread = np.maximum(np.asarray(spread, np.float64), 0.0)
+    return np.maximum(spread, 1e-3 * max(float(np.mean(spread)), 1e-12))
+
+
+def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float, scaled: bool = False) -> np.ndarray:
     """:func:`_ridge`'s minimizer from the rows ``x`` [n, d+1] (the bias column last) and
     targets ``y`` [n, out], through the n x n system: with the bias unpenalized, it is the
     mean target less the mean input times ``W``, and ``W = Xc^T (Xc Xc^T + lam I)^-1 Yc`` on
@@ -428,13 +444,21 @@ def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     d = xs.shape[1]
     if len(xs) == 0:
         return np.zeros((d + 1, ys.shape[1]))
-    lam = ridge * max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
+    if not scaled:
+        lam = ridge * max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
     xm, ym = xs.mean(0), ys.mean(0)
     xs -= xm
+    s = None
+    if scaled:             # the same minimizer on inputs divided by sqrt(their lam / ridge)
+        s = np.sqrt(_scaled_lams(np.einsum("ij,ij->j", xs, xs)))
+        xs /= s
+        lam = ridge
     k = xs @ xs.T
     i = np.arange(len(k))
     k[i, i] += lam + 1e-9
     w = xs.T @ np.linalg.solve(k, ys - ym)                               # [d, out]
+    if s is not None:
+        w /= s[:, None]
     return np.concatenate([w, (ym - xm @ w)[None]])
 
 

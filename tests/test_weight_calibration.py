@@ -405,3 +405,40 @@ def test_the_ridge_can_pull_toward_the_layers_own_weights(form, monkeypatch):
     far = {to: f.solve(1e6)[0] for to, f in fits.items()}
     np.testing.assert_allclose(far[True], w0, atol=1e-3)          # the layer's own weights
     assert np.abs(far[False]).max() < 1e-3                          # shrunk to zero
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_a_scaled_ridge_holds_each_input_by_its_own_variance(form, monkeypatch):
+    """With ``scaled`` the penalty on input i is ridge x its sum of squared deviations (the
+    ridge regression on standardized inputs): the same minimizer in the normal equations and
+    the dual form, toward the layer's own weights, with inputs of very different spreads."""
+    import onnx_snn.weight_calibration as W
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(size=(5, 6, 3, 3)).astype(np.float32)          # 54 inputs per output
+    b0 = rng.normal(size=5).astype(np.float32)
+    node, inits = _conv(w0, b0, strides=[2, 2])
+    truth = w0 + rng.normal(scale=0.5, size=w0.shape).astype(np.float32)
+    monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10 if form == "dual" else 10 ** 9)
+    fit = layer_fit(node, inits)
+    fit.to_original, fit.scaled = True, True
+    spread = np.array([0.01, 0.1, 1.0, 3.0, 0.5, 2.0], np.float32)[None, :, None, None]
+    batches = []
+    for _ in range(4):
+        x = (rng.random((2, 6, 5, 5)) * spread).astype(np.float32)
+        batches.append((x, _reference_conv(x, truth, b0, strides=[2, 2])))
+        fit.add(*batches[-1])
+    assert (fit.kept is not None) == (form == "dual")
+    rows = [next(_design(fit, x, y)) for x, y in batches]
+    xs = np.concatenate([r[:, :-1] for r, _ in rows]).astype(np.float64)
+    ys = np.concatenate([t for _, t in rows]).astype(np.float64)
+    prior = np.concatenate([w0.reshape(5, -1).T, b0[None]]).astype(np.float64)
+    a = np.concatenate([xs, np.ones((len(xs), 1))], axis=1)
+    dev = np.sum((xs - xs.mean(0)) ** 2, axis=0)
+    lams = np.maximum(dev, 1e-3 * dev.mean())
+    assert lams.max() > 1e3 * lams.min()                            # scaled, not uniform
+    for ridge in (0.01, 1.0):
+        reg = np.diag(np.r_[ridge * lams, 0.0])
+        exact = np.linalg.solve(a.T @ a + reg, a.T @ ys + reg @ prior)
+        wt, bt = fit.solve(ridge)
+        got = np.concatenate([wt.reshape(5, -1).T, bt[None]])
+        np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4)
