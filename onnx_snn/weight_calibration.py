@@ -94,10 +94,9 @@ class LayerFit:
     #: toward zero (SearchConfig.weight_ridge_to_original, on in the refinement since
     #: 2026-12-04; False here gives the plain ridge regression)
     to_original: bool = False
-    #: the ridge on each input is ``ridge`` times that input's variance over the fitting rows
-    #: (the regression on standardized inputs), not ``ridge`` times the mean second moment for
-    #: all (SearchConfig.weight_ridge_scaled; an experiment)
-    scaled: bool = False
+    #: the ridge walk's per-group invariants (:meth:`_walk_terms`), dropped by :meth:`add`
+    walk: Optional[list] = field(default=None, repr=False)
+    originals: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.inputs > DUAL_MIN_INPUTS:
@@ -111,6 +110,7 @@ class LayerFit:
         ``counts``: the input as (whole-number array K, per-channel quantum q) instead, with
         ``r = K * q`` along axis 1 (:func:`integer_form`; ``r`` is then not needed); its
         normal equations are then summed exactly (see :meth:`_accumulate`)."""
+        self.walk = None
         held = self.held_out(self.batches)
         rng = np.random.default_rng(self.batches)
         values, q = counts if counts is not None else (r, None)
@@ -268,7 +268,12 @@ class LayerFit:
         return int(self.weight.shape[0 if int(self.attrs.get("transB", 0)) == 0 else 1])
 
     def _original(self) -> List[np.ndarray]:
-        """The layer's own weights per group as [d+1, out] (bias last)."""
+        """The layer's own weights per group as [d+1, out] (bias last), built once."""
+        if self.originals is None:
+            self.originals = self._build_original()
+        return self.originals
+
+    def _build_original(self) -> List[np.ndarray]:
         if self.node.op_type == "Conv":
             w = self.weight.reshape(self.weight.shape[0], -1).astype(np.float64)   # [M, d]
         elif int(self.attrs.get("transB", 0)):
@@ -292,11 +297,28 @@ class LayerFit:
         if not any(h[2] for h in self.held):
             return True, float("nan"), float("nan")
         new = old = 0.0
-        for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
-            w = self._primal(g, c, ridge, w0)
+        for (g, c, *_), (hg, hc, hy, *_), w0, (residual, sse0) in zip(
+                self.fit, self.held, self._original(), self._walk_terms()):
+            if self.to_original:
+                w = w0 + _ridge(g, residual, ridge)
+            else:
+                w = _ridge(g, c, ridge)
             new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
-            old += float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
+            old += sse0
         return new < old, new, old
+
+    def _walk_terms(self) -> list:
+        """Per group, what every ridge of the walk shares: the fitting rows' residual
+        ``X^T Y - X^T X W0`` (None without :attr:`to_original`) and the original weights'
+        held-out SSE (computed once per layer, not once per ridge: two of the five
+        products of the size of the normal equations that each step took)."""
+        if self.walk is None:
+            self.walk = []
+            for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
+                residual = c - g @ w0 if self.to_original else None
+                sse0 = float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
+                self.walk.append((residual, sse0))
+        return self.walk
 
     def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
         """The ridge of ``grid`` whose refit on the fitting rows predicts the held-out rows
@@ -357,14 +379,14 @@ class LayerFit:
         original weights plus the ridge solution of what they leave (the minimizer of
         ``||X W - Y||^2 + lam ||W - W0||^2``, the bias free)."""
         if not self.to_original:
-            return _ridge(gram, cross, ridge, self.scaled)
-        return w0 + _ridge(gram, cross - gram @ w0, ridge, self.scaled)
+            return _ridge(gram, cross, ridge)
+        return w0 + _ridge(gram, cross - gram @ w0, ridge)
 
     def _dual(self, x, y, ridge, w0):
         """:meth:`_primal` from the rows."""
         if not self.to_original:
-            return _dual_ridge(x, y, ridge, self.scaled)
-        return w0 + _dual_ridge(x, y - x @ w0, ridge, self.scaled)   # the residual in float64
+            return _dual_ridge(x, y, ridge)
+        return w0 + _dual_ridge(x, y - x @ w0, ridge)      # the residual in float64
 
     def solve(self, ridge: float) -> Tuple[np.ndarray, np.ndarray]:
         """The refitted (weight, bias) on all rows, in the layer's own layout."""
@@ -408,15 +430,10 @@ def integer_form(steps: List[np.ndarray]) -> Optional[Tuple[np.ndarray, np.ndarr
     return k, top.astype(np.float64) / len(steps)
 
 
-def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float, scaled: bool = False) -> np.ndarray:
-    """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y (the
-    bias column last); ``scaled``: lam per input, ``ridge`` times its sum of squared
-    deviations from its mean (:func:`_scaled_lams`)."""
+def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float) -> np.ndarray:
+    """argmin_W ||X W - Y||^2 + lam ||W without its bias row||^2 from X^T X and X^T Y."""
     d = gram.shape[0] - 1
-    if scaled:
-        lam = ridge * _scaled_lams(np.diag(gram)[:d] - gram[:d, d] ** 2 / max(gram[d, d], 1.0))
-    else:
-        lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
+    lam = ridge * max(float(np.mean(np.diag(gram)[:d])), 1e-12)
     diag = gram.diagonal().copy()              # gram + lam I (the bias not shrunk) + 1e-9 I,
     i = np.arange(d)                           # on the diagonal alone, in place (solve makes
     gram[i, i] = (gram[i, i] + lam) + 1e-9     # its own copy), then the diagonal is put back
@@ -427,14 +444,7 @@ def _ridge(gram: np.ndarray, cross: np.ndarray, ridge: float, scaled: bool = Fal
         gram[np.arange(d + 1), np.arange(d + 1)] = diag
 
 
-def _scaled_lams(spread: np.ndarray) -> np.ndarray:
-    """Per input, its sum of squared deviations (floored at 1e-3 of their mean, so that an
-    input that hardly varies is still held)."""
-    spread = np.maximum(np.asarray(spread, np.float64), 0.0)
-    return np.maximum(spread, 1e-3 * max(float(np.mean(spread)), 1e-12))
-
-
-def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float, scaled: bool = False) -> np.ndarray:
+def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     """:func:`_ridge`'s minimizer from the rows ``x`` [n, d+1] (the bias column last) and
     targets ``y`` [n, out], through the n x n system: with the bias unpenalized, it is the
     mean target less the mean input times ``W``, and ``W = Xc^T (Xc Xc^T + lam I)^-1 Yc`` on
@@ -444,21 +454,13 @@ def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float, scaled: bool = False
     d = xs.shape[1]
     if len(xs) == 0:
         return np.zeros((d + 1, ys.shape[1]))
-    if not scaled:
-        lam = ridge * max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
+    lam = ridge * max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
     xm, ym = xs.mean(0), ys.mean(0)
     xs -= xm
-    s = None
-    if scaled:             # the same minimizer on inputs divided by sqrt(their lam / ridge)
-        s = np.sqrt(_scaled_lams(np.einsum("ij,ij->j", xs, xs)))
-        xs /= s
-        lam = ridge
     k = xs @ xs.T
     i = np.arange(len(k))
     k[i, i] += lam + 1e-9
     w = xs.T @ np.linalg.solve(k, ys - ym)                               # [d, out]
-    if s is not None:
-        w /= s[:, None]
     return np.concatenate([w, (ym - xm @ w)[None]])
 
 

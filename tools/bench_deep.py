@@ -37,7 +37,6 @@ a failing job keeps the others. The figures in README come from this command.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -130,10 +129,6 @@ SEEDS["refined-fixed-ridge-seed1"] = 1
 #: 2026-12-03; now every second), seeds 0-3
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
-#: each input's ridge scaled by its variance (SearchConfig.weight_ridge_scaled), seeds 0-2
-SCALED = {"refined-scaled-ridge": 0, "refined-scaled-ridge-seed1": 1, "refined-scaled-ridge-seed2": 2}
-VARIANTS.update({name: ("refined", {"weight_ridge_scaled": True}) for name in SCALED})
-SEEDS.update({name: k for name, k in SCALED.items() if k})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
