@@ -76,10 +76,6 @@ class SearchConfig:
     #: weight calibration: the ridge pulls the refit toward the layer's own weights, not
     #: toward zero (False: the default until 2026-12-04; docs/FORMAT.md)
     weight_ridge_to_original: bool = True
-    #: weight calibration: each input's ridge is weight_ridge times its variance (the
-    #: regression on standardized inputs), not weight_ridge times the inputs' mean second
-    #: moment (an experiment, tools/bench_deep.py)
-    weight_ridge_scaled: bool = False
 
     def caps_fit_targets(self, timesteps: int) -> bool:
         """Whether the weight calibration fits a layer that feeds a site alone to min(h, mu)

@@ -66,8 +66,9 @@ def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None) -> on
     made = {o for n in keep for o in n.output}
     outputs = list(targets) + (extra(made, needed) if extra else [])
     inputs = [i for i in g.input if i.name in needed]
+    declared = {i.name for i in inputs}    # a given graph input (a site reading the input) once
     inputs += [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-               for t in given if t in needed and t not in made]
+               for t in dict.fromkeys(given) if t in needed and t not in made and t not in declared]
     graph = onnx.helper.make_graph(keep, g.name, inputs, [],
                                    [t for t in g.initializer if t.name in needed])
     for name in outputs:
@@ -334,7 +335,6 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     for f in pending:
         f.n_batches, f.holdout = len(starts), cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
-        f.scaled = cfg.weight_ridge_scaled
     dnn_model = nm.model
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:

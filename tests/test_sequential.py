@@ -422,3 +422,21 @@ def test_the_one_step_ceiling_spares_an_output_that_others_read(monkeypatch):
     cal = onnx_snn.calibrate(nm, B.rand_input(24) * 4, batch_size=12, show_progress=False)
     onnx_snn.build(nm, cal, 1, "refined")
     assert tops[c2] > 2.0 and tops[c4] <= 2.0          # mu = 2: c2 is read by the Add too
+
+
+@pytest.mark.parametrize("idiom", ["relu", "clip"])
+@pytest.mark.parametrize("opset", [9, 13])
+def test_a_site_that_reads_the_graph_input_is_refined(idiom, opset):
+    """An activation straight on the model's input (its first node) makes the input a site's
+    input: the step graph started at its kept currents declares that input once (it was
+    declared twice, and onnxruntime refused the step graph: "Duplicate definition-site")."""
+    b = B.GraphBuilder(opset)
+    x = b.act("input", idiom, 1.0)
+    x = b.act(b.conv(x, 1, 4), idiom, 2.0)
+    x = b.gemm(b.node("Flatten", [x], axis=1), 4 * 12 * 12, 10)
+    model = b.model("input", x, (1, 12, 12), 10, name="act_on_input")
+    data = B.rand_input(48)
+    for method in ("refined", "datta"):
+        snn = onnx_snn.convert(model, data, timesteps=2, method=method, show_progress=False)
+        assert len(F.read_info(snn.model).sites) == 2
+        assert np.all(np.isfinite(run(snn.model, data).outputs[0]))
