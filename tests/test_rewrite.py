@@ -433,3 +433,52 @@ def test_a_pool_of_currents_is_not_counted():
                            pool_first=True, show_progress=False)
     assert snn.pools and not any(p.counted for p in snn.pools.values())
     assert set(run(snn.model, x).spikes) == set(snn.records)
+
+
+@pytest.mark.parametrize("method", ["datta", "refined"])
+def test_model_names_like_the_formats_own_are_renamed(method):
+    """A tensor inside the model named like a site's parameter ('lif0.threshold', here the
+    first site's own output), one named 'snn.*', a node named 'lif1' and nodes sharing one
+    name (the ONNX checker allows it, onnxruntime does not) are renamed by the normalization:
+    the spiking graph converts and runs (it had two definitions of 'lif0.threshold')."""
+    from onnx_snn.runtimes.ort import run as run_ort
+    b = B.GraphBuilder(13)
+    y = b.act(b.conv("input", 1, 4), "relu")
+    y = b.act(b.conv(y, 4, 4), "relu")
+    y = b.gemm(b.node("Flatten", [y], axis=1), 4 * 12 * 12, 10)
+    m = b.model("input", y, (1, 12, 12), 10)
+    g = m.graph
+    acts = [n for n in g.node if n.op_type == "Relu"]
+    rename = {acts[0].input[0]: "lif0", acts[0].output[0]: "lif0.threshold",
+              acts[1].output[0]: "snn.hidden"}
+    for n in g.node:
+        n.input[:] = [rename.get(t, t) for t in n.input]
+        n.output[:] = [rename.get(t, t) for t in n.output]
+        n.name = "layer"
+    acts[1].name = "lif1"
+    onnx.checker.check_model(m)
+    x = B.rand_input(24)
+    snn = onnx_snn.convert(m, x, timesteps=2, method=method, show_progress=False)
+    onnx.checker.check_model(snn.model, full_check=True)
+    assert any("renamed 8 name(s)" in n for n in snn.report["notes"])
+    names = [t for n in snn.model.graph.node for t in n.output]
+    assert len(names) == len(set(names))
+    assert np.all(np.isfinite(run_ort(snn.model, x).outputs[0]))
+
+
+def test_an_output_named_like_the_formats_own_is_refused():
+    """A graph output keeps its name (the user reads it by name): one the format reserves is
+    refused with the rename advice, not converted into a graph with two definitions."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx_snn.errors import UnsupportedModelError
+    b = B.GraphBuilder(13)
+    y = b.act(b.conv("input", 1, 4), "relu")
+    z = b.gemm(b.node("Flatten", [y], axis=1), 4 * 12 * 12, 10)
+    m = b.model("input", z, (1, 12, 12), 10)
+    for n in m.graph.node:
+        n.input[:] = ["lif0.threshold" if t == y else t for t in n.input]
+        n.output[:] = ["lif0.threshold" if t == y else t for t in n.output]
+    m.graph.output.append(h.make_tensor_value_info("lif0.threshold", TP.FLOAT, ["N", 4, 12, 12]))
+    with pytest.raises(UnsupportedModelError, match="'lif0.threshold'.*rename it"):
+        onnx_snn.convert(m, B.rand_input(16), timesteps=2, method="datta", show_progress=False)

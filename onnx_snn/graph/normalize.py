@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
@@ -13,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..model_io import check_finite_weights, check_model, default_opset, load
+from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
 from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
                skeleton, walk)
@@ -141,6 +143,48 @@ def _name_nodes(graph: gs.Graph) -> None:
                 name += "_"
             n.name = name
             taken.add(name)
+
+
+#: names the spiking graph makes: ``timesteps``, ``snn.*``, and ``lif<k>``/``pool<k>`` with
+#: their ``.*`` (a superset of :func:`onnx_snn.spiking.format.is_reserved`, which needs the
+#: final site names)
+_RESERVED = re.compile(rf"^({re.escape(fmt.TIMESTEPS_INPUT)}$|{re.escape(fmt.RESERVED_PREFIX)}"
+                       rf"|({fmt.SITE_PREFIX}|{fmt.POOL_PREFIX})\d+(\.|$))")
+
+
+def _free_reserved_names(graph: gs.Graph, notes: list) -> None:
+    """Rename what would clash with the spiking graph's own names, before any pass names
+    its sites: a tensor inside the graph (not one of its inputs or outputs, which the user
+    feeds and reads by name: :func:`onnx_snn.spiking.rewrite.check_reserved_names` refuses
+    those) or a node named like the format's (``lif0.threshold``, ``snn.x``, ``pool1``), and
+    every node whose name an earlier node already has (onnxruntime refuses a graph with two
+    nodes of one name; the ONNX checker lets them through)."""
+    ends = {t.name for t in list(graph.inputs) + list(graph.outputs)}
+    tensors = graph.tensors()
+    taken = set(tensors) | {n.name for n in graph.nodes}
+
+    def fresh(name: str) -> str:
+        base = name if not _RESERVED.match(name) else f"model_{name}"
+        new, k = base, 1
+        while new in taken or _RESERVED.match(new):
+            new, k = f"{base}_{k}", k + 1
+        taken.add(new)
+        return new
+
+    moved = []
+    for name, t in tensors.items():
+        if name and name not in ends and _RESERVED.match(name):
+            t.name = fresh(name)
+            moved.append(f"tensor '{name}' -> '{t.name}'")
+    seen = set()
+    for n in graph.nodes:
+        if n.name and (n.name in seen or _RESERVED.match(n.name)):
+            old, n.name = n.name, fresh(n.name)
+            moved.append(f"node '{old}' -> '{n.name}'")
+        seen.add(n.name)
+    if moved:
+        notes.append(f"renamed {len(moved)} name(s) the spiking format reserves or that two nodes "
+                     "shared: " + "; ".join(moved[:8]) + ("; ..." if len(moved) > 8 else ""))
 
 
 def _note_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
@@ -385,6 +429,7 @@ def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
 
 
 def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=False) -> NormalizedModel:
+    _free_reserved_names(graph, notes)
     _name_nodes(graph)
     pass_log = run_passes(graph, PIPELINE)
     for r in pass_log:

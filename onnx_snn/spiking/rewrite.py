@@ -319,8 +319,9 @@ def check_reserved_names(nm: NormalizedModel, n_pools: int = 0) -> None:
     site_names = [s.name for s in nm.sites] + [f"{fmt.POOL_PREFIX}{i}" for i in range(n_pools)]
     names = {i.name for i in g.input} | {o for n in g.node for o in n.output} | \
         {i.name for i in g.initializer}
-    own = {s.output for s in nm.sites} | {s.input for s in nm.sites} | \
-        {c for s in site_names for c in site_constants(s)}
+    # the sites' clip constants are the normalization's own; every other name the format
+    # reserves is a graph input or output here (normalization renames the rest)
+    own = {c for s in site_names for c in site_constants(s)}
     for name in sorted(names - own):
         if fmt.is_reserved(name, site_names):
             raise UnsupportedModelError(
