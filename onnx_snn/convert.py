@@ -21,8 +21,9 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
-from .datasets import (Dataset, apply_preprocess, check_finite, check_inputs, check_preprocess,
-                       check_raw_pixels, load_dataset, RAW_PIXELS, to_input_layout)
+from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
+                       check_inputs, check_labels, check_preprocess, check_raw_pixels,
+                       load_dataset, RAW_PIXELS, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
 from .graph.inputs import input_scaling
@@ -338,6 +339,27 @@ def _as_list(v) -> list:
     return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
+def _dict_dataset(data: dict) -> Dataset:
+    """A dict of arrays read as a .npz is: one array per model input named after it, or
+    ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets)."""
+    arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
+    yk = next((k for k in LABEL_KEYS if k in arrays), None)
+    y = arrays.pop(yk) if yk else None
+    if not arrays:
+        raise DataError(f"the data dict has no inputs (only {yk!r}): give the inputs as 'x' or "
+                        "one array per model input, named after it")
+    x = arrays
+    if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
+        x = next(iter(arrays.values()))
+    if y is not None:
+        n = {len(v) for v in arrays.values()}
+        if len(n) > 1:
+            raise DataError(f"the data dict's input arrays have different numbers of samples "
+                            f"({ {k: len(v) for k, v in arrays.items()} })")
+        y = check_labels(y, n.pop(), f"the data dict's {yk!r}")
+    return Dataset("array", x, y, preprocessed=True)
+
+
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
@@ -363,8 +385,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take)
     elif isinstance(data, dict):
-        ds = Dataset("array", {k: _array_like(v, f"input {k!r}") for k, v in data.items()}, None,
-                     preprocessed=True)
+        ds = _dict_dataset(data)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
         ds = Dataset("array", _array_like(data, "data"), None, preprocessed=True)
     else:

@@ -144,3 +144,22 @@ def test_labels_on_a_model_that_does_not_classify():
     # a classifier still gets its top-1 with top1=None
     clf = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
     assert evaluate(clf.model, (x, np.arange(16) % 10), top1=None, show_progress=False).top1 is not None
+
+
+def test_a_dict_of_arrays_is_read_as_a_npz_is():
+    """{'x': inputs, 'y': labels} in the Python API scores the labels, as a .npz with x and y
+    does (the labels were dropped and top-1 came back None); labels that do not match the
+    inputs' count, or an array named after no input, are DataErrors naming them."""
+    import onnx_snn
+    from onnx_snn.errors import DataError
+    x = B.rand_input(24)
+    y = np.arange(24) % 10
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    as_tuple = onnx_snn.evaluate(snn, (x, y), show_progress=False).top1
+    assert as_tuple is not None
+    assert onnx_snn.evaluate(snn, {"x": x, "y": y}, show_progress=False).top1 == as_tuple
+    assert onnx_snn.evaluate(snn, {"input": x, "labels": y}, show_progress=False).top1 == as_tuple
+    with pytest.raises(DataError, match="24 inputs but 5 labels"):
+        onnx_snn.evaluate(snn, {"x": x, "y": y[:5]}, show_progress=False)
+    with pytest.raises(DataError, match=r"\['inptu'\] are not inputs of the model"):
+        onnx_snn.evaluate(snn, {"input": x, "inptu": x}, show_progress=False)
