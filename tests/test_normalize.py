@@ -1224,3 +1224,49 @@ def test_nodes_listed_out_of_order_are_sorted_and_convert_alike(tmp_path):
     c = onnx_snn.convert(str(path), x, timesteps=2, method="datta", show_progress=False)
     assert path.read_bytes() == data
     np.testing.assert_array_equal(run(a.model, x).outputs[0], run(c.model, x).outputs[0])
+
+
+def _masked_relu(form: str, opset: int, zero=0.0):
+    """conv -> a ReLU written with a mask (``form``) -> flatten -> dense."""
+    b = B.GraphBuilder(opset)
+    x = b.conv("input", 1, 4)
+    z = b.const(np.array(zero, np.float32))
+    if form == "where_gt":                 # torch.where(x > 0, x, 0)
+        y = b.node("Where", [b.node("Greater", [x, z]), x, z])
+    elif form == "where_ge_zero_first":    # where(0 <= x, x, 0)
+        y = b.node("Where", [b.node("LessOrEqual", [z, x]), x, z])
+    elif form == "where_lt":               # where(x < 0, 0, x)
+        y = b.node("Where", [b.node("Less", [x, z]), z, x])
+    elif form == "mul_cast":               # x * (x > 0).float()
+        y = b.node("Mul", [b.node("Cast", [b.node("Greater", [x, z])], to=1), x])
+    elif form == "where_swapped":          # where(x > 0, 0, x): min(x, 0), not a ReLU
+        y = b.node("Where", [b.node("Greater", [x, z]), z, x])
+    y = b.gemm(b.node("Flatten", [y]), 4 * 144, 10)
+    return b.model("input", y, (1, 12, 12), 10)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("form", ["where_gt", "where_ge_zero_first", "where_lt", "mul_cast"])
+def test_a_relu_written_with_a_mask_is_a_site(form, opset):
+    """Where(x > 0, x, 0), Where(0 <= x, x, 0), Where(x < 0, 0, x) and x * Cast(x > 0) are
+    max(x, 0): each becomes a Relu site (said in a note), the normalized model computes what
+    the source does, and the converted network is the Relu one's."""
+    m = _masked_relu(form, opset)
+    nm = normalize(m)
+    assert [s.idiom for s in nm.sites] == ["Relu"]
+    assert any("a ReLU written with a mask" in n for n in nm.notes)
+    assert not {"Where", "Greater", "Less", "LessOrEqual", "Cast", "Mul"} & set(ops(nm.model))
+    x = B.rand_input(16)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+    ref = normalize(_with_activation("Relu", opset))
+    a = B.converted(nm.model, x, 2, "datta")[2]
+    b = B.converted(ref.model, x, 2, "datta")[2]
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
+
+
+@pytest.mark.parametrize("form,zero", [("where_swapped", 0.0), ("where_gt", 0.5)])
+def test_a_mask_that_is_not_a_relu_stays_refused(form, zero):
+    """Where(x > 0, 0, x) is min(x, 0), and a test against 0.5 is no ReLU: neither becomes a
+    site (the model has no other activation, so it is refused as having none)."""
+    with pytest.raises(UnsupportedModelError, match="no ReLU-type activation"):
+        normalize(_masked_relu(form, 13, zero))

@@ -148,6 +148,63 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
+def _zeros(t) -> bool:
+    """Whether ``t`` is a constant of zeros (of any shape that broadcasts)."""
+    v = const_value(t)
+    return v is not None and v.size > 0 and not np.any(v)
+
+
+def _sign_test(t):
+    """(x, "positive" or "negative") when ``t`` is ``x > 0`` / ``x >= 0`` (or ``0 < x``...),
+    or ``x < 0`` / ``x <= 0``: the mask of a ReLU written by hand; else None."""
+    if len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    ops = {"Greater": "positive", "GreaterOrEqual": "positive",
+           "Less": "negative", "LessOrEqual": "negative"}
+    if node.op not in ops or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    if _zeros(b) and not _zeros(a):
+        return a, ops[node.op]
+    if _zeros(a) and not _zeros(b):          # 0 < x is x > 0
+        return b, "negative" if ops[node.op] == "positive" else "positive"
+    return None
+
+
+@graph_pass("masked-relu-to-relu")
+def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
+    """A ReLU written with a mask is a ``Relu`` (a site like any other): ``Where(x > 0, x, 0)``,
+    ``Where(x < 0, 0, x)`` (>= and <= too, either operand order of the comparison;
+    ``torch.where(x > 0, x, 0)`` exports so) and ``x * Cast(x > 0)``. At ``x = 0`` every form
+    gives 0, as max(x, 0) does. Any other Where or Mul stays, and the support check names
+    it."""
+    for node in graph.nodes:
+        x = None
+        if node.op == "Where" and len(node.inputs) == 3:
+            test = _sign_test(node.inputs[0])
+            if test is not None:
+                t, sign = test
+                keep, zero = (1, 2) if sign == "positive" else (2, 1)
+                if node.inputs[keep] is t and _zeros(node.inputs[zero]):
+                    x = t
+        elif node.op == "Mul" and len(node.inputs) == 2:
+            for i in (0, 1):
+                mask, other = node.inputs[i], node.inputs[1 - i]
+                if len(mask.inputs) == 1 and mask.inputs[0].op == "Cast":
+                    test = _sign_test(mask.inputs[0].inputs[0])
+                    if test is not None and test[1] == "positive" and test[0] is other:
+                        x = other
+        if x is None:
+            continue
+        result.notes.append(f"{node.op} '{node.name}': a ReLU written with a mask, is read as a Relu")
+        node.op, node.attrs = "Relu", {}
+        node.inputs.clear()
+        node.inputs.append(x)
+        result.changed += 1
+    graph.cleanup()
+
+
 @graph_pass("nonnegative-identities")
 def nonnegative_identities(graph: gs.Graph, result: PassResult) -> None:
     """Ops that are linear on a tensor that cannot be negative (an activation's output, a sum

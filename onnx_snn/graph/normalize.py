@@ -239,6 +239,7 @@ PIPELINE: tuple = (
     canonical.sum_to_add,
     einsum.einsum_to_matmul,             # Einsum with a constant operand: a MatMul
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
+    canonical.masked_relu_to_relu,       # Where(x > 0, x, 0), x * Cast(x > 0): a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
     canonical.nonnegative_identities,    # Abs / ReduceL1 of an activation: Identity / ReduceSum
