@@ -148,10 +148,14 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
-def _zeros(t) -> bool:
-    """Whether ``t`` is a constant of zeros (of any shape that broadcasts)."""
+def _zeros(t, like=None) -> bool:
+    """Whether ``t`` is a constant zero that broadcasts to ``like`` without growing it: one
+    value, of no more axes than ``like`` has (one, when its rank is unknown)."""
     v = const_value(t)
-    return v is not None and v.size > 0 and not np.any(v)
+    if v is None or v.size != 1 or np.any(v):
+        return False
+    r = rank(like) if like is not None else None
+    return v.ndim <= (1 if r is None else r)
 
 
 def _sign_test(t):
@@ -165,9 +169,9 @@ def _sign_test(t):
     if node.op not in ops or len(node.inputs) != 2:
         return None
     a, b = node.inputs
-    if _zeros(b) and not _zeros(a):
+    if _zeros(b, a) and const_value(a) is None:
         return a, ops[node.op]
-    if _zeros(a) and not _zeros(b):          # 0 < x is x > 0
+    if _zeros(a, b) and const_value(b) is None:          # 0 < x is x > 0
         return b, "negative" if ops[node.op] == "positive" else "positive"
     return None
 
@@ -186,7 +190,7 @@ def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
             if test is not None:
                 t, sign = test
                 keep, zero = (1, 2) if sign == "positive" else (2, 1)
-                if node.inputs[keep] is t and _zeros(node.inputs[zero]):
+                if node.inputs[keep] is t and _zeros(node.inputs[zero], t):
                     x = t
         elif node.op == "Mul" and len(node.inputs) == 2:
             for i in (0, 1):
