@@ -339,15 +339,14 @@ def _as_list(v) -> list:
     return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
-def _dict_dataset(data: dict) -> Dataset:
+def _dict_dataset(data: dict, specs=None) -> Dataset:
     """A dict of arrays read as a .npz is: one array per model input named after it, or
-    ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets)."""
+    ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
+    model (``specs``) has an input of that name, or the dict holds nothing else."""
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
-    yk = next((k for k in LABEL_KEYS if k in arrays), None)
+    inputs = {n for n, _ in specs or ()}
+    yk = next((k for k in LABEL_KEYS if k in arrays and k not in inputs and len(arrays) > 1), None)
     y = arrays.pop(yk) if yk else None
-    if not arrays:
-        raise DataError(f"the data dict has no inputs (only {yk!r}): give the inputs as 'x' or "
-                        "one array per model input, named after it")
     x = arrays
     if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
         x = next(iter(arrays.values()))
@@ -385,7 +384,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take)
     elif isinstance(data, dict):
-        ds = _dict_dataset(data)
+        ds = _dict_dataset(data, specs)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
         ds = Dataset("array", _array_like(data, "data"), None, preprocessed=True)
     else:

@@ -163,3 +163,10 @@ def test_a_dict_of_arrays_is_read_as_a_npz_is():
         onnx_snn.evaluate(snn, {"x": x, "y": y[:5]}, show_progress=False)
     with pytest.raises(DataError, match=r"\['inptu'\] are not inputs of the model"):
         onnx_snn.evaluate(snn, {"input": x, "inptu": x}, show_progress=False)
+    named_y = B.vgg(13, "clip")                     # a model whose input is named 'y'
+    named_y.graph.input[0].name = "y"
+    for n in named_y.graph.node:
+        n.input[:] = ["y" if t == "input" else t for t in n.input]
+    snn_y = onnx_snn.convert(named_y, x, timesteps=2, method="datta", show_progress=False)
+    assert onnx_snn.evaluate(snn_y, {"y": x, "labels": y}, show_progress=False).top1 == as_tuple
+    assert onnx_snn.evaluate(snn_y, {"y": x}, show_progress=False).top1 is None
