@@ -33,7 +33,20 @@ MODELS = {
     "twin_global_maxpool_op21": lambda: B.pooled_twin("MaxPool", opset=21, global_pool=True),
     "vgg_maxpool_op23": lambda: B.vgg(23, "clip"),                  # the newest opset read
     "resnet_op22": lambda: B.resnet(22, "relu"),
+    "vgg_constant_output": lambda: _with_constant_output(B.vgg(13, "clip")),
 }
+
+
+def _with_constant_output(model):
+    """``model`` with a second output made by a Constant node (an exporter's fixed tensor, a
+    class-table or an anchor grid): the spiking model keeps it as an initializer, and the
+    deploy graph must too (it dropped it, and onnxruntime refused the graph)."""
+    from onnx import helper as h
+    model.graph.node.append(h.make_node("Constant", [], ["k"], name="const_k", value=numpy_helper.from_array(
+        np.arange(6, dtype=np.float32).reshape(2, 3))))
+    model.graph.output.append(h.make_tensor_value_info("k", onnx.TensorProto.FLOAT, [2, 3]))
+    onnx.checker.check_model(model)
+    return model
 
 
 @pytest.fixture(scope="module")

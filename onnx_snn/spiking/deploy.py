@@ -360,7 +360,8 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
             _stack_sum(nodes, inits, [r[view.step_spikes[s]] for r in per_step], name, un.opset)
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]))
     nodes = walk.prune(nodes, [o.name for o in outputs])
-    used = {i for n in nodes for i in n.input}
+    # an output can be an initializer itself (a DNN output from a Constant node)
+    used = {i for n in nodes for i in n.input} | {o.name for o in outputs}
     all_inits = {**un.inits, **{t.name: t for t in inits}}
     data_inputs = set(view.data_inputs)
     inputs = [copy.deepcopy(i) for i in g.input if i.name in data_inputs]
