@@ -374,6 +374,12 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(values, starts, axis=1)
 
 
+#: where in the gap between two neighbouring calibration currents a searched threshold sits:
+#: the golden ratio's fraction, so that no small whole-number mix of the currents (the
+#: membrane after a few steps) is a whole multiple of it (the midpoint, 0.5, made ties)
+GAP_FRACTION = 0.6180339887498949
+
+
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                     config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
                     n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
@@ -417,14 +423,22 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         pos = np.sort(xm[s0:s0 + m])
         pos = pos[pos > 0]
         if pos.size >= 2 and m >= min_group:
-            # midpoints between neighbouring sample values: a threshold that sits exactly on a
-            # calibration current would make the spike depend on the last bit of the sum
-            # (the widest gap among the nearest few)
+            # a point inside a gap between neighbouring sample values (the widest among the
+            # nearest few): a threshold that sits exactly on a calibration current would make
+            # the spike depend on the last bit of the sum. Not the gap's midpoint: with
+            # currents of a few discrete values (spike inputs), two steps' currents a and b
+            # then sum to exactly 2 x the threshold (a + b) / 2, and the two runtimes' last
+            # bits decided the second spike (GAP_FRACTION)
             idx = np.minimum((qs / 100.0 * (pos.size - 1)).astype(np.int64), pos.size - 2)
             near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, pos.size - 2)
             gap = pos[near + 1] - pos[near]
             idx = near[np.arange(idx.size), np.argmax(gap, axis=1)]
-            p = 0.5 * (pos[idx] + pos[idx + 1]) / mu
+            # the gap up to the next distinct value (many neurons can share one current:
+            # a threshold on it made them all ties); above the largest, the gap up to mu
+            lo = pos[idx]
+            up = np.searchsorted(pos, lo, side="right")
+            hi = np.where(up < pos.size, pos[np.minimum(up, pos.size - 1)], max(mu, float(pos[-1])))
+            p = (lo + GAP_FRACTION * (hi - lo)) / mu
             p = np.where((p > 0) & (p <= 1.0), p, 1.0)
         else:  # too few: the layer's candidates, padded
             p = np.resize(layer, qs.size)

@@ -291,3 +291,30 @@ def test_weight_calibration_ridges_must_be_positive(field, value):
     from onnx_snn.scales import SearchConfig
     with pytest.raises(ValueError, match=field):
         SearchConfig(**{field: value})
+
+
+
+@pytest.mark.parametrize("timesteps", [2, 3, 4])
+def test_searched_thresholds_leave_no_membrane_on_the_threshold(timesteps):
+    """Spike inputs make currents of a few discrete values. A threshold at the midpoint of
+    two neighbouring ones, (a + b) / 2, puts the membrane of a neuron that gets b then a
+    exactly on it after two steps (b fires, b - th + a = th), where the last bit of the sum
+    (torch against onnxruntime) decided the spike. With the threshold elsewhere in the gap,
+    no sequence of those currents brings a membrane within 1e-6 of it, at any step."""
+    import itertools
+    from onnx_snn.scales import search_channels
+    rng = np.random.default_rng(3)
+    levels = np.array([0.0, 0.3552, 0.6, 1.1807, 1.5], np.float64)
+    n, mu = 4000, 1.6
+    x = np.repeat(levels[rng.integers(0, levels.size, n)][None], timesteps, 0)   # constant
+    target = np.clip(x[0] + 0.02 * rng.standard_normal(n), 0, mu)
+    choice = search_channels(x.astype(np.float32), target, mu, timesteps,
+                             SearchConfig(v_init_fractions=(0.0,)))
+    th = float(choice.alpha[0]) * mu
+    assert not np.any(np.isclose(th, levels))                # inside a gap, as before
+    seqs = np.array(list(itertools.product(levels, repeat=timesteps))).T        # [T, k]
+    u = np.zeros(seqs.shape[1])
+    for t in range(timesteps):
+        u = u + seqs[t]
+        assert np.min(np.abs(u - th)) > 1e-6 * th, f"a membrane on the threshold at step {t}"
+        u = np.where(u >= th, u - th, u)
