@@ -21,9 +21,9 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, tensor_shapes)
-from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
+from .datasets import (INPUT_KEYS, Dataset, apply_preprocess, check_finite,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
-                       load_dataset, RAW_PIXELS, to_input_layout)
+                       label_key, load_dataset, RAW_PIXELS, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
 from .graph.inputs import input_scaling
@@ -344,8 +344,7 @@ def _dict_dataset(data: dict, specs=None) -> Dataset:
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
     model (``specs``) has an input of that name, or the dict holds nothing else."""
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
-    inputs = {n for n, _ in specs or ()}
-    yk = next((k for k in LABEL_KEYS if k in arrays and k not in inputs and len(arrays) > 1), None)
+    yk = label_key(arrays, [n for n, _ in specs or ()])
     y = arrays.pop(yk) if yk else None
     x = arrays
     if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
@@ -382,7 +381,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     elif isinstance(data, (str, Path)):
         from .image_folder import image_shape
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
-                          image_shape=image_shape(specs), take=take)
+                          image_shape=image_shape(specs), take=take,
+                          inputs=[n for n, _ in specs or ()])
     elif isinstance(data, dict):
         ds = _dict_dataset(data, specs)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):

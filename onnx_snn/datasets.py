@@ -342,11 +342,21 @@ def _split_keys(keys: list, split: Optional[str], path: Path) -> Optional[Tuple[
     return xk, yk if yk in keys else None
 
 
-def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
+def label_key(keys, inputs=()) -> Optional[str]:
+    """The labels' array among ``keys`` (LABEL_KEYS, in order): not one named after a model
+    input (``inputs``), and none when it would be the only array."""
+    keys = list(keys)
+    return next((k for k in LABEL_KEYS if k in keys and k not in set(inputs) and len(keys) > 1),
+                None)
+
+
+def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -> Dataset:
     """A .npy (inputs) or .npz file: ``x`` (or data, images, inputs) and ``y`` (or labels,
     targets); one array per model input named after it; ``x_train``/``y_train`` and
     ``x_test``/``y_test`` (Keras's datasets: ``split`` picks, test by default); or the
-    positional ``arr_0``, ``arr_1`` of ``numpy.savez(f, x, y)`` when ``arr_1`` is labels."""
+    positional ``arr_0``, ``arr_1`` of ``numpy.savez(f, x, y)`` when ``arr_1`` is labels.
+    ``inputs``: the model's input names (an array named after one is an input, never the
+    labels, even if it is called ``y``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -372,7 +382,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None) -> Dataset:
                             f"{other[0]!r}); save the inputs with numpy.savez (x=..., y=...)")
         try:
             keys = list(obj.keys())
-            yk = next((k for k in LABEL_KEYS if k in keys), None)
+            yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
             xk = next((k for k in INPUT_KEYS if k in keys), None)
             picked = _split_keys(keys, split, path)
@@ -596,7 +606,7 @@ def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, 
 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
-                 download: bool = False, image_shape=None, take=None) -> Dataset:
+                 download: bool = False, image_shape=None, take=None, inputs=()) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
     the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
@@ -616,7 +626,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         return load_image_folder(*folder, image_shape, take=take)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
-        return load_array_file(path, chosen or split)
+        return load_array_file(path, chosen or split, inputs)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
                     "(optionally with :train or :test), a .npy/.npz file, or a folder with one "
                     "subfolder of images per class")

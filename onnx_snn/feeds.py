@@ -47,16 +47,12 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
         generic = [k for k in INPUT_KEYS if k in x]
-        extra = [k for k in x if k not in names]
         if len(names) == 1 and missing and generic:   # a one-input model's 'x' of a .npz
-            x, missing, extra = {names[0]: x[generic[0]]}, [], []   # (other arrays ignored)
+            x, missing = {names[0]: x[generic[0]]}, []
         if missing:
             raise DataError(f"{what}: missing input(s) {missing}; the model takes {names} "
                             f"(a .npz needs one array per input, named after it; it has "
                             f"{sorted(x)})")
-        if extra:      # arrays named after inputs: one named after none is a typo
-            raise DataError(f"{what}: array(s) {extra} are not inputs of the model, which takes "
-                            f"{names}; name one array per input after it (labels: 'y')")
         feeds = {n: np.asarray(x[n]) for n in names}
     else:
         if len(names) != 1:

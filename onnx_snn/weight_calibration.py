@@ -312,13 +312,13 @@ class LayerFit:
         ``X^T Y - X^T X W0`` (None without :attr:`to_original`) and the original weights'
         held-out SSE (computed once per layer, not once per ridge: two of the five
         products of the size of the normal equations that each step took)."""
-        if self.walk is None:
-            self.walk = []
+        if self.walk is None or self.walk[0] != self.to_original:
+            self.walk = [self.to_original]
             for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
                 residual = c - g @ w0 if self.to_original else None
                 sse0 = float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
                 self.walk.append((residual, sse0))
-        return self.walk
+        return self.walk[1:]
 
     def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
         """The ridge of ``grid`` whose refit on the fitting rows predicts the held-out rows

@@ -146,10 +146,11 @@ def test_labels_on_a_model_that_does_not_classify():
     assert evaluate(clf.model, (x, np.arange(16) % 10), top1=None, show_progress=False).top1 is not None
 
 
-def test_a_dict_of_arrays_is_read_as_a_npz_is():
+def test_a_dict_of_arrays_is_read_as_a_npz_is(tmp_path):
     """{'x': inputs, 'y': labels} in the Python API scores the labels, as a .npz with x and y
     does (the labels were dropped and top-1 came back None); labels that do not match the
-    inputs' count, or an array named after no input, are DataErrors naming them."""
+    inputs' count, or a misnamed input, are DataErrors naming them; an input named 'y' is an
+    input, not labels."""
     import onnx_snn
     from onnx_snn.errors import DataError
     x = B.rand_input(24)
@@ -161,8 +162,11 @@ def test_a_dict_of_arrays_is_read_as_a_npz_is():
     assert onnx_snn.evaluate(snn, {"input": x, "labels": y}, show_progress=False).top1 == as_tuple
     with pytest.raises(DataError, match="24 inputs but 5 labels"):
         onnx_snn.evaluate(snn, {"x": x, "y": y[:5]}, show_progress=False)
-    with pytest.raises(DataError, match=r"\['inptu'\] are not inputs of the model"):
-        onnx_snn.evaluate(snn, {"input": x, "inptu": x}, show_progress=False)
+    with pytest.raises(DataError, match=r"missing input\(s\) \['input'\].*\['inptu'\]"):
+        onnx_snn.evaluate(snn, {"inptu": x, "y": y}, show_progress=False)
+    # other arrays beside the inputs are left alone, as in a .npz; calibrate takes the dict too
+    assert onnx_snn.evaluate(snn, {"input": x, "y": y, "ids": y}, show_progress=False).top1 == as_tuple
+    onnx_snn.calibrate(onnx_snn.prepare(B.vgg(13, "clip")), {"input": x, "y": y}, show_progress=False)
     named_y = B.vgg(13, "clip")                     # a model whose input is named 'y'
     named_y.graph.input[0].name = "y"
     for n in named_y.graph.node:
@@ -170,3 +174,5 @@ def test_a_dict_of_arrays_is_read_as_a_npz_is():
     snn_y = onnx_snn.convert(named_y, x, timesteps=2, method="datta", show_progress=False)
     assert onnx_snn.evaluate(snn_y, {"y": x, "labels": y}, show_progress=False).top1 == as_tuple
     assert onnx_snn.evaluate(snn_y, {"y": x}, show_progress=False).top1 is None
+    np.savez(tmp_path / "named_y.npz", y=x, labels=y)          # what the error messages advise
+    assert onnx_snn.evaluate(snn_y, str(tmp_path / "named_y.npz"), show_progress=False).top1 == as_tuple

@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import builders as B
-from onnx_snn.weight_calibration import MAX_ROWS, _design, im2col, layer_fit
+from onnx_snn.weight_calibration import MAX_ROWS, LayerFit, _design, im2col, layer_fit
 
 
 def _conv(w, b, **attrs):
@@ -405,3 +405,26 @@ def test_the_ridge_can_pull_toward_the_layers_own_weights(form, monkeypatch):
     far = {to: f.solve(1e6)[0] for to, f in fits.items()}
     np.testing.assert_allclose(far[True], w0, atol=1e-3)          # the layer's own weights
     assert np.abs(far[False]).max() < 1e-3                          # shrunk to zero
+
+
+def test_the_ridge_walks_shared_terms_follow_the_prior():
+    """The walk keeps each group's residual and the original's held-out SSE between ridges;
+    toggling ``to_original`` afterwards gives what a fresh fit gives (it was kept stale)."""
+    rng = np.random.default_rng(2)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
+    w = rng.normal(size=(30, 4)).astype(np.float32)
+
+    def fit(to_original):
+        f = LayerFit(node, w, np.zeros(4, np.float32), {})
+        f.n_batches, f.to_original = 4, to_original
+        r = np.random.default_rng(9)
+        for _ in range(4):
+            x = r.random((50, 30)).astype(np.float32)
+            f.add(x, x @ r.normal(size=(30, 4)).astype(np.float32))
+        return f
+    f = fit(False)
+    first = f.improves(0.1)
+    f.to_original = True
+    assert f.improves(0.1) == fit(True).improves(0.1)
+    f.to_original = False
+    assert f.improves(0.1) == first
