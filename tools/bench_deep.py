@@ -129,11 +129,6 @@ SEEDS["refined-fixed-ridge-seed1"] = 1
 #: 2026-12-03; now every second), seeds 0-3
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
-#: the ridge grid extended below 0.001 (the first layers of VGG-16 chose its lowest value)
-LOW_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-LOW_RIDGE = {"refined-ridge-low": 0, "refined-ridge-low-seed1": 1}
-VARIANTS.update({name: ("refined", {"weight_ridge_grid": LOW_GRID}) for name in LOW_RIDGE})
-SEEDS.update({name: k for name, k in LOW_RIDGE.items() if k})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
