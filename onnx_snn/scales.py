@@ -375,9 +375,11 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 #: where in the gap between two neighbouring calibration currents a searched threshold sits:
-#: the golden ratio's fraction, so that no small whole-number mix of the currents (the
-#: membrane after a few steps) is a whole multiple of it (the midpoint, 0.5, made ties)
-GAP_FRACTION = 0.6180339887498949
+#: sqrt(5) / 4, an irrational fraction near the midpoint, so that no small whole-number mix of
+#: the currents (the membrane after a few steps) is a whole multiple of it (the midpoint, 0.5,
+#: made ties; the golden ratio's 0.618, higher in the gap, measured 0.6 points lower at T = 1
+#: on the deep networks, docs/FORMAT.md)
+GAP_FRACTION = 0.5590169943749475
 
 
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
