@@ -435,11 +435,14 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, pos.size - 2)
             gap = pos[near + 1] - pos[near]
             idx = near[np.arange(idx.size), np.argmax(gap, axis=1)]
-            # the gap up to the next distinct value (many neurons can share one current:
-            # a threshold on it made them all ties); above the largest, the gap up to mu
-            lo = pos[idx]
-            up = np.searchsorted(pos, lo, side="right")
-            hi = np.where(up < pos.size, pos[np.minimum(up, pos.size - 1)], max(mu, float(pos[-1])))
+            # many neurons can share one current, and a threshold on it made them all ties:
+            # where the gap is empty, the gap below that current (down to the next smaller
+            # distinct value, or 0), so that they still fire at their first step
+            lo, hi = pos[idx], pos[idx + 1]
+            run = hi <= lo
+            down = np.searchsorted(pos, lo, side="left") - 1
+            below = np.where(down >= 0, pos[np.maximum(down, 0)], 0.0)
+            lo, hi = np.where(run, below, lo), np.where(run, pos[idx], hi)
             p = (lo + GAP_FRACTION * (hi - lo)) / mu
             p = np.where((p > 0) & (p <= 1.0), p, 1.0)
         else:  # too few: the layer's candidates, padded
