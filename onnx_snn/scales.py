@@ -374,11 +374,11 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(values, starts, axis=1)
 
 
-#: where in the gap between two neighbouring calibration currents a searched threshold sits:
-#: sqrt(5) / 4, an irrational fraction near the midpoint, so that no small whole-number mix of
-#: the currents (the membrane after a few steps) is a whole multiple of it (the midpoint, 0.5,
-#: made ties; the golden ratio's 0.618, higher in the gap, measured 0.6 points lower at T = 1
-#: on the deep networks, docs/FORMAT.md)
+#: where in the gap between two neighbouring calibration currents a searched threshold sits
+#: at T >= 2: sqrt(5) / 4, an irrational fraction near the midpoint, so that no small
+#: whole-number mix of the currents (the membrane after a few steps) is a whole multiple of
+#: it (the midpoint, 0.5, made ties). At T = 1 a membrane holds one step's current, which no
+#: point inside the gap can equal: the midpoint, the widest margin, stays (docs/FORMAT.md)
 GAP_FRACTION = 0.5590169943749475
 
 
@@ -443,7 +443,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             down = np.searchsorted(pos, lo, side="left") - 1
             below = np.where(down >= 0, pos[np.maximum(down, 0)], 0.0)
             lo, hi = np.where(run, below, lo), np.where(run, pos[idx], hi)
-            p = (lo + GAP_FRACTION * (hi - lo)) / mu
+            p = (lo + (GAP_FRACTION if timesteps > 1 else 0.5) * (hi - lo)) / mu
             p = np.where((p > 0) & (p <= 1.0), p, 1.0)
         else:  # too few: the layer's candidates, padded
             p = np.resize(layer, qs.size)
