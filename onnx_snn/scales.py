@@ -378,7 +378,9 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 #: at T >= 2: sqrt(5) / 4, an irrational fraction near the midpoint, so that no small
 #: whole-number mix of the currents (the membrane after a few steps) is a whole multiple of
 #: it (the midpoint, 0.5, made ties). At T = 1 a membrane holds one step's current, which no
-#: point inside the gap can equal: the midpoint, the widest margin, stays (docs/FORMAT.md)
+#: point inside a gap can equal: the midpoint stays there, and so does a candidate on a run
+#: of equal currents, which measured higher on the deep networks than one below the run
+#: (docs/FORMAT.md)
 GAP_FRACTION = 0.5590169943749475
 
 
@@ -427,23 +429,26 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         if pos.size >= 2 and m >= min_group:
             # a point inside a gap between neighbouring sample values (the widest among the
             # nearest few): a threshold that sits exactly on a calibration current would make
-            # the spike depend on the last bit of the sum. Not the gap's midpoint: with
-            # currents of a few discrete values (spike inputs), two steps' currents a and b
-            # then sum to exactly 2 x the threshold (a + b) / 2, and the two runtimes' last
-            # bits decided the second spike (GAP_FRACTION)
+            # the spike depend on the last bit of the sum
             idx = np.minimum((qs / 100.0 * (pos.size - 1)).astype(np.int64), pos.size - 2)
             near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, pos.size - 2)
             gap = pos[near + 1] - pos[near]
             idx = near[np.arange(idx.size), np.argmax(gap, axis=1)]
-            # many neurons can share one current, and a threshold on it made them all ties:
-            # where the gap is empty, the gap below that current (down to the next smaller
-            # distinct value, or 0), so that they still fire at their first step
             lo, hi = pos[idx], pos[idx + 1]
-            run = hi <= lo
-            down = np.searchsorted(pos, lo, side="left") - 1
-            below = np.where(down >= 0, pos[np.maximum(down, 0)], 0.0)
-            lo, hi = np.where(run, below, lo), np.where(run, pos[idx], hi)
-            p = (lo + (GAP_FRACTION if timesteps > 1 else 0.5) * (hi - lo)) / mu
+            if timesteps == 1:     # the midpoint (on a run of equal currents: on them)
+                p = 0.5 * (lo + hi) / mu
+            else:
+                # over several steps, not the midpoint: with currents of a few discrete
+                # values (spike inputs), steps of b then a put the membrane exactly on
+                # (a + b) / 2, and the two runtimes' last bits decided the spike
+                # (GAP_FRACTION); nor on a run of equal currents, which made them all ties:
+                # there, the gap below the run (to the next smaller distinct value, or 0),
+                # so that its neurons still fire at their first step
+                run = hi <= lo
+                down = np.searchsorted(pos, lo, side="left") - 1
+                below = np.where(down >= 0, pos[np.maximum(down, 0)], 0.0)
+                lo, hi = np.where(run, below, lo), np.where(run, pos[idx], hi)
+                p = (lo + GAP_FRACTION * (hi - lo)) / mu
             p = np.where((p > 0) & (p <= 1.0), p, 1.0)
         else:  # too few: the layer's candidates, padded
             p = np.resize(layer, qs.size)
