@@ -605,7 +605,18 @@ def test_a_fully_convolutional_classifier_is_scored(tmp_path):
         assert json.loads(e.read_text())["top1"] == pytest.approx(100.0 * np.mean(out[:, :, 0, 0].argmax(1) == ys))
     pytest.importorskip("torch")
     assert main(["-q", "finetune", str(snn), "--data", "fashion-mnist", "--epochs", "1",
-                 "--limit-train", "128", "--limit-test", "64", "-o", str(tmp_path / "ft.onnx")]) == 0
+                 "--limit-train", "128", "--limit-test", "64", "-o", str(tmp_path / "ft.onnx"),
+                 "--json", str(tmp_path / "ft.json")]) == 0
+    # fine-tuning's result carries the fingerprint of the model it wrote, so that analyze
+    # refuses its rates for the model it started from (they were accepted)
+    from onnx_snn.spiking import format as F
+    ft = json.loads((tmp_path / "ft.json").read_text())
+    assert ft["written"]
+    assert ft["model_fingerprint"] == F.spiking_fingerprint(F.read_info(onnx.load(str(tmp_path / "ft.onnx"))))
+    if ft["best_epoch"] > 0:       # an epoch beat the start: rates of the tuned model
+        assert main(["-q", "analyze", str(tmp_path / "ft.onnx"), "--rates", str(tmp_path / "ft.json")]) == 0
+        p = run_cli("analyze", str(snn), "--rates", str(tmp_path / "ft.json"))
+        assert_clean_error(p, 5, "another spiking model")
 
 
 def test_eval_scores_a_dnns_class_ids_and_refuses_topk_values(tmp_path):

@@ -162,6 +162,10 @@ class FinetuneResult:
     teacher: Optional[str] = None   # the DNN it distilled from (None: the labels alone)
     #: resumed from a checkpoint: the epochs it had run before this call (None: not resumed)
     resumed_after: Optional[int] = None
+    #: :func:`~onnx_snn.spiking.format.spiking_fingerprint` of the model this call wrote (the
+    #: best epoch's, whose rates ``analyze --rates`` reads; None when it wrote none), so that
+    #: its rates are refused for another model, as ``eval --json``'s are
+    model_fingerprint: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -455,6 +459,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
     gen_state, written, resumed_after = None, False, None
+    fingerprint = [None]           # of the model written last
     existed = out_path.exists()
 
     # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
@@ -469,8 +474,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 **data_record}
         if trained_on is not None:
             hist["preprocess"] = trained_on
-        write_all_atomic(model_items(net.to_model(hist, T, trained_on), out_path,
-                                     True if external else None, avoid=inputs))
+        model = net.to_model(hist, T, trained_on)
+        fingerprint[0] = fmt.spiking_fingerprint(fmt.read_info(model))
+        write_all_atomic(model_items(model, out_path, True if external else None, avoid=inputs))
 
     if resume and ckpt_path.exists():
         try:
@@ -607,7 +613,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           peak_cuda_mb=peak_cuda, world_size=world,
                           written=written, resumed_after=resumed_after,
-                          teacher=teacher.path if teacher is not None else None)
+                          teacher=teacher.path if teacher is not None else None,
+                          model_fingerprint=fingerprint[0] if written else None)
 
 
 def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
