@@ -23,7 +23,7 @@ from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, D
                         Calibration, calibrate, tensor_shapes)
 from .datasets import (INPUT_KEYS, Dataset, apply_preprocess, check_finite,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
-                       label_key, load_dataset, RAW_PIXELS, to_input_layout)
+                       label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .feeds import input_specs, validate_feeds
 from .graph.inputs import input_scaling
@@ -350,11 +350,7 @@ def _dict_dataset(data: dict, specs=None) -> Dataset:
     if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
         x = next(iter(arrays.values()))
     if y is not None:
-        n = {len(v) for v in arrays.values()}
-        if len(n) > 1:
-            raise DataError(f"the data dict's input arrays have different numbers of samples "
-                            f"({ {k: len(v) for k, v in arrays.items()} })")
-        y = check_labels(y, n.pop(), f"the data dict's {yk!r}")
+        y = check_labels(y, sample_count(arrays, "the data dict"), f"the data dict's {yk!r}")
     return Dataset("array", x, y, preprocessed=True)
 
 

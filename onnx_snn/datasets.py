@@ -28,7 +28,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -342,6 +342,16 @@ def _split_keys(keys: list, split: Optional[str], path: Path) -> Optional[Tuple[
     return xk, yk if yk in keys else None
 
 
+def sample_count(arrays: Dict[str, np.ndarray], where: str) -> int:
+    """The samples of each of a model's input arrays (one per input): the same count in all,
+    else a DataError naming ``where``."""
+    n = {len(v) for v in arrays.values()}
+    if len(n) > 1:
+        raise DataError(f"{where}: its input arrays have different numbers of samples "
+                        f"({ {k: len(v) for k, v in arrays.items()} })")
+    return n.pop() if n else 0
+
+
 def label_key(keys, inputs=()) -> Optional[str]:
     """The labels' array among ``keys`` (LABEL_KEYS, in order): not one named after a model
     input (``inputs``), and none when it would be the only array."""
@@ -413,12 +423,9 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
     if isinstance(x, dict):
         for k, v in x.items():
             check_inputs(v, f"{path} (array {k!r})")
-        n = {len(v) for v in x.values()}
-        if len(n) > 1:
-            raise DataError(f"{path}: its input arrays have different numbers of samples "
-                            f"({ {k: len(v) for k, v in x.items()} })")
+        n = sample_count(x, str(path))
         if y is not None:
-            y = check_labels(y, n.pop(), str(path))
+            y = check_labels(y, n, str(path))
         return Dataset(name, {k: v.astype(np.float32, copy=False) for k, v in x.items()}, y,
                        preprocessed=True)
     x = np.asarray(x)

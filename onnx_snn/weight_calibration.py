@@ -94,8 +94,9 @@ class LayerFit:
     #: toward zero (SearchConfig.weight_ridge_to_original, on in the refinement since
     #: 2026-12-04; False here gives the plain ridge regression)
     to_original: bool = False
-    #: the ridge walk's per-group invariants (:meth:`_walk_terms`), dropped by :meth:`add`
-    walk: Optional[list] = field(default=None, repr=False)
+    #: the ridge walk's per-group invariants (:meth:`_walk_terms`) and the ``to_original``
+    #: they were computed for, dropped by :meth:`add`
+    walk: Optional[tuple] = field(default=None, repr=False)
     originals: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -299,10 +300,7 @@ class LayerFit:
         new = old = 0.0
         for (g, c, *_), (hg, hc, hy, *_), w0, (residual, sse0) in zip(
                 self.fit, self.held, self._original(), self._walk_terms()):
-            if self.to_original:
-                w = w0 + _ridge(g, residual, ridge)
-            else:
-                w = _ridge(g, c, ridge)
+            w = self._primal(g, c, ridge, w0, residual)
             new += float(np.sum(w * (hg @ w)) - 2 * np.sum(w * hc) + hy)
             old += sse0
         return new < old, new, old
@@ -313,12 +311,13 @@ class LayerFit:
         held-out SSE (computed once per layer, not once per ridge: two of the five
         products of the size of the normal equations that each step took)."""
         if self.walk is None or self.walk[0] != self.to_original:
-            self.walk = [self.to_original]
+            terms = []
             for (g, c, *_), (hg, hc, hy, *_), w0 in zip(self.fit, self.held, self._original()):
                 residual = c - g @ w0 if self.to_original else None
                 sse0 = float(np.sum(w0 * (hg @ w0)) - 2 * np.sum(w0 * hc) + hy)
-                self.walk.append((residual, sse0))
-        return self.walk[1:]
+                terms.append((residual, sse0))
+            self.walk = (self.to_original, terms)
+        return self.walk[1]
 
     def choose_ridge(self, grid, start: float) -> Tuple[float, bool, float, float]:
         """The ridge of ``grid`` whose refit on the fitting rows predicts the held-out rows
@@ -374,13 +373,14 @@ class LayerFit:
         return [self._primal(g + hg, c + hc, ridge, w0)
                 for (g, c, *_), (hg, hc, *_), w0 in zip(self.fit, self.held, self._original())]
 
-    def _primal(self, gram, cross, ridge, w0):
+    def _primal(self, gram, cross, ridge, w0, residual=None):
         """The ridge solution from the normal equations; with :attr:`to_original`, the
         original weights plus the ridge solution of what they leave (the minimizer of
-        ``||X W - Y||^2 + lam ||W - W0||^2``, the bias free)."""
+        ``||X W - Y||^2 + lam ||W - W0||^2``, the bias free); ``residual``: ``cross - gram @
+        w0`` when already computed."""
         if not self.to_original:
             return _ridge(gram, cross, ridge)
-        return w0 + _ridge(gram, cross - gram @ w0, ridge)
+        return w0 + _ridge(gram, cross - gram @ w0 if residual is None else residual, ridge)
 
     def _dual(self, x, y, ridge, w0):
         """:meth:`_primal` from the rows."""

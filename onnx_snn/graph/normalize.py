@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
@@ -145,13 +144,6 @@ def _name_nodes(graph: gs.Graph) -> None:
             taken.add(name)
 
 
-#: names the spiking graph makes: ``timesteps``, ``snn.*``, and ``lif<k>``/``pool<k>`` with
-#: their ``.*`` (a superset of :func:`onnx_snn.spiking.format.is_reserved`, which needs the
-#: final site names)
-_RESERVED = re.compile(rf"^({re.escape(fmt.TIMESTEPS_INPUT)}$|{re.escape(fmt.RESERVED_PREFIX)}"
-                       rf"|({fmt.SITE_PREFIX}|{fmt.POOL_PREFIX})\d+(\.|$))")
-
-
 def _free_reserved_names(graph: gs.Graph, notes: list) -> None:
     """Rename what would clash with the spiking graph's own names, before any pass names
     its sites: a tensor inside the graph (not one of its inputs or outputs, which the user
@@ -164,21 +156,21 @@ def _free_reserved_names(graph: gs.Graph, notes: list) -> None:
     taken = set(tensors) | {n.name for n in graph.nodes}
 
     def fresh(name: str) -> str:
-        base = name if not _RESERVED.match(name) else f"model_{name}"
+        base = name if not fmt.may_be_reserved(name) else f"model_{name}"
         new, k = base, 1
-        while new in taken or _RESERVED.match(new):
+        while new in taken or fmt.may_be_reserved(new):
             new, k = f"{base}_{k}", k + 1
         taken.add(new)
         return new
 
     moved = []
     for name, t in tensors.items():
-        if name and name not in ends and _RESERVED.match(name):
+        if name and name not in ends and fmt.may_be_reserved(name):
             t.name = fresh(name)
             moved.append(f"tensor '{name}' -> '{t.name}'")
     seen = set()
     for n in graph.nodes:
-        if n.name and (n.name in seen or _RESERVED.match(n.name)):
+        if n.name and (n.name in seen or fmt.may_be_reserved(n.name)):
             old, n.name = n.name, fresh(n.name)
             moved.append(f"node '{old}' -> '{n.name}'")
         seen.add(n.name)

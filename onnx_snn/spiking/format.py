@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -279,6 +280,17 @@ def is_reserved(name: str, owners: Sequence[str]) -> bool:
     """Names the spiking graph creates: ``timesteps``, ``snn.*`` and ``<site or pool>.*``."""
     return name == TIMESTEPS_INPUT or name.startswith(RESERVED_PREFIX) or \
         any(name.startswith(f"{s}.") for s in owners)
+
+
+_MAY_BE_RESERVED = re.compile(rf"^({re.escape(TIMESTEPS_INPUT)}$|{re.escape(RESERVED_PREFIX)}"
+                              rf"|({SITE_PREFIX}|{POOL_PREFIX})\d+(\.|$))")
+
+
+def may_be_reserved(name: str) -> bool:
+    """Whether ``name`` could be one the spiking graph creates, whatever its sites will be
+    named: ``timesteps``, ``snn.*``, ``lif<k>``, ``pool<k>`` and their ``.*`` (a superset of
+    :func:`is_reserved`, for a model whose sites are not named yet)."""
+    return _MAY_BE_RESERVED.match(name) is not None
 
 
 # ------------------------------------------------------------------ the site record

@@ -459,7 +459,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
     gen_state, written, resumed_after = None, False, None
-    fingerprint = [None]           # of the model written last
+    fingerprint = None             # of the model written last
     existed = out_path.exists()
 
     # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
@@ -470,12 +470,13 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             f"{trained_on['std']}; {output} records them for the commands that read it")
 
     def write_model(epochs_done, top1):
+        nonlocal fingerprint
         hist = {**_hist(cfg, T, epochs_done, initial, top1, world, augment, batch_size, teacher),
                 **data_record}
         if trained_on is not None:
             hist["preprocess"] = trained_on
         model = net.to_model(hist, T, trained_on)
-        fingerprint[0] = fmt.spiking_fingerprint(fmt.read_info(model))
+        fingerprint = fmt.spiking_fingerprint(fmt.read_info(model))
         write_all_atomic(model_items(model, out_path, True if external else None, avoid=inputs))
 
     if resume and ckpt_path.exists():
@@ -614,7 +615,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                           peak_cuda_mb=peak_cuda, world_size=world,
                           written=written, resumed_after=resumed_after,
                           teacher=teacher.path if teacher is not None else None,
-                          model_fingerprint=fingerprint[0] if written else None)
+                          model_fingerprint=fingerprint if written else None)
 
 
 def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
