@@ -68,7 +68,7 @@ The deploy graph runs the spiking model's T steps unrolled, with the neurons wri
 plain ONNX ops and without what inference does not need: the time loop, the last step's
 membrane update, and (unless --spike-counts) the per-layer spike counters. Its spikes are
 the spiking model's, bit for bit, and so are its outputs (up to float rounding on some
-architectures), about 1.4x faster in onnxruntime (README). It runs in any
+architectures), about 1.4x faster in onnxruntime (docs/MEASUREMENTS.md). It runs in any
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refined: score every K-th alpha percentile per channel, then the ones "
                         "around each channel's best (default: 1, every percentile); 4 refines "
                         "VGG-16 and ResNet-20 1.9-2.0x faster, top-1 at T=2 within the seeds' "
-                        "spread (README)")
+                        "spread (docs/MEASUREMENTS.md)")
     c.add_argument("--signed-spikes", action="store_true",
                    help="signed neurons: a neuron that has fired may take a spike back with a "
                         "negative one when its membrane drops below zero (Wang et al. 2022), so "

@@ -23,7 +23,7 @@ batch, with nothing to check the refit on. A layer that passes is refitted on al
 Half the set held out, rather than every fifth batch (one of the default 512 images' eight),
 gave a steadier verdict: top-1 as high or higher in all 12 cells measured at T = 1 and 2
 (three networks, two refinement seeds; +0.25 points on average, up to +0.88), and within
-0.12 of it at T = 4 (README, deep networks).
+0.12 of it at T = 4 (docs/MEASUREMENTS.md, deep networks).
 """
 from __future__ import annotations
 

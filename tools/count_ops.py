@@ -13,7 +13,7 @@ layer); ``onnx_snn_step_by_step`` the steps run one by one (``fold_time = False`
 default on the CPU).
 The optimizer step is left out (Adam's foreach form is a handful of operations on any
 network). On a GPU at small sizes a training step is launch-bound, so this count, not the
-FLOPs, sets its time (README, on a GPU).
+FLOPs, sets its time (docs/MEASUREMENTS.md, on a GPU).
 """
 from __future__ import annotations
 

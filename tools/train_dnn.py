@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_positive_int, default=None, metavar="L",
                    help="train with every clipped ReLU rounded to L + 1 levels (clip-floor-"
                         "shift, QCFS): what a spiking layer emits over T = L steps, so that "
-                        "the conversion at T = L loses less (README: the Fashion-MNIST VGG-16, "
+                        "the conversion at T = L loses less (docs/MEASUREMENTS.md: the Fashion-MNIST VGG-16, "
                         "+2.0 points at T=2; ResNet-20: no gain). Each mu is first fitted to "
                         "the rounding, unless the run continued was trained with the same L. "
                         "The exported model is still the plain clipped ReLU (default: no "

@@ -62,7 +62,7 @@ class FinetuneConfig:
     epochs: int = 3
     #: one SGL epoch at T=2 from the default conversion reached 89.93 / 89.88 / 91.98 % (VGG-16,
     #: ResNet-20, the shipped model) at 1e-3 against 89.22 / 88.09 / 91.16 at 1e-4 and 84.55 /
-    #: 87.46 on the deep nets at 3e-3 (README, fine-tuning)
+    #: 87.46 on the deep nets at 3e-3 (docs/MEASUREMENTS.md, fine-tuning)
     lr: float = 1e-3
     batch_size: int = 64
     timesteps: Optional[int] = None          # None: the model's T

@@ -11,7 +11,7 @@ membrane z = u / threshold, so ds/du = g(z)/threshold and ds/dthreshold = -g(z) 
 * ``sigmoid`` (the default): g = k s (1 - s) with s = sigmoid(k (z - 1)), k = 4: the same
   peak (1 at the threshold) with half the area, smooth, and never exactly zero. One epoch of
   fine-tuning at T=2 reaches 0.5-0.65 points more top-1 with it on the trained VGG-16 and
-  ResNet-20 (README, fine-tuning).
+  ResNet-20 (docs/MEASUREMENTS.md, fine-tuning).
 """
 from __future__ import annotations
 
