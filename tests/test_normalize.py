@@ -1270,3 +1270,41 @@ def test_a_mask_that_is_not_a_relu_stays_refused(form, zero):
     site (the model has no other activation, so it is refused as having none)."""
     with pytest.raises(UnsupportedModelError, match="no ReLU-type activation"):
         normalize(_masked_relu(form, 13, zero))
+
+
+def _with_stale_shapes(intermediate: bool, output: bool) -> onnx.ModelProto:
+    """The VGG builder's model with shape annotations the graph does not compute (onnxruntime
+    runs it: it does not enforce them)."""
+    m = B.vgg(13, "clip", softmax=False)
+    acts = [n.output[0] for n in m.graph.node if n.op_type == "Clip"]
+    if intermediate:          # the first activation is [N, 4, 12, 12]
+        m.graph.value_info.append(h.make_tensor_value_info(acts[0], onnx.TensorProto.FLOAT, ["N", 4, 13, 11]))
+    if output:                # the output is [N, 10]
+        m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 11
+    return m
+
+
+@pytest.mark.parametrize("intermediate,output", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("method", ["datta", "refined"])
+def test_stale_shape_annotations_are_recomputed(intermediate, output, method):
+    m = _with_stale_shapes(intermediate, output)
+    x = B.rand_input(32)
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    nm = onnx_snn.prepare(m)
+    assert any("declared [N, 11] but the graph computes [N, 10]" in n for n in nm.notes) == output
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    snn = onnx_snn.build(nm, cal, 2, method)
+    out = snn.model.graph.output[0].type.tensor_type.shape
+    assert [d.dim_value for d in out.dim][1] == 10
+    r = run(snn.model, x)
+    assert r.outputs[0].shape == (32, 10)
+    B.assert_runtimes_agree(snn.model, x)
+
+
+def test_a_fitting_output_declaration_keeps_its_named_dimensions():
+    m = B.vgg(13, "clip", softmax=False)
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    nm = normalize(m)
+    dims = nm.model.graph.output[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and dims[1].dim_value == 10
+    assert not any("declared" in n for n in nm.notes)

@@ -67,6 +67,50 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def _dims(shape) -> List[Union[int, str, None]]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def _infer_checking_outputs(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
+    """Shape inference on ``model`` whose intermediate ``value_info`` was dropped: a producer's
+    shape annotations are hints that onnxruntime does not enforce, and a stale one (a tensor
+    declared [N, 6, 9, 9] that the graph computes as [N, 6, 8, 8]) made inference fail and the
+    neurons' states take the stale shape. A graph output declared with a shape the graph does
+    not compute gets the computed one, with a note; one that fits keeps its declaration
+    (its named dimensions)."""
+    declared = {}
+    for o in model.graph.output:
+        tt = o.type.tensor_type
+        if o.type.HasField("tensor_type") and tt.HasField("shape"):
+            declared[o.name] = _dims(tt.shape)
+            tt.ClearField("shape")
+    inferred = _infer_shapes(model)
+    for o in inferred.graph.output:
+        if o.name not in declared:
+            continue
+        tt = o.type.tensor_type
+        got = _dims(tt.shape) if tt.HasField("shape") else None
+        want = declared[o.name]
+        if got is not None and (len(got) != len(want) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, want))):
+            notes.append(f"{where}: output '{o.name}' is declared {_shape_text(want)} but the graph "
+                         f"computes {_shape_text(got)}: the computed shape is used")
+            continue
+        tt.ClearField("shape")
+        tt.shape.SetInParent()
+        for d in want:
+            dim = tt.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            elif d:
+                dim.dim_param = d
+    return inferred
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
 def _import(sk: skeleton.Skeleton) -> gs.Graph:
     """The onnx-graphsurgeon graph of a (shape-inferred) skeleton's model with the left-out
     initializers back as constants: what importing the whole model gives, the constants
@@ -276,7 +320,8 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     check_model(model, where, sk)
     check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
     meta = {p.key: p.value for p in model.metadata_props}
-    sk.model = _infer_shapes(canonical.upgrade_opset(sk.model, notes, where))
+    del sk.model.graph.value_info[:]       # hints, recomputed: see _infer_checking_outputs
+    sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
         graph = _import(sk)
     except Exception as e:
