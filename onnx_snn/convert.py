@@ -140,7 +140,7 @@ def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
     calls = any(f.domain == fmt.DOMAIN for f in model.functions) or any(
         n.domain == fmt.DOMAIN for g in walk.subgraphs(model.graph) for n in g.node)
     if fmt.is_spiking(model) or calls:
-        why = (f"it has {fmt.META_FORMAT} metadata" if fmt.is_spiking(model) else
+        why = (f"it has {fmt.META_FORMAT} metadata" if fmt.META_FORMAT in fmt.metadata(model) else
                f"it calls {fmt.DOMAIN} functions")
         deployed = fmt.is_spiking(model) and \
             fmt.metadata(model).get(fmt.META_GRAPH) == fmt.GRAPH_DEPLOY

@@ -99,10 +99,27 @@ def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what
 @pytest.mark.parametrize("param,value,what", [
     ("threshold", -1.0, "threshold <= 0"), ("threshold", 0.0, "threshold <= 0"),
     ("threshold", np.nan, "not finite"), ("threshold", np.inf, "not finite"),
-    ("amplitude", -0.5, "lif1 has a negative spike amplitude")])
+    ("amplitude", -0.5, "lif1 has a spike amplitude <= 0"),
+    ("amplitude", 0.0, "lif1 has a spike amplitude <= 0")])
 def test_damaged_parameters_are_refused(snn, param, value, what):
     m = _damaged(snn.model, init=f"lif1.{param}", init_value=np.array(value, np.float32))
     with pytest.raises(ModelLoadError, match=what):
+        ModelRunner(m)
+
+
+@pytest.mark.parametrize("key", [fmt.META_TIMESTEPS, fmt.META_FORMAT, None])
+def test_a_spiking_file_without_its_metadata_is_damaged_not_a_dnn(snn, key):
+    """Stripped metadata is refused (exit 3), not read as T = 1 or run as a DNN."""
+    m = onnx.ModelProto()
+    m.CopyFrom(snn.model)
+    kept = [(p.key, p.value) for p in m.metadata_props if key is not None and p.key != key]
+    del m.metadata_props[:]
+    for k, v in kept:
+        m.metadata_props.add(key=k, value=v)
+    assert fmt.is_spiking(m)
+    with pytest.raises(ModelLoadError, match="is missing; the file is damaged"):
+        fmt.read_spiking(m, "m.snn.onnx")
+    with pytest.raises(ModelLoadError, match="is missing"):
         ModelRunner(m)
 
 

@@ -512,8 +512,18 @@ def metadata(model: onnx.ModelProto) -> Dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def calls_format(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` defines or calls the format's functions (domain ``ai.onnx_snn``)."""
+    return any(f.domain == DOMAIN for f in model.functions) or any(
+        o.domain == DOMAIN for o in model.opset_import) or any(
+        n.domain == DOMAIN for g in walk.subgraphs(model.graph) for n in g.node)
+
+
 def is_spiking(model: onnx.ModelProto) -> bool:
-    return META_FORMAT in metadata(model)
+    """A spiking model: the format's metadata, or its neuron functions (a file that calls them
+    but lost its metadata is a damaged spiking model, refused by :func:`read_info`, not a DNN
+    to run)."""
+    return META_FORMAT in metadata(model) or calls_format(model)
 
 
 def _json(meta: Dict[str, str], key: str, default, kind, where: str):
@@ -535,7 +545,8 @@ def _int(meta: Dict[str, str], key: str, default: Optional[int], where: str) -> 
     text = meta.get(key)
     if text is None:
         if default is None:
-            raise ModelLoadError(f"{where}: the metadata {key} is missing")
+            raise ModelLoadError(f"{where}: the metadata {key} is missing; the file is damaged "
+                                 "(its metadata was stripped or edited), convert it again")
         return default
     try:
         return int(text.strip())
@@ -563,7 +574,7 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
         raise ModelLoadError(f"{where}: spiking format version {version} is not supported by "
                              f"this onnx-snn (it reads {', '.join(map(str, SUPPORTED_VERSIONS))}); "
                              "upgrade onnx-snn or convert the model again")
-    timesteps = _int(meta, META_TIMESTEPS, 1, where)
+    timesteps = _int(meta, META_TIMESTEPS, None, where)   # every version records it
     if timesteps < 1:
         raise ModelLoadError(f"{where}: the metadata {META_TIMESTEPS} is {timesteps}; it must be "
                              "at least 1 (the file is damaged)")
@@ -864,8 +875,8 @@ def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]
 
 
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
-    """Every site's parameters present and finite, thresholds positive, amplitudes not
-    negative."""
+    """Every site's parameters present and finite, thresholds and amplitudes
+    positive (a spike counter divides by the amplitude)."""
     for s in info.sites:
         for p in PARAMS:
             name = param_name(s.name, p)
@@ -889,8 +900,8 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                 raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
                                      f"({float(v.min()):g}); a neuron would fire on every step. "
                                      "The file is damaged or was edited; convert it again")
-            if p == "amplitude" and np.any(v < 0):
-                raise ModelLoadError(f"{where}: site {s.name} has a negative spike amplitude "
+            if p == "amplitude" and not np.all(v > 0):
+                raise ModelLoadError(f"{where}: site {s.name} has a spike amplitude <= 0 "
                                      f"({float(v.min()):g}); spikes carry the layer's positive "
                                      "output scale. The file is damaged or was edited; convert "
                                      "it again")
