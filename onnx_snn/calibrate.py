@@ -301,11 +301,12 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
             if st["shape"] is None:
                 if h.ndim == 0 or h.shape[0] != nb:
                     raise UnsupportedModelError(
-                        f"site {s.name} ({', '.join(s.source_nodes) or s.input}): its input "
-                        f"'{s.input}' has shape {list(h.shape)} for a batch of {nb}, so a layer "
-                        "before it (a Flatten or Reshape) merges the batch axis with others; "
-                        "every activation needs the batch as its first axis (export with "
-                        "Flatten(axis=1) or a Reshape to [N, -1])")
+                        f"{_where(nm)}: site {s.name} ({', '.join(s.source_nodes) or s.input}): "
+                        f"its input '{s.input}' has shape {list(h.shape)} for a batch of {nb}, "
+                        "so a layer before it moves the batch axis (a Transpose) or merges it "
+                        "with others (a Flatten or Reshape); every activation needs the batch "
+                        "as its first axis (export with Flatten(axis=1) or a Reshape to "
+                        "[N, -1], and keep the batch first)")
                 st["shape"] = tuple(h.shape[1:])
                 samplers[s.name] = _Sampler(sample_size, n_total * int(np.prod(h.shape[1:])), rng)
             flat = h.reshape(-1)

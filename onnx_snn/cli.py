@@ -521,8 +521,12 @@ def _with_external_data(model: str, outputs: list) -> list:
 
 def _check_mean_std(args, data) -> None:
     """--mean/--std belong to named datasets; array files are taken as preprocessed."""
+    from .convert import check_mean_std
     from .datasets import named_dataset
     from .errors import UsageError
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    if (mean is not None or std is not None) and (not data or named_dataset(data) is not None):
+        check_mean_std(mean, std, None)     # both, and sane: before any work
     if (getattr(args, "mean", None) or getattr(args, "std", None)) and data and \
             named_dataset(data) is None:
         raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, mnist, "
@@ -701,6 +705,7 @@ def _metadata_value(text: str):
 
 
 def cmd_info(args) -> int:
+    from .convert import check_recorded_timesteps
     from .datasets import check_preprocess
     from .model_io import load_model
     from .spiking.format import (GRAPH_DEPLOY, META_BINARY, is_spiking, metadata, read_info,
@@ -712,6 +717,7 @@ def cmd_info(args) -> int:
     deployed = is_spiking(model) and read_info(model, args.model).graph == GRAPH_DEPLOY
     info = read_info(model, args.model) if deployed else require_spiking(model, args.model)
     check_preprocess(info.preprocess, args.model)
+    check_recorded_timesteps(info.timesteps, args.model)   # what eval and deploy would refuse
     binary = _metadata_value(metadata(model).get(META_BINARY, "{}"))   # checked by read_info
     if args.json:
         print(json.dumps({k: _metadata_value(v) for k, v in metadata(model).items()}, indent=2))

@@ -354,6 +354,28 @@ def _dict_dataset(data: dict, specs=None) -> Dataset:
     return Dataset("array", x, y, preprocessed=True)
 
 
+def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
+    """--mean/--std given: both (one alone would pair with a silent default: a model recording
+    std 0.353 given --mean 0.3 was fed std 1), finite float32 numbers, std positive and not
+    so small that [0, 1] pixels leave float32 (a :class:`UsageError` naming them)."""
+    if (mean is None) != (std is None):
+        has = (f" (the model records mean {recorded.get('mean')} and std {recorded.get('std')})"
+               if isinstance(recorded, dict) else "")
+        raise UsageError(f"--{'std' if std is None else 'mean'} is missing: give --mean and --std "
+                         f"together{has}")
+    for key, v in (("mean", mean), ("std", std)):
+        try:
+            a = np.asarray(v, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{key} must be numbers, not {v!r}") from None
+        limit = 1e30      # (x - mean) / std of pixels in [0, 1] stays far inside float32
+        bad = (a.size == 0 or not np.all(np.isfinite(a)) or np.any(np.abs(a) > limit)
+               or (key == "std" and np.any(a < 1 / limit)))
+        if bad:
+            raise UsageError(f"--{key} {v!r}: expected finite numbers of magnitude at most {limit:g}"
+                             + (f", std at least {1 / limit:g}" if key == "std" else ""))
+
+
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
@@ -392,6 +414,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                          "cifar10, cifar100: images in [0, 1]); arrays (.npy/.npz files, numpy "
                          "arrays) are taken as already preprocessed, so normalize them yourself "
                          "and drop --mean/--std")
+    if given:
+        check_mean_std(mean, std, preprocess)
     if isinstance(ds.x, dict):
         for k, v in ds.x.items():
             check_inputs(v, f"{ds.name} (input {k!r})")

@@ -21,6 +21,7 @@ already preprocessed). Inputs, labels and recorded preprocessing are checked her
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import pickle
@@ -514,8 +515,11 @@ def check_preprocess(pp, where: str = "the model") -> Optional[dict]:
         raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not a JSON object; "
                              "the file is damaged")
     out = dict(pp)
-    for key, default in (("mean", 0.0), ("std", 1.0)):
-        v = pp.get(key, default)
+    for key in ("mean", "std"):
+        if key not in pp:
+            raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has no {key} "
+                                 f"({json.dumps(pp)[:80]}); the file is damaged or was edited")
+        v = pp[key]
         try:
             a = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):

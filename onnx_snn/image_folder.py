@@ -14,6 +14,7 @@ preprocessing apply to them.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import DataError, MissingDependencyError
+
+log = logging.getLogger("onnx_snn")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm")
@@ -45,10 +48,15 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
     if not recursive:
         return sorted(p for p in folder.iterdir() if _is_image(p))
     out, seen = [], set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:                     # a link back up: each folder once
-            dirnames[:] = []
+        up = real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
+        if real in seen or up:   # each folder once; a link to the folder or above it (a loop,
+            dirnames[:] = []     # which would file every class's images under this one) not
+            if up:               # followed
+                log.warning("%s: a link to %s, which holds this folder, is not followed",
+                            dirpath, real)
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -164,8 +172,16 @@ def plan_image_folder(path, split: Optional[str] = None,
                             f"{next(iter(splits.values()))}")
         folder, name = splits[want], f"{path}:{want}"
     # the classes of every split, so that a class missing from one split shifts no label
-    names = sorted({c.name for d in (list(splits.values()) or [folder])
-                    for c in class_folders(d, with_empty=True)})
+    roots = list(splits.values()) or [folder]
+    names = sorted({c.name for d in roots for c in class_folders(d, with_empty=True)})
+    if not splits and folder.name in sum(SPLIT_FOLDERS.values(), ()):
+        # a split folder given itself (root/val): a class with images in a sibling split is one
+        roots += list(_split_folders(folder.parent).values())
+    empty = sorted(set(names) - {c.name for d in roots for c in class_folders(d)})
+    if empty:     # not a class of any split: it would shift every label after it
+        raise DataError(f"{root}: the class folder(s) {', '.join(map(repr, empty))} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) in any split; each class folder is a "
+                        "label, so remove the empty one(s) or add their images")
     classes = [folder / c for c in names]
     files = [(f, i) for i, c in enumerate(classes) if c.is_dir()
              for f in _images(c, recursive=True)] if classes else \

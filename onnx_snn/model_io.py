@@ -122,6 +122,11 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
     from .graph import skeleton as skel
     opset = default_opset(model)
     if opset < MIN_OPSET or opset > MAX_OPSET:
+        from .spiking.format import is_spiking
+        if is_spiking(model):    # onnx-snn wrote it at a supported opset: edited or damaged
+            raise ModelLoadError(f"{where}: the spiking model's default opset is {opset}, outside "
+                                 f"{MIN_OPSET}-{MAX_OPSET}, which onnx-snn never writes; the file "
+                                 "is damaged or was edited, convert it again")
         raise UnsupportedModelError(f"{where}: opset {opset} is outside the supported range "
                                     f"{MIN_OPSET}-{MAX_OPSET}; re-export the model at a supported "
                                     "opset")
@@ -289,6 +294,9 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> P
     """
     if out is None or str(out) == "":
         raise OutputPathError("an output path is empty; give a file name")
+    if str(out).endswith(("/", os.sep)):     # Path() drops the slash: "new.onnx/" wrote new.onnx
+        raise OutputPathError(f"{out}: names a folder (it ends with a slash); give a file "
+                              f"name, such as {str(out).rstrip('/' + os.sep)}")
     try:
         return _check_output_path(Path(out), inputs, probe)
     except OSError as e:   # a name too long, a loop of links, ...
@@ -394,6 +402,7 @@ def write_all_atomic(items) -> None:
     temporary file is removed and no target is touched. ``items``: (path, data) pairs, the
     data bytes or an iterable of bytes (written in turn, never held whole)."""
     temps = []   # (temporary path, target)
+    path, renamed = None, []
     try:
         for path, data in items:
             path = Path(path)
@@ -417,13 +426,21 @@ def write_all_atomic(items) -> None:
             while temps:
                 tmp, path = temps[0]
                 os.replace(tmp, path)
+                renamed.append(str(path))
                 temps.pop(0)
-    except BaseException:
+    except BaseException as e:
         for tmp, _ in temps:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+        if isinstance(e, OSError) and not isinstance(e, OutputPathError):
+            # a full disk, a quota, an immutable or vanished target: the user's to fix, and
+            # nothing was written (outputs checked before the work cannot foresee these)
+            why = e.strerror or str(e)
+            done = (f"only {', '.join(renamed)} was written" if renamed else "nothing was written")
+            raise OutputPathError(f"{path}: cannot write it ({why}); {done}: free space or "
+                                  "choose another path") from None
         raise
 
 

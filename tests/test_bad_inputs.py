@@ -99,6 +99,11 @@ DAMAGE = {
     "timesteps_word": ("onnx_snn.timesteps", "many"),
     "preprocess_json": ("onnx_snn.preprocess", "{oops"),
     "preprocess_values": ("onnx_snn.preprocess", '{"mean": "x", "std": [1.0]}'),
+    "preprocess_no_std": ("onnx_snn.preprocess", '{"mean": [0.3]}'),
+    "timesteps_missing": ("onnx_snn.timesteps", None),
+    "version_missing": ("onnx_snn.format_version", None),
+    "amplitude_zero": ("param:lif0.amplitude", 0.0),
+    "opset_removed": ("opset", None),         # the default domain's import
     "pools_json": ("onnx_snn.pools", "{}"),
     "graph_kind": ("onnx_snn.graph", "mesh"),
     "outputs_json": ("onnx_snn.outputs", "[1,"),
@@ -164,6 +169,13 @@ def build_template(root: Path) -> Path:
             m = _set_param(good, what[6:], None)
             m.graph.initializer.append(onnx.numpy_helper.from_array(
                 np.ones(value, np.float32), what[6:]))
+            onnx.save(m, str(path))
+        elif what == "opset":
+            m = onnx.ModelProto()
+            m.CopyFrom(good)
+            kept = [o for o in m.opset_import if o.domain not in ("", "ai.onnx")]
+            del m.opset_import[:]
+            m.opset_import.extend(kept)
             onnx.save(m, str(path))
         elif what.startswith("function:"):
             m = onnx.ModelProto()
@@ -611,6 +623,8 @@ cli("an_T_huge", "unbounded", "analyze {ws}/snn.onnx --data {ws}/test.npz -T 100
 cli("ft_T_huge", "unbounded", FT.replace("-T 1", "-T 10000000") + " -o {ws}/t.onnx", 2)
 cli("demo_T_huge", "unbounded", "demo -T 100000 --methods max --limit 4 " + FM, 2)
 cli("eval_model_T_huge", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz", 3)
+cli("info_model_T_huge", "unbounded", "info {ws}/bad/huge_T.snn.onnx", 3,
+    needle="the model records T=1000000000")
 cli("eval_model_T_huge_override", "unbounded", "eval {ws}/bad/huge_T.snn.onnx --data {ws}/test.npz -T 1", 0)
 cli("deploy_T_huge", "unbounded", "deploy {ws}/snn.onnx -o {ws}/d.onnx -T 100", 2)
 cli("deploy_model_T_huge", "unbounded", "deploy {ws}/bad/huge_T.snn.onnx -o {ws}/d.onnx", 3,
@@ -901,7 +915,18 @@ cli("conv_std_zero", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist "
 cli("conv_std_negative", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist " + FM + " --std -0.3", 2)
 cli("conv_mean_nan", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist " + FM + " --mean nan", 2)
 cli("eval_mean_inf", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean inf", 2)
-cli("eval_mean_channels", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 0.1 0.2", 5)
+cli("eval_mean_channels", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 0.1 0.2 --std 0.3", 5)
+cli("conv_mean_without_std", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist " + FM + " --mean 0.3 -o {ws}/o.onnx", 2,
+    needle="give --mean and --std together")
+cli("eval_std_without_mean", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --std 0.3", 2,
+    needle="--mean is missing")
+cli("eval_std_tiny", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 0 --std 1e-40", 2,
+    needle="--std")
+cli("eval_mean_huge", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 1e39 --std 1", 2,
+    needle="--mean")
+for _cmd in ("info", "eval", "deploy", "analyze"):
+    cli(f"stripped_spiking_{_cmd}", "damaged", DAMAGE_CMDS[_cmd].replace("{f}", "{ws}/stripped.snn.onnx"), 3,
+        needle="is missing; the file is damaged")
 
 
 def _records_preprocess(mean, std):

@@ -184,20 +184,40 @@ def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
 
 
 def test_an_empty_class_folder_keeps_the_labels_of_the_classes_after_it(tmp_path):
-    """Labels are the places of the class folders in sorted order, empty ones included: a
-    class with no images (in this split, or at all) shifts no other class's label."""
+    """Labels are the places of the class folders in sorted order: a class with no images in
+    this split shifts no other class's label. A folder with no images in any split is no
+    class (torchvision refuses it too): it is named, not given a label that shifts the ones
+    after it (a stray empty folder among nine classes scored 53 % instead of 97 %)."""
     rng = np.random.default_rng(2)
     for c in ("c0", "c2", "c3"):
         _save(tmp_path / "flat" / c / "0.png", rng.random((8, 8)))
     (tmp_path / "flat" / "c1").mkdir()
     (tmp_path / "flat" / "c1" / "notes.txt").write_text("no images")   # not an image either
-    assert load_image_folder(tmp_path / "flat", None, (1, 8, 8)).y.tolist() == [0, 2, 3]
+    with pytest.raises(DataError, match="'c1' hold no images .* in any split"):
+        load_image_folder(tmp_path / "flat", None, (1, 8, 8))
+    (tmp_path / "flat" / "c1" / "notes.txt").unlink()
+    (tmp_path / "flat" / "c1").rmdir()
+    assert load_image_folder(tmp_path / "flat", None, (1, 8, 8)).y.tolist() == [0, 1, 2]
     for split, classes in (("train", ("c0", "c1", "c2")), ("val", ("c2",))):
         for c in classes:
             _save(tmp_path / "split" / split / c / "0.png", rng.random((8, 8)))
     (tmp_path / "split" / "val" / "c0").mkdir()
     assert load_image_folder(tmp_path / "split", "test", (1, 8, 8)).y.tolist() == [2]
     assert load_image_folder(tmp_path / "split" / "val", None, (1, 8, 8)).y.tolist() == [1]
+
+
+def test_a_link_back_up_is_not_followed_into_other_classes(tmp_path, caplog):
+    """A class folder holding a link to the dataset's root (a loop) keeps its own images:
+    following it filed every class's images under that class."""
+    import os
+    rng = np.random.default_rng(3)
+    for c in ("a", "b"):
+        _save(tmp_path / "r" / c / "0.png", rng.random((8, 8)))
+    os.symlink(tmp_path / "r", tmp_path / "r" / "b" / "loop")
+    os.symlink(tmp_path / "r" / "a", tmp_path / "r" / "b" / "self", target_is_directory=True)
+    ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
+    assert ds.y.tolist() == [0, 1, 1]          # b: its own image, and a's through "self"
+    assert "is not followed" in caplog.text
 
 
 def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):

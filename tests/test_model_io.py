@@ -38,18 +38,41 @@ def test_save_refuses_input_and_missing_folder(tmp_path):
         save_model(m, tmp_path / "missing" / "b.onnx")
     with pytest.raises(OutputPathError, match="folder"):
         save_model(m, tmp_path)
+    with pytest.raises(OutputPathError, match="ends with a slash"):
+        save_model(m, str(tmp_path / "new.onnx") + "/")   # Path() would drop the slash
+    assert not (tmp_path / "new.onnx").exists()
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     import onnx_snn.model_io as io
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(io.os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputPathError, match=r"out.onnx: cannot write it \(No space left on device\); "
+                                              "nothing was written"):
         save_model(B.vgg(13, "clip"), tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_rename_is_an_output_error_naming_what_was_written(tmp_path, monkeypatch):
+    """An OS error at the renames (an immutable target): exit 6 naming the file, not a
+    traceback; the outputs renamed before it are named."""
+    import onnx_snn.model_io as io
+    real = io.os.replace
+
+    def refuse_second(src, dst):
+        if str(dst).endswith("b.bin"):
+            raise PermissionError(1, "Operation not permitted")
+        real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", refuse_second)
+    with pytest.raises(OutputPathError, match=r"b.bin: cannot write it \(Operation not permitted\); "
+                                              r"only .*a.bin was written") as e:
+        io.write_all_atomic([(tmp_path / "a.bin", b"1"), (tmp_path / "b.bin", b"2")])
+    assert e.value.exit_code == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
 def test_existing_output_is_replaced_whole(tmp_path):

@@ -486,6 +486,12 @@ def test_a_fixed_batch_runs_step_by_step(tmp_path):
     snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)
     net = B.assert_runtimes_agree(snn.model, x)
     assert "fixed batch" in net._foldable
+    from onnx_snn.errors import DataError
+    with torch.no_grad(), pytest.raises(DataError, match="fixed batch of 4: feed batches of 4"):
+        net(torch.from_numpy(B.rand_input(3)))
+    with torch.no_grad(), pytest.raises(DataError, match=r"has shape \[4, 1, 10, 12\]; the model takes "
+                                                         r"\[4, 1, 12, 12\]$"):
+        net(torch.from_numpy(B.rand_input(4, (1, 10, 12))))
 
 
 @pytest.mark.parametrize("op,attrs,consts,mixes", [

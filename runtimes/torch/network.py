@@ -492,6 +492,7 @@ class SpikingNetwork(nn.Module):
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
+        self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
         first = next(iter(inputs.values()))
@@ -595,6 +596,24 @@ class SpikingNetwork(nn.Module):
 
     def _input_names(self) -> List[str]:
         return self.view.data_inputs
+
+    def _check_shapes(self, inputs: Dict[str, torch.Tensor]) -> None:
+        """Each input against the model's fixed dimensions: a DataError naming them (a model
+        exported with a fixed batch fed another one failed deep inside a Reshape)."""
+        declared = {i.name: i.type.tensor_type.shape.dim for i in self.view.model.graph.input
+                    if i.type.HasField("tensor_type")}
+        for name in self._input_names():
+            dims, t = declared.get(name), inputs[name]
+            if dims is None or not hasattr(t, "shape"):
+                continue
+            want = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            got = list(t.shape)
+            if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+                shown = "[" + ", ".join("?" if w is None else str(w) for w in want) + "]"
+                fix = (f"; the model was exported with a fixed batch of {want[0]}: feed batches "
+                       f"of {want[0]} (pad the last one), or re-export it with a free batch axis"
+                       if len(got) == len(want) and want[0] not in (None, got[0]) else "")
+                raise DataError(f"input {name!r} has shape {got}; the model takes {shown}{fix}")
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
