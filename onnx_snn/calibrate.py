@@ -9,6 +9,7 @@ calibration-set size. The (alpha, beta) search then runs on the sorted sample.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -60,6 +61,27 @@ class Calibration:
     inputs: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the data itself
     #: the model's batch axis is fixed (``batch_size`` is that size, never another)
     fixed_batch: bool = False
+    #: :func:`model_key` of the model calibrated: :func:`~onnx_snn.convert.build` refuses the
+    #: calibration for another one (its sites may have the same names)
+    model_key: Optional[str] = None
+
+
+def model_key(model: onnx.ModelProto) -> str:
+    """A short fingerprint of a normalized model: its nodes, its weights' names and shapes,
+    and a few bytes of each weight (start, middle, end), cheap for any size."""
+    import hashlib
+    h = hashlib.sha256()
+    for n in model.graph.node:
+        h.update(f"{n.op_type}|{','.join(n.input)}|{','.join(n.output)};".encode())
+    for t in model.graph.initializer:
+        h.update(f"{t.name}|{list(t.dims)}|{t.data_type};".encode())
+        data = t.raw_data if t.HasField("raw_data") else b""
+        if data:
+            mid = len(data) // 2
+            h.update(data[:64] + data[mid:mid + 64] + data[-64:])
+        else:
+            h.update(t.SerializeToString()[:4096])
+    return h.hexdigest()[:16]
 
 
 def quiet_onnxruntime() -> None:
@@ -277,8 +299,30 @@ def check_seed(value, name: str = "seed") -> int:
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:
-    """Run the calibration set through onnxruntime and record every site's pre-activations."""
+    """Run the calibration set through onnxruntime and record every site's pre-activations.
+    ``x``: arrays (or anything numpy converts, a dict per input), or as for
+    :func:`~onnx_snn.convert.convert`, a dataset name, file or folder (DEFAULT_CALIB_SAMPLES of
+    its training split, drawn with ``seed``, fed with the model's recorded preprocessing)."""
+    from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, check_count, resolve_data
+    if not isinstance(nm, NormalizedModel):
+        raise UsageError(f"calibrate(nm, x) takes prepare()'s result, not {type(nm).__name__} "
+                         "(nm = onnx_snn.prepare(model))")
     seed = check_seed(seed)
+    sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE)
+    batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
+    if sites is not None:
+        if isinstance(sites, str) or not all(isinstance(n, str) for n in sites):
+            raise UsageError(f"sites must be a list of site names, not {sites!r}")
+        unknown = sorted(set(sites) - {s.name for s in nm.sites})
+        if unknown or not sites:
+            raise UsageError(f"sites: {', '.join(unknown) or 'none given'}; the model's sites are "
+                             f"{', '.join(s.name for s in nm.sites)}")
+    if isinstance(x, (str, os.PathLike)) or type(x).__name__ == "Dataset":
+        ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
+                          take=(DEFAULT_CALIB_SAMPLES, seed)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
+        if ds.preprocess is not None:      # a named dataset: record how it was fed
+            nm.preprocess = ds.preprocess
+        x = ds.x
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size, say=True)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]
@@ -339,4 +383,4 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
                        seconds=time.perf_counter() - t0, batch_size=batch_size,
                        input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()},
-                       inputs=feeds_all, fixed_batch=fixed)
+                       inputs=feeds_all, fixed_batch=fixed, model_key=model_key(nm.model))

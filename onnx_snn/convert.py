@@ -20,8 +20,8 @@ import onnx
 
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
-                        Calibration, calibrate, tensor_shapes)
-from .datasets import (INPUT_KEYS, Dataset, apply_preprocess, check_finite,
+                        Calibration, calibrate, model_key, tensor_shapes)
+from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
@@ -321,6 +321,10 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
                 vi.CopyFrom(keep)
         nm.notes[:0] = pins
         return nm
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}"
+                         + (" (a SpikingModel is converted already: use evaluate, deploy or "
+                            "finetune)" if type(model).__name__ == "SpikingModel" else ""))
     path = str(model)
     loaded = load(path, check=False, sha256=True)   # the file read once, hashed meanwhile
     _refuse_spiking(loaded.model, path)
@@ -344,7 +348,13 @@ def _dict_dataset(data: dict, specs=None) -> Dataset:
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
     model (``specs``) has an input of that name, or the dict holds nothing else."""
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
-    yk = label_key(arrays, [n for n, _ in specs or ()])
+    names = [n for n, _ in specs or ()]
+    yk = label_key(arrays, names)
+    unused = [k for k in arrays if names and k != yk and k not in names and k not in INPUT_KEYS]
+    if unused and (len(names) > 1 or any(k in arrays for k in INPUT_KEYS + tuple(names))):
+        log.warning("the data dict's array(s) %s are not used: inputs are read from arrays named "
+                    "after the model's inputs (%s) or %s, labels from %s", ", ".join(map(repr, unused)),
+                    ", ".join(names), "/".join(INPUT_KEYS), "/".join(LABEL_KEYS))
     y = arrays.pop(yk) if yk else None
     x = arrays
     if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
@@ -490,6 +500,12 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     ``refined`` (the default; also ``datta`` with ``config.sequential``) then refines the
     parameters site by site on the spiking network itself (:mod:`onnx_snn.sequential`), on
     the calibration inputs (``calib_data``; by default those :func:`calibrate` recorded)."""
+    if not isinstance(nm, NormalizedModel) or not isinstance(calib, Calibration):
+        raise UsageError(f"build(nm, calib) takes prepare()'s result and calibrate()'s, not "
+                         f"{type(nm).__name__} and {type(calib).__name__}")
+    if config is not None and not isinstance(config, SearchConfig):
+        raise UsageError(f"config must be a SearchConfig, not {type(config).__name__} "
+                         "(SearchConfig(**options))")
     cfg = config or SearchConfig()
     if method == REFINED and not cfg.sequential:
         cfg = dataclasses.replace(cfg, sequential=True)
@@ -510,6 +526,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     check_search_limits(cfg, timesteps, method)
     check_refine_memory(calib, timesteps, cfg, nm)
     t0 = time.perf_counter()
+    if calib.model_key is not None and calib.model_key != model_key(nm.model):
+        raise UsageError("this calibration was recorded on another model (its graph or weights "
+                         "differ from this one's): calibrate(nm, data) with the model you build")
     missing = [s.name for s in nm.sites if s.name not in calib.sites]
     if missing:
         raise ValueError(f"the calibration has no record of site(s) {', '.join(missing)}; "

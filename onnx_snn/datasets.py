@@ -62,7 +62,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 #: .npz array names taken as the inputs (of a one-input model) and as the labels
 INPUT_KEYS = ("x", "data", "images", "inputs")
-LABEL_KEYS = ("y", "labels", "targets")
+LABEL_KEYS = ("y", "labels", "targets", "label", "target")
 #: a .npz that holds both splits, as Keras's datasets save them (mnist.npz): split -> (x, y)
 SPLIT_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 

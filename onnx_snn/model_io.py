@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import onnx
 
-from .errors import ModelLoadError, OutputPathError, UnsupportedModelError
+from .errors import ModelLoadError, OutputPathError, UnsupportedModelError, UsageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -74,12 +74,16 @@ class _ReadBytes:
 def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
     """:func:`load_model`, reading the file once: with ``sha256`` its hash is computed from
     the same bytes, in a thread, while they are parsed (what :func:`sha256_file` gives)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"a model is a path or an onnx.ModelProto, not {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except OSError as e:     # missing, a name too long, a loop of links, no permission
+        raise ModelLoadError(f"{str(path)[:300]}: {'no such file' if isinstance(e, FileNotFoundError) else e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise ModelLoadError(f"{path}: empty file; export the model again")
     digest, hasher = None, None
     try:

@@ -82,48 +82,98 @@ class SearchConfig:
         (``one_step_ceiling`` at T = 1)."""
         return bool(self.one_step_ceiling) and int(timesteps) == 1
 
+    _BOOLS = ("sequential", "per_channel", "bias_correction", "weight_calibration",
+              "one_step_ceiling", "signed_spikes", "weight_ridge_to_original")
+    _INTS = ("sequential_sample", "weight_holdout", "search_stride")
+    _FLOATS = ("percentile_step", "beta_step", "beta_max", "percentile", "relu_percentile",
+               "mean_tolerance", "weight_ridge")
+
+    def _normalize_types(self) -> None:
+        """Each field as its type (numpy scalars too: np.bool_, np.int64, np.float32), or a
+        UsageError naming it: a string "False" was a true flag, and numpy scalars failed
+        at the end of a conversion, writing its JSON record."""
+        from .errors import UsageError
+
+        def bad(name, v, what):
+            return UsageError(f"SearchConfig.{name} must be {what}, not {v!r} ({type(v).__name__})")
+        for name in self._BOOLS:
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise bad(name, v, "True or False")
+            setattr(self, name, bool(v))
+        for name in self._INTS:
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise bad(name, v, "a whole number")
+            setattr(self, name, int(v))
+        for name in self._FLOATS + (("weight_target_floor",) if self.weight_target_floor is not None
+                                    else ()):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v):
+                raise bad(name, v, "a finite number")
+            setattr(self, name, float(v))
+        if not isinstance(self.objective, str):
+            raise bad("objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        for name in ("v_init_fractions", "weight_ridge_grid"):
+            v = getattr(self, name)
+            if v is None and name == "weight_ridge_grid":
+                continue
+            try:
+                items = tuple(v)
+            except TypeError:
+                raise bad(name, v, "a sequence of numbers") from None
+            if not all(isinstance(f, (int, float, np.integer, np.floating))
+                       and not isinstance(f, (bool, np.bool_)) for f in items):
+                raise bad(name, v, "a sequence of numbers")
+            setattr(self, name, tuple(float(f) for f in items))
+        if self.mean_tolerance < 0:
+            raise bad("mean_tolerance", self.mean_tolerance, "a number >= 0")
+
     def __post_init__(self):
+        from .errors import UsageError
+        self._normalize_types()
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+            raise UsageError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if not 0 < self.percentile_step <= 100:
-            raise ValueError(f"percentile step must be in (0, 100], not {self.percentile_step}")
+            raise UsageError(f"percentile step must be in (0, 100], not {self.percentile_step}")
         if not 0 < self.beta_step < self.beta_max:
-            raise ValueError(f"beta step ({self.beta_step}) must be positive and below beta max "
+            raise UsageError(f"beta step ({self.beta_step}) must be positive and below beta max "
                              f"({self.beta_max})")
         if self.sequential and self.objective not in ("mse", "mean"):
-            raise ValueError(f"the sequential refinement supports the objectives mse and mean, "
+            raise UsageError(f"the sequential refinement supports the objectives mse and mean, "
                              f"not {self.objective!r}")
         fr = tuple(float(f) for f in self.v_init_fractions)
         if not fr or any(not 0 <= f < 1 for f in fr):
-            raise ValueError(f"initial membrane fractions must be in [0, 1), not {list(fr)}")
+            raise UsageError(f"initial membrane fractions must be in [0, 1), not {list(fr)}")
         self.v_init_fractions = fr
         if int(self.search_stride) != self.search_stride or self.search_stride < 1:
-            raise ValueError(f"search stride must be a whole number >= 1, not {self.search_stride}")
+            raise UsageError(f"search stride must be a whole number >= 1, not {self.search_stride}")
         self.search_stride = int(self.search_stride)
         if isinstance(self.weight_holdout, bool) or int(self.weight_holdout) != self.weight_holdout \
                 or self.weight_holdout < 2:
-            raise ValueError(f"weight_holdout (every k-th calibration batch held out) must be a "
+            raise UsageError(f"weight_holdout (every k-th calibration batch held out) must be a "
                              f"whole number >= 2, not {self.weight_holdout}")
         self.weight_holdout = int(self.weight_holdout)
         if self.weight_target_floor is not None and not float(self.weight_target_floor) >= 0:
-            raise ValueError(f"weight_target_floor must be >= 0 (a fraction of mu), not "
+            raise UsageError(f"weight_target_floor must be >= 0 (a fraction of mu), not "
                              f"{self.weight_target_floor}")
         if not (isinstance(self.weight_ridge, (int, float)) and np.isfinite(self.weight_ridge)
                 and self.weight_ridge > 0):
-            raise ValueError(f"weight_ridge must be a positive finite number, not "
+            raise UsageError(f"weight_ridge must be a positive finite number, not "
                              f"{self.weight_ridge!r}")
         if self.weight_ridge_grid is not None:
             grid = tuple(float(g) for g in self.weight_ridge_grid)
             if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
-                raise ValueError(f"weight_ridge_grid must be positive finite ridges, not "
+                raise UsageError(f"weight_ridge_grid must be positive finite ridges, not "
                                  f"{list(self.weight_ridge_grid)}")
             self.weight_ridge_grid = grid
         if self.sequential_sample < 1:
-            raise ValueError(f"sequential sample must be positive, not {self.sequential_sample}")
+            raise UsageError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):
             v = getattr(self, name)
             if not 0 < v <= 100:
-                raise ValueError(f"{name.replace('_', ' ')} must be in (0, 100], not {v}")
+                raise UsageError(f"{name.replace('_', ' ')} must be in (0, 100], not {v}")
 
 
 @dataclass(frozen=True)

@@ -456,6 +456,16 @@ def test_bad_rates_are_clear_errors(vgg_snn):
         analyze(snn.model, {**rates, "lif0": 2.5})
     a = analyze(snn.model, {**rates, "ghost": 0.1})
     assert any("ghost" in n for n in a.notes)
+    # a rate mapping given in Python is checked as a rate file is (NaN gave NaN energy)
+    for bad in (float("nan"), -1.0, "0.3"):
+        with pytest.raises(DataError, match="lif0"):
+            analyze(snn.model, {**rates, "lif0": bad})
+    from onnx_snn.errors import UsageError
+    for kw in (dict(timesteps=0), dict(timesteps=2.5), dict(timesteps=True), dict(mac_pj=-1.0),
+               dict(ac_pj=float("nan"))):
+        with pytest.raises(UsageError):
+            analyze(snn.model, rates, **kw)
+    assert analyze(snn.model, {k: np.float32(v) for k, v in rates.items()}).totals.snn_energy_pj > 0
 
 
 def test_dnn_model_with_other_mac_count_warns(vgg_snn):

@@ -189,3 +189,33 @@ def test_a_fixed_batch_calibrates_on_its_whole_batches(caplog):
     assert snn.model is not None
     with pytest.raises(DataError, match="fixed batch of 8; give at least 8"):
         onnx_snn.calibrate(nm, x[:5], show_progress=False)
+
+
+def test_calibrate_takes_what_convert_takes_and_checks_its_arguments():
+    import onnx_snn
+    from onnx_snn.errors import UsageError
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 1, 12, 12)).astype(np.float32)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    cal = calibrate(nm, {"input": x}, show_progress=False)     # a dict per input
+    assert cal.n_samples == 16
+    for kw, match in ((dict(sample_size=0), "sample_size"), (dict(sites=[]), "none given"),
+                      (dict(sites=["nope"]), "sites: nope"), (dict(sites="lif0"), "list of site")):
+        with pytest.raises(UsageError, match=match):
+            calibrate(nm, x, show_progress=False, **kw)
+    with pytest.raises(UsageError, match="prepare"):
+        calibrate(B.vgg(13, "clip"), x)
+
+
+def test_a_calibration_is_refused_for_another_model(tmp_path):
+    """build(nmB, calibrate(nmA)) converted B with A's thresholds when the site names matched."""
+    import onnx_snn
+    from onnx_snn.errors import UsageError
+    x = np.random.default_rng(0).random((16, 1, 12, 12)).astype(np.float32)
+    nm_a = onnx_snn.prepare(B.vgg(13, "clip", seed=0))
+    cal = calibrate(nm_a, x, show_progress=False)
+    onnx_snn.build(onnx_snn.prepare(B.vgg(13, "clip", seed=0)), cal, 2, "datta")  # the same model
+    with pytest.raises(UsageError, match="recorded on another model"):
+        onnx_snn.build(onnx_snn.prepare(B.vgg(13, "clip", seed=1)), cal, 2, "datta")
+    with pytest.raises(UsageError, match="takes prepare"):
+        onnx_snn.build("model.onnx", cal, 2)

@@ -476,6 +476,30 @@ def test_time_folded_run_is_the_step_by_step_run(case, T):
         np.testing.assert_allclose(ga[k].numpy(), gb[k].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_path):
+    """float64, float16, integer pixels and numpy arrays run as the float32 the graph
+    computes in (a raw dtype error before); None, lists and an empty batch are DataErrors;
+    a T that is not a whole number in range is refused, also when writing the model back."""
+    from onnx_snn.errors import DataError, UsageError
+    x = B.rand_input(4)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    net = SpikingNetwork(snn.model).eval()
+    with torch.no_grad():
+        want = net(torch.from_numpy(x))
+        for v in (torch.from_numpy(x).double(), x, x.astype(np.float64)):
+            assert torch.equal(net(v), want)
+        for bad in (None, [1, 2], x[:0]):
+            with pytest.raises(DataError):
+                net(bad)
+        for T in (0, 2.5, "2", True):
+            with pytest.raises(UsageError):
+                net(torch.from_numpy(x), timesteps=T)
+    with pytest.raises(UsageError):
+        net.to_model(timesteps=-1)
+    with pytest.raises(UsageError, match="finite"):
+        net.to_model(preprocess={"mean": [float("nan")], "std": [0.0]})
+
+
 def test_a_fixed_batch_runs_step_by_step(tmp_path):
     """A constant Reshape that sets the batch, or a fixed batch, would mix the steps in a
     T x N batch: such a graph runs its steps one by one, and still as onnxruntime does."""

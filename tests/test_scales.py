@@ -278,7 +278,7 @@ def test_channel_search_coarse_to_fine_is_close_to_every_candidate(seed, T, sign
 def test_search_stride_is_checked():
     with pytest.raises(ValueError, match="search stride"):
         SearchConfig(search_stride=0)
-    with pytest.raises(ValueError, match="search stride"):
+    with pytest.raises(ValueError, match="search_stride must be a whole number"):
         SearchConfig(search_stride=2.5)
 
 
@@ -318,3 +318,26 @@ def test_searched_thresholds_leave_no_membrane_on_the_threshold(timesteps):
         u = u + seqs[t]
         assert np.min(np.abs(u - th)) > 1e-6 * th, f"a membrane on the threshold at step {t}"
         u = np.where(u >= th, u - th, u)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("mean_tolerance", float("nan")), ("mean_tolerance", -5.0), ("bias_correction", "False"),
+    ("percentile", "99"), ("v_init_fractions", 0.5), ("search_stride", "2"),
+    ("beta_max", float("inf")), ("sequential_sample", 2.5), ("per_channel", 1)])
+def test_search_config_refuses_wrong_types_naming_the_field(field, value):
+    """A string "False" was a true flag, a NaN tolerance gave thresholds 40x too low: each
+    field is its type or a UsageError naming it."""
+    from onnx_snn.errors import UsageError
+    with pytest.raises(UsageError, match=f"SearchConfig.{field}"):
+        SearchConfig(**{field: value})
+
+
+def test_search_config_takes_numpy_scalars_as_their_python_values():
+    """numpy scalars (np.bool_, np.int64, np.float32) become bool, int and float: they failed
+    at the end of a conversion, writing its JSON record."""
+    import json
+    c = SearchConfig(per_channel=np.bool_(False), sequential_sample=np.int64(1000),
+                     weight_ridge=np.float32(0.5), v_init_fractions=np.array([0.0, 0.5]))
+    assert (c.per_channel, c.sequential_sample, c.weight_ridge) == (False, 1000, 0.5)
+    assert type(c.per_channel) is bool and type(c.sequential_sample) is int
+    json.dumps(c.__dict__)

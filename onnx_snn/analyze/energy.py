@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -372,6 +373,25 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     supplies the DNN totals; its MAC total is checked against the spiking graph's and a
     warning is issued when they differ.
     """
+    from ..convert import check_timesteps
+    from ..errors import UsageError
+    if timesteps is not None:
+        timesteps = check_timesteps(timesteps, "timesteps")      # 0, 2.5 and True refused
+    for key, v in (("mac_pj", mac_pj), ("ac_pj", ac_pj)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise UsageError(f"{key} must be a finite energy >= 0 (pJ), not {v!r}")
+    if rates is not None:    # checked as a rate file is: finite, >= 0 (NaN gave NaN energy)
+        if not isinstance(rates, Mapping):
+            raise DataError(f"rates must be a mapping {{site: spikes per neuron}} (or "
+                            f"load_rates(FILE)), not {type(rates).__name__}")
+        if not ({"sites", "epochs", "kind"} & set(rates)):     # {site: rate}, not eval's JSON
+            bad = [(k, v) for k, v in rates.items()
+                   if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+            if bad:
+                raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
+                                "a finite number >= 0 (spikes per neuron over the T steps)")
+        rates = parse_rates({k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool)
+                             else v for k, v in rates.items()}, "rates")[0]
     m = _load(model)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
     fg = flatten(m, input_shapes)
@@ -383,7 +403,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if rates is not None and not spiking:
         raise NotSpikingModelError(f"{name}: spike rates were given but the model is a plain DNN; "
                                    "analyze the spiking model (.snn.onnx) with its rates")
-    info = fmt.read_info(m, name) if fmt.is_spiking(m) else None
+    # the metadata when there is some (a hand-built step graph of neuron calls has none)
+    info = fmt.read_info(m, name) if fmt.META_FORMAT in fmt.metadata(m) else None
     T = int(timesteps) if timesteps else (info.timesteps if info else None)
     if T is not None and T < 1:
         raise DataError(f"timesteps must be at least 1 (got {T})")

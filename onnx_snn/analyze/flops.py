@@ -246,7 +246,7 @@ def flatten(model: onnx.ModelProto,
     Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
     """
     g = model.graph
-    spiking = fmt.is_spiking(model)
+    spiking = fmt.META_FORMAT in fmt.metadata(model)   # a file onnx-snn wrote (else below)
     if spiking:
         nodes, outputs, inits, sites, site_nodes, pools = _spiking_parts(
             fmt.read_spiking(model, g.name or "model"))

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from onnx_snn.errors import DataError, UnsupportedModelError, UsageError
+from onnx_snn.errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
@@ -218,6 +218,19 @@ def _folded_sites(model: onnx.ModelProto) -> set:
     except json.JSONDecodeError:
         return set()
     return {k for k, v in rec.items() if v == "folded"} if isinstance(rec, dict) else set()
+
+
+def _float_input(name: str, v) -> torch.Tensor:
+    """An input as the float32 tensor the spiking graph computes in (a numpy array, float64,
+    float16 or integer pixels too: onnxruntime's model takes float32), or a DataError."""
+    if isinstance(v, np.ndarray) or (not isinstance(v, torch.Tensor) and hasattr(v, "__array__")):
+        v = torch.from_numpy(np.ascontiguousarray(v))
+    if not isinstance(v, torch.Tensor) or v.dtype == torch.bool or v.is_complex():
+        raise DataError(f"input {name!r} must be a tensor or array of numbers, not "
+                        f"{type(v).__name__}{'' if not isinstance(v, torch.Tensor) else ' ' + str(v.dtype)}")
+    if v.dim() == 0 or v.shape[0] == 0:
+        raise DataError(f"input {name!r} has shape {list(v.shape)}: give a batch of at least one sample")
+    return v if v.dtype == torch.float32 else v.to(torch.float32)
 
 
 class SpikingNetwork(nn.Module):
@@ -483,6 +496,9 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True):
+        if timesteps is not None:
+            from onnx_snn.convert import check_timesteps
+            timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
         T = int(timesteps or self.timesteps)
         names = self._input_names()
         if not isinstance(x, dict) and len(names) != 1:
@@ -492,6 +508,7 @@ class SpikingNetwork(nn.Module):
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
+        inputs = {k: _float_input(k, v) for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
@@ -652,7 +669,17 @@ class SpikingNetwork(nn.Module):
                  preprocess: Optional[dict] = None) -> onnx.ModelProto:
         """The source model with this module's current values, metadata updated
         (``timesteps`` changes the model's default T, ``preprocess`` the recorded input
-        normalization: the one the module was trained with)."""
+        normalization: the one the module was trained with). Both are checked as the file's
+        reader checks them: a file this writes always loads."""
+        from onnx_snn.convert import check_timesteps
+        from onnx_snn.datasets import check_preprocess
+        if timesteps is not None:
+            timesteps = check_timesteps(timesteps, "timesteps")
+        if preprocess is not None:
+            try:
+                preprocess = check_preprocess(preprocess, "preprocess")
+            except ModelLoadError as e:
+                raise UsageError(str(e).replace("the file is damaged", "pass finite numbers")) from None
         model = copy.deepcopy(self.source)
         for init in fmt.all_initializers(model).values():
             if init.name == fmt.TIMESTEPS_INPUT and timesteps:
