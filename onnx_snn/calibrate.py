@@ -118,8 +118,11 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
     quiet_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+            raise UsageError(f"threads must be a whole number of threads >= 0 (0 or None: "
+                             f"onnxruntime's default), not {threads!r}")
+        so.intra_op_num_threads = int(threads)
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:

@@ -298,6 +298,8 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> P
     """
     if out is None or str(out) == "":
         raise OutputPathError("an output path is empty; give a file name")
+    if not isinstance(out, (str, os.PathLike)):
+        raise UsageError(f"an output path must be a str or path, not {type(out).__name__} ({out!r})")
     if str(out).endswith(("/", os.sep)):     # Path() drops the slash: "new.onnx/" wrote new.onnx
         raise OutputPathError(f"{out}: names a folder (it ends with a slash); give a file "
                               f"name, such as {str(out).rstrip('/' + os.sep)}")

@@ -205,6 +205,9 @@ def test_calibrate_takes_what_convert_takes_and_checks_its_arguments():
             calibrate(nm, x, show_progress=False, **kw)
     with pytest.raises(UsageError, match="prepare"):
         calibrate(B.vgg(13, "clip"), x)
+    for threads in ("2", -1, 1.5):       # onnxruntime's raw TypeError, or -1 taken
+        with pytest.raises(UsageError, match="threads must be"):
+            calibrate(nm, x, show_progress=False, threads=threads)
 
 
 def test_a_calibration_is_refused_for_another_model(tmp_path):

@@ -38,6 +38,9 @@ def test_save_refuses_input_and_missing_folder(tmp_path):
         save_model(m, tmp_path / "missing" / "b.onnx")
     with pytest.raises(OutputPathError, match="folder"):
         save_model(m, tmp_path)
+    from onnx_snn.errors import UsageError
+    with pytest.raises(UsageError, match="must be a str or path, not int"):
+        save_model(m, 3)
     with pytest.raises(OutputPathError, match="ends with a slash"):
         save_model(m, str(tmp_path / "new.onnx") + "/")   # Path() would drop the slash
     assert not (tmp_path / "new.onnx").exists()
