@@ -404,6 +404,12 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     (:func:`~onnx_snn.graph.inputs.input_scaling`), for the warning about raw pixels.
     """
     given = mean is not None or std is not None
+    if isinstance(data, tuple):      # (inputs, labels), as evaluate takes them
+        if len(data) != 2:
+            raise DataError(f"data: a tuple must be (inputs, labels), not {len(data)} items")
+        inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
+                             take, scaling)
+        return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data"))
     if isinstance(data, Dataset):
         ds = data
     elif isinstance(data, (str, Path)):

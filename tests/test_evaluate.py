@@ -176,3 +176,17 @@ def test_a_dict_of_arrays_is_read_as_a_npz_is(tmp_path):
     assert onnx_snn.evaluate(snn_y, {"y": x}, show_progress=False).top1 is None
     np.savez(tmp_path / "named_y.npz", y=x, labels=y)          # what the error messages advise
     assert onnx_snn.evaluate(snn_y, str(tmp_path / "named_y.npz"), show_progress=False).top1 == as_tuple
+
+
+def test_an_inputs_labels_tuple_converts_as_its_inputs_and_evaluates_with_its_labels():
+    """(x, y), which evaluate takes, converts too (labels unused there): it was read as one
+    ragged array. An unknown dict array is warned about, label/target are labels."""
+    x = B.rand_input(16)
+    y = np.arange(16) % 10
+    a = onnx_snn.convert(B.vgg(13, "clip"), (x, y), timesteps=2, method="datta", show_progress=False)
+    b = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    assert a.model.graph.SerializeToString() == b.model.graph.SerializeToString()
+    top1 = onnx_snn.evaluate(a.model, (x, y), show_progress=False).top1
+    assert onnx_snn.evaluate(a.model, {"x": x, "label": y}, show_progress=False).top1 == top1
+    with pytest.raises(onnx_snn.OnnxSnnError, match="tuple must be"):
+        onnx_snn.convert(B.vgg(13, "clip"), (x, y, y), timesteps=2, show_progress=False)
