@@ -320,7 +320,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
         if unknown or not sites:
             raise UsageError(f"sites: {', '.join(unknown) or 'none given'}; the model's sites are "
                              f"{', '.join(s.name for s in nm.sites)}")
-    if isinstance(x, (str, os.PathLike)) or type(x).__name__ == "Dataset":
+    if isinstance(x, (str, os.PathLike, tuple)) or type(x).__name__ == "Dataset":
         ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
                           take=(DEFAULT_CALIB_SAMPLES, seed)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed
