@@ -22,6 +22,7 @@ from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
+                       is_inputs_labels,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
@@ -371,7 +372,8 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
     if (mean is None) != (std is None):
         has = (f" (the model records mean {recorded.get('mean')} and std {recorded.get('std')})"
                if isinstance(recorded, dict) else "")
-        raise UsageError(f"--{'std' if std is None else 'mean'} is missing: give --mean and --std "
+        gone = "std" if std is None else "mean"
+        raise UsageError(f"{gone} (--{gone}) is missing: give mean and std (--mean and --std) "
                          f"together{has}")
     for key, v in (("mean", mean), ("std", std)):
         try:
@@ -384,6 +386,12 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
         if bad:
             raise UsageError(f"--{key} {v!r}: expected finite numbers of magnitude at most {limit:g}"
                              + (f", std at least {1 / limit:g}" if key == "std" else ""))
+    m = np.abs(np.asarray(mean, np.float64).reshape(-1))
+    sd = np.asarray(std, np.float64).reshape(-1)
+    if m.size == sd.size or 1 in (m.size, sd.size):
+        if np.any((m + 1) / sd > 1e30):     # pixels in [0, 1] scaled past float32's range
+            raise UsageError(f"mean {mean!r} and std {std!r} (--mean/--std) scale [0, 1] pixels "
+                             "beyond 1e30, past what float32 holds")
 
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
@@ -404,9 +412,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     (:func:`~onnx_snn.graph.inputs.input_scaling`), for the warning about raw pixels.
     """
     given = mean is not None or std is not None
-    if isinstance(data, tuple):      # (inputs, labels), as evaluate takes them
-        if len(data) != 2:
-            raise DataError(f"data: a tuple must be (inputs, labels), not {len(data)} items")
+    if is_inputs_labels(data):       # (inputs, labels), as evaluate takes them
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
                              take, scaling)
         return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data"))
@@ -451,7 +457,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name, "--mean/--std have")
     elif not ds.preprocessed:
         if preprocess:
-            pp = check_preprocess(preprocess)
+            pp = check_preprocess(preprocess, "the model", partial=True)   # a DNN's record
             applied = {"mean": pp["mean"], "std": pp["std"]}
             x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name,
                                  "the preprocessing the model records (onnx_snn.preprocess) has",

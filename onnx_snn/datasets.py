@@ -455,6 +455,20 @@ def _labels_shape(y_shape: tuple, x_shape: tuple) -> bool:
         (len(y_shape) == 1 or len(y_shape) < len(x_shape))
 
 
+def is_inputs_labels(data) -> bool:
+    """Whether ``data`` is an (inputs, labels) pair: a 2-tuple whose second item has the
+    shape of labels for the first (inputs: an array or a dict of arrays per input); a tuple
+    of samples (which numpy stacks) is not."""
+    if not (isinstance(data, tuple) and len(data) == 2):
+        return False
+    first = next(iter(data[0].values()), None) if isinstance(data[0], dict) else data[0]
+    shape = lambda a: tuple(np.shape(a)) if a is not None else ()  # noqa: E731
+    try:
+        return _labels_shape(shape(data[1]), shape(first))
+    except (ValueError, TypeError):        # ragged
+        return False
+
+
 def check_inputs(x, where: str) -> None:
     """Model inputs: a numeric array with a sample axis (not a single number)."""
     if not isinstance(x, np.ndarray):
@@ -506,20 +520,25 @@ def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None
                         f"{classes} classes (labels 0..{classes - 1})")
 
 
-def check_preprocess(pp, where: str = "the model") -> Optional[dict]:
+def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Optional[dict]:
     """A model's recorded ``onnx_snn.preprocess`` ({"mean": [...], "std": [...]}), checked:
-    finite numbers, std > 0; a damaged one raises :class:`ModelLoadError`."""
+    finite numbers, std > 0; a damaged one raises :class:`ModelLoadError`. A spiking file
+    records both; ``partial`` (a DNN's metadata, written by whoever exported it): a missing
+    one is the neutral 0 or 1, with a warning."""
     if pp is None:
         return None
     if not isinstance(pp, dict):
         raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not a JSON object; "
                              "the file is damaged")
     out = dict(pp)
-    for key in ("mean", "std"):
-        if key not in pp:
+    for key, neutral in (("mean", 0.0), ("std", 1.0)):
+        if key not in pp and partial:
+            logging.getLogger("onnx_snn").warning(
+                "%s: its onnx_snn.preprocess records no %s; %g is used", where, key, neutral)
+        elif key not in pp:
             raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has no {key} "
                                  f"({json.dumps(pp)[:80]}); the file is damaged or was edited")
-        v = pp[key]
+        v = pp.get(key, neutral)
         try:
             a = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):

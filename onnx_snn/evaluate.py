@@ -396,7 +396,7 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
         return None
     try:
-        return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where)
+        return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where, partial=True)
     except (json.JSONDecodeError, ModelLoadError):
         log.warning("%s: ignoring unreadable onnx_snn.preprocess metadata", where)
         return None

@@ -69,12 +69,17 @@ def class_folders(folder: Path, with_empty: bool = False) -> List[Path]:
     per class); hidden ones left out. ``with_empty``: when any does, every visible subfolder,
     empty ones too: a class's label is its place among all of them (a class with no images in
     this split must not shift the labels of the classes after it)."""
+    subs, full = _class_lists(folder)
+    return subs if with_empty and full else full
+
+
+def _class_lists(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """(every visible subfolder, those that hold images), sorted; one walk of the folder."""
     try:
         subs = sorted(p for p in Path(folder).iterdir() if p.is_dir() and _visible(p))
-        full = [s for s in subs if _images(s, recursive=True)]
+        return subs, [s for s in subs if _images(s, recursive=True)]
     except OSError:
-        return []
-    return subs if with_empty and full else full
+        return [], []
 
 
 def _split_folders(root: Path) -> dict:
@@ -173,11 +178,13 @@ def plan_image_folder(path, split: Optional[str] = None,
         folder, name = splits[want], f"{path}:{want}"
     # the classes of every split, so that a class missing from one split shifts no label
     roots = list(splits.values()) or [folder]
-    names = sorted({c.name for d in roots for c in class_folders(d, with_empty=True)})
+    lists = {d: _class_lists(d) for d in roots}          # each folder walked once
+    names = sorted({c.name for subs, full in lists.values() for c in (subs if full else [])})
     if not splits and folder.name in sum(SPLIT_FOLDERS.values(), ()):
         # a split folder given itself (root/val): a class with images in a sibling split is one
-        roots += list(_split_folders(folder.parent).values())
-    empty = sorted(set(names) - {c.name for d in roots for c in class_folders(d)})
+        lists.update({d: _class_lists(d) for d in _split_folders(folder.parent).values()
+                      if d not in lists})
+    empty = sorted(set(names) - {c.name for _, full in lists.values() for c in full})
     if empty:     # not a class of any split: it would shift every label after it
         raise DataError(f"{root}: the class folder(s) {', '.join(map(repr, empty))} hold no images "
                         f"({', '.join(IMAGE_EXTENSIONS)}) in any split; each class folder is a "

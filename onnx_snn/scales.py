@@ -101,9 +101,10 @@ class SearchConfig:
             if not isinstance(v, (bool, np.bool_)):
                 raise bad(name, v, "True or False")
             setattr(self, name, bool(v))
-        for name in self._INTS:
+        for name in self._INTS:      # 2.0 and 2e5 are whole numbers too
             v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or int(v) != v:
                 raise bad(name, v, "a whole number")
             setattr(self, name, int(v))
         for name in self._FLOATS + (("weight_target_floor",) if self.weight_target_floor is not None

@@ -466,6 +466,9 @@ def test_bad_rates_are_clear_errors(vgg_snn):
         with pytest.raises(UsageError):
             analyze(snn.model, rates, **kw)
     assert analyze(snn.model, {k: np.float32(v) for k, v in rates.items()}).totals.snn_energy_pj > 0
+    want = analyze(snn.model, rates).totals.snn_energy_pj
+    ev = json.loads(result.to_json())           # eval's JSON as a dict, and load_rates' tuple
+    assert analyze(snn.model, ev).totals.snn_energy_pj == pytest.approx(want)
 
 
 def test_dnn_model_with_other_mac_count_warns(vgg_snn):

@@ -917,9 +917,9 @@ cli("conv_mean_nan", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist "
 cli("eval_mean_inf", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean inf", 2)
 cli("eval_mean_channels", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 0.1 0.2 --std 0.3", 5)
 cli("conv_mean_without_std", "preprocess", "convert {ws}/fm.onnx --calib fashion-mnist " + FM + " --mean 0.3 -o {ws}/o.onnx", 2,
-    needle="give --mean and --std together")
+    needle="give mean and std (--mean and --std) together")
 cli("eval_std_without_mean", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --std 0.3", 2,
-    needle="--mean is missing")
+    needle="mean (--mean) is missing")
 cli("eval_std_tiny", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 0 --std 1e-40", 2,
     needle="--std")
 cli("eval_mean_huge", "preprocess", "eval {ws}/fm.snn.onnx --data fashion-mnist " + FM + " --mean 1e39 --std 1", 2,

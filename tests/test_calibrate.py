@@ -199,7 +199,9 @@ def test_calibrate_takes_what_convert_takes_and_checks_its_arguments():
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     cal = calibrate(nm, {"input": x}, show_progress=False)     # a dict per input
     assert cal.n_samples == 16
-    assert calibrate(nm, (x, np.arange(16) % 10), show_progress=False).n_samples == 16
+    big = rng.random((600, 1, 12, 12)).astype(np.float32)
+    assert calibrate(nm, (big, np.arange(600) % 10), show_progress=False).n_samples == 600
+    assert calibrate(nm, tuple(x[:3]), show_progress=False).n_samples == 3   # samples, stacked
     for kw, match in ((dict(sample_size=0), "sample_size"), (dict(sites=[]), "none given"),
                       (dict(sites=["nope"]), "sites: nope"), (dict(sites="lif0"), "list of site")):
         with pytest.raises(UsageError, match=match):

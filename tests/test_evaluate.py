@@ -188,5 +188,3 @@ def test_an_inputs_labels_tuple_converts_as_its_inputs_and_evaluates_with_its_la
     assert a.model.graph.SerializeToString() == b.model.graph.SerializeToString()
     top1 = onnx_snn.evaluate(a.model, (x, y), show_progress=False).top1
     assert onnx_snn.evaluate(a.model, {"x": x, "label": y}, show_progress=False).top1 == top1
-    with pytest.raises(onnx_snn.OnnxSnnError, match="tuple must be"):
-        onnx_snn.convert(B.vgg(13, "clip"), (x, y, y), timesteps=2, show_progress=False)

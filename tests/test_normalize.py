@@ -1308,3 +1308,34 @@ def test_a_fitting_output_declaration_keeps_its_named_dimensions():
     dims = nm.model.graph.output[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and dims[1].dim_value == 10
     assert not any("declared" in n for n in nm.notes)
+
+
+def test_fitting_shape_annotations_are_kept_for_folding():
+    """A producer's value_info that fits the graph stays: a second dynamic reshape whose shape
+    is computed from the first one's output folds with it (plain inference gives no dims
+    there), as tf2onnx exports flatten layers."""
+    rng = np.random.default_rng(0)
+    ints = {"i0": 0, "i1": 1}
+    inits = [nh.from_array(rng.normal(0, .3, (4, 1, 3, 3)).astype(np.float32), "W"),
+             nh.from_array(rng.normal(0, .1, (10, 576)).astype(np.float32), "F1"),
+             nh.from_array(rng.normal(0, .1, (10, 10)).astype(np.float32), "F2"),
+             nh.from_array(np.array([-1], np.int64), "m1"), nh.from_array(np.array([0], np.int64), "ax0")] + \
+        [nh.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Shape", ["r"], ["s"]), h.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+             h.make_node("Unsqueeze", ["n", "ax0"], ["nu"]), h.make_node("Concat", ["nu", "m1"], ["shp"], axis=0),
+             h.make_node("Reshape", ["r", "shp"], ["flat"]),
+             h.make_node("Shape", ["flat"], ["s2"]), h.make_node("Gather", ["s2", "i1"], ["k"], axis=0),
+             h.make_node("Unsqueeze", ["k", "ax0"], ["ku"]), h.make_node("Concat", ["m1", "ku"], ["shp2"], axis=0),
+             h.make_node("Reshape", ["flat", "shp2"], ["flat2"]),
+             h.make_node("Gemm", ["flat2", "F1"], ["g"], transB=1), h.make_node("Relu", ["g"], ["gr"]),
+             h.make_node("Gemm", ["gr", "F2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.graph.value_info.extend([h.make_tensor_value_info("flat", onnx.TensorProto.FLOAT, ["N", 576]),
+                               h.make_tensor_value_info("flat2", onnx.TensorProto.FLOAT, ["N", 576])])
+    nm = normalize(m)
+    assert ops(nm.model).count("Shape") == 1       # the second chain folded
+    x = rng.random((8, 1, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(run(m, x).outputs[0], run(nm.model, x).outputs[0], rtol=1e-5, atol=1e-5)

@@ -340,4 +340,5 @@ def test_search_config_takes_numpy_scalars_as_their_python_values():
                      weight_ridge=np.float32(0.5), v_init_fractions=np.array([0.0, 0.5]))
     assert (c.per_channel, c.sequential_sample, c.weight_ridge) == (False, 1000, 0.5)
     assert type(c.per_channel) is bool and type(c.sequential_sample) is int
+    assert SearchConfig(search_stride=2.0, sequential_sample=2e5).sequential_sample == 200_000
     json.dumps(c.__dict__)

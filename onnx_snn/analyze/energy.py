@@ -381,17 +381,19 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
             raise UsageError(f"{key} must be a finite energy >= 0 (pJ), not {v!r}")
     if rates is not None:    # checked as a rate file is: finite, >= 0 (NaN gave NaN energy)
+        if isinstance(rates, tuple) and len(rates) == 2 and isinstance(rates[0], Mapping):
+            rates = rates[0]                 # load_rates(FILE)'s (rates, T)
         if not isinstance(rates, Mapping):
-            raise DataError(f"rates must be a mapping {{site: spikes per neuron}} (or "
-                            f"load_rates(FILE)), not {type(rates).__name__}")
+            raise DataError(f"rates must be a mapping {{site: spikes per neuron}} (or what "
+                            f"load_rates(FILE) returns), not {type(rates).__name__}")
         if not ({"sites", "epochs", "kind"} & set(rates)):     # {site: rate}, not eval's JSON
             bad = [(k, v) for k, v in rates.items()
                    if isinstance(v, bool) or not isinstance(v, numbers.Real)]
             if bad:
                 raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
                                 "a finite number >= 0 (spikes per neuron over the T steps)")
-        rates = parse_rates({k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool)
-                             else v for k, v in rates.items()}, "rates")[0]
+            rates = {k: float(v) for k, v in rates.items()}   # numpy scalars too
+        rates = parse_rates(dict(rates), "rates")[0]
     m = _load(model)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
     fg = flatten(m, input_shapes)

@@ -72,12 +72,19 @@ def _dims(shape) -> List[Union[int, str, None]]:
 
 
 def _infer_checking_outputs(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
-    """Shape inference on ``model`` whose intermediate ``value_info`` was dropped: a producer's
-    shape annotations are hints that onnxruntime does not enforce, and a stale one (a tensor
-    declared [N, 6, 9, 9] that the graph computes as [N, 6, 8, 8]) made inference fail and the
-    neurons' states take the stale shape. A graph output declared with a shape the graph does
-    not compute gets the computed one, with a note; one that fits keeps its declaration
-    (its named dimensions)."""
+    """Shape inference on ``model``, checked against the producer's shape annotations
+    (``value_info``, the outputs' shapes): hints that onnxruntime does not enforce. When they
+    fit the graph, inference keeps them (constant folding uses them: a tf2onnx reshape whose
+    shape is computed from another reshape's output). When one does not (a tensor declared
+    [N, 6, 9, 9] that the graph computes as [N, 6, 8, 8]: inference failed, and the neurons'
+    states took the stale shape), the intermediate annotations are dropped and recomputed,
+    and an output declared with a shape the graph does not compute gets the computed one,
+    with a note; an output that fits keeps its declaration (its named dimensions)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:          # a conflict with the annotations, or an op inference fails
+        log.debug("strict shape inference failed (%s); annotations recomputed", e)
+    del model.graph.value_info[:]           # the skeleton's: this function's to change
     declared = {}
     for o in model.graph.output:
         tt = o.type.tensor_type
@@ -320,7 +327,6 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     check_model(model, where, sk)
     check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
     meta = {p.key: p.value for p in model.metadata_props}
-    del sk.model.graph.value_info[:]       # hints, recomputed: see _infer_checking_outputs
     sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
         graph = _import(sk)

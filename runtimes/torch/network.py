@@ -508,7 +508,7 @@ class SpikingNetwork(nn.Module):
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
-        inputs = {k: _float_input(k, v) for k, v in inputs.items()}
+        inputs = {k: _float_input(k, v) if k in names else v for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
@@ -678,8 +678,9 @@ class SpikingNetwork(nn.Module):
         if preprocess is not None:
             try:
                 preprocess = check_preprocess(preprocess, "preprocess")
-            except ModelLoadError as e:
-                raise UsageError(str(e).replace("the file is damaged", "pass finite numbers")) from None
+            except ModelLoadError:
+                raise UsageError(f"preprocess must be {{'mean': [...], 'std': [...]}} of finite "
+                                 f"numbers, std > 0, not {preprocess!r}") from None
         model = copy.deepcopy(self.source)
         for init in fmt.all_initializers(model).values():
             if init.name == fmt.TIMESTEPS_INPUT and timesteps:
