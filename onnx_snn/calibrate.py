@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import onnx
 
-from .datasets import is_inputs_labels
+from .datasets import Dataset, is_inputs_labels
 from .feeds import fixed_batch, input_specs, validate_feeds
 from .errors import DataError, UnsupportedModelError, UsageError, first_line
 from .graph.normalize import NormalizedModel
@@ -321,7 +321,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
         if unknown or not sites:
             raise UsageError(f"sites: {', '.join(unknown) or 'none given'}; the model's sites are "
                              f"{', '.join(s.name for s in nm.sites)}")
-    if isinstance(x, (str, os.PathLike)) or type(x).__name__ == "Dataset":
+    if isinstance(x, (str, os.PathLike, Dataset)):
         ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
                           take=(DEFAULT_CALIB_SAMPLES, seed)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed

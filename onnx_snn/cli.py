@@ -527,7 +527,7 @@ def _check_mean_std(args, data) -> None:
     mean, std = getattr(args, "mean", None), getattr(args, "std", None)
     if (mean is not None or std is not None) and (not data or named_dataset(data) is not None):
         check_mean_std(mean, std, None)     # both, and sane: before any work
-    if (getattr(args, "mean", None) or getattr(args, "std", None)) and data and \
+    if (mean or std) and data and \
             named_dataset(data) is None:
         raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, mnist, "
                          "cifar10, cifar100: images in [0, 1]); .npy/.npz data is taken as already "

@@ -137,14 +137,11 @@ def check_search_limits(cfg: SearchConfig, timesteps: int, method: str) -> None:
 
 def _refuse_spiking(model: onnx.ModelProto, where: str) -> None:
     """A spiking model (or one holding the format's neuron calls) is not a DNN to convert."""
-    from .graph import walk
-    calls = any(f.domain == fmt.DOMAIN for f in model.functions) or any(
-        n.domain == fmt.DOMAIN for g in walk.subgraphs(model.graph) for n in g.node)
-    if fmt.is_spiking(model) or calls:
-        why = (f"it has {fmt.META_FORMAT} metadata" if fmt.META_FORMAT in fmt.metadata(model) else
+    if fmt.is_spiking(model):        # its metadata, or the format's functions (calls_format)
+        meta = fmt.metadata(model)
+        why = (f"it has {fmt.META_FORMAT} metadata" if fmt.META_FORMAT in meta else
                f"it calls {fmt.DOMAIN} functions")
-        deployed = fmt.is_spiking(model) and \
-            fmt.metadata(model).get(fmt.META_GRAPH) == fmt.GRAPH_DEPLOY
+        deployed = meta.get(fmt.META_GRAPH) == fmt.GRAPH_DEPLOY
         raise UnsupportedModelError(
             f"{where}: already a spiking model ({why}); convert the original DNN instead, or "
             + ("use `onnx-snn eval` or `info` on this deploy graph" if deployed else
@@ -375,21 +372,21 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
         gone = "std" if std is None else "mean"
         raise UsageError(f"{gone} (--{gone}) is missing: give mean and std (--mean and --std) "
                          f"together{has}")
+    limit = 1e30      # (x - mean) / std of pixels in [0, 1] stays far inside float32
+    arrays = {}
     for key, v in (("mean", mean), ("std", std)):
         try:
-            a = np.asarray(v, dtype=np.float64).reshape(-1)
+            a = arrays[key] = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
             raise UsageError(f"--{key} must be numbers, not {v!r}") from None
-        limit = 1e30      # (x - mean) / std of pixels in [0, 1] stays far inside float32
         bad = (a.size == 0 or not np.all(np.isfinite(a)) or np.any(np.abs(a) > limit)
                or (key == "std" and np.any(a < 1 / limit)))
         if bad:
             raise UsageError(f"--{key} {v!r}: expected finite numbers of magnitude at most {limit:g}"
                              + (f", std at least {1 / limit:g}" if key == "std" else ""))
-    m = np.abs(np.asarray(mean, np.float64).reshape(-1))
-    sd = np.asarray(std, np.float64).reshape(-1)
+    m, sd = np.abs(arrays["mean"]), arrays["std"]
     if m.size == sd.size or 1 in (m.size, sd.size):
-        if np.any((m + 1) / sd > 1e30):     # pixels in [0, 1] scaled past float32's range
+        if np.any((m + 1) / sd > limit):    # pixels in [0, 1] scaled past float32's range
             raise UsageError(f"mean {mean!r} and std {std!r} (--mean/--std) scale [0, 1] pixels "
                              "beyond 1e30, past what float32 holds")
 

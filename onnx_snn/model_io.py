@@ -80,7 +80,8 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
     try:
         st = os.stat(path)
     except OSError as e:     # missing, a name too long, a loop of links, no permission
-        raise ModelLoadError(f"{str(path)[:300]}: {'no such file' if isinstance(e, FileNotFoundError) else e.strerror or e}") from None
+        why = "no such file" if isinstance(e, FileNotFoundError) else e.strerror or e
+        raise ModelLoadError(f"{str(path)[:300]}: {why}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
     if st.st_size == 0:

@@ -24,6 +24,7 @@ and sums come from prefix sums, so every objective is a closed form in beta per 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -96,6 +97,9 @@ class SearchConfig:
 
         def bad(name, v, what):
             return UsageError(f"SearchConfig.{name} must be {what}, not {v!r} ({type(v).__name__})")
+
+        def number(v) -> bool:       # int, float and numpy's, not a bool
+            return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
         for name in self._BOOLS:
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
@@ -103,15 +107,13 @@ class SearchConfig:
             setattr(self, name, bool(v))
         for name in self._INTS:      # 2.0 and 2e5 are whole numbers too
             v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(v) or int(v) != v:
+            if not number(v) or not np.isfinite(v) or int(v) != v:
                 raise bad(name, v, "a whole number")
             setattr(self, name, int(v))
         for name in self._FLOATS + (("weight_target_floor",) if self.weight_target_floor is not None
                                     else ()):
             v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(v):
+            if not number(v) or not np.isfinite(v):
                 raise bad(name, v, "a finite number")
             setattr(self, name, float(v))
         if not isinstance(self.objective, str):
@@ -124,8 +126,7 @@ class SearchConfig:
                 items = tuple(v)
             except TypeError:
                 raise bad(name, v, "a sequence of numbers") from None
-            if not all(isinstance(f, (int, float, np.integer, np.floating))
-                       and not isinstance(f, (bool, np.bool_)) for f in items):
+            if not all(number(f) for f in items):
                 raise bad(name, v, "a sequence of numbers")
             setattr(self, name, tuple(float(f) for f in items))
         if self.mean_tolerance < 0:
@@ -144,31 +145,23 @@ class SearchConfig:
         if self.sequential and self.objective not in ("mse", "mean"):
             raise UsageError(f"the sequential refinement supports the objectives mse and mean, "
                              f"not {self.objective!r}")
-        fr = tuple(float(f) for f in self.v_init_fractions)
+        fr = self.v_init_fractions
         if not fr or any(not 0 <= f < 1 for f in fr):
             raise UsageError(f"initial membrane fractions must be in [0, 1), not {list(fr)}")
-        self.v_init_fractions = fr
-        if int(self.search_stride) != self.search_stride or self.search_stride < 1:
+        if self.search_stride < 1:
             raise UsageError(f"search stride must be a whole number >= 1, not {self.search_stride}")
-        self.search_stride = int(self.search_stride)
-        if isinstance(self.weight_holdout, bool) or int(self.weight_holdout) != self.weight_holdout \
-                or self.weight_holdout < 2:
+        if self.weight_holdout < 2:
             raise UsageError(f"weight_holdout (every k-th calibration batch held out) must be a "
                              f"whole number >= 2, not {self.weight_holdout}")
-        self.weight_holdout = int(self.weight_holdout)
-        if self.weight_target_floor is not None and not float(self.weight_target_floor) >= 0:
+        if self.weight_target_floor is not None and not self.weight_target_floor >= 0:
             raise UsageError(f"weight_target_floor must be >= 0 (a fraction of mu), not "
                              f"{self.weight_target_floor}")
-        if not (isinstance(self.weight_ridge, (int, float)) and np.isfinite(self.weight_ridge)
-                and self.weight_ridge > 0):
+        if not self.weight_ridge > 0:
             raise UsageError(f"weight_ridge must be a positive finite number, not "
                              f"{self.weight_ridge!r}")
-        if self.weight_ridge_grid is not None:
-            grid = tuple(float(g) for g in self.weight_ridge_grid)
-            if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
-                raise UsageError(f"weight_ridge_grid must be positive finite ridges, not "
-                                 f"{list(self.weight_ridge_grid)}")
-            self.weight_ridge_grid = grid
+        grid = self.weight_ridge_grid
+        if grid is not None and (not grid or not all(np.isfinite(g) and g > 0 for g in grid)):
+            raise UsageError(f"weight_ridge_grid must be positive finite ridges, not {list(grid)}")
         if self.sequential_sample < 1:
             raise UsageError(f"sequential sample must be positive, not {self.sequential_sample}")
         for name in ("percentile", "relu_percentile"):

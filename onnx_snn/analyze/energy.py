@@ -206,14 +206,14 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
         rates = dict(best[-1]["spikes_per_neuron"])
         pools = best[-1].get("pool_spikes_per_neuron")
         rates.update(pools if isinstance(pools, dict) else {})
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj.values()):
+    elif all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in obj.values()):
         rates, T = dict(obj), None
     else:
         raise DataError(f"{where}: not a spike-rate file: expected the JSON of `onnx-snn eval "
                         "--json` or a mapping {\"site\": spikes_per_neuron}")
     out = {}
     for k, v in rates.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
             raise DataError(f"{where}: site {k!r} has spike rate {v!r}; expected a finite number >= 0 "
                             "(spikes per neuron over the T steps)")
         out[str(k)] = float(v)
@@ -392,7 +392,6 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             if bad:
                 raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
                                 "a finite number >= 0 (spikes per neuron over the T steps)")
-            rates = {k: float(v) for k, v in rates.items()}   # numpy scalars too
         rates = parse_rates(dict(rates), "rates")[0]
     m = _load(model)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
