@@ -1097,6 +1097,50 @@ for _sig, _code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         outputs=("o.onnx", "r.json", "s.onnx"), all_or_none=True)
 
 
+STARTUP_DRIVER = textwrap.dedent("""
+    import builtins, signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # (see DRIVER)
+    real_import, seen = builtins.__import__, []
+
+    def slow_import(name, *a, **k):   # the command line's modules are loading: onnx's turn
+        if name == "onnx" and not seen:
+            seen.append(1)
+            sys.stderr.write("MARK\\n")
+            sys.stderr.flush()
+            time.sleep(60)
+        return real_import(name, *a, **k)
+
+    builtins.__import__ = slow_import
+    from onnx_snn.launch import main   # the console script's entry point
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _startup_signal(sig: int):
+    """A signal while the command line's imports run (the first second of every command)."""
+    def proc(ws):
+        (ws / "driver.py").write_text(STARTUP_DRIVER)
+        p = subprocess.Popen([sys.executable, str(ws / "driver.py"), "info", str(ws / "snn.onnx")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        first = p.stderr.readline()
+        p.send_signal(sig)
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            return "hang", out, first + err
+        os.remove(ws / "driver.py")
+        return p.returncode, out, first + err
+    return proc
+
+
+sub("signal_SIGINT_startup", "signals", _startup_signal(signal.SIGINT), 130,
+    check=lambda ws, o, e: e.strip().splitlines()[-1] == "onnx-snn: interrupted")
+sub("signal_SIGTERM_startup", "signals", _startup_signal(signal.SIGTERM), 143,
+    check=lambda ws, o, e: e.strip().splitlines()[-1] == "onnx-snn: terminated")
+
+
 def _closed_stdout(argv: str):
     def proc(ws):
         r, w = os.pipe()
