@@ -1077,16 +1077,21 @@ def _signal_case(moment: str, sig: int):
             t0 = time.time()
             while not any(n.endswith(".tmp") for n in os.listdir(ws)) and time.time() - t0 < 10:
                 time.sleep(0.01)
-        p.send_signal(sig)
-        try:
-            out, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            return "hang", out, "".join(err_lines) + err
-        os.remove(ws / "driver.py")
-        return p.returncode, out, "".join(err_lines) + err
+        return _signalled(p, sig, ws, "".join(err_lines))
     return proc
+
+
+def _signalled(p: subprocess.Popen, sig: int, ws, err_before: str):
+    """Send ``sig`` to the driver ``p`` and collect (exit code or "hang", stdout, stderr)."""
+    p.send_signal(sig)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return "hang", out, err_before + err
+    os.remove(ws / "driver.py")
+    return p.returncode, out, err_before + err
 
 
 for _sig, _code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
@@ -1122,16 +1127,7 @@ def _startup_signal(sig: int):
         (ws / "driver.py").write_text(STARTUP_DRIVER)
         p = subprocess.Popen([sys.executable, str(ws / "driver.py"), "info", str(ws / "snn.onnx")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        first = p.stderr.readline()
-        p.send_signal(sig)
-        try:
-            out, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            return "hang", out, first + err
-        os.remove(ws / "driver.py")
-        return p.returncode, out, first + err
+        return _signalled(p, sig, ws, p.stderr.readline())
     return proc
 
 
