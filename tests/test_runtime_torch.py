@@ -317,6 +317,10 @@ def test_gradients_reach_weights_thresholds_and_leaks():
             g = net.tensor(f"{site}.{p}").grad
             assert g is not None and torch.isfinite(g).all()
         assert net.tensor(f"{site}.threshold").grad.abs().sum().item() > 0
+        # the converted leak is exactly 1, the bound: its gradient must pass there (clamp's
+        # was 0, and the leaks never trained)
+        assert net.tensor(f"{site}.leak").item() == 1.0
+        assert net.tensor(f"{site}.leak").grad.abs().sum().item() > 0
     weights = net.parameter_groups()["weights"]
     assert weights and all(w.grad is not None for w in weights)
     assert not any(isinstance(b, torch.nn.Parameter) for b in net.buffers())

@@ -233,6 +233,13 @@ def _float_input(name: str, v) -> torch.Tensor:
     return v if v.dtype == torch.float32 else v.to(torch.float32)
 
 
+def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
+    """``min(leak, 1)`` whose gradient passes at 1: the converted IF neurons' leak is exactly 1,
+    where ``clamp(max=1)``'s gradient is 0 and the leak would never train (a step above 1 is
+    projected back by :meth:`SpikingNetwork.project`)."""
+    return torch.where(leak > 1.0, torch.ones_like(leak), leak)
+
+
 class SpikingNetwork(nn.Module):
     """A spiking ONNX model as a module: ``forward(x, timesteps=None)`` returns the
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``, and
@@ -380,7 +387,7 @@ class SpikingNetwork(nn.Module):
         if key in params:
             return params[key]
         out = (self._floored(p[0], env[p[0]]), self._floored(p[1], env[p[1]]),
-               env[p[2]].clamp(max=1.0))
+               _leak_capped(env[p[2]]))
         if not self._per_step.intersection(p):
             params[key] = out
         return out
@@ -652,7 +659,7 @@ class SpikingNetwork(nn.Module):
         t = self.tensor(name)
         kind = self._neuron_params().get(name)
         if kind == "leak":
-            return t.clamp(max=1.0)
+            return _leak_capped(t)
         if kind in ("threshold", "amplitude"):
             return self._floored(name, t)
         return t
