@@ -471,6 +471,29 @@ def test_bad_rates_are_clear_errors(vgg_snn):
     assert analyze(snn.model, ev).totals.snn_energy_pj == pytest.approx(want)
 
 
+def test_rates_bring_their_T_and_model_to_the_api(vgg_snn, resnet_snn, tmp_path):
+    """analyze() checks rates as `onnx-snn analyze --rates` does: load_rates' (rates, T) and
+    eval's JSON carry the T they were measured at, which is used (it was the model's) and must
+    agree with ``timesteps``; eval's JSON of another model is refused (it was accepted)."""
+    from onnx_snn.errors import UsageError
+    _, snn, _ = vgg_snn
+    x = B.rand_input(24)
+    at3 = onnx_snn.evaluate(snn.model, (x, np.zeros(len(x), np.int64)), timesteps=3,
+                            show_progress=False)
+    p = tmp_path / "ev3.json"
+    p.write_text(at3.to_json())
+    for rates in (load_rates(p), json.loads(at3.to_json())):
+        assert analyze(snn.model, rates).timesteps == 3
+        assert analyze(snn.model, rates, 3).timesteps == 3
+        with pytest.raises(UsageError, match="measured at T=3"):
+            analyze(snn.model, rates, 2)
+    with pytest.raises(UsageError):
+        analyze(snn.model, (at3.rates, 0))
+    _, other, other_result = resnet_snn
+    with pytest.raises(DataError, match="another"):
+        analyze(snn.model, json.loads(other_result.to_json()))
+
+
 def test_dnn_model_with_other_mac_count_warns(vgg_snn):
     _, snn, result = vgg_snn
     other = B.vgg(13, "clip", in_shape=(1, 8, 8))

@@ -423,7 +423,7 @@ def test_analyze_refuses_rates_of_another_model_or_another_T(files, tmp_path):
     assert main(["-q", "analyze", str(snn), "--rates", str(rates)]) == 0
     assert main(["-q", "analyze", str(snn), "--rates", str(rates), "-T", "2"]) == 0
     p = run_cli("analyze", str(snn), "--rates", str(rates), "-T", "4")
-    assert_clean_error(p, 2, "measured at T=2, not the -T 4")
+    assert_clean_error(p, 2, "measured at T=2, not the T=4 asked for (-T)")
     other = json.loads(rates.read_text())
     other["sites"]["lif0"]["neurons"] += 1
     (tmp_path / "other.json").write_text(json.dumps(other))

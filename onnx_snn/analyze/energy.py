@@ -258,8 +258,8 @@ def check_rate_file(path: Union[str, Path], rates_T: Optional[int], neurons: Map
     ``fingerprint``: :func:`~onnx_snn.spiking.format.spiking_fingerprint`, which ``eval
     --json`` records) or at another T than the one asked for."""
     if timesteps and rates_T and int(timesteps) != int(rates_T):
-        raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the -T "
-                         f"{timesteps} asked for; drop -T, or measure them at T={timesteps} with "
+        raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the T="
+                         f"{timesteps} asked for (-T); drop -T, or measure them at T={timesteps} with "
                          f"`onnx-snn eval {model} -T {timesteps} --json {path}`")
     if info is None:
         return
@@ -380,9 +380,12 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     for key, v in (("mac_pj", mac_pj), ("ac_pj", ac_pj)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
             raise UsageError(f"{key} must be a finite energy >= 0 (pJ), not {v!r}")
+    rates_T, measured = None, None   # the T and the eval JSON the rates come with
     if rates is not None:    # checked as a rate file is: finite, >= 0 (NaN gave NaN energy)
         if isinstance(rates, tuple) and len(rates) == 2 and isinstance(rates[0], Mapping):
-            rates = rates[0]                 # load_rates(FILE)'s (rates, T)
+            rates, rates_T = rates           # load_rates(FILE)'s (rates, T)
+            if rates_T is not None:
+                rates_T = check_timesteps(rates_T, "the T of load_rates' (rates, T)")
         if not isinstance(rates, Mapping):
             raise DataError(f"rates must be a mapping {{site: spikes per neuron}} (or what "
                             f"load_rates(FILE) returns), not {type(rates).__name__}")
@@ -392,7 +395,10 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             if bad:
                 raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
                                 "a finite number >= 0 (spikes per neuron over the T steps)")
-        rates = parse_rates(dict(rates), "rates")[0]
+        else:
+            measured = dict(rates)
+        rates, parsed_T = parse_rates(dict(rates), "rates")
+        rates_T = rates_T or parsed_T
     m = _load(model)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
     fg = flatten(m, input_shapes)
@@ -406,7 +412,10 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                                    "analyze the spiking model (.snn.onnx) with its rates")
     # the metadata when there is some (a hand-built step graph of neuron calls has none)
     info = fmt.read_info(m, name) if fmt.META_FORMAT in fmt.metadata(m) else None
-    T = int(timesteps) if timesteps else (info.timesteps if info else None)
+    if rates is not None:    # measured at another T, or on another model: refused
+        check_rate_file("rates", rates_T, rate_neurons(measured or {}), info, timesteps, name,
+                        (measured or {}).get("model_fingerprint"))
+    T = int(timesteps) if timesteps else (rates_T or (info.timesteps if info else None))
     if T is not None and T < 1:
         raise DataError(f"timesteps must be at least 1 (got {T})")
     use_snn = rates is not None
