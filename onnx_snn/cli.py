@@ -296,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = all)")
     c.add_argument("--batch-size", type=batch_int, default=DEFAULT_BATCH_SIZE,
                    help=f"calibration batch (default: {DEFAULT_BATCH_SIZE}; fewer images when "
-                        "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs)")
+                        "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). It "
+                        "moves the result a little: each batch contributes its own sample of "
+                        "activations, and the refinement checks its layer refits on every "
+                        "second batch (a single batch: no refit, with a warning)")
     c.add_argument("--sample-size", type=sample_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
                    help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE}; "
                         f"at most {MAX_SAMPLE_SIZE})")
@@ -554,7 +557,8 @@ def _dataset_from_metadata(model_path: str) -> Optional[str]:
         load_model(model_path)   # raises the clear error (missing, empty, truncated, not ONNX)
         return None
     meta = {p.key: p.value for p in m.metadata_props}
-    return meta.get("onnx_snn.dataset")
+    from .spiking.format import META_DATASET
+    return meta.get(META_DATASET)
 
 
 def _param(value, spec: str) -> str:
@@ -609,7 +613,7 @@ def cmd_convert(args) -> int:
     out = args.output if args.output is not None else _default_output(args.model)
     calib = args.calib or _dataset_from_metadata(args.model)
     if not calib:
-        raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy")
+        raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, calib)
     inputs = _inputs(args.model, calib, args.data_dir)
     outputs = _with_external_data(args.model, [(out, "-o"), (args.step_graph, "--step-graph"),
@@ -664,7 +668,7 @@ def cmd_eval(args) -> int:
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        raise DataError("no evaluation data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz")
+        raise DataError("no evaluation data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.json, "--json"))
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
@@ -770,7 +774,7 @@ def cmd_finetune(args) -> int:
 
     data = args.data or _dataset_from_metadata(args.model)
     if not data:
-        raise DataError("no training data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz")
+        raise DataError("no training data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,
@@ -859,7 +863,7 @@ def cmd_analyze(args) -> int:
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn, input_shapes=shapes)
-    print(format_table(result))
+    print(format_table(result, notes=not args.quiet))
     items = []
     if args.json is not None:
         items.append((targets[str(args.json)], (result.to_json() + "\n").encode("utf-8")))

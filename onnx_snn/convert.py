@@ -98,6 +98,25 @@ def check_count(value, name: str, maximum: Optional[int] = None, allow_none: boo
     return int(value)
 
 
+def remember_dataset(metadata: Dict[str, str], data) -> Dict[str, str]:
+    """The metadata to add so that a model remembers the named dataset ``data``
+    (fashion-mnist, cifar10, ...) it was converted or fine-tuned on, where ``metadata``
+    records none: the commands after this one (eval, finetune, analyze) then default to it,
+    as they do for the zoo's models (a user's own DNN records none, and eval of its
+    conversion asked for --data again). Empty when there is nothing to add."""
+    from .datasets import named_dataset
+    name = named_dataset(data)
+    return {fmt.META_DATASET: name} if name and not metadata.get(fmt.META_DATASET) else {}
+
+
+def check_flag(value, name: str) -> bool:
+    """True or False (numpy's too), else a UsageError naming ``name``: the string "False" is a
+    true value, and was taken as one."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, not {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:
     """Cells of the largest table the (alpha, beta) search of one site builds."""
     betas = int(round(cfg.beta_max / cfg.beta_step))
@@ -581,6 +600,14 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
                           "positive_fraction": st.positive_fraction, "max": st.max,
                           "search_seconds": search_s})
     refinement = None
+    # the weight calibration keeps a refit only when it predicts held-out batches better:
+    # a set of one batch has none, and no layer is refitted
+    one_batch = cfg.sequential and cfg.weight_calibration and calib.n_samples <= calib.batch_size
+    if one_batch:
+        notes.append(f"warning: the weight calibration checks each layer's refit on every "
+                     f"second calibration batch, and {calib.n_samples} samples in batches of "
+                     f"{calib.batch_size} make one: no layer was refitted; give more calibration "
+                     "samples than the batch size (--calib-samples, --batch-size)")
     if cfg.sequential:
         from .sequential import refine
         records, refinement, nm = refine(nm, records, calib_data, int(timesteps), cfg,
@@ -599,7 +626,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
-            "weight_calibration": cfg.weight_calibration,
+            "weight_calibration": cfg.weight_calibration and not one_batch,
+            **({"weight_calibration_skipped": "one calibration batch: none held out to check "
+                "a refit on"} if one_batch else {}),
             **({"weight_holdout": cfg.weight_holdout, "weight_ridge": cfg.weight_ridge,
                 "weight_ridge_toward": "own weights" if cfg.weight_ridge_to_original else "zero",
                 **({"weight_target": "min(h, mu) where a layer feeds a site alone"}
@@ -728,6 +757,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       scaling=input_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         nm.preprocess = ds.preprocess
+    nm.source_metadata.update(remember_dataset(nm.source_metadata, calib))
     for name, arr in (ds.x.items() if isinstance(ds.x, dict) else [(None, ds.x)]):
         # before the random subset is drawn: the sample numbers are the file's
         check_finite(np.asarray(arr), f"{ds.name} (calibration data"

@@ -327,6 +327,12 @@ def _check_output_path(given: Path, inputs, probe: bool) -> Path:
         if not stat.S_ISREG(st.st_mode):
             raise OutputPathError(f"{shown}: is not a regular file (a device, pipe or socket); "
                                   "outputs are regular files: choose a file path")
+        if probe:   # an immutable (chattr +i) or read-only file is not replaced: said now,
+            try:    # not after the work (opened for appending, nothing written)
+                os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
+            except OSError as e:
+                raise OutputPathError(f"{shown}: exists and cannot be replaced ({e.strerror}); "
+                                      "choose another path, or make it writable") from None
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         # a path under a regular file reports "not a folder", else "does not exist"

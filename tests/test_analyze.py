@@ -524,6 +524,14 @@ def test_load_rates_round_trips_the_eval_json(vgg_snn, tmp_path):
     # does not hold (the last epoch's were used, of weights that were thrown away)
     with pytest.raises(DataError, match="no spike rates of it"):
         parse_rates({**ft, "best_epoch": 0})
+    with pytest.raises(DataError, match="not a mapping"):     # (a bare TypeError before)
+        parse_rates({**ft, "epochs": [{"epoch": 1, "spikes_per_neuron": [["a", 0.1, 2]]}]})
+    with pytest.raises(DataError, match="is a folder"):
+        load_rates(tmp_path)
+    p.write_bytes(b"PK\x03\x04 an npz")           # the hint names a new file, not this one
+    with pytest.raises(DataError, match="RATES.json") as e:
+        load_rates(p)
+    assert f"--json {p}" not in str(e.value)
 
 
 @pytest.mark.parametrize("content, match", [

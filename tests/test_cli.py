@@ -27,6 +27,22 @@ def files(tmp_path):
     return tmp_path
 
 
+def test_one_calibration_batch_is_said_to_refit_no_layer(files, capsys):
+    """The weight calibration checks refits on every second batch: one batch refits nothing,
+    which the history recorded as weight calibration done (a helper's sweep)."""
+    out = files / "one.snn.onnx"
+    assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "-T", "2"]) == 0            # 64 samples, batch 64
+    assert "make one: no layer was refitted" in capsys.readouterr().err
+    hist = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]
+    assert hist["weight_calibration"] is False and "one calibration batch" in \
+        hist["weight_calibration_skipped"]
+    assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "-T", "2", "--batch-size", "32"]) == 0
+    assert "no layer was refitted" not in capsys.readouterr().err
+    assert json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]["weight_calibration"]
+
+
 def test_convert_eval_info(files, capsys):
     out = files / "model.snn.onnx"
     rc = main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",

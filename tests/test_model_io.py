@@ -163,3 +163,22 @@ def test_an_output_name_that_is_not_utf8_is_written(tmp_path):
     assert sorted(os.listdir(os.fsencode(str(tmp_path)))) == [b"bad\xffname.snn.onnx", b"c.npy",
                                                               b"m.onnx"]
     assert load_model(out).graph.node
+
+
+def test_an_immutable_existing_output_is_refused_before_the_work(tmp_path):
+    """chattr +i: the rename at the end failed after the work, leaving a partial set of
+    outputs (a helper's sweep); the check before the work now opens the file for appending."""
+    import shutil
+    from onnx_snn.model_io import check_output_path
+    target = tmp_path / "frozen.onnx"
+    target.write_bytes(b"keep me")
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(target)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        with pytest.raises(OutputPathError, match="cannot be replaced"):
+            check_output_path(target)
+        assert target.read_bytes() == b"keep me"
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=True)
+    assert check_output_path(target) == target

@@ -100,6 +100,29 @@ def test_a_two_input_model_needs_a_dict_naming_every_input():
     assert net({name: torch.from_numpy(x)}).shape == (8, 10)
 
 
+def test_a_feed_names_only_the_models_inputs_and_its_timesteps():
+    """A feed dict as onnxruntime takes it: the loop graph's 'timesteps' entry sets T (it was
+    ignored: the model's T=2 ran where T=3 was fed); any other name is refused (a typo ran
+    without a word)."""
+    from onnx_snn.errors import DataError
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    net = SpikingNetwork(snn.model).eval()
+    name, t = net.view.data_inputs[0], torch.from_numpy(x)
+    with torch.no_grad():
+        fed = net({name: t, "timesteps": torch.tensor(3)})
+        assert torch.equal(fed, net(t, 3)) and not torch.equal(fed, net(t))
+        assert torch.equal(net({name: t, "timesteps": np.array(3, np.int64)}, 3), fed)
+    ort_out = run(snn.model, x, timesteps=3).outputs[0]
+    assert np.abs(ort_out - fed.numpy()).max() <= 1e-5
+    with pytest.raises(DataError, match="typo"):
+        net({name: t, "typo": t})
+    with pytest.raises(DataError, match="differ"):
+        net({name: t, "timesteps": torch.tensor(3)}, 4)
+    with pytest.raises(DataError, match="one whole number"):
+        net({name: t, "timesteps": torch.tensor([2, 3])})
+
+
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
                                   lambda: B.vgg(17, "relu", bn=False)])
 @pytest.mark.parametrize("options", [dict(per_channel=True), dict(bias_correction=True),
@@ -730,6 +753,32 @@ def fmnist_snn(tmp_path, fmnist_train):
     return out
 
 
+def test_the_named_dataset_is_remembered_by_the_files_written(tmp_path, fmnist_snn):
+    """A DNN that records no dataset (a user's own export), converted on fashion-mnist: the
+    spiking file records it, and eval needs no --data (it asked for it); a spiking file that
+    records none, fine-tuned on fashion-mnist, records it too. A dataset a file records is
+    kept."""
+    from onnx_snn.cli import main
+    assert fmt.metadata(onnx.load(str(fmnist_snn))).get(fmt.META_DATASET) == "fashion-mnist"
+    assert main(["-q", "eval", str(fmnist_snn), "--limit", "64"]) == 0
+    m = onnx.load(str(fmnist_snn))
+    kept = [p for p in m.metadata_props if p.key != fmt.META_DATASET]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    bare = tmp_path / "bare.snn.onnx"
+    onnx.save(m, str(bare))
+    p = run_cli("eval", str(bare), "--limit", "64")
+    assert p.returncode == 5 and "records no dataset" in p.stderr, p.stderr
+    out = tmp_path / "tuned.snn.onnx"
+    assert main(["-q", "finetune", str(bare), "-o", str(out), "--data", "fashion-mnist",
+                 "--limit-train", "64", "--limit-test", "64", "--epochs", "1"]) == 0
+    assert fmt.metadata(onnx.load(str(out))).get(fmt.META_DATASET) == "fashion-mnist"
+    from onnx_snn.convert import remember_dataset
+    assert remember_dataset({fmt.META_DATASET: "cifar10"}, "fashion-mnist") == {}
+    assert remember_dataset({}, "x.npz") == {} and remember_dataset({}, np.zeros(3)) == {}
+    assert remember_dataset({}, "CIFAR10:train") == {fmt.META_DATASET: "cifar10"}
+
+
 def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     from onnx_snn.cli import main
     out = tmp_path / "tuned.snn.onnx"
@@ -1256,3 +1305,60 @@ def test_ranks_come_from_shape_inference_and_initializers():
                           [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [c])
     ranks = _ranks(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
     assert ranks["c"] == 2 and ranks["x"] == 2 and ranks["y"] == 2
+
+
+def test_finetune_api_checks_its_flags_and_what_a_resumed_run_trains_on(tmp_path):
+    """In-memory arrays are all named "array": a run resumed on other arrays is refused (it
+    scored them against the first arrays' best and overwrote it); the flags are True or False
+    ("False" ran as True); without the starting evaluation an existing output is said to be
+    replaced by the first epoch."""
+    from onnx_snn.errors import UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    x = B.rand_input(32)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    snn.save(tmp_path / "m.snn.onnx")
+    y = np.random.default_rng(0).integers(0, 10, 32)
+    out, quiet = tmp_path / "t.snn.onnx", dict(show_progress=False, log=lambda *a: None)
+    finetune(str(tmp_path / "m.snn.onnx"), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8),
+             **quiet)
+    before = out.read_bytes()
+    with pytest.raises(UsageError, match="training data's contents"):
+        finetune(str(tmp_path / "m.snn.onnx"), str(out), (x[::-1].copy(), y),
+                 FinetuneConfig(epochs=2, batch_size=8), resume=True, **quiet)
+    assert out.read_bytes() == before
+    res = finetune(str(tmp_path / "m.snn.onnx"), str(out), (x, y),
+                   FinetuneConfig(epochs=2, batch_size=8), resume=True, **quiet)
+    assert res.resumed_after == 1
+    for field in ("augment", "initial_eval", "train_initial"):
+        for bad in ("False", 0, None, float("nan")):
+            with pytest.raises(UsageError, match=field):
+                FinetuneConfig(**{field: bad})
+    assert FinetuneConfig(augment=np.bool_(True)).augment is True
+    for kw in (dict(spike_counts="no"), dict(unit_thresholds=1)):
+        with pytest.raises(UsageError, match=next(iter(kw))):
+            onnx_snn.deploy(snn, tmp_path / "d.onnx", **kw)
+    said = []
+    finetune(str(tmp_path / "m.snn.onnx"), str(tmp_path / "u.snn.onnx"), (x, y),
+             FinetuneConfig(epochs=1, batch_size=8), show_progress=False, log=lambda *a: None)
+    finetune(str(tmp_path / "m.snn.onnx"), str(tmp_path / "u.snn.onnx"), (x, y),
+             FinetuneConfig(epochs=1, batch_size=8, initial_eval=False), show_progress=False,
+             log=said.append)
+    assert any("replaced by the first epoch" in s for s in said), said
+
+
+def test_write_back_refuses_non_finite_values_and_takes_numpy_in_its_history(tmp_path):
+    """A network holding NaN wrote a file its own reader refuses as damaged; now nothing is
+    written. The history is strict JSON: numpy values as numbers, NaN as null."""
+    from onnx_snn.errors import TrainingDivergedError, UsageError
+    x = B.rand_input(8)
+    net = SpikingNetwork(onnx_snn.convert(B.vgg(13, "clip"), x, show_progress=False).model)
+    m = net.to_model({"loss": np.float32(0.5), "top1": float("nan"), "n": np.int64(3)})
+    hist = json.loads(fmt.metadata(m)[fmt.META_HISTORY])[-1]
+    assert hist["loss"] == 0.5 and hist["top1"] is None and hist["n"] == 3
+    with pytest.raises(UsageError, match="history"):
+        net.to_model(["not", "a", "mapping"])
+    with torch.no_grad():
+        net.tensor("lif1.threshold").fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="lif1.threshold"):
+        net.to_onnx(tmp_path / "bad.snn.onnx")
+    assert not (tmp_path / "bad.snn.onnx").exists()

@@ -203,7 +203,12 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
                 f"({obj.get('best_epoch')!r}: 0 is the starting model, which no epoch beat), "
                 "and this file has no spike rates of it; measure them with `onnx-snn eval "
                 "MODEL --json FILE` and pass that file")
-        rates = dict(best[-1]["spikes_per_neuron"])
+        rates = best[-1]["spikes_per_neuron"]
+        if not isinstance(rates, dict):
+            raise DataError(f"{where}: epoch {best[-1].get('epoch')!r}'s spikes_per_neuron is a "
+                            f"{type(rates).__name__}, not a mapping {{site: rate}}: the file is "
+                            "damaged; measure the rates with `onnx-snn eval MODEL --json FILE`")
+        rates = dict(rates)
         pools = best[-1].get("pool_spikes_per_neuron")
         rates.update(pools if isinstance(pools, dict) else {})
     elif all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in obj.values()):
@@ -231,12 +236,16 @@ def load_rates(path: Union[str, Path]) -> Tuple[Dict[str, float], Optional[int]]
 def read_rate_json(path: Union[str, Path]):
     """The JSON value of a spike-rate file (``onnx-snn eval --json``), read once."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder; give the spike-rate file `onnx-snn eval MODEL --json "
+                        "RATES.json` writes")
     if not p.is_file():
         raise DataError(f"{p}: no such file; write one with `onnx-snn eval MODEL --json {p}`")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({e}); write it with `onnx-snn eval MODEL --json {p}`") from None
+        raise DataError(f"{p}: not valid JSON ({e}); spike rates are the file `onnx-snn eval MODEL "
+                        "--json RATES.json` writes (a new file: this one is not it)") from None
 
 
 def rate_neurons(obj) -> Dict[str, int]:

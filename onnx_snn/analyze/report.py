@@ -56,7 +56,7 @@ def _ratio(x: Optional[float]) -> str:
     return "n/a (the SNN does no work)" if x is None else f"{x:.2f}x"
 
 
-def format_table(analysis: Analysis, other_ops: bool = False) -> str:
+def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True) -> str:
     """The per-layer table with a totals row, then the DNN/SNN ratios and notes.
 
     Columns: layer, op, neurons (outputs per sample), input (source site, "site>pool" for
@@ -115,7 +115,7 @@ def format_table(analysis: Analysis, other_ops: bool = False) -> str:
             lines += _grid(["op layer", "op", "neurons", "ops"],
                            [[o.name, o.op, human(o.neurons), human(o.ops)] for o in a.other],
                            [False, False, True, True])
-    lines += [f"note: {n}" for n in a.notes]
+    lines += [f"note: {n}" for n in a.notes] if notes else []
     return "\n".join(lines)
 
 

@@ -395,8 +395,11 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     SpikingModel ``convert`` returns; a loop or step graph), written atomically to ``output``
     when given (never over an input; with external data beside it when the source kept its
     weights that way). Returns it."""
+    from ..convert import check_flag
     from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
+    spike_counts = check_flag(spike_counts, "spike_counts")      # "no" wrote the counts
+    unit_thresholds = check_flag(unit_thresholds, "unit_thresholds")
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"

@@ -59,7 +59,10 @@ META_BINARY = "onnx_snn.binary_spikes"
 META_POOLS = "onnx_snn.pools"          # the spiking max pools (JSON list), version 2
 META_SPIKE_COUNTS = "onnx_snn.spike_counts"   # deploy graph: "1" when it outputs spike totals
 #: keys of a DNN's own metadata that a conversion carries over
-META_CARRIED = ("onnx_snn.arch", "onnx_snn.dataset", "onnx_snn.test_accuracy")
+#: the dataset the model was trained on (the zoo's DNNs; a conversion or fine-tuning on a
+#: named dataset records it where the DNN did not): the later commands' default data
+META_DATASET = "onnx_snn.dataset"
+META_CARRIED = ("onnx_snn.arch", META_DATASET, "onnx_snn.test_accuracy")
 
 GRAPH_LOOP = "loop"
 GRAPH_STEP = "step"

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
-                              check_seed, check_timesteps, resolve_data)
+                              check_flag, check_seed, check_timesteps, remember_dataset,
+                              resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, named_dataset)
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
@@ -127,6 +128,8 @@ class FinetuneConfig:
         if self.surrogate not in SURROGATES:
             raise UsageError(f"surrogate must be one of {', '.join(SURROGATES)}, not {self.surrogate!r}")
         self.seed = check_seed(self.seed)
+        for name in ("augment", "initial_eval", "train_initial"):   # "False" ran as True
+            setattr(self, name, check_flag(getattr(self, name), name))
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
 
@@ -346,7 +349,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
-    top-1 (``FinetuneResult.written`` says whether anything was written). ``mean``/``std``
+    top-1 (``FinetuneResult.written`` says whether anything was written); with
+    ``initial_eval`` off there is no starting top-1, and the first epoch replaces it. ``mean``/``std``
     normalize a named dataset (default: the model's recorded preprocessing).
 
     The test accuracy, which picks the best epoch, is measured on ``test_data``: by default a
@@ -438,6 +442,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial),
                     "train_data": train.name, "test_data": test.name,
+                    "train_data_sha256": _data_fingerprint(train),
+                    "test_data_sha256": _data_fingerprint(test),
                     "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
                     "preprocess": train.preprocess, "output": os.path.realpath(output)}
     if ckpt_path.exists() and not resume:   # starting over replaces only this run's own
@@ -476,6 +482,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         if trained_on is not None:
             hist["preprocess"] = trained_on
         model = net.to_model(hist, T, trained_on)
+        fmt.set_metadata(model, remember_dataset(fmt.metadata(model), data))
         fingerprint = fmt.spiking_fingerprint(fmt.read_info(model))
         write_all_atomic(model_items(model, out_path, True if external else None, avoid=inputs))
 
@@ -518,6 +525,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     else:
         if resume and main_proc:
             log(f"note: no checkpoint at {ckpt_path}; starting from the model")
+        if main_proc and not cfg.initial_eval and existed:
+            log(f"note: {output} exists and is replaced by the first epoch: without the "
+                "starting evaluation (initial_eval off) there is no top-1 to beat")
         if main_proc and cfg.initial_eval:
             initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
                                         show_progress, fixed=fixed)
@@ -701,6 +711,22 @@ def _describe(settings: Optional[dict]) -> str:
             f"{settings['distill']:g}, temperature {settings['temperature']:g}")
 
 
+def _data_fingerprint(ds, sample: int = 1 << 18) -> str:
+    """sha256 of a dataset's shapes, labels and an evenly strided sample of at most ``sample``
+    values per input: in-memory arrays are all named "array", and a run resumed on other
+    arrays was scored against the first arrays' best and overwrote it."""
+    h = hashlib.sha256()
+    xs = ds.x if isinstance(ds.x, dict) else {"": ds.x}
+    for k in sorted(xs):
+        a = np.asarray(xs[k])
+        flat = a.reshape(-1)
+        h.update(f"{k}:{a.dtype}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(flat[::max(1, flat.size // sample)]).tobytes())
+    if ds.y is not None:
+        h.update(np.ascontiguousarray(np.asarray(ds.y)).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
     """A resumed run continues with the model, data and hyperparameters it started with
     (checkpoints from before this check record none: not checked)."""
@@ -710,7 +736,9 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "weight_decay": "--weight-decay", "surrogate": "--surrogate", "augment": "--augment",
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
              "limit_train": "--limit-train", "limit_test": "--limit-test",
-             "train_initial": "--train-initial", "preprocess": "--mean/--std"}
+             "train_initial": "--train-initial", "preprocess": "--mean/--std",
+             "train_data_sha256": "the training data's contents (sha256 of a sample)",
+             "test_data_sha256": "the test data's contents (sha256 of a sample)"}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
             if k in names and was[k] != now.get(k)]
     if diff:

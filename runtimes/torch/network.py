@@ -15,7 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import onnx
@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from onnx_snn.errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
+from onnx_snn import json_text
+from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
+                             UnsupportedModelError, UsageError)
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
@@ -231,6 +233,24 @@ def _float_input(name: str, v) -> torch.Tensor:
     if v.dim() == 0 or v.shape[0] == 0:
         raise DataError(f"input {name!r} has shape {list(v.shape)}: give a batch of at least one sample")
     return v if v.dtype == torch.float32 else v.to(torch.float32)
+
+
+def _feed_timesteps(inputs: dict, timesteps):
+    """T from a feed's ``timesteps`` entry (the loop graph's input of that name, which
+    onnxruntime honours), removed from ``inputs``; the ``timesteps`` argument otherwise. Both,
+    different: a DataError."""
+    if fmt.TIMESTEPS_INPUT not in inputs:
+        return timesteps
+    fed = inputs.pop(fmt.TIMESTEPS_INPUT)
+    try:
+        fed = np.asarray(fed.detach().cpu() if torch.is_tensor(fed) else fed).reshape(()).item()
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"the feed's '{fmt.TIMESTEPS_INPUT}' must be one whole number (T), "
+                        f"not {fed!r}") from None
+    if timesteps is not None and timesteps != fed:
+        raise DataError(f"timesteps={timesteps!r} and the feed's '{fmt.TIMESTEPS_INPUT}' = "
+                        f"{fed} differ; give T once")
+    return fed
 
 
 def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
@@ -503,19 +523,24 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True):
-        if timesteps is not None:
-            from onnx_snn.convert import check_timesteps
-            timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
-        T = int(timesteps or self.timesteps)
         names = self._input_names()
         if not isinstance(x, dict) and len(names) != 1:
             raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
                             "{name: tensor} with one tensor per input")
-        inputs = x if isinstance(x, dict) else {names[0]: x}
+        inputs = dict(x) if isinstance(x, dict) else {names[0]: x}
+        timesteps = _feed_timesteps(inputs, timesteps)
+        if timesteps is not None:
+            from onnx_snn.convert import check_timesteps
+            timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
+        T = int(timesteps or self.timesteps)
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
-        inputs = {k: _float_input(k, v) if k in names else v for k, v in inputs.items()}
+        unknown = [k for k in inputs if k not in names]
+        if unknown:   # (they were put beside the weights, unread, or replaced one)
+            raise DataError(f"input(s) {unknown} are not the model's; it takes {names} (and "
+                            f"'{fmt.TIMESTEPS_INPUT}', as the loop graph does)")
+        inputs = {k: _float_input(k, v) for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
@@ -688,6 +713,16 @@ class SpikingNetwork(nn.Module):
             except ModelLoadError:
                 raise UsageError(f"preprocess must be {{'mean': [...], 'std': [...]}} of finite "
                                  f"numbers, std > 0, not {preprocess!r}") from None
+        if history is not None and not isinstance(history, Mapping):
+            raise UsageError(f"history must be a mapping (a dict of what the step did), not "
+                             f"{type(history).__name__}")
+        bad = [n for n in self._names if torch.is_floating_point(self.tensor(n))
+               and not bool(torch.isfinite(self._effective(n)).all())]
+        if bad:   # the reader refuses such a file as damaged: it would not load
+            raise TrainingDivergedError(f"the network's {', '.join(bad[:5])}"
+                                        f"{' and more' if len(bad) > 5 else ''} hold NaN or "
+                                        "infinite values; nothing written (train with a smaller "
+                                        "lr, or restore a good state)")
         model = copy.deepcopy(self.source)
         for init in fmt.all_initializers(model).values():
             if init.name == fmt.TIMESTEPS_INPUT and timesteps:
@@ -718,7 +753,12 @@ class SpikingNetwork(nn.Module):
             hist.append({"step": "finetune",
                          "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          **history})
-        meta_new = {fmt.META_SITES: json.dumps(sites), fmt.META_HISTORY: json.dumps(hist)}
+        try:     # numpy values as Python's, NaN as null (strict JSON)
+            hist_text = json_text.dumps(hist, indent=None)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"history must hold JSON values (numbers, strings, lists, dicts): "
+                             f"{e}") from None
+        meta_new = {fmt.META_SITES: json.dumps(sites), fmt.META_HISTORY: hist_text}
         if timesteps:
             meta_new[fmt.META_TIMESTEPS] = str(int(timesteps))
         if preprocess is not None:
