@@ -537,6 +537,12 @@ def _check_mean_std(args, data) -> None:
                          "preprocessed, so normalize the arrays yourself and drop --mean/--std")
 
 
+def _warnings_only(message: str) -> None:
+    """-q's log of fine-tuning: its warnings still show (on stderr), its notes do not."""
+    if str(message).startswith("warning:"):
+        print(message, file=sys.stderr)
+
+
 def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> str:
     """``model`` with the first of ``strip`` that ends its name (in any case: ``.ONNX``)
     replaced by ``suffix``."""
@@ -797,7 +803,7 @@ def cmd_finetune(args) -> int:
                              (args.json, "--json"), (checkpoint, "--checkpoint"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
-                 log=(lambda *a: None) if quiet else print, mean=args.mean, std=args.std,
+                 log=_warnings_only if quiet else print, mean=args.mean, std=args.std,
                  test_data=args.test_data)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""

@@ -360,10 +360,37 @@ def _as_list(v) -> list:
     return [float(a) for a in np.asarray(v, np.float64).reshape(-1)]
 
 
-def _dict_dataset(data: dict, specs=None) -> Dataset:
+def same_values(a, b) -> bool:
+    """Whether two mean (or std) values are the same numbers (a scalar and a list of it too)."""
+    try:
+        return bool(np.allclose(np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _looks_unnormalized(x: np.ndarray, preprocess: Optional[dict]) -> bool:
+    """Float inputs with no negative value, for a model that records a normalization with a
+    positive mean (normalized images have negative values wherever a pixel is darker than
+    the mean: raw [0, 1] or [0, 255] pixels fed to such a model lost 36 points of top-1
+    without a word, while integer pixels were warned about)."""
+    if not preprocess or x.dtype.kind != "f" or x.size == 0:
+        return False
+    try:
+        mean = np.asarray(preprocess.get("mean", []), np.float64)
+    except (TypeError, ValueError):
+        return False
+    return mean.size > 0 and bool(np.all(mean > 0)) and float(np.min(x)) >= 0.0
+
+
+def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Dataset:
     """A dict of arrays read as a .npz is: one array per model input named after it, or
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
-    model (``specs``) has an input of that name, or the dict holds nothing else."""
+    model (``specs``) has an input of that name, or the dict holds nothing else; Keras's
+    ``x_train``/``y_train``, ``x_test``/``y_test``: the ``split`` asked for (default test)."""
+    from .datasets import _split_keys
+    picked = _split_keys(list(data), split, "the data dict")
+    if picked is not None:
+        data = {"x": data[picked[0]], **({"y": data[picked[1]]} if picked[1] else {})}
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
     names = [n for n, _ in specs or ()]
     yk = label_key(arrays, names)
@@ -432,6 +459,17 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
                              take, scaling)
         return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data"))
+    if isinstance(data, tuple):      # a pair whose labels do not fit its inputs, or no pair
+        def shape(d):
+            try:
+                return list(np.shape(next(iter(d.values())) if isinstance(d, dict) and d else d))
+            except (ValueError, TypeError):
+                return "ragged"
+        shapes = [shape(d) if not isinstance(d, (str, bytes)) else type(d).__name__
+                  for d in data[:3]]
+        raise DataError(f"data: a tuple is (inputs, labels) with one label per sample; this one "
+                        f"has {len(data)} item(s) of shape(s) {shapes}" + (
+                            "" if len(data) == 2 else "; pass an array for inputs alone"))
     if isinstance(data, Dataset):
         ds = data
     elif isinstance(data, (str, Path)):
@@ -440,7 +478,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                           image_shape=image_shape(specs), take=take,
                           inputs=[n for n, _ in specs or ()])
     elif isinstance(data, dict):
-        ds = _dict_dataset(data, specs)
+        ds = _dict_dataset(data, specs, split)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
         ds = Dataset("array", _array_like(data, "data"), None, preprocessed=True)
     else:
@@ -466,6 +504,12 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     elif ds.preprocessed and dtype.kind in "iu":
         log.warning("%s: integer data (%s) is taken as already preprocessed; if these are raw "
                     "pixels, scale them to [0, 1] and normalize them first", ds.name, dtype)
+    elif ds.preprocessed and _looks_unnormalized(ds.x, preprocess):
+        log.warning("%s: taken as already preprocessed, but it has no negative value (largest "
+                    "%.4g) while the model records a normalization (mean %s, std %s) that makes "
+                    "black pixels negative: if these are raw pixels, normalize them first: "
+                    "(x - mean) / std", ds.name, float(np.max(ds.x)), preprocess["mean"],
+                    preprocess["std"])
     applied = None
     if given:
         applied = {"mean": _as_list(0.0 if mean is None else mean),
@@ -756,6 +800,12 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
                       scaling=input_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
+        recorded = nm.preprocess
+        if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)
+                                                  and same_values(recorded.get("std"), std)):
+            log.warning("--mean/--std (mean %s, std %s) override the preprocessing the DNN "
+                        "records (mean %s, std %s); the spiking model records the ones given",
+                        mean, std, recorded.get("mean"), recorded.get("std"))
         nm.preprocess = ds.preprocess
     nm.source_metadata.update(remember_dataset(nm.source_metadata, calib))
     for name, arr in (ds.x.items() if isinstance(ds.x, dict) else [(None, ds.x)]):

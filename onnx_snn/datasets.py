@@ -116,6 +116,20 @@ def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
     return dirs
 
 
+#: the named datasets' numbers of classes (their files' labels are checked against them)
+DATASET_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def _check_dataset_labels(y: np.ndarray, name: str, path: Path) -> None:
+    """A named dataset's labels within its classes, else a DataError naming the file (it was
+    blamed on the split, 'cifar10:test: label 10 is out of range')."""
+    classes = DATASET_CLASSES[name]
+    if y.size and int(y.max()) >= classes:
+        raise DataError(f"{path}: label {int(y.max())} is out of range for {name} (classes "
+                        f"0..{classes - 1}): the file is damaged or another dataset's; "
+                        "download it again")
+
+
 # ---------------------------------------------------------------- IDX (Fashion-MNIST)
 
 def read_idx(path: os.PathLike) -> np.ndarray:
@@ -191,15 +205,20 @@ def load_idx_dataset(name: str, split: str = "test", data_dir=None, download: bo
     folder = _find_idx(name, data_dir, download)
     prefix = "t10k" if split == "test" else "train"
     hint = _IDX[name][2]
-    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte", hint))
-    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte", hint))
+    images_file = _idx_file(folder, f"{prefix}-images-idx3-ubyte", hint)
+    labels_file = _idx_file(folder, f"{prefix}-labels-idx1-ubyte", hint)
+    images, labels = read_idx(images_file), read_idx(labels_file)
     if images.ndim != 3 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{folder}: images {images.shape} and labels {labels.shape} do not match")
+        raise DataError(f"{folder}: the images ({images_file.name}, {list(images.shape)}) and "
+                        f"labels ({labels_file.name}, {list(labels.shape)}) do not match: one "
+                        f"of them is another split's or damaged; {hint}")
     if images.dtype != np.uint8:
         raise DataError(f"{folder}: {prefix} images of type {images.dtype}; {name}'s IDX files "
                         "hold bytes (0-255)")
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
-    return Dataset(f"{name}:{split}", x, check_labels(labels, len(labels), f"{folder}: {prefix} labels"))
+    y = check_labels(labels, len(labels), str(labels_file))
+    _check_dataset_labels(y, name, labels_file)
+    return Dataset(f"{name}:{split}", x, y)
 
 
 def load_fashion_mnist(split: str = "test", data_dir=None) -> Dataset:
@@ -295,6 +314,7 @@ def _cifar_batch(path: Path, name: str, label_key: bytes) -> Tuple[np.ndarray, n
         raise DataError(f"{path}: expected rows of 3072 bytes (uint8), got "
                         f"{data.dtype} of shape {list(data.shape)}")
     labels = check_labels(labels, len(data), str(path))
+    _check_dataset_labels(labels, name, path)
     return data.astype(np.uint8), labels
 
 
@@ -330,8 +350,9 @@ def _splits_in(keys) -> List[str]:
     return [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
 
 
-def _split_keys(keys: list, split: Optional[str], path: Path) -> Optional[Tuple[str, Optional[str]]]:
-    """(input key, label key) of ``split`` (default test) in a .npz with SPLIT_KEYS, else None."""
+def _split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
+    """(input key, label key) of ``split`` (default test) in a .npz (or dict) with SPLIT_KEYS,
+    else None."""
     have = _splits_in(keys)
     if not have:
         return None
@@ -584,6 +605,8 @@ def data_splits(spec) -> set:
     """The splits (train, test) a data file or folder holds apart: a .npz's x_train /
     x_test, a folder's train/ and test/ (or val/) folders, or only the one ``PATH:split``
     chose; empty for anything else."""
+    if isinstance(spec, dict):           # Keras's x_train / x_test, as in a .npz
+        return set(_splits_in(list(spec)))
     if not isinstance(spec, (str, os.PathLike)):
         return set()
     from .image_folder import split_names
@@ -655,6 +678,9 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
     if folder is not None:
         return load_image_folder(*folder, image_shape, take=take)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
+    if chosen is not None and path.endswith(".npz") and not npz_splits(path):
+        raise DataError(f"{spec}: {path} holds no splits (x_train / x_test arrays): ':{chosen}' "
+                        f"would be ignored; drop it to use all of its samples")
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
         return load_array_file(path, chosen or split, inputs)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "

@@ -199,7 +199,8 @@ def _labels_fit(y, out, kind: str, table, name: str) -> bool:
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False, where=None,
               top1: Optional[bool] = True) -> Dict[int, EvalResult]:
-    from .convert import MAX_BATCH_SIZE, check_count, check_recorded_timesteps, resolve_data
+    from .convert import (MAX_BATCH_SIZE, same_values, check_count, check_recorded_timesteps,
+                          resolve_data)
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
@@ -253,7 +254,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         n = len(ds)
     asked, notes = batch_size, []
     if preprocess and mean is not None and std is not None and not (
-            _same(mean, preprocess["mean"]) and _same(std, preprocess["std"])):
+            same_values(mean, preprocess["mean"]) and same_values(std, preprocess["std"])):
         notes.append(f"--mean/--std override the preprocessing the model records (mean "
                      f"{preprocess['mean']}, std {preprocess['std']})")
     batch_size = eval_batch(batch_size, runner.info)
@@ -387,14 +388,6 @@ def _size(n: float) -> str:
 def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivity:
     per_neuron = per_sample / neurons if neurons else 0.0
     return SiteActivity(name, neurons, per_sample, per_neuron, per_neuron / t)
-
-
-def _same(a, b) -> bool:
-    """Whether two mean (or std) values are the same numbers (a scalar and a list of it too)."""
-    try:
-        return bool(np.allclose(np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)))
-    except (ValueError, TypeError):
-        return False
 
 
 def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[dict]:

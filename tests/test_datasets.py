@@ -252,6 +252,8 @@ def test_real_fashion_mnist(fmnist_test):
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -3]}, "negative|-3"),
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 2.7]}, "whole"),
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "2 inputs but 3 labels"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
+     "label 10 is out of range for cifar10"),
 ])
 def test_a_damaged_cifar_batch_is_named(tmp_path, content, match):
     """Every way a CIFAR batch file can hold the wrong thing is a DataError naming it."""
@@ -293,3 +295,26 @@ def test_damaged_idx_files_are_named(tmp_path):
     idx(tmp_path / "fm" / "t10k-images-idx3-ubyte.gz", np.full((20, 28, 28), 900.0, ">f4"), 0x0D)
     with pytest.raises(DataError, match="hold bytes"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "fm")
+
+
+def test_idx_labels_out_of_range_or_of_another_length_name_the_files(tmp_path):
+    """A label file of another split, or one with a label the dataset does not have: the
+    error names the file (it named the split: 'fashion-mnist:test: label 12 ...')."""
+    make_fmnist(tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    write_idx(labels, np.full(20, 12, np.uint8))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: label 12 is out of range "
+                                        r"for fashion-mnist"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    write_idx(labels, np.zeros(19, np.uint8))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz, \[20, 28, 28\]\) and "
+                                        r"labels \(t10k-labels-idx1-ubyte.gz, \[19\]"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+def test_a_split_of_a_npz_without_splits_is_refused(tmp_path):
+    """FILE.npz:train of a file with x and y only: the suffix was ignored (all samples used)."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 2, 2), np.float32), y=np.arange(4))
+    with pytest.raises(DataError, match="holds no splits"):
+        load_dataset(f"{tmp_path / 'd.npz'}:train")
+    assert len(load_dataset(str(tmp_path / "d.npz"))) == 4

@@ -1,4 +1,6 @@
 """Models that take raw uint8 pixels (onnx_snn/graph/inputs.py)."""
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -144,6 +146,31 @@ def test_integer_arrays_warn_only_for_a_model_that_takes_no_raw_pixels(tmp_path,
         with caplog.at_level(logging.WARNING, logger="onnx_snn"):
             evaluate(model, str(tmp_path / "u8.npz"), show_progress=False)
         assert sum("as already preprocessed" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_float_pixels_given_to_a_model_that_records_a_normalization_are_warned_about(caplog):
+    """Raw [0, 1] (or [0, 255]) float pixels for a model that records mean/std lost 36 points
+    without a word (integer pixels were warned about); normalized data is not warned about,
+    nor data for a model that records no normalization. convert --mean/--std that differ
+    from the DNN's own record are said too."""
+    import logging
+    import onnx_snn
+    from onnx_snn.convert import resolve_data
+    x = np.random.default_rng(0).random((16, 1, 12, 12)).astype(np.float32)
+    pp = {"mean": [0.286], "std": [0.353]}
+    for data, record, warned in ((x, pp, 1), (x * 255, pp, 1), ((x - 0.286) / 0.353, pp, 0),
+                                 (x, None, 0), (x, {"mean": [0.0], "std": [1.0]}, 0)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            resolve_data(data, record)
+        assert sum("no negative value" in r.getMessage() for r in caplog.records) == warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        onnx_snn.convert(os.path.join(os.path.dirname(onnx_snn.__file__), "models", "fmnist_vgg.onnx"),
+                         "fashion-mnist", timesteps=1, method="datta", calib_samples=64,
+                         mean=0.5, std=0.5, show_progress=False)
+    assert any("override the preprocessing the DNN records" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_the_several_inputs_hint_is_python_for_any_input_names():

@@ -221,6 +221,17 @@ def test_exact_agreement_on_dyadic_arithmetic(make):
     for k in r.spikes:
         np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
         assert r.spikes[k].sum() > 0
+    # a module cast to another float type takes float32 inputs (they are cast to it; they
+    # failed in the first convolution), and in exact arithmetic fires the same spikes
+    for cast in (torch.float64, torch.bfloat16):
+        other = SpikingNetwork(model).eval().to(cast)
+        with torch.no_grad():
+            y_cast = other(torch.from_numpy(x))
+        assert y_cast.dtype == cast
+        if cast == torch.float64:
+            np.testing.assert_allclose(y_cast.numpy(), y, rtol=0, atol=1e-6)
+            for k in r.spikes:
+                np.testing.assert_array_equal(other.last_spikes[k].numpy(), r.spikes[k])
 
 
 def test_spiking_max_pool_step_and_its_gradient():
@@ -1362,3 +1373,71 @@ def test_write_back_refuses_non_finite_values_and_takes_numpy_in_its_history(tmp
     with pytest.raises(TrainingDivergedError, match="lif1.threshold"):
         net.to_onnx(tmp_path / "bad.snn.onnx")
     assert not (tmp_path / "bad.snn.onnx").exists()
+
+
+def test_api_arguments_of_the_wrong_type_are_named(tmp_path):
+    """A path where a ModelProto is taken, bytes or None where a path is: a UsageError naming
+    the argument (they were AttributeErrors from deep inside, or 'None: no such file')."""
+    from onnx_snn.analyze import analyze
+    from onnx_snn.errors import OutputPathError, UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    from onnx_snn.spiking.binary import fold_amplitudes
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    path = tmp_path / "m.snn.onnx"
+    snn.save(path)
+    net = SpikingNetwork(str(path))               # a path is read, as from_onnx reads it
+    assert [str(f) for f in net.source_files] == [str(path)]
+    with pytest.raises(OutputPathError, match="is an input"):   # and never written over
+        net.to_onnx(path)
+    for bad in (path.read_bytes(), None, 3):
+        with pytest.raises(UsageError, match=type(bad).__name__):
+            SpikingNetwork.from_onnx(bad)
+        with pytest.raises(UsageError, match=type(bad).__name__):
+            onnx_snn.deploy(bad, tmp_path / "d.onnx")
+        with pytest.raises(UsageError, match=type(bad).__name__):
+            analyze(bad)
+    with pytest.raises(UsageError, match="fold_amplitudes takes an onnx.ModelProto"):
+        fold_amplitudes(str(path))
+    with pytest.raises(UsageError, match="model_path is a file path"):
+        finetune(snn.model, str(tmp_path / "t.onnx"), (x, np.zeros(16, np.int64)))
+    with pytest.raises(UsageError, match="config is a FinetuneConfig"):
+        finetune(str(path), str(tmp_path / "t.onnx"), (x, np.zeros(16, np.int64)), config=[1])
+    cfg = FinetuneConfig(lr=np.int64(1), temperature=np.float32(2.0), weight_decay=np.int64(0))
+    assert (cfg.lr, cfg.temperature, cfg.weight_decay) == (1.0, 2.0, 0.0)
+
+
+def test_finetune_reads_a_keras_style_split_dict_and_names_a_bad_pair(tmp_path):
+    """A dict {x_train, y_train, x_test, y_test} is read as the .npz of the same keys is
+    (it was refused: 'fine-tuning needs labels'); (inputs, labels) of different lengths say
+    so (it was 'cannot use tuple as data')."""
+    from onnx_snn.errors import DataError
+    from onnx_snn.runtimes.torch.finetune import finetune
+    x = B.rand_input(48)
+    y = np.random.default_rng(0).integers(0, 10, 48)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    snn.save(tmp_path / "m.snn.onnx")
+    split = {"x_train": x[:32], "y_train": y[:32], "x_test": x[32:], "y_test": y[32:]}
+    said = []
+    res = finetune(str(tmp_path / "m.snn.onnx"), str(tmp_path / "t.snn.onnx"), split,
+                   {"epochs": 1, "batch_size": 16}, show_progress=False, log=said.append)
+    assert res.best_top1 >= 0 and not any("no separate test set" in s for s in said), said
+    assert onnx_snn.evaluate(snn, split, show_progress=False).samples == 16   # the test split
+    with pytest.raises(DataError, match=r"one label per sample.*\[48, 1, 12, 12\], \[10\]"):
+        finetune(str(tmp_path / "m.snn.onnx"), str(tmp_path / "u.snn.onnx"), (x, y[:10]),
+                 show_progress=False, log=lambda *a: None)
+
+
+def test_finetune_quiet_still_shows_its_warnings(tmp_path, capsys):
+    """-q hides notes and progress, not warnings: training data that is also the test data
+    was said only without -q (and --augment on inputs it cannot crop, now a warning)."""
+    from onnx_snn.cli import main
+    x = B.rand_input(32)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
+                           show_progress=False)
+    snn.save(tmp_path / "m.snn.onnx")
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(32, np.int64))
+    assert main(["-q", "finetune", str(tmp_path / "m.snn.onnx"), "-o", str(tmp_path / "t.onnx"),
+                 "--data", str(tmp_path / "d.npz"), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "no separate test set" in err and "epoch 1" not in err

@@ -351,7 +351,7 @@ def _load(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     from ..model_io import load_model
-    return load_model(str(model))
+    return load_model(model)      # a path (bytes or None: a UsageError, not "no such file")
 
 
 def _shapes_for(dnn: onnx.ModelProto, measured: onnx.ModelProto) -> Dict[str, List[int]]:

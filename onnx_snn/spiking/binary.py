@@ -36,6 +36,10 @@ def fold_amplitudes(model: onnx.ModelProto, inplace: bool = False
                     ) -> Tuple[onnx.ModelProto, Dict[str, str]]:
     """Return a copy of ``model`` (``inplace``: the model itself) with foldable amplitudes
     moved into weights, and for every site either "folded" or the reason it was kept."""
+    if not isinstance(model, onnx.ModelProto):
+        from ..errors import UsageError
+        raise UsageError(f"fold_amplitudes takes an onnx.ModelProto (onnx_snn.model_io."
+                         f"load_model(path) reads one), not {type(model).__name__}")
     m = model if inplace else copy.deepcopy(model)
     view = fmt.read_spiking(m)
     nodes = walk.all_nodes(m.graph)

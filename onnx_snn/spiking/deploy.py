@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -402,6 +403,11 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     unit_thresholds = check_flag(unit_thresholds, "unit_thresholds")
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise UsageError(f"deploy takes a spiking model's path, its onnx.ModelProto or what "
+                         f"convert() returns, not {type(model).__name__}")
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        raise UsageError(f"deploy's output is a path, not {type(output).__name__}")
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
     if output is not None:

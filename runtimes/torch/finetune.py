@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import numbers
 import os
 import random
 import re
@@ -30,7 +31,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -104,14 +105,15 @@ class FinetuneConfig:
         for name, lo, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False),
                                  ("lr_decay", 0.0, True)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or (v <= lo if strict else v < lo):
+            if not _real(v) or not math.isfinite(v) or (v <= lo if strict else v < lo):
                 raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, "
                                  f"not {v!r}")
+            setattr(self, name, float(v))       # numpy's numbers too (np.int64(1) was refused)
         for name in ("distill", "temperature"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _real(v) or not math.isfinite(v):
                 raise UsageError(f"{name} must be a finite number, not {v!r}")
+            setattr(self, name, float(v))
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distill is the distillation term's share of the loss: between 0 "
                              f"and 1, not {self.distill}")
@@ -132,6 +134,11 @@ class FinetuneConfig:
             setattr(self, name, check_flag(getattr(self, name), name))
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
+
+
+def _real(v) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -357,6 +364,15 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     named dataset's test split, and for arrays (.npy/.npz) the training samples themselves,
     with a warning (the history records which). A named dataset with a split (``NAME:test``)
     is refused: fine-tuning reads both of its splits."""
+    if isinstance(config, Mapping):
+        config = FinetuneConfig(**config)
+    elif config is not None and not isinstance(config, FinetuneConfig):
+        raise UsageError(f"config is a FinetuneConfig (or a dict of its fields), not "
+                         f"{type(config).__name__}")
+    for arg, what in ((model_path, "model_path"), (output, "output")):
+        if not isinstance(arg, (str, os.PathLike)):
+            raise UsageError(f"{what} is a file path, not {type(arg).__name__} (fine-tuning "
+                             "reads a spiking model's file and writes one)")
     cfg = config or FinetuneConfig()
     for d, what in ((data, "data"), (test_data, "test data")):
         if named_dataset(d) is not None and ":" in str(d):
@@ -402,7 +418,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if cfg.augment and not augment and main_proc:
         what = (f"a model of {len(train.x)} inputs" if isinstance(train.x, dict) else
                 f"inputs of shape {list(train.x.shape[1:])}")
-        log(f"note: {what}: not one input of NCHW images; no augmentation")
+        log(f"warning: {what}: not one input of NCHW images; --augment does nothing here")
 
     fixed = fixed_batch(_specs(view))
     batch_size = fixed or cfg.batch_size

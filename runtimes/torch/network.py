@@ -222,9 +222,10 @@ def _folded_sites(model: onnx.ModelProto) -> set:
     return {k for k, v in rec.items() if v == "folded"} if isinstance(rec, dict) else set()
 
 
-def _float_input(name: str, v) -> torch.Tensor:
-    """An input as the float32 tensor the spiking graph computes in (a numpy array, float64,
-    float16 or integer pixels too: onnxruntime's model takes float32), or a DataError."""
+def _float_input(name: str, v, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An input as a tensor of the floating type the network computes in (float32, as the
+    file does, unless the module was cast: ``net.double()``), from a numpy array, float64,
+    float16 or integer pixels too; a DataError for anything else."""
     if isinstance(v, np.ndarray) or (not isinstance(v, torch.Tensor) and hasattr(v, "__array__")):
         v = torch.from_numpy(np.ascontiguousarray(v))
     if not isinstance(v, torch.Tensor) or v.dtype == torch.bool or v.is_complex():
@@ -232,7 +233,7 @@ def _float_input(name: str, v) -> torch.Tensor:
                         f"{type(v).__name__}{'' if not isinstance(v, torch.Tensor) else ' ' + str(v.dtype)}")
     if v.dim() == 0 or v.shape[0] == 0:
         raise DataError(f"input {name!r} has shape {list(v.shape)}: give a batch of at least one sample")
-    return v if v.dtype == torch.float32 else v.to(torch.float32)
+    return v if v.dtype == dtype else v.to(dtype)
 
 
 def _feed_timesteps(inputs: dict, timesteps):
@@ -273,6 +274,14 @@ class SpikingNetwork(nn.Module):
         neurons' initial membranes (``v_init``) are trained too (else they keep the
         conversion's)."""
         super().__init__()
+        files: List[str] = []
+        if isinstance(model, (str, os.PathLike)):      # a file: to_onnx never writes over it
+            from onnx_snn.model_io import model_files
+            model, files = load_model(model), model_files(os.fspath(model))
+        elif not isinstance(model, onnx.ModelProto):
+            raise UsageError(f"SpikingNetwork takes a spiking model's path or its "
+                             f"onnx.ModelProto, not {type(model).__name__}")
+        self.source_files = files
         if surrogate not in SURROGATES:
             raise UsageError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
         self.surrogate = surrogate
@@ -330,10 +339,7 @@ class SpikingNetwork(nn.Module):
         over the file it came from."""
         if isinstance(path, onnx.ModelProto):
             return cls(path, **kw)
-        from onnx_snn.model_io import model_files
-        net = cls(load_model(str(path)), **kw)
-        net.source_files = model_files(str(path))
-        return net
+        return cls(path, **kw)
 
     @staticmethod
     def _split_graph(view: fmt.SpikingView):
@@ -540,7 +546,8 @@ class SpikingNetwork(nn.Module):
         if unknown:   # (they were put beside the weights, unread, or replaced one)
             raise DataError(f"input(s) {unknown} are not the model's; it takes {names} (and "
                             f"'{fmt.TIMESTEPS_INPUT}', as the loop graph does)")
-        inputs = {k: _float_input(k, v) for k, v in inputs.items()}
+        dtype = self._compute_dtype()
+        inputs = {k: _float_input(k, v, dtype) for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
@@ -642,6 +649,18 @@ class SpikingNetwork(nn.Module):
                 totals[s] = fired[s].detach().reshape(T, n, -1).sum(2).sum(0).to(torch.get_default_dtype())
         self.last_spikes = totals
         return outs
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The floating type of the module's tensors: float32 as loaded, another after
+        ``net.double()`` / ``.half()`` / ``.to(dtype)`` (inputs are cast to it: float32 inputs
+        beside double weights failed inside the first convolution)."""
+        for t in self.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        for t in self.buffers():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
 
     def _input_names(self) -> List[str]:
         return self.view.data_inputs
