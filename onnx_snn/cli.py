@@ -865,7 +865,13 @@ def cmd_analyze(args) -> int:
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
     shapes = None
     if data and not is_spiking(model):   # a DNN: its data fixes the input sizes it leaves free
-        shapes = _data_input_shapes(model, data, args)
+        from .feeds import input_specs
+        if any(d is None for _, dims in input_specs(model) for d in dims[1:]):
+            shapes = _data_input_shapes(model, data, args)
+        elif args.data and not args.quiet:
+            print(f"note: {args.model}'s input sizes are fixed, and a DNN's operations do not "
+                  f"depend on its data: --data {args.data} is not used (spike rates come from "
+                  "a spiking model's run on it)", file=sys.stderr)
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn, input_shapes=shapes)

@@ -484,6 +484,12 @@ def test_analyze_of_a_dnn_with_free_sizes_takes_them_from_its_data(tmp_path):
     assert p.returncode == 0, p.stderr
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["totals"]["dnn_flops"] == 4 * 9 * 64 + 40      # the 8 x 8 samples' MACs
+    assert "is not used" not in p.stderr
+    # a DNN of fixed sizes does not use --data: said (it ran without a word)
+    (tmp_path / "fixed.onnx").write_bytes(B.vgg(13, "clip").SerializeToString())
+    np.savez(tmp_path / "f.npz", x=B.rand_input(4), y=np.arange(4))
+    p = run_cli("analyze", str(tmp_path / "fixed.onnx"), "--data", str(tmp_path / "f.npz"))
+    assert p.returncode == 0 and "--data " + str(tmp_path / "f.npz") + " is not used" in p.stderr
 
 
 def test_eval_says_which_output_it_scores(tmp_path):
