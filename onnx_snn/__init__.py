@@ -55,8 +55,8 @@ class _Package(types.ModuleType):
     rebound the names to the functions before."""
 
     def __setattr__(self, name, value):
-        if name in _API and isinstance(value, types.ModuleType):
-            return
+        if name in _API and value is _sys.modules.get(f"{__name__}.{name}"):
+            return    # the import system binding the submodule (anything else is assigned)
         super().__setattr__(name, value)
 
 

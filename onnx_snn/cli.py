@@ -551,6 +551,18 @@ def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> 
     return str(p.with_name(p.name[:len(p.name) - len(ext)] + suffix))
 
 
+def _data_or_recorded(given, args, option: str = "--data"):
+    """``given``, else the dataset the model records, said in a note (a model converted or
+    fine-tuned on a stand-in dataset records that one)."""
+    if given:
+        return given
+    recorded = _dataset_from_metadata(args.model)
+    if recorded and not getattr(args, "quiet", False):
+        print(f"note: {recorded}, the dataset {args.model} records ({option} for another)",
+              file=sys.stderr)
+    return recorded
+
+
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
     """The dataset a model records; an unreadable model raises its load error here."""
     import onnx
@@ -617,7 +629,7 @@ def cmd_convert(args) -> int:
                          f"most {DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not -T "
                          f"{args.timesteps}; drop --deploy (the spiking model runs any T)")
     out = args.output if args.output is not None else _default_output(args.model)
-    calib = args.calib or _dataset_from_metadata(args.model)
+    calib = _data_or_recorded(args.calib, args, "--calib")
     if not calib:
         raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, calib)
@@ -672,7 +684,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .model_io import write_all_atomic
 
-    data = args.data or _dataset_from_metadata(args.model)
+    data = _data_or_recorded(args.data, args)
     if not data:
         raise DataError("no evaluation data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, data)
@@ -778,7 +790,7 @@ def cmd_finetune(args) -> int:
     if not args.teacher and (args.distill is not None or args.temperature is not None):
         raise UsageError("--distill and --temperature set the distillation: they need --teacher")
 
-    data = args.data or _dataset_from_metadata(args.model)
+    data = _data_or_recorded(args.data, args)
     if not data:
         raise DataError("no training data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
     _check_mean_std(args, data)
@@ -826,7 +838,7 @@ def cmd_analyze(args) -> int:
 
     data = args.data
     if data is None and not args.rates:
-        data = _dataset_from_metadata(args.model)
+        data = _data_or_recorded(None, args)
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
                              (args.json, "--json"), (args.plot, "--plot"))

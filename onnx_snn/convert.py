@@ -644,14 +644,6 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
                           "positive_fraction": st.positive_fraction, "max": st.max,
                           "search_seconds": search_s})
     refinement = None
-    # the weight calibration keeps a refit only when it predicts held-out batches better:
-    # a set of one batch has none, and no layer is refitted
-    one_batch = cfg.sequential and cfg.weight_calibration and calib.n_samples <= calib.batch_size
-    if one_batch:
-        notes.append(f"warning: the weight calibration checks each layer's refit on every "
-                     f"second calibration batch, and {calib.n_samples} samples in batches of "
-                     f"{calib.batch_size} make one: no layer was refitted; give more calibration "
-                     "samples than the batch size (--calib-samples, --batch-size)")
     if cfg.sequential:
         from .sequential import refine
         records, refinement, nm = refine(nm, records, calib_data, int(timesteps), cfg,
@@ -662,6 +654,15 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             row.update(alpha=rec.alpha, beta=rec.beta, threshold=rec.threshold,
                        amplitude=rec.amplitude, v_init=rec.v_init,
                        objective_value=rec.objective_value)
+    # the weight calibration keeps a refit only when it predicts held-out batches better: a
+    # refinement run in one batch (its own size: smaller than the calibration's for large
+    # layers) has none, and refits no layer
+    one_batch = bool(refinement) and cfg.weight_calibration and refinement["batches"] < 2
+    if one_batch:
+        notes.append(f"warning: the weight calibration checks each layer's refit on every "
+                     f"second batch of the calibration set, and its {calib.n_samples} samples "
+                     "ran as one: no layer was refitted; give more calibration samples than "
+                     "the batch size (--calib-samples, --batch-size)")
     history = [{
         "step": "convert", "tool": f"onnx-snn {__version__}",
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,7 +338,6 @@ def npz_splits(path) -> set:
     """The splits a .npz holds as x_train/y_train and x_test/y_test (Keras's datasets); empty
     for any other file (or one that cannot be read: loading it says why)."""
     try:
-        import zipfile
         with zipfile.ZipFile(path) as z:
             names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
     except Exception:
@@ -678,7 +678,8 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
     if folder is not None:
         return load_image_folder(*folder, image_shape, take=take)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
-    if chosen is not None and path.endswith(".npz") and not npz_splits(path):
+    if chosen is not None and path.endswith(".npz") and not npz_splits(path) \
+            and zipfile.is_zipfile(path):        # (an unreadable one: loading it says why)
         raise DataError(f"{spec}: {path} holds no splits (x_train / x_test arrays): ':{chosen}' "
                         f"would be ignored; drop it to use all of its samples")
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():

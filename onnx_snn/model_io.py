@@ -14,6 +14,7 @@ import hashlib
 import os
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -327,12 +328,10 @@ def _check_output_path(given: Path, inputs, probe: bool) -> Path:
         if not stat.S_ISREG(st.st_mode):
             raise OutputPathError(f"{shown}: is not a regular file (a device, pipe or socket); "
                                   "outputs are regular files: choose a file path")
-        if probe:   # an immutable (chattr +i) or read-only file is not replaced: said now,
-            try:    # not after the work (opened for appending, nothing written)
-                os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
-            except OSError as e:
-                raise OutputPathError(f"{shown}: exists and cannot be replaced ({e.strerror}); "
-                                      "choose another path, or make it writable") from None
+        locked = _locked(target) if probe else None
+        if locked:   # renaming over it fails: said now, not after the work
+            raise OutputPathError(f"{shown}: exists and is {locked} (chattr), so it cannot be "
+                                  f"replaced; choose another path, or `chattr -{locked[0]}` it")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.exists():
         # a path under a regular file reports "not a folder", else "does not exist"
@@ -364,6 +363,31 @@ def _check_output_path(given: Path, inputs, probe: bool) -> Path:
             raise OutputPathError(f"{shown}: cannot write in folder {folder} "
                                   f"({e.strerror or e}); choose another folder") from None
     return target
+
+
+#: Linux's FS_IOC_GETFLAGS and the inode flags under which a file cannot be renamed over
+_FS_IOC_GETFLAGS = 0x80086601
+_LOCK_FLAGS = ((0x10, "immutable"), (0x20, "append-only"))   # FS_IMMUTABLE_FL, FS_APPEND_FL
+
+
+def _locked(path: Path) -> Optional[str]:
+    """"immutable" or "append-only" when the file's inode flags (chattr +i / +a) forbid
+    replacing it, else None (also where the flags cannot be read: another system or file
+    system). Read from a read-only descriptor: the file is not touched."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (ImportError, OSError):
+        return None
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf)
+        flags = int.from_bytes(buf, sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return next((name for bit, name in _LOCK_FLAGS if flags & bit), None)
 
 
 def check_outputs(outputs, inputs=()) -> dict:

@@ -610,7 +610,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         bar.total = bar.n
         bar.refresh()
     bar.close()
-    report = {"seconds": time.perf_counter() - t0, "sites": rows}
+    report = {"seconds": time.perf_counter() - t0, "sites": rows,
+              "batches": len(starts)}    # (the weight calibration holds out every second)
     if cfg.weight_calibration:
         report["layers"] = layer_rows
     return recs, report, work

@@ -33,7 +33,7 @@ def test_one_calibration_batch_is_said_to_refit_no_layer(files, capsys):
     out = files / "one.snn.onnx"
     assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
                  str(files / "calib.npy"), "-T", "2"]) == 0            # 64 samples, batch 64
-    assert "make one: no layer was refitted" in capsys.readouterr().err
+    assert "ran as one: no layer was refitted" in capsys.readouterr().err
     hist = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]
     assert hist["weight_calibration"] is False and "one calibration batch" in \
         hist["weight_calibration_skipped"]

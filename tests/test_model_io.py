@@ -166,8 +166,8 @@ def test_an_output_name_that_is_not_utf8_is_written(tmp_path):
 
 
 def test_an_immutable_existing_output_is_refused_before_the_work(tmp_path):
-    """chattr +i: the rename at the end failed after the work, leaving a partial set of
-    outputs (a helper's sweep); the check before the work now opens the file for appending."""
+    """chattr +i (or +a): the rename at the end failed after the work, leaving a partial set
+    of outputs (a helper's sweep); the check before the work now reads the inode's flags."""
     import shutil
     from onnx_snn.model_io import check_output_path
     target = tmp_path / "frozen.onnx"
@@ -176,9 +176,17 @@ def test_an_immutable_existing_output_is_refused_before_the_work(tmp_path):
             ["chattr", "+i", str(target)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
     try:
-        with pytest.raises(OutputPathError, match="cannot be replaced"):
+        with pytest.raises(OutputPathError, match="is immutable"):
             check_output_path(target)
         assert target.read_bytes() == b"keep me"
     finally:
         subprocess.run(["chattr", "-i", str(target)], check=True)
+    assert check_output_path(target) == target
+    subprocess.run(["chattr", "+a", str(target)], check=True)     # append-only: no rename
+    try:
+        with pytest.raises(OutputPathError, match="is append-only"):
+            check_output_path(target)
+    finally:
+        subprocess.run(["chattr", "-a", str(target)], check=True)
+    target.chmod(0o444)      # read-only: renaming over it works, so it is not refused
     assert check_output_path(target) == target

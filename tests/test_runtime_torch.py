@@ -121,6 +121,8 @@ def test_a_feed_names_only_the_models_inputs_and_its_timesteps():
         net({name: t, "timesteps": torch.tensor(3)}, 4)
     with pytest.raises(DataError, match="one whole number"):
         net({name: t, "timesteps": torch.tensor([2, 3])})
+    with pytest.raises(DataError, match="is None"):
+        net({name: t, "timesteps": None})
 
 
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
@@ -771,7 +773,8 @@ def test_the_named_dataset_is_remembered_by_the_files_written(tmp_path, fmnist_s
     kept."""
     from onnx_snn.cli import main
     assert fmt.metadata(onnx.load(str(fmnist_snn))).get(fmt.META_DATASET) == "fashion-mnist"
-    assert main(["-q", "eval", str(fmnist_snn), "--limit", "64"]) == 0
+    p = run_cli("eval", str(fmnist_snn), "--limit", "64")     # the default is said
+    assert p.returncode == 0 and "note: fashion-mnist, the dataset" in p.stderr, p.stderr
     m = onnx.load(str(fmnist_snn))
     kept = [p for p in m.metadata_props if p.key != fmt.META_DATASET]
     del m.metadata_props[:]
@@ -1373,6 +1376,29 @@ def test_write_back_refuses_non_finite_values_and_takes_numpy_in_its_history(tmp
     with pytest.raises(TrainingDivergedError, match="lif1.threshold"):
         net.to_onnx(tmp_path / "bad.snn.onnx")
     assert not (tmp_path / "bad.snn.onnx").exists()
+    # a model's own infinite constant (a class masked by adding -inf) is not a divergence
+    from onnx import helper as oh
+    from onnx import numpy_helper as onh
+    rng = np.random.default_rng(3)
+    inits = [onh.from_array(rng.normal(0, 0.3, s).astype(np.float32), n)
+             for n, s in (("w1", (6, 1, 3, 3)), ("w3", (10, 6)))]
+    inits.append(onh.from_array(np.array([0.0] * 9 + [-np.inf], np.float32), "mask"))
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+                       oh.make_node("Relu", ["c1"], ["a1"]),
+                       oh.make_node("GlobalAveragePool", ["a1"], ["p"]),
+                       oh.make_node("Flatten", ["p"], ["f"]),
+                       oh.make_node("Gemm", ["f", "w3"], ["g"], transB=1),
+                       oh.make_node("Add", ["g", "mask"], ["y"])], "masked",
+                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    xm = rng.random((32, 1, 8, 8)).astype(np.float32)
+    masked = SpikingNetwork(onnx_snn.convert(oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)]),
+                                             xm, timesteps=2, show_progress=False).model)
+    assert masked.turned_non_finite() == []
+    masked.to_onnx(tmp_path / "masked.snn.onnx", history={})
+    with torch.no_grad():
+        masked.tensor("w1").view(-1)[0] = float("inf")
+    assert masked.turned_non_finite() == ["w1"]
 
 
 def test_api_arguments_of_the_wrong_type_are_named(tmp_path):
@@ -1401,6 +1427,9 @@ def test_api_arguments_of_the_wrong_type_are_named(tmp_path):
         fold_amplitudes(str(path))
     with pytest.raises(UsageError, match="model_path is a file path"):
         finetune(snn.model, str(tmp_path / "t.onnx"), (x, np.zeros(16, np.int64)))
+    with pytest.raises(UsageError, match="'learning_rate' not a FinetuneConfig field"):
+        finetune(str(path), str(tmp_path / "t.onnx"), (x, np.zeros(16, np.int64)),
+                 config={"learning_rate": 1e-3})
     with pytest.raises(UsageError, match="config is a FinetuneConfig"):
         finetune(str(path), str(tmp_path / "t.onnx"), (x, np.zeros(16, np.int64)), config=[1])
     cfg = FinetuneConfig(lr=np.int64(1), temperature=np.float32(2.0), weight_decay=np.int64(0))

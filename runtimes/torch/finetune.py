@@ -29,7 +29,7 @@ import random
 import re
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
@@ -344,8 +344,8 @@ def _image_like(x) -> bool:
 
 
 def _finite_parameters(net) -> bool:
-    flags = [torch.isfinite(p).all() for p in net.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+    """No parameter turned NaN or infinite (the model's own infinite constants aside)."""
+    return not net.turned_non_finite()
 
 
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
@@ -365,6 +365,11 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     with a warning (the history records which). A named dataset with a split (``NAME:test``)
     is refused: fine-tuning reads both of its splits."""
     if isinstance(config, Mapping):
+        names = [f.name for f in fields(FinetuneConfig)]
+        unknown = [k for k in config if k not in names]
+        if unknown:
+            raise UsageError(f"config: {', '.join(map(repr, unknown))} not a FinetuneConfig "
+                             f"field; the fields are {', '.join(names)}")
         config = FinetuneConfig(**config)
     elif config is not None and not isinstance(config, FinetuneConfig):
         raise UsageError(f"config is a FinetuneConfig (or a dict of its fields), not "

@@ -243,6 +243,9 @@ def _feed_timesteps(inputs: dict, timesteps):
     if fmt.TIMESTEPS_INPUT not in inputs:
         return timesteps
     fed = inputs.pop(fmt.TIMESTEPS_INPUT)
+    if fed is None:       # (onnxruntime refuses it; it ran at the model's T)
+        raise DataError(f"the feed's '{fmt.TIMESTEPS_INPUT}' is None; give T, or leave the "
+                        "entry out for the model's T")
     try:
         fed = np.asarray(fed.detach().cpu() if torch.is_tensor(fed) else fed).reshape(()).item()
     except (TypeError, ValueError, RuntimeError):
@@ -650,6 +653,36 @@ class SpikingNetwork(nn.Module):
         self.last_spikes = totals
         return outs
 
+    def turned_non_finite(self) -> List[str]:
+        """The tensors holding NaN or infinity where the file has finite values (a model's
+        own infinite constant, such as an additive mask of -inf, is not one): what a
+        diverged training leaves. One device synchronization when there are none."""
+        if not hasattr(self, "_file_non_finite"):     # the file's own non-finite values
+            source = fmt.all_initializers(self.source)
+            self._file_non_finite = {}
+            for name in self._names:
+                init = source.get(name)
+                if init is not None and init.data_type in (onnx.TensorProto.FLOAT,
+                                                           onnx.TensorProto.DOUBLE,
+                                                           onnx.TensorProto.FLOAT16):
+                    a = numpy_helper.to_array(init)
+                    if not np.all(np.isfinite(a)):
+                        self._file_non_finite[name] = torch.from_numpy(~np.isfinite(a))
+        names, flags = [], []
+        for name in self._names:
+            t = self.tensor(name)
+            if not torch.is_floating_point(t):
+                continue
+            ok = torch.isfinite(self._effective(name))
+            mask = self._file_non_finite.get(name)
+            if mask is not None and mask.shape == ok.shape:
+                ok = ok | mask.to(ok.device)
+            names.append(name)
+            flags.append(ok.all())
+        if not flags or bool(torch.stack(flags).all()):
+            return []
+        return [n for n, f in zip(names, flags) if not bool(f)]
+
     def _compute_dtype(self) -> torch.dtype:
         """The floating type of the module's tensors: float32 as loaded, another after
         ``net.double()`` / ``.half()`` / ``.to(dtype)`` (inputs are cast to it: float32 inputs
@@ -735,9 +768,8 @@ class SpikingNetwork(nn.Module):
         if history is not None and not isinstance(history, Mapping):
             raise UsageError(f"history must be a mapping (a dict of what the step did), not "
                              f"{type(history).__name__}")
-        bad = [n for n in self._names if torch.is_floating_point(self.tensor(n))
-               and not bool(torch.isfinite(self._effective(n)).all())]
-        if bad:   # the reader refuses such a file as damaged: it would not load
+        bad = self.turned_non_finite()
+        if bad:   # (a NaN threshold: the reader refuses such a file as damaged)
             raise TrainingDivergedError(f"the network's {', '.join(bad[:5])}"
                                         f"{' and more' if len(bad) > 5 else ''} hold NaN or "
                                         "infinite values; nothing written (train with a smaller "
