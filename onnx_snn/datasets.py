@@ -498,6 +498,9 @@ def check_inputs(x, where: str) -> None:
         raise DataError(f"{where}: inputs of dtype {x.dtype} are not numeric (expected floats)")
     if x.ndim == 0:
         raise DataError(f"{where}: a single number, not an array of samples (shape [N, ...])")
+    if 0 in x.shape[1:]:   # (a model with free sizes took it and onnxruntime failed inside)
+        raise DataError(f"{where}: shape {list(x.shape)} has an axis of size 0: samples have "
+                        "no values")
 
 
 def check_labels(y, n: int, where: str) -> np.ndarray:

@@ -318,3 +318,16 @@ def test_a_split_of_a_npz_without_splits_is_refused(tmp_path):
     with pytest.raises(DataError, match="holds no splits"):
         load_dataset(f"{tmp_path / 'd.npz'}:train")
     assert len(load_dataset(str(tmp_path / "d.npz"))) == 4
+
+
+def test_inputs_with_an_axis_of_size_zero_are_refused():
+    """[64, 3, 0, 0] calibration data for a model of free height and width reached
+    onnxruntime, which failed inside a Conv; the data check names it now."""
+    from onnx_snn.convert import resolve_data
+    from onnx_snn.datasets import check_inputs
+    for shape in ((4, 3, 0, 0), (4, 3, 1, 0), (4, 0)):
+        with pytest.raises(DataError, match="axis of size 0"):
+            check_inputs(np.zeros(shape, np.float32), "data")
+        with pytest.raises(DataError, match="axis of size 0"):
+            resolve_data(np.zeros(shape, np.float32))
+    check_inputs(np.zeros((4, 3), np.float32), "data")

@@ -94,6 +94,7 @@ def test_hidden_nonlinearity_is_named(op):
         normalize(m)
     assert f"the_{op.lower()}" in str(e.value) and op in str(e.value)
     assert "supported" in str(e.value)
+    assert "replace it in the DNN" in str(e.value)       # what to do, not only what is wrong
 
 
 @pytest.mark.parametrize("lo, hi, pool", [(-1.0, 1.0, "MaxPool"), (-1.0, 1.0, "AveragePool"),

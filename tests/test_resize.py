@@ -171,6 +171,22 @@ def test_sizes_it_cannot_read_are_refused_naming_the_node(form, policy, needle):
         normalize(m)
 
 
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_constant_sizes_that_fix_a_free_batch_are_refused(mode):
+    """Resize to constant sizes [64, C, H, W] of an input whose batch is free resizes the
+    batch: a nearest one was accepted, converted when the calibration batch was 64, and its
+    spiking loop failed inside onnxruntime on any other batch (a helper's sweep)."""
+    m = _net("axes-sizes", mode, (16, 16))
+    node = _resize_node(m)
+    del node.attribute[:]
+    node.attribute.extend(h.make_node("Resize", [], [], mode=mode).attribute)
+    m.graph.initializer.append(nh.from_array(np.array([64, 4, 16, 16], np.int64), "sz64"))
+    node.input[3] = "sz64"
+    with pytest.raises(UnsupportedModelError, match="'up'.*sizes with batch 64, which fixes "
+                                                    "the batch .the input's is N"):
+        normalize(m)
+
+
 def test_shape_entries_reads_shape_idioms():
     """Each entry of a computed shape vector: a constant, or a tensor's axis."""
     import onnx_graphsurgeon as gs

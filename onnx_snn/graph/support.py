@@ -38,7 +38,13 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "GlobalAveragePool, Flatten, Reshape, Concat, Pad, nearest and linear Resize and "
                   "shape ops; "
                   "activations: "
-                  "Relu, Clip(0, mu), Relu+Min(mu), Max(0)+Min(mu)")
+                  "Relu, Clip(lo, hi) (ReLU6, Hardtanh), Relu+Min(mu), Max(x, c)(+Min(mu)), a "
+                  "Where-ReLU and LeakyRelu(0)")
+#: what to do about an activation the spiking neuron cannot express
+_ACTIVATION_FIX = ("the neurons compute ReLUs and clipped ReLUs only, so replace it in the DNN "
+                   "(a LeakyRelu, PRelu, Sigmoid, SiLU or Gelu by a ReLU or ReLU6, a layer or "
+                   "instance normalization by BatchNormalization) and fine-tune it briefly "
+                   "before converting")
 
 
 def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = None) -> None:
@@ -58,9 +64,11 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
             head = _output_head_why(graph, node)
             if head:
                 raise UnsupportedModelError(f"{node_label(node)} {head}")
-            kind = ("a nonlinearity the spiking rewrite cannot express"
-                    if node.op in _NONLINEAR else "not supported")
-            raise UnsupportedModelError(f"{node_label(node)} is {kind}; {SUPPORTED_HELP}")
+            if node.op in _NONLINEAR:
+                raise UnsupportedModelError(f"{node_label(node)} is a nonlinearity the spiking "
+                                            f"rewrite cannot express: {_ACTIVATION_FIX}; "
+                                            f"{SUPPORTED_HELP}")
+            raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
@@ -134,9 +142,10 @@ def _resize_unsupported(node: gs.Node) -> Optional[str]:
         if dims is None or len(dims) != sizes.size or not isinstance(dims[1], int) \
                 or int(sizes[1]) != dims[1]:
             return "to sizes whose channel count is not the input's"
-        if mode == "linear" and not (isinstance(dims[0], int) and int(sizes[0]) == dims[0]):
-            return (f"in mode 'linear' to sizes with batch {int(sizes[0])}, which fixes the "
-                    f"batch (the input's is {dims[0]}); resize by scales instead")
+        if not (isinstance(dims[0], int) and int(sizes[0]) == dims[0]):
+            # (a nearest one too: it resized a batch of 16 to 64, and the spiking loop failed)
+            return (f"to sizes with batch {int(sizes[0])}, which fixes the batch (the input's "
+                    f"is {dims[0]}); resize by scales instead")
     return None
 
 
