@@ -551,15 +551,21 @@ def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> 
     return str(p.with_name(p.name[:len(p.name) - len(ext)] + suffix))
 
 
-def _data_or_recorded(given, args, option: str = "--data"):
+def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] = None):
     """``given``, else the dataset the model records, said in a note (a model converted or
-    fine-tuned on a stand-in dataset records that one)."""
+    fine-tuned on a stand-in dataset records that one). ``need`` (calibration, evaluation,
+    training): neither is a DataError saying what to pass."""
     if given:
         return given
+    from .errors import DataError
     recorded = _dataset_from_metadata(args.model)
     if recorded and not getattr(args, "quiet", False):
         print(f"note: {recorded}, the dataset {args.model} records ({option} for another)",
               file=sys.stderr)
+    if not recorded and need:
+        files = "FILE.npy|FILE.npz" if option == "--calib" else "FILE.npz"
+        raise DataError(f"no {need} data: pass {option} fashion-mnist|mnist|cifar10|cifar100|"
+                        f"{files}|IMAGE_FOLDER (the model records no dataset)")
     return recorded
 
 
@@ -593,7 +599,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 def cmd_convert(args) -> int:
     from .convert import check_search_limits, convert
-    from .errors import DataError, UsageError
+    from .errors import UsageError
     from .model_io import check_output_path, write_all_atomic
 
     try:
@@ -629,9 +635,7 @@ def cmd_convert(args) -> int:
                          f"most {DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not -T "
                          f"{args.timesteps}; drop --deploy (the spiking model runs any T)")
     out = args.output if args.output is not None else _default_output(args.model)
-    calib = _data_or_recorded(args.calib, args, "--calib")
-    if not calib:
-        raise DataError("no calibration data: pass --calib fashion-mnist|mnist|cifar10|cifar100|FILE.npy|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
+    calib = _data_or_recorded(args.calib, args, "--calib", need="calibration")
     _check_mean_std(args, calib)
     inputs = _inputs(args.model, calib, args.data_dir)
     outputs = _with_external_data(args.model, [(out, "-o"), (args.step_graph, "--step-graph"),
@@ -680,13 +684,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .errors import DataError
     from .evaluate import evaluate
     from .model_io import write_all_atomic
 
-    data = _data_or_recorded(args.data, args)
-    if not data:
-        raise DataError("no evaluation data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
+    data = _data_or_recorded(args.data, args, need="evaluation")
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.json, "--json"))
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
@@ -778,7 +779,7 @@ def finetune_outcome(r) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .errors import DataError, MissingDependencyError, UsageError
+    from .errors import MissingDependencyError, UsageError
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -790,9 +791,7 @@ def cmd_finetune(args) -> int:
     if not args.teacher and (args.distill is not None or args.temperature is not None):
         raise UsageError("--distill and --temperature set the distillation: they need --teacher")
 
-    data = _data_or_recorded(args.data, args)
-    if not data:
-        raise DataError("no training data: pass --data fashion-mnist|mnist|cifar10|cifar100|FILE.npz|IMAGE_FOLDER (the model records no dataset)")
+    data = _data_or_recorded(args.data, args, need="training")
     _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          timesteps=args.timesteps, weight_decay=args.weight_decay,

@@ -22,7 +22,7 @@ from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
-                       is_inputs_labels,
+                       is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
@@ -104,7 +104,6 @@ def remember_dataset(metadata: Dict[str, str], data) -> Dict[str, str]:
     records none: the commands after this one (eval, finetune, analyze) then default to it,
     as they do for the zoo's models (a user's own DNN records none, and eval of its
     conversion asked for --data again). Empty when there is nothing to add."""
-    from .datasets import named_dataset
     name = named_dataset(data)
     return {fmt.META_DATASET: name} if name and not metadata.get(fmt.META_DATASET) else {}
 
@@ -387,8 +386,7 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Datase
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
     model (``specs``) has an input of that name, or the dict holds nothing else; Keras's
     ``x_train``/``y_train``, ``x_test``/``y_test``: the ``split`` asked for (default test)."""
-    from .datasets import _split_keys
-    picked = _split_keys(list(data), split, "the data dict")
+    picked = split_keys(list(data), split, "the data dict")
     if picked is not None:
         data = {"x": data[picked[0]], **({"y": data[picked[1]]} if picked[1] else {})}
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}

@@ -350,7 +350,7 @@ def _splits_in(keys) -> List[str]:
     return [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
 
 
-def _split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
+def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
     """(input key, label key) of ``split`` (default test) in a .npz (or dict) with SPLIT_KEYS,
     else None."""
     have = _splits_in(keys)
@@ -417,7 +417,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
             yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
             xk = next((k for k in INPUT_KEYS if k in keys), None)
-            picked = _split_keys(keys, split, path)
+            picked = split_keys(keys, split, path)
             if picked is None and sorted(keys) == ["arr_0"]:
                 picked = ("arr_0", None)            # numpy.savez(f, x)
             elif picked is None and sorted(keys) == ["arr_0", "arr_1"] and \

@@ -1399,6 +1399,7 @@ def test_write_back_refuses_non_finite_values_and_takes_numpy_in_its_history(tmp
     with torch.no_grad():
         masked.tensor("w1").view(-1)[0] = float("inf")
     assert masked.turned_non_finite() == ["w1"]
+    assert masked.turned_non_finite(trainable_only=True) == ["w1"]   # the training step's check
 
 
 def test_api_arguments_of_the_wrong_type_are_named(tmp_path):

@@ -345,7 +345,7 @@ def _image_like(x) -> bool:
 
 def _finite_parameters(net) -> bool:
     """No parameter turned NaN or infinite (the model's own infinite constants aside)."""
-    return not net.turned_non_finite()
+    return not net.turned_non_finite(trainable_only=True)
 
 
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,

@@ -653,10 +653,12 @@ class SpikingNetwork(nn.Module):
         self.last_spikes = totals
         return outs
 
-    def turned_non_finite(self) -> List[str]:
+    def turned_non_finite(self, trainable_only: bool = False) -> List[str]:
         """The tensors holding NaN or infinity where the file has finite values (a model's
         own infinite constant, such as an additive mask of -inf, is not one): what a
-        diverged training leaves. One device synchronization when there are none."""
+        diverged training leaves. One device synchronization when there are none.
+        ``trainable_only``: the parameters alone (what an optimizer step changes: the check
+        after every training step need not read the buffers)."""
         if not hasattr(self, "_file_non_finite"):     # the file's own non-finite values
             source = fmt.all_initializers(self.source)
             self._file_non_finite = {}
@@ -669,7 +671,7 @@ class SpikingNetwork(nn.Module):
                     if not np.all(np.isfinite(a)):
                         self._file_non_finite[name] = torch.from_numpy(~np.isfinite(a))
         names, flags = [], []
-        for name in self._names:
+        for name in (self._trainable if trainable_only else self._names):
             t = self.tensor(name)
             if not torch.is_floating_point(t):
                 continue
