@@ -162,7 +162,8 @@ def bench_batch(args, tmp: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="folder,batch", help="folder, batch or both")
+    p.add_argument("--parts", default="folder,batch",
+                   help="comma-separated parts to run: folder, batch (default: folder,batch)")
     p.add_argument("--images", type=int, default=6000, help="images in the folder (default 6000)")
     p.add_argument("--size", type=int, default=224, help="their side (default 224)")
     p.add_argument("--nets", default="resnet18,densenet121", help="torchvision models (batch part)")
@@ -171,15 +172,18 @@ def main() -> int:
     p.add_argument("--out", help="also write the JSON here")
     add_job_options(p, model=str, data=str, whole=int, batch=int)
     args = p.parse_args()
+    parts = {s.strip() for s in args.parts.split(",") if s.strip()}
+    if not parts or parts - {"folder", "batch"}:
+        p.error(f"--parts takes folder and/or batch, comma-separated, not {args.parts!r}")
     if args._job:
         print_result({"folder": job_folder, "batch": job_batch}[args._job](args))
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_memory_"))
     try:
         result = {"benchmark": "eval_memory"}
-        if "folder" in args.parts:
+        if "folder" in parts:
             result["folder"] = bench_folder(args, tmp)
-        if "batch" in args.parts:
+        if "batch" in parts:
             result["batch"] = bench_batch(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,11 +4,11 @@ of surrogate-gradient fine-tuning, at T = 1, 2, 3; prints JSON (full 10k test se
     python tools/bench_finetune.py [-T 1 2 3] [--epochs 3] [--out finetune.json]
 
 Each T: convert (``--method``, default ``datta``, the paper's Algorithm 1, as the fine-tuning
-table of README was measured; ``refined`` is the converter's default) with 512 training
+table of docs/MEASUREMENTS.md was measured; ``refined`` is the converter's default) with 512 training
 images, evaluate in onnxruntime, fine-tune
 with ``onnx-snn finetune``'s defaults (Adam amsgrad, lr 1e-3, decay at 60/80/90 %, batch 64,
 sigmoid surrogate, no augmentation, cross-entropy; ``--teacher``: distilled from the DNN;
-``--paper-recipe``: lr 1e-4, the rectangle surrogate and crop augmentation, as README's
+``--paper-recipe``: lr 1e-4, the rectangle surrogate and crop augmentation, as docs/MEASUREMENTS.md's
 fine-tuning table was measured), recording the test top-1 after
 every epoch (the model written back is evaluated again in onnxruntime at the end).
 """
