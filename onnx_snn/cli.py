@@ -89,6 +89,8 @@ examples:
 #: the torch runtime's surrogates (onnx_snn.runtimes.torch.neuron.SURROGATES, the default
 #: first), spelled here so that `--help` needs no torch
 FINETUNE_SURROGATES = ("sigmoid", "rectangle")
+#: the fine-tuning losses (onnx_snn.runtimes.torch.finetune.LOSSES, the default first)
+FINETUNE_LOSSES = ("mean", "per-step")
 QUIET_HELP = ("no progress bars or notes; convert and eval leave out their per-layer tables "
               "and print the result line only")
 
@@ -190,7 +192,8 @@ def _add_data_args(p: argparse.ArgumentParser, record: bool = False) -> None:
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
     p.add_argument("--download", action="store_true",
-                   help="download CIFAR through torchvision when it is not found (needs internet)")
+                   help="download the named dataset (CIFAR, MNIST, Fashion-MNIST) through "
+                        "torchvision when it is not found (needs internet)")
     p.add_argument("--mean", type=finite_float, nargs="+", metavar="M",
                    help="named datasets: per-channel mean to subtract from [0,1] images (default: "
                         "the model's recorded preprocessing; with none, raw pixels and a warning)"
@@ -210,8 +213,9 @@ def _exit_codes_help() -> str:
             text = text.split(stop)[0]
         return text.rstrip(".")
 
-    rows = [f"  {code:>3}  {first_sentence(getattr(errors, name))}"
-            for name, code in sorted(EXIT_CODES.items(), key=lambda kv: kv[1])]
+    rows = ["    1  out of memory (lower -T, --batch-size or the sample sizes)"]
+    rows += [f"  {code:>3}  {first_sentence(getattr(errors, name))}"
+             for name, code in sorted(EXIT_CODES.items(), key=lambda kv: kv[1])]
     return "exit codes (errors are one line: onnx-snn: error: ...):\n" + "\n".join(rows) + \
         "\n  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): temporary files removed"
 
@@ -416,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=positive_int, default=3, help="epochs (default: 3)")
     f.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate (default: 1e-3; the paper's 1e-4 gained 0.7-1.8 points less "
-                        "in one epoch at T=2 on the three benchmark networks: README)")
+                        "in one epoch at T=2 on the three benchmark networks: docs/MEASUREMENTS.md, fine-tuning)")
     f.add_argument("--batch-size", type=batch_int, default=64, help="batch size (default: 64)")
     f.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
@@ -424,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L2 weight decay (default: 0)")
     f.add_argument("--augment", action="store_true",
                    help="random crop/flip of image batches (off by default: a few epochs from a "
-                        "converted network did better without; README, fine-tuning)")
+                        "converted network did better without; docs/MEASUREMENTS.md, fine-tuning)")
     f.add_argument("--no-augment", action="store_true", help=argparse.SUPPRESS)   # the default now
     f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
                    help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
@@ -433,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill from this DNN: the spiking model learns its outputs (KL to its "
                         "softmax); auto: the DNN the model was converted from, when the file is "
                         "still where the conversion read it, with the same sha256 (default: no "
-                        "teacher; in one epoch at T=2 distillation did not beat the labels: README)")
+                        "teacher; in one epoch at T=2 distillation did not beat the labels: docs/MEASUREMENTS.md)")
     f.add_argument("--distill", type=unit_float, metavar="W",
                    help="with --teacher, the loss is W x KL(teacher || model) + (1 - W) x "
                         "cross-entropy (default: 1)")
@@ -442,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--train-initial", action="store_true",
                    help="also train the neurons' initial membranes (default: they keep the "
                         "conversion's)")
+    f.add_argument("--loss", choices=FINETUNE_LOSSES, default=FINETUNE_LOSSES[0],
+                   help="mean (default): the loss of the output averaged over the T steps, what "
+                        "the model outputs; per-step: the mean of each step's loss (TET, Deng "
+                        "et al. 2022), which asks every step to classify on its own")
     f.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -802,7 +810,7 @@ def cmd_finetune(args) -> int:
                          distill=1.0 if args.distill is None else args.distill,
                          temperature=1.0 if args.temperature is None else args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test,
-                         train_initial=args.train_initial)
+                         train_initial=args.train_initial, loss=args.loss)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher

@@ -24,7 +24,6 @@ and sums come from prefix sums, so every objective is a closed form in beta per 
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,8 +97,7 @@ class SearchConfig:
         def bad(name, v, what):
             return UsageError(f"SearchConfig.{name} must be {what}, not {v!r} ({type(v).__name__})")
 
-        def number(v) -> bool:       # int, float and numpy's, not a bool
-            return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        from .values import is_real as number   # int, float and numpy's, not a bool
         for name in self._BOOLS:
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):

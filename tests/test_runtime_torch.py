@@ -470,6 +470,16 @@ FOLD_CASES = {
 }
 
 
+def _dyadic_spiking(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``dyadic(model, bits=6)`` with thresholds and amplitudes kept positive."""
+    m = dyadic(model, bits=6)
+    for init in F.all_initializers(m).values():
+        if init.name.endswith((".threshold", ".amplitude")):
+            a = np.maximum(onnx.numpy_helper.to_array(init), np.float32(2 ** -6))
+            init.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), init.name))
+    return m
+
+
 @pytest.mark.parametrize("case", sorted(FOLD_CASES))
 @pytest.mark.parametrize("T", [1, 3])
 def test_time_folded_run_is_the_step_by_step_run(case, T):
@@ -483,12 +493,7 @@ def test_time_folded_run_is_the_step_by_step_run(case, T):
     x = B.rand_input(12, seed=3)
     snn = onnx_snn.convert(make(), x, timesteps=T, method="refined", show_progress=False,
                            **opts)
-    m = dyadic(snn.model, bits=6)
-    for init in F.all_initializers(m).values():   # thresholds and amplitudes stay positive
-        if init.name.endswith((".threshold", ".amplitude")):
-            a = np.maximum(onnx.numpy_helper.to_array(init), np.float32(2 ** -6))
-            init.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), init.name))
-    net = SpikingNetwork(m).train()
+    net = SpikingNetwork(_dyadic_spiking(snn.model)).train()
     assert net._foldable is None
     folded = []
     real = net._forward_folded
@@ -514,6 +519,62 @@ def test_time_folded_run_is_the_step_by_step_run(case, T):
     assert ga.keys() == gb.keys() and len(ga) > 0
     for k in ga:
         np.testing.assert_allclose(ga[k].numpy(), gb[k].numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["vgg_maxpool", "resnet", "signed"])
+def test_per_step_outputs_are_the_steps_that_the_average_sums(case):
+    """``per_step=True`` returns each output's T steps as ``[T, N, ...]``, from the folded run
+    and the step-by-step one alike (the same values bit for bit on dyadic arithmetic), and
+    their mean is the averaged output; gradients flow through every step."""
+    make, opts = FOLD_CASES[case]
+    x = B.rand_input(6, seed=4)
+    T = 3
+    snn = onnx_snn.convert(make(), x, timesteps=T, method="refined", show_progress=False,
+                           **opts)
+    net = SpikingNetwork(_dyadic_spiking(snn.model)).eval()
+    runs = []
+    for fold in (True, False):
+        net.fold_time = fold
+        with torch.no_grad():
+            avg, each = net(torch.from_numpy(x)), net(torch.from_numpy(x), per_step=True)
+        assert each.shape == (T,) + tuple(avg.shape)
+        np.testing.assert_allclose(each.mean(0).numpy(), avg.numpy(), rtol=1e-6, atol=1e-6)
+        runs.append(each.numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][0], runs[0][-1])     # the steps differ
+    net.train()
+    each = net(torch.from_numpy(x), per_step=True)
+    each[0].sum().backward()                                # the first step alone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_finetune_per_step_loss_trains_and_is_recorded(tmp_path):
+    """``loss="per-step"`` (TET) trains on the mean of each step's cross-entropy: a run
+    writes a model whose history names the loss; an unknown loss is refused before work."""
+    from onnx_snn.errors import UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    x = B.rand_input(32)
+    y = np.random.default_rng(0).integers(0, 10, 32)
+    src = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False).save(src)
+    out = tmp_path / "t.snn.onnx"
+    before = F.all_initializers(onnx.load(str(src)))
+    finetune(str(src), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8, loss="per-step"),
+             show_progress=False, log=lambda *a: None)
+    tuned = onnx.load(str(out))
+    steps = json.loads(F.metadata(tuned)[F.META_HISTORY])
+    assert steps[-1].get("loss") == "per-step", steps[-1]
+    after = F.all_initializers(tuned)
+    assert any(not np.array_equal(onnx.numpy_helper.to_array(before[k]),
+                                  onnx.numpy_helper.to_array(after[k])) for k in before)
+    with pytest.raises(UsageError, match="loss must be one of mean, per-step"):
+        FinetuneConfig(loss="tet")
+
+
+def test_cli_loss_choices_are_the_finetuners():
+    from onnx_snn.cli import FINETUNE_LOSSES
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, LOSSES
+    assert FINETUNE_LOSSES == LOSSES and LOSSES[0] == FinetuneConfig().loss
 
 
 def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_path):
@@ -1156,6 +1217,8 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
         in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
     assert p.returncode == 2 and "--train-initial False -> True" in p.stderr, p.stderr
+    p = run_cli(*args, "--epochs", "2", "--resume", "--loss", "per-step")
+    assert p.returncode == 2 and "--loss 'mean' -> 'per-step'" in p.stderr, p.stderr
     other = tmp_path / "other.snn.onnx"
     m = onnx.load(str(fmnist_snn))
     m.producer_version = "other"

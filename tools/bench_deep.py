@@ -2,16 +2,20 @@
 """Benchmark: deep networks at 1-4 time steps, on real Fashion-MNIST; prints JSON (and a
 Markdown table with ``--markdown``).
 
-    python tools/bench_deep.py                       # about 25 min on 2 cores
+    python tools/bench_deep.py                       # about 18-25 min on 2 cores
     python tools/bench_deep.py --quick               # 2 000 test images, 4 000 for SGL
-    python tools/bench_deep.py --no-finetune --parallel 1 --methods refined,refined-no-weights,refined-per-layer,refined-per-layer-no-weights,refined+bias
+    python tools/bench_deep.py --no-finetune --parallel 1 --methods refined-no-bias-no-weights,refined-per-layer-no-bias,refined-per-layer-no-bias-no-weights,refined-no-bias,refined
                                                      # the ablation of docs/FORMAT.md
     python tools/bench_deep.py --no-finetune --methods refined-2048
-    python tools/bench_deep.py --no-finetune -T 2 --methods refined-seed1,refined-seed2,refined-seed3
                                                      # the default on 2 048 calibration images
+    python tools/bench_deep.py --no-finetune -T 2 --methods refined-seed1,refined-seed2,refined-seed3
+                                                     # the default with other sampled neurons
     python tools/bench_deep.py --finetune-only --finetune-lr 1e-4
-    python tools/bench_deep.py --finetune-only --finetune-batch 128
                                                      # the SGL epoch at another learning rate
+    python tools/bench_deep.py --finetune-only --finetune-batch 128
+                                                     # ... at another batch size
+    python tools/bench_deep.py --finetune-only --finetune-loss per-step
+                                                     # ... on each step's loss (TET)
     python tools/bench_deep.py --nets vgg16-l2,resnet20-l2 --methods refined,datta,deng
                                                      # the two nets trained on with --levels 2
     python tools/bench_deep.py --no-finetune --methods refined,refined-pool-first
@@ -75,8 +79,15 @@ VARIANTS = {
     "refined-no-weights": ("refined", {"weight_calibration": False}),
     "refined-per-layer": ("refined", {"per_channel": False}),
     "refined-per-layer-no-weights": ("refined", {"per_channel": False, "weight_calibration": False}),
-    "refined+bias": ("refined", {"bias_correction": True}),
-    "refined-per-layer+bias": ("refined", {"per_channel": False, "bias_correction": True}),
+    # the parts of the default switched off one by one (the ablation of docs/FORMAT.md,
+    # measured before the bias correction joined the default, when it was "refined+bias")
+    "refined-no-bias": ("refined", {"bias_correction": False}),
+    "refined-no-bias-no-weights": ("refined", {"bias_correction": False,
+                                               "weight_calibration": False}),
+    "refined-per-layer-no-bias": ("refined", {"per_channel": False, "bias_correction": False}),
+    "refined-per-layer-no-bias-no-weights": ("refined", {"per_channel": False,
+                                                         "bias_correction": False,
+                                                         "weight_calibration": False}),
     "datta": ("datta", {}), "deng": ("deng", {}), "max": ("max", {}),
     "percentile": ("percentile", {}),
 }
@@ -183,7 +194,8 @@ def job_cost(net: str) -> dict:
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
                  lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
-                 batch: Optional[int] = None, initial: bool = False) -> dict:
+                 batch: Optional[int] = None, initial: bool = False,
+                 loss: str = "mean") -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -199,14 +211,14 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
                              **({} if lr is None else {"lr": lr}),
                              **({} if batch is None else {"batch_size": batch}),
                              **({"teacher": "auto"} if teacher else {}),
-                             train_initial=initial, initial_eval=False)
+                             train_initial=initial, initial_eval=False, loss=loss)
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
         seconds = time.perf_counter() - t0
         after = evaluate(out, test, show_progress=False).top1
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "batch_size": cfg.batch_size,
-            "signed_spikes": signed, "train_initial": initial,
+            "signed_spikes": signed, "train_initial": initial, "loss": loss,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
@@ -238,7 +250,9 @@ def _table(result: dict) -> str:
                          + (f", distilled from {ft['teacher']}" if ft.get("teacher") else
                             ", labels only" if "teacher" in ft else "")
                          + (", signed neurons" if ft.get("signed_spikes") else "")
-                         + (", initial membranes trained" if ft.get("train_initial") else "") + ": "
+                         + (", initial membranes trained" if ft.get("train_initial") else "")
+                         + (f", {ft['loss']} loss" if ft.get("loss", "mean") != "mean" else "")
+                         + ": "
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
@@ -273,6 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-initial", action="store_true",
                    help="the SGL epoch trains the neurons' initial membranes too "
                         "(finetune --train-initial)")
+    p.add_argument("--finetune-loss", choices=("mean", "per-step"), default="mean",
+                   help="the SGL epoch's loss (finetune --loss; default: mean)")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -283,7 +299,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
-                    teacher=int, signed=int, initial=int)
+                    teacher=int, signed=int, initial=int, loss=str)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -302,7 +318,7 @@ def main(argv=None) -> int:
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
                                       bool(args._teacher), bool(args._signed), args._batch,
-                                      bool(args._initial)))
+                                      bool(args._initial), args._loss or "mean"))
         return 0
 
     if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed
@@ -348,7 +364,9 @@ def main(argv=None) -> int:
                                           {"batch": args.finetune_batch}),
                                        **({"teacher": 1} if args.finetune_teacher else {}),
                                        **({"signed": 1} if args.finetune_signed else {}),
-                                       **({"initial": 1} if args.finetune_initial else {})})
+                                       **({"initial": 1} if args.finetune_initial else {}),
+                                       **({"loss": args.finetune_loss}
+                                          if args.finetune_loss != "mean" else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

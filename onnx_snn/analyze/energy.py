@@ -31,8 +31,6 @@ with all FLOPs, a reference point, not a claim about running the DNN there.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import onnx
 from .. import json_text
 from ..errors import DataError, NotSpikingModelError, UsageError
 from ..spiking import format as fmt
+from ..values import is_nonnegative, is_real
 from .flops import LayerCount, _dims, count_flat, flatten
 
 #: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
@@ -211,14 +210,14 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
         rates = dict(rates)
         pools = best[-1].get("pool_spikes_per_neuron")
         rates.update(pools if isinstance(pools, dict) else {})
-    elif all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in obj.values()):
+    elif all(is_real(v) for v in obj.values()):
         rates, T = dict(obj), None
     else:
         raise DataError(f"{where}: not a spike-rate file: expected the JSON of `onnx-snn eval "
                         "--json` or a mapping {\"site\": spikes_per_neuron}")
     out = {}
     for k, v in rates.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+        if not is_nonnegative(v):
             raise DataError(f"{where}: site {k!r} has spike rate {v!r}; expected a finite number >= 0 "
                             "(spikes per neuron over the T steps)")
         out[str(k)] = float(v)
@@ -387,7 +386,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "timesteps")      # 0, 2.5 and True refused
     for key, v in (("mac_pj", mac_pj), ("ac_pj", ac_pj)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+        if not is_nonnegative(v):
             raise UsageError(f"{key} must be a finite energy >= 0 (pJ), not {v!r}")
     rates_T, measured = None, None   # the T and the eval JSON the rates come with
     if rates is not None:    # checked as a rate file is: finite, >= 0 (NaN gave NaN energy)
@@ -399,8 +398,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             raise DataError(f"rates must be a mapping {{site: spikes per neuron}} (or what "
                             f"load_rates(FILE) returns), not {type(rates).__name__}")
         if not ({"sites", "epochs", "kind"} & set(rates)):     # {site: rate}, not eval's JSON
-            bad = [(k, v) for k, v in rates.items()
-                   if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+            bad = [(k, v) for k, v in rates.items() if not is_real(v)]
             if bad:
                 raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
                                 "a finite number >= 0 (spikes per neuron over the T steps)")

@@ -1,9 +1,9 @@
 """Surrogate-gradient fine-tuning (SGL) of a spiking ONNX model.
 
-Adam (amsgrad), lr 1e-3 (the paper's 1e-4 gained 0.7-1.8 points less in one epoch: README),
+Adam (amsgrad), lr 1e-3 (the paper's 1e-4 gained 0.7-1.8 points less in one epoch: docs/MEASUREMENTS.md),
 divided by 5 at 60/80/90 % of the iterations (the paper's schedule); a
 sigmoid surrogate gradient (``surrogate="rectangle"``: the paper's) and no augmentation
-(``augment=True``: random crop/flip), which did better in a few epochs (README);
+(``augment=True``: random crop/flip), which did better in a few epochs (docs/MEASUREMENTS.md);
 cross-entropy on the time-averaged outputs, or (``teacher``) distillation from a DNN: KL to
 its outputs, computed in onnxruntime on each batch (teacher.py; ``"auto"``: the DNN the model
 was converted from, when the conversion recorded its path and the file is unchanged),
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import numbers
 import os
 import random
 import re
@@ -50,6 +49,7 @@ from onnx_snn.model_io import (check_outputs, external_data_path, load_model, mo
                                model_items, write_all_atomic, write_bytes_atomic)
 from onnx_snn.progress import Progress
 from onnx_snn.spiking import format as fmt
+from onnx_snn.values import is_real
 
 from .network import SpikingNetwork
 from .neuron import DEFAULT_SURROGATE, SURROGATES
@@ -57,6 +57,7 @@ from .teacher import (AUTO, Teacher, distillation_loss, load_teacher, require_fi
                       source_dnn_of)
 
 MILESTONES = (0.6, 0.8, 0.9)
+LOSSES = ("mean", "per-step")
 
 
 @dataclass
@@ -72,7 +73,7 @@ class FinetuneConfig:
     lr_decay: float = 0.2                    # lr multiplied by this at each milestone
     #: random crop/flip of NCHW images. Off by default: the few epochs of fine-tuning a
     #: converted network gets underfit it, and without it one SGL epoch at T=2 reached 0.4-1.3
-    #: points more top-1 (VGG-16, ResNet-20) and three epochs 1.4 more (VGG-16; README)
+    #: points more top-1 (VGG-16, ResNet-20) and three epochs 1.4 more (VGG-16; docs/MEASUREMENTS.md)
     augment: bool = False
     seed: int = 0
     device: str = "auto"
@@ -84,13 +85,16 @@ class FinetuneConfig:
     #: a DNN whose outputs the spiking network learns (teacher.py): "auto" (the DNN it was
     #: converted from, when the conversion recorded its path and that file is unchanged),
     #: a path, or None (the labels alone: the default; distillation gained nothing measurable
-    #: in one epoch at T=2: -0.15 / -0.36 / -0.53 points on VGG-16, ResNet-20, shipped; README)
+    #: in one epoch at T=2: -0.15 / -0.36 / -0.53 points on VGG-16, ResNet-20, shipped; docs/MEASUREMENTS.md)
     teacher: Optional[str] = None
     #: with a teacher, the loss is distill * KL(teacher || student) + (1 - distill) * CE
     distill: float = 1.0
     temperature: float = 1.0                 # of the softmaxes the KL compares
     #: train the neurons' initial membranes (v_init) too; off: they keep the conversion's
     train_initial: bool = False
+    #: what the loss reads: "mean", the T steps' average output (what the model outputs), or
+    #: "per-step", the mean of each step's loss (TET, Deng et al., ICLR 2022)
+    loss: str = "mean"
 
     def __post_init__(self):
         """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
@@ -105,15 +109,17 @@ class FinetuneConfig:
         for name, lo, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False),
                                  ("lr_decay", 0.0, True)):
             v = getattr(self, name)
-            if not _real(v) or not math.isfinite(v) or (v <= lo if strict else v < lo):
+            if not is_real(v) or not math.isfinite(v) or (v <= lo if strict else v < lo):
                 raise UsageError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, "
                                  f"not {v!r}")
             setattr(self, name, float(v))       # numpy's numbers too (np.int64(1) was refused)
         for name in ("distill", "temperature"):
             v = getattr(self, name)
-            if not _real(v) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 raise UsageError(f"{name} must be a finite number, not {v!r}")
             setattr(self, name, float(v))
+        if self.loss not in LOSSES:
+            raise UsageError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distill is the distillation term's share of the loss: between 0 "
                              f"and 1, not {self.distill}")
@@ -134,11 +140,6 @@ class FinetuneConfig:
             setattr(self, name, check_flag(getattr(self, name), name))
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
-
-
-def _real(v) -> bool:
-    """A real number (numpy's too), not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -461,7 +462,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     run_settings = {"model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
                     "lr": cfg.lr, "batch_size": batch_size, "weight_decay": cfg.weight_decay,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
-                    "train_initial": bool(cfg.train_initial),
+                    "train_initial": bool(cfg.train_initial), "loss": cfg.loss,
                     "train_data": train.name, "test_data": test.name,
                     "train_data_sha256": _data_fingerprint(train),
                     "test_data_sha256": _data_fingerprint(test),
@@ -586,8 +587,14 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 xn = _augment(torch.from_numpy(xn), gen).numpy()
             soft = teacher(xn).to(device) if teacher is not None else None
             xb, yb = _tensors(xn, device), torch.from_numpy(train.y[idx]).to(device)
-            out = first_scores(ddp(xb, T, record_spikes=False))
-            loss = _loss(out, yb, soft, cfg)
+            if cfg.loss == "per-step":
+                each = ddp(xb, T, record_spikes=False, per_step=True)
+                each = each[0] if isinstance(each, list) else each
+                loss = sum(_loss(first_scores(e), yb, soft, cfg) for e in each) / len(each)
+                out = first_scores(each.mean(0))
+            else:
+                out = first_scores(ddp(xb, T, record_spikes=False))
+                loss = _loss(out, yb, soft, cfg)
             if not torch.isfinite(loss):
                 bar.close()
                 raise diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
@@ -658,6 +665,8 @@ def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
          "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
     if cfg.train_initial:
         h["train_initial"] = True
+    if cfg.loss != "mean":
+        h["loss"] = cfg.loss
     if teacher is not None:
         h.update(teacher=os.path.basename(teacher.path), teacher_is_source=teacher.is_source,
                  distill=cfg.distill, temperature=cfg.temperature)
@@ -757,7 +766,7 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "weight_decay": "--weight-decay", "surrogate": "--surrogate", "augment": "--augment",
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
              "limit_train": "--limit-train", "limit_test": "--limit-test",
-             "train_initial": "--train-initial", "preprocess": "--mean/--std",
+             "train_initial": "--train-initial", "preprocess": "--mean/--std", "loss": "--loss",
              "train_data_sha256": "the training data's contents (sha256 of a sample)",
              "test_data_sha256": "the test data's contents (sha256 of a sample)"}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was

@@ -531,7 +531,10 @@ class SpikingNetwork(nn.Module):
         return self.tensor(st.init).to(like.dtype).expand(shape).clone()
 
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
-                timesteps: Optional[int] = None, record_spikes: bool = True):
+                timesteps: Optional[int] = None, record_spikes: bool = True,
+                per_step: bool = False):
+        """The outputs averaged over the T steps (``per_step``: each output's T steps
+        stacked, ``[T, N, ...]``, whose mean over the first axis is the average)."""
         names = self._input_names()
         if not isinstance(x, dict) and len(names) != 1:
             raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
@@ -563,10 +566,12 @@ class SpikingNetwork(nn.Module):
         fold = (first.is_cuda and torch.is_grad_enabled()) if self.fold_time is None \
             else self.fold_time
         if fold and self._foldable is None:
-            outs = self._forward_folded(env, states, T, n, masks, params, record_spikes)
+            outs = self._forward_folded(env, states, T, n, masks, params, record_spikes,
+                                        per_step)
             if outs is not None:
                 return outs[0] if len(outs) == 1 else outs
         acc = [None] * len(self.outputs)
+        each = [[] for _ in self.outputs]   # the steps' outputs, for per_step
         counted = self.view.counted       # the sites, then the counted spiking pools
         totals = {s: torch.zeros(n, device=first.device) for s in counted} if record_spikes else {}
         for _ in range(T):
@@ -575,16 +580,19 @@ class SpikingNetwork(nn.Module):
             fired: Dict[str, torch.Tensor] = {}
             self._run(self.body, step, masks, fired, params)
             for i, o in enumerate(self.outputs):
-                acc[i] = step[o] if acc[i] is None else acc[i] + step[o]
+                if per_step:
+                    each[i].append(step[o])
+                else:
+                    acc[i] = step[o] if acc[i] is None else acc[i] + step[o]
             states = {st.names.input: step[st.names.next] for st in self.view.states}
             if record_spikes:
                 for s in counted:
                     totals[s] += fired[s].detach().reshape(n, -1).sum(1)
         self.last_spikes = totals
-        outs = [a / T for a in acc]
+        outs = [torch.stack(e) for e in each] if per_step else [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
 
-    def _forward_folded(self, env, states, T, n, masks, params, record_spikes):
+    def _forward_folded(self, env, states, T, n, masks, params, record_spikes, per_step=False):
         """The T steps at once: every step node runs once on ``[T * N, ...]`` (step t's
         samples at rows t*N..), neurons and spiking pools scan over the steps; the outputs
         and spike totals as the step-by-step loop sums them. None (nothing run) when a
@@ -641,6 +649,9 @@ class SpikingNetwork(nn.Module):
                 self._dropout(node.outputs, env, masks, T)
         outs = []
         for o in self.outputs:
+            if per_step:
+                outs.append(env[o].reshape(T, n, *env[o].shape[1:]))
+                continue
             ys = steps(env[o])
             acc = ys[0]
             for t in range(1, T):        # summed in step order, as the loop does
