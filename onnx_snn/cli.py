@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epoch that beats the starting top-1.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
-                              "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx\n"
+                              "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx --plot curves.png\n"
                               "  torchrun --nproc_per_node 2 -m onnx_snn finetune model.snn.onnx -o tuned.snn.onnx\n"
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --resume   # after an interruption\n"
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher auto --distill 0.5\n")
@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit-train", type=positive_int, metavar="N", help="only N training samples")
     f.add_argument("--limit-test", type=positive_int, metavar="N", help="only N test samples")
     f.add_argument("--json", metavar="FILE", help="write the per-epoch record as JSON")
+    f.add_argument("--plot", metavar="FILE",
+                   help="the run's curves as a figure: top-1 per epoch (test, train; epoch 0 is "
+                        "the model as given) and the training loss; .png, .svg or .pdf by its "
+                        "suffix (needs matplotlib)")
     _add_data_args(f)
 
     a = sub.add_parser("analyze", parents=[quiet],
@@ -798,6 +802,7 @@ def cmd_finetune(args) -> int:
 
     if not args.teacher and (args.distill is not None or args.temperature is not None):
         raise UsageError("--distill and --temperature set the distillation: they need --teacher")
+    plot_fmt = _plot_format_or_refuse(args.plot)
 
     data = _data_or_recorded(args.data, args, need="training")
     _check_mean_std(args, data)
@@ -819,7 +824,8 @@ def cmd_finetune(args) -> int:
                                 if args.test_data else [])
                              + (model_files(teacher) if teacher else []),
                              *_with_external_data(args.model, [(args.output, "-o")]),
-                             (args.json, "--json"), (checkpoint, "--checkpoint"))
+                             (args.json, "--json"), (checkpoint, "--checkpoint"),
+                             (args.plot, "--plot"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
                  log=_warnings_only if quiet else print, mean=args.mean, std=args.std,
@@ -829,17 +835,40 @@ def cmd_finetune(args) -> int:
         wrote = finetune_outcome(r)
         print(f"fine-tuned T={r.timesteps}: top-1 {before}{r.best_top1:.2f}% (best epoch "
               f"{r.best_epoch}); {r.seconds_per_epoch:.1f} s per epoch; {wrote}")
+        items = []
         if args.json is not None:
-            write_all_atomic([(targets[str(args.json)],
-                               (json_text.dumps(r.to_dict()) + "\n").encode("utf-8"))])
+            items.append((targets[str(args.json)],
+                          (json_text.dumps(r.to_dict()) + "\n").encode("utf-8")))
+        if args.plot is not None:
+            from .runtimes.torch.curves import curves_png
+            items.append((targets[str(args.plot)],
+                          curves_png(r, plot_fmt, title=os.path.basename(str(args.model)))))
+        write_all_atomic(items)
+        if args.plot is not None and not quiet:
+            print(f"wrote {args.plot}")
     return 0
+
+
+def _plot_format_or_refuse(path):
+    """The format of ``--plot PATH`` (None without one), and matplotlib's presence, checked
+    before any work."""
+    if path is None:
+        return None
+    from .analyze.report import plot_format
+    from .errors import MissingDependencyError
+    fmt = plot_format(path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib: pip install 'onnx-snn[plot]'") from None
+    return fmt
 
 
 def cmd_analyze(args) -> int:
     from .analyze import ENERGY_PRESETS, analyze, format_table
-    from .analyze.report import plot_format, plot_png
+    from .analyze.report import plot_png
     from .datasets import check_preprocess
-    from .errors import MissingDependencyError, UsageError
+    from .errors import UsageError
     from .model_io import load_model, write_all_atomic
     from .spiking.format import is_spiking, require_spiking
 
@@ -849,12 +878,7 @@ def cmd_analyze(args) -> int:
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
                              (args.json, "--json"), (args.plot, "--plot"))
-    plot_fmt = plot_format(args.plot) if args.plot is not None else None
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("--plot needs matplotlib: pip install 'onnx-snn[plot]'") from None
+    plot_fmt = _plot_format_or_refuse(args.plot)
     model = load_model(args.model)
     rates, T = (None, None)
     info = None

@@ -1232,6 +1232,36 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     assert out.read_bytes() == before
 
 
+def test_finetune_plot_draws_the_runs_curves_and_is_checked_before_the_work(tmp_path, fmnist_snn):
+    """``finetune --plot FILE`` writes the curves (PNG by default, SVG by suffix) with the
+    other outputs; a suffix it cannot write, a missing folder or no matplotlib is refused
+    before any training (nothing written)."""
+    from onnx_snn.cli import main
+    out, png, svg = tmp_path / "t.snn.onnx", tmp_path / "curves.png", tmp_path / "c.svg"
+    args = ["finetune", str(fmnist_snn), "-o", str(out), "--data", "fashion-mnist",
+            "--limit-train", "64", "--limit-test", "64", "--epochs", "2"]
+    assert main(["-q"] + args + ["--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(png.read_bytes()) > 5000
+    out.unlink()
+    for bad, code, said in ((tmp_path / "c.jpg", 2, ".png, .svg"),
+                            (tmp_path / "no" / "c.png", 6, "no")):
+        p = run_cli(*args, "--plot", str(bad))
+        assert p.returncode == code and said in p.stderr, p.stderr
+        assert not out.exists() and not bad.exists()
+    from runtimes.torch.curves import curves_png
+    from runtimes.torch.finetune import EpochRecord, FinetuneResult
+    r = FinetuneResult(str(out), 2, 80.0, 85.0, 2, [EpochRecord(1, 0.9, 70.0, 83.0, 1.0),
+                                                    EpochRecord(2, 0.7, 75.0, 85.0, 1.0)],
+                       1.0, 100.0, None, 1)
+    svg.write_bytes(curves_png(r, "svg"))
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml") and "best: epoch 2, 85.00%" in text
+    r.epochs = []
+    from onnx_snn.errors import DataError
+    with pytest.raises(DataError, match="no epoch"):
+        curves_png(r)
+
+
 def test_finetune_never_overwrites_another_runs_checkpoint(tmp_path, fmnist_snn):
     """Started without --resume, a run writes its checkpoint over its own earlier one only:
     another run's checkpoint (another model or output) and a file that is no checkpoint are
