@@ -503,6 +503,18 @@ def check_inputs(x, where: str) -> None:
                         "no values")
 
 
+class OneHotLabels(np.ndarray):
+    """Class indices read from one-hot rows, which remember the rows' width
+    (``one_hot_width``, kept through slicing) so that a width other than the model's class
+    count is found (:func:`check_label_range`): the argmax alone would pass 12-column
+    labels to a 10-class model while their 1s sit in the first ten columns."""
+
+    one_hot_width: Optional[int] = None
+
+    def __array_finalize__(self, obj):
+        self.one_hot_width = getattr(obj, "one_hot_width", None)
+
+
 def check_labels(y, n: int, where: str) -> np.ndarray:
     """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole), or
     one-hot rows [N, classes] (Keras's ``to_categorical``), read as the index of their one."""
@@ -514,7 +526,9 @@ def check_labels(y, n: int, where: str) -> np.ndarray:
             raise DataError(f"{where}: labels of shape {list(y.shape)} that are not one-hot rows "
                             "(one 1 per row, zeros elsewhere: soft or multi-label targets); "
                             f"expected one class index per sample ([{n}]) or one-hot rows")
-        return y.argmax(1).astype(np.int64)
+        out = y.argmax(1).astype(np.int64).view(OneHotLabels)
+        out.one_hot_width = int(y.shape[1])
+        return out
     if y.ndim != 1:
         if y.size == n and y.ndim >= 1:
             y = y.reshape(-1)
@@ -538,7 +552,11 @@ def check_labels(y, n: int, where: str) -> np.ndarray:
 
 
 def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None:
-    """Every label below the model's number of outputs."""
+    """Every label below the model's number of outputs, and one-hot rows as wide."""
+    width = getattr(y, "one_hot_width", None)
+    if width is not None and width != classes:
+        raise DataError(f"{where}: one-hot labels of {width} columns, but the model outputs "
+                        f"{classes} classes: labels for another model or dataset?")
     if y is not None and y.size and int(y.max()) >= classes:
         raise DataError(f"{where}: label {int(y.max())} is out of range: the model outputs "
                         f"{classes} classes (labels 0..{classes - 1})")

@@ -213,6 +213,10 @@ def test_eval_reads_one_hot_labels_and_refuses_soft_ones(files):
     np.savez(files / "soft.npz", x=x, y=soft)
     assert_clean_error(run_cli("eval", str(files / "model.onnx"), "--data", str(files / "soft.npz")),
                        5, "one-hot")
+    # rows wider than the model's classes, though every 1 sits in its first ten columns
+    np.savez(files / "wide.npz", x=x, y=np.eye(12, dtype=np.float32)[y])
+    assert_clean_error(run_cli("eval", str(files / "model.onnx"), "--data", str(files / "wide.npz")),
+                       5, "one-hot labels of 12 columns, but the model outputs 10 classes")
 
 
 def test_info_on_a_dnn(files):

@@ -331,3 +331,19 @@ def test_inputs_with_an_axis_of_size_zero_are_refused():
         with pytest.raises(DataError, match="axis of size 0"):
             resolve_data(np.zeros(shape, np.float32))
     check_inputs(np.zeros((4, 3), np.float32), "data")
+
+
+def test_one_hot_labels_remember_their_width_through_slicing():
+    """Indices read from one-hot rows keep the rows' width through the slicing and
+    indexing that batches and samples do, and a width other than the model's classes is a
+    DataError; plain indices carry none."""
+    from onnx_snn.datasets import check_label_range, check_labels
+    from onnx_snn.errors import DataError
+    y = check_labels(np.eye(12)[[0, 3, 9, 1]], 4, "labels.npz")
+    assert y.tolist() == [0, 3, 9, 1]
+    for part in (y[1:3], y[np.array([2, 0])], y.reshape(-1)):
+        assert part.one_hot_width == 12
+        with pytest.raises(DataError, match="labels.npz: one-hot labels of 12 columns"):
+            check_label_range(part, 10, "labels.npz")
+    check_label_range(check_labels(np.eye(10)[[0, 9]], 2, "l"), 10, "l")
+    check_label_range(check_labels(np.array([0, 9]), 2, "l"), 10, "l")
