@@ -59,7 +59,7 @@ methods:
 EPILOG_EVAL = """\
 examples:
   onnx-snn eval model.snn.onnx --data fashion-mnist          # top-1 and spike rates
-  onnx-snn eval model.snn.onnx --data fashion-mnist -T 4     # override the time steps
+  onnx-snn eval model.snn.onnx --data fashion-mnist -T 4     # run at another T (refined and datta were fitted for theirs: a warning)
   onnx-snn eval model.onnx --data fashion-mnist              # the DNN, to compare
 """
 
@@ -345,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "images per class (its test/ or val/ split when it has one) (default: the "
                         "model's dataset)")
     e.add_argument("-T", "--timesteps", type=timesteps_int,
-                   help=f"override the model's time steps (1-{MAX_TIMESTEPS})")
+                   help=f"override the model's time steps (1-{MAX_TIMESTEPS}); a refined or datta "
+                        "model (or a fine-tuned one) was fitted for its own T and is not "
+                        "rate-exact at another, even a larger one: a warning says so")
     e.add_argument("--batch-size", type=batch_int,
                    help="samples run at once (default: 256; for a spiking model, fewer when a "
                         "batch would hold more than 2 GiB in onnxruntime: about 48 bytes per "

@@ -30,7 +30,8 @@ from .feeds import input_specs, validate_feeds
 from .graph.inputs import input_scaling
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
-from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED, SearchConfig,
+from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED,
+                     T_DEPENDENT_METHODS, SearchConfig,
                      choose_params, estimate_mu)
 from .sequential import check_refine_memory
 from .spiking import format as fmt
@@ -84,6 +85,31 @@ def check_recorded_timesteps(recorded: int, where: str) -> None:
         raise ModelLoadError(f"{where}: the model records T={recorded}, above the limit of "
                              f"{MAX_TIMESTEPS} time steps (MAX_TIMESTEPS); the file is damaged, "
                              "or pass -T")
+
+
+def fitted_timesteps(info: "fmt.SpikingInfo") -> Optional[int]:
+    """The T a spiking model's parameters were fitted for: its recorded T when its method
+    searches them for T (``refined``, ``datta``) or it was fine-tuned (at the T it records);
+    None when they hold at any T (``max``, ``deng``, ``percentile`` as converted)."""
+    tuned = any(isinstance(h, dict) and h.get("step") == "finetune" for h in info.history)
+    return info.timesteps if tuned or info.method in T_DEPENDENT_METHODS else None
+
+
+def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: str = "run") -> None:
+    """A warning when a model whose parameters were fitted for one T (:func:`fitted_timesteps`)
+    is run at another: its thresholds and amplitudes are not rate-exact there, and its
+    accuracy can fall as T grows (a refined depthwise net: 59 % at its T = 2, 17 % at 16)."""
+    fitted = fitted_timesteps(info)
+    other = sorted({int(t) for t in timesteps if t is not None and int(t) != fitted})
+    if fitted is None or not other:
+        return
+    how = ("fine-tuned" if any(isinstance(h, dict) and h.get("step") == "finetune"
+                               for h in info.history) else f"converted ({info.method})")
+    ts = ", ".join(map(str, other))
+    log.warning(
+        f"{where}: its parameters were {how} for T={fitted}; {what} at T={ts} they are not "
+        f"rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, convert the DNN "
+        f"again with -T {other[-1]}")
 
 
 def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,

@@ -33,6 +33,7 @@ def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = D
     from .convert import build, prepare, resolve_data
     from .calibrate import calibrate
     from .evaluate import evaluate, evaluate_prefixes
+    from .scales import T_DEPENDENT_METHODS
 
     from .convert import check_count, check_timesteps
     timesteps = list(dict.fromkeys(check_timesteps(t) for t in timesteps))
@@ -54,7 +55,7 @@ def run_demo(timesteps: Sequence[int] = (1, 2, 3, 4), methods: Sequence[str] = D
           f"test images", file=out)
     rows = []
     for method in methods:
-        if method in ("refined", "datta"):  # thresholds depend on T: one conversion per T
+        if method in T_DEPENDENT_METHODS:  # thresholds depend on T: one conversion per T
             results = {T: evaluate(build(nm, cal, T, method).model, test, show_progress=show_progress)
                        for T in timesteps}
         else:  # T-independent thresholds: one run of max(T) steps gives every shorter run

@@ -200,7 +200,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
               show_progress, threads, download=False, where=None,
               top1: Optional[bool] = True) -> Dict[int, EvalResult]:
     from .convert import (MAX_BATCH_SIZE, same_values, check_count, check_recorded_timesteps,
-                          resolve_data)
+                          resolve_data, warn_other_timesteps)
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
@@ -220,6 +220,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         preprocess = check_preprocess(runner.info.preprocess, where)
         if t_list is None:
             check_recorded_timesteps(runner.info.timesteps, where)
+        else:
+            warn_other_timesteps(runner.info, t_list, where)
     else:
         preprocess = _dnn_preprocess(runner.model, where)
     if isinstance(data, tuple):

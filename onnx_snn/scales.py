@@ -37,6 +37,9 @@ METHODS = ("refined", "datta", "deng", "max", "percentile")
 OBJECTIVES = ("mse", "mean", "l1")
 DEFAULT_METHOD = "refined"
 REFINED = "refined"
+#: the methods whose parameters are searched for the conversion's T (the others', alpha =
+#: beta = 1 or a percentile, hold at any T): run at another T they are not rate-exact
+T_DEPENDENT_METHODS = (REFINED, "datta")
 DEFAULT_TIMESTEPS = 2
 
 

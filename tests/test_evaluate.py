@@ -188,3 +188,36 @@ def test_an_inputs_labels_tuple_converts_as_its_inputs_and_evaluates_with_its_la
     assert a.model.graph.SerializeToString() == b.model.graph.SerializeToString()
     top1 = onnx_snn.evaluate(a.model, (x, y), show_progress=False).top1
     assert onnx_snn.evaluate(a.model, {"x": x, "label": y}, show_progress=False).top1 == top1
+
+
+def test_running_a_model_at_another_T_than_its_parameters_were_fitted_for_is_warned(caplog, tmp_path):
+    """refined and datta search their parameters for the conversion's T (and fine-tuning
+    fits them for its T): eval, deploy and fine-tuning at another T warn, naming both T and
+    what to do; max, deng and percentile hold at any T and run without a word, as does a
+    refined model at its own T."""
+    from onnx_snn.convert import fitted_timesteps
+    x = B.rand_input(32)
+    fitted = {m: onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method=m, show_progress=False)
+              for m in ("refined", "datta", "max", "deng", "percentile")}
+
+    def warned(fn):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            fn()
+        return [r.getMessage() for r in caplog.records if "not rate-exact" in r.getMessage()]
+
+    for method, snn in fitted.items():
+        expect = method in ("refined", "datta")
+        assert (fitted_timesteps(snn.info) == 2) is expect
+        said = warned(lambda: evaluate(snn.model, x, timesteps=8, show_progress=False))
+        assert bool(said) is expect, (method, said)
+        assert not warned(lambda: evaluate(snn.model, x, show_progress=False))
+        assert not warned(lambda: evaluate(snn.model, x, timesteps=2, show_progress=False))
+    said = warned(lambda: evaluate(fitted["refined"].model, x, timesteps=8,
+                                   show_progress=False, where="m.snn.onnx"))
+    assert said == ["m.snn.onnx: its parameters were converted (refined) for T=2; run at T=8 "
+                    "they are not rate-exact, and accuracy can fall, even as T grows. For T=8, "
+                    "convert the DNN again with -T 8"]
+    said = warned(lambda: onnx_snn.deploy(fitted["datta"], tmp_path / "d.onnx", timesteps=4))
+    assert len(said) == 1 and "deployed at T=4" in said[0]
+    assert not warned(lambda: onnx_snn.deploy(fitted["max"], tmp_path / "e.onnx", timesteps=4))

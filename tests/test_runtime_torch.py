@@ -571,6 +571,36 @@ def test_finetune_per_step_loss_trains_and_is_recorded(tmp_path):
         FinetuneConfig(loss="tet")
 
 
+def test_a_fine_tuned_model_is_fitted_for_its_T(tmp_path, caplog):
+    """Fine-tuning fits a model for the T it trained at, whatever its method: a `max`
+    conversion holds at any T, its fine-tuned file at its own T only (eval elsewhere warns);
+    fine-tuning a refined model at another T than its conversion's warns first."""
+    import logging
+    from onnx_snn.convert import fitted_timesteps
+    from onnx_snn.evaluate import evaluate
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    x = B.rand_input(32)
+    y = np.random.default_rng(0).integers(0, 10, 32)
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    for method in ("max", "refined"):
+        src, out = tmp_path / f"{method}.snn.onnx", tmp_path / f"{method}.t.snn.onnx"
+        onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method=method,
+                         show_progress=False).save(src)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            finetune(str(src), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8,
+                                                                timesteps=3), **quiet)
+        said = [r.getMessage() for r in caplog.records if "rate-exact" in r.getMessage()]
+        assert len(said) == (method == "refined"), said
+        assert method == "max" or "fine-tuning starts at T=3" in said[0]
+        tuned = onnx.load(str(out))
+        assert fitted_timesteps(fmt.read_spiking(tuned).info) == 3
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            evaluate(tuned, x, timesteps=2, show_progress=False)
+        assert any("fine-tuned for T=3; run at T=2" in r.getMessage() for r in caplog.records)
+
+
 def test_cli_loss_choices_are_the_finetuners():
     from onnx_snn.cli import FINETUNE_LOSSES
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, LOSSES

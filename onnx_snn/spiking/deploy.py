@@ -415,9 +415,11 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     view = fmt.read_spiking(m, where)
     check_preprocess(view.info.preprocess, where)   # carried into the deploy graph: checked
+    from ..convert import check_recorded_timesteps, warn_other_timesteps
     if timesteps is None:
-        from ..convert import check_recorded_timesteps
         check_recorded_timesteps(view.info.timesteps, where)
+    else:
+        warn_other_timesteps(view.info, [timesteps], where, "deployed")
     out = deploy_model(view, timesteps, spike_counts, unit_thresholds)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
+from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps, warn_other_timesteps,
                               check_flag, check_seed, check_timesteps, remember_dataset,
                               resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
@@ -411,6 +411,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     info = view.info
     if cfg.timesteps is None:
         check_recorded_timesteps(info.timesteps, model_path)
+    elif main_proc:
+        warn_other_timesteps(info, [cfg.timesteps], str(model_path), "fine-tuning starts")
     T = int(cfg.timesteps or info.timesteps)
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
     test_split = "train" if test_same and splits == {"train"} else "test"
