@@ -374,9 +374,16 @@ def test_converted_model_energy_follows_the_formula(which, request):
     assert [l.name for l in a.layers] == [c.name for c in counts]
     assert counts[0].direct and counts[0].source_site is None
     assert all(not c.direct and c.source_site in rates for c in counts[1:])
-    # a layer after a spiking max pool accumulates the pool's output spikes
-    rate = {c.name: rates[c.source_pools.get(c.source_site, c.source_site)] for c in counts[1:]}
+    # a layer after a spiking max pool accumulates the pool's output spikes; after an
+    # average pool, each pooled element's window of spikes (the share is the window's size)
+    shares = {c.name: c.source_mix or {c.source_site: 1.0} for c in counts[1:]}
+    rate = {c.name: sum(w * rates[c.source_pools.get(s, s)] for s, w in shares[c.name].items())
+            for c in counts[1:]}
     expected = counts[0].macs * mac + sum(c.macs * rate[c.name] * ac for c in counts[1:])
+    if which == "resnet_snn":     # 12 x 12 input, one stride-2 block, GlobalAveragePool - FC
+        gap = next(c for c in count_layers(snn.model) if c.op == "GlobalAveragePool")
+        assert gap.ops == 8 * 6 * 6                       # it sums each channel's 6 x 6 spikes
+        assert list(shares[counts[-1].name].values()) == [36.0]
     assert a.totals.snn_energy_pj == pytest.approx(expected, rel=1e-12)
     dnn_macs = sum(c.macs for c in count_layers(dnn))
     assert a.totals.dnn_flops == dnn_macs == sum(c.macs for c in counts)

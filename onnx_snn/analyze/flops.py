@@ -55,10 +55,14 @@ pooled outputs fire at least as often as the site's neurons on average (1.7x and
 shipped model at T = 2): ``source_pools`` names, per source site, the spiking pool its spikes
 pass on the way (the one nearest the layer), and the energy model charges the layer at that
 pool's counted output rate (``eval``'s ``pools``); rates without it (files from before the
-pools were counted) fall back to the site's rate, which undercounts. An average pool or a
-bilinear Resize does turn spikes into fractions (weighted sums of a window's spikes); the
-layer after it is still counted as accumulating at the site's rate, the usual approximation
-for average-pooled SNNs.
+pools were counted) fall back to the site's rate, which undercounts. An average pool, a
+global one or a reduction (``MIXING``) sums a window's spikes into each output element: the
+layer after it receives every one of them, so its share is multiplied by the window's
+(valid) elements (``graph.sources.window_elements``: 4 for a 2x2 pool, H x W for a global
+one), which is one accumulate per input spike and fan-out of the pool and the layer together,
+the synapses a neuromorphic chip would give them. Before 2026-12-05 such a layer was charged
+at its site's rate per pooled element, 4-49x too little. A bilinear Resize's weighted sums
+are still charged at the site's rate (each output element about one input's spikes).
 """
 from __future__ import annotations
 

@@ -20,6 +20,11 @@ PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", 
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split",
                 "Identity", "Dropout", "Cast", "Concat", "Mul", "Div", "Resize", "Gather",
                 "GatherND", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Neg")
+#: pass-through ops that sum several input elements into each output element (a window's
+#: spikes become a fraction, or a count): a layer after one receives every summed spike, so
+#: the analyzer's walk multiplies the share by the elements summed per output
+#: (:func:`window_elements`); the rewrite's test of "is this tensor spikes?" stops at them
+MIXING = ("AveragePool", "GlobalAveragePool", "LpPool", "ReduceMean", "ReduceSum")
 #: sums: a sum of spike trains (and constants) still arrives as spikes, each source at its
 #: own rate (a layer after it accumulates every source's spikes: it is linear, W(a + b + c) =
 #: Wa + Wb + Wc, and Wc a constant it adds to its bias once); with an analog term it is analog
@@ -55,7 +60,10 @@ def source_mix(tensor: str, producers: Mapping[str, onnx.NodeProto], sites: Mapp
     when a size is unknown). The shares sum to 1. With ``sums`` (the analyzer's walk: which
     spikes does a layer accumulate?) the walk also passes a sum of spike trains (``SUMS``),
     whose every element receives each source's spikes: share 1 each, so they may sum to more;
-    without it (the rewrite's: is a tensor single spikes?) a sum ends the walk."""
+    and through an average pool or a reduction (``MIXING``), whose every output element
+    receives the spikes of the input elements it sums: the share is multiplied by their
+    number (:func:`window_elements`). Without it (the rewrite's: is a tensor single spikes?)
+    a sum, a mixing op and a Resize that interpolates end the walk."""
     return source_mix_and_pools(tensor, producers, sites, constant, shapes, sums=sums)[0]
 
 
@@ -88,7 +96,8 @@ def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
         node = None if key is not None else producers.get(x)
         nxt: List[Tuple[str, float]] = []
         if node is not None and node.domain in ("", "ai.onnx") and (
-                node.op_type in PASS_THROUGH or (sums and node.op_type in SUMS)):
+                node.op_type in PASS_THROUGH or (sums and node.op_type in SUMS)) and (
+                sums or not _mixes(node)):
             if node.op_type == "Concat":
                 ins = [i for i in node.input if i]
                 sizes = [math.prod(int(d) for d in shapes[i]) if shapes.get(i) is not None and
@@ -111,9 +120,74 @@ def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
                 if len(node.input) >= 2 and (node.input[1] in constant or
                                              (node.op_type == "Mul" and node.input[0] in constant)):
                     nxt = [([i for i in node.input[:2] if i not in constant][0], w)]
+            elif node.op_type in MIXING:
+                nxt = [(node.input[0], w * window_elements(node, shapes))]
             else:
                 nxt = [(node.input[0], w)]
         if nxt:
             stack.extend((t, v, via) for t, v in reversed(nxt))
         else:                       # a site, or where the spikes end (not pass-through)
             yield (key if key is not None else ""), w, via
+
+
+def _mixes(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` sums or interpolates input elements into an output element (its
+    output is then no longer single spikes): ``MIXING``, and a Resize not in nearest mode."""
+    if node.op_type in MIXING:
+        return True
+    if node.op_type == "Resize":
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+        return mode != b"nearest"
+    return False
+
+
+def _ints(node: onnx.NodeProto, name: str, default=None):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return list(a.ints) if a is not None else default
+
+
+def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -> float:
+    """How many input elements a mixing op (``MIXING``) sums into one output element, on
+    average over its outputs (an average pool's padded border windows hold fewer valid
+    cells; a global pool or a reduction its whole reduced extent). 1 when the shapes it
+    needs are unknown."""
+    shape = shapes.get(node.input[0])
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+        return 1.0
+    shape = [int(d) for d in shape]
+    op = node.op_type
+    if op == "GlobalAveragePool":
+        return float(math.prod(shape[2:]))
+    if op in ("ReduceMean", "ReduceSum"):
+        axes = _ints(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            out = shapes.get(node.output[0])       # axes as an input (opset 18)
+            if out is None or not all(isinstance(d, int) and d > 0 for d in out):
+                return 1.0
+            return float(math.prod(shape)) / float(math.prod(int(d) for d in out))
+        if axes is None:
+            noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
+            return 1.0 if noop else float(math.prod(shape))
+        return float(math.prod(shape[a] for a in axes))
+    kernel = _ints(node, "kernel_shape", [])        # AveragePool, LpPool
+    n = len(kernel)
+    if not n or len(shape) != n + 2:
+        return 1.0
+    strides = _ints(node, "strides", [1] * n)
+    dil = _ints(node, "dilations", [1] * n)
+    pads = _ints(node, "pads", [0] * (2 * n))
+    out = shapes.get(node.output[0])
+    total = 1.0
+    for i in range(n):
+        size, k, s, d = shape[2 + i], kernel[i], strides[i], dil[i]
+        lo = pads[i]
+        o = (int(out[2 + i]) if out is not None and isinstance(out[2 + i], int)
+             else (size + pads[i] + pads[i + n] - d * (k - 1) - 1) // s + 1)
+        if o < 1:
+            return 1.0
+        valid = 0
+        for j in range(o):          # the valid (unpadded) cells of each window along axis i
+            start = j * s - lo
+            valid += sum(1 for t in range(k) if 0 <= start + t * d < size)
+        total *= valid / o
+    return total

@@ -1,0 +1,91 @@
+"""onnx_snn.graph.sources: the walk from a tensor back to the spikes it holds."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper as h
+
+sys.path.insert(0, str(Path(__file__).parent))
+import builders as B  # noqa: E402
+from onnx_snn.graph.sources import source_mix, window_elements  # noqa: E402
+
+
+def _node(op, shape, out=None, **attrs):
+    n = h.make_node(op, ["x"], ["y"], **attrs)
+    shapes = {"x": shape}
+    if out is not None:
+        shapes["y"] = out
+    return n, shapes
+
+
+def _brute(shape, kernel, strides, pads):
+    """The valid cells per window of a 2-D pool, averaged, by enumeration."""
+    H, W = shape[2:]
+    oh = (H + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    ow = (W + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    cells = [sum(1 for a in range(kernel[0]) for b in range(kernel[1])
+                 if 0 <= i * strides[0] - pads[0] + a < H and 0 <= j * strides[1] - pads[1] + b < W)
+             for i in range(oh) for j in range(ow)]
+    return float(np.mean(cells))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,pads", [
+    ([1, 4, 8, 8], [2, 2], [2, 2], [0, 0, 0, 0]),
+    ([1, 4, 7, 9], [3, 3], [2, 2], [1, 1, 1, 1]),
+    ([1, 2, 5, 5], [3, 2], [1, 2], [0, 1, 2, 0]),
+])
+def test_an_average_pool_sums_its_windows_valid_cells(shape, kernel, strides, pads):
+    n, shapes = _node("AveragePool", shape, kernel_shape=kernel, strides=strides, pads=pads)
+    assert window_elements(n, shapes) == pytest.approx(_brute(shape, kernel, strides, pads))
+
+
+def test_global_pools_and_reductions_sum_their_extent():
+    assert window_elements(*_node("GlobalAveragePool", [1, 8, 6, 5])) == 30.0
+    assert window_elements(*_node("ReduceMean", [1, 8, 6, 5], axes=[2, 3])) == 30.0
+    assert window_elements(*_node("ReduceSum", [1, 8, 6, 5], axes=[-1])) == 5.0
+    n = h.make_node("ReduceMean", ["x", "axes"], ["y"])              # opset 18: axes as input
+    assert window_elements(n, {"x": [1, 8, 6, 5], "y": [1, 8, 1, 1]}) == 30.0
+    assert window_elements(n, {"x": [1, 8, 6, 5]}) == 1.0             # unknown: no factor
+    assert window_elements(*_node("GlobalAveragePool", [1, 8, None, 5])) == 1.0
+
+
+def test_the_spike_test_stops_where_values_are_mixed_and_the_analyzer_counts_through():
+    """A site's spikes through a max pool and a reshape are still spikes; through an average
+    pool they are fractions: the rewrite's walk (``sums=False``) ends there, the analyzer's
+    passes with the window's size as the share."""
+    sites = {"s": "lif0"}
+    nodes = [h.make_node("MaxPool", ["s"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("AveragePool", ["s"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Resize", ["s", "", "sc"], ["r"], mode="linear"),
+             h.make_node("Resize", ["s", "", "sc"], ["rn"], mode="nearest"),
+             h.make_node("Flatten", ["a"], ["f"])]
+    producers = {n.output[0]: n for n in nodes}
+    shapes = {"s": [1, 4, 8, 8], "a": [1, 4, 4, 4]}
+    constant = {"sc"}
+    for t, spikes in (("m", True), ("a", False), ("f", False), ("r", False), ("rn", True)):
+        mix = source_mix(t, producers, sites, constant, shapes)
+        assert ("" not in mix) is spikes, (t, mix)
+    assert source_mix("f", producers, sites, constant, shapes, sums=True) == {"lif0": 4.0}
+    assert source_mix("m", producers, sites, constant, shapes, sums=True) == {"lif0": 1.0}
+
+
+def test_a_max_pool_after_an_average_pool_of_spikes_is_not_counted():
+    """Its input holds fractions of spikes: each nonzero increase of the pooled running sum
+    is no spike, and its counter would count float rounding (torch and onnxruntime one
+    count apart); pools of plain spikes stay counted."""
+    import onnx_snn
+    from onnx_snn.spiking import format as fmt
+    b = B.GraphBuilder(13, 0)
+    x = b.act(b.conv("input", 1, 4), "clip", 2.0)
+    x = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.act(b.conv(x, 4, 8), "clip", 2.0)
+    x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[3, 3])
+    x = b.gemm(b.node("Flatten", [x], axis=1), 8, 10)
+    m = b.model("input", x, (1, 12, 12), 10, name="avg_then_max")
+    snn = onnx_snn.convert(m, B.rand_input(16), timesteps=2, method="datta", show_progress=False)
+    pools = fmt.read_spiking(snn.model).info.pools
+    assert [p.counted for p in pools] == [False, True]
+    assert isinstance(snn.model, onnx.ModelProto)
