@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
-    c.add_argument("--batch-size", type=batch_int, default=DEFAULT_BATCH_SIZE,
+    c.add_argument("--batch-size", type=batch_int,
                    help=f"calibration batch (default: {DEFAULT_BATCH_SIZE}; fewer images when "
                         "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). It "
                         "moves the result a little: each batch contributes its own sample of "

@@ -21,12 +21,12 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, tensor_shapes)
-from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, apply_preprocess, check_finite,
+from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
-from .feeds import input_specs, validate_feeds
+from .feeds import fixed_batch, input_specs, validate_feeds
 from .graph.inputs import input_scaling
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
@@ -418,14 +418,15 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Datase
     arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
     names = [n for n, _ in specs or ()]
     yk = label_key(arrays, names)
-    unused = [k for k in arrays if names and k != yk and k not in names and k not in INPUT_KEYS]
-    if unused and (len(names) > 1 or any(k in arrays for k in INPUT_KEYS + tuple(names))):
+    generic = input_key(arrays)
+    unused = [k for k in arrays if names and k != yk and k not in names and k != generic]
+    if unused and (len(names) > 1 or generic is not None or any(k in arrays for k in names)):
         log.warning("the data dict's array(s) %s are not used: inputs are read from arrays named "
                     "after the model's inputs (%s) or %s, labels from %s", ", ".join(map(repr, unused)),
                     ", ".join(names), "/".join(INPUT_KEYS), "/".join(LABEL_KEYS))
     y = arrays.pop(yk) if yk else None
     x = arrays
-    if len(arrays) == 1 and next(iter(arrays)) in INPUT_KEYS:
+    if len(arrays) == 1 and generic is not None:
         x = next(iter(arrays.values()))
     if y is not None:
         y = check_labels(y, sample_count(arrays, "the data dict"), f"the data dict's {yk!r}")
@@ -770,7 +771,7 @@ def _self_check(model: onnx.ModelProto) -> None:
 
 def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEFAULT_TIMESTEPS,
             method: str = DEFAULT_METHOD, config: Optional[SearchConfig] = None, *,
-            batch_size: int = DEFAULT_BATCH_SIZE, sample_size: int = DEFAULT_SAMPLE_SIZE,
+            batch_size: Optional[int] = None, sample_size: int = DEFAULT_SAMPLE_SIZE,
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
             pool_first: bool = False, **options) -> SpikingModel:
@@ -800,7 +801,9 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     if method == REFINED and not cfg.sequential:
         cfg = dataclasses.replace(cfg, sequential=True)
     check_search_limits(cfg, timesteps, method)
-    batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
+    asked = batch_size is not None        # (None: the default, DEFAULT_BATCH_SIZE)
+    batch_size = check_count(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+                             "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
     sample_size = check_count(sample_size, "sample_size", MAX_SAMPLE_SIZE,
                               why=" (MAX_SAMPLE_SIZE: values kept per layer, memory)")
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
@@ -840,6 +843,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     ds = ds.take(calib_samples, seed=seed)
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
+    fixed = fixed_batch(input_specs(nm.model))
+    if asked and fixed and fixed != batch_size:
+        log.warning("the model has a fixed batch of %d: calibrating in batches of %d, not the "
+                    "%d asked (--batch-size); re-export it with a dynamic batch axis to choose",
+                    fixed, fixed, batch_size)
     cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)

@@ -345,9 +345,24 @@ def npz_splits(path) -> set:
     return set(_splits_in(names))
 
 
+def key_named(keys, name: str) -> Optional[str]:
+    """The key among ``keys`` that is ``name``, else the one key that is ``name`` in another
+    case (``X``/``Y``, ``X_train``: scikit-learn's spelling), else None."""
+    keys = list(keys)
+    if name in keys:
+        return name
+    folded = [k for k in keys if isinstance(k, str) and k.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def input_key(keys) -> Optional[str]:
+    """The inputs' array among ``keys``: the first of INPUT_KEYS (in any case) present."""
+    return next((k for k in (key_named(keys, n) for n in INPUT_KEYS) if k is not None), None)
+
+
 def _splits_in(keys) -> List[str]:
     """The splits (SPLIT_KEYS) whose input array is among a .npz's ``keys``, in order."""
-    return [sp for sp, (xk, _) in SPLIT_KEYS.items() if xk in keys]
+    return [sp for sp, (xk, _) in SPLIT_KEYS.items() if key_named(keys, xk) is not None]
 
 
 def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
@@ -361,7 +376,7 @@ def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Op
         raise DataError(f"{path}: holds the {have[0]} split ({SPLIT_KEYS[have[0]][0]}) but not the "
                         f"{sp} split ({SPLIT_KEYS[sp][0]}) this command reads")
     xk, yk = SPLIT_KEYS[sp]
-    return xk, yk if yk in keys else None
+    return key_named(keys, xk), key_named(keys, yk)
 
 
 def sample_count(arrays: Dict[str, np.ndarray], where: str) -> int:
@@ -378,7 +393,8 @@ def label_key(keys, inputs=()) -> Optional[str]:
     """The labels' array among ``keys`` (LABEL_KEYS, in order): not one named after a model
     input (``inputs``), and none when it would be the only array."""
     keys = list(keys)
-    return next((k for k in LABEL_KEYS if k in keys and k not in set(inputs) and len(keys) > 1),
+    found = (key_named(keys, k) for k in LABEL_KEYS)
+    return next((k for k in found if k is not None and k not in set(inputs) and len(keys) > 1),
                 None)
 
 
@@ -416,7 +432,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
             keys = list(obj.keys())
             yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
-            xk = next((k for k in INPUT_KEYS if k in keys), None)
+            xk = input_key(keys)
             picked = split_keys(keys, split, path)
             if picked is None and sorted(keys) == ["arr_0"]:
                 picked = ("arr_0", None)            # numpy.savez(f, x)
@@ -425,7 +441,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
                 picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y): checked as labels
             if picked is not None:
                 (xk, yk), rest = picked, [picked[0]]
-                if xk in ("x_train", "x_test"):
+                if xk.lower() in ("x_train", "x_test"):
                     name = f"{path}:{xk[2:]}"
             if not rest:
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "

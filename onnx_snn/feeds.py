@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import onnx
 
-from .datasets import INPUT_KEYS, check_finite
+from .datasets import INPUT_KEYS, LABEL_KEYS, check_finite, input_key
 from .errors import DataError
 
 InputSpec = Tuple[str, List[Optional[int]]]
@@ -46,13 +46,16 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
     names = [n for n, _ in specs]
     if isinstance(x, dict):
         missing = [n for n in names if n not in x]
-        generic = [k for k in INPUT_KEYS if k in x]
-        if len(names) == 1 and missing and generic:   # a one-input model's 'x' of a .npz
-            x, missing = {names[0]: x[generic[0]]}, []
+        generic = input_key(x)
+        if len(names) == 1 and missing and generic is not None:   # a one-input model's 'x'
+            x, missing = {names[0]: x[generic]}, []
         if missing:
+            one = (f"'{INPUT_KEYS[0]}' (or {', '.join(INPUT_KEYS[1:])}, in any case) for the "
+                   "inputs, or " if len(names) == 1 else "")
             raise DataError(f"{what}: missing input(s) {missing}; the model takes {names} "
-                            f"(a .npz needs one array per input, named after it; it has "
-                            f"{sorted(x)})")
+                            f"(a .npz needs {one}one array per input named after it, and "
+                            f"'{LABEL_KEYS[0]}' (or {', '.join(LABEL_KEYS[1:])}) for labels; it "
+                            f"has {sorted(x)})")
         feeds = {n: np.asarray(x[n]) for n in names}
     else:
         if len(names) != 1:

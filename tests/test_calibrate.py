@@ -185,8 +185,18 @@ def test_a_fixed_batch_calibrates_on_its_whole_batches(caplog):
     assert {k: (s.count, s.max) for k, s in cal.sites.items()} == \
         {k: (s.count, s.max) for k, s in first16.sites.items()}
     assert sum("first 16 of the 20" in r.getMessage() for r in caplog.records) == 1
-    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)       # refined: the same 16
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)   # refined: the same 16
     assert snn.model is not None
+    assert not any("--batch-size" in r.getMessage() for r in caplog.records)   # not asked
+    for asked, said in ((8, False), (32, True)):       # a batch the model cannot take is said
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            onnx_snn.convert(m, x, timesteps=2, method="datta", batch_size=asked,
+                             show_progress=False)
+        assert any("fixed batch of 8: calibrating in batches of 8, not the 32 asked"
+                   in r.getMessage() for r in caplog.records) is said
     with pytest.raises(DataError, match="fixed batch of 8; give at least 8"):
         onnx_snn.calibrate(nm, x[:5], show_progress=False)
 

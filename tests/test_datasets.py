@@ -347,3 +347,30 @@ def test_one_hot_labels_remember_their_width_through_slicing():
             check_label_range(part, 10, "labels.npz")
     check_label_range(check_labels(np.eye(10)[[0, 9]], 2, "l"), 10, "l")
     check_label_range(check_labels(np.array([0, 9]), 2, "l"), 10, "l")
+
+
+def test_npz_and_dict_keys_are_read_in_any_case(tmp_path):
+    """scikit-learn's X / y and X_train / y_train are the same arrays as x / y: inputs and
+    labels are found whatever the case; an input key that still matches nothing gets a
+    message listing the names that are read."""
+    from onnx_snn.convert import resolve_data
+    from onnx_snn.datasets import load_array_file
+    from onnx_snn.errors import DataError
+    from onnx_snn.evaluate import evaluate
+    x = np.random.default_rng(0).random((6, 1, 12, 12)).astype(np.float32)
+    y = np.arange(6) % 3
+    np.savez(tmp_path / "a.npz", X=x, Y=y)
+    np.savez(tmp_path / "b.npz", X_train=x, Y_train=y, X_test=x[:2], Y_test=y[:2])
+    a = load_array_file(tmp_path / "a.npz")
+    assert a.x.shape == x.shape and a.y.tolist() == y.tolist()
+    b = load_array_file(tmp_path / "b.npz", split="train")
+    assert b.x.shape == x.shape and b.y.tolist() == y.tolist() and b.name.endswith(":train")
+    assert load_array_file(tmp_path / "b.npz").y.tolist() == y[:2].tolist()
+    d = resolve_data({"Images": x, "Labels": y}, None)
+    assert d.x.shape == x.shape and d.y.tolist() == y.tolist()
+    import builders as B
+    m = B.vgg(13, "clip")
+    np.savez(tmp_path / "c.npz", feats=x, Y=y)
+    with pytest.raises(DataError, match=r"'x' \(or data, images, inputs, in any case\)"):
+        evaluate(m, str(tmp_path / "c.npz"), show_progress=False)
+    assert evaluate(m, str(tmp_path / "a.npz"), show_progress=False).samples == 6
