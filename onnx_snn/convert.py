@@ -91,8 +91,11 @@ def fitted_timesteps(info: "fmt.SpikingInfo") -> Optional[int]:
     """The T a spiking model's parameters were fitted for: its recorded T when its method
     searches them for T (``refined``, ``datta``) or it was fine-tuned (at the T it records);
     None when they hold at any T (``max``, ``deng``, ``percentile`` as converted)."""
-    tuned = any(isinstance(h, dict) and h.get("step") == "finetune" for h in info.history)
-    return info.timesteps if tuned or info.method in T_DEPENDENT_METHODS else None
+    return info.timesteps if _fine_tuned(info) or info.method in T_DEPENDENT_METHODS else None
+
+
+def _fine_tuned(info: "fmt.SpikingInfo") -> bool:
+    return any(isinstance(h, dict) and h.get("step") == "finetune" for h in info.history)
 
 
 def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: str = "run") -> None:
@@ -103,13 +106,13 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: s
     other = sorted({int(t) for t in timesteps if t is not None and int(t) != fitted})
     if fitted is None or not other:
         return
-    how = ("fine-tuned" if any(isinstance(h, dict) and h.get("step") == "finetune"
-                               for h in info.history) else f"converted ({info.method})")
-    ts = ", ".join(map(str, other))
+    tuned = _fine_tuned(info)
+    how = "fine-tuned" if tuned else f"converted ({info.method})"
+    fix = (f"fine-tune it at T={other[-1]} (-T {other[-1]})" if tuned else
+           f"convert the DNN again with -T {other[-1]}")
     log.warning(
-        f"{where}: its parameters were {how} for T={fitted}; {what} at T={ts} they are not "
-        f"rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, convert the DNN "
-        f"again with -T {other[-1]}")
+        f"{where}: its parameters were {how} for T={fitted}; {what} at T={', '.join(map(str, other))} "
+        f"they are not rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
 
 
 def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,

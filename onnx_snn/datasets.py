@@ -534,6 +534,8 @@ class OneHotLabels(np.ndarray):
 def check_labels(y, n: int, where: str) -> np.ndarray:
     """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole), or
     one-hot rows [N, classes] (Keras's ``to_categorical``), read as the index of their one."""
+    if isinstance(y, OneHotLabels) and y.ndim == 1 and len(y) == n:
+        return y                       # read from one-hot rows already: keeps their width
     y = np.asarray(y)
     if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
         raise DataError(f"{where}: labels of dtype {y.dtype} are not class indices")

@@ -333,7 +333,7 @@ def test_inputs_with_an_axis_of_size_zero_are_refused():
     check_inputs(np.zeros((4, 3), np.float32), "data")
 
 
-def test_one_hot_labels_remember_their_width_through_slicing():
+def test_one_hot_labels_remember_their_width_through_slicing(tmp_path):
     """Indices read from one-hot rows keep the rows' width through the slicing and
     indexing that batches and samples do, and a width other than the model's classes is a
     DataError; plain indices carry none."""
@@ -347,6 +347,15 @@ def test_one_hot_labels_remember_their_width_through_slicing():
             check_label_range(part, 10, "labels.npz")
     check_label_range(check_labels(np.eye(10)[[0, 9]], 2, "l"), 10, "l")
     check_label_range(check_labels(np.array([0, 9]), 2, "l"), 10, "l")
+    assert check_labels(y, 4, "again").one_hot_width == 12     # a second check keeps it
+    # a Dataset that load_array_file read, given to evaluate (which checks its labels again)
+    import builders as B
+    from onnx_snn.datasets import load_array_file
+    from onnx_snn.evaluate import evaluate
+    p = tmp_path / "wide.npz"
+    np.savez(p, x=B.rand_input(4), y=np.eye(12)[[0, 3, 9, 1]])
+    with pytest.raises(DataError, match="one-hot labels of 12 columns"):
+        evaluate(B.vgg(13, "clip"), load_array_file(p), show_progress=False)
 
 
 def test_npz_and_dict_keys_are_read_in_any_case(tmp_path):

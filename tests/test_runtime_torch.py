@@ -546,6 +546,9 @@ def test_per_step_outputs_are_the_steps_that_the_average_sums(case):
     each = net(torch.from_numpy(x), per_step=True)
     each[0].sum().backward()                                # the first step alone
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    net.zero_grad()
+    net(torch.from_numpy(x), per_step=True)[-1].sum().backward()   # and the last one
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 def test_finetune_per_step_loss_trains_and_is_recorded(tmp_path):
@@ -559,8 +562,19 @@ def test_finetune_per_step_loss_trains_and_is_recorded(tmp_path):
     onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False).save(src)
     out = tmp_path / "t.snn.onnx"
     before = F.all_initializers(onnx.load(str(src)))
-    finetune(str(src), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8, loss="per-step"),
-             show_progress=False, log=lambda *a: None)
+    asked, real = [], SpikingNetwork.forward
+
+    def spy(self, *a, **k):        # what the training steps ask the network for
+        asked.append(k.get("per_step", False) and self.training)
+        return real(self, *a, **k)
+    SpikingNetwork.forward = spy
+    try:
+        finetune(str(src), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8,
+                                                            loss="per-step"),
+                 show_progress=False, log=lambda *a: None)
+    finally:
+        SpikingNetwork.forward = real
+    assert asked.count(True) == 4                  # every training batch of 8 of the 32
     tuned = onnx.load(str(out))
     steps = json.loads(F.metadata(tuned)[F.META_HISTORY])
     assert steps[-1].get("loss") == "per-step", steps[-1]

@@ -3,7 +3,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import helper as h
 
@@ -39,6 +38,22 @@ def _brute(shape, kernel, strides, pads):
 def test_an_average_pool_sums_its_windows_valid_cells(shape, kernel, strides, pads):
     n, shapes = _node("AveragePool", shape, kernel_shape=kernel, strides=strides, pads=pads)
     assert window_elements(n, shapes) == pytest.approx(_brute(shape, kernel, strides, pads))
+
+
+@pytest.mark.parametrize("attrs,per_axis", [
+    (dict(kernel_shape=[3, 3], auto_pad="SAME_UPPER"), [2, 3, 3, 3, 2]),       # 5 outputs
+    (dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER"), [1, 2, 2]),
+    (dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), [2, 2, 1]),          # [4] alone
+    (dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID"), [3, 3]),
+])
+def test_auto_pad_and_ceil_mode_windows(attrs, per_axis):
+    """On a 5 x 5 input: the SAME modes' implicit pads (upper: the extra cell at the end,
+    lower: at the start), VALID, and ceil_mode's last, partial window."""
+    n, shapes = _node("AveragePool", [1, 1, 5, 5], **attrs)
+    want = float(np.mean(per_axis)) ** 2
+    assert window_elements(n, shapes) == pytest.approx(want)
+    o = len(per_axis)
+    assert window_elements(n, {**shapes, "y": [1, 1, o, o]}) == pytest.approx(want)
 
 
 def test_global_pools_and_reductions_sum_their_extent():
@@ -88,4 +103,13 @@ def test_a_max_pool_after_an_average_pool_of_spikes_is_not_counted():
     snn = onnx_snn.convert(m, B.rand_input(16), timesteps=2, method="datta", show_progress=False)
     pools = fmt.read_spiking(snn.model).info.pools
     assert [p.counted for p in pools] == [False, True]
-    assert isinstance(snn.model, onnx.ModelProto)
+    # the analyzer agrees: the layer after the uncounted pool is charged through the walk
+    # (the average pool's 2 x 2 window), with no note asking for a counter the file lacks
+    from onnx_snn.analyze import analyze
+    r = onnx_snn.evaluate(snn.model, B.rand_input(16), show_progress=False)
+    a = analyze(snn.model, rates=r.rates, timesteps=2)
+    second = a.layers[1]
+    assert second.source_mix == {"lif0": 4.0} and second.source_pools == {}
+    assert second.spike_rate == pytest.approx(4.0 * r.rates["lif0"])
+    assert a.layers[2].source_pools == {"lif1": "pool1"}
+    assert not any("convert the model again" in n for n in a.notes), a.notes

@@ -59,7 +59,9 @@ class LayerRow:
 
     ``input_mode``: "direct" (time-invariant input, MACs once), "spikes" (fed by
     ``source_site``: ACs) or "analog" (time-varying non-spike input: MACs every step).
-    ``spike_rate`` is r_{l-1}: spikes per input neuron over the T steps.
+    ``spike_rate`` is r_{l-1}: spikes each input element receives over the T steps (a
+    site's neuron, a spiking max pool's output, or an average pool's window: its neurons'
+    spikes summed, which may exceed T).
     """
 
     name: str
@@ -147,7 +149,9 @@ class Analysis:
             "per": "sample",
             "dnn_energy": "sum F_l * E_MAC over MAC layers",
             "snn_energy": "direct F_l * E_MAC (once) + spiking F_l * r * E_AC + analog F_l * T * E_MAC",
-            "spike_rate": "spikes per neuron over the T steps",
+            "spike_rate": "spikes each input element receives over the T steps: a neuron's "
+                          "own, a max pool's output spikes, or the sum over an average pool's "
+                          "window (so above T where a window holds several neurons)",
             "neuromorphic": "E = (SNN FLOPs / DNN FLOPs) * E_compute + T * E_static; DNN = 1",
             "not_in_energy": "pooling, ReduceMean/ReduceSum, Add/Sum, biases",
         }

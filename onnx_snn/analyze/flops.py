@@ -265,6 +265,7 @@ def flatten(model: onnx.ModelProto,
         states = [x for n in g.node if n.op_type in fmt.NEURON_OPS for x in n.output[1:]]
         outputs = [o for o in outputs if o not in states]
     kept = walk.prune(nodes, outputs)
+    pools = _pools_of_spikes(kept, pools, sites, inits)
     warns = []
     for n in kept:
         if n.op_type in ("Loop", "If", "Scan"):
@@ -282,6 +283,25 @@ def flatten(model: onnx.ModelProto,
     return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=spiking,
                      batch=batch, data_inputs=[i.name for i in inputs],
                      weights={w.name for w in weights}, warnings=warns, pools=pools)
+
+
+def _pools_of_spikes(nodes, pools: Dict[str, str], sites: Dict[str, str], inits) -> Dict[str, str]:
+    """The spiking pools (output tensor -> name) whose input is whole spikes, by the rewrite's
+    own test (``graph.sources.source_mix`` without sums): those the graph counts since
+    2026-12-03, whose output rate a layer after them is charged at. A max pool of an average
+    pool's fractions is no counted pool (its layer is charged through the walk instead), nor
+    one of currents; files from before the counters still list their pools of spikes."""
+    producers = {o: n for n in nodes for o in n.output if o}
+    constant = constant_names(helper.make_graph(nodes, "g", [], [], list(inits)))
+    out = {}
+    for t, p in pools.items():
+        node = producers.get(t)
+        if node is None:
+            continue
+        mix = source_mix(node.input[0], producers, sites, constant)
+        if mix and "" not in mix:
+            out[t] = p
+    return out
 
 
 # ------------------------------------------------------------------ shapes

@@ -60,7 +60,7 @@ def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True
     """The per-layer table with a totals row, then the DNN/SNN ratios and notes.
 
     Columns: layer, op, neurons (outputs per sample), input (source site, "site>pool" for
-    spikes that pass a spiking max pool, "direct" or "analog"), spikes/neuron (r_{l-1}, over the T steps), DNN FLOPs (MACs), SNN FLOPs (MACs
+    spikes that pass a spiking max pool, "direct" or "analog"), spikes/neuron (r_{l-1}, over the T steps; after an average pool, its window's spikes summed), DNN FLOPs (MACs), SNN FLOPs (MACs
     + ACs), DNN and SNN energy. A DNN analysis has only the DNN columns. ``other_ops`` lists
     pooling and additions one by one (they are otherwise summed on one line).
     """
@@ -182,7 +182,7 @@ def plot_png(analysis: Analysis, title: Optional[str] = None, fmt: str = "png") 
             if l.input_mode != "spikes":
                 bars[i].set_hatch("//")
                 ax.text(i, 0, l.input_mode, rotation=90, ha="center", va="bottom", fontsize=7)
-        ax.set_ylabel("spikes per input neuron\n(over T=%d steps)" % a.timesteps)
+        ax.set_ylabel("spikes per input element\n(over T=%d steps)" % a.timesteps)
         ax.set_title("Spike rate received by each layer")
     ax = axes[-1]
     w = 0.4 if a.has_snn else 0.8

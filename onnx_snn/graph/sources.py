@@ -176,13 +176,27 @@ def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -
     strides = _ints(node, "strides", [1] * n)
     dil = _ints(node, "dilations", [1] * n)
     pads = _ints(node, "pads", [0] * (2 * n))
+    auto = next((a.s for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
+    ceil = next((a.i for a in node.attribute if a.name == "ceil_mode"), 0)
     out = shapes.get(node.output[0])
     total = 1.0
     for i in range(n):
         size, k, s, d = shape[2 + i], kernel[i], strides[i], dil[i]
-        lo = pads[i]
-        o = (int(out[2 + i]) if out is not None and isinstance(out[2 + i], int)
-             else (size + pads[i] + pads[i + n] - d * (k - 1) - 1) // s + 1)
+        span = d * (k - 1) + 1
+        if auto in (b"SAME_UPPER", b"SAME_LOWER"):     # output ceil(size / s), pads split
+            o = -(-size // s)
+            extra = max(0, (o - 1) * s + span - size)
+            lo = extra // 2 if auto == b"SAME_UPPER" else extra - extra // 2
+        elif auto == b"VALID":
+            o, lo = (size - span) // s + 1, 0
+        else:
+            lo = pads[i]
+            room = size + pads[i] + pads[i + n] - span
+            o = (-(-room // s) if ceil else room // s) + 1
+            if ceil and (o - 1) * s >= size + pads[i]:   # a last window starting in the pad
+                o -= 1
+        if out is not None and isinstance(out[2 + i], int) and out[2 + i] > 0:
+            o = int(out[2 + i])
         if o < 1:
             return 1.0
         valid = 0
