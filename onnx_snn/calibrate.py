@@ -20,6 +20,7 @@ import onnx
 from .datasets import Dataset, is_inputs_labels
 from .feeds import fixed_batch, input_specs, validate_feeds
 from .errors import DataError, UnsupportedModelError, UsageError, first_line
+from .values import is_int
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
@@ -120,7 +121,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        if not is_int(threads) or threads < 0:
             raise UsageError(f"threads must be a whole number of threads >= 0 (0 or None: "
                              f"onnxruntime's default), not {threads!r}")
         so.intra_op_num_threads = int(threads)
@@ -294,8 +295,7 @@ MAX_SEED = 2 ** 31 - 1
 def check_seed(value, name: str = "seed") -> int:
     """A whole number in 0..MAX_SEED (numpy's generators refuse a negative seed with a bare
     ValueError, deep in the sampling)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or not 0 <= value <= MAX_SEED:
+    if not is_int(value) or not 0 <= value <= MAX_SEED:
         raise UsageError(f"{name} must be a whole number from 0 to 2**31 - 1, not {value!r}")
     return int(value)
 

@@ -26,6 +26,7 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, input_key, apply_preproc
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
+from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
 from .graph.inputs import input_scaling
 from .graph.normalize import NormalizedModel, normalize
@@ -68,7 +69,7 @@ UNUSED_CLIP_FACTOR = 100.0
 
 def check_timesteps(value, name: str = "timesteps") -> int:
     """``value`` as an int in 1..MAX_TIMESTEPS; anything else (2.7, True, "2") is refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise UsageError(f"{name} must be a whole number of time steps (an int), not "
                          f"{value!r} ({type(value).__name__})")
     value = int(value)
@@ -120,7 +121,7 @@ def check_count(value, name: str, maximum: Optional[int] = None, allow_none: boo
     """A positive int (at most ``maximum``), or None when allowed."""
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise UsageError(f"{name} must be a positive whole number, not {value!r}")
     if maximum is not None and value > maximum:
         raise UsageError(f"{name} must be at most {maximum}{why}, not {value}")

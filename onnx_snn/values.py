@@ -14,3 +14,8 @@ def is_real(v) -> bool:
 def is_nonnegative(v) -> bool:
     """A finite real number >= 0 (see :func:`is_real`)."""
     return bool(is_real(v) and math.isfinite(v) and v >= 0)
+
+
+def is_int(v) -> bool:
+    """A whole number of int type: int and numpy's integers, not a bool (nor 2.0)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)

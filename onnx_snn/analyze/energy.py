@@ -41,7 +41,7 @@ import onnx
 from .. import json_text
 from ..errors import DataError, NotSpikingModelError, UsageError
 from ..spiking import format as fmt
-from ..values import is_nonnegative, is_real
+from ..values import is_int, is_nonnegative, is_real
 from .flops import LayerCount, _dims, count_flat, flatten
 
 #: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
@@ -226,7 +226,7 @@ def parse_rates(obj, where: str = "rates") -> Tuple[Dict[str, float], Optional[i
                             "(spikes per neuron over the T steps)")
         out[str(k)] = float(v)
     if T is not None:
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        if not is_int(T) or T < 1:
             raise DataError(f"{where}: 'timesteps' is {T!r}; expected a positive integer")
     return out, T
 
