@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--plot", metavar="FILE",
                    help="the run's curves as a figure: top-1 per epoch (test, train; epoch 0 is "
                         "the model as given) and the training loss; .png, .svg or .pdf by its "
-                        "suffix (needs matplotlib)")
+                        "suffix, png without one (needs matplotlib)")
     _add_data_args(f)
 
     a = sub.add_parser("analyze", parents=[quiet],
@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ac-pj", type=positive_float, help="override the energy of one AC (pJ)")
     a.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     a.add_argument("--plot", metavar="FILE", help="per-layer spike rates and energy as a figure, "
-                   ".png, .svg or .pdf by its suffix (needs matplotlib)")
+                   ".png, .svg or .pdf by its suffix, png without one (needs matplotlib)")
     _add_data_args(a)
 
     from .demo import add_demo_parser
@@ -537,18 +537,21 @@ def _with_external_data(model: str, outputs: list) -> list:
 
 
 def _check_mean_std(args, data) -> None:
-    """--mean/--std belong to named datasets; array files are taken as preprocessed."""
+    """--mean/--std belong to images in [0, 1]: named datasets and folders of image files;
+    array files are taken as preprocessed."""
     from .convert import check_mean_std
-    from .datasets import named_dataset
+    from .datasets import named_dataset, split_spec
     from .errors import UsageError
+    from .image_folder import is_image_folder
     mean, std = getattr(args, "mean", None), getattr(args, "std", None)
-    if (mean is not None or std is not None) and (not data or named_dataset(data) is not None):
+    images = not data or named_dataset(data) is not None or is_image_folder(split_spec(data)[0])
+    if (mean is not None or std is not None) and images:
         check_mean_std(mean, std, None)     # both, and sane: before any work
-    if (mean or std) and data and \
-            named_dataset(data) is None:
-        raise UsageError(f"{data}: --mean/--std apply to named datasets (fashion-mnist, mnist, "
-                         "cifar10, cifar100: images in [0, 1]); .npy/.npz data is taken as already "
-                         "preprocessed, so normalize the arrays yourself and drop --mean/--std")
+    if (mean or std) and not images:
+        raise UsageError(f"{data}: --mean/--std apply to images in [0, 1]: named datasets "
+                         "(fashion-mnist, mnist, cifar10, cifar100) and folders of image files; "
+                         ".npy/.npz data is taken as already preprocessed, so normalize the "
+                         "arrays yourself and drop --mean/--std")
 
 
 def _warnings_only(message: str) -> None:
@@ -759,8 +762,11 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps({k: _metadata_value(v) for k, v in metadata(model).items()}, indent=2))
         return 0
-    print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}, "
-          f"method={info.method}, graph={info.graph}")
+    from .convert import fitted_timesteps
+    fitted = fitted_timesteps(info)
+    print(f"{args.model}: spiking ONNX format v{info.format_version}, T={info.timesteps}"
+          + (f" (its parameters were fitted for T={fitted})" if fitted not in (None, info.timesteps)
+             else "") + f", method={info.method}, graph={info.graph}")
     signed = any(s.signed for s in info.sites)     # a neuron column only where it says something
     rows = [[s.name, "x".join(map(str, s.shape)), s.neurons, f"{s.mu:.4g}",
              _param(s.threshold, ".4g"), _param(s.amplitude, ".4g"), _param(s.leak, ".4g"),

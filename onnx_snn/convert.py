@@ -89,14 +89,31 @@ def check_recorded_timesteps(recorded: int, where: str) -> None:
 
 
 def fitted_timesteps(info: "fmt.SpikingInfo") -> Optional[int]:
-    """The T a spiking model's parameters were fitted for: its recorded T when its method
-    searches them for T (``refined``, ``datta``) or it was fine-tuned (at the T it records);
-    None when they hold at any T (``max``, ``deng``, ``percentile`` as converted)."""
-    return info.timesteps if _fine_tuned(info) or info.method in T_DEPENDENT_METHODS else None
+    """The T a spiking model's parameters were fitted for: that of its last fine-tuning, else
+    of its conversion when the method searches them for T (``refined``, ``datta``), as the
+    history records them (a deploy graph written for another T keeps them); the file's T
+    when the history does not say. None when they hold at any T (``max``, ``deng``,
+    ``percentile`` as converted)."""
+    step = _fitting_step(info)
+    if step is not None and step[0] == "finetune":
+        return step[1]
+    if info.method not in T_DEPENDENT_METHODS:
+        return None
+    return step[1] if step is not None else info.timesteps
+
+
+def _fitting_step(info: "fmt.SpikingInfo"):
+    """("convert" or "finetune", T) of the history's last step that fitted the parameters."""
+    for h in reversed(info.history):
+        if isinstance(h, dict) and h.get("step") in ("convert", "finetune") and \
+                is_int(h.get("timesteps")) and h["timesteps"] >= 1:
+            return h["step"], int(h["timesteps"])
+    return None
 
 
 def _fine_tuned(info: "fmt.SpikingInfo") -> bool:
-    return any(isinstance(h, dict) and h.get("step") == "finetune" for h in info.history)
+    step = _fitting_step(info)
+    return step is not None and step[0] == "finetune"
 
 
 def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: str = "run") -> None:

@@ -288,7 +288,8 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> Path:
+def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True,
+                      example: str = "model.snn.onnx") -> Path:
     """Check one output path before any work; return the path to write (a symbolic link's
     target, so that the link stays a link).
 
@@ -297,6 +298,7 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> P
     where a file cannot be created (``probe``: a temporary file is created and removed, which
     catches read-only and virtual file systems such as /proc); a name too long for the file
     system; a path that is one of ``inputs`` (by name, through links, or as a hard link).
+    ``example``: the file name a folder given as ``out`` is told to hold.
     """
     if out is None or str(out) == "":
         raise OutputPathError("an output path is empty; give a file name")
@@ -306,12 +308,12 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True) -> P
         raise OutputPathError(f"{out}: names a folder (it ends with a slash); give a file "
                               f"name, such as {str(out).rstrip('/' + os.sep)}")
     try:
-        return _check_output_path(Path(out), inputs, probe)
+        return _check_output_path(Path(out), inputs, probe, example)
     except OSError as e:   # a name too long, a loop of links, ...
         raise OutputPathError(f"{out}: cannot be used as an output ({e.strerror or e})") from None
 
 
-def _check_output_path(given: Path, inputs, probe: bool) -> Path:
+def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.snn.onnx") -> Path:
     if len(os.fsencode(given.name)) > 255:
         raise OutputPathError(f"{given}: the file name is longer than file systems allow "
                               "(255 bytes)")
@@ -324,7 +326,7 @@ def _check_output_path(given: Path, inputs, probe: bool) -> Path:
             raise OutputPathError(f"{shown}: cannot be checked ({e.strerror})") from None
         if stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"{shown}: is a folder; give a file name such as "
-                                  f"{given / 'model.snn.onnx'}")
+                                  f"{given / example}")
         if not stat.S_ISREG(st.st_mode):
             raise OutputPathError(f"{shown}: is not a regular file (a device, pipe or socket); "
                                   "outputs are regular files: choose a file path")
@@ -390,6 +392,11 @@ def _locked(path: Path) -> Optional[str]:
     return next((name for bit, name in _LOCK_FLAGS if flags & bit), None)
 
 
+#: the file name a folder given as an output is told to hold, by option (else a model's)
+_EXAMPLE_NAMES = {"--plot": "figure.png", "--json": "result.json", "--report": "report.json",
+                  "--checkpoint": "run.ckpt.pt"}
+
+
 def check_outputs(outputs, inputs=()) -> dict:
     """Check every output of a command before the work (see :func:`check_output_path`):
     ``outputs`` are (path or None, what) pairs, ``inputs`` every file the command reads.
@@ -399,7 +406,8 @@ def check_outputs(outputs, inputs=()) -> dict:
     for out, what in outputs:
         if out is None:
             continue
-        target = check_output_path(out, *inputs)
+        target = check_output_path(out, *inputs,
+                                   example=_EXAMPLE_NAMES.get(str(what), "model.snn.onnx"))
         key = os.path.realpath(target)
         if key in seen:
             raise OutputPathError(f"{out}: given twice ({seen[key]} and {what}); choose distinct "

@@ -221,3 +221,19 @@ def test_running_a_model_at_another_T_than_its_parameters_were_fitted_for_is_war
     said = warned(lambda: onnx_snn.deploy(fitted["datta"], tmp_path / "d.onnx", timesteps=4))
     assert len(said) == 1 and "deployed at T=4" in said[0]
     assert not warned(lambda: onnx_snn.deploy(fitted["max"], tmp_path / "e.onnx", timesteps=4))
+    # the deploy graph at T = 4 records its conversion's T = 2 in its history: run at its own
+    # T it is still warned about, and `info` says so
+    import onnx
+    from onnx_snn.cli import main
+    deployed = onnx.load(str(tmp_path / "d.onnx"))
+    assert fitted_timesteps(F.read_info(deployed)) == 2
+    said = warned(lambda: evaluate(deployed, x, show_progress=False, where="d.onnx"))
+    assert len(said) == 1 and "converted (datta) for T=2; run at T=4" in said[0]
+    assert not warned(lambda: evaluate(onnx.load(str(tmp_path / "e.onnx")), x,
+                                       show_progress=False))
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["info", str(tmp_path / "d.onnx")]) == 0
+    assert "T=4 (its parameters were fitted for T=2)" in buf.getvalue()

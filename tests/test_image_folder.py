@@ -242,3 +242,31 @@ def test_a_folders_val_split_is_its_test_split_and_a_split_needs_split_folders(f
     with pytest.raises(DataError, match="no split folders"):
         load_dataset(f"{root / 'train'}:train", image_shape=(1, 12, 12))
     assert len(load_dataset(str(root / "train"), split="train", image_shape=(1, 12, 12))) == 12
+
+
+def test_mean_and_std_normalize_a_folder_of_images_on_the_command_line(folder, tmp_path):
+    """A folder holds images in [0, 1] like a named dataset: --mean/--std normalize them for
+    a model that records no preprocessing (they were refused as if the folder were arrays,
+    leaving raw pixels and a warning that told the user to pass them), the spiking model
+    records them, and an array file still refuses them."""
+    import json
+    from onnx_snn.cli import main
+    root, _ = folder
+    m = B.vgg(13, "clip")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    res = {}
+    for tag, extra in (("raw", []), ("norm", ["--mean", "0.5", "--std", "0.25"])):
+        out = tmp_path / f"{tag}.json"
+        assert main(["-q", "eval", str(tmp_path / "m.onnx"), "--data", str(root), "--json",
+                     str(out)] + extra) == 0
+        res[tag] = json.loads(out.read_text())
+    assert res["raw"]["samples"] == res["norm"]["samples"] == 12
+    snn = tmp_path / "s.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(root), "--method",
+                 "datta", "--mean", "0.5", "--std", "0.25", "-o", str(snn)]) == 0
+    from onnx_snn.spiking import format as fmt
+    pp = json.loads(fmt.metadata(onnx.load(str(snn)))[fmt.META_PREPROCESS])
+    assert pp == {"mean": [0.5], "std": [0.25]}
+    np.savez(tmp_path / "a.npz", x=B.rand_input(4), y=np.arange(4) % 3)
+    assert main(["-q", "eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "a.npz"),
+                 "--mean", "0.5", "--std", "0.25"]) == 2

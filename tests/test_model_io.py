@@ -190,3 +190,15 @@ def test_an_immutable_existing_output_is_refused_before_the_work(tmp_path):
         subprocess.run(["chattr", "-a", str(target)], check=True)
     target.chmod(0o444)      # read-only: renaming over it works, so it is not refused
     assert check_output_path(target) == target
+
+
+def test_a_folder_given_as_an_output_is_told_a_file_name_of_its_kind(tmp_path):
+    """An existing folder as an output is refused with an example file name inside it: a
+    model's for -o, a figure's for --plot, a JSON file's for --json and --report."""
+    from onnx_snn.errors import OutputPathError
+    from onnx_snn.model_io import check_outputs
+    for what, name in (("-o", "model.snn.onnx"), ("--plot", "figure.png"),
+                       ("--json", "result.json"), ("--report", "report.json")):
+        with pytest.raises(OutputPathError, match=f"is a folder; give a file name such as "
+                                                  f"{tmp_path / name}"):
+            check_outputs([(tmp_path, what)])

@@ -418,8 +418,7 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     from ..convert import check_recorded_timesteps, warn_other_timesteps
     if timesteps is None:
         check_recorded_timesteps(view.info.timesteps, where)
-    else:
-        warn_other_timesteps(view.info, [timesteps], where, "deployed")
+    warn_other_timesteps(view.info, [timesteps or view.info.timesteps], where, "deployed")
     out = deploy_model(view, timesteps, spike_counts, unit_thresholds)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:

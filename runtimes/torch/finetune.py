@@ -411,9 +411,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     info = view.info
     if cfg.timesteps is None:
         check_recorded_timesteps(info.timesteps, model_path)
-    elif main_proc:
-        warn_other_timesteps(info, [cfg.timesteps], str(model_path), "fine-tuning starts")
     T = int(cfg.timesteps or info.timesteps)
+    if main_proc:
+        warn_other_timesteps(info, [T], str(model_path), "fine-tuning starts")
     train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
     test_split = "train" if test_same and splits == {"train"} else "test"
     test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
