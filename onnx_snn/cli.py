@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the training split, tests on the test split), "
                                                   "a .npy/.npz file of inputs and labels, or a "
                                                   "folder of class subfolders of images (train/ and "
-                                                  "val/ splits when it has them) (default: the "
+                                                  "test/ or val/ splits when it has them) (default: the "
                                                   "model's dataset)")
     f.add_argument("--test-data", metavar="DATA", help="where the test accuracy that picks the "
                    "best epoch is measured (default: the named dataset's test split; for a file "

@@ -55,8 +55,8 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
         if real in seen or up:   # each folder once; a link to the folder or above it (a loop,
             dirnames[:] = []     # which would file every class's images under this one) not
             if up:               # followed
-                log.warning("%s: a link to %s, which holds this folder, is not followed",
-                            dirpath, real)
+                _warn_once("%s: a link to %s, which holds this folder, is not followed",
+                           dirpath, real)
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -83,14 +83,30 @@ def _class_lists(folder: Path) -> Tuple[List[Path], List[Path]]:
 
 
 def _split_folders(root: Path) -> dict:
-    """{split: folder} of ``root``'s split folders that hold class folders."""
+    """{split: folder} of ``root``'s split folders that hold class folders (the first of
+    SPLIT_FOLDERS' names for a split; when several are there, which is read is said)."""
     out = {}
     for split, names in SPLIT_FOLDERS.items():
-        for name in names:
-            if (root / name).is_dir() and class_folders(root / name):
-                out[split] = root / name
-                break
+        found = [root / n for n in names if (root / n).is_dir() and class_folders(root / n)]
+        if found:
+            out[split] = found[0]
+            if len(found) > 1:
+                _warn_once("%s: holds %s as its %s split; reading %s/ (move the others out to "
+                           "read one of them)", root, " and ".join(f"{p.name}/" for p in found),
+                           split, found[0].name)
     return out
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str, *args) -> None:
+    """A warning about a folder's layout, once per process (a folder is listed several
+    times: to recognize it, to find its classes, to read them)."""
+    key = message % args
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
 
 
 def is_image_folder(path) -> bool:

@@ -218,6 +218,8 @@ def test_a_link_back_up_is_not_followed_into_other_classes(tmp_path, caplog):
     ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
     assert ds.y.tolist() == [0, 1, 1]          # b: its own image, and a's through "self"
     assert "is not followed" in caplog.text
+    load_dataset(str(tmp_path / "r"))          # listed again: said once in the process
+    assert caplog.text.count("is not followed") == 1
 
 
 def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):
@@ -270,3 +272,21 @@ def test_mean_and_std_normalize_a_folder_of_images_on_the_command_line(folder, t
     np.savez(tmp_path / "a.npz", x=B.rand_input(4), y=np.arange(4) % 3)
     assert main(["-q", "eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "a.npz"),
                  "--mean", "0.5", "--std", "0.25"]) == 2
+
+
+def test_a_folder_with_both_test_and_val_says_which_it_reads(folder, caplog):
+    """test/ and val/ both holding classes: test/ is read, and a warning says so (once,
+    though the folder is listed several times)."""
+    import logging
+    import shutil
+    root, _ = folder
+    shutil.copytree(root / "val", root / "test")
+    (root / "test" / "a" / "0.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert is_image_folder(root)
+        ds = load_dataset(str(root), split="test")
+        load_dataset(str(root), split="test")
+    assert len(ds) == 11                                  # test/, one image fewer than val/
+    said = [r.getMessage() for r in caplog.records if "as its test split" in r.getMessage()]
+    assert said == [f"{root}: holds test/ and val/ as its test split; reading test/ (move the "
+                    "others out to read one of them)"]
