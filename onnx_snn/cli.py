@@ -195,12 +195,14 @@ def _add_data_args(p: argparse.ArgumentParser, record: bool = False) -> None:
                    help="download the named dataset (CIFAR, MNIST, Fashion-MNIST) through "
                         "torchvision when it is not found (needs internet)")
     p.add_argument("--mean", type=finite_float, nargs="+", metavar="M",
-                   help="named datasets: per-channel mean to subtract from [0,1] images (default: "
+                   help="named datasets and image folders: per-channel mean to subtract from "
+                        "[0,1] images (default: "
                         "the model's recorded preprocessing; with none, raw pixels and a warning)"
                         + ("; recorded in the spiking model" if record else "")
                         + ". Not with .npy/.npz data, which is taken as already preprocessed")
     p.add_argument("--std", type=positive_float, nargs="+", metavar="S",
-                   help="named datasets: per-channel std to divide by (default: the model's "
+                   help="named datasets and image folders: per-channel std to divide by "
+                        "(default: the model's "
                         "recorded preprocessing)")
 
 

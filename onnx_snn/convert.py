@@ -111,11 +111,6 @@ def _fitting_step(info: "fmt.SpikingInfo"):
     return None
 
 
-def _fine_tuned(info: "fmt.SpikingInfo") -> bool:
-    step = _fitting_step(info)
-    return step is not None and step[0] == "finetune"
-
-
 def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: str = "run") -> None:
     """A warning when a model whose parameters were fitted for one T (:func:`fitted_timesteps`)
     is run at another: its thresholds and amplitudes are not rate-exact there, and its
@@ -124,7 +119,8 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: s
     other = sorted({int(t) for t in timesteps if t is not None and int(t) != fitted})
     if fitted is None or not other:
         return
-    tuned = _fine_tuned(info)
+    step = _fitting_step(info)
+    tuned = step is not None and step[0] == "finetune"
     how = "fine-tuned" if tuned else f"converted ({info.method})"
     fix = (f"fine-tune it at T={other[-1]} (-T {other[-1]})" if tuned else
            f"convert the DNN again with -T {other[-1]}")
@@ -804,7 +800,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     ``config`` (a :class:`SearchConfig`) sets the search; keyword ``options`` override its
     fields (``objective="mean"``, ``sequential=True``, ``beta_step=0.01``, ...).
 
-    ``mean``/``std`` normalize a named dataset (its images are in [0, 1]) and are recorded in
+    ``mean``/``std`` normalize a named dataset or an image folder (images in [0, 1]) and are recorded in
     the spiking model's ``onnx_snn.preprocess`` metadata, so that ``evaluate`` and
     ``finetune`` feed it the same way; without them the DNN's recorded preprocessing is used
     (and carried over), else raw [0, 1] pixels with a warning (and recorded as such). Arrays

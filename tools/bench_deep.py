@@ -287,7 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-initial", action="store_true",
                    help="the SGL epoch trains the neurons' initial membranes too "
                         "(finetune --train-initial)")
-    p.add_argument("--finetune-loss", choices=("mean", "per-step"), default="mean",
+    from onnx_snn.cli import FINETUNE_LOSSES     # (finetune's LOSSES, read without torch)
+    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=FINETUNE_LOSSES[0],
                    help="the SGL epoch's loss (finetune --loss; default: mean)")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",

@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 
+from .walk import attr
+
 #: ops the source-site walk passes through (data input(s) only)
 PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
                 "ReduceMean", "ReduceSum",
@@ -136,14 +138,8 @@ def _mixes(node: onnx.NodeProto) -> bool:
     if node.op_type in MIXING:
         return True
     if node.op_type == "Resize":
-        mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
-        return mode != b"nearest"
+        return attr(node, "mode", b"nearest") != b"nearest"
     return False
-
-
-def _ints(node: onnx.NodeProto, name: str, default=None):
-    a = next((a for a in node.attribute if a.name == name), None)
-    return list(a.ints) if a is not None else default
 
 
 def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -> float:
@@ -159,25 +155,24 @@ def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -
     if op == "GlobalAveragePool":
         return float(math.prod(shape[2:]))
     if op in ("ReduceMean", "ReduceSum"):
-        axes = _ints(node, "axes")
+        axes = attr(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             out = shapes.get(node.output[0])       # axes as an input (opset 18)
             if out is None or not all(isinstance(d, int) and d > 0 for d in out):
                 return 1.0
             return float(math.prod(shape)) / float(math.prod(int(d) for d in out))
         if axes is None:
-            noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
-            return 1.0 if noop else float(math.prod(shape))
+            return 1.0 if attr(node, "noop_with_empty_axes", 0) else float(math.prod(shape))
         return float(math.prod(shape[a] for a in axes))
-    kernel = _ints(node, "kernel_shape", [])        # AveragePool, LpPool
+    kernel = list(attr(node, "kernel_shape", []))      # AveragePool, LpPool
     n = len(kernel)
     if not n or len(shape) != n + 2:
         return 1.0
-    strides = _ints(node, "strides", [1] * n)
-    dil = _ints(node, "dilations", [1] * n)
-    pads = _ints(node, "pads", [0] * (2 * n))
-    auto = next((a.s for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
-    ceil = next((a.i for a in node.attribute if a.name == "ceil_mode"), 0)
+    strides = list(attr(node, "strides", [1] * n))
+    dil = list(attr(node, "dilations", [1] * n))
+    pads = list(attr(node, "pads", [0] * (2 * n)))
+    auto = attr(node, "auto_pad", b"NOTSET")
+    ceil = attr(node, "ceil_mode", 0)
     out = shapes.get(node.output[0])
     total = 1.0
     for i in range(n):

@@ -359,7 +359,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
     top-1 (``FinetuneResult.written`` says whether anything was written); with
     ``initial_eval`` off there is no starting top-1, and the first epoch replaces it. ``mean``/``std``
-    normalize a named dataset (default: the model's recorded preprocessing).
+    normalize a named dataset or an image folder (default: the model's recorded preprocessing).
 
     The test accuracy, which picks the best epoch, is measured on ``test_data``: by default a
     named dataset's test split, and for arrays (.npy/.npz) the training samples themselves,
