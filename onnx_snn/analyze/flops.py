@@ -61,7 +61,7 @@ layer after it receives every one of them, so its share is multiplied by the win
 (valid) elements (``graph.sources.window_elements``: 4 for a 2x2 pool, H x W for a global
 one), which is one accumulate per input spike and fan-out of the pool and the layer together,
 the synapses a neuromorphic chip would give them. Before 2026-12-05 such a layer was charged
-at its site's rate per pooled element, 4-49x too little. A bilinear Resize's weighted sums
+at its site's rate per pooled element, too little by the window's size. A bilinear Resize's weighted sums
 are still charged at the site's rate (each output element about one input's spikes).
 """
 from __future__ import annotations
