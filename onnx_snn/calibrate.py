@@ -2,8 +2,8 @@
 
 The normalized DNN is run with every site's pre-activation exposed as an extra output. For
 each site we keep exact running statistics (count, positives, min, max) and a stratified
-uniform sample of at most ``sample_size`` values (each batch contributes in proportion to
-its size), so memory is bounded by ``sites * sample_size`` floats whatever the model and the
+uniform sample of at most ``sample_size`` values (one from each of ``sample_size`` equal
+strata of the values in calibration order, whatever the batch size), so memory is bounded by ``sites * sample_size`` floats whatever the model and the
 calibration-set size. The (alpha, beta) search then runs on the sorted sample.
 """
 from __future__ import annotations
@@ -141,30 +141,60 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
     return sess
 
 
+class StratifiedStream:
+    """A stratified uniform sample of ``min(k, total)`` positions of a stream of ``total``
+    values: one position drawn uniformly from each of ``k`` equal strata (every position
+    when ``k >= total``), in stream order. :meth:`take` gives the positions among the next
+    ``n`` values; the positions depend on ``total``, ``k`` and ``rng`` alone, not on how the
+    stream is cut, so a conversion samples the same values at any ``--batch-size``. Only
+    the strata that reach into the values taken so far are drawn (memory: one batch's)."""
+
+    def __init__(self, rng: np.random.Generator, total: int, k: int):
+        self.rng, self.total, self.k = rng, int(total), min(int(k), int(total))
+        self.seen = 0
+        self.drawn = 0                                   # strata whose position is drawn
+        self.pending = np.zeros(0, np.int64)            # drawn positions not yet reached
+
+    def _start(self, j: np.ndarray) -> np.ndarray:
+        return j * self.total // self.k
+
+    def take(self, n: int) -> np.ndarray:
+        """The sampled positions among the next ``n`` values, relative to their start."""
+        lo, hi = self.seen, self.seen + int(n)
+        self.seen = hi
+        if self.k >= self.total:
+            return np.arange(n, dtype=np.int64)
+        # the strata that start before ``hi``: j * total // k < hi  <=>  j < ceil(hi k / total)
+        upto = min(self.k, -(-hi * self.k // self.total))
+        if upto > self.drawn:
+            j = np.arange(self.drawn, upto, dtype=np.int64)
+            start, width = self._start(j), self._start(j + 1) - self._start(j)
+            off = np.minimum((self.rng.random(len(j)) * width).astype(np.int64), width - 1)
+            self.pending = np.concatenate([self.pending, start + off])
+            self.drawn = upto
+        cut = int(np.searchsorted(self.pending, hi))
+        got, self.pending = self.pending[:cut], self.pending[cut:]
+        return got - lo
+
+
 class _Sampler:
-    """Stratified uniform sample of a stream of values with a known total count."""
+    """Stratified uniform sample of a stream of values with a known total count
+    (:class:`StratifiedStream`, with a generator of its own, so that the sites' draws do not
+    interleave by batch)."""
 
     def __init__(self, sample_size: int, total: int, rng: np.random.Generator):
         self.k = sample_size
         self.total = total
-        self.rng = rng
-        self.seen = 0
+        self.stream = StratifiedStream(np.random.default_rng(int(rng.integers(1 << 62))),
+                                       total, sample_size)
         self.taken = 0
         self.parts = []
 
     def add(self, values: np.ndarray) -> None:
-        n = values.size
-        self.seen += n
-        if self.total <= self.k:
-            self.parts.append(values.copy())
-            self.taken += n
-            return
-        target = int(self.k * self.seen // self.total)
-        m = min(n, target - self.taken)
-        if m > 0:
-            idx = self.rng.choice(n, m, replace=False, shuffle=False)
-            self.parts.append(values[idx])
-            self.taken += m
+        idx = self.stream.take(values.size)
+        if idx.size:
+            self.parts.append(values.reshape(-1)[idx])
+            self.taken += int(idx.size)
 
     def result(self) -> np.ndarray:
         out = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)

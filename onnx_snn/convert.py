@@ -696,15 +696,13 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             row.update(alpha=rec.alpha, beta=rec.beta, threshold=rec.threshold,
                        amplitude=rec.amplitude, v_init=rec.v_init,
                        objective_value=rec.objective_value)
-    # the weight calibration keeps a refit only when it predicts held-out batches better: a
-    # refinement run in one batch (its own size: smaller than the calibration's for large
-    # layers) has none, and refits no layer
-    one_batch = bool(refinement) and cfg.weight_calibration and refinement["batches"] < 2
-    if one_batch:
-        notes.append(f"warning: the weight calibration checks each layer's refit on every "
-                     f"second batch of the calibration set, and its {calib.n_samples} samples "
-                     "ran as one: no layer was refitted; give more calibration samples than "
-                     "the batch size (--calib-samples, --batch-size)")
+    # the weight calibration keeps a refit only when it predicts held-out images better: a
+    # calibration set of one image has none, and refits no layer
+    one_image = bool(refinement) and cfg.weight_calibration and refinement["images"] < 2
+    if one_image:
+        notes.append("warning: the weight calibration checks each layer's refit on every "
+                     "second calibration image, and the calibration set has one: no layer "
+                     "was refitted; give more calibration samples (--calib-samples)")
     history = [{
         "step": "convert", "tool": f"onnx-snn {__version__}",
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -713,9 +711,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
-            "weight_calibration": cfg.weight_calibration and not one_batch,
-            **({"weight_calibration_skipped": "one calibration batch: none held out to check "
-                "a refit on"} if one_batch else {}),
+            "weight_calibration": cfg.weight_calibration and not one_image,
+            **({"weight_calibration_skipped": "one calibration image: none held out to check "
+                "a refit on"} if one_image else {}),
             **({"weight_holdout": cfg.weight_holdout, "weight_ridge": cfg.weight_ridge,
                 "weight_ridge_toward": "own weights" if cfg.weight_ridge_to_original else "zero",
                 **({"weight_target": "min(h, mu) where a layer feeds a site alone"}

@@ -61,7 +61,7 @@ class SearchConfig:
     bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
-    weight_holdout: int = 2          # weight calibration: every k-th batch checks the refits
+    weight_holdout: int = 2          # weight calibration: every k-th image checks the refits
     #: weight calibration at T = 1: a layer that feeds a site alone is fitted to min(h, mu)
     #: (the DNN's activation saturates at mu, and one step fires one spike at most;
     #: docs/FORMAT.md)
@@ -69,7 +69,7 @@ class SearchConfig:
     weight_target_floor: Optional[float] = None   # weight calibration: a layer that feeds a
                                      # site alone is fitted to max(h, -floor * mu), not h
                                      # (None: h; an experiment, tools/bench_deep.py)
-    #: weight calibration: each layer's ridge is chosen from these by its held-out batches,
+    #: weight calibration: each layer's ridge is chosen from these by its held-out images,
     #: walking from weight_ridge (None: weight_ridge for every layer, the default until
     #: 2026-12-04; docs/FORMAT.md)
     weight_ridge_grid: Optional[tuple] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -152,7 +152,7 @@ class SearchConfig:
         if self.search_stride < 1:
             raise UsageError(f"search stride must be a whole number >= 1, not {self.search_stride}")
         if self.weight_holdout < 2:
-            raise UsageError(f"weight_holdout (every k-th calibration batch held out) must be a "
+            raise UsageError(f"weight_holdout (every k-th calibration image held out) must be a "
                              f"whole number >= 2, not {self.weight_holdout}")
         if self.weight_target_floor is not None and not self.weight_target_floor >= 0:
             raise UsageError(f"weight_target_floor must be >= 0 (a fraction of mu), not "

@@ -38,8 +38,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import (Calibration, batch_within, calibration_feeds, fixed_batch, input_specs,
-                        make_session)
+from .calibrate import (Calibration, StratifiedStream, batch_within, calibration_feeds,
+                        fixed_batch, input_specs, make_session)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -89,16 +89,11 @@ def _upstream(view: fmt.SpikingView, targets: List[str], given=()) -> onnx.Model
 
 def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: List[int],
                sample: int) -> List[np.ndarray]:
-    """For every batch, the flat positions sampled from it (in proportion to its size)."""
-    total = per_sample * n_total
-    out, taken, seen = [], 0, 0
-    for nb in sizes:
-        m = nb * per_sample
-        seen += m
-        want = min(m, int(min(sample, total) * seen // total) - taken)
-        out.append(np.sort(rng.choice(m, want, replace=False)) if want > 0 else np.zeros(0, np.int64))
-        taken += max(want, 0)
-    return out
+    """For every batch, the flat positions sampled from it: a stratified sample of the
+    whole set's neurons (:class:`~onnx_snn.calibrate.StratifiedStream`), the same neurons
+    whatever the batch size."""
+    stream = StratifiedStream(rng, per_sample * n_total, sample)
+    return [stream.take(nb * per_sample) for nb in sizes]
 
 
 def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.ndarray]:
@@ -333,7 +328,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     layer_rows: List[dict] = []
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
     for f in pending:
-        f.n_batches, f.holdout = len(starts), cfg.weight_holdout
+        f.n_images, f.holdout = n_total, cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
     dnn_model = nm.model
 
@@ -503,7 +498,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     top = ceilings.get(f.node.output[0])
                     if top is not None:      # the DNN's activation is mu above it
                         y = np.minimum(y, np.float32(top))
-                    f.add_steps(steps[x], y)
+                    f.add_steps(steps[x], y, first=starts[b])
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:
@@ -523,9 +518,9 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                        "heldout_sse_refit": new, "heldout_sse_original": old, "refitted": better}
                 if cfg.weight_ridge_grid:
                     row["ridge"] = ridge
-                if len(starts) < 2:
-                    row["why"] = ("one calibration batch: no held-out batch to check a refit "
-                                  "on (give more calibration images than the batch size)")
+                if n_total < 2:
+                    row["why"] = ("one calibration image: no held-out image to check a refit "
+                                  "on (give more calibration images)")
                 if better:
                     w, bias = f.solve(ridge)
                     row.update(_apply_fit(work, f, w, bias))
@@ -610,8 +605,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         bar.total = bar.n
         bar.refresh()
     bar.close()
-    report = {"seconds": time.perf_counter() - t0, "sites": rows,
-              "batches": len(starts)}    # (the weight calibration holds out every second)
+    report = {"seconds": time.perf_counter() - t0, "sites": rows, "batches": len(starts),
+              "images": n_total}    # (the weight calibration holds out every second image)
     if cfg.weight_calibration:
         report["layers"] = layer_rows
     return recs, report, work

@@ -16,10 +16,14 @@ chasing the noise of a small calibration set; in the refinement the penalty is
 ``lam ||W' - W||^2`` (:attr:`LayerFit.to_original`): where the calibration set says little,
 the refit stays near the trained weights instead of shrinking toward zero (top-1 at T = 1
 and 2 higher in all 12 cells measured, three networks and two seeds: docs/FORMAT.md).
-Every second calibration batch is held out
-(batches 1, 3, 5, ...): a layer keeps its own weights unless the refit on the other half
+Every second calibration image is held out
+(images 1, 3, 5, ...): a layer keeps its own weights unless the refit on the other half
 predicts the held-out DNN outputs better, and keeps them when the calibration set is a single
-batch, with nothing to check the refit on. A layer that passes is refitted on all batches.
+image, with nothing to check the refit on. A layer that passes is refitted on all images.
+The split, and the patches a convolution's rows are drawn from, go by the image's place in
+the calibration set, not by batch, so the refit is the same at any ``--batch-size`` (until
+2026-12-05 every second batch was held out: a set run as one batch refitted nothing, and
+each batch size drew other rows).
 Half the set held out, rather than every fifth batch (one of the default 512 images' eight),
 gave a steadier verdict: top-1 as high or higher in all 12 cells measured at T = 1 and 2
 (three networks, two refinement seeds; +0.25 points on average, up to +0.88), and within
@@ -35,7 +39,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 CALIBRATED_OPS = ("Conv", "Gemm")
-MAX_ROWS = 8192          # rows (patches) per batch that enter the normal equations
+#: rows (patches) that enter the normal equations: at most max(MAX_ROWS, 20 x inputs) per
+#: ROW_IMAGES calibration images, the same number from each image (:func:`_row_cap`)
+MAX_ROWS = 8192
+ROW_IMAGES = 64
 #: a layer with more inputs per output (per group) is not refitted: its normal equations are
 #: two (d+1)^2 float64 matrices (1 GiB at this limit, and a float32 one for a chunk's
 #: product of spike counts, 0.25 GiB; 10 GiB for the 25 088 inputs of an
@@ -76,7 +83,8 @@ class LayerFit:
     #: yet scaled (:meth:`_accumulate`)
     pending: Dict[tuple, list] = field(default_factory=dict, repr=False)
     rows: int = 0
-    batches: int = 0
+    #: images added so far: the next batch's first image's place in the calibration set
+    images: int = 0
     #: per group, the batches' (held out?, rows with the bias column, targets, the columns'
     #: quantum or None: see :meth:`add`) while the dual form is possible (fewer rows than
     #: inputs, more than DUAL_MIN_INPUTS inputs);
@@ -84,11 +92,11 @@ class LayerFit:
     kept: Optional[List[list]] = None
     #: rows of the batch being added, with the bias column (see :meth:`_buffer`)
     scratch: Optional[np.ndarray] = field(default=None, repr=False)
-    #: how many batches the calibration set has, when known: a single batch is not held
+    #: how many images the calibration set has, when known: a single image is not held
     #: out (the layer then keeps its weights)
-    n_batches: Optional[int] = None
-    #: every ``holdout``-th batch is held out (``SearchConfig.weight_holdout``; 5 until
-    #: 2026-12-03, then a set of two to four batches held out its last one)
+    n_images: Optional[int] = None
+    #: every ``holdout``-th image is held out (``SearchConfig.weight_holdout``; until
+    #: 2026-12-05 every ``holdout``-th batch, every fifth until 2026-12-03)
     holdout: int = 2
     #: the ridge pulls the refit toward the layer's own weights W0 (lam ||W - W0||^2), not
     #: toward zero (SearchConfig.weight_ridge_to_original, on in the refinement since
@@ -104,38 +112,47 @@ class LayerFit:
             self.kept = []
 
     def add(self, r: Optional[np.ndarray], y: np.ndarray,
-            counts: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
-        """A batch: the layer's time-averaged spiking input ``r`` and the DNN's output ``y``.
-        Every ``holdout``-th batch is held out to check the refit. A convolution's rows (patches) are
-        subsampled to at most ``max(MAX_ROWS, 20 x inputs)`` per batch, with a fixed seed.
+            counts: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+            first: Optional[int] = None) -> None:
+        """A batch of images, the next ones of the calibration set: the layer's time-averaged
+        spiking input ``r`` and the DNN's output ``y``. Every ``holdout``-th image is held out
+        to check the refit (:meth:`held_out`). A convolution's rows (patches) are drawn at
+        most :func:`_row_cap` per image, by the image's place in the set (:func:`_design`).
         ``counts``: the input as (whole-number array K, per-channel quantum q) instead, with
         ``r = K * q`` along axis 1 (:func:`integer_form`; ``r`` is then not needed); its
-        normal equations are then summed exactly (see :meth:`_accumulate`)."""
+        normal equations are then summed exactly (see :meth:`_accumulate`). ``first``: the
+        batch's first image's place in the calibration set (default: after the images added
+        so far)."""
         self.walk = None
-        held = self.held_out(self.batches)
-        rng = np.random.default_rng(self.batches)
         values, q = counts if counts is not None else (r, None)
-        for g, (x, yg) in enumerate(_design(self, values, y, rng, self._buffer)):
+        first = self.images if first is None else int(first)
+        for g, (x, yg, image) in enumerate(_design(self, values, y, first, self._buffer)):
             yg = yg.astype(np.float32)
             scale = None if q is None else self._column_scale(q, g)
-            if self.kept is not None:
-                while len(self.kept) <= g:
-                    self.kept.append([])
-                if sum(len(k[1]) for k in self.kept[g]) + len(x) < self.inputs:
-                    self.kept[g].append((held, x.copy(), yg, scale))
-                    continue
-                self._fold()          # as many rows as inputs: the normal equations from now on
-            self._accumulate(g, held, x, yg, scale)
-        self.rows += values.shape[0]
-        self.batches += 1
+            held = self.held_out(first + image)
+            parts = [(bool(held[0]), x, yg)] if held.all() or not held.any() else \
+                [(False, x[~held], yg[~held]), (True, x[held], yg[held])]
+            for h, xp, yp in parts:
+                if self.kept is not None:
+                    while len(self.kept) <= g:
+                        self.kept.append([])
+                    if sum(len(k[1]) for k in self.kept[g]) + len(xp) < self.inputs:
+                        self.kept[g].append((h, xp.copy(), yp, scale))
+                        continue
+                    self._fold()      # as many rows as inputs: the normal equations from now on
+                self._accumulate(g, h, xp, yp, scale)
+            if g == 0:
+                self.rows += len(x)
+        self.images = first + int(values.shape[0])
 
-    def add_steps(self, steps: List[np.ndarray], y: np.ndarray) -> None:
+    def add_steps(self, steps: List[np.ndarray], y: np.ndarray,
+                  first: Optional[int] = None) -> None:
         """:meth:`add` from the input's values at each step (spikes times amplitudes, as the
         step graph computed them): their mean is ``r``; when every step's values are 0 or
         plus or minus one value per channel (spikes, max-pooled spikes), the normal
         equations are summed from the spike counts exactly."""
         counts = integer_form(steps)
-        self.add(np.mean(steps, axis=0) if counts is None else None, y, counts)
+        self.add(np.mean(steps, axis=0) if counts is None else None, y, counts, first)
 
     def _column_scale(self, q: np.ndarray, g: int) -> np.ndarray:
         """The quantum of each column of group ``g``'s rows (its input channel's; 1 for the
@@ -148,15 +165,17 @@ class LayerFit:
             cols = q
         return np.concatenate([np.asarray(cols, np.float64).reshape(-1), [1.0]])
 
-    def held_out(self, b: int) -> bool:
-        """Whether batch ``b`` is held out: every ``holdout``-th (the default 2: batches 1, 3,
-        5, ...); the last one of a set of fewer batches than that, none of a single batch."""
-        if self.n_batches is not None:
-            if self.n_batches < 2:
-                return False
-            if self.n_batches < self.holdout:
-                return b == self.n_batches - 1
-        return b % self.holdout == self.holdout - 1
+    def held_out(self, image) -> np.ndarray:
+        """Whether each image (its place in the calibration set) is held out: every
+        ``holdout``-th (the default 2: images 1, 3, 5, ...); the last one of a set of fewer
+        images than that, none of a single image."""
+        image = np.asarray(image, np.int64)
+        if self.n_images is not None:
+            if self.n_images < 2:
+                return np.zeros(image.shape, bool)
+            if self.n_images < self.holdout:
+                return image == self.n_images - 1
+        return image % self.holdout == self.holdout - 1
 
     def _buffer(self, rows: int, cols: int) -> np.ndarray:
         """A float32 [rows, cols] scratch array, reused from batch to batch (a fresh array of
@@ -291,7 +310,7 @@ class LayerFit:
     def improves(self, ridge: float) -> Tuple[bool, float, float]:
         """Whether the refit on the fitting rows beats the layer's own weights on the held-out
         rows; (verdict, held-out SSE of the refit, of the original)."""
-        if self.n_batches is not None and self.n_batches < 2:
+        if self.n_images is not None and self.n_images < 2:
             return False, float("nan"), float("nan")   # nothing to check the refit on: kept
         if self.kept is not None:
             return self._dual_improves(ridge)
@@ -465,18 +484,31 @@ def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
 
 
 def _row_cap(inputs: int) -> int:
-    """The most rows (patches) of one batch that enter the normal equations."""
-    return max(MAX_ROWS, 20 * inputs)
+    """The most rows (patches) of one image that enter the normal equations:
+    max(MAX_ROWS, 20 x inputs) per ROW_IMAGES images."""
+    return -(-max(MAX_ROWS, 20 * inputs) // ROW_IMAGES)
 
 
-def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, rng: Optional[np.random.Generator] = None,
+def _keys(index: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random uint64 for each non-negative whole number (splitmix64's
+    finalizer): the patches drawn from an image depend on its place in the calibration set
+    alone, not on the batch it came in."""
+    z = index.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, first: Optional[int] = None,
             buffer=None):
     """Per group: (rows of inputs with a last column of ones for the bias, float32; rows of
-    targets). With ``rng``, a group with more rows than :func:`_row_cap` keeps that many,
-    drawn without replacement (in row order); a convolution's patches are then built at the
-    drawn positions only (a 32 x 32 layer's batch has 65 536 patches, of which ~10 000 are
-    kept). ``buffer(rows, cols)`` gives the array the rows are written to (default: a new
-    one); each group's rows are used before the next group's are written."""
+    targets; each row's image, within the batch). With ``first`` (the batch's first image's
+    place in the calibration set), a convolution with more patches per image than
+    :func:`_row_cap` keeps that many of each image's, the same ones whatever the batch
+    (:func:`_keys` of the patch's place in the set), in row order, and builds its patches
+    there only (a 32 x 32 layer's image has 1 024 patches, of which 128 are kept).
+    ``buffer(rows, cols)`` gives the array the rows are written to (default: a new one);
+    each group's rows are used before the next group's are written."""
     buffer = buffer or (lambda rows, cols: np.empty((rows, cols), np.float32))
 
     def with_bias(rows: int, d: int):
@@ -484,38 +516,39 @@ def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, rng: Optional[np.random
         x[:, d] = 1.0
         return x
 
-    if fit.node.op_type == "Gemm":
+    if fit.node.op_type == "Gemm":               # one row per image
         rows, target = r.reshape(r.shape[0], -1), y.reshape(y.shape[0], -1)
-        if rng is not None and len(rows) > _row_cap(rows.shape[1]):
-            pick = np.sort(rng.choice(len(rows), _row_cap(rows.shape[1]), replace=False))
-            rows, target = rows[pick], target[pick]
         x = with_bias(*rows.shape)
         x[:, :-1] = rows
-        yield x, target
+        yield x, target, np.arange(len(rows))
         return
     g = fit.groups
     cin, kh, kw = (int(v) for v in fit.weight.shape[1:])
     cout = fit.weight.shape[0] // g
     n, _, oh, ow = y.shape
-    p, d = n * oh * ow, cin * kh * kw
-    if rng is None or p <= _row_cap(d):
+    per, d = oh * ow, cin * kh * kw
+    cap = _row_cap(d)
+    if first is None or per <= cap:
+        p = n * per
         win = _windows(r, fit.weight.shape, fit.attrs)                  # [N, C, OH, OW, kh, kw]
         yt = np.moveaxis(y, 1, -1).reshape(p, -1)                        # [P, M]
+        image = np.repeat(np.arange(n), per)
         for i in range(g):
             x = with_bias(p, d)
             np.copyto(x[:, :d].reshape(n, oh, ow, cin, kh, kw),
                       win[:, i * cin:(i + 1) * cin].transpose(0, 2, 3, 1, 4, 5))
-            yield x, yt[:, i * cout:(i + 1) * cout]
+            yield x, yt[:, i * cout:(i + 1) * cout], image
         return
+    keys = _keys((first + np.arange(n, dtype=np.int64))[:, None] * per + np.arange(per))
+    pick = np.sort(np.argpartition(keys, cap - 1, axis=1)[:, :cap], axis=1)   # [N, cap]
+    b = np.repeat(np.arange(n), cap)
+    yo, xo = np.divmod(pick.reshape(-1), ow)
     padded = _padded_nhwc(r, fit.weight.shape, fit.attrs)
     for i in range(g):
-        pick = np.sort(rng.choice(p, _row_cap(d), replace=False))
-        b, rest = np.divmod(pick, oh * ow)
-        yo, xo = np.divmod(rest, ow)
-        x = with_bias(len(pick), d)
+        x = with_bias(len(b), d)
         patches_at(padded, fit.weight.shape, fit.attrs, b, yo, xo, slice(i * cin, (i + 1) * cin),
-                   out=x[:, :d].reshape(len(pick), cin, kh, kw))
-        yield x, y[b, i * cout:(i + 1) * cout, yo, xo]
+                   out=x[:, :d].reshape(len(b), cin, kh, kw))
+        yield x, y[b, i * cout:(i + 1) * cout, yo, xo], b
 
 
 def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, dilations):

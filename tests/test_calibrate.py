@@ -1,6 +1,8 @@
 """Calibration with onnxruntime: exact statistics, bounded stratified samples, clear errors."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 import builders as B
 from onnx_snn.calibrate import _Sampler, calibrate
@@ -46,6 +48,36 @@ def test_sampler_is_uniform():
     assert out.size == 10_000 and np.unique(out).size == 10_000
     hist = np.histogram(out, bins=10, range=(0, 1_000_000))[0]
     assert np.all(hist == 1000)  # one stratum per batch
+
+
+def test_sample_does_not_depend_on_the_batch_size(nm):
+    """The sampled values go by their place in the calibration set, not by batch (each
+    batch once drew its share with the generator's next numbers)."""
+    x = B.rand_input(40)
+    got = [calibrate(nm, x, batch_size=b, sample_size=1000, show_progress=False)
+           for b in (40, 8, 13)]
+    assert sum(st.count > 1000 for st in got[0].sites.values()) >= 2     # sampled sites
+    for cal in got[1:]:
+        for name, st in got[0].sites.items():
+            np.testing.assert_array_equal(cal.sites[name].sample, st.sample)
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=hs.integers(1, 5000), k=hs.integers(1, 6000),
+       cuts=hs.lists(hs.integers(0, 700), max_size=12), seed=hs.integers(0, 5))
+def test_stratified_stream_is_one_position_per_stratum_however_cut(total, k, cuts, seed):
+    from onnx_snn.calibrate import StratifiedStream
+    whole = StratifiedStream(np.random.default_rng(seed), total, k).take(total)
+    stream, start, parts = StratifiedStream(np.random.default_rng(seed), total, k), 0, []
+    for n in [c for c in cuts if c] + [total]:
+        n = min(n, total - start)
+        parts.append(stream.take(n) + start)
+        start += n
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    m = min(k, total)
+    assert len(whole) == m and np.all(np.diff(whole) > 0) and 0 <= whole[0] and whole[-1] < total
+    stratum = np.arange(m) * total // m
+    assert np.all(whole >= stratum) and np.all(whole < np.append(stratum[1:], total))
 
 
 def test_wrong_shape(nm):

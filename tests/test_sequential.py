@@ -376,9 +376,9 @@ def _record_fit_targets(monkeypatch) -> dict:
     tops = {}
     real = W.LayerFit.add_steps
 
-    def record(self, steps, y):
+    def record(self, steps, y, **kw):
         tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
-        return real(self, steps, y)
+        return real(self, steps, y, **kw)
     monkeypatch.setattr(W.LayerFit, "add_steps", record)
     return tops
 
