@@ -140,6 +140,10 @@ SEEDS["refined-fixed-ridge-seed1"] = 1
 #: 2026-12-03; now every second), seeds 0-3
 HOLDOUT5 = {"refined-holdout5": 0, **{f"refined-holdout5-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
+#: the default calibrated and refined in batches of another size than 64 (a memory setting:
+#: since 2026-12-05 the conversion should not depend on it; at 512 the whole set is one batch)
+BATCHES = {f"refined-batch{b}": b for b in (32, 128, 512)}
+VARIANTS.update({name: ("refined", {}) for name in BATCHES})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -157,7 +161,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     nm = onnx_snn.prepare(str(NETS[net]), pool_first=method in POOL_FIRST)
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
-    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal).x, show_progress=False)
+    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal).x, show_progress=False,
+                             **({"batch_size": BATCHES[method]} if method in BATCHES else {}))
     out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
            "calibration_images": n_cal}
     if method == "dnn":
