@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = all)")
     c.add_argument("--batch-size", type=batch_int,
                    help=f"calibration batch (default: {DEFAULT_BATCH_SIZE}; fewer images when "
-                        "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). It "
-                        "moves the result a little: each batch contributes its own sample of "
-                        "activations, and the refinement checks its layer refits on every "
-                        "second batch (a single batch: no refit, with a warning)")
+                        "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). "
+                        "Memory and speed only: the samples and the refits' held-out images go "
+                        "by each image's place in the calibration set, so every batch size "
+                        "gives the same conversion")
     c.add_argument("--sample-size", type=sample_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
                    help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE}; "
                         f"at most {MAX_SAMPLE_SIZE})")

@@ -220,6 +220,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         preprocess = check_preprocess(runner.info.preprocess, where)
         if t_list is None:
             check_recorded_timesteps(runner.info.timesteps, where)
+        for t in t_list or [None]:
+            runner.check_timesteps(t)      # a deploy graph's fixed T: refused before any work
         warn_other_timesteps(runner.info, t_list or [runner.info.timesteps], where)
     else:
         preprocess = _dnn_preprocess(runner.model, where)

@@ -114,6 +114,19 @@ class ModelRunner:
     def validate(self, x, what="data") -> Dict[str, np.ndarray]:
         return validate_feeds(self.specs, x, what)
 
+    def check_timesteps(self, timesteps: Optional[int] = None) -> int:
+        """The T a spiking model will run (default: its own), refused before any work when
+        it is out of range or a deploy graph's fixed T is not it."""
+        T = int(timesteps or self.info.timesteps)
+        from onnx_snn.convert import MAX_TIMESTEPS
+        if not 1 <= T <= MAX_TIMESTEPS:
+            raise DataError(f"timesteps must be between 1 and {MAX_TIMESTEPS} (got {T})")
+        if self.deploy and T != self.info.timesteps:
+            raise UsageError(f"{self.where}: a deploy graph runs T={self.info.timesteps} "
+                             f"only (asked for T={T}); make one for T={T} with "
+                             f"`onnx-snn deploy -T {T}` from the spiking model")
+        return T
+
     def run(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
         """One batch (already validated feeds)."""
         feeds = {k: _as_feed(v, self.feed_types.get(k, v.dtype), k) for k, v in feeds.items()}
@@ -122,17 +135,10 @@ class ModelRunner:
                 return StepResult(self.session.run(self.output_names, feeds), {})
             except Exception as e:
                 raise run_failure(e, self.where, feeds) from None
-        T = int(timesteps or self.info.timesteps)
-        from onnx_snn.convert import MAX_TIMESTEPS
-        if not 1 <= T <= MAX_TIMESTEPS:
-            raise DataError(f"timesteps must be between 1 and {MAX_TIMESTEPS} (got {T})")
+        T = self.check_timesteps(timesteps)
         if self.is_step_graph:
             return self._run_steps(feeds, T)
         if self.deploy:
-            if T != self.info.timesteps:
-                raise UsageError(f"{self.where}: a deploy graph runs T={self.info.timesteps} "
-                                f"only (asked for T={T}); make one for T={T} with "
-                                f"`onnx-snn deploy -T {T}` from the spiking model")
             names = list(self.deploy_spikes.values())
             outs = self.session.run(self.output_names + names, feeds)
             k = len(self.output_names)
