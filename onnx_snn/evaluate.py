@@ -223,6 +223,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         for t in t_list or [None]:
             runner.check_timesteps(t)      # a deploy graph's fixed T: refused before any work
         warn_other_timesteps(runner.info, t_list or [runner.info.timesteps], where)
+        runner.warned_timesteps.update(t_list or [runner.info.timesteps])   # said once, here
     else:
         preprocess = _dnn_preprocess(runner.model, where)
     if isinstance(data, tuple):

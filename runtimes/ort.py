@@ -87,6 +87,9 @@ class ModelRunner:
                             "to study other T, evaluate the spiking model it was made from")
         self.view = fmt.read_spiking(self.model, where) if self.spiking and not self.deploy else None
         self.info = info
+        #: the T it has been run at, each warned about once when its parameters were fitted
+        #: for another (:func:`onnx_snn.convert.warn_other_timesteps`)
+        self.warned_timesteps: set = set()
         self.per_step = per_step and self.spiking
         per_step_outputs = self.view.per_step_names() \
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
@@ -136,6 +139,10 @@ class ModelRunner:
             except Exception as e:
                 raise run_failure(e, self.where, feeds) from None
         T = self.check_timesteps(timesteps)
+        if T not in self.warned_timesteps:
+            self.warned_timesteps.add(T)
+            from onnx_snn.convert import warn_other_timesteps
+            warn_other_timesteps(self.info, [T], self.where)
         if self.is_step_graph:
             return self._run_steps(feeds, T)
         if self.deploy:

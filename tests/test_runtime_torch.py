@@ -615,6 +615,34 @@ def test_a_fine_tuned_model_is_fitted_for_its_T(tmp_path, caplog):
         assert any("fine-tuned for T=3; run at T=2" in r.getMessage() for r in caplog.records)
 
 
+def test_both_runtimes_warn_once_when_run_at_another_t(caplog, tmp_path):
+    """SpikingNetwork.forward(timesteps=) and ModelRunner.run(timesteps=), the API's own ways
+    to run a model, warn like eval does when the model's parameters were fitted for another
+    T: once per T, and not at its own T nor for a method that holds at any T."""
+    import logging
+    from onnx_snn.runtimes.ort import ModelRunner
+    x = B.rand_input(16)
+    for method, expect in (("refined", True), ("max", False)):
+        path = tmp_path / f"{method}.snn.onnx"
+        onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method=method,
+                         show_progress=False).save(path)
+        net, runner = SpikingNetwork.from_onnx(path).eval(), ModelRunner(str(path))
+        feeds = runner.validate(x)
+        for run in (lambda T: net(torch.from_numpy(x), T),
+                    lambda T: runner.run(feeds, T)):
+            said = []
+            for T in (2, None, 4, 4, 3):
+                caplog.clear()
+                with caplog.at_level(logging.WARNING, logger="onnx_snn"), torch.no_grad():
+                    run(T)
+                said.append([r.getMessage() for r in caplog.records if "rate-exact" in r.getMessage()])
+            if expect:
+                assert [len(m) for m in said] == [0, 0, 1, 0, 1], said
+                assert str(path) in said[2][0] and "for T=2; run at T=4" in said[2][0]
+            else:
+                assert not any(said), said
+
+
 def test_cli_loss_choices_are_the_finetuners():
     from onnx_snn.cli import FINETUNE_LOSSES
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, LOSSES

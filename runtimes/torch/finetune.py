@@ -439,6 +439,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                         f"the model's fixed batch size ({fixed}){' per process' if world > 1 else ''}")
     net = SpikingNetwork(model, surrogate=cfg.surrogate,
                          train_initial=cfg.train_initial).to(device)
+    net.warn_timesteps = False        # fine-tuning at another T is warned about above
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
         raw = net(_tensors(_padded(_rows(test.x, slice(0, 1)), fixed), device), 1)

@@ -292,6 +292,12 @@ class SpikingNetwork(nn.Module):
         self.view = fmt.read_spiking(model, model.graph.name or "model")
         self.info = self.view.info
         self.timesteps = self.info.timesteps
+        #: the T it has run at, each warned about once when its parameters were fitted for
+        #: another (:func:`onnx_snn.convert.warn_other_timesteps`); finetune, which says so
+        #: itself, sets ``warn_timesteps`` False
+        self.warned_timesteps: set = set()
+        self.warn_timesteps = True
+        self.where = files[0] if files else (model.graph.name or "model")
         self.sites = self.info.sites
         self._names: Dict[str, str] = {}          # onnx initializer name -> attribute key
         self._floors: Dict[str, str] = {}         # threshold/amplitude name -> its floor's key
@@ -545,6 +551,10 @@ class SpikingNetwork(nn.Module):
             from onnx_snn.convert import check_timesteps
             timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
         T = int(timesteps or self.timesteps)
+        if self.warn_timesteps and T not in self.warned_timesteps:
+            self.warned_timesteps.add(T)
+            from onnx_snn.convert import warn_other_timesteps
+            warn_other_timesteps(self.info, [T], self.where)
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
