@@ -20,6 +20,7 @@ import onnx
 from .datasets import Dataset, is_inputs_labels
 from .feeds import fixed_batch, input_specs, validate_feeds
 from .errors import DataError, UnsupportedModelError, UsageError, first_line
+from .flags import checks_flags
 from .values import is_int
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -330,6 +331,7 @@ def check_seed(value, name: str = "seed") -> int:
     return int(value)
 
 
+@checks_flags
 def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
               sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0, show_progress: bool = True,
               threads: Optional[int] = None, sites: Optional[Sequence[str]] = None) -> Calibration:

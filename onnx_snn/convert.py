@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import onnx
@@ -21,11 +21,12 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, tensor_shapes)
-from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, input_key, apply_preprocess, check_finite,
+from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
+from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
 from .graph.inputs import input_scaling
@@ -122,11 +123,19 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: s
     step = _fitting_step(info)
     tuned = step is not None and step[0] == "finetune"
     how = "fine-tuned" if tuned else f"converted ({info.method})"
+    at = ", ".join(map(str, other))
+    if what == "fine-tuning starts":     # fine-tuning at the new T is itself the fix
+        start = ("its own fine-tuning's" if tuned else
+                 f"a conversion for T={other[-1]} (convert the DNN again with -T {other[-1]})")
+        log.warning(f"{where}: its parameters were {how} for T={fitted}; fine-tuning starts at "
+                    f"T={at} from parameters that are not rate-exact there, so its first epochs "
+                    f"start lower than from {start}")
+        return
     fix = (f"fine-tune it at T={other[-1]} (-T {other[-1]})" if tuned else
            f"convert the DNN again with -T {other[-1]}")
     log.warning(
-        f"{where}: its parameters were {how} for T={fitted}; {what} at T={', '.join(map(str, other))} "
-        f"they are not rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
+        f"{where}: its parameters were {how} for T={fitted}; {what} at T={at}, they are not "
+        f"rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
 
 
 def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,
@@ -149,14 +158,6 @@ def remember_dataset(metadata: Dict[str, str], data) -> Dict[str, str]:
     conversion asked for --data again). Empty when there is nothing to add."""
     name = named_dataset(data)
     return {fmt.META_DATASET: name} if name and not metadata.get(fmt.META_DATASET) else {}
-
-
-def check_flag(value, name: str) -> bool:
-    """True or False (numpy's too), else a UsageError naming ``name``: the string "False" is a
-    true value, and was taken as one."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise UsageError(f"{name} must be True or False, not {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:
@@ -231,6 +232,7 @@ class SpikingModel:
         return rewrite.step_model(self.normalized, self.records, meta, self.input_shapes,
                                   self.pools)
 
+    @checks_flags
     def binary_model(self, step: bool = False) -> onnx.ModelProto:
         """The model with every foldable spike amplitude moved into the next layer's weights
         (0/1 spikes); ``self.report['binary_spikes']`` says which sites kept theirs and why."""
@@ -239,6 +241,7 @@ class SpikingModel:
         self.report["binary_spikes"] = result
         return model
 
+    @checks_flags
     def form(self, step: bool = False, binary_spikes: bool = False,
              deploy: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
         """The model written out: the single-call model, the step graph or the deploy graph
@@ -252,6 +255,7 @@ class SpikingModel:
             return self.binary_model(step)
         return self.step_model() if step else self.model
 
+    @checks_flags
     def to_bytes(self, step: bool = False, binary_spikes: bool = False) -> bytes:
         """The serialized model (or step graph, or binary-spike form) in one message, weights
         included (what :meth:`save` writes unless the weights go to external data, see
@@ -269,6 +273,7 @@ class SpikingModel:
         return self.normalized.external_data or \
             skeleton.byte_size(self.model) >= skeleton.MAX_PROTOBUF
 
+    @checks_flags
     def files(self, path: PathLike, step: bool = False, binary_spikes: bool = False,
               external: Optional[bool] = None, avoid=(), deploy: bool = False,
               unit_thresholds: bool = False) -> list:
@@ -280,6 +285,7 @@ class SpikingModel:
         return model_items(self.form(step, binary_spikes, deploy, unit_thresholds), path,
                            self.external_data() if external is None else external, avoid)
 
+    @checks_flags
     def save(self, path: PathLike, *inputs: PathLike, step: bool = False,
              binary_spikes: bool = False, external: Optional[bool] = None) -> Path:
         """Write the model atomically; refuses to overwrite the source model (or ``inputs``),
@@ -351,6 +357,7 @@ def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) 
                              f"batch) as positive whole numbers, not {shape!r}")
 
 
+@checks_flags
 def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
             input_shapes: Optional[Dict[str, tuple]] = None) -> NormalizedModel:
     """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
@@ -432,7 +439,7 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Datase
     picked = split_keys(list(data), split, "the data dict")
     if picked is not None:
         data = {"x": data[picked[0]], **({"y": data[picked[1]]} if picked[1] else {})}
-    arrays = {k: _array_like(v, f"input {k!r}") for k, v in data.items()}
+    arrays = {k: array_like(v, f"input {k!r}") for k, v in data.items()}
     names = [n for n, _ in specs or ()]
     yk = label_key(arrays, names)
     generic = input_key(arrays)
@@ -522,7 +529,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     elif isinstance(data, dict):
         ds = _dict_dataset(data, specs, split)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
-        ds = Dataset("array", _array_like(data, "data"), None, preprocessed=True)
+        ds = Dataset("array", array_like(data, "data"), None, preprocessed=True)
     else:
         raise DataError(f"cannot use {type(data).__name__} as data; pass an array (numpy, or "
                         "anything numpy converts: a list, a CPU torch tensor), a dataset name or "
@@ -591,19 +598,7 @@ def _warn_raw_pixels(where: str, scaling: Optional[str]) -> None:
                     where, RAW_PIXELS)
 
 
-def _array_like(x, what: str) -> np.ndarray:
-    """A numpy array from an array or anything numpy converts (a list, a CPU tensor)."""
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        if hasattr(x, "detach"):          # a torch tensor that requires grad
-            x = x.detach()
-        return np.asarray(x)
-    except Exception as e:               # a GPU tensor, ragged lists
-        raise DataError(f"{what}: cannot turn {type(x).__name__} into an array ({e}); pass a "
-                        "numpy array (for a GPU tensor: .cpu().numpy())") from None
-
-
+@checks_flags
 def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIMESTEPS,
           method: str = DEFAULT_METHOD,
           config: Optional[SearchConfig] = None, history_extra: Optional[dict] = None,
@@ -784,6 +779,7 @@ def _self_check(model: onnx.ModelProto) -> None:
                            "please report this with the source model") from None
 
 
+@checks_flags
 def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEFAULT_TIMESTEPS,
             method: str = DEFAULT_METHOD, config: Optional[SearchConfig] = None, *,
             batch_size: Optional[int] = None, sample_size: int = DEFAULT_SAMPLE_SIZE,
@@ -920,13 +916,19 @@ def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tu
 
 
 def search_config(config: Optional[SearchConfig] = None, **options) -> SearchConfig:
-    """``config`` (default: ``SearchConfig()``) with the fields in ``options`` replaced."""
+    """``config`` (default: ``SearchConfig()``; a dict of its fields too) with the fields in
+    ``options`` replaced; UsageError for anything else, or an unknown field."""
+    if isinstance(config, Mapping):
+        config, options = None, {**config, **options}
+    elif config is not None and not isinstance(config, SearchConfig):
+        raise UsageError(f"config must be a SearchConfig (or a dict of its fields), not "
+                         f"{type(config).__name__} {config!r}")
     cfg = config or SearchConfig()
     known = {f.name for f in dataclasses.fields(SearchConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"unknown conversion option(s) {', '.join(unknown)}; the options are "
-                        f"the fields of SearchConfig: {', '.join(sorted(known))}")
+        raise UsageError(f"unknown conversion option(s) {', '.join(unknown)}; the options are "
+                         f"the fields of SearchConfig: {', '.join(sorted(known))}")
     return dataclasses.replace(cfg, **options) if options else cfg
 
 

@@ -531,12 +531,25 @@ class OneHotLabels(np.ndarray):
         self.one_hot_width = getattr(obj, "one_hot_width", None)
 
 
+def array_like(x, what: str) -> np.ndarray:
+    """A numpy array from an array or anything numpy converts (a list, a CPU tensor)."""
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        if hasattr(x, "detach"):          # a torch tensor that requires grad
+            x = x.detach()
+        return np.asarray(x)
+    except Exception as e:               # a GPU tensor, ragged lists
+        raise DataError(f"{what}: cannot turn {type(x).__name__} into an array ({e}); pass a "
+                        "numpy array (for a GPU tensor: .cpu().numpy())") from None
+
+
 def check_labels(y, n: int, where: str) -> np.ndarray:
     """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole), or
     one-hot rows [N, classes] (Keras's ``to_categorical``), read as the index of their one."""
     if isinstance(y, OneHotLabels) and y.ndim == 1 and len(y) == n:
         return y                       # read from one-hot rows already: keeps their width
-    y = np.asarray(y)
+    y = array_like(y, f"{where} (labels)")
     if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
         raise DataError(f"{where}: labels of dtype {y.dtype} are not class indices")
     if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1:

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import onnx
 
-from .datasets import INPUT_KEYS, LABEL_KEYS, check_finite, input_key
+from .datasets import INPUT_KEYS, LABEL_KEYS, array_like, check_finite, input_key
 from .errors import DataError
 
 InputSpec = Tuple[str, List[Optional[int]]]
@@ -56,13 +56,13 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
                             f"(a .npz needs {one}one array per input named after it, and "
                             f"'{LABEL_KEYS[0]}' (or {', '.join(LABEL_KEYS[1:])}) for labels; it "
                             f"has {sorted(x)})")
-        feeds = {n: np.asarray(x[n]) for n in names}
+        feeds = {n: array_like(x[n], f"{what} (input {n!r})") for n in names}
     else:
         if len(names) != 1:
             raise DataError(f"{what}: the model has {len(names)} inputs {names}; give one array "
                             f"per input, named after it (a .npz: {_savez_call(names)}; in Python: "
                             "a dict)")
-        feeds = {names[0]: np.asarray(x)}
+        feeds = {names[0]: array_like(x, what)}
     n = None
     for name, dims in specs:
         arr = feeds[name]

@@ -215,7 +215,7 @@ def test_running_a_model_at_another_T_than_its_parameters_were_fitted_for_is_war
         assert not warned(lambda: evaluate(snn.model, x, timesteps=2, show_progress=False))
     said = warned(lambda: evaluate(fitted["refined"].model, x, timesteps=8,
                                    show_progress=False, where="m.snn.onnx"))
-    assert said == ["m.snn.onnx: its parameters were converted (refined) for T=2; run at T=8 "
+    assert said == ["m.snn.onnx: its parameters were converted (refined) for T=2; run at T=8, "
                     "they are not rate-exact, and accuracy can fall, even as T grows. For T=8, "
                     "convert the DNN again with -T 8"]
     said = warned(lambda: onnx_snn.deploy(fitted["datta"], tmp_path / "d.onnx", timesteps=4))

@@ -38,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
+from ..flags import check_flag, checks_flags
 from ..graph import walk
 from . import format as fmt
 from . import rewrite
@@ -390,13 +391,13 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     return model
 
 
+@checks_flags
 def deploy(model, output=None, timesteps: Optional[int] = None,
            spike_counts: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
     """The deploy graph of the spiking model ``model`` (a path, a ModelProto or the
     SpikingModel ``convert`` returns; a loop or step graph), written atomically to ``output``
     when given (never over an input; with external data beside it when the source kept its
     weights that way). Returns it."""
-    from ..convert import check_flag
     from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
     spike_counts = check_flag(spike_counts, "spike_counts")      # "no" wrote the counts

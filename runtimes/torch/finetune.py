@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps, warn_other_timesteps,
-                              check_flag, check_seed, check_timesteps, remember_dataset,
+                              check_seed, check_timesteps, remember_dataset,
                               resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, named_dataset)
+from onnx_snn.flags import check_flag, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
@@ -349,6 +350,7 @@ def _finite_parameters(net) -> bool:
     return not net.turned_non_finite(trainable_only=True)
 
 
+@checks_flags
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
              show_progress: bool = True, log=print, download: bool = False,

@@ -26,6 +26,7 @@ from onnx import numpy_helper
 from onnx_snn import json_text
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
+from onnx_snn.flags import checks_flags
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
 from onnx_snn.spiking import format as fmt
@@ -269,6 +270,7 @@ class SpikingNetwork(nn.Module):
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``, and
     the same for every spiking max pool whose output spikes the file counts)."""
 
+    @checks_flags
     def __init__(self, model: onnx.ModelProto, train_thresholds: bool = True,
                  train_leaks: bool = True, train_amplitudes: bool = True,
                  surrogate: str = DEFAULT_SURROGATE, train_initial: bool = False):
@@ -536,6 +538,7 @@ class SpikingNetwork(nn.Module):
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self.tensor(st.init).to(like.dtype).expand(shape).clone()
 
+    @checks_flags
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True,
                 per_step: bool = False):
