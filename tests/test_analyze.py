@@ -454,6 +454,23 @@ def test_dnn_alone_and_spiking_model_without_rates(vgg_snn):
         analyze(dnn, {"lif0": 1.0})
 
 
+def test_an_eval_result_is_checked_against_the_model(vgg_snn, resnet_snn, x):
+    """analyze(model, evaluate(...)) reads the result's rates and checks the model and T they
+    were measured on (README's example passed ``r.rates``, a plain mapping, and another
+    model's rates of the same site names gave its energy 31 % off without a word)."""
+    dnn, snn, result = vgg_snn
+    a = analyze(snn.model, result)
+    assert a.totals.snn_energy_pj == analyze(snn.model, result.rates).totals.snn_energy_pj
+    assert not any("plain {site: rate}" in n for n in a.notes)
+    assert any("plain {site: rate}" in n for n in analyze(snn.model, result.rates).notes)
+    other = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
+                             show_progress=False)       # the same sites, other parameters
+    with pytest.raises(DataError, match="measured on another"):
+        analyze(other.model, result)
+    with pytest.raises(DataError, match="measured on another|no value for site"):
+        analyze(resnet_snn[1].model, result)
+
+
 def test_bad_rates_are_clear_errors(vgg_snn):
     dnn, snn, result = vgg_snn
     rates = _rates(result)

@@ -378,8 +378,11 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     """FLOPs and energy per layer and in total, of a DNN and (with ``rates``) of its SNN.
 
     ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto or a path.
-    ``rates`` maps site -> spikes per neuron over the T steps (``load_rates``); with a
-    spiking model and no rates, only the DNN columns are filled (a note says so).
+    ``rates``: what ``onnx_snn.evaluate`` returned for this model (its T and the model it
+    measured are checked), or a mapping site -> spikes per neuron over the T steps
+    (``load_rates``; a plain mapping says nothing of the model it was measured on, and a
+    note says so); with a spiking model and no rates, only the DNN columns are filled (a
+    note says so).
     ``timesteps`` is the T the rates were measured at (default: the model's T); it enters
     the analog-layer term and the neuromorphic static term. ``dnn_model`` (the original DNN)
     supplies the DNN totals; its MAC total is checked against the spiking graph's and a
@@ -393,6 +396,9 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         if not is_nonnegative(v):
             raise UsageError(f"{key} must be a finite energy >= 0 (pJ), not {v!r}")
     rates_T, measured = None, None   # the T and the eval JSON the rates come with
+    unchecked = False                # a plain {site: rate}: from which model, nobody says
+    if rates is not None and hasattr(rates, "to_dict") and hasattr(rates, "model_fingerprint"):
+        rates = rates.to_dict()      # an EvalResult: its model and T are checked as eval's JSON
     if rates is not None:    # checked as a rate file is: finite, >= 0 (NaN gave NaN energy)
         if isinstance(rates, tuple) and len(rates) == 2 and isinstance(rates[0], Mapping):
             rates, rates_T = rates           # load_rates(FILE)'s (rates, T)
@@ -406,6 +412,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             if bad:
                 raise DataError(f"rates: site {bad[0][0]!r} has spike rate {bad[0][1]!r}; expected "
                                 "a finite number >= 0 (spikes per neuron over the T steps)")
+            unchecked = rates_T is None
         else:
             measured = dict(rates)
         rates, parsed_T = parse_rates(dict(rates), "rates")
@@ -430,6 +437,10 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if T is not None and T < 1:
         raise DataError(f"timesteps must be at least 1 (got {T})")
     use_snn = rates is not None
+    if unchecked:
+        notes.append("the rates were given as a plain {site: rate} mapping, which does not say "
+                     "which model or T they were measured on: nothing checked that they are "
+                     "this model's (pass what onnx_snn.evaluate returned, or eval's JSON)")
     mac_layers = [c for c in counts if c.kind == "mac"]
     if spiking and not use_snn:
         notes.append("no spike rates given: only the DNN columns are filled (rates come from "
