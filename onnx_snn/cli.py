@@ -665,9 +665,11 @@ def cmd_convert(args) -> int:
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
                   download=args.download, pool_first=args.pool_first)
-    if not args.quiet:
+    if not args.quiet:     # (the notes that are warnings were logged, -q or not)
+        from .convert import WARNING_NOTE
         for note in snn.report.get("notes", snn.normalized.notes):
-            print(f"note: {note}", file=sys.stderr)
+            if not note.startswith(WARNING_NOTE):
+                print(f"note: {note}", file=sys.stderr)
     rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
              _param(r["alpha"], ".4f"), _param(r["beta"], ".4f"), _param(r["threshold"], ".4g"),
              _param(r["amplitude"], ".4g"), _param(r["v_init"], ".4g"),

@@ -737,9 +737,16 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     }
     if refinement is not None:
         report["sequential"] = refinement
+    for note in notes:    # a warning is logged (a note in the report alone went unseen in
+        if note.startswith(WARNING_NOTE):     # the API, and `convert -q` hid it)
+            log.warning(note[len(WARNING_NOTE):])
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
                         method=method, report=report, input_shapes=dict(calib.input_shapes),
                         pools=pools)
+
+
+#: the report's notes that are warnings start so; build() logs them as warnings
+WARNING_NOTE = "warning: "
 
 
 def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:

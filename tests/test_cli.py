@@ -796,3 +796,18 @@ def test_quiet_convert_prints_its_result_line_alone(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [l for l in p.stdout.splitlines() if l.startswith("wrote ")]
     assert len(p.stdout.splitlines()) == 1 and "[W]" not in p.stdout + p.stderr
+
+
+def test_conversion_warnings_are_logged_even_with_quiet(tmp_path, capsys, caplog):
+    """A note that is a warning (plain ReLU layers whose mu is estimated) reached the API only
+    in the report, and `convert -q` hid it: it is logged as a warning now, once."""
+    import logging
+    model = tmp_path / "relu.onnx"
+    model.write_bytes(B.vgg(13, "relu").SerializeToString())
+    np.save(tmp_path / "calib.npy", B.rand_input(16))
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert main(["convert", str(model), "-o", str(tmp_path / "r.snn.onnx"), "--calib",
+                     str(tmp_path / "calib.npy"), "-T", "2", "--method", "datta", "-q"]) == 0
+    said = [r.getMessage() for r in caplog.records if "plain ReLU" in r.getMessage()]
+    assert len(said) == 1 and "mu is estimated" in said[0]
+    assert "note: warning" not in capsys.readouterr().err
