@@ -783,6 +783,17 @@ def cmd_info(args) -> int:
               f"{', '.join(folded) or 'no site'}"
               + "".join(f"; {k} kept: {v.removeprefix('kept: ')}" for k, v in binary.items()
                       if v != "folded"))
+    # what eval and finetune read from the file when not told otherwise
+    if info.preprocess:
+        print("preprocessing: mean " + ", ".join(f"{v:g}" for v in info.preprocess["mean"])
+              + ", std " + ", ".join(f"{v:g}" for v in info.preprocess["std"]))
+    else:
+        print("preprocessing: none recorded (a named dataset is fed as raw [0, 1] pixels "
+              "unless --mean/--std is given; arrays are taken as given)")
+    from .spiking.format import META_DATASET
+    dataset = metadata(model).get(META_DATASET)
+    if dataset:
+        print(f"dataset: {dataset} (what eval and finetune read when no --data is given)")
     for h in info.history:
         print("history: " + json.dumps(h))
     return 0

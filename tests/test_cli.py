@@ -68,7 +68,16 @@ def test_convert_eval_info(files, capsys):
     assert main(["eval", str(files / "model.onnx"), "--data", str(files / "test.npz")]) == 0
     assert "DNN top-1" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
-    assert "T=3" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "T=3" in text and "preprocessing: none recorded" in text    # (arrays: as given)
+    pre = files / "pre.snn.onnx"               # what eval and finetune will read, shown
+    m = onnx.load(str(out))
+    m.metadata_props.add(key="onnx_snn.preprocess", value='{"mean": [0.5], "std": [0.25]}')
+    m.metadata_props.add(key="onnx_snn.dataset", value="fashion-mnist")
+    onnx.save(m, str(pre))
+    assert main(["info", str(pre)]) == 0
+    text = capsys.readouterr().out
+    assert "preprocessing: mean 0.5, std 0.25" in text and "dataset: fashion-mnist" in text
     assert main(["eval", str(files / "step.onnx"), "--data", str(files / "test.npz")]) == 0
 
 
