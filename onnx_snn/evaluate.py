@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Union
@@ -212,6 +213,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     many = t_list is not None and len(t_list) > 1
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise UsageError(f"a model is a path, an onnx.ModelProto or what convert() returned, "
+                         f"not {type(model).__name__}")
     runner = ModelRunner(model if isinstance(model, onnx.ModelProto) else str(model), threads,
                          per_step=many, where=where)
     if many and not runner.spiking:

@@ -819,6 +819,13 @@ api("api_eval_T_float", "data", _api_eval(timesteps=1.5), E("UsageError"))
 api("api_eval_T_bool", "data", _api_eval(timesteps=True), E("UsageError"))
 api("api_eval_T_huge", "unbounded", _api_eval(timesteps=10 ** 7), E("UsageError"))
 api("api_eval_limit_negative", "data", _api_eval(limit=-3), E("UsageError"))
+api("api_eval_model_bytes", "data", lambda ws: __import__("onnx_snn").evaluate(
+    (ws / "snn.onnx").read_bytes(), str(ws / "test.npz"), show_progress=False), E("UsageError"),
+    check=None)
+api("api_eval_model_int", "data", lambda ws: __import__("onnx_snn").evaluate(
+    3, str(ws / "test.npz"), show_progress=False), E("UsageError"))
+api("api_eval_flag_string", "data", _api_eval(show_progress="no"), E("UsageError"))
+api("api_convert_flag_string", "data", _api_convert(pool_first="False"), E("UsageError"))
 api("api_eval_labels_mismatch", "data", _api_eval(data=(B.rand_input(32), np.arange(20) % 10)), E("DataError"))
 api("api_eval_labels_nan", "data", _api_eval(data=(B.rand_input(4), np.array([0, np.nan, 1, 2]))), E("DataError"))
 api("api_eval_labels_range", "data", _api_eval(data=(B.rand_input(4), np.array([0, 99, 1, 2]))), E("DataError"))
