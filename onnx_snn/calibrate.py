@@ -67,6 +67,9 @@ class Calibration:
     #: :func:`model_key` of the model calibrated: :func:`~onnx_snn.convert.build` refuses the
     #: calibration for another one (its sites may have the same names)
     model_key: Optional[str] = None
+    #: the data's name when calibrate() was given a dataset name, file or folder (build()
+    #: records it in the history as ``calibration_data``, as convert() does)
+    data_name: Optional[str] = None
 
 
 def model_key(model: onnx.ModelProto) -> str:
@@ -353,11 +356,15 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
         if unknown or not sites:
             raise UsageError(f"sites: {', '.join(unknown) or 'none given'}; the model's sites are "
                              f"{', '.join(s.name for s in nm.sites)}")
+    data_name = None
     if isinstance(x, (str, os.PathLike, Dataset)):
         ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
                           take=(DEFAULT_CALIB_SAMPLES, seed)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed
             nm.preprocess = ds.preprocess
+        from .convert import remember_dataset    # (eval and finetune then default to it)
+        nm.source_metadata.update(remember_dataset(nm.source_metadata, x))
+        data_name = ds.name
         x = ds.x
     elif is_inputs_labels(x):             # arrays and labels: all of the arrays, as arrays
         x = x[0]
@@ -421,4 +428,5 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     return Calibration(sites=result, n_samples=n_total, sample_size=sample_size,
                        seconds=time.perf_counter() - t0, batch_size=batch_size,
                        input_shapes={k: tuple(v.shape[1:]) for k, v in feeds_all.items()},
-                       inputs=feeds_all, fixed_batch=fixed, model_key=model_key(nm.model))
+                       inputs=feeds_all, fixed_batch=fixed, model_key=model_key(nm.model),
+                       data_name=data_name)

@@ -721,6 +721,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"signed_spikes": True} if cfg.signed_spikes else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
         **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
+        **({"calibration_data": calib.data_name} if calib.data_name else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)

@@ -1,4 +1,6 @@
 """Calibration with onnxruntime: exact statistics, bounded stratified samples, clear errors."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -267,3 +269,27 @@ def test_a_calibration_is_refused_for_another_model(tmp_path):
         onnx_snn.build(onnx_snn.prepare(B.vgg(13, "clip", seed=1)), cal, 2, "datta")
     with pytest.raises(UsageError, match="takes prepare"):
         onnx_snn.build("model.onnx", cal, 2)
+
+
+def test_the_step_by_step_api_remembers_the_data_as_convert_does(tmp_path, fmnist_train):
+    """prepare -> calibrate(nm, name or file) -> build wrote neither the dataset nor the
+    calibration data in the file (convert wrote both): eval then asked for --data again."""
+    import onnx
+    import onnx_snn
+    from onnx_snn.spiking import format as F
+    from pathlib import Path
+    dnn = onnx.load(str(Path(__file__).resolve().parents[1] / "onnx_snn/models/fmnist_vgg.onnx"))
+    del dnn.metadata_props[:]                  # a user's own DNN records no dataset
+    nm = onnx_snn.prepare(dnn)
+    snn = onnx_snn.build(nm, onnx_snn.calibrate(nm, "fashion-mnist", show_progress=False), 2,
+                         "datta")
+    meta = F.metadata(snn.model)
+    assert meta[F.META_DATASET] == "fashion-mnist"
+    assert json.loads(meta[F.META_HISTORY])[0]["calibration_data"] == "fashion-mnist:train"
+    np.save(tmp_path / "calib.npy", fmnist_train.x[:16])
+    nm = onnx_snn.prepare(dnn)
+    snn = onnx_snn.build(nm, onnx_snn.calibrate(nm, tmp_path / "calib.npy", show_progress=False),
+                         2, "datta")
+    hist = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
+    assert hist["calibration_data"].endswith("calib.npy")
+    assert F.META_DATASET not in F.metadata(snn.model)
