@@ -368,6 +368,12 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
         x = ds.x
     elif is_inputs_labels(x):             # arrays and labels: all of the arrays, as arrays
         x = x[0]
+    if data_name is None and not isinstance(x, dict):
+        # arrays are checked and warned about as convert's are (NaN refused; integer pixels
+        # and unnormalized images with a model that records a normalization warned about)
+        from .convert import resolve_data
+        x = resolve_data(list(x) if isinstance(x, tuple) else x, nm.preprocess,
+                         specs=input_specs(nm.model)).x       # (a tuple of samples: stacked)
     t0 = time.perf_counter()
     feeds_all, n_total, batch_size = calibration_feeds(nm, x, batch_size, say=True)
     chosen = [s for s in nm.sites if sites is None or s.name in sites]

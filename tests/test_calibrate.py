@@ -293,3 +293,17 @@ def test_the_step_by_step_api_remembers_the_data_as_convert_does(tmp_path, fmnis
     hist = json.loads(F.metadata(snn.model)[F.META_HISTORY])[0]
     assert hist["calibration_data"].endswith("calib.npy")
     assert F.META_DATASET not in F.metadata(snn.model)
+
+
+def test_integer_arrays_are_warned_about_as_convert_does(nm, caplog):
+    """calibrate(nm, uint8 pixels) ran on activations of hundreds without a word (convert and
+    evaluate warned); now the arrays get convert's checks."""
+    import logging
+    x = (np.random.default_rng(0).random((8, 1, 12, 12)) * 255).astype(np.uint8)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        calibrate(nm, x, show_progress=False)
+    assert any("integer data (uint8)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        calibrate(nm, B.rand_input(8), show_progress=False)
+    assert not caplog.records
