@@ -714,8 +714,6 @@ def cmd_eval(args) -> int:
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
                  limit=args.limit, mean=args.mean, std=args.std, data_dir=args.data_dir,
                  show_progress=not args.quiet, download=args.download)
-    if r.kind == "dnn" and args.timesteps and not args.quiet:
-        print("note: -T is ignored for a DNN", file=sys.stderr)
     for note in ([] if args.quiet else r.notes):
         print(f"note: {note}", file=sys.stderr)
     if r.outputs > 1 and r.top1 is not None and not args.quiet:

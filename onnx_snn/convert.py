@@ -342,8 +342,12 @@ def pin_inputs(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> List[s
 
 def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> None:
     """UsageError unless ``input_shapes`` names the model's inputs with per-sample shapes of
-    positive whole numbers."""
-    names = [name for name, _ in input_specs(model)]
+    positive whole numbers that fit the dimensions the model fixes."""
+    if not isinstance(input_shapes, Mapping):
+        raise UsageError(f"input_shapes is a dict {{input name: per-sample shape}}, not "
+                         f"{type(input_shapes).__name__} {input_shapes!r}")
+    specs = dict(input_specs(model))
+    names = list(specs)
     for name, shape in input_shapes.items():
         if name not in names:
             raise UsageError(f"input_shapes names '{name}', which is not an input of the model "
@@ -355,6 +359,13 @@ def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) 
         if not ok:
             raise UsageError(f"input_shapes['{name}'] must be the per-sample shape (without the "
                              f"batch) as positive whole numbers, not {shape!r}")
+        dims = list(specs[name])[1:]
+        if len(dims) != len(shape) or any(d is not None and d != int(s)
+                                          for d, s in zip(dims, shape)):
+            fixed = ["?" if d is None else d for d in dims]
+            raise UsageError(f"input_shapes['{name}'] = {list(shape)} does not fit the model's "
+                             f"input '{name}' of per-sample shape {fixed} (? = free); give "
+                             "sizes for its free dimensions only, or none")
 
 
 @checks_flags

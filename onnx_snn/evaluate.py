@@ -172,6 +172,9 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
     """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
     what a run of exactly T steps gives (same parameters; prefixes of the same spike trains)."""
     from .convert import check_timesteps
+    if not isinstance(timesteps, (list, tuple, range, set, np.ndarray)):
+        raise UsageError(f"evaluate_prefixes takes a list of time-step counts, not "
+                         f"{timesteps!r} (for one T: evaluate(..., timesteps=T))")
     t_list = sorted(set(check_timesteps(t) for t in timesteps))
     if not t_list:
         raise UsageError("evaluate_prefixes needs at least one time-step count")
@@ -264,6 +267,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             ds = ds.take(limit)
         n = len(ds)
     asked, notes = batch_size, []
+    if not runner.spiking and t_list:
+        notes.append("timesteps (-T) is ignored for a DNN")
     if preprocess and mean is not None and std is not None and not (
             same_values(mean, preprocess["mean"]) and same_values(std, preprocess["std"])):
         # a warning, not a note (-q hides notes): the scores are of other inputs than the

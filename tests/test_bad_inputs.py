@@ -826,6 +826,16 @@ api("api_eval_model_int", "data", lambda ws: __import__("onnx_snn").evaluate(
     3, str(ws / "test.npz"), show_progress=False), E("UsageError"))
 api("api_eval_flag_string", "data", _api_eval(show_progress="no"), E("UsageError"))
 api("api_convert_flag_string", "data", _api_convert(pool_first="False"), E("UsageError"))
+api("api_prepare_shapes_list", "data", lambda ws: __import__("onnx_snn").prepare(
+    str(ws / "model.onnx"), input_shapes=[(1, 12, 12)]), E("UsageError"))
+api("api_prepare_shapes_fixed_dims", "data", lambda ws: __import__("onnx_snn").prepare(
+    str(ws / "model.onnx"), input_shapes={"input": (1, 32, 32)}), E("UsageError"),
+    needle="does not fit")
+api("api_read_spiking_path", "data", lambda ws: __import__(
+    "onnx_snn.spiking.format", fromlist=["x"]).read_spiking(str(ws / "snn.onnx")), E("UsageError"))
+api("api_eval_prefixes_int", "data", lambda ws: __import__(
+    "onnx_snn.evaluate", fromlist=["x"]).evaluate_prefixes(str(ws / "snn.onnx"), str(ws / "test.npz"), 2),
+    E("UsageError"))
 api("api_eval_labels_mismatch", "data", _api_eval(data=(B.rand_input(32), np.arange(20) % 10)), E("DataError"))
 api("api_eval_labels_nan", "data", _api_eval(data=(B.rand_input(4), np.array([0, np.nan, 1, 2]))), E("DataError"))
 api("api_eval_labels_range", "data", _api_eval(data=(B.rand_input(4), np.array([0, 99, 1, 2]))), E("DataError"))

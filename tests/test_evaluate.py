@@ -237,3 +237,13 @@ def test_running_a_model_at_another_T_than_its_parameters_were_fitted_for_is_war
     with contextlib.redirect_stdout(buf):
         assert main(["info", str(tmp_path / "d.onnx")]) == 0
     assert "T=4 (its parameters were fitted for T=2)" in buf.getvalue()
+
+
+def test_timesteps_given_for_a_dnn_are_noted_in_the_result():
+    """evaluate(DNN, timesteps=3) ran the DNN and said nothing in the API (the command line
+    printed its own note); the result's notes say it now, and the command line prints them."""
+    x = B.rand_input(8)
+    r = evaluate(B.vgg(13, "clip"), (x, np.zeros(8, np.int64)), timesteps=3, show_progress=False)
+    assert r.kind == "dnn" and any("ignored for a DNN" in n for n in r.notes)
+    r = evaluate(B.vgg(13, "clip"), (x, np.zeros(8, np.int64)), show_progress=False)
+    assert not any("ignored" in n for n in r.notes)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError
+from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError, UsageError
 from ..graph import walk
 from .neuron import (DOMAIN, NEURON_INPUTS, NEURON_OP, NEURON_OPS,  # noqa: F401 (re-exported)
                      NEURON_OUTPUTS, POOL_INPUTS, POOL_OPS, POOL_OUTPUTS, SIGNED_NEURON_INPUTS,
@@ -732,6 +732,9 @@ def time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
 def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     """Parse and validate a spiking model; raise :class:`NotSpikingModelError` for a plain
     DNN and :class:`ModelLoadError` for a damaged file."""
+    if not isinstance(model, onnx.ModelProto):
+        raise UsageError(f"read_spiking takes an onnx.ModelProto, not {type(model).__name__} "
+                         "(for a file: read_spiking(onnx_snn.model_io.load_model(path)))")
     if not is_spiking(model):
         raise NotSpikingModelError(f"{where}: not a spiking model (no {META_FORMAT} metadata); "
                                    "convert it first with `onnx-snn convert`")
