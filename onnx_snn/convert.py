@@ -301,6 +301,12 @@ class SpikingModel:
         return target
 
     def save_report(self, path: PathLike, *inputs: PathLike) -> Path:
+        """The conversion's report as JSON at ``path`` (never over the DNN or ``inputs``)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"save_report takes a file path, not {type(path).__name__}")
+        if Path(path).suffix.lower() == ".onnx":     # a model's name: over the model just saved
+            raise UsageError(f"{path}: the report is JSON; give it a .json name (a .onnx name "
+                             "is a model's, and the report would replace it)")
         src = [self.normalized.source_path] if self.normalized.source_path else []
         return write_text_atomic(self.report_bytes().decode("utf-8"), path, *src, *inputs)
 

@@ -836,6 +836,9 @@ api("api_read_spiking_path", "data", lambda ws: __import__(
 api("api_eval_prefixes_int", "data", lambda ws: __import__(
     "onnx_snn.evaluate", fromlist=["x"]).evaluate_prefixes(str(ws / "snn.onnx"), str(ws / "test.npz"), 2),
     E("UsageError"))
+api("api_save_report_over_a_model", "paths", lambda ws: __import__("onnx_snn").convert(
+    str(ws / "model.onnx"), np.load(ws / "calib.npy"), method="datta", show_progress=False
+).save_report(ws / "snn.onnx"), E("UsageError"), needle=".json")
 api("api_eval_labels_mismatch", "data", _api_eval(data=(B.rand_input(32), np.arange(20) % 10)), E("DataError"))
 api("api_eval_labels_nan", "data", _api_eval(data=(B.rand_input(4), np.array([0, np.nan, 1, 2]))), E("DataError"))
 api("api_eval_labels_range", "data", _api_eval(data=(B.rand_input(4), np.array([0, 99, 1, 2]))), E("DataError"))
