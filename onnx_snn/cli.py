@@ -1070,6 +1070,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a path written as --calib=~/x.npy (or quoted) reaches us with its "~": the shell
+    # expands it only at the start of a word
+    for key, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
     if not args.command:
         parser.error("a command is required: convert, eval, info, finetune, analyze or demo "
                      "(onnx-snn COMMAND --help)")

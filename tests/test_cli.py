@@ -820,3 +820,13 @@ def test_conversion_warnings_are_logged_even_with_quiet(tmp_path, capsys, caplog
     said = [r.getMessage() for r in caplog.records if "plain ReLU" in r.getMessage()]
     assert len(said) == 1 and "mu is estimated" in said[0]
     assert "note: warning" not in capsys.readouterr().err
+
+
+def test_a_tilde_in_an_option_is_the_home_folder(files, monkeypatch, capsys):
+    """--calib=~/calib.npy reaches the program with its ~ (the shell expands it only at the
+    start of a word): it is the home folder, as in the shell."""
+    monkeypatch.setenv("HOME", str(files))
+    out = files / "t.snn.onnx"
+    assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib=~/calib.npy",
+                 "-T", "1", "--method", "datta", "-q"]) == 0
+    assert out.is_file()
