@@ -20,7 +20,7 @@ import onnx
 
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
-                        Calibration, calibrate, model_key, tensor_shapes)
+                        Calibration, calibrate, model_key, record_sites, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
@@ -756,8 +756,12 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     if refinement is not None:
         report["sequential"] = refinement
     for note in notes:    # a warning is logged (a note in the report alone went unseen in
-        if note.startswith(WARNING_NOTE):     # the API, and `convert -q` hid it)
+        # the API, and `convert -q` hid it), once per model: several builds of one nm (one
+        # calibration, several T) say the model's own warnings once
+        if note.startswith(WARNING_NOTE) and note not in nm.logged:
             log.warning(note[len(WARNING_NOTE):])
+            if note in nm.notes:
+                nm.logged.add(note)
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
                         method=method, report=report, input_shapes=dict(calib.input_shapes),
                         pools=pools)
@@ -884,7 +888,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         log.warning("the model has a fixed batch of %d: calibrating in batches of %d, not the "
                     "%d asked (--batch-size); re-export it with a dynamic batch axis to choose",
                     fixed, fixed, batch_size)
-    cal = calibrate(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
+    cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)
     return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},

@@ -172,9 +172,13 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
     """Evaluate a spiking model at several T in one run of max(T) steps: the result at T is
     what a run of exactly T steps gives (same parameters; prefixes of the same spike trains)."""
     from .convert import check_timesteps
-    if not isinstance(timesteps, (list, tuple, range, set, np.ndarray)):
+    try:
+        if isinstance(timesteps, (str, bytes)):
+            raise TypeError
+        timesteps = list(timesteps)
+    except TypeError:
         raise UsageError(f"evaluate_prefixes takes a list of time-step counts, not "
-                         f"{timesteps!r} (for one T: evaluate(..., timesteps=T))")
+                         f"{timesteps!r} (for one T: evaluate(..., timesteps=T))") from None
     t_list = sorted(set(check_timesteps(t) for t in timesteps))
     if not t_list:
         raise UsageError("evaluate_prefixes needs at least one time-step count")

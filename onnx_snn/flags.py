@@ -24,7 +24,8 @@ def checks_flags(fn):
     its parameters, not a TypeError."""
     sig = inspect.signature(fn)
     flags = [p.name for p in sig.parameters.values() if isinstance(p.default, bool)]
-    optional = {p.name for p in sig.parameters.values() if "Optional" in str(p.annotation)}
+    optional = {p.name for p in sig.parameters.values()       # Optional[bool], bool | None
+                if "Optional" in str(p.annotation) or "None" in str(p.annotation)}
     name = fn.__qualname__.replace(".__init__", "")
 
     @functools.wraps(fn)

@@ -126,6 +126,18 @@ class LayerFit:
         self.walk = None
         values, q = counts if counts is not None else (r, None)
         first = self.images if first is None else int(first)
+        n = int(values.shape[0])
+        # at most ROW_IMAGES images' rows at a time (a large batch's rows, and their split into
+        # fitting and held-out ones, would take memory in proportion to the batch), in parts
+        # cut at the set's multiples of ROW_IMAGES, the same whatever the batch
+        cuts = [0] + list(range((first // ROW_IMAGES + 1) * ROW_IMAGES - first, n, ROW_IMAGES)) + [n]
+        for a, b in zip(cuts, cuts[1:]):
+            self._add_images(values[a:b], y[a:b], q, first + a)
+        self.images = first + n
+
+    def _add_images(self, values: np.ndarray, y: np.ndarray, q: Optional[np.ndarray],
+                    first: int) -> None:
+        """:meth:`add` of at most ROW_IMAGES images."""
         for g, (x, yg, image) in enumerate(_design(self, values, y, first, self._buffer)):
             yg = yg.astype(np.float32)
             scale = None if q is None else self._column_scale(q, g)
@@ -143,7 +155,6 @@ class LayerFit:
                 self._accumulate(g, h, xp, yp, scale)
             if g == 0:
                 self.rows += len(x)
-        self.images = first + int(values.shape[0])
 
     def add_steps(self, steps: List[np.ndarray], y: np.ndarray,
                   first: Optional[int] = None) -> None:

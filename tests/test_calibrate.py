@@ -307,3 +307,15 @@ def test_integer_arrays_are_warned_about_as_convert_does(nm, caplog):
     with caplog.at_level(logging.WARNING, logger="onnx_snn"):
         calibrate(nm, B.rand_input(8), show_progress=False)
     assert not caplog.records
+
+
+def test_convert_says_each_data_warning_once(caplog):
+    """convert checks its data, then calibrates it: the checks ran again inside calibrate and
+    every warning came twice, the second time naming "array" (the review of 2026-12-05)."""
+    import logging
+    import onnx_snn
+    x = (np.random.default_rng(0).random((8, 1, 12, 12)) * 255).astype(np.uint8)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        onnx_snn.convert(B.vgg(13, "clip"), x, 1, "datta", show_progress=False)
+    said = [r.getMessage() for r in caplog.records if "preprocessed" in r.getMessage()]
+    assert len(said) == 1 and "integer data (uint8)" in said[0], said

@@ -830,3 +830,17 @@ def test_a_tilde_in_an_option_is_the_home_folder(files, monkeypatch, capsys):
     assert main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib=~/calib.npy",
                  "-T", "1", "--method", "datta", "-q"]) == 0
     assert out.is_file()
+
+
+def test_one_models_warnings_are_logged_once_over_several_builds(caplog):
+    """One calibration, several T (README's pattern, and demo): the model's own warnings are
+    logged by the first build, not by every one."""
+    import logging
+    import onnx_snn
+    nm = onnx_snn.prepare(B.vgg(13, "relu"))
+    cal = onnx_snn.calibrate(nm, B.rand_input(16), show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        for T in (1, 2, 4):
+            snn = onnx_snn.build(nm, cal, T, "datta")
+            assert any("plain ReLU" in n for n in snn.report["notes"])    # still in each report
+    assert sum("plain ReLU" in r.getMessage() for r in caplog.records) == 1

@@ -22,11 +22,15 @@ def _api():
     found["evaluate_prefixes"] = importlib.import_module("onnx_snn.evaluate").evaluate_prefixes
     found.update({f"SpikingModel.{k}": v for k, v in vars(onnx_snn.SpikingModel).items()
                   if inspect.isfunction(v) and not k.startswith("_")})
+    analyze = importlib.import_module("onnx_snn.analyze")
+    found.update({f"analyze.{k}": getattr(analyze, k) for k in analyze.__all__
+                  if inspect.isfunction(getattr(analyze, k))})
     try:
         from onnx_snn.runtimes.torch import SpikingNetwork
         from onnx_snn.runtimes.torch.finetune import finetune
-        found.update({"SpikingNetwork": SpikingNetwork.__init__,
-                      "SpikingNetwork.forward": SpikingNetwork.forward, "finetune": finetune})
+        found.update({f"SpikingNetwork.{k}": v for k, v in vars(SpikingNetwork).items()
+                      if inspect.isfunction(v) and (not k.startswith("_") or k == "__init__")})
+        found["finetune"] = finetune
     except ImportError:
         pass
     return {n: f for n, f in found.items()

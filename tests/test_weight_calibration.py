@@ -196,9 +196,15 @@ def test_the_refined_conversion_does_not_depend_on_the_batch_size(make):
     x = B.rand_input(40)
     nm = onnx_snn.prepare(make())
     got = []
+    from onnx_snn.scales import SearchConfig
+    # samples smaller than the sites (a few thousand neurons here), so that calibration's
+    # sample and the search's neurons are drawn, not all taken
     for batch in (40, 16, 7):
-        cal = onnx_snn.calibrate(nm, x, batch_size=batch, show_progress=False)
-        conv = onnx_snn.build(nm, cal, 2, "refined")
+        cal = onnx_snn.calibrate(nm, x, batch_size=batch, sample_size=500, show_progress=False)
+        assert sum(st.count > 500 for st in cal.sites.values()) >= 2
+        conv = onnx_snn.build(nm, cal, 2, "refined", SearchConfig(sequential_sample=777))
+        assert sum(r["pairs"] == 777 < cal.sites[r["site"]].count
+                   for r in conv.report["sequential"]["sites"]) >= 2
         got.append(conv)
     first = got[0]
     for other in got[1:]:
@@ -282,8 +288,6 @@ def test_spike_counts_give_the_same_fit_as_their_mean(op, monkeypatch):
             shape, amps = (10, 64), rng.uniform(0.2, 2.0, 64)
             monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10)
     counted, averaged = layer_fit(node, inits), layer_fit(node, inits)
-    for f in (counted, averaged):
-        f.n_batches = 4
     for _ in range(4):
         steps = _spike_steps(rng, shape, 2, amps)
         r = np.mean(steps, axis=0)
@@ -382,7 +386,6 @@ def _chosen_ridge(rows, noise):
     node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
     fit = LayerFit(node, (w_true + rng.normal(0, 0.5, w_true.shape)).astype(np.float32),
                    np.zeros(m, np.float32), {})
-    fit.n_batches = 4
     for _ in range(4):
         x = (rng.random((rows, d)) < 0.4).astype(np.float32)
         fit.add(x, x @ w_true + rng.normal(0, noise, (rows, m)).astype(np.float32))
@@ -394,7 +397,7 @@ def _chosen_ridge(rows, noise):
 
 
 @pytest.mark.parametrize("rows,noise", [(60, 1.0), (400, 0.3), (4000, 0.05)])
-def test_each_layers_ridge_is_the_grids_best_on_held_out_batches(rows, noise):
+def test_each_layers_ridge_is_the_grids_best_on_held_out_images(rows, noise):
     _chosen_ridge(rows, noise)
 
 
@@ -414,7 +417,6 @@ def test_a_wide_layer_keeps_the_start_ridge_in_one_solve(monkeypatch):
     rng = np.random.default_rng(0)
     node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")
     fit = LayerFit(node, rng.normal(size=(40, 5)).astype(np.float32), np.zeros(5, np.float32), {})
-    fit.n_batches = 2
     for _ in range(2):
         x = rng.random((30, 40)).astype(np.float32)
         fit.add(x, x @ rng.normal(size=(40, 5)).astype(np.float32))
@@ -470,7 +472,7 @@ def test_the_ridge_walks_shared_terms_follow_the_prior():
 
     def fit(to_original):
         f = LayerFit(node, w, np.zeros(4, np.float32), {})
-        f.n_batches, f.to_original = 4, to_original
+        f.to_original = to_original
         r = np.random.default_rng(9)
         for _ in range(4):
             x = r.random((50, 30)).astype(np.float32)

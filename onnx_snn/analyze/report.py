@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from ..errors import DataError, MissingDependencyError, UsageError
+from ..flags import checks_flags
 from ..model_io import check_output_path, write_bytes_atomic
 from .energy import Analysis
 
@@ -56,6 +57,7 @@ def _ratio(x: Optional[float]) -> str:
     return "n/a (the SNN does no work)" if x is None else f"{x:.2f}x"
 
 
+@checks_flags
 def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True) -> str:
     """The per-layer table with a totals row, then the DNN/SNN ratios and notes.
 

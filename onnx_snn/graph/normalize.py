@@ -39,6 +39,9 @@ class NormalizedModel:
     source_metadata: dict = field(default_factory=dict)
     #: what each normalization pass changed and why it left candidates alone (not printed)
     pass_log: List[PassResult] = field(default_factory=list)
+    #: the warnings among ``notes`` already logged (build() logs each once per model, not
+    #: once per conversion of it)
+    logged: set = field(default_factory=set, repr=False)
     #: the source file kept its weights in external-data files (the spiking model is saved
     #: the same way)
     external_data: bool = False

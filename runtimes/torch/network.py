@@ -677,6 +677,7 @@ class SpikingNetwork(nn.Module):
         self.last_spikes = totals
         return outs
 
+    @checks_flags
     def turned_non_finite(self, trainable_only: bool = False) -> List[str]:
         """The tensors holding NaN or infinity where the file has finite values (a model's
         own infinite constant, such as an additive mask of -inf, is not one): what a
