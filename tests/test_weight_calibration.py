@@ -484,3 +484,30 @@ def test_the_ridge_walks_shared_terms_follow_the_prior():
     assert f.improves(0.1) == fit(True).improves(0.1)
     f.to_original = False
     assert f.improves(0.1) == first
+
+
+def test_a_large_batch_is_added_64_images_at_a_time_with_the_same_sums(monkeypatch):
+    """A batch's rows (and their split into fitting and held-out images) are built for at
+    most ROW_IMAGES images at a time, cut at the set's multiples of it: memory does not grow
+    with the batch, and the sums are those of any other cut of the same images."""
+    import onnx_snn.weight_calibration as W
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    node, inits = _conv(w, b, pads=[1, 1, 1, 1])
+    x = rng.random((150, 3, 12, 12)).astype(np.float32)            # 144 patches per image
+    y = _reference_conv(x, w, b, pads=[1, 1, 1, 1])
+    seen = []
+    real = W.LayerFit._add_images
+    monkeypatch.setattr(W.LayerFit, "_add_images",
+                        lambda self, v, t, q, first: seen.append((first, len(v))) or
+                        real(self, v, t, q, first))
+    whole, parts = layer_fit(node, inits), layer_fit(node, inits)
+    whole.add(x, y)
+    assert seen == [(0, 64), (64, 64), (128, 22)]
+    for s in range(0, 150, 7):
+        parts.add(x[s:s + 7], y[s:s + 7])
+    assert whole.images == parts.images == 150 and whole.rows == parts.rows == 150 * _row_cap(27)
+    for a, c in ((whole.fit[0], parts.fit[0]), (whole.held[0], parts.held[0])):
+        np.testing.assert_allclose(a[0], c[0], rtol=1e-12)
+        np.testing.assert_allclose(a[1], c[1], rtol=1e-12)
