@@ -790,3 +790,27 @@ def test_layers_behind_negated_or_summed_spikes(combine, mode, sources):
     assert mix == pytest.approx(shares)
     want = after.dnn_flops * sum(k * rates[s] for s, k in shares.items())
     assert after.snn_macs == 0 and after.snn_acs == pytest.approx(want)
+
+
+@pytest.mark.parametrize("mode,factor", [("nearest", 1), ("linear", 4)])
+def test_a_layer_after_an_interpolating_resize_of_spikes_gets_its_taps(mode, factor):
+    """A bilinear upsample's output element weighs 4 input elements (2 per axis): the conv
+    after it accumulates their spikes (it was charged like a nearest-neighbour copy, one
+    input's spikes per element; a cubic Resize is refused by the converter, and weighs 16)."""
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Resize", ["r", "", "sc"], ["u"], mode=mode),
+             h.make_node("Conv", ["u", "w2", "b2"], ["c2"], kernel_shape=[1, 1], name="conv2"),
+             h.make_node("Relu", ["c2"], ["y"])]
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+             for n, s in (("w1", (4, 1, 3, 3)), ("b1", (4,)), ("w2", (3, 4, 1, 1)), ("b2", (3,)))]
+    inits.append(nh.from_array(np.array([1, 1, 2, 2], np.float32), "sc"))
+    g = h.make_graph(nodes, "g", [_vi("x", ["N", 1, 8, 8])], [_vi("y", ["N", 3, 16, 16])], inits)
+    snn = onnx_snn.convert(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]),
+                           B.rand_input(8, (1, 8, 8)), timesteps=2, method="datta",
+                           show_progress=False)
+    a = analyze(snn.model, {"lif0": 0.25, "lif1": 0.25}, timesteps=2)
+    conv2 = next(l for l in a.layers if l.name.startswith("conv2"))
+    assert conv2.input_mode == "spikes"
+    assert conv2.snn_flops == pytest.approx(conv2.dnn_flops * 0.25 * factor)

@@ -84,6 +84,24 @@ def test_the_spike_test_stops_where_values_are_mixed_and_the_analyzer_counts_thr
         assert ("" not in mix) is spikes, (t, mix)
     assert source_mix("f", producers, sites, constant, shapes, sums=True) == {"lif0": 4.0}
     assert source_mix("m", producers, sites, constant, shapes, sums=True) == {"lif0": 1.0}
+    # an interpolating Resize weighs 2 (linear) or 4 (cubic) inputs per resized axis; a
+    # nearest one copies one; unknown sizes: no factor
+    shapes.update({"r": [1, 4, 16, 16], "rn": [1, 4, 16, 16]})
+    assert source_mix("r", producers, sites, constant, shapes, sums=True) == {"lif0": 4.0}
+    assert source_mix("rn", producers, sites, constant, shapes, sums=True) == {"lif0": 1.0}
+    assert source_mix("r", producers, sites, constant, {"s": [1, 4, 8, 8]}, sums=True) == \
+        {"lif0": 1.0}
+
+
+def test_interpolating_resizes_weigh_their_taps():
+    n, shapes = _node("Resize", [1, 4, 8, 8], [1, 4, 16, 8], mode="cubic")
+    assert window_elements(n, shapes) == 4.0                      # one axis resized
+    n, shapes = _node("Resize", [1, 4, 8, 8], [1, 4, 16, 16], mode="cubic")
+    assert window_elements(n, shapes) == 16.0
+    n, shapes = _node("Resize", [1, 4, 8, 8], [1, 4, 4, 4], mode="linear")
+    assert window_elements(n, shapes) == 4.0                      # downsampling too
+    n, shapes = _node("Resize", [1, 4, 8, 8], [1, 4, 16, 16], mode="nearest")
+    assert window_elements(n, shapes) == 1.0
 
 
 def test_a_max_pool_after_an_average_pool_of_spikes_is_not_counted():

@@ -61,8 +61,11 @@ layer after it receives every one of them, so its share is multiplied by the win
 (valid) elements (``graph.sources.window_elements``: 4 for a 2x2 pool, H x W for a global
 one), which is one accumulate per input spike and fan-out of the pool and the layer together,
 the synapses a neuromorphic chip would give them. Before 2026-12-05 such a layer was charged
-at its site's rate per pooled element, too little by the window's size. A bilinear Resize's weighted sums
-are still charged at the site's rate (each output element about one input's spikes).
+at its site's rate per pooled element, too little by the window's size. An interpolating
+Resize is charged the same way: each output element of a bilinear one weighs 2 input
+elements per resized axis (4 on an image), of a bicubic one 4 (16), so the layer after it
+receives those elements' spikes (until 2026-12-05 it was charged at the site's rate per
+output element, like a nearest-neighbour one, which copies one input's spikes).
 """
 from __future__ import annotations
 

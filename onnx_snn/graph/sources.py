@@ -122,7 +122,7 @@ def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
                 if len(node.input) >= 2 and (node.input[1] in constant or
                                              (node.op_type == "Mul" and node.input[0] in constant)):
                     nxt = [([i for i in node.input[:2] if i not in constant][0], w)]
-            elif node.op_type in MIXING:
+            elif node.op_type in MIXING or _mixes(node):      # (and an interpolating Resize)
                 nxt = [(node.input[0], w * window_elements(node, shapes))]
             else:
                 nxt = [(node.input[0], w)]
@@ -143,15 +143,22 @@ def _mixes(node: onnx.NodeProto) -> bool:
 
 
 def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -> float:
-    """How many input elements a mixing op (``MIXING``) sums into one output element, on
-    average over its outputs (an average pool's padded border windows hold fewer valid
-    cells; a global pool or a reduction its whole reduced extent). 1 when the shapes it
-    needs are unknown."""
+    """How many input elements a mixing op (``MIXING``, an interpolating Resize) sums into
+    one output element, on average over its outputs (an average pool's padded border windows
+    hold fewer valid cells; a global pool or a reduction its whole reduced extent; a linear
+    Resize 2 per resized axis, a cubic one 4). 1 when the shapes it needs are unknown."""
     shape = shapes.get(node.input[0])
     if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
         return 1.0
     shape = [int(d) for d in shape]
     op = node.op_type
+    if op == "Resize":
+        out = shapes.get(node.output[0])
+        if out is None or len(out) != len(shape) or not all(isinstance(d, int) and d > 0
+                                                            for d in out):
+            return 1.0
+        taps = {b"linear": 2, b"cubic": 4}.get(attr(node, "mode", b"nearest"), 1)
+        return float(taps ** sum(int(o) != i for o, i in zip(out, shape)))
     if op == "GlobalAveragePool":
         return float(math.prod(shape[2:]))
     if op in ("ReduceMean", "ReduceSum"):
