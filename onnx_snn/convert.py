@@ -21,7 +21,8 @@ import onnx
 from . import __version__, json_text
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, record_sites, tensor_shapes)
-from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, input_key, apply_preprocess, check_finite,
+from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambiguous_keys,
+                       input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
@@ -453,6 +454,7 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Datase
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
     model (``specs``) has an input of that name, or the dict holds nothing else; Keras's
     ``x_train``/``y_train``, ``x_test``/``y_test``: the ``split`` asked for (default test)."""
+    check_unambiguous_keys(list(data), "the data dict")
     picked = split_keys(list(data), split, "the data dict")
     if picked is not None:
         data = {"x": data[picked[0]], **({"y": data[picked[1]]} if picked[1] else {})}

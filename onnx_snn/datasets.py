@@ -355,6 +355,19 @@ def key_named(keys, name: str) -> Optional[str]:
     return folded[0] if len(folded) == 1 else None
 
 
+def check_unambiguous_keys(keys, where: str) -> None:
+    """DataError when two arrays' names are one name the loader reads (INPUT_KEYS,
+    LABEL_KEYS, SPLIT_KEYS) in two cases, ``x`` and ``X``: either could be meant (the exact
+    lower-case one was read without a word)."""
+    known = set(INPUT_KEYS) | set(LABEL_KEYS) | {k for pair in SPLIT_KEYS.values() for k in pair}
+    for name in sorted(known):
+        same = sorted(k for k in keys if isinstance(k, str) and k.lower() == name)
+        if len(same) > 1:
+            raise DataError(f"{where}: the arrays {' and '.join(map(repr, same))} differ only in "
+                            f"case, and either could be the {name!r} array; keep one, or rename "
+                            "the other")
+
+
 def input_key(keys) -> Optional[str]:
     """The inputs' array among ``keys``: the first of INPUT_KEYS (in any case) present."""
     return next((k for k in (key_named(keys, n) for n in INPUT_KEYS) if k is not None), None)
@@ -430,6 +443,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
                             f"{other[0]!r}); save the inputs with numpy.savez (x=..., y=...)")
         try:
             keys = list(obj.keys())
+            check_unambiguous_keys(keys, str(path))
             yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
             xk = input_key(keys)

@@ -383,3 +383,9 @@ def test_npz_and_dict_keys_are_read_in_any_case(tmp_path):
     with pytest.raises(DataError, match=r"'x' \(or data, images, inputs, in any case\)"):
         evaluate(m, str(tmp_path / "c.npz"), show_progress=False)
     assert evaluate(m, str(tmp_path / "a.npz"), show_progress=False).samples == 6
+    # two arrays of one name in two cases: either could be meant (x was read without a word)
+    np.savez(tmp_path / "d.npz", x=x, X=x[:3], y=y)
+    with pytest.raises(DataError, match=r"d.npz: the arrays 'X' and 'x' differ only in case"):
+        load_array_file(tmp_path / "d.npz")
+    with pytest.raises(DataError, match=r"the data dict: the arrays 'Y' and 'y'"):
+        resolve_data({"x": x, "y": y, "Y": y}, None)
