@@ -588,7 +588,9 @@ def check_labels(y, n: int, where: str) -> np.ndarray:
             raise DataError(f"{where}: {bad} label(s) are NaN/Inf; labels are class indices")
         if np.any(y != np.round(y)):
             raise DataError(f"{where}: labels such as {float(y[y != np.round(y)][0]):g} are not whole "
-                            "numbers; labels are class indices")
+                            "numbers; labels are class indices (eval's top-1 and fine-tuning "
+                            "are for classifiers: for a regression model leave the targets "
+                            "out, run it on the inputs alone and compare its outputs yourself)")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise DataError(f"{where}: label {int(y.min())} is negative; labels are class indices "

@@ -389,3 +389,12 @@ def test_npz_and_dict_keys_are_read_in_any_case(tmp_path):
         load_array_file(tmp_path / "d.npz")
     with pytest.raises(DataError, match=r"the data dict: the arrays 'Y' and 'y'"):
         resolve_data({"x": x, "y": y, "Y": y}, None)
+
+
+def test_float_targets_are_told_that_labels_are_for_classifiers():
+    """A regression user's float targets were refused as 'not whole numbers' with no word on
+    what to do: the message says top-1 and fine-tuning are for classifiers."""
+    from onnx_snn.datasets import check_labels
+    from onnx_snn.errors import DataError
+    with pytest.raises(DataError, match=r"not whole numbers.*regression model leave the targets out"):
+        check_labels(np.array([0.5, 1.25, 2.0]), 3, "reg.npz")

@@ -799,6 +799,41 @@ def test_model_without_relu_names_its_first_nonlinearity(build, node, op, tmp_pa
     np.save(tmp_path / "calib.npy", rand(4, 1, 12, 12))
     rc = main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy")])
     assert rc == 4 and f"node '{node}' ({op})" in capsys.readouterr().err
+    if op == "Erf":     # a GELU the exporter wrote out is named as one
+        assert "(likely part of a GELU written out by the exporter)" in msg
+
+
+def test_an_unsupported_layer_is_named_whether_or_not_the_model_has_a_relu():
+    """An LSTM in a model with no ReLU was refused as 'no ReLU-type activation found', not
+    naming the LSTM; with a ReLU elsewhere it was named (an outside sweep)."""
+    hidden = 6
+    nodes = [h.make_node("LSTM", ["x", "W", "R"], ["seq", "hn"], name="lstm", hidden_size=hidden),
+             h.make_node("Squeeze", ["hn", "ax"], ["last"], name="sq"),
+             h.make_node("Gemm", ["last", "FW", "FB"], ["y"], name="fc", transB=1)]
+    inits = [init("W", rand(1, 4 * hidden, 3)), init("R", rand(1, 4 * hidden, hidden)),
+             init("ax", np.array([0], np.int64)), init("FW", rand(2, hidden)), init("FB", rand(2))]
+    m = make(nodes, [vi("x", [5, "N", 3])], [vi("y", ["N", 2])], inits, opset=13)
+    with pytest.raises(UnsupportedModelError) as e:
+        normalize(m)
+    msg = str(e.value)
+    assert "node 'lstm' (LSTM) is not supported" in msg and "no ReLU-type activation" in msg
+
+
+def test_a_final_tanh_is_dropped_like_a_final_sigmoid():
+    """A bounded regression or score head (Tanh on the output) was refused with advice to
+    replace it by a ReLU, which changes the model: it is dropped with a note, the spiking
+    model outputs its time-averaged input (same order and sign)."""
+    from onnx_snn.runtimes.ort import run
+    b = B.GraphBuilder(13)
+    y = b.gemm(b.node("Relu", [b.gemm(b.node("Flatten", ["input"]), 144, 16)]), 16, 3)
+    m = b.model("input", b.node("Tanh", [y]), (1, 12, 12), 3)
+    nm = normalize(m)
+    assert any("dropped the final Tanh" in n for n in nm.notes)
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(m, x, timesteps=256, method="max", show_progress=False)
+    got = run(snn.model, x).outputs[0]
+    want = np.arctanh(np.clip(run(m, x).outputs[0], -1 + 1e-6, 1 - 1e-6))
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("opset,keepdims", [(13, 0), (13, 1), (18, 0)])

@@ -223,9 +223,21 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
     """A Sigmoid that feeds a graph output (directly or through Flatten/Reshape/Squeeze):
     a binary classifier's probability, or a multi-label model's. It is dropped: the spiking
     model outputs the time-averaged logits, of the same order (argmax, and a logit above 0
-    for a probability above 0.5, are unchanged)."""
+    for a probability above 0.5, are unchanged). A final Tanh likewise (a bounded output:
+    the same order and sign)."""
     for sg in list(graph.nodes):
-        if sg.op != "Sigmoid" or not sg.outputs or not sg.inputs:
+        if sg.op not in ("Sigmoid", "Tanh") or not sg.outputs or not sg.inputs:
+            continue
+        if sg.op == "Tanh":
+            _, why = _path_to_output(graph, sg.outputs[0])
+            if why is not None:
+                result.skip(sg, why)
+                continue
+            result.notes.append(f"dropped the final Tanh '{sg.name}': the spiking model outputs "
+                                "its time-averaged input (the same order and sign; apply tanh "
+                                "for the model's values)")
+            result.changed += 1
+            bypass(graph, sg)
             continue
         pair = _two_class_pair(graph, sg)
         if pair is not None:

@@ -485,6 +485,11 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     dropouts: List[dict] = list(records[cleanup.remove_identity_and_dropout.name])
     sites: List[Site] = records[canonicalize_sites.name]
     if not sites:
+        try:      # an unsupported layer is named first, as when the model has sites too
+            check_supported(graph, set(), dict(records.get(resize.resize_constant_form.name, [])))
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"{e} (besides, the model has no ReLU-type activation "
+                                        "to turn into spiking neurons)") from None
         raise _no_sites_error(graph, where)
     check_supported(graph, {s.name for s in sites},
                     dict(records.get(resize.resize_constant_form.name, [])))

@@ -42,7 +42,7 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "Where-ReLU and LeakyRelu(0)")
 #: what to do about an activation the spiking neuron cannot express
 _ACTIVATION_FIX = ("the neurons compute ReLUs and clipped ReLUs only, so replace it in the DNN "
-                   "(a LeakyRelu, PRelu, Sigmoid, SiLU or Gelu by a ReLU or ReLU6, a layer or "
+                   "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU or Gelu by a ReLU or ReLU6, a layer or "
                    "instance normalization by BatchNormalization) and fine-tune it briefly "
                    "before converting")
 
@@ -65,9 +65,9 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
             if head:
                 raise UnsupportedModelError(f"{node_label(node)} {head}")
             if node.op in _NONLINEAR:
-                raise UnsupportedModelError(f"{node_label(node)} is a nonlinearity the spiking "
-                                            f"rewrite cannot express: {_ACTIVATION_FIX}; "
-                                            f"{SUPPORTED_HELP}")
+                raise UnsupportedModelError(f"{node_label(node)}{_PIECE_OF.get(node.op, '')} is a "
+                                            "nonlinearity the spiking rewrite cannot express: "
+                                            f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
@@ -216,6 +216,12 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
     return (f"{what}; a spiking model outputs the time-averaged logits: export the model "
             "without its post-processing and apply it to the spiking model's outputs")
 
+
+#: what an op usually is a piece of, when an exporter writes a layer out in elementwise ops
+_PIECE_OF = {"Erf": " (likely part of a GELU written out by the exporter)",
+             "Pow": " (likely part of a LayerNorm's variance written out by the exporter)",
+             "Sqrt": " (likely part of a normalization written out by the exporter)",
+             "Reciprocal": " (likely part of a normalization written out by the exporter)"}
 
 _NONLINEAR = {
     "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "LRN", "LeakyRelu", "PRelu", "Elu", "Selu",

@@ -274,7 +274,9 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
                       split=split, download=download, specs=_specs(view),
                       take=(limit or None, 0 if split == "train" else None))
     if ds.y is None:
-        raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named dataset)")
+        raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named "
+                        "dataset): it trains classifiers, on their labels or, with --teacher, "
+                        "a DNN's class scores; a regression model cannot be fine-tuned here")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
     # the shapes and types from two samples (no converted copy of the whole set); NaN/Inf
