@@ -399,7 +399,7 @@ def record_sites(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     rng = np.random.default_rng(seed)
     samplers: Dict[str, _Sampler] = {}
     stats = {s.name: dict(count=0, pos=0, lo=np.inf, hi=-np.inf, shape=None) for s in chosen}
-    bar = Progress(n_total, desc="calibrating", unit="img", enabled=None if show_progress else False)
+    bar = Progress(n_total, desc="calibrating", unit="sample", enabled=None if show_progress else False)
     for start in range(0, n_total, batch_size):
         feed = {k: v[start:start + batch_size] for k, v in feeds_all.items()}
         nb = next(iter(feed.values())).shape[0]

@@ -306,7 +306,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     spikes = {t: {} for t in t_list}
     t0 = time.perf_counter()
     desc = ("evaluating SNN T=" + ",".join(map(str, t_list))) if runner.spiking else "evaluating DNN"
-    bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
+    bar = Progress(n, desc=desc, unit="sample", enabled=None if show_progress else False)
     done = 0                      # samples of the parts before this one
     while ds is not None:
         for start in range(0, len(ds), batch_size):

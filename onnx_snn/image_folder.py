@@ -244,7 +244,7 @@ def load_image_folder(path, split: Optional[str] = None,
                         "--calib-samples)")
     x = np.empty((len(files), plan.height, plan.width, plan.channels), np.float32)
     mode = "L" if plan.channels == 1 else "RGB"
-    bar = Progress(len(files), desc=f"reading {plan.folder.name}/", unit="img",
+    bar = Progress(len(files), desc=f"reading {plan.folder.name}/", unit="sample",
                    enabled=None if show_progress else False)
     for k, (f, _) in enumerate(files):
         x[k] = _pixels(_open(f, Image, UnidentifiedImageError), mode, plan.width, plan.height, f)

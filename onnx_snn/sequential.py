@@ -305,7 +305,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
     passes = 1 + len(names) * (3 if cfg.weight_calibration else 2)
-    bar = Progress(n_total * passes, desc="refining", unit="img",
+    bar = Progress(n_total * passes, desc="refining", unit="sample",
                    enabled=None if show_progress else False)
 
     # targets: the DNN's activations at the sampled positions

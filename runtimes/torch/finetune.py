@@ -318,7 +318,7 @@ def evaluate_torch(net: SpikingNetwork, ds: Dataset, device, timesteps, batch=25
     correct, n = 0, len(ds)
     batch = fixed or batch
     spikes: Dict[str, float] = {}
-    bar = Progress(n, desc=desc, unit="img", enabled=None if show_progress else False)
+    bar = Progress(n, desc=desc, unit="sample", enabled=None if show_progress else False)
     for s in range(0, n, batch):
         nb = min(batch, n - s)
         xb = _tensors(_padded(_rows(ds.x, slice(s, s + batch)), fixed), device)
@@ -583,7 +583,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         perm = np.random.default_rng(cfg.seed + epoch).permutation(len(train))[rank::world]
         t0 = time.perf_counter()
         seen, correct, loss_sum = 0, 0, 0.0
-        bar = Progress(len(perm), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+        bar = Progress(len(perm), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="sample",
                        enabled=(None if show_progress else False) if main_proc else False)
         if fixed:   # whole batches of the model's size only
             perm = perm[:len(perm) - len(perm) % fixed]
