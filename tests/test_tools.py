@@ -100,7 +100,7 @@ def test_profile_ort_small(fmnist_test):
 
 def test_profile_convert_small(fmnist_test):
     """The refinement's parts nest inside it and the conversion's seconds."""
-    r = run_tool("tools/profile_convert.py", "--images", "80")   # two batches: one held out
+    r = run_tool("tools/profile_convert.py", "--images", "80")   # every second image held out
     p = r["parts_seconds"]
     assert r["sites"] == 14 and r["seconds"] > 0
     assert 0 < p["refinement"] <= r["seconds"] and 0 < p["calibration"] < r["seconds"]

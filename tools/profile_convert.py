@@ -37,7 +37,7 @@ import numpy as np
 from _bench_common import emit
 
 PARTS = {
-    "calibration": ("calibrate.py", ("calibrate",)),
+    "calibration": ("calibrate.py", ("record_sites",)),    # (calibrate() runs it too)
     "refinement": ("sequential.py", ("refine",)),
     "weight_calibration_accumulate": ("weight_calibration.py", ("add",)),
     "weight_calibration_solve": ("weight_calibration.py", ("_ridge", "_dual_ridge")),
