@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). "
                         "Memory and speed only: the samples and the refits' held-out images go "
                         "by each image's place in the calibration set, so every batch size "
-                        "gives the same conversion")
+                        "gives the same conversion (up to float rounding)")
     c.add_argument("--sample-size", type=sample_int, default=DEFAULT_SAMPLE_SIZE, metavar="N",
                    help=f"values kept per layer for the search (default: {DEFAULT_SAMPLE_SIZE}; "
                         f"at most {MAX_SAMPLE_SIZE})")
@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e)
 
     i = sub.add_parser("info", parents=[quiet], help="show what a spiking model holds",
-                       description="Print a spiking model's time steps, method and neurons.",
+                       description="Print a spiking model's time steps, method, neurons, and the "
+                                   "preprocessing and dataset it records.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  onnx-snn info model.snn.onnx          # T, method, a row per neuron site\n"
