@@ -1054,12 +1054,12 @@ DRIVER = textwrap.dedent("""
         sys.stderr.write("MARK\\n")
         sys.stderr.flush()
 
-    if moment == "calibrate":
-        real_cal = C.calibrate
+    if moment == "calibrate":   # (convert's calibration pass: calibrate.record_sites)
+        real_cal = C.record_sites
         def slow_cal(*a, **k):
             mark(); time.sleep(60)
             return real_cal(*a, **k)
-        C.calibrate = slow_cal
+        C.record_sites = slow_cal
     elif moment.startswith("write"):
         want, seen, real_fsync = int(moment[5:]), [0], os.fsync
         def slow_fsync(fd):
