@@ -226,20 +226,9 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
     for a probability above 0.5, are unchanged). A final Tanh likewise (a bounded output:
     the same order and sign)."""
     for sg in list(graph.nodes):
-        if sg.op not in ("Sigmoid", "Tanh") or not sg.outputs or not sg.inputs:
+        if sg.op not in _DROPPED_HEADS or not sg.outputs or not sg.inputs:
             continue
-        if sg.op == "Tanh":
-            _, why = _path_to_output(graph, sg.outputs[0])
-            if why is not None:
-                result.skip(sg, why)
-                continue
-            result.notes.append(f"dropped the final Tanh '{sg.name}': the spiking model outputs "
-                                "its time-averaged input (the same order and sign; apply tanh "
-                                "for the model's values)")
-            result.changed += 1
-            bypass(graph, sg)
-            continue
-        pair = _two_class_pair(graph, sg)
+        pair = _two_class_pair(graph, sg) if sg.op == "Sigmoid" else None
         if pair is not None:
             _to_logit_pair(graph, sg, *pair)
             result.notes.append(
@@ -253,12 +242,19 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
         if why is not None:
             result.skip(sg, why)
             continue
-        result.notes.append(f"dropped the final Sigmoid '{sg.name}': the spiking model outputs "
-                            "time-averaged logits (a logit above 0 is a probability above 0.5; "
-                            "apply a sigmoid for probabilities)")
+        result.notes.append(f"dropped the final {sg.op} '{sg.name}': " + _DROPPED_HEADS[sg.op])
         result.changed += 1
         bypass(graph, sg)
     graph.cleanup()
+
+
+#: what the spiking model outputs in place of a final Sigmoid or Tanh it drops
+_DROPPED_HEADS = {
+    "Sigmoid": ("the spiking model outputs time-averaged logits (a logit above 0 is a "
+                "probability above 0.5; apply a sigmoid for probabilities)"),
+    "Tanh": ("the spiking model outputs its time-averaged input (the same order and sign; "
+             "apply tanh for the model's values)"),
+}
 
 
 def _bounds(node: gs.Node):
