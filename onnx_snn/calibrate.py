@@ -190,18 +190,14 @@ class _Sampler:
     interleave by batch)."""
 
     def __init__(self, sample_size: int, total: int, rng: np.random.Generator):
-        self.k = sample_size
-        self.total = total
         self.stream = StratifiedStream(np.random.default_rng(int(rng.integers(1 << 62))),
                                        total, sample_size)
-        self.taken = 0
         self.parts = []
 
     def add(self, values: np.ndarray) -> None:
         idx = self.stream.take(values.size)
         if idx.size:
             self.parts.append(values.reshape(-1)[idx])
-            self.taken += int(idx.size)
 
     def result(self) -> np.ndarray:
         out = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
@@ -345,7 +341,8 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     ``x``: arrays (or anything numpy converts, a dict per input), or as for
     :func:`~onnx_snn.convert.convert`, a dataset name, file or folder (DEFAULT_CALIB_SAMPLES of
     its training split, drawn with ``seed``, fed with the model's recorded preprocessing)."""
-    from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, check_count, resolve_data
+    from .convert import (MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, check_count, remember_dataset,
+                          resolve_data)
     if not isinstance(nm, NormalizedModel):
         raise UsageError(f"calibrate(nm, x) takes prepare()'s result, not {type(nm).__name__} "
                          "(nm = onnx_snn.prepare(model))")
@@ -365,8 +362,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                           take=(DEFAULT_CALIB_SAMPLES, seed)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed
             nm.preprocess = ds.preprocess
-        from .convert import remember_dataset    # (eval and finetune then default to it)
-        nm.source_metadata.update(remember_dataset(nm.source_metadata, x))
+        nm.source_metadata.update(remember_dataset(nm.source_metadata, x))   # (eval's default)
         data_name = ds.name
         x = ds.x
     elif is_inputs_labels(x):             # arrays and labels: all of the arrays, as arrays
@@ -374,7 +370,6 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
     if data_name is None and not isinstance(x, dict):
         # arrays are checked and warned about as convert's are (NaN refused; integer pixels
         # and unnormalized images with a model that records a normalization warned about)
-        from .convert import resolve_data
         x = resolve_data(list(x) if isinstance(x, tuple) else x, nm.preprocess,
                          specs=input_specs(nm.model)).x       # (a tuple of samples: stacked)
     return record_sites(nm, x, batch_size, sample_size, seed, show_progress, threads, sites,

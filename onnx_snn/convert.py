@@ -139,6 +139,15 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: s
         f"rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
 
 
+def warn_other_timesteps_once(info: "fmt.SpikingInfo", timesteps: int, where: str,
+                              warned: set) -> None:
+    """:func:`warn_other_timesteps` for a runtime run at ``timesteps``, once per T (``warned``:
+    the T it has run at, kept by the runtime)."""
+    if timesteps not in warned:
+        warned.add(timesteps)
+        warn_other_timesteps(info, [timesteps], where)
+
+
 def check_count(value, name: str, maximum: Optional[int] = None, allow_none: bool = False,
                 why: str = "") -> Optional[int]:
     """A positive int (at most ``maximum``), or None when allowed."""

@@ -141,9 +141,11 @@ class LayerFit:
         for g, (x, yg, image) in enumerate(_design(self, values, y, first, self._buffer)):
             yg = yg.astype(np.float32)
             scale = None if q is None else self._column_scale(q, g)
-            held = self.held_out(first + image)
-            parts = [(bool(held[0]), x, yg)] if held.all() or not held.any() else \
-                [(False, x[~held], yg[~held]), (True, x[held], yg[held])]
+            if g == 0:           # every group's rows are of the same images, in the same order
+                held = self.held_out(first + image)
+                self.rows += len(x)
+            parts = ([(False, x, yg)] if not held.any() else [(True, x, yg)] if held.all()
+                     else [(False, x[~held], yg[~held]), (True, x[held], yg[held])])
             for h, xp, yp in parts:
                 if self.kept is not None:
                     while len(self.kept) <= g:
@@ -153,8 +155,6 @@ class LayerFit:
                         continue
                     self._fold()      # as many rows as inputs: the normal equations from now on
                 self._accumulate(g, h, xp, yp, scale)
-            if g == 0:
-                self.rows += len(x)
 
     def add_steps(self, steps: List[np.ndarray], y: np.ndarray,
                   first: Optional[int] = None) -> None:

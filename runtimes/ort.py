@@ -139,10 +139,8 @@ class ModelRunner:
             except Exception as e:
                 raise run_failure(e, self.where, feeds) from None
         T = self.check_timesteps(timesteps)
-        if T not in self.warned_timesteps:
-            self.warned_timesteps.add(T)
-            from onnx_snn.convert import warn_other_timesteps
-            warn_other_timesteps(self.info, [T], self.where)
+        from onnx_snn.convert import warn_other_timesteps_once
+        warn_other_timesteps_once(self.info, T, self.where, self.warned_timesteps)
         if self.is_step_graph:
             return self._run_steps(feeds, T)
         if self.deploy:

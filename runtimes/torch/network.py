@@ -554,10 +554,9 @@ class SpikingNetwork(nn.Module):
             from onnx_snn.convert import check_timesteps
             timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
         T = int(timesteps or self.timesteps)
-        if self.warn_timesteps and T not in self.warned_timesteps:
-            self.warned_timesteps.add(T)
-            from onnx_snn.convert import warn_other_timesteps
-            warn_other_timesteps(self.info, [T], self.where)
+        if self.warn_timesteps:
+            from onnx_snn.convert import warn_other_timesteps_once
+            warn_other_timesteps_once(self.info, T, self.where, self.warned_timesteps)
         missing = [n for n in names if n not in inputs]
         if missing:
             raise DataError(f"missing input(s) {missing}; the model takes {names}")
