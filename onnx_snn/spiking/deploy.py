@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
-from ..flags import check_flag, checks_flags
+from ..flags import checks_flags
 from ..graph import walk
 from . import format as fmt
 from . import rewrite
@@ -400,8 +400,7 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     weights that way). Returns it."""
     from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
-    spike_counts = check_flag(spike_counts, "spike_counts")      # "no" wrote the counts
-    unit_thresholds = check_flag(unit_thresholds, "unit_thresholds")
+    spike_counts, unit_thresholds = bool(spike_counts), bool(unit_thresholds)   # (checked above)
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
