@@ -618,7 +618,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 
 def cmd_convert(args) -> int:
-    from .convert import check_search_limits, convert
+    from .convert import WARNING_NOTE, check_search_limits, convert
     from .errors import UsageError
     from .model_io import check_output_path, write_all_atomic
 
@@ -667,7 +667,6 @@ def cmd_convert(args) -> int:
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
                   download=args.download, pool_first=args.pool_first)
     if not args.quiet:     # (the notes that are warnings were logged, -q or not)
-        from .convert import WARNING_NOTE
         for note in snn.report.get("notes", snn.normalized.notes):
             if not note.startswith(WARNING_NOTE):
                 print(f"note: {note}", file=sys.stderr)
@@ -751,8 +750,8 @@ def cmd_info(args) -> int:
     from .convert import check_recorded_timesteps
     from .datasets import check_preprocess
     from .model_io import load_model
-    from .spiking.format import (GRAPH_DEPLOY, META_BINARY, is_spiking, metadata, read_info,
-                                 require_spiking)
+    from .spiking.format import (GRAPH_DEPLOY, META_BINARY, META_DATASET, is_spiking, metadata,
+                                 read_info, require_spiking)
 
     model = load_model(args.model)
     # the metadata and the graph checked (exit 3 if damaged; a deploy graph: the metadata only,
@@ -789,7 +788,6 @@ def cmd_info(args) -> int:
     else:
         print("preprocessing: none recorded (a named dataset is fed as raw [0, 1] pixels "
               "unless --mean/--std is given; arrays are taken as given)")
-    from .spiking.format import META_DATASET
     dataset = metadata(model).get(META_DATASET)
     if dataset:
         print(f"dataset: {dataset} (what eval and finetune read when no --data is given)")
