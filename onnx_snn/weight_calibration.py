@@ -49,10 +49,12 @@ ROW_IMAGES = 64
 #: ImageNet VGG's first FC layer), and a calibration set of hundreds of images cannot
 #: determine so many weights per output anyway
 MAX_INPUTS = 8192
-#: a layer with more inputs per output keeps its patches while it has seen fewer of them than
-#: it has inputs, and then solves the ridge regression in its dual form (an n x n system for n
-#: rows instead of (d+1) x (d+1)): the same minimizer, for a fraction of the arithmetic on the
-#: wide layers of small feature maps (CIFAR's 512-channel 2 x 2 layers: 2048 rows, 4608 inputs).
+#: a layer with at least this many inputs per output keeps its patches while it has seen fewer
+#: of them than it has inputs, and then solves the ridge regression in its dual form (an n x n
+#: system for n rows instead of (d+1) x (d+1)): the same minimizer, for a fraction of the
+#: arithmetic on the wide layers of small feature maps (CIFAR's 512-channel 2 x 2 layers: 2048
+#: rows, 4608 inputs) and on an ImageNet VGG's 4096-wide FC layers (one row per image: with 64
+#: images each primal step of their ridge walk was a 4097^2 solve for 4096 outputs, 5-8 s).
 #: Below it both forms are cheap (a (d+1)^2 solve takes under half a second on 2 cores), and
 #: the normal equations are kept from the first batch.
 DUAL_MIN_INPUTS = 4096
@@ -87,7 +89,7 @@ class LayerFit:
     images: int = 0
     #: per group, the batches' (held out?, rows with the bias column, targets, the columns'
     #: quantum or None: see :meth:`add`) while the dual form is possible (fewer rows than
-    #: inputs, more than DUAL_MIN_INPUTS inputs);
+    #: inputs, at least DUAL_MIN_INPUTS inputs);
     #: None once they are folded into the normal equations
     kept: Optional[List[list]] = None
     #: rows of the batch being added, with the bias column (see :meth:`_buffer`)
@@ -108,7 +110,7 @@ class LayerFit:
     originals: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.inputs > DUAL_MIN_INPUTS:
+        if self.inputs >= DUAL_MIN_INPUTS:
             self.kept = []
 
     def add(self, r: Optional[np.ndarray], y: np.ndarray,

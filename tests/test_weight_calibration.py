@@ -96,6 +96,17 @@ def test_ridge_fit_recovers_a_layer_from_exact_data_and_caps_its_rows():
     assert big.fit[0][0][-1, -1] == big.held[0][0][-1, -1] == 30 * cap
 
 
+def test_a_layer_of_exactly_dual_min_inputs_takes_the_dual_form(monkeypatch):
+    """The dual form starts at DUAL_MIN_INPUTS inputs, not above it: an ImageNet VGG's FC
+    layers have 4096 inputs and one row per image, and as normal equations each step of their
+    ridge walk was a 4097^2 solve for 4096 outputs (seconds, for a fit of 64 rows)."""
+    import onnx_snn.weight_calibration as W
+    node, inits = _conv(np.ones((2, 8, 3, 3), np.float32), np.zeros(2, np.float32))   # 72 inputs
+    for limit, dual in ((72, True), (73, False)):
+        monkeypatch.setattr(W, "DUAL_MIN_INPUTS", limit)
+        assert (layer_fit(node, inits).kept is not None) is dual
+
+
 def test_dual_form_gives_the_normal_equations_solution(monkeypatch):
     """A wide layer with fewer patches than inputs keeps its rows and solves the n x n dual
     system: the same weights (and the same held-out verdict) as the (d+1)^2 normal equations,
