@@ -901,6 +901,7 @@ def cmd_analyze(args) -> int:
     plot_fmt = _plot_format_or_refuse(args.plot)
     model = load_model(args.model)
     rates, T = (None, None)
+    checked = None          # the rates as analyze() is given them: with their model and T
     info = None
     if is_spiking(model):   # the whole model checked before any work (a deploy graph refused)
         info = require_spiking(model, args.model)
@@ -916,6 +917,7 @@ def cmd_analyze(args) -> int:
         rates, T = parse_rates(obj, str(args.rates))
         check_rate_file(args.rates, T, rate_neurons(obj), info, args.timesteps, args.model,
                         obj.get("model_fingerprint"))
+        checked = (rates, T) if T is not None else rates   # a file without T: unchecked, noted
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate
@@ -924,6 +926,7 @@ def cmd_analyze(args) -> int:
                          show_progress=not getattr(args, "quiet", False), download=args.download,
                          where=str(args.model), top1=None)
             rates, T = r.rates, r.timesteps
+            checked = r          # recorded here on this model: checked as eval's result
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
     shapes = None
@@ -936,7 +939,7 @@ def cmd_analyze(args) -> int:
                   f"depend on its data: --data {args.data} is not used (spike rates come from "
                   "a spiking model's run on it)", file=sys.stderr)
     mac, ac = ENERGY_PRESETS[args.preset]
-    result = analyze(model, rates, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
+    result = analyze(model, checked, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn, input_shapes=shapes)
     print(format_table(result, notes=not args.quiet))
     items = []

@@ -261,10 +261,15 @@ def test_analyze_dnn_and_snn(files, capsys):
                  "--json", str(files / "a.json"), "--preset", "45nm-int32"]) == 0
     text = capsys.readouterr().out
     assert "SNN FLOPs" in text and "lif0" in text
+    assert "plain {site: rate}" not in text          # eval's JSON says its model and T
     a = json.loads((files / "a.json").read_text())
     assert a["totals"]["dnn_energy_pj"] > a["totals"]["snn_energy_pj"] > 0
     p = run_cli("analyze", m, "--rates", str(files / "ev.json"))
     assert_clean_error(p, 8, "plain DNN")
+    # rates it records itself are this model's: no note that nothing checked them
+    assert main(["analyze", out, "--data", str(files / "test.npz"), "--limit", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "SNN FLOPs" in text and "plain {site: rate}" not in text
 
 
 def test_missing_model_and_folder(files):
