@@ -15,7 +15,7 @@ from . import json_text
 from .datasets import Dataset, array_like, check_inputs, check_labels, check_preprocess, image_folder_spec
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
-from .graph.inputs import PIXELS_255, input_scaling
+from .graph.inputs import PIXELS_255, input_scaling, scales_raw_pixels
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
@@ -422,6 +422,11 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
         data = [i for i in model.graph.input if i.name not in inits]
         if data and all(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in data):
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
+        why = scales_raw_pixels(model)       # x / 255 as its first operation: the same
+        if why:
+            log.warning("%s: %s, so it takes raw 0-255 pixels: named datasets are fed as "
+                        "such (--mean/--std for another preprocessing)", where, why)
+            return dict(PIXELS_255)
         return None
     try:
         return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where, partial=True)

@@ -246,3 +246,67 @@ def test_a_float_model_recording_0_255_pixels_takes_any_0_255_floats(tmp_path):
     assert evaluate(str(path), (x, y), show_progress=False).samples == 16
     with pytest.raises(DataError, match="takes raw 0-255 pixels"):
         evaluate(str(path), (x / 255.0, y), show_progress=False)
+
+
+def _scaled_input(plain, ops):
+    """``plain`` with constant ops [(op, value), ...] applied to a new input 'raw' first."""
+    m = onnx.ModelProto()
+    m.CopyFrom(plain)
+    g = m.graph
+    old, t = g.input[0].name, "raw"
+    for i, (op, v) in enumerate(ops):
+        out = old if i == len(ops) - 1 else f"scaled{i}"
+        g.node.insert(i, h.make_node(op, [t, f"c{i}"], [out]))
+        g.initializer.append(nh.from_array(np.asarray(v, np.float32), f"c{i}"))
+        t = out
+    g.input[0].name = "raw"
+    return m
+
+
+@pytest.mark.parametrize("ops, raw", [
+    ([("Mul", 1 / 255)], True),                                   # Keras Rescaling(1/255)
+    ([("Div", 255.0)], True),
+    ([("Sub", 72.9), ("Div", 90.0)], True),                       # Normalization on raw pixels
+    ([("Mul", 1 / 127.5), ("Sub", 1.0)], True),                   # Rescaling(1/127.5, offset=-1)
+    ([("Sub", 0.286), ("Div", 0.353)], False),                    # a [0, 1] model's own
+    ([("Mul", 2.0), ("Sub", 1.0)], False),
+    ([("Mul", np.array([1 / 255, 1.0], np.float32).reshape(1, 2, 1, 1)[:, :1])], True),
+])
+def test_a_model_that_scales_its_input_by_1_255_takes_raw_pixels(ops, raw):
+    """A model whose own first scaling multiplies its input by 1/255 or less (Keras's
+    Rescaling and Normalization layers adapted on raw pixels) is fed named datasets as raw
+    0-255 pixels, with a note: fed [0, 1] images by default it scored chance (10 %), and only
+    a warning told what to pass. Its spiking model records the preprocessing."""
+    import onnx_snn
+    from onnx_snn.graph.inputs import scales_raw_pixels
+    from onnx_snn.graph.normalize import normalize
+    plain = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m = _scaled_input(plain, ops)
+    assert bool(scales_raw_pixels(m)) is raw
+    nm = normalize(m)
+    assert is_pixels_255(nm.preprocess) is raw
+    assert any("raw 0-255 pixels" in n for n in nm.notes) is raw
+    if not raw:
+        return
+    x = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)   # [0, 1] images
+    snn = onnx_snn.convert(m, x * 255.0, method="datta", show_progress=False)
+    assert is_pixels_255(snn.info.preprocess)                        # recorded for eval
+    with pytest.raises(DataError, match="raw 0-255 pixels"):       # [0, 1] arrays refused
+        onnx_snn.evaluate(snn, x, show_progress=False)
+
+
+def test_a_table_scaled_down_is_not_taken_for_pixels():
+    """The rule reads images only: a tabular model may scale its features by 1/1000 and
+    take negative values."""
+    from onnx_snn.graph.inputs import scales_raw_pixels
+    rng = np.random.default_rng(0)
+    g = h.make_graph([h.make_node("MatMul", ["x", "w1"], ["a"]), h.make_node("Relu", ["a"], ["r"]),
+                      h.make_node("MatMul", ["r", "w2"], ["y"])], "table",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 8])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3])],
+                     [nh.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w1"),
+                      nh.from_array(rng.normal(size=(16, 3)).astype(np.float32), "w2")])
+    table = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    assert scales_raw_pixels(_scaled_input(table, [("Mul", 1e-3)])) is None
+    image = _scaled_input(B.vgg(13, "clip", in_shape=(1, 28, 28)), [("Mul", 1e-3)])
+    assert scales_raw_pixels(image)            # the same scaling of an image input

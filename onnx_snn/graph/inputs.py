@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from .passes import PassResult, graph_pass
 from .sources import constant_names
@@ -87,10 +87,10 @@ def uint8_input_to_float(graph: gs.Graph, result: PassResult) -> None:
 _SCALING_OPS = ("Sub", "Add", "Mul", "Div")
 
 
-def input_scaling(model) -> Optional[str]:
-    """How the model scales its (one, float) data input itself right away: the chain of
-    constant Sub/Add/Mul/Div it applies first (``x / 255``, ``(x - mean) / std``), as
-    'Sub, Div after input 'x''; None when it applies none."""
+def _scaling_chain(model):
+    """(the one float data input's name, the chain of constant Sub/Add/Mul/Div nodes it goes
+    through first, in order, each with its constant's name and whether the data is its first
+    operand); None for a model of several data inputs or a non-float one."""
     g = model.graph
     consts = constant_names(g)
     data = [i for i in g.input if i.name not in consts]
@@ -100,15 +100,72 @@ def input_scaling(model) -> Optional[str]:
     for n in g.node:
         for x in n.input:
             readers.setdefault(x, []).append(n)
-    ops, t = [], data[0].name
+    chain, t = [], data[0].name
     while len(readers.get(t, [])) == 1:
         n = readers[t][0]
         other = [x for x in n.input if x != t]
         if n.op_type not in _SCALING_OPS or len(other) != 1 or other[0] not in consts:
             break
-        ops.append(n.op_type)
+        chain.append((n, other[0], n.input[0] == t))
         t = n.output[0]
-    return f"{', '.join(ops)} after input '{data[0].name}'" if ops else None
+    return data[0].name, chain
 
 
-__all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255", "input_scaling"]
+def input_scaling(model) -> Optional[str]:
+    """How the model scales its (one, float) data input itself right away: the chain of
+    constant Sub/Add/Mul/Div it applies first (``x / 255``, ``(x - mean) / std``), as
+    'Sub, Div after input 'x''; None when it applies none."""
+    found = _scaling_chain(model)
+    if not found or not found[1]:
+        return None
+    name, chain = found
+    return f"{', '.join(n.op_type for n, _, _ in chain)} after input '{name}'"
+
+
+#: a model whose own first scaling multiplies its input by at most this (x / 255,
+#: (x - 73) / 90 as Keras's Rescaling and Normalization layers adapted on raw pixels write it)
+#: takes 0-255 pixels: [0, 1] images would reach its first layer as a sliver of at most 0.02
+#: in width (a [0, 1] model's own normalization, (x - 0.286) / 0.353, widens them)
+PIXELS_255_GAIN = 1.0 / 50.0
+
+
+def scales_raw_pixels(model) -> Optional[str]:
+    """Why the model takes raw 0-255 pixels, read from the affine map its first constant
+    Sub/Add/Mul/Div apply to its one float input (:func:`input_scaling`): every channel's gain
+    at most :data:`PIXELS_255_GAIN` ('its first operations (Mul) multiply input 'x' by
+    1/255'); None otherwise (no such chain, a larger gain, a constant it cannot read, or an
+    input of fewer than three axes: not an image)."""
+    from .walk import constant_tensors
+    found = _scaling_chain(model)
+    if not found or not found[1]:
+        return None
+    name, chain = found
+    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
+    if len(dims) < 3:        # images only ([N, H, W] or more): a table's features may be
+        return None          # scaled down by any factor and hold negative values
+    values = constant_tensors([model.graph])
+    top = 1.0                   # the largest gain of any element (a bound: per-channel
+    for n, c, data_first in chain:          # constants of two ops may peak on different ones)
+        if n.op_type in ("Sub", "Add"):
+            continue
+        t = values.get(c)
+        if t is None:
+            return None
+        v = np.abs(numpy_helper.to_array(t).astype(np.float64))
+        if v.size == 0 or not np.all(np.isfinite(v)) or not np.all(v > 0):
+            return None
+        if n.op_type == "Mul":
+            top *= float(np.max(v))
+        elif data_first:                              # x / c
+            top /= float(np.min(v))
+        else:                                         # c / x: not affine
+            return None
+    if top > PIXELS_255_GAIN:
+        return None
+    ops = ", ".join(n.op_type for n, _, _ in chain)
+    return (f"its first operations ({ops}) multiply input '{name}' by "
+            f"{'1/%.4g' % (1.0 / top) if top > 0 else 0}")
+
+
+__all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255", "input_scaling",
+           "scales_raw_pixels", "PIXELS_255_GAIN"]
