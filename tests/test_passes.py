@@ -890,3 +890,77 @@ def test_a_training_mode_dropout_is_removed_with_a_note():
         notes[training] = [n for n in nm.notes if "training mode" in n]
     assert len(notes[True]) == 1 and "30%" in notes[True][0] and d.name in notes[True][0]
     assert notes[False] == []
+
+
+def _tensordot_model(opset: int) -> onnx.ModelProto:
+    """A Keras Dense on a 4-D tensor as tf2onnx writes it (a tensordot): NHWC activations
+    reshaped to [N*H*W, C] with N*H*W a ReduceProd of the Shape's gathered sizes (the batch
+    is free, so it does not fold), MatMul, and reshaped back to [N, H, W, units]."""
+    rng = np.random.default_rng(1)
+    i64 = lambda name, v: nh.from_array(np.array(v, np.int64), name)   # noqa: E731
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32), "w"),
+             nh.from_array(rng.standard_normal((4, 5)).astype(np.float32), "wd"),
+             nh.from_array(rng.standard_normal((10, 5 * 36)).astype(np.float32), "w2"),
+             nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(2, np.float32), "hi"),
+             i64("free", [0, 1, 2]), i64("units", [5]), i64("chans", [4]), i64("zero", [0])]
+    if opset >= 18:
+        inits.append(i64("rax", [0]))
+        prod = h.make_node("ReduceProd", ["freedims", "rax"], ["rows"], keepdims=0)
+    else:
+        prod = h.make_node("ReduceProd", ["freedims"], ["rows"], axes=[0], keepdims=0)
+    nodes = [h.make_node("Conv", ["input", "w"], ["c"], pads=[1] * 4),
+             h.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             h.make_node("Transpose", ["r"], ["nhwc"], perm=[0, 2, 3, 1]),
+             h.make_node("Shape", ["nhwc"], ["shp"]),
+             h.make_node("Gather", ["shp", "free"], ["freedims"], axis=0), prod,
+             h.make_node("Unsqueeze", ["rows", "zero"], ["rows1"]) if opset >= 13 else
+             h.make_node("Unsqueeze", ["rows"], ["rows1"], axes=[0]),
+             h.make_node("Concat", ["rows1", "chans"], ["flat_shape"], axis=0),
+             h.make_node("Reshape", ["nhwc", "flat_shape"], ["flat"]),
+             h.make_node("MatMul", ["flat", "wd"], ["md"]),
+             h.make_node("Concat", ["freedims", "units"], ["back_shape"], axis=0),
+             h.make_node("Reshape", ["md", "back_shape"], ["d4"]),
+             h.make_node("Clip", ["d4", "lo", "hi"], ["r2"]),
+             h.make_node("Flatten", ["r2"], ["f"]),
+             h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "tensordot", [h.make_tensor_value_info("input", TP.FLOAT, ["N", 1, 6, 6])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset,reduce_op", [(13, "ReduceProd"), (18, "ReduceProd"),
+                                             (13, "ReduceMax")])   # (ReduceMax: and a max)
+def test_a_tensordot_dense_with_a_free_batch_converts(opset, reduce_op, tmp_path):
+    """Shape arithmetic may reduce sizes (tf2onnx's tensordot: ReduceProd of the gathered
+    dims, which the free batch keeps from folding): converted (it was refused as an
+    unsupported ReduceProd), the same in the torch runtime and onnxruntime, analyzed and
+    deployed. The same op on data is still refused."""
+    from onnx_snn.runtimes.ort import run
+    m = _tensordot_model(opset)
+    if reduce_op == "ReduceMax":        # the row count as max(N*H*W, 1): the same size
+        cat = next(n for n in m.graph.node if n.output[0] == "flat_shape")
+        cat.input[0] = "rows_m"
+        m.graph.initializer.append(nh.from_array(np.array([1], np.int64), "one"))
+        at = list(m.graph.node).index(cat)
+        m.graph.node.insert(at, h.make_node("ReduceMax", ["pair"], ["rows_m"], axes=[0], keepdims=1))
+        m.graph.node.insert(at, h.make_node("Concat", ["rows1", "one"], ["pair"], axis=0))
+    x = B.rand_input(8, shape=(1, 6, 6))
+    _, _, snn = B.converted(m, x, T=2)
+    B.assert_runtimes_agree(snn.model, x)
+    path = tmp_path / "m.snn.onnx"
+    onnx.save(snn.model, path)
+    assert main(["-q", "analyze", str(path)]) == 0
+    assert main(["-q", "deploy", str(path), "-o", str(tmp_path / "d.onnx")]) == 0
+    np.testing.assert_allclose(run(onnx.load(tmp_path / "d.onnx"), x).outputs[0],
+                               run(snn.model, x).outputs[0], rtol=1e-5, atol=1e-5)
+    # at large T the rate code follows the DNN
+    _, _, big = B.converted(m, x, T=256, method="max")
+    got, want = run(big.model, x).outputs[0], run(m, x).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    # a ReduceProd of data (not sizes) is no shape arithmetic: refused, naming it
+    bad = _tensordot_model(13)
+    bad.graph.node.append(h.make_node("ReduceProd", ["y"], ["yp"], axes=[1], keepdims=1))
+    bad.graph.output[0].name = "yp"
+    bad.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
+    with pytest.raises(UnsupportedModelError, match="ReduceProd"):
+        normalize(bad) and onnx_snn.prepare(bad)

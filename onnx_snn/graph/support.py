@@ -30,6 +30,10 @@ SPIKE_OPS = {"MaxPool", "GlobalMaxPool"}
 SITE_OPS = {"Clip", "Relu"}
 
 SUPPORTED_OPS = LINEAR_OPS | STRUCTURAL_OPS | SPIKE_OPS
+#: supported in shape arithmetic alone, on sizes that no data flows into (tf2onnx writes a
+#: Keras Dense on a 4-D tensor, a tensordot, as Reshape to [prod(N, H, W), C] with the
+#: product a ReduceProd of the Shape's gathered sizes; the batch keeps it from folding)
+SHAPE_ONLY_OPS = {"ReduceProd", "ReduceMin", "ReduceMax"}
 
 #: operations that multiply or divide two data tensors are not linear in the spikes
 _BILINEAR = {"Mul", "Div", "MatMul"}
@@ -59,6 +63,9 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                 f"{node_label(node)}: custom-domain op '{node.domain}' is not supported; "
                 + SUPPORTED_HELP)
         if node.name in site_names and node.op in SITE_OPS:
+            continue
+        if node.op in SHAPE_ONLY_OPS and not any(t.name in dynamic for t in node.inputs
+                                                 if not is_empty(t)):
             continue
         if node.op not in SUPPORTED_OPS:
             head = _output_head_why(graph, node)

@@ -195,6 +195,16 @@ def _reduce(fn):
     return op
 
 
+def _reduce_each(fn):
+    """A reduction of one axis at a time (torch.prod, amin/amax over a list are not all
+    there): the shape arithmetic's ReduceProd/ReduceMin/ReduceMax."""
+    def each(x, dim, keepdim):
+        for d in sorted((int(d) % max(x.dim(), 1) for d in dim), reverse=True):
+            x = fn(x, d, keepdim)
+        return x
+    return _reduce(each)
+
+
 def reshape(a, x, shape):
     dims = _ints(shape)
     if not a.get("allowzero", 0):
@@ -486,6 +496,9 @@ OPS: Dict[str, Callable] = {
     "GlobalMaxPool": lambda a, x: [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)],
     "ReduceMean": _reduce(torch.mean),
     "ReduceSum": _reduce(torch.sum),
+    "ReduceProd": _reduce_each(lambda x, d, k: torch.prod(x, dim=d, keepdim=k)),
+    "ReduceMin": _reduce_each(lambda x, d, k: torch.amin(x, dim=d, keepdim=k)),
+    "ReduceMax": _reduce_each(lambda x, d, k: torch.amax(x, dim=d, keepdim=k)),
     "Flatten": flatten,
     "Reshape": reshape,
     "Transpose": lambda a, x: [x.permute(*(a.get("perm") or reversed(range(x.dim()))))],
