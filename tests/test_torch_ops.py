@@ -243,6 +243,15 @@ case("axes-input", "ReduceSum", [x, i64(2, 3)], {}, opset=13)
 case("axes-input-neg-keepdims0", "ReduceSum", [x, i64(-1, 0)], {"keepdims": 0}, opset=13)
 case("noop_with_empty_axes", "ReduceSum", [x], {"noop_with_empty_axes": 1}, opset=13)
 case("int64", "ReduceSum", [ints(-9, 9, 3, 4), i64(1)], {}, opset=13)
+# shape arithmetic's (tf2onnx's tensordot: the product of gathered sizes); any float too
+sizes = np.array([5, 28, 28], np.int64)
+for op in ("ReduceProd", "ReduceMin", "ReduceMax"):
+    for keep in (0, 1):
+        case(f"sizes-keepdims{keep}", op, [sizes], {"axes": [0], "keepdims": keep}, opset=13)
+        case(f"sizes-all-keepdims{keep}", op, [sizes], {"keepdims": keep}, opset=18)
+    case("axes-attr-2", op, [x], {"axes": [1, -1]}, opset=13)
+    case("axes-input-keepdims0", op, [x, i64(-1, 0)], {"keepdims": 0}, opset=18)
+    case("noop_with_empty_axes", op, [x, np.zeros(0, np.int64)], {"noop_with_empty_axes": 1}, opset=18)
 
 # ---------------------------------------------------------------------------- shape ops
 for axis in (0, 1, 2, 3, 4, -1, -3):
