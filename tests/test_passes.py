@@ -84,7 +84,7 @@ def softmax(x, axis=-1):
 def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
-        "compute-in-float32", "uint8-input-to-float",
+        "compute-in-float32", "uint8-input-to-float", "ml-scaler-to-affine",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
         "fake-quantization", "sum-to-add", "einsum-to-matmul", "zero-slope-to-relu", "masked-relu-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool", "nonnegative-identities",
         "constant-where-to-mask", "resize-constant-form",
@@ -964,3 +964,34 @@ def test_a_tensordot_dense_with_a_free_batch_converts(opset, reduce_op, tmp_path
     bad.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
     with pytest.raises(UnsupportedModelError, match="ReduceProd"):
         normalize(bad) and onnx_snn.prepare(bad)
+
+
+@pytest.mark.parametrize("per_feature", [True, False])
+def test_an_ml_scaler_is_an_affine_input_normalization(per_feature):
+    """scikit-learn's Pipeline(StandardScaler, MLPClassifier) through skl2onnx starts with
+    ai.onnx.ml's Scaler, (x - offset) * scale per feature: written as Sub and Mul (it was
+    refused as a custom-domain op), the same outputs, and the spiking network follows it."""
+    from onnx_snn.runtimes.ort import run
+    rng = np.random.default_rng(2)
+    d = 8
+    offset = rng.normal(size=d).tolist() if per_feature else [0.5]
+    scale = rng.uniform(0.5, 2.0, size=d).tolist() if per_feature else [1.5]
+    nodes = [h.make_node("Scaler", ["input"], ["scaled"], domain="ai.onnx.ml", name="Scaler",
+                         offset=offset, scale=scale),
+             h.make_node("MatMul", ["scaled", "w1"], ["a"]), h.make_node("Add", ["a", "b1"], ["ab"]),
+             h.make_node("Relu", ["ab"], ["r"]), h.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = [nh.from_array(rng.normal(size=(d, 16)).astype(np.float32), "w1"),
+             nh.from_array(rng.normal(size=16).astype(np.float32), "b1"),
+             nh.from_array(rng.normal(size=(16, 3)).astype(np.float32), "w2")]
+    g = h.make_graph(nodes, "pipe", [h.make_tensor_value_info("input", TP.FLOAT, ["N", d])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 3])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+    x = rng.normal(size=(64, d)).astype(np.float32)
+    nm = normalize(m)
+    assert not any(n.op_type == "Scaler" for n in nm.model.graph.node)
+    assert any("Scaler" in n for n in nm.notes)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    B.assert_runtimes_agree(snn.model, x, atol=1e-4)
+    got, want = run(snn.model, x).outputs[0], run(m, x).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99

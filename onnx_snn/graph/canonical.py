@@ -74,6 +74,38 @@ def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:
         n.attribute.extend(list(keep.values()) + new)
 
 
+@graph_pass("ml-scaler-to-affine")
+def ml_scaler_to_affine(graph: gs.Graph, result: PassResult) -> None:
+    """ai.onnx.ml's ``Scaler`` (scikit-learn's StandardScaler and MinMaxScaler in a pipeline,
+    through skl2onnx), ``(x - offset) * scale`` per feature, becomes that ``Sub`` and ``Mul``
+    by constants, which the conversion takes like any input normalization. Only on a float32
+    input (another is left to the support check, which names it)."""
+    for node in list(graph.nodes):
+        if node.op != "Scaler" or node.domain != "ai.onnx.ml" or len(node.inputs) != 1:
+            continue
+        x, out = node.inputs[0], node.outputs[0]
+        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
+            result.skip(node, f"its input is {np.dtype(x.dtype)}, not float32")
+            continue
+        offset = np.asarray(node.attrs.get("offset", [0.0]), np.float32).reshape(-1)
+        scale = np.asarray(node.attrs.get("scale", [1.0]), np.float32).reshape(-1)
+        name = node.name or "scaler"
+        centred = gs.Variable(f"{out.name}_centred", dtype=np.float32)
+        graph.nodes.append(gs.Node("Sub", f"{name}_offset",
+                                   inputs=[x, gs.Constant(f"{name}_offset_value", offset)],
+                                   outputs=[centred]))
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.append(gs.Node("Mul", f"{name}_scale",
+                                   inputs=[centred, gs.Constant(f"{name}_scale_value", scale)],
+                                   outputs=[out]))
+        out.dtype = np.float32
+        result.changed += 1
+        result.notes.append(f"ai.onnx.ml Scaler '{name}' written as (x - offset) * scale")
+    if result.changed:
+        graph.cleanup().toposort()
+
+
 @graph_pass("sum-to-add")
 def sum_to_add(graph: gs.Graph, result: PassResult) -> None:
     """``Sum`` of two tensors becomes ``Add``; of more, a chain of ``Add``; of one, a bypass

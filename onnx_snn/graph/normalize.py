@@ -278,6 +278,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
 PIPELINE: tuple = (
     precision.compute_in_float32,        # float16/float64 models: float32 throughout
     inputs.uint8_input_to_float,         # raw uint8 pixels in: float32 of the same values
+    canonical.ml_scaler_to_affine,       # skl2onnx's StandardScaler: Sub and Mul
     fold.fold_constants,                 # weights and clip bounds become initializers
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     quantization.refuse_integer_operators,
