@@ -137,7 +137,16 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        raise _session_failure(model, e, where) from None
+        bare = _without_annotations(data) if "data" in locals() else None
+        if bare is None:
+            raise _session_failure(model, e, where) from None
+        try:    # the producer's shape annotations may be what onnxruntime refused
+            sess = ort.InferenceSession(bare, so, providers=providers or ["CPUExecutionProvider"])
+        except Exception:
+            raise _session_failure(model, e, where) from None
+        log.warning("%s: the model's shape annotations (value_info, the outputs' shapes) do "
+                    "not fit its graph, so onnxruntime refused it; it runs without them (they "
+                    "are hints: the conversion recomputes them too)", where)
     if names:
         # onnxruntime copied the arrays while loading (they may go now); a session re-created
         # from the same options (its fallback after a provider failure) would read them again
@@ -271,6 +280,22 @@ def _where(nm: NormalizedModel) -> str:
     return nm.source_path or "the model"
 
 
+def _without_annotations(data: bytes) -> Optional[bytes]:
+    """The serialized model ``data`` without its shape annotations: no ``value_info``, and
+    the graph outputs' shapes cleared (their types kept); None when it has none. jax2onnx,
+    for one, annotates NCHW tensors with NHWC shapes, which onnxruntime refuses, though the
+    graph computes consistent shapes without them."""
+    m = onnx.ModelProto.FromString(data)
+    shaped = [o for o in m.graph.output
+              if o.type.HasField("tensor_type") and o.type.tensor_type.HasField("shape")]
+    if not m.graph.value_info and not shaped:
+        return None
+    del m.graph.value_info[:]
+    for o in shaped:
+        o.type.tensor_type.ClearField("shape")
+    return m.SerializeToString()
+
+
 def _session_failure(model: onnx.ModelProto, e: Exception, where: str) -> Exception:
     """Why onnxruntime refused ``model``: shapes that do not fit together (a weight of the
     wrong size for its input: strict shape inference names the node) make it a damaged model
@@ -283,8 +308,9 @@ def _session_failure(model: onnx.ModelProto, e: Exception, where: str) -> Except
         onnx.shape_inference.infer_shapes(sk.model, strict_mode=True)
     except onnx.shape_inference.InferenceError as err:
         return ModelLoadError(f"{where}: the model's shapes do not fit together "
-                              f"({first_line(err)[:300]}); fix the layer's weights or re-export "
-                              "the model")
+                              f"({first_line(err)[:300]}): a weight of the wrong size for "
+                              "its input, or a tensor of the wrong type; fix that layer or "
+                              "re-export the model")
     except Exception:      # no verdict: say what onnxruntime said
         pass
     return UnsupportedModelError(f"{where}: onnxruntime cannot run this model: "

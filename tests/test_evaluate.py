@@ -247,3 +247,40 @@ def test_timesteps_given_for_a_dnn_are_noted_in_the_result():
     assert r.kind == "dnn" and any("ignored for a DNN" in n for n in r.notes)
     r = evaluate(B.vgg(13, "clip"), (x, np.zeros(8, np.int64)), show_progress=False)
     assert not any("ignored" in n for n in r.notes)
+
+
+def test_a_dnn_whose_shape_annotations_do_not_fit_runs_without_them(caplog):
+    """A producer's value_info may annotate NCHW tensors with NHWC shapes (jax2onnx does):
+    onnxruntime merges them leniently and then refuses a residual Add as incompatible. The
+    annotations are hints; evaluation (and anything else that opens a session) drops them
+    and runs, with a warning, where it exited 3 saying to fix the weights. A model whose
+    weights truly do not fit is still refused."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper as h
+    from onnx_snn.errors import ModelLoadError
+    clean = B.resnet(13, "clip")
+    m = onnx.ModelProto()
+    m.CopyFrom(clean)
+    for v in onnx.shape_inference.infer_shapes(clean).graph.value_info:
+        d = [x.dim_value or x.dim_param for x in v.type.tensor_type.shape.dim]
+        if len(d) == 4:
+            d = [d[0], d[2], d[3], d[1]]                        # NHWC on NCHW tensors
+        m.graph.value_info.append(h.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, d))
+    with pytest.raises(Exception):
+        ort.InferenceSession(m.SerializeToString())              # what onnxruntime does
+    x = B.rand_input(16)
+    want = onnx_snn.evaluate(clean, x, show_progress=False, top1=None)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        got = onnx_snn.evaluate(m, x, show_progress=False, top1=None)
+    assert got.samples == want.samples == 16
+    assert any("shape annotations" in r.getMessage() for r in caplog.records)
+    from onnx_snn.runtimes.ort import run
+    np.testing.assert_array_equal(run(m, x).outputs[0], run(clean, x).outputs[0])
+    broken = onnx.ModelProto()
+    broken.CopyFrom(m)
+    w = next(t for t in broken.graph.initializer if len(t.dims) == 4 and t.dims[1] > 1)
+    w.dims[1] += 1                                                # a weight of the wrong size
+    w.raw_data = np.zeros(int(np.prod(w.dims)), np.float32).tobytes()
+    with pytest.raises((ModelLoadError, onnx_snn.errors.UnsupportedModelError)):
+        onnx_snn.evaluate(broken, x, show_progress=False, top1=None)
