@@ -308,6 +308,43 @@ def test_an_upper_clamp_of_a_signed_tensor_is_refused_saying_why():
         normalize(_upper_clip_of("conv"))
 
 
+@pytest.mark.parametrize("exposed", ["output", "reader"])
+def test_a_clip_split_by_an_extra_output_says_so(exposed):
+    """tf2onnx's from_function makes intermediate tensors graph outputs: the Min of a
+    clip_by_value (Min, then Max(0)) is then read twice, the pair is no one activation, and
+    the Min alone is refused. The refusal says why and what to export instead."""
+    b = B.GraphBuilder(13)
+    a = b.conv("input", 1, 4)
+    lo = b.node("Min", [a, b.const(np.array(6, np.float32))])
+    r = b.node("Max", [lo, b.const(np.array(0, np.float32))])
+    logits = b.gemm(b.node("Flatten", [r]), 4 * 144, 10)
+    side = b.node("Transpose", [lo], perm=[0, 2, 3, 1]) if exposed == "reader" else lo
+    m = b.model("input", logits, (1, 12, 12), 10)
+    dims = ["N", 12, 12, 4] if exposed == "reader" else ["N", 4, 12, 12]
+    m.graph.output.append(h.make_tensor_value_info(side, onnx.TensorProto.FLOAT, dims))
+    want = "also a graph output" if exposed == "output" else r"also read by .*\(Transpose\)"
+    with pytest.raises(UnsupportedModelError, match=want + ".*only its real outputs"):
+        normalize(m)
+    del m.graph.output[1:]               # its real output alone: the pair is one activation
+    assert len(normalize(m).sites) == 1
+
+
+@pytest.mark.parametrize("form", ["where", "mul"])
+def test_a_thresholded_relu_is_refused_as_a_comparison(form):
+    """Keras's ReLU(threshold=0.5) exports x * Cast(x > 0.5) (or a Where): not a ReLU (a
+    step at 0.5), refused naming the comparison and what it is, not as an unknown op."""
+    b = B.GraphBuilder(13)
+    a = b.conv("input", 1, 4)
+    test = b.node("Greater", [a, b.const(np.array(0.5, np.float32))])
+    if form == "where":
+        r = b.node("Where", [test, a, b.const(np.array(0, np.float32))])
+    else:
+        r = b.node("Mul", [a, b.node("Cast", [test], to=onnx.TensorProto.FLOAT)])
+    m = b.model("input", b.gemm(b.node("Flatten", [r]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Greater\) compares the data .a thresholded ReLU"):
+        normalize(m)
+
+
 def test_non_negative_tensors():
     """What keeps a tensor non-negative, and what does not."""
     import onnx_graphsurgeon as gs

@@ -177,6 +177,26 @@ def _next_in_chain(graph: gs.Graph, node: gs.Node) -> Optional[gs.Node]:
     return None
 
 
+def _split_pair_hint(graph: gs.Graph, node: gs.Node) -> str:
+    """Why the clamp after ``node`` was not taken with it as one activation (tf2onnx's
+    ``from_function`` makes intermediate tensors graph outputs: the Min of a
+    ``clip_by_value`` then stands alone), as a sentence to add; "" when no clamp follows."""
+    out = node.outputs[0]
+    after = [r for r in out.outputs
+             if r.op in CLAMP_OPS and clamp_bounds(r) is not None and _data_input(r) is out]
+    if not after:
+        return ""
+    if is_graph_output(graph, out):
+        also, fix = "also a graph output", "export the model"
+    else:
+        also = "also read by " + ", ".join(f"'{r.name}' ({r.op})" for r in out.outputs
+                                           if r not in after)
+        fix = "if that leads to an extra output of the export, export the model"
+    return (f". Its output '{out.name}' is {also}, so the {after[0].op} after it "
+            f"('{after[0].name}') is not taken with it as one activation: {fix} with only "
+            "its real outputs (tf2onnx: --outputs, or output_names with from_function)")
+
+
 def _shifted(graph: gs.Graph, name: str, h: gs.Variable, y: gs.Variable, shift: float):
     """``Sub(h, lo) -> [site] -> Add(., lo) -> y``: the site's own input and output."""
     lo = gs.Constant(f"{name}.lo", np.array(shift, np.float32))
@@ -251,7 +271,7 @@ def find_and_canonicalize_sites(graph: gs.Graph) -> List[Site]:
                 "only activations with a finite lower bound (Relu, Clip(lo, hi), Relu+Min, "
                 "Max(lo)+Min, Hardtanh, or a Min/Clip(max) of a non-negative tensor: a Relu's or "
                 "clipped activation's output, their sums and pools) can become "
-                "integrate-and-fire neurons")
+                f"integrate-and-fire neurons{_split_pair_hint(graph, last)}")
         h = _data_input(first)
         y = last.outputs[0]
         name = f"__site{len(sites)}"   # renamed in topological order below

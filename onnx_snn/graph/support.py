@@ -75,6 +75,10 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                 raise UnsupportedModelError(f"{node_label(node)}{_PIECE_OF.get(node.op, '')} is a "
                                             "nonlinearity the spiking rewrite cannot express: "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
+            if node.op in _COMPARES and any(t.name in dynamic for t in node.inputs
+                                            if not is_empty(t)):
+                raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
+                                            f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
@@ -104,6 +108,14 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
 
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+
+#: comparisons of the data (a mask, a step) that no pass read as a ReLU written with a mask
+_COMPARES = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or",
+             "Xor", "Where", "IsNaN", "IsInf"}
+_COMPARES_WHY = ("compares the data (a thresholded ReLU, x where x > theta else 0, as Keras's "
+                 "ReLU(threshold=...) exports; or a mask): a step the spiking neurons cannot "
+                 "express (a ReLU written as Where(x > 0, x, 0) or x * Cast(x > 0) is read as "
+                 "one)")
 
 
 #: Resize coordinate modes whose nearest-neighbour form the torch runtime computes
