@@ -329,6 +329,26 @@ def test_a_clip_split_by_an_extra_output_says_so(exposed):
     assert len(normalize(m).sites) == 1
 
 
+def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_output():
+    """skl2onnx's zipmap='columns' cuts the probabilities into one output per class (Slice,
+    Reshape): the refusal names that head and what to export, where it said to replace the
+    Softmax in the DNN and fine-tune."""
+    b = B.GraphBuilder(13)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    p = b.node("Softmax", [logits], axis=1)
+    cols = []
+    for k in range(3):
+        col = b.node("Slice", [p, b.const(np.array([k], np.int64)), b.const(np.array([k + 1], np.int64)),
+                               b.const(np.array([1], np.int64))])
+        cols.append(b.node("Reshape", [col, b.const(np.array([-1], np.int64))]))
+    m = b.model("input", cols[0], (1, 12, 12), 10)
+    del m.graph.output[:]
+    m.graph.output.extend(h.make_tensor_value_info(c, onnx.TensorProto.FLOAT, ["N"]) for c in cols)
+    with pytest.raises(UnsupportedModelError, match=r"\(Softmax\) is the output head's Softmax, "
+                                                    r"cut into several outputs.*zipmap"):
+        normalize(m)
+
+
 @pytest.mark.parametrize("form", ["where", "mul"])
 def test_a_thresholded_relu_is_refused_as_a_comparison(form):
     """Keras's ReLU(threshold=0.5) exports x * Cast(x > 0.5) (or a Where): not a ReLU (a

@@ -96,16 +96,16 @@ HEAD_TAIL = HEAD_OPS + ("ArgMin", "Softmax", "LogSoftmax", "Identity", "Reshape"
                         "Squeeze", "Unsqueeze", "Cast", "Gather", "ArrayFeatureExtractor")
 
 
-def head_nodes(node: gs.Node) -> Optional[List[gs.Node]]:
+def head_nodes(node: gs.Node, tail=HEAD_TAIL) -> Optional[List[gs.Node]]:
     """``node`` and everything downstream of it when all of that post-processes the outputs
-    (HEAD_TAIL ops: what it makes ends in graph outputs or nowhere), else None."""
+    (``tail`` ops: what it makes ends in graph outputs or nowhere), else None."""
     nodes, seen, todo = [node], {id(node)}, list(node.outputs)
     while todo:
         t = todo.pop()
         for c in t.outputs:
             if id(c) in seen:
                 continue
-            if c.op not in HEAD_TAIL:
+            if c.op not in tail:
                 return None
             seen.add(id(c))
             nodes.append(c)

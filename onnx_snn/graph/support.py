@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from .cleanup import head_nodes
+from .cleanup import HEAD_TAIL, head_nodes
 from .ir import const_value, depends_on_inputs, is_empty, node_label
 
 #: layers whose output is a linear function of their (spiking) input
@@ -221,6 +221,14 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
     if node.op not in _POSTPROCESS:
         return None
     head = head_nodes(node)        # everything downstream must be post-processing or layout
+    if head is None and node.op in ("Softmax", "LogSoftmax"):
+        cut = head_nodes(node, HEAD_TAIL + ("Slice", "Split"))
+        if cut is not None and any(c.op in ("Slice", "Split") for c in cut):
+            return (f"is the output head's {node.op}, cut into several outputs (one per class, "
+                    "as skl2onnx writes zipmap='columns'): the spiking model outputs logits, "
+                    "all classes in one [N, classes] output. Export the classifier with one "
+                    "scores output (skl2onnx: options={id(model): {'zipmap': False}}, or the "
+                    "default ZipMap), whose final Softmax is dropped")
     if head is None:
         return None
     after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])
