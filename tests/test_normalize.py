@@ -349,6 +349,33 @@ def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_outpu
         normalize(m)
 
 
+@pytest.mark.parametrize("pool, says", [
+    ("reducemax_h", "MaxPool whose kernel spans those axes"),
+    ("lppool", "an LP pool .a p-norm of each window. is not linear"),
+    ("lppool_written_out", "of an LP pool, Pow, AveragePool, Pow"),
+])
+def test_pools_that_are_not_converted_say_what_to_use(pool, says):
+    """A max over one spatial axis, and an LP pool (as an op, or as nn.LPPool2d exports it:
+    Pow, AveragePool, Pow), are refused naming the pooling that replaces them (the LP pool's
+    Pow was called part of a LayerNorm)."""
+    b = B.GraphBuilder(13)
+    r = b.act(b.conv("input", 1, 4), "clip")
+    if pool == "reducemax_h":
+        p = b.node("ReduceMax", [r], axes=[2], keepdims=1)
+        flat = 4 * 12
+    elif pool == "lppool":
+        p = b.node("LpPool", [r], kernel_shape=[2, 2], strides=[2, 2], p=2)
+        flat = 4 * 36
+    else:
+        sq = b.node("Pow", [r, b.const(np.array(2, np.float32))])
+        p = b.node("Pow", [b.node("AveragePool", [sq], kernel_shape=[2, 2], strides=[2, 2]),
+                           b.const(np.array(0.5, np.float32))])
+        flat = 4 * 36
+    m = b.model("input", b.gemm(b.node("Flatten", [p]), flat, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=says):
+        normalize(m)
+
+
 @pytest.mark.parametrize("form", ["where", "mul"])
 def test_a_thresholded_relu_is_refused_as_a_comparison(form):
     """Keras's ReLU(threshold=0.5) exports x * Cast(x > 0.5) (or a Where): not a ReLU (a

@@ -38,9 +38,9 @@ SHAPE_ONLY_OPS = {"ReduceProd", "ReduceMin", "ReduceMax"}
 #: operations that multiply or divide two data tensors are not linear in the spikes
 _BILINEAR = {"Mul", "Div", "MatMul"}
 
-SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePool, "
-                  "GlobalAveragePool, Flatten, Reshape, Concat, Pad, nearest and linear Resize and "
-                  "shape ops; "
+SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePool (1-D, "
+                  "2-D, 3-D), GlobalAveragePool, GlobalMaxPool, Flatten, Reshape, Concat, Pad, "
+                  "nearest and linear Resize and shape ops; "
                   "activations: "
                   "Relu, Clip(lo, hi) (ReLU6, Hardtanh), Relu+Min(mu), Max(x, c)(+Min(mu)), a "
                   "Where-ReLU and LeakyRelu(0)")
@@ -75,6 +75,9 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                 raise UnsupportedModelError(f"{node_label(node)}{_PIECE_OF.get(node.op, '')} is a "
                                             "nonlinearity the spiking rewrite cannot express: "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
+            if node.op in _UNSUPPORTED_HINTS:
+                raise UnsupportedModelError(f"{node_label(node)} is not supported: "
+                                            f"{_UNSUPPORTED_HINTS[node.op]}; {SUPPORTED_HELP}")
             if node.op in _COMPARES and any(t.name in dynamic for t in node.inputs
                                             if not is_empty(t)):
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
@@ -108,6 +111,19 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
 
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+
+#: what to do about an unsupported op that has a supported equivalent
+_UNSUPPORTED_HINTS = {
+    "ReduceMax": ("a maximum over the data's axes is converted when it spans every spatial "
+                  "axis (a global max pool); over some of them, write it as a MaxPool whose "
+                  "kernel spans those axes (F.max_pool2d(x, (H, 1)) for the height alone)"),
+    "ReduceMin": ("a minimum of spikes is no spike count; replace it in the DNN (a MaxPool or "
+                  "AveragePool) and fine-tune"),
+    "LpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes; replace it "
+               "by a MaxPool or AveragePool in the DNN and fine-tune"),
+    "GlobalLpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes; replace "
+                     "it by a GlobalMaxPool or GlobalAveragePool in the DNN and fine-tune"),
+}
 
 #: comparisons of the data (a mask, a step) that no pass read as a ReLU written with a mask
 _COMPARES = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or",
@@ -246,7 +262,9 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
 
 #: what an op usually is a piece of, when an exporter writes a layer out in elementwise ops
 _PIECE_OF = {"Erf": " (likely part of a GELU written out by the exporter)",
-             "Pow": " (likely part of a LayerNorm's variance written out by the exporter)",
+             "Pow": (" (likely part of a LayerNorm's variance written out by the exporter, or "
+                     "of an LP pool, Pow, AveragePool, Pow: nn.LPPool2d, which a MaxPool or "
+                     "AveragePool can replace)"),
              "Sqrt": " (likely part of a normalization written out by the exporter)",
              "Reciprocal": " (likely part of a normalization written out by the exporter)"}
 
