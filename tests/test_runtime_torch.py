@@ -659,9 +659,9 @@ def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_pa
     net = SpikingNetwork(snn.model).eval()
     with torch.no_grad():
         want = net(torch.from_numpy(x))
-        for v in (torch.from_numpy(x).double(), x, x.astype(np.float64)):
-            assert torch.equal(net(v), want)
-        for bad in (None, [1, 2], x[:0]):
+        for v in (torch.from_numpy(x).double(), x, x.astype(np.float64), x.tolist()):
+            assert torch.equal(net(v), want)                       # a nested list too
+        for bad in (None, [1, 2], x[:0], [[1.0, 2.0], [3.0]], [["a"]]):
             with pytest.raises(DataError):
                 net(bad)
         for T in (0, 2.5, "2", True):
@@ -671,6 +671,35 @@ def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_pa
         net.to_model(timesteps=-1)
     with pytest.raises(UsageError, match="finite"):
         net.to_model(preprocess={"mean": [float("nan")], "std": [0.0]})
+
+
+def test_integer_inputs_to_a_model_of_normalized_inputs_are_warned_about_once(caplog):
+    """uint8 pixels fed to the torch module of a model that records a normalization run as
+    their raw values: a warning says so, once (onnxruntime's path warns alike); a model of
+    raw 0-255 pixels, or one that records nothing, takes them without a word."""
+    import json
+    import logging
+    from onnx_snn.graph.inputs import PIXELS_255
+    from onnx_snn.spiking import format as F
+    x = B.rand_input(4)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
+    pixels = (x * 255).astype(np.uint8)
+    for pp, warned in (({"mean": [0.286], "std": [0.353]}, True), (PIXELS_255, False), (None, False)):
+        m = onnx.ModelProto()
+        m.CopyFrom(snn.model)
+        kept = [p for p in m.metadata_props if p.key != F.META_PREPROCESS]
+        del m.metadata_props[:]
+        m.metadata_props.extend(kept)
+        if pp is not None:
+            m.metadata_props.add(key=F.META_PREPROCESS, value=json.dumps(pp))
+        net = SpikingNetwork(m).eval()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"), torch.no_grad():
+            net(pixels)
+            net(torch.from_numpy(pixels))
+            net(torch.from_numpy(x))
+        said = [r for r in caplog.records if "holds integers" in r.getMessage()]
+        assert len(said) == (1 if warned else 0), (pp, [r.getMessage() for r in said])
 
 
 def test_a_fixed_batch_runs_step_by_step(tmp_path):

@@ -227,6 +227,15 @@ def _float_input(name: str, v, dtype: torch.dtype = torch.float32) -> torch.Tens
     """An input as a tensor of the floating type the network computes in (float32, as the
     file does, unless the module was cast: ``net.double()``), from a numpy array, float64,
     float16 or integer pixels too; a DataError for anything else."""
+    if isinstance(v, (list, tuple)):            # nested lists of numbers, as numpy reads them
+        try:
+            v = np.asarray(v)
+        except ValueError:
+            raise DataError(f"input {name!r} is a ragged list: give an array or tensor of "
+                            "one shape") from None
+        if v.dtype.kind not in "biufc":
+            raise DataError(f"input {name!r} is a list of things that are not numbers "
+                            f"({v.dtype})")
     if isinstance(v, np.ndarray) or (not isinstance(v, torch.Tensor) and hasattr(v, "__array__")):
         v = torch.from_numpy(np.ascontiguousarray(v))
     if not isinstance(v, torch.Tensor) or v.dtype == torch.bool or v.is_complex():
@@ -299,6 +308,7 @@ class SpikingNetwork(nn.Module):
         #: itself, sets ``warn_timesteps`` False
         self.warned_timesteps: set = set()
         self.warn_timesteps = True
+        self.warned_integers = False   # integer inputs to a model of normalized ones: once
         self.where = files[0] if files else (model.graph.name or "model")
         self.sites = self.info.sites
         self._names: Dict[str, str] = {}          # onnx initializer name -> attribute key
@@ -539,6 +549,33 @@ class SpikingNetwork(nn.Module):
         return self.tensor(st.init).to(like.dtype).expand(shape).clone()
 
     @checks_flags
+    def _warn_integer_inputs(self, inputs: dict) -> None:
+        """Integer inputs (uint8 pixels) are taken as the values the model computes on; a
+        model that records a preprocessing other than raw 0-255 pixels (a normalization)
+        expects those values normalized, so a warning says so, once (the onnxruntime path
+        warns the same way)."""
+        from onnx_snn.graph.inputs import is_pixels_255
+        pp = self.info.preprocess
+        if self.warned_integers or not pp or is_pixels_255(pp):
+            return
+        for k, v in inputs.items():
+            if torch.is_tensor(v):
+                integer = not (v.dtype.is_floating_point or v.is_complex() or v.dtype == torch.bool)
+            else:
+                try:
+                    integer = np.asarray(v).dtype.kind in "iu"
+                except (ValueError, TypeError):
+                    integer = False            # (refused by _float_input, naming it)
+            if integer:
+                import logging
+                logging.getLogger("onnx_snn").warning(
+                    "%s: input %r holds integers, taken as the model's input values as they "
+                    "are; the model records the preprocessing (x - %s) / %s: if these are raw "
+                    "pixels, scale them to [0, 1] and normalize them first", self.where, k,
+                    pp.get("mean"), pp.get("std"))
+                self.warned_integers = True
+                return
+
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True,
                 per_step: bool = False):
@@ -565,6 +602,7 @@ class SpikingNetwork(nn.Module):
             raise DataError(f"input(s) {unknown} are not the model's; it takes {names} (and "
                             f"'{fmt.TIMESTEPS_INPUT}', as the loop graph does)")
         dtype = self._compute_dtype()
+        self._warn_integer_inputs(inputs)
         inputs = {k: _float_input(k, v, dtype) for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
