@@ -30,7 +30,7 @@ from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
-from .graph.inputs import input_scaling
+from .graph.inputs import PIXELS_255, input_scaling, scales_raw_pixels
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED,
@@ -516,7 +516,8 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
 
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
-                 specs=None, take=None, scaling: Optional[str] = None) -> Dataset:
+                 specs=None, take=None, scaling: Optional[str] = None,
+                 raw_pixels: Optional[str] = None) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -529,12 +530,16 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     its image input (NHWC for a channels-last model; arrays are taken as given). ``take`` =
     (n, seed): the caller keeps only ``Dataset.take(n, seed)`` of the result, so a folder of
     images reads only those. ``scaling``: how the model scales its input itself
-    (:func:`~onnx_snn.graph.inputs.input_scaling`), for the warning about raw pixels.
+    (:func:`~onnx_snn.graph.inputs.input_scaling`), for the warning about raw pixels;
+    ``raw_pixels``: why its own scaling says it takes 0-255 pixels
+    (:func:`~onnx_snn.graph.inputs.scales_raw_pixels`): a named dataset or image folder is
+    then fed so when neither a recorded preprocessing nor mean/std says otherwise (arrays
+    are taken as given, as always).
     """
     given = mean is not None or std is not None
     if is_inputs_labels(data):       # (inputs, labels), as evaluate takes them
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
-                             take, scaling)
+                             take, scaling, raw_pixels)
         return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data"))
     if isinstance(data, tuple):      # a pair whose labels do not fit its inputs, or no pair
         def shape(d):
@@ -599,6 +604,12 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
             x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name,
                                  "the preprocessing the model records (onnx_snn.preprocess) has",
                                  " (pass --mean/--std for this data)")
+        elif raw_pixels:     # the model's own first scaling: x / 255 or so
+            log.warning("%s: %s, so it takes raw 0-255 pixels: the images are fed as such "
+                        "(--mean/--std for another preprocessing)", ds.name, raw_pixels)
+            applied = dict(PIXELS_255)
+            x = apply_preprocess(ds.x, applied["mean"], applied["std"], ds.name,
+                                 "the 0-255 pixels the model's own scaling implies have")
         else:
             _warn_raw_pixels(ds.name, scaling)
             applied = {"mean": [0.0], "std": [1.0]}
@@ -877,7 +888,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                                         f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
-                      scaling=input_scaling(nm.model))
+                      scaling=input_scaling(nm.model), raw_pixels=scales_raw_pixels(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         recorded = nm.preprocess
         if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)

@@ -258,6 +258,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess, data.source_dtype)
     scaling = None if runner.spiking else input_scaling(runner.model)
+    raw_pixels = None if runner.spiking else scales_raw_pixels(runner.model)
     folder = image_folder_spec(data, "test")
     plan = None
     if folder is not None:        # read in parts: a folder may hold more than memory does
@@ -266,7 +267,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     else:
         ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
                           download=download, specs=runner.specs, take=(limit, None),
-                          scaling=scaling)
+                          scaling=scaling, raw_pixels=raw_pixels)
         if limit:
             ds = ds.take(limit)
         n = len(ds)
@@ -290,7 +291,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                          f"{DEFAULT_EVAL_BATCH}), so that a batch of this model holds at most "
                          f"about {_size(EVAL_BATCH_BYTES)} in onnxruntime; --batch-size sets it")
     parts = iter([ds]) if plan is None else \
-        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, scaling)
+        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, scaling,
+                      raw_pixels)
     ds = next(parts)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[0])
@@ -375,7 +377,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
 
 
 def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, specs,
-                  show_progress: bool, scaling: Optional[str] = None) -> Iterator[Dataset]:
+                  show_progress: bool, scaling: Optional[str] = None,
+                  raw_pixels: Optional[str] = None) -> Iterator[Dataset]:
     """An image folder's images, preprocessed, in parts of at most :data:`EVAL_PART_BYTES` (a
     whole number of batches each): evaluation holds one part at a time, not the folder."""
     from .convert import resolve_data
@@ -385,7 +388,8 @@ def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, spec
     for a in range(0, n, per):
         raw = load_image_folder(plan.folder, show_progress=show_progress and per >= n,
                                 part=(a, min(n, a + per)), plan=plan)
-        ds = resolve_data(raw, preprocess, mean, std, specs=specs, scaling=scaling)
+        ds = resolve_data(raw, preprocess, mean, std, specs=specs, scaling=scaling,
+                          raw_pixels=raw_pixels)
         del raw
         if ds.preprocess is not None:   # the next parts as this one (and no second warning)
             mean, std = ds.preprocess["mean"], ds.preprocess["std"]
@@ -422,11 +426,6 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
         data = [i for i in model.graph.input if i.name not in inits]
         if data and all(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in data):
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
-        why = scales_raw_pixels(model)       # x / 255 as its first operation: the same
-        if why:
-            log.warning("%s: %s, so it takes raw 0-255 pixels: named datasets are fed as "
-                        "such (--mean/--std for another preprocessing)", where, why)
-            return dict(PIXELS_255)
         return None
     try:
         return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where, partial=True)

@@ -267,32 +267,73 @@ def _scaled_input(plain, ops):
     ([("Mul", 1 / 255)], True),                                   # Keras Rescaling(1/255)
     ([("Div", 255.0)], True),
     ([("Sub", 72.9), ("Div", 90.0)], True),                       # Normalization on raw pixels
+    ([("Sub", 110.0), ("Div", 45.0)], True),                      # low-contrast raw pixels
     ([("Mul", 1 / 127.5), ("Sub", 1.0)], True),                   # Rescaling(1/127.5, offset=-1)
     ([("Sub", 0.286), ("Div", 0.353)], False),                    # a [0, 1] model's own
     ([("Mul", 2.0), ("Sub", 1.0)], False),
-    ([("Mul", np.array([1 / 255, 1.0], np.float32).reshape(1, 2, 1, 1)[:, :1])], True),
+    ([("Mul", np.full((1, 3, 1, 1), 1 / 255, np.float32))], True),   # per channel
+    ([("Mul", np.array([1 / 255, 1.0], np.float32).reshape(1, 2, 1, 1))], False),
+    ([("Div", 9.0)], False),                                      # a gain above 1/10
+    ([("Mul", 1 / 255), ("Add", 50.0)], False),                   # 0-255 mapped to [50, 51]
+    ([("Sub", np.full((1, 1, 28, 28), 73, np.float32)),           # per pixel, a corner pixel
+      ("Div", np.where(np.arange(784).reshape(1, 1, 28, 28) == 0, 1e-7, 90).astype(np.float32))],
+     True),                                                       # of variance 0: / epsilon
 ])
-def test_a_model_that_scales_its_input_by_1_255_takes_raw_pixels(ops, raw):
-    """A model whose own first scaling multiplies its input by 1/255 or less (Keras's
-    Rescaling and Normalization layers adapted on raw pixels) is fed named datasets as raw
-    0-255 pixels, with a note: fed [0, 1] images by default it scored chance (10 %), and only
-    a warning told what to pass. Its spiking model records the preprocessing."""
-    import onnx_snn
+def test_a_model_that_scales_its_input_by_1_255_reads_as_raw_pixels(ops, raw):
+    """What reads as a model of 0-255 pixels: the affine map of its own first constant
+    Sub/Add/Mul/Div (each constant at its median) has a gain of at most 1/10 and maps 0-255
+    into +-10."""
     from onnx_snn.graph.inputs import scales_raw_pixels
-    from onnx_snn.graph.normalize import normalize
-    plain = B.vgg(13, "clip", in_shape=(1, 28, 28))
-    m = _scaled_input(plain, ops)
+    m = _scaled_input(B.vgg(13, "clip", in_shape=(1, 28, 28)), ops)
     assert bool(scales_raw_pixels(m)) is raw
-    nm = normalize(m)
-    assert is_pixels_255(nm.preprocess) is raw
-    assert any("raw 0-255 pixels" in n for n in nm.notes) is raw
-    if not raw:
-        return
-    x = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)   # [0, 1] images
-    snn = onnx_snn.convert(m, x * 255.0, method="datta", show_progress=False)
-    assert is_pixels_255(snn.info.preprocess)                        # recorded for eval
-    with pytest.raises(DataError, match="raw 0-255 pixels"):       # [0, 1] arrays refused
-        onnx_snn.evaluate(snn, x, show_progress=False)
+
+
+def test_the_pixel_rule_reads_subtractions_from_a_constant_and_refuses_reciprocals():
+    from onnx_snn.graph.inputs import scales_raw_pixels
+    plain = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m = _scaled_input(plain, [("Sub", 127.5), ("Div", 127.5)])
+    g = m.graph
+    first = g.node[0]                                             # 127.5 - x: the data second
+    first.input[:] = [first.input[1], first.input[0]]
+    assert scales_raw_pixels(m)
+    second = g.node[1]                                            # c / (...): not affine
+    second.input[:] = [second.input[1], second.input[0]]
+    assert scales_raw_pixels(m) is None
+    shapeless = _scaled_input(plain, [("Mul", 1 / 255)])
+    shapeless.graph.input[0].type.tensor_type.ClearField("shape")
+    assert scales_raw_pixels(shapeless) is None
+
+
+def test_named_datasets_are_fed_as_raw_pixels_to_a_model_that_scales_them_itself(caplog):
+    """A model whose own first operation is x / 255 (Keras's Rescaling) is fed a named
+    dataset as 0-255 pixels, with a warning saying why: fed [0, 1] images it scored chance.
+    Its spiking model records that preprocessing. Arrays are taken as given: a model that
+    scales its input so but reads other data ((x + 80) / 80 of a spectrogram in dB) converts
+    and evaluates on its arrays as before."""
+    import logging
+    import onnx_snn
+    from onnx_snn.datasets import load_dataset
+    plain = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    db = _scaled_input(plain, [("Add", 80.0), ("Div", 80.0)])
+    x = (-80.0 * np.random.default_rng(0).random((16, 1, 28, 28))).astype(np.float32)
+    snn = onnx_snn.convert(db, x, method="datta", show_progress=False)
+    assert snn.info.preprocess is None
+    assert onnx_snn.evaluate(snn, x, show_progress=False, top1=None).samples == 16
+    assert onnx_snn.evaluate(db, x, show_progress=False, top1=None).samples == 16
+    try:
+        load_dataset("fashion-mnist:test")
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    m = _scaled_input(plain, [("Mul", 1 / 255)])
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        got = onnx_snn.evaluate(m, "fashion-mnist", limit=64, show_progress=False)
+    want = onnx_snn.evaluate(plain, "fashion-mnist", limit=64, show_progress=False)
+    assert got.top1 == want.top1
+    assert any("takes raw 0-255 pixels" in r.getMessage() for r in caplog.records)
+    snn = onnx_snn.convert(m, "fashion-mnist", calib_samples=32, method="datta",
+                           show_progress=False)
+    assert is_pixels_255(snn.info.preprocess)
+    assert onnx_snn.evaluate(snn, "fashion-mnist", limit=64, show_progress=False).samples == 64
 
 
 def test_a_table_scaled_down_is_not_taken_for_pixels():

@@ -122,49 +122,56 @@ def input_scaling(model) -> Optional[str]:
     return f"{', '.join(n.op_type for n, _, _ in chain)} after input '{name}'"
 
 
-#: a model whose own first scaling multiplies its input by at most this (x / 255,
-#: (x - 73) / 90 as Keras's Rescaling and Normalization layers adapted on raw pixels write it)
-#: takes 0-255 pixels: [0, 1] images would reach its first layer as a sliver of at most 0.02
-#: in width (a [0, 1] model's own normalization, (x - 0.286) / 0.353, widens them)
-PIXELS_255_GAIN = 1.0 / 50.0
+#: a model whose own first scaling multiplies its image input by at most this (x / 255,
+#: (x - 73) / 90 as Keras's Rescaling and Normalization layers adapted on raw pixels write
+#: it) and maps 0-255 into [-PIXELS_255_RANGE, PIXELS_255_RANGE] takes 0-255 pixels: a model
+#: trained on [0, 1] images normalizes them with a gain of 1 or more ((x - 0.286) / 0.353)
+PIXELS_255_GAIN = 1.0 / 10.0
+PIXELS_255_RANGE = 10.0
 
 
 def scales_raw_pixels(model) -> Optional[str]:
-    """Why the model takes raw 0-255 pixels, read from the affine map its first constant
-    Sub/Add/Mul/Div apply to its one float input (:func:`input_scaling`): every channel's gain
-    at most :data:`PIXELS_255_GAIN` ('its first operations (Mul) multiply input 'x' by
-    1/255'); None otherwise (no such chain, a larger gain, a constant it cannot read, or an
-    input of fewer than three axes: not an image)."""
+    """Why the model takes raw 0-255 pixels, read from the affine map ``g x + b`` its first
+    constant Sub/Add/Mul/Div apply to its one float image input (:func:`input_scaling`),
+    each constant taken at its median (per-channel or per-pixel constants; a pixel a Keras
+    Normalization divides by epsilon does not decide): ``|g|`` at most :data:`PIXELS_255_GAIN`
+    and 0-255 mapped into +-:data:`PIXELS_255_RANGE` ("its first operations (Mul) multiply
+    input 'x' by 1/255"). None otherwise: no such chain, a larger gain, another range, a
+    division of a constant by the data, a constant it cannot read, or an input of fewer than
+    three axes (not an image: a table's features may be scaled by anything)."""
     from .walk import constant_tensors
     found = _scaling_chain(model)
     if not found or not found[1]:
         return None
     name, chain = found
-    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
-    if len(dims) < 3:        # images only ([N, H, W] or more): a table's features may be
-        return None          # scaled down by any factor and hold negative values
+    vi = next(i for i in model.graph.input if i.name == name).type.tensor_type
+    if not vi.HasField("shape") or len(vi.shape.dim) < 3:
+        return None
     values = constant_tensors([model.graph])
-    top = 1.0                   # the largest gain of any element (a bound: per-channel
-    for n, c, data_first in chain:          # constants of two ops may peak on different ones)
-        if n.op_type in ("Sub", "Add"):
-            continue
+    g, b = 1.0, 0.0
+    for n, c, data_first in chain:
         t = values.get(c)
         if t is None:
             return None
-        v = np.abs(numpy_helper.to_array(t).astype(np.float64))
-        if v.size == 0 or not np.all(np.isfinite(v)) or not np.all(v > 0):
+        v = numpy_helper.to_array(t).astype(np.float64)
+        if v.size == 0 or not np.all(np.isfinite(v)):
             return None
-        if n.op_type == "Mul":
-            top *= float(np.max(v))
-        elif data_first:                              # x / c
-            top /= float(np.min(v))
+        m = float(np.median(v))
+        if n.op_type == "Add":
+            b += m
+        elif n.op_type == "Sub":
+            g, b = (g, b - m) if data_first else (-g, m - b)
+        elif n.op_type == "Mul":
+            g, b = g * m, b * m
+        elif data_first and m != 0:                   # x / c
+            g, b = g / m, b / m
         else:                                         # c / x: not affine
             return None
-    if top > PIXELS_255_GAIN:
+    lo, hi = sorted((b, 255.0 * g + b))
+    if not (0 < abs(g) <= PIXELS_255_GAIN and -PIXELS_255_RANGE <= lo and hi <= PIXELS_255_RANGE):
         return None
     ops = ", ".join(n.op_type for n, _, _ in chain)
-    return (f"its first operations ({ops}) multiply input '{name}' by "
-            f"{'1/%.4g' % (1.0 / top) if top > 0 else 0}")
+    return f"its first operations ({ops}) multiply input '{name}' by 1/{1.0 / abs(g):.4g}"
 
 
 __all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255", "input_scaling",

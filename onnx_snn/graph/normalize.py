@@ -342,12 +342,6 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         msg = str(e)
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
     nm.external_data = external
-    if nm.preprocess is None and "onnx_snn.preprocess" not in meta:
-        why = inputs.scales_raw_pixels(model)
-        if why:   # (Keras's Rescaling(1/255) or Normalization adapted on raw pixels)
-            nm.preprocess = dict(inputs.PIXELS_255)
-            nm.notes.append(f"{why}, so it takes raw 0-255 pixels: named datasets are fed as "
-                            "such (--mean/--std for another preprocessing)")
     return nm
 
 
