@@ -995,3 +995,30 @@ def test_an_ml_scaler_is_an_affine_input_normalization(per_feature):
     B.assert_runtimes_agree(snn.model, x, atol=1e-4)
     got, want = run(snn.model, x).outputs[0], run(m, x).outputs[0]
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("case", ["lengths", "rank3", "int64"])
+def test_an_ml_scaler_onnxruntime_would_not_run_as_rewritten_is_refused_saying_why(case):
+    """The rewrite takes what onnxruntime's Scaler computes: [N, features] float32 rows, an
+    offset and a scale of one value each or one per feature. Anything else stays and is
+    refused, the message saying why (onnxruntime refuses a scale of 1 value beside 8
+    offsets; it reads an [N, 3, 2] input by its axis 1, not its last)."""
+    d = 8
+    offset, scale = [0.5] * d, [2.0] * d
+    shape, elem = ["N", d], TP.FLOAT
+    if case == "lengths":
+        scale = [2.0]
+    elif case == "rank3":
+        shape = ["N", 2, 4]
+    else:
+        elem = TP.INT64
+    g = h.make_graph([h.make_node("Scaler", ["input"], ["scaled"], domain="ai.onnx.ml", name="Scaler",
+                                  offset=offset, scale=scale),
+                      h.make_node("Relu", ["scaled"], ["y"])], "s",
+                     [h.make_tensor_value_info("input", elem, shape)],
+                     [h.make_tensor_value_info("y", TP.FLOAT, shape)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13), h.make_opsetid("ai.onnx.ml", 1)])
+    want = {"lengths": "its offset .8 values. and scale .1. must both be one value or one per feature",
+            "rank3": "its input is of rank 3", "int64": "its input is int64"}[case]
+    with pytest.raises(UnsupportedModelError, match=f"'ai.onnx.ml' is not supported \\({want}"):
+        normalize(m)

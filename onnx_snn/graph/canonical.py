@@ -84,11 +84,25 @@ def ml_scaler_to_affine(graph: gs.Graph, result: PassResult) -> None:
         if node.op != "Scaler" or node.domain != "ai.onnx.ml" or len(node.inputs) != 1:
             continue
         x, out = node.inputs[0], node.outputs[0]
-        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
-            result.skip(node, f"its input is {np.dtype(x.dtype)}, not float32")
-            continue
         offset = np.asarray(node.attrs.get("offset", [0.0]), np.float32).reshape(-1)
         scale = np.asarray(node.attrs.get("scale", [1.0]), np.float32).reshape(-1)
+        shape = x.shape
+        features = shape[1] if shape is not None and len(shape) == 2 else None
+        why = None
+        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
+            why = f"its input is {np.dtype(x.dtype)}, not float32"
+        elif shape is None or len(shape) != 2:
+            why = (f"its input is {'of unknown rank' if shape is None else f'of rank {len(shape)}'}"
+                   "; a Scaler of [N, features] rows is rewritten")
+        elif len(offset) != len(scale) or (
+                len(offset) != 1 and isinstance(features, int) and len(offset) != features):
+            why = (f"its offset ({len(offset)} values) and scale ({len(scale)}) must both be one "
+                   f"value or one per feature ({features})")
+        if why:
+            result.skip(node, why)
+            result.records.append((node.name, why))
+            continue
+        offset, scale = offset.reshape(1, -1), scale.reshape(1, -1)
         name = node.name or "scaler"
         centred = gs.Variable(f"{out.name}_centred", dtype=np.float32)
         graph.nodes.append(gs.Node("Sub", f"{name}_offset",

@@ -485,15 +485,17 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     records = {r.name: r.records for r in pass_log}
     dropouts: List[dict] = list(records[cleanup.remove_identity_and_dropout.name])
     sites: List[Site] = records[canonicalize_sites.name]
+    # why a pass left a node the support check refuses (a Resize, a Scaler), for its message
+    detail = {**dict(records.get(resize.resize_constant_form.name, [])),
+              **dict(records.get(canonical.ml_scaler_to_affine.name, []))}
     if not sites:
         try:      # an unsupported layer is named first, as when the model has sites too
-            check_supported(graph, set(), dict(records.get(resize.resize_constant_form.name, [])))
+            check_supported(graph, set(), detail)
         except UnsupportedModelError as e:
             raise UnsupportedModelError(f"{e} (besides, the model has no ReLU-type activation "
                                         "to turn into spiking neurons)") from None
         raise _no_sites_error(graph, where)
-    check_supported(graph, {s.name for s in sites},
-                    dict(records.get(resize.resize_constant_form.name, [])))
+    check_supported(graph, {s.name for s in sites}, detail)
     moved = 0
     if pool_first:
         r = canonical.pool_before_sites(graph, sites)

@@ -59,8 +59,9 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
     dynamic = depends_on_inputs(graph)
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx", None):
+            more = f" ({detail[node.name]})" if node.name in detail else ""
             raise UnsupportedModelError(
-                f"{node_label(node)}: custom-domain op '{node.domain}' is not supported; "
+                f"{node_label(node)}: custom-domain op '{node.domain}' is not supported{more}; "
                 + SUPPORTED_HELP)
         if node.name in site_names and node.op in SITE_OPS:
             continue
