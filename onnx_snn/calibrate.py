@@ -137,7 +137,9 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        bare = _without_annotations(data) if "data" in locals() else None
+        shapes = any(k in str(e) for k in ("ShapeInferenceError", "TypeInferenceError",
+                                           "Incompatible dimensions", "MergeShapeInfo"))
+        bare = _without_annotations(data) if shapes and "data" in locals() else None
         if bare is None:
             raise _session_failure(model, e, where) from None
         try:    # the producer's shape annotations may be what onnxruntime refused
@@ -285,12 +287,15 @@ def _without_annotations(data: bytes) -> Optional[bytes]:
     the graph outputs' shapes cleared (their types kept); None when it has none. jax2onnx,
     for one, annotates NCHW tensors with NHWC shapes, which onnxruntime refuses, though the
     graph computes consistent shapes without them."""
+    from .graph import walk
     m = onnx.ModelProto.FromString(data)
+    graphs = walk.subgraphs(m.graph)              # the graph and every Loop/If/Scan body
     shaped = [o for o in m.graph.output
               if o.type.HasField("tensor_type") and o.type.tensor_type.HasField("shape")]
-    if not m.graph.value_info and not shaped:
+    if not any(g.value_info for g in graphs) and not shaped:
         return None
-    del m.graph.value_info[:]
+    for g in graphs:
+        del g.value_info[:]
     for o in shaped:
         o.type.tensor_type.ClearField("shape")
     return m.SerializeToString()

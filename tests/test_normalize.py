@@ -351,6 +351,7 @@ def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_outpu
 
 @pytest.mark.parametrize("pool, says", [
     ("reducemax_h", "MaxPool whose kernel spans those axes"),
+    ("reducemax_c", "a maximum over the channels"),
     ("lppool", "an LP pool .a p-norm of each window. is not linear"),
     ("lppool_written_out", "of an LP pool, Pow, AveragePool, Pow"),
 ])
@@ -363,6 +364,9 @@ def test_pools_that_are_not_converted_say_what_to_use(pool, says):
     if pool == "reducemax_h":
         p = b.node("ReduceMax", [r], axes=[2], keepdims=1)
         flat = 4 * 12
+    elif pool == "reducemax_c":                  # CBAM's channel pooling
+        p = b.node("ReduceMax", [r], axes=[1], keepdims=1)
+        flat = 144
     elif pool == "lppool":
         p = b.node("LpPool", [r], kernel_shape=[2, 2], strides=[2, 2], p=2)
         flat = 4 * 36

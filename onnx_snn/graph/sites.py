@@ -189,8 +189,9 @@ def _split_pair_hint(graph: gs.Graph, node: gs.Node) -> str:
     if is_graph_output(graph, out):
         also, fix = "also a graph output", "export the model"
     else:
-        also = "also read by " + ", ".join(f"'{r.name}' ({r.op})" for r in out.outputs
-                                           if r not in after)
+        others = [f"'{r.name}' ({r.op})" for r in out.outputs if r not in after]
+        also = ("also read by " + ", ".join(others)) if others else \
+            f"read by {len(after)} clamps"
         fix = "if that leads to an extra output of the export, export the model"
     return (f". Its output '{out.name}' is {also}, so the {after[0].op} after it "
             f"('{after[0].name}') is not taken with it as one activation: {fix} with only "

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
 from .cleanup import HEAD_TAIL, head_nodes
-from .ir import const_value, depends_on_inputs, is_empty, node_label
+from .ir import const_value, depends_on_inputs, is_empty, node_label, rank
 
 #: layers whose output is a linear function of their (spiking) input
 LINEAR_OPS = {
@@ -77,8 +77,13 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                                             "nonlinearity the spiking rewrite cannot express: "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             if node.op in _UNSUPPORTED_HINTS:
-                raise UnsupportedModelError(f"{node_label(node)} is not supported: "
-                                            f"{_UNSUPPORTED_HINTS[node.op]}; {SUPPORTED_HELP}")
+                hint = _UNSUPPORTED_HINTS[node.op]
+                if node.op == "ReduceMax" and _reduces_channels(node):
+                    hint = ("a maximum over the channels (CBAM's channel pooling) is no spike "
+                            "count of one neuron; replace it in the DNN (a mean over the "
+                            "channels, ReduceMean, is linear) and fine-tune")
+                raise UnsupportedModelError(f"{node_label(node)} is not supported: {hint}; "
+                                            f"{SUPPORTED_HELP}")
             if node.op in _COMPARES and any(t.name in dynamic for t in node.inputs
                                             if not is_empty(t)):
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
@@ -113,6 +118,17 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
 
 _BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
 
+def _reduces_channels(node: gs.Node) -> bool:
+    """Whether a reduction takes axis 1 (the channels) or every axis (no axes given)."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
+        axes = const_value(node.inputs[1])
+    if axes is None:
+        return True
+    r = rank(node.inputs[0])
+    return any(int(a) == 1 or (r is not None and int(a) + r == 1) for a in np.ravel(axes))
+
+
 #: what to do about an unsupported op that has a supported equivalent
 _UNSUPPORTED_HINTS = {
     "ReduceMax": ("a maximum over the data's axes is converted when it spans every spatial "
@@ -128,7 +144,7 @@ _UNSUPPORTED_HINTS = {
 
 #: comparisons of the data (a mask, a step) that no pass read as a ReLU written with a mask
 _COMPARES = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or",
-             "Xor", "Where", "IsNaN", "IsInf"}
+             "Xor", "Where"}
 _COMPARES_WHY = ("compares the data (a thresholded ReLU, x where x > theta else 0, as Keras's "
                  "ReLU(threshold=...) exports; or a mask): a step the spiking neurons cannot "
                  "express (a ReLU written as Where(x > 0, x, 0) or x * Cast(x > 0) is read as "
