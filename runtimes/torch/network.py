@@ -548,7 +548,6 @@ class SpikingNetwork(nn.Module):
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self.tensor(st.init).to(like.dtype).expand(shape).clone()
 
-    @checks_flags
     def _warn_integer_inputs(self, inputs: dict) -> None:
         """Integer inputs (uint8 pixels) are taken as the values the model computes on; a
         model that records a preprocessing other than raw 0-255 pixels (a normalization)
@@ -576,6 +575,7 @@ class SpikingNetwork(nn.Module):
                 self.warned_integers = True
                 return
 
+    @checks_flags
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 timesteps: Optional[int] = None, record_spikes: bool = True,
                 per_step: bool = False):
