@@ -131,6 +131,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         so.intra_op_num_threads = int(threads)
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    data = None                 # the serialized skeleton, once session_parts has made it
     try:
         data, names, arrays = skeleton.session_parts(model, outputs)
         if names:
@@ -139,7 +140,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
     except Exception as e:
         shapes = any(k in str(e) for k in ("ShapeInferenceError", "TypeInferenceError",
                                            "Incompatible dimensions", "MergeShapeInfo"))
-        bare = _without_annotations(data) if shapes and "data" in locals() else None
+        bare = _without_annotations(data) if shapes and data is not None else None
         if bare is None:
             raise _session_failure(model, e, where) from None
         try:    # the producer's shape annotations may be what onnxruntime refused

@@ -900,8 +900,7 @@ def cmd_analyze(args) -> int:
                              (args.json, "--json"), (args.plot, "--plot"))
     plot_fmt = _plot_format_or_refuse(args.plot)
     model = load_model(args.model)
-    rates, T = (None, None)
-    checked = None          # the rates as analyze() is given them: with their model and T
+    checked, T = None, None   # the rates as analyze() is given them (with their model and T)
     info = None
     if is_spiking(model):   # the whole model checked before any work (a deploy graph refused)
         info = require_spiking(model, args.model)
@@ -925,8 +924,7 @@ def cmd_analyze(args) -> int:
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download,
                          where=str(args.model), top1=None)
-            rates, T = r.rates, r.timesteps
-            checked = r          # recorded here on this model: checked as eval's result
+            checked, T = r, r.timesteps   # recorded here on this model: checked as eval's
             print(f"recorded spike rates on {r.samples} samples of {data}"
                   + (f" (SNN top-1 {r.top1:.2f}%)" if r.top1 is not None else ""))
     shapes = None

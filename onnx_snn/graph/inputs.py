@@ -18,6 +18,7 @@ from onnx import TensorProto, numpy_helper
 
 from .passes import PassResult, graph_pass
 from .sources import constant_names
+from .walk import constant_tensors
 
 #: the preprocessing that feeds [0, 1] images as raw 0-255 pixels: (x - 0) / (1 / 255)
 PIXELS_255 = {"mean": [0.0], "std": [1.0 / 255.0]}
@@ -139,7 +140,6 @@ def scales_raw_pixels(model) -> Optional[str]:
     input 'x' by 1/255"). None otherwise: no such chain, a larger gain, another range, a
     division of a constant by the data, a constant it cannot read, or an input of fewer than
     three axes (not an image: a table's features may be scaled by anything)."""
-    from .walk import constant_tensors
     found = _scaling_chain(model)
     if not found or not found[1]:
         return None

@@ -65,8 +65,7 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                 + SUPPORTED_HELP)
         if node.name in site_names and node.op in SITE_OPS:
             continue
-        if node.op in SHAPE_ONLY_OPS and not any(t.name in dynamic for t in node.inputs
-                                                 if not is_empty(t)):
+        if node.op in SHAPE_ONLY_OPS and not _reads_data(node, dynamic):
             continue
         if node.op not in SUPPORTED_OPS:
             head = _output_head_why(graph, node)
@@ -84,8 +83,7 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                             "channels, ReduceMean, is linear) and fine-tune")
                 raise UnsupportedModelError(f"{node_label(node)} is not supported: {hint}; "
                                             f"{SUPPORTED_HELP}")
-            if node.op in _COMPARES and any(t.name in dynamic for t in node.inputs
-                                            if not is_empty(t)):
+            if node.op in _COMPARES and _reads_data(node, dynamic):
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
@@ -216,6 +214,12 @@ def _other_float(dtype) -> Optional[str]:
     return name
 
 
+def _reads_data(node: gs.Node, dynamic: set) -> bool:
+    """Whether any input of ``node`` depends on the data (``dynamic``: depends_on_inputs),
+    not on constants and shapes alone."""
+    return any(t.name in dynamic for t in node.inputs if not is_empty(t))
+
+
 def _multiplies_data(node: gs.Node, dynamic: set) -> bool:
     """Mul/MatMul of two data tensors, or Div by one."""
     if node.op not in _BILINEAR:
@@ -233,7 +237,7 @@ def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Option
     for node in graph.nodes:
         if node.name in site_names and node.op in SITE_OPS:
             continue
-        if not any(t.name in dynamic for t in node.inputs if not is_empty(t)):
+        if not _reads_data(node, dynamic):
             continue  # shape arithmetic
         if node.op in _NONLINEAR:
             return node, "a nonlinearity the spiking rewrite cannot express"

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Union
 
+import logging
+
 import numpy as np
 import onnx
 import torch
@@ -24,6 +26,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from onnx_snn import json_text
+from onnx_snn.datasets import array_like
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UnsupportedModelError, UsageError)
 from onnx_snn.flags import checks_flags
@@ -35,6 +38,7 @@ from .neuron import (DEFAULT_SURROGATE, SURROGATES, lif_scan, lif_step, max_pool
                      signed_step)
 from .ops import OPS, parse_attrs, run_op
 
+log = logging.getLogger("onnx_snn")
 #: the format's spiking pool functions -> the ONNX pool they apply to running sums
 _POOLS = {fn: op for op, fn in fmt.POOL_OPS.items()}
 #: inputs of these ops that, when initializers, are trainable weights
@@ -223,16 +227,12 @@ def _folded_sites(model: onnx.ModelProto) -> set:
     return {k for k, v in rec.items() if v == "folded"} if isinstance(rec, dict) else set()
 
 
-def _float_input(name: str, v, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An input as a tensor of the floating type the network computes in (float32, as the
-    file does, unless the module was cast: ``net.double()``), from a numpy array, float64,
-    float16 or integer pixels too; a DataError for anything else."""
+def _input_tensor(name: str, v) -> torch.Tensor:
+    """An input as a tensor of numbers, of its own dtype (:meth:`SpikingNetwork.forward` casts
+    it to the type the network computes in), from a tensor, a numpy array or nested lists; a
+    DataError for anything else."""
     if isinstance(v, (list, tuple)):            # nested lists of numbers, as numpy reads them
-        try:
-            v = np.asarray(v)
-        except ValueError:
-            raise DataError(f"input {name!r} is a ragged list: give an array or tensor of "
-                            "one shape") from None
+        v = array_like(v, f"input {name!r}")    # (ragged ones: a DataError)
         if v.dtype.kind not in "biufc":
             raise DataError(f"input {name!r} is a list of things that are not numbers "
                             f"({v.dtype})")
@@ -243,7 +243,7 @@ def _float_input(name: str, v, dtype: torch.dtype = torch.float32) -> torch.Tens
                         f"{type(v).__name__}{'' if not isinstance(v, torch.Tensor) else ' ' + str(v.dtype)}")
     if v.dim() == 0 or v.shape[0] == 0:
         raise DataError(f"input {name!r} has shape {list(v.shape)}: give a batch of at least one sample")
-    return v if v.dtype == dtype else v.to(dtype)
+    return v
 
 
 def _feed_timesteps(inputs: dict, timesteps):
@@ -548,32 +548,22 @@ class SpikingNetwork(nn.Module):
             return torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self.tensor(st.init).to(like.dtype).expand(shape).clone()
 
-    def _warn_integer_inputs(self, inputs: dict) -> None:
+    def _warn_integer_inputs(self, inputs: Dict[str, torch.Tensor]) -> None:
         """Integer inputs (uint8 pixels) are taken as the values the model computes on; a
         model that records a preprocessing other than raw 0-255 pixels (a normalization)
-        expects those values normalized, so a warning says so, once (the onnxruntime path
-        warns the same way)."""
+        expects those values normalized, so a warning says so, once (onnxruntime's path warns
+        about integer arrays too)."""
         from onnx_snn.graph.inputs import is_pixels_255
         pp = self.info.preprocess
         if self.warned_integers or not pp or is_pixels_255(pp):
             return
-        for k, v in inputs.items():
-            if torch.is_tensor(v):
-                integer = not (v.dtype.is_floating_point or v.is_complex() or v.dtype == torch.bool)
-            else:
-                try:
-                    integer = np.asarray(v).dtype.kind in "iu"
-                except (ValueError, TypeError):
-                    integer = False            # (refused by _float_input, naming it)
-            if integer:
-                import logging
-                logging.getLogger("onnx_snn").warning(
-                    "%s: input %r holds integers, taken as the model's input values as they "
-                    "are; the model records the preprocessing (x - %s) / %s: if these are raw "
-                    "pixels, scale them to [0, 1] and normalize them first", self.where, k,
-                    pp.get("mean"), pp.get("std"))
-                self.warned_integers = True
-                return
+        integer = [k for k, v in inputs.items() if not v.dtype.is_floating_point]
+        if integer:
+            log.warning("%s: input %r holds integers, taken as the model's input values as they "
+                        "are; the model records the preprocessing (x - %s) / %s: if these are "
+                        "raw pixels, scale them to [0, 1] and normalize them first", self.where,
+                        integer[0], pp.get("mean"), pp.get("std"))
+            self.warned_integers = True
 
     @checks_flags
     def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
@@ -602,8 +592,9 @@ class SpikingNetwork(nn.Module):
             raise DataError(f"input(s) {unknown} are not the model's; it takes {names} (and "
                             f"'{fmt.TIMESTEPS_INPUT}', as the loop graph does)")
         dtype = self._compute_dtype()
+        inputs = {k: _input_tensor(k, v) for k, v in inputs.items()}
         self._warn_integer_inputs(inputs)
-        inputs = {k: _float_input(k, v, dtype) for k, v in inputs.items()}
+        inputs = {k: v if v.dtype == dtype else v.to(dtype) for k, v in inputs.items()}
         self._check_shapes(inputs)
         env: Dict[str, torch.Tensor] = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
