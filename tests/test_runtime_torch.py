@@ -490,7 +490,7 @@ def test_time_folded_run_is_the_step_by_step_run(case, T):
     every parameter equal within float rounding (a T x N convolution's weight gradient sums
     in another order)."""
     make, opts = FOLD_CASES[case]
-    x = B.rand_input(12, seed=3)
+    x = (np.round(B.rand_input(12, seed=3) * 16) / 16).astype(np.float32)   # dyadic too
     snn = onnx_snn.convert(make(), x, timesteps=T, method="refined", show_progress=False,
                            **opts)
     net = SpikingNetwork(_dyadic_spiking(snn.model)).train()
@@ -527,7 +527,9 @@ def test_per_step_outputs_are_the_steps_that_the_average_sums(case):
     and the step-by-step one alike (the same values bit for bit on dyadic arithmetic), and
     their mean is the averaged output; gradients flow through every step."""
     make, opts = FOLD_CASES[case]
-    x = B.rand_input(6, seed=4)
+    # dyadic inputs too: the first layer's convolution on random floats rounds differently
+    # on a batch of T x N than on N where the CPU's kernel for the two shapes differs
+    x = (np.round(B.rand_input(6, seed=4) * 16) / 16).astype(np.float32)
     T = 3
     snn = onnx_snn.convert(make(), x, timesteps=T, method="refined", show_progress=False,
                            **opts)
@@ -540,7 +542,11 @@ def test_per_step_outputs_are_the_steps_that_the_average_sums(case):
         assert each.shape == (T,) + tuple(avg.shape)
         np.testing.assert_allclose(each.mean(0).numpy(), avg.numpy(), rtol=1e-6, atol=1e-6)
         runs.append(each.numpy())
-    np.testing.assert_array_equal(runs[0], runs[1])
+    # within a float32 step, not bit for bit: the ResNet's global average pool divides by
+    # 36, so the classifier sums inexact values, in an order the CPU's kernel for a batch
+    # of T x N may choose differently than for N (the spikes are compared bit for bit in
+    # test_time_folded_run_is_the_step_by_step_run)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-6)
     assert not np.array_equal(runs[0][0], runs[0][-1])     # the steps differ
     net.train()
     each = net(torch.from_numpy(x), per_step=True)

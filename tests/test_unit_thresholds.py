@@ -169,6 +169,66 @@ def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
     assert set(history["unit_thresholds"].values()) == {"unit"}
 
 
+def _constant_adds_of_convolutions(model: onnx.ModelProto) -> list:
+    """The Adds of a Conv's output and a constant (each one makes onnxruntime reorder the
+    convolution's output out of its blocked layout)."""
+    made = {o: n.op_type for n in model.graph.node for o in n.output}
+    consts = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Add"
+            and any(made.get(i) == "Conv" for i in n.input) and any(i in consts for i in n.input)]
+
+
+@pytest.mark.parametrize("name", ["vgg_maxpool_op13", "resnet_op13", "twin_maxpool"])
+@pytest.mark.parametrize("T", [1, 2])
+def test_the_first_steps_start_rides_in_the_convolutions_bias(name, T, x, x2):
+    """Step 0's membrane start (1 + v_init) is added by the convolution's bias, not by an Add
+    of a constant that onnxruntime would run in NCHW: this step's convolutions take it
+    themselves, and a cheap one computed once for all steps (on the data input: 9
+    multiply-adds per output here) is copied for step 0."""
+    snn = B.converted(MODELS[name](), x, T, "refined")[2]
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+    assert _constant_adds_of_convolutions(dep) == []
+    convs = [n for n in dep.graph.node if n.op_type == "Conv"]
+    first = [n for n in convs if n.input[0] == dep.graph.input[0].name]
+    assert len(first) == (2 if T > 1 else 1)         # the copy for step 0 (at T = 1 the only one)
+    _close(run(snn.model, x2), run(dep, x2))
+
+
+def test_a_costly_convolution_on_the_data_input_is_not_copied(x):
+    """A first convolution of 8 x 3 x 3 = 72 multiply-adds per output (more than
+    DUPLICATE_CONV_MAX_MACS) keeps its Add at T = 2; at T = 1 it takes the start itself."""
+    from onnx_snn.spiking.deploy import DUPLICATE_CONV_MAX_MACS
+    x8 = B.rand_input(40, shape=(8, 12, 12))
+    model = B.pooled_twin("MaxPool", in_shape=(8, 12, 12))
+    assert 8 * 9 > DUPLICATE_CONV_MAX_MACS
+    for T, adds, firsts in ((2, 1, 1), (1, 0, 1)):
+        snn = B.converted(model, x8, T, "refined")[2]
+        dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+        assert len(_constant_adds_of_convolutions(dep)) == adds, T
+        assert sum(n.op_type == "Conv" and n.input[0] == dep.graph.input[0].name
+                   for n in dep.graph.node) == firsts
+        _close(run(snn.model, x8[:16]), run(dep, x8[:16]))
+
+
+def test_onnxruntime_keeps_the_neurons_in_its_blocked_layout(x):
+    """What the fold is for: in onnxruntime's optimized graph no neuron's Add reads a
+    reordered convolution output (where the CPU has no blocked layout there is no reorder)."""
+    import tempfile, os
+    snn = B.converted(MODELS["vgg_maxpool_op13"](), x, 2, "refined")[2]
+    dep = deploy_model(F.read_spiking(snn.model), unit_thresholds=True)
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(dep.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+    made = {o: n for n in opt.graph.node for o in n.output}
+    reordered = [n.name for n in opt.graph.node if n.op_type == "Add" and any(
+        made.get(i) is not None and made[i].op_type == "ReorderOutput"
+        and made[made[i].input[0]].op_type == "Conv" for i in n.input if i in made)]
+    assert reordered == []
+
+
 @pytest.mark.parametrize("T", [1, 2, 3])
 def test_faster_deploy_graph_of_pools_moved_first_and_signed_neurons(T, x, x2):
     """Pools of currents (--pool-first) take the scale; signed neurons keep their own form."""
