@@ -194,6 +194,22 @@ def test_the_first_steps_start_rides_in_the_convolutions_bias(name, T, x, x2):
     _close(run(snn.model, x2), run(dep, x2))
 
 
+@pytest.mark.parametrize("name", ["resnet_op13", "resnet_sum_op11", "resnet_op22"])
+def test_a_residual_sums_offset_rides_in_a_convolutions_bias(name, x, x2):
+    """A residual sum's bias-correction offset, added by its own node in the spiking model
+    (no one layer computes the sum), goes into the bias of the convolution that computes
+    one operand in the deploy graph: no Add of a constant is left for onnxruntime to run in
+    NCHW, at any step, and the model is the same (outputs within float rounding)."""
+    snn = B.converted(MODELS[name](), x, 2, "refined")[2]
+    offsets = [n.name for n in walk.all_nodes(snn.model.graph) if n.name.endswith(".add_offset")]
+    assert offsets                      # the case itself: sums whose offset has its own node
+    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
+    consts = {i.name for i in dep.graph.initializer}
+    assert [n.name for n in dep.graph.node if n.op_type in ("Add", "Sum")
+            and any(i in consts for i in n.input)] == []
+    _close(run(snn.model, x2), run(dep, x2))
+
+
 def test_a_costly_convolution_on_the_data_input_is_not_copied(x):
     """A first convolution of 8 x 3 x 3 = 72 multiply-adds per output (more than
     DUPLICATE_CONV_MAX_MACS) keeps its Add at T = 2; at T = 1 it takes the start itself."""

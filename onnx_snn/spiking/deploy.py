@@ -43,6 +43,7 @@ from ..graph import walk
 from . import format as fmt
 from . import rewrite
 from .neuron import POOL_OPS, neuron_nodes, pool_nodes
+from .unit_thresholds import per_channel, summed_convolution
 
 _POOL_OP = {fn: op for op, fn in POOL_OPS.items()}    # SpikeMaxPool -> MaxPool
 #: the graph holds T copies of the time step
@@ -57,17 +58,6 @@ def _step_name(t: int, name: str) -> str:
 
 def _is(value: Optional[np.ndarray], x: float) -> bool:
     return value is not None and bool(np.all(value == x))
-
-
-def _per_channel(value: np.ndarray, channels: int) -> Optional[np.ndarray]:
-    """``value`` (a scalar or a [C, 1, ...] tensor that broadcasts to a site of C channels)
-    as one float32 per channel, or None where it differs within a channel."""
-    a = np.asarray(value, np.float32)
-    if a.size == 1:
-        return np.full(channels, a.reshape(()), np.float32)
-    if a.ndim >= 1 and a.shape[0] == channels and all(d == 1 for d in a.shape[1:]):
-        return a.reshape(channels)
-    return None
 
 
 #: a convolution computed once for all steps (on the data input) is copied for step 0, with
@@ -89,6 +79,11 @@ class _Unroller:
         self.inits = view.initializers
         self.body = list(view.body) + (list(view.counters) if spike_counts else [])
         self.made = {o for n in self.body for o in n.output if o}
+        self.body_producers = {o: n for n in self.body for o in n.output if o}
+        self.body_readers: Dict[str, int] = {}
+        for n in self.body:
+            for i in n.input:
+                self.body_readers[i] = self.body_readers.get(i, 0) + 1
         self.nodes: List[onnx.NodeProto] = [copy.deepcopy(n) for n in view.hoisted]
         self.new_inits: List[onnx.TensorProto] = []
         self.states = {st.names.input: st for st in view.states}
@@ -127,7 +122,7 @@ class _Unroller:
             v0 = self.value(self.cur[v]) if self.cur[v] else None
             start = np.float32(1) + (np.float32(0) if v0 is None else v0.astype(np.float32))
             z = pre + "z"
-            folded = self.start_in_bias(x, arg(x), start, z, pre)
+            folded = self.start_in_bias(x, arg(x), start, z, pre, ren)
             if folded is None:
                 out.append(H("Add", [arg(x), self.constant(pre + "start", start)], [z], name=z))
             else:
@@ -152,7 +147,8 @@ class _Unroller:
             self.q[v] = q
         return out
 
-    def start_in_bias(self, x: str, current: str, start: np.ndarray, z: str, pre: str):
+    def start_in_bias(self, x: str, current: str, start: np.ndarray, z: str, pre: str,
+                      ren: Dict[str, str]):
         """Step 0's ``current + start`` as the convolution that computes the current, with
         ``start`` added to its bias: ``(z, nodes to add)``, or None where it cannot be.
 
@@ -165,21 +161,27 @@ class _Unroller:
         little (``DUPLICATE_CONV_MAX_MACS`` multiply-adds per output), or at T = 1, where
         the copy is its only use. The rounding moves as the unit form's shifted bias does
         (``acc + (bias + start)`` against ``(acc + bias) + start``; docs/FORMAT.md)."""
-        conv = next((n for n in reversed(self.nodes) if current in n.output), None)
-        if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
-                or len(conv.input) < 3 or conv.input[2] not in self.inits:
+        this_step = x in self.made         # else computed once for all steps
+        if this_step:    # this step's copy of the Conv (or of one that an Add or Sum adds)
+            body = summed_convolution(x, self.body_producers, self.body_readers, self.inits)
+            made = ren.get(body.output[0]) if body is not None else None
+            conv = next((n for n in reversed(self.nodes) if made in n.output), None)
+        else:
+            conv = next((n for n in reversed(self.nodes) if current in n.output), None)
+            if conv is not None and (conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx")
+                                     or len(conv.input) < 3 or conv.input[2] not in self.inits):
+                conv = None
+        if conv is None:
             return None
         bias = self.value(conv.input[2])
-        per_channel = _per_channel(start, bias.shape[0]) if bias.ndim == 1 else None
-        if per_channel is None:
-            return None
-        this_step = x in self.made         # else computed once for all steps
-        if this_step and sum(x in n.input for n in self.body) != 1:
+        channels = per_channel(start, bias.shape[0]) if bias.ndim == 1 else None
+        if channels is None:
             return None
         w = self.value(conv.input[1])
         if not this_step and self.T > 1 and (w is None or w[0].size > DUPLICATE_CONV_MAX_MACS):
             return None
-        new_bias = self.constant(pre + "bias_start", np.add(bias, per_channel, dtype=np.float32))
+        new_bias = self.constant(pre + "bias_start",
+                                 (bias.astype(np.float64) + channels).astype(np.float32))
         if this_step:
             conv.input[2] = new_bias
             return current, []
@@ -385,10 +387,12 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     units, source = None, view.model
     if unit_thresholds:
         from .binary import fold_amplitudes
-        from .unit_thresholds import identity_convolutions, unit_thresholds as _unit
+        from .unit_thresholds import identity_convolutions, offsets_into_biases, \
+            unit_thresholds as _unit
         rescaled, _ = identity_convolutions(view.model)        # the one copy of the model
         fold_amplitudes(rescaled, inplace=True)
         _, units = _unit(rescaled, shift_reset=True, inplace=True)
+        offsets_into_biases(rescaled)
         view = fmt.read_spiking(rescaled)
     un = _Unroller(view, T, spike_counts)
     if units:

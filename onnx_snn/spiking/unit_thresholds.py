@@ -324,3 +324,82 @@ def _shift(m: onnx.ModelProto, p: _Step, inits) -> None:
     # (a scalar offset took the channels' shape when it was rescaled)
     out = arr.astype(np.float64) - p.sign * (step if p.kind == "bias" else 1.0)
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
+
+
+def per_channel(value: np.ndarray, channels: int) -> Optional[np.ndarray]:
+    """``value`` (a scalar or a [C, 1, ...] tensor that broadcasts to a site of C channels)
+    as one float64 per channel, or None where it differs within a channel."""
+    a = np.asarray(value, np.float64)
+    if a.size == 1:
+        return np.full(channels, float(a.reshape(())))
+    if a.ndim >= 1 and a.shape[0] == channels and all(d == 1 for d in a.shape[1:]):
+        return a.reshape(channels)
+    return None
+
+
+def summed_convolution(x: str, producers: Dict[str, onnx.NodeProto], readers: Dict[str, int],
+                       inits) -> Optional[onnx.NodeProto]:
+    """The convolution whose bias can take a per-channel constant added to ``x``: the Conv
+    computing ``x``, or one computing an operand of the ``Add``/``Sum`` that computes ``x``
+    (a residual block's last layer), read by nothing else; its bias a [C] initializer of
+    its own. None where there is none."""
+    def own_conv(name: str) -> Optional[onnx.NodeProto]:
+        n = producers.get(name)
+        if n is None or n.op_type != "Conv" or n.domain not in ("", "ai.onnx") \
+                or readers.get(name, 0) != 1 or len(n.input) < 3 or n.input[2] not in inits \
+                or readers.get(n.input[2], 0) != 1 or len(inits[n.input[2]].dims) != 1:
+            return None
+        return n
+    conv = own_conv(x)
+    if conv is not None:
+        return conv
+    n = producers.get(x)
+    if n is None or n.op_type not in ("Add", "Sum") or readers.get(x, 0) != 1:
+        return None
+    return next((c for c in map(own_conv, n.input) if c is not None), None)
+
+
+def offsets_into_biases(m: onnx.ModelProto) -> List[str]:
+    """Fold each site's current offset (bias correction) that its own ``Add`` node adds (a
+    residual sum's, whose layer could not take it at conversion) into the bias of a
+    convolution that computes an operand of the sum, in place: the Add of a constant is an
+    op onnxruntime cannot keep in its blocked layout, so it reordered the sum to NCHW and
+    back, at every step (ResNet-20: 8 of its 19 sites). Exact in real arithmetic, float32
+    rounding as the unit form's other moves. Returns the sites folded. For the deploy
+    graph's copy of a model (a spiking model's offset node is part of its contract)."""
+    view = fmt.read_spiking(m)
+    inits = view.initializers
+    nodes = walk.all_nodes(m.graph)
+    producers = {o: n for n in nodes for o in n.output if o}
+    readers: Dict[str, int] = {}
+    for n in nodes:            # (nested graphs' nodes are in ``nodes`` themselves)
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    outputs = set(view.step_outputs) | set(view.step_outputs.values()) | \
+        {o.name for o in m.graph.output}
+    folded = []
+    for site in view.info.sites:
+        names = fmt.OffsetNames(site.name)
+        add = next((n for n in nodes if n.name == names.node), None)
+        if add is None or add.op_type != "Add" or len(add.input) != 2 \
+                or add.input[1] not in inits or add.output[0] in outputs \
+                or readers.get(add.output[0], 0) != 1 or add.input[0] in outputs:
+            continue
+        conv = summed_convolution(add.input[0], producers, readers, inits)
+        if conv is None:
+            continue
+        bias = inits[conv.input[2]]
+        b = numpy_helper.to_array(bias)
+        off = per_channel(numpy_helper.to_array(inits[add.input[1]]), b.shape[0])
+        if off is None:
+            continue
+        bias.CopyFrom(numpy_helper.from_array((b.astype(np.float64) + off).astype(b.dtype),
+                                              bias.name))
+        reader = next(n for n in nodes if add.output[0] in n.input)
+        reader.input[list(reader.input).index(add.output[0])] = add.input[0]
+        for g in walk.subgraphs(m.graph):
+            if any(n is add for n in g.node):
+                g.node.remove(add)
+                break
+        folded.append(site.name)
+    return folded
