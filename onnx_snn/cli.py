@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer from 0.001-1 and the refit kept where it predicts held-out "
                         "images better; at T=1 fitted to min(h, mu), which one spike covers; "
                         f"default: {'on' if SEARCH.weight_calibration else 'off'})")
+    c.add_argument("--outputs", nargs="+", metavar="NAME", dest="keep_outputs",
+                   help="keep only these outputs of the DNN (and the layers that compute them); "
+                        "for exports that also expose intermediate tensors, e.g. tf2onnx's "
+                        "from_function, whose extra outputs can keep an activation from being "
+                        "recognized (a name it does not have lists the ones it has)")
     c.add_argument("--pool-first", action="store_true",
                    help="move each max pool that reads an activation ahead of it (the same DNN: "
                         "a clipped ReLU commutes with a maximum), so the spiking layer fires on "
@@ -665,7 +670,8 @@ def cmd_convert(args) -> int:
                   batch_size=args.batch_size, sample_size=args.sample_size,
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
-                  download=args.download, pool_first=args.pool_first)
+                  download=args.download, pool_first=args.pool_first,
+                  outputs=args.keep_outputs)
     if not args.quiet:     # (the notes that are warnings were logged, -q or not)
         for note in snn.report.get("notes", snn.normalized.notes):
             if not note.startswith(WARNING_NOTE):

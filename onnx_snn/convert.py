@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -384,23 +384,42 @@ def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) 
                              "sizes for its free dimensions only, or none")
 
 
+def _output_names(outputs) -> Optional[List[str]]:
+    """``outputs`` (a name or a sequence of names; None: all) as a list, checked."""
+    if outputs is None:
+        return None
+    names = [outputs] if isinstance(outputs, str) else outputs
+    try:
+        names = list(names)
+    except TypeError:
+        raise UsageError(f"outputs must be an output name or a list of them, not "
+                         f"{type(outputs).__name__}") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise UsageError(f"outputs must be output names (strings), not {bad[0]!r}")
+    return names
+
+
 @checks_flags
 def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
-            input_shapes: Optional[Dict[str, tuple]] = None) -> NormalizedModel:
+            input_shapes: Optional[Dict[str, tuple]] = None,
+            outputs: Optional[Sequence[str]] = None) -> NormalizedModel:
     """Load and normalize a DNN (raises clear errors for unsupported graphs, and for a model
     that is already spiking). ``pool_first``: move each max pool that reads an activation
     ahead of it (the same DNN; the spiking layer then fires on the pooled map; see
     docs/FORMAT.md). ``input_shapes`` ({input: per-sample shape}): the inputs' free non-batch
     dimensions get those sizes first (:func:`pin_inputs`; a model given as a ModelProto is
-    pinned while it is read and then put back as it was)."""
+    pinned while it is read and then put back as it was). ``outputs``: the graph outputs to
+    keep, with the nodes that compute them (None: all; the model itself is not changed)."""
     from .calibrate import quiet_onnxruntime
+    outputs = _output_names(outputs)
     quiet_onnxruntime()   # normalization's constant folding runs onnxruntime sessions too
     if isinstance(model, onnx.ModelProto):
         _refuse_spiking(model, model.graph.name or "model")
         if input_shapes:
             _check_input_shapes(model, input_shapes)
         if not (input_shapes and free_input_dims(model)):
-            return normalize(model, pool_first=pool_first)
+            return normalize(model, pool_first=pool_first, outputs=outputs)
         # pinned in place for the normalization (which copies what it keeps) and put back:
         # a copy of the whole ModelProto would hold its weights twice
         saved = [onnx.ValueInfoProto() for _ in model.graph.input]
@@ -408,7 +427,7 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
             keep.CopyFrom(vi)
         try:
             pins = pin_inputs(model, input_shapes)
-            nm = normalize(model, pool_first=pool_first)
+            nm = normalize(model, pool_first=pool_first, outputs=outputs)
         finally:
             for keep, vi in zip(saved, model.graph.input):
                 vi.CopyFrom(keep)
@@ -424,7 +443,7 @@ def prepare(model: Union[PathLike, onnx.ModelProto], pool_first: bool = False,
     if input_shapes:
         _check_input_shapes(loaded.model, input_shapes)
     pins = pin_inputs(loaded.model, input_shapes) if input_shapes else []
-    nm = normalize(loaded.model, where=path, pool_first=pool_first)
+    nm = normalize(loaded.model, where=path, pool_first=pool_first, outputs=outputs)
     nm.notes[:0] = pins
     nm.source_path = path
     nm.source_sha256 = loaded.sha256
@@ -836,7 +855,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             batch_size: Optional[int] = None, sample_size: int = DEFAULT_SAMPLE_SIZE,
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
-            pool_first: bool = False, **options) -> SpikingModel:
+            pool_first: bool = False, outputs: Optional[Sequence[str]] = None,
+            **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -851,7 +871,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     (and carried over), else raw [0, 1] pixels with a warning (and recorded as such). Arrays
     are taken as already preprocessed: ``mean``/``std`` with them is a UsageError.
     Bad values (``timesteps=2.7``, a search grid past the limits above) raise UsageError
-    before any work. ``pool_first``: see :func:`prepare`.
+    before any work. ``pool_first``, ``outputs`` (the DNN's outputs to keep, e.g. the
+    logits of an export that also exposes intermediate tensors): see :func:`prepare`.
     """
     timesteps = check_timesteps(timesteps)
     if method not in METHODS:
@@ -871,7 +892,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     calib_samples = check_count(calib_samples, "calib_samples", allow_none=True)
     seed = check_seed(seed)
     try:
-        nm = prepare(model, pool_first=pool_first)
+        nm = prepare(model, pool_first=pool_first, outputs=outputs)
     except UnsupportedModelError as refused:
         # a model refused with free spatial dimensions (a resize to another tensor's
         # dynamic size, say) may convert at the calibration data's shape, which its spiking
@@ -880,7 +901,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         if not shapes:
             raise
         try:
-            nm = prepare(model, pool_first=pool_first, input_shapes=shapes)
+            nm = prepare(model, pool_first=pool_first, input_shapes=shapes, outputs=outputs)
         except UnsupportedModelError as pinned:
             if str(pinned) == str(refused):
                 raise refused from None

@@ -849,3 +849,33 @@ def test_one_models_warnings_are_logged_once_over_several_builds(caplog):
             snn = onnx_snn.build(nm, cal, T, "datta")
             assert any("plain ReLU" in n for n in snn.report["notes"])    # still in each report
     assert sum("plain ReLU" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_convert_outputs_keeps_the_named_ones(files):
+    """--outputs: an export that also exposes an intermediate tensor (here the Min of a
+    clamp, as tf2onnx's from_function does) converts with only its logits kept; a name the
+    model lacks is a usage error that lists the ones it has, before anything is written."""
+    b = B.GraphBuilder(13)
+    lo = b.node("Min", [b.conv("input", 1, 4), b.const(np.array(6, np.float32))])
+    r = b.node("Max", [lo, b.const(np.array(0, np.float32))])
+    logits = b.gemm(b.node("Flatten", [r]), 4 * 144, 10)
+    m = b.model("input", logits, (1, 12, 12), 10)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(lo, onnx.TensorProto.FLOAT,
+                                                             ["N", 4, 12, 12]))
+    src = files / "exposed.onnx"
+    src.write_bytes(m.SerializeToString())
+    before = src.read_bytes()
+    out = files / "exposed.snn.onnx"
+    p = run_cli("convert", str(src), "--calib", str(files / "calib.npy"), "-T", "2", "-o", str(out))
+    assert_clean_error(p, 4, "also a graph output", "--outputs")
+    p = run_cli("convert", str(src), "--calib", str(files / "calib.npy"), "-T", "2", "-o", str(out),
+                "--outputs", "nope")
+    assert_clean_error(p, 2, "'nope' is not an output", logits, lo)
+    assert not out.exists()
+    p = run_cli("convert", str(src), "--calib", str(files / "calib.npy"), "-T", "2", "-o", str(out),
+                "--outputs", logits)
+    assert p.returncode == 0, p.stderr
+    assert "--outputs: kept" in p.stderr
+    names = [o.name for o in onnx.load(str(out)).graph.output]
+    assert names[0] == logits and lo not in names and all(n.endswith(".spikes") for n in names[1:])
+    assert src.read_bytes() == before

@@ -325,8 +325,52 @@ def test_a_clip_split_by_an_extra_output_says_so(exposed):
     want = "also a graph output" if exposed == "output" else r"also read by .*\(Transpose\)"
     with pytest.raises(UnsupportedModelError, match=want + ".*only its real outputs"):
         normalize(m)
+    kept = normalize(m, outputs=[logits])  # or kept alone by --outputs, the model unchanged
+    assert len(kept.sites) == 1 and [o.name for o in kept.model.graph.output] == [logits]
+    assert any(n.startswith("--outputs: kept") for n in kept.notes)
+    assert len(m.graph.output) == 2
     del m.graph.output[1:]               # its real output alone: the pair is one activation
     assert len(normalize(m).sites) == 1
+
+
+def _two_heads(big: bool = False) -> tuple:
+    """conv - clip - FC logits, and a second head (an FC, 8192 x 10 weights with ``big``,
+    which the skeleton leaves out) that only the second output reads."""
+    b = B.GraphBuilder(13)
+    a = b.node("Clip", [b.conv("input", 1, 4), b.const(np.array(0, np.float32)),
+                        b.const(np.array(1, np.float32))])
+    flat = b.node("Flatten", [a])
+    logits = b.gemm(flat, 4 * 144, 10)
+    m = b.model("input", logits, (1, 12, 12), 10)
+    w = np.random.default_rng(0).standard_normal((4 * 144, 3000 if big else 3)).astype(np.float32)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(w, "side.w"))
+    m.graph.node.append(h.make_node("MatMul", [flat, "side.w"], ["side"], name="side"))
+    m.graph.output.append(h.make_tensor_value_info("side", onnx.TensorProto.FLOAT, ["N", w.shape[1]]))
+    return m, logits
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_outputs_keeps_the_named_ones_and_the_layers_they_need(big):
+    m, logits = _two_heads(big)
+    nm = normalize(m, outputs=[logits])
+    assert [o.name for o in nm.model.graph.output] == [logits]
+    assert "side" not in {n.name for n in nm.model.graph.node}
+    assert "side.w" not in {i.name for i in nm.model.graph.initializer}
+    both = normalize(m, outputs=["side", logits])          # in the order given
+    assert [o.name for o in both.model.graph.output] == ["side", logits]
+    assert [o.name for o in m.graph.output] == [logits, "side"]     # the model as it was
+
+
+@pytest.mark.parametrize("names, why", [(["nope"], "'nope' is not an output of .*its outputs are: "),
+                                        (["a", "b"], "are not outputs"),
+                                        ([], "name at least one"),
+                                        (["LOGITS", "LOGITS"], "each output once")])
+def test_outputs_that_the_model_does_not_have_are_a_usage_error(names, why):
+    from onnx_snn.errors import UsageError
+    m, logits = _two_heads()
+    names = [logits if n == "LOGITS" else n for n in names]
+    with pytest.raises(UsageError, match=why):
+        normalize(m, outputs=names)
 
 
 def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_output():
@@ -1428,3 +1472,15 @@ def test_fitting_shape_annotations_are_kept_for_folding():
     assert ops(nm.model).count("Shape") == 1       # the second chain folded
     x = rng.random((8, 1, 12, 12)).astype(np.float32)
     np.testing.assert_allclose(run(m, x).outputs[0], run(nm.model, x).outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_convert_takes_outputs_as_a_name_or_a_list_and_checks_them():
+    from onnx_snn.errors import UsageError
+    m, logits = _two_heads()
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(m, x, 2, "datta", outputs=logits, show_progress=False)
+    assert snn.model.graph.output[0].name == logits
+    assert "side" not in {o.name for o in snn.model.graph.output}
+    for bad, why in ((3, "not int"), ([logits, 3], "not 3")):
+        with pytest.raises(UsageError, match=why):
+            onnx_snn.convert(m, x, 2, "datta", outputs=bad, show_progress=False)

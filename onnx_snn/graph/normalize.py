@@ -306,10 +306,11 @@ PIPELINE: tuple = (
 
 
 def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = None,
-              pool_first: bool = False) -> NormalizedModel:
+              pool_first: bool = False, outputs: Optional[List[str]] = None) -> NormalizedModel:
     """Load (if a path) and normalize ``model`` into a :class:`NormalizedModel`.
     ``pool_first``: move each max pool that reads an activation ahead of it
-    (:func:`.canonical.pool_before_sites`; the same DNN)."""
+    (:func:`.canonical.pool_before_sites`; the same DNN). ``outputs``: the graph outputs to
+    keep (:func:`select_outputs`; None: all)."""
     notes: List[str] = []
     sha = path = None
     external = False
@@ -330,6 +331,8 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     sk = skeleton.split(model, verify=True)
     check_model(model, where, sk)
     check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
+    if outputs is not None:
+        select_outputs(sk.model, outputs, where, notes)
     meta = {p.key: p.value for p in model.metadata_props}
     sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
@@ -343,6 +346,41 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
     nm.external_data = external
     return nm
+
+
+def select_outputs(model: onnx.ModelProto, names: List[str], where: str, notes: List[str]) -> None:
+    """Keep only the graph outputs ``names`` of ``model`` (in that order) and the nodes that
+    compute them, in place (on the weightless skeleton). Exporters that make intermediate
+    tensors outputs (tf2onnx's ``from_function``, a debugging export) otherwise keep layers
+    alive that the converter must refuse or cannot pair (a clamp's Min as an output of its
+    own); an unknown or repeated name is a UsageError listing the outputs there are."""
+    from ..errors import UsageError
+    from . import walk
+    have = [o.name for o in model.graph.output]
+    names = list(names)
+    if not names:
+        raise UsageError(f"--outputs: name at least one of {where}'s outputs: {', '.join(have)}")
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise UsageError(f"--outputs: {', '.join(repr(n) for n in unknown)} "
+                         f"{'is not an output' if len(unknown) == 1 else 'are not outputs'} of "
+                         f"{where}; its outputs are: {', '.join(have)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--outputs: each output once, not {', '.join(names)}")
+    if names == have:
+        return
+    by_name = {o.name: o for o in model.graph.output}
+    kept = [onnx.ValueInfoProto() for _ in names]
+    for k, n in zip(kept, names):
+        k.CopyFrom(by_name[n])
+    nodes = walk.prune(list(model.graph.node), names)
+    dropped = len(model.graph.node) - len(nodes)
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
+                 f"({dropped} node(s) computed only the others)")
 
 
 def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:

@@ -195,7 +195,9 @@ def _split_pair_hint(graph: gs.Graph, node: gs.Node) -> str:
         fix = "if that leads to an extra output of the export, export the model"
     return (f". Its output '{out.name}' is {also}, so the {after[0].op} after it "
             f"('{after[0].name}') is not taken with it as one activation: {fix} with only "
-            "its real outputs (tf2onnx: --outputs, or output_names with from_function)")
+            "its real outputs (tf2onnx: --outputs, or output_names with from_function), "
+            "or keep them here with `onnx-snn convert --outputs NAME` (convert(..., "
+            "outputs=[NAME]))")
 
 
 def _shifted(graph: gs.Graph, name: str, h: gs.Variable, y: gs.Variable, shift: float):
