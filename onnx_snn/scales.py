@@ -429,6 +429,50 @@ def _group_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 GAP_FRACTION = 0.5590169943749475
 
 
+#: currents closer than this (relative) are one value to the threshold placement: the same
+#: spike pattern gives currents a few float32 steps apart where the kernel sums in another
+#: order (another position in a batch, another runtime), and a threshold placed in such a
+#: "gap" lands on the currents themselves (an outside sweep: a third of the ResNets'
+#: refined conversions then fired differently in PyTorch and onnxruntime, 0.1-0.3 apart)
+SAME_CURRENT = 2.0 ** -14
+
+
+def _gap_candidates(pos: np.ndarray, qs: np.ndarray, timesteps: int) -> np.ndarray:
+    """One threshold per percentile ``qs`` of the sorted positive mean currents ``pos``: a
+    point inside a gap between neighbouring values (the widest among the nearest few), not
+    on a value, where a spike would depend on the last bit of the sum. Values closer than
+    ``SAME_CURRENT`` (relative) are one run of equal currents: no gap between them.
+
+    At T = 1 the midpoint of the gap; where the nearest values are one run, just below the
+    run (``SAME_CURRENT`` of its value, or half the gap to the next smaller value): its
+    neurons fire, as they did with the threshold on them. Over several steps not the
+    midpoint: with currents of a few discrete values (spike inputs), steps of b then a put
+    the membrane exactly on (a + b) / 2 (GAP_FRACTION); nor on a run, which made them all
+    ties: there, the gap below the run (to the next smaller value, or 0), so that its
+    neurons still fire at their first step."""
+    n = pos.size
+    d = np.diff(pos)
+    d = np.where(d > SAME_CURRENT * pos[1:], d, 0.0)          # within a run: no gap
+    new = np.concatenate([[True], d > 0])
+    run_of = np.cumsum(new) - 1                                # each value's run
+    first = np.flatnonzero(new)
+    runs_lo = pos[first]                                       # each run's smallest value
+    runs_hi = pos[np.concatenate([first[1:] - 1, [n - 1]])]    # and its largest
+    idx = np.minimum((qs / 100.0 * (n - 1)).astype(np.int64), n - 2)
+    near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, n - 2)
+    gap = d[near]
+    best = near[np.arange(idx.size), np.argmax(gap, axis=1)]
+    on_run = gap.max(axis=1) <= 0                   # the nearest values are all one run
+    r = run_of[best]
+    lo, hi = runs_hi[r], runs_lo[np.minimum(run_of[best + 1], runs_lo.size - 1)]
+    prev = np.where(r >= 1, runs_hi[np.maximum(r - 1, 0)], 0.0)   # the next smaller value
+    if timesteps == 1:
+        under = runs_lo[r] - np.minimum(SAME_CURRENT * runs_lo[r], 0.5 * (runs_lo[r] - prev))
+        return np.where(on_run, under, 0.5 * (lo + hi))
+    lo, hi = np.where(on_run, prev, lo), np.where(on_run, runs_lo[r], hi)
+    return lo + GAP_FRACTION * (hi - lo)
+
+
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                     config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
                     n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
@@ -472,28 +516,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         pos = np.sort(xm[s0:s0 + m])
         pos = pos[pos > 0]
         if pos.size >= 2 and m >= min_group:
-            # a point inside a gap between neighbouring sample values (the widest among the
-            # nearest few): a threshold that sits exactly on a calibration current would make
-            # the spike depend on the last bit of the sum
-            idx = np.minimum((qs / 100.0 * (pos.size - 1)).astype(np.int64), pos.size - 2)
-            near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, pos.size - 2)
-            gap = pos[near + 1] - pos[near]
-            idx = near[np.arange(idx.size), np.argmax(gap, axis=1)]
-            lo, hi = pos[idx], pos[idx + 1]
-            if timesteps == 1:     # the midpoint (on a run of equal currents: on them)
-                p = 0.5 * (lo + hi) / mu
-            else:
-                # over several steps, not the midpoint: with currents of a few discrete
-                # values (spike inputs), steps of b then a put the membrane exactly on
-                # (a + b) / 2, and the two runtimes' last bits decided the spike
-                # (GAP_FRACTION); nor on a run of equal currents, which made them all ties:
-                # there, the gap below the run (to the next smaller distinct value, or 0),
-                # so that its neurons still fire at their first step
-                run = hi <= lo
-                down = np.searchsorted(pos, lo, side="left") - 1
-                below = np.where(down >= 0, pos[np.maximum(down, 0)], 0.0)
-                lo, hi = np.where(run, below, lo), np.where(run, pos[idx], hi)
-                p = (lo + GAP_FRACTION * (hi - lo)) / mu
+            p = _gap_candidates(pos, qs, timesteps) / mu
             p = np.where((p > 0) & (p <= 1.0), p, 1.0)
         else:  # too few: the layer's candidates, padded
             p = np.resize(layer, qs.size)

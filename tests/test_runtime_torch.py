@@ -657,7 +657,9 @@ def test_cli_loss_choices_are_the_finetuners():
 
 def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_path):
     """float64, float16, integer pixels and numpy arrays run as the float32 the graph
-    computes in (a raw dtype error before); None, lists and an empty batch are DataErrors;
+    computes in (a raw dtype error before); None, lists and an empty batch are DataErrors,
+    and so are NaN/Inf values (a NaN current fires no spike: the output would look like any
+    other; onnxruntime's runner checks its feeds alike);
     a T that is not a whole number in range is refused, also when writing the model back."""
     from onnx_snn.errors import DataError, UsageError
     x = B.rand_input(4)
@@ -669,6 +671,11 @@ def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_pa
             assert torch.equal(net(v), want)                       # a nested list too
         for bad in (None, [1, 2], x[:0], [[1.0, 2.0], [3.0]], [["a"]]):
             with pytest.raises(DataError):
+                net(bad)
+        nan = x.copy()
+        nan[2, 0, 3, 3] = np.nan
+        for bad in (nan, nan.tolist(), torch.from_numpy(nan)):  # as onnxruntime's feeds are
+            with pytest.raises(DataError, match="1 NaN/Inf values, the first in sample 2"):
                 net(bad)
         for T in (0, 2.5, "2", True):
             with pytest.raises(UsageError):
