@@ -384,6 +384,10 @@ def _check_input_shapes(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) 
                              "sizes for its free dimensions only, or none")
 
 
+#: above this T, ``refined`` warns that it will be slow (and what converts fast)
+SLOW_REFINE_TIMESTEPS = 8
+
+
 def _output_names(outputs) -> Optional[List[str]]:
     """``outputs`` (a name or a sequence of names; None: all) as a list, checked."""
     if outputs is None:
@@ -884,6 +888,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     if method == REFINED and not cfg.sequential:
         cfg = dataclasses.replace(cfg, sequential=True)
     check_search_limits(cfg, timesteps, method)
+    if method == REFINED and timesteps > SLOW_REFINE_TIMESTEPS:
+        log.warning("refined at T=%d: the refinement simulates every step of every layer, and "
+                    "its search grows with T (a small MobileNet: 3 s at T=2, 2 min at T=16); "
+                    "at this many steps the rate code alone comes close to the DNN: "
+                    "--method max or datta converts in seconds", timesteps)
     asked = batch_size is not None        # (None: the default, DEFAULT_BATCH_SIZE)
     batch_size = check_count(DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                              "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")

@@ -1484,3 +1484,29 @@ def test_convert_takes_outputs_as_a_name_or_a_list_and_checks_them():
     for bad, why in ((3, "not int"), ([logits, 3], "not 3")):
         with pytest.raises(UsageError, match=why):
             onnx_snn.convert(m, x, 2, "datta", outputs=bad, show_progress=False)
+
+
+def test_a_recurrent_layer_and_a_gate_are_refused_saying_what_to_do():
+    """An LSTM (or GRU, RNN) is named a recurrent layer with a way out; a squeeze-and-
+    excitation gate whose activation is already a ReLU6 (x * relu6(fc(pool(x)))) is named
+    as the gate it is, to be removed from the DNN (both said only "not supported" or
+    "multiplies two data tensors")."""
+    b = B.GraphBuilder(13)
+    a = b.act(b.conv("input", 1, 4), "clip", 6.0)
+    seq = b.node("Reshape", [a, b.const(np.array([0, 4, 144], np.int64))])
+    x = b.node("Transpose", [seq], perm=[2, 0, 1])                       # [144, N, 4]
+    rng = np.random.default_rng(0)
+    y = b.node("LSTM", [x, b.const(rng.standard_normal((1, 32, 4)).astype(np.float32)),
+                        b.const(rng.standard_normal((1, 32, 8)).astype(np.float32))],
+               hidden_size=8)
+    m = b.model("input", b.gemm(b.node("Flatten", [b.node("ReduceMean", [y], axes=[0], keepdims=0)]),
+                                8, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(LSTM\).*recurrent layer.*Conv1d"):
+        normalize(m)
+    b = B.GraphBuilder(13)
+    a = b.act(b.conv("input", 1, 4), "clip", 6.0)
+    gate = b.act(b.conv(b.node("GlobalAveragePool", [a]), 4, 4, k=1, pad=0), "clip", 6.0)
+    y = b.node("Mul", [a, gate])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Mul\).*squeeze-and-excitation.*retrain"):
+        normalize(m)

@@ -440,3 +440,17 @@ def test_a_site_that_reads_the_graph_input_is_refined(idiom, opset):
         snn = onnx_snn.convert(model, data, timesteps=2, method=method, show_progress=False)
         assert len(F.read_info(snn.model).sites) == 2
         assert np.all(np.isfinite(run(snn.model, data).outputs[0]))
+
+
+def test_refined_at_many_steps_warns_that_it_is_slow_and_what_is_fast(caplog):
+    """refined's search grows with T (an outside sweep: 2 min at T=16, over 10 at T=64, with
+    no word): above SLOW_REFINE_TIMESTEPS it says so and names the fast methods; not below."""
+    import logging
+    from onnx_snn.convert import SLOW_REFINE_TIMESTEPS
+    x = B.rand_input(16)
+    for T, warned in ((SLOW_REFINE_TIMESTEPS, False), (SLOW_REFINE_TIMESTEPS + 1, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            onnx_snn.convert(B.vgg(13, "clip"), x, T, "refined", show_progress=False)
+        said = any("--method max or datta" in r.getMessage() for r in caplog.records)
+        assert said == warned, T

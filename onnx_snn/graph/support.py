@@ -46,7 +46,8 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "Where-ReLU and LeakyRelu(0)")
 #: what to do about an activation the spiking neuron cannot express
 _ACTIVATION_FIX = ("the neurons compute ReLUs and clipped ReLUs only, so replace it in the DNN "
-                   "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU or Gelu by a ReLU or ReLU6, a layer or "
+                   "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU, Gelu, HardSwish or HardSigmoid by "
+                   "a ReLU or ReLU6, a layer or "
                    "instance normalization by BatchNormalization) and fine-tune it briefly "
                    "before converting")
 
@@ -111,10 +112,14 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
         if dtype != np.float32:
             raise UnsupportedModelError(
                 f"graph input '{t.name}' is {t.dtype}; only float32 inputs are supported, and "
-                "raw uint8 pixels that the graph casts to float32 first")
+                "raw uint8 pixels that the graph casts to float32 first: re-export the model "
+                "with a float32 input")
 
 
-_BILINEAR_WHY = "multiplies or divides two data tensors, which is not linear in the spikes"
+_BILINEAR_WHY = ("multiplies or divides two data tensors, which is not linear in the spikes "
+                 "(an attention product; a gate such as squeeze-and-excitation's x * "
+                 "sigmoid(...), which stays one after its activation is replaced; a "
+                 "normalization's division): retrain the DNN without that part")
 
 def _reduces_channels(node: gs.Node) -> bool:
     """Whether a reduction takes axis 1 (the channels) or every axis (no axes given)."""
@@ -138,6 +143,10 @@ _UNSUPPORTED_HINTS = {
                "by a MaxPool or AveragePool in the DNN and fine-tune"),
     "GlobalLpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes; replace "
                      "it by a GlobalMaxPool or GlobalAveragePool in the DNN and fine-tune"),
+    **{op: ("a recurrent layer (sigmoid and tanh gates carried across the sequence) has no "
+            "integrate-and-fire form; model the sequence with convolutions over its axis "
+            "(Conv1d) and ReLUs in the DNN, or convert only the part before it")
+       for op in ("LSTM", "GRU", "RNN")},
 }
 
 #: comparisons of the data (a mask, a step) that no pass read as a ReLU written with a mask
