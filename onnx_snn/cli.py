@@ -72,8 +72,9 @@ architectures), about 1.4x faster in onnxruntime (docs/MEASUREMENTS.md). It runs
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 
---unit-thresholds writes a faster form (0.38-0.44x the DNN's images/s in onnxruntime at
-T=2 on the README's networks, one thread, against 0.32-0.36x; 0.40-0.45x after --pool-first): each layer rescaled to thresholds of 1,
+--unit-thresholds writes a faster form (0.37-0.38x the DNN's images/s in onnxruntime at
+T=2 on the README's networks, one thread, against 0.26-0.28x for the plain deploy graph;
+0.40-0.41x after --pool-first; 3.0-3.1x SpikingJelly's): each layer rescaled to thresholds of 1,
 the spike amplitudes folded into the weights, and each neuron written as ops that onnxruntime
 keeps in its blocked convolution layout. Its spikes are the model's in real arithmetic; float
 rounding of the rescaled weights can flip a neuron within about 2e-7 of its threshold.
