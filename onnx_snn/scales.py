@@ -440,36 +440,36 @@ SAME_CURRENT = 2.0 ** -14
 def _gap_candidates(pos: np.ndarray, qs: np.ndarray, timesteps: int) -> np.ndarray:
     """One threshold per percentile ``qs`` of the sorted positive mean currents ``pos``: a
     point inside a gap between neighbouring values (the widest among the nearest few), not
-    on a value, where a spike would depend on the last bit of the sum. Values closer than
-    ``SAME_CURRENT`` (relative) are one run of equal currents: no gap between them.
+    on a value, where a spike would depend on the last bit of the sum. A gap narrower than
+    ``SAME_CURRENT`` (relative) is none: the values either side of it may be one current.
 
-    At T = 1 the midpoint of the gap; where the nearest values are one run, just below the
-    run (``SAME_CURRENT`` of its value, or half the gap to the next smaller value): its
-    neurons fire, as they did with the threshold on them. Over several steps not the
-    midpoint: with currents of a few discrete values (spike inputs), steps of b then a put
-    the membrane exactly on (a + b) / 2 (GAP_FRACTION); nor on a run, which made them all
-    ties: there, the gap below the run (to the next smaller value, or 0), so that its
-    neurons still fire at their first step."""
+    Where the nearest values leave no gap (a run of equal currents, or dense ones), the
+    values within ``SAME_CURRENT`` of the percentile's value are taken as one run, and the
+    threshold goes below it: at T = 1 just below (``SAME_CURRENT`` of its lowest value, or
+    half the gap to the next smaller value), so that the run's neurons fire as they did
+    with the threshold on them; over several steps into the gap below the run, as between
+    values. Over several steps never at a gap's midpoint: with currents of a few discrete
+    values (spike inputs), steps of b then a put the membrane exactly on (a + b) / 2
+    (GAP_FRACTION)."""
     n = pos.size
     d = np.diff(pos)
-    d = np.where(d > SAME_CURRENT * pos[1:], d, 0.0)          # within a run: no gap
-    new = np.concatenate([[True], d > 0])
-    run_of = np.cumsum(new) - 1                                # each value's run
-    first = np.flatnonzero(new)
-    runs_lo = pos[first]                                       # each run's smallest value
-    runs_hi = pos[np.concatenate([first[1:] - 1, [n - 1]])]    # and its largest
+    d = np.where(d > SAME_CURRENT * pos[1:], d, 0.0)          # too narrow: no gap
     idx = np.minimum((qs / 100.0 * (n - 1)).astype(np.int64), n - 2)
     near = np.clip(idx[:, None] + np.arange(-2, 3)[None, :], 0, n - 2)
     gap = d[near]
     best = near[np.arange(idx.size), np.argmax(gap, axis=1)]
-    on_run = gap.max(axis=1) <= 0                   # the nearest values are all one run
-    r = run_of[best]
-    lo, hi = runs_hi[r], runs_lo[np.minimum(run_of[best + 1], runs_lo.size - 1)]
-    prev = np.where(r >= 1, runs_hi[np.maximum(r - 1, 0)], 0.0)   # the next smaller value
+    on_run = gap.max(axis=1) <= 0
+    lo, hi = pos[best], pos[best + 1]
+    # the run around the percentile's value: from its lowest value within SAME_CURRENT
+    # (measured from the value itself, not chained from neighbour to neighbour)
+    v = pos[idx]
+    bottom = np.searchsorted(pos, v * (1.0 - SAME_CURRENT), side="left")
+    run_lo = pos[bottom]
+    below = np.where(bottom > 0, pos[np.maximum(bottom - 1, 0)], 0.0)
     if timesteps == 1:
-        under = runs_lo[r] - np.minimum(SAME_CURRENT * runs_lo[r], 0.5 * (runs_lo[r] - prev))
+        under = run_lo - np.minimum(SAME_CURRENT * run_lo, 0.5 * (run_lo - below))
         return np.where(on_run, under, 0.5 * (lo + hi))
-    lo, hi = np.where(on_run, prev, lo), np.where(on_run, runs_lo[r], hi)
+    lo, hi = np.where(on_run, below, lo), np.where(on_run, run_lo, hi)
     return lo + GAP_FRACTION * (hi - lo)
 
 

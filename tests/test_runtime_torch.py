@@ -674,7 +674,9 @@ def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_pa
                 net(bad)
         nan = x.copy()
         nan[2, 0, 3, 3] = np.nan
-        for bad in (nan, nan.tolist(), torch.from_numpy(nan)):  # as onnxruntime's feeds are
+        huge = x.astype(np.float64)
+        huge[2, 0, 3, 3] = 1e39                 # finite in float64, Inf in float32
+        for bad in (nan, nan.tolist(), torch.from_numpy(nan), huge):  # as onnxruntime's are
             with pytest.raises(DataError, match="1 NaN/Inf values, the first in sample 2"):
                 net(bad)
         for T in (0, 2.5, "2", True):

@@ -464,3 +464,25 @@ def test_exact_ties_of_two_summed_sites_still_fire(T):
         snn = B.converted(model, x, T, method)[2]
         _same_spikes(snn.model, x2)
         _same_spikes(snn.step_model(), x2)
+
+
+def test_a_start_or_offset_goes_into_a_bias_only_per_channel_and_never_into_an_output():
+    """per_channel reads a value per channel only where it is one (a scalar, or [C, 1, ...]
+    of the site's rank: broadcasting aligns the right, so a [C, 1] value of a [C, H, W]
+    site runs along H); summed_convolution takes no convolution whose output is exposed."""
+    from onnx_snn.spiking.unit_thresholds import per_channel, summed_convolution
+    np.testing.assert_array_equal(per_channel(np.float32(2), 3, 3), [2, 2, 2])
+    np.testing.assert_array_equal(per_channel(np.arange(3.0).reshape(3, 1, 1), 3, 3), [0, 1, 2])
+    assert per_channel(np.arange(3.0).reshape(3, 1), 3, 3) is None        # along H
+    assert per_channel(np.arange(3.0), 3, 3) is None                      # along W
+    assert per_channel(np.ones((3, 2, 2)), 3, 3) is None                  # per neuron
+    np.testing.assert_array_equal(per_channel(np.arange(3.0), 3, 1), [0, 1, 2])   # a Gemm site
+    conv = helper.make_node("Conv", ["s", "w", "b"], ["c"], name="conv")
+    add = helper.make_node("Add", ["c", "short"], ["x"], name="sum")
+    inits = {"b": onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b")}
+    producers = {"c": conv, "x": add}
+    readers = {"c": 1, "x": 1, "b": 1}
+    assert summed_convolution("x", producers, readers, inits) is conv
+    assert summed_convolution("x", producers, readers, inits, outputs={"c"}) is None
+    assert summed_convolution("x", producers, {**readers, "b": 2}, inits) is None   # shared bias
+    assert summed_convolution("x", producers, {**readers, "c": 2}, inits) is None   # read twice

@@ -80,6 +80,7 @@ class _Unroller:
         self.body = list(view.body) + (list(view.counters) if spike_counts else [])
         self.made = {o for n in self.body for o in n.output if o}
         self.body_producers = {o: n for n in self.body for o in n.output if o}
+        self.step_outputs = set(view.step_outputs.values()) | set(view.step_outputs)
         self.body_readers: Dict[str, int] = {}
         for n in self.body:
             for i in n.input:
@@ -163,7 +164,8 @@ class _Unroller:
         (``acc + (bias + start)`` against ``(acc + bias) + start``; docs/FORMAT.md)."""
         this_step = x in self.made         # else computed once for all steps
         if this_step:    # this step's copy of the Conv (or of one that an Add or Sum adds)
-            body = summed_convolution(x, self.body_producers, self.body_readers, self.inits)
+            body = summed_convolution(x, self.body_producers, self.body_readers, self.inits,
+                                      self.step_outputs)
             made = ren.get(body.output[0]) if body is not None else None
             conv = next((n for n in reversed(self.nodes) if made in n.output), None)
         else:
@@ -173,11 +175,11 @@ class _Unroller:
                 conv = None
         if conv is None:
             return None
-        bias = self.value(conv.input[2])
-        channels = per_channel(start, bias.shape[0]) if bias.ndim == 1 else None
+        bias, w = self.value(conv.input[2]), self.value(conv.input[1])
+        channels = per_channel(start, bias.shape[0], w.ndim - 1) \
+            if bias.ndim == 1 and w is not None else None
         if channels is None:
             return None
-        w = self.value(conv.input[1])
         if not this_step and self.T > 1 and (w is None or w[0].size > DUPLICATE_CONV_MAX_MACS):
             return None
         new_bias = self.constant(pre + "bias_start",

@@ -326,26 +326,29 @@ def _shift(m: onnx.ModelProto, p: _Step, inits) -> None:
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
 
 
-def per_channel(value: np.ndarray, channels: int) -> Optional[np.ndarray]:
-    """``value`` (a scalar or a [C, 1, ...] tensor that broadcasts to a site of C channels)
-    as one float64 per channel, or None where it differs within a channel."""
+def per_channel(value: np.ndarray, channels: int, rank: int) -> Optional[np.ndarray]:
+    """``value`` (a scalar, or a [C, 1, ...] tensor of the site's ``rank`` that broadcasts
+    to a site of C channels) as one float64 per channel, or None where it differs within a
+    channel or lies along another axis (broadcasting aligns the right: a [C, 1] value of a
+    [C, H, W] site runs along H)."""
     a = np.asarray(value, np.float64)
     if a.size == 1:
         return np.full(channels, float(a.reshape(())))
-    if a.ndim >= 1 and a.shape[0] == channels and all(d == 1 for d in a.shape[1:]):
+    if a.ndim == rank and a.shape[0] == channels and all(d == 1 for d in a.shape[1:]):
         return a.reshape(channels)
     return None
 
 
 def summed_convolution(x: str, producers: Dict[str, onnx.NodeProto], readers: Dict[str, int],
-                       inits) -> Optional[onnx.NodeProto]:
+                       inits, outputs=()) -> Optional[onnx.NodeProto]:
     """The convolution whose bias can take a per-channel constant added to ``x``: the Conv
     computing ``x``, or one computing an operand of the ``Add``/``Sum`` that computes ``x``
-    (a residual block's last layer), read by nothing else; its bias a [C] initializer of
-    its own. None where there is none."""
+    (a residual block's last layer), read by nothing else and not an output (``outputs``);
+    its bias a [C] initializer of its own. None where there is none."""
     def own_conv(name: str) -> Optional[onnx.NodeProto]:
         n = producers.get(name)
         if n is None or n.op_type != "Conv" or n.domain not in ("", "ai.onnx") \
+                or name in outputs \
                 or readers.get(name, 0) != 1 or len(n.input) < 3 or n.input[2] not in inits \
                 or readers.get(n.input[2], 0) != 1 or len(inits[n.input[2]].dims) != 1:
             return None
@@ -354,7 +357,7 @@ def summed_convolution(x: str, producers: Dict[str, onnx.NodeProto], readers: Di
     if conv is not None:
         return conv
     n = producers.get(x)
-    if n is None or n.op_type not in ("Add", "Sum") or readers.get(x, 0) != 1:
+    if n is None or n.op_type not in ("Add", "Sum") or readers.get(x, 0) != 1 or x in outputs:
         return None
     return next((c for c in map(own_conv, n.input) if c is not None), None)
 
@@ -385,12 +388,13 @@ def offsets_into_biases(m: onnx.ModelProto) -> List[str]:
                 or add.input[1] not in inits or add.output[0] in outputs \
                 or readers.get(add.output[0], 0) != 1 or add.input[0] in outputs:
             continue
-        conv = summed_convolution(add.input[0], producers, readers, inits)
-        if conv is None:
+        conv = summed_convolution(add.input[0], producers, readers, inits, outputs)
+        if conv is None or conv.input[1] not in inits:
             continue
         bias = inits[conv.input[2]]
         b = numpy_helper.to_array(bias)
-        off = per_channel(numpy_helper.to_array(inits[add.input[1]]), b.shape[0])
+        off = per_channel(numpy_helper.to_array(inits[add.input[1]]), b.shape[0],
+                          len(inits[conv.input[1]].dims) - 1)
         if off is None:
             continue
         bias.CopyFrom(numpy_helper.from_array((b.astype(np.float64) + off).astype(b.dtype),

@@ -243,11 +243,12 @@ def _input_tensor(name: str, v) -> torch.Tensor:
                         f"{type(v).__name__}{'' if not isinstance(v, torch.Tensor) else ' ' + str(v.dtype)}")
     if v.dim() == 0 or v.shape[0] == 0:
         raise DataError(f"input {name!r} has shape {list(v.shape)}: give a batch of at least one sample")
-    if v.device.type == "cpu" and (v.is_floating_point() or v.is_complex()):
+    if v.device.type == "cpu" and v.is_floating_point():
         # a NaN current fires no spike: the output would look like any other. Checked as
-        # onnxruntime's runner checks its feeds; on a GPU the check would make every forward
-        # wait for the device (fine-tuning checks its data before it starts)
-        ok = torch.isfinite(v.detach())
+        # onnxruntime's runner checks its feeds (in float32, which the network computes in:
+        # a float64 beyond its range is Inf there); on a GPU the check would make every
+        # forward wait for the device (fine-tuning checks its data before it starts)
+        ok = torch.isfinite(v.detach().float())
         if not bool(ok.all()):
             bad = int(ok.numel() - ok.sum())
             first = int((~ok.reshape(len(v), -1).all(dim=1)).nonzero()[0, 0])
