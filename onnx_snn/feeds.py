@@ -106,6 +106,10 @@ def _layout_hint(shape: tuple, dims: List[Optional[int]]) -> str:
                 "x.transpose(0, 2, 3, 1)")
     if all(w is not None for w in want) and int(np.prod(have)) == int(np.prod(want)) and have:
         return f"; it has as many values per sample: reshape it to {['N'] + list(want)}"
+    if all(w is not None for w in want) and want:
+        return (f"; the data is of other images or features than the model takes: give data "
+                f"of its shape (a .npy or .npz of {['N'] + list(want)}, or a dataset of that "
+                "size)")
     return ""
 
 
