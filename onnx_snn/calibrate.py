@@ -390,11 +390,10 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                              f"{', '.join(s.name for s in nm.sites)}")
     data_name = None
     if isinstance(x, (str, os.PathLike, Dataset)):
-        from .graph.inputs import input_scaling, scales_raw_pixels
+        from .graph.inputs import own_scaling
         ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
-                          take=(DEFAULT_CALIB_SAMPLES, seed), scaling=input_scaling(nm.model),
-                          raw_pixels=scales_raw_pixels(nm.model)).take(DEFAULT_CALIB_SAMPLES,
-                                                                       seed=seed)
+                          take=(DEFAULT_CALIB_SAMPLES, seed),
+                          **own_scaling(nm.model)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed
             nm.preprocess = ds.preprocess
         nm.source_metadata.update(remember_dataset(nm.source_metadata, x))   # (eval's default)

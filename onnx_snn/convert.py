@@ -30,7 +30,7 @@ from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
-from .graph.inputs import PIXELS_255, input_scaling, scales_raw_pixels
+from .graph.inputs import PIXELS_255, own_scaling
 from .graph.normalize import NormalizedModel, normalize
 from .model_io import PathLike, load, write_text_atomic
 from .scales import (DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, REFINED,
@@ -918,7 +918,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                                         f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
-                      scaling=input_scaling(nm.model), raw_pixels=scales_raw_pixels(nm.model))
+                      **own_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         recorded = nm.preprocess
         if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)

@@ -15,7 +15,7 @@ from . import json_text
 from .datasets import Dataset, array_like, check_inputs, check_labels, check_preprocess, image_folder_spec
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
-from .graph.inputs import PIXELS_255, input_scaling, scales_raw_pixels
+from .graph.inputs import PIXELS_255, own_scaling
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
@@ -257,8 +257,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),
                        data.preprocessed, data.preprocess, data.source_dtype)
-    scaling = None if runner.spiking else input_scaling(runner.model)
-    raw_pixels = None if runner.spiking else scales_raw_pixels(runner.model)
+    own = {} if runner.spiking else own_scaling(runner.model)   # (a DNN's own x / 255)
     folder = image_folder_spec(data, "test")
     plan = None
     if folder is not None:        # read in parts: a folder may hold more than memory does
@@ -267,7 +266,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     else:
         ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
                           download=download, specs=runner.specs, take=(limit, None),
-                          scaling=scaling, raw_pixels=raw_pixels)
+                          **own)
         if limit:
             ds = ds.take(limit)
         n = len(ds)
@@ -291,8 +290,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                          f"{DEFAULT_EVAL_BATCH}), so that a batch of this model holds at most "
                          f"about {_size(EVAL_BATCH_BYTES)} in onnxruntime; --batch-size sets it")
     parts = iter([ds]) if plan is None else \
-        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, scaling,
-                      raw_pixels)
+        _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, **own)
     ds = next(parts)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[0])

@@ -116,7 +116,10 @@ def input_scaling(model) -> Optional[str]:
     """How the model scales its (one, float) data input itself right away: the chain of
     constant Sub/Add/Mul/Div it applies first (``x / 255``, ``(x - mean) / std``), as
     'Sub, Div after input 'x''; None when it applies none."""
-    found = _scaling_chain(model)
+    return _scaling_text(_scaling_chain(model))
+
+
+def _scaling_text(found) -> Optional[str]:
     if not found or not found[1]:
         return None
     name, chain = found
@@ -140,7 +143,18 @@ def scales_raw_pixels(model) -> Optional[str]:
     input 'x' by 1/255"). None otherwise: no such chain, a larger gain, another range, a
     division of a constant by the data, a constant it cannot read, or an input of fewer than
     three axes (not an image: a table's features may be scaled by anything)."""
+    return _raw_pixels_why(model, _scaling_chain(model))
+
+
+def own_scaling(model) -> dict:
+    """What the model's own first scaling says about its inputs, read once, as
+    ``resolve_data``'s keywords: ``scaling`` (:func:`input_scaling`) and ``raw_pixels``
+    (:func:`scales_raw_pixels`)."""
     found = _scaling_chain(model)
+    return {"scaling": _scaling_text(found), "raw_pixels": _raw_pixels_why(model, found)}
+
+
+def _raw_pixels_why(model, found) -> Optional[str]:
     if not found or not found[1]:
         return None
     name, chain = found
@@ -175,4 +189,4 @@ def scales_raw_pixels(model) -> Optional[str]:
 
 
 __all__ = ["uint8_input_to_float", "PIXELS_255", "is_pixels_255", "input_scaling",
-           "scales_raw_pixels", "PIXELS_255_GAIN"]
+           "scales_raw_pixels", "own_scaling", "PIXELS_255_GAIN"]
