@@ -31,6 +31,7 @@ import copy
 import datetime as _dt
 import json
 import os
+from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -43,7 +44,7 @@ from ..graph import walk
 from . import format as fmt
 from . import rewrite
 from .neuron import POOL_OPS, neuron_nodes, pool_nodes
-from .unit_thresholds import per_channel, summed_convolution
+from .unit_thresholds import exposed, per_channel, summed_convolution
 
 _POOL_OP = {fn: op for op, fn in POOL_OPS.items()}    # SpikeMaxPool -> MaxPool
 #: the graph holds T copies of the time step
@@ -80,11 +81,8 @@ class _Unroller:
         self.body = list(view.body) + (list(view.counters) if spike_counts else [])
         self.made = {o for n in self.body for o in n.output if o}
         self.body_producers = {o: n for n in self.body for o in n.output if o}
-        self.step_outputs = set(view.step_outputs.values()) | set(view.step_outputs)
-        self.body_readers: Dict[str, int] = {}
-        for n in self.body:
-            for i in n.input:
-                self.body_readers[i] = self.body_readers.get(i, 0) + 1
+        self.exposed = exposed(view)
+        self.body_readers = Counter(i for n in self.body for i in n.input)
         self.nodes: List[onnx.NodeProto] = [copy.deepcopy(n) for n in view.hoisted]
         self.new_inits: List[onnx.TensorProto] = []
         self.states = {st.names.input: st for st in view.states}
@@ -165,7 +163,7 @@ class _Unroller:
         this_step = x in self.made         # else computed once for all steps
         if this_step:    # this step's copy of the Conv (or of one that an Add or Sum adds)
             body = summed_convolution(x, self.body_producers, self.body_readers, self.inits,
-                                      self.step_outputs)
+                                      self.exposed)
             made = ren.get(body.output[0]) if body is not None else None
             conv = next((n for n in reversed(self.nodes) if made in n.output), None)
         else:

@@ -20,6 +20,7 @@ and the report says why.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -96,8 +97,7 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False, inplace: 
             consumers.setdefault(i, []).append(n)
             uses[i] = uses.get(i, 0) + 1
     producers = {o: n for n in nodes for o in n.output}
-    outputs = set(view.step_outputs) | set(view.step_outputs.values()) | \
-        {o.name for o in m.graph.output}
+    outputs = exposed(view)
     inits = view.initializers
     result: Dict[str, str] = {}
     neurons = {fmt.site_of_neuron_node(n.name): n for n in view.body if fmt.is_neuron_node(n)}
@@ -326,6 +326,12 @@ def _shift(m: onnx.ModelProto, p: _Step, inits) -> None:
     t.CopyFrom(numpy_helper.from_array(out.astype(arr.dtype), t.name))
 
 
+def exposed(view: fmt.SpikingView) -> set:
+    """The tensors a spiking model exposes: its outputs, and the step's tensors they are."""
+    return set(view.step_outputs) | set(view.step_outputs.values()) | \
+        {o.name for o in view.model.graph.output}
+
+
 def per_channel(value: np.ndarray, channels: int, rank: int) -> Optional[np.ndarray]:
     """``value`` (a scalar, or a [C, 1, ...] tensor of the site's ``rank`` that broadcasts
     to a site of C channels) as one float64 per channel, or None where it differs within a
@@ -374,12 +380,8 @@ def offsets_into_biases(m: onnx.ModelProto) -> List[str]:
     inits = view.initializers
     nodes = walk.all_nodes(m.graph)
     producers = {o: n for n in nodes for o in n.output if o}
-    readers: Dict[str, int] = {}
-    for n in nodes:            # (nested graphs' nodes are in ``nodes`` themselves)
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    outputs = set(view.step_outputs) | set(view.step_outputs.values()) | \
-        {o.name for o in m.graph.output}
+    readers = Counter(i for n in nodes for i in n.input)   # (nested graphs' nodes included)
+    outputs = exposed(view)
     folded = []
     for site in view.info.sites:
         names = fmt.OffsetNames(site.name)
