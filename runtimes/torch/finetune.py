@@ -20,6 +20,7 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import math
@@ -197,6 +198,10 @@ def _init_distributed(device: torch.device):
     world, rank, _ = _dist_env()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # destroyed before the interpreter tears down: left to exit, gloo's threads were
+        # sometimes still joinable ("terminate called without an active exception", SIGABRT
+        # in one process of a finished two-process run; CI, 2026-12-05)
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return world, rank
 
 
