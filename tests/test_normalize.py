@@ -1510,3 +1510,46 @@ def test_a_recurrent_layer_and_a_gate_are_refused_saying_what_to_do():
     m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
     with pytest.raises(UnsupportedModelError, match=r"\(Mul\).*squeeze-and-excitation.*retrain"):
         normalize(m)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_a_scalar_from_a_computed_shape_is_folded_into_the_data_path(opset):
+    """``y = x.view(x.size(0), -1); y / sqrt(y.size(1))``: plain shape inference leaves the
+    view's width symbolic, so the scale stayed a Shape -> Gather -> Cast -> Sqrt chain and
+    the Sqrt was refused as a nonlinearity. With data propagation it is a constant: the
+    model converts, and computes what the DNN does."""
+    b = B.GraphBuilder(opset)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    n = b.node("Gather", [b.node("Shape", [a]), b.const(np.array(0, np.int64))], axis=0)
+    unsq = (b.node("Unsqueeze", [n], axes=[0]) if opset < 13
+            else b.node("Unsqueeze", [n, b.const(np.array([0], np.int64))]))
+    shape = b.node("Concat", [unsq, b.const(np.array([-1], np.int64))], axis=0)
+    y = b.node("Reshape", [a, shape])
+    width = b.node("Gather", [b.node("Shape", [y]), b.const(np.array(1, np.int64))], axis=0)
+    scale = b.node("Sqrt", [b.node("Cast", [width], to=onnx.TensorProto.FLOAT)])
+    out = b.gemm(b.node("Div", [y, scale]), 4 * 144, 10)
+    model = b.model("input", out, (1, 12, 12), 10)
+    nm = normalize(model)
+    assert "Sqrt" not in ops(nm.model)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(model, x).outputs[0],
+                               rtol=1e-5, atol=1e-5)
+    B.assert_runtimes_agree(B.converted(model, x)[2].model, x)
+
+
+def test_attention_behind_a_computed_reshape_is_named_as_a_product_of_data():
+    """A head's ``q @ k^T / sqrt(d)`` with d read from a computed reshape: the refusal names
+    the product of two data tensors (attention), not the Sqrt of the shape as a
+    normalization's nonlinearity."""
+    b = B.GraphBuilder(13)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    n = b.node("Gather", [b.node("Shape", [a]), b.const(np.array(0, np.int64))], axis=0)
+    shape = b.node("Concat", [b.node("Unsqueeze", [n, b.const(np.array([0], np.int64))]),
+                              b.const(np.array([4, -1], np.int64))], axis=0)
+    q = b.node("Reshape", [a, shape])                                # [N, 4, 144]
+    d = b.node("Gather", [b.node("Shape", [q]), b.const(np.array(2, np.int64))], axis=0)
+    scaled = b.node("Div", [q, b.node("Sqrt", [b.node("Cast", [d], to=onnx.TensorProto.FLOAT)])])
+    scores = b.node("MatMul", [scaled, b.node("Transpose", [q], perm=[0, 2, 1])])
+    out = b.gemm(b.node("Flatten", [scores]), 16, 10)
+    with pytest.raises(UnsupportedModelError, match="MatMul.*two data tensors"):
+        normalize(b.model("input", out, (1, 12, 12), 10))

@@ -39,8 +39,87 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
             values = val.values if isinstance(val, gs.Constant) else np.asarray(val)
             replace_by_constant(graph, node, gs.Constant(out.name + "_const", np.asarray(values)))
     graph.cleanup().toposort()
+    _fold_shape_scalars(graph)
     result.changed = max(0, before - len(graph.nodes))
     _explain_unfolded(graph, result)
+
+
+#: the inputs of an op that are shape arguments (a target shape, axes, pads, indices), not
+#: values that flow with the data
+SHAPE_ARGS = {"Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4},
+              "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "Upsample": {1}, "Squeeze": {1},
+              "Unsqueeze": {1}, "Split": {1}, "Gather": {1}, "ConstantOfShape": {0},
+              "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1},
+              "ReduceL1": {1}, "ReduceL2": {1}, "ReduceProd": {1}, "TopK": {1}}
+
+def shape_scalars_as_data(graph: gs.Graph) -> list:
+    """The nodes on the data path that read, as a value, a tensor computed from tensor
+    shapes alone that folding left (a dimension shape inference kept symbolic, as the
+    width of ``x.view(x.size(0), -1)`` in ``y / sqrt(y.size(1))``)."""
+    data = depends_on_inputs(graph)
+    found = []
+    for node in graph.nodes:
+        if not any(o.name in data for o in node.outputs):
+            continue
+        if _shape_scalars_read(node, data):
+            found.append(node)
+    return found
+
+
+def _shape_scalars_read(node: gs.Node, data: set) -> list:
+    return [t for i, t in enumerate(node.inputs)
+            if not is_empty(t) and not isinstance(t, gs.Constant) and t.name not in data
+            and i not in SHAPE_ARGS.get(node.op, ())]
+
+
+#: the batch sizes of the two probes of :func:`_fold_shape_scalars`
+PROBE_BATCHES = (1, 2)
+
+
+def _fold_shape_scalars(graph: gs.Graph) -> None:
+    """Each shape-derived value the data path reads (:func:`shape_scalars_as_data`) becomes
+    a constant where it is one: onnxruntime computes it for inputs of batch 1 and of batch
+    2 (zeros), and it is replaced where the two agree. Only models whose inputs have no
+    free dim but the batch (axis 0); runs only when such a value is left (otherwise the
+    model would be refused at that node)."""
+    readers = shape_scalars_as_data(graph)
+    if not readers:
+        return
+    data = depends_on_inputs(graph)
+    targets = {t.name: t for n in readers for t in _shape_scalars_read(n, data)}
+    ins = [t for t in graph.inputs if isinstance(t, gs.Variable)]
+    if any(t.shape is None or t.dtype is None
+           or any(not isinstance(d, int) for d in list(t.shape)[1:]) for t in ins):
+        return
+    try:
+        import onnxruntime as ort
+        from .export import export
+        saved = list(graph.outputs)
+        graph.outputs = saved + [t for t in targets.values() if t not in saved]
+        try:
+            model = export(graph)
+        finally:
+            graph.outputs = saved
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        probes = [dict(zip(targets, sess.run(list(targets), {
+            t.name: np.zeros([n] + list(t.shape)[1:], t.dtype) for t in ins})))
+            for n in PROBE_BATCHES]
+    except Exception as e:      # a help only: the node is refused, named, later
+        log.debug("probing shape-derived values failed: %s", e)
+        return
+    for name, t in targets.items():
+        a, b = (np.asarray(p[name]) for p in probes)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            continue          # it depends on the batch: left as it is
+        const = gs.Constant(name + "_folded", a)
+        for consumer in list(t.outputs):
+            for i, u in enumerate(consumer.inputs):
+                if u is t:
+                    consumer.inputs[i] = const
+    graph.cleanup().toposort()
 
 
 def _dequantize_constants(graph: gs.Graph) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -17,6 +16,7 @@ from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
 from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
                skeleton, walk)
+from .export import export
 from .ir import const_value, depends_on_inputs, node_label
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
@@ -137,53 +137,6 @@ def _import(sk: skeleton.Skeleton) -> gs.Graph:
             t.__dict__.pop("type", None)   # a Variable's attribute; constants have none
         graph.inputs = [t for t in graph.inputs if t.name not in sk.stubs]
     return graph
-
-
-_PLAIN_DTYPES = (np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16,
-                 np.int32, np.uint32, np.int64, np.uint64, np.bool_)
-
-
-def _export(graph: gs.Graph) -> onnx.ModelProto:
-    """``gs.export_onnx(graph)`` with each large constant's data copied once, into the
-    model (the exporter copies every initializer twice: into the graph, then the graph
-    into the model)."""
-    from onnx_graphsurgeon.exporters.onnx_exporter import constant_to_onnx_tensor
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-    big = {}
-    nested = any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
-                 for n in graph.nodes for v in n.attrs.values())
-    for t in ([] if nested else graph.tensors().values()):
-        if not isinstance(t, gs.Constant) or t._values.nbytes < skeleton.MIN_BYTES:
-            continue
-        if isinstance(t._values, LazyValues) or (
-                isinstance(t._values, np.ndarray) and t.export_dtype == t._values.dtype
-                and t._values.dtype.type in _PLAIN_DTYPES):
-            big[t.name] = (t, t._values)
-    try:
-        for name, (t, values) in big.items():   # exported as their shape and type alone
-            stub = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(
-                np.dtype(values.dtype)) if isinstance(values, np.ndarray) else values.tensor.data_type)
-            stub.dims.extend(values.shape)
-            t._values = LazyValues(stub)
-        out = gs.export_onnx(graph)
-    finally:
-        for t, values in big.values():
-            t._values = values
-    if big:
-        for tp in out.graph.initializer:
-            entry = big.get(tp.name)
-            if entry is None:
-                continue
-            t, values = entry
-            if isinstance(values, LazyValues):
-                tp.CopyFrom(values.tensor)
-                tp.name = t.name
-            else:
-                full = constant_to_onnx_tensor(t)
-                if t.data_location is not None:
-                    full.data_location = t.data_location
-                tp.CopyFrom(full)
-    return out
 
 
 def _name_nodes(graph: gs.Graph) -> None:
@@ -556,7 +509,7 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
         notes.append(f"warning: {len(stale)} dropout layer(s) sit inside an activation and are not "
                      "recorded for fine-tuning")
         dropouts[:] = [d for d in dropouts if d["tensor"] in tensors]
-    out = _export(graph)
+    out = export(graph)
     out.ir_version = max(model.ir_version, 8)
     del out.metadata_props[:]
     for k, v in meta.items():
