@@ -1553,3 +1553,25 @@ def test_attention_behind_a_computed_reshape_is_named_as_a_product_of_data():
     out = b.gemm(b.node("Flatten", [scores]), 16, 10)
     with pytest.raises(UnsupportedModelError, match="MatMul.*two data tensors"):
         normalize(b.model("input", out, (1, 12, 12), 10))
+
+
+def test_a_refused_node_is_named_with_the_module_the_exporter_recorded():
+    """torch.onnx's dynamo exporter names nodes ``node_MatMul_80``; the module it came from
+    is in the node's ``namespace`` metadata, and the refusal names it."""
+    b = B.GraphBuilder(13)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    y = b.node("Mul", [a, a])
+    b.nodes[-1].metadata_props.add(
+        key="namespace", value=": __main__.Net/head: __main__.Gate/head.se: torch.nn.modules."
+                               "container.Sequential/mul: aten.mul.Tensor")
+    out = b.gemm(b.node("Flatten", [y]), 4 * 144, 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Mul, in 'head.se' \(Sequential\)\)"):
+        normalize(b.model("input", out, (1, 12, 12), 10))
+
+
+def test_source_scope_reads_the_innermost_module():
+    from onnx_snn.graph.ir import source_scope
+    assert source_scope({"namespace": ": a.Net/enc: x.Encoder/enc.attn: torch.nn.MultiheadAttention/"
+                                      "f: aten.mm.default"}) == "'enc.attn' (MultiheadAttention)"
+    assert source_scope({"namespace": ": a.Net"}) is None      # the root has no name
+    assert source_scope({}) is None

@@ -27,7 +27,27 @@ def scalar_value(t) -> Optional[float]:
 
 
 def node_label(node: gs.Node) -> str:
-    return f"node '{node.name or '(unnamed)'}' ({node.op})"
+    """How messages name a node: its name and op, and the module of the source model it
+    came from where the exporter recorded one (:func:`source_scope`)."""
+    scope = getattr(node, "source_scope", None)
+    return f"node '{node.name or '(unnamed)'}' ({node.op}{', in ' + scope if scope else ''})"
+
+
+def source_scope(props) -> Optional[str]:
+    """The innermost module a node was exported from, from its metadata ``props`` (key ->
+    value): torch.onnx's dynamo exporter records ``namespace`` as ``/``-separated
+    ``name: type`` pairs, e.g. ``enc.self_attn: torch.nn.modules.activation.MultiheadAttention``
+    -> ``'enc.self_attn' (MultiheadAttention)``. None when there is none (the legacy
+    exporter's node names carry the scope themselves)."""
+    text = props.get("namespace")
+    if not text:
+        return None
+    for part in reversed(text.split("/")):
+        name, _, kind = part.partition(":")
+        name, kind = name.strip(), kind.strip()
+        if name and kind and not kind.startswith("aten."):
+            return f"'{name}' ({kind.rsplit('.', 1)[-1]})"
+    return None
 
 
 def producer(t) -> Optional[gs.Node]:

@@ -17,7 +17,7 @@ from ..spiking.neuron import DOMAIN
 from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
                skeleton, walk)
 from .export import export
-from .ir import const_value, depends_on_inputs, node_label
+from .ir import const_value, depends_on_inputs, node_label, source_scope
 from .passes import PassResult, graph_pass, run_passes
 from .sites import CLAMP_OPS, Site, clamp_bounds, find_and_canonicalize_sites
 from .support import check_supported, first_nonlinearity
@@ -126,6 +126,11 @@ def _import(sk: skeleton.Skeleton) -> gs.Graph:
     initializers back as constants: what importing the whole model gives, the constants
     reading the full model's own tensors (lazily, as for any initializer)."""
     graph = gs.import_onnx(sk.model)
+    for node, proto in zip(graph.nodes, sk.model.graph.node):   # gs keeps no node metadata
+        if proto.metadata_props:
+            scope = source_scope({p.key: p.value for p in proto.metadata_props})
+            if scope:
+                node.source_scope = scope
     if sk.stubs:
         from onnx_graphsurgeon.ir.tensor import LazyValues
         for t in graph.inputs:
