@@ -594,6 +594,21 @@ def test_table_totals_are_the_sum_of_the_rows(resnet_snn):
     assert "SNN FLOPs" not in format_table(analyze(snn.model))
 
 
+def test_the_table_says_when_spikes_per_input_sum_a_pool_window(resnet_snn):
+    """After a global average pool each input element of the Gemm receives its window's
+    spikes (here 6 x 6 neurons'), far above T: the table says it is not a firing rate, and
+    names only the layers where it exceeds T."""
+    _, snn, result = resnet_snn
+    a = analyze(snn.model, {k: 0.5 for k in result.sites}, 2)
+    above = [l.name for l in a.layers if l.spike_rate is not None and l.spike_rate > 2]
+    assert above and all(l.op == "Gemm" for l in a.layers if l.name in above)
+    note = next(line for line in format_table(a).splitlines() if "not a firing rate" in line)
+    assert all(name in note for name in above)
+    assert not any(l.name in note for l in a.layers if l.name not in above)
+    low = analyze(snn.model, {k: 0.01 for k in result.sites}, 2)
+    assert "not a firing rate" not in format_table(low)
+
+
 def test_human_units():
     assert [human(v) for v in (0, 35, 999.4, 1000, 40_551_040, 3.13e8, 19.63e9)] == \
         ["0", "35", "999", "1K", "40.6M", "313M", "19.6G"]

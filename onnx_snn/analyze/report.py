@@ -62,7 +62,7 @@ def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True
     """The per-layer table with a totals row, then the DNN/SNN ratios and notes.
 
     Columns: layer, op, neurons (outputs per sample), input (source site, "site>pool" for
-    spikes that pass a spiking max pool, "direct" or "analog"), spikes/neuron (r_{l-1}, over the T steps; after an average pool, its window's spikes summed), DNN FLOPs (MACs), SNN FLOPs (MACs
+    spikes that pass a spiking max pool, "direct" or "analog"), spikes/input (r_{l-1}: the spikes each input element receives over the T steps; after an average pool, its window's spikes summed, so above T there: a note says so), DNN FLOPs (MACs), SNN FLOPs (MACs
     + ACs), DNN and SNN energy. A DNN analysis has only the DNN columns. ``other_ops`` lists
     pooling and additions one by one (they are otherwise summed on one line).
     """
@@ -86,7 +86,7 @@ def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True
     if snn:
         total += ["", "", human(t.dnn_flops), human(t.snn_flops), human_energy(t.dnn_energy_pj),
                   human_energy(t.snn_energy_pj)]
-        headers = ["layer", "op", "neurons", "input", "spikes/neuron", "DNN FLOPs", "SNN FLOPs",
+        headers = ["layer", "op", "neurons", "input", "spikes/input", "DNN FLOPs", "SNN FLOPs",
                    "DNN energy", "SNN energy"]
         right = [False, False, True, False, True, True, True, True, True]
     else:
@@ -118,6 +118,15 @@ def format_table(analysis: Analysis, other_ops: bool = False, notes: bool = True
                            [[o.name, o.op, human(o.neurons), human(o.ops)] for o in a.other],
                            [False, False, True, True])
     lines += [f"note: {n}" for n in a.notes] if notes else []
+    summed = [l for l in a.layers if snn and l.spike_rate is not None and a.timesteps
+              and l.spike_rate > a.timesteps]
+    if summed and notes:
+        lines.append(f"note: spikes/input is what each input element of a layer receives over "
+                     f"the {a.timesteps} steps; after an average or global pool it sums the "
+                     f"pool window's spikes, so it exceeds T on "
+                     + ", ".join(f"{l.name} ({_fmt_rate(l.spike_rate)})" for l in summed[:3])
+                     + (f" and {len(summed) - 3} more" if len(summed) > 3 else "")
+                     + ": not a firing rate (eval gives each site's spikes per neuron)")
     return "\n".join(lines)
 
 
