@@ -282,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only these outputs of the DNN (and the layers that compute them); "
                         "for exports that also expose intermediate tensors, e.g. tf2onnx's "
                         "from_function, whose extra outputs can keep an activation from being "
-                        "recognized (a name it does not have lists the ones it has)")
+                        "recognized, or to cut off a head of custom ops; the inputs only the "
+                        "dropped outputs read are dropped too (a name it does not have lists "
+                        "the ones it has)")
     c.add_argument("--pool-first", action="store_true",
                    help="move each max pool that reads an activation ahead of it (the same DNN: "
                         "a clipped ReLU commutes with a maximum), so the spiking layer fires on "

@@ -361,6 +361,28 @@ def test_outputs_keeps_the_named_ones_and_the_layers_they_need(big):
     assert [o.name for o in m.graph.output] == [logits, "side"]     # the model as it was
 
 
+def test_outputs_drop_a_custom_head_and_the_inputs_only_it_reads():
+    """A second head of a custom-domain op reading an input of its own (a detector's
+    post-processing, a side input): the domain check refused the model although --outputs
+    dropped that head, and the side input stayed one the data had to feed."""
+    m, logits = _two_heads()
+    m.graph.input.append(h.make_tensor_value_info("aux", onnx.TensorProto.FLOAT, ["N", 3]))
+    m.graph.node.append(h.make_node("Add", ["side", "aux"], ["boxes"], name="decode",
+                                    domain="com.vendor"))       # named like a standard op
+    m.opset_import.append(h.make_opsetid("com.vendor", 1))
+    del m.graph.output[1:]
+    m.graph.output.append(h.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, ["N", 3]))
+    with pytest.raises(UnsupportedModelError, match=r"decode.*com.vendor::Add.*not a standard ONNX op"):
+        normalize(m)
+    nm = normalize(m, outputs=[logits])
+    assert nm.input_names == ["input"]
+    assert any("input(s) aux read only by those, dropped" in n for n in nm.notes)
+    x = B.rand_input(4)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0],
+                               run(normalize(m, outputs=[logits]).model, x).outputs[0])
+    assert [i.name for i in m.graph.input] == ["input", "aux"]      # the model as it was
+
+
 @pytest.mark.parametrize("names, why", [(["nope"], "'nope' is not an output of .*its outputs are: "),
                                         (["a", "b"], "are not outputs"),
                                         ([], "name at least one"),

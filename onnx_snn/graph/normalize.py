@@ -281,16 +281,16 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         where = where or "model"
     given = model
     model = _inline_functions(model, notes, where)
-    _check_domains(model, where)
     model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
     _check_batch_axes(model, where)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
+    if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
+        select_outputs(sk, outputs, where, notes)
+    _check_domains(sk.model, where)
     check_model(model, where, sk)
     check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
-    if outputs is not None:
-        select_outputs(sk.model, outputs, where, notes)
     meta = {p.key: p.value for p in model.metadata_props}
     sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
@@ -306,14 +306,17 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     return nm
 
 
-def select_outputs(model: onnx.ModelProto, names: List[str], where: str, notes: List[str]) -> None:
-    """Keep only the graph outputs ``names`` of ``model`` (in that order) and the nodes that
-    compute them, in place (on the weightless skeleton). Exporters that make intermediate
-    tensors outputs (tf2onnx's ``from_function``, a debugging export) otherwise keep layers
-    alive that the converter must refuse or cannot pair (a clamp's Min as an output of its
-    own); an unknown or repeated name is a UsageError listing the outputs there are."""
+def select_outputs(sk: skeleton.Skeleton, names: List[str], where: str, notes: List[str]) -> None:
+    """Keep only the graph outputs ``names`` of the skeleton's model (in that order), the
+    nodes that compute them and the inputs they read, in place. Exporters that make
+    intermediate tensors outputs (tf2onnx's ``from_function``, a debugging export) otherwise
+    keep layers alive that the converter must refuse or cannot pair (a clamp's Min as an
+    output of its own), and a head of custom ops can be cut off this way (the domain check
+    and the ONNX checker then see the kept part only); an unknown or repeated name is a
+    UsageError listing the outputs there are."""
     from ..errors import UsageError
     from . import walk
+    model = sk.model
     have = [o.name for o in model.graph.output]
     names = list(names)
     if not names:
@@ -337,8 +340,18 @@ def select_outputs(model: onnx.ModelProto, names: List[str], where: str, notes: 
     model.graph.output.extend(kept)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    read = {t for n in nodes for t in walk.node_inputs(n)} | set(names)
+    inits = {t.name for t in model.graph.initializer}
+    ins = list(model.graph.input)
+    unread = [vi.name for vi in ins[:sk.n_inputs] if vi.name not in read and vi.name not in inits]
+    if unread:
+        del model.graph.input[:]
+        model.graph.input.extend(vi for vi in ins if vi.name not in unread)
+        sk.n_inputs -= len(unread)
     notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
-                 f"({dropped} node(s) computed only the others)")
+                 f"({dropped} node(s) computed only the others"
+                 + (f"; input(s) {', '.join(unread)} read only by those, dropped" if unread else "")
+                 + ")")
 
 
 def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
