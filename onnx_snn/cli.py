@@ -92,6 +92,7 @@ examples:
 FINETUNE_SURROGATES = ("sigmoid", "rectangle")
 #: the fine-tuning losses (onnx_snn.runtimes.torch.finetune.LOSSES, the default first)
 FINETUNE_LOSSES = ("mean", "per-step")
+FINETUNE_SCHEDULES = ("step", "cosine")   # finetune's SCHEDULES, read without torch
 QUIET_HELP = ("no progress bars or notes; convert and eval leave out their per-layer tables "
               "and print the result line only")
 
@@ -434,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate (default: 1e-3; the paper's 1e-4 gained 0.7-1.8 points less "
                         "in one epoch at T=2 on the three benchmark networks: docs/MEASUREMENTS.md, fine-tuning)")
+    f.add_argument("--schedule", choices=FINETUNE_SCHEDULES, default=FINETUNE_SCHEDULES[0],
+                   help="the learning rate's schedule: step (default; divided by 5 at 60, 80 and "
+                        "90 %% of the iterations, the paper's) or cosine (a linear warm-up over "
+                        "the first --warmup of them, then a cosine to 0)")
+    f.add_argument("--warmup", type=float, default=0.05, metavar="F",
+                   help="with --schedule cosine: the warm-up's share of the iterations, 0 to "
+                        "below 1 (default: 0.05)")
     f.add_argument("--batch-size", type=batch_int, default=64, help="batch size (default: 64)")
     f.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
@@ -844,7 +852,8 @@ def cmd_finetune(args) -> int:
                          distill=1.0 if args.distill is None else args.distill,
                          temperature=1.0 if args.temperature is None else args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test,
-                         train_initial=args.train_initial, loss=args.loss)
+                         train_initial=args.train_initial, loss=args.loss,
+                         schedule=args.schedule, warmup=args.warmup)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher

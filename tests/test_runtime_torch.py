@@ -655,6 +655,36 @@ def test_cli_loss_choices_are_the_finetuners():
     assert FINETUNE_LOSSES == LOSSES and LOSSES[0] == FinetuneConfig().loss
 
 
+def test_cli_schedule_choices_are_the_finetuners():
+    from onnx_snn.cli import FINETUNE_SCHEDULES, build_parser
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, SCHEDULES
+    assert FINETUNE_SCHEDULES == SCHEDULES
+    args = build_parser().parse_args(["finetune", "m.snn.onnx", "-o", "o.snn.onnx"])
+    assert (args.schedule, args.warmup) == (FinetuneConfig().schedule, FinetuneConfig().warmup)
+
+
+def test_learning_rate_schedules():
+    """step: divided by lr_decay at 60, 80 and 90 % of the iterations; cosine: a linear
+    warm-up to the full rate over the warm-up's share, then a cosine down to 0."""
+    from onnx_snn.errors import UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, lr_factor
+    step, total = FinetuneConfig(), 1000
+    f = [lr_factor(i, total, step) for i in range(total)]
+    assert f[0] == f[599] == 1 and f[600] == f[799] == pytest.approx(0.2)
+    assert f[800] == pytest.approx(0.04) and f[999] == pytest.approx(0.008)
+    cos = FinetuneConfig(schedule="cosine", warmup=0.05)
+    f = np.array([lr_factor(i, total, cos) for i in range(total)])
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
+    assert np.all(np.diff(f[:50]) > 0) and np.all(np.diff(f[50:]) < 0)
+    assert f[525] == pytest.approx(0.5, abs=0.01) and f[-1] < 1e-4
+    none = FinetuneConfig(schedule="cosine", warmup=0)
+    assert lr_factor(0, total, none) == 1.0 and lr_factor(1, 1, none) >= 0
+    assert max(lr_factor(i, 3, cos) for i in range(3)) == 1.0     # a warm-up under one step
+    for bad in ({"schedule": "linear"}, {"warmup": 1.0}, {"warmup": -0.1}, {"warmup": "0.1"}):
+        with pytest.raises(UsageError):
+            FinetuneConfig(**bad)
+
+
 def test_inputs_of_any_numeric_type_run_as_float32_and_bad_ones_are_named(tmp_path):
     """float64, float16, integer pixels and numpy arrays run as the float32 the graph
     computes in (a raw dtype error before); None, lists and an empty batch are DataErrors,
@@ -1335,6 +1365,8 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     assert p.returncode == 2 and "--train-initial False -> True" in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--loss", "per-step")
     assert p.returncode == 2 and "--loss 'mean' -> 'per-step'" in p.stderr, p.stderr
+    p = run_cli(*args, "--epochs", "2", "--resume", "--schedule", "cosine")
+    assert p.returncode == 2 and "--schedule 'step' -> 'cosine'" in p.stderr, p.stderr
     other = tmp_path / "other.snn.onnx"
     m = onnx.load(str(fmnist_snn))
     m.producer_version = "other"

@@ -200,7 +200,7 @@ def job_cost(net: str) -> dict:
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
                  lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
                  batch: Optional[int] = None, initial: bool = False,
-                 loss: str = "mean") -> dict:
+                 loss: str = "mean", schedule: Optional[str] = None) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -216,7 +216,8 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
                              **({} if lr is None else {"lr": lr}),
                              **({} if batch is None else {"batch_size": batch}),
                              **({"teacher": "auto"} if teacher else {}),
-                             train_initial=initial, initial_eval=False, loss=loss)
+                             train_initial=initial, initial_eval=False, loss=loss,
+                             **({} if schedule is None else {"schedule": schedule}))
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
         seconds = time.perf_counter() - t0
@@ -224,6 +225,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "signed_spikes": signed, "train_initial": initial, "loss": loss,
+            "schedule": cfg.schedule,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
@@ -257,6 +259,7 @@ def _table(result: dict) -> str:
                          + (", signed neurons" if ft.get("signed_spikes") else "")
                          + (", initial membranes trained" if ft.get("train_initial") else "")
                          + (f", {ft['loss']} loss" if ft.get("loss", "mean") != "mean" else "")
+                         + (f", {ft['schedule']} lr schedule" if "schedule" in ft else "")
                          + ": "
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
@@ -295,6 +298,10 @@ def main(argv=None) -> int:
     from onnx_snn.cli import FINETUNE_LOSSES     # (finetune's LOSSES, read without torch)
     p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=FINETUNE_LOSSES[0],
                    help="the SGL epoch's loss (finetune --loss; default: mean)")
+    from onnx_snn.cli import FINETUNE_SCHEDULES
+    p.add_argument("--finetune-schedule", choices=FINETUNE_SCHEDULES,
+                   help="the SGL epoch's learning-rate schedule (finetune --schedule; default: "
+                        "finetune's)")
     p.add_argument("--no-finetune", action="store_true")
     p.add_argument("--finetune-only", action="store_true",
                    help="only the SGL epoch (and the DNN's top-1), no conversion table or cost")
@@ -305,7 +312,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
-                    teacher=int, signed=int, initial=int, loss=str)
+                    teacher=int, signed=int, initial=int, loss=str, schedule=str)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -324,7 +331,7 @@ def main(argv=None) -> int:
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
                                       bool(args._teacher), bool(args._signed), args._batch,
-                                      bool(args._initial), args._loss or "mean"))
+                                      bool(args._initial), args._loss or "mean", args._schedule))
         return 0
 
     if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed
@@ -372,7 +379,9 @@ def main(argv=None) -> int:
                                        **({"signed": 1} if args.finetune_signed else {}),
                                        **({"initial": 1} if args.finetune_initial else {}),
                                        **({"loss": args.finetune_loss}
-                                          if args.finetune_loss != "mean" else {})})
+                                          if args.finetune_loss != "mean" else {}),
+                                       **({"schedule": args.finetune_schedule}
+                                          if args.finetune_schedule else {})})
         for net in nets]
     results = {net: {"accuracy": {}} for net in nets}
 

@@ -60,6 +60,17 @@ from .teacher import (AUTO, Teacher, distillation_loss, load_teacher, require_fi
 
 MILESTONES = (0.6, 0.8, 0.9)
 LOSSES = ("mean", "per-step")
+SCHEDULES = ("step", "cosine")
+
+
+def lr_factor(it: int, total: int, cfg: "FinetuneConfig") -> float:
+    """The learning rate's multiplier at iteration ``it`` of ``total`` (0-based)."""
+    if cfg.schedule == "step":
+        return cfg.lr_decay ** sum(it >= m * total for m in MILESTONES)
+    warm = cfg.warmup * total
+    if it < warm:
+        return min(1.0, (it + 1) / warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (it - warm) / max(1.0, total - warm))))
 
 
 @dataclass
@@ -73,6 +84,10 @@ class FinetuneConfig:
     timesteps: Optional[int] = None          # None: the model's T
     weight_decay: float = 0.0
     lr_decay: float = 0.2                    # lr multiplied by this at each milestone
+    #: "step": lr_decay at 60/80/90 % of the iterations (the paper's); "cosine": a linear
+    #: warm-up over the first ``warmup`` of them, then a cosine to 0
+    schedule: str = "step"
+    warmup: float = 0.05                     # with "cosine": the warm-up's share of the run
     #: random crop/flip of NCHW images. Off by default: the few epochs of fine-tuning a
     #: converted network gets underfit it, and without it one SGL epoch at T=2 reached 0.4-1.3
     #: points more top-1 (VGG-16, ResNet-20) and three epochs 1.4 more (VGG-16; docs/MEASUREMENTS.md)
@@ -120,6 +135,12 @@ class FinetuneConfig:
             if not is_real(v) or not math.isfinite(v):
                 raise UsageError(f"{name} must be a finite number, not {v!r}")
             setattr(self, name, float(v))
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if not is_real(self.warmup) or not 0.0 <= float(self.warmup) < 1.0:
+            raise UsageError(f"warmup is the warm-up's share of the iterations: at least 0 and "
+                             f"below 1, not {self.warmup!r}")
+        self.warmup = float(self.warmup)
         if self.loss not in LOSSES:
             raise UsageError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not 0.0 <= self.distill <= 1.0:
@@ -473,6 +494,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     # state were measured and built with them); the epochs may grow
     run_settings = {"model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
                     "lr": cfg.lr, "batch_size": batch_size, "weight_decay": cfg.weight_decay,
+                    "schedule": cfg.schedule, "warmup": cfg.warmup,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial), "loss": cfg.loss,
                     "train_data": train.name, "test_data": test.name,
@@ -489,8 +511,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     steps_per_epoch = (len(train) // (batch_size * world) if fixed else
                        math.ceil(len(train) / (batch_size * world)))
     total = max(1, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda it: cfg.lr_decay ** sum(it >= m * total for m in MILESTONES))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, cfg))
     ddp = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -679,6 +700,7 @@ def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
         h["train_initial"] = True
     if cfg.loss != "mean":
         h["loss"] = cfg.loss
+    h["schedule"] = cfg.schedule if cfg.schedule == "step" else f"cosine, warm-up {cfg.warmup:g}"
     if teacher is not None:
         h.update(teacher=os.path.basename(teacher.path), teacher_is_source=teacher.is_source,
                  distill=cfg.distill, temperature=cfg.temperature)
@@ -779,6 +801,7 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
              "limit_train": "--limit-train", "limit_test": "--limit-test",
              "train_initial": "--train-initial", "preprocess": "--mean/--std", "loss": "--loss",
+             "schedule": "--schedule", "warmup": "--warmup",
              "train_data_sha256": "the training data's contents (sha256 of a sample)",
              "test_data_sha256": "the test data's contents (sha256 of a sample)"}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
