@@ -681,6 +681,18 @@ def test_skeleton_checker_gives_the_whole_models_verdict(how, monkeypatch):
         assert str(info.value) == f"m: the ONNX checker rejects this model: {expected}"
 
 
+def test_a_session_of_a_model_with_an_unused_large_initializer_runs():
+    """An initializer nothing reads (an exporter's leftover, 16 KB here): handed to
+    onnxruntime as external data, it was dropped by its graph cleanup and then not found
+    ('Failed to find existing initializer'): `onnx-snn eval` of such a DNN failed."""
+    from onnx_snn.calibrate import make_session
+    m = B.vgg(13, "clip", softmax=False)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "unused_w"))
+    x = B.rand_input(4)
+    out = make_session(m).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(out, run(m, x).outputs[0])
+
+
 def test_skeleton_session_equals_whole_model_session(monkeypatch):
     import onnxruntime as ort
     from onnx_snn.calibrate import make_session

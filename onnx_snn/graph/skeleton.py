@@ -289,7 +289,8 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
     also outputs ``outputs``: the main graph's large initializers are external-data
     references in the skeleton, their data the arrays (one read of each initializer; give
     them to ``SessionOptions.add_external_initializers``). An initializer whose ``raw_data``
-    does not hold exactly the bytes of its shape stays inline (onnxruntime judges it)."""
+    does not hold exactly the bytes of its shape stays inline (onnxruntime judges it); one
+    that nothing reads is left out."""
     min_bytes = MIN_BYTES if min_bytes is None else min_bytes
     g = model.graph
     sk = onnx.ModelProto()
@@ -298,8 +299,11 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
     names: List[str] = []
     arrays: List[np.ndarray] = []
     inputs = {i.name for i in g.input}
+    read = {x for node in g.node for x in walk.node_inputs(node)} | {o.name for o in g.output}
     little = sys.byteorder == "little" and model.ir_version >= 4
     for t in g.initializer:
+        if t.name not in read and t.name not in inputs:
+            continue    # onnxruntime drops an unused initializer, then fails to replace it
         n = declared_nbytes(t)
         dtype = NUMPY_DTYPE.get(t.data_type)
         if not little or n is None or n < min_bytes or dtype is None or t.name in inputs:
