@@ -98,7 +98,8 @@ class ModelRunner:
         self.session = make_session(self.model, threads, providers, where=where,
                                     outputs=tuple(per_step_outputs) + tuple(expose), spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
-        self.specs = input_specs(self.model, skip=skip)
+        taken = {i.name for i in self.session.get_inputs()}    # an unread input is not one
+        self.specs = [sp for sp in input_specs(self.model, skip=skip) if sp[0] in taken]
         self.feed_types = _feed_types(self.session, [n for n, _ in self.specs], where)
         self.fixed_batch = fixed_batch(self.specs)
         graph_outputs = [o.name for o in self.model.graph.output]

@@ -376,7 +376,7 @@ def test_outputs_drop_a_custom_head_and_the_inputs_only_it_reads():
         normalize(m)
     nm = normalize(m, outputs=[logits])
     assert nm.input_names == ["input"]
-    assert any("input(s) aux read only by those, dropped" in n for n in nm.notes)
+    assert any("dropped the input(s) aux: nothing reads them" in n for n in nm.notes)
     x = B.rand_input(4)
     np.testing.assert_allclose(run(nm.model, x).outputs[0],
                                run(normalize(m, outputs=[logits]).model, x).outputs[0])
@@ -679,6 +679,22 @@ def test_skeleton_checker_gives_the_whole_models_verdict(how, monkeypatch):
         with pytest.raises(ModelLoadError) as info:
             check_model(m, "m")
         assert str(info.value) == f"m: the ONNX checker rejects this model: {expected}"
+
+
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT])
+def test_an_input_nothing_reads_is_dropped(dtype):
+    """keras2onnx's ``keras_learning_phase``, a bool input nothing reads, was refused as an
+    input type the converter does not take (a float one needed data of its own); it is
+    dropped, with a note, and the model converts on its one real input."""
+    m = B.vgg(13, "clip", softmax=False)
+    m.graph.input.append(h.make_tensor_value_info("keras_learning_phase", dtype, []))
+    nm = normalize(m)
+    assert nm.input_names == ["input"]
+    assert any("keras_learning_phase: nothing reads them" in n for n in nm.notes)
+    x = B.rand_input(8)
+    B.assert_runtimes_agree(B.converted(m, x)[2].model, x)
+    np.testing.assert_allclose(run(m, x).outputs[0], run(nm.model, x).outputs[0],   # the DNN runs
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_a_session_of_a_model_with_an_unused_large_initializer_runs():

@@ -288,6 +288,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     sk = skeleton.split(model, verify=True)
     if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
         select_outputs(sk, outputs, where, notes)
+    drop_unread_inputs(sk, notes)
     _check_domains(sk.model, where)
     check_model(model, where, sk)
     check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
@@ -340,18 +341,29 @@ def select_outputs(sk: skeleton.Skeleton, names: List[str], where: str, notes: L
     model.graph.output.extend(kept)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    read = {t for n in nodes for t in walk.node_inputs(n)} | set(names)
+    notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
+                 f"({dropped} node(s) computed only the others)")
+
+
+def drop_unread_inputs(sk: skeleton.Skeleton, notes: List[str]) -> None:
+    """Remove the graph inputs that no node and no output reads (keras2onnx's
+    ``keras_learning_phase``, a side input of a head that ``--outputs`` dropped), in place:
+    the data would have to feed them, and a bool or integer one was refused as an input
+    type the converter does not take. A model that reads none of its inputs keeps them."""
+    from . import walk
+    model = sk.model
+    read = {t for n in model.graph.node for t in walk.node_inputs(n)} | \
+        {o.name for o in model.graph.output}
     inits = {t.name for t in model.graph.initializer}
     ins = list(model.graph.input)
-    unread = [vi.name for vi in ins[:sk.n_inputs] if vi.name not in read and vi.name not in inits]
-    if unread:
-        del model.graph.input[:]
-        model.graph.input.extend(vi for vi in ins if vi.name not in unread)
-        sk.n_inputs -= len(unread)
-    notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
-                 f"({dropped} node(s) computed only the others"
-                 + (f"; input(s) {', '.join(unread)} read only by those, dropped" if unread else "")
-                 + ")")
+    data = [vi.name for vi in ins[:sk.n_inputs] if vi.name not in inits]
+    unread = [n for n in data if n not in read]
+    if not unread or len(unread) == len(data):
+        return
+    del model.graph.input[:]
+    model.graph.input.extend(vi for vi in ins if vi.name not in unread)
+    sk.n_inputs -= len(unread)
+    notes.append(f"dropped the input(s) {', '.join(unread)}: nothing reads them")
 
 
 def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:

@@ -290,7 +290,8 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
     references in the skeleton, their data the arrays (one read of each initializer; give
     them to ``SessionOptions.add_external_initializers``). An initializer whose ``raw_data``
     does not hold exactly the bytes of its shape stays inline (onnxruntime judges it); one
-    that nothing reads is left out."""
+    that nothing reads is left out, and so is an input nothing reads (while another is
+    read: the session's inputs are what the data must feed)."""
     min_bytes = MIN_BYTES if min_bytes is None else min_bytes
     g = model.graph
     sk = onnx.ModelProto()
@@ -298,8 +299,14 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
     copy_fields(g, sk.graph, skip=("initializer", "output"))
     names: List[str] = []
     arrays: List[np.ndarray] = []
-    inputs = {i.name for i in g.input}
     read = {x for node in g.node for x in walk.node_inputs(node)} | {o.name for o in g.output}
+    inits = {t.name for t in g.initializer}
+    if any(i.name in read for i in g.input if i.name not in inits):
+        kept = [i for i in sk.graph.input if i.name in read]     # see drop_unread_inputs
+        if len(kept) != len(sk.graph.input):
+            del sk.graph.input[:]
+            sk.graph.input.extend(kept)
+    inputs = {i.name for i in sk.graph.input}
     little = sys.byteorder == "little" and model.ir_version >= 4
     for t in g.initializer:
         if t.name not in read and t.name not in inputs:
