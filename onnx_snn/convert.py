@@ -753,6 +753,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             row.update(alpha=rec.alpha, beta=rec.beta, threshold=rec.threshold,
                        amplitude=rec.amplitude, v_init=rec.v_init,
                        objective_value=rec.objective_value)
+        notes += [f"site {r['site']}: one threshold, amplitude and offset for the whole site, "
+                  f"not one per channel: {r['one_group']}"
+                  for r in refinement["sites"] if r.get("one_group")]
     # the weight calibration keeps a refit only when it predicts held-out images better: a
     # calibration set of one image has none, and refits no layer
     one_image = bool(refinement) and cfg.weight_calibration and refinement["images"] < 2

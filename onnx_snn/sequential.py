@@ -103,6 +103,53 @@ def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.n
     return np.concatenate([(p % per_sample) // spatial for p in positions]).astype(np.int64)
 
 
+#: ops between a layer and a site that keep its axes where they are (a site's current is
+#: often a layer's output plus or times constants, or a sum of branches of one layout)
+_SAME_AXES = {"Add", "Sub", "Mul", "Div", "Neg", "Identity", "Dropout", "Cast", "Relu", "Clip",
+              "Max", "Min", "BatchNormalization", "Sum"}
+
+
+def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> Optional[int]:
+    """The axis of ``tensor`` (of ``rank`` axes, the batch included) along which the layer
+    that computes it has its output channels: 1 for a Conv or Gemm, the last for a MatMul,
+    moved by any Transpose on the way (a channels-last graph of tf2onnx keeps its
+    activations as NHWC between Transposes); None when the walk back reaches anything else.
+    Per-channel parameters group the neurons along the site's first per-sample axis (axis
+    1), which is the channels only where this gives 1."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    consts = {t.name for t in model.graph.initializer}
+    perms: List[List[int]] = []
+    t = tensor
+    for _ in range(256):
+        n = producer.get(t)
+        if n is None:
+            return None
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            axis = 1
+            break
+        if n.op_type == "MatMul":
+            axis = rank - 1
+            break
+        if n.op_type == "Transpose":
+            perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+            perms.append(perm if perm else list(range(rank))[::-1])
+        elif n.op_type not in _SAME_AXES:
+            return None
+        data = [x for x in n.input[:1 if n.op_type in ("Transpose", "Clip", "BatchNormalization",
+                                                       "Dropout", "Cast") else None]
+                if x and x not in consts and x in producer]
+        if not data:
+            return None
+        t = data[0]
+    else:
+        return None
+    for perm in reversed(perms):         # from the layer toward the site
+        if sorted(perm) != list(range(rank)):
+            return None
+        axis = perm.index(axis)
+    return axis
+
+
 def _value(v) -> fmt.Value:
     """A float for one value, a list for one per channel."""
     v = np.asarray(v, np.float64).reshape(-1)
@@ -576,12 +623,17 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         else:
             channels = _channels(rec, positions[s])
             n_ch = int(rec.shape[0]) if rec.shape else 1
+            axis = channel_axis(nm.model, rec.input, len(rec.shape) + 1) if n_ch > 1 else 1
+            if axis not in (None, 1):    # channels last: one group for the whole site
+                channels, n_ch = np.zeros_like(channels), 1
+                row["one_group"] = (f"its channels are axis {axis}, not its first per-sample "
+                                    "axis (a channels-last layout)")
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
                 offset = channel_offsets(cur, preacts[s], channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
                 rec.offset = _value(offset)
                 row["offset"] = rec.offset
-            groups = (channels, n_ch) if cfg.per_channel else (None, 1)   # None: one group
+            groups = (channels, n_ch) if cfg.per_channel and n_ch > 1 else (None, 1)   # None: one group
             ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, *groups,
                                  start=(rec.alpha, rec.beta), signed=rec.signed)
             value = ch.objective_value
