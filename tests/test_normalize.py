@@ -1625,3 +1625,29 @@ def test_source_scope_reads_the_innermost_module():
                                       "f: aten.mm.default"}) == "'enc.attn' (MultiheadAttention)"
     assert source_scope({"namespace": ": a.Net"}) is None      # the root has no name
     assert source_scope({}) is None
+
+
+@pytest.mark.parametrize("alpha, beta", [(1 / 6, 0.0), (0.2, 0.5), (1.0, 0.25)])
+def test_a_hard_sigmoid_is_a_clipped_relu(alpha, beta):
+    """clip(a x + b, 0, 1) = a clip(x + b/a, 0, 1/a): Keras's hard_sigmoid and relu6(x)/6
+    written as a HardSigmoid become sites of mu 1/a (they were refused as a nonlinearity to
+    replace and retrain), computing the same function; a HardSigmoid that multiplies its
+    own input (HardSwish) is still refused."""
+    def net(swish=False):
+        b = B.GraphBuilder(13)
+        x = b.conv("input", 1, 4)
+        y = b.node("HardSigmoid", [x], alpha=alpha, beta=beta)
+        if swish:
+            y = b.node("Mul", [x, y])
+        y = b.node("HardSigmoid", [b.conv(y, 4, 4)], alpha=alpha, beta=beta)
+        return b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    m = net()
+    nm = normalize(m)
+    assert [s.mu for s in nm.sites] == [pytest.approx(1 / alpha)] * 2
+    assert "HardSigmoid" not in ops(nm.model)
+    x = B.rand_input(16)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)
+    B.assert_runtimes_agree(B.converted(m, x, T=4)[2].model, x)
+    with pytest.raises(UnsupportedModelError):
+        normalize(net(swish=True))

@@ -194,6 +194,47 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
+@graph_pass("hard-sigmoid-to-clip")
+def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
+    """``HardSigmoid(x; a, b) = clip(a x + b, 0, 1)`` is, for ``a > 0``, the clipped ReLU
+    ``a * clip(x + b / a, 0, 1 / a)`` (Keras's hard_sigmoid: a = 0.2, b = 0.5; ``relu6(x) / 6``
+    written as HardSigmoid(1/6, 0)): an ``Add`` of ``b / a`` (none when b = 0), a ``Clip``
+    to [0, 1/a], whose top is the site's mu, and a ``Mul`` by ``a`` (none when a = 1). A
+    HardSigmoid that multiplies its own input (HardSwish written out) is left, and refused
+    as the product it is."""
+    for node in list(graph.nodes):
+        if node.op != "HardSigmoid" or not node.inputs or not node.outputs:
+            continue
+        a = float(node.attrs.get("alpha", 0.2))
+        b = float(node.attrs.get("beta", 0.5))
+        x, y = node.inputs[0], node.outputs[0]
+        if not a > 0 or not np.isfinite(b) or const_value(x) is not None:
+            continue
+        if any(c.op == "Mul" and x in c.inputs for c in y.outputs):
+            continue              # x * HardSigmoid(x): a HardSwish
+        name = node.name or y.name
+        cur = x
+        if b != 0:
+            cur = gs.Variable(f"{name}_shifted", dtype=x.dtype, shape=x.shape)
+            graph.nodes.append(gs.Node("Add", f"{name}_shift", inputs=[
+                x, gs.Constant(f"{name}_shift_value", np.array(b / a, np.float32))],
+                outputs=[cur]))
+        clipped = y if a == 1 else gs.Variable(f"{name}_clipped", dtype=x.dtype, shape=x.shape)
+        node.op, node.attrs = "Clip", {}
+        node.inputs = [cur, gs.Constant(f"{name}_lo", np.array(0.0, np.float32)),
+                       gs.Constant(f"{name}_hi", np.array(1.0 / a, np.float32))]
+        node.outputs = [clipped]
+        if a != 1:
+            graph.nodes.append(gs.Node("Mul", f"{name}_scale", inputs=[
+                clipped, gs.Constant(f"{name}_scale_value", np.array(a, np.float32))],
+                outputs=[y]))
+        result.notes.append(f"HardSigmoid '{name}' (alpha {a:g}, beta {b:g}) is read as "
+                            f"{a:g} x clip(x + {b / a:g}, 0, {1 / a:g}), a clipped ReLU")
+        result.changed += 1
+    if result.changed:
+        graph.cleanup().toposort()
+
+
 def _zeros(t, like=None) -> bool:
     """Whether ``t`` is a constant zero that broadcasts to ``like`` without growing it: one
     value, of no more axes than ``like`` has (one, when its rank is unknown)."""

@@ -43,10 +43,10 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "nearest and linear Resize and shape ops; "
                   "activations: "
                   "Relu, Clip(lo, hi) (ReLU6, Hardtanh), Relu+Min(mu), Max(x, c)(+Min(mu)), a "
-                  "Where-ReLU and LeakyRelu(0)")
+                  "Where-ReLU, LeakyRelu(0) and HardSigmoid")
 #: what to do about an activation the spiking neuron cannot express
 _ACTIVATION_FIX = ("the neurons compute ReLUs and clipped ReLUs only, so replace it in the DNN "
-                   "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU, Gelu, HardSwish or HardSigmoid by "
+                   "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU, Gelu or HardSwish by "
                    "a ReLU or ReLU6, a layer or "
                    "instance normalization by BatchNormalization) and fine-tune it briefly "
                    "before converting")
