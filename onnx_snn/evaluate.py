@@ -186,6 +186,16 @@ def evaluate_prefixes(model: Union[str, onnx.ModelProto], data, timesteps: Seque
                      mean, std, data_dir, show_progress, threads, download)
 
 
+def _other_outputs_hint(runner) -> str:
+    """For a model of several outputs: how to score another one than the first."""
+    names = list(getattr(runner, "output_names", None) or [])
+    if len(names) < 2:
+        return ""
+    return (f". It has {len(names)} outputs ({', '.join(repr(n) for n in names[:6])}"
+            f"{', ...' if len(names) > 6 else ''}) and eval scores the first: convert the DNN "
+            "with `--outputs NAME` to keep the scores alone (or re-export it with them first)")
+
+
 def _scores_classes(out: np.ndarray, kind: str) -> bool:
     """Whether a model's first output ``out`` gives each sample's class (scores or ids)."""
     try:
@@ -334,7 +344,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             f"{where}: its first output has shape {list(logits.shape)}; top-1 "
                             "needs [N, classes] scores, one score per sample (a binary "
                             "classifier) or [N] integer class ids. The data has labels: for a "
-                            "model that does not classify, give data without them ('y')")
+                            "model that does not classify, give data without them ('y')"
+                            + _other_outputs_hint(runner))
                     if start == 0 and kind != IDS:
                         check_labels_for(ds.y, logits, ds.name)
                     if start == 0 and table is not None:

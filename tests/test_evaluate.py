@@ -3,6 +3,7 @@ import importlib
 import logging
 
 import numpy as np
+import onnx
 import pytest
 
 import builders as B
@@ -284,3 +285,15 @@ def test_a_dnn_whose_shape_annotations_do_not_fit_runs_without_them(caplog):
     w.raw_data = np.zeros(int(np.prod(w.dims)), np.float32).tobytes()
     with pytest.raises((ModelLoadError, onnx_snn.errors.UnsupportedModelError)):
         onnx_snn.evaluate(broken, x, show_progress=False, top1=None)
+
+
+def test_a_first_output_that_is_not_scores_names_the_outputs_and_the_fix():
+    """A model that lists a feature map before its logits: eval scores the first output, and
+    the refusal names the outputs and convert --outputs."""
+    m = B.vgg(13, "clip", softmax=False)
+    feat = m.graph.node[0].output[0]
+    m.graph.output.insert(0, onnx.helper.make_tensor_value_info(feat, onnx.TensorProto.FLOAT, None))
+    x = B.rand_input(8)
+    from onnx_snn.errors import DataError
+    with pytest.raises(DataError, match=r"It has 2 outputs .*--outputs NAME"):
+        evaluate(m, {"x": x, "y": np.zeros(8, np.int64)}, show_progress=False)
