@@ -144,6 +144,15 @@ def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:
         text = " ".join(str(e).split()) or "validation failed"   # onnx's lines, as one
         if len(text) > 600:
             text = text[:600] + " ..."
+        shapeless = [f"{kind} '{vi.name}'" for kind, vis in (("input", model.graph.input),
+                                                             ("output", model.graph.output))
+                     for vi in vis if vi.type.HasField("tensor_type")
+                     and not vi.type.tensor_type.HasField("shape")]
+        if "shape" in text and shapeless:
+            text += (f" ({', '.join(shapeless[:4])}{' ...' if len(shapeless) > 4 else ''} "
+                     "declares a type without a shape; give each a shape, its unknown dims "
+                     "symbolic, e.g. onnx.helper.make_tensor_value_info(name, elem_type, "
+                     "['N', 1, 28, 28]))")
         raise ModelLoadError(f"{where}: the ONNX checker rejects this model: {text}") from None
     if not model.graph.input:
         raise ModelLoadError(f"{where}: the model has no inputs")

@@ -1651,3 +1651,12 @@ def test_a_hard_sigmoid_is_a_clipped_relu(alpha, beta):
     B.assert_runtimes_agree(B.converted(m, x, T=4)[2].model, x)
     with pytest.raises(UnsupportedModelError):
         normalize(net(swish=True))
+
+
+def test_a_shapeless_input_or_output_is_named_by_the_checker_refusal():
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.ClearField("shape")
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(ModelLoadError, match=r"input 'input', output '[^']+' declares a type "
+                                             r"without a shape"):
+        normalize(m)
