@@ -1660,3 +1660,24 @@ def test_a_shapeless_input_or_output_is_named_by_the_checker_refusal():
     with pytest.raises(ModelLoadError, match=r"input 'input', output '[^']+' declares a type "
                                              r"without a shape"):
         normalize(m)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.5, 1.0), (1.0, 2.0), (3.0, 0.0)])
+def test_gemm_scales_go_into_its_constants(alpha, beta):
+    """tf2onnx / hand-written Gemms with alpha or beta: the same layer with them multiplied
+    into its weight and bias, so the weight calibration can refit it (it skipped it)."""
+    from onnx_snn.weight_calibration import layer_fit
+    b = B.GraphBuilder(13)
+    flat = b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")])
+    y = b.gemm(flat, 4 * 144, 8)
+    b.nodes[-1].attribute.extend([h.make_attribute("alpha", alpha), h.make_attribute("beta", beta)])
+    y = b.gemm(b.act(y, "clip"), 8, 10)
+    m = b.model("input", y, (1, 12, 12), 10)
+    nm = normalize(m)
+    g = next(n for n in nm.model.graph.node if n.op_type == "Gemm")
+    attrs = {a.name: h.get_attribute_value(a) for a in g.attribute}
+    assert attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+    assert layer_fit(g, {t.name: t for t in nm.model.graph.initializer}) is not None
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)

@@ -474,6 +474,37 @@ def _why_not_gemm(graph: gs.Graph, node: gs.Node):
     return add, other, None
 
 
+@graph_pass("gemm-scales-into-weights")
+def gemm_scales_into_weights(graph: gs.Graph, result: PassResult) -> None:
+    """A Gemm's ``alpha`` and ``beta`` multiplied into its constant weight and bias (then 1;
+    a bias times 0 is dropped): the same layer, which the weight calibration can refit (it
+    left a Gemm of ``alpha != 1`` as it was)."""
+    for node in graph.nodes:
+        if node.op != "Gemm" or len(node.inputs) < 2:
+            continue
+        alpha = float(node.attrs.get("alpha", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        w = const_value(node.inputs[1])
+        c = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        done = False
+        if alpha != 1.0 and w is not None and w.dtype == np.float32:
+            node.inputs[1] = gs.Constant(f"{node.name}_weight_alpha",
+                                         (w.astype(np.float64) * alpha).astype(np.float32))
+            node.attrs["alpha"] = 1.0
+            done = True
+        if beta != 1.0 and c is not None and c.dtype == np.float32:
+            if beta == 0.0:
+                node.inputs.pop()
+            else:
+                node.inputs[2] = gs.Constant(f"{node.name}_bias_beta",
+                                             (c.astype(np.float64) * beta).astype(np.float32))
+            node.attrs["beta"] = 1.0
+            done = True
+        result.changed += done
+    if result.changed:
+        graph.cleanup()
+
+
 @graph_pass("matmul-add-to-gemm")
 def matmul_add_to_gemm(graph: gs.Graph, result: PassResult) -> None:
     """``MatMul(A, W)`` + ``Add(b)`` with constant 2-D W, 1-D b and rank-2 A is a dense layer."""

@@ -259,6 +259,7 @@ PIPELINE: tuple = (
     cleanup.drop_unused_outputs,
     fold.fold_batchnorm,
     canonical.matmul_add_to_gemm,
+    canonical.gemm_scales_into_weights,  # alpha and beta into the constants: refittable
     fold.fold_constants,                 # what the rewrites above made constant
     canonicalize_sites,
 )
