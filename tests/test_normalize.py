@@ -1148,10 +1148,11 @@ def test_matmul_after_a_computed_flatten_is_a_dense_layer(opset):
     n = b.node("Gather", [b.node("Shape", [a]), b.const(np.array(0, np.int64))], axis=0)
     shape = b.node("Concat", [b.node("Unsqueeze", [n, b.const(np.array([0], np.int64))]),
                               b.const(np.array([-1], np.int64))], axis=0)
-    y = b.gemm(b.node("Reshape", [a, shape]), 4 * 144, 10, matmul=True)
+    y = b.gemm(b.node("Reshape", [a, shape]), 4 * 144, 16, matmul=True)
+    y = b.gemm(b.act(y, "clip"), 16, 10, matmul=True)      # reads the clip: rank 2 as well
     nm = normalize(b.model("input", y, (1, 12, 12), 10))
     ops = [n.op_type for n in nm.model.graph.node]
-    assert "Gemm" in ops and "MatMul" not in ops
+    assert ops.count("Gemm") == 2 and "MatMul" not in ops
 
 
 def test_a_lone_batchnorm_behind_a_computed_flatten_is_folded_at_opset_13():

@@ -54,6 +54,12 @@ def producer(t) -> Optional[gs.Node]:
     return t.inputs[0] if t.inputs else None
 
 
+#: ops whose output has the rank of their one data input (the others constants of no more
+#: axes, which broadcast without adding any: an activation, a bias, a scale)
+_SAME_RANK = {"Relu", "Clip", "Identity", "Dropout", "Min", "Max", "Add", "Sub", "Mul", "Div",
+              "Neg", "Cast", "LeakyRelu", "Sigmoid", "Tanh"}
+
+
 def rank(t) -> Optional[int]:
     """The number of axes of tensor ``t``: its inferred shape's, else what the op that makes
     it fixes: a ``Flatten`` gives 2 axes, a ``Reshape`` as many as its shape input has
@@ -65,8 +71,17 @@ def rank(t) -> Optional[int]:
     node = producer(t)
     if node is None:
         return None
-    if node.op == "Flatten":
+    if node.op in ("Flatten", "Gemm"):
         return 2
+    if node.op in _SAME_RANK and node.inputs:   # rank of the first input (constants broadcast)
+        data = [x for x in node.inputs if x.name and const_value(x) is None]
+        if len(data) != 1 and not (data and node.op in ("Clip", "Dropout")):
+            return None
+        r = rank(data[0])
+        consts = [const_value(x) for x in node.inputs[1:] if x.name and x is not data[0]]
+        if r is None or any(c is not None and c.ndim > r for c in consts):
+            return None
+        return r
     if node.op == "Reshape" and len(node.inputs) > 1:
         shape = node.inputs[1]
         v = const_value(shape)
