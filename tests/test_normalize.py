@@ -1682,3 +1682,23 @@ def test_gemm_scales_go_into_its_constants(alpha, beta):
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fill", [None, 0.0])
+def test_max_with_zeros_like_is_a_relu(fill):
+    """``torch.maximum(x, torch.zeros_like(x))``: Max(x, ConstantOfShape(Shape(x))), whose
+    zeros take the batch's shape and were never folded; the Min after it was refused
+    ('its input can be negative'). The filled constant is the scalar it is filled with."""
+    b = B.GraphBuilder(13)
+
+    def act(x):
+        attrs = {} if fill is None else {"value": h.make_tensor("v", onnx.TensorProto.FLOAT, [1], [fill])}
+        z = b.node("ConstantOfShape", [b.node("Shape", [x])], **attrs)
+        return b.node("Min", [b.node("Max", [x, z]), b.const(np.array(6.0, np.float32))])
+    y = act(b.conv(act(b.conv("input", 1, 4)), 4, 4))
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    nm = normalize(m)
+    assert [s.mu for s in nm.sites] == [6.0, 6.0]
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)

@@ -39,9 +39,45 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
             values = val.values if isinstance(val, gs.Constant) else np.asarray(val)
             replace_by_constant(graph, node, gs.Constant(out.name + "_const", np.asarray(values)))
     graph.cleanup().toposort()
+    _shaped_constants_to_scalars(graph)
     _fold_shape_scalars(graph)
     result.changed = max(0, before - len(graph.nodes))
     _explain_unfolded(graph, result)
+
+
+#: elementwise ops for which a constant filled in the other operand's own shape is the same
+#: as that constant as a scalar (broadcasting adds nothing)
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+
+
+def _shaped_constants_to_scalars(graph: gs.Graph) -> None:
+    """``ConstantOfShape(Shape(x))`` (``torch.zeros_like(x)``, ``full_like``) read by an
+    elementwise op together with ``x`` itself becomes the scalar it is filled with: the
+    shape is the batch's, so folding left it, and ``Max(x, zeros_like(x))`` was not read as
+    the ReLU it is."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op not in _ELEMENTWISE or len(node.inputs) != 2:
+            continue
+        for i in (0, 1):
+            z, other = node.inputs[i], node.inputs[1 - i]
+            fill = z.inputs[0] if len(z.inputs) == 1 else None
+            if fill is None or fill.op != "ConstantOfShape" or not fill.inputs:
+                continue
+            shape = fill.inputs[0].inputs[0] if len(fill.inputs[0].inputs) == 1 else None
+            if shape is None or shape.op != "Shape" or shape.inputs[0] is not other \
+                    or shape.attrs.get("start", 0) != 0 or shape.attrs.get("end") is not None:
+                continue
+            value = fill.attrs.get("value")
+            v = (value.values if isinstance(value, gs.Constant) else np.asarray(value)) \
+                if value is not None else np.zeros(1, np.float32)
+            if v.size != 1:
+                continue
+            node.inputs[i] = gs.Constant(f"{node.name or z.name}_fill",
+                                         np.asarray(v, v.dtype).reshape(()))
+            changed = True
+    if changed:
+        graph.cleanup().toposort()
 
 
 #: the inputs of an op that are shape arguments (a target shape, axes, pads, indices), not
