@@ -92,7 +92,7 @@ examples:
 FINETUNE_SURROGATES = ("sigmoid", "rectangle")
 #: the fine-tuning losses (onnx_snn.runtimes.torch.finetune.LOSSES, the default first)
 FINETUNE_LOSSES = ("mean", "per-step")
-FINETUNE_SCHEDULES = ("step", "cosine")   # finetune's SCHEDULES, read without torch
+FINETUNE_SCHEDULES = ("cosine", "step")   # finetune's SCHEDULES, read without torch
 QUIET_HELP = ("no progress bars or notes; convert and eval leave out their per-layer tables "
               "and print the result line only")
 
@@ -404,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", parents=[quiet],
                        help="fine-tune a spiking model with surrogate gradients (needs torch)",
                        description="Surrogate-gradient fine-tuning in PyTorch (backprop through "
-                                   "the T steps): Adam (amsgrad), lr 1e-3 divided by 5 at "
-                                   "60/80/90% of training (the paper's schedule); that lr, a "
+                                   "the T steps): Adam (amsgrad), lr 1e-3 warmed up over 5% of "
+                                   "training, then a cosine to 0 (--schedule step: divided by 5 "
+                                   "at 60/80/90%, the paper's schedule); that lr, a "
                                    "sigmoid surrogate and no augmentation did better than the "
                                    "paper's 1e-4, rectangle and random crops in a few epochs. "
                                    "The loss is the labels' cross-entropy, or with --teacher "
@@ -436,9 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default: 1e-3; the paper's 1e-4 gained 0.7-1.8 points less "
                         "in one epoch at T=2 on the three benchmark networks: docs/MEASUREMENTS.md, fine-tuning)")
     f.add_argument("--schedule", choices=FINETUNE_SCHEDULES, default=FINETUNE_SCHEDULES[0],
-                   help="the learning rate's schedule: step (default; divided by 5 at 60, 80 and "
-                        "90 %% of the iterations, the paper's) or cosine (a linear warm-up over "
-                        "the first --warmup of them, then a cosine to 0)")
+                   help="the learning rate's schedule: cosine (default; a linear warm-up over "
+                        "the first --warmup of the iterations, then a cosine to 0; 0.4 points "
+                        "above step on average in one epoch on the deep benchmark networks: "
+                        "docs/MEASUREMENTS.md) or step (divided by 5 at 60, 80 and 90 %% of "
+                        "them, the paper's)")
     f.add_argument("--warmup", type=float, default=0.05, metavar="F",
                    help="with --schedule cosine: the warm-up's share of the iterations, 0 to "
                         "below 1 (default: 0.05)")

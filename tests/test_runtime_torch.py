@@ -668,7 +668,7 @@ def test_learning_rate_schedules():
     warm-up to the full rate over the warm-up's share, then a cosine down to 0."""
     from onnx_snn.errors import UsageError
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, lr_factor
-    step, total = FinetuneConfig(), 1000
+    step, total = FinetuneConfig(schedule="step"), 1000
     f = [lr_factor(i, total, step) for i in range(total)]
     assert f[0] == f[599] == 1 and f[600] == f[799] == pytest.approx(0.2)
     assert f[800] == pytest.approx(0.04) and f[999] == pytest.approx(0.008)
@@ -1365,8 +1365,8 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     assert p.returncode == 2 and "--train-initial False -> True" in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--loss", "per-step")
     assert p.returncode == 2 and "--loss 'mean' -> 'per-step'" in p.stderr, p.stderr
-    p = run_cli(*args, "--epochs", "2", "--resume", "--schedule", "cosine")
-    assert p.returncode == 2 and "--schedule 'step' -> 'cosine'" in p.stderr, p.stderr
+    p = run_cli(*args, "--epochs", "2", "--resume", "--schedule", "step")
+    assert p.returncode == 2 and "--schedule 'cosine' -> 'step'" in p.stderr, p.stderr
     other = tmp_path / "other.snn.onnx"
     m = onnx.load(str(fmnist_snn))
     m.producer_version = "other"
