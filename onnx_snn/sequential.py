@@ -127,8 +127,8 @@ def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> Optional[int
         if n.op_type in ("Conv", "ConvTranspose", "Gemm"):
             axis = 1
             break
-        if n.op_type == "MatMul":
-            axis = rank - 1
+        if n.op_type == "MatMul":      # x W: the columns; W x (a constant on the left): rows
+            axis = rank - 2 if n.input[0] in consts else rank - 1
             break
         if n.op_type == "Transpose":
             perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)

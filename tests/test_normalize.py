@@ -1702,3 +1702,46 @@ def test_max_with_zeros_like_is_a_relu(fill):
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_value_from_a_data_sized_shape_is_not_folded():
+    """Size(NonZero(x)) is a shape-derived value of a tensor whose size depends on the
+    input's values: probing it on zeros gave 0, which was frozen into the graph (a review
+    found the DNN silently changed). It is data and stays (and is refused, named)."""
+    b = B.GraphBuilder(13)
+    a = b.node("Relu", [b.conv("input", 1, 4)])
+    count = b.node("Cast", [b.node("Size", [b.node("NonZero", ["input"])])],
+                   to=onnx.TensorProto.FLOAT)
+    out = b.gemm(b.node("Flatten", [b.node("Mul", [a, count])]), 4 * 144, 10)
+    with pytest.raises(UnsupportedModelError):
+        normalize(b.model("input", out, (1, 12, 12), 10))
+
+
+def test_rank_is_unknown_where_a_leading_constant_adds_axes():
+    import onnx_graphsurgeon as gs
+    from onnx_snn.graph.ir import rank
+    x = gs.Variable("x", dtype=np.float32)
+    flat = gs.Variable("flat", dtype=np.float32)
+    gs.Node("Flatten", inputs=[x], outputs=[flat])
+    for ins in ([gs.Constant("c", np.zeros((1, 1, 4), np.float32)), flat],
+                [flat, gs.Constant("c2", np.zeros((1, 1, 4), np.float32))]):
+        y = gs.Variable("y", dtype=np.float32)
+        gs.Node("Add", inputs=ins, outputs=[y])
+        assert rank(y) is None
+    y = gs.Variable("y2", dtype=np.float32)
+    gs.Node("Add", inputs=[gs.Constant("c3", np.zeros((4,), np.float32)), flat], outputs=[y])
+    assert rank(y) == 2
+
+
+def test_a_final_hard_sigmoid_is_read_as_its_scores():
+    """A Dense(1, hard_sigmoid) head: no spiking site on the outputs (its spikes would round
+    them to T + 1 levels); the scores x + (b - 0.5)/a, positive where it is above 0.5."""
+    b = B.GraphBuilder(13)
+    z = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 1)
+    p = b.node("HardSigmoid", [z], alpha=0.2, beta=0.3)
+    m = b.model("input", p, (1, 12, 12), 1)
+    nm = normalize(m)
+    assert [s.name for s in nm.sites] == ["lif0"]
+    x = B.rand_input(16)
+    prob, score = run(m, x).outputs[0], run(nm.model, x).outputs[0]
+    np.testing.assert_allclose(np.clip(0.2 * (score + 1.0) + 0.3, 0, 1), prob, rtol=1e-4, atol=1e-5)

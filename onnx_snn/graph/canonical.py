@@ -201,7 +201,9 @@ def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
     written as HardSigmoid(1/6, 0)): an ``Add`` of ``b / a`` (none when b = 0), a ``Clip``
     to [0, 1/a], whose top is the site's mu, and a ``Mul`` by ``a`` (none when a = 1). A
     HardSigmoid that multiplies its own input (HardSwish written out) is left, and refused
-    as the product it is."""
+    as the product it is. One that is a graph output (a head: as a site its spikes would
+    round the outputs to T + 1 levels) becomes ``x + (b - 0.5) / a``, its scores, positive
+    where it is above 0.5 (what a dropped final Sigmoid leaves)."""
     for node in list(graph.nodes):
         if node.op != "HardSigmoid" or not node.inputs or not node.outputs:
             continue
@@ -212,6 +214,15 @@ def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
             continue
         if any(c.op == "Mul" and x in c.inputs for c in y.outputs):
             continue              # x * HardSigmoid(x): a HardSwish
+        if is_graph_output(graph, y):      # a head: its scores, as a final Sigmoid's
+            node.op, node.attrs = "Add", {}
+            node.inputs = [x, gs.Constant(f"{node.name or y.name}_centre",
+                                          np.array((b - 0.5) / a, np.float32))]
+            result.notes.append(f"the final HardSigmoid '{node.name}' is read as its scores "
+                                f"x + {(b - 0.5) / a:g}: above 0 where it is above 0.5, of the "
+                                "same order (apply it for its values)")
+            result.changed += 1
+            continue
         name = node.name or y.name
         cur = x
         if b != 0:

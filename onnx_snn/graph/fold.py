@@ -108,25 +108,62 @@ def _shape_scalars_read(node: gs.Node, data: set) -> list:
             and i not in SHAPE_ARGS.get(node.op, ())]
 
 
-#: the batch sizes of the two probes of :func:`_fold_shape_scalars`
+#: the batch sizes of the probes of :func:`_fold_shape_scalars`
 PROBE_BATCHES = (1, 2)
+
+
+#: ops whose output's shape depends on their input's values, not only on its shape
+_VALUE_SIZED = {"NonZero", "Compress", "Unique", "TopK", "Range", "NonMaxSuppression", "Loop",
+                "If", "Scan", "StringSplit", "RandomNormalLike", "RandomUniformLike"}
+
+
+def _value_shaped(graph: gs.Graph, data: set) -> set:
+    """Names of the non-data tensors computed from the shape of a tensor whose shape may
+    depend on the inputs' values (NonZero, or a Reshape/Expand/Tile/... whose shape argument
+    is data): such a 'shape-derived' value is data in disguise, never a constant."""
+    sized: set = set()          # tensors whose shape may depend on values
+    tainted: set = set()        # shape-derived values of such tensors
+    for node in graph.nodes:    # (toposorted by the caller)
+        ins = [t for t in node.inputs if not is_empty(t)]
+        args = SHAPE_ARGS.get(node.op, ())
+        if node.op in _VALUE_SIZED or any(t.name in sized for t in ins) or any(
+                i in args and t.name in data for i, t in enumerate(node.inputs) if not is_empty(t)):
+            sized.update(o.name for o in node.outputs)
+        if node.op in ("Shape", "Size"):
+            if ins and ins[0].name in sized:
+                tainted.update(o.name for o in node.outputs)
+        elif any(t.name in tainted for t in ins):
+            tainted.update(o.name for o in node.outputs)
+    return tainted
 
 
 def _fold_shape_scalars(graph: gs.Graph) -> None:
     """Each shape-derived value the data path reads (:func:`shape_scalars_as_data`) becomes
-    a constant where it is one: onnxruntime computes it for inputs of batch 1 and of batch
-    2 (zeros), and it is replaced where the two agree. Only models whose inputs have no
-    free dim but the batch (axis 0); runs only when such a value is left (otherwise the
-    model would be refused at that node)."""
+    a constant where it is one: onnxruntime computes it for zero inputs of batch 1 and 2 and
+    for random ones (one batch size where the batch is fixed), and it is replaced where all
+    agree; a value from the shape of a tensor whose shape depends on the inputs' values
+    (:func:`_value_shaped`) is never folded. Only models whose inputs have no free dim but
+    the batch (axis 0); runs only when such a value is left (otherwise the model would be
+    refused at that node)."""
     readers = shape_scalars_as_data(graph)
     if not readers:
         return
     data = depends_on_inputs(graph)
-    targets = {t.name: t for n in readers for t in _shape_scalars_read(n, data)}
+    tainted = _value_shaped(graph, data)
+    targets = {t.name: t for n in readers for t in _shape_scalars_read(n, data)
+               if t.name not in tainted and t.dtype is not None}
     ins = [t for t in graph.inputs if isinstance(t, gs.Variable)]
-    if any(t.shape is None or t.dtype is None
-           or any(not isinstance(d, int) for d in list(t.shape)[1:]) for t in ins):
+    if not targets or any(t.shape is None or t.dtype is None or not t.shape
+                          or any(not isinstance(d, int) for d in list(t.shape)[1:]) for t in ins):
         return
+    fixed = all(isinstance(t.shape[0], int) for t in ins)
+    rng = np.random.default_rng(0)
+
+    def feed(n, random):
+        return {t.name: (rng.standard_normal([n] + list(t.shape)[1:]).astype(t.dtype) if random
+                         else np.zeros([n] + list(t.shape)[1:], t.dtype)) for t in ins}
+    batches = [ins[0].shape[0]] * 2 if fixed else list(PROBE_BATCHES)
+    feeds = [feed(batches[0], False), feed(batches[1], False), feed(batches[1], True)]
     try:
         import onnxruntime as ort
         from .export import export
@@ -140,17 +177,16 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
         so.log_severity_level = 3
         so.intra_op_num_threads = 1
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        probes = [dict(zip(targets, sess.run(list(targets), {
-            t.name: np.zeros([n] + list(t.shape)[1:], t.dtype) for t in ins})))
-            for n in PROBE_BATCHES]
+        probes = [dict(zip(targets, sess.run(list(targets), f))) for f in feeds]
     except Exception as e:      # a help only: the node is refused, named, later
         log.debug("probing shape-derived values failed: %s", e)
         return
     for name, t in targets.items():
-        a, b = (np.asarray(p[name]) for p in probes)
-        if a.shape != b.shape or not np.array_equal(a, b):
-            continue          # it depends on the batch: left as it is
-        const = gs.Constant(name + "_folded", a)
+        first = np.asarray(probes[0][name])
+        if any(np.asarray(p[name]).shape != first.shape or not np.array_equal(p[name], first)
+               for p in probes[1:]):
+            continue          # it depends on the batch or the values: left as it is
+        const = gs.Constant(name + "_folded", first)
         for consumer in list(t.outputs):
             for i, u in enumerate(consumer.inputs):
                 if u is t:

@@ -78,7 +78,7 @@ def rank(t) -> Optional[int]:
         if len(data) != 1 and not (data and node.op in ("Clip", "Dropout")):
             return None
         r = rank(data[0])
-        consts = [const_value(x) for x in node.inputs[1:] if x.name and x is not data[0]]
+        consts = [const_value(x) for x in node.inputs if x.name and x is not data[0]]
         if r is None or any(c is not None and c.ndim > r for c in consts):
             return None
         return r

@@ -497,7 +497,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     # state were measured and built with them); the epochs may grow
     run_settings = {"model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
                     "lr": cfg.lr, "batch_size": batch_size, "weight_decay": cfg.weight_decay,
-                    "schedule": cfg.schedule, "warmup": cfg.warmup,
+                    "schedule": cfg.schedule,
+                    "warmup": cfg.warmup if cfg.schedule == "cosine" else None,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial), "loss": cfg.loss,
                     "train_data": train.name, "test_data": test.name,
