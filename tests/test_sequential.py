@@ -494,3 +494,20 @@ def test_channels_last_sites_get_one_group_not_one_per_row():
     nchw = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, show_progress=False)
     assert not any(r.get("one_group") for r in nchw.report["sequential"]["sites"])
     assert np.asarray(nchw.records["lif0"].threshold).size == 4
+
+
+def test_channel_axis_of_a_matmul_is_its_weights_outputs():
+    """x W (tokens of features): the last axis; W x (a constant on the left): the rows."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    from onnx_snn.sequential import channel_axis
+    w = nh.from_array(np.ones((6, 5), np.float32), "W")
+    v = nh.from_array(np.ones((5, 6), np.float32), "V")
+    g = h.make_graph([h.make_node("MatMul", ["x", "V"], ["right"]),
+                      h.make_node("MatMul", ["W", "x"], ["left"])], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 5, 5])],
+                     [h.make_tensor_value_info("right", TP.FLOAT, None),
+                      h.make_tensor_value_info("left", TP.FLOAT, None)], [w, v])
+    m = h.make_model(g)
+    assert channel_axis(m, "right", 3) == 2 and channel_axis(m, "left", 3) == 1
