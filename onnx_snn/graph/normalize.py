@@ -352,15 +352,10 @@ def drop_unread_inputs(sk: skeleton.Skeleton, notes: List[str]) -> None:
     ``keras_learning_phase``, a side input of a head that ``--outputs`` dropped), in place:
     the data would have to feed them, and a bool or integer one was refused as an input
     type the converter does not take. A model that reads none of its inputs keeps them."""
-    from . import walk
     model = sk.model
-    read = {t for n in model.graph.node for t in walk.node_inputs(n)} | \
-        {o.name for o in model.graph.output}
-    inits = {t.name for t in model.graph.initializer}
     ins = list(model.graph.input)
-    data = [vi.name for vi in ins[:sk.n_inputs] if vi.name not in inits]
-    unread = [n for n in data if n not in read]
-    if not unread or len(unread) == len(data):
+    unread = walk.unread_inputs(model.graph, walk.read_names(model.graph), ins[:sk.n_inputs])
+    if not unread:
         return
     del model.graph.input[:]
     model.graph.input.extend(vi for vi in ins if vi.name not in unread)

@@ -299,13 +299,12 @@ def session_parts(model: onnx.ModelProto, outputs: Sequence[str] = (),
     copy_fields(g, sk.graph, skip=("initializer", "output"))
     names: List[str] = []
     arrays: List[np.ndarray] = []
-    read = {x for node in g.node for x in walk.node_inputs(node)} | {o.name for o in g.output}
-    inits = {t.name for t in g.initializer}
-    if any(i.name in read for i in g.input if i.name not in inits):
-        kept = [i for i in sk.graph.input if i.name in read]     # see drop_unread_inputs
-        if len(kept) != len(sk.graph.input):
-            del sk.graph.input[:]
-            sk.graph.input.extend(kept)
+    read = walk.read_names(g)
+    unread = set(walk.unread_inputs(g, read))         # see normalize.drop_unread_inputs
+    if unread:
+        kept = [i for i in sk.graph.input if i.name not in unread]
+        del sk.graph.input[:]
+        sk.graph.input.extend(kept)
     inputs = {i.name for i in sk.graph.input}
     little = sys.byteorder == "little" and model.ir_version >= 4
     for t in g.initializer:

@@ -83,6 +83,23 @@ def node_inputs(node: onnx.NodeProto) -> List[str]:
     return names
 
 
+def read_names(graph: onnx.GraphProto) -> Set[str]:
+    """Every tensor a node of ``graph`` reads (its subgraphs' outer names too), and the
+    graph's outputs."""
+    return {x for n in graph.node for x in node_inputs(n)} | {o.name for o in graph.output}
+
+
+def unread_inputs(graph: onnx.GraphProto, read: Set[str],
+                  inputs: Optional[Sequence[onnx.ValueInfoProto]] = None) -> List[str]:
+    """The data inputs among ``inputs`` (default: the graph's; initializers are not data)
+    that are not in ``read`` (:func:`read_names`); none when no data input is read: a
+    model that reads none of its inputs keeps them (its callers feed something)."""
+    inits = {t.name for t in graph.initializer}
+    data = [vi.name for vi in (graph.input if inputs is None else inputs) if vi.name not in inits]
+    unread = [n for n in data if n not in read]
+    return [] if len(unread) == len(data) else unread
+
+
 def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]:
     """(indices of ``graph.node`` in an order where every node follows the nodes whose outputs
     it reads, closest to the file's order; why not, as a sentence naming the node) — the
