@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -88,24 +88,15 @@ SHAPE_ARGS = {"Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4},
               "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1},
               "ReduceL1": {1}, "ReduceL2": {1}, "ReduceProd": {1}, "TopK": {1}}
 
-def shape_scalars_as_data(graph: gs.Graph) -> list:
-    """The nodes on the data path that read, as a value, a tensor computed from tensor
-    shapes alone that folding left (a dimension shape inference kept symbolic, as the
-    width of ``x.view(x.size(0), -1)`` in ``y / sqrt(y.size(1))``)."""
-    data = depends_on_inputs(graph)
-    found = []
-    for node in graph.nodes:
-        if not any(o.name in data for o in node.outputs):
-            continue
-        if _shape_scalars_read(node, data):
-            found.append(node)
-    return found
-
-
-def _shape_scalars_read(node: gs.Node, data: set) -> list:
-    return [t for i, t in enumerate(node.inputs)
+def shape_scalars_as_data(graph: gs.Graph, data: set) -> Dict[str, gs.Variable]:
+    """The tensors computed from tensor shapes alone that folding left and that a node on
+    the data path (``data``: :func:`.ir.depends_on_inputs`) reads as a value, not as a shape
+    argument (a dimension shape inference kept symbolic, as the width of
+    ``x.view(x.size(0), -1)`` in ``y / sqrt(y.size(1))``), by name."""
+    return {t.name: t for node in graph.nodes if any(o.name in data for o in node.outputs)
+            for i, t in enumerate(node.inputs)
             if not is_empty(t) and not isinstance(t, gs.Constant) and t.name not in data
-            and i not in SHAPE_ARGS.get(node.op, ())]
+            and i not in SHAPE_ARGS.get(node.op, ())}
 
 
 #: the batch sizes of the probes of :func:`_fold_shape_scalars`
@@ -145,13 +136,12 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
     (:func:`_value_shaped`) is never folded. Only models whose inputs have no free dim but
     the batch (axis 0); runs only when such a value is left (otherwise the model would be
     refused at that node)."""
-    readers = shape_scalars_as_data(graph)
-    if not readers:
-        return
     data = depends_on_inputs(graph)
+    found = shape_scalars_as_data(graph, data)
+    if not found:
+        return
     tainted = _value_shaped(graph, data)
-    targets = {t.name: t for n in readers for t in _shape_scalars_read(n, data)
-               if t.name not in tainted and t.dtype is not None}
+    targets = {k: t for k, t in found.items() if k not in tainted and t.dtype is not None}
     ins = [t for t in graph.inputs if isinstance(t, gs.Variable)]
     if not targets or any(t.shape is None or t.dtype is None or not t.shape
                           or any(not isinstance(d, int) for d in list(t.shape)[1:]) for t in ins):
@@ -165,19 +155,12 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
     batches = [ins[0].shape[0]] * 2 if fixed else list(PROBE_BATCHES)
     feeds = [feed(batches[0], False), feed(batches[1], False), feed(batches[1], True)]
     try:
-        import onnxruntime as ort
+        from ..calibrate import make_session
         from .export import export
-        saved = list(graph.outputs)
-        graph.outputs = saved + [t for t in targets.values() if t not in saved]
-        try:
-            model = export(graph)
-        finally:
-            graph.outputs = saved
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        probes = [dict(zip(targets, sess.run(list(targets), f))) for f in feeds]
+        sess = make_session(export(graph), threads=1, outputs=list(targets))
+        fed = {i.name for i in sess.get_inputs()}
+        probes = [dict(zip(targets, sess.run(list(targets), {k: v for k, v in f.items() if k in fed})))
+                  for f in feeds]
     except Exception as e:      # a help only: the node is refused, named, later
         log.debug("probing shape-derived values failed: %s", e)
         return
@@ -186,11 +169,7 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
         if any(np.asarray(p[name]).shape != first.shape or not np.array_equal(p[name], first)
                for p in probes[1:]):
             continue          # it depends on the batch or the values: left as it is
-        const = gs.Constant(name + "_folded", first)
-        for consumer in list(t.outputs):
-            for i, u in enumerate(consumer.inputs):
-                if u is t:
-                    consumer.inputs[i] = const
+        _read_as(t, gs.Constant(name + "_folded", first))
     graph.cleanup().toposort()
 
 
@@ -237,12 +216,17 @@ def replace_by_constant(graph: gs.Graph, node: gs.Node, const: gs.Constant) -> N
     """Every reader of ``node``'s first output reads ``const`` instead; the node goes (at the
     next cleanup) unless that output is a graph output."""
     out = node.outputs[0]
-    for consumer in list(out.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = const
+    _read_as(out, const)
     if not is_graph_output(graph, out):
         node.outputs.clear()
+
+
+def _read_as(t, const: gs.Constant) -> None:
+    """Every node that reads tensor ``t`` reads ``const`` instead."""
+    for consumer in list(t.outputs):
+        for i, u in enumerate(consumer.inputs):
+            if u is t:
+                consumer.inputs[i] = const
 
 
 def _explain_unfolded(graph: gs.Graph, result: PassResult) -> None:
