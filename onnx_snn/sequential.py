@@ -45,6 +45,7 @@ from .graph.normalize import NormalizedModel
 from .progress import Progress
 from .scales import SearchConfig, channel_offsets, search_channels, search_dynamic
 from .graph import walk
+from .graph.ir import ELEMENTWISE_SAME_AXES
 from .spiking import format as fmt
 from .spiking import rewrite
 from .weight_calibration import MAX_INPUTS, layer_fit
@@ -103,12 +104,6 @@ def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.n
     return np.concatenate([(p % per_sample) // spatial for p in positions]).astype(np.int64)
 
 
-#: ops between a layer and a site that keep its axes where they are (a site's current is
-#: often a layer's output plus or times constants, or a sum of branches of one layout)
-_SAME_AXES = {"Add", "Sub", "Mul", "Div", "Neg", "Identity", "Dropout", "Cast", "Relu", "Clip",
-              "Max", "Min", "BatchNormalization", "Sum"}
-
-
 def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> Optional[int]:
     """The axis of ``tensor`` (of ``rank`` axes, the batch included) along which the layer
     that computes it has its output channels: 1 for a Conv or Gemm, the last for a MatMul,
@@ -133,7 +128,7 @@ def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> Optional[int
         if n.op_type == "Transpose":
             perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
             perms.append(perm if perm else list(range(rank))[::-1])
-        elif n.op_type not in _SAME_AXES:
+        elif n.op_type not in ELEMENTWISE_SAME_AXES:   # (a layer's output plus a bias...)
             return None
         data = [x for x in n.input[:1 if n.op_type in ("Transpose", "Clip", "BatchNormalization",
                                                        "Dropout", "Cast") else None]

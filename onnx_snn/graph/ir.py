@@ -54,10 +54,12 @@ def producer(t) -> Optional[gs.Node]:
     return t.inputs[0] if t.inputs else None
 
 
-#: ops whose output has the rank of their one data input (the others constants of no more
-#: axes, which broadcast without adding any: an activation, a bias, a scale)
-_SAME_RANK = {"Relu", "Clip", "Identity", "Dropout", "Min", "Max", "Add", "Sub", "Mul", "Div",
-              "Neg", "Cast", "LeakyRelu", "Sigmoid", "Tanh"}
+#: elementwise ops whose output keeps the axes of their data input (the other inputs
+#: constants that broadcast without adding axes, or data of the same layout): an activation,
+#: a bias, a scale, a sum of branches, an inference BatchNormalization
+ELEMENTWISE_SAME_AXES = {"Relu", "Clip", "Identity", "Dropout", "Min", "Max", "Add", "Sub",
+                         "Mul", "Div", "Neg", "Cast", "LeakyRelu", "Sigmoid", "Tanh",
+                         "BatchNormalization", "Sum"}
 
 
 def rank(t) -> Optional[int]:
@@ -73,7 +75,7 @@ def rank(t) -> Optional[int]:
         return None
     if node.op in ("Flatten", "Gemm"):
         return 2
-    if node.op in _SAME_RANK and node.inputs:   # rank of the first input (constants broadcast)
+    if node.op in ELEMENTWISE_SAME_AXES and node.inputs:   # rank of the first input (constants broadcast)
         data = [x for x in node.inputs if x.name and const_value(x) is None]
         if len(data) != 1 and not (data and node.op in ("Clip", "Dropout")):
             return None
