@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Set, Union
 
 import numpy as np
 import onnx
@@ -184,13 +184,15 @@ def _float_values(t: onnx.TensorProto) -> Optional[np.ndarray]:
     return np.asarray(t.double_data if t.data_type == onnx.TensorProto.DOUBLE else t.float_data, dtype)
 
 
-def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
+def check_finite_weights(model: onnx.ModelProto, where: str,
+                         only: Optional[Set[str]] = None) -> None:
     """A float weight (float32/64/16, bfloat16) that holds NaN, or an infinity read by a
     Conv/Gemm/MatMul/BatchNormalization (directly or through a Cast, Transpose, Reshape...),
     is damage (a diverged training, a broken export): refused naming the tensor and its layer,
     before any work computes NaN from it (and blames the data, or reports a top-1 of NaN
     logits). An infinity elsewhere (a clip bound) is kept. External data not loaded into the
-    model (an API caller's ``load_external_data=False``) is not read."""
+    model (an API caller's ``load_external_data=False``) is not read. ``only``: check just
+    the tensors of these names (what the part of a graph kept by ``--outputs`` reads)."""
     from .graph.walk import subgraphs
     graphs = subgraphs(model.graph)         # a spiking model's weights sit in its Loop body
     tensors = [(t.name, t) for g in graphs for t in g.initializer] + [
@@ -216,6 +218,8 @@ def check_finite_weights(model: onnx.ModelProto, where: str) -> None:
         return None
 
     for name, t in tensors:
+        if only is not None and name not in only:
+            continue
         v = _float_values(t)
         if v is None or v.size == 0:
             continue

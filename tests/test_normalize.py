@@ -383,6 +383,33 @@ def test_outputs_drop_a_custom_head_and_the_inputs_only_it_reads():
     assert [i.name for i in m.graph.input] == ["input", "aux"]      # the model as it was
 
 
+@pytest.mark.parametrize("damage", ["nan_weight", "unbatched_input"])
+def test_outputs_do_not_check_a_head_they_drop(damage):
+    """A NaN weight, or an input without a batch axis, read only by a head that --outputs
+    drops: the model was refused for them although nothing kept reads them; without
+    --outputs it still is."""
+    from onnx_snn.errors import ModelLoadError
+    m, logits = _two_heads()
+    if damage == "nan_weight":
+        w = next(t for t in m.graph.initializer if t.name == "side.w")
+        v = onnx.numpy_helper.to_array(w).copy()
+        v[0, 0] = np.nan
+        w.CopyFrom(onnx.numpy_helper.from_array(v, "side.w"))
+        err, why = ModelLoadError, r"weight 'side.w' \(read by MatMul 'side'\) holds 1 NaN"
+    else:
+        m.graph.input.append(h.make_tensor_value_info("aux", onnx.TensorProto.FLOAT, [3]))
+        m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "ax0"))
+        m.graph.node.append(h.make_node("Unsqueeze", ["aux", "ax0"], ["aux1"], name="unsq"))
+        m.graph.node.append(h.make_node("Add", ["side", "aux1"], ["boxes"], name="decode"))
+        del m.graph.output[1:]
+        m.graph.output.append(h.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, ["N", 3]))
+        err, why = UnsupportedModelError, "input 'aux' of shape \\[3\\] has no batch axis"
+    with pytest.raises(err, match=why):
+        normalize(m)
+    nm = normalize(m, outputs=[logits])
+    assert [o.name for o in nm.model.graph.output] == [logits] and nm.input_names == ["input"]
+
+
 @pytest.mark.parametrize("names, why", [(["nope"], "'nope' is not an output of .*its outputs are: "),
                                         (["a", "b"], "are not outputs"),
                                         ([], "name at least one"),

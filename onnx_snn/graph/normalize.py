@@ -284,16 +284,19 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     given = model
     model = _inline_functions(model, notes, where)
     model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
-    _check_batch_axes(model, where)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
     if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
         select_outputs(sk, outputs, where, notes)
     drop_unread_inputs(sk, notes)
+    _check_batch_axes(model, where, sk.model.graph)
     _check_domains(sk.model, where)
     check_model(model, where, sk)
-    check_finite_weights(model, where)     # a model given as a ModelProto is not load()ed
+    # a model given as a ModelProto is not load()ed; a head --outputs dropped is not checked
+    kept = None if outputs is None else set().union(
+        *(walk.read_names(g) for g in walk.subgraphs(sk.model.graph)))
+    check_finite_weights(model, where, only=kept)
     meta = {p.key: p.value for p in model.metadata_props}
     sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
@@ -423,15 +426,18 @@ def _check_domains(model: onnx.ModelProto, where: str) -> None:
                 f"standard ONNX op: {what}")
 
 
-def _check_batch_axes(model: onnx.ModelProto, where: str) -> None:
+def _check_batch_axes(model: onnx.ModelProto, where: str,
+                      graph: Optional[onnx.GraphProto] = None) -> None:
     """Refuse an input without a batch axis: one that the model itself unsqueezes at axis 0
     (an export of one unbatched sample). Its first axis would be read as the batch, and the
-    data's samples as something else."""
+    data's samples as something else. ``graph``: the inputs and nodes to look at (default
+    the model's; the skeleton's after ``--outputs``), the constants are read from ``model``."""
     consts = walk.constant_tensors([model.graph])      # initializers and Constant nodes
-    for vi in model.graph.input:
+    graph = model.graph if graph is None else graph
+    for vi in graph.input:
         if vi.name in consts:
             continue
-        readers = [n for n in model.graph.node if vi.name in n.input]
+        readers = [n for n in graph.node if vi.name in n.input]
         if not readers or any(n.op_type != "Unsqueeze" or n.input[0] != vi.name for n in readers):
             continue
         axes = []
