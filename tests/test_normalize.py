@@ -1677,8 +1677,33 @@ def test_a_hard_sigmoid_is_a_clipped_relu(alpha, beta):
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
     B.assert_runtimes_agree(B.converted(m, x, T=4)[2].model, x)
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError, match=r"HardSigmoid.*cannot express \(it multiplies "
+                                                    r"its own input: .* is a HardSwish"):
         normalize(net(swish=True))
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_a_max_of_two_branches_is_refused_naming_both(op):
+    b = B.GraphBuilder(13)
+    x = b.node("Relu", [b.conv("input", 1, 4)])
+    y1, y2 = (b.node("Relu", [b.conv(x, 4, 4)]) for _ in range(2))
+    y = b.node(op, [y1, y2])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=rf"\({op}\) takes the elementwise "
+                                                    rf"{op.lower()}imum of '{y1}', '{y2}'.*Add or a Concat"):
+        normalize(m)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.2])
+def test_a_falling_hard_sigmoid_is_refused_saying_why(alpha):
+    b = B.GraphBuilder(13)
+    y = b.node("HardSigmoid", [b.conv("input", 1, 4)], alpha=alpha, beta=0.5)
+    y = b.node("Relu", [b.conv(y, 4, 4)])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=rf"\(HardSigmoid\) is a nonlinearity the spiking "
+                                                    rf"rewrite cannot express \(alpha {alpha:g}: it "
+                                                    "falls as its input rises"):
+        normalize(m)
 
 
 def test_a_shapeless_input_or_output_is_named_by_the_checker_refusal():

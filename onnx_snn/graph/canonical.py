@@ -210,9 +210,16 @@ def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
         a = float(node.attrs.get("alpha", 0.2))
         b = float(node.attrs.get("beta", 0.5))
         x, y = node.inputs[0], node.outputs[0]
-        if not a > 0 or not np.isfinite(b) or const_value(x) is not None:
+        if const_value(x) is not None:
+            continue
+        if not a > 0 or not np.isfinite(b):      # why it is left, for the refusal's message
+            result.records.append((node.name, (
+                f"alpha {a:g}: it falls as its input rises, and only a HardSigmoid of alpha > 0 "
+                "is a clipped ReLU" if not a > 0 else f"beta {b:g} is not finite")))
             continue
         if any(c.op == "Mul" and x in c.inputs for c in y.outputs):
+            result.records.append((node.name, "it multiplies its own input: x * HardSigmoid(x) "
+                                              "is a HardSwish, which a ReLU6 can replace"))
             continue              # x * HardSigmoid(x): a HardSwish
         if is_graph_output(graph, y):      # a head: its scores, as a final Sigmoid's
             node.op, node.attrs = "Add", {}

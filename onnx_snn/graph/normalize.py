@@ -509,9 +509,11 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     records = {r.name: r.records for r in pass_log}
     dropouts: List[dict] = list(records[cleanup.remove_identity_and_dropout.name])
     sites: List[Site] = records[canonicalize_sites.name]
-    # why a pass left a node the support check refuses (a Resize, a Scaler), for its message
+    # why a pass left a node the support check refuses (a Resize, a Scaler, a HardSigmoid),
+    # for its message
     detail = {**dict(records.get(resize.resize_constant_form.name, [])),
-              **dict(records.get(canonical.ml_scaler_to_affine.name, []))}
+              **dict(records.get(canonical.ml_scaler_to_affine.name, [])),
+              **dict(records.get(canonical.hard_sigmoid_to_clip.name, []))}
     if not sites:
         try:      # an unsupported layer is named first, as when the model has sites too
             check_supported(graph, set(), detail)

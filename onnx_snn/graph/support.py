@@ -43,7 +43,7 @@ SUPPORTED_HELP = ("supported layers: Conv, Gemm, MatMul, Add, MaxPool, AveragePo
                   "nearest and linear Resize and shape ops; "
                   "activations: "
                   "Relu, Clip(lo, hi) (ReLU6, Hardtanh), Relu+Min(mu), Max(x, c)(+Min(mu)), a "
-                  "Where-ReLU, LeakyRelu(0) and HardSigmoid")
+                  "Where-ReLU, LeakyRelu(0) and HardSigmoid(alpha > 0)")
 #: what to do about an activation the spiking neuron cannot express
 _ACTIVATION_FIX = ("the neurons compute ReLUs and clipped ReLUs only, so replace it in the DNN "
                    "(a LeakyRelu, PRelu, Sigmoid, Tanh, SiLU, Gelu or HardSwish by "
@@ -72,9 +72,18 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
             head = _output_head_why(graph, node)
             if head:
                 raise UnsupportedModelError(f"{node_label(node)} {head}")
+            if node.op in ("Max", "Min") and sum(i.name in dynamic for i in node.inputs) > 1:
+                which = ", ".join(f"'{i.name}'" for i in node.inputs if i.name in dynamic)
+                raise UnsupportedModelError(
+                    f"{node_label(node)} takes the elementwise {node.op.lower()}imum of "
+                    f"{which} (a maxout, or branches merged by their {node.op.lower()}imum): a "
+                    "neuron's spike count cannot follow the larger or smaller of two other "
+                    "layers' values step by step; merge the branches with an Add or a Concat in "
+                    f"the DNN and fine-tune it briefly; {SUPPORTED_HELP}")
             if node.op in _NONLINEAR:
+                more = f" ({detail[node.name]})" if node.name in detail else ""
                 raise UnsupportedModelError(f"{node_label(node)}{_PIECE_OF.get(node.op, '')} is a "
-                                            "nonlinearity the spiking rewrite cannot express: "
+                                            f"nonlinearity the spiking rewrite cannot express{more}: "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             if node.op in _UNSUPPORTED_HINTS:
                 hint = _UNSUPPORTED_HINTS[node.op]
