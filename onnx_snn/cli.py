@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE",
                    help="write the result (top-1, spike rates per layer) as JSON; "
                         "`onnx-snn analyze` can reuse it")
+    e.add_argument("--output", metavar="NAME",
+                   help="the model output whose scores are compared with the labels (default: "
+                        "the first; a note lists the others)")
     _add_data_args(e)
 
     i = sub.add_parser("info", parents=[quiet], help="show what a spiking model holds",
@@ -733,12 +736,12 @@ def cmd_eval(args) -> int:
     targets = _check_outputs(_inputs(args.model, data, args.data_dir), (args.json, "--json"))
     r = evaluate(args.model, data, timesteps=args.timesteps, batch_size=args.batch_size,
                  limit=args.limit, mean=args.mean, std=args.std, data_dir=args.data_dir,
-                 show_progress=not args.quiet, download=args.download)
+                 show_progress=not args.quiet, download=args.download, output=args.output)
     for note in ([] if args.quiet else r.notes):
         print(f"note: {note}", file=sys.stderr)
-    if r.outputs > 1 and r.top1 is not None and not args.quiet:
+    if r.outputs > 1 and r.top1 is not None and not args.quiet and args.output is None:
         print(f"note: top-1 of the first output '{r.scored_output}' (the model has {r.outputs} "
-              "outputs; re-export with the one to score first)", file=sys.stderr)
+              "outputs; --output NAME scores another)", file=sys.stderr)
     if r.sites and not args.quiet:
         rows = [[s.name, s.neurons, f"{s.spikes_per_sample:.1f}", f"{s.spikes_per_neuron:.4f}",
                  f"{s.rate:.4f}"] for s in r.sites.values()]

@@ -143,7 +143,7 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
              batch_size: Optional[int] = None, limit: Optional[int] = None, mean=None, std=None,
              data_dir=None, show_progress: bool = True, threads: Optional[int] = None,
              download: bool = False, where: Optional[str] = None,
-             top1: Optional[bool] = True) -> EvalResult:
+             top1: Optional[bool] = True, output: Optional[str] = None) -> EvalResult:
     """Top-1 of ``model`` (a path, a ModelProto, or the SpikingModel ``convert`` returns) on
     ``data`` (a dataset name, array file, Dataset, or (x, y) tuple); ``where``: the model's
     name in messages and the result (default: its path, or the graph's name).
@@ -154,13 +154,15 @@ def evaluate(model: Union[str, onnx.ModelProto, SpikingModel], data, timesteps: 
     are taken as already preprocessed. Labels must be class indices below the model's
     number of outputs. ``batch_size``: samples run at once (default: :func:`eval_batch`).
     ``top1``: score the labels (True), not (False), or only when the model's first output
-    gives classes (None: ``analyze``, which wants the spike rates of any model).
+    gives classes (None: ``analyze``, which wants the spike rates of any model). ``output``:
+    the name of the output to score (default: the first).
     """
     from .convert import check_timesteps
     if timesteps is not None:
         timesteps = check_timesteps(timesteps)
     results = _evaluate(model, data, [timesteps] if timesteps else None, batch_size, limit,
-                        mean, std, data_dir, show_progress, threads, download, where, top1)
+                        mean, std, data_dir, show_progress, threads, download, where, top1,
+                        output)
     return next(iter(results.values()))
 
 
@@ -192,8 +194,20 @@ def _other_outputs_hint(runner) -> str:
     if len(names) < 2:
         return ""
     return (f". It has {len(names)} outputs ({', '.join(repr(n) for n in names[:6])}"
-            f"{', ...' if len(names) > 6 else ''}) and eval scores the first: convert the DNN "
-            "with `--outputs NAME` to keep the scores alone (or re-export it with them first)")
+            f"{', ...' if len(names) > 6 else ''}): score another with `eval --output NAME`, "
+            "and convert the DNN with `--outputs NAME` to keep the scores alone")
+
+
+def _scored_index(runner, output: Optional[str], where: str) -> int:
+    """The index among the runner's outputs of ``output`` (None: the first, 0); a name the
+    model does not output is a UsageError listing those it does."""
+    if output is None:
+        return 0
+    names = list(runner.output_names or [])
+    if not isinstance(output, str) or output not in names:
+        raise UsageError(f"--output: {output!r} is not an output of {where}; its outputs are: "
+                         + ", ".join(names))
+    return names.index(output)
 
 
 def _scores_classes(out: np.ndarray, kind: str) -> bool:
@@ -219,7 +233,7 @@ def _labels_fit(y, out, kind: str, table, name: str) -> bool:
 
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False, where=None,
-              top1: Optional[bool] = True) -> Dict[int, EvalResult]:
+              top1: Optional[bool] = True, output: Optional[str] = None) -> Dict[int, EvalResult]:
     from .convert import (MAX_BATCH_SIZE, same_values, check_count, check_recorded_timesteps,
                           resolve_data, warn_other_timesteps)
     from .runtimes.ort import ModelRunner
@@ -240,6 +254,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     name = where or (str(model) if not isinstance(model, onnx.ModelProto)
                      else (runner.model.graph.name or "model"))
     where = str(name)
+    scored = _scored_index(runner, output, where)
+    which = "first output" if scored == 0 else f"output '{runner.output_names[scored]}'"
     if runner.spiking:
         preprocess = check_preprocess(runner.info.preprocess, where)
         if t_list is None:
@@ -303,9 +319,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, **own)
     ds = next(parts)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
-    kind = (first_output_kind(runner.model, runner.output_names[0])
+    kind = (first_output_kind(runner.model, runner.output_names[scored])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
-    table = class_table(runner.model, runner.output_names[0]) if kind == IDS else None
+    table = class_table(runner.model, runner.output_names[scored]) if kind == IDS else None
     labeled = ds.y is not None and top1 is not False
     if runner.spiking:
         t_list = t_list or [runner.info.timesteps]
@@ -322,17 +338,18 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         for start in range(0, len(ds), batch_size):
             feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
             r = runner.run_padded(feed, T if runner.spiking else None)
-            nb, fed = (r.outputs[0].shape[0] if r.outputs[0].ndim else 0), len(next(iter(feed.values())))
+            out = r.outputs[scored]
+            nb, fed = (out.shape[0] if out.ndim else 0), len(next(iter(feed.values())))
             if nb != fed:
-                raise DataError(f"{where}: the model's first output has shape "
-                                f"{list(r.outputs[0].shape)} on a batch of {fed}; top-1 needs one "
+                raise DataError(f"{where}: the model's {which} has shape "
+                                f"{list(out.shape)} on a batch of {fed}; top-1 needs one "
                                 "row per sample (the batch axis first)")
             for t in t_list:
                 if many:
-                    logits = r.step_outputs[0][:t].mean(0)
+                    logits = r.step_outputs[scored][:t].mean(0)
                     counts = {k: v[:t].sum(0) for k, v in r.step_spikes.items()}
                 else:
-                    logits, counts = r.outputs[0], r.spikes
+                    logits, counts = out, r.spikes
                 if labeled and top1 is None and done == 0 and start == 0:
                     # spikes alone unless the output scores the labels' classes (a
                     # regression's [N, 1] or an embedding's [N, D] fed labelled images)
@@ -341,7 +358,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                 if labeled:
                     if start == 0 and not _scores_classes(logits, kind):
                         raise DataError(
-                            f"{where}: its first output has shape {list(logits.shape)}; top-1 "
+                            f"{where}: its {which} has shape {list(logits.shape)}; top-1 "
                             "needs [N, classes] scores, one score per sample (a binary "
                             "classifier) or [N] integer class ids. The data has labels: for a "
                             "model that does not classify, give data without them ('y')"
@@ -377,7 +394,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             top1=100.0 * correct[t] / n if labeled else None,
                             seconds=seconds, timesteps=t if runner.spiking else None,
                             method=runner.info.method if runner.spiking else None, sites=sites,
-                            scored_output=runner.output_names[0] if runner.output_names else None,
+                            scored_output=runner.output_names[scored] if runner.output_names else None,
                             outputs=len(runner.output_names),
                             model_fingerprint=(fmt.spiking_fingerprint(runner.info)
                                                if runner.spiking else None), pools=pools,

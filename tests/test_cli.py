@@ -532,6 +532,14 @@ def test_eval_says_which_output_it_scores(tmp_path):
     assert "top-1 of the first output 'logits' (the model has 2 outputs" in p.stderr
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["scored_output"] == "logits" and e["outputs"] == 2
+    p = run_cli("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                "--output", "aux", "--json", str(tmp_path / "a.json"))
+    assert p.returncode == 0 and "top-1 of the first output" not in p.stderr, p.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["scored_output"] == "aux"
+    p = run_cli("eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                "--output", "nope")
+    assert p.returncode == 2 and "'nope' is not an output of" in p.stderr
+    assert "its outputs are: logits, aux" in p.stderr and "Traceback" not in p.stderr
 
 
 def _named_eval_matches(tmp_path, models, npz, mean: str, std: str) -> None:

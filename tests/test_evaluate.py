@@ -295,5 +295,32 @@ def test_a_first_output_that_is_not_scores_names_the_outputs_and_the_fix():
     m.graph.output.insert(0, onnx.helper.make_tensor_value_info(feat, onnx.TensorProto.FLOAT, None))
     x = B.rand_input(8)
     from onnx_snn.errors import DataError
-    with pytest.raises(DataError, match=r"It has 2 outputs .*--outputs NAME"):
+    with pytest.raises(DataError, match=r"It has 2 outputs .*eval --output NAME.*--outputs NAME"):
         evaluate(m, {"x": x, "y": np.zeros(8, np.int64)}, show_progress=False)
+
+
+@pytest.mark.parametrize("spiking", [False, True])
+def test_output_picks_the_scored_output(spiking):
+    """eval --output NAME scores another output than the first (a DNN's, and a spiking
+    model's that convert --outputs kept two of): the same top-1 as the model with that
+    output alone."""
+    m = B.vgg(13, "clip", softmax=False)
+    logits = m.graph.output[0].name
+    feat = next(n.output[0] for n in m.graph.node if n.op_type == "Flatten")
+    m.graph.output.insert(0, onnx.helper.make_tensor_value_info(feat, onnx.TensorProto.FLOAT,
+                                                                ["N", "D"]))
+    alone = onnx.ModelProto()
+    alone.CopyFrom(m)
+    del alone.graph.output[0]
+    x = B.rand_input(16)
+    y = np.arange(16) % 10
+    if spiking:
+        m = onnx_snn.convert(m, x, timesteps=2, method="datta", outputs=[feat, logits],
+                    show_progress=False).model
+        alone = onnx_snn.convert(alone, x, timesteps=2, method="datta", show_progress=False).model
+    r = evaluate(m, (x, y), output=logits, show_progress=False)
+    want = evaluate(alone, (x, y), show_progress=False)
+    assert r.scored_output == logits and r.outputs == 2 and r.correct == want.correct
+    with pytest.raises(onnx_snn.errors.UsageError, match=r"'nope' is not an output of .*its "
+                                                         rf"outputs are: {feat}, {logits}"):
+        evaluate(m, (x, y), output="nope", show_progress=False)
