@@ -126,9 +126,13 @@ class ClippedReLU(nn.Module):
         # Clip(x, 0, <constant>) rather than Max/Min pairs).
         self._exporting = False
         self._export_mu: Optional[float] = None
+        #: set by export_mode(keep_levels=True): write the rounding out (QCFS's form)
+        self._export_levels: Optional[int] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mu = self.mu.to(x.dtype)
+        if self._exporting and self._export_levels:
+            return qcfs_form(x, mu, self._export_levels)
         if self._exporting or not self.fused or torch.onnx.is_in_onnx_export():
             if self.idiom == "relu_min":
                 return torch.minimum(F.relu(x), mu)
@@ -219,6 +223,15 @@ def mu_values(model: nn.Module) -> List[float]:
     return [float(m.mu.detach().cpu()) for m in clipped_relus(model)]
 
 
+def qcfs_form(x: torch.Tensor, mu: torch.Tensor, levels: int) -> torch.Tensor:
+    """:func:`quantized_clip`'s values written as the QCFS reference code's activation
+    (Bu et al., ICLR 2022: ``x / th``, clamp to [0, 1], ``floor(y L + 0.5) / L``, times ``th``),
+    with a plain floor: what a QCFS-trained network's ONNX export holds (Div, Clip, Mul, Add,
+    Floor, Div, Mul), for ``export_onnx(..., keep_levels=True)``."""
+    y = torch.clamp(x / mu, 0.0, 1.0)
+    return torch.floor(y * levels + 0.5) / levels * mu
+
+
 def set_idiom(model: nn.Module, idiom: str) -> nn.Module:
     """Switch every clipped ReLU of ``model`` to ``idiom`` (in place; returns the model)."""
     if idiom not in IDIOMS:
@@ -229,19 +242,23 @@ def set_idiom(model: nn.Module, idiom: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def export_mode(model: nn.Module):
+def export_mode(model: nn.Module, keep_levels: bool = False):
     """Within the block, clipped ReLUs run their idiom's own torch ops (for the exporters);
-    ``clip``-idiom activations use their mu as a Python constant."""
+    ``clip``-idiom activations use their mu as a Python constant. ``keep_levels``: those
+    quantized to levels (:func:`set_levels`) write the rounding out, in QCFS's form
+    (:func:`qcfs_form`), instead of the plain clip."""
     acts = clipped_relus(model)
     for m in acts:
         m._exporting = True
         m._export_mu = float(m.mu.detach().cpu()) if m.idiom == "clip" else None
+        m._export_levels = m.levels if keep_levels else None
     try:
         yield model
     finally:
         for m in acts:
             m._exporting = False
             m._export_mu = None
+            m._export_levels = None
 
 
 # ------------------------------------------------------------------------- networks
@@ -455,7 +472,8 @@ def _metadata_value(v) -> str:
 
 def export_onnx(model: nn.Module, path: os.PathLike, input_shape: Sequence[int],
                 exporter: str = "legacy", opset: int = 13,
-                metadata: Optional[dict] = None, verify: bool = True) -> "object":
+                metadata: Optional[dict] = None, verify: bool = True,
+                keep_levels: bool = False) -> "object":
     """Export ``model`` (in eval mode, on the CPU) to a single self-contained ONNX file.
 
     ``input_shape`` is ``(C, H, W)`` (or ``(N, C, H, W)``; N is made dynamic either way).
@@ -465,6 +483,8 @@ def export_onnx(model: nn.Module, path: os.PathLike, input_shape: Sequence[int],
     prefix; non-string values are JSON-encoded); ``onnx_snn.mu`` is filled from the model
     when not given.  The file is checked with ``onnx.checker`` and, when ``verify`` and
     onnxruntime is installed, compared with torch (atol 1e-4).  Written atomically.
+    ``keep_levels``: clipped ReLUs quantized to levels (:func:`set_levels`) are written with
+    their rounding (QCFS's Floor form), not as the plain clip.
     Returns the saved ``onnx.ModelProto``.
     """
     import onnx
@@ -482,7 +502,7 @@ def export_onnx(model: nn.Module, path: os.PathLike, input_shape: Sequence[int],
     net = copy.deepcopy(model).cpu().float().eval()
     example = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     dyn = {"input": {0: "batch"}, "logits": {0: "batch"}}
-    with export_mode(net), torch.no_grad(), warnings.catch_warnings():
+    with export_mode(net, keep_levels), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "legacy":
             import io

@@ -212,3 +212,84 @@ def test_a_pair_behind_ops_that_select_values_is_a_requantization(move):
     nm = prepare(b.model("x", t, (1, 12, 12), 10))
     assert len(nm.sites) == 1, [s.name for s in nm.sites]
     assert "1 dropped" in " ".join(nm.notes)
+
+
+def _qcfs(b: B.GraphBuilder, x: str, form: str, th: float, levels: int) -> str:
+    """A quantized clipped ReLU of ``levels`` steps on [0, th], written out as trainers do:
+    qcfs: th * floor(L * clip(x / th, 0, 1) + 0.5) / L (Bu et al.'s reference code, the
+    threshold a [1] tensor); lsq: round(clip(x / s, 0, L)) * s (s = th / L); floor: the
+    same without the half-step shift (clip-floor); clip: the plain clip it stands for;
+    clip-half: the clip half a step lower (what clip-floor stands for on average)."""
+    if form.startswith("clip"):
+        y = b.node("Clip", [x, b.const(np.array(0, np.float32)), b.const(np.array(th, np.float32))])
+        if form == "clip-half":
+            y = b.node("Add", [y, b.const(np.array(-th / (2 * levels), np.float32))])
+        return y
+    if form == "lsq":
+        s = th / levels
+        y = b.node("Clip", [b.node("Div", [x, b.const(np.array(s, np.float32))]),
+                            b.const(np.array(0, np.float32)), b.const(np.array(levels, np.float32))])
+        return b.node("Mul", [b.node("Round", [y]), b.const(np.array(s, np.float32))])
+    thr = b.const(np.array([th], np.float32))
+    y = b.node("Clip", [b.node("Div", [x, thr]), b.const(np.array(0, np.float32)),
+                        b.const(np.array(1, np.float32))])
+    y = b.node("Mul", [y, b.const(np.array(levels, np.float32))])
+    if form == "qcfs":
+        y = b.node("Add", [y, b.const(np.array(0.5, np.float32))])
+    y = b.node("Div", [b.node("Floor", [y]), b.const(np.array(levels, np.float32))])
+    return b.node("Mul", [y, thr])
+
+
+def _qcfs_net(form: str, levels: int = 4, depth: int = 2, seed: int = 0) -> onnx.ModelProto:
+    b = B.GraphBuilder(13, seed)
+    x = _qcfs(b, b.conv("input", 1, 4), form, 1.5, levels)
+    if depth > 1:
+        x = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
+        x = _qcfs(b, b.conv(x, 4, 8), form, 2.0, levels)
+        x = b.gemm(b.node("Flatten", [x]), 8 * 36, 10)
+    else:
+        x = b.gemm(b.node("Flatten", [x]), 4 * 144, 10)
+    return b.model("input", x, (1, 12, 12), 10)
+
+
+@pytest.mark.parametrize("form", ["qcfs", "lsq", "floor"])
+def test_a_written_out_quantizer_is_its_clipped_relu(form):
+    """QCFS's clip-floor-shift, LSQ's round(clip(x / s)) * s and a plain clip-floor, written
+    in float ops (their trainers' ONNX exports), were refused at the Floor/Round as a
+    nonlinearity: they are the clipped ReLU their straight-through estimator trained (the
+    floor without the shift as its mean, half a step lower), one site each, mu at the clip."""
+    nm = prepare(_qcfs_net(form))
+    assert len(nm.sites) == 2
+    assert not {"Floor", "Round"} & {n.op_type for n in nm.model.graph.node}
+    note = next(n for n in nm.notes if n.startswith("quantized activations: 2 rounding"))
+    assert "the quantizers have 4 steps, which the neurons match at T = 4" in note
+    x = B.rand_input(32)
+    # floor(u) is read as u - 1/2: the clip's values, half a step lower
+    clip = prepare(_qcfs_net("clip-half" if form == "floor" else "clip"))
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(clip.model, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_rounding_of_anything_but_an_activation_is_still_refused():
+    b = B.GraphBuilder(13)
+    x = b.node("Floor", [b.conv("input", 1, 4)])
+    x = b.node("Relu", [b.conv(x, 4, 4)])
+    m = b.model("input", b.gemm(b.node("Flatten", [x]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Floor\) is a nonlinearity"):
+        prepare(m)
+
+
+@pytest.mark.parametrize("levels", [2, 4])
+def test_qcfs_converts_exactly_at_T_levels_with_its_own_conversion(levels):
+    """QCFS's theorem: an integrate-and-fire layer of threshold th and initial membrane th/2
+    run T = L steps on a constant current gives the quantizer's values exactly. One site fed
+    by the analog input: the spiking model (deng: threshold mu, v0 = mu/2) reproduces the
+    DNN, its Floor included, to float rounding; at T = L - 1 it does not."""
+    m = _qcfs_net("qcfs", levels, depth=1, seed=3)
+    x = B.rand_input(64, seed=2)
+    want = run(m, x).outputs[0]
+    _, _, snn = B.converted(m, x, T=levels, method="deng")
+    np.testing.assert_allclose(run(snn.model, x).outputs[0], want, rtol=1e-4, atol=1e-4)
+    B.assert_runtimes_agree(snn.model, x)
+    _, _, fewer = B.converted(m, x, T=levels - 1, method="deng")
+    assert not np.allclose(run(fewer.model, x).outputs[0], want, atol=1e-3)

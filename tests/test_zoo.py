@@ -232,6 +232,36 @@ def test_levels_switch_rounding_on_and_off_and_never_reach_the_export(tmp_path):
     assert torch.equal(net(x), plain)
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_keep_levels_exports_the_rounding_in_qcfs_form_and_it_converts(tmp_path, exporter):
+    """export_onnx(keep_levels=True) writes what a QCFS-trained network's export holds (Div,
+    Clip, Mul, Add, Floor, Div, Mul per activation; onnxruntime gives the rounded network's
+    outputs), and the converter reads it as the clipped ReLUs: the same sites and mu as the
+    plain export, and at T = 2 with deng the same spiking outputs to float rounding."""
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    import onnx_snn
+    net = _trained_like(zoo.build("fmnist_vgg", 10, 1))
+    zoo.set_levels(net, 2)
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        rounded = net(x).numpy()
+    zoo.export_onnx(net, tmp_path / "q.onnx", (1, 28, 28), exporter=exporter,
+                    opset=13 if exporter == "legacy" else 18, keep_levels=True)
+    zoo.export_onnx(net, tmp_path / "p.onnx", (1, 28, 28))
+    assert zoo.onnx_op_types(tmp_path / "q.onnx").count("Floor") == 5
+    np.testing.assert_allclose(_ort_run(tmp_path / "q.onnx", x.numpy()), rounded, atol=1e-4)
+    q, p = (onnx_snn.prepare(str(tmp_path / f)) for f in ("q.onnx", "p.onnx"))
+    assert len(q.sites) == len(p.sites) == 5
+    assert any("the quantizers have 2 steps" in n for n in q.notes)
+    from onnx_snn.runtimes.ort import run
+    xs = x.numpy()
+    outs = [run(onnx_snn.convert(str(tmp_path / f), xs, timesteps=2, method="deng",
+                                 show_progress=False).model, xs).outputs[0]
+            for f in ("q.onnx", "p.onnx")]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
 def test_fit_levels_lowers_the_rounding_error_of_every_layer():
     """Each layer's fitted mu rounds its inputs (the layers before rounded at their fitted mu)
     at least as closely to the clip at its old mu as the old mu itself does (the grid holds

@@ -18,6 +18,8 @@ Markdown table with ``--markdown``).
                                                      # ... on each step's loss (TET)
     python tools/bench_deep.py --nets vgg16-l2,resnet20-l2 --methods refined,datta,deng
                                                      # the two nets trained on with --levels 2
+    python tools/bench_deep.py --no-finetune --nets vgg16-qcfs,resnet20-qcfs --methods refined,deng
+                                                     # ... exported with their rounding (QCFS)
     python tools/bench_deep.py --no-finetune --methods refined,refined-pool-first
                                                      # convert --pool-first against the default
     python tools/bench_deep.py --no-finetune --methods refined-signed,deng-signed
@@ -62,7 +64,13 @@ NETS = {
     # (train_dnn.py --levels 2 --init-from ...): opt-in, --nets vgg16-l2,resnet20-l2
     "vgg16-l2": ROOT / "tools" / "models" / "fmnist_vgg16_l2.onnx",
     "resnet20-l2": ROOT / "tools" / "models" / "fmnist_resnet20_l2.onnx",
+    # those two exported with the rounding written out, as a QCFS-trained network's export
+    # holds it (Floor); made from them by the zoo at the start of a run that asks for them
+    "vgg16-qcfs": ROOT / "runs" / "bench_deep" / "fmnist_vgg16_qcfs.onnx",
+    "resnet20-qcfs": ROOT / "runs" / "bench_deep" / "fmnist_resnet20_qcfs.onnx",
 }
+#: the QCFS-form nets and the model each is exported from
+QCFS_FROM = {"vgg16-qcfs": "vgg16-l2", "resnet20-qcfs": "resnet20-l2"}
 #: what a plain run benchmarks
 DEFAULT_NETS = ("shipped", "vgg16", "resnet20")
 DESCRIPTION = {
@@ -71,6 +79,8 @@ DESCRIPTION = {
     "resnet20": "ResNet-20 (the paper's: 3-conv stem, 8 basic blocks), quarter width (16-128)",
     "vgg16-l2": "VGG-16, trained 10 more epochs with activations rounded to 3 levels",
     "resnet20-l2": "ResNet-20, trained 10 more epochs with activations rounded to 3 levels",
+    "vgg16-qcfs": "vgg16-l2 exported with its rounding (QCFS's Floor form; the DNN is rounded)",
+    "resnet20-qcfs": "resnet20-l2 exported with its rounding (QCFS's Floor form)",
 }
 METHODS = ("refined", "datta", "deng", "max")
 #: the ablation of the refined method (``--methods ...``): name -> (method, SearchConfig fields)
@@ -270,6 +280,31 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def export_qcfs(src: Path, dst: Path) -> None:
+    """Write ``src`` (a zoo network trained with --levels) to ``dst`` with its rounding
+    written out in QCFS's form (``zoo.export_onnx(keep_levels=True)``), its metadata kept."""
+    import json
+
+    import onnx
+    from onnx_snn import zoo
+    m = onnx.load(str(src))
+    meta = {p.key: p.value for p in m.metadata_props}
+    levels = json.loads(meta["onnx_snn.recipe"])["levels"]
+    shape = json.loads(meta["onnx_snn.input_shape"])
+    net = zoo.build(meta["onnx_snn.arch"], int(meta.get("onnx_snn.num_classes", 10)), shape[0],
+                    input_size=shape[-1])
+    own = net.state_dict()
+    state = zoo.onnx_parameters(m)
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items() if k in own}})
+    for act, mu in zip(zoo.clipped_relus(net), json.loads(meta["onnx_snn.mu"])):
+        act.mu.data.fill_(float(mu))
+    zoo.set_levels(net, levels)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    keep = {k: v for k, v in meta.items() if k not in ("onnx_snn.mu", "onnx_snn.input_shape")}
+    zoo.export_onnx(net.eval(), dst, shape, metadata={**keep, "onnx_snn.levels": levels},
+                    keep_levels=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -352,6 +387,9 @@ def main(argv=None) -> int:
     unknown = [n for n in nets if n not in NETS]
     if unknown:
         p.error(f"unknown net(s) {unknown}; choose from {list(NETS)}")
+    for n in nets:
+        if n in QCFS_FROM and NETS[QCFS_FROM[n]].is_file():
+            export_qcfs(NETS[QCFS_FROM[n]], NETS[n])
     missing = [str(NETS[n]) for n in nets if not NETS[n].is_file()]
     if missing:
         p.error(f"missing model file(s) {missing}; train them with tools/train_dnn.py (README)")

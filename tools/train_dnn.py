@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from onnx_snn import zoo
 from onnx_snn.datasets import FASHION_MNIST_CLASSES, load_dataset
-from onnx_snn.errors import DataError, OnnxSnnError, OutputPathError, TrainingDivergedError
+from onnx_snn.errors import (DataError, OnnxSnnError, OutputPathError, TrainingDivergedError,
+                             UsageError)
 from onnx_snn.model_io import sha256_file
 from onnx_snn.progress import Progress
 
@@ -118,8 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the conversion at T = L loses less (docs/MEASUREMENTS.md: the Fashion-MNIST VGG-16, "
                         "+2.0 points at T=2; ResNet-20: no gain). Each mu is first fitted to "
                         "the rounding, unless the run continued was trained with the same L. "
-                        "The exported model is still the plain clipped ReLU (default: no "
-                        "rounding). Best as a few epochs on a trained model (--init-from)")
+                        "The exported model is still the plain clipped ReLU unless "
+                        "--export-levels. Best as a few epochs on a trained model (--init-from)")
+    p.add_argument("--export-levels", action="store_true",
+                   help="with --levels: export the rounding too, written out as QCFS's "
+                        "reference code does (Div, Clip, Mul, Add, Floor, Div, Mul), so that "
+                        "the ONNX DNN is the rounded network (onnx-snn convert reads it as the "
+                        "clipped ReLUs)")
     p.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random")
     p.add_argument("--init-from", type=Path, default=None, metavar="MODEL.onnx",
                    help="continue from an exported model instead of a checkpoint (across "
@@ -345,6 +351,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
         torch.set_num_threads(args.workers)
     out: Path = args.out
     export_path: Path = args.export or out / "model.onnx"
+    if args.export_levels and not args.levels:
+        raise UsageError("--export-levels exports the rounding of --levels L: give --levels")
     if export_path.suffix.lower() != ".onnx":
         raise OutputPathError(f"--export {export_path}: the file name must end in .onnx")
     if dist_.main:
@@ -559,7 +567,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             metadata["onnx_snn.classes"] = list(FASHION_MNIST_CLASSES)
         export_path.parent.mkdir(parents=True, exist_ok=True)
         zoo.export_onnx(net, export_path, (channels, size, size), exporter=args.exporter,
-                        opset=args.opset, metadata=metadata)
+                        opset=args.opset, metadata=metadata,
+                        keep_levels=bool(args.levels and args.export_levels))
         summary = {
             "arch": args.arch, "dataset": args.dataset, "epochs": len(history),
             "best_epoch": best["epoch"] + 1, "test_accuracy": round(test_acc, 2),

@@ -241,6 +241,7 @@ PIPELINE: tuple = (
     fold.refuse_training_batchnorm,      # before its statistics outputs are dropped
     quantization.refuse_integer_operators,
     quantization.fake_quantization,      # QDQ activations: clipped ReLUs (weights: folded above)
+    quantization.rounding_to_identity,   # QCFS/LSQ quantizers written out: their clipped ReLU
     canonical.sum_to_add,
     einsum.einsum_to_matmul,             # Einsum with a constant operand: a MatMul
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU

@@ -226,4 +226,117 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
-__all__ = ["refuse_integer_operators", "fake_quantization", "INTEGER_OPS"]
+#: rounding ops and the constant each leaves on average (for a uniform fractional part):
+#: Floor(u) is u - 1/2, Round(u) is u, Ceil(u) is u + 1/2
+ROUNDING_BIAS = {"Floor": -0.5, "Round": 0.0, "Ceil": 0.5}
+#: the activations a written-out quantizer rounds (their output is bounded below)
+_QUANTIZED_ACTIVATIONS = {"Clip", "Relu", "Max", "Min"}
+#: the elementwise scalar steps between such an activation and its rounding
+_SCALAR_STEPS = {"Add", "Sub", "Mul", "Div"}
+
+
+def _scalar_step(node: gs.Node) -> Optional[Tuple[gs.Variable, float, float]]:
+    """For an Add/Sub/Mul/Div of one data tensor and one constant scalar (a size-1 tensor):
+    (the data tensor, scale, offset) with the node's output ``scale * data + offset``;
+    None for any other node (a Sub or Div whose data is the second operand too)."""
+    if node.op not in _SCALAR_STEPS or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    ca, cb = const_value(a), const_value(b)
+    if cb is not None and ca is None and cb.size == 1:
+        c = float(cb.reshape(-1)[0])
+        x = a
+    elif ca is not None and cb is None and ca.size == 1 and node.op in ("Add", "Mul"):
+        c = float(ca.reshape(-1)[0])
+        x = b
+    else:
+        return None
+    if not math.isfinite(c):
+        return None
+    return {"Add": (x, 1.0, c), "Sub": (x, 1.0, -c), "Mul": (x, c, 0.0),
+            "Div": (x, 1.0 / c if c != 0 else math.nan, 0.0)}[node.op]
+
+
+def _rounded_activation(u) -> Optional[Tuple[gs.Node, float, float]]:
+    """Walk back from a rounding's input ``u`` through scalar Add/Sub/Mul/Div steps to the
+    activation they scale (a Clip, Relu, Max or Min node): (it, the steps' total scale, the
+    constant added last: the Add/Sub right before the rounding, or 0), or None."""
+    scale, last_offset, first = 1.0, 0.0, True
+    t = u
+    while True:
+        if len(t.inputs) != 1:
+            return None
+        node = t.inputs[0]
+        if node.op in _QUANTIZED_ACTIVATIONS:
+            return (node, scale, last_offset) if math.isfinite(scale) and scale > 0 else None
+        step = _scalar_step(node)
+        if step is None:
+            return None
+        x, k, c = step
+        if first and node.op in ("Add", "Sub"):
+            last_offset = c
+        first = False
+        scale *= k
+        t = x
+
+
+@graph_pass("rounding-to-identity")
+def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
+    """A quantized clipped ReLU written out in float ops (QCFS, Bu et al. ICLR 2022:
+    ``th * floor(L * clip(x / th, 0, 1) + 0.5) / L``; LSQ's and PACT's ``round(clip(x / s, 0,
+    Q)) * s``) reads as its clipped ReLU: each Floor, Round or Ceil whose input is an
+    activation (Clip, Relu, Max, Min) through scalar Mul/Div/Add/Sub steps of positive total
+    scale is replaced by what it leaves on average (``ROUNDING_BIAS``: Floor(u) as u - 1/2,
+    so QCFS's Floor(v + 1/2) is v exactly, Round(u) as u, Ceil(u) as u + 1/2), as the
+    straight-through estimator that trained it reads it. The spiking neurons' own levels
+    (T + 1 per layer) replace the rounding: a note gives each quantizer's number of levels
+    (the clip's range times the steps' scale), the T at which the neurons can match it. A
+    rounding of anything else (a raw convolution output, an index computation) is left, and
+    refused by the support check."""
+    found = []
+    for node in list(graph.nodes):
+        if node.op not in ROUNDING_BIAS or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        u, y = node.inputs[0], node.outputs[0]
+        if const_value(u) is not None:
+            continue
+        walked = _rounded_activation(u)
+        if walked is None:
+            continue
+        act, scale, offset = walked
+        bias = offset + ROUNDING_BIAS[node.op]
+        src = u
+        if offset != 0:          # the Add/Sub of the offset right before: start from its input
+            src = _scalar_step(u.inputs[0])[0]
+        if abs(bias) < 1e-6 * max(1.0, abs(offset)):
+            node.op, node.attrs, node.inputs = "Identity", {}, [src]
+        else:
+            node.op, node.attrs = "Add", {}
+            node.inputs = [src, gs.Constant(f"{node.name or y.name}_bias",
+                                            np.array(bias, np.float32))]
+        levels = None
+        try:
+            lo, hi = clamp_bounds(act) if act.op == "Clip" else (None, None)
+        except UnsupportedModelError:      # refused, named, when the sites are read
+            lo = hi = None
+        if lo is not None and math.isfinite(lo) and math.isfinite(hi):
+            span = (hi - lo) * scale
+            levels = int(round(span)) if abs(span - round(span)) < 1e-3 and span >= 1 else None
+        found.append((node.name, levels))
+        result.changed += 1
+    if found:
+        levels = sorted({n for _, n in found if n is not None})
+        result.notes.append(
+            f"quantized activations: {len(found)} rounding node(s) ({', '.join(n for n, _ in found[:4])}"
+            f"{', ...' if len(found) > 4 else ''}) read as the straight-through identity that "
+            "trained them (QCFS's floor(L x + 1/2), a round): the spiking neurons' levels "
+            "replace the rounding"
+            + (f"; the quantizers have {' or '.join(map(str, levels))} steps, which the "
+               f"neurons match at T = {levels[0] if len(levels) == 1 else 'that number'} "
+               "(QCFS's own conversion is --method deng: threshold mu, initial membrane mu/2)"
+               if levels else ""))
+        graph.cleanup()
+
+
+__all__ = ["refuse_integer_operators", "fake_quantization", "rounding_to_identity",
+           "INTEGER_OPS", "ROUNDING_BIAS"]
