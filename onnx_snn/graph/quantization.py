@@ -26,6 +26,11 @@ this module handles the pairs on activations:
 A note says how many pairs became activations and how many were dropped. Per-axis activation
 scales, a QuantizeLinear whose integers feed an integer operator, and blocked quantization are
 left alone (and refused, named, by the support check).
+
+Quantizers written out in float ops (QCFS's clip-floor-shift, Bu et al. ICLR 2022, the usual
+training for ultra-low-latency conversion; LSQ's or PACT's ``round(clip(x / s, 0, Q)) * s``)
+are read by :func:`rounding_to_identity` as the clipped ReLU their straight-through
+estimator trained: the Floor/Round/Ceil goes, the clip stays a site.
 """
 from __future__ import annotations
 
