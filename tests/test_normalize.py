@@ -1682,6 +1682,35 @@ def test_a_hard_sigmoid_is_a_clipped_relu(alpha, beta):
         normalize(net(swish=True))
 
 
+@pytest.mark.parametrize("form", ["tcl", "hardtanh", "hardtanh_sub", "other_top", "negative"])
+def test_a_clamp_written_with_two_relus_is_one_site(form):
+    """TCL's trainable clipping layer (up - relu(up - relu(x)), its threshold a [1] tensor)
+    and a hard-tanh from ReLUs (relu(x) - relu(x - c)) were two spiking layers, the second
+    fed by the first's spikes: each is one clipped ReLU of mu c now, the same function. With
+    two different constants, or c <= 0, they are not a clamp and stay as they were."""
+    b = B.GraphBuilder(13)
+    x0 = b.conv("input", 1, 4)
+    c = -2.0 if form == "negative" else 2.0
+    if form in ("tcl", "other_top", "negative"):
+        up = b.const(np.array([c], np.float32))
+        inner = b.const(np.array([3.0], np.float32)) if form == "other_top" else up
+        x = b.node("Sub", [up, b.node("Relu", [b.node("Sub", [inner, b.node("Relu", [x0])])])])
+    else:
+        shifted = (b.node("Sub", [x0, b.const(np.array(c, np.float32))]) if form == "hardtanh_sub"
+                   else b.node("Add", [x0, b.const(np.array(-c, np.float32))]))
+        x = b.node("Sub", [b.node("Relu", [x0]), b.node("Relu", [shifted])])
+    x = b.node("Clip", [b.conv(x, 4, 4), b.const(np.array(0, np.float32)), b.const(np.array(1, np.float32))])
+    m = b.model("input", b.gemm(b.node("Flatten", [x]), 4 * 144, 10), (1, 12, 12), 10)
+    nm = normalize(m)
+    if form in ("other_top", "negative"):
+        assert len(nm.sites) == 3 and not any("two ReLUs" in n for n in nm.notes)
+        return
+    assert [s.mu for s in nm.sites] == [pytest.approx(2.0), pytest.approx(1.0)]
+    assert any(n.startswith("clamps written with two ReLUs read as one clipped ReLU") for n in nm.notes)
+    x = B.rand_input(16)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_a_max_of_two_branches_is_refused_naming_both(op):
     b = B.GraphBuilder(13)

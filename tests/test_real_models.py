@@ -232,3 +232,68 @@ def test_exporter_idioms_with_a_free_batch_convert(idiom, exporter, tmp_path):
     data = np.random.default_rng(0).random((5, 1, 16, 16)).astype(np.float32)
     snn = onnx_snn.convert(str(path), data, timesteps=2, show_progress=False)
     B.assert_runtimes_agree(snn.model, data)
+
+
+class _GradFloor(torch.autograd.Function):
+    """QCFS's reference code: a floor with a straight-through gradient."""
+    @staticmethod
+    def forward(ctx, x):
+        return x.floor()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _QCFS(torch.nn.Module):
+    """QCFS's activation (Bu et al., ICLR 2022) as its reference code writes it."""
+    def __init__(self, levels: int = 4, thresh: float = 2.0):
+        super().__init__()
+        self.levels, self.thresh = levels, torch.nn.Parameter(torch.tensor([thresh]))
+
+    def forward(self, x):
+        x = torch.clamp(x / self.thresh, 0, 1)
+        return _GradFloor.apply(x * self.levels + 0.5) / self.levels * self.thresh
+
+
+class _TCL(torch.nn.Module):
+    """TCL's trainable clipping layer (Ho & Chang, DAC 2021) as its reference code writes it."""
+    def __init__(self, up: float = 2.0):
+        super().__init__()
+        self.up = torch.nn.Parameter(torch.tensor([up]))
+
+    def forward(self, x):
+        return self.up - torch.relu(self.up - torch.relu(x))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", pytest.param("dynamo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("act", ["qcfs", "tcl"])
+def test_networks_trained_for_conversion_convert_one_site_per_activation(act, exporter, tmp_path):
+    """The activations of two ANN-SNN conversion trainings, exported as their code writes
+    them: QCFS's clip-floor-shift (refused at its Floor before) and TCL's clamp of two ReLUs
+    (two spiking layers each before): one site per activation, mu their threshold."""
+    import onnx_snn
+    make = (lambda t: _QCFS(4, t)) if act == "qcfs" else _TCL
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), make(1.5),
+        torch.nn.AvgPool2d(2), torch.nn.Conv2d(4, 8, 3, padding=1), make(2.5),
+        torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 10)).eval()
+    x = torch.randn(2, 1, 16, 16)
+    path = tmp_path / f"{act}_{exporter}.onnx"
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=13,
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        else:
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
+                              output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("N")},))
+    nm = onnx_snn.prepare(str(path))
+    scale = 1.0 if act == "qcfs" else None     # QCFS divides by its threshold first
+    assert [s.mu for s in nm.sites] == ([pytest.approx(scale)] * 2 if scale else
+                                        [pytest.approx(1.5), pytest.approx(2.5)])
+    assert convert_and_run(path) == 2

@@ -194,6 +194,78 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
+def _finite_scalar(t) -> Optional[float]:
+    """A constant of one element, as a float (None otherwise or when not finite)."""
+    v = const_value(t)
+    if v is None or v.size != 1:
+        return None
+    f = float(v.reshape(-1)[0])
+    return f if np.isfinite(f) else None
+
+
+def _minus_scalar(t) -> Optional[tuple]:
+    """``t = x - c`` (``Sub(x, c)``, ``Add(x, -c)``): (x, c); else None."""
+    n = t.inputs[0] if len(t.inputs) == 1 else None
+    if n is None or len(n.inputs) != 2:
+        return None
+    if n.op == "Sub" and const_value(n.inputs[0]) is None:
+        c = _finite_scalar(n.inputs[1])
+        return None if c is None else (n.inputs[0], c)
+    if n.op == "Add":
+        for i in (0, 1):
+            c = _finite_scalar(n.inputs[i])
+            if c is not None and const_value(n.inputs[1 - i]) is None:
+                return n.inputs[1 - i], -c
+    return None
+
+
+def _relu_of(t):
+    """The input of the Relu that computes ``t`` (None when no Relu does)."""
+    n = t.inputs[0] if len(t.inputs) == 1 else None
+    return n.inputs[0] if n is not None and n.op == "Relu" and n.inputs else None
+
+
+@graph_pass("relu-pairs-to-clip")
+def relu_pairs_to_clip(graph: gs.Graph, result: PassResult) -> None:
+    """A clamp written with two ReLUs: ``c - relu(c - r)`` is ``min(r, c)`` (TCL's trainable
+    clipping layer, Ho & Chang DAC 2021: relu, ``up - x``, relu, ``up - x``), which after a
+    Relu is the clipped ReLU of mu c; ``relu(x) - relu(x - c)`` is ``clip(x, 0, c)`` (a
+    hard-tanh built from ReLUs). For ``c > 0`` each becomes a ``Min(r, c)`` or a ``Clip(x, 0,
+    c)``: one site, where the ReLUs made two spiking layers, the second of the first's spikes
+    (an extra rounding to T + 1 levels)."""
+    found = []
+    for node in list(graph.nodes):
+        if node.op != "Sub" or len(node.inputs) != 2 or len(node.outputs) != 1:
+            continue
+        a, b = node.inputs
+        c = _finite_scalar(a)
+        inner = _relu_of(b)
+        if c is not None and c > 0 and inner is not None:       # c - relu(c - r)
+            n = inner.inputs[0] if len(inner.inputs) == 1 else None
+            c2 = _finite_scalar(n.inputs[0]) if n is not None and n.op == "Sub" \
+                and len(n.inputs) == 2 else None
+            if c2 is not None and abs(c2 - c) <= 1e-6 * c and const_value(n.inputs[1]) is None:
+                r = n.inputs[1]
+                node.op, node.attrs = "Min", {}
+                node.inputs = [r, gs.Constant(f"{node.name}_top", np.array(c, np.float32))]
+                found.append(f"'{node.name}' ({c:g} - relu({c:g} - x) as min(x, {c:g}))")
+                result.changed += 1
+            continue
+        x, y = _relu_of(a), _relu_of(b)
+        shifted = _minus_scalar(y) if x is not None and y is not None else None
+        if shifted is not None and shifted[0] is x and shifted[1] > 0:   # relu(x) - relu(x - c)
+            c = shifted[1]
+            node.op, node.attrs = "Clip", {}
+            node.inputs = [x, gs.Constant(f"{node.name}_lo", np.array(0.0, np.float32)),
+                           gs.Constant(f"{node.name}_hi", np.array(c, np.float32))]
+            found.append(f"'{node.name}' (relu(x) - relu(x - {c:g}) as clip(x, 0, {c:g}))")
+            result.changed += 1
+    if found:
+        result.notes.append("clamps written with two ReLUs read as one clipped ReLU each: "
+                            + ", ".join(found[:4]) + (", ..." if len(found) > 4 else ""))
+        graph.cleanup()
+
+
 @graph_pass("hard-sigmoid-to-clip")
 def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
     """``HardSigmoid(x; a, b) = clip(a x + b, 0, 1)`` is, for ``a > 0``, the clipped ReLU
