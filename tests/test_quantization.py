@@ -219,7 +219,16 @@ def _qcfs(b: B.GraphBuilder, x: str, form: str, th: float, levels: int) -> str:
     qcfs: th * floor(L * clip(x / th, 0, 1) + 0.5) / L (Bu et al.'s reference code, the
     threshold a [1] tensor); lsq: round(clip(x / s, 0, L)) * s (s = th / L); floor: the
     same without the half-step shift (clip-floor); clip: the plain clip it stands for;
-    clip-half: the clip half a step lower (what clip-floor stands for on average)."""
+    clip-half: the clip half a step lower (what clip-floor stands for on average);
+    floor-first: rounded, then clamped, th * clip(floor(x L / th) / L, 0, 1); clip-in: the
+    clip of x half a step lower (what floor-first stands for on average)."""
+    if form == "floor-first":
+        y = b.node("Floor", [b.node("Mul", [x, b.const(np.array(levels / th, np.float32))])])
+        y = b.node("Div", [y, b.const(np.array(levels, np.float32))])
+        y = b.node("Clip", [y, b.const(np.array(0, np.float32)), b.const(np.array(1, np.float32))])
+        return b.node("Mul", [y, b.const(np.array(th, np.float32))])
+    if form == "clip-in":
+        x = b.node("Add", [x, b.const(np.array(-th / (2 * levels), np.float32))])
     if form.startswith("clip"):
         y = b.node("Clip", [x, b.const(np.array(0, np.float32)), b.const(np.array(th, np.float32))])
         if form == "clip-half":
@@ -252,7 +261,7 @@ def _qcfs_net(form: str, levels: int = 4, depth: int = 2, seed: int = 0) -> onnx
     return b.model("input", x, (1, 12, 12), 10)
 
 
-@pytest.mark.parametrize("form", ["qcfs", "lsq", "floor"])
+@pytest.mark.parametrize("form", ["qcfs", "lsq", "floor", "floor-first"])
 def test_a_written_out_quantizer_is_its_clipped_relu(form):
     """QCFS's clip-floor-shift, LSQ's round(clip(x / s)) * s and a plain clip-floor, written
     in float ops (their trainers' ONNX exports), were refused at the Floor/Round as a
@@ -262,10 +271,11 @@ def test_a_written_out_quantizer_is_its_clipped_relu(form):
     assert len(nm.sites) == 2
     assert not {"Floor", "Round"} & {n.op_type for n in nm.model.graph.node}
     note = next(n for n in nm.notes if n.startswith("quantized activations: 2 rounding"))
-    assert "the quantizers have 4 steps, which the neurons match at T = 4" in note
+    assert ("the quantizers have 4 steps, which the neurons match at T = 4" in note) == (
+        form != "floor-first")          # the steps are counted on a clamp before the rounding
     x = B.rand_input(32)
     # floor(u) is read as u - 1/2: the clip's values, half a step lower
-    clip = prepare(_qcfs_net("clip-half" if form == "floor" else "clip"))
+    clip = prepare(_qcfs_net({"floor": "clip-half", "floor-first": "clip-in"}.get(form, "clip")))
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(clip.model, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
 

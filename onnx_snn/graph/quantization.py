@@ -285,13 +285,30 @@ def _rounded_activation(u) -> Optional[Tuple[gs.Node, float, float]]:
         t = x
 
 
+def _clamped_after(y) -> bool:
+    """Whether the rounding's output ``y`` reaches an activation (Clip, Relu, Max, Min)
+    through scalar Add/Sub/Mul/Div steps of positive total scale, each the one reader of
+    what it reads (``clip(floor(x L / th) / L, 0, 1) * th``: rounded, then clamped)."""
+    scale, t = 1.0, y
+    while len(t.outputs) == 1:
+        node = t.outputs[0]
+        if node.op in _QUANTIZED_ACTIVATIONS:
+            return node.inputs[0] is t and math.isfinite(scale) and scale > 0
+        step = _scalar_step(node)
+        if step is None or step[0] is not t or len(node.outputs) != 1:
+            return False
+        scale *= step[1]
+        t = node.outputs[0]
+    return False
+
+
 @graph_pass("rounding-to-identity")
 def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
     """A quantized clipped ReLU written out in float ops (QCFS, Bu et al. ICLR 2022:
     ``th * floor(L * clip(x / th, 0, 1) + 0.5) / L``; LSQ's and PACT's ``round(clip(x / s, 0,
     Q)) * s``) reads as its clipped ReLU: each Floor, Round or Ceil whose input is an
     activation (Clip, Relu, Max, Min) through scalar Mul/Div/Add/Sub steps of positive total
-    scale is replaced by what it leaves on average (``ROUNDING_BIAS``: Floor(u) as u - 1/2,
+    scale, or whose output reaches one that way (rounded before the clamp), is replaced by what it leaves on average (``ROUNDING_BIAS``: Floor(u) as u - 1/2,
     so QCFS's Floor(v + 1/2) is v exactly, Round(u) as u, Ceil(u) as u + 1/2), as the
     straight-through estimator that trained it reads it. The spiking neurons' own levels
     (T + 1 per layer) replace the rounding: a note gives each quantizer's number of levels
@@ -307,8 +324,13 @@ def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
             continue
         walked = _rounded_activation(u)
         if walked is None:
-            continue
-        act, scale, offset = walked
+            if not _clamped_after(y):
+                continue
+            step = _scalar_step(u.inputs[0]) if len(u.inputs) == 1 else None
+            offset = step[2] if step is not None and u.inputs[0].op in ("Add", "Sub") else 0.0
+            act, scale = None, None
+        else:
+            act, scale, offset = walked
         bias = offset + ROUNDING_BIAS[node.op]
         src = u
         if offset != 0:          # the Add/Sub of the offset right before: start from its input
@@ -321,7 +343,7 @@ def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
                                             np.array(bias, np.float32))]
         levels = None
         try:
-            lo, hi = clamp_bounds(act) if act.op == "Clip" else (None, None)
+            lo, hi = clamp_bounds(act) if act is not None and act.op == "Clip" else (None, None)
         except UnsupportedModelError:      # refused, named, when the sites are read
             lo = hi = None
         if lo is not None and math.isfinite(lo) and math.isfinite(hi):
