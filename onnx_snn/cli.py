@@ -622,7 +622,8 @@ def _dataset_from_metadata(model_path: str) -> Optional[str]:
     if m is None or not m.HasField("graph"):   # an empty file parses as an empty model
         load_model(model_path)   # raises the clear error (missing, empty, truncated, not ONNX)
         return None
-    meta = {p.key: p.value for p in m.metadata_props}
+    from .model_io import metadata_dict
+    meta = metadata_dict(m)
     from .spiking.format import META_DATASET
     return meta.get(META_DATASET)
 

@@ -446,7 +446,8 @@ def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivit
 def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[dict]:
     """A DNN's recorded preprocessing; an unreadable one is ignored with a warning (as the
     conversion does)."""
-    meta = {p.key: p.value for p in model.metadata_props}
+    from .model_io import metadata_dict
+    meta = metadata_dict(model)
     if "onnx_snn.preprocess" not in meta:
         inits = {i.name for i in model.graph.initializer}
         data = [i for i in model.graph.input if i.name not in inits]

@@ -184,6 +184,18 @@ def _float_values(t: onnx.TensorProto) -> Optional[np.ndarray]:
     return np.asarray(t.double_data if t.data_type == onnx.TensorProto.DOUBLE else t.float_data, dtype)
 
 
+def _text(value) -> str:
+    """A metadata key or value as text: protobuf hands invalid UTF-8 over as bytes, which are
+    decoded with U+FFFD in place of the damage (a JSON value then fails to parse, and is
+    reported as damaged metadata, not as a traceback)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def metadata_dict(model: onnx.ModelProto) -> dict:
+    """``model``'s ``metadata_props`` as a dict of text (see :func:`_text`)."""
+    return {_text(p.key): _text(p.value) for p in model.metadata_props}
+
+
 def check_finite_weights(model: onnx.ModelProto, where: str,
                          only: Optional[Set[str]] = None) -> None:
     """A float weight (float32/64/16, bfloat16) that holds NaN, or an infinity read by a

@@ -405,6 +405,31 @@ def edited_model(rel, edit):
     return setup
 
 
+def invalid_utf8_meta(src, rel, key):
+    """``src`` with a byte of its metadata ``key``'s value made invalid UTF-8 (a damaged
+    file: protobuf hands such a string over as bytes)."""
+    def setup(ws):
+        m = onnx.load(str(ws / src))
+        value = next((p.value for p in m.metadata_props if p.key == key), None)
+        if value is None:
+            m.metadata_props.add(key=key, value='{"mean": [0.5], "std": [0.2]}')
+            value = m.metadata_props[-1].value
+        raw = m.SerializeToString()
+        at = raw.index(value.encode())
+        (ws / rel).write_bytes(raw[:at + 1] + b"\xff" + raw[at + 2:])
+    return setup
+
+
+for _cmd in ("eval {ws}/u8.snn.onnx --data {ws}/test.npz", "info {ws}/u8.snn.onnx",
+             "deploy {ws}/u8.snn.onnx -o {ws}/d.onnx", "analyze {ws}/u8.snn.onnx --data {ws}/test.npz"):
+    cli(f"{_cmd.split()[0]}_invalid_utf8_metadata", "model", _cmd, 3,
+        setup=invalid_utf8_meta("snn.onnx", "u8.snn.onnx", "onnx_snn.sites"),
+        needle="onnx_snn.sites is not valid JSON")
+cli("eval_dnn_invalid_utf8_preprocess", "model", "eval {ws}/u8.onnx --data {ws}/test.npz", 0,
+    setup=invalid_utf8_meta("model.onnx", "u8.onnx", "onnx_snn.preprocess"),
+    needle="ignoring unreadable onnx_snn.preprocess")
+
+
 def _cycle(m):
     m.graph.node[0].input[0] = m.graph.node[2].output[0]     # the Conv reads a later Clip
 

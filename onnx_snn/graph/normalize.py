@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelLoadError, UnsupportedModelError
-from ..model_io import check_finite_weights, check_model, default_opset, load
+from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
 from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
@@ -128,7 +128,7 @@ def _import(sk: skeleton.Skeleton) -> gs.Graph:
     graph = gs.import_onnx(sk.model)
     for node, proto in zip(graph.nodes, sk.model.graph.node):   # gs keeps no node metadata
         if proto.metadata_props:
-            scope = source_scope({p.key: p.value for p in proto.metadata_props})
+            scope = source_scope(metadata_dict(proto))
             if scope:
                 node.source_scope = scope
     if sk.stubs:
@@ -299,7 +299,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     kept = None if outputs is None else set().union(
         *(walk.read_names(g) for g in walk.subgraphs(sk.model.graph)))
     check_finite_weights(model, where, only=kept)
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = metadata_dict(model)
     sk.model = _infer_checking_outputs(canonical.upgrade_opset(sk.model, notes, where), notes, where)
     try:
         graph = _import(sk)

@@ -512,7 +512,8 @@ def all_initializers(model: onnx.ModelProto) -> Dict[str, onnx.TensorProto]:
 
 
 def metadata(model: onnx.ModelProto) -> Dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
+    from ..model_io import metadata_dict
+    return metadata_dict(model)
 
 
 def calls_format(model: onnx.ModelProto) -> bool:
