@@ -920,6 +920,20 @@ cli("ft_garbage_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
 cli("ft_other_model_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
     setup=lambda ws: __import__("torch").save({"model": {"w": __import__("torch").zeros(2)}, "epoch": 1},
                                               ws / "t.onnx.ckpt.pt"))
+class _Pwn:
+    """A pickled object whose loading runs code (creates ws/PWNED): what a crafted
+    checkpoint could hold; --resume must not run it."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+cli("ft_resume_code_in_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
+    setup=lambda ws: __import__("torch").save({"model": _Pwn(ws / "PWNED"), "epoch": 1},
+                                              ws / "t.onnx.ckpt.pt"),
+    needle="not a usable checkpoint", check=lambda ws, o, e: not (ws / "PWNED").exists())
 cli("ft_on_dnn", "finetune", "finetune {ws}/model.onnx --data {ws}/test.npz -o {ws}/t.onnx", 8)
 cli("ft_ok", "finetune", FT + " -o {ws}/t.onnx --json {ws}/f.json", 0,
     outputs=("t.onnx", "t.onnx.ckpt.pt", "f.json"))

@@ -547,7 +547,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     if resume and ckpt_path.exists():
         try:
-            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
         except Exception as e:  # not a checkpoint
             raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
                                  f"({first_line(e, 4)[:300]}); delete it, or run without "
