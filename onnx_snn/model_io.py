@@ -445,16 +445,45 @@ def check_outputs(outputs, inputs=()) -> dict:
 @contextlib.contextmanager
 def _signals_deferred():
     """Hold SIGINT and SIGTERM until the block ends (creating a temporary file and noting
-    it, or renaming all outputs, is never cut in the middle)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
+    it, or renaming all outputs, is never cut in the middle). Blocking them in this thread
+    is not enough where other threads run (torch's, matplotlib's): the kernel hands the
+    signal to one of those, and Python then runs its handler in this thread anyway, at the
+    next bytecode. So the handlers themselves are swapped for one that notes the signal, which
+    is delivered to the original handler when the block ends."""
+    if threading.current_thread() is not threading.main_thread() or _HELD["depth"]:
         yield
         return
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    pending: list = []
+    original = {}
+    _HELD["depth"] += 1
+    try:
+        for sig in sigs:
+            original[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    except (ValueError, OSError):      # not the main interpreter: hold nothing
+        for sig, h in original.items():
+            signal.signal(sig, h)
+        original = {}
+    mask = getattr(signal, "pthread_sigmask", None)
+    old = mask(signal.SIG_BLOCK, set(sigs)) if mask is not None else None
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, old)
+        if mask is not None:
+            mask(signal.SIG_SETMASK, old)
+        for sig, h in original.items():
+            signal.signal(sig, h)
+        _HELD["depth"] -= 1
+        for sig in dict.fromkeys(pending):        # each held signal once, in order
+            h = original.get(sig)
+            if callable(h):
+                h(sig, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(sig)
+
+
+#: how deep _signals_deferred blocks are nested (the outermost holds the signals)
+_HELD = {"depth": 0}
 
 
 def _new_file_mode(path: Path) -> int:
