@@ -823,13 +823,15 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
 
 def check_raw_pixels(x: np.ndarray, where: str) -> None:
     """Arrays for a model that takes raw 0-255 pixels (a uint8 image input, or recorded
-    preprocessing ``--mean 0 --std 1/255``) must be on that scale: data that lies within
-    [0, 1], or holds negative values, is [0, 1] images or normalized ones (the DNN's
-    onnxruntime feed refuses them for a uint8 input; its spiking model scored them)."""
+    preprocessing ``--mean 0 --std 1/255``) must be on that scale, 0-255: data that lies
+    within [0, 1], or holds negative values, is [0, 1] images or normalized ones, and values
+    above 255 are no 8-bit pixels (the DNN's onnxruntime feed refuses them for a uint8 input;
+    its spiking model, finetune and analyze scored them). Values between whole numbers are
+    taken (a float model's resized images)."""
     if not x.size:
         return
     lo, hi = float(np.min(x)), float(np.max(x))
-    if lo >= 0 and (hi > 1.0 or hi == 0.0):
+    if lo >= 0 and (hi > 1.0 or hi == 0.0) and hi <= 255.0 + 1e-3:
         return
     raise DataError(f"{where}: the model takes raw 0-255 pixels; the data holds values in "
                     f"[{lo:g}, {hi:g}]: feed raw pixels (a named dataset or a folder of images "

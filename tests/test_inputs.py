@@ -246,6 +246,8 @@ def test_a_float_model_recording_0_255_pixels_takes_any_0_255_floats(tmp_path):
     assert evaluate(str(path), (x, y), show_progress=False).samples == 16
     with pytest.raises(DataError, match="takes raw 0-255 pixels"):
         evaluate(str(path), (x / 255.0, y), show_progress=False)
+    with pytest.raises(DataError, match=r"takes raw 0-255 pixels; the data holds values in \[300"):
+        evaluate(str(path), (x + 300, y), show_progress=False)     # no 8-bit pixels either
 
 
 def _scaled_input(plain, ops):
