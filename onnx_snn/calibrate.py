@@ -123,7 +123,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
 
     quiet_onnxruntime()
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4     # errors too: each failure is reported as one line
     if threads is not None:
         if not is_int(threads) or threads < 0:
             raise UsageError(f"threads must be a whole number of threads >= 0 (0 or None: "

@@ -339,6 +339,14 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
             r = runner.run_padded(feed, T if runner.spiking else None)
             out = r.outputs[scored]
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                bad = int(np.count_nonzero((~np.isfinite(out)).reshape(len(out), -1).any(axis=1))
+                          if out.ndim else 1)
+                raise DataError(f"{ds.name}: the model's {which} is NaN/Inf on {bad} of the "
+                                f"{len(out)} samples of the batch at sample {done + start}: "
+                                "the data's values "
+                                "drive its activations past float32's range; check the data's "
+                                "scale (and preprocessing)")
             nb, fed = (out.shape[0] if out.ndim else 0), len(next(iter(feed.values())))
             if nb != fed:
                 raise DataError(f"{where}: the model's {which} has shape "

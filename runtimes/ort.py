@@ -53,9 +53,10 @@ def run_failure(e: Exception, where: str, feeds: Dict[str, np.ndarray]) -> Excep
         return e
     msg = first_line(e)
     n = len(next(iter(feeds.values()))) if feeds else 0
+    shapes = any(k in msg for k in ("Reshape", "reshape", "shape", "dimension", "Dimension"))
     hint = (" The model may run only one sample at a time (a Reshape to a batch of 1, as "
             "x.view(1, -1) exports): pass --batch-size 1, or re-export it with x.flatten(1)"
-            if n > 1 else "")
+            if n > 1 and shapes else "")
     return UnsupportedModelError(f"{where}: onnxruntime failed running the model on a batch of "
                                  f"{n}: {msg[:300]}.{hint}")
 

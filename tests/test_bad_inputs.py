@@ -430,6 +430,25 @@ cli("eval_dnn_invalid_utf8_preprocess", "model", "eval {ws}/u8.onnx --data {ws}/
     needle="ignoring unreadable onnx_snn.preprocess")
 
 
+def _dilated_same_upper(ws):
+    """A Conv that onnxruntime loads but cannot run (dilation with auto_pad SAME_UPPER)."""
+    from onnx import helper
+    w = np.ones((2, 1, 3, 3), np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], dilations=[2, 2],
+                                            auto_pad="SAME_UPPER"),
+                           helper.make_node("Relu", ["c"], ["r"]),
+                           helper.make_node("Flatten", ["r"], ["logits"])], "dil",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 288])],
+                          [onnx.numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), ws / "dil.onnx")
+
+
+cli("eval_onnxruntime_cannot_run", "model", "eval {ws}/dil.onnx --data {ws}/calib.npy", 4,
+    setup=_dilated_same_upper, needle="onnxruntime failed running the model",
+    check=lambda ws, o, e: "\x1b[" not in e and "--batch-size 1" not in e)
+
+
 def _cycle(m):
     m.graph.node[0].input[0] = m.graph.node[2].output[0]     # the Conv reads a later Clip
 
@@ -934,6 +953,31 @@ cli("ft_resume_code_in_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume",
     setup=lambda ws: __import__("torch").save({"model": _Pwn(ws / "PWNED"), "epoch": 1},
                                               ws / "t.onnx.ckpt.pt"),
     needle="not a usable checkpoint", check=lambda ws, o, e: not (ws / "PWNED").exists())
+def _huge_npz(ws):
+    """Finite data whose activations overflow float32 (values of +-3e38: inf - inf is NaN,
+    which a clip does not bound)."""
+    signs = np.where(np.random.default_rng(0).random((8, 1, 12, 12)) < 0.5, -1, 1)
+    np.savez(ws / "huge.npz", x=(3e38 * signs).astype(np.float32), y=np.arange(8) % 10)
+
+
+def _linear_and_huge_npz(ws):
+    """A linear classifier (Flatten, Gemm: nothing clips) and _huge_npz's data."""
+    from onnx import helper
+    _huge_npz(ws)
+    w = np.ones((144, 10), np.float32)
+    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
+                           helper.make_node("Gemm", ["f", "w"], ["logits"])], "lin",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 10])],
+                          [onnx.numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), ws / "lin.onnx")
+
+
+cli("eval_dnn_overflowing_data", "data", "eval {ws}/lin.onnx --data {ws}/huge.npz", 5,
+    setup=_linear_and_huge_npz, needle="is NaN/Inf on 8 of the 8 samples")
+cli("ft_overflowing_data", "finetune", "finetune {ws}/snn.onnx --data {ws}/huge.npz --epochs 1 -T 1 "
+    "--batch-size 4 -o {ws}/t.onnx", 5, setup=_huge_npz, may_leave=("t.onnx",),
+    needle="check the data's scale")
 cli("ft_on_dnn", "finetune", "finetune {ws}/model.onnx --data {ws}/test.npz -o {ws}/t.onnx", 8)
 cli("ft_ok", "finetune", FT + " -o {ws}/t.onnx --json {ws}/f.json", 0,
     outputs=("t.onnx", "t.onnx.ckpt.pt", "f.json"))

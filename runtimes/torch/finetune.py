@@ -329,6 +329,14 @@ def first_scores(out):
 
 # ------------------------------------------------------------------ evaluation
 
+def _overflow(name: str, split: str) -> DataError:
+    """The model as it was given outputs NaN/Inf on finite data: the data's scale (values
+    whose activations overflow float32), not the learning rate."""
+    return DataError(f"{name}: the model's outputs are not finite on this {split} data before "
+                     "any training step: its values drive the activations past float32's "
+                     "range; check the data's scale (and preprocessing)")
+
+
 class _NonFinite(Exception):
     """The network produced NaN/Inf outputs on the test set."""
 
@@ -588,8 +596,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             log(f"note: {output} exists and is replaced by the first epoch: without the "
                 "starting evaluation (initial_eval off) there is no top-1 to beat")
         if main_proc and cfg.initial_eval:
-            initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch, "before fine-tuning",
-                                        show_progress, fixed=fixed)
+            try:
+                initial, _ = evaluate_torch(net, test, device, T, cfg.eval_batch,
+                                            "before fine-tuning", show_progress,
+                                            finite_check=True, fixed=fixed)
+            except _NonFinite:      # the model as converted: the data overflows it
+                raise _overflow(test.name, "test") from None
             best, best_epoch = initial, 0
             if not existed:
                 write_model(0, initial)
@@ -608,6 +620,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if gen_state is not None:
         gen.set_state(gen_state)
     epoch_seconds = []
+    stepped = resume and start_epoch > 0      # whether any update has changed the model yet
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         perm = np.random.default_rng(cfg.seed + epoch).permutation(len(train))[rank::world]
@@ -634,6 +647,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 loss = _loss(out, yb, soft, cfg)
             if not torch.isfinite(loss):
                 bar.close()
+                if not stepped and not bool(torch.isfinite(out).all()):
+                    raise _overflow(train.name, "training") from None
                 raise diverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch "
                                f"{i // batch_size}")
             opt.zero_grad(set_to_none=True)
@@ -647,9 +662,15 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 raise diverged(f"the parameter update overflowed in epoch {epoch + 1}, batch "
                                f"{i // batch_size}") from None
             sched.step()
+            first, stepped = not stepped, True
             net.project()
             if not _finite_parameters(net):
                 bar.close()
+                big = float(np.max(np.abs(xn))) if np.size(xn) else 0.0
+                if first and big > 1e6:        # the very first update, on huge inputs
+                    raise DataError(f"{train.name}: the first update made the parameters NaN/Inf "
+                                    f"(its gradients overflowed); the batch holds values up to "
+                                    f"{big:.3g}: check the data's scale (and preprocessing)")
                 raise diverged(f"the parameters became NaN/Inf in epoch {epoch + 1}, batch "
                                f"{i // batch_size}")
             seen += len(idx)
