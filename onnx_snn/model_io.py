@@ -330,8 +330,12 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True,
     if not isinstance(out, (str, os.PathLike)):
         raise UsageError(f"an output path must be a str or path, not {type(out).__name__} ({out!r})")
     if str(out).endswith(("/", os.sep)):     # Path() drops the slash: "new.onnx/" wrote new.onnx
+        bare = str(out).rstrip("/" + os.sep)
+        # an existing folder (or a name that is no file name) gets a file inside it suggested
+        such = (str(Path(bare) / example) if not bare or os.path.isdir(bare)
+                or not Path(bare).suffix else bare)
         raise OutputPathError(f"{out}: names a folder (it ends with a slash); give a file "
-                              f"name, such as {str(out).rstrip('/' + os.sep)}")
+                              f"name, such as {such}")
     try:
         return _check_output_path(Path(out), inputs, probe, example)
     except OSError as e:   # a name too long, a loop of links, ...

@@ -41,9 +41,12 @@ def test_save_refuses_input_and_missing_folder(tmp_path):
     from onnx_snn.errors import UsageError
     with pytest.raises(UsageError, match="must be a str or path, not int"):
         save_model(m, 3)
-    with pytest.raises(OutputPathError, match="ends with a slash"):
+    with pytest.raises(OutputPathError, match="ends with a slash.*such as .*new.onnx$"):
         save_model(m, str(tmp_path / "new.onnx") + "/")   # Path() would drop the slash
     assert not (tmp_path / "new.onnx").exists()
+    # an existing folder with a slash: a file inside it is suggested, not the folder itself
+    with pytest.raises(OutputPathError, match=r"ends with a slash.*such as .*/model.snn.onnx$"):
+        save_model(m, str(tmp_path) + "/")
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
