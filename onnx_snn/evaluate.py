@@ -15,7 +15,7 @@ from . import json_text
 from .datasets import Dataset, array_like, check_inputs, check_labels, check_preprocess, image_folder_spec
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
-from .graph.inputs import PIXELS_255, own_scaling
+from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
 from .progress import Progress
 from .scores import (IDS, SCORES, check_labels_for, check_labels_for_table, class_table,
@@ -198,6 +198,10 @@ def _other_outputs_hint(runner) -> str:
             "and convert the DNN with `--outputs NAME` to keep the scores alone")
 
 
+def _fmt_values(v) -> str:
+    return "[" + ", ".join(f"{float(x):.4g}" for x in (v if isinstance(v, (list, tuple)) else [v])) + "]"
+
+
 def _scored_index(runner, output: Optional[str], where: str) -> int:
     """The index among the runner's outputs of ``output`` (None: the first, 0); a name the
     model does not output is a UsageError listing those it does."""
@@ -299,6 +303,11 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     asked, notes = batch_size, []
     if not runner.spiking and t_list:
         notes.append("timesteps (-T) is ignored for a DNN")
+    named = isinstance(data, (str, os.PathLike)) and not str(data).lower().endswith((".npy", ".npz"))
+    if preprocess and mean is None and named and not is_pixels_255(preprocess):
+        notes.append(f"the images are normalized as {where} records (mean "
+                     f"{_fmt_values(preprocess['mean'])}, std {_fmt_values(preprocess['std'])}); "
+                     "--mean/--std override it")
     if preprocess and mean is not None and std is not None and not (
             same_values(mean, preprocess["mean"]) and same_values(std, preprocess["std"])):
         # a warning, not a note (-q hides notes): the scores are of other inputs than the
