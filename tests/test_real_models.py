@@ -51,18 +51,25 @@ def export(name: str, exporter: str, folder: Path) -> Path:
     if name == "googlenet":
         kw.update(aux_logits=False, init_weights=True)
     model = getattr(torchvision.models, name)(**kw).eval()
-    x = torch.randn(1, *INPUT)
     path = folder / f"{name}_{exporter}.onnx"
+    return torch_export(model, torch.randn(1, *INPUT), path, exporter, opset=17)
+
+
+def torch_export(model, x, path: Path, exporter: str, opset: int, dynamic_batch: bool = False) -> Path:
+    """``model`` exported at input ``x`` by the legacy (free batch) or dynamo exporter (a free
+    batch with ``dynamic_batch``), quietly."""
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "legacy":
             torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
-                              output_names=["logits"], opset_version=17,
+                              output_names=["logits"], opset_version=opset,
                               dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
         else:
             pytest.importorskip("onnxscript")
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
-                              output_names=["logits"])
+                              output_names=["logits"],
+                              **({"dynamic_shapes": ({0: torch.export.Dim("N")},)}
+                                 if dynamic_batch else {}))
     return path
 
 
@@ -279,19 +286,8 @@ def test_networks_trained_for_conversion_convert_one_site_per_activation(act, ex
         torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), make(1.5),
         torch.nn.AvgPool2d(2), torch.nn.Conv2d(4, 8, 3, padding=1), make(2.5),
         torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 10)).eval()
-    x = torch.randn(2, 1, 16, 16)
-    path = tmp_path / f"{act}_{exporter}.onnx"
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],
-                              output_names=["logits"], opset_version=13,
-                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-        else:
-            pytest.importorskip("onnxscript")
-            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
-                              output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("N")},))
+    path = torch_export(model, torch.randn(2, 1, 16, 16), tmp_path / f"{act}_{exporter}.onnx",
+                        exporter, opset=13, dynamic_batch=True)
     nm = onnx_snn.prepare(str(path))
     scale = 1.0 if act == "qcfs" else None     # QCFS divides by its threshold first
     assert [s.mu for s in nm.sites] == ([pytest.approx(scale)] * 2 if scale else
