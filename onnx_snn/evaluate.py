@@ -303,7 +303,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     asked, notes = batch_size, []
     if not runner.spiking and t_list:
         notes.append("timesteps (-T) is ignored for a DNN")
-    named = isinstance(data, (str, os.PathLike)) and not str(data).lower().endswith((".npy", ".npz"))
+    from .datasets import named_dataset
+    named = folder is not None or named_dataset(data) is not None    # normalized here
     if preprocess and mean is None and named and not is_pixels_255(preprocess):
         notes.append(f"the images are normalized as {where} records (mean "
                      f"{_fmt_values(preprocess['mean'])}, std {_fmt_values(preprocess['std'])}); "
@@ -348,10 +349,13 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             feed = {k: v[start:start + batch_size] for k, v in feeds.items()}
             r = runner.run_padded(feed, T if runner.spiking else None)
             out = r.outputs[scored]
-            if out.dtype.kind == "f" and not np.isfinite(out).all():
-                bad = int(np.count_nonzero((~np.isfinite(out)).reshape(len(out), -1).any(axis=1))
+            # NaN or +inf: an overflow (-inf is a legitimate score: a log-softmax that
+            # underflowed, a masked logit)
+            broken = (np.isnan(out) | np.isposinf(out)) if out.dtype.kind == "f" else None
+            if broken is not None and broken.any():
+                bad = int(np.count_nonzero(broken.reshape(len(out), -1).any(axis=1))
                           if out.ndim else 1)
-                raise DataError(f"{ds.name}: the model's {which} is NaN/Inf on {bad} of the "
+                raise DataError(f"{ds.name}: the model's {which} is NaN/+Inf on {bad} of the "
                                 f"{len(out)} samples of the batch at sample {done + start}: "
                                 "the data's values "
                                 "drive its activations past float32's range; check the data's "

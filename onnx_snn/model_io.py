@@ -473,17 +473,25 @@ def _signals_deferred():
     try:
         yield
     finally:
-        if mask is not None:
-            mask(signal.SIG_SETMASK, old)
-        for sig, h in original.items():
-            signal.signal(sig, h)
         _HELD["depth"] -= 1
+        try:
+            if mask is not None:       # (may run another signal's handler, which may raise)
+                mask(signal.SIG_SETMASK, old)
+        finally:
+            for sig, h in original.items():    # restored whatever happens
+                signal.signal(sig, h if h is not None else signal.SIG_DFL)
+        raised = None
         for sig in dict.fromkeys(pending):        # each held signal once, in order
             h = original.get(sig)
-            if callable(h):
-                h(sig, None)
-            elif h == signal.SIG_DFL:
-                signal.raise_signal(sig)
+            try:
+                if callable(h):
+                    h(sig, None)
+                elif h in (signal.SIG_DFL, None):
+                    signal.raise_signal(sig)
+            except BaseException as e:   # the others still run; the last one's stands
+                raised = e
+        if raised is not None:
+            raise raised
 
 
 #: how deep _signals_deferred blocks are nested (the outermost holds the signals)

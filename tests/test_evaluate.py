@@ -324,3 +324,43 @@ def test_output_picks_the_scored_output(spiking):
     with pytest.raises(onnx_snn.errors.UsageError, match=r"'nope' is not an output of .*its "
                                                          rf"outputs are: {feat}, {logits}"):
         evaluate(m, (x, y), output="nope", show_progress=False)
+
+
+def test_minus_infinite_scores_are_scores_but_nan_is_refused():
+    """A log-softmax head that underflows on confident samples gives -inf scores, whose
+    argmax is defined: scored (the NaN check refused them, an outside review found)."""
+    from onnx import helper as oh
+    w = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32) * 1000
+    g = oh.make_graph([oh.make_node("Flatten", ["x"], ["f"]), oh.make_node("MatMul", ["f", "w"], ["z"]),
+                       oh.make_node("Softmax", ["z"], ["p"], axis=1),
+                       oh.make_node("Log", ["p"], ["logits"])], "g",
+                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 4, 4])],
+                      [oh.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])],
+                      [onnx.numpy_helper.from_array(w, "w")])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)])
+    x = np.random.default_rng(1).random((8, 1, 4, 4)).astype(np.float32)
+    from onnx_snn.runtimes.ort import run
+    out = run(m, x).outputs[0]
+    assert np.isneginf(out).any()
+    r = evaluate(m, (x, out.argmax(1)), show_progress=False)
+    assert r.top1 == 100.0     # (NaN outputs: tests/test_bad_inputs.py, eval_dnn_overflowing_data)
+
+
+def test_the_recorded_normalization_is_noted_only_where_it_is_applied(tmp_path):
+    """A named dataset is normalized with what the model records, and eval says so; arrays
+    (any file, a split of one) are taken as preprocessed: no such note."""
+    from onnx_snn.datasets import load_dataset
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m.metadata_props.add(key="onnx_snn.preprocess", value='{"mean": [0.286], "std": [0.353]}')
+    x = np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(4), x_test=x, y_test=np.arange(4))
+    for data in (str(tmp_path / "d.npz"), str(tmp_path / "d.npz") + ":test"):
+        r = evaluate(m, data, show_progress=False)
+        assert not any("normalized as" in n for n in r.notes), data
+    try:
+        load_dataset("fashion-mnist:test")
+    except onnx_snn.errors.DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    r = evaluate(m, "fashion-mnist", limit=8, show_progress=False)
+    assert any("the images are normalized as vgg_clip_op13 records (mean [0.286], std [0.353])" in n
+               for n in r.notes), r.notes

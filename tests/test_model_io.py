@@ -237,3 +237,41 @@ def test_a_signal_another_thread_takes_waits_for_the_end_of_a_held_block():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_every_signal_held_runs_its_handler_and_the_last_ones_exception_stands():
+    """SIGINT then SIGTERM during a held block: both handlers run when it ends (only the first
+    did: SIGTERM, the CLI's exit 143, was lost), and the last one's exception propagates."""
+    import os
+    import signal
+    import threading
+    from onnx_snn import model_io
+    got = []
+
+    class Term(Exception):
+        pass
+
+    def on_int(signum, frame):
+        got.append("int")
+        raise KeyboardInterrupt
+
+    def on_term(signum, frame):
+        got.append("term")
+        raise Term
+
+    old = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises(Term):
+            with model_io._signals_deferred():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    t = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+                    t.start()
+                    t.join()
+                for _ in range(10000):
+                    pass
+        assert got == ["int", "term"]
+        assert signal.getsignal(signal.SIGINT) is on_int and signal.getsignal(signal.SIGTERM) is on_term
+        assert model_io._HELD["depth"] == 0
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])

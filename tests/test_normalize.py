@@ -1711,6 +1711,22 @@ def test_a_clamp_written_with_two_relus_is_one_site(form):
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_clamp_of_two_relus_keeps_a_constants_broadcast_rank():
+    """relu(g) - relu(g - c) with c of shape [1, 1, 1] on a 2-D tensor broadcasts to 3-D: no
+    clamp of g's shape, so it is left (a rewrite to a 0-d clip changed the output's shape)."""
+    b = B.GraphBuilder(13)
+    g = b.gemm(b.node("Flatten", [b.node("Relu", [b.conv("input", 1, 2)])]), 2 * 144, 10)
+    c = b.const(np.full((1, 1, 1), 2.0, np.float32))
+    x = b.node("Sub", [b.node("Relu", [g]), b.node("Relu", [b.node("Sub", [g, c])])])
+    m = b.model("input", b.node("Flatten", [x]), (1, 12, 12), 10)
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 10
+    x0 = B.rand_input(3)
+    want = run(m, x0).outputs[0]
+    assert want.shape == (1, 30)
+    nm = normalize(m)
+    assert not any("two ReLUs" in n for n in nm.notes)
+
+
 @pytest.mark.parametrize("op", ["Max", "Min"])
 def test_a_max_of_two_branches_is_refused_naming_both(op):
     b = B.GraphBuilder(13)

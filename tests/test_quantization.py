@@ -271,13 +271,36 @@ def test_a_written_out_quantizer_is_its_clipped_relu(form):
     assert len(nm.sites) == 2
     assert not {"Floor", "Round"} & {n.op_type for n in nm.model.graph.node}
     note = next(n for n in nm.notes if n.startswith("quantized activations: 2 rounding"))
+    # the steps are counted on a clamp before a rounding that rounds half up (deng's neurons
+    # match it at T = L; a floor without the shift no T matches exactly)
     assert ("the quantizers have 4 steps, which the neurons match at T = 4" in note) == (
-        form != "floor-first")          # the steps are counted on a clamp before the rounding
+        form in ("qcfs", "lsq"))
     x = B.rand_input(32)
     # floor(u) is read as u - 1/2: the clip's values, half a step lower
     clip = prepare(_qcfs_net({"floor": "clip-half", "floor-first": "clip-in"}.get(form, "clip")))
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(clip.model, x).outputs[0],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("use", ["fraction", "cast", "gather"])
+def test_a_rounding_read_as_anything_but_a_number_is_still_refused(use):
+    """A floor of an activation whose result is an index (Gather), cast to integers, or
+    taken from its own input (u - floor(u)) is no quantizer: reading it as the identity
+    changed such a model silently (an outside review); it stays refused."""
+    b = B.GraphBuilder(13)
+    u = b.node("Mul", [b.node("Relu", [b.conv("input", 1, 4)]), b.const(np.array(8, np.float32))])
+    f = b.node("Floor", [u])
+    if use == "fraction":
+        x = b.node("Sub", [u, f])
+    elif use == "cast":
+        x = b.node("Cast", [b.node("Cast", [f], to=onnx.TensorProto.INT64)], to=onnx.TensorProto.FLOAT)
+    else:
+        table = b.const(np.linspace(0, 1, 64).astype(np.float32))
+        x = b.node("Gather", [table, b.node("Cast", [f], to=onnx.TensorProto.INT64)])
+    x = b.node("Relu", [b.conv(x, 4, 4)])
+    m = b.model("input", b.gemm(b.node("Flatten", [x]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError):
+        prepare(m)
 
 
 def test_a_rounding_of_anything_but_an_activation_is_still_refused():

@@ -194,10 +194,13 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
-def _finite_scalar(t) -> Optional[float]:
-    """A constant of one element, as a float (None otherwise or when not finite)."""
+def _finite_scalar(t, like=None) -> Optional[float]:
+    """A constant of one element, as a float (None otherwise or when not finite, or when
+    broadcasting it against ``like`` would add axes: a [1, 1, 1] constant on a 2-D tensor)."""
     v = const_value(t)
     if v is None or v.size != 1:
+        return None
+    if v.ndim > 1 and (like is None or like.shape is None or v.ndim > len(like.shape)):
         return None
     f = float(v.reshape(-1)[0])
     return f if np.isfinite(f) else None
@@ -209,11 +212,11 @@ def _minus_scalar(t) -> Optional[tuple]:
     if n is None or len(n.inputs) != 2:
         return None
     if n.op == "Sub" and const_value(n.inputs[0]) is None:
-        c = _finite_scalar(n.inputs[1])
+        c = _finite_scalar(n.inputs[1], n.inputs[0])
         return None if c is None else (n.inputs[0], c)
     if n.op == "Add":
         for i in (0, 1):
-            c = _finite_scalar(n.inputs[i])
+            c = _finite_scalar(n.inputs[i], n.inputs[1 - i])
             if c is not None and const_value(n.inputs[1 - i]) is None:
                 return n.inputs[1 - i], -c
     return None
@@ -238,11 +241,11 @@ def relu_pairs_to_clip(graph: gs.Graph, result: PassResult) -> None:
         if node.op != "Sub" or len(node.inputs) != 2 or len(node.outputs) != 1:
             continue
         a, b = node.inputs
-        c = _finite_scalar(a)
+        c = _finite_scalar(a, b)
         inner = _relu_of(b)
         if c is not None and c > 0 and inner is not None:       # c - relu(c - r)
             n = inner.inputs[0] if len(inner.inputs) == 1 else None
-            c2 = _finite_scalar(n.inputs[0]) if n is not None and n.op == "Sub" \
+            c2 = _finite_scalar(n.inputs[0], n.inputs[1]) if n is not None and n.op == "Sub" \
                 and len(n.inputs) == 2 else None
             if c2 is not None and abs(c2 - c) <= 1e-6 * c and const_value(n.inputs[1]) is None:
                 r = n.inputs[1]

@@ -240,6 +240,38 @@ _QUANTIZED_ACTIVATIONS = {"Clip", "Relu", "Max", "Min"}
 _SCALAR_STEPS = {"Add", "Sub", "Mul", "Div"}
 
 
+def _keeps_rank(c: np.ndarray, x) -> bool:
+    """Whether a size-1 constant ``c`` broadcast against ``x`` leaves its rank alone (a
+    [1, 1, 1] constant on a 2-D tensor would add axes: not a scalar step)."""
+    return c.ndim <= 1 or (x.shape is not None and c.ndim <= len(x.shape))
+
+
+#: what may read a rounding's output (or a scalar step after it) for the rounding to be a
+#: quantized activation's: data ops that take its values as numbers (never a Cast to an
+#: integer, an index, or an arithmetic with another data tensor: u - floor(u))
+_VALUE_READERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool",
+                  "GlobalAveragePool", "MaxPool", "GlobalMaxPool", "Flatten", "Reshape",
+                  "Transpose", "Squeeze", "Unsqueeze", "Pad", "Concat", "Identity", "Dropout",
+                  "Clip", "Relu", "Max", "Min", "ReduceMean", "ReduceSum"}
+
+
+def _read_as_values(y, depth: int = 0) -> bool:
+    """Whether every reader of the rounding's output ``y`` takes it as a number (see
+    ``_VALUE_READERS``; a Max/Min/Concat/MatMul's other operands may be data, an Add/Sub/
+    Mul/Div's may not), through scalar steps; a graph output counts as read so."""
+    if depth > 16:
+        return False
+    for r in y.outputs:
+        step = _scalar_step(r) if r.op in _SCALAR_STEPS else None
+        if step is not None and step[0] is y and len(r.outputs) == 1:
+            if not _read_as_values(r.outputs[0], depth + 1):
+                return False
+        elif r.op not in _VALUE_READERS or (r.op in ("Max", "Min") and any(
+                i is not y and const_value(i) is None for i in r.inputs)):
+            return False
+    return True
+
+
 def _scalar_step(node: gs.Node) -> Optional[Tuple[gs.Variable, float, float]]:
     """For an Add/Sub/Mul/Div of one data tensor and one constant scalar (a size-1 tensor):
     (the data tensor, scale, offset) with the node's output ``scale * data + offset``;
@@ -248,10 +280,11 @@ def _scalar_step(node: gs.Node) -> Optional[Tuple[gs.Variable, float, float]]:
         return None
     a, b = node.inputs
     ca, cb = const_value(a), const_value(b)
-    if cb is not None and ca is None and cb.size == 1:
+    if cb is not None and ca is None and cb.size == 1 and _keeps_rank(cb, a):
         c = float(cb.reshape(-1)[0])
         x = a
-    elif ca is not None and cb is None and ca.size == 1 and node.op in ("Add", "Mul"):
+    elif ca is not None and cb is None and ca.size == 1 and node.op in ("Add", "Mul") \
+            and _keeps_rank(ca, b):
         c = float(ca.reshape(-1)[0])
         x = b
     else:
@@ -312,15 +345,19 @@ def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
     so QCFS's Floor(v + 1/2) is v exactly, Round(u) as u, Ceil(u) as u + 1/2), as the
     straight-through estimator that trained it reads it. The spiking neurons' own levels
     (T + 1 per layer) replace the rounding: a note gives each quantizer's number of levels
-    (the clip's range times the steps' scale), the T at which the neurons can match it. A
-    rounding of anything else (a raw convolution output, an index computation) is left, and
-    refused by the support check."""
+    (the clip's range times the steps' scale), the T at which the neurons can match it, for
+    the roundings that round half up (a floor without QCFS's shift is read, but no T matches
+    it exactly). A rounding of anything else (a raw convolution output), or whose output is
+    read as anything but a number (an index, a Cast to integers, ``u - floor(u)``), is left,
+    and refused by the support check."""
     found = []
     for node in list(graph.nodes):
         if node.op not in ROUNDING_BIAS or len(node.inputs) != 1 or len(node.outputs) != 1:
             continue
         u, y = node.inputs[0], node.outputs[0]
         if const_value(u) is not None:
+            continue
+        if not _read_as_values(y):      # an index, a cast to integers, u - floor(u)...
             continue
         walked = _rounded_activation(u)
         if walked is None:
@@ -349,7 +386,9 @@ def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
         if lo is not None and math.isfinite(lo) and math.isfinite(hi):
             span = (hi - lo) * scale
             levels = int(round(span)) if abs(span - round(span)) < 1e-3 and span >= 1 else None
-        found.append((node.name, levels))
+        # deng's neurons (initial membrane half a threshold) round half up: they match a
+        # round or QCFS's shifted floor, not a floor without the shift
+        found.append((node.name, levels if abs(bias) < 1e-6 * max(1.0, abs(offset)) else None))
         result.changed += 1
     if found:
         levels = sorted({n for _, n in found if n is not None})

@@ -666,8 +666,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             net.project()
             if not _finite_parameters(net):
                 bar.close()
-                big = float(np.max(np.abs(xn))) if np.size(xn) else 0.0
-                if first and big > 1e6:        # the very first update, on huge inputs
+                parts = list(xn.values()) if isinstance(xn, dict) else [xn]
+                big = max((float(np.max(np.abs(v))) for v in parts if np.size(v)), default=0.0) \
+                    if first else 0.0
+                if big > 1e6:        # the very first update, on huge inputs
                     raise DataError(f"{train.name}: the first update made the parameters NaN/Inf "
                                     f"(its gradients overflowed); the batch holds values up to "
                                     f"{big:.3g}: check the data's scale (and preprocessing)")
