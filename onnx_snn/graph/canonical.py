@@ -12,7 +12,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
-from .ir import const_value, depends_on_inputs, is_graph_output, rank
+from .ir import const_value, depends_on_inputs, is_graph_output, rank, scalar_value
 from .passes import PassResult, graph_pass
 
 #: the lowest default-domain opset the spiking format is written at
@@ -194,16 +194,10 @@ def zero_slope_to_relu(graph: gs.Graph, result: PassResult) -> None:
     graph.cleanup()
 
 
-def _finite_scalar(t, like=None) -> Optional[float]:
-    """A constant of one element, as a float (None otherwise or when not finite, or when
-    broadcasting it against ``like`` would add axes: a [1, 1, 1] constant on a 2-D tensor)."""
-    v = const_value(t)
-    if v is None or v.size != 1:
-        return None
-    if v.ndim > 1 and (like is None or like.shape is None or v.ndim > len(like.shape)):
-        return None
-    f = float(v.reshape(-1)[0])
-    return f if np.isfinite(f) else None
+def _finite_scalar(t, like) -> Optional[float]:
+    """:func:`.ir.scalar_value` of ``t`` against ``like``, when finite (else None)."""
+    v = scalar_value(t, like)
+    return v if v is not None and np.isfinite(v) else None
 
 
 def _minus_scalar(t) -> Optional[tuple]:
@@ -328,14 +322,10 @@ def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
         graph.cleanup().toposort()
 
 
-def _zeros(t, like=None) -> bool:
-    """Whether ``t`` is a constant zero that broadcasts to ``like`` without growing it: one
-    value, of no more axes than ``like`` has (one, when its rank is unknown)."""
-    v = const_value(t)
-    if v is None or v.size != 1 or np.any(v):
-        return False
-    r = rank(like) if like is not None else None
-    return v.ndim <= (1 if r is None else r)
+def _zeros(t, like) -> bool:
+    """Whether ``t`` is a constant zero that broadcasts to ``like`` without growing it
+    (:func:`.ir.scalar_value`)."""
+    return scalar_value(t, like) == 0.0
 
 
 def _sign_test(t):

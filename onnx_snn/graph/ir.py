@@ -18,11 +18,17 @@ def is_empty(t) -> bool:
     return isinstance(t, gs.Variable) and t.name == ""
 
 
-def scalar_value(t) -> Optional[float]:
-    """The value of a constant with exactly one element, else None."""
+def scalar_value(t, like=None) -> Optional[float]:
+    """The value of a constant with exactly one element, else None. With ``like``: only one
+    that broadcasts to ``like`` without growing it, of no more axes than ``like`` has (one,
+    when its rank is unknown): a [1, 1, 1] constant on a 2-D tensor adds axes, no scalar."""
     v = const_value(t)
     if v is None or v.size != 1:
         return None
+    if like is not None:
+        r = rank(like)
+        if v.ndim > (1 if r is None else r):
+            return None
     return float(v.reshape(()))
 
 

@@ -42,7 +42,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
 from .fold import dequantize, per_axis, replace_by_constant
-from .ir import const_value, is_empty, node_label
+from .ir import const_value, is_empty, node_label, scalar_value
 from .passes import PassResult, graph_pass
 from .sites import clamp_bounds, nonnegative_tensors
 
@@ -240,12 +240,6 @@ _QUANTIZED_ACTIVATIONS = {"Clip", "Relu", "Max", "Min"}
 _SCALAR_STEPS = {"Add", "Sub", "Mul", "Div"}
 
 
-def _keeps_rank(c: np.ndarray, x) -> bool:
-    """Whether a size-1 constant ``c`` broadcast against ``x`` leaves its rank alone (a
-    [1, 1, 1] constant on a 2-D tensor would add axes: not a scalar step)."""
-    return c.ndim <= 1 or (x.shape is not None and c.ndim <= len(x.shape))
-
-
 #: what may read a rounding's output (or a scalar step after it) for the rounding to be a
 #: quantized activation's: data ops that take its values as numbers (never a Cast to an
 #: integer, an index, or an arithmetic with another data tensor: u - floor(u))
@@ -279,18 +273,13 @@ def _scalar_step(node: gs.Node) -> Optional[Tuple[gs.Variable, float, float]]:
     if node.op not in _SCALAR_STEPS or len(node.inputs) != 2:
         return None
     a, b = node.inputs
-    ca, cb = const_value(a), const_value(b)
-    if cb is not None and ca is None and cb.size == 1 and _keeps_rank(cb, a):
-        c = float(cb.reshape(-1)[0])
-        x = a
-    elif ca is not None and cb is None and ca.size == 1 and node.op in ("Add", "Mul") \
-            and _keeps_rank(ca, b):
-        c = float(ca.reshape(-1)[0])
-        x = b
-    else:
+    data_a, data_b = const_value(a) is None, const_value(b) is None
+    # a scalar constant, one that broadcasting does not give more axes (ir.scalar_value)
+    c = scalar_value(b, a) if data_a and not data_b else \
+        scalar_value(a, b) if data_b and not data_a and node.op in ("Add", "Mul") else None
+    if c is None or not math.isfinite(c):
         return None
-    if not math.isfinite(c):
-        return None
+    x = a if data_a else b
     return {"Add": (x, 1.0, c), "Sub": (x, 1.0, -c), "Mul": (x, c, 0.0),
             "Div": (x, 1.0 / c if c != 0 else math.nan, 0.0)}[node.op]
 
