@@ -445,6 +445,14 @@ def _train_main(argv):
     return _train_dnn().main([str(a) for a in argv])
 
 
+def test_export_levels_without_levels_is_a_usage_error_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _train_main(["--arch", "fmnist_vgg", "--dataset", "fashion-mnist", "--out", out,
+                        "--epochs", 1, "--export-levels"])
+    assert code == 2 and "--export-levels exports the rounding of --levels L" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_train_resume_and_export(tmp_path, capsys):
     if not _fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed")
