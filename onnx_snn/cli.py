@@ -26,7 +26,7 @@ from typing import List, Optional
 from . import __version__, json_text
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS, check_seed
-from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError  # noqa: F401  (Terminated: signals)
+from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError, shortened  # noqa: F401  (Terminated: signals)
 from .model_io import MAX_OPSET, MIN_OPSET
 from .spiking.deploy import DEPLOY_MAX_TIMESTEPS
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
@@ -1116,7 +1116,7 @@ def _main(argv: Optional[List[str]]) -> int:
     try:
         return handler(args)
     except OnnxSnnError as e:
-        print(f"onnx-snn: error: {e}", file=sys.stderr)
+        print(f"onnx-snn: error: {shortened(str(e))}", file=sys.stderr)
         return e.exit_code
     except MemoryError:
         print("onnx-snn: error: out of memory; lower -T, --batch-size or the sample sizes",

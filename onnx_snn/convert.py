@@ -481,7 +481,8 @@ def _looks_unnormalized(x: np.ndarray, preprocess: Optional[dict]) -> bool:
     return mean.size > 0 and bool(np.all(mean > 0)) and float(np.min(x)) >= 0.0
 
 
-def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Dataset:
+def _dict_dataset(data: dict, specs=None, split: Optional[str] = None,
+                  labels: bool = True) -> Dataset:
     """A dict of arrays read as a .npz is: one array per model input named after it, or
     ``x`` (data, images, inputs) alone; labels under ``y`` (labels, targets), unless the
     model (``specs``) has an input of that name, or the dict holds nothing else; Keras's
@@ -504,7 +505,8 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None) -> Datase
     if len(arrays) == 1 and generic is not None:
         x = next(iter(arrays.values()))
     if y is not None:
-        y = check_labels(y, sample_count(arrays, "the data dict"), f"the data dict's {yk!r}")
+        y = check_labels(y, sample_count(arrays, "the data dict"), f"the data dict's {yk!r}") \
+            if labels else None
     return Dataset("array", x, y, preprocessed=True)
 
 
@@ -540,7 +542,7 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None,
-                 raw_pixels: Optional[str] = None) -> Dataset:
+                 raw_pixels: Optional[str] = None, labels: bool = True) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -557,13 +559,15 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     ``raw_pixels``: why its own scaling says it takes 0-255 pixels
     (:func:`~onnx_snn.graph.inputs.scales_raw_pixels`): a named dataset or image folder is
     then fed so when neither a recorded preprocessing nor mean/std says otherwise (arrays
-    are taken as given, as always).
+    are taken as given, as always). ``labels=False``: the caller uses no labels (convert,
+    calibrate): an array file's or a dict's are neither read nor checked.
     """
     given = mean is not None or std is not None
     if is_inputs_labels(data):       # (inputs, labels), as evaluate takes them
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
-                             take, scaling, raw_pixels)
-        return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data"))
+                             take, scaling, raw_pixels, labels)
+        return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data")
+                                   if labels else None)
     if isinstance(data, tuple):      # a pair whose labels do not fit its inputs, or no pair
         def shape(d):
             try:
@@ -581,9 +585,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         from .image_folder import image_shape
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take,
-                          inputs=[n for n, _ in specs or ()])
+                          inputs=[n for n, _ in specs or ()], labels=labels)
     elif isinstance(data, dict):
-        ds = _dict_dataset(data, specs, split)
+        ds = _dict_dataset(data, specs, split, labels)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
         ds = Dataset("array", array_like(data, "data"), None, preprocessed=True)
     else:
@@ -921,7 +925,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                                         f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
-                      **own_scaling(nm.model))
+                      labels=False, **own_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         recorded = nm.preprocess
         if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)
@@ -982,7 +986,7 @@ def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tu
     log.addFilter(mute)
     try:
         ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",
-                          download=False, specs=specs, take=take)
+                          download=False, specs=specs, take=take, labels=False)
     except (DataError, UsageError, OSError, ValueError):
         return {}
     finally:

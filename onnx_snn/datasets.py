@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import DataError, ModelLoadError
+from .errors import DataError, ModelLoadError, file_problem
 
 #: what a named dataset is fed as when the model records no preprocessing
 RAW_PIXELS = "raw [0, 1] pixels"
@@ -411,16 +411,21 @@ def label_key(keys, inputs=()) -> Optional[str]:
                 None)
 
 
-def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -> Dataset:
+def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
+                    labels: bool = True) -> Dataset:
     """A .npy (inputs) or .npz file: ``x`` (or data, images, inputs) and ``y`` (or labels,
     targets); one array per model input named after it; ``x_train``/``y_train`` and
     ``x_test``/``y_test`` (Keras's datasets: ``split`` picks, test by default); or the
     positional ``arr_0``, ``arr_1`` of ``numpy.savez(f, x, y)`` when ``arr_1`` is labels.
     ``inputs``: the model's input names (an array named after one is an input, never the
-    labels, even if it is called ``y``)."""
+    labels, even if it is called ``y``). ``labels=False``: a command that uses none (convert)
+    neither reads nor checks them (the result's ``y`` is None)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    why = file_problem(path)
+    if why is not None:
+        hint = ("; an array file (.npy or .npz) was expected from its name"
+                if path.is_dir() else "")
+        raise DataError(f"{str(path)[:300]}: {why}{hint}")
     try:
         with open(path, "rb") as f:
             head = f.read(6)
@@ -461,7 +466,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=()) -
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
                                 f"(or data, images, inputs), or one per model input named after "
                                 f"it, and 'y' for labels; it has {keys if keys else 'no arrays'}")
-            y = obj[yk] if yk else None
+            y = obj[yk] if yk and labels else None
             if xk is not None and rest == [xk]:
                 x = obj[xk]
             else:   # one array per model input, named after it (validate_feeds picks them)
@@ -727,7 +732,8 @@ def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, 
 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
-                 download: bool = False, image_shape=None, take=None, inputs=()) -> Dataset:
+                 download: bool = False, image_shape=None, take=None, inputs=(),
+                 labels: bool = True) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
     the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
@@ -751,7 +757,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         raise DataError(f"{spec}: {path} holds no splits (x_train / x_test arrays): ':{chosen}' "
                         f"would be ignored; drop it to use all of its samples")
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
-        return load_array_file(path, chosen or split, inputs)
+        return load_array_file(path, chosen or split, inputs, labels)
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
                     "(optionally with :train or :test), a .npy/.npz file, or a folder with one "
                     "subfolder of images per class")

@@ -7,7 +7,10 @@ temporary file.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
+from typing import Optional
 
 
 class OnnxSnnError(Exception):
@@ -88,6 +91,42 @@ def first_line(e: BaseException, lines: int = 1) -> str:
     text = str(e).strip()
     line = " ".join(x.strip() for x in text.splitlines()[:lines]) if text else type(e).__name__
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : (FAIL : )?", "", line)
+
+
+LONG_WORD = 400        # characters of one unbroken run (a value, a path) that a message shows
+LONG_MESSAGE = 2000    # characters of a whole message
+
+
+def shortened(text: str) -> str:
+    """A message cut to what a terminal line can show: every run of more than LONG_WORD
+    characters without a space (a damaged value, a path) keeps its start and says how long it
+    is, and a message of more than LONG_MESSAGE keeps its start and its end (where it says
+    what to do)."""
+    def cut(m):
+        w = m.group(0)
+        return f"{w[:LONG_WORD - 100]}... ({len(w)} characters)"
+    text = re.sub(r"\S{%d,}" % (LONG_WORD + 1), cut, text)
+    if len(text) > LONG_MESSAGE:
+        text = f"{text[:LONG_MESSAGE - 500]} ... {text[-400:]}"
+    return text
+
+
+def file_problem(path) -> Optional[str]:
+    """Why ``path`` cannot be read as an input file, for a message after its name: missing,
+    unreadable, a folder, or not a regular file (a pipe, a device or a socket: reading one
+    blocks or never ends); None for a regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except (OSError, ValueError) as e:  # a name too long, a loop of links, no permission, NUL
+        return getattr(e, "strerror", None) or str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return ("is not a regular file (a pipe, a device or a socket, which would block or "
+                "never end); save its contents to a file and give that")
+    return None
 
 
 def is_onnxruntime_error(e: BaseException) -> bool:

@@ -23,7 +23,8 @@ from typing import Iterable, Optional, Set, Union
 import numpy as np
 import onnx
 
-from .errors import ModelLoadError, OutputPathError, UnsupportedModelError, UsageError
+from .errors import (ModelLoadError, OutputPathError, UnsupportedModelError, UsageError,
+                     file_problem)
 
 PathLike = Union[str, os.PathLike]
 
@@ -78,14 +79,11 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
     if not isinstance(path, (str, os.PathLike)):
         raise UsageError(f"a model is a path or an onnx.ModelProto, not {type(path).__name__}")
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:     # missing, a name too long, a loop of links, no permission
-        why = "no such file" if isinstance(e, FileNotFoundError) else e.strerror or e
-        raise ModelLoadError(f"{str(path)[:300]}: {why}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
-    if st.st_size == 0:
+    why = file_problem(path)   # missing, unreadable, a folder, a pipe or a device
+    if why is not None:
+        raise ModelLoadError(f"{str(path)[:300]}: "
+                             + ("is a folder, not an ONNX file" if path.is_dir() else why))
+    if os.stat(path).st_size == 0:
         raise ModelLoadError(f"{path}: empty file; export the model again")
     digest, hasher = None, None
     try:

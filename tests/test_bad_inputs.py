@@ -115,6 +115,8 @@ DAMAGE = {
     "neuron_body": ("function:LIFNeuron", ("GreaterOrEqual", "Greater")),
     "param_nan": ("param:lif1.amplitude", float("nan")),
     "truncated": ("truncate", None),
+    "leak_above_1": ("param:lif0.leak", 2.0),   # onnxruntime would use it, torch caps it at 1
+    "timesteps_long": ("onnx_snn.timesteps", "4" * 5000),
 }
 
 
@@ -600,6 +602,22 @@ cli("ft_o_dev_null", "special", FT + " -o {ws}/null", 6, setup=mkdev("null", 3))
 cli("ft_ckpt_fifo", "special", FT + " -o {ws}/t.onnx --checkpoint {ws}/pipe", 6, setup=mkfifo("pipe"))
 cli("demo_json_dev_null", "special", "demo -T 1 --methods max --limit 4 " + FM + " --json {ws}/null", 6,
     setup=mkdev("null", 3))
+# special files given as inputs: named as what they are, not "no such file" nor "empty file",
+# and never opened (a pipe would block the command)
+cli("eval_data_fifo", "special", "eval {ws}/snn.onnx --data {ws}/pipe.npz", 5, needle="not a regular file",
+    setup=mkfifo("pipe.npz"))
+cli("eval_data_folder_npz", "special", "eval {ws}/snn.onnx --data {ws}/d.npz", 5, needle="is a folder",
+    setup=mkdir("d.npz"))
+cli("conv_calib_dev_null", "special", "convert {ws}/model.onnx --calib {ws}/null.npy -o {ws}/o.onnx", 5,
+    needle="not a regular file", setup=mkdev("null.npy", 3))
+cli("eval_model_fifo", "special", "eval {ws}/pipe.onnx --data {ws}/test.npz", 3, needle="not a regular file",
+    setup=mkfifo("pipe.onnx"))
+cli("eval_model_dev_null", "special", "eval {ws}/null --data {ws}/test.npz", 3, needle="not a regular file",
+    setup=mkdev("null", 3))
+cli("an_rates_fifo", "special", "analyze {ws}/snn.onnx --rates {ws}/pipe", 5, needle="not a regular file",
+    setup=mkfifo("pipe"))
+cli("ft_teacher_fifo", "special", FT + " -o {ws}/t.onnx --teacher {ws}/pipe", 3, needle="not a regular file",
+    setup=mkfifo("pipe"))
 
 # ================================================================== 3. late or partial failures
 
@@ -693,7 +711,10 @@ for _name in DAMAGE:
                                                 "threshold_shape", "neuron_body"):
             continue
         cli(f"damaged_{_name}_{_cmd}", "damaged",
-            _argv.replace("{f}", "{ws}/bad/" + _name + ".snn.onnx"), 3)
+            _argv.replace("{f}", "{ws}/bad/" + _name + ".snn.onnx"), 3,
+            # a damaged value is shown cut short, not as a 5000-character line
+            check=lambda ws, o, e, long=_name == "timesteps_long":
+                len(e) < 1000 and (not long or " characters) not a whole number" in e))
 cli("info_json_free_text_metadata", "damaged", "info {ws}/arch_text.snn.onnx --json", 0,
     check=lambda ws, o, e: json.loads(o)["onnx_snn.arch"] == "{free text, not json")
 
@@ -752,6 +773,15 @@ cli("eval_npz_no_x", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
 cli("ft_npz_no_x", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", a=B.rand_input(4), b=np.arange(4)))
 cli("eval_npz_empty", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5, setup=npzsave("z.npz"))
+# labels convert never uses are not checked (soft targets, one-hot rows of another width); the
+# commands that use them refuse them
+_SOFT = dict(x=B.rand_input(8), y=np.full((8, 10), 0.1, np.float32))
+cli("conv_soft_labels_unused", "data", CONV.replace("calib.npy", "z.npz") + " -o {ws}/o.onnx", 0,
+    setup=npzsave("z.npz", **_SOFT), outputs=("o.onnx",))
+cli("eval_soft_labels", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
+    setup=npzsave("z.npz", **_SOFT), needle="not one-hot rows")
+cli("ft_soft_labels", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
+    setup=npzsave("z.npz", **_SOFT), needle="not one-hot rows")
 # folders of images: an unreadable image, a missing split, an empty folder, an image as output
 cli("eval_folder_broken_image", "data", "eval {ws}/snn.onnx --data {ws}/imgs", 5,
     setup=image_folder("imgs", broken=True), needle="not a readable image")

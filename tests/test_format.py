@@ -100,7 +100,8 @@ def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what
     ("threshold", -1.0, "threshold <= 0"), ("threshold", 0.0, "threshold <= 0"),
     ("threshold", np.nan, "not finite"), ("threshold", np.inf, "not finite"),
     ("amplitude", -0.5, "lif1 has a spike amplitude <= 0"),
-    ("amplitude", 0.0, "lif1 has a spike amplitude <= 0")])
+    ("amplitude", 0.0, "lif1 has a spike amplitude <= 0"),
+    ("leak", 2.0, "lif1 has a leak above 1 \\(2\\)")])
 def test_damaged_parameters_are_refused(snn, param, value, what):
     m = _damaged(snn.model, init=f"lif1.{param}", init_value=np.array(value, np.float32))
     with pytest.raises(ModelLoadError, match=what):

@@ -1842,3 +1842,51 @@ def test_a_final_hard_sigmoid_is_read_as_its_scores():
     x = B.rand_input(16)
     prob, score = run(m, x).outputs[0], run(nm.model, x).outputs[0]
     np.testing.assert_allclose(np.clip(0.2 * (score + 1.0) + 0.3, 0, 1), prob, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["min_of_relu", "relu_of_min", "clip_top", "min_of_max0",
+                                  "negative", "per_channel_floor"])
+def test_a_clipped_relu_with_one_top_per_channel_is_a_site_of_top_1(form):
+    """PACT or ReLU-N trained per channel (a top c of shape [C, 1, 1] or [1, C, 1, 1]) was
+    refused, and raised from the fake-quantization pass's sign analysis even before the
+    sites were read: for c > 0 it is c * clip(x / c, 0, 1), one site of mu 1 between a Div
+    and a Mul, the same function; it converts and, at large T, agrees with its DNN as a
+    rate code does. A top <= 0 in some channel, or a floor per channel, is no clipped ReLU
+    and stays refused."""
+    C = 4
+    rng = np.random.default_rng(3)
+    cap = (0.5 + rng.random((C, 1, 1))).astype(np.float32)
+    if form == "negative":
+        cap[1] = -0.5
+    b = B.GraphBuilder(13)
+    h = b.conv("input", 1, C)
+    c = b.const(cap[None] if form == "min_of_max0" else cap)
+    zero = b.const(np.array(0, np.float32))
+    if form in ("min_of_relu", "negative"):
+        y = b.node("Min", [b.node("Relu", [h]), c])
+    elif form == "min_of_max0":
+        y = b.node("Min", [c, b.node("Max", [h, zero])])
+    elif form == "relu_of_min":
+        y = b.node("Relu", [b.node("Min", [h, c])])
+    elif form == "clip_top":       # a scalar top of 1.2 too: the smaller of the two per channel
+        y = b.node("Min", [b.node("Clip", [h, zero, b.const(np.array(1.2, np.float32))]), c])
+    else:
+        y = b.node("Max", [b.node("Min", [h, c]), b.const(-cap)])
+    y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.node("Clip", [b.conv(y, C, 4), zero, b.const(np.array(1.5, np.float32))])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 36, 10), (1, 12, 12), 10)
+    if form in ("negative", "per_channel_floor"):
+        with pytest.raises(UnsupportedModelError, match="per-element"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    assert [s.mu for s in nm.sites] == [pytest.approx(1.0), pytest.approx(1.5)]
+    assert any(n.startswith("clipped ReLUs with one top per channel") for n in nm.notes)
+    x = B.rand_input(64)
+    want = run(m, x).outputs[0]
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], want, rtol=1e-5, atol=1e-5)
+    snn = B.converted(m, x, T=256, method="max")[2].model
+    got = run(snn, x).outputs[0]
+    corr = np.corrcoef((got - got.mean(0)).ravel(), (want - want.mean(0)).ravel())[0, 1]
+    assert corr > 0.99, corr
+    B.assert_runtimes_agree(B.converted(m, x, T=2, method="refined")[2].model, x[:8])

@@ -84,7 +84,9 @@ def test_a_teacher_must_be_a_dnn_with_the_students_inputs_and_classes(converted,
         load_teacher(str(five), x[:1], student, source)
     other = tmp_path / "other.onnx"
     other.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False).SerializeToString())
-    with pytest.raises(DataError, match="does not fit"):
+    # the student's data fits the student: the teacher is named as the misfit, with both shapes
+    with pytest.raises(ModelLoadError, match=r"teacher does not take the student's inputs: it "
+                       r"takes '\w+' of shape \['N', 1, 28, 28\], the spiking model \['N', 1, 12, 12\]"):
         load_teacher(str(other), x[:1], student, source)
     copy = tmp_path / "copy.onnx"
     m = onnx.load(str(src))

@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import onnx
 
 from .. import json_text
-from ..errors import DataError, NotSpikingModelError, UsageError
+from ..errors import DataError, NotSpikingModelError, UsageError, file_problem
 from ..spiking import format as fmt
 from ..values import is_int, is_nonnegative, is_real
 from .flops import LayerCount, _dims, count_flat, flatten
@@ -242,8 +242,10 @@ def read_rate_json(path: Union[str, Path]):
     if p.is_dir():
         raise DataError(f"{p}: is a folder; give the spike-rate file `onnx-snn eval MODEL --json "
                         "RATES.json` writes")
-    if not p.is_file():
-        raise DataError(f"{p}: no such file; write one with `onnx-snn eval MODEL --json {p}`")
+    why = file_problem(p)
+    if why is not None:
+        hint = "; write one with `onnx-snn eval MODEL --json RATES.json`"
+        raise DataError(f"{p}: {why}{hint if why == 'no such file' else ''}")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -263,6 +263,102 @@ def relu_pairs_to_clip(graph: gs.Graph, result: PassResult) -> None:
         graph.cleanup()
 
 
+def _channel_bound(t, data) -> Optional[np.ndarray]:
+    """A clamp's upper bound ``t`` when it is one value per element of some axes (per channel:
+    ``[C, 1, 1]``, ``[1, C, 1, 1]``), not all equal, finite and positive, and broadcasts onto
+    ``data`` without growing it or adding axes (every axis 1 or the data's known length);
+    else None."""
+    c = const_value(t)
+    r = rank(data)
+    if c is None or c.size < 2 or np.all(c == c.reshape(-1)[0]) or r is None or c.ndim > r:
+        return None
+    if not (np.all(np.isfinite(c)) and np.all(c > 0)):
+        return None
+    shape = data.shape
+    tail = list(shape)[len(shape) - c.ndim:] if shape is not None else [None] * c.ndim
+    if not all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c.shape, tail)):
+        return None
+    return c.astype(np.float32)
+
+
+def _zero_floor(node) -> Optional[tuple]:
+    """(x, top) when ``node`` is a ReLU of ``x`` with a scalar top (``Relu``: inf; ``Clip(x,
+    0, hi)``; ``Max(x, 0)``); else None."""
+    if node is None or not node.inputs or const_value(node.inputs[0]) is not None:
+        return None
+    x = node.inputs[0]
+    if node.op == "Relu":
+        return x, np.inf
+    if node.op == "Max" and len(node.inputs) == 2 and _zeros(node.inputs[1], x):
+        return x, np.inf
+    if node.op == "Clip":
+        lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
+        hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        top = np.inf if hi is None else _finite_scalar(hi, x)
+        if lo is not None and _zeros(lo, x) and top is not None and "min" not in node.attrs:
+            return x, top
+    return None
+
+
+@graph_pass("channel-clamps-to-unit-clip")
+def channel_clamps_to_unit_clip(graph: gs.Graph, result: PassResult) -> None:
+    """A clipped ReLU with one top per channel (PACT or a ReLU-N trained per channel:
+    ``Min(Relu(x), c)``, ``Relu(Min(x, c))``, with ``c`` of shape ``[C, 1, 1]``: ONNX's Clip
+    takes scalar bounds only) is, for ``c > 0``, ``c * clip(x / c, 0, 1)``: a ``Div`` by ``c`` (folded into the
+    layer before it), a clipped ReLU of top 1, whose spikes are the site's, and a ``Mul`` by
+    ``c`` (an elementwise scale of its output, as after any site). One threshold per layer
+    where the model has one per channel."""
+    found = []
+    for node in list(graph.nodes):
+        if len(node.outputs) != 1 or not node.inputs:
+            continue
+        x = top = c = inner = None
+        if node.op == "Min" and len(node.inputs) == 2:
+            for i in (0, 1):
+                d = node.inputs[1 - i]
+                b = _channel_bound(node.inputs[i], d)
+                p = d.inputs[0] if len(d.inputs) == 1 else None
+                relu = _zero_floor(p)
+                if b is not None and relu is not None and len(d.outputs) == 1 \
+                        and not is_graph_output(graph, d):
+                    (x, top), c, inner = relu, b, p
+                    break
+        elif node.op in ("Relu", "Max", "Clip"):             # relu(min(x, c))
+            relu = _zero_floor(node)
+            p = relu[0].inputs[0] if relu is not None and len(relu[0].inputs) == 1 else None
+            if p is not None and p.op == "Min" and len(p.inputs) == 2 \
+                    and len(relu[0].outputs) == 1 and not is_graph_output(graph, relu[0]):
+                for i in (0, 1):
+                    b = _channel_bound(p.inputs[i], p.inputs[1 - i])
+                    if b is not None and const_value(p.inputs[1 - i]) is None:
+                        x, top, c, inner = p.inputs[1 - i], relu[1], b, p
+                        break
+        if c is None:
+            continue
+        if np.isfinite(top):
+            c = np.minimum(c, np.float32(top))
+        name = node.name or node.outputs[0].name
+        y = node.outputs[0]
+        scaled = gs.Variable(f"{name}_per_channel", dtype=x.dtype, shape=x.shape)
+        unit = gs.Variable(f"{name}_unit", dtype=x.dtype, shape=y.shape)
+        bound = gs.Constant(f"{name}_channel_top", c)
+        graph.nodes.append(gs.Node("Div", f"{name}_to_unit", inputs=[x, bound], outputs=[scaled]))
+        node.op, node.attrs = "Clip", {}
+        node.inputs = [scaled, gs.Constant(f"{name}_lo", np.array(0.0, np.float32)),
+                       gs.Constant(f"{name}_hi", np.array(1.0, np.float32))]
+        node.outputs = [unit]
+        graph.nodes.append(gs.Node("Mul", f"{name}_from_unit", inputs=[unit, bound], outputs=[y]))
+        if inner is not None:
+            inner.outputs = []            # its only reader is rewritten: cleanup drops it
+        found.append(f"'{name}' ({c.size} tops, {float(c.min()):.3g} to {float(c.max()):.3g})")
+        result.changed += 1
+    if found:
+        result.notes.append("clipped ReLUs with one top per channel read as c * clip(x / c, 0, 1), "
+                            "a site of top 1: " + ", ".join(found[:4])
+                            + (", ..." if len(found) > 4 else ""))
+        graph.cleanup().toposort()
+
+
 @graph_pass("hard-sigmoid-to-clip")
 def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
     """``HardSigmoid(x; a, b) = clip(a x + b, 0, 1)`` is, for ``a > 0``, the clipped ReLU

@@ -247,6 +247,7 @@ PIPELINE: tuple = (
     canonical.zero_slope_to_relu,        # LeakyRelu(alpha=0) and kin: a ReLU
     canonical.hard_sigmoid_to_clip,      # clip(a x + b, 0, 1) = a clip(x + b/a, 0, 1/a)
     canonical.relu_pairs_to_clip,        # c - relu(c - relu(x)), relu(x) - relu(x - c)
+    canonical.channel_clamps_to_unit_clip,   # min(relu(x), c[C,1,1]) = c clip(x / c, 0, 1)
     canonical.masked_relu_to_relu,       # Where(x > 0, x, 0), x * Cast(x > 0): a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,

@@ -132,9 +132,21 @@ def nonnegative_tensors(graph: gs.Graph) -> set:
         ok = False
         if op in ("Relu", "Abs"):
             ok = True
-        elif op in ("Clip", "Min") and clamp_bounds(node) is not None:
-            lo, hi = clamp_bounds(node)
-            ok = lo >= 0 or (hi >= 0 and nonneg(_data_input(node)))
+        elif op in ("Clip", "Min"):
+            try:
+                bounds = clamp_bounds(node)
+            except UnsupportedModelError:     # bounds per element, or dynamic
+                bounds = None
+            if bounds is not None:
+                lo, hi = bounds
+                ok = lo >= 0 or (hi >= 0 and nonneg(_data_input(node)))
+            elif op == "Min":                 # a minimum of non-negative tensors
+                ok = all(nonneg(t) for t in node.inputs if not is_empty(t))
+            else:                             # Clip(x, lo, hi): lo >= 0, or x and hi >= 0
+                lo, hi = (node.inputs[i] if len(node.inputs) > i and not is_empty(node.inputs[i])
+                          else None for i in (1, 2))
+                ok = (lo is not None and nonneg(lo)) or \
+                    (nonneg(x) and hi is not None and nonneg(hi) and "min" not in node.attrs)
         elif op == "Max" and len(node.inputs) == 2:
             ok = any(nonneg(t) for t in node.inputs)
         elif op in _KEEPS_SIGN:

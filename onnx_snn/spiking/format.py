@@ -883,7 +883,7 @@ def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]
 
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
     """Every site's parameters present and finite, thresholds and amplitudes
-    positive (a spike counter divides by the amplitude)."""
+    positive (a spike counter divides by the amplitude), leaks at most 1."""
     for s in info.sites:
         for p in PARAMS:
             name = param_name(s.name, p)
@@ -907,6 +907,12 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                 raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
                                      f"({float(v.min()):g}); a neuron would fire on every step. "
                                      "The file is damaged or was edited; convert it again")
+            if p == "leak" and not np.all(v <= 1):
+                raise ModelLoadError(f"{where}: site {s.name} has a leak above 1 "
+                                     f"({float(v.max()):g}); a membrane would grow on every "
+                                     "step (the PyTorch runtime caps leaks at 1, so the two "
+                                     "runtimes would disagree). The file is damaged or was "
+                                     "edited; convert it again")
             if p == "amplitude" and not np.all(v > 0):
                 raise ModelLoadError(f"{where}: site {s.name} has a spike amplitude <= 0 "
                                      f"({float(v.min()):g}); spikes carry the layer's positive "

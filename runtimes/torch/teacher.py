@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -21,7 +20,7 @@ import onnx
 import torch
 import torch.nn.functional as Fn
 
-from onnx_snn.errors import DataError, ModelLoadError
+from onnx_snn.errors import DataError, ModelLoadError, file_problem
 from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind
 from onnx_snn.model_io import load_model, sha256_file
 from onnx_snn.spiking import format as fmt
@@ -103,9 +102,11 @@ class Teacher:
 
 def require_file(path) -> None:
     """A teacher named by path must be a file (ModelLoadError naming it otherwise)."""
-    if not Path(path).is_file():
-        raise ModelLoadError(f"{path}: no such teacher model (--teacher takes the DNN's .onnx "
-                             "file, or auto for the DNN the model was converted from)")
+    why = file_problem(path)
+    if why is not None:
+        raise ModelLoadError(f"{path}: {'no such teacher model' if why == 'no such file' else why}"
+                             " (--teacher takes the DNN's .onnx file, or auto for the DNN the "
+                             "model was converted from)")
 
 
 def open_runner(model, threads: Optional[int] = None, expose: Optional[str] = None,
@@ -139,6 +140,10 @@ def _is_softmax(out: np.ndarray) -> bool:
     return bool(out.ndim == 2 and np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
 
+def _shown(shape) -> list:
+    return ["N" if d is None else d for d in shape]
+
+
 def load_teacher(path: str, probe, student_out: torch.Tensor,
                  source: Optional[str] = None, threads: Optional[int] = None,
                  sha256: Optional[str] = None, student_name: Optional[str] = None) -> Teacher:
@@ -166,7 +171,16 @@ def load_teacher(path: str, probe, student_out: torch.Tensor,
             f"{path}: the teacher's inputs are {[n for n, _ in runner.specs]}; distillation needs "
             f"a DNN that takes the student's inputs ({want or 'one input'}), like the DNN it was "
             "converted from")
-    runner.validate(probe, f"{path}: the student's inputs")
+    try:
+        runner.validate(probe, "the student's data")
+    except DataError:       # the data fits the student: the teacher is the misfit
+        shapes = {n: ["N"] + list(v.shape[1:]) for n, v in probe.items()} \
+            if isinstance(probe, dict) else ["N"] + list(np.shape(probe)[1:])
+        raise ModelLoadError(
+            f"{path}: the teacher does not take the student's inputs: it takes "
+            f"{', '.join(f'{n!r} of shape {_shown(s)}' for n, s in runner.specs)}, the spiking model "
+            f"{shapes}; distillation needs a DNN with the spiking model's input, like the DNN "
+            "it was converted from (--teacher auto)") from None
     teacher = Teacher(path=str(path), runner=runner, is_source=is_source, sha256=sha,
                       output=index)
     try:
