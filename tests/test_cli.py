@@ -887,3 +887,18 @@ def test_convert_outputs_keeps_the_named_ones(files):
     names = [o.name for o in onnx.load(str(out)).graph.output]
     assert names[0] == logits and lo not in names and all(n.endswith(".spikes") for n in names[1:])
     assert src.read_bytes() == before
+
+
+def test_error_lines_cut_long_values_and_keep_what_to_do():
+    """A damaged value of thousands of characters is shown by its start and its length; a
+    message too long for a line keeps its start and its end (the advice); short ones, and
+    words and paths of ordinary length, are left as they are."""
+    from onnx_snn.errors import LONG_MESSAGE, LONG_WORD, shortened
+    plain = "m.onnx: node 'Conv_3' (Conv): some words; convert it again"
+    assert shortened(plain) == plain
+    path = "/tmp/" + "d" * 200 + "/model.onnx"
+    assert shortened(f"{path}: empty file") == f"{path}: empty file"
+    cut = shortened("the metadata T is '" + "4" * 5000 + "', not a whole number; convert it again")
+    assert len(cut) < LONG_WORD + 100 and "(5003 characters) not a whole number; convert it again" in cut
+    long = " ".join(["word"] * 2000) + " so do this"
+    assert len(shortened(long)) <= LONG_MESSAGE and shortened(long).endswith("so do this")

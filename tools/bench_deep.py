@@ -102,11 +102,13 @@ VARIANTS = {
     "percentile": ("percentile", {}),
 }
 #: variants calibrated on more than the benchmarks' 512 training images (--calib-samples N)
-CALIB_IMAGES = {"refined-2048": 2048}
-VARIANTS["refined-2048"] = ("refined", {})
+CALIB_IMAGES = {"refined-2048": 2048, "refined-2048-seed1": 2048,
+                "refined-1024": 1024, "refined-1024-seed1": 1024}
+VARIANTS.update({name: ("refined", {}) for name in CALIB_IMAGES})
 #: the default with another seed for the refinement's sampled neurons (the same calibration
 #: images): the spread over seeds is the noise in every figure of the default
 SEEDS = {f"refined-seed{k}": k for k in (1, 2, 3)}
+SEEDS.update({"refined-2048-seed1": 1, "refined-1024-seed1": 1})
 VARIANTS.update({name: ("refined", {}) for name in SEEDS})
 #: the default until 2026-12-04: the weight calibration's ridge toward zero (now toward the
 #: layer's own weights), and at T = 1 fitted to h (now min(h, mu)), seeds 0 and 1
