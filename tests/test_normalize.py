@@ -1865,7 +1865,7 @@ def test_a_clipped_relu_with_one_top_per_channel_is_a_site_of_top_1(form):
     if form in ("min_of_relu", "negative"):
         y = b.node("Min", [b.node("Relu", [h]), c])
     elif form == "min_of_max0":
-        y = b.node("Min", [c, b.node("Max", [h, zero])])
+        y = b.node("Min", [c, b.node("Max", [zero, h])])
     elif form == "relu_of_min":
         y = b.node("Relu", [b.node("Min", [h, c])])
     elif form == "clip_top":       # a scalar top of 1.2 too: the smaller of the two per channel

@@ -284,12 +284,18 @@ def _channel_bound(t, data) -> Optional[np.ndarray]:
 def _zero_floor(node) -> Optional[tuple]:
     """(x, top) when ``node`` is a ReLU of ``x`` with a scalar top (``Relu``: inf; ``Clip(x,
     0, hi)``; ``Max(x, 0)``); else None."""
-    if node is None or not node.inputs or const_value(node.inputs[0]) is not None:
+    if node is None or not node.inputs:
+        return None
+    if node.op == "Max" and len(node.inputs) == 2:       # Max(x, 0) or Max(0, x)
+        for i in (0, 1):
+            x = node.inputs[1 - i]
+            if _zeros(node.inputs[i], x) and const_value(x) is None:
+                return x, np.inf
         return None
     x = node.inputs[0]
+    if const_value(x) is not None:
+        return None
     if node.op == "Relu":
-        return x, np.inf
-    if node.op == "Max" and len(node.inputs) == 2 and _zeros(node.inputs[1], x):
         return x, np.inf
     if node.op == "Clip":
         lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
