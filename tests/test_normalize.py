@@ -1890,3 +1890,70 @@ def test_a_clipped_relu_with_one_top_per_channel_is_a_site_of_top_1(form):
     corr = np.corrcoef((got - got.mean(0)).ravel(), (want - want.mean(0)).ravel())[0, 1]
     assert corr > 0.99, corr
     B.assert_runtimes_agree(B.converted(m, x, T=2, method="refined")[2].model, x[:8])
+
+
+@pytest.mark.parametrize("op, cip", [("MaxPool", 0), ("AveragePool", 0), ("AveragePool", 1)])
+@pytest.mark.parametrize("size, pads", [((12, 12), [0, 0, 1, 1]), ((6, 5), [0, 0, 1, 0]),
+                                        ((7, 7), [1, 1, 0, 0])])
+def test_a_ceil_mode_pool_has_the_windows_onnxruntime_computes(op, cip, size, pads):
+    """Kernel 2, stride 2, ceil mode, end padding 1 on 12 x 12: onnxruntime drops the last
+    window, which would start in the padding (6 x 6), and ONNX's shape inference counts it
+    (7 x 7): the spiking graph's states, sized from the inference, made a crash or, where
+    no neuron read the pool, a file that could not run. The pool is written in floor mode
+    with the padding that gives onnxruntime's windows: the same outputs (an AveragePool that
+    counts the padding divides a partial window by its cells inside the padding, as
+    onnxruntime does), shapes that inference and onnxruntime agree on, and a spiking model
+    that runs in both runtimes. A pool whose windows the two agree on is left alone."""
+    b = B.GraphBuilder(13)
+    x = b.node("Relu", [b.conv("input", 1, 4)])
+    attrs = dict(kernel_shape=[2, 2], strides=[2, 2], pads=pads, ceil_mode=1)
+    if op == "AveragePool":
+        attrs["count_include_pad"] = cip
+    y = b.node(op, [x], **attrs)
+    y = b.node("Clip", [b.conv(y, 4, 4), b.const(np.array(0, np.float32)), b.const(np.array(1, np.float32))])
+    m = b.model("input", b.gemm(b.node("GlobalAveragePool", [y]), 4, 10), (1,) + size, 10)
+    m.graph.node[-1].input[0] = m.graph.node[-2].output[0]
+    flat = onnx.helper.make_node("Flatten", [m.graph.node[-2].output[0]], ["flat"], axis=1)
+    m.graph.node.insert(len(m.graph.node) - 1, flat)
+    m.graph.node[-1].input[0] = "flat"
+    x0 = B.rand_input(8, shape=(1,) + size)
+    want = run(m, x0).outputs[0]
+    nm = normalize(m)
+    pool = next(n for n in nm.model.graph.node if n.op_type == op)
+    dropped = size != (7, 7)      # 7 x 7, start padding 1: both count 4 windows
+    assert onnx.helper.get_node_attr_value(pool, "ceil_mode") == (0 if dropped else 1)
+    np.testing.assert_allclose(run(nm.model, x0).outputs[0], want, rtol=1e-5, atol=1e-6)
+    inferred = onnx.shape_inference.infer_shapes(nm.model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in inferred.graph.value_info}
+    h, w = (-(-(s + p0 + p1 - 2) // 2) + 1 for s, p0, p1 in zip(size, pads[:2], pads[2:]))
+    h, w = (h - 1 if (h - 1) * 2 >= size[0] + pads[0] else h,
+            w - 1 if (w - 1) * 2 >= size[1] + pads[1] else w)
+    assert shapes[pool.output[0]][2:] == [h, w]
+    snn = B.converted(m, x0, T=2)[2].model
+    B.assert_runtimes_agree(snn, x0)
+
+
+@pytest.mark.parametrize("keep, perm, axes", [(0, [0, 2, 3, 1], [1, 2]), (1, [0, 2, 3, 1], [1, 2]),
+                                              (0, [0, 2, 3, 1], [-3, -2]), (1, [0, 3, 2, 1], [1, 2]),
+                                              (0, [0, 2, 3, 1], [1, 3])])
+def test_a_channels_last_global_max_is_a_global_max_pool(keep, perm, axes):
+    """Keras's GlobalMaxPooling2D in NHWC (tf2onnx: Transpose(0, 2, 3, 1), ReduceMax over
+    axes 1 and 2) was refused as a maximum over the channels: the reduced axes are the
+    spatial axes of the Transpose's input, so it is a GlobalMaxPool of that input (then the
+    layout the Transpose gave, or a Flatten), the same outputs, with a rate-exact spiking
+    form. A reduction that takes the channels too stays refused."""
+    b = B.GraphBuilder(13)
+    r = b.act(b.conv("input", 1, 4), "clip")
+    p = b.node("ReduceMax", [b.node("Transpose", [r], perm=perm)], axes=axes, keepdims=keep)
+    flat = 4 if 3 not in axes else 12
+    m = b.model("input", b.gemm(b.node("Flatten", [p]), flat, 10), (1, 12, 12), 10)
+    if 3 in axes:
+        with pytest.raises(UnsupportedModelError, match="ReduceMax"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    assert "ReduceMax" not in ops(nm.model) and "GlobalMaxPool" in ops(nm.model)
+    x = B.rand_input(16)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
+    B.assert_runtimes_agree(B.converted(m, x, T=2)[2].model, x)

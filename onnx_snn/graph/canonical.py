@@ -548,23 +548,137 @@ def reduce_max_to_global_pool(graph: gs.Graph, result: PassResult) -> None:
         if axes is None and len(node.inputs) > 1:
             axes = const_value(node.inputs[1])
             axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-        if r is None or r < 3 or axes is None or \
+        keep = int(node.attrs.get("keepdims", 1))
+        perm = None
+        if r is not None and r >= 3 and axes is not None and \
                 sorted(int(a) % r for a in axes) != list(range(2, r)):
+            perm = _channels_last_reduction(x, [int(a) % r for a in axes], keep)
+        if r is None or r < 3 or axes is None or (
+                perm is None and sorted(int(a) % r for a in axes) != list(range(2, r))):
             result.skip(node, "not a reduction over exactly the spatial axes of a known rank")
             continue
         result.changed += 1
         out = node.outputs[0]
-        keep = int(node.attrs.get("keepdims", 1))
+        name = node.name or "reducemax"
         node.op, node.attrs = "GlobalMaxPool", {}
         node.inputs.clear()
-        node.inputs.append(x)
-        if not keep:
+        node.inputs.append(x if perm is None else x.inputs[0].inputs[0])
+        if not keep or perm is not None:
             pooled = gs.Variable(out.name + "_pooled", dtype=out.dtype)
             node.outputs.clear()
             node.outputs.append(pooled)
-            graph.nodes.append(gs.Node("Flatten", f"{node.name or 'reducemax'}_flatten",
-                                       attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
+            if keep:       # the pooled N x C x 1 x 1 in the layout the Transpose gave
+                graph.nodes.append(gs.Node("Transpose", f"{name}_layout", attrs={"perm": perm},
+                                           inputs=[pooled], outputs=[out]))
+            else:
+                graph.nodes.append(gs.Node("Flatten", f"{name}_flatten",
+                                           attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
     graph.cleanup().toposort()
+
+
+def _channels_last_reduction(x, axes, keep: int):
+    """The ``perm`` of the Transpose that computes ``x`` when the reduced ``axes`` of ``x``
+    are exactly the spatial axes of the Transpose's N x C x spatial input (Keras's
+    GlobalMaxPooling2D in NHWC: ``Transpose(0, 2, 3, 1)`` then ``ReduceMax(axes=[1, 2])``),
+    and the kept axes (``keepdims=0``) stay in the order N, C; else None."""
+    t = x.inputs[0] if len(x.inputs) == 1 else None
+    if t is None or t.op != "Transpose" or not t.inputs or "perm" not in t.attrs:
+        return None
+    perm = [int(p) for p in t.attrs["perm"]]
+    r = len(perm)
+    if sorted(perm) != list(range(r)) or sorted(perm[a] for a in axes) != list(range(2, r)):
+        return None
+    kept = [p for i, p in enumerate(perm) if i not in axes]
+    if not keep and kept != [0, 1]:
+        return None
+    return perm
+
+
+def _forget_shapes_after(graph: gs.Graph, node: gs.Node) -> None:
+    """Clear the inferred shapes of every tensor computed from ``node`` (graph outputs
+    keep theirs), for the final shape inference to compute again."""
+    outputs = {id(t) for t in graph.outputs}
+    todo, seen = list(node.outputs), set()
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if id(t) not in outputs:
+            t.shape = None
+        for reader in t.outputs:
+            todo.extend(reader.outputs)
+
+
+def _ort_ceil_windows(size: int, span: int, stride: int, lo: int, hi: int) -> int:
+    """The windows onnxruntime (and PyTorch) compute along one axis in ceil mode: ONNX's
+    rounding up, less a last window that would start in the end padding."""
+    o = -(-(size + lo + hi - span) // stride) + 1
+    return o - 1 if (o - 1) * stride >= size + lo else o
+
+
+@graph_pass("ceil-pools-to-explicit-pads")
+def ceil_pools_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
+    """A ``MaxPool``/``AveragePool`` in ceil mode whose last window would start in the end
+    padding (``kernel 2, stride 2, pads [0, 0, 1, 1]`` on a 6 x 6 input; Caffe's pooling):
+    onnxruntime drops that window (3 x 3), ONNX's shape inference counts it (4 x 4), and the
+    spiking graph's states were sized from the inference. The pool becomes floor mode with
+    the end padding that gives onnxruntime's windows: the same values, and a shape both
+    agree on. An ``AveragePool`` that counts the padding and needs more of it pads with an
+    explicit zero ``Pad`` and counts only what lies inside that. A pool whose windows the
+    two agree on is left as it is."""
+    for node in list(graph.nodes):
+        if node.op not in ("MaxPool", "AveragePool") or not node.inputs \
+                or not int(node.attrs.get("ceil_mode", 0)):
+            continue
+        auto = node.attrs.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        x = node.inputs[0]
+        kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
+        n = len(kernel)
+        shape = x.shape
+        if auto != "NOTSET" or not n or shape is None or len(shape) != n + 2 \
+                or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            continue
+        strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
+        dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
+        pads = [int(v) for v in node.attrs.get("pads", [0] * (2 * n))]
+        ends, dropped = [], False
+        for i in range(n):
+            size, span = int(shape[2 + i]), dil[i] * (kernel[i] - 1) + 1
+            o = _ort_ceil_windows(size, span, strides[i], pads[i], pads[n + i])
+            dropped |= o != -(-(size + pads[i] + pads[n + i] - span) // strides[i]) + 1
+            ends.append((o - 1) * strides[i] + span - size - pads[i])
+        if not dropped or min(ends) < 0:
+            continue
+        # a kept window never ends past the padding along an axis that dropped one; along
+        # another axis ceil mode's last window may (a partial window: more padding)
+        grow = [max(0, e - p) for e, p in zip(ends, pads[n:])]
+        counts_pad = node.op == "AveragePool" and int(node.attrs.get("count_include_pad", 0))
+        if counts_pad and any(grow):
+            if any(d != 1 for d in dil):
+                continue
+            # onnxruntime divides a partial window by its cells inside the padding: pad with
+            # explicit zeros and count only the cells inside the padded tensor
+            padded = gs.Variable(f"{node.name or x.name}_padded", dtype=x.dtype)
+            graph.nodes.append(gs.Node("Pad", f"{node.name or x.name}_pad", inputs=[
+                x, gs.Constant(f"{node.name or x.name}_pads", np.array(
+                    [0, 0] + pads[:n] + [0, 0] + [min(e, p) for e, p in zip(ends, pads[n:])],
+                    np.int64))], outputs=[padded]))
+            node.inputs[0] = padded
+            node.attrs["pads"] = [0] * n + grow
+            node.attrs["count_include_pad"] = 0
+        else:
+            node.attrs["pads"] = pads[:n] + ends
+        node.attrs["ceil_mode"] = 0
+        _forget_shapes_after(graph, node)     # inferred with the window onnxruntime drops
+        result.changed += 1
+        result.notes.append(f"{node.op} '{node.name}' in ceil mode: its last window would start in "
+                            "the end padding, which onnxruntime drops and ONNX's shape inference "
+                            "counts; written in floor mode with the padding that gives "
+                            "onnxruntime's windows")
+    if result.changed:
+        graph.cleanup().toposort()
 
 
 @graph_pass("constant-where-to-mask")

@@ -251,6 +251,7 @@ PIPELINE: tuple = (
     canonical.masked_relu_to_relu,       # Where(x > 0, x, 0), x * Cast(x > 0): a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
+    canonical.ceil_pools_to_explicit_pads,   # the windows onnxruntime computes, in floor mode
     canonical.nonnegative_identities,    # Abs / ReduceL1 of an activation: Identity / ReduceSum
     canonical.constant_where_to_mask,   # dynamo's masked_fill of adaptive pooling windows
     resize.resize_constant_form,         # F.interpolate(size=...) with a free batch; axes
