@@ -66,8 +66,8 @@ def clamp_bounds(node: gs.Node):
                         "constant; export the model with fixed (trained) thresholds")
                 if v.size != 1:
                     raise UnsupportedModelError(
-                        f"{node_label(node)}: per-element clip bounds are not supported; use one "
-                        "threshold per layer")
+                        f"{node_label(node)}: a Clip's bounds are scalars in ONNX, this one has "
+                        f"{v.size} values; write a top per channel as min(relu(x), c)")
                 if idx == 1:
                     lo = float(v.reshape(()))
                 else:
@@ -82,9 +82,13 @@ def clamp_bounds(node: gs.Node):
         c = vals[0] if vals[0] is not None else vals[1]
         data = node.inputs[1] if vals[0] is not None else node.inputs[0]
         if c.size != 1 and not _uniform_within(c, getattr(data, "shape", None)):
+            what = ("a floor per channel or per element (only a floor of 0 makes a ReLU)"
+                    if node.op == "Max" else "a top per channel or per element that is not "
+                    "above 0 everywhere, or of a tensor that is not a ReLU's")
             raise UnsupportedModelError(
-                f"{node_label(node)}: {node.op} with a per-element bound is not supported as an "
-                "activation; use one threshold per layer")
+                f"{node_label(node)}: {node.op} with {what} is not a clipped ReLU; a top per "
+                "channel converts as min(relu(x), c) with every c > 0 (the default conversion "
+                "then gives each channel its own threshold), else use one bound per layer")
         c = float(c.reshape(-1)[0])
         return (-math.inf, c) if node.op == "Min" else (c, math.inf)
     return None
