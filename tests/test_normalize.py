@@ -1957,3 +1957,18 @@ def test_a_channels_last_global_max_is_a_global_max_pool(keep, perm, axes):
     x = B.rand_input(16)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
     B.assert_runtimes_agree(B.converted(m, x, T=2)[2].model, x)
+
+
+def test_a_per_element_batchnorm_of_an_old_opset_is_refused_by_name():
+    """BatchNormalization with spatial=0 (opset 7-8) cannot be upgraded to opset 13: the
+    version converter's message named no node; the refusal names it and what to do."""
+    b = B.GraphBuilder(7)
+    x = b.conv("input", 1, 4)
+    stats = [b.const(np.ones((4, 12, 12), np.float32)), b.const(np.zeros((4, 12, 12), np.float32)),
+             b.const(np.zeros((4, 12, 12), np.float32)), b.const(np.ones((4, 12, 12), np.float32))]
+    y = b.node("BatchNormalization", [x] + stats, spatial=0)
+    m = b.model("input", b.gemm(b.node("Flatten", [b.node("Relu", [y])]), 4 * 144, 10), (1, 12, 12), 10)
+    bn = next(n.name for n in m.graph.node if n.op_type == "BatchNormalization")
+    with pytest.raises(UnsupportedModelError, match=rf"node '{bn}' \(BatchNormalization\) has spatial=0 "
+                                                    r"\(statistics per element, opset 7\)"):
+        normalize(m)

@@ -24,6 +24,14 @@ def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.Model
     opset = default_opset(model)
     if opset >= BASE_OPSET:
         return model
+    per_element = next((n for n in model.graph.node if n.op_type == "BatchNormalization" and any(
+        a.name == "spatial" and a.i == 0 for a in n.attribute)), None)
+    if per_element is not None:          # the version converter says only "spatial must be 1"
+        raise UnsupportedModelError(
+            f"{where}: node '{per_element.name or per_element.output[0]}' (BatchNormalization) "
+            f"has spatial=0 (statistics per element, opset {opset}), which opset 9 removed and "
+            "no later opset can express; fold it into the layer before it (or re-export with "
+            "one statistic per channel) at opset 13 or newer")
     try:
         upgraded = version_converter.convert_version(model, BASE_OPSET)
     except Exception as e:
