@@ -138,6 +138,14 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
+        if "NOT_IMPLEMENTED" in str(e):       # no float64 / float16 kernel for an op
+            from .graph.precision import in_float32
+            lowered = in_float32(model)
+            if lowered is not None:
+                log.warning("%s: onnxruntime has no kernel for one of its ops in the model's "
+                            "float type (%s); it runs computed in float32, as the conversion "
+                            "computes it", where, first_line(e)[:200])
+                return make_session(lowered, threads, providers, where, outputs, spin)
         shapes = any(k in str(e) for k in ("ShapeInferenceError", "TypeInferenceError",
                                            "Incompatible dimensions", "MergeShapeInfo"))
         bare = _without_annotations(data) if shapes and data is not None else None

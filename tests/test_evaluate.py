@@ -364,3 +364,36 @@ def test_the_recorded_normalization_is_noted_only_where_it_is_applied(tmp_path):
     r = evaluate(m, "fashion-mnist", limit=8, show_progress=False)
     assert any("the images are normalized as vgg_clip_op13 records (mean [0.286], std [0.353])" in n
                for n in r.notes), r.notes
+
+
+def test_a_float64_dnn_that_onnxruntime_cannot_run_is_evaluated_in_float32(tmp_path, caplog):
+    """onnxruntime has no float64 Conv on the CPU: eval of such a DNN (the conversion computes
+    it in float32) failed. It now runs the model computed in float32, with a warning naming
+    the op, and gives the float32 model's outputs."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, 1, 3, 3)) * 0.5)
+    w2 = rng.standard_normal((10, 4))
+
+    def model(ft, et):
+        inits = [nh.from_array(w.astype(ft), "w"), nh.from_array(w2.astype(ft), "w2")]
+        nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
+                 h.make_node("Relu", ["c"], ["r"]), h.make_node("GlobalAveragePool", ["r"], ["p"]),
+                 h.make_node("Flatten", ["p"], ["f"]), h.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+        g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", et, ["N", 1, 8, 8])],
+                         [h.make_tensor_value_info("y", et, ["N", 10])], inits)
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    double, single = tmp_path / "d.onnx", tmp_path / "s.onnx"
+    onnx.save(model(np.float64, TP.DOUBLE), str(double))
+    onnx.save(model(np.float32, TP.FLOAT), str(single))
+    x = {"x": np.random.default_rng(1).random((16, 1, 8, 8)).astype(np.float32),
+         "y": np.arange(16) % 10}
+    from onnx_snn.runtimes.ort import run
+    with caplog.at_level(logging.WARNING):
+        got = evaluate(str(double), x, show_progress=False)
+    assert "no kernel for one of its ops" in caplog.text and "Conv" in caplog.text
+    assert got.top1 == evaluate(str(single), x, show_progress=False).top1
+    np.testing.assert_allclose(run(onnx.load(str(double)), x["x"]).outputs[0],
+                               run(onnx.load(str(single)), x["x"]).outputs[0], rtol=1e-5, atol=1e-6)

@@ -112,3 +112,19 @@ def compute_in_float32(graph: gs.Graph, result: PassResult) -> None:
     if io:
         parts.append("the spiking model's inputs and outputs are float32")
     result.notes.append(f"the model computes in {what}: converted in float32 ({'; '.join(parts)})")
+
+
+def in_float32(model):
+    """A copy of ``model`` computed in float32 (:func:`compute_in_float32`, its inputs and
+    outputs float32 too), for a runtime that has no float16/float64 kernel for one of its
+    ops (onnxruntime's CPU Conv in float64); None when ``model`` computes in float32
+    already."""
+    from .export import export
+    graph = gs.import_onnx(model)
+    if not computes_in_other_floats(graph) or not compute_in_float32(graph).changed:
+        return None
+    out = export(graph)
+    out.ir_version = model.ir_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    return out
