@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cross-entropy (default: 1)")
     f.add_argument("--temperature", type=positive_float,
                    help="softmax temperature of the distillation (default: 1)")
+    f.add_argument("--no-dropout", action="store_true",
+                   help="leave out the source DNN's dropout (default: each recorded dropout "
+                        "layer drops with its rate, one mask per batch for all T steps)")
     f.add_argument("--train-initial", action="store_true",
                    help="also train the neurons' initial membranes (default: they keep the "
                         "conversion's)")
@@ -860,6 +863,7 @@ def cmd_finetune(args) -> int:
                          temperature=1.0 if args.temperature is None else args.temperature,
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          train_initial=args.train_initial, loss=args.loss,
+                         dropout=not args.no_dropout,
                          schedule=args.schedule, warmup=args.warmup)
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"

@@ -1712,3 +1712,23 @@ def test_finetune_quiet_still_shows_its_warnings(tmp_path, capsys):
                  "--data", str(tmp_path / "d.npz"), "--epochs", "1"]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "no separate test set" in err and "epoch 1" not in err
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_finetune_without_dropout_draws_no_mask_and_is_recorded(tmp_path, monkeypatch, dropout):
+    """``dropout=False`` (``finetune --no-dropout``) trains without the source DNN's dropout:
+    no mask is drawn in any training step, and the history says so; with the default every
+    training batch draws one."""
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    x = B.rand_input(32)
+    y = np.random.default_rng(0).integers(0, 10, 32)
+    src, out = tmp_path / "m.snn.onnx", tmp_path / "t.snn.onnx"
+    onnx_snn.convert(B.vgg(13, "clip", dropout=True), x, timesteps=2, show_progress=False).save(src)
+    assert F.read_info(onnx.load(str(src))).dropout
+    masks, real = [], torch.bernoulli
+    monkeypatch.setattr(torch, "bernoulli", lambda t: masks.append(t.shape) or real(t))
+    finetune(str(src), str(out), (x, y), FinetuneConfig(epochs=1, batch_size=8, dropout=dropout),
+             show_progress=False, log=lambda *a: None)
+    assert len(masks) == (4 if dropout else 0)      # one per training batch of 8 of the 32
+    step = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[-1]
+    assert step.get("dropout", True) is dropout

@@ -212,7 +212,8 @@ def job_cost(net: str) -> dict:
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
                  lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
                  batch: Optional[int] = None, initial: bool = False,
-                 loss: str = "mean", schedule: Optional[str] = None) -> dict:
+                 loss: str = "mean", schedule: Optional[str] = None,
+                 dropout: bool = True) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -229,6 +230,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
                              **({} if batch is None else {"batch_size": batch}),
                              **({"teacher": "auto"} if teacher else {}),
                              train_initial=initial, initial_eval=False, loss=loss,
+                             dropout=dropout,
                              **({} if schedule is None else {"schedule": schedule}))
         t0 = time.perf_counter()
         r = finetune(src, out, "fashion-mnist", cfg, show_progress=False, log=lambda *a: None)
@@ -236,7 +238,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
         after = evaluate(out, test, show_progress=False).top1
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "batch_size": cfg.batch_size,
-            "signed_spikes": signed, "train_initial": initial, "loss": loss,
+            "signed_spikes": signed, "train_initial": initial, "loss": loss, "dropout": dropout,
             "schedule": cfg.schedule,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
@@ -270,6 +272,7 @@ def _table(result: dict) -> str:
                             ", labels only" if "teacher" in ft else "")
                          + (", signed neurons" if ft.get("signed_spikes") else "")
                          + (", initial membranes trained" if ft.get("train_initial") else "")
+                         + (", without dropout" if ft.get("dropout") is False else "")
                          + (f", {ft['loss']} loss" if ft.get("loss", "mean") != "mean" else "")
                          + (f", {ft['schedule']} lr schedule" if "schedule" in ft else "")
                          + ": "
@@ -329,6 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-signed", action="store_true",
                    help="the SGL epoch from the conversion with signed neurons "
                         "(convert --signed-spikes), not the default's")
+    p.add_argument("--finetune-no-dropout", action="store_true",
+                   help="fine-tune without the source DNN's dropout (finetune --no-dropout)")
     p.add_argument("--finetune-initial", action="store_true",
                    help="the SGL epoch trains the neurons' initial membranes too "
                         "(finetune --train-initial)")
@@ -349,7 +354,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
-                    teacher=int, signed=int, initial=int, loss=str, schedule=str)
+                    teacher=int, signed=int, initial=int, loss=str, schedule=str, nodrop=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -368,7 +373,8 @@ def main(argv=None) -> int:
         elif args._job == "finetune":
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
                                       bool(args._teacher), bool(args._signed), args._batch,
-                                      bool(args._initial), args._loss or "mean", args._schedule))
+                                      bool(args._initial), args._loss or "mean", args._schedule,
+                                      not args._nodrop))
         return 0
 
     if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed
@@ -418,6 +424,7 @@ def main(argv=None) -> int:
                                        **({"teacher": 1} if args.finetune_teacher else {}),
                                        **({"signed": 1} if args.finetune_signed else {}),
                                        **({"initial": 1} if args.finetune_initial else {}),
+                                       **({"nodrop": 1} if args.finetune_no_dropout else {}),
                                        **({"loss": args.finetune_loss}
                                           if args.finetune_loss != "mean" else {}),
                                        **({"schedule": args.finetune_schedule}

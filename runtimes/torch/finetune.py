@@ -115,6 +115,8 @@ class FinetuneConfig:
     #: what the loss reads: "mean", the T steps' average output (what the model outputs), or
     #: "per-step", the mean of each step's loss (TET, Deng et al., ICLR 2022)
     loss: str = "mean"
+    #: the source DNN's dropout, one mask per batch reused over the steps; off: none
+    dropout: bool = True
 
     def __post_init__(self):
         """Refuse what cannot train: a non-finite or non-positive lr, negative weight decay,
@@ -162,7 +164,7 @@ class FinetuneConfig:
         if self.surrogate not in SURROGATES:
             raise UsageError(f"surrogate must be one of {', '.join(SURROGATES)}, not {self.surrogate!r}")
         self.seed = check_seed(self.seed)
-        for name in ("augment", "initial_eval", "train_initial"):   # "False" ran as True
+        for name in ("augment", "initial_eval", "train_initial", "dropout"):   # "False" ran as True
             setattr(self, name, check_flag(getattr(self, name), name))
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
@@ -481,6 +483,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     net = SpikingNetwork(model, surrogate=cfg.surrogate,
                          train_initial=cfg.train_initial).to(device)
     net.warn_timesteps = False        # fine-tuning at another T is warned about above
+    if not cfg.dropout:
+        net.dropout = {}
     net.eval()
     with torch.no_grad():   # labels must be classes the model outputs
         raw = net(_tensors(_padded(_rows(test.x, slice(0, 1)), fixed), device), 1)
@@ -509,7 +513,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     "warmup": cfg.warmup if cfg.schedule == "cosine" else None,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial), "loss": cfg.loss,
-                    "train_data": train.name, "test_data": test.name,
+                    "dropout": bool(cfg.dropout), "train_data": train.name, "test_data": test.name,
                     "train_data_sha256": _data_fingerprint(train),
                     "test_data_sha256": _data_fingerprint(test),
                     "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
@@ -725,6 +729,8 @@ def _hist(cfg, T, epochs, initial, top1, world, augment, batch_size=None,
          "top1_before": initial, "top1": top1, "world_size": world, "seed": cfg.seed}
     if cfg.train_initial:
         h["train_initial"] = True
+    if not cfg.dropout:
+        h["dropout"] = False
     if cfg.loss != "mean":
         h["loss"] = cfg.loss
     h["schedule"] = cfg.schedule if cfg.schedule == "step" else f"cosine, warm-up {cfg.warmup:g}"
@@ -830,6 +836,7 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "seed": "--seed", "train_data": "--data", "test_data": "--test-data",
              "limit_train": "--limit-train", "limit_test": "--limit-test",
              "train_initial": "--train-initial", "preprocess": "--mean/--std", "loss": "--loss",
+             "dropout": "--no-dropout",
              "schedule": "--schedule", "warmup": "--warmup",
              "train_data_sha256": "the training data's contents (sha256 of a sample)",
              "test_data_sha256": "the test data's contents (sha256 of a sample)"}
