@@ -617,9 +617,10 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
     """The dataset a model records; an unreadable model raises its load error here."""
     import onnx
+    from .errors import file_problem
     from .model_io import load_model
-    try:
-        m = onnx.load(model_path, load_external_data=False)
+    try:   # never opened unless a regular file (a pipe would block)
+        m = None if file_problem(model_path) else onnx.load(model_path, load_external_data=False)
     except Exception:
         m = None
     if m is None or not m.HasField("graph"):   # an empty file parses as an empty model

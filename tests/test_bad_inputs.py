@@ -612,6 +612,10 @@ cli("conv_calib_dev_null", "special", "convert {ws}/model.onnx --calib {ws}/null
     needle="not a regular file", setup=mkdev("null.npy", 3))
 cli("eval_model_fifo", "special", "eval {ws}/pipe.onnx --data {ws}/test.npz", 3, needle="not a regular file",
     setup=mkfifo("pipe.onnx"))
+cli("eval_model_fifo_no_data", "special", "eval {ws}/pipe.onnx", 3, needle="not a regular file",
+    setup=mkfifo("pipe.onnx"))      # the recorded dataset is looked up first: never opened
+cli("an_model_fifo_no_data", "special", "analyze {ws}/pipe.onnx", 3, needle="not a regular file",
+    setup=mkfifo("pipe.onnx"))
 cli("eval_model_dev_null", "special", "eval {ws}/null --data {ws}/test.npz", 3, needle="not a regular file",
     setup=mkdev("null", 3))
 cli("an_rates_fifo", "special", "analyze {ws}/snn.onnx --rates {ws}/pipe", 5, needle="not a regular file",

@@ -1972,3 +1972,65 @@ def test_a_per_element_batchnorm_of_an_old_opset_is_refused_by_name():
     with pytest.raises(UnsupportedModelError, match=rf"node '{bn}' \(BatchNormalization\) has spatial=0 "
                                                     r"\(statistics per element, opset 7\)"):
         normalize(m)
+
+
+@pytest.mark.parametrize("case", ["two_pools", "kernel1", "dilated"])
+def test_ceil_mode_pools_in_a_row_and_kernels_shorter_than_the_stride(case):
+    """Each ceil-mode pool is rewritten with the shapes after the one before it inferred
+    again (only the first was, and the second kept ceil mode); a 1 x 1 pool of stride 2 on
+    an even size (Caffe's subsampling: onnxruntime 6 x 6, inference 7 x 7) needs no end
+    padding at all; a dilated pool that floor mode cannot give is refused by name."""
+    b = B.GraphBuilder(13)
+    y = b.node("Relu", [b.conv("input", 1, 4)])
+    if case == "two_pools":
+        for _ in range(2):
+            y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1],
+                       ceil_mode=1)
+            y = b.node("Relu", [b.conv(y, 4, 4)])
+        size = (24, 24)
+    elif case == "kernel1":
+        y = b.node("MaxPool", [y], kernel_shape=[1, 1], strides=[2, 2], ceil_mode=1)
+        y = b.node("Relu", [b.conv(y, 4, 4)])
+        size = (12, 12)
+    else:
+        y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[3, 2], dilations=[2, 1],
+                   pads=[0, 0, 0, 1], ceil_mode=1)   # H: a partial window 2 past the end
+        size = (4, 6)
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])])
+    m = b.model("input", b.gemm(y, 4, 10), (1,) + size, 10)
+    x = B.rand_input(8, shape=(1,) + size)
+    if case == "dilated":
+        with pytest.raises(UnsupportedModelError, match=r"MaxPool.*floor mode cannot give "
+                                                        r"onnxruntime's windows"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    assert all(onnx.helper.get_node_attr_value(n, "ceil_mode") == 0
+               for n in nm.model.graph.node if n.op_type == "MaxPool")
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
+    B.assert_runtimes_agree(B.converted(m, x, T=2)[2].model, x)
+
+
+@pytest.mark.parametrize("case", ["relu_read_elsewhere", "negative_top"])
+def test_a_per_channel_top_over_a_relu_read_elsewhere_and_over_a_negative_clip(case):
+    """The ReLU under a per-channel top may be read by another layer too (it stays, for
+    that reader); a Clip of top <= 0 under it is no ReLU (its output is that constant top),
+    and stays refused rather than rewritten into another function."""
+    cap = np.array([0.8, 1.2, 1.5, 0.6], np.float32).reshape(4, 1, 1)
+    b = B.GraphBuilder(13)
+    h = b.conv("input", 1, 4)
+    if case == "relu_read_elsewhere":
+        r = b.node("Relu", [h])
+        y = b.node("Add", [b.node("Min", [r, b.const(cap)]), b.conv(r, 4, 4)])
+    else:
+        r = b.node("Clip", [h, b.const(np.array(0, np.float32)), b.const(np.array(-1, np.float32))])
+        y = b.node("Min", [r, b.const(cap)])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    if case == "negative_top":
+        with pytest.raises(UnsupportedModelError, match="not a clipped ReLU"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
+    B.assert_runtimes_agree(B.converted(m, x, T=2)[2].model, x)

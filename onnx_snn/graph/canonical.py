@@ -12,7 +12,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
-from .ir import const_value, depends_on_inputs, is_graph_output, rank, scalar_value
+from .ir import const_value, depends_on_inputs, is_graph_output, node_label, rank, scalar_value
 from .passes import PassResult, graph_pass
 
 #: the lowest default-domain opset the spiking format is written at
@@ -29,9 +29,9 @@ def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.Model
     if per_element is not None:          # the version converter says only "spatial must be 1"
         raise UnsupportedModelError(
             f"{where}: node '{per_element.name or per_element.output[0]}' (BatchNormalization) "
-            f"has spatial=0 (statistics per element, opset {opset}), which opset 9 removed and "
-            "no later opset can express; fold it into the layer before it (or re-export with "
-            "one statistic per channel) at opset 13 or newer")
+            f"has spatial=0 (statistics per element, opset {opset}), which the upgrade to "
+            f"opset {BASE_OPSET} cannot carry; fold it into the layer before it (or re-export "
+            "with one statistic per channel) at opset 13 or newer")
     try:
         upgraded = version_converter.convert_version(model, BASE_OPSET)
     except Exception as e:
@@ -309,7 +309,8 @@ def _zero_floor(node) -> Optional[tuple]:
         lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
         hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
         top = np.inf if hi is None else _finite_scalar(hi, x)
-        if lo is not None and _zeros(lo, x) and top is not None and "min" not in node.attrs:
+        if lo is not None and _zeros(lo, x) and top is not None and top > 0 \
+                and "min" not in node.attrs:
             return x, top
     return None
 
@@ -326,26 +327,24 @@ def channel_clamps_to_unit_clip(graph: gs.Graph, result: PassResult) -> None:
     for node in list(graph.nodes):
         if len(node.outputs) != 1 or not node.inputs:
             continue
-        x = top = c = inner = None
+        x = top = c = None
         if node.op == "Min" and len(node.inputs) == 2:
             for i in (0, 1):
                 d = node.inputs[1 - i]
                 b = _channel_bound(node.inputs[i], d)
                 p = d.inputs[0] if len(d.inputs) == 1 else None
                 relu = _zero_floor(p)
-                if b is not None and relu is not None and len(d.outputs) == 1 \
-                        and not is_graph_output(graph, d):
-                    (x, top), c, inner = relu, b, p
+                if b is not None and relu is not None:     # (a ReLU read elsewhere stays)
+                    (x, top), c = relu, b
                     break
         elif node.op in ("Relu", "Max", "Clip"):             # relu(min(x, c))
             relu = _zero_floor(node)
             p = relu[0].inputs[0] if relu is not None and len(relu[0].inputs) == 1 else None
-            if p is not None and p.op == "Min" and len(p.inputs) == 2 \
-                    and len(relu[0].outputs) == 1 and not is_graph_output(graph, relu[0]):
+            if p is not None and p.op == "Min" and len(p.inputs) == 2:
                 for i in (0, 1):
                     b = _channel_bound(p.inputs[i], p.inputs[1 - i])
                     if b is not None and const_value(p.inputs[1 - i]) is None:
-                        x, top, c, inner = p.inputs[1 - i], relu[1], b, p
+                        x, top, c = p.inputs[1 - i], relu[1], b
                         break
         if c is None:
             continue
@@ -362,8 +361,6 @@ def channel_clamps_to_unit_clip(graph: gs.Graph, result: PassResult) -> None:
                        gs.Constant(f"{name}_hi", np.array(1.0, np.float32))]
         node.outputs = [unit]
         graph.nodes.append(gs.Node("Mul", f"{name}_from_unit", inputs=[unit, bound], outputs=[y]))
-        if inner is not None:
-            inner.outputs = []            # its only reader is rewritten: cleanup drops it
         found.append(f"'{name}' ({c.size} tops, {float(c.min()):.3g} to {float(c.max()):.3g})")
         result.changed += 1
     if found:
@@ -603,17 +600,16 @@ def _channels_last_reduction(x, axes, keep: int):
 
 
 def _forget_shapes_after(graph: gs.Graph, node: gs.Node) -> None:
-    """Clear the inferred shapes of every tensor computed from ``node`` (graph outputs
-    keep theirs), for the final shape inference to compute again."""
-    outputs = {id(t) for t in graph.outputs}
+    """Clear the inferred shapes of every tensor computed from ``node`` (the graph's outputs
+    too: the first inference may have put its shape on them), for inference to compute
+    again."""
     todo, seen = list(node.outputs), set()
     while todo:
         t = todo.pop()
         if id(t) in seen:
             continue
         seen.add(id(t))
-        if id(t) not in outputs:
-            t.shape = None
+        t.shape = None
         for reader in t.outputs:
             todo.extend(reader.outputs)
 
@@ -634,59 +630,99 @@ def ceil_pools_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
     the end padding that gives onnxruntime's windows: the same values, and a shape both
     agree on. An ``AveragePool`` that counts the padding and needs more of it pads with an
     explicit zero ``Pad`` and counts only what lies inside that. A pool whose windows the
-    two agree on is left as it is."""
-    for node in list(graph.nodes):
-        if node.op not in ("MaxPool", "AveragePool") or not node.inputs \
-                or not int(node.attrs.get("ceil_mode", 0)):
-            continue
-        auto = node.attrs.get("auto_pad", "NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        x = node.inputs[0]
-        kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
-        n = len(kernel)
-        shape = x.shape
-        if auto != "NOTSET" or not n or shape is None or len(shape) != n + 2 \
-                or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
-            continue
-        strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
-        dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
-        pads = [int(v) for v in node.attrs.get("pads", [0] * (2 * n))]
-        ends, dropped = [], False
-        for i in range(n):
-            size, span = int(shape[2 + i]), dil[i] * (kernel[i] - 1) + 1
-            o = _ort_ceil_windows(size, span, strides[i], pads[i], pads[n + i])
-            dropped |= o != -(-(size + pads[i] + pads[n + i] - span) // strides[i]) + 1
-            ends.append((o - 1) * strides[i] + span - size - pads[i])
-        if not dropped or min(ends) < 0:
-            continue
-        # a kept window never ends past the padding along an axis that dropped one; along
-        # another axis ceil mode's last window may (a partial window: more padding)
-        grow = [max(0, e - p) for e, p in zip(ends, pads[n:])]
-        counts_pad = node.op == "AveragePool" and int(node.attrs.get("count_include_pad", 0))
-        if counts_pad and any(grow):
-            if any(d != 1 for d in dil):
-                continue
-            # onnxruntime divides a partial window by its cells inside the padding: pad with
-            # explicit zeros and count only the cells inside the padded tensor
-            padded = gs.Variable(f"{node.name or x.name}_padded", dtype=x.dtype)
-            graph.nodes.append(gs.Node("Pad", f"{node.name or x.name}_pad", inputs=[
-                x, gs.Constant(f"{node.name or x.name}_pads", np.array(
-                    [0, 0] + pads[:n] + [0, 0] + [min(e, p) for e, p in zip(ends, pads[n:])],
-                    np.int64))], outputs=[padded]))
-            node.inputs[0] = padded
-            node.attrs["pads"] = [0] * n + grow
-            node.attrs["count_include_pad"] = 0
-        else:
-            node.attrs["pads"] = pads[:n] + ends
-        node.attrs["ceil_mode"] = 0
-        _forget_shapes_after(graph, node)     # inferred with the window onnxruntime drops
+    two agree on is left as it is. After each rewrite the shapes after it are inferred
+    again (the next such pool's windows depend on them)."""
+    while True:
+        graph.toposort()
+        node = next((n for n in list(graph.nodes) if _floor_mode_pool(graph, n)), None)
+        if node is None:
+            break
         result.changed += 1
         result.notes.append(f"{node.op} '{node.name}' in ceil mode: its last window would start in "
                             "the end padding, which onnxruntime drops and ONNX's shape inference "
                             "counts; written in floor mode with the padding that gives "
                             "onnxruntime's windows")
+        _forget_shapes_after(graph, node)     # inferred with the window onnxruntime drops
+        _infer_again(graph)
     if result.changed:
         graph.cleanup().toposort()
+
+
+def _floor_mode_pool(graph: gs.Graph, node: gs.Node) -> bool:
+    """Rewrite ``node`` as :func:`ceil_pools_to_explicit_pads` says, when it is such a pool
+    (True); UnsupportedModelError when it is one that floor mode cannot give (an end pad as
+    long as the kernel, which onnxruntime refuses)."""
+    if node.op not in ("MaxPool", "AveragePool") or not node.inputs \
+            or not int(node.attrs.get("ceil_mode", 0)):
+        return False
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    x = node.inputs[0]
+    kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
+    n = len(kernel)
+    shape = x.shape
+    if auto != "NOTSET" or not n or shape is None or len(shape) != n + 2 \
+            or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return False
+    strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
+    dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
+    pads = [int(v) for v in node.attrs.get("pads", [0] * (2 * n))]
+    ends, dropped = [], False
+    for i in range(n):
+        size, span = int(shape[2 + i]), dil[i] * (kernel[i] - 1) + 1
+        o = _ort_ceil_windows(size, span, strides[i], pads[i], pads[n + i])
+        dropped |= o != -(-(size + pads[i] + pads[n + i] - span) // strides[i]) + 1
+        # the end padding floor mode needs for o windows (less than a stride short of the
+        # input's end: none)
+        ends.append(max(0, (o - 1) * strides[i] + span - size - pads[i]))
+    if not dropped:
+        return False
+    # a kept window never ends past the padding along an axis that dropped one; along
+    # another axis ceil mode's last window may (a partial window: more padding)
+    grow = [max(0, e - p) for e, p in zip(ends, pads[n:])]
+    counts_pad = node.op == "AveragePool" and int(node.attrs.get("count_include_pad", 0))
+    explicit = counts_pad and any(grow)
+    new_pads = ([0] * n + grow) if explicit else (pads[:n] + ends)
+    if explicit and any(d != 1 for d in dil) or any(
+            p >= kernel[i % n] for i, p in enumerate(new_pads)):
+        raise UnsupportedModelError(
+            f"{node_label(node)}: in ceil mode its last window would start in the end padding, "
+            "which onnxruntime drops and ONNX's shape inference counts, and floor mode cannot "
+            "give onnxruntime's windows here (dilations, or padding as long as the kernel); "
+            "re-export the pool in floor mode with explicit padding")
+    if explicit:
+        # onnxruntime divides a partial window by its cells inside the padding: pad with
+        # explicit zeros and count only the cells inside the padded tensor
+        padded = gs.Variable(f"{node.name or x.name}_padded", dtype=x.dtype)
+        graph.nodes.append(gs.Node("Pad", f"{node.name or x.name}_pad", inputs=[
+            x, gs.Constant(f"{node.name or x.name}_pads", np.array(
+                [0, 0] + pads[:n] + [0, 0] + [min(e, p) for e, p in zip(ends, pads[n:])],
+                np.int64))], outputs=[padded]))
+        node.inputs[0] = padded
+        node.attrs["count_include_pad"] = 0
+    node.attrs["pads"] = new_pads
+    node.attrs["ceil_mode"] = 0
+    return True
+
+
+def _infer_again(graph: gs.Graph) -> None:
+    """ONNX's shape inference on the graph as it is now (its large constants as stubs of
+    their shape): every tensor without a shape gets the inferred one."""
+    from .export import stubbed
+    try:
+        with stubbed(graph):
+            model = gs.export_onnx(graph, do_type_check=False)
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:          # inference is a help: the final inference runs anyway
+        return
+    tensors = graph.tensors()
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = tensors.get(vi.name)
+        tt = vi.type.tensor_type
+        if t is None or isinstance(t, gs.Constant) or t.shape is not None or not tt.HasField("shape"):
+            continue
+        t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                   for d in tt.shape.dim]
 
 
 @graph_pass("constant-where-to-mask")
