@@ -2034,3 +2034,23 @@ def test_a_per_channel_top_over_a_relu_read_elsewhere_and_over_a_negative_clip(c
     x = B.rand_input(8)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-5)
     B.assert_runtimes_agree(B.converted(m, x, T=2)[2].model, x)
+
+
+def test_a_ceil_pool_before_an_output_keeps_its_right_declaration():
+    """An output declared with onnxruntime's shape behind a ceil-mode pool: the first
+    inference computed the window onnxruntime drops and said the declaration was wrong;
+    once the pool is rewritten the declared shape is the computed one, and no note says
+    otherwise."""
+    b = B.GraphBuilder(13)
+    y = b.node("MaxPool", [b.node("Relu", [b.conv("input", 1, 4)])], kernel_shape=[2, 2],
+               strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
+    y = b.conv(y, 4, 3)
+    m = b.model("input", y, (1, 12, 12), 10)
+    del m.graph.output[:]
+    m.graph.output.append(h.make_tensor_value_info(y, onnx.TensorProto.FLOAT, ["N", 3, 6, 6]))
+    nm = normalize(m)
+    assert not any("is declared" in n for n in nm.notes), nm.notes
+    dims = [d.dim_value or d.dim_param for d in nm.model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, 6, 6]
+    x = B.rand_input(4)
+    assert run(nm.model, x).outputs[0].shape == (4, 3, 6, 6)

@@ -74,6 +74,27 @@ def _dims(shape) -> List[Union[int, str, None]]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
 
 
+class _OutputShapeNote(str):
+    """The note that an output's declared shape is not the computed one, with the output's
+    name and declared dims: dropped when the normalized graph computes the declared shape
+    after all (a pass corrected what the first inference got wrong: a ceil-mode pool)."""
+
+    output: str
+    declared: list
+
+
+def _drop_settled_notes(notes: List[str], model: onnx.ModelProto) -> None:
+    final = {o.name: _dims(o.type.tensor_type.shape) for o in model.graph.output
+             if o.type.tensor_type.HasField("shape")}
+    notes[:] = [n for n in notes if not (isinstance(n, _OutputShapeNote) and n.output in final
+                                         and _same_dims(final[n.output], n.declared))]
+
+
+def _same_dims(a, b) -> bool:
+    return len(a) == len(b) and all(not (isinstance(x, int) and isinstance(y, int) and x != y)
+                                    for x, y in zip(a, b))
+
+
 def _infer_checking_outputs(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:
     """Shape inference on ``model``, checked against the producer's shape annotations
     (``value_info``, the outputs' shapes): hints that onnxruntime does not enforce. When they
@@ -101,10 +122,12 @@ def _infer_checking_outputs(model: onnx.ModelProto, notes: List[str], where: str
         tt = o.type.tensor_type
         got = _dims(tt.shape) if tt.HasField("shape") else None
         want = declared[o.name]
-        if got is not None and (len(got) != len(want) or any(
-                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, want))):
-            notes.append(f"{where}: output '{o.name}' is declared {_shape_text(want)} but the graph "
-                         f"computes {_shape_text(got)}: the computed shape is used")
+        if got is not None and not _same_dims(got, want):
+            note = _OutputShapeNote(f"{where}: output '{o.name}' is declared {_shape_text(want)} "
+                                    f"but the graph computes {_shape_text(got)}: the computed "
+                                    "shape is used")
+            note.output, note.declared = o.name, want
+            notes.append(note)
             continue
         tt.ClearField("shape")
         tt.shape.SetInParent()
@@ -559,6 +582,7 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     inferred = _infer_shapes(sk.model)
     if inferred is not sk.model:
         skeleton.restore(inferred, out, sk)
+        _drop_settled_notes(notes, inferred)
     try:
         onnx.checker.check_model(inferred)   # = checking ``out`` (see graph.skeleton)
     except onnx.checker.ValidationError as e:  # a bug here, not the user's
