@@ -2054,3 +2054,26 @@ def test_a_ceil_pool_before_an_output_keeps_its_right_declaration():
     assert dims == ["N", 3, 6, 6]
     x = B.rand_input(4)
     assert run(nm.model, x).outputs[0].shape == (4, 3, 6, 6)
+
+
+def test_a_ceil_pool_on_a_free_input_size_is_converted_at_the_calibration_size():
+    """With free H and W, whether a ceil-mode pool's last window starts in the end padding
+    depends on the size: prepare refuses it saying so, and convert pins the free dimensions
+    to the calibration data's (as for other size-dependent graphs), rewrites the pool, and
+    writes a spiking model that runs (it raised 'produced an invalid spiking model')."""
+    import onnx_snn
+    b = B.GraphBuilder(13)
+    y = b.node("MaxPool", [b.node("Relu", [b.conv("input", 1, 4)])], kernel_shape=[2, 2],
+               strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Relu", [b.conv(y, 4, 4)])])])
+    m = b.model("input", b.gemm(y, 4, 10), (1, 12, 12), 10)
+    for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "S"
+    with pytest.raises(UnsupportedModelError, match="in ceil mode on a free input size"):
+        normalize(m)
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)
+    assert any("was pinned to the calibration data's" in n for n in snn.report["notes"])
+    B.assert_runtimes_agree(snn.model, x)
+    np.testing.assert_allclose(run(onnx_snn.prepare(m, input_shapes={"input": (1, 12, 12)}).model,
+                                   x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)

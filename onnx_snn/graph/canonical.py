@@ -661,12 +661,21 @@ def _floor_mode_pool(graph: gs.Graph, node: gs.Node) -> bool:
     kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
     n = len(kernel)
     shape = x.shape
-    if auto != "NOTSET" or not n or shape is None or len(shape) != n + 2 \
-            or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+    if auto != "NOTSET" or not n or shape is None or len(shape) != n + 2:
         return False
     strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
     dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
     pads = [int(v) for v in node.attrs.get("pads", [0] * (2 * n))]
+    if not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        # a last window can start in the end padding only with end padding, or a window
+        # shorter than the stride: then whether it does depends on the size
+        if any(pads[n + i] > 0 or dil[i] * (kernel[i] - 1) + 1 < strides[i] for i in range(n)):
+            raise UnsupportedModelError(
+                f"{node_label(node)}: in ceil mode on a free input size, its last window may "
+                "start in the end padding, which onnxruntime drops and ONNX's shape inference "
+                "counts, depending on the size; convert pins the free dimensions to the "
+                "calibration data's (prepare: give input_shapes)")
+        return False
     ends, dropped = [], False
     for i in range(n):
         size, span = int(shape[2 + i]), dil[i] * (kernel[i] - 1) + 1
