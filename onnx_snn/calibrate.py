@@ -418,6 +418,16 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                         data_name)
 
 
+def _on_zeros(sess, name: str, feed: Dict[str, np.ndarray]) -> float:
+    """The largest magnitude of tensor ``name`` on one sample of zeros (0 when the model
+    cannot run on it)."""
+    try:
+        out = sess.run([name], {k: np.zeros_like(v[:1]) for k, v in feed.items()})[0]
+    except Exception:
+        return 0.0
+    return float(np.max(np.abs(out))) if out.size else 0.0
+
+
 def record_sites(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                  sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
                  show_progress: bool = True, threads: Optional[int] = None,
@@ -464,6 +474,14 @@ def record_sites(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                                 f"calibration batch starting at sample {start}; check the data "
                                 "and its preprocessing")
             if max(-lo, hi) > MAX_ACTIVATION:
+                zero = _on_zeros(sess, s.input, feed)
+                if zero > MAX_ACTIVATION:     # the weights, not the data
+                    raise UnsupportedModelError(
+                        f"{_where(nm)}: site {s.name} ('{s.input}'): the model's activations "
+                        f"reach {max(-lo, hi):.3g}, and {zero:.3g} on an input of zeros: its "
+                        "weights drive them beyond what the conversion's float32 sums of "
+                        f"squares hold (MAX_ACTIVATION = {MAX_ACTIVATION:g}); a trained model's "
+                        "do not (are these weights synthetic or untrained?)")
                 raise DataError(f"site {s.name} ('{s.input}'): the model's activations reach "
                                 f"{max(-lo, hi):.3g} on the calibration batch starting at sample "
                                 f"{start}, beyond what the conversion's float32 sums of squares "

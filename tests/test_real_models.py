@@ -38,9 +38,12 @@ SUPPORTED = ["mobilenet_v2", "resnet18", "squeezenet1_1", "shufflenet_v2_x0_5", 
              "googlenet"]
 FAST = {("resnet18", "legacy"), ("mobilenet_v2", "legacy"), ("squeezenet1_1", "legacy"),
         ("squeezenet1_1", "dynamo")}
-LIGHT_SUPPORTED = {"light_densenet121": True, "light_inception_v2": True, "light_resnet50": True,
-                   "light_shufflenet": False, "light_squeezenet": False, "light_vgg19": True}
+LIGHT_SUPPORTED = {"light_densenet121": True, "light_inception_v2": True,
+                   "light_shufflenet": False, "light_squeezenet": False}
 LIGHT_REFUSED = {"light_bvlc_alexnet": "LRN", "light_inception_v1": "LRN", "light_zfnet512": "LRN"}
+#: light models whose synthetic weights drive the activations past MAX_ACTIVATION on any
+#: input, zeros included (refused as the model's, not blamed on the data)
+LIGHT_OVERFLOWING = {"light_resnet50": True, "light_vgg19": True}
 TORCH_REFUSED = {"efficientnet_b0": ("Sigmoid", False), "convnext_tiny": ("", True)}
 
 
@@ -165,6 +168,18 @@ def test_light_zoo_model_converts(path):
     assert convert_and_run(path) > 0
 
 
+@pytest.mark.parametrize("path", _light(LIGHT_OVERFLOWING))
+def test_light_zoo_model_whose_weights_overflow_is_refused_as_the_models(path, tmp_path):
+    np.save(tmp_path / "calib.npy", calib_for(path))
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = main(["-q", "convert", str(path), "--calib", str(tmp_path / "calib.npy"),
+                     "--method", "datta", "-T", "1", "-o", str(tmp_path / "out.snn.onnx")])
+    assert code == 4, err.getvalue()
+    assert "on an input of zeros: its weights drive them beyond" in err.getvalue(), err.getvalue()
+    assert not (tmp_path / "out.snn.onnx").exists()
+
+
 @pytest.mark.parametrize("path", _light({n: False for n in LIGHT_REFUSED}))
 def test_light_zoo_model_refused(path, tmp_path):
     refused(path, tmp_path, LIGHT_REFUSED[path.stem])
@@ -187,7 +202,8 @@ def test_no_onnxruntime_noise(tmp_path, capfd):
 def test_every_light_zoo_file_is_classified():
     """A new light model in the onnx package gets a verdict here (supported or refused)."""
     stems = {Path(f).stem for f in glob.glob(str(LIGHT_DIR / "*.onnx"))}
-    assert stems <= set(LIGHT_SUPPORTED) | set(LIGHT_REFUSED), stems - set(LIGHT_SUPPORTED) - set(LIGHT_REFUSED)
+    known = set(LIGHT_SUPPORTED) | set(LIGHT_REFUSED) | set(LIGHT_OVERFLOWING)
+    assert stems <= known, stems - known
 
 
 class _Idiom(torch.nn.Module):
