@@ -12,6 +12,11 @@ from .errors import DataError
 InputSpec = Tuple[str, List[Optional[int]]]
 
 
+def shown_shape(dims) -> list:
+    """An input's dims for a message: a free one (None) as N."""
+    return ["N" if e is None else e for e in dims]
+
+
 def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[InputSpec]:
     """(name, dims) of the model's real inputs; dynamic dims are None."""
     inits = {i.name for i in model.graph.initializer}
@@ -70,7 +75,7 @@ def validate_feeds(specs: List[InputSpec], x: Union[np.ndarray, Dict[str, np.nda
             raise DataError(f"{what}: input '{name}' has non-numeric dtype {arr.dtype}")
         arr = arr.astype(np.float32, copy=False)
         if arr.ndim != len(dims) or any(e is not None and e != s for e, s in zip(dims[1:], arr.shape[1:])):
-            shown = ["N" if e is None else e for e in dims]
+            shown = shown_shape(dims)
             shape = list(arr.shape)
             if shape and samples is not None:
                 shape[0] = samples

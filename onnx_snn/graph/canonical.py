@@ -12,8 +12,10 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
-from .ir import const_value, depends_on_inputs, is_graph_output, node_label, rank, scalar_value
+from .ir import (broadcasts_within, const_value, depends_on_inputs, is_graph_output, node_label,
+                 pool_windows, rank, scalar_value)
 from .passes import PassResult, graph_pass
+from .sites import _data_input, constant_bounds
 
 #: the lowest default-domain opset the spiking format is written at
 BASE_OPSET = 13
@@ -277,42 +279,22 @@ def _channel_bound(t, data) -> Optional[np.ndarray]:
     ``data`` without growing it or adding axes (every axis 1 or the data's known length);
     else None."""
     c = const_value(t)
-    r = rank(data)
-    if c is None or c.size < 2 or np.all(c == c.reshape(-1)[0]) or r is None or c.ndim > r:
-        return None
-    if not (np.all(np.isfinite(c)) and np.all(c > 0)):
-        return None
-    shape = data.shape
-    tail = list(shape)[len(shape) - c.ndim:] if shape is not None else [None] * c.ndim
-    if not all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c.shape, tail)):
+    if c is None or c.size < 2 or np.all(c == c.reshape(-1)[0]) \
+            or not (np.all(np.isfinite(c)) and np.all(c > 0)) \
+            or not broadcasts_within(c.shape, data.shape):
         return None
     return c.astype(np.float32)
 
 
 def _zero_floor(node) -> Optional[tuple]:
-    """(x, top) when ``node`` is a ReLU of ``x`` with a scalar top (``Relu``: inf; ``Clip(x,
-    0, hi)``; ``Max(x, 0)``); else None."""
-    if node is None or not node.inputs:
+    """(x, top) when ``node`` is a ReLU of the computed tensor ``x`` with a positive top (the
+    site reader's :func:`.sites.constant_bounds` with a floor of 0: ``Relu`` and ``Max(x,
+    0)``, top inf; ``Clip(x, 0, hi)``); else None."""
+    bounds = constant_bounds(node) if node is not None and node.op != "Min" else None
+    if bounds is None or bounds[0] != 0 or not bounds[1] > 0:
         return None
-    if node.op == "Max" and len(node.inputs) == 2:       # Max(x, 0) or Max(0, x)
-        for i in (0, 1):
-            x = node.inputs[1 - i]
-            if _zeros(node.inputs[i], x) and const_value(x) is None:
-                return x, np.inf
-        return None
-    x = node.inputs[0]
-    if const_value(x) is not None:
-        return None
-    if node.op == "Relu":
-        return x, np.inf
-    if node.op == "Clip":
-        lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
-        hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
-        top = np.inf if hi is None else _finite_scalar(hi, x)
-        if lo is not None and _zeros(lo, x) and top is not None and top > 0 \
-                and "min" not in node.attrs:
-            return x, top
-    return None
+    x = _data_input(node)
+    return None if const_value(x) is not None else (x, bounds[1])
 
 
 @graph_pass("channel-clamps-to-unit-clip")
@@ -614,13 +596,6 @@ def _forget_shapes_after(graph: gs.Graph, node: gs.Node) -> None:
             todo.extend(reader.outputs)
 
 
-def _ort_ceil_windows(size: int, span: int, stride: int, lo: int, hi: int) -> int:
-    """The windows onnxruntime (and PyTorch) compute along one axis in ceil mode: ONNX's
-    rounding up, less a last window that would start in the end padding."""
-    o = -(-(size + lo + hi - span) // stride) + 1
-    return o - 1 if (o - 1) * stride >= size + lo else o
-
-
 @graph_pass("ceil-pools-to-explicit-pads")
 def ceil_pools_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
     """A ``MaxPool``/``AveragePool`` in ceil mode whose last window would start in the end
@@ -679,8 +654,8 @@ def _floor_mode_pool(graph: gs.Graph, node: gs.Node) -> bool:
     ends, dropped = [], False
     for i in range(n):
         size, span = int(shape[2 + i]), dil[i] * (kernel[i] - 1) + 1
-        o = _ort_ceil_windows(size, span, strides[i], pads[i], pads[n + i])
-        dropped |= o != -(-(size + pads[i] + pads[n + i] - span) // strides[i]) + 1
+        o = pool_windows(size, span, strides[i], pads[i], pads[n + i], ceil=True)
+        dropped |= o != -(-(size + pads[i] + pads[n + i] - span) // strides[i]) + 1   # ONNX's
         # the end padding floor mode needs for o windows (less than a stride short of the
         # input's end: none)
         ends.append(max(0, (o - 1) * strides[i] + span - size - pads[i]))

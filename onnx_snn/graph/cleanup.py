@@ -7,11 +7,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..errors import UnsupportedModelError
 from . import ir
 from .ir import bypass, is_graph_output, producer, scalar_value
 from .passes import PassResult, graph_pass
-from .sites import CLAMP_OPS, _data_input, clamp_bounds
+from .sites import CLAMP_OPS, _data_input, constant_bounds
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 #: ops that may sit between the final softmax and the graph output (they only move values)
@@ -257,22 +256,11 @@ _DROPPED_HEADS = {
 }
 
 
-def _bounds(node: gs.Node):
-    """(lo, hi) of a clamp node, None for any other node and for a clamp whose bounds are
-    dynamic or per element (the sites pass says why)."""
-    if node.op not in CLAMP_OPS or not node.outputs or not node.inputs:
-        return None
-    try:
-        return clamp_bounds(node)
-    except UnsupportedModelError:
-        return None
-
-
 def _final_clamp(graph: gs.Graph, node: gs.Node):
     """(lo, hi) when ``node`` is an elementwise clamp (Relu, Clip, Max/Min with a constant)
     whose output goes to a graph output alone (directly or through Flatten/Reshape/Squeeze),
     else None."""
-    bounds = _bounds(node)
+    bounds = constant_bounds(node)
     if bounds is None or producer(_data_input(node)) is None:   # input -> clamp -> output
         return None
     _, why = _path_to_output(graph, node.outputs[0])
@@ -293,7 +281,7 @@ def _in_final_chain(graph: gs.Graph, node: gs.Node) -> bool:
 
 def _activations(graph: gs.Graph, data: set) -> List[gs.Node]:
     """The clamps of computed tensors (the sites to be)."""
-    return [n for n in graph.nodes if _bounds(n) is not None and _data_input(n).name in data]
+    return [n for n in graph.nodes if constant_bounds(n) is not None and _data_input(n).name in data]
 
 
 @graph_pass("strip-final-activation")

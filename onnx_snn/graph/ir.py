@@ -32,6 +32,26 @@ def scalar_value(t, like=None) -> Optional[float]:
     return float(v.reshape(()))
 
 
+def broadcasts_within(c_shape, shape) -> bool:
+    """Whether a constant of shape ``c_shape`` broadcasts onto a tensor of shape ``shape``
+    without growing it or adding axes: no more axes, each 1 or the tensor's known length
+    (False when ``shape`` is unknown)."""
+    if shape is None or len(c_shape) > len(shape):
+        return False
+    tail = list(shape)[len(shape) - len(c_shape):]
+    return all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c_shape, tail))
+
+
+def pool_windows(size: int, span: int, stride: int, lo: int, hi: int, ceil: bool) -> int:
+    """The windows a pool computes along one axis of ``size`` with padding ``lo``/``hi`` and
+    windows ``span`` long (``dilation * (kernel - 1) + 1``), as onnxruntime (and PyTorch)
+    compute them: in ceil mode ONNX's rounding up, less a last window that would start in
+    the end padding (which ONNX's shape inference counts)."""
+    room = size + lo + hi - span
+    o = (-(-room // stride) if ceil else room // stride) + 1
+    return o - 1 if ceil and (o - 1) * stride >= size + lo else o
+
+
 def node_label(node: gs.Node) -> str:
     """How messages name a node: its name and op, and the module of the source model it
     came from where the exporter recorded one (:func:`source_scope`)."""

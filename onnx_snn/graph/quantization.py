@@ -44,7 +44,7 @@ from ..errors import UnsupportedModelError
 from .fold import dequantize, per_axis, replace_by_constant
 from .ir import const_value, is_empty, node_label, scalar_value
 from .passes import PassResult, graph_pass
-from .sites import clamp_bounds, nonnegative_tensors
+from .sites import constant_bounds, nonnegative_tensors
 
 #: integer operators of the QOperator format and integer matrix products
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
@@ -118,10 +118,8 @@ def _requantized(t, depth: int = 0) -> bool:
     node = t.inputs[0] if len(t.inputs) == 1 else None
     if node is None or depth > 64:
         return False
-    try:
-        bounds = clamp_bounds(node) if node.op in ("Clip", "Min", "Relu") else None
-    except UnsupportedModelError:                     # bounds that are not constants
-        return False
+    # (a clamp whose bounds are not constants is neither: none of _KEEPS_RANGE, no Concat)
+    bounds = constant_bounds(node) if node.op in ("Clip", "Min", "Relu") else None
     if bounds is not None:
         return bounds[0] >= 0 and math.isfinite(bounds[1])
     if node.op in _KEEPS_RANGE and node.inputs:
@@ -368,10 +366,9 @@ def rounding_to_identity(graph: gs.Graph, result: PassResult) -> None:
             node.inputs = [src, gs.Constant(f"{node.name or y.name}_bias",
                                             np.array(bias, np.float32))]
         levels = None
-        try:
-            lo, hi = clamp_bounds(act) if act is not None and act.op == "Clip" else (None, None)
-        except UnsupportedModelError:      # refused, named, when the sites are read
-            lo = hi = None
+        # (bounds that are not constants: refused, named, when the sites are read)
+        lo, hi = (constant_bounds(act) if act is not None and act.op == "Clip" else None) \
+            or (None, None)
         if lo is not None and math.isfinite(lo) and math.isfinite(hi):
             span = (hi - lo) * scale
             levels = int(round(span)) if abs(span - round(span)) < 1e-3 and span >= 1 else None

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
 from ..spiking.format import SITE_PREFIX
-from .ir import const_value, is_empty, is_graph_output, node_label
+from .ir import broadcasts_within, const_value, is_empty, is_graph_output, node_label
 
 CLAMP_OPS = ("Relu", "Clip", "Min", "Max")
 
@@ -94,13 +94,22 @@ def clamp_bounds(node: gs.Node):
     return None
 
 
+def constant_bounds(node: gs.Node):
+    """:func:`clamp_bounds` of a clamp node (Relu, Clip, Min, Max), None for any other node
+    and for a clamp whose bounds are dynamic or per element (the sites pass says why when it
+    reads them)."""
+    if node.op not in CLAMP_OPS or not node.outputs or not node.inputs:
+        return None
+    try:
+        return clamp_bounds(node)
+    except UnsupportedModelError:
+        return None
+
+
 def _uniform_within(c: np.ndarray, shape) -> bool:
     """A bound tensor that is one value repeated (e.g. ``Max(x, zeros[1, C, 1, 1])``, a ReLU)
     and broadcasts onto the data without changing its shape: the same as a scalar bound."""
-    if c.size == 0 or not np.all(c == c.reshape(-1)[0]) or shape is None or c.ndim > len(shape):
-        return False
-    tail = list(shape)[len(shape) - c.ndim:]
-    return all(k == 1 or (isinstance(d, int) and k == d) for k, d in zip(c.shape, tail))
+    return c.size > 0 and bool(np.all(c == c.reshape(-1)[0])) and broadcasts_within(c.shape, shape)
 
 
 #: ops whose output is non-negative when their data input is (the rest of their inputs are
@@ -137,10 +146,7 @@ def nonnegative_tensors(graph: gs.Graph) -> set:
         if op in ("Relu", "Abs"):
             ok = True
         elif op in ("Clip", "Min"):
-            try:
-                bounds = clamp_bounds(node)
-            except UnsupportedModelError:     # bounds per element, or dynamic
-                bounds = None
+            bounds = constant_bounds(node)    # None: bounds per element, or dynamic
             if bounds is not None:
                 lo, hi = bounds
                 ok = lo >= 0 or (hi >= 0 and nonneg(_data_input(node)))

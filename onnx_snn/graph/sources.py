@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 
+from .ir import pool_windows
 from .walk import attr
 
 #: ops the source-site walk passes through (data input(s) only)
@@ -193,10 +194,7 @@ def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -
             o, lo = (size - span) // s + 1, 0
         else:
             lo = pads[i]
-            room = size + pads[i] + pads[i + n] - span
-            o = (-(-room // s) if ceil else room // s) + 1
-            if ceil and (o - 1) * s >= size + pads[i]:   # a last window starting in the pad
-                o -= 1
+            o = pool_windows(size, span, s, pads[i], pads[i + n], bool(ceil))
         if out is not None and isinstance(out[2 + i], int) and out[2 + i] > 0:
             o = int(out[2 + i])
         if o < 1:

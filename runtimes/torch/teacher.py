@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as Fn
 
 from onnx_snn.errors import DataError, ModelLoadError, file_problem
+from onnx_snn.feeds import shown_shape
 from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind
 from onnx_snn.model_io import load_model, sha256_file
 from onnx_snn.spiking import format as fmt
@@ -140,10 +141,6 @@ def _is_softmax(out: np.ndarray) -> bool:
     return bool(out.ndim == 2 and np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-4))
 
 
-def _shown(shape) -> list:
-    return ["N" if d is None else d for d in shape]
-
-
 def load_teacher(path: str, probe, student_out: torch.Tensor,
                  source: Optional[str] = None, threads: Optional[int] = None,
                  sha256: Optional[str] = None, student_name: Optional[str] = None) -> Teacher:
@@ -178,7 +175,7 @@ def load_teacher(path: str, probe, student_out: torch.Tensor,
             if isinstance(probe, dict) else ["N"] + list(np.shape(probe)[1:])
         raise ModelLoadError(
             f"{path}: the teacher does not take the student's inputs: it takes "
-            f"{', '.join(f'{n!r} of shape {_shown(s)}' for n, s in runner.specs)}, the spiking model "
+            f"{', '.join(f'{n!r} of shape {shown_shape(s)}' for n, s in runner.specs)}, the spiking model "
             f"{shapes}; distillation needs a DNN with the spiking model's input, like the DNN "
             "it was converted from (--teacher auto)") from None
     teacher = Teacher(path=str(path), runner=runner, is_source=is_source, sha256=sha,
