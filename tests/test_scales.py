@@ -389,3 +389,57 @@ def test_search_config_takes_numpy_scalars_as_their_python_values():
     assert type(c.per_channel) is bool and type(c.sequential_sample) is int
     assert SearchConfig(search_stride=2.0, sequential_sample=2e5).sequential_sample == 200_000
     json.dumps(c.__dict__)
+
+
+def _window_sse(x, d, g, mu, T, ch, K, signed=False):
+    """The pooled objective of a choice, simulated from scratch: every window's largest
+    count times its channel's amplitude against its largest target."""
+    th = (ch.alpha * mu)[g].astype(np.float32)
+    k = simulate_counts(x, th[None, :], (ch.v_init_fraction * ch.alpha * mu)[g].astype(np.float32)[None, :],
+                        signed)[0]
+    out = ch.beta[g] * mu / T * k
+    return float(np.sum((out.reshape(-1, K).max(1) - d.reshape(-1, K).max(1)) ** 2)) / (d.size // K)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), T=st.integers(1, 4), K=st.sampled_from([2, 4, 9]),
+       signed=st.booleans())
+def test_channel_search_on_pool_windows_scores_each_windows_largest(seed, T, K, signed):
+    """window=K scores each window's largest count against its largest target: it reports
+    the pooled objective its choice really has, and no choice of the per-neuron search (the
+    same candidates) does better on it."""
+    from onnx_snn.scales import search_channels
+    x, d, g, P = _channel_problem(seed, T, n=6000 // K * K)
+    g = np.repeat(g[::K], K)            # a window's neurons are of one channel
+    w = search_channels(x, d, 1.5, T, SearchConfig(), g, P, start=(0.7, 0.9), min_group=16,
+                        signed=signed, window=K)
+    plain = search_channels(x, d, 1.5, T, SearchConfig(), g, P, start=(0.7, 0.9), min_group=16,
+                            signed=signed)
+    assert w.objective_value == pytest.approx(_window_sse(x, d, g, 1.5, T, w, K, signed), rel=1e-9)
+    assert w.objective_value <= _window_sse(x, d, g, 1.5, T, plain, K, signed) + 1e-12
+
+
+def test_pooled_search_fits_the_windows_the_per_neuron_choice_misses():
+    """Windows of nine noisy neurons: the per-neuron choice fits the neurons' spread, not
+    their maxima, which lie near mu; scored on the windows the pooled error falls by more
+    than a fifth."""
+    from onnx_snn.scales import search_channels
+    T, K, n = 2, 9, 9 * 4000
+    rng = np.random.default_rng(0)
+    h = rng.uniform(-0.5, 1.0, n)
+    x = (h[None, :] + rng.normal(0, 0.4, (T, n))).astype(np.float32)
+    d = np.clip(h, 0, 1.0)
+    g = np.zeros(n, np.int64)
+    w = search_channels(x, d, 1.0, T, SearchConfig(), g, 1, window=K)
+    plain = search_channels(x, d, 1.0, T, SearchConfig(), g, 1)
+    assert _window_sse(x, d, g, 1.0, T, w, K) < 0.8 * _window_sse(x, d, g, 1.0, T, plain, K)
+
+
+def test_windows_must_be_whole_and_of_one_group():
+    from onnx_snn.scales import search_channels
+    x = np.zeros((2, 10), np.float32)
+    with pytest.raises(ValueError, match="whole windows"):
+        search_channels(x, np.zeros(10), 1.0, 2, window=4)
+    g = np.array([0, 1] * 5)
+    with pytest.raises(ValueError, match="one group"):
+        search_channels(x, np.zeros(10), 1.0, 2, groups=g, n_groups=2, window=2)
