@@ -79,9 +79,6 @@ class SearchConfig:
     #: weight calibration: the ridge pulls the refit toward the layer's own weights, not
     #: toward zero (False: the default until 2026-12-04; docs/FORMAT.md)
     weight_ridge_to_original: bool = True
-    #: refinement: a site that only a max pool reads is searched on the pool's windows, each
-    #: window's largest count against the DNN's pooled activation (onnx_snn/pool_windows.py)
-    pooled_search: bool = False
 
     def caps_fit_targets(self, timesteps: int) -> bool:
         """Whether the weight calibration fits a layer that feeds a site alone to min(h, mu)
@@ -89,7 +86,7 @@ class SearchConfig:
         return bool(self.one_step_ceiling) and int(timesteps) == 1
 
     _BOOLS = ("sequential", "per_channel", "bias_correction", "weight_calibration",
-              "one_step_ceiling", "signed_spikes", "weight_ridge_to_original", "pooled_search")
+              "one_step_ceiling", "signed_spikes", "weight_ridge_to_original")
     _INTS = ("sequential_sample", "weight_holdout", "search_stride")
     _FLOATS = ("percentile_step", "beta_step", "beta_max", "percentile", "relu_percentile",
                "mean_tolerance", "weight_ridge")
@@ -479,7 +476,7 @@ def _gap_candidates(pos: np.ndarray, qs: np.ndarray, timesteps: int) -> np.ndarr
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                     config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
                     n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
-                    min_group: int = 64, signed: bool = False, window: int = 1) -> ChannelChoice:
+                    min_group: int = 64, signed: bool = False) -> ChannelChoice:
     """The spiking-aware search of one site, per group of neurons (``groups``: the channel of
     every sampled neuron, ``0..n_groups-1``; None: one group).
 
@@ -495,23 +492,13 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
 
     A group with fewer than ``min_group`` neurons or that the DNN never activates keeps the
     ``start`` scales (with a zero initial membrane). ``signed``: the neurons are signed
-    (``SignedIFNeuron``).
-
-    ``window`` > 1: the neurons come in windows of that many (consecutive, of one group) of a
-    max pool that alone reads the site (:mod:`onnx_snn.pool_windows`), and each candidate is
-    scored on every window's largest count against its largest target; ``min_group`` then
-    counts windows."""
+    (``SignedIFNeuron``)."""
     cfg = config or SearchConfig()
     x = np.asarray(currents, np.float32)
     d = np.asarray(target, np.float64)
     n = d.size
     if x.ndim != 2 or x.shape[0] != timesteps or x.shape[1] != n:
         raise ValueError(f"currents must be [T={timesteps}, n={n}], not {list(x.shape)}")
-    win = int(window)
-    if win < 1 or n % win:
-        raise ValueError(f"{n} neurons are not whole windows of {win}")
-    if win > 1 and groups is not None and np.any(np.diff(np.asarray(groups).reshape(-1, win), axis=1)):
-        raise ValueError("a window's neurons must be of one group")
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     G = int(n_groups) if groups is not None else 1
     order = np.argsort(g, kind="stable")
@@ -536,12 +523,8 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         A[:, j] = np.concatenate([p, extra])
     fracs = np.asarray(cfg.v_init_fractions, np.float64)
     c = mu / timesteps
-    # what is scored: each neuron, or each window's largest (the groups' windows are
-    # consecutive: the sort above is stable and a window's neurons share a group)
-    dw = d.reshape(-1, win).max(1) if win > 1 else d
-    wstarts, wsizes = starts // win, sizes // win
-    dd = np.add.reduceat(dw * dw, wstarts)
-    sd = np.add.reduceat(dw, wstarts)
+    dd = np.add.reduceat(d * d, starts)
+    sd = np.add.reduceat(d, starts)
 
     merged = []   # the site's distinct neurons, once (count_sums)
 
@@ -553,7 +536,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         C = cand_a.shape[0]
         q2, q1, qk = (np.empty((C, P)) for _ in range(3))
         scored = np.zeros(C, bool)   # candidates scored from breakpoints; the others simulated
-        for f in (() if signed or win > 1 else np.unique(cand_f)):
+        for f in (() if signed else np.unique(cand_f)):
             sel = cand_f == f
             th = cand_a[sel] * mu
             if count_sums.applies(timesteps, f, th):
@@ -569,12 +552,10 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             # per neuron, in float32 (one value per group, repeated over its neurons)
             k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
                                 np.repeat(v0.astype(np.float32), sizes, axis=1), signed)  # [c, n]
-            if win > 1:   # the pool passes on each window's largest count
-                k = k.reshape(k.shape[0], -1, win).max(2)
             # counts are small whole numbers: their sums are exact in float64 in any order
-            q2[idx] = np.add.reduceat(k * k, wstarts, axis=1, dtype=np.float64)
-            q1[idx] = _group_sums(k * dw[None, :], wstarts)
-            qk[idx] = np.add.reduceat(k, wstarts, axis=1, dtype=np.float64)
+            q2[idx] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
+            q1[idx] = _group_sums(k * d[None, :], starts)
+            qk[idx] = np.add.reduceat(k, starts, axis=1, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             raw = (q1 / (c * q2)) if cfg.objective != "mean" else (sd[None, :] / (c * qk))
         raw = np.where(np.isfinite(raw), raw, 1.0)
@@ -599,14 +580,14 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
     best = np.argmin(sse, axis=0)
     cols = np.arange(P)
     out_a, out_b, out_f = cand_a[best, cols], beta[best, cols], cand_f[best]
-    value = float(sse[best, cols].sum()) / dw.size
+    value = float(sse[best, cols].sum()) / n
     if G == 1:
         if sd[0] <= 0:  # the DNN never activates the site: keep the plain scales
             return ChannelChoice(np.ones(1), np.ones(1), np.zeros(1), value)
         return ChannelChoice(out_a, out_b, out_f, value)
     # groups that are sparse, silent or absent from the sample take the starting (Algorithm
     # 1's) scales, or the plain ones without a start
-    weak = (wsizes < min_group) | (np.add.reduceat((dw > 0).astype(np.int64), wstarts) == 0)
+    weak = (sizes < min_group) | (np.add.reduceat((d > 0).astype(np.int64), starts) == 0)
     fa, fb = (float(start[0]), float(start[1])) if start is not None else (1.0, 1.0)
     res = []
     for got, fallback in ((out_a, fa), (out_b, fb), (out_f, 0.0)):

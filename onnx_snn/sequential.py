@@ -42,7 +42,6 @@ from .calibrate import (Calibration, StratifiedStream, batch_within, calibration
                         fixed_batch, input_specs, make_session)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
-from . import pool_windows
 from .progress import Progress
 from .scales import SearchConfig, channel_offsets, search_channels, search_dynamic
 from .graph import walk
@@ -96,17 +95,6 @@ def _positions(rng: np.random.Generator, per_sample: int, n_total: int, sizes: L
     whatever the batch size."""
     stream = StratifiedStream(rng, per_sample * n_total, sample)
     return [stream.take(nb * per_sample) for nb in sizes]
-
-
-def _window_positions(rng: np.random.Generator, pw: pool_windows.PoolWindows, channels: int,
-                      n_total: int, sizes: List[int], sample: int) -> List[np.ndarray]:
-    """For every batch, the flat positions of the cells of the pool windows sampled from it
-    (a stratified sample of the whole set's windows, as :func:`_positions`), each window's
-    cells together."""
-    per_sample = channels * pw.outputs
-    stream = StratifiedStream(rng, per_sample * n_total,
-                              pool_windows.window_count(pw, channels, n_total, sample))
-    return [pool_windows.expand(pw, channels, stream.take(nb * per_sample)) for nb in sizes]
 
 
 def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.ndarray]:
@@ -356,18 +344,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     recs = copy.deepcopy(records)
     names = [s.name for s in nm.sites if s.name in recs]
     rng = np.random.default_rng(seed)
-    grouped = cfg.per_channel or cfg.bias_correction
-    # a site read by a max pool alone is searched on the pool's windows (pooled_search)
-    pooled = {}
-    if cfg.pooled_search and grouped:
-        for s in names:
-            shape = list(recs[s].shape or [])
-            pw = pool_windows.reading_pool(nm.model, recs[s].output, shape) if len(shape) > 1 else None
-            if pw is not None and pw.size > 1:
-                pooled[s] = pw
-    positions = {s: (_window_positions(rng, pooled[s], int(recs[s].shape[0]), n_total, sizes,
-                                       cfg.sequential_sample) if s in pooled else
-                     _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample))
+    positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
     passes = 1 + len(names) * (3 if cfg.weight_calibration else 2)
     bar = Progress(n_total * passes, desc="refining", unit="sample",
@@ -387,6 +364,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     del sess, outs   # the session's activations (GBs for 224 x 224 layers) go now
     preacts = {s: np.concatenate(v) for s, v in preacts.items()}
     targets = {s: np.clip(h, 0.0, recs[s].mu) for s, h in preacts.items()}
+    grouped = cfg.per_channel or cfg.bias_correction
 
     work = _working_copy(nm) if cfg.weight_calibration else nm
     layer_rows: List[dict] = []
@@ -651,12 +629,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 rec.offset = _value(offset)
                 row["offset"] = rec.offset
             groups = (channels, n_ch) if cfg.per_channel and n_ch > 1 else (None, 1)   # None: one group
-            window = pooled[s].size if s in pooled else 1
-            if window > 1:
-                row["pooled"] = {"node": pooled[s].node, "window": window,
-                                 "windows": int(cur.shape[1]) // window}
             ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, *groups,
-                                 start=(rec.alpha, rec.beta), signed=rec.signed, window=window)
+                                 start=(rec.alpha, rec.beta), signed=rec.signed)
             value = ch.objective_value
             rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
             rec.v_init = _value(np.asarray(ch.v_init_fraction) * np.asarray(rec.threshold))

@@ -156,11 +156,6 @@ VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: since 2026-12-05 the conversion should not depend on it; at 512 the whole set is one batch)
 BATCHES = {f"refined-batch{b}": b for b in (32, 128, 512)}
 VARIANTS.update({name: ("refined", {}) for name in BATCHES})
-#: the search of a site that only a max pool reads scored on the pool's windows (each
-#: window's largest count against the DNN's pooled activation), seeds 0-2
-POOLED = {"refined-pooled": 0, **{f"refined-pooled-seed{k}": k for k in (1, 2)}}
-VARIANTS.update({name: ("refined", {"pooled_search": True}) for name in POOLED})
-SEEDS.update({name: k for name, k in POOLED.items() if k})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
