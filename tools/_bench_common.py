@@ -63,11 +63,11 @@ def peak_rss_mb() -> float:
 CALIBRATION_IMAGES = 512
 
 
-def calibration_set(nm, n: int = CALIBRATION_IMAGES):
+def calibration_set(nm, n: int = CALIBRATION_IMAGES, draw: int = 0):
     """The benchmarks' calibration images: the same seeded ``n`` Fashion-MNIST training
-    images, with the model's preprocessing (a Dataset)."""
+    images (``draw``: another seed's), with the model's preprocessing (a Dataset)."""
     from onnx_snn.convert import resolve_data
-    return resolve_data("fashion-mnist", nm.preprocess, split="train").take(n, seed=0)
+    return resolve_data("fashion-mnist", nm.preprocess, split="train").take(n, seed=draw)
 
 
 def bench_calibration(nm, n: int = CALIBRATION_IMAGES):

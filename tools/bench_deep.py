@@ -156,6 +156,12 @@ VARIANTS.update({name: ("refined", {"weight_holdout": 5}) for name in HOLDOUT5})
 #: since 2026-12-05 the conversion should not depend on it; at 512 the whole set is one batch)
 BATCHES = {f"refined-batch{b}": b for b in (32, 128, 512)}
 VARIANTS.update({name: ("refined", {}) for name in BATCHES})
+#: the default calibrated on another draw of the 512 (or 1024) training images (the other
+#: variants all use draw 0): how much the choice of images moves a conversion
+DRAWS = {f"refined-draw{k}": k for k in (1, 2, 3)}
+DRAWS.update({f"refined-1024-draw{k}": k for k in (1, 2)})
+CALIB_IMAGES.update({f"refined-1024-draw{k}": 1024 for k in (1, 2)})
+VARIANTS.update({name: ("refined", {}) for name in DRAWS})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -173,7 +179,7 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     nm = onnx_snn.prepare(str(NETS[net]), pool_first=method in POOL_FIRST)
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
-    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal).x, show_progress=False,
+    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal, DRAWS.get(method, 0)).x, show_progress=False,
                              **({"batch_size": BATCHES[method]} if method in BATCHES else {}))
     out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
            "calibration_images": n_cal}
