@@ -467,6 +467,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
                                 f"(or data, images, inputs), or one per model input named after "
                                 f"it, and 'y' for labels; it has {keys if keys else 'no arrays'}")
             y = obj[yk] if yk and labels else None
+            rest = _model_arrays(rest, xk, inputs, str(path))
             if xk is not None and rest == [xk]:
                 x = obj[xk]
             else:   # one array per model input, named after it (validate_feeds picks them)
@@ -493,6 +494,27 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
     # are right for a model that takes them, and likely a mistake for any other)
     return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True,
                    source_dtype=str(x.dtype))
+
+
+def _model_arrays(rest: List[str], xk: Optional[str], inputs, where: str) -> List[str]:
+    """Which of a .npz's non-label arrays ``rest`` feed the model: one named after each model
+    input where all of ``inputs`` are there; else the one named ``x`` (or data, images,
+    inputs: ``xk``) for a model of one input; else (or when ``inputs`` are not known) all of
+    them, each to be matched to an input by name. The arrays left over (a table of file
+    names, a saved mean, sample ids) are ignored, with a note naming them."""
+    inputs = [str(i) for i in (inputs or ())]
+    if inputs and set(inputs) <= set(rest):
+        use = [k for k in rest if k in inputs]
+    elif xk is not None and len(inputs) == 1:
+        use = [xk]
+    else:
+        return rest
+    left = [k for k in rest if k not in use]
+    if left:
+        logging.getLogger("onnx_snn").warning(
+            "%s: array(s) %s are not model inputs and are ignored (the inputs: %s)",
+            where, ", ".join(repr(k) for k in left), ", ".join(repr(k) for k in use))
+    return use
 
 
 def _npz_shape(npz, key: str) -> tuple:

@@ -398,3 +398,30 @@ def test_float_targets_are_told_that_labels_are_for_classifiers():
     from onnx_snn.errors import DataError
     with pytest.raises(DataError, match=r"not whole numbers.*regression model leave the targets out"):
         check_labels(np.array([0.5, 1.25, 2.0]), 3, "reg.npz")
+
+
+def test_npz_arrays_that_are_not_model_inputs_are_ignored_by_name(tmp_path, caplog):
+    """A .npz that carries other arrays beside x and y (file names, a saved mean, class ids,
+    per-sample weights with a NaN) feeds a model of one input its x alone, and says which
+    arrays it ignored; a model of several inputs takes the arrays named after them."""
+    import logging
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 4, 4)).astype(np.float32)
+    w = np.ones(6, np.float32)
+    w[2] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(6), filenames=np.array([f"{i}.png" for i in range(6)]),
+             mean=np.float32(0.3), class_ids=np.arange(10), weights=w)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        ds = load_array_file(tmp_path / "d.npz", inputs=["input"])
+    np.testing.assert_array_equal(ds.x, x)
+    np.testing.assert_array_equal(ds.y, np.arange(6))
+    assert "not model inputs" in caplog.text
+    for k in ("filenames", "mean", "class_ids", "weights"):
+        assert repr(k) in caplog.text
+    # several inputs: the arrays named after them, whatever else the file holds
+    z = rng.random((6, 3)).astype(np.float32)
+    np.savez(tmp_path / "m.npz", a=x, b=z, y=np.arange(6), ids=np.arange(6) + 100)
+    ds = load_array_file(tmp_path / "m.npz", inputs=["a", "b"])
+    assert sorted(ds.x) == ["a", "b"]
+    # the inputs not known: every array is offered (and matched to the inputs by name later)
+    assert sorted(load_array_file(tmp_path / "m.npz").x) == ["a", "b", "ids"]
