@@ -416,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "distillation from a DNN. Writes the "
                                    "same spiking format back; the best epoch on the test set is "
                                    "kept: OUTPUT gets the starting model only when it does not "
-                                   "exist yet, and an existing OUTPUT is replaced only by an "
+                                   "exist yet, and an existing OUTPUT (a spiking model of the "
+                                   "same DNN, else refused) is replaced only by an "
                                    "epoch that beats the starting top-1.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"

@@ -1732,3 +1732,31 @@ def test_finetune_without_dropout_draws_no_mask_and_is_recorded(tmp_path, monkey
     assert len(masks) == (4 if dropout else 0)      # one per training batch of 8 of the 32
     step = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[-1]
     assert step.get("dropout", True) is dropout
+
+
+def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_snn):
+    """An existing output is kept unless an epoch beats the starting model, so it must be a
+    spiking model of the same DNN and sites: a stray file, the DNN itself, or a spiking model
+    of another DNN is refused before any work (it was "left as it was", exit 0, and passed for
+    this run's result); an earlier output of the same model is kept or replaced as before."""
+    args = ["--data", "fashion-mnist", "--limit-train", "64", "--limit-test", "64", "--epochs", "1"]
+    stray = tmp_path / "stray.snn.onnx"
+    stray.write_text("not a model")
+    dnn = tmp_path / "dnn.onnx"
+    dnn.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False).SerializeToString())
+    other_src = tmp_path / "other.onnx"
+    other_src.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False, seed=5).SerializeToString())
+    other = tmp_path / "other.snn.onnx"
+    onnx_snn.convert(str(other_src), "fashion-mnist", timesteps=2, calib_samples=64,
+                     method="datta", show_progress=False).save(other)
+    for out, why in ((stray, "not a spiking model"), (dnn, "not a spiking model"),
+                     (other, "another DNN")):
+        before = out.read_bytes()
+        p = run_cli("finetune", str(fmnist_snn), "-o", str(out), *args)
+        assert p.returncode == 6 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert out.read_bytes() == before
+        assert not os.path.exists(str(out) + ".ckpt.pt")
+    same = tmp_path / "same.snn.onnx"
+    same.write_bytes(fmnist_snn.read_bytes())
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(same), *args)
+    assert p.returncode == 0, p.stderr

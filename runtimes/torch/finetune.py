@@ -392,6 +392,30 @@ def _finite_parameters(net) -> bool:
 
 
 @checks_flags
+def _check_existing_output(out_path: Path, info, model_path) -> None:
+    """An existing output is kept unless an epoch beats the starting model (and a resumed run
+    holds its best model there), so it must be a spiking model of the same line as
+    ``model_path``: converted from the same DNN (``onnx_snn.source``), with the same sites.
+    Anything else (another model's fine-tune, the DNN, a stray file) is refused before any
+    work: it would otherwise be "left as it was" and pass for this run's result."""
+    why = None
+    try:
+        other = fmt.read_info(load_model(out_path), str(out_path))
+    except Exception as e:      # noqa: BLE001 -- any reason it is not a spiking model
+        why = f"it is not a spiking model ({first_line(e, 2)[:200]})"
+    else:
+        if info.source and other.source and other.source != info.source:
+            why = "it is a spiking model of another DNN (onnx_snn.source differs)"
+        elif [(s.name, list(s.shape)) for s in other.sites] != [(s.name, list(s.shape)) for s in info.sites]:
+            why = "it is a spiking model with other sites"
+    if why is not None:
+        from onnx_snn.errors import OutputPathError
+        raise OutputPathError(
+            f"{out_path}: exists, and fine-tuning replaces an existing output only with an "
+            f"epoch that beats {model_path}, keeping it otherwise; but {why}, not an earlier "
+            "fine-tune of this model. Remove it or give another -o")
+
+
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
              show_progress: bool = True, log=print, download: bool = False,
@@ -400,7 +424,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
-    top-1 (``FinetuneResult.written`` says whether anything was written); with
+    top-1 (``FinetuneResult.written`` says whether anything was written), and must be a
+    spiking model of the same DNN and sites (else :class:`OutputPathError` before any work); with
     ``initial_eval`` off there is no starting top-1, and the first epoch replaces it. ``mean``/``std``
     normalize a named dataset or an image folder (default: the model's recorded preprocessing).
 
@@ -452,6 +477,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     model = load_model(model_path)
     view = fmt.read_spiking(model, model_path)
     info = view.info
+    if out_path.exists():   # kept unless beaten: it must be this model's line, not any file
+        _check_existing_output(out_path, info, model_path)
     if cfg.timesteps is None:
         check_recorded_timesteps(info.timesteps, model_path)
     T = int(cfg.timesteps or info.timesteps)
