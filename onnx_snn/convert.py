@@ -542,7 +542,7 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None,
-                 raw_pixels: Optional[str] = None, labels: bool = True) -> Dataset:
+                 raw_pixels: Optional[str] = None, labels: bool = True, classes=None) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -560,12 +560,13 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     (:func:`~onnx_snn.graph.inputs.scales_raw_pixels`): a named dataset or image folder is
     then fed so when neither a recorded preprocessing nor mean/std says otherwise (arrays
     are taken as given, as always). ``labels=False``: the caller uses no labels (convert,
-    calibrate): an array file's or a dict's are neither read nor checked.
+    calibrate): an array file's or a dict's are neither read nor checked. ``classes``: the
+    model's class names (``datasets.model_classes``), which label an image folder's classes.
     """
     given = mean is not None or std is not None
     if is_inputs_labels(data):       # (inputs, labels), as evaluate takes them
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
-                             take, scaling, raw_pixels, labels)
+                             take, scaling, raw_pixels, labels, classes)
         return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data")
                                    if labels else None)
     if isinstance(data, tuple):      # a pair whose labels do not fit its inputs, or no pair
@@ -585,7 +586,7 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         from .image_folder import image_shape
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take,
-                          inputs=[n for n, _ in specs or ()], labels=labels)
+                          inputs=[n for n, _ in specs or ()], labels=labels, classes=classes)
     elif isinstance(data, dict):
         ds = _dict_dataset(data, specs, split, labels)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):

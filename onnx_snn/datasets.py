@@ -94,6 +94,20 @@ class Dataset:
                        self.preprocessed, self.preprocess, self.source_dtype)
 
 
+def model_classes(model) -> Optional[List[str]]:
+    """A model's class names (its ``onnx_snn.classes`` metadata, a JSON list of strings), or
+    None where it records none (or something else)."""
+    for p in getattr(model, "metadata_props", ()):
+        if p.key == "onnx_snn.classes":
+            try:
+                names = json.loads(p.value)
+            except ValueError:
+                return None
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                return names
+    return None
+
+
 def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:
     """Which ``n`` of ``total`` samples :meth:`Dataset.take` keeps: the first ``n``, or ``n``
     random ones (sorted) when ``seed`` is given."""
@@ -755,11 +769,12 @@ def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
                  download: bool = False, image_shape=None, take=None, inputs=(),
-                 labels: bool = True) -> Dataset:
+                 labels: bool = True, classes=None) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
     the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
-    images ``Dataset.take(n, seed)`` keeps are read)."""
+    images ``Dataset.take(n, seed)`` keeps are read; ``classes``: the model's class names,
+    which label its class folders)."""
     name, _, sp = str(spec).partition(":")
     key = named_dataset(spec)
     if key is not None:
@@ -772,7 +787,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
     from .image_folder import load_image_folder
     folder = image_folder_spec(spec, split)
     if folder is not None:
-        return load_image_folder(*folder, image_shape, take=take)
+        return load_image_folder(*folder, image_shape, take=take, classes=classes)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
     if chosen is not None and path.endswith(".npz") and not npz_splits(path) \
             and zipfile.is_zipfile(path):        # (an unreadable one: loading it says why)

@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from . import json_text
-from .datasets import Dataset, array_like, check_inputs, check_labels, check_preprocess, image_folder_spec
+from .datasets import (Dataset, array_like, check_inputs, check_labels, check_preprocess,
+                       image_folder_spec, model_classes)
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
 from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
@@ -291,12 +292,13 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     folder = image_folder_spec(data, "test")
     plan = None
     if folder is not None:        # read in parts: a folder may hold more than memory does
-        plan = plan_image_folder(*folder, image_shape(runner.specs), take=(limit, None))
+        plan = plan_image_folder(*folder, image_shape(runner.specs), take=(limit, None),
+                                 classes=model_classes(runner.model))
         n = len(plan.files)
     else:
         ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
                           download=download, specs=runner.specs, take=(limit, None),
-                          **own)
+                          classes=model_classes(runner.model), **own)
         if limit:
             ds = ds.take(limit)
         n = len(ds)

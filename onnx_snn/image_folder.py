@@ -15,6 +15,7 @@ preprocessing apply to them.
 from __future__ import annotations
 
 import logging
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +176,51 @@ class FolderPlan:
         return self.channels * self.height * self.width * 4
 
 
+def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: str) -> List[int]:
+    """The label of each class folder (``names``, sorted). Without the model's class names
+    (``classes``, its ``onnx_snn.classes``), or when they say nothing else, the folder's
+    place in the sorted list (as torchvision's ImageFolder). With them, folders named after
+    the classes (compared without case, spaces or punctuation, a leading number such as
+    ``03_`` allowed) take those classes' indices, and folders named by numbers within the
+    classes take those numbers: a folder of some of the classes, or of names that sort in
+    another order, is labelled as the model counts. Anything else keeps the sorted order,
+    with a warning when the folders are not the model's classes."""
+    order = list(range(len(names)))
+    if not classes or not names:
+        return order
+
+    def key(text: str) -> str:
+        return re.sub(r"[^0-9a-z]+", "", str(text).lower())
+
+    want = {key(c): i for i, c in enumerate(classes)}
+    if len(want) != len(classes):       # names that collide: nothing to go by
+        return order
+    by_name = [want.get(key(n), want.get(key(re.sub(r"^\s*\d+[\s_.-]+", "", n)))) for n in names]
+    if all(i is not None for i in by_name) and len(set(by_name)) == len(by_name):
+        chosen = by_name
+    elif all(re.fullmatch(r"\d+", n.strip()) for n in names) and \
+            all(int(n) < len(classes) for n in names) and len({int(n) for n in names}) == len(names):
+        chosen = [int(n) for n in names]
+    else:
+        if len(names) != len(classes) or any(i is not None for i in by_name):
+            shown = ", ".join(repr(n) for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            log.warning("%s: the class folders (%s) are not the model's %d classes (%s): the "
+                        "labels follow the folders' sorted order (%r is class 0); name each "
+                        "folder after its class, or by its class number", where, shown,
+                        len(classes), ", ".join(map(str, classes[:6])) +
+                        (", ..." if len(classes) > 6 else ""), names[0])
+        return order
+    if chosen != order:
+        log.info("%s: class folders labelled by the model's class names", where)
+    return chosen
+
+
 def plan_image_folder(path, split: Optional[str] = None,
-                      shape: Optional[Sequence[Optional[int]]] = None, take=None) -> FolderPlan:
+                      shape: Optional[Sequence[Optional[int]]] = None, take=None,
+                      classes: Optional[Sequence[str]] = None) -> FolderPlan:
     """The images :func:`load_image_folder` reads (same arguments), listed, and the size they
-    are brought to (free sizes: the first image's, of the whole split)."""
+    are brought to (free sizes: the first image's, of the whole split). ``classes``: the
+    model's class names, which label the class folders (:func:`class_labels`)."""
     from .datasets import take_indices
     Image, UnidentifiedImageError = _pillow()
     root = Path(path)
@@ -205,8 +247,9 @@ def plan_image_folder(path, split: Optional[str] = None,
         raise DataError(f"{root}: the class folder(s) {', '.join(map(repr, empty))} hold no images "
                         f"({', '.join(IMAGE_EXTENSIONS)}) in any split; each class folder is a "
                         "label, so remove the empty one(s) or add their images")
+    labels = class_labels(names, classes, str(root))
     classes = [folder / c for c in names]
-    files = [(f, i) for i, c in enumerate(classes) if c.is_dir()
+    files = [(f, labels[i]) for i, c in enumerate(classes) if c.is_dir()
              for f in _images(c, recursive=True)] if classes else \
         [(f, -1) for f in _images(folder)]        # images without classes: no labels
     if not files:
@@ -215,7 +258,10 @@ def plan_image_folder(path, split: Optional[str] = None,
     channels, height, width = (list(shape) + [None] * 3)[:3] if shape else (None, None, None)
     first = _open(files[0][0], Image, UnidentifiedImageError)   # free sizes: the first image's
     if take is not None and take[0] is not None and 0 < take[0] < len(files):
-        files = [files[i] for i in take_indices(len(files), *take)]   # as Dataset.take picks
+        # as Dataset.take picks, but never the first files alone: they are the first classes
+        # (a folder is listed class by class), where a named dataset's first are mixed
+        seed = take[1] if take[1] is not None else 0
+        files = [files[i] for i in take_indices(len(files), take[0], seed)]
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
     width, height = width or first.size[0], height or first.size[1]
     return FolderPlan(folder, name, files, bool(classes), channels, height, width)
@@ -223,18 +269,22 @@ def plan_image_folder(path, split: Optional[str] = None,
 
 def load_image_folder(path, split: Optional[str] = None,
                       shape: Optional[Sequence[Optional[int]]] = None,
-                      show_progress: bool = True, take=None, part=None, plan=None):
+                      show_progress: bool = True, take=None, part=None, plan=None,
+                      classes: Optional[Sequence[str]] = None):
     """The images under ``path`` as a :class:`~onnx_snn.datasets.Dataset` of NCHW float32
     images in [0, 1] and their class indices. ``split`` picks a split folder when ``path`` has
     them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
     brought to (None, or free sizes: the first image's). ``take`` = (n, seed): read only the
     images ``Dataset.take(n, seed)`` would keep (a calibration sample of a big folder).
     ``part`` = (start, stop): only those of them (a folder read in parts); ``plan``: the
-    :func:`plan_image_folder` of these arguments, when the caller has it."""
+    :func:`plan_image_folder` of these arguments, when the caller has it. A ``take`` without a
+    seed (``eval --limit N``) reads ``Dataset.take(n, 0)``'s images: a folder is listed class
+    by class, and its first N would be its first classes alone. ``classes``: the model's
+    class names, which label the class folders (:func:`class_labels`)."""
     from .datasets import Dataset
     from .progress import Progress
     Image, UnidentifiedImageError = _pillow()
-    plan = plan or plan_image_folder(path, split, shape, take)
+    plan = plan or plan_image_folder(path, split, shape, take, classes)
     files = plan.files if part is None else plan.files[part[0]:part[1]]
     need = len(files) * plan.image_bytes
     if need > MAX_BYTES:

@@ -161,7 +161,8 @@ def test_unlabeled_images_are_protected_and_odd_inputs_are_no_images(tmp_path):
 
 def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
     """take=(n, seed) reads n images, the ones Dataset.take(n, seed) keeps of them all (a
-    calibration sample of a big folder need not load it whole)."""
+    calibration sample of a big folder need not load it whole); without a seed (eval's
+    --limit), those of seed 0, not the first n, which are the first classes."""
     import onnx_snn.image_folder as F
     root, _ = folder
     whole = load_image_folder(root, "train", (1, 12, 12))
@@ -171,7 +172,7 @@ def test_a_sample_reads_only_its_images_and_the_same_ones(folder, monkeypatch):
     for n, seed in ((5, 0), (3, None)):
         opened.clear()
         part = load_image_folder(root, "train", (1, 12, 12), take=(n, seed))
-        want = whole.take(n, seed)
+        want = whole.take(n, 0 if seed is None else seed)
         assert len(opened) == n + 1          # the first image's size, then each taken one
         np.testing.assert_array_equal(part.x, want.x)
         np.testing.assert_array_equal(part.y, want.y)
@@ -290,3 +291,55 @@ def test_a_folder_with_both_test_and_val_says_which_it_reads(folder, caplog):
     said = [r.getMessage() for r in caplog.records if "as its test split" in r.getMessage()]
     assert said == [f"{root}: holds test/ and val/ as its test split; reading test/ (move the "
                     "others out to read one of them)"]
+
+
+def test_class_folders_are_labelled_by_the_models_class_names(caplog):
+    """With the model's class names, folders named after them (any case, spaces or
+    punctuation, a leading number) or by class numbers take those classes' indices, a subset
+    of the classes included; other names keep the sorted order, with a warning."""
+    import logging
+    from onnx_snn.image_folder import class_labels
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+    assert class_labels(sorted(["t-shirt top", "Ankle boot", "bag"]), classes, "f") == [9, 8, 0]
+    assert class_labels(["Dress", "Sneaker"], classes, "f") == [3, 7]
+    assert class_labels(["03_dress", "07 Sneaker"], classes, "f") == [3, 7]
+    assert class_labels(["3", "7"], classes, "f") == [3, 7]
+    assert class_labels([f"{i:02d}" for i in range(10)], classes, "f") == list(range(10))
+    assert class_labels(["a", "b"], None, "f") == [0, 1]          # no names: sorted order
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert class_labels(["apples", "pears"], classes, "f") == [0, 1]
+    assert "not the model's 10 classes" in caplog.text
+
+
+def test_a_labelled_folder_follows_the_class_names_and_a_limit_spans_the_classes(tmp_path):
+    """eval of a model that records its classes on a folder named after two of them: each
+    image gets its own class's label (they were 0 and 1, the sorted order); and --limit on a
+    folder takes images of every class, not the first class's."""
+    import onnx_snn
+    from onnx_snn.image_folder import plan_image_folder
+    rng = np.random.default_rng(0)
+    for c in ("Sneaker", "Dress"):
+        for i in range(6):
+            _save(tmp_path / "two" / c / f"{i}.png", rng.random((12, 12)))
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    plan = plan_image_folder(tmp_path / "two", None, (1, 12, 12), classes=names)
+    assert sorted({label for _, label in plan.files}) == [3, 7]
+    assert all((label == 3) == (f.parent.name == "Dress") for f, label in plan.files)
+    limited = plan_image_folder(tmp_path / "two", None, (1, 12, 12), take=(4, None))
+    assert len(limited.files) == 4 and {label for _, label in limited.files} == {0, 1}
+    # through evaluate: a model that always answers "Sneaker" (class 7) is right on the
+    # Sneaker folder's half of the images (with the sorted order, Sneaker was label 1: 0 %)
+    import json
+    from onnx import TensorProto, helper, numpy_helper
+    inits = [numpy_helper.from_array(np.zeros((144, 10), np.float32), "w"),
+             numpy_helper.from_array(np.eye(10, dtype=np.float32)[7], "b")]
+    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
+                           helper.make_node("Gemm", ["f", "w", "b"], ["y"])], "always7",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    helper.set_model_props(m, {"onnx_snn.classes": json.dumps(names)})
+    r = onnx_snn.evaluate(m, str(tmp_path / "two"), show_progress=False, mean=0.0, std=1.0)
+    assert r.top1 == pytest.approx(50.0)

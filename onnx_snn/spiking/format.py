@@ -62,7 +62,7 @@ META_SPIKE_COUNTS = "onnx_snn.spike_counts"   # deploy graph: "1" when it output
 #: the dataset the model was trained on (the zoo's DNNs; a conversion or fine-tuning on a
 #: named dataset records it where the DNN did not): the later commands' default data
 META_DATASET = "onnx_snn.dataset"
-META_CARRIED = ("onnx_snn.arch", META_DATASET, "onnx_snn.test_accuracy")
+META_CARRIED = ("onnx_snn.arch", META_DATASET, "onnx_snn.test_accuracy", "onnx_snn.classes")
 
 GRAPH_LOOP = "loop"
 GRAPH_STEP = "step"

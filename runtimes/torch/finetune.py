@@ -42,7 +42,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timest
                               check_seed, check_timesteps, remember_dataset,
                               resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
-                               dataset_files, named_dataset)
+                               dataset_files, model_classes, named_dataset)
 from onnx_snn.flags import check_flag, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
                              UsageError, first_line)
@@ -303,7 +303,8 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
                mean=None, std=None) -> Dataset:
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
                       split=split, download=download, specs=_specs(view),
-                      take=(limit or None, 0 if split == "train" else None))
+                      take=(limit or None, 0 if split == "train" else None),
+                      classes=model_classes(model))
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named "
                         "dataset): it trains classifiers, on their labels or, with --teacher, "
