@@ -317,3 +317,26 @@ def test_bench_eval_memory_small(fmnist_test):
     for mode in ("parts", "whole"):
         assert f[mode]["samples"] == 120 and f[mode]["peak_rss_mb"] > 0
     assert f["parts"]["top1"] == f["whole"]["top1"]
+
+
+def test_ab_speed_times_two_graphs_side_by_side(tmp_path):
+    """tools/ab_speed.py: images/s of two graphs of the same inputs, timed in alternating
+    blocks, and their ratio; graphs of other inputs are refused."""
+    import onnx
+    import builders as B
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a.write_bytes(B.vgg(13, "clip").SerializeToString())
+    b.write_bytes(B.vgg(13, "relu").SerializeToString())
+    r = run_tool("tools/ab_speed.py", str(a), str(b), "--batch", "8", "--blocks", "2", "--runs", "2")
+    assert r["images_per_second"]["a"] > 0 and r["images_per_second"]["b"] > 0
+    assert r["b_over_a_median_block"] > 0 and r["blocks"] == 2
+    c = tmp_path / "c.onnx"
+    c.write_bytes(B.resnet(13, "clip", in_shape=(3, 8, 8)).SerializeToString())
+    m = onnx.load(str(c))
+    m.graph.input[0].name = "other"
+    for n in m.graph.node:
+        n.input[:] = ["other" if i == "input" else i for i in n.input]
+    onnx.save(m, str(c))
+    p = subprocess.run([sys.executable, "tools/ab_speed.py", str(a), str(c)], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 2 and "different inputs" in p.stderr

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import builders as B
 import onnx_snn
@@ -492,59 +492,3 @@ def test_a_start_or_offset_goes_into_a_bias_only_per_channel_and_never_into_an_o
     assert summed_convolution("x", producers, readers, inits, outputs={"c"}) is None
     assert summed_convolution("x", producers, {**readers, "b": 2}, inits) is None   # shared bias
     assert summed_convolution("x", producers, {**readers, "c": 2}, inits) is None   # read twice
-
-
-def _pool_subtractions(model: onnx.ModelProto) -> list:
-    """The Subs of a spiking pool's running counts (step t's pooled count less step t-1's)."""
-    return [n.name for n in model.graph.node if n.op_type == "Sub" and ".pool" in n.name]
-
-
-def _pools_then_convolutions(opset: int = 13, with_bias: bool = True) -> onnx.ModelProto:
-    """conv-act-maxpool-conv-act-maxpool (3 x 3, stride 1, padded: overlapping windows)-conv-
-    act-global average-dense: two spiking max pools that each feed a convolution."""
-    b = B.GraphBuilder(opset, 0)
-    y = b.act(b.conv("input", 1, 4), "clip", 2.0)
-    y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
-    y = b.act(b.conv(y, 4, 8, bias=with_bias), "clip", 2.0)
-    y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
-    y = b.act(b.conv(y, 8, 8, bias=with_bias), "relu")
-    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1)
-    return b.model("input", b.gemm(y, 8, 10), (1, 12, 12), 10, name=f"pools_op{opset}")
-
-
-@pytest.mark.parametrize("name", ["op13", "op21_no_bias"])
-@pytest.mark.parametrize("T", [2, 3, 4])
-def test_a_convolution_of_a_spiking_pool_telescopes(name, T, x, x2):
-    """A convolution that reads a spiking max pool's output sums, over the steps, to one
-    convolution of the pooled running count: the membrane is that convolution plus the
-    running sum of the neuron's q, so the deploy graph subtracts no pooled counts (a Sub,
-    which onnxruntime runs in NCHW) and adds no last membrane; the model is the same (outputs
-    within float rounding). Where a counter reads the pool's spikes it stays as it was."""
-    model = _pools_then_convolutions(13) if name == "op13" else _pools_then_convolutions(21, False)
-    snn = B.converted(model, x, T, "refined")[2]
-    plain = deploy_model(F.read_spiking(snn.model), unit_thresholds=True)
-    counted = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
-    assert _pool_subtractions(counted)            # the case: pools feeding convolutions
-    assert _pool_subtractions(plain) == []
-    sums = [n for n in plain.graph.node if n.op_type == "Conv" and n.name.endswith("sum_current")
-            and n.input[0].endswith("pool.m_next")]
-    assert len(sums) == 2 * (T - 1)                # both pools' convolutions, every step but 0
-    _close(run(snn.model, x2), run(plain, x2), counts=False)
-    _close(run(snn.model, x2), run(counted, x2))
-
-
-@pytest.mark.parametrize("T", [2, 3])
-def test_a_cheap_convolution_of_the_input_telescopes(T, x, x2):
-    """The first layer's current is the same at every step: its membrane at step t is the
-    convolution of the input with (t + 1) times the weights, plus the running sum of q, and
-    the first site's neuron adds no last membrane (its zq Add) at any step."""
-    snn = B.converted(MODELS["twin_maxpool"](), x, T, "refined")[2]
-    dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
-    first = F.read_info(snn.model).sites[0].name
-    assert not [n for n in dep.graph.node if n.name.endswith(f"/{first}.neuron.zq")]
-    convs = [n for n in dep.graph.node if n.op_type == "Conv" and n.input[0] == dep.graph.input[0].name]
-    assert len(convs) == T                          # one per step, none computed for all
-    w = {i.name: numpy_helper.to_array(i) for i in dep.graph.initializer}
-    last = next(n for n in convs if n.name.startswith(f"snn.t{T - 1}/"))
-    np.testing.assert_array_equal(w[last.input[1]], T * w[convs[0].input[1]])
-    _close(run(snn.model, x2), run(dep, x2))

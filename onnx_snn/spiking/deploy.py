@@ -75,9 +75,6 @@ class _Unroller:
     def __init__(self, view: fmt.SpikingView, timesteps: int, spike_counts: bool):
         self.view, self.T = view, int(timesteps)
         self.q: Dict[str, str] = {}      # unit-form neurons: the state's 1 - s of the last step
-        self.qsum: Dict[str, str] = {}   # telescoped unit-form neurons: the sum of their q so far
-        self.starts: Dict[str, np.ndarray] = {}   # unit-form neurons: step 0's start, per channel
-        self.telescopes: Dict[str, Optional[tuple]] = {}   # neuron -> telescoping plan or None
         self.unit_sites: set = set()     # sites written by unit_neuron
         self.opset = next((o.version for o in view.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.inits = view.initializers
@@ -120,11 +117,9 @@ class _Unroller:
         y, v_next = node.output
         H = helper.make_node
         out: List[onnx.NodeProto] = []
-        plan = self.telescoping(node) if self.T > 1 else None
         if t == 0:
             v0 = self.value(self.cur[v]) if self.cur[v] else None
             start = np.float32(1) + (np.float32(0) if v0 is None else v0.astype(np.float32))
-            self.starts[v] = start
             z = pre + "z"
             folded = self.start_in_bias(x, arg(x), start, z, pre, ren)
             if folded is None:
@@ -133,16 +128,9 @@ class _Unroller:
                 z, made = folded
                 out += made
         else:
-            made = self.telescoped_current(plan, v, t, pre, ren) if plan is not None else None
-            z = pre + "z"
-            if made is not None:
-                out += made
-                out.append(H("Add", [self.qsum[v], made[-1].output[0]], [z], name=z))
-            else:
-                w = pre + "zq"
-                out.append(H("Add", [self.cur[v], self.q[v]], [w], name=w))
-                out.append(H("Add", [w, arg(x)], [z], name=z))
-                plan = None
+            w, z = pre + "zq", pre + "z"
+            out.append(H("Add", [self.cur[v], self.q[v]], [w], name=w))
+            out.append(H("Add", [w, arg(x)], [z], name=z))
         (a, b), (qa, qb) = step_functions(UNIT_THRESHOLD)
         s = pre + "s"
         out.append(H("HardSigmoid", [z], [s], alpha=a, beta=b, name=s))
@@ -156,73 +144,7 @@ class _Unroller:
             out.append(H("HardSigmoid", [z], [q], alpha=qa, beta=qb, name=q))
             ren[v_next] = z
             self.q[v] = q
-            if plan is not None:   # the q of every step so far, for the next telescoped step
-                if t == 0:
-                    self.qsum[v] = q
-                else:
-                    qs = pre + "qsum"
-                    out.append(H("Add", [self.qsum[v], q], [qs], name=qs))
-                    self.qsum[v] = qs
         return out
-
-    def telescoping(self, node: onnx.NodeProto) -> Optional[tuple]:
-        """How a unit-form neuron's membrane telescopes, where it does: ``("pool", conv,
-        pool)`` when its current is a convolution (read by the neuron alone) of a spiking max
-        pool's output (read by that convolution alone), ``("constant", conv)`` when it is a
-        cheap convolution computed once for all steps (``DUPLICATE_CONV_MAX_MACS``); None
-        otherwise.
-
-        The membrane at step t, ``u_t = u_{t-1} + q_{t-1} + W y_t + B`` with ``u_0 = W y_0 +
-        B + S`` (S: step 0's start), sums to ``W (y_0 + ... + y_t) + (t + 1) B + S + (q_0 +
-        ... + q_{t-1})``. A spiking pool's outputs sum to its pooled running count ``m_t``
-        (``y_t = m_t - m_{t-1}``), and a current computed once sums to ``(t + 1)`` times
-        itself, so the membrane is one convolution of ``m_t`` (or of the input, with ``(t +
-        1) W``) with the bias ``(t + 1) B + S``, plus the running sum of the ``q``: no
-        subtraction of the pool's counts (which onnxruntime runs in NCHW, reordering each
-        side) and no ``Add`` of the last membrane. Exact in real arithmetic; in float32 the
-        sums round differently, as the unit form's rescaled weights do."""
-        if node.name in self.telescopes:
-            return self.telescopes[node.name]
-        plan = None
-        x = node.input[0]
-        conv = self.body_producers.get(x) if x in self.made else \
-            next((n for n in self.view.hoisted if x in n.output), None)
-        ok = conv is not None and conv.op_type == "Conv" and conv.domain in ("", "ai.onnx") \
-            and self.value(conv.input[1]) is not None \
-            and (len(conv.input) < 3 or not conv.input[2] or self.value(conv.input[2]) is not None) \
-            and x not in self.exposed and self.body_readers[x] == 1
-        if ok and x in self.made:
-            pool = self.body_producers.get(conv.input[0])
-            if pool is not None and pool.domain == fmt.DOMAIN and pool.op_type in _POOL_OP \
-                    and self.body_readers[conv.input[0]] == 1 and conv.input[0] not in self.exposed:
-                plan = ("pool", conv, pool)
-        elif ok and self.value(conv.input[1])[0].size <= DUPLICATE_CONV_MAX_MACS:
-            plan = ("constant", conv)
-        self.telescopes[node.name] = plan
-        return plan
-
-    def telescoped_current(self, plan: tuple, v: str, t: int, pre: str,
-                           ren: Dict[str, str]) -> Optional[List[onnx.NodeProto]]:
-        """Step ``t``'s convolution of :meth:`telescoping` (output ``pre + "sum_current"``),
-        or None where step 0's start is not one value per channel."""
-        conv = plan[1]
-        w = self.value(conv.input[1])
-        c = w.shape[0]
-        start = per_channel(self.starts.get(v, np.float32(1)), c, w.ndim - 1)
-        if start is None:
-            return None
-        bias = self.value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else \
-            np.zeros(c, np.float32)
-        n = copy.deepcopy(conv)
-        n.name = n.output[0] = pre + "sum_current"
-        del n.input[2:]
-        n.input.append(self.constant(pre + "sum_bias",
-                                     ((t + 1) * bias.astype(np.float64) + start).astype(np.float32)))
-        if plan[0] == "pool":
-            n.input[0] = ren[plan[2].output[2]]          # the pooled running count m_t
-        else:
-            n.input[1] = self.constant(pre + "sum_weight", (t + 1) * w.astype(np.float32))
-        return [n]
 
     def start_in_bias(self, x: str, current: str, start: np.ndarray, z: str, pre: str,
                       ren: Dict[str, str]):
