@@ -235,6 +235,8 @@ class SpikingModel:
     report: dict = field(default_factory=dict)
     input_shapes: dict = field(default_factory=dict)
     pools: Dict[str, fmt.PoolRecord] = field(default_factory=dict)
+    #: the files the calibration data came from: :meth:`save` never writes over them
+    data_files: List[str] = field(default_factory=list)
 
     def step_model(self) -> onnx.ModelProto:
         """The one-time-step graph (states in, next states out)."""
@@ -306,6 +308,7 @@ class SpikingModel:
         nm = self.normalized
         src = [] if not nm.source_path else \
             model_files(nm.source_path) if nm.external_data else [nm.source_path]
+        inputs = (*inputs, *self.data_files)
         target = check_output_path(path, *src, *inputs)
         write_all_atomic(self.files(target, step, binary_spikes, external, avoid=[*src, *inputs]))
         return target
@@ -318,7 +321,8 @@ class SpikingModel:
             raise UsageError(f"{path}: the report is JSON; give it a .json name (a .onnx name "
                              "is a model's, and the report would replace it)")
         src = [self.normalized.source_path] if self.normalized.source_path else []
-        return write_text_atomic(self.report_bytes().decode("utf-8"), path, *src, *inputs)
+        return write_text_atomic(self.report_bytes().decode("utf-8"), path, *src, *inputs,
+                                 *self.data_files)
 
     @property
     def info(self) -> fmt.SpikingInfo:
@@ -817,7 +821,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
                 nm.logged.add(note)
     return SpikingModel(model=model, normalized=nm, records=records, timesteps=int(timesteps),
                         method=method, report=report, input_shapes=dict(calib.input_shapes),
-                        pools=pools)
+                        pools=pools, data_files=_data_files(calib.data_name))
 
 
 #: the report's notes that are warnings start so; build() logs them as warnings
@@ -951,8 +955,22 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)
-    return build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
-                 show_progress=show_progress, seed=seed)
+    snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
+                show_progress=show_progress, seed=seed)
+    snn.data_files = sorted(set(snn.data_files) | set(_data_files(calib, data_dir)))
+    return snn
+
+
+def _data_files(spec, data_dir=None) -> List[str]:
+    """The files calibration data named ``spec`` (a path, a folder, a dataset name) came
+    from, for :meth:`SpikingModel.save` to protect; none for arrays (best effort)."""
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec):
+        return []
+    try:
+        from .datasets import dataset_files
+        return [str(f) for f in dataset_files(spec, data_dir)]
+    except Exception:        # noqa: BLE001 -- a name that is no file: nothing to protect
+        return []
 
 
 class _ThreadFilter(logging.Filter):

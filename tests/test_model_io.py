@@ -275,3 +275,23 @@ def test_every_signal_held_runs_its_handler_and_the_last_ones_exception_stands()
     finally:
         signal.signal(signal.SIGINT, old[0])
         signal.signal(signal.SIGTERM, old[1])
+
+
+def test_a_spiking_model_is_never_saved_over_its_calibration_data(tmp_path):
+    """save() and save_report() of what convert() or build() return refuse the calibration
+    data's file (the CLI refused it; the API wrote the model over the .npy)."""
+    x = B.rand_input(16)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, x)
+    before = calib.read_bytes()
+    snn = onnx_snn.convert(B.vgg(13, "clip"), str(calib), timesteps=2, method="datta",
+                           show_progress=False)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    built = onnx_snn.build(nm, onnx_snn.calibrate(nm, str(calib), show_progress=False), 2, "datta")
+    for s in (snn, built):
+        with pytest.raises(OutputPathError, match="input"):
+            s.save(calib)
+        with pytest.raises(OutputPathError, match="input"):
+            s.save_report(calib)
+    assert calib.read_bytes() == before
+    snn.save(tmp_path / "ok.snn.onnx")              # any other path is fine
