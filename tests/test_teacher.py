@@ -325,3 +325,42 @@ def test_a_teacher_whose_output_head_was_dropped_gives_the_scores(head, tmp_path
         with pytest.raises(DataError, match="first output has shape"):
             load_teacher(str(src), x, torch.from_numpy(student), source="not-this-file",
                          student_name=F.read_spiking(snn.model).outputs[0])
+
+
+def test_a_teacher_of_another_normalization_gets_its_own(converted, tmp_path):
+    """A teacher that records another input normalization than the student's data is fed
+    its own (the student's batch undone and normalized again, per channel); agreeing or
+    unrecorded normalizations, or channels off axis 1, feed the batch as it is."""
+    from onnx_snn.runtimes.torch.teacher import renormalization
+    rng = np.random.default_rng(0)
+    raw = rng.random((4, 3, 5, 5)).astype(np.float32)
+    s = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]}
+    t = {"mean": [0.4, 0.0, 0.3], "std": [0.2, 1.0, 0.5]}
+    c = np.reshape
+    xs = (raw - c(s["mean"], (1, 3, 1, 1))) / c(s["std"], (1, 3, 1, 1))
+    xt = (raw - c(t["mean"], (1, 3, 1, 1))) / c(t["std"], (1, 3, 1, 1))
+    scale, shift = renormalization(s, t, xs.shape)
+    np.testing.assert_allclose(xs * scale + shift, xt, rtol=1e-5, atol=1e-5)
+    assert renormalization(s, s, xs.shape) is None
+    assert renormalization(None, t, xs.shape) is None and renormalization(s, None, xs.shape) is None
+    assert renormalization(s, t, (4, 5, 5, 3)) is None            # channels last
+    one = renormalization({"mean": [0.0], "std": [1.0]}, {"mean": [0.286], "std": [0.353]}, (2, 1, 4, 4))
+    np.testing.assert_allclose(one[0].reshape(-1), [1 / 0.353], rtol=1e-6)
+    # through finetune: a student that records mean 0 / std 1 (converted with --mean 0 --std
+    # 1) and a teacher that records 0.286 / 0.353: the teacher's inputs are renormalized
+    src, out, x = converted
+    m = onnx.load(str(src))
+    onnx.helper.set_model_props(m, {"onnx_snn.preprocess": json.dumps({"mean": [0.286], "std": [0.353]})})
+    onnx.save(m, str(tmp_path / "dnn_pp.onnx"))
+    student = onnx.load(str(out))
+    meta = F.metadata(student)
+    meta[F.META_PREPROCESS] = json.dumps({"mean": [0.0], "std": [1.0]})
+    F.set_metadata(student, meta)
+    onnx.save(student, str(tmp_path / "s.snn.onnx"))
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(len(x)) % 10)
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    logged = []
+    finetune(str(tmp_path / "s.snn.onnx"), str(tmp_path / "t.snn.onnx"), str(tmp_path / "d.npz"),
+             FinetuneConfig(epochs=1, batch_size=8, teacher=str(tmp_path / "dnn_pp.onnx")),
+             show_progress=False, log=logged.append)
+    assert any("renormalized" in s and "0.286" in s for s in logged), logged

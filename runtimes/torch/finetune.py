@@ -56,7 +56,7 @@ from onnx_snn.values import is_real
 
 from .network import SpikingNetwork
 from .neuron import DEFAULT_SURROGATE, SURROGATES
-from .teacher import (AUTO, Teacher, distillation_loss, load_teacher, require_file,
+from .teacher import (AUTO, Teacher, distillation_loss, load_teacher, renormalization, require_file,
                       source_dnn_of)
 
 MILESTONES = (0.6, 0.8, 0.9)
@@ -531,7 +531,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     check_labels_for(test.y, raw, test.name)
     teacher = _teacher(cfg, teacher_path, view, model_path, _padded(_rows(test.x, slice(0, 1)), fixed),
                        probe.cpu(), world,
-                       log if main_proc else (lambda *a: None))
+                       log if main_proc else (lambda *a: None),
+                       student_pp=train.preprocess or check_preprocess(info.preprocess))
     teacher_settings = _teacher_settings(teacher, cfg)
     # what a resumed run must share with the run it continues (its best top-1 and optimizer
     # state were measured and built with them); the epochs may grow
@@ -798,8 +799,11 @@ def _teacher_path(cfg: FinetuneConfig, model_path) -> Optional[str]:
 
 
 def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, model_path,
-             probe_x: np.ndarray, probe_out: torch.Tensor, world: int, log) -> Optional[Teacher]:
-    """The teacher at ``path``, checked against the student (None: no teacher)."""
+             probe_x: np.ndarray, probe_out: torch.Tensor, world: int, log,
+             student_pp: Optional[dict] = None) -> Optional[Teacher]:
+    """The teacher at ``path``, checked against the student (None: no teacher).
+    ``student_pp``: the normalization of the student's inputs; a teacher that records
+    another one gets its inputs renormalized to it."""
     if probe_out.ndim != 2:
         if path is not None:
             raise UsageError(f"distillation needs a model whose first output is [batch, classes]; "
@@ -814,6 +818,14 @@ def _teacher(cfg: FinetuneConfig, path: Optional[str], view: fmt.SpikingView, mo
     teacher = load_teacher(path, probe_x, probe_out, source=view.info.source, threads=threads,
                            sha256=view.info.source if cfg.teacher == AUTO else None,
                            student_name=view.outputs[0] if view.outputs else None)
+    from onnx_snn.evaluate import _dnn_preprocess
+    own = _dnn_preprocess(teacher.runner.model, str(path))
+    if not isinstance(probe_x, dict):
+        teacher.renorm = renormalization(student_pp, own, np.shape(probe_x))
+    if teacher.renorm is not None:
+        log(f"note: the teacher records another input normalization (mean {own['mean']}, std "
+            f"{own['std']}) than the student's data (mean {student_pp['mean']}, std "
+            f"{student_pp['std']}): its inputs are renormalized to it")
     what = "the DNN it was converted from" if teacher.is_source else "not the DNN it was converted from"
     kind = ", its softmax read as probabilities" if teacher.probabilities else ""
     log(f"distilling from {path} ({what}{kind}; loss {cfg.distill:g} x KL at temperature "

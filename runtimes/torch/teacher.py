@@ -81,10 +81,16 @@ class Teacher:
     probabilities: bool = False   # its output is a softmax: its log is compared
     sigmoid: bool = False         # its output is a final Sigmoid's (a binary classifier's p)
     output: int = 0               # which of its outputs: the one the student's first one is
+    #: (scale, shift) that take the student's normalized input to the teacher's own
+    #: normalization (:func:`renormalization`), per channel (axis 1); None: the same
+    renorm: Optional[tuple] = None
 
     def __call__(self, x) -> torch.Tensor:
         """The teacher's logits for a batch (in batches of its fixed size, if it has one);
         ``x`` an array, or {input name: array} for a model of several inputs."""
+        if self.renorm is not None and not isinstance(x, dict):
+            scale, shift = self.renorm
+            x = (np.asarray(x, np.float32) * scale + shift).astype(np.float32)
         feeds = x if isinstance(x, dict) else {self.runner.specs[0][0]: x}
         n = len(next(iter(feeds.values())))
         step = self.runner.fixed_batch or n
@@ -99,6 +105,29 @@ class Teacher:
         if self.probabilities:
             out = np.log(np.maximum(out, _MIN_PROBABILITY))
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def renormalization(student: Optional[dict], teacher: Optional[dict], shape) -> Optional[tuple]:
+    """(scale, shift) with ``x * scale + shift`` the teacher's normalization of an input the
+    student's normalization made: ``(x * s_std + s_mean - t_mean) / t_std``, per channel
+    (axis 1 of an input of ``shape``); None when either records none, they agree, or their
+    channels are not axis 1's."""
+    rank = len(shape)
+    if not student or not teacher or rank < 2:
+        return None
+    sm, ss = (np.asarray(student[k], np.float64).reshape(-1) for k in ("mean", "std"))
+    tm, ts = (np.asarray(teacher[k], np.float64).reshape(-1) for k in ("mean", "std"))
+    if {sm.size, ss.size, tm.size, ts.size} - {1, max(sm.size, ss.size, tm.size, ts.size)}:
+        return None           # channel counts that do not match: nothing to go by
+    if np.allclose(sm, tm, rtol=0, atol=1e-7) and np.allclose(ss, ts, rtol=1e-7, atol=0):
+        return None
+    channels = max(sm.size, ss.size, tm.size, ts.size)
+    if channels > 1 and shape[1] != channels:      # a channels-last input: not axis 1
+        return None
+    shape = [1, -1] + [1] * (rank - 2)
+    scale = (ss / ts).astype(np.float32)
+    shift = ((sm - tm) / ts).astype(np.float32)
+    return scale.reshape(shape), shift.reshape(shape)
 
 
 def require_file(path) -> None:
