@@ -105,8 +105,11 @@ def fitted_timesteps(info: "fmt.SpikingInfo") -> Optional[int]:
 
 
 def _fitting_step(info: "fmt.SpikingInfo"):
-    """("convert" or "finetune", T) of the history's last step that fitted the parameters."""
+    """("convert" or "finetune", T) of the history's last step that fitted the parameters
+    (a fine-tuning that wrote its starting model, ``epochs_done`` 0, fitted nothing)."""
     for h in reversed(info.history):
+        if isinstance(h, dict) and h.get("step") == "finetune" and h.get("epochs_done") == 0:
+            continue
         if isinstance(h, dict) and h.get("step") in ("convert", "finetune") and \
                 is_int(h.get("timesteps")) and h["timesteps"] >= 1:
             return h["step"], int(h["timesteps"])

@@ -397,3 +397,20 @@ def test_a_float64_dnn_that_onnxruntime_cannot_run_is_evaluated_in_float32(tmp_p
     assert got.top1 == evaluate(str(single), x, show_progress=False).top1
     np.testing.assert_allclose(run(onnx.load(str(double)), x["x"]).outputs[0],
                                run(onnx.load(str(single)), x["x"]).outputs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_fine_tuning_that_kept_its_starting_model_fitted_nothing():
+    """A fine-tuning at T=4 whose epochs never beat the T=2 conversion writes that model
+    (epochs_done 0): its parameters are still fitted for T=2, and running it at 4 warns."""
+    import copy
+    import json
+    from onnx_snn.convert import fitted_timesteps
+    snn = onnx_snn.convert(B.vgg(13, "clip"), B.rand_input(16), timesteps=2, show_progress=False)
+    for done, want in ((0, 2), (1, 4)):
+        m = copy.deepcopy(snn.model)
+        meta = F.metadata(m)
+        history = json.loads(meta[F.META_HISTORY])
+        history.append({"step": "finetune", "timesteps": 4, "epochs_done": done})
+        meta[F.META_HISTORY], meta[F.META_TIMESTEPS] = json.dumps(history), "4"
+        F.set_metadata(m, meta)
+        assert fitted_timesteps(F.read_info(m)) == want

@@ -306,9 +306,11 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
                       take=(limit or None, 0 if split == "train" else None),
                       classes=model_classes(model))
     if ds.y is None:
-        raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, or a named "
-                        "dataset): it trains classifiers, on their labels or, with --teacher, "
-                        "a DNN's class scores; a regression model cannot be fine-tuned here")
+        raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, a named "
+                        "dataset or a folder of class folders), with --teacher too: it trains "
+                        "classifiers, and the top-1 that picks the best epoch and the loss's "
+                        "cross-entropy part read them (training on unlabeled data is not "
+                        "supported); a regression model cannot be fine-tuned here")
     if limit:
         ds = ds.take(limit, seed=0 if split == "train" else None)
     # the shapes and types from two samples (no converted copy of the whole set); NaN/Inf
