@@ -327,6 +327,12 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True,
         raise OutputPathError("an output path is empty; give a file name")
     if not isinstance(out, (str, os.PathLike)):
         raise UsageError(f"an output path must be a str or path, not {type(out).__name__} ({out!r})")
+    if str(out) == "-" or str(out).startswith(("/dev/std", "/dev/fd/", "/proc/self/fd/")):
+        # outputs are written atomically (a temporary file renamed over the path): standard
+        # output is not a file that can be replaced, and '-' would be a file named '-'
+        raise OutputPathError(f"{out}: outputs are files written whole (never standard output "
+                              f"or a stream); give a file path such as {example}, and read it "
+                              "from there (e.g. cat FILE)")
     if str(out).endswith(("/", os.sep)):     # Path() drops the slash: "new.onnx/" wrote new.onnx
         bare = str(out).rstrip("/" + os.sep)
         # an existing folder (or a name that is no file name) gets a file inside it suggested

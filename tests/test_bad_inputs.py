@@ -554,6 +554,12 @@ cli("conv_default_o_is_input", "inputs",
     setup=both(copy("m.onnx", "model.onnx"), npsave("m.snn.onnx.npy", B.rand_input(4)),
                lambda ws: os.replace(ws / "m.snn.onnx.npy", ws / "m.snn.onnx")))
 cli("eval_json_is_data", "inputs", "eval {ws}/snn.onnx --data {ws}/test.npz --json {ws}/test.npz", 6)
+# standard output is no file an output can be written to whole ('-' made a file named '-')
+cli("eval_json_dash", "special", "eval {ws}/snn.onnx --data {ws}/test.npz --json -", 6,
+    needle="standard output")
+cli("convert_report_dev_stdout", "special",
+    "convert {ws}/model.onnx --calib {ws}/calib.npy -o {ws}/o.onnx --report /dev/stdout", 6,
+    needle="standard output")
 cli("eval_json_is_model", "inputs", "eval {ws}/snn.onnx --data {ws}/test.npz --json {ws}/snn.onnx", 6)
 cli("eval_json_is_npy", "inputs", "eval {ws}/model.onnx --data {ws}/calib.npy --json {ws}/calib.npy", 6)
 cli("eval_json_is_step", "inputs", "eval {ws}/step.onnx --data {ws}/test.npz --json {ws}/step.onnx", 6)
