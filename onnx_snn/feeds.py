@@ -97,6 +97,9 @@ def _layout_hint(shape: tuple, dims: List[Optional[int]]) -> str:
     same values flattened; else ''."""
     want, have = dims[1:], list(shape[1:])
     fits = (lambda got: len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got)))
+    if fits(list(shape)):
+        return ("; it is one sample without the batch axis: give x[None] (numpy: "
+                "np.expand_dims(x, 0)) for one sample")
     for i in range(len(have) + 1):
         if fits(have[:i] + [1] + have[i:]):
             return f"; insert the missing axis of size 1 (numpy: np.expand_dims(x, {i + 1}))"

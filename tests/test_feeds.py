@@ -16,6 +16,8 @@ NHWC = [("input", [None, 28, 28, 1])]
     (NCHW, (4, 784), "reshape it to ['N', 1, 28, 28]"),          # flattened
     ([("input", [None, 784])], (4, 784, 1), "x.squeeze(2)"),     # an extra unit axis
     ([("input", [None, 3, 32, 32])], (4, 32, 32, 3), "x.transpose(0, 3, 1, 2)"),
+    (NCHW, (1, 28, 28), "x[None]"),                              # one sample, no batch axis
+    ([("input", [None, 3, 32, 32])], (3, 32, 32), "x[None]"),
 ])
 def test_a_layout_mismatch_says_how_to_fix_it(specs, shape, hint):
     with pytest.raises(DataError, match="does not fit the model input") as e:
