@@ -401,6 +401,7 @@ def calibrate(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
         from .graph.inputs import own_scaling
         ds = resolve_data(x, nm.preprocess, split="train", specs=input_specs(nm.model),
                           take=(DEFAULT_CALIB_SAMPLES, seed), labels=False,
+                          show_progress=show_progress,
                           **own_scaling(nm.model)).take(DEFAULT_CALIB_SAMPLES, seed=seed)
         if ds.preprocess is not None:      # a named dataset: record how it was fed
             nm.preprocess = ds.preprocess

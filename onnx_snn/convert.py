@@ -549,7 +549,8 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
 def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
                  data_dir=None, split: Optional[str] = None, download: bool = False,
                  specs=None, take=None, scaling: Optional[str] = None,
-                 raw_pixels: Optional[str] = None, labels: bool = True, classes=None) -> Dataset:
+                 raw_pixels: Optional[str] = None, labels: bool = True, classes=None,
+                 show_progress: bool = True) -> Dataset:
     """Turn an array, Dataset, name or file into preprocessed model inputs.
 
     Named datasets (images in [0, 1]) get ``mean``/``std`` when given, else the model's
@@ -569,11 +570,12 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     are taken as given, as always). ``labels=False``: the caller uses no labels (convert,
     calibrate): an array file's or a dict's are neither read nor checked. ``classes``: the
     model's class names (``datasets.model_classes``), which label an image folder's classes.
+    ``show_progress=False``: no bar while a folder of images is read.
     """
     given = mean is not None or std is not None
     if is_inputs_labels(data):       # (inputs, labels), as evaluate takes them
         inner = resolve_data(data[0], preprocess, mean, std, data_dir, split, download, specs,
-                             take, scaling, raw_pixels, labels, classes)
+                             take, scaling, raw_pixels, labels, classes, show_progress)
         return dataclasses.replace(inner, y=check_labels(data[1], len(inner), "data")
                                    if labels else None)
     if isinstance(data, tuple):      # a pair whose labels do not fit its inputs, or no pair
@@ -593,7 +595,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         from .image_folder import image_shape
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take,
-                          inputs=[n for n, _ in specs or ()], labels=labels, classes=classes)
+                          inputs=[n for n, _ in specs or ()], labels=labels, classes=classes,
+                          show_progress=show_progress)
     elif isinstance(data, dict):
         ds = _dict_dataset(data, specs, split, labels)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):
@@ -933,7 +936,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                                         f"the calibration data's; free: {refused})") from None
     ds = resolve_data(calib, nm.preprocess, mean, std, data_dir=data_dir, split="train",
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
-                      labels=False, **own_scaling(nm.model))
+                      labels=False, show_progress=show_progress, **own_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
         recorded = nm.preprocess
         if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)
@@ -1008,7 +1011,8 @@ def _calibration_shapes(model, calib, mean, std, data_dir, take) -> Dict[str, tu
     log.addFilter(mute)
     try:
         ds = resolve_data(calib, None, mean, std, data_dir=data_dir, split="train",
-                          download=False, specs=specs, take=take, labels=False)
+                          download=False, specs=specs, take=take, labels=False,
+                          show_progress=False)
     except (DataError, UsageError, OSError, ValueError):
         return {}
     finally:

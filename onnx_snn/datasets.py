@@ -769,7 +769,7 @@ def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
                  download: bool = False, image_shape=None, take=None, inputs=(),
-                 labels: bool = True, classes=None) -> Dataset:
+                 labels: bool = True, classes=None, show_progress: bool = True) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
     the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
@@ -787,7 +787,8 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
     from .image_folder import load_image_folder
     folder = image_folder_spec(spec, split)
     if folder is not None:
-        return load_image_folder(*folder, image_shape, take=take, classes=classes)
+        return load_image_folder(*folder, image_shape, take=take, classes=classes,
+                                 show_progress=show_progress)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
     if chosen is not None and path.endswith(".npz") and not npz_splits(path) \
             and zipfile.is_zipfile(path):        # (an unreadable one: loading it says why)

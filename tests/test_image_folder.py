@@ -343,3 +343,17 @@ def test_a_labelled_folder_follows_the_class_names_and_a_limit_spans_the_classes
     helper.set_model_props(m, {"onnx_snn.classes": json.dumps(names)})
     r = onnx_snn.evaluate(m, str(tmp_path / "two"), show_progress=False, mean=0.0, std=1.0)
     assert r.top1 == pytest.approx(50.0)
+
+
+def test_show_progress_false_draws_no_bar_reading_a_folder(folder, capsys, monkeypatch):
+    """calibrate() and convert() with show_progress=False read an image folder without the
+    'reading FOLDER/' bar (it was drawn)."""
+    import onnx_snn
+    monkeypatch.setenv("ONNX_SNN_PROGRESS", "1")
+    root, _ = folder
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    onnx_snn.calibrate(nm, str(root / "train"), show_progress=False)
+    onnx_snn.convert(B.vgg(13, "clip"), str(root / "train"), 2, method="datta", show_progress=False)
+    assert "reading" not in capsys.readouterr().err
+    onnx_snn.calibrate(nm, str(root / "train"))          # the default draws it
+    assert "reading" in capsys.readouterr().err
