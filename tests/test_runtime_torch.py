@@ -1760,3 +1760,22 @@ def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_sn
     same.write_bytes(fmnist_snn.read_bytes())
     p = run_cli("finetune", str(fmnist_snn), "-o", str(same), *args)
     assert p.returncode == 0, p.stderr
+
+
+def test_a_failed_write_after_an_earlier_one_names_what_the_output_holds(tmp_path, fmnist_snn, monkeypatch):
+    """A checkpoint that cannot be written (a full disk) after this run wrote its output: the
+    error says which model the output holds, not "nothing was written"."""
+    import onnx_snn.runtimes.torch.finetune as FT
+    from onnx_snn.errors import OutputPathError
+
+    def full(path, *a, **k):
+        raise OutputPathError(f"{path}: cannot write it (No space left on device); nothing was "
+                              "written: free space or choose another path")
+    monkeypatch.setattr(FT, "_save_ckpt", full)
+    out = tmp_path / "o.snn.onnx"
+    with pytest.raises(OutputPathError) as e:
+        FT.finetune(str(fmnist_snn), str(out), "fashion-mnist",
+                    FT.FinetuneConfig(epochs=1, limit_train=64, limit_test=64),
+                    show_progress=False, log=lambda *a: None)
+    assert "nothing was written" not in str(e.value)
+    assert f"{out} holds the model of epoch" in str(e.value) and out.exists()

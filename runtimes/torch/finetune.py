@@ -44,7 +44,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timest
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, model_classes, named_dataset)
 from onnx_snn.flags import check_flag, checks_flags
-from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
+from onnx_snn.errors import (DataError, ModelLoadError, OutputPathError, TrainingDivergedError,
                              UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
@@ -412,7 +412,6 @@ def _check_existing_output(out_path: Path, info, model_path) -> None:
         elif [(s.name, list(s.shape)) for s in other.sites] != [(s.name, list(s.shape)) for s in info.sites]:
             why = "it is a spiking model with other sites"
     if why is not None:
-        from onnx_snn.errors import OutputPathError
         raise OutputPathError(
             f"{out_path}: exists, and fine-tuning replaces an existing output only with an "
             f"epoch that beats {model_path}, keeping it otherwise; but {why}, not an earlier "
@@ -729,14 +728,24 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                        top1, epoch_seconds[-1],
                                        {k: v for k, v in rates.items() if k not in pools},
                                        {k: v for k, v in rates.items() if k in pools}))
-            if top1 > best:
-                best, best_epoch = top1, epoch + 1
-                write_model(epoch + 1, top1)
-                written = True
-            log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
-                f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
-            _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
-                       teacher_settings, T, run_settings)
+            on_disk = best_epoch if written else None   # the model -o holds from this run
+            try:
+                if top1 > best:
+                    best, best_epoch = top1, epoch + 1
+                    write_model(epoch + 1, top1)
+                    written = True
+                    on_disk = best_epoch
+                log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
+                    f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
+                _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
+                           teacher_settings, T, run_settings)
+            except OutputPathError as e:
+                if on_disk is None:
+                    raise
+                raise OutputPathError(str(e).replace(
+                    "nothing was written",
+                    f"this write changed nothing, but {output} holds the model of epoch {on_disk} "
+                    "(its starting model at 0), written earlier in this run")) from None
         if world > 1:
             import torch.distributed as dist
             dist.barrier()
