@@ -482,3 +482,17 @@ def test_an_output_named_like_the_formats_own_is_refused():
     m.graph.output.append(h.make_tensor_value_info("lif0.threshold", TP.FLOAT, ["N", 4, 12, 12]))
     with pytest.raises(UnsupportedModelError, match="'lif0.threshold'.*rename it"):
         onnx_snn.convert(m, B.rand_input(16), timesteps=2, method="datta", show_progress=False)
+
+
+def test_the_dnns_records_are_carried_and_its_top1_is_named_as_the_dnns():
+    """A DNN's arch, dataset and class names pass into its spiking model as they are; its
+    test accuracy passes as onnx_snn.dnn_test_accuracy (under its own key a spiking or deploy
+    file seemed to claim the DNN's top-1)."""
+    m = B.vgg(13, "clip")
+    classes = [f"c{i}" for i in range(10)]
+    onnx.helper.set_model_props(m, {"onnx_snn.arch": "vgg", "onnx_snn.test_accuracy": "92.27",
+                                    "onnx_snn.classes": json.dumps(classes)})
+    meta = F.metadata(onnx_snn.convert(m, B.rand_input(16), 2, method="datta",
+                                       show_progress=False).model)
+    assert meta["onnx_snn.arch"] == "vgg" and json.loads(meta["onnx_snn.classes"]) == classes
+    assert meta["onnx_snn.dnn_test_accuracy"] == "92.27" and "onnx_snn.test_accuracy" not in meta

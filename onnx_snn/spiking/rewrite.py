@@ -466,8 +466,8 @@ def _move_body_weights(inits, outer_nodes, body: onnx.GraphProto, records):
 
 def base_metadata(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], timesteps: int,
                   method: str, history: list) -> Dict[str, str]:
-    meta = {k: v for k, v in nm.source_metadata.items() if not k.startswith(fmt.META_PREFIX)
-            or k in fmt.META_CARRIED}
+    meta = {fmt.META_RENAMED.get(k, k): v for k, v in nm.source_metadata.items()
+            if not k.startswith(fmt.META_PREFIX) or k in fmt.META_CARRIED}
     meta.update({
         fmt.META_FORMAT: str(fmt.format_version(list(records.values()))),
         fmt.META_TIMESTEPS: str(int(timesteps)),
