@@ -14,7 +14,6 @@ are uniform random numbers in [0, 1) of each input's shape (free dimensions: --b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import machine  # noqa: E402
+from _bench_common import emit  # noqa: E402
 
 
 def _feeds(session, batch: int, size: int) -> dict:
@@ -79,12 +78,8 @@ def main(argv=None) -> int:
               "images_per_second": {"a": round(args.batch / float(np.median(ta)), 1),
                                     "b": round(args.batch / float(np.median(tb)), 1)},
               "b_over_a_median_block": round(float(np.median(ta / tb)), 4),
-              "b_over_a_best_blocks": round(float(ta.min() / tb.min()), 4),
-              "environment": machine()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+              "b_over_a_best_blocks": round(float(ta.min() / tb.min()), 4)}
+    emit(result, args.json)
     return 0
 
 
