@@ -974,7 +974,10 @@ cli("ft_lr_huge_diverges", "finetune", FT.replace("--epochs 1", "--epochs 2") + 
     check=lambda ws, o, e: not (ws / "t.onnx").exists() or
     json.loads(meta_of("t.onnx")(ws)["onnx_snn.history"])[-1].get("epochs_done") == 0)
 cli("ft_diverging_keeps_existing", "finetune", FT.replace("--epochs 1", "--epochs 2") + " -o {ws}/t.onnx --lr 1e38", 7,
-    setup=copy("t.onnx", "fm.snn.onnx"))
+    setup=copy("t.onnx", "snn.onnx"))
+# an existing -o of another DNN would be "left as it was" as this run's result: refused first
+cli("ft_existing_output_of_another_dnn", "finetune", FT + " -o {ws}/t.onnx", 6,
+    setup=copy("t.onnx", "fm.snn.onnx"), needle="another DNN")
 cli("ft_garbage_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
     setup=write("t.onnx.ckpt.pt", b"this is not a checkpoint"), needle="checkpoint")
 cli("ft_other_model_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
