@@ -394,7 +394,6 @@ def _finite_parameters(net) -> bool:
     return not net.turned_non_finite(trainable_only=True)
 
 
-@checks_flags
 def _check_existing_output(out_path: Path, info, model_path) -> None:
     """An existing output is kept unless an epoch beats the starting model (and a resumed run
     holds its best model there), so it must be a spiking model of the same line as
@@ -418,6 +417,7 @@ def _check_existing_output(out_path: Path, info, model_path) -> None:
             "fine-tune of this model. Remove it or give another -o")
 
 
+@checks_flags
 def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
              show_progress: bool = True, log=print, download: bool = False,
