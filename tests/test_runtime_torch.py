@@ -1734,6 +1734,7 @@ def test_finetune_without_dropout_draws_no_mask_and_is_recorded(tmp_path, monkey
     assert step.get("dropout", True) is dropout
 
 
+@pytest.mark.slow     # (27 s; test_bad_inputs' ft_existing_output_of_another_dnn runs in CI)
 def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_snn):
     """An existing output is kept unless an epoch beats the starting model, so it must be a
     spiking model of the same DNN and sites: a stray file, the DNN itself, or a spiking model
