@@ -963,7 +963,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     check_refine_memory(cal, timesteps, cfg, nm)
     snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
                 show_progress=show_progress, seed=seed)
-    snn.data_files = sorted(set(snn.data_files) | set(_data_files(calib, data_dir)))
+    snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     return snn
 
 

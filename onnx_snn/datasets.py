@@ -97,15 +97,14 @@ class Dataset:
 def model_classes(model) -> Optional[List[str]]:
     """A model's class names (its ``onnx_snn.classes`` metadata, a JSON list of strings), or
     None where it records none (or something else)."""
-    for p in getattr(model, "metadata_props", ()):
-        if p.key == "onnx_snn.classes":
-            try:
-                names = json.loads(p.value)
-            except ValueError:
-                return None
-            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-                return names
-    return None
+    from .model_io import metadata_dict
+    text = metadata_dict(model).get("onnx_snn.classes")
+    try:
+        names = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+    return names if ok else None
 
 
 def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:

@@ -15,8 +15,8 @@ preprocessing apply to them.
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
