@@ -28,6 +28,7 @@ from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS, check_seed
 from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError, shortened  # noqa: F401  (Terminated: signals)
 from .model_io import MAX_OPSET, MIN_OPSET
+from .spiking.batch_chunks import DEFAULT_BATCH_CHUNK
 from .spiking.deploy import DEPLOY_MAX_TIMESTEPS
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
 
@@ -104,6 +105,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -338,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unit-thresholds", action="store_true",
                    help="with --deploy: write the deploy graph's faster form (see `onnx-snn "
                         "deploy --help`)")
+    c.add_argument("--batch-chunk", type=nonnegative_int, default=None, metavar="N",
+                   help=f"with --deploy: samples per run of the deploy graph's body (default "
+                        f"{DEFAULT_BATCH_CHUNK}; 0: the batch whole; see `onnx-snn deploy --help`)")
     c.add_argument("--binary-spikes", action="store_true",
                    help="fold each layer's spike amplitude into the next layer's weights where "
                         "exact (0/1 spikes, -1/0/+1 with --signed-spikes; accumulate-only "
@@ -403,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "convolution layout (1.1-1.3x faster, README); the same spikes in real "
                         "arithmetic, but float rounding of the rescaled weights can flip a "
                         "neuron that sits on its threshold, so outputs may differ slightly")
+    d.add_argument("--batch-chunk", type=nonnegative_int, default=DEFAULT_BATCH_CHUNK,
+                   metavar="N",
+                   help=f"run a batch N samples at a time inside the graph (an ONNX Loop; the "
+                        f"same outputs; default {DEFAULT_BATCH_CHUNK}; 0: the batch whole, as "
+                        "one graph without a Loop)")
 
     f = sub.add_parser("finetune", parents=[quiet],
                        help="fine-tune a spiking model with surrogate gradients (needs torch)",
@@ -678,6 +697,8 @@ def cmd_convert(args) -> int:
     check_search_limits(config, args.timesteps, args.method)
     if args.unit_thresholds and args.deploy is None:
         raise UsageError("--unit-thresholds shapes the deploy graph: pass --deploy FILE too")
+    if args.batch_chunk is not None and args.deploy is None:
+        raise UsageError("--batch-chunk shapes the deploy graph: pass --deploy FILE too")
     if args.deploy is not None and args.timesteps > DEPLOY_MAX_TIMESTEPS:
         raise UsageError(f"--deploy: a deploy graph holds one copy of the time step per step, at "
                          f"most {DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not -T "
@@ -716,7 +737,8 @@ def cmd_convert(args) -> int:
                            binary_spikes=args.binary_spikes)
     if args.deploy is not None:
         items += snn.files(targets[str(args.deploy)], binary_spikes=args.binary_spikes,
-                           deploy=True, unit_thresholds=args.unit_thresholds)
+                           deploy=True, unit_thresholds=args.unit_thresholds,
+                           batch_chunk=args.batch_chunk)
     written = set(targets.values())
     items = [(p if p in written else check_output_path(p, *inputs, *written), data)
              for p, data in items]
@@ -1001,11 +1023,18 @@ def cmd_deploy(args) -> int:
     targets = _check_outputs(_inputs(args.model),                 # fail before the work
                              *_with_external_data(args.model, [(out, "-o")]))
     m = deploy(args.model, targets[str(out)], timesteps=args.timesteps,
-               spike_counts=args.spike_counts, unit_thresholds=args.unit_thresholds)
+               spike_counts=args.spike_counts, unit_thresholds=args.unit_thresholds,
+               batch_chunk=args.batch_chunk)
     from .spiking.format import read_info
     info = read_info(m, str(out))
+    from .graph import walk
+    from .spiking import format as fmt
+    step = json.loads(fmt.metadata(m).get(fmt.META_HISTORY, "[]"))[-1]
+    chunked = (f", {step['batch_chunk']} samples per run" if step.get("batch_chunk") else
+               f"; the batch runs whole: {step['batch_chunk_note']}" if step.get("batch_chunk_note") else "")
     print(f"wrote {out} (deploy graph: T={info.timesteps}, {len(info.sites)} spiking layers, "
-          f"{len(m.graph.node)} nodes{', spike counts' if args.spike_counts else ''})")
+          f"{len(walk.all_nodes(m.graph))} nodes{', spike counts' if args.spike_counts else ''}"
+          f"{chunked})")
     return 0
 
 

@@ -258,14 +258,18 @@ class SpikingModel:
 
     @checks_flags
     def form(self, step: bool = False, binary_spikes: bool = False,
-             deploy: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
+             deploy: bool = False, unit_thresholds: bool = False,
+             batch_chunk: Optional[int] = None) -> onnx.ModelProto:
         """The model written out: the single-call model, the step graph or the deploy graph
         (inference only, see :mod:`onnx_snn.spiking.deploy`; ``unit_thresholds``: its faster
-        form), each in the binary-spike form when asked."""
+        form; ``batch_chunk``: its samples per run, default ``DEFAULT_BATCH_CHUNK``), each in
+        the binary-spike form when asked."""
         if deploy:
+            from .spiking.batch_chunks import DEFAULT_BATCH_CHUNK, check_batch_chunk
             from .spiking.deploy import deploy_model
+            chunk = DEFAULT_BATCH_CHUNK if batch_chunk is None else check_batch_chunk(batch_chunk)
             return deploy_model(fmt.read_spiking(self.form(False, binary_spikes)),
-                                unit_thresholds=unit_thresholds)
+                                unit_thresholds=unit_thresholds, batch_chunk=chunk)
         if binary_spikes:
             return self.binary_model(step)
         return self.step_model() if step else self.model
@@ -291,13 +295,13 @@ class SpikingModel:
     @checks_flags
     def files(self, path: PathLike, step: bool = False, binary_spikes: bool = False,
               external: Optional[bool] = None, avoid=(), deploy: bool = False,
-              unit_thresholds: bool = False) -> list:
+              unit_thresholds: bool = False, batch_chunk: Optional[int] = None) -> list:
         """The (path, data) items :meth:`save` writes (for ``model_io.write_all_atomic``, with
         other outputs): the model file, and with external data (``external``, by default
         :meth:`external_data`) ``<name>.data`` beside it, streamed tensor by tensor, its path
         checked against ``avoid`` (see ``model_io.model_items``)."""
         from .model_io import model_items
-        return model_items(self.form(step, binary_spikes, deploy, unit_thresholds), path,
+        return model_items(self.form(step, binary_spikes, deploy, unit_thresholds, batch_chunk), path,
                            self.external_data() if external is None else external, avoid)
 
     @checks_flags

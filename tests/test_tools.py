@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from onnx_snn.spiking.batch_chunks import DEFAULT_BATCH_CHUNK
+
 from onnx_snn.table import format_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +265,10 @@ def test_bench_layouts_small(fmnist_test):
                                            "deploy-pool-first", "deploy-binary-pool-first",
                                            "deploy-unit-pool-first", "loop-signed",
                                            "deploy-signed", "deploy-binary-signed",
-                                           "deploy-unit-signed"}
+                                           "deploy-unit-signed", "deploy-unit-whole",
+                                           "deploy-unit-pool-first-whole",
+                                           "deploy-unit-signed-whole"}
+    assert r["batch_chunk"] == DEFAULT_BATCH_CHUNK
     b = r["deploy_binary"]      # amplitudes folded: the same function up to float rounding
     assert set(b["sites"].values()) == {"folded"} and b["max_difference"] < 1e-4 and b["same_top_class"]
     u = r["deploy_unit"]        # thresholds rescaled to 1 as well: the same, up to rounding

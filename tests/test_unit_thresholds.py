@@ -16,6 +16,7 @@ import onnx_snn
 from onnx_snn.graph import walk
 from onnx_snn.runtimes.ort import run
 from onnx_snn.spiking import format as F
+from onnx_snn.spiking.batch_chunks import per_sample_graph
 from onnx_snn.spiking.deploy import UNIT_THRESHOLD, deploy_model, step_functions
 from onnx_snn.spiking.unit_thresholds import identity_convolutions, unit_thresholds
 
@@ -148,7 +149,7 @@ def test_a_shared_weight_or_a_leak_keeps_the_threshold(x, x2):
         set_param(snn.model, s.name, "leak", np.float32(0.875))
     ref = run(snn.model, x2)
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
-    assert "GreaterOrEqual" in {n.op_type for n in dep.graph.node}
+    assert "GreaterOrEqual" in {n.op_type for n in per_sample_graph(dep).node}
     _close(ref, run(dep, x2))
 
 
@@ -162,7 +163,7 @@ def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
     onnx.checker.check_model(dep, full_check=True)
     _close(ref, run(dep, x2))
-    ops = [n.op_type for n in dep.graph.node]
+    ops = [n.op_type for n in per_sample_graph(dep).node]
     assert "GreaterOrEqual" not in ops and "Cast" not in ops and "CastLike" not in ops
     assert ops.count("HardSigmoid") == len(F.read_info(snn.model).sites) * (2 * T - 1)
     history = json.loads(F.metadata(dep)[F.META_HISTORY])[-1]
@@ -172,9 +173,10 @@ def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
 def _constant_adds_of_convolutions(model: onnx.ModelProto) -> list:
     """The Adds of a Conv's output and a constant (each one makes onnxruntime reorder the
     convolution's output out of its blocked layout)."""
-    made = {o: n.op_type for n in model.graph.node for o in n.output}
-    consts = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type == "Add"
+    g = per_sample_graph(model)
+    made = {o: n.op_type for n in g.node for o in n.output}
+    consts = {i.name for i in g.initializer}
+    return [n.name for n in g.node if n.op_type == "Add"
             and any(made.get(i) == "Conv" for i in n.input) and any(i in consts for i in n.input)]
 
 
@@ -188,8 +190,8 @@ def test_the_first_steps_start_rides_in_the_convolutions_bias(name, T, x, x2):
     snn = B.converted(MODELS[name](), x, T, "refined")[2]
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
     assert _constant_adds_of_convolutions(dep) == []
-    convs = [n for n in dep.graph.node if n.op_type == "Conv"]
-    first = [n for n in convs if n.input[0] == dep.graph.input[0].name]
+    convs = [n for n in per_sample_graph(dep).node if n.op_type == "Conv"]
+    first = [n for n in convs if n.input[0] == per_sample_graph(dep).input[0].name]
     assert len(first) == (2 if T > 1 else 1)         # the copy for step 0 (at T = 1 the only one)
     _close(run(snn.model, x2), run(dep, x2))
 
@@ -204,8 +206,8 @@ def test_a_residual_sums_offset_rides_in_a_convolutions_bias(name, x, x2):
     offsets = [n.name for n in walk.all_nodes(snn.model.graph) if n.name.endswith(".add_offset")]
     assert offsets                      # the case itself: sums whose offset has its own node
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
-    consts = {i.name for i in dep.graph.initializer}
-    assert [n.name for n in dep.graph.node if n.op_type in ("Add", "Sum")
+    consts = {i.name for i in per_sample_graph(dep).initializer}
+    assert [n.name for n in per_sample_graph(dep).node if n.op_type in ("Add", "Sum")
             and any(i in consts for i in n.input)] == []
     _close(run(snn.model, x2), run(dep, x2))
 
@@ -221,8 +223,8 @@ def test_a_costly_convolution_on_the_data_input_is_not_copied(x):
         snn = B.converted(model, x8, T, "refined")[2]
         dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
         assert len(_constant_adds_of_convolutions(dep)) == adds, T
-        assert sum(n.op_type == "Conv" and n.input[0] == dep.graph.input[0].name
-                   for n in dep.graph.node) == firsts
+        assert sum(n.op_type == "Conv" and n.input[0] == per_sample_graph(dep).input[0].name
+                   for n in per_sample_graph(dep).node) == firsts
         _close(run(snn.model, x8[:16]), run(dep, x8[:16]))
 
 
@@ -238,8 +240,8 @@ def test_onnxruntime_keeps_the_neurons_in_its_blocked_layout(x):
         so.log_severity_level = 3
         ort.InferenceSession(dep.SerializeToString(), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(so.optimized_model_filepath)
-    made = {o: n for n in opt.graph.node for o in n.output}
-    reordered = [n.name for n in opt.graph.node if n.op_type == "Add" and any(
+    made = {o: n for n in per_sample_graph(opt).node for o in n.output}
+    reordered = [n.name for n in per_sample_graph(opt).node if n.op_type == "Add" and any(
         made.get(i) is not None and made[i].op_type == "ReorderOutput"
         and made[made[i].input[0]].op_type == "Conv" for i in n.input if i in made)]
     assert reordered == []
@@ -255,7 +257,7 @@ def test_faster_deploy_graph_of_pools_moved_first_and_signed_neurons(T, x, x2):
     nm, cal, _ = B.converted(MODELS["resnet_op13"](), x, T)
     signed = onnx_snn.build(nm, cal, T, "datta", onnx_snn.SearchConfig(signed_spikes=True))
     dep = deploy_model(F.read_spiking(signed.model), spike_counts=True, unit_thresholds=True)
-    assert "HardSigmoid" not in {n.op_type for n in dep.graph.node}
+    assert "HardSigmoid" not in {n.op_type for n in per_sample_graph(dep).node}
     _close(run(signed.model, x2), run(dep, x2))
 
 
@@ -285,7 +287,7 @@ def test_cli_deploy_unit_thresholds_then_eval(tmp_path, x, x2):
     p = _cli("deploy", str(src), "--unit-thresholds", "-o", str(tmp_path / "u.onnx"))
     assert p.returncode == 0, p.stderr
     d = onnx.load(str(tmp_path / "u.onnx"))
-    assert "HardSigmoid" in {n.op_type for n in d.graph.node}
+    assert "HardSigmoid" in {n.op_type for n in per_sample_graph(d).node}
     _close(run(snn.model, x2), run(d, x2), counts=False)
     p = _cli("eval", str(tmp_path / "u.onnx"), "--data", str(tmp_path / "d.npz"))
     assert p.returncode == 0 and "top-1" in p.stdout, p.stderr
@@ -301,7 +303,7 @@ def test_cli_deploy_unit_thresholds_then_eval(tmp_path, x, x2):
              "--deploy", str(tmp_path / "n.deploy.onnx"), "--unit-thresholds", "-q")
     assert p.returncode == 0, p.stderr
     d = onnx.load(str(tmp_path / "n.deploy.onnx"))
-    assert "HardSigmoid" in {n.op_type for n in d.graph.node}
+    assert "HardSigmoid" in {n.op_type for n in per_sample_graph(d).node}
     assert json.loads(F.metadata(d)[F.META_HISTORY])[-1]["unit_thresholds"]
 
 
@@ -402,7 +404,7 @@ def test_a_gemm_site_with_or_without_c_and_any_beta(beta, bias):
     x, x2 = r.random((64, 6)).astype(np.float32), r.random((64, 6)).astype(np.float32)
     snn = B.converted(model, x, 3, "refined")[2]
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
-    assert "HardSigmoid" in {n.op_type for n in dep.graph.node}
+    assert "HardSigmoid" in {n.op_type for n in per_sample_graph(dep).node}
     _close(run(snn.model, x2), run(dep, x2))
 
 

@@ -31,6 +31,10 @@
   graph's up to float rounding: the JSON gives the largest difference and the share of images
   whose top class is the same.
 
+* The deploy graphs run the batch ``--batch-chunk`` samples at a time (an ONNX ``Scan`` over
+  slices of the batch, ``onnx-snn deploy --batch-chunk``; the same outputs):
+  ``deploy-unit-whole`` (and ``deploy-unit-<tag>-whole``) is the unit form without chunks.
+
 All others give the same outputs (checked here, bit for bit) and, but the deploy graph, the same
 spike counts. ``unrolled`` and ``folded`` are built by this tool only: their measured gains
 (README) did not justify a second artifact; the deploy graph's did. ``--optimization`` also
@@ -340,6 +344,10 @@ def main(argv=None) -> int:
     ap.add_argument("--signed-spikes", action="store_true",
                     help="also time the loop, deploy and binary deploy graphs of the same DNN "
                          "converted with --signed-spikes (other outputs: a different conversion)")
+    ap.add_argument("--batch-chunk", type=int, default=None, metavar="N",
+                    help="samples per run of the deploy graphs' body (default: deploy's, "
+                         "onnx_snn.spiking.batch_chunks.DEFAULT_BATCH_CHUNK); the '-whole' rows "
+                         "are the unit deploy graphs without chunks (batch_chunk=0)")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args(argv)
     levels = [v.strip() for v in args.optimization.split(",") if v.strip()]
@@ -350,15 +358,18 @@ def main(argv=None) -> int:
     from onnx_snn.convert import resolve_data
     from onnx_snn.runtimes.ort import ModelRunner
     from onnx_snn.spiking import format as fmt
+    from onnx_snn.spiking.batch_chunks import DEFAULT_BATCH_CHUNK
+    chunk = DEFAULT_BATCH_CHUNK if args.batch_chunk is None else args.batch_chunk
     snn = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
                            method=args.method, show_progress=False)
     x = resolve_data("fashion-mnist", snn.normalized.preprocess, split="test").take(args.images).x
     models = {"dnn": snn.normalized.model, "loop": snn.model, "unrolled": unrolled_model(snn),
               "folded": folded_model(snn.normalized, snn.records, args.timesteps,
                                      fmt.metadata(snn.model), snn.input_shapes, snn.pools),
-              "deploy": onnx_snn.deploy(snn.model),
-              "deploy-binary": onnx_snn.deploy(snn.binary_model()),
-              "deploy-unit": onnx_snn.deploy(snn.model, unit_thresholds=True)}
+              "deploy": onnx_snn.deploy(snn.model, batch_chunk=chunk),
+              "deploy-binary": onnx_snn.deploy(snn.binary_model(), batch_chunk=chunk),
+              "deploy-unit": onnx_snn.deploy(snn.model, unit_thresholds=True, batch_chunk=chunk),
+              "deploy-unit-whole": onnx_snn.deploy(snn.model, unit_thresholds=True, batch_chunk=0)}
     # other conversions of the same DNN (pools moved first also make it a little faster)
     extra = {"pool-first": {"pool_first": True} if args.pool_first else None,
              "signed": {"signed_spikes": True} if args.signed_spikes else None}
@@ -366,9 +377,13 @@ def main(argv=None) -> int:
         if option:
             other = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
                                      method=args.method, show_progress=False, **option)
-            models.update({f"loop-{tag}": other.model, f"deploy-{tag}": onnx_snn.deploy(other.model),
-                           f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model()),
-                           f"deploy-unit-{tag}": onnx_snn.deploy(other.model, unit_thresholds=True)})
+            models.update({f"loop-{tag}": other.model,
+                           f"deploy-{tag}": onnx_snn.deploy(other.model, batch_chunk=chunk),
+                           f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model(), batch_chunk=chunk),
+                           f"deploy-unit-{tag}": onnx_snn.deploy(other.model, unit_thresholds=True,
+                                                                 batch_chunk=chunk),
+                           f"deploy-unit-{tag}-whole": onnx_snn.deploy(other.model, unit_thresholds=True,
+                                                                       batch_chunk=0)})
     sess = {k: make_session(m, args.threads) for k, m in models.items()}
     for level in levels:
         if level != "all":
@@ -415,6 +430,7 @@ def main(argv=None) -> int:
             best[k] = max(best[k], once(k))
     emit({"benchmark": "bench_layouts", "model": args.model, "method": args.method,
           "timesteps": args.timesteps, "threads": args.threads, "batch": args.batch,
+          "batch_chunk": chunk,
           "optimization": levels,
           "images_per_second": {k: round(v, 1) for k, v in best.items()},
           "over_dnn": {k: round(v / best["dnn"], 3) for k, v in best.items()},

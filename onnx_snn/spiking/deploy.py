@@ -43,6 +43,7 @@ from ..flags import checks_flags
 from ..graph import walk
 from . import format as fmt
 from . import rewrite
+from .batch_chunks import DEFAULT_BATCH_CHUNK, check_batch_chunk, chunk_batch
 from .neuron import POOL_OPS, neuron_nodes, pool_nodes
 from .unit_thresholds import exposed, per_channel, summed_convolution
 
@@ -371,13 +372,17 @@ def _annotate_shapes(model: onnx.ModelProto) -> None:
 
 
 def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
-                 spike_counts: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
+                 spike_counts: bool = False, unit_thresholds: bool = False,
+                 batch_chunk: int = DEFAULT_BATCH_CHUNK) -> onnx.ModelProto:
     """The deploy graph of a parsed spiking model (see the module docstring), at ``timesteps``
     (default: the model's T). ``spike_counts`` keeps the per-site spike totals as outputs.
     ``unit_thresholds``: rescale every site that can take it to thresholds of 1
     (:mod:`.unit_thresholds`) and write its neurons in onnxruntime's blocked layout
     (:meth:`_Unroller.unit_neuron`): faster, and the same spikes in real arithmetic (float
-    rounding of the rescaled weights can flip a neuron on its threshold)."""
+    rounding of the rescaled weights can flip a neuron on its threshold).
+    ``batch_chunk``: run a batch this many samples at a time (:mod:`.batch_chunks`; the
+    same outputs, faster where the neurons' tensors of a whole batch overflow the caches);
+    0 runs the batch whole."""
     from ..convert import check_timesteps
     T = check_timesteps(view.info.timesteps if timesteps is None else timesteps)
     if T > DEPLOY_MAX_TIMESTEPS:
@@ -438,6 +443,8 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     model.producer_name = view.model.producer_name
     model.producer_version = view.model.producer_version
     _annotate_shapes(model)
+    spikes = [fmt.spikes_name(s) for s in view.counted] if spike_counts else []
+    model, unchunked = chunk_batch(model, batch_chunk, per_sample=spikes)
     meta = fmt.metadata(source)       # the spiking model's records, not the rescaled copy's
     history = json.loads(meta.get(fmt.META_HISTORY, "[]") or "[]")
     from .. import __version__
@@ -445,6 +452,8 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
                     "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "timesteps": T, "spike_counts": bool(spike_counts),
                     **({"unit_thresholds": units} if units is not None else {}),
+                    "batch_chunk": 0 if unchunked else int(batch_chunk),
+                    **({"batch_chunk_note": unchunked} if unchunked not in (None, "off") else {}),
                     "from_graph": view.info.graph})
     meta.update({fmt.META_GRAPH: fmt.GRAPH_DEPLOY, fmt.META_TIMESTEPS: str(T),
                  fmt.META_HISTORY: json.dumps(history),
@@ -455,14 +464,17 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
 
 @checks_flags
 def deploy(model, output=None, timesteps: Optional[int] = None,
-           spike_counts: bool = False, unit_thresholds: bool = False) -> onnx.ModelProto:
+           spike_counts: bool = False, unit_thresholds: bool = False,
+           batch_chunk: int = DEFAULT_BATCH_CHUNK) -> onnx.ModelProto:
     """The deploy graph of the spiking model ``model`` (a path, a ModelProto or the
     SpikingModel ``convert`` returns; a loop or step graph), written atomically to ``output``
     when given (never over an input; with external data beside it when the source kept its
-    weights that way). Returns it."""
+    weights that way). ``batch_chunk``: samples per run of the graph's body (see
+    :mod:`.batch_chunks`; 0: the batch whole). Returns it."""
     from ..datasets import check_preprocess
     from ..model_io import check_model, check_output_path, load_model, model_files, save_model
     spike_counts, unit_thresholds = bool(spike_counts), bool(unit_thresholds)   # (checked above)
+    batch_chunk = check_batch_chunk(batch_chunk)
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
         model = model.model          # a SpikingModel that convert() returned, not yet saved
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
@@ -481,7 +493,7 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     if timesteps is None:
         check_recorded_timesteps(view.info.timesteps, where)
     warn_other_timesteps(view.info, [timesteps or view.info.timesteps], where, "deployed")
-    out = deploy_model(view, timesteps, spike_counts, unit_thresholds)
+    out = deploy_model(view, timesteps, spike_counts, unit_thresholds, batch_chunk)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:
         save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)
