@@ -25,7 +25,8 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
-                       label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
+                       label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
+                       to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .flags import checks_flags
 from .values import is_int
@@ -801,7 +802,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"signed_spikes": True} if cfg.signed_spikes else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
         **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
-        **({"calibration_data": calib.data_name} if calib.data_name else {}),
+        # a file or folder as its absolute path: commands run elsewhere find it
+        **({"calibration_data": recorded_data_name(calib.data_name)} if calib.data_name else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
@@ -961,7 +963,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)
-    snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
+    snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": recorded_data_name(ds.name)},
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     return snn

@@ -902,3 +902,14 @@ def test_error_lines_cut_long_values_and_keep_what_to_do():
     assert len(cut) < LONG_WORD + 100 and "(5003 characters) not a whole number; convert it again" in cut
     long = " ".join(["word"] * 2000) + " so do this"
     assert len(shortened(long)) <= LONG_MESSAGE and shortened(long).endswith("so do this")
+
+
+def test_convert_records_the_calibration_file_by_its_absolute_path(files, monkeypatch, capsys):
+    """--calib calib.npy run in the data's folder was recorded as 'calib.npy' in the history,
+    which a command run from another folder could not resolve: it is the absolute path now."""
+    monkeypatch.chdir(files)
+    out = files / "rel.snn.onnx"
+    assert main(["-q", "convert", "model.onnx", "-o", "rel.snn.onnx", "--calib", "calib.npy",
+                 "-T", "1", "--method", "max"]) == 0
+    hist = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]
+    assert hist["calibration_data"] == str(files / "calib.npy")

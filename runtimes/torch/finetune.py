@@ -42,7 +42,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timest
                               check_seed, check_timesteps, remember_dataset,
                               resolve_data)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
-                               dataset_files, model_classes, named_dataset)
+                               dataset_files, model_classes, named_dataset, recorded_data_name)
 from onnx_snn.flags import check_flag, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, OutputPathError, TrainingDivergedError,
                              UsageError, first_line)
@@ -493,7 +493,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
             "best epoch is measured on training samples; pass held-out data with --test-data")
-    data_record = {"train_data": train.name, "test_data": test.name, "test_is_train": test_same}
+    data_record = {"train_data": recorded_data_name(train.name),   # a file's absolute path
+                   "test_data": recorded_data_name(test.name), "test_is_train": test_same}
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
         what = (f"a model of {len(train.x)} inputs" if isinstance(train.x, dict) else
