@@ -475,6 +475,30 @@ def same_values(a, b) -> bool:
         return False
 
 
+def _values_text(v) -> str:
+    try:
+        return "[" + ", ".join(f"{a:.4g}" for a in _as_list(v)) + "]"
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def warn_preprocess_override(where: str, mean, std, recorded: Optional[dict], then: str) -> bool:
+    """--mean/--std (``mean``, ``std``) that differ from the preprocessing ``where`` records
+    (``recorded``): one warning, worded alike by every command that takes them (convert,
+    eval, analyze, finetune; a warning, not a note, so -q does not hide it: the model then
+    sees other inputs than it was trained or converted on), ending with ``then``, what
+    the command does about it. Returns whether they differ (False without both, or without
+    a record)."""
+    if mean is None or std is None or not isinstance(recorded, dict):
+        return False
+    if same_values(recorded.get("mean"), mean) and same_values(recorded.get("std"), std):
+        return False
+    log.warning("%s: --mean/--std override the preprocessing it records (mean %s, std %s) "
+                "with mean %s, std %s; %s", where, _values_text(recorded.get("mean")),
+                _values_text(recorded.get("std")), _values_text(mean), _values_text(std), then)
+    return True
+
+
 def _looks_unnormalized(x: np.ndarray, preprocess: Optional[dict]) -> bool:
     """Float inputs with no negative value, for a model that records a normalization with a
     positive mean (normalized images have negative values wherever a pixel is darker than
@@ -940,12 +964,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
                       labels=False, show_progress=show_progress, **own_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
-        recorded = nm.preprocess
-        if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)
-                                                  and same_values(recorded.get("std"), std)):
-            log.warning("--mean/--std (mean %s, std %s) override the preprocessing the DNN "
-                        "records (mean %s, std %s); the spiking model records the ones given",
-                        mean, std, recorded.get("mean"), recorded.get("std"))
+        warn_preprocess_override(nm.source_path or "the DNN", mean, std, nm.preprocess,
+                                 "the spiking model records the ones given")
         nm.preprocess = ds.preprocess
     nm.source_metadata.update(remember_dataset(nm.source_metadata, calib))
     for name, arr in (ds.x.items() if isinstance(ds.x, dict) else [(None, ds.x)]):

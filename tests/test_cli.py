@@ -913,3 +913,50 @@ def test_convert_records_the_calibration_file_by_its_absolute_path(files, monkey
                  "-T", "1", "--method", "max"]) == 0
     hist = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]
     assert hist["calibration_data"] == str(files / "calib.npy")
+
+
+def test_a_mean_std_override_is_one_warning_in_every_command(tmp_path, capsys, caplog,
+                                                            fmnist_test):
+    """--mean/--std other than the model records: a warning in convert and eval, but a note
+    in finetune (hidden by -q). One warning now, worded alike, through one function, given
+    with -q too."""
+    import logging
+    dnn, snn = tmp_path / "m.onnx", tmp_path / "m.snn.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m.metadata_props.add(key="onnx_snn.preprocess", value='{"mean": [0.286], "std": [0.353]}')
+    onnx.save(m, str(dnn))
+    other = ["--mean", "0.5", "--std", "0.25"]
+    said = "--mean/--std override the preprocessing it records (mean [0.286], std [0.353]) " \
+           "with mean [0.5], std [0.25]; "
+    runs = [["convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "32",
+             "--method", "max", "-T", "1", "-o", str(snn), "--mean", "0.286", "--std", "0.353"],
+            ["eval", str(snn), "--data", "fashion-mnist", "--limit", "32"],
+            ["analyze", str(snn), "--data", "fashion-mnist", "--limit", "32"]]
+    try:
+        import torch  # noqa: F401
+        runs.append(["finetune", str(snn), "--data", "fashion-mnist", "--epochs", "1",
+                     "--limit-train", "32", "--limit-test", "32", "-o", str(tmp_path / "t.onnx")])
+    except ImportError:
+        pass
+
+    def warned():
+        texts = [r.getMessage() for r in caplog.records
+                 if r.levelno == logging.WARNING and "override" in r.getMessage()]
+        texts += [t for t in capsys.readouterr().err.splitlines() if "override" in t]
+        caplog.clear()
+        return texts
+
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        for i, argv in enumerate(runs):
+            assert main(["-q", *argv, *(other if i else [])]) == 0, argv
+            got = warned()
+            if i == 0:   # the ones the DNN records: nothing to say
+                assert got == []
+                continue
+            assert len(got) == 1 and got[0].startswith(f"{snn}: {said}"), (argv[0], got)
+        assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples",
+                     "32", "--method", "max", "-T", "1", "-o", str(tmp_path / "o.snn.onnx"),
+                     *other]) == 0
+        got = warned()
+    assert len(got) == 1 and got[0].startswith(f"{dnn}: {said}the spiking model records"), got
+

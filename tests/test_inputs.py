@@ -169,7 +169,7 @@ def test_float_pixels_given_to_a_model_that_records_a_normalization_are_warned_a
         onnx_snn.convert(os.path.join(os.path.dirname(onnx_snn.__file__), "models", "fmnist_vgg.onnx"),
                          "fashion-mnist", timesteps=1, method="datta", calib_samples=64,
                          mean=0.5, std=0.5, show_progress=False)
-    assert any("override the preprocessing the DNN records" in r.getMessage()
+    assert any("--mean/--std override the preprocessing it records" in r.getMessage()
                for r in caplog.records)
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps, warn_other_timesteps,
                               check_seed, check_timesteps, remember_dataset,
-                              resolve_data)
+                              resolve_data, warn_preprocess_override)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, model_classes, named_dataset, recorded_data_name)
 from onnx_snn.flags import check_flag, checks_flags
@@ -573,7 +573,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
     # (arrays carry their own: preprocess None)
     trained_on = train.preprocess if train.preprocess not in (None, info.preprocess) else None
-    if trained_on is not None and main_proc:
+    if trained_on is not None and main_proc and not warn_preprocess_override(
+            str(model_path), mean, std, info.preprocess,
+            f"the model is trained on them, and {output} records them"):
+        # (nothing recorded to override: the model records its first preprocessing)
         log(f"note: training on inputs normalized with mean {trained_on['mean']} and std "
             f"{trained_on['std']}; {output} records them for the commands that read it")
 
