@@ -960,3 +960,59 @@ def test_a_mean_std_override_is_one_warning_in_every_command(tmp_path, capsys, c
         got = warned()
     assert len(got) == 1 and got[0].startswith(f"{dnn}: {said}the spiking model records"), got
 
+
+def _image_folder(root, seed=0, n=4):
+    """An image folder of 12x12 grayscale PNGs in two class folders."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_other_data_than_the_model_records_gets_a_note(files, capsys, fmnist_test):
+    """--data mnist for a model converted on fashion-mnist (or a folder of images other than
+    the one it was calibrated on) gave no word; a note now names what the model records.
+    Its own data, a file (calibration and test files differ by design) and -q: no note."""
+    import shutil
+    from onnx_snn.datasets import FASHION_MNIST_SYSTEM_DIR
+    mnist = files / "data" / "mnist"     # MNIST's four IDX files (Fashion-MNIST's bytes here)
+    mnist.mkdir(parents=True)
+    src = os.environ.get("ONNX_SNN_DATA") or str(FASHION_MNIST_SYSTEM_DIR)
+    for f in os.listdir(src):
+        if f.endswith("ubyte.gz"):
+            shutil.copy(os.path.join(src, f), mnist / f)
+    dnn, snn = files / "fm.onnx", files / "fm.snn.onnx"
+    onnx.save(B.vgg(13, "clip", in_shape=(1, 28, 28)), str(dnn))
+    assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "32",
+                 "--method", "max", "-T", "1", "-o", str(snn)]) == 0
+    capsys.readouterr()
+
+    def note(*argv):
+        assert main(list(argv)) == 0, argv
+        return [t for t in capsys.readouterr().err.splitlines() if "is other data than" in t]
+
+    got = note("eval", str(snn), "--data", "mnist", "--data-dir", str(files / "data"), "--limit", "8")
+    assert got == [f"note: --data mnist is other data than {snn} records (dataset fashion-mnist): "
+                   "the model was trained or converted on that, so its results on this data may "
+                   "be lower and do not compare with results there"]
+    assert note("analyze", str(snn), "--data", "mnist", "--data-dir", str(files / "data"),
+                "--limit", "8")
+    assert not note("-q", "eval", str(snn), "--data", "mnist", "--data-dir", str(files / "data"),
+                    "--limit", "8")
+    assert not note("eval", str(snn), "--data", "fashion-mnist", "--limit", "8")
+    assert not note("eval", str(snn), "--data", "fashion-mnist:train", "--limit", "8")
+    # image folders: the one it was calibrated on (any split of it) or another
+    own = _image_folder(files / "own" / "train")
+    _image_folder(files / "own" / "test", seed=1)
+    other = _image_folder(files / "other", seed=2)
+    small = files / "model.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(own.parent),
+                 "--method", "max", "-T", "1", "-o", str(small)]) == 0
+    for same in (own.parent, f"{own.parent}:test", own):
+        assert not note("eval", str(small), "--data", str(same)), same
+    got = note("eval", str(small), "--data", str(other))
+    assert len(got) == 1 and f"(data folder {own.parent}:train)" in got[0], got
+    assert not note("eval", str(small), "--data", str(files / "test.npz"))    # a file: not compared
