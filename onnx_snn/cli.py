@@ -583,10 +583,17 @@ def _check_mean_std(args, data) -> None:
                          "arrays yourself and drop --mean/--std")
 
 
-def _warnings_only(message: str) -> None:
-    """-q's log of fine-tuning: its warnings still show (on stderr), its notes do not."""
-    if str(message).startswith("warning:"):
-        print(message, file=sys.stderr)
+def _finetune_log(quiet: bool):
+    """Fine-tuning's log, printed as the other commands print theirs: its warnings and notes
+    on stderr (they went to stdout, among the results, unless -q), its progress lines (the
+    starting top-1, each epoch) on stdout; -q keeps the warnings alone."""
+    def log(message) -> None:
+        text = str(message)
+        if text.startswith("warning:"):
+            print(text, file=sys.stderr)
+        elif not quiet:
+            print(text, file=sys.stderr if text.startswith("note:") else sys.stdout)
+    return log
 
 
 def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> str:
@@ -950,7 +957,7 @@ def cmd_finetune(args) -> int:
                              (args.plot, "--plot"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
-                 log=_warnings_only if quiet else print, mean=args.mean, std=args.std,
+                 log=_finetune_log(quiet), mean=args.mean, std=args.std,
                  test_data=args.test_data)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""

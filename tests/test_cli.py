@@ -1016,3 +1016,23 @@ def test_other_data_than_the_model_records_gets_a_note(files, capsys, fmnist_tes
     got = note("eval", str(small), "--data", str(other))
     assert len(got) == 1 and f"(data folder {own.parent}:train)" in got[0], got
     assert not note("eval", str(small), "--data", str(files / "test.npz"))    # a file: not compared
+
+
+def test_finetune_prints_its_warnings_and_notes_on_stderr(files, capsys):
+    """finetune printed its warnings and notes on stdout, among its results (the other
+    commands print theirs on stderr): stderr now, and -q keeps the warnings alone."""
+    pytest.importorskip("torch")
+    snn = files / "m.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(files / "calib.npy"),
+                 "--method", "max", "-T", "1", "-o", str(snn)]) == 0
+    capsys.readouterr()
+    for quiet in ([], ["-q"]):
+        assert main([*quiet, "finetune", str(snn), "--data", str(files / "test.npz"), "--epochs",
+                     "1", "--batch-size", "32", "-o", str(files / f"t{len(quiet)}.snn.onnx"),
+                     "--resume"]) == 0
+        out, err = capsys.readouterr()
+        assert "warning: " not in out and "note: " not in out, out
+        assert "holds no separate test set" in err
+        assert ("note: no checkpoint at" in err) is not bool(quiet), err
+        assert out.count("fine-tuned T=1") == 1
+        assert ("epoch 1:" in out) is not bool(quiet), out
