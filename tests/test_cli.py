@@ -1036,3 +1036,28 @@ def test_finetune_prints_its_warnings_and_notes_on_stderr(files, capsys):
         assert ("note: no checkpoint at" in err) is not bool(quiet), err
         assert out.count("fine-tuned T=1") == 1
         assert ("epoch 1:" in out) is not bool(quiet), out
+
+
+def test_convert_notes_calibration_data_other_than_the_dnn_records(files, capsys, fmnist_test):
+    """A DNN that records its dataset (the zoo's), calibrated on another named dataset: a
+    note says what that does to the spiking model; on its own dataset, none."""
+    import shutil
+    from onnx_snn.datasets import FASHION_MNIST_SYSTEM_DIR
+    mnist = files / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    src = os.environ.get("ONNX_SNN_DATA") or str(FASHION_MNIST_SYSTEM_DIR)
+    for f in os.listdir(src):
+        if f.endswith("ubyte.gz"):
+            shutil.copy(os.path.join(src, f), mnist / f)
+    dnn = files / "fm.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m.metadata_props.add(key=F.META_DATASET, value="fashion-mnist")
+    onnx.save(m, str(dnn))
+    for calib, noted in ((["mnist", "--data-dir", str(files / "data")], True),
+                         (["fashion-mnist"], False)):
+        assert main(["convert", str(dnn), "--calib", *calib, "--calib-samples", "16",
+                     "--method", "max", "-T", "1", "-o", str(files / "o.snn.onnx")]) == 0
+        err = capsys.readouterr().err
+        assert (f"note: --calib mnist is other data than {dnn} records (dataset fashion-mnist): "
+                "its spiking model's thresholds are fitted to this data's activations instead"
+                in err) is noted, err
