@@ -1061,3 +1061,16 @@ def test_convert_notes_calibration_data_other_than_the_dnn_records(files, capsys
         assert (f"note: --calib mnist is other data than {dnn} records (dataset fashion-mnist): "
                 "its spiking model's thresholds are fitted to this data's activations instead"
                 in err) is noted, err
+
+
+def test_an_old_relative_data_record_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    """Files written before the history recorded absolute paths hold the folder as the
+    command line named it: it is compared from this folder and from the model's."""
+    from onnx_snn.cli import _other_data
+    own, other = _image_folder(tmp_path / "imgs"), _image_folder(tmp_path / "other", seed=1)
+    model = tmp_path / "m.snn.onnx"
+    monkeypatch.chdir("/")
+    assert _other_data(str(own), None, ["imgs:train"], str(model)) is None
+    assert _other_data(str(other), None, ["imgs:train"], str(model)) == "data folder imgs:train"
+    monkeypatch.chdir(tmp_path)
+    assert _other_data("imgs", None, ["imgs"], "elsewhere/m.snn.onnx") is None
