@@ -631,8 +631,9 @@ def _note_other_data(given, args, option: str = "--data") -> None:
     """A note (stderr; -q hides it) when ``given`` is other data than the model records: a
     named dataset other than every one it records (its ``onnx_snn.dataset``, the named
     datasets its history was converted or fine-tuned on), or a folder of images other than
-    every data folder its history names (split folders and ``:split`` aside). Files are not
-    compared (calibration and test files differ by design), nor a name with a folder."""
+    every data folder its history names (split folders and ``:split`` aside). Array files
+    are not compared (calibration and test files differ by design), nor a named dataset with
+    a folder (a folder may hold its images)."""
     if getattr(args, "quiet", False):
         return
     recorded = _recorded_data(args.model)

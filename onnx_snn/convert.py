@@ -983,7 +983,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)
-    snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": recorded_data_name(ds.name)},
+    snn = build(nm, cal, timesteps, method, cfg,
+                history_extra={"calibration_data": recorded_data_name(ds.name)},
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     return snn
