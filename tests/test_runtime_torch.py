@@ -1780,3 +1780,24 @@ def test_a_failed_write_after_an_earlier_one_names_what_the_output_holds(tmp_pat
                     show_progress=False, log=lambda *a: None)
     assert "nothing was written" not in str(e.value)
     assert f"{out} holds the model of epoch" in str(e.value) and out.exists()
+
+
+def test_a_file_that_is_the_training_and_the_test_data_is_warned_about_once(tmp_path, caplog,
+                                                                            fmnist_train):
+    """finetune reads a file without a test split twice (its training and its test data),
+    and said each of its data's warnings twice (unnormalized pixels for a model that records
+    a normalization): once now."""
+    import logging
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    src = tmp_path / "m.onnx"
+    src.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False).SerializeToString())
+    snn = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(str(src), "fashion-mnist", timesteps=1, method="max", calib_samples=32,
+                     mean=0.286, std=0.353, show_progress=False).save(snn)
+    np.savez(tmp_path / "raw.npz", x=fmnist_train.x[:32], y=fmnist_train.y[:32])   # [0, 1]
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        finetune(str(snn), str(tmp_path / "t.snn.onnx"), str(tmp_path / "raw.npz"),
+                 FinetuneConfig(epochs=1, batch_size=16), show_progress=False,
+                 log=lambda *a: None)
+    said = [r.getMessage() for r in caplog.records if "no negative value" in r.getMessage()]
+    assert len(said) == 1, said

@@ -24,12 +24,14 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import logging
 import math
 import os
 import random
 import re
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -299,6 +301,32 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+class _Once(logging.Filter):
+    """Drops a record whose message was already let through."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+@contextmanager
+def _said_once():
+    """onnx_snn's log says each message once inside the block."""
+    logger, once = logging.getLogger("onnx_snn"), _Once()
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
+
+
 def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False,
                mean=None, std=None) -> Dataset:
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
@@ -486,10 +514,12 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     T = int(cfg.timesteps or info.timesteps)
     if main_proc:
         warn_other_timesteps(info, [T], str(model_path), "fine-tuning starts")
-    train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
-    test_split = "train" if test_same and splits == {"train"} else "test"
-    test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
-                      data_dir, view, download, mean, std)
+    with _said_once():   # a file that is the training and the test data: warned about once
+        train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download,
+                           mean, std)
+        test_split = "train" if test_same and splits == {"train"} else "test"
+        test = load_split(model, data if test_data is None else test_data, test_split,
+                          cfg.limit_test, data_dir, view, download, mean, std)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
             "best epoch is measured on training samples; pass held-out data with --test-data")
