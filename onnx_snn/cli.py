@@ -602,10 +602,17 @@ def _check_mean_std(args, data) -> None:
                          "arrays yourself and drop --mean/--std")
 
 
-def _warnings_only(message: str) -> None:
-    """-q's log of fine-tuning: its warnings still show (on stderr), its notes do not."""
-    if str(message).startswith("warning:"):
-        print(message, file=sys.stderr)
+def _finetune_log(quiet: bool):
+    """Fine-tuning's log, printed as the other commands print theirs: its warnings and notes
+    on stderr (they went to stdout, among the results, unless -q), its progress lines (the
+    starting top-1, each epoch) on stdout; -q keeps the warnings alone."""
+    def log(message) -> None:
+        text = str(message)
+        if text.startswith("warning:"):
+            print(text, file=sys.stderr)
+        elif not quiet:
+            print(text, file=sys.stderr if text.startswith("note:") else sys.stdout)
+    return log
 
 
 def _default_output(model: str, suffix: str = ".snn.onnx", strip=(".onnx",)) -> str:
@@ -621,6 +628,7 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
     fine-tuned on a stand-in dataset records that one). ``need`` (calibration, evaluation,
     training): neither is a DataError saying what to pass."""
     if given:
+        _note_other_data(given, args, option)
         return given
     from .errors import DataError
     recorded = _dataset_from_metadata(args.model)
@@ -632,6 +640,81 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
         raise DataError(f"no {need} data: pass {option} fashion-mnist|mnist|cifar10|cifar100|"
                         f"{files}|IMAGE_FOLDER (the model records no dataset)")
     return recorded
+
+
+#: the history's records of the data a model was converted or fine-tuned on
+DATA_RECORDS = ("calibration_data", "train_data", "test_data")
+
+
+def _note_other_data(given, args, option: str = "--data") -> None:
+    """A note (stderr; -q hides it) when ``given`` is other data than the model records: a
+    named dataset other than every one it records (its ``onnx_snn.dataset``, the named
+    datasets its history was converted or fine-tuned on), or a folder of images other than
+    every data folder its history names (split folders and ``:split`` aside). Array files
+    are not compared (calibration and test files differ by design), nor a named dataset with
+    a folder (a folder may hold its images)."""
+    if getattr(args, "quiet", False):
+        return
+    recorded = _recorded_data(args.model)
+    if recorded is None:
+        return
+    listing = _other_data(given, *recorded, args.model)
+    if not listing:
+        return
+    then = ("its spiking model's thresholds are fitted to this data's activations instead, "
+            "which can lower its top-1 on its own data" if option == "--calib" else
+            "the model was trained or converted on that, so its results on this data may be "
+            "lower and do not compare with results there")
+    print(f"note: {option} {given} is other data than {args.model} records ({listing}): "
+          f"{then}", file=sys.stderr)
+
+
+def _recorded_data(model_path):
+    """(its onnx_snn.dataset or None, [the data names its history records]) of a model
+    file; None where it cannot be read (never raises: loading it later says why)."""
+    import onnx
+    from .errors import file_problem
+    from .model_io import metadata_dict
+    from .spiking.format import META_DATASET, META_HISTORY
+    try:   # never opened unless a regular file (a pipe would block)
+        if file_problem(model_path):
+            return None
+        meta = metadata_dict(onnx.load(str(model_path), load_external_data=False))
+        history = json.loads(meta.get(META_HISTORY, "[]"))
+    except Exception:         # noqa: BLE001 -- unreadable: the command's own load says why
+        return None
+    steps = history if isinstance(history, list) else []
+    names = [step.get(k) for step in steps if isinstance(step, dict) for k in DATA_RECORDS]
+    return meta.get(META_DATASET), [n for n in names if isinstance(n, str) and n]
+
+
+def _other_data(given, dataset, names, model_path) -> Optional[str]:
+    """What the model records (as the note lists it) when ``given`` is other data than that;
+    None when it is the same, or cannot be compared."""
+    from .datasets import named_dataset, recorded_data_paths, split_spec
+    from .image_folder import is_image_folder
+    key = named_dataset(given)
+    if key is not None:
+        known = sorted({named_dataset(n) for n in [dataset, *names] if n} - {None})
+        return None if not known or key in known else \
+            ("dataset " if len(known) == 1 else "datasets ") + ", ".join(known)
+    path = split_spec(given)[0]
+    if not is_image_folder(path):
+        return None
+    folders = {n: recorded_data_paths(n, model_path) for n in names}
+    folders = {n: ps for n, ps in folders.items()
+               if ps and not any(os.path.isfile(p) for p in ps)
+               and not ps[0].lower().endswith((".npy", ".npz"))}
+    if not folders or any(_data_root(p) == _data_root(path) for ps in folders.values() for p in ps):
+        return None
+    shown = list(folders)[:3]
+    return ("data folder " if len(shown) == 1 else "data folders ") + ", ".join(shown)
+
+
+def _data_root(path) -> str:
+    """A data folder as compared: absolute, without a last train/test/val split folder."""
+    p = os.path.normpath(os.path.abspath(os.fspath(path)))
+    return os.path.dirname(p) if os.path.basename(p).lower() in ("train", "test", "val") else p
 
 
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
@@ -901,7 +984,7 @@ def cmd_finetune(args) -> int:
                              (args.plot, "--plot"))
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
-                 log=_warnings_only if quiet else print, mean=args.mean, std=args.std,
+                 log=_finetune_log(quiet), mean=args.mean, std=args.std,
                  test_data=args.test_data)
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
@@ -948,6 +1031,8 @@ def cmd_analyze(args) -> int:
     data = args.data
     if data is None and not args.rates:
         data = _data_or_recorded(None, args)
+    elif data is not None:
+        _note_other_data(data, args)
     _check_mean_std(args, data)
     targets = _check_outputs(_inputs(args.model, data, args.data_dir, extra=[args.rates, args.dnn]),
                              (args.json, "--json"), (args.plot, "--plot"))

@@ -25,7 +25,8 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_keys,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
-                       label_key, load_dataset, RAW_PIXELS, sample_count, to_input_layout)
+                       label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
+                       to_input_layout)
 from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
 from .flags import checks_flags
 from .values import is_int
@@ -478,6 +479,30 @@ def same_values(a, b) -> bool:
         return False
 
 
+def _values_text(v) -> str:
+    try:
+        return "[" + ", ".join(f"{a:.4g}" for a in _as_list(v)) + "]"
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def warn_preprocess_override(where: str, mean, std, recorded: Optional[dict], then: str) -> bool:
+    """--mean/--std (``mean``, ``std``) that differ from the preprocessing ``where`` records
+    (``recorded``): one warning, worded alike by every command that takes them (convert,
+    eval, analyze, finetune; a warning, not a note, so -q does not hide it: the model then
+    sees other inputs than it was trained or converted on), ending with ``then``, what
+    the command does about it. Returns whether they differ (False without both, or without
+    a record)."""
+    if mean is None or std is None or not isinstance(recorded, dict):
+        return False
+    if same_values(recorded.get("mean"), mean) and same_values(recorded.get("std"), std):
+        return False
+    log.warning("%s: --mean/--std override the preprocessing it records (mean %s, std %s) "
+                "with mean %s, std %s; %s", where, _values_text(recorded.get("mean")),
+                _values_text(recorded.get("std")), _values_text(mean), _values_text(std), then)
+    return True
+
+
 def _looks_unnormalized(x: np.ndarray, preprocess: Optional[dict]) -> bool:
     """Float inputs with no negative value, for a model that records a normalization with a
     positive mean (normalized images have negative values wherever a pixel is darker than
@@ -805,7 +830,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"signed_spikes": True} if cfg.signed_spikes else {}),
         # where the DNN was: fine-tuning distills from it when the file is still there, unchanged
         **({"source_path": os.path.abspath(nm.source_path)} if nm.source_path else {}),
-        **({"calibration_data": calib.data_name} if calib.data_name else {}),
+        # a file or folder as its absolute path: commands run elsewhere find it
+        **({"calibration_data": recorded_data_name(calib.data_name)} if calib.data_name else {}),
         **(history_extra or {}),
     }]
     meta = rewrite.base_metadata(nm, records, int(timesteps), method, history)
@@ -942,12 +968,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                       download=download, specs=input_specs(nm.model), take=(calib_samples, seed),
                       labels=False, show_progress=show_progress, **own_scaling(nm.model))
     if ds.preprocess is not None:   # a named dataset: record how it was fed
-        recorded = nm.preprocess
-        if mean is not None and recorded and not (same_values(recorded.get("mean"), mean)
-                                                  and same_values(recorded.get("std"), std)):
-            log.warning("--mean/--std (mean %s, std %s) override the preprocessing the DNN "
-                        "records (mean %s, std %s); the spiking model records the ones given",
-                        mean, std, recorded.get("mean"), recorded.get("std"))
+        warn_preprocess_override(nm.source_path or "the DNN", mean, std, nm.preprocess,
+                                 "the spiking model records the ones given")
         nm.preprocess = ds.preprocess
     nm.source_metadata.update(remember_dataset(nm.source_metadata, calib))
     for name, arr in (ds.x.items() if isinstance(ds.x, dict) else [(None, ds.x)]):
@@ -965,7 +987,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
                     show_progress=show_progress)
     check_refine_memory(cal, timesteps, cfg, nm)
-    snn = build(nm, cal, timesteps, method, cfg, history_extra={"calibration_data": ds.name},
+    snn = build(nm, cal, timesteps, method, cfg,
+                history_extra={"calibration_data": recorded_data_name(ds.name)},
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     return snn

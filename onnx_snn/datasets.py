@@ -722,6 +722,46 @@ def data_splits(spec) -> set:
     return {chosen} if chosen else npz_splits(path) | split_names(path)
 
 
+def _split_suffix(name: str) -> Tuple[str, str]:
+    """(``PATH``, ``:split``) of a data name ``PATH:train`` / ``:test`` / ``:val`` as
+    datasets name their splits; (``name``, "") for anything else."""
+    path, sep, split = name.rpartition(":")
+    if sep and path and split in ("train", "test", "val"):
+        return path, sep + split
+    return name, ""
+
+
+def recorded_data_name(name):
+    """The name of the data a model is converted or fine-tuned on, as its history records
+    it: a file or folder as its absolute path (``:split`` kept), so that a command run from
+    another folder finds it (a relative one was relative to the folder the command ran in);
+    a named dataset (``fashion-mnist:train``), a name that is no existing path ("array") and
+    anything not a string, as given."""
+    if not isinstance(name, (str, os.PathLike)) or named_dataset(name) is not None:
+        return name
+    text = os.fspath(name)
+    for path, split in ((text, ""), _split_suffix(text)):
+        if path and os.path.exists(path):
+            return os.path.abspath(path) + split
+    return text
+
+
+def recorded_data_paths(name, model_path=None) -> List[str]:
+    """Where a recorded data name (:func:`recorded_data_name`, ``:split`` dropped) may be:
+    its absolute path, or for one recorded relative (by files written before paths were
+    recorded absolute) the path from this folder and from the model's folder. Empty for a
+    named dataset or anything not a string."""
+    if not isinstance(name, str) or not name or named_dataset(name) is not None:
+        return []
+    path = _split_suffix(name)[0]
+    if os.path.isabs(path):
+        return [os.path.normpath(path)]
+    out = [os.path.abspath(path)]
+    if model_path is not None:
+        out.append(os.path.abspath(os.path.join(os.path.dirname(os.fspath(model_path)), path)))
+    return list(dict.fromkeys(out))
+
+
 def dataset_files(spec, data_dir=None) -> list:
     """The files loading ``spec`` reads (to protect them from being overwritten): an array
     file itself, every image of a folder, or a named dataset's files where it would be found

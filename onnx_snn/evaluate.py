@@ -239,8 +239,8 @@ def _labels_fit(y, out, kind: str, table, name: str) -> bool:
 def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean, std, data_dir,
               show_progress, threads, download=False, where=None,
               top1: Optional[bool] = True, output: Optional[str] = None) -> Dict[int, EvalResult]:
-    from .convert import (MAX_BATCH_SIZE, same_values, check_count, check_recorded_timesteps,
-                          resolve_data, warn_other_timesteps)
+    from .convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
+                          resolve_data, warn_other_timesteps, warn_preprocess_override)
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
@@ -311,13 +311,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         notes.append(f"the images are normalized as {where} records (mean "
                      f"{_fmt_values(preprocess['mean'])}, std {_fmt_values(preprocess['std'])}); "
                      "--mean/--std override it")
-    if preprocess and mean is not None and std is not None and not (
-            same_values(mean, preprocess["mean"]) and same_values(std, preprocess["std"])):
-        # a warning, not a note (-q hides notes): the scores are of other inputs than the
-        # model was converted or trained on (a helper's eval fell from 85.3 to 67.2 %)
-        log.warning(f"{where}: --mean/--std override the preprocessing the model records (mean "
-                    f"{preprocess['mean']}, std {preprocess['std']}); its scores are then of "
-                    "inputs it was not converted for")
+    # (a helper's eval fell from 85.3 to 67.2 % without a word)
+    warn_preprocess_override(where, mean, std, preprocess, "its results are then on other "
+                             "inputs than it was trained or converted on")
     batch_size = eval_batch(batch_size, runner.info)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch

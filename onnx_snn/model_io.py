@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Optional, Set, Union
+from typing import Optional, Set, Union
 
 import numpy as np
 import onnx
@@ -330,9 +330,7 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True,
     if str(out) == "-" or str(out).startswith(("/dev/std", "/dev/fd/", "/proc/self/fd/")):
         # outputs are written atomically (a temporary file renamed over the path): standard
         # output is not a file that can be replaced, and '-' would be a file named '-'
-        raise OutputPathError(f"{out}: outputs are files written whole (never standard output "
-                              f"or a stream); give a file path such as {example}, and read it "
-                              "from there (e.g. cat FILE)")
+        raise OutputPathError(_stream_message(str(out), None, example))
     if str(out).endswith(("/", os.sep)):     # Path() drops the slash: "new.onnx/" wrote new.onnx
         bare = str(out).rstrip("/" + os.sep)
         # an existing folder (or a name that is no file name) gets a file inside it suggested
@@ -350,6 +348,9 @@ def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.s
     if len(os.fsencode(given.name)) > 255:
         raise OutputPathError(f"{given}: the file name is longer than file systems allow "
                               "(255 bytes)")
+    stream = _stream_kind(given)   # through links: /proc/<pid>/fd/N names a pipe by no file
+    if stream is not None:
+        raise OutputPathError(_stream_message(str(given), stream, example))
     target = Path(os.path.realpath(given)) if given.is_symlink() else given
     shown = str(given) if target == given else f"{given} (a link to {target})"
     if target.exists() or target.is_symlink():
@@ -398,6 +399,32 @@ def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.s
             raise OutputPathError(f"{shown}: cannot write in folder {folder} "
                                   f"({e.strerror or e}); choose another folder") from None
     return target
+
+
+def _stream_kind(path: Path) -> Optional[str]:
+    """What ``path`` resolves to (links followed, /proc's fd links included) when that is a
+    stream, not a file: "a pipe", "a socket" or "a terminal or other character device";
+    None for anything else (missing, a regular file, a folder, a block device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a terminal or other character device"
+    return None
+
+
+def _stream_message(out: str, kind: Optional[str], example: str) -> str:
+    """The refusal of an output that is standard output or a stream (``kind``: what the
+    path resolves to, None when it is refused by its name: '-', /dev/stdout, /dev/fd/N)."""
+    what = f" is {kind}, not a regular file:" if kind else ""
+    return (f"{out}:{what} outputs are files written whole (never standard output or a "
+            f"stream); give a file path such as {example}, and read it from there "
+            "(e.g. cat FILE)")
 
 
 #: Linux's FS_IOC_GETFLAGS and the inode flags under which a file cannot be renamed over

@@ -1,4 +1,5 @@
 """The command line: convert and eval end to end, and bad input handled cleanly."""
+import importlib.util
 import io
 import json
 import os
@@ -902,3 +903,172 @@ def test_error_lines_cut_long_values_and_keep_what_to_do():
     assert len(cut) < LONG_WORD + 100 and "(5003 characters) not a whole number; convert it again" in cut
     long = " ".join(["word"] * 2000) + " so do this"
     assert len(shortened(long)) <= LONG_MESSAGE and shortened(long).endswith("so do this")
+
+
+def test_convert_records_the_calibration_file_by_its_absolute_path(files, monkeypatch, capsys):
+    """--calib calib.npy run in the data's folder was recorded as 'calib.npy' in the history,
+    which a command run from another folder could not resolve: it is the absolute path now."""
+    monkeypatch.chdir(files)
+    out = files / "rel.snn.onnx"
+    assert main(["-q", "convert", "model.onnx", "-o", "rel.snn.onnx", "--calib", "calib.npy",
+                 "-T", "1", "--method", "max"]) == 0
+    hist = json.loads(F.metadata(onnx.load(str(out)))[F.META_HISTORY])[0]
+    assert hist["calibration_data"] == str(files / "calib.npy")
+
+
+def test_a_mean_std_override_is_one_warning_in_every_command(tmp_path, capsys, caplog,
+                                                            fmnist_test):
+    """--mean/--std other than the model records: a warning in convert and eval, but a note
+    in finetune (hidden by -q). One warning now, worded alike, through one function, given
+    with -q too."""
+    import logging
+    dnn, snn = tmp_path / "m.onnx", tmp_path / "m.snn.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m.metadata_props.add(key="onnx_snn.preprocess", value='{"mean": [0.286], "std": [0.353]}')
+    onnx.save(m, str(dnn))
+    other = ["--mean", "0.5", "--std", "0.25"]
+    said = "--mean/--std override the preprocessing it records (mean [0.286], std [0.353]) " \
+           "with mean [0.5], std [0.25]; "
+    runs = [["convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "32",
+             "--method", "max", "-T", "1", "-o", str(snn), "--mean", "0.286", "--std", "0.353"],
+            ["eval", str(snn), "--data", "fashion-mnist", "--limit", "32"],
+            ["analyze", str(snn), "--data", "fashion-mnist", "--limit", "32"]]
+    if importlib.util.find_spec("torch") is not None:
+        runs.append(["finetune", str(snn), "--data", "fashion-mnist", "--epochs", "1",
+                     "--limit-train", "32", "--limit-test", "32", "-o", str(tmp_path / "t.onnx")])
+
+    def warned():
+        texts = [r.getMessage() for r in caplog.records
+                 if r.levelno == logging.WARNING and "override" in r.getMessage()]
+        texts += [t for t in capsys.readouterr().err.splitlines() if "override" in t]
+        caplog.clear()
+        return texts
+
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        for i, argv in enumerate(runs):
+            assert main(["-q", *argv, *(other if i else [])]) == 0, argv
+            got = warned()
+            if i == 0:   # the ones the DNN records: nothing to say
+                assert got == []
+                continue
+            assert len(got) == 1 and got[0].startswith(f"{snn}: {said}"), (argv[0], got)
+        assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples",
+                     "32", "--method", "max", "-T", "1", "-o", str(tmp_path / "o.snn.onnx"),
+                     *other]) == 0
+        got = warned()
+    assert len(got) == 1 and got[0].startswith(f"{dnn}: {said}the spiking model records"), got
+
+
+def _image_folder(root, seed=0, n=4):
+    """An image folder of 12x12 grayscale PNGs in two class folders."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_other_data_than_the_model_records_gets_a_note(files, capsys, fmnist_test):
+    """--data mnist for a model converted on fashion-mnist (or a folder of images other than
+    the one it was calibrated on) gave no word; a note now names what the model records.
+    Its own data, a file (calibration and test files differ by design) and -q: no note."""
+    import shutil
+    from onnx_snn.datasets import FASHION_MNIST_SYSTEM_DIR
+    mnist = files / "data" / "mnist"     # MNIST's four IDX files (Fashion-MNIST's bytes here)
+    mnist.mkdir(parents=True)
+    src = os.environ.get("ONNX_SNN_DATA") or str(FASHION_MNIST_SYSTEM_DIR)
+    for f in os.listdir(src):
+        if f.endswith("ubyte.gz"):
+            shutil.copy(os.path.join(src, f), mnist / f)
+    dnn, snn = files / "fm.onnx", files / "fm.snn.onnx"
+    onnx.save(B.vgg(13, "clip", in_shape=(1, 28, 28)), str(dnn))
+    assert main(["-q", "convert", str(dnn), "--calib", "fashion-mnist", "--calib-samples", "32",
+                 "--method", "max", "-T", "1", "-o", str(snn)]) == 0
+    capsys.readouterr()
+
+    def note(*argv):
+        assert main(list(argv)) == 0, argv
+        return [t for t in capsys.readouterr().err.splitlines() if "is other data than" in t]
+
+    got = note("eval", str(snn), "--data", "mnist", "--data-dir", str(files / "data"), "--limit", "8")
+    assert got == [f"note: --data mnist is other data than {snn} records (dataset fashion-mnist): "
+                   "the model was trained or converted on that, so its results on this data may "
+                   "be lower and do not compare with results there"]
+    assert note("analyze", str(snn), "--data", "mnist", "--data-dir", str(files / "data"),
+                "--limit", "8")
+    assert not note("-q", "eval", str(snn), "--data", "mnist", "--data-dir", str(files / "data"),
+                    "--limit", "8")
+    assert not note("eval", str(snn), "--data", "fashion-mnist", "--limit", "8")
+    assert not note("eval", str(snn), "--data", "fashion-mnist:train", "--limit", "8")
+    # image folders: the one it was calibrated on (any split of it) or another
+    own = _image_folder(files / "own" / "train")
+    _image_folder(files / "own" / "test", seed=1)
+    other = _image_folder(files / "other", seed=2)
+    small = files / "model.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(own.parent),
+                 "--method", "max", "-T", "1", "-o", str(small)]) == 0
+    for same in (own.parent, f"{own.parent}:test", own):
+        assert not note("eval", str(small), "--data", str(same)), same
+    got = note("eval", str(small), "--data", str(other))
+    assert len(got) == 1 and f"(data folder {own.parent}:train)" in got[0], got
+    assert not note("eval", str(small), "--data", str(files / "test.npz"))    # a file: not compared
+
+
+def test_finetune_prints_its_warnings_and_notes_on_stderr(files, capsys):
+    """finetune printed its warnings and notes on stdout, among its results (the other
+    commands print theirs on stderr): stderr now, and -q keeps the warnings alone."""
+    pytest.importorskip("torch")
+    snn = files / "m.snn.onnx"
+    assert main(["-q", "convert", str(files / "model.onnx"), "--calib", str(files / "calib.npy"),
+                 "--method", "max", "-T", "1", "-o", str(snn)]) == 0
+    capsys.readouterr()
+    for quiet in ([], ["-q"]):
+        assert main([*quiet, "finetune", str(snn), "--data", str(files / "test.npz"), "--epochs",
+                     "1", "--batch-size", "32", "-o", str(files / f"t{len(quiet)}.snn.onnx"),
+                     "--resume"]) == 0
+        out, err = capsys.readouterr()
+        assert "warning: " not in out and "note: " not in out, out
+        assert "holds no separate test set" in err
+        assert ("note: no checkpoint at" in err) is not bool(quiet), err
+        assert out.count("fine-tuned T=1") == 1
+        assert ("epoch 1:" in out) is not bool(quiet), out
+
+
+def test_convert_notes_calibration_data_other_than_the_dnn_records(files, capsys, fmnist_test):
+    """A DNN that records its dataset (the zoo's), calibrated on another named dataset: a
+    note says what that does to the spiking model; on its own dataset, none."""
+    import shutil
+    from onnx_snn.datasets import FASHION_MNIST_SYSTEM_DIR
+    mnist = files / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    src = os.environ.get("ONNX_SNN_DATA") or str(FASHION_MNIST_SYSTEM_DIR)
+    for f in os.listdir(src):
+        if f.endswith("ubyte.gz"):
+            shutil.copy(os.path.join(src, f), mnist / f)
+    dnn = files / "fm.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 28, 28))
+    m.metadata_props.add(key=F.META_DATASET, value="fashion-mnist")
+    onnx.save(m, str(dnn))
+    for calib, noted in ((["mnist", "--data-dir", str(files / "data")], True),
+                         (["fashion-mnist"], False)):
+        assert main(["convert", str(dnn), "--calib", *calib, "--calib-samples", "16",
+                     "--method", "max", "-T", "1", "-o", str(files / "o.snn.onnx")]) == 0
+        err = capsys.readouterr().err
+        assert (f"note: --calib mnist is other data than {dnn} records (dataset fashion-mnist): "
+                "its spiking model's thresholds are fitted to this data's activations instead"
+                in err) is noted, err
+
+
+def test_an_old_relative_data_record_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    """Files written before the history recorded absolute paths hold the folder as the
+    command line named it: it is compared from this folder and from the model's."""
+    from onnx_snn.cli import _other_data
+    own, other = _image_folder(tmp_path / "imgs"), _image_folder(tmp_path / "other", seed=1)
+    model = tmp_path / "m.snn.onnx"
+    monkeypatch.chdir("/")
+    assert _other_data(str(own), None, ["imgs:train"], str(model)) is None
+    assert _other_data(str(other), None, ["imgs:train"], str(model)) == "data folder imgs:train"
+    monkeypatch.chdir(tmp_path)
+    assert _other_data("imgs", None, ["imgs"], "elsewhere/m.snn.onnx") is None

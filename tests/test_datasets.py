@@ -425,3 +425,25 @@ def test_npz_arrays_that_are_not_model_inputs_are_ignored_by_name(tmp_path, capl
     assert sorted(ds.x) == ["a", "b"]
     # the inputs not known: every array is offered (and matched to the inputs by name later)
     assert sorted(load_array_file(tmp_path / "m.npz").x) == ["a", "b", "ids"]
+
+
+def test_recorded_data_names_are_absolute_and_old_relative_ones_still_read(tmp_path, monkeypatch):
+    """The history recorded a calibration file as the command line named it (calib.npy,
+    relative to the folder convert ran in), which a command run elsewhere cannot find: a file
+    or folder is now recorded by its absolute path (its :split kept); a named dataset and a
+    name that is no path stay as they are. An old relative record is still read: from this
+    folder and from the model's."""
+    from onnx_snn.datasets import recorded_data_name, recorded_data_paths
+    (tmp_path / "calib.npy").write_bytes(b"")
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert recorded_data_name("calib.npy") == str(tmp_path / "calib.npy")
+    assert recorded_data_name("imgs:train") == str(tmp_path / "imgs") + ":train"
+    assert recorded_data_name(tmp_path / "calib.npy") == str(tmp_path / "calib.npy")
+    for kept in ("fashion-mnist:train", "array", "missing.npy", None):
+        assert recorded_data_name(kept) == kept
+    assert recorded_data_paths(str(tmp_path / "imgs") + ":test") == [str(tmp_path / "imgs")]
+    assert recorded_data_paths("fashion-mnist:test") == []
+    monkeypatch.chdir("/")
+    old = recorded_data_paths("imgs:train", model_path=tmp_path / "m.snn.onnx")
+    assert old == ["/imgs", str(tmp_path / "imgs")]

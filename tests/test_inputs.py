@@ -1,4 +1,5 @@
 """Models that take raw uint8 pixels (onnx_snn/graph/inputs.py)."""
+import importlib.util
 import os
 
 import numpy as np
@@ -169,7 +170,7 @@ def test_float_pixels_given_to_a_model_that_records_a_normalization_are_warned_a
         onnx_snn.convert(os.path.join(os.path.dirname(onnx_snn.__file__), "models", "fmnist_vgg.onnx"),
                          "fashion-mnist", timesteps=1, method="datta", calib_samples=64,
                          mean=0.5, std=0.5, show_progress=False)
-    assert any("override the preprocessing the DNN records" in r.getMessage()
+    assert any("--mean/--std override the preprocessing it records" in r.getMessage()
                for r in caplog.records)
 
 
@@ -353,3 +354,45 @@ def test_a_table_scaled_down_is_not_taken_for_pixels():
     assert scales_raw_pixels(_scaled_input(table, [("Mul", 1e-3)])) is None
     image = _scaled_input(B.vgg(13, "clip", in_shape=(1, 28, 28)), [("Mul", 1e-3)])
     assert scales_raw_pixels(image)            # the same scaling of an image input
+
+
+
+def test_every_command_checks_the_data_scale_alike(tmp_path, capsys, caplog):
+    """The data's value scale is checked by every command that reads data, through
+    resolve_data (an outside sweep took it for a convert-only check): [0, 1] arrays for a model
+    that takes raw 0-255 pixels (a uint8 input) are refused by convert, eval (DNN and spiking
+    model), analyze and finetune alike; 0-255 arrays for a model that records a normalization
+    of [0, 1] images are warned about alike."""
+    import logging
+    from onnx_snn.cli import main
+    dnn, snn = tmp_path / "u8.onnx", tmp_path / "u8.snn.onnx"
+    onnx.save(_end_to_end(B.vgg(13, "clip", in_shape=(1, 12, 12)), 0.5, 0.25), str(dnn))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 1, 12, 12)).astype(np.float32), rng.integers(0, 10, 32)
+    np.savez(tmp_path / "px.npz", x=x, y=y)
+    np.savez(tmp_path / "unit.npz", x=x / 255, y=y)
+    unit, px = str(tmp_path / "unit.npz"), str(tmp_path / "px.npz")
+    assert main(["-q", "convert", str(dnn), "--calib", px, "--method", "max", "-o", str(snn)]) == 0
+    commands = [["convert", str(dnn), "-o", str(tmp_path / "o.onnx"), "--method", "max", "--calib"],
+                ["eval", str(dnn), "--data"], ["eval", str(snn), "--data"],
+                ["analyze", str(snn), "--data"]]
+    if importlib.util.find_spec("torch") is not None:
+        commands.append(["finetune", str(snn), "-o", str(tmp_path / "t.onnx"), "--data"])
+    for argv in commands:
+        assert main(["-q", *argv, unit]) == DataError.exit_code, argv
+        assert (f"onnx-snn: error: {unit}: the model takes raw 0-255 pixels; the data holds "
+                "values in [0, 1]") in capsys.readouterr().err, argv
+    normalized = B.vgg(13, "clip", in_shape=(1, 12, 12))
+    normalized.metadata_props.add(key="onnx_snn.preprocess", value='{"mean": [0.5], "std": [0.25]}')
+    dnn, snn = tmp_path / "n.onnx", tmp_path / "n.snn.onnx"
+    onnx.save(normalized, str(dnn))
+    assert main(["-q", "convert", str(dnn), "--calib", str(tmp_path / "px.npz"), "--method",
+                 "max", "-o", str(snn)]) == 0
+    for argv in [[*argv[:1], str(snn if str(argv[1]).endswith("snn.onnx") else dnn), *argv[2:]]
+                 for argv in commands]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            assert main(["-q", *argv, px]) == 0, argv
+        said = {r.getMessage() for r in caplog.records if "no negative value" in r.getMessage()}
+        # (finetune says it twice: the file is its training and its test data)
+        assert len(said) == 1 and said.pop().startswith(f"{px}: taken as already preprocessed"), argv

@@ -295,3 +295,33 @@ def test_a_spiking_model_is_never_saved_over_its_calibration_data(tmp_path):
             s.save_report(calib)
     assert calib.read_bytes() == before
     snn.save(tmp_path / "ok.snn.onnx")              # any other path is fine
+
+
+def test_an_output_that_resolves_to_a_pipe_or_socket_is_refused_as_a_stream(tmp_path):
+    """/proc/<pid>/fd/N of a pipe (and any link to a pipe or socket) got the folder probe's
+    "cannot write in folder /proc/<pid>/fd"; it is refused as /proc/self/fd/N is, by what it
+    resolves to: outputs are files written whole."""
+    import socket
+    from onnx_snn.model_io import check_output_path
+    r, w = os.pipe()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = f"/proc/{os.getpid()}/fd/{w}"
+        if not os.path.exists(proc):
+            pytest.skip("no /proc here")
+        link = tmp_path / "to_pipe.json"
+        os.symlink(proc, link)
+        sock.bind(str(tmp_path / "s.sock"))
+        for out, kind in ((proc, "a pipe"), (link, "a pipe"), (tmp_path / "s.sock", "a socket")):
+            with pytest.raises(OutputPathError) as e:
+                check_output_path(out, example="result.json")
+            text = str(e.value)
+            assert text.startswith(f"{out}: is {kind}, not a regular file: outputs are files "
+                                   "written whole"), text
+            assert "result.json" in text and "cannot write in folder" not in text
+    finally:
+        os.close(r)
+        os.close(w)
+        sock.close()
+    with pytest.raises(OutputPathError, match="outputs are files written whole"):
+        check_output_path("/proc/self/fd/1")         # by its name, as before

@@ -1433,8 +1433,8 @@ def test_finetune_never_overwrites_another_runs_checkpoint(tmp_path, fmnist_snn)
 
 def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
     """A named dataset with a split would train and test on the same images: refused. An
-    array file has no test split: its samples are the test set too, with a warning, unless
-    --test-data gives one; the history records both."""
+    array file has no test split: its samples are the test set too, with a warning (on
+    stderr), unless --test-data gives one; the history records both."""
     from onnx_snn.datasets import load_fashion_mnist
     out = tmp_path / "t.snn.onnx"
     base = ["finetune", str(fmnist_snn), "-o", str(out), "--epochs", "1", "--limit-train", "64",
@@ -1448,18 +1448,18 @@ def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
     np.savez(tmp_path / "a.npz", x=x[:64], y=test.y[:64])
     np.savez(tmp_path / "b.npz", x=x[64:], y=test.y[64:128])
     p = run_cli(*base, "--data", str(tmp_path / "a.npz"))
-    assert p.returncode == 0 and "measured on training samples" in p.stdout, (p.stdout, p.stderr)
+    assert p.returncode == 0 and "measured on training samples" in p.stderr, (p.stdout, p.stderr)
     h = F.read_info(onnx.load(str(out))).history[-1]
     assert h["test_is_train"] is True and h["train_data"] == h["test_data"]
     out.unlink()
     p = run_cli(*base, "--data", str(tmp_path / "a.npz"), "--test-data", str(tmp_path / "b.npz"))
-    assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
+    assert p.returncode == 0 and "measured on training samples" not in p.stderr, p.stderr
     h = F.read_info(onnx.load(str(out))).history[-1]
     assert h["test_is_train"] is False and h["test_data"].endswith("b.npz")
     out.unlink()      # a .npz with both splits, as Keras's datasets save them: each where it belongs
     np.savez(tmp_path / "k.npz", x_train=x[:64], y_train=test.y[:64], x_test=x[64:], y_test=test.y[64:128])
     p = run_cli(*base, "--data", str(tmp_path / "k.npz"))
-    assert p.returncode == 0 and "measured on training samples" not in p.stdout, p.stdout
+    assert p.returncode == 0 and "measured on training samples" not in p.stderr, p.stderr
     h = F.read_info(onnx.load(str(out))).history[-1]
     assert h["test_is_train"] is False and (h["train_data"], h["test_data"]) == \
         (f"{tmp_path / 'k.npz'}:train", f"{tmp_path / 'k.npz'}:test")
@@ -1780,3 +1780,24 @@ def test_a_failed_write_after_an_earlier_one_names_what_the_output_holds(tmp_pat
                     show_progress=False, log=lambda *a: None)
     assert "nothing was written" not in str(e.value)
     assert f"{out} holds the model of epoch" in str(e.value) and out.exists()
+
+
+def test_a_file_that_is_the_training_and_the_test_data_is_warned_about_once(tmp_path, caplog,
+                                                                            fmnist_train):
+    """finetune reads a file without a test split twice (its training and its test data),
+    and said each of its data's warnings twice (unnormalized pixels for a model that records
+    a normalization): once now."""
+    import logging
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    src = tmp_path / "m.onnx"
+    src.write_bytes(B.vgg(13, "clip", in_shape=(1, 28, 28), softmax=False).SerializeToString())
+    snn = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(str(src), "fashion-mnist", timesteps=1, method="max", calib_samples=32,
+                     mean=0.286, std=0.353, show_progress=False).save(snn)
+    np.savez(tmp_path / "raw.npz", x=fmnist_train.x[:32], y=fmnist_train.y[:32])   # [0, 1]
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        finetune(str(snn), str(tmp_path / "t.snn.onnx"), str(tmp_path / "raw.npz"),
+                 FinetuneConfig(epochs=1, batch_size=16), show_progress=False,
+                 log=lambda *a: None)
+    said = [r.getMessage() for r in caplog.records if "no negative value" in r.getMessage()]
+    assert len(said) == 1, said

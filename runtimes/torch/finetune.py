@@ -24,12 +24,14 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import logging
 import math
 import os
 import random
 import re
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -40,9 +42,9 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps, warn_other_timesteps,
                               check_seed, check_timesteps, remember_dataset,
-                              resolve_data)
+                              resolve_data, warn_preprocess_override)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
-                               dataset_files, model_classes, named_dataset)
+                               dataset_files, model_classes, named_dataset, recorded_data_name)
 from onnx_snn.flags import check_flag, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, OutputPathError, TrainingDivergedError,
                              UsageError, first_line)
@@ -299,6 +301,32 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+class _Once(logging.Filter):
+    """Drops a record whose message was already let through."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+@contextmanager
+def _said_once():
+    """onnx_snn's log says each message once inside the block."""
+    logger, once = logging.getLogger("onnx_snn"), _Once()
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
+
+
 def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False,
                mean=None, std=None) -> Dataset:
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
@@ -486,14 +514,17 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     T = int(cfg.timesteps or info.timesteps)
     if main_proc:
         warn_other_timesteps(info, [T], str(model_path), "fine-tuning starts")
-    train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download, mean, std)
-    test_split = "train" if test_same and splits == {"train"} else "test"
-    test = load_split(model, data if test_data is None else test_data, test_split, cfg.limit_test,
-                      data_dir, view, download, mean, std)
+    with _said_once():   # a file that is the training and the test data: warned about once
+        train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download,
+                           mean, std)
+        test_split = "train" if test_same and splits == {"train"} else "test"
+        test = load_split(model, data if test_data is None else test_data, test_split,
+                          cfg.limit_test, data_dir, view, download, mean, std)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
             "best epoch is measured on training samples; pass held-out data with --test-data")
-    data_record = {"train_data": train.name, "test_data": test.name, "test_is_train": test_same}
+    data_record = {"train_data": recorded_data_name(train.name),   # a file's absolute path
+                   "test_data": recorded_data_name(test.name), "test_is_train": test_same}
     augment = cfg.augment and _image_like(train.x)
     if cfg.augment and not augment and main_proc:
         what = (f"a model of {len(train.x)} inputs" if isinstance(train.x, dict) else
@@ -572,7 +603,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     # --mean/--std other than the recorded ones: the model is trained on (and remembers) them
     # (arrays carry their own: preprocess None)
     trained_on = train.preprocess if train.preprocess not in (None, info.preprocess) else None
-    if trained_on is not None and main_proc:
+    if trained_on is not None and main_proc and not warn_preprocess_override(
+            str(model_path), mean, std, info.preprocess,
+            f"the model is trained on them, and {output} records them"):
+        # (nothing recorded to override: the model records its first preprocessing)
         log(f"note: training on inputs normalized with mean {trained_on['mean']} and std "
             f"{trained_on['std']}; {output} records them for the commands that read it")
 
