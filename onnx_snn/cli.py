@@ -69,16 +69,22 @@ The deploy graph runs the spiking model's T steps unrolled, with the neurons wri
 plain ONNX ops and without what inference does not need: the time loop, the last step's
 membrane update, and (unless --spike-counts) the per-layer spike counters. Its spikes are
 the spiking model's, bit for bit, and so are its outputs (up to float rounding on some
-architectures), about 1.4x faster in onnxruntime (docs/MEASUREMENTS.md). It runs in any
+architectures), 2.1-2.5x the loop graph's speed in onnxruntime (README). It runs in any
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 
---unit-thresholds writes a faster form (0.37-0.38x the DNN's images/s in onnxruntime at
-T=2 on the README's networks, one thread, against 0.26-0.28x for the plain deploy graph;
-0.40-0.41x after --pool-first; 3.0-3.1x SpikingJelly's): each layer rescaled to thresholds of 1,
-the spike amplitudes folded into the weights, and each neuron written as ops that onnxruntime
-keeps in its blocked convolution layout. Its spikes are the model's in real arithmetic; float
-rounding of the rescaled weights can flip a neuron within about 2e-7 of its threshold.
+--unit-thresholds writes a faster form (0.43-0.46x the DNN's images/s in onnxruntime at
+T=2 on the README's networks, one thread, batch 256, against 0.34-0.38x for the plain deploy
+graph): each layer rescaled to thresholds of 1, the spike amplitudes folded into the weights,
+and each neuron written as ops that onnxruntime keeps in its blocked convolution layout. Its
+spikes are the model's in real arithmetic; float rounding of the rescaled weights can flip a
+neuron within about 2e-7 of its threshold.
+
+Both forms run a batch --batch-chunk samples at a time (default 8; an ONNX Scan over slices
+of the batch): each neuron's elementwise ops then work on tensors that fit in the caches
+(0.37-0.39x the DNN for the unit form run whole). The outputs are the whole batch's; a graph
+whose outputs would differ (one that mixes samples, e.g. a sum over the batch) is checked in
+onnxruntime when written and stays whole, with the reason in its history (`onnx-snn info --json`).
 
 examples:
   onnx-snn deploy model.snn.onnx -o model.deploy.onnx
