@@ -92,7 +92,7 @@ ADD_OPS = ("Add", "Sum")
 #: a mean or sum over axes: what the dynamo exporter writes for a global average pool
 REDUCE_OPS = ("ReduceMean", "ReduceSum")
 #: ops with multiply-accumulates this module does not count (reported as warnings)
-UNCOUNTED_MAC_OPS = ("Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+UNCOUNTED_MAC_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
                      "FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention",
                      "LSTM", "GRU", "RNN")
 SMALL_INITIALIZER = 1024    # elements; larger initializers are weights, kept as shapes only
@@ -206,6 +206,9 @@ def _spiking_parts(view: fmt.SpikingView):
     rename = {t: o for o, t in view.step_outputs.items() if t != o}
     nodes = [_renamed(n, rename) for n in nodes]
     pools = {rename.get(t, t): p for t, p in pools.items()}
+    # a site whose output is also a model output runs under its per-step name: the layers
+    # that read it read the renamed tensor (they were charged as analog, at every step)
+    sites = {rename.get(t, t): s for t, s in sites.items()}
     return nodes, view.outputs, list(view.initializers.values()), sites, site_nodes, pools
 
 
@@ -252,8 +255,10 @@ def flatten(model: onnx.ModelProto,
     full shape, batch included) overrides an input's shape (for dynamic spatial sizes).
     Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
     """
-    g = model.graph
     spiking = fmt.META_FORMAT in fmt.metadata(model)   # a file onnx-snn wrote (else below)
+    if not spiking and model.functions:
+        model = _inlined(model)
+    g = model.graph
     if spiking:
         nodes, outputs, inits, sites, site_nodes, pools = _spiking_parts(
             fmt.read_spiking(model, g.name or "model"))
@@ -273,7 +278,7 @@ def flatten(model: onnx.ModelProto,
     for n in kept:
         if n.op_type in ("Loop", "If", "Scan"):
             warns.append(f"node {n.name or n.op_type} ({n.op_type}): its subgraph is not counted")
-        if n.op_type in UNCOUNTED_MAC_OPS:
+        if n.op_type in UNCOUNTED_MAC_OPS or (n.op_type == "Einsum" and _einsum_labels(n) is None):
             warns.append(f"node {n.name or n.op_type} ({n.op_type}): op not counted")
     used = {x for n in kept for x in walk.node_inputs(n)} | set(outputs)
     kept_inits, weights = _split_initializers(inits, used)
@@ -286,6 +291,20 @@ def flatten(model: onnx.ModelProto,
     return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=spiking,
                      batch=batch, data_inputs=[i.name for i in inputs],
                      weights={w.name for w in weights}, warnings=warns, pools=pools)
+
+
+def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its model-local functions (onnxscript, the dynamo exporter's modules)
+    inlined, as the converter reads it: a function call's layers counted, not skipped as one
+    node of an unknown op. The model itself where inlining fails (the calls are then named in
+    the warnings, as any uncounted op)."""
+    if any(f.domain == fmt.DOMAIN for f in model.functions):
+        return model
+    from onnx import inliner
+    try:
+        return inliner.inline_local_functions(model, convert_version=True)
+    except Exception:       # noqa: BLE001 -- counted as it is, with the calls uncounted
+        return model
 
 
 def _pools_of_spikes(nodes, pools: Dict[str, str], sites: Dict[str, str], inits) -> Dict[str, str]:
@@ -392,8 +411,30 @@ def _dry_run(fg: FlatGraph, names: Sequence[str], t: _Tensors) -> None:
 
 # ------------------------------------------------------------------ counting
 
+def _einsum_labels(node: onnx.NodeProto):
+    """An Einsum of two operands: (their labels, the output's), else None (three or more
+    operands, an ellipsis, a label repeated within an operand: not counted)."""
+    from ..graph.einsum import parse
+    eq = walk.attr(node, "equation", b"")
+    parsed = parse(eq.decode() if isinstance(eq, bytes) else str(eq), len(node.input))
+    if parsed is None or len(parsed[0]) != 2 or any(len(set(o)) != len(o) for o in parsed[0]):
+        return None
+    return parsed
+
+
+def _einsum_macs(node: onnx.NodeProto, t: "_Tensors") -> int:
+    """An Einsum's multiply-adds: one per combination of its labels' values (each output
+    element sums the products over the labels it lacks)."""
+    (a, b), _ = _einsum_labels(node)
+    size = dict(zip(a, t.shapes[node.input[0]]))
+    size.update(zip(b, t.shapes[node.input[1]]))
+    return _prod(size.values())
+
+
 def _needed(node: onnx.NodeProto) -> List[str]:
     op = node.op_type
+    if op == "Einsum":
+        return [node.input[0], node.input[1], node.output[0]]
     if op in ("Conv",):
         return [node.input[1], node.output[0]]
     if op == "ConvTranspose":
@@ -410,6 +451,8 @@ def _counted(node: onnx.NodeProto, t: _Tensors) -> bool:
         return False
     if node.op_type in MAC_OPS or node.op_type in POOL_OPS or node.op_type in GLOBAL_POOL_OPS:
         return True
+    if node.op_type == "Einsum":
+        return _einsum_labels(node) is not None
     if node.op_type in ADD_OPS or node.op_type in REDUCE_OPS:
         et = t.types.get(node.output[0])
         return et is None or et in _FLOAT_TYPES
@@ -434,6 +477,8 @@ def _count_node(node: onnx.NodeProto, t: _Tensors) -> Tuple[str, int]:
         return "mac", _prod(out) * int(k)
     if op == "MatMul":
         return "mac", _prod(out) * int(t.shapes[node.input[0]][-1])
+    if op == "Einsum":
+        return "mac", _einsum_macs(node, t)
     if op in POOL_OPS:
         return "other", _prod(out) * _prod(walk.attr(node, "kernel_shape", []))
     if op in GLOBAL_POOL_OPS or op in REDUCE_OPS:
@@ -444,7 +489,7 @@ def _count_node(node: onnx.NodeProto, t: _Tensors) -> Tuple[str, int]:
 
 
 def _data_input(node: onnx.NodeProto, constant: set) -> str:
-    if node.op_type == "MatMul" and node.input[0] in constant and node.input[1] not in constant:
+    if node.op_type in ("MatMul", "Einsum") and node.input[0] in constant and node.input[1] not in constant:
         return node.input[1]
     return node.input[0]
 
@@ -466,7 +511,7 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
     for n in g.node:
         for o in n.output:
             producers.setdefault(o, n)
-    constant = constant_names(g, fg.weights)
+    constant = constant_names(g, fg.weights, shapes=True)   # (a mask of ones: a scale)
     site_dep = walk.dependents(list(g.node), fg.sites.keys())
     names: Dict[str, int] = {}
     rows = []

@@ -34,13 +34,21 @@ MIXING = ("AveragePool", "GlobalAveragePool", "LpPool", "ReduceMean", "ReduceSum
 SUMS = ("Add", "Sub", "Sum")
 
 
-def constant_names(g: onnx.GraphProto, weights: Iterable[str] = ()) -> set:
-    """Tensors that depend on no data input (initializers, Constant nodes and their results)."""
+#: ops whose output depends on the shape of their input, never on its values
+SHAPE_OPS = ("Shape", "Size")
+
+
+def constant_names(g: onnx.GraphProto, weights: Iterable[str] = (), shapes: bool = False) -> set:
+    """Tensors that depend on no data input (initializers, Constant nodes and their results).
+    ``shapes``: also what depends on the data's shape alone (``Shape``, ``Size`` and their
+    results: the same at every time step, such as a Dropout's mask of ones at inference,
+    ``ConstantOfShape(Shape(x))``)."""
     const = {t.name for t in g.initializer} | set(weights)
     inputs = {i.name for i in g.input} - const
     for n in g.node:
         ins = [i for i in n.input if i]
-        if all(i in const for i in ins) and not any(i in inputs for i in ins):
+        if (shapes and n.op_type in SHAPE_OPS) or (
+                all(i in const for i in ins) and not any(i in inputs for i in ins)):
             const.update(o for o in n.output if o)
     return const
 
