@@ -871,7 +871,8 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
 
     * transposed to NHWC when the input's dims are [N, H, W, C] (tf2onnx, Keras and JAX
       exports put the channels last) and not [N, C, H, W];
-    * for one-channel images, [N, H, W] without the channel axis, or [N, H * W] flattened,
+    * for one-channel images, [N, H, W] without the channel axis, or [N, H * W] flattened
+      (either with axes of size 1 around: [N, 1, H * W] for a 1-D convolution),
       when the input takes that (an MLP for MNIST-like data, a Keras model whose first layer
       is Flatten): with one channel both memory orders flatten alike. A flat input of
       several channels is ambiguous (NCHW or NHWC order?), and one with a free size may not
@@ -901,6 +902,12 @@ def to_input_layout(x: np.ndarray, specs, where: str) -> np.ndarray:
     if c == 1 and fits(dims, (h * w,)):
         log.info("%s: fed flattened [N, %d], as the model's input '%s' takes it", where, h * w, name)
         return x.reshape(len(x), h * w)
+    if c == 1 and [d for d in dims if d != 1] in ([h, w], [h * w]):
+        # the same with axes of size 1 around ([N, 1, 784] for a 1-D convolution over the
+        # flattened image, [N, 784, 1]): one channel's values in the same memory order
+        log.info("%s: fed as [N, %s], as the model's input '%s' takes it", where,
+                 ", ".join(map(str, dims)), name)
+        return x.reshape(len(x), *dims)
     return x
 
 

@@ -629,6 +629,19 @@ def test_named_datasets_feed_a_model_without_a_channel_axis(in_shape, tmp_path):
     assert to_input_layout(x3, [("x", [None, 3072])], "t").shape == x3.shape
 
 
+def test_named_datasets_feed_a_flat_input_with_unit_axes():
+    """[N, 1, 784] (a 1-D convolution over the flattened image) and [N, 784, 1] take a
+    one-channel dataset's images in the same memory order (an outside sweep found them
+    refused, with advice to reshape a named dataset); several channels stay refused."""
+    from onnx_snn.datasets import to_input_layout
+    x1 = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 1, 28, 28)
+    for dims in ([1, 784], [784, 1], [1, 1, 28, 28]):
+        got = to_input_layout(x1, [("x", [None, *dims])], "t")
+        assert got.shape == (2, *dims) and np.array_equal(got.ravel(), x1.ravel()), dims
+    x3 = np.zeros((2, 3, 32, 32), np.float32)
+    assert to_input_layout(x3, [("x", [None, 1, 3072])], "t").shape == x3.shape
+
+
 def test_a_fully_convolutional_classifier_is_scored(tmp_path):
     """A classifier whose scores come out as [N, classes, 1, 1] (a 1x1 convolution and a global
     pool, as the ONNX model zoo's SqueezeNet and DenseNet end; eval and finetune refused it):

@@ -442,6 +442,18 @@ def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_outpu
         normalize(m)
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_softmax_over_the_batch_axis_is_refused_for_what_it_is(opset):
+    """A final Softmax over axis 0 normalizes across the batch: the refusal says so, where it
+    listed no reader (opset 13) or an internal Reshape (opset 11, read as opset 13 reads it)."""
+    b = B.GraphBuilder(opset)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    m = b.model("input", b.node("Softmax", [logits], axis=0), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Softmax\) is a Softmax over the batch "
+                                                    r"axis \(axis 0\): it normalizes across"):
+        normalize(m)
+
+
 @pytest.mark.parametrize("pool, says", [
     ("reducemax_h", "MaxPool whose kernel spans those axes"),
     ("reducemax_c", "a maximum over the channels"),

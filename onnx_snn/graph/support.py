@@ -284,6 +284,11 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                     "all classes in one [N, classes] output. Export the classifier with one "
                     "scores output (skl2onnx: options={id(model): {'zipmap': False}}, or the "
                     "default ZipMap), whose final Softmax is dropped")
+    if node.op in ("Softmax", "LogSoftmax") and _over_the_batch(node):
+        return (f"is a {node.op} over the batch axis (axis 0): it normalizes across the samples "
+                "of a batch, not over each sample's classes, so no spiking model (which runs "
+                "each sample alone) can compute it; export the model with its Softmax over the "
+                "classes (axis 1 or -1), or without it")
     if head is None:
         return None
     after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])
@@ -297,6 +302,16 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                 "largest, over axis 1 of [N, classes] scores)")
     return (f"{what}; a spiking model outputs the time-averaged logits: export the model "
             "without its post-processing and apply it to the spiking model's outputs")
+
+
+def _over_the_batch(node: gs.Node) -> bool:
+    """Whether a Softmax/LogSoftmax normalizes over axis 0: its own ``axis``, or, written as
+    opset 13 reads an older one, a Flatten at axis 0 before it (all of the batch in one row)."""
+    if node.attrs.get("axis", None) == 0:
+        return True
+    x = node.inputs[0] if node.inputs else None
+    src = x.inputs[0] if x is not None and len(x.inputs) == 1 else None
+    return src is not None and src.op == "Flatten" and src.attrs.get("axis", 1) == 0
 
 
 #: what an op usually is a piece of, when an exporter writes a layer out in elementwise ops
