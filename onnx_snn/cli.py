@@ -73,14 +73,14 @@ architectures), 2.1-2.5x the loop graph's speed in onnxruntime (README). It runs
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 
---unit-thresholds writes a faster form (0.43-0.46x the DNN's images/s in onnxruntime at
-T=2 on the README's networks, one thread, batch 256, against 0.34-0.38x for the plain deploy
+--unit-thresholds writes a faster form (0.44-0.45x the DNN's images/s in onnxruntime at
+T=2 on the README's networks, one thread, batch 256, against 0.34-0.35x for the plain deploy
 graph): each layer rescaled to thresholds of 1, the spike amplitudes folded into the weights,
 and each neuron written as ops that onnxruntime keeps in its blocked convolution layout. Its
 spikes are the model's in real arithmetic; float rounding of the rescaled weights can flip a
 neuron within about 2e-7 of its threshold.
 
-Both forms run a batch --batch-chunk samples at a time (default 8; an ONNX Scan over slices
+Both forms run a batch --batch-chunk samples at a time (default 16; an ONNX Scan over slices
 of the batch): each neuron's elementwise ops then work on tensors that fit in the caches
 (0.37-0.39x the DNN for the unit form run whole). The outputs are the whole batch's; a graph
 whose outputs would differ (one that mixes samples, e.g. a sum over the batch) is checked in

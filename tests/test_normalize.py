@@ -442,6 +442,19 @@ def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_outpu
         normalize(m)
 
 
+def test_a_float64_round_trip_inside_a_float32_model_names_the_cast_to_remove():
+    """Cast float32 -> float64 -> float32 between two float32 layers: the refusal says to
+    remove the Casts, where it said to convert the (float32) model to float32."""
+    b = B.GraphBuilder(13)
+    a = b.act(b.conv("input", 1, 4), "clip")
+    wide = b.node("Cast", [a], to=onnx.TensorProto.DOUBLE)
+    back = b.node("Cast", [wide], to=onnx.TensorProto.FLOAT)
+    m = b.model("input", b.gemm(b.node("Flatten", [back]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Cast\) casts data to float64 inside a "
+                                                    r"float32 model.*remove this Cast"):
+        normalize(m)
+
+
 @pytest.mark.parametrize("opset", [11, 13])
 def test_a_softmax_over_the_batch_axis_is_refused_for_what_it_is(opset):
     """A final Softmax over axis 0 normalizes across the batch: the refusal says so, where it

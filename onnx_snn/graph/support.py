@@ -107,6 +107,12 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                                         "or sizes is supported")
         for o in node.outputs:
             kind = _other_float(o.dtype) if o.name in dynamic else None
+            if kind and node.op == "Cast":        # a float32 model's step in another type
+                raise UnsupportedModelError(
+                    f"{node_label(node)} casts data to {kind} inside a float32 model; only "
+                    "float32 layers are supported (float16 and float64 models as a whole are "
+                    "converted in float32, not a step inside a float32 one): remove this Cast "
+                    "and the Cast back to float32 from the DNN (or export the step in float32)")
             if kind:
                 raise UnsupportedModelError(
                     f"{node_label(node)} computes '{o.name}' in {kind}; only float32 layers "

@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..graph.skeleton import copy_messages
 
 #: the samples per iteration that deploy graphs use by default (``--batch-chunk``; 0: whole)
-DEFAULT_BATCH_CHUNK = 8
+DEFAULT_BATCH_CHUNK = 16
 #: the prefix of the names the wrapper adds (reserved by the format for onnx-snn's tensors)
 _PRE = "snn.chunk/"
 #: the first opset with ``Slice`` taking its starts and ends as inputs, and ``Where``
