@@ -479,7 +479,8 @@ def same_values(a, b) -> bool:
         return False
 
 
-def _values_text(v) -> str:
+def values_text(v) -> str:
+    """A mean or std (a number or a list of them) as ``[a, b, c]``, 4 significant digits."""
     try:
         return "[" + ", ".join(f"{a:.4g}" for a in _as_list(v)) + "]"
     except (TypeError, ValueError):
@@ -498,8 +499,8 @@ def warn_preprocess_override(where: str, mean, std, recorded: Optional[dict], th
     if same_values(recorded.get("mean"), mean) and same_values(recorded.get("std"), std):
         return False
     log.warning("%s: --mean/--std override the preprocessing it records (mean %s, std %s) "
-                "with mean %s, std %s; %s", where, _values_text(recorded.get("mean")),
-                _values_text(recorded.get("std")), _values_text(mean), _values_text(std), then)
+                "with mean %s, std %s; %s", where, values_text(recorded.get("mean")),
+                values_text(recorded.get("std")), values_text(mean), values_text(std), then)
     return True
 
 

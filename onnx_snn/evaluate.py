@@ -199,10 +199,6 @@ def _other_outputs_hint(runner) -> str:
             "and convert the DNN with `--outputs NAME` to keep the scores alone")
 
 
-def _fmt_values(v) -> str:
-    return "[" + ", ".join(f"{float(x):.4g}" for x in (v if isinstance(v, (list, tuple)) else [v])) + "]"
-
-
 def _scored_index(runner, output: Optional[str], where: str) -> int:
     """The index among the runner's outputs of ``output`` (None: the first, 0); a name the
     model does not output is a UsageError listing those it does."""
@@ -240,7 +236,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
               show_progress, threads, download=False, where=None,
               top1: Optional[bool] = True, output: Optional[str] = None) -> Dict[int, EvalResult]:
     from .convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
-                          resolve_data, warn_other_timesteps, warn_preprocess_override)
+                          resolve_data, values_text, warn_other_timesteps,
+                          warn_preprocess_override)
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
@@ -309,7 +306,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     named = folder is not None or named_dataset(data) is not None    # normalized here
     if preprocess and mean is None and named and not is_pixels_255(preprocess):
         notes.append(f"the images are normalized as {where} records (mean "
-                     f"{_fmt_values(preprocess['mean'])}, std {_fmt_values(preprocess['std'])}); "
+                     f"{values_text(preprocess['mean'])}, std {values_text(preprocess['std'])}); "
                      "--mean/--std override it")
     # (a helper's eval fell from 85.3 to 67.2 % without a word)
     warn_preprocess_override(where, mean, std, preprocess, "its results are then on other "

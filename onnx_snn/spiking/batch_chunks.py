@@ -3,25 +3,27 @@
 A spiking deploy graph is its convolutions plus, per neuron and step, a few elementwise
 ops (``Add``, ``HardSigmoid``) that onnxruntime runs as separate passes over whole
 tensors. At batch 256 a 32x28x28 site's tensor is 26 MB, far beyond the caches, so every
-pass goes to memory; at a batch of 8 the same passes stay in cache. The DNN, whose
+pass goes to memory; at a batch of 16 the same passes stay in cache. The DNN, whose
 activations onnxruntime fuses into its convolutions, runs as fast at either batch size.
-:func:`chunk_batch` wraps the graph in an ONNX ``Loop`` whose body is the graph itself (its
+:func:`chunk_batch` wraps the graph in an ONNX ``Scan`` whose body is the graph itself (its
 weights inside the body, where onnxruntime's blocked-layout rewrite can reach them) run on
 ``chunk`` samples of the batch per iteration:
 
 * the batch of ``n`` samples is cut into ``c = ceil(n / b)`` slices of ``b = min(n, chunk)``
   samples; the last slice ends at sample ``n`` and so overlaps the one before it where
   ``chunk`` does not divide ``n`` (no padding: at most ``chunk - 1`` samples are computed
-  twice, and a batch smaller than ``chunk`` is run whole, once);
-* the iterations' outputs, stacked by the ``Loop`` as ``[c, b, ...]``, are flattened and the
+  twice, and a batch smaller than ``chunk`` is run whole, once), gathered as ``[c, b, ...]``
+  for the ``Scan`` to step over;
+* the iterations' outputs, stacked by the ``Scan`` as ``[c, b, ...]``, are flattened and the
   overlap dropped, which gives every output in the order of the batch.
 
 Every sample's outputs are those the graph computes for it in a batch of ``b``: the graph
 must compute each sample alone, which the deploy graph of a DNN in inference does when its
-inputs and outputs share a dynamic batch axis (the first), the condition checked here.
-Where it does not hold (a fixed batch, an output without that axis, several batch names),
-or the opset has no dynamic ``Slice`` (before 11), the graph is left whole and the reason
-returned. Measured in README ("Inference speed"), ``python tools/bench_layouts.py``.
+inputs and outputs share a dynamic batch axis (the first), the condition checked here
+(:func:`why_not`), and that onnxruntime confirms on random samples (:func:`differs`: a
+graph that mixes samples, such as a sum over the batch, gives other outputs in chunks).
+Where either fails, the graph is left whole and the reason returned. Measured in README
+("Inference speed"), ``python tools/bench_layouts.py``.
 """
 from __future__ import annotations
 
@@ -85,12 +87,12 @@ def why_not(model: onnx.ModelProto, per_sample: Sequence[str] = ()) -> Optional[
     return None
 
 
-#: the name of the body graph of a chunked model's Loop
+#: the name of the body graph of a chunked model's Scan
 BODY_NAME = "snn_batch_chunk"
 
 
 def per_sample_graph(model: onnx.ModelProto) -> onnx.GraphProto:
-    """The graph that computes the samples: the body of a chunked model's ``Loop`` (what the
+    """The graph that computes the samples: the body of a chunked model's ``Scan`` (what the
     model was before :func:`chunk_batch`, but for its inputs' and outputs' names), else the
     model's graph itself."""
     for n in model.graph.node:
@@ -123,19 +125,15 @@ def chunk_batch(model: onnx.ModelProto, chunk: int,
     return (model, reason) if reason else (chunked, None)
 
 
-#: the largest model :func:`differs` runs (one protobuf message; larger ones stay whole)
-CHECK_MAX_BYTES = 2_000_000_000
-
-
 def differs(whole: onnx.ModelProto, chunked: onnx.ModelProto, chunk: int) -> Optional[str]:
     """Why ``chunked`` may not stand for ``whole``: run both in onnxruntime on a batch of
     ``chunk + chunk // 2 + 1`` samples (two slices that overlap; random values in [0, 1) for
     float inputs, zeros for others) and compare every output, to float rounding. None when
     they agree. An op that mixes samples (a sum or a norm over the batch, a batch-size
     dependent shape) shows here, where no list of ops could foresee every exporter's."""
-    import onnxruntime as ort
+    from ..calibrate import make_session
     from ..graph import skeleton
-    if skeleton.byte_size(whole) >= CHECK_MAX_BYTES:
+    if skeleton.byte_size(whole) >= skeleton.MAX_PROTOBUF:     # (the body's weights are inline)
         return "a model of 2 GB or more is not checked for samples that mix, so it runs whole"
     n = chunk + chunk // 2 + 1
     rng = np.random.default_rng(0)
@@ -148,12 +146,8 @@ def differs(whole: onnx.ModelProto, chunked: onnx.ModelProto, chunk: int) -> Opt
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
         feed[i.name] = (rng.random((n, *dims)).astype(dtype) if np.issubdtype(dtype, np.floating)
                         else np.zeros((n, *dims), dtype))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.log_severity_level = 3
     try:
-        got = [ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-               .run(None, feed) for m in (whole, chunked)]
+        got = [make_session(m, threads=1).run(None, feed) for m in (whole, chunked)]
     except Exception as e:      # noqa: BLE001 -- the verdict: run whole, with the reason
         return f"onnxruntime could not run the check ({str(e).splitlines()[0][:200]})"
     for o, a, b in zip(whole.graph.output, *got):
