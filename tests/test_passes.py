@@ -291,6 +291,90 @@ def test_hidden_softmax_is_kept():
     assert r.changed == 0 and r.reason("sm") == "its output feeds Add 'add', not a graph output"
 
 
+_ORDER_TAILS = {   # what follows a final softmax to the output, and its inverse
+    "Log": ([h.make_node("Log", ["p"], ["y"], name="tail")], [], lambda v: np.exp(v)),
+    "Mul": ([h.make_node("Mul", ["p", "c"], ["y"], name="tail")], [init("c", np.float32(100))],
+            lambda v: v / 100),
+    "Mul-first": ([h.make_node("Mul", ["c", "p"], ["y"], name="tail")], [init("c", np.array([3], np.float32))],
+                  lambda v: v / 3),
+    "Div": ([h.make_node("Div", ["p", "c"], ["y"], name="tail")], [init("c", np.float32(0.5))],
+            lambda v: v * 0.5),
+    "Add-Log": ([h.make_node("Add", ["p", "c"], ["q"], name="tail"),
+                 h.make_node("Log", ["q"], ["y"], name="tail2")], [init("c", np.float32(1e-6))],
+                lambda v: np.exp(v) - 1e-6),
+    "Sub": ([h.make_node("Sub", ["p", "c"], ["y"], name="tail")], [init("c", np.float32(0.25))],
+            lambda v: v + 0.25),
+}
+
+
+@pytest.mark.parametrize("tail", sorted(_ORDER_TAILS))
+def test_a_final_softmax_goes_with_the_order_keeping_ops_after_it(tail):
+    """Log(Softmax(x)) (a log-softmax written out), percentages (Softmax * 100), a shift by one
+    number: each keeps the argmax, so it is dropped with the softmax (they were refused with
+    advice to replace the Softmax by a ReLU)."""
+    nodes, extra, inverse = _ORDER_TAILS[tail]
+    m = _logits_then([h.make_node("Softmax", ["logits"], ["p"], name="sm", axis=1)] + nodes,
+                     ["N", 4], extra=extra)
+    r, out = apply(cleanup.strip_final_softmax, m)
+    assert r.changed == 1 and ops(out) == ["Gemm"], ops(out)
+    assert "'sm' and the " in r.notes[0] and "'tail'" in r.notes[0]
+    feeds = {"x": rand(6, 6)}
+    a, b = ort_run(m, feeds)[0], ort_run(out, feeds)[0]
+    np.testing.assert_allclose(inverse(a), softmax(b), rtol=1e-4, atol=1e-6)
+    assert [o.name for o in out.graph.output] == ["y"]
+
+
+@pytest.mark.parametrize("node,value", [
+    (h.make_node("Mul", ["p", "c"], ["y"], name="tail"), np.array([1, 2, 3, 4], np.float32)),
+    (h.make_node("Mul", ["p", "c"], ["y"], name="tail"), np.float32(-1)),
+    (h.make_node("Sub", ["c", "p"], ["y"], name="tail"), np.float32(1)),
+    (h.make_node("Div", ["c", "p"], ["y"], name="tail"), np.float32(1)),
+    (h.make_node("Add", ["p", "c"], ["y"], name="tail"), np.array([0, 0, 0, 5], np.float32)),
+])
+def test_a_tail_that_can_change_the_argmax_keeps_the_softmax(node, value):
+    """A per-class scale or shift, a negative scale, 1 - p or 1 / p reorder the classes."""
+    m = _logits_then([h.make_node("Softmax", ["logits"], ["p"], name="sm", axis=1), node],
+                     ["N", 4], extra=[init("c", value)])
+    r, out = apply(cleanup.strip_final_softmax, m)
+    assert r.changed == 0 and "Softmax" in ops(out)
+    assert r.reason("sm") == f"its output feeds {node.op_type} 'tail', not a graph output"
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Sigmoid"])
+@pytest.mark.parametrize("reshaped", [False, True])
+def test_an_output_beside_its_own_softmax_is_not_given_the_softmaxs_name(op, reshaped):
+    """A model that outputs the logits and their softmax (probs = Softmax(logits), both
+    outputs): dropping the softmax left 'probs' an Identity of the logits, an output that
+    held logits under the probabilities' name. It is dropped with a note; 'logits' stays."""
+    w, b = rand(4, 6), rand(4)
+    nodes = [h.make_node("Gemm", ["x", "W", "B"], ["logits"], name="fc", transB=1),
+             h.make_node(op, ["logits"], ["p" if reshaped else "probs"], name="sm",
+                         **({} if op == "Sigmoid" else {"axis": 1}))]
+    if reshaped:
+        nodes.append(h.make_node("Flatten", ["p"], ["probs"], name="flat"))
+    m = make(nodes, [vi("x", ["N", 6])], [vi("logits", ["N", 4]), vi("probs", ["N", 4])],
+             [init("W", w), init("B", b)])
+    pass_ = cleanup.strip_final_sigmoid if op == "Sigmoid" else cleanup.strip_final_softmax
+    r, out = apply(pass_, m)
+    assert [o.name for o in out.graph.output] == ["logits"] and ops(out) == ["Gemm"]
+    assert r.changed == 1 and r.notes[0].startswith(
+        f"dropped the output 'probs' ({op} 'sm' of the output 'logits')")
+    assert "apply " + op + " to 'logits'" in r.notes[0]
+    feeds = {"x": rand(3, 6)}
+    np.testing.assert_allclose(ort_run(out, feeds)[0], ort_run(m, feeds)[0], rtol=1e-6)
+
+
+def test_a_sigmoid_with_a_percentage_tail_is_dropped_with_it():
+    nodes = [h.make_node("Sigmoid", ["logits"], ["p"], name="sg"),
+             h.make_node("Mul", ["p", "c"], ["y"], name="pct")]
+    m = _logits_then(nodes, ["N", 4], extra=[init("c", np.float32(100))])
+    r, out = apply(cleanup.strip_final_sigmoid, m)
+    assert ops(out) == ["Gemm"] and "'sg' and the Mul 'pct' after it" in r.notes[0]
+    feeds = {"x": rand(3, 6)}
+    np.testing.assert_allclose(ort_run(m, feeds)[0] / 100,
+                               1 / (1 + np.exp(-ort_run(out, feeds)[0])), rtol=1e-5)
+
+
 # ---------------------------------------------------------------- einsum with a constant
 
 _EINSUMS = [   # (equation, data shape, weight shape, weight first)

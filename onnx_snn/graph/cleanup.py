@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import ir
-from .ir import bypass, is_graph_output, producer, scalar_value
+from .ir import bypass, const_value, is_graph_output, producer, scalar_value
 from .passes import PassResult, graph_pass
 from .sites import CLAMP_OPS, _data_input, constant_bounds
 
@@ -38,9 +38,37 @@ def _coerced_form(sm: gs.Node):
     return t, int(fl.attrs.get("axis", 1)), fl, shp, rs
 
 
-def _path_to_output(graph: gs.Graph, t) -> Tuple[List[gs.Node], Optional[str]]:
+#: elementwise ops that keep the order of the values they read: after a final softmax or
+#: sigmoid they change no argmax (a log-softmax written as Log(Softmax(x)), percentages as
+#: Softmax(x) * 100), so they go with it
+MONOTONE_OPS = ("Log", "Exp", "Sqrt", "Mul", "Div", "Add", "Sub")
+
+
+def _keeps_order(node: gs.Node, t) -> bool:
+    """Whether ``node`` maps ``t`` elementwise by one increasing function: Log, Exp, Sqrt
+    (of a softmax's or sigmoid's positive values), or the same number added, subtracted,
+    multiplied by (> 0) or divided by (> 0) everywhere."""
+    if len(node.outputs) != 1 or not node.inputs or not any(i is t for i in node.inputs):
+        return False
+    if node.op in ("Log", "Exp", "Sqrt"):
+        return len(node.inputs) == 1
+    if node.op not in MONOTONE_OPS or len(node.inputs) != 2:
+        return False
+    first = node.inputs[0] is t
+    other = node.inputs[1] if first else node.inputs[0]
+    c = scalar_value(other, like=t)
+    if c is None or not np.isfinite(c):
+        return False
+    if node.op in ("Sub", "Div") and not first:      # c - t, c / t: decreasing
+        return False
+    return c > 0 if node.op in ("Mul", "Div") else True
+
+
+def _path_to_output(graph: gs.Graph, t, monotone: bool = False
+                    ) -> Tuple[List[gs.Node], Optional[str]]:
     """The reshaping nodes from ``t`` to a graph output that is used by nothing else, or why
-    there is no such path."""
+    there is no such path. ``monotone``: order-keeping elementwise ops (:func:`_keeps_order`)
+    may be on the way too."""
     chain: List[gs.Node] = []
     while True:
         if is_graph_output(graph, t):
@@ -51,10 +79,48 @@ def _path_to_output(graph: gs.Graph, t) -> Tuple[List[gs.Node], Optional[str]]:
             return chain, (f"its output '{t.name}' feeds {len(t.outputs)} nodes"
                            if t.outputs else f"its output '{t.name}' is unused")
         c = t.outputs[0]
-        if c.op not in RESHAPE_OPS or c.inputs[0] is not t:
+        if not ((c.op in RESHAPE_OPS and c.inputs[0] is t) or (monotone and _keeps_order(c, t))):
             return chain, f"its output feeds {c.op} '{c.name}', not a graph output"
         chain.append(c)
         t = c.outputs[0]
+
+
+def _order_ops(chain: List[gs.Node]) -> List[gs.Node]:
+    return [c for c in chain if c.op not in RESHAPE_OPS]
+
+
+def _drop_order_ops(graph: gs.Graph, chain: List[gs.Node]) -> None:
+    """Bypass the order-keeping ops of ``chain`` (they go with the head they follow)."""
+    for c in _order_ops(chain):
+        data = 1 if len(c.inputs) == 2 and const_value(c.inputs[0]) is not None else 0
+        bypass(graph, c, keep=data)
+
+
+def _after(chain: List[gs.Node]) -> str:
+    """' and the Log 'l' after it', or '' without order-keeping ops in ``chain``."""
+    ops = _order_ops(chain)
+    return (" and the " + ", ".join(f"{c.op} '{c.name}'" for c in ops) + " after it") if ops else ""
+
+
+def _dropped_output_beside(graph: gs.Graph, head: gs.Node, x, end, chain: List[gs.Node],
+                           result: PassResult, what: str) -> bool:
+    """When the values ``x`` a final ``head`` reads are themselves a graph output (a model that
+    outputs logits and their softmax), the head's output ``end`` is dropped from the outputs
+    (with ``chain``, the nodes between them) rather than left holding the same values under
+    the head's name; True when it did."""
+    same = _passed_to(x, [o for o in graph.outputs if o is not end])
+    if same is None:
+        return False
+    graph.outputs = [o for o in graph.outputs if o is not end]
+    for n in [head] + chain:
+        n.inputs.clear()
+        n.outputs.clear()
+    result.notes.append(
+        f"dropped the output '{end.name}' ({head.op} '{head.name}'{_after(chain)} of the output "
+        f"'{same.name}'): the spiking model outputs '{same.name}' time-averaged, and {what}; "
+        f"apply {head.op} to '{same.name}' for the values '{end.name}' held")
+    result.changed += 1
+    return True
 
 
 def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node]) -> Optional[str]:
@@ -70,6 +136,7 @@ def _why_kept(sm: gs.Node, x, group_from: int, single: bool, chain: List[gs.Node
         axis += rank
     if axis == 0 and (rank is None or rank >= 2):
         return f"{sm.op} over axis 0 (the batch axis): dropping it would change the argmax"
+    chain = [c for c in chain if c.op in RESHAPE_OPS]
     if not chain:
         return None
     if not single and axis == 1:
@@ -197,23 +264,28 @@ def strip_final_softmax(graph: gs.Graph, result: PassResult) -> None:
             end, single = rs.outputs[0], False
         else:
             x, group_from, end, single = sm.inputs[0], int(sm.attrs.get("axis", -1)), sm.outputs[0], True
-        chain, why = _path_to_output(graph, end)
+        chain, why = _path_to_output(graph, end, monotone=True)
         if why is None:
             why = _why_kept(sm, x, group_from, single, chain)
         if why is not None:
             result.skip(sm, why)
             continue
-        result.notes.append(f"dropped the final {sm.op} '{sm.name}': the spiking model outputs "
-                            "time-averaged logits (argmax, hence top-1, is unchanged)")
+        out = chain[-1].outputs[0] if chain else end
+        if _dropped_output_beside(graph, sm, x, out, chain + ([] if coerced is None else [fl, shp, rs]),
+                                  result, "a spiking model has no softmax"):
+            continue
+        result.notes.append(f"dropped the final {sm.op} '{sm.name}'{_after(chain)}: the spiking "
+                            "model outputs time-averaged logits (argmax, hence top-1, is unchanged)")
         result.changed += 1
         if coerced is None:
             bypass(graph, sm)
-            continue
-        for n in (fl, shp, sm):
-            n.inputs.clear()
-            n.outputs.clear()
-        rs.inputs = [x]
-        bypass(graph, rs)
+        else:
+            for n in (fl, shp, sm):
+                n.inputs.clear()
+                n.outputs.clear()
+            rs.inputs = [x]
+            bypass(graph, rs)
+        _drop_order_ops(graph, chain)
     graph.cleanup()
 
 
@@ -237,13 +309,19 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
                 "probabilities)")
             result.changed += 1
             continue
-        _, why = _path_to_output(graph, sg.outputs[0])
+        chain, why = _path_to_output(graph, sg.outputs[0], monotone=True)
         if why is not None:
             result.skip(sg, why)
             continue
-        result.notes.append(f"dropped the final {sg.op} '{sg.name}': " + _DROPPED_HEADS[sg.op])
+        out = chain[-1].outputs[0] if chain else sg.outputs[0]
+        if _dropped_output_beside(graph, sg, sg.inputs[0], out, chain, result,
+                                  f"a spiking model has no {sg.op.lower()}"):
+            continue
+        result.notes.append(f"dropped the final {sg.op} '{sg.name}'{_after(chain)}: "
+                            + _DROPPED_HEADS[sg.op])
         result.changed += 1
         bypass(graph, sg)
+        _drop_order_ops(graph, chain)
     graph.cleanup()
 
 

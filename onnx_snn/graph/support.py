@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
-from .cleanup import HEAD_TAIL, head_nodes
+from .cleanup import HEAD_TAIL, _path_to_output, head_nodes
 from .ir import const_value, depends_on_inputs, is_empty, node_label, rank
 
 #: layers whose output is a linear function of their (spiking) input
@@ -279,7 +279,7 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
     it (``cleanup.strip_output_head`` drops an ArgMax, or a TopK of the largest, over the
     classes of [N, classes] scores; ``strip_final_softmax`` a Softmax whose output goes to the
     outputs alone): what to do instead; None for any other node."""
-    if node.op not in _POSTPROCESS:
+    if node.op not in _POSTPROCESS | {"Sigmoid"}:
         return None
     head = head_nodes(node)        # everything downstream must be post-processing or layout
     if head is None and node.op in ("Softmax", "LogSoftmax"):
@@ -295,6 +295,15 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                 "of a batch, not over each sample's classes, so no spiking model (which runs "
                 "each sample alone) can compute it; export the model with its Softmax over the "
                 "classes (axis 1 or -1), or without it")
+    if node.op in ("Softmax", "LogSoftmax", "Sigmoid") and head is None \
+            and _post_processes(node):
+        _, why = _path_to_output(graph, node.outputs[0], monotone=True)
+        return (f"is the output head's {node.op}: a spiking model outputs time-averaged logits, "
+                f"and the conversion drops a final {node.op} only with reshapes and "
+                "order-keeping ops after it on the way to an output (Log, Exp, Sqrt, one "
+                f"positive scale or one shift for all classes), not here ({why}: what follows "
+                "can reorder the classes); export the model without its post-processing (its "
+                "logits) and apply that to the spiking model's outputs")
     if head is None:
         return None
     after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])
@@ -308,6 +317,31 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                 "largest, over axis 1 of [N, classes] scores)")
     return (f"{what}; a spiking model outputs the time-averaged logits: export the model "
             "without its post-processing and apply it to the spiking model's outputs")
+
+
+def _post_processes(node: gs.Node) -> bool:
+    """Whether everything downstream of ``node`` computes from its values and constants alone,
+    with no layer or activation: a head on the outputs, not a gate such as SiLU's
+    x * sigmoid(x) or an attention's softmax."""
+    seen, made, todo = {id(node)}, {id(t) for t in node.outputs}, [node]
+    while todo:
+        for t in todo.pop().outputs:
+            for c in t.outputs:
+                if id(c) in seen:
+                    continue
+                if c.op in SITE_OPS or c.op in SPIKE_OPS or c.op in (LINEAR_OPS - _ELEMENTWISE):
+                    return False
+                if any(id(i) not in made and not is_empty(i) and const_value(i) is None
+                       for i in c.inputs):
+                    return False        # it reads other data too
+                seen.add(id(c))
+                made.update(id(o) for o in c.outputs)
+                todo.append(c)
+    return True
+
+
+#: elementwise linear ops (with a constant: a scale or shift of a head's values)
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Neg"}
 
 
 def _over_the_batch(node: gs.Node) -> bool:
