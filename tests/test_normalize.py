@@ -442,6 +442,34 @@ def test_a_softmax_cut_into_one_output_per_class_says_to_export_one_scores_outpu
         normalize(m)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "Sigmoid"])
+def test_a_head_whose_tail_can_reorder_the_classes_is_refused_as_a_head(op):
+    """Softmax(x) * per-class weights on the outputs: not droppable (the weights reorder the
+    classes), and refused as the output head it is, with what follows it named, where it
+    was refused as a nonlinearity to replace by a ReLU and fine-tune."""
+    b = B.GraphBuilder(13)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    p = b.node(op, [logits], **({"axis": 1} if op == "Softmax" else {}))
+    w = b.node("Mul", [p, b.const(np.linspace(1, 2, 10).astype(np.float32))])
+    m = b.model("input", w, (1, 12, 12), 10)
+    tail = [n.name for n in m.graph.node if n.op_type == "Mul"][0]
+    with pytest.raises(UnsupportedModelError) as e:
+        normalize(m)
+    msg = str(e.value)
+    assert f"({op}) is the output head's {op}" in msg and f"feeds Mul '{tail}'" in msg, msg
+    assert "replace it in the DNN" not in msg
+
+
+def test_a_gate_is_no_output_head():
+    """x * sigmoid(x) (SiLU) on the outputs reads other data than the Sigmoid's: still refused
+    as a nonlinearity to replace."""
+    b = B.GraphBuilder(13)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    m = b.model("input", b.node("Mul", [logits, b.node("Sigmoid", [logits])]), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\) is a nonlinearity"):
+        normalize(m)
+
+
 def test_a_float64_round_trip_inside_a_float32_model_names_the_cast_to_remove():
     """Cast float32 -> float64 -> float32 between two float32 layers: the refusal says to
     remove the Casts, where it said to convert the (float32) model to float32."""
@@ -1477,6 +1505,12 @@ def _masked_relu(form: str, opset: int, zero=0.0):
         y = b.node("Mul", [b.node("Cast", [b.node("Greater", [x, z])], to=1), x])
     elif form == "where_swapped":          # where(x > 0, 0, x): min(x, 0), not a ReLU
         y = b.node("Where", [b.node("Greater", [x, z]), z, x])
+    elif form == "where_leaky":            # torch.where(x > 0, x, 0.1 * x): a leaky ReLU
+        y = b.node("Where", [b.node("Greater", [x, z]), x,
+                             b.node("Mul", [x, b.const(np.array(0.1, np.float32))])])
+    elif form == "where_lt_leaky":         # where(x < 0, x * 0.25, x)
+        y = b.node("Where", [b.node("Less", [x, z]),
+                             b.node("Mul", [b.const(np.array([0.25], np.float32)), x]), x])
     y = b.gemm(b.node("Flatten", [y]), 4 * 144, 10)
     return b.model("input", y, (1, 12, 12), 10)
 
@@ -1506,6 +1540,27 @@ def test_a_mask_that_is_not_a_relu_stays_refused(form, zero):
     site (the model has no other activation, so it is refused as having none)."""
     with pytest.raises(UnsupportedModelError, match="no ReLU-type activation"):
         normalize(_masked_relu(form, 13, zero))
+
+
+@pytest.mark.parametrize("form,slope", [("where_leaky", 0.1), ("where_lt_leaky", 0.25)])
+def test_a_leaky_relu_written_with_a_mask_is_refused_as_one(form, slope):
+    """Where(x > 0, x, a * x) is a LeakyRelu of slope a: refused by that name (it was refused
+    at its Greater, 'compares the data (a thresholded ReLU ...)', saying nothing of what the
+    layer is), and the normalized graph computes what the source does."""
+    m = _masked_relu(form, 13)
+    with pytest.raises(UnsupportedModelError) as e:
+        normalize(m)
+    msg = str(e.value)
+    assert "(LeakyRelu) is a nonlinearity" in msg, msg
+    assert f"a leaky ReLU of slope {slope:g} written as Where" in msg
+    import onnx_graphsurgeon as gs
+    from onnx_snn.graph import canonical
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(m))
+    canonical.masked_relu_to_relu(graph)
+    out = gs.export_onnx(graph)
+    assert ops(out).count("LeakyRelu") == 1 and "Where" not in ops(out)
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(out, x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
 
 
 def _with_stale_shapes(intermediate: bool, output: bool) -> onnx.ModelProto:

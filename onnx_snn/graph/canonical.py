@@ -435,13 +435,24 @@ def _sign_test(t):
     return None
 
 
+def _scaled(t, x) -> Optional[float]:
+    """``a`` when ``t`` is ``a * x`` (or ``x * a``) with a constant scalar ``a``, else None."""
+    if len(t.inputs) != 1 or t.inputs[0].op != "Mul" or len(t.inputs[0].inputs) != 2:
+        return None
+    a, b = t.inputs[0].inputs
+    if a is x or b is x:
+        return scalar_value(b if a is x else a, x)
+    return None
+
+
 @graph_pass("masked-relu-to-relu")
 def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
     """A ReLU written with a mask is a ``Relu`` (a site like any other): ``Where(x > 0, x, 0)``,
     ``Where(x < 0, 0, x)`` (>= and <= too, either operand order of the comparison;
     ``torch.where(x > 0, x, 0)`` exports so) and ``x * Cast(x > 0)``. At ``x = 0`` every form
-    gives 0, as max(x, 0) does. Any other Where or Mul stays, and the support check names
-    it."""
+    gives 0, as max(x, 0) does. A leaky ReLU written so, ``Where(x > 0, x, a * x)``, is a
+    ``LeakyRelu`` of slope ``a`` (which the support check refuses by its name unless ``a`` is
+    0). Any other Where or Mul stays, and the support check names it."""
     for node in graph.nodes:
         x = None
         if node.op == "Where" and len(node.inputs) == 3:
@@ -451,6 +462,17 @@ def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
                 keep, zero = (1, 2) if sign == "positive" else (2, 1)
                 if node.inputs[keep] is t and _zeros(node.inputs[zero], t):
                     x = t
+                slope = _scaled(node.inputs[zero], t) if node.inputs[keep] is t else None
+                if x is None and slope is not None:
+                    result.notes.append(f"Where '{node.name}': a leaky ReLU written with a "
+                                        f"mask (slope {slope:g}), is read as a LeakyRelu")
+                    node.op, node.attrs = "LeakyRelu", {"alpha": float(slope)}
+                    result.records.append((node.name, f"a leaky ReLU of slope {slope:g} "
+                                                      "written as Where(x > 0, x, a * x)"))
+                    node.inputs.clear()
+                    node.inputs.append(t)
+                    result.changed += 1
+                    continue
         elif node.op == "Mul" and len(node.inputs) == 2:
             for i in (0, 1):
                 mask, other = node.inputs[i], node.inputs[1 - i]
