@@ -514,6 +514,16 @@ def test_final_clamp_is_dropped(kind):
     np.testing.assert_allclose(ort_run(out, feeds)[0], ort_run(before, feeds)[0], rtol=1e-6)
 
 
+def test_an_output_beside_its_own_final_clamp_is_dropped():
+    """logits and Relu(logits) both outputs: the clamp's output would have held the logits
+    under its own name; it is dropped with a note."""
+    m = _hidden_then([h.make_node("Relu", ["logits"], ["y"], name="act")])
+    m.graph.output.insert(0, vi("logits", ["N", 4]))
+    r, out = apply(cleanup.strip_final_activation, m)
+    assert [o.name for o in out.graph.output] == ["logits"] and ops(out).count("Relu") == 1
+    assert r.notes[0].startswith("dropped the output 'y' (Relu 'act' of the output 'logits')")
+
+
 def test_final_clamp_is_kept_where_it_is_not_the_readout():
     # its value also feeds another node
     m = _hidden_then([h.make_node("Relu", ["logits"], ["r"], name="act"),

@@ -389,6 +389,13 @@ def strip_final_activation(graph: gs.Graph, result: PassResult) -> None:
                 continue
             lo, hi = bounds
             what = f"clamp to [{lo:g}, {hi:g}]" if node.op != "Relu" else "ReLU"
+            chain, _ = _path_to_output(graph, node.outputs[0])
+            end = chain[-1].outputs[0] if chain else node.outputs[0]
+            if _dropped_output_beside(graph, node, _data_input(node), end, chain, result,
+                                      "a spiking layer there would round each output "
+                                      "to T + 1 levels"):
+                changed = True
+                break
             result.notes.append(
                 f"dropped the final {node.op} '{node.name}' (a {what} on the outputs): the "
                 "spiking model outputs the time-averaged values before it (a spiking layer "
