@@ -396,3 +396,65 @@ def test_every_command_checks_the_data_scale_alike(tmp_path, capsys, caplog):
         said = {r.getMessage() for r in caplog.records if "no negative value" in r.getMessage()}
         # (finetune says it twice: the file is its training and its test data)
         assert len(said) == 1 and said.pop().startswith(f"{px}: taken as already preprocessed"), argv
+
+
+def _gained(spiking_operand: bool) -> onnx.ModelProto:
+    """Two inputs, x [N, 8] and gain [N, 1]: x * gain -> Gemm -> Relu -> Gemm (the product
+    before the first spiking layer), or with ``spiking_operand`` the Relu's output times the
+    gain (a product of spikes and data)."""
+    rng = np.random.default_rng(3)
+    inits = [nh.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w1"),
+             nh.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b1"),
+             nh.from_array(rng.normal(0, 0.5, (4, 16)).astype(np.float32), "w2"),
+             nh.from_array(np.zeros(4, np.float32), "b2")]
+    if spiking_operand:
+        nodes = [h.make_node("Gemm", ["x", "w1", "b1"], ["z"], transB=1, name="fc1"),
+                 h.make_node("Relu", ["z"], ["a"], name="act"),
+                 h.make_node("Mul", ["a", "gain"], ["ag"], name="gate"),
+                 h.make_node("Gemm", ["ag", "w2", "b2"], ["y"], transB=1, name="fc2")]
+    else:
+        nodes = [h.make_node("Mul", ["x", "gain"], ["xg"], name="gain_mul"),
+                 h.make_node("Gemm", ["xg", "w1", "b1"], ["z"], transB=1, name="fc1"),
+                 h.make_node("Relu", ["z"], ["a"], name="act"),
+                 h.make_node("Gemm", ["a", "w2", "b2"], ["y"], transB=1, name="fc2")]
+    g = h.make_graph(nodes, "gained", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 8]),
+                                       h.make_tensor_value_info("gain", TP.FLOAT, ["N", 1])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 4])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_a_product_of_two_inputs_before_the_first_spiking_layer_converts(tmp_path):
+    """x * gain of two model inputs is the same at every step, an input current like any
+    other: it converts (it was refused as 'multiplies two data tensors, not linear in the
+    spikes'), follows its DNN at large T, and the two runtimes agree on it."""
+    import onnx_snn
+    from onnx_snn.runtimes.ort import run
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.random((64, 8)).astype(np.float32),
+             "gain": rng.uniform(0.5, 2, (64, 1)).astype(np.float32)}
+    np.savez(tmp_path / "calib.npz", **feeds)
+    m = _gained(False)
+    snn = onnx_snn.convert(m, str(tmp_path / "calib.npz"), timesteps=256, method="max",
+                           show_progress=False)
+    got, want = run(snn.model, feeds).outputs[0], run(m, feeds).outputs[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    torch = pytest.importorskip("torch")
+    from onnx_snn.runtimes.torch import SpikingNetwork
+    small = onnx_snn.convert(m, str(tmp_path / "calib.npz"), timesteps=3, show_progress=False)
+    net = SpikingNetwork(small.model).eval()
+    with torch.no_grad():
+        y = net({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    r = run(small.model, feeds)
+    assert np.abs(y - r.outputs[0]).max() <= 1e-5
+    for k in r.spikes:
+        np.testing.assert_array_equal(net.last_spikes[k].numpy(), r.spikes[k])
+
+
+def test_a_product_of_spikes_and_data_stays_refused():
+    from onnx_snn.graph.normalize import normalize
+    with pytest.raises(UnsupportedModelError, match=r"'gate' \(Mul\) multiplies or divides two "
+                                                    r"data tensors"):
+        normalize(_gained(True))

@@ -58,6 +58,7 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
     detail = detail or {}
     graph.toposort()
     dynamic = depends_on_inputs(graph)
+    spiking = _after_sites(graph, site_names)
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx", None):
             more = f" ({detail[node.name]})" if node.name in detail else ""
@@ -97,7 +98,7 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
-        if _multiplies_data(node, dynamic):
+        if _multiplies_data(node, dynamic) and _reads_data(node, spiking):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
         if why:
@@ -242,6 +243,17 @@ def _reads_data(node: gs.Node, dynamic: set) -> bool:
     """Whether any input of ``node`` depends on the data (``dynamic``: depends_on_inputs),
     not on constants and shapes alone."""
     return any(t.name in dynamic for t in node.inputs if not is_empty(t))
+
+
+def _after_sites(graph: gs.Graph, site_names: set) -> set:
+    """Names of the tensors computed from a site's output (spikes in the spiking graph); a
+    product of tensors outside it (``x * gain`` of two model inputs before the first spiking
+    layer) is the same at every step, an input current like any other."""
+    after = set()
+    for node in graph.nodes:       # toposorted by the caller
+        if node.name in site_names or any(t.name in after for t in node.inputs if not is_empty(t)):
+            after.update(o.name for o in node.outputs)
+    return after
 
 
 def _multiplies_data(node: gs.Node, dynamic: set) -> bool:
