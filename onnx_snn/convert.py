@@ -164,14 +164,19 @@ def check_count(value, name: str, maximum: Optional[int] = None, allow_none: boo
     return int(value)
 
 
-def remember_dataset(metadata: Dict[str, str], data) -> Dict[str, str]:
+def remember_dataset(metadata: Dict[str, str], data, trained: bool = False) -> Dict[str, str]:
     """The metadata to add so that a model remembers the named dataset ``data``
     (fashion-mnist, cifar10, ...) it was converted or fine-tuned on, where ``metadata``
     records none: the commands after this one (eval, finetune, analyze) then default to it,
     as they do for the zoo's models (a user's own DNN records none, and eval of its
-    conversion asked for --data again). Empty when there is nothing to add."""
+    conversion asked for --data again). ``trained``: the model was trained on ``data``
+    (fine-tuned), which then replaces another named dataset it records (eval without --data
+    read the dataset of the DNN it was converted from). Empty when there is nothing to add."""
     name = named_dataset(data)
-    return {fmt.META_DATASET: name} if name and not metadata.get(fmt.META_DATASET) else {}
+    recorded = metadata.get(fmt.META_DATASET)
+    if not name or (recorded and not trained) or named_dataset(recorded or "") == name:
+        return {}
+    return {fmt.META_DATASET: name}
 
 
 def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:

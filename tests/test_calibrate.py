@@ -295,6 +295,20 @@ def test_the_step_by_step_api_remembers_the_data_as_convert_does(tmp_path, fmnis
     assert F.META_DATASET not in F.metadata(snn.model)
 
 
+def test_a_model_fine_tuned_on_another_named_dataset_remembers_that_one():
+    """remember_dataset: a conversion keeps the dataset its DNN records (the calibration data
+    may be any); fine-tuning (trained=True) on another named dataset replaces it, so that
+    eval without --data reads what the model was last trained on (it read the DNN's)."""
+    from onnx_snn.convert import remember_dataset
+    from onnx_snn.spiking import format as F
+    fm = {F.META_DATASET: "fashion-mnist"}
+    assert remember_dataset({}, "mnist") == {F.META_DATASET: "mnist"}
+    assert remember_dataset(fm, "mnist") == {}                          # a conversion
+    assert remember_dataset(fm, "mnist:train", trained=True) == {F.META_DATASET: "mnist"}
+    assert remember_dataset(fm, "fashion_mnist:train", trained=True) == {}   # the same one
+    assert remember_dataset(fm, "/data/train.npz", trained=True) == {}  # a file: not known
+
+
 def test_integer_arrays_are_warned_about_as_convert_does(nm, caplog):
     """calibrate(nm, uint8 pixels) ran on activations of hundreds without a word (convert and
     evaluate warned); now the arrays get convert's checks."""

@@ -617,7 +617,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
         if trained_on is not None:
             hist["preprocess"] = trained_on
         model = net.to_model(hist, T, trained_on)
-        fmt.set_metadata(model, remember_dataset(fmt.metadata(model), data))
+        fmt.set_metadata(model, remember_dataset(fmt.metadata(model), data, trained=True))
         fingerprint = fmt.spiking_fingerprint(fmt.read_info(model))
         write_all_atomic(model_items(model, out_path, True if external else None, avoid=inputs))
 
