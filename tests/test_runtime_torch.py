@@ -1046,6 +1046,26 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert h["surrogate"] == "rectangle" and h["augment"] is True
 
 
+def test_finetune_resumes_with_its_data_file_typed_another_way(tmp_path, fmnist_snn, monkeypatch,
+                                                                capsys):
+    """--data d.npz, then --resume with --data ./d.npz (or its absolute path): the same file,
+    resumed (the check compared the names as typed and refused it)."""
+    from onnx_snn.cli import main
+    from onnx_snn.datasets import load_dataset
+    ds = load_dataset("fashion-mnist:test").take(64, seed=0)
+    np.savez(tmp_path / "d.npz", x=ds.x, y=ds.y)
+    monkeypatch.chdir(tmp_path)
+    base = ["-q", "finetune", str(fmnist_snn), "-o", "t.snn.onnx", "--test-data", "d.npz",
+            "--batch-size", "32"]
+    assert main(base + ["--data", "d.npz", "--epochs", "1"]) == 0
+    assert main(base + ["--data", "./d.npz", "--epochs", "2", "--resume", "--json", "r.json"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["resumed_after"] == 1
+    other = tmp_path / "e.npz"
+    np.savez(other, x=ds.x[:48], y=ds.y[:48])
+    assert main(base + ["--data", str(other), "--epochs", "3", "--resume"]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
 def test_finetune_remembers_the_preprocessing_it_trained_with(tmp_path, fmnist_snn):
     """--mean/--std other than the recorded ones: the output records them (and its history
     says so), so a later eval feeds the data as the model was trained; the same ones change

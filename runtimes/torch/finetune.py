@@ -574,7 +574,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                     "warmup": cfg.warmup if cfg.schedule == "cosine" else None,
                     "surrogate": cfg.surrogate, "augment": bool(augment), "seed": cfg.seed,
                     "train_initial": bool(cfg.train_initial), "loss": cfg.loss,
-                    "dropout": bool(cfg.dropout), "train_data": train.name, "test_data": test.name,
+                    "dropout": bool(cfg.dropout), "train_data": data_record["train_data"],
+                    "test_data": data_record["test_data"],
                     "train_data_sha256": _data_fingerprint(train),
                     "test_data_sha256": _data_fingerprint(test),
                     "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
@@ -925,6 +926,10 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
              "schedule": "--schedule", "warmup": "--warmup",
              "train_data_sha256": "the training data's contents (sha256 of a sample)",
              "test_data_sha256": "the test data's contents (sha256 of a sample)"}
+    # data files as absolute paths (a run recorded before that, as typed: the same file
+    # typed another way, ./d.npz for d.npz, is the same data)
+    was = {k: recorded_data_name(v) if k in ("train_data", "test_data") else v
+           for k, v in was.items()}
     diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
             if k in names and was[k] != now.get(k)]
     if diff:
