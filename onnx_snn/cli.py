@@ -581,9 +581,13 @@ def _with_external_data(model: str, outputs: list) -> list:
     """``outputs`` ((path or None, option) pairs of the models a command writes) and, when
     ``model`` keeps its weights in external data (so the written models do too), each one's
     ``<path>.data`` beside it: no output, input or other output may be one of them."""
-    from .model_io import external_data_path, model_files
+    from pathlib import Path
+    from .model_io import check_data_file_owner, external_data_path, model_files
     if len(model_files(model)) <= 1:
         return list(outputs)
+    for p, _ in outputs:     # an existing one must be that output's own (another model's
+        if p is not None:    # weights would be corrupted)
+            check_data_file_owner(external_data_path(p), Path(p))
     return list(outputs) + [(external_data_path(p), f"{opt}'s external data")
                             for p, opt in outputs if p is not None]
 

@@ -28,6 +28,36 @@ def test_external_data(tmp_path):
         load_model(path)
 
 
+def test_an_existing_weights_file_is_replaced_only_as_its_outputs_own(tmp_path):
+    """<out>.data that the model at <out> does not read (another model's weights, as a DNN
+    saved with location='out.onnx.data' keeps them) is refused, before anything is written;
+    the weights file of an earlier save to the same output is replaced as before."""
+    m = B.vgg(13, "clip")
+    out = tmp_path / "out.onnx"
+    save_model(m, out, external=True)
+    save_model(m, out, external=True)                      # its own: replaced
+    other = tmp_path / "other.onnx"
+    onnx.save(m, str(other), save_as_external_data=True, location="served.onnx.data",
+              size_threshold=0)
+    data = (tmp_path / "served.onnx.data").read_bytes()
+    with pytest.raises(OutputPathError, match="served.onnx.data: exists and is not this "
+                                              "output's weights file"):
+        save_model(m, tmp_path / "served.onnx", external=True)
+    assert (tmp_path / "served.onnx.data").read_bytes() == data
+    assert not (tmp_path / "served.onnx").exists()
+    onnx.load(str(other))                                   # still loads, its weights intact
+    # the command line refuses it before the work (deploy of a model with external data)
+    from onnx_snn.cli import main
+    x = B.rand_input(8)
+    np.save(tmp_path / "x.npy", x)
+    snn = tmp_path / "ext.snn.onnx"
+    assert main(["-q", "convert", str(other), "--calib", str(tmp_path / "x.npy"), "-o", str(snn),
+                 "--method", "max"]) == 0
+    assert (tmp_path / "ext.snn.onnx.data").exists()
+    assert main(["-q", "deploy", str(snn), "-o", str(tmp_path / "served.onnx")]) == 6
+    assert (tmp_path / "served.onnx.data").read_bytes() == data
+
+
 def test_save_refuses_input_and_missing_folder(tmp_path):
     m = B.vgg(13, "clip")
     src = tmp_path / "a.onnx"
