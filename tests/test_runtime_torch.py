@@ -1508,6 +1508,18 @@ def test_api_takes_what_convert_returns_and_paths(tmp_path):
         net.to_onnx(path)
     assert path.read_bytes() == before
     net.to_onnx(tmp_path / "back.snn.onnx")
+    # nor over the DNN it was converted from, nor its calibration data (save() refuses
+    # them; to_onnx replaced the DNN with a spiking model)
+    onnx.save(B.vgg(), str(tmp_path / "dnn.onnx"))
+    np.save(tmp_path / "calib.npy", x)
+    snn = onnx_snn.convert(str(tmp_path / "dnn.onnx"), str(tmp_path / "calib.npy"), 2,
+                           show_progress=False)
+    net = SpikingNetwork(snn.model)
+    for victim in ("dnn.onnx", "calib.npy"):
+        before = (tmp_path / victim).read_bytes()
+        with pytest.raises(OnnxSnnError, match="is an input"):
+            net.to_onnx(tmp_path / victim)
+        assert (tmp_path / victim).read_bytes() == before
 
 
 def _adaptive_pool_by_gather_nd(opset=18):

@@ -285,6 +285,28 @@ def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
     return torch.where(leak > 1.0, torch.ones_like(leak), leak)
 
 
+def recorded_files(model: onnx.ModelProto) -> List[str]:
+    """The files a spiking model's history names that exist: the DNN each step converted
+    from (``source_path``, with its external data) and the data files (calibration,
+    training, test) it was converted and fine-tuned on."""
+    from onnx_snn.datasets import recorded_data_paths
+    from onnx_snn.model_io import model_files
+    files: List[str] = []
+    try:
+        history = fmt.read_info(model).history
+    except Exception:     # noqa: BLE001 -- an unreadable history names nothing
+        return files
+    for step in history:
+        if not isinstance(step, dict):
+            continue
+        src = step.get("source_path")
+        if isinstance(src, str) and os.path.isfile(src):
+            files += model_files(src)
+        for key in ("calibration_data", "train_data", "test_data"):
+            files += [p for p in recorded_data_paths(step.get(key)) if os.path.exists(p)]
+    return files
+
+
 class SpikingNetwork(nn.Module):
     """A spiking ONNX model as a module: ``forward(x, timesteps=None)`` returns the
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``, and
@@ -886,6 +908,7 @@ class SpikingNetwork(nn.Module):
     def to_onnx(self, path, *inputs, history: Optional[dict] = None, timesteps: Optional[int] = None,
                 preprocess: Optional[dict] = None):
         """Write the network back in the spiking format to ``path`` (never over ``inputs``,
-        nor over the file :meth:`from_onnx` read)."""
+        nor over the file :meth:`from_onnx` read, nor over the files the model's history
+        names: the DNN it was converted from, its calibration and training data)."""
         return save_model(self.to_model(history, timesteps, preprocess), path, *inputs,
-                          *getattr(self, "source_files", []))
+                          *getattr(self, "source_files", []), *recorded_files(self.source))
