@@ -978,6 +978,8 @@ cli("ft_diverging_keeps_existing", "finetune", FT.replace("--epochs 1", "--epoch
 # an existing -o of another DNN would be "left as it was" as this run's result: refused first
 cli("ft_existing_output_of_another_dnn", "finetune", FT + " -o {ws}/t.onnx", 6,
     setup=copy("t.onnx", "fm.snn.onnx"), needle="another DNN")
+cli("ft_existing_output_is_a_dnn", "finetune", FT + " -o {ws}/t.onnx", 6,
+    setup=copy("t.onnx", "model.onnx"), needle="it is a DNN")
 cli("ft_garbage_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
     setup=write("t.onnx.ckpt.pt", b"this is not a checkpoint"), needle="checkpoint")
 cli("ft_other_model_resume", "finetune", FT + " -o {ws}/t.onnx --resume", 3,

@@ -1782,11 +1782,12 @@ def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_sn
     other = tmp_path / "other.snn.onnx"
     onnx_snn.convert(str(other_src), "fashion-mnist", timesteps=2, calib_samples=64,
                      method="datta", show_progress=False).save(other)
-    for out, why in ((stray, "not a spiking model"), (dnn, "not a spiking model"),
+    for out, why in ((stray, "not a model this tool can read"), (dnn, "it is a DNN"),
                      (other, "another DNN")):
         before = out.read_bytes()
         p = run_cli("finetune", str(fmnist_snn), "-o", str(out), *args)
         assert p.returncode == 6 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert "damaged" not in p.stderr and "convert it again" not in p.stderr, p.stderr
         assert out.read_bytes() == before
         assert not os.path.exists(str(out) + ".ckpt.pt")
     same = tmp_path / "same.snn.onnx"

@@ -428,12 +428,20 @@ def _check_existing_output(out_path: Path, info, model_path) -> None:
     ``model_path``: converted from the same DNN (``onnx_snn.source``), with the same sites.
     Anything else (another model's fine-tune, the DNN, a stray file) is refused before any
     work: it would otherwise be "left as it was" and pass for this run's result."""
-    why = None
+    why, other = None, None
     try:
-        other = fmt.read_info(load_model(out_path), str(out_path))
-    except Exception as e:      # noqa: BLE001 -- any reason it is not a spiking model
-        why = f"it is not a spiking model ({first_line(e, 2)[:200]})"
+        existing = load_model(out_path)
+    except Exception as e:      # noqa: BLE001 -- any reason it is no model
+        why = f"it is not a model this tool can read ({first_line(e, 2)[:200]})"
     else:
+        if not fmt.is_spiking(existing):
+            why = "it is a DNN (an ONNX model without the spiking format's metadata)"
+        else:
+            try:
+                other = fmt.read_info(existing, str(out_path))
+            except Exception as e:      # noqa: BLE001 -- any reason it is not a spiking model
+                why = f"it is not a spiking model ({first_line(e, 2)[:200]})"
+    if other is not None:
         if info.source and other.source and other.source != info.source:
             why = "it is a spiking model of another DNN (onnx_snn.source differs)"
         elif [(s.name, list(s.shape)) for s in other.sites] != [(s.name, list(s.shape)) for s in info.sites]:
