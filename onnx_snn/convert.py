@@ -764,7 +764,16 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     for site in nm.sites:
         st = calib.sites[site.name]
         mu, mu_source = site.mu, site.mu_source
-        if mu is not None and not mu <= UNUSED_CLIP_FACTOR * max(st.max, 0.0):
+        if not st.max > 0:
+            # a layer that never activates on the calibration data: a trained clip bound is
+            # kept (nothing here says it is unused); its neurons stay silent on such data
+            notes.append(
+                f"warning: site {site.name} ({site.idiom}, {', '.join(site.source_nodes) or '?'}): "
+                f"never activates on the calibration data (largest pre-activation {st.max:.4g}), "
+                "so its neurons stay silent on it" + (f"; its clip bound {mu:.4g} is kept"
+                                                       if mu is not None else "")
+                + "; calibrate on data that reaches it")
+        if mu is not None and st.max > 0 and not mu <= UNUSED_CLIP_FACTOR * st.max:
             # a clip no calibration value comes near (Clip(0, FLT_MAX) as an exporter's ReLU):
             # as a threshold scale it would leave every neuron silent
             est = estimate_mu(st.sample, cfg.relu_percentile)

@@ -143,6 +143,38 @@ def test_a_clip_bound_far_above_the_data_converts_as_a_plain_relu(bound):
     assert np.corrcoef(got.outputs[0].ravel(), dnn.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.parametrize("act", ["clip", "relu"])
+def test_a_layer_that_never_activates_is_said_to_be_silent(act):
+    """A layer whose calibration pre-activations are all negative: said so (the clip-bound
+    rule read its 'largest calibration value (-97.6)' as one its bound of 1 was 100x above,
+    and replaced a trained clip by an estimate); a trained clip bound is kept."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * .4).astype(np.float32), "w1"),
+             nh.from_array(np.full(4, -100, np.float32), "b1"),
+             nh.from_array((rng.standard_normal((10, 4 * 144)) * .06).astype(np.float32), "w2"),
+             nh.from_array(np.zeros(10, np.float32), "b2"),
+             nh.from_array(np.float32(0), "lo"), nh.from_array(np.float32(1.5), "hi")]
+    a = h.make_node("Clip", ["c", "lo", "hi"], ["a"]) if act == "clip" else h.make_node("Relu", ["c"], ["a"])
+    g = h.make_graph([h.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1] * 4), a,
+                      h.make_node("Flatten", ["a"], ["f"]),
+                      h.make_node("Gemm", ["f", "w2", "b2"], ["y"], transB=1)], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    import onnx_snn
+    for method in ("datta", "refined"):
+        snn = onnx_snn.convert(m, B.rand_input(16), 2, method=method, show_progress=False)
+        notes = [n for n in snn.report["notes"] if "lif0" in n]
+        assert any("never activates on the calibration data" in n for n in notes), notes
+        assert not any("100x" in n for n in notes), notes
+        if act == "clip":
+            assert snn.records["lif0"].mu == pytest.approx(1.5)
+            assert snn.records["lif0"].mu_source != "estimated"
+
+
 def test_a_site_whose_batch_axis_was_merged_is_an_unsupported_model():
     """Flatten(axis=2) folds the batch into the rows of a dense layer: not a data problem
     (exit 5) but a model the rewrite cannot carry (exit 4), named."""
