@@ -187,6 +187,19 @@ def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: 
     with a warning when the folders are not the model's classes."""
     order = list(range(len(names)))
     if not classes or not names:
+        numbers = [n.strip() for n in names]
+        if names and all(re.fullmatch(r"\d+", n) for n in numbers) and \
+                sorted(numbers, key=int) != numbers:
+            shown = ", ".join(repr(n) for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            moved = next(n for i, n in enumerate(names) if int(n) != i) \
+                if all(int(n) < len(names) for n in names) else None
+            log.warning("%s: the class folders are named by numbers (%s) and labelled in their "
+                        "sorted order as text, as torchvision's ImageFolder and Keras label "
+                        "them%s; a model whose class k is the folder named k is scored wrong "
+                        "this way: name the folders with leading zeros (%s) to label them by "
+                        "number", where, shown,
+                        f" (folder {moved!r} is class {names.index(moved)})" if moved else "",
+                        ", ".join(n.zfill(len(max(numbers, key=len))) for n in sorted(numbers, key=int)[:3]) + ", ...")
         return order
 
     def key(text: str) -> str:

@@ -312,6 +312,26 @@ def test_class_folders_are_labelled_by_the_models_class_names(caplog):
     assert "not the model's 10 classes" in caplog.text
 
 
+def test_numbered_class_folders_in_text_order_are_warned_about(caplog):
+    """Folders 0..11 without the model's class names are labelled in text order ('10' is
+    class 2), as torchvision's ImageFolder does, which a model whose class k is folder k
+    scores wrong: a warning says so and how to get the numeric order (leading zeros); 0..9,
+    00..11 and names that are not numbers are labelled alike, without it."""
+    import logging
+    from onnx_snn.image_folder import class_labels
+    names = sorted(str(i) for i in range(12))
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert class_labels(names, None, "f") == list(range(12))
+    assert "named by numbers" in caplog.text and "folder '10' is class 2" in caplog.text
+    assert "leading zeros (00, 01, 02, ...)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        class_labels([str(i) for i in range(10)], None, "f")
+        class_labels([f"{i:02d}" for i in range(12)], None, "f")
+        class_labels(["a", "b"], None, "f")
+    assert caplog.text == ""
+
+
 def test_a_labelled_folder_follows_the_class_names_and_a_limit_spans_the_classes(tmp_path):
     """eval of a model that records its classes on a folder named after two of them: each
     image gets its own class's label (they were 0 and 1, the sorted order); and --limit on a
