@@ -329,7 +329,8 @@ def _pillow():
 
 def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
     """An image's pixels in [0, 1] as [height, width, channels]: 8-bit images (and palette,
-    alpha, CMYK ones, converted) by 255, 16-bit grayscale by 65535."""
+    alpha, CMYK ones, converted) by 255, 16-bit grayscale by 65535 (a 32-bit integer one
+    too, unless its values all fit 0..255: refused, as no file says which range it has)."""
     from PIL import Image
     channels = 1 if mode == "L" else 3
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -337,6 +338,13 @@ def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
         if a.min() < 0 or a.max() > 65535:
             raise DataError(f"{f}: a 32-bit integer image ({img.mode}) with values outside "
                             "0..65535; save it as an 8- or 16-bit image")
+        if img.mode == "I" and a.max() <= 255:
+            # 8-bit values stored in 32 bits (Image.fromarray of an int32 array), or a dark
+            # 16-bit image: divided by 65535 the first would be almost black, by 255 the second
+            # far too bright, and no file says which it is
+            raise DataError(f"{f}: a 32-bit integer image (mode I) whose values are all within "
+                            "0..255: 8-bit values stored in 32 bits, or a dark 16-bit image? "
+                            "Save it as an 8-bit (mode L or RGB) or 16-bit (mode I;16) image")
         g = Image.fromarray((a / 65535.0).astype(np.float32), mode="F")
         g = np.asarray(_fit(g, width, height), np.float32)
         return np.repeat(g[:, :, None], channels, axis=2)
