@@ -475,6 +475,13 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
                 (xk, yk), rest = picked, [picked[0]]
                 if xk.lower() in ("x_train", "x_test"):
                     name = f"{path}:{xk[2:]}"
+                    splits = {k.lower() for pair in SPLIT_KEYS.values() for k in pair}
+                    unread = [k for k in keys if k.lower() not in splits]
+                    if unread:   # x / y beside x_test / y_test: either could be meant
+                        logging.getLogger("onnx_snn").warning(
+                            "%s: reads its %s split (%s, %s); the array(s) %s beside the "
+                            "splits are ignored (save them to a file of their own to use them)",
+                            path, xk[2:], xk, yk or "no labels", ", ".join(repr(k) for k in unread))
             if not rest:
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
                                 f"(or data, images, inputs), or one per model input named after "

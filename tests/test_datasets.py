@@ -84,6 +84,26 @@ def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
         load_dataset("mnist", data_dir=empty)
 
 
+def test_arrays_beside_the_splits_are_said_to_be_ignored(tmp_path, caplog):
+    """x/y beside x_test/y_test: the test split is read (as before), and the other arrays are
+    said to be ignored (they were, silently: either set could have been meant)."""
+    import logging
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "both.npz", x=rng.random((10, 4)), y=np.zeros(10, int),
+             x_test=rng.random((30, 4)), y_test=np.zeros(30, int))
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        ds = load_dataset(str(tmp_path / "both.npz"))
+    assert len(ds) == 30
+    assert "reads its test split (x_test, y_test); the array(s) 'x', 'y' beside the splits " \
+           "are ignored" in caplog.text
+    caplog.clear()
+    np.savez(tmp_path / "keras.npz", x_train=rng.random((3, 4)), y_train=np.zeros(3, int),
+             x_test=rng.random((2, 4)), y_test=np.zeros(2, int))
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        load_dataset(str(tmp_path / "keras.npz"))
+    assert caplog.text == ""
+
+
 def test_keras_and_positional_npz_files(tmp_path):
     """A .npz as Keras's datasets save it (x_train, y_train, x_test, y_test: the split picks,
     test by default, named in the dataset's name) and numpy.savez(f, x, y)'s positional
