@@ -271,6 +271,13 @@ _CIFAR = {
                 [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
     "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train"], ["test"], b"fine_labels"),
 }
+#: the binary versions (cifar-10-binary.tar.gz, cifar-100-binary.tar.gz): (folder, train
+#: files, test files, label bytes per record, which of them is the class)
+_CIFAR_BINARY = {
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)],
+                ["test_batch.bin"], 1, 0),
+    "cifar100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1),   # coarse, fine
+}
 
 
 def _unpickle(path: Path) -> dict:
@@ -289,6 +296,10 @@ def load_cifar(name: str, split: str = "test", data_dir=None, download: bool = F
     for d in search_dirs(data_dir):
         candidates += [d / folder_name, d]
     folder = next((c for c in candidates if all((c / f).is_file() for f in test_files)), None)
+    if folder is None:
+        binary = _load_cifar_binary(name, split, data_dir)
+        if binary is not None:
+            return binary
     if folder is None and download:
         folder = _download_cifar(name, Path(data_dir or os.environ.get("ONNX_SNN_DATA") or
                                             Path.home() / ".cache" / "onnx-snn")) / folder_name
@@ -306,6 +317,36 @@ def load_cifar(name: str, split: str = "test", data_dir=None, download: bool = F
     if len(x) != len(y):
         raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
     return Dataset(f"{name}:{split}", x, y)
+
+
+def _load_cifar_binary(name: str, split: str, data_dir) -> Optional[Dataset]:
+    """The dataset from CIFAR's binary version (records of label byte(s) then 3072 pixel
+    bytes, channel-major) where a search folder holds it, else None."""
+    folder_name, train_files, test_files, label_bytes, which = _CIFAR_BINARY[name]
+    candidates = []
+    for d in search_dirs(data_dir):
+        candidates += [d / folder_name, d]
+    folder = next((c for c in candidates if all((c / f).is_file() for f in test_files)), None)
+    if folder is None:
+        return None
+    record = label_bytes + 3072
+    xs, ys = [], []
+    for fname in (train_files if split == "train" else test_files):
+        path = folder / fname
+        try:
+            raw = np.fromfile(path, np.uint8)
+        except OSError as e:
+            raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+        if raw.size == 0 or raw.size % record:
+            raise DataError(f"{path}: not a {name} binary batch ({raw.size} bytes, not whole "
+                            f"records of {record}: {label_bytes} label byte(s) and 3072 pixels)")
+        rows = raw.reshape(-1, record)
+        labels = rows[:, which].astype(np.int64)
+        _check_dataset_labels(labels, name, path)
+        xs.append(rows[:, label_bytes:].reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    x = np.concatenate(xs).astype(np.float32) / 255.0
+    return Dataset(f"{name}:{split}", x, np.concatenate(ys))
 
 
 def _cifar_batch(path: Path, name: str, label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
@@ -789,9 +830,12 @@ def dataset_files(spec, data_dir=None) -> list:
                     files += [folder / f"{prefix}-{kind}-ubyte.gz", folder / f"{prefix}-{kind}-ubyte"]
         else:
             folder_name, _, train_files, test_files, _ = _CIFAR[key]
+            bin_name, bin_train, bin_test, _, _ = _CIFAR_BINARY[key]
             for d in search_dirs(data_dir):
                 for c in (d / folder_name, d):
                     files += [c / f for f in train_files + test_files]
+                for c in (d / bin_name, d):
+                    files += [c / f for f in bin_train + bin_test]
     except DataError:
         pass
     return files

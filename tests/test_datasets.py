@@ -188,6 +188,33 @@ def test_cifar_python_folders(tmp_path, name):
     np.testing.assert_allclose(test.x[0, 0].reshape(-1), first[:1024] / 255.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_binary_folders(tmp_path, name):
+    """The binary version (cifar-10-batches-bin: records of a label byte and 3072 pixel bytes;
+    cifar-100-binary: coarse and fine label bytes first) is read like the python one (it was
+    'not found', with a hint to download the python version beside the folder it holds)."""
+    rng = np.random.default_rng(2)
+    folder, files, nlab = (("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)]
+                            + ["test_batch.bin"], 1) if name == "cifar10" else
+                           ("cifar-100-binary", ["train.bin", "test.bin"], 2))
+    (tmp_path / folder).mkdir()
+    records = {}
+    for f in files:
+        labels = rng.integers(0, 10, (4, nlab), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        (tmp_path / folder / f).write_bytes(np.concatenate([labels, pixels], 1).tobytes())
+        records[f] = labels[:, -1], pixels
+    test = load_dataset(name, data_dir=tmp_path)
+    train = load_dataset(f"{name}:train", data_dir=tmp_path)
+    assert test.x.shape == (4, 3, 32, 32) and len(train) == (20 if name == "cifar10" else 4)
+    want_y, want_x = records[files[-1]]
+    np.testing.assert_array_equal(test.y, want_y)          # cifar100: the fine label
+    np.testing.assert_allclose(test.x[1, 0].reshape(-1), want_x[1, :1024] / 255.0, rtol=1e-6)
+    (tmp_path / folder / files[-1]).write_bytes(b"\x01" * 100)
+    with pytest.raises(DataError, match="not a .* binary batch"):
+        load_dataset(name, data_dir=tmp_path)
+
+
 def test_cifar_corrupt_batch(tmp_path):
     make_cifar(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
