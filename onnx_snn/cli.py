@@ -441,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "kept: OUTPUT gets the starting model only when it does not "
                                    "exist yet, and an existing OUTPUT (a spiking model of the "
                                    "same DNN, else refused) is replaced only by an "
-                                   "epoch that beats the starting top-1.",
+                                   "epoch that beats the starting top-1 and the "
+                                   "existing OUTPUT's own (measured on the same test data).",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  onnx-snn finetune model.snn.onnx --data fashion-mnist --epochs 3 -o tuned.snn.onnx --plot curves.png\n"
@@ -949,6 +950,10 @@ def finetune_outcome(r) -> str:
             return f"{done}no epoch has beaten the starting top-1; {r.output} is as the first call left it"
         return (f"{done}{r.output} holds the run's best model (epoch {r.best_epoch}), "
                 "written before this resumed call; nothing was written")
+    standing = getattr(r, "existing_top1", None)
+    if standing is not None and r.initial_top1 is not None and standing > r.initial_top1:
+        return (f"no epoch beat the top-1 of the existing {r.output} ({standing:.2f}%), it was "
+                "left as it was")
     return f"no epoch beat the starting top-1, {r.output} was left as it was"
 
 

@@ -973,6 +973,31 @@ def fmnist_snn(tmp_path, fmnist_train):
     return out
 
 
+def test_an_existing_output_is_replaced_only_by_an_epoch_that_beats_it_too(tmp_path, fmnist_snn,
+                                                                          monkeypatch):
+    """A rerun onto an existing, better fine-tune: its top-1 on the run's test data is
+    measured, and an epoch must beat it as well as the starting top-1 (a weaker rerun
+    replaced an 80.40 % file with a 76.00 % one, beating only the starting 75.20 %)."""
+    import onnx_snn.runtimes.torch.finetune as FT
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    out = tmp_path / "tuned.snn.onnx"
+    out.write_bytes(fmnist_snn.read_bytes())      # the starting model as the existing output
+    cfg = FinetuneConfig(epochs=1, limit_train=64, limit_test=64)
+    measured = []
+    real = FT._existing_top1
+    monkeypatch.setattr(FT, "_existing_top1", lambda *a: measured.append(real(*a)) or measured[-1])
+    r = finetune(str(fmnist_snn), str(out), "fashion-mnist", cfg, show_progress=False)
+    assert measured == [r.initial_top1] and r.existing_top1 == r.initial_top1   # the same model
+    before = out.read_bytes()
+    monkeypatch.setattr(FT, "_existing_top1", lambda *a: 100.0)   # a file no epoch can beat
+    r = finetune(str(fmnist_snn), str(out), "fashion-mnist",
+                 FinetuneConfig(epochs=1, limit_train=64, limit_test=64, lr=1e-2),
+                 show_progress=False)
+    assert not r.written and out.read_bytes() == before
+    from onnx_snn.cli import finetune_outcome
+    assert "no epoch beat the top-1 of the existing" in finetune_outcome(r)
+
+
 def test_the_named_dataset_is_remembered_by_the_files_written(tmp_path, fmnist_snn):
     """A DNN that records no dataset (a user's own export), converted on fashion-mnist: the
     spiking file records it, and eval needs no --data (it asked for it); a spiking file that

@@ -13,7 +13,7 @@ the steps where the source DNN had dropout; thresholds, leaks (clamped to at mos
 weights trained. The test set is evaluated after every epoch and the best model is written
 to the output file, atomically. The starting model is written there before training only
 when the output does not exist yet; an existing output is replaced only by an epoch that
-beats the starting top-1. A non-finite loss, parameter or test output stops the run as
+beats the starting top-1 and its own. A non-finite loss, parameter or test output stops the run as
 diverged (:class:`TrainingDivergedError`) and leaves the last good model there.
 Hyperparameters are checked up front (:class:`UsageError`). Checkpoints allow ``resume``.
 Under ``torchrun`` the batches are sharded over the processes and gradients averaged with
@@ -200,6 +200,10 @@ class FinetuneResult:
     peak_cuda_mb: Optional[float]
     world_size: int
     written: bool = True        # this call wrote the output (False: no epoch beat the best so far)
+    #: the top-1 of the output that existed when the run started (a fine-tune of the same
+    #: model), on the same test data at the same T: an epoch replaces it only by beating this
+    #: too (None: no such output, or not measured)
+    existing_top1: Optional[float] = None
     teacher: Optional[str] = None   # the DNN it distilled from (None: the labels alone)
     #: resumed from a checkpoint: the epochs it had run before this call (None: not resumed)
     resumed_after: Optional[int] = None
@@ -422,6 +426,20 @@ def _finite_parameters(net) -> bool:
     return not net.turned_non_finite(trainable_only=True)
 
 
+def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed) -> Optional[float]:
+    """The top-1 of the existing output (a fine-tune of the same model, checked before) on
+    the run's test data at its T, which an epoch must beat to replace it (a rerun onto a
+    better file replaced it with a worse one, beating only the starting top-1); None where
+    it cannot be run."""
+    try:
+        other = SpikingNetwork(load_model(out_path)).to(device)
+        top1, _ = evaluate_torch(other, test, device, T, cfg.eval_batch, f"{out_path.name} as it is",
+                                 show_progress, finite_check=True, fixed=fixed)
+    except Exception:   # noqa: BLE001 -- it cannot be measured: the starting top-1 decides
+        return None
+    return float(top1)
+
+
 def _check_existing_output(out_path: Path, info, model_path) -> None:
     """An existing output is kept unless an epoch beats the starting model (and a resumed run
     holds its best model there), so it must be a spiking model of the same line as
@@ -462,7 +480,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
 
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
-    top-1 (``FinetuneResult.written`` says whether anything was written), and must be a
+    top-1 and that output's own, measured on the test data at the run's T
+    (``FinetuneResult.existing_top1``; ``FinetuneResult.written`` says whether anything was written), and must be a
     spiking model of the same DNN and sites (else :class:`OutputPathError` before any work); with
     ``initial_eval`` off there is no starting top-1, and the first epoch replaces it. ``mean``/``std``
     normalize a named dataset or an image folder (default: the model's recorded preprocessing).
@@ -605,6 +624,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                       broadcast_buffers=False)
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
+    standing = None                # the existing output's top-1, which an epoch must beat too
     gen_state, written, resumed_after = None, False, None
     fingerprint = None             # of the model written last
     existed = out_path.exists()
@@ -646,6 +666,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             start_epoch, best, best_epoch = int(state["epoch"]), float(state["best"]), int(state["best_epoch"])
             history = [EpochRecord(**e) for e in state["history"]]
             initial = state.get("initial")
+            standing = state.get("standing")
             torch.set_rng_state(state["rng"])
             gen_state = state.get("augment_rng")
             resumed_after = start_epoch
@@ -685,8 +706,15 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 written = True
                 log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
             else:
-                log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists and is "
-                    "replaced only by an epoch that beats this")
+                standing = _existing_top1(out_path, test, device, T, cfg, show_progress, fixed)
+                if standing is None or standing <= initial:
+                    log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists"
+                        + (f" (top-1 {standing:.2f}%)" if standing is not None else "")
+                        + " and is replaced only by an epoch that beats the starting top-1")
+                else:
+                    log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists "
+                        f"with top-1 {standing:.2f}% on this test data, and is replaced only by "
+                        "an epoch that beats that")
 
     def diverged(what):
         kept = (f"the last good model is in {output}" if written or (resume and out_path.exists())
@@ -775,13 +803,14 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             try:
                 if top1 > best:
                     best, best_epoch = top1, epoch + 1
-                    write_model(epoch + 1, top1)
-                    written = True
-                    on_disk = best_epoch
+                    if standing is None or top1 > standing:
+                        write_model(epoch + 1, top1)
+                        written = True
+                        on_disk = best_epoch
                 log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
                     f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
                 _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
-                           teacher_settings, T, run_settings)
+                           teacher_settings, T, run_settings, standing)
             except OutputPathError as e:
                 if on_disk is None:
                     raise
@@ -794,6 +823,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             dist.barrier()
     peak_cuda = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
     return FinetuneResult(output=str(output), timesteps=T, initial_top1=initial, best_top1=best,
+                          existing_top1=standing,
                           best_epoch=best_epoch, epochs=history,
                           seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -981,12 +1011,12 @@ def _check_resumed_teacher(state: dict, now: Optional[dict], ckpt_path: Path) ->
 
 def _save_ckpt(path: Path, net, opt, sched, epoch, best, best_epoch, history, initial, gen,
                teacher: Optional[dict] = None, timesteps: Optional[int] = None,
-               run: Optional[dict] = None):
+               run: Optional[dict] = None, standing: Optional[float] = None):
     """Atomically (a temporary file renamed; removed on any failure or signal)."""
     buf = io.BytesIO()
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "history": [asdict(h) for h in history],
                 "initial": initial, "rng": torch.get_rng_state(), "augment_rng": gen.get_state(),
-                "teacher": teacher, "timesteps": timesteps, "run": run}, buf)
+                "teacher": teacher, "timesteps": timesteps, "run": run, "standing": standing}, buf)
     write_bytes_atomic(buf.getvalue(), path)
