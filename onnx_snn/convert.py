@@ -839,7 +839,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
                    if cfg.caps_fit_targets(timesteps) else {}),
                 **({"weight_ridge_grid": list(cfg.weight_ridge_grid)} if cfg.weight_ridge_grid
                    else {})} if cfg.weight_calibration else {}),
-            **({"search_stride": cfg.search_stride} if cfg.search_stride != 1 else {})}
+            **({"search_stride": cfg.stride_at(timesteps)} if cfg.stride_at(timesteps) != 1
+               else {})}
            if cfg.sequential else {}),
         **({"pool_first": True} if nm.pools_moved else {}),
         **({"signed_spikes": True} if cfg.signed_spikes else {}),

@@ -409,7 +409,11 @@ def test_convert_search_stride(files):
     assert F.read_info(onnx.load(str(out))).history[0]["search_stride"] == 4
     with pytest.raises(SystemExit):
         main(["convert", str(files / "model.onnx"), "-o", str(out), "--calib",
-              str(files / "calib.npy"), "--search-stride", "0"])
+              str(files / "calib.npy"), "--search-stride", "-1"])
+    # 0, the default: automatic, recorded as what it was at that T (every 4th above T = 4)
+    assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                 str(files / "calib.npy"), "-T", "8"]) == 0
+    assert F.read_info(onnx.load(str(out))).history[0]["search_stride"] == 4
 
 
 @pytest.mark.parametrize("flags", [["--no-per-channel"], ["--search-stride", "4"],

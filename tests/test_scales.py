@@ -275,9 +275,30 @@ def test_channel_search_coarse_to_fine_is_close_to_every_candidate(seed, T, sign
                                                    rel=1e-9)
 
 
+def test_the_automatic_search_stride_is_coarse_above_four_steps_only():
+    """search_stride 0 (the default): every percentile up to T = 4 (the trained networks'
+    conversions are the same), every 4th then the neighbours of each channel's best above;
+    a stride given is used at every T."""
+    from onnx_snn.scales import AUTO_STRIDE, search_channels
+    auto = SearchConfig()
+    assert [auto.stride_at(t) for t in (1, 2, 3, 4, 5, 8, 64)] == [1, 1, 1, 1] + [AUTO_STRIDE] * 3
+    assert [SearchConfig(search_stride=1).stride_at(t) for t in (2, 16)] == [1, 1]
+    assert [SearchConfig(search_stride=3).stride_at(t) for t in (2, 16)] == [3, 3]
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.4, 0.5, (8, 3000)).astype(np.float32)
+    d = np.clip(x.mean(0), 0, 1.5)
+    g = np.repeat(np.arange(3), 1000)
+    for T, same_as in ((4, 1), (8, AUTO_STRIDE)):
+        got = search_channels(x[:T], d, 1.5, T, SearchConfig(), g, 3, start=(0.7, 0.9))
+        want = search_channels(x[:T], d, 1.5, T, SearchConfig(search_stride=same_as), g, 3,
+                               start=(0.7, 0.9))
+        np.testing.assert_array_equal(got.alpha, want.alpha)
+        np.testing.assert_array_equal(got.v_init_fraction, want.v_init_fraction)
+
+
 def test_search_stride_is_checked():
     with pytest.raises(ValueError, match="search stride"):
-        SearchConfig(search_stride=0)
+        SearchConfig(search_stride=-1)
     with pytest.raises(ValueError, match="search_stride must be a whole number"):
         SearchConfig(search_stride=2.5)
 

@@ -134,6 +134,9 @@ VARIANTS["deng-signed"] = ("deng", {"signed_spikes": True})
 #: the per-channel search coarse to fine (``convert --search-stride 4``), seeds 0-3
 STRIDE4 = {"refined-stride4": 0, **{f"refined-stride4-seed{k}": k for k in (1, 2, 3)}}
 VARIANTS.update({name: ("refined", {"search_stride": 4}) for name in STRIDE4})
+#: every percentile at any T (the default's search above T = 4 until 2026-12-06; at T <= 4 the
+#: default is this)
+VARIANTS["refined-stride1"] = ("refined", {"search_stride": 1})
 #: one ridge other than 0.01 for every layer (docs/FORMAT.md, tried and dropped before the
 #: ridge was chosen per layer)
 RIDGES = {f"refined-ridge{r:g}": r for r in (0.001, 0.003, 0.03)}
