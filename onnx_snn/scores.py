@@ -105,6 +105,36 @@ def first_output_kind(model: onnx.ModelProto, output: Optional[str] = None) -> s
     return PROBABILITIES if node.op_type == "Sigmoid" else SCORES
 
 
+def is_scaled_softmax(model: onnx.ModelProto, output: str) -> bool:
+    """Whether ``output`` is a Softmax's probabilities times a positive number (percentages,
+    ``Softmax(x) * 100``), through carry ops and Mul/Div by positive scalar constants: a
+    teacher's scores to read as probabilities (their log is the logits up to a constant),
+    which their sum (100, not 1) does not tell."""
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {i.name: i for i in model.graph.initializer}
+    t, scaled = output, False
+    for _ in range(64):
+        node = producers.get(t)
+        if node is None:
+            return False
+        if node.op_type == "Softmax":
+            return scaled
+        if node.op_type in CARRY_OPS and node.input:
+            t = node.input[0]
+            continue
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            return False
+        consts = [_constant(i, inits, producers) if _is_constant(i, inits, producers) else None
+                  for i in node.input]
+        data = [i for i, c in zip(node.input, consts) if c is None]
+        c = next((c for c in consts if c is not None), None)
+        if len(data) != 1 or c is None or c.size != 1 or not float(c[0]) > 0 or \
+                (node.op_type == "Div" and node.input[0] != data[0]):
+            return False
+        t, scaled = data[0], True
+    return False
+
+
 def class_table(model: onnx.ModelProto, output: Optional[str] = None) -> Optional[np.ndarray]:
     """The labels a classifier's class ids are looked up in on the way to its first output
     (skl2onnx's ``classes``: ArgMax's index i becomes ``table[i]``), when that is not simply

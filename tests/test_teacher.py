@@ -179,6 +179,29 @@ def test_a_softmax_teacher_is_read_as_probabilities(converted, tmp_path):
     assert torch.allclose(torch.softmax(probs(x), 1), torch.softmax(logits, 1), atol=1e-6)
 
 
+def test_a_percentage_teacher_is_read_as_probabilities(converted, tmp_path):
+    """A DNN whose output is Softmax(x) * 100 (percentages; its conversion drops both): its
+    rows sum to 100, not 1, and were read as logits (a near one-hot teacher); it is read
+    from the graph as probabilities, and distills like the plain Softmax teacher."""
+    from onnx import helper as oh
+    from onnx import numpy_helper as onh
+    src, out, x = converted
+    m = B.vgg(13, "clip", in_shape=(1, 12, 12), softmax=True)
+    y = m.graph.output[0].name
+    m.graph.node.append(oh.make_node("Mul", [y, "pct_c"], ["pct"], name="pct"))
+    m.graph.initializer.append(onh.from_array(np.array(100, np.float32), "pct_c"))
+    m.graph.output[0].name = "pct"
+    pct = tmp_path / "pct.onnx"
+    pct.write_bytes(m.SerializeToString())
+    student = torch.zeros(1, 10)
+    t = load_teacher(str(pct), x[:1], student)
+    assert t.probabilities
+    plain = load_teacher(str(src), x[:1], student)
+    assert float(distillation_loss(plain(x), t(x))) == pytest.approx(0.0, abs=1e-5)
+    from onnx_snn.scores import is_scaled_softmax
+    assert not is_scaled_softmax(onnx.load(str(src)), onnx.load(str(src)).graph.output[0].name)
+
+
 def _fixed(model: onnx.ModelProto, b: int) -> onnx.ModelProto:
     for vi in list(model.graph.input) + list(model.graph.output):
         vi.type.tensor_type.shape.dim[0].dim_value = b

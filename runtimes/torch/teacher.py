@@ -22,7 +22,7 @@ import torch.nn.functional as Fn
 
 from onnx_snn.errors import DataError, ModelLoadError, file_problem
 from onnx_snn.feeds import shown_shape
-from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind
+from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind, is_scaled_softmax
 from onnx_snn.model_io import load_model, sha256_file
 from onnx_snn.spiking import format as fmt
 
@@ -219,5 +219,6 @@ def load_teacher(path: str, probe, student_out: torch.Tensor,
         raise DataError(f"{path}: the teacher's {which} has shape {list(out.shape)} on a "
                         f"batch the spiking model answers with {list(student_out.shape)}; the "
                         "teacher must output the same classes")
-    teacher.probabilities = _is_softmax(out)
+    teacher.probabilities = _is_softmax(out) or is_scaled_softmax(runner.model,
+                                                                   runner.output_names[index])
     return teacher
