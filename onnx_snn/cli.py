@@ -783,8 +783,7 @@ def cmd_convert(args) -> int:
             ("--no-per-channel", not args.per_channel),
             ("--no-weight-calibration", not args.weight_calibration),
             ("--no-bias-correction", not args.bias_correction),
-            (f"--search-stride {args.search_stride}", args.search_stride != SEARCH.search_stride))
-            if given]
+            (f"--search-stride {args.search_stride}", args.search_stride not in (0, 1))) if given]
         if unused:
             raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
                              f"refinement of --method refined, which --method {args.method} "
@@ -946,6 +945,11 @@ def finetune_outcome(r) -> str:
     """What happened to the output file, for finetune's result line."""
     if r.written:
         return f"wrote {r.output}"
+    standing = getattr(r, "existing_top1", None)
+    if standing is not None and r.best_top1 <= standing and \
+            (r.initial_top1 is None or standing > r.initial_top1):
+        return (f"no epoch beat the top-1 of the existing {r.output} ({standing:.2f}%), it was "
+                "left as it was")
     if r.resumed_after is not None:
         ran = len(r.epochs) > r.resumed_after      # the history holds every epoch of the run
         done = "" if ran else f"the checkpoint had run all {r.resumed_after} epochs: "
@@ -953,10 +957,6 @@ def finetune_outcome(r) -> str:
             return f"{done}no epoch has beaten the starting top-1; {r.output} is as the first call left it"
         return (f"{done}{r.output} holds the run's best model (epoch {r.best_epoch}), "
                 "written before this resumed call; nothing was written")
-    standing = getattr(r, "existing_top1", None)
-    if standing is not None and r.initial_top1 is not None and standing > r.initial_top1:
-        return (f"no epoch beat the top-1 of the existing {r.output} ({standing:.2f}%), it was "
-                "left as it was")
     return f"no epoch beat the starting top-1, {r.output} was left as it was"
 
 

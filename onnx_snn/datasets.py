@@ -323,10 +323,11 @@ def _load_cifar_binary(name: str, split: str, data_dir) -> Optional[Dataset]:
     """The dataset from CIFAR's binary version (records of label byte(s) then 3072 pixel
     bytes, channel-major) where a search folder holds it, else None."""
     folder_name, train_files, test_files, label_bytes, which = _CIFAR_BINARY[name]
-    candidates = []
-    for d in search_dirs(data_dir):
-        candidates += [d / folder_name, d]
-    folder = next((c for c in candidates if all((c / f).is_file() for f in test_files)), None)
+    files = train_files if split == "train" else test_files
+    candidates = []     # its own folder, or a data folder that holds all of its files (a
+    for d in search_dirs(data_dir):      # stray test.bin alone is no CIFAR-100)
+        candidates += [(d / folder_name, files), (d, train_files + test_files)]
+    folder = next((c for c, need in candidates if all((c / f).is_file() for f in need)), None)
     if folder is None:
         return None
     record = label_bytes + 3072

@@ -338,7 +338,7 @@ def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
         if a.min() < 0 or a.max() > 65535:
             raise DataError(f"{f}: a 32-bit integer image ({img.mode}) with values outside "
                             "0..65535; save it as an 8- or 16-bit image")
-        if img.mode == "I" and a.max() <= 255:
+        if img.mode == "I" and a.max() <= 255 and ";16" not in img.info.get(_STORED, ""):
             # 8-bit values stored in 32 bits (Image.fromarray of an int32 array), or a dark
             # 16-bit image: divided by 65535 the first would be almost black, by 255 the second
             # far too bright, and no file says which it is
@@ -355,9 +355,25 @@ def _pixels(img, mode: str, width: int, height: int, f: Path) -> np.ndarray:
     return a.reshape(height, width, channels) / 255.0
 
 
+#: where :func:`_open` keeps an image's stored sample format (``I;16B``, ``I;32S``: a 16-bit
+#: PNG opens as mode I in some Pillow versions, a 32-bit TIFF always does)
+_STORED = "onnx_snn.stored"
+
+
+def _stored_sample(img) -> str:
+    """The raw mode of an image's first tile (its pixels as the file stores them), or ''."""
+    try:
+        args = img.tile[0][3] if img.tile else ""
+    except (IndexError, TypeError):
+        return ""
+    first = args[0] if isinstance(args, tuple) and args else args
+    return first if isinstance(first, str) else ""
+
+
 def _open(f: Path, Image, error):
     try:
         img = Image.open(f)
+        img.info[_STORED] = _stored_sample(img)     # (load() drops the tiles that tell it)
         img.load()
         return img
     except (OSError, error, Image.DecompressionBombError) as e:

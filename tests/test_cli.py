@@ -428,6 +428,15 @@ def test_refinement_options_with_another_method_are_refused(files, flags):
     assert not out.exists()
 
 
+def test_the_search_strides_that_change_nothing_are_taken_with_another_method(files):
+    """--search-stride 0 (automatic, the default) and 1 (every percentile: the default up to
+    T = 4, and what it was before) change nothing under --method max: accepted, as before."""
+    out = files / "stride1.snn.onnx"
+    for k in ("0", "1"):
+        assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                     str(files / "calib.npy"), "--method", "max", "--search-stride", k]) == 0
+
+
 @pytest.mark.parametrize("elem", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                                   onnx.TensorProto.INT64])
 def test_eval_feeds_a_dnn_input_in_its_declared_type(tmp_path, elem):

@@ -213,6 +213,12 @@ def test_cifar_binary_folders(tmp_path, name):
     (tmp_path / folder / files[-1]).write_bytes(b"\x01" * 100)
     with pytest.raises(DataError, match="not a .* binary batch"):
         load_dataset(name, data_dir=tmp_path)
+    # a stray test.bin in the data folder itself is not taken for CIFAR-100
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "test.bin").write_bytes(b"\x01" * 100)
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("cifar100", data_dir=stray)
 
 
 def test_cifar_corrupt_batch(tmp_path):

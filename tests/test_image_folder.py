@@ -161,6 +161,15 @@ def test_a_32_bit_image_of_8_bit_values_is_refused_as_ambiguous(tmp_path):
     with pytest.raises(DataError, match=r"x.tif: a 32-bit integer image \(mode I\) whose values "
                                         r"are all within 0..255.*8-bit"):
         load_image_folder(tmp_path / "a", None, (1, 8, 8))
+    # a dark 16-bit PNG (values <= 255) is read as 16-bit: refused only where the file stores
+    # 32-bit samples (some Pillow versions open a 16-bit PNG as mode I too)
+    from onnx_snn.image_folder import _stored_sample
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "c" / "dark.png")
+    assert ";16" in _stored_sample(Image.open(tmp_path / "c" / "dark.png"))
+    assert _stored_sample(Image.open(tmp_path / "a" / "x.tif")).startswith("I;32")
+    ds = load_image_folder(tmp_path / "c", None, (1, 8, 8))
+    assert abs(float(ds.x[0, 0, 0, 0]) - 200 / 65535) < 1e-6
     (tmp_path / "b").mkdir()
     Image.fromarray(np.full((8, 8), 30000, np.int32)).save(tmp_path / "b" / "x.tif")
     ds = load_image_folder(tmp_path / "b", None, (1, 8, 8))

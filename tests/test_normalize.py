@@ -1505,6 +1505,9 @@ def _masked_relu(form: str, opset: int, zero=0.0):
         y = b.node("Mul", [b.node("Cast", [b.node("Greater", [x, z])], to=1), x])
     elif form == "where_swapped":          # where(x > 0, 0, x): min(x, 0), not a ReLU
         y = b.node("Where", [b.node("Greater", [x, z]), z, x])
+    elif form == "where_zero_slope":       # torch.where(x > 0, x, 0 * x): a ReLU
+        y = b.node("Where", [b.node("Greater", [x, z]), x,
+                             b.node("Mul", [x, b.const(np.array(0.0, np.float32))])])
     elif form == "where_leaky":            # torch.where(x > 0, x, 0.1 * x): a leaky ReLU
         y = b.node("Where", [b.node("Greater", [x, z]), x,
                              b.node("Mul", [x, b.const(np.array(0.1, np.float32))])])
@@ -1516,7 +1519,8 @@ def _masked_relu(form: str, opset: int, zero=0.0):
 
 
 @pytest.mark.parametrize("opset", [13, 17])
-@pytest.mark.parametrize("form", ["where_gt", "where_ge_zero_first", "where_lt", "mul_cast"])
+@pytest.mark.parametrize("form", ["where_gt", "where_ge_zero_first", "where_lt", "mul_cast",
+                                  "where_zero_slope"])
 def test_a_relu_written_with_a_mask_is_a_site(form, opset):
     """Where(x > 0, x, 0), Where(0 <= x, x, 0), Where(x < 0, 0, x) and x * Cast(x > 0) are
     max(x, 0): each becomes a Relu site (said in a note), the normalized model computes what
@@ -1552,7 +1556,8 @@ def test_a_leaky_relu_written_with_a_mask_is_refused_as_one(form, slope):
         normalize(m)
     msg = str(e.value)
     assert "(LeakyRelu) is a nonlinearity" in msg, msg
-    assert f"a leaky ReLU of slope {slope:g} written as Where" in msg
+    assert f"a leaky ReLU of slope {slope:g} written as Where(x " + \
+        (">" if form == "where_leaky" else "<") in msg, msg
     import onnx_graphsurgeon as gs
     from onnx_snn.graph import canonical
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(m))

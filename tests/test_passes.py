@@ -364,6 +364,19 @@ def test_an_output_beside_its_own_softmax_is_not_given_the_softmaxs_name(op, res
     np.testing.assert_allclose(ort_run(out, feeds)[0], ort_run(m, feeds)[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("op", ["LogSoftmax", "Tanh"])
+def test_a_log_of_values_that_can_be_negative_is_no_order_keeping_tail(op):
+    """Log after a LogSoftmax or a Tanh (values <= 0 or negative: the DNN's own output is
+    NaN there) does not go with the head; the head is kept, named."""
+    extra = {"axis": 1} if op == "LogSoftmax" else {}
+    nodes = [h.make_node(op, ["logits"], ["p"], name="sm", **extra),
+             h.make_node("Log", ["p"], ["y"], name="tail")]
+    m = _logits_then(nodes, ["N", 4])
+    pass_ = cleanup.strip_final_softmax if op == "LogSoftmax" else cleanup.strip_final_sigmoid
+    r, out = apply(pass_, m)
+    assert r.changed == 0 and op in ops(out) and "feeds Log 'tail'" in r.reason("sm")
+
+
 def test_a_sigmoid_with_a_percentage_tail_is_dropped_with_it():
     nodes = [h.make_node("Sigmoid", ["logits"], ["p"], name="sg"),
              h.make_node("Mul", ["p", "c"], ["y"], name="pct")]

@@ -988,14 +988,27 @@ def test_an_existing_output_is_replaced_only_by_an_epoch_that_beats_it_too(tmp_p
     monkeypatch.setattr(FT, "_existing_top1", lambda *a: measured.append(real(*a)) or measured[-1])
     r = finetune(str(fmnist_snn), str(out), "fashion-mnist", cfg, show_progress=False)
     assert measured == [r.initial_top1] and r.existing_top1 == r.initial_top1   # the same model
+    # the starting model scores 50 %, the epoch 60 % and the existing file 70 %: the epoch
+    # beats the start (the old rule wrote it) but not the file, which stays
     before = out.read_bytes()
-    monkeypatch.setattr(FT, "_existing_top1", lambda *a: 100.0)   # a file no epoch can beat
-    r = finetune(str(fmnist_snn), str(out), "fashion-mnist",
-                 FinetuneConfig(epochs=1, limit_train=64, limit_test=64, lr=1e-2),
-                 show_progress=False)
+    scores = iter([50.0, 60.0])
+    real_eval = FT.evaluate_torch
+    monkeypatch.setattr(FT, "evaluate_torch", lambda *a, **k: (next(scores), real_eval(*a, **k)[1]))
+    monkeypatch.setattr(FT, "_existing_top1", lambda *a: 70.0)
+    logged = []
+    r = finetune(str(fmnist_snn), str(out), "fashion-mnist", cfg, show_progress=False,
+                 log=logged.append)
+    assert (r.initial_top1, r.best_top1, r.best_epoch) == (50.0, 60.0, 1)
     assert not r.written and out.read_bytes() == before
     from onnx_snn.cli import finetune_outcome
-    assert "no epoch beat the top-1 of the existing" in finetune_outcome(r)
+    assert finetune_outcome(r) == (f"no epoch beat the top-1 of the existing {out} (70.00%), it "
+                                   "was left as it was")
+    assert any("not written" in m and "70.00%" in m for m in logged), logged
+    # an existing file below the epoch is replaced
+    scores = iter([50.0, 60.0])
+    monkeypatch.setattr(FT, "_existing_top1", lambda *a: 55.0)
+    r = finetune(str(fmnist_snn), str(out), "fashion-mnist", cfg, show_progress=False)
+    assert r.written and out.read_bytes() != before
 
 
 def test_the_named_dataset_is_remembered_by_the_files_written(tmp_path, fmnist_snn):

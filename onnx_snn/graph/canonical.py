@@ -463,12 +463,15 @@ def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
                 if node.inputs[keep] is t and _zeros(node.inputs[zero], t):
                     x = t
                 slope = _scaled(node.inputs[zero], t) if node.inputs[keep] is t else None
-                if x is None and slope is not None:
+                if x is None and slope == 0.0:        # Where(x > 0, x, 0 * x): a ReLU
+                    x = t
+                elif x is None and slope is not None:
                     result.notes.append(f"Where '{node.name}': a leaky ReLU written with a "
                                         f"mask (slope {slope:g}), is read as a LeakyRelu")
                     node.op, node.attrs = "LeakyRelu", {"alpha": float(slope)}
+                    form = "Where(x > 0, x, a * x)" if sign == "positive" else "Where(x < 0, a * x, x)"
                     result.records.append((node.name, f"a leaky ReLU of slope {slope:g} "
-                                                      "written as Where(x > 0, x, a * x)"))
+                                                      f"written as {form}"))
                     node.inputs.clear()
                     node.inputs.append(t)
                     result.changed += 1

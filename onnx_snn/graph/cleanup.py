@@ -44,14 +44,15 @@ def _coerced_form(sm: gs.Node):
 MONOTONE_OPS = ("Log", "Exp", "Sqrt", "Mul", "Div", "Add", "Sub")
 
 
-def _keeps_order(node: gs.Node, t) -> bool:
-    """Whether ``node`` maps ``t`` elementwise by one increasing function: Log, Exp, Sqrt
-    (of a softmax's or sigmoid's positive values), or the same number added, subtracted,
-    multiplied by (> 0) or divided by (> 0) everywhere."""
+def _keeps_order(node: gs.Node, t, positive: bool = False) -> bool:
+    """Whether ``node`` maps ``t`` elementwise by one increasing function: Exp; Log and Sqrt
+    of ``positive`` values (a softmax's or sigmoid's, or a positive scale of them: the DNN's
+    own output is defined); or the same number added, subtracted, multiplied by (> 0) or
+    divided by (> 0) everywhere."""
     if len(node.outputs) != 1 or not node.inputs or not any(i is t for i in node.inputs):
         return False
     if node.op in ("Log", "Exp", "Sqrt"):
-        return len(node.inputs) == 1
+        return len(node.inputs) == 1 and (positive or node.op == "Exp")
     if node.op not in MONOTONE_OPS or len(node.inputs) != 2:
         return False
     first = node.inputs[0] is t
@@ -64,11 +65,23 @@ def _keeps_order(node: gs.Node, t) -> bool:
     return c > 0 if node.op in ("Mul", "Div") else True
 
 
-def _path_to_output(graph: gs.Graph, t, monotone: bool = False
+def _stays_positive(node: gs.Node) -> bool:
+    """Whether order-keeping ``node`` maps positive values to positive ones: Exp, Sqrt, a
+    positive scale, a shift by a number >= 0 (not Log, nor a subtraction)."""
+    if node.op in ("Exp", "Sqrt", "Mul", "Div"):
+        return True
+    if node.op == "Add":
+        c = [scalar_value(i) for i in node.inputs]
+        return any(v is not None and v >= 0 for v in c)
+    return False
+
+
+def _path_to_output(graph: gs.Graph, t, monotone: bool = False, positive: bool = False
                     ) -> Tuple[List[gs.Node], Optional[str]]:
     """The reshaping nodes from ``t`` to a graph output that is used by nothing else, or why
     there is no such path. ``monotone``: order-keeping elementwise ops (:func:`_keeps_order`)
-    may be on the way too."""
+    may be on the way too; ``positive``: ``t``'s values are positive (a softmax's), so Log
+    and Sqrt may be among them while they stay so."""
     chain: List[gs.Node] = []
     while True:
         if is_graph_output(graph, t):
@@ -79,8 +92,11 @@ def _path_to_output(graph: gs.Graph, t, monotone: bool = False
             return chain, (f"its output '{t.name}' feeds {len(t.outputs)} nodes"
                            if t.outputs else f"its output '{t.name}' is unused")
         c = t.outputs[0]
-        if not ((c.op in RESHAPE_OPS and c.inputs[0] is t) or (monotone and _keeps_order(c, t))):
+        if not ((c.op in RESHAPE_OPS and c.inputs[0] is t)
+                or (monotone and _keeps_order(c, t, positive))):
             return chain, f"its output feeds {c.op} '{c.name}', not a graph output"
+        if c.op not in RESHAPE_OPS:
+            positive = positive and _stays_positive(c)
         chain.append(c)
         t = c.outputs[0]
 
@@ -264,7 +280,7 @@ def strip_final_softmax(graph: gs.Graph, result: PassResult) -> None:
             end, single = rs.outputs[0], False
         else:
             x, group_from, end, single = sm.inputs[0], int(sm.attrs.get("axis", -1)), sm.outputs[0], True
-        chain, why = _path_to_output(graph, end, monotone=True)
+        chain, why = _path_to_output(graph, end, monotone=True, positive=sm.op == "Softmax")
         if why is None:
             why = _why_kept(sm, x, group_from, single, chain)
         if why is not None:
@@ -309,7 +325,8 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
                 "probabilities)")
             result.changed += 1
             continue
-        chain, why = _path_to_output(graph, sg.outputs[0], monotone=True)
+        chain, why = _path_to_output(graph, sg.outputs[0], monotone=True,
+                                     positive=sg.op == "Sigmoid")
         if why is not None:
             result.skip(sg, why)
             continue

@@ -309,13 +309,16 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                 "classes (axis 1 or -1), or without it")
     if node.op in ("Softmax", "LogSoftmax", "Sigmoid") and head is None \
             and _post_processes(node):
-        _, why = _path_to_output(graph, node.outputs[0], monotone=True)
+        _, why = _path_to_output(graph, node.outputs[0], monotone=True,
+                                 positive=node.op in ("Softmax", "Sigmoid"))
+        if why.startswith("its output feeds ") and why.endswith("not a graph output"):
+            why += ": it can reorder the classes"
         return (f"is the output head's {node.op}: a spiking model outputs time-averaged logits, "
                 f"and the conversion drops a final {node.op} only with reshapes and "
-                "order-keeping ops after it on the way to an output (Log, Exp, Sqrt, one "
-                f"positive scale or one shift for all classes), not here ({why}: what follows "
-                "can reorder the classes); export the model without its post-processing (its "
-                "logits) and apply that to the spiking model's outputs")
+                "order-keeping ops after it on the way to an output alone (Log, Exp, Sqrt, one "
+                f"positive scale or one shift for all classes), not here ({why}); export the "
+                "model without its post-processing (its logits) and apply that to the spiking "
+                "model's outputs")
     if head is None:
         return None
     after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])

@@ -426,7 +426,8 @@ def _finite_parameters(net) -> bool:
     return not net.turned_non_finite(trainable_only=True)
 
 
-def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed) -> Optional[float]:
+def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed,
+                   log=lambda *a: None) -> Optional[float]:
     """The top-1 of the existing output (a fine-tune of the same model, checked before) on
     the run's test data at its T, which an epoch must beat to replace it (a rerun onto a
     better file replaced it with a worse one, beating only the starting top-1); None where
@@ -435,7 +436,9 @@ def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed) -
         other = SpikingNetwork(load_model(out_path)).to(device)
         top1, _ = evaluate_torch(other, test, device, T, cfg.eval_batch, f"{out_path.name} as it is",
                                  show_progress, finite_check=True, fixed=fixed)
-    except Exception:   # noqa: BLE001 -- it cannot be measured: the starting top-1 decides
+    except Exception as e:   # noqa: BLE001 -- it cannot be measured: the starting top-1 decides
+        log(f"note: the top-1 of the existing {out_path} could not be measured "
+            f"({first_line(e)[:200]}); it is replaced by an epoch that beats the starting top-1")
         return None
     return float(top1)
 
@@ -706,7 +709,7 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 written = True
                 log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
             else:
-                standing = _existing_top1(out_path, test, device, T, cfg, show_progress, fixed)
+                standing = _existing_top1(out_path, test, device, T, cfg, show_progress, fixed, log)
                 if standing is None or standing <= initial:
                     log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists"
                         + (f" (top-1 {standing:.2f}%)" if standing is not None else "")
@@ -801,14 +804,18 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                                        {k: v for k, v in rates.items() if k in pools}))
             on_disk = best_epoch if written else None   # the model -o holds from this run
             try:
+                kept = ""
                 if top1 > best:
                     best, best_epoch = top1, epoch + 1
                     if standing is None or top1 > standing:
                         write_model(epoch + 1, top1)
                         written = True
                         on_disk = best_epoch
+                    else:
+                        kept = f"; not written: {output} holds {standing:.2f}%"
                 log(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}, train {100.0 * correct / max(seen, 1):.2f}%, "
-                    f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}), {epoch_seconds[-1]:.1f} s")
+                    f"test {top1:.2f}% (best {best:.2f}% at epoch {best_epoch}{kept}), "
+                    f"{epoch_seconds[-1]:.1f} s")
                 _save_ckpt(ckpt_path, net, opt, sched, epoch + 1, best, best_epoch, history, initial, gen,
                            teacher_settings, T, run_settings, standing)
             except OutputPathError as e:
