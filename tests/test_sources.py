@@ -93,6 +93,24 @@ def test_the_spike_test_stops_where_values_are_mixed_and_the_analyzer_counts_thr
         {"lif0": 1.0}
 
 
+def test_an_analog_branch_through_an_average_pool_keeps_its_share():
+    """Concat(site 4x14x14, AveragePool 2x2 of the input 1x14x14): the analyzer's walk
+    multiplies the site's share by nothing here, and the analog branch's by nothing either:
+    an averaged analog value is one operand per weight (it was multiplied by the window, 4,
+    charging that branch 4x its MACs); through a pool of spikes the window still counts."""
+    sites = {"s": "lif0"}
+    nodes = [h.make_node("AveragePool", ["x"], ["xd"], kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Concat", ["s", "xd"], ["c"], axis=1),
+             h.make_node("AveragePool", ["c"], ["cp"], kernel_shape=[2, 2], strides=[2, 2])]
+    producers = {n.output[0]: n for n in nodes}
+    shapes = {"x": [1, 1, 28, 28], "xd": [1, 1, 14, 14], "s": [1, 4, 14, 14],
+              "c": [1, 5, 14, 14], "cp": [1, 5, 7, 7]}
+    mix = source_mix("c", producers, sites, set(), shapes, sums=True)
+    assert mix == pytest.approx({"lif0": 0.8, "": 0.2})
+    mix = source_mix("cp", producers, sites, set(), shapes, sums=True)
+    assert mix == pytest.approx({"lif0": 0.8 * 4, "": 0.2})
+
+
 def test_interpolating_resizes_weigh_their_taps():
     n, shapes = _node("Resize", [1, 4, 8, 8], [1, 4, 16, 8], mode="cubic")
     assert window_elements(n, shapes) == 4.0                      # one axis resized

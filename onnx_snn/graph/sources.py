@@ -98,10 +98,12 @@ def source_mix_and_pools(tensor: str, producers: Mapping[str, onnx.NodeProto],
 
 def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
     """The leaves of the pass-through walk from ``tensor``: (site or "", share, the nearest
-    spiking pool passed on the way or None), depth-first, inputs in order."""
-    stack = [(tensor, 1.0, None)]
+    spiking pool passed on the way or None), depth-first, inputs in order. A mixing op's
+    window multiplies a site's share (the layer after it receives every summed spike), not
+    that of an analog leaf: an averaged analog value is still one operand per weight."""
+    stack = [(tensor, 1.0, 1.0, None)]
     while stack:
-        x, w, via = stack.pop()
+        x, w, m, via = stack.pop()
         via = via or pools.get(x)
         key = sites.get(x)
         node = None if key is not None else producers.get(x)
@@ -125,20 +127,21 @@ def _sources(tensor, producers, sites, constant, shapes, pools, sums=False):
                                                                  shapes, pools, sums)]
                 if leaves and all(k for k, _, _ in leaves):     # spikes only
                     for k, v, p in leaves:
-                        yield k, w * v, p or via
+                        yield k, w * m * v, p or via
                     continue
             elif node.op_type in ("Mul", "Div"):
                 if len(node.input) >= 2 and (node.input[1] in constant or
                                              (node.op_type == "Mul" and node.input[0] in constant)):
                     nxt = [([i for i in node.input[:2] if i not in constant][0], w)]
             elif node.op_type in MIXING or _mixes(node):      # (and an interpolating Resize)
-                nxt = [(node.input[0], w * window_elements(node, shapes))]
+                stack.append((node.input[0], w, m * window_elements(node, shapes), via))
+                continue
             else:
                 nxt = [(node.input[0], w)]
         if nxt:
-            stack.extend((t, v, via) for t, v in reversed(nxt))
+            stack.extend((t, v, m, via) for t, v in reversed(nxt))
         else:                       # a site, or where the spikes end (not pass-through)
-            yield (key if key is not None else ""), w, via
+            yield (key, w * m, via) if key is not None else ("", w, via)
 
 
 def _mixes(node: onnx.NodeProto) -> bool:
