@@ -2162,3 +2162,49 @@ def test_a_ceil_pool_on_a_free_input_size_is_converted_at_the_calibration_size()
     B.assert_runtimes_agree(snn.model, x)
     np.testing.assert_allclose(run(onnx_snn.prepare(m, input_shapes={"input": (1, 12, 12)}).model,
                                    x).outputs[0], run(m, x).outputs[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [10, 13])
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_a_sparse_initializer_is_read_as_the_dense_weight_it_stands_for(opset, coordinates):
+    """A Gemm weight stored as a sparse_initializer (valid ONNX; onnxruntime runs it) was
+    imported as float64 (opset 13: 'onnxruntime cannot run this model') or not at all
+    (opset 10: 'Input wf is undefined'): it converts as its dense twin does, and the
+    analyzer counts the DNN's multiply-adds of it."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    from onnx_snn.analyze.flops import count_layers, total_macs
+    rng = np.random.default_rng(0)
+    wf = (rng.standard_normal((10, 4 * 14 * 14)) * 0.05).astype(np.float32)
+    wf[np.abs(wf) < 0.05] = 0
+    nz = np.nonzero(wf)
+    idx = (np.stack(nz, 1) if coordinates else np.ravel_multi_index(nz, wf.shape)).astype(np.int64)
+    sp = h.make_sparse_tensor(nh.from_array(wf[nz], "wf"), nh.from_array(idx, "wf_idx"),
+                              list(wf.shape))
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32), "w0"),
+             nh.from_array(np.full(4, 0.05, np.float32), "b0"),
+             nh.from_array(np.zeros(10, np.float32), "bf")]
+    if opset >= 11:
+        inits += [nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(1, np.float32), "hi")]
+        clip = h.make_node("Clip", ["c0", "lo", "hi"], ["s0"], name="clip0")
+    else:
+        clip = h.make_node("Clip", ["c0"], ["s0"], name="clip0", min=0.0, max=1.0)
+    nodes = [h.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1] * 4),
+             clip, h.make_node("Flatten", ["s0"], ["f"], name="flat"),
+             h.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1)]
+    io = ([h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 28, 28])],
+          [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])])
+    g = h.make_graph(nodes, "g", *io, inits)
+    g.sparse_initializer.extend([sp])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    twin = h.make_model(h.make_graph(nodes, "g", *io, inits + [nh.from_array(wf, "wf")]),
+                        opset_imports=[h.make_opsetid("", opset)])
+    twin.ir_version = 8
+    x = np.random.default_rng(1).random((16, 1, 28, 28)).astype(np.float32)
+    a = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False)
+    b = onnx_snn.convert(twin, x, timesteps=2, method="max", show_progress=False)
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
+    assert total_macs(count_layers(m)) == total_macs(count_layers(twin)) > 0

@@ -80,7 +80,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedModelError
-from ..graph import walk
+from ..graph import skeleton, walk
 from ..graph.sources import (PASS_THROUGH, constant_names, source_mix,  # noqa: F401 (re-exported)
                              source_mix_and_pools, source_site)
 from ..spiking import format as fmt
@@ -256,6 +256,7 @@ def flatten(model: onnx.ModelProto,
     Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
     """
     spiking = fmt.META_FORMAT in fmt.metadata(model)   # a file onnx-snn wrote (else below)
+    model = skeleton.densified(model) or model           # sparse weights as dense ones
     if not spiking and model.functions:
         model = _inlined(model)
     g = model.graph

@@ -309,6 +309,10 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     else:
         where = where or "model"
     given = model
+    dense = skeleton.densified(model)
+    if dense is not None:
+        model = dense
+        notes.append("sparse initializer(s) read as the dense tensors they stand for")
     model = _inline_functions(model, notes, where)
     model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
     # the checker, the opset converter, shape inference and the import all run on the

@@ -381,3 +381,36 @@ def external_chunks(tensors: Sequence[TensorProto]) -> Iterable[bytes]:
         pad = -n % EXTERNAL_ALIGN
         if pad:
             yield bytes(pad)
+
+
+def dense_of_sparse(sparse: onnx.SparseTensorProto) -> TensorProto:
+    """A sparse initializer as the dense tensor it stands for, in its own element type,
+    under its name (indices: [NNZ] linear ones, or [NNZ, rank] coordinates)."""
+    from onnx import numpy_helper
+    values = numpy_helper.to_array(sparse.values)
+    dims = tuple(int(d) for d in sparse.dims)
+    dense = np.zeros(dims, values.dtype)
+    if values.size:
+        idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        if idx.ndim == 1:
+            dense.reshape(-1)[idx] = values.reshape(-1)
+        else:
+            dense[tuple(idx.T)] = values.reshape(-1)
+    return numpy_helper.from_array(dense, sparse.values.name)
+
+
+def densified(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
+    """A copy of ``model`` with every sparse initializer (of the main graph and its
+    subgraphs) an ordinary one in its own element type, or None when it has none (passes,
+    graph-surgeon's import and the analyzer read ``initializer`` alone: a sparse weight was
+    imported as float64, or not found)."""
+    from . import walk
+    if not any(len(g.sparse_initializer) for g in walk.subgraphs(model.graph)):
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for g in walk.subgraphs(out.graph):
+        dense = [dense_of_sparse(t) for t in g.sparse_initializer]
+        del g.sparse_initializer[:]
+        g.initializer.extend(dense)
+    return out
