@@ -463,6 +463,21 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                 "of the site before the pool, which undercounts them (a pooled output fires as "
                 "often as the busiest input of its window); convert the model again and measure "
                 "its rates with `onnx-snn eval MODEL --json FILE`")
+        spiking_layers = [c for c in mac_layers if _input_mode(c, True) == "spikes"]
+        parts = [c.name for c in spiking_layers if c.estimated.get("part")]
+        if parts:
+            notes.append(
+                f"layer(s) {', '.join(parts[:5])}{' and more' if len(parts) > 5 else ''} read part "
+                "of a site's output (a Slice, Split or Gather): charged at the whole site's mean "
+                "spike rate, which over- or undercounts them where that part fires more or less "
+                "than the rest")
+        late = sorted({p for c in spiking_layers for p in c.estimated.get("pools", [])})
+        if late:
+            notes.append(
+                f"the spiking max pool(s) {', '.join(late)} pool a sum of spike trains (or an "
+                "average pool's fractions), whose output spikes the model does not count: the "
+                "layers after them are charged at the rates of the sites before them, an "
+                "estimate that can be off either way")
         if any(_input_mode(c, True) == "analog" for c in mac_layers):
             notes.append("some MAC layers are fed by no spiking site (analog input inside the time "
                          "loop): counted as MACs every time step")

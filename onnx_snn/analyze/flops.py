@@ -130,6 +130,9 @@ class LayerCount:
     #: sources whose spikes reach the layer through a spiking max pool: site -> that pool
     #: (the one nearest the layer), whose output rate the layer accumulates at
     source_pools: Dict[str, str] = field(default_factory=dict)
+    #: where the layer's rate is an estimate (:func:`_estimated`): "part" (it reads part of a
+    #: site's output: Slice, Split, Gather), the uncounted spiking pools on the way
+    estimated: Dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +153,9 @@ class FlatGraph:
     #: a spiking max pool's output tensor -> the pool's name
     pools: Dict[str, str] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)    # what could not be counted
+    #: the spiking max pools whose output spikes the model does not count (of a sum of
+    #: spike trains, of an average pool's fractions): output tensor -> name
+    uncounted_pools: Dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ flattening
@@ -274,7 +280,9 @@ def flatten(model: onnx.ModelProto,
         states = [x for n in g.node if n.op_type in fmt.NEURON_OPS for x in n.output[1:]]
         outputs = [o for o in outputs if o not in states]
     kept = walk.prune(nodes, outputs)
+    every_pool = dict(pools)
     pools = _pools_of_spikes(kept, pools, sites, inits)
+    uncounted = {t: p for t, p in every_pool.items() if t not in pools}
     warns = []
     for n in kept:
         if n.op_type in ("Loop", "If", "Scan"):
@@ -291,7 +299,8 @@ def flatten(model: onnx.ModelProto,
     flat.functions.extend(f for f in model.functions if f.domain != fmt.DOMAIN)
     return FlatGraph(model=flat, sites=sites, site_nodes=site_nodes, spiking=spiking,
                      batch=batch, data_inputs=[i.name for i in inputs],
-                     weights={w.name for w in weights}, warnings=warns, pools=pools)
+                     weights={w.name for w in weights}, warnings=warns, pools=pools,
+                     uncounted_pools=uncounted)
 
 
 def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -539,8 +548,45 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
             source_site=site,
             direct=x not in site_dep,
             source_mix=mix if len(mix) > 1 or any(abs(v - 1.0) > 1e-9 for v in mix.values()) else {},
-            source_pools=pooled))
+            source_pools=pooled,
+            estimated=_estimated(x, producers, fg.sites, constant, fg.uncounted_pools)
+            if x in site_dep else {}))
     return rows
+
+
+#: ops that keep part of their input: a layer after one reads part of a site's neurons
+PART_OPS = ("Slice", "Split", "Gather", "GatherND")
+
+
+def _estimated(tensor: str, producers, sites, constant, uncounted: Mapping[str, str]) -> dict:
+    """Where the walk back from ``tensor`` to the sites (the analyzer's, through sums and
+    pools) passes an op after which a site's mean rate is an estimate of what the layer
+    receives: a part of a site's output (``PART_OPS``: the part may fire more or less than
+    the whole), and the spiking max pools whose output spikes are not counted. {"part": the
+    ops, "pools": the pools}, only what was found."""
+    from ..graph.sources import MIXING, SUMS
+    parts, pools, seen, stack = [], [], set(), [tensor]
+    while stack:
+        x = stack.pop()
+        if x in seen or x in sites:
+            continue
+        seen.add(x)
+        if x in uncounted and uncounted[x] not in pools:
+            pools.append(uncounted[x])
+        node = producers.get(x)
+        if node is None or node.domain not in ("", "ai.onnx") or not (
+                node.op_type in PASS_THROUGH or node.op_type in SUMS or node.op_type in MIXING):
+            continue
+        if node.op_type in PART_OPS and node.name not in parts:
+            parts.append(node.name or node.op_type)
+        data = [i for i in node.input if i and i not in constant]
+        stack.extend(data if node.op_type in ("Concat",) + SUMS else data[:1])
+    out: dict = {}
+    if parts:
+        out["part"] = parts
+    if pools:
+        out["pools"] = pools
+    return out
 
 
 def count_layers(model: onnx.ModelProto,
