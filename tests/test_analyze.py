@@ -478,6 +478,30 @@ def test_rates_that_are_estimates_are_said_to_be():
     assert not any("read part of" in n or "pool a sum" in n for n in notes), notes
 
 
+def test_rate_messages_name_the_file_and_what_each_rate_is(tmp_path, vgg_snn):
+    """Missing rates name the model file (they named its graph) and the commands to run; a
+    pool's impossible rate calls it a pool; rates at another T suggest a file named for the
+    T asked for, not the one given (whose T they are)."""
+    from onnx_snn.cli import main
+    _, snn, result = vgg_snn
+    path = tmp_path / "m.snn.onnx"
+    snn.save(path)
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"lif0": 0.5}))
+    p = subprocess.run([sys.executable, "-m", "onnx_snn", "analyze", str(path), "--rates", str(bad)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and f"of {path};" in p.stderr and "MODEL" not in p.stderr, p.stderr
+    over = {**{k: 0.1 for k in result.sites}, "pool0": 5}
+    with pytest.raises(Exception, match="pool 'pool0' has 5 spikes per neuron"):
+        analyze(snn.model, over, 2)
+    r4 = tmp_path / "m.T4.json"
+    r4.write_text(json.dumps({"timesteps": 4, "sites": {k: {"spikes_per_neuron": 0.1}
+                                                       for k in result.sites}}))
+    p = subprocess.run([sys.executable, "-m", "onnx_snn", "analyze", str(path), "--rates", str(r4),
+                        "-T", "2"], capture_output=True, text=True)
+    assert "--json " + str(tmp_path / "m.T2.json") in p.stderr, p.stderr
+
+
 def test_zero_spikes_leave_only_the_first_layer(resnet_snn):
     _, snn, result = resnet_snn
     a = analyze(snn.model, {k: 0.0 for k in result.sites}, 2)

@@ -272,9 +272,11 @@ def check_rate_file(path: Union[str, Path], rates_T: Optional[int], neurons: Map
     ``fingerprint``: :func:`~onnx_snn.spiking.format.spiking_fingerprint`, which ``eval
     --json`` records) or at another T than the one asked for."""
     if timesteps and rates_T and int(timesteps) != int(rates_T):
+        import re
+        other = re.sub(r"(\.T\d+)?\.json$", "", str(path)) + f".T{int(timesteps)}.json"
         raise UsageError(f"{path}: these spike rates were measured at T={rates_T}, not the T="
                          f"{timesteps} asked for (-T); drop -T, or measure them at T={timesteps} with "
-                         f"`onnx-snn eval {model} -T {timesteps} --json {path}`")
+                         f"`onnx-snn eval {model} -T {timesteps} --json {other}`")
     if info is None:
         return
     if fingerprint and isinstance(fingerprint, str) and fingerprint != fmt.spiking_fingerprint(info):
@@ -336,18 +338,20 @@ def neuromorphic_estimate(snn_flops: float, dnn_flops: float, timesteps: int,
 
 
 def _check_rates(rates: Mapping[str, float], needed: Sequence[str], known: Sequence[str],
-                 T: int, model: str, notes: List[str]) -> None:
+                 T: int, model: str, notes: List[str], pools: Sequence[str] = ()) -> None:
     missing = [s for s in needed if s not in rates]
     if missing:
         raise DataError(f"the spike rates have no value for site(s) {', '.join(missing)} of {model}; "
-                        "were they measured on another model? Run `onnx-snn eval MODEL --json FILE` "
-                        "on this model")
+                        "were they measured on another model? Measure them on this one: "
+                        f"`onnx-snn eval {model} --data DATA --json RATES.json`, then "
+                        f"`onnx-snn analyze {model} --rates RATES.json`")
     unknown = sorted(set(rates) - set(known))
     if unknown:
         notes.append(f"spike rates given for site(s) not in the model, ignored: {', '.join(unknown)}")
     for s, r in rates.items():
         if r > T * (1 + RATE_TOLERANCE):
-            raise DataError(f"site {s!r} has {r:.4g} spikes per neuron, more than T={T} steps allow; "
+            raise DataError(f"{'pool' if s in pools else 'site'} {s!r} has {r:.4g} spikes per "
+                            f"neuron, more than T={T} steps allow; "
                             "rates must be spikes per neuron over all T steps (spikes_per_neuron), "
                             "measured at the T given")
 
@@ -376,7 +380,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             mac_pj: float = ENERGY_PRESETS[DEFAULT_PRESET][0],
             ac_pj: float = ENERGY_PRESETS[DEFAULT_PRESET][1],
             dnn_model: Union[onnx.ModelProto, str, Path, None] = None,
-            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Analysis:
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+            where: Optional[str] = None) -> Analysis:
     """FLOPs and energy per layer and in total, of a DNN and (with ``rates``) of its SNN.
 
     ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto or a path.
@@ -388,7 +393,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     ``timesteps`` is the T the rates were measured at (default: the model's T); it enters
     the analog-layer term and the neuromorphic static term. ``dnn_model`` (the original DNN)
     supplies the DNN totals; its MAC total is checked against the spiking graph's and a
-    warning is issued when they differ.
+    warning is issued when they differ. ``where``: the model's name in messages (its file;
+    default: the path given, else the graph's name).
     """
     from ..convert import check_timesteps
     from ..errors import UsageError
@@ -420,7 +426,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         rates, parsed_T = parse_rates(dict(rates), "rates")
         rates_T = rates_T or parsed_T
     m = _load(model)
-    name = str(model) if not isinstance(model, onnx.ModelProto) else (m.graph.name or "model")
+    name = where or (str(model) if not isinstance(model, onnx.ModelProto)
+                     else (m.graph.name or "model"))
     fg = flatten(m, input_shapes)
     counts = count_flat(fg)
     notes = list(fg.notes) + list(fg.warnings)
@@ -452,7 +459,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
         needed = list(dict.fromkeys(
             s for c in mac_layers if _input_mode(c, True) == "spikes"
             for s in ([c.source_site] + [k for k in c.source_mix if k])))
-        _check_rates(rates, needed, site_names + list(fg.pools.values()), T, name, notes)
+        _check_rates(rates, needed, site_names + list(fg.pools.values()), T, name, notes,
+                     list(fg.pools.values()) + list(fg.uncounted_pools.values()))
         unpooled = sorted({p for c in mac_layers if _input_mode(c, True) == "spikes"
                            for p in c.source_pools.values() if p not in rates})
         if unpooled:
