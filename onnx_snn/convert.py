@@ -117,14 +117,16 @@ def _fitting_step(info: "fmt.SpikingInfo"):
     return None
 
 
-def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: str = "run") -> None:
+def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str,
+                         what: str = "run") -> Optional[str]:
     """A warning when a model whose parameters were fitted for one T (:func:`fitted_timesteps`)
     is run at another: its thresholds and amplitudes are not rate-exact there, and its
-    accuracy can fall as T grows (a refined depthwise net: 59 % at its T = 2, 17 % at 16)."""
+    accuracy can fall as T grows (a refined depthwise net: 59 % at its T = 2, 17 % at 16).
+    Returns what it warned (None: nothing), for a result's notes."""
     fitted = fitted_timesteps(info)
     other = sorted({int(t) for t in timesteps if t is not None and int(t) != fitted})
     if fitted is None or not other:
-        return
+        return None
     step = _fitting_step(info)
     tuned = step is not None and step[0] == "finetune"
     how = "fine-tuned" if tuned else f"converted ({info.method})"
@@ -132,15 +134,17 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str, what: s
     if what == "fine-tuning starts":     # fine-tuning at the new T is itself the fix
         start = ("its own fine-tuning's" if tuned else
                  f"a conversion for T={other[-1]} (convert the DNN again with -T {other[-1]})")
-        log.warning(f"{where}: its parameters were {how} for T={fitted}; fine-tuning starts at "
-                    f"T={at} from parameters that are not rate-exact there, so its first epochs "
-                    f"start lower than from {start}")
-        return
+        text = (f"{where}: its parameters were {how} for T={fitted}; fine-tuning starts at "
+                f"T={at} from parameters that are not rate-exact there, so its first epochs "
+                f"start lower than from {start}")
+        log.warning(text)
+        return text
     fix = (f"fine-tune it at T={other[-1]} (-T {other[-1]})" if tuned else
            f"convert the DNN again with -T {other[-1]}")
-    log.warning(
-        f"{where}: its parameters were {how} for T={fitted}; {what} at T={at}, they are not "
-        f"rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
+    text = (f"{where}: its parameters were {how} for T={fitted}; {what} at T={at}, they are "
+            f"not rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
+    log.warning(text)
+    return text
 
 
 def warn_other_timesteps_once(info: "fmt.SpikingInfo", timesteps: int, where: str,

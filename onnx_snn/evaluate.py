@@ -258,13 +258,14 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     where = str(name)
     scored = _scored_index(runner, output, where)
     which = "first output" if scored == 0 else f"output '{runner.output_names[scored]}'"
+    other_t = None
     if runner.spiking:
         preprocess = check_preprocess(runner.info.preprocess, where)
         if t_list is None:
             check_recorded_timesteps(runner.info.timesteps, where)
         for t in t_list or [None]:
             runner.check_timesteps(t)      # a deploy graph's fixed T: refused before any work
-        warn_other_timesteps(runner.info, t_list or [runner.info.timesteps], where)
+        other_t = warn_other_timesteps(runner.info, t_list or [runner.info.timesteps], where)
         runner.warned_timesteps.update(t_list or [runner.info.timesteps])   # said once, here
     else:
         preprocess = _dnn_preprocess(runner.model, where)
@@ -300,6 +301,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             ds = ds.take(limit)
         n = len(ds)
     asked, notes = batch_size, []
+    if other_t:
+        notes.append("warning: " + other_t)    # (said on stderr too): a saved result keeps it
     if not runner.spiking and t_list:
         notes.append("timesteps (-T) is ignored for a DNN")
     from .datasets import named_dataset
