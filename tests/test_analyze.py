@@ -502,6 +502,39 @@ def test_rate_messages_name_the_file_and_what_each_rate_is(tmp_path, vgg_snn):
     assert "--json " + str(tmp_path / "m.T2.json") in p.stderr, p.stderr
 
 
+def test_sites_pooled_together_share_the_pools_cost_by_their_own_spikes():
+    """Concat(a busy site, a silent one) -> max pool -> conv: the layer is charged at the
+    pool's counted rate (as before), and its cost goes to the sites by their own spikes:
+    none to the silent one (each was charged the same half)."""
+    import onnx_snn
+    rng = np.random.default_rng(0)
+    A = lambda a, n: nh.from_array(np.asarray(a, np.float32), n)   # noqa: E731
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "w0"], ["c0"], pads=[1] * 4),
+         h.make_node("Clip", ["c0", "lo", "hi"], ["s0"]),
+         h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4),
+         h.make_node("Clip", ["c1", "lo", "hi"], ["s1"]),
+         h.make_node("Concat", ["s0", "s1"], ["c"], axis=1),
+         h.make_node("MaxPool", ["c"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+         h.make_node("Conv", ["m", "w2"], ["c2"]),
+         h.make_node("Flatten", ["c2"], ["y"])],
+        "catpool", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 8, 8])],
+        [h.make_tensor_value_info("y", TP.FLOAT, ["N", 36])],
+        [A(rng.random((4, 1, 3, 3)), "w0"), A(rng.random((4, 1, 3, 3)), "w1"),
+         A(np.full(4, -100), "b1"), A(rng.random((4, 8, 2, 2)), "w2"), A(0, "lo"), A(1, "hi")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    x = rng.random((16, 1, 8, 8)).astype(np.float32)
+    snn = onnx_snn.convert(m, x, 2, method="max", show_progress=False)
+    r = onnx_snn.evaluate(snn, x, show_progress=False)
+    a = analyze(snn.model, r.rates, 2)
+    layer = next(l for l in a.layers if l.source_pools)
+    sites = {s.name: s for s in a.sites}
+    busy, silent = (k for k in ("lif0", "lif1"))
+    assert r.rates[silent] == 0 < r.rates[busy]
+    assert sites[silent].snn_flops == 0
+    assert sites[busy].snn_flops == pytest.approx(layer.snn_acs)
+
+
 def test_zero_spikes_leave_only_the_first_layer(resnet_snn):
     _, snn, result = resnet_snn
     a = analyze(snn.model, {k: 0.0 for k in result.sites}, 2)

@@ -585,6 +585,15 @@ def _site_rows(fg, info, layers: List[LayerRow], counts: List[LayerCount],
             if not l.source_mix:
                 return getattr(l, what)
             acs = l.dnn_flops * l.source_mix[s] * layer_rates(l, rates)[s]
+            pool = l.source_pools.get(s)
+            if pool is not None and pool in rates:
+                # sites pooled together (a Concat, then a max pool): the pool's ACs split by
+                # each one's own spikes (a silent site's channels pool to silence), not equally
+                group = [k for k, p in l.source_pools.items() if p == pool]
+                total = l.dnn_flops * rates[pool] * sum(l.source_mix[k] for k in group)
+                own = {k: l.source_mix[k] * rates.get(k, 0.0) for k in group}
+                weights = own if sum(own.values()) > 0 else {k: l.source_mix[k] for k in group}
+                acs = total * weights[s] / sum(weights.values())
             return acs if what == "snn_flops" else acs * ac_pj
         rows.append(SiteRow(
             name=s, neurons=int(neurons), spikes_per_neuron=r,
