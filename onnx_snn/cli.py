@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "neuron that sits on its threshold, so outputs may differ slightly")
     d.add_argument("--batch-chunk", type=nonnegative_int, default=DEFAULT_BATCH_CHUNK,
                    metavar="N",
-                   help=f"run a batch N samples at a time inside the graph (an ONNX Loop; the "
+                   help=f"run a batch N samples at a time inside the graph (an ONNX Scan; the "
                         f"same outputs; default {DEFAULT_BATCH_CHUNK}; 0: the batch whole, as "
                         "one graph without a Loop)")
 

@@ -64,6 +64,9 @@ class EvalResult:
     batch_size: Optional[int] = None
     #: what the user should know about how it ran
     notes: List[str] = field(default_factory=list)
+    #: the warnings it gave (logged as it ran; kept here for a saved result): a model run at
+    #: another T than its parameters were fitted for
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -301,8 +304,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             ds = ds.take(limit)
         n = len(ds)
     asked, notes = batch_size, []
-    if other_t:
-        notes.append("warning: " + other_t)    # (said on stderr too): a saved result keeps it
+
     if not runner.spiking and t_list:
         notes.append("timesteps (-T) is ignored for a DNN")
     from .datasets import named_dataset
@@ -417,7 +419,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             outputs=len(runner.output_names),
                             model_fingerprint=(fmt.spiking_fingerprint(runner.info)
                                                if runner.spiking else None), pools=pools,
-                            batch_size=int(batch_size), notes=list(notes))
+                            batch_size=int(batch_size), notes=list(notes),
+                            warnings=[other_t] if other_t else [])
     return out
 
 
