@@ -624,24 +624,14 @@ def check_data_file_owner(data_path: Path, path: Path) -> None:
     match), so it is refused (:class:`OutputPathError`)."""
     if not data_path.exists():
         return
-    try:
-        head = onnx.load(str(path), load_external_data=False) if path.is_file() else None
-    except Exception:     # noqa: BLE001 -- unreadable: nothing of its own is known
-        head = None
-    if head is not None and data_path.name in _data_locations(head):
+    own = {os.path.realpath(f) for f in model_files(path)[1:]}   # its external-data files
+    if os.path.realpath(data_path) in own:
         return
     owner = (f"{path} does not read it" if path.exists() else f"{path} does not exist")
     raise OutputPathError(f"{data_path}: exists and is not this output's weights file ({owner}); "
                           "it may hold another model's weights, which writing the weights of "
                           f"{path.name} there would corrupt: move or delete it, or give another "
                           "output name")
-
-
-def _data_locations(model: onnx.ModelProto) -> set:
-    """The external-data files a model's tensors name (relative to its folder)."""
-    from onnx.external_data_helper import _get_all_tensors
-    return {e.value for t in _get_all_tensors(model) for e in t.external_data
-            if e.key == "location"}
 
 
 def save_model(model: onnx.ModelProto, path: PathLike, *inputs: PathLike,
