@@ -522,6 +522,7 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
         for o in n.output:
             producers.setdefault(o, n)
     constant = constant_names(g, fg.weights, shapes=True)   # (a mask of ones: a scale)
+    parts = {o: n.name or n.op_type for n in g.node if n.op_type in PART_OPS for o in n.output}
     site_dep = walk.dependents(list(g.node), fg.sites.keys())
     names: Dict[str, int] = {}
     rows = []
@@ -549,7 +550,8 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
             direct=x not in site_dep,
             source_mix=mix if len(mix) > 1 or any(abs(v - 1.0) > 1e-9 for v in mix.values()) else {},
             source_pools=pooled,
-            estimated=_estimated(x, producers, fg.sites, constant, fg.uncounted_pools)
+            estimated=_estimated(x, producers, fg.sites, constant, t.shapes,
+                                 {"part": parts, "pools": fg.uncounted_pools})
             if x in site_dep else {}))
     return rows
 
@@ -558,34 +560,19 @@ def count_flat(fg: FlatGraph) -> List[LayerCount]:
 PART_OPS = ("Slice", "Split", "Gather", "GatherND")
 
 
-def _estimated(tensor: str, producers, sites, constant, uncounted: Mapping[str, str]) -> dict:
-    """Where the walk back from ``tensor`` to the sites (the analyzer's, through sums and
-    pools) passes an op after which a site's mean rate is an estimate of what the layer
-    receives: a part of a site's output (``PART_OPS``: the part may fire more or less than
-    the whole), and the spiking max pools whose output spikes are not counted. {"part": the
-    ops, "pools": the pools}, only what was found."""
-    from ..graph.sources import MIXING, SUMS
-    parts, pools, seen, stack = [], [], set(), [tensor]
-    while stack:
-        x = stack.pop()
-        if x in seen or x in sites:
-            continue
-        seen.add(x)
-        if x in uncounted and uncounted[x] not in pools:
-            pools.append(uncounted[x])
-        node = producers.get(x)
-        if node is None or node.domain not in ("", "ai.onnx") or not (
-                node.op_type in PASS_THROUGH or node.op_type in SUMS or node.op_type in MIXING):
-            continue
-        if node.op_type in PART_OPS and node.name not in parts:
-            parts.append(node.name or node.op_type)
-        data = [i for i in node.input if i and i not in constant]
-        stack.extend(data if node.op_type in ("Concat",) + SUMS else data[:1])
-    out: dict = {}
-    if parts:
-        out["part"] = parts
-    if pools:
-        out["pools"] = pools
+def _estimated(tensor: str, producers, sites, constant, shapes, marks: Mapping[str, dict]
+               ) -> dict:
+    """Where the analyzer's walk back from ``tensor`` to the sites passes an op after which a
+    site's mean rate is an estimate of what the layer receives, by kind: ``marks`` maps a
+    kind to {an op's output tensor: its name} ("part": ``PART_OPS``, a part of a site's
+    output, which may fire more or less than the whole; "pools": the spiking max pools
+    whose output spikes are not counted). {kind: [names]}, only the kinds found."""
+    out = {}
+    for kind, outputs in marks.items():
+        found = source_mix_and_pools(tensor, producers, sites, constant, shapes, outputs,
+                                     sums=True)[1] if outputs else {}
+        if found:
+            out[kind] = sorted(set(found.values()))
     return out
 
 
