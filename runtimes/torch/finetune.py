@@ -13,8 +13,8 @@ the steps where the source DNN had dropout; thresholds, leaks (clamped to at mos
 weights trained. The test set is evaluated after every epoch and the best model is written
 to the output file, atomically. The starting model is written there before training only
 when the output does not exist yet; an existing output is replaced only by an epoch that
-beats the starting top-1 and its own. A non-finite loss, parameter or test output stops the run as
-diverged (:class:`TrainingDivergedError`) and leaves the last good model there.
+beats the starting top-1 and its own. A non-finite loss, parameter or test output stops the
+run as diverged (:class:`TrainingDivergedError`) and leaves the last good model there.
 Hyperparameters are checked up front (:class:`UsageError`). Checkpoints allow ``resume``.
 Under ``torchrun`` the batches are sharded over the processes and gradients averaged with
 DistributedDataParallel (gloo on CPU, nccl on CUDA); only rank 0 writes.
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as Fn
 
@@ -426,14 +427,14 @@ def _finite_parameters(net) -> bool:
     return not net.turned_non_finite(trainable_only=True)
 
 
-def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed,
-                   log=lambda *a: None) -> Optional[float]:
-    """The top-1 of the existing output (a fine-tune of the same model, checked before) on
-    the run's test data at its T, which an epoch must beat to replace it (a rerun onto a
-    better file replaced it with a worse one, beating only the starting top-1); None where
-    it cannot be run."""
+def _existing_top1(existing: onnx.ModelProto, out_path: Path, test, device, T, cfg,
+                   show_progress, fixed, log=lambda *a: None) -> Optional[float]:
+    """The top-1 of the existing output ``existing`` (a fine-tune of the same model, as
+    :func:`_check_existing_output` read it) on the run's test data at its T, which an epoch
+    must beat to replace it (a rerun onto a better file replaced it with a worse one,
+    beating only the starting top-1); None where it cannot be run."""
     try:
-        other = SpikingNetwork(load_model(out_path)).to(device)
+        other = SpikingNetwork(existing).to(device)
         top1, _ = evaluate_torch(other, test, device, T, cfg.eval_batch, f"{out_path.name} as it is",
                                  show_progress, finite_check=True, fixed=fixed)
     except Exception as e:   # noqa: BLE001 -- it cannot be measured: the starting top-1 decides
@@ -443,12 +444,13 @@ def _existing_top1(out_path: Path, test, device, T, cfg, show_progress, fixed,
     return float(top1)
 
 
-def _check_existing_output(out_path: Path, info, model_path) -> None:
+def _check_existing_output(out_path: Path, info, model_path) -> onnx.ModelProto:
     """An existing output is kept unless an epoch beats the starting model (and a resumed run
     holds its best model there), so it must be a spiking model of the same line as
     ``model_path``: converted from the same DNN (``onnx_snn.source``), with the same sites.
     Anything else (another model's fine-tune, the DNN, a stray file) is refused before any
-    work: it would otherwise be "left as it was" and pass for this run's result."""
+    work: it would otherwise be "left as it was" and pass for this run's result. Returns the
+    model it holds."""
     why, other = None, None
     try:
         existing = load_model(out_path)
@@ -472,6 +474,7 @@ def _check_existing_output(out_path: Path, info, model_path) -> None:
             f"{out_path}: exists, and fine-tuning replaces an existing output only with an "
             f"epoch that beats {model_path}, keeping it otherwise; but {why}, not an earlier "
             "fine-tune of this model. Remove it or give another -o")
+    return existing
 
 
 @checks_flags
@@ -484,8 +487,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
     top-1 and that output's own, measured on the test data at the run's T
-    (``FinetuneResult.existing_top1``; ``FinetuneResult.written`` says whether anything was written), and must be a
-    spiking model of the same DNN and sites (else :class:`OutputPathError` before any work); with
+    (``FinetuneResult.existing_top1``; ``FinetuneResult.written`` says whether anything was
+    written), and must be a spiking model of the same DNN and sites (else :class:`OutputPathError` before any work); with
     ``initial_eval`` off there is no starting top-1, and the first epoch replaces it. ``mean``/``std``
     normalize a named dataset or an image folder (default: the model's recorded preprocessing).
 
@@ -537,8 +540,9 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     model = load_model(model_path)
     view = fmt.read_spiking(model, model_path)
     info = view.info
+    existing = None
     if out_path.exists():   # kept unless beaten: it must be this model's line, not any file
-        _check_existing_output(out_path, info, model_path)
+        existing = _check_existing_output(out_path, info, model_path)
     if cfg.timesteps is None:
         check_recorded_timesteps(info.timesteps, model_path)
     T = int(cfg.timesteps or info.timesteps)
@@ -709,7 +713,8 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
                 written = True
                 log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); wrote it to {output}")
             else:
-                standing = _existing_top1(out_path, test, device, T, cfg, show_progress, fixed, log)
+                standing = _existing_top1(existing, out_path, test, device, T, cfg,
+                                          show_progress, fixed, log)
                 if standing is None or standing <= initial:
                     log(f"before fine-tuning: SNN top-1 {initial:.2f}% (T={T}); {output} exists"
                         + (f" (top-1 {standing:.2f}%)" if standing is not None else "")
