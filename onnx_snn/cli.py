@@ -653,10 +653,6 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
     return recorded
 
 
-#: the history's records of the data a model was converted or fine-tuned on
-DATA_RECORDS = ("calibration_data", "train_data", "test_data")
-
-
 def _note_other_data(given, args, option: str = "--data") -> None:
     """A note (stderr; -q hides it) when ``given`` is other data than the model records: a
     named dataset other than every one it records (its ``onnx_snn.dataset``, the named
@@ -686,6 +682,7 @@ def _recorded_data(model_path):
     import onnx
     from .errors import file_problem
     from .model_io import metadata_dict
+    from .datasets import DATA_RECORDS
     from .spiking.format import META_DATASET, META_HISTORY
     try:   # never opened unless a regular file (a pipe would block)
         if file_problem(model_path):

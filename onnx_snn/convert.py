@@ -122,7 +122,7 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str,
     """A warning when a model whose parameters were fitted for one T (:func:`fitted_timesteps`)
     is run at another: its thresholds and amplitudes are not rate-exact there, and its
     accuracy can fall as T grows (a refined depthwise net: 59 % at its T = 2, 17 % at 16).
-    Returns what it warned (None: nothing), for a result's notes."""
+    Returns what it warned (None: nothing), for a result's warnings."""
     fitted = fitted_timesteps(info)
     other = sorted({int(t) for t in timesteps if t is not None and int(t) != fitted})
     if fitted is None or not other:

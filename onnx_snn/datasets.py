@@ -332,7 +332,7 @@ def _load_cifar_binary(name: str, split: str, data_dir) -> Optional[Dataset]:
         return None
     record = label_bytes + 3072
     xs, ys = [], []
-    for fname in (train_files if split == "train" else test_files):
+    for fname in files:
         path = folder / fname
         try:
             raw = np.fromfile(path, np.uint8)
@@ -778,6 +778,10 @@ def _split_suffix(name: str) -> Tuple[str, str]:
     if sep and path and split in ("train", "test", "val"):
         return path, sep + split
     return name, ""
+
+
+#: the history's records of the data a model was converted and fine-tuned on
+DATA_RECORDS = ("calibration_data", "train_data", "test_data")
 
 
 def recorded_data_name(name):

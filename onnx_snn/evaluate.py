@@ -304,7 +304,6 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             ds = ds.take(limit)
         n = len(ds)
     asked, notes = batch_size, []
-
     if not runner.spiking and t_list:
         notes.append("timesteps (-T) is ignored for a DNN")
     from .datasets import named_dataset

@@ -404,7 +404,6 @@ def densified(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
     subgraphs) an ordinary one in its own element type, or None when it has none (passes,
     graph-surgeon's import and the analyzer read ``initializer`` alone: a sparse weight was
     imported as float64, or not found)."""
-    from . import walk
     if not any(len(g.sparse_initializer) for g in walk.subgraphs(model.graph)):
         return None
     out = onnx.ModelProto()

@@ -289,7 +289,7 @@ def recorded_files(model: onnx.ModelProto) -> List[str]:
     """The files a spiking model's history names that exist: the DNN each step converted
     from (``source_path``, with its external data) and the data files (calibration,
     training, test) it was converted and fine-tuned on."""
-    from onnx_snn.datasets import recorded_data_paths
+    from onnx_snn.datasets import DATA_RECORDS, recorded_data_paths
     from onnx_snn.model_io import model_files
     files: List[str] = []
     try:
@@ -302,7 +302,7 @@ def recorded_files(model: onnx.ModelProto) -> List[str]:
         src = step.get("source_path")
         if isinstance(src, str) and os.path.isfile(src):
             files += model_files(src)
-        for key in ("calibration_data", "train_data", "test_data"):
+        for key in DATA_RECORDS:
             files += [p for p in recorded_data_paths(step.get(key)) if os.path.exists(p)]
     return files
 
