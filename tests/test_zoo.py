@@ -478,13 +478,15 @@ def test_train_resume_and_export(tmp_path, capsys):
     assert zoo.onnx_op_types(out / "model.onnx").count("Clip") == 5
     first = record["history"][0]
 
-    # --resume continues after epoch 1 and keeps its history
-    assert _train_main(common + ["--epochs", 2, "--resume"]) == 0
+    # --resume continues after epoch 1 and keeps its history; a new --lr is this run's
+    # (the optimizer state's own lr used to win silently) and is said
+    assert _train_main(common + ["--epochs", 2, "--resume", "--lr", 0.004]) == 0
     err = capsys.readouterr().err
-    assert "resuming" in err
+    assert "resuming" in err and "--lr 0.01 -> 0.004" in err
     record2 = json.loads((out / "train.json").read_text())
     assert [h["epoch"] for h in record2["history"]] == [1, 2]
     assert record2["history"][0] == first
+    assert record2["history"][1]["lr"] == pytest.approx(0.004 * 0.2)   # 2 epochs: decayed at 1
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and {"optimizer", "scheduler", "rng"} <= set(ckpt)
 

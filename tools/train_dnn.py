@@ -438,8 +438,18 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             from collections import Counter
             scheduler.milestones = Counter(milestones)
             done = ckpt["epoch"] + 1
+            # this run's --lr, --momentum and --weight-decay: the checkpoint's optimizer state
+            # (momentum buffers) continues, its hyperparameters are what this command says
+            before = ckpt.get("args", {})
+            changed = [f"--{k.replace('_', '-')} {before[k]:g} -> {getattr(args, k):g}"
+                       for k in ("lr", "momentum", "weight_decay")
+                       if k in before and before[k] != getattr(args, k)]
             for group in optimizer.param_groups:
+                group["initial_lr"] = args.lr
+                group["momentum"], group["weight_decay"] = args.momentum, args.weight_decay
                 group["lr"] = group["initial_lr"] * 0.2 ** sum(done >= m for m in milestones)
+            if changed:
+                log(f"--resume: {', '.join(changed)} (this run's values from epoch {done + 1})")
             _set_rng_state(ckpt["rng"], aug_gen)  # rank 0's streams, saved by rank 0
             start_epoch = ckpt["epoch"] + 1
             if dist_.rank:  # keep the other ranks' augmentation streams distinct
