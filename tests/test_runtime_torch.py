@@ -1420,7 +1420,9 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     assert p.returncode == 2 and "--lr 0.001 -> 0.02" in p.stderr and "--limit-test 64 -> 32" \
         in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
-    assert p.returncode == 2 and "--train-initial False -> True" in p.stderr, p.stderr
+    assert p.returncode == 2 and "--train-initial off -> on" in p.stderr, p.stderr
+    p = run_cli(*args, "--epochs", "2", "--resume", "--no-dropout")   # a switch read as its flag
+    assert p.returncode == 2 and "--no-dropout off -> on" in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--loss", "per-step")
     assert p.returncode == 2 and "--loss 'mean' -> 'per-step'" in p.stderr, p.stderr
     p = run_cli(*args, "--epochs", "2", "--resume", "--schedule", "step")

@@ -980,8 +980,13 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
     # typed another way, ./d.npz for d.npz, is the same data)
     was = {k: recorded_data_name(v) if k in ("train_data", "test_data") else v
            for k, v in was.items()}
-    diff = [f"{names.get(k, k)} {was[k]!r} -> {now.get(k)!r}" for k in was
-            if k in names and was[k] != now.get(k)]
+    def shown(flag: str, value) -> str:
+        """A switch as the flag reads (--no-dropout is on where dropout is False)."""
+        if not isinstance(value, bool):
+            return repr(value)
+        return "on" if value != flag.startswith("--no-") else "off"
+    diff = [f"{names.get(k, k)} {shown(names[k], was[k])} -> {shown(names[k], now.get(k))}"
+            for k in was if k in names and was[k] != now.get(k)]
     if diff:
         raise UsageError(f"{ckpt_path}: this run started with other settings than this call's "
                          f"({'; '.join(diff)}); resume with the run's own, or start over "
