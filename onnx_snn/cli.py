@@ -785,6 +785,19 @@ def cmd_convert(args) -> int:
             raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
                              f"refinement of --method refined, which --method {args.method} "
                              "does not run; drop it or use --method refined")
+    # options of one search, given to a method that does not run it (a value other than the
+    # default: it would change nothing, silently)
+    for flags, methods in (((("--objective", "objective"), ("--percentile-step", "percentile_step"),
+                             ("--beta-step", "beta_step"), ("--beta-max", "beta_max")),
+                            ("datta", "refined")),
+                           ((("--percentile", "percentile"),), ("percentile",))):
+        unused = [f"{flag} {getattr(args, key):g}" if not isinstance(getattr(args, key), str)
+                  else f"{flag} {getattr(args, key)}" for flag, key in flags
+                  if args.method not in methods and getattr(args, key) != getattr(SEARCH, key)]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
+                             f"search of --method {' or '.join(methods)}, which --method "
+                             f"{args.method} does not run; drop it or use --method {methods[0]}")
     check_search_limits(config, args.timesteps, args.method)
     if args.unit_thresholds and args.deploy is None:
         raise UsageError("--unit-thresholds shapes the deploy graph: pass --deploy FILE too")

@@ -428,6 +428,22 @@ def test_refinement_options_with_another_method_are_refused(files, flags):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("method,flags,said", [
+    ("max", ["--objective", "l1"], "--objective l1 sets the search of --method datta or refined"),
+    ("deng", ["--beta-max", "5", "--beta-step", "0.1"], "--beta-step 0.1, --beta-max 5 set"),
+    ("percentile", ["--percentile-step", "2"], "--percentile-step 2 sets"),
+    ("datta", ["--percentile", "50"], "--percentile 50 sets the search of --method percentile"),
+    ("refined", ["--percentile", "99"], "which --method refined does not run")])
+def test_search_options_of_another_method_are_refused(files, method, flags, said):
+    """A search option given to a method that does not run that search changed nothing,
+    silently (an outside sweep: byte-identical thresholds); refused (exit 2) before the work."""
+    out = files / "opt.snn.onnx"
+    p = run_cli("convert", str(files / "model.onnx"), "-o", str(out), "--calib",
+                str(files / "calib.npy"), "--method", method, *flags)
+    assert_clean_error(p, 2, said)
+    assert not out.exists()
+
+
 def test_the_search_strides_that_change_nothing_are_taken_with_another_method(files):
     """--search-stride 0 (automatic, the default) and 1 (every percentile: the default up to
     T = 4, and what it was before) change nothing under --method max: accepted, as before."""
