@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "above step on average in one epoch on the deep benchmark networks: "
                         "docs/MEASUREMENTS.md) or step (divided by 5 at 60, 80 and 90 %% of "
                         "them, the paper's)")
-    f.add_argument("--warmup", type=float, default=0.05, metavar="F",
+    f.add_argument("--warmup", type=float, default=None, metavar="F",
                    help="with --schedule cosine: the warm-up's share of the iterations, 0 to "
                         "below 1 (default: 0.05)")
     f.add_argument("--batch-size", type=batch_int, default=64, help="batch size (default: 64)")
@@ -982,6 +982,9 @@ def cmd_finetune(args) -> int:
 
     if not args.teacher and (args.distill is not None or args.temperature is not None):
         raise UsageError("--distill and --temperature set the distillation: they need --teacher")
+    if args.warmup is not None and args.schedule != "cosine":
+        raise UsageError(f"--warmup sets the cosine schedule's warm-up, which --schedule "
+                         f"{args.schedule} does not have; drop it or use --schedule cosine")
     plot_fmt = _plot_format_or_refuse(args.plot)
 
     data = _data_or_recorded(args.data, args, need="training")
@@ -997,7 +1000,8 @@ def cmd_finetune(args) -> int:
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          train_initial=args.train_initial, loss=args.loss,
                          dropout=not args.no_dropout,
-                         schedule=args.schedule, warmup=args.warmup)
+                         schedule=args.schedule,
+                         **({} if args.warmup is None else {"warmup": args.warmup}))
     quiet = getattr(args, "quiet", False)
     checkpoint = args.checkpoint if args.checkpoint is not None else str(args.output) + ".ckpt.pt"
     teacher = source_dnn_of(args.model) if args.teacher == "auto" else args.teacher

@@ -230,6 +230,10 @@ def test_no_output_may_overwrite_the_found_teacher(converted, tmp_path):
     assert src.read_bytes() == before and not (tmp_path / "o.onnx").exists()
     p = run_cli(*base[:-2], "--distill", "0.5")
     assert p.returncode == 2 and "they need --teacher" in p.stderr
+    # the same for the cosine schedule's warm-up under the step schedule (it was ignored)
+    p = run_cli(*base[:-2], "--schedule", "step", "--warmup", "0.3")
+    assert p.returncode == 2 and "--schedule step does not have" in p.stderr, p.stderr
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_a_resumed_run_keeps_its_loss(converted, tmp_path):
