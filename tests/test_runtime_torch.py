@@ -1058,10 +1058,14 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert r2["resumed_after"] == 1 and r1["resumed_after"] is None
     # resumed again with no epoch left: nothing is written, and the result line says so
     before = out.read_bytes()
-    p = run_cli(*args[1:], "--epochs", "2", "--resume")
+    p = run_cli(*args[1:], "--epochs", "2", "--resume", "--json", str(tmp_path / "r3.json"))
     assert p.returncode == 0, p.stderr
     assert "had run all 2 epochs" in p.stdout and "nothing was written" in p.stdout, p.stdout
     assert "wrote" not in p.stdout and out.read_bytes() == before
+    # its record is the run's (its seconds per epoch those of the run's epochs, not 0)
+    r3 = json.loads((tmp_path / "r3.json").read_text())
+    assert r3["epochs"] == r2["epochs"] and not r3["written"]
+    assert r3["seconds_per_epoch"] == pytest.approx(np.mean([e["seconds"] for e in r2["epochs"]]))
     # without the run's output (it holds the best model) there is nothing to resume: refused
     os.replace(out, tmp_path / "moved.snn.onnx")
     p = run_cli(*args[1:], "--epochs", "3", "--resume")

@@ -837,7 +837,10 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     return FinetuneResult(output=str(output), timesteps=T, initial_top1=initial, best_top1=best,
                           existing_top1=standing,
                           best_epoch=best_epoch, epochs=history,
-                          seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
+                          # a resumed call that ran no epoch (its checkpoint had run them all):
+                          # the run's epochs', so that its record does not read 0 s
+                          seconds_per_epoch=float(np.mean(epoch_seconds or
+                                                          [e.seconds for e in history] or [0.0])),
                           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           peak_cuda_mb=peak_cuda, world_size=world,
                           written=written, resumed_after=resumed_after,
