@@ -1673,6 +1673,23 @@ def test_a_recurrent_layer_and_a_gate_are_refused_saying_what_to_do():
     m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
     with pytest.raises(UnsupportedModelError, match=r"\(Mul\).*squeeze-and-excitation.*retrain"):
         normalize(m)
+    # with a sigmoid gate (timm's SE), the sigmoid is named first: the advice is to remove
+    # the gate, not to replace the sigmoid by a ReLU (which would leave the product refused)
+    b = B.GraphBuilder(13)
+    a = b.act(b.conv("input", 1, 4), "clip", 6.0)
+    g = b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [a]), 4, 4, k=1, pad=0)])
+    y = b.node("Mul", [a, b.node("Expand", [g, b.const(np.array([1, 4, 12, 12], np.int64))])])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\).*it gates node .*\(Mul\).*"
+                                                    r"without the gate"):
+        onnx_snn.convert(m, B.rand_input(4, (1, 12, 12)), 2, "datta", show_progress=False)
+    # a sigmoid that gates nothing keeps the advice to replace it
+    b = B.GraphBuilder(13)
+    a = b.node("Sigmoid", [b.conv("input", 1, 4)])
+    m = b.model("input", b.gemm(b.node("Flatten", [a]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\).*replace it in the DNN") as e:
+        onnx_snn.convert(m, B.rand_input(4, (1, 12, 12)), 2, "datta", show_progress=False)
+    assert "gates" not in str(e.value)
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])

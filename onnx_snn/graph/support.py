@@ -83,9 +83,14 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                     f"the DNN and fine-tune it briefly; {SUPPORTED_HELP}")
             if node.op in _NONLINEAR:
                 more = f" ({detail[node.name]})" if node.name in detail else ""
+                gate = _gated_product(node, dynamic)
+                fix = _ACTIVATION_FIX if gate is None else (
+                    f"it gates {node_label(gate)}, a product of two data tensors (a "
+                    "squeeze-and-excitation or attention gate), which a ReLU in its place would "
+                    "not make linear in the spikes: retrain the DNN without the gate")
                 raise UnsupportedModelError(f"{node_label(node)}{_PIECE_OF.get(node.op, '')} is a "
                                             f"nonlinearity the spiking rewrite cannot express{more}: "
-                                            f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
+                                            f"{fix}; {SUPPORTED_HELP}")
             if node.op in _UNSUPPORTED_HINTS:
                 hint = _UNSUPPORTED_HINTS[node.op]
                 if node.op == "ReduceMax" and _reduces_channels(node):
@@ -263,6 +268,25 @@ def _multiplies_data(node: gs.Node, dynamic: set) -> bool:
     ins = [t for t in node.inputs if not is_empty(t)]
     return sum(t.name in dynamic for t in ins) > 1 or (
         node.op == "Div" and len(ins) > 1 and ins[1].name in dynamic)
+
+
+def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.Node]:
+    """The product of two data tensors that ``node``'s output reaches through at most
+    ``depth`` ops of one data input (a gate's sigmoid, then reshapes, scalings, expands), or
+    None: the gate of squeeze-and-excitation and attention, whose product a replaced
+    activation would leave."""
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for out in n.outputs:
+                for c in out.outputs:
+                    if _multiplies_data(c, dynamic):
+                        return c
+                    if sum(t.name in dynamic for t in c.inputs if not is_empty(t)) == 1:
+                        nxt.append(c)
+        frontier = nxt
+    return None
 
 
 def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Optional[Tuple[gs.Node, str]]:
