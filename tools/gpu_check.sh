@@ -15,6 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    echo "Other arguments are passed to tools/bench_gpu.py (see python tools/bench_gpu.py --help)."
+    exit 0
+fi
+
 if [[ "${1:-}" == "--prepare" ]]; then
     rm -rf .whl && mkdir -p .whl .data/fashion-mnist
     py=${PYTHON:-python3}
@@ -32,9 +38,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
 fi
-# the project itself: installed, since pyproject.toml maps runtimes/ to onnx_snn.runtimes
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
-    --target /tmp/site .
+# the project itself, laid out as pyproject.toml installs it (runtimes/ is onnx_snn.runtimes):
+# copied, not built, so that no setuptools is needed (pyproject's license field needs
+# setuptools >= 77, which a machine's image may lack: pip install . failed on 65)
+mkdir -p /tmp/site && rm -rf /tmp/site/onnx_snn
+cp -r onnx_snn /tmp/site/onnx_snn && rm -rf /tmp/site/onnx_snn/runtimes
+cp -r runtimes /tmp/site/onnx_snn/runtimes
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 # from /tmp: in the repository root the source folder onnx_snn/ (without runtimes/) would shadow it
 (cd /tmp && python3 -c "import onnx_snn.runtimes.torch, onnx_graphsurgeon, spikingjelly.activation_based.neuron")
