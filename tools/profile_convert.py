@@ -65,8 +65,10 @@ def _ort_runs(stats: pstats.Stats) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="an ONNX model (default: the CIFAR-shape VGG-16 of bench_convert)")
-    p.add_argument("--data", default=None, help="calibration data for --model (default: "
-                   "Fashion-MNIST test images, as bench_convert feeds its CIFAR model)")
+    p.add_argument("--data", default=None, help="calibration data for --model, as convert's "
+                   "--calib takes it (default: fashion-mnist, the training split in the model's "
+                   "input layout); without --model, bench_convert's Fashion-MNIST test images "
+                   "at 3x32x32")
     p.add_argument("--imagenet", metavar="NAME", help="profile torchvision's NAME (vgg11_bn, vgg16, "
                    "resnet50) at 3x224x224 with random weights, as bench_convert --imagenet builds "
                    "it (Fashion-MNIST images upsampled; use --images 64)")
@@ -89,13 +91,18 @@ def main(argv=None) -> int:
         elif path is None:
             path = os.path.join(tmp, "vgg16_cifar.onnx")
             onnx.save(vgg16_onnx(), path)
-        data = args.data if args.data else images(args.images, 224 if args.imagenet else 32)
+        data = args.data or ("fashion-mnist" if args.model else
+                             images(args.images, 224 if args.imagenet else 32))
         kw = {"calib_samples": args.images} if isinstance(data, str) else {}
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        snn = onnx_snn.convert(path, data, timesteps=args.timesteps, method=args.method,
-                               show_progress=False, **kw)
+        try:
+            snn = onnx_snn.convert(path, data, timesteps=args.timesteps, method=args.method,
+                                   show_progress=False, **kw)
+        except onnx_snn.OnnxSnnError as e:     # a model or data the converter refuses
+            print(f"profile_convert: error: {e}", file=sys.stderr)
+            return 2
         prof.disable()
         total = time.perf_counter() - t0
     stats = pstats.Stats(prof)
