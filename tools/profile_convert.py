@@ -31,8 +31,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 # siblings in tools/, which `python tools/profile_convert.py` puts first on sys.path
 from _bench_common import emit
 
