@@ -613,6 +613,15 @@ def _check_mean_std(args, data) -> None:
                          "arrays yourself and drop --mean/--std")
 
 
+def _other_rank() -> bool:
+    """A process of a torchrun launch other than rank 0: it says nothing but its errors (each
+    note and warning was printed once per process)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
+
+
 def _finetune_log(quiet: bool):
     """Fine-tuning's log, printed as the other commands print theirs: its warnings and notes
     on stderr (they went to stdout, among the results, unless -q), its progress lines (the
@@ -620,7 +629,8 @@ def _finetune_log(quiet: bool):
     def log(message) -> None:
         text = str(message)
         if text.startswith("warning:"):
-            print(text, file=sys.stderr)
+            if not _other_rank():
+                print(text, file=sys.stderr)
         elif not quiet:
             print(text, file=sys.stderr if text.startswith("note:") else sys.stdout)
     return log
@@ -1253,16 +1263,20 @@ def _main(argv: Optional[List[str]]) -> int:
     if not args.command:
         parser.error("a command is required: convert, eval, info, finetune, analyze or demo "
                      "(onnx-snn COMMAND --help)")
+    if _other_rank():
+        args.quiet = True
     if args.quiet:
         os.environ["ONNX_SNN_PROGRESS"] = "0"
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR if _other_rank() else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
     handler = COMMANDS.get(args.command)
     if handler is None:
         from .demo import cmd_demo
         handler = cmd_demo
     shown = warnings.showwarning
     # a Python warning reads like the logged ones (no file, line and category of the code)
-    warnings.showwarning = lambda message, *a, **k: print(f"WARNING: {message}", file=sys.stderr)
+    warnings.showwarning = (lambda *a, **k: None) if _other_rank() else \
+        (lambda message, *a, **k: print(f"WARNING: {message}", file=sys.stderr))
     try:
         return handler(args)
     except OnnxSnnError as e:

@@ -626,9 +626,17 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, cfg))
     ddp = net
     if world > 1:
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
+        # no buffer syncing at each forward (the buffers are the model's constants, the same
+        # on every rank); torch >= 2.13 names it forward_sync_buffers and warns, on every rank,
+        # that broadcast_buffers is deprecated
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                   inspect.signature(DistributedDataParallel.__init__).parameters
+                   else "broadcast_buffers")
         ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      **{no_sync: False})
 
     start_epoch, best, best_epoch, history, initial = 0, -1.0, 0, [], None
     standing = None                # the existing output's top-1, which an epoch must beat too
