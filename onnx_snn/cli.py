@@ -1098,6 +1098,10 @@ def cmd_analyze(args) -> int:
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate
+            if args.dnn:      # a --dnn it would refuse, refused before the run on the data
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    analyze(model, None, args.timesteps, dnn_model=args.dnn, where=str(args.model))
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download,

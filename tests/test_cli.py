@@ -794,6 +794,11 @@ def test_analyze_refuses_a_dnn_it_was_not_converted_from(tmp_path):
     assert main(["-q", "convert", str(dnn), "--calib", str(tmp_path / "x.npy"), "-o", str(snn)]) == 0
     p = run_cli("analyze", str(snn), "--dnn", str(other))
     assert_clean_error(p, 2, "not the DNN", "sha256")
+    # with data to record the rates on: refused before that run (it ran, then was refused)
+    np.savez(tmp_path / "t.npz", x=B.rand_input(8), y=np.zeros(8, np.int64))
+    p = run_cli("analyze", str(snn), "--dnn", str(other), "--data", str(tmp_path / "t.npz"))
+    assert_clean_error(p, 2, "not the DNN", "sha256")
+    assert "recorded spike rates" not in p.stdout, p.stdout
     p = run_cli("analyze", str(snn), "--dnn", str(dnn))
     assert p.returncode == 0 and "UserWarning" not in p.stderr, p.stderr
 
