@@ -182,6 +182,27 @@ _IDX = {
 }
 
 
+#: the IDX datasets' mean pixel (0-1; their train and test splits within 0.002 of it): the two
+#: sets of files have the same names, so a folder of one read as the other is told by it
+_IDX_MEAN_PIXEL = {"fashion-mnist": 0.286, "mnist": 0.131}
+
+
+def _check_idx_contents(images: np.ndarray, name: str, folder: Path) -> None:
+    """A warning when ``images`` (uint8, a whole split) look like the other IDX dataset's:
+    `--data mnist --data-dir` a Fashion-MNIST folder was read and scored as MNIST."""
+    if len(images) < 100:
+        return
+    mean = float(images.mean(dtype=np.float64)) / 255.0
+    own = _IDX_MEAN_PIXEL[name]
+    other, theirs = next((k, v) for k, v in _IDX_MEAN_PIXEL.items() if k != name)
+    if abs(mean - theirs) < 0.02 < abs(mean - own):
+        logging.getLogger("onnx_snn").warning(
+            "%s: these images look like %s's, not %s's (mean pixel %.3f; %s's is %.3f, %s's "
+            "%.3f): both datasets' files have the same names; use --data %s, or the folder of "
+            "%s", folder, _IDX[other][0], _IDX[name][0], mean, _IDX[other][0], theirs,
+            _IDX[name][0], own, other, _IDX[name][0])
+
+
 def _find_idx(name: str, data_dir, download: bool = False) -> Path:
     title, subs, hint = _IDX[name]
     system = FASHION_MNIST_SYSTEM_DIR if name == "fashion-mnist" else None   # Debian's package
@@ -229,6 +250,7 @@ def load_idx_dataset(name: str, split: str = "test", data_dir=None, download: bo
     if images.dtype != np.uint8:
         raise DataError(f"{folder}: {prefix} images of type {images.dtype}; {name}'s IDX files "
                         "hold bytes (0-255)")
+    _check_idx_contents(images, name, folder)
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
     y = check_labels(labels, len(labels), str(labels_file))
     _check_dataset_labels(y, name, labels_file)

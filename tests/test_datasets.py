@@ -84,6 +84,34 @@ def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
         load_dataset("mnist", data_dir=empty)
 
 
+def test_one_idx_dataset_read_as_the_other_is_warned_about(tmp_path, caplog):
+    """MNIST's and Fashion-MNIST's files have the same names: `--data mnist --data-dir` a
+    Fashion-MNIST folder was scored as MNIST, silently. The mean pixel tells them apart
+    (0.131 / 0.286): a warning says which the files look like; a dataset's own files, or
+    images like neither, pass quietly."""
+    import logging
+    rng = np.random.default_rng(0)
+
+    def images(mean):          # 200 images of about this mean pixel
+        return np.clip(rng.normal(mean * 255, 30, (200, 28, 28)), 0, 255).round()
+    for name, mean, warned in (("mnist", 0.286, "look like Fashion-MNIST's, not MNIST's"),
+                               ("fashion-mnist", 0.131, "look like MNIST's, not Fashion-MNIST's"),
+                               ("mnist", 0.131, None), ("fashion-mnist", 0.286, None),
+                               ("mnist", 0.5, None)):
+        folder = tmp_path / f"{name}-{mean}"
+        folder.mkdir()
+        write_idx(folder / "t10k-images-idx3-ubyte.gz", images(mean))
+        write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 200))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            ds = load_dataset(name, data_dir=folder)
+        assert len(ds) == 200
+        if warned:
+            assert warned in caplog.text and "same names" in caplog.text, caplog.text
+        else:
+            assert "look like" not in caplog.text, (name, mean, caplog.text)
+
+
 def test_arrays_beside_the_splits_are_said_to_be_ignored(tmp_path, caplog):
     """x/y beside x_test/y_test: the test split is read (as before), and the other arrays are
     said to be ignored (they were, silently: either set could have been meant)."""
