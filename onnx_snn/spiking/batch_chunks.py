@@ -19,7 +19,7 @@ weights inside the body, where onnxruntime's blocked-layout rewrite can reach th
 
 Every sample's outputs are those the graph computes for it in a batch of ``b``: the graph
 must compute each sample alone, which the deploy graph of a DNN in inference does when its
-inputs and outputs share a dynamic batch axis (the first), the condition checked here
+inputs and outputs have a dynamic first axis (the batch), the condition checked here
 (:func:`why_not`), and that onnxruntime confirms on random samples (:func:`differs`: a
 graph that mixes samples, such as a sum over the batch, gives other outputs in chunks).
 Where either fails, the graph is left whole and the reason returned. Measured in README
@@ -70,21 +70,31 @@ def why_not(model: onnx.ModelProto, per_sample: Sequence[str] = ()) -> Optional[
         return f"opset {opset} has no dynamic Slice (needs {MIN_OPSET})"
     if not g.input:
         return "the graph has no inputs"
-    symbols = {_batch_symbol(i) for i in g.input}
-    if None in symbols:
-        return "an input has no dynamic batch axis (a fixed or unnamed first dimension)"
+    if not all(_dynamic_first(i) for i in g.input):
+        return "an input has no dynamic batch axis (a fixed or missing first dimension)"
+    symbols = {_batch_symbol(i) for i in g.input} - {None}
     if len(symbols) > 1:
         return f"the inputs name their first axes differently ({', '.join(sorted(symbols))})"
-    symbol = symbols.pop()
     made = {x for n in g.node for x in n.output}
     for o in g.output:
         if not o.type.tensor_type.HasField("shape"):
             return f"output {o.name!r} states no shape"
         if o.name not in made:
             return f"output {o.name!r} is an input or a constant, not computed by a node"
-        if o.name not in per_sample and _batch_symbol(o) != symbol:
-            return f"output {o.name!r} does not state the inputs' batch axis {symbol!r} first"
+        # any dynamic first axis, whatever its name: tf2onnx names an output's batch axis
+        # apart from the input's (unk__63, unk__62), and so may any producer; whether it is
+        # the batch is what differs() runs both graphs to see
+        if o.name not in per_sample and not _dynamic_first(o):
+            return f"output {o.name!r} has no dynamic first axis (the batch)"
     return None
+
+
+def _dynamic_first(value: onnx.ValueInfoProto) -> bool:
+    """Whether ``value`` states a shape whose first axis is dynamic (named or not)."""
+    t = value.type.tensor_type if value.type.HasField("tensor_type") else None
+    if t is None or not t.HasField("shape") or len(t.shape.dim) == 0:
+        return False
+    return not t.shape.dim[0].HasField("dim_value")
 
 
 #: the name of the body graph of a chunked model's Scan
@@ -168,7 +178,7 @@ def differs(whole: onnx.ModelProto, chunked: onnx.ModelProto, chunk: int) -> Opt
 def _wrap(model: onnx.ModelProto, chunk: int, per_sample: Sequence[str]) -> onnx.ModelProto:
     """The model run ``chunk`` samples at a time (see the module docstring)."""
     g = model.graph
-    symbol = _batch_symbol(g.input[0])
+    symbol = next((s for s in map(_batch_symbol, g.input) if s), None)   # None: unnamed
     inits: List[TensorProto] = []
     P = _PRE
     zero, one = _const(inits, "zero", [0]), _const(inits, "one", [1])
@@ -283,7 +293,8 @@ def _wrap(model: onnx.ModelProto, chunk: int, per_sample: Sequence[str]) -> onnx
         t = v.type.tensor_type
         if o.name in per_sample and t.HasField("shape") and len(t.shape.dim):
             t.shape.dim[0].Clear()
-            t.shape.dim[0].dim_param = symbol
+            if symbol:
+                t.shape.dim[0].dim_param = symbol
         outputs.append(v)
     graph.node.extend(nodes)
     copy_messages(graph.input, g.input)
