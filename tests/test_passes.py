@@ -377,6 +377,29 @@ def test_a_log_of_values_that_can_be_negative_is_no_order_keeping_tail(op):
     assert r.changed == 0 and op in ops(out) and "feeds Log 'tail'" in r.reason("sm")
 
 
+def test_a_confidence_and_class_id_head_is_refused_naming_the_other_reader_and_outputs():
+    """Softmax -> {ReduceMax 'conf', ArgMax 'y'}: the ArgMax goes, and the softmax then feeds
+    an output and the ReduceMax; the refusal said only "also feeds other nodes", of an output
+    name the user's model does not have. It names the reader and `--outputs`, with which the
+    model converts."""
+    import onnx_snn
+    from onnx_snn.errors import UnsupportedModelError
+    nodes = [h.make_node("Gemm", ["x", "W", "B"], ["h"], name="fc1", transB=1),
+             h.make_node("Relu", ["h"], ["r"], name="relu"),
+             h.make_node("Gemm", ["r", "W2", "B2"], ["logits"], name="fc2", transB=1),
+             h.make_node("Softmax", ["logits"], ["p"], name="sm", axis=1),
+             h.make_node("ReduceMax", ["p"], ["conf"], name="top", axes=[1], keepdims=0),
+             h.make_node("ArgMax", ["p"], ["y"], name="ids", axis=1, keepdims=0)]
+    m = make(nodes, [vi("x", ["N", 6])],
+             [vi("conf", ["N"]), h.make_tensor_value_info("y", onnx.TensorProto.INT64, ["N"])],
+             [init("W", rand(8, 6)), init("B", rand(8)), init("W2", rand(4, 8)), init("B2", rand(4))])
+    x = rand(32, 6)
+    with pytest.raises(UnsupportedModelError, match=r"also feeds ReduceMax 'top'.*--outputs NAME"):
+        onnx_snn.convert(m, x, 2, "datta", show_progress=False)
+    snn = onnx_snn.convert(m, x, 2, "datta", outputs=["y"], show_progress=False)
+    assert len([o for o in snn.model.graph.output if not o.name.endswith(".spikes")]) == 1
+
+
 def test_a_sigmoid_with_a_percentage_tail_is_dropped_with_it():
     nodes = [h.make_node("Sigmoid", ["logits"], ["p"], name="sg"),
              h.make_node("Mul", ["p", "c"], ["y"], name="pct")]

@@ -86,7 +86,8 @@ def _path_to_output(graph: gs.Graph, t, monotone: bool = False, positive: bool =
     while True:
         if is_graph_output(graph, t):
             if t.outputs:
-                return chain, f"its output '{t.name}' is a graph output that also feeds other nodes"
+                fed = ", ".join(f"{c.op} '{c.name}'" for c in t.outputs[:3])
+                return chain, f"its output '{t.name}' is a graph output that also feeds {fed}"
             return chain, None
         if len(t.outputs) != 1:
             return chain, (f"its output '{t.name}' feeds {len(t.outputs)} nodes"

@@ -337,12 +337,15 @@ def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
                                  positive=node.op in ("Softmax", "Sigmoid"))
         if why.startswith("its output feeds ") and why.endswith("not a graph output"):
             why += ": it can reorder the classes"
+        several = (", or convert it with only the outputs you need, such as its class ids "
+                   "alone (convert --outputs NAME; outputs= in Python)"
+                   if len(graph.outputs) > 1 else "")
         return (f"is the output head's {node.op}: a spiking model outputs time-averaged logits, "
                 f"and the conversion drops a final {node.op} only with reshapes and "
                 "order-keeping ops after it on the way to an output alone (Log, Exp, Sqrt, one "
                 f"positive scale or one shift for all classes), not here ({why}); export the "
                 "model without its post-processing (its logits) and apply that to the spiking "
-                "model's outputs")
+                f"model's outputs{several}")
     if head is None:
         return None
     after = ", ".join(f"'{c.name}' ({c.op})" for c in head[1:])
