@@ -383,10 +383,13 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             "classifier) or [N] integer class ids. The data has labels: for a "
                             "model that does not classify, give data without them ('y')"
                             + _other_outputs_hint(runner))
-                    if start == 0 and kind != IDS:
-                        check_labels_for(ds.y, logits, ds.name)
-                    if start == 0 and table is not None:
-                        check_labels_for_table(ds.y, table, ds.name)
+                    try:
+                        if start == 0 and kind != IDS:
+                            check_labels_for(ds.y, logits, ds.name)
+                        if start == 0 and table is not None:
+                            check_labels_for_table(ds.y, table, ds.name)
+                    except DataError as e:     # the first output may be the wrong one
+                        raise DataError(str(e) + _other_outputs_hint(runner)) from None
                     guess = ids_to_indices(logits, table, where) if table is not None else \
                         predicted(logits, kind)
                     correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))

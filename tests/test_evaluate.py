@@ -301,6 +301,15 @@ def test_a_first_output_that_is_not_scores_names_the_outputs_and_the_fix():
     from onnx_snn.errors import DataError
     with pytest.raises(DataError, match=r"It has 2 outputs .*eval --output NAME.*--outputs NAME"):
         evaluate(m, {"x": x, "y": np.zeros(8, np.int64)}, show_progress=False)
+    # a first output of one score per sample (a confidence before the class ids), taken for
+    # a binary classifier's: the labels above 1 are refused with the same hint (it had none)
+    m = B.vgg(13, "clip", softmax=False)
+    logits = m.graph.output[0].name
+    conf = onnx.helper.make_node("ReduceMax", [logits], ["conf"], axes=[1], keepdims=0)
+    m.graph.node.append(conf)
+    m.graph.output.insert(0, onnx.helper.make_tensor_value_info("conf", onnx.TensorProto.FLOAT, None))
+    with pytest.raises(DataError, match=r"binary classifier's.*It has 2 outputs .*eval --output NAME"):
+        evaluate(m, {"x": x, "y": np.full(8, 9, np.int64)}, show_progress=False)
 
 
 @pytest.mark.parametrize("spiking", [False, True])
