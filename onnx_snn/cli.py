@@ -69,7 +69,7 @@ The deploy graph runs the spiking model's T steps unrolled, with the neurons wri
 plain ONNX ops and without what inference does not need: the time loop, the last step's
 membrane update, and (unless --spike-counts) the per-layer spike counters. Its spikes are
 the spiking model's, bit for bit, and so are its outputs (up to float rounding on some
-architectures), 2.1-2.5x the loop graph's speed in onnxruntime (README). It runs in any
+architectures), 2.0-2.2x the loop graph's speed in onnxruntime (README). It runs in any
 ONNX runtime (no custom functions) and in `onnx-snn eval`; it cannot be fine-tuned or
 analyzed, nor run at another T: keep the spiking model for those.
 

@@ -243,6 +243,17 @@ def test_binary_spikes_fold_where_exact(make, kept, method, x):
         inits = {i.name: onnx.numpy_helper.to_array(i) for i in binary.graph.initializer}
         for site, what in result.items():
             assert bool(np.all(inits[f"{site}.amplitude"] == 1.0)) == (what == "folded")
+        # the records read back say what the file holds: a folded site's amplitude is 1 (it
+        # read beta * mu, the folded value), which folded_amplitude keeps; they round-trip
+        from onnx_snn.spiking import format as F
+        for rec in F.read_info(binary).sites:
+            held = inits[f"{rec.name}.amplitude"]
+            np.testing.assert_allclose(np.broadcast_to(rec.channel_values(rec.amplitude),
+                                                       held.shape), held, rtol=1e-6)
+            assert (rec.folded_amplitude is not None) == (result[rec.name] == "folded")
+            if rec.folded_amplitude is not None:
+                np.testing.assert_allclose(rec.folded_amplitude, snn.records[rec.name].amplitude)
+            assert F.SiteRecord.from_dict(rec.to_dict()) == rec
         a = run(snn.step_model() if step else snn.model, x)
         b = run(binary, x)
         np.testing.assert_allclose(a.outputs[0], b.outputs[0], rtol=1e-5, atol=1e-5)

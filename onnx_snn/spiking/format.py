@@ -334,6 +334,9 @@ class SiteRecord:
     sample_size: int = 0
     values_seen: int = 0
     neuron: str = NEURON_IF
+    #: binary spikes (``binary.fold_amplitudes``): the amplitude ``beta * mu`` that was folded
+    #: into the next layers' weights; the spikes' own amplitude is then 1
+    folded_amplitude: Optional[Value] = None
 
     def __setattr__(self, name, value):
         # an all-zero offset is no offset: one spelling (0.0), however it is set, so that the
@@ -348,7 +351,8 @@ class SiteRecord:
 
     @property
     def amplitude(self) -> Value:
-        return _mul(self.beta, self.mu)
+        """``beta * mu``; 1 where binary spikes folded it into the next layers' weights."""
+        return 1.0 if self.folded_amplitude is not None else _mul(self.beta, self.mu)
 
     @property
     def neurons(self) -> int:
@@ -407,6 +411,8 @@ class SiteRecord:
             out["offset"] = self.offset
         if self.neuron != NEURON_IF:
             out["neuron"] = self.neuron
+        if self.folded_amplitude is not None:
+            out["folded_amplitude"] = self.folded_amplitude
         return out
 
     @classmethod
@@ -422,9 +428,10 @@ class SiteRecord:
             rec = cls(**kw)
             rec.shape = [int(x) for x in rec.shape]
             rec.mu = float(rec.mu)
-            for k in ("alpha", "beta", "v_init", "offset"):
+            for k in ("alpha", "beta", "v_init", "offset", "folded_amplitude"):
                 v = getattr(rec, k)
-                setattr(rec, k, [float(x) for x in v] if isinstance(v, list) else float(v))
+                if v is not None:
+                    setattr(rec, k, [float(x) for x in v] if isinstance(v, list) else float(v))
             rec.leak = float(rec.leak)
         except (TypeError, ValueError) as e:
             raise ModelLoadError(f"{where}: site {d.get('name')!r} in {META_SITES} is damaged "
