@@ -98,7 +98,8 @@ def model_classes(model) -> Optional[List[str]]:
     """A model's class names (its ``onnx_snn.classes`` metadata, a JSON list of strings), or
     None where it records none (or something else)."""
     from .model_io import metadata_dict
-    text = metadata_dict(model).get("onnx_snn.classes")
+    from .spiking.format import META_CLASSES
+    text = metadata_dict(model).get(META_CLASSES)
     try:
         names = json.loads(text) if text is not None else None
     except ValueError:

@@ -472,14 +472,14 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
     conversion does)."""
     from .model_io import metadata_dict
     meta = metadata_dict(model)
-    if "onnx_snn.preprocess" not in meta:
+    if fmt.META_PREPROCESS not in meta:
         inits = {i.name for i in model.graph.initializer}
         data = [i for i in model.graph.input if i.name not in inits]
         if data and all(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in data):
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
         return None
     try:
-        return check_preprocess(json.loads(meta["onnx_snn.preprocess"]), where, partial=True)
+        return check_preprocess(json.loads(meta[fmt.META_PREPROCESS]), where, partial=True)
     except (json.JSONDecodeError, ModelLoadError):
         log.warning("%s: ignoring unreadable onnx_snn.preprocess metadata", where)
         return None

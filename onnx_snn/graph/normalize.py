@@ -594,9 +594,9 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
         raise RuntimeError(f"normalized model fails the ONNX checker: {e}") from None
 
     preprocess = None
-    if "onnx_snn.preprocess" in meta:
+    if fmt.META_PREPROCESS in meta:
         try:
-            preprocess = json.loads(meta["onnx_snn.preprocess"])
+            preprocess = json.loads(meta[fmt.META_PREPROCESS])
         except json.JSONDecodeError:
             notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):

@@ -62,7 +62,8 @@ META_SPIKE_COUNTS = "onnx_snn.spike_counts"   # deploy graph: "1" when it output
 #: the dataset the model was trained on (the zoo's DNNs; a conversion or fine-tuning on a
 #: named dataset records it where the DNN did not): the later commands' default data
 META_DATASET = "onnx_snn.dataset"
-META_CARRIED = ("onnx_snn.arch", META_DATASET, "onnx_snn.test_accuracy", "onnx_snn.classes")
+META_CLASSES = "onnx_snn.classes"      # the DNN's class names (JSON list), carried
+META_CARRIED = ("onnx_snn.arch", META_DATASET, "onnx_snn.test_accuracy", META_CLASSES)
 #: carried under another name: the DNN's top-1 is not the spiking model's
 META_RENAMED = {"onnx_snn.test_accuracy": "onnx_snn.dnn_test_accuracy"}
 
