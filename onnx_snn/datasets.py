@@ -452,8 +452,24 @@ def input_key(keys) -> Optional[str]:
 
 
 def _splits_in(keys) -> List[str]:
-    """The splits (SPLIT_KEYS) whose input array is among a .npz's ``keys``, in order."""
-    return [sp for sp, (xk, _) in SPLIT_KEYS.items() if key_named(keys, xk) is not None]
+    """The splits (SPLIT_KEYS) whose input array is among a .npz's ``keys``, in order; or,
+    for a model of several inputs, whose labels are there beside an ``<input>_<split>`` array
+    (``x_train, z_train, y_train``)."""
+    keys = list(keys)
+    return [sp for sp, (xk, yk) in SPLIT_KEYS.items() if key_named(keys, xk) is not None
+            or (key_named(keys, yk) is not None
+                and any(isinstance(k, str) and k.lower().endswith("_" + sp)
+                        and k.lower() != yk for k in keys))]
+
+
+def _per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
+    """{input: its array} where a .npz holds ``<input>_<split>`` for every one of a model's
+    ``inputs`` (Keras's splits, one array per input), else None."""
+    inputs = [str(i) for i in (inputs or ())]
+    if not inputs:
+        return None
+    found = {i: key_named(keys, f"{i}_{sp}") for i in inputs}
+    return found if all(found.values()) else None
 
 
 def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
@@ -536,6 +552,25 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
             elif picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
                     _labels_shape(_npz_shape(obj, "arr_1"), _npz_shape(obj, "arr_0")):
                 picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y): checked as labels
+            per_input = _per_input_split(keys, inputs, split or "test") if picked else None
+            if per_input is not None:        # x_test, z_test, y_test for inputs x and z
+                sp = split or "test"
+                name = f"{path}:{sp}"
+                y = obj[picked[1]] if picked[1] and labels else None
+                x = {i: np.asarray(obj[k]) for i, k in per_input.items()}
+                read = set(per_input.values()) | {picked[1]}
+                unread = [k for k in keys if k not in read and not k.lower().endswith(
+                    "_train" if sp == "test" else "_test")]
+                if unread:
+                    logging.getLogger("onnx_snn").warning(
+                        "%s: reads its %s split, one array per input; the array(s) %s are "
+                        "ignored", path, sp, ", ".join(repr(k) for k in unread))
+                picked, rest, xk = None, [], None
+            elif picked is not None and picked[0] is None:
+                sp = split or "test"
+                raise DataError(f"{path}: holds {SPLIT_KEYS[sp][1]} but no {SPLIT_KEYS[sp][0]}; "
+                                f"for a model of several inputs name the arrays "
+                                f"<input>_{sp}, one per input ({', '.join(map(str, inputs)) or 'its inputs'})")
             if picked is not None:
                 (xk, yk), rest = picked, [picked[0]]
                 if xk.lower() in ("x_train", "x_test"):
@@ -547,16 +582,19 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
                             "%s: reads its %s split (%s, %s); the array(s) %s beside the "
                             "splits are ignored (save them to a file of their own to use them)",
                             path, xk[2:], xk, yk or "no labels", ", ".join(repr(k) for k in unread))
-            if not rest:
+            if per_input is not None:
+                pass
+            elif not rest:
                 raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
                                 f"(or data, images, inputs), or one per model input named after "
                                 f"it, and 'y' for labels; it has {keys if keys else 'no arrays'}")
-            y = obj[yk] if yk and labels else None
-            rest = _model_arrays(rest, xk, inputs, str(path))
-            if xk is not None and rest == [xk]:
-                x = obj[xk]
-            else:   # one array per model input, named after it (validate_feeds picks them)
-                x = {k: np.asarray(obj[k]) for k in rest}
+            else:
+                y = obj[yk] if yk and labels else None
+                rest = _model_arrays(rest, xk, inputs, str(path))
+                if xk is not None and rest == [xk]:
+                    x = obj[xk]
+                else:   # one array per model input, named after it (validate_feeds picks them)
+                    x = {k: np.asarray(obj[k]) for k in rest}
         except DataError:
             raise
         except Exception as e:  # object arrays, truncated members

@@ -84,6 +84,34 @@ def test_mnist_from_its_idx_files(tmp_path, monkeypatch, sub):
         load_dataset("mnist", data_dir=empty)
 
 
+def test_split_arrays_named_after_each_input(tmp_path):
+    """Keras's split names, one array per model input (x_train, z_train, y_train, and the same
+    for test): read per split as {input: array} (z_train was ignored and the model refused
+    its data); inputs of other names too, a single one included; an input without its
+    array is named."""
+    from onnx_snn.datasets import data_splits
+    rng = np.random.default_rng(0)
+    f = tmp_path / "two.npz"
+    arrays = {"x_train": rng.random((6, 4)), "z_train": rng.random((6, 2)), "y_train": np.arange(6),
+              "x_test": rng.random((3, 4)), "z_test": rng.random((3, 2)), "y_test": np.arange(3)}
+    np.savez(f, **arrays)
+    for split in ("train", "test"):
+        ds = load_array_file(f, split, inputs=["x", "z"])
+        assert set(ds.x) == {"x", "z"} and ds.name.endswith(":" + split)
+        np.testing.assert_allclose(ds.x["z"], arrays[f"z_{split}"])
+        np.testing.assert_array_equal(ds.y, arrays[f"y_{split}"])
+    g = tmp_path / "named.npz"
+    np.savez(g, img_train=rng.random((5, 3)), meta_train=rng.random((5, 1)), y_train=np.arange(5),
+             img_test=rng.random((2, 3)), meta_test=rng.random((2, 1)), y_test=np.arange(2))
+    assert data_splits(str(g)) == {"train", "test"}
+    ds = load_array_file(g, "train", inputs=["img", "meta"])
+    assert set(ds.x) == {"img", "meta"} and len(ds.y) == 5
+    one = load_array_file(g, "test", inputs=["img"])        # one input: its own array
+    assert set(one.x) == {"img"} and len(one.y) == 2
+    with pytest.raises(DataError, match=r"holds y_test but no x_test.*<input>_test.*img, other"):
+        load_array_file(g, "test", inputs=["img", "other"])
+
+
 def test_one_idx_dataset_read_as_the_other_is_warned_about(tmp_path, caplog):
     """MNIST's and Fashion-MNIST's files have the same names: `--data mnist --data-dir` a
     Fashion-MNIST folder was scored as MNIST, silently. The mean pixel tells them apart
