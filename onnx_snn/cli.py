@@ -796,8 +796,9 @@ def cmd_convert(args) -> int:
                              f"refinement of --method refined, which --method {args.method} "
                              "does not run; drop it or use --method refined")
     # options of one search, given to a method that does not run it (a value other than the
-    # default: it would change nothing, silently)
-    for flags, methods in (((("--objective", "objective"), ("--percentile-step", "percentile_step"),
+    # default: it would change nothing, silently; --objective is every method's reported
+    # objective_value too, so it is taken)
+    for flags, methods in (((("--percentile-step", "percentile_step"),
                              ("--beta-step", "beta_step"), ("--beta-max", "beta_max")),
                             ("datta", "refined")),
                            ((("--percentile", "percentile"),), ("percentile",))):

@@ -456,20 +456,24 @@ def _splits_in(keys) -> List[str]:
     for a model of several inputs, whose labels are there beside an ``<input>_<split>`` array
     (``x_train, z_train, y_train``)."""
     keys = list(keys)
+    plain = input_key(keys) is not None      # x / y beside other *_test arrays: read x / y
     return [sp for sp, (xk, yk) in SPLIT_KEYS.items() if key_named(keys, xk) is not None
-            or (key_named(keys, yk) is not None
+            or (not plain and key_named(keys, yk) is not None
                 and any(isinstance(k, str) and k.lower().endswith("_" + sp)
                         and k.lower() != yk for k in keys))]
 
 
-def _per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
+def per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
     """{input: its array} where a .npz holds ``<input>_<split>`` for every one of a model's
     ``inputs`` (Keras's splits, one array per input), else None."""
     inputs = [str(i) for i in (inputs or ())]
+    labels = key_named(keys, SPLIT_KEYS[sp][1])
     if not inputs:
         return None
     found = {i: key_named(keys, f"{i}_{sp}") for i in inputs}
-    return found if all(found.values()) else None
+    if not all(found.values()) or labels in found.values():   # an input named y: no
+        return None
+    return found
 
 
 def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
@@ -552,7 +556,9 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
             elif picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
                     _labels_shape(_npz_shape(obj, "arr_1"), _npz_shape(obj, "arr_0")):
                 picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y): checked as labels
-            per_input = _per_input_split(keys, inputs, split or "test") if picked else None
+            per_input = per_input_split(keys, inputs, split or "test") if picked else None
+            if per_input is not None and len(per_input) == 1:   # img_test for input img: as x_test
+                picked, per_input = (next(iter(per_input.values())), picked[1]), None
             if per_input is not None:        # x_test, z_test, y_test for inputs x and z
                 sp = split or "test"
                 name = f"{path}:{sp}"
@@ -568,20 +574,23 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
                 picked, rest, xk = None, [], None
             elif picked is not None and picked[0] is None:
                 sp = split or "test"
-                raise DataError(f"{path}: holds {SPLIT_KEYS[sp][1]} but no {SPLIT_KEYS[sp][0]}; "
+                raise DataError(f"{path}: holds {picked[1]} but no {SPLIT_KEYS[sp][0]}; "
                                 f"for a model of several inputs name the arrays "
                                 f"<input>_{sp}, one per input ({', '.join(map(str, inputs)) or 'its inputs'})")
             if picked is not None:
                 (xk, yk), rest = picked, [picked[0]]
-                if xk.lower() in ("x_train", "x_test"):
-                    name = f"{path}:{xk[2:]}"
+                if xk.lower().endswith(("_train", "_test")):
+                    sp = xk.lower().rsplit("_", 1)[1]
+                    name = f"{path}:{sp}"
                     splits = {k.lower() for pair in SPLIT_KEYS.values() for k in pair}
-                    unread = [k for k in keys if k.lower() not in splits]
+                    own = xk[:-len(sp)].lower()       # img_ of img_test: its other split too
+                    unread = [k for k in keys if k.lower() not in splits and k != xk
+                              and k.lower() not in (own + "train", own + "test")]
                     if unread:   # x / y beside x_test / y_test: either could be meant
                         logging.getLogger("onnx_snn").warning(
                             "%s: reads its %s split (%s, %s); the array(s) %s beside the "
                             "splits are ignored (save them to a file of their own to use them)",
-                            path, xk[2:], xk, yk or "no labels", ", ".join(repr(k) for k in unread))
+                            path, sp, xk, yk or "no labels", ", ".join(repr(k) for k in unread))
             if per_input is not None:
                 pass
             elif not rest:

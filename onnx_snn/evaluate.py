@@ -389,7 +389,11 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                         if start == 0 and table is not None:
                             check_labels_for_table(ds.y, table, ds.name)
                     except DataError as e:     # the first output may be the wrong one
-                        raise DataError(str(e) + _other_outputs_hint(runner)) from None
+                        hint = _other_outputs_hint(runner) if output is None else ""
+                        text = str(e)
+                        if hint and text.endswith(("?", ".")):
+                            hint = hint[1:]           # ". It has ..." after its own stop
+                        raise DataError(text + hint) from None
                     guess = ids_to_indices(logits, table, where) if table is not None else \
                         predicted(logits, kind)
                     correct[t] += int(np.count_nonzero(guess == ds.y[start:start + nb]))

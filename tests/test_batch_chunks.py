@@ -176,6 +176,21 @@ def test_an_output_reduced_over_the_batch_stays_whole_whatever_its_stated_axis()
     assert out is m and "in chunks" in why, why
 
 
+def test_an_output_of_several_rows_per_sample_stays_whole_at_any_chunk():
+    """Reshape(x, [-1, 2]) of [N, 4]: 2N rows, a first axis that is not the batch. With
+    chunks of 2 the check's batch (4) was cut into slices that did not overlap, the outputs
+    agreed, and other batch sizes came out with a row too many; the check's slices now
+    always overlap, and its shapes differ."""
+    g = h.make_graph([h.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["M", 2])],
+                     [nh.from_array(np.array([-1, 2], np.int64), "shape")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    for chunk in (2, 3, 4, 16):
+        out, why = chunk_batch(m, chunk)
+        assert out is m and "in chunks" in why, (chunk, why)
+
+
 def test_several_inputs_are_sliced_alike():
     m = _one_gemm(["N", 5], ["N", 2], n_inputs=3)
     assert why_not(m) is None

@@ -429,7 +429,7 @@ def test_refinement_options_with_another_method_are_refused(files, flags):
 
 
 @pytest.mark.parametrize("method,flags,said", [
-    ("max", ["--objective", "l1"], "--objective l1 sets the search of --method datta or refined"),
+    ("max", ["--beta-step", "0.2"], "--beta-step 0.2 sets the search of --method datta or refined"),
     ("deng", ["--beta-max", "5", "--beta-step", "0.1"], "--beta-step 0.1, --beta-max 5 set"),
     ("percentile", ["--percentile-step", "2"], "--percentile-step 2 sets"),
     ("datta", ["--percentile", "50"], "--percentile 50 sets the search of --method percentile"),

@@ -107,9 +107,38 @@ def test_split_arrays_named_after_each_input(tmp_path):
     ds = load_array_file(g, "train", inputs=["img", "meta"])
     assert set(ds.x) == {"img", "meta"} and len(ds.y) == 5
     one = load_array_file(g, "test", inputs=["img"])        # one input: its own array
-    assert set(one.x) == {"img"} and len(one.y) == 2
+    assert isinstance(one.x, np.ndarray) and one.x.shape == (2, 3) and len(one.y) == 2
     with pytest.raises(DataError, match=r"holds y_test but no x_test.*<input>_test.*img, other"):
         load_array_file(g, "test", inputs=["img", "other"])
+    # a review's cases: Keras's own file for a model whose one input is named x is read as
+    # before (an array, its dtype kept for the raw-pixel checks), an input named y is never
+    # fed the labels, and x / y beside other *_test arrays are read as x / y
+    k = tmp_path / "keras.npz"
+    np.savez(k, x_train=np.zeros((4, 3), np.uint8), y_train=np.arange(4),
+             x_test=np.ones((2, 3), np.uint8), y_test=np.arange(2))
+    ds = load_array_file(k, "test", inputs=["x"])
+    assert isinstance(ds.x, np.ndarray) and ds.source_dtype == "uint8" and len(ds.y) == 2
+    ds = load_array_file(k, "test", inputs=["y"])
+    assert isinstance(ds.x, np.ndarray) and np.all(ds.x == 1) and list(ds.y) == [0, 1]
+    m = tmp_path / "mixed.npz"
+    np.savez(m, x=rng.random((5, 3)), y=np.arange(5), idx_train=np.arange(3), y_train=np.arange(3),
+             idx_test=np.arange(2), y_test=np.arange(2))
+    assert data_splits(str(m)) == set()
+    ds = load_array_file(m, None, inputs=["input"])
+    assert ds.x.shape == (5, 3) and len(ds.y) == 5
+
+
+def test_split_dicts_named_after_each_input_in_python():
+    """The same for a dict passed in Python (it raised KeyError: None)."""
+    from onnx_snn.convert import _dict_dataset
+    rng = np.random.default_rng(0)
+    d = {"img_test": rng.random((3, 2)), "meta_test": rng.random((3, 1)), "y_test": np.arange(3)}
+    ds = _dict_dataset(d, [("img", None), ("meta", None)])
+    assert set(ds.x) == {"img", "meta"} and list(ds.y) == [0, 1, 2]
+    ds = _dict_dataset({"img_test": d["img_test"], "y_test": d["y_test"]}, [("img", None)])
+    np.testing.assert_allclose(ds.x, d["img_test"])
+    with pytest.raises(DataError, match="holds y_test but no x_test"):
+        _dict_dataset(d, [("other", None)])
 
 
 def test_one_idx_dataset_read_as_the_other_is_warned_about(tmp_path, caplog):

@@ -1683,13 +1683,23 @@ def test_a_recurrent_layer_and_a_gate_are_refused_saying_what_to_do():
     with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\).*it gates node .*\(Mul\).*"
                                                     r"without the gate"):
         onnx_snn.convert(m, B.rand_input(4, (1, 12, 12)), 2, "datta", show_progress=False)
-    # a sigmoid that gates nothing keeps the advice to replace it
-    b = B.GraphBuilder(13)
-    a = b.node("Sigmoid", [b.conv("input", 1, 4)])
-    m = b.model("input", b.gemm(b.node("Flatten", [a]), 4 * 144, 10), (1, 12, 12), 10)
-    with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\).*replace it in the DNN") as e:
-        onnx_snn.convert(m, B.rand_input(4, (1, 12, 12)), 2, "datta", show_progress=False)
-    assert "gates" not in str(e.value)
+    # a sigmoid that gates nothing, or only its own input (SiLU, x * sigmoid(x); a GELU
+    # written out, x * (1 + erf(x / c)) / 2), keeps the advice to replace it
+    for gelu in (False, True):
+        for gated in (False, True):
+            b = B.GraphBuilder(13)
+            c = b.conv("input", 1, 4)
+            if gelu:
+                e = b.node("Erf", [b.node("Div", [c, b.const(np.float32(1.41))])])
+                a = b.node("Mul", [b.node("Mul", [c, b.const(np.float32(0.5))]),
+                                   b.node("Add", [e, b.const(np.float32(1.0))])])
+            else:
+                a = b.node("Sigmoid", [c])
+                a = b.node("Mul", [c, a]) if gated else a
+            m = b.model("input", b.gemm(b.node("Flatten", [a]), 4 * 144, 10), (1, 12, 12), 10)
+            with pytest.raises(UnsupportedModelError, match=r"replace it in the DNN") as e:
+                onnx_snn.convert(m, B.rand_input(4, (1, 12, 12)), 2, "datta", show_progress=False)
+            assert "gates" not in str(e.value), (gelu, gated, str(e.value)[:300])
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])

@@ -275,6 +275,7 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
     ``depth`` ops of one data input (a gate's sigmoid, then reshapes, scalings, expands), or
     None: the gate of squeeze-and-excitation and attention, whose product a replaced
     activation would leave."""
+    own = _elementwise_ancestors(node.inputs[0], dynamic) if node.inputs else set()
     frontier = [node]
     for _ in range(depth):
         nxt = []
@@ -282,11 +283,35 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
             for out in n.outputs:
                 for c in out.outputs:
                     if _multiplies_data(c, dynamic):
+                        other = [t for t in c.inputs if t is not out and t.name in dynamic]
+                        if any(_elementwise_ancestors(t, dynamic) & own for t in other):
+                            return None   # x * sigmoid(x), a GELU: an activation, no gate
                         return c
                     if sum(t.name in dynamic for t in c.inputs if not is_empty(t)) == 1:
                         nxt.append(c)
         frontier = nxt
     return None
+
+
+#: ops of one data input that keep each value's place (a gate's own input is read through them)
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Relu", "Clip", "Erf",
+                "Tanh", "Sigmoid", "Softplus", "Exp"}
+
+
+def _elementwise_ancestors(t, dynamic: set, depth: int = 8) -> set:
+    """``t``'s name and those of the tensors it is computed from through elementwise ops of
+    one data input (at most ``depth`` steps): what a product of ``x`` and ``f(x)`` shares."""
+    names = set()
+    for _ in range(depth):
+        names.add(t.name)
+        producers = t.inputs
+        if not producers or producers[0].op not in _ELEMENTWISE:
+            break
+        data = [i for i in producers[0].inputs if i.name in dynamic]
+        if len(data) != 1:
+            break
+        t = data[0]
+    return names
 
 
 def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Optional[Tuple[gs.Node, str]]:
