@@ -1100,9 +1100,16 @@ def cmd_analyze(args) -> int:
         if data:
             from .evaluate import evaluate
             if args.dnn:      # a --dnn it would refuse, refused before the run on the data
-                with warnings.catch_warnings():
+                quiet_log = logging.getLogger("onnx_snn")
+                level = quiet_log.level
+                with warnings.catch_warnings():   # (the analysis after the run says them)
                     warnings.simplefilter("ignore")
-                    analyze(model, None, args.timesteps, dnn_model=args.dnn, where=str(args.model))
+                    quiet_log.setLevel(logging.ERROR)
+                    try:
+                        analyze(model, None, args.timesteps, dnn_model=args.dnn,
+                                where=str(args.model))
+                    finally:
+                        quiet_log.setLevel(level)
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download,
