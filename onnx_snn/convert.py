@@ -23,7 +23,7 @@ from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, D
                         Calibration, calibrate, model_key, record_sites, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambiguous_keys,
                        input_key, apply_preprocess, check_finite,
-                       is_inputs_labels, named_dataset, per_input_split, split_keys, SPLIT_KEYS,
+                       is_inputs_labels, named_dataset, split_arrays,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
                        to_input_layout)
@@ -534,20 +534,11 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None,
     model (``specs``) has an input of that name, or the dict holds nothing else; Keras's
     ``x_train``/``y_train``, ``x_test``/``y_test``: the ``split`` asked for (default test)."""
     check_unambiguous_keys(list(data), "the data dict")
-    picked = split_keys(list(data), split, "the data dict")
     names = [n for n, _ in specs or ()]
-    if picked is not None:
-        sp, labels_of = split or "test", ({"y": data[picked[1]]} if picked[1] else {})
-        per_input = per_input_split(list(data), names, sp)   # x_test, z_test for inputs x, z
-        if per_input is not None and len(per_input) > 1:
-            data = {**{i: data[k] for i, k in per_input.items()}, **labels_of}
-        elif per_input is not None or picked[0] is not None:
-            data = {"x": data[next(iter(per_input.values())) if per_input else picked[0]],
-                    **labels_of}
-        else:
-            raise DataError(f"the data dict holds {picked[1]} but no {SPLIT_KEYS[sp][0]}; for a "
-                            f"model of several inputs name the arrays <input>_{sp}, one per "
-                            f"input ({', '.join(names) or 'its inputs'})")
+    found = split_arrays(list(data), split, names, "the data dict")
+    if found is not None:          # x_test (or z_test beside it for inputs x, z) and y_test
+        arrays, yk = found
+        data = {**{i: data[k] for i, k in arrays.items()}, **({"y": data[yk]} if yk else {})}
     arrays = {k: array_like(v, f"input {k!r}") for k, v in data.items()}
     yk = label_key(arrays, names)
     generic = input_key(arrays)

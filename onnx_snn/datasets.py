@@ -463,7 +463,7 @@ def _splits_in(keys) -> List[str]:
                         and k.lower() != yk for k in keys))]
 
 
-def per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
+def _per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
     """{input: its array} where a .npz holds ``<input>_<split>`` for every one of a model's
     ``inputs`` (Keras's splits, one array per input), else None."""
     inputs = [str(i) for i in (inputs or ())]
@@ -474,6 +474,37 @@ def per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
     if not all(found.values()) or labels in found.values():   # an input named y: no
         return None
     return found
+
+
+def split_arrays(keys, split: Optional[str], inputs, where
+                 ) -> Optional[Tuple[Dict[str, str], Optional[str]]]:
+    """The arrays of ``split`` (default test) where a .npz's (or dict's) ``keys`` hold
+    Keras's splits: ({input: its key} for a model of several inputs with an
+    ``<input>_<split>`` each, else {"x": the key}: the one input's own ``<input>_<split>``,
+    or ``x_<split>``), and the labels' key (None: none). None where ``keys`` hold no split;
+    a DataError where the split has labels but no inputs."""
+    picked = split_keys(list(keys), split, where)
+    if picked is None:
+        return None
+    sp = split or "test"
+    per_input = _per_input_split(keys, inputs, sp)
+    if per_input is not None and len(per_input) > 1:
+        return per_input, picked[1]
+    xk = next(iter(per_input.values())) if per_input else picked[0]
+    if xk is None:
+        raise DataError(f"{where}: holds {picked[1]} but no {SPLIT_KEYS[sp][0]}; for a model of "
+                        f"several inputs name the arrays <input>_{sp}, one per input "
+                        f"({', '.join(map(str, inputs or ())) or 'its inputs'})")
+    return {"x": xk}, picked[1]
+
+
+def _ignored_beside_split(keys, read, sp: str) -> List[str]:
+    """The arrays of a .npz that reading split ``sp`` (its arrays ``read``) leaves: all but
+    those, their twins of the other split and Keras's four names."""
+    other = "test" if sp == "train" else "train"
+    names = {k.lower() for k in read if k} | {k for pair in SPLIT_KEYS.values() for k in pair}
+    names |= {k[:-len(sp)] + other for k in list(names) if k.endswith("_" + sp)}
+    return [k for k in keys if k.lower() not in names]
 
 
 def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
@@ -550,55 +581,35 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
             yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
             xk = input_key(keys)
-            picked = split_keys(keys, split, path)
-            if picked is None and sorted(keys) == ["arr_0"]:
-                picked = ("arr_0", None)            # numpy.savez(f, x)
-            elif picked is None and sorted(keys) == ["arr_0", "arr_1"] and \
+            found = split_arrays(keys, split, inputs, path)
+            if found is None and sorted(keys) == ["arr_0"]:
+                found = ({"x": "arr_0"}, None)            # numpy.savez(f, x)
+            elif found is None and sorted(keys) == ["arr_0", "arr_1"] and \
                     _labels_shape(_npz_shape(obj, "arr_1"), _npz_shape(obj, "arr_0")):
-                picked = ("arr_0", "arr_1")         # numpy.savez(f, x, y): checked as labels
-            per_input = per_input_split(keys, inputs, split or "test") if picked else None
-            if per_input is not None and len(per_input) == 1:   # img_test for input img: as x_test
-                picked, per_input = (next(iter(per_input.values())), picked[1]), None
-            if per_input is not None:        # x_test, z_test, y_test for inputs x and z
-                sp = split or "test"
-                name = f"{path}:{sp}"
-                y = obj[picked[1]] if picked[1] and labels else None
-                x = {i: np.asarray(obj[k]) for i, k in per_input.items()}
-                read = set(per_input.values()) | {picked[1]}
-                unread = [k for k in keys if k not in read and not k.lower().endswith(
-                    "_train" if sp == "test" else "_test")]
-                if unread:
-                    logging.getLogger("onnx_snn").warning(
-                        "%s: reads its %s split, one array per input; the array(s) %s are "
-                        "ignored", path, sp, ", ".join(repr(k) for k in unread))
-                picked, rest, xk = None, [], None
-            elif picked is not None and picked[0] is None:
-                sp = split or "test"
-                raise DataError(f"{path}: holds {picked[1]} but no {SPLIT_KEYS[sp][0]}; "
-                                f"for a model of several inputs name the arrays "
-                                f"<input>_{sp}, one per input ({', '.join(map(str, inputs)) or 'its inputs'})")
-            if picked is not None:
-                (xk, yk), rest = picked, [picked[0]]
-                if xk.lower().endswith(("_train", "_test")):
-                    sp = xk.lower().rsplit("_", 1)[1]
+                found = ({"x": "arr_0"}, "arr_1")         # numpy.savez(f, x, y): checked as labels
+            if found is not None:
+                arrays, yk = found
+                xk = arrays.get("x") if len(arrays) == 1 else None
+                rest = [xk] if xk else []
+                if all(k.lower().endswith(("_train", "_test")) for k in arrays.values()):
+                    sp = next(iter(arrays.values())).lower().rsplit("_", 1)[1]
                     name = f"{path}:{sp}"
-                    splits = {k.lower() for pair in SPLIT_KEYS.values() for k in pair}
-                    own = xk[:-len(sp)].lower()       # img_ of img_test: its other split too
-                    unread = [k for k in keys if k.lower() not in splits and k != xk
-                              and k.lower() not in (own + "train", own + "test")]
+                    unread = _ignored_beside_split(keys, [*arrays.values(), yk], sp)
                     if unread:   # x / y beside x_test / y_test: either could be meant
                         logging.getLogger("onnx_snn").warning(
                             "%s: reads its %s split (%s, %s); the array(s) %s beside the "
                             "splits are ignored (save them to a file of their own to use them)",
-                            path, sp, xk, yk or "no labels", ", ".join(repr(k) for k in unread))
-            if per_input is not None:
-                pass
-            elif not rest:
-                raise DataError(f"{path}: no inputs in this .npz: expected an array named 'x' "
-                                f"(or data, images, inputs), or one per model input named after "
-                                f"it, and 'y' for labels; it has {keys if keys else 'no arrays'}")
+                            path, sp, ", ".join(arrays.values()), yk or "no labels",
+                            ", ".join(repr(k) for k in unread))
+            y = obj[yk] if yk and labels else None
+            if found is not None and len(found[0]) > 1:   # x_test, z_test for inputs x, z
+                x = {i: np.asarray(obj[k]) for i, k in found[0].items()}
             else:
-                y = obj[yk] if yk and labels else None
+                if not rest:
+                    raise DataError(f"{path}: no inputs in this .npz: expected an array named "
+                                    f"'x' (or data, images, inputs), or one per model input "
+                                    f"named after it, and 'y' for labels; it has "
+                                    f"{keys if keys else 'no arrays'}")
                 rest = _model_arrays(rest, xk, inputs, str(path))
                 if xk is not None and rest == [xk]:
                     x = obj[xk]
