@@ -802,8 +802,7 @@ def cmd_convert(args) -> int:
                              ("--beta-step", "beta_step"), ("--beta-max", "beta_max")),
                             ("datta", "refined")),
                            ((("--percentile", "percentile"),), ("percentile",))):
-        unused = [f"{flag} {getattr(args, key):g}" if not isinstance(getattr(args, key), str)
-                  else f"{flag} {getattr(args, key)}" for flag, key in flags
+        unused = [f"{flag} {getattr(args, key):g}" for flag, key in flags
                   if args.method not in methods and getattr(args, key) != getattr(SEARCH, key)]
         if unused:
             raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
@@ -1063,6 +1062,7 @@ def _plot_format_or_refuse(path):
 
 def cmd_analyze(args) -> int:
     from .analyze import ENERGY_PRESETS, analyze, format_table
+    from .analyze.energy import check_dnn
     from .analyze.report import plot_png
     from .datasets import check_preprocess
     from .errors import UsageError
@@ -1100,16 +1100,7 @@ def cmd_analyze(args) -> int:
         if data:
             from .evaluate import evaluate
             if args.dnn:      # a --dnn it would refuse, refused before the run on the data
-                quiet_log = logging.getLogger("onnx_snn")
-                level = quiet_log.level
-                with warnings.catch_warnings():   # (the analysis after the run says them)
-                    warnings.simplefilter("ignore")
-                    quiet_log.setLevel(logging.ERROR)
-                    try:
-                        analyze(model, None, args.timesteps, dnn_model=args.dnn,
-                                where=str(args.model))
-                    finally:
-                        quiet_log.setLevel(level)
+                check_dnn(model, args.dnn, where=str(args.model))
             r = evaluate(model, data, timesteps=args.timesteps, limit=args.limit,
                          mean=args.mean, std=args.std, data_dir=args.data_dir,
                          show_progress=not getattr(args, "quiet", False), download=args.download,
@@ -1275,11 +1266,12 @@ def _main(argv: Optional[List[str]]) -> int:
     if not args.command:
         parser.error("a command is required: convert, eval, info, finetune, analyze or demo "
                      "(onnx-snn COMMAND --help)")
-    if _other_rank():
+    other_rank = _other_rank()
+    if other_rank:
         args.quiet = True
     if args.quiet:
         os.environ["ONNX_SNN_PROGRESS"] = "0"
-    logging.basicConfig(level=logging.ERROR if _other_rank() else logging.WARNING,
+    logging.basicConfig(level=logging.ERROR if other_rank else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     handler = COMMANDS.get(args.command)
     if handler is None:
@@ -1287,7 +1279,7 @@ def _main(argv: Optional[List[str]]) -> int:
         handler = cmd_demo
     shown = warnings.showwarning
     # a Python warning reads like the logged ones (no file, line and category of the code)
-    warnings.showwarning = (lambda *a, **k: None) if _other_rank() else \
+    warnings.showwarning = (lambda *a, **k: None) if other_rank else \
         (lambda message, *a, **k: print(f"WARNING: {message}", file=sys.stderr))
     try:
         return handler(args)

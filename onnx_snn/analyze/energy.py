@@ -515,29 +515,11 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     dnn_flops = sum(l.dnn_flops for l in layers)
     dnn_source = "model"
     if dnn_model is not None:
-        dnn = _load(dnn_model)
-        if fmt.is_spiking(dnn):
-            raise UsageError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
-                             ": a spiking model, not the DNN it was converted from; pass the "
-                             "original DNN (.onnx) as the DNN to compare with")
-        ref = [c for c in count_flat(flatten(dnn, input_shapes or _shapes_for(dnn, fg.model)))
-               if c.kind == "mac"]
-        ref_flops = sum(c.macs for c in ref)
+        dnn_flops, msg = _dnn_reference(m, fg, dnn_model, input_shapes, dnn_flops, name)
         dnn_source = "dnn model"
-        source = fmt.metadata(m).get(fmt.META_SOURCE) if spiking else None
-        if ref_flops != dnn_flops and source and not isinstance(dnn_model, onnx.ModelProto):
-            from ..model_io import sha256_file
-            if sha256_file(dnn_model) != source:   # another network: its ratios mean nothing
-                raise UsageError(
-                    f"{dnn_model}: not the DNN {name} was converted from (its sha256 is not the "
-                    f"recorded source's, and it has {ref_flops} MACs per sample where the "
-                    f"spiking model's layers have {dnn_flops}); pass that DNN, or leave --dnn out")
-        if ref_flops != dnn_flops:
-            msg = (f"the DNN model has {ref_flops} MACs per sample but the analyzed graph has "
-                   f"{dnn_flops}; the DNN totals and ratios use the DNN model's count")
+        if msg:
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
-        dnn_flops = ref_flops
     totals = Totals(dnn_flops=dnn_flops, dnn_energy_pj=dnn_flops * mac_pj,
                     other_ops=sum(o.ops for o in other))
     neuromorphic = {}
@@ -555,6 +537,44 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                     mac_pj=float(mac_pj), ac_pj=float(ac_pj), layers=layers, sites=sites,
                     other=other, totals=totals, neuromorphic=neuromorphic, dnn_source=dnn_source,
                     notes=notes)
+
+
+def _dnn_reference(m: onnx.ModelProto, fg, dnn_model, input_shapes, macs: int, name: str
+                   ) -> Tuple[int, Optional[str]]:
+    """The MACs per sample of ``dnn_model``, the DNN that the model ``m`` (flattened: ``fg``;
+    ``macs`` MACs per sample in its layers; named ``name``) is compared with, and a note where
+    the two counts differ; a UsageError for a spiking model, or for another network than the
+    source a spiking ``m`` records."""
+    from ..errors import UsageError
+    dnn = _load(dnn_model)
+    if fmt.is_spiking(dnn):
+        raise UsageError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
+                         ": a spiking model, not the DNN it was converted from; pass the "
+                         "original DNN (.onnx) as the DNN to compare with")
+    ref = [c for c in count_flat(flatten(dnn, input_shapes or _shapes_for(dnn, fg.model)))
+           if c.kind == "mac"]
+    ref_macs = sum(c.macs for c in ref)
+    if ref_macs == macs:
+        return ref_macs, None
+    source = fmt.metadata(m).get(fmt.META_SOURCE) if fg.spiking or fg.sites else None
+    if source and not isinstance(dnn_model, onnx.ModelProto):
+        from ..model_io import sha256_file
+        if sha256_file(dnn_model) != source:   # another network: its ratios mean nothing
+            raise UsageError(
+                f"{dnn_model}: not the DNN {name} was converted from (its sha256 is not the "
+                f"recorded source's, and it has {ref_macs} MACs per sample where the "
+                f"spiking model's layers have {macs}); pass that DNN, or leave --dnn out")
+    return ref_macs, (f"the DNN model has {ref_macs} MACs per sample but the analyzed graph "
+                      f"has {macs}; the DNN totals and ratios use the DNN model's count")
+
+
+def check_dnn(model, dnn_model, where: Optional[str] = None) -> None:
+    """What :func:`analyze` refuses of ``dnn_model`` as ``model``'s DNN, checked alone: before
+    a run on data records the rates that analysis reads."""
+    m = _load(model)
+    fg = flatten(m)
+    macs = sum(c.macs for c in count_flat(fg) if c.kind == "mac")
+    _dnn_reference(m, fg, dnn_model, None, macs, where or str(model))
 
 
 def layer_rates(row, rates: Mapping[str, float]) -> Dict[str, float]:
