@@ -210,6 +210,15 @@ class Dist:
 
 # ------------------------------------------------------------------------- data
 
+#: the paper's schedule: the lr times this at each milestone (60, 80 and 90 % of the epochs)
+LR_DECAY = 0.2
+
+
+def _lr_after(lr: float, done: int, milestones) -> float:
+    """The learning rate after ``done`` epochs of the step schedule that starts at ``lr``."""
+    return lr * LR_DECAY ** sum(done >= m for m in milestones)
+
+
 def _init_from_onnx(net, args, optimizer, milestones, log, command):
     """Weights and mu from an exported model (by parameter name), the epochs it records, the
     history of the train.json beside it and the --levels it was trained with; the lr follows
@@ -239,7 +248,7 @@ def _init_from_onnx(net, args, optimizer, milestones, log, command):
         rec = json.loads(record.read_text())
         history, commands = rec.get("history", []), rec.get("commands", []) + [command]
     for group in optimizer.param_groups:
-        group["lr"] = args.lr * 0.2 ** sum(done >= ms for ms in milestones)
+        group["lr"] = _lr_after(args.lr, done, milestones)
     log(f"--init-from {path}: {done} epochs done; continuing (optimizer state starts afresh)")
     levels = json.loads(meta.get("onnx_snn.recipe", "{}")).get("levels")
     return done, history, commands, levels
@@ -415,7 +424,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
                                 weight_decay=args.weight_decay)
     milestones = sorted({max(1, int(round(f * args.epochs))) for f in (0.6, 0.8, 0.9)})
     milestones = [m for m in milestones if m < args.epochs] or [args.epochs]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=LR_DECAY)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -447,7 +456,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str], dist_: Dist) -> dict:
             for group in optimizer.param_groups:
                 group["initial_lr"] = args.lr
                 group["momentum"], group["weight_decay"] = args.momentum, args.weight_decay
-                group["lr"] = group["initial_lr"] * 0.2 ** sum(done >= m for m in milestones)
+                group["lr"] = _lr_after(args.lr, done, milestones)
             if changed:
                 log(f"--resume: {', '.join(changed)} (this run's values from epoch {done + 1})")
             _set_rng_state(ckpt["rng"], aug_gen)  # rank 0's streams, saved by rank 0

@@ -991,6 +991,7 @@ def _check_resumed_run(was: Optional[dict], now: dict, ckpt_path: Path) -> None:
     # typed another way, ./d.npz for d.npz, is the same data)
     was = {k: recorded_data_name(v) if k in ("train_data", "test_data") else v
            for k, v in was.items()}
+
     def shown(flag: str, value) -> str:
         """A switch as the flag reads (--no-dropout is on where dropout is False)."""
         if not isinstance(value, bool):
