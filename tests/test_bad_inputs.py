@@ -783,6 +783,15 @@ cli("eval_npz_no_x", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
 cli("ft_npz_no_x", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx", 5,
     setup=npzsave("z.npz", a=B.rand_input(4), b=np.arange(4)))
 cli("eval_npz_empty", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5, setup=npzsave("z.npz"))
+# Keras splits with labels but no array for the model's input (named "input"): named, refused
+_LABELS_ONLY = dict(img_test=B.rand_input(4), y_test=np.arange(4), img_train=B.rand_input(4),
+                    y_train=np.arange(4))
+cli("eval_npz_split_labels_only", "data", "eval {ws}/snn.onnx --data {ws}/z.npz", 5,
+    setup=npzsave("z.npz", **_LABELS_ONLY), needle="holds y_test but no x_test")
+cli("calib_npz_split_labels_only", "data", "convert {ws}/model.onnx --calib {ws}/z.npz -o {ws}/o.onnx",
+    5, setup=npzsave("z.npz", **_LABELS_ONLY), needle="holds y_train but no x_train")
+cli("ft_npz_split_labels_only", "data", FT.replace("{ws}/test.npz", "{ws}/z.npz") + " -o {ws}/t.onnx",
+    5, setup=npzsave("z.npz", **_LABELS_ONLY), needle="but no x_")
 # labels convert never uses are not checked (soft targets, one-hot rows of another width); the
 # commands that use them refuse them
 _SOFT = dict(x=B.rand_input(8), y=np.full((8, 10), 0.1, np.float32))
