@@ -130,11 +130,16 @@ def vgg(opset=13, idiom="clip", bn=True, dropout=True, matmul=False, softmax=Tru
     return b.model("input", x, in_shape, classes, name=f"vgg_{idiom}_op{opset}")
 
 
-def resnet(opset=13, idiom="clip", seed=0, mu=2.0, sum_op=False, in_shape=(1, 12, 12)) -> onnx.ModelProto:
-    """A stem, one identity block and one block with a strided 1x1 conv shortcut."""
+def resnet(opset=13, idiom="clip", seed=0, mu=2.0, sum_op=False, in_shape=(1, 12, 12),
+           stem_pool=None) -> onnx.ModelProto:
+    """A stem, one identity block and one block with a strided 1x1 conv shortcut.
+    ``stem_pool`` ("MaxPool", "AveragePool"): the stem ends in that 2x2 pool, whose output
+    the identity block's first convolution and its shortcut both read (torchvision's ResNets)."""
     b = GraphBuilder(opset, seed)
     c = in_shape[0]
     x = b.act(b.conv("input", c, 4), idiom, mu)
+    if stem_pool:
+        x = b.node(stem_pool, [x], kernel_shape=[2, 2], strides=[2, 2])
     # identity block
     y = b.act(b.conv(x, 4, 4), idiom, mu)
     y = b.conv(y, 4, 4)

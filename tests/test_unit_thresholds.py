@@ -23,6 +23,13 @@ from onnx_snn.spiking.unit_thresholds import identity_convolutions, unit_thresho
 from test_deploy import MODELS, set_param
 
 
+#: the deploy models, and ResNets whose stem's pool feeds a block and its identity shortcut
+#: (torchvision's): the shortcut's Add reads the pooled spikes
+UNIT_MODELS = {**MODELS,
+               "resnet_maxpool_stem": lambda: B.resnet(13, "clip", stem_pool="MaxPool"),
+               "resnet_avgpool_stem_op17": lambda: B.resnet(17, "relu", stem_pool="AveragePool")}
+
+
 @pytest.fixture(scope="module")
 def x():
     return B.rand_input(40)
@@ -108,12 +115,12 @@ def _close(ref, got, tol=1e-4, counts=True):
         assert abs(float(v.sum()) - float(got.spikes[k].sum())) <= max(1.0, 2e-3 * float(v.sum())), k
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(UNIT_MODELS))
 def test_rescaled_model_fires_as_the_model_does(name, x, x2):
     """Every site that takes the scale gets thresholds of 1 and the loop graph gives the
     same spike counts and outputs; residual sites whose current adds another site's spikes
-    directly keep theirs (and say why) until identity convolutions are put in."""
-    snn = B.converted(MODELS[name](), x, 2, "refined")[2]
+    (directly or pooled) keep theirs (and say why) until identity convolutions are put in."""
+    snn = B.converted(UNIT_MODELS[name](), x, 2, "refined")[2]
     ref = run(snn.model, x2)
     m, report = unit_thresholds(snn.model)
     view = F.read_spiking(m)
@@ -125,7 +132,9 @@ def test_rescaled_model_fires_as_the_model_does(name, x, x2):
     m2, report2 = unit_thresholds(with_convs)
     kept = {s: w for s, w in report.items() if w != "unit"}
     if name.startswith("resnet"):
-        assert kept and all("spikes of" in w for w in kept.values()) and sites
+        # (a pool that both the block and its shortcut read: "is read by 2 nodes")
+        assert kept and all("spikes of" in w or " is read by " in w for w in kept.values()) \
+            and sites
     assert all(w == "unit" for w in report2.values()), report2
     _close(ref, run(m2, x2))
 
@@ -153,12 +162,13 @@ def test_a_shared_weight_or_a_leak_keeps_the_threshold(x, x2):
     _close(ref, run(dep, x2))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(UNIT_MODELS))
 @pytest.mark.parametrize("T", [1, 2, 4])
 def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
     """deploy --unit-thresholds: every neuron as Add and HardSigmoid (no compare, cast or
-    subtraction), the same spike counts and the outputs within float rounding."""
-    snn = B.converted(MODELS[name](), x, T, "refined")[2]
+    subtraction), the same spike counts and the outputs within float rounding; a stem's
+    pooled spikes that a shortcut adds have their amplitude folded too (no Mul)."""
+    snn = B.converted(UNIT_MODELS[name](), x, T, "refined")[2]
     ref = run(snn.model, x2)
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
     onnx.checker.check_model(dep, full_check=True)
@@ -168,6 +178,8 @@ def test_faster_deploy_graph_matches_the_loop_graph(name, T, x, x2):
     assert ops.count("HardSigmoid") == len(F.read_info(snn.model).sites) * (2 * T - 1)
     history = json.loads(F.metadata(dep)[F.META_HISTORY])[-1]
     assert set(history["unit_thresholds"].values()) == {"unit"}
+    if "stem" in name:
+        assert "Mul" not in ops
 
 
 def _constant_adds_of_convolutions(model: onnx.ModelProto) -> list:

@@ -38,15 +38,22 @@ _HOMOGENEOUS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", 
 
 def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List[str]]:
     """A copy of ``model`` in which every site's spikes that an ``Add``, ``Sub`` or ``Sum``
-    reads directly (a residual block's identity shortcut) pass a 1x1 convolution with the
-    identity matrix on the way, so that the sum is of two convolutions, each of which can
-    absorb the scales (:func:`unit_thresholds`, and the amplitude folding of :mod:`.binary`):
-    the same values, for C multiply-adds per element and step. Returns it and the sites
-    whose spikes got one. Only sites of 2 or more axes (channels first) get one."""
+    reads (a residual block's identity shortcut), directly or through pools that keep the
+    channels (a ResNet stem's max pool, whose output both the block's first convolution and
+    its shortcut read), pass a 1x1 convolution with the identity matrix on the way, so that
+    the sum is of two convolutions, each of which can absorb the scales
+    (:func:`unit_thresholds`, and the amplitude folding of :mod:`.binary`): the same values,
+    for C multiply-adds per element and step. Returns it and the sites whose spikes got one.
+    Only sites of 2 or more axes (channels first) get one."""
     m = copy.deepcopy(model)
     view = fmt.read_spiking(m)
     shapes = {s.name: list(s.shape) for s in view.info.sites}
     graphs = walk.subgraphs(m.graph)
+    readers: Dict[str, List[onnx.NodeProto]] = {}
+    for gg in graphs:
+        for r in gg.node:
+            for i in set(r.input):
+                readers.setdefault(i, []).append(r)
     done: List[str] = []
     for g in graphs:
         for n in list(g.node):
@@ -56,14 +63,12 @@ def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List
             shape = shapes.get(site)
             if not shape or len(shape) < 2:
                 continue
-            y = n.output[0]
-            readers = [r for gg in graphs for r in gg.node
-                       if r.op_type in ("Add", "Sub", "Sum") and y in r.input]
-            if not readers:
+            sums = _sums_reading(n.output[0], readers)
+            if not sums:
                 continue
             c = int(shape[0])
             eye = np.eye(c, dtype=np.float32).reshape(c, c, *[1] * (len(shape) - 1))
-            for k, r in enumerate(readers):     # each its own weight: each is rescaled on its own
+            for k, (y, r) in enumerate(sums):  # each its own weight: each is rescaled on its own
                 out = f"{fmt.RESERVED_PREFIX}unit/{site}.identity{k}"
                 m.graph.initializer.append(numpy_helper.from_array(eye, out + ".weight"))
                 conv = onnx.helper.make_node("Conv", [y, out + ".weight"], [out], name=out)
@@ -74,6 +79,24 @@ def identity_convolutions(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List
                         r.input[i] = out
             done.append(site)
     return m, done
+
+
+def _sums_reading(y: str, readers: Dict[str, List[onnx.NodeProto]]
+                  ) -> List[Tuple[str, onnx.NodeProto]]:
+    """Each ``Add``, ``Sub`` or ``Sum`` that reads the spikes ``y``, directly or through ops
+    that keep the channels and the rank and commute with a positive per-channel scale (the
+    pools of :data:`_HOMOGENEOUS`, as their data input), with the tensor it reads."""
+    out: List[Tuple[str, onnx.NodeProto]] = []
+    todo, seen = [y], {y}
+    while todo:
+        t = todo.pop(0)
+        for r in readers.get(t, []):
+            if r.op_type in ("Add", "Sub", "Sum"):
+                out.append((t, r))
+            elif r.op_type in _HOMOGENEOUS and r.input[0] == t and r.output[0] not in seen:
+                seen.add(r.output[0])
+                todo.append(r.output[0])
+    return out
 
 
 def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False, inplace: bool = False
