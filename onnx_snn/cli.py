@@ -28,7 +28,7 @@ from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS, check_seed
 from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError, shortened  # noqa: F401  (Terminated: signals)
 from .model_io import MAX_OPSET, MIN_OPSET
-from .spiking.batch_chunks import DEFAULT_BATCH_CHUNK
+from .spiking.batch_chunks import DEFAULT_BATCH_CHUNK, MAX_BATCH_CHUNK
 from .spiking.deploy import DEPLOY_MAX_TIMESTEPS
 from .scales import DEFAULT_METHOD, DEFAULT_TIMESTEPS, METHODS, OBJECTIVES, SearchConfig
 
@@ -122,9 +122,9 @@ def nonnegative_int(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
 
-def _bounded_int(maximum: int, why: str):
+def _bounded_int(maximum: int, why: str, minimum: int = 1):
     def parse(text: str) -> int:
-        value = positive_int(text)
+        value = positive_int(text) if minimum == 1 else nonnegative_int(text)
         if value > maximum:
             raise argparse.ArgumentTypeError(f"must be at most {maximum} ({why}), not {value}")
         return value
@@ -145,6 +145,8 @@ def seed_int(text: str) -> int:
 
 batch_int = _bounded_int(MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
 sample_int = _bounded_int(MAX_SAMPLE_SIZE, "MAX_SAMPLE_SIZE: values kept per layer, memory")
+chunk_int = _bounded_int(MAX_BATCH_CHUNK, "MAX_BATCH_CHUNK: chunks are for pieces that fit the "
+                                          "caches; 0 runs the batch whole", minimum=0)
 
 
 def finite_float(text: str) -> float:
@@ -355,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unit-thresholds", action="store_true",
                    help="with --deploy: write the deploy graph's faster form (see `onnx-snn "
                         "deploy --help`)")
-    c.add_argument("--batch-chunk", type=nonnegative_int, default=None, metavar="N",
+    c.add_argument("--batch-chunk", type=chunk_int, default=None, metavar="N",
                    help=f"with --deploy: samples per run of the deploy graph's body (default "
                         f"{DEFAULT_BATCH_CHUNK}; 0: the batch whole; see `onnx-snn deploy --help`)")
     c.add_argument("--binary-spikes", action="store_true",
@@ -423,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "convolution layout (1.1-1.3x faster, README); the same spikes in real "
                         "arithmetic, but float rounding of the rescaled weights can flip a "
                         "neuron that sits on its threshold, so outputs may differ slightly")
-    d.add_argument("--batch-chunk", type=nonnegative_int, default=DEFAULT_BATCH_CHUNK,
+    d.add_argument("--batch-chunk", type=chunk_int, default=DEFAULT_BATCH_CHUNK,
                    metavar="N",
                    help=f"run a batch N samples at a time inside the graph (an ONNX Scan; the "
                         f"same outputs; default {DEFAULT_BATCH_CHUNK}; 0: the batch whole, as "
@@ -559,12 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inputs(model=None, data=None, data_dir=None, extra=()) -> list:
     """Every file a command reads (outputs may be none of them): the model and its external
-    data, an array file or a named dataset's files, and ``extra`` files (rates, --dnn)."""
+    data, the files a spiking model's history names (its source DNN, the data it was
+    calibrated and fine-tuned on), an array file or a named dataset's files, and ``extra``
+    files (rates, --dnn)."""
     from .datasets import dataset_files
     from .model_io import model_files
+    from .recorded_files import recorded_files
     files = []
     if model:
-        files += model_files(model)
+        files += model_files(model) + [Path(p) for p in recorded_files(model)]
     if data:
         files += dataset_files(data, data_dir)
     for f in extra:

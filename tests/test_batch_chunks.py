@@ -18,7 +18,7 @@ import builders as B
 from onnx_snn.errors import UsageError
 from onnx_snn.runtimes.ort import run
 from onnx_snn.spiking import format as F
-from onnx_snn.spiking.batch_chunks import (DEFAULT_BATCH_CHUNK, chunk_batch, per_sample_graph,
+from onnx_snn.spiking.batch_chunks import (DEFAULT_BATCH_CHUNK, MAX_BATCH_CHUNK, chunk_batch, per_sample_graph,
                                            why_not)
 from onnx_snn.spiking.deploy import deploy, deploy_model
 
@@ -204,8 +204,9 @@ def test_several_inputs_are_sliced_alike():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, True, "8", None])
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "8", None, MAX_BATCH_CHUNK + 1, 10 ** 9])
 def test_a_bad_chunk_is_a_usage_error(bad, snn):
+    """(a chunk of 10**9 ran its check on 1.5e9 samples: a MemoryError of 715 GiB)"""
     with pytest.raises(UsageError, match="batch_chunk"):
         deploy(snn.model, batch_chunk=bad)
 
@@ -225,6 +226,11 @@ def test_cli_deploy_batch_chunk(tmp_path, snn, x):
     p = subprocess.run([sys.executable, "-m", "onnx_snn", "deploy", str(src), "-o",
                         str(tmp_path / "bad.onnx"), "--batch-chunk", "-2"], capture_output=True, text=True)
     assert p.returncode == 2 and "--batch-chunk" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "bad.onnx").exists()
+    p = subprocess.run([sys.executable, "-m", "onnx_snn", "deploy", str(src), "-o",
+                        str(tmp_path / "bad.onnx"), "--batch-chunk", str(MAX_BATCH_CHUNK + 1)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "MAX_BATCH_CHUNK" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "bad.onnx").exists()
 
 

@@ -385,6 +385,16 @@ def test_deploy_model_checks_its_timesteps(x):
             deploy_model(view, timesteps=bad)
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, True, DEPLOY_MAX_TIMESTEPS + 1])
+def test_deploy_refuses_a_bad_T_before_warning_about_it(bad, x, caplog):
+    """``deploy(m, timesteps=-1)`` logged "deployed at T=-1 ... convert the DNN again with
+    -T -1" and then refused it."""
+    snn = converted(B.vgg(13, "clip"), x, 2)
+    with caplog.at_level("WARNING"), pytest.raises(UsageError):
+        deploy(snn.model, timesteps=bad)
+    assert caplog.records == []
+
+
 def test_cli_convert_refuses_a_deploy_T_beyond_the_limit_before_the_work(tmp_path, x):
     src = tmp_path / "dnn.onnx"
     onnx.save(B.vgg(13, "clip"), str(src))

@@ -38,6 +38,10 @@ from ..graph.skeleton import copy_messages
 
 #: the samples per iteration that deploy graphs use by default (``--batch-chunk``; 0: whole)
 DEFAULT_BATCH_CHUNK = 16
+#: the most samples per iteration: chunks are for pieces that fit the caches (16-64 measured
+#: best, README), and the check that a graph may run in chunks (:func:`differs`) runs 1.5
+#: chunks of samples through the model
+MAX_BATCH_CHUNK = 1024
 #: the prefix of the names the wrapper adds (reserved by the format for onnx-snn's tensors)
 _PRE = "snn.chunk/"
 #: the first opset with ``Slice`` taking its starts and ends as inputs, and ``Where``
@@ -45,10 +49,14 @@ MIN_OPSET = 11
 
 
 def check_batch_chunk(chunk) -> int:
-    """``chunk`` as an int of at least 0, else a UsageError."""
+    """``chunk`` as an int from 0 to :data:`MAX_BATCH_CHUNK`, else a UsageError."""
     if isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)) or chunk < 0:
         raise UsageError(f"batch_chunk must be a whole number of samples, 0 or more (0: the "
                          f"batch whole), not {chunk!r}")
+    if chunk > MAX_BATCH_CHUNK:
+        raise UsageError(f"batch_chunk is at most {MAX_BATCH_CHUNK} samples (MAX_BATCH_CHUNK: "
+                         f"chunks are for pieces that fit the caches, 16-64 run fastest), not "
+                         f"{chunk}; 0 runs the batch whole")
     return int(chunk)
 
 

@@ -371,6 +371,18 @@ def _annotate_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in shaped)
 
 
+def check_deploy_timesteps(T) -> int:
+    """``T`` as the int of a deploy graph's time steps (1 to :data:`DEPLOY_MAX_TIMESTEPS`),
+    else a UsageError."""
+    from ..convert import check_timesteps
+    T = check_timesteps(T)
+    if T > DEPLOY_MAX_TIMESTEPS:
+        raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
+                         f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
+                         "smaller T, or run the spiking model's loop graph")
+    return T
+
+
 def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
                  spike_counts: bool = False, unit_thresholds: bool = False,
                  batch_chunk: int = DEFAULT_BATCH_CHUNK) -> onnx.ModelProto:
@@ -383,12 +395,7 @@ def deploy_model(view: fmt.SpikingView, timesteps: Optional[int] = None,
     ``batch_chunk``: run a batch this many samples at a time (:mod:`.batch_chunks`; the
     same outputs, faster where the neurons' tensors of a whole batch overflow the caches);
     0 runs the batch whole."""
-    from ..convert import check_timesteps
-    T = check_timesteps(view.info.timesteps if timesteps is None else timesteps)
-    if T > DEPLOY_MAX_TIMESTEPS:
-        raise UsageError(f"a deploy graph holds one copy of the time step per step: at most "
-                         f"{DEPLOY_MAX_TIMESTEPS} (DEPLOY_MAX_TIMESTEPS), not T={T}; pass a "
-                         "smaller T, or run the spiking model's loop graph")
+    T = check_deploy_timesteps(view.info.timesteps if timesteps is None else timesteps)
     units, source = None, view.model
     if unit_thresholds:
         from .binary import fold_amplitudes
@@ -482,19 +489,24 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
                          f"convert() returns, not {type(model).__name__}")
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise UsageError(f"deploy's output is a path, not {type(output).__name__}")
+    from ..convert import check_recorded_timesteps, warn_other_timesteps
+    from ..recorded_files import recorded_files
+    if timesteps is not None:       # (before the warning that names it)
+        timesteps = check_deploy_timesteps(timesteps)
     where = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     inputs = model_files(model) if not isinstance(model, onnx.ModelProto) else []
+    # (the files its history names too: the source DNN, the data it was calibrated on)
+    protected = inputs + recorded_files(model)
     if output is not None:
-        check_output_path(output, *inputs)              # before the work
+        check_output_path(output, *protected)           # before the work
     m = model if isinstance(model, onnx.ModelProto) else load_model(model)
     view = fmt.read_spiking(m, where)
     check_preprocess(view.info.preprocess, where)   # carried into the deploy graph: checked
-    from ..convert import check_recorded_timesteps, warn_other_timesteps
     if timesteps is None:
         check_recorded_timesteps(view.info.timesteps, where)
     warn_other_timesteps(view.info, [timesteps or view.info.timesteps], where, "deployed")
     out = deploy_model(view, timesteps, spike_counts, unit_thresholds, batch_chunk)
     check_model(out, f"the deploy graph of {where}")     # a graph onnx rejects is not written
     if output is not None:
-        save_model(out, output, *inputs, external=True if len(inputs) > 1 else None)
+        save_model(out, output, *protected, external=True if len(inputs) > 1 else None)
     return out

@@ -32,6 +32,7 @@ from onnx_snn.errors import (DataError, ModelLoadError, TrainingDivergedError,
 from onnx_snn.flags import checks_flags
 from onnx_snn.graph import walk
 from onnx_snn.model_io import load_model, save_model
+from onnx_snn.recorded_files import recorded_files as _recorded_files
 from onnx_snn.spiking import format as fmt
 
 from .neuron import (DEFAULT_SURROGATE, SURROGATES, lif_scan, lif_step, max_pool_step,
@@ -283,28 +284,6 @@ def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
     where ``clamp(max=1)``'s gradient is 0 and the leak would never train (a step above 1 is
     projected back by :meth:`SpikingNetwork.project`)."""
     return torch.where(leak > 1.0, torch.ones_like(leak), leak)
-
-
-def recorded_files(model: onnx.ModelProto) -> List[str]:
-    """The files a spiking model's history names that exist: the DNN each step converted
-    from (``source_path``, with its external data) and the data files (calibration,
-    training, test) it was converted and fine-tuned on."""
-    from onnx_snn.datasets import DATA_RECORDS, recorded_data_paths
-    from onnx_snn.model_io import model_files
-    files: List[str] = []
-    try:
-        history = fmt.read_info(model).history
-    except Exception:     # noqa: BLE001 -- an unreadable history names nothing
-        return files
-    for step in history:
-        if not isinstance(step, dict):
-            continue
-        src = step.get("source_path")
-        if isinstance(src, str) and os.path.isfile(src):
-            files += model_files(src)
-        for key in DATA_RECORDS:
-            files += [p for p in recorded_data_paths(step.get(key)) if os.path.exists(p)]
-    return files
 
 
 class SpikingNetwork(nn.Module):
@@ -911,4 +890,4 @@ class SpikingNetwork(nn.Module):
         nor over the file :meth:`from_onnx` read, nor over the files the model's history
         names: the DNN it was converted from, its calibration and training data)."""
         return save_model(self.to_model(history, timesteps, preprocess), path, *inputs,
-                          *getattr(self, "source_files", []), *recorded_files(self.source))
+                          *getattr(self, "source_files", []), *_recorded_files(self.source))
