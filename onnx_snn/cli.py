@@ -771,7 +771,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 
 def cmd_convert(args) -> int:
-    from .convert import WARNING_NOTE, check_search_limits, convert
+    from .convert import WARNING_NOTE, check_method_options, check_search_limits, convert
     from .errors import UsageError
     from .model_io import check_output_path, write_all_atomic
 
@@ -790,29 +790,7 @@ def cmd_convert(args) -> int:
     if args.sequential and args.method not in ("datta", "refined"):
         raise UsageError(f"--sequential refines the datta method; drop it or use --method datta "
                          f"(not {args.method})")
-    if not (args.method == "refined" or args.sequential):   # options of the refinement alone
-        unused = [flag for flag, given in (
-            ("--no-per-channel", not args.per_channel),
-            ("--no-weight-calibration", not args.weight_calibration),
-            ("--no-bias-correction", not args.bias_correction),
-            (f"--search-stride {args.search_stride}", args.search_stride not in (0, 1))) if given]
-        if unused:
-            raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
-                             f"refinement of --method refined, which --method {args.method} "
-                             "does not run; drop it or use --method refined")
-    # options of one search, given to a method that does not run it (a value other than the
-    # default: it would change nothing, silently; --objective is every method's reported
-    # objective_value too, so it is taken)
-    for flags, methods in (((("--percentile-step", "percentile_step"),
-                             ("--beta-step", "beta_step"), ("--beta-max", "beta_max")),
-                            ("datta", "refined")),
-                           ((("--percentile", "percentile"),), ("percentile",))):
-        unused = [f"{flag} {getattr(args, key):g}" for flag, key in flags
-                  if args.method not in methods and getattr(args, key) != getattr(SEARCH, key)]
-        if unused:
-            raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
-                             f"search of --method {' or '.join(methods)}, which --method "
-                             f"{args.method} does not run; drop it or use --method {methods[0]}")
+    check_method_options(config, args.method, cli=True)    # options of a search it skips
     check_search_limits(config, args.timesteps, args.method)
     if args.unit_thresholds and args.deploy is None:
         raise UsageError("--unit-thresholds shapes the deploy graph: pass --deploy FILE too")

@@ -195,6 +195,57 @@ def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:
     return cells
 
 
+#: SearchConfig fields that only the refinement reads (``refined``, or ``datta`` with
+#: ``sequential``), with the convert flag that sets each one (None: the API's alone)
+REFINEMENT_FIELDS = {"per_channel": "--no-per-channel", "weight_calibration": "--no-weight-calibration",
+                     "bias_correction": "--no-bias-correction", "search_stride": "--search-stride",
+                     "v_init_fractions": None, "sequential_sample": None, "weight_ridge": None,
+                     "weight_holdout": None, "one_step_ceiling": None, "weight_target_floor": None,
+                     "weight_ridge_grid": None, "weight_ridge_to_original": None}
+#: SearchConfig fields of one method's search, and the methods that run it
+SEARCH_FIELDS = ((("percentile_step", "beta_step", "beta_max"), ("datta", REFINED)),
+                 (("percentile",), ("percentile",)))
+
+
+def check_method_options(cfg: SearchConfig, method: str, cli: bool = False) -> None:
+    """A UsageError for every option of ``cfg`` set (unlike the default) for a search that
+    ``method`` does not run: it would change nothing, silently (an outside sweep found
+    byte-identical conversions). ``objective`` is every method's reported ``objective_value``,
+    so it is taken; ``search_stride`` 1 is what 0 (automatic) gives up to T = 4. ``cli``:
+    name them as ``onnx-snn convert``'s flags, else as keyword arguments."""
+    default = SearchConfig()
+
+    def changed(name: str) -> bool:
+        value = getattr(cfg, name)
+        if name == "search_stride":
+            return value not in (0, 1)
+        return value != getattr(default, name)
+
+    def spelled(name: str) -> str:
+        value = getattr(cfg, name)
+        if not cli:
+            return f"{name}={value!r}"
+        flag = REFINEMENT_FIELDS.get(name) or "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            return flag
+        return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+    def methods(names) -> str:
+        return ("--method " if cli else "method ") + " or ".join(
+            m if cli else repr(m) for m in names)
+
+    refining = method == REFINED or cfg.sequential
+    groups = [] if refining else [(list(REFINEMENT_FIELDS), (REFINED,), "refinement")]
+    groups += [(list(f), ms, "search") for f, ms in SEARCH_FIELDS if method not in ms]
+    for names, ms, what in groups:
+        unused = [spelled(n) for n in names if changed(n)]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} the "
+                             f"{what} of {methods(ms)}, which {methods([method])} does not run; "
+                             f"drop {'it' if len(unused) == 1 else 'them'} or use "
+                             f"{methods(ms[:1])}")
+
+
 def check_search_limits(cfg: SearchConfig, timesteps: int, method: str) -> None:
     """The search grids of ``cfg`` within MAX_BETA_GRID, MIN_PERCENTILE_STEP, MAX_SEARCH_CELLS
     and MAX_SAMPLE_SIZE (UsageError naming the limit otherwise)."""
@@ -737,6 +788,8 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         cfg = dataclasses.replace(cfg, sequential=True)
     if cfg.sequential and method not in ("datta", REFINED):
         raise UsageError(f"the sequential refinement is part of the datta method, not {method!r}")
+    if method in METHODS:
+        check_method_options(cfg, method)
     if cfg.sequential:
         method = REFINED     # datta refined is the refined method: the file says so
         calib_data = calib.inputs if calib_data is None else calib_data
@@ -956,6 +1009,9 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         raise UsageError(str(e)) from None
     if method == REFINED and not cfg.sequential:
         cfg = dataclasses.replace(cfg, sequential=True)
+    if cfg.sequential and method not in ("datta", REFINED):
+        raise UsageError(f"the sequential refinement is part of the datta method, not {method!r}")
+    check_method_options(cfg, method)
     check_search_limits(cfg, timesteps, method)
     if method == REFINED and timesteps > SLOW_REFINE_TIMESTEPS:
         log.warning("refined at T=%d: the refinement simulates every step of every layer, and "

@@ -947,6 +947,15 @@ api("api_convert_sample_size", "unbounded", _api_convert(sample_size=10 ** 12), 
 api("api_convert_sequential_sample", "unbounded",
     _api_convert(method="refined", sequential_sample=10 ** 12), E("UsageError"))
 api("api_convert_T_huge", "unbounded", _api_convert(timesteps=10 ** 7), E("UsageError"))
+# options of a search the method does not run (the CLI refused them; the API recorded them
+# as if used)
+api("api_convert_max_beta_step", "usage", _api_convert(method="max", beta_step=0.01), E("UsageError"),
+    needle="method 'max' does not run")
+api("api_convert_datta_percentile", "usage", _api_convert(percentile=50), E("UsageError"),
+    needle="percentile=50.0 sets")
+api("api_convert_deng_refinement", "usage", _api_convert(method="deng", per_channel=False,
+                                                        weight_ridge=0.1), E("UsageError"),
+    needle="per_channel=False, weight_ridge=0.1 set the refinement")
 
 
 def _api_save(path_fn):
@@ -1398,6 +1407,8 @@ def run_case(case: Case, ws: Path) -> dict:
                         problems["traceback"].append(f"{type(got).__name__}: {str(got)[:200]}")
                     else:
                         problems["exit_code"].append(f"{type(got).__name__} (expected {expected.__name__})")
+                elif case.needle and case.needle not in str(got):
+                    problems["exit_code"].append(f"{case.needle!r} not in {str(got)!r}")
                 code = 0 if got is None else 1
         else:
             if case.proc is not None:
