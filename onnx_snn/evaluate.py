@@ -284,7 +284,8 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
             x = array_like(data[0], "data")
             check_inputs(x, "data")
             n = len(x)
-        data = Dataset("arrays", x, check_labels(data[1], n, "data"), preprocessed=True)
+        data = Dataset("arrays", x, None if data[1] is None else       # (x, None): unlabeled
+                       check_labels(data[1], n, "data"), preprocessed=True)
     elif isinstance(data, Dataset) and data.y is not None and not isinstance(data.x, dict):
         check_inputs(data.x, data.name)
         data = Dataset(data.name, data.x, check_labels(data.y, len(data.x), data.name),

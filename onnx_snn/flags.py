@@ -30,11 +30,7 @@ def checks_flags(fn):
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        try:
-            bound = sig.bind(*args, **kwargs)
-        except TypeError as e:
-            takes = [p for p in sig.parameters if p not in ("self", "cls")]
-            raise UsageError(f"{name}(): {e}; it takes {', '.join(takes)}") from None
+        bound = _bind(sig, name, args, kwargs)
         for flag in flags:
             if flag in bound.arguments:
                 value = bound.arguments[flag]
@@ -42,3 +38,25 @@ def checks_flags(fn):
                     check_flag(value, f"{name}: {flag}")
         return fn(*args, **kwargs)
     return checked
+
+
+def checks_arguments(fn):
+    """``fn`` whose calls that do not fit its signature (a misspelt keyword, one argument too
+    many) raise a UsageError naming its parameters, not a TypeError (for a dataclass's
+    ``__init__`` that checks its own fields' values)."""
+    sig = inspect.signature(fn)
+    name = fn.__qualname__.replace(".__init__", "")
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        _bind(sig, name, args, kwargs)
+        return fn(*args, **kwargs)
+    return checked
+
+
+def _bind(sig: inspect.Signature, name: str, args, kwargs) -> inspect.BoundArguments:
+    try:
+        return sig.bind(*args, **kwargs)
+    except TypeError as e:
+        takes = [p for p in sig.parameters if p not in ("self", "cls")]
+        raise UsageError(f"{name}(): {e}; it takes {', '.join(takes)}") from None

@@ -90,3 +90,12 @@ def recorded_files(model: Union[onnx.ModelProto, str, os.PathLike]) -> List[str]
             files += [p for p in recorded_data_paths(step.get(key), model_path)
                       if os.path.exists(p)]
     return files
+
+
+def recorded_dataset(model: Union[onnx.ModelProto, str, os.PathLike]):
+    """The dataset a model records (``onnx_snn.dataset``: what ``eval``, ``finetune`` and
+    ``analyze`` default to), or None."""
+    from .spiking.format import META_DATASET
+    meta = {p.key: p.value for p in model.metadata_props} if isinstance(model, onnx.ModelProto) \
+        else file_metadata(model)
+    return meta.get(META_DATASET) or None

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from . import count_sums
+from .flags import checks_arguments
 
 #: ``refined``: Algorithm 1 (``datta``), then every site refined on the spiking network's own
 #: input currents (see onnx_snn.sequential); the others are single-pass searches.
@@ -185,6 +186,10 @@ class SearchConfig:
             v = getattr(self, name)
             if not 0 < v <= 100:
                 raise UsageError(f"{name.replace('_', ' ')} must be in (0, 100], not {v}")
+
+
+# a misspelt field: a UsageError naming the fields, not a TypeError (__post_init__ checks values)
+SearchConfig.__init__ = checks_arguments(SearchConfig.__init__)
 
 
 @dataclass(frozen=True)

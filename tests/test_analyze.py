@@ -1016,3 +1016,26 @@ def test_a_layer_behind_a_dropout_mask_of_ones_accumulates_spikes():
     after = next(l for l in analyze(snn.model, {"lif0": 0.5}, timesteps=2).layers
                  if l.name.startswith("after"))
     assert after.input_mode == "spikes" and after.source_site == "lif0"
+
+
+def test_analyze_takes_what_convert_returns_and_names_its_file(tmp_path):
+    """analyze(snn) (the SpikingModel convert returns) was a UsageError while evaluate and
+    deploy took it; a misspelt keyword a raw TypeError; a file recording T = 100 000 was
+    analyzed at that T while every other reader refused it; a deploy graph's refusal named
+    the graph, not the file."""
+    import onnx
+    from onnx_snn.errors import ModelLoadError, UsageError
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, method="datta", show_progress=False)
+    assert analyze(snn).to_dict()["totals"] == analyze(snn.model).to_dict()["totals"]
+    with pytest.raises(UsageError, match="'rate'; it takes model, rates"):
+        analyze(snn, rate={})
+    m = onnx.ModelProto.FromString(snn.model.SerializeToString())
+    F.set_metadata(m, {F.META_TIMESTEPS: "100000"})
+    onnx.save(m, str(tmp_path / "t.snn.onnx"))
+    with pytest.raises(ModelLoadError, match=r"t\.snn\.onnx: the model records T=100000"):
+        analyze(str(tmp_path / "t.snn.onnx"))
+    assert analyze(str(tmp_path / "t.snn.onnx"), timesteps=2).timesteps == 2   # -T given: taken
+    onnx_snn.deploy(snn, str(tmp_path / "d.onnx"))
+    with pytest.raises(onnx_snn.errors.OnnxSnnError, match=r"d\.onnx"):
+        analyze(str(tmp_path / "d.onnx"))

@@ -427,3 +427,14 @@ def test_a_fine_tuning_that_kept_its_starting_model_fitted_nothing():
         meta[F.META_HISTORY], meta[F.META_TIMESTEPS] = json.dumps(history), "4"
         F.set_metadata(m, meta)
         assert fitted_timesteps(F.read_info(m)) == want
+
+
+def test_inputs_with_labels_none_are_unlabeled_data():
+    """``evaluate(m, (x, None))`` said "labels of dtype object are not class indices"; it is
+    the unlabeled ``evaluate(m, x)``: spike rates, no top-1."""
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, method="datta", show_progress=False)
+    a = onnx_snn.evaluate(snn, (x, None), show_progress=False)
+    b = onnx_snn.evaluate(snn, x, show_progress=False)
+    assert a.top1 is None and b.top1 is None
+    assert a.to_dict()["sites"] == b.to_dict()["sites"]

@@ -74,9 +74,9 @@ def test_true_false_numpy_bools_and_optional_none_pass():
 
 def test_a_config_dict_or_a_misspelt_option_is_a_usage_error():
     x = B.rand_input(8)
-    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, "datta", {"search_stride": 4},
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, "datta", {"beta_step": 0.01},
                            show_progress=False)
-    assert snn.info.method == "datta"
+    assert snn.info.method == "datta" and snn.report["config"]["beta_step"] == 0.01
     with pytest.raises(UsageError, match="config must be a SearchConfig"):
         onnx_snn.convert(B.vgg(13, "clip"), x, 2, "datta", 4)
     with pytest.raises(UsageError, match="unknown conversion option.*per_chanel"):

@@ -1882,3 +1882,54 @@ def test_a_file_that_is_the_training_and_the_test_data_is_warned_about_once(tmp_
                  log=lambda *a: None)
     said = [r.getMessage() for r in caplog.records if "no negative value" in r.getMessage()]
     assert len(said) == 1, said
+
+
+def test_api_finetune_trains_on_the_dataset_the_model_records(tmp_path, fmnist_snn):
+    """``finetune(model, out)`` without data trained on Fashion-MNIST, the signature's
+    default, whatever the model recorded (the CLI took the record); now it takes the record,
+    says so, and a model that records none is a DataError naming it."""
+    from onnx_snn.errors import DataError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
+    logged = []
+    r = finetune(str(fmnist_snn), str(tmp_path / "t.snn.onnx"),
+                 config=FinetuneConfig(epochs=1, limit_train=32, limit_test=32),
+                 show_progress=False, log=logged.append)
+    assert any("fashion-mnist, the dataset" in line for line in logged), logged
+    step = F.read_info(onnx.load(str(tmp_path / "t.snn.onnx"))).history[-1]
+    assert step["train_data"] == "fashion-mnist:train" and r.epochs
+    m = onnx.load(str(fmnist_snn))
+    for p in list(m.metadata_props):        # no record at all
+        if p.key == F.META_DATASET:
+            m.metadata_props.remove(p)
+    onnx.save(m, str(tmp_path / "none.snn.onnx"))
+    with pytest.raises(DataError, match="none.snn.onnx: no training data.*records no dataset"):
+        finetune(str(tmp_path / "none.snn.onnx"), str(tmp_path / "u.snn.onnx"),
+                 config=FinetuneConfig(epochs=1), show_progress=False)
+    assert not (tmp_path / "u.snn.onnx").exists()
+
+
+def test_config_typos_and_damaged_T_and_preprocess_are_refused_by_name(tmp_path):
+    """Keyword typos in the configs were raw TypeErrors; a file recording T = 100 000 loaded
+    (forward ran that many steps by default) while every other reader refused it; to_model
+    wrote a 3-channel normalization into a 1-channel model, which eval then refused."""
+    from onnx_snn.errors import ModelLoadError, UsageError
+    from onnx_snn.runtimes.torch.finetune import FinetuneConfig
+    from onnx_snn.scales import SearchConfig
+    with pytest.raises(UsageError, match="'epoch'; it takes epochs"):
+        FinetuneConfig(epoch=3)
+    with pytest.raises(UsageError, match="'per_chanel'.*per_channel"):
+        SearchConfig(per_chanel=False)
+    with pytest.raises(UsageError, match="SearchConfig.per_channel"):
+        SearchConfig(per_channel="False")
+    x = B.rand_input(8)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, 2, method="datta", show_progress=False)
+    net = SpikingNetwork(snn.model)
+    with pytest.raises(UsageError, match="3 mean values.*one value, or one per channel"):
+        net.to_model(preprocess={"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]})
+    assert F.read_info(net.to_model(preprocess={"mean": [0.5], "std": [0.25]})).preprocess == \
+        {"mean": [0.5], "std": [0.25]}
+    m = onnx.ModelProto.FromString(snn.model.SerializeToString())
+    F.set_metadata(m, {F.META_TIMESTEPS: "100000"})
+    onnx.save(m, str(tmp_path / "t.snn.onnx"))
+    with pytest.raises(ModelLoadError, match=r"t\.snn\.onnx: the model records T=100000"):
+        SpikingNetwork.from_onnx(str(tmp_path / "t.snn.onnx"))

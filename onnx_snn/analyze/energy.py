@@ -42,6 +42,7 @@ from .. import json_text
 from ..errors import DataError, NotSpikingModelError, UsageError, file_problem
 from ..spiking import format as fmt
 from ..values import is_int, is_nonnegative, is_real
+from ..flags import checks_flags
 from .flops import LayerCount, _dims, count_flat, flatten
 
 #: (pJ per MAC, pJ per AC), Horowitz 2014, 45 nm CMOS at 0.9 V; the first is the paper's default
@@ -374,6 +375,7 @@ def _shapes_for(dnn: onnx.ModelProto, measured: onnx.ModelProto) -> Dict[str, Li
             if vi.name in names and _dims(vi) and fixed(_dims(vi))}
 
 
+@checks_flags
 def analyze(model: Union[onnx.ModelProto, str, Path],
             rates: Optional[Mapping[str, float]] = None,
             timesteps: Optional[int] = None,
@@ -384,7 +386,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             where: Optional[str] = None) -> Analysis:
     """FLOPs and energy per layer and in total, of a DNN and (with ``rates``) of its SNN.
 
-    ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto or a path.
+    ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto, a path or
+    the SpikingModel ``convert`` returns.
     ``rates``: what ``onnx_snn.evaluate`` returned for this model (its T and the model it
     measured are checked), or a mapping site -> spikes per neuron over the T steps
     (``load_rates``; a plain mapping says nothing of the model it was measured on, and a
@@ -396,8 +399,10 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     warning is issued when they differ. ``where``: the model's name in messages (its file;
     default: the path given, else the graph's name).
     """
-    from ..convert import check_timesteps
+    from ..convert import check_recorded_timesteps, check_timesteps
     from ..errors import UsageError
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
+        model = model.model          # a SpikingModel that convert() returned, not yet saved
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "timesteps")      # 0, 2.5 and True refused
     for key, v in (("mac_pj", mac_pj), ("ac_pj", ac_pj)):
@@ -428,7 +433,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     m = _load(model)
     name = where or (str(model) if not isinstance(model, onnx.ModelProto)
                      else (m.graph.name or "model"))
-    fg = flatten(m, input_shapes)
+    fg = flatten(m, input_shapes, name)
     counts = count_flat(fg)
     notes = list(fg.notes) + list(fg.warnings)
     for w in fg.warnings:
@@ -439,6 +444,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
                                    "analyze the spiking model (.snn.onnx) with its rates")
     # the metadata when there is some (a hand-built step graph of neuron calls has none)
     info = fmt.read_info(m, name) if fmt.META_FORMAT in fmt.metadata(m) else None
+    if info is not None and timesteps is None and rates_T is None:
+        check_recorded_timesteps(info.timesteps, name)   # the T used below: a damaged one refused
     if rates is not None:    # measured at another T, or on another model: refused
         check_rate_file("rates", rates_T, rate_neurons(measured or {}), info, timesteps, name,
                         (measured or {}).get("model_fingerprint"))

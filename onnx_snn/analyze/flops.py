@@ -254,12 +254,14 @@ def _fixed_inputs(g: onnx.GraphProto, skip: set, used: set,
 
 
 def flatten(model: onnx.ModelProto,
-            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> FlatGraph:
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+            where: Optional[str] = None) -> FlatGraph:
     """Reduce ``model`` to the plain graph it computes, with the batch axis fixed.
 
     Graph inputs whose first dimension is symbolic get batch 1; ``input_shapes`` (name ->
     full shape, batch included) overrides an input's shape (for dynamic spatial sizes).
     Initializers of more than ``SMALL_INITIALIZER`` elements become static-shape inputs.
+    ``where``: the model's name in messages (its file; default: the graph's name).
     """
     spiking = fmt.META_FORMAT in fmt.metadata(model)   # a file onnx-snn wrote (else below)
     model = skeleton.densified(model) or model           # sparse weights as dense ones
@@ -268,7 +270,7 @@ def flatten(model: onnx.ModelProto,
     g = model.graph
     if spiking:
         nodes, outputs, inits, sites, site_nodes, pools = _spiking_parts(
-            fmt.read_spiking(model, g.name or "model"))
+            fmt.read_spiking(model, where or g.name or "model"))
     else:  # a plain DNN, or a hand-built graph of neurons without the format's metadata
         nodes, outputs, inits = list(g.node), [o.name for o in g.output], list(g.initializer)
         sites, site_nodes, pools = {}, {}, {}

@@ -46,7 +46,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timest
                               resolve_data, warn_preprocess_override)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, model_classes, named_dataset, recorded_data_name)
-from onnx_snn.flags import check_flag, checks_flags
+from onnx_snn.flags import check_flag, checks_arguments, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, OutputPathError, TrainingDivergedError,
                              UsageError, first_line)
 from onnx_snn.scores import check_labels_for, class_scores
@@ -171,6 +171,10 @@ class FinetuneConfig:
             setattr(self, name, check_flag(getattr(self, name), name))
         self.limit_train = check_count(self.limit_train, "limit_train", allow_none=True)
         self.limit_test = check_count(self.limit_test, "limit_test", allow_none=True)
+
+
+# a misspelt field: a UsageError naming the fields, not a TypeError
+FinetuneConfig.__init__ = checks_arguments(FinetuneConfig.__init__)
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -478,11 +482,12 @@ def _check_existing_output(out_path: Path, info, model_path) -> onnx.ModelProto:
 
 
 @checks_flags
-def finetune(model_path: str, output: str, data="fashion-mnist", config: Optional[FinetuneConfig] = None,
+def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneConfig] = None,
              data_dir=None, resume: bool = False, checkpoint: Optional[str] = None,
              show_progress: bool = True, log=print, download: bool = False,
              mean=None, std=None, test_data=None) -> FinetuneResult:
-    """Fine-tune ``model_path`` on ``data`` and write the best model to ``output``.
+    """Fine-tune ``model_path`` on ``data`` (default: the dataset the model records, as
+    ``onnx-snn finetune`` takes it) and write the best model to ``output``.
 
     ``output`` gets the starting model before training only when it does not exist yet; an
     existing ``output`` is replaced (atomically) only by an epoch that beats the starting
@@ -511,6 +516,16 @@ def finetune(model_path: str, output: str, data="fashion-mnist", config: Optiona
             raise UsageError(f"{what} is a file path, not {type(arg).__name__} (fine-tuning "
                              "reads a spiking model's file and writes one)")
     cfg = config or FinetuneConfig()
+    if data is None:
+        from onnx_snn.errors import file_problem
+        from onnx_snn.recorded_files import recorded_dataset
+        data = None if file_problem(model_path) else recorded_dataset(model_path)
+        if data is None:
+            load_model(model_path)        # a missing or damaged file: its own clear error
+            raise DataError(f"{model_path}: no training data: pass data (fashion-mnist, mnist, "
+                            "cifar10, cifar100, a .npz file or an image folder); the model "
+                            "records no dataset")
+        log(f"note: training on {data}, the dataset {model_path} records (data= for another)")
     for d, what in ((data, "data"), (test_data, "test data")):
         if named_dataset(d) is not None and ":" in str(d):
             raise UsageError(f"{d}: fine-tuning trains on {str(d).partition(':')[0]}'s training "

@@ -286,6 +286,14 @@ def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
     return torch.where(leak > 1.0, torch.ones_like(leak), leak)
 
 
+def _image_channels(model: onnx.ModelProto) -> set:
+    """The channel counts a 4-D first input may have (axis 1, NCHW, or axis 3, NHWC: what a
+    recorded per-channel mean/std may match); empty when it is not a fixed 4-D input."""
+    dims = [d.dim_value if d.HasField("dim_value") else 0
+            for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
+    return {d for d in (dims[1], dims[3]) if d > 0} if len(dims) == 4 else set()
+
+
 class SpikingNetwork(nn.Module):
     """A spiking ONNX model as a module: ``forward(x, timesteps=None)`` returns the
     time-averaged first output and ``self.last_spikes`` (per-site totals over T, ``[N]``, and
@@ -301,9 +309,11 @@ class SpikingNetwork(nn.Module):
         conversion's)."""
         super().__init__()
         files: List[str] = []
+        where = None
         if isinstance(model, (str, os.PathLike)):      # a file: to_onnx never writes over it
             from onnx_snn.model_io import model_files
-            model, files = load_model(model), model_files(os.fspath(model))
+            where = os.fspath(model)
+            model, files = load_model(model), model_files(where)
         elif not isinstance(model, onnx.ModelProto):
             raise UsageError(f"SpikingNetwork takes a spiking model's path or its "
                              f"onnx.ModelProto, not {type(model).__name__}")
@@ -312,8 +322,11 @@ class SpikingNetwork(nn.Module):
             raise UsageError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
         self.surrogate = surrogate
         self.source = model
-        self.view = fmt.read_spiking(model, model.graph.name or "model")
+        where = where or model.graph.name or "model"
+        self.view = fmt.read_spiking(model, where)
         self.info = self.view.info
+        from onnx_snn.convert import check_recorded_timesteps
+        check_recorded_timesteps(self.info.timesteps, where)   # forward's default T
         self.timesteps = self.info.timesteps
         #: the T it has run at, each warned about once when its parameters were fitted for
         #: another (:func:`onnx_snn.convert.warn_other_timesteps`); finetune, which says so
@@ -832,6 +845,13 @@ class SpikingNetwork(nn.Module):
             except ModelLoadError:
                 raise UsageError(f"preprocess must be {{'mean': [...], 'std': [...]}} of finite "
                                  f"numbers, std > 0, not {preprocess!r}") from None
+            channels = _image_channels(self.source)
+            for key in ("mean", "std"):
+                n = len(preprocess[key])
+                if channels and n != 1 and n not in channels:
+                    raise UsageError(f"preprocess has {n} {key} values, and the model's images "
+                                     f"have {' or '.join(map(str, sorted(channels)))} "
+                                     "channels: one value, or one per channel")
         if history is not None and not isinstance(history, Mapping):
             raise UsageError(f"history must be a mapping (a dict of what the step did), not "
                              f"{type(history).__name__}")
