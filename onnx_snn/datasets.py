@@ -147,33 +147,51 @@ def _check_dataset_labels(y: np.ndarray, name: str, path: Path) -> None:
 
 # ---------------------------------------------------------------- IDX (Fashion-MNIST)
 
+#: the largest IDX data read (Fashion-MNIST's training images are 47 MB): a header that
+#: claims more is a damaged file, not a reason to decompress without end
+MAX_IDX_BYTES = 1 << 32
+
+
 def read_idx(path: os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+    """Read an IDX file (optionally gzip-compressed) into a numpy array. The data is read up
+    to the size its header states (plus one byte, to tell a longer file): a small .gz that
+    inflates without end (a "gzip bomb") is refused after that many bytes."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4:
+                raise DataError(f"{path}: not an IDX file (too short)")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+            if zero != 0 or dtype_code not in dtypes:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX file (its header names {ndim} dimensions, "
+                                f"{4 + 4 * ndim} bytes, but the file has {4 + len(dims)}); "
+                                "download it again")
+            shape = struct.unpack(">" + "I" * ndim, dims)
+            dtype = np.dtype(dtypes[dtype_code])
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            shown = list(shape) if ndim <= 8 else f"{ndim} dimensions"
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: damaged IDX file (its header states shape {shown}: "
+                                f"{expected:,} bytes, above {MAX_IDX_BYTES:,}, MAX_IDX_BYTES); "
+                                "download it again")
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e}); download it again") from None
-    if len(data) < 4:
-        raise DataError(f"{path}: not an IDX file (too short)")
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if zero != 0 or dtype_code not in dtypes:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX file (its header names {ndim} dimensions, "
-                        f"{header} bytes, but the file has {len(data)}); download it again")
-    shape = struct.unpack(">" + "I" * ndim, data[4:header])
-    dtype = np.dtype(dtypes[dtype_code])
-    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if len(data) - header != expected:
-        what = "truncated" if len(data) - header < expected else "damaged"
-        raise DataError(f"{path}: {what} IDX file ({len(data) - header} bytes of data for "
-                        f"shape {list(shape)}: {expected}); download it again")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "damaged"
+        got = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
+        raise DataError(f"{path}: {what} IDX file ({got} bytes of data for shape {shown}: "
+                        f"{expected}); download it again")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 #: the IDX datasets: name -> (title, sub-folders of a data folder, hint)
@@ -303,13 +321,34 @@ _CIFAR_BINARY = {
 }
 
 
+#: what a CIFAR python batch may build: numpy arrays and their dtypes (numpy 1's module
+#: names and numpy 2's; pickle protocol 5's buffers), and bytes as Python 3 writes them at
+#: protocol 2; a batch is a dict of those, lists and numbers, which need no class. Anything
+#: else (``os.system``) is refused: ``pickle.load`` runs what a file names.
+_CIFAR_PICKLE_CLASSES = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                         for n in ("_reconstruct", "scalar")} | \
+    {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")} | \
+    {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_PICKLE_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never "
+                                     "holds (a pickle runs what it names: not loaded)")
+
+
 def _unpickle(path: Path) -> dict:
+    problem = file_problem(path)
+    if problem and "no such" in problem:
+        raise DataError(f"{path}: missing CIFAR batch file")
+    if problem:
+        raise DataError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing CIFAR batch file") from None
-    except Exception as e:  # truncated or not a pickle
+            return _BatchUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # truncated, not a pickle, or one that names other classes
         raise DataError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e})") from None
 
 
@@ -415,6 +454,8 @@ def _unreadable(path: Path, e: Exception, what: str) -> DataError:
 def npz_splits(path) -> set:
     """The splits a .npz holds as x_train/y_train and x_test/y_test (Keras's datasets); empty
     for any other file (or one that cannot be read: loading it says why)."""
+    if file_problem(path):       # never opened unless a regular file (a pipe would block)
+        return set()
     try:
         with zipfile.ZipFile(path) as z:
             names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}

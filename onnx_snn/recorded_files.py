@@ -32,7 +32,10 @@ def file_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
     """An ONNX file's ``metadata_props`` as a dict, read without parsing its graph (the
     top-level fields are walked and the graph's bytes skipped). Empty for a file that cannot
     be read or is not a well-formed ModelProto: whoever loads it says why."""
+    from .errors import file_problem
     out: Dict[str, str] = {}
+    if file_problem(path):      # never opened unless a regular file (a pipe would block)
+        return out
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:

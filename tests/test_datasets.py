@@ -585,3 +585,68 @@ def test_recorded_data_names_are_absolute_and_old_relative_ones_still_read(tmp_p
     monkeypatch.chdir("/")
     old = recorded_data_paths("imgs:train", model_path=tmp_path / "m.snn.onnx")
     assert old == ["/imgs", str(tmp_path / "imgs")]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_cifar_batch_never_runs_what_its_pickle_names(tmp_path, protocol):
+    """CIFAR batches were read with pickle.load, which runs any callable a file names: a
+    hostile test_batch ran a shell command and the evaluation went on. Only numpy arrays
+    (written at any pickle protocol) are built now; anything else is a DataError naming the
+    file, and nothing runs."""
+    import os
+    make_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data = np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8)
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3],
+                                   b"filenames": [b"a.png"] * 4}, protocol=protocol))
+    np.testing.assert_array_equal(load_cifar("cifar10", data_dir=tmp_path).y, [0, 1, 2, 3])
+    marker = tmp_path / "ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3],
+                                   b"filenames": Hostile()}, protocol=protocol))
+    with pytest.raises(DataError, match="test_batch: not a CIFAR python batch.*names"):
+        load_cifar("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+
+
+def test_a_gzip_idx_is_read_only_as_far_as_its_header_says(tmp_path):
+    """A 0.2 MB .gz whose header states 10000 x 28 x 28 bytes but that inflates to 200 MB was
+    decompressed whole before the size check; now it is refused after the stated size (and
+    a header stating more than MAX_IDX_BYTES at once)."""
+    import gzip
+    import struct
+    import subprocess
+    import sys
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", 9) as f:
+        f.write(struct.pack(">HBBIII", 0, 8, 3, 10000, 28, 28))
+        for _ in range(25):
+            f.write(bytes(8 << 20))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match="damaged IDX file \\(more than 7840000 bytes"):
+        read_idx(path)
+    r = subprocess.run([sys.executable, "-c", "import resource\nfrom onnx_snn.datasets import "
+                        f"read_idx\ntry: read_idx({str(path)!r})\nexcept Exception: pass\n"
+                        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                       capture_output=True, text=True, timeout=120)
+    assert int(r.stdout) < 120_000, r.stdout         # KB: not the 200 MB it inflates to
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">HBBIIII", 0, 8, 4, 1 << 20, 1 << 20, 1 << 20, 1 << 20))
+    with pytest.raises(DataError, match="MAX_IDX_BYTES"):
+        read_idx(path)
+
+
+def test_a_pipe_given_as_data_is_never_opened_to_look_for_splits(tmp_path):
+    """finetune looked for a .npz's splits by opening the data path as a zip before any
+    check: a pipe blocked forever, /dev/zero filled the memory."""
+    import os
+    import subprocess
+    import sys
+    os.mkfifo(tmp_path / "p.npz")
+    r = subprocess.run([sys.executable, "-c", "from onnx_snn.datasets import data_splits; "
+                        f"print(data_splits({str(tmp_path / 'p.npz')!r}), "
+                        "data_splits('/dev/zero'))"], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["set()", "set()"], r.stderr

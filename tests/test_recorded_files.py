@@ -1,5 +1,6 @@
 """The files a spiking model's history names (onnx_snn.recorded_files): read from the file's
 metadata without parsing its graph, and protected from every command that reads the model."""
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,12 @@ def test_file_metadata_is_the_models_and_empty_for_what_is_no_model(converted, t
         (tmp_path / name).write_bytes(content)
         assert file_metadata(tmp_path / name) == {}, name
     assert file_metadata(tmp_path) == {} and file_metadata(tmp_path / "none") == {}
+    os.mkfifo(tmp_path / "pipe.onnx")        # never opened: reading a pipe blocks
+    r = subprocess.run([sys.executable, "-c", "from onnx_snn.recorded_files import *; "
+                        f"print(file_metadata({str(tmp_path / 'pipe.onnx')!r}), "
+                        f"recorded_files({str(tmp_path / 'pipe.onnx')!r}))"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["{}", "[]"], r.stderr
 
 
 def test_recorded_files_name_the_source_and_the_data(converted, tmp_path):

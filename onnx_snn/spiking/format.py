@@ -581,8 +581,13 @@ def spiking_fingerprint(info) -> str:
 
 
 def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
-    """The metadata, checked: a damaged or unknown one raises :class:`ModelLoadError`."""
+    """The metadata, checked: a damaged or unknown one raises :class:`ModelLoadError`, a
+    model without any that calls none of the format's functions (a plain DNN)
+    :class:`NotSpikingModelError`."""
     meta = metadata(model)
+    if not is_spiking(model):
+        raise NotSpikingModelError(f"{where}: not a spiking model (no {META_FORMAT} metadata); "
+                                   "convert it first with `onnx-snn convert`")
     version = _int(meta, META_FORMAT, None, where)
     if version not in SUPPORTED_VERSIONS:
         raise ModelLoadError(f"{where}: spiking format version {version} is not supported by "
