@@ -880,23 +880,37 @@ def test_batchnorm_in_training_mode_is_refused_naming_it(opset):
         assert "BatchNormalization" not in ops(normalize(m).model)
 
 
-@pytest.mark.parametrize("layout", ["keep_io_types", "half", "float64"])
+@pytest.mark.parametrize("layout", ["keep_io_types", "keep_io_types_int8", "half", "float64"])
 def test_a_float16_or_float64_model_is_converted_in_float32(layout):
     """onnxconverter-common's keep_io_types layout (Cast to float16, float16 layers, Cast
     back), a half-precision export (float16 inputs, weights and outputs) and a float64 graph
     (they were refused) are converted in float32, with a note: the spiking model takes float32,
-    and at large T it approaches the original model's outputs."""
+    and at large T it approaches the original model's outputs. With int8 weights through a
+    DequantizeLinear of float16 scale (a QDQ model converted to float16, keep_io_types), the
+    Cast to float16 was refused as a float16 step inside a float32 model."""
     from onnx import TensorProto as TP
     from onnx import numpy_helper as nh
     rng = np.random.default_rng(0)
+    int8 = layout == "keep_io_types_int8"
+    layout = "keep_io_types" if int8 else layout
     ft = {"keep_io_types": np.float16, "half": np.float16, "float64": np.float64}[layout]
     et = TP.FLOAT16 if ft is np.float16 else TP.DOUBLE
     io = TP.FLOAT if layout == "keep_io_types" else et
-    inits = [nh.from_array(np.array(0, ft), "lo"), nh.from_array(np.array(1, ft), "hi"),
-             nh.from_array(rng.standard_normal((10, 4)).astype(ft), "w2")]
-    if ft is np.float16:
+    inits = [nh.from_array(np.array(0, ft), "lo"), nh.from_array(np.array(1, ft), "hi")]
+    dq = []
+    if int8:       # every weight int8 (no float16 weight says what the model computes in)
+        inits += [nh.from_array(rng.integers(-100, 100, (4, 1, 3, 3)).astype(np.int8), "w8"),
+                  nh.from_array(rng.integers(-100, 100, (10, 4)).astype(np.int8), "w2_8"),
+                  nh.from_array(np.array(0.005, np.float16), "w_scale"),
+                  nh.from_array(np.array(0.01, np.float16), "w2_scale")]
+        dq = [h.make_node("DequantizeLinear", ["w8", "w_scale"], ["w"], name="dq"),
+              h.make_node("DequantizeLinear", ["w2_8", "w2_scale"], ["w2"], name="dq2")]
+    else:
+        inits.append(nh.from_array(rng.standard_normal((10, 4)).astype(ft), "w2"))
+    if ft is np.float16 and not int8:
         inits.append(nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(ft), "w"))
-        layer = [h.make_node("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
+    if ft is np.float16:
+        layer = dq + [h.make_node("Conv", ["x16", "w"], ["c"], pads=[1] * 4, name="conv"),
                  h.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
                  h.make_node("GlobalAveragePool", ["r"], ["p"]), h.make_node("Flatten", ["p"], ["f"])]
     else:     # onnxruntime has no float64 Conv on the CPU: a dense layer
@@ -912,7 +926,7 @@ def test_a_float16_or_float64_model_is_converted_in_float32(layout):
         nodes = [h.make_node("Identity", ["x"], ["x16"])] + body + [h.make_node("Identity", ["g"], ["y"])]
     g = h.make_graph(nodes, "fp16", [h.make_tensor_value_info("x", io, ["N", 1, 8, 8])],
                      [h.make_tensor_value_info("y", io, ["N", 10])], inits)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 19 if int8 else 13)])   # (float16 scales)
     nm = normalize(m)
     assert any("converted in float32" in n for n in nm.notes), nm.notes
     assert nm.model.graph.input[0].type.tensor_type.elem_type == TP.FLOAT

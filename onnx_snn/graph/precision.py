@@ -11,7 +11,8 @@ inputs and outputs too, is declared float32, in the graphs nested in If/Loop/Sca
 A note says so.
 
 The pass runs only when the model's layers compute in those types: a float16/float64 graph
-input, or a Conv/ConvTranspose/Gemm/MatMul/BatchNormalization weight of those types. A float32
+input, or a Conv/ConvTranspose/Gemm/MatMul/BatchNormalization weight of those types (a constant,
+or a ``DequantizeLinear`` of int8 weights with a scale of that type). A float32
 model with a float64 step in its shape arithmetic (sizes scaled in double, as exporters write
 them) is left as it is: in float32 the same sizes could round differently. A float64 constant
 beyond float32's range is refused, named (it would become an infinity). bfloat16 and the float8
@@ -55,12 +56,24 @@ def _graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
                     yield from _graphs(sub)
 
 
+def _other_weight(t) -> bool:
+    """A layer's weight of float16/float64: a constant of that type, or the output of a
+    ``DequantizeLinear`` whose scale is one (QDQ and weight-only int8 models converted to
+    float16 with ``keep_io_types``: their weights are int8 constants, their type the
+    scale's)."""
+    if isinstance(t, gs.Constant):
+        return _is_other(t.dtype)
+    producer = t.inputs[0] if t.inputs else None
+    return producer is not None and producer.op == "DequantizeLinear" and \
+        len(producer.inputs) > 1 and isinstance(producer.inputs[1], gs.Constant) and \
+        _is_other(producer.inputs[1].dtype)
+
+
 def computes_in_other_floats(graph: gs.Graph) -> bool:
     """Whether the model's layers compute in float16/float64 (module docstring)."""
     if any(_is_other(t.dtype) for t in graph.inputs):
         return True
-    return any(n.op in _WEIGHTED and any(isinstance(t, gs.Constant) and _is_other(t.dtype)
-                                         for t in n.inputs[1:2])
+    return any(n.op in _WEIGHTED and any(_other_weight(t) for t in n.inputs[1:2])
                for g in _graphs(graph) for n in g.nodes)
 
 
