@@ -113,6 +113,35 @@ def test_signed_pairs_are_dropped_and_a_relus_pair_gives_its_mu():
     assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98
 
 
+@pytest.mark.parametrize("lo", [None, 0, 3])
+def test_a_clip_of_the_integers_between_the_pair_narrows_its_range(lo):
+    """PyTorch writes a fake-quantizer of range (0, 127) in a uint8 (``reduce_range``) as
+    QuantizeLinear -> Clip(max=127) -> DequantizeLinear: it was refused as "not ReLU-like
+    (its input can be negative)", about the uint8 integers. It is the clipped ReLU of mu =
+    (127 - z) s; one whose clamp from below is above 0 (lo = 3) is no ReLU, and stays
+    refused."""
+    b = B.GraphBuilder(17, seed=2)
+    t = b.node("Relu", [b.conv("x", 1, 8)])
+    s, z = b.const(np.array(0.02, np.float32)), b.const(np.array(0, np.uint8))
+    q = b.node("QuantizeLinear", [t, s, z])
+    bounds = [b.const(np.array(lo, np.uint8)) if lo is not None else "",
+              b.const(np.array(127, np.uint8))]
+    t = b.node("DequantizeLinear", [b.node("Clip", [q, *bounds]), s, z])
+    t = b.gemm(b.node("Flatten", [b.node("MaxPool", [t], kernel_shape=[2, 2], strides=[2, 2])],
+                      axis=1), 8 * 6 * 6, 10)
+    m = b.model("x", t, (1, 12, 12), 10)
+    if lo == 3:
+        with pytest.raises(UnsupportedModelError, match="QuantizeLinear|Clip"):
+            prepare(m)
+        return
+    nm = prepare(m)
+    assert [round(site.mu, 6) for site in nm.sites] == [2.54]
+    x = B.rand_input(64)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    want, got = run(m, x).outputs[0], run(snn.model, x).outputs[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98
+
+
 def test_a_per_axis_activation_pair_is_refused_by_name():
     b = B.GraphBuilder(13, seed=2)
     t = b.node("Relu", [b.conv("x", 1, 4)])

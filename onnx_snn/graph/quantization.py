@@ -181,6 +181,26 @@ def _is_data(t, graph: gs.Graph, depth: int = 0) -> bool:
     return False
 
 
+def _narrowing_clip(q: gs.Node, readers) -> Optional[Tuple[gs.Node, Tuple[float, float]]]:
+    """A Clip of constant bounds that alone reads a per-tensor QuantizeLinear's integers and
+    is read only by DequantizeLinear(s) (PyTorch's export of a fake-quantizer whose range is
+    narrower than its type's: ``quant_max`` 127 of a uint8, ``reduce_range``): the Clip and
+    the pair's values' (lo, hi), its bounds taken within the type's range. None otherwise."""
+    if len(readers) != 1 or readers[0].op != "Clip" or readers[0].inputs[0] is not q.outputs[0]:
+        return None
+    clip = readers[0]
+    bounds, params = constant_bounds(clip), _parameters(q)
+    after = list(clip.outputs[0].outputs) if clip.outputs else []
+    if bounds is None or params is None or not after or any(r.op != "DequantizeLinear" for r in after):
+        return None
+    scale, zp, info = params
+    s, z = float(scale.reshape(())), int(zp.reshape(()))
+    qlo, qhi = max(float(info.min), bounds[0]), min(float(info.max), bounds[1])
+    if not qlo < qhi or math.ceil(qlo) > z:   # (a clamp from above 0 is no ReLU)
+        return None
+    return clip, ((math.ceil(qlo) - z) * s, (math.floor(qhi) - z) * s)
+
+
 @graph_pass("fake-quantization")
 def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
     """QuantizeLinear/DequantizeLinear pairs on activations become clipped ReLUs or are
@@ -198,12 +218,20 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
             continue
         bounds = _range(q)
         readers = list(qy.outputs)
+        narrowed = _narrowing_clip(q, readers) if bounds is not None else None
+        clip = None
+        if narrowed is not None:      # Q -> Clip(integers) -> DQ: a narrower integer range
+            clip, bounds = narrowed
+            qy, readers = clip.outputs[0], list(clip.outputs[0].outputs)
         if bounds is None or not readers or any(
                 r.op != "DequantizeLinear" or r.inputs[0] is not qy or not _same_parameters(q, r)
                 for r in readers):
             result.skip(q, "not a per-tensor QuantizeLinear read only by DequantizeLinear(s) "
                            "of the same scale and zero point")
             continue
+        if clip is not None:
+            clip.inputs.clear()
+            clip.outputs.clear()
         lo, hi = bounds
         activation = (hi > 0 and (lo >= 0 or x.name in nonneg) and not _requantized(x)
                       and not _is_data(x, graph) and not _squashed(x))
