@@ -118,6 +118,15 @@ def positive_int(text: str) -> int:
     return _whole_number(text, 1, "at least 1")
 
 
+def nonempty(text: str) -> str:
+    """A file, folder or dataset name that is not empty: ``--data ''`` (an unset shell
+    variable) fell back to the model's recorded dataset, or measured nothing, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a dataset name, a file or a folder "
+                                         "(an unset shell variable?)")
+    return text
+
+
 def nonnegative_int(text: str) -> int:
     return _whole_number(text, 0, "0 or more")
 
@@ -208,7 +217,7 @@ def non_negative_int(text: str) -> int:
 
 
 def _add_data_args(p: argparse.ArgumentParser, record: bool = False) -> None:
-    p.add_argument("--data-dir", metavar="DIR",
+    p.add_argument("--data-dir", metavar="DIR", type=nonempty,
                    help="folder with datasets (else $ONNX_SNN_DATA, then system locations)")
     p.add_argument("--download", action="store_true",
                    help="download the named dataset (CIFAR, MNIST, Fashion-MNIST) through "
@@ -263,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help=f"the DNN, an .onnx file (any exporter, opset {MIN_OPSET}-{MAX_OPSET})")
     c.add_argument("-o", "--output", help="where to write the spiking model "
                                           "(default: MODEL with suffix .snn.onnx)")
-    c.add_argument("--calib", metavar="DATA",
+    c.add_argument("--calib", metavar="DATA", type=nonempty,
                    help="calibration data: fashion-mnist, mnist, cifar10, cifar100 (training split), "
                         "a .npy/.npz file of preprocessed inputs, or a folder of images (one "
                         "subfolder per class, or the images alone; its train/ split when it has "
@@ -372,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a DNN or a spiking model in onnxruntime.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_EVAL)
     e.add_argument("model", help="an .onnx DNN or .snn.onnx spiking model")
-    e.add_argument("--data", metavar="DATA",
+    e.add_argument("--data", metavar="DATA", type=nonempty,
                    help="fashion-mnist, mnist, cifar10, cifar100 (test split; add :train for the "
                         "training split), a .npz with x and y, or a folder with one subfolder of "
                         "images per class (its test/ or val/ split when it has one) (default: the "
@@ -455,13 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "  onnx-snn finetune model.snn.onnx -o tuned.snn.onnx --teacher auto --distill 0.5\n")
     f.add_argument("model", help="a spiking model (.snn.onnx) written by `onnx-snn convert`")
     f.add_argument("-o", "--output", required=True, help="where to write the fine-tuned model")
-    f.add_argument("--data", metavar="DATA", help="fashion-mnist, mnist, cifar10, cifar100 (trains on "
+    f.add_argument("--data", metavar="DATA", type=nonempty, help="fashion-mnist, mnist, cifar10, cifar100 (trains on "
                                                   "the training split, tests on the test split), "
                                                   "a .npy/.npz file of inputs and labels, or a "
                                                   "folder of class subfolders of images (train/ and "
                                                   "test/ or val/ splits when it has them) (default: the "
                                                   "model's dataset)")
-    f.add_argument("--test-data", metavar="DATA", help="where the test accuracy that picks the "
+    f.add_argument("--test-data", metavar="DATA", type=nonempty, help="where the test accuracy that picks the "
                    "best epoch is measured (default: the named dataset's test split; for a file "
                    "--data, that file itself, with a warning)")
     f.add_argument("--epochs", type=positive_int, default=3, help="epochs (default: 3)")
@@ -489,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--surrogate", choices=FINETUNE_SURROGATES, default=FINETUNE_SURROGATES[0],
                    help="the spike's surrogate gradient: sigmoid (default; k=4, peak 1 at the "
                         "threshold) or the paper's rectangle (1 for 0 < u/threshold < 2)")
-    f.add_argument("--teacher", metavar="DNN.onnx|auto",
+    f.add_argument("--teacher", metavar="DNN.onnx|auto", type=nonempty,
                    help="distill from this DNN: the spiking model learns its outputs (KL to its "
                         "softmax); auto: the DNN the model was converted from, when the file is "
                         "still where the conversion read it, with the same sha256 (default: no "
@@ -538,10 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "\npresets (pJ per MAC / per AC): 45nm-fp32 4.6/0.9 (the paper's), "
                               "45nm-int32 3.2/0.1")
     a.add_argument("model", help="a DNN (.onnx) or a spiking model (.snn.onnx)")
-    a.add_argument("--data", metavar="DATA", help="record spike rates on this dataset first "
+    a.add_argument("--data", metavar="DATA", type=nonempty, help="record spike rates on this dataset first "
                                                   "(default for spiking models: the model's dataset)")
-    a.add_argument("--rates", metavar="JSON", help="spike rates from `onnx-snn eval --json` (or finetune --json)")
-    a.add_argument("--dnn", metavar="ONNX", help="the original DNN, for the DNN totals")
+    a.add_argument("--rates", metavar="JSON", type=nonempty, help="spike rates from `onnx-snn eval --json` (or finetune --json)")
+    a.add_argument("--dnn", metavar="ONNX", type=nonempty, help="the original DNN, for the DNN totals")
     a.add_argument("-T", "--timesteps", type=timesteps_int,
                    help=f"time steps, 1-{MAX_TIMESTEPS} (default: the model's)")
     a.add_argument("--limit", type=positive_int, metavar="N", help="record rates on N samples only")

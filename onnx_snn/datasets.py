@@ -1007,12 +1007,21 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         return load_image_folder(*folder, image_shape, take=take, classes=classes,
                                  show_progress=show_progress)
     path, chosen = split_spec(spec)            # FILE.npz:train, FOLDER:test
+    if os.path.isdir(path):
+        raise DataError(f"{spec}: is a folder, without images in class subfolders (one "
+                        "folder of images per class, or train/ and test/ folders of them)")
+    problem = file_problem(path) if os.path.lexists(path) else None
+    if problem:                    # a pipe, a device, a broken link: never opened
+        raise DataError(f"{spec}: {problem}")
     if chosen is not None and path.endswith(".npz") and not npz_splits(path) \
             and zipfile.is_zipfile(path):        # (an unreadable one: loading it says why)
         raise DataError(f"{spec}: {path} holds no splits (x_train / x_test arrays): ':{chosen}' "
                         f"would be ignored; drop it to use all of its samples")
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
         return load_array_file(path, chosen or split, inputs, labels)
+    base = _split_suffix(str(spec))[0]        # FILE.npz:test of a FILE.npz that is a pipe
+    if base != str(spec) and os.path.lexists(base) and file_problem(base):
+        raise DataError(f"{spec}: {base} {file_problem(base)}")
     raise DataError(f"{spec}: unknown dataset; use one of {', '.join(DATASET_NAMES)} "
                     "(optionally with :train or :test), a .npy/.npz file, or a folder with one "
                     "subfolder of images per class")

@@ -594,6 +594,23 @@ cli("conv_report_fifo", "special", CONV + " -o {ws}/o.onnx --report {ws}/pipe", 
 cli("conv_o_symlink_fifo", "special", CONV + " -o {ws}/lnk", 6,
     setup=both(mkfifo("pipe"), symlink("lnk", "{ws}/pipe")))
 cli("conv_o_folder", "special", CONV + " -o {ws}", 6, needle="folder")
+# data paths that are no data file: never opened (finetune opened the path as a zip to look
+# for splits first: a pipe hung, /dev/zero filled the memory), named for what they are
+cli("ft_data_fifo", "special", "finetune {ws}/snn.onnx --data {ws}/pipe.npz -o {ws}/f.onnx", 5,
+    setup=mkfifo("pipe.npz"), needle="not a regular file")
+cli("ft_data_dev_zero", "special", "finetune {ws}/snn.onnx --data /dev/zero -o {ws}/f.onnx", 5,
+    needle="not a regular file")
+cli("eval_data_fifo_split", "special", "eval {ws}/snn.onnx --data {ws}/pipe.npz:test", 5,
+    setup=mkfifo("pipe.npz"), needle="pipe.npz is not a regular file")
+cli("eval_data_dev_zero", "special", "eval {ws}/snn.onnx --data /dev/zero", 5,
+    needle="not a regular file")
+cli("eval_data_no_class_folders", "data", "eval {ws}/snn.onnx --data {ws}/d", 5, setup=mkdir("d"),
+    needle="is a folder, without images in class subfolders")
+# an empty option (an unset shell variable) fell back to the recorded dataset, silently
+cli("eval_data_empty", "usage", "eval {ws}/snn.onnx --data ''", 2, needle="is empty")
+cli("conv_calib_empty", "usage", "convert {ws}/model.onnx --calib '' -o {ws}/o.onnx", 2,
+    needle="is empty")
+cli("analyze_data_empty", "usage", "analyze {ws}/snn.onnx --data ''", 2, needle="is empty")
 cli("conv_o_subfolder", "special", CONV + " -o {ws}/d", 6, setup=mkdir("d"))
 cli("conv_o_dangling_link_missing_dir", "special", CONV + " -o {ws}/dl.onnx", 6,
     setup=symlink("dl.onnx", "{ws}/nowhere/x.onnx"))
@@ -807,7 +824,8 @@ cli("eval_folder_broken_image", "data", "eval {ws}/snn.onnx --data {ws}/imgs", 5
 cli("conv_folder_no_train_split", "data", "convert {ws}/model.onnx --calib {ws}/imgs -o {ws}/o.onnx",
     5, setup=image_folder("imgs", splits=("val",)), needle="no train split folder")
 cli("eval_folder_empty", "data", "eval {ws}/snn.onnx --data {ws}/imgs", 5,
-    setup=lambda ws: (ws / "imgs" / "a").mkdir(parents=True), needle="unknown dataset")
+    setup=lambda ws: (ws / "imgs" / "a").mkdir(parents=True),
+    needle="is a folder, without images in class subfolders")
 cli("conv_output_is_an_input_image", "late",
     "convert {ws}/model.onnx --calib {ws}/imgs:train -o {ws}/imgs/train/a/0.png", 6,
     setup=image_folder("imgs"))
