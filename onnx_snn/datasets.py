@@ -769,6 +769,10 @@ def array_like(x, what: str) -> np.ndarray:
                         "numpy array (for a GPU tensor: .cpu().numpy())") from None
 
 
+#: the largest class index read (a label beyond it is a damaged file, not a class)
+MAX_LABEL = 1 << 31
+
+
 def check_labels(y, n: int, where: str) -> np.ndarray:
     """Class indices, one per sample: whole numbers >= 0 (floats allowed when whole), or
     one-hot rows [N, classes] (Keras's ``to_categorical``), read as the index of their one."""
@@ -802,11 +806,12 @@ def check_labels(y, n: int, where: str) -> np.ndarray:
                             "numbers; labels are class indices (eval's top-1 and fine-tuning "
                             "are for classifiers: for a regression model leave the targets "
                             "out, run it on the inputs alone and compare its outputs yourself)")
-    y = y.astype(np.int64)
-    if y.size and y.min() < 0:
-        raise DataError(f"{where}: label {int(y.min())} is negative; labels are class indices "
+    if y.size and (y.max() > MAX_LABEL or y.min() < 0):   # before the cast: 1e30 and 2**64-1
+        bad = y.max() if y.max() > MAX_LABEL else y.min()      # wrapped to negative numbers
+        what = "negative" if bad < 0 else f"above {MAX_LABEL:,} (MAX_LABEL)"
+        raise DataError(f"{where}: label {bad:.6g} is {what}; labels are class indices "
                         "0..classes-1")
-    return y
+    return y.astype(np.int64)
 
 
 def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None:

@@ -652,3 +652,15 @@ def test_a_pipe_given_as_data_is_never_opened_to_look_for_splits(tmp_path):
                         f"print(data_splits({str(tmp_path / 'p.npz')!r}), "
                         "data_splits('/dev/zero'))"], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["set()", "set()"], r.stderr
+
+
+@pytest.mark.parametrize("y,said", [(np.array([0, 1e30]), r"label 1e\+30 is above"),
+                                    (np.array([0, 2 ** 64 - 1], np.uint64), "is above"),
+                                    (np.array([0, 2.0 ** 63]), "is above")])
+def test_huge_labels_are_named_as_they_are(y, said, recwarn):
+    """1e30 and 2**64 - 1 were cast first and reported as negative labels (with numpy's
+    cast warning on the way)."""
+    from onnx_snn.datasets import check_labels
+    with pytest.raises(DataError, match=said):
+        check_labels(y, 2, "f.npz")
+    assert not [w for w in recwarn if "cast" in str(w.message)]
