@@ -355,3 +355,33 @@ def test_qcfs_converts_exactly_at_T_levels_with_its_own_conversion(levels):
     B.assert_runtimes_agree(snn.model, x)
     _, _, fewer = B.converted(m, x, T=levels - 1, method="deng")
     assert not np.allclose(run(fewer.model, x).outputs[0], want, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype,zp", [(onnx.TensorProto.INT4, None), (onnx.TensorProto.INT4, -1),
+                                      (onnx.TensorProto.UINT4, 8)])
+def test_four_bit_weights_are_dequantized(dtype, zp):
+    """A DequantizeLinear of 4-bit weights (onnxruntime's quantize_static with QInt4
+    weights, opset 21) was refused as an unsupported op: onnx reads INT4 as a dtype numpy does
+    not call integer. It is folded like int8; the spiking model approaches the DNN."""
+    from onnx import TensorProto as TP
+    rng = np.random.default_rng(0)
+    lo, hi = (-8, 8) if dtype == TP.INT4 else (0, 16)
+    q = rng.integers(lo, hi, (8, 1, 3, 3))
+    inits = [onnx.helper.make_tensor("wq", dtype, q.shape, q.reshape(-1).tolist()),
+             nh.from_array(np.array(0.05, np.float32), "ws")]
+    dq_in = ["wq", "ws"]
+    if zp is not None:
+        inits.append(onnx.helper.make_tensor("wz", dtype, [], [zp]))
+        dq_in.append("wz")
+    b = B.GraphBuilder(21, seed=3)
+    nodes = [onnx.helper.make_node("DequantizeLinear", dq_in, ["w"], name="dq")]
+    b.nodes += nodes
+    b.inits += inits
+    t = b.node("Relu", [b.node("Conv", ["x", "w"], kernel_shape=[3, 3], pads=[1] * 4)])
+    t = b.gemm(b.node("Flatten", [b.node("MaxPool", [t], kernel_shape=[2, 2], strides=[2, 2])],
+                      axis=1), 8 * 6 * 6, 10)
+    m = b.model("x", t, (1, 12, 12), 10)
+    x = B.rand_input(64)
+    _, _, snn = B.converted(m, x, T=256, method="max")
+    want, got = run(m, x).outputs[0], run(snn.model, x).outputs[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.99

@@ -174,7 +174,7 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
 
 
 def _dequantize_constants(graph: gs.Graph) -> None:
-    """A DequantizeLinear of constant inputs (weight-only int8/uint8 quantization) becomes its
+    """A DequantizeLinear of constant inputs (weight-only int8/uint8, or 4-bit, quantization) becomes its
     float value, ``(x - zero_point) * scale`` per tensor or per ``axis``: onnx-graphsurgeon
     leaves Q/DQ nodes out of constant folding. Blocked quantization (opset 21 ``block_size``)
     and an ``output_dtype`` attribute are left alone (and refused later, named)."""
@@ -182,7 +182,7 @@ def _dequantize_constants(graph: gs.Graph) -> None:
         if node.op != "DequantizeLinear" or node.attrs.get("block_size") \
                 or node.attrs.get("output_dtype"):
             continue
-        ins = [const_value(t) for t in node.inputs if not is_empty(t)]
+        ins = [_small_ints(const_value(t)) for t in node.inputs if not is_empty(t)]
         if len(ins) < 2 or any(v is None for v in ins) or ins[0].dtype.kind not in "iu":
             continue
         x, scale = ins[0], ins[1]
@@ -193,6 +193,16 @@ def _dequantize_constants(graph: gs.Graph) -> None:
         name = (node.name or node.outputs[0].name) + "_dequantized"
         replace_by_constant(graph, node, gs.Constant(name, y))
     graph.cleanup()
+
+
+def _small_ints(v):
+    """4-bit (and 2-bit) integers (ml_dtypes' int4/uint4, as onnx reads an INT4 tensor: a
+    dtype numpy does not call integer) as int8/uint8 of the same values; anything else as it
+    is."""
+    if v is not None and v.dtype.kind not in "iufb" and v.dtype.name in ("int4", "uint4", "int2",
+                                                                          "uint2"):
+        return v.astype(np.uint8 if v.dtype.name.startswith("u") else np.int8)
+    return v
 
 
 def per_axis(scale: np.ndarray, zp: np.ndarray, ndim: int, axis: int):
