@@ -545,7 +545,9 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     detail = {**dict(records.get(resize.resize_constant_form.name, [])),
               **dict(records.get(canonical.ml_scaler_to_affine.name, [])),
               **dict(records.get(canonical.hard_sigmoid_to_clip.name, [])),
-              **dict(records.get(canonical.masked_relu_to_relu.name, []))}
+              **dict(records.get(canonical.masked_relu_to_relu.name, [])),
+              **dict(next((r.skipped for r in pass_log
+                           if r.name == quantization.fake_quantization.name), []))}
     if not sites:
         try:      # an unsupported layer is named first, as when the model has sites too
             check_supported(graph, set(), detail)

@@ -226,8 +226,18 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
         if bounds is None or not readers or any(
                 r.op != "DequantizeLinear" or r.inputs[0] is not qy or not _same_parameters(q, r)
                 for r in readers):
-            result.skip(q, "not a per-tensor QuantizeLinear read only by DequantizeLinear(s) "
-                           "of the same scale and zero point")
+            params = _parameters(q)
+            if params is None:
+                why = ("its type or form (4-bit or float8, blocked, or an output_dtype without "
+                       "a zero point) is not read on activations: quantize them to 8 or 16 bits")
+            elif params[0].size != 1 or params[1].size != 1:
+                why = ("a per-axis (per-channel) pair on an activation is not read, only "
+                       "per-tensor ones: quantize activations per tensor (per-channel scales "
+                       "are for weights)")
+            else:
+                why = ("not read only by DequantizeLinear(s) of the same scale and zero point: "
+                       "its integers feed another op")
+            result.skip(q, why)
             continue
         if clip is not None:
             clip.inputs.clear()

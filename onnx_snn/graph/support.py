@@ -102,7 +102,9 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
             if node.op in _COMPARES and _reads_data(node, dynamic):
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
-            raise UnsupportedModelError(f"{node_label(node)} is not supported; {SUPPORTED_HELP}")
+            more = f" ({detail[node.name]})" if node.name in detail else ""
+            raise UnsupportedModelError(f"{node_label(node)} is not supported{more}; "
+                                        f"{SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic) and _reads_data(node, spiking):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
