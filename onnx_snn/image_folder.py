@@ -50,13 +50,24 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
         return sorted(p for p in folder.iterdir() if _is_image(p))
     out, seen = [], set()
     top = os.path.realpath(folder)
+    parent = os.path.dirname(top)
+
+    def within(path: str, root: str) -> bool:
+        return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        up = real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
-        if real in seen or up:   # each folder once; a link to the folder or above it (a loop,
-            dirnames[:] = []     # which would file every class's images under this one) not
-            if up:               # followed
+        up = real != top and within(top, real)
+        # a link into a sibling (another class's folder): its images would be counted twice,
+        # once under this class's label
+        sibling = not up and not within(real, top) and within(real, parent)
+        if real in seen or up or sibling:   # each folder once; a link to the folder or above
+            dirnames[:] = []     # it (a loop, which would file every class's images under this
+            if up:               # one) or to another class's images not followed
                 _warn_once("%s: a link to %s, which holds this folder, is not followed",
+                           dirpath, real)
+            elif sibling:
+                _warn_once("%s: a link to %s, another class's folder, is not followed (its "
+                           "images would be counted twice, once with this class's label)",
                            dirpath, real)
             continue
         seen.add(real)

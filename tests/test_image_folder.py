@@ -234,18 +234,23 @@ def test_an_empty_class_folder_keeps_the_labels_of_the_classes_after_it(tmp_path
 
 def test_a_link_back_up_is_not_followed_into_other_classes(tmp_path, caplog):
     """A class folder holding a link to the dataset's root (a loop) keeps its own images:
-    following it filed every class's images under that class."""
+    following it filed every class's images under that class. A link to another class's
+    folder is not followed either: its images were counted twice, once with this class's
+    label (an outside sweep: top-1 92.00 -> 81.42 % on 100 images, without a word)."""
     import os
     rng = np.random.default_rng(3)
     for c in ("a", "b"):
         _save(tmp_path / "r" / c / "0.png", rng.random((8, 8)))
     os.symlink(tmp_path / "r", tmp_path / "r" / "b" / "loop")
     os.symlink(tmp_path / "r" / "a", tmp_path / "r" / "b" / "self", target_is_directory=True)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "r" / "b" / "more", target_is_directory=True)
+    _save(tmp_path / "elsewhere" / "1.png", rng.random((8, 8)))   # outside the dataset: read
     ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
-    assert ds.y.tolist() == [0, 1, 1]          # b: its own image, and a's through "self"
-    assert "is not followed" in caplog.text
+    assert ds.y.tolist() == [0, 1, 1]          # b: its own image and the one outside, not a's
+    assert "which holds this folder, is not followed" in caplog.text
+    assert "another class's folder, is not followed" in caplog.text
     load_dataset(str(tmp_path / "r"))          # listed again: said once in the process
-    assert caplog.text.count("is not followed") == 1
+    assert caplog.text.count("is not followed") == 2
 
 
 def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):
