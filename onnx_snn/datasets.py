@@ -742,6 +742,12 @@ def check_inputs(x, where: str) -> None:
     if 0 in x.shape[1:]:   # (a model with free sizes took it and onnxruntime failed inside)
         raise DataError(f"{where}: shape {list(x.shape)} has an axis of size 0: samples have "
                         "no values")
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size:   # (float32 computes it)
+        big = float(np.max(np.abs(x), where=np.isfinite(x), initial=0.0))
+        if big > float(np.finfo(np.float32).max):
+            raise DataError(f"{where}: values up to {big:.3g}, beyond float32's range "
+                            f"({float(np.finfo(np.float32).max):.3g}), in which the model "
+                            "computes: rescale or clean the data")
 
 
 class OneHotLabels(np.ndarray):

@@ -664,3 +664,17 @@ def test_huge_labels_are_named_as_they_are(y, said, recwarn):
     with pytest.raises(DataError, match=said):
         check_labels(y, 2, "f.npz")
     assert not [w for w in recwarn if "cast" in str(w.message)]
+
+
+def test_float64_inputs_beyond_float32_are_named_not_called_nan(tmp_path, recwarn):
+    """A finite 1e300 in float64 data was cast to float32 first and reported as "1 NaN/Inf
+    values", after numpy's overflow warning."""
+    x = np.random.default_rng(0).random((4, 1, 8, 8))
+    x[1, 0, 2, 3] = 1e300
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(4))
+    with pytest.raises(DataError, match=r"values up to 1e\+300, beyond float32's range"):
+        load_dataset(str(tmp_path / "big.npz"))
+    assert not [w for w in recwarn if "overflow" in str(w.message)]
+    x[1, 0, 2, 3] = 3e38                               # within float32: taken
+    np.savez(tmp_path / "ok.npz", x=x, y=np.arange(4))
+    assert load_dataset(str(tmp_path / "ok.npz")).x.dtype == np.float32
