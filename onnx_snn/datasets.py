@@ -328,15 +328,53 @@ _CIFAR_BINARY = {
 _CIFAR_PICKLE_CLASSES = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
                          for n in ("_reconstruct", "scalar")} | \
     {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")} | \
-    {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    {("_codecs", "encode")}      # (numpy.ndarray and numpy.dtype: _BatchUnpickler.find_class)
+
+
+class _UncallableArray(np.ndarray):
+    """``numpy.ndarray`` as a batch's pickle names it: the class ``_reconstruct`` makes an
+    array of (which calls no ``__new__``), never called itself: ``ndarray(shape, dtype,
+    buffer)`` of an object dtype would take pointers from the file's bytes."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("it calls numpy.ndarray, which a CIFAR batch never does")
+
+
+def _plain_dtype(*args):
+    """``numpy.dtype`` as a batch's pickle names it: no dtype that holds Python objects."""
+    d = np.dtype(*args)
+    if d.hasobject:
+        raise pickle.UnpicklingError(f"it makes an array of Python objects ({d}), which a "
+                                     "CIFAR batch never holds")
+    return d
 
 
 class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) == ("numpy", "ndarray"):
+            return _UncallableArray
+        if (module, name) == ("numpy", "dtype"):
+            return _plain_dtype
         if (module, name) in _CIFAR_PICKLE_CLASSES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never "
                                      "holds (a pickle runs what it names: not loaded)")
+
+
+def _plain_values(obj, depth: int = 0):
+    """``obj`` (a loaded batch) with every array a plain ndarray; an array that holds Python
+    objects (a dtype whose flags a pickle set so) is refused before anything reads it."""
+    if depth > 16:
+        raise pickle.UnpicklingError("it nests containers more than 16 deep")
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise pickle.UnpicklingError(f"it holds an array of Python objects ({obj.dtype})")
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain_values(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_values(v, depth + 1) for v in obj)
+    return obj
 
 
 def _unpickle(path: Path) -> dict:
@@ -347,7 +385,7 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
-            return _BatchUnpickler(f, encoding="bytes").load()
+            return _plain_values(_BatchUnpickler(f, encoding="bytes").load())
     except Exception as e:  # truncated, not a pickle, or one that names other classes
         raise DataError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e})") from None
 

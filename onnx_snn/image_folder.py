@@ -50,29 +50,46 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
         return sorted(p for p in folder.iterdir() if _is_image(p))
     out, seen = [], set()
     top = os.path.realpath(folder)
-    parent = os.path.dirname(top)
+    # the other class folders beside it (as the dataset lists them: a class folder may be a
+    # link to elsewhere): a link into one would count its images twice, once with this
+    # class's label
+    try:
+        others = {os.path.realpath(p) for p in Path(folder).parent.iterdir()
+                  if _visible(p) and p.is_dir()} - {top}
+    except OSError:
+        others = set()
 
     def within(path: str, root: str) -> bool:
         return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+    def other_class(path: str) -> Optional[str]:
+        return next((o for o in others if within(path, o) and not within(top, o)), None)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         up = real != top and within(top, real)
-        # a link into a sibling (another class's folder): its images would be counted twice,
-        # once under this class's label
-        sibling = not up and not within(real, top) and within(real, parent)
+        sibling = None if up or within(real, top) else other_class(real)
         if real in seen or up or sibling:   # each folder once; a link to the folder or above
             dirnames[:] = []     # it (a loop, which would file every class's images under this
-            if up:               # one) or to another class's images not followed
+            if up:               # one) or into another class's folder not followed
                 _warn_once("%s: a link to %s, which holds this folder, is not followed",
                            dirpath, real)
             elif sibling:
-                _warn_once("%s: a link to %s, another class's folder, is not followed (its "
+                _warn_once("%s: a link to %s, in another class's folder, is not followed (its "
                            "images would be counted twice, once with this class's label)",
                            dirpath, real)
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in filenames if _is_image(Path(dirpath) / f)]
+        for f in filenames:
+            path = Path(dirpath) / f
+            if not _is_image(path):
+                continue
+            if path.is_symlink() and other_class(os.path.realpath(path)):
+                _warn_once("%s: a link to %s, in another class's folder, is not read (it would "
+                           "be counted twice, once with this class's label)", path,
+                           os.path.realpath(path))
+                continue
+            out.append(path)
     return sorted(out)
 
 

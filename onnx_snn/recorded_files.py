@@ -45,6 +45,8 @@ def file_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
                 while pos < end:
                     key, pos = _varint(buf, pos)
                     field, wire = key >> 3, key & 7
+                    if field == 0:          # no field is numbered 0: not a ModelProto
+                        return {}
                     if wire == 0:
                         _, pos = _varint(buf, pos)
                     elif wire == 1:
@@ -60,6 +62,8 @@ def file_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
                             out[entry.key] = entry.value
                         pos += n
                     else:
+                        return {}
+                    if pos > end:       # a fixed-size field past the end: truncated
                         return {}
     except Exception:   # noqa: BLE001 -- (OSError, protobuf's DecodeError, ...) a damaged
         return {}       # file names nothing; whoever loads it reports it

@@ -610,6 +610,15 @@ def test_a_cifar_batch_never_runs_what_its_pickle_names(tmp_path, protocol):
     with pytest.raises(DataError, match="test_batch: not a CIFAR python batch.*names"):
         load_cifar("cifar10", data_dir=tmp_path)
     assert not marker.exists()
+    # numpy.ndarray called on an object dtype takes its pointers from the file's bytes (a
+    # review's find: reading the labels then crashed the process); and a dtype of objects
+    good = pickle.dumps(data, protocol=2)
+    objects = (b"cnumpy\nndarray\n(K\x01\x85cnumpy\ndtype\nU\x01O\x85RU\x08AAAAAAAAtR",
+               b"cnumpy\ndtype\nU\x01O\x85R")
+    for evil, said in zip(objects, ("calls numpy.ndarray|Python objects", "Python objects")):
+        path.write_bytes(b"\x80\x02}(U\x04data" + good[2:-1] + b"U\x06labels]" + evil + b"au.")
+        with pytest.raises(DataError, match=said):
+            load_cifar("cifar10", data_dir=tmp_path)
 
 
 def test_a_gzip_idx_is_read_only_as_far_as_its_header_says(tmp_path):

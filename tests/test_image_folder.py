@@ -248,7 +248,7 @@ def test_a_link_back_up_is_not_followed_into_other_classes(tmp_path, caplog):
     ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
     assert ds.y.tolist() == [0, 1, 1]          # b: its own image and the one outside, not a's
     assert "which holds this folder, is not followed" in caplog.text
-    assert "another class's folder, is not followed" in caplog.text
+    assert "in another class's folder, is not followed" in caplog.text
     load_dataset(str(tmp_path / "r"))          # listed again: said once in the process
     assert caplog.text.count("is not followed") == 2
 
@@ -407,3 +407,26 @@ def test_show_progress_false_draws_no_bar_reading_a_folder(folder, capsys, monke
     assert "reading" not in capsys.readouterr().err
     onnx_snn.calibrate(nm, str(root / "train"))          # the default draws it
     assert "reading" in capsys.readouterr().err
+
+
+def test_links_into_other_classes_are_judged_by_the_datasets_class_folders(tmp_path, caplog):
+    """A class folder that is itself a link elsewhere still has its links into another class
+    caught, and its links to folders outside the dataset followed; a link to a hidden folder
+    of the root (no class) is followed; a link to one image of another class is not read
+    (each of these was misjudged by the rule keyed to the class folder's parent)."""
+    import os
+    rng = np.random.default_rng(5)
+    _save(tmp_path / "r" / "a" / "0.png", rng.random((8, 8)))
+    _save(tmp_path / "store" / "b" / "0.png", rng.random((8, 8)))
+    _save(tmp_path / "store" / "b_extra" / "1.png", rng.random((8, 8)))
+    _save(tmp_path / "r" / ".shared" / "2.png", rng.random((8, 8)))
+    os.symlink(tmp_path / "store" / "b", tmp_path / "r" / "b", target_is_directory=True)
+    os.symlink(tmp_path / "r" / "a", tmp_path / "store" / "b" / "into_a", target_is_directory=True)
+    os.symlink(tmp_path / "store" / "b_extra", tmp_path / "store" / "b" / "extra",
+               target_is_directory=True)
+    os.symlink(tmp_path / "r" / ".shared", tmp_path / "store" / "b" / "shared",
+               target_is_directory=True)
+    os.symlink(tmp_path / "r" / "a" / "0.png", tmp_path / "store" / "b" / "a0.png")
+    ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
+    assert ds.y.tolist() == [0, 1, 1, 1]      # a's image; b's own, b_extra's and .shared's
+    assert caplog.text.count("in another class's folder") == 2      # into_a, a0.png

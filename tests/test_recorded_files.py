@@ -31,7 +31,8 @@ def test_file_metadata_is_the_models_and_empty_for_what_is_no_model(converted, t
     assert want and file_metadata(path) == want
     data = path.read_bytes()
     bad = {"empty": b"", "text": b"hello, world\n", "half": data[:len(data) // 2],
-           "varint": b"\xff" * 12}
+           "varint": b"\xff" * 12, "fixed64_past_the_end": data + b"\x09",
+           "field_zero": b"\x00" + data}
     for name, content in bad.items():
         (tmp_path / name).write_bytes(content)
         assert file_metadata(tmp_path / name) == {}, name

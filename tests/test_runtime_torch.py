@@ -1909,8 +1909,8 @@ def test_api_finetune_trains_on_the_dataset_the_model_records(tmp_path, fmnist_s
 
 
 def test_config_typos_and_damaged_T_and_preprocess_are_refused_by_name(tmp_path):
-    """Keyword typos in the configs were raw TypeErrors; a file recording T = 100 000 loaded
-    (forward ran that many steps by default) while every other reader refused it; to_model
+    """Keyword typos in the configs were raw TypeErrors; a file recording T = 100 000 ran
+    that many steps by default in forward while every other reader refused it; to_model
     wrote a 3-channel normalization into a 1-channel model, which eval then refused."""
     from onnx_snn.errors import ModelLoadError, UsageError
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig
@@ -1931,5 +1931,7 @@ def test_config_typos_and_damaged_T_and_preprocess_are_refused_by_name(tmp_path)
     m = onnx.ModelProto.FromString(snn.model.SerializeToString())
     F.set_metadata(m, {F.META_TIMESTEPS: "100000"})
     onnx.save(m, str(tmp_path / "t.snn.onnx"))
+    net = SpikingNetwork.from_onnx(str(tmp_path / "t.snn.onnx"))
     with pytest.raises(ModelLoadError, match=r"t\.snn\.onnx: the model records T=100000"):
-        SpikingNetwork.from_onnx(str(tmp_path / "t.snn.onnx"))
+        net(torch.from_numpy(x))                       # its default T: refused
+    assert net(torch.from_numpy(x), timesteps=2).shape[0] == len(x)   # a T given: runs

@@ -181,7 +181,8 @@ def _is_data(t, graph: gs.Graph, depth: int = 0) -> bool:
     return False
 
 
-def _narrowing_clip(q: gs.Node, readers) -> Optional[Tuple[gs.Node, Tuple[float, float]]]:
+def _narrowing_clip(graph: gs.Graph, q: gs.Node, readers
+                    ) -> Optional[Tuple[gs.Node, Tuple[float, float]]]:
     """A Clip of constant bounds that alone reads a per-tensor QuantizeLinear's integers and
     is read only by DequantizeLinear(s) (PyTorch's export of a fake-quantizer whose range is
     narrower than its type's: ``quant_max`` 127 of a uint8, ``reduce_range``): the Clip and
@@ -189,6 +190,8 @@ def _narrowing_clip(q: gs.Node, readers) -> Optional[Tuple[gs.Node, Tuple[float,
     if len(readers) != 1 or readers[0].op != "Clip" or readers[0].inputs[0] is not q.outputs[0]:
         return None
     clip = readers[0]
+    if any(clip.outputs[0] is o for o in graph.outputs):      # its integers are an output
+        return None
     bounds, params = constant_bounds(clip), _parameters(q)
     after = list(clip.outputs[0].outputs) if clip.outputs else []
     if bounds is None or params is None or not after or any(r.op != "DequantizeLinear" for r in after):
@@ -218,16 +221,20 @@ def fake_quantization(graph: gs.Graph, result: PassResult) -> None:
             continue
         bounds = _range(q)
         readers = list(qy.outputs)
-        narrowed = _narrowing_clip(q, readers) if bounds is not None else None
+        narrowed = _narrowing_clip(graph, q, readers) if bounds is not None else None
         clip = None
         if narrowed is not None:      # Q -> Clip(integers) -> DQ: a narrower integer range
             clip, bounds = narrowed
             qy, readers = clip.outputs[0], list(clip.outputs[0].outputs)
-        if bounds is None or not readers or any(
+        exposed = any(qy is o for o in graph.outputs)
+        if exposed or bounds is None or not readers or any(
                 r.op != "DequantizeLinear" or r.inputs[0] is not qy or not _same_parameters(q, r)
                 for r in readers):
             params = _parameters(q)
-            if params is None:
+            if exposed:
+                why = ("its integers are a graph output: keep the model's float outputs only "
+                       "(--outputs), or export it without that output")
+            elif params is None:
                 why = ("its type or form (4-bit or float8, blocked, or an output_dtype without "
                        "a zero point) is not read on activations: quantize them to 8 or 16 bits")
             elif params[0].size != 1 or params[1].size != 1:

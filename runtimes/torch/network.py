@@ -325,8 +325,6 @@ class SpikingNetwork(nn.Module):
         where = where or model.graph.name or "model"
         self.view = fmt.read_spiking(model, where)
         self.info = self.view.info
-        from onnx_snn.convert import check_recorded_timesteps
-        check_recorded_timesteps(self.info.timesteps, where)   # forward's default T
         self.timesteps = self.info.timesteps
         #: the T it has run at, each warned about once when its parameters were fitted for
         #: another (:func:`onnx_snn.convert.warn_other_timesteps`); finetune, which says so
@@ -605,6 +603,9 @@ class SpikingNetwork(nn.Module):
         if timesteps is not None:
             from onnx_snn.convert import check_timesteps
             timesteps = check_timesteps(timesteps, "timesteps")   # 0, 2.5, "2", True refused
+        else:              # the file's T: above MAX_TIMESTEPS a damaged file (T=100000 ran)
+            from onnx_snn.convert import check_recorded_timesteps
+            check_recorded_timesteps(self.timesteps, self.where)
         T = int(timesteps or self.timesteps)
         if self.warn_timesteps:
             from onnx_snn.convert import warn_other_timesteps_once
