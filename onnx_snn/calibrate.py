@@ -483,9 +483,10 @@ def record_sites(nm: NormalizedModel, x, batch_size: int = DEFAULT_BATCH_SIZE,
                         "weights drive them beyond what the conversion's float32 sums of "
                         f"squares hold (MAX_ACTIVATION = {MAX_ACTIVATION:g}); a trained model's "
                         "do not (are these weights synthetic or untrained?)")
+                data = f" of {data_name}" if data_name else ""
                 raise DataError(f"site {s.name} ('{s.input}'): the model's activations reach "
-                                f"{max(-lo, hi):.3g} on the calibration batch starting at sample "
-                                f"{start}, beyond what the conversion's float32 sums of squares "
+                                f"{max(-lo, hi):.3g} on the calibration batch{data} starting at "
+                                f"sample {start}, beyond what the conversion's float32 sums of squares "
                                 f"hold (MAX_ACTIVATION = {MAX_ACTIVATION:g}); check the data's "
                                 "scale and its preprocessing")
             st["count"] += flat.size

@@ -1062,7 +1062,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                     "%d asked (--batch-size); re-export it with a dynamic batch axis to choose",
                     fixed, fixed, batch_size)
     cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
-                    show_progress=show_progress)
+                       show_progress=show_progress,      # (a file's name, for its messages)
+                       data_name=os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None)
     check_refine_memory(cal, timesteps, cfg, nm)
     snn = build(nm, cal, timesteps, method, cfg,
                 history_extra={"calibration_data": recorded_data_name(ds.name)},
