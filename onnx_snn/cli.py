@@ -1111,7 +1111,8 @@ def cmd_analyze(args) -> int:
                   "a spiking model's run on it)", file=sys.stderr)
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, checked, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
-                     dnn_model=args.dnn, input_shapes=shapes, where=str(args.model))
+                     dnn_model=args.dnn, input_shapes=shapes, where=str(args.model),
+                     rates_source=str(args.rates) if args.rates else None)
     print(format_table(result, notes=not args.quiet))
     items = []
     if args.json is not None:

@@ -1195,6 +1195,18 @@ cli("eval_truncated", "misc", "eval {ws}/bad/truncated.snn.onnx --data {ws}/test
 cli("an_rates_missing", "misc", "analyze {ws}/snn.onnx --rates {ws}/nope.json", 5)
 cli("an_rates_not_json", "misc", "analyze {ws}/snn.onnx --rates {ws}/calib.npy", 5)
 cli("an_rates_on_dnn", "misc", "analyze {ws}/model.onnx --rates {ws}/ev.json", 8)
+
+
+def _rates_above_T(ws):
+    ev = json.loads((ws / "ev.json").read_text())
+    site = next(iter(ev["sites"]))
+    ev["sites"][site]["spikes_per_neuron"] = 1e308
+    (ws / "big.json").write_text(json.dumps(ev))
+
+
+# (the message named the site but not the file)
+cli("an_rates_above_T", "data", "analyze {ws}/snn.onnx --rates {ws}/big.json", 5,
+    setup=_rates_above_T, needle="big.json: site")
 cli("an_mac_inf", "misc", "analyze {ws}/model.onnx --mac-pj inf", 2)
 cli("an_ac_nan", "misc", "analyze {ws}/model.onnx --ac-pj nan", 2)
 cli("an_ok", "misc", "analyze {ws}/snn.onnx --rates {ws}/ev.json --dnn {ws}/model.onnx --json {ws}/a.json",

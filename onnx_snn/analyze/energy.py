@@ -339,10 +339,12 @@ def neuromorphic_estimate(snn_flops: float, dnn_flops: float, timesteps: int,
 
 
 def _check_rates(rates: Mapping[str, float], needed: Sequence[str], known: Sequence[str],
-                 T: int, model: str, notes: List[str], pools: Sequence[str] = ()) -> None:
+                 T: int, model: str, notes: List[str], pools: Sequence[str] = (),
+                 source: Optional[str] = None) -> None:
     missing = [s for s in needed if s not in rates]
     if missing:
-        raise DataError(f"the spike rates have no value for site(s) {', '.join(missing)} of {model}; "
+        raise DataError(f"{source + ': ' if source else ''}"
+                        f"the spike rates have no value for site(s) {', '.join(missing)} of {model}; "
                         "were they measured on another model? Measure them on this one: "
                         f"`onnx-snn eval {model} --data DATA --json RATES.json`, then "
                         f"`onnx-snn analyze {model} --rates RATES.json`")
@@ -351,7 +353,8 @@ def _check_rates(rates: Mapping[str, float], needed: Sequence[str], known: Seque
         notes.append(f"spike rates given for site(s) not in the model, ignored: {', '.join(unknown)}")
     for s, r in rates.items():
         if r > T * (1 + RATE_TOLERANCE):
-            raise DataError(f"{'pool' if s in pools else 'site'} {s!r} has {r:.4g} spikes per "
+            raise DataError(f"{source + ': ' if source else ''}"
+                            f"{'pool' if s in pools else 'site'} {s!r} has {r:.4g} spikes per "
                             f"neuron, more than T={T} steps allow; "
                             "rates must be spikes per neuron over all T steps (spikes_per_neuron), "
                             "measured at the T given")
@@ -383,7 +386,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             ac_pj: float = ENERGY_PRESETS[DEFAULT_PRESET][1],
             dnn_model: Union[onnx.ModelProto, str, Path, None] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-            where: Optional[str] = None) -> Analysis:
+            where: Optional[str] = None, rates_source: Optional[str] = None) -> Analysis:
     """FLOPs and energy per layer and in total, of a DNN and (with ``rates``) of its SNN.
 
     ``model`` is a DNN or a spiking model (loop or step form), as a ModelProto, a path or
@@ -397,7 +400,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     the analog-layer term and the neuromorphic static term. ``dnn_model`` (the original DNN)
     supplies the DNN totals; its MAC total is checked against the spiking graph's and a
     warning is issued when they differ. ``where``: the model's name in messages (its file;
-    default: the path given, else the graph's name).
+    default: the path given, else the graph's name); ``rates_source``: the rates' file, for
+    messages.
     """
     from ..convert import check_recorded_timesteps, check_timesteps
     from ..errors import UsageError
@@ -467,7 +471,7 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
             s for c in mac_layers if _input_mode(c, True) == "spikes"
             for s in ([c.source_site] + [k for k in c.source_mix if k])))
         _check_rates(rates, needed, site_names + list(fg.pools.values()), T, name, notes,
-                     list(fg.pools.values()) + list(fg.uncounted_pools.values()))
+                     list(fg.pools.values()) + list(fg.uncounted_pools.values()), rates_source)
         unpooled = sorted({p for c in mac_layers if _input_mode(c, True) == "spikes"
                            for p in c.source_pools.values() if p not in rates})
         if unpooled:
