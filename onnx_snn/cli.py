@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "deploy --help`)")
     c.add_argument("--batch-chunk", type=chunk_int, default=None, metavar="N",
                    help=f"with --deploy: samples per run of the deploy graph's body (default "
-                        f"{DEFAULT_BATCH_CHUNK}; 0: the batch whole; see `onnx-snn deploy --help`)")
+                        f"{DEFAULT_BATCH_CHUNK}, at most {MAX_BATCH_CHUNK}; 0: the batch whole; "
+                        "see `onnx-snn deploy --help`)")
     c.add_argument("--binary-spikes", action="store_true",
                    help="fold each layer's spike amplitude into the next layer's weights where "
                         "exact (0/1 spikes, -1/0/+1 with --signed-spikes; accumulate-only "
@@ -437,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-chunk", type=chunk_int, default=DEFAULT_BATCH_CHUNK,
                    metavar="N",
                    help=f"run a batch N samples at a time inside the graph (an ONNX Scan; the "
-                        f"same outputs; default {DEFAULT_BATCH_CHUNK}; 0: the batch whole, as "
-                        "one graph without a Loop)")
+                        f"same outputs; default {DEFAULT_BATCH_CHUNK}, at most "
+                        f"{MAX_BATCH_CHUNK}; 0: the batch whole, as one graph without a Loop)")
 
     f = sub.add_parser("finetune", parents=[quiet],
                        help="fine-tune a spiking model with surrogate gradients (needs torch)",
