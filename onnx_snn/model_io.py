@@ -294,7 +294,7 @@ def _same_file(a: Path, b: Path) -> bool:
         if os.path.realpath(a) == os.path.realpath(b):
             return True
         return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):       # (a NUL byte in a path: no file is it)
         return False
 
 

@@ -84,7 +84,7 @@ def recorded_files(model: Union[onnx.ModelProto, str, os.PathLike]) -> List[str]
         meta, model_path = file_metadata(model), os.fspath(model)
     try:
         history = json.loads(meta.get(META_HISTORY, "[]"))
-    except ValueError:
+    except (ValueError, RecursionError):    # damaged: the model's reader says so
         return []
     files: List[str] = []
     for step in history if isinstance(history, list) else []:

@@ -117,6 +117,12 @@ DAMAGE = {
     "truncated": ("truncate", None),
     "leak_above_1": ("param:lif0.leak", 2.0),   # onnxruntime would use it, torch caps it at 1
     "timesteps_long": ("onnx_snn.timesteps", "4" * 5000),
+    # JSON nested past Python's recursion limit: a RecursionError traceback (exit 1)
+    "sites_nested": ("onnx_snn.sites", "[" * 100000 + "]" * 100000),
+    "history_nested": ("onnx_snn.history", "[" * 100000 + "]" * 100000),
+    # a site's shape unlike its membrane's in the graph: eval scored it, finetune tried to
+    # allocate 4 TB
+    "site_shape": ("siteshape:lif0", [2 ** 40]),
 }
 
 
@@ -167,6 +173,13 @@ def build_template(root: Path) -> Path:
             path.write_bytes(data[: len(data) // 2])
         elif what.startswith("param:"):
             onnx.save(_set_param(good, what[6:], value), str(path))
+        elif what.startswith("siteshape:"):
+            m = onnx.ModelProto.FromString(good.SerializeToString())
+            entry = next(p for p in m.metadata_props if p.key == "onnx_snn.sites")
+            sites = json.loads(entry.value)
+            next(x for x in sites if x["name"] == what[10:])["shape"] = value
+            entry.value = json.dumps(sites)
+            onnx.save(m, str(path))
         elif what.startswith("shape:"):
             m = _set_param(good, what[6:], None)
             m.graph.initializer.append(onnx.numpy_helper.from_array(
@@ -594,6 +607,21 @@ cli("conv_report_fifo", "special", CONV + " -o {ws}/o.onnx --report {ws}/pipe", 
 cli("conv_o_symlink_fifo", "special", CONV + " -o {ws}/lnk", 6,
     setup=both(mkfifo("pipe"), symlink("lnk", "{ws}/pipe")))
 cli("conv_o_folder", "special", CONV + " -o {ws}", 6, needle="folder")
+
+
+def _nul_location(ws):
+    m = onnx.load(str(ws / "model.onnx"))
+    t = m.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", "w.data\x00../x"
+    (ws / "nul.onnx").write_bytes(m.SerializeToString())
+
+
+# a NUL byte in an external-data location: a ValueError traceback from the output-path check
+cli("conv_external_nul", "model", "convert {ws}/nul.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
+    setup=_nul_location)
 # data paths that are no data file: never opened (finetune opened the path as a zip to look
 # for splits first: a pipe hung, /dev/zero filled the memory), named for what they are
 cli("ft_data_fifo", "special", "finetune {ws}/snn.onnx --data {ws}/pipe.npz -o {ws}/f.onnx", 5,
@@ -735,7 +763,8 @@ for _name in DAMAGE:
     for _cmd, _argv in DAMAGE_CMDS.items():
         if _cmd == "finetune" and _name not in ("sites_json", "version_word", "timesteps_0",
                                                 "threshold_zero", "preprocess_values", "truncated",
-                                                "threshold_shape", "neuron_body"):
+                                                "threshold_shape", "neuron_body",
+                                                "site_shape"):
             continue
         cli(f"damaged_{_name}_{_cmd}", "damaged",
             _argv.replace("{f}", "{ws}/bad/" + _name + ".snn.onnx"), 3,

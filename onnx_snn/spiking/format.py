@@ -549,6 +549,9 @@ def _json(meta: Dict[str, str], key: str, default, kind, where: str):
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{where}: the metadata {key} is not valid JSON ({e.msg} at "
                              f"character {e.pos}); the file is damaged, convert it again") from None
+    except RecursionError:      # '[' * 100000: no file onnx-snn writes nests so
+        raise ModelLoadError(f"{where}: the metadata {key} nests its JSON too deeply to read; "
+                             "the file is damaged, convert it again") from None
     if kind is not None and not isinstance(value, kind):
         raise ModelLoadError(f"{where}: the metadata {key} should be a JSON "
                              f"{'list' if kind is list else 'object'}; the file is damaged")
@@ -900,6 +903,16 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
     """Every site's parameters present and finite, thresholds and amplitudes
     positive (a spike counter divides by the amplitude), leaks at most 1."""
     for s in info.sites:
+        dims = f"{s.name}.shape"        # the membrane's per-sample shape, as the graph holds it
+        if dims in inits:
+            try:
+                held = [int(d) for d in numpy_helper.to_array(inits[dims]).reshape(-1)]
+            except Exception:   # noqa: BLE001 -- unreadable: the graph's own check says so
+                held = None
+            if held is not None and held != [int(d) for d in s.shape]:
+                raise ModelLoadError(f"{where}: site {s.name}'s shape {list(s.shape)} in "
+                                     f"{META_SITES} is not its membrane's, {held}, in the graph; "
+                                     "the file is damaged or was edited, convert it again")
         for p in PARAMS:
             name = param_name(s.name, p)
             if name not in inits:
