@@ -687,10 +687,7 @@ def _note_other_data(given, args, option: str = "--data") -> None:
     a folder (a folder may hold its images)."""
     if getattr(args, "quiet", False):
         return
-    recorded = _recorded_data(args.model)
-    if recorded is None:
-        return
-    listing = _other_data(given, *recorded, args.model)
+    listing = _other_data(given, *_recorded_data(args.model), args.model)
     if not listing:
         return
     then = ("its spiking model's thresholds are fitted to this data's activations instead, "
@@ -703,22 +700,12 @@ def _note_other_data(given, args, option: str = "--data") -> None:
 
 def _recorded_data(model_path):
     """(its onnx_snn.dataset or None, [the data names its history records]) of a model
-    file; None where it cannot be read (never raises: loading it later says why)."""
-    import onnx
-    from .errors import file_problem
-    from .model_io import metadata_dict
+    file, read from its metadata alone; (None, []) where it cannot be read (never raises:
+    loading it later says why)."""
     from .datasets import DATA_RECORDS
-    from .spiking.format import META_DATASET, META_HISTORY
-    try:   # never opened unless a regular file (a pipe would block)
-        if file_problem(model_path):
-            return None
-        meta = metadata_dict(onnx.load(str(model_path), load_external_data=False))
-        history = json.loads(meta.get(META_HISTORY, "[]"))
-    except Exception:         # noqa: BLE001 -- unreadable: the command's own load says why
-        return None
-    steps = history if isinstance(history, list) else []
-    names = [step.get(k) for step in steps if isinstance(step, dict) for k in DATA_RECORDS]
-    return meta.get(META_DATASET), [n for n in names if isinstance(n, str) and n]
+    from .recorded_files import history_steps, recorded_dataset
+    names = [step.get(k) for step in history_steps(model_path) for k in DATA_RECORDS]
+    return recorded_dataset(model_path), [n for n in names if isinstance(n, str) and n]
 
 
 def _other_data(given, dataset, names, model_path) -> Optional[str]:

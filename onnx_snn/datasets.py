@@ -378,10 +378,10 @@ def _plain_values(obj, depth: int = 0):
 
 
 def _unpickle(path: Path) -> dict:
-    problem = file_problem(path)
-    if problem and "no such" in problem:
+    if not os.path.exists(path):      # (a broken link too)
         raise DataError(f"{path}: missing CIFAR batch file")
-    if problem:
+    problem = file_problem(path)
+    if problem:                       # a folder, a pipe, a device: never opened
         raise DataError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:

@@ -241,14 +241,14 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     from .convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps,
                           resolve_data, values_text, warn_other_timesteps,
                           warn_preprocess_override)
+    from .model_io import model_proto
     from .runtimes.ort import ModelRunner
 
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE, why=" (MAX_BATCH_SIZE)")
     limit = check_count(limit, "limit", allow_none=True)
     many = t_list is not None and len(t_list) > 1
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
-        model = model.model          # a SpikingModel that convert() returned, not yet saved
+    model = model_proto(model)       # a SpikingModel that convert() returned, not yet saved
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         raise UsageError(f"a model is a path, an onnx.ModelProto or what convert() returned, "
                          f"not {type(model).__name__}")

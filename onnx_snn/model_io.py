@@ -189,6 +189,14 @@ def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
+def model_proto(model):
+    """The ModelProto a SpikingModel that ``convert()`` returned holds (not yet saved), else
+    ``model`` as it is (a path or a ModelProto)."""
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
+        return model.model
+    return model
+
+
 def metadata_dict(model: onnx.ModelProto) -> dict:
     """``model``'s ``metadata_props`` as a dict of text (see :func:`_text`)."""
     return {_text(p.key): _text(p.value) for p in model.metadata_props}

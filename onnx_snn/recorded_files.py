@@ -70,26 +70,33 @@ def file_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
     return out
 
 
+def _metadata(model: Union[onnx.ModelProto, str, os.PathLike]) -> Dict[str, str]:
+    """A ModelProto's metadata, or a file's (:func:`file_metadata`)."""
+    from .model_io import metadata_dict
+    return metadata_dict(model) if isinstance(model, onnx.ModelProto) else file_metadata(model)
+
+
+def history_steps(model: Union[onnx.ModelProto, str, os.PathLike]) -> List[dict]:
+    """The steps (dicts) of a model's ``onnx_snn.history`` (a ModelProto's or a file's); empty
+    for a DNN or a history that cannot be read (the model's reader says why)."""
+    from .spiking.format import META_HISTORY
+    try:
+        history = json.loads(_metadata(model).get(META_HISTORY, "[]"))
+    except (ValueError, RecursionError):
+        return []
+    return [step for step in history if isinstance(step, dict)] \
+        if isinstance(history, list) else []
+
+
 def recorded_files(model: Union[onnx.ModelProto, str, os.PathLike]) -> List[str]:
     """The existing files that the spiking ``model``'s (a ModelProto or a file's) history
     names: each step's source DNN (``source_path``, with its external data) and data files
     (calibration, training, test). Empty for a DNN or an unreadable history."""
     from .datasets import DATA_RECORDS, recorded_data_paths
     from .model_io import model_files
-    from .spiking.format import META_HISTORY
-    if isinstance(model, onnx.ModelProto):
-        meta = {p.key: p.value for p in model.metadata_props}
-        model_path = None
-    else:
-        meta, model_path = file_metadata(model), os.fspath(model)
-    try:
-        history = json.loads(meta.get(META_HISTORY, "[]"))
-    except (ValueError, RecursionError):    # damaged: the model's reader says so
-        return []
+    model_path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     files: List[str] = []
-    for step in history if isinstance(history, list) else []:
-        if not isinstance(step, dict):
-            continue
+    for step in history_steps(model):
         src = step.get("source_path")
         if isinstance(src, str) and os.path.isfile(src):
             files += [os.fspath(f) for f in model_files(src)]
@@ -103,6 +110,4 @@ def recorded_dataset(model: Union[onnx.ModelProto, str, os.PathLike]):
     """The dataset a model records (``onnx_snn.dataset``: what ``eval``, ``finetune`` and
     ``analyze`` default to), or None."""
     from .spiking.format import META_DATASET
-    meta = {p.key: p.value for p in model.metadata_props} if isinstance(model, onnx.ModelProto) \
-        else file_metadata(model)
-    return meta.get(META_DATASET) or None
+    return _metadata(model).get(META_DATASET) or None

@@ -405,8 +405,8 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     """
     from ..convert import check_recorded_timesteps, check_timesteps
     from ..errors import UsageError
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
-        model = model.model          # a SpikingModel that convert() returned, not yet saved
+    from ..model_io import model_proto
+    model = model_proto(model)       # a SpikingModel that convert() returned, not yet saved
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "timesteps")      # 0, 2.5 and True refused
     for key, v in (("mac_pj", mac_pj), ("ac_pj", ac_pj)):

@@ -60,8 +60,8 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
     dynamic = depends_on_inputs(graph)
     spiking = _after_sites(graph, site_names)
     for node in graph.nodes:
+        more = f" ({detail[node.name]})" if node.name in detail else ""   # why a pass left it
         if node.domain not in ("", "ai.onnx", None):
-            more = f" ({detail[node.name]})" if node.name in detail else ""
             raise UnsupportedModelError(
                 f"{node_label(node)}: custom-domain op '{node.domain}' is not supported{more}; "
                 + SUPPORTED_HELP)
@@ -82,7 +82,6 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                     "layers' values step by step; merge the branches with an Add or a Concat in "
                     f"the DNN and fine-tune it briefly; {SUPPORTED_HELP}")
             if node.op in _NONLINEAR:
-                more = f" ({detail[node.name]})" if node.name in detail else ""
                 gate = _gated_product(node, dynamic)
                 fix = _ACTIVATION_FIX if gate is None else (
                     f"it gates {node_label(gate)}, a product of two data tensors (a "
@@ -102,14 +101,12 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
             if node.op in _COMPARES and _reads_data(node, dynamic):
                 raise UnsupportedModelError(f"{node_label(node)} {_COMPARES_WHY}; "
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
-            more = f" ({detail[node.name]})" if node.name in detail else ""
             raise UnsupportedModelError(f"{node_label(node)} is not supported{more}; "
                                         f"{SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic) and _reads_data(node, spiking):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
         if why:
-            more = f" ({detail[node.name]})" if node.name in detail else ""
             raise UnsupportedModelError(f"{node_label(node)}: Resize {why}{more}; only a nearest "
                                         "or linear Resize of the spatial axes by constant scales "
                                         "or sizes is supported")

@@ -479,11 +479,11 @@ def deploy(model, output=None, timesteps: Optional[int] = None,
     weights that way). ``batch_chunk``: samples per run of the graph's body (see
     :mod:`.batch_chunks`; 0: the batch whole). Returns it."""
     from ..datasets import check_preprocess
-    from ..model_io import check_model, check_output_path, load_model, model_files, save_model
+    from ..model_io import (check_model, check_output_path, load_model, model_files, model_proto,
+                            save_model)
     spike_counts, unit_thresholds = bool(spike_counts), bool(unit_thresholds)   # (checked above)
     batch_chunk = check_batch_chunk(batch_chunk)
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):
-        model = model.model          # a SpikingModel that convert() returned, not yet saved
+    model = model_proto(model)       # a SpikingModel that convert() returned, not yet saved
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         raise UsageError(f"deploy takes a spiking model's path, its onnx.ModelProto or what "
                          f"convert() returns, not {type(model).__name__}")
