@@ -234,6 +234,13 @@ def refine_batch_size(batch_size: int, timesteps: int, neurons: int, fixed: bool
 #: run, as before; the results are the same, tests/test_sequential.py)
 REUSE_STEP_GRAPH = True
 
+#: build, for every run, the step graph of the part of the network that run computes (from
+#: the recorded spikes to the tensors it wants), not the whole network's: the whole graph,
+#: rebuilt after each site's new parameters, made the refinement quadratic in the depth.
+#: False: the whole graph (cut before each run), as before; the results are the same
+#: (tests/test_sequential.py)
+PARTIAL_STEP_GRAPH = True
+
 
 #: a site's input currents of every step and calibration image are kept, when they take at
 #: most this many bytes (float32), from the run that samples them for the search: the site's
@@ -382,13 +389,29 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     def changed():
         built.clear()
 
-    def step_view():
+    def whole_view():
         if "view" not in built or not REUSE_STEP_GRAPH:
             built.clear()     # the old graph goes before the new one is built
             meta = rewrite.base_metadata(work, recs, timesteps, "datta", [])
             built["view"] = fmt.read_spiking(
                 rewrite.step_model(work, recs, meta, input_shapes, pools), "the step graph")
         return built["view"]
+
+    def step_view(wanted: List[str], given: List[str]) -> fmt.SpikingView:
+        """The step graph of the part of the network that computes ``wanted`` from ``given``
+        (the whole step graph when not PARTIAL_STEP_GRAPH)."""
+        if not PARTIAL_STEP_GRAPH:
+            return whole_view()
+        part = _cut(work.model, wanted, given)
+        kept = {n.name for n in part.graph.node}
+        sub_recs = {k: r for k, r in recs.items() if k in kept}
+        sub_pools = {k: p for k, p in (pools or {}).items() if k in kept}
+        sub = dataclasses.replace(work, model=part,
+                                  sites=[st for st in work.sites if st.name in sub_recs])
+        meta = rewrite.base_metadata(sub, sub_recs, timesteps, "datta", [])
+        return fmt.read_spiking(
+            rewrite.step_model(sub, sub_recs, meta, input_shapes, sub_pools,
+                               readers=rewrite.step_readers(work, recs)), "the step graph")
 
     # every refined site's spikes, per step, for all calibration images: later sites are run
     # from them (one layer at a time) rather than from the input. uint8 0/1 spikes and the
@@ -401,12 +424,16 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         s, amp = spikes[name]
         return np.multiply(s[t, start:start + nb], amp, dtype=np.float32)
 
-    def run_spiking(view, wanted: List[str], per_batch, given: Optional[Dict[str, list]] = None):
+    def run_spiking(wanted: List[str], per_batch, given: Optional[Dict[str, list]] = None,
+                    view: Optional[fmt.SpikingView] = None):
         """Run the step graph, cut to ``wanted`` and started at the recorded spikes, T steps
         over every calibration batch; ``per_batch(b, steps)`` gets each batch's per-step values
-        {name: [T, ...]}. ``given``: more tensors it starts at, {name: per batch [T, ...]}."""
+        {name: [T, ...]}. ``given``: more tensors it starts at, {name: per batch [T, ...]}.
+        ``view``: the step graph to cut (default: :func:`step_view`'s)."""
         given = given or {}
-        step = _upstream(view, wanted, given=list(spikes) + list(given))
+        starts_at = list(spikes) + list(given)
+        view = view or step_view(wanted, starts_at)
+        step = _upstream(view, wanted, given=starts_at)
         sess = make_session(step, threads, where="the step graph", spin=SPIN)
         out_names = [o.name for o in step.graph.output]
         fed = {i.name for i in step.graph.input}
@@ -436,7 +463,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         def keep(b, steps):
             y = np.stack(steps[rec.output])
             out[:, starts[b]:starts[b] + sizes[b]] = np.sign(y) if rec.signed else y != 0
-        view = step_view()
+        given = {rec.input: currents} if currents is not None else {}
+        view = step_view([rec.output], list(spikes) + list(given))
         if currents is not None and rec.has_offset and not any(
                 n.name == fmt.OffsetNames(rec.name).node for n in view.model.graph.node):
             # the offset is folded into the bias of the layer before: the kept currents,
@@ -445,8 +473,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             for steps_b in currents:
                 for c in steps_b:
                     np.add(c, off, out=c)
-        run_spiking(view, [rec.output], keep,
-                    given={rec.input: currents} if currents is not None else None)
+        run_spiking([rec.output], keep, given=given, view=view)
         spikes[rec.output] = (out, amp)
 
     # the DNN's activations at the refined sites' outputs, for all calibration images: the
@@ -544,7 +571,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:
-                run_spiking(step_view(), computed, add)
+                run_spiking(computed, add)
             else:   # every layer reads a recorded site's spikes: no step graph to run
                 for b in range(len(starts)):
                     add(b, {})
@@ -605,7 +632,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             collected.append(np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]]))
             if kept is not None:
                 kept.append(steps[rec.input])
-        run_spiking(step_view(), [rec.input], sample)
+        run_spiking([rec.input], sample)
         cur = np.concatenate(collected, axis=1)
         row = {"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                "pairs": int(cur.shape[1])}

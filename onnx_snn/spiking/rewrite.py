@@ -74,6 +74,18 @@ def _spike_tensors(nm: NormalizedModel):
     return test
 
 
+def step_readers(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord]) -> Dict[str, int]:
+    """How many of the step graph's nodes read each DNN tensor, counted on the DNN: a site's
+    neuron reads its input alone (not the clip's bounds); every other node what it reads
+    in the DNN (a spiking pool its one input, as the MaxPool did)."""
+    users: Dict[str, int] = {}
+    for n in nm.model.graph.node:
+        site = n.name in records and n.op_type in ("Clip", "Relu")
+        for x in (n.input[:1] if site else n.input):
+            users[x] = users.get(x, 0) + 1
+    return users
+
+
 def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
                pools: Optional[Dict[str, fmt.PoolRecord]] = None) -> List[onnx.NodeProto]:
     """Nodes of one time step: sites replaced by neuron calls and spike counters, spiking
@@ -164,10 +176,13 @@ def float_info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
+def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools,
+                readers: Optional[Dict[str, int]] = None):
     """The step's nodes (new messages) and initializers. The initializers kept from the DNN
     are the normalized model's own messages, not copies (a model built from them copies
-    each once, see :func:`_add_initializers`): read them, never change them."""
+    each once, see :func:`_add_initializers`): read them, never change them. ``readers``:
+    how many nodes read each tensor in the whole graph, when ``nm`` is a part of it (a
+    site's offset is folded into a bias by the same rule as in the whole graph)."""
     nodes = step_nodes(nm, records, pools)
     drop = _used_site_constants(nm, records)
     inits = [i for i in nm.model.graph.initializer if i.name not in drop]
@@ -182,10 +197,13 @@ def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools):
         users: Dict[str, int] = {}
         producers: Dict[str, onnx.NodeProto] = {}
         for n in nodes:
-            for x in n.input:
-                users[x] = users.get(x, 0) + 1
+            if readers is None:
+                for x in n.input:
+                    users[x] = users.get(x, 0) + 1
             for o in n.output:
                 producers.setdefault(o, n)
+        if readers is not None:
+            users = dict(readers)
         named = {n.name: n for n in nodes}
         dropped: set = set()
         added: Dict[str, onnx.NodeProto] = {}      # neuron node name -> the Add before it
@@ -270,9 +288,11 @@ def finish(model: onnx.ModelProto, nm: NormalizedModel, meta: Dict[str, str],
 
 
 def step_model(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
-               meta: Dict[str, str], input_shapes=None, pools=None) -> onnx.ModelProto:
-    """One time step as a plain graph: inputs + states in; outputs, next states, spikes out."""
-    nodes, inits = graph_parts(nm, records, pools)
+               meta: Dict[str, str], input_shapes=None, pools=None,
+               readers: Optional[Dict[str, int]] = None) -> onnx.ModelProto:
+    """One time step as a plain graph: inputs + states in; outputs, next states, spikes out.
+    ``readers``: see :func:`graph_parts`."""
+    nodes, inits = graph_parts(nm, records, pools, readers)
     g = nm.model.graph
     states = carried_states(records, pools)
     init_names = {i.name for i in g.initializer}
