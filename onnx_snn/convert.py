@@ -27,7 +27,7 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
                        to_input_layout)
-from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError
+from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError, listed
 from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
@@ -819,10 +819,16 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     records: Dict[str, fmt.SiteRecord] = {}
     site_rows = []
     notes = list(nm.notes) + _pinned_input_notes(nm, calib.input_shapes)
+    silent = [s for s in nm.sites if not calib.sites[s.name].max > 0]
+    if len(silent) > SILENT_NOTES:     # one warning for them all, not one per layer
+        notes.append(
+            f"warning: {len(silent)} sites never activate on the calibration data "
+            f"({listed(s.name for s in silent)}), so their neurons stay silent on it; "
+            "calibrate on data that reaches them")
     for site in nm.sites:
         st = calib.sites[site.name]
         mu, mu_source = site.mu, site.mu_source
-        if not st.max > 0:
+        if not st.max > 0 and len(silent) <= SILENT_NOTES:
             # a layer that never activates on the calibration data: a trained clip bound is
             # kept (nothing here says it is unused); its neurons stay silent on such data
             notes.append(
@@ -936,6 +942,9 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
 
 #: the report's notes that are warnings start so; build() logs them as warnings
 WARNING_NOTE = "warning: "
+
+#: at most this many sites that never activate get a warning each; more get one together
+SILENT_NOTES = 3
 
 
 def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:

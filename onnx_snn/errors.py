@@ -111,6 +111,17 @@ def shortened(text: str) -> str:
     return text
 
 
+LISTED = 6            # names a message lists before "and N more"
+
+
+def listed(names, limit: int = LISTED) -> str:
+    """Names for a message, comma-separated: the first ``limit`` and how many more (a
+    warning about 200 layers names a few, not all 200)."""
+    names = list(names)
+    head = ", ".join(str(n) for n in names[:limit])
+    return head + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def file_problem(path) -> Optional[str]:
     """Why ``path`` cannot be read as an input file, for a message after its name: missing,
     unreadable, a folder, or not a regular file (a pipe, a device or a socket: reading one

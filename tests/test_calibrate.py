@@ -175,6 +175,30 @@ def test_a_layer_that_never_activates_is_said_to_be_silent(act):
             assert snn.records["lif0"].mu_source != "estimated"
 
 
+def test_many_silent_or_plain_sites_get_one_warning_with_a_few_names(caplog):
+    """A deep net whose layers are all plain ReLUs, most never active on the data, gets one
+    warning per kind that names a few sites and counts the rest, not one line or one name
+    per layer (200 layers printed 195 warnings and a 200-name line)."""
+    import logging
+    from onnx_snn.errors import LISTED
+    b = B.GraphBuilder(13, seed=0)
+    x = b.act(b.conv("input", 1, 2), "relu")
+    for _ in range(11):
+        x = b.act(b.node("Add", [b.conv(x, 2, 2, bias=False), b.const(
+            np.full((1, 2, 1, 1), -50, np.float32))]), "relu")      # never above 0
+    x = b.gemm(b.node("Flatten", [x], axis=1), 2 * 144, 10)
+    m = b.model("input", x, (1, 12, 12), 10)
+    import onnx_snn
+    with caplog.at_level(logging.WARNING):
+        onnx_snn.convert(m, B.rand_input(16), 2, method="datta", show_progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    silent = [w for w in lines if "never activate" in w]
+    assert len(silent) == 1 and silent[0].startswith("11 sites never activate"), silent
+    assert f"and {11 - LISTED} more" in silent[0] and "lif11" not in silent[0]
+    plain = [w for w in lines if "plain ReLU" in w]
+    assert len(plain) == 1 and f"and {12 - LISTED} more" in plain[0], plain
+
+
 def test_a_site_whose_batch_axis_was_merged_is_an_unsupported_model():
     """Flatten(axis=2) folds the batch into the rows of a dense layer: not a data problem
     (exit 5) but a model the rewrite cannot carry (exit 4), named."""

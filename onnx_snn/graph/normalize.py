@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
@@ -251,7 +251,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
     if plain:
         result.notes.append(
             f"warning: {len(plain)} plain ReLU layer(s) without a trained threshold "
-            f"({', '.join(s.name + '=' + (s.source_nodes[0] or '?') for s in plain)}): mu is "
+            f"({listed(s.name + '=' + (s.source_nodes[0] or '?') for s in plain)}): mu is "
             "estimated from the calibration data (--relu-percentile)")
 
 
