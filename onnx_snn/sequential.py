@@ -274,13 +274,28 @@ def live_sites(nm: NormalizedModel, names: List[str]) -> List[List[str]]:
     """For each site of ``names`` (in graph order), the sites up to it whose outputs the
     sites after it still read (the refinement keeps their recorded values, drops the rest)."""
     recs = {s.name: s for s in nm.sites}
-    out = []
-    for i, s in enumerate(names):
-        done = [recs[k].output for k in names[:i + 1]]
-        targets = [t for k in names[i + 1:] for t in (recs[k].input, recs[k].output)]
-        targets += [o.name for o in nm.model.graph.output]
-        live = walk.needed_tensors(list(nm.model.graph.node), targets, stop=done)
-        out.append([k for k in names[:i + 1] if recs[k].output in live])
+    g = nm.model.graph
+    # last[t]: the latest site (its index in names) whose input is computed from tensor t
+    # through layers that are no site (a site's neuron stands between the tensor and what
+    # comes after it); len(names) for a graph output. One backward sweep: linear in the
+    # graph, where a pruning per site was quadratic in the depth
+    last: Dict[str, int] = {o.name: len(names) for o in g.output}
+    for i, k in enumerate(names):
+        last[recs[k].input] = max(last.get(recs[k].input, -1), i)
+    blocked = {recs[k].output for k in names}
+    for n in reversed(g.node):
+        if any(o in blocked for o in n.output):
+            continue
+        reach = max((last.get(o, -1) for o in n.output if o), default=-1)
+        if reach < 0:
+            continue
+        for t in walk.node_inputs(n):
+            if last.get(t, -1) < reach:
+                last[t] = reach
+    out, active = [], []
+    for i, k in enumerate(names):
+        active = [j for j in active + [k] if last.get(recs[j].output, -1) > i]
+        out.append(active)
     return out
 
 
@@ -538,13 +553,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         keep_site = site is not None and kept_currents_bytes(timesteps, n_total, site.neurons)
         while True:
             nodes = list(work.model.graph.node)
-            scope = walk.prune(nodes, [before]) if before else nodes
+            # back to the refined sites' outputs: every layer behind one was refitted
+            # before that site's search (a whole-graph prune per site was quadratic)
+            scope = walk.prune(nodes, [before], stop=refined_outputs) if before else nodes
             names_in = {n.name for n in scope}
             todo = [f for f in pending if f.node.name in names_in]
             if not todo:
                 return
             made = {o for f in todo for o in f.node.output}
-            dep = walk.dependents(nodes, made) - made
+            dep = walk.dependents(scope, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
             dnn = dnn_runner([f.node.output[0] for f in ready],
                              also=[site.output] if keep_site else ())
@@ -619,6 +636,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 ceilings[recs[k].input] = float(recs[k].mu)
 
     rows = []
+    refined_outputs: set = set()
     for i, s in enumerate(names):
         rec = recs[s]
         calibrate_layers(rec.input, rec)
@@ -671,6 +689,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         if pending:   # only a layer still to refit reads the DNN's activations
             record_dnn(rec)
         site_dnn.clear()
+        refined_outputs.add(rec.output)
         forget(i)
     calibrate_layers(None)   # the layers after the last site (the classifier)
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}

@@ -254,6 +254,36 @@ def test_live_sites_keep_a_residual_branch_and_drop_the_rest():
         assert refine_bytes(cal, 2, SearchConfig(), nm) <= refine_bytes(cal, 2, SearchConfig())
 
 
+def _live_sites_by_pruning(nm, names):
+    """live_sites as it was first written: for each site, the graph pruned back from every
+    later site (quadratic in the depth; the reference for the sweep)."""
+    from onnx_snn.graph import walk
+    recs = {s.name: s for s in nm.sites}
+    out = []
+    for i, s in enumerate(names):
+        done = [recs[k].output for k in names[:i + 1]]
+        targets = [t for k in names[i + 1:] for t in (recs[k].input, recs[k].output)]
+        targets += [o.name for o in nm.model.graph.output]
+        live = walk.needed_tensors(list(nm.model.graph.node), targets, stop=done)
+        out.append([k for k in names[:i + 1] if recs[k].output in live])
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip"),
+    lambda: B.resnet(13, "clip", stem_pool="MaxPool", sum_op=True),
+    lambda: B.pooled_twin("MaxPool", global_pool=True)])
+def test_live_sites_match_pruning_back_from_every_later_site(make):
+    """The one-sweep live_sites gives what pruning the graph back from every later site
+    gives, on chains, residual blocks (Add and Sum), pools, and a subset of the sites."""
+    from onnx_snn.sequential import live_sites
+    nm = onnx_snn.prepare(make())
+    names = [s.name for s in nm.sites]
+    assert live_sites(nm, names) == _live_sites_by_pruning(nm, names)
+    some = names[::2]
+    assert live_sites(nm, some) == _live_sites_by_pruning(nm, some)
+
+
 def test_the_dnn_cut_at_recorded_activations_computes_the_same_values():
     """A layer's DNN output computed from the recorded activation of the site before it
     equals the full DNN's (float32 rounding)."""
