@@ -1927,6 +1927,59 @@ def test_max_with_zeros_like_is_a_relu(fill):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("form", ["expand", "expand_slice", "constantofshape_slice",
+                                  "where_constantofshape", "where_expand"])
+def test_zeros_like_of_every_exporter_is_the_scalar_it_holds(form):
+    """The dynamo exporter writes ``torch.zeros_like(x)`` as Expand(0, Shape(x)), the legacy
+    one as ConstantOfShape(Shape(x)); ``zeros_like(x[:, :1])`` takes the shape of a slice;
+    ``torch.where(x > 0, x, zeros_like(x))`` reads it in a Where. Each is the scalar 0 (an
+    outside sweep found Max(x, Expand(...)) and every Where form refused as no ReLU)."""
+    b = B.GraphBuilder(13)
+
+    def zeros(x):
+        ref = x
+        if form.endswith("slice"):
+            ref = b.node("Slice", [x, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
+                                   b.const(np.array([1], np.int64))])
+        shape = b.node("Shape", [ref])
+        if "expand" in form:
+            return b.node("Expand", [b.const(np.array(0.0, np.float32)), shape])
+        return b.node("ConstantOfShape", [shape])
+
+    def act(x):
+        if form.startswith("where"):
+            pos = b.node("Greater", [x, b.const(np.array(0.0, np.float32))])
+            return b.node("Where", [pos, x, zeros(x)])
+        return b.node("Max", [x, zeros(x)])
+    y = act(b.conv(act(b.conv("input", 1, 4)), 4, 4))
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    m = onnx.shape_inference.infer_shapes(m)       # the slice's shape, as exporters write it
+    nm = normalize(m)
+    assert len(nm.sites) == 2
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_filled_constant_that_grows_the_other_operand_stays():
+    """Max(x[:, :1], zeros_like(x)) has x's shape, not the slice's: its zeros are no scalar
+    (the model computes what it did, or is refused)."""
+    b = B.GraphBuilder(13)
+    c = b.conv("input", 1, 4)
+    one = b.node("Slice", [c, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
+                           b.const(np.array([1], np.int64))])
+    y = b.node("Max", [one, b.node("ConstantOfShape", [b.node("Shape", [c])])])
+    m = onnx.shape_inference.infer_shapes(
+        b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10))
+    try:
+        nm = normalize(m)
+    except UnsupportedModelError:
+        return
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_a_value_from_a_data_sized_shape_is_not_folded():
     """Size(NonZero(x)) is a shape-derived value of a tensor whose size depends on the
     input's values: probing it on zeros gave 0, which was frozen into the graph (a review

@@ -46,35 +46,70 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
 
 
 #: elementwise ops for which a constant filled in the other operand's own shape is the same
-#: as that constant as a scalar (broadcasting adds nothing)
+#: as that constant as a scalar (broadcasting adds nothing); Where's two values likewise
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
 
 
+def _filled(z):
+    """``(value, y)`` when ``z`` is a constant filled into the shape of a tensor ``y``:
+    ``ConstantOfShape(Shape(y))`` (``torch.zeros_like(y)``, ``full_like``; the legacy
+    exporter) or ``Expand(c, Shape(y))`` with ``c`` of one element (the dynamo exporter's
+    zeros_like); else None."""
+    fill = z.inputs[0] if len(z.inputs) == 1 else None
+    if fill is None or fill.op not in ("ConstantOfShape", "Expand") or not fill.inputs:
+        return None
+    shape_in = fill.inputs[0] if fill.op == "ConstantOfShape" else fill.inputs[1] \
+        if len(fill.inputs) == 2 else None
+    shape = shape_in.inputs[0] if shape_in is not None and len(shape_in.inputs) == 1 else None
+    if shape is None or shape.op != "Shape" or not shape.inputs \
+            or shape.attrs.get("start", 0) != 0 or shape.attrs.get("end") is not None:
+        return None
+    if fill.op == "ConstantOfShape":
+        value = fill.attrs.get("value")
+        v = (value.values if isinstance(value, gs.Constant) else np.asarray(value)) \
+            if value is not None else np.zeros(1, np.float32)
+    else:
+        v = const_value(fill.inputs[0])
+        if v is None:
+            return None
+    if v.size != 1:
+        return None
+    return np.asarray(v, v.dtype).reshape(()), shape.inputs[0]
+
+
+def _within(y, other) -> bool:
+    """Whether a tensor of ``y``'s shape broadcasts onto ``other`` without growing it: ``y``
+    is ``other``, or both shapes are known to the same rank and each of ``y``'s lengths is 1
+    or ``other``'s (the same number, or the same named dimension: ``zeros_like(x[:, :1])``)."""
+    if y is other:
+        return True
+    a, b = getattr(y, "shape", None), getattr(other, "shape", None)
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(d == 1 or (d is not None and d == e and (isinstance(d, int) or str(d)))
+               for d, e in zip(a, b))
+
+
 def _shaped_constants_to_scalars(graph: gs.Graph) -> None:
-    """``ConstantOfShape(Shape(x))`` (``torch.zeros_like(x)``, ``full_like``) read by an
-    elementwise op together with ``x`` itself becomes the scalar it is filled with: the
-    shape is the batch's, so folding left it, and ``Max(x, zeros_like(x))`` was not read as
-    the ReLU it is."""
+    """A constant filled into the batch's shape (:func:`_filled`), read by an elementwise
+    op (or a Where) together with a tensor whose shape it does not grow, becomes the
+    scalar it is filled with: folding left it (the shape is the batch's), and
+    ``Max(x, zeros_like(x))`` or ``Where(x > 0, x, zeros_like(x))`` were not read as the
+    ReLU they are."""
     changed = False
     for node in list(graph.nodes):
-        if node.op not in _ELEMENTWISE or len(node.inputs) != 2:
+        if node.op in _ELEMENTWISE and len(node.inputs) == 2:
+            pairs = ((0, 1), (1, 0))
+        elif node.op == "Where" and len(node.inputs) == 3:
+            pairs = ((1, 2), (2, 1))
+        else:
             continue
-        for i in (0, 1):
-            z, other = node.inputs[i], node.inputs[1 - i]
-            fill = z.inputs[0] if len(z.inputs) == 1 else None
-            if fill is None or fill.op != "ConstantOfShape" or not fill.inputs:
+        for i, j in pairs:
+            z, other = node.inputs[i], node.inputs[j]
+            got = _filled(z)
+            if got is None or not _within(got[1], other):
                 continue
-            shape = fill.inputs[0].inputs[0] if len(fill.inputs[0].inputs) == 1 else None
-            if shape is None or shape.op != "Shape" or shape.inputs[0] is not other \
-                    or shape.attrs.get("start", 0) != 0 or shape.attrs.get("end") is not None:
-                continue
-            value = fill.attrs.get("value")
-            v = (value.values if isinstance(value, gs.Constant) else np.asarray(value)) \
-                if value is not None else np.zeros(1, np.float32)
-            if v.size != 1:
-                continue
-            node.inputs[i] = gs.Constant(f"{node.name or z.name}_fill",
-                                         np.asarray(v, v.dtype).reshape(()))
+            node.inputs[i] = gs.Constant(f"{node.name or z.name}_fill", got[0])
             changed = True
     if changed:
         graph.cleanup().toposort()
