@@ -1980,6 +1980,32 @@ def test_a_filled_constant_that_grows_the_other_operand_stays():
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("opset", [9, 13])
+@pytest.mark.parametrize("floor", [-3.4028234663852886e38, -1e30])
+def test_a_clip_floor_at_float32s_end_is_no_floor(opset, floor):
+    """torch.clamp(x, max=1) at opset 9 is a Clip whose min is -FLT_MAX: a top alone. After a
+    ReLU it is ReLU+Min (one site, mu 1); on a signed input it is refused as no ReLU, not
+    turned into a site shifted by 3.4e38 (an outside sweep: 'the activations reach 3.4e38,
+    are these weights synthetic?')."""
+    def model(relu_first):
+        b = B.GraphBuilder(opset)
+        x = b.conv("input", 1, 4)
+        if relu_first:
+            x = b.node("Relu", [x])
+        if opset < 11:
+            x = b.node("Clip", [x], min=floor, max=1.0)
+        else:
+            x = b.node("Clip", [x, b.const(np.array(floor, np.float32)), b.const(np.array(1.0, np.float32))])
+        return b.model("input", b.gemm(b.node("Flatten", [x]), 4 * 144, 10), (1, 12, 12), 10)
+    nm = normalize(model(True))
+    assert [s.mu for s in nm.sites] == [1.0]
+    x = B.rand_input(8)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(model(True), x).outputs[0],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(UnsupportedModelError, match=r"clamped to \[-inf, 1\] is not ReLU-like"):
+        normalize(model(False))
+
+
 def test_a_value_from_a_data_sized_shape_is_not_folded():
     """Size(NonZero(x)) is a shape-derived value of a tensor whose size depends on the
     input's values: probing it on zeros gave 0, which was frozen into the graph (a review

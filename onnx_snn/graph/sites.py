@@ -44,11 +44,25 @@ def site_constants(site: str) -> tuple:
     return (f"{site}.clip_min", f"{site}.mu")
 
 
+#: a lower bound at or below this is no bound: -FLT_MAX (ONNX's default Clip min before
+#: opset 11, and what exporters write for an open end), -1e38 and the like clamp nothing
+NO_FLOOR = -1e30
+
+
 def clamp_bounds(node: gs.Node):
-    """(lo, hi) of an elementwise clamp node, None when the node is not one.
+    """(lo, hi) of an elementwise clamp node, None when the node is not one; a lower bound
+    at or below NO_FLOOR is -inf (``torch.clamp(x, max=1)`` at opset 9 is a Clip whose min
+    is -FLT_MAX: a top alone, not a clipped ReLU shifted by 3.4e38).
 
     Raises for clamp-like nodes whose bounds are not constant scalars.
     """
+    got = _clamp_bounds(node)
+    if got is not None and got[0] <= NO_FLOOR:
+        return -math.inf, got[1]
+    return got
+
+
+def _clamp_bounds(node: gs.Node):
     if node.op == "Relu":
         return 0.0, math.inf
     if node.op == "Clip":
