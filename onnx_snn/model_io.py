@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import signal
 import stat
@@ -25,6 +26,8 @@ import onnx
 
 from .errors import (ModelLoadError, OutputPathError, UnsupportedModelError, UsageError,
                      file_problem)
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -112,9 +115,45 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
         raise ModelLoadError(f"{path}: external data could not be read ({_short(e)}); keep the "
                              "weight files next to the model") from None
     if check:
+        runnable_nodes(model, str(path))
         check_model(model, str(path))
         check_finite_weights(model, str(path))
     return Loaded(model, digest.hexdigest() if digest is not None else None, external)
+
+
+def runnable_nodes(model: onnx.ModelProto, where: str) -> None:
+    """Put, in place, the top graph's nodes in a topological order and give nodes that share
+    a name a suffix, as ``convert`` does for the DNN it reads: onnxruntime runs nodes listed
+    out of order, which the ONNX checker refuses, and refuses two nodes of one name, which
+    exporters write. A spiking model keeps its names (the format names its nodes; a
+    duplicate there is damage, which reading it reports)."""
+    from .graph.walk import topological_order
+    order, _ = topological_order(model.graph)
+    if order is not None and order != sorted(order):
+        nodes = [model.graph.node[k] for k in order]
+        sorted_nodes = [onnx.NodeProto() for _ in nodes]
+        for new, old in zip(sorted_nodes, nodes):
+            new.CopyFrom(old)
+        del model.graph.node[:]
+        model.graph.node.extend(sorted_nodes)
+        log.info("%s: sorted the graph's nodes topologically", where)
+    from .spiking.format import is_spiking
+    if is_spiking(model):
+        return
+    seen: Set[str] = set()
+    taken = {n.name for n in model.graph.node}
+    renamed = 0
+    for n in model.graph.node:
+        if n.name and n.name in seen:
+            k = 2
+            while f"{n.name}_{k}" in taken:
+                k += 1
+            n.name = f"{n.name}_{k}"
+            taken.add(n.name)
+            renamed += 1
+        seen.add(n.name)
+    if renamed:
+        log.info("%s: renamed %d node(s) that shared a name with another", where, renamed)
 
 
 def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:

@@ -355,3 +355,32 @@ def test_an_output_that_resolves_to_a_pipe_or_socket_is_refused_as_a_stream(tmp_
         sock.close()
     with pytest.raises(OutputPathError, match="outputs are files written whole"):
         check_output_path("/proc/self/fd/1")         # by its name, as before
+
+
+@pytest.mark.parametrize("damage", ["reversed", "same_names"])
+def test_a_dnn_listed_out_of_order_or_with_shared_node_names_loads_and_runs(tmp_path, damage):
+    """onnxruntime runs a graph whose nodes are listed out of order (the checker refuses it)
+    and refuses two nodes of one name (exporters write both); ``convert`` sorted and renamed
+    them, while ``eval`` and ``analyze`` of the same DNN exited 3 or 4 (an outside sweep).
+    Loading now does what ``convert`` does: the same outputs, every command runs."""
+    from onnx_snn.cli import main
+    m = B.vgg(13, "clip")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    if damage == "reversed":
+        nodes = list(bad.graph.node)[::-1]
+        del bad.graph.node[:]
+        bad.graph.node.extend(nodes)
+    else:
+        for n in bad.graph.node:
+            n.name = "dup"
+    path = tmp_path / "dnn.onnx"
+    path.write_bytes(bad.SerializeToString())
+    x = B.rand_input(8)
+    got = load_model(path)
+    assert len({n.name for n in got.graph.node}) == len(got.graph.node)
+    np.testing.assert_array_equal(run(got, x).outputs[0], run(m, x).outputs[0])
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(8, np.int64))
+    assert main(["eval", str(path), "--data", str(tmp_path / "d.npz"), "-q"]) == 0
+    assert main(["analyze", str(path), "-q"]) == 0
+    assert path.read_bytes() == bad.SerializeToString()        # the input is never written
