@@ -308,6 +308,9 @@ def test_reserved_names_are_refused():
     x = np.random.default_rng(1).random((8, 6)).astype(np.float32)
     with pytest.raises(UnsupportedModelError, match="reserves"):
         converted(_mlp(input_name="timesteps"), x)
+    # refused when the model is read, before a calibration pass (an outside sweep)
+    with pytest.raises(UnsupportedModelError, match="model: .*reserves"):
+        onnx_snn.prepare(_mlp(input_name="timesteps"))
 
 
 def test_inputs_are_pinned_to_the_calibrated_size():

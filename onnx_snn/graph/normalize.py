@@ -340,6 +340,13 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         msg = str(e)
         raise UnsupportedModelError(msg if msg.startswith(str(where)) else f"{where}: {msg}") from None
     nm.external_data = external
+    # a graph input or output named as the spiking format names its own tensors: refused
+    # now, not after a calibration pass (the rewrite checks it again)
+    from ..spiking import rewrite
+    try:
+        rewrite.check_reserved_names(nm, len(rewrite.spiking_pools(nm, {s.name: s for s in nm.sites})))
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{where}: {e}") from None
     return nm
 
 
