@@ -1263,7 +1263,12 @@ def _main(argv: Optional[List[str]]) -> int:
     warnings.showwarning = (lambda *a, **k: None) if other_rank else \
         (lambda message, *a, **k: print(f"WARNING: {message}", file=sys.stderr))
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseException:
+            from .progress import Progress
+            Progress.close_open()    # the error on a line of its own, not after a bar
+            raise
     except OnnxSnnError as e:
         print(f"onnx-snn: error: {shortened(str(e))}", file=sys.stderr)
         return e.exit_code

@@ -28,6 +28,14 @@ class Progress(tqdm):
                          dynamic_ncols=True, leave=True,
                          mininterval=0.1 if (stream or sys.stderr).isatty() else 15.0)
 
+    @staticmethod
+    def close_open() -> None:
+        """End every bar still open (an error left its loop), so that what is printed next,
+        the error, starts on a line of its own rather than after the bar's last state."""
+        for bar in list(getattr(tqdm, "_instances", ())):
+            if isinstance(bar, Progress):
+                bar.close()
+
     def update(self, n: int = 1, **postfix) -> Optional[bool]:
         if postfix and not self.disable:
             self.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)

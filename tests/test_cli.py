@@ -1119,3 +1119,23 @@ def test_an_old_relative_data_record_is_read_from_the_model_folder(tmp_path, mon
     assert _other_data(str(other), None, ["imgs:train"], str(model)) == "data folder imgs:train"
     monkeypatch.chdir(tmp_path)
     assert _other_data("imgs", None, ["imgs"], "elsewhere/m.snn.onnx") is None
+
+
+def test_an_error_inside_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    """A command that fails while a progress bar is drawn closes the bar first: the error
+    line starts a line of its own (an outside sweep saw 'calibrating:   0%|...onnx-snn:
+    error: ...' on one line), and the exit code is the error's."""
+    import onnx_snn.cli as cli
+    from onnx_snn.errors import DataError
+    from onnx_snn.progress import Progress
+
+    def failing(args):
+        bar = Progress(10, desc="calibrating", unit="sample", enabled=True)
+        bar.update(3)
+        raise DataError("calibration data: sample 3 is damaged")
+    monkeypatch.setitem(cli.COMMANDS, "info", failing)
+    assert cli.main(["info", "model.onnx"]) == DataError.exit_code
+    err = capsys.readouterr().err
+    assert "calibrating" in err
+    assert any(line.startswith("onnx-snn: error: calibration data: sample 3")
+               for line in err.splitlines()), err
