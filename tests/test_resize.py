@@ -350,3 +350,27 @@ def test_the_retry_mutes_only_its_own_threads_warnings(monkeypatch):
     assert shapes == {"x": (1, 12, 12)}
     assert seen == ["from another thread"]
     assert not log.filters
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_antialias_on_an_enlarging_linear_resize_changes_nothing(scale):
+    """ONNX antialiases a linear Resize only where it shrinks an axis: an enlarging one with
+    antialias=1 converts, with the DNN's outputs (an outside sweep found it refused); a
+    shrinking one stays refused, named."""
+    b = B.GraphBuilder(18)
+    x = b.act(b.conv("input", 1, 4), "clip")
+    x = b.node("Resize", [x, "", b.const(np.array([1, 1, scale, scale], np.float32))],
+               mode="linear", antialias=1)
+    side = int(12 * scale)
+    x = b.act(b.conv(x, 4, 4), "clip")
+    m = b.model("input", b.gemm(b.node("Flatten", [x]), 4 * side * side, 10), (1, 12, 12), 10)
+    if scale < 1:
+        with pytest.raises(UnsupportedModelError, match="antialias"):
+            normalize(m)
+        return
+    nm = normalize(m)
+    resize = next(n for n in nm.model.graph.node if n.op_type == "Resize")
+    assert "antialias" not in [a.name for a in resize.attribute]
+    assert any("antialias dropped" in note for r in nm.pass_log for note in r.notes)
+    xs = B.rand_input(4)
+    np.testing.assert_allclose(run(nm.model, xs).outputs[0], run(m, xs).outputs[0], rtol=1e-5, atol=1e-5)

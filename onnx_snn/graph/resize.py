@@ -238,8 +238,29 @@ def resize_constant_form(graph: gs.Graph, result: PassResult) -> None:
         given = "scales" if const_scales else "sizes" if const_sizes else "computed sizes"
         result.notes.append(f"Resize '{node.name}': {given}{' of some axes' if has_axes else ''}"
                             f" written as {what}")
+    for node in graph.nodes:
+        if node.op == "Resize" and int(node.attrs.get("antialias", 0)) and _upsamples(node):
+            # ONNX filters only when it shrinks an axis: the same resize without it
+            node.attrs.pop("antialias")
+            result.changed += 1
+            result.notes.append(f"Resize '{node.name}': antialias dropped (it enlarges every "
+                                "axis, where antialiasing changes nothing)")
     result.records.extend(result.skipped)
     graph.cleanup()
+
+
+def _upsamples(node: gs.Node) -> bool:
+    """Whether a Resize in constant form (full-rank constant scales, or constant sizes of an
+    input of known lengths) shrinks no axis."""
+    ins = list(node.inputs)
+    scales = const_value(ins[2]) if len(ins) > 2 and not is_empty(ins[2]) else None
+    if scales is not None and scales.size:
+        return bool(np.all(np.asarray(scales, np.float64) >= 1.0))
+    sizes = const_value(ins[3]) if len(ins) > 3 and not is_empty(ins[3]) else None
+    dims = list(ins[0].shape) if ins and ins[0].shape is not None else None
+    if sizes is None or dims is None or len(dims) != sizes.size:
+        return False
+    return all(isinstance(d, int) and int(s) >= d for s, d in zip(sizes.reshape(-1), dims))
 
 
 def _scales_from_sizes(node, entries, x, dims, opset):
