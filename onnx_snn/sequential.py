@@ -57,12 +57,56 @@ from .weight_calibration import MAX_INPUTS, layer_fit
 SPIN = False
 
 
-def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None) -> onnx.ModelProto:
+class _Index:
+    """Lookups over a model's graph that the refinement's cuts share (built once, not once
+    per layer: that made a deep network's refinement quadratic in its depth): its nodes,
+    each tensor's producer, each initializer's position. The refinement never adds, drops
+    or reorders nodes; a refit changes initializers and may give a node a bias input:
+    :meth:`refresh` after one."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.refresh()
+
+    def refresh(self) -> None:
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.producer = walk.producers(self.nodes)
+        self.init_pos = {t.name: i for i, t in enumerate(g.initializer)}
+        self.node_of = {o: self.nodes[i] for o, i in self.producer.items()}
+        self.consts = set(self.init_pos)
+        self._readers: Optional[Dict[str, int]] = None
+        self._named: Optional[Dict[str, onnx.NodeProto]] = None
+
+    def node_named(self, name: str) -> onnx.NodeProto:
+        if self._named is None:
+            self._named = {n.name: n for n in self.nodes}
+        return self._named[name]
+
+    def added_initializer(self, name: str) -> None:
+        """A refit's new bias, appended to the graph's initializers, read by one node."""
+        self.init_pos[name] = len(self.model.graph.initializer) - 1
+        self.consts.add(name)
+        if self._readers is not None:
+            self._readers[name] = self._readers.get(name, 0) + 1
+
+    def readers(self, nm: NormalizedModel, records) -> Dict[str, int]:
+        """:func:`rewrite.step_readers` of the model (``nm``), kept until a refresh."""
+        if self._readers is None:
+            self._readers = rewrite.step_readers(nm, records)
+        return self._readers
+
+
+def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None,
+         index: Optional[_Index] = None) -> onnx.ModelProto:
     """The part of ``model`` that computes ``targets`` (its outputs), started at the tensors
     in ``given`` (earlier sites' recorded values), which become inputs; ``extra(made,
-    needed)`` names more outputs."""
+    needed)`` names more outputs. ``index``: the model's :class:`_Index`, when kept."""
     g = model.graph
-    keep = walk.prune(list(g.node), targets, stop=given)
+    if index is not None:
+        keep = walk.prune(index.nodes, targets, stop=given, producer=index.producer)
+    else:
+        keep = walk.prune(list(g.node), targets, stop=given)
     needed = walk.needed_tensors(keep, targets, stop=given)
     made = {o for n in keep for o in n.output}
     outputs = list(targets) + (extra(made, needed) if extra else [])
@@ -70,8 +114,12 @@ def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None) -> on
     declared = {i.name for i in inputs}    # a given graph input (a site reading the input) once
     inputs += [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                for t in dict.fromkeys(given) if t in needed and t not in made and t not in declared]
-    graph = onnx.helper.make_graph(keep, g.name, inputs, [],
-                                   [t for t in g.initializer if t.name in needed])
+    if index is not None:
+        inits = [g.initializer[i] for i in sorted(index.init_pos[t] for t in needed
+                                                  if t in index.init_pos)]
+    else:
+        inits = [t for t in g.initializer if t.name in needed]
+    graph = onnx.helper.make_graph(keep, g.name, inputs, [], inits)
     for name in outputs:
         graph.output.add().name = name
     m = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
@@ -104,15 +152,19 @@ def _channels(rec: fmt.SiteRecord, positions: List[np.ndarray]) -> Optional[np.n
     return np.concatenate([(p % per_sample) // spatial for p in positions]).astype(np.int64)
 
 
-def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> Optional[int]:
+def channel_axis(model: onnx.ModelProto, tensor: str, rank: int,
+                 index: Optional[_Index] = None) -> Optional[int]:
     """The axis of ``tensor`` (of ``rank`` axes, the batch included) along which the layer
     that computes it has its output channels: 1 for a Conv or Gemm, the last for a MatMul,
     moved by any Transpose on the way (a channels-last graph of tf2onnx keeps its
     activations as NHWC between Transposes); None when the walk back reaches anything else.
     Per-channel parameters group the neurons along the site's first per-sample axis (axis
-    1), which is the channels only where this gives 1."""
-    producer = {o: n for n in model.graph.node for o in n.output if o}
-    consts = {t.name for t in model.graph.initializer}
+    1), which is the channels only where this gives 1. ``index``: the model's, when kept."""
+    if index is not None:
+        producer, consts = index.node_of, index.consts
+    else:
+        producer = {o: n for n in model.graph.node for o in n.output if o}
+        consts = {t.name for t in model.graph.initializer}
     perms: List[List[int]] = []
     t = tensor
     for _ in range(256):
@@ -185,11 +237,18 @@ def _calibrated_layers(nm: NormalizedModel, recs, skipped: List[dict]) -> list:
     return fits
 
 
-def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray) -> dict:
-    """Write a refitted layer's weight and bias into the working model's initializers."""
+def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray,
+               index: Optional[_Index] = None) -> dict:
+    """Write a refitted layer's weight and bias into the working model's initializers
+    (``index``: the model's, kept up to date: a new bias initializer is added to it)."""
     g = nm.model.graph
-    node = next(n for n in g.node if n.name == fit.node.name)
-    inits = {t.name: t for t in g.initializer}
+    if index is not None:
+        node = index.node_named(fit.node.name)
+        inits = {name: g.initializer[index.init_pos[name]] for name in node.input[1:3]
+                 if name in index.init_pos}
+    else:
+        node = next(n for n in g.node if n.name == fit.node.name)
+        inits = {t.name: t for t in g.initializer}
     old = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
     inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
     if len(node.input) > 2 and node.input[2]:
@@ -198,18 +257,23 @@ def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray) -
             np.broadcast_to(bias, b0.shape if b0.size == bias.size else bias.shape)
             .astype(np.float32), node.input[2]))
     else:
-        name = _fresh_name(g, f"{node.input[1]}_bias")
+        name = _fresh_name(g, f"{node.input[1]}_bias", index)
         g.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = name
+        if index is not None:
+            index.added_initializer(name)
     change = float(np.linalg.norm(weight - old) / max(np.linalg.norm(old), 1e-12))
     return {"relative_weight_change": change}
 
 
-def _fresh_name(g, base: str) -> str:
-    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | \
-        {i.name for i in g.input}
+def _fresh_name(g, base: str, index: Optional[_Index] = None) -> str:
+    if index is not None:
+        taken = index.init_pos.keys() | index.producer.keys() | {i.name for i in g.input}
+    else:
+        taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | \
+            {i.name for i in g.input}
     name, k = base, 1
     while name in taken:
         name, k = f"{base}{k}", k + 1
@@ -391,10 +455,13 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     work = _working_copy(nm) if cfg.weight_calibration else nm
     layer_rows: List[dict] = []
     pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
+    by_node = {f.node.name: f for f in pending}    # the pending layers by node name
     for f in pending:
         f.n_images, f.holdout = n_total, cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
     dnn_model = nm.model
+    dnn_index = _Index(dnn_model)
+    work_index = dnn_index if work.model is dnn_model else _Index(work.model)
 
     # the step graph changes only when a layer is refitted or a site gets its parameters:
     # changed() drops it then, and the next run builds it again (not every run: on an
@@ -417,7 +484,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         (the whole step graph when not PARTIAL_STEP_GRAPH)."""
         if not PARTIAL_STEP_GRAPH:
             return whole_view()
-        part = _cut(work.model, wanted, given)
+        part = _cut(work.model, wanted, given, index=work_index)
         kept = {n.name for n in part.graph.node}
         sub_recs = {k: r for k, r in recs.items() if k in kept}
         sub_pools = {k: p for k, p in (pools or {}).items() if k in kept}
@@ -426,7 +493,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         meta = rewrite.base_metadata(sub, sub_recs, timesteps, "datta", [])
         return fmt.read_spiking(
             rewrite.step_model(sub, sub_recs, meta, input_shapes, sub_pools,
-                               readers=rewrite.step_readers(work, recs)), "the step graph")
+                               readers=work_index.readers(work, recs)), "the step graph")
 
     # every refined site's spikes, per step, for all calibration images: later sites are run
     # from them (one layer at a time) rather than from the input. uint8 0/1 spikes and the
@@ -500,9 +567,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         """``run(b)``: the DNN's values of ``wanted`` on batch ``b``, {name: array}, computed
         from the recorded DNN activations; and of ``also`` where that reads no other input
         (a site's activation after the layers computing its input)."""
-        cut = _cut(dnn_model, wanted, given=list(dnn_acts))
+        cut = _cut(dnn_model, wanted, given=list(dnn_acts), index=dnn_index)
         if also:
-            wider = _cut(dnn_model, list(wanted) + list(also), given=list(dnn_acts))
+            wider = _cut(dnn_model, list(wanted) + list(also), given=list(dnn_acts),
+                         index=dnn_index)
             if {i.name for i in wider.graph.input} == {i.name for i in cut.graph.input}:
                 cut = wider
         sess = make_session(cut, threads, where="the DNN", spin=SPIN)
@@ -552,12 +620,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         # so that its activations are not held through it)
         keep_site = site is not None and kept_currents_bytes(timesteps, n_total, site.neurons)
         while True:
-            nodes = list(work.model.graph.node)
+            nodes = work_index.nodes
             # back to the refined sites' outputs: every layer behind one was refitted
             # before that site's search (a whole-graph prune per site was quadratic)
-            scope = walk.prune(nodes, [before], stop=refined_outputs) if before else nodes
+            scope = walk.prune(nodes, [before], stop=refined_outputs,
+                               producer=work_index.producer) if before else nodes
             names_in = {n.name for n in scope}
-            todo = [f for f in pending if f.node.name in names_in]
+            # (by node name: pending is long on a deep network, its scope short)
+            todo = [by_node[n.name] for n in scope if n.name in by_node] if before else \
+                [f for f in pending if f.node.name in names_in]
             if not todo:
                 return
             made = {o for f in todo for o in f.node.output}
@@ -609,10 +680,13 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                                   "on (give more calibration images)")
                 if better:
                     w, bias = f.solve(ridge)
-                    row.update(_apply_fit(work, f, w, bias))
+                    row.update(_apply_fit(work, f, w, bias, work_index))
                     changed()
                 layer_rows.append(row)
-            pending = [f for f in pending if f not in ready]
+            done_ids = {id(f) for f in ready}       # (not ==: a dataclass compares fields)
+            pending = [f for f in pending if id(f) not in done_ids]
+            for f in ready:
+                by_node.pop(f.node.name, None)
 
     # a layer whose output is a site's input (read by nothing else) is fitted to
     # max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
@@ -663,7 +737,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         else:
             channels = _channels(rec, positions[s])
             n_ch = int(rec.shape[0]) if rec.shape else 1
-            axis = channel_axis(nm.model, rec.input, len(rec.shape) + 1) if n_ch > 1 else 1
+            axis = channel_axis(nm.model, rec.input, len(rec.shape) + 1,
+                                index=dnn_index) if n_ch > 1 else 1
             if axis not in (None, 1):    # channels last: one group for the whole site
                 channels, n_ch = np.zeros_like(channels), 1
                 row["one_group"] = (f"its channels are axis {axis}, not its first per-sample "

@@ -348,17 +348,17 @@ def test_step_graph_is_rebuilt_only_after_a_change(monkeypatch):
     assert a.model.SerializeToString() == b.model.SerializeToString()
 
 
-def _deep_chain(depth: int) -> onnx.ModelProto:
+def _deep_chain(depth: int, bias: bool = True) -> onnx.ModelProto:
     """``depth`` blocks of conv-clip at 4 channels, then a dense classifier."""
     b = B.GraphBuilder(13, seed=3)
-    x = b.act(b.conv("input", 1, 4), "clip")
+    x = b.act(b.conv("input", 1, 4, bias=bias), "clip")
     for _ in range(depth - 1):
-        x = b.act(b.conv(x, 4, 4), "clip")
+        x = b.act(b.conv(x, 4, 4, bias=bias), "clip")
     x = b.gemm(b.node("Flatten", [x], axis=1), 4 * 8 * 8, 10)
     return b.model("input", x, (1, 8, 8), 10, name=f"chain{depth}")
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet", "pooled", "vgg-signed"])
+@pytest.mark.parametrize("name", ["vgg", "resnet", "pooled", "vgg-signed", "no-bias"])
 def test_partial_step_graphs_give_the_whole_graphs_result(monkeypatch, name):
     """Each run builds the step graph of the part it computes only; the conversion is the
     same, byte for byte, as with the whole network's step graph cut before each run
@@ -366,9 +366,10 @@ def test_partial_step_graphs_give_the_whole_graphs_result(monkeypatch, name):
     import onnx_snn.sequential as S
     model = {"vgg": lambda: B.vgg(), "resnet": lambda: B.resnet(13, "clip"),
              "pooled": lambda: B.resnet(13, "clip", stem_pool="MaxPool"),
-             "vgg-signed": lambda: B.vgg()}[name]()
+             "vgg-signed": lambda: B.vgg(), "no-bias": lambda: _deep_chain(5, bias=False)}[name]()
     nm = onnx_snn.prepare(model)
-    cal = onnx_snn.calibrate(nm, B.rand_input(24), batch_size=12, show_progress=False)
+    x = B.rand_input(24, (1, 8, 8)) if name == "no-bias" else B.rand_input(24)
+    cal = onnx_snn.calibrate(nm, x, batch_size=12, show_progress=False)
     from onnx_snn.scales import SearchConfig
     cfg = SearchConfig(signed_spikes=name == "vgg-signed")
     out = {}
@@ -379,6 +380,8 @@ def test_partial_step_graphs_give_the_whole_graphs_result(monkeypatch, name):
         out[partial] = snn
     a, b = out[True], out[False]
     assert any(r.has_offset for r in a.records.values())      # offsets were applied
+    if name == "no-bias":     # refits gave bias-less layers a bias (the index learns of it)
+        assert any(r["refitted"] for r in a.report["sequential"]["layers"])
     assert {k: r.to_dict() for k, r in a.records.items()} == \
         {k: r.to_dict() for k, r in b.records.items()}
     assert a.model.SerializeToString() == b.model.SerializeToString()

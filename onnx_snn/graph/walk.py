@@ -149,15 +149,25 @@ def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]
     return order, ""
 
 
-def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],
-          stop: Iterable[str] = ()) -> List[onnx.NodeProto]:
-    """The nodes needed to compute ``outputs`` (the first producer of a name wins), in their
-    original order; tensors in ``stop`` are taken as given (their producers are not needed)."""
+def producers(nodes: Sequence[onnx.NodeProto]) -> Dict[str, int]:
+    """Each tensor's first producer, by its position in ``nodes``."""
     producer: Dict[str, int] = {}
     for i, n in enumerate(nodes):
         for o in n.output:
             if o and o not in producer:
                 producer[o] = i
+    return producer
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],
+          stop: Iterable[str] = (), producer: Optional[Dict[str, int]] = None
+          ) -> List[onnx.NodeProto]:
+    """The nodes needed to compute ``outputs`` (the first producer of a name wins), in their
+    original order; tensors in ``stop`` are taken as given (their producers are not needed).
+    ``producer``: :func:`producers` of ``nodes``, when the caller keeps it (a pruning per
+    layer of a deep network then costs what it keeps, not the whole graph)."""
+    if producer is None:
+        producer = producers(nodes)
     keep: Set[int] = set()
     stack = list(outputs)
     given = set(stop)
@@ -170,7 +180,7 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],
             continue
         keep.add(i)
         stack.extend(node_inputs(nodes[i]))
-    return [n for i, n in enumerate(nodes) if i in keep]
+    return [nodes[i] for i in sorted(keep)]
 
 
 def needed_tensors(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str],

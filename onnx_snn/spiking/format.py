@@ -282,10 +282,18 @@ def site_total_node(site: str) -> str:
     return f"{site}.total"
 
 
-def is_reserved(name: str, owners: Sequence[str]) -> bool:
-    """Names the spiking graph creates: ``timesteps``, ``snn.*`` and ``<site or pool>.*``."""
-    return name == TIMESTEPS_INPUT or name.startswith(RESERVED_PREFIX) or \
-        any(name.startswith(f"{s}.") for s in owners)
+def is_reserved(name: str, owners) -> bool:
+    """Names the spiking graph creates: ``timesteps``, ``snn.*`` and ``<site or pool>.*``
+    (``owners``: the site and pool names, a set for one lookup per name: a list made the
+    check quadratic in the depth)."""
+    if name == TIMESTEPS_INPUT or name.startswith(RESERVED_PREFIX):
+        return True
+    owners = owners if isinstance(owners, (set, frozenset, dict)) else set(owners)
+    head, dot, _ = name.partition(".")
+    if dot and head in owners:
+        return True
+    # an owner's name with a dot in it (never one this package makes)
+    return any(name.startswith(f"{s}.") for s in owners if "." in s)
 
 
 _MAY_BE_RESERVED = re.compile(rf"^({re.escape(TIMESTEPS_INPUT)}$|{re.escape(RESERVED_PREFIX)}"

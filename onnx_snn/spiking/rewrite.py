@@ -342,8 +342,9 @@ def check_reserved_names(nm: NormalizedModel, n_pools: int = 0) -> None:
     # the sites' clip constants are the normalization's own; every other name the format
     # reserves is a graph input or output here (normalization renames the rest)
     own = {c for s in site_names for c in site_constants(s)}
+    owners = set(site_names)
     for name in sorted(names - own):
-        if fmt.is_reserved(name, site_names):
+        if fmt.is_reserved(name, owners):
             raise UnsupportedModelError(
                 f"the model has a tensor named '{name}', a name the spiking format reserves "
                 f"('{fmt.TIMESTEPS_INPUT}', '{fmt.RESERVED_PREFIX}*', '{fmt.SITE_PREFIX}<k>.*'); "
