@@ -304,3 +304,18 @@ def test_states_are_not_outputs_when_the_output_list_is_missing(signed):
     v = fmt.read_spiking(m)
     assert v.outputs == fmt.read_spiking(signed.step_model()).outputs
     assert not any(o.endswith(("_next", ".spikes")) for o in v.outputs)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("alpha", float("nan")), ("beta", float("inf")), ("v_init", float("nan")),
+    ("leak", float("nan")), ("threshold", float("nan")), ("amplitude", -float("inf")),
+    ("offset", [0.0, float("nan")])])
+def test_non_finite_site_parameters_in_the_metadata_are_damage(pooled, field, value):
+    """A site whose metadata holds NaN or an infinity (alpha, beta, the initial membrane,
+    the leak, the written threshold or amplitude, an offset) was read, and eval and
+    analyze exited 0 on it; it is refused as damage, naming the site and the field."""
+    sites = json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])
+    sites[0][field] = value
+    m = _damaged(pooled.model, fmt.META_SITES, json.dumps(sites))
+    with pytest.raises(ModelLoadError, match=f"site 'lif0' has {field} .* finite number"):
+        fmt.read_spiking(m, "m.snn.onnx")

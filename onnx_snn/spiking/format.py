@@ -448,6 +448,18 @@ class SiteRecord:
         if not (math.isfinite(rec.mu) and rec.mu > 0):
             raise ModelLoadError(f"{where}: site {rec.name!r} has mu {rec.mu}; it must be a "
                                  "positive number")
+        for k in ("alpha", "beta", "v_init", "offset", "folded_amplitude", "leak",
+                  "threshold", "amplitude"):
+            v = getattr(rec, k) if k not in ("threshold", "amplitude") else d.get(k)
+            values = v if isinstance(v, list) else [] if v is None else [v]
+            try:
+                bad = next((x for x in values if not math.isfinite(float(x))), None)
+            except (TypeError, ValueError):
+                bad = values
+            if bad is not None:
+                raise ModelLoadError(f"{where}: site {rec.name!r} has {k} {bad} in {META_SITES}; "
+                                     "it must be a finite number. The file is damaged or was "
+                                     "edited: convert the model again")
         if rec.neuron not in NEURON_KINDS:
             raise ModelLoadError(f"{where}: site {rec.name!r} has neuron {rec.neuron!r}, not one "
                                  f"of {', '.join(map(repr, NEURON_KINDS))}; upgrade onnx-snn or "
