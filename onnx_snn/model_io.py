@@ -140,16 +140,18 @@ def runnable_nodes(model: onnx.ModelProto, where: str) -> None:
     from .spiking.format import is_spiking
     if is_spiking(model):
         return
+    from .graph.walk import fresh_name
+    from .spiking.format import may_be_reserved
+    g = model.graph
     seen: Set[str] = set()
-    taken = {n.name for n in model.graph.node}
+    # the names convert's normalization gives them (graph.normalize._free_reserved_names)
+    taken = {n.name for n in g.node} | {x for n in g.node for x in (*n.input, *n.output)} | \
+        {t.name for t in g.initializer} | {v.name for v in (*g.input, *g.output)}
     renamed = 0
-    for n in model.graph.node:
+    for n in g.node:
         if n.name and n.name in seen:
-            k = 2
-            while f"{n.name}_{k}" in taken:
-                k += 1
-            n.name = f"{n.name}_{k}"
-            taken.add(n.name)
+            base = n.name if not may_be_reserved(n.name) else f"model_{n.name}"
+            n.name = fresh_name(base, taken, may_be_reserved)
             renamed += 1
         seen.add(n.name)
     if renamed:

@@ -384,3 +384,9 @@ def test_a_dnn_listed_out_of_order_or_with_shared_node_names_loads_and_runs(tmp_
     assert main(["eval", str(path), "--data", str(tmp_path / "d.npz"), "-q"]) == 0
     assert main(["analyze", str(path), "-q"]) == 0
     assert path.read_bytes() == bad.SerializeToString()        # the input is never written
+    # the names convert gives: a site's source nodes are those nodes, by the same names
+    ops = {n.name: n.op_type for n in got.graph.node}
+    nm = onnx_snn.prepare(str(path))
+    for site in nm.sites:
+        for name in site.source_nodes:
+            assert ops.get(name) in ("Clip", "Relu", "Min", "Max"), (name, ops.get(name))

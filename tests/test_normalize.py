@@ -1961,16 +1961,25 @@ def test_zeros_like_of_every_exporter_is_the_scalar_it_holds(form):
                                rtol=1e-4, atol=1e-4)
 
 
-def test_a_filled_constant_that_grows_the_other_operand_stays():
-    """Max(x[:, :1], zeros_like(x)) has x's shape, not the slice's: its zeros are no scalar
+@pytest.mark.parametrize("grows", ["shape", "rank"])
+def test_a_filled_constant_that_grows_the_other_operand_stays(grows):
+    """Max(x[:, :1], zeros_like(x)) has x's shape, not the slice's, and Expand of a
+    [1, 1, 1, 1, 1] zero to x's 4-D shape is 5-D (a review): neither fill is a scalar
     (the model computes what it did, or is refused)."""
     b = B.GraphBuilder(13)
     c = b.conv("input", 1, 4)
-    one = b.node("Slice", [c, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
-                           b.const(np.array([1], np.int64))])
-    y = b.node("Max", [one, b.node("ConstantOfShape", [b.node("Shape", [c])])])
-    m = onnx.shape_inference.infer_shapes(
-        b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10))
+    if grows == "shape":
+        one = b.node("Slice", [c, b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64)),
+                               b.const(np.array([1], np.int64))])
+        y = b.node("Max", [one, b.node("ConstantOfShape", [b.node("Shape", [c])])])
+        flat = b.node("Flatten", [y])
+        m = b.model("input", b.gemm(flat, 4 * 144, 10), (1, 12, 12), 10)
+    else:
+        zero = b.const(np.zeros((1, 1, 1, 1, 1), np.float32))
+        y = b.node("Max", [c, b.node("Expand", [zero, b.node("Shape", [c])])])
+        m = b.model("input", y, (1, 12, 12), 10)
+        del m.graph.output[0].type.tensor_type.shape.dim[:]     # [1, N, 4, 12, 12]
+    m = onnx.shape_inference.infer_shapes(m)
     try:
         nm = normalize(m)
     except UnsupportedModelError:

@@ -72,6 +72,11 @@ def _filled(z):
         v = const_value(fill.inputs[0])
         if v is None:
             return None
+        # Expand's result has the rank of the larger of the two: a [1, 1, 1, 1, 1] zero
+        # expanded to a 4-D shape is 5-D, no scalar on the 4-D tensor (a review)
+        r = ir.rank(shape.inputs[0])
+        if v.ndim and (r is None or v.ndim > r):
+            return None
     if v.size != 1:
         return None
     return np.asarray(v, v.dtype).reshape(()), shape.inputs[0]

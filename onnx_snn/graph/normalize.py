@@ -192,11 +192,7 @@ def _free_reserved_names(graph: gs.Graph, notes: list) -> None:
 
     def fresh(name: str) -> str:
         base = name if not fmt.may_be_reserved(name) else f"model_{name}"
-        new, k = base, 1
-        while new in taken or fmt.may_be_reserved(new):
-            new, k = f"{base}_{k}", k + 1
-        taken.add(new)
-        return new
+        return walk.fresh_name(base, taken, fmt.may_be_reserved)
 
     moved = []
     for name, t in tensors.items():

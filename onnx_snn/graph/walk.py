@@ -149,6 +149,17 @@ def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]
     return order, ""
 
 
+def fresh_name(base: str, taken: Set[str], avoid=None) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (nor refused by
+    ``avoid``), added to it. The one renaming scheme for names two nodes share, whichever
+    command reads the model (a layer keeps one name in every report)."""
+    new, k = base, 1
+    while new in taken or (avoid is not None and avoid(new)):
+        new, k = f"{base}_{k}", k + 1
+    taken.add(new)
+    return new
+
+
 def producers(nodes: Sequence[onnx.NodeProto]) -> Dict[str, int]:
     """Each tensor's first producer, by its position in ``nodes``."""
     producer: Dict[str, int] = {}

@@ -620,7 +620,16 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     if timesteps < 1:
         raise ModelLoadError(f"{where}: the metadata {META_TIMESTEPS} is {timesteps}; it must be "
                              "at least 1 (the file is damaged)")
-    sites = [SiteRecord.from_dict(s, where) for s in _json(meta, META_SITES, [], list, where)]
+    listed = _json(meta, META_SITES, [], list, where)
+    pools_listed = _json(meta, META_POOLS, [], list, where)
+    nodes = sum(len(g.node) for g in walk.subgraphs(model.graph))
+    if len(listed) + len(pools_listed) > nodes:
+        # every site and pool is at least one node of the graph: checked before each entry
+        # is read (a million damaged entries took minutes)
+        raise ModelLoadError(f"{where}: the metadata lists {len(listed)} sites and "
+                             f"{len(pools_listed)} pools, more than the graph's {nodes} nodes; "
+                             "the file is damaged or was edited, convert it again")
+    sites = [SiteRecord.from_dict(s, where) for s in listed]
     signed = [s.name for s in sites if s.signed]
     if signed and version < SIGNED_FORMAT_VERSION:
         raise ModelLoadError(f"{where}: site(s) {', '.join(signed)} have signed neurons, which "
@@ -647,7 +656,7 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
         history=_json(meta, META_HISTORY, [], list, where),
         dropout=_json(meta, META_DROPOUT, [], list, where),
         graph=graph, outputs=outputs,
-        pools=[PoolRecord.from_dict(p, where) for p in _json(meta, META_POOLS, [], list, where)])
+        pools=[PoolRecord.from_dict(p, where) for p in pools_listed])
 
 
 def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
