@@ -39,6 +39,18 @@ def test_bench_convert_small(fmnist_test):
     assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
 
 
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_bench_depth_small(fmnist_test, kind):
+    r = run_tool("tools/bench_depth.py", "--kind", kind, "--depths", "3,6", "--images", "8")
+    assert r["kind"] == kind and set(r["methods"]) == {"refined", "datta"}
+    for method, rows in r["methods"].items():
+        assert set(rows) == {"3", "6"}
+        assert [rows[d]["sites"] for d in ("3", "6")] == [3, 6], rows
+        assert all(rows[d]["seconds"] > 0 and rows[d]["peak_rss_mb"] > 0 for d in rows)
+        assert rows["6"]["growth"] > 0 and "growth" not in rows["3"]
+        assert (rows["6"]["refine_seconds"] > 0) == (method == "refined")
+
+
 def test_bench_quantized_small(fmnist_test):
     r = run_tool("tools/bench_quantized.py", "--method", "datta", "--test-images", "300")
     assert r["qdq"]["sites"] == r["float"]["sites"] == 5
