@@ -123,6 +123,10 @@ DAMAGE = {
     # a site's shape unlike its membrane's in the graph: eval scored it, finetune tried to
     # allocate 4 TB
     "site_shape": ("siteshape:lif0", [2 ** 40]),
+    # a NaN in a site's metadata: read, and eval and analyze exited 0
+    "site_alpha_nan": ("sitefield:lif0:alpha", float("nan")),
+    # more sites listed than the graph has nodes: each read one by one (a million: minutes)
+    "sites_many": ("sitesmany", 5000),
 }
 
 
@@ -178,6 +182,17 @@ def build_template(root: Path) -> Path:
             entry = next(p for p in m.metadata_props if p.key == "onnx_snn.sites")
             sites = json.loads(entry.value)
             next(x for x in sites if x["name"] == what[10:])["shape"] = value
+            entry.value = json.dumps(sites)
+            onnx.save(m, str(path))
+        elif what.startswith("sitefield:") or what == "sitesmany":
+            m = onnx.ModelProto.FromString(good.SerializeToString())
+            entry = next(p for p in m.metadata_props if p.key == "onnx_snn.sites")
+            sites = json.loads(entry.value)
+            if what == "sitesmany":
+                sites += [dict(sites[0], name=f"lif{k + len(sites)}") for k in range(value)]
+            else:
+                _, site, field = what.split(":")
+                next(x for x in sites if x["name"] == site)[field] = value
             entry.value = json.dumps(sites)
             onnx.save(m, str(path))
         elif what.startswith("shape:"):
