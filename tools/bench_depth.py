@@ -4,6 +4,7 @@
     python tools/bench_depth.py --kind mlp --depths 250,500,1000,2000
     options: [--kind conv|mlp] [--depths 100,200,400,800] [--methods refined,datta]
              [--images 32] [-T 2] [--threads 1] [--job-timeout 900] [--out depth.json]
+             [--code DIR]      # the onnx_snn package of another checkout (git worktree)
 
 Each network is a plain chain of ``depth`` layers, each a layer and a ReLU (no trained
 threshold: ``mu`` is estimated), then a dense classifier: ``conv``, 1x1 convolutions of 4
@@ -13,7 +14,9 @@ dense layers on 8 inputs. Weights are seeded; the calibration data are the first
 this measures time, not accuracy. Every conversion runs in a fresh process
 (tools/_jobs.py); its result gives the end-to-end ``seconds`` of ``onnx_snn.convert``, the
 refinement's own (``refine_seconds``) and the peak memory. ``growth`` is each depth's time
-over the previous depth's (2.0 per doubling is linear; 4.0 quadratic).
+over the previous depth's (2.0 per doubling is linear; 4.0 quadratic). ``--code DIR`` runs
+the conversions with the ``onnx_snn`` of the checkout at DIR (``git worktree add DIR REV``),
+not the installed one, to compare two versions on the same chains; ``code`` names the one used.
 """
 from __future__ import annotations
 
@@ -70,10 +73,19 @@ def calibration(kind: str, images: int, path: str) -> None:
     np.savez(path, x=np.asarray(x, np.float32))
 
 
+def use_code(path: str) -> None:
+    """Import ``onnx_snn`` from the checkout at ``path``: ahead of the installed package,
+    whose editable install's finder would otherwise win over ``sys.path``."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+    sys.path.insert(0, os.path.abspath(path))
+
+
 def job_convert(args) -> dict:
     import logging
     import re
     logging.disable(logging.WARNING)      # "N plain ReLU layers", once per depth
+    if args._code:
+        use_code(args._code)
     import onnx_snn
     t0 = time.perf_counter()
     snn = onnx_snn.convert(args._model, args._calib, timesteps=args._timesteps,
@@ -83,7 +95,8 @@ def job_convert(args) -> dict:
         peak = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
     seq = snn.report.get("sequential") or {}
     return {"seconds": round(seconds, 2), "refine_seconds": round(seq.get("seconds", 0.0), 2),
-            "sites": len(snn.records), "peak_rss_mb": round(peak)}
+            "sites": len(snn.records), "peak_rss_mb": round(peak),
+            "code": os.path.dirname(os.path.dirname(os.path.abspath(onnx_snn.__file__)))}
 
 
 def main() -> int:
@@ -99,7 +112,9 @@ def main() -> int:
                    help="threads per conversion (default 1: the growth, not the speed)")
     p.add_argument("--job-timeout", type=float, default=900)
     p.add_argument("--out", help="also write the JSON here")
-    add_job_options(p, model=str, calib=str, method=str, timesteps=int)
+    p.add_argument("--code", help="convert with the onnx_snn of the checkout at this folder "
+                   "(e.g. a git worktree of an older commit), not the installed one")
+    add_job_options(p, model=str, calib=str, method=str, timesteps=int, code=str)
     args = p.parse_args()
     if args._job:
         print_result(job_convert(args))
@@ -117,7 +132,7 @@ def main() -> int:
             build(args.kind, depth, model)
             for m in methods:
                 r = run_job(__file__, "convert", {"model": model, "calib": calib, "method": m,
-                                                  "timesteps": args.timesteps},
+                                                  "timesteps": args.timesteps, "code": args.code},
                             threads=args.threads, timeout=args.job_timeout)
                 result["methods"][m][str(depth)] = r
                 print(f"{args.kind} depth {depth} {m}: "
