@@ -445,11 +445,12 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         feed = {k: v[start:start + sizes[b]] for k, v in feeds.items()}
         outs = dict(zip(sess_names, sess.run(None, feed)))
         for s in names:
-            preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]].astype(np.float64))
+            # as onnxruntime gave them (float32): widened to float64 when used, the same values
+            # (a deep network's sites kept 16 bytes per sample for the whole refinement)
+            preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]])
         bar.update(sizes[b])
     del sess, outs   # the session's activations (GBs for 224 x 224 layers) go now
     preacts = {s: np.concatenate(v) for s, v in preacts.items()}
-    targets = {s: np.clip(h, 0.0, recs[s].mu) for s, h in preacts.items()}
     grouped = cfg.per_channel or cfg.bias_correction
 
     work = _working_copy(nm) if cfg.weight_calibration else nm
@@ -726,10 +727,12 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 kept.append(steps[rec.input])
         run_spiking([rec.input], sample)
         cur = np.concatenate(collected, axis=1)
+        h = preacts.pop(s).astype(np.float64)      # the DNN's pre-activation, sampled
+        target = np.clip(h, 0.0, rec.mu)
         row = {"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                "pairs": int(cur.shape[1])}
         if not grouped:
-            alpha, beta, frac, value = search_dynamic(cur, targets[s], rec.mu, timesteps, cfg,
+            alpha, beta, frac, value = search_dynamic(cur, target, rec.mu, timesteps, cfg,
                                                       start=(rec.alpha, rec.beta),
                                                       signed=rec.signed)
             rec.alpha, rec.beta = alpha, beta
@@ -744,12 +747,12 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 row["one_group"] = (f"its channels are axis {axis}, not its first per-sample "
                                     "axis (a channels-last layout)")
             if cfg.bias_correction:  # the mean current each channel lacks, added every step
-                offset = channel_offsets(cur, preacts[s], channels, n_ch)
+                offset = channel_offsets(cur, h, channels, n_ch)
                 cur = cur + offset[channels].astype(np.float32)[None, :]
                 rec.offset = _value(offset)
                 row["offset"] = rec.offset
             groups = (channels, n_ch) if cfg.per_channel and n_ch > 1 else (None, 1)   # None: one group
-            ch = search_channels(cur, targets[s], rec.mu, timesteps, cfg, *groups,
+            ch = search_channels(cur, target, rec.mu, timesteps, cfg, *groups,
                                  start=(rec.alpha, rec.beta), signed=rec.signed)
             value = ch.objective_value
             rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
