@@ -140,22 +140,31 @@ def runnable_nodes(model: onnx.ModelProto, where: str) -> None:
     from .spiking.format import is_spiking
     if is_spiking(model):
         return
+    renamed = rename_nodes(model)
+    if renamed:
+        log.info("%s: renamed %d node(s): %s", where, len(renamed), "; ".join(renamed[:8]))
+
+
+def rename_nodes(model: onnx.ModelProto) -> list:
+    """Rename, in place, every node whose name an earlier node already has (onnxruntime
+    refuses two nodes of one name; the ONNX checker lets them through) or that the spiking
+    format reserves (``pool1``, ``lif0.x``: ``model_`` first), to the first free ``NAME_1``,
+    ``NAME_2``, ...; the one scheme of every command (``convert``'s normalization runs it
+    on the file as read), so a layer has one name in every report. Returns what it did."""
     from .graph.walk import fresh_name
     from .spiking.format import may_be_reserved
     g = model.graph
     seen: Set[str] = set()
-    # the names convert's normalization gives them (graph.normalize._free_reserved_names)
     taken = {n.name for n in g.node} | {x for n in g.node for x in (*n.input, *n.output)} | \
         {t.name for t in g.initializer} | {v.name for v in (*g.input, *g.output)}
-    renamed = 0
+    moved = []
     for n in g.node:
-        if n.name and n.name in seen:
+        if n.name and (n.name in seen or may_be_reserved(n.name)):
             base = n.name if not may_be_reserved(n.name) else f"model_{n.name}"
-            n.name = fresh_name(base, taken, may_be_reserved)
-            renamed += 1
+            old, n.name = n.name, fresh_name(base, taken, may_be_reserved)
+            moved.append(f"node '{old}' -> '{n.name}'")
         seen.add(n.name)
-    if renamed:
-        log.info("%s: renamed %d node(s) that shared a name with another", where, renamed)
+    return moved
 
 
 def check_model(model: onnx.ModelProto, where: str, skeleton=None) -> None:

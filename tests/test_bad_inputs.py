@@ -774,6 +774,8 @@ DAMAGE_CMDS = {
     "finetune": "finetune {f} --data {ws}/test.npz -o {ws}/t.onnx --epochs 1",
     "deploy": "deploy {f} -o {ws}/d.onnx",
 }
+#: what a damaged file's message must say, where an older check would refuse it too
+DAMAGE_NEEDLES = {"sites_many": "more than the graph's", "site_alpha_nan": "finite number"}
 for _name in DAMAGE:
     for _cmd, _argv in DAMAGE_CMDS.items():
         if _cmd == "finetune" and _name not in ("sites_json", "version_word", "timesteps_0",
@@ -783,6 +785,7 @@ for _name in DAMAGE:
             continue
         cli(f"damaged_{_name}_{_cmd}", "damaged",
             _argv.replace("{f}", "{ws}/bad/" + _name + ".snn.onnx"), 3,
+            needle=DAMAGE_NEEDLES.get(_name),
             # a damaged value is shown cut short, not as a 5000-character line
             check=lambda ws, o, e, long=_name == "timesteps_long":
                 len(e) < 1000 and (not long or " characters) not a whole number" in e))

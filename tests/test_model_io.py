@@ -390,3 +390,29 @@ def test_a_dnn_listed_out_of_order_or_with_shared_node_names_loads_and_runs(tmp_
     for site in nm.sites:
         for name in site.source_nodes:
             assert ops.get(name) in ("Clip", "Relu", "Min", "Max"), (name, ops.get(name))
+
+
+def test_every_command_names_shared_and_reserved_node_names_alike(tmp_path):
+    """Nodes sharing a name, one named as the format names its own ('pool1'), and an unused
+    initializer that holds the first free name: load() (eval, analyze) and convert's
+    normalization give them the same new names (a review found 'relu_1' in convert's
+    report naming no node of eval's graph, and 'model_pool1' naming two different pools)."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    b = B.GraphBuilder(13)
+    x = b.node("MaxPool", [b.node("Relu", [b.conv("input", 1, 4)])], kernel_shape=[1, 1])
+    x = b.node("MaxPool", [b.node("Relu", [b.conv(x, 4, 4)])], kernel_shape=[1, 1])
+    m = b.model("input", b.gemm(b.node("Flatten", [x]), 4 * 144, 10), (1, 12, 12), 10)
+    for n in m.graph.node:
+        n.name = {"Relu": "relu", "MaxPool": "pool1", "Conv": "conv"}.get(n.op_type, n.name)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), "relu_1"))
+    m.graph.input.append(h.make_tensor_value_info("relu_1", TP.FLOAT, [1]))
+    path = tmp_path / "dnn.onnx"
+    onnx.save(m, str(path))
+    loaded = {n.name: n.op_type for n in load_model(path).graph.node}
+    nm = onnx_snn.prepare(str(path))
+    for site in nm.sites:
+        for name in site.source_nodes:
+            assert loaded.get(name) == "Relu", (name, loaded)
+    pools = [n.name for n in nm.model.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 2 and [loaded.get(p) for p in pools] == ["MaxPool"] * 2, (pools, loaded)

@@ -74,8 +74,9 @@ def calibration(kind: str, images: int, path: str) -> None:
 
 
 def use_code(path: str) -> None:
-    """Import ``onnx_snn`` from the checkout at ``path``: ahead of the installed package,
-    whose editable install's finder would otherwise win over ``sys.path``."""
+    """Import ``onnx_snn`` from the checkout at ``path``: first on ``sys.path``, with the
+    editable install's finder dropped, so that nothing but the path decides which package
+    is imported (``code`` in the result says which was)."""
     sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
     sys.path.insert(0, os.path.abspath(path))
 

@@ -311,6 +311,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
         notes.append("sparse initializer(s) read as the dense tensors they stand for")
     model = _inline_functions(model, notes, where)
     model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
+    model = _renamed_nodes(model, notes, owned=path is not None or model is not given)
     # the checker, the opset converter, shape inference and the import all run on the
     # skeleton: the weights are read once (here) and copied once (into the result)
     sk = skeleton.split(model, verify=True)
@@ -521,6 +522,24 @@ def _sorted_nodes(model: onnx.ModelProto, notes: List[str], where: str,
     late = sum(1 for pos, k in enumerate(order) if k != pos)
     notes.append(f"sorted the graph's nodes topologically ({late} of {len(order)} were listed "
                  "out of order)")
+    return out
+
+
+def _renamed_nodes(model: onnx.ModelProto, notes: List[str], owned: bool) -> onnx.ModelProto:
+    """``model`` with nodes that share a name, or are named as the spiking format names its
+    own, renamed by :func:`onnx_snn.model_io.rename_nodes` (the scheme of every command):
+    in place when ``owned``, else in a copy (the caller's model is not changed)."""
+    from ..model_io import rename_nodes
+    names = [n.name for n in model.graph.node if n.name]
+    if len(set(names)) == len(names) and not any(fmt.may_be_reserved(x) for x in names):
+        return model
+    out = model
+    if not owned:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    moved = rename_nodes(out)
+    notes.append(f"renamed {len(moved)} node name(s) the spiking format reserves or that two "
+                 "nodes shared: " + "; ".join(moved[:8]) + ("; ..." if len(moved) > 8 else ""))
     return out
 
 

@@ -457,6 +457,7 @@ class SiteRecord:
             except (TypeError, ValueError):
                 bad = values
             if bad is not None:
+                bad = str(bad) if len(str(bad)) <= 80 else f"{str(bad)[:60]}... ({len(str(bad))} characters)"
                 raise ModelLoadError(f"{where}: site {rec.name!r} has {k} {bad} in {META_SITES}; "
                                      "it must be a finite number. The file is damaged or was "
                                      "edited: convert the model again")
