@@ -61,20 +61,15 @@ class _Index:
     """Lookups over a model's graph that the refinement's cuts share (built once, not once
     per layer: that made a deep network's refinement quadratic in its depth): its nodes,
     each tensor's producer, each initializer's position. The refinement never adds, drops
-    or reorders nodes; a refit changes initializers and may give a node a bias input:
-    :meth:`refresh` after one."""
+    or reorders nodes; a refit changes initializers in place and may give a node a new bias
+    (:meth:`added_initializer`)."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        self.refresh()
-
-    def refresh(self) -> None:
-        g = self.model.graph
+        g = model.graph
         self.nodes = list(g.node)
         self.producer = walk.producers(self.nodes)
         self.init_pos = {t.name: i for i, t in enumerate(g.initializer)}
-        self.node_of = {o: self.nodes[i] for o, i in self.producer.items()}
-        self.consts = set(self.init_pos)
         self._readers: Optional[Dict[str, int]] = None
         self._named: Optional[Dict[str, onnx.NodeProto]] = None
 
@@ -86,12 +81,12 @@ class _Index:
     def added_initializer(self, name: str) -> None:
         """A refit's new bias, appended to the graph's initializers, read by one node."""
         self.init_pos[name] = len(self.model.graph.initializer) - 1
-        self.consts.add(name)
         if self._readers is not None:
             self._readers[name] = self._readers.get(name, 0) + 1
 
     def readers(self, nm: NormalizedModel, records) -> Dict[str, int]:
-        """:func:`rewrite.step_readers` of the model (``nm``), kept until a refresh."""
+        """:func:`rewrite.step_readers` of the model (``nm``), counted at the first call and
+        kept (a new bias counts itself in: :meth:`added_initializer`)."""
         if self._readers is None:
             self._readers = rewrite.step_readers(nm, records)
         return self._readers
@@ -103,10 +98,8 @@ def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None,
     in ``given`` (earlier sites' recorded values), which become inputs; ``extra(made,
     needed)`` names more outputs. ``index``: the model's :class:`_Index`, when kept."""
     g = model.graph
-    if index is not None:
-        keep = walk.prune(index.nodes, targets, stop=given, producer=index.producer)
-    else:
-        keep = walk.prune(list(g.node), targets, stop=given)
+    index = index if index is not None else _Index(model)
+    keep = walk.prune(index.nodes, targets, stop=given, producer=index.producer)
     needed = walk.needed_tensors(keep, targets, stop=given)
     made = {o for n in keep for o in n.output}
     outputs = list(targets) + (extra(made, needed) if extra else [])
@@ -114,11 +107,8 @@ def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None,
     declared = {i.name for i in inputs}    # a given graph input (a site reading the input) once
     inputs += [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                for t in dict.fromkeys(given) if t in needed and t not in made and t not in declared]
-    if index is not None:
-        inits = [g.initializer[i] for i in sorted(index.init_pos[t] for t in needed
-                                                  if t in index.init_pos)]
-    else:
-        inits = [t for t in g.initializer if t.name in needed]
+    inits = [g.initializer[i] for i in sorted(index.init_pos[t] for t in needed
+                                              if t in index.init_pos)]
     graph = onnx.helper.make_graph(keep, g.name, inputs, [], inits)
     for name in outputs:
         graph.output.add().name = name
@@ -160,17 +150,14 @@ def channel_axis(model: onnx.ModelProto, tensor: str, rank: int,
     activations as NHWC between Transposes); None when the walk back reaches anything else.
     Per-channel parameters group the neurons along the site's first per-sample axis (axis
     1), which is the channels only where this gives 1. ``index``: the model's, when kept."""
-    if index is not None:
-        producer, consts = index.node_of, index.consts
-    else:
-        producer = {o: n for n in model.graph.node for o in n.output if o}
-        consts = {t.name for t in model.graph.initializer}
+    index = index if index is not None else _Index(model)
+    producer, consts = index.producer, index.init_pos
     perms: List[List[int]] = []
     t = tensor
     for _ in range(256):
-        n = producer.get(t)
-        if n is None:
+        if t not in producer:
             return None
+        n = index.nodes[producer[t]]
         if n.op_type in ("Conv", "ConvTranspose", "Gemm"):
             axis = 1
             break
@@ -237,18 +224,13 @@ def _calibrated_layers(nm: NormalizedModel, recs, skipped: List[dict]) -> list:
     return fits
 
 
-def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray,
-               index: Optional[_Index] = None) -> dict:
-    """Write a refitted layer's weight and bias into the working model's initializers
-    (``index``: the model's, kept up to date: a new bias initializer is added to it)."""
-    g = nm.model.graph
-    if index is not None:
-        node = index.node_named(fit.node.name)
-        inits = {name: g.initializer[index.init_pos[name]] for name in node.input[1:3]
-                 if name in index.init_pos}
-    else:
-        node = next(n for n in g.node if n.name == fit.node.name)
-        inits = {t.name: t for t in g.initializer}
+def _apply_fit(index: _Index, fit, weight: np.ndarray, bias: np.ndarray) -> dict:
+    """Write a refitted layer's weight and bias into the initializers of the working model
+    that ``index`` indexes (kept up to date: a new bias initializer is added to it)."""
+    g = index.model.graph
+    node = index.node_named(fit.node.name)
+    inits = {name: g.initializer[index.init_pos[name]] for name in node.input[1:3]
+             if name in index.init_pos}
     old = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
     inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
     if len(node.input) > 2 and node.input[2]:
@@ -257,23 +239,18 @@ def _apply_fit(nm: NormalizedModel, fit, weight: np.ndarray, bias: np.ndarray,
             np.broadcast_to(bias, b0.shape if b0.size == bias.size else bias.shape)
             .astype(np.float32), node.input[2]))
     else:
-        name = _fresh_name(g, f"{node.input[1]}_bias", index)
+        name = _fresh_name(index, f"{node.input[1]}_bias")
         g.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = name
-        if index is not None:
-            index.added_initializer(name)
+        index.added_initializer(name)
     change = float(np.linalg.norm(weight - old) / max(np.linalg.norm(old), 1e-12))
     return {"relative_weight_change": change}
 
 
-def _fresh_name(g, base: str, index: Optional[_Index] = None) -> str:
-    if index is not None:
-        taken = index.init_pos.keys() | index.producer.keys() | {i.name for i in g.input}
-    else:
-        taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | \
-            {i.name for i in g.input}
+def _fresh_name(index: _Index, base: str) -> str:
+    taken = index.init_pos.keys() | index.producer.keys() | {i.name for i in index.model.graph.input}
     name, k = base, 1
     while name in taken:
         name, k = f"{base}{k}", k + 1
@@ -455,9 +432,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
 
     work = _working_copy(nm) if cfg.weight_calibration else nm
     layer_rows: List[dict] = []
-    pending = _calibrated_layers(work, recs, layer_rows) if cfg.weight_calibration else []
-    by_node = {f.node.name: f for f in pending}    # the pending layers by node name
-    for f in pending:
+    # the layers still to refit, by node name, in graph order
+    pending = {f.node.name: f for f in (_calibrated_layers(work, recs, layer_rows)
+                                        if cfg.weight_calibration else [])}
+    for f in pending.values():
         f.n_images, f.holdout = n_total, cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
     dnn_model = nm.model
@@ -616,7 +594,6 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         """Refit, in graph order, the pending layers that compute ``before`` (every pending
         layer when None), each on the spiking network's input to it; the DNN's activation
         at ``site`` is kept from the same runs where they can compute it."""
-        nonlocal pending
         # (a site whose currents are too large to keep gets its own DNN run after its search,
         # so that its activations are not held through it)
         keep_site = site is not None and kept_currents_bytes(timesteps, n_total, site.neurons)
@@ -626,10 +603,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             # before that site's search (a whole-graph prune per site was quadratic)
             scope = walk.prune(nodes, [before], stop=refined_outputs,
                                producer=work_index.producer) if before else nodes
-            names_in = {n.name for n in scope}
             # (by node name: pending is long on a deep network, its scope short)
-            todo = [by_node[n.name] for n in scope if n.name in by_node] if before else \
-                [f for f in pending if f.node.name in names_in]
+            todo = [pending[n.name] for n in scope if n.name in pending]
             if not todo:
                 return
             made = {o for f in todo for o in f.node.output}
@@ -681,13 +656,11 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                                   "on (give more calibration images)")
                 if better:
                     w, bias = f.solve(ridge)
-                    row.update(_apply_fit(work, f, w, bias, work_index))
+                    row.update(_apply_fit(work_index, f, w, bias))
                     changed()
                 layer_rows.append(row)
-            done_ids = {id(f) for f in ready}       # (not ==: a dataclass compares fields)
-            pending = [f for f in pending if id(f) not in done_ids]
             for f in ready:
-                by_node.pop(f.node.name, None)
+                del pending[f.node.name]
 
     # a layer whose output is a site's input (read by nothing else) is fitted to
     # max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
