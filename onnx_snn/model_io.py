@@ -127,15 +127,10 @@ def runnable_nodes(model: onnx.ModelProto, where: str) -> None:
     out of order, which the ONNX checker refuses, and refuses two nodes of one name, which
     exporters write. A spiking model keeps its names (the format names its nodes; a
     duplicate there is damage, which reading it reports)."""
-    from .graph.walk import topological_order
+    from .graph.walk import reorder_nodes, topological_order
     order, _ = topological_order(model.graph)
     if order is not None and order != sorted(order):
-        nodes = [model.graph.node[k] for k in order]
-        sorted_nodes = [onnx.NodeProto() for _ in nodes]
-        for new, old in zip(sorted_nodes, nodes):
-            new.CopyFrom(old)
-        del model.graph.node[:]
-        model.graph.node.extend(sorted_nodes)
+        reorder_nodes(model.graph, order)
         log.info("%s: sorted the graph's nodes topologically", where)
     from .spiking.format import is_spiking
     if is_spiking(model):

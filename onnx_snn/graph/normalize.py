@@ -181,33 +181,22 @@ def _name_nodes(graph: gs.Graph) -> None:
 
 def _free_reserved_names(graph: gs.Graph, notes: list) -> None:
     """Rename what would clash with the spiking graph's own names, before any pass names
-    its sites: a tensor inside the graph (not one of its inputs or outputs, which the user
-    feeds and reads by name: :func:`onnx_snn.spiking.rewrite.check_reserved_names` refuses
-    those) or a node named like the format's (``lif0.threshold``, ``snn.x``, ``pool1``), and
-    every node whose name an earlier node already has (onnxruntime refuses a graph with two
-    nodes of one name; the ONNX checker lets them through)."""
+    its sites: a tensor inside the graph named like the format's (``lif0.threshold``,
+    ``snn.x``), not one of its inputs or outputs, which the user feeds and reads by name
+    (:func:`onnx_snn.spiking.rewrite.check_reserved_names` refuses those). Node names, shared
+    or reserved, were renamed on the file as read (:func:`_renamed_nodes`)."""
     ends = {t.name for t in list(graph.inputs) + list(graph.outputs)}
     tensors = graph.tensors()
     taken = set(tensors) | {n.name for n in graph.nodes}
 
-    def fresh(name: str) -> str:
-        base = name if not fmt.may_be_reserved(name) else f"model_{name}"
-        return walk.fresh_name(base, taken, fmt.may_be_reserved)
-
     moved = []
     for name, t in tensors.items():
         if name and name not in ends and fmt.may_be_reserved(name):
-            t.name = fresh(name)
+            t.name = walk.fresh_name(f"model_{name}", taken, fmt.may_be_reserved)
             moved.append(f"tensor '{name}' -> '{t.name}'")
-    seen = set()
-    for n in graph.nodes:
-        if n.name and (n.name in seen or fmt.may_be_reserved(n.name)):
-            old, n.name = n.name, fresh(n.name)
-            moved.append(f"node '{old}' -> '{n.name}'")
-        seen.add(n.name)
     if moved:
-        notes.append(f"renamed {len(moved)} name(s) the spiking format reserves or that two nodes "
-                     "shared: " + "; ".join(moved[:8]) + ("; ..." if len(moved) > 8 else ""))
+        notes.append(f"renamed {len(moved)} name(s) the spiking format reserves: "
+                     + "; ".join(moved[:8]) + ("; ..." if len(moved) > 8 else ""))
 
 
 def _note_pooled_currents(graph: gs.Graph, sites, notes: list) -> None:
@@ -514,11 +503,7 @@ def _sorted_nodes(model: onnx.ModelProto, notes: List[str], where: str,
     else:
         out = onnx.ModelProto()
         out.CopyFrom(model)
-    nodes = [onnx.NodeProto() for _ in order]
-    for new, k in zip(nodes, order):
-        new.CopyFrom(model.graph.node[k])
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    walk.reorder_nodes(out.graph, order)
     late = sum(1 for pos, k in enumerate(order) if k != pos)
     notes.append(f"sorted the graph's nodes topologically ({late} of {len(order)} were listed "
                  "out of order)")

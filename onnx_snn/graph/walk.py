@@ -149,6 +149,16 @@ def topological_order(graph: onnx.GraphProto) -> Tuple[Optional[List[int]], str]
     return order, ""
 
 
+def reorder_nodes(graph: onnx.GraphProto, order: Sequence[int]) -> None:
+    """Put ``graph``'s nodes, in place, in ``order`` (indices of :func:`topological_order`);
+    each is copied first, as deleting the repeated field frees the messages it holds."""
+    nodes = [onnx.NodeProto() for _ in order]
+    for new, k in zip(nodes, order):
+        new.CopyFrom(graph.node[k])
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def fresh_name(base: str, taken: Set[str], avoid=None) -> str:
     """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (nor refused by
     ``avoid``), added to it. The one renaming scheme for names two nodes share, whichever

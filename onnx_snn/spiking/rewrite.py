@@ -194,16 +194,16 @@ def graph_parts(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], pools,
     offsets = [rec for rec in records.values() if rec.has_offset]
     if offsets:     # the graph's indexes, built once (a site's offset changes none of them
         by_name = {t.name: t for t in inits}      # that another site's offset reads)
-        users: Dict[str, int] = {}
+        if readers is None:       # the step graph is the whole graph: count its nodes
+            readers = {}
+            for n in nodes:
+                for x in n.input:
+                    readers[x] = readers.get(x, 0) + 1
+        users = dict(readers)     # (changed below as offsets fold into biases)
         producers: Dict[str, onnx.NodeProto] = {}
         for n in nodes:
-            if readers is None:
-                for x in n.input:
-                    users[x] = users.get(x, 0) + 1
             for o in n.output:
                 producers.setdefault(o, n)
-        if readers is not None:
-            users = dict(readers)
         named = {n.name: n for n in nodes}
         dropped: set = set()
         added: Dict[str, onnx.NodeProto] = {}      # neuron node name -> the Add before it
