@@ -11,9 +11,10 @@ The sites are refined in graph order. For site ``l``:
 
 1. with weight calibration (default), every layer that computes the site's input from spikes
    is refitted (:mod:`onnx_snn.weight_calibration`) on its time-averaged spiking input, to
-   the DNN's output of the same layer (the DNN run from its recorded activations at the sites
-   before ``l``: one layer, not the DNN from its input), its ridge pulling toward the layer's
-   own weights; at T = 1 a layer that feeds a site alone is fitted to ``min(h, mu)``;
+   the DNN's output of the same layer (gathered, where the layer's rows are drawn, in the one
+   pass of the DNN that also samples every site's pre-activations), its ridge pulling toward
+   the layer's own weights; at T = 1 a layer that feeds a site alone is fitted to
+   ``min(h, mu)``;
 2. the step graph runs, T steps over the calibration images, from the recorded spikes of the
    sites before ``l`` (kept as uint8 for all images: one layer is run, not the network from
    its input), and records on a fixed random sample of neurons the input current of every
@@ -21,9 +22,8 @@ The sites are refined in graph order. For site ``l``:
 3. ``scales.search_channels`` picks per channel alpha, beta and the initial membrane by
    simulating the neurons exactly on those currents (``scales.search_dynamic`` per layer with
    ``per_channel=False``);
-4. the site's spikes with its new parameters (and, while a layer is left to refit, the DNN's
-   activation there) are recorded for the sites after it; records that no later site reads
-   are dropped (:func:`live_sites`).
+4. the site's spikes with its new parameters are recorded for the sites after it; records
+   that no later site reads are dropped (:func:`live_sites`).
 
 The layers after the last site (the classifier) are refitted at the end.
 """
@@ -32,14 +32,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .calibrate import (Calibration, StratifiedStream, batch_within, calibration_feeds,
-                        fixed_batch, input_specs, make_session)
+                        fixed_batch, input_specs, make_session, tensor_shapes)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -304,10 +304,10 @@ def kept_currents_bytes(timesteps: int, n_samples: int, neurons: int) -> int:
     return need if KEEP_CURRENTS and need <= KEEP_CURRENTS_BYTES else 0
 
 
-#: memory the refined method may hold: the spikes (uint8, every time step) and the DNN's
-#: activations (float32) of every calibration sample at the sites still read, plus one batch's
-#: per-step input currents of the site being refined and its sampled pairs (float32); see
-#: check_refine_memory
+#: memory the refined method may hold: the spikes (uint8, every time step) of every
+#: calibration sample at the sites still read, the DNN's outputs the weight calibration fits
+#: to (float32, gathered in its first pass), plus one batch's per-step input currents of the
+#: site being refined and its sampled pairs (float32); see check_refine_memory
 MAX_REFINE_BYTES = 4 * 2 ** 30
 
 
@@ -340,19 +340,29 @@ def live_sites(nm: NormalizedModel, names: List[str]) -> List[List[str]]:
     return out
 
 
+def target_bytes(nm: NormalizedModel, cal: Calibration) -> int:
+    """The bytes the weight calibration's targets take: each layer to refit's outputs where
+    its rows are drawn (:meth:`LayerFit.targets`, float32), for every calibration sample,
+    all gathered in the refinement's first pass (each dropped when its layer is refitted)."""
+    sites = {s.name: s for s in nm.sites if s.name in cal.sites}
+    fits = _calibrated_layers(nm, sites, [])
+    shapes = tensor_shapes(nm, [f.node.output[0] for f in fits], cal.input_shapes)
+    return sum(4 * cal.n_samples * f.targets_per_image(shapes[f.node.output[0]]) for f in fits)
+
+
 def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
                  nm: Optional[NormalizedModel] = None) -> int:
     """An estimate of the memory the refined method holds (see :func:`refine`): while a site
-    is refined, ``(T + 4) * samples * neurons`` bytes for it and for every earlier site still
-    read (spikes as uint8 per step, the DNN's activation as float32, kept only for weight
-    calibration; all sites when ``nm`` is not given), plus
+    is refined, ``T * samples * neurons`` bytes for it and for every earlier site still read
+    (spikes as uint8 per step; all sites when ``nm`` is not given); with weight calibration,
+    :func:`target_bytes` (without ``nm``: 4 bytes per neuron of every site and sample); plus
     ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
     :func:`refine_batch_size` bounds). A site's currents are kept (:func:`kept_currents_bytes`)
     only where they fit under MAX_REFINE_BYTES beside what is held then: not counted here."""
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
-    per = (timesteps + (4 if cfg.weight_calibration else 0)) * cal.n_samples
+    per = timesteps * cal.n_samples
     if nm is not None:
         names = [s.name for s in nm.sites if s.name in neurons]
         held = [[]] + live_sites(nm, names)[:-1]        # what is kept while each site is refined
@@ -364,7 +374,11 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
         cache = max(cache, per * (neurons[k] + sum(neurons[j] for j in before)))
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
         work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
-    return cache + work
+    targets = 0
+    if cfg.weight_calibration:
+        targets = (target_bytes(nm, cal) if nm is not None
+                   else 4 * cal.n_samples * sum(neurons.values()))
+    return cache + targets + work
 
 
 def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig,
@@ -376,10 +390,38 @@ def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig,
     if need > MAX_REFINE_BYTES:
         raise UsageError(
             f"the refined method would hold about {need / 2 ** 30:.1f} GiB (the spikes of every "
-            f"one of T={timesteps} steps and the DNN's activations for {cal.n_samples} "
-            "calibration samples at the layers still read, and one batch's input currents); the "
+            f"one of T={timesteps} steps for {cal.n_samples} calibration samples at the layers "
+            "still read, the DNN's outputs the refitted layers are fitted to, and one batch's "
+            "input currents); the "
             f"limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
             "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta")
+
+
+def _target_bounds(nm: NormalizedModel, recs, names: List[str], cfg: SearchConfig,
+                   timesteps: int) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """({layer output: floor}, {layer output: ceiling}) of the weight calibration's targets.
+    A layer whose output is a site's input (read by nothing else) is fitted to
+    max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
+    (one_step_ceiling: the DNN's activation saturates at mu, and one step fires one spike at
+    most). The bias correction still takes the mean of h itself: against min(h, mu) it did
+    worse on both deep networks (docs/FORMAT.md)."""
+    floors: Dict[str, float] = {}
+    ceilings: Dict[str, float] = {}
+    capped = cfg.caps_fit_targets(timesteps)
+    if cfg.weight_target_floor is None and not capped:
+        return floors, ceilings
+    readers: Dict[str, int] = {}
+    for n in nm.model.graph.node:
+        for t in walk.node_inputs(n):      # a subgraph's read counts too
+            readers[t] = readers.get(t, 0) + 1
+    for k in names:
+        if readers.get(recs[k].input) != 1:
+            continue
+        if cfg.weight_target_floor is not None:
+            floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
+        if capped:
+            ceilings[recs[k].input] = float(recs[k].mu)
+    return floors, ceilings
 
 
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
@@ -413,11 +455,52 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     bar = Progress(n_total * passes, desc="refining", unit="sample",
                    enabled=None if show_progress else False)
 
-    # targets: the DNN's activations at the sampled positions
-    sess = make_session(nm.model, threads, where="the DNN", outputs=[recs[s].input for s in names],
-                        spin=SPIN)
+    layer_rows: List[dict] = []
+    # the layers still to refit, by node name, in graph order (found on the DNN: its working
+    # copy, made after the first pass, has the same nodes)
+    pending = {f.node.name: f for f in (_calibrated_layers(nm, recs, layer_rows)
+                                        if cfg.weight_calibration else [])}
+    for f in pending.values():
+        f.n_images, f.holdout = n_total, cfg.weight_holdout
+        f.to_original = cfg.weight_ridge_to_original
+    floors, ceilings = _target_bounds(nm, recs, names, cfg, timesteps)
+
+    # one pass of the DNN: its pre-activations at each site's sampled positions (the search's
+    # targets), and each layer to refit's outputs where its rows will be drawn (the weight
+    # calibration's targets: the layers are then never run as the DNN one by one)
+    fitted = {f.node.output[0] for f in pending.values()}
+    sess = make_session(nm.model, threads, where="the DNN", spin=SPIN,
+                        outputs=list(dict.fromkeys([recs[s].input for s in names] + sorted(fitted))))
     sess_names = [o.name for o in sess.get_outputs()]
     preacts = {s: [] for s in names}
+    # per layer, one array for every calibration image, allocated at the first batch: many
+    # per-batch pieces, interleaved on the heap with each batch's outputs, held GBs of
+    # freed memory that could not go back to the system (an ImageNet VGG-16, 64 images).
+    # {layer: (array, its rows per image)}, or per batch where a layer's output is not a
+    # whole number of rows per image (a Reshape that moves the batch axis): {layer: [array]}
+    targets: Dict[str, object] = {}
+
+    def gathered(f, y, b):
+        """The batch's part of the layer's targets, written into its place."""
+        k, nb = f.node.name, sizes[b]
+        per = y.shape[0] // nb if y.shape[0] % nb == 0 else 0
+        got = targets.get(k)
+        if got is None and per:
+            shape = f.targets(y[:1], first=0).shape[1:]
+            got = targets[k] = (np.empty((n_total * per,) + shape, np.float32), per)
+        if isinstance(got, tuple) and per != got[1]:      # per batch from now on
+            got = targets[k] = [got[0][starts[i] * got[1]:(starts[i] + sizes[i]) * got[1]]
+                                for i in range(b)]
+        if isinstance(got, tuple):
+            return f.targets(y, first=starts[b], out=got[0][starts[b] * per:(starts[b] + nb) * per])
+        targets.setdefault(k, []).append(f.targets(y, first=starts[b]))
+        return targets[k][-1]
+
+    def batch_targets(k: str, b: int) -> np.ndarray:
+        got = targets[k]
+        if isinstance(got, tuple):
+            return got[0][starts[b] * got[1]:(starts[b] + sizes[b]) * got[1]]
+        return got[b]
     for b, start in enumerate(starts):
         feed = {k: v[start:start + sizes[b]] for k, v in feeds.items()}
         outs = dict(zip(sess_names, sess.run(None, feed)))
@@ -425,19 +508,19 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             # as onnxruntime gave them (float32): widened to float64 when used, the same values
             # (a deep network's sites kept 16 bytes per sample for the whole refinement)
             preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]])
+        for k, f in pending.items():
+            y = gathered(f, outs[f.node.output[0]], b)
+            floor, top = floors.get(f.node.output[0]), ceilings.get(f.node.output[0])
+            if floor is not None:    # below it the site is silent either way
+                np.maximum(y, np.float32(floor), out=y)
+            if top is not None:      # the DNN's activation is mu above it
+                np.minimum(y, np.float32(top), out=y)
         bar.update(sizes[b])
     del sess, outs   # the session's activations (GBs for 224 x 224 layers) go now
     preacts = {s: np.concatenate(v) for s, v in preacts.items()}
     grouped = cfg.per_channel or cfg.bias_correction
-
     work = _working_copy(nm) if cfg.weight_calibration else nm
-    layer_rows: List[dict] = []
-    # the layers still to refit, by node name, in graph order
-    pending = {f.node.name: f for f in (_calibrated_layers(work, recs, layer_rows)
-                                        if cfg.weight_calibration else [])}
-    for f in pending.values():
-        f.n_images, f.holdout = n_total, cfg.weight_holdout
-        f.to_original = cfg.weight_ridge_to_original
+
     dnn_model = nm.model
     dnn_index = _Index(dnn_model)
     work_index = dnn_index if work.model is dnn_model else _Index(work.model)
@@ -537,66 +620,21 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         run_spiking([rec.output], keep, given=given, view=view)
         spikes[rec.output] = (out, amp)
 
-    # the DNN's activations at the refined sites' outputs, for all calibration images: the
-    # DNN's outputs of a layer being refitted are computed from them (one layer is run, not
-    # the DNN from its input for every layer)
-    dnn_acts: Dict[str, np.ndarray] = {}
-
-    def dnn_runner(wanted: List[str], also=()):
-        """``run(b)``: the DNN's values of ``wanted`` on batch ``b``, {name: array}, computed
-        from the recorded DNN activations; and of ``also`` where that reads no other input
-        (a site's activation after the layers computing its input)."""
-        cut = _cut(dnn_model, wanted, given=list(dnn_acts), index=dnn_index)
-        if also:
-            wider = _cut(dnn_model, list(wanted) + list(also), given=list(dnn_acts),
-                         index=dnn_index)
-            if {i.name for i in wider.graph.input} == {i.name for i in cut.graph.input}:
-                cut = wider
-        sess = make_session(cut, threads, where="the DNN", spin=SPIN)
-        names = [o.name for o in sess.get_outputs()]
-        fed = {i.name for i in cut.graph.input}
-
-        def run(b):
-            sl = slice(starts[b], starts[b] + sizes[b])
-            feed = {k: v[sl] for k, v in feeds.items() if k in fed}
-            feed.update({k: v[sl] for k, v in dnn_acts.items() if k in fed})
-            return dict(zip(names, sess.run(None, feed)))
-        return run
-
-    # the DNN's activation at the site being refined, from the runs that refit the layers
-    # computing its input ({site output: (values, batches filled)}): not run again after
-    site_dnn: Dict[str, tuple] = {}
-
-    def record_dnn(rec: fmt.SiteRecord):
-        got = site_dnn.pop(rec.output, None)
-        if got is not None and len(got[1]) == len(starts):
-            dnn_acts[rec.output] = got[0]
-            return
-        run = dnn_runner([rec.output])
-        out = np.zeros((n_total, *rec.shape), np.float32)
-        for b, start in enumerate(starts):
-            out[start:start + sizes[b]] = run(b)[rec.output]
-        dnn_acts[rec.output] = out
-
     # after each site, the sites whose records the later ones still read (found on the DNN:
     # the step graph reads the same site outputs, its neurons and pools stand where the DNN's
     # clips and pools do; the memory check counts the same sets)
     kept_after = live_sites(nm, names)
 
     def forget(i: int):
-        """Drop the recorded spikes and DNN activations no site after the i-th reads."""
+        """Drop the recorded spikes no site after the i-th reads."""
         live = {recs[k].output for k in kept_after[i]}
-        for cache in (dnn_acts, spikes):
-            for name in [k for k in cache if k not in live]:
-                del cache[name]
+        for name in [k for k in spikes if k not in live]:
+            del spikes[name]
 
-    def calibrate_layers(before: Optional[str], site: Optional[fmt.SiteRecord] = None):
+    def calibrate_layers(before: Optional[str]):
         """Refit, in graph order, the pending layers that compute ``before`` (every pending
-        layer when None), each on the spiking network's input to it; the DNN's activation
-        at ``site`` is kept from the same runs where they can compute it."""
-        # (a site whose currents are too large to keep gets its own DNN run after its search,
-        # so that its activations are not held through it)
-        keep_site = site is not None and kept_currents_bytes(timesteps, n_total, site.neurons)
+        layer when None), each on the spiking network's input to it and the DNN's outputs
+        gathered in the first pass."""
         while True:
             nodes = work_index.nodes
             # back to the refined sites' outputs: every layer behind one was refitted
@@ -610,28 +648,14 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             made = {o for f in todo for o in f.node.output}
             dep = walk.dependents(scope, made) - made
             ready = [f for f in todo if f.node.input[0] not in dep]
-            dnn = dnn_runner([f.node.output[0] for f in ready],
-                             also=[site.output] if keep_site else ())
 
             def add(b, steps):
-                outs = dnn(b)
-                if keep_site and site.output in outs:
-                    vals, filled = site_dnn.setdefault(
-                        site.output, (np.zeros((n_total, *site.shape), np.float32), set()))
-                    vals[starts[b]:starts[b] + sizes[b]] = outs[site.output]
-                    filled.add(b)
                 for f in ready:
                     x = f.node.input[0]
                     if x in spikes:      # a recorded site's output, fed as recorded
                         steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
-                    y = outs[f.node.output[0]]
-                    floor = floors.get(f.node.output[0])
-                    if floor is not None:    # below it the site is silent either way
-                        y = np.maximum(y, np.float32(floor))
-                    top = ceilings.get(f.node.output[0])
-                    if top is not None:      # the DNN's activation is mu above it
-                        y = np.minimum(y, np.float32(top))
-                    f.add_steps(steps[x], y, first=starts[b])
+                    f.add_steps(steps[x], batch_targets(f.node.name, b), first=starts[b],
+                                gathered=True)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:
@@ -660,37 +684,18 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     changed()
                 layer_rows.append(row)
             for f in ready:
-                del pending[f.node.name]
-
-    # a layer whose output is a site's input (read by nothing else) is fitted to
-    # max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
-    # (one_step_ceiling: the DNN's activation saturates at mu, and one step fires one spike
-    # at most). The bias correction still takes the mean of h itself: against min(h, mu) it
-    # did worse on both deep networks (docs/FORMAT.md)
-    floors: Dict[str, float] = {}
-    ceilings: Dict[str, float] = {}
-    capped = cfg.caps_fit_targets(timesteps)
-    if cfg.weight_target_floor is not None or capped:
-        readers: Dict[str, int] = {}
-        for n in nm.model.graph.node:
-            for t in walk.node_inputs(n):      # a subgraph's read counts too
-                readers[t] = readers.get(t, 0) + 1
-        for k in names:
-            if readers.get(recs[k].input) != 1:
-                continue
-            if cfg.weight_target_floor is not None:
-                floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
-            if capped:
-                ceilings[recs[k].input] = float(recs[k].mu)
+                del pending[f.node.name], targets[f.node.name]
 
     rows = []
     refined_outputs: set = set()
     for i, s in enumerate(names):
         rec = recs[s]
-        calibrate_layers(rec.input, rec)
+        calibrate_layers(rec.input)
         collected = []
         need = kept_currents_bytes(timesteps, n_total, rec.neurons)
-        held = sum(v[0].nbytes for v in spikes.values()) + sum(v.nbytes for v in dnn_acts.values())
+        held = sum(v[0].nbytes for v in spikes.values()) + sum(
+            v[0].nbytes if isinstance(v, tuple) else sum(a.nbytes for a in v)
+            for v in targets.values())
         work_now = 4 * timesteps * (batch_size * rec.neurons + 2 * sum(len(p) for p in positions[s]))
         kept = [] if need and held + work_now + need <= MAX_REFINE_BYTES else None
 
@@ -737,9 +742,6 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         changed()   # the site's new parameters
         record_spikes(rec, kept)
         kept = None
-        if pending:   # only a layer still to refit reads the DNN's activations
-            record_dnn(rec)
-        site_dnn.clear()
         refined_outputs.add(rec.output)
         forget(i)
     calibrate_layers(None)   # the layers after the last site (the classifier)

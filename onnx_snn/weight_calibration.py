@@ -115,7 +115,7 @@ class LayerFit:
 
     def add(self, r: Optional[np.ndarray], y: np.ndarray,
             counts: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-            first: Optional[int] = None) -> None:
+            first: Optional[int] = None, gathered: bool = False) -> None:
         """A batch of images, the next ones of the calibration set: the layer's time-averaged
         spiking input ``r`` and the DNN's output ``y``. Every ``holdout``-th image is held out
         to check the refit (:meth:`held_out`). A convolution's rows (patches) are drawn at
@@ -124,7 +124,8 @@ class LayerFit:
         ``r = K * q`` along axis 1 (:func:`integer_form`; ``r`` is then not needed); its
         normal equations are then summed exactly (see :meth:`_accumulate`). ``first``: the
         batch's first image's place in the calibration set (default: after the images added
-        so far)."""
+        so far). ``gathered``: ``y`` holds only the outputs the rows are drawn at, as
+        :meth:`targets` gave them for the same images, not the layer's whole output."""
         self.walk = None
         values, q = counts if counts is not None else (r, None)
         first = self.images if first is None else int(first)
@@ -134,13 +135,44 @@ class LayerFit:
         # cut at the set's multiples of ROW_IMAGES, the same whatever the batch
         cuts = [0] + list(range((first // ROW_IMAGES + 1) * ROW_IMAGES - first, n, ROW_IMAGES)) + [n]
         for a, b in zip(cuts, cuts[1:]):
-            self._add_images(values[a:b], y[a:b], q, first + a)
+            self._add_images(values[a:b], y[a:b], q, first + a, gathered)
         self.images = first + n
 
+    def targets(self, y: np.ndarray, first: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The part of the layer's output ``y`` (the DNN's, for a batch of images whose first
+        is the ``first``-th of the calibration set) that its rows are paired with: for a
+        convolution, the outputs at the positions it draws patches from (:func:`_picks`),
+        [N, positions per image, outputs]; for a Gemm, ``y`` as [N, outputs]. Gathered in
+        one pass of the DNN, :meth:`add` takes them (``gathered=True``) instead of the whole
+        output, which the refinement would otherwise compute layer by layer. Written to
+        ``out`` when given (no copy of ``y`` is made on the way)."""
+        if self.node.op_type == "Gemm":
+            got = y.reshape(y.shape[0], -1)
+        else:
+            n, m, oh, ow = y.shape
+            pick = _picks(self, n, oh * ow, first)
+            flat = y.reshape(n, m, oh * ow)                        # a view: NCHW is contiguous
+            if pick is not None:
+                flat = np.take_along_axis(flat, pick[:, None, :], axis=2)
+            got = flat.transpose(0, 2, 1)                            # [N, positions, M]
+        if out is None:
+            return np.array(got, np.float32)
+        np.copyto(out, got)
+        return out
+
+    def targets_per_image(self, shape) -> int:
+        """How many values of one image's output (per-sample ``shape``) :meth:`targets`
+        keeps."""
+        if self.node.op_type == "Gemm":
+            return int(np.prod(shape))
+        per = int(np.prod(shape[1:]))
+        return int(shape[0]) * min(per, _row_cap(self.inputs))
+
     def _add_images(self, values: np.ndarray, y: np.ndarray, q: Optional[np.ndarray],
-                    first: int) -> None:
+                    first: int, gathered: bool = False) -> None:
         """:meth:`add` of at most ROW_IMAGES images."""
-        for g, (x, yg, image) in enumerate(_design(self, values, y, first, self._buffer)):
+        for g, (x, yg, image) in enumerate(_design(self, values, y, first, self._buffer,
+                                                   gathered)):
             yg = yg.astype(np.float32)
             scale = None if q is None else self._column_scale(q, g)
             if g == 0:           # every group's rows are of the same images, in the same order
@@ -159,13 +191,13 @@ class LayerFit:
                 self._accumulate(g, h, xp, yp, scale)
 
     def add_steps(self, steps: List[np.ndarray], y: np.ndarray,
-                  first: Optional[int] = None) -> None:
+                  first: Optional[int] = None, gathered: bool = False) -> None:
         """:meth:`add` from the input's values at each step (spikes times amplitudes, as the
         step graph computed them): their mean is ``r``; when every step's values are 0 or
         plus or minus one value per channel (spikes, max-pooled spikes), the normal
         equations are summed from the spike counts exactly."""
         counts = integer_form(steps)
-        self.add(np.mean(steps, axis=0) if counts is None else None, y, counts, first)
+        self.add(np.mean(steps, axis=0) if counts is None else None, y, counts, first, gathered)
 
     def _column_scale(self, q: np.ndarray, g: int) -> np.ndarray:
         """The quantum of each column of group ``g``'s rows (its input channel's; 1 for the
@@ -512,8 +544,20 @@ def _keys(index: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _picks(fit: LayerFit, n: int, per: int, first: Optional[int]) -> Optional[np.ndarray]:
+    """The output positions (flat, in row order) a convolution draws its rows at from ``n``
+    images of ``per`` positions each, the first of them the ``first``-th of the calibration
+    set: [n, _row_cap] when an image has more positions than that, else None (all of them).
+    They depend on each image's place in the set alone (:func:`_keys`), not on its batch."""
+    cap = _row_cap(int(np.prod(fit.weight.shape[1:])))
+    if first is None or per <= cap:
+        return None
+    keys = _keys((first + np.arange(n, dtype=np.int64))[:, None] * per + np.arange(per))
+    return np.sort(np.argpartition(keys, cap - 1, axis=1)[:, :cap], axis=1)
+
+
 def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, first: Optional[int] = None,
-            buffer=None):
+            buffer=None, gathered: bool = False):
     """Per group: (rows of inputs with a last column of ones for the bias, float32; rows of
     targets; each row's image, within the batch). With ``first`` (the batch's first image's
     place in the calibration set), a convolution with more patches per image than
@@ -521,7 +565,8 @@ def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, first: Optional[int] = 
     (:func:`_keys` of the patch's place in the set), in row order, and builds its patches
     there only (a 32 x 32 layer's image has 1 024 patches, of which 128 are kept).
     ``buffer(rows, cols)`` gives the array the rows are written to (default: a new one);
-    each group's rows are used before the next group's are written."""
+    each group's rows are used before the next group's are written. ``gathered``: ``y`` is
+    :meth:`LayerFit.targets`'s part of the output, not the whole of it."""
     buffer = buffer or (lambda rows, cols: np.empty((rows, cols), np.float32))
 
     def with_bias(rows: int, d: int):
@@ -538,13 +583,25 @@ def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, first: Optional[int] = 
     g = fit.groups
     cin, kh, kw = (int(v) for v in fit.weight.shape[1:])
     cout = fit.weight.shape[0] // g
-    n, _, oh, ow = y.shape
+    n = r.shape[0]
+    if gathered:
+        _, _, oh, ow = _output_size(fit, r.shape)
+    else:
+        _, _, oh, ow = y.shape
     per, d = oh * ow, cin * kh * kw
-    cap = _row_cap(d)
-    if first is None or per <= cap:
+    pick = _picks(fit, n, per, first)
+    yt = None
+    if gathered:                                                        # [rows, M]
+        if y.shape[1] != (per if pick is None else pick.shape[1]):
+            raise ValueError(f"{fit.node.name}: gathered targets of {y.shape[1]} positions per "
+                             f"image, where its rows are drawn at "
+                             f"{per if pick is None else pick.shape[1]}")
+        yt = y.reshape(-1, y.shape[-1])
+    if pick is None:
         p = n * per
         win = _windows(r, fit.weight.shape, fit.attrs)                  # [N, C, OH, OW, kh, kw]
-        yt = np.moveaxis(y, 1, -1).reshape(p, -1)                        # [P, M]
+        if yt is None:
+            yt = np.moveaxis(y, 1, -1).reshape(p, -1)                    # [P, M]
         image = np.repeat(np.arange(n), per)
         for i in range(g):
             x = with_bias(p, d)
@@ -552,16 +609,15 @@ def _design(fit: LayerFit, r: np.ndarray, y: np.ndarray, first: Optional[int] = 
                       win[:, i * cin:(i + 1) * cin].transpose(0, 2, 3, 1, 4, 5))
             yield x, yt[:, i * cout:(i + 1) * cout], image
         return
-    keys = _keys((first + np.arange(n, dtype=np.int64))[:, None] * per + np.arange(per))
-    pick = np.sort(np.argpartition(keys, cap - 1, axis=1)[:, :cap], axis=1)   # [N, cap]
-    b = np.repeat(np.arange(n), cap)
+    b = np.repeat(np.arange(n), pick.shape[1])
     yo, xo = np.divmod(pick.reshape(-1), ow)
     padded = _padded_nhwc(r, fit.weight.shape, fit.attrs)
     for i in range(g):
         x = with_bias(len(b), d)
         patches_at(padded, fit.weight.shape, fit.attrs, b, yo, xo, slice(i * cin, (i + 1) * cin),
                    out=x[:, :d].reshape(len(b), cin, kh, kw))
-        yield x, y[b, i * cout:(i + 1) * cout, yo, xo], b
+        yield x, (yt[:, i * cout:(i + 1) * cout] if gathered
+                  else y[b, i * cout:(i + 1) * cout, yo, xo]), b
 
 
 def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, dilations):
@@ -584,6 +640,15 @@ def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, 
 
 def _strides_dilations(attrs: dict):
     return list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+
+
+def _output_size(fit: LayerFit, x_shape) -> Tuple[int, int, int, int]:
+    """The convolution's output shape [N, M, OH, OW] for an input of ``x_shape``."""
+    kh, kw = int(fit.weight.shape[2]), int(fit.weight.shape[3])
+    (t, l, b, r), strides, dil = _geometry(fit.attrs, x_shape[2:], fit.weight.shape)
+    oh = (int(x_shape[2]) + t + b - (kh - 1) * dil[0] - 1) // strides[0] + 1
+    ow = (int(x_shape[3]) + l + r - (kw - 1) * dil[1] - 1) // strides[1] + 1
+    return int(x_shape[0]), int(fit.weight.shape[0]), oh, ow
 
 
 def _geometry(attrs: dict, size, w_shape):

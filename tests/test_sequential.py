@@ -212,31 +212,28 @@ def test_refinement_keeps_a_models_fixed_batch(monkeypatch):
 
 
 @pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
-def test_refinement_runs_the_dnn_layer_by_layer(make, monkeypatch):
-    """After one pass for the targets, the DNN is run from the recorded activations of the
-    sites before each layer (the layer alone), never again from the input: the refinement's
-    DNN work grows with the depth, not with its square."""
+def test_refinement_runs_the_dnn_once(make, monkeypatch):
+    """The DNN runs once, from the input: the search's targets and every refitted layer's
+    are gathered in that pass, and no layer is run as the DNN again (they were run one by
+    one from the recorded activations of the sites before them until 2026-12-06)."""
     import onnx_snn.sequential as S
     seen = []
     real = S.make_session
 
     def spy(model, *args, **kwargs):
         if kwargs.get("where") == "the DNN":
-            seen.append(({i.name for i in model.graph.input}, len(model.graph.node)))
+            seen.append((len(model.graph.node), list(kwargs.get("outputs", ()))))
         return real(model, *args, **kwargs)
     monkeypatch.setattr(S, "make_session", spy)
     nm = onnx_snn.prepare(make())
     x = B.rand_input(24)
     cal = onnx_snn.calibrate(nm, x, show_progress=False)
-    onnx_snn.build(nm, cal, 2, "refined")
-    nodes = len(nm.model.graph.node)
-    assert len(seen) > 2 and seen[0][1] == nodes    # the targets: one whole pass
-    # then about every node once: a refitted layer's output and the site's activation after
-    # it come from one run (twice before: VGG 13 nodes of 9, ResNet 21 of 16; now 9 and 17),
-    # where runs from the input would add up to about nodes * sites / 2
-    assert sum(n for _, n in seen[1:]) <= nodes + len(nm.sites) // 2
-    starts = sum(nm.model.graph.input[0].name in inputs for inputs, _ in seen[1:])
-    assert starts <= 2                          # only the first site's layers read the input
+    snn = onnx_snn.build(nm, cal, 2, "refined")
+    refitted = [r["layer"] for r in snn.report["sequential"]["layers"] if r.get("refitted")]
+    assert refitted                   # the check below is not empty
+    assert len(seen) == 1 and seen[0][0] == len(nm.model.graph.node)
+    made = {o for n in nm.model.graph.node if n.name in refitted for o in n.output[:1]}
+    assert made <= set(seen[0][1]) | {o.name for o in nm.model.graph.output}
 
 
 def test_live_sites_keep_a_residual_branch_and_drop_the_rest():
@@ -612,3 +609,22 @@ def test_channel_axis_of_a_matmul_is_its_weights_outputs():
                       h.make_tensor_value_info("left", TP.FLOAT, None)], [w, v])
     m = h.make_model(g)
     assert channel_axis(m, "right", 3) == 2 and channel_axis(m, "left", 3) == 1
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
+def test_the_memory_estimate_counts_the_gathered_targets(make, monkeypatch):
+    """target_bytes, in the memory check before the work, is what the refinement's first
+    pass gathers for the weight calibration (every layer to refit, every sample)."""
+    import onnx_snn.weight_calibration as W
+    from onnx_snn.sequential import target_bytes
+    got = []
+    real = W.LayerFit.targets
+    def spy(self, y, first, out=None):
+        if out is not None:               # a batch's part of the layer's array
+            got.append(out.nbytes)
+        return real(self, y, first, out)
+    monkeypatch.setattr(W.LayerFit, "targets", spy)
+    nm = onnx_snn.prepare(make())
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
+    onnx_snn.build(nm, cal, 2, "refined")
+    assert got and sum(got) == target_bytes(nm, cal)

@@ -511,8 +511,8 @@ def test_a_large_batch_is_added_64_images_at_a_time_with_the_same_sums(monkeypat
     seen = []
     real = W.LayerFit._add_images
     monkeypatch.setattr(W.LayerFit, "_add_images",
-                        lambda self, v, t, q, first: seen.append((first, len(v))) or
-                        real(self, v, t, q, first))
+                        lambda self, v, t, q, first, *rest: seen.append((first, len(v))) or
+                        real(self, v, t, q, first, *rest))
     whole, parts = layer_fit(node, inits), layer_fit(node, inits)
     whole.add(x, y)
     assert seen == [(0, 64), (64, 64), (128, 22)]
@@ -522,3 +522,49 @@ def test_a_large_batch_is_added_64_images_at_a_time_with_the_same_sums(monkeypat
     for a, c in ((whole.fit[0], parts.fit[0]), (whole.held[0], parts.held[0])):
         np.testing.assert_allclose(a[0], c[0], rtol=1e-12)
         np.testing.assert_allclose(a[1], c[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("attrs", CASES)
+@pytest.mark.parametrize("size", [(9, 8), (30, 28)])      # all patches / _row_cap of them
+def test_gathered_targets_give_the_rows_of_the_whole_output(attrs, size):
+    """LayerFit.targets keeps only the outputs a layer's rows are drawn at (what the
+    refinement gathers in its one pass of the DNN); added with gathered=True they give the
+    same rows, targets and sums as the layer's whole output, for batches cut anywhere."""
+    rng = np.random.default_rng(11)
+    g = attrs.get("group", 1)
+    w = rng.normal(size=(6, 4 // g, 3, 3)).astype(np.float32)
+    b = rng.normal(size=6).astype(np.float32)
+    node, inits = _conv(w, b, **attrs)
+    x = rng.random((70, 4, *size)).astype(np.float32)
+    y = _reference_conv(x, w, b, **attrs)
+    whole, gathered = layer_fit(node, inits), layer_fit(node, inits)
+    kept = whole.targets(y, first=0)
+    per = y.shape[2] * y.shape[3]
+    assert kept.shape == (70, min(per, _row_cap(whole.inputs)), 6)
+    assert (per > _row_cap(whole.inputs)) == (size == (30, 28))
+    for (r1, t1, i1), (r2, t2, i2) in zip(_design(whole, x[3:9], y[3:9], first=3),
+                                          _design(whole, x[3:9], kept[3:9], first=3,
+                                                  gathered=True)):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(i1, i2)
+    for s in range(0, 70, 9):            # the batches' own gathering, at their places
+        whole.add(x[s:s + 9], y[s:s + 9], first=s)
+        gathered.add(x[s:s + 9], gathered.targets(y[s:s + 9], first=s), first=s, gathered=True)
+    for a, c in ((whole.fit, gathered.fit), (whole.held, gathered.held)):
+        for ga, gc in zip(a, c):
+            np.testing.assert_array_equal(ga[0], gc[0])
+            np.testing.assert_array_equal(ga[1], gc[1])
+    with pytest.raises(ValueError, match="gathered targets"):    # another layer's
+        list(_design(whole, x[:2], kept[:2, :1], first=0, gathered=True))
+
+
+def test_a_gemms_gathered_targets_are_its_output():
+    rng = np.random.default_rng(12)
+    w = rng.normal(size=(5, 8)).astype(np.float32)      # 8 inputs, 5 outputs (transB)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)
+    inits = {"w": numpy_helper.from_array(w, "w"),
+             "b": numpy_helper.from_array(np.zeros(5, np.float32), "b")}
+    fit = layer_fit(node, inits)
+    y = rng.normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(fit.targets(y, first=7), y)
