@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -38,8 +39,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import (Calibration, StratifiedStream, batch_within, calibration_feeds,
-                        fixed_batch, input_specs, make_session, tensor_shapes)
+from .calibrate import (CALIB_BATCH_BYTES, Calibration, StratifiedStream, batch_within,
+                        calibration_feeds, fixed_batch, input_specs, make_session, static_shapes,
+                        tensor_shapes)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -345,9 +347,19 @@ def target_bytes(nm: NormalizedModel, cal: Calibration) -> int:
     its rows are drawn (:meth:`LayerFit.targets`, float32), for every calibration sample,
     all gathered in the refinement's first pass (each dropped when its layer is refitted)."""
     sites = {s.name: s for s in nm.sites if s.name in cal.sites}
-    fits = _calibrated_layers(nm, sites, [])
-    shapes = tensor_shapes(nm, [f.node.output[0] for f in fits], cal.input_shapes)
-    return sum(4 * cal.n_samples * f.targets_per_image(shapes[f.node.output[0]]) for f in fits)
+    return _fits_bytes(nm, _calibrated_layers(nm, sites, []), cal.n_samples, cal.input_shapes)
+
+
+def _fits_bytes(nm: NormalizedModel, fits: list, n_samples: int, input_shapes) -> int:
+    shapes = tensor_shapes(nm, [f.node.output[0] for f in fits], input_shapes)
+    return sum(4 * n_samples * f.targets_per_image(shapes[f.node.output[0]]) for f in fits)
+
+
+def memory_targets_bytes(nm: NormalizedModel, cal: Calibration) -> int:
+    """What :func:`target_bytes` keeps in memory: nothing above TARGETS_IN_MEMORY_BYTES (the
+    targets then go to temporary files)."""
+    need = target_bytes(nm, cal)
+    return need if need <= TARGETS_IN_MEMORY_BYTES else 0
 
 
 def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
@@ -355,7 +367,8 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     """An estimate of the memory the refined method holds (see :func:`refine`): while a site
     is refined, ``T * samples * neurons`` bytes for it and for every earlier site still read
     (spikes as uint8 per step; all sites when ``nm`` is not given); with weight calibration,
-    :func:`target_bytes` (without ``nm``: 4 bytes per neuron of every site and sample); plus
+    :func:`target_bytes` (without ``nm``, a guess: 4 bytes per neuron of every site and
+    sample); plus
     ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
     :func:`refine_batch_size` bounds). A site's currents are kept (:func:`kept_currents_bytes`)
     only where they fit under MAX_REFINE_BYTES beside what is held then: not counted here."""
@@ -376,7 +389,7 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
         work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
     targets = 0
     if cfg.weight_calibration:
-        targets = (target_bytes(nm, cal) if nm is not None
+        targets = (memory_targets_bytes(nm, cal) if nm is not None
                    else 4 * cal.n_samples * sum(neurons.values()))
     return cache + targets + work
 
@@ -395,6 +408,115 @@ def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig,
             "input currents); the "
             f"limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
             "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta")
+
+
+#: the weight calibration's gathered targets stay in memory up to this many bytes in all
+#: (sequential.target_bytes); above it each layer's go to a file in a temporary folder,
+#: read back a batch at a time when the layer is refitted (an ImageNet ResNet-50 gathers
+#: 0.7 GB for 64 images, a 400-layer chain 0.4 GB for 512)
+TARGETS_IN_MEMORY_BYTES = 2 ** 28
+
+
+class _Targets:
+    """The layers to refit's gathered targets (:meth:`LayerFit.targets`) for every
+    calibration image: per layer one array, each image's rows at its place in the set
+    (many per-batch pieces, interleaved on the heap with each batch's outputs, held GBs of
+    freed memory that could not go back to the system: an ImageNet VGG-16, 64 images), or
+    one array per refinement batch for a layer whose output is not a whole number of rows
+    per image (a Reshape that moves the batch axis). With ``spill``, the per-layer arrays
+    are files in a temporary folder (removed by :meth:`close`, or when the object goes)."""
+
+    def __init__(self, n_total: int, starts: List[int], sizes: List[int], spill: bool = False):
+        self.n_total, self.starts, self.sizes = n_total, starts, sizes
+        self.arrays: Dict[str, tuple] = {}        # {layer: (array or file, rows per image, shape)}
+        self.pieces: Dict[str, List[list]] = {}   # {layer: per batch, its parts' arrays}
+        self.folder = None
+        if spill:
+            import shutil
+            import tempfile
+            import weakref
+            self.folder = tempfile.mkdtemp(prefix="onnx-snn-targets-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def _view(self, k: str, mode: str) -> np.ndarray:
+        store, _, shape = self.arrays[k]
+        return store if self.folder is None else np.memmap(store, np.float32, mode, shape=shape)
+
+    def add(self, f, y: np.ndarray, b: int, a: int, m: int, bound=None) -> None:
+        """Gather ``y``, the layer's output for images ``a .. a + m`` of batch ``b``, into
+        its place, after ``bound(part)`` (in place) when given."""
+        k, first = f.node.name, self.starts[b] + a
+        per = y.shape[0] // m if y.shape[0] % m == 0 else 0
+        if per and k not in self.arrays and k not in self.pieces:
+            shape = (self.n_total * per,) + f.targets(y[:1], first=0).shape[1:]
+            if self.folder is None:
+                self.arrays[k] = (np.empty(shape, np.float32), per, shape)
+            else:
+                path = os.path.join(self.folder, f"{len(self.arrays) + len(self.pieces)}.f32")
+                np.memmap(path, np.float32, "w+", shape=shape).flush()
+                self.arrays[k] = (path, per, shape)
+        if k in self.arrays and per != self.arrays[k][1]:     # per batch from now on
+            p, whole = self.arrays[k][1], self._view(k, "r")
+            self.pieces[k] = [[np.array(whole[self.starts[i] * p:(self.starts[i] + self.sizes[i]) * p])]
+                              for i in range(b)] + [[np.array(whole[self.starts[b] * p:first * p])] if a else []]
+            del whole
+            self._forget(k)
+        if k in self.arrays:
+            p = self.arrays[k][1]
+            whole = self._view(k, "r+")
+            part = f.targets(y, first=first, out=whole[first * p:(first + m) * p])
+        else:
+            parts = self.pieces.setdefault(k, [])
+            while len(parts) <= b:
+                parts.append([])
+            part = f.targets(y, first=first)
+            parts[b].append(part)
+        if bound is not None:
+            bound(part)
+
+    def batch(self, k: str, b: int) -> np.ndarray:
+        """Layer ``k``'s targets for batch ``b`` (read from its file when spilled)."""
+        if k in self.arrays:
+            p = self.arrays[k][1]
+            part = self._view(k, "r")[self.starts[b] * p:(self.starts[b] + self.sizes[b]) * p]
+            return part if self.folder is None else np.array(part)
+        parts = self.pieces[k][b]
+        if len(parts) != 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
+
+    def _forget(self, k: str) -> None:
+        store = self.arrays.pop(k)[0]
+        if self.folder is not None:
+            os.remove(store)
+
+    def drop(self, k: str) -> None:
+        if k in self.arrays:
+            self._forget(k)
+        self.pieces.pop(k, None)
+
+    def nbytes(self) -> int:
+        """The bytes held in memory."""
+        return (sum(v[0].nbytes for v in self.arrays.values() if self.folder is None) +
+                sum(x.nbytes for parts in self.pieces.values() for p in parts for x in p))
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self._cleanup()
+
+
+def _bound(floor: Optional[float], top: Optional[float]):
+    """The in-place bounding of a layer's targets by :func:`_target_bounds`'s values (None:
+    none)."""
+    if floor is None and top is None:
+        return None
+
+    def bound(y: np.ndarray) -> None:
+        if floor is not None:    # below it the site is silent either way
+            np.maximum(y, np.float32(floor), out=y)
+        if top is not None:      # the DNN's activation is mu above it
+            np.minimum(y, np.float32(top), out=y)
+    return bound
 
 
 def _target_bounds(nm: NormalizedModel, recs, names: List[str], cfg: SearchConfig,
@@ -468,55 +590,50 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # one pass of the DNN: its pre-activations at each site's sampled positions (the search's
     # targets), and each layer to refit's outputs where its rows will be drawn (the weight
     # calibration's targets: the layers are then never run as the DNN one by one)
-    fitted = {f.node.output[0] for f in pending.values()}
-    sess = make_session(nm.model, threads, where="the DNN", spin=SPIN,
-                        outputs=list(dict.fromkeys([recs[s].input for s in names] + sorted(fitted))))
+    exposed = list(dict.fromkeys([recs[s].input for s in names] +
+                                 sorted({f.node.output[0] for f in pending.values()})))
+    sess = make_session(nm.model, threads, where="the DNN", spin=SPIN, outputs=exposed)
     sess_names = [o.name for o in sess.get_outputs()]
+    # a batch of the refinement runs in parts whose outputs fit in CALIB_BATCH_BYTES, as in
+    # calibration: a residual network exposes its convolutions before each Add too
+    neurons = {recs[s].input: recs[s].neurons for s in names}
+    known = static_shapes(nm, [t for t in exposed if t not in neurons],
+                          {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+    per_image = 4 * (sum(neurons.values()) + sum(int(np.prod(v)) for v in known.values()))
+    fixed = bool(fixed_batch(input_specs(nm.model)))
     preacts = {s: [] for s in names}
-    # per layer, one array for every calibration image, allocated at the first batch: many
-    # per-batch pieces, interleaved on the heap with each batch's outputs, held GBs of
-    # freed memory that could not go back to the system (an ImageNet VGG-16, 64 images).
-    # {layer: (array, its rows per image)}, or per batch where a layer's output is not a
-    # whole number of rows per image (a Reshape that moves the batch axis): {layer: [array]}
-    targets: Dict[str, object] = {}
-
-    def gathered(f, y, b):
-        """The batch's part of the layer's targets, written into its place."""
-        k, nb = f.node.name, sizes[b]
-        per = y.shape[0] // nb if y.shape[0] % nb == 0 else 0
-        got = targets.get(k)
-        if got is None and per:
-            shape = f.targets(y[:1], first=0).shape[1:]
-            got = targets[k] = (np.empty((n_total * per,) + shape, np.float32), per)
-        if isinstance(got, tuple) and per != got[1]:      # per batch from now on
-            got = targets[k] = [got[0][starts[i] * got[1]:(starts[i] + sizes[i]) * got[1]]
-                                for i in range(b)]
-        if isinstance(got, tuple):
-            return f.targets(y, first=starts[b], out=got[0][starts[b] * per:(starts[b] + nb) * per])
-        targets.setdefault(k, []).append(f.targets(y, first=starts[b]))
-        return targets[k][-1]
-
-    def batch_targets(k: str, b: int) -> np.ndarray:
-        got = targets[k]
-        if isinstance(got, tuple):
-            return got[0][starts[b] * got[1]:(starts[b] + sizes[b]) * got[1]]
-        return got[b]
+    targets = _Targets(n_total, starts, sizes, spill=bool(pending) and _fits_bytes(
+        nm, list(pending.values()), n_total, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+        > TARGETS_IN_MEMORY_BYTES)
     for b, start in enumerate(starts):
-        feed = {k: v[start:start + sizes[b]] for k, v in feeds.items()}
-        outs = dict(zip(sess_names, sess.run(None, feed)))
+        nb = sizes[b]
+        part = batch_within(nb, per_image, CALIB_BATCH_BYTES, fixed)
+        sampled: Dict[str, np.ndarray] = {}
+        for a in range(0, nb, part):
+            m = min(part, nb - a)
+            feed = {k: v[start + a:start + a + m] for k, v in feeds.items()}
+            outs = dict(zip(sess_names, sess.run(None, feed)))
+            for s in names:
+                # as onnxruntime gave them (float32): widened to float64 when used, the same
+                # values (a deep network's sites kept 16 bytes per sample for the whole
+                # refinement); the batch's positions, in their order, from its parts
+                pos, flat = positions[s][b], outs[recs[s].input].reshape(-1)
+                if m == nb:
+                    sampled[s] = flat[pos]
+                else:
+                    lo = a * recs[s].neurons
+                    sel = (pos >= lo) & (pos < lo + flat.size)
+                    sampled.setdefault(s, np.empty(len(pos), np.float32))[sel] = flat[pos[sel] - lo]
+            for f in pending.values():
+                targets.add(f, outs[f.node.output[0]], b, a, m,
+                            bound=_bound(floors.get(f.node.output[0]), ceilings.get(f.node.output[0])))
+            # (no view of an output may outlive the pass: onnxruntime's outputs share its
+            # arena's memory, which a single one kept whole, 0.9 GB on an ImageNet ResNet-50)
+            del outs, flat
         for s in names:
-            # as onnxruntime gave them (float32): widened to float64 when used, the same values
-            # (a deep network's sites kept 16 bytes per sample for the whole refinement)
-            preacts[s].append(outs[recs[s].input].reshape(-1)[positions[s][b]])
-        for k, f in pending.items():
-            y = gathered(f, outs[f.node.output[0]], b)
-            floor, top = floors.get(f.node.output[0]), ceilings.get(f.node.output[0])
-            if floor is not None:    # below it the site is silent either way
-                np.maximum(y, np.float32(floor), out=y)
-            if top is not None:      # the DNN's activation is mu above it
-                np.minimum(y, np.float32(top), out=y)
-        bar.update(sizes[b])
-    del sess, outs   # the session's activations (GBs for 224 x 224 layers) go now
+            preacts[s].append(sampled[s])
+        bar.update(nb)
+    del sess   # the session's activations (GBs for 224 x 224 layers) go now
     preacts = {s: np.concatenate(v) for s, v in preacts.items()}
     grouped = cfg.per_channel or cfg.bias_correction
     work = _working_copy(nm) if cfg.weight_calibration else nm
@@ -654,7 +771,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     x = f.node.input[0]
                     if x in spikes:      # a recorded site's output, fed as recorded
                         steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
-                    f.add_steps(steps[x], batch_targets(f.node.name, b), first=starts[b],
+                    f.add_steps(steps[x], targets.batch(f.node.name, b), first=starts[b],
                                 gathered=True)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
@@ -684,7 +801,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     changed()
                 layer_rows.append(row)
             for f in ready:
-                del pending[f.node.name], targets[f.node.name]
+                del pending[f.node.name]
+                targets.drop(f.node.name)
 
     rows = []
     refined_outputs: set = set()
@@ -693,9 +811,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         calibrate_layers(rec.input)
         collected = []
         need = kept_currents_bytes(timesteps, n_total, rec.neurons)
-        held = sum(v[0].nbytes for v in spikes.values()) + sum(
-            v[0].nbytes if isinstance(v, tuple) else sum(a.nbytes for a in v)
-            for v in targets.values())
+        held = sum(v[0].nbytes for v in spikes.values()) + targets.nbytes()
         work_now = 4 * timesteps * (batch_size * rec.neurons + 2 * sum(len(p) for p in positions[s]))
         kept = [] if need and held + work_now + need <= MAX_REFINE_BYTES else None
 
@@ -745,6 +861,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         refined_outputs.add(rec.output)
         forget(i)
     calibrate_layers(None)   # the layers after the last site (the classifier)
+    targets.close()
     order = {n.name: i for i, n in enumerate(nm.model.graph.node)}
     layer_rows.sort(key=lambda r: order.get(r["layer"], len(order)))   # graph order
     if not bar.disable and bar.total and bar.n < bar.total:   # a site with no layer to refit: one pass fewer

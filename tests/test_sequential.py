@@ -248,7 +248,9 @@ def test_live_sites_keep_a_residual_branch_and_drop_the_rest():
         assert max(len(v) for v in live) == most and all(v == [] or v[-1] == k or len(v) < 3
                                                        for v, k in zip(live, names))
         cal = onnx_snn.calibrate(nm, B.rand_input(16), show_progress=False)
-        assert refine_bytes(cal, 2, SearchConfig(), nm) <= refine_bytes(cal, 2, SearchConfig())
+        # (the spikes kept: the weight calibration's targets are counted apart, target_bytes)
+        plain = SearchConfig(weight_calibration=False)
+        assert refine_bytes(cal, 2, plain, nm) <= refine_bytes(cal, 2, plain)
 
 
 def _live_sites_by_pruning(nm, names):
@@ -628,3 +630,94 @@ def test_the_memory_estimate_counts_the_gathered_targets(make, monkeypatch):
     cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
     onnx_snn.build(nm, cal, 2, "refined")
     assert got and sum(got) == target_bytes(nm, cal)
+
+
+@pytest.mark.parametrize("make", [lambda: B.vgg(13, "clip"), lambda: B.resnet(13, "clip")])
+def test_the_dnn_pass_runs_a_batch_in_parts_when_its_outputs_are_large(make, monkeypatch):
+    """The refinement's DNN pass exposes every site's input and every refitted layer's output
+    (a residual network's convolutions before each Add too): a batch whose outputs would
+    exceed CALIB_BATCH_BYTES runs in parts of fewer images, with the same conversion."""
+    import onnx_snn.sequential as S
+    nm = onnx_snn.prepare(make())
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
+    whole = onnx_snn.build(nm, cal, 2, "refined")
+    runs = []
+    real = S.make_session
+
+    def spy(model, *args, **kwargs):
+        sess = real(model, *args, **kwargs)
+        if kwargs.get("where") != "the DNN":
+            return sess
+
+        class Counted:
+            def __getattr__(self, name):
+                return getattr(sess, name)
+
+            def run(self, names, feed):
+                runs.append(len(next(iter(feed.values()))))
+                return sess.run(names, feed)
+        return Counted()
+    monkeypatch.setattr(S, "make_session", spy)
+    monkeypatch.setattr(S, "CALIB_BATCH_BYTES", 1)          # one image at a time
+    parts = onnx_snn.build(nm, cal, 2, "refined")
+    assert runs == [1] * 24
+    for a, c in zip(whole.model.graph.initializer, parts.model.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
+    assert whole.report["sequential"]["layers"] == parts.report["sequential"]["layers"]
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_gathered_targets_keep_their_places_through_parts_and_odd_rows(spill):
+    """_Targets: each part of a batch goes to its images' places (in memory, or in a
+    temporary file); a layer whose output stops being a whole number of rows per image (a
+    Reshape that moves the batch axis) is kept per batch from then on, its earlier batches
+    unchanged; the bound is applied to what is kept; the folder goes at close()."""
+    from onnx import helper as h
+
+    from onnx_snn.sequential import _Targets
+    from onnx_snn.weight_calibration import layer_fit
+    node = h.make_node("Gemm", ["x", "w"], ["y"], name="fc")
+    fit = layer_fit(node, {"w": onnx.numpy_helper.from_array(np.ones((3, 2), np.float32), "w")})
+    rng = np.random.default_rng(0)
+    starts, sizes = [0, 4, 8], [4, 4, 3]
+    t = _Targets(11, starts, sizes, spill=spill)
+    assert (t.folder is not None) == spill
+    given = {}
+    for b, parts in enumerate([[(0, 4)], [(0, 2), (2, 2)], [(0, 2), (2, 1)]]):
+        for a, m in parts:
+            rows = 2 * m if (b, a) != (2, 2) else 5          # the last part: 5 rows for 1 image
+            y = rng.normal(size=(rows, 2)).astype(np.float32)
+            t.add(fit, y, b, a, m, bound=lambda v: np.maximum(v, np.float32(0), out=v))
+            given.setdefault(b, []).append(np.maximum(y, 0))
+    assert "fc" in t.pieces and "fc" not in t.arrays
+    for b in range(3):
+        np.testing.assert_array_equal(t.batch("fc", b), np.concatenate(given[b]))
+    assert t.nbytes() == sum(y.nbytes for v in given.values() for y in v)
+    t.drop("fc")
+    assert t.nbytes() == 0
+    folder = t.folder
+    t.close()
+    assert folder is None or not os.path.exists(folder)
+
+
+def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monkeypatch):
+    """Past TARGETS_IN_MEMORY_BYTES the gathered targets are files in a temporary folder,
+    read back a batch at a time: the same conversion, the memory estimate without them,
+    and no folder left."""
+    import glob
+    import tempfile
+
+    import onnx_snn.sequential as S
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
+    kept = onnx_snn.build(nm, cal, 2, "refined")
+    cfg = SearchConfig()
+    before = S.refine_bytes(cal, 2, cfg, nm)
+    monkeypatch.setattr(S, "TARGETS_IN_MEMORY_BYTES", 0)
+    leftover = set(glob.glob(os.path.join(tempfile.gettempdir(), "onnx-snn-targets-*")))
+    spilled = onnx_snn.build(nm, cal, 2, "refined")
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "onnx-snn-targets-*"))) == leftover
+    assert S.refine_bytes(cal, 2, cfg, nm) == before - S.target_bytes(nm, cal)
+    for a, c in zip(kept.model.graph.initializer, spilled.model.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
+    assert kept.report["sequential"]["layers"] == spilled.report["sequential"]["layers"]
