@@ -423,24 +423,38 @@ class _Targets:
     (many per-batch pieces, interleaved on the heap with each batch's outputs, held GBs of
     freed memory that could not go back to the system: an ImageNet VGG-16, 64 images), or
     one array per refinement batch for a layer whose output is not a whole number of rows
-    per image (a Reshape that moves the batch axis). With ``spill``, the per-layer arrays
-    are files in a temporary folder (removed by :meth:`close`, or when the object goes)."""
+    per image (a Reshape that moves the batch axis). With ``spill``, each per-layer array is
+    an anonymous temporary file (unlinked as it is made: nothing is left behind whatever
+    ends the process), written and read with plain file I/O, so that a full disk is an
+    error and not a fault in a memory mapping."""
 
     def __init__(self, n_total: int, starts: List[int], sizes: List[int], spill: bool = False):
-        self.n_total, self.starts, self.sizes = n_total, starts, sizes
+        self.n_total, self.starts, self.sizes, self.spill = n_total, starts, sizes, spill
         self.arrays: Dict[str, tuple] = {}        # {layer: (array or file, rows per image, shape)}
         self.pieces: Dict[str, List[list]] = {}   # {layer: per batch, its parts' arrays}
-        self.folder = None
-        if spill:
-            import shutil
-            import tempfile
-            import weakref
-            self.folder = tempfile.mkdtemp(prefix="onnx-snn-targets-")
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
 
-    def _view(self, k: str, mode: str) -> np.ndarray:
+    def _file_error(self, e: OSError) -> UsageError:
+        import tempfile
+        return UsageError(f"the refinement's temporary files in {tempfile.gettempdir()}: "
+                          f"{e.strerror or e}; free space there or set TMPDIR to a folder with "
+                          "room for them, or lower --calib-samples")
+
+    def _write(self, k: str, first_row: int, part: np.ndarray) -> None:
         store, _, shape = self.arrays[k]
-        return store if self.folder is None else np.memmap(store, np.float32, mode, shape=shape)
+        row = int(np.prod(shape[1:], dtype=np.int64)) * 4
+        try:
+            os.pwrite(store.fileno(), np.ascontiguousarray(part, np.float32).tobytes(),
+                      first_row * row)
+        except OSError as e:
+            raise self._file_error(e) from None
+
+    def _read(self, k: str, lo: int, hi: int) -> np.ndarray:
+        store, _, shape = self.arrays[k]
+        if not self.spill:
+            return store[lo:hi]
+        row = int(np.prod(shape[1:], dtype=np.int64)) * 4
+        data = os.pread(store.fileno(), (hi - lo) * row, lo * row)
+        return np.frombuffer(bytearray(data), np.float32).reshape((hi - lo,) + tuple(shape[1:]))
 
     def add(self, f, y: np.ndarray, b: int, a: int, m: int, bound=None) -> None:
         """Gather ``y``, the layer's output for images ``a .. a + m`` of batch ``b``, into
@@ -449,22 +463,26 @@ class _Targets:
         per = y.shape[0] // m if y.shape[0] % m == 0 else 0
         if per and k not in self.arrays and k not in self.pieces:
             shape = (self.n_total * per,) + f.targets(y[:1], first=0).shape[1:]
-            if self.folder is None:
+            if not self.spill:
                 self.arrays[k] = (np.empty(shape, np.float32), per, shape)
             else:
-                path = os.path.join(self.folder, f"{len(self.arrays) + len(self.pieces)}.f32")
-                np.memmap(path, np.float32, "w+", shape=shape).flush()
-                self.arrays[k] = (path, per, shape)
+                import tempfile
+                try:
+                    self.arrays[k] = (tempfile.TemporaryFile(prefix="onnx-snn-targets-"), per, shape)
+                except OSError as e:
+                    raise self._file_error(e) from None
         if k in self.arrays and per != self.arrays[k][1]:     # per batch from now on
-            p, whole = self.arrays[k][1], self._view(k, "r")
-            self.pieces[k] = [[np.array(whole[self.starts[i] * p:(self.starts[i] + self.sizes[i]) * p])]
-                              for i in range(b)] + [[np.array(whole[self.starts[b] * p:first * p])] if a else []]
-            del whole
+            p = self.arrays[k][1]
+            self.pieces[k] = [[self._read(k, self.starts[i] * p, (self.starts[i] + self.sizes[i]) * p).copy()]
+                              for i in range(b)] + \
+                             [[self._read(k, self.starts[b] * p, first * p).copy()] if a else []]
             self._forget(k)
         if k in self.arrays:
-            p = self.arrays[k][1]
-            whole = self._view(k, "r+")
-            part = f.targets(y, first=first, out=whole[first * p:(first + m) * p])
+            store, p, _ = self.arrays[k]
+            if not self.spill:
+                part = f.targets(y, first=first, out=store[first * p:(first + m) * p])
+            else:
+                part = f.targets(y, first=first)
         else:
             parts = self.pieces.setdefault(k, [])
             while len(parts) <= b:
@@ -473,13 +491,14 @@ class _Targets:
             parts[b].append(part)
         if bound is not None:
             bound(part)
+        if self.spill and k in self.arrays:
+            self._write(k, first * self.arrays[k][1], part)
 
     def batch(self, k: str, b: int) -> np.ndarray:
         """Layer ``k``'s targets for batch ``b`` (read from its file when spilled)."""
         if k in self.arrays:
             p = self.arrays[k][1]
-            part = self._view(k, "r")[self.starts[b] * p:(self.starts[b] + self.sizes[b]) * p]
-            return part if self.folder is None else np.array(part)
+            return self._read(k, self.starts[b] * p, (self.starts[b] + self.sizes[b]) * p)
         parts = self.pieces[k][b]
         if len(parts) != 1:
             parts[:] = [np.concatenate(parts)]
@@ -487,8 +506,8 @@ class _Targets:
 
     def _forget(self, k: str) -> None:
         store = self.arrays.pop(k)[0]
-        if self.folder is not None:
-            os.remove(store)
+        if self.spill:
+            store.close()
 
     def drop(self, k: str) -> None:
         if k in self.arrays:
@@ -497,12 +516,13 @@ class _Targets:
 
     def nbytes(self) -> int:
         """The bytes held in memory."""
-        return (sum(v[0].nbytes for v in self.arrays.values() if self.folder is None) +
+        return (sum(v[0].nbytes for v in self.arrays.values() if not self.spill) +
                 sum(x.nbytes for parts in self.pieces.values() for p in parts for x in p))
 
     def close(self) -> None:
-        if self.folder is not None:
-            self._cleanup()
+        for k in list(self.arrays):
+            self._forget(k)
+        self.pieces.clear()
 
 
 def _bound(floor: Optional[float], top: Optional[float]):
@@ -618,6 +638,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 # values (a deep network's sites kept 16 bytes per sample for the whole
                 # refinement); the batch's positions, in their order, from its parts
                 pos, flat = positions[s][b], outs[recs[s].input].reshape(-1)
+                if flat.size != m * recs[s].neurons:
+                    raise ValueError(f"site {s}: {flat.size // max(m, 1)} values per sample in "
+                                     f"the DNN's pass, where it was calibrated with "
+                                     f"{recs[s].neurons}")
                 if m == nb:
                     sampled[s] = flat[pos]
                 else:
@@ -629,7 +653,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                             bound=_bound(floors.get(f.node.output[0]), ceilings.get(f.node.output[0])))
             # (no view of an output may outlive the pass: onnxruntime's outputs share its
             # arena's memory, which a single one kept whole, 0.9 GB on an ImageNet ResNet-50)
-            del outs, flat
+            outs = flat = None
         for s in names:
             preacts[s].append(sampled[s])
         bar.update(nb)
@@ -818,7 +842,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         def sample(b, steps):
             collected.append(np.stack([x.reshape(-1)[positions[s][b]] for x in steps[rec.input]]))
             if kept is not None:
-                kept.append(steps[rec.input])
+                # copies: onnxruntime's outputs share its arena, which a kept one holds whole
+                kept.append([np.array(c) for c in steps[rec.input]])
         run_spiking([rec.input], sample)
         cur = np.concatenate(collected, axis=1)
         h = preacts.pop(s).astype(np.float64)      # the DNN's pre-activation, sampled

@@ -671,7 +671,7 @@ def test_gathered_targets_keep_their_places_through_parts_and_odd_rows(spill):
     """_Targets: each part of a batch goes to its images' places (in memory, or in a
     temporary file); a layer whose output stops being a whole number of rows per image (a
     Reshape that moves the batch axis) is kept per batch from then on, its earlier batches
-    unchanged; the bound is applied to what is kept; the folder goes at close()."""
+    unchanged; the bound is applied to what is kept."""
     from onnx import helper as h
 
     from onnx_snn.sequential import _Targets
@@ -681,7 +681,6 @@ def test_gathered_targets_keep_their_places_through_parts_and_odd_rows(spill):
     rng = np.random.default_rng(0)
     starts, sizes = [0, 4, 8], [4, 4, 3]
     t = _Targets(11, starts, sizes, spill=spill)
-    assert (t.folder is not None) == spill
     given = {}
     for b, parts in enumerate([[(0, 4)], [(0, 2), (2, 2)], [(0, 2), (2, 1)]]):
         for a, m in parts:
@@ -695,15 +694,13 @@ def test_gathered_targets_keep_their_places_through_parts_and_odd_rows(spill):
     assert t.nbytes() == sum(y.nbytes for v in given.values() for y in v)
     t.drop("fc")
     assert t.nbytes() == 0
-    folder = t.folder
     t.close()
-    assert folder is None or not os.path.exists(folder)
 
 
 def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monkeypatch):
-    """Past TARGETS_IN_MEMORY_BYTES the gathered targets are files in a temporary folder,
-    read back a batch at a time: the same conversion, the memory estimate without them,
-    and no folder left."""
+    """Past TARGETS_IN_MEMORY_BYTES the gathered targets are anonymous temporary files, read
+    back a batch at a time: the same conversion, the memory estimate without them, nothing
+    left behind; a disk that fills up is a UsageError that says where and what to do."""
     import glob
     import tempfile
 
@@ -721,3 +718,17 @@ def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monk
     for a, c in zip(kept.model.graph.initializer, spilled.model.graph.initializer):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
     assert kept.report["sequential"]["layers"] == spilled.report["sequential"]["layers"]
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(S.os, "pwrite", full)
+    from onnx_snn.errors import UsageError
+    with pytest.raises(UsageError, match="temporary files in .*No space left.*TMPDIR"):
+        onnx_snn.build(nm, cal, 2, "refined")
+
+
+def test_refining_no_site_returns_an_empty_report():
+    from onnx_snn.sequential import refine
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    recs, report, _ = refine(nm, {}, B.rand_input(4), 2, show_progress=False)
+    assert recs == {} and report["sites"] == []
