@@ -33,15 +33,14 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .calibrate import (CALIB_BATCH_BYTES, Calibration, StratifiedStream, batch_within,
-                        calibration_feeds, fixed_batch, input_specs, make_session, static_shapes,
-                        tensor_shapes)
+                        calibration_feeds, fixed_batch, input_specs, make_session, tensor_shapes)
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
@@ -347,11 +346,13 @@ def target_bytes(nm: NormalizedModel, cal: Calibration) -> int:
     its rows are drawn (:meth:`LayerFit.targets`, float32), for every calibration sample,
     all gathered in the refinement's first pass (each dropped when its layer is refitted)."""
     sites = {s.name: s for s in nm.sites if s.name in cal.sites}
-    return _fits_bytes(nm, _calibrated_layers(nm, sites, []), cal.n_samples, cal.input_shapes)
+    fits = _calibrated_layers(nm, sites, [])
+    shapes = tensor_shapes(nm, [f.node.output[0] for f in fits], cal.input_shapes)
+    return _fits_bytes(fits, cal.n_samples, shapes)
 
 
-def _fits_bytes(nm: NormalizedModel, fits: list, n_samples: int, input_shapes) -> int:
-    shapes = tensor_shapes(nm, [f.node.output[0] for f in fits], input_shapes)
+def _fits_bytes(fits: list, n_samples: int, shapes: Dict[str, tuple]) -> int:
+    """:func:`target_bytes` of ``fits``, their outputs' per-sample ``shapes`` given."""
     return sum(4 * n_samples * f.targets_per_image(shapes[f.node.output[0]]) for f in fits)
 
 
@@ -525,45 +526,38 @@ class _Targets:
         self.pieces.clear()
 
 
-def _bound(floor: Optional[float], top: Optional[float]):
-    """The in-place bounding of a layer's targets by :func:`_target_bounds`'s values (None:
-    none)."""
-    if floor is None and top is None:
-        return None
-
-    def bound(y: np.ndarray) -> None:
-        if floor is not None:    # below it the site is silent either way
-            np.maximum(y, np.float32(floor), out=y)
-        if top is not None:      # the DNN's activation is mu above it
-            np.minimum(y, np.float32(top), out=y)
-    return bound
-
-
 def _target_bounds(nm: NormalizedModel, recs, names: List[str], cfg: SearchConfig,
-                   timesteps: int) -> Tuple[Dict[str, float], Dict[str, float]]:
-    """({layer output: floor}, {layer output: ceiling}) of the weight calibration's targets.
-    A layer whose output is a site's input (read by nothing else) is fitted to
-    max(h, -floor * mu) with weight_target_floor (an experiment), and at T = 1 to min(h, mu)
-    (one_step_ceiling: the DNN's activation saturates at mu, and one step fires one spike at
-    most). The bias correction still takes the mean of h itself: against min(h, mu) it did
-    worse on both deep networks (docs/FORMAT.md)."""
-    floors: Dict[str, float] = {}
-    ceilings: Dict[str, float] = {}
+                   timesteps: int) -> Dict[str, object]:
+    """{layer output: the in-place bounding of its weight calibration targets}. A layer whose
+    output is a site's input (read by nothing else) is fitted to max(h, -floor * mu) with
+    weight_target_floor (an experiment), and at T = 1 to min(h, mu) (one_step_ceiling: the
+    DNN's activation saturates at mu, and one step fires one spike at most). The bias
+    correction still takes the mean of h itself: against min(h, mu) it did worse on both
+    deep networks (docs/FORMAT.md)."""
     capped = cfg.caps_fit_targets(timesteps)
     if cfg.weight_target_floor is None and not capped:
-        return floors, ceilings
+        return {}
     readers: Dict[str, int] = {}
     for n in nm.model.graph.node:
         for t in walk.node_inputs(n):      # a subgraph's read counts too
             readers[t] = readers.get(t, 0) + 1
+
+    def bounding(floor: Optional[np.float32], top: Optional[np.float32]):
+        def bound(y: np.ndarray) -> None:
+            if floor is not None:    # below it the site is silent either way
+                np.maximum(y, floor, out=y)
+            if top is not None:      # the DNN's activation is mu above it
+                np.minimum(y, top, out=y)
+        return bound
+
+    bounds = {}
     for k in names:
         if readers.get(recs[k].input) != 1:
             continue
-        if cfg.weight_target_floor is not None:
-            floors[recs[k].input] = -float(cfg.weight_target_floor) * float(recs[k].mu)
-        if capped:
-            ceilings[recs[k].input] = float(recs[k].mu)
-    return floors, ceilings
+        floor = (np.float32(-float(cfg.weight_target_floor) * float(recs[k].mu))
+                 if cfg.weight_target_floor is not None else None)
+        bounds[recs[k].input] = bounding(floor, np.float32(recs[k].mu) if capped else None)
+    return bounds
 
 
 def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps: int,
@@ -605,7 +599,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     for f in pending.values():
         f.n_images, f.holdout = n_total, cfg.weight_holdout
         f.to_original = cfg.weight_ridge_to_original
-    floors, ceilings = _target_bounds(nm, recs, names, cfg, timesteps)
+    bounds = _target_bounds(nm, recs, names, cfg, timesteps)
 
     # one pass of the DNN: its pre-activations at each site's sampled positions (the search's
     # targets), and each layer to refit's outputs where its rows will be drawn (the weight
@@ -617,14 +611,14 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     # a batch of the refinement runs in parts whose outputs fit in CALIB_BATCH_BYTES, as in
     # calibration: a residual network exposes its convolutions before each Add too
     neurons = {recs[s].input: recs[s].neurons for s in names}
-    known = static_shapes(nm, [t for t in exposed if t not in neurons],
-                          {k: tuple(v.shape[1:]) for k, v in feeds.items()})
-    per_image = 4 * (sum(neurons.values()) + sum(int(np.prod(v)) for v in known.values()))
+    shapes = tensor_shapes(nm, [f.node.output[0] for f in pending.values()],
+                           {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+    per_image = 4 * (sum(neurons.values()) +
+                     sum(int(np.prod(v)) for t, v in shapes.items() if t not in neurons))
     fixed = bool(fixed_batch(input_specs(nm.model)))
     preacts = {s: [] for s in names}
-    targets = _Targets(n_total, starts, sizes, spill=bool(pending) and _fits_bytes(
-        nm, list(pending.values()), n_total, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
-        > TARGETS_IN_MEMORY_BYTES)
+    targets = _Targets(n_total, starts, sizes, spill=_fits_bytes(
+        list(pending.values()), n_total, shapes) > TARGETS_IN_MEMORY_BYTES)
     for b, start in enumerate(starts):
         nb = sizes[b]
         part = batch_within(nb, per_image, CALIB_BATCH_BYTES, fixed)
@@ -649,8 +643,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     sel = (pos >= lo) & (pos < lo + flat.size)
                     sampled.setdefault(s, np.empty(len(pos), np.float32))[sel] = flat[pos[sel] - lo]
             for f in pending.values():
-                targets.add(f, outs[f.node.output[0]], b, a, m,
-                            bound=_bound(floors.get(f.node.output[0]), ceilings.get(f.node.output[0])))
+                targets.add(f, outs[f.node.output[0]], b, a, m, bound=bounds.get(f.node.output[0]))
             # (no view of an output may outlive the pass: onnxruntime's outputs share its
             # arena's memory, which a single one kept whole, 0.9 GB on an ImageNet ResNet-50)
             outs = flat = None
