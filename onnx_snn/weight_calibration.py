@@ -549,7 +549,7 @@ def _picks(fit: LayerFit, n: int, per: int, first: Optional[int]) -> Optional[np
     images of ``per`` positions each, the first of them the ``first``-th of the calibration
     set: [n, _row_cap] when an image has more positions than that, else None (all of them).
     They depend on each image's place in the set alone (:func:`_keys`), not on its batch."""
-    cap = _row_cap(int(np.prod(fit.weight.shape[1:])))
+    cap = _row_cap(fit.inputs)
     if first is None or per <= cap:
         return None
     keys = _keys((first + np.arange(n, dtype=np.int64))[:, None] * per + np.arange(per))
