@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import time
 from typing import Dict, List, Optional
 
@@ -358,9 +359,51 @@ def _fits_bytes(fits: list, n_samples: int, shapes: Dict[str, tuple]) -> int:
 
 def memory_targets_bytes(nm: NormalizedModel, cal: Calibration) -> int:
     """What :func:`target_bytes` keeps in memory: nothing above TARGETS_IN_MEMORY_BYTES (the
-    targets then go to temporary files)."""
+    targets then go to temporary files), unless the temporary folder is in memory itself."""
     need = target_bytes(nm, cal)
-    return need if need <= TARGETS_IN_MEMORY_BYTES else 0
+    return 0 if targets_spill(need) else need
+
+
+#: file systems whose files are held in memory: targets written there take the same RAM
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+
+
+def mount_type(path: str, mounts: str) -> Optional[str]:
+    """The type of the file system that holds ``path`` (a real path), from the text of
+    ``/proc/self/mounts``: the last-mounted of the longest mount points above it; None when
+    none is."""
+    def unescape(s: str) -> str:       # the kernel writes a space as \040, a tab as \011, ...
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+    best, kind = None, None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = unescape(parts[1])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best)):
+            best, kind = point, parts[2]
+    return kind
+
+
+def temp_in_memory() -> bool:
+    """Whether the temporary folder (TMPDIR, else /tmp) is a file system held in memory (a
+    tmpfs): False where that cannot be read (no /proc)."""
+    import tempfile
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = f.read()
+    except OSError:
+        return False
+    return mount_type(os.path.realpath(tempfile.gettempdir()), mounts) in MEMORY_FILESYSTEMS
+
+
+def targets_spill(need: int) -> bool:
+    """Whether gathered targets of ``need`` bytes go to temporary files: above
+    TARGETS_IN_MEMORY_BYTES, unless the temporary folder is a tmpfs, whose files would hold
+    the same memory (they then stay in memory, and the memory check counts them)."""
+    return need > TARGETS_IN_MEMORY_BYTES and not temp_in_memory()
 
 
 def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
@@ -408,7 +451,22 @@ def check_refine_memory(cal: Calibration, timesteps: int, cfg: SearchConfig,
             "still read, the DNN's outputs the refitted layers are fitted to, and one batch's "
             "input currents); the "
             f"limit is {MAX_REFINE_BYTES / 2 ** 30:.0f} GiB "
-            "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta")
+            "(MAX_REFINE_BYTES): lower -T or --calib-samples, or use --method datta"
+            + _tmpfs_hint(nm, cal, cfg))
+
+
+def _tmpfs_hint(nm: Optional[NormalizedModel], cal: Calibration, cfg: SearchConfig) -> str:
+    """What to add to the memory refusal where the targets would be written to disk if the
+    temporary folder were not in memory."""
+    if nm is None or not cfg.weight_calibration or not temp_in_memory():
+        return ""
+    need = target_bytes(nm, cal)
+    if need <= TARGETS_IN_MEMORY_BYTES:
+        return ""
+    import tempfile
+    return (f"; {need / 2 ** 30:.1f} GiB of it are the refitted layers' targets, which would "
+            f"go to temporary files, but {tempfile.gettempdir()} is held in memory (a tmpfs): "
+            "set TMPDIR to a folder on disk")
 
 
 #: the weight calibration's gathered targets stay in memory up to this many bytes in all
@@ -617,8 +675,8 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                      sum(int(np.prod(v)) for t, v in shapes.items() if t not in neurons))
     fixed = bool(fixed_batch(input_specs(nm.model)))
     preacts = {s: [] for s in names}
-    targets = _Targets(n_total, starts, sizes, spill=_fits_bytes(
-        list(pending.values()), n_total, shapes) > TARGETS_IN_MEMORY_BYTES)
+    targets = _Targets(n_total, starts, sizes, spill=targets_spill(_fits_bytes(
+        list(pending.values()), n_total, shapes)))
     for b, start in enumerate(starts):
         nb = sizes[b]
         part = batch_within(nb, per_image, CALIB_BATCH_BYTES, fixed)

@@ -727,6 +727,54 @@ def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monk
         onnx_snn.build(nm, cal, 2, "refined")
 
 
+MOUNTS = """/dev/vda / ext4 rw,relatime 0 0
+tmpfs /tmp tmpfs rw,nosuid 0 0
+/dev/vdb /tmp/disk\\040two ext4 rw 0 0
+tmpfs /tmpx tmpfs rw 0 0
+/dev/vdc /tmp ext4 rw 0 0
+"""
+
+
+@pytest.mark.parametrize("path,kind", [
+    ("/", "ext4"), ("/home/u", "ext4"), ("/tmpx/a", "tmpfs"), ("/tmpy", "ext4"),
+    ("/tmp", "ext4"),                # mounted over the tmpfs: the last mount counts
+    ("/tmp/a/b", "ext4"), ("/tmp/disk two/x", "ext4"), ("/tmp/disk", "ext4")])
+def test_mount_type_is_the_longest_last_mount_point_above_the_path(path, kind):
+    from onnx_snn.sequential import mount_type
+    assert mount_type(path, MOUNTS) == kind
+    assert mount_type("/x", "") is None
+    assert mount_type("/tmpx/a", MOUNTS.replace("/tmp/disk\\040two ext4", "/tmp/disk\\040two tmpfs")) == "tmpfs"
+
+
+def test_targets_stay_in_memory_and_are_counted_when_the_temporary_folder_is_a_tmpfs(monkeypatch):
+    """On a tmpfs a temporary file is memory too: past TARGETS_IN_MEMORY_BYTES the targets
+    then stay in memory (no copies through a file), the memory estimate counts them, and a
+    refusal says to set TMPDIR to a folder on disk."""
+    import onnx_snn.sequential as S
+    from onnx_snn.errors import UsageError
+    nm = onnx_snn.prepare(B.resnet(13, "clip"))
+    cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
+    cfg = SearchConfig(sequential=True)
+    kept = onnx_snn.build(nm, cal, 2, "refined")
+    full = S.refine_bytes(cal, 2, cfg, nm)
+    monkeypatch.setattr(S, "TARGETS_IN_MEMORY_BYTES", 0)
+    on_disk = S.refine_bytes(cal, 2, cfg, nm)
+    assert on_disk == full - S.target_bytes(nm, cal) < full
+    monkeypatch.setattr(S, "temp_in_memory", lambda: True)
+    assert S.refine_bytes(cal, 2, cfg, nm) == full
+    wrote = []
+    monkeypatch.setattr(S.os, "pwrite", lambda *a: wrote.append(a))
+    same = onnx_snn.build(nm, cal, 2, "refined")
+    assert not wrote
+    for a, c in zip(kept.model.graph.initializer, same.model.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
+    monkeypatch.setattr(S, "MAX_REFINE_BYTES", on_disk)
+    with pytest.raises(UsageError, match="held in memory .a tmpfs.: set TMPDIR to a folder on disk"):
+        S.check_refine_memory(cal, 2, cfg, nm)
+    monkeypatch.setattr(S, "temp_in_memory", lambda: False)
+    S.check_refine_memory(cal, 2, cfg, nm)          # on disk it fits
+
+
 def test_refining_no_site_returns_an_empty_report():
     from onnx_snn.sequential import refine
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
