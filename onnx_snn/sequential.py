@@ -94,6 +94,23 @@ class _Index:
         return self._readers
 
 
+def spike_counts(spikes: np.ndarray, amplitude) -> Optional[tuple]:
+    """Recorded spikes [T, N, C, ...] (uint8 0/1, or int8 -1/0/1 for signed neurons) of
+    amplitude ``amplitude`` (broadcasting to [C, ...]) as
+    :func:`weight_calibration.integer_form` gives the per-step values ``spikes[t] *
+    amplitude``: the signed spike counts K (float32) and each channel's quantum amplitude / T
+    (float64; integer_form's is 0 for a channel that never fired, whose column is then all
+    zeros either way), without the per-step values. None where the amplitude is not one
+    positive value per channel, or a sample is a single value."""
+    if spikes.ndim < 3:
+        return None
+    a = np.broadcast_to(np.asarray(amplitude, np.float32), spikes.shape[2:])
+    a = a.reshape(spikes.shape[2], -1)
+    if not (np.all(a > 0) and np.all(a == a[:, :1])):
+        return None
+    return spikes.sum(axis=0, dtype=np.float32), a[:, 0].astype(np.float64) / spikes.shape[0]
+
+
 def _cut(model: onnx.ModelProto, targets: List[str], given=(), extra=None,
          index: Optional[_Index] = None) -> onnx.ModelProto:
     """The part of ``model`` that computes ``targets`` (its outputs), started at the tensors
@@ -844,10 +861,15 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             def add(b, steps):
                 for f in ready:
                     x = f.node.input[0]
-                    if x in spikes:      # a recorded site's output, fed as recorded
+                    y = targets.batch(f.node.name, b)
+                    if x in spikes:      # a recorded site's output: its spike counts
+                        s, amp = spikes[x]
+                        counts = spike_counts(s[:, starts[b]:starts[b] + sizes[b]], amp)
+                        if counts is not None:
+                            f.add(None, y, counts, first=starts[b], gathered=True)
+                            continue
                         steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
-                    f.add_steps(steps[x], targets.batch(f.node.name, b), first=starts[b],
-                                gathered=True)
+                    f.add_steps(steps[x], y, first=starts[b], gathered=True)
 
             computed = sorted({f.node.input[0] for f in ready} - set(spikes))
             if computed:

@@ -727,6 +727,33 @@ def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monk
         onnx_snn.build(nm, cal, 2, "refined")
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("amp_shape", [(), (1,), (1, 1, 1), (3, 1, 1), (3, 4, 5)])
+def test_spike_counts_of_recorded_spikes_are_integer_forms_of_their_values(signed, amp_shape):
+    """The weight calibration reads a recorded site's spikes as counts and per-channel quanta:
+    the same sums as integer_form of the per-step values spikes * amplitude."""
+    from onnx_snn.sequential import spike_counts
+    from onnx_snn.weight_calibration import integer_form
+    rng = np.random.default_rng(1)
+    s = rng.integers(-1 if signed else 0, 2, (2, 6, 3, 4, 5)).astype(np.int8 if signed else np.uint8)
+    s[:, :, 1] = 0                              # a channel that never fires
+    base = rng.uniform(0.5, 2.0, 3).astype(np.float32)
+    amp = (np.float32(0.75) if amp_shape == () else
+           np.broadcast_to(base.reshape((-1,) + (1,) * (len(amp_shape) - 1))
+                           if amp_shape[0] == 3 else base[:1], amp_shape).copy())
+    k, q = spike_counts(s, amp)
+    k2, q2 = integer_form([s[t] * np.asarray(amp, np.float32) for t in range(2)])
+    np.testing.assert_array_equal(k, k2)
+    fired = q2 != 0
+    assert not fired[1] and fired[[0, 2]].all()
+    np.testing.assert_array_equal(q[fired], q2[fired])
+    if amp_shape == (3, 4, 5):     # not one value per channel: the per-step values are read
+        amp[0, 0, 0] += 1
+        assert spike_counts(s, amp) is None
+    assert spike_counts(s, -np.abs(np.asarray(amp))) is None
+    assert spike_counts(s[:, :, 0, 0, 0], 1.0) is None
+
+
 MOUNTS = """/dev/vda / ext4 rw,relatime 0 0
 tmpfs /tmp tmpfs rw,nosuid 0 0
 /dev/vdb /tmp/disk\\040two ext4 rw 0 0
