@@ -1068,7 +1068,7 @@ def test_finetune_resume_and_output(tmp_path, fmnist_snn):
     assert r3["seconds_per_epoch"] == pytest.approx(np.mean([e["seconds"] for e in r2["epochs"]]))
     # without the run's output (it holds the best model) there is nothing to resume: refused
     os.replace(out, tmp_path / "moved.snn.onnx")
-    p = run_cli(*args[1:], "--epochs", "3", "--resume")
+    p = run_main(*args[1:], "--epochs", "3", "--resume")
     assert p.returncode == 2 and "--resume continues the run" in p.stderr, p.stderr
     assert not out.exists()
     os.replace(tmp_path / "moved.snn.onnx", out)
@@ -1144,6 +1144,23 @@ def test_finetune_reads_a_npz_named_after_the_model_input(tmp_path, fmnist_snn):
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "onnx_snn", *args], capture_output=True, text=True,
                           env={**os.environ, "ONNX_SNN_PROGRESS": "0", **(env or {})})
+
+
+def run_main(*args):
+    """:func:`run_cli` in this process (no fresh interpreter importing torch: seconds per
+    call), for runs that are refused before any work: its exit code and what it printed
+    (the error lines; warnings go through logging, which pytest holds)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from onnx_snn.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(["-q", *args])
+        except SystemExit as e:          # argparse's own refusals
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def test_finetune_bad_input(tmp_path, fmnist_snn):
@@ -1419,31 +1436,31 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
             "--limit-train", "64", "--limit-test", "64"]
     assert main(["-q"] + args + ["--epochs", "1"]) == 0
     before = out.read_bytes()
-    p = run_cli(*args, "--epochs", "2", "--resume", "-T", "3")
+    p = run_main(*args, "--epochs", "2", "--resume", "-T", "3")
     assert p.returncode == 2 and "trained at T=2, and would resume at T=3" in p.stderr, p.stderr
     assert out.read_bytes() == before
     # the same for the run's other settings, and for another model (the same network
     # converted with another seed: the state dict loads, its best top-1 is not this model's)
-    p = run_cli(*args, "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
+    p = run_main(*args, "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
     assert p.returncode == 2 and "--lr 0.001 -> 0.02" in p.stderr and "--limit-test 64 -> 32" \
         in p.stderr, p.stderr
-    p = run_cli(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
+    p = run_main(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
     assert p.returncode == 2 and "--train-initial off -> on" in p.stderr, p.stderr
-    p = run_cli(*args, "--epochs", "2", "--resume", "--no-dropout")   # a switch read as its flag
+    p = run_main(*args, "--epochs", "2", "--resume", "--no-dropout")   # a switch read as its flag
     assert p.returncode == 2 and "--no-dropout off -> on" in p.stderr, p.stderr
-    p = run_cli(*args, "--epochs", "2", "--resume", "--loss", "per-step")
+    p = run_main(*args, "--epochs", "2", "--resume", "--loss", "per-step")
     assert p.returncode == 2 and "--loss 'mean' -> 'per-step'" in p.stderr, p.stderr
-    p = run_cli(*args, "--epochs", "2", "--resume", "--schedule", "step")
+    p = run_main(*args, "--epochs", "2", "--resume", "--schedule", "step")
     assert p.returncode == 2 and "--schedule 'cosine' -> 'step'" in p.stderr, p.stderr
     other = tmp_path / "other.snn.onnx"
     m = onnx.load(str(fmnist_snn))
     m.producer_version = "other"
     onnx.save(m, str(other))
-    p = run_cli("finetune", str(other), *args[2:], "--epochs", "2", "--resume")
+    p = run_main("finetune", str(other), *args[2:], "--epochs", "2", "--resume")
     assert p.returncode == 2 and "the model (sha256)" in p.stderr, p.stderr
     assert out.read_bytes() == before
     # the inputs' normalization is a setting of the run too
-    p = run_cli(*args, "--epochs", "2", "--resume", "--mean", "0.5", "--std", "0.5")
+    p = run_main(*args, "--epochs", "2", "--resume", "--mean", "0.5", "--std", "0.5")
     assert p.returncode == 2 and "--mean/--std" in p.stderr, p.stderr
     assert out.read_bytes() == before
 
@@ -1461,7 +1478,7 @@ def test_finetune_plot_draws_the_runs_curves_and_is_checked_before_the_work(tmp_
     out.unlink()
     for bad, code, said in ((tmp_path / "c.jpg", 2, ".png, .svg"),
                             (tmp_path / "no" / "c.png", 6, "no")):
-        p = run_cli(*args, "--plot", str(bad))
+        p = run_main(*args, "--plot", str(bad))
         assert p.returncode == code and said in p.stderr, p.stderr
         assert not out.exists() and not bad.exists()
     from runtimes.torch.curves import curves_png
@@ -1488,13 +1505,13 @@ def test_finetune_never_overwrites_another_runs_checkpoint(tmp_path, fmnist_snn)
             "--limit-test", "64", "--epochs", "1", "--checkpoint", str(ckpt)]
     assert main(["-q"] + base + ["-o", str(tmp_path / "a.snn.onnx")]) == 0
     saved = ckpt.read_bytes()
-    p = run_cli(*base, "-o", str(tmp_path / "b.snn.onnx"))         # another run's output
+    p = run_main(*base, "-o", str(tmp_path / "b.snn.onnx"))         # another run's output
     assert p.returncode == 2 and "the checkpoint of another run" in p.stderr, p.stderr
     assert ckpt.read_bytes() == saved and not (tmp_path / "b.snn.onnx").exists()
     assert main(["-q"] + base + ["-o", str(tmp_path / "a.snn.onnx")]) == 0   # its own: again
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    p = run_cli(*base[:-1], str(notes), "-o", str(tmp_path / "c.snn.onnx"))
+    p = run_main(*base[:-1], str(notes), "-o", str(tmp_path / "c.snn.onnx"))
     assert p.returncode == 2 and "not a fine-tuning checkpoint" in p.stderr, p.stderr
     assert notes.read_text() == "my notes"
 
@@ -1507,7 +1524,7 @@ def test_finetune_says_what_it_tests_on(tmp_path, fmnist_snn):
     out = tmp_path / "t.snn.onnx"
     base = ["finetune", str(fmnist_snn), "-o", str(out), "--epochs", "1", "--limit-train", "64",
             "--limit-test", "64"]
-    p = run_cli(*base, "--data", "fashion-mnist:test")
+    p = run_main(*base, "--data", "fashion-mnist:test")
     assert p.returncode == 2 and "drop the ':split'" in p.stderr, p.stderr
     assert not out.exists()
     test = load_fashion_mnist("test")
@@ -1833,7 +1850,7 @@ def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_sn
     for out, why in ((stray, "not a model this tool can read"), (dnn, "it is a DNN"),
                      (other, "another DNN")):
         before = out.read_bytes()
-        p = run_cli("finetune", str(fmnist_snn), "-o", str(out), *args)
+        p = run_main("finetune", str(fmnist_snn), "-o", str(out), *args)
         assert p.returncode == 6 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert "damaged" not in p.stderr and "convert it again" not in p.stderr, p.stderr
         assert out.read_bytes() == before
