@@ -54,10 +54,14 @@ MAX_INPUTS = 8192
 #: system for n rows instead of (d+1) x (d+1)): the same minimizer, for a fraction of the
 #: arithmetic on the wide layers of small feature maps (CIFAR's 512-channel 2 x 2 layers: 2048
 #: rows, 4608 inputs) and on an ImageNet VGG's 4096-wide FC layers (one row per image: with 64
-#: images each primal step of their ridge walk was a 4097^2 solve for 4096 outputs, 5-8 s).
-#: Below it both forms are cheap (a (d+1)^2 solve takes under half a second on 2 cores), and
-#: the normal equations are kept from the first batch.
-DUAL_MIN_INPUTS = 4096
+#: images each primal step of their ridge walk was a 4097^2 solve for 4096 outputs, 5-8 s),
+#: and on a small network's first FC layer (the shipped model's 3136 inputs, one row per
+#: image: each of the 7 steps of its ridge walk was a 3137^2 solve, 0.3-1 s, where the dual
+#: one of its 256 fitting rows takes milliseconds; 4096 until 2026-12-06). Below it the
+#: (d+1)^2 solve takes tens of milliseconds, and the normal equations are kept from the first
+#: batch. A layer that sees more rows than inputs (a convolution's patches) folds its kept
+#: rows into the normal equations in the order they came, the same sums as without them.
+DUAL_MIN_INPUTS = 1024
 #: a layer with more inputs per output keeps the start ridge (SearchConfig.weight_ridge,
 #: 0.01) instead of walking the grid: each step is a (d+1)^2 solve of seconds (the CIFAR
 #: VGG-16's 4608-input layers took its refined conversion from 55.8 to 81.6 s when they
