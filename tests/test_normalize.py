@@ -1716,6 +1716,49 @@ def test_a_recurrent_layer_and_a_gate_are_refused_saying_what_to_do():
             assert "gates" not in str(e.value), (gelu, gated, str(e.value)[:300])
 
 
+def test_an_activation_before_a_gated_block_is_named_as_an_activation_not_a_gate():
+    """MobileNetV3 at opset 14+: the stem's HardSwish feeds a convolution whose output a
+    squeeze-and-excitation block gates later. It is the gated data, not the gate: the advice
+    is to replace the activation, not to retrain without a gate it is not."""
+    b = B.GraphBuilder(17)
+    a = b.node("HardSwish", [b.conv("input", 1, 4)])
+    x = b.act(b.conv(a, 4, 4), "relu")
+    g = b.node("HardSigmoid", [b.conv(b.node("GlobalAveragePool", [x]), 4, 4, k=1, pad=0)])
+    y = b.node("Mul", [x, g])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(HardSwish\).*replace it in the DNN") as e:
+        normalize(m)
+    assert "gates" not in str(e.value), str(e.value)[:300]
+
+
+def test_a_layer_is_named_before_shape_arithmetic_that_a_free_batch_keeps():
+    """PyTorch's legacy export of ``t.expand(x.size(0), -1, -1)`` computes the size with
+    Equal and Where on Shape(x) (a vision transformer's class token): with a free batch it
+    does not fold. A refused layer after it (here a LayerNormalization) is what the user has
+    to change, so it is named; where none is, the shape arithmetic is named with what to do."""
+    for layer in (True, False):
+        b = B.GraphBuilder(17)
+        c = b.act(b.conv("input", 1, 4), "relu")
+        shape = b.node("Shape", ["input"])
+        want = b.node("Concat", [b.node("Gather", [shape, b.const(np.array([0], np.int64))], axis=0),
+                                 b.const(np.array([-1, -1, -1], np.int64))], axis=0)
+        size = b.node("Where", [b.node("Equal", [want, b.const(np.array(-1, np.int64))]),
+                                b.const(np.array([1, 1, 1, 1], np.int64)), want])
+        bias = b.node("Expand", [b.const(np.zeros((1, 4, 12, 12), np.float32)), size])
+        y = b.node("Add", [c, bias])
+        if layer:
+            y = b.node("LayerNormalization", [y, b.const(np.ones(12, np.float32)),
+                                              b.const(np.zeros(12, np.float32))], axis=-1)
+        m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+        with pytest.raises(UnsupportedModelError) as e:
+            normalize(m)
+        msg = str(e.value)
+        if layer:
+            assert "(LayerNormalization)" in msg and "(Equal)" not in msg, msg[:300]
+        else:
+            assert "(Equal)" in msg and "shape arithmetic" in msg and "fixed input sizes" in msg, msg[:300]
+
+
 @pytest.mark.parametrize("opset", [11, 13, 17])
 def test_a_scalar_from_a_computed_shape_is_folded_into_the_data_path(opset):
     """``y = x.view(x.size(0), -1); y / sqrt(y.size(1))``: plain shape inference leaves the

@@ -59,6 +59,7 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
     graph.toposort()
     dynamic = depends_on_inputs(graph)
     spiking = _after_sites(graph, site_names)
+    shape_only = None       # the first unsupported node of shape arithmetic alone
     for node in graph.nodes:
         more = f" ({detail[node.name]})" if node.name in detail else ""   # why a pass left it
         if node.domain not in ("", "ai.onnx", None):
@@ -68,6 +69,11 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
         if node.name in site_names and node.op in SITE_OPS:
             continue
         if node.op in SHAPE_ONLY_OPS and not _reads_data(node, dynamic):
+            continue
+        if node.op not in SUPPORTED_OPS and not _reads_data(node, dynamic):
+            # sizes, not data (a free batch size kept it from folding): a layer refused
+            # further on is what the user has to change, so it is named first
+            shape_only = shape_only or (node, more)
             continue
         if node.op not in SUPPORTED_OPS:
             head = _output_head_why(graph, node)
@@ -124,6 +130,13 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                     "are supported (float16 and float64 models are converted in float32; "
                     "bfloat16, float8 and a float16/float64 step inside a float32 model are "
                     "not): convert the model to float32")
+    if shape_only is not None:
+        node, more = shape_only
+        raise UnsupportedModelError(
+            f"{node_label(node)} is not supported{more}: it is shape arithmetic ({node.op} of "
+            "tensor sizes, no data flows into it) that a free size of the input, such as the "
+            "batch, keeps from being computed once; export the model with fixed input sizes "
+            "(no dynamic axes), or without the op that computes a size; " + SUPPORTED_HELP)
     for t in graph.inputs:
         try:
             dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
@@ -286,7 +299,8 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
                         if any(_elementwise_ancestors(t, dynamic) & own for t in other):
                             return None   # x * sigmoid(x), a GELU: an activation, no gate
                         return c
-                    if sum(t.name in dynamic for t in c.inputs if not is_empty(t)) == 1:
+                    if c.op in _GATE_PATH and \
+                            sum(t.name in dynamic for t in c.inputs if not is_empty(t)) == 1:
                         nxt.append(c)
         frontier = nxt
     return None
@@ -295,6 +309,11 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
 #: ops of one data input that keep each value's place (a gate's own input is read through them)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Relu", "Clip", "Erf",
                 "Tanh", "Sigmoid", "Softplus", "Exp"}
+#: what stands between a gate's activation and its product: elementwise ops and reshapes, not
+#: a layer (an activation that feeds a convolution whose output is gated later, MobileNetV3's
+#: HardSwish before a squeeze-and-excitation block, is the gated data, not the gate)
+_GATE_PATH = _ELEMENTWISE | {"HardSigmoid", "Reshape", "Unsqueeze", "Squeeze", "Expand",
+                             "Flatten", "Transpose", "Tile", "Dropout"}
 
 
 def _elementwise_ancestors(t, dynamic: set, depth: int = 8) -> set:
