@@ -24,12 +24,17 @@ def run_tool(*args):
     return json.loads(p.stdout[p.stdout.index("{"):])
 
 
-def test_bench_convert_small(fmnist_test):
-    r = run_tool("tools/bench_convert.py", "--quick", "--calib-samples", "64")
+def test_bench_convert_small(fmnist_test, tmp_path):
+    """The quick run; ``--code`` converts with the onnx_snn of the checkout it names (here
+    this one through a link, so that the path the job reports tells which was imported)."""
+    (tmp_path / "checkout").symlink_to(ROOT)
+    r = run_tool("tools/bench_convert.py", "--quick", "--calib-samples", "64",
+                 "--code", str(tmp_path / "checkout"))
     assert r["sites"] == 14 and r["parameters"] > 15_000_000
     assert r["convert_seconds"] > 0 and r["floor_seconds"] > 0 and r["convert_peak_rss_mb"] > 0
     m = r["models"]["vgg16_cifar"]
     assert set(m) >= {"floor", "datta", "targets"} and "refined" not in m
+    assert m["datta"]["code"] == str(tmp_path / "checkout")
     parts = m["datta"]["parts"]
     assert set(parts) == {"load", "normalize", "calibrate", "search_rewrite", "check", "save"}
     assert all(v >= 0 for v in parts.values())

@@ -83,3 +83,13 @@ def emit(result: dict, out: Optional[str]) -> None:
     print(text)
     if out:
         Path(out).write_text(text + "\n")
+
+
+def use_code(path: str) -> None:
+    """Import ``onnx_snn`` from the checkout at ``path``: first on ``sys.path``, with the
+    editable install's finder dropped, so that nothing but the path decides which package
+    is imported (a job's ``code`` says which was). For before/after runs of the same
+    benchmark: ``git worktree add /tmp/base REV``, then ``--code /tmp/base``."""
+    import sys
+    sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+    sys.path.insert(0, os.path.abspath(path))

@@ -3,6 +3,7 @@
     python tools/bench_convert.py                    # CIFAR-shape VGG-16, datta and refined
     python tools/bench_convert.py --quick            # the same, datta only, one run each
     python tools/bench_convert.py --imagenet         # + torchvision VGG-11-bn, VGG-16, ResNet-50
+    python tools/bench_convert.py --code /tmp/base   # convert with another checkout's onnx_snn
                                                      #   at 3x224x224 (needs torch, torchvision)
     options: [--calib-samples N] [--head 512] [--repeat 2] [--methods datta,refined]
              [--imagenet vgg11_bn,vgg16,resnet50] [--job-timeout S] [--out bench.json]
@@ -53,7 +54,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 # siblings in tools/, which `python tools/bench_convert.py` puts first on sys.path
-from _bench_common import machine, peak_rss_mb
+from _bench_common import machine, peak_rss_mb, use_code
 from _jobs import add_job_options, print_result, run_job
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -184,6 +185,8 @@ def _floor_job(args, x: np.ndarray) -> dict:
 
 def _child(args) -> None:
     """Runs inside the subprocess: one measured job, result JSON on stdout."""
+    if args._code:
+        use_code(args._code)
     x = np.load(args._calib)
     out = _floor_job(args, x) if args._job == "floor" else _convert_job(args, x)
     out["peak_rss_mb"] = peak_rss_mb()
@@ -229,7 +232,8 @@ def _measure(name: str, path: str, x: np.ndarray, methods, args, tmp: str) -> di
     for method in methods:
         out = os.path.join(tmp, f"{name}.{method}.snn.onnx")
         runs[method] = [run_job(__file__, "convert", {"model": path, "calib": cpath, "method": method,
-                                                      "output": out}, timeout=args.job_timeout)
+                                                      "output": out, "code": args.code},
+                                timeout=args.job_timeout)
                         for _ in range(args.repeat)]
         for f in Path(tmp).glob(f"{name}.{method}.snn.onnx*"):
             f.unlink()
@@ -285,7 +289,9 @@ def main(argv=None) -> int:
     p.add_argument("--job-timeout", type=float, metavar="SECONDS",
                    help="stop any one job after this long; it counts as failed (default: no limit)")
     p.add_argument("--out", help="also write the JSON here")
-    add_job_options(p, model=str, calib=str, output=str, method=str)
+    p.add_argument("--code", help="convert with the onnx_snn of the checkout at this folder "
+                   "(e.g. a git worktree of an older commit), not the installed one")
+    add_job_options(p, model=str, calib=str, output=str, method=str, code=str)
     args = p.parse_args(argv)
     if args._job:
         _child(args)

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from _bench_common import use_code
 from _jobs import add_job_options, print_result, run_job
 
 
@@ -71,14 +72,6 @@ def calibration(kind: str, images: int, path: str) -> None:
     else:
         x = np.random.default_rng(1).standard_normal((images, 8)).astype(np.float32)
     np.savez(path, x=np.asarray(x, np.float32))
-
-
-def use_code(path: str) -> None:
-    """Import ``onnx_snn`` from the checkout at ``path``: first on ``sys.path``, with the
-    editable install's finder dropped, so that nothing but the path decides which package
-    is imported (``code`` in the result says which was)."""
-    sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
-    sys.path.insert(0, os.path.abspath(path))
 
 
 def job_convert(args) -> dict:
