@@ -474,12 +474,12 @@ def _record_fit_targets(monkeypatch) -> dict:
     """{layer output: the largest target the weight calibration was given for it}."""
     import onnx_snn.weight_calibration as W
     tops = {}
-    real = W.LayerFit.add_steps
+    real = W.LayerFit.add      # (every batch comes through it: spike counts or per-step values)
 
-    def record(self, steps, y, **kw):
+    def record(self, r, y, *args, **kw):
         tops[self.node.output[0]] = max(tops.get(self.node.output[0], -np.inf), float(y.max()))
-        return real(self, steps, y, **kw)
-    monkeypatch.setattr(W.LayerFit, "add_steps", record)
+        return real(self, r, y, *args, **kw)
+    monkeypatch.setattr(W.LayerFit, "add", record)
     return tops
 
 
