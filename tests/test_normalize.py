@@ -1731,6 +1731,49 @@ def test_an_activation_before_a_gated_block_is_named_as_an_activation_not_a_gate
     assert "gates" not in str(e.value), str(e.value)[:300]
 
 
+@pytest.mark.parametrize("between", ["Resize", "Slice", "Expand"])
+def test_a_gate_is_found_through_resizes_and_slices(between):
+    """Attention U-Net upsamples its sigmoid gate before the product; a gate may be sliced to
+    the data's channels: the walk from the sigmoid passes them (it stops only at a layer with
+    weights), so the advice is to remove the gate, not to replace the sigmoid."""
+    b = B.GraphBuilder(17)
+    x = b.act(b.conv("input", 1, 4), "relu")
+    if between == "Resize":
+        g = b.node("Sigmoid", [b.conv(b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2]),
+                                      4, 4, k=1, pad=0)])
+        g = b.node("Resize", [g, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    elif between == "Slice":
+        g = b.node("Sigmoid", [b.conv(x, 4, 8, k=1, pad=0)])
+        g = b.node("Slice", [g, b.const(np.array([0], np.int64)), b.const(np.array([4], np.int64)),
+                             b.const(np.array([1], np.int64))])
+    else:
+        g = b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [x]), 4, 4, k=1, pad=0)])
+        g = b.node("Expand", [g, b.const(np.array([1, 4, 12, 12], np.int64))])
+    y = b.node("Mul", [x, g])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Sigmoid\).*it gates node .*\(Mul\).*"
+                                                    r"without the gate"):
+        normalize(m)
+
+
+@pytest.mark.parametrize("op", ["RandomNormal", "RandomUniformLike", "Bernoulli"])
+def test_a_node_that_draws_random_numbers_is_refused_not_frozen(op):
+    """Noise injection in the exported graph: constant folding would freeze one draw of it
+    into the converted model, silently another function. It is refused, named."""
+    b = B.GraphBuilder(17)
+    x = b.act(b.conv("input", 1, 4), "relu")
+    if op == "RandomNormal":
+        noise = b.node(op, [], shape=[1, 4, 12, 12], scale=0.1)
+    elif op == "RandomUniformLike":
+        noise = b.node(op, [b.const(np.zeros((1, 4, 12, 12), np.float32))], low=0.0, high=0.1)
+    else:
+        noise = b.node(op, [b.const(np.full((1, 4, 12, 12), 0.5, np.float32))])
+    y = b.node("Add", [x, noise])
+    m = b.model("input", b.gemm(b.node("Flatten", [y]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=rf"\({op}\) draws new random numbers.*eval mode"):
+        normalize(m)
+
+
 def test_a_layer_is_named_before_shape_arithmetic_that_a_free_batch_keeps():
     """PyTorch's legacy export of ``t.expand(x.size(0), -1, -1)`` computes the size with
     Equal and Where on Shape(x) (a vision transformer's class token): with a free batch it

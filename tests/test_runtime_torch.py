@@ -1159,7 +1159,7 @@ def run_main(*args):
         try:
             code = main(["-q", *args])
         except SystemExit as e:          # argparse's own refusals
-            code = e.code if isinstance(e.code, int) else 1
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

@@ -705,6 +705,7 @@ def test_targets_past_the_memory_bound_go_to_files_with_the_same_conversion(monk
     import tempfile
 
     import onnx_snn.sequential as S
+    monkeypatch.setattr(S, "temp_in_memory", lambda: False)     # whatever this host's /tmp is
     nm = onnx_snn.prepare(B.resnet(13, "clip"))
     cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
     kept = onnx_snn.build(nm, cal, 2, "refined")
@@ -779,6 +780,7 @@ def test_targets_stay_in_memory_and_are_counted_when_the_temporary_folder_is_a_t
     refusal says to set TMPDIR to a folder on disk."""
     import onnx_snn.sequential as S
     from onnx_snn.errors import UsageError
+    monkeypatch.setattr(S, "temp_in_memory", lambda: False)     # on disk first, whatever /tmp is
     nm = onnx_snn.prepare(B.resnet(13, "clip"))
     cal = onnx_snn.calibrate(nm, B.rand_input(24), show_progress=False)
     cfg = SearchConfig(sequential=True)

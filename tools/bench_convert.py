@@ -3,8 +3,8 @@
     python tools/bench_convert.py                    # CIFAR-shape VGG-16, datta and refined
     python tools/bench_convert.py --quick            # the same, datta only, one run each
     python tools/bench_convert.py --imagenet         # + torchvision VGG-11-bn, VGG-16, ResNet-50
-    python tools/bench_convert.py --code /tmp/base   # convert with another checkout's onnx_snn
                                                      #   at 3x224x224 (needs torch, torchvision)
+    python tools/bench_convert.py --code /tmp/base   # convert with another checkout's onnx_snn
     options: [--calib-samples N] [--head 512] [--repeat 2] [--methods datta,refined]
              [--imagenet vgg11_bn,vgg16,resnet50] [--job-timeout S] [--out bench.json]
 

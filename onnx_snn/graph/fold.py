@@ -15,12 +15,25 @@ from .passes import PassResult, graph_pass
 log = logging.getLogger(__name__)
 
 
+#: ops that draw new random numbers at every run: folded, they would become one fixed draw
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+              "Bernoulli", "Multinomial"}
+
+
 @graph_pass("fold-constants")
 def fold_constants(graph: gs.Graph, result: PassResult) -> None:
     """Evaluate every subgraph that depends only on constants (Constant, ConstantOfShape,
-    Cast, Shape of static dims, ...) so weights and clip bounds become initializers."""
+    Cast, Shape of static dims, ...) so weights and clip bounds become initializers. A node
+    that draws random numbers is refused first: folding would freeze one draw of it."""
     before = len(graph.nodes)
     graph.cleanup().toposort()
+    for node in graph.nodes:
+        if node.op in RANDOM_OPS:
+            raise UnsupportedModelError(
+                f"{node_label(node)} draws new random numbers at every run (noise injection, "
+                "sampling), which a converted model cannot reproduce (folded, it would be one "
+                "fixed draw); export the DNN for inference without it (in eval mode), then "
+                "convert")
     _dequantize_constants(graph)
     # gs logs every partial failure at WARNING; they are harmless here
     gs_logger = logging.getLogger("onnx_graphsurgeon")

@@ -299,7 +299,7 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
                         if any(_elementwise_ancestors(t, dynamic) & own for t in other):
                             return None   # x * sigmoid(x), a GELU: an activation, no gate
                         return c
-                    if c.op in _GATE_PATH and \
+                    if c.op not in _GATE_STOPS and \
                             sum(t.name in dynamic for t in c.inputs if not is_empty(t)) == 1:
                         nxt.append(c)
         frontier = nxt
@@ -309,11 +309,12 @@ def _gated_product(node: gs.Node, dynamic: set, depth: int = 6) -> Optional[gs.N
 #: ops of one data input that keep each value's place (a gate's own input is read through them)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Neg", "Relu", "Clip", "Erf",
                 "Tanh", "Sigmoid", "Softplus", "Exp"}
-#: what stands between a gate's activation and its product: elementwise ops and reshapes, not
-#: a layer (an activation that feeds a convolution whose output is gated later, MobileNetV3's
-#: HardSwish before a squeeze-and-excitation block, is the gated data, not the gate)
-_GATE_PATH = _ELEMENTWISE | {"HardSigmoid", "Reshape", "Unsqueeze", "Squeeze", "Expand",
-                             "Flatten", "Transpose", "Tile", "Dropout"}
+#: where the walk from a gate's activation to its product stops: a layer with weights (an
+#: activation that feeds a convolution whose output is gated later, MobileNetV3's HardSwish
+#: before a squeeze-and-excitation block, is the gated data, not the gate); elementwise ops,
+#: reshapes, slices, resizes and pools pass (Attention U-Net upsamples its sigmoid gate)
+_GATE_STOPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "MatMul",
+               "MatMulInteger", "QLinearMatMul", "Einsum", "LSTM", "GRU", "RNN"}
 
 
 def _elementwise_ancestors(t, dynamic: set, depth: int = 8) -> set:
