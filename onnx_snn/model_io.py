@@ -537,9 +537,10 @@ def _signals_deferred():
     is not enough where other threads run (torch's, matplotlib's): the kernel hands the
     signal to one of those, and Python then runs its handler in this thread anyway, at the
     next bytecode. So the handlers themselves are swapped for one that notes the signal, which
-    is delivered to the original handler when the block ends."""
+    is delivered to the original handler when the block ends. Yields the list of the signals
+    noted so far (None where nothing is held: another thread, or a block inside one)."""
     if threading.current_thread() is not threading.main_thread() or _HELD["depth"]:
-        yield
+        yield None
         return
     sigs = (signal.SIGINT, signal.SIGTERM)
     pending: list = []
@@ -555,7 +556,7 @@ def _signals_deferred():
     mask = getattr(signal, "pthread_sigmask", None)
     old = mask(signal.SIG_BLOCK, set(sigs)) if mask is not None else None
     try:
-        yield
+        yield pending
     finally:
         _HELD["depth"] -= 1
         try:
