@@ -859,14 +859,16 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
             ready = [f for f in todo if f.node.input[0] not in dep]
 
             def add(b, steps):
+                counts = {}     # a recorded site's spike counts, once for all its readers
                 for f in ready:
                     x = f.node.input[0]
                     y = targets.batch(f.node.name, b)
-                    if x in spikes:      # a recorded site's output: its spike counts
-                        s, amp = spikes[x]
-                        counts = spike_counts(s[:, starts[b]:starts[b] + sizes[b]], amp)
-                        if counts is not None:
-                            f.add(None, y, counts, first=starts[b], gathered=True)
+                    if x in spikes and x not in steps:     # a recorded site's output
+                        if x not in counts:
+                            s, amp = spikes[x]
+                            counts[x] = spike_counts(s[:, starts[b]:starts[b] + sizes[b]], amp)
+                        if counts[x] is not None:
+                            f.add(None, y, counts[x], first=starts[b], gathered=True)
                             continue
                         steps[x] = [spike_values(x, t, starts[b], sizes[b]) for t in range(timesteps)]
                     f.add_steps(steps[x], y, first=starts[b], gathered=True)
