@@ -193,6 +193,47 @@ def test_signed_neurons_train_and_write_back(tmp_path):
     assert np.abs(run(m, x).outputs[0] - y).max() <= 1e-5
 
 
+@pytest.mark.parametrize("make,signed", [(lambda: B.vgg(13, "clip"), False),
+                                         (lambda: B.resnet(13, "clip"), False),
+                                         (lambda: B.pooled_twin("MaxPool", global_pool=True), True)])
+def test_site_outputs_are_the_runs_and_constant_currents_are_its_rounding(make, signed):
+    """``site_outputs``: the first output is the forward pass's; each site's time-averaged
+    output is its spike count times its amplitude over T; with ``constant`` every neuron is
+    driven by a constant current, so at T = 1 (one step) it is the run itself, and at T = 2 a
+    site fed the input directly (constant currents anyway) is the same as in the run, while
+    later sites differ (their currents move between the steps)."""
+    x = B.rand_input(32, seed=4)
+    snn = onnx_snn.convert(make(), x, timesteps=2, signed_spikes=signed, show_progress=False)
+    net = SpikingNetwork(snn.model).eval()
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        ref = net(xt)
+    out, sites = net.site_outputs(xt)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert list(sites) == [r.name for r in net.sites]
+    for rec in net.sites:
+        y = sites[rec.name].double().numpy()
+        amp = np.asarray(rec.amplitude, np.float64)
+        shape = [1, -1] + [1] * (y.ndim - 2)
+        counts = y * 2 / (amp.reshape(shape) if amp.ndim else amp)
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)
+        net_counts = np.abs(counts).sum(axis=tuple(range(1, y.ndim)))
+        fired = net.last_spikes[rec.name].double().numpy()   # (signed: a spike taken back
+        if signed:                                            # counts twice, nets to none)
+            assert np.all(net_counts <= fired + 1e-3)
+        else:
+            assert net_counts == pytest.approx(fired, abs=1e-3)
+    for T in (1, 2):
+        run, per_run = net.site_outputs(xt, timesteps=T)
+        const, per_const = net.site_outputs(xt, timesteps=T, constant=True)
+        first = net.sites[0].name
+        torch.testing.assert_close(per_const[first], per_run[first])
+        if T == 1:
+            torch.testing.assert_close(const, run)
+        else:
+            assert any(not torch.equal(per_const[r.name], per_run[r.name]) for r in net.sites[1:])
+
+
 def test_retract_surrogate_is_the_mirrored_spike_surrogate():
     """d(negative spike)/du: minus the positive spike's surrogate moved to u = 0, zero where
     the neuron has no spike to take back."""

@@ -57,6 +57,27 @@ def test_bench_depth_small(fmnist_test, kind):
         assert all(rows[d]["code"] == str(ROOT) for d in rows)
 
 
+def test_error_budget_small(fmnist_test, tmp_path):
+    """The spiking run, the constant-current run and the DNN on the same images; the first
+    site (fed the input, its currents constant) has the same error in both runs."""
+    import onnx_snn
+    from onnx_snn.demo import shipped_model_path
+    x = fmnist_test.take(64).x
+    out = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(str(shipped_model_path()), (x - 0.286) / 0.353, timesteps=2,
+                     show_progress=False).save(out)
+    r = run_tool("tools/error_budget.py", str(out), "--dnn", str(shipped_model_path()),
+                 "--data", "fashion-mnist", "--limit", "200")
+    assert r["images"] == 200 and r["timesteps"] == 2
+    assert set(r["top1"]) == {"dnn", "spiking", "constant_current"}
+    assert all(30 < v <= 100 for v in r["top1"].values())
+    assert [s["site"] for s in r["sites"]] == ["lif0", "lif1", "lif2", "lif3", "lif4"]
+    first = r["sites"][0]
+    assert first["spiking"] == first["constant_current"]
+    assert all(0 < s["spiking"]["relative_rms_error"] < 1 and s["spiking"]["correlation"] > 0.5
+               for s in r["sites"])
+
+
 def test_bench_quantized_small(fmnist_test):
     r = run_tool("tools/bench_quantized.py", "--method", "datta", "--test-images", "300")
     assert r["qdq"]["sites"] == r["float"]["sites"] == 5

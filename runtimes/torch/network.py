@@ -462,10 +462,28 @@ class SpikingNetwork(nn.Module):
             params[key] = out
         return out
 
-    def _run(self, nodes, env, masks, spikes, params=None):
+    def _run(self, nodes, env, masks, spikes, params=None, constant: Optional[int] = None):
+        """One step of ``nodes``; ``constant`` = T: each neuron takes its input as a constant
+        current for T steps and outputs its mean output (spikes: its count), in one pass."""
         params = {} if params is None else params
         for n in nodes:
-            if n.op in fmt.NEURON_OPS:
+            if n.op in fmt.NEURON_OPS and constant:
+                signed = n.op == fmt.SIGNED_NEURON_OP
+                x, v = env[n.inputs[0]], env[n.inputs[1]]
+                th, amp, leak = self._neuron_inputs(n.inputs[3:] if signed else n.inputs[2:],
+                                                    env, params)
+                c, y_sum, count = torch.zeros_like(x), 0, 0
+                for _ in range(constant):
+                    if signed:
+                        y, v, c, s = signed_step(x, v, c, th, amp, leak, self.surrogate)
+                    else:
+                        y, v, s = lif_step(x, v, th, amp, leak, self.surrogate)
+                    y_sum, count = y_sum + y, count + s
+                env[n.outputs[0]], env[n.outputs[1]] = y_sum / constant, v
+                if signed:
+                    env[n.outputs[2]] = c
+                spikes[n.site] = count.abs() if signed else count
+            elif n.op in fmt.NEURON_OPS:
                 signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
@@ -658,6 +676,37 @@ class SpikingNetwork(nn.Module):
         self.last_spikes = totals
         outs = [torch.stack(e) for e in each] if per_step else [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
+
+    @torch.no_grad()
+    def site_outputs(self, x: torch.Tensor, timesteps: Optional[int] = None,
+                     constant: bool = False):
+        """(the first output averaged over the T steps, {site: its output averaged over the T
+        steps, [N, *site shape]}) for one input ``x``; ``constant``: every neuron driven by
+        the constant current it receives, its mean output over T steps (one pass: each layer
+        fed the previous layers' mean outputs), which is the spiking network without its
+        temporal error (a current that moves from step to step), its rounding alone."""
+        T = int(timesteps or self.timesteps)
+        inputs = {self._input_names()[0]: x.to(self._compute_dtype())}
+        self._check_shapes(inputs)
+        env = {name: getattr(self, key) for name, key in self._names.items()}
+        env.update(inputs)
+        n = x.shape[0]
+        masks: Dict[str, torch.Tensor] = {}
+        self._run(self.hoisted, env, masks, {})
+        states = {st.names.input: self._initial_state(st, n, x) for st in self.view.states}
+        by_site = {nd.site: nd.outputs[0] for nd in self.body if nd.op in fmt.NEURON_OPS}
+        params: Dict[tuple, tuple] = {}
+        out, sites = 0, {}
+        for _ in range(1 if constant else T):
+            step = dict(env)
+            step.update(states)
+            self._run(self.body, step, masks, {}, params, constant=T if constant else None)
+            out = out + step[self.outputs[0]]
+            for name, o in by_site.items():
+                sites[name] = sites.get(name, 0) + step[o]
+            states = {st.names.input: step[st.names.next] for st in self.view.states}
+        k = 1 if constant else T
+        return out / k, {name: y / k for name, y in sites.items()}
 
     def _forward_folded(self, env, states, T, n, masks, params, record_spikes, per_step=False):
         """The T steps at once: every step node runs once on ``[T * N, ...]`` (step t's
