@@ -27,7 +27,7 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
                        to_input_layout)
-from .errors import DataError, ModelLoadError, UnsupportedModelError, UsageError, listed
+from .errors import DataError, InternalError, ModelLoadError, UnsupportedModelError, UsageError, listed
 from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
@@ -980,8 +980,8 @@ def _self_check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(sk.model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise RuntimeError(f"onnx-snn produced an invalid spiking model ({str(e).strip()[:300]}); "
-                           "please report this with the source model") from None
+        raise InternalError(f"onnx-snn produced an invalid spiking model ({str(e).strip()[:300]}); "
+                            "please report this with the source model") from None
 
 
 @checks_flags

@@ -76,6 +76,13 @@ class MissingDependencyError(OnnxSnnError):
     exit_code = 9
 
 
+class InternalError(OnnxSnnError, RuntimeError):
+    """onnx-snn built something invalid from a model it accepted: a bug here, to report with
+    the model (a ``RuntimeError`` too, for API callers that catch those)."""
+
+    exit_code = 70
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like SIGINT's KeyboardInterrupt so that the same clean-up runs."""
 
@@ -156,5 +163,6 @@ EXIT_CODES = {
         TrainingDivergedError,
         NotSpikingModelError,
         MissingDependencyError,
+        InternalError,
     )
 }

@@ -2457,3 +2457,85 @@ def test_bypassing_a_node_rewires_readers_inside_if_branches():
         ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
         got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
         np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_an_output_listed_twice_is_kept_once_and_converts():
+    """An exporter may list a tensor twice among the graph outputs (the logits, or an
+    activation): the spiking graph made one step output per name, twice, and failed its own
+    check with a traceback."""
+    for which in ("logits", "activation"):
+        m = B.vgg(13, "clip")
+        if which == "logits":
+            m.graph.output.add().CopyFrom(m.graph.output[0])
+        else:
+            name = next(n.output[0] for n in m.graph.node if n.op_type == "Clip")
+            vi = h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])
+            m.graph.output.extend([vi, vi])
+        nm = normalize(m)
+        assert any("listed more than once: kept once" in n for n in nm.notes)
+        snn = onnx_snn.convert(m, B.rand_input(16), timesteps=2, show_progress=False)
+        outs = [o.name for o in m.graph.output]
+        assert [o.name for o in snn.model.graph.output][:len(set(outs))] == list(dict.fromkeys(outs))
+
+
+@pytest.mark.parametrize("kind", ["initializer", "constant node", "input"])
+def test_an_output_no_node_computes_from_the_input_is_refused_by_name(kind):
+    m = B.vgg(13, "clip")
+    g = m.graph
+    if kind == "input":
+        g.output.add().CopyFrom(g.input[0])
+        name = g.input[0].name
+    else:
+        name = "const_out"
+        value = onnx.numpy_helper.from_array(np.ones(3, np.float32), name)
+        if kind == "initializer":
+            g.initializer.append(value)
+        else:
+            g.node.insert(0, h.make_node("Constant", [], [name], name="c0", value=value))
+        g.output.add().CopyFrom(h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [3]))
+    with pytest.raises(UnsupportedModelError, match=f"output '{name}' is .*--outputs {g.output[0].name}"):
+        normalize(m)
+    nm = normalize(m, outputs=[g.output[0].name])   # the way out the message names
+    assert [o.name for o in nm.model.graph.output] == [g.output[0].name]
+
+
+def test_a_graph_without_outputs_is_refused():
+    m = B.vgg(13, "clip")
+    del m.graph.output[:]
+    with pytest.raises(ModelLoadError, match="has no outputs"):
+        normalize(m)
+
+
+@pytest.mark.parametrize("opset", [7, 10])
+@pytest.mark.parametrize("mode", ["reflect", "edge", "constant"])
+def test_an_attribute_form_pad_with_a_fill_value_upgrades_in_every_mode(opset, mode):
+    """Pad-2 takes ``value`` as an attribute, ignored by reflect and edge; the version
+    converter kept it for those modes, and Pad-11 has no such attribute: the normalized
+    model failed the checker (a traceback). The conversion runs the same DNN."""
+    rng = np.random.default_rng(0)
+    w = lambda n, s: onnx.numpy_helper.from_array(rng.normal(0, .3, s).astype(np.float32), n)
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"]),
+             h.make_node("Clip", ["c1"], ["a1"], min=0.0, max=1.0),
+             h.make_node("Pad", ["a1"], ["p"], mode=mode, pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.5),
+             h.make_node("Conv", ["p", "w2"], ["c2"]),
+             h.make_node("Clip", ["c2"], ["a2"], min=0.0, max=1.0),
+             h.make_node("GlobalAveragePool", ["a2"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "pad2", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 10, 10])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])],
+                     [w("w1", (8, 3, 3, 3)), w("w2", (8, 8, 3, 3)), w("w3", (10, 8)), w("b3", (10,))])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 7
+    onnx.checker.check_model(m)
+    x = rng.standard_normal((24, 3, 10, 10)).astype(np.float32)
+    nm = normalize(m)
+    assert not any(a.name == "value" for n in nm.model.graph.node if n.op_type == "Pad"
+                   for a in n.attribute)
+    dnn = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dnn.run(None, {"x": x})[0]
+    got = ort.InferenceSession(nm.model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    snn = onnx_snn.convert(m, x, timesteps=64, method="max", show_progress=False)
+    out = run(snn.model, x).outputs[0]
+    assert np.corrcoef(out.ravel(), want.ravel())[0, 1] > 0.98

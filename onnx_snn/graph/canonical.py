@@ -43,7 +43,22 @@ def upgrade_opset(model: onnx.ModelProto, notes: list, where: str) -> onnx.Model
     notes.append(f"upgraded the model from opset {opset} to {BASE_OPSET}")
     if opset < 11:
         _keep_old_resize_coordinates(upgraded, where)
+        _drop_pad_value(upgraded)
     return upgraded
+
+
+def _drop_pad_value(model: onnx.ModelProto) -> None:
+    """Pad before opset 11 took its fill as a ``value`` attribute, which the reflect and
+    edge modes ignore; the version converter carries it over for those modes (in the
+    constant mode it becomes the ``constant_value`` input), and Pad-11 has no such attribute:
+    the checker refused the upgraded model. Dropped there."""
+    for n in model.graph.node:
+        if n.op_type != "Pad" or n.domain not in ("", "ai.onnx"):
+            continue
+        keep = [a for a in n.attribute if a.name != "value"]
+        if len(keep) < len(n.attribute):
+            del n.attribute[:]
+            n.attribute.extend(keep)
 
 
 def _keep_old_resize_coordinates(model: onnx.ModelProto, where: str) -> None:

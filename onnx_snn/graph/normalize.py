@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ModelLoadError, UnsupportedModelError, listed
+from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
@@ -306,6 +306,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     sk = skeleton.split(model, verify=True)
     if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
         select_outputs(sk, outputs, where, notes)
+    once_each_output(sk, notes, where)
     drop_unread_inputs(sk, notes)
     _check_batch_axes(model, where, sk.model.graph)
     _check_domains(sk.model, where)
@@ -372,6 +373,46 @@ def select_outputs(sk: skeleton.Skeleton, names: List[str], where: str, notes: L
     model.graph.node.extend(nodes)
     notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
                  f"({dropped} node(s) computed only the others)")
+
+
+def once_each_output(sk: skeleton.Skeleton, notes: List[str], where: str) -> None:
+    """Each graph output listed once (an exporter may list a tensor twice: the spiking graph
+    makes one step output per name), in place; a graph without outputs is refused."""
+    model = sk.model
+    names = [o.name for o in model.graph.output]
+    if not names:
+        raise ModelLoadError(f"{where}: the graph has no outputs, so there is nothing to "
+                             "compute; export it with its outputs")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not twice:
+        return
+    kept, seen = [], set()
+    for o in model.graph.output:
+        if o.name not in seen:
+            seen.add(o.name)
+            kept.append(o)
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    notes.append(f"output(s) {', '.join(repr(n) for n in twice)} listed more than once: kept once")
+
+
+def computed_outputs(graph: gs.Graph, where: str) -> None:
+    """Refuse a graph output that no node computes (an initializer, a constant folded from
+    one, or an input passed through): the spiking graph's outputs are computed at every
+    step and averaged, and such an output has no step to compute it in."""
+    inputs = {t.name for t in graph.inputs}
+    made = {t.name for n in graph.nodes for t in n.outputs}
+    other = [o.name for o in graph.outputs if o.name not in made]
+    if not other:
+        return
+    o = other[0]
+    what = ("the model's input passed through unchanged" if o in inputs else
+            "a constant (an initializer, or computed from constants alone), not from the input")
+    keep = [t.name for t in graph.outputs if t.name in made]
+    fix = (f"convert with --outputs {' '.join(keep)} to keep the computed ones" if keep else
+           "export the model with outputs computed from its input")
+    raise UnsupportedModelError(f"{where}: output '{o}' is {what}; a spiking model computes its "
+                                f"outputs from the input at every time step: {fix}")
 
 
 def drop_unread_inputs(sk: skeleton.Skeleton, notes: List[str]) -> None:
@@ -576,6 +617,7 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
                         if r.skipped else ""))
 
     graph.cleanup().toposort()
+    computed_outputs(graph, where)
     _name_nodes(graph)
     if not pool_first:
         _note_pooled_currents(graph, sites, notes)
@@ -600,7 +642,8 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     try:
         onnx.checker.check_model(inferred)   # = checking ``out`` (see graph.skeleton)
     except onnx.checker.ValidationError as e:  # a bug here, not the user's
-        raise RuntimeError(f"normalized model fails the ONNX checker: {e}") from None
+        raise InternalError(f"{where}: the normalized model fails the ONNX checker ({e}); "
+                            "please report this with the model") from None
 
     preprocess = None
     if fmt.META_PREPROCESS in meta:
