@@ -892,9 +892,11 @@ def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Opt
             a = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
             a = None
-        if a is None or a.size == 0 or not np.all(np.isfinite(a)) or (key == "std" and np.any(a <= 0)):
+        if a is None or a.size == 0 or not np.all(np.isfinite(a)) or np.any(np.abs(a) > 1e30) \
+                or (key == "std" and np.any(a < 1e-30)):
             raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has {key} {v!r}; "
-                                 "expected finite numbers (std > 0); the file is damaged")
+                                 "expected finite numbers of magnitude at most 1e30 (std at "
+                                 "least 1e-30, as --mean/--std take them); the file is damaged")
         out[key] = [float(t) for t in a]
     return out
 

@@ -100,6 +100,8 @@ DAMAGE = {
     "preprocess_json": ("onnx_snn.preprocess", "{oops"),
     "preprocess_values": ("onnx_snn.preprocess", '{"mean": "x", "std": [1.0]}'),
     "preprocess_no_std": ("onnx_snn.preprocess", '{"mean": [0.3]}'),
+    # finite, but past float32 (an overflow warning, then exit 5 unnamed)
+    "preprocess_huge": ("onnx_snn.preprocess", '{"mean": [1e308], "std": [1e-308]}'),
     "timesteps_missing": ("onnx_snn.timesteps", None),
     "version_missing": ("onnx_snn.format_version", None),
     "amplitude_zero": ("param:lif0.amplitude", 0.0),
@@ -1081,7 +1083,10 @@ class _Pwn:
 cli("ft_resume_code_in_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
     setup=lambda ws: __import__("torch").save({"model": _Pwn(ws / "PWNED"), "epoch": 1},
                                               ws / "t.onnx.ckpt.pt"),
-    needle="not a usable checkpoint", check=lambda ws, o, e: not (ws / "PWNED").exists())
+    needle="torch.load cannot read it", check=lambda ws, o, e: not (ws / "PWNED").exists())
+cli("ft_resume_junk_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
+    setup=lambda ws: (ws / "t.onnx.ckpt.pt").write_text("junk\n"),
+    needle="not a checkpoint file (torch.load cannot read it: ")
 def _huge_npz(ws):
     """Finite data whose activations overflow float32 (values of +-3e38: inf - inf is NaN,
     which a clip does not bound)."""

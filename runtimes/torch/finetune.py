@@ -683,10 +683,10 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except Exception as e:  # not a checkpoint
-            raise ModelLoadError(f"{ckpt_path}: not a usable checkpoint of this model "
-                                 f"({first_line(e, 4)[:300]}); delete it, or run without "
-                                 "--resume") from None
+        except Exception as e:  # not a checkpoint (torch says KeyError: '174812789' of junk)
+            raise ModelLoadError(f"{ckpt_path}: not a checkpoint file (torch.load cannot read "
+                                 f"it: {type(e).__name__}: {first_line(e, 4)[:300]}); delete it, "
+                                 "or run without --resume") from None
         if isinstance(state, dict):    # a run's own settings first: the clearest reason
             _check_resumed_run(state.get("run"), run_settings, ckpt_path)
         try:
