@@ -65,8 +65,15 @@ class EvalResult:
     #: what the user should know about how it ran
     notes: List[str] = field(default_factory=list)
     #: the warnings it gave (logged as it ran; kept here for a saved result): a model run at
-    #: another T than its parameters were fitted for
+    #: another T than its parameters were fitted for, --mean/--std that override the model's
     warnings: List[str] = field(default_factory=list)
+    #: the data it ran on (a dataset's name and split, or a file), the samples asked for
+    #: (``limit``), and the normalization applied to a named dataset's or a folder's images
+    #: ({"mean", "std"}; None: arrays taken as already preprocessed, or none recorded), so
+    #: that what reads the result (``analyze --rates``) can tell what it measured
+    data: Optional[str] = None
+    limit: Optional[int] = None
+    preprocess: Optional[dict] = None
 
     @property
     def mean_rate(self) -> Optional[float]:
@@ -314,8 +321,13 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                      f"{values_text(preprocess['mean'])}, std {values_text(preprocess['std'])}); "
                      "--mean/--std override it")
     # (a helper's eval fell from 85.3 to 67.2 % without a word)
-    warn_preprocess_override(where, mean, std, preprocess, "its results are then on other "
-                             "inputs than it was trained or converted on")
+    overridden = warn_preprocess_override(where, mean, std, preprocess, "its results are then "
+                                          "on other inputs than it was trained or converted on")
+    applied = ({"mean": _as_floats(mean), "std": _as_floats(std)} if mean is not None else
+               preprocess if named else None)
+    said = [f"--mean/--std ({values_text(mean)}, {values_text(std)}) overrode the preprocessing "
+            f"the model records (mean {values_text(preprocess.get('mean'))}, std "
+            f"{values_text(preprocess.get('std'))})"] if overridden else []
     batch_size = eval_batch(batch_size, runner.info)
     if runner.fixed_batch:
         batch_size = runner.fixed_batch
@@ -328,6 +340,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     parts = iter([ds]) if plan is None else \
         _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, **own)
     ds = next(parts)
+    ds_name = ds.name
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[scored])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
@@ -427,8 +440,22 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             model_fingerprint=(fmt.spiking_fingerprint(runner.info)
                                                if runner.spiking else None), pools=pools,
                             batch_size=int(batch_size), notes=list(notes),
-                            warnings=[other_t] if other_t else [])
+                            warnings=([other_t] if other_t else []) + said,
+                            data=_data_name(data, ds_name), limit=limit,
+                            preprocess=dict(applied) if applied else None)
     return out
+
+
+def _as_floats(v) -> list:
+    return [float(t) for t in np.asarray(v, dtype=np.float64).reshape(-1)]
+
+
+def _data_name(data, loaded: Optional[str]) -> Optional[str]:
+    """What the data was, for the result: a spec as given (a dataset's name, a file, a
+    folder), else the loaded set's name (in-memory arrays: "arrays")."""
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    return loaded
 
 
 def _folder_parts(plan: FolderPlan, batch_size: int, preprocess, mean, std, specs,

@@ -1139,3 +1139,35 @@ def test_an_error_inside_a_progress_bar_starts_its_own_line(monkeypatch, capsys)
     assert "calibrating" in err
     assert any(line.startswith("onnx-snn: error: calibration data: sample 3")
                for line in err.splitlines()), err
+
+
+def test_eval_json_records_its_data_and_normalization_and_analyze_repeats_an_override(
+        fmnist_test, tmp_path):
+    """eval's JSON says what it ran on (the data, the samples asked for, the normalization
+    applied) and the warnings it gave; analyze --rates repeats a warning (--mean/--std that
+    overrode the model's preprocessing) and says when the rates' normalization is not the
+    model's: energy from wrongly normalized rates looked like any other."""
+    from onnx_snn.demo import shipped_model_path
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["-q", "convert", str(shipped_model_path()), "--calib", "fashion-mnist",
+                 "--calib-samples", "32", "-T", "1", "--method", "datta", "-o", str(snn)]) == 0
+    recorded = F.read_info(onnx.load(str(snn))).preprocess
+    plain, other = tmp_path / "plain.json", tmp_path / "other.json"
+    assert main(["-q", "eval", str(snn), "--limit", "40", "--json", str(plain)]) == 0
+    assert main(["-q", "eval", str(snn), "--limit", "40", "--mean", "0.9", "--std", "0.1",
+                 "--json", str(other)]) == 0
+    r, o = json.loads(plain.read_text()), json.loads(other.read_text())
+    assert (r["data"], r["limit"], r["warnings"]) == ("fashion-mnist", 40, [])
+    assert r["preprocess"] == {"mean": recorded["mean"], "std": recorded["std"]}
+    assert o["preprocess"] == {"mean": [0.9], "std": [0.1]}
+    assert len(o["warnings"]) == 1 and "overrode the preprocessing" in o["warnings"][0]
+    p = run_cli("analyze", str(snn), "--rates", str(plain))
+    assert p.returncode == 0 and "WARNING" not in p.stderr, p.stderr
+    out = tmp_path / "a.json"
+    p = run_cli("analyze", str(snn), "--rates", str(other), "--json", str(out))
+    assert p.returncode == 0 and "measured with a warning: --mean/--std" in p.stderr, p.stderr
+    assert any("overrode the preprocessing" in n for n in json.loads(out.read_text())["notes"])
+    o["warnings"] = []        # a result that records the normalization but no warning
+    other.write_text(json.dumps(o))
+    p = run_cli("analyze", str(snn), "--rates", str(other))
+    assert p.returncode == 0 and "normalized with mean [0.9], std [0.1], not as the model" in p.stderr

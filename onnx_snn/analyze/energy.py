@@ -292,6 +292,26 @@ def check_rate_file(path: Union[str, Path], rates_T: Optional[int], neurons: Map
                             f"eval {model} --json FILE` on this one")
 
 
+def rate_file_warnings(measured: Mapping, info) -> List[str]:
+    """What an ``eval --json`` result says about how its rates were measured that an energy
+    figure built on them should repeat: the warnings eval gave (another T, --mean/--std that
+    overrode the model's preprocessing), and a normalization other than the one the spiking
+    model records (results written before eval recorded it say nothing of it)."""
+    from ..convert import same_values, values_text
+    out = [f"the spike rates were measured with a warning: {w}"
+           for w in measured.get("warnings") or [] if isinstance(w, str) and w]
+    pp = measured.get("preprocess")
+    rec = getattr(info, "preprocess", None)
+    if isinstance(pp, dict) and isinstance(rec, dict) and not (
+            same_values(pp.get("mean"), rec.get("mean")) and same_values(pp.get("std"), rec.get("std"))) \
+            and not any("overrode the preprocessing" in w for w in out):
+        out.append(f"the spike rates were measured on inputs normalized with mean "
+                   f"{values_text(pp.get('mean'))}, std {values_text(pp.get('std'))}, not as the "
+                   f"model records (mean {values_text(rec.get('mean'))}, std "
+                   f"{values_text(rec.get('std'))}): the energy is that of other inputs")
+    return out
+
+
 # ------------------------------------------------------------------ the analysis
 
 def _ratio(a: float, b: Optional[float]) -> Optional[float]:
@@ -453,6 +473,9 @@ def analyze(model: Union[onnx.ModelProto, str, Path],
     if rates is not None:    # measured at another T, or on another model: refused
         check_rate_file("rates", rates_T, rate_neurons(measured or {}), info, timesteps, name,
                         (measured or {}).get("model_fingerprint"))
+        for w in rate_file_warnings(measured or {}, info):   # measured on other inputs: said
+            warnings.warn(w, stacklevel=2)
+            notes.append(w)
     T = int(timesteps) if timesteps else (rates_T or (info.timesteps if info else None))
     if T is not None and T < 1:
         raise DataError(f"timesteps must be at least 1 (got {T})")
