@@ -112,12 +112,14 @@ DAMAGE = {
     "outputs_unknown": ("onnx_snn.outputs", '["not_an_output"]'),
     "binary_values": ("onnx_snn.binary_spikes", '{"lif0": 5}'),
     "dropout_json": ("onnx_snn.dropout", "{"),
+    "dropout_ratio": ("onnx_snn.dropout", '[{"tensor": "lif0.out", "ratio": 5}]'),
     "threshold_zero": ("param:lif0.threshold", 0.0),
     "threshold_shape": ("shape:lif0.threshold", (5, 1, 1)),   # the site has 8 channels
     "neuron_body": ("function:LIFNeuron", ("GreaterOrEqual", "Greater")),
     "param_nan": ("param:lif1.amplitude", float("nan")),
     "truncated": ("truncate", None),
     "leak_above_1": ("param:lif0.leak", 2.0),   # onnxruntime would use it, torch caps it at 1
+    "leak_negative": ("param:lif0.leak", -1.0),  # a membrane changing sign every step
     "timesteps_long": ("onnx_snn.timesteps", "4" * 5000),
     # JSON nested past Python's recursion limit: a RecursionError traceback (exit 1)
     "sites_nested": ("onnx_snn.sites", "[" * 100000 + "]" * 100000),

@@ -439,6 +439,10 @@ def test_leak_is_clamped_to_one():
         net.tensor("lif0.leak").fill_(1.7)
     net.project()
     assert net.tensor("lif0.leak").item() == 1.0
+    with torch.no_grad():               # and at 0: a file holds leaks in [0, 1]
+        net.tensor("lif0.leak").fill_(-0.3)
+    net.project()
+    assert net.tensor("lif0.leak").item() == 0.0
 
 
 @pytest.mark.parametrize("surrogate", ["sigmoid", "rectangle"])

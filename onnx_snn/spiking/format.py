@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError, UsageError
+from ..values import is_real
 from ..graph import walk
 from .neuron import (DOMAIN, NEURON_INPUTS, NEURON_OP, NEURON_OPS,  # noqa: F401 (re-exported)
                      NEURON_OUTPUTS, POOL_INPUTS, POOL_OPS, POOL_OUTPUTS, SIGNED_NEURON_INPUTS,
@@ -651,11 +652,19 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     if not all(isinstance(v, str) for v in binary.values()):
         raise ModelLoadError(f"{where}: the metadata {META_BINARY} should map sites to 'folded' "
                              "or why a site kept its amplitude; the file is damaged")
+    dropout = _json(meta, META_DROPOUT, [], list, where)
+    for d in dropout:      # what fine-tuning drops: a tensor's name and a ratio in [0, 1)
+        ratio = d.get("ratio") if isinstance(d, dict) else None
+        if not (isinstance(d, dict) and isinstance(d.get("tensor"), str) and is_real(ratio)
+                and 0 <= float(ratio) < 1):
+            raise ModelLoadError(f"{where}: the metadata {META_DROPOUT} holds {str(d)[:80]!r}; "
+                                 "each entry is a tensor and a dropout ratio in [0, 1): the "
+                                 "file is damaged or was edited")
     return SpikingInfo(
         format_version=version, timesteps=timesteps, method=meta.get(META_METHOD, ""),
         sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
         history=_json(meta, META_HISTORY, [], list, where),
-        dropout=_json(meta, META_DROPOUT, [], list, where),
+        dropout=dropout,
         graph=graph, outputs=outputs,
         pools=[PoolRecord.from_dict(p, where) for p in pools_listed])
 
@@ -931,7 +940,7 @@ def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]
 
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
     """Every site's parameters present and finite, thresholds and amplitudes
-    positive (a spike counter divides by the amplitude), leaks at most 1."""
+    positive (a spike counter divides by the amplitude), leaks in [0, 1]."""
     for s in info.sites:
         dims = f"{s.name}.shape"        # the membrane's per-sample shape, as the graph holds it
         if dims in inits:
@@ -965,6 +974,11 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                 raise ModelLoadError(f"{where}: site {s.name} has a threshold <= 0 "
                                      f"({float(v.min()):g}); a neuron would fire on every step. "
                                      "The file is damaged or was edited; convert it again")
+            if p == "leak" and not np.all(v >= 0):
+                raise ModelLoadError(f"{where}: site {s.name} has a negative leak "
+                                     f"({float(v.min()):g}); a membrane would change sign on "
+                                     "every step (leaks are in [0, 1]). The file is damaged or "
+                                     "was edited; convert it again")
             if p == "leak" and not np.all(v <= 1):
                 raise ModelLoadError(f"{where}: site {s.name} has a leak above 1 "
                                      f"({float(v.max()):g}); a membrane would grow on every "

@@ -280,10 +280,12 @@ def _feed_timesteps(inputs: dict, timesteps):
 
 
 def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
-    """``min(leak, 1)`` whose gradient passes at 1: the converted IF neurons' leak is exactly 1,
-    where ``clamp(max=1)``'s gradient is 0 and the leak would never train (a step above 1 is
-    projected back by :meth:`SpikingNetwork.project`)."""
-    return torch.where(leak > 1.0, torch.ones_like(leak), leak)
+    """``min(max(leak, 0), 1)`` whose gradient passes at 1: the converted IF neurons' leak is
+    exactly 1, where ``clamp(max=1)``'s gradient is 0 and the leak would never train (a step
+    above 1, or below 0, is projected back by :meth:`SpikingNetwork.project`: a file holds
+    leaks in [0, 1])."""
+    return torch.where(leak > 1.0, torch.ones_like(leak),
+                       torch.where(leak < 0.0, torch.zeros_like(leak), leak))
 
 
 def _image_channels(model: onnx.ModelProto) -> set:
@@ -862,7 +864,7 @@ class SpikingNetwork(nn.Module):
             self.tensor(name).copy_(self._effective(name))
 
     def _effective(self, name: str) -> torch.Tensor:
-        """A tensor as the forward pass uses it (leak <= 1, threshold and amplitude > 0)."""
+        """A tensor as the forward pass uses it (leak in [0, 1], threshold and amplitude > 0)."""
         t = self.tensor(name)
         kind = self._neuron_params().get(name)
         if kind == "leak":
