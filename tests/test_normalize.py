@@ -2539,3 +2539,12 @@ def test_an_attribute_form_pad_with_a_fill_value_upgrades_in_every_mode(opset, m
     snn = onnx_snn.convert(m, x, timesteps=64, method="max", show_progress=False)
     out = run(snn.model, x).outputs[0]
     assert np.corrcoef(out.ravel(), want.ravel())[0, 1] > 0.98
+
+
+def test_an_input_with_an_axis_of_size_zero_is_refused_by_name():
+    """A fixed batch of 0 (or any axis of 0) holds no values: onnxruntime's INVALID_ARGUMENT
+    from the first calibration run was the message (exit 4)."""
+    m = B.vgg(13, "clip")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    with pytest.raises(ModelLoadError, match=f"input '{m.graph.input[0].name}' has shape \\[0, "):
+        normalize(m)

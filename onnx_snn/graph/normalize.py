@@ -502,6 +502,12 @@ def _check_batch_axes(model: onnx.ModelProto, where: str,
     for vi in graph.input:
         if vi.name in consts:
             continue
+        sizes = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in vi.type.tensor_type.shape.dim]
+        if any(d.HasField("dim_value") and d.dim_value == 0 for d in vi.type.tensor_type.shape.dim):
+            raise ModelLoadError(f"{where}: input '{vi.name}' has shape {sizes}, with an axis of "
+                                 "size 0: it holds no values (no sample to convert or run); "
+                                 "export it with the real sizes, or a free batch axis")
         readers = [n for n in graph.node if vi.name in n.input]
         if not readers or any(n.op_type != "Unsqueeze" or n.input[0] != vi.name for n in readers):
             continue
