@@ -84,7 +84,7 @@ def softmax(x, axis=-1):
 def test_pipeline_is_a_list_of_named_passes():
     assert all(isinstance(p, GraphPass) for p in PIPELINE)
     assert [p.name for p in PIPELINE] == [
-        "compute-in-float32", "uint8-input-to-float", "ml-scaler-to-affine",
+        "compute-in-float32", "float64-round-trips", "uint8-input-to-float", "ml-scaler-to-affine",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
         "fake-quantization", "rounding-to-identity", "sum-to-add", "einsum-to-matmul",
         "zero-slope-to-relu", "hard-sigmoid-to-clip", "relu-pairs-to-clip", "channel-clamps-to-unit-clip", "masked-relu-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool", "ceil-pools-to-explicit-pads", "nonnegative-identities",

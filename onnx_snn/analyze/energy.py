@@ -577,12 +577,12 @@ def _dnn_reference(m: onnx.ModelProto, fg, dnn_model, input_shapes, macs: int, n
                    ) -> Tuple[int, Optional[str]]:
     """The MACs per sample of ``dnn_model``, the DNN that the model ``m`` (flattened: ``fg``;
     ``macs`` MACs per sample in its layers; named ``name``) is compared with, and a note where
-    the two counts differ; a UsageError for a spiking model, or for another network than the
-    source a spiking ``m`` records."""
-    from ..errors import UsageError
+    the two counts differ; an UnsupportedModelError for a spiking model (exit 4, as convert
+    refuses one), a UsageError for another network than the source a spiking ``m`` records."""
+    from ..errors import UnsupportedModelError, UsageError
     dnn = _load(dnn_model)
     if fmt.is_spiking(dnn):
-        raise UsageError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
+        raise UnsupportedModelError(f"{dnn_model if not isinstance(dnn_model, onnx.ModelProto) else 'dnn_model'}"
                          ": a spiking model, not the DNN it was converted from; pass the "
                          "original DNN (.onnx) as the DNN to compare with")
     ref = [c for c in count_flat(flatten(dnn, input_shapes or _shapes_for(dnn, fg.model)))

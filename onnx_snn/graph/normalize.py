@@ -243,6 +243,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
 #: the normalization passes in the order they run; each can be applied on its own
 PIPELINE: tuple = (
     precision.compute_in_float32,        # float16/float64 models: float32 throughout
+    precision.float64_round_trips,       # float32 -> float64 -> float32 Casts: the identity
     inputs.uint8_input_to_float,         # raw uint8 pixels in: float32 of the same values
     canonical.ml_scaler_to_affine,       # skl2onnx's StandardScaler: Sub and Mul
     fold.fold_constants,                 # weights and clip bounds become initializers

@@ -141,3 +141,32 @@ def in_float32(model):
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
+
+
+@graph_pass("float64-round-trips")
+def float64_round_trips(graph: gs.Graph, result: PassResult) -> None:
+    """A Cast of a float32 tensor to float64 read only by Casts back to float32 (a step an
+    exporter wrote in double, then nothing done in it) is the identity, exactly: every
+    float32 value is a float64 value and comes back unchanged. The Casts back become
+    Identities (removed later) and the Cast to float64 goes with its last reader. A float64
+    step that computes (an Add in double between the Casts) stays refused by name, and so does
+    a float16 round trip (it rounds)."""
+    for node in list(graph.nodes):
+        if node.op != "Cast" or int(node.attrs.get("to", 0)) != TensorProto.DOUBLE \
+                or not node.inputs or not node.outputs:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        readers = list(out.outputs)
+        if src.dtype != np.float32 or not readers or any(
+                r.op != "Cast" or int(r.attrs.get("to", 0)) != TensorProto.FLOAT for r in readers) \
+                or any(out is o for o in graph.outputs):
+            continue
+        for r in readers:
+            r.op, r.attrs = "Identity", {}
+            r.inputs = [src]
+        result.changed += 1
+        result.records.append(node.name)
+    if result.changed:
+        result.notes.append(f"removed {result.changed} Cast(s) to float64 that were only cast "
+                            "back to float32 (the same values)")
+        graph.cleanup()

@@ -20,7 +20,7 @@ import onnx
 import torch
 import torch.nn.functional as Fn
 
-from onnx_snn.errors import DataError, ModelLoadError, file_problem
+from onnx_snn.errors import DataError, ModelLoadError, UnsupportedModelError, file_problem
 from onnx_snn.feeds import shown_shape
 from onnx_snn.scores import PROBABILITIES, class_scores, first_output_kind, is_scaled_softmax
 from onnx_snn.model_io import load_model, sha256_file
@@ -188,8 +188,8 @@ def load_teacher(path: str, probe, student_out: torch.Tensor,
     index, expose = _student_output(model, student_name, is_source)
     runner = open_runner(model, threads, expose, where=str(path))   # one session
     if runner.spiking:
-        raise ModelLoadError(f"{path}: a spiking model; the teacher is a DNN (the .onnx file "
-                             "the spiking model was converted from)")
+        raise UnsupportedModelError(f"{path}: a spiking model; the teacher is a DNN (the .onnx "
+                                    "file the spiking model was converted from)")
     want = sorted(probe) if isinstance(probe, dict) else None
     if (want is None and len(runner.specs) != 1) or \
             (want is not None and sorted(n for n, _ in runner.specs) != want):
