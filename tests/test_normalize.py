@@ -2418,8 +2418,13 @@ def test_an_output_listed_twice_is_kept_once_and_converts():
         assert [o.name for o in snn.model.graph.output][:len(set(outs))] == list(dict.fromkeys(outs))
 
 
-@pytest.mark.parametrize("kind", ["initializer", "constant node", "input"])
-def test_an_output_no_node_computes_from_the_input_is_refused_by_name(kind):
+@pytest.mark.parametrize("kind", ["weight", "initializer", "constant node", "input"])
+@pytest.mark.parametrize("method", ["datta", "refined"])
+def test_an_output_no_node_computes_is_kept_as_it_is(kind, method):
+    """A graph output that no node computes from the input: a weight a layer also reads (a
+    Gemm's bias: the spiking graph's output was left without a producer, exit 1 with a
+    traceback), another initializer, a Constant node's output, the input itself. The spiking
+    model outputs each as the DNN does, while the layer reading the weight is refitted."""
     m = B.vgg(13, "clip")
     g = m.graph
     if kind == "input":
@@ -2427,16 +2432,26 @@ def test_an_output_no_node_computes_from_the_input_is_refused_by_name(kind):
         name = g.input[0].name
     else:
         name = "const_out"
-        value = onnx.numpy_helper.from_array(np.ones(3, np.float32), name)
-        if kind == "initializer":
+        value = onnx.numpy_helper.from_array(np.arange(3, dtype=np.float32), name)
+        if kind == "weight":
+            gemm = [n for n in g.node if n.op_type == "Gemm"][-1]
+            name = gemm.input[2]
+            value = next(t for t in g.initializer if t.name == name)
+        elif kind == "initializer":
             g.initializer.append(value)
         else:
             g.node.insert(0, h.make_node("Constant", [], [name], name="c0", value=value))
-        g.output.add().CopyFrom(h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [3]))
-    with pytest.raises(UnsupportedModelError, match=f"output '{name}' is .*--outputs {g.output[0].name}"):
-        normalize(m)
-    nm = normalize(m, outputs=[g.output[0].name])   # the way out the message names
-    assert [o.name for o in nm.model.graph.output] == [g.output[0].name]
+        g.output.add().CopyFrom(h.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                         list(value.dims)))
+    x = B.rand_input(24)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {g.input[0].name: x})
+    snn = onnx_snn.convert(m, x, timesteps=2, method=method, show_progress=False)
+    assert [o.name for o in snn.model.graph.output][:2] == [g.output[0].name, name]
+    got = run(snn.model, x).outputs
+    np.testing.assert_array_equal(got[1], want[1])
+    alone = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method=method, show_progress=False)
+    np.testing.assert_array_equal(got[0], run(alone.model, x).outputs[0])   # the same network
 
 
 def test_a_graph_without_outputs_is_refused():

@@ -154,8 +154,8 @@ def test_cli_teacher_errors(converted, tmp_path):
     p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--distill", "1.5")
     assert p.returncode == 2 and "between 0 and 1" in p.stderr
     assert not (tmp_path / "o.onnx").exists()
-    p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--teacher", str(out))
-    assert p.returncode == 3 and "a spiking model" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--teacher", str(out))   # exit 4: as convert
+    assert p.returncode == 4 and "a spiking model" in p.stderr and "Traceback" not in p.stderr
     p = run_cli(*base, "-o", str(tmp_path / "o.onnx"), "--json", str(tmp_path / "r.json"),
                 "--teacher", "auto")
     assert p.returncode == 0, p.stderr

@@ -397,23 +397,23 @@ def once_each_output(sk: skeleton.Skeleton, notes: List[str], where: str) -> Non
     notes.append(f"output(s) {', '.join(repr(n) for n in twice)} listed more than once: kept once")
 
 
-def computed_outputs(graph: gs.Graph, where: str) -> None:
-    """Refuse a graph output that no node computes (an initializer, a constant folded from
-    one, or an input passed through): the spiking graph's outputs are computed at every
-    step and averaged, and such an output has no step to compute it in."""
-    inputs = {t.name for t in graph.inputs}
-    made = {t.name for n in graph.nodes for t in n.outputs}
-    other = [o.name for o in graph.outputs if o.name not in made]
-    if not other:
-        return
-    o = other[0]
-    what = ("the model's input passed through unchanged" if o in inputs else
-            "a constant (an initializer, or computed from constants alone), not from the input")
-    keep = [t.name for t in graph.outputs if t.name in made]
-    fix = (f"convert with --outputs {' '.join(keep)} to keep the computed ones" if keep else
-           "export the model with outputs computed from its input")
-    raise UnsupportedModelError(f"{where}: output '{o}' is {what}; a spiking model computes its "
-                                f"outputs from the input at every time step: {fix}")
+def own_constant_outputs(graph: gs.Graph) -> int:
+    """A weight that is also a graph output (an exporter exposing a bias or a class table
+    that a layer reads) becomes two constants: the layers read a copy under a fresh name, and
+    the output keeps its own, which the conversion keeps as it is (a layer's weights may be
+    refitted, and the spiking graph moves what its steps read). The spiking graph's output
+    was left without a producer: its own check failed. Returns how many were split."""
+    outputs = {id(t) for t in graph.outputs}
+    taken = {t.name for t in graph.tensors().values()}
+    split = 0
+    for t in list(graph.tensors().values()):
+        if not isinstance(t, gs.Constant) or id(t) not in outputs or not t.outputs:
+            continue
+        copy = gs.Constant(walk.fresh_name(f"{t.name}_weight", taken), values=t.values)
+        for node in list(t.outputs):
+            node.inputs = [copy if i is t else i for i in node.inputs]
+        split += 1
+    return split
 
 
 def drop_unread_inputs(sk: skeleton.Skeleton, notes: List[str]) -> None:
@@ -589,6 +589,9 @@ def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
 def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=False) -> NormalizedModel:
     _free_reserved_names(graph, notes)
     _name_nodes(graph)
+    if own_constant_outputs(graph):
+        notes.append("a weight that is also a graph output is kept as that output; its layers "
+                     "read a copy")
     pass_log = run_passes(graph, PIPELINE)
     for r in pass_log:
         notes.extend(r.notes)
@@ -624,7 +627,6 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
                         if r.skipped else ""))
 
     graph.cleanup().toposort()
-    computed_outputs(graph, where)
     _name_nodes(graph)
     if not pool_first:
         _note_pooled_currents(graph, sites, notes)
