@@ -482,6 +482,65 @@ def test_a_float64_round_trip_inside_a_float32_model_is_removed():
     assert not any(n.op_type == "Cast" for n in normalize(m).model.graph.node)
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_softmax_over_the_batch_axis_is_refused_for_what_it_is(opset):
+    """A final Softmax over axis 0 normalizes across the batch: the refusal says so, where it
+    listed no reader (opset 13) or an internal Reshape (opset 11, read as opset 13 reads it)."""
+    b = B.GraphBuilder(opset)
+    logits = b.gemm(b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")]), 4 * 144, 10)
+    m = b.model("input", b.node("Softmax", [logits], axis=0), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Softmax\) is a Softmax over the batch "
+                                                    r"axis \(axis 0\): it normalizes across"):
+        normalize(m)
+
+
+@pytest.mark.parametrize("pool, says", [
+    ("reducemax_h", "MaxPool whose kernel spans those axes"),
+    ("reducemax_c", "a maximum over the channels"),
+    ("lppool", "an LP pool .a p-norm of each window. is not linear"),
+    ("lppool_written_out", "of an LP pool, Pow, AveragePool, Pow"),
+])
+def test_pools_that_are_not_converted_say_what_to_use(pool, says):
+    """A max over one spatial axis, and an LP pool (as an op, or as nn.LPPool2d exports it:
+    Pow, AveragePool, Pow), are refused naming the pooling that replaces them (the LP pool's
+    Pow was called part of a LayerNorm)."""
+    b = B.GraphBuilder(13)
+    r = b.act(b.conv("input", 1, 4), "clip")
+    if pool == "reducemax_h":
+        p = b.node("ReduceMax", [r], axes=[2], keepdims=1)
+        flat = 4 * 12
+    elif pool == "reducemax_c":                  # CBAM's channel pooling
+        p = b.node("ReduceMax", [r], axes=[1], keepdims=1)
+        flat = 144
+    elif pool == "lppool":
+        p = b.node("LpPool", [r], kernel_shape=[2, 2], strides=[2, 2], p=2)
+        flat = 4 * 36
+    else:
+        sq = b.node("Pow", [r, b.const(np.array(2, np.float32))])
+        p = b.node("Pow", [b.node("AveragePool", [sq], kernel_shape=[2, 2], strides=[2, 2]),
+                           b.const(np.array(0.5, np.float32))])
+        flat = 4 * 36
+    m = b.model("input", b.gemm(b.node("Flatten", [p]), flat, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=says):
+        normalize(m)
+
+
+@pytest.mark.parametrize("form", ["where", "mul"])
+def test_a_thresholded_relu_is_refused_as_a_comparison(form):
+    """Keras's ReLU(threshold=0.5) exports x * Cast(x > 0.5) (or a Where): not a ReLU (a
+    step at 0.5), refused naming the comparison and what it is, not as an unknown op."""
+    b = B.GraphBuilder(13)
+    a = b.conv("input", 1, 4)
+    test = b.node("Greater", [a, b.const(np.array(0.5, np.float32))])
+    if form == "where":
+        r = b.node("Where", [test, a, b.const(np.array(0, np.float32))])
+    else:
+        r = b.node("Mul", [a, b.node("Cast", [test], to=onnx.TensorProto.FLOAT)])
+    m = b.model("input", b.gemm(b.node("Flatten", [r]), 4 * 144, 10), (1, 12, 12), 10)
+    with pytest.raises(UnsupportedModelError, match=r"\(Greater\) compares the data .a thresholded ReLU"):
+        normalize(m)
+
+
 def test_non_negative_tensors():
     """What keeps a tensor non-negative, and what does not."""
     import onnx_graphsurgeon as gs
