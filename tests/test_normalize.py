@@ -2477,7 +2477,8 @@ def test_an_output_listed_twice_is_kept_once_and_converts():
         assert [o.name for o in snn.model.graph.output][:len(set(outs))] == list(dict.fromkeys(outs))
 
 
-@pytest.mark.parametrize("kind", ["weight", "initializer", "constant node", "input"])
+@pytest.mark.parametrize("kind", ["weight", "constant node weight", "initializer",
+                                  "constant node", "input"])
 @pytest.mark.parametrize("method", ["datta", "refined"])
 def test_an_output_no_node_computes_is_kept_as_it_is(kind, method):
     """A graph output that no node computes from the input: a weight a layer also reads (a
@@ -2492,10 +2493,13 @@ def test_an_output_no_node_computes_is_kept_as_it_is(kind, method):
     else:
         name = "const_out"
         value = onnx.numpy_helper.from_array(np.arange(3, dtype=np.float32), name)
-        if kind == "weight":
+        if kind in ("weight", "constant node weight"):
             gemm = [n for n in g.node if n.op_type == "Gemm"][-1]
             name = gemm.input[2]
             value = next(t for t in g.initializer if t.name == name)
+            if kind == "constant node weight":     # a Constant node's: folded only later
+                g.initializer.remove(value)
+                g.node.insert(0, h.make_node("Constant", [], [name], name="cb", value=value))
         elif kind == "initializer":
             g.initializer.append(value)
         else:

@@ -189,6 +189,28 @@ def test_dropout_ratio_attribute_of_old_opsets():
     assert r.records[0]["ratio"] == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.9999997, 1.5, -0.1])
+def test_a_dropout_ratio_outside_zero_to_one_is_removed_and_not_recorded(ratio):
+    """ONNX asks for a ratio in [0, 1) and onnxruntime ignores it at inference: the Dropout
+    goes as any other, but a ratio a spiking file would refuse (what fine-tuning reads:
+    1 / (1 - p)) is not recorded; it was, and convert then refused its own output."""
+    m = _dropout_model(False, opset=9)
+    next(n for n in m.graph.node if n.op_type == "Dropout").attribute[0].f = ratio
+    r, out = apply(cleanup.remove_identity_and_dropout, m)
+    assert "Dropout" not in ops(out) and not r.records
+    assert any("outside [0, 1)" in n for n in r.notes)
+
+
+def test_a_dnn_with_a_dropout_ratio_of_one_converts():
+    import onnx_snn
+    m = B.vgg(9, "clip")           # opset 9: the ratio is an attribute
+    drop = next(n for n in m.graph.node if n.op_type == "Dropout")
+    next(a for a in drop.attribute if a.name == "ratio").f = 1.0
+    x = B.rand_input(16)
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False)
+    assert not snn.info.dropout
+
+
 def test_identity_from_input_to_output_is_kept():
     m = make([h.make_node("Identity", ["x"], ["y"], name="ident")],
              [vi("x", ["N", 4])], [vi("y", ["N", 4])])

@@ -493,8 +493,12 @@ def remove_identity_and_dropout(graph: gs.Graph, result: PassResult) -> None:
                     "DNN's outputs are random); converted as the inference-time network, without "
                     "it. Export the model in eval mode (model.eval()) to compare the two")
             src = node.inputs[0]
-            result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
-                                   "node": node.name})
+            if 0 <= round(ratio, 6) < 1:
+                result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
+                                       "node": node.name})
+            else:        # (ONNX asks for [0, 1); onnxruntime ignores it at inference)
+                result.notes.append(f"Dropout '{node.name}' has ratio {ratio:g}, outside [0, 1): "
+                                    "removed as at inference, and not recorded for fine-tuning")
             _bypass(graph, node, result)
     graph.cleanup()
 

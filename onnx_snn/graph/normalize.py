@@ -589,10 +589,12 @@ def _no_sites_error(graph: gs.Graph, where: str) -> UnsupportedModelError:
 def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=False) -> NormalizedModel:
     _free_reserved_names(graph, notes)
     _name_nodes(graph)
-    if own_constant_outputs(graph):
+    split = own_constant_outputs(graph)          # before folding changes a weight in place
+    pass_log = run_passes(graph, PIPELINE)
+    split += own_constant_outputs(graph)         # a Constant node's (or an Identity's) folded now
+    if split:
         notes.append("a weight that is also a graph output is kept as that output; its layers "
                      "read a copy")
-    pass_log = run_passes(graph, PIPELINE)
     for r in pass_log:
         notes.extend(r.notes)
     records = {r.name: r.records for r in pass_log}
