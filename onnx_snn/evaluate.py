@@ -69,7 +69,8 @@ class EvalResult:
     warnings: List[str] = field(default_factory=list)
     #: the data it ran on (a dataset's name and split, or a file), the samples asked for
     #: (``limit``), and the normalization applied to a named dataset's or a folder's images
-    #: ({"mean", "std"}; None: arrays taken as already preprocessed, or none recorded), so
+    #: ({"mean", "std"}: the recorded one, --mean/--std, or 0 and 1 for raw [0, 1] pixels;
+    #: None: arrays taken as already preprocessed), so
     #: that what reads the result (``analyze --rates``) can tell what it measured
     data: Optional[str] = None
     limit: Optional[int] = None
@@ -323,8 +324,6 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     # (a helper's eval fell from 85.3 to 67.2 % without a word)
     overridden = warn_preprocess_override(where, mean, std, preprocess, "its results are then "
                                           "on other inputs than it was trained or converted on")
-    applied = ({"mean": _as_floats(mean), "std": _as_floats(std)} if mean is not None else
-               preprocess if named else None)
     said = [f"--mean/--std ({values_text(mean)}, {values_text(std)}) overrode the preprocessing "
             f"the model records (mean {values_text(preprocess.get('mean'))}, std "
             f"{values_text(preprocess.get('std'))})"] if overridden else []
@@ -341,6 +340,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
         _folder_parts(plan, batch_size, preprocess, mean, std, runner.specs, show_progress, **own)
     ds = next(parts)
     ds_name = ds.name
+    applied = ds.preprocess      # what resolve_data applied (None: arrays taken as given)
     feeds = runner.validate(ds.x, f"{ds.name} (evaluation data)")
     kind = (first_output_kind(runner.model, runner.output_names[scored])
             if ds.y is not None and not runner.spiking and runner.output_names else SCORES)
@@ -442,12 +442,9 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                             batch_size=int(batch_size), notes=list(notes),
                             warnings=([other_t] if other_t else []) + said,
                             data=_data_name(data, ds_name), limit=limit,
-                            preprocess=dict(applied) if applied else None)
+                            preprocess={k: [float(v) for v in np.asarray(applied[k]).reshape(-1)]
+                                        for k in ("mean", "std")} if applied else None)
     return out
-
-
-def _as_floats(v) -> list:
-    return [float(t) for t in np.asarray(v, dtype=np.float64).reshape(-1)]
 
 
 def _data_name(data, loaded: Optional[str]) -> Optional[str]:

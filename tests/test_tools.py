@@ -76,6 +76,18 @@ def test_error_budget_small(fmnist_test, tmp_path):
     assert first["spiking"] == first["constant_current"]
     assert all(0 < s["spiking"]["relative_rms_error"] < 1 and s["spiking"]["correlation"] > 0.5
                for s in r["sites"])
+    p = r["temporal_paired"]          # the images on which only one of the two runs is right
+    diff = (p["images_only_constant_right"] - p["images_only_spiking_right"]) / 2
+    assert diff == pytest.approx(r["top1"]["constant_current"] - r["top1"]["spiking"], abs=0.01)
+    assert p["difference_se_points"] >= 0
+    # a binary-spike file (amplitudes folded into the next layers) gives the same errors
+    onnx_snn.convert(str(shipped_model_path()), (x - 0.286) / 0.353, timesteps=2,
+                     show_progress=False).save(tmp_path / "b.snn.onnx", binary_spikes=True)
+    rb = run_tool("tools/error_budget.py", str(tmp_path / "b.snn.onnx"), "--dnn",
+                  str(shipped_model_path()), "--data", "fashion-mnist", "--limit", "200")
+    for u, v in zip(r["sites"], rb["sites"]):
+        assert v["spiking"]["relative_rms_error"] == pytest.approx(
+            u["spiking"]["relative_rms_error"], rel=1e-3)
 
 
 def test_bench_quantized_small(fmnist_test):

@@ -49,6 +49,15 @@ def site_errors(out, target) -> dict:
             "mean_error": float(np.mean(o - t)) / rms if rms > 0 else float("nan")}
 
 
+def _per_channel(y, value):
+    """``y`` [N, C, ...] times ``value`` (None: 1; a number, or one per channel, axis 1)."""
+    import numpy as np
+    if value is None:
+        return y
+    v = np.asarray(value, np.float32)
+    return y * (v.reshape([1, -1] + [1] * (y.ndim - 2)) if v.ndim else v)
+
+
 def budget(model_path: str, dnn_path: str, data, limit: int, batch: int = 256) -> dict:
     import numpy as np
     import onnx
@@ -88,9 +97,14 @@ def budget(model_path: str, dnn_path: str, data, limit: int, batch: int = 256) -
             o, per_site = net.site_outputs(torch.from_numpy(np.ascontiguousarray(xb)),
                                            constant=constant)
             acc[key].append(o.reshape(len(xb), -1).argmax(1).numpy())
-            for s in sites:
-                parts[key][s.name].append(per_site[s.name].numpy())
+            for s in sites:   # a binary-spike file's spikes are 1: their amplitude was folded
+                parts[key][s.name].append(_per_channel(per_site[s.name].numpy(), s.folded_amplitude))
     top1 = {k: round(100 * float(np.mean(np.concatenate(v) == y)), 2) for k, v in acc.items()}
+    # the two spiking runs on the same images: the standard error of their top-1 difference
+    a, b = (np.concatenate(acc[k]) == y for k in ("spiking", "constant_current"))
+    paired = {"images_only_constant_right": int(np.sum(b & ~a)),
+              "images_only_spiking_right": int(np.sum(a & ~b)),
+              "difference_se_points": round(100 * float(np.std(b.astype(float) - a) / np.sqrt(len(y))), 2)}
     rows = []
     for s in sites:
         target = np.concatenate(parts["dnn"][s.name])
@@ -98,7 +112,7 @@ def budget(model_path: str, dnn_path: str, data, limit: int, batch: int = 256) -
         for key in ("spiking", "constant_current"):
             row[key] = site_errors(np.concatenate(parts[key][s.name]), target)
         rows.append(row)
-    return {"top1": top1, "sites": rows, "images": int(len(y)),
+    return {"top1": top1, "temporal_paired": paired, "sites": rows, "images": int(len(y)),
             "timesteps": int(view.info.timesteps),
             "sites_without_dnn_tensor": [s.name for s in view.info.sites if s not in sites]}
 
@@ -126,8 +140,9 @@ def main(argv=None) -> int:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     t = result["top1"]
     print(f"top-1 (%) on {result['images']} images at T = {result['timesteps']}: DNN "
-          f"{t['dnn']}, spiking {t['spiking']}, constant currents {t['constant_current']}",
-          file=sys.stderr)
+          f"{t['dnn']}, spiking {t['spiking']}, constant currents {t['constant_current']} "
+          f"(their difference +- {result['temporal_paired']['difference_se_points']}, one "
+          "standard error)", file=sys.stderr)
     print(f"{'site':10s} {'shape':16s} {'rel. error spiking':>19s} {'constant':>9s} "
           f"{'corr. spiking':>14s} {'constant':>9s}", file=sys.stderr)
     for r in result["sites"]:

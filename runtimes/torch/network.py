@@ -474,7 +474,8 @@ class SpikingNetwork(nn.Module):
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 th, amp, leak = self._neuron_inputs(n.inputs[3:] if signed else n.inputs[2:],
                                                     env, params)
-                c, y_sum, count = torch.zeros_like(x), 0, 0
+                c = env[n.inputs[2]] if signed else None     # the signed neuron's count
+                y_sum, count = 0, 0
                 for _ in range(constant):
                     if signed:
                         y, v, c, s = signed_step(x, v, c, th, amp, leak, self.surrogate)
@@ -680,16 +681,26 @@ class SpikingNetwork(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
     @torch.no_grad()
-    def site_outputs(self, x: torch.Tensor, timesteps: Optional[int] = None,
-                     constant: bool = False):
+    def site_outputs(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
+                     timesteps: Optional[int] = None, constant: bool = False):
         """(the first output averaged over the T steps, {site: its output averaged over the T
         steps, [N, *site shape]}) for one input ``x``; ``constant``: every neuron driven by
         the constant current it receives, its mean output over T steps (one pass: each layer
         fed the previous layers' mean outputs), which is the spiking network without its
         temporal error (a current that moves from step to step), its rounding alone."""
-        T = int(timesteps or self.timesteps)
-        inputs = {self._input_names()[0]: x.to(self._compute_dtype())}
+        from onnx_snn.convert import check_timesteps
+        T = check_timesteps(timesteps, "timesteps") if timesteps is not None else int(self.timesteps)
+        names = self._input_names()
+        if not isinstance(x, dict) and len(names) != 1:
+            raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
+                            "{name: tensor} with one tensor per input")
+        given = dict(x) if isinstance(x, dict) else {names[0]: x}
+        missing = [k for k in names if k not in given]
+        if missing:
+            raise DataError(f"missing input(s) {missing}; the model takes {names}")
+        inputs = {k: _input_tensor(k, given[k]).to(self._compute_dtype()) for k in names}
         self._check_shapes(inputs)
+        x = inputs[names[0]]
         env = {name: getattr(self, key) for name, key in self._names.items()}
         env.update(inputs)
         n = x.shape[0]
