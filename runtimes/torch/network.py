@@ -469,36 +469,30 @@ class SpikingNetwork(nn.Module):
         current for T steps and outputs its mean output (spikes: its count), in one pass."""
         params = {} if params is None else params
         for n in nodes:
-            if n.op in fmt.NEURON_OPS and constant:
-                signed = n.op == fmt.SIGNED_NEURON_OP
-                x, v = env[n.inputs[0]], env[n.inputs[1]]
-                th, amp, leak = self._neuron_inputs(n.inputs[3:] if signed else n.inputs[2:],
-                                                    env, params)
-                c = env[n.inputs[2]] if signed else None     # the signed neuron's count
-                y_sum, count = 0, 0
-                for _ in range(constant):
-                    if signed:
-                        y, v, c, s = signed_step(x, v, c, th, amp, leak, self.surrogate)
-                    else:
-                        y, v, s = lif_step(x, v, th, amp, leak, self.surrogate)
-                    y_sum, count = y_sum + y, count + s
-                env[n.outputs[0]], env[n.outputs[1]] = y_sum / constant, v
-                if signed:
-                    env[n.outputs[2]] = c
-                spikes[n.site] = count.abs() if signed else count
-            elif n.op in fmt.NEURON_OPS:
+            if n.op in fmt.NEURON_OPS:
                 signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
                 p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
                 th, amp, leak = self._neuron_inputs(p, env, params)
-                if signed:
-                    y, v_next, c_next, s = signed_step(x, v, env[n.inputs[2]], th, amp, leak,
-                                                       self.surrogate)
-                    env[n.outputs[2]] = c_next
-                    s = s.abs()          # spikes of either sign are counted
+                c = env[n.inputs[2]] if signed else None         # the signed neuron's count
+
+                def step(v, c):
+                    if signed:
+                        y, v, c, s = signed_step(x, v, c, th, amp, leak, self.surrogate)
+                        return y, v, c, s.abs()      # spikes of either sign are counted
+                    y, v, s = lif_step(x, v, th, amp, leak, self.surrogate)
+                    return y, v, c, s
+                if constant:          # T steps of the same current: the mean output, the count
+                    y, fired = 0, 0
+                    for _ in range(constant):
+                        y_t, v, c, s = step(v, c)
+                        y, fired = y + y_t, fired + s
+                    y, s = y / constant, fired
                 else:
-                    y, v_next, s = lif_step(x, v, th, amp, leak, self.surrogate)
-                env[n.outputs[0]], env[n.outputs[1]] = y, v_next
+                    y, v, c, s = step(v, c)
+                env[n.outputs[0]], env[n.outputs[1]] = y, v
+                if signed:
+                    env[n.outputs[2]] = c
                 spikes[n.site] = s
             elif n.op in _POOLS:
                 x, c, m = (env[i] for i in n.inputs)
@@ -609,12 +603,11 @@ class SpikingNetwork(nn.Module):
                         integer[0], pp.get("mean"), pp.get("std"))
             self.warned_integers = True
 
-    @checks_flags
-    def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
-                timesteps: Optional[int] = None, record_spikes: bool = True,
-                per_step: bool = False):
-        """The outputs averaged over the T steps (``per_step``: each output's T steps
-        stacked, ``[T, N, ...]``, whose mean over the first axis is the average)."""
+    def _start(self, x, timesteps: Optional[int]):
+        """What a run does before its steps, for :meth:`forward` and :meth:`site_outputs`:
+        the inputs checked and converted, T chosen (the file's, or one fed or given: warned
+        when another than it was fitted for), the hoisted nodes run and the states set;
+        (T, env, masks, states, the first input, the batch size)."""
         names = self._input_names()
         if not isinstance(x, dict) and len(names) != 1:
             raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
@@ -650,6 +643,15 @@ class SpikingNetwork(nn.Module):
         masks: Dict[str, torch.Tensor] = {}
         self._run(self.hoisted, env, masks, {})
         states = {st.names.input: self._initial_state(st, n, first) for st in self.view.states}
+        return T, env, masks, states, first, n
+
+    @checks_flags
+    def forward(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
+                timesteps: Optional[int] = None, record_spikes: bool = True,
+                per_step: bool = False):
+        """The outputs averaged over the T steps (``per_step``: each output's T steps
+        stacked, ``[T, N, ...]``, whose mean over the first axis is the average)."""
+        T, env, masks, states, first, n = self._start(x, timesteps)
         params: Dict[tuple, tuple] = {}   # the neurons' parameters, prepared once for the T steps
         fold = (first.is_cuda and torch.is_grad_enabled()) if self.fold_time is None \
             else self.fold_time
@@ -688,25 +690,7 @@ class SpikingNetwork(nn.Module):
         the constant current it receives, its mean output over T steps (one pass: each layer
         fed the previous layers' mean outputs), which is the spiking network without its
         temporal error (a current that moves from step to step), its rounding alone."""
-        from onnx_snn.convert import check_timesteps
-        T = check_timesteps(timesteps, "timesteps") if timesteps is not None else int(self.timesteps)
-        names = self._input_names()
-        if not isinstance(x, dict) and len(names) != 1:
-            raise DataError(f"the model has {len(names)} inputs {names}: pass a dict "
-                            "{name: tensor} with one tensor per input")
-        given = dict(x) if isinstance(x, dict) else {names[0]: x}
-        missing = [k for k in names if k not in given]
-        if missing:
-            raise DataError(f"missing input(s) {missing}; the model takes {names}")
-        inputs = {k: _input_tensor(k, given[k]).to(self._compute_dtype()) for k in names}
-        self._check_shapes(inputs)
-        x = inputs[names[0]]
-        env = {name: getattr(self, key) for name, key in self._names.items()}
-        env.update(inputs)
-        n = x.shape[0]
-        masks: Dict[str, torch.Tensor] = {}
-        self._run(self.hoisted, env, masks, {})
-        states = {st.names.input: self._initial_state(st, n, x) for st in self.view.states}
+        T, env, masks, states, _, _ = self._start(x, timesteps)
         by_site = {nd.site: nd.outputs[0] for nd in self.body if nd.op in fmt.NEURON_OPS}
         params: Dict[tuple, tuple] = {}
         out, sites = 0, {}
