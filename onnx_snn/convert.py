@@ -25,7 +25,7 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_arrays,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
-                       label_key, load_dataset, RAW_PIXELS, recorded_data_name, sample_count,
+                       label_key, load_dataset, PREPROCESS_LIMIT, RAW_PIXELS, recorded_data_name, sample_count,
                        to_input_layout)
 from .errors import DataError, InternalError, ModelLoadError, UnsupportedModelError, UsageError, listed
 from .flags import checks_flags
@@ -618,7 +618,7 @@ def check_mean_std(mean, std, recorded: Optional[dict]) -> None:
         gone = "std" if std is None else "mean"
         raise UsageError(f"{gone} (--{gone}) is missing: give mean and std (--mean and --std) "
                          f"together{has}")
-    limit = 1e30      # (x - mean) / std of pixels in [0, 1] stays far inside float32
+    limit = PREPROCESS_LIMIT      # (x - mean) / std of pixels in [0, 1] stays inside float32
     arrays = {}
     for key, v in (("mean", mean), ("std", std)):
         try:

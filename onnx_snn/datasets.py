@@ -869,6 +869,12 @@ def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None
                         f"{classes} classes (labels 0..{classes - 1})")
 
 
+#: the largest magnitude of a mean or std, and the inverse of the smallest std, that a
+#: normalization may have ((x - mean) / std of pixels in [0, 1] stays far inside float32):
+#: --mean/--std (``convert.check_mean_std``) and a recorded one alike
+PREPROCESS_LIMIT = 1e30
+
+
 def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Optional[dict]:
     """A model's recorded ``onnx_snn.preprocess`` ({"mean": [...], "std": [...]}), checked:
     finite numbers, std > 0; a damaged one raises :class:`ModelLoadError`. A spiking file
@@ -892,8 +898,8 @@ def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Opt
             a = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
             a = None
-        if a is None or a.size == 0 or not np.all(np.isfinite(a)) or np.any(np.abs(a) > 1e30) \
-                or (key == "std" and np.any(a < 1e-30)):
+        if a is None or a.size == 0 or not np.all(np.isfinite(a)) \
+                or np.any(np.abs(a) > PREPROCESS_LIMIT) or (key == "std" and np.any(a < 1 / PREPROCESS_LIMIT)):
             raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has {key} {v!r}; "
                                  "expected finite numbers of magnitude at most 1e30 (std at "
                                  "least 1e-30, as --mean/--std take them); the file is damaged")

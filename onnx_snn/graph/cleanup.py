@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 
 from . import ir
 from .ir import bypass, const_value, is_graph_output, producer, scalar_value
+from ..spiking.format import dropout_ratio_ok
 from .passes import PassResult, graph_pass
 from .sites import CLAMP_OPS, _data_input, constant_bounds
 
@@ -493,7 +494,7 @@ def remove_identity_and_dropout(graph: gs.Graph, result: PassResult) -> None:
                     "DNN's outputs are random); converted as the inference-time network, without "
                     "it. Export the model in eval mode (model.eval()) to compare the two")
             src = node.inputs[0]
-            if 0 <= round(ratio, 6) < 1:
+            if dropout_ratio_ok(round(ratio, 6)):      # what a spiking file can record
                 result.records.append({"tensor": src.name, "ratio": round(ratio, 6),
                                        "node": node.name})
             else:        # (ONNX asks for [0, 1); onnxruntime ignores it at inference)

@@ -503,10 +503,10 @@ def _check_batch_axes(model: onnx.ModelProto, where: str,
     for vi in graph.input:
         if vi.name in consts:
             continue
-        sizes = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in vi.type.tensor_type.shape.dim]
-        if any(d.HasField("dim_value") and d.dim_value == 0 for d in vi.type.tensor_type.shape.dim):
-            raise ModelLoadError(f"{where}: input '{vi.name}' has shape {sizes}, with an axis of "
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in vi.type.tensor_type.shape.dim]
+        if 0 in dims:
+            raise ModelLoadError(f"{where}: input '{vi.name}' has shape {dims}, with an axis of "
                                  "size 0: it holds no values (no sample to convert or run); "
                                  "export it with the real sizes, or a free batch axis")
         readers = [n for n in graph.node if vi.name in n.input]
@@ -523,8 +523,6 @@ def _check_batch_axes(model: onnx.ModelProto, where: str,
         if first and not first[0].HasField("dim_value"):
             continue       # a free first axis is a batch-like axis the model moves (seq-first)
         if all(a is not None and 0 in [int(v) for v in a] for a in axes):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                    for d in vi.type.tensor_type.shape.dim]
             raise UnsupportedModelError(
                 f"{where}: input '{vi.name}' of shape {dims} has no batch axis: the model adds "
                 f"one itself (node '{readers[0].name or 'Unsqueeze'}' unsqueezes axis 0), so it "

@@ -654,9 +654,8 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
                              "or why a site kept its amplitude; the file is damaged")
     dropout = _json(meta, META_DROPOUT, [], list, where)
     for d in dropout:      # what fine-tuning drops: a tensor's name and a ratio in [0, 1)
-        ratio = d.get("ratio") if isinstance(d, dict) else None
-        if not (isinstance(d, dict) and isinstance(d.get("tensor"), str) and is_real(ratio)
-                and 0 <= float(ratio) < 1):
+        if not (isinstance(d, dict) and isinstance(d.get("tensor"), str)
+                and dropout_ratio_ok(d.get("ratio"))):
             raise ModelLoadError(f"{where}: the metadata {META_DROPOUT} holds {str(d)[:80]!r}; "
                                  "each entry is a tensor and a dropout ratio in [0, 1): the "
                                  "file is damaged or was edited")
@@ -667,6 +666,12 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
         dropout=dropout,
         graph=graph, outputs=outputs,
         pools=[PoolRecord.from_dict(p, where) for p in pools_listed])
+
+
+def dropout_ratio_ok(ratio) -> bool:
+    """Whether ``ratio`` is a dropout ratio a file records (``onnx_snn.dropout``): a number in
+    [0, 1) (fine-tuning scales by 1 / (1 - ratio))."""
+    return is_real(ratio) and 0 <= float(ratio) < 1
 
 
 def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
