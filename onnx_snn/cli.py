@@ -1070,16 +1070,14 @@ def cmd_analyze(args) -> int:
         if given and info is not None:   # a DNN's --data fixes its free sizes: used
             raise UsageError(f"--rates gives the spike rates, and {'/'.join(given)} would "
                              "record new ones on data: pass one or the other")
-        from .analyze.energy import (check_rate_file, parse_rates, rate_file_warnings,
-                                     rate_neurons, read_rate_json)
+        from .analyze.energy import check_rate_file, parse_rates, rate_neurons, read_rate_json
         obj = read_rate_json(args.rates)
         rates, T = parse_rates(obj, str(args.rates))
         check_rate_file(args.rates, T, rate_neurons(obj), info, args.timesteps, args.model,
                         obj.get("model_fingerprint"))
-        said = rate_file_warnings(obj, info) if isinstance(obj, dict) else []
-        for w in said:     # (a warning, not a note: -q does not hide it)
-            logging.getLogger("onnx_snn").warning("%s: %s", args.rates, w)
-        checked = (rates, T) if T is not None else rates   # a file without T: unchecked, noted
+        # the file's JSON, which analyze() checks again and whose warnings (how the rates were
+        # measured) it repeats; a file without T: a plain mapping, unchecked, noted
+        checked = obj if T is not None else rates
     elif is_spiking(model):
         if data:
             from .evaluate import evaluate
@@ -1105,8 +1103,6 @@ def cmd_analyze(args) -> int:
     result = analyze(model, checked, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn, input_shapes=shapes, where=str(args.model),
                      rates_source=str(args.rates) if args.rates else None)
-    if args.rates:
-        result.notes[:0] = said
     print(format_table(result, notes=not args.quiet))
     items = []
     if args.json is not None:
