@@ -111,9 +111,6 @@ class LayerFit:
     #: the ridge walk's per-group invariants (:meth:`_walk_terms`) and the ``to_original``
     #: they were computed for, dropped by :meth:`add`
     walk: Optional[tuple] = field(default=None, repr=False)
-    #: the same for the dual form (:meth:`_dual_walk_terms`): the fitting rows centred, their
-    #: kernel, the held-out rows and the original weights' held-out SSE, per group
-    dual_walk: Optional[tuple] = field(default=None, repr=False)
     originals: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -133,7 +130,7 @@ class LayerFit:
         batch's first image's place in the calibration set (default: after the images added
         so far). ``gathered``: ``y`` holds only the outputs the rows are drawn at, as
         :meth:`targets` gave them for the same images, not the layer's whole output."""
-        self.walk = self.dual_walk = None
+        self.walk = None
         values, q = counts if counts is not None else (r, None)
         first = self.images if first is None else int(first)
         n = int(values.shape[0])
@@ -318,7 +315,7 @@ class LayerFit:
 
     def _fold(self) -> None:
         """Add the kept rows to the normal equations, in the order they came, and keep no more."""
-        kept, self.kept, self.dual_walk = self.kept, None, None
+        kept, self.kept = self.kept, None
         for g, batches in enumerate(kept):
             for held, x, y, scale in batches:
                 self._accumulate(g, held, x, y, scale)
@@ -422,36 +419,16 @@ class LayerFit:
 
     def _dual_improves(self, ridge: float) -> Tuple[bool, float, float]:
         """:meth:`improves` from the kept rows."""
-        terms = self._dual_walk_terms()
-        if terms is None:
+        held = [self._rows(g, True) for g in range(len(self.kept))]
+        if not any(np.any(yh) for _, yh in held):
             return True, float("nan"), float("nan")
         new = old = 0.0
-        for (xh, yh, sse0, dual), w0 in zip(terms, self._original()):
-            w = _dual_solution(dual, ridge)
-            w = w0 + w if self.to_original else w
+        for g, ((xh, yh), w0) in enumerate(zip(held, self._original())):
+            xf, yf = self._rows(g, False)
+            w = self._dual(xf, yf, ridge, w0)
             new += float(np.sum((xh @ w - yh) ** 2))
-            old += sse0
+            old += float(np.sum((xh @ w0 - yh) ** 2))
         return new < old, new, old
-
-    def _dual_walk_terms(self) -> Optional[list]:
-        """Per group, what every ridge of a dual walk shares (:func:`_dual_terms` of the
-        fitting rows, the held-out rows, the original weights' held-out SSE), computed once
-        per layer: each step then costs one n x n solve, not the kernel and the residual
-        again (the same numbers: the same products, in the same order). None when no
-        held-out row has a target."""
-        if self.dual_walk is None or self.dual_walk[0] != self.to_original:
-            held = [self._rows(g, True) for g in range(len(self.kept))]
-            if not any(np.any(yh) for _, yh in held):
-                terms = None
-            else:
-                terms = []
-                for g, ((xh, yh), w0) in enumerate(zip(held, self._original())):
-                    xf, yf = self._rows(g, False)
-                    sse0 = float(np.sum((xh @ w0 - yh) ** 2))
-                    terms.append((xh, yh, sse0,
-                                  _dual_terms(xf, yf - xf @ w0 if self.to_original else yf)))
-            self.dual_walk = (self.to_original, terms)
-        return self.dual_walk[1]
 
     def _solutions(self, ridge: float) -> List[np.ndarray]:
         """Per group, the ridge solution on all rows, [d+1, out] (bias last)."""
@@ -540,32 +517,18 @@ def _dual_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     targets ``y`` [n, out], through the n x n system: with the bias unpenalized, it is the
     mean target less the mean input times ``W``, and ``W = Xc^T (Xc Xc^T + lam I)^-1 Yc`` on
     the centered rows (lam from the uncentered inputs, as there)."""
-    return _dual_solution(_dual_terms(x, y), ridge)
-
-
-def _dual_terms(x: np.ndarray, y: np.ndarray) -> tuple:
-    """What :func:`_dual_ridge` computes from the rows alone, for any ridge: (the centred
-    inputs, their kernel, the mean input and target, the centred targets, the inputs' mean
-    square, the widths)."""
     xs = x[:, :-1].astype(np.float64)
     ys = y.astype(np.float64)
+    d = xs.shape[1]
     if len(xs) == 0:
-        return None, None, None, None, None, 0.0, (xs.shape[1], ys.shape[1])
-    scale = max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
+        return np.zeros((d + 1, ys.shape[1]))
+    lam = ridge * max(float(np.mean(np.einsum("ij,ij->j", xs, xs))), 1e-12)
     xm, ym = xs.mean(0), ys.mean(0)
     xs -= xm
-    return xs, xs @ xs.T, xm, ym, ys - ym, scale, (xs.shape[1], ys.shape[1])
-
-
-def _dual_solution(terms: tuple, ridge: float) -> np.ndarray:
-    """:func:`_dual_ridge`'s result from :func:`_dual_terms`: one n x n solve."""
-    xs, kernel, xm, ym, yc, scale, (d, out) = terms
-    if xs is None:
-        return np.zeros((d + 1, out))
-    k = kernel.copy()
+    k = xs @ xs.T
     i = np.arange(len(k))
-    k[i, i] += ridge * scale + 1e-9
-    w = xs.T @ np.linalg.solve(k, yc)                                    # [d, out]
+    k[i, i] += lam + 1e-9
+    w = xs.T @ np.linalg.solve(k, ys - ym)                               # [d, out]
     return np.concatenate([w, (ym - xm @ w)[None]])
 
 

@@ -157,41 +157,6 @@ def test_dual_form_gives_the_normal_equations_solution(monkeypatch):
         np.testing.assert_array_equal(a, c)
 
 
-@pytest.mark.parametrize("to_original", [False, True])
-def test_a_dual_ridge_walk_reuses_its_rows_with_the_same_numbers(monkeypatch, to_original):
-    """Each ridge of a dual layer's walk solves one n x n system from the kernel and residual
-    computed once per layer (``_dual_walk_terms``): the held-out SSEs are those of the
-    refit computed from the rows at that ridge, to the bit, and a batch added later is seen."""
-    import onnx_snn.weight_calibration as W
-    rng = np.random.default_rng(5)
-    w = rng.normal(size=(6, 8, 3, 3)).astype(np.float32)
-    b = rng.normal(size=6).astype(np.float32)
-    node, inits = _conv(w, b, strides=[2, 2])
-    monkeypatch.setattr(W, "DUAL_MIN_INPUTS", 10)
-    fit = layer_fit(node, inits)
-    fit.to_original = to_original
-
-    def add():
-        x = rng.random((2, 8, 5, 5)).astype(np.float32)
-        fit.add(x, _reference_conv(x, w, b, strides=[2, 2])
-                + rng.normal(scale=0.1, size=(2, 6, 2, 2)).astype(np.float32))
-
-    def direct(ridge):           # the refit from the rows at this ridge, as before the cache
-        (xf, yf), (xh, yh) = fit._rows(0, False), fit._rows(0, True)
-        w0 = fit._original()[0]
-        sol = w0 + W._dual_ridge(xf, yf - xf @ w0, ridge) if to_original else \
-            W._dual_ridge(xf, yf, ridge)
-        return float(np.sum((xh @ sol - yh) ** 2)), float(np.sum((xh @ w0 - yh) ** 2))
-
-    for _ in range(4):
-        add()
-    for ridge in (1e-3, 0.01, 0.3, 0.01):
-        assert fit.kept is not None and fit.improves(ridge)[1:] == direct(ridge)
-    assert fit.dual_walk is not None
-    add()                                               # new rows: the cache is dropped
-    assert fit.dual_walk is None and fit.improves(0.03)[1:] == direct(0.03)
-
-
 def test_a_small_calibration_set_still_holds_an_image_out():
     """Every second image is held out to check a refit, in a set of two images too (small
     sets once held out none, and every layer was refitted unchecked: the shipped model lost
