@@ -675,9 +675,18 @@ def check_data_file_owner(data_path: Path, path: Path) -> None:
     """An existing ``data_path`` is replaced only as the weights file of the model at
     ``path`` (an earlier run of the same output): one that model does not read may hold
     another model's weights (which the write would corrupt, silently where the sizes
-    match), so it is refused (:class:`OutputPathError`)."""
-    if not data_path.exists():
-        return
+    match), so it is refused (:class:`OutputPathError`), as is a ``data_path`` no file
+    system can hold (its name 4 bytes longer than the model's)."""
+    if len(os.fsencode(data_path.name)) > 255:
+        raise OutputPathError(f"{data_path}: the weights file of {path.name} (its weights are "
+                              "kept in external data, <name>.data) would have a name longer "
+                              "than file systems allow (255 bytes); give a shorter output name")
+    try:
+        if not data_path.exists():
+            return
+    except OSError as e:       # a loop of links, a name this file system refuses, ...
+        raise OutputPathError(f"{data_path}: cannot be used as the weights file of {path.name} "
+                              f"({e.strerror or e}); give another output name") from None
     own = {os.path.realpath(f) for f in model_files(path)[1:]}   # its external-data files
     if os.path.realpath(data_path) in own:
         return

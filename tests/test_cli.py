@@ -937,6 +937,25 @@ def test_convert_outputs_keeps_the_named_ones(files):
     assert src.read_bytes() == before
 
 
+def test_an_output_whose_weights_file_name_would_be_too_long_is_refused_first(tmp_path, capsys):
+    """A model with external data writes <output>.data beside each output: an output name of
+    252-255 bytes is valid, its weights file's is not; refused by name (exit 6) before the
+    work, for -o and --step-graph alike (it was an OSError traceback, exit 1)."""
+    src = tmp_path / "src.onnx"
+    onnx.save_model(B.vgg(13, "clip"), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="src.onnx.data", size_threshold=1024)
+    np.save(tmp_path / "x.npy", B.rand_input(8))
+    long_name = str(tmp_path / ("b" * 248 + ".onnx"))
+    for flag in ("-o", "--step-graph"):
+        args = ["convert", str(src), "--calib", str(tmp_path / "x.npy"), "-q"]
+        args += ["-o", long_name] if flag == "-o" else ["-o", str(tmp_path / "ok.onnx"),
+                                                        flag, long_name]
+        assert main(args) == 6
+        err = capsys.readouterr().err
+        assert "longer than file systems allow" in err and "Traceback" not in err
+        assert not list(tmp_path.glob("*.onnx.data"))[1:]      # only the source's
+
+
 def test_error_lines_cut_long_values_and_keep_what_to_do():
     """A damaged value of thousands of characters is shown by its start and its length; a
     message too long for a line keeps its start and its end (the advice); short ones, and
