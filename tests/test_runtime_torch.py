@@ -1906,6 +1906,23 @@ def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_sn
     assert p.returncode == 0, p.stderr
 
 
+def test_finetune_refuses_an_existing_output_recording_another_normalization(tmp_path, fmnist_snn):
+    """An existing output is judged on this run's test data: one written with --mean/--std
+    0.5 is refused (exit 6, nothing written) by a run that normalizes as the model records,
+    which scored it on inputs it is never fed and kept it on that score; the same
+    --mean/--std is accepted."""
+    args = ["--data", "fashion-mnist", "--limit-train", "64", "--limit-test", "64", "--epochs", "1"]
+    out = tmp_path / "ft.snn.onnx"
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(out), "--mean", "0.5", "--std", "0.5", *args)
+    assert p.returncode == 0, p.stderr
+    before = out.read_bytes()
+    p = run_main("finetune", str(fmnist_snn), "-o", str(out), *args)
+    assert p.returncode == 6 and "records the input normalization mean [0.5]" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and out.read_bytes() == before
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(out), "--mean", "0.5", "--std", "0.5", *args)
+    assert p.returncode == 0, p.stderr
+
+
 def test_a_failed_write_after_an_earlier_one_names_what_the_output_holds(tmp_path, fmnist_snn, monkeypatch):
     """A checkpoint that cannot be written (a full disk) after this run wrote its output: the
     error says which model the output holds, not "nothing was written"."""

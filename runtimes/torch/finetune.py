@@ -448,6 +448,34 @@ def _existing_top1(existing: onnx.ModelProto, out_path: Path, test, device, T, c
     return float(top1)
 
 
+def _check_existing_preprocess(existing: onnx.ModelProto, out_path: Path, test) -> None:
+    """An existing output is judged on this run's test data (:func:`_existing_top1`): one
+    that records another input normalization than the one this run applies would be scored
+    on inputs it is never fed, and kept or replaced on that score (a file of 89 % as used
+    kept on its 91.5 % under the run's normalization). Refused before the work; data that
+    brings its own normalization (arrays: none applied here) is not checked."""
+    applied = getattr(test, "preprocess", None)
+    if applied is None:
+        return
+    recorded = check_preprocess(fmt.read_info(existing, str(out_path)).preprocess)
+    if recorded is not None and not _same_preprocess(recorded, applied):
+        raise OutputPathError(
+            f"{out_path}: exists and records the input normalization mean {recorded['mean']}, "
+            f"std {recorded['std']}, while this run normalizes with mean {applied['mean']}, "
+            f"std {applied['std']}; fine-tuning replaces an existing output only with an epoch "
+            "that beats it, and would score it on inputs it is not used with. Remove it, give "
+            "another -o, or pass the --mean/--std it records")
+
+
+def _same_preprocess(a: dict, b: dict) -> bool:
+    """Whether two {mean, std} records normalize alike (a value or one per channel)."""
+    try:
+        return all(np.allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64),
+                               rtol=1e-6, atol=0) for k in ("mean", "std"))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _check_existing_output(out_path: Path, info, model_path) -> onnx.ModelProto:
     """An existing output is kept unless an epoch beats the starting model (and a resumed run
     holds its best model there), so it must be a spiking model of the same line as
@@ -569,6 +597,8 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
         test_split = "train" if test_same and splits == {"train"} else "test"
         test = load_split(model, data if test_data is None else test_data, test_split,
                           cfg.limit_test, data_dir, view, download, mean, std)
+    if existing is not None:
+        _check_existing_preprocess(existing, out_path, test)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
             "best epoch is measured on training samples; pass held-out data with --test-data")
