@@ -30,6 +30,27 @@ def input_specs(model: onnx.ModelProto, skip: Tuple[str, ...] = ()) -> List[Inpu
     return specs
 
 
+def check_data_inputs(model: onnx.ModelProto, where: str) -> None:
+    """A model with no input to feed is refused (UnsupportedModelError, exit 4), naming its
+    inputs: every one of them has an initializer of its name (an input with a default, legal
+    ONNX; old exporters list the weights so), which the tools take as weights, so that the
+    whole network folded into a constant ("no ReLU-type activation found", or "the model has
+    0 inputs") and no message named the input that has a default."""
+    from .errors import UnsupportedModelError
+    if input_specs(model):
+        return
+    names = [vi.name for vi in model.graph.input]
+    if not names:
+        raise UnsupportedModelError(f"{where}: the graph has no inputs: nothing to feed data "
+                                    "to; export the model with its data input")
+    shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    raise UnsupportedModelError(
+        f"{where}: every graph input ({shown}) has an initializer of its name (a default "
+        "value), which is read as a weight, so the model has no input left to feed data to; "
+        f"if {names[0]!r} is the data input, remove its initializer (del "
+        "model.graph.initializer[i] in onnx) and save the model again")
+
+
 def _savez_call(names: List[str]) -> str:
     """How to save one array per input: keyword arguments, or a dict where a name is not a
     Python identifier (tf2onnx's 'input_1:0'); the labels as ``labels`` where an input is

@@ -18,7 +18,7 @@ from onnx_snn.calibrate import make_session
 
 from onnx_snn.errors import (DataError, UnsupportedModelError, UsageError, first_line,
                              is_onnxruntime_error)
-from onnx_snn.feeds import fixed_batch, input_specs, pad_batch, validate_feeds
+from onnx_snn.feeds import check_data_inputs, fixed_batch, input_specs, pad_batch, validate_feeds
 from onnx_snn.model_io import load_model
 from onnx_snn.spiking import format as fmt
 
@@ -96,6 +96,7 @@ class ModelRunner:
             if self.per_step and self.info.graph == fmt.GRAPH_LOOP else ()
         expose = [] if self.spiking else [e for e in expose
                                           if e not in {o.name for o in self.model.graph.output}]
+        check_data_inputs(self.model, where)
         self.session = make_session(self.model, threads, providers, where=where,
                                     outputs=tuple(per_step_outputs) + tuple(expose), spin=spin)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()

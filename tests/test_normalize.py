@@ -2524,6 +2524,26 @@ def test_a_graph_without_outputs_is_refused():
         normalize(m)
 
 
+def test_a_model_whose_every_input_has_a_default_is_refused_naming_it(tmp_path):
+    """An input with an initializer of its name (a default value: legal ONNX) is read as a
+    weight; a model whose every input has one has nothing to feed: refused naming the input
+    (the whole network folded into a constant, "no ReLU-type activation found"), by the
+    converter and by onnxruntime's runner (eval said "the model has 0 inputs []")."""
+    from onnx import numpy_helper
+    from onnx_snn.errors import UnsupportedModelError
+    from onnx_snn.runtimes.ort import ModelRunner
+    m = B.vgg(13, "clip")
+    m.graph.initializer.append(numpy_helper.from_array(B.rand_input(1), m.graph.input[0].name))
+    with pytest.raises(UnsupportedModelError, match="every graph input \\('input'\\) has an "
+                                                    "initializer.*remove its initializer"):
+        normalize(m)
+    with pytest.raises(UnsupportedModelError, match="'input' is the data input"):
+        ModelRunner(m)
+    del m.graph.input[:]          # the image a constant: nothing to feed at all
+    with pytest.raises(UnsupportedModelError, match="has no inputs"):
+        normalize(m)
+
+
 @pytest.mark.parametrize("opset", [7, 10])
 @pytest.mark.parametrize("mode", ["reflect", "edge", "constant"])
 def test_an_attribute_form_pad_with_a_fill_value_upgrades_in_every_mode(opset, mode):

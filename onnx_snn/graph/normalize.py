@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
+from ..feeds import check_data_inputs
 from ..spiking import format as fmt
 from ..spiking.neuron import DOMAIN
 from . import (canonical, cleanup, einsum, fold, inputs, precision, quantization, resize,
@@ -308,6 +309,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
         select_outputs(sk, outputs, where, notes)
     once_each_output(sk, notes, where)
+    check_data_inputs(model, where)
     drop_unread_inputs(sk, notes)
     _check_batch_axes(model, where, sk.model.graph)
     _check_domains(sk.model, where)
