@@ -103,9 +103,40 @@ def model_classes(model) -> Optional[List[str]]:
     try:
         names = json.loads(text) if text is not None else None
     except ValueError:
+        names = text
+    if names is None:
         return None
     ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-    return names if ok else None
+    scores = _class_count(model) if ok else None
+    if ok and scores is not None and scores != len(names) and scores > 1:
+        why = f"{len(names)} names for its {scores} class scores"
+    elif not ok:
+        why = "not a JSON list of names"
+    else:
+        return names
+    if text not in _CLASS_WARNINGS:       # (read several times per command: said once)
+        _CLASS_WARNINGS.add(text)
+        logging.getLogger("onnx_snn").warning(
+            "the model's class names (%s metadata) are %s: ignored, folders and labels are "
+            "read by their order; fix or remove the metadata", META_CLASSES, why)
+    return None
+
+
+#: the class-name records already warned about (:func:`model_classes`)
+_CLASS_WARNINGS: set = set()
+
+
+def _class_count(model) -> Optional[int]:
+    """The number of class scores of a model's first output where its graph gives it (the
+    last axis of a [N, C] output), else None."""
+    try:
+        out = model.graph.output[0]
+        dims = out.type.tensor_type.shape.dim
+    except (AttributeError, IndexError):
+        return None
+    if len(dims) != 2 or not dims[1].HasField("dim_value"):
+        return None
+    return int(dims[1].dim_value)
 
 
 def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:

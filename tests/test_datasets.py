@@ -687,3 +687,22 @@ def test_float64_inputs_beyond_float32_are_named_not_called_nan(tmp_path, recwar
     x[1, 0, 2, 3] = 3e38                               # within float32: taken
     np.savez(tmp_path / "ok.npz", x=x, y=np.arange(4))
     assert load_dataset(str(tmp_path / "ok.npz")).x.dtype == np.float32
+
+
+def test_class_names_that_do_not_fit_the_model_are_ignored_with_a_warning(caplog):
+    """``onnx_snn.classes`` of another length than the model's class scores, or not a list
+    of names, is not used to label folders (it was, silently), and says why."""
+    import json as _json
+    import logging
+    import builders as B
+    from onnx_snn.datasets import model_classes
+    from onnx_snn.spiking import format as F
+    names = [f"c{i}" for i in range(10)]
+    for value, ok in ((names, True), (names[:3], False), ({"a": 1}, False), ("x", False)):
+        m = B.vgg(13, "clip")
+        F.set_metadata(m, {F.META_CLASSES: _json.dumps(value)})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            got = model_classes(m)
+        assert got == (names if ok else None)
+        assert ("ignored" in caplog.text) != ok

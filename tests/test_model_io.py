@@ -428,3 +428,14 @@ def test_every_command_names_shared_and_reserved_node_names_alike(tmp_path):
             assert loaded.get(name) == "Relu", (name, loaded)
     pools = [n.name for n in nm.model.graph.node if n.op_type == "MaxPool"]
     assert len(pools) == 2 and [loaded.get(p) for p in pools] == ["MaxPool"] * 2, (pools, loaded)
+
+
+@pytest.mark.parametrize("name", ["new\nline.onnx", "tab\there.onnx", "cr\r.onnx", "del\x7f.onnx"])
+def test_an_output_path_with_a_control_character_is_refused(tmp_path, name):
+    """A newline in an output name split the one-line messages and the scripts that read one
+    path per line; refused (exit 6) before the work, nothing created."""
+    from onnx_snn.errors import OutputPathError
+    from onnx_snn.model_io import check_output_path
+    with pytest.raises(OutputPathError, match="control character"):
+        check_output_path(tmp_path / name)
+    assert not list(tmp_path.iterdir())
