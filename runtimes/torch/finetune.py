@@ -597,7 +597,7 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
         test_split = "train" if test_same and splits == {"train"} else "test"
         test = load_split(model, data if test_data is None else test_data, test_split,
                           cfg.limit_test, data_dir, view, download, mean, std)
-    if existing is not None:
+    if existing is not None and not resume:   # (a resumed run's own check names the change)
         _check_existing_preprocess(existing, out_path, test)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
