@@ -222,3 +222,39 @@ def converted(model: onnx.ModelProto, x: np.ndarray, T: int = 2, method: str = "
     nm = onnx_snn.prepare(model)
     cal = onnx_snn.calibrate(nm, x, show_progress=False)
     return nm, cal, onnx_snn.build(nm, cal, T, method)
+
+
+def set_site_param(model: onnx.ModelProto, site: str, param: str, value) -> None:
+    """Set a site's neuron parameter (threshold, amplitude, leak, v_init) in the graph and
+    in the metadata that records it, as a conversion would have written it (the reader
+    refuses a graph whose parameters are not the recorded ones)."""
+    import json
+    from onnx import numpy_helper
+    from onnx_snn.spiking import format as F
+    for g in (model.graph,) + tuple(a.g for n in model.graph.node for a in n.attribute if a.g.node):
+        for t in g.initializer:
+            if t.name == F.param_name(site, param):
+                t.CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), t.name))
+                break
+        else:
+            continue
+        break
+    else:
+        raise KeyError(param)
+    meta = F.metadata(model)
+    sites = json.loads(meta[F.META_SITES])
+    rec = next(s for s in sites if s["name"] == site)
+    v = np.asarray(value, np.float64).reshape(-1)
+    if param == "leak" and v.size > 1:     # the metadata records one leak per site
+        if not np.all(v == v[0]):
+            raise ValueError("the metadata records one leak per site")
+        v = v[:1]
+    val = float(v[0]) if v.size == 1 else [float(a) for a in v]
+    ratio = (lambda x: x / rec["mu"]) if v.size == 1 else (lambda x: [a / rec["mu"] for a in x])
+    if param == "threshold":
+        rec.update(threshold=val, alpha=ratio(val))
+    elif param == "amplitude":
+        rec.update(amplitude=val, beta=ratio(val))
+    else:
+        rec[param] = val
+    F.set_metadata(model, {F.META_SITES: json.dumps(sites)})

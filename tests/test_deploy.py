@@ -72,12 +72,7 @@ def assert_same(ref, got, counts=True):
 
 
 def set_param(model, site, param, value):
-    for g in (model.graph,) + tuple(a.g for n in model.graph.node for a in n.attribute if a.g.node):
-        for t in g.initializer:
-            if t.name == F.param_name(site, param):
-                t.CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), t.name))
-                return
-    raise KeyError(param)
+    B.set_site_param(model, site, param, value)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -51,8 +51,7 @@ def test_neuron_under_constant_input_reproduces_the_staircase(T, th, amp, frac):
     h = (np.arange(-40, 120, dtype=np.float32) / 64.0).reshape(-1, 8)
     v0 = frac * th
     for p, val in (("threshold", th), ("amplitude", amp), ("v_init", v0)):
-        t = next(i for i in snn.model.graph.initializer if i.name == F.param_name("lif0", p))
-        t.CopyFrom(onnx.numpy_helper.from_array(np.array(val, np.float32), t.name))
+        B.set_site_param(snn.model, "lif0", p, val)
     r = run(snn.model, h)
     counts = spike_count(h, th, T, v0)
     np.testing.assert_array_equal(r.outputs[0], (np.float32(amp) * counts / T).astype(np.float32))
