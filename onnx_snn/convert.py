@@ -27,7 +27,8 @@ from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambi
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, PREPROCESS_LIMIT, RAW_PIXELS, recorded_data_name, sample_count,
                        to_input_layout)
-from .errors import DataError, InternalError, ModelLoadError, UnsupportedModelError, UsageError, listed
+from .errors import (DataError, InternalError, MissingDependencyError, ModelLoadError,
+                     UnsupportedModelError, UsageError, listed)
 from .flags import checks_flags
 from .values import is_int
 from .feeds import fixed_batch, input_specs, validate_feeds
@@ -98,20 +99,28 @@ def fitted_timesteps(info: "fmt.SpikingInfo") -> Optional[int]:
     when the history does not say. None when they hold at any T (``max``, ``deng``,
     ``percentile`` as converted)."""
     step = _fitting_step(info)
-    if step is not None and step[0] == "finetune":
+    if step is not None and step[0] in TRAINING_STEPS:
         return step[1]
     if info.method not in T_DEPENDENT_METHODS:
         return None
     return step[1] if step is not None else info.timesteps
 
 
+#: the history's steps that train the parameters at the file's T (``convert --reconstruct``
+#: records one of its own after the conversion's)
+TRAINING_STEPS = ("finetune", "reconstruct")
+
+
 def _fitting_step(info: "fmt.SpikingInfo"):
-    """("convert" or "finetune", T) of the history's last step that fitted the parameters
-    (a fine-tuning that wrote its starting model, ``epochs_done`` 0, fitted nothing)."""
+    """("convert", "finetune" or "reconstruct", T) of the history's last step that fitted the
+    parameters (a fine-tuning that wrote its starting model, ``epochs_done`` 0, fitted
+    nothing; a reconstruction whose values were not kept neither)."""
     for h in reversed(info.history):
         if isinstance(h, dict) and h.get("step") == "finetune" and h.get("epochs_done") == 0:
             continue
-        if isinstance(h, dict) and h.get("step") in ("convert", "finetune") and \
+        if isinstance(h, dict) and h.get("step") == "reconstruct" and h.get("kept") is False:
+            continue
+        if isinstance(h, dict) and h.get("step") in ("convert",) + TRAINING_STEPS and \
                 is_int(h.get("timesteps")) and h["timesteps"] >= 1:
             return h["step"], int(h["timesteps"])
     return None
@@ -129,18 +138,20 @@ def warn_other_timesteps(info: "fmt.SpikingInfo", timesteps, where: str,
         return None
     step = _fitting_step(info)
     tuned = step is not None and step[0] == "finetune"
-    how = "fine-tuned" if tuned else f"converted ({info.method})"
+    again = "" if step is None or step[0] != "reconstruct" else " --reconstruct"
+    how = {"finetune": "fine-tuned", "reconstruct": f"converted ({info.method}) and reconstructed"
+           }.get(step[0] if step else None, f"converted ({info.method})")
     at = ", ".join(map(str, other))
     if what == "fine-tuning starts":     # fine-tuning at the new T is itself the fix
         start = ("its own fine-tuning's" if tuned else
-                 f"a conversion for T={other[-1]} (convert the DNN again with -T {other[-1]})")
+                 f"a conversion for T={other[-1]} (convert the DNN again with -T {other[-1]}{again})")
         text = (f"{where}: its parameters were {how} for T={fitted}; fine-tuning starts at "
                 f"T={at} from parameters that are not rate-exact there, so its first epochs "
                 f"start lower than from {start}")
         log.warning(text)
         return text
     fix = (f"fine-tune it at T={other[-1]} (-T {other[-1]})" if tuned else
-           f"convert the DNN again with -T {other[-1]}")
+           f"convert the DNN again with -T {other[-1]}{again}")
     text = (f"{where}: its parameters were {how} for T={fitted}; {what} at T={at}, they are "
             f"not rate-exact, and accuracy can fall, even as T grows. For T={other[-1]}, {fix}")
     log.warning(text)
@@ -991,7 +1002,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
             pool_first: bool = False, outputs: Optional[Sequence[str]] = None,
-            **options) -> SpikingModel:
+            reconstruct=None, **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -1008,8 +1019,13 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     Bad values (``timesteps=2.7``, a search grid past the limits above) raise UsageError
     before any work. ``pool_first``, ``outputs`` (the DNN's outputs to keep, e.g. the
     logits of an export that also exposes intermediate tensors): see :func:`prepare`.
+    ``reconstruct``: after the conversion, train the spiking network on the calibration
+    samples to follow the DNN, without labels, for this many epochs (or as a
+    ``runtimes.torch.reconstruct.ReconstructConfig`` says; needs PyTorch; None or 0: not,
+    the default; see :mod:`onnx_snn.runtimes.torch.reconstruct`).
     """
     timesteps = check_timesteps(timesteps)
+    recon = reconstruct_config(reconstruct)     # (torch imported, the values checked: first)
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     try:
@@ -1078,7 +1094,29 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                 history_extra={"calibration_data": recorded_data_name(ds.name)},
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
+    if recon is not None:
+        from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
+        run_reconstruction(snn, nm.model, ds.x, recon, show_progress=show_progress)
     return snn
+
+
+def reconstruct_config(value):
+    """``convert``'s ``reconstruct`` as a checked ``ReconstructConfig`` (None: none): a
+    number of epochs, or the config itself; MissingDependencyError without PyTorch."""
+    if value is None or (is_int(value) and not isinstance(value, bool) and value == 0):
+        return None
+    try:
+        from .runtimes.torch.reconstruct import ReconstructConfig
+    except ImportError:
+        raise MissingDependencyError("the reconstruction (--reconstruct) trains the spiking "
+                                     "network with PyTorch, which is not installed: pip "
+                                     "install 'onnx-snn[torch]', or convert without it") from None
+    if isinstance(value, ReconstructConfig):
+        return value.check()
+    if isinstance(value, bool) or not is_int(value):
+        raise UsageError(f"reconstruct takes a number of epochs or a ReconstructConfig, not "
+                         f"{value!r}")
+    return ReconstructConfig(epochs=int(value)).check()
 
 
 def _data_files(spec, data_dir=None) -> List[str]:

@@ -24,6 +24,10 @@ Markdown table with ``--markdown``).
                                                      # convert --pool-first against the default
     python tools/bench_deep.py --no-finetune --methods refined-signed,deng-signed
                                                      # convert --signed-spikes
+    python tools/bench_deep.py --no-finetune -T 1,2,4 --methods refined-reconstruct
+                                                     # convert --reconstruct (needs PyTorch)
+    python tools/bench_deep.py --finetune-only --nets vgg16,resnet20 --finetune-reconstruct 30
+                                                     # the SGL epoch from that conversion
     python tools/bench_deep.py --no-finetune -T 1,2,4 --methods refined-fixed-ridge,refined-fixed-ridge-seed1,refined-seed1
                                                      # one ridge for every layer (before 2026-12-04)
 
@@ -165,6 +169,14 @@ DRAWS = {f"refined-draw{k}": k for k in (1, 2, 3)}
 DRAWS.update({f"refined-1024-draw{k}": k for k in (1, 2)})
 CALIB_IMAGES.update({f"refined-1024-draw{k}": 1024 for k in (1, 2)})
 VARIANTS.update({name: ("refined", {}) for name in DRAWS})
+#: the default, then reconstructed (``convert --reconstruct E``): name -> (epochs, seed of the
+#: refinement and of the reconstruction's shuffles); "-2048": on 2048 calibration images
+RECONSTRUCT = {"refined-reconstruct": (30, 0), "refined-reconstruct-seed1": (30, 1),
+               "refined-reconstruct-seed2": (30, 2), "refined-reconstruct-2048": (8, 0),
+               "refined-reconstruct10": (10, 0), "refined-signed-reconstruct": (30, 0)}
+VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name in RECONSTRUCT})
+SEEDS.update({name: k for name, (_, k) in RECONSTRUCT.items() if k})
+CALIB_IMAGES["refined-reconstruct-2048"] = 2048
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -182,7 +194,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     nm = onnx_snn.prepare(str(NETS[net]), pool_first=method in POOL_FIRST)
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
-    cal = onnx_snn.calibrate(nm, calibration_set(nm, n_cal, DRAWS.get(method, 0)).x, show_progress=False,
+    calib_x = calibration_set(nm, n_cal, DRAWS.get(method, 0)).x
+    cal = onnx_snn.calibrate(nm, calib_x, show_progress=False,
                              **({"batch_size": BATCHES[method]} if method in BATCHES else {}))
     out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
            "calibration_images": n_cal}
@@ -201,6 +214,15 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         t0 = time.perf_counter()
         seed = {**SEEDS, **POOL_FIRST, **SIGNED, **STRIDE4, **HOLDOUT5}.get(method, 0)
         snn = onnx_snn.build(nm, cal, T, base, cfg, seed=seed)
+        if method in RECONSTRUCT:
+            from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
+            epochs, k = RECONSTRUCT[method]
+            t1 = time.perf_counter()
+            rec = reconstruct(snn, nm.model, calib_x, ReconstructConfig(epochs=epochs, seed=k),
+                              show_progress=False)
+            out.setdefault("reconstruct_seconds", {})[str(T)] = time.perf_counter() - t1
+            out.setdefault("reconstruction", {})[str(T)] = {
+                k2: rec[k2] for k2 in ("kept", "before", "after", "epochs", "images")}
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out
@@ -222,7 +244,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
                  lr: Optional[float] = None, teacher: bool = False, signed: bool = False,
                  batch: Optional[int] = None, initial: bool = False,
                  loss: str = "mean", schedule: Optional[str] = None,
-                 dropout: bool = True) -> dict:
+                 dropout: bool = True, reconstruct: int = 0) -> dict:
     import onnx_snn
     from onnx_snn.evaluate import evaluate
     from onnx_snn.runtimes.torch.finetune import FinetuneConfig, finetune
@@ -231,7 +253,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
     with tempfile.TemporaryDirectory() as tmp:
         src, out = os.path.join(tmp, "m.snn.onnx"), os.path.join(tmp, "m.tuned.snn.onnx")
         snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False,
-                               signed_spikes=signed)
+                               signed_spikes=signed, reconstruct=reconstruct or None)
         snn.save(src)
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
@@ -248,7 +270,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
     return {"net": net, "timesteps": 2, "epochs": epochs, "train_images": images, "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "signed_spikes": signed, "train_initial": initial, "loss": loss, "dropout": dropout,
-            "schedule": cfg.schedule,
+            "schedule": cfg.schedule, "reconstruct_epochs": reconstruct,
             "teacher": os.path.basename(r.teacher) if r.teacher else None,   # None: labels
             "top1_before": before, "top1_after": after, "top1_torch": r.best_top1,
             "seconds": seconds, "seconds_per_epoch": r.seconds_per_epoch}
@@ -341,6 +363,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-signed", action="store_true",
                    help="the SGL epoch from the conversion with signed neurons "
                         "(convert --signed-spikes), not the default's")
+    p.add_argument("--finetune-reconstruct", type=int, default=0, metavar="EPOCHS",
+                   help="the SGL epoch from the conversion reconstructed for EPOCHS epochs "
+                        "(convert --reconstruct EPOCHS), not the default's")
     p.add_argument("--finetune-no-dropout", action="store_true",
                    help="fine-tune without the source DNN's dropout (finetune --no-dropout)")
     p.add_argument("--finetune-initial", action="store_true",
@@ -363,7 +388,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the JSON here")
     p.add_argument("--markdown", help="also write the Markdown tables here")
     add_job_options(p, net=str, method=str, ts=str, n=int, images=int, epochs=int, lr=float, batch=int,
-                    teacher=int, signed=int, initial=int, loss=str, schedule=str, nodrop=int)
+                    teacher=int, signed=int, initial=int, loss=str, schedule=str, nodrop=int,
+                    recon=int)
     args = p.parse_args(argv)
     if args._job:
         if args._threads:
@@ -383,7 +409,7 @@ def main(argv=None) -> int:
             print_result(job_finetune(args._net, args._images, args._n, args._epochs, args._lr,
                                       bool(args._teacher), bool(args._signed), args._batch,
                                       bool(args._initial), args._loss or "mean", args._schedule,
-                                      not args._nodrop))
+                                      not args._nodrop, args._recon or 0))
         return 0
 
     if args.no_finetune and (args.finetune_only or args.finetune_teacher or args.finetune_signed
@@ -434,6 +460,8 @@ def main(argv=None) -> int:
                                        **({"signed": 1} if args.finetune_signed else {}),
                                        **({"initial": 1} if args.finetune_initial else {}),
                                        **({"nodrop": 1} if args.finetune_no_dropout else {}),
+                                       **({"recon": args.finetune_reconstruct}
+                                          if args.finetune_reconstruct else {}),
                                        **({"loss": args.finetune_loss}
                                           if args.finetune_loss != "mean" else {}),
                                        **({"schedule": args.finetune_schedule}

@@ -682,14 +682,21 @@ class SpikingNetwork(nn.Module):
         outs = [torch.stack(e) for e in each] if per_step else [a / T for a in acc]
         return outs[0] if len(outs) == 1 else outs
 
-    @torch.no_grad()
+    @checks_flags
     def site_outputs(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
-                     timesteps: Optional[int] = None, constant: bool = False):
+                     timesteps: Optional[int] = None, constant: bool = False,
+                     grad: bool = False):
         """(the first output averaged over the T steps, {site: its output averaged over the T
         steps, [N, *site shape]}) for one input ``x``; ``constant``: every neuron driven by
         the constant current it receives, its mean output over T steps (one pass: each layer
         fed the previous layers' mean outputs), which is the spiking network without its
-        temporal error (a current that moves from step to step), its rounding alone."""
+        temporal error (a current that moves from step to step), its rounding alone.
+        ``grad``: with the surrogate gradients (for training on the sites' outputs, as
+        :mod:`onnx_snn.runtimes.torch.reconstruct` does); else without any."""
+        with torch.set_grad_enabled(bool(grad) and torch.is_grad_enabled()):
+            return self._site_outputs(x, timesteps, constant)
+
+    def _site_outputs(self, x, timesteps, constant):
         T, env, masks, states, _, _ = self._start(x, timesteps)
         by_site = {nd.site: nd.outputs[0] for nd in self.body if nd.op in fmt.NEURON_OPS}
         params: Dict[tuple, tuple] = {}
