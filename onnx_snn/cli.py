@@ -342,9 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "samples, without labels, to follow the DNN: each layer's output its "
                         "clipped activation, the scores its scores (KL at temperature 4), "
                         f"for EPOCHS epochs (default {RECONSTRUCT_EPOCHS}; 0: off, the "
-                        "default). Needs PyTorch. At T=2 VGG-16 +1.3 points, ResNet-20 +1.2, "
-                        "for about 45 s on 2 cores (README); not the same to the bit on "
-                        "another thread count")
+                        "default; put the flag after the model path, or give EPOCHS). Needs "
+                        "PyTorch. At T=2 VGG-16 +1.15 points, ResNet-20 +0.89 (three seeds' "
+                        "means), for about 45 s more on 2 cores (README); not the same to the "
+                        "bit on another thread count")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
                         "0 = all)")
@@ -866,7 +867,8 @@ def _reconstructed(record: dict) -> str:
     """The reconstruction's part of convert's last line."""
     if not record.get("kept"):
         return f", reconstruction not kept: {record.get('why', '?')}"
-    return f", reconstructed in {record['seconds']:.1f} s ({record['epochs']} epochs)"
+    epochs = record["epochs"]
+    return f", reconstructed in {record['seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''})"
 
 
 def cmd_eval(args) -> int:

@@ -384,7 +384,7 @@ def check_output_path(out: PathLike, *inputs: PathLike, probe: bool = True,
         # outputs are written atomically (a temporary file renamed over the path): standard
         # output is not a file that can be replaced, and '-' would be a file named '-'
         raise OutputPathError(_stream_message(str(out), None, example))
-    if any(ord(c) < 32 or ord(c) == 127 for c in os.fspath(out) if isinstance(c, str)):
+    if any(ord(c) < 32 or ord(c) == 127 for c in os.fsdecode(os.fspath(out))):
         # a newline in a path broke the one-line messages ("wrote new\nline.onnx") and every
         # script that reads one path per line
         raise OutputPathError(f"{os.fspath(out)!r}: the path holds a control character (a "

@@ -29,8 +29,31 @@ def _same_as_module(model: onnx.ModelProto, net: SpikingNetwork, x: np.ndarray):
         np.testing.assert_array_equal(r.spikes[k], net.last_spikes[k].numpy())
 
 
-@pytest.mark.parametrize("make,signed", [(B.vgg, False), (B.resnet, False), (B.vgg, True)],
-                         ids=["vgg", "resnet", "vgg-signed"])
+def _scaled_gemm(beta: float, bias: bool) -> onnx.ModelProto:
+    """conv - clip - Gemm(beta, with or without C) - clip - dense: an offset folded into a
+    Gemm's bias divided by its beta, or into a bias the layer did not have."""
+    b = B.GraphBuilder(13, 0)
+    x = b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip", 2.0)], axis=1)
+    ins = [x, b.const((b.rng.standard_normal((16, 576)) * 0.06).astype(np.float32), "W")]
+    if bias:
+        ins.append(b.const((b.rng.standard_normal(16) * 0.1).astype(np.float32), "B"))
+    x = b.act(b.node("Gemm", ins, transB=1, beta=beta), "clip", 2.0)
+    return b.model("input", b.gemm(x, 16, 10), (1, 12, 12), 10, f"gemm_beta{beta}")
+
+
+def _no_bias() -> onnx.ModelProto:
+    b = B.GraphBuilder(13, 0)
+    x = b.act(b.conv("input", 1, 4, bias=False), "clip", 2.0)
+    x = b.act(b.conv(x, 4, 8, bias=False), "clip", 2.0)
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    return b.model("input", b.gemm(x, 8, 10), (1, 12, 12), 10, "no_bias")
+
+
+@pytest.mark.parametrize("make,signed", [(B.vgg, False), (B.resnet, False), (B.vgg, True),
+                                         (lambda: _scaled_gemm(0.5, True), False),
+                                         (lambda: _scaled_gemm(2.0, False), False),
+                                         (_no_bias, False)],
+                         ids=["vgg", "resnet", "vgg-signed", "gemm-beta", "gemm-no-c", "no-bias"])
 def test_write_back_carries_every_trained_value_into_every_form(make, signed):
     """Every trained tensor (weights, a bias holding a folded offset, an offset of its own,
     thresholds, amplitudes, leaks) changed in the module goes back into the conversion, whose
@@ -90,17 +113,72 @@ def test_convert_reconstructs_when_asked_and_says_so(tmp_path):
                                rtol=1e-4, atol=1e-4)
 
 
+def _without_history(model: onnx.ModelProto) -> bytes:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    fmt.set_metadata(m, {fmt.META_HISTORY: "[]"})
+    return m.SerializeToString()
+
+
 def test_a_diverged_reconstruction_keeps_the_conversion():
+    """Every weight (the loop body's too), parameter and record as converted; the history
+    says it was not kept."""
     x = B.rand_input(32, seed=7)
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
-    was = snn.model.SerializeToString()
+    was = _without_history(snn.model)
     rec = reconstruct(snn, onnx_snn.prepare(B.vgg()).model, x,
                       ReconstructConfig(epochs=2, lr=1e30), show_progress=False)
     assert not rec["kept"] and "non-finite" in rec["why"]
-    m = onnx.ModelProto()
-    m.ParseFromString(was)
-    assert [numpy_init for numpy_init in m.graph.initializer] == list(snn.model.graph.initializer)
+    assert _without_history(snn.model) == was
     assert json.loads(fmt.metadata(snn.model)[fmt.META_HISTORY])[-1]["kept"] is False
+
+
+def test_a_fixed_batch_model_and_float64_data_reconstruct():
+    """A DNN of batch size 1 (the conversion calibrates in batches of it) is trained in
+    batches of it, the last ones padded and the padding dropped; float64 calibration arrays
+    are fed as the float32 the model declares (both crashed after the whole conversion)."""
+    x = B.rand_input(9, seed=11)
+    m = B.vgg()
+    for vi in list(m.graph.input) + list(m.graph.output):
+        d = vi.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_value = 1
+    snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False, reconstruct=1)
+    assert snn.report["reconstruction"]["kept"] and snn.report["reconstruction"]["batch_size"] == 1
+    snn = onnx_snn.convert(B.vgg(), x.astype(np.float64), timesteps=2, show_progress=False,
+                           reconstruct=1)
+    assert snn.report["reconstruction"]["kept"]
+
+
+def test_the_report_shows_the_values_written():
+    x = B.rand_input(32, seed=12)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=2)
+    written = {r.name: r for r in snn.info.sites}
+    for row in snn.report["sites"]:
+        np.testing.assert_allclose(np.asarray(row["threshold"]),
+                                   np.asarray(written[row["name"]].threshold), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(row["amplitude"]),
+                                   np.asarray(written[row["name"]].amplitude), rtol=1e-12)
+
+
+def test_a_reconstruction_that_raises_the_loss_far_says_so(caplog):
+    import logging
+    x = B.rand_input(32, seed=13)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        rec = reconstruct(snn, onnx_snn.prepare(B.vgg()).model, x,
+                          ReconstructConfig(epochs=3, lr=3e-2), show_progress=False)
+    assert rec["kept"] and rec["after"]["loss"] > 1.5 * rec["before"]["loss"]   # lr 100x
+    assert "went from" in rec["warning"] and "went from" in caplog.text
+    calm = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=3)
+    assert "warning" not in calm.report["reconstruction"]
+
+
+def test_a_dnn_without_the_sites_tensors_is_a_usage_error():
+    x = B.rand_input(16, seed=14)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    with pytest.raises(UsageError, match="onnx_snn.prepare\\(model\\).model"):
+        reconstruct(snn, B.resnet(), x, ReconstructConfig(epochs=1), show_progress=False)
 
 
 @pytest.mark.parametrize("value", [-1, 2.5, True, "3", ReconstructConfig(lr=0),
