@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -109,6 +110,15 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found); "
                              "is the file truncated or of another format?")
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+    if external:
+        check_data_file(model, path)
+    if any(p.key == META_DATA_FILE for p in model.metadata_props):
+        # the file's own record, not the model's: a model written again (inline, or by
+        # another tool) must not carry it to weights it does not describe
+        kept = [(p.key, p.value) for p in model.metadata_props if p.key != META_DATA_FILE]
+        del model.metadata_props[:]
+        for k, v in kept:
+            model.metadata_props.add(key=k, value=v)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
@@ -673,7 +683,60 @@ def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool]
     data_path = check_output_path(external_data_path(path), *avoid, path)
     check_data_file_owner(data_path, Path(path))
     head, tensors = skeleton.external_data(model, data_path.name)
-    return [(path, head), (data_path, skeleton.external_chunks(tensors))]
+    digest = hashlib.sha256()
+    for chunk in skeleton.external_chunks(tensors):
+        digest.update(chunk)
+    m = onnx.ModelProto()
+    m.ParseFromString(head)              # (the skeleton: no weights in it)
+    record = {"location": data_path.name, "layout": _layout_digest(m),
+              "sha256": digest.hexdigest()}
+    kept = [(p.key, p.value) for p in m.metadata_props if p.key != META_DATA_FILE]
+    del m.metadata_props[:]
+    for k, v in kept + [(META_DATA_FILE, json.dumps(record))]:
+        m.metadata_props.add(key=k, value=v)
+    return [(path, m.SerializeToString()), (data_path, skeleton.external_chunks(tensors))]
+
+
+#: the metadata of a model written with external data (:func:`model_items`): the weights
+#: file's name, a digest of the references to it (tensor, offset, length) and its SHA-256,
+#: so that a weights file of another run beside the model is told (:func:`check_data_file`)
+META_DATA_FILE = "onnx_snn.data_file"
+
+
+def _layout_digest(model: onnx.ModelProto) -> str:
+    """A digest of every external-data reference of ``model`` (name, location, offset,
+    length, in order): the same for a model written the same way, another once a tool
+    rewrote the file (onnx.save_model lays the data out its own way)."""
+    refs = []
+    for t in _tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            refs.append([t.name] + [f"{e.key}={e.value}" for e in t.external_data])
+    return hashlib.sha256(json.dumps(refs).encode()).hexdigest()[:16]
+
+
+def check_data_file(model: onnx.ModelProto, path: Path) -> None:
+    """The weights file beside a model written by :func:`model_items` is the one written
+    with it: a file of another run (a conversion's ``.data`` copied beside a newer model of
+    the same network ran silently, 90.0 % where the model gave 91.5 %) is refused
+    (:class:`ModelLoadError`). Checked only while the model's references are the ones it was
+    written with (a model another tool saved again lays its data out anew)."""
+    text = metadata_dict(model).get(META_DATA_FILE)
+    try:
+        record = json.loads(text) if text is not None else None
+        location, layout, want = record["location"], record["layout"], record["sha256"]
+    except (ValueError, TypeError, KeyError):
+        return
+    if not isinstance(location, str) or layout != _layout_digest(model):
+        return
+    data = path.parent / location
+    try:
+        got = sha256_file(data)
+    except OSError:
+        return                   # (a missing file: loading its data says so)
+    if got != want:
+        raise ModelLoadError(f"{data}: is not the weights file {path.name} was written with "
+                             "(its SHA-256 differs): the two files come from different runs; "
+                             "keep each model with its own .data file, or write the model again")
 
 
 def check_data_file_owner(data_path: Path, path: Path) -> None:
