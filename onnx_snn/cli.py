@@ -40,6 +40,8 @@ examples:
   onnx-snn convert model.onnx --calib calib.npy -T 1 --report report.json
   onnx-snn convert model.onnx --calib fashion-mnist -T 2 --method datta   # the paper's alone
   onnx-snn convert resnet.onnx --calib cifar10 --data-dir ~/data --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
+  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --reconstruct    # then trained to
+                                                  # follow the DNN on the calibration images
 
 methods:
   refined     (default) the paper's Algorithm 1, then every layer, in order, refined on the
