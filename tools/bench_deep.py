@@ -173,7 +173,8 @@ VARIANTS.update({name: ("refined", {}) for name in DRAWS})
 #: refinement and of the reconstruction's shuffles); "-2048": on 2048 calibration images
 RECONSTRUCT = {"refined-reconstruct": (30, 0), "refined-reconstruct-seed1": (30, 1),
                "refined-reconstruct-seed2": (30, 2), "refined-reconstruct-2048": (8, 0),
-               "refined-reconstruct10": (10, 0), "refined-signed-reconstruct": (30, 0)}
+               "refined-reconstruct10": (10, 0), "refined-signed-reconstruct": (30, 0),
+               "refined-signed-reconstruct-seed1": (30, 1)}
 VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name in RECONSTRUCT})
 SEEDS.update({name: k for name, (_, k) in RECONSTRUCT.items() if k})
 CALIB_IMAGES["refined-reconstruct-2048"] = 2048
