@@ -112,13 +112,9 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
     if external:
         check_data_file(model, path)
-    if any(p.key == META_DATA_FILE for p in model.metadata_props):
-        # the file's own record, not the model's: a model written again (inline, or by
-        # another tool) must not carry it to weights it does not describe
-        kept = [(p.key, p.value) for p in model.metadata_props if p.key != META_DATA_FILE]
-        del model.metadata_props[:]
-        for k, v in kept:
-            model.metadata_props.add(key=k, value=v)
+    # the file's own record, not the model's: a model written again (inline, or by another
+    # tool) must not carry it to weights it does not describe
+    _drop_metadata(model, META_DATA_FILE)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
@@ -690,10 +686,8 @@ def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool]
     m.ParseFromString(head)              # (the skeleton: no weights in it)
     record = {"location": data_path.name, "layout": _layout_digest(m),
               "sha256": digest.hexdigest()}
-    kept = [(p.key, p.value) for p in m.metadata_props if p.key != META_DATA_FILE]
-    del m.metadata_props[:]
-    for k, v in kept + [(META_DATA_FILE, json.dumps(record))]:
-        m.metadata_props.add(key=k, value=v)
+    _drop_metadata(m, META_DATA_FILE)
+    m.metadata_props.add(key=META_DATA_FILE, value=json.dumps(record))
     return [(path, m.SerializeToString()), (data_path, skeleton.external_chunks(tensors))]
 
 
@@ -701,6 +695,15 @@ def model_items(model: onnx.ModelProto, path: PathLike, external: Optional[bool]
 #: file's name, a digest of the references to it (tensor, offset, length) and its SHA-256,
 #: so that a weights file of another run beside the model is told (:func:`check_data_file`)
 META_DATA_FILE = "onnx_snn.data_file"
+
+
+def _drop_metadata(model: onnx.ModelProto, key: str) -> None:
+    """``model`` without its ``key`` metadata entries (the others kept, in their order)."""
+    if any(p.key == key for p in model.metadata_props):
+        kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+        del model.metadata_props[:]
+        for k, v in kept:
+            model.metadata_props.add(key=k, value=v)
 
 
 def _layout_digest(model: onnx.ModelProto) -> str:

@@ -53,6 +53,7 @@ from onnx_snn.errors import InternalError, UsageError
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch
 from onnx_snn.progress import Progress
 from onnx_snn.scores import class_scores
+from onnx_snn.sequential import _value
 from onnx_snn.spiking import format as fmt
 from onnx_snn.values import is_int, is_real
 
@@ -116,13 +117,20 @@ def _targets(session, names: List[str], records, feed: Dict[str, np.ndarray]):
     return torch.from_numpy(np.asarray(got[names[0]], np.float32)), sites
 
 
+def _scores(student: torch.Tensor, teacher: torch.Tensor):
+    """(student, teacher) as class scores [N, C >= 2] of the same shape, or None where the
+    first output is not read so (one value per sample, other shapes)."""
+    s, t = class_scores(student), class_scores(teacher)
+    return (s, t) if s.dim() == 2 and s.shape[1] >= 2 and s.shape == t.shape else None
+
+
 def _output_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
                  scale: float) -> torch.Tensor:
-    """The first output's loss: KL at ``temperature`` for class scores [N, C >= 2], else the
-    squared error over ``scale`` (the DNN output's mean square)."""
-    s, t = class_scores(student), class_scores(teacher)
-    if s.dim() == 2 and s.shape[1] >= 2 and s.shape == t.shape:
-        return distillation_loss(s, t, temperature)
+    """The first output's loss: KL at ``temperature`` for class scores (:func:`_scores`),
+    else the squared error over ``scale`` (the DNN output's mean square)."""
+    scores = _scores(student, teacher)
+    if scores is not None:
+        return distillation_loss(*scores, temperature)
     return torch.mean((student.reshape(teacher.shape) - teacher) ** 2) / scale
 
 
@@ -223,20 +231,14 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     batch_size = fixed or cfg.batch_size
     eval_size = fixed or 256
 
-    def feed(batch):
-        return batch
-
     def as_torch(batch):
-        names_in = list(batch)
-        if len(names_in) == 1:
-            return torch.from_numpy(batch[names_in[0]])
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     net = SpikingNetwork(snn.model)
     net.dropout = {}          # the DNN's targets are its inference: no dropout
     loss_fn = _Loss(records, cfg)
     loss_fn.scales(_kept(t, len(r)) for r, b in _batches(x, eval_size, fixed=fixed)
-                   for t in [_targets(session, names, records, feed(b))])
+                   for t in [_targets(session, names, records, b)])
 
     def measured() -> dict:
         """Over the calibration set, the network as it runs: the mean loss, its parts, and
@@ -247,14 +249,15 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         with torch.no_grad():
             for rows, b in _batches(x, eval_size, fixed=fixed):
                 k = len(rows)
-                t_out, t_sites = _kept(_targets(session, names, records, feed(b)), k)
+                t_out, t_sites = _kept(_targets(session, names, records, b), k)
                 out, per_site = _kept(net.site_outputs(as_torch(b)), k)
                 site, output = loss_fn.parts(out, per_site, t_out, t_sites)
                 sums["site_loss"] += float(site) * k
                 sums["output_loss"] += float(output) * k
                 sums["loss"] += float(cfg.site_weight * site + cfg.output_weight * output) * k
-                s, t = class_scores(out), class_scores(t_out)
-                if s.dim() == 2 and s.shape == t.shape and s.shape[1] >= 2:
+                scores = _scores(out, t_out)
+                if scores is not None:
+                    s, t = scores
                     sums["dnn_agreement"] += float(torch.sum(s.argmax(1) == t.argmax(1)))
                 else:
                     sums.pop("dnn_agreement", None)
@@ -277,7 +280,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
             total = 0.0
             for rows, b in _batches(x, batch_size, gen.permutation(n), fixed):
                 k = len(rows)
-                t_out, t_sites = _kept(_targets(session, names, records, feed(b)), k)
+                t_out, t_sites = _kept(_targets(session, names, records, b), k)
                 out, per_site = _kept(net.site_outputs(as_torch(b), grad=True), k)
                 loss = loss_fn(out, per_site, t_out, t_sites)
                 if not torch.isfinite(loss):
@@ -327,12 +330,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
 def _site_params(records) -> Dict[str, tuple]:
     """{initializer name: (site, parameter)} of every site's neuron parameters."""
-    return {fmt.param_name(s, p): (s, p) for s in records for p in fmt.NEURON_PARAMS + ("v_init",)}
-
-
-def _value(v: np.ndarray) -> fmt.Value:
-    v = np.asarray(v, np.float64).reshape(-1)
-    return float(v[0]) if v.size == 1 else [float(a) for a in v]
+    return {fmt.param_name(s, p): (s, p) for s in records for p in fmt.PARAMS}
 
 
 def write_back(snn, net: SpikingNetwork) -> None:
