@@ -71,10 +71,6 @@ def assert_same(ref, got, counts=True):
         assert got.spikes == {}
 
 
-def set_param(model, site, param, value):
-    B.set_site_param(model, site, param, value)
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("T", [1, 2, 4])
 def test_deploy_graph_equals_the_loop_graph(name, T, x):
@@ -121,10 +117,10 @@ def test_deploy_graph_equals_the_loop_graph_for_any_neuron_parameters(T, leak, v
         shape = [s.shape[0]] + [1] * (len(s.shape) - 1) if per_channel else []
         ramp = np.linspace(0.5, 1.0, s.shape[0]).reshape(shape) if per_channel else 1.0
         th = F.read_spiking(m).param(s.name, "threshold")
-        set_param(m, s.name, "leak", np.float32(leak) * np.ones(shape, np.float32))
-        set_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
+        B.set_site_param(m, s.name, "leak", np.float32(leak) * np.ones(shape, np.float32))
+        B.set_site_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
         if amp is not None:
-            set_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
+            B.set_site_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
     # (batch_chunk=0: a per-channel amplitude set by hand on a site recorded with one makes
     # its spike count (C, 1, N), in the loop graph too, not one value per sample)
     assert_same(run(m, x), run(deploy_model(F.read_spiking(m), spike_counts=True,
