@@ -261,14 +261,14 @@ def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: 
     if len(want) != len(classes):       # names that collide: nothing to go by
         return order
     by_name = [want.get(key(n), want.get(key(re.sub(r"^\s*\d+[\s_.-]+", "", n)))) for n in names]
-    _check_named(names, by_name, classes, where)
-    if all(i is not None for i in by_name) and len(set(by_name)) == len(by_name):
+    _check_named(names, by_name, classes, where)     # now every folder is named, or none
+    if by_name[0] is not None:
         chosen = by_name
     elif all(re.fullmatch(r"\d+", n.strip()) for n in names) and \
             all(int(n) < len(classes) for n in names) and len({int(n) for n in names}) == len(names):
         chosen = [int(n) for n in names]
     else:
-        if len(names) != len(classes) or any(i is not None for i in by_name):
+        if len(names) != len(classes):
             shown = ", ".join(repr(n) for n in names[:6]) + (", ..." if len(names) > 6 else "")
             log.warning("%s: the class folders (%s) are not the model's %d classes (%s): the "
                         "labels follow the folders' sorted order (%r is class 0); name each "
