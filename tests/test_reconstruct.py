@@ -237,3 +237,18 @@ def test_cli_convert_reconstruct_writes_the_trained_model_and_says_so(tmp_path, 
     x = B.rand_input(16, seed=10)
     np.testing.assert_allclose(run(str(tmp_path / "step.onnx"), x).outputs[0],
                                run(str(out), x).outputs[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "2.5"])
+def test_cli_refuses_a_bad_reconstruct_before_the_work(tmp_path, capsys, value):
+    """A bad --reconstruct is a usage error (exit 2), no traceback, nothing written."""
+    from onnx_snn.cli import main
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "calib.npy", B.rand_input(8, seed=15))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"),
+              "-o", str(tmp_path / "out.onnx"), "--reconstruct", value])
+    assert e.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
