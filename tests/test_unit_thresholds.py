@@ -20,7 +20,7 @@ from onnx_snn.spiking.batch_chunks import per_sample_graph
 from onnx_snn.spiking.deploy import UNIT_THRESHOLD, deploy_model, step_functions
 from onnx_snn.spiking.unit_thresholds import identity_convolutions, unit_thresholds
 
-from test_deploy import MODELS, set_param
+from test_deploy import MODELS
 
 
 #: the deploy models, and ResNets whose stem's pool feeds a block and its identity shortcut
@@ -155,7 +155,7 @@ def test_a_shared_weight_or_a_leak_keeps_the_threshold(x, x2):
     # a leak
     snn = B.converted(B.pooled_twin("MaxPool"), x, 3, "refined")[2]
     for s in F.read_info(snn.model).sites:
-        set_param(snn.model, s.name, "leak", np.float32(0.875))
+        B.set_site_param(snn.model, s.name, "leak", np.float32(0.875))
     ref = run(snn.model, x2)
     dep = deploy_model(F.read_spiking(snn.model), spike_counts=True, unit_thresholds=True)
     assert "GreaterOrEqual" in {n.op_type for n in per_sample_graph(dep).node}
@@ -283,9 +283,9 @@ def test_faster_deploy_graph_for_any_neuron_parameters(T, v0, amp, per_channel, 
         shape = [s.shape[0]] + [1] * (len(s.shape) - 1) if per_channel else []
         ramp = np.linspace(0.5, 1.0, s.shape[0]).reshape(shape) if per_channel else 1.0
         th = F.read_spiking(m).param(s.name, "threshold")
-        set_param(m, s.name, "threshold", th * ramp)
-        set_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
-        set_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
+        B.set_site_param(m, s.name, "threshold", th * ramp)
+        B.set_site_param(m, s.name, "v_init", np.float32(v0) * th * ramp)
+        B.set_site_param(m, s.name, "amplitude", np.float32(amp) * np.ones(shape, np.float32))
     _close(run(m, x2), run(deploy_model(F.read_spiking(m), spike_counts=True,
                                         unit_thresholds=True), x2))
 
@@ -391,8 +391,8 @@ def test_a_neuron_just_below_its_threshold_at_the_last_of_64_steps():
     xin = np.linspace(0, 1, 64, dtype=np.float32).reshape(-1, 1)
     snn = B.converted(model, xin, 64, "max")[2]
     m = snn.model
-    set_param(m, "lif0", "threshold", np.float32(1))
-    set_param(m, "lif0", "v_init", np.float32(1 - 49.5e-6))
+    B.set_site_param(m, "lif0", "threshold", np.float32(1))
+    B.set_site_param(m, "lif0", "v_init", np.float32(1 - 49.5e-6))
     probe = np.full((4, 1), 1e-6, np.float32)
     ref = run(m, probe)
     got = run(deploy_model(F.read_spiking(m), spike_counts=True, unit_thresholds=True), probe)
