@@ -126,6 +126,12 @@ def model_classes(model) -> Optional[List[str]]:
 _CLASS_WARNINGS: set = set()
 
 
+def folder_classes(model):
+    """What labels a folder of class folders for ``model``: its class names
+    (:func:`model_classes`), else the number of scores its output has (None: neither)."""
+    return model_classes(model) or _class_count(model)
+
+
 def _class_count(model) -> Optional[int]:
     """The number of class scores of a model's first output where its graph gives it (the
     last axis of a [N, C] output), else None."""
@@ -906,6 +912,22 @@ def check_label_range(y: Optional[np.ndarray], classes: int, where: str) -> None
 PREPROCESS_LIMIT = 1e30
 
 
+#: what a recorded ``onnx_snn.preprocess`` may hold: the data is fed (x - mean) / std
+PREPROCESS_KEYS = ("mean", "std")
+
+
+def unread_preprocess(pp) -> List[str]:
+    """The keys of a recorded preprocessing (a dict) that onnx-snn does not apply."""
+    return sorted(k for k in pp if k not in PREPROCESS_KEYS) if isinstance(pp, dict) else []
+
+
+def unread_preprocess_note(pp, where: str) -> str:
+    return (f"{where}: its onnx_snn.preprocess records "
+            + ", ".join(repr(k) for k in unread_preprocess(pp))
+            + ", which onnx-snn does not apply (it feeds (x - mean) / std of [0, 1] images, "
+              "nothing else); ignored: preprocess the data so yourself and pass it as an array")
+
+
 def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Optional[dict]:
     """A model's recorded ``onnx_snn.preprocess`` ({"mean": [...], "std": [...]}), checked:
     finite numbers, std > 0; a damaged one raises :class:`ModelLoadError`. A spiking file
@@ -916,7 +938,9 @@ def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Opt
     if not isinstance(pp, dict):
         raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not a JSON object; "
                              "the file is damaged")
-    out = dict(pp)
+    if unread_preprocess(pp):  # (a scale, a layout, a channel order: fed without them)
+        logging.getLogger("onnx_snn").warning("%s", unread_preprocess_note(pp, where))
+    out = {}
     for key, neutral in (("mean", 0.0), ("std", 1.0)):
         if key not in pp and partial:
             logging.getLogger("onnx_snn").warning(

@@ -13,7 +13,7 @@ import onnx
 
 from . import json_text
 from .datasets import (Dataset, array_like, check_inputs, check_labels, check_preprocess,
-                       image_folder_spec, model_classes)
+                       folder_classes, image_folder_spec)
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
 from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
@@ -303,12 +303,12 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
     plan = None
     if folder is not None:        # read in parts: a folder may hold more than memory does
         plan = plan_image_folder(*folder, image_shape(runner.specs), take=(limit, None),
-                                 classes=model_classes(runner.model))
+                                 classes=folder_classes(runner.model))
         n = len(plan.files)
     else:
         ds = resolve_data(data, preprocess, mean, std, data_dir=data_dir, split="test",
                           download=download, specs=runner.specs, take=(limit, None),
-                          classes=model_classes(runner.model), **own)
+                          classes=folder_classes(runner.model), **own)
         if limit:
             ds = ds.take(limit)
         n = len(ds)

@@ -228,7 +228,7 @@ def _check_named(names: Sequence[str], by_name: List[Optional[int]], classes: Se
         taken[i] = n
 
 
-def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: str) -> List[int]:
+def class_labels(names: Sequence[str], classes, where: str) -> List[int]:
     """The label of each class folder (``names``, sorted). Without the model's class names
     (``classes``, its ``onnx_snn.classes``), or when they say nothing else, the folder's
     place in the sorted list (as torchvision's ImageFolder). With them, folders named after
@@ -236,8 +236,23 @@ def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: 
     ``03_`` allowed) take those classes' indices, and folders named by numbers within the
     classes take those numbers: a folder of some of the classes, or of names that sort in
     another order, is labelled as the model counts. Anything else keeps the sorted order,
-    with a warning when the folders are not the model's classes."""
+    with a warning when the folders are not the model's classes. ``classes`` may be only
+    their number (a model without names, whose output says how many it scores): the sorted
+    order, with a warning when the folders are not that many (a class missing from the
+    folder shifts the label of every class after it)."""
     order = list(range(len(names)))
+    count = classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+    if count is not None:
+        classes = None
+        if names and len(names) != count:
+            shown = ", ".join(repr(n) for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            log.warning("%s: %d class folders (%s) for the model's %d class scores: labelled in "
+                        "their sorted order (%r is class 0, %r class %d), so a class missing "
+                        "here shifts the label of every class after it; keep a folder for "
+                        "each class (an empty one in this split will do when another split "
+                        "has its images), or record the model's class names (the "
+                        "onnx_snn.classes metadata) to label the folders by name", where,
+                        len(names), shown, count, names[0], names[-1], len(names) - 1)
     if not classes or not names:
         numbers = [n.strip() for n in names]
         if names and all(re.fullmatch(r"\d+", n) for n in numbers) and \
@@ -283,10 +298,11 @@ def class_labels(names: Sequence[str], classes: Optional[Sequence[str]], where: 
 
 def plan_image_folder(path, split: Optional[str] = None,
                       shape: Optional[Sequence[Optional[int]]] = None, take=None,
-                      classes: Optional[Sequence[str]] = None) -> FolderPlan:
+                      classes=None) -> FolderPlan:
     """The images :func:`load_image_folder` reads (same arguments), listed, and the size they
     are brought to (free sizes: the first image's, of the whole split). ``classes``: the
-    model's class names, which label the class folders (:func:`class_labels`)."""
+    model's class names, which label the class folders, or their number
+    (:func:`class_labels`)."""
     from .datasets import take_indices
     Image, UnidentifiedImageError = _pillow()
     root = Path(path)
@@ -336,7 +352,7 @@ def plan_image_folder(path, split: Optional[str] = None,
 def load_image_folder(path, split: Optional[str] = None,
                       shape: Optional[Sequence[Optional[int]]] = None,
                       show_progress: bool = True, take=None, part=None, plan=None,
-                      classes: Optional[Sequence[str]] = None):
+                      classes=None):
     """The images under ``path`` as a :class:`~onnx_snn.datasets.Dataset` of NCHW float32
     images in [0, 1] and their class indices. ``split`` picks a split folder when ``path`` has
     them; ``shape`` (channels, height, width; see :func:`image_shape`) is what the images are
@@ -346,7 +362,7 @@ def load_image_folder(path, split: Optional[str] = None,
     :func:`plan_image_folder` of these arguments, when the caller has it. A ``take`` without a
     seed (``eval --limit N``) reads ``Dataset.take(n, 0)``'s images: a folder is listed class
     by class, and its first N would be its first classes alone. ``classes``: the model's
-    class names, which label the class folders (:func:`class_labels`)."""
+    class names, which label the class folders, or their number (:func:`class_labels`)."""
     from .datasets import Dataset
     from .progress import Progress
     Image, UnidentifiedImageError = _pillow()

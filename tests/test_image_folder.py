@@ -447,3 +447,35 @@ def test_links_into_other_classes_are_judged_by_the_datasets_class_folders(tmp_p
     ds = load_image_folder(tmp_path / "r", None, (1, 8, 8))
     assert ds.y.tolist() == [0, 1, 1, 1]      # a's image; b's own, b_extra's and .shared's
     assert caplog.text.count("in another class's folder") == 2      # into_a, a0.png
+
+
+def test_fewer_class_folders_than_a_nameless_models_scores_are_warned_about(tmp_path, caplog):
+    """A model without class names scoring 3 classes, on a folder of 2 of them (b missing):
+    c is labelled 1 (the sorted order, as torchvision's ImageFolder), which shifted every
+    later label without a word; eval now says how many folders it found for how many scores
+    and what to do. As many folders as scores: nothing said."""
+    import logging
+    import onnx_snn
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx_snn.image_folder import class_labels
+    rng = np.random.default_rng(1)
+    for c in ("a", "c"):
+        for i in range(2):
+            _save(tmp_path / "two" / c / f"{i}.png", rng.random((12, 12)))
+    inits = [numpy_helper.from_array(np.zeros((144, 3), np.float32), "w"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
+                           helper.make_node("Gemm", ["f", "w", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        onnx_snn.evaluate(m, str(tmp_path / "two"), show_progress=False, mean=0.0, std=1.0)
+    said = [r.getMessage() for r in caplog.records if "class scores" in r.getMessage()]
+    assert len(said) == 1 and "2 class folders ('a', 'c') for the model's 3 class scores" in said[0]
+    assert "'c' class 1" in said[0] and "onnx_snn.classes" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert class_labels(["a", "b", "c"], 3, "f") == [0, 1, 2]
+        assert class_labels(["a", "c"], None, "f") == [0, 1]
+    assert caplog.text == ""

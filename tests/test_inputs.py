@@ -458,3 +458,31 @@ def test_a_product_of_spikes_and_data_stays_refused():
     with pytest.raises(UnsupportedModelError, match=r"'gate' \(Mul\) multiplies or divides two "
                                                     r"data tensors"):
         normalize(_gained(True))
+
+
+def test_a_recorded_preprocessing_key_that_is_not_applied_is_said_once_and_not_carried(
+        tmp_path, caplog, capsys):
+    """A DNN whose onnx_snn.preprocess also records a key onnx-snn does not apply (a scale,
+    a layout: another tool's convention) was fed without it and no word said: each command
+    now warns once, naming the key, and the spiking file records only mean and std."""
+    import json
+    import logging
+    from onnx_snn.cli import main
+    from onnx_snn.datasets import check_preprocess
+    dnn, snn = tmp_path / "d.onnx", tmp_path / "d.snn.onnx"
+    m = B.vgg(13, "clip", in_shape=(1, 12, 12))
+    m.metadata_props.add(key="onnx_snn.preprocess",
+                         value='{"mean": [0.5], "std": [0.25], "scale": 255, "layout": "NHWC"}')
+    onnx.save(m, str(dnn))
+    np.save(tmp_path / "x.npy", B.rand_input(16, seed=2))
+    for argv in (["convert", str(dnn), "--calib", str(tmp_path / "x.npy"), "--method", "max",
+                  "-o", str(snn)], ["eval", str(dnn), "--data", str(tmp_path / "x.npy")]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+            assert main(["-q", *argv]) == 0, argv
+        said = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+        assert len(said) == 1 and "'layout', 'scale'" in said[0] and str(dnn) in said[0], said
+    recorded = {p.key: p.value for p in onnx.load(str(snn)).metadata_props}
+    assert json.loads(recorded["onnx_snn.preprocess"]) == {"mean": [0.5], "std": [0.25]}
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert check_preprocess({"mean": [1], "std": [2], "x": 1}) == {"mean": [1.0], "std": [2.0]}

@@ -10,6 +10,7 @@ from typing import List, Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..datasets import PREPROCESS_KEYS, unread_preprocess, unread_preprocess_note
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..feeds import check_data_inputs
@@ -662,6 +663,9 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
             preprocess = json.loads(meta[fmt.META_PREPROCESS])
         except json.JSONDecodeError:
             notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
+        if unread_preprocess(preprocess):     # said once, and not carried into the SNN
+            notes.append("warning: " + unread_preprocess_note(preprocess, where or path or "the DNN"))
+            preprocess = {k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):
         preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,

@@ -45,7 +45,7 @@ from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timest
                               check_seed, check_timesteps, remember_dataset,
                               resolve_data, warn_preprocess_override)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
-                               dataset_files, model_classes, named_dataset, recorded_data_name)
+                               dataset_files, folder_classes, named_dataset, recorded_data_name)
 from onnx_snn.flags import check_flag, checks_arguments, checks_flags
 from onnx_snn.errors import (DataError, ModelLoadError, OutputPathError, TrainingDivergedError,
                              UsageError, first_line)
@@ -341,7 +341,7 @@ def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, downl
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
                       split=split, download=download, specs=_specs(view),
                       take=(limit or None, 0 if split == "train" else None),
-                      classes=model_classes(model))
+                      classes=folder_classes(model))
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, a named "
                         "dataset or a folder of class folders), with --teacher too: it trains "
