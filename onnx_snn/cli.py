@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__, json_text
+from . import __version__, auto_reconstruct, json_text
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
 from .convert import MAX_BATCH_SIZE, MAX_SAMPLE_SIZE, MAX_TIMESTEPS, check_seed
 from .errors import EXIT_CODES, OnnxSnnError, Terminated, UsageError, shortened  # noqa: F401  (Terminated: signals)
@@ -40,8 +40,8 @@ examples:
   onnx-snn convert model.onnx --calib calib.npy -T 1 --report report.json
   onnx-snn convert model.onnx --calib fashion-mnist -T 2 --method datta   # the paper's alone
   onnx-snn convert resnet.onnx --calib cifar10 --data-dir ~/data --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
-  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --reconstruct    # then trained to
-                                                  # follow the DNN on the calibration images
+  onnx-snn convert model.onnx --calib fashion-mnist -T 2 --reconstruct 0  # not trained
+                       # to follow the DNN after (the default, with PyTorch installed, is)
 
 methods:
   refined     (default) the paper's Algorithm 1, then every layer, in order, refined on the
@@ -50,7 +50,8 @@ methods:
               simulating the neurons, the layers that read spikes refitted to the DNN's
               outputs and each channel's mean input current corrected. The most accurate
               at T=1-4, on deep networks above all; costs a few T-step passes of each layer
-              over the calibration set
+              over the calibration set. With PyTorch installed it is then reconstructed
+              (--reconstruct, which says how long) where the network is small enough
   datta       Datta & Beerel 2022, Algorithm 1 alone: per-layer threshold scale alpha
               (searched over the layer's own activation percentiles) and output scale beta
               (fine grid) that best match the DNN activation at this T
@@ -103,7 +104,7 @@ FINETUNE_SURROGATES = ("sigmoid", "rectangle")
 FINETUNE_LOSSES = ("mean", "per-step")
 FINETUNE_SCHEDULES = ("cosine", "step")   # finetune's SCHEDULES, read without torch
 #: convert --reconstruct without a number (runtimes.torch.reconstruct.DEFAULT_EPOCHS)
-RECONSTRUCT_EPOCHS = 30
+RECONSTRUCT_EPOCHS = auto_reconstruct.MAX_EPOCHS
 QUIET_HELP = ("no progress bars or notes; convert and eval leave out their per-layer tables "
               "and print the result line only")
 
@@ -339,13 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "version 3. Best on networks trained for the T+1 levels (train_dnn.py "
                         "--levels T); measured in README")
     c.add_argument("--reconstruct", type=non_negative_int, nargs="?", const=RECONSTRUCT_EPOCHS,
-                   default=0, metavar="EPOCHS",
+                   default=None, metavar="EPOCHS",
                    help="after the conversion, train the spiking network on the calibration "
                         "samples, without labels, to follow the DNN: each layer's output its "
                         "clipped activation, the scores its scores (KL at temperature 4), "
-                        f"for EPOCHS epochs (default {RECONSTRUCT_EPOCHS}; 0: off, the "
-                        "default; put the flag after the model path, or give EPOCHS). Needs "
-                        "PyTorch. At T=2 VGG-16 +1.15 points, ResNet-20 +0.89 (three seeds' "
+                        f"for EPOCHS epochs (the flag alone: {RECONSTRUCT_EPOCHS}; 0: off; put "
+                        "the flag after the model path, or give EPOCHS). Needs PyTorch. "
+                        "Without the flag, the refined method with PyTorch installed is "
+                        f"reconstructed for up to {RECONSTRUCT_EPOCHS} epochs, as many as fit "
+                        "a budget of compute (none for a large network; the last line says "
+                        "why; $ONNX_SNN_RECONSTRUCT=0 turns this default off). At T=2 VGG-16 +1.15 points, ResNet-20 +0.89 (three seeds' "
                         "means), for about 45 s more on 2 cores (README); not the same to the "
                         "bit on another thread count")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
@@ -823,7 +827,8 @@ def cmd_convert(args) -> int:
                   calib_samples=args.calib_samples or None, mean=args.mean, std=args.std,
                   data_dir=args.data_dir, seed=args.seed, show_progress=not args.quiet,
                   download=args.download, pool_first=args.pool_first,
-                  outputs=args.keep_outputs, reconstruct=args.reconstruct or None)
+                  outputs=args.keep_outputs,
+                  reconstruct=auto_reconstruct.AUTO if args.reconstruct is None else args.reconstruct)
     if not args.quiet:     # (the notes that are warnings were logged, -q or not)
         for note in snn.report.get("notes", snn.normalized.notes):
             if not note.startswith(WARNING_NOTE):
@@ -867,6 +872,8 @@ def cmd_convert(args) -> int:
 
 def _reconstructed(record: dict) -> str:
     """The reconstruction's part of convert's last line."""
+    if "skipped" in record:
+        return f", not reconstructed: {record['skipped']}"
     if not record.get("kept"):
         return f", reconstruction not kept: {record.get('why', '?')}"
     epochs = record["epochs"]

@@ -18,7 +18,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from . import __version__, json_text
+from . import __version__, auto_reconstruct, json_text
+from .auto_reconstruct import AUTO
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, record_sites, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambiguous_keys,
@@ -1002,7 +1003,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
             pool_first: bool = False, outputs: Optional[Sequence[str]] = None,
-            reconstruct=None, **options) -> SpikingModel:
+            reconstruct=AUTO, **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -1021,8 +1022,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     logits of an export that also exposes intermediate tensors): see :func:`prepare`.
     ``reconstruct``: after the conversion, train the spiking network on the calibration
     samples to follow the DNN, without labels, for this many epochs (or as a
-    ``runtimes.torch.reconstruct.ReconstructConfig`` says; needs PyTorch; None or 0: not,
-    the default; see :mod:`onnx_snn.runtimes.torch.reconstruct`).
+    ``runtimes.torch.reconstruct.ReconstructConfig`` says; needs PyTorch; see
+    :mod:`onnx_snn.runtimes.torch.reconstruct`); None or 0: not; ``"auto"`` (the default):
+    with the ``refined`` method and PyTorch installed, for as many epochs (at most 30) as
+    fit in a budget of compute, else not (:mod:`onnx_snn.auto_reconstruct`; the report's
+    ``reconstruction`` says why not).
     """
     timesteps = check_timesteps(timesteps)
     recon = reconstruct_config(reconstruct)     # (torch imported, the values checked: first)
@@ -1094,15 +1098,40 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                 history_extra={"calibration_data": recorded_data_name(ds.name)},
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
+    extra = {}
+    if recon == AUTO:
+        recon, extra, why_not = _auto_reconstruction(nm.model, method, timesteps, ds.x)
+        if why_not:
+            snn.report["reconstruction"] = {"automatic": True, "skipped": why_not}
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
-        run_reconstruction(snn, nm.model, ds.x, recon, show_progress=show_progress)
+        run_reconstruction(snn, nm.model, ds.x, recon, show_progress=show_progress, extra=extra)
     return snn
+
+
+def _auto_reconstruction(model: onnx.ModelProto, method: str, timesteps: int, x):
+    """``reconstruct="auto"`` for this conversion: (a ReconstructConfig or None, what its
+    record adds, why there is none or None)."""
+    arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    p = auto_reconstruct.plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes)
+    extra = {"automatic": True, **({"budget": p.why} if p.why and p.epochs else {})}
+    if p.why:
+        log.info("reconstruction: %s", p.why)
+    if not p.epochs:
+        return None, {}, p.why
+    return reconstruct_config(p.epochs), extra, None
 
 
 def reconstruct_config(value):
     """``convert``'s ``reconstruct`` as a checked ``ReconstructConfig`` (None: none): a
-    number of epochs, or the config itself; MissingDependencyError without PyTorch."""
+    number of epochs, or the config itself; MissingDependencyError without PyTorch.
+    ``"auto"`` stays ``"auto"`` (decided after the conversion: :func:`_auto_reconstruction`)
+    unless ``$ONNX_SNN_RECONSTRUCT`` turns it off."""
+    if isinstance(value, str) and value == AUTO:
+        value = auto_reconstruct.env_default()
+        if value == AUTO:
+            return AUTO
     if value is None or (is_int(value) and not isinstance(value, bool) and value == 0):
         return None
     try:
@@ -1114,8 +1143,8 @@ def reconstruct_config(value):
     if isinstance(value, ReconstructConfig):
         return value.check()
     if isinstance(value, bool) or not is_int(value):
-        raise UsageError(f"reconstruct takes a number of epochs or a ReconstructConfig, not "
-                         f"{value!r}")
+        raise UsageError(f"reconstruct takes a number of epochs, a ReconstructConfig or "
+                         f"'{AUTO}', not {value!r}")
     return ReconstructConfig(epochs=int(value)).check()
 
 

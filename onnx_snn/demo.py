@@ -1,6 +1,8 @@
 """``onnx-snn demo``: the shipped Fashion-MNIST model converted at T = 1..4 with the default
 (``refined``), the paper's Algorithm 1 alone (``datta``) and two baselines, evaluated on the
-real test set, in one table."""
+real test set, in one table. The conversions alone: the demo runs on the core install, and
+the default's reconstruction where PyTorch is installed (onnx_snn/auto_reconstruct.py) is not
+run here."""
 from __future__ import annotations
 
 import argparse
@@ -85,7 +87,9 @@ def add_demo_parser(sub, parent) -> None:
                        description="Convert the shipped Fashion-MNIST clipped-ReLU VGG at T = 1, "
                                    "2, 3, 4 with refined (the default), datta (the paper's "
                                    "Algorithm 1 alone), deng and max, evaluate each on the 10k "
-                                   "test images in onnxruntime and print one table.",
+                                   "test images in onnxruntime and print one table. The "
+                                   "conversions alone: with PyTorch installed, convert's "
+                                   "default then also reconstructs (convert --help).",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  onnx-snn demo                          # the full table, ~3 min on 2 cores\n"

@@ -150,6 +150,28 @@ def test_a_fixed_batch_model_and_float64_data_reconstruct():
     assert snn.report["reconstruction"]["kept"]
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic-batch", "batch-of-4"])
+def test_the_kept_targets_train_as_the_targets_run_each_batch(monkeypatch, fixed):
+    """The DNN's targets kept between epochs (runtimes.torch.reconstruct._Targets) give the
+    training what running them for each shuffled batch gives (on a model of a fixed batch
+    too, whose last batch is padded): the same losses, epoch by epoch."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    x = B.rand_input(10, seed=12)
+    m = B.vgg()
+    if fixed:
+        for vi in list(m.graph.input) + list(m.graph.output):
+            vi.type.tensor_type.shape.dim[0].Clear()
+            vi.type.tensor_type.shape.dim[0].dim_value = 4
+    losses = []
+    for cache in (R.TARGET_CACHE_BYTES, 0):
+        monkeypatch.setattr(R, "TARGET_CACHE_BYTES", cache)
+        snn = onnx_snn.convert(m, x, timesteps=2, show_progress=False, reconstruct=0)
+        rec = reconstruct(snn, onnx_snn.prepare(m).model, x,
+                          ReconstructConfig(epochs=3, batch_size=3), show_progress=False)
+        losses.append(rec["epoch_losses"] + [rec["after"]["loss"]])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
 def test_the_report_shows_the_values_written():
     x = B.rand_input(32, seed=12)
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=2)
@@ -205,7 +227,9 @@ def test_cli_constant_is_the_runtime_default():
     assert RECONSTRUCT_EPOCHS == DEFAULT_EPOCHS
     args = build_parser().parse_args(["convert", "m.onnx", "--reconstruct"])
     assert args.reconstruct == DEFAULT_EPOCHS
-    assert build_parser().parse_args(["convert", "m.onnx"]).reconstruct == 0
+    assert build_parser().parse_args(["convert", "m.onnx"]).reconstruct is None   # auto
+    from onnx_snn.auto_reconstruct import MAX_EPOCHS
+    assert MAX_EPOCHS == DEFAULT_EPOCHS
 
 
 def test_a_reconstructed_file_is_fitted_for_its_T_whatever_its_method(caplog):

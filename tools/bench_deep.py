@@ -24,6 +24,8 @@ Markdown table with ``--markdown``).
                                                      # convert --pool-first against the default
     python tools/bench_deep.py --no-finetune --methods refined-signed,deng-signed
                                                      # convert --signed-spikes
+    python tools/bench_deep.py --no-finetune -T 1,2,4 --methods default
+                                                     # the default: reconstructed within its budget
     python tools/bench_deep.py --no-finetune -T 1,2,4 --methods refined-reconstruct
                                                      # convert --reconstruct (needs PyTorch)
     python tools/bench_deep.py --finetune-only --nets vgg16,resnet20 --finetune-reconstruct 30
@@ -35,8 +37,10 @@ For each network (the shipped 4-conv VGG, the paper's VGG-16 and ResNet-20 at a 
 their widths, trained with tools/train_dnn.py, shipped in tools/models/):
 
 * the DNN's top-1 on the test images;
-* conversion-only top-1 at T = 1, 2, 4 for the default (``refined``), ``datta`` (the paper's
-  Algorithm 1 alone), ``deng`` and ``max``, 512 calibration training images, in onnxruntime;
+* conversion-only top-1 at T = 1, 2, 4 for the default (``refined``, then reconstructed for
+  as many epochs as its budget gives: onnx_snn/auto_reconstruct.py), ``refined`` alone,
+  ``datta`` (the paper's Algorithm 1 alone), ``deng`` and ``max``, 512 calibration training
+  images, in onnxruntime;
 * one epoch of SGL fine-tuning at T=2 (the default recipe) from the default conversion
   (``--finetune-teacher``: distilled from the DNN, ``onnx-snn finetune --teacher auto``);
 * the default conversion's seconds and peak memory (end to end, 512 images, T=2).
@@ -86,9 +90,12 @@ DESCRIPTION = {
     "vgg16-qcfs": "vgg16-l2 exported with its rounding (QCFS's Floor form; the DNN is rounded)",
     "resnet20-qcfs": "resnet20-l2 exported with its rounding (QCFS's Floor form)",
 }
-METHODS = ("refined", "datta", "deng", "max")
+METHODS = ("default", "refined", "datta", "deng", "max")
 #: the ablation of the refined method (``--methods ...``): name -> (method, SearchConfig fields)
 VARIANTS = {
+    # convert's default: refined, then reconstructed as far as the budget goes
+    # (onnx_snn/auto_reconstruct.py; PyTorch is installed here)
+    "default": ("refined", {}),
     "refined": ("refined", {}),
     "refined-no-weights": ("refined", {"weight_calibration": False}),
     "refined-per-layer": ("refined", {"per_channel": False}),
@@ -215,9 +222,10 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         t0 = time.perf_counter()
         seed = {**SEEDS, **POOL_FIRST, **SIGNED, **STRIDE4, **HOLDOUT5}.get(method, 0)
         snn = onnx_snn.build(nm, cal, T, base, cfg, seed=seed)
-        if method in RECONSTRUCT:
+        epochs, k = RECONSTRUCT.get(method) or (
+            (_default_epochs(nm, calib_x, T), 0) if method == "default" else (0, 0))
+        if epochs:           # (the default's budget may give none: the refinement alone)
             from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
-            epochs, k = RECONSTRUCT[method]
             t1 = time.perf_counter()
             rec = reconstruct(snn, nm.model, calib_x, ReconstructConfig(epochs=epochs, seed=k),
                               show_progress=False)
@@ -227,6 +235,16 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out
+
+
+def _default_epochs(nm, calib_x, T) -> int:
+    """The epochs convert's default reconstructs ``nm`` for at ``T`` (its budget)."""
+    import numpy as np
+    from onnx_snn import auto_reconstruct
+    arrays = calib_x if isinstance(calib_x, dict) else {nm.model.graph.input[0].name: calib_x}
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    images = len(next(iter(arrays.values())))
+    return auto_reconstruct.plan("refined", T, nm.model, images, shapes, have_torch=True).epochs
 
 
 def job_cost(net: str) -> dict:
@@ -254,7 +272,7 @@ def job_finetune(net: str, images: int, test_images: int, epochs: int,
     with tempfile.TemporaryDirectory() as tmp:
         src, out = os.path.join(tmp, "m.snn.onnx"), os.path.join(tmp, "m.tuned.snn.onnx")
         snn = onnx_snn.convert(str(NETS[net]), "fashion-mnist", timesteps=2, show_progress=False,
-                               signed_spikes=signed, reconstruct=reconstruct or None)
+                               signed_spikes=signed, reconstruct=reconstruct or "auto")
         snn.save(src)
         before = evaluate(src, test, show_progress=False).top1
         cfg = FinetuneConfig(epochs=epochs, limit_train=images, limit_test=test_images,
@@ -291,7 +309,8 @@ def _table(result: dict) -> str:
         rows = []
         for m in result["methods"]:
             acc = r["accuracy"].get(m, {})
-            label = {"refined": "refined (default)", "datta": "datta (Algorithm 1)"}.get(m, m)
+            label = {"default": "default (refined, reconstructed)", "refined": "refined alone",
+                     "datta": "datta (Algorithm 1)"}.get(m, m)
             rows.append([label] + [f"{acc[str(t)]:.2f}" if str(t) in acc else "failed" for t in Ts])
         if rows:
             lines.append(format_table(["method"] + [f"T={t}" for t in Ts], rows, markdown=True))
@@ -366,7 +385,7 @@ def main(argv=None) -> int:
                         "(convert --signed-spikes), not the default's")
     p.add_argument("--finetune-reconstruct", type=int, default=0, metavar="EPOCHS",
                    help="the SGL epoch from the conversion reconstructed for EPOCHS epochs "
-                        "(convert --reconstruct EPOCHS), not the default's")
+                        "(convert --reconstruct EPOCHS), not the default's (0: the default's)")
     p.add_argument("--finetune-no-dropout", action="store_true",
                    help="fine-tune without the source DNN's dropout (finetune --no-dropout)")
     p.add_argument("--finetune-initial", action="store_true",

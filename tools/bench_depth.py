@@ -83,7 +83,8 @@ def job_convert(args) -> dict:
     import onnx_snn
     t0 = time.perf_counter()
     snn = onnx_snn.convert(args._model, args._calib, timesteps=args._timesteps,
-                           method=args._method, show_progress=False)
+                           method=args._method, show_progress=False,
+                           reconstruct=0)    # the conversion's cost alone, not the training's
     seconds = time.perf_counter() - t0
     with open("/proc/self/status") as f:
         peak = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024

@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     from onnx_snn.spiking.batch_chunks import DEFAULT_BATCH_CHUNK
     chunk = DEFAULT_BATCH_CHUNK if args.batch_chunk is None else args.batch_chunk
     snn = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
-                           method=args.method, show_progress=False)
+                           method=args.method, show_progress=False, reconstruct=0)
     x = resolve_data("fashion-mnist", snn.normalized.preprocess, split="test").take(args.images).x
     models = {"dnn": snn.normalized.model, "loop": snn.model, "unrolled": unrolled_model(snn),
               "folded": folded_model(snn.normalized, snn.records, args.timesteps,
@@ -376,7 +376,8 @@ def main(argv=None) -> int:
     for tag, option in extra.items():
         if option:
             other = onnx_snn.convert(args.model, "fashion-mnist", timesteps=args.timesteps,
-                                     method=args.method, show_progress=False, **option)
+                                     method=args.method, show_progress=False, reconstruct=0,
+                                     **option)
             models.update({f"loop-{tag}": other.model,
                            f"deploy-{tag}": onnx_snn.deploy(other.model, batch_chunk=chunk),
                            f"deploy-binary-{tag}": onnx_snn.deploy(other.binary_model(), batch_chunk=chunk),

@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "m.snn.onnx")
         onnx_snn.convert(str(ROOT / "onnx_snn" / "models" / "fmnist_vgg.onnx"), "fashion-mnist",
-                         timesteps=args.timesteps, show_progress=False).save(path)
+                         timesteps=args.timesteps, show_progress=False,
+                         reconstruct=0).save(path)
         snn = SpikingNetwork.from_onnx(path).train()
 
         def snn_step():

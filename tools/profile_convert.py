@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         prof.enable()
         try:
             snn = onnx_snn.convert(path, data, timesteps=args.timesteps, method=args.method,
-                                   show_progress=False, **kw)
+                                   show_progress=False, reconstruct=0, **kw)
         except onnx_snn.OnnxSnnError as e:     # a model or data the converter refuses
             print(f"profile_convert: error: {e}", file=sys.stderr)
             return 2

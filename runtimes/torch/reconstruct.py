@@ -28,9 +28,10 @@ They are no test of it: the refinement fitted its weights on those images too, a
 88.68 %; the benchmark's run on one thread gave 88.98). Only a loss that ends 1.5x above the
 conversion's there (``LOSS_WARNING``: a learning rate too large) is warned about.
 
-It needs PyTorch (``pip install 'onnx-snn[torch]'``) and is not deterministic across
-thread counts (PyTorch's CPU kernels sum in an order that depends on them): the default
-conversion, numpy and onnxruntime alone, does not do it. Measured in README.
+It needs PyTorch (``pip install 'onnx-snn[torch]'``) and is not the same to the bit on
+another thread count (PyTorch's CPU kernels sum in an order that depends on it). ``convert``
+does it by default where PyTorch is installed and the network's cost fits a budget
+(:mod:`onnx_snn.auto_reconstruct`); the core install converts without it. Measured in README.
 """
 from __future__ import annotations
 
@@ -63,12 +64,16 @@ from .teacher import distillation_loss
 log = logging.getLogger("onnx_snn")
 
 #: ReconstructConfig.epochs when ``--reconstruct`` is given without a number
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 30        # (= onnx_snn.auto_reconstruct.MAX_EPOCHS, tested)
 #: the most epochs ``--reconstruct`` takes (it trains on the calibration set only)
 MAX_EPOCHS = 1000
 #: a loss on the calibration images this many times the conversion's is warned about (the
 #: default settings moved it by 0.9-1.2x; an lr of 3e-2 by 8x)
 LOSS_WARNING = 1.5
+#: the batch the network is measured in before and after (its loss, its agreement)
+MEASURE_BATCH = 64
+#: the DNN's targets are kept between epochs up to this size (:class:`_Targets`)
+TARGET_CACHE_BYTES = 512 * 2 ** 20
 
 
 @dataclass
@@ -115,6 +120,44 @@ def _targets(session, names: List[str], records, feed: Dict[str, np.ndarray]):
     sites = {s: torch.from_numpy(np.clip(got[r.input], 0.0, r.mu).astype(np.float32))
              for s, r in records.items()}
     return torch.from_numpy(np.asarray(got[names[0]], np.float32)), sites
+
+
+class _Targets:
+    """The DNN's targets (:func:`_targets`) of the calibration samples, run once and kept
+    where they fit in :data:`TARGET_CACHE_BYTES` (every epoch reads them: 10 % of an epoch
+    on VGG-16), else run again for each batch."""
+
+    def __init__(self, session, names, records, x, size: int, fixed: Optional[int]):
+        self.run = lambda b: _targets(session, names, records, b)
+        self.cache = None
+        n = len(next(iter(x.values())))
+        for rows, b in _batches(x, size, fixed=fixed):
+            out, sites = _kept(self.run(b), len(rows))
+            if self.cache is None:      # the first batch: room for all, or none kept
+                if not self.cache_fits((out, sites), n):
+                    return
+                self.cache = (out.new_empty((n, *out.shape[1:])),
+                              {s: t.new_empty((n, *t.shape[1:])) for s, t in sites.items()})
+            idx = torch.as_tensor(np.asarray(rows, np.int64))
+            self.cache[0][idx] = out
+            for s, t in sites.items():
+                self.cache[1][s][idx] = t
+
+    @staticmethod
+    def cache_fits(first, n: int) -> bool:
+        out, sites = first
+        rows = max(len(out), 1)
+        size = sum(t.numel() * t.element_size() for t in (out, *sites.values())) / rows
+        return size * n <= TARGET_CACHE_BYTES
+
+    def __call__(self, rows, batch, k: int):
+        """The targets of the samples ``rows`` (whose inputs are ``batch``, ``k`` of them
+        its own: a padded batch's)."""
+        if self.cache is None:
+            return _kept(self.run(batch), k)
+        idx = torch.from_numpy(np.asarray(rows[:k], np.int64))
+        out, sites = self.cache
+        return out[idx], {s: t[idx] for s, t in sites.items()}
 
 
 def _scores(student: torch.Tensor, teacher: torch.Tensor):
@@ -206,12 +249,14 @@ def _inputs(dnn: onnx.ModelProto, x) -> Dict[str, np.ndarray]:
 
 
 def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig] = None,
-                threads: Optional[int] = None, show_progress: bool = True) -> dict:
+                threads: Optional[int] = None, show_progress: bool = True,
+                extra: Optional[dict] = None) -> dict:
     """Train the converted ``snn`` (a :class:`onnx_snn.convert.SpikingModel`) on the
     calibration inputs ``x`` (an array, or {input name: array}) to follow ``dnn`` (the
     normalized DNN it was converted from: its sites' inputs are the records' ``input``
     tensors) and write the result back into ``snn`` (unless the training diverged); returns
-    the step's record (also appended to the model's history and put in the report)."""
+    the step's record (also appended to the model's history and put in the report), with
+    ``extra``'s keys (``convert``'s default says ``automatic``, and why fewer epochs)."""
     from onnx_snn.calibrate import make_session
 
     cfg = (config or ReconstructConfig()).check()
@@ -229,7 +274,10 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     x = _inputs(dnn, x)
     fixed = fixed_batch(input_specs(dnn))     # a model of one batch size: that size, padded
     batch_size = fixed or cfg.batch_size
-    eval_size = fixed or 256
+    eval_size = fixed or 256      # the DNN's batches in onnxruntime
+    # the spiking network's batches when it is measured (no gradient): 256 images of the
+    # shipped model held 1.1 GB at once, 3x the training's peak
+    measure_size = fixed or MEASURE_BATCH
 
     def as_torch(batch):
         return {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -237,8 +285,9 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     net = SpikingNetwork(snn.model)
     net.dropout = {}          # the DNN's targets are its inference: no dropout
     loss_fn = _Loss(records, cfg)
-    loss_fn.scales(_kept(t, len(r)) for r, b in _batches(x, eval_size, fixed=fixed)
-                   for t in [_targets(session, names, records, b)])
+    targets = _Targets(session, names, records, x, eval_size, fixed)
+    loss_fn.scales([targets.cache] if targets.cache is not None else
+                   (targets(r, b, len(r)) for r, b in _batches(x, eval_size, fixed=fixed)))
 
     def measured() -> dict:
         """Over the calibration set, the network as it runs: the mean loss, its parts, and
@@ -247,9 +296,9 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         sums = {"loss": 0.0, "site_loss": 0.0, "output_loss": 0.0, "dnn_agreement": 0.0}
         n = 0
         with torch.no_grad():
-            for rows, b in _batches(x, eval_size, fixed=fixed):
+            for rows, b in _batches(x, measure_size, fixed=fixed):
                 k = len(rows)
-                t_out, t_sites = _kept(_targets(session, names, records, b), k)
+                t_out, t_sites = targets(rows, b, k)
                 out, per_site = _kept(net.site_outputs(as_torch(b)), k)
                 site, output = loss_fn.parts(out, per_site, t_out, t_sites)
                 sums["site_loss"] += float(site) * k
@@ -280,7 +329,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
             total = 0.0
             for rows, b in _batches(x, batch_size, gen.permutation(n), fixed):
                 k = len(rows)
-                t_out, t_sites = _kept(_targets(session, names, records, b), k)
+                t_out, t_sites = targets(rows, b, k)
                 out, per_site = _kept(net.site_outputs(as_torch(b), grad=True), k)
                 loss = loss_fn(out, per_site, t_out, t_sites)
                 if not torch.isfinite(loss):
@@ -310,7 +359,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
               "output_weight": float(cfg.output_weight), "seed": int(cfg.seed),
               "before": before, "after": after, "epoch_losses": epoch_losses,
               "measured_on": "the calibration images, which the refinement fitted too",
-              "kept": kept, "seconds": round(time.perf_counter() - t0, 2)}
+              "kept": kept, "seconds": round(time.perf_counter() - t0, 2), **(extra or {})}
     if diverged:
         record["why"] = ("the loss or a parameter turned non-finite: the conversion's values "
                          "are kept (a smaller lr may train)")
