@@ -1258,15 +1258,25 @@ def _sigterm_raises():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .model_io import WRITTEN
+    WRITTEN.clear()
     with _guarded_stdout(), _sigterm_raises():
         try:
             return _main(argv)
         except Terminated:
-            print("onnx-snn: terminated", file=sys.stderr)
+            print("onnx-snn: terminated" + _complete(WRITTEN), file=sys.stderr)
             return Terminated.exit_code
         except KeyboardInterrupt:
-            print("onnx-snn: interrupted", file=sys.stderr)
+            print("onnx-snn: interrupted" + _complete(WRITTEN), file=sys.stderr)
             return 130
+
+
+def _complete(written: List[str]) -> str:
+    """What a signal that came after the outputs were put in place leaves: they are whole
+    (written all or none, the signal held during the renames), and a script that reads the
+    exit status alone would take them for missing."""
+    return (f" after writing {', '.join(written)}, which {'is' if len(written) == 1 else 'are'} "
+            "complete") if written else ""
 
 
 def _main(argv: Optional[List[str]]) -> int:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Set, Union
+from typing import List, Optional, Set, Union
 
 import numpy as np
 import onnx
@@ -592,6 +592,9 @@ def _signals_deferred():
 
 #: how deep _signals_deferred blocks are nested (the outermost holds the signals)
 _HELD = {"depth": 0}
+#: every file :func:`write_all_atomic` put in place in this process, in order (the command
+#: line clears it per command: a signal after the renames says what is complete)
+WRITTEN: List[str] = []
 
 
 def _new_file_mode(path: Path) -> int:
@@ -634,6 +637,7 @@ def write_all_atomic(items) -> None:
                 tmp, path = temps[0]
                 os.replace(tmp, path)
                 renamed.append(str(path))
+                WRITTEN.append(str(path))
                 temps.pop(0)
     except BaseException as e:
         for tmp, _ in temps:

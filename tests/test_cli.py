@@ -1190,3 +1190,35 @@ def test_eval_json_records_its_data_and_normalization_and_analyze_repeats_an_ove
     other.write_text(json.dumps(o))
     p = run_cli("analyze", str(snn), "--rates", str(other))
     assert p.returncode == 0 and "normalized with mean [0.9], std [0.1], not as the model" in p.stderr
+
+
+@pytest.mark.parametrize("signal_error,code,said", [("Terminated", 143, "terminated"),
+                                                    ("KeyboardInterrupt", 130, "interrupted")])
+def test_a_signal_after_the_outputs_are_in_place_says_they_are_complete(
+        tmp_path, monkeypatch, capsys, signal_error, code, said):
+    """A SIGTERM (or Ctrl-C) held while the outputs were renamed into place is delivered
+    after them: the exit status is the signal's, and the message now names the files, whole,
+    which "terminated" alone let a script take for missing. A signal before any is written
+    says nothing of files."""
+    import onnx_snn.errors as E
+    import onnx_snn.model_io as M
+    from onnx_snn.cli import main
+    err = getattr(E, signal_error, None) or KeyboardInterrupt
+    real = M.write_all_atomic
+
+    def then_signal(items):
+        real(items)
+        raise err()
+    monkeypatch.setattr(M, "write_all_atomic", then_signal)
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", B.rand_input(8))
+    out = tmp_path / "m.snn.onnx"
+    argv = ["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+            "--method", "max", "-o", str(out)]
+    assert main(argv) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"onnx-snn: {said} after writing {out}, which is complete"
+    assert onnx.load(str(out)).graph.node
+    monkeypatch.setattr(M, "write_all_atomic", lambda items: (_ for _ in ()).throw(err()))
+    assert main(argv[:-1] + [str(tmp_path / "n.snn.onnx")]) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"onnx-snn: {said}"
