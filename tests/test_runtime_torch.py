@@ -1262,6 +1262,7 @@ def test_diverging_loss_keeps_the_last_good_model(tmp_path, fmnist_snn, monkeypa
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not found")
+@pytest.mark.slow   # 13 s: two training processes
 def test_ddp_two_gloo_processes(tmp_path, fmnist_snn):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp.snn.onnx"
@@ -1906,6 +1907,7 @@ def test_finetune_refuses_an_existing_output_of_another_line(tmp_path, fmnist_sn
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.slow   # 19 s: three fine-tuning runs in fresh processes
 def test_finetune_refuses_an_existing_output_recording_another_normalization(tmp_path, fmnist_snn):
     """An existing output is judged on this run's test data: one written with --mean/--std
     0.5 is refused (exit 6, nothing written) by a run that normalizes as the model records,

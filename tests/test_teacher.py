@@ -218,6 +218,7 @@ def test_a_teacher_with_a_fixed_batch_runs_any_batch(converted, tmp_path, b):
     assert torch.allclose(t(x[:8]), want, atol=1e-6)
 
 
+@pytest.mark.slow   # 13 s: a command per output path, each in a fresh process
 def test_no_output_may_overwrite_the_found_teacher(converted, tmp_path):
     src, out, x = converted
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(len(x), int))

@@ -24,6 +24,7 @@ def run_tool(*args):
     return json.loads(p.stdout[p.stdout.index("{"):])
 
 
+@pytest.mark.slow   # 9 s: a benchmark's smoke run (the suite is CI's gate: kept under 15 min)
 def test_bench_convert_small(fmnist_test, tmp_path):
     """The quick run; ``--code`` converts with the onnx_snn of the checkout it names (here
     this one through a link, so that the path the job reports tells which was imported)."""
@@ -44,8 +45,8 @@ def test_bench_convert_small(fmnist_test, tmp_path):
     assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
 
 
-@pytest.mark.parametrize("kind", ["conv", "mlp"])
-def test_bench_depth_small(fmnist_test, kind):
+@pytest.mark.parametrize("kind", [pytest.param("conv", marks=pytest.mark.slow), "mlp"])
+def test_bench_depth_small(fmnist_test, kind):      # (conv: 9 s, slow; mlp: 6 s)
     r = run_tool("tools/bench_depth.py", "--kind", kind, "--depths", "3,6", "--images", "8")
     assert r["kind"] == kind and set(r["methods"]) == {"refined", "datta"}
     for method, rows in r["methods"].items():
@@ -57,6 +58,7 @@ def test_bench_depth_small(fmnist_test, kind):
         assert all(rows[d]["code"] == str(ROOT) for d in rows)
 
 
+@pytest.mark.slow   # 15 s: a diagnostic tool (the error budget of README)
 def test_error_budget_small(fmnist_test, tmp_path):
     """The spiking run, the constant-current run and the DNN on the same images; the first
     site (fed the input, its currents constant) has the same error in both runs."""
@@ -90,6 +92,7 @@ def test_error_budget_small(fmnist_test, tmp_path):
             u["spiking"]["relative_rms_error"], rel=1e-3)
 
 
+@pytest.mark.slow   # 15 s: the quantized idioms' conversion stays in tests/test_quantization.py
 def test_bench_quantized_small(fmnist_test):
     r = run_tool("tools/bench_quantized.py", "--method", "datta", "--test-images", "300")
     assert r["qdq"]["sites"] == r["float"]["sites"] == 5
@@ -98,6 +101,7 @@ def test_bench_quantized_small(fmnist_test):
     assert r["qdq"]["snn_top1"] > 50
 
 
+@pytest.mark.slow   # 9 s: the energy benchmark's smoke run (the analyzer: tests/test_analyze.py)
 def test_bench_energy_small(fmnist_test):
     r = run_tool("tools/bench_energy.py", "-T", "1", "--methods", "deng", "--limit", "200")
     row = r["rows"][0]
@@ -141,6 +145,7 @@ def test_bench_sgl_small(fmnist_test):
         assert job == "dnn" or r["jobs"][job]["epoch_time_vs_dnn"] > 0
 
 
+@pytest.mark.slow   # 5 s: a profiler's smoke run
 def test_profile_ort_small(fmnist_test):
     r = run_tool("tools/profile_ort.py", "--shipped", "-T", "2", "--images", "64", "--batch", "32")
     for part in ("dnn", "snn", "deploy"):
@@ -151,6 +156,7 @@ def test_profile_ort_small(fmnist_test):
     assert r["snn_over_dnn_kernel_time"] > 1 and r["deploy_over_dnn_kernel_time"] > 0
 
 
+@pytest.mark.slow   # 24 s: a profiler of the conversion (issue 14)
 def test_profile_convert_small(fmnist_test):
     """The refinement's parts nest inside it and the conversion's seconds."""
     r = run_tool("tools/profile_convert.py", "--images", "80")   # every second image held out
@@ -306,6 +312,16 @@ def test_format_table_plain_and_markdown():
 
 
 
+def test_bench_layouts_plain(fmnist_test):
+    """The loop graph against its unrolled, time-folded and deploy layouts: identical
+    numbers (the default run's part of test_bench_layouts_small)."""
+    r = run_tool("tools/bench_layouts.py", "--images", "64", "--rounds", "1", "--method", "datta")
+    assert r["identical_to_loop"] == {"unrolled": True, "folded": True, "deploy": True}
+    assert {"dnn", "loop", "unrolled", "folded", "deploy"} <= set(r["images_per_second"])
+    assert all(v > 0 for v in r["images_per_second"].values())
+
+
+@pytest.mark.slow   # 61 s: every layout, pool-first, signed, both optimization levels
 def test_bench_layouts_small(fmnist_test):
     """The loop graph against its unrolled, time-folded and deploy layouts: identical numbers."""
     r = run_tool("tools/bench_layouts.py", "--images", "256", "--rounds", "1", "--method", "datta",
@@ -365,6 +381,7 @@ def test_bench_deep_refuses_a_non_positive_finetune_setting(flag, value):
     assert "Traceback" not in q.stderr
 
 
+@pytest.mark.slow   # 6 s: a benchmark's smoke run
 def test_bench_eval_memory_small(fmnist_test):
     """The folder part on a few images: read in parts and whole, the same samples and top-1."""
     pytest.importorskip("PIL")
