@@ -27,7 +27,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -77,16 +77,6 @@ def env_default() -> object:
                      "convert's --reconstruct EPOCHS")
 
 
-def _shapes(model: onnx.ModelProto) -> Dict[str, List]:
-    g = model.graph
-    out = {t.name: list(t.dims) for t in g.initializer}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                            for d in vi.type.tensor_type.shape.dim]
-    return out
-
-
 def _per_sample(dims) -> Optional[int]:
     """The elements of one sample of a tensor of ``dims`` (the first is the batch)."""
     if not dims or any(d is None or d < 0 for d in dims[1:]):
@@ -97,8 +87,11 @@ def _per_sample(dims) -> Optional[int]:
 def dense_macs(model: onnx.ModelProto) -> Optional[int]:
     """Multiply-accumulates per image of ``model``'s convolutions and dense layers, from
     the shapes its graph records (a normalized model has them all); None where one of
-    their shapes is not known (a free spatial dimension, say)."""
-    shapes = _shapes(model)
+    their shapes is not known (a free spatial dimension, say). The analyzer's own count
+    (:func:`estimated_macs`' fallback) flattens the graph and infers its shapes again, which
+    costs seconds on a 0.5 GB network that the budget then skips anyway."""
+    from .analyze.flops import _collect     # (the analyzer's table of the graph's shapes)
+    shapes = _collect(model).shapes
     total = 0
     for node in model.graph.node:
         if node.op_type not in DENSE_OPS:
@@ -157,6 +150,16 @@ def torch_installed() -> bool:
     except Exception:
         return False
     return True
+
+
+def plan_for_data(method: str, timesteps: int, model: onnx.ModelProto, x,
+                  have_torch: Optional[bool] = None) -> Plan:
+    """:func:`plan` for a conversion calibrated on ``x`` (an array for the model's first
+    input, or {input name: array})."""
+    from .feeds import input_specs
+    arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    return plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes, have_torch)
 
 
 def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,

@@ -1099,34 +1099,24 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     extra = {}
-    if recon == AUTO:
-        recon, extra, why_not = _auto_reconstruction(nm.model, method, timesteps, ds.x)
-        if why_not:
-            snn.report["reconstruction"] = {"automatic": True, "skipped": why_not}
+    if recon == AUTO:      # (decided now: the budget counts the network and the data)
+        p = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x)
+        if p.why:
+            log.info("reconstruction: %s", p.why)
+        if p.why and not p.epochs:
+            snn.report["reconstruction"] = {"automatic": True, "skipped": p.why}
+        recon = reconstruct_config(p.epochs) if p.epochs else None
+        extra = {"automatic": True, **({"budget": p.why} if p.why else {})}
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
         run_reconstruction(snn, nm.model, ds.x, recon, show_progress=show_progress, extra=extra)
     return snn
 
 
-def _auto_reconstruction(model: onnx.ModelProto, method: str, timesteps: int, x):
-    """``reconstruct="auto"`` for this conversion: (a ReconstructConfig or None, what its
-    record adds, why there is none or None)."""
-    arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
-    shapes = {k: np.shape(v) for k, v in arrays.items()}
-    p = auto_reconstruct.plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes)
-    extra = {"automatic": True, **({"budget": p.why} if p.why and p.epochs else {})}
-    if p.why:
-        log.info("reconstruction: %s", p.why)
-    if not p.epochs:
-        return None, {}, p.why
-    return reconstruct_config(p.epochs), extra, None
-
-
 def reconstruct_config(value):
     """``convert``'s ``reconstruct`` as a checked ``ReconstructConfig`` (None: none): a
     number of epochs, or the config itself; MissingDependencyError without PyTorch.
-    ``"auto"`` stays ``"auto"`` (decided after the conversion: :func:`_auto_reconstruction`)
+    ``"auto"`` stays ``"auto"`` (decided after the conversion: ``auto_reconstruct.plan``)
     unless ``$ONNX_SNN_RECONSTRUCT`` turns it off."""
     if isinstance(value, str) and value == AUTO:
         value = auto_reconstruct.env_default()

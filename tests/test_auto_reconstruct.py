@@ -113,10 +113,19 @@ def test_the_environment_variable(monkeypatch, value, expect):
     assert ar.env_default() == expect
 
 
-def test_a_bad_environment_variable_is_a_usage_error(monkeypatch):
+def test_a_bad_environment_variable_is_a_usage_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(ar.ENV, "30")
     with pytest.raises(UsageError, match=ar.ENV):
         onnx_snn.convert(B.vgg(), B.rand_input(8), timesteps=2, show_progress=False)
+    # on the command line: exit 2, one error line, no traceback, nothing written
+    from onnx_snn.cli import main
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", B.rand_input(8))
+    assert main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                 "-o", str(tmp_path / "m.snn.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"${ar.ENV} is '30'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
 
 
 def test_convert_reconstructs_by_default_with_torch(auto):
@@ -158,3 +167,15 @@ def test_cli_default_reconstructs_and_zero_does_not(auto, tmp_path, capsys):
     assert "reconstructed in" in capsys.readouterr().out
     assert main(["convert", *common, "-o", str(tmp_path / "b.snn.onnx"), "--reconstruct", "0"]) == 0
     assert "reconstructed" not in capsys.readouterr().out
+
+
+def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch):
+    pytest.importorskip("torch")
+    x = B.rand_input(16, seed=7)
+    model = onnx_snn.prepare(B.vgg()).model
+    cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
+    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * 6.5)      # six epochs at T = 2
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    rec = snn.report["reconstruction"]
+    assert rec["epochs"] == 6 and rec["kept"] and "skipped" not in rec
+    assert "6 epochs in the default's budget" in rec["budget"]

@@ -239,12 +239,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
 
 def _default_epochs(nm, calib_x, T) -> int:
     """The epochs convert's default reconstructs ``nm`` for at ``T`` (its budget)."""
-    import numpy as np
     from onnx_snn import auto_reconstruct
-    arrays = calib_x if isinstance(calib_x, dict) else {nm.model.graph.input[0].name: calib_x}
-    shapes = {k: np.shape(v) for k, v in arrays.items()}
-    images = len(next(iter(arrays.values())))
-    return auto_reconstruct.plan("refined", T, nm.model, images, shapes, have_torch=True).epochs
+    return auto_reconstruct.plan_for_data("refined", T, nm.model, calib_x, have_torch=True).epochs
 
 
 def job_cost(net: str) -> dict:
