@@ -1925,6 +1925,23 @@ def test_finetune_refuses_an_existing_output_recording_another_normalization(tmp
     assert p.returncode == 0, p.stderr
 
 
+def test_finetune_compares_normalizations_as_the_other_commands_do():
+    """Fine-tuning's check of an existing output's normalization uses the tolerance of
+    convert's and analyze's (``same_values``): a mean that went through float32 (0.286 as
+    0.28600001) is the same, a scalar is the same as its value per channel, another value
+    or another channel count is not (rtol 1e-6 refused what the others accepted)."""
+    from onnx_snn.convert import same_values
+    from onnx_snn.runtimes.torch.finetune import _same_preprocess
+    rec = {"mean": 0.286, "std": 0.353}
+    f32 = {"mean": float(np.float32(0.286)) * (1 + 3e-6), "std": float(np.float32(0.353))}
+    assert same_values(rec["mean"], f32["mean"]) and _same_preprocess(rec, f32)
+    assert _same_preprocess({"mean": 0.5, "std": 0.5}, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    assert not _same_preprocess(rec, {"mean": 0.5, "std": 0.353})
+    assert not _same_preprocess({"mean": [0.1, 0.2], "std": [1, 1]},
+                                {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]})
+    assert not _same_preprocess(rec, {"mean": 0.286})
+
+
 def test_a_failed_write_after_an_earlier_one_names_what_the_output_holds(tmp_path, fmnist_snn, monkeypatch):
     """A checkpoint that cannot be written (a full disk) after this run wrote its output: the
     error says which model the output holds, not "nothing was written"."""

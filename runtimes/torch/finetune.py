@@ -43,7 +43,7 @@ import torch.nn.functional as Fn
 
 from onnx_snn.convert import (MAX_BATCH_SIZE, check_count, check_recorded_timesteps, warn_other_timesteps,
                               check_seed, check_timesteps, remember_dataset,
-                              resolve_data, warn_preprocess_override)
+                              resolve_data, same_values, warn_preprocess_override)
 from onnx_snn.datasets import (Dataset, check_finite, check_preprocess, data_splits,
                                dataset_files, folder_classes, named_dataset, recorded_data_name)
 from onnx_snn.flags import check_flag, checks_arguments, checks_flags
@@ -468,11 +468,11 @@ def _check_existing_preprocess(existing: onnx.ModelProto, out_path: Path, test) 
 
 
 def _same_preprocess(a: dict, b: dict) -> bool:
-    """Whether two {mean, std} records normalize alike (a value or one per channel)."""
+    """Whether two {mean, std} records normalize alike (a value or one per channel), to the
+    tolerance every other command compares them with (``convert.same_values``)."""
     try:
-        return all(np.allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64),
-                               rtol=1e-6, atol=0) for k in ("mean", "std"))
-    except (KeyError, TypeError, ValueError):
+        return all(same_values(a[k], b[k]) for k in ("mean", "std"))
+    except (KeyError, TypeError):
         return False
 
 
