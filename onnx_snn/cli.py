@@ -876,8 +876,9 @@ def _reconstructed(record: dict) -> str:
         return f", not reconstructed: {record['skipped']}"
     if not record.get("kept"):
         return f", reconstruction not kept: {record.get('why', '?')}"
-    epochs = record["epochs"]
-    return f", reconstructed in {record['seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''})"
+    epochs, images = record["epochs"], record.get("images")
+    return (f", reconstructed in {record['seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''}"
+            + (f" of {images} images" if images else "") + ")")
 
 
 def cmd_eval(args) -> int:

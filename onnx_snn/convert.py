@@ -1082,7 +1082,16 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         # before the random subset is drawn: the sample numbers are the file's
         check_finite(np.asarray(arr), f"{ds.name} (calibration data"
                      + (f", input '{name}')" if name else ")"))
-    ds = ds.take(calib_samples, seed=seed)
+    full, ds = ds, ds.take(calib_samples, seed=seed)
+    auto, train_x = None, None
+    if recon == AUTO:      # (the budget counts the network and the data; it may train on
+        # more of the data than it calibrates on: drawn now, the rest is not kept)
+        auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
+                                              available=len(full))
+        if auto.images and auto.images > len(ds):
+            train_x = auto_reconstruct.training_set(
+                full.x, len(full), full.rows(calib_samples, seed), auto.images, seed)
+    del full
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
     fixed = fixed_batch(input_specs(nm.model))
@@ -1099,18 +1108,25 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                 show_progress=show_progress, seed=seed)
     snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     extra = {}
-    if recon == AUTO:      # (decided now: the budget counts the network and the data)
-        p = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x)
-        if p.why:
-            log.info("reconstruction: %s", p.why)
-        if p.why and not p.epochs:
-            snn.report["reconstruction"] = {"automatic": True, "skipped": p.why}
-        recon = reconstruct_config(p.epochs) if p.epochs else None
-        extra = {"automatic": True, **({"budget": p.why} if p.why else {})}
+    if auto is not None:
+        if auto.why:
+            log.info("reconstruction: %s", auto.why)
+        if auto.why and not auto.epochs:
+            snn.report["reconstruction"] = {"automatic": True, "skipped": auto.why}
+        recon = auto_config(auto)
+        extra = {"automatic": True, **({"budget": auto.why} if auto.why else {})}
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
-        run_reconstruction(snn, nm.model, ds.x, recon, show_progress=show_progress, extra=extra)
+        run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x, recon,
+                           show_progress=show_progress, extra=extra, measure_rows=len(ds))
     return snn
+
+
+def auto_config(plan: "auto_reconstruct.Plan"):
+    """The default reconstruction's ``ReconstructConfig`` (None: none) for ``plan``."""
+    if not plan.epochs:
+        return None
+    return dataclasses.replace(reconstruct_config(plan.epochs), lr=auto_reconstruct.LR)
 
 
 def reconstruct_config(value):

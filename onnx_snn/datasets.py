@@ -84,11 +84,17 @@ class Dataset:
             return int(next(iter(self.x.values())).shape[0]) if self.x else 0
         return int(self.x.shape[0])
 
+    def rows(self, n: Optional[int], seed: Optional[int] = None) -> np.ndarray:
+        """The rows :meth:`take` keeps (all of them where ``n`` is None or not fewer)."""
+        if n is None or n >= len(self):
+            return np.arange(len(self))
+        return take_indices(len(self), n, seed)
+
     def take(self, n: Optional[int], seed: Optional[int] = None) -> "Dataset":
         """The first ``n`` samples, or ``n`` random ones when ``seed`` is given."""
         if n is None or n >= len(self):
             return self
-        idx = take_indices(len(self), n, seed)
+        idx = self.rows(n, seed)
         x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
         return Dataset(self.name, x, None if self.y is None else self.y[idx],
                        self.preprocessed, self.preprocess, self.source_dtype)

@@ -179,3 +179,52 @@ def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch)
     rec = snn.report["reconstruction"]
     assert rec["epochs"] == 6 and rec["kept"] and "skipped" not in rec
     assert "6 epochs in the default's budget" in rec["budget"]
+
+
+def test_the_default_trains_on_more_of_the_data_where_it_has_them():
+    """Where the calibration data holds more images than the conversion calibrates on, the
+    default spreads its budget over up to IMAGES of them, EPOCHS_PER_IMAGE epochs each;
+    never fewer images than it calibrated on, never more work than the budget."""
+    vgg = ar.step_cost(13_005_568, 36)
+    assert ar.training_images(vgg, 512, 60000, 2) == ar.IMAGES
+    assert ar.auto_epochs(vgg, ar.IMAGES, 2) == ar.EPOCHS_PER_IMAGE
+    n4 = ar.training_images(vgg, 512, 60000, 4)
+    assert 512 < n4 < ar.IMAGES and ar.auto_epochs(vgg, n4, 4) == ar.EPOCHS_PER_IMAGE
+    assert ar.training_images(vgg, 512, None, 2) == 512 == ar.training_images(vgg, 512, 512, 2)
+    assert ar.training_images(vgg, 512, 1000, 2) == 1000
+    assert ar.training_images(vgg, 8192, 60000, 2) == 8192
+    assert ar.training_images(ar.step_cost(2e8, 40), 512, 60000, 2) == 512
+    for cost in (1e4, 1e5, 3e6, 1.3e7, 2e7, 5e7, 1e8):
+        for t in (1, 2, 3, 4):
+            n = ar.training_images(cost, 512, 60000, t)
+            e = ar.auto_epochs(cost, n, t)
+            assert n >= 512 and (n == 512 or e >= ar.EPOCHS_PER_IMAGE)
+            assert cost * n * t * e <= ar.BUDGET * (1 + 1e-9)
+
+
+def test_the_training_set_is_the_calibration_images_then_others():
+    from onnx_snn.datasets import Dataset
+    x = np.arange(100, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    ds = Dataset("d", x, None, True)
+    rows = ds.rows(10, seed=0)
+    got = ar.training_set(ds.x, len(ds), rows, 40, 0)
+    assert np.array_equal(got[:10], ds.take(10, seed=0).x)
+    ids = got[:, 0].astype(int)
+    assert len(set(ids)) == 40 and set(ids[10:]).isdisjoint(ids[:10])
+    d = ar.training_set({"a": x, "b": -x}, len(ds), rows, 40, 0)
+    assert np.array_equal(d["a"], got) and np.array_equal(d["b"], -got)
+    assert np.array_equal(ar.training_set(x, 100, rows, 10, 0), got[:10])
+
+
+def test_convert_reconstructs_on_more_images_than_it_calibrates_on(auto, tmp_path):
+    """A data file of 48 samples, 16 of them calibrating: the default trains on all 48 (the
+    16 first), measures on the 16, at the default's lr; the budget's note says so."""
+    pytest.importorskip("torch")
+    np.save(tmp_path / "c.npy", B.rand_input(48, seed=9))
+    snn = onnx_snn.convert(B.vgg(), str(tmp_path / "c.npy"), timesteps=2, calib_samples=16,
+                           show_progress=False)
+    rec = snn.report["reconstruction"]
+    assert rec["kept"] and rec["images"] == 48 and rec["measured_images"] == 16
+    assert rec["lr"] == ar.LR and "16 calibration images and 32 more" in rec["budget"]
+    assert "first 16 of the 48" in rec["measured_on"]
+    assert snn.report["calibration"]["samples"] == 16

@@ -255,7 +255,7 @@ def test_cli_convert_reconstruct_writes_the_trained_model_and_says_so(tmp_path, 
                  "-o", str(out), "-q", "--reconstruct", "2", "--step-graph",
                  str(tmp_path / "step.onnx")]) == 0
     said = capsys.readouterr().out
-    assert "reconstructed in" in said and "(2 epochs)" in said
+    assert "reconstructed in" in said and "(2 epochs of 32 images)" in said
     info = fmt.read_info(onnx.load(str(out)))
     assert info.history[-1]["step"] == "reconstruct" and info.history[-1]["kept"]
     x = B.rand_input(16, seed=10)

@@ -203,6 +203,9 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
     calib_x = calibration_set(nm, n_cal, DRAWS.get(method, 0)).x
+    if method == "default":          # convert's: it may train on more of the training set
+        from onnx_snn.convert import resolve_data
+        train = resolve_data("fashion-mnist", nm.preprocess, split="train")
     cal = onnx_snn.calibrate(nm, calib_x, show_progress=False,
                              **({"batch_size": BATCHES[method]} if method in BATCHES else {}))
     out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
@@ -222,13 +225,15 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         t0 = time.perf_counter()
         seed = {**SEEDS, **POOL_FIRST, **SIGNED, **STRIDE4, **HOLDOUT5}.get(method, 0)
         snn = onnx_snn.build(nm, cal, T, base, cfg, seed=seed)
-        epochs, k = RECONSTRUCT.get(method) or (
-            (_default_epochs(nm, calib_x, T), 0) if method == "default" else (0, 0))
-        if epochs:           # (the default's budget may give none: the refinement alone)
-            from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
+        from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
+        epochs, k = RECONSTRUCT.get(method) or (0, 0)
+        rcfg, train_x = (ReconstructConfig(epochs=epochs, seed=k) if epochs else None), calib_x
+        if method == "default":      # (its budget may give none: the refinement alone)
+            rcfg, train_x = _default_reconstruction(nm, train, calib_x, T)
+        if rcfg is not None:
             t1 = time.perf_counter()
-            rec = reconstruct(snn, nm.model, calib_x, ReconstructConfig(epochs=epochs, seed=k),
-                              show_progress=False)
+            rec = reconstruct(snn, nm.model, train_x, rcfg, show_progress=False,
+                              measure_rows=n_cal)
             out.setdefault("reconstruct_seconds", {})[str(T)] = time.perf_counter() - t1
             out.setdefault("reconstruction", {})[str(T)] = {
                 k2: rec[k2] for k2 in ("kept", "before", "after", "epochs", "images")}
@@ -237,10 +242,17 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     return out
 
 
-def _default_epochs(nm, calib_x, T) -> int:
-    """The epochs convert's default reconstructs ``nm`` for at ``T`` (its budget)."""
-    from onnx_snn import auto_reconstruct
-    return auto_reconstruct.plan_for_data("refined", T, nm.model, calib_x, have_torch=True).epochs
+def _default_reconstruction(nm, train, calib_x, T):
+    """(ReconstructConfig or None, its images) of convert's default for ``nm`` calibrated on
+    ``calib_x`` (draw 0 of ``train``, the training set) at ``T``: its budget's epochs, on the
+    calibration images and as many more of the training set as the budget affords."""
+    from onnx_snn import auto_reconstruct as ar
+    from onnx_snn.convert import auto_config
+    n = len(next(iter(calib_x.values()))) if isinstance(calib_x, dict) else len(calib_x)
+    p = ar.plan_for_data("refined", T, nm.model, calib_x, have_torch=True, available=len(train))
+    x = calib_x if not p.images or p.images <= n else ar.training_set(
+        train.x, len(train), train.rows(n, 0), p.images, 0)
+    return auto_config(p), x
 
 
 def job_cost(net: str) -> dict:

@@ -217,9 +217,8 @@ def _batches(x: Dict[str, np.ndarray], size: int, order=None, fixed: Optional[in
     """(rows, {input: batch}) of ``x`` in batches of ``size``; with a model's ``fixed``
     batch, each padded with zero samples up to it (their results are dropped: see
     :func:`_kept`)."""
-    n = len(next(iter(x.values())))
-    idx = np.arange(n) if order is None else order
-    for a in range(0, n, size):
+    idx = np.arange(len(next(iter(x.values())))) if order is None else order
+    for a in range(0, len(idx), size):
         rows = idx[a:a + size]
         yield rows, {k: pad_batch(np.ascontiguousarray(v[rows]), fixed) for k, v in x.items()}
 
@@ -250,13 +249,16 @@ def _inputs(dnn: onnx.ModelProto, x) -> Dict[str, np.ndarray]:
 
 def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig] = None,
                 threads: Optional[int] = None, show_progress: bool = True,
-                extra: Optional[dict] = None) -> dict:
+                extra: Optional[dict] = None, measure_rows: Optional[int] = None) -> dict:
     """Train the converted ``snn`` (a :class:`onnx_snn.convert.SpikingModel`) on the
     calibration inputs ``x`` (an array, or {input name: array}) to follow ``dnn`` (the
     normalized DNN it was converted from: its sites' inputs are the records' ``input``
     tensors) and write the result back into ``snn`` (unless the training diverged); returns
     the step's record (also appended to the model's history and put in the report), with
-    ``extra``'s keys (``convert``'s default says ``automatic``, and why fewer epochs)."""
+    ``extra``'s keys (``convert``'s default says ``automatic``, and why fewer epochs).
+    ``measure_rows``: the loss and agreement before and after are measured on the first
+    this many samples of ``x`` (the calibration images, where the default trains on more;
+    None: all)."""
     from onnx_snn.calibrate import make_session
 
     cfg = (config or ReconstructConfig()).check()
@@ -296,7 +298,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         sums = {"loss": 0.0, "site_loss": 0.0, "output_loss": 0.0, "dnn_agreement": 0.0}
         n = 0
         with torch.no_grad():
-            for rows, b in _batches(x, measure_size, fixed=fixed):
+            for rows, b in _batches(x, measure_size, order=np.arange(measured_n), fixed=fixed):
                 k = len(rows)
                 t_out, t_sites = targets(rows, b, k)
                 out, per_site = _kept(net.site_outputs(as_torch(b)), k)
@@ -314,6 +316,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     n = len(next(iter(x.values())))
+    measured_n = n if measure_rows is None else max(1, min(int(measure_rows), n))
     before = measured()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * -(-n // batch_size)
@@ -353,12 +356,14 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     record = {"step": "reconstruct",
               "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "timesteps": int(snn.timesteps), "epochs": int(cfg.epochs),
-              "images": int(n),
+              "images": int(n), **({} if measured_n == n else {"measured_images": measured_n}),
               "lr": float(cfg.lr), "batch_size": int(batch_size),
               "temperature": float(cfg.temperature), "site_weight": float(cfg.site_weight),
               "output_weight": float(cfg.output_weight), "seed": int(cfg.seed),
               "before": before, "after": after, "epoch_losses": epoch_losses,
-              "measured_on": "the calibration images, which the refinement fitted too",
+              "measured_on": "the calibration images, which the refinement fitted too"
+                             + ("" if measured_n == n else
+                                f" (the first {measured_n} of the {n} trained on)"),
               "kept": kept, "seconds": round(time.perf_counter() - t0, 2), **(extra or {})}
     if diverged:
         record["why"] = ("the loss or a parameter turned non-finite: the conversion's values "
