@@ -48,9 +48,11 @@ ENV = "ONNX_SNN_RECONSTRUCT"
 #: the epochs of ``--reconstruct`` without a number, and the most the default trains
 #: (runtimes.torch.reconstruct.DEFAULT_EPOCHS, which a test keeps equal)
 MAX_EPOCHS = 30
-#: fewer epochs than this are not worth the time (10 epochs kept 2/3 of the gain of 30 on
-#: VGG-16 at T = 2: docs/FORMAT.md, "Reconstruction")
+#: a budget of fewer epochs than this of the calibration images (of at most
+#: :data:`MIN_EPOCHS_OF` of them) is not worth the time (10 epochs kept 2/3 of the gain of 30
+#: on VGG-16 at T = 2: docs/FORMAT.md, "Reconstruction")
 MIN_EPOCHS = 5
+MIN_EPOCHS_OF = 512
 #: what one node of the network costs per image and step, in MACs (PyTorch's time per
 #: layer: a chain of 100 8-wide dense layers, 6400 MACs, trained 30 epochs on 512 images at
 #: T = 2 in 72 s, VGG-16's 13 M MACs and 36 nodes in 47 s)
@@ -160,25 +162,34 @@ def auto_epochs(cost: float, images: int, timesteps: int) -> int:
     return int(min(MAX_EPOCHS, math.floor(BUDGET / work)))
 
 
+def budget_passes(cost: float, timesteps: int) -> float:
+    """The image-epochs :data:`BUDGET` pays for (``cost``: :func:`step_cost`) at ``timesteps``."""
+    return BUDGET / (max(float(cost), 1.0) * int(timesteps))
+
+
 def training_images(cost: float, images: int, available: Optional[int], timesteps: int) -> int:
-    """How many images the default trains on: the ``images`` it calibrated on, or more of
-    the ``available`` ones (None: those alone), up to :data:`IMAGES`, as long as the budget
-    pays :data:`EPOCHS_PER_IMAGE` epochs of them."""
-    passes = BUDGET / (max(float(cost), 1.0) * int(timesteps))
-    want = min(IMAGES, int(passes // EPOCHS_PER_IMAGE))
-    return max(int(images), min(int(available or images), want))
+    """How many images the default trains on: as many as the budget pays
+    :data:`EPOCHS_PER_IMAGE` epochs of, of the ``available`` ones (None: the ``images`` it
+    calibrated on), and at most :data:`IMAGES`, or all the calibration images where there
+    are more of them."""
+    pool = int(available or images)
+    want = int(budget_passes(cost, timesteps) // EPOCHS_PER_IMAGE)
+    return max(1, min(pool, want, max(IMAGES, int(images))))
 
 
 def training_set(x, total: int, calibration_rows, images: int, seed: int):
     """The ``images`` samples the default trains on, of the data ``x`` (an array, or {input:
     array}) of ``total`` samples of which ``calibration_rows`` calibrated the conversion:
-    those first, then others drawn at random (``seed``) from the rest."""
+    those first (or ``images`` of them, drawn at random with ``seed``, where they are more),
+    then others drawn at random from the rest."""
     cal = np.asarray(calibration_rows, np.int64)
-    rest = np.setdiff1d(np.arange(total), cal)
-    more = images - len(cal)
-    extra = (np.sort(np.random.default_rng([seed, 1]).choice(rest, more, replace=False))
-             if more > 0 else np.zeros(0, np.int64))
-    rows = np.concatenate([cal, extra])
+    gen = np.random.default_rng([seed, 1])
+    if images < len(cal):
+        rows = np.sort(gen.choice(cal, images, replace=False))
+    else:
+        rest = np.setdiff1d(np.arange(total), cal)
+        extra = np.sort(gen.choice(rest, images - len(cal), replace=False))
+        rows = np.concatenate([cal, extra.astype(np.int64)])
     return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
 
 
@@ -219,22 +230,25 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
                        f"{MAX_EPOCHS} trains it anyway")
     nodes = len(model.graph.node)
     cost = step_cost(macs, nodes)
-    epochs = auto_epochs(cost, images, timesteps)
-    work = (f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x {images} images x "
-            f"T = {timesteps}")
-    if epochs < MIN_EPOCHS:
-        return Plan(0, f"{work} affords {epochs} of the {MAX_EPOCHS} epochs in the default's "
-                       f"budget; --reconstruct {MAX_EPOCHS} trains it anyway", macs)
+    least = min(int(images), MIN_EPOCHS_OF)
+    work = f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x T = {timesteps}"
+    if auto_epochs(cost, least, timesteps) < MIN_EPOCHS:
+        return Plan(0, f"{work} affords {auto_epochs(cost, least, timesteps)} epochs of "
+                       f"{least} images in the default's budget (it trains {MIN_EPOCHS} or "
+                       f"more); --reconstruct {MAX_EPOCHS} trains it anyway", macs)
     if not (torch_installed() if have_torch is None else have_torch):
         return Plan(0, "PyTorch is not installed (pip install 'onnx-snn[torch]' to reconstruct "
                        "by default: +1 to +2 points at T = 1-2 on deep networks)", macs)
     n = training_images(cost, images, available, timesteps)
+    epochs = auto_epochs(cost, n, timesteps)
+    if n != images:     # (the budget pays EPOCHS_PER_IMAGE of them, but for float rounding)
+        epochs = max(epochs, EPOCHS_PER_IMAGE)
     if n > images:
-        epochs = max(EPOCHS_PER_IMAGE, auto_epochs(cost, n, timesteps))   # (float rounding)
-        return Plan(epochs, f"{epochs} epochs of {n} images ({images} calibration images and "
-                            f"{n - images} more of the same data) x {macs / 1e6:.3g} M MACs and "
-                            f"{nodes} nodes per image x T = {timesteps} in the default's budget",
-                    macs, n)
-    if epochs < MAX_EPOCHS:
-        return Plan(epochs, f"{work}: {epochs} epochs in the default's budget", macs, images)
-    return Plan(epochs, None, macs, images)
+        what = f"{n} images ({images} calibration images and {n - images} more of the same data)"
+    elif n < images:
+        what = f"{n} of the {images} calibration images"
+    elif epochs < MAX_EPOCHS:
+        what = f"the {images} calibration images"
+    else:
+        return Plan(epochs, None, macs, n)
+    return Plan(epochs, f"{epochs} epochs of {what} x {work} in the default's budget", macs, n)

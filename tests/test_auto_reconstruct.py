@@ -100,10 +100,24 @@ def test_the_plan_says_why_not():
     many = int(ar.BUDGET / (ar.step_cost(p.macs, len(model.graph.node)) * 2 * 10)) + 1
     # (ten epochs' worth of images, and one more)
     p = ar.plan("refined", 2, model, many, shapes, have_torch=True)
-    assert p.epochs == 9 and "9 epochs" in p.why
+    assert p.epochs == 9 and p.images == many and f"9 epochs of the {many} calibration" in p.why
+    # three times as many: 3 epochs of them all; four times: EPOCHS_PER_IMAGE epochs of
+    # those the budget pays for (not none)
+    p = ar.plan("refined", 2, model, many * 3, shapes, have_torch=True)
+    assert p.epochs == 3 and p.images == many * 3
+    p = ar.plan("refined", 2, model, many * 4, shapes, have_torch=True)
+    assert p.epochs == ar.EPOCHS_PER_IMAGE and many * 3 < p.images < many * 4
+    assert f"of the {many * 4} calibration images" in p.why
+    # a budget under MIN_EPOCHS epochs of MIN_EPOCHS_OF images (at so many steps): none,
+    # however many images there are
+    cost = ar.step_cost(p.macs, len(model.graph.node))
+    steps = int(ar.BUDGET / (cost * ar.MIN_EPOCHS * ar.MIN_EPOCHS_OF)) + 1
+    assert ar.plan("refined", steps - 1, model, 512, shapes, have_torch=True).epochs > 0
     for have_torch in (True, False):    # (too large: PyTorch is not even looked for)
-        p = ar.plan("refined", 2, model, many * 3, shapes, have_torch=have_torch)
-        assert p.epochs == 0 and f"--reconstruct {ar.MAX_EPOCHS}" in p.why
+        for n, available in ((512, None), (4096, 60000)):
+            p = ar.plan("refined", steps, model, n, shapes, have_torch=have_torch,
+                        available=available)
+            assert p.epochs == 0 and f"--reconstruct {ar.MAX_EPOCHS}" in p.why
 
 
 @pytest.mark.parametrize("value,expect", [("auto", "auto"), ("", "auto"), (" AUTO ", "auto"),
@@ -178,7 +192,7 @@ def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch)
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
     rec = snn.report["reconstruction"]
     assert rec["epochs"] == 6 and rec["kept"] and "skipped" not in rec
-    assert "6 epochs in the default's budget" in rec["budget"]
+    assert "6 epochs of the 16 calibration images" in rec["budget"]
 
 
 def test_the_default_trains_on_more_of_the_data_where_it_has_them():
@@ -192,14 +206,21 @@ def test_the_default_trains_on_more_of_the_data_where_it_has_them():
     assert 512 < n4 < ar.IMAGES and ar.auto_epochs(vgg, n4, 4) == ar.EPOCHS_PER_IMAGE
     assert ar.training_images(vgg, 512, None, 2) == 512 == ar.training_images(vgg, 512, 512, 2)
     assert ar.training_images(vgg, 512, 1000, 2) == 1000
-    assert ar.training_images(vgg, 8192, 60000, 2) == 8192
-    assert ar.training_images(ar.step_cost(2e8, 40), 512, 60000, 2) == 512
+    # calibrated on more than it can train on: EPOCHS_PER_IMAGE epochs of some of them
+    passes = ar.budget_passes(vgg, 2)
+    assert ar.training_images(vgg, 8192, 60000, 2) == int(passes // ar.EPOCHS_PER_IMAGE) < 8192
+    assert ar.training_images(vgg, 8192, 60000, 1) == 8192        # (all of them, at T = 1)
     for cost in (1e4, 1e5, 3e6, 1.3e7, 2e7, 5e7, 1e8):
         for t in (1, 2, 3, 4):
-            n = ar.training_images(cost, 512, 60000, t)
-            e = ar.auto_epochs(cost, n, t)
-            assert n >= 512 and (n == 512 or e >= ar.EPOCHS_PER_IMAGE)
-            assert cost * n * t * e <= ar.BUDGET * (1 + 1e-9)
+            for images, pool in ((512, 60000), (512, None), (64, 100), (8192, 8192)):
+                n = ar.training_images(cost, images, pool, t)
+                e = ar.auto_epochs(cost, n, t)
+                assert 1 <= n <= min(pool or images, max(ar.IMAGES, images))
+                assert e >= ar.EPOCHS_PER_IMAGE or n == 1
+                assert cost * n * t * min(e, ar.MAX_EPOCHS) <= ar.BUDGET * (1 + 1e-9)
+                # more images only where the budget leaves them EPOCHS_PER_IMAGE epochs
+                assert n == (pool or images) or e < 2 * ar.EPOCHS_PER_IMAGE or \
+                    n == max(ar.IMAGES, images)
 
 
 def test_the_training_set_is_the_calibration_images_then_others():
