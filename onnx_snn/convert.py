@@ -1085,10 +1085,10 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     full, ds = ds, ds.take(calib_samples, seed=seed)
     auto, train_x = None, None
     if recon == AUTO:      # (the budget counts the network and the data; it may train on
-        # more of the data than it calibrates on: drawn now, the rest is not kept)
+        # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
         auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
                                               available=len(full))
-        if auto.images and auto.images > len(ds):
+        if auto.images and auto.images != len(ds):
             train_x = auto_reconstruct.training_set(
                 full.x, len(full), full.rows(calib_samples, seed), auto.images, seed)
     del full

@@ -249,3 +249,17 @@ def test_convert_reconstructs_on_more_images_than_it_calibrates_on(auto, tmp_pat
     assert rec["lr"] == ar.LR and "16 calibration images and 32 more" in rec["budget"]
     assert "first 16 of the 48" in rec["measured_on"]
     assert snn.report["calibration"]["samples"] == 16
+
+
+def test_convert_reconstructs_on_some_of_a_calibration_set_larger_than_its_budget(auto, monkeypatch):
+    """Calibrated on 64 samples with a budget of 3 epochs of 20 of them: trained on 20 of
+    the 64 (all measured), not skipped."""
+    pytest.importorskip("torch")
+    model = onnx_snn.prepare(B.vgg()).model
+    cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
+    monkeypatch.setattr(ar, "BUDGET", cost * 2 * 20 * ar.EPOCHS_PER_IMAGE * 1.01)
+    monkeypatch.setattr(ar, "MIN_EPOCHS_OF", 8)
+    snn = onnx_snn.convert(B.vgg(), B.rand_input(64, seed=11), timesteps=2, show_progress=False)
+    rec = snn.report["reconstruction"]
+    assert rec["kept"] and rec["images"] == 20 and rec["epochs"] == ar.EPOCHS_PER_IMAGE
+    assert "measured_images" not in rec and "20 of the 64 calibration images" in rec["budget"]

@@ -250,7 +250,7 @@ def _default_reconstruction(nm, train, calib_x, T):
     from onnx_snn.convert import auto_config
     n = len(next(iter(calib_x.values()))) if isinstance(calib_x, dict) else len(calib_x)
     p = ar.plan_for_data("refined", T, nm.model, calib_x, have_torch=True, available=len(train))
-    x = calib_x if not p.images or p.images <= n else ar.training_set(
+    x = calib_x if not p.images or p.images == n else ar.training_set(
         train.x, len(train), train.rows(n, 0), p.images, 0)
     return auto_config(p), x
 
