@@ -276,3 +276,37 @@ def test_cli_refuses_a_bad_reconstruct_before_the_work(tmp_path, capsys, value):
     assert e.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _two_heads() -> onnx.ModelProto:
+    """conv - clip - conv - clip - flatten, then two dense heads: outputs y and z."""
+    b = B.GraphBuilder(13, 3)
+    x = b.act(b.conv("input", 1, 4), "clip", 2.0)
+    x = b.node("Flatten", [b.act(b.conv(x, 4, 8), "clip", 2.0)], axis=1)
+    m = b.model("input", b.gemm(x, 8 * 12 * 12, 10), (1, 12, 12), 10, "two_heads")
+    z = b.gemm(x, 8 * 12 * 12, 6)
+    m.graph.node.extend(b.nodes[len(m.graph.node):])
+    m.graph.initializer.extend(b.inits[len(m.graph.initializer):])
+    m.graph.output.append(onnx.helper.make_tensor_value_info(z, onnx.TensorProto.FLOAT, ["N", 6]))
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_every_output_of_a_model_of_several_is_reconstructed():
+    """A second head follows its DNN head after the reconstruction as the first does (it
+    trained on the first output and the sites alone: the second head's mean error went from
+    0.176 to 0.182 in 15 epochs, where the first's fell from 0.179 to 0.149; now 0.147 and
+    0.156)."""
+    dnn = _two_heads()
+    x = B.rand_input(128, seed=2)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(dnn.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": x})
+    snn = onnx_snn.convert(dnn, x, timesteps=2, show_progress=False, reconstruct=0)
+    before = run(snn.model, x).outputs
+    rec = reconstruct(snn, onnx_snn.prepare(dnn).model, x, ReconstructConfig(epochs=15),
+                      show_progress=False)
+    after = run(snn.model, x).outputs
+    assert rec["kept"]
+    err = [[float(np.mean(np.abs(got[i] - want[i]))) for i in (0, 1)] for got in (before, after)]
+    assert err[1][0] < 0.9 * err[0][0] and err[1][1] < 0.9 * err[0][1], err

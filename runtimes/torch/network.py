@@ -685,32 +685,37 @@ class SpikingNetwork(nn.Module):
     @checks_flags
     def site_outputs(self, x: Union[torch.Tensor, Dict[str, torch.Tensor]],
                      timesteps: Optional[int] = None, constant: bool = False,
-                     grad: bool = False):
+                     grad: bool = False, every_output: bool = False):
         """(the first output averaged over the T steps, {site: its output averaged over the T
         steps, [N, *site shape]}) for one input ``x``; ``constant``: every neuron driven by
         the constant current it receives, its mean output over T steps (one pass: each layer
         fed the previous layers' mean outputs), which is the spiking network without its
         temporal error (a current that moves from step to step), its rounding alone.
         ``grad``: with the surrogate gradients (for training on the sites' outputs, as
-        :mod:`onnx_snn.runtimes.torch.reconstruct` does); else without any."""
+        :mod:`onnx_snn.runtimes.torch.reconstruct` does); else without any.
+        ``every_output``: the first item is {output name: it averaged over the T steps} of
+        every output the model has, not the first output alone."""
         with torch.set_grad_enabled(bool(grad) and torch.is_grad_enabled()):
-            return self._site_outputs(x, timesteps, constant)
+            return self._site_outputs(x, timesteps, constant, every_output)
 
-    def _site_outputs(self, x, timesteps, constant):
+    def _site_outputs(self, x, timesteps, constant, every_output=False):
         T, env, masks, states, _, _ = self._start(x, timesteps)
         by_site = {nd.site: nd.outputs[0] for nd in self.body if nd.op in fmt.NEURON_OPS}
         params: Dict[tuple, tuple] = {}
-        out, sites = 0, {}
+        names = list(self.view.outputs) if every_output else [self.view.outputs[0]]
+        outs, sites = {}, {}
         for _ in range(1 if constant else T):
             step = dict(env)
             step.update(states)
             self._run(self.body, step, masks, {}, params, constant=T if constant else None)
-            out = out + step[self.outputs[0]]
+            for name, o in zip(names, self.outputs):
+                outs[name] = outs.get(name, 0) + step[o]
             for name, o in by_site.items():
                 sites[name] = sites.get(name, 0) + step[o]
             states = {st.names.input: step[st.names.next] for st in self.view.states}
         k = 1 if constant else T
-        return out / k, {name: y / k for name, y in sites.items()}
+        outs = {name: y / k for name, y in outs.items()}
+        return (outs if every_output else outs[names[0]]), {name: y / k for name, y in sites.items()}
 
     def _forward_folded(self, env, states, T, n, masks, params, record_spikes, per_step=False):
         """The T steps at once: every step node runs once on ``[T * N, ...]`` (step t's

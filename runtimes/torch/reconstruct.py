@@ -2,7 +2,8 @@
 
 ``onnx-snn convert --reconstruct EPOCHS`` (:func:`reconstruct`). After the refinement, whose
 thresholds, amplitudes and refitted weights are each chosen for one layer at a time, the
-spiking network is trained for a few epochs on the calibration images alone, without labels:
+spiking network is trained for a few epochs on the calibration images (convert's default:
+and more of the same data, :mod:`onnx_snn.auto_reconstruct`), without labels:
 
 * every site's output, averaged over the T steps, learns the DNN's clipped activation there
   (its squared error over the site's mean square, averaged over the sites: each layer
@@ -11,7 +12,10 @@ spiking network is trained for a few epochs on the calibration images alone, wit
 * the first output learns the DNN's, read as class scores as every command here reads it
   (top-1, fine-tuning's cross-entropy): the KL divergence of their softmaxes at temperature
   ``temperature`` for an output of two or more scores per sample (Hinton et al. 2015), else
-  (one value per sample, other shapes) their squared error over the DNN's mean square.
+  (one value per sample, other shapes) their squared error over the DNN's mean square;
+* every other output of a model of several (a second head) learns the DNN's output of the
+  same name by its squared error over the DNN's mean square there (the first output and the
+  sites alone left a second head's error where the conversion had it, or larger).
 
 Weights, thresholds, amplitudes and leaks train with the surrogate gradient through the T
 steps, as in fine-tuning (Adam, a cosine learning rate from ``lr``, no warm-up); the DNN's
@@ -85,7 +89,7 @@ class ReconstructConfig:
     batch_size: int = 32
     #: the softmaxes' temperature for a classifier's output
     temperature: float = 4.0
-    #: the weight of the sites' loss and of the first output's
+    #: the weight of the sites' loss and of the outputs'
     site_weight: float = 1.0
     output_weight: float = 1.0
     seed: int = 0
@@ -114,12 +118,29 @@ class ReconstructConfig:
         return self
 
 
-def _targets(session, names: List[str], records, feed: Dict[str, np.ndarray]):
-    """The DNN's first output and each site's clipped activation for one batch, as tensors."""
+def _targets(session, names: List[str], outputs: Dict[str, str], records,
+             feed: Dict[str, np.ndarray]):
+    """({the spiking model's output: the DNN's matching output}, {site: its clipped
+    activation}) for one batch, as tensors (``outputs``: which DNN output each follows)."""
     got = dict(zip(names, session.run(names, feed)))
     sites = {s: torch.from_numpy(np.clip(got[r.input], 0.0, r.mu).astype(np.float32))
              for s, r in records.items()}
-    return torch.from_numpy(np.asarray(got[names[0]], np.float32)), sites
+    return ({o: torch.from_numpy(np.asarray(got[d], np.float32)) for o, d in outputs.items()},
+            sites)
+
+
+def _followed_outputs(dnn: onnx.ModelProto, session, net: SpikingNetwork) -> Dict[str, str]:
+    """{the spiking model's output: the DNN output it learns}: its first output the DNN's
+    first, every other output the DNN's of the same name (a real tensor: class ids are not
+    learnt), so that every head of a model of several trains, not the first alone."""
+    real = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)",
+                                                                "tensor(float16)")}
+    dnn_outputs = [o.name for o in dnn.graph.output]
+    pairs = {net.view.outputs[0]: dnn_outputs[0]}
+    for o in net.view.outputs[1:]:
+        if o in real and o in dnn_outputs[1:]:
+            pairs[o] = o
+    return pairs
 
 
 class _Targets:
@@ -127,27 +148,27 @@ class _Targets:
     where they fit in :data:`TARGET_CACHE_BYTES` (every epoch reads them: 10 % of an epoch
     on VGG-16), else run again for each batch."""
 
-    def __init__(self, session, names, records, x, size: int, fixed: Optional[int]):
-        self.run = lambda b: _targets(session, names, records, b)
+    def __init__(self, session, names, outputs, records, x, size: int, fixed: Optional[int]):
+        self.run = lambda b: _targets(session, names, outputs, records, b)
         self.cache = None
         n = len(next(iter(x.values())))
         for rows, b in _batches(x, size, fixed=fixed):
-            out, sites = _kept(self.run(b), len(rows))
+            got = _kept(self.run(b), len(rows))
             if self.cache is None:      # the first batch: room for all, or none kept
-                if not self.cache_fits((out, sites), n):
+                if not self.cache_fits(got, n):
                     return
-                self.cache = (out.new_empty((n, *out.shape[1:])),
-                              {s: t.new_empty((n, *t.shape[1:])) for s, t in sites.items()})
+                self.cache = tuple({k: t.new_empty((n, *t.shape[1:])) for k, t in part.items()}
+                                   for part in got)
             idx = torch.as_tensor(np.asarray(rows, np.int64))
-            self.cache[0][idx] = out
-            for s, t in sites.items():
-                self.cache[1][s][idx] = t
+            for part, kept in zip(got, self.cache):
+                for k, t in part.items():
+                    kept[k][idx] = t
 
     @staticmethod
     def cache_fits(first, n: int) -> bool:
-        out, sites = first
-        rows = max(len(out), 1)
-        size = sum(t.numel() * t.element_size() for t in (out, *sites.values())) / rows
+        tensors = [t for part in first for t in part.values()]
+        rows = max(len(tensors[0]), 1)
+        size = sum(t.numel() * t.element_size() for t in tensors) / rows
         return size * n <= TARGET_CACHE_BYTES
 
     def __call__(self, rows, batch, k: int):
@@ -156,8 +177,7 @@ class _Targets:
         if self.cache is None:
             return _kept(self.run(batch), k)
         idx = torch.from_numpy(np.asarray(rows[:k], np.int64))
-        out, sites = self.cache
-        return out[idx], {s: t[idx] for s, t in sites.items()}
+        return tuple({name: t[idx] for name, t in part.items()} for part in self.cache)
 
 
 def _scores(student: torch.Tensor, teacher: torch.Tensor):
@@ -178,35 +198,43 @@ def _output_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 class _Loss:
-    """The reconstruction loss of a batch, with each site's scale (its DNN activation's mean
-    square over the calibration set) fixed by :meth:`scales`."""
+    """The reconstruction loss of a batch, with each site's and output's scale (the DNN's
+    mean square there over the calibration set) fixed by :meth:`scales`. The outputs' loss
+    is the first output's (:func:`_output_loss`) plus, for a model of several outputs, each
+    other's squared error over its scale."""
 
-    def __init__(self, records, cfg: ReconstructConfig):
-        self.records, self.cfg = records, cfg
+    def __init__(self, records, cfg: ReconstructConfig, first: str):
+        self.records, self.cfg, self.first = records, cfg, first
         self.site_scale: Dict[str, float] = {}
-        self.output_scale = 1.0
+        self.output_scale: Dict[str, float] = {}
 
     def scales(self, batches) -> None:
-        sq = {s: 0.0 for s in self.records}
-        n = {s: 0 for s in self.records}
-        out_sq, out_n = 0.0, 0
-        for out, sites in batches:
-            for s, t in sites.items():
-                sq[s] += float(torch.sum(t.double() ** 2))
-                n[s] += t.numel()
-            out_sq += float(torch.sum(out.double() ** 2))
-            out_n += out.numel()
+        sq: Dict[str, float] = {}
+        n: Dict[str, int] = {}
+        for outs, sites in batches:
+            for key, t in [(("o", k), v) for k, v in outs.items()] + \
+                    [(("s", k), v) for k, v in sites.items()]:
+                sq[key] = sq.get(key, 0.0) + float(torch.sum(t.double() ** 2))
+                n[key] = n.get(key, 0) + t.numel()
         # a site that never fires in the DNN on these images (mean square 0) scales by 1
-        self.site_scale = {s: (sq[s] / n[s] if n[s] and sq[s] > 0 else 1.0) for s in sq}
-        self.output_scale = out_sq / out_n if out_n and out_sq > 0 else 1.0
+        scale = {key: (sq[key] / n[key] if n[key] and sq[key] > 0 else 1.0) for key in sq}
+        self.site_scale = {s: scale.get(("s", s), 1.0) for s in self.records}
+        self.output_scale = {k: v for (kind, k), v in scale.items() if kind == "o"}
 
-    def parts(self, out, per_site, target_out, target_sites):
-        """(the sites' loss, the first output's), unweighted."""
+    def parts(self, outs, per_site, target_outs, target_sites):
+        """(the sites' loss, the outputs'), unweighted."""
+        out = outs[self.first]
         site = out.new_zeros(())
         if self.records:
             site = sum(torch.mean((per_site[s] - target_sites[s]) ** 2) / self.site_scale[s]
                        for s in self.records) / len(self.records)
-        return site, _output_loss(out, target_out, self.cfg.temperature, self.output_scale)
+        output = _output_loss(out, target_outs[self.first], self.cfg.temperature,
+                              self.output_scale.get(self.first, 1.0))
+        for name, t in target_outs.items():
+            if name != self.first:
+                output = output + torch.mean((outs[name].reshape(t.shape) - t) ** 2) \
+                    / self.output_scale.get(name, 1.0)
+        return site, output
 
     def __call__(self, out, per_site, target_out, target_sites) -> torch.Tensor:
         site, output = self.parts(out, per_site, target_out, target_sites)
@@ -286,8 +314,10 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
     net = SpikingNetwork(snn.model)
     net.dropout = {}          # the DNN's targets are its inference: no dropout
-    loss_fn = _Loss(records, cfg)
-    targets = _Targets(session, names, records, x, eval_size, fixed)
+    outputs = _followed_outputs(dnn, session, net)
+    first = net.view.outputs[0]
+    loss_fn = _Loss(records, cfg, first)
+    targets = _Targets(session, names, outputs, records, x, eval_size, fixed)
     loss_fn.scales([targets.cache] if targets.cache is not None else
                    (targets(r, b, len(r)) for r, b in _batches(x, eval_size, fixed=fixed)))
 
@@ -301,12 +331,12 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
             for rows, b in _batches(x, measure_size, order=np.arange(measured_n), fixed=fixed):
                 k = len(rows)
                 t_out, t_sites = targets(rows, b, k)
-                out, per_site = _kept(net.site_outputs(as_torch(b)), k)
+                out, per_site = _kept(net.site_outputs(as_torch(b), every_output=True), k)
                 site, output = loss_fn.parts(out, per_site, t_out, t_sites)
                 sums["site_loss"] += float(site) * k
                 sums["output_loss"] += float(output) * k
                 sums["loss"] += float(cfg.site_weight * site + cfg.output_weight * output) * k
-                scores = _scores(out, t_out)
+                scores = _scores(out[first], t_out[first])
                 if scores is not None:
                     s, t = scores
                     sums["dnn_agreement"] += float(torch.sum(s.argmax(1) == t.argmax(1)))
@@ -333,7 +363,8 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
             for rows, b in _batches(x, batch_size, gen.permutation(n), fixed):
                 k = len(rows)
                 t_out, t_sites = targets(rows, b, k)
-                out, per_site = _kept(net.site_outputs(as_torch(b), grad=True), k)
+                out, per_site = _kept(net.site_outputs(as_torch(b), grad=True,
+                                                       every_output=True), k)
                 loss = loss_fn(out, per_site, t_out, t_sites)
                 if not torch.isfinite(loss):
                     break
