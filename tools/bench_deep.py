@@ -185,6 +185,12 @@ RECONSTRUCT = {"refined-reconstruct": (30, 0), "refined-reconstruct-seed1": (30,
 VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name in RECONSTRUCT})
 SEEDS.update({name: k for name, (_, k) in RECONSTRUCT.items() if k})
 CALIB_IMAGES["refined-reconstruct-2048"] = 2048
+#: convert's default at ``--seed`` k: the calibration draw, the refinement's sampled neurons
+#: and the reconstruction's images all k (the reconstruction's shuffles stay 0, as convert's)
+DEFAULTS = {"default": 0, "default-seed1": 1, "default-seed2": 2}
+VARIANTS.update({name: ("refined", {}) for name in DEFAULTS})
+DRAWS.update({name: k for name, k in DEFAULTS.items() if k})
+SEEDS.update({name: k for name, k in DEFAULTS.items() if k})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
@@ -203,7 +209,7 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     test = _test_set(nm, test_images)
     n_cal = CALIB_IMAGES.get(method, CALIBRATION_IMAGES)
     calib_x = calibration_set(nm, n_cal, DRAWS.get(method, 0)).x
-    if method == "default":          # convert's: it may train on more of the training set
+    if method in DEFAULTS:           # convert's: it may train on more of the training set
         from onnx_snn.convert import resolve_data
         train = resolve_data("fashion-mnist", nm.preprocess, split="train")
     cal = onnx_snn.calibrate(nm, calib_x, show_progress=False,
@@ -228,8 +234,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
         epochs, k = RECONSTRUCT.get(method) or (0, 0)
         rcfg, train_x = (ReconstructConfig(epochs=epochs, seed=k) if epochs else None), calib_x
-        if method == "default":      # (its budget may give none: the refinement alone)
-            rcfg, train_x = _default_reconstruction(nm, train, calib_x, T)
+        if method in DEFAULTS:       # (its budget may give none: the refinement alone)
+            rcfg, train_x = _default_reconstruction(nm, train, calib_x, T, DEFAULTS[method])
         if rcfg is not None:
             t1 = time.perf_counter()
             rec = reconstruct(snn, nm.model, train_x, rcfg, show_progress=False,
@@ -242,16 +248,17 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
     return out
 
 
-def _default_reconstruction(nm, train, calib_x, T):
-    """(ReconstructConfig or None, its images) of convert's default for ``nm`` calibrated on
-    ``calib_x`` (draw 0 of ``train``, the training set) at ``T``: its budget's epochs, on the
-    calibration images and as many more of the training set as the budget affords."""
+def _default_reconstruction(nm, train, calib_x, T, seed: int = 0):
+    """(ReconstructConfig or None, its images) of convert's default (``--seed``) for ``nm``
+    calibrated on ``calib_x`` (draw ``seed`` of ``train``, the training set) at ``T``: its
+    budget's epochs, on the calibration images and as many more of the training set as the
+    budget affords."""
     from onnx_snn import auto_reconstruct as ar
     from onnx_snn.convert import auto_config
     n = len(next(iter(calib_x.values()))) if isinstance(calib_x, dict) else len(calib_x)
     p = ar.plan_for_data("refined", T, nm.model, calib_x, have_torch=True, available=len(train))
     x = calib_x if not p.images or p.images == n else ar.training_set(
-        train.x, len(train), train.rows(n, 0), p.images, 0)
+        train.x, len(train), train.rows(n, seed), p.images, seed)
     return auto_config(p), x
 
 
