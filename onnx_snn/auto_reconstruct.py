@@ -66,6 +66,9 @@ BUDGET = 4.6e11
 IMAGES = 4096
 #: the epochs the default keeps when it trains on more images than it calibrated on
 EPOCHS_PER_IMAGE = 3
+#: the most memory the images it draws beyond the calibration images may take (they are held
+#: through the conversion: 4096 Fashion-MNIST images are 13 MB, 224 x 224 ones 2.5 GB)
+TRAINING_BYTES = 256 * 2 ** 20
 #: the default's learning rate (``--reconstruct E`` keeps ReconstructConfig's 3e-4, measured
 #: on the calibration images alone; the default trains fewer epochs on more images)
 LR = 1e-3
@@ -167,12 +170,16 @@ def budget_passes(cost: float, timesteps: int) -> float:
     return BUDGET / (max(float(cost), 1.0) * int(timesteps))
 
 
-def training_images(cost: float, images: int, available: Optional[int], timesteps: int) -> int:
+def training_images(cost: float, images: int, available: Optional[int], timesteps: int,
+                    sample_bytes: int = 0) -> int:
     """How many images the default trains on: as many as the budget pays
     :data:`EPOCHS_PER_IMAGE` epochs of, of the ``available`` ones (None: the ``images`` it
     calibrated on), and at most :data:`IMAGES`, or all the calibration images where there
-    are more of them."""
+    are more of them; more than the calibration images only as far as
+    :data:`TRAINING_BYTES` holds them (``sample_bytes``: one sample's)."""
     pool = int(available or images)
+    if sample_bytes > 0:
+        pool = min(pool, max(int(images), TRAINING_BYTES // int(sample_bytes)))
     want = int(budget_passes(cost, timesteps) // EPOCHS_PER_IMAGE)
     return max(1, min(pool, want, max(IMAGES, int(images))))
 
@@ -210,13 +217,14 @@ def plan_for_data(method: str, timesteps: int, model: onnx.ModelProto, x,
     from .feeds import input_specs
     arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
     shapes = {k: np.shape(v) for k, v in arrays.items()}
+    sample_bytes = sum(int(np.asarray(v[:1]).nbytes) for v in arrays.values())
     return plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes, have_torch,
-                available)
+                available, sample_bytes)
 
 
 def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
          sample_shapes: Mapping[str, Sequence[int]], have_torch: Optional[bool] = None,
-         available: Optional[int] = None) -> Plan:
+         available: Optional[int] = None, sample_bytes: int = 0) -> Plan:
     """What ``reconstruct="auto"`` does for a conversion of ``model`` (the normalized DNN)
     by ``method`` at ``timesteps`` from ``images`` calibration samples of ``sample_shapes``,
     drawn from ``available`` samples (None: those alone), of which it may train on more
@@ -239,7 +247,7 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
     if not (torch_installed() if have_torch is None else have_torch):
         return Plan(0, "PyTorch is not installed (pip install 'onnx-snn[torch]' to reconstruct "
                        "by default: +1 to +2 points at T = 1-2 on deep networks)", macs)
-    n = training_images(cost, images, available, timesteps)
+    n = training_images(cost, images, available, timesteps, sample_bytes)
     epochs = auto_epochs(cost, n, timesteps)
     if n != images:     # (the budget pays EPOCHS_PER_IMAGE of them, but for float rounding)
         epochs = max(epochs, EPOCHS_PER_IMAGE)

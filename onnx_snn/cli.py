@@ -348,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the flag after the model path, or give EPOCHS). Needs PyTorch. "
                         "Without the flag, the refined method with PyTorch installed is "
                         "reconstructed within a budget of compute, on the calibration samples "
-                        "and up to 4096 more of the same data (a named dataset, an array "
-                        "file), 3 or more epochs each (none for a large network; the last line "
+                        "and more of the same data (a named dataset, an array file; up to "
+                        "4096 samples in all), 3 or more epochs each (none for a large network; the last line "
                         "says why; $ONNX_SNN_RECONSTRUCT=0 turns this default off). At T=2 "
                         "VGG-16 +1.9 points, ResNet-20 +2.3, for about 45 s more on 2 cores "
                         "(README); not the same to the bit on another thread count")

@@ -1024,8 +1024,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     samples to follow the DNN, without labels, for this many epochs (or as a
     ``runtimes.torch.reconstruct.ReconstructConfig`` says; needs PyTorch; see
     :mod:`onnx_snn.runtimes.torch.reconstruct`); None or 0: not; ``"auto"`` (the default):
-    with the ``refined`` method and PyTorch installed, for as many epochs (at most 30) as
-    fit in a budget of compute, else not (:mod:`onnx_snn.auto_reconstruct`; the report's
+    with the ``refined`` method and PyTorch installed, within a budget of compute, on the
+    calibration samples and more of ``calib`` where it holds more (any source but an image
+    folder, of which only the calibration images are read; up to 4096 samples in all, 3
+    epochs or more each, at lr 1e-3), or on some of the calibration samples where they are
+    more than the budget pays for; else not (:mod:`onnx_snn.auto_reconstruct`; the report's
     ``reconstruction`` says why not).
     """
     timesteps = check_timesteps(timesteps)

@@ -210,6 +210,12 @@ def test_the_default_trains_on_more_of_the_data_where_it_has_them():
     passes = ar.budget_passes(vgg, 2)
     assert ar.training_images(vgg, 8192, 60000, 2) == int(passes // ar.EPOCHS_PER_IMAGE) < 8192
     assert ar.training_images(vgg, 8192, 60000, 1) == 8192        # (all of them, at T = 1)
+    # more images only as far as TRAINING_BYTES holds them (224 x 224 x 3 floats: 445)
+    big = 224 * 224 * 3 * 4
+    small = ar.step_cost(1e5, 20)
+    assert ar.training_images(small, 64, 60000, 1, big) == ar.TRAINING_BYTES // big
+    assert ar.training_images(small, 1000, 60000, 1, big) == 1000
+    assert ar.training_images(vgg, 512, 60000, 2, 28 * 28 * 4) == ar.IMAGES
     for cost in (1e4, 1e5, 3e6, 1.3e7, 2e7, 5e7, 1e8):
         for t in (1, 2, 3, 4):
             for images, pool in ((512, 60000), (512, None), (64, 100), (8192, 8192)):

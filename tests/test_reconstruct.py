@@ -310,3 +310,43 @@ def test_every_output_of_a_model_of_several_is_reconstructed():
     assert rec["kept"]
     err = [[float(np.mean(np.abs(got[i] - want[i]))) for i in (0, 1)] for got in (before, after)]
     assert err[1][0] < 0.9 * err[0][0] and err[1][1] < 0.9 * err[0][1], err
+
+
+@pytest.mark.parametrize("keep", [[1, 0], [1]], ids=["reordered", "second-alone"])
+def test_outputs_follow_the_dnn_outputs_of_their_names(keep):
+    """A spiking model that keeps the DNN's outputs in another order, or one of them, each
+    learns the DNN output of its name (it learnt the DNN's first by position: a shape
+    error, or the wrong head where the shapes agree), and its error to it falls."""
+    import onnxruntime as ort
+    dnn = _two_heads()
+    names = [o.name for o in dnn.graph.output]
+    x = B.rand_input(128, seed=2)
+    want = dict(zip(names, ort.InferenceSession(dnn.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"input": x})))
+    snn = onnx_snn.convert(dnn, x, timesteps=2, show_progress=False, reconstruct=0,
+                           outputs=[names[i] for i in keep])
+    kept = [o.name for o in snn.model.graph.output if o.name in names]
+    assert kept == [names[i] for i in keep]
+    before = dict(zip([o.name for o in snn.model.graph.output], run(snn.model, x).outputs))
+    reconstruct(snn, onnx_snn.prepare(dnn).model, x, ReconstructConfig(epochs=15),
+                show_progress=False)
+    after = dict(zip([o.name for o in snn.model.graph.output], run(snn.model, x).outputs))
+    for name in kept:
+        e0, e1 = (float(np.mean(np.abs(d[name] - want[name]))) for d in (before, after))
+        assert e1 < 0.9 * e0, (name, e0, e1)
+
+
+def test_site_outputs_gives_every_output_as_the_forward_pass():
+    dnn = _two_heads()
+    x = B.rand_input(8, seed=4)
+    snn = onnx_snn.convert(dnn, x, timesteps=3, show_progress=False, reconstruct=0)
+    net = SpikingNetwork(snn.model).eval()
+    with torch.no_grad():
+        outs, _ = net.site_outputs(torch.from_numpy(x), every_output=True)
+        first, _ = net.site_outputs(torch.from_numpy(x))
+    r = run(snn.model, x)
+    names = [o.name for o in snn.model.graph.output][:len(outs)]
+    assert list(outs) == list(net.view.outputs) == names
+    for name, y in zip(names, r.outputs):
+        np.testing.assert_allclose(outs[name].numpy(), y, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(first.numpy(), outs[names[0]].numpy())

@@ -213,7 +213,8 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         from onnx_snn.convert import resolve_data
         train = resolve_data("fashion-mnist", nm.preprocess, split="train")
     cal = onnx_snn.calibrate(nm, calib_x, show_progress=False,
-                             **({"batch_size": BATCHES[method]} if method in BATCHES else {}))
+                             **({"batch_size": BATCHES[method]} if method in BATCHES else {}),
+                             **({"seed": DEFAULTS[method]} if method in DEFAULTS else {}))
     out = {"net": net, "method": method, "top1": {}, "convert_seconds": {},
            "calibration_images": n_cal}
     if method == "dnn":

@@ -14,8 +14,10 @@ and more of the same data, :mod:`onnx_snn.auto_reconstruct`), without labels:
   ``temperature`` for an output of two or more scores per sample (Hinton et al. 2015), else
   (one value per sample, other shapes) their squared error over the DNN's mean square;
 * every other output of a model of several (a second head) learns the DNN's output of the
-  same name by its squared error over the DNN's mean square there (the first output and the
-  sites alone left a second head's error where the conversion had it, or larger).
+  same name by its squared error over the DNN's mean square there, their mean weighing as
+  much as the first output's loss (the first output and the sites alone left a second
+  head's error where the conversion had it, or larger); an output that is a site's
+  activation is left to the sites' loss.
 
 Weights, thresholds, amplitudes and leaks train with the surrogate gradient through the T
 steps, as in fine-tuning (Adam, a cosine learning rate from ``lr``, no warm-up); the DNN's
@@ -129,16 +131,21 @@ def _targets(session, names: List[str], outputs: Dict[str, str], records,
             sites)
 
 
-def _followed_outputs(dnn: onnx.ModelProto, session, net: SpikingNetwork) -> Dict[str, str]:
-    """{the spiking model's output: the DNN output it learns}: its first output the DNN's
-    first, every other output the DNN's of the same name (a real tensor: class ids are not
-    learnt), so that every head of a model of several trains, not the first alone."""
+def _followed_outputs(dnn: onnx.ModelProto, session, net: SpikingNetwork,
+                      records) -> Dict[str, str]:
+    """{the spiking model's output: the DNN output it learns}: each output the DNN's of the
+    same name (a real tensor: class ids are not learnt), so that every head of a model of
+    several trains, not the first alone, whatever their order; the first output the DNN's
+    first where the DNN has none of its name. An output that is a site's activation is
+    left to the sites' loss (its target there is the activation clipped to mu)."""
     real = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)",
                                                                 "tensor(float16)")}
     dnn_outputs = [o.name for o in dnn.graph.output]
-    pairs = {net.view.outputs[0]: dnn_outputs[0]}
+    first = net.view.outputs[0]
+    sited = {r.output for r in records.values()} | {r.input for r in records.values()}
+    pairs = {first: first if first in dnn_outputs else dnn_outputs[0]}
     for o in net.view.outputs[1:]:
-        if o in real and o in dnn_outputs[1:]:
+        if o in real and o in dnn_outputs and o not in sited:
             pairs[o] = o
     return pairs
 
@@ -228,12 +235,20 @@ class _Loss:
         if self.records:
             site = sum(torch.mean((per_site[s] - target_sites[s]) ** 2) / self.site_scale[s]
                        for s in self.records) / len(self.records)
+        for name, t in target_outs.items():
+            if outs[name].numel() != t.numel():
+                raise UsageError(f"reconstruction: the spiking model's output {name!r} has "
+                                 f"{outs[name].numel() // max(len(t), 1)} values per sample, "
+                                 f"the DNN's it follows {t.numel() // max(len(t), 1)}; pass "
+                                 "the DNN it was converted from, as normalized: "
+                                 "onnx_snn.prepare(model).model")
         output = _output_loss(out, target_outs[self.first], self.cfg.temperature,
                               self.output_scale.get(self.first, 1.0))
-        for name, t in target_outs.items():
-            if name != self.first:
-                output = output + torch.mean((outs[name].reshape(t.shape) - t) ** 2) \
-                    / self.output_scale.get(name, 1.0)
+        others = [name for name in target_outs if name != self.first]
+        if others:          # (the others together weigh as much as the first)
+            output = output + sum(torch.mean((outs[k].reshape(target_outs[k].shape)
+                                              - target_outs[k]) ** 2)
+                                  / self.output_scale.get(k, 1.0) for k in others) / len(others)
         return site, output
 
     def __call__(self, out, per_site, target_out, target_sites) -> torch.Tensor:
@@ -314,7 +329,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
     net = SpikingNetwork(snn.model)
     net.dropout = {}          # the DNN's targets are its inference: no dropout
-    outputs = _followed_outputs(dnn, session, net)
+    outputs = _followed_outputs(dnn, session, net, records)
     first = net.view.outputs[0]
     loss_fn = _Loss(records, cfg, first)
     targets = _Targets(session, names, outputs, records, x, eval_size, fixed)
