@@ -186,9 +186,11 @@ VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name
 SEEDS.update({name: k for name, (_, k) in RECONSTRUCT.items() if k})
 CALIB_IMAGES["refined-reconstruct-2048"] = 2048
 #: convert's default at ``--seed`` k: the calibration draw, the refinement's sampled neurons
-#: and the reconstruction's images all k (the reconstruction's shuffles stay 0, as convert's)
-DEFAULTS = {"default": 0, "default-seed1": 1, "default-seed2": 2}
-VARIANTS.update({name: ("refined", {}) for name in DEFAULTS})
+#: and the reconstruction's images all k (the reconstruction's shuffles stay 0, as convert's);
+#: "-signed": with ``--signed-spikes``
+DEFAULTS = {"default": 0, "default-seed1": 1, "default-seed2": 2,
+            "default-signed": 0, "default-signed-seed1": 1}
+VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name in DEFAULTS})
 DRAWS.update({name: k for name, k in DEFAULTS.items() if k})
 SEEDS.update({name: k for name, k in DEFAULTS.items() if k})
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
