@@ -1135,7 +1135,7 @@ def auto_config(plan: "auto_reconstruct.Plan"):
 def reconstruct_config(value):
     """``convert``'s ``reconstruct`` as a checked ``ReconstructConfig`` (None: none): a
     number of epochs, or the config itself; MissingDependencyError without PyTorch.
-    ``"auto"`` stays ``"auto"`` (decided after the conversion: ``auto_reconstruct.plan``)
+    ``"auto"`` stays ``"auto"`` (decided once the data is read: ``auto_reconstruct.plan``)
     unless ``$ONNX_SNN_RECONSTRUCT`` turns it off."""
     if isinstance(value, str) and value == AUTO:
         value = auto_reconstruct.env_default()

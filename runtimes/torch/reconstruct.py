@@ -151,7 +151,7 @@ def _followed_outputs(dnn: onnx.ModelProto, session, net: SpikingNetwork,
 
 
 class _Targets:
-    """The DNN's targets (:func:`_targets`) of the calibration samples, run once and kept
+    """The DNN's targets (:func:`_targets`) of the training samples, run once and kept
     where they fit in :data:`TARGET_CACHE_BYTES` (every epoch reads them: 10 % of an epoch
     on VGG-16), else run again for each batch."""
 
@@ -206,9 +206,9 @@ def _output_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 class _Loss:
     """The reconstruction loss of a batch, with each site's and output's scale (the DNN's
-    mean square there over the calibration set) fixed by :meth:`scales`. The outputs' loss
-    is the first output's (:func:`_output_loss`) plus, for a model of several outputs, each
-    other's squared error over its scale."""
+    mean square there over the training samples) fixed by :meth:`scales`. The outputs' loss
+    is the first output's (:func:`_output_loss`) plus, for a model of several outputs, the
+    mean of the others' squared errors over their scales."""
 
     def __init__(self, records, cfg: ReconstructConfig, first: str):
         self.records, self.cfg, self.first = records, cfg, first
