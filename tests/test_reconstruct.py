@@ -150,6 +150,35 @@ def test_a_fixed_batch_model_and_float64_data_reconstruct():
     assert snn.report["reconstruction"]["kept"]
 
 
+@pytest.mark.parametrize("mu", [1.0, 0.37, 6.0, 1e-3])
+def test_site_targets_are_kept_in_a_byte_within_half_a_level(mu):
+    """A site's target, the DNN's activation clipped to [0, mu], is kept as a byte
+    (runtimes.torch.reconstruct.site_codes) and read back within mu / 510: 0 and mu exactly
+    where the activation is at or past them, nothing outside [0, mu]."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.uniform(-0.5 * mu, 1.5 * mu, 5000), [0.0, mu, -mu, 2 * mu,
+                                                                 mu * (1 - 1e-7)]]).astype(np.float32)
+    codes = R.site_codes(a, mu)
+    assert codes.dtype == np.uint8 and codes.shape == a.shape
+    back = R.site_values(torch.from_numpy(codes), mu).numpy()
+    want = np.clip(a, 0.0, mu)
+    assert np.max(np.abs(back - want)) <= mu / (2 * R.SITE_LEVELS) * (1 + 1e-5)
+    assert back.min() == 0.0 and back.max() <= np.float32(mu) * (1 + 1e-6)
+    np.testing.assert_array_equal(codes[-5:], [0, R.SITE_LEVELS, 0, R.SITE_LEVELS,
+                                               R.SITE_LEVELS])
+    # every level is reachable, so the targets are not coarser than a byte allows
+    assert len(np.unique(codes)) == R.SITE_LEVELS + 1
+
+
+def test_a_site_that_never_fires_has_zero_targets():
+    import onnx_snn.runtimes.torch.reconstruct as R
+    for mu in (0.0, -1.0, float("nan")):
+        codes = R.site_codes(np.array([0.5, -2.0, 3.0], np.float32), mu)
+        np.testing.assert_array_equal(codes, [0, 0, 0])
+        assert R.site_values(torch.from_numpy(codes), mu).tolist() == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic-batch", "batch-of-4"])
 def test_the_kept_targets_train_as_the_targets_run_each_batch(monkeypatch, fixed):
     """The DNN's targets kept between epochs (runtimes.torch.reconstruct._Targets) give the
@@ -185,12 +214,13 @@ def test_the_report_shows_the_values_written():
 
 def test_a_reconstruction_that_raises_the_loss_far_says_so(caplog):
     import logging
+    import onnx_snn.runtimes.torch.reconstruct as R
     x = B.rand_input(32, seed=13)
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
     with caplog.at_level(logging.WARNING, logger="onnx_snn"):
         rec = reconstruct(snn, onnx_snn.prepare(B.vgg()).model, x,
                           ReconstructConfig(epochs=3, lr=3e-2), show_progress=False)
-    assert rec["kept"] and rec["after"]["loss"] > 1.5 * rec["before"]["loss"]   # lr 100x
+    assert rec["kept"] and rec["after"]["loss"] > R.LOSS_WARNING * rec["before"]["loss"]
     assert "went from" in rec["warning"] and "went from" in caplog.text
     calm = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=3)
     assert "warning" not in calm.report["reconstruction"]
