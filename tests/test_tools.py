@@ -414,3 +414,51 @@ def test_ab_speed_times_two_graphs_side_by_side(tmp_path):
     p = subprocess.run([sys.executable, "tools/ab_speed.py", str(a), str(c)], capture_output=True,
                        text=True, cwd=ROOT)
     assert p.returncode == 2 and "different inputs" in p.stderr
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("sweep_reconstruct",
+                                                  ROOT / "tools" / "sweep_reconstruct.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_reconstruct_reads_its_variants():
+    """tools/sweep_reconstruct.py: a variant's changes joined by +, each checked."""
+    sweep = _sweep_module()
+    v = sweep.parse_variant("lr=2e-3+epochs=4+warmup=0.1+surrogate-k=8+initial+mixup=0.5")
+    assert v["fields"] == {"lr": 2e-3, "epochs": 4} and isinstance(v["fields"]["epochs"], int)
+    assert (v["warmup"], v["k"], v["initial"], v["mixup"]) == (0.1, 8.0, True, 0.5)
+    assert sweep.parse_variant("base") == sweep.parse_variant("base+base")
+    for bad in ("lr", "seed=3", "warmup=2", "qdrop=0.5"):
+        with pytest.raises(SystemExit, match="unknown change|fraction"):
+            sweep.parse_variant(bad)
+
+
+def test_sweep_reconstruct_small_and_its_patches_undone(fmnist_test, capsys):
+    """One run of a variant with every patch on a few images, in this process: the summary
+    has its top-1, and the library's modules are as they were afterwards."""
+    pytest.importorskip("torch")
+    import torch
+    import onnx_snn.runtimes.torch.reconstruct as R
+    import onnx_snn.runtimes.torch.network as N
+    neuron = sys.modules[N.lif_step.__module__]
+    before = (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
+              R._batches, R.TARGET_CACHE_BYTES)
+    sweep = _sweep_module()
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        assert sweep.main(["--nets", "shipped", "--seeds", "0", "--test-images", "50",
+                           "--train-images", "16", "--variants",
+                           "epochs=1+warmup=0.5+mixup=0.5+surrogate-k=8+initial"]) == 0
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    after = (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
+             R._batches, R.TARGET_CACHE_BYTES)
+    assert after == before
+    out = capsys.readouterr().out
+    run = json.loads(out.splitlines()[0])
+    assert run["images"] == 16 and run["config"]["epochs"] == 1 and 0 <= run["top1"] <= 100
+    summary = json.loads(out[out.index("\n{") + 1:])["summary"]["shipped"]
+    assert list(summary.values())[0]["mean"] == run["top1"]
