@@ -16,8 +16,9 @@ data, :func:`training_set`), at the learning rate :data:`LR`: on VGG-16 and ResN
 that followed the DNN better on the test set than the calibration images alone. The budget
 keeps the default conversion of the quarter-width VGG-16 of Fashion-MNIST within issue 11's
 60 s on 2 cores: 13.0 M MACs and 36 nodes per image x T = 2 afford 12 500 image-epochs, 3
-epochs of 4096 images (56 s end to end); a 224 x 224 ImageNet network, or the full-width
-CIFAR VGG-16, is far above it and converts as before, without PyTorch even being imported.
+epochs of 4096 images (48.6 s end to end; 56 s before the targets were kept in a byte); a
+224 x 224 ImageNet network, or the full-width CIFAR VGG-16, is far above it and converts as
+before, without PyTorch even being imported.
 
 The other methods (``datta``, the paper's Algorithm 1 alone, ``deng``, ``max``) are never
 reconstructed unless asked: they are the references. Without PyTorch (the core install) the
