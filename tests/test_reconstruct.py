@@ -179,6 +179,55 @@ def test_a_site_that_never_fires_has_zero_targets():
         assert R.site_values(torch.from_numpy(codes), mu).tolist() == [0.0, 0.0, 0.0]
 
 
+def test_sites_are_coded_in_a_byte_only_where_it_is_fine_enough():
+    """runtimes.torch.reconstruct.coded_sites: a byte where mu / 255 is at most a quarter of
+    the site's output step (its largest amplitude / T); float32 for a clip bound far above
+    the data (a small beta), at large T, and for a mu that is not finite."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    rec = lambda mu, beta: fmt.SiteRecord("s", "i", "o", [2], mu=mu, beta=beta)  # noqa: E731
+    recs = {"usual": rec(1.5, 0.7), "per-channel": rec(2.0, [0.001, 0.8]),
+            "bound far above": rec(100.0, 0.01), "dead": rec(1.0, 0.0),
+            "infinite": rec(float("inf"), 0.5), "zero": rec(0.0, 1.0)}
+    at2 = R.coded_sites(recs, 2)
+    assert at2 == {"usual": True, "per-channel": True, "bound far above": False,
+                   "dead": False, "infinite": False, "zero": False}
+    assert R.coded_sites({"usual": recs["usual"]}, 16) == {"usual": True}       # 0.7 >= 64/255
+    assert R.coded_sites({"usual": recs["usual"]}, 64) == {"usual": False}      # 0.7 < 256/255
+
+
+def test_the_targets_kept_between_epochs_are_bytes(monkeypatch):
+    """The cache of the DNN's targets holds each coded site as uint8 (a quarter of float32's
+    size, what lets 4096 images of VGG-16 fit), a site not coded as float32, and the targets
+    read back are float32 either way."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    made = []
+
+    class Spy(R._Targets):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+    monkeypatch.setattr(R, "_Targets", Spy)
+    real = R.coded_sites
+    monkeypatch.setattr(R, "coded_sites", lambda records, T: {     # the last site in float32
+        s: c and s != list(records)[-1] for s, c in real(records, T).items()})
+    x = B.rand_input(10, seed=12)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=0)
+    reconstruct(snn, onnx_snn.prepare(B.vgg()).model, x, ReconstructConfig(epochs=1),
+                show_progress=False)
+    t = made[0]
+    assert t.cache is not None and len(t.coded) >= 2
+    last = list(t.coded)[-1]
+    for s, kept in t.cache[1].items():
+        assert kept.dtype == (torch.float32 if s == last else torch.uint8) and len(kept) == 10
+    outs, sites = t(np.arange(3), None, 3)
+    assert all(v.dtype == torch.float32 and len(v) == 3 for v in sites.values())
+    first = R._kept(t.run({k: v[:4] for k, v in R._inputs(onnx_snn.prepare(B.vgg()).model,
+                                                           x).items()}), 4)
+    per_row = sum(v.numel() * v.element_size() for part in first for v in part.values()) / 4
+    monkeypatch.setattr(R, "TARGET_CACHE_BYTES", int(per_row * 10))
+    assert R._Targets.cache_fits(first, 10) and not R._Targets.cache_fits(first, 11)
+
+
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic-batch", "batch-of-4"])
 def test_the_kept_targets_train_as_the_targets_run_each_batch(monkeypatch, fixed):
     """The DNN's targets kept between epochs (runtimes.torch.reconstruct._Targets) give the

@@ -431,32 +431,43 @@ def test_sweep_reconstruct_reads_its_variants():
     assert v["fields"] == {"lr": 2e-3, "epochs": 4} and isinstance(v["fields"]["epochs"], int)
     assert (v["warmup"], v["k"], v["initial"], v["mixup"]) == (0.1, 8.0, True, 0.5)
     assert sweep.parse_variant("base") == sweep.parse_variant("base+base")
-    for bad in ("lr", "seed=3", "warmup=2", "qdrop=0.5"):
-        with pytest.raises(SystemExit, match="unknown change|fraction"):
+    for bad in ("lr", "seed=3", "warmup=2", "qdrop=0.5", "epochs=4.0", "lr=abc", "lr=0",
+                "lr=nan", "surrogate-k=-1"):
+        with pytest.raises(SystemExit, match="unknown change|fraction|not a|above 0|finite"):
             sweep.parse_variant(bad)
+    assert sweep.parse_variant("output_weight=0")["fields"] == {"output_weight": 0.0}
 
 
-def test_sweep_reconstruct_small_and_its_patches_undone(fmnist_test, capsys):
-    """One run of a variant with every patch on a few images, in this process: the summary
-    has its top-1, and the library's modules are as they were afterwards."""
+def test_sweep_reconstruct_small_and_its_patches_undone(fmnist_test, capsys, monkeypatch):
+    """One run of a variant with every patch on a few images, in this process: each patch is
+    in force while the reconstruction runs, the summary has its top-1, and the library's
+    modules (and sys.path) are as they were afterwards."""
     pytest.importorskip("torch")
     import torch
     import onnx_snn.runtimes.torch.reconstruct as R
     import onnx_snn.runtimes.torch.network as N
     neuron = sys.modules[N.lif_step.__module__]
-    before = (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
-              R._batches, R.TARGET_CACHE_BYTES)
+
+    def state():
+        return (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
+                R._batches, R.TARGET_CACHE_BYTES)
+    before, path = state(), list(sys.path)
+    seen = []
+    real = R.reconstruct
+
+    def spy(*args, **kwargs):
+        seen.append(state())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(R, "reconstruct", spy)
     sweep = _sweep_module()
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        assert sweep.main(["--nets", "shipped", "--seeds", "0", "--test-images", "50",
-                           "--train-images", "16", "--variants",
-                           "epochs=1+warmup=0.5+mixup=0.5+surrogate-k=8+initial"]) == 0
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    after = (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
-             R._batches, R.TARGET_CACHE_BYTES)
-    assert after == before
+    assert sweep.main(["--nets", "shipped", "--seeds", "0", "--test-images", "50",
+                       "--train-images", "16", "--variants",
+                       "epochs=1+warmup=0.5+mixup=0.5+surrogate-k=8+initial"]) == 0
+    net, k, sched, batches, cache = seen[0]
+    assert net.func is N.SpikingNetwork and net.keywords == {"train_initial": True}
+    assert k == 8.0 and sched is not before[2] and issubclass(sched, before[2])
+    assert batches is not before[3] and cache == 0
+    assert state() == before and sys.path == path
     out = capsys.readouterr().out
     run = json.loads(out.splitlines()[0])
     assert run["images"] == 16 and run["config"]["epochs"] == 1 and 0 <= run["top1"] <= 100

@@ -39,8 +39,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 FIELDS = ("lr", "epochs", "batch_size", "temperature", "site_weight", "output_weight")
 
 
@@ -55,11 +54,17 @@ def parse_variant(spec: str) -> dict:
         if part == "initial":
             out["initial"] = True
         elif name in FIELDS and value:
-            out["fields"][name] = int(value) if name in ("epochs", "batch_size") else float(value)
+            whole = name in ("epochs", "batch_size")
+            v = _number(part, value, int if whole else float)
+            if not v > 0 and not (name.endswith("_weight") and v == 0):
+                raise SystemExit(f"sweep_reconstruct: {part!r}: {name} must be above 0")
+            out["fields"][name] = v
         elif name == "surrogate-k" and value:
-            out["k"] = float(value)
+            out["k"] = _number(part, value, float)
+            if not out["k"] > 0:
+                raise SystemExit(f"sweep_reconstruct: {part!r}: the surrogate's k must be above 0")
         elif name in ("warmup", "mixup") and value:
-            v = float(value)
+            v = _number(part, value, float)
             if not 0 <= v <= 1:
                 raise SystemExit(f"sweep_reconstruct: {name} is a fraction from 0 to 1, not {value}")
             out[name] = v
@@ -68,6 +73,17 @@ def parse_variant(spec: str) -> dict:
                              f"(base, initial, FIELD=VALUE of {', '.join(FIELDS)}, "
                              "surrogate-k=K, warmup=F, mixup=P)")
     return out
+
+
+def _number(part: str, value: str, kind):
+    try:
+        v = kind(value)
+    except ValueError:
+        raise SystemExit(f"sweep_reconstruct: {part!r}: {value!r} is not "
+                         f"{'a whole number' if kind is int else 'a number'}") from None
+    if not np.isfinite(v):
+        raise SystemExit(f"sweep_reconstruct: {part!r}: {value!r} is not finite")
+    return v
 
 
 @contextlib.contextmanager
@@ -108,13 +124,15 @@ def _mixing(batches, p: float):
     def mixed(x, size, *args, **kw):
         train = bool(args) and args[0] is not None and "order" not in kw
         for rows, b in batches(x, size, *args, **kw):
-            if train:
+            if train:       # (the samples of the batch, not a fixed batch's padding)
                 g = np.random.default_rng([int(rows[0]), len(rows)])
+                n = len(rows)
                 for k, v in list(b.items()):
-                    n = len(v)
                     lam = np.where(g.uniform(0, 1, n) < p, g.uniform(0, 1, n), 1.0)
                     lam = lam.astype(v.dtype).reshape((n,) + (1,) * (v.ndim - 1))
-                    b[k] = lam * v + (1 - lam) * v[g.permutation(n)]
+                    v = v.copy()
+                    v[:n] = lam * v[:n] + (1 - lam) * v[:n][g.permutation(n)]
+                    b[k] = v
             yield rows, b
     return mixed
 
@@ -131,11 +149,23 @@ def main(argv=None) -> int:
                     help="at most this many training images (a quick check; default: the budget's)")
     args = ap.parse_args(argv)
     variants = {v: parse_variant(v) for v in args.variants.split(",")}
+    added = TOOLS not in sys.path
+    if added:                    # (bench_deep and _bench_common are tools/ modules)
+        sys.path.insert(0, TOOLS)
+    try:
+        return _sweep(args, variants)
+    finally:
+        if added:
+            sys.path.remove(TOOLS)
+
+
+def _sweep(args, variants: dict) -> int:
     import bench_deep as bd
     from _bench_common import calibration_set
     import onnx_snn
     from onnx_snn.convert import resolve_data
     from onnx_snn.evaluate import evaluate
+    from onnx_snn.feeds import fixed_batch, input_specs
     from onnx_snn.scales import SearchConfig
     import onnx_snn.runtimes.torch.reconstruct as R
     import onnx_snn.runtimes.torch.network as N
@@ -159,7 +189,9 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 snn = onnx_snn.build(nm, cal, args.timesteps, "refined", SearchConfig(), seed=seed)
                 cfg = dataclasses.replace(rcfg, **v["fields"])
-                v["steps"] = cfg.epochs * -(-n_train // cfg.batch_size)
+                # (the steps reconstruct takes: a model of a fixed batch trains in that batch)
+                per_step = fixed_batch(input_specs(nm.model)) or cfg.batch_size
+                v["steps"] = cfg.epochs * -(-n_train // per_step)
                 with patched(v, R, N, neuron):
                     rec = R.reconstruct(snn, nm.model, train_x, cfg, show_progress=False,
                                         measure_rows=min(512, n_train))

@@ -86,9 +86,9 @@ MEASURE_BATCH = 64
 #: the DNN's targets are kept between epochs up to this size (:class:`_Targets`)
 TARGET_CACHE_BYTES = 512 * 2 ** 20
 #: a site's target, its DNN activation clipped to [0, mu], is kept as a whole number of
-#: mu / SITE_LEVELS (one byte; a spike train of T steps has T + 1 levels of it, so even T = 64
-#: is a quarter step or finer): 4096 images of VGG-16's targets are 201 MB, not 803 MB, and
-#: are read once instead of run again each epoch (:func:`site_codes`)
+#: mu / SITE_LEVELS (one byte) where that is at most a quarter of the site's output step
+#: (its largest amplitude / T: :func:`coded_sites`), else as float32: 4096 images of
+#: VGG-16's targets take 201 MiB, not 803, and are read once instead of run again each epoch
 SITE_LEVELS = 255
 
 
@@ -130,6 +130,21 @@ class ReconstructConfig:
         return self
 
 
+def coded_sites(records, timesteps: int) -> Dict[str, bool]:
+    """{site: whether its targets are kept as bytes (:func:`site_codes`)}: where mu is finite
+    and mu / :data:`SITE_LEVELS` is at most a quarter of the site's output step, the largest
+    amplitude (beta mu, over its channels) over T; not where a trained clip bound far above
+    the data (mu up to 100x its largest activation is kept) leaves the site's outputs a few
+    codes wide, nor at large T (T = 32 needs an amplitude of mu / 2 or more)."""
+    out = {}
+    for s, r in records.items():
+        mu = float(r.mu)
+        amp = float(np.max(np.abs(np.asarray(r.beta, np.float64)))) * mu if np.size(r.beta) else 0.0
+        out[s] = bool(math.isfinite(mu) and mu > 0 and math.isfinite(amp)
+                      and mu / SITE_LEVELS <= amp / (4 * int(timesteps)))
+    return out
+
+
 def site_codes(a: np.ndarray, mu: float) -> np.ndarray:
     """``a`` clipped to [0, mu] as whole numbers of mu / :data:`SITE_LEVELS` (uint8, rounded
     to the nearest; all 0 where mu is not above 0): :func:`site_values` reads them back
@@ -148,12 +163,14 @@ def site_values(codes: torch.Tensor, mu: float) -> torch.Tensor:
 
 
 def _targets(session, names: List[str], outputs: Dict[str, str], records,
-             feed: Dict[str, np.ndarray]):
-    """({the spiking model's output: the DNN's matching output}, {site: the codes of its
-    clipped activation, :func:`site_codes`}) for one batch, as tensors (``outputs``: which
-    DNN output each follows)."""
+             feed: Dict[str, np.ndarray], coded: Dict[str, bool]):
+    """({the spiking model's output: the DNN's matching output}, {site: its clipped
+    activation, as :func:`site_codes` where ``coded`` says so, else float32}) for one batch,
+    as tensors (``outputs``: which DNN output each follows)."""
     got = dict(zip(names, session.run(names, feed)))
-    sites = {s: torch.from_numpy(site_codes(got[r.input], r.mu)) for s, r in records.items()}
+    sites = {s: torch.from_numpy(site_codes(got[r.input], r.mu) if coded[s] else
+                                 np.clip(got[r.input], 0.0, r.mu).astype(np.float32))
+             for s, r in records.items()}
     return ({o: torch.from_numpy(np.asarray(got[d], np.float32)) for o, d in outputs.items()},
             sites)
 
@@ -180,11 +197,14 @@ def _followed_outputs(dnn: onnx.ModelProto, session, net: SpikingNetwork,
 class _Targets:
     """The DNN's targets (:func:`_targets`) of the training samples, run once and kept
     where they fit in :data:`TARGET_CACHE_BYTES` (every epoch reads them: 10 % of an epoch
-    on VGG-16), else run again for each batch; the sites' as one-byte codes either way, read
-    back as float32 by each call (the same targets, kept or not)."""
+    on VGG-16), else run again for each batch; the sites' as one-byte codes where
+    :func:`coded_sites` says so, kept or not, read back as float32 by each call (the same
+    targets either way)."""
 
-    def __init__(self, session, names, outputs, records, x, size: int, fixed: Optional[int]):
-        self.run = lambda b: _targets(session, names, outputs, records, b)
+    def __init__(self, session, names, outputs, records, x, size: int, fixed: Optional[int],
+                 timesteps: int):
+        self.coded = coded_sites(records, timesteps)
+        self.run = lambda b: _targets(session, names, outputs, records, b, self.coded)
         self.mu = {s: r.mu for s, r in records.items()}
         self.x, self.size, self.fixed = x, size, fixed
         self.cache = None
@@ -216,7 +236,8 @@ class _Targets:
         else:
             idx = torch.from_numpy(np.asarray(rows[:k], np.int64))
             outs, codes = ({name: t[idx] for name, t in part.items()} for part in self.cache)
-        return outs, {s: site_values(c, self.mu[s]) for s, c in codes.items()}
+        return outs, {s: site_values(c, self.mu[s]) if self.coded[s] else c
+                      for s, c in codes.items()}
 
     def batches(self):
         """The targets of all the samples, batch by batch (for :meth:`_Loss.scales`)."""
@@ -369,7 +390,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     outputs = _followed_outputs(dnn, session, net, records)
     first = net.view.outputs[0]
     loss_fn = _Loss(records, cfg, first)
-    targets = _Targets(session, names, outputs, records, x, eval_size, fixed)
+    targets = _Targets(session, names, outputs, records, x, eval_size, fixed, snn.timesteps)
     loss_fn.scales(targets.batches())
 
     def measured() -> dict:
