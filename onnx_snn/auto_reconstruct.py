@@ -59,6 +59,8 @@ MIN_EPOCHS_OF = 512
 NODE_COST = 1.5e5
 #: (MACs + NODE_COST x nodes) per image x images x T x epochs the default may spend
 BUDGET = 4.6e11
+#: the most a conversion may scale :data:`BUDGET` by (``convert --reconstruct-budget``)
+MAX_BUDGET_SCALE = 100.0
 #: the most images the default trains on: the calibration images and, where the calibration
 #: data holds more (a named dataset, an array file), others drawn from it, as many as leave
 #: each image :data:`EPOCHS_PER_IMAGE` epochs of the budget (the same work spread over more
@@ -158,20 +160,31 @@ def step_cost(macs: int, nodes: int) -> float:
     return float(macs) + NODE_COST * nodes
 
 
-def auto_epochs(cost: float, images: int, timesteps: int) -> int:
-    """The epochs :data:`BUDGET` pays for (``cost``: :func:`step_cost`), at most
+def check_budget_scale(scale) -> float:
+    """``scale`` (``convert --reconstruct-budget``) as a float above 0 and at most
+    :data:`MAX_BUDGET_SCALE`, else a UsageError."""
+    from .values import is_real
+    if not is_real(scale) or not math.isfinite(scale) or not 0 < scale <= MAX_BUDGET_SCALE:
+        raise UsageError(f"the reconstruction's budget scale must be a number above 0 and at "
+                         f"most {MAX_BUDGET_SCALE:g} (1: the default's budget), not {scale!r}")
+    return float(scale)
+
+
+def auto_epochs(cost: float, images: int, timesteps: int, scale: float = 1.0) -> int:
+    """The epochs ``scale`` x :data:`BUDGET` pays for (``cost``: :func:`step_cost`), at most
     :data:`MAX_EPOCHS`."""
     work = max(float(cost), 1.0) * max(int(images), 1) * int(timesteps)
-    return int(min(MAX_EPOCHS, math.floor(BUDGET / work)))
+    return int(min(MAX_EPOCHS, math.floor(BUDGET * scale / work)))
 
 
-def budget_passes(cost: float, timesteps: int) -> float:
-    """The image-epochs :data:`BUDGET` pays for (``cost``: :func:`step_cost`) at ``timesteps``."""
-    return BUDGET / (max(float(cost), 1.0) * int(timesteps))
+def budget_passes(cost: float, timesteps: int, scale: float = 1.0) -> float:
+    """The image-epochs ``scale`` x :data:`BUDGET` pays for (``cost``: :func:`step_cost`) at
+    ``timesteps``."""
+    return BUDGET * scale / (max(float(cost), 1.0) * int(timesteps))
 
 
 def training_images(cost: float, images: int, available: Optional[int], timesteps: int,
-                    sample_bytes: int = 0) -> int:
+                    sample_bytes: int = 0, scale: float = 1.0) -> int:
     """How many images the default trains on: as many as the budget pays
     :data:`EPOCHS_PER_IMAGE` epochs of, of the ``available`` ones (None: the ``images`` it
     calibrated on), and at most :data:`IMAGES`, or all the calibration images where there
@@ -180,7 +193,7 @@ def training_images(cost: float, images: int, available: Optional[int], timestep
     pool = int(available or images)
     if sample_bytes > 0:
         pool = min(pool, max(int(images), TRAINING_BYTES // int(sample_bytes)))
-    want = int(budget_passes(cost, timesteps) // EPOCHS_PER_IMAGE)
+    want = int(budget_passes(cost, timesteps, scale) // EPOCHS_PER_IMAGE)
     return max(1, min(pool, want, max(IMAGES, int(images))))
 
 
@@ -211,24 +224,29 @@ def torch_installed() -> bool:
 
 
 def plan_for_data(method: str, timesteps: int, model: onnx.ModelProto, x,
-                  have_torch: Optional[bool] = None, available: Optional[int] = None) -> Plan:
+                  have_torch: Optional[bool] = None, available: Optional[int] = None,
+                  scale: float = 1.0) -> Plan:
     """:func:`plan` for a conversion calibrated on ``x`` (an array for the model's first
-    input, or {input name: array}), drawn from ``available`` samples (None: ``x`` alone)."""
+    input, or {input name: array}), drawn from ``available`` samples (None: ``x`` alone),
+    within ``scale`` x the default's budget."""
     from .feeds import input_specs
     arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
     shapes = {k: np.shape(v) for k, v in arrays.items()}
     sample_bytes = sum(int(np.asarray(v[:1]).nbytes) for v in arrays.values())
     return plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes, have_torch,
-                available, sample_bytes)
+                available, sample_bytes, scale)
 
 
 def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
          sample_shapes: Mapping[str, Sequence[int]], have_torch: Optional[bool] = None,
-         available: Optional[int] = None, sample_bytes: int = 0) -> Plan:
+         available: Optional[int] = None, sample_bytes: int = 0, scale: float = 1.0) -> Plan:
     """What ``reconstruct="auto"`` does for a conversion of ``model`` (the normalized DNN)
     by ``method`` at ``timesteps`` from ``images`` calibration samples of ``sample_shapes``,
     drawn from ``available`` samples (None: those alone), of which it may train on more
-    (:func:`training_images`)."""
+    (:func:`training_images`), within ``scale`` x the default's budget
+    (:func:`check_budget_scale`)."""
+    scale = check_budget_scale(scale)
+    budget = "the default's budget" if scale == 1 else f"{scale:g}x the default's budget"
     if method != REFINED:
         return Plan(0)      # (the references stay as they are: nothing to say)
     # (the budget first: a large network is never worth importing PyTorch for)
@@ -240,16 +258,16 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
     cost = step_cost(macs, nodes)
     least = min(int(images), MIN_EPOCHS_OF)
     work = f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x T = {timesteps}"
-    afforded = auto_epochs(cost, least, timesteps)
+    afforded = auto_epochs(cost, least, timesteps, scale)
     if afforded < MIN_EPOCHS:
-        return Plan(0, f"{work} affords {afforded} epochs of {least} images in the default's "
-                       f"budget (it trains {MIN_EPOCHS} or more); --reconstruct {MAX_EPOCHS} "
-                       "trains it anyway", macs)
+        return Plan(0, f"{work} affords {afforded} epochs of {least} images in {budget} (it "
+                       f"trains {MIN_EPOCHS} or more); --reconstruct {MAX_EPOCHS} trains it "
+                       "anyway, --reconstruct-budget scales the budget", macs)
     if not (torch_installed() if have_torch is None else have_torch):
         return Plan(0, "PyTorch is not installed (pip install 'onnx-snn[torch]' to reconstruct "
                        "by default: +1 to +2 points at T = 1-2 on deep networks)", macs)
-    n = training_images(cost, images, available, timesteps, sample_bytes)
-    epochs = auto_epochs(cost, n, timesteps)
+    n = training_images(cost, images, available, timesteps, sample_bytes, scale)
+    epochs = auto_epochs(cost, n, timesteps, scale)
     if n != images:     # (the budget pays EPOCHS_PER_IMAGE of them, but for float rounding)
         epochs = max(epochs, EPOCHS_PER_IMAGE)
     if n > images:
@@ -260,4 +278,4 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
         what = f"the {images} calibration images"
     else:
         return Plan(epochs, None, macs, n)
-    return Plan(epochs, f"{epochs} epochs of {what} x {work} in the default's budget", macs, n)
+    return Plan(epochs, f"{epochs} epochs of {what} x {work} in {budget}", macs, n)

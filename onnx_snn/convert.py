@@ -1003,7 +1003,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             calib_samples: Optional[int] = DEFAULT_CALIB_SAMPLES, mean=None, std=None,
             data_dir=None, seed: int = 0, show_progress: bool = True, download: bool = False,
             pool_first: bool = False, outputs: Optional[Sequence[str]] = None,
-            reconstruct=AUTO, **options) -> SpikingModel:
+            reconstruct=AUTO, reconstruct_budget: float = 1.0, **options) -> SpikingModel:
     """Convert a DNN into a spiking model in one call.
 
     ``calib`` is an array (already preprocessed), a :class:`~onnx_snn.datasets.Dataset`, a
@@ -1029,10 +1029,26 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     folder, of which only the calibration images are read; up to 4096 samples in all, 3
     epochs or more each, at lr 1e-3), or on some of the calibration samples where they are
     more than the budget pays for; else not (:mod:`onnx_snn.auto_reconstruct`; the report's
-    ``reconstruction`` says why not).
+    ``reconstruction`` says why not). ``reconstruct_budget`` scales that budget (2: twice
+    the epochs, or a network twice as costly reconstructed; at most
+    ``auto_reconstruct.MAX_BUDGET_SCALE``); only with ``"auto"``.
     """
     timesteps = check_timesteps(timesteps)
+    budget_scale = auto_reconstruct.check_budget_scale(reconstruct_budget)
     recon = reconstruct_config(reconstruct)     # (torch imported, the values checked: first)
+    if budget_scale != 1 and method != REFINED:
+        raise UsageError(f"the reconstruction's budget (--reconstruct-budget) scales the "
+                         f"default reconstruction of the {REFINED} method; {method!r} is a "
+                         "reference, never reconstructed by default (--reconstruct EPOCHS "
+                         "trains it)")
+    if budget_scale != 1 and recon != AUTO:
+        raise UsageError("the reconstruction's budget (--reconstruct-budget) scales the default "
+                         "reconstruction, which "
+                         + ("$ONNX_SNN_RECONSTRUCT=0 turns off here" if reconstruct == AUTO else
+                            "--reconstruct 0 turns off" if recon is None else
+                            "--reconstruct EPOCHS replaces (it trains that many epochs of the "
+                            "calibration samples)")
+                         + ": give one or the other")
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     try:
@@ -1090,7 +1106,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     if recon == AUTO:      # (the budget counts the network and the data; it may train on
         # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
         auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
-                                              available=len(full))
+                                              available=len(full), scale=budget_scale)
         if auto.images and auto.images != len(ds):
             train_x = auto_reconstruct.training_set(
                 full.x, len(full), full.rows(calib_samples, seed), auto.images, seed)
@@ -1117,7 +1133,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         if auto.why and not auto.epochs:
             snn.report["reconstruction"] = {"automatic": True, "skipped": auto.why}
         recon = auto_config(auto)
-        extra = {"automatic": True, **({"budget": auto.why} if auto.why else {})}
+        extra = {"automatic": True, **({"budget": auto.why} if auto.why else {}),
+                 **({"budget_scale": budget_scale} if budget_scale != 1 else {})}
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
         run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x, recon,

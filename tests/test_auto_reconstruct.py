@@ -195,6 +195,57 @@ def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch)
     assert "6 epochs of the 16 calibration images" in rec["budget"]
 
 
+def test_a_scaled_budget_trains_that_many_times_the_epochs(auto, monkeypatch):
+    """convert(reconstruct_budget=X) (--reconstruct-budget X): X times the default's budget,
+    recorded with the reconstruction; the budget's arithmetic says so."""
+    pytest.importorskip("torch")
+    x = B.rand_input(16, seed=7)
+    model = onnx_snn.prepare(B.vgg()).model
+    cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
+    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * 5.5)      # five epochs at T = 2
+    plain = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    scaled = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct_budget=2)
+    assert plain.report["reconstruction"]["epochs"] == 5 and "budget_scale" not in plain.report[
+        "reconstruction"]
+    rec = scaled.report["reconstruction"]
+    assert rec["epochs"] == 11 and rec["budget_scale"] == 2.0 and rec["kept"]
+    assert "11 epochs of the 16 calibration images" in rec["budget"] and "2x the default's" in rec["budget"]
+    # a network the default skips is reconstructed where the scaled budget pays MIN_EPOCHS
+    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * (ar.MIN_EPOCHS - 1))
+    assert "skipped" in onnx_snn.convert(B.vgg(), x, timesteps=2,
+                                         show_progress=False).report["reconstruction"]
+    assert onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False,
+                            reconstruct_budget=2).report["reconstruction"]["epochs"] >= ar.MIN_EPOCHS
+
+
+@pytest.mark.parametrize("scale", [0, -1, float("nan"), float("inf"), True, 101, "2"])
+def test_a_bad_budget_scale_is_refused_before_any_work(scale):
+    with pytest.raises(UsageError, match="budget scale"):
+        onnx_snn.convert("no such file.onnx", "no such data", reconstruct_budget=scale)
+
+
+def test_a_budget_scale_with_no_default_reconstruction_is_refused(auto, monkeypatch, tmp_path, capsys):
+    from onnx_snn.cli import main
+    x = B.rand_input(8, seed=7)
+    for kwargs, says in (({"reconstruct": 3}, "--reconstruct EPOCHS replaces"),
+                         ({"reconstruct": 0}, "--reconstruct 0 turns off"),
+                         ({"method": "datta"}, "'datta' is a reference")):
+        with pytest.raises(UsageError, match=says):
+            onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct_budget=2,
+                             **kwargs)
+    monkeypatch.setenv(ar.ENV, "0")
+    with pytest.raises(UsageError, match="ONNX_SNN_RECONSTRUCT=0 turns off here"):
+        onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct_budget=2)
+    # the command line: a clear message, a usage exit code, nothing written
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "c.npy", x)
+    code = main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                 "--reconstruct-budget", "2", "--reconstruct", "3", "-o", str(tmp_path / "o.snn.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "--reconstruct-budget" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
+
+
 def test_the_default_trains_on_more_of_the_data_where_it_has_them():
     """Where the calibration data holds more images than the conversion calibrates on, the
     default spreads its budget over up to IMAGES of them, EPOCHS_PER_IMAGE epochs each;
