@@ -183,12 +183,17 @@ def test_cli_default_reconstructs_and_zero_does_not(auto, tmp_path, capsys):
     assert "reconstructed" not in capsys.readouterr().out
 
 
-def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch):
+def _budget_of(epochs: float, monkeypatch) -> np.ndarray:
+    """BUDGET set to ``epochs`` epochs of B.vgg()'s 16 calibration images (returned) at T = 2."""
     pytest.importorskip("torch")
-    x = B.rand_input(16, seed=7)
     model = onnx_snn.prepare(B.vgg()).model
     cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
-    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * 6.5)      # six epochs at T = 2
+    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * epochs)
+    return B.rand_input(16, seed=7)
+
+
+def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch):
+    x = _budget_of(6.5, monkeypatch)      # six epochs at T = 2
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
     rec = snn.report["reconstruction"]
     assert rec["epochs"] == 6 and rec["kept"] and "skipped" not in rec
@@ -198,11 +203,7 @@ def test_a_budget_of_fewer_epochs_trains_them_and_records_why(auto, monkeypatch)
 def test_a_scaled_budget_trains_that_many_times_the_epochs(auto, monkeypatch):
     """convert(reconstruct_budget=X) (--reconstruct-budget X): X times the default's budget,
     recorded with the reconstruction; the budget's arithmetic says so."""
-    pytest.importorskip("torch")
-    x = B.rand_input(16, seed=7)
-    model = onnx_snn.prepare(B.vgg()).model
-    cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
-    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * 5.5)      # five epochs at T = 2
+    x = _budget_of(5.5, monkeypatch)      # five epochs at T = 2
     plain = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
     scaled = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct_budget=2)
     assert plain.report["reconstruction"]["epochs"] == 5 and "budget_scale" not in plain.report[
@@ -211,7 +212,7 @@ def test_a_scaled_budget_trains_that_many_times_the_epochs(auto, monkeypatch):
     assert rec["epochs"] == 11 and rec["budget_scale"] == 2.0 and rec["kept"]
     assert "11 epochs of the 16 calibration images" in rec["budget"] and "2x the default's" in rec["budget"]
     # a network the default skips is reconstructed where the scaled budget pays MIN_EPOCHS
-    monkeypatch.setattr(ar, "BUDGET", cost * 16 * 2 * (ar.MIN_EPOCHS - 1))
+    _budget_of(ar.MIN_EPOCHS - 1, monkeypatch)
     assert "skipped" in onnx_snn.convert(B.vgg(), x, timesteps=2,
                                          show_progress=False).report["reconstruction"]
     assert onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False,
