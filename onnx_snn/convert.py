@@ -1036,6 +1036,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     timesteps = check_timesteps(timesteps)
     budget_scale = auto_reconstruct.check_budget_scale(reconstruct_budget)
     recon = reconstruct_config(reconstruct)     # (torch imported, the values checked: first)
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if budget_scale != 1 and method != REFINED:
         raise UsageError(f"the reconstruction's budget (--reconstruct-budget) scales the "
                          f"default reconstruction of the {REFINED} method; {method!r} is a "
@@ -1049,8 +1051,6 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                             "--reconstruct EPOCHS replaces (it trains that many epochs of the "
                             "calibration samples)")
                          + ": give one or the other")
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     try:
         cfg = search_config(config, **options)
     except ValueError as e:

@@ -1,6 +1,7 @@
 """convert's default reconstruction (onnx_snn/auto_reconstruct.py): when, how long, and what
 the report and the command line say. (tests/conftest.py turns it off for the rest of the
 suite through $ONNX_SNN_RECONSTRUCT; these tests turn it back on.)"""
+import contextlib
 import warnings
 
 import numpy as np
@@ -230,7 +231,8 @@ def test_a_budget_scale_with_no_default_reconstruction_is_refused(auto, monkeypa
     x = B.rand_input(8, seed=7)
     for kwargs, says in (({"reconstruct": 3}, "--reconstruct EPOCHS replaces"),
                          ({"reconstruct": 0}, "--reconstruct 0 turns off"),
-                         ({"method": "datta"}, "'datta' is a reference")):
+                         ({"method": "datta"}, "'datta' is a reference"),
+                         ({"method": "nope"}, "unknown method 'nope'")):
         with pytest.raises(UsageError, match=says):
             onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct_budget=2,
                              **kwargs)
@@ -245,6 +247,14 @@ def test_a_budget_scale_with_no_default_reconstruction_is_refused(auto, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "--reconstruct-budget" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
+    for bad in ("0", "-1", "nan", "abc", "101"):
+        with pytest.raises(SystemExit) if bad != "101" else contextlib.nullcontext():
+            code = main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npy"),
+                         "--reconstruct-budget", bad, "-o", str(tmp_path / "o.snn.onnx")])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and ("reconstruct-budget" in err or "budget scale" in err), err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
+    assert code == 2      # (101: past MAX_BUDGET_SCALE, refused by convert before any work)
 
 
 def test_the_default_trains_on_more_of_the_data_where_it_has_them():
