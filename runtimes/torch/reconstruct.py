@@ -240,7 +240,14 @@ class _Targets:
                       for s, c in codes.items()}
 
     def batches(self):
-        """The targets of all the samples, batch by batch (for :meth:`_Loss.scales`)."""
+        """The targets of all the samples, batch by batch (for :meth:`_Loss.scales`); kept
+        targets are read without building the batches' inputs."""
+        if self.cache is not None:
+            n = len(next(iter(self.x.values())))
+            for a in range(0, n, self.size):
+                rows = np.arange(a, min(a + self.size, n))
+                yield self(rows, None, len(rows))
+            return
         for rows, b in _batches(self.x, self.size, fixed=self.fixed):
             yield self(rows, b, len(rows))
 
