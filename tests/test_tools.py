@@ -436,6 +436,27 @@ def test_sweep_reconstruct_reads_its_variants():
         with pytest.raises(SystemExit, match="unknown change|fraction|not a|above 0|finite"):
             sweep.parse_variant(bad)
     assert sweep.parse_variant("output_weight=0")["fields"] == {"output_weight": 0.0}
+    assert sweep.parse_variant("per-image=1")["per_image"] == 1
+    for bad in ("per-image=0", "per-image=1.5", "per-image="):
+        with pytest.raises(SystemExit, match="above 0|not a|unknown change"):
+            sweep.parse_variant(bad)
+
+
+def test_sweep_reconstruct_spreads_the_budget():
+    """per-image=E: the default's plan trains E epochs on as many images as the budget then
+    pays for, beyond its cap of 4096, and the plan is as it was afterwards."""
+    from onnx_snn import auto_reconstruct as ar
+    sweep = _sweep_module()
+    cost = 2e7                               # (ResNet-20's order: 12 000 image-epochs)
+    passes = ar.budget_passes(cost, 2)
+    before = ar.training_images(cost, 512, 60000, 2)
+    assert before == min(ar.IMAGES, int(passes // ar.EPOCHS_PER_IMAGE))
+    cap = ar.IMAGES
+    with sweep.spread(1):
+        assert ar.training_images(cost, 512, 60000, 2) == int(passes) > cap
+    with sweep.spread(None):
+        assert ar.training_images(cost, 512, 60000, 2) == before
+    assert ar.training_images(cost, 512, 60000, 2) == before
 
 
 def test_sweep_reconstruct_small_and_its_patches_undone(fmnist_test, capsys, monkeypatch):

@@ -19,11 +19,15 @@ then top-1 on the test images in onnxruntime. A variant joins changes with ``+``
 * ``surrogate-k=K``: the sigmoid surrogate's sharpness (4 by default);
 * ``warmup=F``: the learning rate rises linearly over the first fraction F of the steps,
   then follows the cosine;
+* ``per-image=E``: the same budget spread over as many training images as leave each E
+  epochs (the default: 3 epochs of at most 4096 images; ``auto_reconstruct``'s
+  ``EPOCHS_PER_IMAGE`` and ``IMAGES``);
 * ``mixup=P``: a fraction P of each training batch replaced by mixtures ``l a + (1 - l) b``
   of two of its inputs (l uniform in [0, 1]), the DNN's targets run on them (no targets
   kept between epochs then): function matching on more inputs (Beyer et al., CVPR 2022).
 
-The patches are this script's: the library has none of the last four. Runs go one after
+The patches are this script's: the library has none of ``initial``, ``surrogate-k``,
+``warmup`` or ``mixup``. Runs go one after
 another in this process (start one process per seed to use both cores); PyTorch's training
 is the same to the bit on the same thread count.
 """
@@ -46,7 +50,8 @@ FIELDS = ("lr", "epochs", "batch_size", "temperature", "site_weight", "output_we
 def parse_variant(spec: str) -> dict:
     """{'fields': {...}, 'initial': bool, 'k': float or None, 'warmup': float, 'mixup': float}
     of one variant (module doc); a SystemExit names what it does not know."""
-    out = {"fields": {}, "initial": False, "k": None, "warmup": 0.0, "mixup": 0.0}
+    out = {"fields": {}, "initial": False, "k": None, "warmup": 0.0, "mixup": 0.0,
+           "per_image": None}
     for part in spec.split("+"):
         name, _, value = part.partition("=")
         if part == "base":
@@ -63,6 +68,10 @@ def parse_variant(spec: str) -> dict:
             out["k"] = _number(part, value, float)
             if not out["k"] > 0:
                 raise SystemExit(f"sweep_reconstruct: {part!r}: the surrogate's k must be above 0")
+        elif name == "per-image" and value:
+            out["per_image"] = _number(part, value, int)
+            if not out["per_image"] > 0:
+                raise SystemExit(f"sweep_reconstruct: {part!r}: epochs per image must be above 0")
         elif name in ("warmup", "mixup") and value:
             v = _number(part, value, float)
             if not 0 <= v <= 1:
@@ -71,7 +80,7 @@ def parse_variant(spec: str) -> dict:
         else:
             raise SystemExit(f"sweep_reconstruct: unknown change {part!r} in variant {spec!r} "
                              f"(base, initial, FIELD=VALUE of {', '.join(FIELDS)}, "
-                             "surrogate-k=K, warmup=F, mixup=P)")
+                             "surrogate-k=K, warmup=F, mixup=P, per-image=E)")
     return out
 
 
@@ -116,6 +125,20 @@ def patched(variant: dict, R, N, neuron):
     finally:
         (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR, R._batches,
          R.TARGET_CACHE_BYTES) = saved
+
+
+@contextlib.contextmanager
+def spread(per_image):
+    """The default's plan with ``per_image`` epochs per training image and no cap on the
+    images (None: as it is) for the length of the block."""
+    from onnx_snn import auto_reconstruct as ar
+    saved = ar.EPOCHS_PER_IMAGE, ar.IMAGES
+    try:
+        if per_image is not None:
+            ar.EPOCHS_PER_IMAGE, ar.IMAGES = per_image, 10 ** 6
+        yield
+    finally:
+        ar.EPOCHS_PER_IMAGE, ar.IMAGES = saved
 
 
 def _mixing(batches, p: float):
@@ -180,12 +203,15 @@ def _sweep(args, variants: dict) -> int:
         for seed in (int(s) for s in args.seeds.split(",")):
             calib_x = calibration_set(nm, 512, seed).x
             cal = onnx_snn.calibrate(nm, calib_x, show_progress=False, seed=seed)
-            rcfg, train_x = bd._default_reconstruction(nm, train, calib_x, args.timesteps, seed)
-            if args.train_images:
-                train_x = ({k: a[:args.train_images] for k, a in train_x.items()}
-                           if isinstance(train_x, dict) else train_x[:args.train_images])
-            n_train = len(next(iter(train_x.values())) if isinstance(train_x, dict) else train_x)
             for name, v in variants.items():
+                with spread(v["per_image"]):
+                    rcfg, train_x = bd._default_reconstruction(nm, train, calib_x,
+                                                               args.timesteps, seed)
+                if args.train_images:
+                    train_x = ({k: a[:args.train_images] for k, a in train_x.items()}
+                               if isinstance(train_x, dict) else train_x[:args.train_images])
+                n_train = len(next(iter(train_x.values())) if isinstance(train_x, dict)
+                              else train_x)
                 t0 = time.perf_counter()
                 snn = onnx_snn.build(nm, cal, args.timesteps, "refined", SearchConfig(), seed=seed)
                 cfg = dataclasses.replace(rcfg, **v["fields"])
