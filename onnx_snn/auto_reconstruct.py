@@ -265,7 +265,7 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
                        "anyway, --reconstruct-budget scales the budget", macs)
     if not (torch_installed() if have_torch is None else have_torch):
         return Plan(0, "PyTorch is not installed (pip install 'onnx-snn[torch]' to reconstruct "
-                       "by default: +1 to +2 points at T = 1-2 on deep networks)", macs)
+                       "by default: +2 to +3 points at T = 1-2 on deep networks)", macs)
     n = training_images(cost, images, available, timesteps, sample_bytes, scale)
     epochs = auto_epochs(cost, n, timesteps, scale)
     if n != images:     # (the budget pays EPOCHS_PER_IMAGE of them, but for float rounding)

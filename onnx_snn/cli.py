@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and more of the same data (a named dataset, an array file; up to "
                         "4096 samples in all), 3 or more epochs each (none for a large network; the last line "
                         "says why; $ONNX_SNN_RECONSTRUCT=0 turns this default off). At T=2 "
-                        "VGG-16 +1.9 points, ResNet-20 +2.3, for about 45 s more on 2 cores "
+                        "VGG-16 +2.0 points, ResNet-20 +2.5, for about 40-45 s more on 2 cores "
                         "(README); not the same to the bit on another thread count")
     c.add_argument("--reconstruct-budget", type=positive_float, default=1.0, metavar="X",
                    help="scale the default reconstruction's budget of compute by X (default 1; "

@@ -352,6 +352,9 @@ def test_bench_deep_small(fmnist_test):
     assert set(net["accuracy"]) == {"datta", "max", "deng-signed"}
     assert set(net["accuracy"]["max"]) == set(net["accuracy"]["deng-signed"]) == {"1", "2"}
     assert isinstance(net["dnn"], float) and net["cost"]["seconds"] > 0
+    assert net["cost"]["refinement_seconds"] > 0
+    if os.environ.get("ONNX_SNN_RECONSTRUCT") == "0":     # (the suite's: no reconstruction)
+        assert net["cost"]["reconstruction_seconds"] is None
 
 
 @pytest.mark.slow   # 22 s: fine-tuning; the benchmark's conversion part stays in the default run

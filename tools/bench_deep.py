@@ -266,7 +266,8 @@ def _default_reconstruction(nm, train, calib_x, T, seed: int = 0):
 
 
 def job_cost(net: str) -> dict:
-    """The default conversion end to end, as `onnx-snn convert` runs it."""
+    """The default conversion end to end, as `onnx-snn convert` runs it (reconstructed where
+    PyTorch is installed, unless $ONNX_SNN_RECONSTRUCT=0: the refinement alone)."""
     import onnx_snn
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +275,9 @@ def job_cost(net: str) -> dict:
         snn.save(os.path.join(tmp, "m.snn.onnx"))
     return {"net": net, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
             "calibration_seconds": snn.report["calibration"]["seconds"],
-            "refinement_seconds": snn.report.get("sequential", {}).get("seconds")}
+            "refinement_seconds": snn.report.get("sequential", {}).get("seconds"),
+            # (None where the default did not reconstruct: $ONNX_SNN_RECONSTRUCT=0, no PyTorch)
+            "reconstruction_seconds": snn.report.get("reconstruction", {}).get("seconds")}
 
 
 def job_finetune(net: str, images: int, test_images: int, epochs: int,
@@ -348,8 +351,14 @@ def _table(result: dict) -> str:
                          f"{ft['top1_before']:.2f} -> **{ft['top1_after']:.2f}** "
                          f"({ft['seconds']:.0f} s)")
         if "seconds" in cost:
+            parts = [f"{what} {cost[k]:.1f} s" for what, k in
+                     (("refined in", "refinement_seconds"),
+                      ("reconstructed in", "reconstruction_seconds")) if cost.get(k) is not None]
             lines.append(f"\nDefault conversion, 512 images, T=2: {cost['seconds']:.1f} s end to "
-                         f"end, {cost['peak_rss_mb']:.0f} MB peak")
+                         f"end, {cost['peak_rss_mb']:.0f} MB peak"
+                         + (f" ({', '.join(parts)})" if parts else "")
+                         + ("" if cost.get("reconstruction_seconds") is not None
+                            else ", not reconstructed"))
         lines.append("")
     return "\n".join(lines)
 

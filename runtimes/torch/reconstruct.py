@@ -33,7 +33,7 @@ They are no test of it: the refinement fitted its weights on those images too, a
 ``convert --reconstruct`` run on 2 threads: agreement 96.7 -> 96.1 %, test top-1 87.35 ->
 88.68 %; the benchmark's run on one thread gave 88.98; convert's default on VGG-16,
 2026-12-07: loss 0.191 -> 0.295, agreement 96.7 -> 94.1 %, and 89.31 % test top-1; the
-default is 1.9-2.9 points above the refinement alone at T = 1-2 on the deep networks). Only a
+default is 2.0-3.3 points above the refinement alone at T = 1-2 on the deep networks). Only a
 loss that ends 2x above the conversion's there (``LOSS_WARNING``: a learning rate too large)
 is warned about.
 
