@@ -92,7 +92,7 @@ def add_demo_parser(sub, parent) -> None:
                                    "default then also reconstructs (convert --help).",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
-                              "  onnx-snn demo                          # the full table, ~3 min on 2 cores\n"
+                              "  onnx-snn demo                          # the full table, 3-6 min on 2 cores\n"
                               "  onnx-snn demo --limit 1000 -T 1 2      # a quick look\n"
                               "  onnx-snn demo --methods datta percentile --json demo.json")
     from .cli import positive_int, timesteps_int
