@@ -225,12 +225,38 @@ class _Sampler:
         return out
 
 
+def check_varied(feeds: Dict[str, np.ndarray], say: bool = False) -> None:
+    """Calibration data that cannot show the DNN's activations: a DataError where every
+    input holds one value throughout (all zeros, say: each layer's mu and thresholds would
+    come from a single activation per neuron, and the conversion would not fit real inputs;
+    one constant input beside others, a mask say, is fine), and a warning (``say``) where the
+    samples are all the same."""
+    arrays = [np.asarray(v) for v in feeds.values()]
+    if not arrays or any(len(a) < 1 or a.size == 0 for a in arrays):
+        return
+    same = [bool(np.all(a == a[:1])) for a in arrays]
+    if not all(same):
+        return
+    if all(np.min(a[0]) == np.max(a[0]) for a in arrays):   # (every sample is the first)
+        values = ", ".join(f"'{k}' is {np.asarray(v).flat[0].item()!r}" for k, v in feeds.items())
+        raise DataError(f"calibration data: every value of every input is the same ({values} "
+                        f"throughout its {len(arrays[0])} samples): the conversion chooses each "
+                        "layer's thresholds from the activations the data gives, and constant "
+                        "data gives none to choose from; calibrate on real samples (a named "
+                        "dataset, a folder of images, or an array of preprocessed inputs)")
+    if say and len(arrays[0]) > 1:
+        log.warning("calibration data: all %d samples are the same: the thresholds are chosen "
+                    "from one input's activations and may not fit others; calibrate on varied "
+                    "samples", len(arrays[0]))
+
+
 def calibration_feeds(nm: NormalizedModel, x, batch_size: int, say: bool = False):
     """(feeds, number of samples, batch size) for running the calibration data through the
     DNN: the data checked against the model's inputs, and a fixed batch honoured (the samples
     past the last whole batch are left out; ``say``: with a warning)."""
     specs = input_specs(nm.model)
     feeds = validate_feeds(specs, x, "calibration data")
+    check_varied(feeds, say)
     n_total = next(iter(feeds.values())).shape[0]
     fixed = fixed_batch(specs)
     if fixed:

@@ -96,6 +96,27 @@ def test_nan_and_inf(nm):
         calibrate(nm, x, show_progress=False)
 
 
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_constant_data_is_refused_and_identical_samples_warned_about(nm, caplog, value):
+    """Data that holds one value throughout (all zeros, a constant fill) gives each neuron a
+    single activation to choose its threshold from: refused, naming the input and value;
+    samples that are all one image are warned about; a constant input beside a varied one
+    (a mask) is taken."""
+    with pytest.raises(DataError, match=rf"every value of every input is the same \('input' "
+                                        rf"is {value!r} throughout its 8 samples\)"):
+        calibrate(nm, np.full((8, 1, 12, 12), value, np.float32), show_progress=False)
+    one = np.repeat(B.rand_input(1, seed=3), 8, axis=0)
+    caplog.clear()
+    calibrate(nm, one, show_progress=False)
+    assert "all 8 samples are the same" in caplog.text
+    caplog.clear()
+    calibrate(nm, B.rand_input(1, seed=3), show_progress=False)     # one sample: no warning
+    assert "samples are the same" not in caplog.text
+    from onnx_snn.calibrate import check_varied
+    check_varied({"x": B.rand_input(4), "mask": np.ones((4, 5), np.float32)}, say=True)
+    assert "samples are the same" not in caplog.text
+
+
 def test_empty_data(nm):
     with pytest.raises(DataError, match="no samples"):
         calibrate(nm, np.zeros((0, 1, 12, 12), np.float32), show_progress=False)
