@@ -6,7 +6,7 @@ the default method (``refined``) and PyTorch installed, the conversion is then r
 follow its DNN) for as many epochs, up to :data:`MAX_EPOCHS`, as fit in :data:`BUDGET`:
 each image's cost in one step (:func:`step_cost`: the DNN's multiply-accumulates in its
 convolutions and dense layers, plus :data:`NODE_COST` per node for PyTorch's time per
-layer), times the images, times T, times the epochs. Below :data:`MIN_EPOCHS` epochs of the
+layer, more for a model whose batch is fixed below :data:`BATCH`), times the images, times T, times the epochs. Below :data:`MIN_EPOCHS` epochs of the
 calibration images it is skipped, with a note that says how to ask for it. Where the
 calibration data holds more images than the conversion calibrates on (a named dataset, an
 array file; not an image folder, of which only the calibration images are read), the same
@@ -57,6 +57,12 @@ MIN_EPOCHS_OF = 512
 #: layer: a chain of 100 8-wide dense layers, 6400 MACs, trained 30 epochs on 512 images at
 #: T = 2 in 72 s, VGG-16's 13 M MACs and 36 nodes in 47 s)
 NODE_COST = 1.5e5
+#: the reconstruction's batch (runtimes.torch.reconstruct.ReconstructConfig.batch_size, which
+#: a test keeps equal), at which NODE_COST was measured: PyTorch's time per layer is paid per
+#: step, so a model of a fixed batch of b samples pays NODE_COST x BATCH / b per image (one of
+#: a fixed batch of 1 took 12x the time of the same model at 32: an outside tester's, 48 s
+#: against 4 s)
+BATCH = 32
 #: (MACs + NODE_COST x nodes) per image x images x T x epochs the default may spend
 BUDGET = 4.6e11
 #: the most a conversion may scale :data:`BUDGET` by (``convert --reconstruct-budget``)
@@ -154,10 +160,13 @@ def estimated_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[
         return None
 
 
-def step_cost(macs: int, nodes: int) -> float:
+def step_cost(macs: int, nodes: int, batch: Optional[int] = None) -> float:
     """One image's cost in one step of training, in MACs: its MACs, and :data:`NODE_COST`
-    for each node (PyTorch's time per layer, which a deep narrow network is all of)."""
-    return float(macs) + NODE_COST * nodes
+    for each node (PyTorch's time per layer, which a deep narrow network is all of), that
+    many times more where the model's fixed ``batch`` of samples is below :data:`BATCH`
+    (None: a free batch, trained at :data:`BATCH`)."""
+    per_step = BATCH / min(max(int(batch), 1), BATCH) if batch else 1.0
+    return float(macs) + NODE_COST * nodes * per_step
 
 
 def check_budget_scale(scale) -> float:
@@ -254,10 +263,14 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
     if macs is None:
         return Plan(0, "its cost could not be estimated (a free dimension); --reconstruct "
                        f"{MAX_EPOCHS} trains it anyway")
+    from .feeds import fixed_batch, input_specs
     nodes = len(model.graph.node)
-    cost = step_cost(macs, nodes)
+    fixed = fixed_batch(input_specs(model))
+    cost = step_cost(macs, nodes, fixed)
     least = min(int(images), MIN_EPOCHS_OF)
-    work = f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x T = {timesteps}"
+    work = (f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x T = {timesteps}"
+            + (f", trained {fixed} sample{'s' if fixed > 1 else ''} a step (the model's fixed "
+               "batch)" if fixed and fixed < BATCH else ""))
     afforded = auto_epochs(cost, least, timesteps, scale)
     if afforded < MIN_EPOCHS:
         return Plan(0, f"{work} affords {afforded} epochs of {least} images in {budget} (it "

@@ -307,8 +307,9 @@ def test_cli_constant_is_the_runtime_default():
     args = build_parser().parse_args(["convert", "m.onnx", "--reconstruct"])
     assert args.reconstruct == DEFAULT_EPOCHS
     assert build_parser().parse_args(["convert", "m.onnx"]).reconstruct is None   # auto
-    from onnx_snn.auto_reconstruct import MAX_EPOCHS
+    from onnx_snn.auto_reconstruct import BATCH, MAX_EPOCHS
     assert MAX_EPOCHS == DEFAULT_EPOCHS
+    assert BATCH == ReconstructConfig().batch_size
 
 
 def test_a_reconstructed_file_is_fitted_for_its_T_whatever_its_method(caplog):
