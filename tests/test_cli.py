@@ -118,8 +118,12 @@ def test_quiet_convert_and_eval_print_the_result_line_only(files, capsys):
     out = files / "quiet.snn.onnx"
     assert main(["-q", "convert", str(files / "model.onnx"), "-o", str(out),
                  "--calib", str(files / "calib.npy"), "-T", "2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    got = capsys.readouterr()
+    lines = got.out.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"wrote {out}"), lines
+    # the one note kept: the outputs are no longer the DNN's probabilities (a Softmax dropped)
+    notes = [n for n in got.err.splitlines() if n.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: dropped the final Softmax"), got.err
     assert main(["eval", str(out), "--data", str(files / "test.npz"), "-q"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "top-1" in lines[0], lines
