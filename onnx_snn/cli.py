@@ -108,9 +108,6 @@ RECONSTRUCT_EPOCHS = auto_reconstruct.MAX_EPOCHS
 QUIET_HELP = ("no progress bars or notes (but those that say the model's inputs or outputs "
               "changed); convert and eval leave out their per-layer tables and print the "
               "result line only")
-#: the normalization's notes that say the spiking model's inputs or outputs differ from the
-#: DNN's (a final Softmax dropped: scores, not probabilities): convert prints them with -q too
-INTERFACE_NOTES = ("dropped the final ", "the final ", "dropped the input(s) ")
 
 
 def _whole_number(text: str, minimum: int, least: str) -> int:
@@ -799,6 +796,7 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 def cmd_convert(args) -> int:
     from .convert import WARNING_NOTE, check_method_options, check_search_limits, convert
+    from .notes import INTERFACE_NOTE, unmarked
     from .errors import UsageError
     from .model_io import check_output_path, write_all_atomic
 
@@ -842,11 +840,12 @@ def cmd_convert(args) -> int:
                   outputs=args.keep_outputs,
                   reconstruct=auto_reconstruct.AUTO if args.reconstruct is None else args.reconstruct,
                   reconstruct_budget=args.reconstruct_budget)
-    # (the notes that are warnings were logged, -q or not; with -q, those of the interface)
+    # (the notes that are warnings were logged, -q or not; with -q, those of the inputs and
+    # outputs are said too: onnx_snn/notes.py)
     for note in snn.report.get("notes", snn.normalized.notes):
         if not note.startswith(WARNING_NOTE) and (not args.quiet
-                                                  or note.startswith(INTERFACE_NOTES)):
-            print(f"note: {note}", file=sys.stderr)
+                                                  or note.startswith(INTERFACE_NOTE)):
+            print(f"note: {unmarked(note)}", file=sys.stderr)
     rows = [[r["name"], r["idiom"], "x".join(map(str, r["shape"])), f"{r['mu']:.4g}",
              _param(r["alpha"], ".4f"), _param(r["beta"], ".4f"), _param(r["threshold"], ".4g"),
              _param(r["amplitude"], ".4g"), _param(r["v_init"], ".4g"),

@@ -1226,3 +1226,29 @@ def test_a_signal_after_the_outputs_are_in_place_says_they_are_complete(
     monkeypatch.setattr(M, "write_all_atomic", lambda items: (_ for _ in ()).throw(err()))
     assert main(argv[:-1] + [str(tmp_path / "n.snn.onnx")]) == code
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"onnx-snn: {said}"
+
+
+def test_quiet_convert_still_says_what_changed_in_the_inputs_and_outputs(tmp_path, capsys):
+    """-q drops the notes, but not those that say the spiking model's inputs or outputs
+    differ from the DNN's (onnx_snn/notes.py): a final Softmax dropped (scores, not
+    probabilities), an ArgMax head dropped, free spatial dimensions pinned to the data's."""
+    m = B.vgg(13, "clip")                                   # ends in a Softmax
+    scores = m.graph.output[0].name
+    m.graph.node.append(h.make_node("ArgMax", [scores], ["cls"], axis=1, keepdims=0))
+    m.graph.output.append(h.make_tensor_value_info("cls", onnx.TensorProto.INT64, ["N"]))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, name in zip(dims[2:], "HW"):
+        d.Clear()
+        d.dim_param = name
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "calib.npy", B.rand_input(32))
+    said = {}
+    for quiet in (True, False):
+        assert main((["-q"] if quiet else []) + ["convert", str(tmp_path / "m.onnx"), "--calib",
+                    str(tmp_path / "calib.npy"), "-o", str(tmp_path / f"{quiet}.snn.onnx")]) == 0
+        said[quiet] = [n for n in capsys.readouterr().err.splitlines() if n.startswith("note:")]
+    for what in ("dropped the final Softmax", "dropped the output head ArgMax",
+                 "has free dimensions"):
+        assert sum(what in n for n in said[True]) == 1, (what, said[True])
+    assert not any("interface:" in n for n in said[True] + said[False])    # (the mark unsaid)
+    assert set(said[True]) < set(said[False])    # (the others: without -q only)

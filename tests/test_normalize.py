@@ -327,7 +327,7 @@ def test_a_clip_split_by_an_extra_output_says_so(exposed):
         normalize(m)
     kept = normalize(m, outputs=[logits])  # or kept alone by --outputs, the model unchanged
     assert len(kept.sites) == 1 and [o.name for o in kept.model.graph.output] == [logits]
-    assert any(n.startswith("--outputs: kept") for n in kept.notes)
+    assert any(n.startswith("interface: --outputs: kept") for n in kept.notes)
     assert len(m.graph.output) == 2
     del m.graph.output[1:]               # its real output alone: the pair is one activation
     assert len(normalize(m).sites) == 1

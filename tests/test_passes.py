@@ -106,7 +106,7 @@ def test_pass_log_is_kept_but_notes_unchanged():
     assert log["fold-batchnorm"].changed == 1 and log["strip-final-softmax"].changed == 1
     assert nm.notes == [
         "upgraded the model from opset 9 to 13",
-        f"dropped the final Softmax '{sm}': the spiking "
+        f"interface: dropped the final Softmax '{sm}': the spiking "
         "model outputs time-averaged logits (argmax, hence top-1, is unchanged)",
         "folded 1 BatchNormalization layer(s) into the preceding Conv/Gemm"]
 
@@ -247,7 +247,7 @@ def _check_stripped(m, r, out, feeds, axis=-1):
 def test_final_softmax_dropped(op):
     m = _logits_then([h.make_node(op, ["logits"], ["y"], name="sm", axis=1)], ["N", 4])
     r, out = apply(cleanup.strip_final_softmax, m)
-    assert r.notes == [f"dropped the final {op} 'sm': the spiking model outputs time-averaged "
+    assert r.notes == [f"interface: dropped the final {op} 'sm': the spiking model outputs time-averaged "
                        "logits (argmax, hence top-1, is unchanged)"]
     _check_stripped(m, r, out, {"x": rand(5, 6)})
 
@@ -380,7 +380,7 @@ def test_an_output_beside_its_own_softmax_is_not_given_the_softmaxs_name(op, res
     r, out = apply(pass_, m)
     assert [o.name for o in out.graph.output] == ["logits"] and ops(out) == ["Gemm"]
     assert r.changed == 1 and r.notes[0].startswith(
-        f"dropped the output 'probs' ({op} 'sm' of the output 'logits')")
+        f"interface: dropped the output 'probs' ({op} 'sm' of the output 'logits')")
     assert "apply " + op + " to 'logits'" in r.notes[0]
     feeds = {"x": rand(3, 6)}
     np.testing.assert_allclose(ort_run(out, feeds)[0], ort_run(m, feeds)[0], rtol=1e-6)
@@ -579,7 +579,7 @@ def test_an_output_beside_its_own_final_clamp_is_dropped():
     m.graph.output.insert(0, vi("logits", ["N", 4]))
     r, out = apply(cleanup.strip_final_activation, m)
     assert [o.name for o in out.graph.output] == ["logits"] and ops(out).count("Relu") == 1
-    assert r.notes[0].startswith("dropped the output 'y' (Relu 'act' of the output 'logits')")
+    assert r.notes[0].startswith("interface: dropped the output 'y' (Relu 'act' of the output 'logits')")
 
 
 def test_final_clamp_is_kept_where_it_is_not_the_readout():

@@ -12,6 +12,7 @@ from onnx import version_converter
 from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
+from ..notes import interface
 from .ir import (broadcasts_within, const_value, depends_on_inputs, is_graph_output, node_label,
                  pool_windows, rank, scalar_value)
 from .passes import PassResult, graph_pass
@@ -398,9 +399,9 @@ def hard_sigmoid_to_clip(graph: gs.Graph, result: PassResult) -> None:
             node.op, node.attrs = "Add", {}
             node.inputs = [x, gs.Constant(f"{node.name or y.name}_centre",
                                           np.array((b - 0.5) / a, np.float32))]
-            result.notes.append(f"the final HardSigmoid '{node.name}' is read as its scores "
-                                f"x + {(b - 0.5) / a:g}: above 0 where it is above 0.5, of the "
-                                "same order (apply it for its values)")
+            result.notes.append(interface(
+                f"the final HardSigmoid '{node.name}' is read as its scores x + {(b - 0.5) / a:g}: "
+                "above 0 where it is above 0.5, of the same order (apply it for its values)"))
             result.changed += 1
             continue
         name = node.name or y.name

@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import ir
+from ..notes import interface
 from .ir import bypass, const_value, is_graph_output, producer, scalar_value
 from ..spiking.format import dropout_ratio_ok
 from .passes import PassResult, graph_pass
@@ -133,10 +134,10 @@ def _dropped_output_beside(graph: gs.Graph, head: gs.Node, x, end, chain: List[g
     for n in [head] + chain:
         n.inputs.clear()
         n.outputs.clear()
-    result.notes.append(
+    result.notes.append(interface(
         f"dropped the output '{end.name}' ({head.op} '{head.name}'{_after(chain)} of the output "
         f"'{same.name}'): the spiking model outputs '{same.name}' time-averaged, and {what}; "
-        f"apply {head.op} to '{same.name}' for the values '{end.name}' held")
+        f"apply {head.op} to '{same.name}' for the values '{end.name}' held"))
     result.changed += 1
     return True
 
@@ -245,11 +246,11 @@ def strip_output_head(graph: gs.Graph, result: PassResult) -> None:
             n.inputs.clear()
             n.outputs.clear()
         result.changed += 1
-        result.notes.append(
+        result.notes.append(interface(
             f"dropped the output head {node.op} '{node.name}' (output(s) "
             f"{', '.join(repr(o.name) for o in dropped)}): the spiking model outputs the "
             f"time-averaged scores '{scores.name}'; apply {node.op} to them for "
-            + ("{class: score} maps" if node.op == "ZipMap" else "class ids"))
+            + ("{class: score} maps" if node.op == "ZipMap" else "class ids")))
     graph.cleanup()
 
 
@@ -292,8 +293,9 @@ def strip_final_softmax(graph: gs.Graph, result: PassResult) -> None:
         if _dropped_output_beside(graph, sm, x, out, chain + ([] if coerced is None else [fl, shp, rs]),
                                   result, "a spiking model has no softmax"):
             continue
-        result.notes.append(f"dropped the final {sm.op} '{sm.name}'{_after(chain)}: the spiking "
-                            "model outputs time-averaged logits (argmax, hence top-1, is unchanged)")
+        result.notes.append(interface(
+            f"dropped the final {sm.op} '{sm.name}'{_after(chain)}: the spiking model outputs "
+            "time-averaged logits (argmax, hence top-1, is unchanged)"))
         result.changed += 1
         if coerced is None:
             bypass(graph, sm)
@@ -320,11 +322,11 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
         pair = _two_class_pair(graph, sg) if sg.op == "Sigmoid" else None
         if pair is not None:
             _to_logit_pair(graph, sg, *pair)
-            result.notes.append(
+            result.notes.append(interface(
                 f"dropped the final Sigmoid '{sg.name}' of the two-class probabilities "
                 f"('{pair[1].outputs[0].name}'): the spiking model outputs the time-averaged "
                 "logit beside a 0 in place of 1 - p (a softmax of the two gives the "
-                "probabilities)")
+                "probabilities)"))
             result.changed += 1
             continue
         chain, why = _path_to_output(graph, sg.outputs[0], monotone=True,
@@ -336,8 +338,8 @@ def strip_final_sigmoid(graph: gs.Graph, result: PassResult) -> None:
         if _dropped_output_beside(graph, sg, sg.inputs[0], out, chain, result,
                                   f"a spiking model has no {sg.op.lower()}"):
             continue
-        result.notes.append(f"dropped the final {sg.op} '{sg.name}'{_after(chain)}: "
-                            + _DROPPED_HEADS[sg.op])
+        result.notes.append(interface(f"dropped the final {sg.op} '{sg.name}'{_after(chain)}: "
+                                      + _DROPPED_HEADS[sg.op]))
         result.changed += 1
         bypass(graph, sg)
         _drop_order_ops(graph, chain)
@@ -415,11 +417,11 @@ def strip_final_activation(graph: gs.Graph, result: PassResult) -> None:
                                       "to T + 1 levels"):
                 changed = True
                 break
-            result.notes.append(
+            result.notes.append(interface(
                 f"dropped the final {node.op} '{node.name}' (a {what} on the outputs): the "
                 "spiking model outputs the time-averaged values before it (a spiking layer "
                 "there would round each output to T + 1 levels); apply it to the spiking "
-                "model's outputs if you need its values")
+                "model's outputs if you need its values"))
             result.changed += 1
             bypass(graph, node, keep=list(node.inputs).index(_data_input(node)))
             changed = True

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, numpy_helper
 
+from ..notes import interface
 from .passes import PassResult, graph_pass
 from .sources import constant_names
 from .walk import constant_tensors
@@ -79,9 +80,9 @@ def uint8_input_to_float(graph: gs.Graph, result: PassResult) -> None:
             r.op, r.attrs = "Identity", {}
         result.changed += 1
         result.records.append(t.name)
-        result.notes.append(f"input '{t.name}' takes uint8 pixels: the spiking model takes them "
-                            "as float32 of the same values (0-255); named datasets are fed as "
-                            "raw pixels")
+        result.notes.append(interface(
+            f"input '{t.name}' takes uint8 pixels: the spiking model takes them as float32 of "
+            "the same values (0-255); named datasets are fed as raw pixels"))
 
 
 #: elementwise ops by a constant that normalize an input (x / 255, (x - mean) / std)

@@ -10,6 +10,7 @@ from typing import List, Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..notes import interface
 from ..datasets import PREPROCESS_KEYS, unread_preprocess, unread_preprocess_note
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
@@ -375,8 +376,8 @@ def select_outputs(sk: skeleton.Skeleton, names: List[str], where: str, notes: L
     model.graph.output.extend(kept)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    notes.append(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
-                 f"({dropped} node(s) computed only the others)")
+    notes.append(interface(f"--outputs: kept {', '.join(names)} of the {len(have)} outputs "
+                           f"({dropped} node(s) computed only the others)"))
 
 
 def once_each_output(sk: skeleton.Skeleton, notes: List[str], where: str) -> None:
@@ -397,7 +398,8 @@ def once_each_output(sk: skeleton.Skeleton, notes: List[str], where: str) -> Non
             kept.append(o)
     del model.graph.output[:]
     model.graph.output.extend(kept)
-    notes.append(f"output(s) {', '.join(repr(n) for n in twice)} listed more than once: kept once")
+    notes.append(interface(f"output(s) {', '.join(repr(n) for n in twice)} listed more than "
+                           "once: kept once"))
 
 
 def own_constant_outputs(graph: gs.Graph) -> int:
@@ -432,7 +434,7 @@ def drop_unread_inputs(sk: skeleton.Skeleton, notes: List[str]) -> None:
     del model.graph.input[:]
     model.graph.input.extend(vi for vi in ins if vi.name not in unread)
     sk.n_inputs -= len(unread)
-    notes.append(f"dropped the input(s) {', '.join(unread)}: nothing reads them")
+    notes.append(interface(f"dropped the input(s) {', '.join(unread)}: nothing reads them"))
 
 
 def _inline_functions(model: onnx.ModelProto, notes: List[str], where: str) -> onnx.ModelProto:

@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from ..errors import UnsupportedModelError
+from ..notes import interface
 from .passes import PassResult, graph_pass
 
 #: floating-point types computed in float32 instead
@@ -124,7 +125,8 @@ def compute_in_float32(graph: gs.Graph, result: PassResult) -> None:
         parts.append(f"its Casts to {what} made Casts to float32")
     if io:
         parts.append("the spiking model's inputs and outputs are float32")
-    result.notes.append(f"the model computes in {what}: converted in float32 ({'; '.join(parts)})")
+    note = f"the model computes in {what}: converted in float32 ({'; '.join(parts)})"
+    result.notes.append(interface(note) if io else note)
 
 
 def in_float32(model):
