@@ -58,11 +58,17 @@ MIN_EPOCHS_OF = 512
 #: T = 2 in 72 s, VGG-16's 13 M MACs and 36 nodes in 47 s)
 NODE_COST = 1.5e5
 #: the reconstruction's batch (runtimes.torch.reconstruct.ReconstructConfig.batch_size, which
-#: a test keeps equal), at which NODE_COST was measured: PyTorch's time per layer is paid per
-#: step, so a model of a fixed batch of b samples pays NODE_COST x BATCH / b per image (one of
-#: a fixed batch of 1 took 12x the time of the same model at 32: an outside tester's, 48 s
-#: against 4 s)
+#: a test keeps equal), at which BUDGET's costs were measured: part of a step's time is paid
+#: per step, whatever its samples (PyTorch's per-layer time, and convolutions run less well
+#: on a batch of one), so a model of a fixed batch of b < BATCH samples costs
+#: PER_SAMPLE + (1 - PER_SAMPLE) x BATCH / b times as much per image (:func:`batch_factor`)
 BATCH = 32
+#: the part of a step's cost paid per sample: 11x at a fixed batch of 1, 11 = p + (1 - p) x 32,
+#: fitted to two models of a fixed batch of 1 against their free-batch twins (2026-12-07,
+#: `onnx-snn convert M --calib ... -T 2`): an outside tester's 2-layer net 12x (48 s against
+#: 4 s for 30 epochs of 512 images), VGG-16 of Fashion-MNIST 9.4x per image and epoch (75.7 s
+#: for 3 epochs of 985 images against 34.0 s for 3 of 4096)
+PER_SAMPLE = 21 / 31
 #: (MACs + NODE_COST x nodes) per image x images x T x epochs the default may spend
 BUDGET = 4.6e11
 #: the most a conversion may scale :data:`BUDGET` by (``convert --reconstruct-budget``)
@@ -160,13 +166,19 @@ def estimated_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[
         return None
 
 
+def batch_factor(batch: Optional[int]) -> float:
+    """How many times an image costs more in a model whose batch is fixed at ``batch``
+    samples than at :data:`BATCH` (None, or :data:`BATCH` and more: 1)."""
+    if not batch or int(batch) >= BATCH:
+        return 1.0
+    return PER_SAMPLE + (1 - PER_SAMPLE) * BATCH / max(int(batch), 1)
+
+
 def step_cost(macs: int, nodes: int, batch: Optional[int] = None) -> float:
     """One image's cost in one step of training, in MACs: its MACs, and :data:`NODE_COST`
-    for each node (PyTorch's time per layer, which a deep narrow network is all of), that
-    many times more where the model's fixed ``batch`` of samples is below :data:`BATCH`
-    (None: a free batch, trained at :data:`BATCH`)."""
-    per_step = BATCH / min(max(int(batch), 1), BATCH) if batch else 1.0
-    return float(macs) + NODE_COST * nodes * per_step
+    for each node (PyTorch's time per layer, which a deep narrow network is all of), times
+    :func:`batch_factor` where the model's ``batch`` is fixed (None: a free batch)."""
+    return (float(macs) + NODE_COST * nodes) * batch_factor(batch)
 
 
 def check_budget_scale(scale) -> float:
