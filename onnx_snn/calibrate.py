@@ -234,20 +234,23 @@ def check_varied(feeds: Dict[str, np.ndarray], say: bool = False) -> None:
     arrays = [np.asarray(v) for v in feeds.values()]
     if not arrays or any(len(a) < 1 or a.size == 0 for a in arrays):
         return
-    same = [bool(np.all(a == a[:1])) for a in arrays]
-    if not all(same):
+    # (varied data differs between its first two samples, mostly: no pass over it all)
+    if any(len(a) > 1 and not np.array_equal(a[0], a[1]) for a in arrays):
         return
+    if not all(np.all(a == a[:1]) for a in arrays):
+        return
+    n = len(arrays[0])
     if all(np.min(a[0]) == np.max(a[0]) for a in arrays):   # (every sample is the first)
-        values = ", ".join(f"'{k}' is {np.asarray(v).flat[0].item()!r}" for k, v in feeds.items())
+        values = ", ".join(f"'{k}' is {np.asarray(v).flat[0].item():g}" for k, v in feeds.items())
         raise DataError(f"calibration data: every value of every input is the same ({values} "
-                        f"throughout its {len(arrays[0])} samples): the conversion chooses each "
-                        "layer's thresholds from the activations the data gives, and constant "
+                        f"throughout its {n} sample{'s' if n > 1 else ''}): the conversion "
+                        "chooses each layer's thresholds from the activations the data gives, and constant "
                         "data gives none to choose from; calibrate on real samples (a named "
                         "dataset, a folder of images, or an array of preprocessed inputs)")
-    if say and len(arrays[0]) > 1:
+    if say and n > 1:
         log.warning("calibration data: all %d samples are the same: the thresholds are chosen "
                     "from one input's activations and may not fit others; calibrate on varied "
-                    "samples", len(arrays[0]))
+                    "samples", n)
 
 
 def calibration_feeds(nm: NormalizedModel, x, batch_size: int, say: bool = False):
@@ -256,7 +259,6 @@ def calibration_feeds(nm: NormalizedModel, x, batch_size: int, say: bool = False
     past the last whole batch are left out; ``say``: with a warning)."""
     specs = input_specs(nm.model)
     feeds = validate_feeds(specs, x, "calibration data")
-    check_varied(feeds, say)
     n_total = next(iter(feeds.values())).shape[0]
     fixed = fixed_batch(specs)
     if fixed:
@@ -272,6 +274,7 @@ def calibration_feeds(nm: NormalizedModel, x, batch_size: int, say: bool = False
                             "axis to use them all)", fixed, kept, n_total)
             feeds = {k: v[:kept] for k, v in feeds.items()}
             n_total = kept
+    check_varied(feeds, say)          # (the samples calibrated on)
     return feeds, n_total, batch_size
 
 

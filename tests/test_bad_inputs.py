@@ -537,7 +537,7 @@ cli("conv_calib_huge_values", "data", "convert {ws}/model.onnx --calib {ws}/huge
     needle="calibration batch of ")     # (the file: MAX_ACTIVATION named it not)
 cli("conv_calib_all_zeros", "data", "convert {ws}/model.onnx --calib {ws}/zeros.npy -o {ws}/o.onnx", 5,
     setup=lambda ws: np.save(ws / "zeros.npy", np.zeros((8, 1, 12, 12), np.float32)),
-    needle="every value of every input is the same ('input' is 0.0")
+    needle="every value of every input is the same ('input' is 0 throughout its 8 samples)")
 cli("conv_misfit_weight", "model", "convert {ws}/misfit.onnx --calib {ws}/calib.npy -o {ws}/o.onnx", 3,
     setup=misfit_weight("misfit.onnx"), needle="misfit.onnx: the model's shapes do not fit")
 cli("eval_misfit_weight", "model", "eval {ws}/misfit.onnx --data {ws}/test.npz", 3,

@@ -103,7 +103,7 @@ def test_constant_data_is_refused_and_identical_samples_warned_about(nm, caplog,
     samples that are all one image are warned about; a constant input beside a varied one
     (a mask) is taken."""
     with pytest.raises(DataError, match=rf"every value of every input is the same \('input' "
-                                        rf"is {value!r} throughout its 8 samples\)"):
+                                        rf"is {value:g} throughout its 8 samples\)"):
         calibrate(nm, np.full((8, 1, 12, 12), value, np.float32), show_progress=False)
     one = np.repeat(B.rand_input(1, seed=3), 8, axis=0)
     caplog.clear()
@@ -410,3 +410,19 @@ def test_convert_says_each_data_warning_once(caplog):
         onnx_snn.convert(B.vgg(13, "clip"), x, 1, "datta", show_progress=False)
     said = [r.getMessage() for r in caplog.records if "preprocessed" in r.getMessage()]
     assert len(said) == 1 and "integer data (uint8)" in said[0], said
+
+
+def test_constant_data_is_checked_on_the_samples_calibrated_on(nm):
+    """A fixed batch calibrates on whole batches only: the samples it keeps are the ones
+    checked (here all zeros, the dropped last one varied), and one sample reads so."""
+    from onnx_snn.calibrate import check_varied
+    m = B.vgg()
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.shape.dim[0].Clear()
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    x = np.zeros((9, 1, 12, 12), np.float32)
+    x[8] = B.rand_input(1)[0]
+    with pytest.raises(DataError, match="is 0 throughout its 8 samples"):
+        calibrate(normalize(m), x, show_progress=False)
+    with pytest.raises(DataError, match="is 0.1 throughout its 1 sample\\)"):
+        check_varied({"input": np.full((1, 3), 0.1, np.float32)})
