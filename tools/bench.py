@@ -23,7 +23,7 @@ Sections (``--sections``):
 * ``throughput``: inference images/s at T = 2, batch 256: the DNN in onnxruntime (the
   floor), the onnx-snn spiking graph and its deploy graph (``onnx-snn deploy``, and its
   faster ``--unit-thresholds`` form, also of the ``--pool-first`` conversion) in
-  onnxruntime, SpikingJelly's model in PyTorch; the best of three passes each.
+  onnxruntime, SpikingJelly's model in PyTorch; the best of five passes each, the jobs' passes in turn.
 * ``finetune``: top-1 after one epoch (``--finetune-images``, default 8 000 training
   images) of onnx-snn's surrogate-gradient fine-tuning at T = 1 and 2, and the SGL epoch time against SpikingJelly's multi-step training of the same
   network at T = 2 (tools/bench_sgl.py's jobs).
@@ -302,14 +302,19 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
     from onnx_snn.runtimes.ort import ModelRunner
     x = test.x[:n]
 
-    def timed(fn, rounds=3):
-        fn(x[:batch])  # warm-up
-        best = 0.0
-        for _ in range(rounds):     # the best of three passes: a pass alone is noisy here
-            t0 = time.perf_counter()
-            for s in range(0, len(x), batch):
-                fn(x[s:s + batch])
-            best = max(best, len(x) / (time.perf_counter() - t0))
+    def timed(fns, rounds=5):
+        """{name: the best images/s of ``rounds`` passes}, the passes of all ``fns`` taken in
+        turn, round after round: a pass alone is noisy here, and this machine's speed drifts
+        over a minute, which would favour whichever job ran in a fast stretch."""
+        for fn in fns.values():
+            fn(x[:batch])  # warm-up
+        best = dict.fromkeys(fns, 0.0)
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                for s in range(0, len(x), batch):
+                    fn(x[s:s + batch])
+                best[name] = max(best[name], len(x) / (time.perf_counter() - t0))
         return best
 
     dnn = ModelRunner(model_path)
@@ -333,12 +338,12 @@ def throughput(model_path, test, calib, n=2560, batch=256, T=2):
             for _ in range(T):
                 sj(t)
 
-    r = {"dnn_onnxruntime": timed(lambda b: dnn.run({"input": b})),
-         "onnx_snn_onnxruntime": timed(lambda b: snn.run({"input": b})),
-         "onnx_snn_deploy_onnxruntime": timed(lambda b: deployed.run({"input": b})),
-         "onnx_snn_deploy_unit_onnxruntime": timed(lambda b: unit.run({"input": b})),
-         "onnx_snn_deploy_unit_pool_first_onnxruntime": timed(lambda b: unit_pf.run({"input": b})),
-         "spikingjelly_pytorch": timed(sj_fn)}
+    r = timed({"dnn_onnxruntime": lambda b: dnn.run({"input": b}),
+               "onnx_snn_onnxruntime": lambda b: snn.run({"input": b}),
+               "onnx_snn_deploy_onnxruntime": lambda b: deployed.run({"input": b}),
+               "onnx_snn_deploy_unit_onnxruntime": lambda b: unit.run({"input": b}),
+               "onnx_snn_deploy_unit_pool_first_onnxruntime": lambda b: unit_pf.run({"input": b}),
+               "spikingjelly_pytorch": sj_fn})
     r = {k: round(v, 1) for k, v in r.items()}
     r["onnx_snn_over_dnn"] = round(r["onnx_snn_onnxruntime"] / r["dnn_onnxruntime"], 3)
     r["deploy_over_dnn"] = round(r["onnx_snn_deploy_onnxruntime"] / r["dnn_onnxruntime"], 3)
