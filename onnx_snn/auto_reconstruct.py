@@ -6,8 +6,8 @@ the default method (``refined``) and PyTorch installed, the conversion is then r
 follow its DNN) for as many epochs, up to :data:`MAX_EPOCHS`, as fit in :data:`BUDGET`:
 each image's cost in one step (:func:`step_cost`: the DNN's multiply-accumulates in its
 convolutions and dense layers, plus :data:`NODE_COST` per node for PyTorch's time per
-layer, more for a model whose batch is fixed below :data:`BATCH`), times the images, times T, times the epochs. Below :data:`MIN_EPOCHS` epochs of the
-calibration images it is skipped, with a note that says how to ask for it. Where the
+layer, more for a model whose batch is fixed below :data:`BATCH`), times the images, times
+T, times the epochs. Below :data:`MIN_EPOCHS` epochs of the calibration images it is skipped, with a note that says how to ask for it. Where the
 calibration data holds more images than the conversion calibrates on (a named dataset, an
 array file; not an image folder, of which only the calibration images are read), the same
 budget is spread over more of them (:func:`training_images`: up to :data:`IMAGES`, at least

@@ -232,7 +232,7 @@ def check_varied(feeds: Dict[str, np.ndarray], say: bool = False) -> None:
     one constant input beside others, a mask say, is fine), and a warning (``say``) where the
     samples are all the same."""
     arrays = [np.asarray(v) for v in feeds.values()]
-    if not arrays or any(len(a) < 1 or a.size == 0 for a in arrays):
+    if not arrays or any(a.size == 0 for a in arrays):
         return
     # (varied data differs between its first two samples, mostly: no pass over it all)
     if any(len(a) > 1 and not np.array_equal(a[0], a[1]) for a in arrays):
@@ -244,9 +244,10 @@ def check_varied(feeds: Dict[str, np.ndarray], say: bool = False) -> None:
         values = ", ".join(f"'{k}' is {np.asarray(v).flat[0].item():g}" for k, v in feeds.items())
         raise DataError(f"calibration data: every value of every input is the same ({values} "
                         f"throughout its {n} sample{'s' if n > 1 else ''}): the conversion "
-                        "chooses each layer's thresholds from the activations the data gives, and constant "
-                        "data gives none to choose from; calibrate on real samples (a named "
-                        "dataset, a folder of images, or an array of preprocessed inputs)")
+                        "chooses each layer's thresholds from the activations the data gives, "
+                        "and constant data gives none to choose from; calibrate on real samples "
+                        "(a named dataset, a folder of images, or an array of preprocessed "
+                        "inputs)")
     if say and n > 1:
         log.warning("calibration data: all %d samples are the same: the thresholds are chosen "
                     "from one input's activations and may not fit others; calibrate on varied "

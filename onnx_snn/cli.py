@@ -795,8 +795,8 @@ def _fmt_table(headers: List[str], rows: List[List]) -> str:
 
 
 def cmd_convert(args) -> int:
-    from .convert import WARNING_NOTE, check_method_options, check_search_limits, convert
-    from .notes import INTERFACE_NOTE, unmarked
+    from .convert import check_method_options, check_search_limits, convert
+    from .notes import INTERFACE_NOTE, WARNING_NOTE, unmarked
     from .errors import UsageError
     from .model_io import check_output_path, write_all_atomic
 

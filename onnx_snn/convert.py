@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 
 from . import __version__, auto_reconstruct, json_text
-from . import notes as notes_marks
-from .notes import interface
+from .notes import WARNING_NOTE, interface
 from .auto_reconstruct import AUTO
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, record_sites, tensor_shapes)
@@ -435,10 +434,11 @@ def pin_inputs(model: onnx.ModelProto, input_shapes: Dict[str, tuple]) -> List[s
         for i in free[vi.name]:
             dims[i].Clear()
             dims[i].dim_value = int(shape[i - 1])
-        notes.append(interface(f"input '{vi.name}' {before} was pinned to the calibration data's "
-                     f"{['N'] + [int(a) for a in shape]} before the conversion: the model cannot "
-                     "be converted with those dimensions free, and its spiking model takes the "
-                     "calibration data's shape only"))
+        notes.append(interface(
+            f"input '{vi.name}' {before} was pinned to the calibration data's "
+            f"{['N'] + [int(a) for a in shape]} before the conversion: the model cannot be "
+            "converted with those dimensions free, and its spiking model takes the calibration "
+            "data's shape only"))
     return notes
 
 
@@ -954,9 +954,6 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
                         pools=pools, data_files=_data_files(calib.data_name))
 
 
-#: the report's notes that are warnings start so; build() logs them as warnings
-WARNING_NOTE = notes_marks.WARNING_NOTE
-
 #: at most this many sites that never activate get a warning each; more get one together
 SILENT_NOTES = 3
 
@@ -971,10 +968,11 @@ def _pinned_input_notes(nm: NormalizedModel, input_shapes) -> List[str]:
         shape = input_shapes.get(name)
         if shape is not None and any(d is None for d in dims[1:]):
             free = ['N'] + [params[name][i + 1] if d is None else d for i, d in enumerate(dims[1:])]
-            out.append(interface(f"input '{name}' has free dimensions {free}: "
-                       f"the spiking model takes {['N'] + list(shape)} only, the calibration "
-                       "data's shape (its neurons' states have that shape); convert again with "
-                       "data of another size for another input size"))
+            out.append(interface(
+                f"input '{name}' has free dimensions {free}: the spiking model takes "
+                f"{['N'] + list(shape)} only, the calibration data's shape (its neurons' states "
+                "have that shape); convert again with data of another size for another input "
+                "size"))
     return out
 
 

@@ -23,7 +23,8 @@ Sections (``--sections``):
 * ``throughput``: inference images/s at T = 2, batch 256: the DNN in onnxruntime (the
   floor), the onnx-snn spiking graph and its deploy graph (``onnx-snn deploy``, and its
   faster ``--unit-thresholds`` form, also of the ``--pool-first`` conversion) in
-  onnxruntime, SpikingJelly's model in PyTorch; the best of five passes each, the jobs' passes in turn.
+  onnxruntime, SpikingJelly's model in PyTorch; the best of five passes each, the jobs'
+  passes taken in turn.
 * ``finetune``: top-1 after one epoch (``--finetune-images``, default 8 000 training
   images) of onnx-snn's surrogate-gradient fine-tuning at T = 1 and 2, and the SGL epoch time against SpikingJelly's multi-step training of the same
   network at T = 2 (tools/bench_sgl.py's jobs).
