@@ -86,6 +86,16 @@ TRAINING_BYTES = 256 * 2 ** 20
 #: the default's learning rate (``--reconstruct E`` keeps ReconstructConfig's 3e-4, measured
 #: on the calibration images alone; the default trains fewer epochs on more images)
 LR = 1e-3
+#: the most images held out of the reconstruction's training, where the data holds more than
+#: the calibration and training images (a named dataset, an array file), on which a
+#: reconstruction must follow the DNN at least as well as the conversion it starts from, or
+#: the default does not keep it (runtimes.torch.reconstruct: ``held_out``, ``guard``); the
+#: calibration images cannot judge it, the refinement fitted them (:func:`held_out_rows`)
+HELD_OUT = 1024
+#: fewer images left than this judge nothing (one image is 0.4 % of 256): no check
+MIN_HELD_OUT = 256
+#: the most memory the held-out images may take (1024 Fashion-MNIST images take 3.2 MB)
+HELD_OUT_BYTES = 64 * 2 ** 20
 #: the nodes whose MACs the estimate counts
 DENSE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -218,20 +228,44 @@ def training_images(cost: float, images: int, available: Optional[int], timestep
     return max(1, min(pool, want, max(IMAGES, int(images))))
 
 
-def training_set(x, total: int, calibration_rows, images: int, seed: int):
-    """The ``images`` samples the default trains on, of the data ``x`` (an array, or {input:
-    array}) of ``total`` samples of which ``calibration_rows`` calibrated the conversion:
-    those first (or ``images`` of them, drawn at random with ``seed``, where they are more),
-    then others drawn at random from the rest."""
+def training_rows(total: int, calibration_rows, images: int, seed: int) -> np.ndarray:
+    """Which ``images`` of ``total`` samples the default trains on, of which
+    ``calibration_rows`` calibrated the conversion: those first (or ``images`` of them, drawn
+    at random with ``seed``, where they are more), then others drawn at random from the
+    rest."""
     cal = np.asarray(calibration_rows, np.int64)
     gen = np.random.default_rng([seed, 1])
     if images < len(cal):
-        rows = np.sort(gen.choice(cal, images, replace=False))
-    else:
-        rest = np.setdiff1d(np.arange(total), cal)
-        extra = np.sort(gen.choice(rest, images - len(cal), replace=False))
-        rows = np.concatenate([cal, extra.astype(np.int64)])
+        return np.sort(gen.choice(cal, images, replace=False))
+    rest = np.setdiff1d(np.arange(total), cal)
+    extra = np.sort(gen.choice(rest, images - len(cal), replace=False))
+    return np.concatenate([cal, extra.astype(np.int64)])
+
+
+def rows_of(x, rows):
+    """The samples ``rows`` of ``x`` (an array, or {input: array})."""
     return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+
+
+def training_set(x, total: int, calibration_rows, images: int, seed: int):
+    """The ``images`` samples the default trains on (:func:`training_rows`) of the data ``x``
+    (an array, or {input: array}) of ``total`` samples."""
+    return rows_of(x, training_rows(total, calibration_rows, images, seed))
+
+
+def held_out_rows(total: int, used_rows, seed: int, sample_bytes: int = 0
+                  ) -> Optional[np.ndarray]:
+    """Which samples of ``total`` check the reconstruction (:data:`HELD_OUT`, drawn at random
+    with ``seed`` from those not in ``used_rows``, the calibration and training images; at
+    most :data:`HELD_OUT_BYTES` of them, ``sample_bytes`` each), or None where fewer than
+    :data:`MIN_HELD_OUT` are left."""
+    rest = np.setdiff1d(np.arange(int(total)), np.asarray(used_rows, np.int64))
+    n = min(HELD_OUT, len(rest))
+    if sample_bytes > 0:
+        n = min(n, HELD_OUT_BYTES // int(sample_bytes))
+    if n < MIN_HELD_OUT:
+        return None
+    return np.sort(np.random.default_rng([seed, 2]).choice(rest, n, replace=False))
 
 
 def torch_installed() -> bool:

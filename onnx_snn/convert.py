@@ -836,17 +836,18 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     silent = [s for s in nm.sites if not calib.sites[s.name].max > 0]
     if len(silent) > SILENT_NOTES:     # one warning for them all, not one per layer
         notes.append(
-            f"warning: {len(silent)} sites never activate on the calibration data "
+            WARNING_NOTE + f"{len(silent)} sites never activate on the calibration data "
             f"({listed(s.name for s in silent)}), so their neurons stay silent on it; "
             "calibrate on data that reaches them")
     for site in nm.sites:
         st = calib.sites[site.name]
         mu, mu_source = site.mu, site.mu_source
+        label = f"site {site.name} ({site.idiom}, {', '.join(site.source_nodes) or '?'})"
         if not st.max > 0 and len(silent) <= SILENT_NOTES:
             # a layer that never activates on the calibration data: a trained clip bound is
             # kept (nothing here says it is unused); its neurons stay silent on such data
             notes.append(
-                f"warning: site {site.name} ({site.idiom}, {', '.join(site.source_nodes) or '?'}): "
+                WARNING_NOTE + f"{label}: "
                 f"never activates on the calibration data (largest pre-activation {st.max:.4g}), "
                 "so its neurons stay silent on it" + (f"; its clip bound {mu:.4g} is kept"
                                                        if mu is not None else "")
@@ -856,7 +857,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
             # as a threshold scale it would leave every neuron silent
             est = estimate_mu(st.sample, cfg.relu_percentile)
             notes.append(
-                f"warning: site {site.name} ({site.idiom}, {', '.join(site.source_nodes) or '?'}): "
+                WARNING_NOTE + f"{label}: "
                 f"its clip bound {mu:.4g} is more than {UNUSED_CLIP_FACTOR:g}x the largest "
                 f"calibration value ({st.max:.4g}); treated as a plain ReLU, mu estimated from the "
                 f"calibration data: {est:.4g} (--relu-percentile)")
@@ -897,7 +898,7 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
     # calibration set of one image has none, and refits no layer
     one_image = bool(refinement) and cfg.weight_calibration and refinement["images"] < 2
     if one_image:
-        notes.append("warning: the weight calibration checks each layer's refit on every "
+        notes.append(WARNING_NOTE + "the weight calibration checks each layer's refit on every "
                      "second calibration image, and the calibration set has one: no layer "
                      "was refitted; give more calibration samples (--calib-samples)")
     history = [{
@@ -1029,7 +1030,11 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     folder, of which only the calibration images are read; up to 4096 samples in all, 3
     epochs or more each, at lr 1e-3), or on some of the calibration samples where they are
     more than the budget pays for; else not (:mod:`onnx_snn.auto_reconstruct`; the report's
-    ``reconstruction`` says why not). ``reconstruct_budget`` scales that budget (2: twice
+    ``reconstruction`` says why not). Where ``calib`` holds 256 or more samples beyond those it
+    calibrates and trains on, up to 1024 of them are held out: the default keeps its
+    reconstruction only if it follows the DNN there at least as well as the conversion it
+    started from (the report's ``reconstruction`` has ``held_out``; an explicit number of
+    epochs is kept either way, with a warning). ``reconstruct_budget`` scales that budget (2: twice
     the epochs, or a network twice as costly reconstructed; at most
     ``auto_reconstruct.MAX_BUDGET_SCALE``); only with ``"auto"``.
     """
@@ -1102,14 +1107,21 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         check_finite(np.asarray(arr), f"{ds.name} (calibration data"
                      + (f", input '{name}')" if name else ")"))
     full, ds = ds, ds.take(calib_samples, seed=seed)
-    auto, train_x = None, None
-    if recon == AUTO:      # (the budget counts the network and the data; it may train on
-        # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
-        auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
-                                              available=len(full), scale=budget_scale)
-        if auto.images and auto.images != len(ds):
-            train_x = auto_reconstruct.training_set(
-                full.x, len(full), full.rows(calib_samples, seed), auto.images, seed)
+    auto, train_x, held_x = None, None, None
+    if recon is not None:
+        used = cal_rows = full.rows(calib_samples, seed)
+        if recon == AUTO:      # (the budget counts the network and the data; it may train
+            # on more of the data than it calibrates on, or fewer: drawn now, the rest is
+            # not kept)
+            auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
+                                                  available=len(full), scale=budget_scale)
+            if auto.images and auto.images != len(ds):
+                used = auto_reconstruct.training_rows(len(full), cal_rows, auto.images, seed)
+                train_x = auto_reconstruct.rows_of(full.x, used)
+        if auto is None or auto.epochs:    # (images of the data beyond those, to check it)
+            held = auto_reconstruct.held_out_rows(len(full), np.union1d(cal_rows, used), seed,
+                                                  _sample_bytes(full.x))
+            held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
     del full
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
@@ -1138,8 +1150,15 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
         run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x, recon,
-                           show_progress=show_progress, extra=extra, measure_rows=len(ds))
+                           show_progress=show_progress, extra=extra, measure_rows=len(ds),
+                           held_out=held_x, guard=auto is not None)
     return snn
+
+
+def _sample_bytes(x) -> int:
+    """One sample's bytes in ``x`` (an array, or {input: array})."""
+    arrays = x.values() if isinstance(x, dict) else [x]
+    return sum(int(np.asarray(a[:1]).nbytes) for a in arrays)
 
 
 def auto_config(plan: "auto_reconstruct.Plan"):

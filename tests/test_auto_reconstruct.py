@@ -349,6 +349,44 @@ def test_convert_reconstructs_on_more_images_than_it_calibrates_on(auto, tmp_pat
     assert snn.report["calibration"]["samples"] == 16
 
 
+def test_held_out_rows_are_neither_calibration_nor_training_rows():
+    used = np.arange(0, 1000, 2)
+    rows = ar.held_out_rows(1000, used, 0)
+    assert len(rows) == 500 and set(rows).isdisjoint(used) and np.all(np.diff(rows) > 0)
+    assert len(ar.held_out_rows(5000, used, 0)) == ar.HELD_OUT
+    assert np.array_equal(ar.held_out_rows(5000, used, 3), ar.held_out_rows(5000, used, 3))
+    assert len(ar.held_out_rows(500 + ar.MIN_HELD_OUT, np.arange(500), 0)) == ar.MIN_HELD_OUT
+    assert ar.held_out_rows(500 + ar.MIN_HELD_OUT - 1, np.arange(500), 0) is None
+    # no more than HELD_OUT_BYTES of them
+    assert len(ar.held_out_rows(5000, used, 0, ar.HELD_OUT_BYTES // 300)) == 300
+    assert ar.held_out_rows(5000, used, 0, ar.HELD_OUT_BYTES) is None
+
+
+def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
+    """A data file of 400 samples, 16 calibrating and 48 training: the default's
+    reconstruction is measured on the other 336 too (not on the 48 or the 16), and kept or
+    not by them; an image folder or a file of the calibration samples alone has none left."""
+    pytest.importorskip("torch")
+    model = onnx_snn.prepare(B.vgg()).model
+    cost = ar.step_cost(ar.dense_macs(model), len(model.graph.node))
+    x = B.rand_input(400, seed=9)
+    np.save(tmp_path / "c.npy", x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "IMAGES", 48)
+        mp.setattr(ar, "BUDGET", cost * 2 * 48 * ar.EPOCHS_PER_IMAGE * 1.01)
+        mp.setattr(ar, "MIN_EPOCHS_OF", 8)
+        snn = onnx_snn.convert(B.vgg(), str(tmp_path / "c.npy"), timesteps=2, calib_samples=16,
+                               show_progress=False)
+    rec = snn.report["reconstruction"]
+    assert rec["images"] == 48 and rec["held_out"]["images"] == 400 - 48
+    assert rec["kept"] == rec["held_out"]["followed_better"]
+    explicit = onnx_snn.convert(B.vgg(), str(tmp_path / "c.npy"), timesteps=2, calib_samples=16,
+                                show_progress=False, reconstruct=1)
+    assert explicit.report["reconstruction"]["held_out"]["images"] == 400 - 16
+    alone = onnx_snn.convert(B.vgg(), x[:64], timesteps=2, show_progress=False, reconstruct=1)
+    assert "held_out" not in alone.report["reconstruction"]
+
+
 def test_convert_reconstructs_on_some_of_a_calibration_set_larger_than_its_budget(auto, monkeypatch):
     """Calibrated on 64 samples with a budget of 3 epochs of 20 of them: trained on 20 of
     the 64 (all measured), not skipped."""

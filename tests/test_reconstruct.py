@@ -275,6 +275,52 @@ def test_a_reconstruction_that_raises_the_loss_far_says_so(caplog):
     assert "warning" not in calm.report["reconstruction"]
 
 
+def test_a_reconstruction_that_follows_the_dnn_worse_on_held_out_images_is_not_kept():
+    """With ``guard`` (convert's default), a reconstruction whose held-out agreement with the
+    DNN falls (lr 3e-2 on random weights: 59.7 -> 53.7 %) leaves every value as converted,
+    and says why; without, it is kept with a warning; a good one (lr 3e-3) is kept."""
+    x, held = B.rand_input(32, seed=13), B.rand_input(300, seed=21)
+    dnn = onnx_snn.prepare(B.vgg()).model
+    bad = ReconstructConfig(epochs=3, lr=3e-2)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    was = _without_history(snn.model)
+    rec = reconstruct(snn, dnn, x, bad, show_progress=False, held_out=held, guard=True)
+    h = rec["held_out"]
+    assert h["images"] == 300 and not h["followed_better"] and not rec["kept"]
+    assert h["after"]["dnn_agreement"] < h["before"]["dnn_agreement"]
+    assert "300 held-out images" in rec["why"] and "kept" in rec["why"]
+    assert _without_history(snn.model) == was
+    assert "agrees" not in h["before"]       # (the samples' own stay out of the record)
+    json.dumps(rec)
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    rec = reconstruct(snn, dnn, x, bad, show_progress=False, held_out=held)
+    assert rec["kept"] and "held-out" in rec["warning"] and _without_history(snn.model) != was
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
+    rec = reconstruct(snn, dnn, x, ReconstructConfig(epochs=10, lr=3e-3), show_progress=False,
+                      held_out=held, guard=True)
+    assert rec["kept"] and rec["held_out"]["followed_better"] and "why" not in rec
+
+
+def test_followed_better_allows_a_standard_error_of_the_change():
+    from onnx_snn.runtimes.torch.reconstruct import follows_better
+    before = np.ones(100, bool)
+    before[:50] = False             # 50 of 100 agree
+
+    def m(agrees):
+        return {"agrees": agrees, "dnn_agreement": float(np.mean(agrees)), "output_loss": 0.0}
+    after = before.copy()
+    after[50:59] = False            # 9 changed, all for the worse: 9 > sqrt(9) images
+    assert not follows_better(m(before), m(after))
+    after = before.copy()
+    after[:20] = True
+    after[50:72] = False            # 42 changed, 2 fewer agree: 2 <= sqrt(42)
+    assert follows_better(m(before), m(after))
+    assert follows_better(m(before), m(before))
+    # not a classifier: its output's loss, not higher
+    assert follows_better({"output_loss": 0.3}, {"output_loss": 0.3})
+    assert not follows_better({"output_loss": 0.3}, {"output_loss": 0.31})
+
+
 def test_a_dnn_without_the_sites_tensors_is_a_usage_error():
     x = B.rand_input(16, seed=14)
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)

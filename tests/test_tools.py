@@ -419,6 +419,30 @@ def test_ab_speed_times_two_graphs_side_by_side(tmp_path):
     assert p.returncode == 2 and "different inputs" in p.stderr
 
 
+def test_bench_deep_reconstructs_as_convert_does_with_held_out_images(monkeypatch):
+    """tools/bench_deep.py's default: the training images (the calibration images first) and
+    held-out images of the same training set, none of them trained or calibrated on."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import builders as B
+    import onnx_snn
+    from onnx_snn.datasets import Dataset
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from onnx_snn import auto_reconstruct
+    monkeypatch.setattr(auto_reconstruct, "IMAGES", 500)
+    spec = importlib.util.spec_from_file_location("bench_deep", ROOT / "tools" / "bench_deep.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    x = B.rand_input(3000, seed=2)
+    x[:, 0, 0, 0] = np.arange(3000)          # each sample's number in its first pixel
+    train = Dataset("d", x, None, True)
+    calib = train.take(64, seed=1).x
+    cfg, train_x, held = bd._default_reconstruction(onnx_snn.prepare(B.vgg()), train, calib, 2, 1)
+    ids = [set(a[:, 0, 0, 0].astype(int)) for a in (calib, train_x, held)]
+    assert cfg is not None and len(train_x) == 500 and np.array_equal(train_x[:64], calib)
+    assert len(held) == 1024 and ids[2].isdisjoint(ids[0] | ids[1])
+
+
 def _sweep_module():
     spec = importlib.util.spec_from_file_location("sweep_reconstruct",
                                                   ROOT / "tools" / "sweep_reconstruct.py")

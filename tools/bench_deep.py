@@ -237,32 +237,40 @@ def job_accuracy(net: str, method: str, Ts, test_images: int) -> dict:
         from onnx_snn.runtimes.torch.reconstruct import ReconstructConfig, reconstruct
         epochs, k = RECONSTRUCT.get(method) or (0, 0)
         rcfg, train_x = (ReconstructConfig(epochs=epochs, seed=k) if epochs else None), calib_x
+        held_x = None
         if method in DEFAULTS:       # (its budget may give none: the refinement alone)
-            rcfg, train_x = _default_reconstruction(nm, train, calib_x, T, DEFAULTS[method])
+            rcfg, train_x, held_x = _default_reconstruction(nm, train, calib_x, T,
+                                                            DEFAULTS[method])
         if rcfg is not None:
             t1 = time.perf_counter()
             rec = reconstruct(snn, nm.model, train_x, rcfg, show_progress=False,
-                              measure_rows=n_cal)
+                              measure_rows=n_cal, held_out=held_x, guard=held_x is not None)
             out.setdefault("reconstruct_seconds", {})[str(T)] = time.perf_counter() - t1
             out.setdefault("reconstruction", {})[str(T)] = {
-                k2: rec[k2] for k2 in ("kept", "before", "after", "epochs", "images")}
+                k2: rec[k2] for k2 in ("kept", "before", "after", "epochs", "images", "held_out")
+                if k2 in rec}
         out["convert_seconds"][str(T)] = time.perf_counter() - t0
         out["top1"][str(T)] = evaluate(snn.model, test, show_progress=False).top1
     return out
 
 
 def _default_reconstruction(nm, train, calib_x, T, seed: int = 0):
-    """(ReconstructConfig or None, its images) of convert's default (``--seed``) for ``nm``
-    calibrated on ``calib_x`` (draw ``seed`` of ``train``, the training set) at ``T``: its
-    budget's epochs, on the calibration images and as many more of the training set as the
-    budget affords."""
+    """(ReconstructConfig or None, its images, the held-out images or None) of convert's
+    default (``--seed``) for ``nm`` calibrated on ``calib_x`` (draw ``seed`` of ``train``,
+    the training set) at ``T``: its budget's epochs, on the calibration images and as many
+    more of the training set as the budget affords, checked on others held out."""
+    import numpy as np
     from onnx_snn import auto_reconstruct as ar
-    from onnx_snn.convert import auto_config
+    from onnx_snn.convert import _sample_bytes, auto_config
     n = len(next(iter(calib_x.values()))) if isinstance(calib_x, dict) else len(calib_x)
     p = ar.plan_for_data("refined", T, nm.model, calib_x, have_torch=True, available=len(train))
-    x = calib_x if not p.images or p.images == n else ar.training_set(
-        train.x, len(train), train.rows(n, seed), p.images, seed)
-    return auto_config(p), x
+    used = cal_rows = train.rows(n, seed)
+    x = calib_x
+    if p.images and p.images != n:
+        used = ar.training_rows(len(train), cal_rows, p.images, seed)
+        x = ar.rows_of(train.x, used)
+    held = ar.held_out_rows(len(train), np.union1d(cal_rows, used), seed, _sample_bytes(train.x))
+    return auto_config(p), x, None if held is None else ar.rows_of(train.x, held)
 
 
 def job_cost(net: str) -> dict:

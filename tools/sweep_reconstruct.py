@@ -205,7 +205,7 @@ def _sweep(args, variants: dict) -> int:
             cal = onnx_snn.calibrate(nm, calib_x, show_progress=False, seed=seed)
             for name, v in variants.items():
                 with spread(v["per_image"]):
-                    rcfg, train_x = bd._default_reconstruction(nm, train, calib_x,
+                    rcfg, train_x, _ = bd._default_reconstruction(nm, train, calib_x,
                                                                args.timesteps, seed)
                 if args.train_images:
                     train_x = ({k: a[:args.train_images] for k, a in train_x.items()}

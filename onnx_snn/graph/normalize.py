@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..notes import interface
+from ..notes import WARNING_NOTE, interface
 from ..datasets import PREPROCESS_KEYS, unread_preprocess, unread_preprocess_note
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
@@ -238,7 +238,7 @@ def canonicalize_sites(graph: gs.Graph, result: PassResult) -> None:
     plain = [s for s in sites if s.mu is None]
     if plain:
         result.notes.append(
-            f"warning: {len(plain)} plain ReLU layer(s) without a trained threshold "
+            WARNING_NOTE + f"{len(plain)} plain ReLU layer(s) without a trained threshold "
             f"({listed(s.name + '=' + (s.source_nodes[0] or '?') for s in plain)}): mu is "
             "estimated from the calibration data (--relu-percentile)")
 
@@ -638,7 +638,7 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
     tensors = {t.name for n in graph.nodes for t in n.outputs} | {t.name for t in graph.inputs}
     stale = [d for d in dropouts if d["tensor"] not in tensors]
     if stale:
-        notes.append(f"warning: {len(stale)} dropout layer(s) sit inside an activation and are not "
+        notes.append(WARNING_NOTE + f"{len(stale)} dropout layer(s) sit inside an activation and are not "
                      "recorded for fine-tuning")
         dropouts[:] = [d for d in dropouts if d["tensor"] in tensors]
     out = export(graph)
@@ -664,9 +664,9 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
         try:
             preprocess = json.loads(meta[fmt.META_PREPROCESS])
         except json.JSONDecodeError:
-            notes.append("warning: ignoring unreadable onnx_snn.preprocess metadata")
+            notes.append(WARNING_NOTE + "ignoring unreadable onnx_snn.preprocess metadata")
         if unread_preprocess(preprocess):     # said once, and not carried into the SNN
-            notes.append("warning: " + unread_preprocess_note(preprocess, where or path or "the DNN"))
+            notes.append(WARNING_NOTE + unread_preprocess_note(preprocess, where or path or "the DNN"))
             preprocess = {k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):
         preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels
