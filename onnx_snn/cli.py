@@ -351,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstructed within a budget of compute, on the calibration samples "
                         "and more of the same data (a named dataset, an array file; up to "
                         "4096 samples in all), 3 or more epochs each (none for a large network; the last line "
-                        "says why; $ONNX_SNN_RECONSTRUCT=0 turns this default off). At T=2 "
+                        "says why; $ONNX_SNN_RECONSTRUCT=0 turns this default off), and kept "
+                        "only if it follows the DNN at least as well as the conversion on up to "
+                        "1024 samples of the data held out, where it has them. At T=2 "
                         "VGG-16 +2.0 points, ResNet-20 +2.5, for about 40-45 s more on 2 cores "
                         "(README); not the same to the bit on another thread count")
     c.add_argument("--reconstruct-budget", type=positive_float, default=1.0, metavar="X",
@@ -890,8 +892,15 @@ def _reconstructed(record: dict) -> str:
     if not record.get("kept"):
         return f", reconstruction not kept: {record.get('why', '?')}"
     epochs, images = record["epochs"], record.get("images")
+    held = record.get("held_out") or {}
+    before, after = (held.get(k) or {} for k in ("before", "after"))
+    checked = ""
+    if "dnn_agreement" in before and "dnn_agreement" in after:
+        checked = (f"; agrees with the DNN on {100 * after['dnn_agreement']:.1f} % of "
+                   f"{held['images']} held-out samples, the conversion on "
+                   f"{100 * before['dnn_agreement']:.1f} %")
     return (f", reconstructed in {record['seconds']:.1f} s ({epochs} epoch{'s' if epochs != 1 else ''}"
-            + (f" of {images} images" if images else "") + ")")
+            + (f" of {images} images" if images else "") + checked + ")")
 
 
 def cmd_eval(args) -> int:

@@ -389,6 +389,20 @@ def test_cli_convert_reconstruct_writes_the_trained_model_and_says_so(tmp_path, 
                                run(str(out), x).outputs[0], rtol=0, atol=1e-5)
 
 
+def test_cli_convert_says_how_the_reconstruction_did_on_held_out_samples(tmp_path, capsys):
+    """300 samples, 32 calibrating: the last line gives the agreement on the other 268."""
+    from onnx_snn.cli import main
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "calib.npy", B.rand_input(300, seed=9))
+    assert main(["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"),
+                 "--calib-samples", "32", "-o", str(tmp_path / "m.snn.onnx"), "-q",
+                 "--reconstruct", "2"]) == 0
+    said = capsys.readouterr().out
+    held = fmt.read_info(onnx.load(str(tmp_path / "m.snn.onnx"))).history[-1]
+    assert held["held_out"]["images"] == 268     # (the file's history has it too)
+    assert "% of 268 held-out samples, the conversion on" in said
+
+
 @pytest.mark.parametrize("value", ["-1", "abc", "2.5"])
 def test_cli_refuses_a_bad_reconstruct_before_the_work(tmp_path, capsys, value):
     """A bad --reconstruct is a usage error (exit 2), no traceback, nothing written."""
