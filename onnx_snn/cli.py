@@ -1345,12 +1345,42 @@ def _main(argv: Optional[List[str]]) -> int:
     except Exception as e:      # onnxruntime failing inside a run: one line, not a traceback
         from .errors import UnsupportedModelError, first_line, is_onnxruntime_error
         if not is_onnxruntime_error(e):
-            raise
+            return _internal_error(e)
         print(f"onnx-snn: error: {getattr(args, 'model', 'the model')}: onnxruntime failed "
               f"running the model: {first_line(e)[:400]}", file=sys.stderr)
         return UnsupportedModelError.exit_code
     finally:
         warnings.showwarning = shown
+
+
+#: set to 1 to see an internal error's traceback on stderr instead of in a file
+TRACEBACK_ENV = "ONNX_SNN_TRACEBACK"
+
+
+def _internal_error(e: BaseException) -> int:
+    """An exception no check foresaw (a bug here): one line that says so, the traceback in a
+    file of the system's temporary folder (or on stderr with $ONNX_SNN_TRACEBACK=1), and
+    InternalError's exit code (70), not 1, which says out of memory."""
+    import tempfile
+    import traceback
+    from .errors import InternalError, first_line
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    where = None
+    if os.environ.get(TRACEBACK_ENV, "").strip() in ("1", "yes", "true", "on"):
+        sys.stderr.write(text)
+    else:
+        try:
+            with tempfile.NamedTemporaryFile("w", prefix="onnx-snn-error-", suffix=".txt",
+                                             delete=False) as f:
+                f.write(f"onnx-snn {__version__}: {' '.join(sys.argv)}\n{text}")
+                where = f.name
+        except OSError:
+            sys.stderr.write(text)
+    print(f"onnx-snn: error: internal error (a bug in onnx-snn, not in your input): "
+          f"{type(e).__name__}: {first_line(e)[:300]}; "
+          + (f"the traceback is in {where}; " if where else "")
+          + "please report it with the command and the model", file=sys.stderr)
+    return InternalError.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

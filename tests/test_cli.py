@@ -858,6 +858,34 @@ def test_an_onnxruntime_failure_inside_a_run_is_one_line(monkeypatch, capsys):
     assert err.startswith("onnx-snn: error: m.onnx: onnxruntime failed") and "Traceback" not in err
 
 
+def test_a_bug_is_one_line_with_its_traceback_in_a_file_and_exit_70(monkeypatch, capsys,
+                                                                    tmp_path):
+    """An exception no check foresaw (a TypeError inside the PyTorch runtime, say) says it is
+    a bug, where its traceback went, and exits 70 (1 is out of memory); with
+    $ONNX_SNN_TRACEBACK=1 the traceback is on stderr."""
+    import onnx_snn.cli as cli
+
+    def boom(args):
+        raise TypeError("cast() missing 1 required positional argument: 'x'")
+    monkeypatch.setitem(cli.COMMANDS, "info", boom)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)      # (TMPDIR read again)
+    assert cli.main(["info", "m.onnx"]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("onnx-snn: error: internal error (a bug in onnx-snn, not in your input): "
+                          "TypeError: cast() missing")
+    saved = list(tmp_path.glob("onnx-snn-error-*.txt"))
+    assert len(saved) == 1 and str(saved[0]) in err
+    assert "Traceback" in saved[0].read_text() and "in boom" in saved[0].read_text()
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    assert cli.main(["info", "m.onnx"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in boom" in err and len(list(tmp_path.glob("onnx-snn-*"))) == 1
+
+
 def test_quiet_convert_prints_its_result_line_alone(tmp_path):
     """A classifier with an ai.onnx.ml ZipMap head (skl2onnx): onnx-graphsurgeon's warnings
     ('colored module is not installed', 'Could not convert: UNDEFINED') went to stdout."""

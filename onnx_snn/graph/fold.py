@@ -5,6 +5,7 @@ import logging
 from typing import Dict, Optional
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UnsupportedModelError
@@ -34,6 +35,8 @@ def fold_constants(graph: gs.Graph, result: PassResult) -> None:
                 "sampling), which a converted model cannot reproduce (folded, it would be one "
                 "fixed draw); export the DNN for inference without it (in eval mode), then "
                 "convert")
+    _typed_constant_attributes(graph)
+    _cast_like_to_cast(graph)
     _dequantize_constants(graph)
     # gs logs every partial failure at WARNING; they are harmless here
     gs_logger = logging.getLogger("onnx_graphsurgeon")
@@ -224,6 +227,54 @@ def _fold_shape_scalars(graph: gs.Graph) -> None:
             continue          # it depends on the batch or the values: left as it is
         _read_as(t, gs.Constant(name + "_folded", first))
     graph.cleanup().toposort()
+
+
+#: a Constant node's attributes of one number or a list, and the type the ONNX spec gives each
+_TYPED_CONSTANTS = {"value_float": np.float32, "value_floats": np.float32,
+                    "value_int": np.int64, "value_ints": np.int64}
+
+
+def _typed_constant_attributes(graph: gs.Graph) -> None:
+    """A Constant given by ``value_float(s)`` or ``value_int(s)`` becomes one of a ``value``
+    tensor of the type the spec gives it (float32 / int64): onnx-graphsurgeon folds them as
+    numpy's default, float64, which then met the float32 tensors it feeds (a Conv's bias, a
+    Mul's scale) and onnxruntime refused the model."""
+    for node in graph.nodes:
+        key = next((k for k in _TYPED_CONSTANTS if k in node.attrs), None) \
+            if node.op == "Constant" else None
+        if key is not None:
+            value = np.asarray(node.attrs[key], _TYPED_CONSTANTS[key])
+            node.attrs = {"value": gs.Constant(node.outputs[0].name + "_value", value)}
+
+
+def _dtype_of(t):
+    """The numpy dtype of ``t`` where known (a constant's values, a variable's recorded type),
+    else None."""
+    v = const_value(t)
+    if v is not None:
+        return v.dtype
+    try:
+        return np.dtype(t.dtype) if t.dtype is not None else None
+    except TypeError:
+        return None
+
+
+def _cast_like_to_cast(graph: gs.Graph) -> None:
+    """``CastLike(x, like)`` (opset 15; onnxscript writes one for each Python number in an
+    expression) becomes ``Cast(x, to=like's type)`` where that type is known: a Cast of a
+    constant folds, a Cast of data is an elementwise op like any other."""
+    for node in graph.nodes:
+        if node.op != "CastLike" or len(node.inputs) != 2:
+            continue
+        dtype = _dtype_of(node.inputs[1])
+        if dtype is None:
+            continue
+        try:
+            to = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+        except (KeyError, TypeError, ValueError):
+            continue
+        node.inputs.remove(node.inputs[1])      # (gs keeps the tensor's readers in step)
+        node.op, node.attrs = "Cast", {"to": int(to)}
 
 
 def _dequantize_constants(graph: gs.Graph) -> None:

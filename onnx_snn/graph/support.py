@@ -109,6 +109,13 @@ def check_supported(graph: gs.Graph, site_names: set, detail: Optional[dict] = N
                                             f"{_ACTIVATION_FIX}; {SUPPORTED_HELP}")
             raise UnsupportedModelError(f"{node_label(node)} is not supported{more}; "
                                         f"{SUPPORTED_HELP}")
+        if node.op == "MaxPool" and len(node.outputs) > 1 and _is_read(graph, node.outputs[1]):
+            raise UnsupportedModelError(
+                f"{node_label(node)} gives the indices of its maxima ('{node.outputs[1].name}'), "
+                "which the model reads (a MaxUnpool, an argmax-based decoder): a max pool of "
+                "spike counts has no single index that stays the same over the time steps; "
+                "export the DNN without the indices (upsample by Resize or ConvTranspose "
+                f"instead of unpooling); {SUPPORTED_HELP}")
         if _multiplies_data(node, dynamic) and _reads_data(node, spiking):
             raise UnsupportedModelError(f"{node_label(node)} {_BILINEAR_WHY}; {SUPPORTED_HELP}")
         why = _resize_unsupported(node) if node.op == "Resize" else None
@@ -352,6 +359,11 @@ def first_nonlinearity(graph: gs.Graph, site_names: set = frozenset()) -> Option
 
 #: post-processing of a classifier's outputs (a serving signature's class ids)
 _POSTPROCESS = {"ArgMax", "ArgMin", "TopK", "Softmax", "LogSoftmax"}
+
+
+def _is_read(graph: gs.Graph, t) -> bool:
+    """Whether a node or the graph's outputs read the tensor ``t``."""
+    return not is_empty(t) and (bool(t.outputs) or any(o is t for o in graph.outputs))
 
 
 def _output_head_why(graph: gs.Graph, node: gs.Node) -> Optional[str]:
