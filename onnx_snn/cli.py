@@ -21,7 +21,7 @@ import sys
 import warnings
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from . import __version__, auto_reconstruct, json_text
 from .calibrate import DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE
@@ -1056,6 +1056,8 @@ def cmd_finetune(args) -> int:
                              *_with_external_data(args.model, [(args.output, "-o")]),
                              (args.json, "--json"), (checkpoint, "--checkpoint"),
                              (args.plot, "--plot"))
+    PENDING[:] = [f"{p} ({flag})" for p, flag in ((args.json, "--json"), (args.plot, "--plot"))
+                  if p is not None]
     r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
                  download=args.download, checkpoint=checkpoint, show_progress=not quiet,
                  log=_finetune_log(quiet), mean=args.mean, std=args.std,
@@ -1074,6 +1076,7 @@ def cmd_finetune(args) -> int:
             items.append((targets[str(args.plot)],
                           curves_png(r, plot_fmt, title=os.path.basename(str(args.model)))))
         write_all_atomic(items)
+        PENDING.clear()
         if args.plot is not None and not quiet:
             print(f"wrote {args.plot}")
     return 0
@@ -1283,23 +1286,34 @@ def _sigterm_raises():
 def main(argv: Optional[List[str]] = None) -> int:
     from .model_io import WRITTEN
     WRITTEN.clear()
+    PENDING.clear()
     with _guarded_stdout(), _sigterm_raises():
         try:
             return _main(argv)
         except Terminated:
-            print("onnx-snn: terminated" + _complete(WRITTEN), file=sys.stderr)
+            print("onnx-snn: terminated" + _complete(WRITTEN, PENDING), file=sys.stderr)
             return Terminated.exit_code
         except KeyboardInterrupt:
-            print("onnx-snn: interrupted" + _complete(WRITTEN), file=sys.stderr)
+            print("onnx-snn: interrupted" + _complete(WRITTEN, PENDING), file=sys.stderr)
             return 130
 
 
-def _complete(written: List[str]) -> str:
+#: outputs a command writes after others it has already put in place (fine-tuning's --json
+#: and --plot, after its model): a signal between them leaves these out, and says so
+PENDING: List[str] = []
+
+
+def _complete(written: List[str], pending: Sequence[str] = ()) -> str:
     """What a signal that came after the outputs were put in place leaves: they are whole
     (written all or none, the signal held during the renames), and a script that reads the
-    exit status alone would take them for missing."""
-    return (f" after writing {', '.join(written)}, which {'is' if len(written) == 1 else 'are'} "
-            "complete") if written else ""
+    exit status alone would take them for missing; ``pending``: those not written yet."""
+    done = list(dict.fromkeys(written))     # (fine-tuning rewrites its model at each best epoch)
+    left = [p for p in dict.fromkeys(pending) if p not in done]
+    text = (f" after writing {', '.join(done)}, which {'is' if len(done) == 1 else 'are'} "
+            "complete") if done else ""
+    if done and left:
+        text += f"; not written: {', '.join(left)}"
+    return text
 
 
 def _main(argv: Optional[List[str]]) -> int:

@@ -21,4 +21,9 @@ def main(argv=None) -> int:
         return 143
     finally:
         signal.signal(signal.SIGTERM, old)
-    return cli_main(argv)
+    code = cli_main(argv)
+    # the work is done and its exit status decided: a signal while the interpreter shuts down
+    # would kill it with 143 and no word, as if the outputs it wrote were missing
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    return code

@@ -1256,6 +1256,56 @@ def test_a_signal_after_the_outputs_are_in_place_says_they_are_complete(
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"onnx-snn: {said}"
 
 
+def test_a_signal_names_each_complete_output_once_and_those_not_written():
+    from onnx_snn.cli import _complete
+    assert _complete(["m.onnx", "m.onnx", "m.onnx.ckpt.pt"], ["r.json (--json)"]) == \
+        " after writing m.onnx, m.onnx.ckpt.pt, which are complete; not written: r.json (--json)"
+    assert _complete([], ["r.json (--json)"]) == ""
+    assert _complete(["m.onnx"]) == " after writing m.onnx, which is complete"
+
+
+def test_a_signal_after_fine_tuning_wrote_its_model_says_the_json_was_not_written(
+        tmp_path, monkeypatch, capsys):
+    """finetune writes its model at each best epoch, then --json and --plot: a SIGTERM
+    between them named the model twice and not the JSON it left out."""
+    pytest.importorskip("torch")
+    import onnx_snn.runtimes.torch.finetune as F
+    from onnx_snn.cli import main
+    from onnx_snn.errors import Terminated
+    from onnx_snn.model_io import write_all_atomic
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    x = B.rand_input(32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "d.npz"),
+                 "--method", "max", "-o", str(snn)]) == 0
+    out = tmp_path / "f.snn.onnx"
+
+    def wrote_then_terminated(model, output, *a, **k):
+        for _ in range(2):             # (each best epoch)
+            write_all_atomic([(output, onnx.load(str(model)).SerializeToString())])
+        raise Terminated()
+    monkeypatch.setattr(F, "finetune", wrote_then_terminated)
+    assert main(["-q", "finetune", str(snn), "--data", str(tmp_path / "d.npz"), "-o", str(out),
+                 "--json", str(tmp_path / "f.json")]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"onnx-snn: terminated after writing {out}, which is complete; not written: "
+        f"{tmp_path / 'f.json'} (--json)")
+
+
+def test_a_signal_once_the_command_has_returned_leaves_its_exit_status(tmp_path):
+    """The entry point ignores SIGTERM once the work is done: a signal while the interpreter
+    shut down killed it with 143 and no word, after a run that had written everything."""
+    code = ("import os, signal, sys\n"
+            "from onnx_snn.launch import main\n"
+            "status = main(['info', 'no such model.onnx'])\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "sys.exit(status)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 3 and "no such model.onnx" in p.stderr, p.stderr
+
+
 def test_quiet_convert_still_says_what_changed_in_the_inputs_and_outputs(tmp_path, capsys):
     """-q drops the notes, but not those that say the spiking model's inputs or outputs
     differ from the DNN's (onnx_snn/notes.py): a final Softmax dropped (scores, not
