@@ -702,9 +702,27 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
               file=sys.stderr)
     if not recorded and need:
         files = "FILE.npy|FILE.npz" if option == "--calib" else "FILE.npz"
+        named = list(dict.fromkeys(_recorded_data(args.model)[1]))
         raise DataError(f"no {need} data: pass {option} fashion-mnist|mnist|cifar10|cifar100|"
-                        f"{files}|IMAGE_FOLDER (the model records no dataset)")
+                        f"{files}|IMAGE_FOLDER (the model records no dataset"
+                        + (f"; its history names {', '.join(named[:3])}, the data it was "
+                           "converted or fine-tuned on" if named else "") + ")")
     return recorded
+
+
+def _spiking_first(model_path) -> None:
+    """A model that is no spiking one (a DNN given to finetune), refused before any question
+    about its data, by its metadata alone (an unreadable file is left to the load that
+    follows, which says why)."""
+    import onnx
+    from .errors import file_problem
+    from .spiking.format import is_spiking, read_spiking
+    try:
+        m = None if file_problem(model_path) else onnx.load(model_path, load_external_data=False)
+    except Exception:
+        return
+    if m is not None and m.HasField("graph") and not is_spiking(m):
+        read_spiking(m, str(model_path))      # (raises NotSpikingModelError, worded there)
 
 
 def _note_other_data(given, args, option: str = "--data") -> None:
@@ -1031,6 +1049,7 @@ def cmd_finetune(args) -> int:
                          f"{args.schedule} does not have; drop it or use --schedule cosine")
     plot_fmt = _plot_format_or_refuse(args.plot)
 
+    _spiking_first(args.model)
     data = _data_or_recorded(args.data, args, need="training")
     _check_mean_std(args, data)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

@@ -170,6 +170,9 @@ def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
         return [Path(data_dir)]
     env = os.environ.get("ONNX_SNN_DATA")
     if env:
+        if not Path(env).is_dir():     # (as --data-dir: not passed over for another copy)
+            raise DataError(f"$ONNX_SNN_DATA {env}: no such folder; set it to the folder that "
+                            "holds the datasets, or unset it")
         dirs.append(Path(env))
     return dirs
 
@@ -640,7 +643,14 @@ def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Op
         raise DataError(f"{path}: holds the {have[0]} split ({SPLIT_KEYS[have[0]][0]}) but not the "
                         f"{sp} split ({SPLIT_KEYS[sp][0]}) this command reads")
     xk, yk = SPLIT_KEYS[sp]
-    return key_named(keys, xk), key_named(keys, yk)
+    labels = key_named(keys, yk)
+    other = [o for o, (_, oy) in SPLIT_KEYS.items() if o != sp and key_named(keys, oy)]
+    if labels is None and other:      # (a test split without labels can be meant: said)
+        logging.getLogger("onnx_snn").warning(
+            "%s: holds labels for the %s split (%s) but none for the %s split (%s) this command "
+            "reads: its samples are taken as unlabeled (no top-1); add %s to score them",
+            path, other[0], SPLIT_KEYS[other[0]][1], sp, yk, yk)
+    return key_named(keys, xk), labels
 
 
 def sample_count(arrays: Dict[str, np.ndarray], where: str) -> int:

@@ -99,7 +99,11 @@ def add_demo_parser(sub, parent) -> None:
     d.add_argument("-T", "--timesteps", type=timesteps_int, nargs="+", default=[1, 2, 3, 4],
                    help="time steps (default: 1 2 3 4)")
     d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS),
-                   choices=["refined", "datta", "deng", "max", "percentile"])
+                   choices=["refined", "datta", "deng", "max", "percentile"],
+                   help="the conversion methods compared, one table row each (default: "
+                        f"{' '.join(DEMO_METHODS)}; refined is convert's default, datta the "
+                        "paper's Algorithm 1 alone, deng/max/percentile other rate "
+                        "conversions' thresholds)")
     d.add_argument("--limit", type=positive_int, help="only the first N test images")
     d.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST files")
     d.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")

@@ -83,6 +83,10 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
         for f in filenames:
             path = Path(dirpath) / f
             if not _is_image(path):
+                if path.is_symlink() and not path.exists() and _visible(path) \
+                        and path.suffix.lower() in IMAGE_EXTENSIONS:
+                    _warn_once("%s: a link to %s, which is not there, is not read", path,
+                               os.readlink(path))
                 continue
             if path.is_symlink() and other_class(os.path.realpath(path)):
                 _warn_once("%s: a link to %s, in another class's folder, is not read (it would "

@@ -118,8 +118,10 @@ def load(path: PathLike, check: bool = True, sha256: bool = False) -> Loaded:
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
-        raise ModelLoadError(f"{path}: external data could not be read ({_short(e)}); keep the "
-                             "weight files next to the model") from None
+        raise ModelLoadError(f"{path}: external data could not be read ({_short(e)}); the "
+                             "weight files it names must sit beside it, whole (one that is "
+                             "shorter than the model says is truncated: copy it again or "
+                             "re-export the model)") from None
     if check:
         runnable_nodes(model, str(path))
         check_model(model, str(path))

@@ -1093,6 +1093,17 @@ cli("ft_resume_code_in_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume",
 cli("ft_resume_junk_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
     setup=lambda ws: (ws / "t.onnx.ckpt.pt").write_text("junk\n"),
     needle="not a checkpoint file (torch.load cannot read it: ")
+cli("ft_resume_array_checkpoint", "finetune", FT + " -o {ws}/t.onnx --resume", 3,
+    setup=lambda ws: __import__("torch").save({"model": np.zeros(3), "epoch": 1},
+                                              ws / "t.onnx.ckpt.pt"),
+    needle="not a checkpoint file (torch.load cannot read it: ",
+    check=lambda ws, o, e: "weights_only" not in e and "arbitrary code" not in e)
+cli("ft_a_dnn_without_data", "finetune", "finetune {ws}/model.onnx -o {ws}/t.onnx", 8,
+    needle="not a spiking model")
+cli("eval_no_data_names_the_history_s", "data", "eval {ws}/snn.onnx", 5,
+    needle="its history names ")
+
+
 def _huge_npz(ws):
     """Finite data whose activations overflow float32 (values of +-3e38: inf - inf is NaN,
     which a clip does not bound)."""

@@ -55,6 +55,11 @@ def test_fashion_mnist_env_var(tmp_path, monkeypatch):
     make_fmnist(tmp_path)
     monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path))
     assert len(load_dataset("fashion-mnist")) == 20
+    # a folder that is not there is said, as --data-dir's is (not passed over for the
+    # system's copy)
+    monkeypatch.setenv("ONNX_SNN_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"\$ONNX_SNN_DATA .*nowhere: no such folder"):
+        load_dataset("fashion-mnist")
 
 
 @pytest.mark.parametrize("sub", ["", "mnist", "MNIST/raw"])
@@ -706,3 +711,20 @@ def test_class_names_that_do_not_fit_the_model_are_ignored_with_a_warning(caplog
             got = model_classes(m)
         assert got == (names if ok else None)
         assert ("ignored" in caplog.text) != ok
+
+
+def test_a_split_without_labels_beside_one_with_them_is_warned_about(caplog):
+    """x_train/y_train/x_test (no y_test): the test split is read unlabeled, which a Kaggle
+    test set means and a forgotten array does not: said, once."""
+    import logging
+    from onnx_snn.datasets import split_keys
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert split_keys(["x_train", "y_train", "x_test"], None, "d.npz") == ("x_test", None)
+    assert "d.npz: holds labels for the train split (y_train) but none for the test split" in \
+        caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_snn"):
+        assert split_keys(["x_train", "x_test"], None, "d.npz") == ("x_test", None)
+        assert split_keys(["x_train", "y_train", "x_test", "y_test"], "train", "d.npz") == \
+            ("x_train", "y_train")
+    assert not caplog.text

@@ -253,6 +253,18 @@ def test_a_link_back_up_is_not_followed_into_other_classes(tmp_path, caplog):
     assert caplog.text.count("is not followed") == 2
 
 
+def test_a_broken_link_to_an_image_is_said(tmp_path, caplog):
+    import os
+    rng = np.random.default_rng(4)
+    for c in ("a", "b"):
+        _save(tmp_path / "r" / c / "0.png", rng.random((8, 8)))
+    os.symlink(tmp_path / "gone.png", tmp_path / "r" / "b" / "1.png")
+    os.symlink(tmp_path / "gone.txt", tmp_path / "r" / "b" / "notes.txt")   # no image: quiet
+    assert load_image_folder(tmp_path / "r", None, (1, 8, 8)).y.tolist() == [0, 1]
+    assert "1.png: a link to" in caplog.text and "which is not there, is not read" in caplog.text
+    assert "notes.txt" not in caplog.text
+
+
 def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):
     """A 1 x 100 000 image for a 16 x 16 input: only the kept middle is resized (the whole
     image scaled to cover 16 rows would be 1.6 M pixels wide); it reads as that middle."""

@@ -714,9 +714,12 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
         try:
             state = torch.load(ckpt_path, map_location=device, weights_only=True)
         except Exception as e:  # not a checkpoint (torch says KeyError: '174812789' of junk)
+            why = f"{type(e).__name__}: {first_line(e, 4)[:300]}"
+            if "weights only load failed" in why.lower():   # (not torch's advice to unpickle
+                # a file of unknown origin, which runs its code: onnx-snn's hold tensors only)
+                why = "it is no file of tensors, as onnx-snn's checkpoints are"
             raise ModelLoadError(f"{ckpt_path}: not a checkpoint file (torch.load cannot read "
-                                 f"it: {type(e).__name__}: {first_line(e, 4)[:300]}); delete it, "
-                                 "or run without --resume") from None
+                                 f"it: {why}); delete it, or run without --resume") from None
         if isinstance(state, dict):    # a run's own settings first: the clearest reason
             _check_resumed_run(state.get("run"), run_settings, ckpt_path)
         try:
