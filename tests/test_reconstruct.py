@@ -288,6 +288,7 @@ def test_a_reconstruction_that_follows_the_dnn_worse_on_held_out_images_is_not_k
     h = rec["held_out"]
     assert h["images"] == 300 and not h["followed_better"] and not rec["kept"]
     assert h["after"]["dnn_agreement"] < h["before"]["dnn_agreement"]
+    assert h["after"]["output_loss"] > h["before"]["output_loss"]
     assert "300 held-out images" in rec["why"] and "kept" in rec["why"]
     assert _without_history(snn.model) == was
     assert "agrees" not in h["before"]       # (the samples' own stay out of the record)
@@ -306,15 +307,16 @@ def test_followed_better_allows_a_standard_error_of_the_change():
     before = np.ones(100, bool)
     before[:50] = False             # 50 of 100 agree
 
-    def m(agrees):
-        return {"agrees": agrees, "dnn_agreement": float(np.mean(agrees)), "output_loss": 0.0}
+    def m(agrees, loss=0.2):
+        return {"agrees": agrees, "dnn_agreement": float(np.mean(agrees)), "output_loss": loss}
     after = before.copy()
     after[50:59] = False            # 9 changed, all for the worse: 9 > sqrt(9) images
-    assert not follows_better(m(before), m(after))
+    assert not follows_better(m(before), m(after, 0.21))
+    assert follows_better(m(before), m(after, 0.19))        # (its scores follow the DNN's)
     after = before.copy()
     after[:20] = True
     after[50:72] = False            # 42 changed, 2 fewer agree: 2 <= sqrt(42)
-    assert follows_better(m(before), m(after))
+    assert follows_better(m(before), m(after, 0.21))
     assert follows_better(m(before), m(before))
     # not a classifier: its output's loss, not higher
     assert follows_better({"output_loss": 0.3}, {"output_loss": 0.3})

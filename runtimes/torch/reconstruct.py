@@ -39,9 +39,10 @@ is warned about. The test is on images neither trained nor calibrated on (``held
 holds out up to 1024 of the data where it holds more, ``onnx_snn.auto_reconstruct``), where the
 record's ``held_out`` has the same measures before and after: there the same VGG-16 default
 went from 91.0 to 93.2 % agreement and from a loss of 0.476 to 0.343 (2026-12-07). With
-``guard`` (convert's default) a reconstruction that agrees less with the DNN there, by more
-than a standard error of the change (:func:`follows_better`), is not kept: a few hundred
-images of random data and an lr of 3e-2 took a random-weight net from 59.7 to 53.7 %.
+``guard`` (convert's default) a reconstruction whose output loss there rose and, for a
+classifier, whose agreement with the DNN fell by more than a standard error of the change
+(:func:`follows_better`) is not kept: a few hundred images of random data and an lr of 3e-2
+took a random-weight net from 59.7 to 53.7 % and from a loss of 0.023 to 0.25.
 
 It needs PyTorch (``pip install 'onnx-snn[torch]'``) and is not the same to the bit on
 another thread count (PyTorch's CPU kernels sum in an order that depends on it). ``convert``
@@ -534,24 +535,30 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
 def follows_better(before: dict, after: dict) -> bool:
     """Whether the network measured ``after`` (:func:`reconstruct`'s measure on held-out
-    images) follows the DNN at least as well as ``before``: for a classifier, its agreement
-    with the DNN's top class is not lower by more than one standard error of the change
-    (the square root of the samples that changed, over all: on 1024 images where 10 % change,
-    1 point); else its output's loss is not higher."""
+    images) follows the DNN at least as well as ``before``: its output's loss is not higher,
+    or, for a classifier, its agreement with the DNN's top class is not lower by more than
+    one standard error of the change (the square root of the samples that changed, over all:
+    on 1024 images where 10 % change, 1 point). Either says it: the shipped model's default
+    went from a loss of 0.141 to 0.112 there while its agreement moved 96.2 -> 95.8 % (and
+    its test top-1 90.38 -> 91.00 %); a random-weight net trained at too large an lr rose
+    from 0.023 to 0.25 and fell from 59.7 to 53.7 %."""
+    if after["output_loss"] <= before["output_loss"]:
+        return True
     if "agrees" in before and "agrees" in after:
         a, b = np.asarray(before["agrees"], bool), np.asarray(after["agrees"], bool)
         n = max(len(a), 1)
         return float(np.sum(b) - np.sum(a)) / n >= -math.sqrt(float(np.sum(a != b))) / n
-    return after["output_loss"] <= before["output_loss"]
+    return False
 
 
 def _compared(before: dict, after: dict) -> str:
     """How the reconstruction changed the held-out measure, in words."""
+    loss = (f"follows the DNN's output with a loss of {after['output_loss']:.4g}, the "
+            f"conversion {before['output_loss']:.4g}")
     if "dnn_agreement" in before and "dnn_agreement" in after:
         return (f"agrees with the DNN's top class on {100 * after['dnn_agreement']:.1f} % of "
-                f"them, the conversion on {100 * before['dnn_agreement']:.1f} %")
-    return (f"follows the DNN's output with a loss of {after['output_loss']:.4g}, the "
-            f"conversion {before['output_loss']:.4g}")
+                f"them, the conversion on {100 * before['dnn_agreement']:.1f} %, and {loss}")
+    return loss
 
 
 def _public(measure: Optional[dict]) -> Optional[dict]:
