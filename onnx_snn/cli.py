@@ -1175,6 +1175,13 @@ def cmd_analyze(args) -> int:
             print(f"note: {args.model}'s input sizes are fixed, and a DNN's operations do not "
                   f"depend on its data: --data {args.data} is not used (spike rates come from "
                   "a spiking model's run on it)", file=sys.stderr)
+    ran = bool(data) and is_spiking(model) and not args.rates
+    if args.limit is not None and not ran and not args.quiet:
+        print(f"note: --limit {args.limit} is not used: no data is run here (a spiking model "
+              "runs --data, or the dataset it records, to record spike rates; "
+              f"{'a DNN' if not is_spiking(model) else 'this one'} has "
+              f"{'none to record' if not is_spiking(model) else 'no data to run'})",
+              file=sys.stderr)
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, checked, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
                      dnn_model=args.dnn, input_shapes=shapes, where=str(args.model),

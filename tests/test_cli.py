@@ -1330,3 +1330,14 @@ def test_quiet_convert_still_says_what_changed_in_the_inputs_and_outputs(tmp_pat
         assert sum(what in n for n in said[True]) == 1, (what, said[True])
     assert not any("interface:" in n for n in said[True] + said[False])    # (the mark unsaid)
     assert set(said[True]) < set(said[False])    # (the others: without -q only)
+
+
+def test_analyze_says_a_limit_it_does_not_use(tmp_path, capsys):
+    """--limit counts the samples a spiking model runs to record its rates; with none run
+    (a DNN, no data) it was silently ignored."""
+    from onnx_snn.cli import main
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    assert main(["analyze", str(tmp_path / "m.onnx"), "--limit", "5"]) == 0
+    assert "note: --limit 5 is not used: no data is run here" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "m.onnx")]) == 0
+    assert "--limit" not in capsys.readouterr().err
