@@ -1033,7 +1033,7 @@ def finetune_outcome(r) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .errors import MissingDependencyError, UsageError
+    from .errors import MissingDependencyError, TrainingDivergedError, UsageError
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -1077,10 +1077,20 @@ def cmd_finetune(args) -> int:
                              (args.plot, "--plot"))
     PENDING[:] = [f"{p} ({flag})" for p, flag in ((args.json, "--json"), (args.plot, "--plot"))
                   if p is not None]
-    r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir, resume=args.resume,
-                 download=args.download, checkpoint=checkpoint, show_progress=not quiet,
-                 log=_finetune_log(quiet), mean=args.mean, std=args.std,
-                 test_data=args.test_data)
+    try:
+        r = finetune(args.model, args.output, data, cfg, data_dir=args.data_dir,
+                     resume=args.resume, download=args.download, checkpoint=checkpoint,
+                     show_progress=not quiet, log=_finetune_log(quiet), mean=args.mean,
+                     std=args.std, test_data=args.test_data)
+    except TrainingDivergedError as e:      # the epochs before it explain it: --json has them
+        record = getattr(e, "record", None)
+        if record is None or args.json is None or int(os.environ.get("RANK", "0")) != 0:
+            raise
+        write_all_atomic([(targets[str(args.json)],
+                           (json_text.dumps(record) + "\n").encode("utf-8"))])
+        raise TrainingDivergedError(f"{e}; the run's record up to it is in {args.json}"
+                                    + (f" (--plot {args.plot} not written)" if args.plot else "")
+                                    ) from None
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
         wrote = finetune_outcome(r)

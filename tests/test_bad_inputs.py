@@ -1064,6 +1064,11 @@ cli("ft_lr_huge_diverges", "finetune", FT.replace("--epochs 1", "--epochs 2") + 
     may_leave=("t.onnx",),
     check=lambda ws, o, e: not (ws / "t.onnx").exists() or
     json.loads(meta_of("t.onnx")(ws)["onnx_snn.history"])[-1].get("epochs_done") == 0)
+cli("ft_diverging_writes_its_json", "finetune",
+    FT.replace("--epochs 1", "--epochs 2") + " -o {ws}/t.onnx --lr 1e38 --json {ws}/t.json", 7,
+    may_leave=("t.onnx", "t.json"), needle="the run's record up to it is in",
+    check=lambda ws, o, e: "diverged" in json.loads((ws / "t.json").read_text())
+    and isinstance(json.loads((ws / "t.json").read_text())["epochs"], list))
 cli("ft_diverging_keeps_existing", "finetune", FT.replace("--epochs 1", "--epochs 2") + " -o {ws}/t.onnx --lr 1e38", 7,
     setup=copy("t.onnx", "snn.onnx"))
 # an existing -o of another DNN would be "left as it was" as this run's result: refused first

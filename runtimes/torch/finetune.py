@@ -783,7 +783,12 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
     def diverged(what):
         kept = (f"the last good model is in {output}" if written or (resume and out_path.exists())
                 else f"{output} was left as it was" if existed else "no model was written")
-        return TrainingDivergedError(f"{what}; {kept}; try a smaller --lr")
+        err = TrainingDivergedError(f"{what}; {kept}; try a smaller --lr")
+        # the run so far, for a record of it (onnx-snn finetune --json writes it)
+        err.record = {"diverged": what, "output": str(output), "timesteps": T,
+                      "initial_top1": initial, "best_top1": best, "best_epoch": best_epoch,
+                      "epochs": [asdict(h) for h in history], "written": bool(written)}
+        return err
 
     gen = torch.Generator().manual_seed(cfg.seed)
     if gen_state is not None:
