@@ -94,7 +94,8 @@ LR = 1e-3
 HELD_OUT = 1024
 #: fewer images left than this judge nothing (one image is 0.4 % of 256): no check
 MIN_HELD_OUT = 256
-#: the most memory the held-out images may take (1024 Fashion-MNIST images take 3.2 MB)
+#: the memory the held-out images may take beyond :data:`MIN_HELD_OUT` of them (1024
+#: Fashion-MNIST images take 3.2 MB; 256 images of 3 x 224 x 224, 154 MB, are kept however)
 HELD_OUT_BYTES = 64 * 2 ** 20
 #: the nodes whose MACs the estimate counts
 DENSE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -256,16 +257,36 @@ def training_set(x, total: int, calibration_rows, images: int, seed: int):
 def held_out_rows(total: int, used_rows, seed: int, sample_bytes: int = 0
                   ) -> Optional[np.ndarray]:
     """Which samples of ``total`` check the reconstruction (:data:`HELD_OUT`, drawn at random
-    with ``seed`` from those not in ``used_rows``, the calibration and training images; at
-    most :data:`HELD_OUT_BYTES` of them, ``sample_bytes`` each), or None where fewer than
-    :data:`MIN_HELD_OUT` are left."""
+    with ``seed`` from those not in ``used_rows``, the calibration and training images; no
+    more than :data:`HELD_OUT_BYTES` hold, ``sample_bytes`` each, but :data:`MIN_HELD_OUT`
+    of them whatever their size), or None where fewer than :data:`MIN_HELD_OUT` are left."""
     rest = np.setdiff1d(np.arange(int(total)), np.asarray(used_rows, np.int64))
     n = min(HELD_OUT, len(rest))
     if sample_bytes > 0:
-        n = min(n, HELD_OUT_BYTES // int(sample_bytes))
+        n = min(n, max(MIN_HELD_OUT, HELD_OUT_BYTES // int(sample_bytes)))
     if n < MIN_HELD_OUT:
         return None
     return np.sort(np.random.default_rng([seed, 2]).choice(rest, n, replace=False))
+
+
+def reconstruction_rows(total: int, calibration_rows, images: Optional[int], seed: int,
+                        sample_bytes: int = 0):
+    """(the rows the reconstruction trains on, None for the calibration images themselves;
+    the held-out rows that check it, None for none) of data of ``total`` samples, of which
+    ``calibration_rows`` calibrated the conversion and the plan trains on ``images`` (None:
+    the calibration images, as ``--reconstruct E`` does)."""
+    cal = np.asarray(calibration_rows, np.int64)
+    train = None
+    if images and int(images) != len(cal):
+        train = training_rows(total, cal, int(images), seed)
+    used = cal if train is None else np.union1d(cal, train)
+    return train, held_out_rows(total, used, seed, sample_bytes)
+
+
+def sample_bytes(x) -> int:
+    """One sample's bytes in ``x`` (an array, or {input: array})."""
+    arrays = x.values() if isinstance(x, dict) else [x]
+    return sum(int(np.asarray(a[:1]).nbytes) for a in arrays)
 
 
 def torch_installed() -> bool:
@@ -287,9 +308,8 @@ def plan_for_data(method: str, timesteps: int, model: onnx.ModelProto, x,
     from .feeds import input_specs
     arrays = x if isinstance(x, dict) else {input_specs(model)[0][0]: x}
     shapes = {k: np.shape(v) for k, v in arrays.items()}
-    sample_bytes = sum(int(np.asarray(v[:1]).nbytes) for v in arrays.values())
     return plan(method, timesteps, model, len(next(iter(arrays.values()))), shapes, have_torch,
-                available, sample_bytes, scale)
+                available, sample_bytes(arrays), scale)
 
 
 def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import errno
 import os
 import re
 import signal
@@ -1389,11 +1390,19 @@ def _main(argv: Optional[List[str]]) -> int:
         print(f"onnx-snn: error: {shortened(str(e))}", file=sys.stderr)
         return e.exit_code
     except MemoryError:
-        print("onnx-snn: error: out of memory; lower -T, --batch-size or the sample sizes",
-              file=sys.stderr)
+        print(OUT_OF_MEMORY, file=sys.stderr)
         return 1
     except Exception as e:      # onnxruntime failing inside a run: one line, not a traceback
-        from .errors import UnsupportedModelError, first_line, is_onnxruntime_error
+        from .errors import (OutputPathError, UnsupportedModelError, first_line,
+                             is_onnxruntime_error)
+        if _out_of_memory(e):      # (PyTorch's: a RuntimeError, not a MemoryError)
+            print(OUT_OF_MEMORY + f" ({first_line(e)[:200]})", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.errno is not None:    # the system refused: said so
+            print(f"onnx-snn: error: {e.filename or 'a file'}: {e.strerror or e} (the system "
+                  "refused it: check the disk's space and the file's permissions)",
+                  file=sys.stderr)
+            return OutputPathError.exit_code if e.errno in _WRITE_ERRNOS else 70
         if not is_onnxruntime_error(e):
             return _internal_error(e)
         print(f"onnx-snn: error: {getattr(args, 'model', 'the model')}: onnxruntime failed "
@@ -1405,6 +1414,19 @@ def _main(argv: Optional[List[str]]) -> int:
 
 #: set to 1 to see an internal error's traceback on stderr instead of in a file
 TRACEBACK_ENV = "ONNX_SNN_TRACEBACK"
+OUT_OF_MEMORY = "onnx-snn: error: out of memory; lower -T, --batch-size or the sample sizes"
+#: an OSError of these numbers is a write the system refused (exit 6, as an output path's)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
+                 errno.EPERM}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """PyTorch's out of memory (torch.OutOfMemoryError, a RuntimeError; a CPU allocation's
+    "can't allocate memory")."""
+    text = str(e).lower()
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and ("out of memory" in text
+                                         or "can't allocate memory" in text))
 
 
 def _internal_error(e: BaseException) -> int:

@@ -600,7 +600,7 @@ def _dict_dataset(data: dict, specs=None, split: Optional[str] = None,
     ``x_train``/``y_train``, ``x_test``/``y_test``: the ``split`` asked for (default test)."""
     check_unambiguous_keys(list(data), "the data dict")
     names = [n for n, _ in specs or ()]
-    found = split_arrays(list(data), split, names, "the data dict")
+    found = split_arrays(list(data), split, names, "the data dict", labels)
     if found is not None:          # x_test (or z_test beside it for inputs x, z) and y_test
         arrays, yk = found
         data = {**{i: data[k] for i, k in arrays.items()}, **({"y": data[yk]} if yk else {})}
@@ -1108,20 +1108,16 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                      + (f", input '{name}')" if name else ")"))
     full, ds = ds, ds.take(calib_samples, seed=seed)
     auto, train_x, held_x = None, None, None
-    if recon is not None:
-        used = cal_rows = full.rows(calib_samples, seed)
-        if recon == AUTO:      # (the budget counts the network and the data; it may train
-            # on more of the data than it calibrates on, or fewer: drawn now, the rest is
-            # not kept)
-            auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
-                                                  available=len(full), scale=budget_scale)
-            if auto.images and auto.images != len(ds):
-                used = auto_reconstruct.training_rows(len(full), cal_rows, auto.images, seed)
-                train_x = auto_reconstruct.rows_of(full.x, used)
-        if auto is None or auto.epochs:    # (images of the data beyond those, to check it)
-            held = auto_reconstruct.held_out_rows(len(full), np.union1d(cal_rows, used), seed,
-                                                  _sample_bytes(full.x))
-            held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
+    if recon == AUTO:      # (the budget counts the network and the data; it may train on
+        # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
+        auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
+                                              available=len(full), scale=budget_scale)
+    if recon is not None and (auto is None or auto.epochs):   # (and others, to check it)
+        rows, held = auto_reconstruct.reconstruction_rows(
+            len(full), full.rows(calib_samples, seed), auto and auto.images, seed,
+            auto_reconstruct.sample_bytes(full.x))
+        train_x = None if rows is None else auto_reconstruct.rows_of(full.x, rows)
+        held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
     del full
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
@@ -1153,12 +1149,6 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
                            show_progress=show_progress, extra=extra, measure_rows=len(ds),
                            held_out=held_x, guard=auto is not None)
     return snn
-
-
-def _sample_bytes(x) -> int:
-    """One sample's bytes in ``x`` (an array, or {input: array})."""
-    arrays = x.values() if isinstance(x, dict) else [x]
-    return sum(int(np.asarray(a[:1]).nbytes) for a in arrays)
 
 
 def auto_config(plan: "auto_reconstruct.Plan"):

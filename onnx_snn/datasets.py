@@ -601,14 +601,14 @@ def _per_input_split(keys, inputs, sp: str) -> Optional[Dict[str, str]]:
     return found
 
 
-def split_arrays(keys, split: Optional[str], inputs, where
+def split_arrays(keys, split: Optional[str], inputs, where, labels: bool = True
                  ) -> Optional[Tuple[Dict[str, str], Optional[str]]]:
     """The arrays of ``split`` (default test) where a .npz's (or dict's) ``keys`` hold
     Keras's splits: ({input: its key} for a model of several inputs with an
     ``<input>_<split>`` each, else {"x": the key}: the one input's own ``<input>_<split>``,
     or ``x_<split>``), and the labels' key (None: none). None where ``keys`` hold no split;
     a DataError where the split has labels but no inputs."""
-    picked = split_keys(list(keys), split, where)
+    picked = split_keys(list(keys), split, where, labels)
     if picked is None:
         return None
     sp = split or "test"
@@ -632,9 +632,11 @@ def _ignored_beside_split(keys, read, sp: str) -> List[str]:
     return [k for k in keys if k.lower() not in names]
 
 
-def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Optional[str]]]:
+def split_keys(keys: list, split: Optional[str], path, labels: bool = True
+               ) -> Optional[Tuple[str, Optional[str]]]:
     """(input key, label key) of ``split`` (default test) in a .npz (or dict) with SPLIT_KEYS,
-    else None."""
+    else None; ``labels``: the command reads them (a split without labels beside one with
+    them is warned about)."""
     have = _splits_in(keys)
     if not have:
         return None
@@ -643,14 +645,14 @@ def split_keys(keys: list, split: Optional[str], path) -> Optional[Tuple[str, Op
         raise DataError(f"{path}: holds the {have[0]} split ({SPLIT_KEYS[have[0]][0]}) but not the "
                         f"{sp} split ({SPLIT_KEYS[sp][0]}) this command reads")
     xk, yk = SPLIT_KEYS[sp]
-    labels = key_named(keys, yk)
+    found = key_named(keys, yk)
     other = [o for o, (_, oy) in SPLIT_KEYS.items() if o != sp and key_named(keys, oy)]
-    if labels is None and other:      # (a test split without labels can be meant: said)
+    if labels and found is None and other:   # (a test split without labels can be meant: said)
         logging.getLogger("onnx_snn").warning(
             "%s: holds labels for the %s split (%s) but none for the %s split (%s) this command "
             "reads: its samples are taken as unlabeled (no top-1); add %s to score them",
             path, other[0], SPLIT_KEYS[other[0]][1], sp, yk, yk)
-    return key_named(keys, xk), labels
+    return key_named(keys, xk), found
 
 
 def sample_count(arrays: Dict[str, np.ndarray], where: str) -> int:
@@ -713,7 +715,7 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
             yk = label_key(keys, inputs)
             rest = [k for k in keys if k != yk]
             xk = input_key(keys)
-            found = split_arrays(keys, split, inputs, path)
+            found = split_arrays(keys, split, inputs, path, labels)
             if found is None and sorted(keys) == ["arr_0"]:
                 found = ({"x": "arr_0"}, None)            # numpy.savez(f, x)
             elif found is None and sorted(keys) == ["arr_0", "arr_1"] and \

@@ -43,11 +43,19 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p) and p.is_file()
 
 
+def _said_if_broken(p: Path) -> bool:
+    """A link named as an image whose target is not there is said (once), not read: False."""
+    if p.is_symlink() and not p.exists() and _visible(p) \
+            and p.suffix.lower() in IMAGE_EXTENSIONS:
+        _warn_once("%s: a link to %s, which is not there, is not read", p, os.readlink(p))
+    return False
+
+
 def _images(folder: Path, recursive: bool = False) -> List[Path]:
     """The images in ``folder`` (``recursive``: in its subfolders too, as a class folder's
     images may be), sorted; hidden files and folders left out."""
     if not recursive:
-        return sorted(p for p in folder.iterdir() if _is_image(p))
+        return sorted(p for p in folder.iterdir() if _is_image(p) or _said_if_broken(p))
     out, seen = [], set()
     top = os.path.realpath(folder)
     # the other class folders beside it (as the dataset lists them: a class folder may be a
@@ -83,10 +91,7 @@ def _images(folder: Path, recursive: bool = False) -> List[Path]:
         for f in filenames:
             path = Path(dirpath) / f
             if not _is_image(path):
-                if path.is_symlink() and not path.exists() and _visible(path) \
-                        and path.suffix.lower() in IMAGE_EXTENSIONS:
-                    _warn_once("%s: a link to %s, which is not there, is not read", path,
-                               os.readlink(path))
+                _said_if_broken(path)
                 continue
             if path.is_symlink() and other_class(os.path.realpath(path)):
                 _warn_once("%s: a link to %s, in another class's folder, is not read (it would "

@@ -1,6 +1,7 @@
 """The ``onnx-snn`` command's entry point: light to import, so that a Ctrl-C (or a SIGTERM)
 while the command line's modules load exits like one during the work (130 / 143, one line)
 instead of printing a traceback from inside an import."""
+import os
 import signal
 import sys
 
@@ -23,7 +24,17 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, old)
     code = cli_main(argv)
     # the work is done and its exit status decided: a signal while the interpreter shuts down
-    # would kill it with 143 and no word, as if the outputs it wrote were missing
+    # killed it with 143 and no word, as if the outputs it wrote were missing; it now ends the
+    # process at once with that status (this is the console script's entry: the process ends
+    # after it; not ignored, which children would inherit and a stuck shutdown would keep)
+
+    def done(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, done)
     return code

@@ -11,6 +11,8 @@ os.environ.setdefault("ONNX_SNN_PROGRESS", "0")
 # hundreds of times, and a trained conversion is not what those tests check;
 # tests/test_auto_reconstruct.py turns it on where it is what they check
 os.environ.setdefault("ONNX_SNN_RECONSTRUCT", "0")
+# an internal error (a bug: cli's exit 70) shows its traceback on stderr, not in a file
+os.environ.setdefault("ONNX_SNN_TRACEBACK", "1")
 
 # Property tests draw the same examples on every run (the suite is CI's gate: a rare
 # counterexample must not pass one run and fail the next). HYPOTHESIS_PROFILE=explore draws

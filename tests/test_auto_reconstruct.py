@@ -14,6 +14,7 @@ import onnx_snn
 from onnx_snn import auto_reconstruct as ar
 from onnx_snn.analyze.flops import count_layers, total_macs
 from onnx_snn.errors import UsageError
+from onnx_snn.runtimes.ort import run
 
 
 @pytest.fixture
@@ -359,7 +360,13 @@ def test_held_out_rows_are_neither_calibration_nor_training_rows():
     assert ar.held_out_rows(500 + ar.MIN_HELD_OUT - 1, np.arange(500), 0) is None
     # no more than HELD_OUT_BYTES of them
     assert len(ar.held_out_rows(5000, used, 0, ar.HELD_OUT_BYTES // 300)) == 300
-    assert ar.held_out_rows(5000, used, 0, ar.HELD_OUT_BYTES) is None
+    # samples so large that few fit: MIN_HELD_OUT of them however (224 x 224 images)
+    assert len(ar.held_out_rows(5000, used, 0, ar.HELD_OUT_BYTES)) == ar.MIN_HELD_OUT
+    train, held = ar.reconstruction_rows(1000, np.arange(10), 40, 0)
+    assert len(train) == 40 and np.array_equal(train[:10], np.arange(10))
+    assert len(held) == 960 and set(held).isdisjoint(train)
+    train, held = ar.reconstruction_rows(1000, np.arange(10), None, 0)
+    assert train is None and len(held) == 990
 
 
 def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
@@ -380,9 +387,37 @@ def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
     rec = snn.report["reconstruction"]
     assert rec["images"] == 48 and rec["held_out"]["images"] == 400 - 48
     assert rec["kept"] == rec["held_out"]["followed_better"]
+    # the rows it draws: none calibrated or trained on (each sample's number in a pixel)
+    import onnx_snn.runtimes.torch.reconstruct as R
+    seen = {}
+    real = R.reconstruct
+
+    def spy(snn, dnn, x, *a, held_out=None, guard=False, **k):
+        seen.update(train=x, held=held_out, guard=guard)
+        return real(snn, dnn, x, *a, held_out=held_out, guard=guard, **k)
+    numbered = x.copy()
+    numbered[:, 0, 0, 0] = np.arange(400)
+    np.save(tmp_path / "n.npy", numbered)
+    plain = onnx_snn.convert(B.vgg(), str(tmp_path / "n.npy"), timesteps=2, calib_samples=16,
+                             show_progress=False, reconstruct=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "IMAGES", 48)
+        mp.setattr(ar, "BUDGET", cost * 2 * 48 * ar.EPOCHS_PER_IMAGE * 1.01)
+        mp.setattr(ar, "MIN_EPOCHS_OF", 8)
+        mp.setattr(R, "reconstruct", spy)
+        mp.setattr(R, "follows_better", lambda before, after: False)
+        refused = onnx_snn.convert(B.vgg(), str(tmp_path / "n.npy"), timesteps=2,
+                                   calib_samples=16, show_progress=False)
+    ids = [set(a[:, 0, 0, 0].astype(int)) for a in (seen["train"], seen["held"])]
+    assert seen["guard"] and len(ids[0]) == 48 and len(ids[1]) == 352 and not ids[0] & ids[1]
+    rec = refused.report["reconstruction"]
+    assert not rec["kept"] and rec["held_out"]["followed_better"] is False and "held-out" in rec["why"]
+    np.testing.assert_array_equal(run(refused.model, x[:32]).outputs[0],
+                                  run(plain.model, x[:32]).outputs[0])
     explicit = onnx_snn.convert(B.vgg(), str(tmp_path / "c.npy"), timesteps=2, calib_samples=16,
                                 show_progress=False, reconstruct=1)
     assert explicit.report["reconstruction"]["held_out"]["images"] == 400 - 16
+    assert explicit.report["reconstruction"]["kept"]     # asked for: kept either way
     alone = onnx_snn.convert(B.vgg(), x[:64], timesteps=2, show_progress=False, reconstruct=1)
     assert "held_out" not in alone.report["reconstruction"]
 

@@ -886,6 +886,24 @@ def test_a_bug_is_one_line_with_its_traceback_in_a_file_and_exit_70(monkeypatch,
     assert "Traceback" in err and "in boom" in err and len(list(tmp_path.glob("onnx-snn-*"))) == 1
 
 
+@pytest.mark.parametrize("error,code,said", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 1, "out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                  "memory: you tried to allocate 1 bytes"), 1, "out of memory"),
+    (OSError(28, "No space left on device", "out.onnx"), 6, "out.onnx: No space left"),
+    (OSError(5, "Input/output error", "m.onnx"), 70, "m.onnx: Input/output error")])
+def test_out_of_memory_and_the_systems_refusals_are_not_called_bugs(monkeypatch, capsys,
+                                                                    error, code, said):
+    import onnx_snn.cli as cli
+
+    def boom(args):
+        raise error
+    monkeypatch.setitem(cli.COMMANDS, "info", boom)
+    assert cli.main(["info", "m.onnx"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err and "bug" not in err
+
+
 def test_quiet_convert_prints_its_result_line_alone(tmp_path):
     """A classifier with an ai.onnx.ml ZipMap head (skl2onnx): onnx-graphsurgeon's warnings
     ('colored module is not installed', 'Could not convert: UNDEFINED') went to stdout."""

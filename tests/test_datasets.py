@@ -727,4 +727,7 @@ def test_a_split_without_labels_beside_one_with_them_is_warned_about(caplog):
         assert split_keys(["x_train", "x_test"], None, "d.npz") == ("x_test", None)
         assert split_keys(["x_train", "y_train", "x_test", "y_test"], "train", "d.npz") == \
             ("x_train", "y_train")
+        # a command that reads no labels (convert) is not told of them
+        assert split_keys(["x_train", "y_train", "x_test"], None, "d.npz", labels=False) == \
+            ("x_test", None)
     assert not caplog.text

@@ -263,6 +263,9 @@ def test_a_broken_link_to_an_image_is_said(tmp_path, caplog):
     assert load_image_folder(tmp_path / "r", None, (1, 8, 8)).y.tolist() == [0, 1]
     assert "1.png: a link to" in caplog.text and "which is not there, is not read" in caplog.text
     assert "notes.txt" not in caplog.text
+    os.symlink(tmp_path / "gone2.png", tmp_path / "r" / "a" / "9.png")   # a flat folder too
+    assert len(load_image_folder(tmp_path / "r" / "a", None, (1, 8, 8))) == 1
+    assert "9.png: a link to" in caplog.text
 
 
 def test_a_very_elongated_image_is_cropped_before_it_is_scaled(tmp_path, monkeypatch):

@@ -130,6 +130,12 @@ def test_a_diverged_reconstruction_keeps_the_conversion():
                       ReconstructConfig(epochs=2, lr=1e30), show_progress=False)
     assert not rec["kept"] and "non-finite" in rec["why"]
     assert _without_history(snn.model) == was
+    # held-out images: nothing measured after a divergence, nothing said of them
+    rec = reconstruct(snn, onnx_snn.prepare(B.vgg()).model, x,
+                      ReconstructConfig(epochs=2, lr=1e30), show_progress=False,
+                      held_out=B.rand_input(8, seed=8), guard=True)
+    assert rec["held_out"]["after"] is None and rec["held_out"]["followed_better"] is None
+    assert "non-finite" in rec["why"]
     assert json.loads(fmt.metadata(snn.model)[fmt.META_HISTORY])[-1]["kept"] is False
 
 
@@ -310,9 +316,11 @@ def test_followed_better_allows_a_standard_error_of_the_change():
     def m(agrees, loss=0.2):
         return {"agrees": agrees, "dnn_agreement": float(np.mean(agrees)), "output_loss": loss}
     after = before.copy()
-    after[50:59] = False            # 9 changed, all for the worse: 9 > sqrt(9) images
-    assert not follows_better(m(before), m(after, 0.21))
-    assert follows_better(m(before), m(after, 0.19))        # (its scores follow the DNN's)
+    after[50:54] = False            # 4 changed, all for the worse: se = 2, a drop of 2 se
+    assert follows_better(m(before), m(after, 0.19))        # within 2 se, its loss fell
+    assert not follows_better(m(before), m(after, 0.21))    # beyond 1 se, its loss rose
+    after[50:59] = False            # 9 changed, all for the worse: 9 > 2 sqrt(9) images
+    assert not follows_better(m(before), m(after, 0.01))    # however low its loss
     after = before.copy()
     after[:20] = True
     after[50:72] = False            # 42 changed, 2 fewer agree: 2 <= sqrt(42)

@@ -259,18 +259,16 @@ def _default_reconstruction(nm, train, calib_x, T, seed: int = 0):
     default (``--seed``) for ``nm`` calibrated on ``calib_x`` (draw ``seed`` of ``train``,
     the training set) at ``T``: its budget's epochs, on the calibration images and as many
     more of the training set as the budget affords, checked on others held out."""
-    import numpy as np
     from onnx_snn import auto_reconstruct as ar
-    from onnx_snn.convert import _sample_bytes, auto_config
+    from onnx_snn.convert import auto_config
     n = len(next(iter(calib_x.values()))) if isinstance(calib_x, dict) else len(calib_x)
     p = ar.plan_for_data("refined", T, nm.model, calib_x, have_torch=True, available=len(train))
-    used = cal_rows = train.rows(n, seed)
-    x = calib_x
-    if p.images and p.images != n:
-        used = ar.training_rows(len(train), cal_rows, p.images, seed)
-        x = ar.rows_of(train.x, used)
-    held = ar.held_out_rows(len(train), np.union1d(cal_rows, used), seed, _sample_bytes(train.x))
-    return auto_config(p), x, None if held is None else ar.rows_of(train.x, held)
+    if not p.epochs:                       # (the refinement alone: nothing to train or check)
+        return None, calib_x, None
+    rows, held = ar.reconstruction_rows(len(train), train.rows(n, seed), p.images, seed,
+                                        ar.sample_bytes(train.x))
+    return (auto_config(p), calib_x if rows is None else ar.rows_of(train.x, rows),
+            None if held is None else ar.rows_of(train.x, held))
 
 
 def job_cost(net: str) -> dict:

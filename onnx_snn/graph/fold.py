@@ -273,7 +273,7 @@ def _cast_like_to_cast(graph: gs.Graph) -> None:
             to = onnx.helper.np_dtype_to_tensor_dtype(dtype)
         except (KeyError, TypeError, ValueError):
             continue
-        node.inputs.remove(node.inputs[1])      # (gs keeps the tensor's readers in step)
+        del node.inputs[1]                      # (gs keeps the tensor's readers in step)
         node.op, node.attrs = "Cast", {"to": int(to)}
 
 
