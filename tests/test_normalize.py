@@ -2674,6 +2674,16 @@ def test_constants_given_as_numbers_keep_the_types_the_spec_gives_them(opset):
     np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
 
 
+def _conv_fc_model(nodes, name: str, rng, fc_in: int, opset: int = 13) -> onnx.ModelProto:
+    """``nodes`` from input x [N, 1, 12, 12] to output y [N, 10], with random weights for
+    their 4-channel 3x3 conv ``w`` and their dense layer ``fc`` of ``fc_in`` inputs."""
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, .4, (4, 1, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.normal(0, .2, (10, fc_in)).astype(np.float32), "fc")]
+    g = h.make_graph(nodes, name, [h.make_tensor_value_info("x", 1, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("y", 1, ["N", 10])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
 def _cast_like(opset: int, like_data: bool) -> onnx.ModelProto:
     """(x - 0.5) / 0.25 - Conv - Relu - Gemm, each number a CastLike of a float64 constant to
     x's type (onnxscript's idiom for a Python number); ``like_data``: the conv's output CastLike
@@ -2693,11 +2703,7 @@ def _cast_like(opset: int, like_data: bool) -> onnx.ModelProto:
              h.make_node("Relu", ["c"], ["r"]),
              h.make_node("Flatten", ["r"], ["f"]),
              h.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    inits = [onnx.numpy_helper.from_array(rng.normal(0, .4, (4, 1, 3, 3)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(rng.normal(0, .2, (10, 400)).astype(np.float32), "fc")]
-    g = h.make_graph(nodes, "castlike", [h.make_tensor_value_info("x", 1, ["N", 1, 12, 12])],
-                     [h.make_tensor_value_info("y", 1, ["N", 10])], inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    return _conv_fc_model(nodes, "castlike", rng, 400, opset)
 
 
 @pytest.mark.parametrize("opset", [15, 21])
@@ -2724,15 +2730,10 @@ def test_a_max_pool_whose_indices_are_read_is_refused_naming_it():
              h.make_node("Add", ["p", "fidx"], ["s"]),
              h.make_node("Flatten", ["s"], ["f"]),
              h.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    inits = [onnx.numpy_helper.from_array(rng.normal(0, .4, (4, 1, 3, 3)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(rng.normal(0, .2, (10, 100)).astype(np.float32), "fc")]
-    g = h.make_graph(nodes, "indices", [h.make_tensor_value_info("x", 1, ["N", 1, 12, 12])],
-                     [h.make_tensor_value_info("y", 1, ["N", 10])], inits)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m = _conv_fc_model(nodes, "indices", rng, 100)
     with pytest.raises(UnsupportedModelError, match=r"'pool' \(MaxPool\) gives the indices .*'idx'"):
         normalize(m)
     # its indices unread: a max pool like any other
     nodes[3:5] = [h.make_node("Identity", ["p"], ["s"])]
-    g = h.make_graph(nodes, "indices", g.input, g.output, inits)
-    assert [s.name for s in normalize(h.make_model(
-        g, opset_imports=[h.make_opsetid("", 13)])).sites] == ["lif0"]
+    assert [s.name for s in normalize(_conv_fc_model(nodes, "indices", rng, 100)).sites] == \
+        ["lif0"]
