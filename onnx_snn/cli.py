@@ -711,18 +711,25 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
     return recorded
 
 
+def _light_model(model_path):
+    """The model file without its external weights, or None where it cannot be read (the
+    load that follows says why); never opened unless a regular file (a pipe would block)."""
+    import onnx
+    from .errors import file_problem
+    try:
+        m = None if file_problem(model_path) else onnx.load(model_path, load_external_data=False)
+    except Exception:
+        return None
+    return m if m is not None and m.HasField("graph") else None   # (an empty file parses)
+
+
 def _spiking_first(model_path) -> None:
     """A model that is no spiking one (a DNN given to finetune), refused before any question
     about its data, by its metadata alone (an unreadable file is left to the load that
     follows, which says why)."""
-    import onnx
-    from .errors import file_problem
     from .spiking.format import is_spiking, read_spiking
-    try:
-        m = None if file_problem(model_path) else onnx.load(model_path, load_external_data=False)
-    except Exception:
-        return
-    if m is not None and m.HasField("graph") and not is_spiking(m):
+    m = _light_model(model_path)
+    if m is not None and not is_spiking(m):
         read_spiking(m, str(model_path))      # (raises NotSpikingModelError, worded there)
 
 
@@ -787,14 +794,9 @@ def _data_root(path) -> str:
 
 def _dataset_from_metadata(model_path: str) -> Optional[str]:
     """The dataset a model records; an unreadable model raises its load error here."""
-    import onnx
-    from .errors import file_problem
     from .model_io import load_model
-    try:   # never opened unless a regular file (a pipe would block)
-        m = None if file_problem(model_path) else onnx.load(model_path, load_external_data=False)
-    except Exception:
-        m = None
-    if m is None or not m.HasField("graph"):   # an empty file parses as an empty model
+    m = _light_model(model_path)
+    if m is None:
         load_model(model_path)   # raises the clear error (missing, empty, truncated, not ONNX)
         return None
     from .model_io import metadata_dict
