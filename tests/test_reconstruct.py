@@ -283,8 +283,9 @@ def test_a_reconstruction_that_raises_the_loss_far_says_so(caplog):
 
 def test_a_reconstruction_that_follows_the_dnn_worse_on_held_out_images_is_not_kept():
     """With ``guard`` (convert's default), a reconstruction whose held-out agreement with the
-    DNN falls (lr 3e-2 on random weights: 59.7 -> 53.7 %) leaves every value as converted,
-    and says why; without, it is kept with a warning; a good one (lr 3e-3) is kept."""
+    DNN falls (lr 3e-2 on random weights: 60.3 -> 53 %) leaves every value as converted,
+    and says why; without, it is kept with a warning; one that mends a poor conversion is
+    kept."""
     x, held = B.rand_input(32, seed=13), B.rand_input(300, seed=21)
     dnn = onnx_snn.prepare(B.vgg()).model
     bad = ReconstructConfig(epochs=3, lr=3e-2)
@@ -302,10 +303,13 @@ def test_a_reconstruction_that_follows_the_dnn_worse_on_held_out_images_is_not_k
     snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
     rec = reconstruct(snn, dnn, x, bad, show_progress=False, held_out=held)
     assert rec["kept"] and "held-out" in rec["warning"] and _without_history(snn.model) != was
-    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)
-    rec = reconstruct(snn, dnn, x, ReconstructConfig(epochs=10, lr=3e-3), show_progress=False,
-                      held_out=held, guard=True)
-    assert rec["kept"] and rec["held_out"]["followed_better"] and "why" not in rec
+    # a poor conversion (max at T=2: most neurons silent) that reconstruction mends
+    snn = onnx_snn.convert(B.vgg(), x, timesteps=2, method="max", show_progress=False)
+    rec = reconstruct(snn, dnn, x, ReconstructConfig(epochs=20, lr=3e-3, batch_size=16),
+                      show_progress=False, held_out=held, guard=True)
+    h = rec["held_out"]
+    assert rec["kept"] and h["followed_better"] and "why" not in rec
+    assert h["after"]["output_loss"] < h["before"]["output_loss"]
 
 
 def test_followed_better_allows_a_standard_error_of_the_change():
@@ -318,14 +322,17 @@ def test_followed_better_allows_a_standard_error_of_the_change():
     after = before.copy()
     after[50:54] = False            # 4 changed, all for the worse: se = 2, a drop of 2 se
     assert follows_better(m(before), m(after, 0.19))        # within 2 se, its loss fell
-    assert not follows_better(m(before), m(after, 0.21))    # beyond 1 se, its loss rose
+    assert not follows_better(m(before), m(after, 0.21))    # its loss rose
     after[50:59] = False            # 9 changed, all for the worse: 9 > 2 sqrt(9) images
     assert not follows_better(m(before), m(after, 0.01))    # however low its loss
     after = before.copy()
     after[:20] = True
-    after[50:72] = False            # 42 changed, 2 fewer agree: 2 <= sqrt(42)
-    assert follows_better(m(before), m(after, 0.21))
-    assert follows_better(m(before), m(before))
+    after[50:72] = False            # 42 changed, 2 fewer agree: within the noise
+    assert follows_better(m(before), m(after, 0.2))
+    assert not follows_better(m(before), m(before, 0.24))   # all agree still, the loss rose
+    up = np.ones(100, bool)
+    assert not follows_better(m(before), m(up, 0.21))       # more agree, but its loss rose
+    assert follows_better(m(before), m(up, 0.19))
     # not a classifier: its output's loss, not higher
     assert follows_better({"output_loss": 0.3}, {"output_loss": 0.3})
     assert not follows_better({"output_loss": 0.3}, {"output_loss": 0.31})

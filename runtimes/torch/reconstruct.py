@@ -39,10 +39,10 @@ is warned about. The test is on images neither trained nor calibrated on (``held
 holds out up to 1024 of the data where it holds more, ``onnx_snn.auto_reconstruct``), where the
 record's ``held_out`` has the same measures before and after: there the same VGG-16 default
 went from 91.0 to 93.2 % agreement and from a loss of 0.476 to 0.343 (2026-12-07). With
-``guard`` (convert's default) a reconstruction whose output loss there rose and, for a
-classifier, whose agreement with the DNN fell by more than a standard error of the change
-(:func:`follows_better`) is not kept: a few hundred images of random data and an lr of 3e-2
-took a random-weight net from 59.7 to 53.7 % and from a loss of 0.023 to 0.25.
+``guard`` (convert's default) a reconstruction whose output loss there rose, or, for a
+classifier, whose agreement with the DNN fell by more than two standard errors of the change
+(:func:`follows_better`), is not kept: a few hundred images of random data and an lr of 3e-2
+took a random-weight net from 60.3 to 0 % and from a loss of 0.021 to 0.31.
 
 It needs PyTorch (``pip install 'onnx-snn[torch]'``) and is not the same to the bit on
 another thread count (PyTorch's CPU kernels sum in an order that depends on it). ``convert``
@@ -541,21 +541,22 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
 def follows_better(before: dict, after: dict) -> bool:
     """Whether the network measured ``after`` (:func:`reconstruct`'s measure on held-out
-    images) follows the DNN at least as well as ``before``. Its output's loss not higher
-    says so, the argmax aside: the shipped model's default went from a loss of 0.141 to 0.112
-    there while its agreement moved 96.2 -> 95.8 % (4 images; its test top-1 90.38 -> 91.00
-    %). For a classifier the agreement with the DNN's top class decides beside it, by the
-    standard error of its change (se: the square root of the samples that changed, over
-    all; on 1024 images where 10 % change, 1 point): not lower by more than 2 se, and, where
-    the loss rose, by more than 1 se. A random-weight net trained at too large an lr rose
-    from 0.023 to 0.25 and fell from 59.7 to 53.7 % (18 of 300 images)."""
-    loss_ok = after["output_loss"] <= before["output_loss"]
+    images) follows the DNN at least as well as ``before``: its output's loss, what it
+    trained, is not higher, and, for a classifier, its agreement with the DNN's top class is
+    not lower by more than two standard errors of the change (se: the square root of the
+    samples that changed, over all; on 1024 images where 10 % change, 1 point), which the
+    argmax's jitter stays within: the shipped model's default went from a loss of 0.141 to
+    0.112 there while its agreement moved 96.2 -> 95.8 % (4 images; its test top-1 90.38 ->
+    91.00 %). A random-weight net trained at too large an lr rose from 0.021 to 0.31 and fell
+    from 60.3 to 0 % (of 300 images); an outside tester's small nets whose loss rose a
+    little (+4 to +20 %) lost 0.4-1.3 points on 2000 fresh samples where kept."""
+    if not after["output_loss"] <= before["output_loss"]:
+        return False
     if "agrees" not in before or "agrees" not in after:
-        return loss_ok
+        return True
     a, b = np.asarray(before["agrees"], bool), np.asarray(after["agrees"], bool)
     drop = float(np.sum(a) - np.sum(b))            # samples that agree no more, net
-    se = math.sqrt(float(np.sum(a != b)))
-    return drop <= 2 * se and (loss_ok or drop <= se)
+    return drop <= 2 * math.sqrt(float(np.sum(a != b)))
 
 
 def _compared(before: dict, after: dict) -> str:
