@@ -1188,12 +1188,11 @@ def cmd_analyze(args) -> int:
             print(f"note: {args.model}'s input sizes are fixed, and a DNN's operations do not "
                   f"depend on its data: --data {args.data} is not used (spike rates come from "
                   "a spiking model's run on it)", file=sys.stderr)
-    ran = bool(data) and is_spiking(model) and not args.rates
-    if args.limit is not None and not ran and not args.quiet:
+    spiking = is_spiking(model)
+    if args.limit is not None and not (data and spiking and not args.rates) and not args.quiet:
         print(f"note: --limit {args.limit} is not used: no data is run here (a spiking model "
               "runs --data, or the dataset it records, to record spike rates; "
-              f"{'a DNN' if not is_spiking(model) else 'this one'} has "
-              f"{'none to record' if not is_spiking(model) else 'no data to run'})",
+              + ("this one has no data to run" if spiking else "a DNN has none to record") + ")",
               file=sys.stderr)
     mac, ac = ENERGY_PRESETS[args.preset]
     result = analyze(model, checked, args.timesteps or T, args.mac_pj or mac, args.ac_pj or ac,
@@ -1347,11 +1346,10 @@ def _complete(written: List[str], pending: Sequence[str] = ()) -> str:
     (written all or none, the signal held during the renames), and a script that reads the
     exit status alone would take them for missing; ``pending``: those not written yet."""
     done = list(dict.fromkeys(written))     # (fine-tuning rewrites its model at each best epoch)
-    left = [p for p in dict.fromkeys(pending) if p not in done]
     text = (f" after writing {', '.join(done)}, which {'is' if len(done) == 1 else 'are'} "
             "complete") if done else ""
-    if done and left:
-        text += f"; not written: {', '.join(left)}"
+    if done and pending:
+        text += f"; not written: {', '.join(dict.fromkeys(pending))}"
     return text
 
 

@@ -248,11 +248,8 @@ def _typed_constant_attributes(graph: gs.Graph) -> None:
 
 
 def _dtype_of(t):
-    """The numpy dtype of ``t`` where known (a constant's values, a variable's recorded type),
-    else None."""
-    v = const_value(t)
-    if v is not None:
-        return v.dtype
+    """The numpy dtype of ``t`` where known (a constant's, read without loading its values; a
+    variable's recorded type), else None."""
     try:
         return np.dtype(t.dtype) if t.dtype is not None else None
     except TypeError:
