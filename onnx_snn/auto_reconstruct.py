@@ -6,7 +6,7 @@ the default method (``refined``) and PyTorch installed, the conversion is then r
 follow its DNN) for as many epochs, up to :data:`MAX_EPOCHS`, as fit in :data:`BUDGET`:
 each image's cost in one step (:func:`step_cost`: the DNN's multiply-accumulates in its
 convolutions and dense layers, plus :data:`NODE_COST` per node for PyTorch's time per
-layer, more for a model whose batch is fixed below :data:`BATCH`), times the images, times
+layer and :data:`ELEMENT_COST` per element of the nodes' outputs, more for a model whose batch is fixed below :data:`BATCH`), times the images, times
 T, times the epochs. Below :data:`MIN_EPOCHS` epochs of the calibration images it is skipped, with a note that says how to ask for it. Where the
 calibration data holds more images than the conversion calibrates on (a named dataset, an
 array file; not an image folder, of which only the calibration images are read), the same
@@ -15,8 +15,9 @@ budget is spread over more of them (:func:`training_images`: up to :data:`IMAGES
 data, :func:`training_set`), at the learning rate :data:`LR`: on VGG-16 and ResNet-20 at T = 2
 that followed the DNN better on the test set than the calibration images alone. The budget
 keeps the default conversion of the quarter-width VGG-16 of Fashion-MNIST within issue 11's
-60 s on 2 cores: 13.0 M MACs and 36 nodes per image x T = 2 afford 12 500 image-epochs, 3
-epochs of 4096 images (48.6 s end to end; 56 s before the targets were kept in a byte); a
+60 s on 2 cores: 13.0 M MACs, 36 nodes and 0.108 M activations per image x T = 2 afford
+14 500 image-epochs, 3 epochs of 4096 images (48.6 s end to end; 56 s before the targets were
+kept in a byte); a
 224 x 224 ImageNet network, or the full-width CIFAR VGG-16, is far above it and converts as
 before, without PyTorch even being imported.
 
@@ -54,9 +55,17 @@ MAX_EPOCHS = 30
 MIN_EPOCHS = 5
 MIN_EPOCHS_OF = 512
 #: what one node of the network costs per image and step, in MACs (PyTorch's time per
-#: layer: a chain of 100 8-wide dense layers, 6400 MACs, trained 30 epochs on 512 images at
-#: T = 2 in 72 s, VGG-16's 13 M MACs and 36 nodes in 47 s)
-NODE_COST = 1.5e5
+#: layer), and what one element of a node's output does (the elementwise work: the neurons'
+#: steps and surrogate gradients, adds, pooling): fitted by least squares on the relative
+#: error to one reconstruction epoch of 10 networks (`python tools/bench_budget.py`,
+#: 2026-12-07 15:27-15:32, 2 threads, nothing else running: a 3-layer MLP, a chain of 40
+#: 1 x 1 convolutions, full-resolution, depthwise-residual, inception and encoder-decoder
+#: nets, the three trained Fashion-MNIST ones and the full-width VGG-16), whose times it
+#: then predicts within 0.76-1.42x; with MACs and 1.5e5 per node alone (before), an epoch of
+#: the same cost took 42-269 us per M: the depthwise-residual net of few MACs and 0.55 M
+#: activations per image trained 107 s of the "minute" the budget gives VGG-16
+NODE_COST = 3e5
+ELEMENT_COST = 130.0
 #: the reconstruction's batch (runtimes.torch.reconstruct.ReconstructConfig.batch_size, which
 #: a test keeps equal), at which BUDGET's costs were measured: part of a step's time is paid
 #: per step, whatever its samples (PyTorch's per-layer time, and convolutions run less well
@@ -69,8 +78,13 @@ BATCH = 32
 #: 4 s for 30 epochs of 512 images), VGG-16 of Fashion-MNIST 9.4x per image and epoch (75.7 s
 #: for 3 epochs of 985 images against 34.0 s for 3 of 4096)
 PER_SAMPLE = 21 / 31
-#: (MACs + NODE_COST x nodes) per image x images x T x epochs the default may spend
-BUDGET = 4.6e11
+#: (MACs + NODE_COST x nodes + ELEMENT_COST x activations) per image x images x T x epochs
+#: the default may spend: what the quarter-width ResNet-20 of Fashion-MNIST spends at T = 2
+#: on 3 epochs of 4010 images (37.9 M, 45.7 M and 44.6 M a step for VGG-16, ResNet-20 and
+#: the shipped model, 3 epochs of 4096 images for the two others: each plan as it was, the
+#: shipped model's 3617 images become 4096; the full-width VGG-16, 293 M, affords 3 epochs of
+#: 512 images: none)
+BUDGET = 1.1e12
 #: the most a conversion may scale :data:`BUDGET` by (``convert --reconstruct-budget``)
 MAX_BUDGET_SCALE = 100.0
 #: the most images the default trains on: the calibration images and, where the calibration
@@ -160,6 +174,48 @@ def dense_macs(model: onnx.ModelProto) -> Optional[int]:
     return total
 
 
+def activation_elements(model: onnx.ModelProto) -> Optional[int]:
+    """The elements per image of every node's outputs, from the shapes the graph records (a
+    normalized model has them all), or None where one is not known: what the training's
+    elementwise work (the neurons' steps, their surrogate gradients, adds, concatenations,
+    pooling) runs over, which a network of few MACs at full resolution spends most of its
+    time in (:data:`ELEMENT_COST`)."""
+    from .analyze.flops import _collect
+    shapes = _collect(model).shapes
+    total = 0
+    for node in model.graph.node:
+        for name in node.output:
+            if name:
+                n = _per_sample(shapes.get(name))
+                if n is None:
+                    return None
+                total += n
+    return total
+
+
+def estimated_elements(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]
+                       ) -> int:
+    """:func:`activation_elements`, or the same count on the graph the analyzer flattens at
+    the calibration data's shapes where the graph leaves a shape free; what is known of it
+    where neither knows all (an estimate: 0 at worst, the MACs and nodes still count)."""
+    elements = activation_elements(model)
+    if elements is not None:
+        return elements
+    try:
+        from .analyze.flops import _infer, flatten
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat = flatten(model, {k: [1, *v[1:]] for k, v in sample_shapes.items()}).model
+            elements = activation_elements(_infer(flat, []))
+    except Exception:          # (an estimate only)
+        elements = None
+    if elements is not None:
+        return elements
+    from .analyze.flops import _collect
+    shapes = _collect(model).shapes
+    return sum(_per_sample(shapes.get(o)) or 0 for n in model.graph.node for o in n.output if o)
+
+
 def estimated_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]
                    ) -> Optional[int]:
     """:func:`dense_macs`, or the analyzer's count at the calibration data's shapes where
@@ -185,11 +241,11 @@ def batch_factor(batch: Optional[int]) -> float:
     return PER_SAMPLE + (1 - PER_SAMPLE) * BATCH / max(int(batch), 1)
 
 
-def step_cost(macs: int, nodes: int, batch: Optional[int] = None) -> float:
+def step_cost(macs: int, nodes: int, batch: Optional[int] = None, elements: int = 0) -> float:
     """One image's cost in one step of training, in MACs: its MACs, and :data:`NODE_COST`
     for each node (PyTorch's time per layer, which a deep narrow network is all of), times
     :func:`batch_factor` where the model's ``batch`` is fixed (None: a free batch)."""
-    return (float(macs) + NODE_COST * nodes) * batch_factor(batch)
+    return (float(macs) + NODE_COST * nodes + ELEMENT_COST * elements) * batch_factor(batch)
 
 
 def check_budget_scale(scale) -> float:
@@ -332,9 +388,11 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
     from .feeds import fixed_batch, input_specs
     nodes = len(model.graph.node)
     fixed = fixed_batch(input_specs(model))
-    cost = step_cost(macs, nodes, fixed)
+    elements = estimated_elements(model, sample_shapes)
+    cost = step_cost(macs, nodes, fixed, elements)
     least = min(int(images), MIN_EPOCHS_OF)
-    work = (f"{macs / 1e6:.3g} M MACs and {nodes} nodes per image x T = {timesteps}"
+    work = (f"{macs / 1e6:.3g} M MACs, {nodes} nodes and {elements / 1e6:.3g} M activations "
+            f"per image x T = {timesteps}"
             + (f", trained {fixed} sample{'s' if fixed > 1 else ''} a step (the model's fixed "
                "batch)" if fixed and fixed < BATCH else ""))
     afforded = auto_epochs(cost, least, timesteps, scale)
