@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from onnx_snn.spiking.batch_chunks import DEFAULT_BATCH_CHUNK
@@ -43,6 +44,25 @@ def test_bench_convert_small(fmnist_test, tmp_path):
     assert m["floor"]["load_seconds"] > 0 and m["floor"]["pass_seconds"] > 0
     t = m["targets"]["datta"]
     assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
+
+
+@pytest.mark.slow   # 10 s: a benchmark's smoke run
+def test_bench_budget_small(fmnist_test):
+    """tools/bench_budget.py times reconstruction epochs and fits the budget's costs: each
+    network's counts are the budget's own, and the fit covers every network."""
+    r = run_tool("tools/bench_budget.py", "--nets", "mlp,encdec,deepnarrow", "--images", "16",
+                 "--epochs", "1,2")
+    from onnx_snn import auto_reconstruct as ar
+    assert r["images"] == 16 and r["timesteps"] == 2
+    for row in r["nets"]:
+        assert row["macs"] > 0 and row["nodes"] > 0 and row["elements"] > 0
+        assert set(row["seconds"]) == {"1", "2"} and row["budget_cost"] == ar.step_cost(
+            row["macs"], row["nodes"], elements=row["elements"])
+    assert set(r["fit"]["measured_over_fitted"]) == set(r["us_per_budget_mac"]) == \
+        {"mlp", "encdec", "deepnarrow"}
+    # (16 images time nothing reliably: the figures are only there and finite)
+    assert all(np.isfinite(v) for v in r["us_per_budget_mac"].values())
+    assert ar.step_cost(1, 1, elements=1) == 1 + ar.NODE_COST + ar.ELEMENT_COST
 
 
 @pytest.mark.parametrize("kind", [pytest.param("conv", marks=pytest.mark.slow), "mlp"])

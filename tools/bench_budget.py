@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What the default reconstruction's training costs per image and step, against what the
-budget estimates (``onnx_snn/auto_reconstruct.py``: ``step_cost``); prints one JSON line per
-network and a JSON summary with the least-squares fit of the cost's terms.
+budget estimates (``onnx_snn/auto_reconstruct.py``: ``step_cost``); prints a JSON line per
+network on stderr as it goes, and one JSON on stdout: every network's row and the
+least-squares fit of the cost's terms.
 
     python tools/bench_budget.py                         # all networks, T = 2, 512 images
     python tools/bench_budget.py --nets vgg16,dwres --epochs 1,3
@@ -176,9 +177,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for name in [n for n in args.nets.split(",") if n]:
             row = measure(name, epochs, args.timesteps, args.images, folder)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
-    summary = {"machine": machine(), "timesteps": args.timesteps, "images": args.images}
+    summary = {"machine": machine(), "timesteps": args.timesteps, "images": args.images,
+               "nets": rows}
     if len(rows) >= 3:
         summary["fit"] = fit(rows)
     budget = [r["per_image_step_us"] / r["budget_cost"] for r in rows]
