@@ -1034,7 +1034,10 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     calibrates and trains on, up to 1024 of them are held out: the default keeps its
     reconstruction only if it follows the DNN there at least as well as the conversion it
     started from (the report's ``reconstruction`` has ``held_out``; an explicit number of
-    epochs is kept either way, with a warning). ``reconstruct_budget`` scales that budget (2: twice
+    epochs is kept either way, with a warning); where it holds fewer, a quarter of the
+    calibration samples (at most 256, from 256 calibration samples up) are held out of the
+    calibration and the training to check it the same way (``held_from_calibration``;
+    :func:`onnx_snn.auto_reconstruct.split_rows`). ``reconstruct_budget`` scales that budget (2: twice
     the epochs, or a network twice as costly reconstructed; at most
     ``auto_reconstruct.MAX_BUDGET_SCALE``); only with ``"auto"``.
     """
@@ -1107,16 +1110,30 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         check_finite(np.asarray(arr), f"{ds.name} (calibration data"
                      + (f", input '{name}')" if name else ")"))
     full, ds = ds, ds.take(calib_samples, seed=seed)
-    auto, train_x, held_x = None, None, None
+    auto, train_x, held_x, measure_rows, split = None, None, None, len(ds), 0
     if recon == AUTO:      # (the budget counts the network and the data; it may train on
         # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
         auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
                                               available=len(full), scale=budget_scale)
     if recon is not None and (auto is None or auto.epochs):   # (and others, to check it)
+        cal_rows = full.rows(calib_samples, seed)
         rows, held = auto_reconstruct.reconstruction_rows(
-            len(full), full.rows(calib_samples, seed), auto and auto.images, seed,
+            len(full), cal_rows, auto and auto.images, seed,
             auto_reconstruct.sample_bytes(full.x))
+        if held is None and auto is not None:   # (none to spare: some calibration images)
+            cal_rows, rows, held = auto_reconstruct.split_rows(cal_rows, rows, seed)
+            if held is not None:
+                log.info("reconstruction: the data holds no samples beyond the %d calibration "
+                         "samples; %d of them are held out of the calibration and the "
+                         "training to check it (calibrated on %d)", len(ds), len(held),
+                         len(cal_rows))
+                split = len(held)
+                ds = Dataset(ds.name, auto_reconstruct.rows_of(full.x, cal_rows),
+                             None if full.y is None else full.y[cal_rows], ds.preprocessed,
+                             ds.preprocess, ds.source_dtype)
         train_x = None if rows is None else auto_reconstruct.rows_of(full.x, rows)
+        # (the before and after on the calibration images it trains on: those come first)
+        measure_rows = len(ds) if rows is None else int(np.isin(rows, cal_rows).sum()) or None
         held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
     del full
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
@@ -1142,11 +1159,12 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             snn.report["reconstruction"] = {"automatic": True, "skipped": auto.why}
         recon = auto_config(auto)
         extra = {"automatic": True, **({"budget": auto.why} if auto.why else {}),
+                 **({"held_from_calibration": split} if split else {}),
                  **({"budget_scale": budget_scale} if budget_scale != 1 else {})}
     if recon is not None:
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
         run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x, recon,
-                           show_progress=show_progress, extra=extra, measure_rows=len(ds),
+                           show_progress=show_progress, extra=extra, measure_rows=measure_rows,
                            held_out=held_x, guard=auto is not None)
     return snn
 

@@ -417,6 +417,28 @@ def test_held_out_rows_are_neither_calibration_nor_training_rows():
     assert train is None and len(held) == 990
 
 
+def test_split_rows_take_held_out_rows_out_of_the_calibration():
+    """Where the data holds no others, a quarter of the calibration rows (at most
+    MIN_HELD_OUT, none below MIN_SPLIT) leave the calibration and the training to check the
+    reconstruction; the rest keep their order (the calibration rows first)."""
+    cal = np.arange(100, 612)
+    keep, train, held = ar.split_rows(cal, None, 0)
+    assert train is None and len(held) == 128 and len(keep) == 384
+    assert set(keep) | set(held) == set(cal) and not set(keep) & set(held)
+    assert list(keep) == sorted(keep)
+    extra = np.concatenate([cal, np.arange(5000, 5300)])
+    keep, train, held = ar.split_rows(cal, extra, 0)
+    assert len(held) == 128 and set(held) <= set(cal) and not set(train) & set(held)
+    assert list(train[:384]) == list(keep) and list(train[384:]) == list(range(5000, 5300))
+    keep, _, held = ar.split_rows(np.arange(4000), None, 1)
+    assert len(held) == ar.MIN_HELD_OUT and len(keep) == 4000 - ar.MIN_HELD_OUT
+    assert np.array_equal(held, ar.split_rows(np.arange(4000), None, 1)[2])   # (seeded)
+    small = np.arange(4 * ar.MIN_SPLIT - 1)
+    keep, train, held = ar.split_rows(small, None, 0)
+    assert held is None and train is None and np.array_equal(keep, small)
+    assert len(ar.split_rows(np.arange(4 * ar.MIN_SPLIT), None, 0)[2]) == ar.MIN_SPLIT
+
+
 def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
     """A data file of 400 samples, 16 calibrating and 48 training: the default's
     reconstruction is measured on the other 336 too (not on the 48 or the 16), and kept or
@@ -468,6 +490,46 @@ def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
     assert explicit.report["reconstruction"]["kept"]     # asked for: kept either way
     alone = onnx_snn.convert(B.vgg(), x[:64], timesteps=2, show_progress=False, reconstruct=1)
     assert "held_out" not in alone.report["reconstruction"]
+
+
+def test_convert_holds_out_calibration_samples_where_the_data_has_no_others(auto, tmp_path):
+    """A file of the 256 calibration samples alone: the default calibrates and trains on
+    192 of them and checks on the other 64 (each sample's number in a pixel), says so, and
+    keeps the reconstruction only if they say it follows the DNN better; below 4 x MIN_SPLIT
+    samples, or asked for (--reconstruct E), nothing is held out."""
+    pytest.importorskip("torch")
+    import onnx_snn.runtimes.torch.reconstruct as R
+    model = onnx_snn.prepare(B.vgg()).model
+    x = B.rand_input(256, seed=4)
+    x[:, 0, 0, 0] = np.arange(256)
+    np.save(tmp_path / "n.npy", x)
+    seen = {}
+    real = R.reconstruct
+
+    def spy(snn, dnn, xs, *a, held_out=None, guard=False, **k):
+        seen.update(train=xs, held=held_out, guard=guard)
+        return real(snn, dnn, xs, *a, held_out=held_out, guard=guard, **k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "BUDGET", _cost(model) * 2 * 256 * 6)
+        mp.setattr(R, "reconstruct", spy)
+        snn = onnx_snn.convert(B.vgg(), str(tmp_path / "n.npy"), timesteps=2,
+                               show_progress=False)
+    ids = [set(a[:, 0, 0, 0].astype(int)) for a in (seen["train"], seen["held"])]
+    assert seen["guard"] and len(ids[0]) == 192 and len(ids[1]) == 64
+    assert ids[0] | ids[1] == set(range(256)) and not ids[0] & ids[1]
+    assert snn.report["calibration"]["samples"] == 192
+    rec = snn.report["reconstruction"]
+    assert rec["held_out"]["images"] == 64 and rec["images"] == 192 and rec["epochs"] == 6
+    assert rec["held_from_calibration"] == 64
+    assert rec["kept"] == rec["held_out"]["followed_better"]
+    for data, recon in ((x[:4 * ar.MIN_SPLIT - 1], "auto"), (x, 1)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ar, "BUDGET", _cost(model) * 2 * 256 * 6)
+            mp.setattr(R, "reconstruct", spy)
+            snn = onnx_snn.convert(B.vgg(), data, timesteps=2, show_progress=False,
+                                   reconstruct=recon)
+        assert seen["held"] is None and len(seen["train"]) == len(data)
+        assert snn.report["calibration"]["samples"] == len(data)
 
 
 def test_convert_reconstructs_on_some_of_a_calibration_set_larger_than_its_budget(auto, monkeypatch):
