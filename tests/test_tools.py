@@ -46,6 +46,20 @@ def test_bench_convert_small(fmnist_test, tmp_path):
     assert t["seconds_max"] > m["floor"]["seconds"] and t["peak_rss_mb_max"] > 0
 
 
+@pytest.mark.slow   # a benchmark's smoke run
+def test_bench_small_data_small(fmnist_test):
+    """tools/bench_small_data.py: from a file of 256 images, the checked default calibrates
+    on 192 and judges on 64; the unchecked one calibrates on all 256."""
+    pytest.importorskip("torch")
+    r = run_tool("tools/bench_small_data.py", "--nets", "shipped", "--images", "256",
+                 "--test-images", "200", "-T", "1")
+    checked, unchecked = r["runs"]
+    assert (checked["variant"], unchecked["variant"]) == ("checked", "unchecked")
+    assert checked["calibration_samples"] == 192 and checked["held_out"] == 64
+    assert unchecked["calibration_samples"] == 256 and unchecked["held_out"] is None
+    assert all(0 <= run["top1"] <= 100 and run["epochs"] for run in r["runs"])
+
+
 @pytest.mark.slow   # 10 s: a benchmark's smoke run
 def test_bench_budget_small(fmnist_test):
     """tools/bench_budget.py times reconstruction epochs and fits the budget's costs: each
