@@ -1089,13 +1089,25 @@ def cmd_finetune(args) -> int:
                      std=args.std, test_data=args.test_data)
     except TrainingDivergedError as e:      # the epochs before it explain it: --json has them
         record = getattr(e, "record", None)
-        if record is None or args.json is None or int(os.environ.get("RANK", "0")) != 0:
+        if record is None or (args.json is None and args.plot is None) or \
+                int(os.environ.get("RANK", "0")) != 0:
             raise
-        write_all_atomic([(targets[str(args.json)],
-                           (json_text.dumps(record) + "\n").encode("utf-8"))])
-        raise TrainingDivergedError(f"{e}; the run's record up to it is in {args.json}"
-                                    + (f" (--plot {args.plot} not written)" if args.plot else "")
-                                    ) from None
+        items, said = [], []
+        if args.json is not None:
+            items.append((targets[str(args.json)],
+                          (json_text.dumps(record) + "\n").encode("utf-8")))
+            said.append(f"the run's record up to it is in {args.json}")
+        if args.plot is not None and record.get("epochs"):
+            from .runtimes.torch.curves import curves_png, diverged_result
+            items.append((targets[str(args.plot)],
+                          curves_png(diverged_result(record), plot_fmt,
+                                     title=os.path.basename(str(args.model)))))
+            said.append(f"its curves up to it in {args.plot}")
+        elif args.plot is not None:
+            said.append(f"--plot {args.plot} not written: no epoch completed")
+        write_all_atomic(items)
+        PENDING.clear()
+        raise TrainingDivergedError(f"{e}; " + "; ".join(said)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         before = f"{r.initial_top1:.2f}% -> " if r.initial_top1 is not None else ""
         wrote = finetune_outcome(r)

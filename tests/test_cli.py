@@ -1359,3 +1359,42 @@ def test_analyze_says_a_limit_it_does_not_use(tmp_path, capsys):
     assert "note: --limit 5 is not used: no data is run here" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path / "m.onnx")]) == 0
     assert "--limit" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epochs_done", [1, 0])
+def test_a_diverged_fine_tuning_writes_its_curves_up_to_it(tmp_path, monkeypatch, capsys,
+                                                           epochs_done):
+    """--plot on a run that diverged: the epochs completed before it are plotted (with
+    --json's record), exit 7, the message names both; with none completed, the plot is
+    said not written and nothing is left half-written."""
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    import onnx_snn.runtimes.torch.finetune as F
+    from onnx_snn.errors import TrainingDivergedError
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    x = B.rand_input(32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "d.npz"),
+                 "--method", "max", "-o", str(snn)]) == 0
+    epoch = {"epoch": 1, "loss": 2.1, "train_top1": 12.5, "test_top1": 15.0, "seconds": 0.3,
+             "spikes_per_neuron": {}, "pool_spikes_per_neuron": {}}
+
+    def diverges(model, output, *a, **k):
+        err = TrainingDivergedError("the loss turned non-finite in epoch 2")
+        err.record = {"diverged": "the loss", "output": str(output), "timesteps": 2,
+                      "initial_top1": 10.0, "best_top1": 15.0, "best_epoch": 1,
+                      "epochs": [epoch][:epochs_done], "written": True}
+        raise err
+    monkeypatch.setattr(F, "finetune", diverges)
+    png, js = tmp_path / "c.png", tmp_path / "r.json"
+    assert main(["-q", "finetune", str(snn), "--data", str(tmp_path / "d.npz"), "-o",
+                 str(tmp_path / "f.snn.onnx"), "--json", str(js), "--plot", str(png)]) == 7
+    err = capsys.readouterr().err
+    assert f"the run's record up to it is in {js}" in err
+    assert json.loads(js.read_text())["epochs"] == [epoch][:epochs_done]
+    if epochs_done:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"curves up to it in {png}" in err
+    else:
+        assert not png.exists() and f"--plot {png} not written: no epoch completed" in err
+    assert not list(tmp_path.glob("*.tmp*"))

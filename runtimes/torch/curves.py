@@ -9,6 +9,19 @@ from typing import Optional
 from onnx_snn.errors import DataError, MissingDependencyError
 
 
+def diverged_result(record: dict):
+    """A fine-tuning run that diverged, as :func:`curves_png` reads it, from the record its
+    ``TrainingDivergedError`` carries (the epochs completed before it; ``diverged``: what
+    turned non-finite)."""
+    from types import SimpleNamespace
+    from .finetune import EpochRecord
+    epochs = [EpochRecord(**e) for e in record.get("epochs") or []]
+    return SimpleNamespace(output=record.get("output", "?"), timesteps=record.get("timesteps"),
+                           initial_top1=record.get("initial_top1"),
+                           best_top1=record.get("best_top1"), best_epoch=record.get("best_epoch"),
+                           epochs=epochs, diverged=record.get("diverged"))
+
+
 def curves_png(result, fmt: str = "png", title: Optional[str] = None) -> bytes:
     """The figure of a :class:`~onnx_snn.runtimes.torch.finetune.FinetuneResult` (every
     epoch it records, those before a resume too) as PNG bytes, or ``fmt`` (svg, pdf)."""
@@ -38,7 +51,9 @@ def curves_png(result, fmt: str = "png", title: Optional[str] = None) -> bytes:
         top.plot([best[0].epoch], [best[0].test_top1], "*", ms=14, color="tab:red",
                  label=f"best: epoch {result.best_epoch}, {result.best_top1:.2f}%")
     top.set_ylabel("top-1 (%)")
-    top.set_title(f"Fine-tuning at T={result.timesteps}")
+    diverged = getattr(result, "diverged", None)
+    top.set_title(f"Fine-tuning at T={result.timesteps}"
+                  + (f" (diverged in epoch {x[-1] + 1})" if diverged else ""))
     top.legend(loc="lower right", fontsize=8)
     top.grid(alpha=0.3)
     bottom.plot(x, [e.loss for e in epochs], "o-", color="tab:orange")
