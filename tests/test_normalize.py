@@ -2431,6 +2431,78 @@ def test_a_sparse_initializer_is_read_as_the_dense_weight_it_stands_for(opset, c
 
 
 
+@pytest.mark.parametrize("in_function", [False, True])
+def test_a_sparse_constant_is_read_as_the_dense_weight_it_stands_for(in_function):
+    """A Conv weight given by a Constant node's ``sparse_value`` (valid ONNX; onnxruntime
+    runs it), in the graph or in a model-local function, was refused as "the model's shapes
+    do not fit together" (graph-surgeon wrote it back with a second value): it converts as
+    its dense twin does."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32)
+    w[np.abs(w) < 0.3] = 0
+    idx = np.flatnonzero(w).astype(np.int64)
+    sp = h.make_sparse_tensor(nh.from_array(w.reshape(-1)[idx], "wv"), nh.from_array(idx, "wi"),
+                              list(w.shape))
+    fc = nh.from_array((rng.standard_normal((4 * 26 * 26, 10)) * 0.02).astype(np.float32), "fc")
+
+    def model(weight_node):
+        tail = [h.make_node("Conv", ["x", "w"], ["c"]), h.make_node("Relu", ["c"], ["r"]),
+                h.make_node("Flatten", ["r"], ["f"]), h.make_node("MatMul", ["f", "fc"], ["y"])]
+        io = ([h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 28, 28])],
+              [h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])])
+        functions = []
+        if in_function:
+            functions = [h.make_function("local", "W", [], ["w"], [weight_node],
+                                         [h.make_opsetid("", 13)])]
+            weight_node = h.make_node("W", [], ["w"], domain="local")
+        m = h.make_model(h.make_graph([weight_node] + tail, "g", *io, [fc]), functions=functions,
+                         opset_imports=[h.make_opsetid("", 13), h.make_opsetid("local", 1)])
+        onnx.checker.check_model(m)
+        return m
+    m = model(h.make_node("Constant", [], ["w"], sparse_value=sp))
+    twin = model(h.make_node("Constant", [], ["w"], value=nh.from_array(w, "wd")))
+    x = np.random.default_rng(1).random((16, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(run(m, x).outputs[0], run(twin, x).outputs[0], rtol=1e-6)
+    a = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False)
+    b = onnx_snn.convert(twin, x, timesteps=2, method="max", show_progress=False)
+    np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
+
+
+def test_an_output_of_text_is_refused_by_name_and_unread_text_is_dropped():
+    """A string Constant that nothing reads converts (dropped); one that is a graph output
+    (a class-name table) was an internal error in graph-surgeon's export: refused by name,
+    exit 4, naming the --outputs that keep the numeric ones, which then convert."""
+    from onnx import TensorProto as TP
+    from onnx import numpy_helper as nh
+    from onnx_snn.errors import UnsupportedModelError
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32), "w"),
+             nh.from_array((rng.standard_normal((4 * 26 * 26, 10)) * 0.02).astype(np.float32),
+                           "fc")]
+    nodes = [h.make_node("Constant", [], ["names"], value_strings=["cat", "dog"]),
+             h.make_node("Constant", [], ["tag"], value_string="v1"),
+             h.make_node("Conv", ["x", "w"], ["c"]), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Flatten", ["r"], ["f"]), h.make_node("MatMul", ["f", "fc"], ["y"])]
+    ins = [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 28, 28])]
+    y = h.make_tensor_value_info("y", TP.FLOAT, ["N", 10])
+    x = np.random.default_rng(1).random((8, 1, 28, 28)).astype(np.float32)
+    unread = h.make_model(h.make_graph(nodes, "g", ins, [y], inits),
+                          opset_imports=[h.make_opsetid("", 13)])
+    onnx_snn.convert(unread, x, timesteps=2, method="max", show_progress=False)
+    for out in (h.make_tensor_value_info("names", TP.STRING, [2]),
+                h.make_tensor_value_info("names", TP.UNDEFINED, None)):
+        m = h.make_model(h.make_graph(nodes, "g", ins, [y, out], inits),
+                         opset_imports=[h.make_opsetid("", 13)])
+        with pytest.raises(UnsupportedModelError, match=r"output\(s\) 'names' hold text .* "
+                                                        r"--outputs y"):
+            onnx_snn.prepare(m)
+        kept = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False,
+                                outputs=["y"])
+        np.testing.assert_allclose(run(kept.model, x[:2]).outputs[0].shape, (2, 10))
+
+
 def test_bypassing_a_node_rewires_readers_inside_if_branches():
     """Bypassing an Identity whose output If branches read from the outer graph makes those
     nested nodes read its source: the graph computes what it did (the rewiring follows the

@@ -301,7 +301,8 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     dense = skeleton.densified(model)
     if dense is not None:
         model = dense
-        notes.append("sparse initializer(s) read as the dense tensors they stand for")
+        notes.append("sparse initializer(s) or Constant(s) read as the dense tensors they "
+                     "stand for")
     model = _inline_functions(model, notes, where)
     model = _sorted_nodes(model, notes, where, owned=path is not None or model is not given)
     model = _renamed_nodes(model, notes, owned=path is not None or model is not given)
@@ -311,6 +312,7 @@ def normalize(model: Union[str, Path, onnx.ModelProto], where: Optional[str] = N
     if outputs is not None:   # first: what it drops is not checked (an exporter's custom head)
         select_outputs(sk, outputs, where, notes)
     once_each_output(sk, notes, where)
+    refuse_text_outputs(sk, where)
     check_data_inputs(model, where)
     drop_unread_inputs(sk, notes)
     _check_batch_axes(model, where, sk.model.graph)
@@ -400,6 +402,31 @@ def once_each_output(sk: skeleton.Skeleton, notes: List[str], where: str) -> Non
     model.graph.output.extend(kept)
     notes.append(interface(f"output(s) {', '.join(repr(n) for n in twice)} listed more than "
                            "once: kept once"))
+
+
+def refuse_text_outputs(sk: skeleton.Skeleton, where: str) -> None:
+    """A graph output of strings (a class-name table an exporter exposes as a Constant) is
+    refused by name, with the numeric outputs that ``--outputs`` can keep: graph-surgeon
+    cannot write a string constant back, which failed as an internal error."""
+    g = sk.model.graph
+    producers = {o: n for n in g.node for o in n.output}
+
+    def text(o) -> bool:
+        if o.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+            return True
+        n = producers.get(o.name)
+        return n is not None and n.op_type == "Constant" and any(
+            a.name in ("value_string", "value_strings")
+            or (a.name == "value" and a.t.data_type == onnx.TensorProto.STRING) for a in n.attribute)
+    texts = [o.name for o in g.output if text(o)]
+    if not texts:
+        return
+    rest = [o.name for o in g.output if o.name not in texts]
+    raise UnsupportedModelError(
+        f"{where}: output(s) {', '.join(repr(t) for t in texts)} hold text (strings), which a "
+        "spiking network cannot compute; "
+        + (f"keep the numeric ones with --outputs {' '.join(rest)} (the API: outputs=[...])"
+           if rest else "the model has no numeric output to convert"))
 
 
 def own_constant_outputs(graph: gs.Graph) -> int:

@@ -399,17 +399,36 @@ def dense_of_sparse(sparse: onnx.SparseTensorProto) -> TensorProto:
     return numpy_helper.from_array(dense, sparse.values.name)
 
 
+def _sparse_constants(nodes):
+    """The Constant nodes of ``nodes`` given by a ``sparse_value``."""
+    return [n for n in nodes if n.op_type == "Constant"
+            and any(a.name == "sparse_value" for a in n.attribute)]
+
+
 def densified(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
     """A copy of ``model`` with every sparse initializer (of the main graph and its
-    subgraphs) an ordinary one in its own element type, or None when it has none (passes,
-    graph-surgeon's import and the analyzer read ``initializer`` alone: a sparse weight was
-    imported as float64, or not found)."""
-    if not any(len(g.sparse_initializer) for g in walk.subgraphs(model.graph)):
+    subgraphs) an ordinary one in its own element type, and every Constant node given by a
+    ``sparse_value`` (there and in the model's functions) one given by the dense ``value`` it
+    stands for; None when it has neither (passes, graph-surgeon's import and the analyzer
+    read ``initializer`` and ``value`` alone: a sparse weight was imported as float64, or not
+    found, and graph-surgeon's export of a sparse Constant gave it two values, which shape
+    inference refused as "the model's shapes do not fit together")."""
+    graphs = list(walk.subgraphs(model.graph))
+    nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
+    if not any(len(g.sparse_initializer) for g in graphs) and not _sparse_constants(nodes):
         return None
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for g in walk.subgraphs(out.graph):
+    graphs = list(walk.subgraphs(out.graph))
+    for g in graphs:
         dense = [dense_of_sparse(t) for t in g.sparse_initializer]
         del g.sparse_initializer[:]
         g.initializer.extend(dense)
+    nodes = [n for g in graphs for n in g.node] + [n for f in out.functions for n in f.node]
+    for node in _sparse_constants(nodes):
+        sparse = next(a for a in node.attribute if a.name == "sparse_value").sparse_tensor
+        kept = [a for a in node.attribute if a.name != "sparse_value"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(onnx.helper.make_attribute("value", dense_of_sparse(sparse)))
     return out
