@@ -114,7 +114,7 @@ HELD_OUT_BYTES = 64 * 2 ** 20
 #: where the data holds too few images to hold out (an image folder, a file of the calibration
 #: samples alone), the default holds out this fraction of the calibration images, at most
 #: MIN_HELD_OUT of them, calibrates and trains on the rest and checks on those
-#: (:func:`split_rows`)
+#: (:func:`split_rows`, :func:`checked_rows`)
 SPLIT_FRACTION = 0.25
 #: fewer images than this to split off judge nothing: no check (calibration sets under 256)
 MIN_SPLIT = 64
@@ -249,8 +249,9 @@ def batch_factor(batch: Optional[int]) -> float:
 
 
 def step_cost(macs: int, nodes: int, batch: Optional[int] = None, elements: int = 0) -> float:
-    """One image's cost in one step of training, in MACs: its MACs, and :data:`NODE_COST`
-    for each node (PyTorch's time per layer, which a deep narrow network is all of), times
+    """One image's cost in one step of training, in MACs: its MACs, :data:`NODE_COST` for
+    each node (PyTorch's time per layer, which a deep narrow network is all of) and
+    :data:`ELEMENT_COST` for each of the ``elements`` of the nodes' outputs, times
     :func:`batch_factor` where the model's ``batch`` is fixed (None: a free batch)."""
     return (float(macs) + NODE_COST * nodes + ELEMENT_COST * elements) * batch_factor(batch)
 
@@ -332,23 +333,53 @@ def held_out_rows(total: int, used_rows, seed: int, sample_bytes: int = 0
     return np.sort(np.random.default_rng([seed, 2]).choice(rest, n, replace=False))
 
 
-def split_rows(calibration_rows, train_rows, seed: int):
-    """(calibration rows, training rows, held-out rows) where the data leaves none to hold
-    out (an image folder, a file of the calibration samples alone): :data:`SPLIT_FRACTION` of
-    the calibration rows, at most :data:`MIN_HELD_OUT`, drawn at random with ``seed``, are
-    taken out of the calibration and of the training rows (``train_rows``; None: the
-    calibration rows, and stays None); the rows unchanged and no held-out rows where that is
-    fewer than :data:`MIN_SPLIT`. They must leave the calibration too: the refinement fits
-    its calibration images (the shipped model's output loss on 128 of them was 0.036, on
+def split_rows(calibration_rows, train_rows, seed: int, fixed: Optional[int] = None):
+    """(calibration rows, training rows, held-out rows) where the data holds fewer than
+    :data:`MIN_SPLIT` samples beyond the calibration rows (an image folder, a file of the
+    calibration samples alone): :data:`SPLIT_FRACTION` of the calibration rows, at most
+    :data:`MIN_HELD_OUT`, drawn at random with ``seed``, are taken out of the calibration and
+    of the training rows (``train_rows``; None: the calibration rows, and stays None); the
+    rows unchanged and no held-out rows where that is fewer than :data:`MIN_SPLIT`. A model
+    of a ``fixed`` batch calibrates on whole batches: the rows a whole batch leaves over are
+    held out too, and nothing is where the calibration would lose more than the fraction
+    (a batch of 256 and 300 samples: none). They must leave the calibration: the refinement
+    fits its calibration images (on 128 of them the shipped model's output loss was 0.036, on
     fresh images 0.14), so those would judge every reconstruction worse than the conversion."""
     cal = np.asarray(calibration_rows, np.int64)
     n = min(MIN_HELD_OUT, int(len(cal) * SPLIT_FRACTION))
     if n < MIN_SPLIT:
         return cal, train_rows, None
-    held = np.sort(np.random.default_rng([seed, 3]).choice(cal, n, replace=False))
+    gen = np.random.default_rng([seed, 3])
+    if fixed and int(fixed) > 1:
+        b = int(fixed)
+        keep = (len(cal) - n) // b * b
+        if keep < b or keep < (1 - SPLIT_FRACTION) * (len(cal) // b * b):
+            return cal, train_rows, None
+        n = len(cal) - keep
+    held = np.sort(gen.choice(cal, n, replace=False))
     train = None if train_rows is None else np.asarray(train_rows, np.int64)
     return (cal[~np.isin(cal, held)], None if train is None else train[~np.isin(train, held)],
             held)
+
+
+def checked_rows(total: int, calibration_rows, images: Optional[int], seed: int,
+                 sample_bytes: int = 0, fixed: Optional[int] = None):
+    """(calibration rows, training rows or None for the calibration rows, held-out rows or
+    None) of the default's reconstruction, which is always checked where the data allows: as
+    :func:`reconstruction_rows` where it leaves :data:`MIN_HELD_OUT` or more samples to hold
+    out; else, where the data holds :data:`MIN_SPLIT` or more beyond the calibration rows,
+    up to :data:`MIN_HELD_OUT` of those, taken out of the training rows; else some of the
+    calibration rows (:func:`split_rows`; ``fixed``: the model's fixed batch)."""
+    cal = np.asarray(calibration_rows, np.int64)
+    train, held = reconstruction_rows(total, cal, images, seed, sample_bytes)
+    if held is not None:
+        return cal, train, held
+    spare = np.setdiff1d(np.arange(int(total)), cal)
+    if len(spare) >= MIN_SPLIT:
+        gen = np.random.default_rng([seed, 3])
+        held = np.sort(gen.choice(spare, min(MIN_HELD_OUT, len(spare)), replace=False))
+        return cal, None if train is None else train[~np.isin(train, held)], held
+    return split_rows(cal, train, seed, fixed)
 
 
 def reconstruction_rows(total: int, calibration_rows, images: Optional[int], seed: int,
@@ -414,11 +445,15 @@ def plan(method: str, timesteps: int, model: onnx.ModelProto, images: int,
     from .feeds import fixed_batch, input_specs
     nodes = len(model.graph.node)
     fixed = fixed_batch(input_specs(model))
-    elements = estimated_elements(model, sample_shapes)
-    cost = step_cost(macs, nodes, fixed, elements)
     least = min(int(images), MIN_EPOCHS_OF)
-    work = (f"{macs / 1e6:.3g} M MACs, {nodes} nodes and {elements / 1e6:.3g} M activations "
-            f"per image x T = {timesteps}"
+    # (a network already above the budget by its MACs and nodes is not flattened again to
+    # count its activations, which only add: seconds on a 0.5 GB network)
+    over = auto_epochs(step_cost(macs, nodes, fixed), least, timesteps, scale) < MIN_EPOCHS
+    elements = 0 if over else estimated_elements(model, sample_shapes)
+    cost = step_cost(macs, nodes, fixed, elements)
+    work = ((f"{macs / 1e6:.3g} M MACs and {nodes} nodes" if over else
+             f"{macs / 1e6:.3g} M MACs, {nodes} nodes and {elements / 1e6:.3g} M activations")
+            + f" per image x T = {timesteps}"
             + (f", trained {fixed} sample{'s' if fixed > 1 else ''} a step (the model's fixed "
                "batch)" if fixed and fixed < BATCH else ""))
     afforded = auto_epochs(cost, least, timesteps, scale)

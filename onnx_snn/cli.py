@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Without the flag, the refined method with PyTorch installed is "
                         "reconstructed within a budget of compute, on the calibration samples "
                         "and more of the same data (a named dataset, an array file; up to "
-                        "4096 samples in all), 3 or more epochs each (none for a large network; the last line "
+                        "4096 samples in all, or all the calibration samples where they are "
+                        "more), 3 or more epochs each (none for a large network; the last line "
                         "says why; $ONNX_SNN_RECONSTRUCT=0 turns this default off), and kept "
                         "only if it follows the DNN at least as well as the conversion on up to "
                         "1024 samples of the data held out (where the data has no more, a "
@@ -368,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "skips")
     c.add_argument("--calib-samples", type=non_negative_int, default=DEFAULT_CALIB_SAMPLES, metavar="N",
                    help=f"calibration samples drawn from the data (default: {DEFAULT_CALIB_SAMPLES}; "
-                        "0 = all)")
+                        "0 = all). Where the data holds fewer than 64 more and the default "
+                        "reconstructs, a quarter of them (at most 256) are held out to check "
+                        "it, and the conversion is made again from all of them if it is not kept")
     c.add_argument("--batch-size", type=batch_int,
                    help=f"calibration batch (default: {DEFAULT_BATCH_SIZE}; fewer images when "
                         "one batch's layer outputs would pass 512 MiB, e.g. 224x224 inputs). "

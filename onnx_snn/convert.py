@@ -1027,7 +1027,8 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     :mod:`onnx_snn.runtimes.torch.reconstruct`); None or 0: not; ``"auto"`` (the default):
     with the ``refined`` method and PyTorch installed, within a budget of compute, on the
     calibration samples and more of ``calib`` where it holds more (any source but an image
-    folder, of which only the calibration images are read; up to 4096 samples in all, 3
+    folder, of which only the calibration images are read; up to 4096 samples in all, or all
+    the calibration samples where they are more, 3
     epochs or more each, at lr 1e-3), or on some of the calibration samples where they are
     more than the budget pays for; else not (:mod:`onnx_snn.auto_reconstruct`; the report's
     ``reconstruction`` says why not). Where ``calib`` holds 256 or more samples beyond those it
@@ -1110,47 +1111,54 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         check_finite(np.asarray(arr), f"{ds.name} (calibration data"
                      + (f", input '{name}')" if name else ")"))
     full, ds = ds, ds.take(calib_samples, seed=seed)
+    # (the data checked as given, before any plan: an empty file, a wrong shape)
+    probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
+    validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
+    if calib_samples and len(full) < calib_samples:
+        log.info("%s holds %d samples: calibrating on all of them (--calib-samples asked %d)",
+                 ds.name, len(full), calib_samples)
     auto, train_x, held_x, measure_rows, split = None, None, None, len(ds), 0
     if recon == AUTO:      # (the budget counts the network and the data; it may train on
         # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)
         auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
                                               available=len(full), scale=budget_scale)
+    all_calibration = ds          # (where some of it judges the reconstruction instead)
     if recon is not None and (auto is None or auto.epochs):   # (and others, to check it)
         cal_rows = full.rows(calib_samples, seed)
-        rows, held = auto_reconstruct.reconstruction_rows(
-            len(full), cal_rows, auto and auto.images, seed,
-            auto_reconstruct.sample_bytes(full.x))
-        if held is None and auto is not None:   # (none to spare: some calibration images)
-            cal_rows, rows, held = auto_reconstruct.split_rows(cal_rows, rows, seed)
-            if held is not None:
-                log.info("reconstruction: the data holds no samples beyond the %d calibration "
-                         "samples; %d of them are held out of the calibration and the "
-                         "training to check it (calibrated on %d)", len(ds), len(held),
-                         len(cal_rows))
-                split = len(held)
+        if auto is None:            # (asked for: held out only where the data has more)
+            rows, held = auto_reconstruct.reconstruction_rows(
+                len(full), cal_rows, None, seed, auto_reconstruct.sample_bytes(full.x))
+        else:
+            n_cal = len(cal_rows)
+            cal_rows, rows, held = auto_reconstruct.checked_rows(
+                len(full), cal_rows, auto.images, seed, auto_reconstruct.sample_bytes(full.x),
+                fixed_batch(input_specs(nm.model)))
+            split = n_cal - len(cal_rows)
+            if split:
+                log.info("reconstruction: the data holds too few samples to hold out beyond "
+                         "the %d calibration samples; %d of them are held out of the "
+                         "calibration and the training to check it (calibrated on %d)",
+                         n_cal, split, len(cal_rows))
                 ds = Dataset(ds.name, auto_reconstruct.rows_of(full.x, cal_rows),
                              None if full.y is None else full.y[cal_rows], ds.preprocessed,
                              ds.preprocess, ds.source_dtype)
+            trained = len(cal_rows) if rows is None else len(rows)
+            if split or trained != auto.images:   # (the plan's epochs and words, as trained)
+                auto = auto_reconstruct.plan_for_data(
+                    method, timesteps, nm.model, ds.x, scale=budget_scale,
+                    available=None if rows is None else trained)
         train_x = None if rows is None else auto_reconstruct.rows_of(full.x, rows)
         # (the before and after on the calibration images it trains on: those come first)
         measure_rows = len(ds) if rows is None else int(np.isin(rows, cal_rows).sum()) or None
         held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
     del full
-    probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
-    validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
     fixed = fixed_batch(input_specs(nm.model))
     if asked and fixed and fixed != batch_size:
         log.warning("the model has a fixed batch of %d: calibrating in batches of %d, not the "
                     "%d asked (--batch-size); re-export it with a dynamic batch axis to choose",
                     fixed, fixed, batch_size)
-    cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
-                       show_progress=show_progress,      # (a file's name, for its messages)
-                       data_name=os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None)
-    check_refine_memory(cal, timesteps, cfg, nm)
-    snn = build(nm, cal, timesteps, method, cfg,
-                history_extra={"calibration_data": recorded_data_name(ds.name)},
-                show_progress=show_progress, seed=seed)
-    snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
+    snn = _calibrated_and_built(nm, ds, timesteps, method, cfg, batch_size, sample_size, seed,
+                                show_progress, calib, data_dir)
     extra = {}
     if auto is not None:
         if auto.why:
@@ -1161,11 +1169,39 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         extra = {"automatic": True, **({"budget": auto.why} if auto.why else {}),
                  **({"held_from_calibration": split} if split else {}),
                  **({"budget_scale": budget_scale} if budget_scale != 1 else {})}
-    if recon is not None:
+    if recon is not None and (auto is None or auto.epochs):
         from .runtimes.torch.reconstruct import reconstruct as run_reconstruction
-        run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x, recon,
-                           show_progress=show_progress, extra=extra, measure_rows=measure_rows,
-                           held_out=held_x, guard=auto is not None)
+        record = run_reconstruction(snn, nm.model, train_x if train_x is not None else ds.x,
+                                    recon, show_progress=show_progress, extra=extra,
+                                    measure_rows=measure_rows, held_out=held_x,
+                                    guard=auto is not None)
+        if split and not record.get("kept"):  # (what --reconstruct 0 gives: all of them)
+            log.info("reconstruction not kept: converting again from all %d calibration "
+                     "samples", len(all_calibration))
+            why = str(record.get("why", "")).replace(": the conversion's values are kept", "")
+            record = {**record, "recalibrated_on": len(all_calibration),
+                      "why": f"{why}: converted again from all {len(all_calibration)} "
+                             "calibration samples, as without it"}
+            snn = _calibrated_and_built(nm, all_calibration, timesteps, method, cfg,
+                                        batch_size, sample_size, seed, show_progress, calib,
+                                        data_dir)
+            from .runtimes.torch.reconstruct import _append_history
+            _append_history(snn, record)
+    return snn
+
+
+def _calibrated_and_built(nm, ds, timesteps, method, cfg, batch_size, sample_size, seed,
+                          show_progress, calib, data_dir) -> SpikingModel:
+    """The conversion of ``nm`` calibrated on the Dataset ``ds`` (``calib``: what the caller
+    gave, for the messages and the files the model records)."""
+    cal = record_sites(nm, ds.x, batch_size=batch_size, sample_size=sample_size, seed=seed,
+                       show_progress=show_progress,      # (a file's name, for its messages)
+                       data_name=os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None)
+    check_refine_memory(cal, timesteps, cfg, nm)
+    snn = build(nm, cal, timesteps, method, cfg,
+                history_extra={"calibration_data": recorded_data_name(ds.name)},
+                show_progress=show_progress, seed=seed)
+    snn.data_files = _data_files(calib, data_dir)   # (build's: none, the data was arrays there)
     return snn
 
 

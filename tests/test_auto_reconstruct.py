@@ -2,6 +2,7 @@
 the report and the command line say. (tests/conftest.py turns it off for the rest of the
 suite through $ONNX_SNN_RECONSTRUCT; these tests turn it back on.)"""
 import contextlib
+import json
 import warnings
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_the_budget_in_epochs():
         ar.MIN_EPOCHS
     # a deep narrow chain (100 8-wide dense layers and their activations) is priced by its
     # layers, not its few MACs: fewer epochs than VGG-16
-    assert ar.auto_epochs(ar.step_cost(6400, 201), 512, 2) < 24
+    assert ar.auto_epochs(ar.step_cost(6400, 201), 512, 2) < ar.auto_epochs(vgg, 512, 2)
     # twice the images or steps: at most half the epochs (the same work)
     for cost in (1e5, 3e6, 2e7, 1e8):
         for t in (1, 2, 3, 4):
@@ -442,7 +443,7 @@ def test_split_rows_take_held_out_rows_out_of_the_calibration():
 def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
     """A data file of 400 samples, 16 calibrating and 48 training: the default's
     reconstruction is measured on the other 336 too (not on the 48 or the 16), and kept or
-    not by them; an image folder or a file of the calibration samples alone has none left."""
+    not by them; asked for (--reconstruct 1) on 64 samples alone, none is held out."""
     pytest.importorskip("torch")
     model = onnx_snn.prepare(B.vgg()).model
     cost = _cost(model)
@@ -494,9 +495,10 @@ def test_convert_checks_its_reconstruction_on_held_out_samples(auto, tmp_path):
 
 def test_convert_holds_out_calibration_samples_where_the_data_has_no_others(auto, tmp_path):
     """A file of the 256 calibration samples alone: the default calibrates and trains on
-    192 of them and checks on the other 64 (each sample's number in a pixel), says so, and
-    keeps the reconstruction only if they say it follows the DNN better; below 4 x MIN_SPLIT
-    samples, or asked for (--reconstruct E), nothing is held out."""
+    192 of them (its epochs and words for 192) and checks on the other 64 (each sample's
+    number in a pixel), and says so; refused there, the conversion is made again from all
+    256, as --reconstruct 0 makes it. Below 4 x MIN_SPLIT samples, or asked for
+    (--reconstruct E), nothing is held out."""
     pytest.importorskip("torch")
     import onnx_snn.runtimes.torch.reconstruct as R
     model = onnx_snn.prepare(B.vgg()).model
@@ -509,27 +511,99 @@ def test_convert_holds_out_calibration_samples_where_the_data_has_no_others(auto
     def spy(snn, dnn, xs, *a, held_out=None, guard=False, **k):
         seen.update(train=xs, held=held_out, guard=guard)
         return real(snn, dnn, xs, *a, held_out=held_out, guard=guard, **k)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ar, "BUDGET", _cost(model) * 2 * 256 * 6)
-        mp.setattr(R, "reconstruct", spy)
-        snn = onnx_snn.convert(B.vgg(), str(tmp_path / "n.npy"), timesteps=2,
-                               show_progress=False)
+
+    def converted(data, verdict, **k):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ar, "BUDGET", _cost(model) * 2 * 256 * 6)
+            mp.setattr(R, "reconstruct", spy)
+            mp.setattr(R, "follows_better", lambda before, after: verdict)
+            return onnx_snn.convert(B.vgg(), data, timesteps=2, show_progress=False, **k)
+    snn = converted(str(tmp_path / "n.npy"), True)
     ids = [set(a[:, 0, 0, 0].astype(int)) for a in (seen["train"], seen["held"])]
     assert seen["guard"] and len(ids[0]) == 192 and len(ids[1]) == 64
     assert ids[0] | ids[1] == set(range(256)) and not ids[0] & ids[1]
     assert snn.report["calibration"]["samples"] == 192
     rec = snn.report["reconstruction"]
-    assert rec["held_out"]["images"] == 64 and rec["images"] == 192 and rec["epochs"] == 6
-    assert rec["held_from_calibration"] == 64
-    assert rec["kept"] == rec["held_out"]["followed_better"]
+    assert rec["held_out"]["images"] == 64 and rec["images"] == 192 and rec["kept"]
+    assert rec["held_from_calibration"] == 64 and "recalibrated_on" not in rec
+    assert rec["epochs"] == 8 and rec["budget"].startswith("8 epochs of the 192 calibration")
+    refused = converted(str(tmp_path / "n.npy"), False)
+    rec = refused.report["reconstruction"]
+    assert not rec["kept"] and rec["recalibrated_on"] == 256
+    assert rec["why"].endswith(": converted again from all 256 calibration samples, as without it")
+    assert refused.report["calibration"]["samples"] == 256
+    history = json.loads(onnx_snn.spiking.format.metadata(refused.model)["onnx_snn.history"])
+    assert history[-1]["step"] == "reconstruct" and history[-1]["recalibrated_on"] == 256
+    plain = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False, reconstruct=0)
+    np.testing.assert_array_equal(run(refused.model, x[:32]).outputs[0],
+                                  run(plain.model, x[:32]).outputs[0])
     for data, recon in ((x[:4 * ar.MIN_SPLIT - 1], "auto"), (x, 1)):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(ar, "BUDGET", _cost(model) * 2 * 256 * 6)
-            mp.setattr(R, "reconstruct", spy)
-            snn = onnx_snn.convert(B.vgg(), data, timesteps=2, show_progress=False,
-                                   reconstruct=recon)
+        snn = converted(data, True, reconstruct=recon)
         assert seen["held"] is None and len(seen["train"]) == len(data)
         assert snn.report["calibration"]["samples"] == len(data)
+
+
+def test_empty_data_is_refused_before_the_plan(auto):
+    """No samples: the same DataError (exit 5) as without the reconstruction; the default's
+    plan drew rows from it first (an internal error, exit 70)."""
+    from onnx_snn.errors import DataError
+    for recon in ("auto", 0):
+        with pytest.raises(DataError, match="no samples"):
+            onnx_snn.convert(B.vgg(), np.zeros((0, 1, 12, 12), np.float32), timesteps=2,
+                             show_progress=False, reconstruct=recon)
+
+
+def test_convert_holds_out_spare_samples_before_calibration_ones(auto, tmp_path):
+    """A file of 600 samples, 512 calibrating and all 600 wanted for training: the 88 spare
+    ones judge (out of the training), the calibration keeps its 512."""
+    pytest.importorskip("torch")
+    import onnx_snn.runtimes.torch.reconstruct as R
+    model = onnx_snn.prepare(B.vgg()).model
+    x = B.rand_input(600, seed=5)
+    x[:, 0, 0, 0] = np.arange(600)
+    seen = {}
+    real = R.reconstruct
+
+    def spy(snn, dnn, xs, *a, held_out=None, **k):
+        seen.update(train=xs, held=held_out)
+        return real(snn, dnn, xs, *a, held_out=held_out, **k)
+    np.save(tmp_path / "n.npy", x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "BUDGET", _cost(model) * 2 * 600 * 3.5)
+        mp.setattr(ar, "MIN_EPOCHS_OF", 8)
+        mp.setattr(R, "reconstruct", spy)
+        snn = onnx_snn.convert(B.vgg(), str(tmp_path / "n.npy"), timesteps=2,
+                               show_progress=False)
+    ids = [set(a[:, 0, 0, 0].astype(int)) for a in (seen["train"], seen["held"])]
+    assert len(ids[1]) == 88 and len(ids[0]) == 512 and not ids[0] & ids[1]
+    assert snn.report["calibration"]["samples"] == 512
+    rec = snn.report["reconstruction"]
+    assert rec["images"] == 512 and "held_from_calibration" not in rec
+    assert rec["held_out"]["images"] == 88
+
+
+@pytest.mark.parametrize("fixed, n, held", [(256, 300, None), (64, 300, 108), (100, 256, None)])
+def test_a_fixed_batch_model_keeps_its_calibration_batches(auto, fixed, n, held):
+    """A model of a fixed batch calibrates on whole batches: from calibration samples alone
+    the split leaves it whole batches and never costs it more than a quarter of them (a
+    batch of 256 and 300 samples: nothing held out; it was refused as too few samples; a
+    batch of 64: 192 calibrate, the 108 others judge; a batch of 100 and 256 samples: 100
+    would calibrate where 200 do, nothing held out)."""
+    pytest.importorskip("torch")
+    import onnx_snn.runtimes.torch.reconstruct as R
+    m = B.vgg()
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = fixed
+    model = onnx_snn.prepare(m).model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ar, "BUDGET", _cost(model, fixed) * 2 * n * 6)
+        mp.setattr(R, "follows_better", lambda before, after: True)
+        snn = onnx_snn.convert(m, B.rand_input(n, seed=6), timesteps=2, show_progress=False,
+                               reconstruct="auto")
+    rec = snn.report["reconstruction"]
+    assert (rec.get("held_out") or {}).get("images") == held and rec["kept"]
+    if held:
+        assert snn.report["calibration"]["samples"] == n - held
 
 
 def test_convert_reconstructs_on_some_of_a_calibration_set_larger_than_its_budget(auto, monkeypatch):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The default conversion from a data file of the calibration images alone, with and without
 the check of its reconstruction on calibration images held out (``onnx_snn/auto_reconstruct.py``:
-``split_rows``); prints one JSON line per run and a JSON summary.
+``split_rows``); prints a JSON line per run on stderr as it goes, and one JSON on stdout.
 
     python tools/bench_small_data.py                     # the three trained networks, T = 2
     python tools/bench_small_data.py --nets vgg16 --images 512 --seed 5
@@ -45,7 +45,8 @@ def one_run(net: str, variant: str, path: str, timesteps: int, test_images=None)
         ar.SPLIT_FRACTION = 0.0                  # (fewer than MIN_SPLIT: nothing held out)
     try:
         t0 = time.perf_counter()
-        snn = onnx_snn.convert(NETS[net], path, timesteps, show_progress=False)
+        snn = onnx_snn.convert(NETS[net], path, timesteps, show_progress=False,
+                               calib_samples=None)   # (all of the file: it holds no more)
         seconds = time.perf_counter() - t0
     finally:
         ar.SPLIT_FRACTION = fraction

@@ -36,7 +36,8 @@ They are no test of it: the refinement fitted its weights on those images too, a
 default is 2.0-3.3 points above the refinement alone at T = 1-2 on the deep networks). Only a
 loss that ends 2x above the conversion's there (``LOSS_WARNING``: a learning rate too large)
 is warned about. The test is on images neither trained nor calibrated on (``held_out``: convert
-holds out up to 1024 of the data where it holds more, ``onnx_snn.auto_reconstruct``), where the
+holds out up to 1024 of the data where it holds more, else up to 256 of what it would train
+or calibrate on, ``onnx_snn.auto_reconstruct.checked_rows``), where the
 record's ``held_out`` has the same measures before and after: there the same VGG-16 default
 went from 91.0 to 93.2 % agreement and from a loss of 0.476 to 0.343 (2026-12-07). With
 ``guard`` (convert's default) a reconstruction whose output loss there rose, or, for a
