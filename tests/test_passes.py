@@ -788,21 +788,32 @@ def test_matmul_on_3d_input_is_left():
     assert r.reason("mm1") == "its input 'x' is 3-D, not 2-D"
 
 
-def test_matmul_with_non_constant_bias_is_left():
+def test_matmul_with_non_constant_bias_is_a_gemm_without_bias():
+    """A dense MatMul whose Add is no bias (a data input: a residual) becomes a Gemm of its
+    own, the Add kept after it: the same function, a layer the weight calibration refits."""
     nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="mm1"),
              h.make_node("Add", ["mm", "b"], ["y"], name="add")]
     m = make(nodes, [vi("x", ["N", 5]), vi("b", ["N", 3])], [vi("y", ["N", 3])],
              [init("W", rand(5, 3))])
     r, out = apply(canonical.matmul_add_to_gemm, m)
-    assert r.changed == 0 and ops(out) == ["MatMul", "Add"]
-    assert r.reason("mm1") == "the Add after it ('add') has a non-constant bias"
+    assert r.changed == 1 and ops(out) == ["Gemm", "Add"]
+    assert len(out.graph.node[0].input) == 2            # (no bias of its own)
+    assert_same(m, out, {"x": rand(4, 5), "b": rand(4, 3)})
 
 
-def test_matmul_without_add_is_left():
+def test_matmul_without_add_is_a_gemm_without_bias():
+    """A dense MatMul that is a graph output (the last layer of an export without a bias)
+    becomes a Gemm of no bias under the same output name; a MatMul of two data inputs stays."""
     m = make([h.make_node("MatMul", ["x", "W"], ["y"], name="mm1")], [vi("x", ["N", 5])],
              [vi("y", ["N", 3])], [init("W", rand(5, 3))])
-    r, _ = apply(canonical.matmul_add_to_gemm, m)
-    assert r.reason("mm1") == "its output 'y' is a graph output"
+    r, out = apply(canonical.matmul_add_to_gemm, m)
+    assert r.changed == 1 and ops(out) == ["Gemm"] and out.graph.output[0].name == "y"
+    assert_same(m, out, {"x": rand(4, 5)})
+    m = make([h.make_node("MatMul", ["x", "v"], ["y"], name="mm1")],
+             [vi("x", ["N", 5]), vi("v", [5, 3])], [vi("y", ["N", 3])], [])
+    r, out = apply(canonical.matmul_add_to_gemm, m)
+    assert r.changed == 0 and ops(out) == ["MatMul"]
+    assert r.reason("mm1") == "its weight 'v' is not constant"
 
 
 # ---------------------------------------------------------------- activation sites
