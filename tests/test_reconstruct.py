@@ -102,6 +102,41 @@ def test_reconstruction_brings_a_poor_conversion_toward_its_dnn():
     assert fitted_timesteps(fmt.read_info(snn.model)) == 2
 
 
+def test_batches_shrink_for_a_network_of_many_activations(monkeypatch):
+    """The DNN's batches and the measure's shrink where their values would pass BATCH_BYTES
+    (here: to one image), and measure the same network the same way."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    x = B.rand_input(24, seed=5)
+    dnn = onnx_snn.prepare(B.vgg(seed=3)).model
+    snn = onnx_snn.convert(B.vgg(seed=3), x, timesteps=2, method="max", show_progress=False)
+    cfg = ReconstructConfig(epochs=1, lr=1e-9, batch_size=8)
+    base = reconstruct(onnx_snn.convert(B.vgg(seed=3), x, timesteps=2, method="max",
+                                        show_progress=False), dnn, x, cfg, show_progress=False)
+    names = [r.input for r in snn.records.values()] + [o.name for o in dnn.graph.output]
+    per = R._bounded_batch(dnn, names, 10 ** 6)
+    assert R._bounded_batch(dnn, names, 256) == min(256, per) and per == R.BATCH_BYTES // (
+        4 * sum(int(np.prod(s[1:])) for s in _shapes(dnn, dict.fromkeys(names))))
+    seen = []
+    real = R._batches
+
+    def spy(xs, size, *a, **k):
+        seen.append(size)
+        return real(xs, size, *a, **k)
+    monkeypatch.setattr(R, "BATCH_BYTES", 1)
+    monkeypatch.setattr(R, "_batches", spy)
+    small = reconstruct(snn, dnn, x, cfg, show_progress=False)
+    assert 1 in seen and set(seen) <= {1, 8}        # (the training's batch is its own)
+    for k in ("loss", "site_loss", "output_loss", "dnn_agreement"):
+        assert small["before"][k] == pytest.approx(base["before"][k], rel=1e-5, abs=1e-7)
+
+
+def _shapes(model, names):
+    """The shapes ``model`` (normalized) records for ``names``."""
+    from onnx_snn.analyze.flops import _collect
+    shapes = _collect(model).shapes
+    return [shapes[n] for n in names]
+
+
 def test_convert_reconstructs_when_asked_and_says_so(tmp_path):
     x = B.rand_input(32, seed=6)
     plain = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False)

@@ -91,6 +91,13 @@ MAX_EPOCHS = 1000
 LOSS_WARNING = 2.0
 #: the batch the network is measured in before and after (its loss, its agreement)
 MEASURE_BATCH = 64
+#: the DNN's batches in onnxruntime (its exposed outputs: the sites' inputs, the outputs)
+TARGET_BATCH = 256
+#: the most one batch of those outputs, or of the spiking network's values of one step when
+#: it is measured, may take: a network of many activations per image runs smaller batches
+#: than TARGET_BATCH and MEASURE_BATCH (10 MB of activations per image: 13 images, not 256,
+#: whose outputs took 2.6 GB); the three benchmarked networks keep theirs
+BATCH_BYTES = 128 * 2 ** 20
 #: the DNN's targets are kept between epochs up to this size (:class:`_Targets`)
 TARGET_CACHE_BYTES = 512 * 2 ** 20
 #: the held-out images' targets are kept up to this size (they are read twice: before and
@@ -354,6 +361,23 @@ def _kept(t, n: int):
     return t[:n]
 
 
+def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int) -> int:
+    """``cap``, or fewer images where their values of ``names`` (None: every node's output,
+    one step of the network) would take more than :data:`BATCH_BYTES` in float32 (the shapes
+    the normalized DNN records; where one is not known, ``cap``)."""
+    from onnx_snn.analyze.flops import _collect
+    from onnx_snn.auto_reconstruct import _per_sample, activation_elements
+    if names is None:
+        per = activation_elements(dnn)
+    else:
+        shapes = _collect(dnn).shapes
+        sizes = [_per_sample(shapes.get(n)) for n in dict.fromkeys(names)]
+        per = None if any(v is None for v in sizes) else sum(sizes)
+    if not per:
+        return cap
+    return int(max(1, min(cap, BATCH_BYTES // (4 * per))))
+
+
 def _inputs(dnn: onnx.ModelProto, x) -> Dict[str, np.ndarray]:
     """The calibration inputs as {input name: array} in the type each input declares (an
     API caller's float64 array went to onnxruntime as doubles)."""
@@ -402,10 +426,12 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     x = _inputs(dnn, x)
     fixed = fixed_batch(input_specs(dnn))     # a model of one batch size: that size, padded
     batch_size = fixed or cfg.batch_size
-    eval_size = fixed or 256      # the DNN's batches in onnxruntime
+    eval_size = fixed or _bounded_batch(
+        dnn, [r.input for r in records.values()] + [o.name for o in dnn.graph.output],
+        TARGET_BATCH)             # the DNN's batches in onnxruntime
     # the spiking network's batches when it is measured (no gradient): 256 images of the
     # shipped model held 1.1 GB at once, 3x the training's peak
-    measure_size = fixed or MEASURE_BATCH
+    measure_size = fixed or _bounded_batch(dnn, None, MEASURE_BATCH)
 
     def as_torch(batch):
         return {k: torch.from_numpy(v) for k, v in batch.items()}
