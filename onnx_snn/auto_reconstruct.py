@@ -200,6 +200,11 @@ def activation_elements(model: onnx.ModelProto) -> Optional[int]:
     return total
 
 
+def _one_sample(sample_shapes: Mapping[str, Sequence[int]]) -> dict:
+    """The inputs' shapes at a batch of one (the analyzer's ``input_shapes``)."""
+    return {k: [1, *v[1:]] for k, v in sample_shapes.items()}
+
+
 def estimated_elements(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]
                        ) -> int:
     """:func:`activation_elements`, or the same count on the graph the analyzer flattens at
@@ -212,7 +217,7 @@ def estimated_elements(model: onnx.ModelProto, sample_shapes: Mapping[str, Seque
         from .analyze.flops import _infer, flatten
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            flat = flatten(model, {k: [1, *v[1:]] for k, v in sample_shapes.items()}).model
+            flat = flatten(model, _one_sample(sample_shapes)).model
             elements = activation_elements(_infer(flat, []))
     except Exception:          # (an estimate only)
         elements = None
@@ -234,8 +239,7 @@ def estimated_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[
         from .analyze.flops import count_layers, total_macs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return total_macs(count_layers(model, {k: [1, *v[1:]] for k, v in
-                                                   sample_shapes.items()}))
+            return total_macs(count_layers(model, _one_sample(sample_shapes)))
     except Exception:          # (an estimate only: no count means no automatic training)
         return None
 

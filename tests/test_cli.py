@@ -1282,6 +1282,18 @@ def test_a_signal_names_each_complete_output_once_and_those_not_written():
     assert _complete(["m.onnx"]) == " after writing m.onnx, which is complete"
 
 
+def _max_conversion(tmp_path):
+    """tmp_path/m.snn.onnx: B.vgg() converted by ``max`` from tmp_path/d.npz (32 labelled
+    samples), as the command line writes it."""
+    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
+    x = B.rand_input(32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "d.npz"),
+                 "--method", "max", "-o", str(snn)]) == 0
+    return snn
+
+
 def test_a_signal_after_fine_tuning_wrote_its_model_says_the_json_was_not_written(
         tmp_path, monkeypatch, capsys):
     """finetune writes its model at each best epoch, then --json and --plot: a SIGTERM
@@ -1291,12 +1303,7 @@ def test_a_signal_after_fine_tuning_wrote_its_model_says_the_json_was_not_writte
     from onnx_snn.cli import main
     from onnx_snn.errors import Terminated
     from onnx_snn.model_io import write_all_atomic
-    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
-    x = B.rand_input(32)
-    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
-    snn = tmp_path / "m.snn.onnx"
-    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "d.npz"),
-                 "--method", "max", "-o", str(snn)]) == 0
+    snn = _max_conversion(tmp_path)
     out = tmp_path / "f.snn.onnx"
 
     def wrote_then_terminated(model, output, *a, **k):
@@ -1371,12 +1378,7 @@ def test_a_diverged_fine_tuning_writes_its_curves_up_to_it(tmp_path, monkeypatch
     pytest.importorskip("matplotlib")
     import onnx_snn.runtimes.torch.finetune as F
     from onnx_snn.errors import TrainingDivergedError
-    onnx.save(B.vgg(), str(tmp_path / "m.onnx"))
-    x = B.rand_input(32)
-    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 10)
-    snn = tmp_path / "m.snn.onnx"
-    assert main(["-q", "convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "d.npz"),
-                 "--method", "max", "-o", str(snn)]) == 0
+    snn = _max_conversion(tmp_path)
     epoch = {"epoch": 1, "loss": 2.1, "train_top1": 12.5, "test_top1": 15.0, "seconds": 0.3,
              "spikes_per_neuron": {}, "pool_spikes_per_neuron": {}}
 
