@@ -2464,7 +2464,11 @@ def test_a_sparse_constant_is_read_as_the_dense_weight_it_stands_for(in_function
     m = model(h.make_node("Constant", [], ["w"], sparse_value=sp))
     twin = model(h.make_node("Constant", [], ["w"], value=nh.from_array(w, "wd")))
     x = np.random.default_rng(1).random((16, 1, 28, 28)).astype(np.float32)
-    np.testing.assert_allclose(run(m, x).outputs[0], run(twin, x).outputs[0], rtol=1e-6)
+    # (onnxruntime itself is not given the sparse model: a sparse Constant in a function
+    # crashed its session creation, a segmentation fault, in one CI run; the DNN prepared
+    # from it is compared instead)
+    np.testing.assert_allclose(run(onnx_snn.prepare(m).model, x).outputs[0],
+                               run(twin, x).outputs[0], rtol=1e-6)
     a = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False)
     b = onnx_snn.convert(twin, x, timesteps=2, method="max", show_progress=False)
     np.testing.assert_array_equal(run(a.model, x).outputs[0], run(b.model, x).outputs[0])
