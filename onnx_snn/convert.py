@@ -1114,9 +1114,10 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
     # (the data checked as given, before any plan: an empty file, a wrong shape)
     probe = {k: v[:2] for k, v in ds.x.items()} if isinstance(ds.x, dict) else ds.x[:2]
     validate_feeds(input_specs(nm.model), probe, f"{ds.name} (calibration data)", samples=len(ds))
-    if calib_samples and len(full) < calib_samples:
-        log.info("%s holds %d samples: calibrating on all of them (--calib-samples asked %d)",
-                 ds.name, len(full), calib_samples)
+    if calib_samples and len(full) < calib_samples:   # (said aloud where a count was asked)
+        log.log(logging.INFO if calib_samples == DEFAULT_CALIB_SAMPLES else logging.WARNING,
+                "%s holds %d samples: calibrating on all of them (--calib-samples asked %d)",
+                ds.name, len(full), calib_samples)
     auto, train_x, held_x, measure_rows, split = None, None, None, len(ds), 0
     if recon == AUTO:      # (the budget counts the network and the data; it may train on
         # more of the data than it calibrates on, or fewer: drawn now, the rest is not kept)

@@ -553,6 +553,22 @@ def test_empty_data_is_refused_before_the_plan(auto):
                              show_progress=False, reconstruct=recon)
 
 
+def test_asking_more_calibration_samples_than_the_data_holds_is_said(caplog):
+    """--calib-samples above the data's size calibrates on all of it, with a warning where a
+    count was asked (the default's 512 on a smaller file: an info line only)."""
+    import logging
+    x = B.rand_input(40, seed=2)
+    for asked, level in ((100, logging.WARNING), (512, logging.INFO)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="onnx_snn"):
+            snn = onnx_snn.convert(B.vgg(), x, timesteps=2, show_progress=False,
+                                   calib_samples=asked, reconstruct=0)
+        said = [r for r in caplog.records if "holds 40 samples" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == level
+        assert f"asked {asked}" in said[0].getMessage()
+        assert snn.report["calibration"]["samples"] == 40
+
+
 def test_convert_holds_out_spare_samples_before_calibration_ones(auto, tmp_path):
     """A file of 600 samples, 512 calibrating and all 600 wanted for training: the 88 spare
     ones judge (out of the training), the calibration keeps its 512."""
