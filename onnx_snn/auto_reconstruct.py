@@ -181,22 +181,24 @@ def dense_macs(model: onnx.ModelProto) -> Optional[int]:
     return total
 
 
-def activation_elements(model: onnx.ModelProto) -> Optional[int]:
-    """The elements per image of every node's outputs, from the shapes the graph records (a
-    normalized model has them all), or None where one is not known: what the training's
+def activation_elements(model: onnx.ModelProto, names: Optional[Sequence[str]] = None,
+                        partial: bool = False) -> Optional[int]:
+    """The elements per image of the tensors ``names`` (None: every node's output), from the
+    shapes the graph records (a normalized model has them all), or None where one is not
+    known (``partial``: those count 0): every node's outputs are what the training's
     elementwise work (the neurons' steps, their surrogate gradients, adds, concatenations,
     pooling) runs over, which a network of few MACs at full resolution spends most of its
     time in (:data:`ELEMENT_COST`)."""
     from .analyze.flops import _collect
     shapes = _collect(model).shapes
+    if names is None:
+        names = [o for node in model.graph.node for o in node.output if o]
     total = 0
-    for node in model.graph.node:
-        for name in node.output:
-            if name:
-                n = _per_sample(shapes.get(name))
-                if n is None:
-                    return None
-                total += n
+    for name in dict.fromkeys(names):
+        n = _per_sample(shapes.get(name))
+        if n is None and not partial:
+            return None
+        total += n or 0
     return total
 
 
@@ -223,9 +225,7 @@ def estimated_elements(model: onnx.ModelProto, sample_shapes: Mapping[str, Seque
         elements = None
     if elements is not None:
         return elements
-    from .analyze.flops import _collect
-    shapes = _collect(model).shapes
-    return sum(_per_sample(shapes.get(o)) or 0 for n in model.graph.node for o in n.output if o)
+    return activation_elements(model, partial=True)
 
 
 def estimated_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]

@@ -1124,6 +1124,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         auto = auto_reconstruct.plan_for_data(method, timesteps, nm.model, ds.x,
                                               available=len(full), scale=budget_scale)
     all_calibration = ds          # (where some of it judges the reconstruction instead)
+    fixed = fixed_batch(input_specs(nm.model))
     if recon is not None and (auto is None or auto.epochs):   # (and others, to check it)
         cal_rows = full.rows(calib_samples, seed)
         if auto is None:            # (asked for: held out only where the data has more)
@@ -1133,7 +1134,7 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
             n_cal = len(cal_rows)
             cal_rows, rows, held = auto_reconstruct.checked_rows(
                 len(full), cal_rows, auto.images, seed, auto_reconstruct.sample_bytes(full.x),
-                fixed_batch(input_specs(nm.model)))
+                fixed)
             split = n_cal - len(cal_rows)
             if split:
                 log.info("reconstruction: the data holds too few samples to hold out beyond "
@@ -1153,7 +1154,6 @@ def convert(model: Union[PathLike, onnx.ModelProto], calib, timesteps: int = DEF
         measure_rows = len(ds) if rows is None else int(np.isin(rows, cal_rows).sum()) or None
         held_x = None if held is None else auto_reconstruct.rows_of(full.x, held)
     del full
-    fixed = fixed_batch(input_specs(nm.model))
     if asked and fixed and fixed != batch_size:
         log.warning("the model has a fixed batch of %d: calibrating in batches of %d, not the "
                     "%d asked (--batch-size); re-export it with a dynamic batch axis to choose",

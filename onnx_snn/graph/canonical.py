@@ -827,12 +827,9 @@ def _why_not_dense(node: gs.Node) -> Optional[str]:
     return None
 
 
-def _why_not_gemm(graph: gs.Graph, node: gs.Node):
-    """(Add node, bias tensor, None) when MatMul ``node`` + its Add is a dense layer, else
-    (None, None, why not)."""
-    why = _why_not_dense(node)
-    if why is not None:
-        return None, None, why
+def _bias_add(graph: gs.Graph, node: gs.Node):
+    """(Add node, bias tensor, None) when the dense MatMul ``node`` (:func:`_why_not_dense`)
+    + its Add is a dense layer with a bias, else (None, None, why not)."""
     wv = const_value(node.inputs[1])
     out = node.outputs[0]
     if is_graph_output(graph, out):
@@ -894,13 +891,14 @@ def matmul_add_to_gemm(graph: gs.Graph, result: PassResult) -> None:
     for node in list(graph.nodes):
         if node.op != "MatMul":
             continue
-        add, other, why = _why_not_gemm(graph, node)
+        why = _why_not_dense(node)
         if why is not None:
-            if _why_not_dense(node) is None:        # (a dense layer without a bias)
-                node.op, node.attrs = "Gemm", {}
-                result.changed += 1
-            else:
-                result.skip(node, why)
+            result.skip(node, why)
+            continue
+        add, other, why = _bias_add(graph, node)
+        if why is not None:                    # (a dense layer without a bias)
+            node.op, node.attrs = "Gemm", {}
+            result.changed += 1
             continue
         a, w = node.inputs
         bias = gs.Constant(other.name + "_gemm", np.asarray(const_value(other), np.float32).reshape(-1))

@@ -365,14 +365,8 @@ def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int) -
     """``cap``, or fewer images where their values of ``names`` (None: every node's output,
     one step of the network) would take more than :data:`BATCH_BYTES` in float32 (the shapes
     the normalized DNN records; where one is not known, ``cap``)."""
-    from onnx_snn.analyze.flops import _collect
-    from onnx_snn.auto_reconstruct import _per_sample, activation_elements
-    if names is None:
-        per = activation_elements(dnn)
-    else:
-        shapes = _collect(dnn).shapes
-        sizes = [_per_sample(shapes.get(n)) for n in dict.fromkeys(names)]
-        per = None if any(v is None for v in sizes) else sum(sizes)
+    from onnx_snn.auto_reconstruct import activation_elements
+    per = activation_elements(dnn, names)
     if not per:
         return cap
     return int(max(1, min(cap, BATCH_BYTES // (4 * per))))
