@@ -3,6 +3,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper as h
+from onnx import numpy_helper
 
 import builders as B
 import onnx_snn
@@ -1977,15 +1978,25 @@ def test_a_shapeless_input_or_output_is_named_by_the_checker_refusal():
         normalize(m)
 
 
-@pytest.mark.parametrize("alpha, beta", [(0.5, 1.0), (1.0, 2.0), (3.0, 0.0)])
-def test_gemm_scales_go_into_its_constants(alpha, beta):
+@pytest.mark.parametrize("alpha, beta, bias_shape", [(0.5, 1.0, None), (1.0, 2.0, None),
+                                                 (3.0, 0.0, None), (1.0, 0.5, ()),
+                                                 (2.0, 0.5, (1,)), (1.0, 0.5, (1, 8))])
+def test_gemm_scales_go_into_its_constants(alpha, beta, bias_shape):
     """tf2onnx / hand-written Gemms with alpha or beta: the same layer with them multiplied
-    into its weight and bias, so the weight calibration can refit it (it skipped it)."""
+    into its weight and bias, so the weight calibration can refit it (it skipped it). A bias
+    of any shape that broadcasts (a scalar, [1], [1, N]) too: a scalar times beta was a numpy
+    scalar, which onnx-graphsurgeon refused (an internal error, exit 70)."""
     from onnx_snn.weight_calibration import layer_fit
     b = B.GraphBuilder(13)
     flat = b.node("Flatten", [b.act(b.conv("input", 1, 4), "clip")])
     y = b.gemm(flat, 4 * 144, 8)
     b.nodes[-1].attribute.extend([h.make_attribute("alpha", alpha), h.make_attribute("beta", beta)])
+    if bias_shape is not None:
+        bias = b.nodes[-1].input[2]
+        init = next(t for t in b.inits if t.name == bias)
+        v = numpy_helper.to_array(init)
+        v = np.full(bias_shape, v[0], np.float32) if len(bias_shape) < 2 else v.reshape(bias_shape)
+        init.CopyFrom(numpy_helper.from_array(v, bias))
     y = b.gemm(b.act(y, "clip"), 8, 10)
     m = b.model("input", y, (1, 12, 12), 10)
     nm = normalize(m)

@@ -525,6 +525,61 @@ def test_abs_and_reduce_l1_of_an_activation_are_linear(opset):
     assert r.changed == 0 and "can be negative" in r.reason(name)
 
 
+_L1_POOLS = {
+    "global": ("GlobalLpPool", {}),
+    "k3s2p1": ("LpPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "k2s2": ("LpPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "same": ("LpPool", {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"}),
+}
+
+
+def _l1_pool_net(pool, attrs, opset=13, relu=True):
+    b = B.GraphBuilder(opset)
+    x = b.conv("input", 1, 4)
+    x = b.node(pool, [b.node("Relu", [x]) if relu else x], **attrs)
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    return b.model("input", b.gemm(b.act(x, "relu", None), 4, 10), (1, 12, 12), 10)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("kind", sorted(_L1_POOLS))
+def test_an_l1_pool_of_an_activation_is_a_sum_pool(kind, opset):
+    """An LP pool with p = 1 of a tensor that cannot be negative is the sum of each window: a
+    GlobalLpPool a ReduceSum over the spatial axes, an LpPool an AveragePool that counts the
+    padding times the kernel's size (the same values); converted, it approaches the DNN as T
+    grows and the runtimes agree (it was refused as "not linear", while ReduceL1 of the same
+    tensor converted)."""
+    pool, attrs = _L1_POOLS[kind]
+    m = _l1_pool_net(pool, {**attrs, "p": 1}, opset)
+    r, out = apply(canonical.nonnegative_identities, m)
+    assert r.changed == 1 and pool not in ops(out)
+    x = B.rand_input(16)
+    assert_same(m, out, {"input": x})
+    assert len(normalize(m).sites) == 2
+    dnn = ort_run(m, {"input": x})[0]
+    y = ort_run(onnx_snn.convert(m, x, timesteps=256, method="max", show_progress=False).model,
+                {"input": x})[0]
+    assert np.corrcoef(y.ravel(), dnn.ravel())[0, 1] > 0.99
+    # (a global sum of 144 values reaches about 200, where a float32 step is 1.5e-5)
+    B.assert_runtimes_agree(onnx_snn.convert(m, x, timesteps=2, show_progress=False).model, x,
+                            atol=max(1e-5, 1e-6 * float(np.abs(dnn).max())))
+
+
+@pytest.mark.parametrize("change, why", [({"p": 2}, "p = 1"), ({"p": 1, "relu": False}, "p = 1"),
+                                         ({"p": 1, "ceil_mode": 1}, "ceil_mode")])
+def test_other_lp_pools_stay_refused_by_name(change, why):
+    """A p-norm (p = 2), an L1 pool of a tensor that can be negative, and one whose edge
+    windows are no average's (ceil_mode) stay refused, naming the node and what converts."""
+    change = dict(change)
+    relu = change.pop("relu", True)
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], **change}
+    m = _l1_pool_net("LpPool", attrs, 18, relu)
+    with pytest.raises(UnsupportedModelError) as e:
+        normalize(m)
+    name = next(n.name for n in m.graph.node if n.op_type == "LpPool")
+    assert name in str(e.value) and why in str(e.value)
+
+
 # ---------------------------------------------------------------- final clamp (ReLU on the outputs)
 
 _FINAL_CLAMPS = {

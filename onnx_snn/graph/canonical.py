@@ -513,16 +513,30 @@ def masked_relu_to_relu(graph: gs.Graph, result: PassResult) -> None:
 def nonnegative_identities(graph: gs.Graph, result: PassResult) -> None:
     """Ops that are linear on a tensor that cannot be negative (an activation's output, a sum
     or pool of them: :func:`.sites.nonnegative_tensors`): ``Abs`` of it is the tensor (an
-    Identity, removed later) and ``ReduceL1`` of it is its ``ReduceSum``. On a tensor that can
-    be negative both stay and the support check names them."""
+    Identity, removed later), ``ReduceL1`` of it is its ``ReduceSum``, and an L1 pool of it
+    (``LpPool`` / ``GlobalLpPool`` with p = 1, :func:`_sum_pool`) is a sum pool. On a tensor
+    that can be negative they stay and the support check names them."""
     from .sites import nonnegative_tensors
     graph.toposort()
     positive = nonnegative_tensors(graph)
     for node in list(graph.nodes):
-        if node.op not in ("Abs", "ReduceL1") or not node.inputs or not node.outputs:
+        if node.op not in ("Abs", "ReduceL1", "LpPool", "GlobalLpPool") or not node.inputs \
+                or not node.outputs:
             continue
+        if node.op.endswith("LpPool") and int(node.attrs.get("p", 2)) != 1:
+            continue                      # (a p-norm: the support check names it)
         if node.inputs[0].name not in positive:
             result.skip(node, f"its input '{node.inputs[0].name}' can be negative")
+            continue
+        if node.op.endswith("LpPool"):
+            why = _sum_pool(graph, node)
+            if why:
+                result.skip(node, why)
+            else:
+                result.changed += 1
+                result.notes.append(f"{'GlobalLpPool' if node.op == 'ReduceSum' else 'LpPool'} "
+                                    f"'{node.name}' (p = 1) of a non-negative tensor written as "
+                                    "its sum")
             continue
         result.changed += 1
         if node.op == "Abs":
@@ -533,6 +547,38 @@ def nonnegative_identities(graph: gs.Graph, result: PassResult) -> None:
             axes = np.array(node.attrs.pop("axes"), np.int64)
             node.inputs.append(gs.Constant(f"{node.name or node.outputs[0].name}_axes", axes))
         result.notes.append(f"ReduceL1 '{node.name}' of a non-negative tensor written as ReduceSum")
+    if result.changed:
+        graph.toposort()          # (an LpPool's Mul is appended after the nodes)
+
+
+def _sum_pool(graph: gs.Graph, node: gs.Node) -> Optional[str]:
+    """An L1 pool (p = 1) of a non-negative tensor rewritten in place as the sum it is: a
+    ``GlobalLpPool`` as ``ReduceSum`` over the spatial axes (kept), an ``LpPool`` as an
+    ``AveragePool`` that counts the padding, times the kernel's size (a window's sum: padding
+    adds zeros); why not (the rank unknown, ``ceil_mode`` or dilations, whose edge windows an
+    average does not count as a sum), else None."""
+    name = node.name or node.outputs[0].name
+    if node.op == "GlobalLpPool":
+        shape = node.inputs[0].shape
+        if shape is None or len(shape) < 3:
+            return "the rank of its input is unknown"
+        node.op, node.attrs = "ReduceSum", {"keepdims": 1}
+        node.inputs.append(gs.Constant(f"{name}_axes", np.arange(2, len(shape), dtype=np.int64)))
+        return None
+    kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
+    if not kernel:
+        return "it has no kernel_shape"
+    if int(node.attrs.get("ceil_mode", 0)) or any(int(d) != 1 for d in node.attrs.get("dilations", [])):
+        return "with ceil_mode or dilations its edge windows are no average's"
+    keep = {k: v for k, v in node.attrs.items() if k in ("kernel_shape", "strides", "pads", "auto_pad")}
+    out = node.outputs[0]
+    mid = gs.Variable(f"{name}_window_mean", dtype=out.dtype)
+    node.op, node.attrs = "AveragePool", {**keep, "count_include_pad": 1}
+    node.outputs = [mid]
+    area = np.array(float(np.prod(kernel)), np.float32)
+    graph.nodes.append(gs.Node("Mul", f"{name}_window_sum", inputs=[mid, gs.Constant(
+        f"{name}_window_size", area)], outputs=[out]))
+    return None
 
 
 @graph_pass("reshape-keeps-batch")
@@ -864,15 +910,16 @@ def gemm_scales_into_weights(graph: gs.Graph, result: PassResult) -> None:
         done = False
         if alpha != 1.0 and w is not None and w.dtype == np.float32:
             node.inputs[1] = gs.Constant(f"{node.name}_weight_alpha",
-                                         (w.astype(np.float64) * alpha).astype(np.float32))
+                                         np.asarray(w.astype(np.float64) * alpha, np.float32))
             node.attrs["alpha"] = 1.0
             done = True
         if beta != 1.0 and c is not None and c.dtype == np.float32:
             if beta == 0.0:
                 node.inputs.pop()
             else:
+                # (np.asarray: a bias of shape [] times beta is a numpy scalar, no array)
                 node.inputs[2] = gs.Constant(f"{node.name}_bias_beta",
-                                             (c.astype(np.float64) * beta).astype(np.float32))
+                                             np.asarray(c.astype(np.float64) * beta, np.float32))
             node.attrs["beta"] = 1.0
             done = True
         result.changed += done

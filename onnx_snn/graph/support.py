@@ -179,9 +179,12 @@ _UNSUPPORTED_HINTS = {
                   "kernel spans those axes (F.max_pool2d(x, (H, 1)) for the height alone)"),
     "ReduceMin": ("a minimum of spikes is no spike count; replace it in the DNN (a MaxPool or "
                   "AveragePool) and fine-tune"),
-    "LpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes; replace it "
-               "by a MaxPool or AveragePool in the DNN and fine-tune"),
-    "GlobalLpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes; replace "
+    "LpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes (only p = 1 "
+               "of a tensor that cannot be negative, a sum pool, without ceil_mode or "
+               "dilations, is converted); replace it by a MaxPool or AveragePool in the DNN "
+               "and fine-tune"),
+    "GlobalLpPool": ("an LP pool (a p-norm of each window) is not linear in the spikes (only "
+                     "p = 1 of a tensor that cannot be negative, a sum, is converted); replace "
                      "it by a GlobalMaxPool or GlobalAveragePool in the DNN and fine-tune"),
     **{op: ("a recurrent layer (sigmoid and tanh gates carried across the sequence) has no "
             "integrate-and-fire form; model the sequence with convolutions over its axis "
