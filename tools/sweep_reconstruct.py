@@ -22,12 +22,14 @@ then top-1 on the test images in onnxruntime. A variant joins changes with ``+``
 * ``per-image=E``: the same budget spread over as many training images as leave each E
   epochs (the default: 3 epochs of at most 4096 images; ``auto_reconstruct``'s
   ``EPOCHS_PER_IMAGE`` and ``IMAGES``);
+* ``ema=D``: the trained values are the exponential moving average of the steps' values
+  (each step ``avg = D avg + (1 - D) value``), put in the network after the last step;
 * ``mixup=P``: a fraction P of each training batch replaced by mixtures ``l a + (1 - l) b``
   of two of its inputs (l uniform in [0, 1]), the DNN's targets run on them (no targets
   kept between epochs then): function matching on more inputs (Beyer et al., CVPR 2022).
 
 The patches are this script's: the library has none of ``initial``, ``surrogate-k``,
-``warmup`` or ``mixup``. Runs go one after
+``warmup``, ``ema`` or ``mixup``. Runs go one after
 another in this process (start one process per seed to use both cores); PyTorch's training
 is the same to the bit on the same thread count.
 """
@@ -51,7 +53,7 @@ def parse_variant(spec: str) -> dict:
     """{'fields': {...}, 'initial': bool, 'k': float or None, 'warmup': float, 'mixup': float}
     of one variant (module doc); a SystemExit names what it does not know."""
     out = {"fields": {}, "initial": False, "k": None, "warmup": 0.0, "mixup": 0.0,
-           "per_image": None}
+           "per_image": None, "ema": 0.0}
     for part in spec.split("+"):
         name, _, value = part.partition("=")
         if part == "base":
@@ -72,7 +74,7 @@ def parse_variant(spec: str) -> dict:
             out["per_image"] = _number(part, value, int)
             if not out["per_image"] > 0:
                 raise SystemExit(f"sweep_reconstruct: {part!r}: epochs per image must be above 0")
-        elif name in ("warmup", "mixup") and value:
+        elif name in ("warmup", "mixup", "ema") and value:
             v = _number(part, value, float)
             if not 0 <= v <= 1:
                 raise SystemExit(f"sweep_reconstruct: {name} is a fraction from 0 to 1, not {value}")
@@ -80,7 +82,7 @@ def parse_variant(spec: str) -> dict:
         else:
             raise SystemExit(f"sweep_reconstruct: unknown change {part!r} in variant {spec!r} "
                              f"(base, initial, FIELD=VALUE of {', '.join(FIELDS)}, "
-                             "surrogate-k=K, warmup=F, mixup=P, per-image=E)")
+                             "surrogate-k=K, warmup=F, ema=D, mixup=P, per-image=E)")
     return out
 
 
@@ -102,7 +104,7 @@ def patched(variant: dict, R, N, neuron):
     import functools
     import torch
     saved = (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR,
-             R._batches, R.TARGET_CACHE_BYTES)
+             R._batches, R.TARGET_CACHE_BYTES, torch.optim.Adam)
     try:
         if variant["initial"]:
             R.SpikingNetwork = functools.partial(N.SpikingNetwork, train_initial=True)
@@ -118,13 +120,15 @@ def patched(variant: dict, R, N, neuron):
                     super().__init__(opt, lambda i: min(1.0, (i + 1) / w) * fn(i))
             Warm.steps = variant["steps"]
             torch.optim.lr_scheduler.LambdaLR = Warm
+        if variant["ema"]:
+            torch.optim.Adam = _averaging(saved[5], variant["ema"], variant["steps"])
         if variant["mixup"]:
             R._batches = _mixing(saved[3], variant["mixup"])
             R.TARGET_CACHE_BYTES = 0
         yield
     finally:
         (R.SpikingNetwork, neuron.SIGMOID_K, torch.optim.lr_scheduler.LambdaLR, R._batches,
-         R.TARGET_CACHE_BYTES) = saved
+         R.TARGET_CACHE_BYTES, torch.optim.Adam) = saved
 
 
 @contextlib.contextmanager
@@ -139,6 +143,29 @@ def spread(per_image):
         yield
     finally:
         ar.EPOCHS_PER_IMAGE, ar.IMAGES = saved
+
+
+def _averaging(adam, decay: float, steps: int):
+    """An ``adam`` that keeps the moving average of its parameters' values after each step
+    and puts it in them after step ``steps`` (the reconstruction's last)."""
+    import torch
+
+    class Averaged(adam):
+        def step(self, *a, **kw):
+            out = super().step(*a, **kw)
+            ps = [p for g in self.param_groups for p in g["params"]]
+            with torch.no_grad():
+                if not hasattr(self, "avg"):
+                    self.avg, self.done = [p.detach().clone() for p in ps], 0
+                else:
+                    for m, p in zip(self.avg, ps):
+                        m.lerp_(p, 1.0 - decay)
+                self.done += 1
+                if self.done == steps:
+                    for m, p in zip(self.avg, ps):
+                        p.copy_(m)
+            return out
+    return Averaged
 
 
 def _mixing(batches, p: float):
