@@ -97,6 +97,50 @@ def quiet_onnxruntime() -> None:
     ort.set_default_logger_severity(3)
 
 
+_INTERRUPTIBLE = []
+
+
+def interruptible_session():
+    """``onnxruntime.InferenceSession`` whose ``run`` a signal stops: called from the main
+    thread it runs in a worker thread while the main thread waits, so that SIGINT's and
+    SIGTERM's handlers run at once (not when onnxruntime returns: one run of a loop graph at
+    T = 4096 took minutes, and ``eval`` went on for a minute after a SIGTERM), and then sets
+    the run's ``RunOptions.terminate``, which onnxruntime checks between kernels; the signal's
+    exception is raised when the worker has stopped. Elsewhere, the plain ``run``."""
+    if not _INTERRUPTIBLE:
+        import threading
+
+        import onnxruntime as ort
+
+        class InterruptibleSession(ort.InferenceSession):
+            def run(self, output_names, input_feed, run_options=None):
+                if threading.current_thread() is not threading.main_thread():
+                    return super().run(output_names, input_feed, run_options)
+                opts = run_options if run_options is not None else ort.RunOptions()
+                done: dict = {}
+                parent = super()
+
+                def work():
+                    try:
+                        done["out"] = parent.run(output_names, input_feed, opts)
+                    except BaseException as e:      # (raised in the caller's thread below)
+                        done["error"] = e
+                worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+                worker.start()
+                try:
+                    while worker.is_alive():
+                        worker.join(0.2)
+                except BaseException:
+                    opts.terminate = True
+                    worker.join()
+                    raise
+                if "error" in done:
+                    raise done["error"]
+                return done["out"]
+        _INTERRUPTIBLE.append(InterruptibleSession)
+    return _INTERRUPTIBLE[0]
+
+
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
                  where: str = "model", outputs: Sequence[str] = (), spin: bool = True):
     """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError.
@@ -136,7 +180,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         data, names, arrays = skeleton.session_parts(model, outputs)
         if names:
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
-        sess = ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+        sess = interruptible_session()(data, so, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
         if "NOT_IMPLEMENTED" in str(e):       # no float64 / float16 kernel for an op
             from .graph.precision import in_float32
@@ -152,7 +196,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         if bare is None:
             raise _session_failure(model, e, where) from None
         try:    # the producer's shape annotations may be what onnxruntime refused
-            sess = ort.InferenceSession(bare, so, providers=providers or ["CPUExecutionProvider"])
+            sess = interruptible_session()(bare, so, providers=providers or ["CPUExecutionProvider"])
         except Exception:
             raise _session_failure(model, e, where) from None
         log.warning("%s: the model's shape annotations (value_info, the outputs' shapes) do "

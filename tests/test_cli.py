@@ -1331,6 +1331,79 @@ def test_a_signal_once_the_command_has_returned_leaves_its_exit_status(tmp_path)
     assert p.returncode == 3 and "no such model.onnx" in p.stderr, p.stderr
 
 
+def _long_loop_model() -> onnx.ModelProto:
+    """A Loop of ``trips`` (an input) Adds of a 64 x 64 tensor: one onnxruntime run as long
+    as asked (1.7 us a trip on the 2-core machine of 2026-12-07)."""
+    body = h.make_graph(
+        [h.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+         h.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [h.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         h.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         h.make_tensor_value_info("acc_in", onnx.TensorProto.FLOAT, [64, 64])],
+        [h.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         h.make_tensor_value_info("acc_out", onnx.TensorProto.FLOAT, [64, 64])],
+        [onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "one")])
+    g = h.make_graph(
+        [h.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], "long",
+        [h.make_tensor_value_info("trips", onnx.TensorProto.INT64, []),
+         h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [64, 64])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64, 64])],
+        [onnx.numpy_helper.from_array(np.array(True), "cond")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_a_signal_stops_a_long_onnxruntime_run_at_once():
+    """SIGINT in one long onnxruntime run (eval of a loop graph at T = 4096: minutes) waited
+    for the run to end (an outside tester killed eval a minute after SIGTERM): the sessions
+    run in a worker thread while the main thread waits, and the signal stops the run
+    (RunOptions.terminate); the session runs again after it."""
+    import signal
+    import threading
+    import time
+    from onnx_snn.calibrate import make_session
+    sess = make_session(_long_loop_model())
+    x = np.zeros((64, 64), np.float32)
+    assert sess.run(None, {"trips": np.array(3), "x": x})[0][0, 0] == 3
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        sess.run(None, {"trips": np.array(3 * 10 ** 7), "x": x})   # about 50 s
+    assert time.perf_counter() - t0 < 10
+    timer.join()
+    assert sess.run(None, {"trips": np.array(5), "x": x})[0][0, 0] == 5
+
+
+def test_eval_exits_143_on_sigterm_inside_one_onnxruntime_run(tmp_path, fmnist_test):
+    """The command line on a SIGTERM during one long run: 143 within seconds, not when the
+    run ends, and not 134 ("terminate called") from the stopped session's destructor at the
+    interpreter's shutdown."""
+    import signal
+    import time
+    from onnx_snn.demo import shipped_model_path
+    snn = tmp_path / "m.snn.onnx"
+    assert main(["convert", str(shipped_model_path()), "--calib",
+                 "fashion-mnist", "--calib-samples", "64", "--method", "datta", "-T", "2",
+                 "-q", "-o", str(snn)]) == 0
+    code = "import sys\nfrom onnx_snn.launch import main\nsys.exit(main(sys.argv[1:]))\n"
+    p = subprocess.Popen([sys.executable, "-c", code, "eval", str(snn), "--data", "fashion-mnist",
+                          "--limit", "64", "-T", "4096", "-q"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = p.stderr.readline()                # the warning about T, just before the run
+    assert "T=4096" in line, line
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError("eval still ran 30 s after SIGTERM")
+    assert p.returncode == 143, (p.returncode, err)
+    assert time.perf_counter() - t0 < 15 and "terminate called" not in err
+
+
 def test_quiet_convert_still_says_what_changed_in_the_inputs_and_outputs(tmp_path, capsys):
     """-q drops the notes, but not those that say the spiking model's inputs or outputs
     differ from the DNN's (onnx_snn/notes.py): a final Softmax dropped (scores, not
