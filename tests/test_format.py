@@ -108,6 +108,22 @@ def test_damaged_parameters_are_refused(snn, param, value, what):
         ModelRunner(m)
 
 
+@pytest.mark.parametrize("value", [np.array(0, np.int64), np.array(7, np.int64),
+                                   np.array(-1, np.int64), np.array([2, 2], np.int64),
+                                   np.array(2.0, np.float32)])
+def test_a_default_t_other_than_the_recorded_one_is_damage(pooled, value):
+    """The loop graph's ``timesteps`` initializer (the T plain onnxruntime runs) edited to 0
+    (no step run: outputs of 0 samples) or 7 (seven steps) while the metadata says 3: every
+    command read the metadata's T and accepted the file (an outside tester). Refused, naming
+    both; the file as written reads."""
+    fmt.read_spiking(pooled.model, "m.snn.onnx")
+    m = _damaged(pooled.model, init=fmt.TIMESTEPS_INPUT, init_value=value)
+    with pytest.raises(ModelLoadError, match="default T .* records T=3"):
+        fmt.read_spiking(m, "m.snn.onnx")
+    with pytest.raises(ModelLoadError, match="m.snn.onnx|default T"):
+        ModelRunner(m)
+
+
 @pytest.mark.parametrize("key", [fmt.META_TIMESTEPS, fmt.META_FORMAT, None])
 def test_a_spiking_file_without_its_metadata_is_damaged_not_a_dnn(snn, key):
     """Stripped metadata is refused (exit 3), not read as T = 1 or run as a DNN."""

@@ -792,6 +792,28 @@ def time_loop(graph: onnx.GraphProto) -> Optional[onnx.NodeProto]:
     return None
 
 
+def _check_default_timesteps(g: onnx.GraphProto, recorded: int, where: str) -> None:
+    """The loop graph's ``timesteps`` initializer (the T that plain onnxruntime runs when none
+    is fed) is one whole number, the T the metadata records: edited to 0 it ran no step
+    (outputs of 0 samples), to 7 seven, while every onnx-snn command read the metadata's T and
+    said nothing. A ModelLoadError naming both."""
+    t = next((t for t in g.initializer if t.name == TIMESTEPS_INPUT), None)
+    if t is None:
+        return
+    from onnx import numpy_helper
+    try:
+        v = numpy_helper.to_array(t)
+    except Exception:
+        v = None
+    ok = v is not None and v.size == 1 and np.issubdtype(v.dtype, np.integer)
+    if not ok or int(v.reshape(())) != recorded:
+        shown = v.reshape(-1)[:4].tolist() if v is not None else "unreadable"
+        raise ModelLoadError(f"{where}: the graph's default T (its '{TIMESTEPS_INPUT}' "
+                             f"initializer, what onnxruntime runs when no T is fed) is {shown}, "
+                             f"but the file records T={recorded} ({META_TIMESTEPS}); the file is "
+                             "damaged or was edited, convert it again")
+
+
 def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     """Parse and validate a spiking model; raise :class:`NotSpikingModelError` for a plain
     DNN and :class:`ModelLoadError` for a damaged file."""
@@ -823,6 +845,7 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
             raise ModelLoadError(f"{where}: a single-call spiking model without its time loop "
                                  f"(no Loop node with {DOMAIN} neuron calls); the file is "
                                  "damaged or was edited, convert it again")
+        _check_default_timesteps(g, info.timesteps, where)
         body_graph = next(a.g for a in loop.attribute if a.name == "body")
         body_all = [n for n in body_graph.node if n.name != LOOP_COND_NODE]
         made = {o for n in body_all for o in n.output}
