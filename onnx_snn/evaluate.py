@@ -497,8 +497,8 @@ def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivit
 
 
 def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[dict]:
-    """A DNN's recorded preprocessing; an unreadable one is ignored with a warning (as the
-    conversion does)."""
+    """A DNN's recorded preprocessing; a damaged one raises :class:`ModelLoadError` naming
+    ``where`` (as the conversion does)."""
     from .model_io import metadata_dict
     meta = metadata_dict(model)
     if fmt.META_PREPROCESS not in meta:
@@ -508,7 +508,9 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
         return None
     try:
-        return check_preprocess(json.loads(meta[fmt.META_PREPROCESS]), where, partial=True)
-    except (json.JSONDecodeError, ModelLoadError):
-        log.warning("%s: ignoring unreadable onnx_snn.preprocess metadata", where)
-        return None
+        pp = json.loads(meta[fmt.META_PREPROCESS])
+    except json.JSONDecodeError:     # refused, as the conversion refuses it (graph.normalize)
+        raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not JSON "
+                             f"({meta[fmt.META_PREPROCESS][:60]!r}); the file is damaged: fix "
+                             "or remove that entry") from None
+    return check_preprocess(pp, where, partial=True)

@@ -438,3 +438,22 @@ def test_inputs_with_labels_none_are_unlabeled_data():
     b = onnx_snn.evaluate(snn, x, show_progress=False)
     assert a.top1 is None and b.top1 is None
     assert a.to_dict()["sites"] == b.to_dict()["sites"]
+
+
+@pytest.mark.parametrize("value", ['{"mean": [0.5], "std": [0]}', '{"mean": [NaN], "std": [1]}',
+                                   '[0.5, 0.2]', 'garbage'])
+def test_a_dnns_damaged_preprocessing_is_refused_alike_by_eval_and_convert(tmp_path, value):
+    """std 0, NaN, a list, not JSON: convert refused some as "the model" and converted others
+    on raw pixels; eval ignored them all and scored raw pixels (51.6 % where 93.4 % was
+    right, an outside tester). Both now refuse, exit 3, naming the file."""
+    from onnx_snn.cli import main
+    m = B.vgg(13, "clip")
+    m.metadata_props.add(key="onnx_snn.preprocess", value=value)
+    path = tmp_path / "pp.onnx"
+    onnx.save(m, str(path))
+    np.savez(tmp_path / "d.npz", x=B.rand_input(8))
+    for argv in (["eval", str(path), "--data", str(tmp_path / "d.npz")],
+                 ["convert", str(path), "--calib", str(tmp_path / "d.npz"), "--method", "max",
+                  "-T", "1", "-o", str(tmp_path / "pp.snn.onnx")]):
+        assert main(argv) == 3, argv
+    assert not (tmp_path / "pp.snn.onnx").exists()

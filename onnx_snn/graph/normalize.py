@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..notes import WARNING_NOTE, interface
-from ..datasets import PREPROCESS_KEYS, unread_preprocess, unread_preprocess_note
+from ..datasets import PREPROCESS_KEYS, check_preprocess, unread_preprocess, unread_preprocess_note
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..feeds import check_data_inputs
@@ -688,13 +688,20 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
 
     preprocess = None
     if fmt.META_PREPROCESS in meta:
+        # checked here, where every command reads a DNN: a damaged record is refused by name
+        # (convert refused some forms as "the model", ignored others; eval ignored them all
+        # and scored raw pixels: 51.6 % where 93.4 % was right)
+        named = where or path or "the DNN"
         try:
             preprocess = json.loads(meta[fmt.META_PREPROCESS])
         except json.JSONDecodeError:
-            notes.append(WARNING_NOTE + "ignoring unreadable onnx_snn.preprocess metadata")
+            raise ModelLoadError(f"{named}: the metadata onnx_snn.preprocess is not JSON "
+                                 f"({meta[fmt.META_PREPROCESS][:60]!r}); the file is damaged: "
+                                 "fix or remove that entry") from None
         if unread_preprocess(preprocess):     # said once, and not carried into the SNN
-            notes.append(WARNING_NOTE + unread_preprocess_note(preprocess, where or path or "the DNN"))
+            notes.append(WARNING_NOTE + unread_preprocess_note(preprocess, named))
             preprocess = {k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}
+        preprocess = check_preprocess(preprocess, named, partial=True)
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):
         preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,
