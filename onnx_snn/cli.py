@@ -707,6 +707,8 @@ def _data_or_recorded(given, args, option: str = "--data", need: Optional[str] =
         print(f"note: {recorded}, the dataset {args.model} records ({option} for another)",
               file=sys.stderr)
     if not recorded and need:
+        from .model_io import load_model      # a damaged model is the first thing to say
+        load_model(args.model)                # (exit 3 for an empty graph, not 5: no data)
         files = "FILE.npy|FILE.npz" if option == "--calib" else "FILE.npz"
         named = list(dict.fromkeys(_recorded_data(args.model)[1]))
         raise DataError(f"no {need} data: pass {option} fashion-mnist|mnist|cifar10|cifar100|"

@@ -1473,3 +1473,14 @@ def test_a_diverged_fine_tuning_writes_its_curves_up_to_it(tmp_path, monkeypatch
     else:
         assert not png.exists() and f"--plot {png} not written: no epoch completed" in err
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("command", ["convert", "eval"])
+def test_a_model_of_an_empty_graph_without_data_is_a_damaged_model(tmp_path, capsys, command):
+    """A file that parses as a ModelProto with an empty graph, given without --calib/--data:
+    exit 3 "not an ONNX model", as info and convert --calib say, not exit 5 "no data" (the
+    model records no dataset because it records nothing)."""
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"\x08\x07\x3a\x00")
+    assert main([command, str(path)]) == 3
+    assert "not an ONNX model" in capsys.readouterr().err
