@@ -1341,11 +1341,12 @@ def _sigterm_raises():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .model_io import WRITTEN
+    from .model_io import IN_COMMAND, WRITTEN
     WRITTEN.clear()
     PENDING.clear()
     with _guarded_stdout(), _sigterm_raises():
         try:
+            IN_COMMAND["active"] = True
             return _main(argv)
         except Terminated:
             print("onnx-snn: terminated" + _complete(WRITTEN, PENDING), file=sys.stderr)
@@ -1353,6 +1354,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except KeyboardInterrupt:
             print("onnx-snn: interrupted" + _complete(WRITTEN, PENDING), file=sys.stderr)
             return 130
+        finally:
+            IN_COMMAND["active"] = False
 
 
 #: outputs a command writes after others it has already put in place (fine-tuning's --json

@@ -597,6 +597,9 @@ _HELD = {"depth": 0}
 #: every file :func:`write_all_atomic` put in place in this process, in order (the command
 #: line clears it per command: a signal after the renames says what is complete)
 WRITTEN: List[str] = []
+#: set while a command line command runs (cli.main): a failed write then names the files the
+#: command wrote before it (in the Python API WRITTEN holds every call's, unrelated)
+IN_COMMAND = {"active": False}
 
 
 def _new_file_mode(path: Path) -> int:
@@ -615,6 +618,7 @@ def write_all_atomic(items) -> None:
     data bytes or an iterable of bytes (written in turn, never held whole)."""
     temps = []   # (temporary path, target)
     path, renamed = None, []
+    earlier = list(dict.fromkeys(WRITTEN)) if IN_COMMAND["active"] else []   # (the command's)
     try:
         for path, data in items:
             path = Path(path)
@@ -651,7 +655,11 @@ def write_all_atomic(items) -> None:
             # a full disk, a quota, an immutable or vanished target: the user's to fix, and
             # nothing was written (outputs checked before the work cannot foresee these)
             why = e.strerror or str(e)
-            done = (f"only {', '.join(renamed)} was written" if renamed else "nothing was written")
+            done = (f"only {', '.join(renamed)} was written" if renamed else
+                    "nothing more was written" if earlier else "nothing was written")
+            if earlier:       # (finetune writes its model at each best epoch, then --json)
+                done += (f" (written before it, complete: {', '.join(earlier[-4:])}"
+                         f"{' and more' if len(earlier) > 4 else ''})")
             raise OutputPathError(f"{path}: cannot write it ({why}); {done}: free space or "
                                   "choose another path") from None
         raise

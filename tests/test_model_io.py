@@ -465,3 +465,28 @@ def test_a_weights_file_of_another_run_beside_a_model_is_refused(tmp_path):
     onnx.save_model(other, str(tmp_path / "o.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="o.onnx.data", size_threshold=0)
     load_model(tmp_path / "o.onnx")
+
+
+def test_a_failed_write_in_a_command_names_what_the_command_wrote_before(tmp_path, monkeypatch):
+    """finetune puts its model in place at each best epoch, then --json: a full disk at the
+    JSON said "nothing was written" while the model was (an outside tester). Within a
+    command the error names the files written before; in the Python API (no command) it
+    says nothing of other calls' files."""
+    import onnx_snn.model_io as io
+    from onnx_snn.model_io import write_bytes_atomic
+    monkeypatch.setattr(io, "WRITTEN", [])
+    monkeypatch.setitem(io.IN_COMMAND, "active", True)
+    write_bytes_atomic(b"model", tmp_path / "m.snn.onnx")
+    real = io.os.fsync
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(io.os, "fsync", boom)
+    with pytest.raises(OutputPathError, match=r"run.json: cannot write it .*nothing more was "
+                                              r"written \(written before it, complete: .*m.snn.onnx\)"):
+        write_bytes_atomic(b"{}", tmp_path / "run.json")
+    monkeypatch.setitem(io.IN_COMMAND, "active", False)
+    with pytest.raises(OutputPathError, match=r"; nothing was written: free space"):
+        write_bytes_atomic(b"{}", tmp_path / "run.json")
+    monkeypatch.setattr(io.os, "fsync", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.snn.onnx"]
