@@ -1268,6 +1268,14 @@ COMMANDS = {"convert": cmd_convert, "eval": cmd_eval, "info": cmd_info, "finetun
             "analyze": cmd_analyze, "deploy": cmd_deploy}
 
 
+def _named_stdout(e: OSError):
+    """An error writing standard output (``> /dev/full``: no space) raised naming it: the
+    error line said 'a file'."""
+    if e.filename is None:
+        e.filename = "standard output"
+    raise e
+
+
 class _PipeSafeStdout:
     """stdout that goes quiet when its reader has gone (``onnx-snn info m | head -c1``): the
     command still finishes, and no BrokenPipeError is shown."""
@@ -1282,6 +1290,8 @@ class _PipeSafeStdout:
                 return self._s.write(text)
             except BrokenPipeError:
                 self._went_away()
+            except OSError as e:
+                _named_stdout(e)
         return len(text)
 
     def flush(self):
@@ -1290,6 +1300,8 @@ class _PipeSafeStdout:
                 self._s.flush()
             except BrokenPipeError:
                 self._went_away()
+            except OSError as e:
+                _named_stdout(e)
 
     def _went_away(self):
         self._broken = True

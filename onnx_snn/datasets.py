@@ -166,12 +166,15 @@ def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
     dirs = []
     if data_dir:
         if not Path(data_dir).is_dir():
-            raise DataError(f"--data-dir {data_dir}: no such folder")
+            what = "a file, not a folder" if Path(data_dir).exists() else "no such folder"
+            raise DataError(f"--data-dir {data_dir}: {what}; give the folder that holds the "
+                            "datasets")
         return [Path(data_dir)]
     env = os.environ.get("ONNX_SNN_DATA")
     if env:
         if not Path(env).is_dir():     # (as --data-dir: not passed over for another copy)
-            raise DataError(f"$ONNX_SNN_DATA {env}: no such folder; set it to the folder that "
+            what = "a file, not a folder" if Path(env).exists() else "no such folder"
+            raise DataError(f"$ONNX_SNN_DATA {env}: {what}; set it to the folder that "
                             "holds the datasets, or unset it")
         dirs.append(Path(env))
     return dirs

@@ -1484,3 +1484,18 @@ def test_a_model_of_an_empty_graph_without_data_is_a_damaged_model(tmp_path, cap
     path.write_bytes(b"\x08\x07\x3a\x00")
     assert main([command, str(path)]) == 3
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_full_standard_output_is_named(tmp_path):
+    """`info --json > /dev/full`: exit 6 naming standard output (the line said 'a file')."""
+    import onnx_snn
+    m = tmp_path / "m.snn.onnx"
+    x = B.rand_input(8)
+    onnx.save(onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=1, method="max",
+                               show_progress=False).model, str(m))
+    code = "import sys\nfrom onnx_snn.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-c", code, "info", str(m), "--json"], stdout=full,
+                           stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 6 and "standard output: No space left" in p.stderr, p.stderr

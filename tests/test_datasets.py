@@ -731,3 +731,16 @@ def test_a_split_without_labels_beside_one_with_them_is_warned_about(caplog):
         assert split_keys(["x_train", "y_train", "x_test"], None, "d.npz", labels=False) == \
             ("x_test", None)
     assert not caplog.text
+
+
+def test_a_data_dir_that_is_a_file_is_said_to_be_one(tmp_path, monkeypatch):
+    """--data-dir (or $ONNX_SNN_DATA) naming a file: 'a file, not a folder', not 'no such
+    folder' (an outside tester)."""
+    from onnx_snn.datasets import search_dirs
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(DataError, match="afile: a file, not a folder"):
+        search_dirs(f)
+    monkeypatch.setenv("ONNX_SNN_DATA", str(f))
+    with pytest.raises(DataError, match="afile: a file, not a folder"):
+        search_dirs()

@@ -90,6 +90,7 @@ def _damaged(model, key=None, value=None, init=None, init_value=None):
     (fmt.META_TIMESTEPS, "2.5", "not a whole number"),
     (fmt.META_GRAPH, "scan", "not one of 'loop', 'step', 'deploy'"),
     (fmt.META_POOLS, '[{"name": "pool0"}]', "damaged"),
+    (fmt.META_METHOD, "bogus", "not one of the conversion methods"),
 ])
 def test_damaged_metadata_is_refused_with_a_clear_error(pooled, key, value, what):
     with pytest.raises(ModelLoadError, match=what):

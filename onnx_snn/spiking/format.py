@@ -659,8 +659,14 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
             raise ModelLoadError(f"{where}: the metadata {META_DROPOUT} holds {str(d)[:80]!r}; "
                                  "each entry is a tensor and a dropout ratio in [0, 1): the "
                                  "file is damaged or was edited")
+    method = meta.get(META_METHOD, "")
+    from ..scales import METHODS
+    if method and method not in METHODS:    # (it says whether the parameters fit one T)
+        raise ModelLoadError(f"{where}: the metadata {META_METHOD} is {method[:40]!r}, not one of "
+                             f"the conversion methods ({', '.join(METHODS)}): the file is "
+                             "damaged or was edited")
     return SpikingInfo(
-        format_version=version, timesteps=timesteps, method=meta.get(META_METHOD, ""),
+        format_version=version, timesteps=timesteps, method=method,
         sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
         history=_json(meta, META_HISTORY, [], list, where),
         dropout=dropout,
