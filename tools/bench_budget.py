@@ -18,7 +18,11 @@ step's time does not depend on them): a 3-layer MLP, a chain of 40 1 x 1 convolu
 channels, six 3 x 3 convolutions of 16 channels at full resolution, depthwise-separable
 residual blocks of 32 channels at full resolution, two inception modules (1 x 1, 3 x 3 and
 5 x 5 branches concatenated) and an encoder-decoder with a ConvTranspose; named only, the
-zoo's full-width VGG-16 (``vgg16full``, the paper's widths, on 28 x 28). Timings depend on
+zoo's full-width VGG-16 (``vgg16full``, the paper's widths, on 28 x 28) and two networks of
+large feature maps on the same images upsampled to 56 x 56 (each pixel 2 x 2): ``dwres56``, two
+of those depthwise-residual blocks, and ``highres56``, three 3 x 3 convolutions of 32 channels
+(0.30-0.40 M activations per node of a batch of 32: tensors of 13 MB, beyond the caches that
+the 28 x 28 networks' fit within). Timings depend on
 the machine and what else runs: run it with nothing else running.
 """
 from __future__ import annotations
@@ -43,6 +47,8 @@ FILES = {"shipped": os.path.join(os.path.dirname(TOOLS), "onnx_snn", "models", "
 BUILT = ("mlp", "deepnarrow", "highres6", "dwres", "inception", "encdec")
 #: the zoo's full-width networks (the paper's widths), heavy in MACs: only when named
 HEAVY = ("vgg16full",)
+#: the built networks' input side (28 unless named): the images upsampled to it
+SIDES = {"dwres56": 56, "highres56": 56}
 
 
 def _built(name: str):
@@ -88,6 +94,13 @@ def _built(name: str):
         for _ in range(5):
             layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
         return nn.Sequential(*layers, *head, nn.Linear(16, 10))
+    if name == "dwres56":
+        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                             *[DWRes(32) for _ in range(2)], *head, nn.Linear(32, 10))
+    if name == "highres56":
+        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), *head, nn.Linear(32, 10))
     if name == "dwres":
         return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
                              *[DWRes(32) for _ in range(4)], *head, nn.Linear(32, 10))
@@ -101,7 +114,7 @@ def _built(name: str):
                              nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), *head,
                              nn.Linear(16, 10))
     raise SystemExit(f"bench_budget: no network {name!r}; known: "
-                     + ", ".join([*FILES, *BUILT, *HEAVY]))
+                     + ", ".join([*FILES, *BUILT, *HEAVY, *SIDES]))
 
 
 def model_path(name: str, folder: str) -> str:
@@ -110,7 +123,8 @@ def model_path(name: str, folder: str) -> str:
         return FILES[name]
     from onnx_snn.zoo import export_onnx
     path = os.path.join(folder, f"{name}.onnx")
-    export_onnx(_built(name).eval(), path, (1, 28, 28))
+    side = SIDES.get(name, 28)
+    export_onnx(_built(name).eval(), path, (1, side, side))
     return path
 
 
@@ -128,6 +142,8 @@ def measure(name: str, epochs, timesteps: int, images: int, folder: str) -> dict
     elements = ar.activation_elements(nm.model)
     x = load_dataset("fashion-mnist", split="train").x
     x = x[np.random.default_rng(0).choice(len(x), images, replace=False)]
+    k = SIDES.get(name, 28) // 28
+    x = x.repeat(k, axis=-2).repeat(k, axis=-1)
     pre = nm.preprocess or {}
     x = apply_preprocess(x, pre.get("mean"), pre.get("std"))
     snn = onnx_snn.convert(path, x, timesteps, show_progress=False, reconstruct=0)
