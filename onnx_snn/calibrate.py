@@ -106,7 +106,10 @@ def interruptible_session():
     SIGTERM's handlers run at once (not when onnxruntime returns: one run of a loop graph at
     T = 4096 took minutes, and ``eval`` went on for a minute after a SIGTERM), and then sets
     the run's ``RunOptions.terminate``, which onnxruntime checks between kernels; the signal's
-    exception is raised when the worker has stopped. Elsewhere, the plain ``run``."""
+    exception is raised when the worker has stopped. Only within a command of the command
+    line (``model_io.IN_COMMAND``), whose entry point then ends the process itself: a stopped
+    session destroyed at the interpreter's shutdown aborts it (exit 134), and a thread a run
+    costs about 0.1 ms. Elsewhere (the Python API, other threads), the plain ``run``."""
     if not _INTERRUPTIBLE:
         import threading
 
@@ -114,7 +117,9 @@ def interruptible_session():
 
         class InterruptibleSession(ort.InferenceSession):
             def run(self, output_names, input_feed, run_options=None):
-                if threading.current_thread() is not threading.main_thread():
+                from .model_io import IN_COMMAND
+                if not IN_COMMAND["active"] or \
+                        threading.current_thread() is not threading.main_thread():
                     return super().run(output_names, input_feed, run_options)
                 opts = run_options if run_options is not None else ort.RunOptions()
                 done: dict = {}

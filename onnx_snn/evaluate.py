@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 
 from . import json_text
-from .datasets import (Dataset, array_like, check_inputs, check_labels, check_preprocess,
-                       folder_classes, image_folder_spec)
+from .datasets import (PREPROCESS_KEYS, Dataset, array_like, check_inputs, check_labels,
+                       check_preprocess, folder_classes, image_folder_spec)
 from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
 from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
@@ -513,4 +513,6 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
         raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not JSON "
                              f"({meta[fmt.META_PREPROCESS][:60]!r}); the file is damaged: fix "
                              "or remove that entry") from None
+    if isinstance(pp, dict) and not any(k in pp for k in PREPROCESS_KEYS):
+        return None           # (it records neither: as no record, graph.normalize)
     return check_preprocess(pp, where, partial=True)

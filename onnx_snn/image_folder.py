@@ -250,12 +250,16 @@ def _check_numbered(names: Sequence[str], classes, where: str) -> None:
     numbered = [bool(re.fullmatch(r"\d+", n.strip())) for n in names]
     if not any(numbered) or all(numbered):
         return
+    numbers = [int(n) for n, k in zip(names, numbered) if k]
+    count = len(classes) if classes else len(names)
+    if len(set(numbers)) != len(numbers) or max(numbers) >= count:
+        return       # (no class numbers: '1001', '2005', 'background' keep the sorted order)
     if all(int(n) == i for i, (n, k) in enumerate(zip(names, numbered)) if k):
         return       # ('0'-'8' and 'other' after them: each number is its place, its label)
     other = [n for n, k in zip(names, numbered) if not k]
     shown = ", ".join(repr(n) for n in other[:5]) + (", ..." if len(other) > 5 else "")
     named = f" nor one of the model's classes ({', '.join(map(str, classes[:6]))}" \
-            f"{', ...' if len(classes) > 6 else ''})" if isinstance(classes, (list, tuple)) else ""
+            f"{', ...' if len(classes) > 6 else ''})" if classes else ""
     raise DataError(f"{where}: class folder(s) {shown} are neither a class number{named}, while "
                     f"the other {len(names) - len(other)} are numbers: in the folders' sorted "
                     "order the numbered ones would not be labelled by their numbers; rename "

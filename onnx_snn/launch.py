@@ -11,7 +11,13 @@ def _terminated(signum, frame):
 
 
 def _flushed_exit(code: int) -> None:
-    """The process ended at once with ``code``, its output streams flushed first."""
+    """The process ended at once with ``code`` (this does not return), its exit functions run
+    and its output streams flushed first."""
+    import atexit
+    try:
+        atexit._run_exitfuncs()     # (a process group's, a data loader's clean-up)
+    except BaseException:
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -655,6 +655,7 @@ def write_all_atomic(items) -> None:
             # a full disk, a quota, an immutable or vanished target: the user's to fix, and
             # nothing was written (outputs checked before the work cannot foresee these)
             why = e.strerror or str(e)
+            earlier = [p for p in earlier if p not in (str(path), *renamed)]
             done = (f"only {', '.join(renamed)} was written" if renamed else
                     "nothing more was written" if earlier else "nothing was written")
             if earlier:       # (finetune writes its model at each best epoch, then --json)

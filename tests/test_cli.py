@@ -1352,7 +1352,7 @@ def _long_loop_model() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
 
 
-def test_a_signal_stops_a_long_onnxruntime_run_at_once():
+def test_a_signal_stops_a_long_onnxruntime_run_at_once(monkeypatch):
     """SIGINT in one long onnxruntime run (eval of a loop graph at T = 4096: minutes) waited
     for the run to end (an outside tester killed eval a minute after SIGTERM): the sessions
     run in a worker thread while the main thread waits, and the signal stops the run
@@ -1361,6 +1361,8 @@ def test_a_signal_stops_a_long_onnxruntime_run_at_once():
     import threading
     import time
     from onnx_snn.calibrate import make_session
+    from onnx_snn.model_io import IN_COMMAND
+    monkeypatch.setitem(IN_COMMAND, "active", True)     # (as within a command: cli.main)
     sess = make_session(_long_loop_model())
     x = np.zeros((64, 64), np.float32)
     assert sess.run(None, {"trips": np.array(3), "x": x})[0][0, 0] == 3

@@ -457,3 +457,16 @@ def test_a_dnns_damaged_preprocessing_is_refused_alike_by_eval_and_convert(tmp_p
                   "-T", "1", "-o", str(tmp_path / "pp.snn.onnx")]):
         assert main(argv) == 3, argv
     assert not (tmp_path / "pp.snn.onnx").exists()
+
+
+@pytest.mark.parametrize("value", ["{}", '{"scale": 255}'])
+def test_a_dnns_preprocessing_of_neither_mean_nor_std_records_nothing(value):
+    """A record of neither mean nor std ({} or keys onnx-snn does not apply) is no record:
+    not mean 0 / std 1 (which switched off the search for the model's own scaling of raw
+    pixels, an outside review); evaluation reads it as none."""
+    from onnx_snn.evaluate import _dnn_preprocess
+    from onnx_snn.graph.normalize import normalize
+    m = B.vgg(13, "clip")
+    m.metadata_props.add(key="onnx_snn.preprocess", value=value)
+    assert normalize(m).preprocess is None
+    assert _dnn_preprocess(m, "m.onnx") is None

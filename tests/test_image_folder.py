@@ -390,6 +390,12 @@ def test_class_folders_partly_numbered_are_refused_where_the_numbers_would_move(
         class_labels(names, given, "f")
     assert "the other 9 are numbers" in str(e.value)
     assert class_labels([str(i) for i in range(9)] + ["other"], given, "f") == list(range(10))
+    # numbers that are no class numbers (a torchvision-trained model's sorted order) stay so
+    assert class_labels(["1001", "1002", "2005", "background"], given, "f") == [0, 1, 2, 3]
+    if not with_names:       # (no class names: the message lists none)
+        with pytest.raises(DataError, match="are neither a class number, while") as e:
+            class_labels(names, None, "f")
+        assert "()" not in str(e.value)
     if with_names:
         mixed = sorted([str(i) for i in range(10) if i != 3] + ["Dress"])
         with pytest.raises(DataError, match="are named by class numbers while the other 1"):

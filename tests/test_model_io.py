@@ -485,6 +485,10 @@ def test_a_failed_write_in_a_command_names_what_the_command_wrote_before(tmp_pat
     with pytest.raises(OutputPathError, match=r"run.json: cannot write it .*nothing more was "
                                               r"written \(written before it, complete: .*m.snn.onnx\)"):
         write_bytes_atomic(b"{}", tmp_path / "run.json")
+    # the file that fails is no earlier write: its version before is what stays
+    with pytest.raises(OutputPathError, match=r"m.snn.onnx: cannot write it .*; nothing was "
+                                              r"written: free space"):
+        write_bytes_atomic(b"model 2", tmp_path / "m.snn.onnx")
     monkeypatch.setitem(io.IN_COMMAND, "active", False)
     with pytest.raises(OutputPathError, match=r"; nothing was written: free space"):
         write_bytes_atomic(b"{}", tmp_path / "run.json")

@@ -530,6 +530,8 @@ _L1_POOLS = {
     "k3s2p1": ("LpPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "k2s2": ("LpPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
     "same": ("LpPool", {"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER"}),
+    "lower": ("LpPool", {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    "valid": ("LpPool", {"kernel_shape": [3, 2], "strides": [1, 2], "auto_pad": "VALID"}),
 }
 
 
@@ -565,8 +567,8 @@ def test_an_l1_pool_of_an_activation_is_a_sum_pool(kind, opset):
                             atol=max(1e-5, 1e-6 * float(np.abs(dnn).max())))
 
 
-@pytest.mark.parametrize("change, why", [({"p": 2}, "p = 1"), ({"p": 1, "relu": False}, "p = 1"),
-                                         ({"p": 1, "ceil_mode": 1}, "ceil_mode")])
+@pytest.mark.parametrize("change, why", [({"p": 2}, None), ({"p": 1, "relu": False}, "can be negative"),
+                                         ({"p": 1, "ceil_mode": 1}, "edge windows")])
 def test_other_lp_pools_stay_refused_by_name(change, why):
     """A p-norm (p = 2), an L1 pool of a tensor that can be negative, and one whose edge
     windows are no average's (ceil_mode) stay refused, naming the node and what converts."""
@@ -574,10 +576,14 @@ def test_other_lp_pools_stay_refused_by_name(change, why):
     relu = change.pop("relu", True)
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], **change}
     m = _l1_pool_net("LpPool", attrs, 18, relu)
+    r, _ = apply(canonical.nonnegative_identities, m)
+    name = next(n.name for n in m.graph.node if n.op_type == "LpPool")
+    assert r.changed == 0
+    if why:                                    # (p = 2: no reason of the pass's, a p-norm)
+        assert why in r.reason(name)
     with pytest.raises(UnsupportedModelError) as e:
         normalize(m)
-    name = next(n.name for n in m.graph.node if n.op_type == "LpPool")
-    assert name in str(e.value) and why in str(e.value)
+    assert name in str(e.value) and "p = 1" in str(e.value)
 
 
 # ---------------------------------------------------------------- final clamp (ReLU on the outputs)

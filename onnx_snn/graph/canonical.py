@@ -560,8 +560,10 @@ def _sum_pool(graph: gs.Graph, node: gs.Node) -> Optional[str]:
     name = node.name or node.outputs[0].name
     if node.op == "GlobalLpPool":
         shape = node.inputs[0].shape
-        if shape is None or len(shape) < 3:
+        if shape is None:
             return "the rank of its input is unknown"
+        if len(shape) < 3:
+            return f"its input has rank {len(shape)}, no spatial axes"
         node.op, node.attrs = "ReduceSum", {"keepdims": 1}
         node.inputs.append(gs.Constant(f"{name}_axes", np.arange(2, len(shape), dtype=np.int64)))
         return None

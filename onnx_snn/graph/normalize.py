@@ -701,6 +701,10 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
         if unread_preprocess(preprocess):     # said once, and not carried into the SNN
             notes.append(WARNING_NOTE + unread_preprocess_note(preprocess, named))
             preprocess = {k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}
+        # (a record of neither mean nor std, {} or unread keys alone, records nothing: the
+        # model's own scaling of raw pixels is still looked for)
+        if isinstance(preprocess, dict) and not any(k in preprocess for k in PREPROCESS_KEYS):
+            preprocess = None
         preprocess = check_preprocess(preprocess, named, partial=True)
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):
         preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels

@@ -813,7 +813,8 @@ def _check_default_timesteps(g: onnx.GraphProto, recorded: int, where: str) -> N
         v = None
     ok = v is not None and v.size == 1 and np.issubdtype(v.dtype, np.integer)
     if not ok or int(v.reshape(())) != recorded:
-        shown = v.reshape(-1)[:4].tolist() if v is not None else "unreadable"
+        shown = ("unreadable" if v is None else v.reshape(()).item() if v.size == 1
+                 else v.reshape(-1)[:4].tolist())
         raise ModelLoadError(f"{where}: the graph's default T (its '{TIMESTEPS_INPUT}' "
                              f"initializer, what onnxruntime runs when no T is fed) is {shown}, "
                              f"but the file records T={recorded} ({META_TIMESTEPS}); the file is "
