@@ -8,6 +8,7 @@ calibration-set size. The (alpha, beta) search then runs on the sorted sample.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -97,9 +98,7 @@ def quiet_onnxruntime() -> None:
     ort.set_default_logger_severity(3)
 
 
-_INTERRUPTIBLE = []
-
-
+@functools.lru_cache(maxsize=None)
 def interruptible_session():
     """``onnxruntime.InferenceSession`` whose ``run`` a signal stops: called from the main
     thread it runs in a worker thread while the main thread waits, so that SIGINT's and
@@ -110,40 +109,39 @@ def interruptible_session():
     line (``model_io.IN_COMMAND``), whose entry point then ends the process itself: a stopped
     session destroyed at the interpreter's shutdown aborts it (exit 134), and a thread a run
     costs about 0.1 ms. Elsewhere (the Python API, other threads), the plain ``run``."""
-    if not _INTERRUPTIBLE:
-        import threading
+    import threading
 
-        import onnxruntime as ort
+    import onnxruntime as ort
 
-        class InterruptibleSession(ort.InferenceSession):
-            def run(self, output_names, input_feed, run_options=None):
-                from .model_io import IN_COMMAND
-                if not IN_COMMAND["active"] or \
-                        threading.current_thread() is not threading.main_thread():
-                    return super().run(output_names, input_feed, run_options)
-                opts = run_options if run_options is not None else ort.RunOptions()
-                done: dict = {}
-                parent = super()
+    from .model_io import IN_COMMAND
 
-                def work():
-                    try:
-                        done["out"] = parent.run(output_names, input_feed, opts)
-                    except BaseException as e:      # (raised in the caller's thread below)
-                        done["error"] = e
-                worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
-                worker.start()
+    class InterruptibleSession(ort.InferenceSession):
+        def run(self, output_names, input_feed, run_options=None):
+            if not IN_COMMAND["active"] or \
+                    threading.current_thread() is not threading.main_thread():
+                return super().run(output_names, input_feed, run_options)
+            opts = run_options if run_options is not None else ort.RunOptions()
+            done: dict = {}
+            parent = super()
+
+            def work():
                 try:
-                    while worker.is_alive():
-                        worker.join(0.2)
-                except BaseException:
-                    opts.terminate = True
-                    worker.join()
-                    raise
-                if "error" in done:
-                    raise done["error"]
-                return done["out"]
-        _INTERRUPTIBLE.append(InterruptibleSession)
-    return _INTERRUPTIBLE[0]
+                    done["out"] = parent.run(output_names, input_feed, opts)
+                except BaseException as e:      # (raised in the caller's thread below)
+                    done["error"] = e
+            worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+            worker.start()
+            try:
+                while worker.is_alive():
+                    worker.join(0.2)
+            except BaseException:
+                opts.terminate = True
+                worker.join()
+                raise
+            if "error" in done:
+                raise done["error"]
+            return done["out"]
+    return InterruptibleSession
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,

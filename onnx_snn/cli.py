@@ -1235,8 +1235,8 @@ def _data_input_shapes(model, data, args) -> dict:
     from .feeds import input_specs, validate_feeds
     from .evaluate import _dnn_preprocess
     specs = input_specs(model)
-    ds = resolve_data(data, _dnn_preprocess(model, str(args.model)), args.mean, args.std, data_dir=args.data_dir,
-                      split="test", download=args.download, specs=specs, take=(1, None)).take(1)
+    ds = resolve_data(data, _dnn_preprocess(model, str(args.model)), args.mean, args.std,
+                      data_dir=args.data_dir, split="test", download=args.download, specs=specs, take=(1, None)).take(1)
     feeds = validate_feeds(specs, ds.x, f"{ds.name} data")
     return {k: [1] + list(v.shape[1:]) for k, v in feeds.items()}
 

@@ -159,6 +159,11 @@ def take_indices(total: int, n: int, seed: Optional[int] = None) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
+def _no_folder(path) -> str:
+    """What a path given as a folder is, when it is none."""
+    return "a file, not a folder" if Path(path).exists() else "no such folder"
+
+
 def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
     """Where datasets are looked for: a given ``data_dir`` alone (it must exist: a folder
     named by the user is not silently passed over for another copy), else
@@ -166,15 +171,13 @@ def search_dirs(data_dir: Optional[os.PathLike] = None) -> list:
     dirs = []
     if data_dir:
         if not Path(data_dir).is_dir():
-            what = "a file, not a folder" if Path(data_dir).exists() else "no such folder"
-            raise DataError(f"--data-dir {data_dir}: {what}; give the folder that holds the "
-                            "datasets")
+            raise DataError(f"--data-dir {data_dir}: {_no_folder(data_dir)}; give the folder "
+                            "that holds the datasets")
         return [Path(data_dir)]
     env = os.environ.get("ONNX_SNN_DATA")
     if env:
         if not Path(env).is_dir():     # (as --data-dir: not passed over for another copy)
-            what = "a file, not a folder" if Path(env).exists() else "no such folder"
-            raise DataError(f"$ONNX_SNN_DATA {env}: {what}; set it to the folder that "
+            raise DataError(f"$ONNX_SNN_DATA {env}: {_no_folder(env)}; set it to the folder that "
                             "holds the datasets, or unset it")
         dirs.append(Path(env))
     return dirs
@@ -947,6 +950,27 @@ def unread_preprocess_note(pp, where: str) -> str:
             + ", ".join(repr(k) for k in unread_preprocess(pp))
             + ", which onnx-snn does not apply (it feeds (x - mean) / std of [0, 1] images, "
               "nothing else); ignored: preprocess the data so yourself and pass it as an array")
+
+
+def parse_preprocess(text: str, where: str):
+    """A recorded ``onnx_snn.preprocess``'s JSON value; text that is no JSON raises
+    :class:`ModelLoadError` naming ``where`` (every command refuses it alike)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not JSON "
+                             f"({text[:60]!r}); the file is damaged: fix or remove that "
+                             "entry") from None
+
+
+def dnn_preprocess(pp, where: str) -> Optional[dict]:
+    """A DNN's recorded preprocessing (parsed), checked (:func:`check_preprocess`, a missing
+    mean or std the neutral one); a record of neither (``{}``, or keys onnx-snn does not
+    apply alone) records nothing: None, so that the model's own scaling of raw pixels is
+    still looked for."""
+    if isinstance(pp, dict) and not any(k in pp for k in PREPROCESS_KEYS):
+        return None
+    return check_preprocess(pp, where, partial=True)
 
 
 def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Optional[dict]:

@@ -1,7 +1,6 @@
 """Top-1 accuracy and spike statistics of a DNN or a spiking model, run in onnxruntime."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -12,9 +11,9 @@ import numpy as np
 import onnx
 
 from . import json_text
-from .datasets import (PREPROCESS_KEYS, Dataset, array_like, check_inputs, check_labels,
-                       check_preprocess, folder_classes, image_folder_spec)
-from .errors import DataError, ModelLoadError, UsageError
+from .datasets import (Dataset, array_like, check_inputs, check_labels, check_preprocess,
+                       dnn_preprocess, folder_classes, image_folder_spec, parse_preprocess)
+from .errors import DataError, UsageError
 from .flags import checks_flags
 from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
@@ -507,12 +506,4 @@ def _dnn_preprocess(model: onnx.ModelProto, where: str = "model") -> Optional[di
         if data and all(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in data):
             return dict(PIXELS_255)          # raw uint8 pixels in: fed as such
         return None
-    try:
-        pp = json.loads(meta[fmt.META_PREPROCESS])
-    except json.JSONDecodeError:     # refused, as the conversion refuses it (graph.normalize)
-        raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess is not JSON "
-                             f"({meta[fmt.META_PREPROCESS][:60]!r}); the file is damaged: fix "
-                             "or remove that entry") from None
-    if isinstance(pp, dict) and not any(k in pp for k in PREPROCESS_KEYS):
-        return None           # (it records neither: as no record, graph.normalize)
-    return check_preprocess(pp, where, partial=True)
+    return dnn_preprocess(parse_preprocess(meta[fmt.META_PREPROCESS], where), where)

@@ -224,6 +224,17 @@ def converted(model: onnx.ModelProto, x: np.ndarray, T: int = 2, method: str = "
     return nm, cal, onnx_snn.build(nm, cal, T, method)
 
 
+def set_recorded_timesteps(model: onnx.ModelProto, timesteps: int) -> None:
+    """Set a spiking model's T in its metadata and in its loop graph's ``timesteps``
+    initializer (the T onnxruntime runs), as a conversion at that T writes both (the reader
+    refuses a file whose two differ)."""
+    from onnx_snn.spiking import format as F
+    F.set_metadata(model, {F.META_TIMESTEPS: str(int(timesteps))})
+    for t in model.graph.initializer:
+        if t.name == F.TIMESTEPS_INPUT:
+            t.CopyFrom(nh.from_array(np.array(int(timesteps), np.int64), t.name))
+
+
 def set_site_param(model: onnx.ModelProto, site: str, param: str, value) -> None:
     """Set a site's neuron parameter (threshold, amplitude, leak, v_init) in the graph and
     in the metadata that records it, as a conversion would have written it (the reader

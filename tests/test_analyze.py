@@ -1037,10 +1037,7 @@ def test_analyze_takes_what_convert_returns_and_names_its_file(tmp_path):
     with pytest.raises(UsageError, match="'rate'; it takes model, rates"):
         analyze(snn, rate={})
     m = onnx.ModelProto.FromString(snn.model.SerializeToString())
-    F.set_metadata(m, {F.META_TIMESTEPS: "100000"})
-    for t in m.graph.initializer:        # (the graph's default T too: one that differs is damage)
-        if t.name == F.TIMESTEPS_INPUT:
-            t.CopyFrom(onnx.numpy_helper.from_array(np.array(100000, np.int64), t.name))
+    B.set_recorded_timesteps(m, 100000)
     onnx.save(m, str(tmp_path / "t.snn.onnx"))
     with pytest.raises(ModelLoadError, match=r"t\.snn\.onnx: the model records T=100000"):
         analyze(str(tmp_path / "t.snn.onnx"))

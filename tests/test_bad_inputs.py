@@ -39,7 +39,6 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
 import builders as B
 
@@ -220,10 +219,9 @@ def build_template(root: Path) -> Path:
             onnx.save(m, str(path))
         else:
             onnx.save(_set_meta(good, what, value), str(path))
-    huge = _set_meta(good, "onnx_snn.timesteps", "1000000000")
-    for t in huge.graph.initializer:     # (the graph's default T too: one that differs is damage)
-        if t.name == "timesteps":
-            t.CopyFrom(numpy_helper.from_array(np.array(10 ** 9, np.int64), t.name))
+    huge = onnx.ModelProto()
+    huge.CopyFrom(good)
+    B.set_recorded_timesteps(huge, 10 ** 9)
     onnx.save(huge, str(root / "bad" / "huge_T.snn.onnx"))
     onnx.save(_set_meta(good, "onnx_snn.arch", "{free text, not json"), str(root / "arch_text.snn.onnx"))
     # the spiking graph with its metadata stripped: neuron calls, but no format keys

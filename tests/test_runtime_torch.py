@@ -2027,10 +2027,7 @@ def test_config_typos_and_damaged_T_and_preprocess_are_refused_by_name(tmp_path)
     assert F.read_info(net.to_model(preprocess={"mean": [0.5], "std": [0.25]})).preprocess == \
         {"mean": [0.5], "std": [0.25]}
     m = onnx.ModelProto.FromString(snn.model.SerializeToString())
-    F.set_metadata(m, {F.META_TIMESTEPS: "100000"})
-    for t in m.graph.initializer:        # (the graph's default T too: one that differs is damage)
-        if t.name == F.TIMESTEPS_INPUT:
-            t.CopyFrom(onnx.numpy_helper.from_array(np.array(100000, np.int64), t.name))
+    B.set_recorded_timesteps(m, 100000)
     onnx.save(m, str(tmp_path / "t.snn.onnx"))
     net = SpikingNetwork.from_onnx(str(tmp_path / "t.snn.onnx"))
     with pytest.raises(ModelLoadError, match=r"t\.snn\.onnx: the model records T=100000"):

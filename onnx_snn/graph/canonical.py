@@ -529,14 +529,14 @@ def nonnegative_identities(graph: gs.Graph, result: PassResult) -> None:
             result.skip(node, f"its input '{node.inputs[0].name}' can be negative")
             continue
         if node.op.endswith("LpPool"):
+            op = node.op
             why = _sum_pool(graph, node)
             if why:
                 result.skip(node, why)
             else:
                 result.changed += 1
-                result.notes.append(f"{'GlobalLpPool' if node.op == 'ReduceSum' else 'LpPool'} "
-                                    f"'{node.name}' (p = 1) of a non-negative tensor written as "
-                                    "its sum")
+                result.notes.append(f"{op} '{node.name}' (p = 1) of a non-negative tensor "
+                                    "written as its sum")
             continue
         result.changed += 1
         if node.op == "Abs":

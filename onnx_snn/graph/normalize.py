@@ -1,7 +1,6 @@
 """The normalization pipeline: any exporter's ONNX in, one canonical convertible DNN out."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..notes import WARNING_NOTE, interface
-from ..datasets import PREPROCESS_KEYS, check_preprocess, unread_preprocess, unread_preprocess_note
+from ..datasets import (PREPROCESS_KEYS, dnn_preprocess, parse_preprocess, unread_preprocess,
+                        unread_preprocess_note)
 from ..errors import InternalError, ModelLoadError, UnsupportedModelError, listed
 from ..model_io import check_finite_weights, check_model, default_opset, load, metadata_dict
 from ..feeds import check_data_inputs
@@ -692,20 +692,11 @@ def _normalize_graph(graph, model, meta, notes, where, sha, path, pool_first=Fal
         # (convert refused some forms as "the model", ignored others; eval ignored them all
         # and scored raw pixels: 51.6 % where 93.4 % was right)
         named = where or path or "the DNN"
-        try:
-            preprocess = json.loads(meta[fmt.META_PREPROCESS])
-        except json.JSONDecodeError:
-            raise ModelLoadError(f"{named}: the metadata onnx_snn.preprocess is not JSON "
-                                 f"({meta[fmt.META_PREPROCESS][:60]!r}); the file is damaged: "
-                                 "fix or remove that entry") from None
+        preprocess = parse_preprocess(meta[fmt.META_PREPROCESS], named)
         if unread_preprocess(preprocess):     # said once, and not carried into the SNN
             notes.append(WARNING_NOTE + unread_preprocess_note(preprocess, named))
             preprocess = {k: v for k, v in preprocess.items() if k in PREPROCESS_KEYS}
-        # (a record of neither mean nor std, {} or unread keys alone, records nothing: the
-        # model's own scaling of raw pixels is still looked for)
-        if isinstance(preprocess, dict) and not any(k in preprocess for k in PREPROCESS_KEYS):
-            preprocess = None
-        preprocess = check_preprocess(preprocess, named, partial=True)
+        preprocess = dnn_preprocess(preprocess, named)
     if preprocess is None and records.get(inputs.uint8_input_to_float.name):
         preprocess = dict(inputs.PIXELS_255)      # named datasets fed as raw 0-255 pixels
     return NormalizedModel(model=out, sites=sites, notes=notes, dropouts=dropouts,

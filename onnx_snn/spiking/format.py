@@ -806,7 +806,6 @@ def _check_default_timesteps(g: onnx.GraphProto, recorded: int, where: str) -> N
     t = next((t for t in g.initializer if t.name == TIMESTEPS_INPUT), None)
     if t is None:
         return
-    from onnx import numpy_helper
     try:
         v = numpy_helper.to_array(t)
     except Exception:
