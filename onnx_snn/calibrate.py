@@ -145,14 +145,18 @@ def interruptible_session():
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
-                 where: str = "model", outputs: Sequence[str] = (), spin: bool = True):
+                 where: str = "model", outputs: Sequence[str] = (), spin: bool = True,
+                 arena: bool = True):
     """An onnxruntime session; a model onnxruntime rejects raises UnsupportedModelError.
 
     ``outputs``: tensors to expose besides the graph's outputs (each once, after them),
     without copying the model. ``spin=False``: onnxruntime's threads sleep between runs
     instead of spinning (for a session whose runs alternate with other compute in the same
     process, like a teacher beside PyTorch's training step: spinning made each pair of a
-    7 ms run and a 7 ms torch product take 32 ms, not spinning 17 ms).
+    7 ms run and a 7 ms torch product take 32 ms, not spinning 17 ms). ``arena=False``:
+    onnxruntime frees each run's tensors instead of keeping the largest run's in its arena
+    (for a session beside other large work: the reconstruction's DNN of 3 x 56 x 56 images
+    kept 0.5 GB there through PyTorch's training).
 
     The weights are not serialized: onnxruntime gets the model's skeleton, whose large
     initializers refer to external data, and their data as arrays
@@ -178,6 +182,8 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         so.intra_op_num_threads = int(threads)
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not arena:
+        so.enable_cpu_mem_arena = False
     data = None                 # the serialized skeleton, once session_parts has made it
     try:
         data, names, arrays = skeleton.session_parts(model, outputs)
@@ -192,7 +198,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
                 log.warning("%s: onnxruntime has no kernel for one of its ops in the model's "
                             "float type (%s); it runs computed in float32, as the conversion "
                             "computes it", where, first_line(e)[:200])
-                return make_session(lowered, threads, providers, where, outputs, spin)
+                return make_session(lowered, threads, providers, where, outputs, spin, arena)
         shapes = any(k in str(e) for k in ("ShapeInferenceError", "TypeInferenceError",
                                            "Incompatible dimensions", "MergeShapeInfo"))
         bare = _without_annotations(data) if shapes and data is not None else None

@@ -255,6 +255,20 @@ def test_sessions_that_share_the_cores_do_not_spin():
         make_session(m, 1).get_session_options().get_session_config_entry(key)
 
 
+def test_a_session_beside_other_large_work_keeps_no_arena():
+    """make_session(arena=False): onnxruntime frees each run's tensors (the reconstruction's
+    DNN, whose runs alternate with PyTorch's training); the default keeps its arena; both
+    compute the same."""
+    from onnx_snn.calibrate import make_session
+    m = B.vgg(13, "clip")
+    off, on = make_session(m, 1, arena=False), make_session(m, 1)
+    assert off.get_session_options().enable_cpu_mem_arena is False
+    assert on.get_session_options().enable_cpu_mem_arena is True
+    x = B.rand_input(4, seed=1)
+    name = off.get_inputs()[0].name
+    np.testing.assert_array_equal(off.run(None, {name: x})[0], on.run(None, {name: x})[0])
+
+
 def test_calibration_data_may_be_any_array_like():
     """A list, or any object numpy converts (a CPU torch or JAX array has __array__), calibrates
     like the numpy array; a ragged list is a DataError naming the data."""

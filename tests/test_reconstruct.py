@@ -130,6 +130,41 @@ def test_batches_shrink_for_a_network_of_many_activations(monkeypatch):
         assert small["before"][k] == pytest.approx(base["before"][k], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("limit", [1, 2], ids=["parts-of-1", "parts-of-2"])
+def test_a_batch_trained_in_parts_takes_the_whole_batch_step(monkeypatch, limit):
+    """Where one training pass would hold more than TRAIN_BYTES, each batch trains in parts
+    whose gradients add up to the batch's: the same epoch losses and the same trained
+    values as whole batches (to float rounding), and the record says so; a batch of 7 in
+    parts of at most 2 runs 4 passes of 2, 2, 2, 1."""
+    import onnx_snn.runtimes.torch.reconstruct as R
+    x = B.rand_input(18, seed=5)
+    dnn = onnx_snn.prepare(B.vgg(seed=3)).model
+    cfg = ReconstructConfig(epochs=2, lr=3e-3, batch_size=7)
+    per = R._bounded_batch(dnn, None, 10 ** 6, 10 ** 9, 2)      # images in 1e9 bytes
+    done = []
+    for bound in (None, limit):
+        if bound is not None:      # parts of `limit` images at T = 2
+            monkeypatch.setattr(R, "TRAIN_BYTES", int(10 ** 9 * limit // per + 1))
+        snn = onnx_snn.convert(B.vgg(seed=3), x, timesteps=2, method="max",
+                               show_progress=False, reconstruct=0)
+        rec = reconstruct(snn, dnn, x, cfg, show_progress=False)
+        done.append((rec, {r: (s.threshold, s.amplitude) for r, s in snn.records.items()},
+                     {t.name: onnx.numpy_helper.to_array(t) for t in
+                      snn.normalized.model.graph.initializer}))
+    (whole, wrec, wts), (parts, prec, pts) = done
+    assert "batch_parts_of" not in whole and parts["batch_parts_of"] == limit
+    np.testing.assert_allclose(parts["epoch_losses"], whole["epoch_losses"], rtol=1e-4)
+    assert whole["epoch_losses"][1] != whole["epoch_losses"][0]       # it trained
+    for name, w in wts.items():
+        np.testing.assert_allclose(pts[name], w, rtol=1e-3, atol=1e-5, err_msg=name)
+    for site, (th, amp) in wrec.items():
+        np.testing.assert_allclose(prec[site][0], th, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(prec[site][1], amp, rtol=1e-3, atol=1e-6)
+    assert [len(p) for p in R._parts(np.arange(7), 2)] == [2, 2, 2, 1]
+    assert [len(p) for p in R._parts(np.arange(32), 13)] == [11, 11, 10]
+    assert [len(p) for p in R._parts(np.arange(5), 8)] == [5]
+
+
 def _shapes(model, names):
     """The shapes ``model`` (normalized) records for ``names``."""
     from onnx_snn.analyze.flops import _collect

@@ -67,6 +67,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from onnx_snn import heap
 from onnx_snn.errors import InternalError, UsageError
 from onnx_snn.feeds import fixed_batch, input_specs, pad_batch
 from onnx_snn.progress import Progress
@@ -98,6 +99,13 @@ TARGET_BATCH = 256
 #: than TARGET_BATCH and MEASURE_BATCH (10 MB of activations per image: 13 images, not 256,
 #: whose outputs took 2.6 GB); the three benchmarked networks keep theirs
 BATCH_BYTES = 128 * 2 ** 20
+#: the most one training pass may hold of the spiking network's values (every node's output,
+#: float32, over the T steps, :func:`_bounded_batch`): a network of large feature maps trains
+#: each batch of ``batch_size`` in parts of fewer samples whose gradients add up to the batch's
+#: (the same step, to float rounding). The 3 x 56 x 56 depthwise-residual network of 1.2 M
+#: activations per image held 1.6 GB at a batch of 32 (T = 2; 4.3 GB peak RSS end to end) and
+#: trains in parts of 13; the benchmarked networks (0.11-0.16 M) keep whole batches up to T = 4
+TRAIN_BYTES = 128 * 2 ** 20
 #: the DNN's targets are kept between epochs up to this size (:class:`_Targets`)
 TARGET_CACHE_BYTES = 512 * 2 ** 20
 #: the held-out images' targets are kept up to this size (they are read twice: before and
@@ -361,15 +369,24 @@ def _kept(t, n: int):
     return t[:n]
 
 
-def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int) -> int:
-    """``cap``, or fewer images where their values of ``names`` (None: every node's output,
-    one step of the network) would take more than :data:`BATCH_BYTES` in float32 (the shapes
-    the normalized DNN records; where one is not known, ``cap``)."""
+def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int,
+                   limit: Optional[int] = None, copies: int = 1) -> int:
+    """``cap``, or fewer images where ``copies`` of their values of ``names`` (None: every
+    node's output, one step of the network) would take more than ``limit`` bytes (None:
+    :data:`BATCH_BYTES`) in float32 (the shapes the normalized DNN records; where one is not
+    known, ``cap``)."""
     from onnx_snn.auto_reconstruct import activation_elements
     per = activation_elements(dnn, names)
     if not per:
         return cap
-    return int(max(1, min(cap, BATCH_BYTES // (4 * per))))
+    limit = BATCH_BYTES if limit is None else limit
+    return int(max(1, min(cap, limit // (4 * per * max(int(copies), 1)))))
+
+
+def _parts(rows: np.ndarray, size: int) -> List[np.ndarray]:
+    """``rows`` in as few parts of at most ``size`` as there must be, of near-equal sizes
+    (32 in parts of 13: 11, 11, 10)."""
+    return [p for p in np.array_split(rows, -(-len(rows) // max(size, 1))) if len(p)]
 
 
 def _inputs(dnn: onnx.ModelProto, x) -> Dict[str, np.ndarray]:
@@ -414,18 +431,22 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         raise UsageError(f"reconstruction: the DNN given has no tensor {missing[0]!r}, which a "
                          "site of the spiking model reads; pass the DNN it was converted from "
                          "as normalized: onnx_snn.prepare(model).model")
-    session = make_session(dnn, threads, where="the DNN", spin=False,
+    session = make_session(dnn, threads, where="the DNN", spin=False, arena=False,
                            outputs=[r.input for r in records.values()])
     names = [o.name for o in session.get_outputs()]
     x = _inputs(dnn, x)
     fixed = fixed_batch(input_specs(dnn))     # a model of one batch size: that size, padded
     batch_size = fixed or cfg.batch_size
+    # the samples one training pass runs (a batch's gradients add up over its parts)
+    part_size = fixed or _bounded_batch(dnn, None, batch_size, TRAIN_BYTES, snn.timesteps)
     eval_size = fixed or _bounded_batch(
         dnn, [r.input for r in records.values()] + [o.name for o in dnn.graph.output],
         TARGET_BATCH)             # the DNN's batches in onnxruntime
     # the spiking network's batches when it is measured (no gradient): 256 images of the
     # shipped model held 1.1 GB at once, 3x the training's peak
-    measure_size = fixed or _bounded_batch(dnn, None, MEASURE_BATCH)
+    # (one step's values within BATCH_BYTES, the T steps' within TRAIN_BYTES)
+    measure_size = fixed or min(_bounded_batch(dnn, None, MEASURE_BATCH), _bounded_batch(
+        dnn, None, MEASURE_BATCH, TRAIN_BYTES, snn.timesteps))
 
     def as_torch(batch):
         return {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -479,8 +500,10 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
 
     n = len(next(iter(x.values())))
     measured_n = n if measure_rows is None else max(1, min(int(measure_rows), n))
+    heap.trim()              # (the DNN's runs: each phase starts from what is live)
     before = measured()
     held_before = measured(held) if held else None
+    heap.trim()
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     steps = cfg.epochs * -(-n // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -489,31 +512,47 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     bar = Progress(cfg.epochs * n, desc="reconstructing", unit="sample",
                    enabled=None if show_progress else False)
     epoch_losses = []
+
+    def _step(rows) -> Optional[float]:
+        """The gradients of the batch ``rows``, summed over its parts (each part's loss
+        weighted by its share of the batch); the batch's loss, or None where one is not
+        finite."""
+        opt.zero_grad(set_to_none=True)
+        loss = 0.0
+        for part in _parts(rows, part_size):
+            b = {k: pad_batch(np.ascontiguousarray(v[part]), fixed) for k, v in x.items()}
+            k = len(part)
+            t_out, t_sites = targets(part, b, k)
+            out, per_site = _kept(net.site_outputs(as_torch(b), grad=True, every_output=True), k)
+            part_loss = loss_fn(out, per_site, t_out, t_sites)
+            if not torch.isfinite(part_loss):
+                return None
+            (part_loss * (k / len(rows))).backward()
+            loss += float(part_loss.detach()) * k / len(rows)
+        return loss
+
     try:
         for _ in range(cfg.epochs):
             net.train()
             total = 0.0
-            for rows, b in _batches(x, batch_size, gen.permutation(n), fixed):
-                k = len(rows)
-                t_out, t_sites = targets(rows, b, k)
-                out, per_site = _kept(net.site_outputs(as_torch(b), grad=True,
-                                                       every_output=True), k)
-                loss = loss_fn(out, per_site, t_out, t_sites)
-                if not torch.isfinite(loss):
+            order = gen.permutation(n)
+            for start in range(0, n, batch_size):
+                rows = order[start:start + batch_size]
+                loss = _step(rows)
+                if loss is None:
                     break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 opt.step()
                 sched.step()
                 net.project()
-                total += float(loss.detach()) * len(rows)
-                bar.update(len(rows), loss=float(loss.detach()))
+                total += loss * len(rows)
+                bar.update(len(rows), loss=loss)
             else:
                 epoch_losses.append(total / n)
                 continue
             break              # a non-finite loss: the trained values are not kept
     finally:
         bar.close()
+    heap.trim()
     diverged = len(epoch_losses) < cfg.epochs or bool(net.turned_non_finite())
     after = None if diverged else measured()
     held_after = None if diverged or not held else measured(held)
@@ -524,6 +563,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
               "timesteps": int(snn.timesteps), "epochs": int(cfg.epochs),
               "images": int(n), **({} if measured_n == n else {"measured_images": measured_n}),
               "lr": float(cfg.lr), "batch_size": int(batch_size),
+              **({} if part_size >= batch_size else {"batch_parts_of": int(part_size)}),
               "temperature": float(cfg.temperature), "site_weight": float(cfg.site_weight),
               "output_weight": float(cfg.output_weight), "seed": int(cfg.seed),
               "before": before, "after": after, "epoch_losses": epoch_losses,
