@@ -985,7 +985,7 @@ def cmd_info(args) -> int:
     # it has no neuron calls)
     deployed = is_spiking(model) and read_info(model, args.model).graph == GRAPH_DEPLOY
     info = read_info(model, args.model) if deployed else require_spiking(model, args.model)
-    check_preprocess(info.preprocess, args.model)
+    preprocess = check_preprocess(info.preprocess, args.model)   # (as eval reads it)
     check_recorded_timesteps(info.timesteps, args.model)   # what eval and deploy would refuse
     binary = _metadata_value(metadata(model).get(META_BINARY, "{}"))   # checked by read_info
     if args.json:
@@ -1009,9 +1009,9 @@ def cmd_info(args) -> int:
               + "".join(f"; {k} kept: {v.removeprefix('kept: ')}" for k, v in binary.items()
                       if v != "folded"))
     # what eval and finetune read from the file when not told otherwise
-    if info.preprocess:
-        print("preprocessing: mean " + ", ".join(f"{v:g}" for v in info.preprocess["mean"])
-              + ", std " + ", ".join(f"{v:g}" for v in info.preprocess["std"]))
+    if preprocess:
+        print("preprocessing: mean " + ", ".join(f"{v:g}" for v in preprocess["mean"])
+              + ", std " + ", ".join(f"{v:g}" for v in preprocess["std"]))
     else:
         print("preprocessing: none recorded (a named dataset is fed as raw [0, 1] pixels "
               "unless --mean/--std is given; arrays are taken as given)")

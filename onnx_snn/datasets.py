@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import DataError, ModelLoadError, file_problem
+from .values import is_real
 
 #: what a named dataset is fed as when the model records no preprocessing
 RAW_PIXELS = "raw [0, 1] pixels"
@@ -994,8 +995,10 @@ def check_preprocess(pp, where: str = "the model", partial: bool = False) -> Opt
             raise ModelLoadError(f"{where}: the metadata onnx_snn.preprocess has no {key} "
                                  f"({json.dumps(pp)[:80]}); the file is damaged or was edited")
         v = pp.get(key, neutral)
-        try:
-            a = np.asarray(v, dtype=np.float64).reshape(-1)
+        try:        # numbers only: a string or a bool numpy would read is damage too
+            items = np.asarray(v, dtype=object).reshape(-1)
+            a = np.asarray(v, dtype=np.float64).reshape(-1) if all(
+                is_real(t) for t in items) else None
         except (TypeError, ValueError):
             a = None
         if a is None or a.size == 0 or not np.all(np.isfinite(a)) \

@@ -79,6 +79,12 @@ def test_convert_eval_info(files, capsys):
     assert main(["info", str(pre)]) == 0
     text = capsys.readouterr().out
     assert "preprocessing: mean 0.5, std 0.25" in text and "dataset: fashion-mnist" in text
+    for bad in ('["0.5"]', "[true]"):     # numbers as strings or bools: damage to every command
+        F.set_metadata(m, {"onnx_snn.preprocess": '{"mean": %s, "std": [0.25]}' % bad})
+        onnx.save(m, str(pre))              # (info failed with exit 70, eval took "0.5" as 0.5)
+        for argv in (["info", str(pre)], ["eval", str(pre), "--data", str(files / "test.npz")]):
+            assert main(argv) == 3, argv
+            assert "preprocess has mean" in capsys.readouterr().err
     assert main(["eval", str(files / "step.onnx"), "--data", str(files / "test.npz")]) == 0
 
 

@@ -338,6 +338,41 @@ def test_non_finite_site_parameters_in_the_metadata_are_damage(pooled, field, va
         fmt.read_spiking(m, "m.snn.onnx")
 
 
+@pytest.mark.parametrize("value", [float("inf"), 28.7, "28", -28, 0, 1e20, True, None])
+@pytest.mark.parametrize("where", ["site", "pool in", "pool out"])
+def test_a_recorded_shape_of_no_whole_numbers_is_damage(pooled, where, value):
+    """A site's or pool's per-sample shape in the metadata holding Infinity (exit 70 at
+    int()), a fraction or a string (read as 28 without a word), a bool, 0, a negative or a
+    huge number is refused as damage, naming the entry and the value; 28.0 reads as 28."""
+    key = fmt.META_SITES if where == "site" else fmt.META_POOLS
+    field = {"site": "shape", "pool in": "in_shape", "pool out": "out_shape"}[where]
+    entries = json.loads(fmt.metadata(pooled.model)[key])
+    entries[0][field][-1] = value
+    with pytest.raises(ModelLoadError, match=f"{field} .* holds .*not a whole number"):
+        fmt.read_spiking(_damaged(pooled.model, key, json.dumps(entries)), "m.snn.onnx")
+    entries[0][field][-1] = float(json.loads(fmt.metadata(pooled.model)[key])[0][field][-1])
+    got = fmt.read_spiking(_damaged(pooled.model, key, json.dumps(entries)), "m.snn.onnx")
+    rec = got.info.sites[0] if where == "site" else got.info.pools[0]
+    assert all(type(d) is int for d in getattr(rec, field))
+
+
+def test_a_spiking_pool_call_no_pool_record_names_is_damage(pooled):
+    """onnx_snn.pools emptied while the step still calls the spiking pool: every command
+    read it (analyze left the pool out of its energy) and deploy and finetune failed with
+    exit 70 on its states; it is damage, naming the node."""
+    assert fmt.read_spiking(pooled.model).pools
+    with pytest.raises(ModelLoadError, match="calls SpikeMaxPool .* no entry of onnx_snn.pools"):
+        fmt.read_spiking(_damaged(pooled.model, fmt.META_POOLS, "[]"), "m.snn.onnx")
+
+
+def test_a_parameter_of_another_float_type_is_damage(snn):
+    """The format's parameters are float32: a float64 threshold made onnxruntime refuse the
+    graph (exit 4, "unsupported model"); it is damage, naming the parameter."""
+    m = _damaged(snn.model, init="lif1.threshold", init_value=np.array(0.5, np.float64))
+    with pytest.raises(ModelLoadError, match="'lif1.threshold' is float64, not float32"):
+        ModelRunner(m)
+
+
 def test_more_listed_sites_than_graph_nodes_is_damage_found_before_reading_them(pooled):
     """Every site and pool is at least one node: a metadata list longer than the graph is
     refused up front (200 000 damaged entries took 10 s to read one by one, a million

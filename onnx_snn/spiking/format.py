@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import DeployGraphError, ModelLoadError, NotSpikingModelError, UsageError
-from ..values import is_real
+from ..values import is_int, is_real
 from ..graph import walk
 from .neuron import (DOMAIN, NEURON_INPUTS, NEURON_OP, NEURON_OPS,  # noqa: F401 (re-exported)
                      NEURON_OUTPUTS, POOL_INPUTS, POOL_OPS, POOL_OUTPUTS, SIGNED_NEURON_INPUTS,
@@ -436,7 +436,7 @@ class SiteRecord:
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         try:
             rec = cls(**kw)
-            rec.shape = [int(x) for x in rec.shape]
+            rec.shape = _dims(rec.shape)
             rec.mu = float(rec.mu)
             for k in ("alpha", "beta", "v_init", "offset", "folded_amplitude"):
                 v = getattr(rec, k)
@@ -467,6 +467,27 @@ class SiteRecord:
                                  f"of {', '.join(map(repr, NEURON_KINDS))}; upgrade onnx-snn or "
                                  "convert the model again")
         return rec
+
+
+#: the largest dimension a recorded shape may have (onnxruntime's tensors index in int64, but
+#: no site of a real network comes near)
+MAX_DIM = 2 ** 31 - 1
+
+
+def _dims(values, key: str = "shape") -> List[int]:
+    """A per-sample shape recorded in the metadata, as ints: whole numbers from 1 to
+    :data:`MAX_DIM` (JSON's 28 or 28.0); a fraction, a string, a bool, Infinity or a
+    non-list raises ValueError (which the records' readers report as damage)."""
+    if not isinstance(values, list):
+        raise ValueError(f"{key} {str(values)[:40]} is not a list")
+    out = []
+    for d in values:
+        whole = is_int(d) or (is_real(d) and math.isfinite(d) and float(d).is_integer())
+        if not whole or not 1 <= d <= MAX_DIM:
+            raise ValueError(f"{key} {str(values)[:60]} holds {str(d)[:20]!r}, not a whole "
+                             f"number from 1 to {MAX_DIM}")
+        out.append(int(d))
+    return out
 
 
 @dataclass
@@ -505,8 +526,8 @@ class PoolRecord:
         try:
             rec = cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "counted"},
                       counted=bool(d.get("counted", False)))
-            rec.in_shape = [int(x) for x in rec.in_shape]
-            rec.out_shape = [int(x) for x in rec.out_shape]
+            rec.in_shape = _dims(rec.in_shape, "in_shape")
+            rec.out_shape = _dims(rec.out_shape, "out_shape")
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"{where}: a pool in {META_POOLS} is damaged ({e}); convert the "
                                  "model again") from None
@@ -897,6 +918,12 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
     pools = {pool_nodes[n.name]: n for n in body if n.name in pool_nodes and n.domain == DOMAIN}
     for n in pools.values():
         _check_call(n, *_signature(n.op_type), f"spiking pool node '{n.name}'", where)
+    stray = [n for n in body if n.domain == DOMAIN and not is_neuron_node(n)
+             and n.name not in pool_nodes]
+    if stray:       # (its states would have no record: deploy and finetune failed on them)
+        raise ModelLoadError(f"{where}: the time step calls {stray[0].op_type} (node "
+                             f"'{stray[0].name}'), a spiking pool that no entry of {META_POOLS} "
+                             "names; the file is damaged or was edited, convert it again")
     lost = [p.name for p in info.pools if p.name not in pools]
     if lost:
         raise ModelLoadError(f"{where}: the metadata lists spiking pool(s) {', '.join(lost)} but "
@@ -995,7 +1022,11 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                 v = numpy_helper.to_array(inits[name])
             except Exception as e:  # truncated raw data and the like
                 raise ModelLoadError(f"{where}: the parameter '{name}' cannot be read ({e})") from None
-            if v.dtype.kind != "f" or not np.all(np.isfinite(v)):
+            if v.dtype != np.float32:      # (every spiking graph computes in float32)
+                raise ModelLoadError(f"{where}: the parameter '{name}' is {v.dtype}, not float32 "
+                                     "as the format's parameters are; the file is damaged or "
+                                     "was edited, convert it again")
+            if not np.all(np.isfinite(v)):
                 raise ModelLoadError(f"{where}: the parameter '{name}' is not finite; the file "
                                      "is damaged (or fine-tuning diverged): use another file")
             full = (1,) + tuple(s.shape)    # a batch axis, then the site's per-sample shape
