@@ -2824,3 +2824,55 @@ def test_a_max_pool_whose_indices_are_read_is_refused_naming_it():
     nodes[3:5] = [h.make_node("Identity", ["p"], ["s"])]
     assert [s.name for s in normalize(_conv_fc_model(nodes, "indices", rng, 100)).sites] == \
         ["lif0"]
+
+
+def _keras_dense_bn_head(opset: int, use_slice: bool) -> onnx.ModelProto:
+    """tf2onnx's Keras Flatten -> Dense -> BatchNormalization: Reshape(x, Concat(Shape(x)[0],
+    [-1])) (Gather or Slice of the shape), MatMul + Add, BN over the dense output."""
+    from onnx import TensorProto as TP
+    r = np.random.default_rng(0)
+    inits = []
+
+    def c(a, n):
+        inits.append(numpy_helper.from_array(np.asarray(a), n))
+        return n
+    nodes = [h.make_node("Conv", ["x", c((r.standard_normal((4, 1, 3, 3)) * .5).astype(np.float32), "w1"),
+                                  c(np.zeros(4, np.float32), "b1")], ["c1"], pads=[1] * 4, strides=[2, 2]),
+             h.make_node("Relu", ["c1"], ["r1"]), h.make_node("Shape", ["r1"], ["s"])]
+    if use_slice:
+        nodes.append(h.make_node("Slice", ["s", c(np.array([0], np.int64), "st"),
+                                           c(np.array([1], np.int64), "en")], ["b"]))
+    else:
+        nodes.append(h.make_node("Gather", ["s", c(np.array([0], np.int64), "i0")], ["b"], axis=0))
+    nodes += [h.make_node("Concat", ["b", c(np.array([-1], np.int64), "m1")], ["shp"], axis=0),
+              h.make_node("Reshape", ["r1", "shp"], ["f"]),
+              h.make_node("MatMul", ["f", c((r.standard_normal((144, 16)) * .1).astype(np.float32), "w2")], ["mm"]),
+              h.make_node("Add", ["mm", c(r.standard_normal(16).astype(np.float32), "b2")], ["a"]),
+              h.make_node("BatchNormalization", ["a", c(r.random(16).astype(np.float32) + .5, "g"),
+                                                 c(r.standard_normal(16).astype(np.float32), "be"),
+                                                 c(r.standard_normal(16).astype(np.float32), "mu"),
+                                                 c(r.random(16).astype(np.float32) + .5, "var")], ["bn"]),
+              h.make_node("Relu", ["bn"], ["r2"]),
+              h.make_node("Gemm", ["r2", c((r.standard_normal((16, 10)) * .1).astype(np.float32), "w3")],
+                          ["logits"])]
+    g = h.make_graph(nodes, "keras", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 1, 12, 12])],
+                     [h.make_tensor_value_info("logits", TP.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 7
+    return m
+
+
+@pytest.mark.parametrize("opset", [11, 13, 15])
+@pytest.mark.parametrize("use_slice", [False, True], ids=["gather", "slice"])
+def test_batchnorm_after_a_dense_layer_behind_a_computed_flatten_converts_at_every_opset(
+        opset, use_slice):
+    """Before opset 15 ONNX's inference leaves a Reshape whose shape is computed shapeless,
+    and the BatchNormalization after the MatMul + Add was refused ("input rank is unknown");
+    the MatMul's rank follows from its inputs' (the Reshape's from its shape's length): the
+    BN becomes affine at every opset, computing what the DNN computes."""
+    m = _keras_dense_bn_head(opset, use_slice)
+    nm = normalize(m)
+    assert not any(n.op_type == "BatchNormalization" for n in nm.model.graph.node)
+    x = B.rand_input(6, shape=(1, 12, 12), seed=4)
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
+                               rtol=1e-4, atol=1e-5)

@@ -90,7 +90,9 @@ ELEMENTWISE_SAME_AXES = {"Relu", "Clip", "Identity", "Dropout", "Min", "Max", "A
 
 def rank(t) -> Optional[int]:
     """The number of axes of tensor ``t``: its inferred shape's, else what the op that makes
-    it fixes: a ``Flatten`` gives 2 axes, a ``Reshape`` as many as its shape input has
+    it fixes: a ``Flatten`` gives 2 axes, a ``MatMul`` numpy's matmul's (a Keras Dense
+    behind a computed flatten, as tf2onnx writes it at opset 13), a ``Reshape`` as many as its
+    shape input has
     values (known from that input's own shape when the values are computed, as in
     ``Shape -> Gather -> Concat`` flattening, which ONNX's Reshape-13 inference leaves
     shapeless). None when neither says."""
@@ -110,6 +112,11 @@ def rank(t) -> Optional[int]:
         if r is None or any(c is not None and c.ndim > r for c in consts):
             return None
         return r
+    if node.op == "MatMul" and len(node.inputs) == 2:     # numpy's matmul: a 1-D side drops
+        ra, rb = rank(node.inputs[0]), rank(node.inputs[1])   # its axis, else the larger rank
+        if ra is None or rb is None or min(ra, rb) < 1 or ra == rb == 1:
+            return None
+        return rb - 1 if ra == 1 else ra - 1 if rb == 1 else max(ra, rb)
     if node.op == "Reshape" and len(node.inputs) > 1:
         shape = node.inputs[1]
         v = const_value(shape)
