@@ -767,7 +767,8 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
     if not ds.preprocessed and specs is not None:
         x = to_input_layout(x, specs, ds.name)
     return Dataset(ds.name, x, ds.y, preprocessed=True,
-                   preprocess=applied if applied is not None else ds.preprocess)
+                   preprocess=applied if applied is not None else ds.preprocess,
+                   class_names=ds.class_names)
 
 
 def _warn_raw_pixels(where: str, scaling: Optional[str]) -> None:

@@ -79,6 +79,9 @@ class Dataset:
     preprocessed: bool = False  # True when x already carries the model's normalization
     preprocess: Optional[dict] = None  # {"mean", "std"} applied to a named dataset's images
     source_dtype: Optional[str] = None  # the file's array type, when x was converted from it
+    #: the class names by label, where the data named them and the model did not (an image
+    #: folder labelled by its folders' sorted names: image_folder.FolderPlan.class_names)
+    class_names: Optional[List[str]] = None
 
     def __len__(self) -> int:
         if isinstance(self.x, dict):
@@ -98,7 +101,7 @@ class Dataset:
         idx = self.rows(n, seed)
         x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
         return Dataset(self.name, x, None if self.y is None else self.y[idx],
-                       self.preprocessed, self.preprocess, self.source_dtype)
+                       self.preprocessed, self.preprocess, self.source_dtype, self.class_names)
 
 
 def model_classes(model) -> Optional[List[str]]:

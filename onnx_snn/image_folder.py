@@ -206,6 +206,9 @@ class FolderPlan:
     channels: int
     height: int
     width: int
+    #: the class folders' names by label where the labels are their sorted order (the model
+    #: records no class names to go by): what a command that trains on them records
+    class_names: Optional[List[str]] = None
 
     @property
     def image_bytes(self) -> int:
@@ -387,7 +390,8 @@ def plan_image_folder(path, split: Optional[str] = None,
         files = [files[i] for i in take_indices(len(files), take[0], seed)]
     channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
     width, height = width or first.size[0], height or first.size[1]
-    return FolderPlan(folder, name, files, bool(classes), channels, height, width)
+    by_order = names if names and labels == list(range(len(names))) else None
+    return FolderPlan(folder, name, files, bool(classes), channels, height, width, by_order)
 
 
 def load_image_folder(path, split: Optional[str] = None,
@@ -424,7 +428,8 @@ def load_image_folder(path, split: Optional[str] = None,
         bar.update(1)
     bar.close()
     y = np.array([i for _, i in files], np.int64) if plan.labeled else None
-    return Dataset(plan.name, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, preprocessed=False)
+    return Dataset(plan.name, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y, preprocessed=False,
+                   class_names=plan.class_names if plan.labeled else None)
 
 
 def _pillow():
