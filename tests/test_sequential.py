@@ -809,3 +809,28 @@ def test_refining_no_site_returns_an_empty_report():
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     recs, report, _ = refine(nm, {}, B.rand_input(4), 2, show_progress=False)
     assert recs == {} and report["sites"] == []
+
+
+def test_a_refinement_over_the_memory_limit_is_refused_before_the_calibration_pass(monkeypatch):
+    """Where the sites' shapes are known without running the model, the memory check runs
+    before the calibration pass, with the estimate the check after it makes (--calib-samples
+    0 of 60 000 images calibrated for 45 s before its refusal); a model whose shapes are free
+    keeps the check after the pass."""
+    import importlib
+    import onnx_snn.sequential as S
+    from onnx_snn.errors import UsageError
+    C = importlib.import_module("onnx_snn.convert")
+    x = B.rand_input(24)
+    nm = onnx_snn.prepare(B.vgg(13, "clip"))
+    cal = onnx_snn.calibrate(nm, x, show_progress=False)
+    need = S.refine_bytes(cal, 2, SearchConfig(sequential=True), nm)
+    monkeypatch.setattr(S, "MAX_REFINE_BYTES", need - 1)
+    passes = []
+    real = C.record_sites
+    monkeypatch.setattr(C, "record_sites", lambda *a, **k: passes.append(1) or real(*a, **k))
+    with pytest.raises(UsageError, match=f"about {need / 2 ** 30:.1f} GiB"):
+        onnx_snn.convert(B.vgg(13, "clip"), x, 2, show_progress=False, reconstruct=0)
+    assert not passes                     # refused before the calibration pass
+    monkeypatch.setattr(S, "MAX_REFINE_BYTES", need)
+    onnx_snn.convert(B.vgg(13, "clip"), x, 2, show_progress=False, reconstruct=0)
+    assert passes
