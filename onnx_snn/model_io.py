@@ -454,6 +454,10 @@ def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.s
         if _same_file(Path(inp), target) or _same_file(Path(inp), given):
             raise OutputPathError(f"{shown}: is an input of this command ({inp}); choose "
                                   "another output path")
+        if Path(inp).is_dir() and _inside(target, Path(inp)) and _image_name(target):
+            raise OutputPathError(f"{shown}: is an image's name inside the folder of images "
+                                  f"{inp} that this command reads (the next read would take "
+                                  "the file for an image); choose a path outside it")
     if probe:
         try:
             with _signals_deferred():
@@ -465,6 +469,21 @@ def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.s
             raise OutputPathError(f"{shown}: cannot write in folder {folder} "
                                   f"({e.strerror or e}); choose another folder") from None
     return target
+
+
+def _image_name(path: Path) -> bool:
+    """Whether a folder of images would read ``path`` as one (by its extension)."""
+    from .image_folder import IMAGE_EXTENSIONS
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies under ``folder`` (through links: both resolved)."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
 
 
 def _stream_kind(path: Path) -> Optional[str]:

@@ -549,3 +549,28 @@ def test_finetuning_on_named_class_folders_records_their_names(folder, tmp_path,
             (sub / c / f.name).write_bytes(f.read_bytes())
     got = load_dataset(str(sub), classes=model_classes(onnx.load(str(out))) or classes)
     assert sorted(set(got.y.tolist())) == ([1, 2] if classes == 3 else [0, 1])
+
+
+def test_no_output_is_written_as_an_image_into_the_folder_a_command_reads(folder, tmp_path,
+                                                                          capsys):
+    """An output named as an image inside the folder of images a command reads (eval's
+    --json, convert's -o) was written there, and the next read failed on it as "not a
+    readable image": refused before the work (exit 6); another name there is no image and
+    is written."""
+    import onnx_snn
+    from onnx_snn.cli import main
+    root, _ = folder
+    model = tmp_path / "m.snn.onnx"
+    onnx_snn.convert(B.vgg(13, "clip", classes=3), B.rand_input(16), timesteps=2,
+                     method="max", show_progress=False).save(model)
+    dnn = tmp_path / "d.onnx"
+    onnx.save(B.vgg(13, "clip", classes=3), str(dnn))
+    for argv in (["eval", str(model), "--data", str(root), "--json", str(root / "val" / "a" / "x.png")],
+                 ["convert", str(dnn), "--calib", str(root), "--method", "max",
+                  "-o", str(root / "train" / "b" / "m.JPG")]):
+        assert main(["-q", *argv]) == 6, argv
+        assert "is an image's name inside the folder of images" in capsys.readouterr().err
+        assert not any(p.name in ("x.png", "m.JPG") for p in root.rglob("*"))
+    assert main(["-q", "eval", str(model), "--data", str(root), "--json",
+                 str(root / "val" / "a" / "r.json")]) == 0
+    assert (root / "val" / "a" / "r.json").exists()
