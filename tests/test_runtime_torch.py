@@ -1925,6 +1925,23 @@ def test_finetune_refuses_an_existing_output_recording_another_normalization(tmp
     assert p.returncode == 0, p.stderr
 
 
+def test_finetune_refuses_an_existing_output_of_another_T(tmp_path, fmnist_snn):
+    """An existing output fitted for another T was scored at the run's T and replaced by a
+    model of the run's T without a word: refused (exit 6, nothing written), as another
+    normalization is; the same T is accepted."""
+    args = ["--data", "fashion-mnist", "--limit-train", "64", "--limit-test", "64", "--epochs", "1"]
+    out = tmp_path / "ft.snn.onnx"
+    p = run_cli("finetune", str(fmnist_snn), "-o", str(out), "-T", "3", *args)
+    assert p.returncode == 0, p.stderr
+    before = out.read_bytes()
+    p = run_main("finetune", str(fmnist_snn), "-o", str(out), *args)
+    assert p.returncode == 6 and "is fitted for T = 3, while this run fine-tunes at T = 2" \
+        in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and out.read_bytes() == before
+    p = run_main("finetune", str(fmnist_snn), "-o", str(out), "-T", "3", *args)
+    assert p.returncode == 0, p.stderr
+
+
 def test_finetune_compares_normalizations_as_the_other_commands_do():
     """Fine-tuning's check of an existing output's normalization uses the tolerance of
     convert's and analyze's (``same_values``): a mean that went through float32 (0.286 as

@@ -470,6 +470,19 @@ def _check_existing_preprocess(existing: onnx.ModelProto, out_path: Path, test) 
             "another -o, or pass the --mean/--std it records")
 
 
+def _check_existing_timesteps(existing: onnx.ModelProto, out_path: Path, T: int) -> None:
+    """An existing output of another T would be scored at this run's T, and kept or replaced
+    on that score (a file of T = 3 judged at T = 2 and replaced by a T = 2 model without a
+    word): refused before the work, as another normalization is."""
+    recorded = fmt.read_info(existing, str(out_path)).timesteps
+    if recorded != T:
+        raise OutputPathError(
+            f"{out_path}: exists and is fitted for T = {recorded}, while this run fine-tunes "
+            f"at T = {T}; fine-tuning replaces an existing output only with an epoch that "
+            "beats it, and would score it at a T it is not used at. Remove it, give another "
+            f"-o, or pass -T {recorded}")
+
+
 def _same_preprocess(a: dict, b: dict) -> bool:
     """Whether two {mean, std} records normalize alike (a value or one per channel), to the
     tolerance every other command compares them with (``convert.same_values``)."""
@@ -602,6 +615,7 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
                           cfg.limit_test, data_dir, view, download, mean, std)
     if existing is not None and not resume:   # (a resumed run's own check names the change)
         _check_existing_preprocess(existing, out_path, test)
+        _check_existing_timesteps(existing, out_path, T)
     if test_same and main_proc:
         log(f"warning: {train.name} holds no separate test set: the test accuracy that picks the "
             "best epoch is measured on training samples; pass held-out data with --test-data")
