@@ -430,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples run at once (default: 256; for a spiking model, fewer when a "
                         "batch would hold more than 2 GiB in onnxruntime: about 48 bytes per "
                         "neuron and sample, e.g. 17 for a 224x224 ResNet-18)")
-    e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N samples")
+    e.add_argument("--limit", type=positive_int, metavar="N",
+                   help="only N samples: a dataset's or an array's first N, a folder's N drawn "
+                        "from all its classes (the same N every run)")
     e.add_argument("--json", metavar="FILE",
                    help="write the result (top-1, spike rates per layer) as JSON; "
                         "`onnx-snn analyze` can reuse it")

@@ -245,8 +245,9 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "damaged"
         got = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
-        raise DataError(f"{path}: {what} IDX file ({got} bytes of data for shape {shown}: "
-                        f"{expected}); download it again")
+        kind = f"{dtype.newbyteorder('=').name} (type byte 0x{dtype_code:02X})"
+        raise DataError(f"{path}: {what} IDX file ({got} bytes of data for shape {shown} of "
+                        f"{kind}: {expected}); download it again")
     return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -42,6 +42,12 @@ def test_truncated_idx(tmp_path):
     (tmp_path / "b").write_bytes(b"hello world")
     with pytest.raises(DataError, match="not an IDX"):
         read_idx(tmp_path / "b")
+    floats = bytearray(data)          # a uint8 file whose type byte says float32: its size
+    floats[2] = 0x0D                  # is a quarter of what the header asks, and it says so
+    (tmp_path / "c").write_bytes(bytes(floats))
+    with pytest.raises(DataError, match=r"truncated IDX file \(24 bytes of data for shape "
+                                        r"\[2, 3, 4\] of float32 \(type byte 0x0D\): 96\)"):
+        read_idx(tmp_path / "c")
 
 
 def test_fashion_mnist_from_data_dir(tmp_path):
