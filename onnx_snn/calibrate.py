@@ -144,6 +144,57 @@ def interruptible_session():
     return InterruptibleSession
 
 
+def _explicit_same_pads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose Convs and pools of ``auto_pad`` SAME_UPPER/SAME_LOWER have
+    the same padding written out in ``pads`` where their input's size is known (ONNX's rule,
+    ``canonical.same_pads``). onnxruntime computes some of these itself wrongly or not at
+    all: a dilated Conv ("Dilation not supported for AutoPadType"), a pool whose windows
+    need no padding but whose formula goes negative ("padding values must be non-negative"),
+    so such a DNN could not even be evaluated (the converter writes all such pads out:
+    ``canonical.auto_pads_to_explicit_pads``)."""
+    from .graph.canonical import AUTO_PAD_OPS, same_pads
+
+    def same(n) -> bool:
+        pad = next((a.s.decode() for a in n.attribute if a.name == "auto_pad"), "NOTSET")
+        ceil = next((a.i for a in n.attribute if a.name == "ceil_mode"), 0)
+        return n.op_type in AUTO_PAD_OPS and pad.startswith("SAME") and not ceil
+    if not any(same(n) for n in model.graph.node):
+        return model
+    from .graph.skeleton import infer_shapes
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    try:
+        inferred = infer_shapes(out).graph
+    except Exception:     # noqa: BLE001 -- no shapes: onnxruntime says what it says
+        return model
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None
+                      for d in vi.type.tensor_type.shape.dim]
+            for vi in list(inferred.input) + list(inferred.value_info)
+            if vi.type.tensor_type.HasField("shape")}
+    inits = {t.name: t for t in out.graph.initializer}
+    for n in out.graph.node:
+        if not same(n):
+            continue
+        at = {a.name: a for a in n.attribute}
+        shape = dims.get(n.input[0])
+        w = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        kernel = list(at["kernel_shape"].ints) if "kernel_shape" in at else \
+            (list(w.dims[2:]) if w is not None else None)
+        if not kernel or shape is None or len(shape) != len(kernel) + 2 or \
+                not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            continue
+        k = len(kernel)
+        strides = list(at["strides"].ints) if "strides" in at else [1] * k
+        dil = list(at["dilations"].ints) if "dilations" in at else [1] * k
+        both = [same_pads(int(shape[2 + i]), int(kernel[i]), int(strides[i]), int(dil[i]),
+                          at["auto_pad"].s.decode()) for i in range(k)]
+        keep = [a for a in n.attribute if a.name not in ("auto_pad", "pads")]
+        del n.attribute[:]
+        n.attribute.extend(keep + [onnx.helper.make_attribute(
+            "pads", [b for b, _ in both] + [e for _, e in both])])
+    return out
+
+
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
                  where: str = "model", outputs: Sequence[str] = (), spin: bool = True,
                  arena: bool = True):
@@ -184,6 +235,7 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not arena:
         so.enable_cpu_mem_arena = False
+    model = _explicit_same_pads(model)
     data = None                 # the serialized skeleton, once session_parts has made it
     try:
         data, names, arrays = skeleton.session_parts(model, outputs)

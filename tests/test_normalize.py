@@ -2876,3 +2876,81 @@ def test_batchnorm_after_a_dense_layer_behind_a_computed_flatten_converts_at_eve
     x = B.rand_input(6, shape=(1, 12, 12), seed=4)
     np.testing.assert_allclose(run(nm.model, x).outputs[0], run(m, x).outputs[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def _auto_pad_net(op: str, mode: str, stride: int, dilation: int, size: int, opset: int = 13):
+    """x [N, 2, size, size+1] -> op with auto_pad ``mode`` -> Relu."""
+    from onnx import TensorProto as TP
+    r = np.random.default_rng(3)
+    inits, attrs = [], {"auto_pad": mode, "strides": [stride, stride]}
+    if op == "Conv":
+        inits.append(numpy_helper.from_array(r.standard_normal((3, 2, 3, 2)).astype(np.float32), "w"))
+        ins, attrs["dilations"] = ["x", "w"], [dilation, dilation]
+    else:
+        ins, attrs["kernel_shape"] = ["x"], [3, 2]
+        if op == "MaxPool":
+            attrs["dilations"] = [dilation, dilation]
+    nodes = [h.make_node(op, ins, ["y"], name="p", **attrs), h.make_node("Relu", ["y"], ["z"])]
+    g = h.make_graph(nodes, "ap", [h.make_tensor_value_info("x", TP.FLOAT, ["N", 2, size, size + 1])],
+                     [h.make_tensor_value_info("z", TP.FLOAT, ["N", 3, "h", "w"])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool", "AveragePool"])
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("stride,size", [(1, 7), (2, 7), (3, 8)])
+def test_auto_pads_are_written_out_as_the_same_padding(op, mode, stride, size):
+    """auto_pad SAME_UPPER / SAME_LOWER / VALID (Keras's "same" and "valid" as tf2onnx writes
+    them) becomes explicit pads on an input of static size: the values onnxruntime computes
+    from the auto_pad form, for odd and even sizes and strides."""
+    m = _auto_pad_net(op, mode, stride, 1, size)
+    nm = normalize(m)
+    node = next(n for n in nm.model.graph.node if n.op_type == op)
+    assert all(a.name != "auto_pad" or a.s == b"NOTSET" for a in node.attribute)
+    x = np.random.default_rng(0).standard_normal((3, 2, size, size + 1)).astype(np.float32)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        want = sess.run(None, {"x": x})[0]
+    except Exception as e:   # onnxruntime's own SAME formula goes negative on some pools
+        assert "padding values must be non-negative" in str(e) and (op, stride, size) in (
+            ("MaxPool", 3, 8), ("AveragePool", 3, 8))
+        # ONNX's rule by hand: 8 rows in windows of 3 by 3 need one more row (at the end for
+        # SAME_UPPER, at the start for SAME_LOWER); 9 columns in windows of 2 by 3 need none
+        # (onnxruntime's formula gives -1 there)
+        pads = [0, 0, 1, 0] if mode == "SAME_UPPER" else [1, 0, 0, 0]
+        flat = h.make_model(h.make_graph(
+            [h.make_node(op, ["x"], ["y"], kernel_shape=[3, 2], strides=[stride] * 2, pads=pads),
+             h.make_node("Relu", ["y"], ["z"])], "flat", list(m.graph.input), list(m.graph.output)),
+            opset_imports=[h.make_opsetid("", 13)])
+        want = ort.InferenceSession(flat.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run(nm.model, x).outputs[0], want, rtol=1e-5, atol=1e-5)
+    from onnx_snn.calibrate import make_session        # the DNN itself runs too
+    np.testing.assert_allclose(make_session(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_a_dilated_same_conv_converts_and_its_dnn_evaluates(mode, tmp_path):
+    """onnxruntime refuses a dilated Conv with auto_pad SAME_* at run time ("Dilation not
+    supported for AutoPadType"): such a DNN was exit 4 to convert and to evaluate. Its pads
+    are written out, for the conversion and for any session of the DNN itself, and give
+    PyTorch's "same" convolution (the odd pad at the end for SAME_UPPER, at the start for
+    SAME_LOWER)."""
+    torch = pytest.importorskip("torch")
+    from onnx_snn.calibrate import make_session
+    F = torch.nn.functional
+    m = _auto_pad_net("Conv", mode, 1, 3, 7)
+    x = np.random.default_rng(0).standard_normal((3, 2, 7, 8)).astype(np.float32)
+    w = torch.from_numpy(np.array(numpy_helper.to_array(m.graph.initializer[0])))
+    # kernel 3 x 2 dilated by 3: pads of 6 and 3 in all; the odd one's extra at the end
+    # (SAME_UPPER, as PyTorch's "same") or at the start (SAME_LOWER)
+    xt = torch.from_numpy(x)
+    xt = F.pad(xt, (1, 2, 3, 3)) if mode == "SAME_UPPER" else F.pad(xt, (2, 1, 3, 3))
+    want = torch.relu(F.conv2d(xt, w, dilation=3)).numpy()
+    if mode == "SAME_UPPER":
+        np.testing.assert_allclose(want, torch.relu(F.conv2d(torch.from_numpy(x), w, padding="same",
+                                                             dilation=3)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(make_session(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(normalize(m).model, x).outputs[0], want, rtol=1e-5, atol=1e-5)
+    snn = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False, reconstruct=0)
+    assert snn.model is not None

@@ -87,7 +87,7 @@ def test_pipeline_is_a_list_of_named_passes():
         "compute-in-float32", "float64-round-trips", "uint8-input-to-float", "ml-scaler-to-affine",
         "fold-constants", "refuse-training-batchnorm", "refuse-integer-operators",
         "fake-quantization", "rounding-to-identity", "sum-to-add", "einsum-to-matmul",
-        "zero-slope-to-relu", "hard-sigmoid-to-clip", "relu-pairs-to-clip", "channel-clamps-to-unit-clip", "masked-relu-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool", "ceil-pools-to-explicit-pads", "nonnegative-identities",
+        "zero-slope-to-relu", "hard-sigmoid-to-clip", "relu-pairs-to-clip", "channel-clamps-to-unit-clip", "masked-relu-to-relu", "reshape-keeps-batch", "reduce-max-to-global-pool", "auto-pads-to-explicit-pads", "ceil-pools-to-explicit-pads", "nonnegative-identities",
         "constant-where-to-mask", "resize-constant-form",
         "remove-identity-dropout",
         "strip-output-head", "strip-final-softmax", "strip-final-sigmoid", "strip-final-activation",

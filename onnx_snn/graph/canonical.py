@@ -2,7 +2,7 @@
 spatial axes, MatMul + Add, Abs and ReduceL1 of non-negative tensors."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import onnx
@@ -685,6 +685,55 @@ def _forget_shapes_after(graph: gs.Graph, node: gs.Node) -> None:
             todo.extend(reader.outputs)
 
 
+#: the ops whose ``auto_pad`` :func:`auto_pads_to_explicit_pads` writes out (ConvTranspose's
+#: SAME pads the output, not the input: left as it is)
+AUTO_PAD_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int, mode: str) -> Tuple[int, int]:
+    """(begin, end) padding of one axis for ONNX's ``auto_pad`` ``mode`` (SAME_UPPER: the odd
+    one at the end; SAME_LOWER: at the start; VALID: none): the output is ceil(size / stride)
+    long."""
+    if mode == "VALID":
+        return 0, 0
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
+    small = total // 2
+    return (small, total - small) if mode == "SAME_UPPER" else (total - small, small)
+
+
+@graph_pass("auto-pads-to-explicit-pads")
+def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
+    """A Conv or pool whose padding is ``auto_pad`` (SAME_UPPER, SAME_LOWER, VALID: Keras's
+    and TensorFlow's "same"/"valid", as tf2onnx writes them) on an input of static size gets
+    the same padding written out in ``pads``: the same values, and a form every runtime
+    takes (onnxruntime's NCHWc convolution refused a dilated one with SAME_UPPER: "Dilation
+    not supported for AutoPadType::SAME_UPPER"). A pool in ceil mode, or an input of free
+    size, is left as it is."""
+    for node in graph.nodes:
+        if node.op not in AUTO_PAD_OPS or not node.inputs:
+            continue
+        auto = node.attrs.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto not in ("SAME_UPPER", "SAME_LOWER", "VALID") or int(node.attrs.get("ceil_mode", 0)):
+            continue
+        shape = node.inputs[0].shape
+        if node.op == "Conv":
+            w = node.inputs[1].shape if len(node.inputs) > 1 else None
+            kernel = node.attrs.get("kernel_shape") or (list(w[2:]) if w is not None else None)
+        else:
+            kernel = node.attrs.get("kernel_shape")
+        if shape is None or not kernel or len(shape) != len(kernel) + 2 or \
+                not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
+            continue
+        n = len(kernel)
+        strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
+        dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
+        both = [same_pads(int(shape[2 + i]), int(kernel[i]), strides[i], dil[i], auto)
+                for i in range(n)]
+        node.attrs["pads"] = [b for b, _ in both] + [e for _, e in both]
+        node.attrs["auto_pad"] = "NOTSET"
+        result.changed += 1
 @graph_pass("ceil-pools-to-explicit-pads")
 def ceil_pools_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
     """A ``MaxPool``/``AveragePool`` in ceil mode whose last window would start in the end

@@ -263,6 +263,7 @@ PIPELINE: tuple = (
     canonical.masked_relu_to_relu,       # Where(x > 0, x, 0), x * Cast(x > 0): a ReLU
     canonical.reshape_keeps_batch,       # x.view(1, -1): batches run
     canonical.reduce_max_to_global_pool,
+    canonical.auto_pads_to_explicit_pads,    # auto_pad SAME/VALID written out in pads
     canonical.ceil_pools_to_explicit_pads,   # the windows onnxruntime computes, in floor mode
     canonical.nonnegative_identities,    # Abs / ReduceL1 of an activation: Identity / ReduceSum
     canonical.constant_where_to_mask,   # dynamo's masked_fill of adaptive pooling windows
