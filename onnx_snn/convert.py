@@ -1203,23 +1203,25 @@ def _check_refine_memory_first(nm, ds, timesteps: int, cfg: SearchConfig,
     """check_refine_memory before the calibration pass, where the sites' shapes are known
     without running the model (its static shapes at the data's): a refinement over its
     limit is refused before the work (``--calib-samples 0`` of 60 000 images calibrated for
-    45 s, then was refused); the check after the pass stays for the rest."""
+    45 s, then was refused); the check after the pass stays for the rest. The samples and
+    the batch are the ones the pass takes (``record_sites``: a fixed batch's whole batches,
+    the batch bounded by its sites' bytes), so the estimate is the later one's."""
     from types import SimpleNamespace
 
-    from .calibrate import DEFAULT_BATCH_SIZE, static_shapes
+    from .calibrate import (CALIB_BATCH_BYTES, DEFAULT_BATCH_SIZE, _site_bytes, batch_within,
+                            calibration_feeds, static_shapes)
     if not cfg.sequential or not nm.sites:
         return
-    specs = input_specs(nm.model)
-    arrays = ds.x if isinstance(ds.x, dict) else {specs[0][0]: ds.x} if specs else {}
-    ins = {k: tuple(int(d) for d in np.shape(v)[1:]) for k, v in arrays.items()}
+    feeds, n, batch = calibration_feeds(nm, ds.x, batch_size or DEFAULT_BATCH_SIZE)
+    ins = {k: tuple(int(d) for d in v.shape[1:]) for k, v in feeds.items()}
     shapes = static_shapes(nm, [s.input for s in nm.sites], ins)
     if any(s.input not in shapes for s in nm.sites):
         return
-    fixed = fixed_batch(specs)
+    fixed = bool(fixed_batch(input_specs(nm.model)))
+    batch = batch_within(batch, _site_bytes(nm, nm.sites, feeds), CALIB_BATCH_BYTES, fixed)
     cal = SimpleNamespace(
         sites={s.name: SimpleNamespace(shape=shapes[s.input]) for s in nm.sites},
-        n_samples=len(ds), batch_size=fixed or batch_size or DEFAULT_BATCH_SIZE,
-        fixed_batch=bool(fixed), input_shapes=ins)
+        n_samples=n, batch_size=batch, fixed_batch=fixed, input_shapes=ins)
     check_refine_memory(cal, timesteps, cfg, nm)
 
 

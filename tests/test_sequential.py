@@ -811,15 +811,21 @@ def test_refining_no_site_returns_an_empty_report():
     assert recs == {} and report["sites"] == []
 
 
-def test_a_refinement_over_the_memory_limit_is_refused_before_the_calibration_pass(monkeypatch):
+@pytest.mark.parametrize("calib_bytes", [None, 5000], ids=["whole-batch", "bounded-batch"])
+def test_a_refinement_over_the_memory_limit_is_refused_before_the_calibration_pass(
+        monkeypatch, calib_bytes):
     """Where the sites' shapes are known without running the model, the memory check runs
     before the calibration pass, with the estimate the check after it makes (--calib-samples
-    0 of 60 000 images calibrated for 45 s before its refusal); a model whose shapes are free
-    keeps the check after the pass."""
+    0 of 60 000 images calibrated for 45 s before its refusal), also where the pass bounds
+    its batch by its sites' bytes (the estimate's work grows with the batch: an unbounded one
+    refused what the later check accepted)."""
     import importlib
     import onnx_snn.sequential as S
     from onnx_snn.errors import UsageError
     C = importlib.import_module("onnx_snn.convert")
+    if calib_bytes:
+        monkeypatch.setattr(importlib.import_module("onnx_snn.calibrate"), "CALIB_BATCH_BYTES",
+                            calib_bytes)
     x = B.rand_input(24)
     nm = onnx_snn.prepare(B.vgg(13, "clip"))
     cal = onnx_snn.calibrate(nm, x, show_progress=False)
