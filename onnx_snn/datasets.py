@@ -1108,16 +1108,16 @@ def recorded_data_paths(name, model_path=None) -> List[str]:
 
 def dataset_files(spec, data_dir=None) -> list:
     """The files loading ``spec`` reads (to protect them from being overwritten): an array
-    file itself, a folder of images and every image in it (no output named as an image
-    may be written inside it: the next read would take it for one), or a named dataset's
-    files where it would be found (best effort)."""
+    file itself, every image of a folder (no output named as an image may be written
+    among them: the next read would take it for one), or a named dataset's files where it
+    would be found (best effort)."""
     key = named_dataset(spec)
     if key is None:
         if not isinstance(spec, (str, os.PathLike)) or not str(spec):
             return []
         from .image_folder import image_files, is_image_folder
         path = split_spec(spec)[0]
-        return [Path(path), *image_files(path)] if is_image_folder(path) else [Path(path)]
+        return image_files(path) if is_image_folder(path) else [Path(path)]
     files = []
     try:
         if key in _IDX:

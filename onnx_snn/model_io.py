@@ -454,10 +454,19 @@ def _check_output_path(given: Path, inputs, probe: bool, example: str = "model.s
         if _same_file(Path(inp), target) or _same_file(Path(inp), given):
             raise OutputPathError(f"{shown}: is an input of this command ({inp}); choose "
                                   "another output path")
-        if Path(inp).is_dir() and _inside(target, Path(inp)) and _image_name(target):
-            raise OutputPathError(f"{shown}: is an image's name inside the folder of images "
-                                  f"{inp} that this command reads (the next read would take "
-                                  "the file for an image); choose a path outside it")
+
+    if _image_name(target):
+        # an image's name where the command reads images (their folder, or a folder under
+        # it: a class folder's subfolders are read too): the next read would take it for one
+        # (eval --json DATA/c0/x.png was written there, and the next eval failed on it); a
+        # class-folder dataset's root, whose loose files are not read, is fine
+        folders = {os.path.realpath(Path(i).parent) for i in inputs
+                   if i is not None and str(i) and _image_name(Path(i))}
+        held = next((f for f in folders if _inside(target.parent, Path(f))), None)
+        if held is not None:
+            raise OutputPathError(f"{shown}: is an image's name in {held}, a folder of the "
+                                  "images this command reads (the next read would take the "
+                                  "file for one of them); choose another name or folder")
     if probe:
         try:
             with _signals_deferred():

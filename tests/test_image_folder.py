@@ -553,10 +553,11 @@ def test_finetuning_on_named_class_folders_records_their_names(folder, tmp_path,
 
 def test_no_output_is_written_as_an_image_into_the_folder_a_command_reads(folder, tmp_path,
                                                                           capsys):
-    """An output named as an image inside the folder of images a command reads (eval's
-    --json, convert's -o) was written there, and the next read failed on it as "not a
-    readable image": refused before the work (exit 6); another name there is no image and
-    is written."""
+    """An output named as an image among the images a command reads (eval's --json,
+    convert's -o, in a class folder) was written there, and the next read failed on it as
+    "not a readable image": refused before the work (exit 6); another name there is no
+    image and is written, and so is an image's name at the root of the class folders,
+    whose loose files are not read (a plot beside the data)."""
     import onnx_snn
     from onnx_snn.cli import main
     root, _ = folder
@@ -569,8 +570,11 @@ def test_no_output_is_written_as_an_image_into_the_folder_a_command_reads(folder
                  ["convert", str(dnn), "--calib", str(root), "--method", "max",
                   "-o", str(root / "train" / "b" / "m.JPG")]):
         assert main(["-q", *argv]) == 6, argv
-        assert "is an image's name inside the folder of images" in capsys.readouterr().err
+        assert "a folder of the images this command reads" in capsys.readouterr().err
         assert not any(p.name in ("x.png", "m.JPG") for p in root.rglob("*"))
     assert main(["-q", "eval", str(model), "--data", str(root), "--json",
                  str(root / "val" / "a" / "r.json")]) == 0
     assert (root / "val" / "a" / "r.json").exists()
+    # the root of class folders holds no image that is read: an image's name there is fine
+    assert main(["-q", "eval", str(model), "--data", str(root), "--json",
+                 str(root / "summary.png")]) == 0
