@@ -144,44 +144,46 @@ def interruptible_session():
     return InterruptibleSession
 
 
-def _explicit_same_pads(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model``, or a copy whose Convs and pools of ``auto_pad`` SAME_UPPER/SAME_LOWER have
-    the same padding written out in ``pads`` where their input's size is known (ONNX's rule,
-    ``canonical.same_pads``). onnxruntime computes some of these itself wrongly or not at
-    all: a dilated Conv ("Dilation not supported for AutoPadType"), a pool whose windows
-    need no padding but whose formula goes negative ("padding values must be non-negative"),
-    so such a DNN could not even be evaluated (the converter writes all such pads out:
-    ``canonical.auto_pads_to_explicit_pads``)."""
-    from .graph.canonical import AUTO_PAD_OPS, same_pads
+def _same_padded(n: onnx.NodeProto) -> bool:
+    """A Conv or pool of ``auto_pad`` SAME_UPPER/SAME_LOWER, not in ceil mode."""
+    from .graph.canonical import AUTO_PAD_OPS
+    if n.op_type not in AUTO_PAD_OPS:
+        return False
+    pad = next((a.s.decode() for a in n.attribute if a.name == "auto_pad"), "NOTSET")
+    return pad.startswith("SAME") and not next(
+        (a.i for a in n.attribute if a.name == "ceil_mode"), 0)
 
-    def same(n) -> bool:
-        pad = next((a.s.decode() for a in n.attribute if a.name == "auto_pad"), "NOTSET")
-        ceil = next((a.i for a in n.attribute if a.name == "ceil_mode"), 0)
-        return n.op_type in AUTO_PAD_OPS and pad.startswith("SAME") and not ceil
-    if not any(same(n) for n in model.graph.node):
-        return model
-    from .graph.skeleton import infer_shapes
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+
+def _explicit_same_pads(data: bytes) -> bytes:
+    """The serialized session skeleton ``data`` (weights outside it) with its Convs and pools
+    of ``auto_pad`` SAME_UPPER/SAME_LOWER given the same padding written out in ``pads``,
+    where their input's size is known (ONNX's rule, ``canonical.same_pads``). onnxruntime
+    computes some of these wrongly or not at all: a dilated Conv ("Dilation not supported for
+    AutoPadType"), a pool whose windows need no padding but whose formula goes negative
+    ("padding values must be non-negative"), so such a DNN could not even be evaluated (the
+    converter writes all such pads out: ``canonical.auto_pads_to_explicit_pads``)."""
+    from .graph.canonical import same_pads
+    sk = onnx.ModelProto.FromString(data)
     try:
-        inferred = infer_shapes(out).graph
+        inferred = onnx.shape_inference.infer_shapes(sk).graph
     except Exception:     # noqa: BLE001 -- no shapes: onnxruntime says what it says
-        return model
+        return data
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None
                       for d in vi.type.tensor_type.shape.dim]
             for vi in list(inferred.input) + list(inferred.value_info)
             if vi.type.tensor_type.HasField("shape")}
-    inits = {t.name: t for t in out.graph.initializer}
-    for n in out.graph.node:
-        if not same(n):
+    dims.update({t.name: list(t.dims) for t in sk.graph.initializer})
+    changed = False
+    for n in sk.graph.node:
+        if not _same_padded(n):
             continue
         at = {a.name: a for a in n.attribute}
         shape = dims.get(n.input[0])
-        w = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        w = dims.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
         kernel = list(at["kernel_shape"].ints) if "kernel_shape" in at else \
-            (list(w.dims[2:]) if w is not None else None)
+            (list(w[2:]) if w else None)
         if not kernel or shape is None or len(shape) != len(kernel) + 2 or \
-                not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+                not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + kernel):
             continue
         k = len(kernel)
         strides = list(at["strides"].ints) if "strides" in at else [1] * k
@@ -192,7 +194,8 @@ def _explicit_same_pads(model: onnx.ModelProto) -> onnx.ModelProto:
         del n.attribute[:]
         n.attribute.extend(keep + [onnx.helper.make_attribute(
             "pads", [b for b, _ in both] + [e for _, e in both])])
-    return out
+        changed = True
+    return sk.SerializeToString() if changed else data
 
 
 def make_session(model: onnx.ModelProto, threads: Optional[int] = None, providers=None,
@@ -235,10 +238,11 @@ def make_session(model: onnx.ModelProto, threads: Optional[int] = None, provider
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not arena:
         so.enable_cpu_mem_arena = False
-    model = _explicit_same_pads(model)
     data = None                 # the serialized skeleton, once session_parts has made it
     try:
         data, names, arrays = skeleton.session_parts(model, outputs)
+        if any(_same_padded(n) for n in model.graph.node):     # (the skeleton: no weights)
+            data = _explicit_same_pads(data)
         if names:
             so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         sess = interruptible_session()(data, so, providers=providers or ["CPUExecutionProvider"])
