@@ -11,7 +11,6 @@ elsewhere than glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
@@ -19,7 +18,7 @@ import functools
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library has none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)       # the process's own C library (no ldconfig run)
         fn = libc.malloc_trim
     except (OSError, AttributeError):
         return None

@@ -563,7 +563,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
               "timesteps": int(snn.timesteps), "epochs": int(cfg.epochs),
               "images": int(n), **({} if measured_n == n else {"measured_images": measured_n}),
               "lr": float(cfg.lr), "batch_size": int(batch_size),
-              **({} if part_size >= batch_size else {"batch_parts_of": int(part_size)}),
+              **({} if part_size >= min(batch_size, n) else {"batch_parts_of": int(part_size)}),
               "temperature": float(cfg.temperature), "site_weight": float(cfg.site_weight),
               "output_weight": float(cfg.output_weight), "seed": int(cfg.seed),
               "before": before, "after": after, "epoch_losses": epoch_losses,
