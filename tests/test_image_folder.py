@@ -525,7 +525,8 @@ def test_fewer_class_folders_than_a_nameless_models_scores_are_warned_about(tmp_
 
 
 @pytest.mark.parametrize("classes", [3, 10], ids=["as-many-scores", "more-scores"])
-def test_finetuning_on_named_class_folders_records_their_names(folder, tmp_path, classes):
+def test_finetuning_on_named_class_folders_records_their_names(folder, tmp_path, classes,
+                                                              monkeypatch):
     """A model without class names fine-tuned on folders named after classes learns them in
     their sorted order: the file it writes records those names (onnx_snn.classes), so that
     a later folder of some of them is labelled as it learnt them (a tester's eval of two of
@@ -549,6 +550,13 @@ def test_finetuning_on_named_class_folders_records_their_names(folder, tmp_path,
             (sub / c / f.name).write_bytes(f.read_bytes())
     got = load_dataset(str(sub), classes=model_classes(onnx.load(str(out))) or classes)
     assert sorted(set(got.y.tolist())) == ([1, 2] if classes == 3 else [0, 1])
+    # the run's own test folder of some of the classes: labelled by the names it learns
+    import onnx_snn.runtimes.torch.finetune as F
+    seen, real = [], F.load_split
+    monkeypatch.setattr(F, "load_split", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    finetune(str(src), str(tmp_path / "t2.snn.onnx"), str(root), FinetuneConfig(epochs=1, batch_size=4),
+             show_progress=False, log=lambda *a: None, test_data=str(sub))
+    assert sorted(set(seen[1].y.tolist())) == [1, 2]
 
 
 def test_no_output_is_written_as_an_image_into_the_folder_a_command_reads(folder, tmp_path,

@@ -340,11 +340,13 @@ def _said_once():
 
 
 def load_split(model, data, split, limit, data_dir, view: fmt.SpikingView, download=False,
-               mean=None, std=None) -> Dataset:
+               mean=None, std=None, classes=None) -> Dataset:
+    """A split of the data, labelled (a folder: by the model's class names, else ``classes``,
+    else its folders' sorted order), checked."""
     ds = resolve_data(data, check_preprocess(view.info.preprocess), mean, std, data_dir=data_dir,
                       split=split, download=download, specs=_specs(view),
                       take=(limit or None, 0 if split == "train" else None),
-                      classes=folder_classes(model))
+                      classes=model_classes(model) or classes or folder_classes(model))
     if ds.y is None:
         raise DataError(f"{ds.name}: fine-tuning needs labels (a .npz with x and y, a named "
                         "dataset or a folder of class folders), with --teacher too: it trains "
@@ -611,8 +613,10 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
         train = load_split(model, data, "train", cfg.limit_train, data_dir, view, download,
                            mean, std)
         test_split = "train" if test_same and splits == {"train"} else "test"
+        # (a test folder of some of the classes: labelled by the names training learnt)
         test = load_split(model, data if test_data is None else test_data, test_split,
-                          cfg.limit_test, data_dir, view, download, mean, std)
+                          cfg.limit_test, data_dir, view, download, mean, std,
+                          classes=train.class_names)
     if existing is not None and not resume:   # (a resumed run's own check names the change)
         _check_existing_preprocess(existing, out_path, test)
         _check_existing_timesteps(existing, out_path, T)
