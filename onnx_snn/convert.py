@@ -24,7 +24,7 @@ from .auto_reconstruct import AUTO
 from .calibrate import (check_seed, DEFAULT_BATCH_SIZE, DEFAULT_CALIB_SAMPLES, DEFAULT_SAMPLE_SIZE,
                         Calibration, calibrate, model_key, record_sites, tensor_shapes)
 from .datasets import (INPUT_KEYS, LABEL_KEYS, Dataset, array_like, check_unambiguous_keys,
-                       input_key, apply_preprocess, check_finite,
+                       as_float32, input_key, apply_preprocess, check_finite,
                        is_inputs_labels, named_dataset, split_arrays,
                        check_inputs, check_labels, check_preprocess, check_raw_pixels,
                        label_key, load_dataset, PREPROCESS_LIMIT, RAW_PIXELS, recorded_data_name, sample_count,
@@ -704,9 +704,9 @@ def resolve_data(data, preprocess: Optional[dict] = None, mean=None, std=None,
         ds = load_dataset(str(data), data_dir=data_dir, split=split, download=download,
                           image_shape=image_shape(specs), take=take,
                           inputs=[n for n, _ in specs or ()], labels=labels, classes=classes,
-                          show_progress=show_progress)
+                          show_progress=show_progress, float32=all_rows or take is None)
         if take is not None and not all_rows:
-            ds = ds.take(*take)
+            ds = as_float32(ds.take(*take))     # (the samples taken, in float32)
     elif isinstance(data, dict):
         ds = _dict_dataset(data, specs, split, labels)
     elif isinstance(data, (np.ndarray, list)) or hasattr(data, "__array__"):

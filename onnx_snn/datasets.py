@@ -20,6 +20,7 @@ already preprocessed). Inputs, labels and recorded preprocessing are checked her
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -102,6 +103,19 @@ class Dataset:
         x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
         return Dataset(self.name, x, None if self.y is None else self.y[idx],
                        self.preprocessed, self.preprocess, self.source_dtype, self.class_names)
+
+
+def _float32(x):
+    """A numeric array as float32 (no copy where it is one); anything else as it is."""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "fiub" and x.dtype != np.float32:
+        return x.astype(np.float32)
+    return x
+
+
+def as_float32(ds: "Dataset") -> "Dataset":
+    """``ds`` with float32 inputs (a file's other type, kept until its samples were taken)."""
+    x = {k: _float32(v) for k, v in ds.x.items()} if isinstance(ds.x, dict) else _float32(ds.x)
+    return ds if x is ds.x else dataclasses.replace(ds, x=x)
 
 
 def model_classes(model) -> Optional[List[str]]:
@@ -689,14 +703,16 @@ def label_key(keys, inputs=()) -> Optional[str]:
 
 
 def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
-                    labels: bool = True) -> Dataset:
+                    labels: bool = True, float32: bool = True) -> Dataset:
     """A .npy (inputs) or .npz file: ``x`` (or data, images, inputs) and ``y`` (or labels,
     targets); one array per model input named after it; ``x_train``/``y_train`` and
     ``x_test``/``y_test`` (Keras's datasets: ``split`` picks, test by default); or the
     positional ``arr_0``, ``arr_1`` of ``numpy.savez(f, x, y)`` when ``arr_1`` is labels.
     ``inputs``: the model's input names (an array named after one is an input, never the
     labels, even if it is called ``y``). ``labels=False``: a command that uses none (convert)
-    neither reads nor checks them (the result's ``y`` is None)."""
+    neither reads nor checks them (the result's ``y`` is None). ``float32=False``: a .npy's
+    inputs stay in the file's type (and memory-mapped), for the caller to take its samples and
+    then :func:`as_float32` them (a uint8 file of 9.4 GB is 37 GB as float32)."""
     path = Path(path)
     why = file_problem(path)
     if why is not None:
@@ -785,8 +801,8 @@ def load_array_file(path: os.PathLike, split: Optional[str] = None, inputs=(),
         y = check_labels(y, len(x), str(path))
     # integer arrays are said so where the model is known (convert.resolve_data: raw pixels
     # are right for a model that takes them, and likely a mistake for any other)
-    return Dataset(name, x.astype(np.float32, copy=False), y, preprocessed=True,
-                   source_dtype=str(x.dtype))
+    return Dataset(name, x.astype(np.float32, copy=False) if float32 else x, y,
+                   preprocessed=True, source_dtype=str(x.dtype))
 
 
 def _model_arrays(rest: List[str], xk: Optional[str], inputs, where: str) -> List[str]:
@@ -1156,12 +1172,13 @@ def image_folder_spec(spec, split: Optional[str] = None) -> Optional[Tuple[str, 
 
 def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
                  download: bool = False, image_shape=None, take=None, inputs=(),
-                 labels: bool = True, classes=None, show_progress: bool = True) -> Dataset:
+                 labels: bool = True, classes=None, show_progress: bool = True,
+                 float32: bool = True) -> Dataset:
     """Load ``spec``: a dataset name (optionally ``name:split``), a .npy/.npz path, or a
     folder of class subfolders of images (:mod:`onnx_snn.image_folder`; ``image_shape``:
     the (channels, height, width) its images are brought to; ``take`` = (n, seed): only the
     images ``Dataset.take(n, seed)`` keeps are read; ``classes``: the model's class names,
-    which label its class folders)."""
+    which label its class folders; ``float32``: see :func:`load_array_file`)."""
     name, _, sp = str(spec).partition(":")
     key = named_dataset(spec)
     if key is not None:
@@ -1188,7 +1205,7 @@ def load_dataset(spec: str, data_dir=None, split: Optional[str] = None,
         raise DataError(f"{spec}: {path} holds no splits (x_train / x_test arrays): ':{chosen}' "
                         f"would be ignored; drop it to use all of its samples")
     if chosen is not None or path.endswith((".npy", ".npz")) or Path(path).is_file():
-        return load_array_file(path, chosen or split, inputs, labels)
+        return load_array_file(path, chosen or split, inputs, labels, float32)
     base = _split_suffix(str(spec))[0]        # FILE.npz:test of a FILE.npz that is a pipe
     if base != str(spec) and os.path.lexists(base) and file_problem(base):
         raise DataError(f"{spec}: {base} {file_problem(base)}")

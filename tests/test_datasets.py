@@ -372,6 +372,14 @@ def test_a_file_is_cut_to_the_samples_a_command_takes_before_it_is_checked(tmp_p
     assert len(got) == 5 and got.x.flags.owndata
     np.testing.assert_array_equal(got.x, x[take_indices(40, 5, 3)])
     assert got.take(5, 3) is got           # (what the caller then takes: the same samples)
+    u8 = (x * 255).astype(np.uint8)        # a file of another type: converted after the take
+    np.save(tmp_path / "u.npy", u8)
+    raw = load_array_file(tmp_path / "u.npy", float32=False)
+    assert raw.x.dtype == np.uint8 and not raw.x.flags.owndata      # mapped, not converted
+    got = resolve_data(str(tmp_path / "u.npy"), take=(5, 3))
+    assert got.x.dtype == np.float32
+    np.testing.assert_array_equal(got.x, u8[take_indices(40, 5, 3)].astype(np.float32))
+    assert resolve_data(str(tmp_path / "u.npy")).x.dtype == np.float32
     assert len(resolve_data(str(tmp_path / "d.npy"), take=(5, 3), all_rows=True)) == 40
 
 
