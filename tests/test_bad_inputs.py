@@ -472,15 +472,16 @@ for _cmd in ("eval {ws}/u8.onnx --data {ws}/test.npz",
 
 
 def _dilated_same_upper(ws):
-    """A Conv that onnxruntime loads but cannot run (dilation with auto_pad SAME_UPPER)."""
+    """A Conv that onnxruntime loads but cannot run: dilation with auto_pad SAME_UPPER on a
+    free image size (on a static one, the pads are written out and it runs)."""
     from onnx import helper
     w = np.ones((2, 1, 3, 3), np.float32)
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], dilations=[2, 2],
                                             auto_pad="SAME_UPPER"),
                            helper.make_node("Relu", ["c"], ["r"]),
                            helper.make_node("Flatten", ["r"], ["logits"])], "dil",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
-                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 288])],
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", "F"])],
                           [onnx.numpy_helper.from_array(w, "w")])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), ws / "dil.onnx")
 
