@@ -23,6 +23,8 @@ from .feeds import fixed_batch, input_specs, validate_feeds
 from .errors import DataError, UnsupportedModelError, UsageError, first_line
 from .flags import checks_flags
 from .values import is_int
+from .graph.canonical import AUTO_PAD_OPS
+from .graph.ir import auto_pads
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
@@ -146,7 +148,6 @@ def interruptible_session():
 
 def _same_padded(n: onnx.NodeProto) -> bool:
     """A Conv or pool of ``auto_pad`` SAME_UPPER/SAME_LOWER, not in ceil mode."""
-    from .graph.canonical import AUTO_PAD_OPS
     if n.op_type not in AUTO_PAD_OPS:
         return False
     pad = next((a.s.decode() for a in n.attribute if a.name == "auto_pad"), "NOTSET")
@@ -157,12 +158,11 @@ def _same_padded(n: onnx.NodeProto) -> bool:
 def _explicit_same_pads(data: bytes) -> bytes:
     """The serialized session skeleton ``data`` (weights outside it) with its Convs and pools
     of ``auto_pad`` SAME_UPPER/SAME_LOWER given the same padding written out in ``pads``,
-    where their input's size is known (ONNX's rule, ``canonical.same_pads``). onnxruntime
+    where their input's size is known (ONNX's rule, ``graph.ir.auto_pads``). onnxruntime
     computes some of these wrongly or not at all: a dilated Conv ("Dilation not supported for
     AutoPadType"), a pool whose windows need no padding but whose formula goes negative
     ("padding values must be non-negative"), so such a DNN could not even be evaluated (the
     converter writes all such pads out: ``canonical.auto_pads_to_explicit_pads``)."""
-    from .graph.canonical import same_pads
     sk = onnx.ModelProto.FromString(data)
     try:
         inferred = onnx.shape_inference.infer_shapes(sk).graph
@@ -186,14 +186,12 @@ def _explicit_same_pads(data: bytes) -> bytes:
                 not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + kernel):
             continue
         k = len(kernel)
-        strides = list(at["strides"].ints) if "strides" in at else [1] * k
-        dil = list(at["dilations"].ints) if "dilations" in at else [1] * k
-        both = [same_pads(int(shape[2 + i]), int(kernel[i]), int(strides[i]), int(dil[i]),
-                          at["auto_pad"].s.decode()) for i in range(k)]
+        pads = auto_pads(at["auto_pad"].s.decode(), shape[2:], kernel,
+                         list(at["strides"].ints) if "strides" in at else [1] * k,
+                         list(at["dilations"].ints) if "dilations" in at else [1] * k)
         keep = [a for a in n.attribute if a.name not in ("auto_pad", "pads")]
         del n.attribute[:]
-        n.attribute.extend(keep + [onnx.helper.make_attribute(
-            "pads", [b for b, _ in both] + [e for _, e in both])])
+        n.attribute.extend(keep + [onnx.helper.make_attribute("pads", pads)])
         changed = True
     return sk.SerializeToString() if changed else data
 

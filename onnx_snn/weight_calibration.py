@@ -38,6 +38,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph.ir import auto_pads
+
 CALIBRATED_OPS = ("Conv", "Gemm")
 #: rows (patches) that enter the normal equations: at most max(MAX_ROWS, 20 x inputs) per
 #: ROW_IMAGES calibration images, the same number from each image (:func:`_row_cap`)
@@ -631,15 +633,7 @@ def _pads(attrs: dict, size: Tuple[int, int], kernel: Tuple[int, int], strides, 
     if mode in ("NOTSET",):
         p = list(attrs.get("pads", [0, 0, 0, 0]))
         return p[0], p[1], p[2], p[3]
-    if mode == "VALID":
-        return 0, 0, 0, 0
-    out = []
-    for i in range(2):
-        o = -(-size[i] // strides[i])
-        total = max(0, (o - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size[i])
-        small, big = total // 2, total - total // 2
-        out.append((big, small) if mode == "SAME_LOWER" else (small, big))
-    return out[0][0], out[1][0], out[0][1], out[1][1]
+    return tuple(auto_pads(mode, size, kernel, strides, dilations))
 
 
 def _strides_dilations(attrs: dict):

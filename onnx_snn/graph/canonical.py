@@ -2,7 +2,7 @@
 spatial axes, MatMul + Add, Abs and ReduceL1 of non-negative tensors."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -13,8 +13,8 @@ from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
 from ..notes import interface
-from .ir import (broadcasts_within, const_value, depends_on_inputs, is_graph_output, node_label,
-                 pool_windows, rank, scalar_value)
+from .ir import (auto_pads, broadcasts_within, const_value, depends_on_inputs, is_graph_output,
+                 node_label, pool_windows, rank, scalar_value)
 from .passes import PassResult, graph_pass
 from .sites import _data_input, constant_bounds
 
@@ -690,18 +690,6 @@ def _forget_shapes_after(graph: gs.Graph, node: gs.Node) -> None:
 AUTO_PAD_OPS = ("Conv", "MaxPool", "AveragePool", "LpPool")
 
 
-def same_pads(size: int, kernel: int, stride: int, dilation: int, mode: str) -> Tuple[int, int]:
-    """(begin, end) padding of one axis for ONNX's ``auto_pad`` ``mode`` (SAME_UPPER: the odd
-    one at the end; SAME_LOWER: at the start; VALID: none): the output is ceil(size / stride)
-    long."""
-    if mode == "VALID":
-        return 0, 0
-    out = -(-size // stride)
-    total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
-    small = total // 2
-    return (small, total - small) if mode == "SAME_UPPER" else (total - small, small)
-
-
 @graph_pass("auto-pads-to-explicit-pads")
 def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
     """A Conv or pool whose padding is ``auto_pad`` (SAME_UPPER, SAME_LOWER, VALID: Keras's
@@ -727,13 +715,12 @@ def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
                 not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
             continue
         n = len(kernel)
-        strides = [int(v) for v in node.attrs.get("strides", [1] * n)]
-        dil = [int(v) for v in node.attrs.get("dilations", [1] * n)]
-        both = [same_pads(int(shape[2 + i]), int(kernel[i]), strides[i], dil[i], auto)
-                for i in range(n)]
-        node.attrs["pads"] = [b for b, _ in both] + [e for _, e in both]
+        node.attrs["pads"] = auto_pads(auto, shape[2:], kernel, node.attrs.get("strides", [1] * n),
+                                       node.attrs.get("dilations", [1] * n))
         node.attrs["auto_pad"] = "NOTSET"
         result.changed += 1
+
+
 @graph_pass("ceil-pools-to-explicit-pads")
 def ceil_pools_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
     """A ``MaxPool``/``AveragePool`` in ceil mode whose last window would start in the end

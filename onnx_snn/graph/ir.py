@@ -1,7 +1,7 @@
 """Small helpers over onnx-graphsurgeon graphs shared by the passes."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -50,6 +50,27 @@ def pool_windows(size: int, span: int, stride: int, lo: int, hi: int, ceil: bool
     room = size + lo + hi - span
     o = (-(-room // stride) if ceil else room // stride) + 1
     return o - 1 if ceil and (o - 1) * stride >= size + lo else o
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int, mode: str) -> Tuple[int, int]:
+    """(begin, end) padding of one axis for ONNX's ``auto_pad`` ``mode`` (SAME_UPPER: the odd
+    one at the end; SAME_LOWER: at the start; VALID: none): the output is ceil(size / stride)
+    long."""
+    if mode == "VALID":
+        return 0, 0
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + dilation * (kernel - 1) + 1 - size)
+    small = total // 2
+    return (small, total - small) if mode == "SAME_UPPER" else (total - small, small)
+
+
+def auto_pads(mode: str, sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+              dilations: Sequence[int]) -> List[int]:
+    """ONNX's ``pads`` (every axis's begin, then every axis's end) that ``auto_pad`` ``mode``
+    gives spatial ``sizes`` (:func:`same_pads`)."""
+    both = [same_pads(int(sizes[i]), int(kernel[i]), int(strides[i]), int(dilations[i]), mode)
+            for i in range(len(kernel))]
+    return [b for b, _ in both] + [e for _, e in both]
 
 
 def node_label(node: gs.Node) -> str:

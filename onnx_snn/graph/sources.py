@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 
-from .ir import pool_windows
+from .ir import pool_windows, same_pads
 from .walk import attr
 
 #: ops the source-site walk passes through (data input(s) only)
@@ -199,8 +199,7 @@ def window_elements(node: onnx.NodeProto, shapes: Mapping[str, Sequence[int]]) -
         span = d * (k - 1) + 1
         if auto in (b"SAME_UPPER", b"SAME_LOWER"):     # output ceil(size / s), pads split
             o = -(-size // s)
-            extra = max(0, (o - 1) * s + span - size)
-            lo = extra // 2 if auto == b"SAME_UPPER" else extra - extra // 2
+            lo = same_pads(size, k, s, d, auto.decode())[0]
         elif auto == b"VALID":
             o, lo = (size - span) // s + 1, 0
         else:

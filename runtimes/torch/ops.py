@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_snn.graph.ir import auto_pads
+
 _DTYPES = {
     TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64,
     TensorProto.FLOAT16: torch.float16, TensorProto.INT64: torch.int64,
@@ -55,15 +57,7 @@ def _auto_pad(a, x, kernel, strides, dilations):
     mode = a.get("auto_pad", "NOTSET")
     if mode in ("NOTSET", "VALID"):
         return a.get("pads")
-    pads_b, pads_e = [], []
-    for i, k in enumerate(kernel):
-        size = x.shape[2 + i]
-        out = -(-size // strides[i])
-        total = max(0, (out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - size)
-        small, big = total // 2, total - total // 2
-        pads_b.append(big if mode == "SAME_LOWER" else small)
-        pads_e.append(small if mode == "SAME_LOWER" else big)
-    return pads_b + pads_e
+    return auto_pads(mode, x.shape[2:], kernel, strides, dilations)
 
 
 def conv(a, x, w, b=None):
