@@ -140,7 +140,7 @@ def test_a_batch_trained_in_parts_takes_the_whole_batch_step(monkeypatch, limit)
     x = B.rand_input(18, seed=5)
     dnn = onnx_snn.prepare(B.vgg(seed=3)).model
     cfg = ReconstructConfig(epochs=2, lr=3e-3, batch_size=7)
-    per = R._bounded_batch(dnn, None, 10 ** 6, 10 ** 9, 2)      # images in 1e9 bytes
+    per = R._bounded_batch(dnn, None, 10 ** 6, 10 ** 9 // 2)   # images in 1e9 bytes at T = 2
     done = []
     for bound in (None, limit):
         if bound is not None:      # parts of `limit` images at T = 2

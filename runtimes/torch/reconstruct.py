@@ -356,7 +356,13 @@ def _batches(x: Dict[str, np.ndarray], size: int, order=None, fixed: Optional[in
     idx = np.arange(len(next(iter(x.values())))) if order is None else order
     for a in range(0, len(idx), size):
         rows = idx[a:a + size]
-        yield rows, {k: pad_batch(np.ascontiguousarray(v[rows]), fixed) for k, v in x.items()}
+        yield rows, _batch(x, rows, fixed)
+
+
+def _batch(x: Dict[str, np.ndarray], rows, fixed: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """{input: the samples ``rows`` of ``x``}, padded with zero samples up to a model's
+    ``fixed`` batch."""
+    return {k: pad_batch(np.ascontiguousarray(v[rows]), fixed) for k, v in x.items()}
 
 
 def _kept(t, n: int):
@@ -370,9 +376,9 @@ def _kept(t, n: int):
 
 
 def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int,
-                   limit: Optional[int] = None, copies: int = 1) -> int:
-    """``cap``, or fewer images where ``copies`` of their values of ``names`` (None: every
-    node's output, one step of the network) would take more than ``limit`` bytes (None:
+                   limit: Optional[int] = None) -> int:
+    """``cap``, or fewer images where their values of ``names`` (None: every node's output,
+    one step of the network) would take more than ``limit`` bytes (None:
     :data:`BATCH_BYTES`) in float32 (the shapes the normalized DNN records; where one is not
     known, ``cap``)."""
     from onnx_snn.auto_reconstruct import activation_elements
@@ -380,7 +386,7 @@ def _bounded_batch(dnn: onnx.ModelProto, names: Optional[List[str]], cap: int,
     if not per:
         return cap
     limit = BATCH_BYTES if limit is None else limit
-    return int(max(1, min(cap, limit // (4 * per * max(int(copies), 1)))))
+    return int(max(1, min(cap, limit // (4 * per))))
 
 
 def _parts(rows: np.ndarray, size: int) -> List[np.ndarray]:
@@ -438,15 +444,15 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
     fixed = fixed_batch(input_specs(dnn))     # a model of one batch size: that size, padded
     batch_size = fixed or cfg.batch_size
     # the samples one training pass runs (a batch's gradients add up over its parts)
-    part_size = fixed or _bounded_batch(dnn, None, batch_size, TRAIN_BYTES, snn.timesteps)
+    part_size = fixed or _bounded_batch(dnn, None, batch_size, TRAIN_BYTES // snn.timesteps)
     eval_size = fixed or _bounded_batch(
         dnn, [r.input for r in records.values()] + [o.name for o in dnn.graph.output],
         TARGET_BATCH)             # the DNN's batches in onnxruntime
     # the spiking network's batches when it is measured (no gradient): 256 images of the
     # shipped model held 1.1 GB at once, 3x the training's peak
     # (one step's values within BATCH_BYTES, the T steps' within TRAIN_BYTES)
-    measure_size = fixed or min(_bounded_batch(dnn, None, MEASURE_BATCH), _bounded_batch(
-        dnn, None, MEASURE_BATCH, TRAIN_BYTES, snn.timesteps))
+    measure_size = fixed or _bounded_batch(dnn, None, MEASURE_BATCH,
+                                           min(BATCH_BYTES, TRAIN_BYTES // snn.timesteps))
 
     def as_torch(batch):
         return {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -520,7 +526,7 @@ def reconstruct(snn, dnn: onnx.ModelProto, x, config: Optional[ReconstructConfig
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for part in _parts(rows, part_size):
-            b = {k: pad_batch(np.ascontiguousarray(v[part]), fixed) for k, v in x.items()}
+            b = _batch(x, part, fixed)
             k = len(part)
             t_out, t_sites = targets(part, b, k)
             out, per_site = _kept(net.site_outputs(as_torch(b), grad=True, every_output=True), k)
