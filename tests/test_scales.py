@@ -410,3 +410,53 @@ def test_search_config_takes_numpy_scalars_as_their_python_values():
     assert type(c.per_channel) is bool and type(c.sequential_sample) is int
     assert SearchConfig(search_stride=2.0, sequential_sample=2e5).sequential_sample == 200_000
     json.dumps(c.__dict__)
+
+
+def _pooled_sse(x, d, g, mu, T, ch, w):
+    """The objective of a choice on the max-pooled values: each window of ``w`` neurons'
+    largest count against its largest target."""
+    from onnx_snn.scales import simulate_counts
+    th = (ch.alpha[g] * mu).astype(np.float32)
+    k = simulate_counts(x, th[None, :], (ch.v_init_fraction[g] * ch.alpha[g] * mu)[None, :]
+                        .astype(np.float32))[0]
+    beta = ch.beta[g][::w]
+    got = beta * mu / T * k.reshape(-1, w).max(1)
+    return float(np.sum((got - d.reshape(-1, w).max(1)) ** 2)) / (d.size // w)
+
+
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_a_search_on_pool_windows_fits_the_pooled_values(T):
+    """With ``window``, the objective is the pooled one (each window's largest count against
+    its largest target: what a rate-exact max pool passes on), and the choice fits the pooled
+    values better than the search per neuron does, where the windows' largest values sit far
+    above the site's typical ones (a global max pool of 16 neurons)."""
+    from onnx_snn.scales import search_channels
+    rng = np.random.default_rng(T)
+    P, w, per = 3, 16, 200
+    mu = 1.5
+    mean = rng.exponential(0.25, (P * per * w,))          # mostly small, a long tail
+    x = np.clip(mean[None, :] + rng.normal(0, 0.1, (T, mean.size)), -1, None).astype(np.float32)
+    d = np.clip(mean + rng.normal(0, 0.05, mean.size), 0, mu)
+    g = np.repeat(np.arange(P), per * w)
+    cfg = SearchConfig()
+    pooled = search_channels(x, d, mu, T, cfg, g, P, start=(0.7, 0.9), window=w)
+    neuron = search_channels(x, d, mu, T, cfg, g, P, start=(0.7, 0.9))
+    assert pooled.objective_value == pytest.approx(_pooled_sse(x, d, g, mu, T, pooled, w), rel=1e-9)
+    assert _pooled_sse(x, d, g, mu, T, pooled, w) < 0.7 * _pooled_sse(x, d, g, mu, T, neuron, w)
+    # the same search with windows of one neuron is the search per neuron
+    one = search_channels(x, d, mu, T, cfg, g, P, start=(0.7, 0.9), window=1)
+    np.testing.assert_array_equal(one.alpha, neuron.alpha)
+
+
+def test_a_search_on_windows_checks_them():
+    from onnx_snn.scales import search_channels
+    x = np.ones((2, 12), np.float32)
+    d = np.ones(12)
+    g = np.zeros(12, np.int64)
+    with pytest.raises(ValueError, match="windows of 5"):
+        search_channels(x, d, 1.0, 2, SearchConfig(), g, 1, window=5)       # not whole windows
+    with pytest.raises(ValueError, match="windows of 4"):
+        search_channels(x, d, 1.0, 2, SearchConfig(), g, 1, window=4, signed=True)
+    mixed = np.repeat([0, 1], 6)                                           # a window in two groups
+    with pytest.raises(ValueError, match="one group per window"):
+        search_channels(x, d, 1.0, 2, SearchConfig(), mixed, 2, window=4)
