@@ -304,13 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refined: add, per channel, the mean input current the spiking layer "
                         "lacks (Li et al. 2021; default: "
                         f"{'on' if SEARCH.bias_correction else 'off'})")
-    c.add_argument("--pool-windows", action=argparse.BooleanOptionalAction,
-                   default=SEARCH.pool_windows,
-                   help="refined: a layer whose spikes only a max pool reads gets the "
-                        "thresholds that best match the DNN after the pool (the largest "
-                        "activation of each window, which the spiking pool's rate is), not "
-                        "before it; helps most before a global max pool (default: "
-                        f"{'on' if SEARCH.pool_windows else 'off'})")
     c.add_argument("--weight-calibration", action=argparse.BooleanOptionalAction,
                    default=SEARCH.weight_calibration,
                    help="refined: refit every layer that reads spikes so that its output on "
@@ -846,7 +839,6 @@ def cmd_convert(args) -> int:
                               sequential=args.sequential or args.method == "refined",
                               per_channel=args.per_channel,
                               bias_correction=args.bias_correction,
-                              pool_windows=args.pool_windows,
                               weight_calibration=args.weight_calibration,
                               signed_spikes=args.signed_spikes,
                               search_stride=args.search_stride)

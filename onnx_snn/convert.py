@@ -212,7 +212,6 @@ def search_cells(cfg: SearchConfig, timesteps: int, method: str) -> int:
 #: ``sequential``), with the convert flag that sets each one (None: the API's alone)
 REFINEMENT_FIELDS = {"per_channel": "--no-per-channel", "weight_calibration": "--no-weight-calibration",
                      "bias_correction": "--no-bias-correction", "search_stride": "--search-stride",
-                     "pool_windows": "--no-pool-windows",
                      "v_init_fractions": None, "sequential_sample": None, "weight_ridge": None,
                      "weight_holdout": None, "one_step_ceiling": None, "weight_target_floor": None,
                      "weight_ridge_grid": None, "weight_ridge_to_original": None}
@@ -916,8 +915,6 @@ def build(nm: NormalizedModel, calib: Calibration, timesteps: int = DEFAULT_TIME
         **({"sequential": True, "v_init_fractions": list(cfg.v_init_fractions),
             "sequential_sample": cfg.sequential_sample, "per_channel": cfg.per_channel,
             "bias_correction": cfg.bias_correction,
-            **({"pool_windows": [r["site"] for r in refinement["sites"] if r.get("pool")]}
-               if refinement and any(r.get("pool") for r in refinement["sites"]) else {}),
             "weight_calibration": cfg.weight_calibration and not one_image,
             **({"weight_calibration_skipped": "one calibration image: none held out to check "
                 "a refit on"} if one_image else {}),

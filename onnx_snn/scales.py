@@ -65,9 +65,6 @@ class SearchConfig:
     sequential_sample: int = 200_000  # sequential: (input, target) pairs per site
     per_channel: bool = True         # sequential: alpha, beta, initial membrane per channel
     bias_correction: bool = True     # sequential: per-channel current offset (Li et al. 2021)
-    #: sequential: a site that a max pool alone reads is searched on the pool's windows, for
-    #: the pooled rate (onnx_snn.pooled_sites; False: per neuron, the default until 2026-12-07)
-    pool_windows: bool = True
     weight_calibration: bool = True   # sequential: refit the layers that read spikes
     weight_ridge: float = 0.01       # weight calibration: ridge / mean diagonal of R^T R
     weight_holdout: int = 2          # weight calibration: every k-th image checks the refits
@@ -104,7 +101,7 @@ class SearchConfig:
         (``one_step_ceiling`` at T = 1)."""
         return bool(self.one_step_ceiling) and int(timesteps) == 1
 
-    _BOOLS = ("sequential", "per_channel", "bias_correction", "pool_windows", "weight_calibration",
+    _BOOLS = ("sequential", "per_channel", "bias_correction", "weight_calibration",
               "one_step_ceiling", "signed_spikes", "weight_ridge_to_original")
     _INTS = ("sequential_sample", "weight_holdout", "search_stride")
     _FLOATS = ("percentile_step", "beta_step", "beta_max", "percentile", "relu_percentile",
@@ -497,15 +494,10 @@ def _gap_candidates(pos: np.ndarray, qs: np.ndarray, timesteps: int) -> np.ndarr
     return lo + GAP_FRACTION * (hi - lo)
 
 
-#: the most (candidate, neuron) pairs :func:`search_channels` simulates at once on windows
-#: (16 candidates of 250 000 neurons; a sample of windows may hold more neurons)
-SIMULATED = 4_000_000
-
-
 def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timesteps: int,
                     config: Optional[SearchConfig] = None, groups: Optional[np.ndarray] = None,
                     n_groups: int = 1, start: Optional[tuple] = None, chunk: int = 16,
-                    min_group: int = 64, signed: bool = False, window: int = 1) -> ChannelChoice:
+                    min_group: int = 64, signed: bool = False) -> ChannelChoice:
     """The spiking-aware search of one site, per group of neurons (``groups``: the channel of
     every sampled neuron, ``0..n_groups-1``; None: one group).
 
@@ -521,17 +513,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
 
     A group with fewer than ``min_group`` neurons or that the DNN never activates keeps the
     ``start`` scales (with a zero initial membrane). ``signed``: the neurons are signed
-    (``SignedIFNeuron``).
-
-    ``window`` > 1: the site feeds a max pool, and the neurons come in windows of the pool,
-    ``window`` consecutive neurons of one group each (``groups`` constant over a window). The
-    rate-exact spiking pool outputs the largest spike count of its window, and a neuron's
-    count is a non-decreasing function of its current, so the pooled rate is the same
-    quantization applied to the window's largest input: the objective compares
-    ``beta*mu/T * max(counts)`` to ``max(target)`` over each window, and alpha's candidates
-    are the percentiles of the windows' largest mean currents (a global max pool of a 7 x 7
-    map sees the top of its site's distribution, which the site's own percentiles place
-    few levels in: :mod:`onnx_snn.pooled_sites`). Unsigned neurons only."""
+    (``SignedIFNeuron``)."""
     cfg = config or SearchConfig()
     x = np.asarray(currents, np.float32)
     d = np.asarray(target, np.float64)
@@ -540,21 +522,11 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         raise ValueError(f"currents must be [T={timesteps}, n={n}], not {list(x.shape)}")
     g = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     G = int(n_groups) if groups is not None else 1
-    w = int(window)
-    if w > 1 and (signed or n % w or np.any(g.reshape(-1, w) != g[::w, None])):
-        raise ValueError(f"windows of {w} neurons need unsigned neurons, a whole number of "
-                         "windows and one group per window")
-    order = np.argsort(g, kind="stable")     # (stable: a window's neurons stay together)
+    order = np.argsort(g, kind="stable")
     x, d, g = x[:, order], d[order], g[order]
     present, starts, sizes = np.unique(g, return_index=True, return_counts=True)
     P = present.size
     xm = x.mean(0, dtype=np.float64)
-    # what the objective compares: each neuron, or each window's largest (the pooled output)
-    sizes_sim = sizes        # (the neurons simulated per group)
-    if w > 1:
-        xm, d = xm.reshape(-1, w).max(1), d.reshape(-1, w).max(1)
-        n, starts, sizes = n // w, starts // w, sizes // w
-        chunk = max(1, min(chunk, SIMULATED // max(n * w, 1)))   # more neurons, fewer at once
 
     # candidates: per group, the percentiles of its positive mean currents <= mu (as alpha)
     qs = np.arange(cfg.percentile_step, 100.0 + 1e-9, cfg.percentile_step)
@@ -585,7 +557,7 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
         C = cand_a.shape[0]
         q2, q1, qk = (np.empty((C, P)) for _ in range(3))
         scored = np.zeros(C, bool)   # candidates scored from breakpoints; the others simulated
-        for f in (() if signed or w > 1 else np.unique(cand_f)):
+        for f in (() if signed else np.unique(cand_f)):
             sel = cand_f == f
             th = cand_a[sel] * mu
             if count_sums.applies(timesteps, f, th):
@@ -599,10 +571,8 @@ def search_channels(currents: np.ndarray, target: np.ndarray, mu: float, timeste
             th = cand_a[idx] * mu                                       # [c, P]
             v0 = cand_f[idx, None] * th
             # per neuron, in float32 (one value per group, repeated over its neurons)
-            k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes_sim, axis=1),
-                                np.repeat(v0.astype(np.float32), sizes_sim, axis=1), signed)  # [c, n]
-            if w > 1:    # the pool's output: each window's largest count
-                k = k.reshape(k.shape[0], -1, w).max(2)
+            k = simulate_counts(x, np.repeat(th.astype(np.float32), sizes, axis=1),
+                                np.repeat(v0.astype(np.float32), sizes, axis=1), signed)  # [c, n]
             # counts are small whole numbers: their sums are exact in float64 in any order
             q2[idx] = np.add.reduceat(k * k, starts, axis=1, dtype=np.float64)
             q1[idx] = _group_sums(k * d[None, :], starts)

@@ -51,7 +51,6 @@ from .graph.ir import ELEMENTWISE_SAME_AXES
 from .spiking import format as fmt
 from .spiking import rewrite
 from .weight_calibration import MAX_INPUTS, layer_fit
-from .pooled_sites import sample_windows, site_pool
 
 #: the refinement's onnxruntime runs alternate with numpy work (regressions, the search), so
 #: its sessions do not spin between runs (spinning threads took the cores numpy needed: the
@@ -661,14 +660,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
     recs = copy.deepcopy(records)
     names = [s.name for s in nm.sites if s.name in recs]
     rng = np.random.default_rng(seed)
-    # a site that a max pool alone reads is sampled in whole windows of the pool, whose
-    # largest the search compares (onnx_snn.pooled_sites)
-    pooled = {s: site_pool(nm.model, recs[s].output, recs[s].shape) for s in names
-              if cfg.pool_windows and not recs[s].signed}
-    pooled = {s: p for s, p in pooled.items() if p is not None}
-    positions = {s: (sample_windows(rng, pooled[s], n_total, sizes, cfg.sequential_sample)
-                     if s in pooled else
-                     _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample))
+    positions = {s: _positions(rng, recs[s].neurons, n_total, sizes, cfg.sequential_sample)
                  for s in names}
     passes = 1 + len(names) * (3 if cfg.weight_calibration else 2)
     bar = Progress(n_total * passes, desc="refining", unit="sample",
@@ -933,11 +925,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         target = np.clip(h, 0.0, rec.mu)
         row = {"site": s, "alpha_datta": rec.alpha, "beta_datta": rec.beta,
                "pairs": int(cur.shape[1])}
-        window = pooled[s].size if s in pooled else 1
-        if window > 1:
-            row["pool"] = {"node": pooled[s].node, "window": window,
-                           "windows": int(cur.shape[1]) // window}
-        if not grouped and window == 1:
+        if not grouped:
             alpha, beta, frac, value = search_dynamic(cur, target, rec.mu, timesteps, cfg,
                                                       start=(rec.alpha, rec.beta),
                                                       signed=rec.signed)
@@ -959,7 +947,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                 row["offset"] = rec.offset
             groups = (channels, n_ch) if cfg.per_channel and n_ch > 1 else (None, 1)   # None: one group
             ch = search_channels(cur, target, rec.mu, timesteps, cfg, *groups,
-                                 start=(rec.alpha, rec.beta), signed=rec.signed, window=window)
+                                 start=(rec.alpha, rec.beta), signed=rec.signed)
             value = ch.objective_value
             rec.alpha, rec.beta, frac = (_value(v) for v in (ch.alpha, ch.beta, ch.v_init_fraction))
             rec.v_init = _value(np.asarray(ch.v_init_fraction) * np.asarray(rec.threshold))

@@ -193,16 +193,6 @@ DEFAULTS = {"default": 0, "default-seed1": 1, "default-seed2": 2,
 VARIANTS.update({name: ("refined", {"signed_spikes": "signed" in name}) for name in DEFAULTS})
 DRAWS.update({name: k for name, k in DEFAULTS.items() if k})
 SEEDS.update({name: k for name, k in DEFAULTS.items() if k})
-#: the search per neuron at a site that a max pool alone reads (``convert --no-pool-windows``,
-#: the default until 2026-12-07), refined alone and the default, seeds 0-1
-PER_NEURON = {"refined-no-pool-windows": 0, "refined-no-pool-windows-seed1": 1}
-VARIANTS.update({name: ("refined", {"pool_windows": False}) for name in PER_NEURON})
-SEEDS["refined-no-pool-windows-seed1"] = 1
-for _name, _k in (("default-no-pool-windows", 0), ("default-no-pool-windows-seed1", 1)):
-    DEFAULTS[_name] = _k
-    VARIANTS[_name] = ("refined", {"pool_windows": False})
-    if _k:
-        DRAWS[_name] = SEEDS[_name] = _k
 #: methods whose parameters do not depend on T: one run at the largest T gives every shorter one
 T_FREE = ("deng", "max")
 
