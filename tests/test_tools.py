@@ -430,6 +430,17 @@ def test_bench_eval_memory_small(fmnist_test):
     assert f["parts"]["top1"] == f["whole"]["top1"]
 
 
+@pytest.mark.slow   # 5-12 s: a benchmark's smoke run
+def test_bench_memory_npy_small(fmnist_test):
+    """The big-file part on a small file: eval of 100 of its samples, measured end to end in
+    a child process (its exit status, seconds and peak memory), and the file removed."""
+    r = run_tool("tools/bench_memory.py", "--parts", "npy", "--npy-gb", "0.01")
+    n = r["npy"]
+    assert n["rc"] == 0 and n["seconds"] > 0 and 20 < n["peak_rss_mb"] < 2000
+    assert n["file_samples"] * 28 * 28 * 4 == pytest.approx(0.01e9, rel=0.01)
+    assert "--limit 100" in n["command"] and "convert" not in r
+
+
 def test_ab_speed_times_two_graphs_side_by_side(tmp_path):
     """tools/ab_speed.py: images/s of two graphs of the same inputs, timed in alternating
     blocks, and their ratio; graphs of other inputs are refused."""
