@@ -2954,3 +2954,23 @@ def test_a_dilated_same_conv_converts_and_its_dnn_evaluates(mode, tmp_path):
     np.testing.assert_allclose(run(normalize(m).model, x).outputs[0], want, rtol=1e-5, atol=1e-5)
     snn = onnx_snn.convert(m, x, timesteps=2, method="max", show_progress=False, reconstruct=0)
     assert snn.model is not None
+
+
+def test_a_dilated_same_conv_of_free_size_is_pinned_to_the_data_and_converts():
+    """On an input whose spatial size the model leaves free the padding cannot be written
+    out: normalizing it alone says so, naming the node (onnxruntime ran nothing: exit 4 at the
+    first run), and convert pins the input to the calibration data's size, writes the pads
+    out and converts, to the same spiking model as the same net with its pads written."""
+    from onnx_snn.errors import UnsupportedModelError
+    m = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.Clear()
+        d.dim_param = "side"
+    with pytest.raises(UnsupportedModelError, match="node 'p'.*dilated.*fixed input size"):
+        normalize(m)
+    x = np.random.default_rng(0).standard_normal((16, 2, 7, 8)).astype(np.float32)
+    free = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False, reconstruct=0)
+    assert any("was pinned to the calibration data's" in n for n in free.report["notes"])
+    fixed = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    want = onnx_snn.convert(fixed, x, timesteps=2, method="datta", show_progress=False, reconstruct=0)
+    np.testing.assert_array_equal(run(free.model, x).outputs[0], run(want.model, x).outputs[0])

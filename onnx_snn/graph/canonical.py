@@ -713,6 +713,16 @@ def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
             kernel = node.attrs.get("kernel_shape")
         if shape is None or not kernel or len(shape) != len(kernel) + 2 or \
                 not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
+            dilated = any(int(d) != 1 for d in node.attrs.get("dilations", []) or [])
+            if node.op == "Conv" and auto != "VALID" and dilated:
+                # (onnxruntime loads it and refuses at the first run, the DNN's too)
+                raise UnsupportedModelError(
+                    f"{node_label(node)}: a dilated convolution with auto_pad {auto} on an input "
+                    "whose spatial size the model leaves free: onnxruntime cannot run it "
+                    f"(\"Dilation not supported for AutoPadType::{auto}\"), and its padding "
+                    "depends on the size; export the model with a fixed input size (its "
+                    "padding is then written out here) or with explicit pads (Keras/tf2onnx: "
+                    "a fixed input_shape; PyTorch: padding=\"same\" writes them)")
             continue
         n = len(kernel)
         node.attrs["pads"] = auto_pads(auto, shape[2:], kernel, node.attrs.get("strides", [1] * n),
