@@ -54,6 +54,19 @@ PARTS = ("convert", "npy")
 SIDE, CHANNELS = 56, 3
 #: the samples eval keeps of the big file
 LIMIT = 100
+#: ``python -c`` of a command with another checkout's code (``--code``; argv: the checkout,
+#: then the command's arguments): its onnx_snn and its runtimes/ as onnx_snn.runtimes (as the
+#: install maps them), not the installed ones
+CODE_LAUNCHER = """
+import sys
+code = sys.argv[1]
+sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+sys.path.insert(0, code)
+import runtimes
+sys.modules["onnx_snn.runtimes"] = runtimes
+from onnx_snn.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def large_maps_net(path: str) -> None:
@@ -115,12 +128,10 @@ def job_command(argv_json: str, code: str = None) -> dict:
     fresh process, its only one): its exit status, seconds end to end and peak resident
     memory (the child's maximum, as /usr/bin/time's)."""
     argv = json.loads(argv_json)
-    env = dict(os.environ)
-    if code:     # (a path entry comes before the editable install's finder)
-        env["PYTHONPATH"] = os.path.abspath(code) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "onnx_snn", *argv] if not code else \
+        [sys.executable, "-c", CODE_LAUNCHER, os.path.abspath(code), *argv]
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "onnx_snn", *argv], env=env,
-                          cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
+    done = subprocess.run(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss     # (KB on Linux)
