@@ -16,8 +16,8 @@ The sites are refined in graph order. For site ``l``:
    the layer's own weights; at T = 1 a layer that feeds a site alone is fitted to
    ``min(h, mu)``;
 2. the step graph runs, T steps over the calibration images, from the recorded spikes of the
-   sites before ``l`` (kept as uint8 for all images: one layer is run, not the network from
-   its input), and records on a fixed random sample of neurons the input current of every
+   sites before ``l`` (kept a bit each for all images, :mod:`onnx_snn.recorded_spikes`: one
+   layer is run, not the network from its input), and records on a fixed random sample of neurons the input current of every
    step; the target is the DNN's activation ``clip(h, 0, mu)`` of the same neuron and image;
 3. ``scales.search_channels`` picks per channel alpha, beta and the initial membrane by
    simulating the neurons exactly on those currents (``scales.search_dynamic`` per layer with
@@ -45,6 +45,7 @@ from .calibrate import (CALIB_BATCH_BYTES, Calibration, StratifiedStream, batch_
 from .errors import DataError, UsageError
 from .graph.normalize import NormalizedModel
 from .progress import Progress
+from .recorded_spikes import RecordedSpikes
 from .scales import SearchConfig, channel_offsets, search_channels, search_dynamic
 from .graph import walk
 from .graph.ir import ELEMENTWISE_SAME_AXES
@@ -323,7 +324,7 @@ def kept_currents_bytes(timesteps: int, n_samples: int, neurons: int) -> int:
     return need if KEEP_CURRENTS and need <= KEEP_CURRENTS_BYTES else 0
 
 
-#: memory the refined method may hold: the spikes (uint8, every time step) of every
+#: memory the refined method may hold: the spikes (a bit each, every time step) of every
 #: calibration sample at the sites still read, the DNN's outputs the weight calibration fits
 #: to (float32, gathered in its first pass), plus one batch's per-step input currents of the
 #: site being refined and its sampled pairs (float32); see check_refine_memory
@@ -426,8 +427,9 @@ def targets_spill(need: int) -> bool:
 def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
                  nm: Optional[NormalizedModel] = None) -> int:
     """An estimate of the memory the refined method holds (see :func:`refine`): while a site
-    is refined, ``T * samples * neurons`` bytes for it and for every earlier site still read
-    (spikes as uint8 per step; all sites when ``nm`` is not given); with weight calibration,
+    is refined, ``T * samples * neurons / 8`` bytes for it and for every earlier site still
+    read (spikes a bit each per step, a byte for signed ones: RecordedSpikes; all sites when
+    ``nm`` is not given); with weight calibration,
     :func:`target_bytes` (without ``nm``, a guess: 4 bytes per neuron of every site and
     sample); plus
     ``4 * T * (batch * neurons + 2 * pairs)`` bytes of currents (the refinement's batch, which
@@ -436,7 +438,8 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
     neurons = {k: int(np.prod(st.shape)) if st.shape else 1 for k, st in cal.sites.items()}
     batch = refine_batch_size(min(cal.batch_size, cal.n_samples) or 1, timesteps,
                               max(neurons.values(), default=1), cal.fixed_batch)
-    per = timesteps * cal.n_samples
+    def kept(k):           # a site's recorded spikes
+        return RecordedSpikes.bytes_for(timesteps, cal.n_samples, neurons[k], cfg.signed_spikes)
     if nm is not None:
         names = [s.name for s in nm.sites if s.name in neurons]
         held = [[]] + live_sites(nm, names)[:-1]        # what is kept while each site is refined
@@ -445,7 +448,7 @@ def refine_bytes(cal: Calibration, timesteps: int, cfg: SearchConfig,
         held = [names[:i] for i in range(len(names))]
     cache, work = 0, 0
     for k, before in zip(names, held):
-        cache = max(cache, per * (neurons[k] + sum(neurons[j] for j in before)))
+        cache = max(cache, kept(k) + sum(kept(j) for j in before))
         pairs = min(cfg.sequential_sample, cal.n_samples * neurons[k])
         work = max(work, 4 * timesteps * (batch * neurons[k] + 2 * pairs))
     targets = 0
@@ -767,15 +770,16 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                                readers=work_index.readers(work, recs)), "the step graph")
 
     # every refined site's spikes, per step, for all calibration images: later sites are run
-    # from them (one layer at a time) rather than from the input. uint8 0/1 spikes and the
-    # site's amplitude: y = s * amplitude is exactly what the neuron computed.
+    # from them (one layer at a time) rather than from the input. 0/1 spikes, a bit each
+    # (RecordedSpikes), and the site's amplitude: y = s * amplitude is exactly what the neuron
+    # computed.
     spikes: Dict[str, tuple] = {}
 
     def spike_values(name: str, t: int, start: int, nb: int) -> np.ndarray:
         """A recorded site's output at step ``t`` for a batch: its spikes times its amplitude,
         in float32, as the neuron computed it (one pass, no float32 copy of the spikes)."""
         s, amp = spikes[name]
-        return np.multiply(s[t, start:start + nb], amp, dtype=np.float32)
+        return np.multiply(s.read(start, start + nb, step=t), amp, dtype=np.float32)
 
     def run_spiking(wanted: List[str], per_batch, given: Optional[Dict[str, list]] = None,
                     view: Optional[fmt.SpikingView] = None):
@@ -811,11 +815,10 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
         """Record the site's spikes: from its kept input ``currents`` (per batch [T, ...]) by
         its neuron alone, or by running the step graph up to it."""
         amp = rec.param_values()["amplitude"]
-        out = np.zeros((timesteps, n_total, *rec.shape), np.int8 if rec.signed else np.uint8)
+        out = RecordedSpikes(timesteps, n_total, rec.shape, rec.signed)
 
         def keep(b, steps):
-            y = np.stack(steps[rec.output])
-            out[:, starts[b]:starts[b] + sizes[b]] = np.sign(y) if rec.signed else y != 0
+            out.write(starts[b], np.stack(steps[rec.output]))
         given = {rec.input: currents} if currents is not None else {}
         view = step_view([rec.output], list(spikes) + list(given))
         if currents is not None and rec.has_offset and not any(
@@ -866,7 +869,7 @@ def refine(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord], x, timesteps
                     if x in spikes and x not in steps:     # a recorded site's output
                         if x not in counts:
                             s, amp = spikes[x]
-                            counts[x] = spike_counts(s[:, starts[b]:starts[b] + sizes[b]], amp)
+                            counts[x] = spike_counts(s.read(starts[b], starts[b] + sizes[b]), amp)
                         if counts[x] is not None:
                             f.add(None, y, counts[x], first=starts[b], gathered=True)
                             continue
