@@ -39,7 +39,6 @@ import numpy as np
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TOOLS))
-os.environ["ONNX_SNN_RECONSTRUCT"] = "0"       # (the conversion alone; reconstructed here)
 
 FILES = {"shipped": os.path.join(os.path.dirname(TOOLS), "onnx_snn", "models", "fmnist_vgg.onnx"),
          "vgg16": os.path.join(TOOLS, "models", "fmnist_vgg16.onnx"),
@@ -48,7 +47,10 @@ BUILT = ("mlp", "deepnarrow", "highres6", "dwres", "inception", "encdec")
 #: the zoo's full-width networks (the paper's widths), heavy in MACs: only when named
 HEAVY = ("vgg16full",)
 #: the built networks' input side (28 unless named): the images upsampled to it
-SIDES = {"dwres56": 56, "highres56": 56}
+SIDES = {"dwres56": 56, "highres56": 56, "dwres56x3": 56}
+#: the built networks' input channels (1 unless named; tools/bench_memory.py's net: dwres56
+#: on three channels)
+CHANNELS = {"dwres56x3": 3}
 
 
 def _built(name: str):
@@ -94,8 +96,8 @@ def _built(name: str):
         for _ in range(5):
             layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
         return nn.Sequential(*layers, *head, nn.Linear(16, 10))
-    if name == "dwres56":
-        return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+    if name in ("dwres56", "dwres56x3"):
+        return nn.Sequential(nn.Conv2d(CHANNELS.get(name, 1), 32, 3, padding=1), nn.ReLU(),
                              *[DWRes(32) for _ in range(2)], *head, nn.Linear(32, 10))
     if name == "highres56":
         return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
@@ -114,7 +116,7 @@ def _built(name: str):
                              nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), *head,
                              nn.Linear(16, 10))
     raise SystemExit(f"bench_budget: no network {name!r}; known: "
-                     + ", ".join([*FILES, *BUILT, *HEAVY, *SIDES]))
+                     + ", ".join([*FILES, *BUILT, *HEAVY, *SIDES, *CHANNELS]))
 
 
 def model_path(name: str, folder: str) -> str:
@@ -124,7 +126,7 @@ def model_path(name: str, folder: str) -> str:
     from onnx_snn.zoo import export_onnx
     path = os.path.join(folder, f"{name}.onnx")
     side = SIDES.get(name, 28)
-    export_onnx(_built(name).eval(), path, (1, side, side))
+    export_onnx(_built(name).eval(), path, (CHANNELS.get(name, 1), side, side))
     return path
 
 
@@ -178,6 +180,7 @@ def fit(rows) -> dict:
 
 
 def main(argv=None) -> int:
+    os.environ["ONNX_SNN_RECONSTRUCT"] = "0"       # (the conversion alone; reconstructed here)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", default=",".join([*FILES, *BUILT]))
