@@ -97,8 +97,10 @@ class ModelRunner:
         expose = [] if self.spiking else [e for e in expose
                                           if e not in {o.name for o in self.model.graph.output}]
         check_data_inputs(self.model, where)
-        self.session = make_session(self.model, threads, providers, where=where,
-                                    outputs=tuple(per_step_outputs) + tuple(expose), spin=spin)
+        self._session_args = dict(threads=threads, providers=providers, where=where,
+                                  outputs=tuple(per_step_outputs) + tuple(expose), spin=spin)
+        self.session = make_session(self.model, **self._session_args)
+        self.pinned = False     # (see _pin_to)
         skip = (fmt.TIMESTEPS_INPUT,) + tuple(self.view.state_inputs) if self.view else ()
         taken = {i.name for i in self.session.get_inputs()}    # an unread input is not one
         self.specs = [sp for sp in input_specs(self.model, skip=skip) if sp[0] in taken]
@@ -140,6 +142,11 @@ class ModelRunner:
             try:
                 return StepResult(self.session.run(self.output_names, feeds), {})
             except Exception as e:
+                if not self._pin_to(e, feeds):
+                    raise run_failure(e, self.where, feeds) from None
+            try:
+                return StepResult(self.session.run(self.output_names, feeds), {})
+            except Exception as e:
                 raise run_failure(e, self.where, feeds) from None
         T = self.check_timesteps(timesteps)
         from onnx_snn.convert import warn_other_timesteps_once
@@ -169,6 +176,28 @@ class ModelRunner:
                                    for o, v in zip(self.output_names, outs[:k])]
             result.step_spikes = dict(zip(sites, outs[k + ns + len(timed):]))
         return result
+
+    def _pin_to(self, e: Exception, feeds: Dict[str, np.ndarray]) -> bool:
+        """Where onnxruntime refused to run a DNN's auto_pad SAME_* form on an input whose size
+        the model leaves free (a dilated Conv: "Dilation not supported for AutoPadType"), pin
+        its free dimensions to the batch's, as convert does, and open the session again, whose
+        padding is then written out (True); else False. Later batches must have that size."""
+        if self.pinned or not is_onnxruntime_error(e) or "AutoPadType" not in str(e):
+            return False
+        from onnx_snn.convert import pin_inputs
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        notes = pin_inputs(model, {k: tuple(v.shape[1:]) for k, v in feeds.items()})
+        if not notes:
+            return False
+        import logging
+        logging.getLogger("onnx_snn").warning(
+            "%s: onnxruntime cannot run its auto_pad SAME convolution on a free input size: "
+            "run at the data's size (%s)", self.where,
+            ", ".join(f"{k} {list(v.shape[1:])}" for k, v in feeds.items()))
+        self.model, self.pinned = model, True
+        self.session = make_session(model, **self._session_args)
+        return True
 
     def run_padded(self, feeds: Dict[str, np.ndarray], timesteps: Optional[int] = None) -> StepResult:
         """``run``, padding a short last batch with zeros for models with a fixed batch size

@@ -471,23 +471,25 @@ for _cmd in ("eval {ws}/u8.onnx --data {ws}/test.npz",
         needle="u8.onnx: the metadata onnx_snn.preprocess is not JSON")
 
 
-def _dilated_same_upper(ws):
-    """A Conv that onnxruntime loads but cannot run: dilation with auto_pad SAME_UPPER on a
-    free image size (on a static one, the pads are written out and it runs)."""
+def _gather_out_of_bounds(ws):
+    """A DNN that onnxruntime loads but cannot run: a Gather of a constant index beyond its
+    data (a dilated SAME Conv on a free image size was this test's model: since 2026-12-08 it
+    runs at the data's size, tests/test_normalize.py)."""
     from onnx import helper
     w = np.ones((2, 1, 3, 3), np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], dilations=[2, 2],
-                                            auto_pad="SAME_UPPER"),
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
                            helper.make_node("Relu", ["c"], ["r"]),
-                           helper.make_node("Flatten", ["r"], ["logits"])], "dil",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, "H", "W"])],
-                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", "F"])],
-                          [onnx.numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), ws / "dil.onnx")
+                           helper.make_node("Flatten", ["r"], ["f"]),
+                           helper.make_node("Gather", ["f", "i"], ["logits"], axis=1)], "oob",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 12, 12])],
+                          [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 10])],
+                          [onnx.numpy_helper.from_array(w, "w"),
+                           onnx.numpy_helper.from_array(np.arange(1000, 1010, dtype=np.int64), "i")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), ws / "oob.onnx")
 
 
-cli("eval_onnxruntime_cannot_run", "model", "eval {ws}/dil.onnx --data {ws}/calib.npy", 4,
-    setup=_dilated_same_upper, needle="onnxruntime failed running the model",
+cli("eval_onnxruntime_cannot_run", "model", "eval {ws}/oob.onnx --data {ws}/calib.npy", 4,
+    setup=_gather_out_of_bounds, needle="onnxruntime failed running the model",
     check=lambda ws, o, e: "\x1b[" not in e and "--batch-size 1" not in e)
 
 

@@ -2974,3 +2974,20 @@ def test_a_dilated_same_conv_of_free_size_is_pinned_to_the_data_and_converts():
     fixed = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
     want = onnx_snn.convert(fixed, x, timesteps=2, method="datta", show_progress=False, reconstruct=0)
     np.testing.assert_array_equal(run(free.model, x).outputs[0], run(want.model, x).outputs[0])
+
+
+def test_a_dilated_same_dnn_of_free_size_evaluates_at_its_datas_size(caplog):
+    """onnxruntime refuses the DNN itself at its first run; eval runs it at the data's size
+    (pinned as convert pins it, with a warning) and gives the same outputs as the net with
+    the size fixed."""
+    from onnx_snn.runtimes.ort import ModelRunner
+    m = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    fixed = ModelRunner(m).run({"x": np.ones((2, 2, 7, 8), np.float32)}).outputs[0]
+    for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.Clear()
+        d.dim_param = "side"
+    runner = ModelRunner(m)
+    with caplog.at_level("WARNING"):
+        got = runner.run({"x": np.ones((2, 2, 7, 8), np.float32)}).outputs[0]
+    assert runner.pinned and "run at the data's size (x [2, 7, 8])" in caplog.text
+    np.testing.assert_array_equal(got, fixed)
