@@ -155,6 +155,12 @@ def _same_padded(n: onnx.NodeProto) -> bool:
         (a.i for a in n.attribute if a.name == "ceil_mode"), 0)
 
 
+#: onnxruntime's messages when it refuses, at run time, an ``auto_pad`` SAME_* form that
+#: ONNX allows (``graph.canonical._refused_auto_pad``): a dilated Conv, a pool whose stride is
+#: longer than its window on some sizes
+AUTO_PAD_REFUSALS = ("Dilation not supported for AutoPadType", "padding values must be non-negative")
+
+
 def _explicit_same_pads(data: bytes) -> bytes:
     """The serialized session skeleton ``data`` (weights outside it) with its Convs and pools
     of ``auto_pad`` SAME_UPPER/SAME_LOWER given the same padding written out in ``pads``,

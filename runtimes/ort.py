@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from onnx_snn.calibrate import make_session
+from onnx_snn.calibrate import AUTO_PAD_REFUSALS, make_session
 
 from onnx_snn.errors import (DataError, UnsupportedModelError, UsageError, first_line,
                              is_onnxruntime_error)
@@ -139,15 +139,12 @@ class ModelRunner:
         """One batch (already validated feeds)."""
         feeds = {k: _as_feed(v, self.feed_types.get(k, v.dtype), k) for k, v in feeds.items()}
         if not self.spiking:
-            try:
-                return StepResult(self.session.run(self.output_names, feeds), {})
-            except Exception as e:
-                if not self._pin_to(e, feeds):
-                    raise run_failure(e, self.where, feeds) from None
-            try:
-                return StepResult(self.session.run(self.output_names, feeds), {})
-            except Exception as e:
-                raise run_failure(e, self.where, feeds) from None
+            while True:     # (once more after a pin: _pin_to pins once)
+                try:
+                    return StepResult(self.session.run(self.output_names, feeds), {})
+                except Exception as e:
+                    if not self._pin_to(e, feeds):
+                        raise run_failure(e, self.where, feeds) from None
         T = self.check_timesteps(timesteps)
         from onnx_snn.convert import warn_other_timesteps_once
         warn_other_timesteps_once(self.info, T, self.where, self.warned_timesteps)
@@ -179,10 +176,12 @@ class ModelRunner:
 
     def _pin_to(self, e: Exception, feeds: Dict[str, np.ndarray]) -> bool:
         """Where onnxruntime refused to run a DNN's auto_pad SAME_* form on an input whose size
-        the model leaves free (a dilated Conv: "Dilation not supported for AutoPadType"), pin
-        its free dimensions to the batch's, as convert does, and open the session again, whose
-        padding is then written out (True); else False. Later batches must have that size."""
-        if self.pinned or not is_onnxruntime_error(e) or "AutoPadType" not in str(e):
+        the model leaves free (``AUTO_PAD_REFUSALS``: a dilated Conv, a pool whose stride is
+        longer than its window), pin its free dimensions to the batch's, as convert does, and
+        open the session again, whose padding is then written out (True); else False. Later
+        batches must have that size."""
+        if self.pinned or not is_onnxruntime_error(e) or \
+                not any(m in str(e) for m in AUTO_PAD_REFUSALS):
             return False
         from onnx_snn.convert import pin_inputs
         model = onnx.ModelProto()
@@ -192,7 +191,7 @@ class ModelRunner:
             return False
         import logging
         logging.getLogger("onnx_snn").warning(
-            "%s: onnxruntime cannot run its auto_pad SAME convolution on a free input size: "
+            "%s: onnxruntime cannot run its auto_pad SAME form on a free input size: "
             "run at the data's size (%s)", self.where,
             ", ".join(f"{k} {list(v.shape[1:])}" for k, v in feeds.items()))
         self.model, self.pinned = model, True

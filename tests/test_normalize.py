@@ -2956,32 +2956,44 @@ def test_a_dilated_same_conv_converts_and_its_dnn_evaluates(mode, tmp_path):
     assert snn.model is not None
 
 
-def test_a_dilated_same_conv_of_free_size_is_pinned_to_the_data_and_converts():
+#: auto_pad SAME_* forms onnxruntime refuses at run time on a free size (op, stride, dilation,
+#: what the message names): a dilated Conv; a pool of a 3 x 2 window with stride 4 (on 8
+#: columns ONNX's padding is -2: "padding values must be non-negative")
+REFUSED_AUTO_PADS = [("Conv", 1, 3, "dilated convolution"),
+                     ("MaxPool", 4, 1, "stride is longer than its window"),
+                     ("AveragePool", 4, 1, "stride is longer than its window")]
+
+
+@pytest.mark.parametrize("op,stride,dilation,named", REFUSED_AUTO_PADS)
+def test_a_refused_same_form_of_free_size_is_pinned_to_the_data_and_converts(op, stride, dilation,
+                                                                             named):
     """On an input whose spatial size the model leaves free the padding cannot be written
-    out: normalizing it alone says so, naming the node (onnxruntime ran nothing: exit 4 at the
-    first run), and convert pins the input to the calibration data's size, writes the pads
-    out and converts, to the same spiking model as the same net with its pads written."""
+    out: normalizing it alone says so, naming the node (onnxruntime ran nothing: exit 4 at a
+    run), and convert pins the input to the calibration data's size, writes the pads out and
+    converts, to the same spiking model as the same net with its pads written."""
     from onnx_snn.errors import UnsupportedModelError
-    m = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    m = _auto_pad_net(op, "SAME_UPPER", stride, dilation, 7)
     for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
         d.Clear()
         d.dim_param = "side"
-    with pytest.raises(UnsupportedModelError, match="node 'p'.*dilated.*fixed input size"):
+    with pytest.raises(UnsupportedModelError, match=f"node 'p'.*{named}.*fixed input size"):
         normalize(m)
     x = np.random.default_rng(0).standard_normal((16, 2, 7, 8)).astype(np.float32)
     free = onnx_snn.convert(m, x, timesteps=2, method="datta", show_progress=False, reconstruct=0)
     assert any("was pinned to the calibration data's" in n for n in free.report["notes"])
-    fixed = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    fixed = _auto_pad_net(op, "SAME_UPPER", stride, dilation, 7)
     want = onnx_snn.convert(fixed, x, timesteps=2, method="datta", show_progress=False, reconstruct=0)
     np.testing.assert_array_equal(run(free.model, x).outputs[0], run(want.model, x).outputs[0])
 
 
-def test_a_dilated_same_dnn_of_free_size_evaluates_at_its_datas_size(caplog):
+@pytest.mark.parametrize("op,stride,dilation,named", REFUSED_AUTO_PADS)
+def test_a_refused_same_dnn_of_free_size_evaluates_at_its_datas_size(caplog, op, stride,
+                                                                     dilation, named):
     """onnxruntime refuses the DNN itself at its first run; eval runs it at the data's size
     (pinned as convert pins it, with a warning) and gives the same outputs as the net with
     the size fixed."""
     from onnx_snn.runtimes.ort import ModelRunner
-    m = _auto_pad_net("Conv", "SAME_UPPER", 1, 3, 7)
+    m = _auto_pad_net(op, "SAME_UPPER", stride, dilation, 7)
     fixed = ModelRunner(m).run({"x": np.ones((2, 2, 7, 8), np.float32)}).outputs[0]
     for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
         d.Clear()

@@ -713,22 +713,38 @@ def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
             kernel = node.attrs.get("kernel_shape")
         if shape is None or not kernel or len(shape) != len(kernel) + 2 or \
                 not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
-            dilated = any(int(d) != 1 for d in node.attrs.get("dilations", []) or [])
-            if node.op == "Conv" and auto != "VALID" and dilated:
-                # (onnxruntime loads it and refuses at the first run, the DNN's too)
+            refused = _refused_auto_pad(node, auto, kernel)
+            if refused:      # (onnxruntime loads it and refuses at a run, the DNN's too)
                 raise UnsupportedModelError(
-                    f"{node_label(node)}: a dilated convolution with auto_pad {auto} on an input "
-                    "whose spatial size the model leaves free: onnxruntime cannot run it "
-                    f"(\"Dilation not supported for AutoPadType::{auto}\"), and its padding "
-                    "depends on the size; export the model with a fixed input size (its "
-                    "padding is then written out here) or with explicit pads (Keras/tf2onnx: "
-                    "a fixed input_shape; PyTorch: padding=\"same\" writes them)")
+                    f"{node_label(node)}: {refused} with auto_pad {auto} on an input whose "
+                    "spatial size the model leaves free: onnxruntime cannot run it on every "
+                    "size, and its padding depends on the size; export the model with a fixed "
+                    "input size (its padding is then written out here) or with explicit pads "
+                    "(Keras/tf2onnx: a fixed input_shape; PyTorch: padding=\"same\" writes them)")
             continue
         n = len(kernel)
         node.attrs["pads"] = auto_pads(auto, shape[2:], kernel, node.attrs.get("strides", [1] * n),
                                        node.attrs.get("dilations", [1] * n))
         node.attrs["auto_pad"] = "NOTSET"
         result.changed += 1
+
+
+def _refused_auto_pad(node: gs.Node, auto: str, kernel) -> Optional[str]:
+    """What onnxruntime refuses at run time (not at load) in ``node``'s ``auto_pad`` SAME_*
+    form, in words, or None: a dilated Conv on any size ("Dilation not supported for
+    AutoPadType"), a pool whose stride is longer than its window on the sizes where ONNX's
+    padding is negative ("padding values must be non-negative": kernel 1, stride 2 on 8).
+    The messages are :data:`onnx_snn.calibrate.AUTO_PAD_REFUSALS`."""
+    if auto == "VALID":
+        return None
+    n = len(kernel) if kernel else 0
+    dilations = [int(d) for d in node.attrs.get("dilations", []) or [1] * n]
+    if node.op == "Conv":
+        return "a dilated convolution" if any(d != 1 for d in dilations) else None
+    strides = [int(d) for d in node.attrs.get("strides", []) or [1] * n]
+    if kernel and any(s > d * (int(k) - 1) + 1 for s, k, d in zip(strides, kernel, dilations)):
+        return "a pool whose stride is longer than its window"
+    return None
 
 
 @graph_pass("ceil-pools-to-explicit-pads")
