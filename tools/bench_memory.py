@@ -50,8 +50,8 @@ from _jobs import add_job_options, print_result, run_job  # noqa: E402
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 SHIPPED = os.path.join(os.path.dirname(TOOLS), "onnx_snn", "models", "fmnist_vgg.onnx")
 PARTS = ("convert", "npy")
-#: the large-feature-map net's input side and channels
-SIDE, CHANNELS = 56, 3
+#: the large-feature-map net: tools/bench_budget.py's (its input side and channels there)
+NET = "dwres56x3"
 #: the samples eval keeps of the big file
 LIMIT = 100
 #: ``python -c`` of a command with another checkout's code (``--code``; argv: the checkout,
@@ -72,20 +72,20 @@ sys.exit(main(sys.argv[2:]))
 def large_maps_net(path: str) -> None:
     """Export the depthwise-residual net of the ``convert`` part (module doc) to ``path``:
     tools/bench_budget.py's ``dwres56`` on three channels."""
-    from bench_budget import SIDES, model_path
-    assert SIDES["dwres56x3"] == SIDE
-    os.replace(model_path("dwres56x3", os.path.dirname(os.path.abspath(path))), path)
+    from bench_budget import model_path
+    os.replace(model_path(NET, os.path.dirname(os.path.abspath(path))), path)
 
 
 def large_maps_data(path: str, images: int) -> None:
     """``images`` Fashion-MNIST training images as 3 x 56 x 56 float32 in [0, 1] (each pixel
     2 x 2, gray over three channels), saved to ``path``."""
+    from bench_budget import CHANNELS, SIDES
     from onnx_snn.datasets import load_dataset
     x = load_dataset("fashion-mnist", split="train").x
     x = x[np.random.default_rng(0).choice(len(x), images, replace=False)]   # [0, 1] float32
-    k = SIDE // x.shape[-1]
+    k = SIDES[NET] // x.shape[-1]
     x = x.reshape(len(x), 1, *x.shape[-2:]).repeat(k, axis=-2).repeat(k, axis=-1)
-    np.save(path, np.ascontiguousarray(np.repeat(x, CHANNELS, axis=1)))
+    np.save(path, np.ascontiguousarray(np.repeat(x, CHANNELS[NET], axis=1)))
 
 
 def big_npy(path: str, gb: float) -> int:
@@ -139,7 +139,7 @@ def _command(args, argv, env=None) -> dict:
 
 def part_convert(args, folder: str) -> dict:
     import onnx
-    model, data, out = (os.path.join(folder, f) for f in ("dwres56x3.onnx", "x.npy", "out.onnx"))
+    model, data, out = (os.path.join(folder, f) for f in (f"{NET}.onnx", "x.npy", "out.onnx"))
     large_maps_net(model)
     large_maps_data(data, args.images)
     # (the default reconstruction: not turned off by an $ONNX_SNN_RECONSTRUCT=0 of the caller)
