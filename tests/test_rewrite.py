@@ -512,3 +512,33 @@ def test_the_dnns_records_are_carried_and_its_top1_is_named_as_the_dnns():
                                        show_progress=False).model)
     assert meta["onnx_snn.arch"] == "vgg" and json.loads(meta["onnx_snn.classes"]) == classes
     assert meta["onnx_snn.dnn_test_accuracy"] == "92.27" and "onnx_snn.test_accuracy" not in meta
+
+
+@pytest.mark.parametrize("method", ["max", "datta"])
+def test_spike_counts_are_exact_when_a_large_site_fires_on_every_step(method):
+    """A site of one amplitude and 25 088 neurons that all fire on every step counts exactly
+    T spikes per neuron in onnxruntime, as the torch runtime counts them: the counter divides
+    each spike by the amplitude before the sum (summing the amplitudes first came out one
+    spike high per step in float32)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.full((32, 1, 3, 3), 0.1, np.float32), "w"),
+             numpy_helper.from_array(np.full(32, 0.1, np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((25088, 10)).astype(np.float32) * 0.01, "fc")]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, ["N", 1, 28, 28])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.random((16, 1, 28, 28), dtype=np.float32)
+    T = 3
+    snn = onnx_snn.convert(model, x, timesteps=T, method=method, show_progress=False)
+    (site,) = snn.records.values()
+    assert not site.per_channel
+    loud = x * 1000 + 1                  # every current far above the threshold
+    counts = run(snn.model, loud).spikes[site.name]
+    np.testing.assert_array_equal(counts, np.full(len(x), T * 25088.0))
+    B.assert_runtimes_agree(snn.model, loud, atol=1e-3)

@@ -120,9 +120,13 @@ def step_nodes(nm: NormalizedModel, records: Dict[str, fmt.SiteRecord],
 
 
 def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
-    """spikes = sum(y) / amplitude, rounded: one pass over y (every spike carries the site's
-    one amplitude; the rounding removes the float sum's tiny error). Per-channel amplitudes
-    divide before the sum. A signed site counts its negative spikes too: sum(|y|)."""
+    """spikes = sum(y / amplitude), rounded: each spike's y / amplitude is exactly 1 (y is
+    the amplitude itself), so the float32 sum of 0s and 1s is the count, exact up to 2^24
+    spikes per sample and step. (Summing y first and dividing once, the counters' form until
+    2026-12-08 for a site of one amplitude, saves the elementwise divide but is not exact: a
+    sum of 25 088 spikes of amplitude 0.56 came out one spike high per step, which
+    ``analyze`` then refused as more than T spikes per neuron.) A signed site counts its
+    negative spikes too: sum(|y| / amplitude)."""
     c = fmt.CounterNames(rec.name)
     count, per_amp, rnd = c.count_node, c.per_amplitude_node, c.round_node
     amp = fmt.param_name(rec.name, "amplitude")
@@ -132,14 +136,9 @@ def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
                 helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
                                  name=count),
                 helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
-    if rec.per_channel:
-        return [helper.make_node("Div", [rec.output, amp], [c.y_count], name=per_amp),
-                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
-                                 name=count),
-                helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
-    return [helper.make_node("ReduceSum", [rec.output, c.axes], [c.y_sum], keepdims=0, name=count),
-            helper.make_node("Div", [c.y_sum, amp], [c.y_count], name=per_amp),
-            helper.make_node("Round", [c.y_count], [fmt.spikes_name(rec.name)], name=rnd)]
+    return [helper.make_node("Div", [rec.output, amp], [c.y_count], name=per_amp),
+            helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0, name=count),
+            helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
 
 
 def pool_counter_nodes(pool: fmt.PoolRecord, total: Optional[str] = None) -> List[onnx.NodeProto]:
