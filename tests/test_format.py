@@ -383,3 +383,59 @@ def test_more_listed_sites_than_graph_nodes_is_damage_found_before_reading_them(
     m = _damaged(pooled.model, fmt.META_SITES, json.dumps(many))
     with pytest.raises(ModelLoadError, match=f"lists {len(many)} sites .* graph's {nodes} nodes"):
         fmt.read_spiking(m, "m.snn.onnx")
+
+
+@pytest.mark.parametrize("param", ["threshold", "amplitude"])
+def test_a_subnormal_threshold_or_amplitude_is_damage(snn, param):
+    """A threshold or amplitude below float32's smallest normal number (1e-40, say) is
+    flushed to 0 by onnxruntime and not by PyTorch: the runtimes would run two networks (an
+    amplitude of 1e-40 gave 8 % top-1 in eval, its layer's spikes all 0). Refused, naming
+    the site."""
+    m = _damaged(snn.model, init=f"lif1.{param}", init_value=np.array(1e-40, np.float32))
+    with pytest.raises(ModelLoadError, match=f"lif1 has a {param} of .*smallest normal"):
+        ModelRunner(m)
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("alpha", -1.0, "alpha -1 .*<= 0"), ("beta", 0.0, "beta 0 .*<= 0"),
+    ("alpha", [1.0, -2.0], "alpha -2 "), ("leak", -0.5, "leak -0.5 .*negative"),
+    ("leak", 1.5, "leak 1.5 .*above 1"), ("folded_amplitude", -1.0, "folded_amplitude -1")])
+def test_site_parameters_outside_their_domain_in_the_metadata_are_damage(pooled, field, value,
+                                                                          what):
+    """A negative alpha, a zero beta or a leak outside [0, 1] in a site's record was read
+    (and shown by `info`) while the graph ran other values; refused, the site and field
+    named, for deploy graphs too (whose parameters are inlined)."""
+    sites = json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])
+    sites[0][field] = value
+    m = _damaged(pooled.model, fmt.META_SITES, json.dumps(sites))
+    with pytest.raises(ModelLoadError, match=f"site 'lif0' has {what}"):
+        fmt.read_info(m, "m.snn.onnx")
+
+
+@pytest.mark.parametrize("param", ["threshold", "amplitude", "leak", "v_init"])
+def test_a_parameter_the_metadata_records_otherwise_is_damage(snn, param):
+    """The graph's parameters and the sites' records in the metadata are one contract: a
+    file whose initial membrane (say) was edited in the graph alone ran the graph's and
+    showed the record's. Refused, both values named; every writer keeps the two equal
+    (conversion, fine-tuning, reconstruction, the unit-threshold form: other tests read
+    their files)."""
+    rec = snn.records["lif1"]
+    held = rec.param_values()[param].astype(np.float64)
+    edited = np.array(held * 0.5 if param != "v_init" else held + 0.25, np.float32)
+    m = _damaged(snn.model, init=f"lif1.{param}", init_value=edited)
+    with pytest.raises(ModelLoadError, match=f"'lif1.{param}' holds .* where onnx_snn.sites "
+                                             "records .* for site lif1"):
+        ModelRunner(m)
+    # within float32's rounding of the recorded value: the same file
+    same = np.nextafter(held.astype(np.float32), np.float32(0))
+    ModelRunner(_damaged(snn.model, init=f"lif1.{param}", init_value=same))
+
+
+def test_a_loop_graph_labelled_deploy_is_damage(pooled):
+    """A loop graph whose metadata says 'deploy' ran in eval and was refused by analyze
+    as a deploy graph; it is damage (a deploy graph calls none of the format's functions)."""
+    m = _damaged(pooled.model, fmt.META_GRAPH, fmt.GRAPH_DEPLOY)
+    with pytest.raises(ModelLoadError, match="says 'deploy', but the graph calls"):
+        fmt.read_info(m, "m.snn.onnx")
+    with pytest.raises(ModelLoadError, match="says 'deploy'"):
+        ModelRunner(m)

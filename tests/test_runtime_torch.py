@@ -31,6 +31,8 @@ def dyadic(model: onnx.ModelProto, bits: int = 4) -> onnx.ModelProto:
         a = onnx.numpy_helper.to_array(init)
         if a.dtype == np.float32:
             init.CopyFrom(onnx.numpy_helper.from_array((np.round(a * 2 ** bits) / 2 ** bits).astype(np.float32), init.name))
+    if F.is_spiking(m):
+        F.sync_site_records(m)      # the sites' records: the rounded parameters
     return m
 
 
@@ -522,6 +524,7 @@ def _dyadic_spiking(model: onnx.ModelProto) -> onnx.ModelProto:
         if init.name.endswith((".threshold", ".amplitude")):
             a = np.maximum(onnx.numpy_helper.to_array(init), np.float32(2 ** -6))
             init.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), init.name))
+    F.sync_site_records(m)
     return m
 
 

@@ -152,7 +152,8 @@ def site_of_neuron_node(node_name: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class CounterNames:
-    """Tensors and nodes of one site's spike counter: spikes = round(sum(y) / amplitude)."""
+    """Tensors and nodes of one site's spike counter: spikes = round(sum(y / amplitude)) (files
+    before 2026-12-08 divide a site of one amplitude after the sum)."""
 
     site: str
 
@@ -462,12 +463,37 @@ class SiteRecord:
                 raise ModelLoadError(f"{where}: site {rec.name!r} has {k} {bad} in {META_SITES}; "
                                      "it must be a finite number. The file is damaged or was "
                                      "edited: convert the model again")
+        for k, lo, hi in (("alpha", 0.0, None), ("beta", 0.0, None),
+                          ("folded_amplitude", 0.0, None), ("leak", None, 1.0)):
+            v = getattr(rec, k)
+            values = np.asarray([] if v is None else v, np.float64).reshape(-1)
+            low = values[values < 0 if lo is None else values <= lo]
+            high = values[values > hi] if hi is not None else values[:0]
+            if low.size or high.size:
+                bound = (f"above {hi:g}" if high.size else
+                         "negative" if lo is None else f"<= {lo:g}")
+                raise ModelLoadError(f"{where}: site {rec.name!r} has {k} "
+                                     f"{float((high if high.size else low)[0]):g} in {META_SITES} "
+                                     f"({bound}; {_DOMAIN[k]}). The file is damaged or was "
+                                     "edited; convert the model again")
         if rec.neuron not in NEURON_KINDS:
             raise ModelLoadError(f"{where}: site {rec.name!r} has neuron {rec.neuron!r}, not one "
                                  f"of {', '.join(map(repr, NEURON_KINDS))}; upgrade onnx-snn or "
                                  "convert the model again")
         return rec
 
+
+#: why each recorded value of a site lies in its domain (:meth:`SiteRecord.from_dict`)
+_DOMAIN = {"alpha": "the threshold alpha x mu is positive",
+           "beta": "the spike amplitude beta x mu is positive",
+           "folded_amplitude": "the amplitude folded into the next layers is positive",
+           "leak": "leaks are in [0, 1]"}
+
+#: the smallest positive threshold or amplitude a file may hold: float32's smallest normal
+#: number. onnxruntime flushes smaller (subnormal) values to zero, the PyTorch runtime on the
+#: CPU does not, so the two would run another network (an amplitude of 1e-40 gave every spike
+#: of its layer the value 0 in onnxruntime)
+MIN_PARAMETER = float(np.finfo(np.float32).tiny)
 
 #: the largest dimension a recorded shape may have (onnxruntime's tensors index in int64, but
 #: no site of a real network comes near)
@@ -662,6 +688,12 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     if graph not in GRAPHS:
         raise ModelLoadError(f"{where}: the metadata {META_GRAPH} is {graph!r}, not one of "
                              f"{', '.join(map(repr, GRAPHS))}")
+    if graph == GRAPH_DEPLOY and calls_format(model):
+        # (a deploy graph inlines its neurons: it calls none of the format's functions)
+        raise ModelLoadError(f"{where}: the metadata {META_GRAPH} says 'deploy', but the graph "
+                             f"calls the format's neuron functions ({DOMAIN}), as a loop or "
+                             "step graph does; the file was edited: restore its "
+                             f"{META_GRAPH} or convert the model again")
     outputs = _json(meta, META_OUTPUTS, [], list, where)
     graph_outputs = {o.name for o in model.graph.output}
     bad = [o for o in outputs if not isinstance(o, str) or o not in graph_outputs]
@@ -707,6 +739,32 @@ def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
     del model.metadata_props[:]
     for k in sorted(current):
         model.metadata_props.add(key=k, value=current[k])
+
+
+def sync_site_records(model: onnx.ModelProto) -> None:
+    """Rewrite each site's record in ``model``'s metadata (``onnx_snn.sites``: threshold and
+    alpha, amplitude and beta, leak, v_init) from the parameters its graph holds, in place:
+    for a writer that changed the parameters in the graph (fine-tuning, the unit-threshold
+    form), so that the two agree as the reader requires (:data:`PARAMETER_RTOL`). A site whose
+    amplitude is folded into the next layers keeps its record's amplitude (the graph's is 1)."""
+    inits = all_initializers(model)
+    sites = json.loads(metadata(model)[META_SITES])
+
+    def value(site: str, p: str):
+        v = numpy_helper.to_array(inits[param_name(site, p)]).astype(np.float64).reshape(-1)
+        return float(v[0]) if v.size == 1 else [float(x) for x in v]
+
+    def ratio(v, mu: float):
+        return [x / mu for x in v] if isinstance(v, list) else v / mu
+
+    for s in sites:
+        th = value(s["name"], "threshold")
+        s.update(threshold=th, alpha=ratio(th, s["mu"]), leak=value(s["name"], "leak"),
+                 v_init=value(s["name"], "v_init"))
+        if "folded_amplitude" not in s:
+            amp = value(s["name"], "amplitude")
+            s.update(amplitude=amp, beta=ratio(amp, s["mu"]))
+    set_metadata(model, {META_SITES: json.dumps(sites)})
 
 
 # ------------------------------------------------------------------ the parsed view
@@ -999,9 +1057,15 @@ def _check_call(n: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]
                              "damaged or was edited")
 
 
+#: how far a site's parameter in the graph may be from the value its metadata records
+#: (float64 in JSON, float32 in the graph, and through alpha = threshold / mu and back)
+PARAMETER_RTOL = 1e-5
+
+
 def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: str) -> None:
     """Every site's parameters present and finite, thresholds and amplitudes
-    positive (a spike counter divides by the amplitude), leaks in [0, 1]."""
+    positive (a spike counter divides by the amplitude) and normal float32 numbers, leaks in
+    [0, 1], and each the value the site's record in the metadata gives it."""
     for s in info.sites:
         dims = f"{s.name}.shape"        # the membrane's per-sample shape, as the graph holds it
         if dims in inits:
@@ -1055,6 +1119,23 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                                      f"({float(v.min()):g}); spikes carry the layer's positive "
                                      "output scale. The file is damaged or was edited; convert "
                                      "it again")
+            if p in ("threshold", "amplitude") and not np.all(v >= MIN_PARAMETER):
+                raise ModelLoadError(f"{where}: site {s.name} has a {p} of {float(v.min()):g}, "
+                                     f"below float32's smallest normal number ({MIN_PARAMETER:.3g}): "
+                                     "onnxruntime flushes it to 0 and PyTorch does not, so the "
+                                     "two runtimes would disagree. The file is damaged or was "
+                                     "edited; convert it again")
+            want = s.param_values()[p]
+            if not np.allclose(v, want, rtol=PARAMETER_RTOL, atol=0.0):
+                i = np.unravel_index(np.argmax(np.abs(np.broadcast_to(v, np.broadcast_shapes(
+                    v.shape, want.shape)) - want)), np.broadcast_shapes(v.shape, want.shape))
+                held = float(np.broadcast_to(v, np.broadcast_shapes(v.shape, want.shape))[i])
+                recorded = float(np.broadcast_to(want, np.broadcast_shapes(v.shape, want.shape))[i])
+                raise ModelLoadError(f"{where}: the parameter '{name}' holds {held:.7g} where "
+                                     f"{META_SITES} records {recorded:.7g} for site {s.name}; "
+                                     "the graph and its metadata must hold the same values "
+                                     "(every onnx-snn command writes both). The file was "
+                                     "edited: convert the model again, or edit both")
 
 
 def require_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:

@@ -173,6 +173,7 @@ def unit_thresholds(model: onnx.ModelProto, shift_reset: bool = False, inplace: 
             inits[v0_name].CopyFrom(numpy_helper.from_array(
                 (v0.astype(np.float64) * scale).astype(v0.dtype), v0_name))
         result[site.name] = "unit"
+    fmt.sync_site_records(m)         # the unit sites' records: threshold 1, v_init rescaled
     return m, result
 
 

@@ -957,23 +957,8 @@ class SpikingNetwork(nn.Module):
                 val = self._effective(init.name).detach().cpu().numpy()
                 init.CopyFrom(numpy_helper.from_array(val.astype(numpy_helper.to_array(init).dtype),
                                                       init.name))
+        fmt.sync_site_records(model)     # the records: the values just written
         meta = fmt.metadata(model)
-        sites = json.loads(meta[fmt.META_SITES])
-
-        def value(site, p):
-            v = self._effective(fmt.param_name(site, p)).detach().cpu().reshape(-1)
-            return float(v[0]) if v.numel() == 1 else [float(x) for x in v]
-
-        def ratio(v, mu):
-            return [x / mu for x in v] if isinstance(v, list) else v / mu
-
-        for s in sites:
-            th, amp, leak = (value(s["name"], p) for p in fmt.NEURON_PARAMS)
-            s.update(threshold=th, leak=leak, alpha=ratio(th, s["mu"]))
-            if "folded_amplitude" not in s:   # a folded one stays 1, its record as converted
-                s.update(amplitude=amp, beta=ratio(amp, s["mu"]))
-            if fmt.param_name(s["name"], "v_init") in self._trainable:
-                s["v_init"] = value(s["name"], "v_init")
         hist = json.loads(meta.get(fmt.META_HISTORY, "[]"))
         if history is not None:
             hist.append({"step": "finetune",
@@ -984,7 +969,7 @@ class SpikingNetwork(nn.Module):
         except (TypeError, ValueError) as e:
             raise UsageError(f"history must hold JSON values (numbers, strings, lists, dicts): "
                              f"{e}") from None
-        meta_new = {fmt.META_SITES: json.dumps(sites), fmt.META_HISTORY: hist_text}
+        meta_new = {fmt.META_HISTORY: hist_text}
         if timesteps:
             meta_new[fmt.META_TIMESTEPS] = str(int(timesteps))
         if preprocess is not None:
