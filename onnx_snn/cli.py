@@ -257,8 +257,46 @@ def _exit_codes_help() -> str:
         "\n  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): temporary files removed"
 
 
+class _GivenOnce(argparse._StoreAction):
+    """An option that takes a value, refused when given twice: argparse keeps the last one
+    silently, so `-T 2 ... -T 4` converted at T = 4, and `--outputs a --outputs b` kept b
+    alone. (Flags that only switch something on may repeat; `--augment --augment` is one.)"""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault(_GIVEN, {})
+        if id(self) in given and option_string is not None:
+            first = given[id(self)]
+            parser.error(f"{'/'.join(self.option_strings)} given twice ({_shown(first)} and "
+                         f"{_shown(values)}); give it once"
+                         + (", with every value after it" if self.nargs in ("+", "*") else ""))
+        given[id(self)] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+_GIVEN = "_onnx_snn_given"     # the namespace's record of the options given (removed after)
+
+
+def _shown(values) -> str:
+    return " ".join(map(str, values)) if isinstance(values, list) else str(values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an option that takes a value may be given once (:class:`_GivenOnce`);
+    the subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _GivenOnce)
+        self.register("action", "store", _GivenOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        ns.__dict__.pop(_GIVEN, None)
+        return ns, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnx-snn",
         description="Turn a trained clipped-ReLU DNN (ONNX, any framework) into an "
                     "ultra-low-latency spiking neural network (1-4 time steps), after Datta & "

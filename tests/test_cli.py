@@ -254,6 +254,28 @@ def test_usage_errors():
     assert p.returncode == 2 and "invalid choice" in p.stderr
 
 
+@pytest.mark.parametrize("argv, what", [
+    (["convert", "m.onnx", "--calib", "a.npy", "-T", "2", "--timesteps", "4"],
+     "-T/--timesteps given twice (2 and 4); give it once"),
+    (["convert", "m.onnx", "--outputs", "x", "--outputs", "y"],
+     "--outputs given twice (x and y); give it once, with every value after it"),
+    (["eval", "m.onnx", "--data", "a.npz", "--data", "b.npz"], "--data given twice"),
+    (["finetune", "m.onnx", "--lr", "1e-3", "--lr", "1e-4"], "--lr given twice"),
+    (["analyze", "m.onnx", "-T", "1", "-T", "1"], "-T/--timesteps given twice")])
+def test_an_option_given_twice_is_a_usage_error(argv, what, capsys):
+    """argparse keeps the last of an option given twice without a word (`-T 2 ... -T 4`
+    converted at T = 4): every option that takes a value, in every command, is refused
+    when repeated (exit 2), naming both values; flags may repeat."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and what in capsys.readouterr().err
+    from onnx_snn.cli import build_parser
+    ns = build_parser().parse_args(["-q", "convert", "m.onnx", "-q", "--pool-first",
+                                    "--pool-first", "-T", "3"])
+    assert ns.timesteps == 3 and ns.pool_first and ns.quiet
+    assert not any(k.startswith("_") for k in vars(ns))     # no bookkeeping left behind
+
+
 def test_help_teaches():
     p = run_cli("convert", "--help")
     assert p.returncode == 0
