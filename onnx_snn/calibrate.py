@@ -24,7 +24,7 @@ from .errors import DataError, UnsupportedModelError, UsageError, first_line
 from .flags import checks_flags
 from .values import is_int
 from .graph.canonical import AUTO_PAD_OPS
-from .graph.ir import auto_pads
+from .graph.ir import written_pads
 from .graph.normalize import NormalizedModel
 from .progress import Progress
 
@@ -183,18 +183,11 @@ def _explicit_same_pads(data: bytes) -> bytes:
     for n in sk.graph.node:
         if not _same_padded(n):
             continue
-        at = {a.name: a for a in n.attribute}
-        shape = dims.get(n.input[0])
         w = dims.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
-        kernel = list(at["kernel_shape"].ints) if "kernel_shape" in at else \
-            (list(w[2:]) if w else None)
-        if not kernel or shape is None or len(shape) != len(kernel) + 2 or \
-                not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + kernel):
+        pads = written_pads(n.op_type, {a.name: onnx.helper.get_attribute_value(a)
+                                        for a in n.attribute}, dims.get(n.input[0]), w)
+        if pads is None:
             continue
-        k = len(kernel)
-        pads = auto_pads(at["auto_pad"].s.decode(), shape[2:], kernel,
-                         list(at["strides"].ints) if "strides" in at else [1] * k,
-                         list(at["dilations"].ints) if "dilations" in at else [1] * k)
         keep = [a for a in n.attribute if a.name not in ("auto_pad", "pads")]
         del n.attribute[:]
         n.attribute.extend(keep + [onnx.helper.make_attribute("pads", pads)])

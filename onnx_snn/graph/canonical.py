@@ -13,7 +13,7 @@ from ..errors import UnsupportedModelError
 from ..model_io import default_opset
 from . import walk
 from ..notes import interface
-from .ir import (auto_pads, broadcasts_within, const_value, depends_on_inputs, is_graph_output,
+from .ir import (written_pads, broadcasts_within, const_value, depends_on_inputs, is_graph_output,
                  node_label, pool_windows, rank, scalar_value)
 from .passes import PassResult, graph_pass
 from .sites import _data_input, constant_bounds
@@ -705,14 +705,10 @@ def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
         auto = auto.decode() if isinstance(auto, bytes) else str(auto)
         if auto not in ("SAME_UPPER", "SAME_LOWER", "VALID") or int(node.attrs.get("ceil_mode", 0)):
             continue
-        shape = node.inputs[0].shape
-        if node.op == "Conv":
-            w = node.inputs[1].shape if len(node.inputs) > 1 else None
+        w = node.inputs[1].shape if node.op == "Conv" and len(node.inputs) > 1 else None
+        pads = written_pads(node.op, node.attrs, node.inputs[0].shape, w)
+        if pads is None:       # a spatial size (or the kernel) not known
             kernel = node.attrs.get("kernel_shape") or (list(w[2:]) if w is not None else None)
-        else:
-            kernel = node.attrs.get("kernel_shape")
-        if shape is None or not kernel or len(shape) != len(kernel) + 2 or \
-                not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
             refused = _refused_auto_pad(node, auto, kernel)
             if refused:      # (onnxruntime loads it and refuses at a run, the DNN's too)
                 raise UnsupportedModelError(
@@ -722,9 +718,7 @@ def auto_pads_to_explicit_pads(graph: gs.Graph, result: PassResult) -> None:
                     "input size (its padding is then written out here) or with explicit pads "
                     "(Keras/tf2onnx: a fixed input_shape; PyTorch: padding=\"same\" writes them)")
             continue
-        n = len(kernel)
-        node.attrs["pads"] = auto_pads(auto, shape[2:], kernel, node.attrs.get("strides", [1] * n),
-                                       node.attrs.get("dilations", [1] * n))
+        node.attrs["pads"] = pads
         node.attrs["auto_pad"] = "NOTSET"
         result.changed += 1
 

@@ -1,7 +1,7 @@
 """Small helpers over onnx-graphsurgeon graphs shared by the passes."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -71,6 +71,27 @@ def auto_pads(mode: str, sizes: Sequence[int], kernel: Sequence[int], strides: S
     both = [same_pads(int(sizes[i]), int(kernel[i]), int(strides[i]), int(dilations[i]), mode)
             for i in range(len(kernel))]
     return [b for b, _ in both] + [e for _, e in both]
+
+
+def written_pads(op: str, attrs: Mapping, shape, weight_shape=None) -> Optional[List[int]]:
+    """The ``pads`` a Conv's or pool's ``auto_pad`` SAME_UPPER/SAME_LOWER/VALID gives its input
+    of ``shape`` (``[N, C, *spatial]``; ``attrs``: the node's attributes as plain values, its
+    kernel from ``kernel_shape`` or a Conv's ``weight_shape``), or None where there are none
+    to write: no such ``auto_pad``, a pool in ceil mode, or a spatial size or kernel not
+    known. One rule for the converter's graph (``canonical.auto_pads_to_explicit_pads``) and
+    onnxruntime's session skeletons (``calibrate``)."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto not in ("SAME_UPPER", "SAME_LOWER", "VALID") or int(attrs.get("ceil_mode", 0) or 0):
+        return None
+    kernel = attrs.get("kernel_shape") or (
+        list(weight_shape[2:]) if op == "Conv" and weight_shape is not None else None)
+    if shape is None or not kernel or len(shape) != len(kernel) + 2 or \
+            not all(isinstance(d, int) and d > 0 for d in list(shape[2:]) + list(kernel)):
+        return None
+    n = len(kernel)
+    return auto_pads(auto, shape[2:], kernel, attrs.get("strides") or [1] * n,
+                     attrs.get("dilations") or [1] * n)
 
 
 def node_label(node: gs.Node) -> str:
