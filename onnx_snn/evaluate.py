@@ -13,7 +13,7 @@ import onnx
 from . import json_text
 from .datasets import (Dataset, array_like, check_inputs, check_labels, check_preprocess,
                        dnn_preprocess, folder_classes, image_folder_spec, parse_preprocess)
-from .errors import DataError, UsageError
+from .errors import DataError, ModelLoadError, UsageError
 from .flags import checks_flags
 from .graph.inputs import PIXELS_255, is_pixels_255, own_scaling
 from .image_folder import FolderPlan, image_shape, load_image_folder, plan_image_folder
@@ -429,6 +429,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                 for s in recs:   # not in a deploy graph without its counters, nor an uncounted pool
                     if s.name in counted:
                         into[s.name] = _activity(s.name, s.neurons, spikes[t].get(s.name, 0.0) / n, t)
+                        _check_activity(into[s.name], where)
         out[t] = EvalResult(model=str(name), kind="snn" if runner.spiking else "dnn", samples=n,
                             correct=correct[t] if labeled else None,
                             top1=100.0 * correct[t] / n if labeled else None,
@@ -488,6 +489,25 @@ def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where:
 
 def _size(n: float) -> str:
     return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+#: how far above one spike per neuron and step a measured rate may read before it is refused
+#: (:func:`_check_activity`): counts are exact, but files of before 2026-12-08 summed a site's
+#: amplitudes in float32 before dividing (one spike in 25 088 per step)
+RATE_SLACK = 1e-3
+
+
+def _check_activity(a: "SiteActivity", where) -> None:
+    """A neuron fires at most once per step: a site or pool that counted more spikes per
+    sample than its recorded neurons can fire in T steps has a recorded shape of fewer neurons
+    than the current it receives (a record and membrane edited to one neuron, on a layer of
+    256: eval printed 2.89 spikes per step), and is refused as a damaged file."""
+    if a.neurons and a.rate > 1 + RATE_SLACK:
+        raise ModelLoadError(f"{where}: {a.name} fired {a.spikes_per_sample:.6g} spikes per "
+                             f"sample, {a.rate:.3g} per neuron and step, more than the "
+                             f"{a.neurons} neurons its record gives can fire: its recorded shape "
+                             "is not that of the current it receives. The file is damaged or was "
+                             "edited; convert the model again")
 
 
 def _activity(name: str, neurons: int, per_sample: float, t: int) -> SiteActivity:

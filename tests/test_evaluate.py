@@ -1,5 +1,6 @@
 """evaluate: the batch it runs a spiking model in, sized by the model's memory."""
 import importlib
+import json
 import logging
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import builders as B
 import onnx_snn
+from onnx_snn.errors import ModelLoadError
 from onnx_snn.evaluate import evaluate
 from onnx_snn.spiking import format as F
 
@@ -263,7 +265,6 @@ def test_a_dnn_whose_shape_annotations_do_not_fit_runs_without_them(caplog):
     import onnx
     import onnxruntime as ort
     from onnx import helper as h
-    from onnx_snn.errors import ModelLoadError
     clean = B.resnet(13, "clip")
     m = onnx.ModelProto()
     m.CopyFrom(clean)
@@ -470,3 +471,27 @@ def test_a_dnns_preprocessing_of_neither_mean_nor_std_records_nothing(value):
     m.metadata_props.add(key="onnx_snn.preprocess", value=value)
     assert normalize(m).preprocess is None
     assert _dnn_preprocess(m, "m.onnx") is None
+
+
+def test_a_site_recorded_with_fewer_neurons_than_it_has_is_refused_by_its_counts():
+    """A site's record and membrane shape edited alike to one neuron, on a layer of many:
+    the graph broadcasts the membrane and runs, and eval printed more than one spike per
+    neuron and step. A neuron fires at most once a step, so the counts give it away: exit 3,
+    naming the site."""
+    from onnx import numpy_helper
+    x = B.rand_input(24, seed=3)
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
+                           show_progress=False)
+    site = next(s for s in snn.records.values() if len(s.shape) == 1 and s.shape[0] > 1)
+    m = onnx.ModelProto()
+    m.CopyFrom(snn.model)
+    sites = json.loads(F.metadata(m)[F.META_SITES])
+    next(d for d in sites if d["name"] == site.name)["shape"] = [1]
+    F.set_metadata(m, {F.META_SITES: json.dumps(sites)})
+    dims = F.all_initializers(m)[F.StateNames(site.name).dims]
+    dims.CopyFrom(numpy_helper.from_array(np.array([1], np.int64), dims.name))
+    loud = x * 50 + 1                  # every neuron of the site fires
+    with pytest.raises(ModelLoadError, match=f"{site.name} fired .* more than the 1 neurons"):
+        evaluate(m, {"x": loud, "y": np.zeros(len(x), np.int64)}, show_progress=False)
+    assert evaluate(snn.model, {"x": loud, "y": np.zeros(len(x), np.int64)},
+                    show_progress=False).sites[site.name].rate <= 1

@@ -439,3 +439,161 @@ def test_a_loop_graph_labelled_deploy_is_damage(pooled):
         fmt.read_info(m, "m.snn.onnx")
     with pytest.raises(ModelLoadError, match="says 'deploy'"):
         ModelRunner(m)
+
+
+def _body(m):
+    return next(a.g for n in m.graph.node if n.op_type == "Loop" for a in n.attribute
+                if a.name == "body")
+
+
+def _node(nodes, name):
+    return next(n for n in nodes if n.name == name)
+
+
+def _rewire_input(m, node, slot, value):
+    n = _node(_body(m).node, node)
+    n.input[slot] = value
+
+
+def _swap_body_outputs(m, a, b):
+    outs = _body(m).output
+    for o in outs:
+        o.name = {a: b, b: a}.get(o.name, o.name)
+
+
+def _outer(m, name):
+    return _node(m.graph.node, name)
+
+
+def _const(m, name, value):
+    m.graph.initializer.append(numpy_helper.from_array(np.array(value), name))
+
+
+def _trip_const(m):
+    _const(m, "one", np.int64(1))
+    next(n for n in m.graph.node if n.op_type == "Loop").input[0] = "one"
+
+
+def _mean_const(m):
+    _const(m, "one_f", np.float32(1.0))
+    out = m.graph.output[0].name
+    _outer(m, f"{out}.mean").input[1] = "one_f"
+
+
+def _counter_mul(m):
+    _node(_body(m).node, "lif1.per_amplitude").op_type = "Mul"
+
+
+def _pool_dims(m):
+    t = fmt.all_initializers(m)["pool0.m_dims"]
+    a = numpy_helper.to_array(t).copy()
+    a[-1] *= 2
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+
+
+WIRING = {
+    "another site's threshold": (lambda m: _rewire_input(m, "lif1.neuron", 2, "lif0.threshold"),
+                                 "node 'lif1.neuron' \\(LIFNeuron\\) has input 2 'lif0.threshold', "
+                                 "not 'lif1.threshold'"),
+    "threshold and amplitude swapped": (
+        lambda m: (_rewire_input(m, "lif1.neuron", 2, "lif1.amplitude"),
+                   _rewire_input(m, "lif1.neuron", 3, "lif1.threshold")), "has input 2"),
+    "another site's membrane": (lambda m: _rewire_input(m, "lif1.neuron", 1, "lif0.v"),
+                                "has input 1 'lif0.v', not 'lif1.v'"),
+    "its own membrane as the current": (lambda m: _rewire_input(m, "lif1.neuron", 0, "lif1.v"),
+                                        "takes 'lif1.v', a state or parameter, as its input"),
+    "next membranes swapped": (lambda m: _swap_body_outputs(m, "lif0.v_next", "lif1.v_next"),
+                               "does not carry the state lif0.v from lif0.v0 to lif0.v_next"),
+    "a pool's state of another": (lambda m: _rewire_input(m, "pool0.pool", 2, "pool0.c"),
+                                  "node 'pool0.pool' .* has input 2 'pool0.c', not 'pool0.m'"),
+    "a trip count of 1": (_trip_const, "runs 'one' steps, not the 'timesteps' input"),
+    "a membrane started from another tensor": (
+        lambda m: _outer(m, "lif1.v0").input.__setitem__(0, "lif0.threshold"),
+        "state lif1.v starts from 'lif0.threshold', not from 'lif1.v_init'"),
+    "the scores averaged over 1 step": (_mean_const, "is not its steps' sum over the 'timesteps'"),
+    "a counter that multiplies": (_counter_mul, "spike counter of lif1 is not the format's: its "
+                                                "node 'lif1.per_amplitude' is a Mul, not a Div"),
+    "a pool state of another shape": (_pool_dims, "state pool0.m's shape .* is not its record's"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIRING))
+def test_a_graph_wired_otherwise_than_the_format_is_damage(pooled, case):
+    """onnxruntime runs the graph as it is wired; the PyTorch runtime, the deploy graph and
+    the analyzer take each site's states, parameters and counts by the format's names. An
+    outside tester's edits of this kind (a call reading another site's parameters or
+    state, next membranes swapped, a Loop of a constant trip count, a membrane started from
+    another tensor, the scores averaged over 1, a counter that multiplies, a pool state of
+    another shape) ran in eval, deploy and finetune with three answers and exit 0 (45.5 % /
+    89 % / 89 % for the trip count); each is refused, naming the node or state."""
+    edit, what = WIRING[case]
+    m = onnx.ModelProto()
+    m.CopyFrom(pooled.model)
+    fmt.read_spiking(m)                 # (the file as written reads)
+    edit(m)
+    with pytest.raises(ModelLoadError, match=what):
+        fmt.read_spiking(m, "m.snn.onnx")
+
+
+def test_a_step_graph_wired_otherwise_is_damage(pooled):
+    m = pooled.step_model()
+    fmt.read_spiking(m)
+    _node(m.graph.node, "lif1.neuron").input[4] = "lif0.leak"
+    with pytest.raises(ModelLoadError, match="has input 4 'lif0.leak', not 'lif1.leak'"):
+        fmt.read_spiking(m, "m.step.onnx")
+
+
+def test_a_counter_of_the_form_before_still_reads_and_counts_alike(pooled, x):
+    """Files written before 2026-12-08 sum a site of one amplitude's spikes and then divide
+    by its amplitude: they read, and count as before (on these images, where the float sum is
+    exact to the rounding)."""
+    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=3, method="datta",
+                           show_progress=False)
+    m = onnx.ModelProto()
+    m.CopyFrom(snn.model)
+    nodes = _body(m).node
+    c = fmt.CounterNames("lif1")
+    div, count, rnd = (_node(nodes, k) for k in (c.per_amplitude_node, c.count_node, c.round_node))
+    y = div.input[0]
+    count.input[0], count.output[0] = y, c.y_sum
+    div.input[0], div.output[0] = c.y_sum, c.y_count
+    rnd.input[0] = c.y_count
+    order = [onnx.NodeProto() for _ in nodes]      # the sum before the divide
+    for new, old in zip(order, nodes):
+        new.CopyFrom(count if old is div else div if old is count else old)
+    del nodes[:]
+    nodes.extend(order)
+    fmt.read_spiking(m)
+    np.testing.assert_array_equal(run(m, x).spikes["lif1"], run(snn.model, x).spikes["lif1"])
+
+
+def test_outputs_naming_a_spike_count_are_damage(pooled):
+    """`onnx_snn.outputs` naming a spike count was read as the scores: analyze said the SNN
+    does no work (exit 0), eval blamed the labels."""
+    m = _damaged(pooled.model, fmt.META_OUTPUTS, json.dumps(["lif0.spikes"]))
+    with pytest.raises(ModelLoadError, match="names 'lif0.spikes', a spike count or state"):
+        fmt.read_info(m, "m.snn.onnx")
+
+
+def test_a_deploy_graphs_t_edited_in_its_metadata_is_damage(pooled):
+    """A deploy graph runs the T it was unrolled for: its metadata's T edited to 4 made
+    eval say T=4 while the graph ran 3 steps."""
+    from onnx_snn.spiking.deploy import deploy
+    d = deploy(pooled.model)
+    assert fmt.read_info(d).timesteps == 3
+    with pytest.raises(ModelLoadError, match="was unrolled for T=3"):
+        fmt.read_info(_damaged(d, fmt.META_TIMESTEPS, "4"), "m.deploy.onnx")
+    loop_label = _damaged(d, fmt.META_GRAPH, fmt.GRAPH_LOOP)
+    with pytest.raises(ModelLoadError, match="says 'loop', but the graph calls none"):
+        fmt.read_spiking(loop_label, "m.deploy.onnx")
+
+
+def test_a_record_listed_twice_is_damage(pooled):
+    """A site's record listed twice was read (deploy then counted 6 spiking layers of 5)."""
+    sites = json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])
+    with pytest.raises(ModelLoadError, match="lists 'lif0' twice"):
+        fmt.read_info(_damaged(pooled.model, fmt.META_SITES, json.dumps(sites + sites[:1])))
+    pools = json.loads(fmt.metadata(pooled.model)[fmt.META_POOLS])
+    pools[0]["name"] = sites[0]["name"]
+    with pytest.raises(ModelLoadError, match="lists 'lif0' twice"):
+        fmt.read_info(_damaged(pooled.model, fmt.META_POOLS, json.dumps(pools)))

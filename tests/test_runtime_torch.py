@@ -1490,7 +1490,8 @@ def test_finetune_resume_refuses_another_T(tmp_path, fmnist_snn):
     assert out.read_bytes() == before
     # the same for the run's other settings, and for another model (the same network
     # converted with another seed: the state dict loads, its best top-1 is not this model's)
-    p = run_main(*args, "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
+    assert args[-2:] == ["--limit-test", "64"]       # (an option may be given once)
+    p = run_main(*args[:-2], "--epochs", "2", "--resume", "--lr", "0.02", "--limit-test", "32")
     assert p.returncode == 2 and "--lr 0.001 -> 0.02" in p.stderr and "--limit-test 64 -> 32" \
         in p.stderr, p.stderr
     p = run_main(*args, "--epochs", "2", "--resume", "--train-initial")   # other parameters
