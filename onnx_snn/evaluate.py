@@ -371,7 +371,7 @@ def _evaluate(model, data, t_list: Optional[List[int]], batch_size, limit, mean,
                                 f"{len(out)} samples of the batch at sample {done + start}: "
                                 "the data's values "
                                 "drive its activations past float32's range; check the data's "
-                                "scale (and preprocessing)")
+                                "scale (and preprocessing)" + _huge_weight(runner.model))
             nb, fed = (out.shape[0] if out.ndim else 0), len(next(iter(feed.values())))
             if nb != fed:
                 raise DataError(f"{where}: the model's {which} has shape "
@@ -489,6 +489,33 @@ def _warn_memory(asked: Optional[int], batch: int, info: fmt.SpikingInfo, where:
 
 def _size(n: float) -> str:
     return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+#: a weight beyond this is named when a model's outputs overflow (no trained network's
+#: weights come near; a weight of 3e38 edited into a file was blamed on the data alone)
+HUGE_WEIGHT = 1e6
+
+
+def _huge_weight(model: onnx.ModelProto) -> str:
+    """``, and the model's weights: 'fc' holds 3e+38, ...`` for the float initializer of the
+    largest magnitude when it is beyond :data:`HUGE_WEIGHT`, else nothing (on an error only:
+    it reads every weight)."""
+    name, top = None, 0.0
+    for t in fmt.all_initializers(model).values():
+        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                               onnx.TensorProto.FLOAT16):
+            continue
+        try:
+            a = onnx.numpy_helper.to_array(t)
+        except Exception:     # noqa: BLE001 -- (external data not found: not the cause here)
+            continue
+        m = float(np.max(np.abs(a))) if a.size else 0.0
+        if m > top:
+            name, top = t.name, m
+    if name is None or top <= HUGE_WEIGHT:
+        return ""
+    return (f", and the model's weights: '{name}' holds {top:.3g}, far beyond any trained "
+            "network's (a damaged or edited file?)")
 
 
 #: how far above one spike per neuron and step a measured rate may read before it is refused

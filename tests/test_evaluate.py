@@ -495,3 +495,20 @@ def test_a_site_recorded_with_fewer_neurons_than_it_has_is_refused_by_its_counts
         evaluate(m, {"x": loud, "y": np.zeros(len(x), np.int64)}, show_progress=False)
     assert evaluate(snn.model, {"x": loud, "y": np.zeros(len(x), np.int64)},
                     show_progress=False).sites[site.name].rate <= 1
+
+
+def test_an_overflow_names_a_weight_far_beyond_any_trained_networks():
+    """A weight of 3e38 edited into a model overflowed its scores, and eval blamed the data
+    alone; the message names the weight too (and not for a model of ordinary weights)."""
+    from onnx import numpy_helper
+    from onnx_snn.errors import DataError
+    m = B.vgg(13, "clip", softmax=False)
+    x = B.rand_input(8)
+    data = {"x": x, "y": np.zeros(len(x), np.int64)}
+    evaluate(m, data, show_progress=False)        # ordinary weights: no overflow
+    last = next(n for n in reversed(m.graph.node) if n.op_type in ("Gemm", "MatMul"))
+    w = next(t for t in m.graph.initializer if t.name == last.input[1])
+    w.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(w).shape, 3e38,
+                                               np.float32), w.name))
+    with pytest.raises(DataError, match=f"check the data's scale .*'{w.name}' holds 3e\\+38"):
+        evaluate(m, data, show_progress=False)
