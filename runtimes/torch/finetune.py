@@ -643,6 +643,7 @@ def finetune(model_path: str, output: str, data=None, config: Optional[FinetuneC
     net = SpikingNetwork(model, surrogate=cfg.surrogate,
                          train_initial=cfg.train_initial).to(device)
     net.warn_timesteps = False        # fine-tuning at another T is warned about above
+    net.where = str(model_path)       # (its messages name the file)
     if not cfg.dropout:
         net.dropout = {}
     net.eval()

@@ -279,6 +279,25 @@ def _feed_timesteps(inputs: dict, timesteps):
     return fed
 
 
+def _check_current(node: _Node, x: torch.Tensor, v: torch.Tensor, where: str,
+                   folded: Optional[int] = None) -> None:
+    """A neuron's current keeps its membrane's per-sample shape (u = leak v + x is the next
+    membrane): a site whose record and membrane were edited to another shape than its layer's
+    ran into PyTorch's broadcasting error, reported as a bug in onnx-snn (exit 70); it is a
+    damaged file (exit 3). ``folded``: ``x`` holds T steps of ``v``'s samples."""
+    xs, vs = tuple(x.shape[1:]), tuple(v.shape[1:])
+    if xs == vs:
+        return
+    try:
+        fits = torch.broadcast_shapes(xs, vs) == vs
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ModelLoadError(f"{where}: site {node.site}'s current has per-sample shape "
+                             f"{list(xs)}, its record and membrane {list(vs)}; the file is "
+                             "damaged or was edited, convert the model again")
+
+
 def _leak_capped(leak: torch.Tensor) -> torch.Tensor:
     """``min(max(leak, 0), 1)`` whose gradient passes at 1: the converted IF neurons' leak is
     exactly 1, where ``clamp(max=1)``'s gradient is 0 and the leak would never train (a step
@@ -326,6 +345,7 @@ class SpikingNetwork(nn.Module):
         self.source = model
         where = where or model.graph.name or "model"
         self.view = fmt.read_spiking(model, where)
+        self.where = where
         self.info = self.view.info
         self.timesteps = self.info.timesteps
         #: the T it has run at, each warned about once when its parameters were fitted for
@@ -496,6 +516,7 @@ class SpikingNetwork(nn.Module):
             if n.op in fmt.NEURON_OPS:
                 signed = n.op == fmt.SIGNED_NEURON_OP
                 x, v = env[n.inputs[0]], env[n.inputs[1]]
+                _check_current(n, x, v, self.where)
                 p = n.inputs[3:] if signed else n.inputs[2:]     # threshold, amplitude, leak
                 th, amp, leak = self._neuron_inputs(p, env, params)
                 c = env[n.inputs[2]] if signed else None         # the signed neuron's count
@@ -772,6 +793,7 @@ class SpikingNetwork(nn.Module):
                 signed = node.op == fmt.SIGNED_NEURON_OP
                 x = env[node.inputs[0]]
                 v = states[node.inputs[1]]
+                _check_current(node, x, v, self.where, folded=T)
                 th, amp, leak = self._neuron_inputs(node.inputs[3:] if signed else node.inputs[2:],
                                                     env, params)
                 if not signed:    # one autograd node for the T steps
