@@ -269,3 +269,23 @@ def set_site_param(model: onnx.ModelProto, site: str, param: str, value) -> None
     else:
         rec[param] = val
     F.set_metadata(model, {F.META_SITES: json.dumps(sites)})
+
+
+def dense_site_recorded_as_one_neuron(x: np.ndarray):
+    """(a datta conversion of :func:`vgg` at T = 2 calibrated on ``x``, the name of its dense
+    site, a copy of its model whose record and membrane shape of that site were edited alike
+    to one neuron): the two agree, so the reader's checks pass, but the layer has more."""
+    import json
+
+    import onnx_snn
+    from onnx_snn.spiking import format as F
+    snn = onnx_snn.convert(vgg(13, "clip"), x, timesteps=2, method="datta", show_progress=False)
+    site = next(s for s in snn.records.values() if len(s.shape) == 1 and s.shape[0] > 1)
+    m = onnx.ModelProto()
+    m.CopyFrom(snn.model)
+    sites = json.loads(F.metadata(m)[F.META_SITES])
+    next(d for d in sites if d["name"] == site.name)["shape"] = [1]
+    F.set_metadata(m, {F.META_SITES: json.dumps(sites)})
+    dims = F.all_initializers(m)[F.StateNames(site.name).dims]
+    dims.CopyFrom(nh.from_array(np.array([1], np.int64), dims.name))
+    return snn, site, m

@@ -1,6 +1,5 @@
 """evaluate: the batch it runs a spiking model in, sized by the model's memory."""
 import importlib
-import json
 import logging
 
 import numpy as np
@@ -478,18 +477,8 @@ def test_a_site_recorded_with_fewer_neurons_than_it_has_is_refused_by_its_counts
     the graph broadcasts the membrane and runs, and eval printed more than one spike per
     neuron and step. A neuron fires at most once a step, so the counts give it away: exit 3,
     naming the site."""
-    from onnx import numpy_helper
     x = B.rand_input(24, seed=3)
-    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
-                           show_progress=False)
-    site = next(s for s in snn.records.values() if len(s.shape) == 1 and s.shape[0] > 1)
-    m = onnx.ModelProto()
-    m.CopyFrom(snn.model)
-    sites = json.loads(F.metadata(m)[F.META_SITES])
-    next(d for d in sites if d["name"] == site.name)["shape"] = [1]
-    F.set_metadata(m, {F.META_SITES: json.dumps(sites)})
-    dims = F.all_initializers(m)[F.StateNames(site.name).dims]
-    dims.CopyFrom(numpy_helper.from_array(np.array([1], np.int64), dims.name))
+    snn, site, m = B.dense_site_recorded_as_one_neuron(x)
     loud = x * 50 + 1                  # every neuron of the site fires
     with pytest.raises(ModelLoadError, match=f"{site.name} fired .* more than the 1 neurons"):
         evaluate(m, {"x": loud, "y": np.zeros(len(x), np.int64)}, show_progress=False)

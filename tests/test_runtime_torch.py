@@ -2062,19 +2062,9 @@ def test_a_site_recorded_in_another_shape_than_its_current_is_a_damaged_file(fol
     reader's checks (they agree with each other); the PyTorch runtime met the current's
     shape in a broadcasting RuntimeError, reported as a bug in onnx-snn (exit 70). It is a
     damaged file (ModelLoadError: exit 3), naming the site, step by step and folded."""
-    import json as _json
     from onnx_snn.errors import ModelLoadError
     x = B.rand_input(8, seed=3)
-    snn = onnx_snn.convert(B.vgg(13, "clip"), x, timesteps=2, method="datta",
-                           show_progress=False)
-    site = next(s for s in snn.records.values() if len(s.shape) == 1 and s.shape[0] > 1)
-    m = onnx.ModelProto()
-    m.CopyFrom(snn.model)
-    sites = _json.loads(F.metadata(m)[F.META_SITES])
-    next(d for d in sites if d["name"] == site.name)["shape"] = [1]
-    F.set_metadata(m, {F.META_SITES: _json.dumps(sites)})
-    dims = F.all_initializers(m)[F.StateNames(site.name).dims]
-    dims.CopyFrom(onnx.numpy_helper.from_array(np.array([1], np.int64), dims.name))
+    snn, site, m = B.dense_site_recorded_as_one_neuron(x)
     net = SpikingNetwork(m).train()
     net.fold_time = fold
     with pytest.raises(ModelLoadError, match=f"site {site.name}'s current has per-sample "
