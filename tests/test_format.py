@@ -597,3 +597,26 @@ def test_a_record_listed_twice_is_damage(pooled):
     pools[0]["name"] = sites[0]["name"]
     with pytest.raises(ModelLoadError, match="lists 'lif0' twice"):
         fmt.read_info(_damaged(pooled.model, fmt.META_POOLS, json.dumps(pools)))
+
+
+def test_a_folded_amplitude_that_fine_tuning_trained_still_reads(pooled):
+    """Fine-tuning before 2026-12-03 trained a binary-spike file's folded amplitude (the
+    graph's 1 became 1.002) and wrote it beside the record, whose amplitude reads 1: such
+    files, and `to_model` of a network whose folded amplitude was changed, still read (the
+    reviewer of 2026-12-08 found both refused by the first form of the parameter check)."""
+    binary = pooled.binary_model()
+    folded = [s.name for s in fmt.read_info(binary).sites if s.folded_amplitude is not None]
+    assert folded
+    name = fmt.param_name(folded[0], "amplitude")
+    m = _damaged(binary, init=name, init_value=np.array(1.002, np.float32))
+    fmt.read_spiking(m)
+
+
+def test_a_per_channel_record_of_another_length_is_damage(pooled):
+    """A per-channel alpha one value short crashed the parameter check (exit 70)."""
+    sites = json.loads(fmt.metadata(pooled.model)[fmt.META_SITES])
+    channels = sites[0]["shape"][0]
+    sites[0]["alpha"] = [1.0] * (channels - 1)
+    with pytest.raises(ModelLoadError, match=f"has {channels - 1} values of alpha .* not one "
+                                             "per channel"):
+        fmt.read_info(_damaged(pooled.model, fmt.META_SITES, json.dumps(sites)))

@@ -476,6 +476,13 @@ class SiteRecord:
                                      f"{float((high if high.size else low)[0]):g} in {META_SITES} "
                                      f"({bound}; {_DOMAIN[k]}). The file is damaged or was "
                                      "edited; convert the model again")
+        for k in ("alpha", "beta", "v_init", "folded_amplitude"):
+            v = getattr(rec, k)      # one value per channel: the first axis of the shape
+            if isinstance(v, list) and (not rec.shape or len(v) != rec.shape[0]):
+                raise ModelLoadError(f"{where}: site {rec.name!r} has {len(v)} values of {k} in "
+                                     f"{META_SITES}, not one per channel of its shape "
+                                     f"{list(rec.shape)}; the file is damaged or was edited, "
+                                     "convert the model again")
         if rec.neuron not in NEURON_KINDS:
             raise ModelLoadError(f"{where}: site {rec.name!r} has neuron {rec.neuron!r}, not one "
                                  f"of {', '.join(map(repr, NEURON_KINDS))}; upgrade onnx-snn or "
@@ -1333,6 +1340,9 @@ def _check_params(info: SpikingInfo, inits: Dict[str, onnx.TensorProto], where: 
                                      "onnxruntime flushes it to 0 and PyTorch does not, so the "
                                      "two runtimes would disagree. The file is damaged or was "
                                      "edited; convert it again")
+            if p == "amplitude" and s.folded_amplitude is not None:
+                continue      # (folded into the next layers: fine-tuning before 2026-12-03
+                #              trained the graph's 1 and wrote its value beside the record)
             want = s.param_values()[p]
             if not np.allclose(v, want, rtol=PARAMETER_RTOL, atol=0.0):
                 i = np.unravel_index(np.argmax(np.abs(np.broadcast_to(v, np.broadcast_shapes(
