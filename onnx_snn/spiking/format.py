@@ -719,18 +719,15 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
         raise ModelLoadError(f"{where}: the metadata {META_OUTPUTS} names {bad[0]!r}, which is "
                              "not an output of the graph; the file is damaged or was edited, "
                              "convert it again")
-    counted = [d.get("name") for d in listed + pools_listed if isinstance(d, dict)]
-    own = {spikes_name(str(c)) for c in counted} | {
-        f"{c}.{k}{suffix}" for c in counted for k in ("v", COUNT_STATE) + POOL_STATES
-        for suffix in ("", "_next", "_last")}
-    taken = [o for o in outputs if o in own]
+    owners = {r.name for r in sites + pool_records}
+    taken = [o for o in outputs if is_reserved(o, owners)]
     if taken:     # (read as the scores: "the SNN does no work", a label out of range)
         raise ModelLoadError(f"{where}: the metadata {META_OUTPUTS} names '{taken[0]}', a spike "
                              "count or state the format adds, not an output of the DNN; the "
                              "file was edited: restore it or convert the model again")
+    history = _json(meta, META_HISTORY, [], list, where)
     if graph == GRAPH_DEPLOY:
-        made = [h for h in _json(meta, META_HISTORY, [], list, where)
-                if isinstance(h, dict) and h.get("step") == "deploy"]
+        made = [h for h in history if isinstance(h, dict) and h.get("step") == "deploy"]
         unrolled = made[-1].get("timesteps") if made else None
         if is_int(unrolled) and unrolled != timesteps:
             raise ModelLoadError(f"{where}: the metadata {META_TIMESTEPS} is {timesteps}, but "
@@ -757,7 +754,7 @@ def read_info(model: onnx.ModelProto, where: str = "model") -> SpikingInfo:
     return SpikingInfo(
         format_version=version, timesteps=timesteps, method=method,
         sites=sites, preprocess=preprocess, source=meta.get(META_SOURCE),
-        history=_json(meta, META_HISTORY, [], list, where),
+        history=history,
         dropout=dropout,
         graph=graph, outputs=outputs,
         pools=pool_records)
@@ -950,8 +947,7 @@ def read_spiking(model: onnx.ModelProto, where: str = "model") -> SpikingView:
             f"{where}: a deploy graph (T={info.timesteps} fixed, neurons inlined, for inference "
             "only): onnxruntime runs it (`onnx-snn eval`), but fine-tuning, analysis and the "
             "other spiking tools need the spiking model it was made from")
-    if (info.sites or info.pools) and not any(n.domain == DOMAIN for g in
-                                              walk.subgraphs(model.graph) for n in g.node):
+    if (info.sites or info.pools) and not calls_format(model):
         raise ModelLoadError(f"{where}: the metadata {META_GRAPH} says '{info.graph}', but the "
                              f"graph calls none of the format's neuron functions ({DOMAIN}), "
                              "as a deploy graph (neurons inlined) does; the file was edited: "
@@ -1111,21 +1107,19 @@ def _check_counter(rec, y: str, nodes: Dict[str, onnx.NodeProto], spikes: Option
     divides), a signed site's of |y|, then rounds; a pool's sums sign(|y|). Its op types,
     what each node reads and what it writes (``spikes``: the step's count) are the format's."""
     c = CounterNames(rec.name)
-    names = c.nodes
-    present = [nodes.get(x) for x in names if x in nodes]
-    if not present:
+    if not any(x in nodes for x in c.nodes):
         return              # (a counter left out: the readers say it is missing)
     pool = isinstance(rec, PoolRecord)
     signed = not pool and rec.signed
-    want = {c.count_node: "ReduceSum", c.abs_node: "Abs"}
+    want = {c.count_node: "ReduceSum"}
+    if pool or signed:
+        want[c.abs_node] = "Abs"
     if pool:
         want[c.sign_node] = "Sign"
     else:
         want.update({c.per_amplitude_node: "Div", c.round_node: "Round"})
     for name, op in want.items():
         n = nodes.get(name)
-        if name == c.abs_node and not (pool or signed):
-            continue
         if n is None or n.op_type != op or not n.input or not n.output:
             got = "missing" if n is None else f"a {n.op_type}"
             raise ModelLoadError(f"{where}: the spike counter of {rec.name} is not the format's: "

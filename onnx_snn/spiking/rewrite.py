@@ -128,17 +128,16 @@ def _counter_nodes(rec: fmt.SiteRecord) -> List[onnx.NodeProto]:
     ``analyze`` then refused as more than T spikes per neuron.) A signed site counts its
     negative spikes too: sum(|y| / amplitude)."""
     c = fmt.CounterNames(rec.name)
-    count, per_amp, rnd = c.count_node, c.per_amplitude_node, c.round_node
     amp = fmt.param_name(rec.name, "amplitude")
-    if rec.signed:   # |y| / amplitude summed: every spike, of either sign
-        return [helper.make_node("Abs", [rec.output], [c.y_abs], name=c.abs_node),
-                helper.make_node("Div", [c.y_abs, amp], [c.y_count], name=per_amp),
-                helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
-                                 name=count),
-                helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
-    return [helper.make_node("Div", [rec.output, amp], [c.y_count], name=per_amp),
-            helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0, name=count),
-            helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=rnd)]
+    # a signed site's |y|: every spike, of either sign
+    absolute = [helper.make_node("Abs", [rec.output], [c.y_abs], name=c.abs_node)] \
+        if rec.signed else []
+    y = c.y_abs if rec.signed else rec.output
+    return absolute + [
+        helper.make_node("Div", [y, amp], [c.y_count], name=c.per_amplitude_node),
+        helper.make_node("ReduceSum", [c.y_count, c.axes], [c.y_sum], keepdims=0,
+                         name=c.count_node),
+        helper.make_node("Round", [c.y_sum], [fmt.spikes_name(rec.name)], name=c.round_node)]
 
 
 def pool_counter_nodes(pool: fmt.PoolRecord, total: Optional[str] = None) -> List[onnx.NodeProto]:
